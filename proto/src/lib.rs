@@ -1,0 +1,27 @@
+//! `cairn-proto`: the wire contracts of Cairn.
+//!
+//! * [`meta`]: the metadata service (namespace, layouts, volumes, sessions,
+//!   chunkservers, chain table, admin) as tonic gRPC.
+//! * [`raft`]: the Raft transport between metadata replicas.
+//! * [`error`]: stable error codes shared by every crate, with errno and
+//!   `io::ErrorKind` mappings and the gRPC status encoding.
+//! * [`ids`]: id newtypes.
+//! * [`names`]: validation of file names, shared by servers and clients.
+
+pub mod error;
+pub mod ids;
+pub mod names;
+
+pub use error::{CairnStatus, ErrorCode};
+
+/// Generated gRPC code for the metadata service.
+#[allow(clippy::all, missing_docs)]
+pub mod meta {
+    tonic::include_proto!("cairn.meta.v1");
+}
+
+/// Generated gRPC code for the Raft transport.
+#[allow(clippy::all, missing_docs)]
+pub mod raft {
+    tonic::include_proto!("cairn.raft.v1");
+}
