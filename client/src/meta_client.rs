@@ -1,0 +1,1350 @@
+//! [`MetaClient`]: the client of the metadata service (`cairn.meta.v1.Meta`).
+//!
+//! # What it owns
+//! * One lazily connected tonic channel per meta address (TCP_NODELAY, 1 s
+//!   connect timeout, a per-request timeout), and a guess of which address
+//!   is the Raft leader. Leader hints may name an address that was not in
+//!   the list given to [`MetaClient::connect`]; it is appended.
+//! * A session ([`OpenSession`](cairn_proto::meta::OpenSessionRequest)),
+//!   opened lazily by the first mutation and renewed every third of its
+//!   timeout by a background task, which stops when [`MetaClient::close`] is
+//!   called or the last clone of the client is dropped.
+//! * The request ids of mutations (see the `session` module): every
+//!   mutation carries `(session, seq, ack_below)`, and a retry of the same
+//!   mutation reuses its seq, so meta applies it once and answers the retry
+//!   with the first reply.
+//!
+//! # Retries
+//! Every RPC goes through one private loop (`call`):
+//! * NOT_LEADER with a hint: go to the hinted address at once (with backoff
+//!   only when hints bounce between replicas during an election);
+//! * NOT_LEADER without a hint, UNAVAILABLE, transport failures, time-outs:
+//!   try the next address after an exponential backoff (10 ms doubling to
+//!   500 ms);
+//! * any other error: returned at once.
+//!
+//! The loop gives up after [`MetaClientOptions::deadline`] (default 15 s)
+//! with an [`ErrorCode::Unavailable`] status naming the addresses it tried
+//! and the last error. A mutation whose session expired is retried once in
+//! a new session, with a new request id (the old session's reply cache is
+//! gone, so reusing the old id would protect nothing).
+//!
+//! Reads go to the leader too (meta serves linearizable reads through the
+//! read index); spreading them over followers is a later optimisation.
+//!
+//! # Errors
+//! Every method returns [`CairnStatus`]: a stable [`ErrorCode`] and a
+//! message; `std::io::Error` has a `From` impl for it.
+
+mod paths;
+mod retry;
+mod session;
+
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, RwLock, Weak};
+use std::time::Duration;
+
+use cairn_proto::ids::{InodeId, NodeId, SessionId, VolumeId};
+use cairn_proto::meta::meta_client::MetaClient as Grpc;
+use cairn_proto::meta::{
+    Attr, ChainTables, CloseRequest, CreateRequest, CreateVolumeRequest, DirEntry, Empty,
+    GetAttrRequest, GetXattrRequest, JoinReply, JoinRequest, LinkRequest, ListXattrRequest,
+    LookupRequest, MkdirRequest, OpenRequest, OpenSessionRequest, PromoteRequest, ReadDirReply,
+    ReadDirRequest, ReadLinkRequest, RemoveMemberRequest, RemoveXattrRequest, RenameReply,
+    RenameRequest, ReportLengthRequest, RequestId, ResolveRequest, RmdirRequest, SessionRequest,
+    SetAttrRequest, SetXattrRequest, StatFsReply, StatFsRequest, StatusReply, SymlinkRequest,
+    Timespec, UnlinkReply, UnlinkRequest, Volume, VolumePolicy,
+};
+use cairn_proto::{CairnStatus, ErrorCode, names};
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tonic::transport::{Channel, Endpoint};
+use tracing::{debug, info, warn};
+
+use self::retry::{AddrBook, Backoff, Step, Tried, classify};
+use self::session::{Session, Ticket};
+use crate::Result;
+
+/// Entries asked for per `ReadDir` page by [`MetaClient::readdir_all`].
+pub const READDIR_PAGE: u32 = 512;
+
+/// How long [`MetaClient::close`] waits for meta to close the session.
+const CLOSE_DEADLINE: Duration = Duration::from_secs(3);
+
+/// Settings of a [`MetaClient`]. `Default` gives the production values.
+#[derive(Debug, Clone)]
+pub struct MetaClientOptions {
+    /// Time allowed to establish a TCP connection to one address (1 s).
+    pub connect_timeout: Duration,
+    /// Time allowed for one attempt of one RPC on one address (10 s).
+    pub request_timeout: Duration,
+    /// Total time one call may take across all its retries (15 s); the call
+    /// then fails with [`ErrorCode::Unavailable`].
+    pub deadline: Duration,
+    /// Name of this client in meta's session table, for operators
+    /// (default `hostname/pid`).
+    pub client_name: String,
+}
+
+impl Default for MetaClientOptions {
+    fn default() -> Self {
+        Self {
+            connect_timeout: Duration::from_secs(1),
+            request_timeout: Duration::from_secs(10),
+            deadline: Duration::from_secs(15),
+            client_name: default_client_name(),
+        }
+    }
+}
+
+/// Returns `hostname/pid` of this process.
+pub fn default_client_name() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "unknown-host".to_string());
+    format!("{host}/{}", std::process::id())
+}
+
+/// The owner given to new inodes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Owner {
+    /// User id.
+    pub uid: u32,
+    /// Group id.
+    pub gid: u32,
+}
+
+impl Owner {
+    /// root:root.
+    pub const ROOT: Owner = Owner { uid: 0, gid: 0 };
+
+    /// Returns the effective uid and gid of this process (the owner of
+    /// `/proc/self`), or root when they cannot be read.
+    pub fn current() -> Self {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata("/proc/self")
+            .map(|m| Owner {
+                uid: m.uid(),
+                gid: m.gid(),
+            })
+            .unwrap_or(Owner::ROOT)
+    }
+}
+
+/// Flags of [`MetaClient::rename`] (renameat2(2)).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct RenameFlags {
+    /// Fail with [`ErrorCode::Exists`] when the new name exists
+    /// (RENAME_NOREPLACE).
+    pub noreplace: bool,
+    /// Swap the two entries atomically (RENAME_EXCHANGE).
+    pub exchange: bool,
+}
+
+impl RenameFlags {
+    /// A plain rename(2): replaces an existing target.
+    pub const NONE: RenameFlags = RenameFlags {
+        noreplace: false,
+        exchange: false,
+    };
+    /// RENAME_NOREPLACE.
+    pub const NOREPLACE: RenameFlags = RenameFlags {
+        noreplace: true,
+        exchange: false,
+    };
+    /// RENAME_EXCHANGE.
+    pub const EXCHANGE: RenameFlags = RenameFlags {
+        noreplace: false,
+        exchange: true,
+    };
+}
+
+/// How [`MetaClient::setxattr`] treats an existing attribute.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum XattrMode {
+    /// Create or replace.
+    #[default]
+    Upsert,
+    /// Fail with [`ErrorCode::Exists`] if it exists (XATTR_CREATE).
+    CreateOnly,
+    /// Fail with [`ErrorCode::NoData`] if it does not exist
+    /// (XATTR_REPLACE).
+    ReplaceOnly,
+}
+
+/// A time given to [`MetaClient::setattr`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SetTime {
+    /// Meta's time of the request (UTIME_NOW).
+    Now,
+    /// This time, in nanoseconds since the Unix epoch.
+    At(i64),
+}
+
+impl SetTime {
+    fn to_proto(self) -> Timespec {
+        match self {
+            SetTime::Now => Timespec { now: true, ns: 0 },
+            SetTime::At(ns) => Timespec { now: false, ns },
+        }
+    }
+}
+
+/// Attribute changes of [`MetaClient::setattr`]; `None` leaves a field as
+/// it is.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SetAttrChanges {
+    /// New permission bits (07777).
+    pub mode: Option<u32>,
+    /// New owner.
+    pub uid: Option<u32>,
+    /// New group.
+    pub gid: Option<u32>,
+    /// New size: truncates down or extends with a hole, and bumps the
+    /// file's truncate generation.
+    pub size: Option<u64>,
+    /// New access time.
+    pub atime: Option<SetTime>,
+    /// New modification time.
+    pub mtime: Option<SetTime>,
+}
+
+/// A new or linked directory entry: its inode's attributes and its
+/// parent's attributes after the change.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Entry {
+    /// The entry's inode.
+    pub attr: Attr,
+    /// The parent directory after the change (new mtime, nlink), when meta
+    /// sent it.
+    pub parent: Option<Attr>,
+}
+
+/// A cheap, cloneable handle on a meta cluster. Clones share channels,
+/// the leader guess and the session.
+#[derive(Clone)]
+pub struct MetaClient {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for MetaClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MetaClient")
+            .field("addrs", &self.addrs())
+            .field("leader", &self.leader_addr())
+            .finish_non_exhaustive()
+    }
+}
+
+struct Inner {
+    opts: MetaClientOptions,
+    peers: RwLock<Peers>,
+    /// Index into `peers` of the address that last answered.
+    leader: AtomicUsize,
+    /// The open session, if any.
+    session: Mutex<Option<Arc<Session>>>,
+    /// Serializes opening and replacing the session.
+    session_open: tokio::sync::Mutex<()>,
+    renewer_started: AtomicBool,
+    /// Set to `true` by `close`; the renewal task watches it.
+    stop: watch::Sender<bool>,
+    closed: AtomicBool,
+}
+
+struct Peers {
+    book: AddrBook,
+    /// `channels[i]` reaches `book.get(i)`.
+    channels: Vec<Channel>,
+}
+
+fn endpoint(addr: &str, opts: &MetaClientOptions) -> Result<Endpoint> {
+    Endpoint::from_shared(format!("http://{addr}"))
+        .map(|e| {
+            e.tcp_nodelay(true)
+                .connect_timeout(opts.connect_timeout)
+                .timeout(opts.request_timeout)
+        })
+        .map_err(|e| {
+            CairnStatus::new(
+                ErrorCode::Invalid,
+                format!("meta address {addr:?} is not usable: {e}"),
+            )
+        })
+}
+
+/// Converts a gRPC status into a [`CairnStatus`]. A status without Cairn
+/// details comes from the transport (or a foreign server); its cause chain
+/// ("connection refused") is appended, because tonic's message alone is
+/// just "transport error".
+///
+/// A stream reset by HTTP/2 (tonic reports it as INTERNAL "h2 protocol
+/// error") means the replica went away mid-request, not that the request
+/// was refused: it becomes UNAVAILABLE so the loop retries it (with the
+/// same request id, so a mutation is still applied once).
+fn status_to_error(s: &tonic::Status) -> CairnStatus {
+    let mut e = CairnStatus::from_status(s);
+    if s.details().is_empty() {
+        if s.code() == tonic::Code::Internal && s.message().starts_with("h2 protocol error") {
+            e.code = ErrorCode::Unavailable;
+        }
+        let mut cause = std::error::Error::source(s);
+        while let Some(c) = cause {
+            let text = c.to_string();
+            if !e.message.contains(&text) {
+                e.message.push_str(": ");
+                e.message.push_str(&text);
+            }
+            cause = c.source();
+        }
+    }
+    e
+}
+
+fn missing(what: &str) -> CairnStatus {
+    CairnStatus::new(ErrorCode::Internal, format!("meta replied without {what}"))
+}
+
+fn need_attr(attr: Option<Attr>) -> Result<Attr> {
+    attr.ok_or_else(|| missing("attributes"))
+}
+
+/// Checks a name before it is sent, for a clearer error than meta's.
+fn check_name(name: &str) -> Result<()> {
+    names::validate(name).map_err(|(code, why)| CairnStatus::new(code, format!("{why}: {name:?}")))
+}
+
+macro_rules! rpc {
+    ($self:ident, $method:ident, $req:expr) => {
+        $self.call(
+            stringify!($method),
+            $req,
+            |mut c: Grpc<Channel>, r| async move { c.$method(r).await },
+        )
+    };
+}
+
+macro_rules! mutation {
+    ($self:ident, $method:ident, |$rid:ident| $req:expr) => {
+        $self.mutate(
+            stringify!($method),
+            |$rid: RequestId| $req,
+            |mut c: Grpc<Channel>, r| async move { c.$method(r).await },
+        )
+    };
+}
+
+impl MetaClient {
+    /// Returns a client of the meta replicas at `addrs` (`host:port`, in any
+    /// order; one reachable replica is enough). Channels connect lazily:
+    /// this does no network I/O, so an unreachable cluster shows up as an
+    /// error of the first call. The session is opened by the first mutation
+    /// (or [`Self::session_id`]).
+    ///
+    /// Must be called inside a tokio runtime.
+    ///
+    /// # Errors
+    /// [`ErrorCode::Invalid`] when `addrs` is empty or an address is not
+    /// `host:port`.
+    pub async fn connect<S: AsRef<str>>(
+        addrs: impl IntoIterator<Item = S>,
+        opts: MetaClientOptions,
+    ) -> Result<Self> {
+        let book = AddrBook::new(addrs)?;
+        let channels = book
+            .all()
+            .iter()
+            .map(|a| endpoint(a, &opts).map(|e| e.connect_lazy()))
+            .collect::<Result<Vec<_>>>()?;
+        let (stop, _) = watch::channel(false);
+        Ok(Self {
+            inner: Arc::new(Inner {
+                opts,
+                peers: RwLock::new(Peers { book, channels }),
+                leader: AtomicUsize::new(0),
+                session: Mutex::new(None),
+                session_open: tokio::sync::Mutex::new(()),
+                renewer_started: AtomicBool::new(false),
+                stop,
+                closed: AtomicBool::new(false),
+            }),
+        })
+    }
+
+    /// Returns the options this client was built with.
+    pub fn options(&self) -> &MetaClientOptions {
+        &self.inner.opts
+    }
+
+    /// Returns every meta address this client knows: those given to
+    /// [`Self::connect`], then any learned from leader hints.
+    pub fn addrs(&self) -> Vec<String> {
+        self.peers().book.all().to_vec()
+    }
+
+    /// Returns the address that answered last: the leader, as far as this
+    /// client knows.
+    pub fn leader_addr(&self) -> String {
+        let idx = self.inner.leader.load(Ordering::Relaxed);
+        self.peers().book.get(idx).to_string()
+    }
+
+    fn peers(&self) -> std::sync::RwLockReadGuard<'_, Peers> {
+        self.inner
+            .peers
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Returns the address and channel at `idx` (modulo the length).
+    fn peer(&self, idx: usize) -> (String, Channel) {
+        let p = self.peers();
+        let i = idx % p.book.len();
+        (p.book.get(i).to_string(), p.channels[i].clone())
+    }
+
+    fn next_index(&self, idx: usize) -> usize {
+        self.peers().book.next(idx)
+    }
+
+    /// Returns the index of `addr`, adding it (and a channel to it) when it
+    /// is new.
+    fn index_of(&self, addr: &str) -> Result<usize> {
+        if let Some(i) = self.peers().book.position(addr) {
+            return Ok(i);
+        }
+        let addr = retry::parse_addr(addr)?;
+        let channel = endpoint(&addr, &self.inner.opts)?.connect_lazy();
+        let mut p = self
+            .inner
+            .peers
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(i) = p.book.position(&addr) {
+            return Ok(i);
+        }
+        let i = p.book.push(addr);
+        p.channels.push(channel);
+        Ok(i)
+    }
+
+    // ------------------------------------------------------------ retry loop
+
+    /// Sends `req` through `f` with the retry policy of the module docs,
+    /// starting at the leader, within the configured deadline.
+    async fn call<Req, Resp, F, Fut>(&self, op: &'static str, req: Req, f: F) -> Result<Resp>
+    where
+        Req: Clone,
+        F: Fn(Grpc<Channel>, Req) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<Resp>, tonic::Status>>,
+    {
+        self.call_within(op, self.inner.opts.deadline, req, f).await
+    }
+
+    async fn call_within<Req, Resp, F, Fut>(
+        &self,
+        op: &'static str,
+        total: Duration,
+        req: Req,
+        f: F,
+    ) -> Result<Resp>
+    where
+        Req: Clone,
+        F: Fn(Grpc<Channel>, Req) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<Resp>, tonic::Status>>,
+    {
+        let start = Instant::now();
+        let deadline = start + total;
+        let mut idx = self.inner.leader.load(Ordering::Relaxed);
+        let mut backoff = Backoff::new();
+        let mut tried = Tried::default();
+        // Redirects in a row; more than one per known address means the
+        // hints bounce (an election is under way) and deserve a backoff.
+        let mut redirects = 0usize;
+        loop {
+            let (addr, channel) = self.peer(idx);
+            tried.note(&addr);
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            let err =
+                match tokio::time::timeout(remaining, f(Grpc::new(channel), req.clone())).await {
+                    Ok(Ok(resp)) => {
+                        self.inner.leader.store(idx, Ordering::Relaxed);
+                        return Ok(resp.into_inner());
+                    }
+                    Ok(Err(status)) => status_to_error(&status),
+                    Err(_) => CairnStatus::new(
+                        ErrorCode::TimedOut,
+                        format!("{addr} did not answer before the deadline"),
+                    ),
+                };
+            let (next, delay) = match classify(&err) {
+                Step::Stop => return Err(err),
+                Step::Redirect(hint) => match self.index_of(&hint) {
+                    Ok(j) if j != idx % self.peers().book.len() => {
+                        redirects += 1;
+                        let bouncing = redirects > self.peers().book.len();
+                        (
+                            j,
+                            if bouncing {
+                                backoff.next_delay()
+                            } else {
+                                Duration::ZERO
+                            },
+                        )
+                    }
+                    // A hint naming the replica that refused, or an address
+                    // we cannot use: fall back to rotation.
+                    _ => (self.next_index(idx), backoff.next_delay()),
+                },
+                Step::Rotate => {
+                    redirects = 0;
+                    (self.next_index(idx), backoff.next_delay())
+                }
+            };
+            if Instant::now() + delay >= deadline {
+                return Err(CairnStatus::new(
+                    ErrorCode::Unavailable,
+                    format!(
+                        "{op}: no meta replica answered within {total:?} ({} attempts; tried {tried}); last error: {} ({})",
+                        tried.attempts(),
+                        err.message,
+                        err.code,
+                    ),
+                ));
+            }
+            debug!(op, %addr, code = %err.code, error = %err.message, ?delay, "meta call failed, retrying");
+            tokio::time::sleep(delay).await;
+            idx = next;
+        }
+    }
+
+    /// Sends one attempt of `req` to `addr` only, within the deadline.
+    async fn call_at<Req, Resp, F, Fut>(&self, addr: &str, req: Req, f: F) -> Result<Resp>
+    where
+        F: FnOnce(Grpc<Channel>, Req) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<Resp>, tonic::Status>>,
+    {
+        let idx = self.index_of(addr)?;
+        let (addr, channel) = self.peer(idx);
+        match tokio::time::timeout(self.inner.opts.deadline, f(Grpc::new(channel), req)).await {
+            Ok(Ok(resp)) => Ok(resp.into_inner()),
+            Ok(Err(status)) => Err(status_to_error(&status)),
+            Err(_) => Err(CairnStatus::new(
+                ErrorCode::TimedOut,
+                format!(
+                    "{addr} did not answer within {:?}",
+                    self.inner.opts.deadline
+                ),
+            )),
+        }
+    }
+
+    /// Runs a mutation: gives it a request id in the current session (opened
+    /// on first use) and keeps that id across every retry of [`Self::call`];
+    /// if the session expired, opens a new one and tries once more with a
+    /// new id.
+    async fn mutate<Req, Resp, B, F, Fut>(&self, op: &'static str, build: B, f: F) -> Result<Resp>
+    where
+        Req: Clone,
+        B: Fn(RequestId) -> Req,
+        F: Fn(Grpc<Channel>, Req) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<Resp>, tonic::Status>>,
+    {
+        let mut session = self.session().await?;
+        let mut renewed = false;
+        loop {
+            let ticket = Ticket::begin(Arc::clone(&session));
+            let result = self.call(op, build(ticket.request_id()), &f).await;
+            drop(ticket);
+            match result {
+                Err(e) if e.code == ErrorCode::SessionExpired && !renewed => {
+                    renewed = true;
+                    info!(op, session = %session.id, "meta session expired; opening a new one");
+                    session = self.replace_session(session.id).await?;
+                }
+                r => return r,
+            }
+        }
+    }
+
+    // ------------------------------------------------------------ sessions
+
+    fn current_session(&self) -> Option<Arc<Session>> {
+        self.inner
+            .session
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    fn set_session(&self, s: Option<Arc<Session>>) -> Option<Arc<Session>> {
+        std::mem::replace(
+            &mut *self
+                .inner
+                .session
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner),
+            s,
+        )
+    }
+
+    fn check_open(&self) -> Result<()> {
+        if self.inner.closed.load(Ordering::Acquire) {
+            return Err(CairnStatus::new(
+                ErrorCode::Invalid,
+                "the meta client was closed",
+            ));
+        }
+        Ok(())
+    }
+
+    async fn open_session_rpc(&self) -> Result<Arc<Session>> {
+        let req = OpenSessionRequest {
+            client_name: self.inner.opts.client_name.clone(),
+        };
+        let r = rpc!(self, open_session, req).await?;
+        if r.session_id == 0 {
+            return Err(missing("a session id"));
+        }
+        let timeout = match r.timeout_ms {
+            0 => Duration::from_secs(60),
+            ms => Duration::from_millis(ms),
+        };
+        debug!(session = r.session_id, ?timeout, "meta session opened");
+        Ok(Arc::new(Session::new(SessionId(r.session_id), timeout)))
+    }
+
+    /// Returns the open session, opening one (and starting its renewal)
+    /// when there is none.
+    async fn session(&self) -> Result<Arc<Session>> {
+        self.check_open()?;
+        if let Some(s) = self.current_session() {
+            return Ok(s);
+        }
+        let _guard = self.inner.session_open.lock().await;
+        self.check_open()?;
+        if let Some(s) = self.current_session() {
+            return Ok(s);
+        }
+        let s = self.open_session_rpc().await?;
+        self.set_session(Some(Arc::clone(&s)));
+        self.start_renewer();
+        Ok(s)
+    }
+
+    /// Replaces the session `expired` with a new one, unless another task
+    /// already did.
+    async fn replace_session(&self, expired: SessionId) -> Result<Arc<Session>> {
+        let _guard = self.inner.session_open.lock().await;
+        self.check_open()?;
+        if let Some(s) = self.current_session()
+            && s.id != expired
+        {
+            return Ok(s);
+        }
+        let s = self.open_session_rpc().await?;
+        self.set_session(Some(Arc::clone(&s)));
+        Ok(s)
+    }
+
+    fn start_renewer(&self) {
+        if self.inner.renewer_started.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let weak = Arc::downgrade(&self.inner);
+        let stop = self.inner.stop.subscribe();
+        tokio::spawn(renew_loop(weak, stop));
+    }
+
+    /// Renews the current session once; replaces it when meta says it
+    /// expired.
+    async fn renew_once(&self) {
+        let Some(s) = self.current_session() else {
+            return;
+        };
+        let req = SessionRequest { session_id: s.id.0 };
+        let r = self
+            .call_within(
+                "renew_session",
+                s.renew_period(),
+                req,
+                |mut c, r| async move { c.renew_session(r).await },
+            )
+            .await;
+        match r {
+            Ok(Empty {}) => debug!(session = %s.id, "meta session renewed"),
+            Err(e) if e.code == ErrorCode::SessionExpired => {
+                warn!(session = %s.id, "meta session expired before renewal; opening a new one");
+                if let Err(e) = self.replace_session(s.id).await {
+                    warn!(error = %e, "could not open a new meta session");
+                }
+            }
+            Err(e) => warn!(session = %s.id, error = %e, "could not renew the meta session"),
+        }
+    }
+
+    /// Returns the id of this client's session, opening it if needed.
+    ///
+    /// # Errors
+    /// As for any call; [`ErrorCode::Invalid`] after [`Self::close`].
+    pub async fn session_id(&self) -> Result<SessionId> {
+        Ok(self.session().await?.id)
+    }
+
+    /// Stops renewing the session and closes it on meta, which releases the
+    /// files it holds open. Later mutations fail; reads keep working.
+    /// Calling it again does nothing. Dropping every clone without calling
+    /// it leaves the session to expire on meta after its timeout.
+    ///
+    /// # Errors
+    /// When meta cannot be reached within a few seconds; the session then
+    /// expires on its own.
+    pub async fn close(&self) -> Result<()> {
+        if self.inner.closed.swap(true, Ordering::AcqRel) {
+            return Ok(());
+        }
+        self.inner.stop.send_replace(true);
+        let session = {
+            let _guard = self.inner.session_open.lock().await;
+            self.set_session(None)
+        };
+        if let Some(s) = session {
+            let req = SessionRequest { session_id: s.id.0 };
+            self.call_within(
+                "close_session",
+                CLOSE_DEADLINE,
+                req,
+                |mut c, r| async move { c.close_session(r).await },
+            )
+            .await?;
+            debug!(session = %s.id, "meta session closed");
+        }
+        Ok(())
+    }
+
+    // ------------------------------------------------------------ namespace reads
+
+    /// Returns the attributes of `name` in directory `parent`.
+    ///
+    /// # Errors
+    /// [`ErrorCode::NotFound`], [`ErrorCode::NotDir`], or a retry failure.
+    pub async fn lookup(&self, parent: InodeId, name: &str) -> Result<Attr> {
+        let req = LookupRequest {
+            parent: parent.0,
+            name: name.to_string(),
+        };
+        need_attr(rpc!(self, lookup, req).await?.attr)
+    }
+
+    /// Returns the attributes of inode `ino`.
+    ///
+    /// # Errors
+    /// [`ErrorCode::NotFound`], or a retry failure.
+    pub async fn getattr(&self, ino: InodeId) -> Result<Attr> {
+        need_attr(
+            rpc!(self, get_attr, GetAttrRequest { ino: ino.0 })
+                .await?
+                .attr,
+        )
+    }
+
+    /// Returns the attributes of the absolute `path`, resolved on meta in one
+    /// call; symlinks are not followed.
+    ///
+    /// # Errors
+    /// [`ErrorCode::NotFound`], [`ErrorCode::NotDir`] for a non-directory
+    /// in the middle, [`ErrorCode::Invalid`] for a relative path or `..`.
+    pub async fn resolve(&self, path: &str) -> Result<Attr> {
+        let req = ResolveRequest {
+            path: path.to_string(),
+        };
+        need_attr(rpc!(self, resolve, req).await?.attr)
+    }
+
+    /// Returns one page of directory `ino`: at most `limit` entries after
+    /// `cookie` (empty for the first page), with attributes when `plus`.
+    /// The reply's `next_cookie` is empty on the last page.
+    ///
+    /// # Errors
+    /// [`ErrorCode::NotFound`], [`ErrorCode::NotDir`], or a retry failure.
+    pub async fn readdir(
+        &self,
+        ino: InodeId,
+        cookie: &[u8],
+        limit: u32,
+        plus: bool,
+    ) -> Result<ReadDirReply> {
+        let req = ReadDirRequest {
+            ino: ino.0,
+            cookie: cookie.to_vec(),
+            limit,
+            plus,
+        };
+        rpc!(self, read_dir, req).await
+    }
+
+    /// Returns every entry of directory `ino` (without attributes), paging
+    /// through [`Self::readdir`]. Pages are separate reads: entries changed
+    /// meanwhile may or may not be listed, as with readdir(3).
+    ///
+    /// # Errors
+    /// As [`Self::readdir`].
+    pub async fn readdir_all(&self, ino: InodeId) -> Result<Vec<DirEntry>> {
+        self.readdir_pages(ino, false).await
+    }
+
+    /// As [`Self::readdir_all`], with each entry's attributes.
+    ///
+    /// # Errors
+    /// As [`Self::readdir`].
+    pub async fn readdir_all_plus(&self, ino: InodeId) -> Result<Vec<DirEntry>> {
+        self.readdir_pages(ino, true).await
+    }
+
+    async fn readdir_pages(&self, ino: InodeId, plus: bool) -> Result<Vec<DirEntry>> {
+        let mut out = Vec::new();
+        let mut cookie = Vec::new();
+        loop {
+            let page = self.readdir(ino, &cookie, READDIR_PAGE, plus).await?;
+            out.extend(page.entries);
+            if page.next_cookie.is_empty() {
+                return Ok(out);
+            }
+            if page.next_cookie == cookie {
+                return Err(CairnStatus::new(
+                    ErrorCode::Internal,
+                    format!("readdir of inode {ino} returned the same cookie twice"),
+                ));
+            }
+            cookie = page.next_cookie;
+        }
+    }
+
+    /// Returns the target of symlink `ino`.
+    ///
+    /// # Errors
+    /// [`ErrorCode::NotFound`], [`ErrorCode::Invalid`] when `ino` is not a
+    /// symlink.
+    pub async fn readlink(&self, ino: InodeId) -> Result<String> {
+        Ok(rpc!(self, read_link, ReadLinkRequest { ino: ino.0 })
+            .await?
+            .target)
+    }
+
+    /// Returns the value of extended attribute `name` of `ino`.
+    ///
+    /// # Errors
+    /// [`ErrorCode::NoData`] when it is not set.
+    pub async fn getxattr(&self, ino: InodeId, name: &str) -> Result<Vec<u8>> {
+        let req = GetXattrRequest {
+            ino: ino.0,
+            name: name.to_string(),
+        };
+        Ok(rpc!(self, get_xattr, req).await?.value)
+    }
+
+    /// Returns the names of the extended attributes of `ino`.
+    ///
+    /// # Errors
+    /// [`ErrorCode::NotFound`], or a retry failure.
+    pub async fn listxattr(&self, ino: InodeId) -> Result<Vec<String>> {
+        Ok(rpc!(self, list_xattr, ListXattrRequest { ino: ino.0 })
+            .await?
+            .names)
+    }
+
+    /// Returns capacity and usage of volume `volume` (`VolumeId(0)`: the
+    /// whole cluster).
+    ///
+    /// # Errors
+    /// [`ErrorCode::NotFound`] for an unknown volume.
+    pub async fn statfs(&self, volume: VolumeId) -> Result<StatFsReply> {
+        rpc!(
+            self,
+            stat_fs,
+            StatFsRequest {
+                volume_id: volume.0
+            }
+        )
+        .await
+    }
+
+    // ------------------------------------------------------------ namespace mutations
+
+    /// Creates directory `name` in `parent`.
+    ///
+    /// # Errors
+    /// [`ErrorCode::Exists`], [`ErrorCode::NotFound`] (parent),
+    /// [`ErrorCode::NotDir`], [`ErrorCode::Invalid`] /
+    /// [`ErrorCode::NameTooLong`] for a bad name,
+    /// [`ErrorCode::QuotaExceeded`].
+    pub async fn mkdir(
+        &self,
+        parent: InodeId,
+        name: &str,
+        mode: u32,
+        owner: Owner,
+    ) -> Result<Entry> {
+        check_name(name)?;
+        let r = mutation!(self, mkdir, |rid| MkdirRequest {
+            rid: Some(rid),
+            parent: parent.0,
+            name: name.to_string(),
+            mode,
+            uid: owner.uid,
+            gid: owner.gid,
+        })
+        .await?;
+        Ok(Entry {
+            attr: need_attr(r.attr)?,
+            parent: r.parent,
+        })
+    }
+
+    /// Creates regular file `name` in `parent`. With `exclusive` (O_EXCL)
+    /// an existing name fails with [`ErrorCode::Exists`]; without it an
+    /// existing regular file is returned as is. With `open_for_write` the
+    /// file is registered as open for write in this client's session
+    /// (close it with [`Self::close_file`]).
+    ///
+    /// # Errors
+    /// As [`Self::mkdir`], plus [`ErrorCode::IsDir`] when a directory has
+    /// the name.
+    pub async fn create(
+        &self,
+        parent: InodeId,
+        name: &str,
+        mode: u32,
+        owner: Owner,
+        exclusive: bool,
+        open_for_write: bool,
+    ) -> Result<Entry> {
+        check_name(name)?;
+        let r = mutation!(self, create, |rid| CreateRequest {
+            rid: Some(rid),
+            parent: parent.0,
+            name: name.to_string(),
+            mode,
+            uid: owner.uid,
+            gid: owner.gid,
+            exclusive,
+            open_for_write,
+        })
+        .await?;
+        Ok(Entry {
+            attr: need_attr(r.attr)?,
+            parent: r.parent,
+        })
+    }
+
+    /// Creates symlink `name` in `parent` pointing at `target` (stored as
+    /// given, not resolved).
+    ///
+    /// # Errors
+    /// As [`Self::mkdir`].
+    pub async fn symlink(
+        &self,
+        parent: InodeId,
+        name: &str,
+        target: &str,
+        owner: Owner,
+    ) -> Result<Entry> {
+        check_name(name)?;
+        let r = mutation!(self, symlink, |rid| SymlinkRequest {
+            rid: Some(rid),
+            parent: parent.0,
+            name: name.to_string(),
+            target: target.to_string(),
+            uid: owner.uid,
+            gid: owner.gid,
+        })
+        .await?;
+        Ok(Entry {
+            attr: need_attr(r.attr)?,
+            parent: r.parent,
+        })
+    }
+
+    /// Adds the hard link `new_name` in `new_parent` to inode `ino`.
+    ///
+    /// # Errors
+    /// [`ErrorCode::Exists`], [`ErrorCode::NotPermitted`] for a directory,
+    /// [`ErrorCode::CrossVolume`], [`ErrorCode::TooManyLinks`].
+    pub async fn link(&self, ino: InodeId, new_parent: InodeId, new_name: &str) -> Result<Entry> {
+        check_name(new_name)?;
+        let r = mutation!(self, link, |rid| LinkRequest {
+            rid: Some(rid),
+            ino: ino.0,
+            new_parent: new_parent.0,
+            new_name: new_name.to_string(),
+        })
+        .await?;
+        Ok(Entry {
+            attr: need_attr(r.attr)?,
+            parent: r.parent,
+        })
+    }
+
+    /// Removes the non-directory entry `name` from `parent`.
+    ///
+    /// # Errors
+    /// [`ErrorCode::NotFound`], [`ErrorCode::IsDir`].
+    pub async fn unlink(&self, parent: InodeId, name: &str) -> Result<UnlinkReply> {
+        self.unlink_inner(parent, name, false).await
+    }
+
+    /// As [`Self::unlink`], for a file this client's session holds open:
+    /// meta keeps its data until the session closes it (DESIGN §9.9).
+    ///
+    /// # Errors
+    /// As [`Self::unlink`].
+    pub async fn unlink_held_open(&self, parent: InodeId, name: &str) -> Result<UnlinkReply> {
+        self.unlink_inner(parent, name, true).await
+    }
+
+    async fn unlink_inner(
+        &self,
+        parent: InodeId,
+        name: &str,
+        held_open: bool,
+    ) -> Result<UnlinkReply> {
+        check_name(name)?;
+        mutation!(self, unlink, |rid| UnlinkRequest {
+            rid: Some(rid),
+            parent: parent.0,
+            name: name.to_string(),
+            held_open,
+        })
+        .await
+    }
+
+    /// Removes the empty directory `name` from `parent`.
+    ///
+    /// # Errors
+    /// [`ErrorCode::NotFound`], [`ErrorCode::NotDir`],
+    /// [`ErrorCode::NotEmpty`].
+    pub async fn rmdir(&self, parent: InodeId, name: &str) -> Result<UnlinkReply> {
+        check_name(name)?;
+        mutation!(self, rmdir, |rid| RmdirRequest {
+            rid: Some(rid),
+            parent: parent.0,
+            name: name.to_string(),
+        })
+        .await
+    }
+
+    /// Renames `parent/name` to `new_parent/new_name` atomically, replacing
+    /// an existing target as rename(2) does unless `flags` say otherwise.
+    ///
+    /// # Errors
+    /// [`ErrorCode::NotFound`], [`ErrorCode::Exists`] (noreplace),
+    /// [`ErrorCode::NotEmpty`], [`ErrorCode::IsDir`] / [`ErrorCode::NotDir`]
+    /// for mismatched kinds, [`ErrorCode::Invalid`] for a directory moved
+    /// into itself, [`ErrorCode::CrossVolume`].
+    pub async fn rename(
+        &self,
+        parent: InodeId,
+        name: &str,
+        new_parent: InodeId,
+        new_name: &str,
+        flags: RenameFlags,
+    ) -> Result<RenameReply> {
+        check_name(name)?;
+        check_name(new_name)?;
+        mutation!(self, rename, |rid| RenameRequest {
+            rid: Some(rid),
+            parent: parent.0,
+            name: name.to_string(),
+            new_parent: new_parent.0,
+            new_name: new_name.to_string(),
+            noreplace: flags.noreplace,
+            exchange: flags.exchange,
+        })
+        .await
+    }
+
+    /// Changes attributes of `ino` and returns them after the change.
+    ///
+    /// # Errors
+    /// [`ErrorCode::NotFound`], [`ErrorCode::IsDir`] for a size on a
+    /// directory, [`ErrorCode::QuotaExceeded`].
+    pub async fn setattr(&self, ino: InodeId, changes: SetAttrChanges) -> Result<Attr> {
+        let r = mutation!(self, set_attr, |rid| SetAttrRequest {
+            rid: Some(rid),
+            ino: ino.0,
+            mode: changes.mode,
+            uid: changes.uid,
+            gid: changes.gid,
+            size: changes.size,
+            atime: changes.atime.map(SetTime::to_proto),
+            mtime: changes.mtime.map(SetTime::to_proto),
+        })
+        .await?;
+        need_attr(r.attr)
+    }
+
+    /// Sets extended attribute `name` of `ino` to `value`.
+    ///
+    /// # Errors
+    /// [`ErrorCode::Exists`] / [`ErrorCode::NoData`] per `mode`,
+    /// [`ErrorCode::TooBig`].
+    pub async fn setxattr(
+        &self,
+        ino: InodeId,
+        name: &str,
+        value: &[u8],
+        mode: XattrMode,
+    ) -> Result<()> {
+        mutation!(self, set_xattr, |rid| SetXattrRequest {
+            rid: Some(rid),
+            ino: ino.0,
+            name: name.to_string(),
+            value: value.to_vec(),
+            create_only: mode == XattrMode::CreateOnly,
+            replace_only: mode == XattrMode::ReplaceOnly,
+        })
+        .await
+        .map(|Empty {}| ())
+    }
+
+    /// Removes extended attribute `name` of `ino`.
+    ///
+    /// # Errors
+    /// [`ErrorCode::NoData`] when it is not set.
+    pub async fn removexattr(&self, ino: InodeId, name: &str) -> Result<()> {
+        mutation!(self, remove_xattr, |rid| RemoveXattrRequest {
+            rid: Some(rid),
+            ino: ino.0,
+            name: name.to_string(),
+        })
+        .await
+        .map(|Empty {}| ())
+    }
+
+    // ------------------------------------------------------------ file lifecycle
+
+    /// Opens `ino`; a write open is registered in this client's session so
+    /// the file's data outlives an unlink until [`Self::close_file`].
+    ///
+    /// # Errors
+    /// [`ErrorCode::NotFound`], [`ErrorCode::IsDir`].
+    pub async fn open_file(&self, ino: InodeId, write: bool) -> Result<Attr> {
+        let r = mutation!(self, open, |rid| OpenRequest {
+            rid: Some(rid),
+            ino: ino.0,
+            write,
+        })
+        .await?;
+        need_attr(r.attr)
+    }
+
+    /// Closes `ino` in this client's session; a writer passes the
+    /// `(length, truncate_gen)` it observed. Returns the attributes after
+    /// the close, or `None` when the close freed an unlinked file.
+    ///
+    /// # Errors
+    /// [`ErrorCode::NotFound`], or a retry failure.
+    pub async fn close_file(
+        &self,
+        ino: InodeId,
+        length: Option<(u64, u64)>,
+    ) -> Result<Option<Attr>> {
+        let r = mutation!(self, close, |rid| CloseRequest {
+            rid: Some(rid),
+            ino: ino.0,
+            has_length: length.is_some(),
+            length: length.map_or(0, |l| l.0),
+            truncate_gen: length.map_or(0, |l| l.1),
+        })
+        .await?;
+        Ok(r.attr)
+    }
+
+    /// Reports the length a writer observed (fsync); ignored by meta when
+    /// `truncate_gen` is older than the file's or the length is not larger.
+    ///
+    /// # Errors
+    /// [`ErrorCode::NotFound`], [`ErrorCode::IsDir`],
+    /// [`ErrorCode::QuotaExceeded`].
+    pub async fn report_length(
+        &self,
+        ino: InodeId,
+        length: u64,
+        truncate_gen: u64,
+    ) -> Result<Attr> {
+        let r = mutation!(self, report_length, |rid| ReportLengthRequest {
+            rid: Some(rid),
+            ino: ino.0,
+            length,
+            truncate_gen,
+        })
+        .await?;
+        need_attr(r.attr)
+    }
+
+    // ------------------------------------------------------------ volumes and chains
+
+    /// Creates volume `name` (a top-level directory `/name`) with `policy`.
+    ///
+    /// # Errors
+    /// [`ErrorCode::Exists`], [`ErrorCode::Invalid`] for a bad policy.
+    pub async fn create_volume(&self, name: &str, policy: VolumePolicy) -> Result<Volume> {
+        check_name(name)?;
+        let r = mutation!(self, create_volume, |rid| CreateVolumeRequest {
+            rid: Some(rid),
+            name: name.to_string(),
+            policy: Some(policy),
+        })
+        .await?;
+        r.volume.ok_or_else(|| missing("the volume"))
+    }
+
+    /// Returns every volume.
+    ///
+    /// # Errors
+    /// A retry failure.
+    pub async fn list_volumes(&self) -> Result<Vec<Volume>> {
+        Ok(rpc!(self, list_volumes, Empty {}).await?.volumes)
+    }
+
+    /// Returns the chain tables and the chunkservers they point at.
+    ///
+    /// # Errors
+    /// A retry failure.
+    pub async fn get_chains(&self) -> Result<ChainTables> {
+        rpc!(self, get_chains, Empty {}).await
+    }
+
+    // ------------------------------------------------------------ cluster administration
+
+    /// Returns the Raft status of whichever replica answers first (the
+    /// leader when known). Matched indexes and reachability are filled only
+    /// by the leader; see [`Self::leader_status`].
+    ///
+    /// # Errors
+    /// A retry failure.
+    pub async fn status(&self) -> Result<StatusReply> {
+        rpc!(self, status, Empty {}).await
+    }
+
+    /// Returns the status as the leader sees it: asks any replica, then the
+    /// leader it names. Falls back to the first answer when the leader does
+    /// not answer.
+    ///
+    /// # Errors
+    /// A retry failure of the first request.
+    pub async fn leader_status(&self) -> Result<StatusReply> {
+        let s = self.status().await?;
+        if s.state.eq_ignore_ascii_case("leader") || s.leader_id == 0 || s.leader_addr.is_empty() {
+            return Ok(s);
+        }
+        match self.status_at(&s.leader_addr).await {
+            Ok(l) => Ok(l),
+            Err(e) => {
+                debug!(leader = %s.leader_addr, error = %e, "leader did not answer status");
+                Ok(s)
+            }
+        }
+    }
+
+    /// Returns the status of the replica at `addr`, asked once, without
+    /// retries or redirection.
+    ///
+    /// # Errors
+    /// The replica's error, [`ErrorCode::Unavailable`] when it cannot be
+    /// reached, [`ErrorCode::TimedOut`].
+    pub async fn status_at(&self, addr: &str) -> Result<StatusReply> {
+        self.call_at(addr, Empty {}, |mut c, r| async move { c.status(r).await })
+            .await
+    }
+
+    /// Asks the cluster to add the replica at `addr` as a learner; returns
+    /// the node id and cluster id it was given.
+    ///
+    /// # Errors
+    /// [`ErrorCode::Invalid`] for a bad address, or a retry failure.
+    pub async fn join(&self, addr: &str) -> Result<JoinReply> {
+        let req = JoinRequest {
+            addr: addr.to_string(),
+        };
+        rpc!(self, join, req).await
+    }
+
+    /// Promotes learner `node` to voter; returns the status afterwards.
+    ///
+    /// # Errors
+    /// [`ErrorCode::NotFound`] for an unknown node, or a retry failure.
+    pub async fn promote(&self, node: NodeId) -> Result<StatusReply> {
+        rpc!(self, promote, PromoteRequest { node_id: node.0 }).await
+    }
+
+    /// Removes replica `node` from the cluster; returns the status
+    /// afterwards.
+    ///
+    /// # Errors
+    /// [`ErrorCode::NotFound`], [`ErrorCode::Invalid`] when removing it
+    /// would lose the quorum, or a retry failure.
+    pub async fn remove_member(&self, node: NodeId) -> Result<StatusReply> {
+        rpc!(self, remove_member, RemoveMemberRequest { node_id: node.0 }).await
+    }
+}
+
+/// Renews the session every third of its timeout until `stop` is set or
+/// the client is gone (only a weak reference is held between renewals).
+async fn renew_loop(weak: Weak<Inner>, mut stop: watch::Receiver<bool>) {
+    loop {
+        if *stop.borrow_and_update() {
+            return;
+        }
+        let period = {
+            let Some(inner) = weak.upgrade() else {
+                return;
+            };
+            let client = MetaClient { inner };
+            match client.current_session() {
+                Some(s) => s.renew_period(),
+                None => return,
+            }
+        };
+        tokio::select! {
+            // `stop` only ever changes to true; a closed channel means the
+            // client is gone. Either way: stop.
+            _ = stop.changed() => return,
+            () = tokio::time::sleep(period) => {}
+        }
+        let Some(inner) = weak.upgrade() else {
+            return;
+        };
+        MetaClient { inner }.renew_once().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_convert_with_transport_resets_retryable() {
+        let cairn = CairnStatus::new(ErrorCode::NotEmpty, "directory /a is not empty");
+        assert_eq!(status_to_error(&cairn.to_status()), cairn);
+        let reset = tonic::Status::internal("h2 protocol error: stream reset");
+        assert_eq!(status_to_error(&reset).code, ErrorCode::Unavailable);
+        let other = tonic::Status::internal("failed to decode the reply");
+        assert_eq!(status_to_error(&other).code, ErrorCode::Internal);
+        // A Cairn INTERNAL is never reinterpreted, whatever its text.
+        let cairn = CairnStatus::new(ErrorCode::Internal, "h2 protocol error in the store");
+        assert_eq!(
+            status_to_error(&cairn.to_status()).code,
+            ErrorCode::Internal
+        );
+    }
+
+    #[test]
+    fn set_time_maps_to_utime_now_or_a_time() {
+        assert_eq!(SetTime::Now.to_proto(), Timespec { now: true, ns: 0 });
+        assert_eq!(SetTime::At(-5).to_proto(), Timespec { now: false, ns: -5 });
+    }
+}

@@ -1,0 +1,261 @@
+//! `MetaClient` against a real 3-replica meta cluster started in this
+//! process (`cairn_meta::start`, as `cairn dev` does): the namespace calls,
+//! the path helpers, paging, sessions, and a leader failover in the middle
+//! of a workload.
+
+use std::time::{Duration, Instant};
+
+use cairn_client::{ErrorCode, MetaClient, MetaClientOptions, Owner, RenameFlags, XattrMode};
+use cairn_meta::{MetaConfig, MetaHandle};
+use cairn_proto::ids::InodeId;
+use cairn_proto::meta::{FileType, StatusReply, VolumePolicy};
+use tokio::sync::watch;
+
+struct Replica {
+    stop: watch::Sender<bool>,
+    handle: Option<MetaHandle>,
+}
+
+struct Cluster {
+    _dir: tempfile::TempDir,
+    replicas: Vec<Replica>,
+    addrs: Vec<String>,
+}
+
+impl Cluster {
+    async fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let mut replicas = Vec::new();
+        let mut addrs: Vec<String> = Vec::new();
+        for i in 1..=3 {
+            let cfg = MetaConfig {
+                data_dir: dir.path().join(format!("meta{i}")),
+                listen: "127.0.0.1:0".parse().unwrap(),
+                bootstrap: i == 1,
+                join: addrs.first().cloned().into_iter().collect(),
+                replicas: 3,
+                raft_heartbeat: Duration::from_millis(100),
+                election_timeout: Duration::from_millis(500),
+                chunkserver_timeout: Duration::from_secs(5),
+                session_timeout: Duration::from_secs(30),
+                snapshot_every: 1000,
+                cache_bytes: 8 << 20,
+                ..MetaConfig::default()
+            };
+            let (stop, rx) = watch::channel(false);
+            let mut rx2 = rx.clone();
+            let h = cairn_meta::start(cfg, async move {
+                let _ = rx2.wait_for(|s| *s).await;
+            })
+            .await
+            .unwrap();
+            drop(rx);
+            addrs.push(h.addr.to_string());
+            replicas.push(Replica {
+                stop,
+                handle: Some(h),
+            });
+        }
+        Self {
+            _dir: dir,
+            replicas,
+            addrs,
+        }
+    }
+
+    /// Stops replica `node_id` and waits until it is down.
+    async fn stop(&mut self, node_id: u64) {
+        let r = self
+            .replicas
+            .iter_mut()
+            .find(|r| r.handle.as_ref().is_some_and(|h| h.node_id == node_id))
+            .unwrap();
+        r.stop.send_replace(true);
+        r.handle.take().unwrap().wait().await.unwrap();
+    }
+}
+
+fn client_opts() -> MetaClientOptions {
+    MetaClientOptions {
+        deadline: Duration::from_secs(10),
+        request_timeout: Duration::from_secs(2),
+        ..MetaClientOptions::default()
+    }
+}
+
+async fn wait_ready(c: &MetaClient) -> StatusReply {
+    let t0 = Instant::now();
+    loop {
+        if let Ok(s) = c.leader_status().await
+            && s.leader_id != 0
+            && s.members.iter().filter(|m| m.voter).count() == 3
+        {
+            return s;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(30), "cluster not ready");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn policy() -> VolumePolicy {
+    VolumePolicy {
+        replication: 3,
+        chunk_size: 64 << 20,
+        stripe_width: 8,
+        encrypted: false,
+        quota_bytes: 0,
+        quota_inodes: 0,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn namespace_calls_and_path_helpers() {
+    let cluster = Cluster::start().await;
+    let c = MetaClient::connect(&cluster.addrs, client_opts())
+        .await
+        .unwrap();
+    let t0 = Instant::now();
+    let s = wait_ready(&c).await;
+    eprintln!(
+        "ready in {:?}: leader {} term {}",
+        t0.elapsed(),
+        s.leader_id,
+        s.term
+    );
+    let me = Owner::current();
+
+    let vol = c.create_volume("v", policy()).await.unwrap();
+    assert_eq!(vol.name, "v");
+    assert!(
+        c.list_volumes()
+            .await
+            .unwrap()
+            .iter()
+            .any(|v| v.name == "v")
+    );
+
+    // mkdir -p: creates, is idempotent, refuses to go through a file.
+    let b = c.mkdir_p("/v/a/b", 0o750, me).await.unwrap();
+    assert_eq!(b.kind(), FileType::Directory);
+    assert_eq!(b.mode & 0o7777, 0o750);
+    assert_eq!(c.mkdir_p("/v/a/b", 0o755, me).await.unwrap().ino, b.ino);
+    let (a, name) = c.resolve_parent("/v/a/f").await.unwrap();
+    assert_eq!(name, "f");
+    let f = c
+        .create(InodeId(a.ino), "f", 0o644, me, true, false)
+        .await
+        .unwrap();
+    assert_eq!(f.attr.kind(), FileType::Regular);
+    let e = c
+        .create(InodeId(a.ino), "f", 0o644, me, true, false)
+        .await
+        .unwrap_err();
+    assert_eq!(e.code, ErrorCode::Exists);
+    let e = c.mkdir_p("/v/a/f/x", 0o755, me).await.unwrap_err();
+    assert_eq!(e.code, ErrorCode::NotDir, "{e}");
+    let e = c.resolve_parent("/").await.unwrap_err();
+    assert_eq!(e.code, ErrorCode::Invalid);
+    let e = c.resolve_parent("/v/nope/x").await.unwrap_err();
+    assert_eq!(e.code, ErrorCode::NotFound);
+
+    // Paging: more entries than one ReadDir page.
+    let many = c.mkdir_p("/v/many", 0o755, me).await.unwrap();
+    let n = cairn_client::meta_client::READDIR_PAGE as usize + 20;
+    for i in 0..n {
+        c.create(
+            InodeId(many.ino),
+            &format!("f{i:04}"),
+            0o644,
+            me,
+            true,
+            false,
+        )
+        .await
+        .unwrap();
+    }
+    let all = c.readdir_all(InodeId(many.ino)).await.unwrap();
+    assert_eq!(all.len(), n);
+    let mut names: Vec<_> = all.iter().map(|e| e.name.clone()).collect();
+    names.dedup();
+    assert_eq!(names.len(), n, "a page boundary repeated an entry");
+    let plus = c.readdir_all_plus(InodeId(a.ino)).await.unwrap();
+    let listed: Vec<_> = plus
+        .iter()
+        .map(|e| (e.name.as_str(), e.attr.is_some()))
+        .collect();
+    assert_eq!(listed, [("b", true), ("f", true)]);
+
+    // rename: noreplace refuses, a plain rename moves.
+    c.create(InodeId(a.ino), "g", 0o644, me, true, false)
+        .await
+        .unwrap();
+    let e = c
+        .rename(
+            InodeId(a.ino),
+            "g",
+            InodeId(a.ino),
+            "f",
+            RenameFlags::NOREPLACE,
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(e.code, ErrorCode::Exists);
+    c.rename(InodeId(a.ino), "g", InodeId(b.ino), "g2", RenameFlags::NONE)
+        .await
+        .unwrap();
+    assert_eq!(
+        c.resolve("/v/a/b/g2").await.unwrap().kind(),
+        FileType::Regular
+    );
+
+    // symlink, xattrs, unlink, rmdir.
+    let l = c.symlink(InodeId(a.ino), "l", "/v/a/f", me).await.unwrap();
+    assert_eq!(c.readlink(InodeId(l.attr.ino)).await.unwrap(), "/v/a/f");
+    c.setxattr(InodeId(f.attr.ino), "user.k", b"v", XattrMode::CreateOnly)
+        .await
+        .unwrap();
+    assert_eq!(
+        c.getxattr(InodeId(f.attr.ino), "user.k").await.unwrap(),
+        b"v"
+    );
+    assert_eq!(c.listxattr(InodeId(f.attr.ino)).await.unwrap(), ["user.k"]);
+    c.removexattr(InodeId(f.attr.ino), "user.k").await.unwrap();
+    let e = c.rmdir(InodeId(a.ino), "b").await.unwrap_err();
+    assert_eq!(e.code, ErrorCode::NotEmpty);
+    c.unlink(InodeId(b.ino), "g2").await.unwrap();
+    c.rmdir(InodeId(a.ino), "b").await.unwrap();
+    let e = c.lookup(InodeId(a.ino), "b").await.unwrap_err();
+    assert_eq!(e.code, ErrorCode::NotFound);
+
+    let sid = c.session_id().await.unwrap();
+    assert_ne!(sid.0, 0);
+    c.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn mutations_survive_a_leader_failover() {
+    let mut cluster = Cluster::start().await;
+    let c = MetaClient::connect(&cluster.addrs, client_opts())
+        .await
+        .unwrap();
+    let s = wait_ready(&c).await;
+    c.create_volume("w", policy()).await.unwrap();
+    let dir = c.mkdir_p("/w/d", 0o755, Owner::ROOT).await.unwrap();
+    for i in 0..20 {
+        c.mkdir(InodeId(dir.ino), &format!("before{i}"), 0o755, Owner::ROOT)
+            .await
+            .unwrap();
+    }
+    cluster.stop(s.leader_id).await;
+    let t0 = Instant::now();
+    c.mkdir(InodeId(dir.ino), "after", 0o755, Owner::ROOT)
+        .await
+        .unwrap();
+    let took = t0.elapsed();
+    eprintln!("first mutation after the leader stopped took {took:?}");
+    assert!(took < Duration::from_secs(5), "failover took {took:?}");
+    assert_ne!(c.leader_addr(), s.leader_addr);
+    let names = c.readdir_all(InodeId(dir.ino)).await.unwrap();
+    assert_eq!(names.len(), 21);
+    c.close().await.unwrap();
+}

@@ -1,0 +1,257 @@
+//! `cairn dev`: a 3-replica meta cluster in this process, for a laptop.
+//!
+//! It calls `cairn_meta::start` three times (replica 1 bootstraps, 2 and 3
+//! join it), on 127.0.0.1 ports `--port`, `--port`+1, `--port`+2 (`--port
+//! 0` picks free ones), with data under `DIR/meta1..3`, so a second run
+//! finds the same cluster again. Timeouts are short (100 ms heartbeat,
+//! 500 ms election) so the cluster is usable within the 5 s budget of
+//! DESIGN §10. It waits until a leader and three voters show in the
+//! leader's status, prints how to use the cluster, and on SIGINT/SIGTERM
+//! stops all three replicas through their shutdown futures, waits for them
+//! and exits 0. A second signal while stopping exits at once.
+//!
+//! Chunkservers are not started yet: namespace and volume commands work,
+//! file data does not.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, anyhow, bail};
+use cairn_client::{MetaClient, MetaClientOptions};
+use cairn_meta::{MetaConfig, MetaHandle};
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
+use tokio::sync::watch;
+
+use crate::signal::Signals;
+
+/// How long the cluster may take to show a leader and three voters.
+const READY_WITHIN: Duration = Duration::from_secs(60);
+/// How long the replicas may take to stop.
+const STOP_WITHIN: Duration = Duration::from_secs(30);
+/// Replicas in the dev cluster.
+const REPLICAS: usize = 3;
+
+/// Flags of `cairn dev`.
+#[derive(Debug, clap::Args)]
+pub struct DevArgs {
+    /// Directory for the replicas' data (DIR/meta1, DIR/meta2, DIR/meta3).
+    #[arg(long, default_value = "./cairn-dev")]
+    pub dir: PathBuf,
+    /// Port of replica 1; replicas 2 and 3 use the next two. 0 picks free
+    /// ports.
+    #[arg(long, default_value_t = 7001)]
+    pub port: u16,
+}
+
+/// Returns the configuration of replica `i` (1-based).
+#[allow(
+    clippy::needless_update,
+    reason = "MetaConfig grows; new fields keep their defaults"
+)]
+fn replica_config(dir: &Path, i: usize, port: u16, join: Option<&str>) -> MetaConfig {
+    MetaConfig {
+        data_dir: dir.join(format!("meta{i}")),
+        listen: SocketAddr::from(([127, 0, 0, 1], port)),
+        advertise: None,
+        bootstrap: join.is_none(),
+        join: join.map(|a| vec![a.to_string()]).unwrap_or_default(),
+        replicas: REPLICAS,
+        raft_heartbeat: Duration::from_millis(100),
+        election_timeout: Duration::from_millis(500),
+        chunkserver_timeout: Duration::from_secs(5),
+        session_timeout: Duration::from_secs(30),
+        snapshot_every: 1000,
+        cache_bytes: 16 << 20,
+        ..MetaConfig::default()
+    }
+}
+
+/// Returns the three ports to listen on.
+fn ports(first: u16) -> anyhow::Result<Vec<u16>> {
+    if first == 0 {
+        // Meta listens on a free port and advertises the port it got.
+        return Ok(vec![0; REPLICAS]);
+    }
+    (0..REPLICAS as u16)
+        .map(|i| {
+            first
+                .checked_add(i)
+                .ok_or_else(|| anyhow!("--port {first} leaves no room for {REPLICAS} replicas"))
+        })
+        .collect()
+}
+
+/// Resolves when `stop` turns true (or its sender is gone).
+async fn on_stop(mut stop: watch::Receiver<bool>) {
+    // Err: the sender was dropped, which also means stop.
+    let _ = stop.wait_for(|s| *s).await;
+}
+
+/// Starts the replicas one after the other (each joins the first), pushing
+/// each handle to `nodes` as soon as it exists so the caller can stop it.
+async fn start_all(
+    dir: &Path,
+    ports: &[u16],
+    stop: &watch::Receiver<bool>,
+    nodes: &mut Vec<MetaHandle>,
+) -> anyhow::Result<Vec<String>> {
+    let mut addrs: Vec<String> = Vec::new();
+    for (n, port) in ports.iter().enumerate() {
+        let i = n + 1;
+        let cfg = replica_config(dir, i, *port, addrs.first().map(String::as_str));
+        cfg.validate()
+            .map_err(|e| anyhow!("replica {i} configuration: {e}"))?;
+        std::fs::create_dir_all(&cfg.data_dir)
+            .with_context(|| format!("creating {}", cfg.data_dir.display()))?;
+        let h = cairn_meta::start(cfg, on_stop(stop.clone()))
+            .await
+            .map_err(|e| anyhow!("starting meta replica {i} on 127.0.0.1:{port}: {e}"))?;
+        addrs.push(h.addr.to_string());
+        nodes.push(h);
+    }
+    Ok(addrs)
+}
+
+/// Waits until the leader's status shows a leader and every replica as a
+/// voter; returns that status.
+async fn wait_ready(addrs: &[String]) -> anyhow::Result<cairn_proto::meta::StatusReply> {
+    let opts = MetaClientOptions {
+        deadline: Duration::from_secs(2),
+        request_timeout: Duration::from_secs(1),
+        ..MetaClientOptions::default()
+    };
+    let client = MetaClient::connect(addrs, opts)
+        .await
+        .map_err(|e| anyhow!("{e}"))?;
+    let t0 = Instant::now();
+    loop {
+        let last = match client.leader_status().await {
+            Ok(s) => {
+                let voters = s.members.iter().filter(|m| m.voter).count();
+                if s.leader_id != 0 && voters >= REPLICAS {
+                    return Ok(s);
+                }
+                format!("leader {}, {voters} voters", s.leader_id)
+            }
+            Err(e) => e.to_string(),
+        };
+        if t0.elapsed() > READY_WITHIN {
+            bail!("the dev cluster was not ready within {READY_WITHIN:?} (last status: {last})");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn print_usage(addrs: &[String], dir: &Path, s: &cairn_proto::meta::StatusReply, took: Duration) {
+    let meta = addrs.join(",");
+    println!(
+        "cairn dev: {REPLICAS} meta replicas ready in {:.1}s (leader: node {} at {}, term {})",
+        took.as_secs_f64(),
+        s.leader_id,
+        s.leader_addr,
+        s.term
+    );
+    println!("  data:    {}/meta{{1,2,3}}", dir.display());
+    println!("  --meta:  {meta}");
+    println!();
+    println!("In another shell:");
+    println!("  export CAIRN_META={meta}");
+    println!("  cairn meta status");
+    println!("  cairn volume create demo");
+    println!("  cairn mkdir -p /demo/datasets/train");
+    println!("  cairn ls -l /demo");
+    println!();
+    println!("Stop with Ctrl-C.");
+}
+
+/// Waits for every replica in `waits` to stop, up to [`STOP_WITHIN`]; a
+/// signal meanwhile aborts the wait. Returns the failures.
+async fn drain<F>(waits: &mut FuturesUnordered<F>, signals: &mut Signals) -> Vec<String>
+where
+    F: Future<Output = (u64, Result<(), String>)>,
+{
+    let mut errors = Vec::new();
+    let all = async {
+        while let Some((id, r)) = waits.next().await {
+            if let Err(e) = r {
+                errors.push(format!("replica {id}: {e}"));
+            }
+        }
+    };
+    tokio::select! {
+        () = all => {}
+        sig = signals.recv() => return vec![format!("{sig} while stopping; exiting without waiting")],
+        () = tokio::time::sleep(STOP_WITHIN) => {
+            return vec![format!("replicas did not stop within {STOP_WITHIN:?}")];
+        }
+    }
+    errors
+}
+
+/// Runs `cairn dev` until a signal; see the module docs.
+///
+/// # Errors
+/// When a replica cannot start, the cluster is not ready in time, a replica
+/// stops on its own, or the replicas do not stop cleanly.
+pub async fn run(args: DevArgs) -> anyhow::Result<()> {
+    let t0 = Instant::now();
+    let mut signals = Signals::new().context("installing signal handlers")?;
+    let ports = ports(args.port)?;
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut nodes = Vec::new();
+
+    let startup = async {
+        let addrs = start_all(&args.dir, &ports, &stop_rx, &mut nodes).await?;
+        let status = wait_ready(&addrs).await?;
+        Ok::<_, anyhow::Error>((addrs, status))
+    };
+    // Err(Some): start-up failed; Err(None): interrupted by a signal.
+    let started: Result<_, Option<anyhow::Error>> = tokio::select! {
+        r = startup => r.map_err(Some),
+        sig = signals.recv() => {
+            eprintln!("cairn dev: {sig} during start-up; stopping");
+            Err(None)
+        }
+    };
+
+    let mut waits: FuturesUnordered<_> = nodes
+        .into_iter()
+        .map(|h| {
+            let id = h.node_id;
+            async move { (id, h.wait().await.map_err(|e| e.to_string())) }
+        })
+        .collect();
+
+    let mut failure: Option<anyhow::Error> = None;
+    match started {
+        Ok((addrs, status)) => {
+            print_usage(&addrs, &args.dir, &status, t0.elapsed());
+            tokio::select! {
+                sig = signals.recv() => eprintln!("cairn dev: {sig}; stopping the replicas"),
+                Some((id, r)) = waits.next() => {
+                    failure = Some(match r {
+                        Ok(()) => anyhow!("meta replica {id} stopped on its own"),
+                        Err(e) => anyhow!("meta replica {id} failed: {e}"),
+                    });
+                }
+            }
+        }
+        Err(e) => failure = e,
+    }
+
+    stop_tx.send_replace(true);
+    let errors = drain(&mut waits, &mut signals).await;
+    for e in &errors {
+        eprintln!("cairn dev: {e}");
+    }
+    if let Some(f) = failure {
+        return Err(f);
+    }
+    if !errors.is_empty() {
+        bail!("the dev cluster did not stop cleanly");
+    }
+    eprintln!("cairn dev: stopped");
+    Ok(())
+}

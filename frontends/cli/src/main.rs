@@ -1,0 +1,286 @@
+//! `cairn`: the command line of Cairn.
+//!
+//! * namespace: `ls`, `mkdir`, `mv`, `rm`, `stat`, `ln` ([`namespace`]);
+//! * volumes: `volume create`, `volume ls` ([`volume`]);
+//! * the meta cluster: `meta status|join|promote|remove` ([`admin`]);
+//! * `dev`: a local 3-replica meta cluster in this process ([`dev`], cargo
+//!   feature `dev`, on by default).
+//!
+//! Every command talks to meta through [`cairn_client::MetaClient`] at the
+//! addresses of `--meta` (or `CAIRN_META`). Failures print one line on
+//! stderr (see [`report`]) and exit with status 1; usage errors exit with
+//! status 2 (clap's convention).
+
+mod admin;
+#[cfg(feature = "dev")]
+mod dev;
+mod format;
+mod namespace;
+mod report;
+#[cfg(feature = "dev")]
+mod signal;
+mod volume;
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use cairn_client::{MetaClient, MetaClientOptions};
+use cairn_proto::meta::VolumePolicy;
+use clap::{Parser, Subcommand};
+use tracing_subscriber::EnvFilter;
+
+/// The meta replicas of `cairn dev` with its default ports.
+const DEFAULT_META: &str = "127.0.0.1:7001,127.0.0.1:7002,127.0.0.1:7003";
+
+/// The command line of Cairn, a distributed file system for AI training.
+#[derive(Debug, Parser)]
+#[command(name = "cairn", version, about, max_term_width = 100)]
+struct Cli {
+    /// Meta replicas to talk to (comma-separated host:port; any one
+    /// reachable replica is enough).
+    #[arg(long, global = true, env = "CAIRN_META", default_value = DEFAULT_META, value_name = "ADDRS")]
+    meta: String,
+
+    /// Print machine-readable JSON instead of text (ls, stat, meta status,
+    /// volume ls/create).
+    #[arg(long, global = true)]
+    json: bool,
+
+    /// Give up on a meta request after this long, across retries (e.g.
+    /// "15s", "500ms").
+    #[arg(long, global = true, default_value = "15s", value_parser = humantime::parse_duration)]
+    timeout: Duration,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Inspect and change the metadata cluster.
+    #[command(subcommand)]
+    Meta(MetaCommand),
+
+    /// List a directory (or show one entry).
+    Ls {
+        /// Long format: mode, links, uid, gid, size, mtime (UTC), name.
+        #[arg(short = 'l')]
+        long: bool,
+        /// Absolute path.
+        #[arg(default_value = "/")]
+        path: String,
+    },
+
+    /// Create directories.
+    Mkdir {
+        /// Create missing parents; existing directories are fine.
+        #[arg(short = 'p', long)]
+        parents: bool,
+        /// Permission bits of new directories, in octal.
+        #[arg(short = 'm', long, default_value = "755", value_parser = format::parse_mode)]
+        mode: u32,
+        /// Absolute paths.
+        #[arg(required = true)]
+        paths: Vec<String>,
+    },
+
+    /// Rename or move, atomically; into DST when it is a directory.
+    Mv {
+        /// Fail when the target exists instead of replacing it.
+        #[arg(short = 'n', long)]
+        no_clobber: bool,
+        /// Absolute path to move.
+        src: String,
+        /// New absolute path, or an existing directory to move into.
+        dst: String,
+    },
+
+    /// Remove files, symlinks and (with -r) directory trees.
+    Rm {
+        /// Remove directories and their contents, depth-first.
+        #[arg(short = 'r', short_alias = 'R', long)]
+        recursive: bool,
+        /// Ignore paths that do not exist.
+        #[arg(short = 'f', long)]
+        force: bool,
+        /// Absolute paths ("/" is refused).
+        #[arg(required = true)]
+        paths: Vec<String>,
+    },
+
+    /// Show every attribute of a path, including its layout.
+    Stat {
+        /// Absolute path; a symlink is shown, not followed.
+        path: String,
+    },
+
+    /// Make a symbolic link (-s) or a hard link.
+    Ln {
+        /// Make a symbolic link to TARGET (stored as given).
+        #[arg(short = 's', long)]
+        symbolic: bool,
+        /// What the link points to (an absolute path for a hard link).
+        target: String,
+        /// The new link, or an existing directory to create it in.
+        link_path: String,
+    },
+
+    /// Create and list volumes.
+    #[command(subcommand)]
+    Volume(VolumeCommand),
+
+    /// Run a local 3-replica meta cluster in this process until Ctrl-C.
+    #[cfg(feature = "dev")]
+    Dev(dev::DevArgs),
+}
+
+#[derive(Debug, Subcommand)]
+enum MetaCommand {
+    /// Leader, term, log indexes, members and health.
+    Status,
+    /// Add the replica at ADDR to the cluster as a learner.
+    Join {
+        /// host:port of the new replica.
+        addr: String,
+    },
+    /// Promote learner ID to voter.
+    Promote {
+        /// Node id.
+        id: u64,
+    },
+    /// Remove replica ID from the cluster.
+    Remove {
+        /// Node id.
+        id: u64,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum VolumeCommand {
+    /// Create a volume: a top-level directory /NAME with its own policy.
+    Create {
+        /// Volume name (becomes /NAME).
+        name: String,
+        /// Copies of each chunk (1-3).
+        #[arg(long, default_value_t = 3)]
+        replication: u32,
+        /// Chunk size, a power of two (e.g. 64MiB).
+        #[arg(long, default_value = "64MiB", value_parser = format::parse_size)]
+        chunk_size: u64,
+        /// Chains each file is striped over.
+        #[arg(long, default_value_t = 8)]
+        stripe_width: u32,
+        /// Encrypt file contents on the client (AES-256-GCM).
+        #[arg(long)]
+        encrypted: bool,
+        /// Byte quota (e.g. 10TiB); 0 = unlimited.
+        #[arg(long, default_value = "0", value_parser = format::parse_size)]
+        quota_bytes: u64,
+        /// Inode quota; 0 = unlimited.
+        #[arg(long, default_value_t = 0)]
+        quota_inodes: u64,
+    },
+    /// List volumes with their policy and usage.
+    Ls,
+}
+
+fn init_tracing(default: &str) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    // Err only when a subscriber is already installed: keep that one.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+async fn connect(cli: &Cli) -> anyhow::Result<MetaClient> {
+    let opts = MetaClientOptions {
+        deadline: cli.timeout,
+        request_timeout: cli.timeout.min(Duration::from_secs(10)),
+        ..MetaClientOptions::default()
+    };
+    MetaClient::connect(cli.meta.split(','), opts)
+        .await
+        .map_err(|e| anyhow::anyhow!("--meta {}: {}", cli.meta, e.message))
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    #[cfg(feature = "dev")]
+    if let Command::Dev(args) = cli.command {
+        init_tracing("warn,openraft=off");
+        return dev::run(args).await;
+    }
+    init_tracing("error");
+    let c = connect(&cli).await?;
+    let json = cli.json;
+    let result = match &cli.command {
+        Command::Meta(MetaCommand::Status) => admin::status(&c, json).await,
+        Command::Meta(MetaCommand::Join { addr }) => admin::join(&c, addr).await,
+        Command::Meta(MetaCommand::Promote { id }) => admin::promote(&c, *id, json).await,
+        Command::Meta(MetaCommand::Remove { id }) => admin::remove(&c, *id, json).await,
+        Command::Ls { long, path } => namespace::ls(&c, path, *long, json).await,
+        Command::Mkdir {
+            parents,
+            mode,
+            paths,
+        } => namespace::mkdir(&c, paths, *parents, *mode).await,
+        Command::Mv {
+            no_clobber,
+            src,
+            dst,
+        } => namespace::mv(&c, src, dst, *no_clobber).await,
+        Command::Rm {
+            recursive,
+            force,
+            paths,
+        } => namespace::rm(&c, paths, *recursive, *force).await,
+        Command::Stat { path } => namespace::stat(&c, path, json).await,
+        Command::Ln {
+            symbolic,
+            target,
+            link_path,
+        } => namespace::ln(&c, target, link_path, *symbolic).await,
+        Command::Volume(VolumeCommand::Create {
+            name,
+            replication,
+            chunk_size,
+            stripe_width,
+            encrypted,
+            quota_bytes,
+            quota_inodes,
+        }) => {
+            let policy = VolumePolicy {
+                replication: *replication,
+                chunk_size: *chunk_size,
+                stripe_width: *stripe_width,
+                encrypted: *encrypted,
+                quota_bytes: *quota_bytes,
+                quota_inodes: *quota_inodes,
+            };
+            volume::create(&c, name, policy, json).await
+        }
+        Command::Volume(VolumeCommand::Ls) => volume::ls(&c, json).await,
+        #[cfg(feature = "dev")]
+        Command::Dev(_) => Ok(()),
+    };
+    // Release the session (if a mutation opened one) now rather than at
+    // its expiry; a failure here changes nothing for the user.
+    if let Err(e) = c.close().await {
+        tracing::debug!(error = %e, "closing the meta session");
+    }
+    result
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            if !e.is::<report::Reported>() {
+                report::print(&e);
+            }
+            ExitCode::FAILURE
+        }
+    }
+}

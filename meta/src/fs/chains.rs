@@ -1,0 +1,195 @@
+//! Chunkserver registration and the chain tables (DESIGN §3, §5).
+//!
+//! Registration is a Raft decision (it can add targets and chains);
+//! heartbeats and liveness are soft state on the leader
+//! ([`crate::node`]), which turns its verdicts into
+//! [`Op::SetTargetStates`](super::Op::SetTargetStates) entries. Every
+//! change to any chain bumps that chain's version and the global
+//! `chains_version` that clients watch.
+
+use super::store::{Kv, Txn, key};
+use super::{
+    Chain, ChainMember, ChunkserverRecord, FsResult, Reply, TargetRecord, TargetSpec, TargetState,
+    counter, fail, next,
+};
+use crate::placement::{TargetLoc, chains_to_add};
+
+/// Replication factors that get a chain table.
+pub const REPLICATIONS: [u32; 3] = [1, 2, 3];
+
+fn bump_version<K: Kv + ?Sized>(t: &mut Txn<'_, K>) -> FsResult<()> {
+    next(t, counter::CHAINS_VERSION, 0)?;
+    Ok(())
+}
+
+/// Returns every registered chunkserver.
+pub(crate) fn chunkservers<K: Kv + ?Sized>(t: &Txn<'_, K>) -> FsResult<Vec<ChunkserverRecord>> {
+    t.scan(b"k", None, usize::MAX)?
+        .iter()
+        .map(|(k, v)| Ok(super::store::decode(k, v)?))
+        .collect()
+}
+
+/// Returns the chains of the table for `replication`, by id.
+pub(crate) fn table<K: Kv + ?Sized>(t: &Txn<'_, K>, replication: u32) -> FsResult<Vec<Chain>> {
+    t.scan(&key::chain_prefix(replication), None, usize::MAX)?
+        .iter()
+        .map(|(k, v)| Ok(super::store::decode(k, v)?))
+        .collect()
+}
+
+/// Registers a chunkserver (or updates a known one, found by its UUID),
+/// assigns ids to new targets and adds chains for them.
+pub(crate) fn register<K: Kv + ?Sized>(
+    t: &mut Txn<'_, K>,
+    node_uuid: &str,
+    host: &str,
+    shard_ports: &[u32],
+    zone: &str,
+    targets: &[TargetSpec],
+) -> FsResult<Reply> {
+    if node_uuid.is_empty() || host.is_empty() {
+        fail!(
+            Invalid,
+            "a chunkserver registers with a node uuid and a host"
+        );
+    }
+    if shard_ports.is_empty() || shard_ports.iter().any(|p| *p == 0 || *p > 65535) {
+        fail!(
+            Invalid,
+            "a chunkserver registers with one valid port per shard"
+        );
+    }
+    let all = chunkservers(t)?;
+    for spec in targets {
+        if let Some(owner) = all
+            .iter()
+            .find(|c| c.node_uuid != node_uuid && c.targets.iter().any(|x| x.uuid == spec.uuid))
+        {
+            fail!(
+                Exists,
+                "target {} is already registered by chunkserver {}",
+                spec.uuid,
+                owner.id
+            );
+        }
+    }
+    let mut rec = match all.iter().find(|c| c.node_uuid == node_uuid) {
+        Some(c) => c.clone(),
+        None => ChunkserverRecord {
+            id: next(t, counter::NEXT_CHUNKSERVER, 1)?,
+            node_uuid: node_uuid.to_string(),
+            host: String::new(),
+            shard_ports: Vec::new(),
+            zone: String::new(),
+            targets: Vec::new(),
+        },
+    };
+    let before = rec.clone();
+    rec.host = host.to_string();
+    rec.shard_ports = shard_ports.to_vec();
+    rec.zone = zone.to_string();
+    let mut ids = Vec::with_capacity(targets.len());
+    for spec in targets {
+        match rec.targets.iter_mut().find(|x| x.uuid == spec.uuid) {
+            Some(x) => {
+                x.capacity = spec.capacity;
+                ids.push(x.id);
+            }
+            None => {
+                let id = next(t, counter::NEXT_TARGET, 1)?;
+                rec.targets.push(TargetRecord {
+                    id,
+                    uuid: spec.uuid.clone(),
+                    capacity: spec.capacity,
+                });
+                ids.push(id);
+            }
+        }
+    }
+    if rec != before {
+        t.put(key::chunkserver(rec.id), &rec);
+        extend_tables(t)?;
+        bump_version(t)?;
+    }
+    Ok(Reply::Chunkserver {
+        id: rec.id,
+        target_ids: ids,
+    })
+}
+
+/// Adds chains to every table for targets that have too few.
+fn extend_tables<K: Kv + ?Sized>(t: &mut Txn<'_, K>) -> FsResult<()> {
+    let servers = chunkservers(t)?;
+    let locs: Vec<TargetLoc> = servers
+        .iter()
+        .flat_map(|c| {
+            c.targets.iter().map(|x| TargetLoc {
+                id: x.id,
+                chunkserver: c.id,
+                zone: c.zone.clone(),
+            })
+        })
+        .collect();
+    for r in REPLICATIONS {
+        let chains = table(t, r)?;
+        let existing: Vec<Vec<u64>> = chains
+            .iter()
+            .map(|c| c.members.iter().map(|m| m.target).collect())
+            .collect();
+        let first_id = chains.iter().map(|c| c.id).max().map_or(1, |m| m + 1);
+        for (next_id, members) in (first_id..).zip(chains_to_add(&existing, &locs, r as usize)) {
+            let chain = Chain {
+                id: next_id,
+                version: 1,
+                members: members
+                    .iter()
+                    .map(|id| ChainMember {
+                        target: *id,
+                        chunkserver: locs
+                            .iter()
+                            .find(|l| l.id == *id)
+                            .map_or(0, |l| l.chunkserver),
+                        state: TargetState::Serving,
+                    })
+                    .collect(),
+            };
+            t.put(key::chain(r, next_id), &chain);
+        }
+    }
+    Ok(())
+}
+
+/// Sets target states in every chain that holds them. A change that would
+/// leave a chain without a serving target is skipped for that chain: meta
+/// never takes away a chain's last serving replica.
+pub(crate) fn set_target_states<K: Kv + ?Sized>(
+    t: &mut Txn<'_, K>,
+    changes: &[(u64, TargetState)],
+) -> FsResult<Reply> {
+    let mut changed = false;
+    for r in REPLICATIONS {
+        for mut chain in table(t, r)? {
+            let mut next_members = chain.members.clone();
+            for m in next_members.iter_mut() {
+                if let Some((_, s)) = changes.iter().find(|(id, _)| *id == m.target) {
+                    m.state = *s;
+                }
+            }
+            if next_members == chain.members {
+                continue;
+            }
+            if !next_members.iter().any(|m| m.state == TargetState::Serving) {
+                continue;
+            }
+            chain.members = next_members;
+            chain.version += 1;
+            t.put(key::chain(r, chain.id), &chain);
+            changed = true;
+        }
+    }
+    if changed {
+        bump_version(t)?;
+    }
+    Ok(Reply::Unit)
+}

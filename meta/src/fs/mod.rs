@@ -1,0 +1,738 @@
+//! The metadata state machine: namespace, layouts, volumes, sessions,
+//! chunkservers and the chain table.
+//!
+//! [`FsState`] applies Raft log entries ([`Command`]s) deterministically:
+//! inode numbers, object ids, session ids and node ids come from counters
+//! in the state; times come from the command (stamped by the leader). Each
+//! entry is one atomic batch together with the applied log id (see
+//! [`store`]), so the state is always exactly "every entry up to
+//! `last_applied`".
+//!
+//! Retries: a command carrying (client id, seq) of a live session is
+//! answered from the reply cache when that seq was already applied
+//! (Ongaro's thesis §6.3); replies below the client's `ack_below` are
+//! forgotten, and a seq below it is refused as stale. Read-only queries
+//! live in [`read`]; operations are split by concept into the sibling
+//! modules.
+
+mod chains;
+mod namespace;
+pub mod read;
+mod session;
+pub mod store;
+mod types;
+
+use std::sync::Arc;
+
+use cairn_proto::ErrorCode;
+use openraft::EntryPayload;
+use serde::{Deserialize, Serialize};
+
+use crate::raft::types::{LogId, StoredMembership, TypeConfig};
+pub use store::{Kv, MemKv, StoreError, Txn};
+pub use types::*;
+
+/// Format version of the state stored in sled and in snapshots.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// Inode of the root directory.
+pub const ROOT_INO: u64 = 1;
+
+/// Replies cached per client beyond `ack_below` before the oldest are
+/// dropped: bounds the cache when a client never acknowledges.
+const MAX_CACHED_REPLIES: usize = 1024;
+
+/// Counter names under the `m` prefix.
+pub(crate) mod counter {
+    pub const NEXT_INO: &str = "next_ino";
+    pub const NEXT_OBJECT: &str = "next_object";
+    pub const NEXT_SESSION: &str = "next_session";
+    pub const NEXT_NODE: &str = "next_node";
+    pub const NEXT_CHUNKSERVER: &str = "next_chunkserver";
+    pub const NEXT_TARGET: &str = "next_target";
+    pub const NEXT_VOLUME: &str = "next_volume";
+    pub const CHAINS_VERSION: &str = "chains_version";
+    pub const CREATE_CURSOR: &str = "create_cursor";
+}
+
+/// Facts under the `m` prefix that are not counters.
+pub(crate) mod fact {
+    pub const CLUSTER_ID: &str = "cluster_id";
+    pub const LAST_APPLIED: &str = "last_applied";
+    pub const MEMBERSHIP: &str = "membership";
+    pub const FORMAT: &str = "format";
+}
+
+/// The metadata state machine over a [`Kv`].
+pub struct FsState<K: Kv = sled::Tree> {
+    kv: K,
+    chains_tx: Arc<tokio::sync::watch::Sender<u64>>,
+}
+
+/// A snapshot's payload: the format version and every key-value pair.
+#[derive(Serialize, Deserialize)]
+struct SnapshotData {
+    format: u32,
+    entries: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
+type FsResult<T> = Result<T, OpError>;
+
+/// Why an operation did not apply: a user-visible failure (the command is
+/// answered with it and changes nothing) or a store failure (fatal).
+#[derive(Debug)]
+pub(crate) enum OpError {
+    Fs(FsError),
+    Store(StoreError),
+}
+
+impl From<StoreError> for OpError {
+    fn from(e: StoreError) -> Self {
+        OpError::Store(e)
+    }
+}
+
+impl From<FsError> for OpError {
+    fn from(e: FsError) -> Self {
+        OpError::Fs(e)
+    }
+}
+
+/// Returns an `Err(OpError::Fs)` with `code` and a formatted message.
+macro_rules! fail {
+    ($code:ident, $($arg:tt)*) => {
+        return Err($crate::fs::OpError::Fs($crate::fs::FsError::new(
+            cairn_proto::ErrorCode::$code,
+            format!($($arg)*),
+        )))
+    };
+}
+pub(crate) use fail;
+
+impl<K: Kv> FsState<K> {
+    /// Opens the state machine over `kv`, checking its format version.
+    ///
+    /// # Errors
+    /// [`StoreError::Format`] when the data is of a newer format.
+    pub fn open(kv: K) -> Result<Self, StoreError> {
+        let mut t = Txn::new(&kv);
+        match t.get::<u32>(&store::key::meta(fact::FORMAT))? {
+            None => {
+                t.put(store::key::meta(fact::FORMAT), &FORMAT_VERSION);
+                t.commit()?;
+            }
+            Some(v) if v <= FORMAT_VERSION => {}
+            Some(v) => {
+                return Err(StoreError::Format(format!(
+                    "metadata format {v} is newer than this build understands ({FORMAT_VERSION}); \
+                     upgrade cairn-meta"
+                )));
+            }
+        }
+        let state = Self {
+            kv,
+            chains_tx: Arc::new(tokio::sync::watch::channel(0).0),
+        };
+        let v = state.chains_version()?;
+        state.chains_tx.send_replace(v);
+        Ok(state)
+    }
+
+    /// Returns the underlying store.
+    pub fn kv(&self) -> &K {
+        &self.kv
+    }
+
+    /// Returns a receiver that sees the chain-table version change.
+    pub fn watch_chains(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.chains_tx.subscribe()
+    }
+
+    /// Returns the last applied log id and the last applied membership.
+    ///
+    /// # Errors
+    /// A store failure.
+    pub fn applied_state(&self) -> Result<(Option<LogId>, StoredMembership), StoreError> {
+        let t = Txn::new(&self.kv);
+        let last = t.get::<LogId>(&store::key::meta(fact::LAST_APPLIED))?;
+        let membership = t
+            .get::<StoredMembership>(&store::key::meta(fact::MEMBERSHIP))?
+            .unwrap_or_default();
+        Ok((last, membership))
+    }
+
+    /// Applies one log entry and returns its response.
+    ///
+    /// A command that fails for a user-visible reason changes nothing but
+    /// the applied log id (and the reply cache) and returns the error as
+    /// its response.
+    ///
+    /// # Errors
+    /// A store failure; the replica must stop applying.
+    pub fn apply(
+        &self,
+        log_id: &LogId,
+        payload: &EntryPayload<TypeConfig>,
+    ) -> Result<Response, StoreError> {
+        let mut t = Txn::new(&self.kv);
+        let chains_before = self.chains_version()?;
+        let response = match payload {
+            EntryPayload::Blank => Ok(Reply::Unit),
+            EntryPayload::Membership(m) => {
+                t.put(
+                    store::key::meta(fact::MEMBERSHIP),
+                    &StoredMembership::new(Some(*log_id), m.clone()),
+                );
+                Ok(Reply::Unit)
+            }
+            EntryPayload::Normal(cmd) => self.apply_command(&mut t, cmd)?,
+        };
+        t.put(store::key::meta(fact::LAST_APPLIED), log_id);
+        let chains_after: u64 = t
+            .get(&store::key::meta(counter::CHAINS_VERSION))?
+            .unwrap_or(0);
+        t.commit()?;
+        if chains_after != chains_before {
+            self.chains_tx.send_replace(chains_after);
+        }
+        Ok(response)
+    }
+
+    /// Runs a command with the reply cache around it.
+    fn apply_command(&self, t: &mut Txn<'_, K>, cmd: &Command) -> Result<Response, StoreError> {
+        let cached = cmd.client_id != 0 && cmd.seq != 0;
+        if cached {
+            if let Some(r) = t.get::<Response>(&store::key::reply(cmd.client_id, cmd.seq))? {
+                return Ok(r);
+            }
+            if cmd.seq < cmd.ack_below {
+                return Ok(Err(FsError::new(
+                    ErrorCode::StaleSequence,
+                    format!(
+                        "request {} of client {} was already answered",
+                        cmd.seq, cmd.client_id
+                    ),
+                )));
+            }
+            if t.get_raw(&store::key::session(cmd.client_id))?.is_none() {
+                return Ok(Err(FsError::new(
+                    ErrorCode::SessionExpired,
+                    format!("session {} is unknown or expired", cmd.client_id),
+                )));
+            }
+        }
+        let response = match self.run_op(t, cmd) {
+            Ok(reply) => Ok(reply),
+            Err(OpError::Fs(e)) => {
+                t.rollback();
+                Err(e)
+            }
+            Err(OpError::Store(e)) => return Err(e),
+        };
+        if cached {
+            self.cache_reply(t, cmd, &response)?;
+        }
+        Ok(response)
+    }
+
+    fn cache_reply(
+        &self,
+        t: &mut Txn<'_, K>,
+        cmd: &Command,
+        response: &Response,
+    ) -> Result<(), StoreError> {
+        let prefix = store::key::reply_prefix(cmd.client_id);
+        let old = t.scan(&prefix, None, MAX_CACHED_REPLIES + 1)?;
+        let mut kept = old.len();
+        for (k, _) in &old {
+            let seq = u64::from_be_bytes(k[9..17].try_into().unwrap_or([0; 8]));
+            if seq < cmd.ack_below || kept >= MAX_CACHED_REPLIES {
+                t.delete(k.clone());
+                kept -= 1;
+            }
+        }
+        t.put(store::key::reply(cmd.client_id, cmd.seq), response);
+        Ok(())
+    }
+
+    fn run_op(&self, t: &mut Txn<'_, K>, cmd: &Command) -> FsResult<Reply> {
+        let now = cmd.time_ns;
+        match &cmd.op {
+            Op::InitCluster { cluster_id } => namespace::init_cluster(t, cluster_id, now),
+            Op::AllocateNodeId { .. } => Ok(Reply::NodeId(next(t, counter::NEXT_NODE, 2)?)),
+            Op::Mkdir {
+                parent,
+                name,
+                mode,
+                uid,
+                gid,
+            } => namespace::mkdir(t, *parent, name, *mode, *uid, *gid, None, now),
+            Op::Create {
+                parent,
+                name,
+                mode,
+                uid,
+                gid,
+                exclusive,
+                open_for_write,
+                salt,
+            } => {
+                let reply = namespace::create(
+                    t,
+                    namespace::NewFile {
+                        parent: *parent,
+                        name,
+                        mode: *mode,
+                        uid: *uid,
+                        gid: *gid,
+                        exclusive: *exclusive,
+                        salt,
+                    },
+                    now,
+                )?;
+                if *open_for_write
+                    && cmd.client_id != 0
+                    && let Reply::Entry { attr, .. } = &reply
+                {
+                    session::open(t, cmd.client_id, attr.ino, true)?;
+                }
+                Ok(reply)
+            }
+            Op::Symlink {
+                parent,
+                name,
+                target,
+                uid,
+                gid,
+            } => namespace::symlink(t, *parent, name, target, *uid, *gid, now),
+            Op::Link {
+                ino,
+                new_parent,
+                new_name,
+            } => namespace::link(t, *ino, *new_parent, new_name, now),
+            Op::Unlink {
+                parent,
+                name,
+                held_open,
+            } => namespace::unlink(t, *parent, name, cmd.client_id, *held_open, now),
+            Op::Rmdir { parent, name } => namespace::rmdir(t, *parent, name, now),
+            Op::Rename {
+                parent,
+                name,
+                new_parent,
+                new_name,
+                noreplace,
+                exchange,
+            } => namespace::rename(
+                t,
+                namespace::RenameArgs {
+                    parent: *parent,
+                    name,
+                    new_parent: *new_parent,
+                    new_name,
+                    noreplace: *noreplace,
+                    exchange: *exchange,
+                },
+                now,
+            ),
+            Op::SetAttr { ino, attr } => namespace::setattr(t, *ino, attr, now),
+            Op::SetXattr {
+                ino,
+                name,
+                value,
+                create_only,
+                replace_only,
+            } => namespace::setxattr(t, *ino, name, value, *create_only, *replace_only, now),
+            Op::RemoveXattr { ino, name } => namespace::removexattr(t, *ino, name, now),
+            Op::CreateVolume { name, policy } => namespace::create_volume(t, name, policy, now),
+            Op::OpenSession { client_name } => session::open_session(t, client_name, now),
+            Op::CloseSession { session } => session::close_session(t, *session, now),
+            Op::Open { ino, write } => {
+                let inode = namespace::inode(t, *ino)?;
+                if *write && inode.kind != Kind::File {
+                    fail!(IsDir, "inode {ino} is not a regular file");
+                }
+                if cmd.client_id != 0 {
+                    session::open(t, cmd.client_id, *ino, *write)?;
+                }
+                Ok(Reply::Attr(inode))
+            }
+            Op::Close { ino, length } => session::close(t, cmd.client_id, *ino, *length, now),
+            Op::ReportLength {
+                ino,
+                length,
+                truncate_gen,
+            } => session::report_length(t, *ino, *length, *truncate_gen, now),
+            Op::RegisterChunkserver {
+                node_uuid,
+                host,
+                shard_ports,
+                zone,
+                targets,
+            } => chains::register(t, node_uuid, host, shard_ports, zone, targets),
+            Op::SetTargetStates { changes } => chains::set_target_states(t, changes),
+        }
+    }
+
+    /// Returns the current chain-table version.
+    ///
+    /// # Errors
+    /// A store failure.
+    pub fn chains_version(&self) -> Result<u64, StoreError> {
+        Ok(Txn::new(&self.kv)
+            .get(&store::key::meta(counter::CHAINS_VERSION))?
+            .unwrap_or(0))
+    }
+
+    /// Serializes the whole state (including the applied log id and
+    /// membership) for a Raft snapshot.
+    ///
+    /// # Errors
+    /// A store failure.
+    pub fn export(&self) -> Result<Vec<u8>, StoreError> {
+        let data = SnapshotData {
+            format: FORMAT_VERSION,
+            entries: self.kv.dump()?,
+        };
+        Ok(store::encode(&data))
+    }
+
+    /// Replaces the whole state with a snapshot made by [`Self::export`].
+    ///
+    /// # Errors
+    /// [`StoreError::Decode`] or [`StoreError::Format`] for a bad snapshot;
+    /// a store failure.
+    pub fn import(&self, bytes: &[u8]) -> Result<(), StoreError> {
+        let data: SnapshotData = store::decode(b"snapshot", bytes)?;
+        if data.format > FORMAT_VERSION {
+            return Err(StoreError::Format(format!(
+                "snapshot format {} is newer than this build understands ({FORMAT_VERSION})",
+                data.format
+            )));
+        }
+        self.kv.replace_all(data.entries)?;
+        let v = self.chains_version()?;
+        self.chains_tx.send_replace(v);
+        Ok(())
+    }
+}
+
+/// Returns the next value of counter `name` (starting at `first`).
+pub(crate) fn next<K: Kv + ?Sized>(t: &mut Txn<'_, K>, name: &str, first: u64) -> FsResult<u64> {
+    let key = store::key::meta(name);
+    let v: u64 = t.get(&key)?.unwrap_or(first);
+    t.put(key, &(v + 1));
+    Ok(v)
+}
+
+#[cfg(test)]
+mod tests {
+    use openraft::{CommittedLeaderId, EntryPayload, LogId};
+
+    use super::*;
+
+    struct Sm {
+        fs: FsState<MemKv>,
+        index: u64,
+    }
+
+    impl Sm {
+        fn new() -> Self {
+            let mut s = Self {
+                fs: FsState::open(MemKv::default()).unwrap(),
+                index: 0,
+            };
+            s.run(Command::internal(
+                1,
+                Op::InitCluster {
+                    cluster_id: "t".into(),
+                },
+            ))
+            .unwrap();
+            s
+        }
+
+        fn run(&mut self, cmd: Command) -> Response {
+            self.index += 1;
+            let id = LogId::new(CommittedLeaderId::new(1, 1), self.index);
+            self.fs.apply(&id, &EntryPayload::Normal(cmd)).unwrap()
+        }
+
+        fn op(&mut self, op: Op) -> Response {
+            self.run(Command::internal(self.index as i64 * 10, op))
+        }
+
+        fn session(&mut self) -> u64 {
+            match self.op(Op::OpenSession {
+                client_name: "test".into(),
+            }) {
+                Ok(Reply::Session(id)) => id,
+                r => panic!("{r:?}"),
+            }
+        }
+
+        fn create(&mut self, name: &str) -> Inode {
+            match self.op(Op::Create {
+                parent: ROOT_INO,
+                name: name.into(),
+                mode: 0o644,
+                uid: 1,
+                gid: 1,
+                exclusive: true,
+                open_for_write: false,
+                salt: vec![],
+            }) {
+                Ok(Reply::Entry { attr, .. }) => attr,
+                r => panic!("{r:?}"),
+            }
+        }
+    }
+
+    fn create_op(name: &str) -> Op {
+        Op::Create {
+            parent: ROOT_INO,
+            name: name.into(),
+            mode: 0o644,
+            uid: 0,
+            gid: 0,
+            exclusive: true,
+            open_for_write: false,
+            salt: vec![],
+        }
+    }
+
+    #[test]
+    fn retried_create_excl_gets_its_first_answer() {
+        let mut sm = Sm::new();
+        let sid = sm.session();
+        let cmd = Command {
+            client_id: sid,
+            seq: 1,
+            ack_below: 1,
+            time_ns: 5,
+            op: create_op("ckpt"),
+        };
+        let first = sm.run(cmd.clone());
+        assert!(matches!(first, Ok(Reply::Entry { .. })));
+        // The same request again (a retry after a lost reply or failover).
+        assert_eq!(sm.run(cmd.clone()), first);
+        // A new request for the same name is a real EEXIST.
+        let again = Command {
+            seq: 2,
+            ..cmd.clone()
+        };
+        assert_eq!(sm.run(again).unwrap_err().code, ErrorCode::Exists);
+        // Once acknowledged, the old seq is stale rather than re-applied.
+        let late = Command {
+            seq: 1,
+            ack_below: 3,
+            ..cmd
+        };
+        let stale = Command {
+            seq: 3,
+            ..late.clone()
+        };
+        sm.run(stale).unwrap_err();
+        assert_eq!(sm.run(late).unwrap_err().code, ErrorCode::StaleSequence);
+    }
+
+    #[test]
+    fn unknown_session_is_refused() {
+        let mut sm = Sm::new();
+        let cmd = Command {
+            client_id: 99,
+            seq: 1,
+            ack_below: 0,
+            time_ns: 5,
+            op: create_op("x"),
+        };
+        assert_eq!(sm.run(cmd).unwrap_err().code, ErrorCode::SessionExpired);
+        assert_eq!(
+            sm.fs.lookup(ROOT_INO, "x").unwrap_err().code,
+            ErrorCode::NotFound
+        );
+    }
+
+    #[test]
+    fn unlinked_open_file_lives_until_close() {
+        let mut sm = Sm::new();
+        let sid = sm.session();
+        let f = sm.create("data");
+        sm.run(Command {
+            client_id: sid,
+            seq: 1,
+            ack_below: 0,
+            time_ns: 1,
+            op: Op::Open {
+                ino: f.ino,
+                write: true,
+            },
+        })
+        .unwrap();
+        let r = sm.op(Op::Unlink {
+            parent: ROOT_INO,
+            name: "data".into(),
+            held_open: false,
+        });
+        assert!(matches!(r, Ok(Reply::Removed { freed: true, .. })));
+        // Name gone, inode alive, data not garbage yet.
+        assert!(sm.fs.lookup(ROOT_INO, "data").is_err());
+        assert_eq!(sm.fs.getattr(f.ino).unwrap().nlink, 0);
+        assert!(sm.fs.garbage().unwrap().is_empty());
+        // The writer's close with its length settles, then frees.
+        sm.run(Command {
+            client_id: sid,
+            seq: 2,
+            ack_below: 2,
+            time_ns: 2,
+            op: Op::Close {
+                ino: f.ino,
+                length: Some((100, 0)),
+            },
+        })
+        .unwrap();
+        assert_eq!(sm.fs.getattr(f.ino).unwrap_err().code, ErrorCode::NotFound);
+        assert_eq!(sm.fs.garbage().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn session_close_releases_held_files() {
+        let mut sm = Sm::new();
+        let sid = sm.session();
+        let f = sm.create("tmp");
+        sm.run(Command {
+            client_id: sid,
+            seq: 1,
+            ack_below: 0,
+            time_ns: 1,
+            op: Op::Unlink {
+                parent: ROOT_INO,
+                name: "tmp".into(),
+                held_open: true,
+            },
+        })
+        .unwrap();
+        assert!(sm.fs.getattr(f.ino).is_ok());
+        sm.op(Op::CloseSession { session: sid }).unwrap();
+        assert!(sm.fs.getattr(f.ino).is_err());
+        assert!(sm.fs.sessions().unwrap().is_empty());
+    }
+
+    #[test]
+    fn stale_length_reports_are_dropped() {
+        let mut sm = Sm::new();
+        let f = sm.create("ck");
+        sm.op(Op::ReportLength {
+            ino: f.ino,
+            length: 1000,
+            truncate_gen: 0,
+        })
+        .unwrap();
+        sm.op(Op::SetAttr {
+            ino: f.ino,
+            attr: SetAttr {
+                size: Some(10),
+                ..SetAttr::default()
+            },
+        })
+        .unwrap();
+        // An old writer (generation 0) reports again: ignored.
+        sm.op(Op::ReportLength {
+            ino: f.ino,
+            length: 1000,
+            truncate_gen: 0,
+        })
+        .unwrap();
+        let a = sm.fs.getattr(f.ino).unwrap();
+        assert_eq!((a.size, a.truncate_gen), (10, 1));
+        sm.op(Op::ReportLength {
+            ino: f.ino,
+            length: 20,
+            truncate_gen: 1,
+        })
+        .unwrap();
+        assert_eq!(sm.fs.getattr(f.ino).unwrap().size, 20);
+    }
+
+    #[test]
+    fn chunkservers_build_balanced_chains_and_layouts_use_them() {
+        let mut sm = Sm::new();
+        for n in 0..4 {
+            let r = sm.op(Op::RegisterChunkserver {
+                node_uuid: format!("cs{n}"),
+                host: "127.0.0.1".into(),
+                shard_ports: vec![9000 + n],
+                zone: String::new(),
+                targets: vec![TargetSpec {
+                    uuid: format!("t{n}"),
+                    capacity: 1 << 30,
+                }],
+            });
+            assert!(matches!(r, Ok(Reply::Chunkserver { .. })), "{r:?}");
+        }
+        let tables = sm.fs.chain_tables().unwrap();
+        let r3 = &tables.iter().find(|(r, _)| *r == 3).unwrap().1;
+        assert_eq!(r3.len(), 4);
+        let v = sm.fs.chains_version().unwrap();
+        // Re-registering unchanged changes nothing.
+        sm.op(Op::RegisterChunkserver {
+            node_uuid: "cs0".into(),
+            host: "127.0.0.1".into(),
+            shard_ports: vec![9000],
+            zone: String::new(),
+            targets: vec![TargetSpec {
+                uuid: "t0".into(),
+                capacity: 1 << 30,
+            }],
+        })
+        .unwrap();
+        assert_eq!(sm.fs.chains_version().unwrap(), v);
+        let a = sm.create("a");
+        let b = sm.create("b");
+        let (la, lb) = (a.layout.unwrap(), b.layout.unwrap());
+        assert_eq!(la.chains.len(), 4);
+        assert_ne!(la.chains[0], lb.chains[0], "per-file offset spreads files");
+        assert_ne!(la.object_id, lb.object_id);
+        // Offline: every chain keeps at least one serving target.
+        sm.op(Op::SetTargetStates {
+            changes: vec![(1, TargetState::Offline), (2, TargetState::Offline)],
+        })
+        .unwrap();
+        let mut offline = 0;
+        for (_, chains) in sm.fs.chain_tables().unwrap() {
+            for c in chains {
+                assert!(
+                    c.members.iter().any(|m| m.state == TargetState::Serving),
+                    "{c:?}"
+                );
+                offline += c
+                    .members
+                    .iter()
+                    .filter(|m| m.state == TargetState::Offline)
+                    .count();
+            }
+        }
+        // Each of the two targets is in 1 chain of r=2 and 3 of r=3 (its
+        // single-replica chains keep it serving).
+        assert!(offline >= 6, "{offline}");
+        assert!(sm.fs.chains_version().unwrap() > v);
+    }
+
+    #[test]
+    fn snapshot_round_trip() {
+        let mut sm = Sm::new();
+        sm.create("x");
+        let data = sm.fs.export().unwrap();
+        let other = FsState::open(MemKv::default()).unwrap();
+        other.import(&data).unwrap();
+        assert_eq!(
+            other.lookup(ROOT_INO, "x").unwrap().ino,
+            sm.fs.lookup(ROOT_INO, "x").unwrap().ino
+        );
+        assert_eq!(
+            other.applied_state().unwrap().0,
+            sm.fs.applied_state().unwrap().0
+        );
+        assert!(other.import(b"garbage").is_err());
+    }
+}

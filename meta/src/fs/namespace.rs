@@ -1,0 +1,855 @@
+//! Namespace mutations: mkdir, create, symlink, link, unlink, rmdir,
+//! rename, setattr, xattrs and volumes.
+//!
+//! Rules kept here (POSIX where POSIX applies):
+//! * Names are checked by `cairn_proto::names::validate` (no '/', no NUL,
+//!   not empty, not '.'/'..', at most 255 bytes).
+//! * A directory's nlink is 2 plus its subdirectories; every directory
+//!   records its parent so rename can refuse a move into its own subtree.
+//! * Volumes are the directories in the root. An entry's volume is the
+//!   volume of the directory holding it (entries of the root are in volume
+//!   0), and rename/link between different volumes fail with EXDEV.
+//! * When a file's last link goes away and no session holds it open its
+//!   layout goes to the garbage list (freed by the GC after a grace
+//!   period); otherwise it stays as an orphan until the last holder closes.
+
+use cairn_proto::names;
+
+use super::store::{Kv, Txn, key};
+use super::{
+    FsError, FsResult, Inode, Kind, Layout, OpError, ROOT_INO, Reply, SetAttr, SetTime, Volume,
+    VolumePolicy, counter, fact, fail, next, session,
+};
+
+/// Longest symlink target, in bytes (PATH_MAX).
+const SYMLINK_MAX: usize = 4096;
+/// Largest xattr value, in bytes (XATTR_SIZE_MAX).
+const XATTR_VALUE_MAX: usize = 64 * 1024;
+/// Most hard links to one file.
+const LINK_MAX: u32 = 65_000;
+
+/// Returns the inode `ino`.
+pub(crate) fn inode<K: Kv + ?Sized>(t: &Txn<'_, K>, ino: u64) -> FsResult<Inode> {
+    match t.get::<Inode>(&key::inode(ino))? {
+        Some(i) => Ok(i),
+        None => fail!(NotFound, "no inode {ino}"),
+    }
+}
+
+/// Returns the directory `ino`.
+fn dir<K: Kv + ?Sized>(t: &Txn<'_, K>, ino: u64) -> FsResult<Inode> {
+    let i = inode(t, ino)?;
+    if i.kind != Kind::Dir {
+        fail!(NotDir, "inode {ino} is not a directory");
+    }
+    Ok(i)
+}
+
+fn check_name(name: &str) -> FsResult<()> {
+    names::validate(name).map_err(|(code, why)| {
+        let shown: String = name.chars().take(64).collect();
+        OpError::Fs(FsError::new(code, format!("{why}: {shown:?}")))
+    })
+}
+
+/// Returns the child inode number and kind under `parent/name`.
+pub(crate) fn entry<K: Kv + ?Sized>(
+    t: &Txn<'_, K>,
+    parent: u64,
+    name: &str,
+) -> FsResult<Option<(u64, Kind)>> {
+    Ok(t.get::<(u64, Kind)>(&key::dentry(parent, name))?)
+}
+
+/// Stores `i`, bumping its version.
+pub(crate) fn put_inode<K: Kv + ?Sized>(t: &mut Txn<'_, K>, i: &mut Inode) {
+    i.version += 1;
+    t.put(key::inode(i.ino), i);
+}
+
+fn touch_dir(d: &mut Inode, now: i64) {
+    d.mtime = now;
+    d.ctime = now;
+}
+
+fn volume_of<K: Kv + ?Sized>(t: &Txn<'_, K>, id: u64) -> FsResult<Option<Volume>> {
+    if id == 0 {
+        return Ok(None);
+    }
+    Ok(t.get::<Volume>(&key::volume(id))?)
+}
+
+/// Charges one inode (and `bytes`) to volume `id`, refusing past its quota.
+fn charge<K: Kv + ?Sized>(t: &mut Txn<'_, K>, id: u64, inodes: i64, bytes: i64) -> FsResult<()> {
+    let Some(mut v) = volume_of(t, id)? else {
+        return Ok(());
+    };
+    let new_inodes = v.used_inodes.saturating_add_signed(inodes);
+    let new_bytes = v.used_bytes.saturating_add_signed(bytes);
+    if inodes > 0 && v.policy.quota_inodes != 0 && new_inodes > v.policy.quota_inodes {
+        fail!(
+            QuotaExceeded,
+            "volume {} is at its inode quota of {}",
+            v.name,
+            v.policy.quota_inodes
+        );
+    }
+    if bytes > 0 && v.policy.quota_bytes != 0 && new_bytes > v.policy.quota_bytes {
+        fail!(
+            QuotaExceeded,
+            "volume {} would exceed its byte quota of {}",
+            v.name,
+            v.policy.quota_bytes
+        );
+    }
+    v.used_inodes = new_inodes;
+    v.used_bytes = new_bytes;
+    t.put(key::volume(id), &v);
+    Ok(())
+}
+
+/// Charges a size change of a file to its volume.
+pub(crate) fn charge_bytes<K: Kv + ?Sized>(
+    t: &mut Txn<'_, K>,
+    volume: u64,
+    old: u64,
+    new: u64,
+) -> FsResult<()> {
+    let delta = i64::try_from(new).unwrap_or(i64::MAX) - i64::try_from(old).unwrap_or(i64::MAX);
+    charge(t, volume, 0, delta)
+}
+
+fn new_inode(ino: u64, kind: Kind, mode: u32, uid: u32, gid: u32, now: i64) -> Inode {
+    Inode {
+        ino,
+        kind,
+        mode: mode & 0o7777,
+        uid,
+        gid,
+        size: 0,
+        nlink: 1,
+        atime: now,
+        mtime: now,
+        ctime: now,
+        crtime: now,
+        volume: 0,
+        parent: 0,
+        layout: None,
+        truncate_gen: 0,
+        version: 0,
+        target: None,
+        salt: Vec::new(),
+        key_version: 0,
+    }
+}
+
+/// Creates the root directory and records the cluster id (first entry).
+pub(crate) fn init_cluster<K: Kv + ?Sized>(
+    t: &mut Txn<'_, K>,
+    cluster_id: &str,
+    now: i64,
+) -> FsResult<Reply> {
+    if t.get_raw(&key::meta(fact::CLUSTER_ID))?.is_some() {
+        fail!(Exists, "the cluster is already initialized");
+    }
+    t.put(key::meta(fact::CLUSTER_ID), &cluster_id.to_string());
+    let mut root = new_inode(ROOT_INO, Kind::Dir, 0o755, 0, 0, now);
+    root.nlink = 2;
+    root.parent = ROOT_INO;
+    put_inode(t, &mut root);
+    t.put(key::meta(counter::NEXT_INO), &(ROOT_INO + 1));
+    Ok(Reply::Attr(root))
+}
+
+/// mkdir(2). In the root, a new directory is a new volume with `policy`
+/// (the default policy when `None`).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn mkdir<K: Kv + ?Sized>(
+    t: &mut Txn<'_, K>,
+    parent: u64,
+    name: &str,
+    mode: u32,
+    uid: u32,
+    gid: u32,
+    policy: Option<&VolumePolicy>,
+    now: i64,
+) -> FsResult<Reply> {
+    check_name(name)?;
+    let mut p = dir(t, parent)?;
+    if entry(t, parent, name)?.is_some() {
+        fail!(Exists, "{name:?} already exists in directory {parent}");
+    }
+    let ino = next(t, counter::NEXT_INO, ROOT_INO + 1)?;
+    let mut d = new_inode(ino, Kind::Dir, mode, uid, gid, now);
+    d.nlink = 2;
+    d.parent = parent;
+    if parent == ROOT_INO {
+        let id = next(t, counter::NEXT_VOLUME, 1)?;
+        let v = Volume {
+            id,
+            name: name.to_string(),
+            root_ino: ino,
+            policy: policy.cloned().unwrap_or_default(),
+            snap_seq: 0,
+            used_bytes: 0,
+            used_inodes: 0,
+        };
+        t.put(key::volume(id), &v);
+        d.volume = id;
+    } else {
+        d.volume = p.volume;
+    }
+    charge(t, d.volume, 1, 0)?;
+    put_inode(t, &mut d);
+    t.put(key::dentry(parent, name), &(ino, Kind::Dir));
+    p.nlink += 1;
+    touch_dir(&mut p, now);
+    put_inode(t, &mut p);
+    Ok(Reply::Entry {
+        attr: d,
+        parent: Some(p),
+    })
+}
+
+/// Checks a volume policy.
+fn validate_policy(p: &VolumePolicy) -> FsResult<()> {
+    if !(1..=3).contains(&p.replication) {
+        fail!(
+            Invalid,
+            "replication must be 1, 2 or 3, not {}",
+            p.replication
+        );
+    }
+    if !p.chunk_size.is_power_of_two() || !(64 << 10..=4 << 30).contains(&p.chunk_size) {
+        fail!(
+            Invalid,
+            "chunk size must be a power of two from 64 KiB to 4 GiB, not {}",
+            p.chunk_size
+        );
+    }
+    if !(1..=256).contains(&p.stripe_width) {
+        fail!(
+            Invalid,
+            "stripe width must be 1 to 256, not {}",
+            p.stripe_width
+        );
+    }
+    Ok(())
+}
+
+/// Creates a volume: a directory in the root with its own policy.
+pub(crate) fn create_volume<K: Kv + ?Sized>(
+    t: &mut Txn<'_, K>,
+    name: &str,
+    policy: &VolumePolicy,
+    now: i64,
+) -> FsResult<Reply> {
+    validate_policy(policy)?;
+    let reply = mkdir(t, ROOT_INO, name, 0o755, 0, 0, Some(policy), now)?;
+    let Reply::Entry { attr, .. } = reply else {
+        fail!(Internal, "mkdir returned no entry");
+    };
+    match volume_of(t, attr.volume)? {
+        Some(v) => Ok(Reply::Volume(v)),
+        None => fail!(Internal, "volume {} vanished", attr.volume),
+    }
+}
+
+/// Arguments of [`create`].
+pub(crate) struct NewFile<'a> {
+    pub parent: u64,
+    pub name: &'a str,
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub exclusive: bool,
+    pub salt: &'a [u8],
+}
+
+/// Picks a new file's layout from its volume's policy: a new object id and
+/// `stripe_width` consecutive chains of the table, starting at a cursor that
+/// advances per file so load spreads evenly.
+fn new_layout<K: Kv + ?Sized>(t: &mut Txn<'_, K>, policy: &VolumePolicy) -> FsResult<Layout> {
+    let object_id = next(t, counter::NEXT_OBJECT, 1)?;
+    let table: Vec<u32> = t
+        .scan(&key::chain_prefix(policy.replication), None, usize::MAX)?
+        .iter()
+        .map(|(k, _)| u32::from_be_bytes(k[5..9].try_into().unwrap_or([0; 4])))
+        .collect();
+    let mut chains = Vec::new();
+    if !table.is_empty() {
+        let width = (policy.stripe_width as usize).min(table.len());
+        let start = next(t, counter::CREATE_CURSOR, 0)? as usize;
+        chains = (0..width)
+            .map(|k| table[(start + k) % table.len()])
+            .collect();
+    }
+    Ok(Layout {
+        object_id,
+        chunk_size: policy.chunk_size,
+        chains,
+        replication: policy.replication,
+    })
+}
+
+/// open(O_CREAT) of a regular file.
+pub(crate) fn create<K: Kv + ?Sized>(
+    t: &mut Txn<'_, K>,
+    f: NewFile<'_>,
+    now: i64,
+) -> FsResult<Reply> {
+    check_name(f.name)?;
+    let mut p = dir(t, f.parent)?;
+    if let Some((ino, kind)) = entry(t, f.parent, f.name)? {
+        if f.exclusive {
+            fail!(Exists, "{:?} already exists", f.name);
+        }
+        if kind == Kind::Dir {
+            fail!(IsDir, "{:?} is a directory", f.name);
+        }
+        return Ok(Reply::Entry {
+            attr: inode(t, ino)?,
+            parent: Some(p),
+        });
+    }
+    let policy = volume_of(t, p.volume)?
+        .map(|v| v.policy)
+        .unwrap_or_default();
+    let ino = next(t, counter::NEXT_INO, ROOT_INO + 1)?;
+    let mut i = new_inode(ino, Kind::File, f.mode, f.uid, f.gid, now);
+    i.volume = p.volume;
+    i.layout = Some(new_layout(t, &policy)?);
+    i.salt = f.salt.to_vec();
+    charge(t, i.volume, 1, 0)?;
+    put_inode(t, &mut i);
+    t.put(key::dentry(f.parent, f.name), &(ino, Kind::File));
+    touch_dir(&mut p, now);
+    put_inode(t, &mut p);
+    Ok(Reply::Entry {
+        attr: i,
+        parent: Some(p),
+    })
+}
+
+/// symlink(2).
+pub(crate) fn symlink<K: Kv + ?Sized>(
+    t: &mut Txn<'_, K>,
+    parent: u64,
+    name: &str,
+    target: &str,
+    uid: u32,
+    gid: u32,
+    now: i64,
+) -> FsResult<Reply> {
+    check_name(name)?;
+    if target.is_empty() {
+        fail!(Invalid, "empty symlink target");
+    }
+    if target.len() > SYMLINK_MAX || target.contains('\0') {
+        fail!(
+            NameTooLong,
+            "symlink target longer than {SYMLINK_MAX} bytes or with NUL"
+        );
+    }
+    let mut p = dir(t, parent)?;
+    if entry(t, parent, name)?.is_some() {
+        fail!(Exists, "{name:?} already exists");
+    }
+    let ino = next(t, counter::NEXT_INO, ROOT_INO + 1)?;
+    let mut i = new_inode(ino, Kind::Symlink, 0o777, uid, gid, now);
+    i.volume = p.volume;
+    i.size = target.len() as u64;
+    i.target = Some(target.to_string());
+    charge(t, i.volume, 1, 0)?;
+    put_inode(t, &mut i);
+    t.put(key::dentry(parent, name), &(ino, Kind::Symlink));
+    touch_dir(&mut p, now);
+    put_inode(t, &mut p);
+    Ok(Reply::Entry {
+        attr: i,
+        parent: Some(p),
+    })
+}
+
+/// link(2).
+pub(crate) fn link<K: Kv + ?Sized>(
+    t: &mut Txn<'_, K>,
+    ino: u64,
+    new_parent: u64,
+    new_name: &str,
+    now: i64,
+) -> FsResult<Reply> {
+    check_name(new_name)?;
+    let mut i = inode(t, ino)?;
+    if i.kind == Kind::Dir {
+        fail!(NotPermitted, "hard links to directories are not allowed");
+    }
+    if i.nlink == 0 {
+        fail!(NotFound, "inode {ino} has been unlinked");
+    }
+    let mut np = dir(t, new_parent)?;
+    if np.volume != i.volume {
+        fail!(CrossVolume, "cannot link across volumes");
+    }
+    if entry(t, new_parent, new_name)?.is_some() {
+        fail!(Exists, "{new_name:?} already exists");
+    }
+    if i.nlink >= LINK_MAX {
+        fail!(TooManyLinks, "inode {ino} has {} links", i.nlink);
+    }
+    i.nlink += 1;
+    i.ctime = now;
+    put_inode(t, &mut i);
+    t.put(key::dentry(new_parent, new_name), &(ino, i.kind));
+    touch_dir(&mut np, now);
+    put_inode(t, &mut np);
+    Ok(Reply::Entry {
+        attr: i,
+        parent: Some(np),
+    })
+}
+
+/// Drops one link of a non-directory `i` (its dentry already removed).
+/// Returns whether the last link went away.
+fn drop_link<K: Kv + ?Sized>(
+    t: &mut Txn<'_, K>,
+    mut i: Inode,
+    holder: Option<u64>,
+    now: i64,
+) -> FsResult<bool> {
+    i.nlink = i.nlink.saturating_sub(1);
+    i.ctime = now;
+    if i.nlink > 0 {
+        put_inode(t, &mut i);
+        return Ok(false);
+    }
+    if let Some(s) = holder {
+        session::hold(t, s, i.ino)?;
+    }
+    if session::is_held(t, i.ino)? {
+        put_inode(t, &mut i);
+        t.put_raw(key::orphan(i.ino), Vec::new());
+    } else {
+        free_inode(t, &i, now)?;
+    }
+    Ok(true)
+}
+
+/// Removes an inode with no links and no holders: its record, its xattrs,
+/// its quota charge; a file's data goes to the garbage list.
+pub(crate) fn free_inode<K: Kv + ?Sized>(t: &mut Txn<'_, K>, i: &Inode, now: i64) -> FsResult<()> {
+    t.delete(key::inode(i.ino));
+    t.delete(key::orphan(i.ino));
+    for (k, _) in t.scan(&key::xattr_prefix(i.ino), None, usize::MAX)? {
+        t.delete(k);
+    }
+    let bytes = if i.kind == Kind::File { i.size } else { 0 };
+    charge(t, i.volume, -1, -(i64::try_from(bytes).unwrap_or(i64::MAX)))?;
+    if let Some(layout) = &i.layout {
+        t.put(
+            key::garbage(layout.object_id),
+            &super::Garbage {
+                layout: layout.clone(),
+                size: i.size,
+                since_ns: now,
+            },
+        );
+    }
+    Ok(())
+}
+
+/// unlink(2).
+pub(crate) fn unlink<K: Kv + ?Sized>(
+    t: &mut Txn<'_, K>,
+    parent: u64,
+    name: &str,
+    client: u64,
+    held_open: bool,
+    now: i64,
+) -> FsResult<Reply> {
+    check_name(name)?;
+    let mut p = dir(t, parent)?;
+    let Some((ino, kind)) = entry(t, parent, name)? else {
+        fail!(NotFound, "no entry {name:?} in directory {parent}");
+    };
+    if kind == Kind::Dir {
+        fail!(IsDir, "{name:?} is a directory; use rmdir");
+    }
+    let i = inode(t, ino)?;
+    t.delete(key::dentry(parent, name));
+    let holder = (held_open && client != 0).then_some(client);
+    let freed = drop_link(t, i, holder, now)?;
+    touch_dir(&mut p, now);
+    put_inode(t, &mut p);
+    Ok(Reply::Removed {
+        ino,
+        freed,
+        parent: p,
+    })
+}
+
+fn is_empty_dir<K: Kv + ?Sized>(t: &Txn<'_, K>, ino: u64) -> FsResult<bool> {
+    Ok(t.scan(&key::dir_prefix(ino), None, 1)?.is_empty())
+}
+
+/// Removes an empty directory `d` (its dentry already removed), and its
+/// volume when it is a volume root.
+fn remove_dir<K: Kv + ?Sized>(t: &mut Txn<'_, K>, d: &Inode, parent: u64) -> FsResult<()> {
+    t.delete(key::inode(d.ino));
+    for (k, _) in t.scan(&key::xattr_prefix(d.ino), None, usize::MAX)? {
+        t.delete(k);
+    }
+    if parent == ROOT_INO {
+        t.delete(key::volume(d.volume));
+    } else {
+        charge(t, d.volume, -1, 0)?;
+    }
+    Ok(())
+}
+
+/// rmdir(2).
+pub(crate) fn rmdir<K: Kv + ?Sized>(
+    t: &mut Txn<'_, K>,
+    parent: u64,
+    name: &str,
+    now: i64,
+) -> FsResult<Reply> {
+    check_name(name)?;
+    let mut p = dir(t, parent)?;
+    let Some((ino, kind)) = entry(t, parent, name)? else {
+        fail!(NotFound, "no entry {name:?} in directory {parent}");
+    };
+    if kind != Kind::Dir {
+        fail!(NotDir, "{name:?} is not a directory");
+    }
+    if !is_empty_dir(t, ino)? {
+        fail!(NotEmpty, "directory {name:?} is not empty");
+    }
+    let d = inode(t, ino)?;
+    t.delete(key::dentry(parent, name));
+    remove_dir(t, &d, parent)?;
+    p.nlink = p.nlink.saturating_sub(1);
+    touch_dir(&mut p, now);
+    put_inode(t, &mut p);
+    Ok(Reply::Removed {
+        ino,
+        freed: true,
+        parent: p,
+    })
+}
+
+/// Arguments of [`rename`].
+pub(crate) struct RenameArgs<'a> {
+    pub parent: u64,
+    pub name: &'a str,
+    pub new_parent: u64,
+    pub new_name: &'a str,
+    pub noreplace: bool,
+    pub exchange: bool,
+}
+
+/// Fails with EINVAL when directory `moved` is `dest` or one of its
+/// ancestors (a move into its own subtree).
+fn refuse_subtree_move<K: Kv + ?Sized>(t: &Txn<'_, K>, moved: u64, dest: u64) -> FsResult<()> {
+    let mut cur = dest;
+    // Depth is bounded by the number of directories; the counter guards
+    // against a corrupted parent chain looping forever.
+    for _ in 0..100_000 {
+        if cur == moved {
+            fail!(
+                Invalid,
+                "cannot move directory {moved} into its own subtree"
+            );
+        }
+        if cur == ROOT_INO {
+            return Ok(());
+        }
+        cur = inode(t, cur)?.parent;
+    }
+    fail!(
+        Internal,
+        "directory parent chain of {dest} does not reach the root"
+    )
+}
+
+/// rename(2) with RENAME_NOREPLACE and RENAME_EXCHANGE.
+pub(crate) fn rename<K: Kv + ?Sized>(
+    t: &mut Txn<'_, K>,
+    a: RenameArgs<'_>,
+    now: i64,
+) -> FsResult<Reply> {
+    check_name(a.name)?;
+    check_name(a.new_name)?;
+    if a.noreplace && a.exchange {
+        fail!(Invalid, "RENAME_NOREPLACE and RENAME_EXCHANGE together");
+    }
+    let p = dir(t, a.parent)?;
+    let np = if a.new_parent == a.parent {
+        p.clone()
+    } else {
+        dir(t, a.new_parent)?
+    };
+    let Some((src_ino, src_kind)) = entry(t, a.parent, a.name)? else {
+        fail!(NotFound, "no entry {:?} in directory {}", a.name, a.parent);
+    };
+    if p.volume != np.volume {
+        fail!(CrossVolume, "cannot rename across volumes");
+    }
+    let mut s = inode(t, src_ino)?;
+    let dst = entry(t, a.new_parent, a.new_name)?;
+    if a.parent == a.new_parent && a.name == a.new_name {
+        if a.noreplace {
+            fail!(Exists, "{:?} already exists", a.new_name);
+        }
+        return Ok(Reply::Renamed {
+            attr: s,
+            replaced: None,
+        });
+    }
+    if src_kind == Kind::Dir {
+        refuse_subtree_move(t, src_ino, a.new_parent)?;
+    }
+    if a.exchange {
+        return exchange(t, a, s, dst, now);
+    }
+    let mut replaced = None;
+    if let Some((dst_ino, dst_kind)) = dst {
+        if a.noreplace {
+            fail!(Exists, "{:?} already exists", a.new_name);
+        }
+        if dst_ino == src_ino {
+            // Two links to one inode: POSIX says do nothing.
+            return Ok(Reply::Renamed {
+                attr: s,
+                replaced: None,
+            });
+        }
+        match (src_kind == Kind::Dir, dst_kind == Kind::Dir) {
+            (true, false) => fail!(NotDir, "{:?} is not a directory", a.new_name),
+            (false, true) => fail!(IsDir, "{:?} is a directory", a.new_name),
+            _ => {}
+        }
+        let d = inode(t, dst_ino)?;
+        t.delete(key::dentry(a.new_parent, a.new_name));
+        if dst_kind == Kind::Dir {
+            if !is_empty_dir(t, dst_ino)? {
+                fail!(NotEmpty, "directory {:?} is not empty", a.new_name);
+            }
+            remove_dir(t, &d, a.new_parent)?;
+            replaced = Some((dst_ino, true));
+        } else {
+            let freed = drop_link(t, d, None, now)?;
+            replaced = Some((dst_ino, freed));
+        }
+    }
+    t.delete(key::dentry(a.parent, a.name));
+    t.put(key::dentry(a.new_parent, a.new_name), &(src_ino, src_kind));
+    s.ctime = now;
+    // Directory link counts: the new parent loses the replaced directory
+    // and gains the moved one; the old parent loses the moved one.
+    let dst_was_dir = matches!(dst, Some((_, Kind::Dir)));
+    let mut p = inode(t, a.parent)?;
+    touch_dir(&mut p, now);
+    if src_kind == Kind::Dir {
+        s.parent = a.new_parent;
+        p.nlink = p.nlink.saturating_sub(1);
+    }
+    if a.parent == a.new_parent {
+        if src_kind == Kind::Dir {
+            p.nlink += 1;
+        }
+        if dst_was_dir {
+            p.nlink = p.nlink.saturating_sub(1);
+        }
+        put_inode(t, &mut p);
+    } else {
+        put_inode(t, &mut p);
+        let mut np = inode(t, a.new_parent)?;
+        touch_dir(&mut np, now);
+        if src_kind == Kind::Dir {
+            np.nlink += 1;
+        }
+        if dst_was_dir {
+            np.nlink = np.nlink.saturating_sub(1);
+        }
+        put_inode(t, &mut np);
+    }
+    if a.parent == ROOT_INO && src_kind == Kind::Dir {
+        rename_volume(t, s.volume, a.new_name)?;
+    }
+    put_inode(t, &mut s);
+    Ok(Reply::Renamed { attr: s, replaced })
+}
+
+fn rename_volume<K: Kv + ?Sized>(t: &mut Txn<'_, K>, id: u64, name: &str) -> FsResult<()> {
+    if let Some(mut v) = volume_of(t, id)? {
+        v.name = name.to_string();
+        t.put(key::volume(id), &v);
+    }
+    Ok(())
+}
+
+/// RENAME_EXCHANGE: swaps two existing entries atomically.
+fn exchange<K: Kv + ?Sized>(
+    t: &mut Txn<'_, K>,
+    a: RenameArgs<'_>,
+    mut s: Inode,
+    dst: Option<(u64, Kind)>,
+    now: i64,
+) -> FsResult<Reply> {
+    let Some((dst_ino, dst_kind)) = dst else {
+        fail!(NotFound, "no entry {:?} to exchange with", a.new_name);
+    };
+    if dst_kind == Kind::Dir {
+        refuse_subtree_move(t, dst_ino, a.parent)?;
+    }
+    let mut d = inode(t, dst_ino)?;
+    t.put(key::dentry(a.parent, a.name), &(dst_ino, dst_kind));
+    t.put(key::dentry(a.new_parent, a.new_name), &(s.ino, s.kind));
+    s.ctime = now;
+    d.ctime = now;
+    if a.parent != a.new_parent {
+        let s_dir = i32::from(s.kind == Kind::Dir);
+        let d_dir = i32::from(d.kind == Kind::Dir);
+        if s.kind == Kind::Dir {
+            s.parent = a.new_parent;
+        }
+        if d.kind == Kind::Dir {
+            d.parent = a.parent;
+        }
+        let mut p = inode(t, a.parent)?;
+        p.nlink = p.nlink.saturating_add_signed(d_dir - s_dir);
+        touch_dir(&mut p, now);
+        put_inode(t, &mut p);
+        let mut np = inode(t, a.new_parent)?;
+        np.nlink = np.nlink.saturating_add_signed(s_dir - d_dir);
+        touch_dir(&mut np, now);
+        put_inode(t, &mut np);
+    } else {
+        let mut p = inode(t, a.parent)?;
+        touch_dir(&mut p, now);
+        put_inode(t, &mut p);
+        if a.parent == ROOT_INO {
+            if s.kind == Kind::Dir {
+                rename_volume(t, s.volume, a.new_name)?;
+            }
+            if d.kind == Kind::Dir {
+                rename_volume(t, d.volume, a.name)?;
+            }
+        }
+    }
+    put_inode(t, &mut d);
+    put_inode(t, &mut s);
+    Ok(Reply::Renamed {
+        attr: s,
+        replaced: None,
+    })
+}
+
+/// setattr: chmod, chown, truncate, utimens.
+pub(crate) fn setattr<K: Kv + ?Sized>(
+    t: &mut Txn<'_, K>,
+    ino: u64,
+    attr: &SetAttr,
+    now: i64,
+) -> FsResult<Reply> {
+    let mut i = inode(t, ino)?;
+    if let Some(size) = attr.size {
+        match i.kind {
+            Kind::File => {}
+            Kind::Dir => fail!(IsDir, "cannot truncate a directory"),
+            Kind::Symlink => fail!(Invalid, "cannot truncate a symlink"),
+        }
+        charge_bytes(t, i.volume, i.size, size)?;
+        i.size = size;
+        i.truncate_gen += 1;
+        i.mtime = now;
+    }
+    if let Some(mode) = attr.mode {
+        i.mode = mode & 0o7777;
+    }
+    if let Some(uid) = attr.uid {
+        i.uid = uid;
+    }
+    if let Some(gid) = attr.gid {
+        i.gid = gid;
+    }
+    let at = |s: SetTime| match s {
+        SetTime::Now => now,
+        SetTime::At(ns) => ns,
+    };
+    if let Some(a) = attr.atime {
+        i.atime = at(a);
+    }
+    if let Some(m) = attr.mtime {
+        i.mtime = at(m);
+    }
+    i.ctime = now;
+    put_inode(t, &mut i);
+    Ok(Reply::Attr(i))
+}
+
+fn check_xattr_name(name: &str) -> FsResult<()> {
+    if name.is_empty() {
+        fail!(Invalid, "empty xattr name");
+    }
+    if name.len() > 255 {
+        fail!(NameTooLong, "xattr name longer than 255 bytes");
+    }
+    if name.contains('\0') {
+        fail!(Invalid, "xattr name contains a NUL byte");
+    }
+    Ok(())
+}
+
+/// setxattr(2).
+pub(crate) fn setxattr<K: Kv + ?Sized>(
+    t: &mut Txn<'_, K>,
+    ino: u64,
+    name: &str,
+    value: &[u8],
+    create_only: bool,
+    replace_only: bool,
+    now: i64,
+) -> FsResult<Reply> {
+    check_xattr_name(name)?;
+    if value.len() > XATTR_VALUE_MAX {
+        fail!(
+            TooBig,
+            "xattr value of {} bytes is over {XATTR_VALUE_MAX}",
+            value.len()
+        );
+    }
+    let mut i = inode(t, ino)?;
+    let k = key::xattr(ino, name);
+    let exists = t.get_raw(&k)?.is_some();
+    if create_only && exists {
+        fail!(Exists, "xattr {name:?} already exists");
+    }
+    if replace_only && !exists {
+        fail!(NoData, "no xattr {name:?}");
+    }
+    t.put_raw(k, value.to_vec());
+    i.ctime = now;
+    put_inode(t, &mut i);
+    Ok(Reply::Unit)
+}
+
+/// removexattr(2).
+pub(crate) fn removexattr<K: Kv + ?Sized>(
+    t: &mut Txn<'_, K>,
+    ino: u64,
+    name: &str,
+    now: i64,
+) -> FsResult<Reply> {
+    check_xattr_name(name)?;
+    let mut i = inode(t, ino)?;
+    let k = key::xattr(ino, name);
+    if t.get_raw(&k)?.is_none() {
+        fail!(NoData, "no xattr {name:?}");
+    }
+    t.delete(k);
+    i.ctime = now;
+    put_inode(t, &mut i);
+    Ok(Reply::Unit)
+}

@@ -1,0 +1,290 @@
+//! Read-only queries of the state machine.
+//!
+//! The service makes them linearizable by waiting for the read index
+//! before calling them ([`crate::service`]); here they only read the
+//! applied state.
+
+use cairn_proto::names;
+
+use super::store::{Kv, Txn, key};
+use super::{
+    Chain, ChunkserverRecord, FsError, FsState, Garbage, Inode, Kind, OpError, ROOT_INO, Session,
+    Volume, chains, fact, namespace,
+};
+
+/// One directory entry of a readdir page.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DirEntry {
+    /// Entry name.
+    pub name: String,
+    /// Child inode.
+    pub ino: u64,
+    /// Child kind.
+    pub kind: Kind,
+    /// Child attributes (readdirplus only).
+    pub attr: Option<Inode>,
+}
+
+/// Totals for statfs.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct FsStats {
+    /// Inodes in use (in the volume, or in the whole namespace).
+    pub files: u64,
+    /// Bytes charged to files.
+    pub used_bytes: u64,
+    /// Inode quota, 0 = unlimited.
+    pub quota_inodes: u64,
+    /// Byte quota, 0 = unlimited.
+    pub quota_bytes: u64,
+}
+
+type ReadResult<T> = Result<T, FsError>;
+
+fn flatten<T>(r: Result<T, OpError>) -> ReadResult<T> {
+    r.map_err(|e| match e {
+        OpError::Fs(e) => e,
+        OpError::Store(e) => FsError::new(cairn_proto::ErrorCode::Io, e.to_string()),
+    })
+}
+
+impl<K: Kv> FsState<K> {
+    fn txn(&self) -> Txn<'_, K> {
+        Txn::new(self.kv())
+    }
+
+    /// Returns the cluster id, if the cluster is initialized.
+    pub fn cluster_id(&self) -> ReadResult<Option<String>> {
+        flatten(
+            self.txn()
+                .get::<String>(&key::meta(fact::CLUSTER_ID))
+                .map_err(OpError::from),
+        )
+    }
+
+    /// Returns inode `ino`.
+    pub fn getattr(&self, ino: u64) -> ReadResult<Inode> {
+        flatten(namespace::inode(&self.txn(), ino))
+    }
+
+    /// Returns the inode named `name` in directory `parent`.
+    pub fn lookup(&self, parent: u64, name: &str) -> ReadResult<Inode> {
+        if let Err((code, why)) = names::validate(name) {
+            return Err(FsError::new(code, why));
+        }
+        let t = self.txn();
+        flatten((|| {
+            let p = namespace::inode(&t, parent)?;
+            if p.kind != Kind::Dir {
+                super::fail!(NotDir, "inode {parent} is not a directory");
+            }
+            match namespace::entry(&t, parent, name)? {
+                Some((ino, _)) => namespace::inode(&t, ino),
+                None => super::fail!(NotFound, "no entry {name:?} in directory {parent}"),
+            }
+        })())
+    }
+
+    /// Resolves an absolute path without following symlinks.
+    pub fn resolve(&self, path: &str) -> ReadResult<Inode> {
+        let parts = names::components(path).map_err(|(c, why)| FsError::new(c, why))?;
+        let mut cur = self.getattr(ROOT_INO)?;
+        for (i, part) in parts.iter().enumerate() {
+            if cur.kind != Kind::Dir {
+                let so_far = parts[..i].join("/");
+                return Err(FsError::new(
+                    cairn_proto::ErrorCode::NotDir,
+                    format!("/{so_far} is not a directory"),
+                ));
+            }
+            cur = self.lookup(cur.ino, part).map_err(|e| {
+                if e.code == cairn_proto::ErrorCode::NotFound {
+                    FsError::new(e.code, format!("/{} does not exist", parts[..=i].join("/")))
+                } else {
+                    e
+                }
+            })?;
+        }
+        Ok(cur)
+    }
+
+    /// Returns up to `limit` entries of directory `ino` after the name
+    /// `cookie` (empty: from the start), and the cookie of the next page
+    /// (`None` when the directory is exhausted).
+    pub fn readdir(
+        &self,
+        ino: u64,
+        cookie: &[u8],
+        limit: usize,
+        plus: bool,
+    ) -> ReadResult<(Vec<DirEntry>, Option<Vec<u8>>)> {
+        let t = self.txn();
+        let d = flatten(namespace::inode(&t, ino))?;
+        if d.kind != Kind::Dir {
+            return Err(FsError::new(
+                cairn_proto::ErrorCode::NotDir,
+                format!("inode {ino} is not a directory"),
+            ));
+        }
+        let limit = limit.clamp(1, 10_000);
+        let prefix = key::dir_prefix(ino);
+        let after =
+            (!cookie.is_empty()).then(|| key::dentry(ino, &String::from_utf8_lossy(cookie)));
+        let rows = flatten(
+            t.scan(&prefix, after.as_deref(), limit + 1)
+                .map_err(OpError::from),
+        )?;
+        let more = rows.len() > limit;
+        let mut out = Vec::with_capacity(rows.len().min(limit));
+        for (k, v) in rows.into_iter().take(limit) {
+            let name = String::from_utf8_lossy(&k[prefix.len()..]).into_owned();
+            let (child, kind): (u64, Kind) =
+                flatten(super::store::decode(&k, &v).map_err(OpError::from))?;
+            let attr = if plus {
+                Some(flatten(namespace::inode(&t, child))?)
+            } else {
+                None
+            };
+            out.push(DirEntry {
+                name,
+                ino: child,
+                kind,
+                attr,
+            });
+        }
+        let next = if more {
+            out.last().map(|e| e.name.as_bytes().to_vec())
+        } else {
+            None
+        };
+        Ok((out, next))
+    }
+
+    /// Returns a symlink's target.
+    pub fn readlink(&self, ino: u64) -> ReadResult<String> {
+        let i = self.getattr(ino)?;
+        i.target.ok_or_else(|| {
+            FsError::new(
+                cairn_proto::ErrorCode::Invalid,
+                format!("inode {ino} is not a symlink"),
+            )
+        })
+    }
+
+    /// Returns an xattr's value.
+    pub fn getxattr(&self, ino: u64, name: &str) -> ReadResult<Vec<u8>> {
+        self.getattr(ino)?;
+        match flatten(
+            self.txn()
+                .get_raw(&key::xattr(ino, name))
+                .map_err(OpError::from),
+        )? {
+            Some(v) => Ok(v),
+            None => Err(FsError::new(
+                cairn_proto::ErrorCode::NoData,
+                format!("no xattr {name:?}"),
+            )),
+        }
+    }
+
+    /// Returns the names of an inode's xattrs.
+    pub fn listxattr(&self, ino: u64) -> ReadResult<Vec<String>> {
+        self.getattr(ino)?;
+        let prefix = key::xattr_prefix(ino);
+        let rows = flatten(
+            self.txn()
+                .scan(&prefix, None, usize::MAX)
+                .map_err(OpError::from),
+        )?;
+        Ok(rows
+            .into_iter()
+            .map(|(k, _)| String::from_utf8_lossy(&k[prefix.len()..]).into_owned())
+            .collect())
+    }
+
+    /// Returns the volumes.
+    pub fn volumes(&self) -> ReadResult<Vec<Volume>> {
+        let rows = flatten(
+            self.txn()
+                .scan(b"v", None, usize::MAX)
+                .map_err(OpError::from),
+        )?;
+        rows.iter()
+            .map(|(k, v)| flatten(super::store::decode(k, v).map_err(OpError::from)))
+            .collect()
+    }
+
+    /// Returns usage totals of volume `id`, or of the whole namespace for 0.
+    pub fn statfs(&self, volume: u64) -> ReadResult<FsStats> {
+        let vols = self.volumes()?;
+        if volume != 0 {
+            let Some(v) = vols.iter().find(|v| v.id == volume) else {
+                return Err(FsError::new(
+                    cairn_proto::ErrorCode::NotFound,
+                    format!("no volume {volume}"),
+                ));
+            };
+            return Ok(FsStats {
+                files: v.used_inodes,
+                used_bytes: v.used_bytes,
+                quota_inodes: v.policy.quota_inodes,
+                quota_bytes: v.policy.quota_bytes,
+            });
+        }
+        let t = self.txn();
+        let next_ino: u64 = flatten(
+            t.get(&key::meta(super::counter::NEXT_INO))
+                .map_err(OpError::from),
+        )?
+        .unwrap_or(2);
+        Ok(FsStats {
+            // An upper bound: inode numbers are never reused.
+            files: vols
+                .iter()
+                .map(|v| v.used_inodes)
+                .sum::<u64>()
+                .max(1)
+                .min(next_ino),
+            used_bytes: vols.iter().map(|v| v.used_bytes).sum(),
+            quota_inodes: 0,
+            quota_bytes: 0,
+        })
+    }
+
+    /// Returns the chain tables as (replication, chains).
+    pub fn chain_tables(&self) -> ReadResult<Vec<(u32, Vec<Chain>)>> {
+        let t = self.txn();
+        chains::REPLICATIONS
+            .iter()
+            .map(|r| Ok((*r, flatten(chains::table(&t, *r))?)))
+            .collect()
+    }
+
+    /// Returns the registered chunkservers.
+    pub fn chunkservers(&self) -> ReadResult<Vec<ChunkserverRecord>> {
+        flatten(chains::chunkservers(&self.txn()))
+    }
+
+    /// Returns the open sessions.
+    pub fn sessions(&self) -> ReadResult<Vec<Session>> {
+        let rows = flatten(
+            self.txn()
+                .scan(b"s", None, usize::MAX)
+                .map_err(OpError::from),
+        )?;
+        rows.iter()
+            .map(|(k, v)| flatten(super::store::decode(k, v).map_err(OpError::from)))
+            .collect()
+    }
+
+    /// Returns the data waiting for garbage collection.
+    pub fn garbage(&self) -> ReadResult<Vec<Garbage>> {
+        let rows = flatten(
+            self.txn()
+                .scan(b"g", None, usize::MAX)
+                .map_err(OpError::from),
+        )?;
+        rows.iter()
+            .map(|(k, v)| flatten(super::store::decode(k, v).map_err(OpError::from)))
+            .collect()
+    }
+}

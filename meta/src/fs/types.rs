@@ -1,0 +1,566 @@
+//! The Raft command and response types and the records the state machine
+//! stores. Everything here is serialized into the Raft log or into sled, so
+//! changing a field is a format change. The encoding is bincode, which has
+//! no field names and ignores `#[serde(default)]`: evolve these types by
+//! adding enum variants at the end (never reordering), or by a new record
+//! type with a bump of [`FORMAT_VERSION`](super::FORMAT_VERSION) and a
+//! migration.
+
+use std::collections::BTreeSet;
+
+use cairn_proto::ErrorCode;
+use serde::{Deserialize, Serialize};
+
+/// One Raft log entry's payload: a mutation stamped by the leader.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Command {
+    /// Session id of the requester (0: no session, no retry protection).
+    pub client_id: u64,
+    /// The requester's sequence number for this mutation.
+    pub seq: u64,
+    /// Every seq below this one has been answered to the client.
+    pub ack_below: u64,
+    /// The leader's wall clock when it accepted the request, in ns since the
+    /// epoch. Applying nodes use this, never their own clock.
+    pub time_ns: i64,
+    /// What to do.
+    pub op: Op,
+}
+
+impl Command {
+    /// Returns a command without retry protection (cluster-internal ops).
+    pub fn internal(time_ns: i64, op: Op) -> Self {
+        Self {
+            client_id: 0,
+            seq: 0,
+            ack_below: 0,
+            time_ns,
+            op,
+        }
+    }
+}
+
+/// The kind of an inode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Kind {
+    /// A regular file.
+    File,
+    /// A directory.
+    Dir,
+    /// A symbolic link.
+    Symlink,
+}
+
+/// A time given to setattr.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SetTime {
+    /// The request's time (UTIME_NOW).
+    Now,
+    /// This time, in ns since the epoch.
+    At(i64),
+}
+
+/// Attribute changes of a setattr; `None` leaves a field as is.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SetAttr {
+    /// New permission bits.
+    pub mode: Option<u32>,
+    /// New owner.
+    pub uid: Option<u32>,
+    /// New group.
+    pub gid: Option<u32>,
+    /// New size (truncate up or down); bumps the truncate generation.
+    pub size: Option<u64>,
+    /// New access time.
+    pub atime: Option<SetTime>,
+    /// New modification time.
+    pub mtime: Option<SetTime>,
+}
+
+/// A volume's policy (DESIGN §3).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VolumePolicy {
+    /// Replicas per chunk, 1 to 3.
+    pub replication: u32,
+    /// Chunk size in bytes, a power of two.
+    pub chunk_size: u64,
+    /// Chains per file.
+    pub stripe_width: u32,
+    /// Client-side encryption of file contents.
+    pub encrypted: bool,
+    /// Byte quota, 0 = unlimited.
+    pub quota_bytes: u64,
+    /// Inode quota, 0 = unlimited.
+    pub quota_inodes: u64,
+}
+
+impl Default for VolumePolicy {
+    fn default() -> Self {
+        Self {
+            replication: 3,
+            chunk_size: 64 << 20,
+            stripe_width: 8,
+            encrypted: false,
+            quota_bytes: 0,
+            quota_inodes: 0,
+        }
+    }
+}
+
+/// A target as a chunkserver registers it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TargetSpec {
+    /// UUID from the target's superblock.
+    pub uuid: String,
+    /// Capacity in bytes.
+    pub capacity: u64,
+}
+
+/// The state of a target in its chains (DESIGN §5).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TargetState {
+    /// Serves reads and writes.
+    Serving,
+    /// Receives writes, serves no reads, until resynced.
+    Syncing,
+    /// Out of service.
+    Offline,
+}
+
+/// A mutation of the metadata state.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Op {
+    /// First entry of a new cluster: records its id.
+    InitCluster {
+        /// Random cluster id chosen by the bootstrapping node.
+        cluster_id: String,
+    },
+    /// Allocates a Raft node id for a joining replica.
+    AllocateNodeId {
+        /// The replica's address, for the operator's records.
+        addr: String,
+    },
+    /// mkdir(2). A directory made in the root is a volume root.
+    Mkdir {
+        /// Parent directory.
+        parent: u64,
+        /// New entry's name.
+        name: String,
+        /// Permission bits.
+        mode: u32,
+        /// Owner.
+        uid: u32,
+        /// Group.
+        gid: u32,
+    },
+    /// open(O_CREAT) of a regular file.
+    Create {
+        /// Parent directory.
+        parent: u64,
+        /// New entry's name.
+        name: String,
+        /// Permission bits.
+        mode: u32,
+        /// Owner.
+        uid: u32,
+        /// Group.
+        gid: u32,
+        /// O_EXCL.
+        exclusive: bool,
+        /// Register the file as open for write in the session.
+        open_for_write: bool,
+        /// Per-file salt for encryption (chosen by the leader).
+        salt: Vec<u8>,
+    },
+    /// symlink(2).
+    Symlink {
+        /// Parent directory.
+        parent: u64,
+        /// New entry's name.
+        name: String,
+        /// Link target.
+        target: String,
+        /// Owner.
+        uid: u32,
+        /// Group.
+        gid: u32,
+    },
+    /// link(2).
+    Link {
+        /// Existing inode (not a directory).
+        ino: u64,
+        /// Directory of the new name.
+        new_parent: u64,
+        /// New name.
+        new_name: String,
+    },
+    /// unlink(2).
+    Unlink {
+        /// Parent directory.
+        parent: u64,
+        /// Name to remove.
+        name: String,
+        /// The requester's session holds the file open.
+        held_open: bool,
+    },
+    /// rmdir(2).
+    Rmdir {
+        /// Parent directory.
+        parent: u64,
+        /// Name to remove.
+        name: String,
+    },
+    /// rename(2) / renameat2(2).
+    Rename {
+        /// Source directory.
+        parent: u64,
+        /// Source name.
+        name: String,
+        /// Destination directory.
+        new_parent: u64,
+        /// Destination name.
+        new_name: String,
+        /// RENAME_NOREPLACE.
+        noreplace: bool,
+        /// RENAME_EXCHANGE.
+        exchange: bool,
+    },
+    /// setattr (chmod, chown, truncate, utimens).
+    SetAttr {
+        /// The inode.
+        ino: u64,
+        /// The changes.
+        attr: SetAttr,
+    },
+    /// setxattr(2).
+    SetXattr {
+        /// The inode.
+        ino: u64,
+        /// Attribute name.
+        name: String,
+        /// Attribute value.
+        value: Vec<u8>,
+        /// XATTR_CREATE.
+        create_only: bool,
+        /// XATTR_REPLACE.
+        replace_only: bool,
+    },
+    /// removexattr(2).
+    RemoveXattr {
+        /// The inode.
+        ino: u64,
+        /// Attribute name.
+        name: String,
+    },
+    /// Creates a volume: a directory in the root with its own policy.
+    CreateVolume {
+        /// Volume (and root directory) name.
+        name: String,
+        /// Its policy.
+        policy: VolumePolicy,
+    },
+    /// Opens a client session; its id is the client id of later requests.
+    OpenSession {
+        /// Client description for operators.
+        client_name: String,
+    },
+    /// Closes a session, releasing its open files.
+    CloseSession {
+        /// Session id.
+        session: u64,
+    },
+    /// Opens a file; write opens are recorded in the session.
+    Open {
+        /// The file.
+        ino: u64,
+        /// Open for write.
+        write: bool,
+    },
+    /// Closes a file, reporting the writer's length.
+    Close {
+        /// The file.
+        ino: u64,
+        /// Length the writer saw, with the truncate generation it wrote under.
+        length: Option<(u64, u64)>,
+    },
+    /// Reports a writer's length (fsync) under a truncate generation.
+    ReportLength {
+        /// The file.
+        ino: u64,
+        /// Length.
+        length: u64,
+        /// Truncate generation the writer wrote under.
+        truncate_gen: u64,
+    },
+    /// Registers (or re-registers) a chunkserver and its targets.
+    RegisterChunkserver {
+        /// Stable chunkserver UUID.
+        node_uuid: String,
+        /// Data-plane host.
+        host: String,
+        /// One port per shard.
+        shard_ports: Vec<u32>,
+        /// Failure domain, may be empty.
+        zone: String,
+        /// Its targets.
+        targets: Vec<TargetSpec>,
+    },
+    /// Changes targets' states in every chain they are in.
+    SetTargetStates {
+        /// (target id, new state).
+        changes: Vec<(u64, TargetState)>,
+    },
+}
+
+impl Op {
+    /// Returns a short name of the operation for logs and metrics.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Op::InitCluster { .. } => "init_cluster",
+            Op::AllocateNodeId { .. } => "allocate_node_id",
+            Op::Mkdir { .. } => "mkdir",
+            Op::Create { .. } => "create",
+            Op::Symlink { .. } => "symlink",
+            Op::Link { .. } => "link",
+            Op::Unlink { .. } => "unlink",
+            Op::Rmdir { .. } => "rmdir",
+            Op::Rename { .. } => "rename",
+            Op::SetAttr { .. } => "setattr",
+            Op::SetXattr { .. } => "setxattr",
+            Op::RemoveXattr { .. } => "removexattr",
+            Op::CreateVolume { .. } => "create_volume",
+            Op::OpenSession { .. } => "open_session",
+            Op::CloseSession { .. } => "close_session",
+            Op::Open { .. } => "open",
+            Op::Close { .. } => "close",
+            Op::ReportLength { .. } => "report_length",
+            Op::RegisterChunkserver { .. } => "register_chunkserver",
+            Op::SetTargetStates { .. } => "set_target_states",
+        }
+    }
+}
+
+/// A file's data layout (DESIGN §3).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Layout {
+    /// The file's object id.
+    pub object_id: u64,
+    /// Chunk size in bytes.
+    pub chunk_size: u64,
+    /// Chains of the stripe; chunk i lives on `chains[i % len]`.
+    pub chains: Vec<u32>,
+    /// Replication factor of the chain table the ids refer to.
+    pub replication: u32,
+}
+
+/// An inode as stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Inode {
+    /// Inode number.
+    pub ino: u64,
+    /// Kind.
+    pub kind: Kind,
+    /// Permission bits (07777).
+    pub mode: u32,
+    /// Owner.
+    pub uid: u32,
+    /// Group.
+    pub gid: u32,
+    /// Size in bytes (for symlinks, the target's length).
+    pub size: u64,
+    /// Link count; a directory counts its name, `.` and each subdirectory.
+    pub nlink: u32,
+    /// Access time, ns since the epoch.
+    pub atime: i64,
+    /// Modification time.
+    pub mtime: i64,
+    /// Status change time.
+    pub ctime: i64,
+    /// Creation time.
+    pub crtime: i64,
+    /// Volume the inode belongs to (0: the root directory itself).
+    pub volume: u64,
+    /// Directories: the parent directory (the root is its own parent).
+    pub parent: u64,
+    /// Files: the data layout.
+    pub layout: Option<Layout>,
+    /// Files: bumped by every truncate.
+    pub truncate_gen: u64,
+    /// Bumped by every change.
+    pub version: u64,
+    /// Symlinks: the target.
+    pub target: Option<String>,
+    /// Files: per-file salt for key derivation (encrypted volumes).
+    pub salt: Vec<u8>,
+    /// Files: the volume key version the file was created under.
+    pub key_version: u32,
+}
+
+/// A volume as stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Volume {
+    /// Volume id (also the `volume` of its inodes).
+    pub id: u64,
+    /// Name (the root directory's entry name).
+    pub name: String,
+    /// Root directory inode.
+    pub root_ino: u64,
+    /// Policy.
+    pub policy: VolumePolicy,
+    /// Snapshot sequence.
+    pub snap_seq: u64,
+    /// Bytes charged (settled file lengths).
+    pub used_bytes: u64,
+    /// Inodes charged.
+    pub used_inodes: u64,
+}
+
+/// A client session as stored.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Session {
+    /// Session id.
+    pub id: u64,
+    /// Client description.
+    pub client_name: String,
+    /// When it was opened (leader time).
+    pub opened_ns: i64,
+    /// Files open for write.
+    pub open_write: BTreeSet<u64>,
+    /// Unlinked files this session still holds open.
+    pub held: BTreeSet<u64>,
+}
+
+/// A registered target.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TargetRecord {
+    /// Target id.
+    pub id: u64,
+    /// UUID from its superblock.
+    pub uuid: String,
+    /// Capacity in bytes at registration.
+    pub capacity: u64,
+}
+
+/// A registered chunkserver.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChunkserverRecord {
+    /// Chunkserver id.
+    pub id: u64,
+    /// Stable UUID.
+    pub node_uuid: String,
+    /// Data-plane host.
+    pub host: String,
+    /// One port per shard.
+    pub shard_ports: Vec<u32>,
+    /// Failure domain.
+    pub zone: String,
+    /// Targets.
+    pub targets: Vec<TargetRecord>,
+}
+
+/// One member of a chain.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChainMember {
+    /// Target id.
+    pub target: u64,
+    /// Its chunkserver.
+    pub chunkserver: u64,
+    /// Its state in this chain.
+    pub state: TargetState,
+}
+
+/// A chain of targets, head first.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Chain {
+    /// Chain id (stable).
+    pub id: u32,
+    /// Bumped on every membership or state change.
+    pub version: u64,
+    /// Members, head to tail.
+    pub members: Vec<ChainMember>,
+}
+
+/// Data whose last reference went away, for the garbage collector.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Garbage {
+    /// The object.
+    pub layout: Layout,
+    /// Bytes it held.
+    pub size: u64,
+    /// When it became garbage (leader time).
+    pub since_ns: i64,
+}
+
+/// What the state machine answers for a command.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Reply {
+    /// Nothing to report.
+    Unit,
+    /// A new or changed entry and its parent.
+    Entry {
+        /// The entry's inode.
+        attr: Inode,
+        /// The parent directory after the change.
+        parent: Option<Inode>,
+    },
+    /// An inode's attributes.
+    Attr(Inode),
+    /// Result of unlink or rmdir.
+    Removed {
+        /// The removed inode.
+        ino: u64,
+        /// Its last link went away.
+        freed: bool,
+        /// The parent after the change.
+        parent: Inode,
+    },
+    /// Result of rename.
+    Renamed {
+        /// The moved inode.
+        attr: Inode,
+        /// The replaced inode, if any, and whether it was freed.
+        replaced: Option<(u64, bool)>,
+    },
+    /// A new volume.
+    Volume(Volume),
+    /// A new session id.
+    Session(u64),
+    /// A new node id.
+    NodeId(u64),
+    /// A registered chunkserver and its target ids.
+    Chunkserver {
+        /// Chunkserver id.
+        id: u64,
+        /// Target ids, in the request's order.
+        target_ids: Vec<u64>,
+    },
+}
+
+/// An operation's failure: a stable code and a message for a person.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[error("{code}: {message}")]
+pub struct FsError {
+    /// The stable code.
+    pub code: ErrorCode,
+    /// What went wrong.
+    pub message: String,
+}
+
+impl FsError {
+    /// Returns an error with `code` and `message`.
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+impl From<FsError> for cairn_proto::CairnStatus {
+    fn from(e: FsError) -> Self {
+        cairn_proto::CairnStatus::new(e.code, e.message)
+    }
+}
+
+/// The state machine's answer to a log entry.
+pub type Response = Result<Reply, FsError>;

@@ -1,0 +1,286 @@
+//! `cairn-meta`: one replica of the Cairn metadata service.
+//!
+//! Only parses flags, loads the configuration, sets up tracing and calls
+//! [`cairn_meta::start`]; everything else lives in the library.
+//!
+//! Configuration is layered: [`MetaConfig::default`], then the JSON file of
+//! `--config` (kebab-case keys as in `MetaConfig`, durations as "500ms";
+//! unknown keys are warned about, not rejected, so an older binary still
+//! reads a newer file), then `CAIRN_META_*` environment variables, then
+//! flags. JSON rather than TOML keeps the dependency list as it is.
+//!
+//! SIGINT and SIGTERM resolve the shutdown future given to `start`; the
+//! process exits 0 once the replica has stopped cleanly.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use cairn_meta::MetaConfig;
+use clap::Parser;
+use tokio::signal::unix::{SignalKind, signal};
+use tracing::{error, info, warn};
+use tracing_subscriber::EnvFilter;
+
+/// Log filter when `RUST_LOG` is not set: our info lines, and only
+/// openraft's warnings and errors (its info level is per-entry chatter).
+const DEFAULT_LOG: &str = "info,openraft=warn";
+
+/// One replica of the Cairn metadata service (Raft-replicated namespace,
+/// layouts, sessions and chain table).
+#[derive(Debug, Parser)]
+#[command(name = "cairn-meta", version, about, max_term_width = 100)]
+struct Args {
+    /// JSON configuration file; environment variables and flags override it.
+    #[arg(long, env = "CAIRN_META_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Directory of the sled database (Raft log, state machine, identity).
+    #[arg(long, env = "CAIRN_META_DATA_DIR", value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// Address the gRPC server listens on.
+    #[arg(long, env = "CAIRN_META_LISTEN", value_name = "IP:PORT")]
+    listen: Option<SocketAddr>,
+    /// Address peers and clients reach this replica at (default: --listen).
+    #[arg(long, env = "CAIRN_META_ADVERTISE", value_name = "HOST:PORT")]
+    advertise: Option<String>,
+    /// Bootstrap a new cluster when the data directory is empty and no join
+    /// peer knows one (only the first replica).
+    #[arg(
+        long,
+        env = "CAIRN_META_BOOTSTRAP",
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "true",
+        value_name = "BOOL"
+    )]
+    bootstrap: Option<bool>,
+    /// Existing replicas to join when the data directory is empty.
+    #[arg(
+        long,
+        env = "CAIRN_META_JOIN",
+        value_delimiter = ',',
+        value_name = "ADDRS"
+    )]
+    join: Option<Vec<String>>,
+    /// Voters the cluster grows to by promoting caught-up learners.
+    #[arg(long, env = "CAIRN_META_REPLICAS")]
+    replicas: Option<usize>,
+    /// Raft heartbeat interval (e.g. "100ms").
+    #[arg(long, env = "CAIRN_META_RAFT_HEARTBEAT", value_parser = humantime::parse_duration)]
+    raft_heartbeat: Option<Duration>,
+    /// Raft election timeout, the minimum (e.g. "1s").
+    #[arg(long, env = "CAIRN_META_ELECTION_TIMEOUT", value_parser = humantime::parse_duration)]
+    election_timeout: Option<Duration>,
+    /// A chunkserver silent this long is declared dead (e.g. "10s").
+    #[arg(long, env = "CAIRN_META_CHUNKSERVER_TIMEOUT", value_parser = humantime::parse_duration)]
+    chunkserver_timeout: Option<Duration>,
+    /// A client session not renewed this long expires (e.g. "60s").
+    #[arg(long, env = "CAIRN_META_SESSION_TIMEOUT", value_parser = humantime::parse_duration)]
+    session_timeout: Option<Duration>,
+    /// Snapshot the state machine (and compact the log) every N entries.
+    #[arg(long, env = "CAIRN_META_SNAPSHOT_EVERY", value_name = "N")]
+    snapshot_every: Option<u64>,
+    /// sled page-cache size (e.g. "64MiB").
+    #[arg(long, env = "CAIRN_META_CACHE_BYTES", value_parser = parse_size, value_name = "SIZE")]
+    cache_bytes: Option<u64>,
+}
+
+/// Parses a byte size: a whole number with an optional binary unit (`K`,
+/// `KiB`, `M`, `MiB`, `G`, `GiB`, `T`, `TiB`; `B` alone is bytes).
+fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let end = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(end);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size (expected e.g. 64MiB)"))?;
+    let shift = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 0,
+        "k" | "kib" => 10,
+        "m" | "mib" => 20,
+        "g" | "gib" => 30,
+        "t" | "tib" => 40,
+        other => return Err(format!("unknown size unit {other:?} in {s:?}")),
+    };
+    n.checked_mul(1u64 << shift)
+        .ok_or_else(|| format!("{s:?} is too large"))
+}
+
+/// Warns about keys of the config file that `MetaConfig` does not know.
+fn warn_unknown_keys(file: &serde_json::Value) {
+    let known = serde_json::to_value(MetaConfig::default()).unwrap_or_default();
+    if let (Some(file), Some(known)) = (file.as_object(), known.as_object()) {
+        for k in file.keys().filter(|k| !known.contains_key(*k)) {
+            warn!(key = %k, "unknown key in the configuration file; ignored");
+        }
+    }
+}
+
+/// Returns the configuration: defaults, then the file, then environment
+/// and flags (clap already merged those two).
+fn load(args: Args) -> Result<MetaConfig, String> {
+    let mut cfg = match &args.config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| format!("reading {}: {e}", path.display()))?;
+            let value: serde_json::Value = serde_json::from_str(&text)
+                .map_err(|e| format!("{} is not valid JSON: {e}", path.display()))?;
+            warn_unknown_keys(&value);
+            serde_json::from_value(value).map_err(|e| format!("{}: {e}", path.display()))?
+        }
+        None => MetaConfig::default(),
+    };
+    let Args {
+        config: _,
+        data_dir,
+        listen,
+        advertise,
+        bootstrap,
+        join,
+        replicas,
+        raft_heartbeat,
+        election_timeout,
+        chunkserver_timeout,
+        session_timeout,
+        snapshot_every,
+        cache_bytes,
+    } = args;
+    if let Some(v) = data_dir {
+        cfg.data_dir = v;
+    }
+    if let Some(v) = listen {
+        cfg.listen = v;
+    }
+    if let Some(v) = advertise {
+        cfg.advertise = Some(v).filter(|a| !a.trim().is_empty());
+    }
+    if let Some(v) = bootstrap {
+        cfg.bootstrap = v;
+    }
+    if let Some(v) = join {
+        cfg.join = v
+            .into_iter()
+            .map(|a| a.trim().to_string())
+            .filter(|a| !a.is_empty())
+            .collect();
+    }
+    if let Some(v) = replicas {
+        cfg.replicas = v;
+    }
+    if let Some(v) = raft_heartbeat {
+        cfg.raft_heartbeat = v;
+    }
+    if let Some(v) = election_timeout {
+        cfg.election_timeout = v;
+    }
+    if let Some(v) = chunkserver_timeout {
+        cfg.chunkserver_timeout = v;
+    }
+    if let Some(v) = session_timeout {
+        cfg.session_timeout = v;
+    }
+    if let Some(v) = snapshot_every {
+        cfg.snapshot_every = v;
+    }
+    if let Some(v) = cache_bytes {
+        cfg.cache_bytes = v;
+    }
+    cfg.validate()?;
+    Ok(cfg)
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let args = Args::parse();
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_LOG));
+    tracing_subscriber::fmt().with_env_filter(filter).init();
+
+    let cfg = match load(args) {
+        Ok(c) => c,
+        Err(e) => {
+            error!("configuration: {e}");
+            eprintln!("cairn-meta: configuration: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    // Install the handlers before starting, so an early signal is not lost.
+    let (mut int, mut term) = match (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) {
+        (Ok(i), Ok(t)) => (i, t),
+        (Err(e), _) | (_, Err(e)) => {
+            eprintln!("cairn-meta: installing signal handlers: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let shutdown = async move {
+        let sig = tokio::select! {
+            _ = int.recv() => "SIGINT",
+            _ = term.recv() => "SIGTERM",
+        };
+        info!(signal = sig, "shutting down");
+    };
+
+    info!(version = env!("CARGO_PKG_VERSION"), config = ?cfg, "starting cairn-meta");
+    let handle = match cairn_meta::start(cfg, shutdown).await {
+        Ok(h) => h,
+        Err(e) => {
+            error!(error = %e, "cairn-meta failed to start");
+            eprintln!("cairn-meta: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    info!(node_id = handle.node_id, addr = %handle.addr, "cairn-meta serving");
+    match handle.wait().await {
+        Ok(()) => {
+            info!("cairn-meta stopped");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            error!(error = %e, "cairn-meta stopped with an error");
+            eprintln!("cairn-meta: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_override_the_file_and_sizes_parse() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("meta.json");
+        std::fs::write(
+            &file,
+            r#"{"election-timeout":"2s","replicas":5,"bootstrap":true,"no-such-key":1}"#,
+        )
+        .unwrap();
+        let args = Args::try_parse_from([
+            "cairn-meta",
+            "--config",
+            file.to_str().unwrap(),
+            "--replicas=3",
+            "--join",
+            "a:1,b:2",
+            "--cache-bytes",
+            "16MiB",
+        ])
+        .unwrap();
+        let cfg = load(args).unwrap();
+        assert_eq!(cfg.election_timeout, Duration::from_secs(2));
+        assert_eq!(cfg.replicas, 3);
+        assert!(cfg.bootstrap);
+        assert_eq!(cfg.join, ["a:1", "b:2"]);
+        assert_eq!(cfg.cache_bytes, 16 << 20);
+        let args = Args::try_parse_from(["cairn-meta", "--bootstrap"]).unwrap();
+        assert_eq!(args.bootstrap, Some(true));
+        let args = Args::try_parse_from(["cairn-meta", "--bootstrap=false"]).unwrap();
+        assert_eq!(args.bootstrap, Some(false));
+        assert!(parse_size("1.5G").is_err());
+        assert_eq!(parse_size("2g"), Ok(2 << 30));
+    }
+}

@@ -1,0 +1,275 @@
+//! Chain placement: which targets form each chain of a chain table.
+//!
+//! Pure functions, so the policy is tested without a cluster and applied
+//! deterministically inside the state machine.
+//!
+//! Policy (DESIGN §3, §5):
+//! * A table of replication `r` exists once there are `r` distinct
+//!   chunkservers. It aims at one chain per target, so each target appears
+//!   about `r` times, once at each position (head, middle, tail): reads
+//!   (all replicas) and writes (which enter at the head) both spread
+//!   evenly.
+//! * Members of one chain are on distinct chunkservers, and on distinct
+//!   zones whenever the known zones allow it.
+//! * Existing chains are never rewritten here: new targets get new chains
+//!   (chain ids are stable forever); moving existing load onto new targets
+//!   is the rebalancer's job.
+//! * A fresh table is a rotation (a Latin square): targets are ordered so
+//!   that neighbours sit on different chunkservers and zones, and chain `i`
+//!   takes `order[(i + p·s) mod T]` at position `p`, for the smallest stride
+//!   `s` that keeps every chain's members on distinct chunkservers (and
+//!   zones). Every target is then exactly once at every position.
+//! * When no stride works (very uneven servers), and when a table grows,
+//!   each new chain is built greedily: position by position, the eligible
+//!   target that appears least at that position, then least overall, then
+//!   with the lowest id.
+
+use std::collections::BTreeMap;
+
+/// A target as placement sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TargetLoc {
+    /// Target id.
+    pub id: u64,
+    /// Its chunkserver.
+    pub chunkserver: u64,
+    /// Its zone ("" when unknown).
+    pub zone: String,
+}
+
+/// Returns the member lists of the chains to add to a table of
+/// `replication` whose existing chains have `existing` members (target ids,
+/// head first), given all registered `targets`.
+pub fn chains_to_add(
+    existing: &[Vec<u64>],
+    targets: &[TargetLoc],
+    replication: usize,
+) -> Vec<Vec<u64>> {
+    let mut servers: Vec<u64> = targets.iter().map(|t| t.chunkserver).collect();
+    servers.sort_unstable();
+    servers.dedup();
+    if replication == 0 || servers.len() < replication || existing.len() >= targets.len() {
+        return Vec::new();
+    }
+    let mut zones: Vec<&str> = targets
+        .iter()
+        .map(|t| t.zone.as_str())
+        .filter(|z| !z.is_empty())
+        .collect();
+    zones.sort_unstable();
+    zones.dedup();
+    let spread_zones = zones.len() >= replication;
+
+    if existing.is_empty()
+        && let Some(chains) = rotation(targets, replication, spread_zones)
+    {
+        return chains;
+    }
+
+    // counts[target] = (per-position counts, total)
+    let mut counts: BTreeMap<u64, (Vec<usize>, usize)> = targets
+        .iter()
+        .map(|t| (t.id, (vec![0; replication], 0)))
+        .collect();
+    for chain in existing {
+        for (pos, id) in chain.iter().enumerate() {
+            if let Some((per, total)) = counts.get_mut(id) {
+                if pos < replication {
+                    per[pos] += 1;
+                }
+                *total += 1;
+            }
+        }
+    }
+
+    let mut out = Vec::new();
+    for _ in existing.len()..targets.len() {
+        let mut chain: Vec<&TargetLoc> = Vec::with_capacity(replication);
+        for pos in 0..replication {
+            let best = targets
+                .iter()
+                .filter(|t| {
+                    chain.iter().all(|c| {
+                        c.chunkserver != t.chunkserver && (!spread_zones || c.zone != t.zone)
+                    })
+                })
+                .min_by_key(|t| {
+                    let (per, total) = &counts[&t.id];
+                    (per[pos], *total, t.id)
+                });
+            match best {
+                Some(t) => chain.push(t),
+                None => break,
+            }
+        }
+        if chain.len() < replication {
+            // Zones or servers too few for another valid chain.
+            break;
+        }
+        for (pos, t) in chain.iter().enumerate() {
+            if let Some((per, total)) = counts.get_mut(&t.id) {
+                per[pos] += 1;
+                *total += 1;
+            }
+        }
+        out.push(chain.iter().map(|t| t.id).collect());
+    }
+    out
+}
+
+/// Orders targets so consecutive ones are on different chunkservers (and
+/// zones), by dealing round-robin over servers interleaved by zone.
+fn interleave(targets: &[TargetLoc]) -> Vec<&TargetLoc> {
+    let mut servers: BTreeMap<u64, Vec<&TargetLoc>> = BTreeMap::new();
+    for t in targets {
+        servers.entry(t.chunkserver).or_default().push(t);
+    }
+    let mut by_zone: BTreeMap<&str, Vec<Vec<&TargetLoc>>> = BTreeMap::new();
+    for (_, ts) in servers {
+        by_zone.entry(ts[0].zone.as_str()).or_default().push(ts);
+    }
+    // Servers ordered zone-interleaved: first server of each zone, then the
+    // second of each zone, ...
+    let mut server_order: Vec<Vec<&TargetLoc>> = Vec::new();
+    let mut zones: Vec<std::vec::IntoIter<Vec<&TargetLoc>>> =
+        by_zone.into_values().map(|v| v.into_iter()).collect();
+    loop {
+        let before = server_order.len();
+        for z in zones.iter_mut() {
+            if let Some(s) = z.next() {
+                server_order.push(s);
+            }
+        }
+        if server_order.len() == before {
+            break;
+        }
+    }
+    let mut out = Vec::with_capacity(targets.len());
+    let mut k = 0;
+    while out.len() < targets.len() {
+        for s in &server_order {
+            if let Some(t) = s.get(k) {
+                out.push(*t);
+            }
+        }
+        k += 1;
+    }
+    out
+}
+
+/// A perfectly balanced fresh table, if some stride gives valid chains.
+fn rotation(
+    targets: &[TargetLoc],
+    replication: usize,
+    spread_zones: bool,
+) -> Option<Vec<Vec<u64>>> {
+    let order = interleave(targets);
+    let n = order.len();
+    'stride: for stride in 1..n {
+        let mut chains = Vec::with_capacity(n);
+        for i in 0..n {
+            let members: Vec<&TargetLoc> = (0..replication)
+                .map(|p| order[(i + p * stride) % n])
+                .collect();
+            for (a, x) in members.iter().enumerate() {
+                for y in &members[a + 1..] {
+                    if x.chunkserver == y.chunkserver || (spread_zones && x.zone == y.zone) {
+                        continue 'stride;
+                    }
+                }
+            }
+            chains.push(members.iter().map(|t| t.id).collect());
+        }
+        return Some(chains);
+    }
+    (replication == 1).then(|| order.iter().map(|t| vec![t.id]).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn targets(servers: u64, per_server: u64, zones: u64) -> Vec<TargetLoc> {
+        let mut v = Vec::new();
+        for s in 0..servers {
+            for k in 0..per_server {
+                v.push(TargetLoc {
+                    id: s * per_server + k + 1,
+                    chunkserver: s + 1,
+                    zone: if zones == 0 {
+                        String::new()
+                    } else {
+                        format!("z{}", s % zones)
+                    },
+                });
+            }
+        }
+        v
+    }
+
+    fn server_of(ts: &[TargetLoc], id: u64) -> &TargetLoc {
+        ts.iter().find(|t| t.id == id).unwrap()
+    }
+
+    #[test]
+    fn fresh_table_is_balanced_per_position_and_distinct() {
+        for (servers, per, r) in [(3, 1, 3), (5, 2, 3), (6, 4, 3), (4, 3, 2), (3, 2, 1)] {
+            let ts = targets(servers, per, 0);
+            let chains = chains_to_add(&[], &ts, r);
+            assert_eq!(chains.len(), ts.len());
+            for c in &chains {
+                assert_eq!(c.len(), r);
+                let mut s: Vec<_> = c.iter().map(|id| server_of(&ts, *id).chunkserver).collect();
+                s.sort();
+                s.dedup();
+                assert_eq!(s.len(), r, "chain {c:?} repeats a chunkserver");
+            }
+            for pos in 0..r {
+                let mut n: BTreeMap<u64, usize> = ts.iter().map(|t| (t.id, 0)).collect();
+                for c in &chains {
+                    *n.get_mut(&c[pos]).unwrap() += 1;
+                }
+                let (min, max) = (n.values().min().unwrap(), n.values().max().unwrap());
+                assert!(max - min <= 1, "position {pos} unbalanced: {n:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn too_few_servers_build_nothing() {
+        assert!(chains_to_add(&[], &targets(2, 4, 0), 3).is_empty());
+        assert_eq!(chains_to_add(&[], &targets(2, 4, 0), 2).len(), 8);
+    }
+
+    #[test]
+    fn zones_are_spread_when_possible() {
+        let ts = targets(6, 1, 3);
+        for c in chains_to_add(&[], &ts, 3) {
+            let mut z: Vec<_> = c
+                .iter()
+                .map(|id| server_of(&ts, *id).zone.clone())
+                .collect();
+            z.sort();
+            z.dedup();
+            assert_eq!(z.len(), 3);
+        }
+    }
+
+    #[test]
+    fn growth_adds_chains_and_keeps_old_ones() {
+        let ts = targets(3, 1, 0);
+        let first = chains_to_add(&[], &ts, 3);
+        assert_eq!(first.len(), 3);
+        let ts4 = targets(4, 1, 0);
+        let more = chains_to_add(&first, &ts4, 3);
+        assert_eq!(more.len(), 1);
+        assert!(more[0].contains(&4), "the new target gets the new chain");
+        assert!(chains_to_add(&[first.clone(), more].concat(), &ts4, 3).is_empty());
+    }
+
+    #[test]
+    fn deterministic() {
+        let ts = targets(5, 3, 2);
+        assert_eq!(chains_to_add(&[], &ts, 3), chains_to_add(&[], &ts, 3));
+    }
+}

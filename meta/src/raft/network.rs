@@ -1,0 +1,681 @@
+//! The Raft transport between metadata replicas, over tonic, and the
+//! openraft configuration.
+//!
+//! * Client side: [`Network`] (openraft's `RaftNetworkFactory`) hands out a
+//!   [`NetworkConnection`] per target. Connections share one cache of
+//!   tonic channels, keyed by node id and address; a channel is connected
+//!   lazily on the first RPC (connect timeout [`CONNECT_TIMEOUT`],
+//!   `TCP_NODELAY` on: without it every RPC waits ~40 ms for Nagle) and
+//!   dropped on a transport error, so the next RPC reconnects.
+//! * Server side: [`RaftTransport`] implements the generated
+//!   `cairn.raft.v1.Raft` service and feeds requests to the local
+//!   [`MetaRaft`]; [`RaftTransport::into_server`] gives the service with the
+//!   message-size limits set.
+//! * [`raft_config`]: the openraft [`Config`](openraft::Config) of a replica.
+//!
+//! Wire format: every openraft request, and every `Result<response,
+//! RaftError>` reply, travels as bincode (varint, little-endian, at most
+//! [`MAX_MESSAGE_BYTES`], no trailing bytes) in `RaftMessage.payload`.
+//! `ReadIndex` replies carry `Result<Option<LogId>, String>`.
+//!
+//! Invariants:
+//!
+//! * Nothing from the network panics a replica: bad payloads are answered
+//!   with `INVALID_ARGUMENT`, bad replies become `RPCError::Network`.
+//! * A replica refuses messages that name another cluster
+//!   (`FAILED_PRECONDITION`) once it knows its own cluster id, and a client
+//!   refuses replies that name another cluster: a replica whose disk was
+//!   reused never joins the wrong group.
+//! * Transport failures map to openraft's retry classes: `Unreachable`
+//!   (openraft backs off) for a peer that is down or will refuse us again,
+//!   `Network` (retried at once) for everything else, `Timeout` when the
+//!   RPC outlives `RPCOption::hard_ttl()`.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::time::Duration;
+
+use bincode::Options;
+use cairn_proto::raft::RaftMessage;
+use cairn_proto::raft::raft_client::RaftClient;
+use cairn_proto::raft::raft_server::{Raft, RaftServer};
+use openraft::error::{
+    InstallSnapshotError, NetworkError, PayloadTooLarge, RPCError, RaftError, RemoteError, Timeout,
+    Unreachable,
+};
+use openraft::network::RPCOption;
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
+};
+use openraft::{AnyError, BasicNode, RPCTypes, RaftNetwork, RaftNetworkFactory, SnapshotPolicy};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Request, Response, Status};
+
+use super::types::{LogId, MetaRaft, TypeConfig};
+
+/// Largest Raft message, either way (gRPC's default of 4 MiB is too small
+/// for a full append batch of large entries).
+pub const MAX_MESSAGE_BYTES: usize = 64 << 20;
+
+/// How long connecting to a peer may take before it counts as unreachable.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// Deadline of a whole [`read_index`] call.
+pub const READ_INDEX_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Snapshot chunks are this large (well under [`MAX_MESSAGE_BYTES`]).
+const SNAPSHOT_CHUNK_BYTES: u64 = 4 << 20;
+
+/// A chunk's deadline: the receiver imports and flushes the whole snapshot
+/// before answering the last one.
+const INSTALL_SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The id of the cluster a replica belongs to, shared by the transport's
+/// client and server halves and the node; empty until the replica knows
+/// it (a new replica learns it when it joins).
+#[derive(Clone, Debug, Default)]
+pub struct ClusterId(Arc<RwLock<String>>);
+
+impl ClusterId {
+    /// Returns a handle holding `id` (empty: unknown).
+    pub fn new(id: impl Into<String>) -> Self {
+        Self(Arc::new(RwLock::new(id.into())))
+    }
+
+    /// Returns the cluster id, empty when unknown.
+    pub fn get(&self) -> String {
+        self.0
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Sets the cluster id, for every holder of this handle.
+    pub fn set(&self, id: &str) {
+        *self.0.write().unwrap_or_else(PoisonError::into_inner) = id.to_string();
+    }
+}
+
+impl From<String> for ClusterId {
+    fn from(id: String) -> Self {
+        Self::new(id)
+    }
+}
+
+impl From<&str> for ClusterId {
+    fn from(id: &str) -> Self {
+        Self::new(id)
+    }
+}
+
+/// Returns the bincode options of the wire format.
+fn codec() -> impl Options {
+    bincode::DefaultOptions::new().with_limit(MAX_MESSAGE_BYTES as u64)
+}
+
+fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, bincode::Error> {
+    codec().serialize(value)
+}
+
+fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, bincode::Error> {
+    codec().deserialize(bytes)
+}
+
+/// Returns the URI of a node address (`host:port`, or a full URI).
+fn uri(addr: &str) -> String {
+    if addr.starts_with("http://") || addr.starts_with("https://") {
+        addr.to_string()
+    } else {
+        format!("http://{addr}")
+    }
+}
+
+/// Connects a channel to `addr`.
+async fn connect(addr: &str) -> Result<Channel, Failure> {
+    let endpoint = Endpoint::from_shared(uri(addr))
+        .map_err(|e| Failure::Unreachable(AnyError::new(&e).add_context(|| addr.to_string())))?
+        .connect_timeout(CONNECT_TIMEOUT)
+        .tcp_nodelay(true);
+    endpoint
+        .connect()
+        .await
+        .map_err(|e| Failure::Unreachable(AnyError::new(&e).add_context(|| addr.to_string())))
+}
+
+fn client(channel: Channel) -> RaftClient<Channel> {
+    RaftClient::new(channel)
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES)
+}
+
+/// The four RPCs of the service.
+#[derive(Clone, Copy, Debug)]
+enum Rpc {
+    AppendEntries,
+    Vote,
+    InstallSnapshot,
+    ReadIndex,
+}
+
+/// Sends one message on `channel`; returns the reply payload.
+async fn call(
+    channel: Channel,
+    rpc: Rpc,
+    payload: Vec<u8>,
+    cluster_id: &ClusterId,
+) -> Result<Vec<u8>, Status> {
+    let mut client = client(channel);
+    let ours = cluster_id.get();
+    let request = Request::new(RaftMessage {
+        payload,
+        cluster_id: ours.clone(),
+    });
+    let reply = match rpc {
+        Rpc::AppendEntries => client.append_entries(request).await,
+        Rpc::Vote => client.vote(request).await,
+        Rpc::InstallSnapshot => client.install_snapshot(request).await,
+        Rpc::ReadIndex => client.read_index(request).await,
+    }?
+    .into_inner();
+    if !ours.is_empty() && !reply.cluster_id.is_empty() && reply.cluster_id != ours {
+        return Err(Status::failed_precondition(format!(
+            "reply from cluster {}, this replica belongs to {ours}",
+            reply.cluster_id
+        )));
+    }
+    Ok(reply.payload)
+}
+
+/// Why an RPC did not get a reply, in openraft's retry classes.
+#[derive(Debug)]
+enum Failure {
+    /// Back off before retrying.
+    Unreachable(AnyError),
+    /// Retry at once.
+    Network(AnyError),
+}
+
+impl Failure {
+    fn from_status(status: &Status) -> Self {
+        let e = AnyError::error(format!("{:?}: {}", status.code(), status.message()));
+        match status.code() {
+            // Down, or it will refuse us again the same way.
+            Code::Unavailable
+            | Code::FailedPrecondition
+            | Code::InvalidArgument
+            | Code::Unimplemented
+            | Code::PermissionDenied
+            | Code::Unauthenticated => Failure::Unreachable(e),
+            _ => Failure::Network(e),
+        }
+    }
+
+    fn into_rpc<E: std::error::Error>(self) -> RPCError<u64, BasicNode, E> {
+        match self {
+            Failure::Unreachable(e) => RPCError::Unreachable(Unreachable::from(e)),
+            Failure::Network(e) => RPCError::Network(NetworkError::from(e)),
+        }
+    }
+}
+
+/// Whether a status means the connection itself is broken.
+fn is_transport_error(status: &Status) -> bool {
+    matches!(
+        status.code(),
+        Code::Unavailable | Code::Unknown | Code::Internal | Code::Cancelled
+    )
+}
+
+type ChannelCache = Arc<Mutex<HashMap<u64, (String, Channel)>>>;
+
+/// openraft's network factory: hands out connections to peers over one
+/// shared channel cache.
+#[derive(Clone, Debug)]
+pub struct Network {
+    cluster_id: ClusterId,
+    channels: ChannelCache,
+}
+
+impl Network {
+    /// Returns a network that stamps messages with `cluster_id` (a shared
+    /// [`ClusterId`] handle, or a fixed id).
+    pub fn new(cluster_id: impl Into<ClusterId>) -> Self {
+        Self {
+            cluster_id: cluster_id.into(),
+            channels: Arc::default(),
+        }
+    }
+
+    /// Asks replica `target` at `addr` (the leader) for a read index over
+    /// the cached channel; see [`read_index`].
+    ///
+    /// # Errors
+    /// A description of the failure; it contains "not leader" when `target`
+    /// is not the leader.
+    pub async fn read_index(&self, target: u64, addr: &str) -> Result<Option<LogId>, String> {
+        let peer = Peer {
+            target,
+            addr: addr.to_string(),
+            cluster_id: self.cluster_id.clone(),
+            channels: self.channels.clone(),
+        };
+        let call = peer.call(Rpc::ReadIndex, Vec::new());
+        let bytes = match tokio::time::timeout(READ_INDEX_TIMEOUT, call).await {
+            Err(_) => return Err(format!("read index from {addr}: timed out")),
+            Ok(Err(Failure::Unreachable(e) | Failure::Network(e))) => {
+                return Err(format!("read index from {addr}: {e}"));
+            }
+            Ok(Ok(bytes)) => bytes,
+        };
+        decode_read_index(addr, &bytes)
+    }
+}
+
+impl RaftNetworkFactory<TypeConfig> for Network {
+    type Network = NetworkConnection;
+
+    async fn new_client(&mut self, target: u64, node: &BasicNode) -> NetworkConnection {
+        NetworkConnection {
+            node: node.clone(),
+            peer: Peer {
+                target,
+                addr: node.addr.clone(),
+                cluster_id: self.cluster_id.clone(),
+                channels: self.channels.clone(),
+            },
+        }
+    }
+}
+
+/// One peer's address and the shared channel cache.
+#[derive(Debug)]
+struct Peer {
+    target: u64,
+    addr: String,
+    cluster_id: ClusterId,
+    channels: ChannelCache,
+}
+
+impl Peer {
+    fn cache(&self) -> std::sync::MutexGuard<'_, HashMap<u64, (String, Channel)>> {
+        self.channels.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Returns the cached channel, connecting one if needed.
+    async fn channel(&self) -> Result<Channel, Failure> {
+        if let Some((addr, channel)) = self.cache().get(&self.target)
+            && *addr == self.addr
+        {
+            return Ok(channel.clone());
+        }
+        let channel = connect(&self.addr).await?;
+        self.cache()
+            .insert(self.target, (self.addr.clone(), channel.clone()));
+        Ok(channel)
+    }
+
+    /// Drops the cached channel, if it is still the one for our address.
+    fn forget(&self) {
+        let mut cache = self.cache();
+        if cache
+            .get(&self.target)
+            .is_some_and(|(a, _)| *a == self.addr)
+        {
+            cache.remove(&self.target);
+        }
+    }
+
+    async fn call(&self, rpc: Rpc, payload: Vec<u8>) -> Result<Vec<u8>, Failure> {
+        let channel = self.channel().await?;
+        match call(channel, rpc, payload, &self.cluster_id).await {
+            Ok(bytes) => Ok(bytes),
+            Err(status) => {
+                if is_transport_error(&status) {
+                    self.forget();
+                }
+                tracing::debug!(target_node = self.target, addr = %self.addr, ?rpc, %status, "raft rpc failed");
+                Err(Failure::from_status(&status))
+            }
+        }
+    }
+}
+
+/// A connection to one peer, used by openraft's replication and election
+/// tasks.
+#[derive(Debug)]
+pub struct NetworkConnection {
+    node: BasicNode,
+    peer: Peer,
+}
+
+impl NetworkConnection {
+    /// Sends `payload` and decodes the peer's `Result`, within the RPC's
+    /// hard TTL. `sender` is our node id (from the request's vote), for the
+    /// timeout report.
+    async fn send<Resp, E>(
+        &self,
+        action: RPCTypes,
+        rpc: Rpc,
+        payload: Vec<u8>,
+        option: &RPCOption,
+        sender: u64,
+    ) -> Result<Resp, RPCError<u64, BasicNode, RaftError<u64, E>>>
+    where
+        Resp: DeserializeOwned,
+        E: std::error::Error + DeserializeOwned,
+    {
+        let ttl = option.hard_ttl();
+        let bytes = match tokio::time::timeout(ttl, self.peer.call(rpc, payload)).await {
+            Err(_) => {
+                return Err(RPCError::Timeout(Timeout {
+                    action,
+                    id: sender,
+                    target: self.peer.target,
+                    timeout: ttl,
+                }));
+            }
+            Ok(Err(failure)) => return Err(failure.into_rpc()),
+            Ok(Ok(bytes)) => bytes,
+        };
+        let reply: Result<Resp, RaftError<u64, E>> = decode(&bytes).map_err(|e| {
+            RPCError::Network(NetworkError::from(
+                AnyError::new(&*e).add_context(|| format!("decoding {rpc:?} reply")),
+            ))
+        })?;
+        reply.map_err(|e| {
+            RPCError::RemoteError(RemoteError::new_with_node(
+                self.peer.target,
+                self.node.clone(),
+                e,
+            ))
+        })
+    }
+}
+
+/// Maps a request that cannot be encoded to an RPC error.
+fn encode_failed<E: std::error::Error>(e: &bincode::Error) -> RPCError<u64, BasicNode, E> {
+    RPCError::Network(NetworkError::from(
+        AnyError::new(&**e).add_context(|| "encoding raft request"),
+    ))
+}
+
+impl RaftNetwork<TypeConfig> for NetworkConnection {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<u64>, RPCError<u64, BasicNode, RaftError<u64>>> {
+        let payload = match encode(&rpc) {
+            Ok(p) => p,
+            Err(e) if matches!(*e, bincode::ErrorKind::SizeLimit) && rpc.entries.len() > 1 => {
+                // openraft retries at once with fewer entries.
+                let hint = (rpc.entries.len() / 2) as u64;
+                return Err(RPCError::PayloadTooLarge(
+                    PayloadTooLarge::new_entries_hint(hint),
+                ));
+            }
+            Err(e) => return Err(encode_failed(&e)),
+        };
+        let sender = rpc.vote.leader_id().voted_for().unwrap_or_default();
+        self.send(
+            RPCTypes::AppendEntries,
+            Rpc::AppendEntries,
+            payload,
+            &option,
+            sender,
+        )
+        .await
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<
+        InstallSnapshotResponse<u64>,
+        RPCError<u64, BasicNode, RaftError<u64, InstallSnapshotError>>,
+    > {
+        let payload = encode(&rpc).map_err(|e| encode_failed(&e))?;
+        let sender = rpc.vote.leader_id().voted_for().unwrap_or_default();
+        self.send(
+            RPCTypes::InstallSnapshot,
+            Rpc::InstallSnapshot,
+            payload,
+            &option,
+            sender,
+        )
+        .await
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<u64>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<u64>, RPCError<u64, BasicNode, RaftError<u64>>> {
+        let payload = encode(&rpc).map_err(|e| encode_failed(&e))?;
+        let sender = rpc.vote.leader_id().voted_for().unwrap_or_default();
+        self.send(RPCTypes::Vote, Rpc::Vote, payload, &option, sender)
+            .await
+    }
+}
+
+/// Decodes a `ReadIndex` reply.
+fn decode_read_index(addr: &str, bytes: &[u8]) -> Result<Option<LogId>, String> {
+    decode::<Result<Option<LogId>, String>>(bytes)
+        .map_err(|e| format!("read index from {addr}: undecodable reply: {e}"))?
+}
+
+/// Asks the replica at `addr` (the leader) for a linearizable read index
+/// over a new connection: the leader confirms its leadership with a quorum
+/// and answers the log id a read must wait for (`None`: nothing committed
+/// yet). Replicas that ask often should use [`Network::read_index`], which
+/// reuses a cached channel.
+///
+/// # Errors
+/// A description of the failure; it contains "not leader" when the replica
+/// at `addr` is not the leader.
+pub async fn read_index(addr: &str, cluster_id: &str) -> Result<Option<LogId>, String> {
+    let ids = ClusterId::new(cluster_id);
+    let ask = async {
+        let channel = connect(addr).await.map_err(|f| match f {
+            Failure::Unreachable(e) | Failure::Network(e) => e.to_string(),
+        })?;
+        call(channel, Rpc::ReadIndex, Vec::new(), &ids)
+            .await
+            .map_err(|s| format!("{:?}: {}", s.code(), s.message()))
+    };
+    let bytes = match tokio::time::timeout(READ_INDEX_TIMEOUT, ask).await {
+        Err(_) => return Err(format!("read index from {addr}: timed out")),
+        Ok(Err(e)) => return Err(format!("read index from {addr}: {e}")),
+        Ok(Ok(bytes)) => bytes,
+    };
+    decode_read_index(addr, &bytes)
+}
+
+/// The server half: the `cairn.raft.v1.Raft` service of a replica.
+#[derive(Clone)]
+pub struct RaftTransport {
+    raft: MetaRaft,
+    cluster_id: ClusterId,
+}
+
+impl RaftTransport {
+    /// Returns the service feeding `raft`, refusing messages of clusters
+    /// other than `cluster_id` (a shared [`ClusterId`] handle, or a fixed
+    /// id; empty: unknown, nothing is refused).
+    pub fn new(raft: MetaRaft, cluster_id: impl Into<ClusterId>) -> Self {
+        Self {
+            raft,
+            cluster_id: cluster_id.into(),
+        }
+    }
+
+    /// Returns the tonic service, with the message-size limits of the
+    /// transport.
+    pub fn into_server(self) -> RaftServer<Self> {
+        RaftServer::new(self)
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES)
+    }
+
+    /// Checks the sender's cluster id and decodes the payload.
+    fn open<T: DeserializeOwned>(&self, request: Request<RaftMessage>) -> Result<T, Status> {
+        let msg = request.into_inner();
+        let ours = self.cluster_id.get();
+        if !ours.is_empty() && !msg.cluster_id.is_empty() && msg.cluster_id != ours {
+            return Err(Status::failed_precondition(format!(
+                "message from cluster {}, this replica belongs to {ours}",
+                msg.cluster_id
+            )));
+        }
+        decode(&msg.payload)
+            .map_err(|e| Status::invalid_argument(format!("undecodable raft message: {e}")))
+    }
+
+    /// Encodes a reply.
+    fn reply<T: Serialize>(&self, value: &T) -> Result<Response<RaftMessage>, Status> {
+        let payload =
+            encode(value).map_err(|e| Status::internal(format!("encoding raft reply: {e}")))?;
+        Ok(Response::new(RaftMessage {
+            payload,
+            cluster_id: self.cluster_id.get(),
+        }))
+    }
+}
+
+/// Describes a failed read index; "not leader" for a follower.
+fn describe_read_index_error(
+    e: &RaftError<u64, openraft::error::CheckIsLeaderError<u64, BasicNode>>,
+) -> String {
+    match e.forward_to_leader::<BasicNode>() {
+        Some(f) => match (&f.leader_id, &f.leader_node) {
+            (Some(id), Some(node)) => format!("not leader; leader is node {id} at {}", node.addr),
+            (Some(id), None) => format!("not leader; leader is node {id}"),
+            _ => "not leader; leader unknown".to_string(),
+        },
+        None => e.to_string(),
+    }
+}
+
+#[tonic::async_trait]
+impl Raft for RaftTransport {
+    #[tracing::instrument(level = "debug", skip_all)]
+    async fn append_entries(
+        &self,
+        request: Request<RaftMessage>,
+    ) -> Result<Response<RaftMessage>, Status> {
+        let rpc: AppendEntriesRequest<TypeConfig> = self.open(request)?;
+        let result = self.raft.append_entries(rpc).await;
+        self.reply(&result)
+    }
+
+    #[tracing::instrument(level = "debug", skip_all)]
+    async fn vote(&self, request: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
+        let rpc: VoteRequest<u64> = self.open(request)?;
+        let result = self.raft.vote(rpc).await;
+        self.reply(&result)
+    }
+
+    #[tracing::instrument(level = "debug", skip_all)]
+    async fn install_snapshot(
+        &self,
+        request: Request<RaftMessage>,
+    ) -> Result<Response<RaftMessage>, Status> {
+        let rpc: InstallSnapshotRequest<TypeConfig> = self.open(request)?;
+        let result = self.raft.install_snapshot(rpc).await;
+        self.reply(&result)
+    }
+
+    #[tracing::instrument(level = "debug", skip_all)]
+    async fn read_index(
+        &self,
+        request: Request<RaftMessage>,
+    ) -> Result<Response<RaftMessage>, Status> {
+        // The payload is empty; only the cluster id is checked.
+        let msg = request.into_inner();
+        let ours = self.cluster_id.get();
+        if !ours.is_empty() && !msg.cluster_id.is_empty() && msg.cluster_id != ours {
+            return Err(Status::failed_precondition(format!(
+                "message from cluster {}, this replica belongs to {ours}",
+                msg.cluster_id
+            )));
+        }
+        let result: Result<Option<LogId>, String> = self
+            .raft
+            .ensure_linearizable()
+            .await
+            .map_err(|e| describe_read_index_error(&e));
+        self.reply(&result)
+    }
+}
+
+/// Returns the openraft configuration of a replica: heartbeat every
+/// `heartbeat`, elections after `election_timeout`..`2 × election_timeout`
+/// of silence, a snapshot (and log compaction) every `snapshot_every`
+/// entries keeping the last 1000 entries for lagging followers, purges in
+/// batches of 256.
+///
+/// # Errors
+/// The election timeout is not longer than the heartbeat, a duration rounds
+/// to zero milliseconds, or `snapshot_every` is 0.
+#[allow(clippy::result_large_err)] // openraft's error type
+pub fn raft_config(
+    heartbeat: Duration,
+    election_timeout: Duration,
+    snapshot_every: u64,
+) -> Result<openraft::Config, openraft::ConfigError> {
+    if snapshot_every == 0 {
+        return Err(openraft::ConfigError::InvalidSnapshotPolicy {
+            invalid: "0".to_string(),
+            syntax: "snapshot-every > 0".to_string(),
+        });
+    }
+    let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+    let election = ms(election_timeout);
+    openraft::Config {
+        cluster_name: "cairn-meta".to_string(),
+        heartbeat_interval: ms(heartbeat),
+        election_timeout_min: election,
+        election_timeout_max: election.saturating_mul(2),
+        install_snapshot_timeout: ms(INSTALL_SNAPSHOT_TIMEOUT),
+        snapshot_max_chunk_size: SNAPSHOT_CHUNK_BYTES,
+        snapshot_policy: SnapshotPolicy::LogsSinceLast(snapshot_every),
+        max_in_snapshot_log_to_keep: 1000,
+        purge_batch_size: 256,
+        enable_tick: true,
+        enable_heartbeat: true,
+        enable_elect: true,
+        ..openraft::Config::default()
+    }
+    .validate()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_is_validated() {
+        let c = raft_config(Duration::from_millis(100), Duration::from_secs(1), 10_000);
+        let c = c.expect("valid config");
+        assert_eq!(
+            (c.election_timeout_min, c.election_timeout_max),
+            (1000, 2000)
+        );
+        assert!(raft_config(Duration::from_secs(1), Duration::from_secs(1), 10).is_err());
+        assert!(raft_config(Duration::ZERO, Duration::ZERO, 10).is_err());
+        assert!(raft_config(Duration::from_millis(100), Duration::from_secs(1), 0).is_err());
+    }
+
+    #[test]
+    fn garbage_is_not_a_message() {
+        assert!(decode::<VoteRequest<u64>>(&[0xff; 3]).is_err());
+        // A length prefix far beyond the limit is refused, not allocated.
+        let mut huge = vec![0xfc];
+        huge.extend_from_slice(&u32::MAX.to_le_bytes());
+        assert!(decode::<Vec<u8>>(&huge).is_err());
+    }
+}

@@ -1,0 +1,1064 @@
+//! The client-facing gRPC service `cairn.meta.v1.Meta`.
+//!
+//! Mutations become one Raft entry each, stamped with the leader's clock and
+//! the caller's request id; a follower answers NOT_LEADER with the leader's
+//! address. Reads are linearizable: the leader confirms its leadership with
+//! a quorum (read index), a follower asks the leader for the read index and
+//! waits until it has applied that far, then both read their local state.
+//! Every Raft wait is bounded by `RAFT_TIMEOUT`, so a replica cut off from
+//! the majority answers UNAVAILABLE instead of hanging.
+//!
+//! Chunkserver heartbeats and session renewals are soft state on the
+//! leader ([`Liveness`]); only the decisions they lead to go through Raft.
+
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use cairn_proto::meta as pb;
+use cairn_proto::meta::meta_server::Meta;
+use cairn_proto::{CairnStatus, ErrorCode};
+use openraft::error::{ClientWriteError, RaftError};
+use openraft::{BasicNode, ChangeMembers, ServerState};
+use tonic::{Request, Response, Status};
+use tracing::instrument;
+
+use crate::config::MetaConfig;
+use crate::fs::{
+    self, Command, FsError, FsState, Inode, Kind, Op, Reply, SetAttr, SetTime, TargetSpec,
+    TargetState, VolumePolicy,
+};
+use crate::raft::types::MetaRaft;
+
+/// How long a request waits for Raft (commit or read index) before it is
+/// answered UNAVAILABLE.
+pub const RAFT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Soft state the leader keeps about chunkservers and sessions.
+#[derive(Debug, Default)]
+pub struct Liveness {
+    /// When this replica last became leader.
+    pub leader_since: Option<Instant>,
+    /// Last heartbeat per chunkserver id, with its reported target usage.
+    pub chunkservers: HashMap<u64, (Instant, Vec<pb::TargetInfo>)>,
+    /// Last renewal per session id.
+    pub sessions: HashMap<u64, Instant>,
+}
+
+/// State shared by the gRPC service and the node's background duties.
+pub struct Shared {
+    /// This replica's Raft handle.
+    pub raft: MetaRaft,
+    /// The state machine (read side).
+    pub fs: Arc<FsState>,
+    /// This replica's node id.
+    pub node_id: u64,
+    /// The cluster id.
+    pub cluster_id: String,
+    /// Configuration.
+    pub config: MetaConfig,
+    /// Soft state (leader only).
+    pub liveness: Mutex<Liveness>,
+    /// Raft log appends and fsyncs of this replica.
+    pub log_io: Arc<crate::metrics::LogIoCounters>,
+    /// The Raft transport's client side (its channels are reused for
+    /// follower read-index calls).
+    pub network: crate::raft::network::Network,
+}
+
+impl Shared {
+    /// Returns the leader's (id, address) as this replica knows it.
+    pub fn leader(&self) -> Option<(u64, String)> {
+        let m = self.raft.metrics().borrow().clone();
+        let id = m.current_leader?;
+        let addr = m
+            .membership_config
+            .membership()
+            .get_node(&id)
+            .map(|n| n.addr.clone())?;
+        Some((id, addr))
+    }
+
+    /// Returns whether this replica is the leader now.
+    pub fn is_leader(&self) -> bool {
+        self.raft.metrics().borrow().state == ServerState::Leader
+    }
+
+    /// Locks the soft state (a poisoned lock still holds valid data).
+    pub fn liveness(&self) -> std::sync::MutexGuard<'_, Liveness> {
+        self.liveness.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Proposes `op` as one Raft entry and returns the state machine's reply.
+    ///
+    /// # Errors
+    /// NOT_LEADER with a hint on a follower, UNAVAILABLE when no quorum
+    /// commits it within [`RAFT_TIMEOUT`], or the operation's own error.
+    pub async fn propose(&self, rid: Option<&pb::RequestId>, op: Op) -> Result<Reply, CairnStatus> {
+        let name = op.name();
+        let cmd = Command {
+            client_id: rid.map_or(0, |r| r.client_id),
+            seq: rid.map_or(0, |r| r.seq),
+            ack_below: rid.map_or(0, |r| r.ack_below),
+            time_ns: now_ns(),
+            op,
+        };
+        let res = tokio::time::timeout(RAFT_TIMEOUT, self.raft.client_write(cmd)).await;
+        match res {
+            Err(_) => Err(CairnStatus::new(
+                ErrorCode::Unavailable,
+                format!("{name}: no Raft quorum committed the request within {RAFT_TIMEOUT:?}"),
+            )),
+            Ok(Ok(resp)) => resp.data.map_err(CairnStatus::from),
+            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => Err(
+                CairnStatus::not_leader(f.leader_id.zip(f.leader_node.map(|n| n.addr))),
+            ),
+            Ok(Err(e)) => Err(CairnStatus::new(
+                ErrorCode::Unavailable,
+                format!("{name}: {e}"),
+            )),
+        }
+    }
+
+    /// Waits until a read on this replica is linearizable.
+    ///
+    /// # Errors
+    /// NOT_LEADER / UNAVAILABLE when neither this replica nor the leader can
+    /// confirm a read index with a quorum in time.
+    pub async fn linearize(&self) -> Result<(), CairnStatus> {
+        if self.is_leader() {
+            return match tokio::time::timeout(RAFT_TIMEOUT, self.raft.ensure_linearizable()).await {
+                Ok(Ok(_)) => Ok(()),
+                Ok(Err(RaftError::APIError(_))) => Err(CairnStatus::not_leader(self.leader())),
+                Ok(Err(e)) => Err(CairnStatus::new(ErrorCode::Unavailable, e.to_string())),
+                Err(_) => Err(CairnStatus::new(
+                    ErrorCode::Unavailable,
+                    "this replica cannot reach a quorum to confirm its leadership",
+                )),
+            };
+        }
+        let Some((leader_id, addr)) = self.leader() else {
+            return Err(CairnStatus::not_leader(None));
+        };
+        let read =
+            tokio::time::timeout(RAFT_TIMEOUT, self.network.read_index(leader_id, &addr)).await;
+        let log_id = match read {
+            Ok(Ok(id)) => id,
+            Ok(Err(_)) | Err(_) => return Err(CairnStatus::not_leader(self.leader())),
+        };
+        if let Some(id) = log_id {
+            self.raft
+                .wait(Some(RAFT_TIMEOUT))
+                .applied_index_at_least(Some(id.index), "follower read")
+                .await
+                .map_err(|e| CairnStatus::new(ErrorCode::Unavailable, e.to_string()))?;
+        }
+        Ok(())
+    }
+}
+
+/// Returns the wall clock in ns since the epoch (leader-side stamping).
+pub fn now_ns() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
+}
+
+/// The gRPC service.
+#[derive(Clone)]
+pub struct MetaService {
+    shared: Arc<Shared>,
+}
+
+impl MetaService {
+    /// Returns the service over `shared`.
+    pub fn new(shared: Arc<Shared>) -> Self {
+        Self { shared }
+    }
+
+    async fn write(&self, rid: Option<&pb::RequestId>, op: Op) -> Result<Reply, Status> {
+        self.shared.propose(rid, op).await.map_err(Status::from)
+    }
+
+    async fn read(&self) -> Result<&FsState, Status> {
+        self.shared.linearize().await.map_err(Status::from)?;
+        Ok(&self.shared.fs)
+    }
+}
+
+type GrpcResult<T> = Result<Response<T>, Status>;
+
+fn fs_err(e: FsError) -> Status {
+    CairnStatus::from(e).into()
+}
+
+fn bad(message: impl Into<String>) -> Status {
+    CairnStatus::new(ErrorCode::BadRequest, message).into()
+}
+
+fn unexpected(r: &Reply) -> Status {
+    CairnStatus::new(ErrorCode::Internal, format!("unexpected reply {r:?}")).into()
+}
+
+fn kind_pb(k: Kind) -> pb::FileType {
+    match k {
+        Kind::File => pb::FileType::Regular,
+        Kind::Dir => pb::FileType::Directory,
+        Kind::Symlink => pb::FileType::Symlink,
+    }
+}
+
+/// Converts a stored inode to its wire form.
+pub fn attr_pb(i: &Inode) -> pb::Attr {
+    pb::Attr {
+        ino: i.ino,
+        kind: kind_pb(i.kind) as i32,
+        mode: i.mode,
+        uid: i.uid,
+        gid: i.gid,
+        size: i.size,
+        nlink: i.nlink,
+        atime_ns: i.atime,
+        mtime_ns: i.mtime,
+        ctime_ns: i.ctime,
+        crtime_ns: i.crtime,
+        volume_id: i.volume,
+        layout: i.layout.as_ref().map(|l| pb::Layout {
+            object_id: l.object_id,
+            chunk_size: l.chunk_size,
+            chains: l.chains.clone(),
+            replication: l.replication,
+        }),
+        truncate_gen: i.truncate_gen,
+        version: i.version,
+        encryption_salt: i.salt.clone(),
+        key_version: i.key_version,
+    }
+}
+
+fn entry_reply(r: Reply) -> Result<pb::EntryReply, Status> {
+    match r {
+        Reply::Entry { attr, parent } => Ok(pb::EntryReply {
+            attr: Some(attr_pb(&attr)),
+            parent: parent.as_ref().map(attr_pb),
+        }),
+        other => Err(unexpected(&other)),
+    }
+}
+
+fn attr_reply(r: Reply) -> Result<pb::AttrReply, Status> {
+    match r {
+        Reply::Attr(a) => Ok(pb::AttrReply {
+            attr: Some(attr_pb(&a)),
+        }),
+        Reply::Unit => Ok(pb::AttrReply { attr: None }),
+        other => Err(unexpected(&other)),
+    }
+}
+
+fn removed_reply(r: Reply) -> Result<pb::UnlinkReply, Status> {
+    match r {
+        Reply::Removed { ino, freed, parent } => Ok(pb::UnlinkReply {
+            ino,
+            freed,
+            parent: Some(attr_pb(&parent)),
+        }),
+        other => Err(unexpected(&other)),
+    }
+}
+
+fn policy_from_pb(p: Option<pb::VolumePolicy>) -> VolumePolicy {
+    let d = VolumePolicy::default();
+    let Some(p) = p else { return d };
+    VolumePolicy {
+        replication: if p.replication == 0 {
+            d.replication
+        } else {
+            p.replication
+        },
+        chunk_size: if p.chunk_size == 0 {
+            d.chunk_size
+        } else {
+            p.chunk_size
+        },
+        stripe_width: if p.stripe_width == 0 {
+            d.stripe_width
+        } else {
+            p.stripe_width
+        },
+        encrypted: p.encrypted,
+        quota_bytes: p.quota_bytes,
+        quota_inodes: p.quota_inodes,
+    }
+}
+
+fn volume_pb(v: &fs::Volume) -> pb::Volume {
+    pb::Volume {
+        id: v.id,
+        name: v.name.clone(),
+        root_ino: v.root_ino,
+        policy: Some(pb::VolumePolicy {
+            replication: v.policy.replication,
+            chunk_size: v.policy.chunk_size,
+            stripe_width: v.policy.stripe_width,
+            encrypted: v.policy.encrypted,
+            quota_bytes: v.policy.quota_bytes,
+            quota_inodes: v.policy.quota_inodes,
+        }),
+        snap_seq: v.snap_seq,
+        used_bytes: v.used_bytes,
+        used_inodes: v.used_inodes,
+    }
+}
+
+fn set_time(t: Option<pb::Timespec>) -> Option<SetTime> {
+    t.map(|t| {
+        if t.now {
+            SetTime::Now
+        } else {
+            SetTime::At(t.ns)
+        }
+    })
+}
+
+fn state_pb(s: TargetState) -> pb::TargetState {
+    match s {
+        TargetState::Serving => pb::TargetState::Serving,
+        TargetState::Syncing => pb::TargetState::Syncing,
+        TargetState::Offline => pb::TargetState::Offline,
+    }
+}
+
+/// Builds the wire chain tables from the state and the leader's liveness.
+pub fn chain_tables_pb(shared: &Shared) -> Result<pb::ChainTables, Status> {
+    let version = shared
+        .fs
+        .chains_version()
+        .map_err(|e| Status::internal(e.to_string()))?;
+    let tables = shared.fs.chain_tables().map_err(fs_err)?;
+    let servers = shared.fs.chunkservers().map_err(fs_err)?;
+    let live = shared.liveness();
+    let timeout = shared.config.chunkserver_timeout;
+    Ok(pb::ChainTables {
+        version,
+        tables: tables
+            .into_iter()
+            .filter(|(_, chains)| !chains.is_empty())
+            .map(|(r, chains)| pb::ChainTable {
+                replication: r,
+                chains: chains
+                    .into_iter()
+                    .map(|c| pb::Chain {
+                        id: c.id,
+                        version: c.version,
+                        targets: c
+                            .members
+                            .iter()
+                            .map(|m| pb::ChainTarget {
+                                target_id: m.target,
+                                chunkserver_id: m.chunkserver,
+                                state: state_pb(m.state) as i32,
+                            })
+                            .collect(),
+                    })
+                    .collect(),
+            })
+            .collect(),
+        chunkservers: servers
+            .iter()
+            .map(|c| {
+                let beat = live.chunkservers.get(&c.id);
+                let (capacity, used) = beat.map_or(
+                    (c.targets.iter().map(|t| t.capacity).sum(), 0),
+                    |(_, ts)| {
+                        (
+                            ts.iter().map(|t| t.capacity_bytes).sum(),
+                            ts.iter().map(|t| t.used_bytes).sum(),
+                        )
+                    },
+                );
+                pb::ChunkserverInfo {
+                    id: c.id,
+                    host: c.host.clone(),
+                    shard_ports: c.shard_ports.clone(),
+                    zone: c.zone.clone(),
+                    alive: beat.is_some_and(|(at, _)| at.elapsed() < timeout),
+                    target_ids: c.targets.iter().map(|t| t.id).collect(),
+                    capacity_bytes: capacity,
+                    used_bytes: used,
+                }
+            })
+            .collect(),
+    })
+}
+
+/// Builds the status of this replica from its Raft metrics.
+pub fn status_pb(shared: &Shared) -> pb::StatusReply {
+    let m = shared.raft.metrics().borrow().clone();
+    let membership = m.membership_config.membership();
+    let voters: std::collections::BTreeSet<u64> = membership.voter_ids().collect();
+    let leader_addr = m
+        .current_leader
+        .and_then(|id| membership.get_node(&id).map(|n| n.addr.clone()))
+        .unwrap_or_default();
+    let members = membership
+        .nodes()
+        .map(|(id, node)| {
+            let matched = m
+                .replication
+                .as_ref()
+                .and_then(|r| r.get(id).cloned().flatten())
+                .map(|l| l.index);
+            pb::MetaMember {
+                id: *id,
+                addr: node.addr.clone(),
+                voter: voters.contains(id),
+                matched_index: if *id == m.id {
+                    m.last_log_index.unwrap_or(0)
+                } else {
+                    matched.unwrap_or(0)
+                },
+                // On the leader: a follower it has replicated to. Elsewhere
+                // unknown, reported as reachable when it is this replica.
+                reachable: *id == m.id || matched.is_some(),
+            }
+        })
+        .collect();
+    pb::StatusReply {
+        node_id: m.id,
+        cluster_id: shared.cluster_id.clone(),
+        leader_id: m.current_leader.unwrap_or(0),
+        leader_addr,
+        term: m.current_term,
+        commit_index: m.last_applied.map_or(0, |l| l.index),
+        applied_index: m.last_applied.map_or(0, |l| l.index),
+        last_log_index: m.last_log_index.unwrap_or(0),
+        state: format!("{:?}", m.state),
+        members,
+        snapshot_index: m.snapshot.map_or(0, |l| l.index),
+        log_entries_appended: shared
+            .log_io
+            .entries_appended
+            .load(std::sync::atomic::Ordering::Relaxed),
+        log_flushes: shared
+            .log_io
+            .flushes
+            .load(std::sync::atomic::Ordering::Relaxed),
+    }
+}
+
+fn membership_error<E: std::fmt::Display>(shared: &Shared, e: RaftError<u64, E>) -> Status {
+    match e {
+        RaftError::APIError(e) if e.to_string().contains("forward") => {
+            CairnStatus::not_leader(shared.leader()).into()
+        }
+        e => CairnStatus::new(ErrorCode::Unavailable, e.to_string()).into(),
+    }
+}
+
+type WatchStream =
+    Pin<Box<dyn futures::Stream<Item = Result<pb::ChainTables, Status>> + Send + 'static>>;
+
+#[tonic::async_trait]
+impl Meta for MetaService {
+    async fn lookup(&self, req: Request<pb::LookupRequest>) -> GrpcResult<pb::AttrReply> {
+        let r = req.into_inner();
+        let fs = self.read().await?;
+        let a = fs.lookup(r.parent, &r.name).map_err(fs_err)?;
+        Ok(Response::new(pb::AttrReply {
+            attr: Some(attr_pb(&a)),
+        }))
+    }
+
+    async fn get_attr(&self, req: Request<pb::GetAttrRequest>) -> GrpcResult<pb::AttrReply> {
+        let r = req.into_inner();
+        let fs = self.read().await?;
+        let a = fs.getattr(r.ino).map_err(fs_err)?;
+        Ok(Response::new(pb::AttrReply {
+            attr: Some(attr_pb(&a)),
+        }))
+    }
+
+    async fn resolve(&self, req: Request<pb::ResolveRequest>) -> GrpcResult<pb::AttrReply> {
+        let r = req.into_inner();
+        let fs = self.read().await?;
+        let a = fs.resolve(&r.path).map_err(fs_err)?;
+        Ok(Response::new(pb::AttrReply {
+            attr: Some(attr_pb(&a)),
+        }))
+    }
+
+    async fn read_dir(&self, req: Request<pb::ReadDirRequest>) -> GrpcResult<pb::ReadDirReply> {
+        let r = req.into_inner();
+        let limit = if r.limit == 0 { 1000 } else { r.limit as usize };
+        let fs = self.read().await?;
+        let (entries, next) = fs
+            .readdir(r.ino, &r.cookie, limit, r.plus)
+            .map_err(fs_err)?;
+        Ok(Response::new(pb::ReadDirReply {
+            entries: entries
+                .into_iter()
+                .map(|e| pb::DirEntry {
+                    name: e.name,
+                    ino: e.ino,
+                    kind: kind_pb(e.kind) as i32,
+                    attr: e.attr.as_ref().map(attr_pb),
+                })
+                .collect(),
+            next_cookie: next.unwrap_or_default(),
+        }))
+    }
+
+    async fn read_link(&self, req: Request<pb::ReadLinkRequest>) -> GrpcResult<pb::ReadLinkReply> {
+        let r = req.into_inner();
+        let fs = self.read().await?;
+        let target = fs.readlink(r.ino).map_err(fs_err)?;
+        Ok(Response::new(pb::ReadLinkReply { target }))
+    }
+
+    async fn get_xattr(&self, req: Request<pb::GetXattrRequest>) -> GrpcResult<pb::GetXattrReply> {
+        let r = req.into_inner();
+        let fs = self.read().await?;
+        let value = fs.getxattr(r.ino, &r.name).map_err(fs_err)?;
+        Ok(Response::new(pb::GetXattrReply { value }))
+    }
+
+    async fn list_xattr(
+        &self,
+        req: Request<pb::ListXattrRequest>,
+    ) -> GrpcResult<pb::ListXattrReply> {
+        let r = req.into_inner();
+        let fs = self.read().await?;
+        let names = fs.listxattr(r.ino).map_err(fs_err)?;
+        Ok(Response::new(pb::ListXattrReply { names }))
+    }
+
+    async fn stat_fs(&self, req: Request<pb::StatFsRequest>) -> GrpcResult<pb::StatFsReply> {
+        let r = req.into_inner();
+        let fs = self.read().await?;
+        let s = fs.statfs(r.volume_id).map_err(fs_err)?;
+        let (cap, used_disk) = {
+            let live = self.shared.liveness();
+            live.chunkservers
+                .values()
+                .fold((0u64, 0u64), |(c, u), (_, ts)| {
+                    (
+                        c + ts.iter().map(|t| t.capacity_bytes).sum::<u64>(),
+                        u + ts.iter().map(|t| t.used_bytes).sum::<u64>(),
+                    )
+                })
+        };
+        // Raw capacity divided by the replication factor, bounded by quota.
+        let mut total = cap / 3;
+        let mut free = cap.saturating_sub(used_disk) / 3;
+        if s.quota_bytes != 0 {
+            total = s.quota_bytes;
+            free = s.quota_bytes.saturating_sub(s.used_bytes);
+        }
+        Ok(Response::new(pb::StatFsReply {
+            total_bytes: total,
+            free_bytes: free,
+            used_bytes: s.used_bytes,
+            files: s.files,
+            block_size: 4096,
+            name_max: cairn_proto::names::NAME_MAX as u32,
+            files_free: if s.quota_inodes != 0 {
+                s.quota_inodes.saturating_sub(s.files)
+            } else {
+                u64::MAX >> 1
+            },
+        }))
+    }
+
+    #[instrument(skip_all, fields(parent = req.get_ref().parent))]
+    async fn mkdir(&self, req: Request<pb::MkdirRequest>) -> GrpcResult<pb::EntryReply> {
+        let r = req.into_inner();
+        let op = Op::Mkdir {
+            parent: r.parent,
+            name: r.name,
+            mode: r.mode,
+            uid: r.uid,
+            gid: r.gid,
+        };
+        let reply = self.write(r.rid.as_ref(), op).await?;
+        Ok(Response::new(entry_reply(reply)?))
+    }
+
+    #[instrument(skip_all, fields(parent = req.get_ref().parent))]
+    async fn create(&self, req: Request<pb::CreateRequest>) -> GrpcResult<pb::EntryReply> {
+        let r = req.into_inner();
+        let op = Op::Create {
+            parent: r.parent,
+            name: r.name,
+            mode: r.mode,
+            uid: r.uid,
+            gid: r.gid,
+            exclusive: r.exclusive,
+            open_for_write: r.open_for_write,
+            salt: rand::random::<[u8; 16]>().to_vec(),
+        };
+        let reply = self.write(r.rid.as_ref(), op).await?;
+        Ok(Response::new(entry_reply(reply)?))
+    }
+
+    async fn symlink(&self, req: Request<pb::SymlinkRequest>) -> GrpcResult<pb::EntryReply> {
+        let r = req.into_inner();
+        let op = Op::Symlink {
+            parent: r.parent,
+            name: r.name,
+            target: r.target,
+            uid: r.uid,
+            gid: r.gid,
+        };
+        let reply = self.write(r.rid.as_ref(), op).await?;
+        Ok(Response::new(entry_reply(reply)?))
+    }
+
+    async fn link(&self, req: Request<pb::LinkRequest>) -> GrpcResult<pb::EntryReply> {
+        let r = req.into_inner();
+        let op = Op::Link {
+            ino: r.ino,
+            new_parent: r.new_parent,
+            new_name: r.new_name,
+        };
+        let reply = self.write(r.rid.as_ref(), op).await?;
+        Ok(Response::new(entry_reply(reply)?))
+    }
+
+    async fn unlink(&self, req: Request<pb::UnlinkRequest>) -> GrpcResult<pb::UnlinkReply> {
+        let r = req.into_inner();
+        let op = Op::Unlink {
+            parent: r.parent,
+            name: r.name,
+            held_open: r.held_open,
+        };
+        let reply = self.write(r.rid.as_ref(), op).await?;
+        Ok(Response::new(removed_reply(reply)?))
+    }
+
+    async fn rmdir(&self, req: Request<pb::RmdirRequest>) -> GrpcResult<pb::UnlinkReply> {
+        let r = req.into_inner();
+        let op = Op::Rmdir {
+            parent: r.parent,
+            name: r.name,
+        };
+        let reply = self.write(r.rid.as_ref(), op).await?;
+        Ok(Response::new(removed_reply(reply)?))
+    }
+
+    async fn rename(&self, req: Request<pb::RenameRequest>) -> GrpcResult<pb::RenameReply> {
+        let r = req.into_inner();
+        let op = Op::Rename {
+            parent: r.parent,
+            name: r.name,
+            new_parent: r.new_parent,
+            new_name: r.new_name,
+            noreplace: r.noreplace,
+            exchange: r.exchange,
+        };
+        match self.write(r.rid.as_ref(), op).await? {
+            Reply::Renamed { attr, replaced } => Ok(Response::new(pb::RenameReply {
+                attr: Some(attr_pb(&attr)),
+                replaced_ino: replaced.map_or(0, |(i, _)| i),
+                replaced_freed: replaced.is_some_and(|(_, f)| f),
+            })),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    async fn set_attr(&self, req: Request<pb::SetAttrRequest>) -> GrpcResult<pb::AttrReply> {
+        let r = req.into_inner();
+        let op = Op::SetAttr {
+            ino: r.ino,
+            attr: SetAttr {
+                mode: r.mode,
+                uid: r.uid,
+                gid: r.gid,
+                size: r.size,
+                atime: set_time(r.atime),
+                mtime: set_time(r.mtime),
+            },
+        };
+        let reply = self.write(r.rid.as_ref(), op).await?;
+        Ok(Response::new(attr_reply(reply)?))
+    }
+
+    async fn set_xattr(&self, req: Request<pb::SetXattrRequest>) -> GrpcResult<pb::Empty> {
+        let r = req.into_inner();
+        let op = Op::SetXattr {
+            ino: r.ino,
+            name: r.name,
+            value: r.value,
+            create_only: r.create_only,
+            replace_only: r.replace_only,
+        };
+        self.write(r.rid.as_ref(), op).await?;
+        Ok(Response::new(pb::Empty {}))
+    }
+
+    async fn remove_xattr(&self, req: Request<pb::RemoveXattrRequest>) -> GrpcResult<pb::Empty> {
+        let r = req.into_inner();
+        let op = Op::RemoveXattr {
+            ino: r.ino,
+            name: r.name,
+        };
+        self.write(r.rid.as_ref(), op).await?;
+        Ok(Response::new(pb::Empty {}))
+    }
+
+    async fn create_volume(
+        &self,
+        req: Request<pb::CreateVolumeRequest>,
+    ) -> GrpcResult<pb::VolumeReply> {
+        let r = req.into_inner();
+        let op = Op::CreateVolume {
+            name: r.name,
+            policy: policy_from_pb(r.policy),
+        };
+        match self.write(r.rid.as_ref(), op).await? {
+            Reply::Volume(v) => Ok(Response::new(pb::VolumeReply {
+                volume: Some(volume_pb(&v)),
+            })),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    async fn list_volumes(&self, _req: Request<pb::Empty>) -> GrpcResult<pb::ListVolumesReply> {
+        let fs = self.read().await?;
+        let volumes = fs.volumes().map_err(fs_err)?;
+        Ok(Response::new(pb::ListVolumesReply {
+            volumes: volumes.iter().map(volume_pb).collect(),
+        }))
+    }
+
+    async fn open_session(
+        &self,
+        req: Request<pb::OpenSessionRequest>,
+    ) -> GrpcResult<pb::OpenSessionReply> {
+        let r = req.into_inner();
+        let op = Op::OpenSession {
+            client_name: r.client_name,
+        };
+        match self.write(None, op).await? {
+            Reply::Session(id) => {
+                self.shared.liveness().sessions.insert(id, Instant::now());
+                Ok(Response::new(pb::OpenSessionReply {
+                    session_id: id,
+                    timeout_ms: self.shared.config.session_timeout.as_millis() as u64,
+                }))
+            }
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    async fn renew_session(&self, req: Request<pb::SessionRequest>) -> GrpcResult<pb::Empty> {
+        let r = req.into_inner();
+        if !self.shared.is_leader() {
+            return Err(CairnStatus::not_leader(self.shared.leader()).into());
+        }
+        let known = self
+            .shared
+            .fs
+            .sessions()
+            .map_err(fs_err)?
+            .iter()
+            .any(|s| s.id == r.session_id);
+        if !known {
+            return Err(CairnStatus::new(
+                ErrorCode::SessionExpired,
+                format!("session {} is unknown or expired", r.session_id),
+            )
+            .into());
+        }
+        self.shared
+            .liveness()
+            .sessions
+            .insert(r.session_id, Instant::now());
+        Ok(Response::new(pb::Empty {}))
+    }
+
+    async fn close_session(&self, req: Request<pb::SessionRequest>) -> GrpcResult<pb::Empty> {
+        let r = req.into_inner();
+        self.write(
+            None,
+            Op::CloseSession {
+                session: r.session_id,
+            },
+        )
+        .await?;
+        self.shared.liveness().sessions.remove(&r.session_id);
+        Ok(Response::new(pb::Empty {}))
+    }
+
+    async fn open(&self, req: Request<pb::OpenRequest>) -> GrpcResult<pb::AttrReply> {
+        let r = req.into_inner();
+        if !r.write {
+            // Read opens are not recorded (see fs::session); a linearizable
+            // getattr gives close-to-open consistency.
+            let fs = self.read().await?;
+            let a = fs.getattr(r.ino).map_err(fs_err)?;
+            return Ok(Response::new(pb::AttrReply {
+                attr: Some(attr_pb(&a)),
+            }));
+        }
+        let op = Op::Open {
+            ino: r.ino,
+            write: true,
+        };
+        let reply = self.write(r.rid.as_ref(), op).await?;
+        Ok(Response::new(attr_reply(reply)?))
+    }
+
+    async fn close(&self, req: Request<pb::CloseRequest>) -> GrpcResult<pb::AttrReply> {
+        let r = req.into_inner();
+        let op = Op::Close {
+            ino: r.ino,
+            length: r.has_length.then_some((r.length, r.truncate_gen)),
+        };
+        let reply = self.write(r.rid.as_ref(), op).await?;
+        Ok(Response::new(attr_reply(reply)?))
+    }
+
+    async fn report_length(
+        &self,
+        req: Request<pb::ReportLengthRequest>,
+    ) -> GrpcResult<pb::AttrReply> {
+        let r = req.into_inner();
+        let op = Op::ReportLength {
+            ino: r.ino,
+            length: r.length,
+            truncate_gen: r.truncate_gen,
+        };
+        let reply = self.write(r.rid.as_ref(), op).await?;
+        Ok(Response::new(attr_reply(reply)?))
+    }
+
+    #[instrument(skip_all, fields(host = %req.get_ref().host))]
+    async fn register_chunkserver(
+        &self,
+        req: Request<pb::RegisterChunkserverRequest>,
+    ) -> GrpcResult<pb::RegisterChunkserverReply> {
+        let r = req.into_inner();
+        if r.targets.iter().any(|t| t.uuid.is_empty()) {
+            return Err(bad("every target needs a uuid"));
+        }
+        let op = Op::RegisterChunkserver {
+            node_uuid: r.node_uuid,
+            host: r.host,
+            shard_ports: r.shard_ports,
+            zone: r.zone,
+            targets: r
+                .targets
+                .iter()
+                .map(|t| TargetSpec {
+                    uuid: t.uuid.clone(),
+                    capacity: t.capacity_bytes,
+                })
+                .collect(),
+        };
+        match self.write(None, op).await? {
+            Reply::Chunkserver { id, target_ids } => {
+                self.shared
+                    .liveness()
+                    .chunkservers
+                    .insert(id, (Instant::now(), r.targets));
+                let interval = self.shared.config.chunkserver_timeout / 5;
+                Ok(Response::new(pb::RegisterChunkserverReply {
+                    chunkserver_id: id,
+                    target_ids,
+                    heartbeat_interval_ms: interval.as_millis() as u64,
+                    heartbeat_timeout_ms: self.shared.config.chunkserver_timeout.as_millis() as u64,
+                }))
+            }
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    async fn chunkserver_heartbeat(
+        &self,
+        req: Request<pb::ChunkserverHeartbeatRequest>,
+    ) -> GrpcResult<pb::ChunkserverHeartbeatReply> {
+        let r = req.into_inner();
+        if !self.shared.is_leader() {
+            return Err(CairnStatus::not_leader(self.shared.leader()).into());
+        }
+        let known = self
+            .shared
+            .fs
+            .chunkservers()
+            .map_err(fs_err)?
+            .iter()
+            .any(|c| c.id == r.chunkserver_id);
+        if !known {
+            return Err(CairnStatus::new(
+                ErrorCode::NotFound,
+                format!("chunkserver {} is not registered", r.chunkserver_id),
+            )
+            .into());
+        }
+        self.shared
+            .liveness()
+            .chunkservers
+            .insert(r.chunkserver_id, (Instant::now(), r.targets));
+        let version = self
+            .shared
+            .fs
+            .chains_version()
+            .map_err(|e| Status::internal(e.to_string()))?;
+        Ok(Response::new(pb::ChunkserverHeartbeatReply {
+            chain_table_version: version,
+        }))
+    }
+
+    async fn get_chains(&self, _req: Request<pb::Empty>) -> GrpcResult<pb::ChainTables> {
+        self.read().await?;
+        Ok(Response::new(chain_tables_pb(&self.shared)?))
+    }
+
+    type WatchChainsStream = WatchStream;
+
+    async fn watch_chains(
+        &self,
+        req: Request<pb::WatchChainsRequest>,
+    ) -> GrpcResult<Self::WatchChainsStream> {
+        let known = req.into_inner().known_version;
+        let shared = self.shared.clone();
+        let mut rx = shared.fs.watch_chains();
+        let (tx, out) = tokio::sync::mpsc::channel(4);
+        tokio::spawn(async move {
+            let mut last = known;
+            let mut first = true;
+            loop {
+                let v = *rx.borrow_and_update();
+                if v > last || (first && known == 0) {
+                    let table = chain_tables_pb(&shared);
+                    if tx.send(table).await.is_err() {
+                        return;
+                    }
+                    last = v;
+                }
+                first = false;
+                tokio::select! {
+                    changed = rx.changed() => if changed.is_err() { return },
+                    () = tx.closed() => return,
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(out),
+        )))
+    }
+
+    async fn status(&self, _req: Request<pb::Empty>) -> GrpcResult<pb::StatusReply> {
+        Ok(Response::new(status_pb(&self.shared)))
+    }
+
+    #[instrument(skip_all, fields(addr = %req.get_ref().addr))]
+    async fn join(&self, req: Request<pb::JoinRequest>) -> GrpcResult<pb::JoinReply> {
+        let r = req.into_inner();
+        if r.addr.is_empty()
+            || r.addr.parse::<std::net::SocketAddr>().is_err() && !r.addr.contains(':')
+        {
+            return Err(bad(format!(
+                "join needs a host:port address, got {:?}",
+                r.addr
+            )));
+        }
+        let id = match self
+            .write(
+                None,
+                Op::AllocateNodeId {
+                    addr: r.addr.clone(),
+                },
+            )
+            .await?
+        {
+            Reply::NodeId(id) => id,
+            other => return Err(unexpected(&other)),
+        };
+        // Non-blocking: the joiner starts serving Raft after this returns.
+        self.shared
+            .raft
+            .add_learner(id, BasicNode { addr: r.addr }, false)
+            .await
+            .map_err(|e| membership_error(&self.shared, e))?;
+        tracing::info!(node = id, "replica joined as a learner");
+        Ok(Response::new(pb::JoinReply {
+            node_id: id,
+            cluster_id: self.shared.cluster_id.clone(),
+        }))
+    }
+
+    async fn promote(&self, req: Request<pb::PromoteRequest>) -> GrpcResult<pb::StatusReply> {
+        let id = req.into_inner().node_id;
+        let known = {
+            let m = self.shared.raft.metrics().borrow().clone();
+            m.membership_config.membership().get_node(&id).is_some()
+        };
+        if !known {
+            return Err(CairnStatus::new(
+                ErrorCode::NotFound,
+                format!("node {id} is not a member; it must join as a learner first"),
+            )
+            .into());
+        }
+        let ids: std::collections::BTreeSet<u64> = [id].into();
+        tokio::time::timeout(
+            RAFT_TIMEOUT * 2,
+            self.shared
+                .raft
+                .change_membership(ChangeMembers::AddVoterIds(ids), false),
+        )
+        .await
+        .map_err(|_| {
+            Status::from(CairnStatus::new(
+                ErrorCode::Unavailable,
+                "membership change timed out",
+            ))
+        })?
+        .map_err(|e| membership_error(&self.shared, e))?;
+        Ok(Response::new(status_pb(&self.shared)))
+    }
+
+    async fn remove_member(
+        &self,
+        req: Request<pb::RemoveMemberRequest>,
+    ) -> GrpcResult<pb::StatusReply> {
+        let id = req.into_inner().node_id;
+        let (is_voter, known) = {
+            let m = self.shared.raft.metrics().borrow().clone();
+            let mem = m.membership_config.membership();
+            (
+                mem.voter_ids().any(|v| v == id),
+                mem.get_node(&id).is_some(),
+            )
+        };
+        if !known {
+            return Err(CairnStatus::new(
+                ErrorCode::NotFound,
+                format!("node {id} is not a member"),
+            )
+            .into());
+        }
+        let ids: std::collections::BTreeSet<u64> = [id].into();
+        let change = if is_voter {
+            ChangeMembers::RemoveVoters(ids)
+        } else {
+            ChangeMembers::RemoveNodes(ids)
+        };
+        tokio::time::timeout(
+            RAFT_TIMEOUT * 2,
+            self.shared.raft.change_membership(change, false),
+        )
+        .await
+        .map_err(|_| {
+            Status::from(CairnStatus::new(
+                ErrorCode::Unavailable,
+                "membership change timed out",
+            ))
+        })?
+        .map_err(|e| membership_error(&self.shared, e))?;
+        Ok(Response::new(status_pb(&self.shared)))
+    }
+}
