@@ -332,6 +332,24 @@ pub async fn start(
         log_io,
         network,
     });
+    if bootstrap {
+        // Create the root and record the cluster id before serving anyone,
+        // so no client ever sees an uninitialized namespace. (A crash
+        // before this commits is finished by the leader's duties.)
+        raft.wait(Some(Duration::from_secs(30)))
+            .current_leader(ident.node_id, "bootstrap")
+            .await
+            .map_err(|e| MetaError::Raft(format!("no leadership after bootstrap: {e}")))?;
+        shared
+            .propose(
+                None,
+                Op::InitCluster {
+                    cluster_id: ident.cluster_id.clone(),
+                },
+            )
+            .await
+            .map_err(|e| MetaError::Raft(format!("initializing the namespace: {e}")))?;
+    }
     let rpc_metrics = Arc::new(RpcMetrics::default());
     if let Some(maddr) = config.metrics_listen {
         let mut mstop = stop_rx.clone();
@@ -345,9 +363,13 @@ pub async fn start(
     let meta_svc = MetaServer::new(MetaService::new(shared.clone()))
         .max_decoding_message_size(16 << 20)
         .max_encoding_message_size(64 << 20);
-    let raft_svc = RaftServer::new(RaftTransport::new(raft.clone(), ident.cluster_id.clone()))
-        .max_decoding_message_size(512 << 20)
-        .max_encoding_message_size(512 << 20);
+    let raft_svc = RaftServer::new(RaftTransport::new(
+        raft.clone(),
+        ident.node_id,
+        ident.cluster_id.clone(),
+    ))
+    .max_decoding_message_size(512 << 20)
+    .max_encoding_message_size(512 << 20);
     let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
     let mut server_stop = stop_rx.clone();
     let server = tonic::transport::Server::builder()

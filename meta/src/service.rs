@@ -19,7 +19,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use cairn_proto::meta as pb;
 use cairn_proto::meta::meta_server::Meta;
 use cairn_proto::{CairnStatus, ErrorCode};
-use openraft::error::{ClientWriteError, RaftError};
+use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
 use openraft::{BasicNode, ChangeMembers, ServerState};
 use tonic::{Request, Response, Status};
 use tracing::instrument;
@@ -80,6 +80,11 @@ impl Shared {
         Some((id, addr))
     }
 
+    /// Returns NOT_LEADER with a hint, never one that names this replica.
+    pub fn not_leader(&self, hint: Option<(u64, String)>) -> CairnStatus {
+        CairnStatus::not_leader(hint.filter(|(id, _)| *id != self.node_id))
+    }
+
     /// Returns whether this replica is the leader now.
     pub fn is_leader(&self) -> bool {
         self.raft.metrics().borrow().state == ServerState::Leader
@@ -130,7 +135,17 @@ impl Shared {
         if self.is_leader() {
             return match tokio::time::timeout(RAFT_TIMEOUT, self.raft.ensure_linearizable()).await {
                 Ok(Ok(_)) => Ok(()),
-                Ok(Err(RaftError::APIError(_))) => Err(CairnStatus::not_leader(self.leader())),
+                Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f)))) => {
+                    Err(self.not_leader(f.leader_id.zip(f.leader_node.map(|n| n.addr))))
+                }
+                Ok(Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(q)))) => {
+                    Err(CairnStatus::new(
+                        ErrorCode::Unavailable,
+                        format!(
+                            "this replica cannot reach a quorum to confirm its leadership: {q}"
+                        ),
+                    ))
+                }
                 Ok(Err(e)) => Err(CairnStatus::new(ErrorCode::Unavailable, e.to_string())),
                 Err(_) => Err(CairnStatus::new(
                     ErrorCode::Unavailable,
@@ -138,14 +153,17 @@ impl Shared {
                 )),
             };
         }
-        let Some((leader_id, addr)) = self.leader() else {
-            return Err(CairnStatus::not_leader(None));
+        let Some((leader_id, addr)) = self.leader().filter(|(id, _)| *id != self.node_id) else {
+            return Err(CairnStatus::new(
+                ErrorCode::Unavailable,
+                "no leader is known to this replica",
+            ));
         };
         let read =
             tokio::time::timeout(RAFT_TIMEOUT, self.network.read_index(leader_id, &addr)).await;
         let log_id = match read {
             Ok(Ok(id)) => id,
-            Ok(Err(_)) | Err(_) => return Err(CairnStatus::not_leader(self.leader())),
+            Ok(Err(_)) | Err(_) => return Err(self.not_leader(self.leader())),
         };
         if let Some(id) = log_id {
             self.raft
@@ -183,6 +201,13 @@ impl MetaService {
 
     async fn read(&self) -> Result<&FsState, Status> {
         self.shared.linearize().await.map_err(Status::from)?;
+        if self.shared.fs.cluster_id().map_err(fs_err)?.is_none() {
+            return Err(CairnStatus::new(
+                ErrorCode::NotInitialized,
+                "the cluster is still being initialized; retry",
+            )
+            .into());
+        }
         Ok(&self.shared.fs)
     }
 }
@@ -419,9 +444,13 @@ pub fn status_pb(shared: &Shared) -> pb::StatusReply {
                 } else {
                     matched.unwrap_or(0)
                 },
-                // On the leader: a follower it has replicated to. Elsewhere
-                // unknown, reported as reachable when it is this replica.
-                reachable: *id == m.id || matched.is_some(),
+                // Answered one of this replica's Raft RPCs lately (the
+                // leader talks to everyone; a follower only when voting).
+                reachable: *id == m.id
+                    || shared
+                        .network
+                        .last_contact(*id)
+                        .is_some_and(|t| t.elapsed() < shared.config.election_timeout * 2),
             }
         })
         .collect();
@@ -431,7 +460,7 @@ pub fn status_pb(shared: &Shared) -> pb::StatusReply {
         leader_id: m.current_leader.unwrap_or(0),
         leader_addr,
         term: m.current_term,
-        commit_index: m.last_applied.map_or(0, |l| l.index),
+        commit_index: commit_index(&m, &voters),
         applied_index: m.last_applied.map_or(0, |l| l.index),
         last_log_index: m.last_log_index.unwrap_or(0),
         state: format!("{:?}", m.state),
@@ -446,6 +475,27 @@ pub fn status_pb(shared: &Shared) -> pb::StatusReply {
             .flushes
             .load(std::sync::atomic::Ordering::Relaxed),
     }
+}
+
+/// Returns the commit index: on the leader the highest index a majority of
+/// voters has, elsewhere the applied index (the best a follower knows).
+fn commit_index(
+    m: &openraft::RaftMetrics<u64, BasicNode>,
+    voters: &std::collections::BTreeSet<u64>,
+) -> u64 {
+    let applied = m.last_applied.map_or(0, |l| l.index);
+    let Some(repl) = m.replication.as_ref() else {
+        return applied;
+    };
+    let mut matched: Vec<u64> = voters
+        .iter()
+        .map(|v| repl.get(v).cloned().flatten().map_or(0, |l| l.index))
+        .collect();
+    if matched.is_empty() {
+        return applied;
+    }
+    matched.sort_unstable_by(|a, b| b.cmp(a));
+    matched[voters.len() / 2].max(applied)
 }
 
 fn membership_error<E: std::fmt::Display>(shared: &Shared, e: RaftError<u64, E>) -> Status {

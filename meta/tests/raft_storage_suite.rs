@@ -318,7 +318,8 @@ impl TestNode {
 
     fn serve(&mut self, listener: tokio::net::TcpListener) {
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let svc = RaftTransport::new(self.raft.clone(), self.cluster_id.clone()).into_server();
+        let svc =
+            RaftTransport::new(self.raft.clone(), self.id, self.cluster_id.clone()).into_server();
         let incoming =
             tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
         let server = tonic::transport::Server::builder()
@@ -450,6 +451,7 @@ async fn three_replicas_replicate_read_index_and_snapshot_a_learner() -> TestRes
             .append_entries(RaftMessage {
                 payload: payload.clone(),
                 cluster_id: cluster.into(),
+                to_node_id: 0,
             })
             .await
             .err()
@@ -463,6 +465,7 @@ async fn three_replicas_replicate_read_index_and_snapshot_a_learner() -> TestRes
             .install_snapshot(RaftMessage {
                 payload,
                 cluster_id: String::new(),
+                to_node_id: 0,
             })
             .await
             .err()
@@ -473,11 +476,24 @@ async fn three_replicas_replicate_read_index_and_snapshot_a_learner() -> TestRes
         .vote(RaftMessage {
             payload: vec![],
             cluster_id: "another-cluster".into(),
+            to_node_id: 0,
         })
         .await
         .err()
         .ok_or("other cluster accepted")?;
     assert_eq!(status.code(), tonic::Code::FailedPrecondition);
+    // A message for another node id (a replaced replica at a reused
+    // address) is refused before it is even decoded.
+    let status = raw
+        .vote(RaftMessage {
+            payload: vec![],
+            cluster_id: String::new(),
+            to_node_id: leader.id + 100,
+        })
+        .await
+        .err()
+        .ok_or("message for another node accepted")?;
+    assert_eq!(status.code(), tonic::Code::FailedPrecondition, "{status}");
     let (after, _) = write(
         &leader.raft,
         Op::AllocateNodeId {

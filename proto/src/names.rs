@@ -19,7 +19,10 @@ pub fn validate(name: &str) -> Result<(), (ErrorCode, &'static str)> {
         return Err((ErrorCode::NameTooLong, "file name longer than 255 bytes"));
     }
     if name == "." || name == ".." {
-        return Err((ErrorCode::Invalid, "'.' and '..' cannot be created or removed"));
+        return Err((
+            ErrorCode::Invalid,
+            "'.' and '..' cannot be created or removed",
+        ));
     }
     if name.contains('/') {
         return Err((ErrorCode::Invalid, "file name contains '/'"));
@@ -64,7 +67,10 @@ mod tests {
         assert_eq!(validate("a\0b").unwrap_err().0, ErrorCode::Invalid);
         assert_eq!(validate(".").unwrap_err().0, ErrorCode::Invalid);
         assert_eq!(validate("..").unwrap_err().0, ErrorCode::Invalid);
-        assert_eq!(validate(&"x".repeat(256)).unwrap_err().0, ErrorCode::NameTooLong);
+        assert_eq!(
+            validate(&"x".repeat(256)).unwrap_err().0,
+            ErrorCode::NameTooLong
+        );
         assert!(validate(&"x".repeat(255)).is_ok());
         assert!(validate("ünïcødé name.tar").is_ok());
     }

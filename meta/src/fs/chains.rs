@@ -161,8 +161,10 @@ fn extend_tables<K: Kv + ?Sized>(t: &mut Txn<'_, K>) -> FsResult<()> {
 }
 
 /// Sets target states in every chain that holds them. A change that would
-/// leave a chain without a serving target is skipped for that chain: meta
-/// never takes away a chain's last serving replica.
+/// leave a chain without a serving target is skipped for that member: meta
+/// never takes away a chain's last serving replica (changes apply head to
+/// tail, so when a whole chain goes silent its tail stays serving; every
+/// replica of a chain holds every acknowledged write).
 pub(crate) fn set_target_states<K: Kv + ?Sized>(
     t: &mut Txn<'_, K>,
     changes: &[(u64, TargetState)],
@@ -170,19 +172,23 @@ pub(crate) fn set_target_states<K: Kv + ?Sized>(
     let mut changed = false;
     for r in REPLICATIONS {
         for mut chain in table(t, r)? {
-            let mut next_members = chain.members.clone();
-            for m in next_members.iter_mut() {
-                if let Some((_, s)) = changes.iter().find(|(id, _)| *id == m.target) {
-                    m.state = *s;
+            let mut members = chain.members.clone();
+            for i in 0..members.len() {
+                let Some((_, s)) = changes.iter().find(|(id, _)| *id == members[i].target) else {
+                    continue;
+                };
+                let others_serving = members
+                    .iter()
+                    .enumerate()
+                    .any(|(j, m)| j != i && m.state == TargetState::Serving);
+                if *s == TargetState::Serving || others_serving {
+                    members[i].state = *s;
                 }
             }
-            if next_members == chain.members {
+            if members == chain.members {
                 continue;
             }
-            if !next_members.iter().any(|m| m.state == TargetState::Serving) {
-                continue;
-            }
-            chain.members = next_members;
+            chain.members = members;
             chain.version += 1;
             t.put(key::chain(r, chain.id), &chain);
             changed = true;

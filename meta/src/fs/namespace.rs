@@ -345,10 +345,13 @@ pub(crate) fn symlink<K: Kv + ?Sized>(
     if target.is_empty() {
         fail!(Invalid, "empty symlink target");
     }
-    if target.len() > SYMLINK_MAX || target.contains('\0') {
+    if target.contains('\0') {
+        fail!(Invalid, "symlink target contains a NUL byte");
+    }
+    if target.len() > SYMLINK_MAX {
         fail!(
             NameTooLong,
-            "symlink target longer than {SYMLINK_MAX} bytes or with NUL"
+            "symlink target longer than {SYMLINK_MAX} bytes"
         );
     }
     let mut p = dir(t, parent)?;

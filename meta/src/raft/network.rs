@@ -166,12 +166,14 @@ async fn call(
     rpc: Rpc,
     payload: Vec<u8>,
     cluster_id: &ClusterId,
+    to_node_id: u64,
 ) -> Result<Vec<u8>, Status> {
     let mut client = client(channel);
     let ours = cluster_id.get();
     let request = Request::new(RaftMessage {
         payload,
         cluster_id: ours.clone(),
+        to_node_id,
     });
     let reply = match rpc {
         Rpc::AppendEntries => client.append_entries(request).await,
@@ -230,6 +232,7 @@ fn is_transport_error(status: &Status) -> bool {
 }
 
 type ChannelCache = Arc<Mutex<HashMap<u64, (String, Channel)>>>;
+type Contacts = Arc<Mutex<HashMap<u64, std::time::Instant>>>;
 
 /// openraft's network factory: hands out connections to peers over one
 /// shared channel cache.
@@ -237,6 +240,7 @@ type ChannelCache = Arc<Mutex<HashMap<u64, (String, Channel)>>>;
 pub struct Network {
     cluster_id: ClusterId,
     channels: ChannelCache,
+    contacts: Contacts,
 }
 
 impl Network {
@@ -246,7 +250,17 @@ impl Network {
         Self {
             cluster_id: cluster_id.into(),
             channels: Arc::default(),
+            contacts: Arc::default(),
         }
+    }
+
+    /// Returns when peer `target` last answered a Raft RPC of ours.
+    pub fn last_contact(&self, target: u64) -> Option<std::time::Instant> {
+        self.contacts
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&target)
+            .copied()
     }
 
     /// Asks replica `target` at `addr` (the leader) for a read index over
@@ -261,6 +275,7 @@ impl Network {
             addr: addr.to_string(),
             cluster_id: self.cluster_id.clone(),
             channels: self.channels.clone(),
+            contacts: self.contacts.clone(),
         };
         let call = peer.call(Rpc::ReadIndex, Vec::new());
         let bytes = match tokio::time::timeout(READ_INDEX_TIMEOUT, call).await {
@@ -285,6 +300,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
                 addr: node.addr.clone(),
                 cluster_id: self.cluster_id.clone(),
                 channels: self.channels.clone(),
+                contacts: self.contacts.clone(),
             },
         }
     }
@@ -297,6 +313,7 @@ struct Peer {
     addr: String,
     cluster_id: ClusterId,
     channels: ChannelCache,
+    contacts: Contacts,
 }
 
 impl Peer {
@@ -330,8 +347,14 @@ impl Peer {
 
     async fn call(&self, rpc: Rpc, payload: Vec<u8>) -> Result<Vec<u8>, Failure> {
         let channel = self.channel().await?;
-        match call(channel, rpc, payload, &self.cluster_id).await {
-            Ok(bytes) => Ok(bytes),
+        match call(channel, rpc, payload, &self.cluster_id, self.target).await {
+            Ok(bytes) => {
+                self.contacts
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .insert(self.target, std::time::Instant::now());
+                Ok(bytes)
+            }
             Err(status) => {
                 if is_transport_error(&status) {
                     self.forget();
@@ -483,7 +506,7 @@ pub async fn read_index(addr: &str, cluster_id: &str) -> Result<Option<LogId>, S
         let channel = connect(addr).await.map_err(|f| match f {
             Failure::Unreachable(e) | Failure::Network(e) => e.to_string(),
         })?;
-        call(channel, Rpc::ReadIndex, Vec::new(), &ids)
+        call(channel, Rpc::ReadIndex, Vec::new(), &ids, 0)
             .await
             .map_err(|s| format!("{:?}: {}", s.code(), s.message()))
     };
@@ -499,18 +522,39 @@ pub async fn read_index(addr: &str, cluster_id: &str) -> Result<Option<LogId>, S
 #[derive(Clone)]
 pub struct RaftTransport {
     raft: MetaRaft,
+    node_id: u64,
     cluster_id: ClusterId,
 }
 
 impl RaftTransport {
     /// Returns the service feeding `raft`, refusing messages of clusters
     /// other than `cluster_id` (a shared [`ClusterId`] handle, or a fixed
-    /// id; empty: unknown, nothing is refused).
-    pub fn new(raft: MetaRaft, cluster_id: impl Into<ClusterId>) -> Self {
+    /// id; empty: unknown, nothing is refused) and messages addressed to a
+    /// node id other than `node_id`.
+    pub fn new(raft: MetaRaft, node_id: u64, cluster_id: impl Into<ClusterId>) -> Self {
         Self {
             raft,
+            node_id,
             cluster_id: cluster_id.into(),
         }
+    }
+
+    /// Refuses a message of another cluster or for another node id.
+    fn check(&self, msg: &RaftMessage) -> Result<(), Status> {
+        let ours = self.cluster_id.get();
+        if !ours.is_empty() && !msg.cluster_id.is_empty() && msg.cluster_id != ours {
+            return Err(Status::failed_precondition(format!(
+                "message from cluster {}, this replica belongs to {ours}",
+                msg.cluster_id
+            )));
+        }
+        if msg.to_node_id != 0 && msg.to_node_id != self.node_id {
+            return Err(Status::failed_precondition(format!(
+                "message for node {} reached node {} (a replaced replica at a reused address)",
+                msg.to_node_id, self.node_id
+            )));
+        }
+        Ok(())
     }
 
     /// Returns the tonic service, with the message-size limits of the
@@ -524,13 +568,7 @@ impl RaftTransport {
     /// Checks the sender's cluster id and decodes the payload.
     fn open<T: DeserializeOwned>(&self, request: Request<RaftMessage>) -> Result<T, Status> {
         let msg = request.into_inner();
-        let ours = self.cluster_id.get();
-        if !ours.is_empty() && !msg.cluster_id.is_empty() && msg.cluster_id != ours {
-            return Err(Status::failed_precondition(format!(
-                "message from cluster {}, this replica belongs to {ours}",
-                msg.cluster_id
-            )));
-        }
+        self.check(&msg)?;
         decode(&msg.payload)
             .map_err(|e| Status::invalid_argument(format!("undecodable raft message: {e}")))
     }
@@ -542,6 +580,7 @@ impl RaftTransport {
         Ok(Response::new(RaftMessage {
             payload,
             cluster_id: self.cluster_id.get(),
+            to_node_id: 0,
         }))
     }
 }
@@ -594,15 +633,8 @@ impl Raft for RaftTransport {
         &self,
         request: Request<RaftMessage>,
     ) -> Result<Response<RaftMessage>, Status> {
-        // The payload is empty; only the cluster id is checked.
-        let msg = request.into_inner();
-        let ours = self.cluster_id.get();
-        if !ours.is_empty() && !msg.cluster_id.is_empty() && msg.cluster_id != ours {
-            return Err(Status::failed_precondition(format!(
-                "message from cluster {}, this replica belongs to {ours}",
-                msg.cluster_id
-            )));
-        }
+        // The payload is empty; only the ids are checked.
+        self.check(&request.into_inner())?;
         let result: Result<Option<LogId>, String> = self
             .raft
             .ensure_linearizable()
@@ -613,8 +645,11 @@ impl Raft for RaftTransport {
 }
 
 /// Returns the openraft configuration of a replica: heartbeat every
-/// `heartbeat`, elections after `election_timeout`..`2 × election_timeout`
-/// of silence, a snapshot (and log compaction) every `snapshot_every`
+/// `heartbeat`, elections after 0.6 × `election_timeout` .. `election_timeout`
+/// of silence (openraft 0.9 also makes followers honour the old leader's
+/// lease, `election_timeout`, before they vote, so a leader's loss is
+/// noticed and replaced within 1.6–2 × `election_timeout`: under the 3 s of
+/// DESIGN §10 with the default 1 s), a snapshot (and log compaction) every `snapshot_every`
 /// entries keeping the last 1000 entries for lagging followers, purges in
 /// batches of 256.
 ///
@@ -638,8 +673,8 @@ pub fn raft_config(
     openraft::Config {
         cluster_name: "cairn-meta".to_string(),
         heartbeat_interval: ms(heartbeat),
-        election_timeout_min: election,
-        election_timeout_max: election.saturating_mul(2),
+        election_timeout_min: election.saturating_mul(3) / 5,
+        election_timeout_max: election,
         install_snapshot_timeout: ms(INSTALL_SNAPSHOT_TIMEOUT),
         snapshot_max_chunk_size: SNAPSHOT_CHUNK_BYTES,
         snapshot_policy: SnapshotPolicy::LogsSinceLast(snapshot_every),
@@ -663,7 +698,7 @@ mod tests {
         let c = c.expect("valid config");
         assert_eq!(
             (c.election_timeout_min, c.election_timeout_max),
-            (1000, 2000)
+            (600, 1000)
         );
         assert!(raft_config(Duration::from_secs(1), Duration::from_secs(1), 10).is_err());
         assert!(raft_config(Duration::ZERO, Duration::ZERO, 10).is_err());
