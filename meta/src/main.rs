@@ -84,6 +84,9 @@ struct Args {
     /// sled page-cache size (e.g. "64MiB").
     #[arg(long, env = "CAIRN_META_CACHE_BYTES", value_parser = parse_size, value_name = "SIZE")]
     cache_bytes: Option<u64>,
+    /// Serve Prometheus metrics on http://ADDR/metrics (e.g. "127.0.0.1:9101").
+    #[arg(long, env = "CAIRN_META_METRICS_LISTEN", value_name = "IP:PORT")]
+    metrics_listen: Option<std::net::SocketAddr>,
 }
 
 /// Parses a byte size: a whole number with an optional binary unit (`K`,
@@ -145,6 +148,7 @@ fn load(args: Args) -> Result<MetaConfig, String> {
         session_timeout,
         snapshot_every,
         cache_bytes,
+        metrics_listen,
     } = args;
     if let Some(v) = data_dir {
         cfg.data_dir = v;
@@ -186,6 +190,9 @@ fn load(args: Args) -> Result<MetaConfig, String> {
     if let Some(v) = cache_bytes {
         cfg.cache_bytes = v;
     }
+    if let Some(v) = metrics_listen {
+        cfg.metrics_listen = Some(v);
+    }
     cfg.validate()?;
     Ok(cfg)
 }
@@ -194,7 +201,11 @@ fn load(args: Args) -> Result<MetaConfig, String> {
 async fn main() -> ExitCode {
     let args = Args::parse();
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_LOG));
-    tracing_subscriber::fmt().with_env_filter(filter).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr)
+        .init();
 
     let cfg = match load(args) {
         Ok(c) => c,

@@ -86,6 +86,8 @@ pub struct MetaHandle {
     pub addr: SocketAddr,
     /// This replica's node id.
     pub node_id: u64,
+    /// Where `/metrics` is served, when configured.
+    pub metrics_addr: Option<SocketAddr>,
     /// Shared state (Raft handle, state machine), for tests and tools.
     pub shared: Arc<Shared>,
     task: JoinHandle<Result<(), MetaError>>,
@@ -351,6 +353,7 @@ pub async fn start(
             .map_err(|e| MetaError::Raft(format!("initializing the namespace: {e}")))?;
     }
     let rpc_metrics = Arc::new(RpcMetrics::default());
+    let mut metrics_addr = None;
     if let Some(maddr) = config.metrics_listen {
         let mut mstop = stop_rx.clone();
         let bound = crate::metrics::serve(maddr, shared.clone(), rpc_metrics.clone(), async move {
@@ -359,6 +362,7 @@ pub async fn start(
         .await
         .map_err(io(format!("metrics listener on {maddr}")))?;
         tracing::info!(%bound, "metrics on http://{bound}/metrics");
+        metrics_addr = Some(bound);
     }
     let meta_svc = MetaServer::new(MetaService::new(shared.clone()))
         .max_decoding_message_size(16 << 20)
@@ -396,6 +400,7 @@ pub async fn start(
     Ok(MetaHandle {
         addr,
         node_id,
+        metrics_addr,
         shared,
         task,
     })

@@ -22,6 +22,19 @@ struct Replica {
     addr: String,
 }
 
+/// Fetches the replica's Prometheus page.
+async fn scrape(r: &Replica) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = r.handle.as_ref().unwrap().metrics_addr.unwrap();
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    out
+}
+
 async fn start(dir: &std::path::Path, listen: &str) -> Replica {
     let cfg = MetaConfig {
         data_dir: dir.to_path_buf(),
@@ -34,6 +47,7 @@ async fn start(dir: &std::path::Path, listen: &str) -> Replica {
         session_timeout: SESSION_TIMEOUT,
         snapshot_every: 1000,
         cache_bytes: 8 << 20,
+        metrics_listen: Some("127.0.0.1:0".parse().unwrap()),
         ..MetaConfig::default()
     };
     let (stop, rx) = watch::channel(false);
@@ -193,6 +207,18 @@ async fn silent_chunkserver_goes_offline_and_watchers_see_it() {
         );
     }
     drop(stream);
+    let page = scrape(&r).await;
+    assert!(page.starts_with("HTTP/1.1 200"), "{page}");
+    assert!(page.contains("\ncairn_meta_raft_is_leader 1\n"), "{page}");
+    assert!(page.contains("\ncairn_meta_chunkservers 3\n"), "{page}");
+    assert!(
+        page.contains("cairn_meta_rpc_duration_seconds_count{method=\"ChunkserverHeartbeat\"}"),
+        "{page}"
+    );
+    assert!(
+        page.contains("cairn_meta_rpc_errors_total{method=\"RegisterChunkserver\"} 1"),
+        "{page}"
+    );
     r.stop().await;
 }
 
