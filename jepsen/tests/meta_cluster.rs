@@ -933,10 +933,10 @@ fn member(s: &cairn_proto::meta::StatusReply, id: u64) -> Option<&cairn_proto::m
     s.members.iter().find(|m| m.id == id)
 }
 
-async fn wiped_replica_body(c: &mut MetaCluster, same_address: bool) -> Result<()> {
+async fn wiped_replica_body(c: &mut MetaCluster, same_address: bool, files: usize) -> Result<()> {
     let client = c.client().await?;
     let vol = volume(&client, "vol").await?;
-    for k in 0..20 {
+    for k in 0..files {
         client
             .create(vol, &format!("f{k}"), 0o644, Owner::ROOT, true, false)
             .await?;
@@ -1022,6 +1022,20 @@ async fn wiped_replica_body(c: &mut MetaCluster, same_address: bool) -> Result<(
     c.wait_applied(victim, s.applied_index, Duration::from_secs(30))
         .await
         .context("the new learner did not catch up")?;
+    let leader_snapshot = s.snapshot_index;
+    if leader_snapshot > 0 {
+        // The log was compacted before the new node joined: it can only
+        // have caught up by installing the leader's snapshot.
+        let mine = c.status(victim).await?;
+        ensure!(
+            mine.snapshot_index > 0,
+            "the new node caught up past a compacted log without a snapshot: {mine:?}"
+        );
+        println!(
+            "[test] node {new_id} installed a snapshot at index {} (leader's: {leader_snapshot})",
+            mine.snapshot_index
+        );
+    }
 
     // The operator's repair: promote the new node, remove the old id.
     let after_promote = client.promote(NodeId(new_id)).await?;
@@ -1060,8 +1074,9 @@ async fn wiped_replica_body(c: &mut MetaCluster, same_address: bool) -> Result<(
     let (l, _) = c.wait_converged(Duration::from_secs(20)).await?;
     let reference = tree_of(c, l.index).await?;
     ensure!(
-        namespace::names_in(&reference, "/vol").len() == 30,
-        "/vol should hold 30 files: {:?}",
+        namespace::names_in(&reference, "/vol").len() == files + 10,
+        "/vol should hold {} files: {:?}",
+        files + 10,
         namespace::names_in(&reference, "/vol")
     );
     assert_every_replica_serves(c, &reference).await?;
@@ -1079,17 +1094,20 @@ async fn wiped_replica_body(c: &mut MetaCluster, same_address: bool) -> Result<(
 async fn wiped_replica_rejoins_as_a_new_learner() {
     let _serial = serial().await;
     let mut c = start(ClusterOpts::default()).await;
-    let r = wiped_replica_body(&mut c, true).await;
+    let r = wiped_replica_body(&mut c, true, 20).await;
     finish(c, r);
 }
 
 /// d'. As d, with the wiped replica on a new address (rescheduled to
-/// another host).
+/// another host), after the log was compacted (`--snapshot-every 100`):
+/// the new node must catch up by installing a snapshot.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wiped_replica_on_a_new_address_rejoins_as_a_new_learner() {
     let _serial = serial().await;
-    let mut c = start(ClusterOpts::default()).await;
-    let r = wiped_replica_body(&mut c, false).await;
+    let mut opts = ClusterOpts::default();
+    opts.extra_args = vec!["--snapshot-every".into(), "100".into()];
+    let mut c = start(opts).await;
+    let r = wiped_replica_body(&mut c, false, 400).await;
     finish(c, r);
 }
 

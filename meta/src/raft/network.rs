@@ -650,7 +650,8 @@ impl Raft for RaftTransport {
 /// lease, `election_timeout`, before they vote, so a leader's loss is
 /// noticed and replaced within 1.6–2 × `election_timeout`: under the 3 s of
 /// DESIGN §10 with the default 1 s), a snapshot (and log compaction) every `snapshot_every`
-/// entries keeping the last 1000 entries for lagging followers, purges in
+/// entries keeping the last `min(snapshot_every, 1000)` entries for lagging
+/// followers, purges in
 /// batches of 256.
 ///
 /// # Errors
@@ -678,7 +679,7 @@ pub fn raft_config(
         install_snapshot_timeout: ms(INSTALL_SNAPSHOT_TIMEOUT),
         snapshot_max_chunk_size: SNAPSHOT_CHUNK_BYTES,
         snapshot_policy: SnapshotPolicy::LogsSinceLast(snapshot_every),
-        max_in_snapshot_log_to_keep: 1000,
+        max_in_snapshot_log_to_keep: snapshot_every.min(1000),
         purge_batch_size: 256,
         enable_tick: true,
         enable_heartbeat: true,
