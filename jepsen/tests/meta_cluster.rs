@@ -1104,8 +1104,10 @@ async fn wiped_replica_rejoins_as_a_new_learner() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wiped_replica_on_a_new_address_rejoins_as_a_new_learner() {
     let _serial = serial().await;
-    let mut opts = ClusterOpts::default();
-    opts.extra_args = vec!["--snapshot-every".into(), "100".into()];
+    let opts = ClusterOpts {
+        extra_args: vec!["--snapshot-every".into(), "100".into()],
+        ..ClusterOpts::default()
+    };
     let mut c = start(opts).await;
     let r = wiped_replica_body(&mut c, false, 400).await;
     finish(c, r);
