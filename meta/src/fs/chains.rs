@@ -137,8 +137,10 @@ fn extend_tables<K: Kv + ?Sized>(t: &mut Txn<'_, K>) -> FsResult<()> {
             .iter()
             .map(|c| c.members.iter().map(|m| m.target).collect())
             .collect();
-        let first_id = chains.iter().map(|c| c.id).max().map_or(1, |m| m + 1);
-        for (next_id, members) in (first_id..).zip(chains_to_add(&existing, &locs, r as usize)) {
+        for members in chains_to_add(&existing, &locs, r as usize) {
+            // Chain ids are unique across all tables, so a chain id alone
+            // names a chain on the data path.
+            let next_id = u32::try_from(next(t, counter::NEXT_CHAIN, 1)?).unwrap_or(u32::MAX);
             let chain = Chain {
                 id: next_id,
                 version: 1,

@@ -53,6 +53,7 @@ pub(crate) mod counter {
     pub const NEXT_VOLUME: &str = "next_volume";
     pub const CHAINS_VERSION: &str = "chains_version";
     pub const CREATE_CURSOR: &str = "create_cursor";
+    pub const NEXT_CHAIN: &str = "next_chain";
 }
 
 /// Facts under the `m` prefix that are not counters.
