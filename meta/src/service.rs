@@ -116,9 +116,9 @@ impl Shared {
                 format!("{name}: no Raft quorum committed the request within {RAFT_TIMEOUT:?}"),
             )),
             Ok(Ok(resp)) => resp.data.map_err(CairnStatus::from),
-            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => Err(
-                CairnStatus::not_leader(f.leader_id.zip(f.leader_node.map(|n| n.addr))),
-            ),
+            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
+                Err(self.not_leader(f.leader_id.zip(f.leader_node.map(|n| n.addr))))
+            }
             Ok(Err(e)) => Err(CairnStatus::new(
                 ErrorCode::Unavailable,
                 format!("{name}: {e}"),
@@ -193,6 +193,14 @@ impl MetaService {
     /// Returns the service over `shared`.
     pub fn new(shared: Arc<Shared>) -> Self {
         Self { shared }
+    }
+
+    /// Soft state lives on the leader: refuse elsewhere with a hint.
+    fn leader_only(&self) -> Result<(), Status> {
+        if self.shared.is_leader() {
+            return Ok(());
+        }
+        Err(self.shared.not_leader(self.shared.leader()).into())
     }
 
     async fn write(&self, rid: Option<&pb::RequestId>, op: Op) -> Result<Reply, Status> {
@@ -501,7 +509,7 @@ fn commit_index(
 fn membership_error<E: std::fmt::Display>(shared: &Shared, e: RaftError<u64, E>) -> Status {
     match e {
         RaftError::APIError(e) if e.to_string().contains("forward") => {
-            CairnStatus::not_leader(shared.leader()).into()
+            shared.not_leader(shared.leader()).into()
         }
         e => CairnStatus::new(ErrorCode::Unavailable, e.to_string()).into(),
     }
@@ -804,17 +812,8 @@ impl Meta for MetaService {
 
     async fn renew_session(&self, req: Request<pb::SessionRequest>) -> GrpcResult<pb::Empty> {
         let r = req.into_inner();
-        if !self.shared.is_leader() {
-            return Err(CairnStatus::not_leader(self.shared.leader()).into());
-        }
-        let known = self
-            .shared
-            .fs
-            .sessions()
-            .map_err(fs_err)?
-            .iter()
-            .any(|s| s.id == r.session_id);
-        if !known {
+        self.leader_only()?;
+        if !self.shared.fs.has_session(r.session_id).map_err(fs_err)? {
             return Err(CairnStatus::new(
                 ErrorCode::SessionExpired,
                 format!("session {} is unknown or expired", r.session_id),
@@ -930,9 +929,7 @@ impl Meta for MetaService {
         req: Request<pb::ChunkserverHeartbeatRequest>,
     ) -> GrpcResult<pb::ChunkserverHeartbeatReply> {
         let r = req.into_inner();
-        if !self.shared.is_leader() {
-            return Err(CairnStatus::not_leader(self.shared.leader()).into());
-        }
+        self.leader_only()?;
         let known = self
             .shared
             .fs

@@ -264,6 +264,16 @@ impl<K: Kv> FsState<K> {
         flatten(chains::chunkservers(&self.txn()))
     }
 
+    /// Returns whether session `id` is open.
+    pub fn has_session(&self, id: u64) -> ReadResult<bool> {
+        flatten(
+            self.txn()
+                .get_raw(&key::session(id))
+                .map(|v| v.is_some())
+                .map_err(OpError::from),
+        )
+    }
+
     /// Returns the open sessions.
     pub fn sessions(&self) -> ReadResult<Vec<Session>> {
         let rows = flatten(
