@@ -4,6 +4,7 @@
 //!   sessions, chunkservers, chain table) over sled.
 //! * [`raft`]: openraft storage (log and state machine in sled) and the
 //!   tonic transport between replicas.
+//! * [`proposer`]: group commit of mutations into Raft entries.
 //! * [`service`]: the client-facing gRPC service (`cairn.meta.v1.Meta`).
 //! * [`node`]: [`start`] — open the store, join or bootstrap the cluster,
 //!   serve, and the leader's background duties.
@@ -15,6 +16,7 @@ pub mod fs;
 pub mod metrics;
 pub mod node;
 pub mod placement;
+pub mod proposer;
 pub mod raft;
 pub mod service;
 

@@ -333,6 +333,7 @@ pub async fn start(
         liveness: Mutex::new(Liveness::default()),
         log_io,
         network,
+        proposer: crate::proposer::Proposer::spawn(raft.clone(), ident.node_id),
     });
     if bootstrap {
         // Create the root and record the cluster id before serving anyone,

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use cairn_proto::meta as pb;
 use cairn_proto::meta::meta_server::Meta;
 use cairn_proto::{CairnStatus, ErrorCode};
-use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
+use openraft::error::{CheckIsLeaderError, RaftError};
 use openraft::{BasicNode, ChangeMembers, ServerState};
 use tonic::{Request, Response, Status};
 use tracing::instrument;
@@ -65,6 +65,8 @@ pub struct Shared {
     /// The Raft transport's client side (its channels are reused for
     /// follower read-index calls).
     pub network: crate::raft::network::Network,
+    /// Group-commits mutations into Raft entries.
+    pub proposer: crate::proposer::Proposer,
 }
 
 impl Shared {
@@ -109,20 +111,12 @@ impl Shared {
             time_ns: now_ns(),
             op,
         };
-        let res = tokio::time::timeout(RAFT_TIMEOUT, self.raft.client_write(cmd)).await;
-        match res {
+        match tokio::time::timeout(RAFT_TIMEOUT, self.proposer.propose(cmd)).await {
             Err(_) => Err(CairnStatus::new(
                 ErrorCode::Unavailable,
                 format!("{name}: no Raft quorum committed the request within {RAFT_TIMEOUT:?}"),
             )),
-            Ok(Ok(resp)) => resp.data.map_err(CairnStatus::from),
-            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
-                Err(self.not_leader(f.leader_id.zip(f.leader_node.map(|n| n.addr))))
-            }
-            Ok(Err(e)) => Err(CairnStatus::new(
-                ErrorCode::Unavailable,
-                format!("{name}: {e}"),
-            )),
+            Ok(r) => r,
         }
     }
 

@@ -222,10 +222,11 @@ impl<K: Kv> FsState<K> {
                 )));
             }
         }
+        let sp = t.savepoint();
         let response = match self.run_op(t, cmd) {
             Ok(reply) => Ok(reply),
             Err(OpError::Fs(e)) => {
-                t.rollback();
+                t.restore(sp);
                 Err(e)
             }
             Err(OpError::Store(e)) => return Err(e),
@@ -259,6 +260,17 @@ impl<K: Kv> FsState<K> {
     fn run_op(&self, t: &mut Txn<'_, K>, cmd: &Command) -> FsResult<Reply> {
         let now = cmd.time_ns;
         match &cmd.op {
+            Op::Batch(cmds) => {
+                let mut out = Vec::with_capacity(cmds.len());
+                for c in cmds {
+                    if matches!(c.op, Op::Batch(_)) {
+                        out.push(Err(FsError::new(ErrorCode::BadRequest, "nested batch")));
+                        continue;
+                    }
+                    out.push(self.apply_command(t, c).map_err(OpError::Store)?);
+                }
+                Ok(Reply::Batch(out))
+            }
             Op::InitCluster { cluster_id } => namespace::init_cluster(t, cluster_id, now),
             Op::AllocateNodeId { .. } => Ok(Reply::NodeId(next(t, counter::NEXT_NODE, 2)?)),
             Op::Mkdir {
@@ -717,6 +729,35 @@ mod tests {
         // single-replica chains keep it serving).
         assert!(offline >= 6, "{offline}");
         assert!(sm.fs.chains_version().unwrap() > v);
+    }
+
+    #[test]
+    fn batch_applies_each_command_with_its_own_result() {
+        let mut sm = Sm::new();
+        let sid = sm.session();
+        let c = |seq, name: &str| Command {
+            client_id: sid,
+            seq,
+            ack_below: 0,
+            time_ns: 7,
+            op: create_op(name),
+        };
+        let batch = Command::internal(7, Op::Batch(vec![c(1, "a"), c(2, "a"), c(3, "b")]));
+        let Ok(Reply::Batch(rs)) = sm.run(batch.clone()) else {
+            panic!("not a batch reply");
+        };
+        assert!(rs[0].is_ok());
+        assert_eq!(rs[1].as_ref().unwrap_err().code, ErrorCode::Exists);
+        assert!(rs[2].is_ok(), "a failed command rolls back only itself");
+        assert!(sm.fs.lookup(ROOT_INO, "a").is_ok() && sm.fs.lookup(ROOT_INO, "b").is_ok());
+        // Retried one by one after a failover: the first answers.
+        assert_eq!(sm.run(c(1, "a")), rs[0]);
+        assert_eq!(sm.run(c(3, "b")), rs[2]);
+        let nested = Command::internal(7, Op::Batch(vec![batch]));
+        let Ok(Reply::Batch(rs)) = sm.run(nested) else {
+            panic!("not a batch reply");
+        };
+        assert_eq!(rs[0].as_ref().unwrap_err().code, ErrorCode::BadRequest);
     }
 
     #[test]

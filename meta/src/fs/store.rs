@@ -182,6 +182,9 @@ impl Kv for MemKv {
     }
 }
 
+/// The buffered writes of a [`Txn`] at one point, to roll back to.
+pub struct Savepoint(BTreeMap<Vec<u8>, Option<Vec<u8>>>);
+
 /// A mutation in progress: reads through to the store, buffers writes.
 pub struct Txn<'a, K: Kv + ?Sized> {
     kv: &'a K,
@@ -277,6 +280,17 @@ impl<'a, K: Kv + ?Sized> Txn<'a, K> {
     /// Discards the buffered writes (a failed mutation changes nothing).
     pub fn rollback(&mut self) {
         self.writes.clear();
+    }
+
+    /// Returns a savepoint: the buffered writes so far.
+    pub fn savepoint(&self) -> Savepoint {
+        Savepoint(self.writes.clone())
+    }
+
+    /// Discards every write buffered after `sp` was taken (one command of a
+    /// batch failed; the commands before it stand).
+    pub fn restore(&mut self, sp: Savepoint) {
+        self.writes = sp.0;
     }
 
     /// Commits the buffered writes atomically.
@@ -432,7 +446,12 @@ mod tests {
         );
         assert_eq!(t.scan(b"da", Some(b"da2"), 10).unwrap().len(), 1);
         assert_eq!(t.scan(b"da", None, 1).unwrap().len(), 1);
-        // Rolled back: nothing changed.
+        // Back to a savepoint, then rolled back: nothing changed.
+        let sp = t.savepoint();
+        t.put_raw(b"dz".to_vec(), b"z".to_vec());
+        t.restore(sp);
+        assert_eq!(t.get_raw(b"dz").unwrap(), None);
+        assert_eq!(t.get_raw(b"da3").unwrap(), Some(b"3".to_vec()));
         t.rollback();
         t.commit().unwrap();
         assert_eq!(kv.get(b"da1").unwrap(), Some(b"1".to_vec()));

@@ -310,6 +310,10 @@ pub enum Op {
         /// (target id, new state).
         changes: Vec<(u64, TargetState)>,
     },
+    /// Several commands in one log entry (group commit by the leader's
+    /// proposer): applied in order, each with its own result and its own
+    /// reply-cache entry, all in one atomic batch with the log id.
+    Batch(Vec<Command>),
 }
 
 impl Op {
@@ -336,6 +340,7 @@ impl Op {
             Op::ReportLength { .. } => "report_length",
             Op::RegisterChunkserver { .. } => "register_chunkserver",
             Op::SetTargetStates { .. } => "set_target_states",
+            Op::Batch(_) => "batch",
         }
     }
 }
@@ -534,6 +539,8 @@ pub enum Reply {
         /// Target ids, in the request's order.
         target_ids: Vec<u64>,
     },
+    /// The results of a batch, in order.
+    Batch(Vec<Response>),
 }
 
 /// An operation's failure: a stable code and a message for a person.

@@ -279,7 +279,12 @@ impl Network {
         };
         let call = peer.call(Rpc::ReadIndex, Vec::new());
         let bytes = match tokio::time::timeout(READ_INDEX_TIMEOUT, call).await {
-            Err(_) => return Err(format!("read index from {addr}: timed out")),
+            Err(_) => {
+                // A connection that stalled (e.g. across a partition) may
+                // never recover: reconnect next time.
+                peer.forget();
+                return Err(format!("read index from {addr}: timed out"));
+            }
             Ok(Err(Failure::Unreachable(e) | Failure::Network(e))) => {
                 return Err(format!("read index from {addr}: {e}"));
             }
@@ -393,6 +398,10 @@ impl NetworkConnection {
         let ttl = option.hard_ttl();
         let bytes = match tokio::time::timeout(ttl, self.peer.call(rpc, payload)).await {
             Err(_) => {
+                // A connection that stalls (packets dropped by a partition)
+                // can take TCP's retransmission backoff — seconds — to
+                // recover after the network heals: start afresh instead.
+                self.peer.forget();
                 return Err(RPCError::Timeout(Timeout {
                     action,
                     id: sender,
