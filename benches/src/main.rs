@@ -1,0 +1,119 @@
+//! The `cairn-bench` binary: parses the command line, runs one workload,
+//! prints its table on stdout and writes its JSON report. Workloads live in
+//! the library (`cairn_bench::meta`, …); each is a subcommand here.
+
+use std::io::Write;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use cairn_bench::meta::{self, MetaArgs};
+use cairn_bench::{BIN_DIR_ENV, CommonArgs, report};
+use clap::{Parser, Subcommand};
+
+/// The workloads section of `cairn-bench --help`.
+const WORKLOADS: &str = "\
+Workloads:
+  meta  Metadata operations per second (create, stat, rename, unlink) of a
+        3-replica cairn-meta cluster on loopback, with 1 and then 32
+        concurrent clients, each a separate client with its own session.
+        Baselines measured in the same run, same phases, same number of
+        threads, on the same disk: the local file system as plain syscalls
+        (the page-cache ceiling), and with every mutation fsynced (file and
+        directory) — the like-for-like one, since Cairn acknowledges a
+        mutation only once a majority of replicas flushed it to disk.
+        Ratio = cairn ops/s ÷ baseline ops/s: 1 = parity, below 1 = Cairn
+        slower. Also reports the meta leader's group-commit factor (Raft log
+        entries per log fsync: how many operations share one fsync) and the
+        single-client create target (≥ 6,000/s).
+        Details: cairn-bench meta --help
+
+Every workload prints a table on stdout (progress on stderr), writes every
+figure with the machine (nproc, kernel) and the command line to --json FILE,
+and reports the peak resident memory (VmHWM) of every process it starts and
+of itself. Figures from a shared machine are noisy: compare ratios measured
+in one run, not absolute rates across runs.
+
+Build first (release, both crates):
+  cargo build --release -p cairn-bench -p cairn-meta
+  target/release/cairn-bench meta --json meta.json";
+
+/// End-to-end benchmarks of Cairn: real server processes, each figure
+/// beside a local baseline measured in the same run.
+#[derive(Debug, Parser)]
+#[command(
+    name = "cairn-bench",
+    version,
+    after_help = WORKLOADS,
+    subcommand_required = true,
+    arg_required_else_help = true
+)]
+struct Cli {
+    #[command(subcommand)]
+    workload: Workload,
+}
+
+#[derive(Debug, Subcommand)]
+enum Workload {
+    /// Metadata ops/s of a 3-replica meta cluster, beside the local file
+    /// system (plain and fsynced).
+    #[command(long_about = meta::LONG_ABOUT)]
+    Meta(MetaArgs),
+}
+
+impl Workload {
+    fn common(&self) -> &CommonArgs {
+        match self {
+            Workload::Meta(a) => &a.common,
+        }
+    }
+}
+
+/// Makes an explicit `--bin-dir` visible to the cluster harness, which
+/// reads `CAIRN_BIN_DIR` (the same variable `--bin-dir` defaults from).
+///
+/// Must run before any other thread exists.
+#[allow(unsafe_code)]
+fn export_bin_dir(common: &CommonArgs) {
+    let Some(dir) = common.bin_dir.as_ref() else {
+        return;
+    };
+    if std::env::var_os(BIN_DIR_ENV).is_some_and(|v| v == dir.as_os_str()) {
+        return;
+    }
+    // SAFETY: called from `main` before the tokio runtime (or anything
+    // else) has started a thread, so no other thread can read the
+    // environment concurrently.
+    unsafe { std::env::set_var(BIN_DIR_ENV, dir) };
+}
+
+fn run(cli: Cli) -> Result<()> {
+    let command_line: Vec<String> = std::env::args().collect();
+    export_bin_dir(cli.workload.common());
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the tokio runtime")?;
+    match cli.workload {
+        Workload::Meta(args) => {
+            let report = rt.block_on(meta::run(&args, command_line))?;
+            let mut out = std::io::stdout().lock();
+            meta::print_table(&mut out, &report).context("writing the table")?;
+            out.flush().context("writing the table")?;
+            if let Some(path) = &args.common.json {
+                report::write_json(path, &report)?;
+                eprintln!("wrote {}", path.display());
+            }
+        }
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("cairn-bench: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
