@@ -5,10 +5,13 @@
 //! * [`raft`]: the Raft transport between metadata replicas.
 //! * [`error`]: stable error codes shared by every crate, with errno and
 //!   `io::ErrorKind` mappings and the gRPC status encoding.
+//! * [`frame`]: the data-plane binary protocol (DESIGN §6): 128-byte
+//!   header with CRC, payload, per-4 KiB segment CRCs; a zero-copy decoder.
 //! * [`ids`]: id newtypes.
 //! * [`names`]: validation of file names, shared by servers and clients.
 
 pub mod error;
+pub mod frame;
 pub mod ids;
 pub mod names;
 

@@ -1,0 +1,565 @@
+//! The fixed frame header: its fields, its byte layout and its validity
+//! rules (see the table in the parent module).
+
+use super::error::FrameError;
+use super::segment::segment_count;
+use crate::ErrorCode;
+use crate::ids::{ChainId, ChainVersion, ChunkId, ObjectId, SessionId};
+
+/// The first four bytes of every frame, `b"CRN1"`, read as a little-endian
+/// u32.
+pub const MAGIC: u32 = u32::from_le_bytes(*b"CRN1");
+
+/// The frame format version this build writes and the only one it reads.
+pub const FORMAT_VERSION: u8 = 1;
+
+/// The size of the encoded header in bytes.
+pub const HEADER_LEN: usize = 128;
+
+/// The largest `length` any frame may carry: 16 MiB.
+pub const MAX_PAYLOAD: u32 = 16 << 20;
+
+/// The largest error message an error reply may carry, in bytes.
+pub const MAX_ERROR_MESSAGE: u32 = 4096;
+
+/// The bytes covered by the header CRC: everything before it.
+const CRC_COVERED: usize = HEADER_LEN - 4;
+const REPLY_BIT: u8 = 0x80;
+
+// Lengths are u32 on the wire and become usize in memory.
+const _: () = assert!(usize::BITS >= 32);
+
+/// What a frame asks for (or, with the reply bit, answers). The values are
+/// stable wire values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum Opcode {
+    /// Client → chain head: write `length` bytes at `offset`.
+    Write = 1,
+    /// Replica → successor: a write with the head-assigned `version`.
+    Forward = 2,
+    /// Successor → predecessor: `version` is committed.
+    Commit = 3,
+    /// Read `length` bytes at `offset`.
+    Read = 4,
+    /// Chunk length (reply `offset`) and committed version (reply `version`).
+    Stat = 5,
+    /// Remove the chunk.
+    Remove = 6,
+    /// Truncate the chunk to `offset` bytes.
+    Truncate = 7,
+    /// Whole-chunk read for resync and repair, paginated by `offset` and
+    /// `length`.
+    ReadChunk = 8,
+    /// Liveness and round-trip check.
+    Ping = 9,
+}
+
+impl Opcode {
+    /// Every opcode, in wire order.
+    pub const ALL: [Opcode; 9] = [
+        Self::Write,
+        Self::Forward,
+        Self::Commit,
+        Self::Read,
+        Self::Stat,
+        Self::Remove,
+        Self::Truncate,
+        Self::ReadChunk,
+        Self::Ping,
+    ];
+
+    /// Returns the opcode for a wire value without the reply bit, or `None`
+    /// if this build does not know it.
+    pub fn from_u8(v: u8) -> Option<Self> {
+        Self::ALL.iter().copied().find(|o| *o as u8 == v)
+    }
+
+    /// A short lowercase name for logs and metric labels.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Write => "write",
+            Self::Forward => "forward",
+            Self::Commit => "commit",
+            Self::Read => "read",
+            Self::Stat => "stat",
+            Self::Remove => "remove",
+            Self::Truncate => "truncate",
+            Self::ReadChunk => "read_chunk",
+            Self::Ping => "ping",
+        }
+    }
+
+    /// Returns whether a frame of this opcode and direction carries a data
+    /// body when it succeeds (rule 5 of the module doc).
+    pub fn carries_data(self, reply: bool) -> bool {
+        match self {
+            Self::Write | Self::Forward => !reply,
+            Self::Read | Self::ReadChunk => reply,
+            _ => false,
+        }
+    }
+
+    /// Returns whether a request of this opcode uses `length` without a body
+    /// (the byte count to read).
+    fn requests_length(self) -> bool {
+        matches!(self, Self::Read | Self::ReadChunk)
+    }
+}
+
+impl std::fmt::Display for Opcode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// The header's flag bits. Bits this build does not define are reserved and
+/// must be 0, so a value of this type only ever holds known bits.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct Flags(u16);
+
+impl Flags {
+    /// No flag set.
+    pub const NONE: Flags = Flags(0);
+    /// Bit 0: a body (`length` bytes, then the segment CRCs) follows.
+    pub const BODY: Flags = Flags(1);
+    /// Bit 1: the body is a UTF-8 error message (error replies only).
+    pub const ERROR_MESSAGE: Flags = Flags(1 << 1);
+    /// Bit 2: CRAQ "pending": the replica's copy is dirty and it could not
+    /// answer; read another replica or retry (replies with status
+    /// [`ErrorCode::Pending`] only).
+    pub const PENDING: Flags = Flags(1 << 2);
+    const KNOWN: u16 = 0b111;
+
+    /// Returns the wire bits.
+    pub const fn bits(self) -> u16 {
+        self.0
+    }
+
+    /// Returns the flags for wire bits, or `None` if a reserved bit is set.
+    pub const fn from_bits(bits: u16) -> Option<Flags> {
+        if bits & !Self::KNOWN == 0 {
+            Some(Flags(bits))
+        } else {
+            None
+        }
+    }
+
+    /// Returns whether every bit of `other` is set in `self`.
+    pub const fn contains(self, other: Flags) -> bool {
+        self.0 & other.0 == other.0
+    }
+
+    /// Returns `self` with the bits of `other` set too.
+    #[must_use]
+    pub const fn with(self, other: Flags) -> Flags {
+        Flags(self.0 | other.0)
+    }
+
+    /// Returns `self` with the bits of `other` cleared.
+    #[must_use]
+    pub const fn without(self, other: Flags) -> Flags {
+        Flags(self.0 & !other.0)
+    }
+}
+
+impl std::ops::BitOr for Flags {
+    type Output = Flags;
+    fn bitor(self, rhs: Flags) -> Flags {
+        self.with(rhs)
+    }
+}
+
+impl std::fmt::Debug for Flags {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut set = f.debug_set();
+        for (flag, name) in [
+            (Self::BODY, "BODY"),
+            (Self::ERROR_MESSAGE, "ERROR_MESSAGE"),
+            (Self::PENDING, "PENDING"),
+        ] {
+            if self.contains(flag) {
+                set.entry(&format_args!("{name}"));
+            }
+        }
+        set.finish()
+    }
+}
+
+/// The capability token field (DESIGN §11): an HMAC capability issued by
+/// meta and checked by chunkservers. All zero means "no token". Its `Debug`
+/// output never shows the bytes, so tokens do not leak into logs.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct CapabilityToken(pub [u8; CapabilityToken::LEN]);
+
+impl CapabilityToken {
+    /// The size of the field in bytes.
+    pub const LEN: usize = 32;
+    /// The absent token.
+    pub const NONE: CapabilityToken = CapabilityToken([0; Self::LEN]);
+
+    /// Returns whether this is the absent (all-zero) token.
+    pub fn is_none(&self) -> bool {
+        self.0 == [0; Self::LEN]
+    }
+}
+
+impl std::fmt::Debug for CapabilityToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.is_none() {
+            f.write_str("CapabilityToken(none)")
+        } else {
+            f.write_str("CapabilityToken(<redacted>)")
+        }
+    }
+}
+
+/// A decoded frame header. Every field is on the wire; see the layout table
+/// in the module doc for what each one means per opcode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Header {
+    /// What the frame asks for or answers.
+    pub opcode: Opcode,
+    /// Whether this frame is a reply (bit 7 of the wire opcode).
+    pub reply: bool,
+    /// Flag bits.
+    pub flags: Flags,
+    /// Matches a reply to its request on a pipelined connection.
+    pub request_id: u64,
+    /// The chunk addressed.
+    pub chunk: ChunkId,
+    /// The chain the chunk lives on.
+    pub chain: ChainId,
+    /// The sender's chain version (fencing, DESIGN §5).
+    pub chain_version: ChainVersion,
+    /// Byte offset inside the chunk.
+    pub offset: u64,
+    /// Payload bytes, or bytes requested by a Read or ReadChunk request.
+    pub length: u32,
+    /// Chunk version (head-assigned, committed or expected).
+    pub version: u64,
+    /// Snapshot sequence.
+    pub snap_seq: u64,
+    /// The writing client, for idempotent writes.
+    pub client_id: SessionId,
+    /// The writing client's sequence number.
+    pub client_seq: u64,
+    /// 0, or an [`ErrorCode`] value in an error reply.
+    pub status: u16,
+    /// Capability token.
+    pub token: CapabilityToken,
+}
+
+impl Header {
+    /// Returns a request header for `opcode` with every other field zero;
+    /// set the fields the opcode uses with struct update syntax.
+    pub fn request(opcode: Opcode, request_id: u64) -> Header {
+        Header {
+            opcode,
+            reply: false,
+            flags: Flags::NONE,
+            request_id,
+            chunk: ChunkId {
+                object: ObjectId(0),
+                index: 0,
+            },
+            chain: ChainId(0),
+            chain_version: ChainVersion(0),
+            offset: 0,
+            length: 0,
+            version: 0,
+            snap_seq: 0,
+            client_id: SessionId(0),
+            client_seq: 0,
+            status: 0,
+            token: CapabilityToken::NONE,
+        }
+    }
+
+    /// Returns the header of a successful, bodyless reply to `req`: same
+    /// opcode with the reply bit, and `request_id`, chunk, chain, chain
+    /// version, offset, snap_seq and client id/sequence echoed. `length`,
+    /// `version` and `status` are 0 and the token is not echoed.
+    pub fn reply_to(req: &Header) -> Header {
+        Header {
+            reply: true,
+            chunk: req.chunk,
+            chain: req.chain,
+            chain_version: req.chain_version,
+            offset: req.offset,
+            snap_seq: req.snap_seq,
+            client_id: req.client_id,
+            client_seq: req.client_seq,
+            ..Header::request(req.opcode, req.request_id)
+        }
+    }
+
+    /// Returns the opcode byte as sent: the opcode, with bit 7 for a reply.
+    pub fn wire_opcode(&self) -> u8 {
+        if self.reply {
+            self.opcode as u8 | REPLY_BIT
+        } else {
+            self.opcode as u8
+        }
+    }
+
+    /// Returns the error this frame reports: `None` for status 0, the code
+    /// otherwise ([`ErrorCode::Internal`] for a code this build does not
+    /// know, sent by a newer peer).
+    pub fn error_code(&self) -> Option<ErrorCode> {
+        match self.status {
+            0 => None,
+            s => Some(ErrorCode::from_u32(u32::from(s)).unwrap_or(ErrorCode::Internal)),
+        }
+    }
+
+    /// Returns whether a body follows the header.
+    pub fn has_body(&self) -> bool {
+        self.flags.contains(Flags::BODY)
+    }
+
+    /// Returns the chunk offset the body's segment CRCs are aligned to:
+    /// `offset` for data, 0 for an error message.
+    pub fn segment_base(&self) -> u64 {
+        if self.flags.contains(Flags::ERROR_MESSAGE) {
+            0
+        } else {
+            self.offset
+        }
+    }
+
+    /// Returns how many segment CRCs follow the payload (0 without a body).
+    ///
+    /// # Errors
+    ///
+    /// [`FrameError::RangeOverflow`] if the segment range overflows a u64.
+    pub fn crc_count(&self) -> Result<usize, FrameError> {
+        if !self.has_body() {
+            return Ok(0);
+        }
+        segment_count(self.segment_base(), u64::from(self.length))
+            .and_then(|n| usize::try_from(n).ok())
+            .ok_or(FrameError::RangeOverflow {
+                offset: self.offset,
+                length: self.length,
+            })
+    }
+
+    /// Returns the number of bytes that follow the header: payload plus
+    /// CRCs, 0 without a body.
+    ///
+    /// # Errors
+    ///
+    /// [`FrameError::RangeOverflow`] if the body size overflows.
+    pub fn body_len(&self) -> Result<usize, FrameError> {
+        if !self.has_body() {
+            return Ok(0);
+        }
+        let overflow = FrameError::RangeOverflow {
+            offset: self.offset,
+            length: self.length,
+        };
+        let crcs = self.crc_count()?.checked_mul(4).ok_or(overflow.clone())?;
+        crcs.checked_add(self.length as usize).ok_or(overflow)
+    }
+
+    /// Checks the rules of the module doc that a [`Header`] value can break
+    /// (rules 2 to 7); the decoder and the encoder both call it.
+    ///
+    /// # Errors
+    ///
+    /// The [`FrameError`] of the first rule broken.
+    pub fn validate(&self) -> Result<(), FrameError> {
+        let body = self.has_body();
+        let message = self.flags.contains(Flags::ERROR_MESSAGE);
+        let pending = self.flags.contains(Flags::PENDING);
+        if !self.reply && self.status != 0 {
+            return Err(FrameError::StatusInRequest(self.status));
+        }
+        let misplaced = (pending && self.status != ErrorCode::Pending as u16)
+            || (message && (self.status == 0 || !body));
+        if misplaced {
+            return Err(FrameError::MisplacedFlags {
+                flags: self.flags,
+                opcode: self.wire_opcode(),
+                status: self.status,
+            });
+        }
+        if self.length > MAX_PAYLOAD {
+            return Err(FrameError::TooLarge(self.length));
+        }
+        let data_frame = self.opcode.carries_data(self.reply) && self.status == 0;
+        if body && message {
+            if self.length > MAX_ERROR_MESSAGE {
+                return Err(FrameError::MessageTooLong(self.length));
+            }
+        } else if body && !data_frame {
+            return Err(FrameError::UnexpectedBody {
+                opcode: self.opcode,
+                reply: self.reply,
+            });
+        } else if !body && data_frame {
+            return Err(FrameError::MissingBody {
+                opcode: self.opcode,
+                reply: self.reply,
+            });
+        } else if !body && self.length != 0 && (self.reply || !self.opcode.requests_length()) {
+            return Err(FrameError::UnexpectedLength {
+                opcode: self.opcode,
+                reply: self.reply,
+                length: self.length,
+            });
+        }
+        if self
+            .segment_base()
+            .checked_add(u64::from(self.length))
+            .is_none()
+        {
+            return Err(FrameError::RangeOverflow {
+                offset: self.offset,
+                length: self.length,
+            });
+        }
+        Ok(())
+    }
+
+    /// Returns the 128 wire bytes of this header, header CRC included. It
+    /// does not validate: [`Frame::encode_into`](super::Frame::encode_into)
+    /// does.
+    pub fn encode(&self) -> [u8; HEADER_LEN] {
+        let mut buf = [0u8; HEADER_LEN];
+        let mut w = Writer(&mut buf);
+        w.put(MAGIC.to_le_bytes());
+        w.put([FORMAT_VERSION]);
+        w.put([self.wire_opcode()]);
+        w.put(self.flags.bits().to_le_bytes());
+        w.put(self.request_id.to_le_bytes());
+        w.put(self.chunk.object.0.to_le_bytes());
+        w.put(self.chunk.index.to_le_bytes());
+        w.put(self.chain.0.to_le_bytes());
+        w.put(self.length.to_le_bytes());
+        w.put(self.chain_version.0.to_le_bytes());
+        w.put(self.offset.to_le_bytes());
+        w.put(self.version.to_le_bytes());
+        w.put(self.snap_seq.to_le_bytes());
+        w.put(self.client_id.0.to_le_bytes());
+        w.put(self.client_seq.to_le_bytes());
+        w.put(self.status.to_le_bytes());
+        w.put(0u16.to_le_bytes());
+        w.put(self.token.0);
+        let (covered, crc) = buf.split_at_mut(CRC_COVERED);
+        Writer(crc).put(crc32fast::hash(covered).to_le_bytes());
+        buf
+    }
+
+    /// Decodes and validates a header: magic, version, header CRC, opcode,
+    /// flags, the reserved field, then [`Header::validate`].
+    ///
+    /// # Errors
+    ///
+    /// The [`FrameError`] of the first check that fails.
+    pub fn decode(bytes: &[u8; HEADER_LEN]) -> Result<Header, FrameError> {
+        let mut r = Reader(bytes);
+        let magic = u32::from_le_bytes(r.take());
+        if magic != MAGIC {
+            return Err(FrameError::BadMagic(magic));
+        }
+        let [version] = r.take();
+        if version != FORMAT_VERSION {
+            return Err(FrameError::UnsupportedVersion(version));
+        }
+        let (covered, crc) = bytes.split_at(CRC_COVERED);
+        let expected = u32::from_le_bytes(Reader(crc).take());
+        let actual = crc32fast::hash(covered);
+        if expected != actual {
+            return Err(FrameError::HeaderCrc { expected, actual });
+        }
+        let [op] = r.take();
+        let opcode = Opcode::from_u8(op & !REPLY_BIT).ok_or(FrameError::UnknownOpcode(op))?;
+        let flag_bits = u16::from_le_bytes(r.take());
+        let flags = Flags::from_bits(flag_bits).ok_or(FrameError::ReservedFlags(flag_bits))?;
+        let request_id = u64::from_le_bytes(r.take());
+        let object = ObjectId(u64::from_le_bytes(r.take()));
+        let index = u64::from_le_bytes(r.take());
+        let chain = ChainId(u32::from_le_bytes(r.take()));
+        let length = u32::from_le_bytes(r.take());
+        let chain_version = ChainVersion(u64::from_le_bytes(r.take()));
+        let offset = u64::from_le_bytes(r.take());
+        let chunk_version = u64::from_le_bytes(r.take());
+        let snap_seq = u64::from_le_bytes(r.take());
+        let client_id = SessionId(u64::from_le_bytes(r.take()));
+        let client_seq = u64::from_le_bytes(r.take());
+        let status = u16::from_le_bytes(r.take());
+        let reserved = u16::from_le_bytes(r.take());
+        if reserved != 0 {
+            return Err(FrameError::ReservedField(reserved));
+        }
+        let token = CapabilityToken(r.take());
+        let header = Header {
+            opcode,
+            reply: op & REPLY_BIT != 0,
+            flags,
+            request_id,
+            chunk: ChunkId { object, index },
+            chain,
+            chain_version,
+            offset,
+            length,
+            version: chunk_version,
+            snap_seq,
+            client_id,
+            client_seq,
+            status,
+            token,
+        };
+        header.validate()?;
+        Ok(header)
+    }
+}
+
+/// Checks the magic and version as soon as their bytes are buffered, so
+/// garbage fails without waiting for a whole header.
+pub(super) fn check_prefix(buf: &[u8]) -> Result<(), FrameError> {
+    if let Some(magic) = buf.first_chunk::<4>() {
+        let magic = u32::from_le_bytes(*magic);
+        if magic != MAGIC {
+            return Err(FrameError::BadMagic(magic));
+        }
+    }
+    match buf.get(4) {
+        Some(&v) if v != FORMAT_VERSION => Err(FrameError::UnsupportedVersion(v)),
+        _ => Ok(()),
+    }
+}
+
+/// Writes consecutive fields; the field order in [`Header::encode`] is the
+/// layout. Writing past the end is impossible by construction of the
+/// layout (the golden test pins it) and would silently drop bytes rather
+/// than panic.
+struct Writer<'a>(&'a mut [u8]);
+
+impl Writer<'_> {
+    fn put<const N: usize>(&mut self, bytes: [u8; N]) {
+        let buf = std::mem::take(&mut self.0);
+        if let Some((head, rest)) = buf.split_first_chunk_mut::<N>() {
+            *head = bytes;
+            self.0 = rest;
+        }
+    }
+}
+
+/// Reads consecutive fields; never panics (a short read yields zeros, which
+/// cannot happen on a `[u8; HEADER_LEN]`).
+struct Reader<'a>(&'a [u8]);
+
+impl Reader<'_> {
+    fn take<const N: usize>(&mut self) -> [u8; N] {
+        match self.0.split_first_chunk::<N>() {
+            Some((head, rest)) => {
+                self.0 = rest;
+                *head
+            }
+            None => [0; N],
+        }
+    }
+}
