@@ -334,6 +334,7 @@ pub async fn start(
         log_io,
         network,
         proposer: crate::proposer::Proposer::spawn(raft.clone(), ident.node_id),
+        stop: stop_rx.clone(),
     });
     if bootstrap {
         // Create the root and record the cluster id before serving anyone,

@@ -67,6 +67,8 @@ pub struct Shared {
     pub network: crate::raft::network::Network,
     /// Group-commits mutations into Raft entries.
     pub proposer: crate::proposer::Proposer,
+    /// Flips to true when the replica shuts down.
+    pub stop: tokio::sync::watch::Receiver<bool>,
 }
 
 impl Shared {
@@ -966,6 +968,7 @@ impl Meta for MetaService {
         let known = req.into_inner().known_version;
         let shared = self.shared.clone();
         let mut rx = shared.fs.watch_chains();
+        let mut stop = shared.stop.clone();
         let (tx, out) = tokio::sync::mpsc::channel(4);
         tokio::spawn(async move {
             let mut last = known;
@@ -983,6 +986,8 @@ impl Meta for MetaService {
                 tokio::select! {
                     changed = rx.changed() => if changed.is_err() { return },
                     () = tx.closed() => return,
+                    // An open watch must not hold up a graceful shutdown.
+                    _ = stop.wait_for(|s| *s) => return,
                 }
             }
         });
