@@ -1,0 +1,383 @@
+//! The control plane of a chunkserver: a small tokio thread that talks gRPC
+//! to meta (DESIGN §2, §5).
+//!
+//! * Registers the chunkserver (stable node UUID, host, one port per shard,
+//!   zone) and its targets (UUID, capacity), learning its chunkserver id and
+//!   target ids, and the heartbeat interval and timeout meta wants.
+//! * Heartbeats with target usage; every successful heartbeat extends the
+//!   **lease**: a chunkserver that has not reached meta for half the
+//!   heartbeat timeout stops serving (shards check [`ControlState::serving`]
+//!   on every request), while meta waits the full timeout before taking its
+//!   targets out of their chains. So a partitioned chunkserver never serves
+//!   stale data to clients holding an old table (invariant 8).
+//! * Watches the chain table (meta's stream) and publishes each new
+//!   [`ChainView`]; shards pick it up by comparing one atomic version.
+//!
+//! Meta's leader may move: calls follow NOT_LEADER hints and rotate through
+//! the configured addresses.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use cairn_proto::meta as pb;
+use cairn_proto::meta::meta_client::MetaClient;
+use cairn_proto::{CairnStatus, ErrorCode};
+use tonic::transport::{Channel, Endpoint};
+
+use crate::chain::ChainView;
+
+/// What the control thread shares with the shards.
+#[derive(Debug)]
+pub struct ControlState {
+    view: RwLock<Arc<ChainView>>,
+    view_version: AtomicU64,
+    lease_until_ms: AtomicU64,
+    chunkserver_id: AtomicU64,
+    target_ids: Mutex<Vec<u64>>,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+impl Default for ControlState {
+    fn default() -> Self {
+        Self {
+            view: RwLock::new(Arc::new(ChainView::default())),
+            view_version: AtomicU64::new(0),
+            lease_until_ms: AtomicU64::new(0),
+            chunkserver_id: AtomicU64::new(0),
+            target_ids: Mutex::new(Vec::new()),
+        }
+    }
+}
+
+impl ControlState {
+    /// Returns whether the lease allows serving now.
+    pub fn serving(&self) -> bool {
+        now_ms() < self.lease_until_ms.load(Ordering::Acquire)
+    }
+
+    /// Extends the lease to `until_ms` (ms since the epoch).
+    pub fn extend_lease(&self, until_ms: u64) {
+        self.lease_until_ms.fetch_max(until_ms, Ordering::AcqRel);
+    }
+
+    /// Returns the version of the newest published chain view.
+    pub fn view_version(&self) -> u64 {
+        self.view_version.load(Ordering::Acquire)
+    }
+
+    /// Returns the newest chain view.
+    pub fn view(&self) -> Arc<ChainView> {
+        self.view
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Publishes `view` if it is newer than the current one.
+    pub fn publish(&self, view: ChainView) {
+        let mut cur = self
+            .view
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if view.version >= cur.version {
+            let v = view.version;
+            *cur = Arc::new(view);
+            self.view_version.store(v, Ordering::Release);
+        }
+    }
+
+    /// Returns this chunkserver's id (0 before registration).
+    pub fn chunkserver_id(&self) -> u64 {
+        self.chunkserver_id.load(Ordering::Acquire)
+    }
+
+    /// Returns the target ids, in the order of the configured targets.
+    pub fn target_ids(&self) -> Vec<u64> {
+        self.target_ids
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+}
+
+/// What the chunkserver registers with.
+#[derive(Debug, Clone)]
+pub struct Registration {
+    /// Stable chunkserver UUID.
+    pub node_uuid: String,
+    /// Data-plane host clients connect to.
+    pub host: String,
+    /// One port per shard.
+    pub shard_ports: Vec<u32>,
+    /// Failure domain.
+    pub zone: String,
+    /// Targets: (UUID, capacity bytes).
+    pub targets: Vec<(String, u64)>,
+}
+
+/// Reports target usage for heartbeats.
+pub trait UsageSource: Send + Sync + 'static {
+    /// Returns (uuid, capacity, used) per target.
+    fn usage(&self) -> Vec<(String, u64, u64)>;
+}
+
+/// A meta client that follows the leader.
+struct Meta {
+    addrs: Vec<String>,
+    cursor: usize,
+    leader: Option<String>,
+    clients: std::collections::HashMap<String, MetaClient<Channel>>,
+}
+
+impl Meta {
+    fn new(addrs: Vec<String>) -> Self {
+        Self {
+            addrs,
+            cursor: 0,
+            leader: None,
+            clients: std::collections::HashMap::new(),
+        }
+    }
+
+    fn client(&mut self, addr: &str) -> Result<MetaClient<Channel>, CairnStatus> {
+        if let Some(c) = self.clients.get(addr) {
+            return Ok(c.clone());
+        }
+        let ep = Endpoint::from_shared(format!("http://{addr}"))
+            .map_err(|e| CairnStatus::new(ErrorCode::Invalid, format!("meta address {addr}: {e}")))?
+            .connect_timeout(Duration::from_millis(500))
+            .timeout(Duration::from_secs(5))
+            .tcp_nodelay(true);
+        let c = MetaClient::new(ep.connect_lazy());
+        self.clients.insert(addr.to_string(), c.clone());
+        Ok(c)
+    }
+
+    fn target(&mut self) -> String {
+        if let Some(l) = &self.leader {
+            return l.clone();
+        }
+        let a = self.addrs[self.cursor % self.addrs.len().max(1)].clone();
+        self.cursor += 1;
+        a
+    }
+
+    /// Runs `f` against the leader, following hints, up to a few hops.
+    async fn call<T, F, Fut>(&mut self, mut f: F) -> Result<T, CairnStatus>
+    where
+        F: FnMut(MetaClient<Channel>) -> Fut,
+        Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
+        let mut last = CairnStatus::new(ErrorCode::Unavailable, "no meta address configured");
+        for _ in 0..(self.addrs.len() * 2).max(2) {
+            let addr = self.target();
+            let client = self.client(&addr)?;
+            match f(client).await {
+                Ok(r) => {
+                    self.leader = Some(addr);
+                    return Ok(r.into_inner());
+                }
+                Err(s) => {
+                    let e = CairnStatus::from_status(&s);
+                    self.leader = None;
+                    if e.code == ErrorCode::NotLeader {
+                        self.leader = e.leader_addr.clone();
+                    } else if !e.is_retryable() && e.code != ErrorCode::Unavailable {
+                        return Err(e);
+                    } else {
+                        self.clients.remove(&addr);
+                    }
+                    last = e;
+                }
+            }
+        }
+        Err(last)
+    }
+}
+
+/// Runs the control plane until `stop` flips; returns when stopped.
+///
+/// Registration is retried until it succeeds (meta may start later than
+/// the chunkserver); heartbeats and the chain watch then run concurrently.
+pub async fn run(
+    meta_addrs: Vec<String>,
+    reg: Registration,
+    usage: Arc<dyn UsageSource>,
+    state: Arc<ControlState>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut meta = Meta::new(meta_addrs.clone());
+    let req = pb::RegisterChunkserverRequest {
+        host: reg.host.clone(),
+        shard_ports: reg.shard_ports.clone(),
+        targets: reg
+            .targets
+            .iter()
+            .map(|(uuid, cap)| pb::TargetInfo {
+                uuid: uuid.clone(),
+                capacity_bytes: *cap,
+                used_bytes: 0,
+            })
+            .collect(),
+        zone: reg.zone.clone(),
+        node_uuid: reg.node_uuid.clone(),
+    };
+    let mut backoff = Duration::from_millis(100);
+    let reply = loop {
+        let r = meta
+            .call(|mut c| {
+                let req = req.clone();
+                async move { c.register_chunkserver(req).await }
+            })
+            .await;
+        match r {
+            Ok(r) => break r,
+            Err(e) => tracing::warn!("registering with meta: {e}; retrying"),
+        }
+        tokio::select! {
+            () = tokio::time::sleep(backoff) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(2));
+    };
+    state
+        .chunkserver_id
+        .store(reply.chunkserver_id, Ordering::Release);
+    *state
+        .target_ids
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner) = reply.target_ids.clone();
+    let interval = Duration::from_millis(reply.heartbeat_interval_ms.max(50));
+    let timeout = Duration::from_millis(reply.heartbeat_timeout_ms.max(200));
+    let lease = timeout / 2;
+    state.extend_lease(now_ms() + u64::try_from(lease.as_millis()).unwrap_or(0));
+    tracing::info!(
+        id = reply.chunkserver_id,
+        targets = ?reply.target_ids,
+        "registered with meta"
+    );
+
+    let watch_state = state.clone();
+    let watch_stop = stop.clone();
+    let watcher = tokio::spawn(watch_chains(meta_addrs, watch_state, watch_stop));
+
+    let id = reply.chunkserver_id;
+    loop {
+        let started = Instant::now();
+        let targets = usage
+            .usage()
+            .into_iter()
+            .map(|(uuid, cap, used)| pb::TargetInfo {
+                uuid,
+                capacity_bytes: cap,
+                used_bytes: used,
+            })
+            .collect::<Vec<_>>();
+        let known = state.view_version();
+        let sent_at = now_ms();
+        let r = meta
+            .call(|mut c| {
+                let req = pb::ChunkserverHeartbeatRequest {
+                    chunkserver_id: id,
+                    targets: targets.clone(),
+                    chain_table_version: known,
+                };
+                async move { c.chunkserver_heartbeat(req).await }
+            })
+            .await;
+        match r {
+            // The lease counts from when the heartbeat was sent, not
+            // answered: meta's clock for us started no later than that.
+            Ok(_) => state.extend_lease(sent_at + u64::try_from(lease.as_millis()).unwrap_or(0)),
+            Err(e) if e.code == ErrorCode::NotFound => {
+                tracing::error!("meta no longer knows this chunkserver: {e}");
+            }
+            Err(e) => tracing::warn!("heartbeat: {e}"),
+        }
+        let wait = interval.saturating_sub(started.elapsed());
+        tokio::select! {
+            () = tokio::time::sleep(wait) => {}
+            _ = stop.wait_for(|s| *s) => break,
+        }
+    }
+    watcher.abort();
+}
+
+/// Follows meta's chain-table stream, reconnecting (to any replica) when
+/// it breaks.
+async fn watch_chains(
+    addrs: Vec<String>,
+    state: Arc<ControlState>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut i = 0usize;
+    loop {
+        let addr = &addrs[i % addrs.len().max(1)];
+        i += 1;
+        let stream = async {
+            let mut c = MetaClient::connect(format!("http://{addr}")).await.ok()?;
+            let known = state.view_version();
+            let s = c
+                .watch_chains(pb::WatchChainsRequest {
+                    known_version: if known == 0 { 0 } else { known },
+                })
+                .await
+                .ok()?;
+            Some(s.into_inner())
+        };
+        if let Some(mut s) = stream.await {
+            loop {
+                tokio::select! {
+                    m = s.message() => match m {
+                        Ok(Some(t)) => state.publish(ChainView::from_pb(&t)),
+                        _ => break,
+                    },
+                    _ = stop.wait_for(|s| *s) => return,
+                }
+            }
+        }
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_millis(200)) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lease_expires() {
+        let s = ControlState::default();
+        assert!(!s.serving(), "no lease before registration");
+        s.extend_lease(now_ms() + 10_000);
+        assert!(s.serving());
+        // Extending never shortens.
+        s.extend_lease(now_ms());
+        assert!(s.serving());
+    }
+
+    #[test]
+    fn publishes_only_newer_views() {
+        let s = ControlState::default();
+        let t = pb::ChainTables {
+            version: 5,
+            ..Default::default()
+        };
+        s.publish(ChainView::from_pb(&t));
+        assert_eq!(s.view_version(), 5);
+        let old = pb::ChainTables {
+            version: 3,
+            ..Default::default()
+        };
+        s.publish(ChainView::from_pb(&old));
+        assert_eq!(s.view().version, 5);
+    }
+}

@@ -1,0 +1,563 @@
+//! Pure layout logic of the chunk engine: block and segment math, metadata
+//! keys and the byte encoding of metadata records.
+//!
+//! Nothing here does I/O, so it is unit-tested exhaustively beside the code.
+//!
+//! # Keys (one sled tree per shard, `shard-<k>`)
+//!
+//! * chunk header: `b'C'` ++ object id (u64 BE) ++ chunk index (u64 BE)
+//! * block entry:  `b'B'` ++ object id (u64 BE) ++ chunk index (u64 BE) ++
+//!   block index (u32 BE)
+//!
+//! Big-endian keys sort like the numbers, so one range scan returns a
+//! chunk's block entries in block order and `list_chunks` is a prefix scan.
+//!
+//! # Records
+//!
+//! Records are encoded by hand (little-endian, a leading format byte) rather
+//! than with bincode: decoding checks every length against the bytes
+//! actually present before allocating, so a corrupt record is an error and
+//! never a panic or an allocation bomb, and the format is pinned by these
+//! tests rather than by a serializer's version.
+
+use cairn_proto::ids::{ChunkId, ObjectId};
+
+/// Size of a block, the unit of allocation, CRC and atomic write.
+pub const BLOCK_SIZE: u64 = 4096;
+/// [`BLOCK_SIZE`] as a `usize`.
+pub const BLOCK: usize = BLOCK_SIZE as usize;
+/// Largest chunk: 4 GiB, so a block index always fits a `u32`.
+pub const CHUNK_MAX: u64 = 4 << 30;
+
+const HEADER_TAG: u8 = b'C';
+const BLOCK_TAG: u8 = b'B';
+const RECORD_FORMAT: u8 = 1;
+
+/// Returns the CRC32 of one block of zeros: the CRC of a hole.
+pub fn zero_block_crc() -> u32 {
+    static CRC: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    *CRC.get_or_init(|| crc32fast::hash(&[0u8; BLOCK]))
+}
+
+/// One piece of a byte range split at block boundaries of the chunk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Segment {
+    /// Block index inside the chunk.
+    pub block: u32,
+    /// Offset of the piece inside its block.
+    pub in_block: usize,
+    /// Length of the piece (1..=4096).
+    pub len: usize,
+    /// Offset of the piece inside the caller's buffer.
+    pub buf_off: usize,
+}
+
+impl Segment {
+    /// Returns whether the piece covers its whole block.
+    pub fn is_full(&self) -> bool {
+        self.len == BLOCK
+    }
+}
+
+/// Returns the pieces of `[offset, offset + len)` split at 4 KiB multiples
+/// of the chunk offset: the first piece runs from `offset` to the next
+/// boundary, the last ends at `offset + len`. Empty for `len == 0`.
+///
+/// The caller has checked `offset + len <= CHUNK_MAX`.
+pub fn segments(offset: u64, len: u64) -> impl Iterator<Item = Segment> {
+    let end = offset.saturating_add(len);
+    let mut pos = offset;
+    std::iter::from_fn(move || {
+        if pos >= end {
+            return None;
+        }
+        let block = pos / BLOCK_SIZE;
+        let in_block = pos % BLOCK_SIZE;
+        let piece = (BLOCK_SIZE - in_block).min(end - pos);
+        let seg = Segment {
+            block: block as u32,
+            in_block: in_block as usize,
+            len: piece as usize,
+            buf_off: (pos - offset) as usize,
+        };
+        pos += piece;
+        Some(seg)
+    })
+}
+
+/// Returns the number of segments [`segments`] yields.
+pub fn segment_count(offset: u64, len: u64) -> usize {
+    if len == 0 {
+        return 0;
+    }
+    let first = offset / BLOCK_SIZE;
+    let last = (offset + len - 1) / BLOCK_SIZE;
+    (last - first + 1) as usize
+}
+
+/// Returns the half-open block range `[first, end)` that `[offset, offset +
+/// len)` touches.
+pub fn block_range(offset: u64, len: u64) -> (u32, u32) {
+    if len == 0 {
+        let b = (offset / BLOCK_SIZE) as u32;
+        return (b, b);
+    }
+    let first = offset / BLOCK_SIZE;
+    let end = (offset + len).div_ceil(BLOCK_SIZE);
+    (first as u32, end as u32)
+}
+
+/// Returns the header key of `chunk`.
+pub fn header_key(chunk: ChunkId) -> [u8; 17] {
+    let mut k = [0u8; 17];
+    k[0] = HEADER_TAG;
+    k[1..9].copy_from_slice(&chunk.object.0.to_be_bytes());
+    k[9..17].copy_from_slice(&chunk.index.to_be_bytes());
+    k
+}
+
+/// Returns the prefix shared by every header key.
+pub fn header_prefix() -> [u8; 1] {
+    [HEADER_TAG]
+}
+
+/// Returns the prefix shared by every block entry key.
+pub fn block_prefix() -> [u8; 1] {
+    [BLOCK_TAG]
+}
+
+/// Returns the key of block `block` of `chunk`.
+pub fn block_key(chunk: ChunkId, block: u32) -> [u8; 21] {
+    let mut k = [0u8; 21];
+    k[0] = BLOCK_TAG;
+    k[1..9].copy_from_slice(&chunk.object.0.to_be_bytes());
+    k[9..17].copy_from_slice(&chunk.index.to_be_bytes());
+    k[17..21].copy_from_slice(&block.to_be_bytes());
+    k
+}
+
+/// Returns the prefix of every block key of `chunk`.
+pub fn chunk_blocks_prefix(chunk: ChunkId) -> [u8; 17] {
+    let mut k = header_key(chunk);
+    k[0] = BLOCK_TAG;
+    k
+}
+
+/// Decodes a header key; `None` if it is not one.
+pub fn decode_header_key(k: &[u8]) -> Option<ChunkId> {
+    if k.len() != 17 || k[0] != HEADER_TAG {
+        return None;
+    }
+    Some(ChunkId {
+        object: ObjectId(u64::from_be_bytes(k[1..9].try_into().ok()?)),
+        index: u64::from_be_bytes(k[9..17].try_into().ok()?),
+    })
+}
+
+/// Decodes a block key; `None` if it is not one.
+pub fn decode_block_key(k: &[u8]) -> Option<(ChunkId, u32)> {
+    if k.len() != 21 || k[0] != BLOCK_TAG {
+        return None;
+    }
+    let chunk = ChunkId {
+        object: ObjectId(u64::from_be_bytes(k[1..9].try_into().ok()?)),
+        index: u64::from_be_bytes(k[9..17].try_into().ok()?),
+    };
+    Some((chunk, u32::from_be_bytes(k[17..21].try_into().ok()?)))
+}
+
+/// A block of the data file and the CRC32 of its 4096 bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BlockRef {
+    /// Block number in the shard's data file.
+    pub blockno: u64,
+    /// CRC32 of the whole block.
+    pub crc: u32,
+}
+
+/// One pending (written, not yet committed) version of a chunk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pending {
+    /// The version.
+    pub version: u64,
+    /// First byte the change touches.
+    pub offset: u64,
+    /// Bytes written (0 for a truncate).
+    pub len: u64,
+    /// The chunk length once this version is current.
+    pub new_len: u64,
+    /// CRC32 over the client's segment CRCs: recognises a retried write.
+    pub digest: u32,
+}
+
+impl Pending {
+    /// Returns the block range whose entries this version has a pending
+    /// reference in. A truncate (`len == 0`) touches every block from the
+    /// new end on.
+    pub fn touched_blocks(&self) -> (u32, u32) {
+        if self.len == 0 {
+            ((self.new_len / BLOCK_SIZE) as u32, u32::MAX)
+        } else {
+            block_range(self.offset, self.len)
+        }
+    }
+}
+
+/// The metadata record of one chunk.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ChunkHeader {
+    /// The current version (0: never committed).
+    pub committed_version: u64,
+    /// The current length.
+    pub committed_len: u64,
+    /// Versions written but not committed, oldest first.
+    pub pending: Vec<Pending>,
+}
+
+impl ChunkHeader {
+    /// Returns the newest version, pending or committed.
+    pub fn newest_version(&self) -> u64 {
+        self.committed_version + self.pending.len() as u64
+    }
+
+    /// Returns the length the newest version has.
+    pub fn newest_len(&self) -> u64 {
+        self.pending
+            .last()
+            .map_or(self.committed_len, |p| p.new_len)
+    }
+}
+
+/// The metadata record of one block of one chunk.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BlockEntry {
+    /// The block of the committed version; `None`: a hole.
+    pub committed: Option<BlockRef>,
+    /// The block of each pending version that changed it, oldest first;
+    /// `None`: that version drops the block (a truncate).
+    pub pending: Vec<(u64, Option<BlockRef>)>,
+}
+
+impl BlockEntry {
+    /// Returns the block of the newest version (`None`: a hole).
+    pub fn newest(&self) -> Option<BlockRef> {
+        match self.pending.last() {
+            Some((_, r)) => *r,
+            None => self.committed,
+        }
+    }
+
+    /// Returns every data block this entry references.
+    pub fn refs(&self) -> impl Iterator<Item = BlockRef> + '_ {
+        self.committed
+            .iter()
+            .copied()
+            .chain(self.pending.iter().filter_map(|(_, r)| *r))
+    }
+}
+
+/// Why a metadata record failed to decode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    /// The record ended early or has trailing bytes.
+    #[error("record has the wrong length")]
+    Length,
+    /// The leading format byte is unknown.
+    #[error("unknown record format {0}")]
+    Format(u8),
+    /// A field holds a value it cannot have.
+    #[error("invalid field value")]
+    Value,
+}
+
+struct Reader<'a>(&'a [u8]);
+
+impl Reader<'_> {
+    fn take<const N: usize>(&mut self) -> Result<[u8; N], DecodeError> {
+        if self.0.len() < N {
+            return Err(DecodeError::Length);
+        }
+        let (head, rest) = self.0.split_at(N);
+        self.0 = rest;
+        head.try_into().map_err(|_| DecodeError::Length)
+    }
+    fn u8(&mut self) -> Result<u8, DecodeError> {
+        Ok(self.take::<1>()?[0])
+    }
+    fn u32(&mut self) -> Result<u32, DecodeError> {
+        Ok(u32::from_le_bytes(self.take()?))
+    }
+    fn u64(&mut self) -> Result<u64, DecodeError> {
+        Ok(u64::from_le_bytes(self.take()?))
+    }
+    /// Reads a count of items of `item_size` bytes, checking they are there.
+    fn count(&mut self, item_size: usize) -> Result<usize, DecodeError> {
+        let n = self.u32()? as usize;
+        if n.checked_mul(item_size).is_none_or(|b| b > self.0.len()) {
+            return Err(DecodeError::Length);
+        }
+        Ok(n)
+    }
+    fn format(&mut self) -> Result<(), DecodeError> {
+        match self.u8()? {
+            RECORD_FORMAT => Ok(()),
+            other => Err(DecodeError::Format(other)),
+        }
+    }
+    fn end(&self) -> Result<(), DecodeError> {
+        if self.0.is_empty() {
+            Ok(())
+        } else {
+            Err(DecodeError::Length)
+        }
+    }
+}
+
+const PENDING_SIZE: usize = 8 * 4 + 4;
+const PENDING_REF_SIZE: usize = 8 + 1 + 8 + 4;
+
+impl ChunkHeader {
+    /// Returns the record bytes.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut v = Vec::with_capacity(1 + 16 + 4 + self.pending.len() * PENDING_SIZE);
+        v.push(RECORD_FORMAT);
+        v.extend_from_slice(&self.committed_version.to_le_bytes());
+        v.extend_from_slice(&self.committed_len.to_le_bytes());
+        v.extend_from_slice(&(self.pending.len() as u32).to_le_bytes());
+        for p in &self.pending {
+            v.extend_from_slice(&p.version.to_le_bytes());
+            v.extend_from_slice(&p.offset.to_le_bytes());
+            v.extend_from_slice(&p.len.to_le_bytes());
+            v.extend_from_slice(&p.new_len.to_le_bytes());
+            v.extend_from_slice(&p.digest.to_le_bytes());
+        }
+        v
+    }
+
+    /// Decodes a record made by [`Self::encode`].
+    ///
+    /// # Errors
+    /// [`DecodeError`] for a truncated, overlong or inconsistent record.
+    pub fn decode(b: &[u8]) -> Result<Self, DecodeError> {
+        let mut r = Reader(b);
+        r.format()?;
+        let committed_version = r.u64()?;
+        let committed_len = r.u64()?;
+        let n = r.count(PENDING_SIZE)?;
+        let mut pending = Vec::with_capacity(n);
+        for i in 0..n {
+            let p = Pending {
+                version: r.u64()?,
+                offset: r.u64()?,
+                len: r.u64()?,
+                new_len: r.u64()?,
+                digest: r.u32()?,
+            };
+            if p.version != committed_version + 1 + i as u64
+                || p.new_len > CHUNK_MAX
+                || p.offset.checked_add(p.len).is_none_or(|e| e > CHUNK_MAX)
+            {
+                return Err(DecodeError::Value);
+            }
+            pending.push(p);
+        }
+        r.end()?;
+        if committed_len > CHUNK_MAX {
+            return Err(DecodeError::Value);
+        }
+        Ok(Self {
+            committed_version,
+            committed_len,
+            pending,
+        })
+    }
+}
+
+impl BlockEntry {
+    /// Returns the record bytes.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut v = Vec::with_capacity(1 + 13 + 4 + self.pending.len() * PENDING_REF_SIZE);
+        v.push(RECORD_FORMAT);
+        match self.committed {
+            Some(r) => {
+                v.push(1);
+                v.extend_from_slice(&r.blockno.to_le_bytes());
+                v.extend_from_slice(&r.crc.to_le_bytes());
+            }
+            None => v.push(0),
+        }
+        v.extend_from_slice(&(self.pending.len() as u32).to_le_bytes());
+        for (version, r) in &self.pending {
+            v.extend_from_slice(&version.to_le_bytes());
+            let (tag, r) = match r {
+                Some(r) => (1u8, *r),
+                None => (0u8, BlockRef { blockno: 0, crc: 0 }),
+            };
+            v.push(tag);
+            v.extend_from_slice(&r.blockno.to_le_bytes());
+            v.extend_from_slice(&r.crc.to_le_bytes());
+        }
+        v
+    }
+
+    /// Decodes a record made by [`Self::encode`].
+    ///
+    /// # Errors
+    /// [`DecodeError`] for a truncated, overlong or inconsistent record.
+    pub fn decode(b: &[u8]) -> Result<Self, DecodeError> {
+        let mut r = Reader(b);
+        r.format()?;
+        let committed = match r.u8()? {
+            0 => None,
+            1 => Some(BlockRef {
+                blockno: r.u64()?,
+                crc: r.u32()?,
+            }),
+            _ => return Err(DecodeError::Value),
+        };
+        let n = r.count(PENDING_REF_SIZE)?;
+        let mut pending: Vec<(u64, Option<BlockRef>)> = Vec::with_capacity(n);
+        for _ in 0..n {
+            let version = r.u64()?;
+            let tag = r.u8()?;
+            let blockno = r.u64()?;
+            let crc = r.u32()?;
+            let block = match tag {
+                0 => None,
+                1 => Some(BlockRef { blockno, crc }),
+                _ => return Err(DecodeError::Value),
+            };
+            if pending.last().is_some_and(|(v, _)| *v >= version) {
+                return Err(DecodeError::Value);
+            }
+            pending.push((version, block));
+        }
+        r.end()?;
+        Ok(Self { committed, pending })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chunk(o: u64, i: u64) -> ChunkId {
+        ChunkId {
+            object: ObjectId(o),
+            index: i,
+        }
+    }
+
+    #[test]
+    fn segments_split_at_chunk_block_boundaries() {
+        let s: Vec<_> = segments(4095, 4098).collect();
+        assert_eq!(
+            s,
+            vec![
+                Segment {
+                    block: 0,
+                    in_block: 4095,
+                    len: 1,
+                    buf_off: 0
+                },
+                Segment {
+                    block: 1,
+                    in_block: 0,
+                    len: 4096,
+                    buf_off: 1
+                },
+                Segment {
+                    block: 2,
+                    in_block: 0,
+                    len: 1,
+                    buf_off: 4097
+                },
+            ]
+        );
+        assert_eq!(segments(0, 0).count(), 0);
+        assert_eq!(segments(8192, 4096).count(), 1);
+        assert!(segments(8192, 4096).all(|s| s.is_full()));
+        for (off, len) in [(0, 1), (1, 4095), (4095, 2), (0, 1 << 20), (123, 999_999)] {
+            let segs: Vec<_> = segments(off, len).collect();
+            assert_eq!(segs.len(), segment_count(off, len));
+            assert_eq!(segs.iter().map(|s| s.len as u64).sum::<u64>(), len);
+            let (first, end) = block_range(off, len);
+            assert_eq!(segs[0].block, first);
+            assert_eq!(segs.last().map(|s| s.block + 1), Some(end));
+        }
+    }
+
+    #[test]
+    fn keys_sort_by_number_and_round_trip() {
+        let a = block_key(chunk(1, 2), 3);
+        let b = block_key(chunk(1, 2), 256);
+        let c = block_key(chunk(1, 3), 0);
+        assert!(a < b && b < c);
+        assert!(a.starts_with(&chunk_blocks_prefix(chunk(1, 2))));
+        assert_eq!(decode_block_key(&b), Some((chunk(1, 2), 256)));
+        assert_eq!(
+            decode_header_key(&header_key(chunk(u64::MAX, 7))),
+            Some(chunk(u64::MAX, 7))
+        );
+        assert_eq!(decode_header_key(&a), None);
+        assert_eq!(decode_block_key(&header_key(chunk(1, 1))), None);
+    }
+
+    #[test]
+    fn records_round_trip_and_reject_corruption() {
+        let h = ChunkHeader {
+            committed_version: 4,
+            committed_len: 10_000,
+            pending: vec![
+                Pending {
+                    version: 5,
+                    offset: 1,
+                    len: 2,
+                    new_len: 10_000,
+                    digest: 9,
+                },
+                Pending {
+                    version: 6,
+                    offset: 0,
+                    len: 0,
+                    new_len: 3,
+                    digest: 0,
+                },
+            ],
+        };
+        let bytes = h.encode();
+        assert_eq!(ChunkHeader::decode(&bytes), Ok(h.clone()));
+        for cut in 0..bytes.len() {
+            assert!(ChunkHeader::decode(&bytes[..cut]).is_err(), "cut {cut}");
+        }
+        let mut long = bytes.clone();
+        long.push(0);
+        assert_eq!(ChunkHeader::decode(&long), Err(DecodeError::Length));
+        let mut bad = bytes.clone();
+        bad[0] = 9;
+        assert_eq!(ChunkHeader::decode(&bad), Err(DecodeError::Format(9)));
+        // A huge count never allocates: it is checked against the bytes.
+        let mut huge = bytes.clone();
+        huge[17..21].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert_eq!(ChunkHeader::decode(&huge), Err(DecodeError::Length));
+
+        let e = BlockEntry {
+            committed: Some(BlockRef { blockno: 7, crc: 1 }),
+            pending: vec![(5, Some(BlockRef { blockno: 8, crc: 2 })), (6, None)],
+        };
+        let bytes = e.encode();
+        assert_eq!(BlockEntry::decode(&bytes), Ok(e.clone()));
+        for cut in 0..bytes.len() {
+            assert!(BlockEntry::decode(&bytes[..cut]).is_err());
+        }
+        assert_eq!(e.newest(), None);
+        assert_eq!(e.refs().count(), 2);
+        let hole = BlockEntry::default();
+        assert_eq!(BlockEntry::decode(&hole.encode()), Ok(hole));
+    }
+
+    #[test]
+    fn zero_crc_is_crc_of_zero_block() {
+        assert_eq!(zero_block_crc(), crc32fast::hash(&vec![0u8; 4096]));
+    }
+}

@@ -1,0 +1,1055 @@
+//! One shard's chunk store: the chunks with `shard_of(chunk) == k`, their
+//! data file and their part of the target's metadata.
+//!
+//! Used inside one glommio executor only (`!Send`); nothing is locked
+//! across threads. Per-chunk mutations (write, commit, truncate, remove)
+//! are serialized by a per-chunk semaphore that is held from the header
+//! read until the metadata batch is applied, and released *before* the
+//! metadata flush, so the next version of the same chunk and writes to
+//! other chunks share that flush. Reads take no lock: they see a header
+//! and block entries either before or after an applied batch.
+//!
+//! # Write path
+//!
+//! verify segment CRCs → lock chunk → check version order → read and verify
+//! the (at most two) partially covered blocks of the newest version →
+//! allocate fresh blocks → fill aligned DMA buffers, one per contiguous run
+//! → `write_at` each run → group-committed `fdatasync` → one atomic sled
+//! batch (header with the new pending version + every touched block entry)
+//! → unlock → group-committed sled flush on the blocking pool → return.
+//!
+//! # Crash safety
+//!
+//! * Metadata references a block only after its bytes are synced, so a
+//!   torn data write is never referenced.
+//! * Data is never overwritten in place: a crash leaves the old version
+//!   intact beside an unreferenced (free at reopen) new one.
+//! * A block released by a commit/remove/truncate becomes reusable only
+//!   after the flush that made the release durable (see `alloc`).
+//! * A read that races with a commit and a later reuse of the block it was
+//!   reading sees a CRC mismatch; it re-reads the block entry and retries
+//!   when the reference moved, and reports `Checksum` only when the entry
+//!   still points at the bad block. Corrupt bytes are never returned.
+//!
+//! # Costs
+//!
+//! A cold read of one block is one header lookup (usually served by the
+//! bounded per-shard header cache), one sled range lookup for the block
+//! entries, and one 4 KiB DMA read. sled `get`/`range` run on the executor
+//! thread: they hit sled's page cache almost always and would block only on
+//! a cache miss; flushes (which always block) run on glommio's blocking
+//! pool. Payloads are copied once on each side: into an aligned DMA buffer
+//! on write, out of the DMA read result into one `Bytes` on read (zero-copy
+//! needs the network layer to receive into DMA buffers; later).
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::io;
+use std::ops::Bound;
+use std::rc::Rc;
+
+use bytes::{Bytes, BytesMut};
+use cairn_proto::ids::ChunkId;
+use glommio::io::{DmaFile, OpenOptions};
+use glommio::sync::{Semaphore, StaticPermit};
+
+use super::alloc::{Allocator, Run};
+use super::error::StoreError;
+use super::group::GroupSync;
+use super::layout::{
+    self, BLOCK, BLOCK_SIZE, BlockEntry, BlockRef, CHUNK_MAX, ChunkHeader, Pending, Segment,
+};
+use super::target::Target;
+use super::{ChunkStat, ReadMode, ReadOut, ScrubReport, SpaceUsage, shard_of};
+
+type Result<T> = std::result::Result<T, StoreError>;
+
+/// How often a read retries when the block it read moved under it.
+const READ_RETRIES: usize = 3;
+
+/// One shard's chunk store. See the module docs.
+pub struct ShardStore {
+    shard: u32,
+    shards: u32,
+    db: sled::Db,
+    tree: sled::Tree,
+    file: Rc<DmaFile>,
+    alloc: RefCell<Allocator>,
+    data_sync: GroupSync,
+    meta_sync: GroupSync,
+    headers: RefCell<HashMap<ChunkId, ChunkHeader>>,
+    header_cache_entries: usize,
+    locks: RefCell<HashMap<ChunkId, Rc<Semaphore>>>,
+    capacity_blocks: u64,
+    grow_blocks: u64,
+    capacity_bytes: Option<u64>,
+    read_retries: Cell<u64>,
+}
+
+impl std::fmt::Debug for ShardStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ShardStore")
+            .field("shard", &self.shard)
+            .field("shards", &self.shards)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Holds a chunk's mutation lock; drops the lock's map entry when nobody
+/// else waits for it, so the map stays as small as the set of busy chunks.
+struct ChunkGuard<'a> {
+    store: &'a ShardStore,
+    chunk: ChunkId,
+    sem: Rc<Semaphore>,
+    _permit: StaticPermit,
+}
+
+impl Drop for ChunkGuard<'_> {
+    fn drop(&mut self) {
+        // The map and this guard hold the only references: no waiter.
+        if Rc::strong_count(&self.sem) == 2 {
+            self.store.locks.borrow_mut().remove(&self.chunk);
+        }
+    }
+}
+
+fn decode_entry(v: &[u8]) -> Result<BlockEntry> {
+    BlockEntry::decode(v).map_err(|source| StoreError::CorruptRecord {
+        what: "block entry",
+        source,
+    })
+}
+
+fn decode_header(v: &[u8]) -> Result<ChunkHeader> {
+    ChunkHeader::decode(v).map_err(|source| StoreError::CorruptRecord {
+        what: "chunk header",
+        source,
+    })
+}
+
+/// Returns whether `[a, a + al)` and `[b, b + bl)` overlap.
+fn overlaps(a: u64, al: u64, b: u64, bl: u64) -> bool {
+    a < b.saturating_add(bl) && b < a.saturating_add(al)
+}
+
+/// Returns whether reading `[offset, offset + len)` of the committed
+/// version could return bytes a pending version changes (CRAQ dirty).
+fn range_is_dirty(h: &ChunkHeader, offset: u64, len: u64) -> bool {
+    let mut prev_len = h.committed_len;
+    for p in &h.pending {
+        if p.len > 0 && overlaps(offset, len, p.offset, p.len) {
+            return true;
+        }
+        let (lo, hi) = (p.new_len.min(prev_len), p.new_len.max(prev_len));
+        if hi > lo && overlaps(offset, len, lo, hi - lo) {
+            return true;
+        }
+        prev_len = p.new_len;
+    }
+    false
+}
+
+fn digest_of(offset: u64, len: u64, crcs: &[u32]) -> u32 {
+    let mut h = crc32fast::Hasher::new();
+    h.update(&offset.to_le_bytes());
+    h.update(&len.to_le_bytes());
+    for c in crcs {
+        h.update(&c.to_le_bytes());
+    }
+    h.finalize()
+}
+
+impl ShardStore {
+    pub(crate) async fn open(target: &Target, shard: u32) -> Result<Self> {
+        let shards = target.shards();
+        if shard >= shards {
+            return Err(StoreError::NoSuchShard { shard, shards });
+        }
+        // glommio probes each device once per thread by reading offset 0
+        // of the first DmaFile opened; on an empty file the probe wrongly
+        // succeeds and later reads fail with EOPNOTSUPP. Let the non-empty
+        // superblock be the first file this executor opens.
+        let probe = DmaFile::open(target.superblock_path())
+            .await
+            .map_err(StoreError::glommio("open superblock for the I/O probe"))?;
+        probe
+            .close()
+            .await
+            .map_err(StoreError::glommio("close superblock"))?;
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .dma_open(target.data_path(shard))
+            .await
+            .map_err(StoreError::glommio("open data file"))?;
+        let file_size = file
+            .file_size()
+            .await
+            .map_err(StoreError::glommio("stat data file"))?;
+        let tree = target.db().open_tree(format!("shard-{shard}"))?;
+
+        let mut used = Vec::new();
+        for kv in tree.scan_prefix(layout::block_prefix()) {
+            let (_, v) = kv?;
+            used.extend(decode_entry(&v)?.refs().map(|r| r.blockno));
+        }
+        let alloc = Allocator::rebuild(file_size / BLOCK_SIZE, used)?;
+        let opts = target.options();
+        let capacity_blocks = opts.capacity_bytes.map_or(u64::MAX / BLOCK_SIZE, |c| {
+            c / u64::from(shards) / BLOCK_SIZE
+        });
+        tracing::debug!(
+            shard,
+            blocks = alloc.total_blocks(),
+            free = alloc.free_blocks(),
+            "opened shard"
+        );
+        Ok(Self {
+            shard,
+            shards,
+            db: target.db().clone(),
+            tree,
+            file: Rc::new(file),
+            alloc: RefCell::new(alloc),
+            data_sync: GroupSync::default(),
+            meta_sync: GroupSync::default(),
+            headers: RefCell::new(HashMap::new()),
+            header_cache_entries: opts.header_cache_entries.max(1),
+            locks: RefCell::new(HashMap::new()),
+            capacity_blocks,
+            grow_blocks: (opts.grow_bytes / BLOCK_SIZE).max(1),
+            capacity_bytes: opts.capacity_bytes.map(|c| c / u64::from(shards)),
+            read_retries: Cell::new(0),
+        })
+    }
+
+    /// Returns this shard's index.
+    pub fn shard(&self) -> u32 {
+        self.shard
+    }
+
+    fn check(&self, chunk: ChunkId) -> Result<()> {
+        let owner = shard_of(chunk, self.shards);
+        if owner != self.shard {
+            return Err(StoreError::WrongShard {
+                chunk,
+                owner,
+                shard: self.shard,
+            });
+        }
+        if self.data_sync.is_poisoned() || self.meta_sync.is_poisoned() {
+            return Err(StoreError::Failed { shard: self.shard });
+        }
+        Ok(())
+    }
+
+    async fn lock(&self, chunk: ChunkId) -> Result<ChunkGuard<'_>> {
+        let sem = self
+            .locks
+            .borrow_mut()
+            .entry(chunk)
+            .or_insert_with(|| Rc::new(Semaphore::new(1)))
+            .clone();
+        let permit = sem
+            .acquire_static_permit(1)
+            .await
+            .map_err(StoreError::glommio("chunk lock"))?;
+        Ok(ChunkGuard {
+            store: self,
+            chunk,
+            sem,
+            _permit: permit,
+        })
+    }
+
+    fn load_header(&self, chunk: ChunkId) -> Result<Option<ChunkHeader>> {
+        if let Some(h) = self.headers.borrow().get(&chunk) {
+            return Ok(Some(h.clone()));
+        }
+        let Some(v) = self.tree.get(layout::header_key(chunk))? else {
+            return Ok(None);
+        };
+        let h = decode_header(&v)?;
+        self.cache_header(chunk, h.clone());
+        Ok(Some(h))
+    }
+
+    fn cache_header(&self, chunk: ChunkId, h: ChunkHeader) {
+        let mut cache = self.headers.borrow_mut();
+        if cache.len() >= self.header_cache_entries && !cache.contains_key(&chunk) {
+            // Evict an arbitrary entry: cheap, bounded, good enough until
+            // profiles ask for an LRU.
+            if let Some(k) = cache.keys().next().copied() {
+                cache.remove(&k);
+            }
+        }
+        cache.insert(chunk, h);
+    }
+
+    /// Returns the block entries of `chunk` in `[first, end)` (end may be
+    /// `u32::MAX`, meaning "to the last block").
+    fn entries(&self, chunk: ChunkId, first: u32, end: u32) -> Result<Vec<(u32, BlockEntry)>> {
+        let lo = layout::block_key(chunk, first);
+        let hi = if end == u32::MAX {
+            Bound::Included(layout::block_key(chunk, u32::MAX))
+        } else {
+            Bound::Excluded(layout::block_key(chunk, end))
+        };
+        let mut out = Vec::new();
+        for kv in self
+            .tree
+            .range::<&[u8], _>((Bound::Included(&lo[..]), hi.as_ref().map(|k| &k[..])))
+        {
+            let (k, v) = kv?;
+            let Some((_, block)) = layout::decode_block_key(&k) else {
+                return Err(StoreError::CorruptRecord {
+                    what: "block key",
+                    source: layout::DecodeError::Value,
+                });
+            };
+            out.push((block, decode_entry(&v)?));
+        }
+        Ok(out)
+    }
+
+    async fn sync_data(&self) -> Result<()> {
+        let ticket = self.data_sync.ticket();
+        let file = &self.file;
+        self.data_sync
+            .wait(ticket, || async move {
+                file.fdatasync().await.map_err(io::Error::from)
+            })
+            .await
+            .map_err(StoreError::io("fdatasync data file"))?;
+        Ok(())
+    }
+
+    /// Waits until metadata changes through `ticket` are durable, then frees
+    /// the blocks they released.
+    async fn flush_meta(&self, ticket: u64) -> Result<()> {
+        let db = &self.db;
+        let done = self
+            .meta_sync
+            .wait(ticket, || {
+                let db = db.clone();
+                async move {
+                    glommio::executor()
+                        .spawn_blocking(move || db.flush().map(|_| ()))
+                        .await
+                        .map_err(io::Error::other)
+                }
+            })
+            .await
+            .map_err(StoreError::io("flush metadata"))?;
+        self.alloc.borrow_mut().release_through(done);
+        Ok(())
+    }
+
+    /// Takes `n` blocks, growing the data file (by whole extents, up to the
+    /// capacity) when needed. Nothing is taken on error.
+    async fn allocate(&self, n: u64) -> Result<Vec<Run>> {
+        for _ in 0..4 {
+            if let Some(runs) = self.alloc.borrow_mut().alloc(n) {
+                return Ok(runs);
+            }
+            let (total, free, deferred) = {
+                let a = self.alloc.borrow();
+                (a.total_blocks(), a.free_blocks(), a.deferred_blocks())
+            };
+            let need = n - free;
+            if total.saturating_add(need) > self.capacity_blocks {
+                if deferred > 0 {
+                    // Blocks wait for a flush to become reusable: flush now
+                    // rather than report a full disk.
+                    self.flush_meta(self.meta_sync.issued()).await?;
+                    continue;
+                }
+                return Err(StoreError::NoSpace { shard: self.shard });
+            }
+            let target = (total + need)
+                .next_multiple_of(self.grow_blocks)
+                .min(self.capacity_blocks)
+                .max(total + need);
+            match self.file.pre_allocate(target * BLOCK_SIZE, false).await {
+                Ok(()) => self.alloc.borrow_mut().grow_to(target),
+                Err(e) => {
+                    let e = io::Error::from(e);
+                    if e.raw_os_error() == Some(28) {
+                        return Err(StoreError::NoSpace { shard: self.shard });
+                    }
+                    return Err(StoreError::Io {
+                        op: "grow data file",
+                        source: e,
+                    });
+                }
+            }
+        }
+        Err(StoreError::NoSpace { shard: self.shard })
+    }
+
+    fn free_runs(&self, runs: &[Run]) {
+        let mut a = self.alloc.borrow_mut();
+        for r in runs {
+            a.free_now(*r);
+        }
+    }
+
+    /// Reads one stored block and verifies it against its CRC.
+    async fn read_block(&self, chunk: ChunkId, block: u32, r: BlockRef) -> Result<Vec<u8>> {
+        let res = self
+            .file
+            .read_at_aligned(r.blockno * BLOCK_SIZE, BLOCK)
+            .await
+            .map_err(StoreError::glommio("read block"))?;
+        if res.len() != BLOCK || crc32fast::hash(&res) != r.crc {
+            return Err(StoreError::Checksum { chunk, block });
+        }
+        Ok(res.to_vec())
+    }
+
+    /// Writes `blocks` (each exactly 4096 bytes, in order) into the
+    /// allocated `runs`, one DMA write per run, and syncs the data file.
+    /// Returns the block number of each block.
+    async fn write_blocks(&self, runs: &[Run], blocks: &[&[u8]]) -> Result<Vec<u64>> {
+        let mut blocknos = Vec::with_capacity(blocks.len());
+        let mut i = 0;
+        for &(start, n) in runs {
+            let size = n as usize * BLOCK;
+            let mut buf = self.file.alloc_dma_buffer(size);
+            let dst = buf.as_bytes_mut();
+            for j in 0..n as usize {
+                dst[j * BLOCK..(j + 1) * BLOCK].copy_from_slice(blocks[i + j]);
+                blocknos.push(start + j as u64);
+            }
+            i += n as usize;
+            let wrote = self
+                .file
+                .write_at(buf, start * BLOCK_SIZE)
+                .await
+                .map_err(StoreError::glommio("write blocks"))?;
+            if wrote != size {
+                return Err(StoreError::Io {
+                    op: "write blocks",
+                    source: io::Error::new(io::ErrorKind::WriteZero, "short DMA write"),
+                });
+            }
+        }
+        self.sync_data().await?;
+        Ok(blocknos)
+    }
+
+    /// Checks `version` against the header for a new pending version; Ok(true)
+    /// means "an identical retry of the newest pending version".
+    fn check_next_version(
+        chunk: ChunkId,
+        h: &ChunkHeader,
+        version: u64,
+        offset: u64,
+        len: u64,
+        digest: u32,
+    ) -> Result<bool> {
+        let newest = h.newest_version();
+        if version == newest + 1 {
+            return Ok(false);
+        }
+        if version > newest {
+            return Err(StoreError::VersionGap {
+                chunk,
+                expected: newest + 1,
+                got: version,
+            });
+        }
+        if let Some(p) = h.pending.last()
+            && p.version == version
+            && p.offset == offset
+            && p.len == len
+            && p.digest == digest
+        {
+            return Ok(true);
+        }
+        Err(StoreError::Stale {
+            chunk,
+            newest,
+            got: version,
+        })
+    }
+
+    /// Stores `data` at `offset` of `chunk` as pending version `version`
+    /// and returns once it is durable (data synced, metadata flushed).
+    ///
+    /// `segment_crcs` holds the CRC32 of each piece of the data split at
+    /// 4 KiB multiples of the chunk offset. Fully covered blocks keep the
+    /// client's CRC; partially covered ones are merged with the newest
+    /// version of the block (verified first) and get a new CRC.
+    ///
+    /// # Errors
+    /// [`StoreError::Checksum`] (a segment does not match; nothing stored),
+    /// [`StoreError::Segments`], [`StoreError::Range`],
+    /// [`StoreError::VersionGap`] / [`StoreError::Stale`] (version is not
+    /// `committed + pending + 1`; an identical retry of the newest pending
+    /// version is accepted), [`StoreError::NoSpace`], I/O errors.
+    pub async fn write_pending(
+        &self,
+        chunk: ChunkId,
+        version: u64,
+        offset: u64,
+        data: &[u8],
+        segment_crcs: &[u32],
+    ) -> Result<()> {
+        self.check(chunk)?;
+        let len = data.len() as u64;
+        if len == 0 || offset.checked_add(len).is_none_or(|e| e > CHUNK_MAX) {
+            return Err(StoreError::Range { chunk, offset, len });
+        }
+        let nseg = layout::segment_count(offset, len);
+        if segment_crcs.len() != nseg {
+            return Err(StoreError::Segments {
+                chunk,
+                expected: nseg,
+                got: segment_crcs.len(),
+            });
+        }
+        let segs: Vec<Segment> = layout::segments(offset, len).collect();
+        for (s, crc) in segs.iter().zip(segment_crcs) {
+            if crc32fast::hash(&data[s.buf_off..s.buf_off + s.len]) != *crc {
+                return Err(StoreError::Checksum {
+                    chunk,
+                    block: s.block,
+                });
+            }
+        }
+        let digest = digest_of(offset, len, segment_crcs);
+
+        let guard = self.lock(chunk).await?;
+        let mut header = self.load_header(chunk)?.unwrap_or_default();
+        if Self::check_next_version(chunk, &header, version, offset, len, digest)? {
+            drop(guard);
+            return self.flush_meta(self.meta_sync.issued()).await;
+        }
+        let (first, end) = layout::block_range(offset, len);
+        let existing: HashMap<u32, BlockEntry> =
+            self.entries(chunk, first, end)?.into_iter().collect();
+
+        // Merge partially covered blocks with the newest version.
+        let mut merged: Vec<(usize, Vec<u8>)> = Vec::new();
+        for (i, s) in segs.iter().enumerate() {
+            if s.is_full() {
+                continue;
+            }
+            let mut base = match existing.get(&s.block).and_then(BlockEntry::newest) {
+                Some(r) => self.read_block(chunk, s.block, r).await?,
+                None => vec![0u8; BLOCK],
+            };
+            base[s.in_block..s.in_block + s.len]
+                .copy_from_slice(&data[s.buf_off..s.buf_off + s.len]);
+            merged.push((i, base));
+        }
+        let blocks: Vec<&[u8]> = segs
+            .iter()
+            .enumerate()
+            .map(|(i, s)| match merged.iter().find(|(j, _)| *j == i) {
+                Some((_, b)) => &b[..],
+                None => &data[s.buf_off..s.buf_off + s.len],
+            })
+            .collect();
+
+        let runs = self.allocate(nseg as u64).await?;
+        let blocknos = match self.write_blocks(&runs, &blocks).await {
+            Ok(b) => b,
+            Err(e) => {
+                self.free_runs(&runs);
+                return Err(e);
+            }
+        };
+
+        let mut batch = sled::Batch::default();
+        for (i, s) in segs.iter().enumerate() {
+            let crc = if s.is_full() {
+                segment_crcs[i]
+            } else {
+                crc32fast::hash(blocks[i])
+            };
+            let mut e = existing.get(&s.block).cloned().unwrap_or_default();
+            e.pending.push((
+                version,
+                Some(BlockRef {
+                    blockno: blocknos[i],
+                    crc,
+                }),
+            ));
+            batch.insert(&layout::block_key(chunk, s.block)[..], e.encode());
+        }
+        let new_len = header.newest_len().max(offset + len);
+        header.pending.push(Pending {
+            version,
+            offset,
+            len,
+            new_len,
+            digest,
+        });
+        batch.insert(&layout::header_key(chunk)[..], header.encode());
+        if let Err(e) = self.tree.apply_batch(batch) {
+            self.free_runs(&runs);
+            return Err(e.into());
+        }
+        self.cache_header(chunk, header);
+        let ticket = self.meta_sync.ticket();
+        drop(guard);
+        self.flush_meta(ticket).await
+    }
+
+    /// Makes pending version `version` (the oldest pending one) the
+    /// committed version and releases the blocks it replaced; returns once
+    /// durable. Committing an already committed version returns Ok.
+    ///
+    /// # Errors
+    /// [`StoreError::NotFound`], [`StoreError::VersionGap`] (not the oldest
+    /// pending version), I/O errors.
+    pub async fn commit(&self, chunk: ChunkId, version: u64) -> Result<()> {
+        self.check(chunk)?;
+        let guard = self.lock(chunk).await?;
+        let Some(mut header) = self.load_header(chunk)? else {
+            return Err(StoreError::NotFound { chunk });
+        };
+        if version <= header.committed_version {
+            drop(guard);
+            return self.flush_meta(self.meta_sync.issued()).await;
+        }
+        if header.pending.first().map(|p| p.version) != Some(version) {
+            return Err(StoreError::VersionGap {
+                chunk,
+                expected: header.committed_version + 1,
+                got: version,
+            });
+        }
+        let p = header.pending.remove(0);
+        let (first, end) = p.touched_blocks();
+        let mut batch = sled::Batch::default();
+        let mut freed = Vec::new();
+        for (block, mut e) in self.entries(chunk, first, end)? {
+            let Some(pos) = e.pending.iter().position(|(v, _)| *v == version) else {
+                continue;
+            };
+            if pos != 0 {
+                return Err(StoreError::CorruptRecord {
+                    what: "block entry version order",
+                    source: layout::DecodeError::Value,
+                });
+            }
+            let (_, new) = e.pending.remove(0);
+            if let Some(old) = e.committed
+                && Some(old) != new
+            {
+                freed.push(old.blockno);
+            }
+            e.committed = new;
+            let key = layout::block_key(chunk, block);
+            if e.committed.is_none() && e.pending.is_empty() {
+                batch.remove(&key[..]);
+            } else {
+                batch.insert(&key[..], e.encode());
+            }
+        }
+        header.committed_version = version;
+        header.committed_len = p.new_len;
+        batch.insert(&layout::header_key(chunk)[..], header.encode());
+        self.tree.apply_batch(batch)?;
+        self.cache_header(chunk, header);
+        let ticket = self.meta_sync.ticket();
+        {
+            let mut a = self.alloc.borrow_mut();
+            for b in freed {
+                a.defer_free(ticket, b);
+            }
+        }
+        drop(guard);
+        self.flush_meta(ticket).await
+    }
+
+    /// Changes the length of `chunk` to `new_len` as pending version
+    /// `version` (commit it like a write). Shrinking drops the blocks past
+    /// the end and rewrites a partial last block with its tail zeroed, so a
+    /// later extension reads zeros, never old bytes.
+    ///
+    /// # Errors
+    /// As [`Self::write_pending`]; [`StoreError::NotFound`] for an unknown
+    /// chunk.
+    pub async fn truncate(&self, chunk: ChunkId, version: u64, new_len: u64) -> Result<()> {
+        self.check(chunk)?;
+        if new_len > CHUNK_MAX {
+            return Err(StoreError::Range {
+                chunk,
+                offset: new_len,
+                len: 0,
+            });
+        }
+        let digest = digest_of(new_len, 0, &[]);
+        let guard = self.lock(chunk).await?;
+        let Some(mut header) = self.load_header(chunk)? else {
+            return Err(StoreError::NotFound { chunk });
+        };
+        if Self::check_next_version(chunk, &header, version, new_len, 0, digest)? {
+            drop(guard);
+            return self.flush_meta(self.meta_sync.issued()).await;
+        }
+        let mut batch = sled::Batch::default();
+        let mut runs = Vec::new();
+        if new_len < header.newest_len() {
+            let first = (new_len / BLOCK_SIZE) as u32;
+            let tail = (new_len % BLOCK_SIZE) as usize;
+            for (block, mut e) in self.entries(chunk, first, u32::MAX)? {
+                let Some(newest) = e.newest() else {
+                    continue;
+                };
+                let replacement = if block == first && tail > 0 {
+                    let mut b = self.read_block(chunk, block, newest).await?;
+                    b[tail..].fill(0);
+                    runs = self.allocate(1).await?;
+                    let blocknos = match self.write_blocks(&runs, &[&b[..]]).await {
+                        Ok(n) => n,
+                        Err(err) => {
+                            self.free_runs(&runs);
+                            return Err(err);
+                        }
+                    };
+                    blocknos.first().map(|&blockno| BlockRef {
+                        blockno,
+                        crc: crc32fast::hash(&b),
+                    })
+                } else {
+                    None
+                };
+                e.pending.push((version, replacement));
+                batch.insert(&layout::block_key(chunk, block)[..], e.encode());
+            }
+        }
+        header.pending.push(Pending {
+            version,
+            offset: new_len,
+            len: 0,
+            new_len,
+            digest,
+        });
+        batch.insert(&layout::header_key(chunk)[..], header.encode());
+        if let Err(e) = self.tree.apply_batch(batch) {
+            self.free_runs(&runs);
+            return Err(e.into());
+        }
+        self.cache_header(chunk, header);
+        let ticket = self.meta_sync.ticket();
+        drop(guard);
+        self.flush_meta(ticket).await
+    }
+
+    /// Reads `[offset, offset + len)` of `chunk`'s committed version,
+    /// clipped to its committed length (a read past the end is short).
+    /// Holes read as zeros. Returns the data, one CRC per block-aligned
+    /// segment of the returned range (the stored CRC for whole blocks), and
+    /// the committed version and length.
+    ///
+    /// # Errors
+    /// [`StoreError::NotFound`], [`StoreError::Pending`] (only with
+    /// [`ReadMode::CleanOnly`], when a pending version changes bytes of the
+    /// range), [`StoreError::Checksum`] (a stored block is corrupt; its
+    /// bytes are not returned), I/O errors.
+    pub async fn read(
+        &self,
+        chunk: ChunkId,
+        offset: u64,
+        len: u64,
+        mode: ReadMode,
+    ) -> Result<ReadOut> {
+        self.check(chunk)?;
+        // Nothing exists past the largest chunk: such a read is just short.
+        let len = len.min(CHUNK_MAX.saturating_sub(offset));
+        let mut attempt = 0;
+        loop {
+            let Some(header) = self.load_header(chunk)? else {
+                return Err(StoreError::NotFound { chunk });
+            };
+            match self.read_once(chunk, &header, offset, len, mode).await {
+                Err(StoreError::Checksum { block, .. }) if attempt < READ_RETRIES => {
+                    // Did the block move under us (commit + flush + reuse)?
+                    if !self.block_moved(chunk, &header)? {
+                        return Err(StoreError::Checksum { chunk, block });
+                    }
+                    self.read_retries.set(self.read_retries.get() + 1);
+                    attempt += 1;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// Returns whether a commit or remove happened since a read based on
+    /// `seen` started (only those release blocks for reuse).
+    fn block_moved(&self, chunk: ChunkId, seen: &ChunkHeader) -> Result<bool> {
+        let now = self.load_header(chunk)?;
+        Ok(now.as_ref().map(|h| h.committed_version) != Some(seen.committed_version))
+    }
+
+    async fn read_once(
+        &self,
+        chunk: ChunkId,
+        header: &ChunkHeader,
+        offset: u64,
+        len: u64,
+        mode: ReadMode,
+    ) -> Result<ReadOut> {
+        if mode == ReadMode::CleanOnly && range_is_dirty(header, offset, len) {
+            return Err(StoreError::Pending { chunk });
+        }
+        let end = offset.saturating_add(len).min(header.committed_len);
+        let mut out = ReadOut {
+            data: Bytes::new(),
+            block_crcs: Vec::new(),
+            version: header.committed_version,
+            len: header.committed_len,
+        };
+        if offset >= end {
+            return Ok(out);
+        }
+        let rlen = end - offset;
+        let (first, last) = layout::block_range(offset, rlen);
+        let mut refs: Vec<Option<BlockRef>> = vec![None; (last - first) as usize];
+        for (block, e) in self.entries(chunk, first, last)? {
+            if let Some(slot) = refs.get_mut((block - first) as usize) {
+                *slot = e.committed;
+            }
+        }
+        let mut data = BytesMut::with_capacity(rlen as usize);
+        let mut crcs = Vec::with_capacity(refs.len());
+        let segs: Vec<Segment> = layout::segments(offset, rlen).collect();
+        let mut i = 0;
+        while i < segs.len() {
+            // A run of blocks stored contiguously: one DMA read.
+            let Some(r0) = refs[i] else {
+                let s = &segs[i];
+                data.extend_from_slice(&[0u8; BLOCK][..s.len]);
+                crcs.push(if s.is_full() {
+                    layout::zero_block_crc()
+                } else {
+                    crc32fast::hash(&[0u8; BLOCK][..s.len])
+                });
+                i += 1;
+                continue;
+            };
+            let mut n = 1;
+            while i + n < segs.len()
+                && refs[i + n].map(|r| r.blockno) == Some(r0.blockno + n as u64)
+            {
+                n += 1;
+            }
+            let res = self
+                .file
+                .read_at_aligned(r0.blockno * BLOCK_SIZE, n * BLOCK)
+                .await
+                .map_err(StoreError::glommio("read blocks"))?;
+            for j in 0..n {
+                let s = &segs[i + j];
+                let stored = refs[i + j].map_or(0, |r| r.crc);
+                let Some(bytes) = res.get(j * BLOCK..(j + 1) * BLOCK) else {
+                    return Err(StoreError::Checksum {
+                        chunk,
+                        block: s.block,
+                    });
+                };
+                if crc32fast::hash(bytes) != stored {
+                    return Err(StoreError::Checksum {
+                        chunk,
+                        block: s.block,
+                    });
+                }
+                let piece = &bytes[s.in_block..s.in_block + s.len];
+                data.extend_from_slice(piece);
+                crcs.push(if s.is_full() {
+                    stored
+                } else {
+                    crc32fast::hash(piece)
+                });
+            }
+            i += n;
+        }
+        out.data = data.freeze();
+        out.block_crcs = crcs;
+        Ok(out)
+    }
+
+    /// Returns the versions and length of `chunk`, `None` if unknown.
+    ///
+    /// # Errors
+    /// Metadata errors.
+    pub fn stat(&self, chunk: ChunkId) -> Result<Option<ChunkStat>> {
+        Ok(self.load_header(chunk)?.map(|h| ChunkStat {
+            committed_version: h.committed_version,
+            committed_len: h.committed_len,
+            pending_versions: h.pending.iter().map(|p| p.version).collect(),
+        }))
+    }
+
+    /// Deletes `chunk` (every version, pending ones too) and returns
+    /// whether it existed; durable on return. Its blocks become reusable
+    /// after the flush.
+    ///
+    /// # Errors
+    /// I/O and metadata errors.
+    pub async fn remove(&self, chunk: ChunkId) -> Result<bool> {
+        self.check(chunk)?;
+        let guard = self.lock(chunk).await?;
+        if self.load_header(chunk)?.is_none() {
+            return Ok(false);
+        }
+        let mut batch = sled::Batch::default();
+        let mut freed = Vec::new();
+        for kv in self.tree.scan_prefix(layout::chunk_blocks_prefix(chunk)) {
+            let (k, v) = kv?;
+            freed.extend(decode_entry(&v)?.refs().map(|r| r.blockno));
+            batch.remove(k);
+        }
+        batch.remove(&layout::header_key(chunk)[..]);
+        self.tree.apply_batch(batch)?;
+        self.headers.borrow_mut().remove(&chunk);
+        let ticket = self.meta_sync.ticket();
+        {
+            let mut a = self.alloc.borrow_mut();
+            for b in freed {
+                a.defer_free(ticket, b);
+            }
+        }
+        drop(guard);
+        self.flush_meta(ticket).await?;
+        Ok(true)
+    }
+
+    /// Returns every chunk of this shard (for chunk reports, scrub and
+    /// resync), in id order.
+    ///
+    /// # Errors
+    /// Metadata errors.
+    pub fn list_chunks(&self) -> Result<Vec<ChunkId>> {
+        let mut out = Vec::new();
+        for kv in self.tree.scan_prefix(layout::header_prefix()) {
+            let (k, _) = kv?;
+            match layout::decode_header_key(&k) {
+                Some(c) => out.push(c),
+                None => {
+                    return Err(StoreError::CorruptRecord {
+                        what: "header key",
+                        source: layout::DecodeError::Value,
+                    });
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Re-reads every stored block of `chunk` (committed and pending
+    /// versions) and checks it against its CRC.
+    ///
+    /// # Errors
+    /// [`StoreError::NotFound`], I/O and metadata errors. Bad blocks are
+    /// reported in the result, not as an error.
+    pub async fn scrub_chunk(&self, chunk: ChunkId) -> Result<ScrubReport> {
+        self.check(chunk)?;
+        if self.load_header(chunk)?.is_none() {
+            return Err(StoreError::NotFound { chunk });
+        }
+        let mut report = ScrubReport::default();
+        for (block, e) in self.entries(chunk, 0, u32::MAX)? {
+            for r in e.refs() {
+                report.blocks_checked += 1;
+                match self.read_block(chunk, block, r).await {
+                    Ok(_) => {}
+                    Err(StoreError::Checksum { .. }) => report.bad_blocks.push(block),
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        Ok(report)
+    }
+
+    /// Returns the space this shard uses.
+    pub fn usage(&self) -> SpaceUsage {
+        let a = self.alloc.borrow();
+        SpaceUsage {
+            used_bytes: a.used_blocks() * BLOCK_SIZE,
+            file_bytes: a.total_blocks() * BLOCK_SIZE,
+            deferred_bytes: a.deferred_blocks() * BLOCK_SIZE,
+            capacity_bytes: self.capacity_bytes,
+        }
+    }
+
+    /// Returns how many syncs ran: (data `fdatasync`s, metadata flushes).
+    /// With N concurrent writers these grow slower than the writes.
+    pub fn sync_counts(&self) -> (u64, u64) {
+        (self.data_sync.syncs(), self.meta_sync.syncs())
+    }
+
+    /// Flushes metadata and closes the data file.
+    ///
+    /// # Errors
+    /// I/O and metadata errors.
+    pub async fn close(self) -> Result<()> {
+        self.flush_meta(self.meta_sync.ticket()).await?;
+        let file = Rc::try_unwrap(self.file).map_err(|_| StoreError::Io {
+            op: "close data file",
+            source: io::Error::other("data file still in use"),
+        })?;
+        file.close()
+            .await
+            .map_err(StoreError::glommio("close data file"))?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pending(version: u64, offset: u64, len: u64, new_len: u64) -> Pending {
+        Pending {
+            version,
+            offset,
+            len,
+            new_len,
+            digest: 0,
+        }
+    }
+
+    #[test]
+    fn dirty_ranges_follow_pending_writes_and_length_changes() {
+        let h = ChunkHeader {
+            committed_version: 1,
+            committed_len: 8192,
+            pending: vec![pending(2, 100, 10, 8192)],
+        };
+        assert!(range_is_dirty(&h, 0, 4096));
+        assert!(range_is_dirty(&h, 105, 1));
+        assert!(!range_is_dirty(&h, 110, 4000));
+        assert!(!range_is_dirty(&h, 4096, 4096));
+        // An append makes only the new range dirty.
+        let h = ChunkHeader {
+            committed_version: 1,
+            committed_len: 8192,
+            pending: vec![pending(2, 8192, 4096, 12288)],
+        };
+        assert!(!range_is_dirty(&h, 0, 8192));
+        assert!(range_is_dirty(&h, 8000, 4096));
+        // A shrinking truncate dirties what it cuts off.
+        let h = ChunkHeader {
+            committed_version: 1,
+            committed_len: 8192,
+            pending: vec![pending(2, 5000, 0, 5000)],
+        };
+        assert!(!range_is_dirty(&h, 0, 5000));
+        assert!(range_is_dirty(&h, 4999, 2));
+    }
+
+    #[test]
+    fn digest_tells_retries_from_rewrites() {
+        assert_eq!(digest_of(1, 2, &[3, 4]), digest_of(1, 2, &[3, 4]));
+        assert_ne!(digest_of(1, 2, &[3, 4]), digest_of(1, 2, &[3, 5]));
+        assert_ne!(digest_of(0, 2, &[3, 4]), digest_of(1, 2, &[3, 4]));
+    }
+}

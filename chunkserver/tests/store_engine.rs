@@ -1,0 +1,537 @@
+//! The chunk engine against real files and real glommio executors.
+
+use std::future::Future;
+use std::path::Path;
+
+use cairn_chunkserver::store::{
+    ReadMode, ShardStore, StoreError, Target, TargetOptions, layout, shard_of,
+};
+use cairn_proto::ErrorCode;
+use cairn_proto::ids::{ChunkId, ObjectId};
+use rand::{Rng, SeedableRng};
+
+fn run<F, Fut>(f: F)
+where
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + 'static,
+{
+    glommio::LocalExecutorBuilder::default()
+        .spawn(f)
+        .expect("spawn executor")
+        .join()
+        .expect("executor");
+}
+
+fn chunk(o: u64) -> ChunkId {
+    ChunkId {
+        object: ObjectId(o),
+        index: 0,
+    }
+}
+
+fn crcs(offset: u64, data: &[u8]) -> Vec<u32> {
+    layout::segments(offset, data.len() as u64)
+        .map(|s| crc32fast::hash(&data[s.buf_off..s.buf_off + s.len]))
+        .collect()
+}
+
+fn pattern(seed: u64, len: usize) -> Vec<u8> {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    (0..len).map(|_| rng.random()).collect()
+}
+
+async fn open(dir: &Path, opts: TargetOptions) -> (Target, ShardStore) {
+    let t = Target::open_with(dir, opts).expect("open target");
+    let s = t.open_shard(0).await.expect("open shard");
+    (t, s)
+}
+
+async fn put(s: &ShardStore, c: ChunkId, v: u64, off: u64, data: &[u8]) {
+    s.write_pending(c, v, off, data, &crcs(off, data))
+        .await
+        .expect("write");
+    s.commit(c, v).await.expect("commit");
+}
+
+async fn read_all(s: &ShardStore, c: ChunkId) -> Vec<u8> {
+    let out = s
+        .read(c, 0, layout::CHUNK_MAX, ReadMode::Committed)
+        .await
+        .expect("read");
+    assert_eq!(out.data.len() as u64, out.len);
+    assert_eq!(out.block_crcs, crcs(0, &out.data));
+    out.data.to_vec()
+}
+
+fn formatted(shards: u32) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("tempdir");
+    Target::format(dir.path(), shards).expect("format");
+    dir
+}
+
+#[test]
+fn round_trips_at_awkward_offsets_and_sizes() {
+    let dir = formatted(1);
+    let path = dir.path().to_path_buf();
+    run(move || async move {
+        let (_t, s) = open(&path, TargetOptions::default()).await;
+        let cases: [(u64, usize); 10] = [
+            (0, 1),
+            (0, 4095),
+            (0, 4096),
+            (0, 4097),
+            (1, 4095),
+            (4095, 2),
+            (0, 1 << 20),
+            (4097, 1 << 20),
+            (12_345, 77_777),
+            ((4 << 30) - 4096, 4096),
+        ];
+        for (i, (off, len)) in cases.into_iter().enumerate() {
+            let c = chunk(i as u64 + 1);
+            let data = pattern(i as u64, len);
+            put(&s, c, 1, off, &data).await;
+            let out = s
+                .read(c, off, len as u64, ReadMode::CleanOnly)
+                .await
+                .expect("read");
+            assert_eq!(&out.data[..], &data[..], "case {off}+{len}");
+            // The CRCs returned are those of the client's segments: end to end.
+            assert_eq!(out.block_crcs, crcs(off, &data));
+            assert_eq!((out.version, out.len), (1, off + len as u64));
+            if off < 1 << 20 {
+                // The hole in front reads as zeros.
+                let all = read_all(&s, c).await;
+                assert!(all[..off as usize].iter().all(|b| *b == 0));
+                assert_eq!(&all[off as usize..], &data[..]);
+            }
+            // Past the end: short reads.
+            let past = s
+                .read(c, off + len as u64, 10, ReadMode::Committed)
+                .await
+                .expect("read past end");
+            assert!(past.data.is_empty());
+        }
+        let unknown = s.read(chunk(999), 0, 1, ReadMode::Committed).await;
+        assert!(matches!(unknown, Err(StoreError::NotFound { .. })));
+    });
+}
+
+#[test]
+fn partial_block_writes_merge_with_the_newest_version() {
+    let dir = formatted(1);
+    let path = dir.path().to_path_buf();
+    run(move || async move {
+        let (_t, s) = open(&path, TargetOptions::default()).await;
+        let c = chunk(1);
+        let mut model: Vec<u8> = Vec::new();
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        for v in 1..=60u64 {
+            let off = rng.random_range(0..40_000u64);
+            let len = rng.random_range(1..9_000usize);
+            let data = pattern(v, len);
+            // Half of the versions stack up as pending before committing,
+            // so merges must use the newest *pending* block.
+            s.write_pending(c, v, off, &data, &crcs(off, &data))
+                .await
+                .expect("write");
+            let end = off as usize + len;
+            if model.len() < end {
+                model.resize(end, 0);
+            }
+            model[off as usize..end].copy_from_slice(&data);
+            if v % 2 == 0 {
+                s.commit(c, v - 1).await.expect("commit");
+                s.commit(c, v).await.expect("commit");
+                assert_eq!(read_all(&s, c).await, model, "after version {v}");
+            }
+        }
+        let stat = s.stat(c).expect("stat").expect("exists");
+        assert_eq!(stat.committed_version, 60);
+        assert_eq!(stat.committed_len, model.len() as u64);
+        assert!(stat.pending_versions.is_empty());
+    });
+}
+
+#[test]
+fn pending_versions_and_craq_reads() {
+    let dir = formatted(1);
+    let path = dir.path().to_path_buf();
+    run(move || async move {
+        let (_t, s) = open(&path, TargetOptions::default()).await;
+        let c = chunk(1);
+        let old = pattern(1, 3 * 4096);
+        put(&s, c, 1, 0, &old).await;
+        let new = pattern(2, 4096);
+        s.write_pending(c, 2, 0, &new, &crcs(0, &new))
+            .await
+            .expect("write v2");
+        // Dirty range: CleanOnly refuses, Committed serves the old bytes.
+        let dirty = s.read(c, 0, 4096, ReadMode::CleanOnly).await;
+        assert_eq!(dirty.err().map(|e| e.code()), Some(ErrorCode::Pending));
+        let committed = s.read(c, 0, 4096, ReadMode::Committed).await.expect("read");
+        assert_eq!(&committed.data[..], &old[..4096]);
+        assert_eq!(committed.version, 1);
+        // A clean range of the same chunk still reads.
+        let clean = s
+            .read(c, 8192, 4096, ReadMode::CleanOnly)
+            .await
+            .expect("clean");
+        assert_eq!(&clean.data[..], &old[8192..]);
+        // An append makes only the appended range dirty.
+        let tail = pattern(3, 100);
+        s.write_pending(c, 3, 3 * 4096, &tail, &crcs(3 * 4096, &tail))
+            .await
+            .expect("append");
+        assert!(s.read(c, 4096, 8192, ReadMode::CleanOnly).await.is_ok());
+        assert!(s.read(c, 8192, 8192, ReadMode::CleanOnly).await.is_err());
+        let stat = s.stat(c).expect("stat").expect("exists");
+        assert_eq!(stat.pending_versions, vec![2, 3]);
+        s.commit(c, 2).await.expect("commit 2");
+        let after = s.read(c, 0, 4096, ReadMode::CleanOnly).await.expect("read");
+        assert_eq!(&after.data[..], &new[..]);
+        assert_eq!(after.version, 2);
+        s.commit(c, 3).await.expect("commit 3");
+        let all = read_all(&s, c).await;
+        assert_eq!(all.len(), 3 * 4096 + 100);
+        assert_eq!(&all[3 * 4096..], &tail[..]);
+    });
+}
+
+#[test]
+fn versions_apply_in_order_and_bad_input_changes_nothing() {
+    let dir = formatted(1);
+    let path = dir.path().to_path_buf();
+    run(move || async move {
+        let (_t, s) = open(&path, TargetOptions::default()).await;
+        let c = chunk(1);
+        let d = pattern(1, 5000);
+        let gap = s.write_pending(c, 2, 0, &d, &crcs(0, &d)).await;
+        assert!(matches!(
+            gap,
+            Err(StoreError::VersionGap {
+                expected: 1,
+                got: 2,
+                ..
+            })
+        ));
+        assert_eq!(s.stat(c).expect("stat"), None);
+        s.write_pending(c, 1, 0, &d, &crcs(0, &d))
+            .await
+            .expect("v1");
+        // An identical retry of the newest pending version is accepted.
+        s.write_pending(c, 1, 0, &d, &crcs(0, &d))
+            .await
+            .expect("retry");
+        // A different write claiming the same version is refused.
+        let other = pattern(2, 5000);
+        let stale = s.write_pending(c, 1, 0, &other, &crcs(0, &other)).await;
+        assert_eq!(
+            stale.err().map(|e| e.code()),
+            Some(ErrorCode::StaleSequence)
+        );
+        // Corrupt payload: refused before anything is stored.
+        let mut bad = crcs(0, &other);
+        bad[1] ^= 1;
+        let e = s.write_pending(c, 2, 0, &other, &bad).await;
+        assert!(matches!(e, Err(StoreError::Checksum { block: 1, .. })));
+        let e = s.write_pending(c, 2, 0, &other, &bad[..1]).await;
+        assert_eq!(e.err().map(|e| e.code()), Some(ErrorCode::BadRequest));
+        let e = s.write_pending(c, 2, layout::CHUNK_MAX, &other, &[]).await;
+        assert!(matches!(e, Err(StoreError::Range { .. })));
+        let e = s.write_pending(c, 2, 0, &[], &[]).await;
+        assert!(matches!(e, Err(StoreError::Range { .. })));
+        assert_eq!(
+            s.stat(c).expect("stat").map(|st| st.pending_versions),
+            Some(vec![1])
+        );
+        // Commits: only the oldest pending; re-committing is a no-op.
+        let e = s.commit(c, 2).await;
+        assert!(matches!(e, Err(StoreError::VersionGap { .. })));
+        s.commit(c, 1).await.expect("commit");
+        s.commit(c, 1).await.expect("commit again");
+        let stale = s.write_pending(c, 1, 0, &d, &crcs(0, &d)).await;
+        assert!(matches!(stale, Err(StoreError::Stale { .. })));
+        assert_eq!(read_all(&s, c).await, d);
+        let e = s.commit(chunk(77), 1).await;
+        assert!(matches!(e, Err(StoreError::NotFound { .. })));
+    });
+}
+
+#[test]
+fn a_flipped_byte_fails_only_its_block() {
+    let dir = formatted(1);
+    let path = dir.path().to_path_buf();
+    let p = path.clone();
+    let c = chunk(1);
+    // Three blocks, each a distinctive pattern we can find in the file.
+    let data: Vec<u8> = (0..3u8).flat_map(|b| vec![0xA0 + b; 4096]).collect();
+    let d = data.clone();
+    run(move || async move {
+        let (_t, s) = open(&p, TargetOptions::default()).await;
+        put(&s, c, 1, 0, &d).await;
+        s.close().await.expect("close");
+    });
+    let file = path.join("data/shard-0.dat");
+    let mut bytes = std::fs::read(&file).expect("read data file");
+    let at = bytes
+        .chunks(4096)
+        .position(|b| b.iter().all(|x| *x == 0xA1))
+        .expect("block 1 on disk");
+    bytes[at * 4096 + 17] ^= 0x40;
+    std::fs::write(&file, &bytes).expect("corrupt");
+    let p = path.clone();
+    run(move || async move {
+        let (_t, s) = open(&p, TargetOptions::default()).await;
+        let e = s.read(c, 4096, 4096, ReadMode::Committed).await;
+        assert!(
+            matches!(e, Err(StoreError::Checksum { block: 1, .. })),
+            "{e:?}"
+        );
+        assert_eq!(e.err().map(|e| e.code()), Some(ErrorCode::Checksum));
+        // A read spanning the bad block fails as a whole...
+        assert!(s.read(c, 0, 3 * 4096, ReadMode::Committed).await.is_err());
+        // ...while the other blocks still read.
+        let b0 = s
+            .read(c, 0, 4096, ReadMode::Committed)
+            .await
+            .expect("block 0");
+        assert_eq!(&b0.data[..], &data[..4096]);
+        let b2 = s
+            .read(c, 8192, 4096, ReadMode::CleanOnly)
+            .await
+            .expect("block 2");
+        assert_eq!(&b2.data[..], &data[8192..]);
+        // A partial write never merges with the corrupt block.
+        let e = s.write_pending(c, 2, 4100, b"x", &crcs(4100, b"x")).await;
+        assert!(matches!(e, Err(StoreError::Checksum { block: 1, .. })));
+        // The scrubber finds it.
+        let report = s.scrub_chunk(c).await.expect("scrub");
+        assert_eq!(report.blocks_checked, 3);
+        assert_eq!(report.bad_blocks, vec![1]);
+        // Rewriting the whole block repairs the chunk.
+        let fresh = vec![0x55u8; 4096];
+        put(&s, c, 2, 4096, &fresh).await;
+        assert!(s.scrub_chunk(c).await.expect("scrub").bad_blocks.is_empty());
+    });
+}
+
+#[test]
+fn capacity_limit_gives_no_space_and_keeps_data() {
+    let dir = formatted(1);
+    let path = dir.path().to_path_buf();
+    run(move || async move {
+        let opts = TargetOptions {
+            capacity_bytes: Some(1 << 20),
+            grow_bytes: 256 << 10,
+            ..TargetOptions::default()
+        };
+        let (_t, s) = open(&path, opts).await;
+        let a = pattern(1, 128 * 4096);
+        put(&s, chunk(1), 1, 0, &a).await;
+        let b = pattern(2, 200 * 4096);
+        let e = s.write_pending(chunk(2), 1, 0, &b, &crcs(0, &b)).await;
+        assert!(matches!(e, Err(StoreError::NoSpace { .. })), "{e:?}");
+        assert_eq!(e.err().map(|e| e.code()), Some(ErrorCode::NoSpace));
+        assert_eq!(s.stat(chunk(2)).expect("stat"), None);
+        assert_eq!(read_all(&s, chunk(1)).await, a);
+        let u = s.usage();
+        assert_eq!(u.used_bytes, 128 * 4096);
+        assert!(u.file_bytes <= 1 << 20);
+        assert_eq!(u.capacity_bytes, Some(1 << 20));
+        // What fits still fits.
+        let small = pattern(3, 100 * 4096);
+        put(&s, chunk(3), 1, 0, &small).await;
+        assert_eq!(read_all(&s, chunk(3)).await, small);
+    });
+}
+
+#[test]
+fn overwrites_reuse_freed_blocks() {
+    let dir = formatted(1);
+    let path = dir.path().to_path_buf();
+    run(move || async move {
+        let opts = TargetOptions {
+            capacity_bytes: Some(1 << 20),
+            grow_bytes: 1 << 20,
+            ..TargetOptions::default()
+        };
+        let (_t, s) = open(&path, opts).await;
+        let c = chunk(1);
+        // 100 overwrites of 96 blocks = 9600 blocks through a 256-block
+        // target: only reuse makes this fit.
+        for v in 1..=100u64 {
+            let d = pattern(v, 96 * 4096);
+            put(&s, c, v, 0, &d).await;
+            if v % 25 == 0 {
+                assert_eq!(read_all(&s, c).await, d);
+            }
+        }
+        let u = s.usage();
+        assert_eq!(u.file_bytes, 1 << 20);
+        assert!(u.used_bytes - u.deferred_bytes <= 2 * 96 * 4096, "{u:?}");
+        // Remove frees everything (after its flush).
+        assert!(s.remove(c).await.expect("remove"));
+        assert!(!s.remove(c).await.expect("remove again"));
+        assert_eq!(s.usage().used_bytes, 0);
+        assert!(matches!(
+            s.read(c, 0, 1, ReadMode::Committed).await,
+            Err(StoreError::NotFound { .. })
+        ));
+    });
+}
+
+#[test]
+fn reopen_keeps_committed_and_pending_versions() {
+    let dir = formatted(1);
+    let path = dir.path().to_path_buf();
+    let p = path.clone();
+    run(move || async move {
+        let (_t, s) = open(&p, TargetOptions::default()).await;
+        for o in 1..=5u64 {
+            put(&s, chunk(o), 1, o * 1000, &pattern(o, 10_000)).await;
+            let d = pattern(o + 100, 3000);
+            s.write_pending(chunk(o), 2, 0, &d, &crcs(0, &d))
+                .await
+                .expect("pending");
+        }
+        s.close().await.expect("close");
+    });
+    run(move || async move {
+        let (t, s) = open(&path, TargetOptions::default()).await;
+        assert_eq!(t.superblock().shards, 1);
+        let mut listed = s.list_chunks().expect("list");
+        listed.sort();
+        assert_eq!(listed, (1..=5).map(chunk).collect::<Vec<_>>());
+        for o in 1..=5u64 {
+            let st = s.stat(chunk(o)).expect("stat").expect("exists");
+            assert_eq!(st.committed_version, 1);
+            assert_eq!(st.pending_versions, vec![2]);
+            let all = read_all(&s, chunk(o)).await;
+            assert_eq!(&all[(o * 1000) as usize..], &pattern(o, 10_000)[..]);
+            s.commit(chunk(o), 2).await.expect("commit after reopen");
+            let all = read_all(&s, chunk(o)).await;
+            assert_eq!(&all[..3000], &pattern(o + 100, 3000)[..]);
+        }
+        // The allocator was rebuilt from the block map: a new write does not
+        // land on a referenced block.
+        put(&s, chunk(9), 1, 0, &pattern(9, 64 * 4096)).await;
+        for o in 1..=5u64 {
+            assert!(
+                s.scrub_chunk(chunk(o))
+                    .await
+                    .expect("scrub")
+                    .bad_blocks
+                    .is_empty()
+            );
+        }
+    });
+}
+
+#[test]
+fn truncate_is_versioned_and_never_exposes_old_bytes() {
+    let dir = formatted(1);
+    let path = dir.path().to_path_buf();
+    run(move || async move {
+        let (_t, s) = open(&path, TargetOptions::default()).await;
+        let c = chunk(1);
+        let d = pattern(1, 20_000);
+        put(&s, c, 1, 0, &d).await;
+        s.truncate(c, 2, 5000).await.expect("truncate");
+        // Pending: the committed length still serves, the cut range is dirty.
+        assert_eq!(read_all(&s, c).await, d);
+        assert!(s.read(c, 0, 5000, ReadMode::CleanOnly).await.is_ok());
+        assert!(s.read(c, 4000, 2000, ReadMode::CleanOnly).await.is_err());
+        s.commit(c, 2).await.expect("commit");
+        assert_eq!(read_all(&s, c).await, &d[..5000]);
+        // Extending again reads zeros where the old bytes were.
+        put(&s, c, 3, 15_000, b"end").await;
+        let all = read_all(&s, c).await;
+        assert_eq!(all.len(), 15_003);
+        assert_eq!(&all[..5000], &d[..5000]);
+        assert!(all[5000..15_000].iter().all(|b| *b == 0));
+        s.truncate(c, 4, 30_000).await.expect("extend");
+        s.commit(c, 4).await.expect("commit");
+        assert_eq!(read_all(&s, c).await.len(), 30_000);
+        assert!(s.scrub_chunk(c).await.expect("scrub").bad_blocks.is_empty());
+    });
+}
+
+#[test]
+fn concurrent_writers_share_syncs() {
+    let dir = formatted(1);
+    let path = dir.path().to_path_buf();
+    run(move || async move {
+        let (_t, s) = open(&path, TargetOptions::default()).await;
+        let s = std::rc::Rc::new(s);
+        let mut tasks = Vec::new();
+        for o in 1..=32u64 {
+            let s = s.clone();
+            tasks.push(glommio::spawn_local(async move {
+                let d = pattern(o, 8192);
+                s.write_pending(chunk(o), 1, 0, &d, &crcs(0, &d)).await
+            }));
+        }
+        for t in tasks {
+            t.await.expect("write");
+        }
+        let (data_syncs, meta_flushes) = s.sync_counts();
+        assert!(data_syncs < 32, "{data_syncs} fdatasyncs for 32 writes");
+        assert!(meta_flushes < 32, "{meta_flushes} flushes for 32 writes");
+    });
+}
+
+#[test]
+fn shards_formats_and_routing() {
+    let dir = formatted(4);
+    let path = dir.path().to_path_buf();
+    assert!(matches!(
+        Target::format(&path, 4),
+        Err(StoreError::AlreadyFormatted { .. })
+    ));
+    let other = tempfile::tempdir().expect("tempdir");
+    std::fs::write(other.path().join("junk"), b"x").expect("junk");
+    assert!(matches!(
+        Target::format(other.path(), 4),
+        Err(StoreError::NotEmpty { .. })
+    ));
+    assert!(Target::open(other.path()).is_err());
+    let sb = std::fs::read_to_string(path.join("superblock.json")).expect("sb");
+    assert!(sb.contains("\"format_version\": 1"));
+    // The engine's placement equals the data plane's routing.
+    for o in 0..1000 {
+        let c = ChunkId {
+            object: ObjectId(o * 7919),
+            index: o % 5,
+        };
+        assert_eq!(shard_of(c, 4), cairn_chunkserver::chain::shard_of(c, 4));
+    }
+    run(move || async move {
+        let t = Target::open(&path).expect("open");
+        assert!(t.open_shard(4).await.is_err());
+        let s1 = t.open_shard(1).await.expect("shard 1");
+        let mine = (0..)
+            .map(chunk)
+            .find(|c| shard_of(*c, 4) == 1)
+            .expect("a chunk");
+        let theirs = (0..)
+            .map(chunk)
+            .find(|c| shard_of(*c, 4) == 2)
+            .expect("a chunk");
+        put(&s1, mine, 1, 0, b"hello").await;
+        let e = s1.write_pending(theirs, 1, 0, b"x", &crcs(0, b"x")).await;
+        assert!(matches!(e, Err(StoreError::WrongShard { owner: 2, .. })));
+    });
+    let bad = formatted(1);
+    let sb = bad.path().join("superblock.json");
+    let text = std::fs::read_to_string(&sb).expect("sb");
+    std::fs::write(
+        &sb,
+        text.replace("\"format_version\": 1", "\"format_version\": 9"),
+    )
+    .expect("w");
+    assert!(matches!(
+        Target::open(bad.path()),
+        Err(StoreError::UnsupportedFormat { found: 9 })
+    ));
+}
