@@ -171,22 +171,8 @@ impl ChainView {
     }
 }
 
-/// Returns the shard owning `chunk` among `shards` (stable across
-/// processes and builds: FNV-1a of the chunk id's 16 bytes).
-pub fn shard_of(chunk: ChunkId, shards: u32) -> u32 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in chunk
-        .object
-        .0
-        .to_be_bytes()
-        .iter()
-        .chain(chunk.index.to_be_bytes().iter())
-    {
-        h ^= u64::from(*b);
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    u32::try_from(h % u64::from(shards.max(1))).unwrap_or(0)
-}
+/// The chunk-to-shard hash; one definition, shared with the engine's placement.
+pub use crate::store::shard_of;
 
 #[cfg(test)]
 mod tests {
