@@ -22,9 +22,9 @@ Workloads:
         directory) — the like-for-like one, since Cairn acknowledges a
         mutation only once a majority of replicas flushed it to disk.
         Ratio = cairn ops/s ÷ baseline ops/s: 1 = parity, below 1 = Cairn
-        slower. Also reports the meta leader's group-commit factor (Raft log
-        entries per log fsync: how many operations share one fsync) and the
-        single-client create target (≥ 6,000/s).
+        slower. Also reports the meta leader's group commit (how many
+        operations share one Raft log fsync, and log entries per fsync) and
+        the single-client create target (≥ 6,000/s).
         Details: cairn-bench meta --help
 
 Every workload prints a table on stdout (progress on stderr), writes every

@@ -21,8 +21,9 @@
 //! Cairn's ops/s divided by the baseline's: 1.0 is parity, 0.25 means
 //! Cairn does a quarter of the local operations per second.
 //!
-//! Beside throughput and latency: the leader's group-commit factor (Raft
-//! log entries per log fsync) in each mutating phase, and the peak resident
+//! Beside throughput and latency: the leader's group commit in each
+//! mutating phase (operations and Raft log entries per log fsync; meta may
+//! pack several operations into one entry), and the peak resident
 //! memory of every process the run started and of the benchmark itself
 //! (DESIGN §10).
 //!
@@ -81,9 +82,11 @@ Ratio = cairn ops/s ÷ baseline ops/s: 1 = parity, below 1 = Cairn slower
 (0.25: Cairn does a quarter of the baseline's operations per second). Compare
 ratios across runs and machines, not absolute rates.
 
-Also reported: the meta leader's group-commit factor in each mutating phase
-(Raft log entries appended ÷ log fsyncs, i.e. how many operations share one
-fsync), whether single-client creates reach the 6,000/s target, the peak
+Also reported: the meta leader's group commit in each mutating phase: ops/fsync
+(the phase's operations ÷ the leader's Raft log fsyncs, i.e. how many
+operations share one fsync) and entries/fsync (log entries appended ÷ log
+fsyncs; lower when meta packs several operations into one entry), whether
+single-client creates reach the 6,000/s target, the peak
 resident memory (VmHWM) of each cairn-meta process and of the benchmark, the
 machine and the command line.
 
@@ -360,9 +363,11 @@ pub struct RunResult {
     pub systems: Vec<SystemResult>,
     /// Cairn over each baseline, per phase.
     pub ratios: Vec<Ratio>,
-    /// The meta leader's group-commit factor in the create phase (log
-    /// entries per log fsync): how many creates share one fsync. The same
-    /// figure as `systems[cairn].phases[create].raft.entries_per_flush`.
+    /// How many creates shared one Raft log fsync of the meta leader (the
+    /// create phase's `raft.ops_per_flush`).
+    pub create_ops_per_fsync: Option<f64>,
+    /// The leader's log entries per log fsync in the create phase (its
+    /// `raft.entries_per_flush`).
     pub create_entries_per_fsync: Option<f64>,
     /// Peak resident memory of every process after this run.
     pub peak_rss_after: Vec<ProcessRss>,
@@ -478,9 +483,9 @@ fn progress(clients: usize, system: SystemKind, r: &PhaseResult) {
     let gc = r
         .raft
         .as_ref()
-        .and_then(|d| d.entries_per_flush)
+        .and_then(|d| d.ops_per_flush.zip(d.entries_per_flush))
         .filter(|_| r.phase.mutates())
-        .map(|f| format!(", {f:.1} entries/fsync"))
+        .map(|(o, e)| format!(", {o:.1} ops/fsync, {e:.1} entries/fsync"))
         .unwrap_or_default();
     eprintln!(
         "  C={clients:<3} {:<12} {:<7} {:>7} ops in {:>6.2} s = {:>10.1} ops/s{gc}",
@@ -586,15 +591,17 @@ async fn run_all(
             .context("the local baseline task failed")??;
             systems.push(r);
         }
-        let create_entries_per_fsync = systems[0]
+        let create_raft = systems[0]
             .phase(Phase::Create)
-            .and_then(|p| p.raft.as_ref())
-            .and_then(|d| d.entries_per_flush);
+            .and_then(|p| p.raft.as_ref());
+        let create_ops_per_fsync = create_raft.and_then(|d| d.ops_per_flush);
+        let create_entries_per_fsync = create_raft.and_then(|d| d.entries_per_flush);
         runs.push(RunResult {
             clients,
             ops_per_phase: clients * per_client,
             ops_per_client: per_client,
             ratios: ratios(&systems),
+            create_ops_per_fsync,
             create_entries_per_fsync,
             systems,
             peak_rss_after: peak_rss(cluster),

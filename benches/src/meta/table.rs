@@ -13,14 +13,16 @@ fn plural(n: usize, one: &str, many: &str) -> String {
     )
 }
 
-/// Returns the leader's group-commit factor of a phase for the table.
-fn factor(raft: Option<&RaftDelta>) -> String {
+/// Returns the leader's group-commit columns of a phase for the table:
+/// operations per log fsync and log entries per log fsync.
+fn factors(raft: Option<&RaftDelta>) -> (String, String) {
+    let f2 = |f: f64| format!("{f:.2}");
     match raft {
-        None => String::new(),
-        Some(d) => match (d.entries_per_flush, d.leader_node) {
-            (Some(f), _) => format!("{f:.2}"),
-            (None, None) => "leader changed".into(),
-            (None, Some(_)) => "no fsyncs".into(),
+        None => (String::new(), String::new()),
+        Some(d) => match (d.ops_per_flush, d.entries_per_flush, d.leader_node) {
+            (Some(o), Some(e), _) => (f2(o), f2(e)),
+            (_, _, None) => ("leader changed".into(), String::new()),
+            _ => ("no fsyncs".into(), String::new()),
         },
     }
 }
@@ -81,8 +83,8 @@ fn write_run(out: &mut impl Write, run: &RunResult) -> io::Result<()> {
     )?;
     writeln!(
         out,
-        "  {:<7} {:<12} {:>10} {:>9} {:>9} {:>12} {:>14}",
-        "phase", "system", "ops/s", "p50 µs", "p99 µs", "cairn÷this", "entries/fsync"
+        "  {:<7} {:<12} {:>10} {:>9} {:>9} {:>11} {:>10} {:>14}",
+        "phase", "system", "ops/s", "p50 µs", "p99 µs", "cairn÷this", "ops/fsync", "entries/fsync"
     )?;
     for phase in Phase::ALL {
         let ratio_of = |kind: SystemKind| {
@@ -96,20 +98,21 @@ fn write_run(out: &mut impl Write, run: &RunResult) -> io::Result<()> {
         let mut first = true;
         for sys in &run.systems {
             let Some(p) = sys.phase(phase) else { continue };
-            let gc = if phase.mutates() {
-                factor(p.raft.as_ref())
+            let (ops_gc, entries_gc) = if phase.mutates() {
+                factors(p.raft.as_ref())
             } else {
-                String::new()
+                (String::new(), String::new())
             };
             let line = format!(
-                "  {:<7} {:<12} {:>10} {:>9} {:>9} {:>12} {:>14}",
+                "  {:<7} {:<12} {:>10} {:>9} {:>9} {:>11} {:>10} {:>14}",
                 if first { phase.name() } else { "" },
                 sys.system.label(),
                 thousands(p.ops_per_sec),
                 micros(p.latency.p50_us),
                 micros(p.latency.p99_us),
                 ratio_of(sys.system),
-                gc,
+                ops_gc,
+                entries_gc,
             );
             writeln!(out, "{}", line.trim_end())?;
             first = false;
@@ -159,7 +162,12 @@ pub fn print_table(out: &mut impl Write, r: &MetaReport) -> io::Result<()> {
     )?;
     writeln!(
         out,
-        "entries/fsync = the meta leader's Raft log entries appended per log fsync (group commit)."
+        "ops/fsync = the phase's operations per Raft log fsync of the meta leader (group commit);"
+    )?;
+    writeln!(
+        out,
+        "entries/fsync = the leader's log entries per log fsync (below ops/fsync when meta packs \
+         several operations into one entry)."
     )?;
     for kind in [SystemKind::Cairn, SystemKind::Local, SystemKind::LocalFsync] {
         writeln!(out, "  {:<12} {}", kind.label(), kind.description())?;
