@@ -18,6 +18,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use cairn_meta::MetaConfig;
+use cairn_proto::units::parse_size;
 use clap::Parser;
 use tokio::signal::unix::{SignalKind, signal};
 use tracing::{error, info, warn};
@@ -87,27 +88,6 @@ struct Args {
     /// Serve Prometheus metrics on http://ADDR/metrics (e.g. "127.0.0.1:9101").
     #[arg(long, env = "CAIRN_META_METRICS_LISTEN", value_name = "IP:PORT")]
     metrics_listen: Option<std::net::SocketAddr>,
-}
-
-/// Parses a byte size: a whole number with an optional binary unit (`K`,
-/// `KiB`, `M`, `MiB`, `G`, `GiB`, `T`, `TiB`; `B` alone is bytes).
-fn parse_size(s: &str) -> Result<u64, String> {
-    let t = s.trim();
-    let end = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (num, unit) = t.split_at(end);
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("{s:?} is not a size (expected e.g. 64MiB)"))?;
-    let shift = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 0,
-        "k" | "kib" => 10,
-        "m" | "mib" => 20,
-        "g" | "gib" => 30,
-        "t" | "tib" => 40,
-        other => return Err(format!("unknown size unit {other:?} in {s:?}")),
-    };
-    n.checked_mul(1u64 << shift)
-        .ok_or_else(|| format!("{s:?} is too large"))
 }
 
 /// Warns about keys of the config file that `MetaConfig` does not know.

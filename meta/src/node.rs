@@ -292,7 +292,7 @@ pub async fn start(
     };
 
     let fs = Arc::new(FsState::open(db.open_tree("fs")?)?);
-    let log_store = LogStore::open(&db)?;
+    let log_store = LogStore::open_at(&db, &config.data_dir.join("db"))?;
     let log_io = log_store.io_counters();
     let sm =
         StateMachineStore::open(&db, fs.clone()).map_err(|e| MetaError::Raft(e.to_string()))?;

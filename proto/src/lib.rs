@@ -9,11 +9,13 @@
 //!   header with CRC, payload, per-4 KiB segment CRCs; a zero-copy decoder.
 //! * [`ids`]: id newtypes.
 //! * [`names`]: validation of file names, shared by servers and clients.
+//! * [`units`]: sizes on command lines.
 
 pub mod error;
 pub mod frame;
 pub mod ids;
 pub mod names;
+pub mod units;
 
 pub use error::{CairnStatus, ErrorCode};
 
