@@ -21,7 +21,6 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("{s:?} is too large"))
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
