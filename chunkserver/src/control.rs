@@ -309,6 +309,24 @@ pub async fn run(
     watcher.abort();
 }
 
+/// Tells meta's leader about a corrupt replica (DESIGN §5: the scrubber
+/// and reads report; repair, issue 6, rewrites it from a healthy replica).
+///
+/// # Errors
+/// The last error when no meta replica took the report.
+pub async fn report_corruption(
+    addrs: &[String],
+    req: pb::ReportCorruptionRequest,
+) -> Result<(), CairnStatus> {
+    let mut meta = Meta::new(addrs.to_vec());
+    meta.call(|mut c| {
+        let req = req.clone();
+        async move { c.report_corruption(req).await }
+    })
+    .await
+    .map(|_| ())
+}
+
 /// Follows meta's chain-table stream, reconnecting (to any replica) when
 /// it breaks.
 async fn watch_chains(

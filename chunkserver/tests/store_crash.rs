@@ -2,13 +2,15 @@
 //!
 //! The parent test re-runs this test binary as a child (selected by an
 //! environment variable) that writes random versions to a few chunks
-//! (`write_pending` then `commit`, four chunks concurrently so syncs are
+//! (`write_pending` then `commit`, or then a non-durable `commit_through`,
+//! or `write_committed`; four chunks concurrently so syncs are
 //! group-committed) and prints every acknowledgement on stdout. The parent
 //! SIGKILLs it at a random moment, reopens the target and checks:
 //!
-//! * every acknowledged commit is there, and the committed bytes are those
-//!   of the version the child acknowledged under that number;
-//! * every acknowledged pending version is there (pending or committed);
+//! * every acknowledged (durable) commit is there, and the committed bytes
+//!   are those of the version the child acknowledged under that number;
+//! * every acknowledged pending version is there (pending or committed),
+//!   a non-durable commit counting only as pending;
 //! * every stored block of every chunk, committed or pending, matches its
 //!   CRC: no torn or overwritten block is referenced.
 //!
@@ -110,6 +112,8 @@ fn crash_child() {
                 let start = Instant::now();
                 while start.elapsed() < Duration::from_secs(30) {
                     version += 1;
+                    // 0: write_committed; 1: non-durable commit; else durable.
+                    let how = rng.random_range(0..4);
                     if rng.random_range(0..20) == 0 && !model.is_empty() {
                         let new_len = rng.random_range(0..model.len() as u64);
                         model.truncate(new_len as usize);
@@ -123,14 +127,30 @@ fn crash_child() {
                             model.resize(end, 0);
                         }
                         model[off as usize..end].copy_from_slice(&data);
+                        if how == 0 {
+                            s.write_committed(c, version, off, &data, &crcs(off, &data))
+                                .await
+                                .expect("write committed");
+                            let h = crc32fast::hash(&model);
+                            ack(format!("C {o} {version} {h} {}", model.len()));
+                            continue;
+                        }
                         s.write_pending(c, version, off, &data, &crcs(off, &data))
                             .await
                             .expect("write");
                     }
                     let h = crc32fast::hash(&model);
                     ack(format!("P {o} {version} {h} {}", model.len()));
-                    s.commit(c, version).await.expect("commit");
-                    ack(format!("C {o} {version} {h} {}", model.len()));
+                    if how == 1 {
+                        // Visible, not yet durable: a pending-level ack.
+                        s.commit_through(c, version, false)
+                            .await
+                            .expect("non-durable commit");
+                        ack(format!("N {o} {version} {h} {}", model.len()));
+                    } else {
+                        s.commit(c, version).await.expect("commit");
+                        ack(format!("C {o} {version} {h} {}", model.len()));
+                    }
                 }
             }));
         }
@@ -154,7 +174,7 @@ fn parse(lines: &[String], acks: &mut HashMap<u64, Acks>) -> usize {
     let mut n = 0;
     for line in lines {
         let f: Vec<&str> = line.split_whitespace().collect();
-        let [kind @ ("P" | "C"), o, v, h, len] = f[..] else {
+        let [kind @ ("P" | "N" | "C"), o, v, h, len] = f[..] else {
             continue;
         };
         let (Ok(o), Ok(v), Ok(h), Ok(len)) = (

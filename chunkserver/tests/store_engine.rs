@@ -4,7 +4,7 @@ use std::future::Future;
 use std::path::Path;
 
 use cairn_chunkserver::store::{
-    ReadMode, ShardStore, StoreError, Target, TargetOptions, layout, shard_of,
+    PendingData, ReadMode, ShardStore, StoreError, Target, TargetOptions, layout, shard_of,
 };
 use cairn_proto::ErrorCode;
 use cairn_proto::ids::{ChunkId, ObjectId};
@@ -334,6 +334,15 @@ fn capacity_limit_gives_no_space_and_keeps_data() {
         assert!(matches!(e, Err(StoreError::NoSpace { .. })), "{e:?}");
         assert_eq!(e.err().map(|e| e.code()), Some(ErrorCode::NoSpace));
         assert_eq!(s.stat(chunk(2)).expect("stat"), None);
+        // The tail's write-and-commit fails the same way, new chunk or not.
+        let e = s.write_committed(chunk(2), 1, 0, &b, &crcs(0, &b)).await;
+        assert!(matches!(e, Err(StoreError::NoSpace { .. })), "{e:?}");
+        assert_eq!(s.stat(chunk(2)).expect("stat"), None);
+        let e = s.write_committed(chunk(1), 2, 0, &b, &crcs(0, &b)).await;
+        assert!(matches!(e, Err(StoreError::NoSpace { .. })), "{e:?}");
+        let st = s.stat(chunk(1)).expect("stat").expect("exists");
+        assert_eq!((st.committed_version, st.committed_len), (1, 128 * 4096));
+        assert!(st.pending_versions.is_empty());
         assert_eq!(read_all(&s, chunk(1)).await, a);
         let u = s.usage();
         assert_eq!(u.used_bytes, 128 * 4096);
@@ -534,4 +543,359 @@ fn shards_formats_and_routing() {
         Target::open(bad.path()),
         Err(StoreError::UnsupportedFormat { found: 9 })
     ));
+}
+
+#[test]
+fn commit_through_commits_every_older_pending_version() {
+    let dir = formatted(1);
+    let path = dir.path().to_path_buf();
+    run(move || async move {
+        let (_t, s) = open(&path, TargetOptions::default()).await;
+        let c = chunk(1);
+        let mut model = pattern(1, 5 * 4096);
+        put(&s, c, 1, 0, &model).await;
+        // v2 rewrites parts of blocks 0-1, v3 cuts the chunk inside block
+        // 3, v4 rewrites blocks 2-3: three pending versions at once.
+        let d2 = pattern(2, 6000);
+        s.write_pending(c, 2, 100, &d2, &crcs(100, &d2))
+            .await
+            .expect("v2");
+        model[100..6100].copy_from_slice(&d2);
+        s.truncate(c, 3, 3 * 4096 + 100).await.expect("v3");
+        model.truncate(3 * 4096 + 100);
+        let d4 = pattern(4, 2 * 4096);
+        s.write_pending(c, 4, 2 * 4096, &d4, &crcs(2 * 4096, &d4))
+            .await
+            .expect("v4");
+        model.resize(4 * 4096, 0);
+        model[2 * 4096..].copy_from_slice(&d4);
+        let gap = s.commit_through(c, 5, true).await;
+        assert!(
+            matches!(
+                gap,
+                Err(StoreError::VersionGap {
+                    expected: 4,
+                    got: 5,
+                    ..
+                })
+            ),
+            "{gap:?}"
+        );
+        assert_eq!(
+            s.stat(c).expect("stat").map(|st| st.pending_versions),
+            Some(vec![2, 3, 4])
+        );
+        s.commit_through(c, 4, true)
+            .await
+            .expect("commit through 4");
+        let st = s.stat(c).expect("stat").expect("exists");
+        assert_eq!(st.committed_version, 4);
+        assert_eq!(st.committed_len, model.len() as u64);
+        assert!(st.pending_versions.is_empty());
+        assert_eq!(read_all(&s, c).await, model);
+        // Every replaced block is free after the flush, also those of v2
+        // and v3 that v4 superseded in the same step: only v4's four
+        // blocks remain.
+        let u = s.usage();
+        assert_eq!((u.used_bytes, u.deferred_bytes), (4 * 4096, 0), "{u:?}");
+        // Committed versions: no-ops, durable or not.
+        s.commit_through(c, 2, true).await.expect("old version");
+        s.commit_through(c, 4, false).await.expect("same version");
+        assert_eq!(s.stat(c).expect("stat"), Some(st));
+        assert!(s.scrub_chunk(c).await.expect("scrub").bad_blocks.is_empty());
+        let e = s.commit_through(chunk(77), 1, true).await;
+        assert!(matches!(e, Err(StoreError::NotFound { .. })), "{e:?}");
+    });
+}
+
+#[test]
+fn non_durable_commit_is_visible_at_once_and_frees_after_a_later_flush() {
+    let dir = formatted(1);
+    let path = dir.path().to_path_buf();
+    let p = path.clone();
+    let c = chunk(1);
+    run(move || async move {
+        let (_t, s) = open(&p, TargetOptions::default()).await;
+        put(&s, c, 1, 0, &pattern(1, 8 * 4096)).await;
+        let d2 = pattern(2, 8 * 4096);
+        s.write_pending(c, 2, 0, &d2, &crcs(0, &d2))
+            .await
+            .expect("v2");
+        let before = s.sync_counts();
+        s.commit_through(c, 2, false).await.expect("commit");
+        assert_eq!(s.sync_counts(), before, "a non-durable commit flushed");
+        let st = s.stat(c).expect("stat").expect("exists");
+        assert_eq!((st.committed_version, st.pending_versions), (2, vec![]));
+        assert_eq!(read_all(&s, c).await, d2);
+        // v1's blocks wait for a flush that covers the commit.
+        let u = s.usage();
+        assert_eq!((u.used_bytes, u.deferred_bytes), (16 * 4096, 8 * 4096));
+        // The next durable operation's flush (any chunk's) frees them.
+        s.write_pending(chunk(2), 1, 0, b"x", &crcs(0, b"x"))
+            .await
+            .expect("other chunk");
+        let u = s.usage();
+        assert_eq!((u.used_bytes, u.deferred_bytes), (9 * 4096, 0));
+        // Non-durable again, then a clean close: close flushes it.
+        let d3 = pattern(3, 4096);
+        s.write_pending(c, 3, 0, &d3, &crcs(0, &d3))
+            .await
+            .expect("v3");
+        s.commit_through(c, 3, false).await.expect("commit v3");
+        s.close().await.expect("close");
+    });
+    let p = path.clone();
+    run(move || async move {
+        let (_t, s) = open(&p, TargetOptions::default()).await;
+        let st = s.stat(c).expect("stat").expect("exists");
+        assert_eq!((st.committed_version, st.pending_versions), (3, vec![]));
+        let mut want = pattern(2, 8 * 4096);
+        want[..4096].copy_from_slice(&pattern(3, 4096));
+        assert_eq!(read_all(&s, c).await, want);
+        // A non-durable commit, then the shard and target are dropped
+        // without close: the commit may or may not have survived; either
+        // way, committing again gives the committed version.
+        let d4 = pattern(4, 3 * 4096);
+        s.write_pending(c, 4, 4096, &d4, &crcs(4096, &d4))
+            .await
+            .expect("v4");
+        s.commit_through(c, 4, false).await.expect("commit v4");
+    });
+    run(move || async move {
+        let (_t, s) = open(&path, TargetOptions::default()).await;
+        let st = s.stat(c).expect("stat").expect("exists");
+        assert!(
+            (st.committed_version, &st.pending_versions[..]) == (4, &[][..])
+                || (st.committed_version, &st.pending_versions[..]) == (3, &[4][..]),
+            "{st:?}"
+        );
+        s.commit_through(c, 4, true).await.expect("re-commit");
+        let mut want = pattern(2, 8 * 4096);
+        want[..4096].copy_from_slice(&pattern(3, 4096));
+        want[4096..4 * 4096].copy_from_slice(&pattern(4, 3 * 4096));
+        assert_eq!(read_all(&s, c).await, want);
+        assert!(s.scrub_chunk(c).await.expect("scrub").bad_blocks.is_empty());
+    });
+}
+
+#[test]
+fn blocks_a_non_durable_commit_frees_are_reused_only_after_a_flush() {
+    let dir = formatted(1);
+    let path = dir.path().to_path_buf();
+    let p = path.clone();
+    let opts = TargetOptions {
+        capacity_bytes: Some(1 << 20),
+        grow_bytes: 1 << 20,
+        ..TargetOptions::default()
+    };
+    let o = opts.clone();
+    run(move || async move {
+        let (_t, s) = open(&p, o).await;
+        // 100 + 100 of the 256 blocks; the commit defers 100.
+        put(&s, chunk(1), 1, 0, &pattern(1, 100 * 4096)).await;
+        let d2 = pattern(2, 100 * 4096);
+        s.write_pending(chunk(1), 2, 0, &d2, &crcs(0, &d2))
+            .await
+            .expect("v2");
+        s.commit_through(chunk(1), 2, false).await.expect("commit");
+        assert_eq!(s.usage().deferred_bytes, 100 * 4096);
+        // 100 more blocks fit only once the deferred ones are free: the
+        // allocator flushes (covering the commit) rather than fail.
+        let d3 = pattern(3, 100 * 4096);
+        s.write_pending(chunk(2), 1, 0, &d3, &crcs(0, &d3))
+            .await
+            .expect("write needing the freed blocks");
+        assert_eq!(s.usage().deferred_bytes, 0);
+        // Dropped without close.
+    });
+    run(move || async move {
+        let (_t, s) = open(&path, opts).await;
+        // The flush that made the blocks reusable made the commit durable.
+        let st = s.stat(chunk(1)).expect("stat").expect("exists");
+        assert_eq!((st.committed_version, st.pending_versions), (2, vec![]));
+        assert_eq!(read_all(&s, chunk(1)).await, pattern(2, 100 * 4096));
+        for c in [chunk(1), chunk(2)] {
+            assert!(s.scrub_chunk(c).await.expect("scrub").bad_blocks.is_empty());
+        }
+    });
+}
+
+#[test]
+fn write_committed_stores_and_commits_in_one_flush() {
+    let dir = formatted(1);
+    let path = dir.path().to_path_buf();
+    run(move || async move {
+        let (_t, s) = open(&path, TargetOptions::default()).await;
+        let c = chunk(1);
+        let mut model = vec![0u8; 700];
+        let d1 = pattern(1, 3 * 4096 + 500);
+        model.extend_from_slice(&d1);
+        let before = s.sync_counts();
+        s.write_committed(c, 1, 700, &d1, &crcs(700, &d1))
+            .await
+            .expect("v1");
+        let after = s.sync_counts();
+        assert_eq!((after.0 - before.0, after.1 - before.1), (1, 1));
+        let st = s.stat(c).expect("stat").expect("exists");
+        assert_eq!(st.committed_version, 1);
+        assert_eq!(st.committed_len, model.len() as u64);
+        assert!(st.pending_versions.is_empty());
+        assert_eq!(read_all(&s, c).await, model);
+        // A partial overwrite merges with the committed blocks and releases
+        // the ones it replaces once flushed.
+        let d2 = pattern(2, 5000);
+        s.write_committed(c, 2, 2000, &d2, &crcs(2000, &d2))
+            .await
+            .expect("v2");
+        model[2000..7000].copy_from_slice(&d2);
+        assert_eq!(read_all(&s, c).await, model);
+        let u = s.usage();
+        assert_eq!((u.used_bytes, u.deferred_bytes), (4 * 4096, 0), "{u:?}");
+        // A retry of a committed version: Stale ("already applied").
+        let e = s.write_committed(c, 2, 2000, &d2, &crcs(2000, &d2)).await;
+        assert!(
+            matches!(
+                e,
+                Err(StoreError::Stale {
+                    newest: 2,
+                    got: 2,
+                    ..
+                })
+            ),
+            "{e:?}"
+        );
+        let e = s.write_committed(c, 1, 700, &d1, &crcs(700, &d1)).await;
+        assert!(matches!(e, Err(StoreError::Stale { .. })), "{e:?}");
+        let e = s.write_committed(c, 4, 0, b"x", &crcs(0, b"x")).await;
+        assert!(
+            matches!(
+                e,
+                Err(StoreError::VersionGap {
+                    expected: 3,
+                    got: 4,
+                    ..
+                })
+            ),
+            "{e:?}"
+        );
+        assert_eq!(read_all(&s, c).await, model);
+        // With a pending version in front: stored pending, then both are
+        // committed, still one flush.
+        let d3 = pattern(3, 100);
+        s.write_pending(c, 3, 50, &d3, &crcs(50, &d3))
+            .await
+            .expect("v3");
+        model[50..150].copy_from_slice(&d3);
+        let d4 = pattern(4, 9000);
+        let before = s.sync_counts();
+        s.write_committed(c, 4, 10_000, &d4, &crcs(10_000, &d4))
+            .await
+            .expect("v4");
+        assert_eq!(s.sync_counts().1 - before.1, 1);
+        model.resize(19_000, 0);
+        model[10_000..].copy_from_slice(&d4);
+        let st = s.stat(c).expect("stat").expect("exists");
+        assert_eq!((st.committed_version, st.pending_versions), (4, vec![]));
+        assert_eq!(read_all(&s, c).await, model);
+        // An identical retry of the newest pending version commits it.
+        let d5 = pattern(5, 4096);
+        s.write_pending(c, 5, 4096, &d5, &crcs(4096, &d5))
+            .await
+            .expect("v5");
+        s.write_committed(c, 5, 4096, &d5, &crcs(4096, &d5))
+            .await
+            .expect("v5 as tail");
+        model[4096..8192].copy_from_slice(&d5);
+        let st = s.stat(c).expect("stat").expect("exists");
+        assert_eq!((st.committed_version, st.pending_versions), (5, vec![]));
+        assert_eq!(read_all(&s, c).await, model);
+        assert!(s.scrub_chunk(c).await.expect("scrub").bad_blocks.is_empty());
+    });
+}
+
+#[test]
+fn read_pending_returns_a_version_exactly_as_written() {
+    let dir = formatted(1);
+    let path = dir.path().to_path_buf();
+    let p = path.clone();
+    run(move || async move {
+        let (_t, s) = open(&p, TargetOptions::default()).await;
+        let c = chunk(1);
+        put(&s, c, 1, 0, &pattern(1, 6 * 4096)).await;
+        // Unaligned at both ends, three blocks (1, 2, 3), merged with v1.
+        let off = 4096 + 1000;
+        let d = pattern(2, 2 * 4096 + 500);
+        s.write_pending(c, 2, off, &d, &crcs(off, &d))
+            .await
+            .expect("v2");
+        s.truncate(c, 3, 10_000).await.expect("v3");
+        let got = s.read_pending(c, 2).await.expect("read v2");
+        assert_eq!(
+            got,
+            PendingData {
+                version: 2,
+                offset: off,
+                len: d.len() as u64,
+                new_len: 6 * 4096,
+                data: bytes::Bytes::from(d.clone()),
+                segment_crcs: cairn_proto::frame::segment_crcs(off, &d),
+            }
+        );
+        assert_eq!(got.segment_crcs.len(), 3);
+        // What it returns is a valid write for another replica.
+        put(&s, chunk(2), 1, 0, &pattern(1, 6 * 4096)).await;
+        s.write_pending(chunk(2), 2, got.offset, &got.data, &got.segment_crcs)
+            .await
+            .expect("forwarded write");
+        let t = s.read_pending(c, 3).await.expect("read v3");
+        assert_eq!(
+            t,
+            PendingData {
+                version: 3,
+                offset: 10_000,
+                len: 0,
+                new_len: 10_000,
+                data: bytes::Bytes::new(),
+                segment_crcs: vec![],
+            }
+        );
+        for v in [1, 4] {
+            let e = s.read_pending(c, v).await;
+            assert!(matches!(e, Err(StoreError::NotFound { .. })), "v{v}: {e:?}");
+        }
+        let e = s.read_pending(chunk(9), 1).await;
+        assert!(matches!(e, Err(StoreError::NotFound { .. })), "{e:?}");
+        s.commit_through(c, 3, true).await.expect("commit");
+        let e = s.read_pending(c, 2).await;
+        assert!(matches!(e, Err(StoreError::NotFound { .. })), "{e:?}");
+        // A distinctive pending block, to corrupt on disk.
+        s.write_pending(chunk(3), 1, 0, &[0xC7; 4096], &crcs(0, &[0xC7; 4096]))
+            .await
+            .expect("pending block");
+        s.close().await.expect("close");
+    });
+    let file = path.join("data/shard-0.dat");
+    let mut bytes = std::fs::read(&file).expect("read data file");
+    let at = bytes
+        .chunks(4096)
+        .position(|b| b.iter().all(|x| *x == 0xC7))
+        .expect("pending block on disk");
+    bytes[at * 4096 + 99] ^= 1;
+    std::fs::write(&file, &bytes).expect("corrupt");
+    run(move || async move {
+        let (_t, s) = open(&path, TargetOptions::default()).await;
+        let e = s.read_pending(chunk(3), 1).await;
+        assert!(
+            matches!(e, Err(StoreError::Checksum { block: 0, .. })),
+            "{e:?}"
+        );
+        assert_eq!(
+            s.read_pending(chunk(2), 2)
+                .await
+                .expect("intact")
+                .data
+                .len(),
+            2 * 4096 + 500
+        );
+    });
 }

@@ -12,6 +12,7 @@
 
 #![warn(missing_docs)]
 
+pub mod data;
 pub mod meta_client;
 
 pub use cairn_proto::{CairnStatus, ErrorCode};

@@ -192,6 +192,7 @@ fake_meta! {
         register_chunkserver(RegisterChunkserverRequest) -> RegisterChunkserverReply;
         chunkserver_heartbeat(ChunkserverHeartbeatRequest) -> ChunkserverHeartbeatReply;
         get_chains(Empty) -> ChainTables;
+        report_corruption(ReportCorruptionRequest) -> Empty;
         join(JoinRequest) -> JoinReply;
         promote(PromoteRequest) -> StatusReply;
         remove_member(RemoveMemberRequest) -> StatusReply;

@@ -7,6 +7,8 @@
 //! * Raft state (term, leader, commit and applied index, role), Raft log
 //!   appends and fsyncs (their ratio is the group-commit factor), and
 //!   counts from the state machine (sessions, chunkservers, chains).
+//! * Corruption reports from chunkservers and the corrupt replicas the
+//!   leader knows of (soft state, see `service::CorruptReplicas`).
 //!
 //! No path, inode or client id is ever a label.
 
@@ -287,6 +289,22 @@ pub fn render(shared: &Shared, rpc: &RpcMetrics) -> String {
             g.len(),
         );
     }
+    let (reports, replicas) = {
+        let live = shared.liveness();
+        (live.corrupt.reports(), live.corrupt.len())
+    };
+    counter(
+        &mut out,
+        "cairn_meta_corruption_reports_total",
+        "Corrupt-replica reports from chunkservers received since this replica last became leader.",
+        reports,
+    );
+    gauge(
+        &mut out,
+        "cairn_meta_corrupt_replicas",
+        "Distinct corrupt chunk replicas this leader knows of (bounded soft state).",
+        replicas,
+    );
     rpc.render(&mut out);
     out
 }

@@ -10,12 +10,16 @@
 //!
 //! Chunkserver heartbeats and session renewals are soft state on the
 //! leader ([`Liveness`]); only the decisions they lead to go through Raft.
+//! So are corruption reports ([`CorruptReplicas`]): a chunkserver's
+//! scrubber reports a bad replica again every pass, so a new leader learns
+//! them anew without a Raft entry per report.
 
 use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use cairn_proto::ids::{ChunkId, ChunkserverId, ObjectId, TargetId};
 use cairn_proto::meta as pb;
 use cairn_proto::meta::meta_server::Meta;
 use cairn_proto::{CairnStatus, ErrorCode};
@@ -44,6 +48,140 @@ pub struct Liveness {
     pub chunkservers: HashMap<u64, (Instant, Vec<pb::TargetInfo>)>,
     /// Last renewal per session id.
     pub sessions: HashMap<u64, Instant>,
+    /// Corrupt replicas reported by chunkservers, for repair.
+    pub corrupt: CorruptReplicas,
+}
+
+/// How many corrupt replicas the leader remembers; past it, the replica
+/// reported least recently is forgotten (it is reported again next pass).
+pub const MAX_CORRUPT_REPLICAS: usize = 1000;
+
+/// How many bad blocks the leader remembers per replica. A replica with
+/// more needs a whole-chunk repair anyway.
+pub const MAX_BAD_BLOCKS_PER_REPLICA: usize = 1024;
+
+/// How many bytes of a report's free-text detail are kept.
+const MAX_DETAIL_BYTES: usize = 200;
+
+/// A chunk replica with stored blocks that fail their CRC, as reported by
+/// the chunkserver holding it (on a read or a scrub pass).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CorruptReplica {
+    /// The chunkserver holding the replica.
+    pub chunkserver: ChunkserverId,
+    /// The target (disk) holding the replica.
+    pub target: TargetId,
+    /// The chunk.
+    pub chunk: ChunkId,
+    /// Bad block indexes within the chunk, ascending, at most
+    /// [`MAX_BAD_BLOCKS_PER_REPLICA`]; the union of every report.
+    pub bad_blocks: Vec<u32>,
+    /// How the latest report found it ("scrub", "read", ...).
+    pub detail: String,
+    /// When this leader first heard of it.
+    pub first_reported: Instant,
+    /// When this leader last heard of it.
+    pub last_reported: Instant,
+    /// Reports received for it.
+    pub reports: u64,
+}
+
+/// The leader's bounded soft state of corrupt replicas, one entry per
+/// (target, chunk). Repair (issue 6) consumes it and calls
+/// [`CorruptReplicas::resolve`] once a replica is rewritten. Like the rest
+/// of [`Liveness`], it starts empty whenever this replica becomes leader
+/// (the next scrub passes refill it).
+#[derive(Debug, Default)]
+pub struct CorruptReplicas {
+    replicas: HashMap<(TargetId, ChunkId), CorruptReplica>,
+    reports: u64,
+}
+
+impl CorruptReplicas {
+    /// Records one report at `now`: merges `bad_blocks` into the replica's
+    /// entry, or adds one, forgetting the least recently reported replica
+    /// when [`MAX_CORRUPT_REPLICAS`] are already known.
+    pub fn record(
+        &mut self,
+        chunkserver: ChunkserverId,
+        target: TargetId,
+        chunk: ChunkId,
+        bad_blocks: &[u32],
+        detail: &str,
+        now: Instant,
+    ) {
+        self.reports += 1;
+        let key = (target, chunk);
+        if !self.replicas.contains_key(&key) && self.replicas.len() >= MAX_CORRUPT_REPLICAS {
+            let oldest = self
+                .replicas
+                .iter()
+                .min_by_key(|(_, r)| r.last_reported)
+                .map(|(k, _)| *k);
+            if let Some(k) = oldest {
+                self.replicas.remove(&k);
+            }
+        }
+        let entry = self.replicas.entry(key).or_insert_with(|| CorruptReplica {
+            chunkserver,
+            target,
+            chunk,
+            bad_blocks: Vec::new(),
+            detail: String::new(),
+            first_reported: now,
+            last_reported: now,
+            reports: 0,
+        });
+        entry.bad_blocks.extend_from_slice(bad_blocks);
+        entry.bad_blocks.sort_unstable();
+        entry.bad_blocks.dedup();
+        entry.bad_blocks.truncate(MAX_BAD_BLOCKS_PER_REPLICA);
+        entry.chunkserver = chunkserver;
+        entry.detail = truncate_utf8(detail, MAX_DETAIL_BYTES).to_string();
+        entry.last_reported = now;
+        entry.reports += 1;
+    }
+
+    /// Forgets a replica (repaired, or its chunk removed); returns its entry.
+    pub fn resolve(&mut self, target: TargetId, chunk: ChunkId) -> Option<CorruptReplica> {
+        self.replicas.remove(&(target, chunk))
+    }
+
+    /// Returns the known corrupt replicas, ordered by target and chunk.
+    pub fn list(&self) -> Vec<CorruptReplica> {
+        let mut out: Vec<CorruptReplica> = self.replicas.values().cloned().collect();
+        out.sort_by_key(|r| (r.target, r.chunk));
+        out
+    }
+
+    /// Returns how many corrupt replicas are known.
+    pub fn len(&self) -> usize {
+        self.replicas.len()
+    }
+
+    /// Returns whether no corrupt replica is known.
+    pub fn is_empty(&self) -> bool {
+        self.replicas.is_empty()
+    }
+
+    /// Returns how many reports were received since this replica last
+    /// became leader.
+    pub fn reports(&self) -> u64 {
+        self.reports
+    }
+}
+
+/// Returns the longest prefix of `s` of at most `max` bytes that ends on a
+/// character boundary.
+fn truncate_utf8(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
 }
 
 /// State shared by the gRPC service and the node's background duties.
@@ -97,6 +235,18 @@ impl Shared {
     /// Locks the soft state (a poisoned lock still holds valid data).
     pub fn liveness(&self) -> std::sync::MutexGuard<'_, Liveness> {
         self.liveness.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Returns the corrupt replicas chunkservers reported to this replica
+    /// while leader, ordered by target and chunk (empty on a follower).
+    pub fn corrupt_replicas(&self) -> Vec<CorruptReplica> {
+        self.liveness().corrupt.list()
+    }
+
+    /// Returns how many corruption reports this replica received since it
+    /// last became leader.
+    pub fn corruption_reports_total(&self) -> u64 {
+        self.liveness().corrupt.reports()
     }
 
     /// Proposes `op` as one Raft entry and returns the state machine's reply.
@@ -954,6 +1104,59 @@ impl Meta for MetaService {
         }))
     }
 
+    #[instrument(skip_all, fields(
+        chunkserver = req.get_ref().chunkserver_id,
+        target = req.get_ref().target_id,
+    ))]
+    async fn report_corruption(
+        &self,
+        req: Request<pb::ReportCorruptionRequest>,
+    ) -> GrpcResult<pb::Empty> {
+        let r = req.into_inner();
+        self.leader_only()?;
+        if r.bad_blocks.is_empty() {
+            return Err(bad("a corruption report needs at least one bad block"));
+        }
+        let servers = self.shared.fs.chunkservers().map_err(fs_err)?;
+        let Some(cs) = servers.iter().find(|c| c.id == r.chunkserver_id) else {
+            return Err(CairnStatus::new(
+                ErrorCode::NotFound,
+                format!("chunkserver {} is not registered", r.chunkserver_id),
+            )
+            .into());
+        };
+        if !cs.targets.iter().any(|t| t.id == r.target_id) {
+            return Err(CairnStatus::new(
+                ErrorCode::NotFound,
+                format!(
+                    "target {} is not a target of chunkserver {}",
+                    r.target_id, r.chunkserver_id
+                ),
+            )
+            .into());
+        }
+        let chunk = ChunkId {
+            object: ObjectId(r.object_id),
+            index: r.chunk_index,
+        };
+        tracing::warn!(
+            %chunk,
+            bad_blocks = r.bad_blocks.len(),
+            first = ?&r.bad_blocks[..r.bad_blocks.len().min(8)],
+            detail = %truncate_utf8(&r.detail, MAX_DETAIL_BYTES),
+            "a chunkserver reported a corrupt replica"
+        );
+        self.shared.liveness().corrupt.record(
+            ChunkserverId(r.chunkserver_id),
+            TargetId(r.target_id),
+            chunk,
+            &r.bad_blocks,
+            &r.detail,
+            Instant::now(),
+        );
+        Ok(Response::new(pb::Empty {}))
+    }
+
     async fn get_chains(&self, _req: Request<pb::Empty>) -> GrpcResult<pb::ChainTables> {
         self.read().await?;
         Ok(Response::new(chain_tables_pb(&self.shared)?))
@@ -1106,5 +1309,63 @@ impl Meta for MetaService {
         })?
         .map_err(|e| membership_error(&self.shared, e))?;
         Ok(Response::new(status_pb(&self.shared)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chunk(o: u64) -> ChunkId {
+        ChunkId {
+            object: ObjectId(o),
+            index: 2,
+        }
+    }
+
+    #[test]
+    fn corrupt_replicas_merge_reports_of_one_replica() {
+        let mut c = CorruptReplicas::default();
+        let t0 = Instant::now();
+        let (cs, t) = (ChunkserverId(1), TargetId(7));
+        c.record(cs, t, chunk(5), &[9, 3], "scrub", t0);
+        c.record(
+            cs,
+            t,
+            chunk(5),
+            &[3, 4],
+            "read",
+            t0 + Duration::from_secs(1),
+        );
+        c.record(cs, TargetId(8), chunk(5), &[1], "scrub", t0);
+        assert_eq!((c.len(), c.reports()), (2, 3));
+        let l = c.list();
+        assert_eq!(l[0].target, t);
+        assert_eq!(l[0].bad_blocks, vec![3, 4, 9]);
+        assert_eq!((l[0].reports, l[0].detail.as_str()), (2, "read"));
+        assert_eq!(l[0].first_reported, t0);
+        assert!(c.resolve(t, chunk(5)).is_some());
+        assert_eq!(c.len(), 1);
+    }
+
+    #[test]
+    fn corrupt_replicas_stay_bounded() {
+        let mut c = CorruptReplicas::default();
+        let t0 = Instant::now();
+        for o in 0..(MAX_CORRUPT_REPLICAS as u64 + 10) {
+            let at = t0 + Duration::from_millis(o);
+            c.record(ChunkserverId(1), TargetId(1), chunk(o), &[0], "scrub", at);
+        }
+        assert_eq!(c.len(), MAX_CORRUPT_REPLICAS);
+        // The least recently reported are forgotten first.
+        let l = c.list();
+        assert_eq!(l[0].chunk, chunk(10));
+        let many: Vec<u32> = (0..5000).rev().collect();
+        c.record(ChunkserverId(1), TargetId(1), chunk(10), &many, "x", t0);
+        let r = &c.list()[0];
+        assert_eq!(r.bad_blocks.len(), MAX_BAD_BLOCKS_PER_REPLICA);
+        assert_eq!(r.bad_blocks[..3], [0, 1, 2]);
+        assert_eq!(truncate_utf8("héllo", 2), "h");
+        assert_eq!(truncate_utf8("héllo", 3), "hé");
     }
 }

@@ -30,9 +30,14 @@
 //! 5. **Bad input never panics or corrupts** (inv. 6): segment CRCs are
 //!    checked before anything is stored, versions apply strictly in order,
 //!    and a record that does not decode is an error.
-//! 6. Acknowledged means durable: `write_pending`, `commit`, `truncate` and
-//!    `remove` return only after the data sync and the metadata flush, both
-//!    group-committed across the shard's concurrent writers.
+//! 6. Acknowledged means durable: `write_pending`, `write_committed`,
+//!    `commit`, `truncate` and `remove` return only after the data sync and
+//!    the metadata flush, both group-committed across the shard's
+//!    concurrent writers. The one exception is `commit_through(..,
+//!    durable: false)`, for chain replicas whose tail already holds the
+//!    version committed: it is visible at once and durable with the next
+//!    flush; a crash before that leaves the versions pending (never a
+//!    mix), and the blocks it releases wait for that flush (inv. 3).
 //!
 //! # Threading
 //!
@@ -100,6 +105,25 @@ pub struct ReadOut {
     pub version: u64,
     /// The committed length of the chunk.
     pub len: u64,
+}
+
+/// One pending version as it was written, from
+/// [`ShardStore::read_pending`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingData {
+    /// The version.
+    pub version: u64,
+    /// Offset of the write (for a truncate: the new length).
+    pub offset: u64,
+    /// Bytes written (0 for a truncate).
+    pub len: u64,
+    /// The chunk length once this version is current.
+    pub new_len: u64,
+    /// The `len` bytes written (empty for a truncate).
+    pub data: Bytes,
+    /// CRC32 of each piece of `data` split at 4 KiB multiples of the chunk
+    /// offset, as a write carries them.
+    pub segment_crcs: Vec<u32>,
 }
 
 /// A chunk's versions and length.

@@ -7,7 +7,20 @@
 //! read until the metadata batch is applied, and released *before* the
 //! metadata flush, so the next version of the same chunk and writes to
 //! other chunks share that flush. Reads take no lock: they see a header
-//! and block entries either before or after an applied batch.
+//! and block entries either before or after an applied batch. The one
+//! exception is `read_pending` (a recovery path of the chain's head): it
+//! holds the lock so the version it reads cannot be committed and its
+//! blocks released under it.
+//!
+//! # Chain operations
+//!
+//! `commit_through` commits every pending version up to one, in one batch
+//! (a later committed version implies the earlier ones); without
+//! `durable` it does not wait for the flush, and its released blocks are
+//! deferred on the ticket of its batch, so whichever flush first covers
+//! that ticket (the next durable operation's, or `close`) frees them.
+//! `write_committed` (the tail) stores and commits a version in one batch
+//! and one flush when no version is pending.
 //!
 //! # Write path
 //!
@@ -47,6 +60,7 @@ use std::collections::HashMap;
 use std::io;
 use std::ops::Bound;
 use std::rc::Rc;
+use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 use cairn_proto::ids::ChunkId;
@@ -60,7 +74,7 @@ use super::layout::{
     self, BLOCK, BLOCK_SIZE, BlockEntry, BlockRef, CHUNK_MAX, ChunkHeader, Pending, Segment,
 };
 use super::target::Target;
-use super::{ChunkStat, ReadMode, ReadOut, ScrubReport, SpaceUsage, shard_of};
+use super::{ChunkStat, PendingData, ReadMode, ReadOut, ScrubReport, SpaceUsage, shard_of};
 
 type Result<T> = std::result::Result<T, StoreError>;
 
@@ -72,6 +86,7 @@ pub struct ShardStore {
     shard: u32,
     shards: u32,
     db: sled::Db,
+    meta_file: Arc<std::fs::File>,
     tree: sled::Tree,
     file: Rc<DmaFile>,
     alloc: RefCell<Allocator>,
@@ -209,6 +224,7 @@ impl ShardStore {
             shard,
             shards,
             db: target.db().clone(),
+            meta_file: target.meta_file(),
             tree,
             file: Rc::new(file),
             alloc: RefCell::new(alloc),
@@ -328,14 +344,14 @@ impl ShardStore {
     /// Waits until metadata changes through `ticket` are durable, then frees
     /// the blocks they released.
     async fn flush_meta(&self, ticket: u64) -> Result<()> {
-        let db = &self.db;
+        let (db, file) = (&self.db, &self.meta_file);
         let done = self
             .meta_sync
             .wait(ticket, || {
-                let db = db.clone();
+                let (db, file) = (db.clone(), file.clone());
                 async move {
                     glommio::executor()
-                        .spawn_blocking(move || db.flush().map(|_| ()))
+                        .spawn_blocking(move || super::target::durable_flush(&db, &file))
                         .await
                         .map_err(io::Error::other)
                 }
@@ -488,7 +504,8 @@ impl ShardStore {
     /// [`StoreError::Segments`], [`StoreError::Range`],
     /// [`StoreError::VersionGap`] / [`StoreError::Stale`] (version is not
     /// `committed + pending + 1`; an identical retry of the newest pending
-    /// version is accepted), [`StoreError::NoSpace`], I/O errors.
+    /// version is accepted), [`StoreError::NoSpace`] (nothing changed), I/O
+    /// errors.
     pub async fn write_pending(
         &self,
         chunk: ChunkId,
@@ -497,7 +514,46 @@ impl ShardStore {
         data: &[u8],
         segment_crcs: &[u32],
     ) -> Result<()> {
-        self.check(chunk)?;
+        self.write_version(chunk, version, offset, data, segment_crcs, false)
+            .await
+    }
+
+    /// Stores `data` at `offset` of `chunk` as version `version` and
+    /// commits it (the chain's tail): one chunk lock hold, one metadata
+    /// flush, durable on return.
+    ///
+    /// With no pending versions and `version == committed + 1` the write
+    /// goes straight to the committed version in one atomic batch (the
+    /// replaced blocks are released as by a commit). Otherwise it is stored
+    /// as a pending version and every pending version through `version` is
+    /// committed, oldest first, under the same lock hold (two batches, one
+    /// flush); an identical retry of the newest pending version just
+    /// commits it.
+    ///
+    /// # Errors
+    /// As [`Self::write_pending`]. [`StoreError::Stale`] also when
+    /// `version` is already committed: the caller treats that as "already
+    /// applied" (committed versions keep no digest to compare).
+    pub async fn write_committed(
+        &self,
+        chunk: ChunkId,
+        version: u64,
+        offset: u64,
+        data: &[u8],
+        segment_crcs: &[u32],
+    ) -> Result<()> {
+        self.write_version(chunk, version, offset, data, segment_crcs, true)
+            .await
+    }
+
+    /// Checks a write's range, segment count and segment CRCs; returns its
+    /// segments and digest.
+    fn verify_payload(
+        chunk: ChunkId,
+        offset: u64,
+        data: &[u8],
+        segment_crcs: &[u32],
+    ) -> Result<(Vec<Segment>, u32)> {
         let len = data.len() as u64;
         if len == 0 || offset.checked_add(len).is_none_or(|e| e > CHUNK_MAX) {
             return Err(StoreError::Range { chunk, offset, len });
@@ -519,17 +575,47 @@ impl ShardStore {
                 });
             }
         }
-        let digest = digest_of(offset, len, segment_crcs);
+        Ok((segs, digest_of(offset, len, segment_crcs)))
+    }
+
+    /// The body of [`Self::write_pending`] (`commit == false`) and
+    /// [`Self::write_committed`] (`commit == true`).
+    async fn write_version(
+        &self,
+        chunk: ChunkId,
+        version: u64,
+        offset: u64,
+        data: &[u8],
+        segment_crcs: &[u32],
+        commit: bool,
+    ) -> Result<()> {
+        self.check(chunk)?;
+        let (segs, digest) = Self::verify_payload(chunk, offset, data, segment_crcs)?;
+        let len = data.len() as u64;
 
         let guard = self.lock(chunk).await?;
         let mut header = self.load_header(chunk)?.unwrap_or_default();
+        // Also refuses a version that is already committed (Stale).
         if Self::check_next_version(chunk, &header, version, offset, len, digest)? {
+            let ticket = if commit {
+                self.commit_locked(chunk, header, version)?
+            } else {
+                self.meta_sync.issued()
+            };
             drop(guard);
-            return self.flush_meta(self.meta_sync.issued()).await;
+            return self.flush_meta(ticket).await;
         }
+        // Straight to committed: version == committed + 1 here.
+        let direct = commit && header.pending.is_empty();
         let (first, end) = layout::block_range(offset, len);
         let existing: HashMap<u32, BlockEntry> =
             self.entries(chunk, first, end)?.into_iter().collect();
+        if direct && existing.values().any(|e| !e.pending.is_empty()) {
+            return Err(StoreError::CorruptRecord {
+                what: "block entry without pending version in header",
+                source: layout::DecodeError::Value,
+            });
+        }
 
         // Merge partially covered blocks with the newest version.
         let mut merged: Vec<(usize, Vec<u8>)> = Vec::new();
@@ -554,7 +640,7 @@ impl ShardStore {
             })
             .collect();
 
-        let runs = self.allocate(nseg as u64).await?;
+        let runs = self.allocate(segs.len() as u64).await?;
         let blocknos = match self.write_blocks(&runs, &blocks).await {
             Ok(b) => b,
             Err(e) => {
@@ -564,86 +650,161 @@ impl ShardStore {
         };
 
         let mut batch = sled::Batch::default();
+        let mut freed = Vec::new();
         for (i, s) in segs.iter().enumerate() {
             let crc = if s.is_full() {
                 segment_crcs[i]
             } else {
                 crc32fast::hash(blocks[i])
             };
+            let new = Some(BlockRef {
+                blockno: blocknos[i],
+                crc,
+            });
             let mut e = existing.get(&s.block).cloned().unwrap_or_default();
-            e.pending.push((
-                version,
-                Some(BlockRef {
-                    blockno: blocknos[i],
-                    crc,
-                }),
-            ));
+            if direct {
+                freed.extend(e.committed.map(|r| r.blockno));
+                e.committed = new;
+            } else {
+                e.pending.push((version, new));
+            }
             batch.insert(&layout::block_key(chunk, s.block)[..], e.encode());
         }
         let new_len = header.newest_len().max(offset + len);
-        header.pending.push(Pending {
-            version,
-            offset,
-            len,
-            new_len,
-            digest,
-        });
+        if direct {
+            header.committed_version = version;
+            header.committed_len = new_len;
+        } else {
+            header.pending.push(Pending {
+                version,
+                offset,
+                len,
+                new_len,
+                digest,
+            });
+        }
         batch.insert(&layout::header_key(chunk)[..], header.encode());
         if let Err(e) = self.tree.apply_batch(batch) {
             self.free_runs(&runs);
             return Err(e.into());
         }
-        self.cache_header(chunk, header);
-        let ticket = self.meta_sync.ticket();
+        let mut ticket = self.meta_sync.ticket();
+        self.defer_frees(ticket, freed);
+        if commit && !direct {
+            self.cache_header(chunk, header.clone());
+            ticket = self.commit_locked(chunk, header, version)?;
+        } else {
+            self.cache_header(chunk, header);
+        }
         drop(guard);
         self.flush_meta(ticket).await
     }
 
-    /// Makes pending version `version` (the oldest pending one) the
+    fn defer_frees(&self, ticket: u64, blocks: Vec<u64>) {
+        let mut a = self.alloc.borrow_mut();
+        for b in blocks {
+            a.defer_free(ticket, b);
+        }
+    }
+
+    /// Makes pending version `version` (and any older pending one) the
     /// committed version and releases the blocks it replaced; returns once
-    /// durable. Committing an already committed version returns Ok.
+    /// durable. The same as [`Self::commit_through`]`(chunk, version, true)`.
     ///
     /// # Errors
-    /// [`StoreError::NotFound`], [`StoreError::VersionGap`] (not the oldest
-    /// pending version), I/O errors.
+    /// As [`Self::commit_through`].
     pub async fn commit(&self, chunk: ChunkId, version: u64) -> Result<()> {
+        self.commit_through(chunk, version, true).await
+    }
+
+    /// Commits every pending version of `chunk` up to and including
+    /// `version`, oldest first, in one atomic metadata batch (the tail
+    /// commits in order, so a later committed version implies the earlier
+    /// ones), and releases the blocks they replaced. A version already
+    /// committed is a no-op.
+    ///
+    /// With `durable`, returns after the metadata flush. Without it,
+    /// returns once the batch is applied: the change is visible at once and
+    /// becomes durable with the next flush of this shard (any durable
+    /// operation's, or `close`) or sled's background flush. A crash before
+    /// that leaves the versions pending, which the caller must tolerate
+    /// (the tail holds them committed; the replica re-commits). The blocks
+    /// such a commit releases stay unusable until a flush that covers it
+    /// completes.
+    ///
+    /// # Errors
+    /// [`StoreError::NotFound`], [`StoreError::VersionGap`] (`version` is
+    /// newer than the newest pending version; `expected` is that newest
+    /// version), I/O and metadata errors.
+    pub async fn commit_through(&self, chunk: ChunkId, version: u64, durable: bool) -> Result<()> {
         self.check(chunk)?;
         let guard = self.lock(chunk).await?;
-        let Some(mut header) = self.load_header(chunk)? else {
+        let Some(header) = self.load_header(chunk)? else {
             return Err(StoreError::NotFound { chunk });
         };
-        if version <= header.committed_version {
-            drop(guard);
-            return self.flush_meta(self.meta_sync.issued()).await;
-        }
-        if header.pending.first().map(|p| p.version) != Some(version) {
+        let ticket = if version <= header.committed_version {
+            self.meta_sync.issued()
+        } else if version > header.newest_version() {
             return Err(StoreError::VersionGap {
                 chunk,
-                expected: header.committed_version + 1,
+                expected: header.newest_version(),
                 got: version,
             });
+        } else {
+            self.commit_locked(chunk, header, version)?
+        };
+        drop(guard);
+        if durable {
+            self.flush_meta(ticket).await
+        } else {
+            Ok(())
         }
-        let p = header.pending.remove(0);
-        let (first, end) = p.touched_blocks();
+    }
+
+    /// Commits the pending versions of `header` through `version` (the
+    /// caller holds the chunk lock and checked `committed < version <=
+    /// newest`) in one applied batch, defers the frees, and returns the
+    /// flush ticket that makes it durable.
+    fn commit_locked(&self, chunk: ChunkId, mut header: ChunkHeader, version: u64) -> Result<u64> {
+        let n = header
+            .pending
+            .iter()
+            .take_while(|p| p.version <= version)
+            .count();
+        let (mut first, mut end) = (u32::MAX, 0u32);
+        for p in &header.pending[..n] {
+            let (f, e) = p.touched_blocks();
+            first = first.min(f);
+            end = end.max(e);
+        }
         let mut batch = sled::Batch::default();
         let mut freed = Vec::new();
-        for (block, mut e) in self.entries(chunk, first, end)? {
-            let Some(pos) = e.pending.iter().position(|(v, _)| *v == version) else {
+        let entries = if first < end {
+            self.entries(chunk, first, end)?
+        } else {
+            Vec::new()
+        };
+        for (block, mut e) in entries {
+            let k = e.pending.iter().take_while(|(v, _)| *v <= version).count();
+            if k == 0 {
                 continue;
-            };
-            if pos != 0 {
+            }
+            if e.pending[k..].iter().any(|(v, _)| *v <= version) {
                 return Err(StoreError::CorruptRecord {
                     what: "block entry version order",
                     source: layout::DecodeError::Value,
                 });
             }
-            let (_, new) = e.pending.remove(0);
-            if let Some(old) = e.committed
-                && Some(old) != new
-            {
-                freed.push(old.blockno);
+            // Every replaced reference (the old committed one and those of
+            // versions superseded within this batch) is released.
+            for (_, new) in e.pending.drain(..k) {
+                if let Some(old) = e.committed
+                    && Some(old) != new
+                {
+                    freed.push(old.blockno);
+                }
+                e.committed = new;
             }
-            e.committed = new;
             let key = layout::block_key(chunk, block);
             if e.committed.is_none() && e.pending.is_empty() {
                 batch.remove(&key[..]);
@@ -651,20 +812,16 @@ impl ShardStore {
                 batch.insert(&key[..], e.encode());
             }
         }
-        header.committed_version = version;
-        header.committed_len = p.new_len;
+        if let Some(last) = header.pending.drain(..n).next_back() {
+            header.committed_version = last.version;
+            header.committed_len = last.new_len;
+        }
         batch.insert(&layout::header_key(chunk)[..], header.encode());
         self.tree.apply_batch(batch)?;
         self.cache_header(chunk, header);
         let ticket = self.meta_sync.ticket();
-        {
-            let mut a = self.alloc.borrow_mut();
-            for b in freed {
-                a.defer_free(ticket, b);
-            }
-        }
-        drop(guard);
-        self.flush_meta(ticket).await
+        self.defer_frees(ticket, freed);
+        Ok(ticket)
     }
 
     /// Changes the length of `chunk` to `new_len` as pending version
@@ -818,6 +975,24 @@ impl ShardStore {
                 *slot = e.committed;
             }
         }
+        let (data, crcs) = self.read_refs(chunk, offset, rlen, &refs).await?;
+        out.data = data;
+        out.block_crcs = crcs;
+        Ok(out)
+    }
+
+    /// Reads `[offset, offset + len)` from `refs` (one per block the range
+    /// touches; `None`: a hole, read as zeros), one DMA read per run of
+    /// contiguously stored blocks, each block checked against its CRC.
+    /// Returns the bytes and one CRC per segment (the stored CRC for whole
+    /// blocks).
+    async fn read_refs(
+        &self,
+        chunk: ChunkId,
+        offset: u64,
+        rlen: u64,
+        refs: &[Option<BlockRef>],
+    ) -> Result<(Bytes, Vec<u32>)> {
         let mut data = BytesMut::with_capacity(rlen as usize);
         let mut crcs = Vec::with_capacity(refs.len());
         let segs: Vec<Segment> = layout::segments(offset, rlen).collect();
@@ -871,8 +1046,65 @@ impl ShardStore {
             }
             i += n;
         }
-        out.data = data.freeze();
-        out.block_crcs = crcs;
+        Ok((data.freeze(), crcs))
+    }
+
+    /// Returns pending version `version` of `chunk` exactly as it was
+    /// written: for a write, its `len` bytes at `offset` read from that
+    /// version's own blocks (each checked against its CRC) and the CRC of
+    /// each segment split at 4 KiB multiples of the chunk offset (as
+    /// `cairn_proto::frame::segment_crcs` computes them); for a truncate,
+    /// `len == 0`, no data and the new length. The chain's head uses it to
+    /// forward again a version its successor may not have.
+    ///
+    /// Holds the chunk's lock while reading, so the version cannot be
+    /// committed and its blocks released under the read.
+    ///
+    /// # Errors
+    /// [`StoreError::NotFound`] (unknown chunk, or `version` is not
+    /// pending: never written or already committed),
+    /// [`StoreError::Checksum`] (a stored block is corrupt), I/O and
+    /// metadata errors.
+    pub async fn read_pending(&self, chunk: ChunkId, version: u64) -> Result<PendingData> {
+        self.check(chunk)?;
+        let guard = self.lock(chunk).await?;
+        let Some(p) = self
+            .load_header(chunk)?
+            .and_then(|h| h.pending.into_iter().find(|p| p.version == version))
+        else {
+            return Err(StoreError::NotFound { chunk });
+        };
+        let mut out = PendingData {
+            version,
+            offset: p.offset,
+            len: p.len,
+            new_len: p.new_len,
+            data: Bytes::new(),
+            segment_crcs: Vec::new(),
+        };
+        if p.len == 0 {
+            return Ok(out);
+        }
+        let (first, end) = layout::block_range(p.offset, p.len);
+        let mut refs: Vec<Option<BlockRef>> = vec![None; (end - first) as usize];
+        for (block, e) in self.entries(chunk, first, end)? {
+            let r = e.pending.iter().find(|(v, _)| *v == version);
+            if let (Some(slot), Some((_, r))) = (refs.get_mut((block - first) as usize), r) {
+                *slot = *r;
+            }
+        }
+        // A write stores every block it touches: a missing one (which
+        // `read_refs` would read as a hole) means damaged metadata.
+        if refs.iter().any(Option::is_none) {
+            return Err(StoreError::CorruptRecord {
+                what: "pending version without its blocks",
+                source: layout::DecodeError::Value,
+            });
+        }
+        let (data, crcs) = self.read_refs(chunk, p.offset, p.len, &refs).await?;
+        drop(guard);
+        out.data = data;
+        out.segment_crcs = crcs;
         Ok(out)
     }
 
@@ -911,12 +1143,7 @@ impl ShardStore {
         self.tree.apply_batch(batch)?;
         self.headers.borrow_mut().remove(&chunk);
         let ticket = self.meta_sync.ticket();
-        {
-            let mut a = self.alloc.borrow_mut();
-            for b in freed {
-                a.defer_free(ticket, b);
-            }
-        }
+        self.defer_frees(ticket, freed);
         drop(guard);
         self.flush_meta(ticket).await?;
         Ok(true)

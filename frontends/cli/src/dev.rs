@@ -10,16 +10,22 @@
 //! stops all three replicas through their shutdown futures, waits for them
 //! and exits 0. A second signal while stopping exits at once.
 //!
-//! Chunkservers are not started yet: namespace and volume commands work,
-//! file data does not.
+//! Then it starts three chunkservers in the same process
+//! (`cairn_chunkserver::node::start`: one glommio executor each, data under
+//! `DIR/cs1..3`, data-plane ports `--port`+10..12), waits until meta's
+//! 3-replica chain table shows all three serving, and stops them before
+//! the meta replicas on exit.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, anyhow, bail};
+use cairn_chunkserver::node::{self, Chunkserver, ChunkserverConfig};
 use cairn_client::{MetaClient, MetaClientOptions};
 use cairn_meta::{MetaConfig, MetaHandle};
+use cairn_proto::meta as pb;
+use cairn_proto::meta::meta_client::MetaClient as MetaGrpc;
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use tokio::sync::watch;
@@ -32,6 +38,10 @@ const READY_WITHIN: Duration = Duration::from_secs(60);
 const STOP_WITHIN: Duration = Duration::from_secs(30);
 /// Replicas in the dev cluster.
 const REPLICAS: usize = 3;
+/// Chunkservers in the dev cluster.
+const CHUNKSERVERS: usize = 3;
+/// Chunkserver `i` (0-based) listens on `--port + CS_PORT_OFFSET + i`.
+const CS_PORT_OFFSET: u16 = 10;
 
 /// Flags of `cairn dev`.
 #[derive(Debug, clap::Args)]
@@ -144,16 +154,91 @@ async fn wait_ready(addrs: &[String]) -> anyhow::Result<cairn_proto::meta::Statu
     }
 }
 
+/// Starts the chunkservers (each formats its directory on first start).
+async fn start_chunkservers(
+    dir: &Path,
+    port: u16,
+    meta: &[String],
+    out: &mut Vec<Chunkserver>,
+) -> anyhow::Result<()> {
+    for i in 0..CHUNKSERVERS {
+        let port_base = if port == 0 {
+            0
+        } else {
+            port.checked_add(CS_PORT_OFFSET + i as u16)
+                .ok_or_else(|| anyhow!("--port {port} leaves no room for the chunkservers"))?
+        };
+        let cfg = ChunkserverConfig {
+            meta: meta.to_vec(),
+            data_dir: dir.join(format!("cs{}", i + 1)),
+            port_base,
+            shards: 1,
+            // A laptop's disk is shared with everything else: cap each.
+            capacity_bytes: Some(8 << 30),
+            ..ChunkserverConfig::default()
+        };
+        let cs = tokio::task::spawn_blocking(move || node::start(cfg))
+            .await
+            .map_err(|e| anyhow!("chunkserver {}: {e}", i + 1))?
+            .map_err(|e| anyhow!("starting chunkserver {}: {e}", i + 1))?;
+        out.push(cs);
+    }
+    Ok(())
+}
+
+/// Waits until meta's 3-replica chain table has every member serving.
+async fn wait_chains(meta: &[String]) -> anyhow::Result<usize> {
+    let t0 = Instant::now();
+    loop {
+        let mut last = String::from("no answer");
+        for addr in meta {
+            let Ok(mut c) = MetaGrpc::connect(format!("http://{addr}")).await else {
+                continue;
+            };
+            match c.get_chains(pb::Empty {}).await {
+                Ok(t) => {
+                    let t = t.into_inner();
+                    let full = t
+                        .tables
+                        .iter()
+                        .find(|tb| tb.replication as usize == CHUNKSERVERS);
+                    if let Some(tb) = full
+                        && !tb.chains.is_empty()
+                        && tb.chains.iter().all(|c| {
+                            c.targets
+                                .iter()
+                                .all(|m| m.state == pb::TargetState::Serving as i32)
+                        })
+                    {
+                        return Ok(tb.chains.len());
+                    }
+                    last = format!("{} chunkservers registered", t.chunkservers.len());
+                    break;
+                }
+                Err(e) => last = e.to_string(),
+            }
+        }
+        if t0.elapsed() > READY_WITHIN {
+            bail!("the chunkservers did not join their chains within {READY_WITHIN:?} ({last})");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 fn print_usage(addrs: &[String], dir: &Path, s: &cairn_proto::meta::StatusReply, took: Duration) {
     let meta = addrs.join(",");
     println!(
-        "cairn dev: {REPLICAS} meta replicas ready in {:.1}s (leader: node {} at {}, term {})",
+        "cairn dev: {REPLICAS} meta replicas and {CHUNKSERVERS} chunkservers ready in {:.1}s (leader: node {} at {}, term {})",
         took.as_secs_f64(),
         s.leader_id,
         s.leader_addr,
         s.term
     );
-    println!("  data:    {}/meta{{1,2,3}}", dir.display());
+    println!(
+        "  data:    {}/meta{{1,2,3}} {}/cs{{1,2,3}}",
+        dir.display(),
+        dir.display()
+    );
     println!("  --meta:  {meta}");
     println!();
     println!("In another shell:");
@@ -201,10 +286,13 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     let ports = ports(args.port)?;
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut nodes = Vec::new();
+    let mut chunkservers = Vec::new();
 
     let startup = async {
         let addrs = start_all(&args.dir, &ports, &stop_rx, &mut nodes).await?;
         let status = wait_ready(&addrs).await?;
+        start_chunkservers(&args.dir, args.port, &addrs, &mut chunkservers).await?;
+        wait_chains(&addrs).await?;
         Ok::<_, anyhow::Error>((addrs, status))
     };
     // Err(Some): start-up failed; Err(None): interrupted by a signal.
@@ -241,6 +329,9 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         Err(e) => failure = e,
     }
 
+    // Chunkservers first: they flush their stores and stop heartbeating.
+    let css = std::mem::take(&mut chunkservers);
+    let _ = tokio::task::spawn_blocking(move || css.into_iter().for_each(Chunkserver::stop)).await;
     stop_tx.send_replace(true);
     let errors = drain(&mut waits, &mut signals).await;
     for e in &errors {

@@ -1,0 +1,50 @@
+//! Crash failpoints for fault tests.
+//!
+//! `CAIRN_FAILPOINT=name:N` makes the process abort (like `kill -9`: no
+//! destructors, no flushes) the `N`th time the code passes the named
+//! point, so a test can stop a chunkserver at an exact step of a write —
+//! before or after the local sync, before forwarding, before committing.
+//! Unset, a failpoint costs one relaxed atomic load. They are compiled in
+//! every build rather than behind a cargo feature so the binary the tests
+//! kill is the binary users run.
+//!
+//! Points: `chunk.write.before_local` (head/replica, before persisting),
+//! `chunk.write.before_forward` (persisted here, not yet forwarded),
+//! `chunk.write.before_commit` (successor acknowledged, not yet committed
+//! here), `chunk.write.before_reply` (committed, reply not yet sent).
+
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+struct Armed {
+    name: String,
+    remaining: AtomicU64,
+}
+
+fn armed() -> Option<&'static Armed> {
+    static ARMED: OnceLock<Option<Armed>> = OnceLock::new();
+    ARMED
+        .get_or_init(|| {
+            let spec = std::env::var("CAIRN_FAILPOINT").ok()?;
+            let (name, n) = spec.split_once(':').unwrap_or((spec.as_str(), "1"));
+            let n: u64 = n.parse().ok().filter(|n| *n > 0)?;
+            Some(Armed {
+                name: name.to_string(),
+                remaining: AtomicU64::new(n),
+            })
+        })
+        .as_ref()
+}
+
+/// Passes failpoint `name`: aborts the process if it is armed and this is
+/// the configured hit.
+pub fn hit(name: &str) {
+    let Some(a) = armed() else { return };
+    if a.name != name {
+        return;
+    }
+    if a.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
+        eprintln!("failpoint {name}: aborting");
+        std::process::abort();
+    }
+}

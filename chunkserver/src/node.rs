@@ -1,0 +1,440 @@
+//! Starting and stopping a chunkserver: one glommio executor per shard
+//! serving the data plane, one tokio thread for the control plane (meta
+//! gRPC, metrics endpoint, corruption reports).
+//!
+//! A chunkserver has one target (one data directory, one SSD). Several
+//! targets per process would share shard executors and need equal shard
+//! counts; one process per disk is what a StatefulSet runs anyway. The
+//! target is formatted on first start with the configured shard count,
+//! which the superblock then fixes: a later `--shards` that differs is
+//! ignored with a warning, so changing a pod's CPU limit never strands
+//! chunks (DESIGN §5). The chunkserver's stable identity towards meta is
+//! derived from the target UUID, so a restarted or rescheduled pod with the
+//! same volume is the same chunkserver.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, mpsc};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use cairn_proto::ids::ChunkId;
+use cairn_proto::meta as pb;
+use glommio::net::TcpListener;
+use glommio::{LocalExecutorBuilder, Placement};
+
+use crate::control::{self, ControlState, Registration, UsageSource};
+use crate::metrics::Metrics;
+use crate::scrub::{self, ScrubConfig};
+use crate::server::Shard;
+use crate::store::{StoreError, Target, TargetOptions};
+
+/// How a chunkserver starts.
+#[derive(Debug, Clone)]
+pub struct ChunkserverConfig {
+    /// Meta replica addresses (`host:port`).
+    pub meta: Vec<String>,
+    /// The target directory (formatted on first start).
+    pub data_dir: PathBuf,
+    /// Address the shards listen on.
+    pub listen_ip: IpAddr,
+    /// Host clients and peers connect to (registered with meta).
+    pub advertise_host: String,
+    /// First shard port; shard `k` listens on `base + k`. 0: any free port.
+    pub port_base: u16,
+    /// Shards (executors) when formatting a new target.
+    pub shards: u32,
+    /// Failure domain.
+    pub zone: String,
+    /// Bytes this target may use; `None`: the file system's size.
+    pub capacity_bytes: Option<u64>,
+    /// Prometheus endpoint, if any.
+    pub metrics_listen: Option<SocketAddr>,
+    /// Scrubber pace.
+    pub scrub: ScrubConfig,
+    /// How long a forward or tail query may take.
+    pub peer_timeout: Duration,
+}
+
+impl Default for ChunkserverConfig {
+    fn default() -> Self {
+        Self {
+            meta: vec!["127.0.0.1:7000".into()],
+            data_dir: PathBuf::from("cairn-chunkserver"),
+            listen_ip: IpAddr::from([127, 0, 0, 1]),
+            advertise_host: "127.0.0.1".into(),
+            port_base: 0,
+            shards: 1,
+            zone: String::new(),
+            capacity_bytes: None,
+            metrics_listen: None,
+            scrub: ScrubConfig::default(),
+            peer_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Why a chunkserver did not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The target could not be formatted or opened.
+    #[error("target {dir}: {source}")]
+    Target {
+        /// The directory.
+        dir: PathBuf,
+        /// The cause.
+        source: StoreError,
+    },
+    /// A shard executor failed to start.
+    #[error("shard {shard}: {what}")]
+    Shard {
+        /// The shard.
+        shard: u32,
+        /// The cause.
+        what: String,
+    },
+    /// The control thread failed to start.
+    #[error("control plane: {0}")]
+    Control(String),
+}
+
+/// A running chunkserver.
+#[derive(Debug)]
+pub struct Chunkserver {
+    /// Where each shard listens, by shard index.
+    pub shard_addrs: Vec<SocketAddr>,
+    /// The metrics endpoint, if configured.
+    pub metrics_addr: Option<SocketAddr>,
+    /// Control-plane state (lease, chain view, ids).
+    pub control: Arc<ControlState>,
+    /// Counters.
+    pub metrics: Arc<Metrics>,
+    /// The target's UUID.
+    pub target_uuid: String,
+    stop: Arc<AtomicBool>,
+    control_stop: tokio::sync::watch::Sender<bool>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl Chunkserver {
+    /// Stops serving, closes the stores and joins every thread.
+    pub fn stop(mut self) {
+        self.stop.store(true, Ordering::Release);
+        let _ = self.control_stop.send(true);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Per-shard space use, for heartbeats.
+struct UsageBoard {
+    uuid: String,
+    capacity: u64,
+    used: Vec<AtomicU64>,
+}
+
+impl UsageSource for UsageBoard {
+    fn usage(&self) -> Vec<(String, u64, u64)> {
+        let used = self.used.iter().map(|u| u.load(Ordering::Relaxed)).sum();
+        vec![(self.uuid.clone(), self.capacity, used)]
+    }
+}
+
+fn fs_capacity(dir: &std::path::Path) -> u64 {
+    nix::sys::statvfs::statvfs(dir).map_or(0, |s| s.blocks().saturating_mul(s.fragment_size()))
+}
+
+/// A corrupt replica block found by a read or the scrubber.
+#[derive(Debug, Clone)]
+struct Corrupt {
+    chunk: ChunkId,
+    blocks: Vec<u32>,
+    detail: &'static str,
+}
+
+/// Formats (first start) or opens the target, starts the shard executors
+/// and the control thread, and returns once every shard listens.
+///
+/// # Errors
+/// [`StartError`] when the target cannot be opened or a port cannot be
+/// bound.
+pub fn start(cfg: ChunkserverConfig) -> Result<Chunkserver, StartError> {
+    let target_err = |source| StartError::Target {
+        dir: cfg.data_dir.clone(),
+        source,
+    };
+    if !cfg.data_dir.join("superblock.json").exists() {
+        Target::format(&cfg.data_dir, cfg.shards.max(1)).map_err(target_err)?;
+        tracing::info!(dir = %cfg.data_dir.display(), shards = cfg.shards, "formatted target");
+    }
+    let target = Arc::new(
+        Target::open_with(
+            &cfg.data_dir,
+            TargetOptions {
+                capacity_bytes: cfg.capacity_bytes,
+                ..TargetOptions::default()
+            },
+        )
+        .map_err(target_err)?,
+    );
+    let shards = target.shards();
+    if shards != cfg.shards {
+        tracing::warn!(
+            formatted = shards,
+            configured = cfg.shards,
+            "the target was formatted with another shard count; it keeps its own"
+        );
+    }
+    let uuid = target.superblock().target_uuid.clone();
+    let capacity = cfg
+        .capacity_bytes
+        .unwrap_or_else(|| fs_capacity(&cfg.data_dir));
+    let usage = Arc::new(UsageBoard {
+        uuid: uuid.clone(),
+        capacity,
+        used: (0..shards).map(|_| AtomicU64::new(0)).collect(),
+    });
+    let control = Arc::new(ControlState::default());
+    let metrics = Arc::new(Metrics::default());
+    let stop = Arc::new(AtomicBool::new(false));
+    let (corrupt_tx, corrupt_rx) = tokio::sync::mpsc::unbounded_channel::<Corrupt>();
+
+    let mut threads = Vec::new();
+    let mut shard_addrs = Vec::new();
+    for k in 0..shards {
+        let (ready_tx, ready_rx) = mpsc::channel::<Result<SocketAddr, String>>();
+        let port = if cfg.port_base == 0 {
+            0
+        } else {
+            cfg.port_base
+                .saturating_add(u16::try_from(k).unwrap_or(u16::MAX))
+        };
+        let ctx = ShardStart {
+            k,
+            shards,
+            bind: SocketAddr::new(cfg.listen_ip, port),
+            target: target.clone(),
+            control: control.clone(),
+            metrics: metrics.clone(),
+            usage: usage.clone(),
+            stop: stop.clone(),
+            corrupt: corrupt_tx.clone(),
+            scrub: cfg.scrub.clone(),
+            peer_timeout: cfg.peer_timeout,
+        };
+        let handle = LocalExecutorBuilder::new(Placement::Unbound)
+            .name(&format!("cairn-shard-{k}"))
+            .spawn(move || run_shard(ctx, ready_tx))
+            .map_err(|e| StartError::Shard {
+                shard: k,
+                what: e.to_string(),
+            })?;
+        let addr = ready_rx
+            .recv()
+            .map_err(|_| StartError::Shard {
+                shard: k,
+                what: "executor exited while starting".into(),
+            })?
+            .map_err(|what| StartError::Shard { shard: k, what })?;
+        shard_addrs.push(addr);
+        threads.push(std::thread::spawn(move || {
+            if let Err(e) = handle.join() {
+                tracing::error!("shard executor: {e}");
+            }
+        }));
+    }
+
+    let (control_stop, stop_rx) = tokio::sync::watch::channel(false);
+    let reg = Registration {
+        node_uuid: format!("cs-{uuid}"),
+        host: cfg.advertise_host.clone(),
+        shard_ports: shard_addrs.iter().map(|a| u32::from(a.port())).collect(),
+        zone: cfg.zone.clone(),
+        targets: vec![(uuid.clone(), capacity)],
+    };
+    let (maddr_tx, maddr_rx) = mpsc::channel::<Result<Option<SocketAddr>, String>>();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| StartError::Control(e.to_string()))?;
+    let (meta, ctl, m, listen) = (
+        cfg.meta.clone(),
+        control.clone(),
+        metrics.clone(),
+        cfg.metrics_listen,
+    );
+    threads.push(std::thread::spawn(move || {
+        rt.block_on(async move {
+            let maddr = match listen {
+                Some(a) => crate::metrics::serve(a, m.clone(), stop_rx.clone())
+                    .await
+                    .map(Some)
+                    .map_err(|e| format!("metrics endpoint {a}: {e}")),
+                None => Ok(None),
+            };
+            let failed = maddr.is_err();
+            let _ = maddr_tx.send(maddr);
+            if failed {
+                return;
+            }
+            let reporter = tokio::spawn(report_corruption(meta.clone(), ctl.clone(), corrupt_rx));
+            control::run(meta, reg, usage, ctl, stop_rx).await;
+            reporter.abort();
+        });
+    }));
+    let metrics_addr = match maddr_rx.recv() {
+        Ok(Ok(a)) => a,
+        Ok(Err(e)) => {
+            stop.store(true, Ordering::Release);
+            return Err(StartError::Control(e));
+        }
+        Err(_) => {
+            stop.store(true, Ordering::Release);
+            return Err(StartError::Control("control thread exited".into()));
+        }
+    };
+    tracing::info!(shards = ?shard_addrs, target = %uuid, "chunkserver serving");
+    Ok(Chunkserver {
+        shard_addrs,
+        metrics_addr,
+        control,
+        metrics,
+        target_uuid: uuid,
+        stop,
+        control_stop,
+        threads,
+    })
+}
+
+/// Everything one shard executor needs.
+struct ShardStart {
+    k: u32,
+    shards: u32,
+    bind: SocketAddr,
+    target: Arc<Target>,
+    control: Arc<ControlState>,
+    metrics: Arc<Metrics>,
+    usage: Arc<UsageBoard>,
+    stop: Arc<AtomicBool>,
+    corrupt: tokio::sync::mpsc::UnboundedSender<Corrupt>,
+    scrub: ScrubConfig,
+    peer_timeout: Duration,
+}
+
+/// How often a shard looks at its stop flag and refreshes its usage.
+const TICK: Duration = Duration::from_millis(100);
+
+async fn run_shard(ctx: ShardStart, ready: mpsc::Sender<Result<SocketAddr, String>>) {
+    let store = match ctx.target.open_shard(ctx.k).await {
+        Ok(s) => Rc::new(s),
+        Err(e) => {
+            let _ = ready.send(Err(format!("opening the shard store: {e}")));
+            return;
+        }
+    };
+    let listener = match TcpListener::bind(ctx.bind) {
+        Ok(l) => l,
+        Err(e) => {
+            let _ = ready.send(Err(format!("listening on {}: {e}", ctx.bind)));
+            return;
+        }
+    };
+    let addr = listener.local_addr().unwrap_or(ctx.bind);
+    let _ = ready.send(Ok(addr));
+
+    let tx = ctx.corrupt.clone();
+    let read_sink: crate::server::CorruptSink = Rc::new(move |chunk, blocks| {
+        let _ = tx.send(Corrupt {
+            chunk,
+            blocks,
+            detail: "read",
+        });
+    });
+    let shard = Rc::new(Shard::new(
+        store.clone(),
+        ctx.shards,
+        ctx.control.clone(),
+        ctx.metrics.clone(),
+        ctx.peer_timeout,
+        read_sink,
+    ));
+    let scrub_stop = Rc::new(std::cell::Cell::new(false));
+    let tx = ctx.corrupt.clone();
+    // The scrubber yields to the data path: its own queue, few shares.
+    let scrub_queue = glommio::executor().create_task_queue(
+        glommio::Shares::Static(50),
+        glommio::Latency::NotImportant,
+        "scrub",
+    );
+    let scrubber = glommio::spawn_local_into(
+        scrub::run_scrubber(
+            store.clone(),
+            ctx.scrub.clone(),
+            ctx.metrics.clone(),
+            move |r: scrub::CorruptReport| {
+                let _ = tx.send(Corrupt {
+                    chunk: r.chunk,
+                    blocks: r.bad_blocks,
+                    detail: "scrub",
+                });
+            },
+            scrub_stop.clone(),
+        ),
+        scrub_queue,
+    );
+    let slot = ctx.k as usize;
+    while !ctx.stop.load(Ordering::Acquire) {
+        let accept = async { Some(listener.accept().await) };
+        let tick = async {
+            glommio::timer::sleep(TICK).await;
+            None
+        };
+        match futures_lite::future::or(accept, tick).await {
+            Some(Ok(stream)) => {
+                glommio::spawn_local(shard.clone().serve_connection(stream)).detach();
+            }
+            Some(Err(e)) => {
+                tracing::warn!("accept: {e}");
+                glommio::timer::sleep(TICK).await;
+            }
+            None => {}
+        }
+        if let Some(u) = ctx.usage.used.get(slot) {
+            u.store(store.usage().used_bytes, Ordering::Relaxed);
+        }
+    }
+    scrub_stop.set(true);
+    match scrubber {
+        Ok(t) => t.await,
+        Err(e) => tracing::error!("the scrubber could not start: {e}"),
+    }
+    if let Err(e) = ctx.target.flush() {
+        tracing::error!("flushing the target at shutdown: {e}");
+    }
+}
+
+/// Sends corrupt-block reports to meta (soft state there; the scrubber
+/// reports again every pass, so a lost report is not lost for good).
+async fn report_corruption(
+    meta: Vec<String>,
+    control: Arc<ControlState>,
+    mut rx: tokio::sync::mpsc::UnboundedReceiver<Corrupt>,
+) {
+    while let Some(c) = rx.recv().await {
+        let req = pb::ReportCorruptionRequest {
+            chunkserver_id: control.chunkserver_id(),
+            target_id: control.target_ids().first().copied().unwrap_or(0),
+            object_id: c.chunk.object.0,
+            chunk_index: c.chunk.index,
+            bad_blocks: c.blocks.clone(),
+            detail: c.detail.to_string(),
+        };
+        tracing::error!(chunk = %c.chunk, blocks = ?c.blocks, via = c.detail, "reporting a corrupt replica to meta");
+        if let Err(e) = control::report_corruption(&meta, req).await {
+            tracing::warn!("reporting corruption to meta: {e}");
+        }
+    }
+}

@@ -1,0 +1,917 @@
+//! A shard's data-plane server: chain replication with CRAQ reads
+//! (DESIGN §5, §6).
+//!
+//! One [`Shard`] runs in one glommio executor, owns the chunks with
+//! `shard_of(chunk) == k` on this chunkserver's target, and listens on its
+//! own port, so a request is decoded, served and answered on one core.
+//! Connections are pipelined: every request runs as its own task and its
+//! reply goes out when ready, matched by request id.
+//!
+//! # Checks on every request
+//!
+//! 1. **Lease**: a chunkserver that has not reached meta for half the
+//!    heartbeat timeout answers UNAVAILABLE (invariant 8).
+//! 2. **Chain version**: older than ours → STALE_CHAIN_VERSION, newer →
+//!    NEWER_CHAIN_VERSION (our table is behind; the watch stream catches
+//!    up). The client refreshes on either (invariant 5).
+//! 3. **Membership and role**: the target must be in the chain and not
+//!    offline; a Write goes to the head only; a Read to a serving member
+//!    only (a syncing replica never serves reads).
+//! 4. **Shard**: the chunk must hash to this shard.
+//!
+//! # Writes
+//!
+//! The head takes the chunk's lock, so writes to a chunk are serialized and
+//! versions are assigned as `committed + 1`. It first settles any version
+//! left pending by an earlier failed forward or a crash (reading it back
+//! with [`ShardStore::read_pending`] and forwarding it again), then
+//! persists the new version locally (data fdatasync + metadata flush,
+//! group-committed), forwards it to its successor, and on the successor's
+//! answer commits locally and replies. Every replica does the same with
+//! the head's version; the tail stores and commits in one step
+//! ([`ShardStore::write_committed`]). A reply therefore travels back only
+//! after every replica of the current chain has the data on stable
+//! storage, and the commit flows back with it — no separate commit round.
+//!
+//! Each replica persists before forwarding rather than in parallel with
+//! it: if the local write failed (a full disk) after the successor had
+//! committed, the chain would hold a version the head never had, and the
+//! head would assign that version again to different data. The cost is
+//! one sync per hop in series; the group commit keeps throughput.
+//!
+//! Non-tail replicas commit without waiting for the metadata flush: a
+//! crash can lose only the commit record, leaving the version pending,
+//! and a pending version under a committed one at the tail is committed
+//! again lazily (below). The tail's commit is durable, since the tail's
+//! committed version is what CRAQ reads trust.
+//!
+//! A retry carries the same (client id, sequence): the head remembers the
+//! last one per chunk and answers a retry of an applied write with its
+//! version instead of applying it again, and refuses an older sequence, so
+//! a late retry can never overwrite a newer write. The memory is per
+//! process; after a head restart a retry is applied again (same bytes at
+//! the same offset, so only a newer write by *another* client in between
+//! could be overwritten — the window DESIGN §11 leaves to close-to-open).
+//!
+//! # Reads (CRAQ)
+//!
+//! A serving replica reads its committed version when no pending version
+//! touches the range. When one does, it asks the tail (Stat) which version
+//! is committed: if the tail is ahead, the replica commits up to it (the
+//! commit record it lost or has not received yet) and reads; if the tail
+//! agrees, the committed version is current. If the tail cannot be asked,
+//! the replica answers PENDING and the client reads elsewhere. Every
+//! stored block is verified against its CRC on read; a corrupt block is
+//! never returned, is counted, and is reported to meta.
+
+use std::cell::{Cell, RefCell};
+use std::collections::{HashMap, VecDeque};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use cairn_proto::ErrorCode;
+use cairn_proto::frame::{Frame, Header, Opcode, SegmentCrcs};
+use cairn_proto::ids::{ChainVersion, ChunkId};
+use glommio::net::TcpStream;
+use glommio::sync::{Semaphore, StaticPermit};
+
+use crate::chain::{ChainView, Endpoint, MemberState};
+use crate::control::ControlState;
+use crate::failpoint;
+use crate::metrics::Metrics;
+use crate::peer::{PeerError, PeerPool};
+use crate::store::{ReadMode, ShardStore, StoreError, shard_of};
+use crate::wire::{FrameReader, ReadError, write_frame};
+
+/// Requests one connection may have in flight before the server stops
+/// reading from it (back-pressure).
+const MAX_IN_FLIGHT: usize = 256;
+
+/// (client, sequence) pairs remembered for retries, per shard.
+const DEDUP_ENTRIES: usize = 65_536;
+
+/// Receives corrupt blocks found by reads: (chunk, block indexes).
+pub type CorruptSink = Rc<dyn Fn(ChunkId, Vec<u32>)>;
+
+/// A request refused: the code and message of its error reply.
+#[derive(Debug)]
+pub struct Reject {
+    code: ErrorCode,
+    msg: String,
+}
+
+impl Reject {
+    fn new(code: ErrorCode, msg: impl Into<String>) -> Self {
+        Self {
+            code,
+            msg: msg.into(),
+        }
+    }
+}
+
+impl From<StoreError> for Reject {
+    fn from(e: StoreError) -> Self {
+        Self::new(e.code(), e.to_string())
+    }
+}
+
+impl From<PeerError> for Reject {
+    fn from(e: PeerError) -> Self {
+        Self::new(e.code(), format!("forwarding down the chain: {e}"))
+    }
+}
+
+type Result<T> = std::result::Result<T, Reject>;
+
+/// A change to a chunk, as it travels down a chain.
+#[derive(Debug, Clone)]
+enum Mutation {
+    Write {
+        offset: u64,
+        data: Bytes,
+        crcs: SegmentCrcs,
+    },
+    Truncate {
+        new_len: u64,
+    },
+}
+
+/// Where this target stands in a request's chain.
+#[derive(Debug)]
+struct Route {
+    chain_version: u64,
+    state: MemberState,
+    is_head: bool,
+    successor: Option<Endpoint>,
+    tail: Option<Endpoint>,
+}
+
+/// Recent (sequence → version) pairs per (chunk, client) the head applied.
+///
+/// A window rather than the last sequence alone: a client pipelines writes
+/// to one chunk, so sequence 6 may arrive before 5, and 5 is new, not a
+/// late retry. A sequence inside the window is a retry when present; one
+/// older than a full window cannot be told apart and is refused.
+#[derive(Debug, Default)]
+struct Dedup {
+    seen: HashMap<(ChunkId, u64), VecDeque<(u64, u64)>>,
+    order: VecDeque<(ChunkId, u64)>,
+}
+
+/// Sequences remembered per (chunk, client).
+const DEDUP_WINDOW: usize = 64;
+
+impl Dedup {
+    /// Returns the version a retry of (client, seq) already got, or
+    /// refuses a sequence older than the remembered window.
+    fn check(&self, chunk: ChunkId, client: u64, seq: u64) -> Result<Option<u64>> {
+        if client == 0 {
+            return Ok(None);
+        }
+        let Some(w) = self.seen.get(&(chunk, client)) else {
+            return Ok(None);
+        };
+        if let Some(&(_, v)) = w.iter().find(|(s, _)| *s == seq) {
+            return Ok(Some(v));
+        }
+        let oldest = w.iter().map(|(s, _)| *s).min().unwrap_or(0);
+        if w.len() >= DEDUP_WINDOW && seq < oldest {
+            return Err(Reject::new(
+                ErrorCode::StaleSequence,
+                format!(
+                    "write {seq} of client {client} to {chunk} is older than every write \
+                     remembered (from {oldest}); refusing what may be a late retry"
+                ),
+            ));
+        }
+        Ok(None)
+    }
+
+    fn record(&mut self, chunk: ChunkId, client: u64, seq: u64, version: u64) {
+        if client == 0 {
+            return;
+        }
+        let key = (chunk, client);
+        let w = self.seen.entry(key).or_insert_with(|| {
+            self.order.push_back(key);
+            VecDeque::new()
+        });
+        w.push_back((seq, version));
+        if w.len() > DEDUP_WINDOW {
+            w.pop_front();
+        }
+        while self.order.len() > DEDUP_ENTRIES {
+            if let Some(old) = self.order.pop_front() {
+                self.seen.remove(&old);
+            }
+        }
+    }
+}
+
+/// One shard's server state; lives in one glommio executor.
+pub struct Shard {
+    shard: u32,
+    shards: u32,
+    store: Rc<ShardStore>,
+    control: Arc<ControlState>,
+    view: RefCell<Arc<ChainView>>,
+    peers: PeerPool,
+    metrics: Arc<Metrics>,
+    locks: RefCell<HashMap<ChunkId, Rc<Semaphore>>>,
+    dedup: RefCell<Dedup>,
+    snap_seq: Cell<u64>,
+    corrupt: CorruptSink,
+}
+
+impl std::fmt::Debug for Shard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shard")
+            .field("shard", &self.shard)
+            .field("shards", &self.shards)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Holds a chunk's head lock; removes the map entry when nobody waits.
+struct ChunkLock<'a> {
+    shard: &'a Shard,
+    chunk: ChunkId,
+    sem: Rc<Semaphore>,
+    _permit: StaticPermit,
+}
+
+impl Drop for ChunkLock<'_> {
+    fn drop(&mut self) {
+        if Rc::strong_count(&self.sem) == 2 {
+            self.shard.locks.borrow_mut().remove(&self.chunk);
+        }
+    }
+}
+
+fn crcs_of(c: &SegmentCrcs) -> Vec<u32> {
+    c.iter().collect()
+}
+
+impl Shard {
+    /// A shard server over `store`, shard `shard` of `shards`.
+    pub fn new(
+        store: Rc<ShardStore>,
+        shards: u32,
+        control: Arc<ControlState>,
+        metrics: Arc<Metrics>,
+        peer_timeout: Duration,
+        corrupt: CorruptSink,
+    ) -> Self {
+        let view = control.view();
+        Self {
+            shard: store.shard(),
+            shards,
+            store,
+            control,
+            view: RefCell::new(view),
+            peers: PeerPool::new(peer_timeout),
+            metrics,
+            locks: RefCell::new(HashMap::new()),
+            dedup: RefCell::new(Dedup::default()),
+            snap_seq: Cell::new(0),
+            corrupt,
+        }
+    }
+
+    /// The store this shard serves.
+    pub fn store(&self) -> &Rc<ShardStore> {
+        &self.store
+    }
+
+    /// Serves one client or peer connection until it closes or sends a
+    /// malformed frame (answered with a protocol error, then closed).
+    pub async fn serve_connection(self: Rc<Self>, stream: TcpStream) {
+        let _ = stream.set_nodelay(true);
+        let peer = stream
+            .peer_addr()
+            .map_or_else(|_| "?".to_string(), |a| a.to_string());
+        self.metrics.connection_opened();
+        let (mut rd, mut wr) = futures_lite::io::split(stream);
+        let (tx, rx) = glommio::channels::local_channel::new_bounded::<Frame>(MAX_IN_FLIGHT);
+        let writer = glommio::spawn_local(async move {
+            while let Some(f) = rx.recv().await {
+                if let Err(e) = write_frame(&mut wr, &f).await {
+                    tracing::debug!("writing a reply: {e}");
+                    break;
+                }
+            }
+        });
+        let gate = Rc::new(Semaphore::new(MAX_IN_FLIGHT as u64));
+        let mut reader = FrameReader::default();
+        let tx = Rc::new(tx);
+        loop {
+            match reader.read(&mut rd).await {
+                Ok(frame) => {
+                    let Ok(permit) = gate.clone().acquire_static_permit(1).await else {
+                        break;
+                    };
+                    let me = self.clone();
+                    let tx = tx.clone();
+                    glommio::spawn_local(async move {
+                        let reply = me.handle(frame).await;
+                        // The writer is gone only when the connection is.
+                        let _ = tx.send(reply).await;
+                        drop(permit);
+                    })
+                    .detach();
+                }
+                Err(ReadError::Eof) => break,
+                Err(ReadError::Frame(e)) => {
+                    self.metrics.protocol_error();
+                    tracing::info!(%peer, "closing connection: {e}");
+                    let _ = tx.send(Frame::protocol_error(&e)).await;
+                    break;
+                }
+                Err(e @ (ReadError::Truncated | ReadError::Io(_))) => {
+                    tracing::debug!(%peer, "connection ended: {e}");
+                    break;
+                }
+            }
+        }
+        // Let in-flight requests answer, then close.
+        drop(tx);
+        writer.await;
+        self.metrics.connection_closed();
+    }
+
+    /// Serves one request; never fails: errors become error replies.
+    pub async fn handle(&self, frame: Frame) -> Frame {
+        let started = Instant::now();
+        let h = frame.header;
+        let bytes_in = frame.payload.len() as u64;
+        let reply = match self.dispatch(frame).await {
+            Ok(r) => r,
+            Err(r) => {
+                if r.code == ErrorCode::Pending {
+                    self.metrics.pending_reply();
+                    Frame::pending_reply(&h)
+                } else {
+                    Frame::error_reply(&h, r.code, &r.msg)
+                }
+            }
+        };
+        let ok = reply.header.status == 0;
+        let bytes_out = if ok { reply.payload.len() as u64 } else { 0 };
+        self.metrics
+            .op(h.opcode)
+            .observe(started.elapsed(), ok, bytes_in, bytes_out);
+        reply
+    }
+
+    fn current_view(&self) -> Arc<ChainView> {
+        if self.control.view_version() != self.view.borrow().version {
+            *self.view.borrow_mut() = self.control.view();
+        }
+        self.view.borrow().clone()
+    }
+
+    fn route(&self, h: &Header) -> Result<Route> {
+        let view = self.current_view();
+        let chain_id = h.chain.0;
+        let Some(chain) = view.chain(chain_id) else {
+            return Err(Reject::new(
+                ErrorCode::NewerChainVersion,
+                format!(
+                    "chain {chain_id} is not in this chunkserver's table (version {})",
+                    view.version
+                ),
+            ));
+        };
+        let ours = h.chain_version.0;
+        if ours < chain.version {
+            return Err(Reject::new(
+                ErrorCode::StaleChainVersion,
+                format!(
+                    "chain {chain_id} is at version {}, the request carries {ours}",
+                    chain.version
+                ),
+            ));
+        }
+        if ours > chain.version {
+            return Err(Reject::new(
+                ErrorCode::NewerChainVersion,
+                format!(
+                    "chain {chain_id} is at version {} here, the request carries {ours}",
+                    chain.version
+                ),
+            ));
+        }
+        let me = self.control.chunkserver_id();
+        let Some(member) = chain.members.iter().find(|m| m.chunkserver == me) else {
+            return Err(Reject::new(
+                ErrorCode::Invalid,
+                format!("chunkserver {me} holds no replica of chain {chain_id}"),
+            ));
+        };
+        if member.state == MemberState::Offline {
+            return Err(Reject::new(
+                ErrorCode::Unavailable,
+                format!(
+                    "target {} is offline in chain {chain_id} version {}",
+                    member.target, chain.version
+                ),
+            ));
+        }
+        let owner = shard_of(h.chunk, self.shards);
+        if owner != self.shard {
+            return Err(Reject::new(
+                ErrorCode::Invalid,
+                format!(
+                    "{} belongs to shard {owner} of this chunkserver, not shard {}",
+                    h.chunk, self.shard
+                ),
+            ));
+        }
+        let is_head = chain.write_path().next().map(|m| m.target) == Some(member.target);
+        Ok(Route {
+            chain_version: chain.version,
+            state: member.state,
+            is_head,
+            successor: view.successor(chain_id, member.target, h.chunk),
+            tail: view.tail(chain_id, h.chunk),
+        })
+    }
+
+    async fn dispatch(&self, frame: Frame) -> Result<Frame> {
+        let h = frame.header;
+        if h.reply {
+            return Err(Reject::new(
+                ErrorCode::BadRequest,
+                "a reply frame was sent as a request",
+            ));
+        }
+        if h.opcode == Opcode::Ping {
+            return Ok(Frame::reply(&h));
+        }
+        if !self.control.serving() {
+            return Err(Reject::new(
+                ErrorCode::Unavailable,
+                "this chunkserver is not serving: it has not reached meta within its lease",
+            ));
+        }
+        let route = self.route(&h)?;
+        match h.opcode {
+            Opcode::Write => {
+                if !route.is_head {
+                    return Err(Reject::new(
+                        ErrorCode::Invalid,
+                        format!("writes to chain {} go to its head", h.chain),
+                    ));
+                }
+                let m = Mutation::Write {
+                    offset: h.offset,
+                    data: frame.payload,
+                    crcs: frame.crcs,
+                };
+                self.head_mutate(&route, &h, m).await
+            }
+            Opcode::Truncate if route.is_head && h.version == 0 => {
+                let m = Mutation::Truncate { new_len: h.offset };
+                self.head_mutate(&route, &h, m).await
+            }
+            Opcode::Forward | Opcode::Truncate => {
+                if route.is_head {
+                    return Err(Reject::new(
+                        ErrorCode::StaleChainVersion,
+                        format!("this target is the head of chain {}", h.chain),
+                    ));
+                }
+                let m = if h.opcode == Opcode::Forward {
+                    Mutation::Write {
+                        offset: h.offset,
+                        data: frame.payload,
+                        crcs: frame.crcs,
+                    }
+                } else {
+                    Mutation::Truncate { new_len: h.offset }
+                };
+                self.replica_mutate(&route, &h, m).await
+            }
+            Opcode::Read => self.read(&route, &h, false).await,
+            Opcode::ReadChunk => self.read(&route, &h, true).await,
+            Opcode::Stat => self.stat(&h),
+            Opcode::Remove => self.remove(&route, &h).await,
+            Opcode::Commit => {
+                self.store
+                    .commit_through(h.chunk, h.version, route.successor.is_none())
+                    .await?;
+                Ok(Frame::reply(&h))
+            }
+            Opcode::Ping => Ok(Frame::reply(&h)),
+        }
+    }
+
+    async fn lock(&self, chunk: ChunkId) -> Result<ChunkLock<'_>> {
+        let sem = self
+            .locks
+            .borrow_mut()
+            .entry(chunk)
+            .or_insert_with(|| Rc::new(Semaphore::new(1)))
+            .clone();
+        let permit = sem
+            .clone()
+            .acquire_static_permit(1)
+            .await
+            .map_err(|e| Reject::new(ErrorCode::Internal, format!("chunk lock: {e}")))?;
+        Ok(ChunkLock {
+            shard: self,
+            chunk,
+            sem,
+            _permit: permit,
+        })
+    }
+
+    fn check_snap_seq(&self, h: &Header) -> Result<()> {
+        let known = self.snap_seq.get();
+        if h.snap_seq < known {
+            return Err(Reject::new(
+                ErrorCode::StaleSnapSeq,
+                format!(
+                    "the write carries snapshot sequence {}, this chunkserver knows {known}",
+                    h.snap_seq
+                ),
+            ));
+        }
+        self.snap_seq.set(h.snap_seq);
+        Ok(())
+    }
+
+    /// The head's write path; see the module docs.
+    async fn head_mutate(&self, route: &Route, h: &Header, m: Mutation) -> Result<Frame> {
+        self.check_snap_seq(h)?;
+        let chunk = h.chunk;
+        let _lock = self.lock(chunk).await?;
+        let seen = self
+            .dedup
+            .borrow()
+            .check(chunk, h.client_id.0, h.client_seq)?;
+        self.settle_pending(route, h, chunk).await?;
+        if let Some(version) = seen {
+            return Ok(Self::versioned_reply(h, version));
+        }
+        let committed = self.store.stat(chunk)?.map_or(0, |s| s.committed_version);
+        if let Mutation::Truncate { .. } = m
+            && committed == 0
+        {
+            // Nothing stored, nothing to cut.
+            return Ok(Self::versioned_reply(h, 0));
+        }
+        let version = committed + 1;
+        self.apply(route, h, chunk, version, &m, |v| {
+            self.dedup
+                .borrow_mut()
+                .record(chunk, h.client_id.0, h.client_seq, v);
+        })
+        .await?;
+        failpoint::hit("chunk.write.before_reply");
+        Ok(Self::versioned_reply(h, version))
+    }
+
+    /// A non-head replica's write path: the head's version, in order.
+    async fn replica_mutate(&self, route: &Route, h: &Header, m: Mutation) -> Result<Frame> {
+        let chunk = h.chunk;
+        if h.version == 0 {
+            return Err(Reject::new(
+                ErrorCode::BadRequest,
+                "a forwarded mutation must carry the head's version",
+            ));
+        }
+        let _lock = self.lock(chunk).await?;
+        let committed = self.store.stat(chunk)?.map_or(0, |s| s.committed_version);
+        if h.version <= committed {
+            // Already here: the head is settling a version whose commit it
+            // lost; what we hold came from it.
+            return Ok(Self::versioned_reply(h, h.version));
+        }
+        self.apply(route, h, chunk, h.version, &m, |_| {}).await?;
+        Ok(Self::versioned_reply(h, h.version))
+    }
+
+    /// Persists version `version` here, forwards it to the successor, and
+    /// commits; `persisted` runs once the local copy is durable.
+    async fn apply(
+        &self,
+        route: &Route,
+        h: &Header,
+        chunk: ChunkId,
+        version: u64,
+        m: &Mutation,
+        persisted: impl FnOnce(u64),
+    ) -> Result<()> {
+        failpoint::hit("chunk.write.before_local");
+        let Some(next) = &route.successor else {
+            // The tail (or a one-replica chain): store and commit at once.
+            match m {
+                Mutation::Write { offset, data, crcs } => {
+                    match self
+                        .store
+                        .write_committed(chunk, version, *offset, data, &crcs_of(crcs))
+                        .await
+                    {
+                        Ok(()) | Err(StoreError::Stale { .. }) => {}
+                        Err(e) => return Err(self.store_error(chunk, e)),
+                    }
+                }
+                Mutation::Truncate { new_len } => {
+                    self.store.truncate(chunk, version, *new_len).await?;
+                    self.store.commit_through(chunk, version, true).await?;
+                }
+            }
+            persisted(version);
+            return Ok(());
+        };
+        match m {
+            Mutation::Write { offset, data, crcs } => self
+                .store
+                .write_pending(chunk, version, *offset, data, &crcs_of(crcs))
+                .await
+                .map_err(|e| self.store_error(chunk, e))?,
+            Mutation::Truncate { new_len } => {
+                self.store.truncate(chunk, version, *new_len).await?;
+            }
+        }
+        persisted(version);
+        failpoint::hit("chunk.write.before_forward");
+        self.forward(next, route, h, chunk, version, m).await?;
+        failpoint::hit("chunk.write.before_commit");
+        self.store.commit_through(chunk, version, false).await?;
+        Ok(())
+    }
+
+    /// Sends version `version` of `chunk` to `next` and waits until it and
+    /// everything after it in the chain have it.
+    async fn forward(
+        &self,
+        next: &Endpoint,
+        route: &Route,
+        h: &Header,
+        chunk: ChunkId,
+        version: u64,
+        m: &Mutation,
+    ) -> Result<()> {
+        let base = Header {
+            chunk,
+            chain: h.chain,
+            chain_version: ChainVersion(route.chain_version),
+            version,
+            snap_seq: h.snap_seq,
+            client_id: h.client_id,
+            client_seq: h.client_seq,
+            token: h.token,
+            ..Header::request(Opcode::Forward, 0)
+        };
+        let frame = match m {
+            Mutation::Write { offset, data, crcs } => Frame::with_payload_crcs(
+                Header {
+                    offset: *offset,
+                    ..base
+                },
+                data.clone(),
+                crcs.clone(),
+            )
+            .map_err(|e| Reject::new(ErrorCode::Internal, format!("forward frame: {e}")))?,
+            Mutation::Truncate { new_len } => Frame::new(Header {
+                opcode: Opcode::Truncate,
+                offset: *new_len,
+                ..base
+            }),
+        };
+        self.metrics.forwarded();
+        let reply = self.peers.call(&next.addr, frame).await?;
+        match reply.error_code() {
+            None => Ok(()),
+            Some(code) => Err(Reject::new(
+                code,
+                format!(
+                    "successor target {} at {} refused version {version} of {chunk}: {}",
+                    next.target,
+                    next.addr,
+                    reply.error_message().unwrap_or_default()
+                ),
+            )),
+        }
+    }
+
+    /// Forwards and commits versions left pending here by a failed forward
+    /// or a crash, oldest first, so the chain converges before a new
+    /// version is assigned.
+    async fn settle_pending(&self, route: &Route, h: &Header, chunk: ChunkId) -> Result<()> {
+        let Some(st) = self.store.stat(chunk)? else {
+            return Ok(());
+        };
+        for v in st.pending_versions {
+            let p = self.store.read_pending(chunk, v).await?;
+            let m = if p.len == 0 && p.data.is_empty() {
+                Mutation::Truncate { new_len: p.new_len }
+            } else {
+                Mutation::Write {
+                    offset: p.offset,
+                    crcs: SegmentCrcs::from_slice(&p.segment_crcs),
+                    data: p.data,
+                }
+            };
+            if let Some(next) = &route.successor {
+                tracing::info!(%chunk, version = v, "re-forwarding a pending version");
+                self.forward(next, route, h, chunk, v, &m).await?;
+            }
+            self.store
+                .commit_through(chunk, v, route.successor.is_none())
+                .await?;
+        }
+        Ok(())
+    }
+
+    fn store_error(&self, chunk: ChunkId, e: StoreError) -> Reject {
+        if let StoreError::Checksum { block, .. } = &e {
+            // A client payload that fails its CRC on arrival.
+            self.metrics.client_crc_failure();
+            tracing::warn!(%chunk, block, "write payload failed its CRC");
+        }
+        e.into()
+    }
+
+    fn versioned_reply(h: &Header, version: u64) -> Frame {
+        Frame::new(Header {
+            version,
+            ..Header::reply_to(h)
+        })
+    }
+
+    async fn read(&self, route: &Route, h: &Header, whole: bool) -> Result<Frame> {
+        if route.state != MemberState::Serving {
+            return Err(Reject::new(
+                ErrorCode::Unavailable,
+                format!(
+                    "this replica of chain {} is syncing: it serves no reads",
+                    h.chain
+                ),
+            ));
+        }
+        let (chunk, offset, len) = (h.chunk, h.offset, u64::from(h.length));
+        let mode = if whole || route.successor.is_none() {
+            ReadMode::Committed
+        } else {
+            ReadMode::CleanOnly
+        };
+        let out = match self.store.read(chunk, offset, len, mode).await {
+            Err(StoreError::Pending { .. }) => {
+                self.catch_up_with_tail(route, h).await?;
+                self.store
+                    .read(chunk, offset, len, ReadMode::Committed)
+                    .await
+            }
+            r => r,
+        };
+        let out = match out {
+            Ok(o) => o,
+            Err(StoreError::Checksum { block, .. }) => {
+                self.metrics.crc_failure();
+                tracing::error!(%chunk, block, "stored block failed its CRC; not returned");
+                (self.corrupt)(chunk, vec![block]);
+                return Err(Reject::new(
+                    ErrorCode::Checksum,
+                    format!("block {block} of {chunk} is corrupt on this replica; read another"),
+                ));
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let header = Header {
+            version: out.version,
+            ..Header::reply_to(h)
+        };
+        Frame::with_payload_crcs(header, out.data, SegmentCrcs::from_slice(&out.block_crcs))
+            .map_err(|e| Reject::new(ErrorCode::Internal, format!("read reply: {e}")))
+    }
+
+    /// For a dirty range: asks the tail which version is committed and
+    /// commits up to it here; PENDING when the tail cannot answer.
+    async fn catch_up_with_tail(&self, route: &Route, h: &Header) -> Result<()> {
+        let pending = || Reject::new(ErrorCode::Pending, "range is being written");
+        let Some(tail) = &route.tail else {
+            return Err(pending());
+        };
+        self.metrics.tail_query();
+        let q = Frame::new(Header {
+            chunk: h.chunk,
+            chain: h.chain,
+            chain_version: ChainVersion(route.chain_version),
+            ..Header::request(Opcode::Stat, 0)
+        });
+        let reply = match self.peers.call(&tail.addr, q).await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::debug!("asking the tail: {e}");
+                return Err(pending());
+            }
+        };
+        let tail_version = match reply.error_code() {
+            None => reply.header.version,
+            Some(ErrorCode::NotFound) => 0,
+            Some(_) => return Err(pending()),
+        };
+        let Some(st) = self.store.stat(h.chunk)? else {
+            return Ok(());
+        };
+        let newest = st.pending_versions.last().copied().unwrap_or(0);
+        let through = tail_version.min(newest);
+        if through > st.committed_version {
+            self.store.commit_through(h.chunk, through, false).await?;
+        }
+        Ok(())
+    }
+
+    fn stat(&self, h: &Header) -> Result<Frame> {
+        let Some(st) = self.store.stat(h.chunk)? else {
+            return Err(Reject::new(
+                ErrorCode::NotFound,
+                format!("{} is not stored here", h.chunk),
+            ));
+        };
+        Ok(Frame::new(Header {
+            offset: st.committed_len,
+            version: st.committed_version,
+            ..Header::reply_to(h)
+        }))
+    }
+
+    /// Removes the chunk down the chain: successors first, so a failure
+    /// leaves the head still holding it and a retry completes the removal.
+    async fn remove(&self, route: &Route, h: &Header) -> Result<Frame> {
+        let _lock = self.lock(h.chunk).await?;
+        if let Some(next) = &route.successor {
+            let f = Frame::new(Header {
+                chunk: h.chunk,
+                chain: h.chain,
+                chain_version: ChainVersion(route.chain_version),
+                token: h.token,
+                ..Header::request(Opcode::Remove, 0)
+            });
+            let reply = self.peers.call(&next.addr, f).await?;
+            if let Some(code) = reply.error_code() {
+                return Err(Reject::new(
+                    code,
+                    format!(
+                        "successor {} refused the removal: {}",
+                        next.addr,
+                        reply.error_message().unwrap_or_default()
+                    ),
+                ));
+            }
+        }
+        self.store.remove(h.chunk).await?;
+        Ok(Frame::reply(h))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use cairn_proto::ids::ObjectId;
+
+    use super::*;
+
+    fn c(i: u64) -> ChunkId {
+        ChunkId {
+            object: ObjectId(i),
+            index: 0,
+        }
+    }
+
+    #[test]
+    fn dedup_answers_retries_and_refuses_older_sequences() {
+        let mut d = Dedup::default();
+        assert!(d.check(c(1), 7, 1).unwrap().is_none());
+        d.record(c(1), 7, 2, 10);
+        assert!(
+            d.check(c(1), 7, 1).unwrap().is_none(),
+            "pipelined, not a retry"
+        );
+        d.record(c(1), 7, 1, 11);
+        assert_eq!(d.check(c(1), 7, 2).unwrap(), Some(10), "retry");
+        assert_eq!(d.check(c(1), 7, 1).unwrap(), Some(11), "retry");
+        assert!(d.check(c(1), 8, 2).unwrap().is_none(), "other client");
+        assert!(d.check(c(2), 7, 2).unwrap().is_none(), "other chunk");
+        assert!(d.check(c(1), 0, 0).unwrap().is_none(), "no client id");
+        for s in 100..100 + DEDUP_WINDOW as u64 {
+            d.record(c(1), 7, s, s);
+        }
+        let e = d.check(c(1), 7, 3).unwrap_err();
+        assert_eq!(e.code, ErrorCode::StaleSequence, "late retry refused");
+    }
+
+    #[test]
+    fn dedup_is_bounded() {
+        let mut d = Dedup::default();
+        for i in 0..(DEDUP_ENTRIES as u64 + 10) {
+            d.record(c(i), 1, 1, 1);
+        }
+        assert_eq!(d.seen.len(), DEDUP_ENTRIES);
+        assert!(d.check(c(0), 1, 1).unwrap().is_none(), "oldest evicted");
+    }
+}
