@@ -225,7 +225,13 @@ async fn wait_chains(meta: &[String]) -> anyhow::Result<usize> {
     }
 }
 
-fn print_usage(addrs: &[String], dir: &Path, s: &cairn_proto::meta::StatusReply, took: Duration) {
+fn print_usage(
+    addrs: &[String],
+    cs: &[Chunkserver],
+    dir: &Path,
+    s: &cairn_proto::meta::StatusReply,
+    took: Duration,
+) {
     let meta = addrs.join(",");
     println!(
         "cairn dev: {REPLICAS} meta replicas and {CHUNKSERVERS} chunkservers ready in {:.1}s (leader: node {} at {}, term {})",
@@ -240,6 +246,11 @@ fn print_usage(addrs: &[String], dir: &Path, s: &cairn_proto::meta::StatusReply,
         dir.display()
     );
     println!("  --meta:  {meta}");
+    let shards: Vec<String> = cs
+        .iter()
+        .flat_map(|c| c.shard_addrs.iter().map(ToString::to_string))
+        .collect();
+    println!("  chunkservers (data plane): {}", shards.join(" "));
     println!();
     println!("In another shell:");
     println!("  export CAIRN_META={meta}");
@@ -315,7 +326,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     let mut failure: Option<anyhow::Error> = None;
     match started {
         Ok((addrs, status)) => {
-            print_usage(&addrs, &args.dir, &status, t0.elapsed());
+            print_usage(&addrs, &chunkservers, &args.dir, &status, t0.elapsed());
             tokio::select! {
                 sig = signals.recv() => eprintln!("cairn dev: {sig}; stopping the replicas"),
                 Some((id, r)) = waits.next() => {
