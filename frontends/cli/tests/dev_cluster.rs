@@ -49,7 +49,9 @@ async fn dev_cluster_stores_data_on_three_replicas_and_stops_cleanly() {
     let meta = meta.expect("--meta line");
     let first = meta.split(',').next().unwrap().to_string();
 
-    let mut c = MetaClient::connect(format!("http://{first}")).await.unwrap();
+    let mut c = MetaClient::connect(format!("http://{first}"))
+        .await
+        .unwrap();
     let t = c.get_chains(pb::Empty {}).await.unwrap().into_inner();
     let table = t
         .tables
@@ -72,11 +74,18 @@ async fn dev_cluster_stores_data_on_three_replicas_and_stops_cleanly() {
     let pool = DataPool::new(Duration::from_secs(2));
     let payload: Vec<u8> = (0..20_000u32).map(|i| (i * 31 % 251) as u8).collect();
     let w = data::write_request(id, v, chunk, 4096, Bytes::from(payload.clone()), 1, 1, 0);
-    let r = pool.call(&members[0], w, Duration::from_secs(10)).await.unwrap();
+    let r = pool
+        .call(&members[0], w, Duration::from_secs(10))
+        .await
+        .unwrap();
     data::into_result(r).expect("write through the dev cluster");
     for m in &members {
         let r = pool
-            .call(m, data::read_request(id, v, chunk, 4096, 20_000), Duration::from_secs(10))
+            .call(
+                m,
+                data::read_request(id, v, chunk, 4096, 20_000),
+                Duration::from_secs(10),
+            )
             .await
             .unwrap();
         let r = data::into_result(r).expect("read");
@@ -100,7 +109,10 @@ async fn dev_cluster_stores_data_on_three_replicas_and_stops_cleanly() {
     assert!(exit.success(), "cairn dev exit: {exit:?}");
     for cs in 1..=3 {
         assert!(
-            dir.path().join(format!("cs{cs}")).join("superblock.json").exists(),
+            dir.path()
+                .join(format!("cs{cs}"))
+                .join("superblock.json")
+                .exists(),
             "chunkserver {cs} data dir"
         );
     }
