@@ -12,11 +12,13 @@
 //! * [`scrub`]: the background scrubber.
 //! * [`server`]: a shard's data-plane server — chain replication with CRAQ
 //!   reads, fencing, leases.
+//! * [`locks`]: per-chunk async locks.
 //! * [`node`]: starting a chunkserver (shard executors + control thread).
 
 pub mod chain;
 pub mod control;
 pub mod failpoint;
+pub mod locks;
 pub mod metrics;
 pub mod node;
 pub mod peer;

@@ -75,11 +75,12 @@ use cairn_proto::ErrorCode;
 use cairn_proto::frame::{Frame, Header, Opcode, SegmentCrcs};
 use cairn_proto::ids::{ChainVersion, ChunkId};
 use glommio::net::TcpStream;
-use glommio::sync::{Semaphore, StaticPermit};
+use glommio::sync::Semaphore;
 
 use crate::chain::{ChainView, Endpoint, MemberState};
 use crate::control::ControlState;
 use crate::failpoint;
+use crate::locks::{ChunkLockGuard, ChunkLocks};
 use crate::metrics::Metrics;
 use crate::peer::{PeerError, PeerPool};
 use crate::store::{ReadMode, ShardStore, StoreError, shard_of};
@@ -219,7 +220,7 @@ pub struct Shard {
     view: RefCell<Arc<ChainView>>,
     peers: PeerPool,
     metrics: Arc<Metrics>,
-    locks: RefCell<HashMap<ChunkId, Rc<Semaphore>>>,
+    locks: ChunkLocks,
     dedup: RefCell<Dedup>,
     snap_seq: Cell<u64>,
     corrupt: CorruptSink,
@@ -231,22 +232,6 @@ impl std::fmt::Debug for Shard {
             .field("shard", &self.shard)
             .field("shards", &self.shards)
             .finish_non_exhaustive()
-    }
-}
-
-/// Holds a chunk's head lock; removes the map entry when nobody waits.
-struct ChunkLock<'a> {
-    shard: &'a Shard,
-    chunk: ChunkId,
-    sem: Rc<Semaphore>,
-    _permit: StaticPermit,
-}
-
-impl Drop for ChunkLock<'_> {
-    fn drop(&mut self) {
-        if Rc::strong_count(&self.sem) == 2 {
-            self.shard.locks.borrow_mut().remove(&self.chunk);
-        }
     }
 }
 
@@ -273,7 +258,7 @@ impl Shard {
             view: RefCell::new(view),
             peers: PeerPool::new(peer_timeout),
             metrics,
-            locks: RefCell::new(HashMap::new()),
+            locks: ChunkLocks::default(),
             dedup: RefCell::new(Dedup::default()),
             snap_seq: Cell::new(0),
             corrupt,
@@ -508,24 +493,11 @@ impl Shard {
         }
     }
 
-    async fn lock(&self, chunk: ChunkId) -> Result<ChunkLock<'_>> {
-        let sem = self
-            .locks
-            .borrow_mut()
-            .entry(chunk)
-            .or_insert_with(|| Rc::new(Semaphore::new(1)))
-            .clone();
-        let permit = sem
-            .clone()
-            .acquire_static_permit(1)
+    async fn lock(&self, chunk: ChunkId) -> Result<ChunkLockGuard<'_>> {
+        self.locks
+            .lock(chunk)
             .await
-            .map_err(|e| Reject::new(ErrorCode::Internal, format!("chunk lock: {e}")))?;
-        Ok(ChunkLock {
-            shard: self,
-            chunk,
-            sem,
-            _permit: permit,
-        })
+            .map_err(|e| Reject::new(ErrorCode::Internal, format!("chunk lock: {e}")))
     }
 
     fn check_snap_seq(&self, h: &Header) -> Result<()> {

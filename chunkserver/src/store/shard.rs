@@ -65,7 +65,6 @@ use std::sync::Arc;
 use bytes::{Bytes, BytesMut};
 use cairn_proto::ids::ChunkId;
 use glommio::io::{DmaFile, OpenOptions};
-use glommio::sync::{Semaphore, StaticPermit};
 
 use super::alloc::{Allocator, Run};
 use super::error::StoreError;
@@ -75,6 +74,7 @@ use super::layout::{
 };
 use super::target::Target;
 use super::{ChunkStat, PendingData, ReadMode, ReadOut, ScrubReport, SpaceUsage, shard_of};
+use crate::locks::{ChunkLockGuard, ChunkLocks};
 
 type Result<T> = std::result::Result<T, StoreError>;
 
@@ -94,7 +94,7 @@ pub struct ShardStore {
     meta_sync: GroupSync,
     headers: RefCell<HashMap<ChunkId, ChunkHeader>>,
     header_cache_entries: usize,
-    locks: RefCell<HashMap<ChunkId, Rc<Semaphore>>>,
+    locks: ChunkLocks,
     capacity_blocks: u64,
     grow_blocks: u64,
     capacity_bytes: Option<u64>,
@@ -107,24 +107,6 @@ impl std::fmt::Debug for ShardStore {
             .field("shard", &self.shard)
             .field("shards", &self.shards)
             .finish_non_exhaustive()
-    }
-}
-
-/// Holds a chunk's mutation lock; drops the lock's map entry when nobody
-/// else waits for it, so the map stays as small as the set of busy chunks.
-struct ChunkGuard<'a> {
-    store: &'a ShardStore,
-    chunk: ChunkId,
-    sem: Rc<Semaphore>,
-    _permit: StaticPermit,
-}
-
-impl Drop for ChunkGuard<'_> {
-    fn drop(&mut self) {
-        // The map and this guard hold the only references: no waiter.
-        if Rc::strong_count(&self.sem) == 2 {
-            self.store.locks.borrow_mut().remove(&self.chunk);
-        }
     }
 }
 
@@ -232,7 +214,7 @@ impl ShardStore {
             meta_sync: GroupSync::default(),
             headers: RefCell::new(HashMap::new()),
             header_cache_entries: opts.header_cache_entries.max(1),
-            locks: RefCell::new(HashMap::new()),
+            locks: ChunkLocks::default(),
             capacity_blocks,
             grow_blocks: (opts.grow_bytes / BLOCK_SIZE).max(1),
             capacity_bytes: opts.capacity_bytes.map(|c| c / u64::from(shards)),
@@ -260,23 +242,11 @@ impl ShardStore {
         Ok(())
     }
 
-    async fn lock(&self, chunk: ChunkId) -> Result<ChunkGuard<'_>> {
-        let sem = self
-            .locks
-            .borrow_mut()
-            .entry(chunk)
-            .or_insert_with(|| Rc::new(Semaphore::new(1)))
-            .clone();
-        let permit = sem
-            .acquire_static_permit(1)
+    async fn lock(&self, chunk: ChunkId) -> Result<ChunkLockGuard<'_>> {
+        self.locks
+            .lock(chunk)
             .await
-            .map_err(StoreError::glommio("chunk lock"))?;
-        Ok(ChunkGuard {
-            store: self,
-            chunk,
-            sem,
-            _permit: permit,
-        })
+            .map_err(StoreError::glommio("chunk lock"))
     }
 
     fn load_header(&self, chunk: ChunkId) -> Result<Option<ChunkHeader>> {
