@@ -24,15 +24,18 @@
 //! Modules:
 //!
 //! * [`meta`]: `cairn-bench meta`, metadata operations per second.
+//! * [`chunk`]: `cairn-bench chunk`, chunkserver read latency and write and
+//!   read throughput beside the raw disk and network.
 //! * [`cluster`]: the meta cluster a workload runs against.
 //! * [`latency`]: latency samples and percentiles.
 //! * [`machine`]: machine description, file-system type, peak RSS.
 //! * [`report`]: formatting helpers and the JSON file.
 //!
-//! A new workload (`cairn-bench chunk`, `cairn-bench client`) is a new
+//! A new workload (`cairn-bench client`) is a new
 //! module with its `Args` (flattening [`CommonArgs`]), a `run` returning a
 //! serializable report, and a table printer; `main.rs` only dispatches.
 
+pub mod chunk;
 pub mod cluster;
 pub mod latency;
 pub mod machine;

@@ -6,6 +6,7 @@ use std::io::Write;
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
+use cairn_bench::chunk::{self, ChunkArgs};
 use cairn_bench::meta::{self, MetaArgs};
 use cairn_bench::{BIN_DIR_ENV, CommonArgs, report};
 use clap::{Parser, Subcommand};
@@ -26,6 +27,18 @@ Workloads:
         operations share one Raft log fsync, and log entries per fsync) and
         the single-client create target (≥ 6,000/s).
         Details: cairn-bench meta --help
+  chunk Chunkserver data path: 4 KiB random read latency at queue depth 1
+        (p50/p99/p99.9) on a 1-replica chain, 1 MiB sequential write and read
+        throughput on it, and 1 MiB write throughput on a 3-replica chain (3
+        chunkservers, all on this disk). Baselines measured in the same run on
+        the same disk: O_DIRECT pread of the same offsets plus a bare loopback
+        TCP ping-pong (goal: cairn p50 ≤ 1.3 × their sum); O_DIRECT writes with
+        an fdatasync after each, like-for-like since Cairn acknowledges a write
+        only once data and metadata are synced (goal ≥ 0.9; once at the end
+        for reference); O_DIRECT reads (goal ≥ 0.9); a third of the synced
+        writes for 3 replicas (goal ≥ 0.8). Also the chunkservers' own
+        handling time per request.
+        Details: cairn-bench chunk --help
 
 Every workload prints a table on stdout (progress on stderr), writes every
 figure with the machine (nproc, kernel) and the command line to --json FILE,
@@ -33,8 +46,8 @@ and reports the peak resident memory (VmHWM) of every process it starts and
 of itself. Figures from a shared machine are noisy: compare ratios measured
 in one run, not absolute rates across runs.
 
-Build first (release, both crates):
-  cargo build --release -p cairn-bench -p cairn-meta
+Build first (release, the benchmark and the servers):
+  cargo build --release -p cairn-bench -p cairn-meta -p cairn-chunkserver
   target/release/cairn-bench meta --json meta.json";
 
 /// End-to-end benchmarks of Cairn: real server processes, each figure
@@ -58,12 +71,17 @@ enum Workload {
     /// system (plain and fsynced).
     #[command(long_about = meta::LONG_ABOUT)]
     Meta(MetaArgs),
+    /// Chunkserver read latency and write/read throughput, beside the raw
+    /// disk (O_DIRECT) and a bare TCP round trip.
+    #[command(long_about = chunk::LONG_ABOUT)]
+    Chunk(ChunkArgs),
 }
 
 impl Workload {
     fn common(&self) -> &CommonArgs {
         match self {
             Workload::Meta(a) => &a.common,
+            Workload::Chunk(a) => &a.common,
         }
     }
 }
@@ -98,6 +116,16 @@ fn run(cli: Cli) -> Result<()> {
             let report = rt.block_on(meta::run(&args, command_line))?;
             let mut out = std::io::stdout().lock();
             meta::print_table(&mut out, &report).context("writing the table")?;
+            out.flush().context("writing the table")?;
+            if let Some(path) = &args.common.json {
+                report::write_json(path, &report)?;
+                eprintln!("wrote {}", path.display());
+            }
+        }
+        Workload::Chunk(args) => {
+            let report = rt.block_on(chunk::run(&args, command_line))?;
+            let mut out = std::io::stdout().lock();
+            chunk::print_table(&mut out, &report).context("writing the table")?;
             out.flush().context("writing the table")?;
             if let Some(path) = &args.common.json {
                 report::write_json(path, &report)?;

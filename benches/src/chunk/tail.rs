@@ -1,0 +1,126 @@
+//! Latency samples with their tail: p50, p99 and p99.9.
+//!
+//! [`crate::latency::Samples`] stops at p99, which is what the metadata
+//! workload reports; the data path's goal also names p99.9, which needs
+//! the samples themselves. Percentiles here use the same nearest-rank
+//! definition (the smallest value with at least p% of the values at or
+//! below it), and the summary keeps that module's field names, so the JSON
+//! of both workloads reads alike. Every sample is kept: a phase is at most
+//! some tens of thousands of operations.
+
+use std::time::Duration;
+
+use serde::Serialize;
+
+/// The latencies of one phase.
+#[derive(Debug, Default, Clone)]
+pub struct TailSamples {
+    ns: Vec<u64>,
+}
+
+/// Percentiles, maximum and mean of a [`TailSamples`], in microseconds.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Serialize)]
+pub struct TailSummary {
+    /// Median (nearest rank).
+    pub p50_us: f64,
+    /// 99th percentile (nearest rank).
+    pub p99_us: f64,
+    /// 99.9th percentile (nearest rank); with fewer than 1,000 samples it
+    /// is the maximum.
+    pub p999_us: f64,
+    /// Slowest operation.
+    pub max_us: f64,
+    /// Arithmetic mean.
+    pub mean_us: f64,
+}
+
+impl TailSamples {
+    /// Returns an empty set with room for `n` samples.
+    pub fn with_capacity(n: usize) -> Self {
+        Self {
+            ns: Vec::with_capacity(n),
+        }
+    }
+
+    /// Records one operation's latency.
+    pub fn record(&mut self, d: Duration) {
+        self.ns
+            .push(u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
+    }
+
+    /// Adds every sample of `other`.
+    pub fn merge(&mut self, other: TailSamples) {
+        self.ns.extend(other.ns);
+    }
+
+    /// Returns the number of samples.
+    pub fn len(&self) -> usize {
+        self.ns.len()
+    }
+
+    /// Returns whether there are no samples.
+    pub fn is_empty(&self) -> bool {
+        self.ns.is_empty()
+    }
+
+    /// Returns the summary (all zero when empty).
+    pub fn summary(&self) -> TailSummary {
+        if self.ns.is_empty() {
+            return TailSummary::default();
+        }
+        let mut sorted = self.ns.clone();
+        sorted.sort_unstable();
+        let us = |ns: u64| ns as f64 / 1_000.0;
+        let sum: u128 = sorted.iter().map(|&n| u128::from(n)).sum();
+        TailSummary {
+            p50_us: us(nearest_rank(&sorted, 50.0)),
+            p99_us: us(nearest_rank(&sorted, 99.0)),
+            p999_us: us(nearest_rank(&sorted, 99.9)),
+            max_us: us(sorted[sorted.len() - 1]),
+            mean_us: sum as f64 / sorted.len() as f64 / 1_000.0,
+        }
+    }
+}
+
+/// Returns the nearest-rank `p`-th percentile of a sorted, non-empty slice.
+fn nearest_rank(sorted: &[u64], p: f64) -> u64 {
+    let n = sorted.len();
+    // Rounded before the ceiling so that 99.9 % of 1,000 is rank 999, not
+    // 1,000 through floating-point noise.
+    let rank = ((p / 100.0 * n as f64 * 1e6).round() / 1e6).ceil() as usize;
+    sorted[rank.clamp(1, n) - 1]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tail_percentiles_by_nearest_rank() {
+        let v: Vec<u64> = (1..=1000).collect();
+        assert_eq!(nearest_rank(&v, 50.0), 500);
+        assert_eq!(nearest_rank(&v, 99.0), 990);
+        assert_eq!(nearest_rank(&v, 99.9), 999);
+        let v: Vec<u64> = (1..=100).collect();
+        assert_eq!(nearest_rank(&v, 99.9), 100);
+        assert_eq!(nearest_rank(&[7], 99.9), 7);
+    }
+
+    #[test]
+    fn summary_in_microseconds_and_merge() {
+        let mut a = TailSamples::with_capacity(2);
+        a.record(Duration::from_micros(10));
+        a.record(Duration::from_micros(30));
+        let mut b = TailSamples::default();
+        b.record(Duration::from_micros(20));
+        a.merge(b);
+        assert_eq!(a.len(), 3);
+        let s = a.summary();
+        assert_eq!(
+            (s.p50_us, s.p99_us, s.p999_us, s.max_us, s.mean_us),
+            (20.0, 30.0, 30.0, 30.0, 20.0)
+        );
+        assert!(TailSamples::default().is_empty());
+        assert_eq!(TailSamples::default().summary(), TailSummary::default());
+    }
+}
