@@ -4,8 +4,11 @@
 //! * [`meta_client`]: [`MetaClient`], the gRPC client of the metadata
 //!   service — leader tracking, retries, sessions and request ids, path
 //!   helpers.
+//! * [`data`]: pipelined connections to chunkserver shards over the binary
+//!   data-plane protocol, request builders and the end-to-end CRC check of
+//!   read replies; its [`data::DataError`] carries the same [`ErrorCode`]s.
 //!
-//! Errors are [`CairnStatus`] throughout: a stable [`ErrorCode`] plus a
+//! Metadata errors are [`CairnStatus`] throughout: a stable [`ErrorCode`] plus a
 //! message, convertible into `std::io::Error` (and to an errno through
 //! [`ErrorCode::errno`]). There is deliberately no second error type: what
 //! meta says and what the client concludes travel the same way.
