@@ -506,7 +506,10 @@ fn shards_formats_and_routing() {
     ));
     assert!(Target::open(other.path()).is_err());
     let sb = std::fs::read_to_string(path.join("superblock.json")).expect("sb");
-    assert!(sb.contains("\"format_version\": 1"));
+    assert!(sb.contains(&format!(
+        "\"format_version\": {}",
+        cairn_chunkserver::store::FORMAT_VERSION
+    )));
     // The engine's placement equals the data plane's routing.
     for o in 0..1000 {
         let c = ChunkId {
@@ -536,7 +539,7 @@ fn shards_formats_and_routing() {
     let text = std::fs::read_to_string(&sb).expect("sb");
     std::fs::write(
         &sb,
-        text.replace("\"format_version\": 1", "\"format_version\": 9"),
+        text.replace("\"format_version\": 2", "\"format_version\": 9"),
     )
     .expect("w");
     assert!(matches!(

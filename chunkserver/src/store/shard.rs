@@ -58,7 +58,6 @@
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::io;
-use std::ops::Bound;
 use std::rc::Rc;
 use std::sync::Arc;
 
@@ -110,11 +109,26 @@ impl std::fmt::Debug for ShardStore {
     }
 }
 
-fn decode_entry(v: &[u8]) -> Result<BlockEntry> {
-    BlockEntry::decode(v).map_err(|source| StoreError::CorruptRecord {
-        what: "block entry",
+fn decode_group(v: &[u8]) -> Result<Vec<(u32, BlockEntry)>> {
+    layout::decode_group(v).map_err(|source| StoreError::CorruptRecord {
+        what: "block group",
         source,
     })
+}
+
+/// Changes to a chunk's block entries (`None`: remove), staged group by
+/// group into one batch by [`ShardStore::stage_blocks`].
+#[derive(Debug, Default)]
+struct BlockUpdates(std::collections::BTreeMap<u32, Option<BlockEntry>>);
+
+impl BlockUpdates {
+    fn set(&mut self, block: u32, e: BlockEntry) {
+        self.0.insert(block, Some(e));
+    }
+
+    fn remove(&mut self, block: u32) {
+        self.0.insert(block, None);
+    }
 }
 
 fn decode_header(v: &[u8]) -> Result<ChunkHeader> {
@@ -189,7 +203,9 @@ impl ShardStore {
         let mut used = Vec::new();
         for kv in tree.scan_prefix(layout::block_prefix()) {
             let (_, v) = kv?;
-            used.extend(decode_entry(&v)?.refs().map(|r| r.blockno));
+            for (_, e) in decode_group(&v)? {
+                used.extend(e.refs().map(|r| r.blockno));
+            }
         }
         let alloc = Allocator::rebuild(file_size / BLOCK_SIZE, used)?;
         let opts = target.options();
@@ -276,27 +292,74 @@ impl ShardStore {
     /// Returns the block entries of `chunk` in `[first, end)` (end may be
     /// `u32::MAX`, meaning "to the last block").
     fn entries(&self, chunk: ChunkId, first: u32, end: u32) -> Result<Vec<(u32, BlockEntry)>> {
-        let lo = layout::block_key(chunk, first);
-        let hi = if end == u32::MAX {
-            Bound::Included(layout::block_key(chunk, u32::MAX))
-        } else {
-            Bound::Excluded(layout::block_key(chunk, end))
-        };
+        if end <= first {
+            return Ok(Vec::new());
+        }
+        let lo = layout::group_key(chunk, layout::group_of(first));
+        let hi = layout::group_key(chunk, layout::group_of(end - 1));
         let mut out = Vec::new();
-        for kv in self
-            .tree
-            .range::<&[u8], _>((Bound::Included(&lo[..]), hi.as_ref().map(|k| &k[..])))
-        {
+        for kv in self.tree.range(&lo[..]..=&hi[..]) {
             let (k, v) = kv?;
-            let Some((_, block)) = layout::decode_block_key(&k) else {
+            if layout::decode_group_key(&k).is_none() {
                 return Err(StoreError::CorruptRecord {
-                    what: "block key",
+                    what: "block group key",
                     source: layout::DecodeError::Value,
                 });
-            };
-            out.push((block, decode_entry(&v)?));
+            }
+            out.extend(
+                decode_group(&v)?
+                    .into_iter()
+                    .filter(|(b, _)| *b >= first && *b < end),
+            );
         }
         Ok(out)
+    }
+
+    /// Stages `updates` into `batch`: each touched group is read, changed
+    /// and rewritten (removed once empty). The caller holds the chunk lock,
+    /// so nothing else changes these groups until the batch is applied.
+    fn stage_blocks(
+        &self,
+        chunk: ChunkId,
+        updates: BlockUpdates,
+        batch: &mut sled::Batch,
+    ) -> Result<()> {
+        let mut current: Option<(u32, std::collections::BTreeMap<u32, BlockEntry>)> = None;
+        let put =
+            |batch: &mut sled::Batch, g: u32, m: &std::collections::BTreeMap<u32, BlockEntry>| {
+                let key = layout::group_key(chunk, g);
+                if m.is_empty() {
+                    batch.remove(&key[..]);
+                } else {
+                    batch.insert(
+                        &key[..],
+                        layout::encode_group(m.iter().map(|(b, e)| (*b, e))),
+                    );
+                }
+            };
+        for (block, change) in updates.0 {
+            let g = layout::group_of(block);
+            if current.as_ref().is_none_or(|(cg, _)| *cg != g) {
+                if let Some((cg, m)) = current.take() {
+                    put(batch, cg, &m);
+                }
+                let m = match self.tree.get(layout::group_key(chunk, g))? {
+                    Some(v) => decode_group(&v)?.into_iter().collect(),
+                    None => std::collections::BTreeMap::new(),
+                };
+                current = Some((g, m));
+            }
+            if let Some((_, m)) = current.as_mut() {
+                match change {
+                    Some(e) => m.insert(block, e),
+                    None => m.remove(&block),
+                };
+            }
+        }
+        if let Some((cg, m)) = current {
+            put(batch, cg, &m);
+        }
+        Ok(())
     }
 
     async fn sync_data(&self) -> Result<()> {
@@ -620,6 +683,7 @@ impl ShardStore {
         };
 
         let mut batch = sled::Batch::default();
+        let mut updates = BlockUpdates::default();
         let mut freed = Vec::new();
         for (i, s) in segs.iter().enumerate() {
             let crc = if s.is_full() {
@@ -638,8 +702,9 @@ impl ShardStore {
             } else {
                 e.pending.push((version, new));
             }
-            batch.insert(&layout::block_key(chunk, s.block)[..], e.encode());
+            updates.set(s.block, e);
         }
+        self.stage_blocks(chunk, updates, &mut batch)?;
         let new_len = header.newest_len().max(offset + len);
         if direct {
             header.committed_version = version;
@@ -748,6 +813,7 @@ impl ShardStore {
             end = end.max(e);
         }
         let mut batch = sled::Batch::default();
+        let mut updates = BlockUpdates::default();
         let mut freed = Vec::new();
         let entries = if first < end {
             self.entries(chunk, first, end)?
@@ -775,13 +841,13 @@ impl ShardStore {
                 }
                 e.committed = new;
             }
-            let key = layout::block_key(chunk, block);
             if e.committed.is_none() && e.pending.is_empty() {
-                batch.remove(&key[..]);
+                updates.remove(block);
             } else {
-                batch.insert(&key[..], e.encode());
+                updates.set(block, e);
             }
         }
+        self.stage_blocks(chunk, updates, &mut batch)?;
         if let Some(last) = header.pending.drain(..n).next_back() {
             header.committed_version = last.version;
             header.committed_len = last.new_len;
@@ -821,6 +887,7 @@ impl ShardStore {
             return self.flush_meta(self.meta_sync.issued()).await;
         }
         let mut batch = sled::Batch::default();
+        let mut updates = BlockUpdates::default();
         let mut runs = Vec::new();
         if new_len < header.newest_len() {
             let first = (new_len / BLOCK_SIZE) as u32;
@@ -848,9 +915,10 @@ impl ShardStore {
                     None
                 };
                 e.pending.push((version, replacement));
-                batch.insert(&layout::block_key(chunk, block)[..], e.encode());
+                updates.set(block, e);
             }
         }
+        self.stage_blocks(chunk, updates, &mut batch)?;
         header.pending.push(Pending {
             version,
             offset: new_len,
@@ -1106,7 +1174,9 @@ impl ShardStore {
         let mut freed = Vec::new();
         for kv in self.tree.scan_prefix(layout::chunk_blocks_prefix(chunk)) {
             let (k, v) = kv?;
-            freed.extend(decode_entry(&v)?.refs().map(|r| r.blockno));
+            for (_, e) in decode_group(&v)? {
+                freed.extend(e.refs().map(|r| r.blockno));
+            }
             batch.remove(k);
         }
         batch.remove(&layout::header_key(chunk)[..]);

@@ -34,7 +34,7 @@ use super::error::StoreError;
 use super::shard::ShardStore;
 
 /// The on-disk format this build writes and reads.
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
 const SUPERBLOCK: &str = "superblock.json";
 
 /// The superblock of a target.
