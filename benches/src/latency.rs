@@ -23,6 +23,9 @@ pub struct LatencySummary {
     pub p50_us: f64,
     /// 99th percentile (nearest rank).
     pub p99_us: f64,
+    /// 99.9th percentile (nearest rank); with fewer than 1,000 samples it
+    /// is the maximum.
+    pub p999_us: f64,
     /// Slowest operation.
     pub max_us: f64,
     /// Arithmetic mean.
@@ -70,6 +73,7 @@ impl Samples {
         LatencySummary {
             p50_us: us(nearest_rank(&sorted, 50.0)),
             p99_us: us(nearest_rank(&sorted, 99.0)),
+            p999_us: us(nearest_rank(&sorted, 99.9)),
             max_us: us(sorted[sorted.len() - 1]),
             mean_us: sum as f64 / sorted.len() as f64 / 1_000.0,
         }
@@ -80,7 +84,9 @@ impl Samples {
 /// the smallest value with at least `p`% of the values at or below it.
 fn nearest_rank(sorted: &[u64], p: f64) -> u64 {
     let n = sorted.len();
-    let rank = ((p / 100.0) * n as f64).ceil() as usize;
+    // Rounded before the ceiling so that 99.9 % of 1,000 is rank 999, not
+    // 1,000 through floating-point noise.
+    let rank = ((p / 100.0 * n as f64 * 1e6).round() / 1e6).ceil() as usize;
     sorted[rank.clamp(1, n) - 1]
 }
 
@@ -99,6 +105,10 @@ mod tests {
         // Two values: the median is the lower one, p99 the upper one.
         assert_eq!(nearest_rank(&[1, 2], 50.0), 1);
         assert_eq!(nearest_rank(&[1, 2], 99.0), 2);
+        let v: Vec<u64> = (1..=1000).collect();
+        assert_eq!(nearest_rank(&v, 99.9), 999);
+        let v: Vec<u64> = (1..=100).collect();
+        assert_eq!(nearest_rank(&v, 99.9), 100);
     }
 
     #[test]
@@ -113,6 +123,7 @@ mod tests {
         let s = a.summary();
         assert_eq!(s.p50_us, 20.0);
         assert_eq!(s.p99_us, 30.0);
+        assert_eq!(s.p999_us, 30.0);
         assert_eq!(s.max_us, 30.0);
         assert_eq!(s.mean_us, 20.0);
         assert_eq!(Samples::default().summary(), LatencySummary::default());
