@@ -11,7 +11,11 @@
 //! Points: `chunk.write.before_local` (head/replica, before persisting),
 //! `chunk.write.before_forward` (persisted here, not yet forwarded),
 //! `chunk.write.before_commit` (successor acknowledged, not yet committed
-//! here), `chunk.write.before_reply` (committed, reply not yet sent).
+//! here), `chunk.write.before_reply` (committed, reply not yet sent); in
+//! the chunk engine, `chunk.store.before_data_sync` (blocks written with
+//! O_DIRECT, not yet fdatasync'ed), `chunk.store.before_meta_batch` (data
+//! synced, not yet referenced), `chunk.store.before_meta_flush` (referenced
+//! in sled, not yet flushed).
 
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -1,7 +1,9 @@
 //! kill -9 at many points of a stream of replicated writes: the head, the
 //! middle and the tail each abort at each failpoint of the write path
 //! (before persisting, before forwarding, before committing, before
-//! replying). The writer retries each write with its (client, sequence)
+//! replying) and inside the chunk engine (before the data fdatasync, before
+//! the metadata batch references the blocks, before the metadata flush) —
+//! 17 scenarios. The writer retries each write with its (client, sequence)
 //! until acknowledged, restarting the dead chunkserver; afterwards every
 //! acknowledged write is on every replica, byte for byte, and no block
 //! reads as anything but its write (no torn block is ever referenced).
@@ -90,6 +92,9 @@ async fn kill_9_at_every_write_step_loses_no_acknowledged_write() {
         "chunk.write.before_forward",
         "chunk.write.before_commit",
         "chunk.write.before_reply",
+        "chunk.store.before_data_sync",
+        "chunk.store.before_meta_batch",
+        "chunk.store.before_meta_flush",
     ];
     let mut object = 100;
     for (p, point) in points.iter().enumerate() {
@@ -102,6 +107,7 @@ async fn kill_9_at_every_write_step_loses_no_acknowledged_write() {
             if role != 0 && p == 3 {
                 continue;
             }
+            // Store steps: on every role (head, middle, tail).
             object += 1;
             let nth = 3 + (object as u32 * 7) % 11;
             scenario(&mut c, role, point, nth, object).await;

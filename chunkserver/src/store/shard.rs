@@ -484,6 +484,7 @@ impl ShardStore {
                 });
             }
         }
+        crate::failpoint::hit("chunk.store.before_data_sync");
         self.sync_data().await?;
         Ok(blocknos)
     }
@@ -719,10 +720,12 @@ impl ShardStore {
             });
         }
         batch.insert(&layout::header_key(chunk)[..], header.encode());
+        crate::failpoint::hit("chunk.store.before_meta_batch");
         if let Err(e) = self.tree.apply_batch(batch) {
             self.free_runs(&runs);
             return Err(e.into());
         }
+        crate::failpoint::hit("chunk.store.before_meta_flush");
         let mut ticket = self.meta_sync.ticket();
         self.defer_frees(ticket, freed);
         if commit && !direct {
