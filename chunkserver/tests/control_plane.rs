@@ -4,11 +4,12 @@
 //! stream, and when meta becomes unreachable the lease runs out after half
 //! the heartbeat timeout — before meta would declare it dead (invariant 8).
 
+mod common;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cairn_chunkserver::control::{self, ControlState, Registration, UsageSource};
-use cairn_meta::MetaConfig;
 use cairn_proto::meta as pb;
 use cairn_proto::meta::meta_client::MetaClient;
 use tokio::sync::watch;
@@ -49,25 +50,7 @@ fn registration(n: u32) -> pb::RegisterChunkserverRequest {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn registers_heartbeats_watches_and_loses_its_lease() {
     let dir = tempfile::tempdir().unwrap();
-    let (meta_stop, rx) = watch::channel(false);
-    let mut rx2 = rx.clone();
-    let meta = cairn_meta::start(
-        MetaConfig {
-            data_dir: dir.path().join("meta"),
-            listen: "127.0.0.1:0".parse().unwrap(),
-            bootstrap: true,
-            replicas: 1,
-            raft_heartbeat: Duration::from_millis(50),
-            election_timeout: Duration::from_millis(300),
-            chunkserver_timeout: CS_TIMEOUT,
-            ..MetaConfig::default()
-        },
-        async move {
-            let _ = rx2.wait_for(|s| *s).await;
-        },
-    )
-    .await
-    .unwrap();
+    let (meta, meta_stop) = common::start_meta(dir.path(), CS_TIMEOUT, None).await;
     let meta_addr = meta.addr.to_string();
 
     let state = Arc::new(ControlState::default());

@@ -69,31 +69,47 @@ pub fn pattern(seed: u64, len: usize) -> Vec<u8> {
         .collect()
 }
 
+/// Starts one in-process meta replica (bootstrapped, short Raft timings)
+/// with data under `dir/meta`; returns it and the sender that stops it.
+pub async fn start_meta(
+    dir: &Path,
+    chunkserver_timeout: Duration,
+    metrics: Option<std::net::SocketAddr>,
+) -> (cairn_meta::MetaHandle, watch::Sender<bool>) {
+    let (tx, rx) = watch::channel(false);
+    let mut rx2 = rx.clone();
+    let meta = cairn_meta::start(
+        MetaConfig {
+            data_dir: dir.join("meta"),
+            listen: "127.0.0.1:0".parse().unwrap(),
+            bootstrap: true,
+            replicas: 1,
+            raft_heartbeat: Duration::from_millis(50),
+            election_timeout: Duration::from_millis(300),
+            chunkserver_timeout,
+            metrics_listen: metrics,
+            ..MetaConfig::default()
+        },
+        async move {
+            let _ = rx2.wait_for(|s| *s).await;
+        },
+    )
+    .await
+    .expect("start meta");
+    (meta, tx)
+}
+
 impl Cluster {
     /// Starts meta and `n` chunkservers; `args` are extra flags for all.
     pub async fn start(n: usize, args: &[&str]) -> Cluster {
         let dir = tempfile::tempdir().expect("tempdir");
-        let (tx, rx) = watch::channel(false);
-        let mut rx2 = rx.clone();
         let meta_metrics = format!("127.0.0.1:{}", free_port());
-        let meta = cairn_meta::start(
-            MetaConfig {
-                data_dir: dir.path().join("meta"),
-                listen: "127.0.0.1:0".parse().unwrap(),
-                bootstrap: true,
-                replicas: 1,
-                raft_heartbeat: Duration::from_millis(50),
-                election_timeout: Duration::from_millis(300),
-                chunkserver_timeout: Duration::from_secs(10),
-                metrics_listen: Some(meta_metrics.parse().unwrap()),
-                ..MetaConfig::default()
-            },
-            async move {
-                let _ = rx2.wait_for(|s| *s).await;
-            },
+        let (meta, tx) = start_meta(
+            dir.path(),
+            Duration::from_secs(10),
+            Some(meta_metrics.parse().unwrap()),
         )
-        .await
-        .expect("start meta");
+        .await;
         let meta_addr = meta.addr.to_string();
         let mut c = Cluster {
             meta_addr,
