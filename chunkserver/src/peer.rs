@@ -59,6 +59,8 @@ impl PeerError {
 struct Conn {
     stream: TcpStream,
     reader: FrameReader,
+    /// Reused encode buffer for small frames.
+    out: bytes::BytesMut,
 }
 
 /// A shard's connections to its peers.
@@ -102,7 +104,7 @@ impl PeerPool {
                 addr: addr.to_string(),
                 what,
             };
-            write_frame(&mut conn.stream, &frame)
+            write_frame(&mut conn.stream, &mut conn.out, &frame)
                 .await
                 .map_err(|e| unreachable(format!("send: {e}")))?;
             let reply = conn
@@ -144,6 +146,7 @@ impl PeerPool {
         Ok(Conn {
             stream,
             reader: FrameReader::default(),
+            out: bytes::BytesMut::new(),
         })
     }
 

@@ -366,9 +366,7 @@ mod tests {
 
         async fn put(s: &ShardStore, c: u64, blocks: u32) {
             let data: Vec<u8> = (0..blocks).flat_map(|b| block(c, b)).collect();
-            let crcs: Vec<u32> = layout::segments(0, data.len() as u64)
-                .map(|s| crc32fast::hash(&data[s.buf_off..s.buf_off + s.len]))
-                .collect();
+            let crcs = cairn_proto::frame::segment_crcs(0, &data);
             s.write_pending(chunk(c), 1, 0, &data, &crcs)
                 .await
                 .expect("write");

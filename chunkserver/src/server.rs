@@ -139,14 +139,38 @@ enum Mutation {
     },
 }
 
-/// Where this target stands in a request's chain.
+/// Where this target stands in a request's chain. Peer addresses are
+/// looked up only by the requests that contact a peer (a clean read
+/// contacts none).
 #[derive(Debug)]
 struct Route {
+    view: Arc<ChainView>,
+    chain_id: u32,
+    target: u64,
+    chunk: ChunkId,
     chain_version: u64,
     state: MemberState,
     is_head: bool,
-    successor: Option<Endpoint>,
-    tail: Option<Endpoint>,
+    is_tail: bool,
+}
+
+impl Route {
+    /// The next member down the chain; an error when it has no address.
+    fn successor(&self) -> Result<Endpoint> {
+        self.view
+            .successor(self.chain_id, self.target, self.chunk)
+            .ok_or_else(|| {
+                Reject::new(
+                    ErrorCode::Unavailable,
+                    format!("no address for the successor in chain {}", self.chain_id),
+                )
+            })
+    }
+
+    /// The chain's tail, if it has an address.
+    fn tail(&self) -> Option<Endpoint> {
+        self.view.tail(self.chain_id, self.chunk)
+    }
 }
 
 /// Recent (sequence → version) pairs per (chunk, client) the head applied.
@@ -281,8 +305,9 @@ impl Shard {
         let (mut rd, mut wr) = futures_lite::io::split(stream);
         let (tx, rx) = glommio::channels::local_channel::new_bounded::<Frame>(MAX_IN_FLIGHT);
         let writer = glommio::spawn_local(async move {
+            let mut buf = bytes::BytesMut::new();
             while let Some(f) = rx.recv().await {
-                if let Err(e) = write_frame(&mut wr, &f).await {
+                if let Err(e) = write_frame(&mut wr, &mut buf, &f).await {
                     tracing::debug!("writing a reply: {e}");
                     break;
                 }
@@ -415,12 +440,16 @@ impl Shard {
             ));
         }
         let is_head = chain.write_path().next().map(|m| m.target) == Some(member.target);
+        let is_tail = chain.write_path().last().map(|m| m.target) == Some(member.target);
         Ok(Route {
             chain_version: chain.version,
             state: member.state,
             is_head,
-            successor: view.successor(chain_id, member.target, h.chunk),
-            tail: view.tail(chain_id, h.chunk),
+            is_tail,
+            chain_id,
+            target: member.target,
+            chunk: h.chunk,
+            view,
         })
     }
 
@@ -485,7 +514,7 @@ impl Shard {
             Opcode::Remove => self.remove(&route, &h).await,
             Opcode::Commit => {
                 self.store
-                    .commit_through(h.chunk, h.version, route.successor.is_none())
+                    .commit_through(h.chunk, h.version, route.is_tail)
                     .await?;
                 Ok(Frame::reply(&h))
             }
@@ -578,19 +607,18 @@ impl Shard {
         persisted: impl FnOnce(u64),
     ) -> Result<()> {
         failpoint::hit("chunk.write.before_local");
-        let Some(next) = &route.successor else {
+        if route.is_tail {
             // The tail (or a one-replica chain): store and commit at once.
             match m {
-                Mutation::Write { offset, data, crcs } => {
-                    match self
-                        .store
-                        .write_committed(chunk, version, *offset, data, &crcs_of(crcs))
-                        .await
-                    {
-                        Ok(()) | Err(StoreError::Stale { .. }) => {}
-                        Err(e) => return Err(self.store_error(chunk, e)),
-                    }
-                }
+                // A version already committed here never gets this far
+                // (both callers check under the chunk lock), so STALE from
+                // the store means other bytes under this version: an error,
+                // never "already applied".
+                Mutation::Write { offset, data, crcs } => self
+                    .store
+                    .write_committed(chunk, version, *offset, data, &crcs_of(crcs))
+                    .await
+                    .map_err(|e| self.store_error(chunk, e))?,
                 Mutation::Truncate { new_len } => {
                     self.store.truncate(chunk, version, *new_len).await?;
                     self.store.commit_through(chunk, version, true).await?;
@@ -598,7 +626,8 @@ impl Shard {
             }
             persisted(version);
             return Ok(());
-        };
+        }
+        let next = route.successor()?;
         match m {
             Mutation::Write { offset, data, crcs } => self
                 .store
@@ -611,7 +640,7 @@ impl Shard {
         }
         persisted(version);
         failpoint::hit("chunk.write.before_forward");
-        self.forward(next, route, h, chunk, version, m).await?;
+        self.forward(&next, route, h, chunk, version, m).await?;
         failpoint::hit("chunk.write.before_commit");
         self.store.commit_through(chunk, version, false).await?;
         Ok(())
@@ -689,13 +718,12 @@ impl Shard {
                     data: p.data,
                 }
             };
-            if let Some(next) = &route.successor {
+            if !route.is_tail {
                 tracing::info!(%chunk, version = v, "re-forwarding a pending version");
-                self.forward(next, route, h, chunk, v, &m).await?;
+                self.forward(&route.successor()?, route, h, chunk, v, &m)
+                    .await?;
             }
-            self.store
-                .commit_through(chunk, v, route.successor.is_none())
-                .await?;
+            self.store.commit_through(chunk, v, route.is_tail).await?;
         }
         Ok(())
     }
@@ -727,7 +755,7 @@ impl Shard {
             ));
         }
         let (chunk, offset, len) = (h.chunk, h.offset, u64::from(h.length));
-        let mode = if whole || route.successor.is_none() {
+        let mode = if whole || route.is_tail {
             ReadMode::Committed
         } else {
             ReadMode::CleanOnly
@@ -766,7 +794,7 @@ impl Shard {
     /// commits up to it here; PENDING when the tail cannot answer.
     async fn catch_up_with_tail(&self, route: &Route, h: &Header) -> Result<()> {
         let pending = || Reject::new(ErrorCode::Pending, "range is being written");
-        let Some(tail) = &route.tail else {
+        let Some(tail) = route.tail() else {
             return Err(pending());
         };
         self.metrics.tail_query();
@@ -817,7 +845,8 @@ impl Shard {
     /// leaves the head still holding it and a retry completes the removal.
     async fn remove(&self, route: &Route, h: &Header) -> Result<Frame> {
         let _lock = self.lock(h.chunk).await?;
-        if let Some(next) = &route.successor {
+        if !route.is_tail {
+            let next = route.successor()?;
             let f = Frame::new(Header {
                 chunk: h.chunk,
                 chain: h.chain,

@@ -18,16 +18,21 @@ const COALESCE: usize = 64 << 10;
 /// How much a read asks the socket for at a time.
 const READ_CHUNK: usize = 256 << 10;
 
-/// Writes `frame` to `w`.
+/// Writes `frame` to `w`; `buf` is the connection's reusable encode
+/// buffer, so a small reply allocates nothing.
 ///
 /// # Errors
 /// An I/O error, or `InvalidData` for a frame that does not encode.
-pub async fn write_frame<W: AsyncWrite + Unpin>(w: &mut W, frame: &Frame) -> io::Result<()> {
+pub async fn write_frame<W: AsyncWrite + Unpin>(
+    w: &mut W,
+    buf: &mut BytesMut,
+    frame: &Frame,
+) -> io::Result<()> {
     let invalid = |e: FrameError| io::Error::new(io::ErrorKind::InvalidData, e.to_string());
     if frame.encoded_len() <= COALESCE {
-        let mut buf = BytesMut::with_capacity(frame.encoded_len());
-        frame.encode_into(&mut buf).map_err(invalid)?;
-        w.write_all(&buf).await?;
+        buf.clear();
+        frame.encode_into(buf).map_err(invalid)?;
+        w.write_all(buf).await?;
     } else {
         let parts = frame.encode_parts().map_err(invalid)?;
         w.write_all(parts.head()).await?;

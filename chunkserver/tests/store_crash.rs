@@ -38,10 +38,9 @@ fn chunk(o: u64) -> ChunkId {
     }
 }
 
+/// The client's per-segment CRCs, as the data-plane frame carries them.
 fn crcs(offset: u64, data: &[u8]) -> Vec<u32> {
-    layout::segments(offset, data.len() as u64)
-        .map(|s| crc32fast::hash(&data[s.buf_off..s.buf_off + s.len]))
-        .collect()
+    cairn_proto::frame::segment_crcs(offset, data)
 }
 
 fn run<F, Fut>(f: F)
