@@ -2,11 +2,14 @@
 //! registration builds chain tables, the chain-table watch stream delivers
 //! changes, a silent chunkserver's targets go offline after the timeout
 //! (and not before a new leader has waited one full timeout), and a session
-//! that stops renewing expires and releases what it held open.
+//! that stops renewing expires and releases what it held open; corrupt
+//! replica reports are validated, remembered (merged per replica) and
+//! counted on `/metrics`.
 
 use std::time::{Duration, Instant};
 
 use cairn_meta::MetaConfig;
+use cairn_proto::ids::{ChunkId, ChunkserverId, ObjectId, TargetId};
 use cairn_proto::meta::meta_client::MetaClient;
 use cairn_proto::meta::{self as pb, TargetState};
 use cairn_proto::{CairnStatus, ErrorCode};
@@ -363,5 +366,101 @@ async fn unrenewed_session_expires_and_releases_held_files() {
     c.renew_session(pb::SessionRequest { session_id: live })
         .await
         .unwrap();
+    r.stop().await;
+}
+
+/// Returns the value of an unlabelled sample `name` on a metrics page.
+fn sample(page: &str, name: &str) -> Option<u64> {
+    page.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+}
+
+fn report(cs: u64, target: u64, blocks: &[u32]) -> pb::ReportCorruptionRequest {
+    pb::ReportCorruptionRequest {
+        chunkserver_id: cs,
+        target_id: target,
+        object_id: 42,
+        chunk_index: 3,
+        bad_blocks: blocks.to_vec(),
+        detail: "scrub".into(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn corruption_reports_are_validated_remembered_and_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = start(dir.path(), "127.0.0.1:0").await;
+    let mut c = client(&r.addr).await;
+    let h = r.handle.as_ref().unwrap();
+    // The leader resets its soft state once when it takes office; report
+    // after that, or the reports could be wiped.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while h.shared.liveness().leader_since.is_none() {
+        assert!(Instant::now() < deadline, "leader never took office");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    let reg = c
+        .register_chunkserver(register_req(1))
+        .await
+        .unwrap()
+        .into_inner();
+    let (cs, target) = (reg.chunkserver_id, reg.target_ids[0]);
+    assert_eq!(
+        sample(&scrape(&r).await, "cairn_meta_corruption_reports_total"),
+        Some(0)
+    );
+
+    // Refused: unknown chunkserver, a target it does not own, no blocks.
+    let err = c.report_corruption(report(cs + 100, target, &[1])).await;
+    assert_eq!(
+        CairnStatus::from(err.unwrap_err()).code,
+        ErrorCode::NotFound
+    );
+    let err = c.report_corruption(report(cs, target + 100, &[1])).await;
+    assert_eq!(
+        CairnStatus::from(err.unwrap_err()).code,
+        ErrorCode::NotFound
+    );
+    let err = c.report_corruption(report(cs, target, &[])).await;
+    assert_eq!(
+        CairnStatus::from(err.unwrap_err()).code,
+        ErrorCode::BadRequest
+    );
+    assert!(h.shared.corrupt_replicas().is_empty());
+
+    // Two reports of one replica: one entry, blocks merged, two counted.
+    c.report_corruption(report(cs, target, &[7, 2]))
+        .await
+        .unwrap();
+    c.report_corruption(report(cs, target, &[2, 9]))
+        .await
+        .unwrap();
+    let known = h.shared.corrupt_replicas();
+    assert_eq!(known.len(), 1);
+    let entry = &known[0];
+    assert_eq!(
+        (entry.chunkserver, entry.target, entry.chunk),
+        (
+            ChunkserverId(cs),
+            TargetId(target),
+            ChunkId {
+                object: ObjectId(42),
+                index: 3
+            }
+        )
+    );
+    assert_eq!(entry.bad_blocks, vec![2, 7, 9]);
+    assert_eq!(entry.reports, 2);
+    assert_eq!(h.shared.corruption_reports_total(), 2);
+
+    let page = scrape(&r).await;
+    assert!(page.contains("# TYPE cairn_meta_corruption_reports_total counter"));
+    assert_eq!(
+        sample(&page, "cairn_meta_corruption_reports_total"),
+        Some(2)
+    );
+    assert_eq!(sample(&page, "cairn_meta_corrupt_replicas"), Some(1));
+
     r.stop().await;
 }
