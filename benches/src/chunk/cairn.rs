@@ -169,25 +169,11 @@ impl ChainClient {
         layout: Layout,
         data: Bytes,
     ) -> Result<Measured> {
-        self.take_retries();
-        let start = Instant::now();
-        let tasks: Vec<_> = (0..layout.depth)
-            .map(|w| {
-                let me = self.clone();
-                let data = data.clone();
-                tokio::spawn(async move {
-                    let pieces = layout.worker_pieces(w);
-                    let mut samples = TailSamples::with_capacity(pieces.len());
-                    for b in pieces {
-                        let t0 = Instant::now();
-                        me.write_piece(&layout, object, b, &data).await?;
-                        samples.record(t0.elapsed());
-                    }
-                    anyhow::Ok(samples)
-                })
-            })
-            .collect();
-        self.finish(tasks, start, layout.bytes).await
+        self.per_piece(layout, move |me, b| {
+            let data = data.clone();
+            async move { me.write_piece(&layout, object, b, &data).await }
+        })
+        .await
     }
 
     /// Reads back the data set [`Self::write_set`] wrote, the same way.
@@ -200,30 +186,19 @@ impl ChainClient {
         layout: Layout,
         data: Bytes,
     ) -> Result<Measured> {
-        self.take_retries();
-        let start = Instant::now();
-        let tasks: Vec<_> = (0..layout.depth)
-            .map(|w| {
-                let me = self.clone();
-                let data = data.clone();
-                tokio::spawn(async move {
-                    let pieces = layout.worker_pieces(w);
-                    let mut samples = TailSamples::with_capacity(pieces.len());
-                    for b in pieces {
-                        let t0 = Instant::now();
-                        let got = me
-                            .read_range(&layout, object, b, layout.io_size as u32)
-                            .await?;
-                        samples.record(t0.elapsed());
-                        if layout.locate(b).1 == 0 && got != data {
-                            bail!("Cairn returned other bytes at {b} of the data set than were written");
-                        }
-                    }
-                    anyhow::Ok(samples)
-                })
-            })
-            .collect();
-        self.finish(tasks, start, layout.bytes).await
+        self.per_piece(layout, move |me, b| {
+            let data = data.clone();
+            async move {
+                let got = me
+                    .read_range(&layout, object, b, layout.io_size as u32)
+                    .await?;
+                if layout.locate(b).1 == 0 && got != data {
+                    bail!("Cairn returned other bytes at {b} of the data set than were written");
+                }
+                Ok(())
+            }
+        })
+        .await
     }
 
     /// Reads one 4 KiB block at each offset of `picks` in the data set
@@ -267,6 +242,33 @@ impl ChainClient {
     }
 
     /// Waits for the workers and merges what they measured.
+    /// Runs `op` on every piece of `layout`, `layout.depth` workers each
+    /// taking its pieces in order, timing each call; the first error wins.
+    async fn per_piece<F, Fut>(self: &Arc<Self>, layout: Layout, op: F) -> Result<Measured>
+    where
+        F: Fn(Arc<Self>, u64) -> Fut + Clone + Send + 'static,
+        Fut: std::future::Future<Output = Result<()>> + Send,
+    {
+        self.take_retries();
+        let start = Instant::now();
+        let tasks: Vec<_> = (0..layout.depth)
+            .map(|w| {
+                let (me, op) = (self.clone(), op.clone());
+                tokio::spawn(async move {
+                    let pieces = layout.worker_pieces(w);
+                    let mut samples = TailSamples::with_capacity(pieces.len());
+                    for b in pieces {
+                        let t0 = Instant::now();
+                        op(me.clone(), b).await?;
+                        samples.record(t0.elapsed());
+                    }
+                    anyhow::Ok(samples)
+                })
+            })
+            .collect();
+        self.finish(tasks, start, layout.bytes).await
+    }
+
     async fn finish(
         &self,
         tasks: Vec<tokio::task::JoinHandle<Result<TailSamples>>>,

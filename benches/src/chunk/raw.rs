@@ -102,51 +102,27 @@ pub fn write(path: &Path, layout: &Layout, data: &[u8], sync: Sync) -> Result<Me
     file.sync_all()
         .with_context(|| format!("fsync of {}", path.display()))?;
     let start = Instant::now();
-    let per_worker = std::thread::scope(|s| {
-        let handles: Vec<_> = (0..layout.depth)
-            .map(|w| {
-                let file = &file;
-                s.spawn(move || -> Result<TailSamples> {
-                    let mut buf = AlignedBuf::new(data.len());
-                    buf.as_mut_slice().copy_from_slice(data);
-                    let pieces = layout.worker_pieces(w);
-                    let mut samples = TailSamples::with_capacity(pieces.len());
-                    for b in pieces {
-                        let t0 = Instant::now();
-                        file.write_all_at(buf.as_slice(), b)
-                            .with_context(|| format!("O_DIRECT write at {b}"))?;
-                        if sync == Sync::EachWrite {
-                            file.sync_data().context("fdatasync")?;
-                        }
-                        samples.record(t0.elapsed());
-                    }
-                    Ok(samples)
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| {
-                h.join()
-                    .unwrap_or_else(|_| bail!("a writer thread panicked"))
-            })
-            .collect::<Result<Vec<_>>>()
-    })?;
+    let samples = per_piece(
+        layout,
+        "writer",
+        || {
+            let mut buf = AlignedBuf::new(data.len());
+            buf.as_mut_slice().copy_from_slice(data);
+            buf
+        },
+        |buf, b| {
+            file.write_all_at(buf.as_slice(), b)
+                .with_context(|| format!("O_DIRECT write at {b}"))?;
+            if sync == Sync::EachWrite {
+                file.sync_data().context("fdatasync")?;
+            }
+            Ok(())
+        },
+    )?;
     if sync == Sync::AtEnd {
         file.sync_data().context("the final fdatasync")?;
     }
-    let elapsed = start.elapsed();
-    let mut samples = TailSamples::with_capacity(layout.pieces() as usize);
-    for s in per_worker {
-        samples.merge(s);
-    }
-    Ok(Measured {
-        ops: samples.len(),
-        bytes: layout.bytes,
-        elapsed,
-        samples,
-        retries: 0,
-    })
+    Ok(measured(layout, start, samples))
 }
 
 /// Reads back the data set [`write`] wrote at `path`, with the same
@@ -158,22 +134,43 @@ pub fn write(path: &Path, layout: &Layout, data: &[u8], sync: Sync) -> Result<Me
 pub fn read(path: &Path, layout: &Layout, data: &[u8]) -> Result<Measured> {
     let file = open_direct(path, false)?;
     let start = Instant::now();
+    let samples = per_piece(
+        layout,
+        "reader",
+        || AlignedBuf::new(layout.io_size as usize),
+        |buf, b| {
+            file.read_exact_at(buf.as_mut_slice(), b)
+                .with_context(|| format!("O_DIRECT read at {b}"))?;
+            if layout.locate(b).1 == 0 && buf.as_slice() != data {
+                bail!("the raw file holds other bytes at {b} than were written");
+            }
+            Ok(())
+        },
+    )?;
+    Ok(measured(layout, start, samples))
+}
+
+/// Runs `op` on every piece of `layout` from `layout.depth` threads, each
+/// with its own state from `setup` and its pieces in order, timing each
+/// call; returns every sample.
+fn per_piece<S>(
+    layout: &Layout,
+    who: &str,
+    setup: impl Fn() -> S + std::marker::Sync,
+    op: impl Fn(&mut S, u64) -> Result<()> + std::marker::Sync,
+) -> Result<TailSamples> {
     let per_worker = std::thread::scope(|s| {
         let handles: Vec<_> = (0..layout.depth)
             .map(|w| {
-                let file = &file;
+                let (setup, op) = (&setup, &op);
                 s.spawn(move || -> Result<TailSamples> {
-                    let mut buf = AlignedBuf::new(layout.io_size as usize);
+                    let mut state = setup();
                     let pieces = layout.worker_pieces(w);
                     let mut samples = TailSamples::with_capacity(pieces.len());
                     for b in pieces {
                         let t0 = Instant::now();
-                        file.read_exact_at(buf.as_mut_slice(), b)
-                            .with_context(|| format!("O_DIRECT read at {b}"))?;
+                        op(&mut state, b)?;
                         samples.record(t0.elapsed());
-                        if layout.locate(b).1 == 0 && buf.as_slice() != data {
-                            bail!("the raw file holds other bytes at {b} than were written");
-                        }
                     }
                     Ok(samples)
                 })
@@ -183,22 +180,25 @@ pub fn read(path: &Path, layout: &Layout, data: &[u8]) -> Result<Measured> {
             .into_iter()
             .map(|h| {
                 h.join()
-                    .unwrap_or_else(|_| bail!("a reader thread panicked"))
+                    .unwrap_or_else(|_| bail!("a {who} thread panicked"))
             })
             .collect::<Result<Vec<_>>>()
     })?;
-    let elapsed = start.elapsed();
     let mut samples = TailSamples::with_capacity(layout.pieces() as usize);
     for s in per_worker {
         samples.merge(s);
     }
-    Ok(Measured {
+    Ok(samples)
+}
+
+fn measured(layout: &Layout, start: Instant, samples: TailSamples) -> Measured {
+    Measured {
         ops: samples.len(),
         bytes: layout.bytes,
-        elapsed,
+        elapsed: start.elapsed(),
         samples,
         retries: 0,
-    })
+    }
 }
 
 /// Reads one 4 KiB block at each offset of `picks`, one at a time, from
