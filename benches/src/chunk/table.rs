@@ -165,16 +165,7 @@ fn write_goal(out: &mut impl Write, g: &Goal) -> io::Result<()> {
 /// When `out` fails.
 pub fn print_table(out: &mut impl Write, r: &ChunkReport) -> io::Result<()> {
     write_header(out, r.workload, &r.machine, &r.command_line)?;
-    let fs = r.data.fs.as_ref().map_or_else(
-        || "unknown file system".to_string(),
-        |f| {
-            format!(
-                "{} on {} (mounted at {})",
-                f.fs_type, f.device, f.mount_point
-            )
-        },
-    );
-    writeln!(out, "  data:    {} — {fs}", r.data.dir.display())?;
+    writeln!(out, "  data:    {}", r.data.describe())?;
     writeln!(
         out,
         "  servers: 1 × {}, {} × {} (1 shard each; benchmark: {} build)",

@@ -409,6 +409,22 @@ pub struct DataLocation {
     pub kept: bool,
 }
 
+impl DataLocation {
+    /// One line for a table: the directory and its file system.
+    pub fn describe(&self) -> String {
+        let fs = self.fs.as_ref().map_or_else(
+            || "unknown file system".to_string(),
+            |f| {
+                format!(
+                    "{} on {} (mounted at {})",
+                    f.fs_type, f.device, f.mount_point
+                )
+            },
+        );
+        format!("{} — {fs}", self.dir.display())
+    }
+}
+
 /// The whole report of `cairn-bench meta`, as written to --json.
 #[derive(Debug, Clone, Serialize)]
 pub struct MetaReport {

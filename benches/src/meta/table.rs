@@ -134,16 +134,7 @@ fn write_run(out: &mut impl Write, run: &RunResult) -> io::Result<()> {
 /// When `out` fails.
 pub fn print_table(out: &mut impl Write, r: &MetaReport) -> io::Result<()> {
     write_header(out, r.workload, &r.machine, &r.command_line)?;
-    let fs = r.data.fs.as_ref().map_or_else(
-        || "unknown file system".to_string(),
-        |f| {
-            format!(
-                "{} on {} (mounted at {})",
-                f.fs_type, f.device, f.mount_point
-            )
-        },
-    );
-    writeln!(out, "  data:    {} — {fs}", r.data.dir.display())?;
+    writeln!(out, "  data:    {}", r.data.describe())?;
     writeln!(
         out,
         "  servers: {} × {} (benchmark: {} build)",
