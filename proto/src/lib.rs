@@ -11,6 +11,7 @@
 //! * [`names`]: validation of file names, shared by servers and clients.
 //! * [`units`]: sizes on command lines.
 
+pub mod chain;
 pub mod error;
 pub mod frame;
 pub mod ids;

@@ -53,34 +53,15 @@ mod shard;
 mod target;
 
 use bytes::Bytes;
-use cairn_proto::ids::ChunkId;
 
 pub use alloc::AllocError;
 pub use error::StoreError;
 pub use shard::ShardStore;
 pub use target::{FORMAT_VERSION, Superblock, Target, TargetOptions};
 
-/// Returns the shard that owns `chunk` on a target of `shards` shards:
-/// FNV-1a (64-bit) of the chunk id's 16 big-endian bytes modulo `shards`.
-/// Stable across processes, builds and platforms (never std's seeded
-/// hasher), as it decides where chunks live on disk; it must stay equal to
-/// the routing hash clients and peers use (`chain::shard_of`, which should
-/// become a re-export of this one). `shards == 0` is treated as 1.
-pub fn shard_of(chunk: ChunkId, shards: u32) -> u32 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in chunk
-        .object
-        .0
-        .to_be_bytes()
-        .iter()
-        .chain(chunk.index.to_be_bytes().iter())
-    {
-        h ^= u64::from(*b);
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    // The remainder is below `shards`, so it always fits a u32.
-    (h % u64::from(shards.max(1))) as u32
-}
+/// The chunk-to-shard hash (defined once in `cairn_proto::chain`, shared
+/// with clients and peers): it decides where chunks live on disk.
+pub use cairn_proto::chain::shard_of;
 
 /// Which version a read may return.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -158,31 +139,4 @@ pub struct ScrubReport {
     pub blocks_checked: u64,
     /// Block indexes (in the chunk) whose stored bytes fail their CRC.
     pub bad_blocks: Vec<u32>,
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use cairn_proto::ids::ObjectId;
-
-    #[test]
-    fn shard_of_is_stable_and_spreads() {
-        let c = ChunkId {
-            object: ObjectId(42),
-            index: 7,
-        };
-        // Pinned: changing these moves every chunk on every target.
-        assert_eq!(shard_of(c, 1), 0);
-        assert_eq!(shard_of(c, 8), 6);
-        assert_eq!(shard_of(c, 1000), 630);
-        let mut counts = [0u32; 4];
-        for o in 0..4000 {
-            let c = ChunkId {
-                object: ObjectId(o),
-                index: o % 3,
-            };
-            counts[shard_of(c, 4) as usize] += 1;
-        }
-        assert!(counts.iter().all(|&n| n > 800), "{counts:?}");
-    }
 }
