@@ -772,6 +772,20 @@ pub fn stat_request(chain: ChainId, chain_version: ChainVersion, chunk: ChunkId)
     Frame::new(chunk_header(Opcode::Stat, chain, chain_version, chunk))
 }
 
+/// Returns a Truncate request (for the chain head) cutting `chunk` to
+/// `new_len` bytes; the head passes it down the chain.
+pub fn truncate_request(
+    chain: ChainId,
+    chain_version: ChainVersion,
+    chunk: ChunkId,
+    new_len: u64,
+) -> Frame {
+    Frame::new(Header {
+        offset: new_len,
+        ..chunk_header(Opcode::Truncate, chain, chain_version, chunk)
+    })
+}
+
 /// Returns a Remove request for `chunk`, sent to the chain head, which
 /// passes it down the chain.
 pub fn remove_request(chain: ChainId, chain_version: ChainVersion, chunk: ChunkId) -> Frame {

@@ -1,0 +1,372 @@
+//! Checkpoints (DESIGN §7, invariant 2): save, load the latest, list, keep
+//! the last N.
+//!
+//! A checkpoint is a regular file in a checkpoint directory. [`Checkpoints::save`]
+//! writes it under a hidden temporary name (`.NAME.tmp-SESSION-SEQ`),
+//! which no listing shows, waits until every byte is on every replica,
+//! reports its length to meta, attaches its record — size, CRC32 of the
+//! contents, creation time, save duration and the caller's metrics, as
+//! JSON in the `user.cairn.checkpoint` xattr — and only then renames it
+//! over `NAME` in one atomic metadata operation. A reader therefore finds
+//! either the previous complete file or the new complete one under `NAME`,
+//! never a partial one, whatever happens to the writer; a writer killed
+//! midway leaves only a hidden temporary file, which
+//! [`Checkpoints::keep_last`] removes once it is older than
+//! [`STALE_TEMP`].
+//!
+//! [`Checkpoints::load_latest`] picks the newest record and checks the
+//! bytes it read against the record's size and CRC before returning them;
+//! if the file was pruned between the listing and the read it looks again.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::{Bytes, BytesMut};
+use cairn_proto::ids::InodeId;
+use cairn_proto::meta::FileType;
+use cairn_proto::{CairnStatus, ErrorCode};
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncRead, AsyncReadExt};
+
+use crate::client::{Client, OpenOptions};
+use crate::file::File;
+use crate::{Result, XattrMode};
+
+/// The xattr holding a checkpoint's record.
+pub const XATTR: &str = "user.cairn.checkpoint";
+
+/// Temporary files of killed writers older than this are removed by
+/// [`Checkpoints::keep_last`].
+pub const STALE_TEMP: Duration = Duration::from_secs(600);
+
+/// Bytes read from a reader per write by [`Checkpoints::save_reader`].
+const SAVE_BUFFER: usize = 8 << 20;
+
+/// What a checkpoint's xattr records.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CheckpointInfo {
+    /// Format of this record.
+    pub format: u32,
+    /// The checkpoint's name in its directory.
+    pub name: String,
+    /// Bytes.
+    pub size: u64,
+    /// CRC32 (IEEE, crc32fast) of the contents.
+    pub crc32: u32,
+    /// When the save finished, in milliseconds since the Unix epoch.
+    pub created_unix_ms: u64,
+    /// How long the save took (write, fsync, record; not the rename).
+    pub save_seconds: f64,
+    /// The caller's metrics (loss, step, ...).
+    #[serde(default)]
+    pub metrics: BTreeMap<String, f64>,
+}
+
+/// The checkpoints in one directory.
+#[derive(Debug, Clone)]
+pub struct Checkpoints {
+    client: Client,
+    dir: String,
+}
+
+fn invalid(m: String) -> CairnStatus {
+    CairnStatus::new(ErrorCode::Invalid, m)
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+impl Checkpoints {
+    /// The checkpoints in directory `dir` (created by the first save).
+    pub fn new(client: Client, dir: &str) -> Self {
+        Self {
+            client,
+            dir: dir.trim_end_matches('/').to_string(),
+        }
+    }
+
+    /// The directory.
+    pub fn dir(&self) -> &str {
+        if self.dir.is_empty() { "/" } else { &self.dir }
+    }
+
+    fn path(&self, name: &str) -> String {
+        format!("{}/{name}", self.dir)
+    }
+
+    fn check_name(name: &str) -> Result<()> {
+        if name.is_empty() || name.starts_with('.') || name.contains('/') {
+            return Err(invalid(format!(
+                "checkpoint name {name:?} must be non-empty, contain no '/' and not start with '.'"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Saves `data` as checkpoint `name` (replacing one of that name
+    /// atomically) with `metrics`.
+    ///
+    /// # Errors
+    /// A bad name ([`ErrorCode::Invalid`]), data-plane and meta errors; on
+    /// error the previous checkpoint of that name is untouched.
+    pub async fn save(
+        &self,
+        name: &str,
+        data: Bytes,
+        metrics: BTreeMap<String, f64>,
+    ) -> Result<CheckpointInfo> {
+        let len = data.len();
+        let mut reader = &data[..];
+        self.save_reader(name, &mut reader, metrics, |_| {})
+            .await
+            .and_then(|i| {
+                if i.size == len as u64 {
+                    Ok(i)
+                } else {
+                    Err(CairnStatus::new(
+                        ErrorCode::Internal,
+                        "checkpoint size mismatch",
+                    ))
+                }
+            })
+    }
+
+    /// Saves everything `reader` yields as checkpoint `name`; `progress` is
+    /// called with the bytes written so far.
+    ///
+    /// # Errors
+    /// As [`Self::save`], plus the reader's errors ([`ErrorCode::Io`]).
+    pub async fn save_reader<R: AsyncRead + Unpin>(
+        &self,
+        name: &str,
+        reader: &mut R,
+        metrics: BTreeMap<String, f64>,
+        progress: impl Fn(u64),
+    ) -> Result<CheckpointInfo> {
+        Self::check_name(name)?;
+        let started = Instant::now();
+        let meta = self.client.meta();
+        self.client.create_dir_all(self.dir()).await?;
+        let sid = meta.session_id().await?.0;
+        let tmp = format!(".{name}.tmp-{sid}-{}", self.client.next_seq());
+        let tmp_path = self.path(&tmp);
+        let how = OpenOptions {
+            write: true,
+            create: true,
+            create_new: true,
+            truncate: false,
+            append: false,
+        };
+        let f = self.client.open(&tmp_path, how).await?;
+        let written = write_all(&f, reader, &progress).await;
+        let (size, crc32) = match written {
+            Ok(v) => v,
+            Err(e) => {
+                let _ = f.close().await;
+                let _ = self.client.remove_file(&tmp_path).await;
+                return Err(e);
+            }
+        };
+        f.fsync().await?;
+        let ino = f.ino();
+        f.close().await?;
+        let info = CheckpointInfo {
+            format: 1,
+            name: name.to_string(),
+            size,
+            crc32,
+            created_unix_ms: now_ms(),
+            save_seconds: started.elapsed().as_secs_f64(),
+            metrics,
+        };
+        let record = serde_json::to_vec(&info).map_err(|e| {
+            CairnStatus::new(ErrorCode::Internal, format!("checkpoint record: {e}"))
+        })?;
+        meta.setxattr(ino, XATTR, &record, XattrMode::Upsert)
+            .await?;
+        self.client.rename(&tmp_path, &self.path(name)).await?;
+        Ok(info)
+    }
+
+    /// Every checkpoint in the directory, oldest first (an empty list if
+    /// the directory does not exist).
+    ///
+    /// # Errors
+    /// Meta errors.
+    pub async fn list(&self) -> Result<Vec<CheckpointInfo>> {
+        let entries = match self.client.read_dir(self.dir()).await {
+            Ok(e) => e,
+            Err(e) if e.code == ErrorCode::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(e),
+        };
+        let mut out = Vec::new();
+        for e in entries {
+            if e.name.starts_with('.') || e.kind != FileType::Regular as i32 {
+                continue;
+            }
+            match self.record(InodeId(e.ino)).await {
+                Ok(Some(mut info)) => {
+                    // The name it has now (it may have been renamed).
+                    info.name = e.name;
+                    out.push(info);
+                }
+                Ok(None) => {}
+                Err(err) if err.code == ErrorCode::NotFound => {}
+                Err(err) => return Err(err),
+            }
+        }
+        out.sort_by(|a, b| (a.created_unix_ms, &a.name).cmp(&(b.created_unix_ms, &b.name)));
+        Ok(out)
+    }
+
+    async fn record(&self, ino: InodeId) -> Result<Option<CheckpointInfo>> {
+        match self.client.meta().getxattr(ino, XATTR).await {
+            Ok(v) => Ok(serde_json::from_slice(&v).ok()),
+            Err(e) if e.code == ErrorCode::NoData => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The newest checkpoint's record, if any.
+    ///
+    /// # Errors
+    /// Meta errors.
+    pub async fn latest(&self) -> Result<Option<CheckpointInfo>> {
+        Ok(self.list().await?.pop())
+    }
+
+    /// Opens checkpoint `name`; returns its record and a read handle.
+    ///
+    /// # Errors
+    /// [`ErrorCode::NotFound`], [`ErrorCode::NoData`] when the file is not
+    /// a checkpoint.
+    pub async fn open(&self, name: &str) -> Result<(CheckpointInfo, File)> {
+        Self::check_name(name)?;
+        let f = self.client.open_read(&self.path(name)).await?;
+        let info = self.record(f.ino()).await?.ok_or_else(|| {
+            CairnStatus::new(
+                ErrorCode::NoData,
+                format!("{} is not a checkpoint", self.path(name)),
+            )
+        })?;
+        Ok((info, f))
+    }
+
+    /// Reads checkpoint `name` whole and checks it against its record.
+    ///
+    /// # Errors
+    /// As [`Self::open`]; [`ErrorCode::Checksum`] when the contents do not
+    /// match the record.
+    pub async fn load(&self, name: &str) -> Result<(CheckpointInfo, Bytes)> {
+        let (info, f) = self.open(name).await?;
+        let want = usize::try_from(info.size).map_err(|_| {
+            invalid(format!(
+                "checkpoint {name} is too large to load into memory"
+            ))
+        })?;
+        let data = f.read_at(0, want).await;
+        let _ = f.close().await;
+        let data = data?;
+        if data.len() as u64 != info.size || crc32fast::hash(&data) != info.crc32 {
+            return Err(CairnStatus::new(
+                ErrorCode::Checksum,
+                format!(
+                    "checkpoint {name}: read {} bytes that do not match its record ({} bytes, crc32 {:08x})",
+                    data.len(),
+                    info.size,
+                    info.crc32
+                ),
+            ));
+        }
+        Ok((info, data))
+    }
+
+    /// Loads the newest checkpoint, if there is one.
+    ///
+    /// # Errors
+    /// As [`Self::load`].
+    pub async fn load_latest(&self) -> Result<Option<(CheckpointInfo, Bytes)>> {
+        for _ in 0..5 {
+            let Some(latest) = self.latest().await? else {
+                return Ok(None);
+            };
+            match self.load(&latest.name).await {
+                // Pruned or replaced between the listing and the read.
+                Err(e) if matches!(e.code, ErrorCode::NotFound | ErrorCode::NoData) => continue,
+                r => return r.map(Some),
+            }
+        }
+        Err(CairnStatus::new(
+            ErrorCode::Unavailable,
+            format!("{}: checkpoints kept changing under the reader", self.dir()),
+        ))
+    }
+
+    /// Removes all but the newest `n` checkpoints, and temporary files of
+    /// saves that died more than [`STALE_TEMP`] ago; returns the names
+    /// removed.
+    ///
+    /// # Errors
+    /// Meta errors.
+    pub async fn keep_last(&self, n: usize) -> Result<Vec<String>> {
+        let mut removed = Vec::new();
+        let list = self.list().await?;
+        let drop = list.len().saturating_sub(n);
+        for info in &list[..drop] {
+            match self.client.remove_file(&self.path(&info.name)).await {
+                Ok(()) => removed.push(info.name.clone()),
+                Err(e) if e.code == ErrorCode::NotFound => {}
+                Err(e) => return Err(e),
+            }
+        }
+        let stale_before = i64::try_from(now_ms().saturating_sub(STALE_TEMP.as_millis() as u64))
+            .unwrap_or(i64::MAX)
+            .saturating_mul(1_000_000);
+        let entries = match self.client.read_dir(self.dir()).await {
+            Ok(e) => e,
+            Err(e) if e.code == ErrorCode::NotFound => return Ok(removed),
+            Err(e) => return Err(e),
+        };
+        for e in entries {
+            let stale = e.name.starts_with('.')
+                && e.name.contains(".tmp-")
+                && e.attr.as_ref().is_some_and(|a| a.mtime_ns < stale_before);
+            if stale && self.client.remove_file(&self.path(&e.name)).await.is_ok() {
+                removed.push(e.name);
+            }
+        }
+        Ok(removed)
+    }
+}
+
+/// Copies `reader` into `f` from offset 0; returns the size and CRC32.
+async fn write_all<R: AsyncRead + Unpin>(
+    f: &File,
+    reader: &mut R,
+    progress: &impl Fn(u64),
+) -> Result<(u64, u32)> {
+    let mut crc = crc32fast::Hasher::new();
+    let mut at = 0u64;
+    loop {
+        let mut buf = BytesMut::with_capacity(SAVE_BUFFER);
+        while buf.len() < SAVE_BUFFER {
+            let n = reader.read_buf(&mut buf).await.map_err(|e| {
+                CairnStatus::new(ErrorCode::Io, format!("reading the checkpoint data: {e}"))
+            })?;
+            if n == 0 {
+                break;
+            }
+        }
+        if buf.is_empty() {
+            return Ok((at, crc.finalize()));
+        }
+        crc.update(&buf);
+        let n = buf.len() as u64;
+        f.write_at(at, buf.freeze()).await?;
+        at += n;
+        progress(at);
+    }
+}

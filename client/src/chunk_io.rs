@@ -1,0 +1,421 @@
+//! One chunk request, made reliable (DESIGN §7): replica choice, fail-over
+//! and retries over the pipelined connections of [`crate::data`].
+//!
+//! # Reads
+//! A read goes to one serving member of the chain, picked round-robin so
+//! load spreads over the replicas (CRAQ makes every serving replica return
+//! the committed version). A replica that is dirty (PENDING), unreachable,
+//! out of its lease (UNAVAILABLE), times out, or returns bytes that fail
+//! the end-to-end CRC check is skipped and the next serving member is
+//! asked at once; after every member failed once, the client backs off and
+//! starts over with a fresh view. A chunk no replica has (NOT_FOUND) is a
+//! hole: the caller reads zeros. Only serving members are asked: a syncing
+//! replica never serves reads.
+//!
+//! # Writes, truncates and removes
+//! They go to the chain's head (the first non-offline member). A write
+//! carries the client's id and a sequence number: a retry reuses both, so
+//! the head applies it once even when only the reply was lost. A head that
+//! cannot reach its successor answers UNAVAILABLE, and the write is retried
+//! (same sequence) until meta has taken the dead member out of the chain
+//! and the new chain version reached us (the watch stream, or a refresh
+//! after a chain-version answer). Nothing is acknowledged to the caller
+//! before every replica of the chain holds the bytes on stable storage.
+//!
+//! # Chain versions
+//! STALE_CHAIN_VERSION (our view is behind) reloads the table from the meta
+//! leader. NEWER_CHAIN_VERSION (the replica is behind) waits briefly for
+//! the replica to catch up and asks again.
+//!
+//! Every operation gives up after [`IoOptions::deadline`] with the last
+//! error, UNAVAILABLE when it was a transient one; errors that cannot heal
+//! (INVALID, NO_SPACE, ...) return at once.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use cairn_proto::chain::{ChainInfo, ChainView, MemberState};
+use cairn_proto::frame::Frame;
+use cairn_proto::ids::{ChainId, ChainVersion, ChunkId};
+use cairn_proto::{CairnStatus, ErrorCode};
+use tokio::time::Instant;
+use tracing::debug;
+
+use crate::chains::ChainCache;
+use crate::data::{
+    DataError, DataPool, into_result, read_request, remove_request, truncate_request,
+    verify_read_reply, write_request,
+};
+use crate::layout::Piece;
+
+/// Timeouts and retry budget of data-plane requests.
+#[derive(Debug, Clone)]
+pub struct IoOptions {
+    /// One request's time limit (connect included).
+    pub request_timeout: Duration,
+    /// Total time one chunk operation may take with its retries; long
+    /// enough to outlast meta replacing a dead chunkserver (its heartbeat
+    /// timeout, 10 s by default).
+    pub deadline: Duration,
+    /// Connection time limit.
+    pub connect_timeout: Duration,
+}
+
+impl Default for IoOptions {
+    fn default() -> Self {
+        Self {
+            request_timeout: Duration::from_secs(10),
+            deadline: Duration::from_secs(60),
+            connect_timeout: Duration::from_secs(2),
+        }
+    }
+}
+
+/// Sends chunk requests with fail-over and retries.
+#[derive(Debug)]
+pub struct ChunkIo {
+    pool: DataPool,
+    chains: Arc<ChainCache>,
+    opts: IoOptions,
+    /// Round-robin start for replica choice.
+    next_replica: AtomicUsize,
+}
+
+/// What one attempt's error asks for.
+enum Next {
+    /// Try another replica / again now.
+    Retry,
+    /// Our table is behind: reload it.
+    Refresh,
+    /// The replica is behind: give it a moment.
+    Wait,
+    /// Cannot heal: give up.
+    Fail,
+}
+
+fn classify(e: &DataError) -> Next {
+    match e.code() {
+        ErrorCode::StaleChainVersion => Next::Refresh,
+        ErrorCode::NewerChainVersion => Next::Wait,
+        ErrorCode::Checksum => Next::Retry,
+        _ if e.is_retryable() => Next::Retry,
+        _ => Next::Fail,
+    }
+}
+
+fn to_status(e: &DataError, what: &str) -> CairnStatus {
+    let code = match e.code() {
+        // A transient failure that outlived the deadline.
+        ErrorCode::Pending | ErrorCode::StaleChainVersion | ErrorCode::NewerChainVersion => {
+            ErrorCode::Unavailable
+        }
+        c => c,
+    };
+    CairnStatus::new(code, format!("{what}: {e}"))
+}
+
+/// Exponential backoff, 5 ms doubling to 500 ms.
+struct Backoff(Duration);
+
+impl Backoff {
+    fn new() -> Self {
+        Self(Duration::from_millis(5))
+    }
+    async fn wait(&mut self, deadline: Instant) {
+        let d = self
+            .0
+            .min(deadline.saturating_duration_since(Instant::now()));
+        tokio::time::sleep(d).await;
+        self.0 = (self.0 * 2).min(Duration::from_millis(500));
+    }
+}
+
+fn no_chain(chain: ChainId) -> DataError {
+    DataError::Status {
+        code: ErrorCode::Unavailable,
+        message: format!("chain {chain} is not in the chain table (or has no member to ask)"),
+        pending: false,
+    }
+}
+
+impl ChunkIo {
+    /// Returns chunk I/O over `chains`.
+    pub fn new(chains: Arc<ChainCache>, opts: IoOptions) -> Self {
+        Self {
+            pool: DataPool::new(opts.connect_timeout),
+            chains,
+            opts,
+            next_replica: AtomicUsize::new(0),
+        }
+    }
+
+    /// The chain cache.
+    pub fn chains(&self) -> &Arc<ChainCache> {
+        &self.chains
+    }
+
+    /// Runs `attempt` against the endpoints `pick` chooses from the current
+    /// view until it succeeds, fails for good, or the deadline passes.
+    /// `pick(view, chain, round)` returns the address to ask, or `None`
+    /// when the chain has nobody to ask.
+    async fn retry<T, P, A, F>(
+        &self,
+        what: &(dyn Fn() -> String + Sync),
+        chain: ChainId,
+        pick: P,
+        attempt: A,
+    ) -> Result<T, CairnStatus>
+    where
+        P: Fn(&ChainView, &ChainInfo, usize) -> Option<String>,
+        A: Fn(String, ChainVersion) -> F,
+        F: std::future::Future<Output = Result<T, DataError>>,
+    {
+        let deadline = Instant::now() + self.opts.deadline;
+        let mut backoff = Backoff::new();
+        let mut round = 0usize;
+        loop {
+            let view = self.chains.view();
+            let target = view
+                .chain(chain.0)
+                .and_then(|c| pick(&view, c, round).map(|a| (a, ChainVersion(c.version))));
+            let err = match target {
+                None => no_chain(chain),
+                Some((addr, version)) => match attempt(addr, version).await {
+                    Ok(v) => return Ok(v),
+                    Err(e) => e,
+                },
+            };
+            round += 1;
+            if Instant::now() >= deadline {
+                return Err(to_status(&err, &what()));
+            }
+            debug!(error = %err, round, "chunk request failed; retrying");
+            match classify(&err) {
+                Next::Fail => return Err(to_status(&err, &what())),
+                Next::Refresh => {
+                    if let Err(e) = self.chains.refresh(view.version).await {
+                        debug!(error = %e, "chain table refresh failed");
+                        backoff.wait(deadline).await;
+                    }
+                }
+                Next::Wait => backoff.wait(deadline).await,
+                Next::Retry => {
+                    // Another member first; back off once every member of
+                    // the chain failed in this round of attempts.
+                    let members = view.chain(chain.0).map_or(1, |c| c.members.len().max(1));
+                    if round.is_multiple_of(members) {
+                        backoff.wait(deadline).await;
+                        // A dead member leaves the chain through meta;
+                        // don't wait for the stream to tell us.
+                        let _ = self.chains.refresh(view.version).await;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Reads `piece`; returns the bytes the chain has, which end early at
+    /// the chunk's end (a short or empty result is a hole to the caller).
+    ///
+    /// # Errors
+    /// No replica could serve it within the deadline; CHECKSUM only if
+    /// every replica's copy failed its CRC.
+    pub async fn read(&self, piece: &Piece) -> Result<Bytes, CairnStatus> {
+        let start = self.next_replica.fetch_add(1, Ordering::Relaxed);
+        let chunk = piece.chunk;
+        let len = u32::try_from(piece.len).unwrap_or(u32::MAX);
+        let what = || {
+            format!(
+                "reading {} bytes at {} of chunk {chunk}",
+                piece.len, piece.chunk_offset
+            )
+        };
+        self.retry(
+            &what,
+            piece.chain,
+            |view, c, round| {
+                let serving: Vec<_> = c
+                    .members
+                    .iter()
+                    .filter(|m| m.state == MemberState::Serving)
+                    .collect();
+                if serving.is_empty() {
+                    return None;
+                }
+                let m = serving[(start + round) % serving.len()];
+                view.shard_addr(m.chunkserver, chunk)
+            },
+            |addr, version| async move {
+                let req = read_request(piece.chain, version, chunk, piece.chunk_offset, len);
+                match self.call(&addr, req).await {
+                    Ok(reply) => {
+                        verify_read_reply(&reply)?;
+                        Ok(reply.payload)
+                    }
+                    Err(DataError::Status {
+                        code: ErrorCode::NotFound,
+                        ..
+                    }) => Ok(Bytes::new()),
+                    Err(e) => Err(e),
+                }
+            },
+        )
+        .await
+    }
+
+    /// Writes `data` at `piece` through the chain head as write `seq` of
+    /// client `client_id`; returns once every replica has it durably.
+    ///
+    /// # Errors
+    /// As the module docs say; never a partial success.
+    pub async fn write(
+        &self,
+        piece: &Piece,
+        data: Bytes,
+        client_id: u64,
+        seq: u64,
+        snap_seq: u64,
+    ) -> Result<(), CairnStatus> {
+        let chunk = piece.chunk;
+        let what = || {
+            format!(
+                "writing {} bytes at {} of chunk {chunk}",
+                data.len(),
+                piece.chunk_offset
+            )
+        };
+        self.retry(
+            &what,
+            piece.chain,
+            |view, c, _| head_addr(view, c, chunk),
+            |addr, version| {
+                let req = write_request(
+                    piece.chain,
+                    version,
+                    chunk,
+                    piece.chunk_offset,
+                    data.clone(),
+                    client_id,
+                    seq,
+                    snap_seq,
+                );
+                async move { self.call(&addr, req).await.map(|_| ()) }
+            },
+        )
+        .await
+    }
+
+    /// Truncates `chunk` to `new_len` bytes on every replica (a missing
+    /// chunk is already short enough).
+    ///
+    /// # Errors
+    /// As [`Self::write`].
+    pub async fn truncate(
+        &self,
+        chunk: ChunkId,
+        chain: ChainId,
+        new_len: u64,
+    ) -> Result<(), CairnStatus> {
+        let what = || format!("truncating chunk {chunk} to {new_len} bytes");
+        self.retry(
+            &what,
+            chain,
+            |view, c, _| head_addr(view, c, chunk),
+            |addr, version| async move {
+                let req = truncate_request(chain, version, chunk, new_len);
+                ok_if_missing(self.call(&addr, req).await)
+            },
+        )
+        .await
+    }
+
+    /// Removes `chunk` from every replica (a missing chunk is fine).
+    ///
+    /// # Errors
+    /// As [`Self::write`].
+    pub async fn remove(&self, chunk: ChunkId, chain: ChainId) -> Result<(), CairnStatus> {
+        let what = || format!("removing chunk {chunk}");
+        self.retry(
+            &what,
+            chain,
+            |view, c, _| head_addr(view, c, chunk),
+            |addr, version| async move {
+                ok_if_missing(
+                    self.call(&addr, remove_request(chain, version, chunk))
+                        .await,
+                )
+            },
+        )
+        .await
+    }
+
+    async fn call(&self, addr: &str, req: Frame) -> Result<Frame, DataError> {
+        into_result(self.pool.call(addr, req, self.opts.request_timeout).await?)
+    }
+}
+
+fn ok_if_missing(r: Result<Frame, DataError>) -> Result<(), DataError> {
+    match r {
+        Ok(_) => Ok(()),
+        Err(e) if e.code() == ErrorCode::NotFound => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+fn head_addr(view: &ChainView, c: &ChainInfo, chunk: ChunkId) -> Option<String> {
+    let head = c.write_path().next()?;
+    view.shard_addr(head.chunkserver, chunk)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(code: ErrorCode) -> DataError {
+        DataError::Status {
+            code,
+            message: String::new(),
+            pending: code == ErrorCode::Pending,
+        }
+    }
+
+    #[test]
+    fn errors_decide_the_next_step() {
+        assert!(matches!(
+            classify(&status(ErrorCode::StaleChainVersion)),
+            Next::Refresh
+        ));
+        assert!(matches!(
+            classify(&status(ErrorCode::NewerChainVersion)),
+            Next::Wait
+        ));
+        for c in [
+            ErrorCode::Pending,
+            ErrorCode::Unavailable,
+            ErrorCode::Checksum,
+        ] {
+            assert!(matches!(classify(&status(c)), Next::Retry), "{c:?}");
+        }
+        let gone = DataError::Closed {
+            addr: "x".into(),
+            reason: "eof".into(),
+        };
+        assert!(matches!(classify(&gone), Next::Retry));
+        for c in [ErrorCode::Invalid, ErrorCode::NoSpace, ErrorCode::Internal] {
+            assert!(matches!(classify(&status(c)), Next::Fail), "{c:?}");
+        }
+    }
+
+    #[test]
+    fn transient_codes_surface_as_unavailable() {
+        let e = to_status(&status(ErrorCode::Pending), "reading");
+        assert_eq!(e.code, ErrorCode::Unavailable);
+        assert!(e.message.starts_with("reading: "), "{}", e.message);
+        assert_eq!(
+            to_status(&status(ErrorCode::NoSpace), "w").code,
+            ErrorCode::NoSpace
+        );
+    }
+}

@@ -1,0 +1,533 @@
+//! [`Client`]: the entry point programs use (DESIGN §7).
+//!
+//! One `Client` holds a [`MetaClient`] (session renewed by heartbeat), the
+//! chain-table cache, the data-plane connection pool (one pipelined
+//! connection per chunkserver shard, shared by every file) and the block
+//! cache. It is cheap to clone; clones share all of it.
+//!
+//! Paths are absolute, `/`-separated, resolved by meta without following a
+//! final symlink. Metadata is called on open, close, fsync and namespace
+//! operations only: reads and writes compute chunk ids and replicas from
+//! the layout the open returned.
+//!
+//! Consistency is close-to-open (DESIGN §11): a file opened after another
+//! client closed (or fsynced) it sees that client's writes; cached blocks
+//! are keyed by the file's attribute version at open, so a changed file
+//! never hits stale blocks.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use cairn_proto::ids::InodeId;
+use cairn_proto::meta::{Attr, DirEntry, FileType};
+use cairn_proto::{CairnStatus, ErrorCode};
+
+use crate::cache::{BlockCache, CacheConfig, CacheStats};
+use crate::chains::ChainCache;
+use crate::chunk_io::{ChunkIo, IoOptions};
+use crate::file::File;
+use crate::{MetaClient, MetaClientOptions, Owner, RenameFlags, Result};
+
+/// Settings of a [`Client`]. `Default` gives the production values.
+#[derive(Debug, Clone)]
+pub struct ClientOptions {
+    /// Meta client settings.
+    pub meta: MetaClientOptions,
+    /// Data-plane timeouts and retry budget.
+    pub io: IoOptions,
+    /// Block cache tiers.
+    pub cache: CacheConfig,
+    /// Chunk requests one read or write keeps in flight (striping window).
+    pub window: usize,
+    /// Largest single data-plane request, in bytes.
+    pub max_io: u64,
+    /// First read-ahead window of a sequential stream, in bytes.
+    pub readahead_initial: u64,
+    /// Largest read-ahead window, in bytes; 0 disables read-ahead.
+    pub readahead_max: u64,
+    /// Mode of files and directories the client creates (before umask;
+    /// the client applies none).
+    pub file_mode: u32,
+    /// Mode of directories the client creates.
+    pub dir_mode: u32,
+}
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        Self {
+            meta: MetaClientOptions::default(),
+            io: IoOptions::default(),
+            cache: CacheConfig::default(),
+            window: 16,
+            max_io: 1 << 20,
+            readahead_initial: 1 << 20,
+            readahead_max: 32 << 20,
+            file_mode: 0o644,
+            dir_mode: 0o755,
+        }
+    }
+}
+
+impl ClientOptions {
+    /// Checks the settings.
+    ///
+    /// # Errors
+    /// [`ErrorCode::Invalid`] naming the bad setting.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |m: &str| Err(CairnStatus::new(ErrorCode::Invalid, m.to_string()));
+        if self.window == 0 {
+            return bad("the striping window must be at least 1");
+        }
+        if let Err(e) = self.cache.validate() {
+            return Err(CairnStatus::new(ErrorCode::Invalid, format!("cache: {e}")));
+        }
+        if self.max_io < 4096 || self.max_io > u64::from(cairn_proto::frame::MAX_PAYLOAD) {
+            return bad("max-io must be between 4 KiB and 16 MiB");
+        }
+        Ok(())
+    }
+}
+
+/// How [`Client::open`] opens a file (the `open(2)` flags that apply).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct OpenOptions {
+    /// Open for writing (reading is always allowed).
+    pub write: bool,
+    /// Create the file if it does not exist (O_CREAT).
+    pub create: bool,
+    /// Fail if it exists (O_EXCL, with `create`).
+    pub create_new: bool,
+    /// Truncate to 0 bytes (O_TRUNC, with `write`).
+    pub truncate: bool,
+    /// Every [`File::append`] and [`File::write`] goes to the end (O_APPEND).
+    pub append: bool,
+}
+
+impl OpenOptions {
+    /// Read only.
+    pub const READ: OpenOptions = OpenOptions {
+        write: false,
+        create: false,
+        create_new: false,
+        truncate: false,
+        append: false,
+    };
+    /// Create or truncate for writing (`open(O_WRONLY|O_CREAT|O_TRUNC)`).
+    pub const CREATE: OpenOptions = OpenOptions {
+        write: true,
+        create: true,
+        create_new: false,
+        truncate: true,
+        append: false,
+    };
+}
+
+/// A connection to a Cairn cluster. See the module docs.
+#[derive(Clone, Debug)]
+pub struct Client {
+    pub(crate) inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+pub(crate) struct Inner {
+    pub(crate) meta: MetaClient,
+    pub(crate) io: ChunkIo,
+    pub(crate) cache: Arc<BlockCache>,
+    pub(crate) opts: ClientOptions,
+    /// Write sequence numbers (the chain head's retry detection).
+    seq: AtomicU64,
+    /// Open handles per inode, and the cache generations they read under.
+    open: Mutex<HashMap<u64, OpenInode>>,
+    stats_task: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+#[derive(Debug, Default)]
+struct OpenInode {
+    handles: usize,
+    /// Generations of open handles (with counts): own writes invalidate
+    /// the cached blocks of every one.
+    generations: Vec<(u64, usize)>,
+    /// This client told meta it holds the (unlinked) inode open.
+    held: bool,
+    /// Bumped when a write through this client starts and when it ends: a
+    /// read that saw it move does not cache what it fetched (it may predate
+    /// the write, and the write's invalidation may have run already).
+    write_epoch: u64,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        if let Some(t) = self
+            .stats_task
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+        {
+            t.abort();
+        }
+    }
+}
+
+impl Client {
+    /// Connects to the meta replicas at `addrs` (any order; one reachable
+    /// replica is enough) and loads the chain table.
+    ///
+    /// # Errors
+    /// Bad options ([`ErrorCode::Invalid`]), meta unreachable, or the cache
+    /// directory unusable.
+    pub async fn connect<S: AsRef<str>>(
+        addrs: impl IntoIterator<Item = S>,
+        opts: ClientOptions,
+    ) -> Result<Client> {
+        opts.validate()?;
+        let meta = MetaClient::connect(addrs, opts.meta.clone()).await?;
+        let chains = ChainCache::start(meta.clone()).await?;
+        let cache = BlockCache::new(&opts.cache).map_err(|e| {
+            CairnStatus::new(
+                ErrorCode::Io,
+                format!(
+                    "cache directory {}: {e}",
+                    opts.cache
+                        .dir
+                        .as_ref()
+                        .map_or_else(String::new, |d| d.display().to_string())
+                ),
+            )
+        })?;
+        let cache = Arc::new(cache);
+        let inner = Arc::new(Inner {
+            io: ChunkIo::new(chains, opts.io.clone()),
+            meta,
+            cache: cache.clone(),
+            opts,
+            seq: AtomicU64::new(1),
+            open: Mutex::new(HashMap::new()),
+            stats_task: Mutex::new(None),
+        });
+        if inner.opts.cache.dir.is_some() {
+            let weak = Arc::downgrade(&cache);
+            let task = tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(Duration::from_secs(2)).await;
+                    let Some(c) = weak.upgrade() else { return };
+                    let _ = tokio::task::spawn_blocking(move || c.publish_stats()).await;
+                }
+            });
+            *inner
+                .stats_task
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner) = Some(task);
+        }
+        Ok(Client { inner })
+    }
+
+    /// The metadata client (for namespace operations this type does not
+    /// wrap).
+    pub fn meta(&self) -> &MetaClient {
+        &self.inner.meta
+    }
+
+    /// The options the client runs with.
+    pub fn options(&self) -> &ClientOptions {
+        &self.inner.opts
+    }
+
+    /// Block cache counters of this client.
+    pub fn cache_stats(&self) -> CacheStats {
+        self.inner.cache.stats()
+    }
+
+    /// The cache directory, if the SSD tier is on.
+    pub fn cache_dir(&self) -> Option<PathBuf> {
+        self.inner.opts.cache.dir.clone()
+    }
+
+    /// Closes the session with meta (files still open lose their
+    /// open-for-write registration) and publishes the cache counters.
+    ///
+    /// # Errors
+    /// Meta unreachable.
+    pub async fn close(&self) -> Result<()> {
+        let c = self.inner.cache.clone();
+        let _ = tokio::task::spawn_blocking(move || c.publish_stats()).await;
+        self.inner.meta.close().await
+    }
+
+    pub(crate) fn next_seq(&self) -> u64 {
+        self.inner.seq.fetch_add(1, Ordering::Relaxed)
+    }
+
+    // ------------------------------------------------------------ files
+
+    /// Opens the file at `path`.
+    ///
+    /// # Errors
+    /// [`ErrorCode::NotFound`] (without `create`), [`ErrorCode::Exists`]
+    /// (with `create_new`), [`ErrorCode::IsDir`], meta errors.
+    pub async fn open(&self, path: &str, how: OpenOptions) -> Result<File> {
+        let attr = if how.create {
+            let (parent, name) = self.inner.meta.resolve_parent(path).await?;
+            let e = self
+                .inner
+                .meta
+                .create(
+                    InodeId(parent.ino),
+                    &name,
+                    self.inner.opts.file_mode,
+                    Owner::current(),
+                    how.create_new,
+                    how.write,
+                )
+                .await?;
+            e.attr
+        } else {
+            let a = self.inner.meta.resolve(path).await?;
+            check_file(&a, path)?;
+            if how.write {
+                self.inner.meta.open_file(InodeId(a.ino), true).await?
+            } else {
+                a
+            }
+        };
+        check_file(&attr, path)?;
+        let f = File::new(self.clone(), attr, how)?;
+        if how.truncate && how.write && !f.is_empty() {
+            f.set_len(0).await?;
+        }
+        Ok(f)
+    }
+
+    /// Opens `path` for reading.
+    ///
+    /// # Errors
+    /// As [`Self::open`].
+    pub async fn open_read(&self, path: &str) -> Result<File> {
+        self.open(path, OpenOptions::READ).await
+    }
+
+    /// Creates (or truncates) `path` for writing.
+    ///
+    /// # Errors
+    /// As [`Self::open`].
+    pub async fn create(&self, path: &str) -> Result<File> {
+        self.open(path, OpenOptions::CREATE).await
+    }
+
+    /// Opens inode `ino` (frontends that resolve names themselves).
+    ///
+    /// # Errors
+    /// As [`Self::open`].
+    pub async fn open_ino(&self, ino: InodeId, how: OpenOptions) -> Result<File> {
+        let attr = if how.write {
+            self.inner.meta.open_file(ino, true).await?
+        } else {
+            self.inner.meta.getattr(ino).await?
+        };
+        check_file(&attr, &format!("inode {}", ino.0))?;
+        let f = File::new(self.clone(), attr, how)?;
+        if how.truncate && how.write && !f.is_empty() {
+            f.set_len(0).await?;
+        }
+        Ok(f)
+    }
+
+    /// Writes `data` to `path` (created or truncated) and closes it.
+    ///
+    /// # Errors
+    /// As [`Self::open`] and [`File::write_at`].
+    pub async fn write_file(&self, path: &str, data: bytes::Bytes) -> Result<()> {
+        let f = self.create(path).await?;
+        f.write_at(0, data).await?;
+        f.close().await
+    }
+
+    /// Reads the whole file at `path`.
+    ///
+    /// # Errors
+    /// As [`Self::open`] and [`File::read_at`].
+    pub async fn read_file(&self, path: &str) -> Result<bytes::Bytes> {
+        let f = self.open_read(path).await?;
+        let len = usize::try_from(f.len()).map_err(|_| {
+            CairnStatus::new(
+                ErrorCode::Invalid,
+                format!("{path} is too large to read into memory"),
+            )
+        })?;
+        let data = f.read_at(0, len).await?;
+        f.close().await?;
+        Ok(data)
+    }
+
+    // ------------------------------------------------------------ namespace
+
+    /// Returns the attributes of `path` (a final symlink not followed).
+    ///
+    /// # Errors
+    /// [`ErrorCode::NotFound`], [`ErrorCode::NotDir`].
+    pub async fn stat(&self, path: &str) -> Result<Attr> {
+        self.inner.meta.resolve(path).await
+    }
+
+    /// Lists directory `path` with each entry's attributes.
+    ///
+    /// # Errors
+    /// [`ErrorCode::NotFound`], [`ErrorCode::NotDir`].
+    pub async fn read_dir(&self, path: &str) -> Result<Vec<DirEntry>> {
+        let a = self.inner.meta.resolve(path).await?;
+        if a.kind != FileType::Directory as i32 {
+            return Err(CairnStatus::new(
+                ErrorCode::NotDir,
+                format!("{path} is not a directory"),
+            ));
+        }
+        self.inner.meta.readdir_all_plus(InodeId(a.ino)).await
+    }
+
+    /// Creates directory `path` and its missing parents (`mkdir -p`).
+    ///
+    /// # Errors
+    /// [`ErrorCode::NotDir`] when a component is not a directory.
+    pub async fn create_dir_all(&self, path: &str) -> Result<Attr> {
+        self.inner
+            .meta
+            .mkdir_p(path, self.inner.opts.dir_mode, Owner::current())
+            .await
+    }
+
+    /// Renames `from` to `to`, replacing a file or empty directory at `to`
+    /// atomically.
+    ///
+    /// # Errors
+    /// As [`MetaClient::rename`].
+    pub async fn rename(&self, from: &str, to: &str) -> Result<()> {
+        let m = &self.inner.meta;
+        let (fp, fname) = m.resolve_parent(from).await?;
+        let (tp, tname) = m.resolve_parent(to).await?;
+        m.rename(
+            InodeId(fp.ino),
+            &fname,
+            InodeId(tp.ino),
+            &tname,
+            RenameFlags::NONE,
+        )
+        .await
+        .map(|_| ())
+    }
+
+    /// Removes the file (or symlink) at `path`. A file this client still
+    /// has open stays readable through its handles until they close.
+    ///
+    /// # Errors
+    /// [`ErrorCode::NotFound`], [`ErrorCode::IsDir`].
+    pub async fn remove_file(&self, path: &str) -> Result<()> {
+        let m = &self.inner.meta;
+        let (parent, name) = m.resolve_parent(path).await?;
+        let a = m.lookup(InodeId(parent.ino), &name).await?;
+        let open = {
+            let mut open = self.lock_open();
+            match open.get_mut(&a.ino) {
+                Some(o) => {
+                    o.held = true;
+                    true
+                }
+                None => false,
+            }
+        };
+        if open {
+            m.unlink_held_open(InodeId(parent.ino), &name).await?;
+        } else {
+            m.unlink(InodeId(parent.ino), &name).await?;
+        }
+        Ok(())
+    }
+
+    /// Removes the empty directory at `path`.
+    ///
+    /// # Errors
+    /// [`ErrorCode::NotEmpty`], [`ErrorCode::NotDir`].
+    pub async fn remove_dir(&self, path: &str) -> Result<()> {
+        let m = &self.inner.meta;
+        let (parent, name) = m.resolve_parent(path).await?;
+        m.rmdir(InodeId(parent.ino), &name).await.map(|_| ())
+    }
+
+    // ------------------------------------------------------------ open-file bookkeeping
+
+    fn lock_open(&self) -> std::sync::MutexGuard<'_, HashMap<u64, OpenInode>> {
+        self.inner
+            .open
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub(crate) fn register(&self, ino: u64, generation: u64) {
+        let mut open = self.lock_open();
+        let o = open.entry(ino).or_default();
+        o.handles += 1;
+        match o.generations.iter_mut().find(|(g, _)| *g == generation) {
+            Some((_, n)) => *n += 1,
+            None => o.generations.push((generation, 1)),
+        }
+    }
+
+    /// Forgets one handle; returns whether the inode was held open after
+    /// an unlink and this was its last handle (meta must be told).
+    pub(crate) fn unregister(&self, ino: u64, generation: u64) -> bool {
+        let mut open = self.lock_open();
+        let Some(o) = open.get_mut(&ino) else {
+            return false;
+        };
+        o.handles = o.handles.saturating_sub(1);
+        if let Some(i) = o.generations.iter().position(|(g, _)| *g == generation) {
+            o.generations[i].1 -= 1;
+            if o.generations[i].1 == 0 {
+                o.generations.swap_remove(i);
+            }
+        }
+        if o.handles == 0 {
+            let held = o.held;
+            open.remove(&ino);
+            return held;
+        }
+        false
+    }
+
+    /// Marks the start or end of a write to `ino`.
+    pub(crate) fn bump_write_epoch(&self, ino: u64) {
+        if let Some(o) = self.lock_open().get_mut(&ino) {
+            o.write_epoch += 1;
+        }
+    }
+
+    /// The inode's write epoch (see [`OpenInode`]).
+    pub(crate) fn write_epoch(&self, ino: u64) -> u64 {
+        self.lock_open().get(&ino).map_or(0, |o| o.write_epoch)
+    }
+
+    /// Generations the inode's open handles read under.
+    pub(crate) fn generations(&self, ino: u64) -> Vec<u64> {
+        self.lock_open()
+            .get(&ino)
+            .map(|o| o.generations.iter().map(|(g, _)| *g).collect())
+            .unwrap_or_default()
+    }
+}
+
+fn check_file(a: &Attr, path: &str) -> Result<()> {
+    if a.kind == FileType::Directory as i32 {
+        return Err(CairnStatus::new(
+            ErrorCode::IsDir,
+            format!("{path} is a directory"),
+        ));
+    }
+    if a.kind != FileType::Regular as i32 {
+        return Err(CairnStatus::new(
+            ErrorCode::Invalid,
+            format!("{path} is not a regular file"),
+        ));
+    }
+    Ok(())
+}

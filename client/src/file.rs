@@ -1,0 +1,542 @@
+//! [`File`]: an open file's reads and writes, striped over chains
+//! (DESIGN §3, §7).
+//!
+//! # Reads
+//! A read is clipped to the file's length (as of the open, grown by this
+//! handle's own writes: close-to-open), widened to whole 4 KiB blocks, and
+//! cut into [`Piece`]s (one chunk, at most `max_io` bytes). Blocks found in
+//! the block cache are not fetched; the missing runs go out as requests,
+//! `window` of them in flight, each to one replica of its chain. A 4 KiB
+//! read of an uncached block is therefore exactly one request to one
+//! replica, and its reply is returned without a copy. Ranges the chunk
+//! does not cover (holes, a chunk never written) read as zeros. Every reply
+//! is CRC-checked end to end before it is used.
+//!
+//! Read-ahead ([`ReadAhead`]) prefetches ahead of sequential streams into
+//! the block cache; a read overlapping a prefetch still in flight waits for
+//! it instead of fetching the same bytes twice.
+//!
+//! # Writes
+//! A write is cut into pieces the same way and sent to the chain heads,
+//! `window` in flight; it returns when every piece is on every replica of
+//! its chain, or fails — never a silent short write (a failed write may
+//! have changed some of its range, as with any file system). The handle
+//! tracks the length it wrote; [`File::fsync`] and [`File::close`] report
+//! it to meta, which is when other clients see it. Data is already durable
+//! when a write returns, so `fsync` costs one metadata call at most.
+//!
+//! # Truncation
+//! [`File::set_len`] below the current length first truncates the chunk at
+//! the new end and removes the chunks past it on every replica, then
+//! records the length in meta (bumping the truncate generation, so a late
+//! length report from an older writer cannot resurrect the old length).
+//! Data goes first so that extending the file later can never expose old
+//! bytes; a crash in between leaves a file whose tail reads as zeros.
+
+use std::sync::{Arc, Mutex, PoisonError};
+
+use bytes::{Bytes, BytesMut};
+use cairn_proto::ids::InodeId;
+use cairn_proto::meta::Attr;
+use cairn_proto::{CairnStatus, ErrorCode};
+use futures::{StreamExt, TryStreamExt};
+use tokio::sync::watch;
+
+use crate::Result;
+use crate::SetAttrChanges;
+use crate::cache::{BLOCK, BlockKey};
+use crate::client::{Client, OpenOptions};
+use crate::layout::{FileLayout, Piece};
+use crate::readahead::ReadAhead;
+
+/// An open file. Methods take `&self`: one handle may serve concurrent
+/// reads and writes (share it in an `Arc`). Close it with [`File::close`];
+/// a handle dropped without closing is closed in the background.
+#[derive(Debug)]
+pub struct File {
+    inner: Arc<FileInner>,
+}
+
+#[derive(Debug)]
+struct FileInner {
+    client: Client,
+    ino: InodeId,
+    layout: FileLayout,
+    /// The attribute version at open: the block cache's generation.
+    generation: u64,
+    how: OpenOptions,
+    state: Mutex<State>,
+    /// Serializes appends (O_APPEND is atomic within one client).
+    append: tokio::sync::Mutex<()>,
+}
+
+#[derive(Debug)]
+struct State {
+    /// The length as this handle knows it.
+    len: u64,
+    /// The length meta has from us (or had at open).
+    reported: u64,
+    truncate_gen: u64,
+    closed: bool,
+    readahead: ReadAhead,
+    /// Prefetches in flight: `[from, to)` and a flag set when done.
+    prefetching: Vec<(u64, u64, watch::Receiver<bool>)>,
+}
+
+fn lock(m: &Mutex<State>) -> std::sync::MutexGuard<'_, State> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn too_big(what: u64) -> CairnStatus {
+    CairnStatus::new(
+        ErrorCode::TooBig,
+        format!("offset {what} is beyond the largest file size"),
+    )
+}
+
+impl File {
+    pub(crate) fn new(client: Client, attr: Attr, how: OpenOptions) -> Result<File> {
+        let layout = attr.layout.as_ref().ok_or_else(|| {
+            CairnStatus::new(
+                ErrorCode::Internal,
+                format!("meta sent no layout for file inode {}", attr.ino),
+            )
+        })?;
+        let layout = FileLayout::from_pb(layout)?;
+        let opts = &client.inner.opts;
+        let readahead = ReadAhead::new(
+            opts.readahead_initial,
+            if opts.cache.memory_bytes == 0 {
+                0
+            } else {
+                opts.readahead_max
+            },
+        );
+        client.register(attr.ino, attr.version);
+        Ok(File {
+            inner: Arc::new(FileInner {
+                ino: InodeId(attr.ino),
+                layout,
+                generation: attr.version,
+                how,
+                state: Mutex::new(State {
+                    len: attr.size,
+                    reported: attr.size,
+                    truncate_gen: attr.truncate_gen,
+                    closed: false,
+                    readahead,
+                    prefetching: Vec::new(),
+                }),
+                append: tokio::sync::Mutex::new(()),
+                client,
+            }),
+        })
+    }
+
+    /// The file's inode.
+    pub fn ino(&self) -> InodeId {
+        self.inner.ino
+    }
+
+    /// The file's length as this handle knows it (at open, plus its own
+    /// writes and truncations).
+    pub fn len(&self) -> u64 {
+        lock(&self.inner.state).len
+    }
+
+    /// Whether [`Self::len`] is 0.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The file's layout.
+    pub fn layout(&self) -> &FileLayout {
+        &self.inner.layout
+    }
+
+    /// Reads up to `len` bytes at `offset`; the result is shorter only at
+    /// the end of the file (empty at or past it).
+    ///
+    /// # Errors
+    /// No replica could serve a part within the retry deadline
+    /// ([`ErrorCode::Unavailable`]), every replica's copy corrupt
+    /// ([`ErrorCode::Checksum`]), a closed handle ([`ErrorCode::Invalid`]).
+    pub async fn read_at(&self, offset: u64, len: usize) -> Result<Bytes> {
+        let f = &self.inner;
+        let (end, prefetch) = {
+            let mut s = lock(&f.state);
+            if s.closed {
+                return Err(closed());
+            }
+            let end = offset.saturating_add(len as u64).min(s.len);
+            if offset >= end {
+                return Ok(Bytes::new());
+            }
+            let size = s.len;
+            let prefetch = s.readahead.on_read(offset, end - offset, size);
+            (end, prefetch)
+        };
+        if let Some((from, to)) = prefetch {
+            self.spawn_prefetch(from, to);
+        }
+        f.wait_prefetches(offset, end).await;
+        let start = offset - offset % BLOCK;
+        let data = f.read_range(start, end, false).await?;
+        let skip = usize::try_from(offset - start).unwrap_or(0);
+        Ok(data.slice(skip..))
+    }
+
+    /// Reads exactly `buf.len()` bytes at `offset` into `buf`.
+    ///
+    /// # Errors
+    /// As [`Self::read_at`]; [`ErrorCode::Invalid`] when the file ends
+    /// first (fewer bytes are there than asked for).
+    pub async fn read_exact_at(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
+        let data = self.read_at(offset, buf.len()).await?;
+        if data.len() < buf.len() {
+            return Err(CairnStatus::new(
+                ErrorCode::Invalid,
+                format!(
+                    "the file ends {} bytes into a read of {} at {offset}",
+                    data.len(),
+                    buf.len()
+                ),
+            ));
+        }
+        buf.copy_from_slice(&data);
+        Ok(())
+    }
+
+    fn spawn_prefetch(&self, from: u64, to: u64) {
+        let f = self.inner.clone();
+        let (tx, rx) = watch::channel(false);
+        lock(&f.state).prefetching.push((from, to, rx));
+        tokio::spawn(async move {
+            if let Err(e) = f.read_range(from, to, true).await {
+                tracing::debug!(error = %e, from, to, "prefetch failed");
+            }
+            let _ = tx.send(true);
+            lock(&f.state)
+                .prefetching
+                .retain(|(a, b, _)| (*a, *b) != (from, to));
+        });
+    }
+
+    /// Writes all of `data` at `offset` (at the end of the file when the
+    /// file was opened with `append`).
+    ///
+    /// # Errors
+    /// [`ErrorCode::NotPermitted`] on a read-only handle; otherwise as the
+    /// module docs say: the write is on every replica, or an error says it
+    /// may not be.
+    pub async fn write_at(&self, offset: u64, data: Bytes) -> Result<()> {
+        if self.inner.how.append {
+            return self.append(data).await.map(|_| ());
+        }
+        self.inner.write_at(offset, data).await
+    }
+
+    /// Writes `data` at the end of the file; returns the offset it went to.
+    /// Appends through one client are atomic with respect to each other.
+    ///
+    /// # Errors
+    /// As [`Self::write_at`].
+    pub async fn append(&self, data: Bytes) -> Result<u64> {
+        let _one = self.inner.append.lock().await;
+        let at = self.len();
+        self.inner.write_at(at, data).await?;
+        Ok(at)
+    }
+
+    /// Makes the file's length visible to other clients (data is durable
+    /// on every replica when each write returns).
+    ///
+    /// # Errors
+    /// Meta errors.
+    pub async fn fsync(&self) -> Result<()> {
+        let f = &self.inner;
+        let (len, reported, gen_) = {
+            let s = lock(&f.state);
+            (s.len, s.reported, s.truncate_gen)
+        };
+        if !f.how.write || len <= reported {
+            return Ok(());
+        }
+        f.client.inner.meta.report_length(f.ino, len, gen_).await?;
+        let mut s = lock(&f.state);
+        s.reported = s.reported.max(len);
+        Ok(())
+    }
+
+    /// Sets the file's length: truncates (on every replica, then in meta)
+    /// or extends with a hole.
+    ///
+    /// # Errors
+    /// [`ErrorCode::NotPermitted`] on a read-only handle, data-plane and
+    /// meta errors.
+    pub async fn set_len(&self, new_len: u64) -> Result<()> {
+        let f = &self.inner;
+        f.check_writable()?;
+        let old = {
+            let s = lock(&f.state);
+            s.len.max(s.reported)
+        };
+        if new_len < old {
+            f.drop_data(new_len, old).await?;
+        }
+        let attr = f
+            .client
+            .inner
+            .meta
+            .setattr(
+                f.ino,
+                SetAttrChanges {
+                    size: Some(new_len),
+                    ..Default::default()
+                },
+            )
+            .await?;
+        let mut s = lock(&f.state);
+        s.len = new_len;
+        s.reported = new_len;
+        s.truncate_gen = attr.truncate_gen;
+        Ok(())
+    }
+
+    /// Closes the handle; a writer's length goes to meta.
+    ///
+    /// # Errors
+    /// Meta errors (the handle is closed anyway).
+    pub async fn close(self) -> Result<()> {
+        self.inner.close().await
+    }
+}
+
+impl Drop for File {
+    fn drop(&mut self) {
+        if lock(&self.inner.state).closed {
+            return;
+        }
+        let f = self.inner.clone();
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move {
+                if let Err(e) = f.close().await {
+                    tracing::warn!(ino = f.ino.0, error = %e, "closing a dropped file handle failed");
+                }
+            });
+        }
+    }
+}
+
+fn closed() -> CairnStatus {
+    CairnStatus::new(ErrorCode::Invalid, "the file handle is closed")
+}
+
+impl FileInner {
+    fn check_writable(&self) -> Result<()> {
+        if lock(&self.state).closed {
+            return Err(closed());
+        }
+        if !self.how.write {
+            return Err(CairnStatus::new(
+                ErrorCode::NotPermitted,
+                "the file is open for reading only",
+            ));
+        }
+        Ok(())
+    }
+
+    async fn close(&self) -> Result<()> {
+        let (len, gen_, reported) = {
+            let mut s = lock(&self.state);
+            if s.closed {
+                return Ok(());
+            }
+            s.closed = true;
+            (s.len, s.truncate_gen, s.reported)
+        };
+        let held = self.client.unregister(self.ino.0, self.generation);
+        let meta = &self.client.inner.meta;
+        if self.how.write {
+            let length = (len > reported).then_some((len, gen_));
+            meta.close_file(self.ino, length).await?;
+        } else if held {
+            meta.close_file(self.ino, None).await?;
+        }
+        Ok(())
+    }
+
+    async fn wait_prefetches(&self, from: u64, to: u64) {
+        let waits: Vec<_> = lock(&self.state)
+            .prefetching
+            .iter()
+            .filter(|(a, b, _)| *a < to && from < *b)
+            .map(|(_, _, rx)| rx.clone())
+            .collect();
+        for mut rx in waits {
+            let _ = rx.wait_for(|done| *done).await;
+        }
+    }
+
+    fn key(&self, block: u64) -> BlockKey {
+        BlockKey {
+            object: self.layout.object.0,
+            generation: self.generation,
+            block,
+        }
+    }
+
+    /// Returns `[start, end)` (`start` block-aligned, `end` at most the
+    /// length) from the cache and the chains; holes are zeros.
+    async fn read_range(&self, start: u64, end: u64, prefetch: bool) -> Result<Bytes> {
+        let opts = &self.client.inner.opts;
+        let cache = &self.client.inner.cache;
+        let size = lock(&self.state).len;
+        let use_cache = cache_enabled(&self.client);
+        // Parts found or fetched: (file offset, bytes).
+        let mut parts: Vec<(u64, Bytes)> = Vec::new();
+        let mut runs: Vec<Piece> = Vec::new();
+        let fetch_end = end.div_ceil(BLOCK).saturating_mul(BLOCK).min(size).max(end);
+        for p in self.layout.pieces(start, fetch_end - start, opts.max_io) {
+            let mut run: Option<Piece> = None;
+            let mut pos = p.file_offset;
+            let p_end = p.file_offset + p.len;
+            while pos < p_end {
+                let blk = pos / BLOCK;
+                let blk_end = ((blk + 1) * BLOCK).min(p_end);
+                let hit = if use_cache && (blk + 1) * BLOCK <= size {
+                    cache.get(self.key(blk))
+                } else {
+                    None
+                };
+                match hit {
+                    Some(b) => {
+                        if let Some(r) = run.take() {
+                            runs.push(r);
+                        }
+                        parts.push((pos, b));
+                    }
+                    _ => {
+                        let r = run.get_or_insert(Piece {
+                            chunk_offset: p.chunk_offset + (pos - p.file_offset),
+                            file_offset: pos,
+                            len: 0,
+                            ..p
+                        });
+                        r.len += blk_end - pos;
+                    }
+                }
+                pos = blk_end;
+            }
+            if let Some(r) = run.take() {
+                runs.push(r);
+            }
+        }
+        let io = &self.client.inner.io;
+        let epoch = self.client.write_epoch(self.ino.0);
+        let fetched: Vec<(Piece, Bytes)> = futures::stream::iter(runs)
+            .map(|r| async move { io.read(&r).await.map(|b| (r, b)) })
+            .buffered(opts.window)
+            .try_collect()
+            .await?;
+        for (r, data) in fetched {
+            // Full blocks go to the cache (a short reply is a hole or the
+            // chunk's end; only whole stored blocks are cached).
+            if use_cache && self.client.write_epoch(self.ino.0) == epoch {
+                let mut off = 0u64;
+                while off + BLOCK <= data.len() as u64 && r.file_offset + off + BLOCK <= size {
+                    let b = data.slice(off as usize..(off + BLOCK) as usize);
+                    cache.insert(self.key((r.file_offset + off) / BLOCK), b, prefetch);
+                    off += BLOCK;
+                }
+            }
+            parts.push((r.file_offset, data));
+        }
+        let want = usize::try_from(end - start).map_err(|_| too_big(end))?;
+        if let [(off, b)] = parts.as_slice()
+            && *off == start
+            && b.len() >= want
+        {
+            return Ok(b.slice(..want));
+        }
+        let mut buf = BytesMut::zeroed(want);
+        for (off, b) in parts {
+            let at = usize::try_from(off - start).map_err(|_| too_big(off))?;
+            if at >= want {
+                continue;
+            }
+            let n = b.len().min(want - at);
+            buf[at..at + n].copy_from_slice(&b[..n]);
+        }
+        Ok(buf.freeze())
+    }
+
+    async fn write_at(&self, offset: u64, data: Bytes) -> Result<()> {
+        self.check_writable()?;
+        let end = offset
+            .checked_add(data.len() as u64)
+            .ok_or_else(|| too_big(offset))?;
+        if data.is_empty() {
+            return Ok(());
+        }
+        let inner = &self.client.inner;
+        let client_id = inner.meta.session_id().await?.0;
+        let pieces: Vec<(Piece, Bytes, u64)> = self
+            .layout
+            .pieces(offset, data.len() as u64, inner.opts.max_io)
+            .map(|p| {
+                let at = (p.file_offset - offset) as usize;
+                let d = data.slice(at..at + p.len as usize);
+                (p, d, self.client.next_seq())
+            })
+            .collect();
+        self.client.bump_write_epoch(self.ino.0);
+        let result: Result<()> = futures::stream::iter(pieces)
+            .map(|(p, d, seq)| async move { inner.io.write(&p, d, client_id, seq, 0).await })
+            .buffer_unordered(inner.opts.window)
+            .try_collect()
+            .await;
+        // Cached blocks of the range are stale whether or not every piece
+        // made it.
+        self.client.bump_write_epoch(self.ino.0);
+        self.invalidate(offset, end);
+        result?;
+        let mut s = lock(&self.state);
+        s.len = s.len.max(end);
+        Ok(())
+    }
+
+    fn invalidate(&self, from: u64, to: u64) {
+        let cache = &self.client.inner.cache;
+        for g in self.client.generations(self.ino.0) {
+            cache.invalidate(self.layout.object.0, g, from / BLOCK, to.div_ceil(BLOCK));
+        }
+    }
+
+    /// Removes the data of `[new_len, old)` from the chains.
+    async fn drop_data(&self, new_len: u64, old: u64) -> Result<()> {
+        let cs = self.layout.chunk_size;
+        let io = &self.client.inner.io;
+        self.client.bump_write_epoch(self.ino.0);
+        if !new_len.is_multiple_of(cs) {
+            let (chunk, chain) = self.layout.chunk_at(new_len);
+            io.truncate(chunk, chain, new_len % cs).await?;
+        }
+        let whole = self.layout.chunks_between(new_len.div_ceil(cs) * cs, old);
+        futures::stream::iter(whole)
+            .map(|i| {
+                let (chunk, chain) = self.layout.chunk(i);
+                async move { io.remove(chunk, chain).await }
+            })
+            .buffer_unordered(self.client.inner.opts.window)
+            .try_collect::<()>()
+            .await?;
+        self.client.bump_write_epoch(self.ino.0);
+        self.invalidate(new_len, old.max(new_len) + BLOCK);
+        Ok(())
+    }
+}
+
+fn cache_enabled(c: &Client) -> bool {
+    c.inner.opts.cache.memory_bytes > 0 || c.inner.opts.cache.dir.is_some()
+}
