@@ -258,6 +258,13 @@ fn print_usage(
     println!("  cairn volume create demo");
     println!("  cairn mkdir -p /demo/datasets/train");
     println!("  cairn ls -l /demo");
+    println!("  cairn put ./my-dataset /demo/datasets/train      # upload a tree, in parallel");
+    println!("  cairn get /demo/datasets/train ./copy            # download it again");
+    println!("  cairn cat /demo/datasets/train/README.md");
+    println!("  cairn checkpoint save /demo/ckpt step-100 model.pt --metric loss=0.42");
+    println!("  cairn checkpoint list /demo/ckpt");
+    println!("  cairn checkpoint load /demo/ckpt -o latest.pt      # the newest, verified");
+    println!("Programs use the Rust library: cairn_client::Client::connect(CAIRN_META addresses).");
     println!();
     println!("Stop with Ctrl-C.");
 }

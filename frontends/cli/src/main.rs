@@ -3,22 +3,34 @@
 //! * namespace: `ls`, `mkdir`, `mv`, `rm`, `stat`, `ln` ([`namespace`]);
 //! * volumes: `volume create`, `volume ls` ([`volume`]);
 //! * the meta cluster: `meta status|join|promote|remove` ([`admin`]);
-//! * `dev`: a local 3-replica meta cluster in this process ([`dev`], cargo
+//! * data: `put`, `get`, `cp` ([`transfer`]), `cat` ([`cat`]),
+//!   `checkpoint save|load|list|prune` ([`checkpoint`]), with a progress
+//!   bar ([`progress`]) and the client flags of [`data`];
+//! * `cache stats`: block-cache counters of local clients ([`cache`]);
+//! * `dev`: a local cluster (3 meta replicas, 3 chunkservers) in this process ([`dev`], cargo
 //!   feature `dev`, on by default).
 //!
-//! Every command talks to meta through [`cairn_client::MetaClient`] at the
-//! addresses of `--meta` (or `CAIRN_META`). Failures print one line on
-//! stderr (see [`report`]) and exit with status 1; usage errors exit with
-//! status 2 (clap's convention).
+//! Namespace and admin commands talk to meta through
+//! [`cairn_client::MetaClient`] at the addresses of `--meta` (or
+//! `CAIRN_META`); data commands connect a whole [`cairn_client::Client`]
+//! (meta, chunkservers, block cache); `cache stats` reads local files only.
+//! Failures print one line on stderr (see [`report`]) and exit with status
+//! 1; usage errors exit with status 2 (clap's convention).
 
 mod admin;
+mod cache;
+mod cat;
+mod checkpoint;
+mod data;
 #[cfg(feature = "dev")]
 mod dev;
 mod format;
 mod namespace;
+mod progress;
 mod report;
 #[cfg(feature = "dev")]
 mod signal;
+mod transfer;
 mod volume;
 
 use std::process::ExitCode;
@@ -42,9 +54,16 @@ struct Cli {
     meta: String,
 
     /// Print machine-readable JSON instead of text (ls, stat, meta status,
-    /// volume ls/create).
+    /// volume ls/create, the summaries of put/get/cp/checkpoint,
+    /// checkpoint list/prune, cache stats).
     #[arg(long, global = true)]
     json: bool,
+
+    /// Draw no progress bar and print no summary line (put, get, cp,
+    /// checkpoint save/load). Bars are also hidden when stderr is not a
+    /// terminal.
+    #[arg(short = 'q', long, global = true)]
+    quiet: bool,
 
     /// Give up on a meta request after this long, across retries (e.g.
     /// "15s", "500ms").
@@ -129,7 +148,30 @@ enum Command {
     #[command(subcommand)]
     Volume(VolumeCommand),
 
-    /// Run a local 3-replica meta cluster in this process until Ctrl-C.
+    /// Upload local files and directory trees into Cairn, several files at
+    /// once, with a progress bar.
+    Put(transfer::PutArgs),
+
+    /// Download Cairn files and directory trees to the local file system,
+    /// several files at once, with a progress bar.
+    Get(transfer::GetArgs),
+
+    /// Print Cairn files to stdout.
+    Cat(cat::CatArgs),
+
+    /// Copy files (and, with -r, directory trees) within Cairn, several
+    /// files at once, with a progress bar.
+    Cp(transfer::CpArgs),
+
+    /// Save, load, list and prune checkpoints: files published atomically
+    /// in a directory with their size, CRC32 and metrics.
+    Checkpoint(checkpoint::CheckpointArgs),
+
+    /// Inspect the client block caches on this machine.
+    #[command(subcommand)]
+    Cache(cache::CacheCommand),
+
+    /// Run a local cluster (3 meta replicas, 3 chunkservers) in this process until Ctrl-C.
     #[cfg(feature = "dev")]
     Dev(dev::DevArgs),
 }
@@ -204,6 +246,45 @@ async fn connect(cli: &Cli) -> anyhow::Result<MetaClient> {
         .map_err(|e| anyhow::anyhow!("--meta {}: {}", cli.meta, e.message))
 }
 
+/// Runs a command that moves data, on a [`cairn_client::Client`]; `None`
+/// for the other commands.
+async fn run_data(cli: &Cli) -> Option<anyhow::Result<()>> {
+    let copy = |jobs: usize, recursive: bool| transfer::CopyOptions {
+        recursive,
+        jobs,
+        quiet: cli.quiet,
+        json: cli.json,
+    };
+    let data = match &cli.command {
+        Command::Put(a) => &a.data,
+        Command::Get(a) => &a.data,
+        Command::Cat(a) => &a.data,
+        Command::Cp(a) => &a.data,
+        Command::Checkpoint(a) => &a.data,
+        _ => return None,
+    };
+    let c = match data::connect(&cli.meta, data, cli.timeout).await {
+        Ok(c) => c,
+        Err(e) => return Some(Err(e)),
+    };
+    let result = match &cli.command {
+        Command::Put(a) => transfer::put(&c, &a.sources, &a.dest, copy(a.jobs, true)).await,
+        Command::Get(a) => transfer::get(&c, &a.sources, &a.dest, copy(a.jobs, true)).await,
+        Command::Cp(a) => transfer::cp(&c, &a.sources, &a.dest, copy(a.jobs, a.recursive)).await,
+        Command::Cat(a) => cat::cat(&c, &a.paths).await,
+        Command::Checkpoint(a) => {
+            let out = checkpoint::Output {
+                quiet: cli.quiet,
+                json: cli.json,
+            };
+            checkpoint::run(&c, &a.command, out).await
+        }
+        _ => Ok(()),
+    };
+    data::close(&c).await;
+    Some(result)
+}
+
 async fn run(cli: Cli) -> anyhow::Result<()> {
     #[cfg(feature = "dev")]
     if let Command::Dev(args) = cli.command {
@@ -211,6 +292,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         return dev::run(args).await;
     }
     init_tracing("error");
+    if let Command::Cache(cmd) = &cli.command {
+        return cache::run(cmd, cli.json);
+    }
+    if let Some(result) = run_data(&cli).await {
+        return result;
+    }
     let c = connect(&cli).await?;
     let json = cli.json;
     let result = match &cli.command {
@@ -262,6 +349,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Volume(VolumeCommand::Ls) => volume::ls(&c, json).await,
         #[cfg(feature = "dev")]
         Command::Dev(_) => Ok(()),
+        // Handled above.
+        Command::Put(_)
+        | Command::Get(_)
+        | Command::Cat(_)
+        | Command::Cp(_)
+        | Command::Checkpoint(_)
+        | Command::Cache(_) => Ok(()),
     };
     // Release the session (if a mutation opened one) now rather than at
     // its expiry; a failure here changes nothing for the user.

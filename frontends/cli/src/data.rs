@@ -1,0 +1,106 @@
+//! The data-path session of the command line: the flags every command that
+//! reads or writes file contents shares (`put`, `get`, `cat`, `cp`,
+//! `checkpoint`), the [`ClientOptions`] built from them, and the
+//! [`Client`] connected with those options.
+//!
+//! Namespace and admin commands talk to meta only (a [`cairn_client::MetaClient`]);
+//! data commands need the whole [`Client`]: chain table, data-plane
+//! connections and the block cache. The cache flags are therefore declared
+//! on the data commands only (flattened into each, `global` so that
+//! `cairn checkpoint save --cache-dir D ...` works after the subcommand),
+//! not on the top-level command where `ls` would show them uselessly.
+//!
+//! With `--cache-dir` the client publishes its cache counters in that
+//! directory (at least every 2 s and when it closes), which is what
+//! `cairn cache stats` reads.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use cairn_client::cache::CacheConfig;
+use cairn_client::{Client, ClientOptions, ErrorCode, MetaClientOptions};
+
+/// Flags of the commands that move file contents.
+#[derive(Debug, Clone, clap::Args)]
+pub struct DataArgs {
+    /// Local directory for the client's SSD cache tier; the client also
+    /// publishes its cache counters there for `cairn cache stats`. Without
+    /// it only the memory tier is used.
+    #[arg(long, global = true, env = "CAIRN_CACHE_DIR", value_name = "DIR")]
+    pub cache_dir: Option<PathBuf>,
+
+    /// Size of the client's in-memory block cache (e.g. "64MiB", "1G"; 0
+    /// turns the cache and read-ahead off).
+    #[arg(
+        long,
+        global = true,
+        default_value = "64MiB",
+        value_name = "SIZE",
+        value_parser = cairn_proto::units::parse_size
+    )]
+    pub cache_size: u64,
+}
+
+/// Returns the client options for `args`, with `timeout` as the deadline of
+/// a metadata request across retries (as the namespace commands use it).
+pub fn client_options(args: &DataArgs, timeout: Duration) -> ClientOptions {
+    ClientOptions {
+        meta: MetaClientOptions {
+            deadline: timeout,
+            request_timeout: timeout.min(Duration::from_secs(10)),
+            ..MetaClientOptions::default()
+        },
+        cache: CacheConfig {
+            memory_bytes: args.cache_size,
+            dir: args.cache_dir.clone(),
+            ..CacheConfig::default()
+        },
+        ..ClientOptions::default()
+    }
+}
+
+/// Connects a data client to the meta replicas `meta` (comma-separated).
+///
+/// # Errors
+/// Meta unreachable, or the cache directory unusable; the message names
+/// `--meta` or the directory.
+pub async fn connect(meta: &str, args: &DataArgs, timeout: Duration) -> anyhow::Result<Client> {
+    Client::connect(meta.split(','), client_options(args, timeout))
+        .await
+        .map_err(|e| {
+            // The client names the directory in its message.
+            if e.code == ErrorCode::Io && e.message.starts_with("cache directory") {
+                anyhow::anyhow!("--cache-dir: {}", e.message)
+            } else {
+                anyhow::anyhow!("--meta {meta}: {}", e.message)
+            }
+        })
+}
+
+/// Closes `client`'s session (publishing its cache counters); a failure
+/// changes nothing for the user, so it is only logged.
+pub async fn close(client: &Client) {
+    if let Err(e) = client.close().await {
+        tracing::debug!(error = %e, "closing the client session");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn options_follow_the_flags() {
+        let args = DataArgs {
+            cache_dir: Some(PathBuf::from("/var/cache/cairn")),
+            cache_size: 128 << 20,
+        };
+        let o = client_options(&args, Duration::from_secs(30));
+        assert_eq!(o.meta.deadline, Duration::from_secs(30));
+        assert_eq!(o.meta.request_timeout, Duration::from_secs(10));
+        assert_eq!(o.cache.memory_bytes, 128 << 20);
+        assert_eq!(o.cache.dir, Some(PathBuf::from("/var/cache/cairn")));
+        assert_eq!(o.cache.dir_bytes, CacheConfig::default().dir_bytes);
+        assert!(o.validate().is_ok());
+    }
+}

@@ -1,0 +1,410 @@
+//! The data commands of the real `cairn` binary against a real cluster
+//! (`cairn dev`: 3 meta replicas and 3 chunkservers in one process, as in
+//! `dev_cluster.rs`): `put`, `get`, `cat`, `cp`, `checkpoint` and
+//! `cache stats`, checked the way a user would — the bytes that come back
+//! are the bytes that went in, failures exit 1 naming the path, JSON
+//! parses.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// A `cairn dev` process, stopped with SIGINT when dropped (also when a
+/// test fails midway).
+struct Dev {
+    child: Child,
+    meta: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Dev {
+    fn start() -> Dev {
+        let dir = tempfile::tempdir().unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_cairn"))
+            .args(["dev", "--port", "0", "--dir"])
+            .arg(dir.path())
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn cairn dev");
+        // Drain stderr so a chatty cluster never blocks on a full pipe.
+        let mut stderr = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            let mut sink = Vec::new();
+            let _ = stderr.read_to_end(&mut sink);
+        });
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let mut meta = None;
+        for line in lines.by_ref() {
+            let line = line.expect("stdout");
+            if let Some(m) = line.trim().strip_prefix("--meta:") {
+                meta = Some(m.trim().to_string());
+            }
+            if line.contains("chunkservers (data plane)") {
+                break;
+            }
+        }
+        std::thread::spawn(move || for _ in lines {});
+        let meta = meta.expect("cairn dev printed its --meta line");
+        Dev {
+            child,
+            meta,
+            _dir: dir,
+        }
+    }
+
+    /// Runs `cairn ARGS` against the cluster.
+    fn cairn<I, S>(&self, args: I) -> Output
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<std::ffi::OsStr>,
+    {
+        Command::new(env!("CARGO_BIN_EXE_cairn"))
+            .args(["--meta", &self.meta, "--timeout", "30s"])
+            .args(args)
+            .env_remove("CAIRN_CACHE_DIR")
+            .env("RUST_LOG", "error")
+            .output()
+            .expect("run cairn")
+    }
+
+    /// Runs `cairn ARGS` and requires success.
+    fn ok<I, S>(&self, args: I) -> Output
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<std::ffi::OsStr>,
+    {
+        let args: Vec<std::ffi::OsString> =
+            args.into_iter().map(|a| a.as_ref().to_owned()).collect();
+        let out = self.cairn(&args);
+        assert!(
+            out.status.success(),
+            "cairn {args:?} failed ({:?}):\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
+    }
+
+    /// Stops the cluster with SIGINT; returns whether it exited cleanly.
+    fn stop(&mut self) -> bool {
+        let _ = Command::new("kill")
+            .args(["-INT", &self.child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(Some(s)) = self.child.try_wait() {
+                return s.success();
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Dev {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            self.stop();
+        }
+    }
+}
+
+/// Deterministic pseudo-random bytes (xorshift), different per seed.
+fn data(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut v = Vec::with_capacity(len + 8);
+    while v.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        v.extend_from_slice(&x.to_le_bytes());
+    }
+    v.truncate(len);
+    v
+}
+
+/// Every entry under `root`: relative path → contents (`None` for a
+/// directory).
+fn tree(root: &Path) -> BTreeMap<PathBuf, Option<Vec<u8>>> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for e in std::fs::read_dir(&dir).unwrap() {
+            let p = e.unwrap().path();
+            let rel = p.strip_prefix(root).unwrap().to_path_buf();
+            if p.is_dir() {
+                out.insert(rel, None);
+                stack.push(p);
+            } else {
+                out.insert(rel, Some(std::fs::read(&p).unwrap()));
+            }
+        }
+    }
+    out
+}
+
+/// Makes the test tree: nested directories, an empty directory, a 0-byte
+/// file, a 5 MiB file (several 1 MiB chunks, not a whole 8 MiB piece) and
+/// 50 small files. Returns its file count and bytes.
+fn make_tree(root: &Path) -> (u64, u64) {
+    std::fs::create_dir_all(root.join("nested/a/b")).unwrap();
+    std::fs::create_dir_all(root.join("empty-dir")).unwrap();
+    std::fs::create_dir_all(root.join("small")).unwrap();
+    std::fs::write(root.join("zero"), b"").unwrap();
+    std::fs::write(root.join("big.bin"), data(1, 5 << 20)).unwrap();
+    std::fs::write(root.join("nested/a/b/deep.txt"), b"deep down\n").unwrap();
+    let mut bytes = (5 << 20) + 10;
+    for i in 0..50u64 {
+        let d = data(100 + i, 1000 + 37 * i as usize);
+        bytes += d.len() as u64;
+        std::fs::write(root.join(format!("small/f{i:02}")), d).unwrap();
+    }
+    (53, bytes)
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn json(o: &Output) -> Value {
+    serde_json::from_slice(&o.stdout).unwrap_or_else(|e| {
+        panic!(
+            "not JSON ({e}): {}\nstderr: {}",
+            String::from_utf8_lossy(&o.stdout),
+            stderr(o)
+        )
+    })
+}
+
+#[test]
+fn data_commands_round_trip_through_a_dev_cluster() {
+    let mut dev = Dev::start();
+    let local = tempfile::tempdir().unwrap();
+    let src = local.path().join("src");
+    let (files, bytes) = make_tree(&src);
+    dev.ok([
+        "volume",
+        "create",
+        "t",
+        "--chunk-size",
+        "1MiB",
+        "--stripe-width",
+        "4",
+    ]);
+
+    // put a tree into an existing directory: it lands under its name.
+    let out = dev.ok([
+        "--json".as_ref(),
+        "put".as_ref(),
+        "-j".as_ref(),
+        "4".as_ref(),
+        src.as_os_str(),
+        "/t".as_ref(),
+    ]);
+    let summary = json(&out);
+    assert_eq!(summary["op"], "put");
+    assert_eq!(summary["files"], files);
+    assert_eq!(summary["bytes"], bytes);
+    assert_eq!(summary["failed"], 0);
+
+    // get it back into a new local directory: every file byte for byte,
+    // every directory (the empty one too).
+    let back = local.path().join("back");
+    let out = dev.ok(["get".as_ref(), "/t/src".as_ref(), back.as_os_str()]);
+    let line = stderr(&out);
+    assert!(
+        line.starts_with(&format!("get {files} files, 5.1 MiB in ")) && line.ends_with("/s)\n"),
+        "summary line: {line}"
+    );
+    let want = tree(&src);
+    assert_eq!(want.len(), 58, "53 files and 5 directories");
+    assert!(tree(&back) == want, "get returned a different tree");
+
+    // cat equals the file; several paths concatenate.
+    let out = dev.ok(["cat", "/t/src/big.bin"]);
+    assert!(out.stdout == data(1, 5 << 20), "cat of big.bin differs");
+    assert!(out.stderr.is_empty(), "cat printed {}", stderr(&out));
+    let out = dev.ok([
+        "cat",
+        "/t/src/nested/a/b/deep.txt",
+        "/t/src/zero",
+        "/t/src/small/f00",
+    ]);
+    let mut expected = b"deep down\n".to_vec();
+    expected.extend(data(100, 1000));
+    assert!(out.stdout == expected, "cat of three files differs");
+
+    // cp -r within Cairn, then get the copy: the same tree.
+    dev.ok(["cp", "-r", "/t/src", "/t/copy"]);
+    let copy = local.path().join("copy");
+    dev.ok([
+        "-q".as_ref(),
+        "get".as_ref(),
+        "/t/copy".as_ref(),
+        copy.as_os_str(),
+    ]);
+    assert!(tree(&copy) == want, "cp -r made a different tree");
+
+    // Failures exit 1 with one line naming the path, and no panic.
+    let zero = src.join("zero");
+    let out = dev.cairn(["put".as_ref(), zero.as_os_str(), "/t/missing/zero".as_ref()]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let e = stderr(&out);
+    assert!(
+        e.starts_with("cairn: put /t/missing/zero: No such file or directory"),
+        "{e}"
+    );
+    let nope = local.path().join("nope");
+    let out = dev.cairn(["put".as_ref(), nope.as_os_str(), "/t".as_ref()]);
+    assert_eq!(out.status.code(), Some(1));
+    let e = stderr(&out);
+    assert!(
+        e.contains(&format!(
+            "put {}: No such file or directory",
+            nope.display()
+        )),
+        "{e}"
+    );
+    let out = dev.cairn(["cat", "/t/src/absent"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).starts_with("cairn: cat /t/src/absent: No such file or directory"));
+    let out = dev.cairn(["cp", "/t/src", "/t/copy2"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("/t/src is a directory (use -r"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!e.contains("panicked"));
+
+    // Checkpoints: save from a file with a metric, list, load, prune.
+    let ck = local.path().join("model.pt");
+    std::fs::write(&ck, data(7, 3 << 20)).unwrap();
+    dev.ok([
+        "checkpoint".as_ref(),
+        "save".as_ref(),
+        "/t/ckpt".as_ref(),
+        "step-1".as_ref(),
+        ck.as_os_str(),
+        "--metric".as_ref(),
+        "loss=0.5".as_ref(),
+        "--metric".as_ref(),
+        "step=100".as_ref(),
+    ]);
+    let list = json(&dev.ok(["--json", "checkpoint", "list", "/t/ckpt"]));
+    let items = list.as_array().expect("a JSON array");
+    assert_eq!(items.len(), 1, "{list}");
+    assert_eq!(items[0]["name"], "step-1");
+    assert_eq!(items[0]["size"], 3 << 20);
+    assert_eq!(items[0]["metrics"]["loss"], 0.5);
+    assert_eq!(items[0]["metrics"]["step"], 100.0);
+    assert_eq!(items[0]["crc32"], crc32fast::hash(&data(7, 3 << 20)));
+    let text = dev.ok(["checkpoint", "list", "/t/ckpt"]);
+    let text = String::from_utf8_lossy(&text.stdout).into_owned();
+    assert!(text.starts_with("NAME"), "{text}");
+    assert!(text.contains("step-1") && text.contains("3 MiB") && text.contains("loss=0.5"));
+
+    let loaded = local.path().join("loaded.pt");
+    dev.ok([
+        "checkpoint".as_ref(),
+        "load".as_ref(),
+        "/t/ckpt".as_ref(),
+        "step-1".as_ref(),
+        "-o".as_ref(),
+        loaded.as_os_str(),
+    ]);
+    assert!(
+        std::fs::read(&loaded).unwrap() == data(7, 3 << 20),
+        "load -o"
+    );
+    let out = dev.ok(["checkpoint", "load", "/t/ckpt"]);
+    assert!(out.stdout == data(7, 3 << 20), "load to stdout");
+
+    for (i, name) in ["step-2", "step-3"].into_iter().enumerate() {
+        std::fs::write(&ck, data(8 + i as u64, 1 << 20)).unwrap();
+        dev.ok([
+            "checkpoint".as_ref(),
+            "save".as_ref(),
+            "/t/ckpt".as_ref(),
+            name.as_ref(),
+            ck.as_os_str(),
+        ]);
+    }
+    let out = dev.ok(["checkpoint", "prune", "/t/ckpt", "--keep", "1"]);
+    let pruned = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        pruned.contains("removed /t/ckpt/step-1") && pruned.contains("removed /t/ckpt/step-2"),
+        "{pruned}"
+    );
+    let list = json(&dev.ok(["--json", "checkpoint", "list", "/t/ckpt"]));
+    let names: Vec<&str> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|i| i["name"].as_str())
+        .collect();
+    assert_eq!(names, ["step-3"]);
+    let out = dev.ok(["checkpoint", "load", "/t/ckpt"]);
+    assert!(out.stdout == data(9, 1 << 20), "the newest is step-3");
+    let out = dev.cairn(["checkpoint", "load", "/t/no-ckpt"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("no checkpoint in /t/no-ckpt"),
+        "{}",
+        stderr(&out)
+    );
+
+    // cache stats: a `cat` with a cache directory publishes its counters
+    // when it closes. That process has exited by the time `cache stats`
+    // runs, so the stats module may already count it as dead and drop its
+    // file: what is asserted is a well-formed merged object (zeros when no
+    // live client publishes) and the process count that goes with it.
+    let cache = local.path().join("cache");
+    std::fs::create_dir_all(&cache).unwrap();
+    dev.ok([
+        "cat".as_ref(),
+        "--cache-dir".as_ref(),
+        cache.as_os_str(),
+        "/t/src/big.bin".as_ref(),
+    ]);
+    let stats = json(&dev.ok([
+        "--json".as_ref(),
+        "cache".as_ref(),
+        "stats".as_ref(),
+        "--cache-dir".as_ref(),
+        cache.as_os_str(),
+    ]));
+    assert!(stats["merged"].is_object(), "{stats}");
+    assert!(stats["merged"]["memory"].is_object(), "{stats}");
+    let processes = stats["processes"].as_u64().expect("a process count");
+    assert_eq!(
+        stats["per_process"].as_array().map(Vec::len),
+        Some(processes as usize)
+    );
+    let text = dev.ok([
+        "cache".as_ref(),
+        "stats".as_ref(),
+        "--cache-dir".as_ref(),
+        cache.as_os_str(),
+    ]);
+    let text = String::from_utf8_lossy(&text.stdout).into_owned();
+    assert!(
+        text.starts_with("TIER") && text.contains("\nmemory "),
+        "{text}"
+    );
+    let out = dev.cairn(["cache", "stats"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("--cache-dir"), "{}", stderr(&out));
+
+    assert!(dev.stop(), "cairn dev did not stop cleanly");
+}
