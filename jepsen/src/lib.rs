@@ -8,6 +8,8 @@
 //! * [`cluster`]: [`MetaCluster`], a cluster of `cairn-meta` processes
 //!   (TiKV `test_raftstore` shape): start, kill, restart, wipe, pause,
 //!   isolate/heal, status questions, logs.
+//! * [`data_cluster`]: [`data_cluster::DataCluster`], meta replicas plus
+//!   `cairn-chunkserver` processes, for data-path tests through the client.
 //! * [`netns`]: [`NetLab`], the network namespaces, bridge and nftables
 //!   rules behind partitions.
 //! * [`raw`]: raw gRPC to one replica, including arbitrary request bodies.
@@ -26,6 +28,7 @@
 
 pub mod binary;
 pub mod cluster;
+pub mod data_cluster;
 pub mod namespace;
 pub mod netns;
 pub mod raw;

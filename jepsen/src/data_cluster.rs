@@ -1,0 +1,247 @@
+//! [`DataCluster`]: a whole Cairn cluster of real processes — `cairn-meta`
+//! replicas ([`MetaCluster`]) and `cairn-chunkserver`s on loopback — for
+//! tests of the data path through the client library: start, kill -9,
+//! restart, wait for the chain table to settle.
+
+use std::fs::OpenOptions;
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use cairn_client::{Client, ClientOptions};
+use cairn_proto::meta as pb;
+
+use crate::binary::binary;
+use crate::cluster::{ClusterOpts, MetaCluster};
+
+/// How a [`DataCluster`] is started.
+#[derive(Debug, Clone)]
+pub struct DataOpts {
+    /// Meta replicas.
+    pub metas: usize,
+    /// Chunkservers (one target each).
+    pub chunkservers: usize,
+    /// Shards (cores) per chunkserver.
+    pub shards: u32,
+    /// Meta's `--chunkserver-timeout`: how soon a killed chunkserver
+    /// leaves its chains.
+    pub chunkserver_timeout: Duration,
+    /// Capacity each chunkserver reports.
+    pub capacity: String,
+}
+
+impl Default for DataOpts {
+    fn default() -> Self {
+        Self {
+            metas: 3,
+            chunkservers: 3,
+            shards: 2,
+            chunkserver_timeout: Duration::from_secs(3),
+            capacity: "8GiB".to_string(),
+        }
+    }
+}
+
+struct Cs {
+    dir: PathBuf,
+    log: PathBuf,
+    port: u16,
+    child: Option<Child>,
+}
+
+/// Meta replicas and chunkservers as processes; see the module docs.
+pub struct DataCluster {
+    /// The meta replicas.
+    pub meta: MetaCluster,
+    opts: DataOpts,
+    cs: Vec<Cs>,
+}
+
+/// Finds `n` consecutive free loopback ports.
+fn free_port_run(n: u16) -> Result<u16> {
+    for _ in 0..200 {
+        let first = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        if first > 65_000 {
+            continue;
+        }
+        let held: std::io::Result<Vec<_>> = (0..n)
+            .map(|k| TcpListener::bind(("127.0.0.1", first + k)))
+            .collect();
+        if held.is_ok() {
+            return Ok(first);
+        }
+    }
+    bail!("no run of {n} free loopback ports")
+}
+
+impl DataCluster {
+    /// Starts the cluster and returns once every chain of the
+    /// `min(3, chunkservers)`-replica table has all members serving.
+    ///
+    /// # Errors
+    /// A process failed to start or the table never settled.
+    pub async fn start(opts: DataOpts) -> Result<DataCluster> {
+        let meta_opts = ClusterOpts {
+            extra_args: vec![
+                "--chunkserver-timeout".into(),
+                format!("{}ms", opts.chunkserver_timeout.as_millis()),
+            ],
+            ..ClusterOpts::default()
+        };
+        let meta = MetaCluster::start(opts.metas, meta_opts).await?;
+        let mut c = DataCluster {
+            meta,
+            opts: opts.clone(),
+            cs: Vec::new(),
+        };
+        for i in 0..opts.chunkservers {
+            let dir = c.meta.dir().join(format!("cs{i}"));
+            let log = c.meta.dir().join(format!("cs{i}.log"));
+            let port = free_port_run(u16::try_from(opts.shards)?)?;
+            c.cs.push(Cs {
+                dir,
+                log,
+                port,
+                child: None,
+            });
+            c.spawn(i)?;
+        }
+        c.wait_all_serving(Duration::from_secs(30)).await?;
+        Ok(c)
+    }
+
+    /// Starts (or restarts) chunkserver `i` and waits until it listens.
+    ///
+    /// # Errors
+    /// The process did not start or print its ready line.
+    pub fn spawn(&mut self, i: usize) -> Result<()> {
+        let meta = self.meta.addrs().join(",");
+        let cs = &mut self.cs[i];
+        let mut log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&cs.log)
+            .with_context(|| format!("opening {}", cs.log.display()))?;
+        writeln!(log, "===== [jepsen] start chunkserver {i} =====")?;
+        let mut child = Command::new(binary("cairn-chunkserver"))
+            .arg("--meta")
+            .arg(&meta)
+            .arg("--data-dir")
+            .arg(&cs.dir)
+            .arg("--port")
+            .arg(cs.port.to_string())
+            .arg("--shards")
+            .arg(self.opts.shards.to_string())
+            .arg("--capacity")
+            .arg(&self.opts.capacity)
+            .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .context("starting cairn-chunkserver (run cargo build --bins first)")?;
+        let out = child.stdout.take().context("chunkserver stdout")?;
+        let mut line = String::new();
+        BufReader::new(out).read_line(&mut line)?;
+        if !line.starts_with("cairn-chunkserver ready") {
+            let _ = child.kill();
+            bail!(
+                "chunkserver {i} did not start: {line:?}; see {}",
+                cs.log.display()
+            );
+        }
+        println!(
+            "[cluster] chunkserver {i} on port {} (pid {})",
+            cs.port,
+            child.id()
+        );
+        cs.child = Some(child);
+        Ok(())
+    }
+
+    /// kill -9 chunkserver `i`.
+    pub fn kill(&mut self, i: usize) {
+        if let Some(mut c) = self.cs[i].child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+            println!("[cluster] killed chunkserver {i}");
+        }
+    }
+
+    /// Chunkserver `i`'s target directory.
+    pub fn data_dir(&self, i: usize) -> &std::path::Path {
+        &self.cs[i].dir
+    }
+
+    /// Number of chunkservers.
+    pub fn chunkservers(&self) -> usize {
+        self.cs.len()
+    }
+
+    /// The chain tables as the meta leader has them.
+    ///
+    /// # Errors
+    /// Meta unreachable.
+    pub async fn chains(&self) -> Result<pb::ChainTables> {
+        Ok(self.meta.client().await?.get_chains().await?)
+    }
+
+    /// Waits until the replication-`min(3, n)` table has every member of
+    /// every chain serving.
+    ///
+    /// # Errors
+    /// Not within `timeout`.
+    pub async fn wait_all_serving(&self, timeout: Duration) -> Result<()> {
+        let n = self.cs.len().min(3);
+        let start = Instant::now();
+        loop {
+            let t = self.chains().await?;
+            let ok = t.tables.iter().any(|tb| {
+                tb.replication as usize == n
+                    && !tb.chains.is_empty()
+                    && tb.chains.iter().all(|c| {
+                        c.targets.len() == n
+                            && c.targets
+                                .iter()
+                                .all(|m| m.state == pb::TargetState::Serving as i32)
+                    })
+            });
+            if ok {
+                // Let every chunkserver see the table through its watch.
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                return Ok(());
+            }
+            if start.elapsed() > timeout {
+                bail!("the chain table never had every member serving: {t:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// A client of this cluster with `opts`.
+    ///
+    /// # Errors
+    /// Meta unreachable.
+    pub async fn client(&self, opts: ClientOptions) -> Result<Client> {
+        Ok(Client::connect(self.meta.addrs(), opts).await?)
+    }
+
+    /// The tail of chunkserver `i`'s log.
+    pub fn log_tail(&self, i: usize, lines: usize) -> String {
+        let text = std::fs::read_to_string(&self.cs[i].log).unwrap_or_default();
+        let all: Vec<&str> = text.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+}
+
+impl Drop for DataCluster {
+    fn drop(&mut self) {
+        for i in 0..self.cs.len() {
+            self.kill(i);
+        }
+    }
+}

@@ -1,0 +1,554 @@
+//! The data path through the client library, end to end: three real
+//! `cairn-meta` processes, three real `cairn-chunkserver` processes (3-way
+//! replicated chains), files written and read through `cairn_client`.
+//!
+//! What each test checks is what a user would: bytes read back are the
+//! bytes written (by hash), holes read as zeros, concurrent readers and
+//! writers see their own data, and a chunkserver killed with SIGKILL
+//! during a large read or write costs neither correct bytes nor an
+//! acknowledged write.
+//!
+//! Run after `cargo build --bins` (scripts/test does).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, ensure};
+use bytes::Bytes;
+use cairn_client::{Client, ClientOptions, OpenOptions};
+use cairn_jepsen::data_cluster::{DataCluster, DataOpts};
+use cairn_jepsen::serial;
+use cairn_proto::meta::VolumePolicy;
+
+const MIB: u64 = 1 << 20;
+
+/// Deterministic pseudo-random bytes (xorshift), different per seed.
+fn data(seed: u64, len: usize) -> Bytes {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut v = Vec::with_capacity(len + 8);
+    while v.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        v.extend_from_slice(&x.to_le_bytes());
+    }
+    v.truncate(len);
+    Bytes::from(v)
+}
+
+fn hash(b: &[u8]) -> u32 {
+    crc32fast::hash(b)
+}
+
+/// A volume with 1 MiB chunks striped over 4 chains, so "several chunks"
+/// stays small.
+async fn small_chunk_volume(c: &Client, name: &str) -> Result<String> {
+    c.meta()
+        .create_volume(
+            name,
+            VolumePolicy {
+                replication: 3,
+                chunk_size: MIB,
+                stripe_width: 4,
+                ..Default::default()
+            },
+        )
+        .await?;
+    Ok(format!("/{name}"))
+}
+
+fn no_cache() -> ClientOptions {
+    let mut o = ClientOptions::default();
+    o.cache.memory_bytes = 0;
+    o
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn round_trips_holes_and_concurrent_io() -> Result<()> {
+    let _serial = serial().await;
+    let cluster = DataCluster::start(DataOpts::default()).await?;
+    let client = cluster.client(ClientOptions::default()).await?;
+    let vol = small_chunk_volume(&client, "v").await?;
+    // A second client with no cache reads what the first wrote: nothing
+    // comes back from the writer's memory.
+    let cold = cluster.client(no_cache()).await?;
+
+    let cs = MIB as usize;
+    for (i, size) in [0, 1, 4095, 4096, 4097, cs - 1, cs, cs + 1, 5 * cs + 12_345]
+        .into_iter()
+        .enumerate()
+    {
+        let path = format!("{vol}/f{size}");
+        let d = data(i as u64, size);
+        client.write_file(&path, d.clone()).await?;
+        ensure!(
+            cold.stat(&path).await?.size == size as u64,
+            "size of {path}"
+        );
+        let back = cold.read_file(&path).await?;
+        ensure!(
+            back.len() == size,
+            "{path}: read {} bytes of {size}",
+            back.len()
+        );
+        ensure!(hash(&back) == hash(&d), "{path}: bytes differ");
+        // Unaligned sub-ranges, across chunk boundaries, through both.
+        let f = cold.open_read(&path).await?;
+        let w = client.open_read(&path).await?;
+        for (off, len) in [
+            (0, 1),
+            (1, 4096),
+            (4095, 2),
+            (cs - 3, 7),
+            (size / 2, 10_000),
+        ] {
+            let want = &d[off.min(size)..(off + len).min(size)];
+            ensure!(
+                &f.read_at(off as u64, len).await?[..] == want,
+                "{path} [{off}, +{len})"
+            );
+            ensure!(
+                &w.read_at(off as u64, len).await?[..] == want,
+                "{path} [{off}, +{len}) cached"
+            );
+        }
+        ensure!(
+            f.read_at(size as u64 + 10, 100).await?.is_empty(),
+            "a read past the end is empty"
+        );
+        f.close().await?;
+        w.close().await?;
+    }
+
+    // Holes: a write far into a new file; everything before it is zeros.
+    let path = format!("{vol}/holes");
+    let f = client.create(&path).await?;
+    let far = 3 * MIB + 5;
+    f.write_at(far, Bytes::from_static(b"0123456789")).await?;
+    f.close().await?;
+    let back = cold.read_file(&path).await?;
+    ensure!(back.len() as u64 == far + 10, "length with a hole");
+    ensure!(
+        back[..far as usize].iter().all(|b| *b == 0),
+        "the hole reads as zeros"
+    );
+    ensure!(&back[far as usize..] == b"0123456789");
+
+    // A file removed while open stays readable through the open handle.
+    let path = format!("{vol}/unlinked");
+    client.write_file(&path, data(55, 100_000)).await?;
+    let h = client.open_read(&path).await?;
+    client.remove_file(&path).await?;
+    ensure!(client.stat(&path).await.is_err(), "the name is gone");
+    ensure!(
+        h.read_at(0, 100_000).await? == data(55, 100_000),
+        "an open handle still reads a removed file"
+    );
+    h.close().await?;
+
+    // Truncate down, then extend: the cut-off bytes never come back.
+    let path = format!("{vol}/trunc");
+    client.write_file(&path, data(77, 3 * cs)).await?;
+    let f = client
+        .open(
+            &path,
+            OpenOptions {
+                write: true,
+                ..OpenOptions::READ
+            },
+        )
+        .await?;
+    f.set_len(MIB / 2 + 3).await?;
+    f.set_len(3 * MIB).await?;
+    f.write_at(3 * MIB - 1, Bytes::from_static(b"z")).await?;
+    f.close().await?;
+    let back = cold.read_file(&path).await?;
+    let orig = data(77, 3 * cs);
+    ensure!(back.len() == 3 * cs);
+    ensure!(
+        back[..cs / 2 + 3] == orig[..cs / 2 + 3],
+        "kept bytes intact"
+    );
+    ensure!(
+        back[cs / 2 + 3..3 * cs - 1].iter().all(|b| *b == 0),
+        "bytes cut by the truncate read as zeros after extending"
+    );
+
+    // Appends from concurrent tasks of one client never overlap.
+    let path = format!("{vol}/log");
+    let f = Arc::new(
+        client
+            .open(
+                &path,
+                OpenOptions {
+                    write: true,
+                    create: true,
+                    append: true,
+                    ..OpenOptions::READ
+                },
+            )
+            .await?,
+    );
+    let mut tasks = Vec::new();
+    for t in 0..8u8 {
+        let f = f.clone();
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..10 {
+                f.append(Bytes::from(vec![t; 1000])).await?;
+            }
+            anyhow::Ok(())
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    Arc::into_inner(f)
+        .context("handle still shared")?
+        .close()
+        .await?;
+    let back = cold.read_file(&path).await?;
+    ensure!(back.len() == 80_000);
+    for rec in back.chunks(1000) {
+        ensure!(
+            rec.iter().all(|b| *b == rec[0]),
+            "an append was torn or overlapped"
+        );
+    }
+
+    // Concurrent writers on different files and on one file (disjoint
+    // ranges, separate clients), then concurrent readers.
+    let shared = format!("{vol}/shared");
+    client.write_file(&shared, Bytes::new()).await?;
+    let mut tasks = Vec::new();
+    for w in 0..6u64 {
+        let c = cluster.client(ClientOptions::default()).await?;
+        let (own, shared) = (format!("{vol}/own{w}"), shared.clone());
+        tasks.push(tokio::spawn(async move {
+            c.write_file(&own, data(100 + w, 700_000)).await?;
+            let f = c
+                .open(
+                    &shared,
+                    OpenOptions {
+                        write: true,
+                        ..OpenOptions::READ
+                    },
+                )
+                .await?;
+            f.write_at(w * 300_000, data(200 + w, 300_000)).await?;
+            f.close().await?;
+            anyhow::Ok(())
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    let mut tasks = Vec::new();
+    for r in 0..12u64 {
+        let c = if r % 2 == 0 {
+            client.clone()
+        } else {
+            cold.clone()
+        };
+        let vol = vol.clone();
+        tasks.push(tokio::spawn(async move {
+            let w = r % 6;
+            let own = c.read_file(&format!("{vol}/own{w}")).await?;
+            ensure!(own == data(100 + w, 700_000), "reader {r}: own{w}");
+            let s = c.read_file(&format!("{vol}/shared")).await?;
+            ensure!(
+                s.len() == 1_800_000,
+                "reader {r}: shared is {} bytes",
+                s.len()
+            );
+            for k in 0..6u64 {
+                let part = &s[(k * 300_000) as usize..((k + 1) * 300_000) as usize];
+                ensure!(
+                    part == &data(200 + k, 300_000)[..],
+                    "reader {r}: writer {k}'s range"
+                );
+            }
+            anyhow::Ok(())
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    let stats = client.cache_stats();
+    ensure!(
+        stats.memory.hits > 0,
+        "the caching client hit its cache: {stats:?}"
+    );
+    Ok(())
+}
+
+/// Streams `len` bytes of `data(seed, ..)` pieces into `path`, 8 MiB per
+/// write; returns the CRC of what was written.
+async fn write_big(c: &Client, path: &str, seed: u64, len: u64) -> Result<u32> {
+    let f = c.create(path).await?;
+    let mut crc = crc32fast::Hasher::new();
+    let mut at = 0;
+    while at < len {
+        let n = (8 * MIB).min(len - at);
+        let d = data(seed + at, n as usize);
+        crc.update(&d);
+        f.write_at(at, d).await?;
+        at += n;
+    }
+    f.close().await?;
+    Ok(crc.finalize())
+}
+
+async fn read_big(c: &Client, path: &str) -> Result<(u64, u32)> {
+    let f = c.open_read(path).await?;
+    let mut crc = crc32fast::Hasher::new();
+    let mut at = 0;
+    loop {
+        let b = f.read_at(at, (4 * MIB) as usize).await?;
+        if b.is_empty() {
+            break;
+        }
+        crc.update(&b);
+        at += b.len() as u64;
+    }
+    f.close().await?;
+    Ok((at, crc.finalize()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn one_gib_round_trip() -> Result<()> {
+    let _serial = serial().await;
+    let cluster = DataCluster::start(DataOpts::default()).await?;
+    let client = cluster.client(ClientOptions::default()).await?;
+    let len = 1 << 30;
+    let t = Instant::now();
+    let crc = write_big(&client, "/gib", 1, len).await?;
+    println!("wrote 1 GiB in {:?}", t.elapsed());
+    let cold = cluster.client(no_cache()).await?;
+    let t = Instant::now();
+    let (n, back) = read_big(&cold, "/gib").await?;
+    println!("read 1 GiB in {:?}", t.elapsed());
+    ensure!(n == len, "read {n} bytes of {len}");
+    ensure!(back == crc, "1 GiB read back differs");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn chunkserver_killed_during_large_read() -> Result<()> {
+    let _serial = serial().await;
+    let mut cluster = DataCluster::start(DataOpts::default()).await?;
+    let client = cluster.client(ClientOptions::default()).await?;
+    let vol = small_chunk_volume(&client, "k").await?;
+    let len = 192 * MIB;
+    let path = format!("{vol}/big");
+    let crc = write_big(&client, &path, 5, len).await?;
+
+    let reader = cluster.client(no_cache()).await?;
+    let p = path.clone();
+    let read = tokio::spawn(async move { read_big(&reader, &p).await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    ensure!(
+        !read.is_finished(),
+        "the read was still running at the kill"
+    );
+    cluster.kill(1);
+    let (n, back) = read.await??;
+    ensure!(
+        n == len && back == crc,
+        "the read during the kill returned wrong bytes"
+    );
+    // And again from scratch with the chunkserver gone for good.
+    let (n, back) = read_big(&cluster.client(no_cache()).await?, &path).await?;
+    ensure!(
+        n == len && back == crc,
+        "a read after the kill returned wrong bytes"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn chunkserver_killed_during_large_write() -> Result<()> {
+    let _serial = serial().await;
+    let mut cluster = DataCluster::start(DataOpts::default()).await?;
+    let client = cluster.client(ClientOptions::default()).await?;
+    let vol = small_chunk_volume(&client, "k").await?;
+    let before = format!("{vol}/before");
+    let crc = write_big(&client, &before, 5, 32 * MIB).await?;
+
+    // Every write either returns Ok (and then reads back) or an error;
+    // none is silently short.
+    let path = format!("{vol}/during-kill");
+    let f = client.create(&path).await?;
+    let kill_at = Instant::now() + Duration::from_millis(400);
+    let mut acked = Vec::new();
+    let mut killed = false;
+    let mut failures = 0;
+    for k in 0..48u64 {
+        if !killed && Instant::now() >= kill_at {
+            cluster.kill(1);
+            killed = true;
+        }
+        let d = data(900 + k, (4 * MIB) as usize);
+        match f.write_at(k * 4 * MIB, d).await {
+            Ok(()) => acked.push(k),
+            Err(e) => {
+                println!("write {k} failed: {e}");
+                failures += 1;
+            }
+        }
+    }
+    f.close().await?;
+    ensure!(killed, "the kill happened during the writes");
+    ensure!(
+        failures == 0,
+        "writes resume without user action once meta drops the dead chunkserver"
+    );
+    let check = cluster.client(no_cache()).await?;
+    ensure!(
+        check.stat(&path).await?.size == 48 * 4 * MIB,
+        "the file has every acknowledged byte"
+    );
+    let g = check.open_read(&path).await?;
+    for k in acked {
+        let got = g.read_at(k * 4 * MIB, (4 * MIB) as usize).await?;
+        ensure!(
+            got == data(900 + k, (4 * MIB) as usize),
+            "acknowledged write {k} reads back"
+        );
+    }
+    g.close().await?;
+    let (n, back) = read_big(&check, &before).await?;
+    ensure!(
+        n == 32 * MIB && back == crc,
+        "earlier data intact after the kill"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn readers_during_overwrites_never_see_torn_blocks() -> Result<()> {
+    let _serial = serial().await;
+    let cluster = DataCluster::start(DataOpts::default()).await?;
+    let writer = cluster.client(ClientOptions::default()).await?;
+    let vol = small_chunk_volume(&writer, "o").await?;
+    let path = format!("{vol}/hot");
+    let len = 4 * MIB as usize;
+    writer
+        .write_file(&path, Bytes::from(vec![0u8; len]))
+        .await?;
+
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut readers = Vec::new();
+    for r in 0..4u64 {
+        // Half the readers cache, half do not.
+        let opts = if r % 2 == 0 {
+            ClientOptions::default()
+        } else {
+            no_cache()
+        };
+        let c = cluster.client(opts).await?;
+        let (path, stop) = (path.clone(), stop.clone());
+        readers.push(tokio::spawn(async move {
+            let f = c.open_read(&path).await?;
+            let mut x = r + 1;
+            let mut reads = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                x = x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+                let off = (x >> 20) % (len as u64 - 65_536);
+                let b = f.read_at(off, 65_536).await?;
+                ensure!(b.len() == 65_536, "short read inside the file");
+                // Check whole 4 KiB blocks inside the range.
+                let first = off.div_ceil(4096) * 4096;
+                let mut at = first;
+                while at + 4096 <= off + 65_536 {
+                    let blk = &b[(at - off) as usize..(at - off + 4096) as usize];
+                    ensure!(
+                        blk.iter().all(|v| *v == blk[0]),
+                        "reader {r}: block at {at} is torn"
+                    );
+                    at += 4096;
+                }
+                reads += 1;
+            }
+            f.close().await?;
+            anyhow::Ok(reads)
+        }));
+    }
+    let f = writer
+        .open(
+            &path,
+            OpenOptions {
+                write: true,
+                ..OpenOptions::READ
+            },
+        )
+        .await?;
+    for v in 1..=12u8 {
+        f.write_at(0, Bytes::from(vec![v; len])).await?;
+    }
+    f.close().await?;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut total = 0;
+    for r in readers {
+        total += r.await??;
+    }
+    ensure!(
+        total > 20,
+        "readers ran during the overwrites ({total} reads)"
+    );
+    let back = cluster.client(no_cache()).await?.read_file(&path).await?;
+    ensure!(
+        back.iter().all(|v| *v == 12),
+        "the last overwrite is what stays"
+    );
+    Ok(())
+}
+
+/// Finds `needle` in the shard data files under `dir`; returns the file
+/// and offset.
+fn find_on_disk(dir: &std::path::Path, needle: &[u8]) -> Option<(std::path::PathBuf, u64)> {
+    for e in std::fs::read_dir(dir.join("data")).ok()? {
+        let p = e.ok()?.path();
+        let bytes = std::fs::read(&p).ok()?;
+        if let Some(pos) = bytes.windows(needle.len()).position(|w| w == needle) {
+            return Some((p, pos as u64));
+        }
+    }
+    None
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_corrupt_replica_is_never_read() -> Result<()> {
+    use std::os::unix::fs::FileExt;
+    let _serial = serial().await;
+    let cluster = DataCluster::start(DataOpts::default()).await?;
+    let client = cluster.client(ClientOptions::default()).await?;
+    let d = data(4242, 64 * 1024);
+    client.write_file("/victim", d.clone()).await?;
+    // Flip one byte of the file's first block on one replica's disk.
+    let needle = &d[..4096];
+    let (file, pos) =
+        find_on_disk(cluster.data_dir(0), needle).context("the block on chunkserver 0's disk")?;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&file)?;
+    let mut b = [0u8; 1];
+    f.read_exact_at(&mut b, pos + 100)?;
+    f.write_all_at(&[b[0] ^ 0xff], pos + 100)?;
+    f.sync_all()?;
+    // Reads rotate over the replicas: every one returns the right bytes.
+    let reader = cluster.client(no_cache()).await?;
+    let h = reader.open_read("/victim").await?;
+    for i in 0..30 {
+        ensure!(
+            h.read_at(0, 8192).await? == d[..8192],
+            "read {i} returned the right bytes"
+        );
+    }
+    h.close().await?;
+    ensure!(
+        reader.read_file("/victim").await? == d,
+        "whole-file read is right"
+    );
+    Ok(())
+}
