@@ -11,6 +11,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+use bytes::Bytes;
 use cairn_client::{Client, ClientOptions};
 use cairn_proto::meta as pb;
 
@@ -244,4 +245,19 @@ impl Drop for DataCluster {
             self.kill(i);
         }
     }
+}
+
+/// Deterministic pseudo-random bytes (xorshift), different per seed: test
+/// data whose every copy can be regenerated for comparison.
+pub fn pattern(seed: u64, len: usize) -> Bytes {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut v = Vec::with_capacity(len + 8);
+    while v.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        v.extend_from_slice(&x.to_le_bytes());
+    }
+    v.truncate(len);
+    Bytes::from(v)
 }

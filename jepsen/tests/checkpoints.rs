@@ -15,22 +15,12 @@ use anyhow::{Context, Result, bail, ensure};
 use bytes::Bytes;
 use cairn_client::{Checkpoints, ClientOptions};
 use cairn_jepsen::binary::binary;
-use cairn_jepsen::data_cluster::{DataCluster, DataOpts};
+use cairn_jepsen::data_cluster::{DataCluster, DataOpts, pattern};
 use cairn_jepsen::serial;
 
 /// The bytes of checkpoint `k`: its size varies, its contents are unique.
 fn contents(k: u64) -> Bytes {
-    let len = (2 << 20) + (k as usize % 5) * 700_001;
-    let mut x = (k + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    let mut v = Vec::with_capacity(len + 8);
-    while v.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        v.extend_from_slice(&x.to_le_bytes());
-    }
-    v.truncate(len);
-    Bytes::from(v)
+    pattern(k + 1, (2 << 20) + (k as usize % 5) * 700_001)
 }
 
 /// A small deterministic generator for kill delays.

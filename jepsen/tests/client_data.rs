@@ -16,24 +16,14 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, ensure};
 use bytes::Bytes;
 use cairn_client::{Client, ClientOptions, OpenOptions};
-use cairn_jepsen::data_cluster::{DataCluster, DataOpts};
+use cairn_jepsen::data_cluster::{DataCluster, DataOpts, pattern};
 use cairn_jepsen::serial;
 use cairn_proto::meta::VolumePolicy;
 
 const MIB: u64 = 1 << 20;
 
-/// Deterministic pseudo-random bytes (xorshift), different per seed.
 fn data(seed: u64, len: usize) -> Bytes {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let mut v = Vec::with_capacity(len + 8);
-    while v.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        v.extend_from_slice(&x.to_le_bytes());
-    }
-    v.truncate(len);
-    Bytes::from(v)
+    pattern(seed, len)
 }
 
 fn hash(b: &[u8]) -> u32 {
@@ -57,6 +47,14 @@ async fn small_chunk_volume(c: &Client, name: &str) -> Result<String> {
     Ok(format!("/{name}"))
 }
 
+/// A fresh cluster, a client, and a small-chunk volume named `vol`.
+async fn setup(vol: &str) -> Result<(DataCluster, Client, String)> {
+    let cluster = DataCluster::start(DataOpts::default()).await?;
+    let client = cluster.client(ClientOptions::default()).await?;
+    let vol = small_chunk_volume(&client, vol).await?;
+    Ok((cluster, client, vol))
+}
+
 fn no_cache() -> ClientOptions {
     let mut o = ClientOptions::default();
     o.cache.memory_bytes = 0;
@@ -66,9 +64,7 @@ fn no_cache() -> ClientOptions {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn round_trips_holes_and_concurrent_io() -> Result<()> {
     let _serial = serial().await;
-    let cluster = DataCluster::start(DataOpts::default()).await?;
-    let client = cluster.client(ClientOptions::default()).await?;
-    let vol = small_chunk_volume(&client, "v").await?;
+    let (cluster, client, vol) = setup("v").await?;
     // A second client with no cache reads what the first wrote: nothing
     // comes back from the writer's memory.
     let cold = cluster.client(no_cache()).await?;
@@ -335,9 +331,7 @@ async fn one_gib_round_trip() -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn chunkserver_killed_during_large_read() -> Result<()> {
     let _serial = serial().await;
-    let mut cluster = DataCluster::start(DataOpts::default()).await?;
-    let client = cluster.client(ClientOptions::default()).await?;
-    let vol = small_chunk_volume(&client, "k").await?;
+    let (mut cluster, client, vol) = setup("k").await?;
     let len = 192 * MIB;
     let path = format!("{vol}/big");
     let crc = write_big(&client, &path, 5, len).await?;
@@ -368,9 +362,7 @@ async fn chunkserver_killed_during_large_read() -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn chunkserver_killed_during_large_write() -> Result<()> {
     let _serial = serial().await;
-    let mut cluster = DataCluster::start(DataOpts::default()).await?;
-    let client = cluster.client(ClientOptions::default()).await?;
-    let vol = small_chunk_volume(&client, "k").await?;
+    let (mut cluster, client, vol) = setup("k").await?;
     let before = format!("{vol}/before");
     let crc = write_big(&client, &before, 5, 32 * MIB).await?;
 
@@ -427,9 +419,7 @@ async fn chunkserver_killed_during_large_write() -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn readers_during_overwrites_never_see_torn_blocks() -> Result<()> {
     let _serial = serial().await;
-    let cluster = DataCluster::start(DataOpts::default()).await?;
-    let writer = cluster.client(ClientOptions::default()).await?;
-    let vol = small_chunk_volume(&writer, "o").await?;
+    let (cluster, writer, vol) = setup("o").await?;
     let path = format!("{vol}/hot");
     let len = 4 * MIB as usize;
     writer

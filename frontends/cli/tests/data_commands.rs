@@ -6,131 +6,19 @@
 //! parses.
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Read};
+
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Output;
 
 use serde_json::Value;
 
-/// A `cairn dev` process, stopped with SIGINT when dropped (also when a
-/// test fails midway).
-struct Dev {
-    child: Child,
-    meta: String,
-    _dir: tempfile::TempDir,
-}
+mod common;
 
-impl Dev {
-    fn start() -> Dev {
-        let dir = tempfile::tempdir().unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_cairn"))
-            .args(["dev", "--port", "0", "--dir"])
-            .arg(dir.path())
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn cairn dev");
-        // Drain stderr so a chatty cluster never blocks on a full pipe.
-        let mut stderr = child.stderr.take().unwrap();
-        std::thread::spawn(move || {
-            let mut sink = Vec::new();
-            let _ = stderr.read_to_end(&mut sink);
-        });
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        let mut meta = None;
-        for line in lines.by_ref() {
-            let line = line.expect("stdout");
-            if let Some(m) = line.trim().strip_prefix("--meta:") {
-                meta = Some(m.trim().to_string());
-            }
-            if line.contains("chunkservers (data plane)") {
-                break;
-            }
-        }
-        std::thread::spawn(move || for _ in lines {});
-        let meta = meta.expect("cairn dev printed its --meta line");
-        Dev {
-            child,
-            meta,
-            _dir: dir,
-        }
-    }
+use common::Dev;
 
-    /// Runs `cairn ARGS` against the cluster.
-    fn cairn<I, S>(&self, args: I) -> Output
-    where
-        I: IntoIterator<Item = S>,
-        S: AsRef<std::ffi::OsStr>,
-    {
-        Command::new(env!("CARGO_BIN_EXE_cairn"))
-            .args(["--meta", &self.meta, "--timeout", "30s"])
-            .args(args)
-            .env_remove("CAIRN_CACHE_DIR")
-            .env("RUST_LOG", "error")
-            .output()
-            .expect("run cairn")
-    }
-
-    /// Runs `cairn ARGS` and requires success.
-    fn ok<I, S>(&self, args: I) -> Output
-    where
-        I: IntoIterator<Item = S>,
-        S: AsRef<std::ffi::OsStr>,
-    {
-        let args: Vec<std::ffi::OsString> =
-            args.into_iter().map(|a| a.as_ref().to_owned()).collect();
-        let out = self.cairn(&args);
-        assert!(
-            out.status.success(),
-            "cairn {args:?} failed ({:?}):\n{}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        );
-        out
-    }
-
-    /// Stops the cluster with SIGINT; returns whether it exited cleanly.
-    fn stop(&mut self) -> bool {
-        let _ = Command::new("kill")
-            .args(["-INT", &self.child.id().to_string()])
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Ok(Some(s)) = self.child.try_wait() {
-                return s.success();
-            }
-            if Instant::now() > deadline {
-                let _ = self.child.kill();
-                let _ = self.child.wait();
-                return false;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for Dev {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            self.stop();
-        }
-    }
-}
-
-/// Deterministic pseudo-random bytes (xorshift), different per seed.
+/// Deterministic pseudo-random bytes, different per seed.
 fn data(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let mut v = Vec::with_capacity(len + 8);
-    while v.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        v.extend_from_slice(&x.to_le_bytes());
-    }
-    v.truncate(len);
-    v
+    cairn_jepsen::data_cluster::pattern(seed, len).to_vec()
 }
 
 /// Every entry under `root`: relative path → contents (`None` for a

@@ -2,9 +2,11 @@
 //! chunkservers, prints how to reach them, stores data written through a
 //! 3-replica chain on every replica, and stops cleanly on SIGINT.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+mod common;
+
+use std::time::Duration;
+
+use common::Dev;
 
 use bytes::Bytes;
 use cairn_chunkserver::chain::ChainView;
@@ -15,38 +17,14 @@ use cairn_proto::meta::meta_client::MetaClient;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dev_cluster_stores_data_on_three_replicas_and_stops_cleanly() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_cairn"))
-        .args(["dev", "--port", "0", "--dir"])
-        .arg(dir.path())
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn cairn dev");
-    let started = Instant::now();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let mut meta = None;
-    let mut ready = None;
-    for line in lines.by_ref() {
-        let line = line.expect("stdout");
-        if line.starts_with("cairn dev:") {
-            ready = Some(line.clone());
-        }
-        if let Some(m) = line.trim().strip_prefix("--meta:") {
-            meta = Some(m.trim().to_string());
-        }
-        if line.contains("chunkservers (data plane)") {
-            break;
-        }
-    }
-    let ready = ready.expect("a ready line");
+    let mut dev = Dev::start();
+    let ready = dev.ready.clone();
     assert!(
         ready.contains("3 meta replicas and 3 chunkservers ready"),
         "{ready}"
     );
-    assert!(started.elapsed() < Duration::from_secs(15), "slow start");
-    let meta = meta.expect("--meta line");
+    assert!(dev.startup < Duration::from_secs(15), "slow start");
+    let meta = dev.meta.clone();
     let first = meta.split(',').next().unwrap().to_string();
 
     let mut c = MetaClient::connect(format!("http://{first}"))
@@ -93,23 +71,10 @@ async fn dev_cluster_stores_data_on_three_replicas_and_stops_cleanly() {
         assert!(r.payload == payload[..], "replica {m}");
     }
 
-    let status = Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let exit = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        assert!(Instant::now() < deadline, "cairn dev did not stop");
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    assert!(exit.success(), "cairn dev exit: {exit:?}");
+    assert!(dev.stop(), "cairn dev exits 0 on SIGINT");
     for cs in 1..=3 {
         assert!(
-            dir.path()
+            dev.dir_path
                 .join(format!("cs{cs}"))
                 .join("superblock.json")
                 .exists(),
