@@ -88,18 +88,25 @@ impl Cluster {
         self.inner.addrs()
     }
 
-    /// Returns `(name, pid)` of every replica process that was found.
-    pub fn processes(&self) -> Vec<(String, u32)> {
+    /// Returns `(replica index, pid)` of every replica process that was
+    /// found.
+    pub fn pids(&self) -> Vec<(usize, u32)> {
         self.pids
             .iter()
             .enumerate()
-            .filter_map(|(i, pid)| {
-                pid.map(|p| {
-                    (
-                        format!("cairn-meta replica {i} ({})", self.inner.addr(i)),
-                        p,
-                    )
-                })
+            .filter_map(|(i, pid)| pid.map(|p| (i, p)))
+            .collect()
+    }
+
+    /// Returns `(name, pid)` of every replica process that was found.
+    pub fn processes(&self) -> Vec<(String, u32)> {
+        self.pids()
+            .into_iter()
+            .map(|(i, p)| {
+                (
+                    format!("cairn-meta replica {i} ({})", self.inner.addr(i)),
+                    p,
+                )
             })
             .collect()
     }

@@ -26,21 +26,39 @@
 //! * [`meta`]: `cairn-bench meta`, metadata operations per second.
 //! * [`chunk`]: `cairn-bench chunk`, chunkserver read latency and write and
 //!   read throughput beside the raw disk and network.
+//! * [`client`]: `cairn-bench client`, the client library end to end
+//!   (sequential reads, checkpoint writes, random reads, small files) on
+//!   a 3-meta, 3-chunkserver cluster beside the raw disk, the network and
+//!   the local file system.
 //! * [`cluster`]: the meta cluster a workload runs against.
+//! * [`servers`]: meta plus chunkservers, for the data-path workloads, and
+//!   what those check before they start them.
+//! * [`watch`]: what the servers did during a run (handling times, CPU).
+//! * [`measure`]: a system's figures in a phase and the ratios between
+//!   Cairn and its baselines.
+//! * [`raw`], [`pingpong`], [`layout`]: the raw-disk and network baselines
+//!   and how a data set is cut for them.
 //! * [`latency`]: latency samples and percentiles.
 //! * [`machine`]: machine description, file-system type, peak RSS.
 //! * [`report`]: formatting helpers and the JSON file.
 //!
-//! A new workload (`cairn-bench client`) is a new
-//! module with its `Args` (flattening [`CommonArgs`]), a `run` returning a
-//! serializable report, and a table printer; `main.rs` only dispatches.
+//! A new workload is a new module with its `Args` (flattening
+//! [`CommonArgs`]), a `run` returning a serializable report, and a table
+//! printer; `main.rs` only dispatches.
 
 pub mod chunk;
+pub mod client;
 pub mod cluster;
 pub mod latency;
+pub mod layout;
 pub mod machine;
+pub mod measure;
 pub mod meta;
+pub mod pingpong;
+pub mod raw;
 pub mod report;
+pub mod servers;
+pub mod watch;
 
 use std::path::PathBuf;
 

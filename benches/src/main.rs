@@ -2,43 +2,63 @@
 //! prints its table on stdout and writes its JSON report. Workloads live in
 //! the library (`cairn_bench::meta`, …); each is a subcommand here.
 
-use std::io::Write;
+use std::io::{self, StdoutLock, Write};
+use std::path::Path;
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use cairn_bench::chunk::{self, ChunkArgs};
+use cairn_bench::client::{self, ClientArgs};
 use cairn_bench::meta::{self, MetaArgs};
 use cairn_bench::{BIN_DIR_ENV, CommonArgs, report};
 use clap::{Parser, Subcommand};
+use serde::Serialize;
 
 /// The workloads section of `cairn-bench --help`.
 const WORKLOADS: &str = "\
 Workloads:
-  meta  Metadata operations per second (create, stat, rename, unlink) of a
-        3-replica cairn-meta cluster on loopback, with 1 and then 32
-        concurrent clients, each a separate client with its own session.
-        Baselines measured in the same run, same phases, same number of
-        threads, on the same disk: the local file system as plain syscalls
-        (the page-cache ceiling), and with every mutation fsynced (file and
-        directory) — the like-for-like one, since Cairn acknowledges a
-        mutation only once a majority of replicas flushed it to disk.
-        Ratio = cairn ops/s ÷ baseline ops/s: 1 = parity, below 1 = Cairn
-        slower. Also reports the meta leader's group commit (how many
-        operations share one Raft log fsync, and log entries per fsync) and
-        the single-client create target (≥ 6,000/s).
-        Details: cairn-bench meta --help
-  chunk Chunkserver data path: 4 KiB random read latency at queue depth 1
-        (p50/p99/p99.9) on a 1-replica chain, 1 MiB sequential write and read
-        throughput on it, and 1 MiB write throughput on a 3-replica chain (3
-        chunkservers, all on this disk). Baselines measured in the same run on
-        the same disk: O_DIRECT pread of the same offsets plus a bare loopback
-        TCP ping-pong (goal: cairn p50 ≤ 1.3 × their sum); O_DIRECT writes with
-        an fdatasync after each, like-for-like since Cairn acknowledges a write
-        only once data and metadata are synced (goal ≥ 0.9; once at the end
-        for reference); O_DIRECT reads (goal ≥ 0.9); a third of the synced
-        writes for 3 replicas (goal ≥ 0.8). Also the chunkservers' own
-        handling time per request.
-        Details: cairn-bench chunk --help
+  meta   Metadata operations per second (create, stat, rename, unlink) of a
+         3-replica cairn-meta cluster on loopback, with 1 and then 32
+         concurrent clients, each a separate client with its own session.
+         Baselines measured in the same run, same phases, same number of
+         threads, on the same disk: the local file system as plain syscalls
+         (the page-cache ceiling), and with every mutation fsynced (file and
+         directory) — the like-for-like one, since Cairn acknowledges a
+         mutation only once a majority of replicas flushed it to disk.
+         Ratio = cairn ops/s ÷ baseline ops/s: 1 = parity, below 1 = Cairn
+         slower. Also reports the meta leader's group commit (how many
+         operations share one Raft log fsync, and log entries per fsync) and
+         the single-client create target (≥ 6,000/s).
+         Details: cairn-bench meta --help
+  chunk  Chunkserver data path: 4 KiB random read latency at queue depth 1
+         (p50/p99/p99.9) on a 1-replica chain, 1 MiB sequential write and read
+         throughput on it, and 1 MiB write throughput on a 3-replica chain (3
+         chunkservers, all on this disk). Baselines measured in the same run on
+         the same disk: O_DIRECT pread of the same offsets plus a bare loopback
+         TCP ping-pong (goal: cairn p50 ≤ 1.3 × their sum); O_DIRECT writes with
+         an fdatasync after each, like-for-like since Cairn acknowledges a write
+         only once data and metadata are synced (goal ≥ 0.9; once at the end
+         for reference); O_DIRECT reads (goal ≥ 0.9); a third of the synced
+         writes for 3 replicas (goal ≥ 0.8). Also the chunkservers' own
+         handling time per request.
+         Details: cairn-bench chunk --help
+  client The client library end to end (cairn_client::Client, File,
+         Checkpoints) on 3 cairn-meta and 3 cairn-chunkserver processes,
+         replication 3, every replica on this disk. Each figure beside a
+         baseline measured in the same run on the same disk:
+           sequential reads, 1 and 4 streams, cold client: GB/s vs O_DIRECT
+             reads of the same bytes by as many threads;
+           checkpoint write (write_at front to back, fsync, close; and
+             Checkpoints::save_reader): MiB/s vs a third of O_DIRECT writes
+             with one fdatasync at the end (3 copies on one disk);
+           4 KiB random reads, queue depth 1, no client cache: p50/p99/p99.9
+             vs O_DIRECT pread p50 + loopback TCP ping-pong p50; and 16
+             concurrent readers: IOPS vs 16 threads of O_DIRECT pread;
+           small files (10,000 × 128 KiB): files/s written by 8 tasks, read in
+             random order by 1 and 8, vs the local file system (write + fsync
+             per file; reads with O_DIRECT, so not from the page cache).
+         Also the CPU of every process and the client's peak memory per phase.
+         Details: cairn-bench client --help
 
 Every workload prints a table on stdout (progress on stderr), writes every
 figure with the machine (nproc, kernel) and the command line to --json FILE,
@@ -75,6 +95,11 @@ enum Workload {
     /// disk (O_DIRECT) and a bare TCP round trip.
     #[command(long_about = chunk::LONG_ABOUT)]
     Chunk(ChunkArgs),
+    /// The client library end to end — sequential reads, checkpoint
+    /// writes, random reads, small files — beside the raw disk, the network
+    /// and the local file system.
+    #[command(long_about = client::LONG_ABOUT)]
+    Client(ClientArgs),
 }
 
 impl Workload {
@@ -82,6 +107,7 @@ impl Workload {
         match self {
             Workload::Meta(a) => &a.common,
             Workload::Chunk(a) => &a.common,
+            Workload::Client(a) => &a.common,
         }
     }
 }
@@ -104,6 +130,23 @@ fn export_bin_dir(common: &CommonArgs) {
     unsafe { std::env::set_var(BIN_DIR_ENV, dir) };
 }
 
+/// Prints a workload's table on stdout and writes its JSON report to
+/// `json`, if given.
+fn output<R: Serialize>(
+    report: &R,
+    json: Option<&Path>,
+    print: impl FnOnce(&mut StdoutLock<'static>, &R) -> io::Result<()>,
+) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    print(&mut out, report).context("writing the table")?;
+    out.flush().context("writing the table")?;
+    if let Some(path) = json {
+        report::write_json(path, report)?;
+        eprintln!("wrote {}", path.display());
+    }
+    Ok(())
+}
+
 fn run(cli: Cli) -> Result<()> {
     let command_line: Vec<String> = std::env::args().collect();
     export_bin_dir(cli.workload.common());
@@ -112,28 +155,22 @@ fn run(cli: Cli) -> Result<()> {
         .build()
         .context("starting the tokio runtime")?;
     match cli.workload {
-        Workload::Meta(args) => {
-            let report = rt.block_on(meta::run(&args, command_line))?;
-            let mut out = std::io::stdout().lock();
-            meta::print_table(&mut out, &report).context("writing the table")?;
-            out.flush().context("writing the table")?;
-            if let Some(path) = &args.common.json {
-                report::write_json(path, &report)?;
-                eprintln!("wrote {}", path.display());
-            }
-        }
-        Workload::Chunk(args) => {
-            let report = rt.block_on(chunk::run(&args, command_line))?;
-            let mut out = std::io::stdout().lock();
-            chunk::print_table(&mut out, &report).context("writing the table")?;
-            out.flush().context("writing the table")?;
-            if let Some(path) = &args.common.json {
-                report::write_json(path, &report)?;
-                eprintln!("wrote {}", path.display());
-            }
-        }
+        Workload::Meta(args) => output(
+            &rt.block_on(meta::run(&args, command_line))?,
+            args.common.json.as_deref(),
+            meta::print_table,
+        ),
+        Workload::Chunk(args) => output(
+            &rt.block_on(chunk::run(&args, command_line))?,
+            args.common.json.as_deref(),
+            chunk::print_table,
+        ),
+        Workload::Client(args) => output(
+            &rt.block_on(client::run(&args, command_line))?,
+            args.common.json.as_deref(),
+            client::print_table,
+        ),
     }
-    Ok(())
 }
 
 fn main() -> ExitCode {

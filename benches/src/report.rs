@@ -1,6 +1,6 @@
-//! Output shared by every workload: number formatting for the human
-//! tables, the machine / command-line header, the peak-memory table and
-//! the JSON file.
+//! Output shared by every workload: number and size formatting for the
+//! human tables, the machine / command-line header, the peak-memory table,
+//! the servers' handling-time and CPU lines, and the JSON file.
 
 use std::io::{self, Write};
 use std::path::Path;
@@ -10,6 +10,8 @@ use serde::Serialize;
 
 use crate::ProcessRss;
 use crate::machine::Machine;
+use crate::measure::{Compared, PhaseResult};
+use crate::watch::{ProcessCpu, ServerTime};
 
 /// Returns `x` rounded to an integer with thousands separators
 /// (`12,345`); large rates read faster that way.
@@ -106,6 +108,133 @@ pub fn write_rss_table(out: &mut impl Write, rows: &[ProcessRss]) -> io::Result<
             r.process,
             r.pid,
             mib(r.peak_rss_kib)
+        )?;
+    }
+    Ok(())
+}
+
+/// Returns a size in bytes as `256 MiB` or `1 GiB`.
+pub fn size(bytes: u64) -> String {
+    if bytes >= 1 << 30 && bytes.is_multiple_of(1 << 30) {
+        format!("{} GiB", bytes >> 30)
+    } else {
+        format!("{} MiB", thousands((bytes >> 20) as f64))
+    }
+}
+
+/// Writes the chunkservers' handling times of one phase, one line (the
+/// role only when a chain was watched).
+pub fn write_server_time(
+    out: &mut impl Write,
+    label: &str,
+    times: &[ServerTime],
+) -> io::Result<()> {
+    // Only the data path's opcodes; pings and stats are noise here.
+    let parts: Vec<String> = times
+        .iter()
+        .filter(|t| matches!(t.op.as_str(), "read" | "write" | "forward"))
+        .map(|t| {
+            let role = if t.role == "any" {
+                String::new()
+            } else {
+                format!(" ({})", t.role)
+            };
+            let errors = if t.errors > 0 {
+                format!(", {} errors", thousands(t.errors as f64))
+            } else {
+                String::new()
+            };
+            format!(
+                "{}{role} {} {} µs × {} ({} KiB each{errors})",
+                t.chunkserver,
+                t.op,
+                micros(t.mean_us),
+                thousands(t.requests as f64),
+                thousands(t.mean_kib())
+            )
+        })
+        .collect();
+    if parts.is_empty() {
+        return Ok(());
+    }
+    writeln!(out, "  {label}{}", parts.join(", "))
+}
+
+/// Writes what the handling-time and CPU lines mean.
+///
+/// # Errors
+/// When `out` fails.
+pub fn write_server_legend(out: &mut impl Write) -> io::Result<()> {
+    writeln!(
+        out,
+        "handling time = the chunkserver's own time per request, decoded request to reply \
+         queued (mean × requests, mean payload, error replies);"
+    )?;
+    writeln!(
+        out,
+        "CPU = CPU seconds used during cairn's part (cores = CPU ÷ wall time; cairn-bench is \
+         the client)."
+    )
+}
+
+/// Writes the CPU the processes used during Cairn's part of one phase.
+pub fn write_cpu(out: &mut impl Write, label: &str, cpu: &[ProcessCpu]) -> io::Result<()> {
+    if cpu.is_empty() {
+        return Ok(());
+    }
+    let parts: Vec<String> = cpu
+        .iter()
+        .map(|c| {
+            format!(
+                "{} {:.2} s ({:.2} cores)",
+                c.process, c.cpu_seconds, c.cores
+            )
+        })
+        .collect();
+    writeln!(out, "  {label}{}", parts.join(", "))
+}
+
+/// Writes a queue-depth-1 random-read phase: one row per system with its
+/// p50, p99, p99.9, max and mean latency in µs, then the line computing
+/// the phase's ratio, `of`'s p50 ÷ the sum of the p50s of `floors`.
+///
+/// # Errors
+/// When `out` fails.
+pub fn write_latency_phase<P, S: Compared>(
+    out: &mut impl Write,
+    p: &PhaseResult<P, S>,
+    of: S,
+    floors: [S; 2],
+) -> io::Result<()> {
+    writeln!(out, "4 KiB random reads, queue depth 1: {}", p.what)?;
+    writeln!(
+        out,
+        "  {:<14} {:>9} {:>9} {:>9} {:>9} {:>9}",
+        "system", "p50 µs", "p99 µs", "p99.9 µs", "max µs", "mean µs"
+    )?;
+    for s in &p.systems {
+        let l = s.latency.unwrap_or_default();
+        writeln!(
+            out,
+            "  {:<14} {:>9} {:>9} {:>9} {:>9} {:>9}",
+            s.system.label(),
+            micros(l.p50_us),
+            micros(l.p99_us),
+            micros(l.p999_us),
+            micros(l.max_us),
+            micros(l.mean_us),
+        )?;
+    }
+    let p50 = |sys: S| p.system(sys).and_then(|s| s.latency).map(|l| l.p50_us);
+    if let (Some(c), Some(d), Some(n)) = (p50(of), p50(floors[0]), p50(floors[1])) {
+        writeln!(
+            out,
+            "  ratio = {} = {} ÷ ({} + {}) = {}",
+            p.ratio_of,
+            micros(c),
+            micros(d),
+            micros(n),
+            ratio(p.ratio)
         )?;
     }
     Ok(())

@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, anyhow, bail};
+use anyhow::{Context, Result, bail};
 use bytes::Bytes;
 use cairn_client::data::{
     DataConn, DataError, into_result, read_request, verify_read_reply, write_request,
@@ -28,10 +28,10 @@ use cairn_client::data::{
 use cairn_proto::frame::Frame;
 use cairn_proto::ids::{ChunkId, ObjectId};
 
-use super::Measured;
-use super::layout::{BLOCK, Layout};
-use super::servers::ChainRoute;
 use super::tail::TailSamples;
+use crate::layout::{BLOCK, Layout};
+use crate::measure::{Measured, join_samples};
+use crate::servers::ChainRoute;
 
 /// Longest one request may take.
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(60);
@@ -275,20 +275,9 @@ impl ChainClient {
         start: Instant,
         bytes: u64,
     ) -> Result<Measured> {
-        let mut samples = TailSamples::default();
-        let mut first_err = None;
-        for t in tasks {
-            match t.await.map_err(|e| anyhow!("a worker task failed: {e}")) {
-                Ok(Ok(s)) => samples.merge(s),
-                Ok(Err(e)) | Err(e) => {
-                    first_err.get_or_insert(e);
-                }
-            }
-        }
+        let samples = join_samples(tasks).await;
         let elapsed = start.elapsed();
-        if let Some(e) = first_err {
-            return Err(e);
-        }
+        let samples = samples?;
         Ok(Measured {
             ops: samples.len(),
             bytes,

@@ -24,18 +24,13 @@
 //! server time from network and client time) and the CPU each process
 //! used during Cairn's part of a phase (to tell a server that computes
 //! from one that waits on the disk), the peak resident memory of every
-//! process ([`servers`]), the machine and the command line.
+//! process ([`crate::servers`]), the machine and the command line.
 
 pub mod cairn;
-pub mod layout;
-pub mod pingpong;
-pub mod raw;
-pub mod servers;
 mod table;
 pub mod tail;
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, bail};
 use bytes::Bytes;
@@ -45,12 +40,13 @@ use clap::Args;
 use serde::Serialize;
 
 use self::cairn::ChainClient;
-use self::layout::{BLOCK, IO_SIZE, Layout, random_blocks};
-use self::servers::{CHUNKSERVERS, ChainRoute, OpTimes, Routes, Servers};
-use self::tail::{TailSamples, TailSummary};
+use crate::layout::{self, BLOCK, IO_SIZE, Layout, random_blocks};
 use crate::machine::{self, Machine};
+use crate::measure::{self, Compared, Rate, blocking, p50_over_sum, rate_ratios};
 use crate::meta::DataLocation;
-use crate::{CommonArgs, ProcessRss, build_profile};
+use crate::servers::{CHUNKSERVERS, ChainRoute, Routes, Servers, Setup};
+use crate::watch::{ServerClock, Watch};
+use crate::{CommonArgs, ProcessRss, build_profile, pingpong, raw};
 
 pub use table::print_table;
 
@@ -153,23 +149,6 @@ const OBJECT_SEQUENTIAL: ObjectId = ObjectId(2);
 /// first chunkserver stores chunks of both chains in one store.
 const OBJECT_REPLICATED: ObjectId = ObjectId(3);
 
-/// What one system did in one phase: operations, bytes, wall time and
-/// every operation's latency.
-#[derive(Debug)]
-pub struct Measured {
-    /// Operations recorded.
-    pub ops: usize,
-    /// Payload bytes they moved.
-    pub bytes: u64,
-    /// Wall time from the first recorded operation's start to the last
-    /// one's end (a final sync included).
-    pub elapsed: Duration,
-    /// Every recorded operation's latency.
-    pub samples: TailSamples,
-    /// Requests retried after a retryable error reply (Cairn only).
-    pub retries: u64,
-}
-
 /// One phase of the workload.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
@@ -226,9 +205,8 @@ pub enum System {
     RawFdatasyncThird,
 }
 
-impl System {
-    /// Returns the label used in tables.
-    pub fn label(self) -> &'static str {
+impl Compared for System {
+    fn label(self) -> &'static str {
         match self {
             System::Cairn => "cairn",
             System::CairnReplicated => "cairn ×3",
@@ -241,8 +219,7 @@ impl System {
         }
     }
 
-    /// Returns what the system is, in one line.
-    pub fn description(self) -> &'static str {
+    fn description(self) -> &'static str {
         match self {
             System::Cairn => {
                 "cairn-chunkserver, 1-replica chain; a write is acknowledged after data fdatasync + metadata flush; reads CRC-checked"
@@ -251,9 +228,7 @@ impl System {
                 "3-replica chain, one replica per chunkserver, all on this disk; acknowledged once every replica synced"
             }
             System::Pread => "pread of 4 KiB with O_DIRECT, same offsets, file of the same size",
-            System::TcpPingPong => {
-                "loopback TCP round trip, 128 B out, 4 KiB + header + CRC back, TCP_NODELAY"
-            }
+            System::TcpPingPong => pingpong::DESCRIPTION,
             System::RawFdatasync => {
                 "O_DIRECT pwrite to a preallocated file, fdatasync after every write (like-for-like)"
             }
@@ -264,131 +239,17 @@ impl System {
             }
         }
     }
+
+    fn is_cairn(self) -> bool {
+        matches!(self, System::Cairn | System::CairnReplicated)
+    }
 }
 
 /// The figures of one system in one phase.
-#[derive(Debug, Clone, Serialize)]
-pub struct SystemResult {
-    /// Which system.
-    pub system: System,
-    /// What it is, in words.
-    pub description: &'static str,
-    /// Operations recorded.
-    pub ops: usize,
-    /// Payload bytes moved.
-    pub bytes: u64,
-    /// Wall time of the recorded operations.
-    pub seconds: f64,
-    /// `ops / seconds`.
-    pub ops_per_sec: f64,
-    /// `bytes / seconds` in MiB/s.
-    pub mib_per_sec: f64,
-    /// Per-operation latency; `None` for a derived baseline.
-    pub latency: Option<TailSummary>,
-    /// Cairn's MiB/s ÷ this system's (throughput phases, baselines only).
-    pub cairn_over_this: Option<f64>,
-    /// Whether the figures are computed from another system's rather than
-    /// measured.
-    pub derived: bool,
-    /// Requests Cairn retried after a retryable error reply (normally 0).
-    pub retries: u64,
-}
-
-impl SystemResult {
-    /// Returns the result of `system` from what it measured.
-    pub fn new(system: System, m: &Measured) -> Self {
-        let seconds = m.elapsed.as_secs_f64();
-        let per_sec = |x: f64| if seconds > 0.0 { x / seconds } else { 0.0 };
-        Self {
-            system,
-            description: system.description(),
-            ops: m.ops,
-            bytes: m.bytes,
-            seconds,
-            ops_per_sec: per_sec(m.ops as f64),
-            mib_per_sec: per_sec(m.bytes as f64 / f64::from(1 << 20)),
-            latency: Some(m.samples.summary()),
-            cairn_over_this: None,
-            derived: false,
-            retries: m.retries,
-        }
-    }
-
-    /// Returns the 3-replica baseline derived from `raw`: a third of its
-    /// rates (three copies of every byte go to the one disk).
-    pub fn third_of(raw: &SystemResult) -> Self {
-        Self {
-            system: System::RawFdatasyncThird,
-            description: System::RawFdatasyncThird.description(),
-            ops: raw.ops,
-            bytes: raw.bytes,
-            seconds: raw.seconds * 3.0,
-            ops_per_sec: raw.ops_per_sec / 3.0,
-            mib_per_sec: raw.mib_per_sec / 3.0,
-            latency: None,
-            cairn_over_this: None,
-            derived: true,
-            retries: 0,
-        }
-    }
-}
-
-/// A chunkserver's own handling time for one opcode over one phase.
-#[derive(Debug, Clone, Serialize)]
-pub struct ServerTime {
-    /// The chunkserver (`cs1`, …).
-    pub chunkserver: String,
-    /// Its place in the chain: `only`, `head`, `middle` or `tail`.
-    pub role: &'static str,
-    /// The opcode (`read`, `write`, `forward`, …).
-    pub op: String,
-    /// Requests of that opcode it handled during the phase.
-    pub requests: u64,
-    /// Their mean handling time (from decoded request to reply queued), µs.
-    pub mean_us: f64,
-}
-
-/// The CPU one process used during Cairn's part of a phase.
-#[derive(Debug, Clone, Serialize)]
-pub struct ProcessCpu {
-    /// The process (`cs1`, `cairn-bench`).
-    pub process: String,
-    /// CPU seconds it used (all threads; 10 ms resolution).
-    pub cpu_seconds: f64,
-    /// Wall seconds of the measurement.
-    pub wall_seconds: f64,
-    /// `cpu_seconds / wall_seconds`: how many cores it kept busy on
-    /// average (the shard of a one-shard chunkserver is one thread).
-    pub cores: f64,
-}
+pub type SystemResult = measure::SystemResult<System>;
 
 /// Everything measured in one phase.
-#[derive(Debug, Clone, Serialize)]
-pub struct PhaseResult {
-    /// Which phase.
-    pub phase: Phase,
-    /// What ran, in words.
-    pub what: String,
-    /// Cairn first, then the baselines.
-    pub systems: Vec<SystemResult>,
-    /// The phase's goal ratio (see [`Goal`]).
-    pub ratio: Option<f64>,
-    /// How the ratio is computed.
-    pub ratio_of: &'static str,
-    /// The chain's chunkservers' handling times during Cairn's part (empty
-    /// when their metrics could not be read).
-    pub server_time: Vec<ServerTime>,
-    /// CPU used by the chain's chunkservers and by the benchmark (the
-    /// client) during Cairn's part, warm-up reads included.
-    pub cpu: Vec<ProcessCpu>,
-}
-
-impl PhaseResult {
-    /// Returns the result of `system`, if it ran.
-    pub fn system(&self, system: System) -> Option<&SystemResult> {
-        self.systems.iter().find(|s| s.system == system)
-    }
-}
+pub type PhaseResult = measure::PhaseResult<Phase, System>;
 
 /// One goal of the issue, checked against a phase's ratio.
 #[derive(Debug, Clone, Serialize)]
@@ -510,45 +371,13 @@ impl ChunkReport {
     }
 }
 
-/// Returns `a / b` when both are known and `b` is positive.
-fn over(a: Option<f64>, b: Option<f64>) -> Option<f64> {
-    match (a, b) {
-        (Some(a), Some(b)) if b > 0.0 => Some(a / b),
-        _ => None,
-    }
-}
-
-/// Fills in `cairn_over_this` of every baseline of a throughput phase and
-/// returns the ratio over `goal_system`.
-fn throughput_ratios(systems: &mut [SystemResult], goal_system: System) -> Option<f64> {
-    let cairn = systems
-        .iter()
-        .find(|s| matches!(s.system, System::Cairn | System::CairnReplicated))
-        .map(|s| s.mib_per_sec);
-    for s in systems.iter_mut() {
-        if !matches!(s.system, System::Cairn | System::CairnReplicated) {
-            s.cairn_over_this = over(cairn, Some(s.mib_per_sec));
-        }
-    }
-    systems
-        .iter()
-        .find(|s| s.system == goal_system)
-        .and_then(|s| s.cairn_over_this)
-}
-
 /// Returns the random-read ratio: cairn p50 ÷ (pread p50 + ping-pong p50).
 fn read_latency_ratio(systems: &[SystemResult]) -> Option<f64> {
-    let p50 = |sys: System| {
-        systems
-            .iter()
-            .find(|s| s.system == sys)
-            .and_then(|s| s.latency)
-            .map(|l| l.p50_us)
-    };
-    let floor = p50(System::Pread)
-        .zip(p50(System::TcpPingPong))
-        .map(|(a, b)| a + b);
-    over(p50(System::Cairn), floor)
+    p50_over_sum(
+        systems,
+        System::Cairn,
+        &[System::Pread, System::TcpPingPong],
+    )
 }
 
 /// Returns the issue's four goals from the phases.
@@ -619,121 +448,6 @@ fn progress(phase: Phase, r: &SystemResult) {
     }
 }
 
-/// Runs blocking baseline work on a blocking thread.
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .context("a baseline thread failed")?
-}
-
-/// Reads the request counters of every member of `route`.
-async fn scrape_route(servers: &Servers, route: &ChainRoute) -> Result<Vec<OpTimes>> {
-    let mut out = Vec::with_capacity(route.members.len());
-    for m in &route.members {
-        let cs = &servers.chunkservers()[m.process];
-        out.push(servers::scrape(cs.metrics_addr).await?);
-    }
-    Ok(out)
-}
-
-/// What the servers (and the client) did around one Cairn run: the chain
-/// members' handling times and every involved process's CPU.
-struct Around {
-    server_time: Vec<ServerTime>,
-    cpu: Vec<ProcessCpu>,
-}
-
-/// Measures [`Around`] one Cairn run on `route`; a failed metrics scrape
-/// costs only the handling times (and adds a note).
-struct ServerClock<'a> {
-    servers: &'a Servers,
-    route: &'a ChainRoute,
-    before: Option<Vec<OpTimes>>,
-    /// `(name, pid, CPU seconds at the start)` of the members and of this
-    /// process.
-    cpu_before: Vec<(String, u32, Option<f64>)>,
-    started: Instant,
-}
-
-impl<'a> ServerClock<'a> {
-    async fn start(servers: &'a Servers, route: &'a ChainRoute, notes: &mut Vec<String>) -> Self {
-        let before = match scrape_route(servers, route).await {
-            Ok(b) => Some(b),
-            Err(e) => {
-                notes.push(format!("chunkserver metrics unavailable: {e:#}"));
-                None
-            }
-        };
-        let mut procs: Vec<(String, u32)> = route
-            .members
-            .iter()
-            .map(|m| (m.name.clone(), servers.chunkservers()[m.process].pid))
-            .collect();
-        procs.push(("cairn-bench".to_string(), std::process::id()));
-        let cpu_before = procs
-            .into_iter()
-            .map(|(name, pid)| (name, pid, servers::cpu_seconds(pid)))
-            .collect();
-        Self {
-            servers,
-            route,
-            before,
-            cpu_before,
-            started: Instant::now(),
-        }
-    }
-
-    async fn stop(self, notes: &mut Vec<String>) -> Around {
-        let wall = self.started.elapsed().as_secs_f64();
-        let cpu = self
-            .cpu_before
-            .iter()
-            .filter_map(|(name, pid, before)| {
-                let used = servers::cpu_seconds(*pid)? - (*before)?;
-                Some(ProcessCpu {
-                    process: name.clone(),
-                    cpu_seconds: used,
-                    wall_seconds: wall,
-                    cores: if wall > 0.0 { used / wall } else { 0.0 },
-                })
-            })
-            .collect();
-        let mut out = Around {
-            server_time: Vec::new(),
-            cpu,
-        };
-        let Some(before) = self.before else {
-            return out;
-        };
-        let after = match scrape_route(self.servers, self.route).await {
-            Ok(a) => a,
-            Err(e) => {
-                notes.push(format!("chunkserver metrics unavailable: {e:#}"));
-                return out;
-            }
-        };
-        let n = self.route.members.len();
-        for (i, m) in self.route.members.iter().enumerate() {
-            let role = match i {
-                _ if n == 1 => "only",
-                0 => "head",
-                _ if i + 1 == n => "tail",
-                _ => "middle",
-            };
-            for (op, requests, mean_s) in after[i].since(&before[i]) {
-                out.server_time.push(ServerTime {
-                    chunkserver: m.name.clone(),
-                    role,
-                    op,
-                    requests,
-                    mean_us: mean_s * 1e6,
-                });
-            }
-        }
-        out
-    }
-}
-
 /// What [`run_all`] measured.
 struct Outcome {
     routes: Option<Routes>,
@@ -792,7 +506,7 @@ async fn run_all(
     }
     let picks = random_blocks(rs.bytes, WARMUP_READS + plan.reads, plan.seed);
     let phase = Phase::RandomRead;
-    let clock = ServerClock::start(servers, &routes.single, notes).await;
+    let clock = ServerClock::start(servers, Watch::route(servers, &routes.single), notes).await;
     let m = single
         .random_reads(OBJECT_READ_SET, &rs, &picks, WARMUP_READS, &pattern)
         .await
@@ -802,7 +516,7 @@ async fn run_all(
     progress(phase, &systems[0]);
     let m = {
         let (p, d, picks) = (raw_read_set.clone(), pattern.clone(), picks.clone());
-        blocking(move || raw::random_reads(&p, &picks, WARMUP_READS, &d))
+        blocking(move || raw::random_reads(&p, &picks, WARMUP_READS, &d, 1))
             .await
             .context("the raw random reads")?
     };
@@ -840,7 +554,7 @@ async fn run_all(
             seq.chunk_bytes >> 20
         )
     };
-    let clock = ServerClock::start(servers, &routes.single, notes).await;
+    let clock = ServerClock::start(servers, Watch::route(servers, &routes.single), notes).await;
     let m = single
         .write_set(OBJECT_SEQUENTIAL, seq, pattern.clone())
         .await
@@ -848,7 +562,7 @@ async fn run_all(
     let write_around = clock.stop(notes).await;
     let mut writes = vec![SystemResult::new(System::Cairn, &m)];
     progress(Phase::SeqWrite, &writes[0]);
-    let clock = ServerClock::start(servers, &routes.single, notes).await;
+    let clock = ServerClock::start(servers, Watch::route(servers, &routes.single), notes).await;
     let m = single
         .read_set(OBJECT_SEQUENTIAL, seq, pattern.clone())
         .await
@@ -884,7 +598,7 @@ async fn run_all(
     out.phases.push(PhaseResult {
         phase: Phase::SeqWrite,
         what: what("writes", "1-replica chain"),
-        ratio: throughput_ratios(&mut writes, System::RawFdatasync),
+        ratio: rate_ratios(&mut writes, System::RawFdatasync, Rate::MibPerSec),
         ratio_of: "cairn MiB/s ÷ raw+fdatasync MiB/s",
         systems: writes,
         server_time: write_around.server_time,
@@ -893,7 +607,7 @@ async fn run_all(
     out.phases.push(PhaseResult {
         phase: Phase::SeqRead,
         what: what("reads", "1-replica chain"),
-        ratio: throughput_ratios(&mut reads, System::RawRead),
+        ratio: rate_ratios(&mut reads, System::RawRead, Rate::MibPerSec),
         ratio_of: "cairn MiB/s ÷ raw MiB/s",
         systems: reads,
         server_time: read_around.server_time,
@@ -901,7 +615,7 @@ async fn run_all(
     });
 
     // Phase 4: the same writes on a 3-replica chain.
-    let clock = ServerClock::start(servers, &routes.replicated, notes).await;
+    let clock = ServerClock::start(servers, Watch::route(servers, &routes.replicated), notes).await;
     let m = replicated
         .write_set(OBJECT_REPLICATED, seq, pattern.clone())
         .await
@@ -910,7 +624,7 @@ async fn run_all(
     let mut systems = vec![SystemResult::new(System::CairnReplicated, &m)];
     progress(Phase::ReplicatedWrite, &systems[0]);
     if let Some(raw) = &raw_fdatasync {
-        systems.push(SystemResult::third_of(raw));
+        systems.push(SystemResult::divided(raw, System::RawFdatasyncThird, 3.0));
     }
     out.phases.push(PhaseResult {
         phase: Phase::ReplicatedWrite,
@@ -918,27 +632,13 @@ async fn run_all(
             "writes",
             &format!("3-replica chain {}", routes.replicated.path()),
         ),
-        ratio: throughput_ratios(&mut systems, System::RawFdatasyncThird),
+        ratio: rate_ratios(&mut systems, System::RawFdatasyncThird, Rate::MibPerSec),
         ratio_of: "cairn ×3 MiB/s ÷ (raw+fdatasync MiB/s ÷ 3)",
         systems,
         server_time: around.server_time,
         cpu: around.cpu,
     });
     Ok(())
-}
-
-/// Returns the peak resident memory of the servers and of this benchmark.
-fn peak_rss(servers: &Servers) -> Vec<ProcessRss> {
-    let mut out: Vec<ProcessRss> = servers
-        .processes()
-        .into_iter()
-        .map(|(name, pid)| ProcessRss::read(name, pid))
-        .collect();
-    out.push(ProcessRss::read(
-        "cairn-bench (this process)".to_string(),
-        std::process::id(),
-    ));
-    out
 }
 
 /// Runs the `chunk` workload and returns its report. Starts the servers
@@ -949,10 +649,6 @@ fn peak_rss(servers: &Servers) -> Vec<ProcessRss> {
 /// Bad sizes, a missing binary, servers that do not start, a failed
 /// operation or baseline.
 pub async fn run(args: &ChunkArgs, command_line: Vec<String>) -> Result<ChunkReport> {
-    let started = Instant::now();
-    let started_unix = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
     let plan = Plan {
         sequential: Layout::new(args.bytes, args.depth).context("--bytes / --depth")?,
         read_set: Layout::new(args.read_set, args.depth).context("--read-set")?,
@@ -962,65 +658,28 @@ pub async fn run(args: &ChunkArgs, command_line: Vec<String>) -> Result<ChunkRep
     if plan.reads == 0 {
         bail!("--reads must be at least 1");
     }
-    let bin_dir = args.common.bin_dir()?;
-    let meta_binary = bin_dir.join("cairn-meta");
-    let chunkserver_binary = bin_dir.join("cairn-chunkserver");
-    for (b, krate) in [
-        (&meta_binary, "cairn-meta"),
-        (&chunkserver_binary, "cairn-chunkserver"),
-    ] {
-        if !b.is_file() {
-            bail!(
-                "{} not found: build it with `cargo build --release -p {krate}`, or point \
-                 --bin-dir / CAIRN_BIN_DIR at the directory that holds it",
-                b.display()
-            );
-        }
-    }
-    let work = args.common.work_dir("cairn-bench-chunk-")?;
-    let fs = machine::fs_of(work.path());
-    if let Some(f) = fs.as_ref().filter(|f| f.fs_type == "tmpfs") {
-        bail!(
-            "the data directory is on tmpfs ({}), which has no O_DIRECT and no disk to \
-             measure: pass --data-dir on a disk",
-            f.mount_point
-        );
-    }
-    let mut notes = Vec::new();
-    if build_profile() == "debug" {
-        notes.push("cairn-bench is a debug build: client-side figures are pessimistic".into());
-    }
-    for n in &notes {
-        eprintln!("warning: {n}");
-    }
-
+    let mut setup = Setup::new(&args.common, "chunk")?;
     eprintln!(
         "chunk: starting 1 cairn-meta replica and {CHUNKSERVERS} chunkservers from {}",
-        bin_dir.display()
+        setup.bin_dir.display()
     );
-    let servers = Servers::start(work.path(), &bin_dir).await?;
-    let raw_dir = work.path().join("raw");
+    let servers = Servers::start(setup.work.path(), &setup.bin_dir, 1).await?;
+    let raw_dir = setup.work.path().join("raw");
     std::fs::create_dir_all(&raw_dir).with_context(|| format!("creating {}", raw_dir.display()))?;
     let mut outcome = Outcome {
         routes: None,
         read_set_write: None,
         phases: Vec::new(),
     };
-    let result = tokio::select! {
-        r = run_all(&servers, &plan, &raw_dir, &mut notes, &mut outcome) => r,
-        _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
-    };
-    // Read before stopping: VmHWM is gone with the process.
-    let peak_rss = peak_rss(&servers);
-    servers.stop().await;
+    let notes = &mut setup.notes;
+    let (result, peak_rss) = servers
+        .run_then_stop("cairn-bench (this process)", async |servers| {
+            run_all(servers, &plan, &raw_dir, notes, &mut outcome).await
+        })
+        .await;
     result?;
 
-    let data = DataLocation {
-        dir: work.path().to_path_buf(),
-        fs,
-        kept: args.common.keep_data,
-    };
-    args.common.finish_work_dir(work)?;
+    let mut done = setup.finish(&args.common)?;
     let retries: u64 = outcome
         .phases
         .iter()
@@ -1028,7 +687,7 @@ pub async fn run(args: &ChunkArgs, command_line: Vec<String>) -> Result<ChunkRep
         .map(|s| s.retries)
         .sum();
     if retries > 0 {
-        notes.push(format!(
+        done.notes.push(format!(
             "Cairn requests were retried {retries} times after retryable error replies \
              (their pauses are in the figures)"
         ));
@@ -1036,12 +695,12 @@ pub async fn run(args: &ChunkArgs, command_line: Vec<String>) -> Result<ChunkRep
     Ok(ChunkReport {
         workload: "chunk",
         command_line,
-        started_unix,
-        seconds: started.elapsed().as_secs_f64(),
+        started_unix: done.started_unix,
+        seconds: done.seconds,
         machine: machine::describe(),
         bench_build: build_profile(),
-        meta_binary,
-        chunkserver_binary,
+        meta_binary: done.meta_binary,
+        chunkserver_binary: done.chunkserver_binary,
         chunkservers: CHUNKSERVERS,
         chains: outcome.routes.map(|r| Chains {
             single: r.single,
@@ -1060,17 +719,18 @@ pub async fn run(args: &ChunkArgs, command_line: Vec<String>) -> Result<ChunkRep
             sequential: plan.sequential,
             read_set: plan.read_set,
         },
-        data,
+        data: done.data,
         read_set_write: outcome.read_set_write,
         goals: goals(&outcome.phases),
         phases: outcome.phases,
         peak_rss,
-        notes,
+        notes: done.notes,
     })
 }
 
 #[cfg(test)]
 mod tests {
+    use super::tail::TailSummary;
     use super::*;
 
     fn result(system: System, mib_per_sec: f64, p50_us: f64) -> SystemResult {
@@ -1111,12 +771,12 @@ mod tests {
             result(System::RawOneSync, 1500.0, 0.0),
         ];
         assert_eq!(
-            throughput_ratios(&mut systems, System::RawFdatasync),
+            rate_ratios(&mut systems, System::RawFdatasync, Rate::MibPerSec),
             Some(0.9)
         );
         assert_eq!(systems[0].cairn_over_this, None);
         assert_eq!(systems[2].cairn_over_this, Some(0.3));
-        let third = SystemResult::third_of(&systems[1]);
+        let third = SystemResult::divided(&systems[1], System::RawFdatasyncThird, 3.0);
         assert!((third.mib_per_sec - 500.0 / 3.0).abs() < 1e-9);
         assert!(third.derived && third.latency.is_none());
     }

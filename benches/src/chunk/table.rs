@@ -2,94 +2,15 @@
 
 use std::io::{self, Write};
 
-use super::{ChunkReport, Goal, Phase, PhaseResult, ProcessCpu, ServerTime, System};
-use crate::report::{micros, ratio, thousands, write_header, write_rss_table};
-
-/// Returns a size in bytes as `256 MiB` or `1 GiB`.
-fn size(bytes: u64) -> String {
-    if bytes >= 1 << 30 && bytes.is_multiple_of(1 << 30) {
-        format!("{} GiB", bytes >> 30)
-    } else {
-        format!("{} MiB", thousands((bytes >> 20) as f64))
-    }
-}
-
-/// Writes the chunkservers' handling times of one phase, one line.
-fn write_server_time(out: &mut impl Write, label: &str, times: &[ServerTime]) -> io::Result<()> {
-    // Only the data path's opcodes; pings and stats are noise here.
-    let parts: Vec<String> = times
-        .iter()
-        .filter(|t| matches!(t.op.as_str(), "read" | "write" | "forward"))
-        .map(|t| {
-            format!(
-                "{} ({}) {} {} µs × {}",
-                t.chunkserver,
-                t.role,
-                t.op,
-                micros(t.mean_us),
-                thousands(t.requests as f64)
-            )
-        })
-        .collect();
-    if parts.is_empty() {
-        return Ok(());
-    }
-    writeln!(out, "  {label}{}", parts.join(", "))
-}
-
-/// Writes the CPU the processes used during Cairn's part of one phase.
-fn write_cpu(out: &mut impl Write, label: &str, cpu: &[ProcessCpu]) -> io::Result<()> {
-    if cpu.is_empty() {
-        return Ok(());
-    }
-    let parts: Vec<String> = cpu
-        .iter()
-        .map(|c| {
-            format!(
-                "{} {:.2} s ({:.2} cores)",
-                c.process, c.cpu_seconds, c.cores
-            )
-        })
-        .collect();
-    writeln!(out, "  {label}{}", parts.join(", "))
-}
+use super::{ChunkReport, Goal, Phase, PhaseResult, System};
+use crate::measure::Compared;
+use crate::report::{
+    micros, ratio, size, thousands, write_cpu, write_header, write_latency_phase, write_rss_table,
+    write_server_legend, write_server_time,
+};
 
 fn write_random_reads(out: &mut impl Write, p: &PhaseResult) -> io::Result<()> {
-    writeln!(out, "4 KiB random reads, queue depth 1: {}", p.what)?;
-    writeln!(
-        out,
-        "  {:<14} {:>9} {:>9} {:>9} {:>9} {:>9}",
-        "system", "p50 µs", "p99 µs", "p99.9 µs", "max µs", "mean µs"
-    )?;
-    for s in &p.systems {
-        let l = s.latency.unwrap_or_default();
-        writeln!(
-            out,
-            "  {:<14} {:>9} {:>9} {:>9} {:>9} {:>9}",
-            s.system.label(),
-            micros(l.p50_us),
-            micros(l.p99_us),
-            micros(l.p999_us),
-            micros(l.max_us),
-            micros(l.mean_us),
-        )?;
-    }
-    let p50 = |sys: System| p.system(sys).and_then(|s| s.latency).map(|l| l.p50_us);
-    if let (Some(c), Some(d), Some(n)) = (
-        p50(System::Cairn),
-        p50(System::Pread),
-        p50(System::TcpPingPong),
-    ) {
-        writeln!(
-            out,
-            "  ratio = {} = {} ÷ ({} + {}) = {}",
-            p.ratio_of,
-            micros(c),
-            micros(d),
-            micros(n),
-            ratio(p.ratio)
-        )?;
-    }
+    write_latency_phase(out, p, System::Cairn, [System::Pread, System::TcpPingPong])?;
     write_server_time(
         out,
         "chunkserver handling time per request (mean): ",
@@ -229,16 +150,7 @@ pub fn print_table(out: &mut impl Write, r: &ChunkReport) -> io::Result<()> {
         out,
         "cairn÷this = cairn MiB/s ÷ that system's MiB/s (1 = parity, below 1 = cairn slower);"
     )?;
-    writeln!(
-        out,
-        "handling time = the chunkserver's own time per request, decoded request to reply \
-         queued (mean × requests);"
-    )?;
-    writeln!(
-        out,
-        "CPU = CPU seconds used during cairn's part (cores = CPU ÷ wall time; cairn-bench is \
-         the client)."
-    )?;
+    write_server_legend(out)?;
     for sys in [
         System::Cairn,
         System::CairnReplicated,

@@ -482,6 +482,13 @@ impl SplitMix {
     pub fn below(&mut self, n: usize) -> usize {
         (self.next_u64() % n.max(1) as u64) as usize
     }
+
+    /// Puts `v` in a random order (Fisher–Yates).
+    pub fn shuffle<T>(&mut self, v: &mut [T]) {
+        for i in (1..v.len()).rev() {
+            v.swap(i, self.below(i + 1));
+        }
+    }
 }
 
 /// Name of the `i`-th file a client creates.
@@ -750,6 +757,11 @@ mod tests {
             assert!(x < 13);
         }
         assert_eq!(SplitMix::new(1).below(1), 0);
+        let mut order: Vec<usize> = (0..100).collect();
+        SplitMix::new(3).shuffle(&mut order);
+        assert_ne!(order, (0..100).collect::<Vec<_>>());
+        order.sort_unstable();
+        assert_eq!(order, (0..100).collect::<Vec<_>>());
     }
 
     #[test]

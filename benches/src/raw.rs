@@ -3,7 +3,7 @@
 //! the page cache (the chunkserver's data file is `O_DIRECT` too, through
 //! glommio's `DmaFile`).
 //!
-//! * [`write`]: the pieces of a [`Layout`] by `depth` threads, each its own
+//! * [`write()`]: the pieces of a [`Layout`] by `depth` threads, each its own
 //!   chunks' regions of one file in order (as Cairn's `depth` writers
 //!   each fill their own chunks). The file is preallocated with
 //!   `fallocate`, as the chunkserver preallocates its data file in
@@ -13,7 +13,9 @@
 //!   write (the disk's streaming ceiling; the sync is inside the time).
 //! * [`read`]: the same pieces read back the same way.
 //! * [`random_reads`]: 4 KiB preads at given aligned offsets, one at a
-//!   time (queue depth 1).
+//!   time (queue depth 1) per thread, from one thread or several.
+//! * [`in_threads`]: the threads every baseline runs on, their samples
+//!   merged.
 //!
 //! Buffers are aligned for `O_DIRECT` without `unsafe`: a `Vec` with 4 KiB
 //! to spare and its aligned sub-slice ([`AlignedBuf`]). All of this is
@@ -28,9 +30,9 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 use nix::fcntl::{FallocateFlags, OFlag, fallocate};
 
-use super::Measured;
-use super::layout::{BLOCK, Layout};
-use super::tail::TailSamples;
+use crate::latency::Samples;
+use crate::layout::{BLOCK, Layout};
+use crate::measure::Measured;
 
 /// Alignment `O_DIRECT` needs (the logical block size, at most 4 KiB).
 const ALIGN: usize = 4096;
@@ -71,7 +73,12 @@ pub enum Sync {
     AtEnd,
 }
 
-fn open_direct(path: &Path, create: bool) -> Result<File> {
+/// Opens the file at `path` with `O_DIRECT`, for reading, or for writing
+/// too when `create` (creating or truncating it).
+///
+/// # Errors
+/// When it cannot be opened (`O_DIRECT` is refused on tmpfs, for one).
+pub fn open_direct(path: &Path, create: bool) -> Result<File> {
     OpenOptions::new()
         .read(true)
         .write(create)
@@ -125,7 +132,7 @@ pub fn write(path: &Path, layout: &Layout, data: &[u8], sync: Sync) -> Result<Me
     Ok(measured(layout, start, samples))
 }
 
-/// Reads back the data set [`write`] wrote at `path`, with the same
+/// Reads back the data set [`write()`] wrote at `path`, with the same
 /// threads and order; checks the first piece of every chunk against
 /// `data`.
 ///
@@ -158,22 +165,36 @@ fn per_piece<S>(
     who: &str,
     setup: impl Fn() -> S + std::marker::Sync,
     op: impl Fn(&mut S, u64) -> Result<()> + std::marker::Sync,
-) -> Result<TailSamples> {
-    let per_worker = std::thread::scope(|s| {
-        let handles: Vec<_> = (0..layout.depth)
+) -> Result<Samples> {
+    in_threads(layout.depth, who, |w| {
+        let mut state = setup();
+        let pieces = layout.worker_pieces(w);
+        let mut samples = Samples::with_capacity(pieces.len());
+        for b in pieces {
+            let t0 = Instant::now();
+            op(&mut state, b)?;
+            samples.record(t0.elapsed());
+        }
+        Ok(samples)
+    })
+}
+
+/// Runs `work(w)` for `w` in `0..threads`, each on its own thread, and
+/// merges the samples they return; the first error wins (`who` names the
+/// threads if one panics).
+///
+/// # Errors
+/// The first thread's error, or a panic.
+pub fn in_threads(
+    threads: usize,
+    who: &str,
+    work: impl Fn(usize) -> Result<Samples> + std::marker::Sync,
+) -> Result<Samples> {
+    let per_thread = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..threads)
             .map(|w| {
-                let (setup, op) = (&setup, &op);
-                s.spawn(move || -> Result<TailSamples> {
-                    let mut state = setup();
-                    let pieces = layout.worker_pieces(w);
-                    let mut samples = TailSamples::with_capacity(pieces.len());
-                    for b in pieces {
-                        let t0 = Instant::now();
-                        op(&mut state, b)?;
-                        samples.record(t0.elapsed());
-                    }
-                    Ok(samples)
-                })
+                let work = &work;
+                s.spawn(move || work(w))
             })
             .collect();
         handles
@@ -184,14 +205,14 @@ fn per_piece<S>(
             })
             .collect::<Result<Vec<_>>>()
     })?;
-    let mut samples = TailSamples::with_capacity(layout.pieces() as usize);
-    for s in per_worker {
+    let mut samples = Samples::default();
+    for s in per_thread {
         samples.merge(s);
     }
     Ok(samples)
 }
 
-fn measured(layout: &Layout, start: Instant, samples: TailSamples) -> Measured {
+fn measured(layout: &Layout, start: Instant, samples: Samples) -> Measured {
     Measured {
         ops: samples.len(),
         bytes: layout.bytes,
@@ -201,33 +222,48 @@ fn measured(layout: &Layout, start: Instant, samples: TailSamples) -> Measured {
     }
 }
 
-/// Reads one 4 KiB block at each offset of `picks`, one at a time, from
-/// the file at `path`; the first `warmup` reads are not recorded. Checks
-/// every block against `data` (the piece pattern every piece holds).
+/// Reads one 4 KiB block at each offset of `picks` from the file at
+/// `path`: the first `warmup` one at a time, unrecorded, then the rest by
+/// `threads` threads, each taking every `threads`-th of them one at a time
+/// (queue depth 1 per thread). Checks every block against `data` (the
+/// piece pattern every piece holds).
 ///
 /// # Errors
 /// When the file cannot be read or holds other bytes.
-pub fn random_reads(path: &Path, picks: &[u64], warmup: usize, data: &[u8]) -> Result<Measured> {
+pub fn random_reads(
+    path: &Path,
+    picks: &[u64],
+    warmup: usize,
+    data: &[u8],
+    threads: usize,
+) -> Result<Measured> {
     let file = open_direct(path, false)?;
-    let mut buf = AlignedBuf::new(BLOCK as usize);
-    let mut samples = TailSamples::with_capacity(picks.len().saturating_sub(warmup));
-    let mut start = Instant::now();
-    for (i, &off) in picks.iter().enumerate() {
-        if i == warmup {
-            start = Instant::now();
-        }
-        let t0 = Instant::now();
+    let read = |buf: &mut AlignedBuf, off: u64| -> Result<()> {
         file.read_exact_at(buf.as_mut_slice(), off)
             .with_context(|| format!("O_DIRECT read of 4 KiB at {off}"))?;
-        let took = t0.elapsed();
-        if i >= warmup {
-            samples.record(took);
-        }
         let at = (off % data.len() as u64) as usize;
         if buf.as_slice() != &data[at..at + BLOCK as usize] {
             bail!("the raw file holds other bytes at {off} than were written");
         }
+        Ok(())
+    };
+    let (warm, recorded) = picks.split_at(warmup.min(picks.len()));
+    let mut buf = AlignedBuf::new(BLOCK as usize);
+    for &off in warm {
+        read(&mut buf, off)?;
     }
+    let threads = threads.max(1);
+    let start = Instant::now();
+    let samples = in_threads(threads, "reader", |t| {
+        let mut buf = AlignedBuf::new(BLOCK as usize);
+        let mut samples = Samples::with_capacity(recorded.len() / threads + 1);
+        for &off in recorded.iter().skip(t).step_by(threads) {
+            let t0 = Instant::now();
+            read(&mut buf, off)?;
+            samples.record(t0.elapsed());
+        }
+        Ok(samples)
+    })?;
     Ok(Measured {
         ops: samples.len(),
         bytes: samples.len() as u64 * BLOCK,

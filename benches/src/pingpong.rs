@@ -18,9 +18,13 @@ use anyhow::{Context, Result, anyhow};
 use cairn_proto::frame::HEADER_LEN;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use super::Measured;
-use super::layout::BLOCK;
-use super::tail::TailSamples;
+use crate::latency::Samples;
+use crate::layout::BLOCK;
+use crate::measure::Measured;
+
+/// What the baseline is, in one line, for tables.
+pub const DESCRIPTION: &str =
+    "loopback TCP round trip, 128 B out, 4 KiB + header + CRC back, TCP_NODELAY";
 
 /// Bytes of a request: one frame header.
 pub const REQUEST_BYTES: usize = HEADER_LEN;
@@ -58,7 +62,7 @@ pub async fn run(n: usize, warmup: usize) -> Result<Measured> {
         c.set_nodelay(true)?;
         let req = [0xa5_u8; REQUEST_BYTES];
         let mut reply = vec![0u8; REPLY_BYTES];
-        let mut samples = TailSamples::with_capacity(n);
+        let mut samples = Samples::with_capacity(n);
         let mut start = Instant::now();
         for i in 0..warmup + n {
             if i == warmup {

@@ -12,6 +12,11 @@
 //! raw baseline's threads then write the same regions of its file in the
 //! same order.
 //!
+//! `cairn-bench client` lays its raw baselines out with
+//! [`Layout::regions`] instead: one region per stream, read or written
+//! front to back by one worker in pieces of the size the client uses, as
+//! its Cairn streams do with their files.
+//!
 //! Pure: no I/O, so the arithmetic is tested on its own.
 
 use anyhow::{Result, bail};
@@ -36,10 +41,11 @@ pub const MAX_DEPTH: usize = 256;
 pub struct Layout {
     /// Bytes in the set.
     pub bytes: u64,
-    /// Bytes per operation ([`IO_SIZE`]).
+    /// Bytes per operation ([`IO_SIZE`], or as given to
+    /// [`Layout::regions`]).
     pub io_size: u64,
     /// Bytes per chunk: [`MAX_CHUNK`], or less when that leaves a worker
-    /// without a chunk.
+    /// without a chunk (a whole region with [`Layout::regions`]).
     pub chunk_bytes: u64,
     /// Chunks in the set (the last may be partial).
     pub chunks: u64,
@@ -70,6 +76,35 @@ impl Layout {
             chunk_bytes,
             chunks: bytes.div_ceil(chunk_bytes),
             depth,
+        })
+    }
+
+    /// Returns the layout of `regions` regions of `region_bytes` bytes
+    /// each, one per worker, each cut into pieces of `io_size` bytes: worker
+    /// `w` goes through region `w` front to back, as one sequential stream.
+    ///
+    /// # Errors
+    /// Zero regions, an `io_size` that is zero or not a multiple of
+    /// [`BLOCK`], or a region size that is zero or not a multiple of it.
+    pub fn regions(region_bytes: u64, regions: usize, io_size: u64) -> Result<Layout> {
+        if io_size == 0 || !io_size.is_multiple_of(BLOCK) {
+            bail!("a piece of {io_size} bytes is not a positive multiple of 4 KiB");
+        }
+        if region_bytes == 0 || !region_bytes.is_multiple_of(io_size) {
+            bail!(
+                "{region_bytes} bytes is not a positive multiple of {} KiB",
+                io_size >> 10
+            );
+        }
+        if !(1..=MAX_DEPTH).contains(&regions) {
+            bail!("between 1 and {MAX_DEPTH} regions, not {regions}");
+        }
+        Ok(Layout {
+            bytes: region_bytes * regions as u64,
+            io_size,
+            chunk_bytes: region_bytes,
+            chunks: regions as u64,
+            depth: regions,
         })
     }
 
@@ -162,6 +197,20 @@ mod tests {
             assert_eq!(all, want, "{bytes} bytes, depth {depth}");
             assert!(l.chunk_bytes <= MAX_CHUNK);
         }
+    }
+
+    #[test]
+    fn regions_are_streams_front_to_back() {
+        let l = Layout::regions(16 * MIB, 3, 4 * MIB).unwrap();
+        assert_eq!((l.bytes, l.pieces(), l.depth), (48 * MIB, 12, 3));
+        assert_eq!(
+            l.worker_pieces(1),
+            vec![16 * MIB, 20 * MIB, 24 * MIB, 28 * MIB]
+        );
+        assert_eq!(l.locate(20 * MIB), (1, 4 * MIB));
+        assert!(Layout::regions(16 * MIB, 0, 4 * MIB).is_err());
+        assert!(Layout::regions(6 * MIB, 1, 4 * MIB).is_err());
+        assert!(Layout::regions(16 * MIB, 1, 1000).is_err());
     }
 
     #[test]
