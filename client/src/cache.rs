@@ -1111,6 +1111,14 @@ impl BlockCache {
         drop(idx);
     }
 
+    /// Counts read-ahead that bypassed the tiers: `prefetched` blocks
+    /// fetched ahead of a stream into its own buffer, `hits` blocks of
+    /// them the stream then read (for [`CacheStats::prefetch_hit_ratio`]).
+    pub fn count_prefetch(&self, prefetched: u64, hits: u64) {
+        bump(&self.prefetched_blocks, prefetched);
+        bump(&self.prefetch_hits, hits);
+    }
+
     /// Inserts a full block (`data.len()` must be [`BLOCK`]; anything else
     /// is ignored). `data` is kept as given, typically a zero-copy slice of
     /// a larger read buffer (see the module docs on accounting).

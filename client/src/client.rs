@@ -42,8 +42,12 @@ pub struct ClientOptions {
     pub cache: CacheConfig,
     /// Chunk requests one read or write keeps in flight (striping window).
     pub window: usize,
-    /// Largest single data-plane request, in bytes.
+    /// Largest single read request, in bytes.
     pub max_io: u64,
+    /// Largest single write request, in bytes. Larger than reads: every
+    /// write costs a sync on each replica in turn, so bigger pieces
+    /// amortize the syncs (a chunk's writes are serialized at its head).
+    pub max_write: u64,
     /// First read-ahead window of a sequential stream, in bytes.
     pub readahead_initial: u64,
     /// Largest read-ahead window, in bytes; 0 disables read-ahead.
@@ -63,6 +67,7 @@ impl Default for ClientOptions {
             cache: CacheConfig::default(),
             window: 16,
             max_io: 1 << 20,
+            max_write: 8 << 20,
             readahead_initial: 1 << 20,
             readahead_max: 32 << 20,
             file_mode: 0o644,
@@ -84,8 +89,9 @@ impl ClientOptions {
         if let Err(e) = self.cache.validate() {
             return Err(CairnStatus::new(ErrorCode::Invalid, format!("cache: {e}")));
         }
-        if self.max_io < 4096 || self.max_io > u64::from(cairn_proto::frame::MAX_PAYLOAD) {
-            return bad("max-io must be between 4 KiB and 16 MiB");
+        let max = u64::from(cairn_proto::frame::MAX_PAYLOAD);
+        if !(4096..=max).contains(&self.max_io) || !(4096..=max).contains(&self.max_write) {
+            return bad("max-io and max-write must be between 4 KiB and 16 MiB");
         }
         Ok(())
     }

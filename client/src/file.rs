@@ -4,17 +4,25 @@
 //! # Reads
 //! A read is clipped to the file's length (as of the open, grown by this
 //! handle's own writes: close-to-open), widened to whole 4 KiB blocks, and
-//! cut into [`Piece`]s (one chunk, at most `max_io` bytes). Blocks found in
-//! the block cache are not fetched; the missing runs go out as requests,
-//! `window` of them in flight, each to one replica of its chain. A 4 KiB
+//! cut into [`Piece`]s (one chunk, at most `max_io` bytes). A piece whose
+//! blocks are all in the block cache is not fetched; the others go out
+//! whole (a piece with a few evicted blocks must not become many small
+//! requests), `window` in flight, each to one replica of its chain. A 4 KiB
 //! read of an uncached block is therefore exactly one request to one
 //! replica, and its reply is returned without a copy. Ranges the chunk
 //! does not cover (holes, a chunk never written) read as zeros. Every reply
 //! is CRC-checked end to end before it is used.
 //!
 //! Read-ahead ([`ReadAhead`]) prefetches ahead of sequential streams into
-//! the block cache; a read overlapping a prefetch still in flight waits for
-//! it instead of fetching the same bytes twice.
+//! the handle's own read-ahead buffer — whole pieces, aligned like the
+//! reader's, handed to the reader without a copy — and not into the block
+//! cache: a stream then costs one CRC check and one copy per byte instead
+//! of a trip through 4 KiB cache blocks, and a large scan never evicts the
+//! random-read working set. The buffer holds at most two windows
+//! (`min(readahead_max, cache memory / 8)` each) and drops what the reader
+//! has passed. A read overlapping a prefetch still in flight waits for it
+//! instead of fetching the same bytes twice. Prefetched and used blocks are
+//! counted in the cache's prefetch hit ratio.
 //!
 //! # Writes
 //! A write is cut into pieces the same way and sent to the chain heads,
@@ -33,6 +41,7 @@
 //! Data goes first so that extending the file later can never expose old
 //! bytes; a crash in between leaves a file whose tail reads as zeros.
 
+use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use bytes::{Bytes, BytesMut};
@@ -81,6 +90,10 @@ struct State {
     readahead: ReadAhead,
     /// Prefetches in flight: `[from, to)` and a flag set when done.
     prefetching: Vec<(u64, u64, watch::Receiver<bool>)>,
+    /// Read-ahead data: (file offset, length, bytes) of fetched pieces,
+    /// in file order; bytes shorter than the length end in a hole.
+    ahead: VecDeque<(u64, u64, Bytes)>,
+    ahead_bytes: u64,
 }
 
 fn lock(m: &Mutex<State>) -> std::sync::MutexGuard<'_, State> {
@@ -104,13 +117,15 @@ impl File {
         })?;
         let layout = FileLayout::from_pb(layout)?;
         let opts = &client.inner.opts;
+        // Read-ahead lands in the memory tier: a window larger than an
+        // eighth of it would evict a stream's prefetched blocks before
+        // they are read (several streams share the tier).
+        // A stream's read-ahead (buffered and in flight, two windows) is
+        // bounded by a quarter of the memory tier, so the memory budget
+        // users set also covers a few concurrent streams.
         let readahead = ReadAhead::new(
             opts.readahead_initial,
-            if opts.cache.memory_bytes == 0 {
-                0
-            } else {
-                opts.readahead_max
-            },
+            opts.readahead_max.min(opts.cache.memory_bytes / 8),
         );
         client.register(attr.ino, attr.version);
         Ok(File {
@@ -126,6 +141,8 @@ impl File {
                     closed: false,
                     readahead,
                     prefetching: Vec::new(),
+                    ahead: VecDeque::new(),
+                    ahead_bytes: 0,
                 }),
                 append: tokio::sync::Mutex::new(()),
                 client,
@@ -181,7 +198,8 @@ impl File {
         }
         f.wait_prefetches(offset, end).await;
         let start = offset - offset % BLOCK;
-        let data = f.read_range(start, end, false).await?;
+        let data = f.read_range(start, end).await?;
+        f.drop_ahead_before(offset);
         let skip = usize::try_from(offset - start).unwrap_or(0);
         Ok(data.slice(skip..))
     }
@@ -212,7 +230,7 @@ impl File {
         let (tx, rx) = watch::channel(false);
         lock(&f.state).prefetching.push((from, to, rx));
         tokio::spawn(async move {
-            if let Err(e) = f.read_range(from, to, true).await {
+            if let Err(e) = f.prefetch(from, to).await {
                 tracing::debug!(error = %e, from, to, "prefetch failed");
             }
             let _ = tx.send(true);
@@ -388,7 +406,7 @@ impl FileInner {
 
     /// Returns `[start, end)` (`start` block-aligned, `end` at most the
     /// length) from the cache and the chains; holes are zeros.
-    async fn read_range(&self, start: u64, end: u64, prefetch: bool) -> Result<Bytes> {
+    async fn read_range(&self, start: u64, end: u64) -> Result<Bytes> {
         let opts = &self.client.inner.opts;
         let cache = &self.client.inner.cache;
         let size = lock(&self.state).len;
@@ -398,38 +416,33 @@ impl FileInner {
         let mut runs: Vec<Piece> = Vec::new();
         let fetch_end = end.div_ceil(BLOCK).saturating_mul(BLOCK).min(size).max(end);
         for p in self.layout.pieces(start, fetch_end - start, opts.max_io) {
-            let mut run: Option<Piece> = None;
-            let mut pos = p.file_offset;
+            // A piece is served from the cache only when every block of it
+            // is there; otherwise it is fetched whole, in one request (a
+            // piece with a few evicted blocks must not turn into many
+            // small requests).
             let p_end = p.file_offset + p.len;
-            while pos < p_end {
-                let blk = pos / BLOCK;
-                let blk_end = ((blk + 1) * BLOCK).min(p_end);
-                let hit = if use_cache && (blk + 1) * BLOCK <= size {
-                    cache.get(self.key(blk))
-                } else {
-                    None
-                };
-                match hit {
-                    Some(b) => {
-                        if let Some(r) = run.take() {
-                            runs.push(r);
-                        }
-                        parts.push((pos, b));
-                    }
-                    _ => {
-                        let r = run.get_or_insert(Piece {
-                            chunk_offset: p.chunk_offset + (pos - p.file_offset),
-                            file_offset: pos,
-                            len: 0,
-                            ..p
-                        });
-                        r.len += blk_end - pos;
-                    }
-                }
-                pos = blk_end;
+            if let Some(b) = self.take_ahead(p.file_offset, p_end) {
+                parts.push((p.file_offset, b));
+                continue;
             }
-            if let Some(r) = run.take() {
-                runs.push(r);
+            let mut hits = Vec::new();
+            if use_cache && p_end.div_ceil(BLOCK) * BLOCK <= size {
+                let mut blk = p.file_offset / BLOCK;
+                while blk * BLOCK < p_end {
+                    match cache.get(self.key(blk)) {
+                        Some(b) => hits.push((blk * BLOCK, b)),
+                        None => break,
+                    }
+                    blk += 1;
+                }
+                if blk * BLOCK < p_end {
+                    hits.clear();
+                }
+            }
+            if hits.is_empty() {
+                runs.push(p);
+            } else {
+                parts.extend(hits);
             }
         }
         let io = &self.client.inner.io;
@@ -445,8 +458,12 @@ impl FileInner {
             if use_cache && self.client.write_epoch(self.ino.0) == epoch {
                 let mut off = 0u64;
                 while off + BLOCK <= data.len() as u64 && r.file_offset + off + BLOCK <= size {
-                    let b = data.slice(off as usize..(off + BLOCK) as usize);
-                    cache.insert(self.key((r.file_offset + off) / BLOCK), b, prefetch);
+                    // A copy, not a slice: a slice would keep the whole
+                    // reply buffer alive as long as any one block of it
+                    // stays cached, and the tier's size limit would mean
+                    // nothing.
+                    let b = Bytes::copy_from_slice(&data[off as usize..(off + BLOCK) as usize]);
+                    cache.insert(self.key((r.file_offset + off) / BLOCK), b, false);
                     off += BLOCK;
                 }
             }
@@ -459,16 +476,98 @@ impl FileInner {
         {
             return Ok(b.slice(..want));
         }
-        let mut buf = BytesMut::zeroed(want);
+        // Pieces are disjoint; a short one (a hole, the chunk's end)
+        // leaves a gap that reads as zeros.
+        parts.sort_unstable_by_key(|(off, _)| *off);
+        let mut buf = BytesMut::with_capacity(want);
         for (off, b) in parts {
             let at = usize::try_from(off - start).map_err(|_| too_big(off))?;
-            if at >= want {
+            if at >= want || at < buf.len() {
                 continue;
             }
+            buf.resize(at, 0);
             let n = b.len().min(want - at);
-            buf[at..at + n].copy_from_slice(&b[..n]);
+            buf.extend_from_slice(&b[..n]);
         }
+        buf.resize(want, 0);
         Ok(buf.freeze())
+    }
+
+    /// Fetches `[from, to)` into the read-ahead buffer.
+    async fn prefetch(&self, from: u64, to: u64) -> Result<()> {
+        let opts = &self.client.inner.opts;
+        let io = &self.client.inner.io;
+        let epoch = self.client.write_epoch(self.ino.0);
+        let fetched: Vec<(Piece, Bytes)> = futures::stream::iter(self.layout.pieces(
+            from,
+            to.saturating_sub(from),
+            opts.max_io,
+        ))
+        .map(|p| async move { io.read(&p).await.map(|b| (p, b)) })
+        .buffered(opts.window)
+        .try_collect()
+        .await?;
+        if self.client.write_epoch(self.ino.0) != epoch {
+            // A write through this client overlapped: what we fetched may
+            // predate it.
+            return Ok(());
+        }
+        let mut s = lock(&self.state);
+        let limit = 2 * s.readahead.max_window();
+        let mut blocks = 0;
+        for (p, b) in fetched {
+            blocks += p.len.div_ceil(BLOCK);
+            s.ahead_bytes += p.len;
+            s.ahead.push_back((p.file_offset, p.len, b));
+        }
+        while s.ahead_bytes > limit {
+            match s.ahead.pop_front() {
+                Some((_, len, _)) => s.ahead_bytes -= len,
+                None => break,
+            }
+        }
+        drop(s);
+        self.client.inner.cache.count_prefetch(blocks, 0);
+        Ok(())
+    }
+
+    /// Returns `[from, to)` from the read-ahead buffer if one fetched piece
+    /// covers it (zero-filled past a hole), counting the prefetch hit.
+    fn take_ahead(&self, from: u64, to: u64) -> Option<Bytes> {
+        let s = lock(&self.state);
+        let (off, _, b) = s
+            .ahead
+            .iter()
+            .find(|(off, len, _)| *off <= from && to <= off + len)?;
+        let lo = usize::try_from(from - off).ok()?;
+        let hi = usize::try_from(to - off).ok()?;
+        let data = if hi <= b.len() {
+            b.slice(lo..hi)
+        } else {
+            let mut v = BytesMut::zeroed(hi - lo);
+            if lo < b.len() {
+                v[..b.len() - lo].copy_from_slice(&b[lo..]);
+            }
+            v.freeze()
+        };
+        drop(s);
+        self.client
+            .inner
+            .cache
+            .count_prefetch(0, (to - from).div_ceil(BLOCK));
+        Some(data)
+    }
+
+    /// Forgets read-ahead pieces that end at or before `offset`.
+    fn drop_ahead_before(&self, offset: u64) {
+        let mut s = lock(&self.state);
+        while let Some(&(off, len, _)) = s.ahead.front() {
+            if off + len > offset {
+                break;
+            }
+            s.ahead.pop_front();
+            s.ahead_bytes -= len;
+        }
     }
 
     async fn write_at(&self, offset: u64, data: Bytes) -> Result<()> {
@@ -483,7 +582,7 @@ impl FileInner {
         let client_id = inner.meta.session_id().await?.0;
         let pieces: Vec<(Piece, Bytes, u64)> = self
             .layout
-            .pieces(offset, data.len() as u64, inner.opts.max_io)
+            .pieces(offset, data.len() as u64, inner.opts.max_write)
             .map(|p| {
                 let at = (p.file_offset - offset) as usize;
                 let d = data.slice(at..at + p.len as usize);
@@ -506,7 +605,14 @@ impl FileInner {
         Ok(())
     }
 
+    /// Drops cached blocks of `[from, to)` (every open generation of this
+    /// inode in this client) and this handle's read-ahead data.
     fn invalidate(&self, from: u64, to: u64) {
+        {
+            let mut s = lock(&self.state);
+            s.ahead.clear();
+            s.ahead_bytes = 0;
+        }
         let cache = &self.client.inner.cache;
         for g in self.client.generations(self.ino.0) {
             cache.invalidate(self.layout.object.0, g, from / BLOCK, to.div_ceil(BLOCK));

@@ -81,7 +81,7 @@ impl FileLayout {
     }
 
     /// Cuts `[offset, offset + len)` into pieces at chunk boundaries and
-    /// every `max_io` bytes (`max_io` 0 is treated as unlimited).
+    /// at multiples of `max_io` (`max_io` 0 is treated as unlimited).
     pub fn pieces(&self, offset: u64, len: u64, max_io: u64) -> Pieces<'_> {
         Pieces {
             layout: self,
@@ -119,9 +119,13 @@ impl Iterator for Pieces<'_> {
         }
         let cs = self.layout.chunk_size;
         let chunk_offset = self.pos % cs;
+        // Cut at multiples of `max_io` in the file, not `max_io` after the
+        // start: two reads of overlapping ranges (a read and a prefetch)
+        // then ask for the same pieces, which the cache can serve whole.
+        let to_io_boundary = self.max_io - self.pos % self.max_io;
         let len = (cs - chunk_offset)
             .min(self.end - self.pos)
-            .min(self.max_io);
+            .min(to_io_boundary);
         let (chunk, chain) = self.layout.chunk_at(self.pos);
         let p = Piece {
             chunk,
@@ -167,6 +171,10 @@ mod tests {
                 assert!(p.chunk_offset + p.len <= l.chunk_size, "{p:?}");
                 if max > 0 {
                     assert!(p.len <= max);
+                    assert!(
+                        p.file_offset % max == 0 || p.file_offset == off,
+                        "pieces after the first start at multiples of max_io: {p:?}"
+                    );
                 }
                 assert_eq!(p.chunk.index, pos / l.chunk_size);
                 assert_eq!(p.chunk_offset, pos % l.chunk_size);

@@ -41,6 +41,11 @@ impl ReadAhead {
         }
     }
 
+    /// The largest window this stream may reach (0: read-ahead off).
+    pub fn max_window(&self) -> u64 {
+        self.max
+    }
+
     /// Records a read of `[offset, offset + len)` of a file of `size`
     /// bytes; returns the range to prefetch now, if any.
     pub fn on_read(&mut self, offset: u64, len: u64, size: u64) -> Option<(u64, u64)> {

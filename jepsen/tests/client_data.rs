@@ -274,6 +274,31 @@ async fn round_trips_holes_and_concurrent_io() -> Result<()> {
         stats.memory.hits > 0,
         "the caching client hit its cache: {stats:?}"
     );
+
+    // A sequential stream of small reads is served by read-ahead.
+    let path = format!("{vol}/stream");
+    let d = data(31, 24 * cs + 777);
+    client.write_file(&path, d.clone()).await?;
+    let reader = cluster.client(ClientOptions::default()).await?;
+    let f = reader.open_read(&path).await?;
+    let mut back = Vec::new();
+    loop {
+        let b = f.read_at(back.len() as u64, 128 * 1024).await?;
+        if b.is_empty() {
+            break;
+        }
+        back.extend_from_slice(&b);
+    }
+    f.close().await?;
+    ensure!(
+        back == d[..],
+        "a stream read through read-ahead returns the file"
+    );
+    let st = reader.cache_stats();
+    ensure!(
+        st.prefetched_blocks > 0 && st.prefetch_hit_ratio() > 0.5,
+        "read-ahead served the stream: {st:?}"
+    );
     Ok(())
 }
 
@@ -336,7 +361,8 @@ async fn chunkserver_killed_during_large_read() -> Result<()> {
     let path = format!("{vol}/big");
     let crc = write_big(&client, &path, 5, len).await?;
 
-    let reader = cluster.client(no_cache()).await?;
+    // Read-ahead on: prefetches die with the chunkserver too.
+    let reader = cluster.client(ClientOptions::default()).await?;
     let p = path.clone();
     let read = tokio::spawn(async move { read_big(&reader, &p).await });
     tokio::time::sleep(Duration::from_millis(300)).await;
