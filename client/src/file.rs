@@ -225,19 +225,27 @@ impl File {
         Ok(())
     }
 
+    /// Starts fetching `[from, to)` into the read-ahead buffer, one task
+    /// per piece: each piece is usable (and waited for) on its own, so the
+    /// reader never waits for a whole window.
     fn spawn_prefetch(&self, from: u64, to: u64) {
-        let f = self.inner.clone();
-        let (tx, rx) = watch::channel(false);
-        lock(&f.state).prefetching.push((from, to, rx));
-        tokio::spawn(async move {
-            if let Err(e) = f.prefetch(from, to).await {
-                tracing::debug!(error = %e, from, to, "prefetch failed");
-            }
-            let _ = tx.send(true);
-            lock(&f.state)
-                .prefetching
-                .retain(|(a, b, _)| (*a, *b) != (from, to));
-        });
+        let f = &self.inner;
+        let max_io = f.client.inner.opts.max_io;
+        for p in f.layout.pieces(from, to.saturating_sub(from), max_io) {
+            let (tx, rx) = watch::channel(false);
+            let (a, b) = (p.file_offset, p.file_offset + p.len);
+            lock(&f.state).prefetching.push((a, b, rx));
+            let f = f.clone();
+            tokio::spawn(async move {
+                if let Err(e) = f.prefetch(p).await {
+                    tracing::debug!(error = %e, from = a, to = b, "prefetch failed");
+                }
+                let _ = tx.send(true);
+                lock(&f.state)
+                    .prefetching
+                    .retain(|(x, y, _)| (*x, *y) != (a, b));
+            });
+        }
     }
 
     /// Writes all of `data` at `offset` (at the end of the file when the
@@ -493,20 +501,10 @@ impl FileInner {
         Ok(buf.freeze())
     }
 
-    /// Fetches `[from, to)` into the read-ahead buffer.
-    async fn prefetch(&self, from: u64, to: u64) -> Result<()> {
-        let opts = &self.client.inner.opts;
-        let io = &self.client.inner.io;
+    /// Fetches piece `p` into the read-ahead buffer (kept in file order).
+    async fn prefetch(&self, p: Piece) -> Result<()> {
         let epoch = self.client.write_epoch(self.ino.0);
-        let fetched: Vec<(Piece, Bytes)> = futures::stream::iter(self.layout.pieces(
-            from,
-            to.saturating_sub(from),
-            opts.max_io,
-        ))
-        .map(|p| async move { io.read(&p).await.map(|b| (p, b)) })
-        .buffered(opts.window)
-        .try_collect()
-        .await?;
+        let b = self.client.inner.io.read(&p).await?;
         if self.client.write_epoch(self.ino.0) != epoch {
             // A write through this client overlapped: what we fetched may
             // predate it.
@@ -514,12 +512,9 @@ impl FileInner {
         }
         let mut s = lock(&self.state);
         let limit = 2 * s.readahead.max_window();
-        let mut blocks = 0;
-        for (p, b) in fetched {
-            blocks += p.len.div_ceil(BLOCK);
-            s.ahead_bytes += p.len;
-            s.ahead.push_back((p.file_offset, p.len, b));
-        }
+        let at = s.ahead.partition_point(|(off, _, _)| *off < p.file_offset);
+        s.ahead.insert(at, (p.file_offset, p.len, b));
+        s.ahead_bytes += p.len;
         while s.ahead_bytes > limit {
             match s.ahead.pop_front() {
                 Some((_, len, _)) => s.ahead_bytes -= len,
@@ -527,7 +522,10 @@ impl FileInner {
             }
         }
         drop(s);
-        self.client.inner.cache.count_prefetch(blocks, 0);
+        self.client
+            .inner
+            .cache
+            .count_prefetch(p.len.div_ceil(BLOCK), 0);
         Ok(())
     }
 
