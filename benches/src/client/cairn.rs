@@ -59,6 +59,26 @@ where
     Ok((samples?, elapsed))
 }
 
+/// Runs `work(client, path, data)` for each of `paths` in its own task;
+/// `size` bytes per file go into the figures.
+async fn per_file<F, Fut>(
+    client: &Client,
+    paths: &[String],
+    size: u64,
+    data: Bytes,
+    work: F,
+) -> Result<Measured>
+where
+    F: Fn(Client, String, Bytes) -> Fut,
+    Fut: Future<Output = Result<Samples>> + Send + 'static,
+{
+    let (samples, elapsed) = in_tasks(paths.len(), |i| {
+        work(client.clone(), paths[i].clone(), data.clone())
+    })
+    .await?;
+    Ok(Measured::new(samples, size * paths.len() as u64, elapsed))
+}
+
 /// Fails unless `got` is `data[at..]` (as long as `got`).
 fn check(got: &[u8], data: &[u8], at: usize, what: impl FnOnce() -> String) -> Result<()> {
     if data.get(at..at + got.len()) != Some(got) {
@@ -80,11 +100,13 @@ pub async fn write_files(
     size: u64,
     data: Bytes,
 ) -> Result<Measured> {
-    let paths: Arc<[String]> = paths.into();
-    let (samples, elapsed) = in_tasks(paths.len(), |i| {
-        let (client, paths, data) = (client.clone(), paths.clone(), data.clone());
-        async move {
-            let path = &paths[i];
+    per_file(
+        client,
+        paths,
+        size,
+        data,
+        move |client, path, data| async move {
+            let path = &path;
             let f = client
                 .create(path)
                 .await
@@ -103,10 +125,9 @@ pub async fn write_files(
                 .with_context(|| format!("fsync of {path}"))?;
             f.close().await.with_context(|| format!("closing {path}"))?;
             Ok(samples)
-        }
-    })
-    .await?;
-    Ok(Measured::new(samples, size * paths.len() as u64, elapsed))
+        },
+    )
+    .await
 }
 
 /// Reads each file of `paths` (`size` bytes, written by [`write_files`]
@@ -121,11 +142,13 @@ pub async fn read_files(
     size: u64,
     data: Bytes,
 ) -> Result<Measured> {
-    let paths: Arc<[String]> = paths.into();
-    let (samples, elapsed) = in_tasks(paths.len(), |i| {
-        let (client, paths, data) = (client.clone(), paths.clone(), data.clone());
-        async move {
-            let path = &paths[i];
+    per_file(
+        client,
+        paths,
+        size,
+        data,
+        move |client, path, data| async move {
+            let path = &path;
             let f = client
                 .open_read(path)
                 .await
@@ -153,10 +176,9 @@ pub async fn read_files(
             }
             f.close().await.with_context(|| format!("closing {path}"))?;
             Ok(samples)
-        }
-    })
-    .await?;
-    Ok(Measured::new(samples, size * paths.len() as u64, elapsed))
+        },
+    )
+    .await
 }
 
 /// Reads the 4 KiB block at `off` of `f` and checks it against `data`
