@@ -21,7 +21,8 @@
 //! nothing it reads is in its block cache; the chunkservers read with
 //! `O_DIRECT` (no page cache) and the raw and local baselines do too. The
 //! sequential readers get a small memory cache (`--seq-cache`), since
-//! read-ahead fills the block cache and is off without one; the random and
+//! read-ahead is sized from it (a stream's window is at most an eighth)
+//! and is off without one; the random and
 //! small-file readers have none, so every read goes to a chunkserver.
 //!
 //! As in `cairn-bench chunk`, systems run one after the other, never
@@ -73,7 +74,8 @@ cairn_client::Client, each followed by its baselines:
                front to back in 4 MiB File::read_at calls). The files, of
                --seq-size each, were written beforehand by another client.
                The reading client has a --seq-cache memory cache, which
-               read-ahead fills. Figures: GB/s, per-read latency.
+               sizes read-ahead (each stream's read-ahead window is at most
+               an eighth of it). Figures: GB/s, per-read latency.
                Baseline raw: O_DIRECT reads of the same bytes from a file on
                the same disk, 4 MiB at a time, one thread per stream, each
                reading its own region front to back.
@@ -163,8 +165,9 @@ pub struct ClientArgs {
     /// the first has one.
     #[arg(long, default_value_t = 4, value_name = "N")]
     pub streams: usize,
-    /// Memory block cache of the sequential readers' clients, which
-    /// read-ahead fills (0 turns read-ahead off too).
+    /// Memory block cache of the sequential readers' clients; it sizes
+    /// read-ahead (a stream's window is at most an eighth of it; 0 turns
+    /// read-ahead off too).
     #[arg(long, value_parser = parse_size, default_value = "64MiB", value_name = "SIZE")]
     pub seq_cache: u64,
     /// Bytes of the checkpoint written, and saved (a multiple of 8 MiB).
