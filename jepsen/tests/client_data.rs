@@ -568,3 +568,56 @@ async fn a_corrupt_replica_is_never_read() -> Result<()> {
     );
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn blocks_evicted_from_memory_come_back_from_the_ssd_tier() -> Result<()> {
+    let _serial = serial().await;
+    let cluster = DataCluster::start(DataOpts::default()).await?;
+    let writer = cluster.client(ClientOptions::default()).await?;
+    let d = data(808, 8 * MIB as usize);
+    writer.write_file("/ssd", d.clone()).await?;
+
+    let dir = tempfile::tempdir()?;
+    let mut opts = ClientOptions::default();
+    opts.cache.memory_bytes = 256 * 1024;
+    opts.cache.dir = Some(dir.path().to_path_buf());
+    opts.cache.dir_bytes = 64 * MIB;
+    let c = cluster.client(opts).await?;
+    let f = c.open_read("/ssd").await?;
+    // Two passes of scattered 4 KiB reads: the working set (8 MiB) is far
+    // larger than memory (256 KiB) and fits the SSD tier.
+    for pass in 0..2 {
+        for i in 0..2048u64 {
+            let off = (i * 7919 % 2048) * 4096;
+            let got = f.read_at(off, 4096).await?;
+            ensure!(
+                got == d[off as usize..off as usize + 4096],
+                "pass {pass}: block at {off}"
+            );
+        }
+        // Let the SSD writer thread catch up before the second pass.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    f.close().await?;
+    let st = c.cache_stats();
+    let ssd = st.ssd.clone().context("an SSD tier")?;
+    ensure!(ssd.hits > 500, "the second pass hit the SSD tier: {st:?}");
+    ensure!(
+        ssd.used_bytes <= 64 * MIB,
+        "the SSD tier stays in its limit"
+    );
+    ensure!(
+        st.memory.used_bytes <= 256 * 1024,
+        "memory stays in its limit"
+    );
+    // `cairn cache stats` finds this process's counters in the directory.
+    c.close().await?;
+    let found = cairn_client::cache::collect_stats(dir.path())?;
+    ensure!(
+        found
+            .iter()
+            .any(|s| s.pid == std::process::id() && s.ssd.is_some()),
+        "stats published for cairn cache stats: {found:?}"
+    );
+    Ok(())
+}
