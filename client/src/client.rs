@@ -121,6 +121,14 @@ impl OpenOptions {
         truncate: false,
         append: false,
     };
+    /// An existing file for writing, contents kept (`open(O_RDWR)`).
+    pub const WRITE: OpenOptions = OpenOptions {
+        write: true,
+        create: false,
+        create_new: false,
+        truncate: false,
+        append: false,
+    };
     /// Create or truncate for writing (`open(O_WRONLY|O_CREAT|O_TRUNC)`).
     pub const CREATE: OpenOptions = OpenOptions {
         write: true,

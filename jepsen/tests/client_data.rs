@@ -145,15 +145,7 @@ async fn round_trips_holes_and_concurrent_io() -> Result<()> {
     // Truncate down, then extend: the cut-off bytes never come back.
     let path = format!("{vol}/trunc");
     client.write_file(&path, data(77, 3 * cs)).await?;
-    let f = client
-        .open(
-            &path,
-            OpenOptions {
-                write: true,
-                ..OpenOptions::READ
-            },
-        )
-        .await?;
+    let f = client.open(&path, OpenOptions::WRITE).await?;
     f.set_len(MIB / 2 + 3).await?;
     f.set_len(3 * MIB).await?;
     f.write_at(3 * MIB - 1, Bytes::from_static(b"z")).await?;
@@ -221,15 +213,7 @@ async fn round_trips_holes_and_concurrent_io() -> Result<()> {
         let (own, shared) = (format!("{vol}/own{w}"), shared.clone());
         tasks.push(tokio::spawn(async move {
             c.write_file(&own, data(100 + w, 700_000)).await?;
-            let f = c
-                .open(
-                    &shared,
-                    OpenOptions {
-                        write: true,
-                        ..OpenOptions::READ
-                    },
-                )
-                .await?;
+            let f = c.open(&shared, OpenOptions::WRITE).await?;
             f.write_at(w * 300_000, data(200 + w, 300_000)).await?;
             f.close().await?;
             anyhow::Ok(())
@@ -489,15 +473,7 @@ async fn readers_during_overwrites_never_see_torn_blocks() -> Result<()> {
             anyhow::Ok(reads)
         }));
     }
-    let f = writer
-        .open(
-            &path,
-            OpenOptions {
-                write: true,
-                ..OpenOptions::READ
-            },
-        )
-        .await?;
+    let f = writer.open(&path, OpenOptions::WRITE).await?;
     for v in 1..=12u8 {
         f.write_at(0, Bytes::from(vec![v; len])).await?;
     }
