@@ -168,8 +168,8 @@ impl ChunkIo {
         attempt: A,
     ) -> Result<T, CairnStatus>
     where
-        P: Fn(&ChainView, &ChainInfo, usize) -> Option<String>,
-        A: Fn(String, ChainVersion) -> F,
+        P: Fn(&ChainView, &ChainInfo, usize) -> Option<Arc<str>>,
+        A: Fn(Arc<str>, ChainVersion) -> F,
         F: std::future::Future<Output = Result<T, DataError>>,
     {
         let deadline = Instant::now() + self.opts.deadline;
@@ -236,16 +236,13 @@ impl ChunkIo {
             &what,
             piece.chain,
             |view, c, round| {
-                let serving: Vec<_> = c
-                    .members
-                    .iter()
-                    .filter(|m| m.state == MemberState::Serving)
-                    .collect();
-                if serving.is_empty() {
+                let serving = || c.members.iter().filter(|m| m.state == MemberState::Serving);
+                let n = serving().count();
+                if n == 0 {
                     return None;
                 }
-                let m = serving[(start + round) % serving.len()];
-                view.shard_addr(m.chunkserver, chunk)
+                let m = serving().nth((start + round) % n)?;
+                view.shard_addr_shared(m.chunkserver, chunk)
             },
             |addr, version| async move {
                 let req = read_request(piece.chain, version, chunk, piece.chunk_offset, len);
@@ -364,9 +361,9 @@ fn ok_if_missing(r: Result<Frame, DataError>) -> Result<(), DataError> {
     }
 }
 
-fn head_addr(view: &ChainView, c: &ChainInfo, chunk: ChunkId) -> Option<String> {
+fn head_addr(view: &ChainView, c: &ChainInfo, chunk: ChunkId) -> Option<Arc<str>> {
     let head = c.write_path().next()?;
-    view.shard_addr(head.chunkserver, chunk)
+    view.shard_addr_shared(head.chunkserver, chunk)
 }
 
 #[cfg(test)]

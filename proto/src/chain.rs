@@ -9,6 +9,7 @@
 //! reads it without a lock.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use crate::ids::ChunkId;
 use crate::meta as pb;
@@ -61,6 +62,9 @@ pub struct ServerAddr {
     pub host: String,
     /// One port per shard.
     pub shard_ports: Vec<u32>,
+    /// `host:port` of each shard, built once per view so the data path
+    /// does not format an address per request.
+    pub shard_addrs: Vec<Arc<str>>,
 }
 
 /// Where a request for a chunk goes on one chunkserver.
@@ -123,6 +127,11 @@ impl ChainView {
                     ServerAddr {
                         host: c.host.clone(),
                         shard_ports: c.shard_ports.clone(),
+                        shard_addrs: c
+                            .shard_ports
+                            .iter()
+                            .map(|p| Arc::from(format!("{}:{p}", c.host)))
+                            .collect(),
                     },
                 )
             })
@@ -141,10 +150,15 @@ impl ChainView {
 
     /// Returns the address of the shard owning `chunk` on `chunkserver`.
     pub fn shard_addr(&self, chunkserver: u64, chunk: ChunkId) -> Option<String> {
+        self.shard_addr_shared(chunkserver, chunk)
+            .map(|a| a.to_string())
+    }
+
+    /// [`Self::shard_addr`] without an allocation: the view's own copy.
+    pub fn shard_addr_shared(&self, chunkserver: u64, chunk: ChunkId) -> Option<Arc<str>> {
         let s = self.servers.get(&chunkserver)?;
-        let shards = u32::try_from(s.shard_ports.len()).ok().filter(|n| *n > 0)?;
-        let port = s.shard_ports.get(shard_of(chunk, shards) as usize)?;
-        Some(format!("{}:{port}", s.host))
+        let shards = u32::try_from(s.shard_addrs.len()).ok().filter(|n| *n > 0)?;
+        s.shard_addrs.get(shard_of(chunk, shards) as usize).cloned()
     }
 
     /// Returns the member after `target` on chain `id`'s write path, if
