@@ -166,11 +166,16 @@ struct OpenInode {
     generations: Vec<(u64, usize)>,
     /// This client told meta it holds the (unlinked) inode open.
     held: bool,
-    /// Bumped when a write through this client starts and when it ends: a
-    /// read that saw it move does not cache what it fetched (it may predate
-    /// the write, and the write's invalidation may have run already).
-    write_epoch: u64,
+    /// Shared by the inode's handles; see [`WriteEpoch`].
+    write_epoch: WriteEpoch,
 }
+
+/// Bumped when a write to an inode through this client starts and when it
+/// ends: a read that saw it move does not cache what it fetched (it may
+/// predate the write, and the write's invalidation may have run already).
+/// Every handle of the inode holds the same counter, so the read path
+/// checks it without a lock.
+pub(crate) type WriteEpoch = Arc<std::sync::atomic::AtomicU64>;
 
 impl Drop for Inner {
     fn drop(&mut self) {
@@ -477,7 +482,8 @@ impl Client {
             .unwrap_or_else(PoisonError::into_inner)
     }
 
-    pub(crate) fn register(&self, ino: u64, generation: u64) {
+    /// Records an open handle; returns the inode's write epoch.
+    pub(crate) fn register(&self, ino: u64, generation: u64) -> WriteEpoch {
         let mut open = self.lock_open();
         let o = open.entry(ino).or_default();
         o.handles += 1;
@@ -485,6 +491,7 @@ impl Client {
             Some((_, n)) => *n += 1,
             None => o.generations.push((generation, 1)),
         }
+        o.write_epoch.clone()
     }
 
     /// Forgets one handle; returns whether the inode was held open after
@@ -507,18 +514,6 @@ impl Client {
             return held;
         }
         false
-    }
-
-    /// Marks the start or end of a write to `ino`.
-    pub(crate) fn bump_write_epoch(&self, ino: u64) {
-        if let Some(o) = self.lock_open().get_mut(&ino) {
-            o.write_epoch += 1;
-        }
-    }
-
-    /// The inode's write epoch (see [`OpenInode`]).
-    pub(crate) fn write_epoch(&self, ino: u64) -> u64 {
-        self.lock_open().get(&ino).map_or(0, |o| o.write_epoch)
     }
 
     /// Generations the inode's open handles read under.

@@ -42,6 +42,7 @@
 //! bytes; a crash in between leaves a file whose tail reads as zeros.
 
 use std::collections::VecDeque;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use bytes::{Bytes, BytesMut};
@@ -54,7 +55,7 @@ use tokio::sync::watch;
 use crate::Result;
 use crate::SetAttrChanges;
 use crate::cache::{BLOCK, BlockKey};
-use crate::client::{Client, OpenOptions};
+use crate::client::{Client, OpenOptions, WriteEpoch};
 use crate::layout::{FileLayout, Piece};
 use crate::readahead::ReadAhead;
 
@@ -73,6 +74,8 @@ struct FileInner {
     layout: FileLayout,
     /// The attribute version at open: the block cache's generation.
     generation: u64,
+    /// The inode's write epoch in this client (shared by its handles).
+    write_epoch: WriteEpoch,
     how: OpenOptions,
     state: Mutex<State>,
     /// Serializes appends (O_APPEND is atomic within one client).
@@ -127,12 +130,13 @@ impl File {
             opts.readahead_initial,
             opts.readahead_max.min(opts.cache.memory_bytes / 8),
         );
-        client.register(attr.ino, attr.version);
+        let write_epoch = client.register(attr.ino, attr.version);
         Ok(File {
             inner: Arc::new(FileInner {
                 ino: InodeId(attr.ino),
                 layout,
                 generation: attr.version,
+                write_epoch,
                 how,
                 state: Mutex::new(State {
                     len: attr.size,
@@ -404,6 +408,10 @@ impl FileInner {
         }
     }
 
+    fn epoch(&self) -> u64 {
+        self.write_epoch.load(Ordering::SeqCst)
+    }
+
     fn key(&self, block: u64) -> BlockKey {
         BlockKey {
             object: self.layout.object.0,
@@ -454,7 +462,7 @@ impl FileInner {
             }
         }
         let io = &self.client.inner.io;
-        let epoch = self.client.write_epoch(self.ino.0);
+        let epoch = self.epoch();
         let fetched: Vec<(Piece, Bytes)> = futures::stream::iter(runs)
             .map(|r| async move { io.read(&r).await.map(|b| (r, b)) })
             .buffered(opts.window)
@@ -463,7 +471,7 @@ impl FileInner {
         for (r, data) in fetched {
             // Full blocks go to the cache (a short reply is a hole or the
             // chunk's end; only whole stored blocks are cached).
-            if use_cache && self.client.write_epoch(self.ino.0) == epoch {
+            if use_cache && self.epoch() == epoch {
                 let mut off = 0u64;
                 while off + BLOCK <= data.len() as u64 && r.file_offset + off + BLOCK <= size {
                     // A copy, not a slice: a slice would keep the whole
@@ -503,9 +511,9 @@ impl FileInner {
 
     /// Fetches piece `p` into the read-ahead buffer (kept in file order).
     async fn prefetch(&self, p: Piece) -> Result<()> {
-        let epoch = self.client.write_epoch(self.ino.0);
+        let epoch = self.epoch();
         let b = self.client.inner.io.read(&p).await?;
-        if self.client.write_epoch(self.ino.0) != epoch {
+        if self.epoch() != epoch {
             // A write through this client overlapped: what we fetched may
             // predate it.
             return Ok(());
@@ -587,7 +595,7 @@ impl FileInner {
                 (p, d, self.client.next_seq())
             })
             .collect();
-        self.client.bump_write_epoch(self.ino.0);
+        self.write_epoch.fetch_add(1, Ordering::SeqCst);
         let result: Result<()> = futures::stream::iter(pieces)
             .map(|(p, d, seq)| async move { inner.io.write(&p, d, client_id, seq, 0).await })
             .buffer_unordered(inner.opts.window)
@@ -595,7 +603,7 @@ impl FileInner {
             .await;
         // Cached blocks of the range are stale whether or not every piece
         // made it.
-        self.client.bump_write_epoch(self.ino.0);
+        self.write_epoch.fetch_add(1, Ordering::SeqCst);
         self.invalidate(offset, end);
         result?;
         let mut s = lock(&self.state);
@@ -621,7 +629,7 @@ impl FileInner {
     async fn drop_data(&self, new_len: u64, old: u64) -> Result<()> {
         let cs = self.layout.chunk_size;
         let io = &self.client.inner.io;
-        self.client.bump_write_epoch(self.ino.0);
+        self.write_epoch.fetch_add(1, Ordering::SeqCst);
         if !new_len.is_multiple_of(cs) {
             let (chunk, chain) = self.layout.chunk_at(new_len);
             io.truncate(chunk, chain, new_len % cs).await?;
@@ -635,7 +643,7 @@ impl FileInner {
             .buffer_unordered(self.client.inner.opts.window)
             .try_collect::<()>()
             .await?;
-        self.client.bump_write_epoch(self.ino.0);
+        self.write_epoch.fetch_add(1, Ordering::SeqCst);
         self.invalidate(new_len, old.max(new_len) + BLOCK);
         Ok(())
     }

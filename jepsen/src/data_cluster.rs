@@ -201,16 +201,7 @@ impl DataCluster {
         let start = Instant::now();
         loop {
             let t = self.chains().await?;
-            let ok = t.tables.iter().any(|tb| {
-                tb.replication as usize == n
-                    && !tb.chains.is_empty()
-                    && tb.chains.iter().all(|c| {
-                        c.targets.len() == n
-                            && c.targets
-                                .iter()
-                                .all(|m| m.state == pb::TargetState::Serving as i32)
-                    })
-            });
+            let ok = cairn_proto::chain::fully_serving(&t, n);
             if ok {
                 // Let every chunkserver see the table through its watch.
                 tokio::time::sleep(Duration::from_millis(300)).await;

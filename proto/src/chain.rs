@@ -208,6 +208,22 @@ pub fn shard_of(chunk: ChunkId, shards: u32) -> u32 {
     (h % u64::from(shards.max(1))) as u32
 }
 
+/// Returns whether `t` has a replication-`n` table with at least one chain
+/// and every chain holding `n` members, all serving: the table a cluster
+/// that just started (or healed) is waited for.
+pub fn fully_serving(t: &pb::ChainTables, n: usize) -> bool {
+    t.tables.iter().any(|tb| {
+        tb.replication as usize == n
+            && !tb.chains.is_empty()
+            && tb.chains.iter().all(|c| {
+                c.targets.len() == n
+                    && c.targets
+                        .iter()
+                        .all(|m| m.state == pb::TargetState::Serving as i32)
+            })
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use crate::ids::ObjectId;
@@ -243,6 +259,19 @@ mod tests {
                 })
                 .collect(),
         }
+    }
+
+    #[test]
+    fn fully_serving_needs_every_member_serving() {
+        let mut t = table();
+        assert!(!fully_serving(&t, 3), "one member offline, one syncing");
+        for m in &mut t.tables[0].chains[0].targets {
+            m.state = pb::TargetState::Serving as i32;
+        }
+        assert!(fully_serving(&t, 3));
+        assert!(!fully_serving(&t, 2), "no 2-replica table");
+        t.tables[0].chains[0].targets.pop();
+        assert!(!fully_serving(&t, 3), "a chain short of a member");
     }
 
     #[test]

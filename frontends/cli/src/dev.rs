@@ -203,12 +203,7 @@ async fn wait_chains(meta: &[String]) -> anyhow::Result<usize> {
                         .iter()
                         .find(|tb| tb.replication as usize == CHUNKSERVERS);
                     if let Some(tb) = full
-                        && !tb.chains.is_empty()
-                        && tb.chains.iter().all(|c| {
-                            c.targets
-                                .iter()
-                                .all(|m| m.state == pb::TargetState::Serving as i32)
-                        })
+                        && cairn_proto::chain::fully_serving(&t, CHUNKSERVERS)
                     {
                         return Ok(tb.chains.len());
                     }
