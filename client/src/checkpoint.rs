@@ -25,8 +25,8 @@ use bytes::{Bytes, BytesMut};
 use cairn_proto::ids::InodeId;
 use cairn_proto::meta::FileType;
 use cairn_proto::{CairnStatus, ErrorCode};
-use futures::StreamExt;
 use futures::stream::FuturesUnordered;
+use futures::{Stream, StreamExt};
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncReadExt};
 
@@ -125,20 +125,13 @@ impl Checkpoints {
         data: Bytes,
         metrics: BTreeMap<String, f64>,
     ) -> Result<CheckpointInfo> {
-        let len = data.len();
-        let mut reader = &data[..];
-        self.save_reader(name, &mut reader, metrics, |_| {})
+        // Slices of the caller's buffer, not copies.
+        let pieces = (0..data.len())
+            .step_by(SAVE_BUFFER)
+            .map(|at| Ok(data.slice(at..(at + SAVE_BUFFER).min(data.len()))))
+            .collect::<Vec<Result<Bytes>>>();
+        self.save_stream(name, futures::stream::iter(pieces), metrics, |_| {})
             .await
-            .and_then(|i| {
-                if i.size == len as u64 {
-                    Ok(i)
-                } else {
-                    Err(CairnStatus::new(
-                        ErrorCode::Internal,
-                        "checkpoint size mismatch",
-                    ))
-                }
-            })
     }
 
     /// Saves everything `reader` yields as checkpoint `name`; `progress` is
@@ -150,6 +143,24 @@ impl Checkpoints {
         &self,
         name: &str,
         reader: &mut R,
+        metrics: BTreeMap<String, f64>,
+        progress: impl Fn(u64),
+    ) -> Result<CheckpointInfo> {
+        let pieces = futures::stream::unfold(reader, |r| async move {
+            match fill(r).await {
+                Ok(b) if b.is_empty() => None,
+                Ok(b) => Some((Ok(b.freeze()), r)),
+                Err(e) => Some((Err(e), r)),
+            }
+        });
+        self.save_stream(name, pieces, metrics, progress).await
+    }
+
+    /// Saves the bytes `pieces` yields, in order, as checkpoint `name`.
+    async fn save_stream<S: Stream<Item = Result<Bytes>>>(
+        &self,
+        name: &str,
+        pieces: S,
         metrics: BTreeMap<String, f64>,
         progress: impl Fn(u64),
     ) -> Result<CheckpointInfo> {
@@ -168,7 +179,7 @@ impl Checkpoints {
             append: false,
         };
         let f = self.client.open(&tmp_path, how).await?;
-        let written = write_all(&f, reader, &progress).await;
+        let written = write_all(&f, pieces, &progress).await;
         let (size, crc32) = match written {
             Ok(v) => v,
             Err(e) => {
@@ -349,39 +360,40 @@ impl Checkpoints {
     }
 }
 
-/// Copies `reader` into `f` from offset 0, [`SAVE_DEPTH`] writes in flight
-/// while the next buffer is read; returns the size and CRC32. `progress`
-/// gets the bytes acknowledged so far (in order of completion).
-async fn write_all<R: AsyncRead + Unpin>(
+/// Writes the bytes of `pieces` into `f` from offset 0, [`SAVE_DEPTH`]
+/// writes in flight while the next piece is produced; returns the size and
+/// CRC32. `progress` gets the bytes acknowledged so far.
+async fn write_all<S: Stream<Item = Result<Bytes>>>(
     f: &File,
-    reader: &mut R,
+    pieces: S,
     progress: &impl Fn(u64),
 ) -> Result<(u64, u32)> {
+    let mut pieces = std::pin::pin!(pieces);
     let mut crc = crc32fast::Hasher::new();
     let mut at = 0u64;
     let mut acked = 0u64;
     let mut inflight = FuturesUnordered::new();
     loop {
-        // Read the next buffer while the writes in flight make progress.
-        let next = fill(reader);
+        // Produce the next piece while the writes in flight make progress.
+        let next = pieces.next();
         tokio::pin!(next);
-        let buf = loop {
+        let piece = loop {
             tokio::select! {
-                r = &mut next => break r?,
+                r = &mut next => break r.transpose()?,
                 Some(w) = inflight.next(), if !inflight.is_empty() => {
                     acked += w?;
                     progress(acked);
                 }
             }
         };
-        if buf.is_empty() {
+        let Some(buf) = piece else {
             break;
-        }
+        };
         crc.update(&buf);
         let n = buf.len() as u64;
         let off = at;
         at += n;
-        inflight.push(async move { f.write_at(off, buf.freeze()).await.map(|()| n) });
+        inflight.push(async move { f.write_at(off, buf).await.map(|()| n) });
         while inflight.len() >= SAVE_DEPTH {
             if let Some(w) = inflight.next().await {
                 acked += w?;
