@@ -22,7 +22,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use cairn_proto::ids::InodeId;
-use cairn_proto::meta::{Attr, DirEntry, FileType};
+use cairn_proto::meta::{Attr, DirEntry, FileType, UnlinkReply};
 use cairn_proto::{CairnStatus, ErrorCode};
 
 use crate::cache::{BlockCache, CacheConfig, CacheStats};
@@ -353,6 +353,19 @@ impl Client {
         Ok(f)
     }
 
+    /// Opens a file whose attributes the caller already has from meta
+    /// (a frontend's create, or an open it made itself); a write open must
+    /// already be registered with meta (`create` with `open_for_write`, or
+    /// [`MetaClient::open_file`]). No round trip.
+    ///
+    /// # Errors
+    /// [`ErrorCode::IsDir`] / [`ErrorCode::Invalid`] when `attr` is not a
+    /// regular file.
+    pub fn open_attr(&self, attr: Attr, how: OpenOptions) -> Result<File> {
+        check_file(&attr, &format!("inode {}", attr.ino))?;
+        File::new(self.clone(), attr, how)
+    }
+
     /// Writes `data` to `path` (created or truncated) and closes it.
     ///
     /// # Errors
@@ -442,9 +455,19 @@ impl Client {
     /// # Errors
     /// [`ErrorCode::NotFound`], [`ErrorCode::IsDir`].
     pub async fn remove_file(&self, path: &str) -> Result<()> {
+        let (parent, name) = self.inner.meta.resolve_parent(path).await?;
+        self.unlink_at(InodeId(parent.ino), &name).await.map(|_| ())
+    }
+
+    /// Removes entry `name` (not a directory) of directory `parent`, as
+    /// [`Self::remove_file`] does for a path: a file this client has open
+    /// stays readable through its handles until they close.
+    ///
+    /// # Errors
+    /// [`ErrorCode::NotFound`], [`ErrorCode::IsDir`].
+    pub async fn unlink_at(&self, parent: InodeId, name: &str) -> Result<UnlinkReply> {
         let m = &self.inner.meta;
-        let (parent, name) = m.resolve_parent(path).await?;
-        let a = m.lookup(InodeId(parent.ino), &name).await?;
+        let a = m.lookup(parent, name).await?;
         let open = {
             let mut open = self.lock_open();
             match open.get_mut(&a.ino) {
@@ -456,11 +479,10 @@ impl Client {
             }
         };
         if open {
-            m.unlink_held_open(InodeId(parent.ino), &name).await?;
+            m.unlink_held_open(parent, name).await
         } else {
-            m.unlink(InodeId(parent.ino), &name).await?;
+            m.unlink(parent, name).await
         }
-        Ok(())
     }
 
     /// Removes the empty directory at `path`.

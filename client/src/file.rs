@@ -159,6 +159,12 @@ impl File {
         self.inner.ino
     }
 
+    /// The inode's attribute version when this handle opened it (changes
+    /// with every change to the inode on meta).
+    pub fn version(&self) -> u64 {
+        self.inner.generation
+    }
+
     /// The file's length as this handle knows it (at open, plus its own
     /// writes and truncations).
     pub fn len(&self) -> u64 {

@@ -15,6 +15,8 @@
 //! * [`raw`]: raw gRPC to one replica, including arbitrary request bodies.
 //! * [`namespace`]: recursive listings of the namespace as one replica
 //!   serves it, and their differences.
+//! * [`fuse`]: `cairn mount` processes ([`fuse::Mount`]) for tests over a
+//!   real FUSE mount.
 //! * [`binary`]: where the built binaries are (`CAIRN_BIN_DIR`).
 //!
 //! Tests must run after `cargo build --bins`. They print what they do with
@@ -29,6 +31,7 @@
 pub mod binary;
 pub mod cluster;
 pub mod data_cluster;
+pub mod fuse;
 pub mod namespace;
 pub mod netns;
 pub mod raw;

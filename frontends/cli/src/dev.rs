@@ -53,6 +53,27 @@ pub struct DevArgs {
     /// ports.
     #[arg(long, default_value_t = 7001)]
     pub port: u16,
+    /// Also mount the cluster on this directory with FUSE (unmounted on
+    /// exit), as `cairn mount` would.
+    #[arg(long, value_name = "DIR")]
+    pub mount: Option<PathBuf>,
+}
+
+/// Mounts the dev cluster on `dir` with `cairn mount`'s defaults.
+async fn mount_dev(
+    addrs: &[String],
+    dir: &Path,
+) -> anyhow::Result<(cairn_fuse::Mounted, cairn_client::Client)> {
+    use clap::Parser as _;
+    #[derive(clap::Parser)]
+    struct Defaults {
+        #[command(flatten)]
+        m: crate::mount::MountArgs,
+    }
+    let args = Defaults::parse_from([std::ffi::OsStr::new("dev"), dir.as_os_str()]).m;
+    let client = crate::mount::connect(&addrs.join(","), &args).await?;
+    let m = crate::mount::mount(client.clone(), &args).await?;
+    Ok((m, client))
 }
 
 /// Returns the configuration of replica `i` (1-based).
@@ -326,20 +347,40 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         .collect();
 
     let mut failure: Option<anyhow::Error> = None;
+    let mut mounted = None;
+    let started_ok = started.is_ok();
     match started {
         Ok((addrs, status)) => {
             print_usage(&addrs, &chunkservers, &args.dir, &status, t0.elapsed());
-            tokio::select! {
-                sig = signals.recv() => eprintln!("cairn dev: {sig}; stopping the replicas"),
-                Some((id, r)) = waits.next() => {
-                    failure = Some(match r {
-                        Ok(()) => anyhow!("meta replica {id} stopped on its own"),
-                        Err(e) => anyhow!("meta replica {id} failed: {e}"),
-                    });
+            if let Some(dir) = &args.mount {
+                match mount_dev(&addrs, dir).await {
+                    Ok(m) => {
+                        println!(
+                            "  mounted: {} (FUSE; unmounted when this stops)",
+                            dir.display()
+                        );
+                        mounted = Some(m);
+                    }
+                    Err(e) => failure = Some(e),
                 }
             }
         }
         Err(e) => failure = e,
+    }
+    if failure.is_none() && started_ok {
+        tokio::select! {
+            sig = signals.recv() => eprintln!("cairn dev: {sig}; stopping the replicas"),
+            Some((id, r)) = waits.next() => {
+                failure = Some(match r {
+                    Ok(()) => anyhow!("meta replica {id} stopped on its own"),
+                    Err(e) => anyhow!("meta replica {id} failed: {e}"),
+                });
+            }
+        }
+    }
+    if let Some((m, client)) = mounted.take() {
+        crate::mount::unmount(m, "cairn dev").await;
+        crate::data::close(&client).await;
     }
 
     // Chunkservers first: they flush their stores and stop heartbeating.

@@ -6,6 +6,7 @@
 //! * data: `put`, `get`, `cp` ([`transfer`]), `cat` ([`cat`]),
 //!   `checkpoint save|load|list|prune` ([`checkpoint`]), with a progress
 //!   bar ([`progress`]) and the client flags of [`data`];
+//! * `mount`: the cluster as a local directory over FUSE ([`mount`]);
 //! * `cache stats`: block-cache counters of local clients ([`cache`]);
 //! * `dev`: a local cluster (3 meta replicas, 3 chunkservers) in this process ([`dev`], cargo
 //!   feature `dev`, on by default).
@@ -25,10 +26,10 @@ mod data;
 #[cfg(feature = "dev")]
 mod dev;
 mod format;
+mod mount;
 mod namespace;
 mod progress;
 mod report;
-#[cfg(feature = "dev")]
 mod signal;
 mod transfer;
 mod volume;
@@ -174,6 +175,11 @@ enum Command {
     /// Run a local cluster (3 meta replicas, 3 chunkservers) in this process until Ctrl-C.
     #[cfg(feature = "dev")]
     Dev(dev::DevArgs),
+
+    /// Mount the cluster (or one volume) on a local directory with FUSE,
+    /// for programs that use files: serves until Ctrl-C / SIGTERM, then
+    /// unmounts.
+    Mount(mount::MountArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -291,6 +297,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         init_tracing("warn,openraft=off");
         return dev::run(args).await;
     }
+    if let Command::Mount(args) = &cli.command {
+        init_tracing("warn");
+        return mount::run(&cli.meta, args).await;
+    }
     init_tracing("error");
     if let Command::Cache(cmd) = &cli.command {
         return cache::run(cmd, cli.json);
@@ -348,7 +358,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Volume(VolumeCommand::Ls) => volume::ls(&c, json).await,
         #[cfg(feature = "dev")]
-        Command::Dev(_) => Ok(()),
+        Command::Dev(_) | Command::Mount(_) => Ok(()),
         // Handled above.
         Command::Put(_)
         | Command::Get(_)

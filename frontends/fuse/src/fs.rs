@@ -1,0 +1,1258 @@
+//! The `fuser::Filesystem` over a [`cairn_client::Client`].
+//!
+//! Each kernel request is turned into a tokio task on the mount's runtime
+//! at once, so the fuser threads only read and dispatch: requests run
+//! concurrently, and nothing holds a lock across a call to the cluster.
+//! Every task is bounded by [`FsConfig::timeout`]: with the cluster gone
+//! a request fails with ETIMEDOUT (or EIO when the client library's own
+//! retries gave up first) instead of hanging the mount.
+//!
+//! Open files: one [`File`] per inode per mount, shared by every kernel
+//! handle of it, so reads through any handle see this mount's writes and
+//! `getattr` reports the length they reached. It is opened read-only
+//! until a handle opens it for writing, then replaced by a writable one
+//! (registered with meta as open for write). The last release closes it,
+//! which reports the length; `flush` (each close(2)) reports it too, so a
+//! file closed on one mount reads whole on another after open
+//! (close-to-open).
+//!
+//! Kernel caches: entries and attributes live for their TTLs. On open the
+//! inode's attributes come from meta; when they differ from what the
+//! kernel was told, its cached attributes are invalidated, and its page
+//! cache is kept only when the inode's version is the one this mount last
+//! opened (`FOPEN_KEEP_CACHE`): an unchanged dataset file stays in the page
+//! cache across opens, a changed one is read afresh.
+//!
+//! Names that no longer resolve to the inode the kernel cached (another
+//! client replaced the file by rename) answer ESTALE for inode-based calls,
+//! which makes the kernel look the path up again instead of failing.
+
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::future::Future;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use cairn_client::meta_client::{Owner, RenameFlags, SetAttrChanges, SetTime, XattrMode};
+use cairn_client::{Client, File, OpenOptions};
+use cairn_proto::ids::{InodeId, VolumeId};
+use cairn_proto::meta::{Attr, DirEntry, FileType as Kind};
+use fuser::{
+    AccessFlags, Errno, FileAttr, FileHandle, Filesystem, FopenFlags, Generation, INodeNo,
+    InitFlags, KernelConfig, LockOwner, Notifier, OpenFlags, ReplyAttr, ReplyCreate, ReplyData,
+    ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite,
+    ReplyXattr, Request, TimeOrNow, WriteFlags,
+};
+use tokio::runtime::Handle;
+use tracing::{debug, warn};
+
+use crate::attr::{self, InoMap, errno, errno_by_ino, file_attr, raw};
+
+/// Largest write the kernel sends in one request.
+pub const MAX_WRITE: u32 = 1 << 20;
+
+/// Behaviour of a mounted file system.
+#[derive(Debug, Clone)]
+pub struct FsConfig {
+    /// How long the kernel may cache a name → inode mapping.
+    pub entry_ttl: Duration,
+    /// How long the kernel may cache an inode's attributes.
+    pub attr_ttl: Duration,
+    /// Bound on any one request, retries included; then ETIMEDOUT.
+    pub timeout: Duration,
+    /// Bypass the page cache (`FOPEN_DIRECT_IO`): every read reaches
+    /// Cairn, for random-read workloads that would thrash it.
+    pub direct_io: bool,
+}
+
+impl Default for FsConfig {
+    fn default() -> Self {
+        Self {
+            entry_ttl: Duration::from_secs(1),
+            attr_ttl: Duration::from_secs(1),
+            timeout: Duration::from_secs(60),
+            direct_io: false,
+        }
+    }
+}
+
+type R<T> = Result<T, Errno>;
+
+/// The file system handed to fuser; clones share everything.
+#[derive(Clone)]
+pub(crate) struct CairnFs {
+    pub(crate) inner: Arc<Inner>,
+}
+
+pub(crate) struct Inner {
+    client: Client,
+    rt: Handle,
+    cfg: FsConfig,
+    map: InoMap,
+    volume: VolumeId,
+    pub(crate) notifier: OnceLock<Notifier>,
+    next_fh: AtomicU64,
+    handles: Mutex<HashMap<u64, Handle_>>,
+    inodes: Mutex<HashMap<u64, OpenInode>>,
+    dirs: Mutex<HashMap<u64, Arc<tokio::sync::Mutex<Listing>>>>,
+    seen: Mutex<HashMap<u64, Seen>>,
+    /// Per-inode locks serializing open, upgrade and last close of the
+    /// shared file (a close racing an open would otherwise release the
+    /// new writer's registration with meta).
+    inode_locks: Mutex<HashMap<u64, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+/// Holds an inode's lock; removes the lock from the map when it is the
+/// last user.
+struct InodeGuard<'a> {
+    inner: &'a Inner,
+    ino: u64,
+    lock: Arc<tokio::sync::Mutex<()>>,
+    guard: Option<tokio::sync::OwnedMutexGuard<()>>,
+}
+
+impl Drop for InodeGuard<'_> {
+    fn drop(&mut self) {
+        self.guard.take();
+        let mut map = lock(&self.inner.inode_locks);
+        // Ours and the map's: nobody else waits for it.
+        if Arc::strong_count(&self.lock) == 2 {
+            map.remove(&self.ino);
+        }
+    }
+}
+
+/// A kernel file handle.
+#[derive(Debug, Clone, Copy)]
+struct Handle_ {
+    ino: u64,
+    write: bool,
+    append: bool,
+}
+
+/// The file shared by a mount's handles of one inode.
+struct OpenInode {
+    file: Arc<File>,
+    writable: bool,
+    handles: usize,
+}
+
+/// What the kernel was last told of an inode.
+#[derive(Debug, Clone, Copy, Default)]
+struct Seen {
+    size: u64,
+    mtime: i64,
+    /// The version whose data the page cache may hold (set on open).
+    data_version: Option<u64>,
+}
+
+/// An open directory: its entries as read at offset 0 (rewinddir reads
+/// them again), shared with the replies that page through them.
+#[derive(Default)]
+struct Listing {
+    entries: Arc<Vec<DirEntry>>,
+    loaded: bool,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn name_of(name: &OsStr) -> R<String> {
+    name.to_str().map(str::to_string).ok_or(Errno::EINVAL)
+}
+
+fn owner(req: &Request) -> Owner {
+    Owner {
+        uid: req.uid(),
+        gid: req.gid(),
+    }
+}
+
+fn set_time(t: TimeOrNow) -> SetTime {
+    match t {
+        TimeOrNow::Now => SetTime::Now,
+        TimeOrNow::SpecificTime(t) => SetTime::At(attr::nanos(t)),
+    }
+}
+
+/// Permission bits of a new inode: the mode asked for, less the umask.
+fn new_mode(mode: u32, umask: u32) -> u32 {
+    mode & !umask & 0o7777
+}
+
+impl CairnFs {
+    pub(crate) fn new(
+        client: Client,
+        rt: Handle,
+        cfg: FsConfig,
+        root: u64,
+        volume: VolumeId,
+    ) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                client,
+                rt,
+                cfg,
+                map: InoMap::new(root),
+                volume,
+                notifier: OnceLock::new(),
+                next_fh: AtomicU64::new(1),
+                handles: Mutex::new(HashMap::new()),
+                inodes: Mutex::new(HashMap::new()),
+                dirs: Mutex::new(HashMap::new()),
+                seen: Mutex::new(HashMap::new()),
+                inode_locks: Mutex::new(HashMap::new()),
+            }),
+        }
+    }
+
+    /// Runs `op` as a task bounded by the configured timeout and hands
+    /// its result to `reply`.
+    fn spawn<T, F, Fut>(&self, op: F, reply: impl FnOnce(R<T>) + Send + 'static)
+    where
+        T: Send + 'static,
+        F: FnOnce(Arc<Inner>) -> Fut + Send + 'static,
+        Fut: Future<Output = R<T>> + Send + 'static,
+    {
+        let me = self.inner.clone();
+        let limit = me.cfg.timeout;
+        self.inner.rt.spawn(async move {
+            let r = tokio::time::timeout(limit, op(me))
+                .await
+                .unwrap_or(Err(raw(libc::ETIMEDOUT)));
+            reply(r);
+        });
+    }
+}
+
+impl Inner {
+    fn cairn(&self, ino: INodeNo) -> u64 {
+        self.map.cairn(ino)
+    }
+
+    /// Kernel attributes for `a`, recording what the kernel now knows.
+    fn attr(&self, a: &Attr) -> FileAttr {
+        let size = match lock(&self.inodes).get(&a.ino) {
+            Some(o) if o.writable => a.size.max(o.file.len()),
+            _ => a.size,
+        };
+        let mut seen = lock(&self.seen);
+        let s = seen.entry(a.ino).or_default();
+        s.size = size;
+        s.mtime = a.mtime_ns;
+        file_attr(a, self.map, size)
+    }
+
+    async fn lock_inode(&self, ino: u64) -> InodeGuard<'_> {
+        let l = lock(&self.inode_locks).entry(ino).or_default().clone();
+        let guard = l.clone().lock_owned().await;
+        InodeGuard {
+            inner: self,
+            ino,
+            lock: l,
+            guard: Some(guard),
+        }
+    }
+
+    fn new_fh(&self) -> u64 {
+        self.next_fh.fetch_add(1, Ordering::Relaxed)
+    }
+
+    fn handle(&self, fh: FileHandle) -> R<(Handle_, Arc<File>)> {
+        let h = *lock(&self.handles).get(&fh.0).ok_or(Errno::EBADF)?;
+        let f = lock(&self.inodes)
+            .get(&h.ino)
+            .map(|o| o.file.clone())
+            .ok_or(Errno::EBADF)?;
+        Ok((h, f))
+    }
+
+    async fn getattr(&self, ino: u64) -> R<FileAttr> {
+        let a = self.client.meta().getattr(InodeId(ino)).await;
+        Ok(self.attr(&a.map_err(|e| errno_by_ino(&e))?))
+    }
+
+    async fn lookup(&self, parent: u64, name: String) -> R<FileAttr> {
+        let a = self.client.meta().lookup(InodeId(parent), &name).await;
+        Ok(self.attr(&a.map_err(|e| errno(&e))?))
+    }
+
+    /// The inode's writable shared file, opening (or upgrading to) one;
+    /// `None` when no handle of this mount has the inode open.
+    async fn writable(&self, ino: u64) -> R<Option<Arc<File>>> {
+        let _one = self.lock_inode(ino).await;
+        match lock(&self.inodes).get(&ino) {
+            None => return Ok(None),
+            Some(o) if o.writable => return Ok(Some(o.file.clone())),
+            Some(_) => {}
+        }
+        let f = self
+            .client
+            .open_ino(InodeId(ino), OpenOptions::WRITE)
+            .await
+            .map_err(|e| errno_by_ino(&e))?;
+        let f = Arc::new(f);
+        let mut inodes = lock(&self.inodes);
+        let Some(o) = inodes.get_mut(&ino) else {
+            // Released meanwhile: the new file closes when dropped.
+            return Ok(Some(f));
+        };
+        o.file = f.clone();
+        o.writable = true;
+        Ok(Some(f))
+    }
+
+    async fn truncate(&self, ino: u64, size: u64) -> R<()> {
+        if let Some(f) = self.writable(ino).await? {
+            return f.set_len(size).await.map_err(|e| errno(&e));
+        }
+        let f = self
+            .client
+            .open_ino(InodeId(ino), OpenOptions::WRITE)
+            .await
+            .map_err(|e| errno_by_ino(&e))?;
+        f.set_len(size).await.map_err(|e| errno(&e))?;
+        f.close().await.map_err(|e| errno(&e))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn setattr(
+        &self,
+        ino: u64,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
+    ) -> R<FileAttr> {
+        if let Some(size) = size {
+            self.truncate(ino, size).await?;
+        }
+        let changes = SetAttrChanges {
+            mode: mode.map(|m| m & 0o7777),
+            uid,
+            gid,
+            size: None,
+            atime: atime.map(set_time),
+            mtime: mtime.map(set_time),
+        };
+        let m = self.client.meta();
+        let a = if changes == SetAttrChanges::default() {
+            m.getattr(InodeId(ino)).await
+        } else {
+            m.setattr(InodeId(ino), changes).await
+        };
+        Ok(self.attr(&a.map_err(|e| errno_by_ino(&e))?))
+    }
+
+    /// Registers a kernel handle of `attr`'s inode, sharing or replacing
+    /// the mount's file for it; returns the handle and open flags.
+    fn register(
+        &self,
+        attr: &Attr,
+        fresh: Option<File>,
+        write: bool,
+        append: bool,
+    ) -> R<(u64, FopenFlags)> {
+        let ino = attr.ino;
+        {
+            let mut inodes = lock(&self.inodes);
+            match (inodes.get_mut(&ino), fresh) {
+                (Some(o), Some(f)) => {
+                    // A writable file replaces a read-only one; a newer
+                    // version replaces an older read-only one (close-to-open).
+                    if !o.writable {
+                        o.file = Arc::new(f);
+                        o.writable = write;
+                    }
+                    o.handles += 1;
+                }
+                (Some(o), None) => o.handles += 1,
+                (None, Some(f)) => {
+                    inodes.insert(
+                        ino,
+                        OpenInode {
+                            file: Arc::new(f),
+                            writable: write,
+                            handles: 1,
+                        },
+                    );
+                }
+                (None, None) => return Err(Errno::EIO),
+            }
+        }
+        let fh = self.new_fh();
+        lock(&self.handles).insert(fh, Handle_ { ino, write, append });
+        Ok((fh, self.open_flags(attr)))
+    }
+
+    /// Open flags for the kernel, and invalidation of what it cached of
+    /// an inode that changed elsewhere (see the module docs).
+    fn open_flags(&self, a: &Attr) -> FopenFlags {
+        let (stale_attrs, keep) = {
+            let mut seen = lock(&self.seen);
+            let s = seen.entry(a.ino).or_default();
+            let stale = s.size != a.size || s.mtime != a.mtime_ns;
+            let keep = s.data_version == Some(a.version);
+            s.data_version = Some(a.version);
+            (stale, keep)
+        };
+        if stale_attrs {
+            if let Some(n) = self.notifier.get() {
+                // Attributes only (negative offset): the page cache is
+                // dropped by opening without KEEP_CACHE.
+                if let Err(e) = n.inval_inode(self.map.kernel(a.ino), -1, 0) {
+                    debug!(ino = a.ino, error = %e, "attribute invalidation");
+                }
+            }
+        }
+        if self.cfg.direct_io {
+            FopenFlags::FOPEN_DIRECT_IO
+        } else if keep {
+            FopenFlags::FOPEN_KEEP_CACHE
+        } else {
+            FopenFlags::empty()
+        }
+    }
+
+    async fn open(&self, ino: u64, flags: OpenFlags) -> R<(u64, FopenFlags)> {
+        let acc = flags.0 & libc::O_ACCMODE;
+        let write = acc != libc::O_RDONLY;
+        let append = flags.0 & libc::O_APPEND != 0;
+        let m = self.client.meta();
+        let _one = self.lock_inode(ino).await;
+        let existing = lock(&self.inodes)
+            .get(&ino)
+            .map(|o| (o.writable, o.file.version()));
+        let need_writer = write && !existing.is_some_and(|(w, _)| w);
+        let a = if need_writer {
+            m.open_file(InodeId(ino), true).await
+        } else {
+            m.getattr(InodeId(ino)).await
+        }
+        .map_err(|e| errno_by_ino(&e))?;
+        if a.kind == Kind::Directory as i32 {
+            return Err(Errno::EISDIR);
+        }
+        let fresh = match existing {
+            Some((true, _)) => None,
+            Some((false, v)) if !need_writer && v == a.version => None,
+            _ => {
+                let how = if need_writer {
+                    OpenOptions::WRITE
+                } else {
+                    OpenOptions::READ
+                };
+                Some(
+                    self.client
+                        .open_attr(a.clone(), how)
+                        .map_err(|e| errno(&e))?,
+                )
+            }
+        };
+        self.register(&a, fresh, write, append)
+    }
+
+    async fn create(
+        &self,
+        parent: u64,
+        name: String,
+        mode: u32,
+        owner: Owner,
+        flags: i32,
+    ) -> R<(FileAttr, u64, FopenFlags)> {
+        let write = flags & libc::O_ACCMODE != libc::O_RDONLY;
+        let excl = flags & libc::O_EXCL != 0;
+        let e = self
+            .client
+            .meta()
+            .create(InodeId(parent), &name, mode, owner, excl, true)
+            .await
+            .map_err(|e| errno(&e))?;
+        let a = e.attr;
+        let one = self.lock_inode(a.ino).await;
+        let existing = lock(&self.inodes).get(&a.ino).map(|o| o.writable);
+        let fresh = match existing {
+            Some(true) => None,
+            _ => Some(
+                self.client
+                    .open_attr(a.clone(), OpenOptions::WRITE)
+                    .map_err(|e| errno(&e))?,
+            ),
+        };
+        let (fh, open_flags) = self.register(&a, fresh, write, flags & libc::O_APPEND != 0)?;
+        drop(one);
+        let mut a = a;
+        if flags & libc::O_TRUNC != 0 && a.size > 0 {
+            let (_, f) = self.handle(FileHandle(fh))?;
+            if let Err(e) = f.set_len(0).await {
+                self.release(fh).await;
+                return Err(errno(&e));
+            }
+            a.size = 0;
+        }
+        let fa = self.attr(&a);
+        Ok((fa, fh, open_flags))
+    }
+
+    async fn read(&self, fh: FileHandle, offset: u64, size: u32) -> R<Bytes> {
+        let (_, f) = self.handle(fh)?;
+        f.read_at(offset, size as usize)
+            .await
+            .map_err(|e| errno(&e))
+    }
+
+    async fn write(&self, fh: FileHandle, offset: u64, data: Bytes) -> R<u32> {
+        let (h, f) = self.handle(fh)?;
+        if !h.write {
+            return Err(Errno::EBADF);
+        }
+        let n = u32::try_from(data.len()).map_err(|_| Errno::EINVAL)?;
+        let r = if h.append {
+            f.append(data).await.map(|_| ())
+        } else {
+            f.write_at(offset, data).await
+        };
+        r.map_err(|e| errno(&e))?;
+        Ok(n)
+    }
+
+    /// Publishes a writer's length to meta (flush on close(2), fsync).
+    async fn flush(&self, fh: FileHandle) -> R<()> {
+        let (h, f) = self.handle(fh)?;
+        if h.write {
+            f.fsync().await.map_err(|e| errno(&e))?;
+        }
+        Ok(())
+    }
+
+    async fn release(&self, fh: u64) {
+        let Some(h) = lock(&self.handles).remove(&fh) else {
+            return;
+        };
+        let _one = self.lock_inode(h.ino).await;
+        let last = {
+            let mut inodes = lock(&self.inodes);
+            match inodes.get_mut(&h.ino) {
+                Some(o) if o.handles > 1 => {
+                    o.handles -= 1;
+                    None
+                }
+                Some(_) => inodes.remove(&h.ino).map(|o| o.file),
+                None => None,
+            }
+        };
+        if let Some(f) = last {
+            // Reads or writes still running hold the file; it closes in the
+            // background when they finish.
+            if let Ok(f) = Arc::try_unwrap(f) {
+                if let Err(e) = f.close().await {
+                    warn!(ino = h.ino, error = %e, "closing a file on release failed");
+                }
+            }
+        }
+    }
+
+    async fn readdir(&self, ino: u64, fh: u64, offset: u64, plus: bool) -> R<Arc<Vec<DirEntry>>> {
+        let l = lock(&self.dirs).get(&fh).cloned().ok_or(Errno::EBADF)?;
+        let mut g = l.lock().await;
+        if offset == 0 || !g.loaded {
+            let m = self.client.meta();
+            let r = if plus {
+                m.readdir_all_plus(InodeId(ino)).await
+            } else {
+                m.readdir_all(InodeId(ino)).await
+            };
+            g.entries = Arc::new(r.map_err(|e| errno_by_ino(&e))?);
+            g.loaded = true;
+        }
+        Ok(g.entries.clone())
+    }
+
+    async fn rename(&self, p: u64, name: String, np: u64, new_name: String, flags: u32) -> R<()> {
+        let f = RenameFlags {
+            noreplace: flags & libc::RENAME_NOREPLACE != 0,
+            exchange: flags & libc::RENAME_EXCHANGE != 0,
+        };
+        if flags & !(libc::RENAME_NOREPLACE | libc::RENAME_EXCHANGE) != 0 {
+            return Err(Errno::EINVAL);
+        }
+        self.client
+            .meta()
+            .rename(InodeId(p), &name, InodeId(np), &new_name, f)
+            .await
+            .map(|_| ())
+            .map_err(|e| errno(&e))
+    }
+}
+
+/// Extended attributes the kernel asks about on its own (capabilities on
+/// every write, POSIX ACLs on permission checks). Cairn stores neither, so
+/// they are answered here without a round trip to meta.
+fn kernel_xattr(name: &str) -> bool {
+    name == "security.capability" || name.starts_with("system.posix_acl_")
+}
+
+fn entry(reply: ReplyEntry, ttl: Duration, r: R<FileAttr>) {
+    match r {
+        Ok(a) => reply.entry(&ttl, &a, Generation(0)),
+        Err(e) => reply.error(e),
+    }
+}
+
+fn empty(reply: ReplyEmpty, r: R<()>) {
+    match r {
+        Ok(()) => reply.ok(),
+        Err(e) => reply.error(e),
+    }
+}
+
+impl Filesystem for CairnFs {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        let _ = config.set_max_write(MAX_WRITE);
+        if let Err(max) = config.set_max_readahead(u32::MAX) {
+            let _ = config.set_max_readahead(max);
+        }
+        for cap in [
+            InitFlags::FUSE_MAX_PAGES,
+            InitFlags::FUSE_PARALLEL_DIROPS,
+            InitFlags::FUSE_DO_READDIRPLUS,
+            InitFlags::FUSE_READDIRPLUS_AUTO,
+            InitFlags::FUSE_ASYNC_DIO,
+            InitFlags::FUSE_AUTO_INVAL_DATA,
+        ] {
+            if config.add_capabilities(cap).is_err() {
+                debug!(?cap, "the kernel lacks a FUSE capability");
+            }
+        }
+        let _ = config.set_max_background(64);
+        let _ = config.set_congestion_threshold(48);
+        Ok(())
+    }
+
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let parent = self.inner.cairn(parent);
+        let ttl = self.inner.cfg.entry_ttl;
+        match name_of(name) {
+            Ok(name) => self.spawn(
+                move |me| async move { me.lookup(parent, name).await },
+                move |r| entry(reply, ttl, r),
+            ),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        let ino = self.inner.cairn(ino);
+        let ttl = self.inner.cfg.attr_ttl;
+        self.spawn(
+            move |me| async move { me.getattr(ino).await },
+            move |r| match r {
+                Ok(a) => reply.attr(&ttl, &a),
+                Err(e) => reply.error(e),
+            },
+        );
+    }
+
+    fn setattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
+        _ctime: Option<SystemTime>,
+        _fh: Option<FileHandle>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<fuser::BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        let ino = self.inner.cairn(ino);
+        let ttl = self.inner.cfg.attr_ttl;
+        self.spawn(
+            move |me| async move { me.setattr(ino, mode, uid, gid, size, atime, mtime).await },
+            move |r| match r {
+                Ok(a) => reply.attr(&ttl, &a),
+                Err(e) => reply.error(e),
+            },
+        );
+    }
+
+    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        let ino = self.inner.cairn(ino);
+        self.spawn(
+            move |me| async move {
+                me.client
+                    .meta()
+                    .readlink(InodeId(ino))
+                    .await
+                    .map_err(|e| errno_by_ino(&e))
+            },
+            move |r| match r {
+                Ok(t) => reply.data(t.as_bytes()),
+                Err(e) => reply.error(e),
+            },
+        );
+    }
+
+    fn mkdir(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        reply: ReplyEntry,
+    ) {
+        let parent = self.inner.cairn(parent);
+        let ttl = self.inner.cfg.entry_ttl;
+        let owner = owner(req);
+        let name = match name_of(name) {
+            Ok(n) => n,
+            Err(e) => return reply.error(e),
+        };
+        self.spawn(
+            move |me| async move {
+                let e = me
+                    .client
+                    .meta()
+                    .mkdir(InodeId(parent), &name, new_mode(mode, umask), owner)
+                    .await
+                    .map_err(|e| errno(&e))?;
+                Ok(me.attr(&e.attr))
+            },
+            move |r| entry(reply, ttl, r),
+        );
+    }
+
+    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let parent = self.inner.cairn(parent);
+        let name = match name_of(name) {
+            Ok(n) => n,
+            Err(e) => return reply.error(e),
+        };
+        self.spawn(
+            move |me| async move {
+                me.client
+                    .unlink_at(InodeId(parent), &name)
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| errno(&e))
+            },
+            move |r| empty(reply, r),
+        );
+    }
+
+    fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let parent = self.inner.cairn(parent);
+        let name = match name_of(name) {
+            Ok(n) => n,
+            Err(e) => return reply.error(e),
+        };
+        self.spawn(
+            move |me| async move {
+                me.client
+                    .meta()
+                    .rmdir(InodeId(parent), &name)
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| errno(&e))
+            },
+            move |r| empty(reply, r),
+        );
+    }
+
+    fn symlink(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        link_name: &OsStr,
+        target: &Path,
+        reply: ReplyEntry,
+    ) {
+        let parent = self.inner.cairn(parent);
+        let ttl = self.inner.cfg.entry_ttl;
+        let owner = owner(req);
+        let (name, target) = match (name_of(link_name), target.to_str()) {
+            (Ok(n), Some(t)) => (n, t.to_string()),
+            _ => return reply.error(Errno::EINVAL),
+        };
+        self.spawn(
+            move |me| async move {
+                let e = me
+                    .client
+                    .meta()
+                    .symlink(InodeId(parent), &name, &target, owner)
+                    .await
+                    .map_err(|e| errno(&e))?;
+                Ok(me.attr(&e.attr))
+            },
+            move |r| entry(reply, ttl, r),
+        );
+    }
+
+    fn rename(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        newparent: INodeNo,
+        newname: &OsStr,
+        flags: fuser::RenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        let (p, np) = (self.inner.cairn(parent), self.inner.cairn(newparent));
+        let (name, new_name) = match (name_of(name), name_of(newname)) {
+            (Ok(a), Ok(b)) => (a, b),
+            _ => return reply.error(Errno::EINVAL),
+        };
+        let flags = flags.bits();
+        self.spawn(
+            move |me| async move { me.rename(p, name, np, new_name, flags).await },
+            move |r| empty(reply, r),
+        );
+    }
+
+    fn link(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        newparent: INodeNo,
+        newname: &OsStr,
+        reply: ReplyEntry,
+    ) {
+        let (ino, np) = (self.inner.cairn(ino), self.inner.cairn(newparent));
+        let ttl = self.inner.cfg.entry_ttl;
+        let name = match name_of(newname) {
+            Ok(n) => n,
+            Err(e) => return reply.error(e),
+        };
+        self.spawn(
+            move |me| async move {
+                let e = me
+                    .client
+                    .meta()
+                    .link(InodeId(ino), InodeId(np), &name)
+                    .await
+                    .map_err(|e| errno(&e))?;
+                Ok(me.attr(&e.attr))
+            },
+            move |r| entry(reply, ttl, r),
+        );
+    }
+
+    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        let ino = self.inner.cairn(ino);
+        self.spawn(
+            move |me| async move { me.open(ino, flags).await },
+            move |r| match r {
+                Ok((fh, flags)) => reply.opened(FileHandle(fh), flags),
+                Err(e) => reply.error(e),
+            },
+        );
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        self.spawn(
+            move |me| async move { me.read(fh, offset, size).await },
+            move |r| match r {
+                Ok(b) => reply.data(&b),
+                Err(e) => reply.error(e),
+            },
+        );
+    }
+
+    fn write(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        data: &[u8],
+        _write_flags: WriteFlags,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        let data = Bytes::copy_from_slice(data);
+        self.spawn(
+            move |me| async move { me.write(fh, offset, data).await },
+            move |r| match r {
+                Ok(n) => reply.written(n),
+                Err(e) => reply.error(e),
+            },
+        );
+    }
+
+    fn flush(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _lock_owner: LockOwner,
+        reply: ReplyEmpty,
+    ) {
+        self.spawn(
+            move |me| async move { me.flush(fh).await },
+            move |r| empty(reply, r),
+        );
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        self.spawn(
+            move |me| async move {
+                me.release(fh.0).await;
+                Ok(())
+            },
+            move |r| empty(reply, r),
+        );
+    }
+
+    fn fsync(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        self.spawn(
+            move |me| async move { me.flush(fh).await },
+            move |r| empty(reply, r),
+        );
+    }
+
+    fn opendir(&self, _req: &Request, _ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        let fh = self.inner.new_fh();
+        lock(&self.inner.dirs).insert(fh, Arc::default());
+        reply.opened(FileHandle(fh), FopenFlags::empty());
+    }
+
+    fn readdir(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
+        let kino = ino;
+        let ino = self.inner.cairn(ino);
+        let map = self.inner.map;
+        self.spawn(
+            move |me| async move { me.readdir(ino, fh.0, offset, false).await },
+            move |r| {
+                let entries = match r {
+                    Ok(l) => l,
+                    Err(e) => return reply.error(e),
+                };
+                let dots = [(kino, ".".to_string()), (kino, "..".to_string())];
+                let all = dots
+                    .iter()
+                    .map(|(i, n)| (*i, fuser::FileType::Directory, n.as_str()))
+                    .chain(
+                        entries
+                            .iter()
+                            .map(|e| (map.kernel(e.ino), attr::kind(e.kind), e.name.as_str())),
+                    );
+                for (i, (ino, kind, name)) in all.enumerate().skip(offset as usize) {
+                    if reply.add(ino, i as u64 + 1, kind, name) {
+                        break;
+                    }
+                }
+                reply.ok();
+            },
+        );
+    }
+
+    fn readdirplus(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectoryPlus,
+    ) {
+        let ino = self.inner.cairn(ino);
+        let ttl = self.inner.cfg.entry_ttl.min(self.inner.cfg.attr_ttl);
+        let me2 = self.inner.clone();
+        self.spawn(
+            move |me| async move {
+                let l = me.readdir(ino, fh.0, offset, true).await?;
+                let dir = me
+                    .client
+                    .meta()
+                    .getattr(InodeId(ino))
+                    .await
+                    .map_err(|e| errno_by_ino(&e))?;
+                Ok((l, dir))
+            },
+            move |r| {
+                let (entries, dir) = match r {
+                    Ok(x) => x,
+                    Err(e) => return reply.error(e),
+                };
+                let dot = me2.attr(&dir);
+                let mut i = 0u64;
+                for name in [".", ".."] {
+                    i += 1;
+                    if i > offset && reply.add(dot.ino, i, name, &ttl, &dot, Generation(0)) {
+                        return reply.ok();
+                    }
+                }
+                for e in entries.iter() {
+                    i += 1;
+                    if i <= offset {
+                        continue;
+                    }
+                    let Some(a) = e.attr.as_ref() else { continue };
+                    let fa = me2.attr(a);
+                    if reply.add(fa.ino, i, &e.name, &ttl, &fa, Generation(0)) {
+                        break;
+                    }
+                }
+                reply.ok();
+            },
+        );
+    }
+
+    fn releasedir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        reply: ReplyEmpty,
+    ) {
+        lock(&self.inner.dirs).remove(&fh.0);
+        reply.ok();
+    }
+
+    fn fsyncdir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        // Namespace changes are committed through Raft before they return.
+        reply.ok();
+    }
+
+    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        let volume = self.inner.volume;
+        self.spawn(
+            move |me| async move { me.client.meta().statfs(volume).await.map_err(|e| errno(&e)) },
+            move |r| match r {
+                Ok(s) => {
+                    const B: u64 = 4096;
+                    reply.statfs(
+                        s.total_bytes / B,
+                        s.free_bytes / B,
+                        s.free_bytes / B,
+                        s.files,
+                        s.files_free,
+                        B as u32,
+                        if s.name_max == 0 { 255 } else { s.name_max },
+                        B as u32,
+                    );
+                }
+                Err(e) => reply.error(e),
+            },
+        );
+    }
+
+    fn setxattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        name: &OsStr,
+        value: &[u8],
+        flags: i32,
+        _position: u32,
+        reply: ReplyEmpty,
+    ) {
+        let ino = self.inner.cairn(ino);
+        let name = match name_of(name) {
+            Ok(n) => n,
+            Err(e) => return reply.error(e),
+        };
+        if kernel_xattr(&name) {
+            return reply.error(raw(libc::EOPNOTSUPP));
+        }
+        let mode = if flags & libc::XATTR_CREATE != 0 {
+            XattrMode::CreateOnly
+        } else if flags & libc::XATTR_REPLACE != 0 {
+            XattrMode::ReplaceOnly
+        } else {
+            XattrMode::Upsert
+        };
+        let value = value.to_vec();
+        self.spawn(
+            move |me| async move {
+                me.client
+                    .meta()
+                    .setxattr(InodeId(ino), &name, &value, mode)
+                    .await
+                    .map_err(|e| errno_by_ino(&e))
+            },
+            move |r| empty(reply, r),
+        );
+    }
+
+    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        let ino = self.inner.cairn(ino);
+        let name = match name_of(name) {
+            Ok(n) => n,
+            Err(e) => return reply.error(e),
+        };
+        if kernel_xattr(&name) {
+            return reply.error(raw(libc::ENODATA));
+        }
+        self.spawn(
+            move |me| async move {
+                me.client
+                    .meta()
+                    .getxattr(InodeId(ino), &name)
+                    .await
+                    .map_err(|e| errno_by_ino(&e))
+            },
+            move |r| xattr_reply(reply, size, r),
+        );
+    }
+
+    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        let ino = self.inner.cairn(ino);
+        self.spawn(
+            move |me| async move {
+                let names = me
+                    .client
+                    .meta()
+                    .listxattr(InodeId(ino))
+                    .await
+                    .map_err(|e| errno_by_ino(&e))?;
+                let mut out = Vec::new();
+                for n in names {
+                    out.extend_from_slice(n.as_bytes());
+                    out.push(0);
+                }
+                Ok(out)
+            },
+            move |r| xattr_reply(reply, size, r),
+        );
+    }
+
+    fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let ino = self.inner.cairn(ino);
+        let name = match name_of(name) {
+            Ok(n) => n,
+            Err(e) => return reply.error(e),
+        };
+        if kernel_xattr(&name) {
+            return reply.error(raw(libc::ENODATA));
+        }
+        self.spawn(
+            move |me| async move {
+                me.client
+                    .meta()
+                    .removexattr(InodeId(ino), &name)
+                    .await
+                    .map_err(|e| errno_by_ino(&e))
+            },
+            move |r| empty(reply, r),
+        );
+    }
+
+    fn access(&self, _req: &Request, _ino: INodeNo, _mask: AccessFlags, reply: ReplyEmpty) {
+        // The mount uses default_permissions: the kernel checks mode bits.
+        reply.ok();
+    }
+
+    fn create(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        flags: i32,
+        reply: ReplyCreate,
+    ) {
+        let parent = self.inner.cairn(parent);
+        let (ettl, attl) = (self.inner.cfg.entry_ttl, self.inner.cfg.attr_ttl);
+        let owner = owner(req);
+        let name = match name_of(name) {
+            Ok(n) => n,
+            Err(e) => return reply.error(e),
+        };
+        let mode = new_mode(mode, umask);
+        self.spawn(
+            move |me| async move { me.create(parent, name, mode, owner, flags).await },
+            move |r| match r {
+                Ok((a, fh, f)) => {
+                    reply.created(&ettl.min(attl), &a, Generation(0), FileHandle(fh), f)
+                }
+                Err(e) => reply.error(e),
+            },
+        );
+    }
+}
+
+fn xattr_reply(reply: ReplyXattr, size: u32, r: R<Vec<u8>>) {
+    match r {
+        Ok(v) if size == 0 => reply.size(u32::try_from(v.len()).unwrap_or(u32::MAX)),
+        Ok(v) if v.len() > size as usize => reply.error(raw(libc::ERANGE)),
+        Ok(v) => reply.data(&v),
+        Err(e) => reply.error(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn umask_and_type_bits_are_stripped_from_new_modes() {
+        assert_eq!(new_mode(0o100_666, 0o022), 0o644);
+        assert_eq!(new_mode(0o40_777, 0o027), 0o750);
+        assert_eq!(new_mode(0o1777, 0), 0o1777);
+    }
+
+    #[test]
+    fn kernel_only_xattrs_are_recognised() {
+        assert!(kernel_xattr("security.capability"));
+        assert!(kernel_xattr("system.posix_acl_access"));
+        assert!(!kernel_xattr("user.cairn.checkpoint"));
+        assert!(!kernel_xattr("security.selinux"));
+    }
+}

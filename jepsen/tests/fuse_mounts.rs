@@ -1,0 +1,326 @@
+//! Two `cairn mount` processes of one cluster (close-to-open visibility,
+//! rename-over replacement seen from the other mount), a mount whose
+//! cluster goes away (bounded errors, never a hang), SIGTERM unmounting,
+//! and an unprivileged mount.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use cairn_client::ClientOptions;
+use cairn_jepsen::data_cluster::{DataCluster, DataOpts, pattern};
+use cairn_jepsen::fuse::{Mount, is_mounted};
+use cairn_proto::meta::VolumePolicy;
+
+async fn cluster_with_volume(name: &str) -> DataCluster {
+    let c = DataCluster::start(DataOpts::default()).await.unwrap();
+    let client = c.client(ClientOptions::default()).await.unwrap();
+    client
+        .meta()
+        .create_volume(name, VolumePolicy::default())
+        .await
+        .unwrap();
+    client.close().await.unwrap();
+    c
+}
+
+/// Content of generation `g`: its length and bytes both depend on `g`, and
+/// the first 8 bytes carry it, so a reader can tell a whole generation
+/// from a mix of two.
+fn generation(g: u64) -> Vec<u8> {
+    let len = 100_000 + (g as usize % 7) * 37_000;
+    let mut v = pattern(g, len).to_vec();
+    v[..8].copy_from_slice(&g.to_le_bytes());
+    v
+}
+
+fn check_generation(data: &[u8]) -> Result<u64, String> {
+    if data.len() < 8 {
+        return Err(format!("{} bytes, shorter than any generation", data.len()));
+    }
+    let g = u64::from_le_bytes(data[..8].try_into().unwrap());
+    if data != generation(g).as_slice() {
+        return Err(format!(
+            "{} bytes claiming generation {g} are not that generation ({} bytes)",
+            data.len(),
+            generation(g).len()
+        ));
+    }
+    Ok(g)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_mounts_close_to_open_and_rename_over() {
+    let _serial = cairn_jepsen::serial().await;
+    let cluster = cluster_with_volume("shared").await;
+    let meta = cluster.meta.addrs();
+    // Long TTLs: what mount B sees after an open must come from the open's
+    // revalidation, not from a cache expiring.
+    let ttl = [
+        "--volume",
+        "/shared",
+        "--attr-ttl",
+        "30s",
+        "--entry-ttl",
+        "30s",
+    ];
+    let a = Mount::start(&meta, &cluster.meta.dir().join("mnt-a"), &ttl).unwrap();
+    let b = Mount::start(&meta, &cluster.meta.dir().join("mnt-b"), &ttl).unwrap();
+    let (pa, pb) = (a.path("f"), b.path("f"));
+
+    let steps = tokio::task::spawn_blocking(move || {
+        // Close-to-open: written and closed on A, read whole on B.
+        fs::write(&pa, generation(1)).unwrap();
+        assert_eq!(check_generation(&fs::read(&pb).unwrap()), Ok(1));
+        // B has the file in its caches now; A rewrites it in place, longer,
+        // then shorter, then appends. Each time B opens it afresh.
+        for g in [2u64, 3, 4, 5] {
+            let mut h = OpenOptions::new()
+                .write(true)
+                .truncate(true)
+                .open(&pa)
+                .unwrap();
+            h.write_all(&generation(g)).unwrap();
+            drop(h);
+            let got = fs::read(&pb).unwrap();
+            assert_eq!(
+                check_generation(&got),
+                Ok(g),
+                "B after A closed generation {g}"
+            );
+        }
+        let mut h = OpenOptions::new().append(true).open(&pa).unwrap();
+        h.write_all(b"appended").unwrap();
+        drop(h);
+        let got = fs::read(&pb).unwrap();
+        assert!(got.ends_with(b"appended"), "B missed A's append");
+        assert_eq!(got.len(), generation(5).len() + 8);
+        // A file created on B is visible on A at once (no negative cache).
+        assert!(fs::metadata(pa.with_file_name("new")).is_err());
+        fs::write(pb.with_file_name("new"), b"from b").unwrap();
+        assert_eq!(fs::read(pa.with_file_name("new")).unwrap(), b"from b");
+    });
+    steps.await.unwrap();
+
+    // Rename-over replacement: A writes each generation to a temporary
+    // file, fsyncs, closes and renames it over `current`; B's readers
+    // never see ENOENT, a short file, or a mix of two generations.
+    let (dir_a, dir_b) = (a.dir().to_path_buf(), b.dir().to_path_buf());
+    fs::write(dir_a.join("current"), generation(100)).unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let readers: Vec<_> = (0..2)
+        .map(|r| {
+            let (dir_b, stop) = (dir_b.clone(), stop.clone());
+            std::thread::spawn(move || -> Result<(usize, u64), String> {
+                let mut reads = 0;
+                let mut last = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    let data = fs::read(dir_b.join("current"))
+                        .map_err(|e| format!("reader {r}: read of current failed: {e}"))?;
+                    let g = check_generation(&data).map_err(|e| format!("reader {r}: {e}"))?;
+                    if g < last {
+                        return Err(format!("reader {r}: generation {g} after {last}"));
+                    }
+                    last = g;
+                    reads += 1;
+                }
+                Ok((reads, last))
+            })
+        })
+        .collect();
+    let writer = {
+        let dir_a = dir_a.clone();
+        std::thread::spawn(move || {
+            for g in 101..=160u64 {
+                let tmp = dir_a.join(format!(".current.tmp{g}"));
+                let mut f = File::create(&tmp).unwrap();
+                f.write_all(&generation(g)).unwrap();
+                f.sync_all().unwrap();
+                drop(f);
+                fs::rename(&tmp, dir_a.join("current")).unwrap();
+            }
+        })
+    };
+    tokio::task::spawn_blocking(move || writer.join().unwrap())
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut total = 0;
+    for r in readers {
+        let (reads, last) = r.join().unwrap().unwrap_or_else(|e| panic!("{e}"));
+        println!("reader: {reads} whole reads, last generation {last}");
+        assert!(reads > 10, "the reader made only {reads} reads");
+        total += reads;
+    }
+    assert_eq!(
+        check_generation(&fs::read(dir_b.join("current")).unwrap()),
+        Ok(160),
+        "B's final read after the last rename"
+    );
+    println!("rename-over: {total} reads on mount B, all whole generations");
+    let (mut a, mut b) = (a, b);
+    assert!(a.stop().unwrap().success());
+    assert!(b.stop().unwrap().success());
+}
+
+/// Runs `f` on a thread and fails the test if it takes longer than
+/// `limit` (a hung mount would block it forever).
+fn bounded<T: Send + 'static>(
+    limit: Duration,
+    what: &str,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> T {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    rx.recv_timeout(limit)
+        .unwrap_or_else(|_| panic!("{what} did not return within {limit:?}: the mount hangs"))
+}
+
+fn errno_of(r: std::io::Result<impl Sized>) -> Option<i32> {
+    r.err().map(|e| e.raw_os_error().unwrap_or(0))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mount_without_its_cluster_fails_requests_instead_of_hanging() {
+    let _serial = cairn_jepsen::serial().await;
+    let mut cluster = cluster_with_volume("gone").await;
+    let mnt = cluster.meta.dir().join("mnt");
+    let mut m = Mount::start(
+        &cluster.meta.addrs(),
+        &mnt,
+        &[
+            "--volume",
+            "/gone",
+            "--io-timeout",
+            "3s",
+            "--attr-ttl",
+            "0s",
+            "--entry-ttl",
+            "0s",
+        ],
+    )
+    .unwrap();
+    let f = m.path("data");
+    fs::write(&f, pattern(3, 1 << 20)).unwrap();
+    let reader = File::open(&f).unwrap();
+    // Everything goes: chunkservers and meta.
+    for i in 0..cluster.chunkservers() {
+        cluster.kill(i);
+    }
+    for i in 0..cluster.meta.len() {
+        cluster.meta.kill(i);
+    }
+    let ok = [libc::EIO, libc::ETIMEDOUT];
+    let t0 = Instant::now();
+    let e = bounded(Duration::from_secs(30), "stat", {
+        let f = f.clone();
+        move || errno_of(fs::metadata(&f))
+    });
+    assert!(e.is_some_and(|e| ok.contains(&e)), "stat: errno {e:?}");
+    let e = bounded(Duration::from_secs(30), "read", move || {
+        let mut buf = vec![0u8; 4096];
+        // Past the kernel's read-ahead of the first open.
+        errno_of(reader.read_exact_at(&mut buf, 900_000))
+    });
+    assert!(
+        e.is_some_and(|e| ok.contains(&e)),
+        "read of an open file: errno {e:?}"
+    );
+    let e = bounded(Duration::from_secs(30), "create", {
+        let d = m.dir().to_path_buf();
+        move || errno_of(File::create(d.join("new")))
+    });
+    assert!(e.is_some_and(|e| ok.contains(&e)), "create: errno {e:?}");
+    println!(
+        "three failed requests in {:.1}s",
+        t0.elapsed().as_secs_f64()
+    );
+    // The mount still stops cleanly.
+    let st = bounded(Duration::from_secs(40), "stop", move || {
+        m.stop().map(|s| s.success())
+    });
+    assert!(st.unwrap(), "cairn mount did not exit cleanly");
+    assert!(!is_mounted(&mnt));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_unmounts_even_with_open_files() {
+    let _serial = cairn_jepsen::serial().await;
+    let cluster = cluster_with_volume("term").await;
+    let meta = cluster.meta.addrs();
+    let mnt = cluster.meta.dir().join("mnt");
+    // Idle mount: SIGTERM unmounts and the process exits 0.
+    let mut m = Mount::start(&meta, &mnt, &["--volume", "/term"]).unwrap();
+    fs::write(m.path("kept"), b"still here").unwrap();
+    assert!(m.stop().unwrap().success());
+    assert!(!is_mounted(&mnt), "still mounted after SIGTERM");
+    assert!(
+        fs::read_dir(&mnt).unwrap().next().is_none(),
+        "files visible on the bare directory"
+    );
+    // Busy mount (a file open on it): detached, the process still exits.
+    let mut m = Mount::start(&meta, &mnt, &["--volume", "/term"]).unwrap();
+    assert_eq!(
+        fs::read(m.path("kept")).unwrap(),
+        b"still here",
+        "data after a remount"
+    );
+    let open = File::open(m.path("kept")).unwrap();
+    assert!(m.stop().unwrap().success());
+    assert!(!is_mounted(&mnt), "a busy mount stayed after SIGTERM");
+    drop(open);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unprivileged_mount_works_or_says_what_is_missing() {
+    let _serial = cairn_jepsen::serial().await;
+    let cluster = cluster_with_volume("user").await;
+    let base = PathBuf::from(format!("/tmp/cairn-user-mnt-{}", std::process::id()));
+    fs::create_dir_all(&base).unwrap();
+    std::os::unix::fs::chown(&base, Some(65534), Some(65534)).unwrap();
+    let r = Mount::start_as(
+        &cluster.meta.addrs(),
+        &base,
+        &["--volume", "/user"],
+        Some((65534, 65534)),
+    );
+    match r {
+        Ok(mut m) => {
+            // The system permits it (setuid fusermount3): the mount works for
+            // its owner.
+            let st = std::process::Command::new("setpriv")
+                .args([
+                    "--reuid=65534",
+                    "--regid=65534",
+                    "--clear-groups",
+                    "sh",
+                    "-c",
+                ])
+                .arg(format!("echo hi > {0}/x && cat {0}/x", base.display()))
+                .output()
+                .unwrap();
+            assert!(
+                st.status.success(),
+                "{}",
+                String::from_utf8_lossy(&st.stderr)
+            );
+            assert!(m.stop().unwrap().success());
+        }
+        Err(e) => {
+            let msg = e.to_string();
+            println!("unprivileged mount refused: {msg}");
+            assert!(
+                msg.contains("fusermount3") && msg.contains("/dev/fuse"),
+                "the error does not say what is missing: {msg}"
+            );
+        }
+    }
+    let _ = fs::remove_dir(&base);
+}
