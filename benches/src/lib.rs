@@ -30,6 +30,8 @@
 //!   (sequential reads, checkpoint writes, random reads, small files) on
 //!   a 3-meta, 3-chunkserver cluster beside the raw disk, the network and
 //!   the local file system.
+//! * [`fuse`]: `cairn-bench fuse`, a `cairn mount` beside the native
+//!   client and the same fio jobs on the local file system.
 //! * [`cluster`]: the meta cluster a workload runs against.
 //! * [`servers`]: meta plus chunkservers, for the data-path workloads, and
 //!   what those check before they start them.
@@ -49,6 +51,7 @@
 pub mod chunk;
 pub mod client;
 pub mod cluster;
+pub mod fuse;
 pub mod latency;
 pub mod layout;
 pub mod machine;

@@ -9,6 +9,7 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use cairn_bench::chunk::{self, ChunkArgs};
 use cairn_bench::client::{self, ClientArgs};
+use cairn_bench::fuse::{self, FuseArgs};
 use cairn_bench::meta::{self, MetaArgs};
 use cairn_bench::{BIN_DIR_ENV, CommonArgs, report};
 use clap::{Parser, Subcommand};
@@ -100,6 +101,10 @@ enum Workload {
     /// and the local file system.
     #[command(long_about = client::LONG_ABOUT)]
     Client(ClientArgs),
+    /// Cairn through a FUSE mount (`cairn mount`) beside the native client
+    /// and the same fio jobs on the local file system.
+    #[command(long_about = fuse::LONG_ABOUT)]
+    Fuse(FuseArgs),
 }
 
 impl Workload {
@@ -108,6 +113,7 @@ impl Workload {
             Workload::Meta(a) => &a.common,
             Workload::Chunk(a) => &a.common,
             Workload::Client(a) => &a.common,
+            Workload::Fuse(a) => &a.common,
         }
     }
 }
@@ -169,6 +175,11 @@ fn run(cli: Cli) -> Result<()> {
             &rt.block_on(client::run(&args, command_line))?,
             args.common.json.as_deref(),
             client::print_table,
+        ),
+        Workload::Fuse(args) => output(
+            &rt.block_on(fuse::run(&args, command_line))?,
+            args.common.json.as_deref(),
+            fuse::print_table,
         ),
     }
 }

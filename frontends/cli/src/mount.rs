@@ -49,6 +49,16 @@ pub struct MountArgs {
     #[arg(long)]
     pub read_only: bool,
 
+    /// Make every write(2) wait until the chain has the data, instead of
+    /// gathering writes in memory and sending them in the background
+    /// (fsync and close wait for them either way).
+    #[arg(long)]
+    pub no_write_back: bool,
+
+    /// Memory the background writes of the mount may use.
+    #[arg(long, default_value = "256MiB", value_parser = cairn_proto::units::parse_size)]
+    pub write_back_budget: u64,
+
     /// Let other users use the mount (default: yes as root, no otherwise;
     /// unprivileged it needs user_allow_other in /etc/fuse.conf).
     #[arg(long, overrides_with = "no_allow_other")]
@@ -86,6 +96,8 @@ impl MountArgs {
                 attr_ttl: self.attr_ttl,
                 timeout: self.io_timeout,
                 direct_io: self.direct_io,
+                write_back: !self.no_write_back,
+                write_back_budget: usize::try_from(self.write_back_budget).unwrap_or(usize::MAX),
             },
             volume: self.volume.clone(),
             allow_other: if self.allow_other {

@@ -50,6 +50,7 @@ use tokio::runtime::Handle;
 use tracing::{debug, warn};
 
 use crate::attr::{self, InoMap, errno, errno_by_ino, file_attr, raw};
+use crate::writeback::{self, WriteBack};
 
 /// Largest write the kernel sends in one request.
 pub const MAX_WRITE: u32 = 1 << 20;
@@ -66,6 +67,11 @@ pub struct FsConfig {
     /// Bypass the page cache (`FOPEN_DIRECT_IO`): every read reaches
     /// Cairn, for random-read workloads that would thrash it.
     pub direct_io: bool,
+    /// Gather writes and send them in the background
+    /// ([`crate::writeback`]); off, every `write(2)` waits for the chain.
+    pub write_back: bool,
+    /// Bytes the mount's background writes may hold in memory at once.
+    pub write_back_budget: usize,
 }
 
 impl Default for FsConfig {
@@ -75,6 +81,8 @@ impl Default for FsConfig {
             attr_ttl: Duration::from_secs(1),
             timeout: Duration::from_secs(60),
             direct_io: false,
+            write_back: true,
+            write_back_budget: 256 << 20,
         }
     }
 }
@@ -103,6 +111,9 @@ pub(crate) struct Inner {
     /// shared file (a close racing an open would otherwise release the
     /// new writer's registration with meta).
     inode_locks: Mutex<HashMap<u64, Arc<tokio::sync::Mutex<()>>>>,
+    /// Mount-wide budget of background write bytes (units of
+    /// [`writeback::BUDGET_UNIT`]).
+    budget: Arc<tokio::sync::Semaphore>,
 }
 
 /// Holds an inode's lock; removes the lock from the map when it is the
@@ -138,6 +149,15 @@ struct OpenInode {
     file: Arc<File>,
     writable: bool,
     handles: usize,
+    /// Write-behind of a writable file (unless turned off).
+    wb: Option<Arc<WriteBack>>,
+}
+
+/// What a handle operates on.
+struct Open {
+    h: Handle_,
+    file: Arc<File>,
+    wb: Option<Arc<WriteBack>>,
 }
 
 /// What the kernel was last told of an inode.
@@ -196,7 +216,6 @@ impl CairnFs {
             inner: Arc::new(Inner {
                 client,
                 rt,
-                cfg,
                 map: InoMap::new(root),
                 volume,
                 notifier: OnceLock::new(),
@@ -206,6 +225,11 @@ impl CairnFs {
                 dirs: Mutex::new(HashMap::new()),
                 seen: Mutex::new(HashMap::new()),
                 inode_locks: Mutex::new(HashMap::new()),
+                budget: Arc::new(tokio::sync::Semaphore::new(
+                    (cfg.write_back_budget / writeback::BUDGET_UNIT)
+                        .max(writeback::PIECE / writeback::BUDGET_UNIT),
+                )),
+                cfg,
             }),
         }
     }
@@ -237,7 +261,9 @@ impl Inner {
     /// Kernel attributes for `a`, recording what the kernel now knows.
     fn attr(&self, a: &Attr) -> FileAttr {
         let size = match lock(&self.inodes).get(&a.ino) {
-            Some(o) if o.writable => a.size.max(o.file.len()),
+            Some(o) if o.writable => a
+                .size
+                .max(o.wb.as_ref().map_or_else(|| o.file.len(), |w| w.file_len())),
             _ => a.size,
         };
         let mut seen = lock(&self.seen);
@@ -262,13 +288,19 @@ impl Inner {
         self.next_fh.fetch_add(1, Ordering::Relaxed)
     }
 
-    fn handle(&self, fh: FileHandle) -> R<(Handle_, Arc<File>)> {
+    fn handle(&self, fh: FileHandle) -> R<Open> {
         let h = *lock(&self.handles).get(&fh.0).ok_or(Errno::EBADF)?;
-        let f = lock(&self.inodes)
+        let (file, wb) = lock(&self.inodes)
             .get(&h.ino)
-            .map(|o| o.file.clone())
+            .map(|o| (o.file.clone(), o.wb.clone()))
             .ok_or(Errno::EBADF)?;
-        Ok((h, f))
+        Ok(Open { h, file, wb })
+    }
+
+    fn write_back(&self, file: &Arc<File>) -> Option<Arc<WriteBack>> {
+        self.cfg
+            .write_back
+            .then(|| Arc::new(WriteBack::new(file.clone(), self.budget.clone())))
     }
 
     async fn getattr(&self, ino: u64) -> R<FileAttr> {
@@ -283,12 +315,18 @@ impl Inner {
 
     /// The inode's writable shared file, opening (or upgrading to) one;
     /// `None` when no handle of this mount has the inode open.
-    async fn writable(&self, ino: u64) -> R<Option<Arc<File>>> {
+    async fn writable(&self, ino: u64) -> R<Option<(Arc<File>, Option<Arc<WriteBack>>)>> {
         let _one = self.lock_inode(ino).await;
-        match lock(&self.inodes).get(&ino) {
+        let wb = match lock(&self.inodes).get(&ino) {
             None => return Ok(None),
-            Some(o) if o.writable => return Ok(Some(o.file.clone())),
-            Some(_) => {}
+            Some(o) if o.writable => Some((o.file.clone(), o.wb.clone())),
+            Some(_) => None,
+        };
+        if let Some((f, wb)) = wb {
+            if let Some(wb) = &wb {
+                wb.settle().await.map_err(|e| errno(&e))?;
+            }
+            return Ok(Some((f, wb)));
         }
         let f = self
             .client
@@ -299,16 +337,21 @@ impl Inner {
         let mut inodes = lock(&self.inodes);
         let Some(o) = inodes.get_mut(&ino) else {
             // Released meanwhile: the new file closes when dropped.
-            return Ok(Some(f));
+            return Ok(Some((f, None)));
         };
+        o.wb = self.write_back(&f);
         o.file = f.clone();
         o.writable = true;
-        Ok(Some(f))
+        Ok(Some((f, o.wb.clone())))
     }
 
     async fn truncate(&self, ino: u64, size: u64) -> R<()> {
-        if let Some(f) = self.writable(ino).await? {
-            return f.set_len(size).await.map_err(|e| errno(&e));
+        if let Some((f, wb)) = self.writable(ino).await? {
+            f.set_len(size).await.map_err(|e| errno(&e))?;
+            if let Some(wb) = wb {
+                wb.set_len(size);
+            }
+            return Ok(());
         }
         let f = self
             .client
@@ -367,19 +410,26 @@ impl Inner {
                     // A writable file replaces a read-only one; a newer
                     // version replaces an older read-only one (close-to-open).
                     if !o.writable {
-                        o.file = Arc::new(f);
+                        let f = Arc::new(f);
+                        if write {
+                            o.wb = self.write_back(&f);
+                        }
+                        o.file = f;
                         o.writable = write;
                     }
                     o.handles += 1;
                 }
                 (Some(o), None) => o.handles += 1,
                 (None, Some(f)) => {
+                    let f = Arc::new(f);
+                    let wb = if write { self.write_back(&f) } else { None };
                     inodes.insert(
                         ino,
                         OpenInode {
-                            file: Arc::new(f),
+                            file: f,
                             writable: write,
                             handles: 1,
+                            wb,
                         },
                     );
                 }
@@ -489,10 +539,9 @@ impl Inner {
         drop(one);
         let mut a = a;
         if flags & libc::O_TRUNC != 0 && a.size > 0 {
-            let (_, f) = self.handle(FileHandle(fh))?;
-            if let Err(e) = f.set_len(0).await {
+            if let Err(e) = self.truncate(a.ino, 0).await {
                 self.release(fh).await;
-                return Err(errno(&e));
+                return Err(e);
             }
             a.size = 0;
         }
@@ -501,22 +550,32 @@ impl Inner {
     }
 
     async fn read(&self, fh: FileHandle, offset: u64, size: u32) -> R<Bytes> {
-        let (_, f) = self.handle(fh)?;
-        f.read_at(offset, size as usize)
+        let o = self.handle(fh)?;
+        if let Some(wb) = o.wb.as_ref().filter(|w| !w.is_idle()) {
+            wb.settle().await.map_err(|e| errno(&e))?;
+        }
+        o.file
+            .read_at(offset, size as usize)
             .await
             .map_err(|e| errno(&e))
     }
 
     async fn write(&self, fh: FileHandle, offset: u64, data: Bytes) -> R<u32> {
-        let (h, f) = self.handle(fh)?;
-        if !h.write {
+        let o = self.handle(fh)?;
+        if !o.h.write {
             return Err(Errno::EBADF);
         }
         let n = u32::try_from(data.len()).map_err(|_| Errno::EINVAL)?;
-        let r = if h.append {
-            f.append(data).await.map(|_| ())
-        } else {
-            f.write_at(offset, data).await
+        let r = match (&o.wb, o.h.append) {
+            (Some(wb), false) => wb.write(offset, &data).await,
+            (wb, true) => {
+                // O_APPEND: the end is known only once earlier writes landed.
+                if let Some(wb) = wb {
+                    wb.settle().await.map_err(|e| errno(&e))?;
+                }
+                o.file.append(data).await.map(|_| ())
+            }
+            (None, false) => o.file.write_at(offset, data).await,
         };
         r.map_err(|e| errno(&e))?;
         Ok(n)
@@ -524,9 +583,12 @@ impl Inner {
 
     /// Publishes a writer's length to meta (flush on close(2), fsync).
     async fn flush(&self, fh: FileHandle) -> R<()> {
-        let (h, f) = self.handle(fh)?;
-        if h.write {
-            f.fsync().await.map_err(|e| errno(&e))?;
+        let o = self.handle(fh)?;
+        if o.h.write {
+            if let Some(wb) = &o.wb {
+                wb.settle().await.map_err(|e| errno(&e))?;
+            }
+            o.file.fsync().await.map_err(|e| errno(&e))?;
         }
         Ok(())
     }
@@ -543,11 +605,19 @@ impl Inner {
                     o.handles -= 1;
                     None
                 }
-                Some(_) => inodes.remove(&h.ino).map(|o| o.file),
+                Some(_) => inodes.remove(&h.ino).map(|o| (o.file, o.wb)),
                 None => None,
             }
         };
-        if let Some(f) = last {
+        if let Some((f, wb)) = last {
+            if let Some(wb) = wb {
+                // The kernel flushed before releasing; this only catches
+                // writes that raced it. Nobody is left to report to.
+                if let Err(e) = wb.settle().await {
+                    warn!(ino = h.ino, error = %e, "a write failed after the last flush");
+                }
+                drop(wb);
+            }
             // Reads or writes still running hold the file; it closes in the
             // background when they finish.
             if let Ok(f) = Arc::try_unwrap(f) {

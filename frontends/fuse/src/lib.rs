@@ -19,6 +19,7 @@
 pub mod attr;
 pub mod fs;
 pub mod mount;
+pub mod writeback;
 
 pub use fs::FsConfig;
 pub use mount::{MountConfig, Mounted, lazy_unmount, mount};
