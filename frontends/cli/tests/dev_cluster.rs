@@ -82,3 +82,56 @@ async fn dev_cluster_stores_data_on_three_replicas_and_stops_cleanly() {
         );
     }
 }
+
+fn mounted(dir: &std::path::Path) -> bool {
+    let want = dir.to_string_lossy().to_string();
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .any(|l| l.split(' ').nth(4) == Some(want.as_str()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dev_mount_serves_the_cluster_as_a_directory_and_unmounts_on_exit() {
+    let mnt = tempfile::tempdir().unwrap();
+    let dir = mnt.path().canonicalize().unwrap();
+    let mut dev = Dev::start_with(&[std::ffi::OsStr::new("--mount"), dir.as_os_str()]);
+    let t0 = std::time::Instant::now();
+    while !mounted(&dir) {
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "cairn dev --mount did not mount {}",
+            dir.display()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    dev.ok(["volume", "create", "demo"]);
+    // Written through the mount, read with the command line, and back.
+    std::fs::create_dir(dir.join("demo/d")).unwrap();
+    std::fs::write(dir.join("demo/d/hello.txt"), b"hello from the mount\n").unwrap();
+    let out = dev.ok(["cat", "/demo/d/hello.txt"]);
+    assert_eq!(out.stdout, b"hello from the mount\n");
+    let src = dev.dir_path.join("local.txt");
+    std::fs::write(&src, b"put by the cli").unwrap();
+    dev.ok([
+        std::ffi::OsStr::new("put"),
+        src.as_os_str(),
+        std::ffi::OsStr::new("/demo/d/put.txt"),
+    ]);
+    assert_eq!(
+        std::fs::read(dir.join("demo/d/put.txt")).unwrap(),
+        b"put by the cli"
+    );
+    let mut names: Vec<String> = std::fs::read_dir(dir.join("demo/d"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["hello.txt", "put.txt"]);
+    assert!(dev.stop(), "cairn dev did not exit cleanly");
+    assert!(
+        !mounted(&dir),
+        "{} still mounted after cairn dev stopped",
+        dir.display()
+    );
+}

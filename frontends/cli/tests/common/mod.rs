@@ -26,10 +26,16 @@ impl Dev {
     /// Starts `cairn dev` on free ports in a temporary directory and
     /// waits until it printed its addresses.
     pub fn start() -> Dev {
+        Self::start_with(&[])
+    }
+
+    /// As [`Self::start`], with more `cairn dev` flags.
+    pub fn start_with(extra: &[&std::ffi::OsStr]) -> Dev {
         let dir = tempfile::tempdir().unwrap();
         let mut child = Command::new(env!("CARGO_BIN_EXE_cairn"))
             .args(["dev", "--port", "0", "--dir"])
             .arg(dir.path())
+            .args(extra)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
