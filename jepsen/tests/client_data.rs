@@ -11,6 +11,7 @@
 //! Run after `cargo build --bins` (scripts/test does).
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
@@ -355,15 +356,34 @@ async fn chunkserver_killed_during_large_read() -> Result<()> {
     let path = format!("{vol}/big");
     let crc = write_big(&client, &path, 5, len).await?;
 
-    // Read-ahead on: prefetches die with the chunkserver too.
+    // Read-ahead on: prefetches die with the chunkserver too. The reader
+    // pauses 5 ms between 4 MiB reads, so the kill (after its first 32
+    // MiB) lands mid-read however fast the disk is.
     let reader = cluster.client(ClientOptions::default()).await?;
     let p = path.clone();
-    let read = tokio::spawn(async move { read_big(&reader, &p).await });
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    ensure!(
-        !read.is_finished(),
-        "the read was still running at the kill"
-    );
+    let progress = Arc::new(AtomicU64::new(0));
+    let seen = progress.clone();
+    let read = tokio::spawn(async move {
+        let f = reader.open_read(&p).await?;
+        let mut crc = crc32fast::Hasher::new();
+        let mut at = 0u64;
+        loop {
+            let b = f.read_at(at, (4 * MIB) as usize).await?;
+            if b.is_empty() {
+                break;
+            }
+            crc.update(&b);
+            at += b.len() as u64;
+            seen.store(at, Ordering::Release);
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        f.close().await?;
+        anyhow::Ok((at, crc.finalize()))
+    });
+    while progress.load(Ordering::Acquire) < 32 * MIB && !read.is_finished() {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    ensure!(!read.is_finished(), "the read ended before the kill");
     cluster.kill(1);
     let (n, back) = read.await??;
     ensure!(
