@@ -717,6 +717,14 @@ impl Filesystem for CairnFs {
         }
     }
 
+    fn forget(&self, _req: &Request, ino: INodeNo, _nlookup: u64) {
+        // The kernel dropped the inode (and its page cache): what it was
+        // told of it no longer matters. Keeps `seen` as large as the
+        // kernel's inode cache, not as the namespace.
+        let ino = self.inner.cairn(ino);
+        lock(&self.inner.seen).remove(&ino);
+    }
+
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
         let ino = self.inner.cairn(ino);
         let ttl = self.inner.cfg.attr_ttl;
