@@ -570,8 +570,12 @@ impl FileInner {
         Some(data)
     }
 
-    /// Forgets read-ahead pieces that end at or before `offset`.
+    /// Drops read-ahead data the stream has passed. Pieces up to two
+    /// requests behind `offset` stay: concurrent reads of one stream
+    /// complete out of order, and an earlier one may not have taken its
+    /// piece yet.
     fn drop_ahead_before(&self, offset: u64) {
+        let offset = offset.saturating_sub(2 * self.client.inner.opts.max_io);
         let mut s = lock(&self.state);
         while let Some(&(off, len, _)) = s.ahead.front() {
             if off + len > offset {

@@ -48,21 +48,34 @@ impl ReadAhead {
 
     /// Records a read of `[offset, offset + len)` of a file of `size`
     /// bytes; returns the range to prefetch now, if any.
+    ///
+    /// Once a stream is established, a read that lands within a window of
+    /// its head is still the stream: several reads of one sequential
+    /// reader in flight at once (the kernel's read-ahead through FUSE, a
+    /// reader with a queue depth) arrive in any order, and restarting the
+    /// ramp on each would leave them all to demand reads.
     pub fn on_read(&mut self, offset: u64, len: u64, size: u64) -> Option<(u64, u64)> {
         let end = offset.saturating_add(len);
         if offset == self.last_end {
             self.streak = self.streak.saturating_add(1);
+            self.last_end = end;
+        } else if self.last_end != u64::MAX
+            && self.streak >= Self::STREAK
+            && offset.abs_diff(self.last_end) <= self.window.max(len)
+        {
+            self.last_end = self.last_end.max(end);
         } else {
             self.streak = 0;
             self.ahead = 0;
             self.window = self.initial;
+            self.last_end = end;
         }
-        self.last_end = end;
-        if self.max == 0 || self.streak < Self::STREAK || end >= size {
+        let head = self.last_end;
+        if self.max == 0 || self.streak < Self::STREAK || head >= size {
             return None;
         }
-        self.ahead = self.ahead.max(end);
-        if self.ahead >= size || self.ahead - end >= self.window / 2 {
+        self.ahead = self.ahead.max(head);
+        if self.ahead >= size || self.ahead - head >= self.window / 2 {
             return None;
         }
         let from = self.ahead;
@@ -119,6 +132,33 @@ mod tests {
             "window grows to the max: {windows:?}"
         );
         assert!(windows.iter().all(|w| *w <= 4 << 20));
+    }
+
+    #[test]
+    fn reads_arriving_out_of_order_stay_one_stream() {
+        let mut ra = ReadAhead::new(1 << 20, 8 << 20);
+        let size = 256 << 20;
+        let m = 1 << 20;
+        // Sequential start, then pairs of 1 MiB reads swapped in flight.
+        for i in 0..3 {
+            ra.on_read(i * m, m, size);
+        }
+        let mut prefetched_to = 0;
+        let mut i = 3;
+        while i + 1 < 120 {
+            for off in [(i + 1) * m, i * m] {
+                if let Some((_, b)) = ra.on_read(off, m, size) {
+                    prefetched_to = b;
+                }
+            }
+            assert!(
+                prefetched_to > (i + 2) * m,
+                "fell behind at {i} MiB: prefetched to {prefetched_to}"
+            );
+            i += 2;
+        }
+        // A far jump is still a new stream.
+        assert_eq!(ra.on_read(200 * m, 4096, size), None);
     }
 
     #[test]
