@@ -510,7 +510,12 @@ impl Shard {
             }
             Opcode::Read => self.read(&route, &h, false).await,
             Opcode::ReadChunk => self.read(&route, &h, true).await,
-            Opcode::Stat => self.stat(&h),
+            Opcode::Stat => {
+                if route.is_tail {
+                    self.commit_pending_as_tail(h.chunk).await?;
+                }
+                self.stat(&h)
+            }
             Opcode::Remove => self.remove(&route, &h).await,
             Opcode::Commit => {
                 self.store
@@ -755,12 +760,21 @@ impl Shard {
             ));
         }
         let (chunk, offset, len) = (h.chunk, h.offset, u64::from(h.length));
-        let mode = if whole || route.is_tail {
+        if route.is_tail && whole {
+            self.commit_pending_as_tail(chunk).await?;
+        }
+        let mode = if whole {
             ReadMode::Committed
         } else {
             ReadMode::CleanOnly
         };
         let out = match self.store.read(chunk, offset, len, mode).await {
+            Err(StoreError::Pending { .. }) if route.is_tail => {
+                self.commit_pending_as_tail(chunk).await?;
+                self.store
+                    .read(chunk, offset, len, ReadMode::Committed)
+                    .await
+            }
             Err(StoreError::Pending { .. }) => {
                 self.catch_up_with_tail(route, h).await?;
                 self.store
@@ -788,6 +802,27 @@ impl Shard {
         };
         Frame::with_payload_crcs(header, out.data, SegmentCrcs::from_slice(&out.block_crcs))
             .map_err(|e| Reject::new(ErrorCode::Internal, format!("read reply: {e}")))
+    }
+
+    /// At the tail, commits every pending version (durably). The tail's
+    /// state is what is committed; a tail holds pending versions only from
+    /// when it was not the tail (its successors were removed from the
+    /// chain, or it crashed before a commit record reached its disk).
+    /// Those versions were persisted here before they were forwarded, so
+    /// every write a client saw acknowledged is among them: committing
+    /// them is what keeps it readable — reading the older committed
+    /// version instead would lose it (found when every chunkserver was
+    /// killed at once and the survivor meta kept as sole member held the
+    /// only copy pending).
+    async fn commit_pending_as_tail(&self, chunk: ChunkId) -> Result<()> {
+        let Some(st) = self.store.stat(chunk)? else {
+            return Ok(());
+        };
+        let newest = st.pending_versions.last().copied().unwrap_or(0);
+        if newest > st.committed_version {
+            self.store.commit_through(chunk, newest, true).await?;
+        }
+        Ok(())
     }
 
     /// For a dirty range: asks the tail which version is committed and

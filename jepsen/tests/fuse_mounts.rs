@@ -378,6 +378,15 @@ async fn background_write_failures_surface_at_fsync_and_synced_data_survives() {
     let f = c.open_read("/wb/ckpt").await.unwrap();
     assert!(f.len() >= first.len() as u64, "the synced length was lost");
     let got = f.read_at(0, first.len()).await.unwrap();
-    assert!(got == first, "synced data changed after the failure");
+    if got != first {
+        let bad = got.iter().zip(first.iter()).position(|(a, b)| a != b);
+        let zeros = got.iter().filter(|b| **b == 0).count();
+        panic!(
+            "synced data changed after the failure: {} bytes back, first difference at {bad:?}, \
+             {zeros} zero bytes; chains: {:?}",
+            got.len(),
+            cluster.chains().await.map(|c| c.tables).ok()
+        );
+    }
     drop(m);
 }
