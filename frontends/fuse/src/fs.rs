@@ -185,6 +185,17 @@ fn name_of(name: &OsStr) -> R<String> {
     name.to_str().map(str::to_string).ok_or(Errno::EINVAL)
 }
 
+/// The name as UTF-8, or the request answered with EINVAL and the handler
+/// left (Cairn names are UTF-8).
+macro_rules! name_or_reply {
+    ($name:expr, $reply:ident) => {
+        match name_of($name) {
+            Ok(n) => n,
+            Err(e) => return $reply.error(e),
+        }
+    };
+}
+
 fn owner(req: &Request) -> Owner {
     Owner {
         uid: req.uid(),
@@ -795,10 +806,7 @@ impl Filesystem for CairnFs {
         let parent = self.inner.cairn(parent);
         let ttl = self.inner.cfg.entry_ttl;
         let owner = owner(req);
-        let name = match name_of(name) {
-            Ok(n) => n,
-            Err(e) => return reply.error(e),
-        };
+        let name = name_or_reply!(name, reply);
         self.spawn(
             move |me| async move {
                 let e = me
@@ -815,10 +823,7 @@ impl Filesystem for CairnFs {
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let parent = self.inner.cairn(parent);
-        let name = match name_of(name) {
-            Ok(n) => n,
-            Err(e) => return reply.error(e),
-        };
+        let name = name_or_reply!(name, reply);
         self.spawn(
             move |me| async move {
                 me.client
@@ -833,10 +838,7 @@ impl Filesystem for CairnFs {
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let parent = self.inner.cairn(parent);
-        let name = match name_of(name) {
-            Ok(n) => n,
-            Err(e) => return reply.error(e),
-        };
+        let name = name_or_reply!(name, reply);
         self.spawn(
             move |me| async move {
                 me.client
@@ -911,10 +913,7 @@ impl Filesystem for CairnFs {
     ) {
         let (ino, np) = (self.inner.cairn(ino), self.inner.cairn(newparent));
         let ttl = self.inner.cfg.entry_ttl;
-        let name = match name_of(newname) {
-            Ok(n) => n,
-            Err(e) => return reply.error(e),
-        };
+        let name = name_or_reply!(newname, reply);
         self.spawn(
             move |me| async move {
                 let e = me
@@ -1181,10 +1180,7 @@ impl Filesystem for CairnFs {
         reply: ReplyEmpty,
     ) {
         let ino = self.inner.cairn(ino);
-        let name = match name_of(name) {
-            Ok(n) => n,
-            Err(e) => return reply.error(e),
-        };
+        let name = name_or_reply!(name, reply);
         if kernel_xattr(&name) {
             return reply.error(raw(libc::EOPNOTSUPP));
         }
@@ -1210,10 +1206,7 @@ impl Filesystem for CairnFs {
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
         let ino = self.inner.cairn(ino);
-        let name = match name_of(name) {
-            Ok(n) => n,
-            Err(e) => return reply.error(e),
-        };
+        let name = name_or_reply!(name, reply);
         if kernel_xattr(&name) {
             return reply.error(raw(libc::ENODATA));
         }
@@ -1252,10 +1245,7 @@ impl Filesystem for CairnFs {
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let ino = self.inner.cairn(ino);
-        let name = match name_of(name) {
-            Ok(n) => n,
-            Err(e) => return reply.error(e),
-        };
+        let name = name_or_reply!(name, reply);
         if kernel_xattr(&name) {
             return reply.error(raw(libc::ENODATA));
         }
@@ -1289,10 +1279,7 @@ impl Filesystem for CairnFs {
         let parent = self.inner.cairn(parent);
         let (ettl, attl) = (self.inner.cfg.entry_ttl, self.inner.cfg.attr_ttl);
         let owner = owner(req);
-        let name = match name_of(name) {
-            Ok(n) => n,
-            Err(e) => return reply.error(e),
-        };
+        let name = name_or_reply!(name, reply);
         let mode = new_mode(mode, umask);
         self.spawn(
             move |me| async move { me.create(parent, name, mode, owner, flags).await },
