@@ -32,6 +32,8 @@ pub struct DataOpts {
     pub chunkserver_timeout: Duration,
     /// Capacity each chunkserver reports.
     pub capacity: String,
+    /// More `cairn-meta` flags (e.g. `--gc-grace 2s`).
+    pub meta_args: Vec<String>,
 }
 
 impl Default for DataOpts {
@@ -42,6 +44,7 @@ impl Default for DataOpts {
             shards: 2,
             chunkserver_timeout: Duration::from_secs(3),
             capacity: "8GiB".to_string(),
+            meta_args: Vec::new(),
         }
     }
 }
@@ -86,10 +89,13 @@ impl DataCluster {
     /// A process failed to start or the table never settled.
     pub async fn start(opts: DataOpts) -> Result<DataCluster> {
         let meta_opts = ClusterOpts {
-            extra_args: vec![
+            extra_args: [
                 "--chunkserver-timeout".into(),
                 format!("{}ms", opts.chunkserver_timeout.as_millis()),
-            ],
+            ]
+            .into_iter()
+            .chain(opts.meta_args.iter().cloned())
+            .collect(),
             ..ClusterOpts::default()
         };
         let meta = MetaCluster::start(opts.metas, meta_opts).await?;

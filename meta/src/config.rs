@@ -48,6 +48,11 @@ pub struct MetaConfig {
     pub cache_bytes: u64,
     /// Address of the Prometheus `/metrics` endpoint; none when unset.
     pub metrics_listen: Option<SocketAddr>,
+    /// How long a deleted file's data stays on the chunkservers before the
+    /// garbage collector removes it: longer than any client cache TTL, so a
+    /// reader that opened the file before the delete finishes its reads.
+    #[serde(with = "humantime_serde_compat")]
+    pub gc_grace: Duration,
 }
 
 impl Default for MetaConfig {
@@ -66,6 +71,7 @@ impl Default for MetaConfig {
             snapshot_every: 10_000,
             cache_bytes: 64 << 20,
             metrics_listen: None,
+            gc_grace: Duration::from_secs(600),
         }
     }
 }

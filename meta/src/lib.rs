@@ -13,6 +13,7 @@
 
 pub mod config;
 pub mod fs;
+pub mod gc;
 pub mod metrics;
 pub mod node;
 pub mod placement;

@@ -76,6 +76,10 @@ struct Args {
     /// A chunkserver silent this long is declared dead (e.g. "10s").
     #[arg(long, env = "CAIRN_META_CHUNKSERVER_TIMEOUT", value_parser = humantime::parse_duration)]
     chunkserver_timeout: Option<Duration>,
+    /// Keep a deleted file's data this long before removing it from the
+    /// chunkservers (e.g. "10m"); longer than any client cache TTL.
+    #[arg(long, env = "CAIRN_META_GC_GRACE", value_parser = humantime::parse_duration)]
+    gc_grace: Option<Duration>,
     /// A client session not renewed this long expires (e.g. "60s").
     #[arg(long, env = "CAIRN_META_SESSION_TIMEOUT", value_parser = humantime::parse_duration)]
     session_timeout: Option<Duration>,
@@ -125,6 +129,7 @@ fn load(args: Args) -> Result<MetaConfig, String> {
         raft_heartbeat,
         election_timeout,
         chunkserver_timeout,
+        gc_grace,
         session_timeout,
         snapshot_every,
         cache_bytes,
@@ -160,6 +165,9 @@ fn load(args: Args) -> Result<MetaConfig, String> {
     }
     if let Some(v) = chunkserver_timeout {
         cfg.chunkserver_timeout = v;
+    }
+    if let Some(v) = gc_grace {
+        cfg.gc_grace = v;
     }
     if let Some(v) = session_timeout {
         cfg.session_timeout = v;

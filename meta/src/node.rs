@@ -16,7 +16,9 @@
 //! `chunkserver_timeout` of silence and expire sessions after
 //! `session_timeout`. Both clocks start no earlier than the moment this
 //! replica became leader, so a new leader waits one full timeout before
-//! declaring anyone dead (HDFS safe mode).
+//! declaring anyone dead (HDFS safe mode). Once a second it also runs a
+//! garbage-collection round ([`crate::gc`]): deleted files' chunks leave
+//! the chunkservers after `gc_grace`.
 //!
 //! Known gap: openraft 0.9 has no leadership transfer, so a leader that is
 //! stopped simply stops; the others elect a new leader within about one
@@ -411,6 +413,8 @@ pub async fn start(
 /// The leader's background duties; see the module docs.
 async fn run_duties(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
     let mut was_leader = false;
+    let gc = crate::gc::Gc::default();
+    let mut gc_tick = 0u32;
     loop {
         tokio::select! {
             () = tokio::time::sleep(DUTY_INTERVAL) => {}
@@ -430,6 +434,13 @@ async fn run_duties(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
         }
         if let Err(e) = duty_round(&shared).await {
             tracing::debug!("leader duties: {e}");
+        }
+        // Once a second: a round scans the garbage list.
+        gc_tick = (gc_tick + 1) % 5;
+        if gc_tick == 0
+            && let Err(e) = gc.round(&shared).await
+        {
+            tracing::debug!("garbage collection: {e}");
         }
     }
 }

@@ -384,6 +384,12 @@ impl<K: Kv> FsState<K> {
                 targets,
             } => chains::register(t, node_uuid, host, shard_ports, zone, targets),
             Op::SetTargetStates { changes } => chains::set_target_states(t, changes),
+            Op::ForgetGarbage { objects } => {
+                for o in objects {
+                    t.delete(store::key::garbage(*o));
+                }
+                Ok(Reply::Unit)
+            }
         }
     }
 
@@ -605,7 +611,17 @@ mod tests {
         })
         .unwrap();
         assert_eq!(sm.fs.getattr(f.ino).unwrap_err().code, ErrorCode::NotFound);
-        assert_eq!(sm.fs.garbage().unwrap().len(), 1);
+        let g = sm.fs.garbage().unwrap();
+        assert_eq!(g.len(), 1);
+        assert_eq!(g[0].size, 100);
+        // The collector removed its chunks: forgotten (and again: no-op).
+        for _ in 0..2 {
+            sm.op(Op::ForgetGarbage {
+                objects: vec![g[0].layout.object_id],
+            })
+            .unwrap();
+            assert!(sm.fs.garbage().unwrap().is_empty());
+        }
     }
 
     #[test]

@@ -310,6 +310,12 @@ pub enum Op {
         /// (target id, new state).
         changes: Vec<(u64, TargetState)>,
     },
+    /// The garbage collector removed these objects' chunks from every
+    /// replica: forget them.
+    ForgetGarbage {
+        /// Object ids.
+        objects: Vec<u64>,
+    },
     /// Several commands in one log entry (group commit by the leader's
     /// proposer): applied in order, each with its own result and its own
     /// reply-cache entry, all in one atomic batch with the log id.
@@ -340,6 +346,7 @@ impl Op {
             Op::ReportLength { .. } => "report_length",
             Op::RegisterChunkserver { .. } => "register_chunkserver",
             Op::SetTargetStates { .. } => "set_target_states",
+            Op::ForgetGarbage { .. } => "forget_garbage",
             Op::Batch(_) => "batch",
         }
     }

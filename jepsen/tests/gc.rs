@@ -1,0 +1,164 @@
+//! Garbage collection end to end: deleted files' chunks leave every
+//! replica's disk after the grace period (checked replica by replica on
+//! the data plane), not before; a file unlinked while open stays readable
+//! through its handle until it is closed; files created while the
+//! collector runs, and files never deleted, keep all their replicas.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Result, ensure};
+use cairn_client::data::{DataPool, into_result, stat_request};
+use cairn_client::{Client, ClientOptions, ErrorCode, OpenOptions};
+use cairn_jepsen::data_cluster::{DataCluster, DataOpts, pattern};
+use cairn_proto::chain::ChainView;
+use cairn_proto::ids::{ChainId, ChainVersion, ChunkId, ObjectId};
+use cairn_proto::meta::{Layout, VolumePolicy};
+use futures::StreamExt;
+
+const SIZE: usize = 16 << 10;
+const GRACE: Duration = Duration::from_secs(3);
+
+/// How many replicas of the file's first chunk hold it.
+async fn replicas_holding(view: &ChainView, pool: &DataPool, l: &Layout) -> Result<usize> {
+    let chain = l.chains[0];
+    let c = view.chain(chain).expect("chain in table");
+    let chunk = ChunkId {
+        object: ObjectId(l.object_id),
+        index: 0,
+    };
+    let mut n = 0;
+    for m in &c.members {
+        let addr = view.shard_addr(m.chunkserver, chunk).expect("address");
+        let req = stat_request(ChainId(chain), ChainVersion(c.version), chunk);
+        match pool
+            .call(&addr, req, Duration::from_secs(5))
+            .await
+            .and_then(into_result)
+        {
+            Ok(_) => n += 1,
+            Err(e) if e.code() == ErrorCode::NotFound => {}
+            Err(e) => anyhow::bail!("stat of {chunk} at {addr}: {e}"),
+        }
+    }
+    Ok(n)
+}
+
+async fn write_files(c: &Client, range: std::ops::Range<u64>) {
+    futures::stream::iter(range)
+        .map(|i| async move {
+            c.write_file(&format!("/gc/f{i}"), pattern(i, SIZE))
+                .await
+                .unwrap();
+        })
+        .buffer_unordered(16)
+        .collect::<Vec<()>>()
+        .await;
+}
+
+async fn layouts(c: &Client, range: std::ops::Range<u64>) -> Vec<Layout> {
+    let mut out = Vec::new();
+    for i in range {
+        let a = c.stat(&format!("/gc/f{i}")).await.unwrap();
+        out.push(a.layout.expect("a file has a layout"));
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleted_files_leave_every_disk_after_the_grace_period() -> Result<()> {
+    let _serial = cairn_jepsen::serial().await;
+    let cluster = DataCluster::start(DataOpts {
+        meta_args: vec!["--gc-grace".into(), format!("{}ms", GRACE.as_millis())],
+        ..DataOpts::default()
+    })
+    .await?;
+    let client = cluster.client(ClientOptions::default()).await?;
+    client
+        .meta()
+        .create_volume("gc", VolumePolicy::default())
+        .await?;
+    write_files(&client, 0..1000).await;
+    let all = layouts(&client, 0..1000).await;
+    let view = ChainView::from_pb(&cluster.chains().await?);
+    let pool = DataPool::new(Duration::from_secs(2));
+    for l in &all {
+        ensure!(
+            replicas_holding(&view, &pool, l).await? == 3,
+            "a new file lacks a replica"
+        );
+    }
+
+    // f0..f9 stay; f10 is unlinked while open; f11..f999 are deleted while
+    // f1000..f1099 are being created.
+    let held = client.open("/gc/f10", OpenOptions::WRITE).await?;
+    client.remove_file("/gc/f10").await?;
+    let creator = {
+        let c = cluster.client(ClientOptions::default()).await?;
+        tokio::spawn(async move { write_files(&c, 1000..1100).await })
+    };
+    futures::stream::iter(11..1000u64)
+        .map(|i| {
+            let c = &client;
+            async move { c.remove_file(&format!("/gc/f{i}")).await.unwrap() }
+        })
+        .buffer_unordered(16)
+        .collect::<Vec<()>>()
+        .await;
+    let deleted_at = Instant::now();
+    // The last ones deleted are still on every replica: the grace period.
+    for l in &all[980..1000] {
+        let n = replicas_holding(&view, &pool, l).await?;
+        ensure!(
+            n == 3 || deleted_at.elapsed() >= GRACE,
+            "a chunk was removed before the grace period ({n} replicas left)"
+        );
+    }
+    // Then every deleted file leaves every replica.
+    let deadline = Instant::now() + GRACE + Duration::from_secs(60);
+    loop {
+        let mut left = 0;
+        for l in &all[11..1000] {
+            left += replicas_holding(&view, &pool, l).await?;
+        }
+        if left == 0 {
+            break;
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "{left} replicas of deleted files remain"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    println!(
+        "989 deleted files left all 3 replicas {:.1}s after the last delete (grace {GRACE:?})",
+        deleted_at.elapsed().as_secs_f64()
+    );
+    creator.await?;
+
+    // Never-deleted and newly created files: every replica, right bytes.
+    let mut live: Vec<(u64, Layout)> = (0..10).map(|i| (i, all[i as usize].clone())).collect();
+    live.extend((1000..1100).zip(layouts(&client, 1000..1100).await));
+    for (i, l) in &live {
+        ensure!(
+            replicas_holding(&view, &pool, l).await? == 3,
+            "live file f{i} lost a replica"
+        );
+        let got = client.read_file(&format!("/gc/f{i}")).await?;
+        ensure!(got == pattern(*i, SIZE), "live file f{i} reads back wrong");
+    }
+
+    // The unlinked-but-open file outlived the grace period.
+    let got = held.read_at(0, SIZE).await?;
+    ensure!(got == pattern(10, SIZE), "the open, unlinked file changed");
+    ensure!(replicas_holding(&view, &pool, &all[10]).await? == 3);
+    held.close().await?;
+    let closed_at = Instant::now();
+    while replicas_holding(&view, &pool, &all[10]).await? > 0 {
+        ensure!(
+            closed_at.elapsed() < GRACE + Duration::from_secs(60),
+            "the closed, unlinked file was never collected"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    Ok(())
+}
