@@ -3,6 +3,7 @@
 //! * namespace: `ls`, `mkdir`, `mv`, `rm`, `stat`, `ln` ([`namespace`]);
 //! * volumes: `volume create`, `volume ls` ([`volume`]);
 //! * the meta cluster: `meta status|join|promote|remove` ([`admin`]);
+//! * the data side: `admin chunkservers|chains` ([`cluster`]);
 //! * data: `put`, `get`, `cp` ([`transfer`]), `cat` ([`cat`]),
 //!   `checkpoint save|load|list|prune` ([`checkpoint`]), with a progress
 //!   bar ([`progress`]) and the client flags of [`data`];
@@ -22,6 +23,7 @@ mod admin;
 mod cache;
 mod cat;
 mod checkpoint;
+mod cluster;
 mod data;
 #[cfg(feature = "dev")]
 mod dev;
@@ -80,6 +82,10 @@ enum Command {
     /// Inspect and change the metadata cluster.
     #[command(subcommand)]
     Meta(MetaCommand),
+
+    /// The data side of the cluster: chunkservers and chains.
+    #[command(subcommand)]
+    Admin(AdminCommand),
 
     /// List a directory (or show one entry).
     Ls {
@@ -180,6 +186,21 @@ enum Command {
     /// for programs that use files: serves until Ctrl-C / SIGTERM, then
     /// unmounts.
     Mount(mount::MountArgs),
+}
+
+#[derive(Debug, Subcommand)]
+enum AdminCommand {
+    /// Chunkservers: address and shard ports, alive or down, zone, targets,
+    /// space used and capacity.
+    Chunkservers,
+    /// Chains: members head to tail with their states (serving, syncing,
+    /// offline), and how many chains are under-replicated.
+    Chains {
+        /// Only the chains with fewer serving members than their
+        /// replication factor.
+        #[arg(long)]
+        under_replicated: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -312,6 +333,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let json = cli.json;
     let result = match &cli.command {
         Command::Meta(MetaCommand::Status) => admin::status(&c, json).await,
+        Command::Admin(AdminCommand::Chunkservers) => cluster::chunkservers(&c, json).await,
+        Command::Admin(AdminCommand::Chains { under_replicated }) => {
+            cluster::chains(&c, *under_replicated, json).await
+        }
         Command::Meta(MetaCommand::Join { addr }) => admin::join(&c, addr).await,
         Command::Meta(MetaCommand::Promote { id }) => admin::promote(&c, *id, json).await,
         Command::Meta(MetaCommand::Remove { id }) => admin::remove(&c, *id, json).await,
