@@ -167,6 +167,7 @@ pub struct Metrics {
     pending_replies: AtomicU64,
     tail_queries: AtomicU64,
     forwarded: AtomicU64,
+    sync_gaps: AtomicU64,
     scrub_chunks: AtomicU64,
     scrub_blocks: AtomicU64,
     scrub_bytes: AtomicU64,
@@ -257,6 +258,12 @@ impl Metrics {
         self.forwarded.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Counts a write a syncing replica could not store (it missed earlier
+    /// versions of the chunk).
+    pub fn sync_gap(&self) {
+        self.sync_gaps.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// Counts one scrubbed chunk: `blocks` blocks (`bytes` bytes) checked,
     /// `bad` of them failing their CRC (also counted as CRC failures).
     pub fn scrubbed_chunk(&self, blocks: u64, bytes: u64, bad: u64) {
@@ -342,7 +349,7 @@ impl Metrics {
             }
         }
 
-        let counters: [(&str, &str, &AtomicU64); 15] = [
+        let counters: [(&str, &str, &AtomicU64); 16] = [
             (
                 "crc_failures_total",
                 "Stored blocks that failed their CRC, on a read or a scrub.",
@@ -377,6 +384,11 @@ impl Metrics {
                 "forwarded_writes_total",
                 "Mutations forwarded to the chain successor.",
                 &self.forwarded,
+            ),
+            (
+                "sync_gap_writes_total",
+                "Writes a syncing replica acknowledged without storing: it missed earlier versions of the chunk, which resync must copy whole.",
+                &self.sync_gaps,
             ),
             (
                 "chunks_scrubbed_total",

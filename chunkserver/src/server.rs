@@ -53,6 +53,12 @@
 //! the same offset, so only a newer write by *another* client in between
 //! could be overwritten — the window DESIGN §11 leaves to close-to-open).
 //!
+//! Members that are syncing (back after an outage, at the chain's tail)
+//! take the writes they can build on what they hold; a write to a chunk
+//! they missed versions of is acknowledged without storing it, since they
+//! serve no reads and such a chunk must be copied whole when the target is
+//! resynced. So a returning chunkserver never blocks writes.
+//!
 //! # Reads (CRAQ)
 //!
 //! A serving replica reads its committed version when no pending version
@@ -590,10 +596,26 @@ impl Shard {
             ));
         }
         let _lock = self.lock(chunk).await?;
-        let committed = self.store.stat(chunk)?.map_or(0, |s| s.committed_version);
+        let st = self.store.stat(chunk)?;
+        let committed = st.as_ref().map_or(0, |s| s.committed_version);
         if h.version <= committed {
             // Already here: the head is settling a version whose commit it
             // lost; what we hold came from it.
+            return Ok(Self::versioned_reply(h, h.version));
+        }
+        let newest = st
+            .as_ref()
+            .and_then(|s| s.pending_versions.last().copied())
+            .unwrap_or(committed)
+            .max(committed);
+        if route.state == MemberState::Syncing && h.version > newest + 1 {
+            // A syncing member that missed versions while it was away: it
+            // cannot build this one on what it holds, and it serves no
+            // reads. Acknowledge without storing — the chain stays
+            // writable on its serving members — and leave the chunk to be
+            // copied whole when the target is resynced.
+            tracing::debug!(%chunk, version = h.version, newest, "syncing: missed versions, chunk left for resync");
+            self.metrics.sync_gap();
             return Ok(Self::versioned_reply(h, h.version));
         }
         self.apply(route, h, chunk, h.version, &m, |_| {}).await?;

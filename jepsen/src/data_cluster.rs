@@ -179,6 +179,25 @@ impl DataCluster {
         }
     }
 
+    /// The index (for [`Self::kill`], [`Self::spawn`]) of the chunkserver
+    /// meta knows by `id`, found by its first shard port.
+    ///
+    /// # Errors
+    /// Meta unreachable or no such chunkserver.
+    pub async fn index_of(&self, id: u64) -> Result<usize> {
+        let t = self.chains().await?;
+        let info = t
+            .chunkservers
+            .iter()
+            .find(|c| c.id == id)
+            .ok_or_else(|| anyhow::anyhow!("meta knows no chunkserver {id}"))?;
+        let port = info.shard_ports.first().copied().unwrap_or(0);
+        self.cs
+            .iter()
+            .position(|c| u32::from(c.port) == port)
+            .ok_or_else(|| anyhow::anyhow!("chunkserver {id} (port {port}) is not one of ours"))
+    }
+
     /// Chunkserver `i`'s target directory.
     pub fn data_dir(&self, i: usize) -> &std::path::Path {
         &self.cs[i].dir

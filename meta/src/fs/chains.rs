@@ -187,6 +187,20 @@ pub(crate) fn set_target_states<K: Kv + ?Sized>(
                     members[i].state = *s;
                 }
             }
+            // A target that turned syncing moves to the tail. The head
+            // assigns each write's version from its own committed one, so
+            // it must be a serving member that saw every write; a syncing
+            // head missing writes would reuse versions the others hold,
+            // and they would acknowledge those writes as already applied
+            // without applying them (new and recovering members join a
+            // chain at its tail, as in chain replication).
+            let (mut kept, turned): (Vec<_>, Vec<_>) =
+                members.into_iter().enumerate().partition(|(i, m)| {
+                    !(m.state == TargetState::Syncing
+                        && chain.members[*i].state != TargetState::Syncing)
+                });
+            kept.extend(turned);
+            let members: Vec<ChainMember> = kept.into_iter().map(|(_, m)| m).collect();
             if members == chain.members {
                 continue;
             }

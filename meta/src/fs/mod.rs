@@ -745,6 +745,28 @@ mod tests {
         // single-replica chains keep it serving).
         assert!(offline >= 6, "{offline}");
         assert!(sm.fs.chains_version().unwrap() > v);
+        // Back as syncing: at the tail of every chain, so every head is a
+        // serving member that saw every write.
+        sm.op(Op::SetTargetStates {
+            changes: vec![(1, TargetState::Syncing), (2, TargetState::Syncing)],
+        })
+        .unwrap();
+        for (_, chains) in sm.fs.chain_tables().unwrap() {
+            for c in chains {
+                let first_syncing = c
+                    .members
+                    .iter()
+                    .position(|m| m.state == TargetState::Syncing)
+                    .unwrap_or(c.members.len());
+                assert!(
+                    c.members[first_syncing..]
+                        .iter()
+                        .all(|m| m.state == TargetState::Syncing),
+                    "a syncing member ahead of a serving one: {c:?}"
+                );
+                assert_eq!(c.members[0].state, TargetState::Serving, "{c:?}");
+            }
+        }
     }
 
     #[test]
