@@ -157,7 +157,11 @@ struct Route {
     chain_version: u64,
     state: MemberState,
     is_head: bool,
+    /// Last member of the write path: stores and commits in one step.
     is_tail: bool,
+    /// Last serving member: its committed version is what CRAQ reads
+    /// trust (the write-path tail itself unless syncing members follow).
+    is_serving_tail: bool,
 }
 
 impl Route {
@@ -447,11 +451,18 @@ impl Shard {
         }
         let is_head = chain.write_path().next().map(|m| m.target) == Some(member.target);
         let is_tail = chain.write_path().last().map(|m| m.target) == Some(member.target);
+        let is_serving_tail = chain
+            .write_path()
+            .filter(|m| m.state == MemberState::Serving)
+            .last()
+            .map(|m| m.target)
+            == Some(member.target);
         Ok(Route {
             chain_version: chain.version,
             state: member.state,
             is_head,
             is_tail,
+            is_serving_tail,
             chain_id,
             target: member.target,
             chunk: h.chunk,
@@ -517,7 +528,7 @@ impl Shard {
             Opcode::Read => self.read(&route, &h, false).await,
             Opcode::ReadChunk => self.read(&route, &h, true).await,
             Opcode::Stat => {
-                if route.is_tail {
+                if route.is_serving_tail {
                     self.commit_pending_as_tail(h.chunk).await?;
                 }
                 self.stat(&h)
@@ -669,7 +680,10 @@ impl Shard {
         failpoint::hit("chunk.write.before_forward");
         self.forward(&next, route, h, chunk, version, m).await?;
         failpoint::hit("chunk.write.before_commit");
-        self.store.commit_through(chunk, version, false).await?;
+        // The serving tail's commit is what reads trust: durable.
+        self.store
+            .commit_through(chunk, version, route.is_serving_tail)
+            .await?;
         Ok(())
     }
 
@@ -782,7 +796,7 @@ impl Shard {
             ));
         }
         let (chunk, offset, len) = (h.chunk, h.offset, u64::from(h.length));
-        if route.is_tail && whole {
+        if route.is_serving_tail && whole {
             self.commit_pending_as_tail(chunk).await?;
         }
         let mode = if whole {
@@ -791,7 +805,7 @@ impl Shard {
             ReadMode::CleanOnly
         };
         let out = match self.store.read(chunk, offset, len, mode).await {
-            Err(StoreError::Pending { .. }) if route.is_tail => {
+            Err(StoreError::Pending { .. }) if route.is_serving_tail => {
                 self.commit_pending_as_tail(chunk).await?;
                 self.store
                     .read(chunk, offset, len, ReadMode::Committed)

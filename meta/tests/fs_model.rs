@@ -363,7 +363,20 @@ impl System {
     }
 
     fn open(&mut self) {
-        let db = sled::Config::new().path(self.dir.path()).open().unwrap();
+        // After a reopen, sled's background flusher of the dropped handle
+        // may hold the directory lock a moment longer (seen on a loaded
+        // CI machine): retry briefly.
+        let mut tries = 0;
+        let db = loop {
+            match sled::Config::new().path(self.dir.path()).open() {
+                Ok(db) => break db,
+                Err(e) if tries < 100 && e.to_string().contains("could not acquire lock") => {
+                    tries += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                }
+                Err(e) => panic!("opening sled: {e}"),
+            }
+        };
         self.fs = Some(FsState::open(db.open_tree("fs").unwrap()).unwrap());
         self.db = Some(db);
     }

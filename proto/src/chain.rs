@@ -175,9 +175,16 @@ impl ChainView {
         })
     }
 
-    /// Returns the tail of chain `id`'s write path.
+    /// Returns the last serving member of chain `id`: the member whose
+    /// committed version CRAQ reads trust. Syncing members follow the
+    /// serving ones at the end of the write path and may have skipped
+    /// chunks they missed versions of, so they never answer for it.
     pub fn tail(&self, id: u32, chunk: ChunkId) -> Option<Endpoint> {
-        let m = self.chain(id)?.write_path().last()?;
+        let m = self
+            .chain(id)?
+            .write_path()
+            .filter(|m| m.state == MemberState::Serving)
+            .last()?;
         Some(Endpoint {
             chunkserver: m.chunkserver,
             target: m.target,
@@ -283,8 +290,12 @@ mod tests {
         };
         let next = v.successor(5, 1, chunk).unwrap();
         assert_eq!(next.target, 3, "the offline middle is skipped");
-        assert!(v.successor(5, 3, chunk).is_none(), "3 is the tail");
-        assert_eq!(v.tail(5, chunk).unwrap().target, 3);
+        assert!(v.successor(5, 3, chunk).is_none(), "3 ends the write path");
+        assert_eq!(
+            v.tail(5, chunk).unwrap().target,
+            1,
+            "the last serving member answers for commits, not the syncing 3"
+        );
         assert_eq!(v.chain(5).unwrap().version, 2);
         let port = v.shard_addr(3, chunk).unwrap();
         assert!(port == "127.0.0.1:9030" || port == "127.0.0.1:9031");
