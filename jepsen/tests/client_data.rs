@@ -315,6 +315,18 @@ async fn write_big(c: &Client, path: &str, seed: u64, len: u64) -> Result<u32> {
 }
 
 async fn read_big(c: &Client, path: &str) -> Result<(u64, u32)> {
+    read_big_paced(c, path, &AtomicU64::new(0), Duration::ZERO).await
+}
+
+/// Reads `path` front to back in 4 MiB reads, storing the bytes read so
+/// far in `progress` and pausing `pause` after each read; returns the
+/// length and CRC32 read.
+async fn read_big_paced(
+    c: &Client,
+    path: &str,
+    progress: &AtomicU64,
+    pause: Duration,
+) -> Result<(u64, u32)> {
     let f = c.open_read(path).await?;
     let mut crc = crc32fast::Hasher::new();
     let mut at = 0;
@@ -325,6 +337,10 @@ async fn read_big(c: &Client, path: &str) -> Result<(u64, u32)> {
         }
         crc.update(&b);
         at += b.len() as u64;
+        progress.store(at, Ordering::Release);
+        if !pause.is_zero() {
+            tokio::time::sleep(pause).await;
+        }
     }
     f.close().await?;
     Ok((at, crc.finalize()))
@@ -363,23 +379,10 @@ async fn chunkserver_killed_during_large_read() -> Result<()> {
     let p = path.clone();
     let progress = Arc::new(AtomicU64::new(0));
     let seen = progress.clone();
-    let read = tokio::spawn(async move {
-        let f = reader.open_read(&p).await?;
-        let mut crc = crc32fast::Hasher::new();
-        let mut at = 0u64;
-        loop {
-            let b = f.read_at(at, (4 * MIB) as usize).await?;
-            if b.is_empty() {
-                break;
-            }
-            crc.update(&b);
-            at += b.len() as u64;
-            seen.store(at, Ordering::Release);
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        f.close().await?;
-        anyhow::Ok((at, crc.finalize()))
-    });
+    let read =
+        tokio::spawn(
+            async move { read_big_paced(&reader, &p, &seen, Duration::from_millis(5)).await },
+        );
     while progress.load(Ordering::Acquire) < 32 * MIB && !read.is_finished() {
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
