@@ -276,6 +276,18 @@ async fn sigterm_unmounts_even_with_open_files() {
     assert!(m.stop().unwrap().success());
     assert!(!is_mounted(&mnt), "a busy mount stayed after SIGTERM");
     drop(open);
+    // Read-only: reads work, every change is refused with EROFS.
+    let mut m = Mount::start(&meta, &mnt, &["--volume", "/term", "--read-only"]).unwrap();
+    assert_eq!(fs::read(m.path("kept")).unwrap(), b"still here");
+    let erofs = Some(libc::EROFS);
+    assert_eq!(errno_of(fs::write(m.path("new"), b"x")), erofs);
+    assert_eq!(
+        errno_of(OpenOptions::new().append(true).open(m.path("kept"))),
+        erofs
+    );
+    assert_eq!(errno_of(fs::remove_file(m.path("kept"))), erofs);
+    assert_eq!(errno_of(fs::create_dir(m.path("d"))), erofs);
+    assert!(m.stop().unwrap().success());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
