@@ -281,6 +281,34 @@ pub fn render(shared: &Shared, rpc: &RpcMetrics) -> String {
             c.len(),
         );
     }
+    if let Ok(tables) = shared.fs.chain_tables() {
+        let (mut total, mut under) = (0usize, 0usize);
+        for (replication, chains) in &tables {
+            for c in chains {
+                total += 1;
+                let serving = c
+                    .members
+                    .iter()
+                    .filter(|m| m.state == crate::fs::TargetState::Serving)
+                    .count();
+                if serving < *replication as usize {
+                    under += 1;
+                }
+            }
+        }
+        gauge(
+            &mut out,
+            "cairn_meta_chains",
+            "Chains in all chain tables.",
+            total,
+        );
+        gauge(
+            &mut out,
+            "cairn_meta_chains_under_replicated",
+            "Chains with fewer serving members than their replication factor (a member offline or syncing).",
+            under,
+        );
+    }
     if let Ok(g) = shared.fs.garbage() {
         gauge(
             &mut out,

@@ -214,6 +214,13 @@ async fn silent_chunkserver_goes_offline_and_watchers_see_it() {
     assert!(page.starts_with("HTTP/1.1 200"), "{page}");
     assert!(page.contains("\ncairn_meta_raft_is_leader 1\n"), "{page}");
     assert!(page.contains("\ncairn_meta_chunkservers 3\n"), "{page}");
+    // The silent target's chains are short of a serving member.
+    let under: u64 = page
+        .lines()
+        .find_map(|l| l.strip_prefix("cairn_meta_chains_under_replicated "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no under-replicated gauge: {page}"));
+    assert_eq!(under as usize, offline, "{page}");
     assert!(
         page.contains("cairn_meta_rpc_duration_seconds_count{method=\"ChunkserverHeartbeat\"}"),
         "{page}"
