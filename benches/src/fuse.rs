@@ -18,20 +18,20 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use bytes::Bytes;
-use cairn_client::cache::CacheConfig;
-use cairn_client::{Client, ClientOptions};
 use cairn_proto::meta::VolumePolicy;
 use cairn_proto::units::parse_size;
 use clap::Args;
 use serde::Serialize;
 
-use crate::latency::{LatencySummary, Samples};
+use crate::chunk::WARMUP_READS;
+use crate::client::cairn;
+use crate::latency::LatencySummary;
+use crate::layout::{self, random_blocks};
 use crate::machine::{self, Machine};
-use crate::meta::SplitMix;
+use crate::measure::{Measured, blocking};
 use crate::report;
 use crate::servers::{CHUNKSERVERS, Finished, Servers, Setup};
 use crate::{CommonArgs, ProcessRss, build_profile};
@@ -71,6 +71,8 @@ const MOUNT_DIR: &str = "mnt";
 const VOLUME: &str = "bench";
 /// Bytes per sequential I/O.
 const SEQ_IO: u64 = 1 << 20;
+/// The native client's memory cache (the client's default, as the mount's).
+const DEFAULT_CACHE: u64 = 64 << 20;
 
 /// Flags of `cairn-bench fuse`.
 #[derive(Debug, Clone, Args)]
@@ -255,89 +257,15 @@ fn rand_job(path: &Path, size: u64, ios: usize, jobs: usize, direct: bool) -> Ve
     ]
 }
 
-/// Blocking work on a blocking thread.
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .context("blocking task")?
-}
-
-async fn native_write(c: &Client, path: &str, size: u64) -> Result<Figure> {
-    let data = Bytes::from(vec![0x5a; SEQ_IO as usize]);
-    let t0 = Instant::now();
-    let f = c.create(path).await?;
-    let mut off = 0;
-    while off < size {
-        f.write_at(off, data.clone()).await?;
-        off += SEQ_IO;
-    }
-    f.fsync().await?;
-    f.close().await?;
-    Ok(rate("native", size, t0.elapsed(), None))
-}
-
-async fn native_read(c: &Client, path: &str) -> Result<Figure> {
-    let t0 = Instant::now();
-    let f = c.open_read(path).await?;
-    let len = f.len();
-    let mut off = 0;
-    while off < len {
-        let b = f.read_at(off, SEQ_IO as usize).await?;
-        if b.is_empty() {
-            bail!("{path} ended at {off} of {len}");
-        }
-        off += b.len() as u64;
-    }
-    f.close().await?;
-    Ok(rate("native", len, t0.elapsed(), None))
-}
-
-async fn native_random(c: &Client, path: &str, ios: usize, tasks: usize) -> Result<Figure> {
-    let f = std::sync::Arc::new(c.open_read(path).await?);
-    let blocks = f.len() / 4096;
-    let t0 = Instant::now();
-    let mut handles = Vec::new();
-    for t in 0..tasks {
-        let f = f.clone();
-        handles.push(tokio::spawn(async move {
-            let mut rng = SplitMix::new(0x5eed + t as u64);
-            let mut s = Samples::with_capacity(ios / tasks + 1);
-            for _ in 0..ios.div_ceil(tasks) {
-                let off = (rng.next_u64() % blocks) * 4096;
-                let t = Instant::now();
-                f.read_at(off, 4096).await?;
-                s.record(t.elapsed());
-            }
-            anyhow::Ok(s)
-        }));
-    }
-    let mut all = Samples::with_capacity(ios);
-    for h in handles {
-        all.merge(h.await??);
-    }
-    let (n, d) = (all.len(), t0.elapsed());
-    Ok(Figure {
-        iops: Some(n as f64 / d.as_secs_f64()),
-        ..rate("native", n as u64 * 4096, d, Some(all))
-    })
-}
-
-fn rate(system: &'static str, bytes: u64, d: Duration, s: Option<Samples>) -> Figure {
+/// The native client's figures from what [`crate::client::cairn`]
+/// measured (it times every call and checks the bytes read).
+fn native(m: &Measured) -> Figure {
+    let secs = m.elapsed.as_secs_f64();
     Figure {
-        system,
-        mib_s: Some(bytes as f64 / f64::from(1 << 20) / d.as_secs_f64()),
-        iops: None,
-        latency: s.map(|s| s.summary()),
-    }
-}
-
-fn no_cache() -> ClientOptions {
-    ClientOptions {
-        cache: CacheConfig {
-            memory_bytes: 0,
-            ..CacheConfig::default()
-        },
-        ..ClientOptions::default()
+        system: "native",
+        mib_s: Some(m.bytes as f64 / f64::from(1 << 20) / secs),
+        iops: Some(m.ops as f64 / secs),
+        latency: Some(m.samples.summary()),
     }
 }
 
@@ -349,7 +277,8 @@ async fn run_all(
     mount_rss: &mut Option<ProcessRss>,
 ) -> Result<Vec<Phase>> {
     let meta = servers.meta_addrs();
-    let writer = Client::connect(meta.iter(), ClientOptions::default()).await?;
+    let writer = cairn::connect(servers, DEFAULT_CACHE).await?;
+    let data = Bytes::from(layout::pattern(SEQ_IO as usize, 1));
     writer
         .meta()
         .create_volume(VOLUME, VolumePolicy::default())
@@ -370,7 +299,8 @@ async fn run_all(
     let (mp, lp) = (mroot.join("seq-mount"), local.join("seq"));
     let size = a.seq_size;
     let m = blocking(move || fio("mount", &seq_job(&mp, "write", size))).await?;
-    let n = native_write(&writer, "/bench/seq-native", size).await?;
+    let seq = ["/bench/seq-native".to_string()];
+    let n = native(&cairn::write_files(&writer, &seq, size, data.clone()).await?);
     let l = blocking(move || fio("local", &seq_job(&lp, "write", size))).await?;
     phases.push(Phase::new("seq write", "MiB/s", vec![m, n, l]));
 
@@ -379,8 +309,8 @@ async fn run_all(
     drop_caches(notes);
     let mp = mroot.join("seq-native");
     let m = blocking(move || fio("mount", &seq_job(&mp, "read", size))).await?;
-    let reader = Client::connect(meta.iter(), ClientOptions::default()).await?;
-    let n = native_read(&reader, "/bench/seq-native").await?;
+    let reader = cairn::connect(servers, DEFAULT_CACHE).await?;
+    let n = native(&cairn::read_files(&reader, &seq, size, data.clone()).await?);
     reader.close().await?;
     drop_caches(notes);
     let lp = local.join("seq");
@@ -392,7 +322,8 @@ async fn run_all(
         "fuse: writing the {} random-read set",
         report::size(a.random_set)
     );
-    native_write(&writer, "/bench/random", a.random_set).await?;
+    let random = "/bench/random";
+    cairn::write_files(&writer, &[random.to_string()], a.random_set, data.clone()).await?;
     let (rs, lr) = (a.random_set, local.join("random"));
     let lr2 = lr.clone();
     blocking(move || fio("local", &seq_job(&lr2, "write", rs))).await?;
@@ -402,8 +333,19 @@ async fn run_all(
     eprintln!("fuse: read 4K QD1");
     let (m1, l1) = (mr.clone(), lr.clone());
     let m = blocking(move || fio("mount", &rand_job(&m1, rs, ios, 1, true))).await?;
-    let c = Client::connect(meta.iter(), no_cache()).await?;
-    let n = native_random(&c, "/bench/random", ios, 1).await?;
+    let c = cairn::connect(servers, 0).await?;
+    let picks = random_blocks(rs, WARMUP_READS + ios * 4, 0x5eed);
+    let n = native(
+        &cairn::random_reads(
+            &c,
+            random,
+            &picks[..WARMUP_READS + ios],
+            WARMUP_READS,
+            1,
+            data.clone(),
+        )
+        .await?,
+    );
     let l = blocking(move || fio("local", &rand_job(&l1, rs, ios, 1, true))).await?;
     phases.push(Phase::new("read 4K QD1", "p50", vec![m, n, l]));
 
@@ -425,7 +367,8 @@ async fn run_all(
     let jobs = a.readers;
     let (m1, l1) = (mr.clone(), lr.clone());
     let m = blocking(move || fio("mount", &rand_job(&m1, rs, ios * 4, jobs, true))).await?;
-    let n = native_random(&c, "/bench/random", ios * 4, jobs).await?;
+    let n =
+        native(&cairn::random_reads(&c, random, &picks, WARMUP_READS, jobs, data.clone()).await?);
     let l = blocking(move || fio("local", &rand_job(&l1, rs, ios * 4, jobs, true))).await?;
     phases.push(Phase::new("read 4K xN", "IOPS", vec![m, n, l]));
     c.close().await?;

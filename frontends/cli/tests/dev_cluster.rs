@@ -6,6 +6,7 @@ mod common;
 
 use std::time::Duration;
 
+use cairn_jepsen::fuse::is_mounted;
 use common::Dev;
 
 use bytes::Bytes;
@@ -83,21 +84,13 @@ async fn dev_cluster_stores_data_on_three_replicas_and_stops_cleanly() {
     }
 }
 
-fn mounted(dir: &std::path::Path) -> bool {
-    let want = dir.to_string_lossy().to_string();
-    std::fs::read_to_string("/proc/self/mountinfo")
-        .unwrap_or_default()
-        .lines()
-        .any(|l| l.split(' ').nth(4) == Some(want.as_str()))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dev_mount_serves_the_cluster_as_a_directory_and_unmounts_on_exit() {
     let mnt = tempfile::tempdir().unwrap();
     let dir = mnt.path().canonicalize().unwrap();
     let mut dev = Dev::start_with(&[std::ffi::OsStr::new("--mount"), dir.as_os_str()]);
     let t0 = std::time::Instant::now();
-    while !mounted(&dir) {
+    while !is_mounted(&dir) {
         assert!(
             t0.elapsed() < Duration::from_secs(20),
             "cairn dev --mount did not mount {}",
@@ -130,7 +123,7 @@ async fn dev_mount_serves_the_cluster_as_a_directory_and_unmounts_on_exit() {
     assert_eq!(names, ["hello.txt", "put.txt"]);
     assert!(dev.stop(), "cairn dev did not exit cleanly");
     assert!(
-        !mounted(&dir),
+        !is_mounted(&dir),
         "{} still mounted after cairn dev stopped",
         dir.display()
     );
