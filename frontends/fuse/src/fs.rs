@@ -1085,12 +1085,14 @@ impl Filesystem for CairnFs {
         self.spawn(
             move |me| async move {
                 let l = me.readdir(ino, fh.0, offset, true).await?;
-                let dir = me
-                    .client
-                    .meta()
-                    .getattr(InodeId(ino))
-                    .await
-                    .map_err(|e| errno_by_ino(&e))?;
+                // The directory's own attributes only for "." and "..",
+                // which come first: not one meta call per page.
+                let dir = if offset < 2 {
+                    let a = me.client.meta().getattr(InodeId(ino)).await;
+                    Some(a.map_err(|e| errno_by_ino(&e))?)
+                } else {
+                    None
+                };
                 Ok((l, dir))
             },
             move |r| {
@@ -1098,22 +1100,20 @@ impl Filesystem for CairnFs {
                     Ok(x) => x,
                     Err(e) => return reply.error(e),
                 };
-                let dot = me2.attr(&dir);
-                let mut i = 0u64;
-                for name in [".", ".."] {
-                    i += 1;
-                    if i > offset && reply.add(dot.ino, i, name, &ttl, &dot, Generation(0)) {
-                        return reply.ok();
+                if let Some(dir) = dir {
+                    let dot = me2.attr(&dir);
+                    for (i, name) in [(1, "."), (2, "..")] {
+                        if i > offset && reply.add(dot.ino, i, name, &ttl, &dot, Generation(0)) {
+                            return reply.ok();
+                        }
                     }
                 }
-                for e in entries.iter() {
-                    i += 1;
-                    if i <= offset {
-                        continue;
-                    }
+                // Entry k (0-based) has offset k + 3: after "." and "..".
+                let first = usize::try_from(offset.saturating_sub(2)).unwrap_or(usize::MAX);
+                for (k, e) in entries.iter().enumerate().skip(first) {
                     let Some(a) = e.attr.as_ref() else { continue };
                     let fa = me2.attr(a);
-                    if reply.add(fa.ino, i, &e.name, &ttl, &fa, Generation(0)) {
+                    if reply.add(fa.ino, k as u64 + 3, &e.name, &ttl, &fa, Generation(0)) {
                         break;
                     }
                 }
