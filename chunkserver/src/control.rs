@@ -35,6 +35,11 @@ pub struct ControlState {
     lease_until_ms: AtomicU64,
     chunkserver_id: AtomicU64,
     target_ids: Mutex<Vec<u64>>,
+    /// Shards that finished syncing each (chain, chain version).
+    synced: Mutex<std::collections::HashMap<(u32, u64), u32>>,
+    shards: AtomicU64,
+    leaving: std::sync::atomic::AtomicBool,
+    wake: tokio::sync::Notify,
 }
 
 fn now_ms() -> u64 {
@@ -51,6 +56,10 @@ impl Default for ControlState {
             lease_until_ms: AtomicU64::new(0),
             chunkserver_id: AtomicU64::new(0),
             target_ids: Mutex::new(Vec::new()),
+            synced: Mutex::new(std::collections::HashMap::new()),
+            shards: AtomicU64::new(1),
+            leaving: std::sync::atomic::AtomicBool::new(false),
+            wake: tokio::sync::Notify::new(),
         }
     }
 }
@@ -95,6 +104,66 @@ impl ControlState {
     /// Returns this chunkserver's id (0 before registration).
     pub fn chunkserver_id(&self) -> u64 {
         self.chunkserver_id.load(Ordering::Acquire)
+    }
+
+    /// Announces that this chunkserver is stopping for a restart: the next
+    /// heartbeat (sent now) asks meta to take its targets out of their
+    /// chains without replacing them.
+    pub fn leave(&self) {
+        self.leaving.store(true, Ordering::Release);
+        self.wake.notify_one();
+    }
+
+    /// Returns whether every chain member on chunkserver `me` is offline
+    /// in the current view (meta took them out).
+    pub fn out_of_chains(&self) -> bool {
+        let me = self.chunkserver_id();
+        let view = self.view();
+        view.chains().all(|(_, c)| {
+            // A chain's last serving member is never taken out.
+            let serving = c
+                .members
+                .iter()
+                .filter(|m| m.state == crate::chain::MemberState::Serving)
+                .count();
+            c.members.iter().all(|m| {
+                m.chunkserver != me
+                    || m.state == crate::chain::MemberState::Offline
+                    || (serving == 1 && m.state == crate::chain::MemberState::Serving)
+            })
+        })
+    }
+
+    /// Sets how many shards must sync a chain before it is reported.
+    pub fn set_shards(&self, shards: u32) {
+        self.shards
+            .store(u64::from(shards.max(1)), Ordering::Release);
+    }
+
+    /// Records that one shard synced `chain` at `version`.
+    pub fn shard_synced(&self, chain: u32, version: u64) {
+        *self
+            .synced
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .entry((chain, version))
+            .or_insert(0) += 1;
+    }
+
+    /// Returns the (chain, version) pairs every shard has synced and that
+    /// are still current, forgetting those that are not.
+    pub fn synced_chains(&self) -> Vec<(u32, u64)> {
+        let view = self.view();
+        let shards = self.shards.load(Ordering::Acquire);
+        let mut m = self
+            .synced
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        m.retain(|(c, v), _| view.chain(*c).is_none_or(|i| i.version <= *v));
+        m.iter()
+            .filter(|(_, n)| u64::from(**n) >= shards)
+            .map(|(k, _)| *k)
+            .collect()
     }
 
     /// Returns the target ids, in the order of the configured targets.
@@ -210,6 +279,7 @@ pub async fn run(
     reg: Registration,
     usage: Arc<dyn UsageSource>,
     state: Arc<ControlState>,
+    metrics: Arc<crate::metrics::Metrics>,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
     let mut meta = Meta::new(meta_addrs.clone());
@@ -280,6 +350,22 @@ pub async fn run(
             })
             .collect::<Vec<_>>();
         let known = state.view_version();
+        let synced: Vec<pb::ChainSynced> = state
+            .synced_chains()
+            .into_iter()
+            .map(|(chain_id, chain_version)| pb::ChainSynced {
+                chain_id,
+                chain_version,
+            })
+            .collect();
+        let (chunks_copied, bytes_copied, chunks_current, chains, _) = metrics.repair_counts();
+        let repair = pb::RepairProgress {
+            chunks_copied,
+            bytes_copied,
+            chunks_current,
+            chains_syncing: u32::try_from(chains).unwrap_or(u32::MAX),
+            bytes_per_sec: 0,
+        };
         let sent_at = now_ms();
         let r = meta
             .call(|mut c| {
@@ -287,6 +373,9 @@ pub async fn run(
                     chunkserver_id: id,
                     targets: targets.clone(),
                     chain_table_version: known,
+                    synced: synced.clone(),
+                    repair: Some(repair),
+                    leaving: state.leaving.load(Ordering::Acquire),
                 };
                 async move { c.chunkserver_heartbeat(req).await }
             })
@@ -303,6 +392,7 @@ pub async fn run(
         let wait = interval.saturating_sub(started.elapsed());
         tokio::select! {
             () = tokio::time::sleep(wait) => {}
+            () = state.wake.notified() => {}
             _ = stop.wait_for(|s| *s) => break,
         }
     }

@@ -67,6 +67,10 @@ struct Args {
     /// Longest a forward down the chain or a tail query may take.
     #[arg(long, env = "CAIRN_CHUNKSERVER_PEER_TIMEOUT", value_parser = humantime::parse_duration, default_value = "5s")]
     peer_timeout: Duration,
+    /// Bytes per second this chunkserver sends to resync or repair other
+    /// replicas of its chains (0: unlimited).
+    #[arg(long, env = "CAIRN_CHUNKSERVER_RESYNC_RATE", value_parser = parse_size, default_value = "1GiB")]
+    resync_rate: u64,
     /// How long an idle shard busy-polls before sleeping (e.g. "100us"; use
     /// it only with cores to spare: on 2 shared cores it measured slower):
     /// lower latency for the next request, more CPU while idle. "0s" sleeps
@@ -98,6 +102,7 @@ fn main() -> ExitCode {
             interval_between_passes: args.scrub_interval,
         },
         peer_timeout: args.peer_timeout,
+        resync_rate: args.resync_rate,
         spin_before_park: args.spin_before_park,
     };
     let rt = match tokio::runtime::Builder::new_current_thread()
@@ -142,6 +147,15 @@ fn main() -> ExitCode {
         }
     });
     tracing::info!(signal = sig, "shutting down");
+    if sig == "SIGTERM" {
+        // A restart (rolling update, maintenance): leave the chains first
+        // so writes route around this chunkserver at once.
+        if cs.leave(Duration::from_secs(5)) {
+            tracing::info!("meta took this chunkserver's targets out of their chains");
+        } else {
+            tracing::warn!("meta did not confirm leaving in time; stopping anyway");
+        }
+    }
     cs.stop();
     tracing::info!("stopped");
     ExitCode::SUCCESS

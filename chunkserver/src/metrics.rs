@@ -168,6 +168,11 @@ pub struct Metrics {
     tail_queries: AtomicU64,
     forwarded: AtomicU64,
     sync_gaps: AtomicU64,
+    repair_chunks: AtomicU64,
+    repair_bytes: AtomicU64,
+    repair_current: AtomicU64,
+    installed_bytes: AtomicU64,
+    repair_chains: AtomicU64,
     scrub_chunks: AtomicU64,
     scrub_blocks: AtomicU64,
     scrub_bytes: AtomicU64,
@@ -264,6 +269,44 @@ impl Metrics {
         self.sync_gaps.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Counts a chunk copied to a syncing or repaired replica (`bytes`
+    /// sent), as its sync source.
+    pub fn repair_copied(&self, bytes: u64) {
+        self.repair_chunks.fetch_add(1, Ordering::Relaxed);
+        self.repair_bytes.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    /// Counts a chunk a syncing replica already held current (not copied).
+    pub fn repair_current(&self) {
+        self.repair_current.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts bytes this replica stored from a sync source.
+    pub fn installed(&self, bytes: u64) {
+        self.installed_bytes.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    /// Marks a chain sync started (`+1`) or ended (`-1`) here.
+    pub fn repair_chain(&self, started: bool) {
+        if started {
+            self.repair_chains.fetch_add(1, Ordering::Relaxed);
+        } else {
+            self.repair_chains.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Returns (chunks copied, bytes copied, chunks found current, chains
+    /// being synced) as a sync source, and bytes stored from sources.
+    pub fn repair_counts(&self) -> (u64, u64, u64, u64, u64) {
+        (
+            self.repair_chunks.load(Ordering::Relaxed),
+            self.repair_bytes.load(Ordering::Relaxed),
+            self.repair_current.load(Ordering::Relaxed),
+            self.repair_chains.load(Ordering::Relaxed),
+            self.installed_bytes.load(Ordering::Relaxed),
+        )
+    }
+
     /// Counts one scrubbed chunk: `blocks` blocks (`bytes` bytes) checked,
     /// `bad` of them failing their CRC (also counted as CRC failures).
     pub fn scrubbed_chunk(&self, blocks: u64, bytes: u64, bad: u64) {
@@ -349,7 +392,7 @@ impl Metrics {
             }
         }
 
-        let counters: [(&str, &str, &AtomicU64); 16] = [
+        let counters: [(&str, &str, &AtomicU64); 21] = [
             (
                 "crc_failures_total",
                 "Stored blocks that failed their CRC, on a read or a scrub.",
@@ -389,6 +432,31 @@ impl Metrics {
                 "sync_gap_writes_total",
                 "Writes a syncing replica acknowledged without storing: it missed earlier versions of the chunk, which resync must copy whole.",
                 &self.sync_gaps,
+            ),
+            (
+                "repair_chunks_copied_total",
+                "Chunks this chunkserver copied, as a chain's sync source, to syncing or repaired replicas.",
+                &self.repair_chunks,
+            ),
+            (
+                "repair_bytes_total",
+                "Bytes this chunkserver copied as a sync source (under-replicated data repaired).",
+                &self.repair_bytes,
+            ),
+            (
+                "repair_chunks_current_total",
+                "Chunks a resync found already current on the syncing replica (compared by version, not copied).",
+                &self.repair_current,
+            ),
+            (
+                "repair_installed_bytes_total",
+                "Bytes this replica stored from a sync source.",
+                &self.installed_bytes,
+            ),
+            (
+                "repair_chains_active",
+                "Chain syncs running on this chunkserver as the source (a gauge).",
+                &self.repair_chains,
             ),
             (
                 "chunks_scrubbed_total",

@@ -56,6 +56,9 @@ pub struct ChunkserverConfig {
     pub scrub: ScrubConfig,
     /// How long a forward or tail query may take.
     pub peer_timeout: Duration,
+    /// Bytes per second this chunkserver may send to resync or repair
+    /// other replicas (0: unlimited), split evenly over its shards.
+    pub resync_rate: u64,
     /// How long an idle shard polls for work before it sleeps in the
     /// kernel: a request arriving meanwhile skips a thread wake-up (tens of
     /// µs on a VM) at the cost of CPU while idle. 0 sleeps at once.
@@ -76,10 +79,16 @@ impl Default for ChunkserverConfig {
             metrics_listen: None,
             scrub: ScrubConfig::default(),
             peer_timeout: Duration::from_secs(5),
+            resync_rate: RESYNC_RATE_DEFAULT,
             spin_before_park: Duration::from_micros(SPIN_DEFAULT_US),
         }
     }
 }
+
+/// Default of [`ChunkserverConfig::resync_rate`]: 1 GiB/s, above what
+/// one SSD takes (so the disk, not the limit, paces a repair) while leaving
+/// a NIC room for client traffic.
+pub const RESYNC_RATE_DEFAULT: u64 = 1 << 30;
 
 /// Default of [`ChunkserverConfig::spin_before_park`], µs.
 pub const SPIN_DEFAULT_US: u64 = 0;
@@ -127,6 +136,25 @@ pub struct Chunkserver {
 }
 
 impl Chunkserver {
+    /// Leaves the chains before a restart (maintenance, DESIGN §8): tells
+    /// meta, which takes this chunkserver's targets out of their chains at
+    /// once without replacing them, and waits (up to `timeout`) until the
+    /// chain table shows them out, so writes stop coming here before the
+    /// process goes. Back, the targets are resynced by version.
+    pub fn leave(&self, timeout: Duration) -> bool {
+        self.control.leave();
+        let deadline = std::time::Instant::now() + timeout;
+        while std::time::Instant::now() < deadline {
+            if self.control.out_of_chains() {
+                // Let writes already routed here finish.
+                std::thread::sleep(Duration::from_millis(200));
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+
     /// Stops serving, closes the stores and joins every thread.
     pub fn stop(mut self) {
         self.stop.store(true, Ordering::Release);
@@ -206,6 +234,7 @@ pub fn start(cfg: ChunkserverConfig) -> Result<Chunkserver, StartError> {
         used: (0..shards).map(|_| AtomicU64::new(0)).collect(),
     });
     let control = Arc::new(ControlState::default());
+    control.set_shards(shards);
     let metrics = Arc::new(Metrics::default());
     let stop = Arc::new(AtomicBool::new(false));
     let (corrupt_tx, corrupt_rx) = tokio::sync::mpsc::unbounded_channel::<Corrupt>();
@@ -232,6 +261,9 @@ pub fn start(cfg: ChunkserverConfig) -> Result<Chunkserver, StartError> {
             corrupt: corrupt_tx.clone(),
             scrub: cfg.scrub.clone(),
             peer_timeout: cfg.peer_timeout,
+            resync: crate::server::resync::ResyncConfig {
+                rate_per_shard: cfg.resync_rate / u64::from(shards.max(1)),
+            },
         };
         let handle = LocalExecutorBuilder::new(Placement::Unbound)
             .name(&format!("cairn-shard-{k}"))
@@ -290,7 +322,7 @@ pub fn start(cfg: ChunkserverConfig) -> Result<Chunkserver, StartError> {
                 return;
             }
             let reporter = tokio::spawn(report_corruption(meta.clone(), ctl.clone(), corrupt_rx));
-            control::run(meta, reg, usage, ctl, stop_rx).await;
+            control::run(meta, reg, usage, ctl, m, stop_rx).await;
             reporter.abort();
         });
     }));
@@ -331,6 +363,7 @@ struct ShardStart {
     corrupt: tokio::sync::mpsc::UnboundedSender<Corrupt>,
     scrub: ScrubConfig,
     peer_timeout: Duration,
+    resync: crate::server::resync::ResyncConfig,
 }
 
 /// How often a shard looks at its stop flag and refreshes its usage.
@@ -372,6 +405,7 @@ async fn run_shard(ctx: ShardStart, ready: mpsc::Sender<Result<SocketAddr, Strin
     ));
     let scrub_stop = Rc::new(std::cell::Cell::new(false));
     let tx = ctx.corrupt.clone();
+    let repair_shard = shard.clone();
     // The scrubber yields to the data path: its own queue, few shares.
     let scrub_queue = glommio::executor().create_task_queue(
         glommio::Shares::Static(50),
@@ -384,6 +418,7 @@ async fn run_shard(ctx: ShardStart, ready: mpsc::Sender<Result<SocketAddr, Strin
             ctx.scrub.clone(),
             ctx.metrics.clone(),
             move |r: scrub::CorruptReport| {
+                repair_shard.queue_repair(r.chunk);
                 let _ = tx.send(Corrupt {
                     chunk: r.chunk,
                     blocks: r.bad_blocks,
@@ -394,6 +429,13 @@ async fn run_shard(ctx: ShardStart, ready: mpsc::Sender<Result<SocketAddr, Strin
         ),
         scrub_queue,
     );
+    let ctl = ctx.control.clone();
+    let resync = glommio::spawn_local(crate::server::resync::run(
+        shard.clone(),
+        ctx.resync,
+        scrub_stop.clone(),
+        move |chain, version| ctl.shard_synced(chain, version),
+    ));
     let slot = ctx.k as usize;
     while !ctx.stop.load(Ordering::Acquire) {
         let accept = async { Some(listener.accept().await) };
@@ -416,6 +458,7 @@ async fn run_shard(ctx: ShardStart, ready: mpsc::Sender<Result<SocketAddr, Strin
         }
     }
     scrub_stop.set(true);
+    resync.await;
     match scrubber {
         Ok(t) => t.await,
         Err(e) => tracing::error!("the scrubber could not start: {e}"),

@@ -92,12 +92,17 @@ use crate::peer::{PeerError, PeerPool};
 use crate::store::{ReadMode, ShardStore, StoreError, shard_of};
 use crate::wire::{FrameReader, ReadError, write_frame};
 
+pub mod resync;
+
 /// Requests one connection may have in flight before the server stops
 /// reading from it (back-pressure).
 const MAX_IN_FLIGHT: usize = 256;
 
 /// (client, sequence) pairs remembered for retries, per shard.
 const DEDUP_ENTRIES: usize = 65_536;
+
+/// A Stat request's `client_seq` asking for the chunk's content digest.
+pub const STAT_DIGEST: u64 = 1;
 
 /// Receives corrupt blocks found by reads: (chunk, block indexes).
 pub type CorruptSink = Rc<dyn Fn(ChunkId, Vec<u32>)>;
@@ -258,6 +263,32 @@ pub struct Shard {
     dedup: RefCell<Dedup>,
     snap_seq: Cell<u64>,
     corrupt: CorruptSink,
+    /// Head mutations under way per (chain, chain version they were routed
+    /// with): a resync waits for those routed before the chain gained its
+    /// syncing member (they may not reach it) before it lists chunks.
+    inflight: RefCell<HashMap<(u32, u64), u32>>,
+    /// When the resync pacer next lets bytes out (rate limit).
+    pace_next: Cell<Instant>,
+    /// Chunks found corrupt here, to be rewritten from a healthy replica.
+    repairs: RefCell<std::collections::BTreeSet<ChunkId>>,
+}
+
+/// Counts one head mutation in [`Shard::inflight`] while alive.
+struct InflightGuard<'a> {
+    map: &'a RefCell<HashMap<(u32, u64), u32>>,
+    key: (u32, u64),
+}
+
+impl Drop for InflightGuard<'_> {
+    fn drop(&mut self) {
+        let mut m = self.map.borrow_mut();
+        if let Some(n) = m.get_mut(&self.key) {
+            *n -= 1;
+            if *n == 0 {
+                m.remove(&self.key);
+            }
+        }
+    }
 }
 
 impl std::fmt::Debug for Shard {
@@ -296,7 +327,34 @@ impl Shard {
             dedup: RefCell::new(Dedup::default()),
             snap_seq: Cell::new(0),
             corrupt,
+            inflight: RefCell::new(HashMap::new()),
+            pace_next: Cell::new(Instant::now()),
+            repairs: RefCell::new(std::collections::BTreeSet::new()),
         }
+    }
+
+    /// Queues `chunk` for repair from a healthy replica (a read or the
+    /// scrubber found a corrupt block of it here).
+    pub fn queue_repair(&self, chunk: ChunkId) {
+        self.repairs.borrow_mut().insert(chunk);
+    }
+
+    fn count_inflight(&self, route: &Route) -> InflightGuard<'_> {
+        let key = (route.chain_id, route.chain_version);
+        *self.inflight.borrow_mut().entry(key).or_insert(0) += 1;
+        InflightGuard {
+            map: &self.inflight,
+            key,
+        }
+    }
+
+    /// Returns whether head mutations routed with a version of `chain`
+    /// older than `version` are still under way.
+    pub(crate) fn older_writes_inflight(&self, chain: u32, version: u64) -> bool {
+        self.inflight
+            .borrow()
+            .keys()
+            .any(|(c, v)| *c == chain && *v < version)
     }
 
     /// The store this shard serves.
@@ -501,10 +559,12 @@ impl Shard {
                     data: frame.payload,
                     crcs: frame.crcs,
                 };
+                let _inflight = self.count_inflight(&route);
                 self.head_mutate(&route, &h, m).await
             }
             Opcode::Truncate if route.is_head && h.version == 0 => {
                 let m = Mutation::Truncate { new_len: h.offset };
+                let _inflight = self.count_inflight(&route);
                 self.head_mutate(&route, &h, m).await
             }
             Opcode::Forward | Opcode::Truncate => {
@@ -534,6 +594,7 @@ impl Shard {
                 self.stat(&h)
             }
             Opcode::Remove => self.remove(&route, &h).await,
+            Opcode::Install => self.install(&route, &h, &frame.payload, &frame.crcs).await,
             Opcode::Commit => {
                 self.store
                     .commit_through(h.chunk, h.version, route.is_tail)
@@ -654,7 +715,15 @@ impl Shard {
                 // never "already applied".
                 Mutation::Write { offset, data, crcs } => self
                     .store
-                    .write_committed(chunk, version, *offset, data, &crcs_of(crcs))
+                    .write_in_chain(
+                        route.chain_id,
+                        chunk,
+                        version,
+                        *offset,
+                        data,
+                        &crcs_of(crcs),
+                        true,
+                    )
                     .await
                     .map_err(|e| self.store_error(chunk, e))?,
                 Mutation::Truncate { new_len } => {
@@ -669,7 +738,15 @@ impl Shard {
         match m {
             Mutation::Write { offset, data, crcs } => self
                 .store
-                .write_pending(chunk, version, *offset, data, &crcs_of(crcs))
+                .write_in_chain(
+                    route.chain_id,
+                    chunk,
+                    version,
+                    *offset,
+                    data,
+                    &crcs_of(crcs),
+                    false,
+                )
                 .await
                 .map_err(|e| self.store_error(chunk, e))?,
             Mutation::Truncate { new_len } => {
@@ -825,6 +902,7 @@ impl Shard {
                 self.metrics.crc_failure();
                 tracing::error!(%chunk, block, "stored block failed its CRC; not returned");
                 (self.corrupt)(chunk, vec![block]);
+                self.queue_repair(chunk);
                 return Err(Reject::new(
                     ErrorCode::Checksum,
                     format!("block {block} of {chunk} is corrupt on this replica; read another"),
@@ -905,11 +983,45 @@ impl Shard {
                 format!("{} is not stored here", h.chunk),
             ));
         };
+        // `client_seq == 1` in the request asks for the content digest
+        // (resync), returned in the reply's `client_seq`.
+        let digest = if h.client_seq == STAT_DIGEST {
+            self.store.digest(h.chunk)?.unwrap_or(0)
+        } else {
+            0
+        };
         Ok(Frame::new(Header {
             offset: st.committed_len,
             version: st.committed_version,
+            client_seq: digest,
             ..Header::reply_to(h)
         }))
+    }
+
+    /// Stores a piece of a sync source's copy of a chunk
+    /// ([`Opcode::Install`]); see [`crate::resync`].
+    async fn install(
+        &self,
+        route: &Route,
+        h: &Header,
+        data: &Bytes,
+        crcs: &SegmentCrcs,
+    ) -> Result<Frame> {
+        let _lock = self.lock(h.chunk).await?;
+        self.store
+            .install_piece(
+                route.chain_id,
+                h.chunk,
+                h.version,
+                h.client_seq,
+                h.offset,
+                data,
+                &crcs_of(crcs),
+            )
+            .await
+            .map_err(|e| self.store_error(h.chunk, e))?;
+        self.metrics.installed(data.len() as u64);
+        Ok(Self::versioned_reply(h, h.version))
     }
 
     /// Removes the chunk down the chain: successors first, so a failure

@@ -68,6 +68,7 @@ async fn registers_heartbeats_watches_and_loses_its_lease() {
         reg,
         Arc::new(FixedUsage),
         state.clone(),
+        Arc::new(cairn_chunkserver::metrics::Metrics::default()),
         stop_rx,
     ));
 

@@ -34,6 +34,8 @@ pub struct DataOpts {
     pub capacity: String,
     /// More `cairn-meta` flags (e.g. `--gc-grace 2s`).
     pub meta_args: Vec<String>,
+    /// More `cairn-chunkserver` flags (e.g. `--resync-rate 64MiB`).
+    pub chunkserver_args: Vec<String>,
 }
 
 impl Default for DataOpts {
@@ -45,6 +47,7 @@ impl Default for DataOpts {
             chunkserver_timeout: Duration::from_secs(3),
             capacity: "8GiB".to_string(),
             meta_args: Vec::new(),
+            chunkserver_args: Vec::new(),
         }
     }
 }
@@ -144,6 +147,7 @@ impl DataCluster {
             .arg(self.opts.shards.to_string())
             .arg("--capacity")
             .arg(&self.opts.capacity)
+            .args(&self.opts.chunkserver_args)
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
@@ -196,6 +200,50 @@ impl DataCluster {
             .iter()
             .position(|c| u32::from(c.port) == port)
             .ok_or_else(|| anyhow::anyhow!("chunkserver {id} (port {port}) is not one of ours"))
+    }
+
+    /// Whether chunkserver `i` is running (started and not killed).
+    pub fn is_running(&self, i: usize) -> bool {
+        self.cs[i].child.is_some()
+    }
+
+    /// Sends SIGTERM to chunkserver `i` and waits for it to exit (a clean
+    /// stop, as a rolling restart does).
+    pub fn terminate(&mut self, i: usize) {
+        if let Some(mut c) = self.cs[i].child.take() {
+            if let Ok(pid) = i32::try_from(c.id()) {
+                let _ = Command::new("kill")
+                    .arg("-TERM")
+                    .arg(pid.to_string())
+                    .status();
+            }
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = c.try_wait() {
+                    println!("[cluster] stopped chunkserver {i}");
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+            println!("[cluster] chunkserver {i} ignored SIGTERM; killed");
+        }
+    }
+
+    /// Bytes every chunkserver has copied as a sync source, as meta last
+    /// heard (heartbeats), summed.
+    ///
+    /// # Errors
+    /// Meta unreachable.
+    pub async fn repair_bytes(&self) -> Result<u64> {
+        Ok(self
+            .chains()
+            .await?
+            .chunkservers
+            .iter()
+            .filter_map(|c| c.repair.map(|r| r.bytes_copied))
+            .sum())
     }
 
     /// Chunkserver `i`'s target directory.

@@ -35,6 +35,7 @@ pub mod fuse;
 pub mod namespace;
 pub mod netns;
 pub mod raw;
+pub mod replicas;
 
 pub use cluster::{ClusterOpts, Leader, MetaCluster};
 pub use netns::NetLab;

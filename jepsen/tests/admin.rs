@@ -86,18 +86,13 @@ async fn admin_commands_show_a_dead_and_a_returning_chunkserver() -> Result<()> 
         .count();
     ensure!(down == 1, "{servers}");
 
-    // It returns: alive again, its target syncing (resync is not built yet,
-    // so the chains stay under-replicated and say so).
+    // It returns: alive again, syncing until its chains' heads have caught
+    // it up, then serving, and no chain is under-replicated.
     cluster.spawn(victim)?;
-    let v = wait_chains(&cluster, "no target offline", |v| !any_offline(v))?;
-    ensure!(
-        v["chains"].as_array().unwrap().iter().any(|c| c["members"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|m| m["state"] == "syncing")),
-        "the returning target is not shown syncing: {v}"
-    );
+    let v = wait_chains(&cluster, "every chain serving again", |v| {
+        v["under_replicated"] == 0
+    })?;
+    ensure!(v["syncing"] == 0, "{v}");
     let servers = admin(&cluster, &["chunkservers"])?;
     ensure!(
         servers["chunkservers"]

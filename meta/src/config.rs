@@ -53,6 +53,27 @@ pub struct MetaConfig {
     /// reader that opened the file before the delete finishes its reads.
     #[serde(with = "humantime_serde_compat")]
     pub gc_grace: Duration,
+    /// How long a chunkserver may stay dead before its targets are
+    /// replaced in their chains by targets on other chunkservers
+    /// (re-replication). Shorter outages (a restart, a reboot) are
+    /// resynced by version instead, copying only what changed.
+    #[serde(with = "humantime_serde_compat", default = "default_replace_after")]
+    pub replace_after: Duration,
+    /// How long a chunkserver that announced a restart (SIGTERM) may stay
+    /// away before its targets are replaced like a dead one's.
+    #[serde(
+        with = "humantime_serde_compat",
+        default = "default_maintenance_window"
+    )]
+    pub maintenance_window: Duration,
+}
+
+fn default_maintenance_window() -> Duration {
+    Duration::from_secs(1800)
+}
+
+fn default_replace_after() -> Duration {
+    Duration::from_secs(300)
 }
 
 impl Default for MetaConfig {
@@ -72,6 +93,8 @@ impl Default for MetaConfig {
             cache_bytes: 64 << 20,
             metrics_listen: None,
             gc_grace: Duration::from_secs(600),
+            replace_after: default_replace_after(),
+            maintenance_window: default_maintenance_window(),
         }
     }
 }

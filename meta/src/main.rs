@@ -80,6 +80,16 @@ struct Args {
     /// chunkservers (e.g. "10m"); longer than any client cache TTL.
     #[arg(long, env = "CAIRN_META_GC_GRACE", value_parser = humantime::parse_duration)]
     gc_grace: Option<Duration>,
+    /// Replace a chunkserver's targets in their chains (re-replicating
+    /// their data onto other chunkservers) once it has been dead this long
+    /// (e.g. "5m"); a shorter outage is caught up by version instead.
+    #[arg(long, env = "CAIRN_META_REPLACE_AFTER", value_parser = humantime::parse_duration)]
+    replace_after: Option<Duration>,
+    /// A chunkserver that announced a restart (SIGTERM) is not replaced
+    /// in its chains before this long (e.g. "30m"); back sooner, it is
+    /// resynced by version.
+    #[arg(long, env = "CAIRN_META_MAINTENANCE_WINDOW", value_parser = humantime::parse_duration)]
+    maintenance_window: Option<Duration>,
     /// A client session not renewed this long expires (e.g. "60s").
     #[arg(long, env = "CAIRN_META_SESSION_TIMEOUT", value_parser = humantime::parse_duration)]
     session_timeout: Option<Duration>,
@@ -130,6 +140,8 @@ fn load(args: Args) -> Result<MetaConfig, String> {
         election_timeout,
         chunkserver_timeout,
         gc_grace,
+        replace_after,
+        maintenance_window,
         session_timeout,
         snapshot_every,
         cache_bytes,
@@ -168,6 +180,12 @@ fn load(args: Args) -> Result<MetaConfig, String> {
     }
     if let Some(v) = gc_grace {
         cfg.gc_grace = v;
+    }
+    if let Some(v) = replace_after {
+        cfg.replace_after = v;
+    }
+    if let Some(v) = maintenance_window {
+        cfg.maintenance_window = v;
     }
     if let Some(v) = session_timeout {
         cfg.session_timeout = v;

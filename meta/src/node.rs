@@ -525,6 +525,7 @@ async fn check_chunkservers(shared: &Shared) -> Result<(), CairnStatus> {
                 if dead && states.iter().any(|s| *s != TargetState::Offline) {
                     changes.push((t.id, TargetState::Offline));
                 } else if !dead
+                    && !live.leaving.contains(&cs.id)
                     && heard.is_some_and(|h| h.elapsed() < timeout)
                     && states.contains(&TargetState::Offline)
                 {
@@ -533,12 +534,44 @@ async fn check_chunkservers(shared: &Shared) -> Result<(), CairnStatus> {
             }
         }
     }
-    if changes.is_empty() {
+    if !changes.is_empty() {
+        // (Repeated while a dead chunkserver is the last serving member of
+        // a chain, which meta never takes away; a no-op then.)
+        tracing::debug!(?changes, "chunkserver liveness changes target states");
+        shared
+            .propose(None, Op::SetTargetStates { changes })
+            .await?;
+    }
+    // Re-read: the changes above may have taken targets offline.
+    let tables = shared.fs.chain_tables().map_err(CairnStatus::from)?;
+    let plan = {
+        let live = shared.liveness();
+        let since = live.leader_since.unwrap_or_else(Instant::now);
+        let silent_for = |id: u64| {
+            let heard = live.chunkservers.get(&id).map(|(at, _)| *at);
+            heard.map_or(since, |h| h.max(since)).elapsed()
+        };
+        let in_maintenance = |id: u64| {
+            live.maintenance
+                .get(&id)
+                .is_some_and(|u| *u > Instant::now())
+        };
+        crate::placement::replacements(
+            &servers,
+            &tables,
+            |id| silent_for(id) > shared.config.replace_after && !in_maintenance(id),
+            |id| silent_for(id) < timeout,
+        )
+    };
+    if plan.is_empty() {
         return Ok(());
     }
-    tracing::warn!(?changes, "chunkserver liveness changed target states");
+    tracing::warn!(
+        ?plan,
+        "re-replicating: chunkservers dead longer than --replace-after are replaced in their chains"
+    );
     shared
-        .propose(None, Op::SetTargetStates { changes })
+        .propose(None, Op::ReplaceTargets { changes: plan })
         .await
         .map(|_| ())
 }

@@ -185,6 +185,75 @@ fn rotation(
     (replication == 1).then(|| order.iter().map(|t| vec![t.id]).collect())
 }
 
+/// Picks a replacement for every offline member of a chain whose
+/// chunkserver is `dead_long` (re-replication), one per chain per call:
+/// returns (chain, old target, new target, new chunkserver).
+///
+/// The new target is on a chunkserver that is `alive` and holds no member
+/// of the chain, in a zone the chain's other members do not use when one
+/// is free, and is the one with the fewest chain memberships (counting the
+/// replacements chosen so far). So the chains of one failed chunkserver
+/// are rebuilt onto many peers at once rather than one, and each chain's
+/// rebuild reads from its own head.
+pub fn replacements(
+    servers: &[crate::fs::ChunkserverRecord],
+    tables: &[(u32, Vec<crate::fs::Chain>)],
+    dead_long: impl Fn(u64) -> bool,
+    alive: impl Fn(u64) -> bool,
+) -> Vec<(u32, u64, u64, u64)> {
+    use crate::fs::TargetState;
+    let zone_of = |cs: u64| {
+        servers
+            .iter()
+            .find(|s| s.id == cs)
+            .map_or("", |s| s.zone.as_str())
+    };
+    let mut load: BTreeMap<u64, usize> = BTreeMap::new();
+    for (_, chains) in tables {
+        for c in chains {
+            for m in &c.members {
+                *load.entry(m.target).or_default() += 1;
+            }
+        }
+    }
+    let mut plan = Vec::new();
+    for (_, chains) in tables {
+        for c in chains {
+            let Some(lost) = c
+                .members
+                .iter()
+                .find(|m| m.state == TargetState::Offline && dead_long(m.chunkserver))
+            else {
+                continue;
+            };
+            let others: Vec<u64> = c
+                .members
+                .iter()
+                .filter(|m| m.target != lost.target)
+                .map(|m| m.chunkserver)
+                .collect();
+            let zones: Vec<&str> = others
+                .iter()
+                .map(|cs| zone_of(*cs))
+                .filter(|z| !z.is_empty())
+                .collect();
+            let best = servers
+                .iter()
+                .filter(|s| s.id != lost.chunkserver && alive(s.id) && !others.contains(&s.id))
+                .flat_map(|s| s.targets.iter().map(move |t| (s, t)))
+                .min_by_key(|(s, t)| {
+                    let clash = !s.zone.is_empty() && zones.contains(&s.zone.as_str());
+                    (clash, load.get(&t.id).copied().unwrap_or(0), t.id)
+                });
+            if let Some((s, t)) = best {
+                *load.entry(t.id).or_default() += 1;
+                plan.push((c.id, lost.target, t.id, s.id));
+            }
+        }
+    }
+    plan
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -271,5 +340,73 @@ mod tests {
     fn deterministic() {
         let ts = targets(5, 3, 2);
         assert_eq!(chains_to_add(&[], &ts, 3), chains_to_add(&[], &ts, 3));
+    }
+
+    #[test]
+    fn a_dead_chunkservers_chains_are_rebuilt_on_many_peers_never_twice_on_one() {
+        use crate::fs::{Chain, ChainMember, ChunkserverRecord, TargetRecord, TargetState};
+        let ts = targets(6, 1, 0);
+        let servers: Vec<ChunkserverRecord> = ts
+            .iter()
+            .map(|t| ChunkserverRecord {
+                id: t.chunkserver,
+                node_uuid: format!("n{}", t.chunkserver),
+                host: "h".into(),
+                shard_ports: vec![1],
+                zone: String::new(),
+                targets: vec![TargetRecord {
+                    id: t.id,
+                    uuid: format!("t{}", t.id),
+                    capacity: 1,
+                }],
+            })
+            .collect();
+        let chains: Vec<Chain> = chains_to_add(&[], &ts, 3)
+            .into_iter()
+            .enumerate()
+            .map(|(i, members)| Chain {
+                id: i as u32 + 1,
+                version: 1,
+                members: members
+                    .iter()
+                    .map(|id| ChainMember {
+                        target: *id,
+                        chunkserver: ts.iter().find(|t| t.id == *id).unwrap().chunkserver,
+                        state: if *id == 1 {
+                            TargetState::Offline
+                        } else {
+                            TargetState::Serving
+                        },
+                    })
+                    .collect(),
+            })
+            .collect();
+        let hit = chains
+            .iter()
+            .filter(|c| c.members.iter().any(|m| m.target == 1))
+            .count();
+        assert_eq!(hit, 3);
+        let tables = vec![(3, chains.clone())];
+        // Not dead long enough: nothing.
+        assert!(replacements(&servers, &tables, |_| false, |cs| cs != 1).is_empty());
+        let plan = replacements(&servers, &tables, |cs| cs == 1, |cs| cs != 1);
+        assert_eq!(plan.len(), hit, "{plan:?}");
+        let mut used = Vec::new();
+        for (chain, old, new, cs) in &plan {
+            assert_eq!(*old, 1);
+            assert_ne!(*cs, 1);
+            let c = chains.iter().find(|c| c.id == *chain).unwrap();
+            assert!(
+                c.members.iter().all(|m| m.chunkserver != *cs),
+                "replacement {new} is on a chunkserver already in chain {chain}"
+            );
+            used.push(*new);
+        }
+        used.sort_unstable();
+        used.dedup();
+        assert_eq!(used.len(), hit, "one peer took two rebuilds: {plan:?}");
+        // A dead chunkserver is never a replacement.
+        let plan = replacements(&servers, &tables, |cs| cs == 1, |cs| cs != 1 && cs != 2);
+        assert!(plan.iter().all(|(_, _, _, cs)| *cs != 2 && *cs != 1));
     }
 }

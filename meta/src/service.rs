@@ -50,6 +50,16 @@ pub struct Liveness {
     pub sessions: HashMap<u64, Instant>,
     /// Corrupt replicas reported by chunkservers, for repair.
     pub corrupt: CorruptReplicas,
+    /// Repair progress per chunkserver, as last reported, with the rate
+    /// between its last two reports.
+    pub repair: HashMap<u64, (Instant, pb::RepairProgress)>,
+    /// Chunkservers that announced a restart, with when their maintenance
+    /// window ends (no replacement before it). Soft state: a new leader
+    /// does not know it, and replaces after `replace_after` as usual.
+    pub maintenance: HashMap<u64, Instant>,
+    /// Chunkservers whose last heartbeat said they are leaving (still up,
+    /// stopping): not taken back into their chains.
+    pub leaving: std::collections::HashSet<u64>,
 }
 
 /// How many corrupt replicas the leader remembers; past it, the replica
@@ -566,6 +576,7 @@ pub fn chain_tables_pb(shared: &Shared) -> Result<pb::ChainTables, Status> {
                     target_ids: c.targets.iter().map(|t| t.id).collect(),
                     capacity_bytes: capacity,
                     used_bytes: used,
+                    repair: live.repair.get(&c.id).map(|(_, p)| *p),
                 }
             })
             .collect(),
@@ -1090,10 +1101,73 @@ impl Meta for MetaService {
             )
             .into());
         }
-        self.shared
-            .liveness()
-            .chunkservers
-            .insert(r.chunkserver_id, (Instant::now(), r.targets));
+        {
+            let now = Instant::now();
+            let mut live = self.shared.liveness();
+            live.chunkservers.insert(r.chunkserver_id, (now, r.targets));
+            if let Some(mut p) = r.repair {
+                if let Some((at, prev)) = live.repair.get(&r.chunkserver_id) {
+                    let secs = now.duration_since(*at).as_secs_f64();
+                    if secs > 0.0 {
+                        let d = p.bytes_copied.saturating_sub(prev.bytes_copied);
+                        p.bytes_per_sec = (d as f64 / secs) as u64;
+                    }
+                }
+                live.repair.insert(r.chunkserver_id, (now, p));
+            }
+        }
+        let leaving_now = if r.leaving {
+            let mut live = self.shared.liveness();
+            live.maintenance.insert(
+                r.chunkserver_id,
+                Instant::now() + self.shared.config.maintenance_window,
+            );
+            live.leaving.insert(r.chunkserver_id)
+        } else {
+            let mut live = self.shared.liveness();
+            live.leaving.remove(&r.chunkserver_id);
+            live.maintenance.remove(&r.chunkserver_id);
+            false
+        };
+        if leaving_now {
+            let targets: Vec<(u64, crate::fs::TargetState)> = self
+                .shared
+                .fs
+                .chunkservers()
+                .map_err(fs_err)?
+                .iter()
+                .filter(|c| c.id == r.chunkserver_id)
+                .flat_map(|c| c.targets.iter())
+                .map(|t| (t.id, crate::fs::TargetState::Offline))
+                .collect();
+            tracing::info!(
+                chunkserver = r.chunkserver_id,
+                ?targets,
+                "chunkserver leaving for a restart: its targets go offline in their chains, not replaced during the maintenance window"
+            );
+            self.shared
+                .propose(None, Op::SetTargetStates { changes: targets })
+                .await
+                .map_err(Status::from)?;
+        }
+        for s in &r.synced {
+            tracing::info!(
+                chain = s.chain_id,
+                version = s.chain_version,
+                by = r.chunkserver_id,
+                "chain synced: its syncing members become serving"
+            );
+            self.shared
+                .propose(
+                    None,
+                    Op::ChainSynced {
+                        chain: s.chain_id,
+                        version: s.chain_version,
+                    },
+                )
+                .await
+                .map_err(Status::from)?;
+        }
         let version = self
             .shared
             .fs

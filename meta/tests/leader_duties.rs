@@ -119,6 +119,7 @@ async fn heartbeat(c: &mut MetaClient<Channel>, id: u64) {
         chunkserver_id: id,
         targets: vec![],
         chain_table_version: 0,
+        ..Default::default()
     })
     .await
     .unwrap();

@@ -143,6 +143,11 @@ impl ChainView {
         }
     }
 
+    /// Returns every chain with its id, in no particular order.
+    pub fn chains(&self) -> impl Iterator<Item = (u32, &ChainInfo)> {
+        self.chains.iter().map(|(id, c)| (*id, c))
+    }
+
     /// Returns chain `id`.
     pub fn chain(&self, id: u32) -> Option<&ChainInfo> {
         self.chains.get(&id)

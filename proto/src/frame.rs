@@ -64,9 +64,10 @@
 //!    can never take "pending" for data.
 //! 4. [`Flags::ERROR_MESSAGE`] only in replies with a non-zero status, and
 //!    only with [`Flags::BODY`]; the body is then a UTF-8 message.
-//! 5. A data body (BODY without ERROR_MESSAGE) travels on Write and Forward
-//!    requests and on successful (status 0) Read and ReadChunk replies, and
-//!    those frames must carry one (possibly empty). No other frame may.
+//! 5. A data body (BODY without ERROR_MESSAGE) travels on Write, Forward
+//!    and Install requests and on successful (status 0) Read and ReadChunk
+//!    replies, and those frames must carry one (possibly empty). No other
+//!    frame may.
 //! 6. `length` ≤ [`MAX_PAYLOAD`] (16 MiB) in every frame, checked before
 //!    anything is buffered for the body. Without a body `length` is 0,
 //!    except in Read and ReadChunk requests, where it is the byte count

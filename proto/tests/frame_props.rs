@@ -123,6 +123,7 @@ fn arb_body_frame() -> impl Strategy<Value = Frame> {
     let kind = proptest::sample::select(vec![
         (Opcode::Write, false),
         (Opcode::Forward, false),
+        (Opcode::Install, false),
         (Opcode::Read, true),
         (Opcode::ReadChunk, true),
     ]);

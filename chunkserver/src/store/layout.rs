@@ -229,6 +229,12 @@ pub struct ChunkHeader {
     pub committed_len: u64,
     /// Versions written but not committed, oldest first.
     pub pending: Vec<Pending>,
+    /// The chain the chunk belongs to (0: not recorded, a chunk written
+    /// before the field existed). Chain ids are stable forever, so a
+    /// target enumerates one chain's chunks for a resync from its own
+    /// metadata, including chunks of files whose length meta does not
+    /// know yet.
+    pub chain: u32,
 }
 
 impl ChunkHeader {
@@ -348,6 +354,9 @@ impl ChunkHeader {
             v.extend_from_slice(&p.new_len.to_le_bytes());
             v.extend_from_slice(&p.digest.to_le_bytes());
         }
+        if self.chain != 0 {
+            v.extend_from_slice(&self.chain.to_le_bytes());
+        }
         v
     }
 
@@ -378,6 +387,9 @@ impl ChunkHeader {
             }
             pending.push(p);
         }
+        // The chain id trails the record; records written before it
+        // existed end here.
+        let chain = if r.0.is_empty() { 0 } else { r.u32()? };
         r.end()?;
         if committed_len > CHUNK_MAX {
             return Err(DecodeError::Value);
@@ -386,6 +398,7 @@ impl ChunkHeader {
             committed_version,
             committed_len,
             pending,
+            chain,
         })
     }
 }
@@ -592,7 +605,13 @@ mod tests {
                     digest: 0,
                 },
             ],
+            chain: 0,
         };
+        let chained = ChunkHeader {
+            chain: 77,
+            ..h.clone()
+        };
+        assert_eq!(ChunkHeader::decode(&chained.encode()), Ok(chained));
         let bytes = h.encode();
         assert_eq!(ChunkHeader::decode(&bytes), Ok(h.clone()));
         for cut in 0..bytes.len() {

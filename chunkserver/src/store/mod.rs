@@ -116,6 +116,8 @@ pub struct ChunkStat {
     pub committed_len: u64,
     /// Pending versions, oldest first.
     pub pending_versions: Vec<u64>,
+    /// The chain the chunk belongs to (0: not recorded).
+    pub chain: u32,
 }
 
 /// Space used by a shard.

@@ -548,8 +548,17 @@ impl ShardStore {
         data: &[u8],
         segment_crcs: &[u32],
     ) -> Result<()> {
-        self.write_version(chunk, version, offset, data, segment_crcs, false)
-            .await
+        self.write_version(
+            chunk,
+            version,
+            offset,
+            data,
+            segment_crcs,
+            false,
+            None,
+            None,
+        )
+        .await
     }
 
     /// Stores `data` at `offset` of `chunk` as version `version` and
@@ -576,8 +585,175 @@ impl ShardStore {
         data: &[u8],
         segment_crcs: &[u32],
     ) -> Result<()> {
-        self.write_version(chunk, version, offset, data, segment_crcs, true)
+        self.write_version(chunk, version, offset, data, segment_crcs, true, None, None)
             .await
+    }
+
+    /// [`Self::write_pending`] (`commit == false`) or
+    /// [`Self::write_committed`] (`commit == true`) that also records the
+    /// chain `chain` the chunk belongs to (the data path's writes), so a
+    /// resync can enumerate a chain's chunks here.
+    ///
+    /// # Errors
+    /// As [`Self::write_pending`] and [`Self::write_committed`].
+    #[allow(clippy::too_many_arguments)]
+    pub async fn write_in_chain(
+        &self,
+        chain: u32,
+        chunk: ChunkId,
+        version: u64,
+        offset: u64,
+        data: &[u8],
+        segment_crcs: &[u32],
+        commit: bool,
+    ) -> Result<()> {
+        self.write_version(
+            chunk,
+            version,
+            offset,
+            data,
+            segment_crcs,
+            commit,
+            Some(chain),
+            None,
+        )
+        .await
+    }
+
+    /// Replaces the blocks of `chunk`'s committed version `version` with
+    /// `data` (the whole chunk, fetched from a healthy replica): repair of
+    /// a corrupt replica. One atomic metadata batch, so a crash leaves
+    /// either the corrupt blocks (found again) or the good ones; durable on
+    /// return.
+    ///
+    /// # Errors
+    /// [`StoreError::Stale`] when the chunk is no longer at `version` with
+    /// `data.len()` bytes, [`StoreError::Pending`] when it has pending
+    /// versions (retry once they settle), as [`Self::write_committed`]
+    /// otherwise.
+    pub async fn rewrite_committed(
+        &self,
+        chain: u32,
+        chunk: ChunkId,
+        version: u64,
+        data: &[u8],
+        segment_crcs: &[u32],
+    ) -> Result<()> {
+        let header = self
+            .load_header(chunk)?
+            .ok_or(StoreError::NotFound { chunk })?;
+        if version == 0
+            || header.committed_version != version
+            || header.committed_len != data.len() as u64
+        {
+            return Err(StoreError::Stale {
+                chunk,
+                newest: header.committed_version,
+                got: version,
+            });
+        }
+        if data.is_empty() {
+            return Ok(());
+        }
+        self.write_version(
+            chunk,
+            version,
+            0,
+            data,
+            segment_crcs,
+            true,
+            Some(chain),
+            Some(version - 1),
+        )
+        .await
+    }
+
+    /// Stores one piece of a copy of another replica's committed version
+    /// `version` of `chunk` (resync and repair), `total` bytes long: the
+    /// piece at offset 0 first drops whatever this replica held of the
+    /// chunk; pieces then follow in offset order. Until the piece reaching
+    /// `total` arrives the chunk reads as committed version 0 (never as
+    /// `version`), so a copy cut short by a crash or a dropped connection
+    /// is seen as stale by the next resync, not as complete. Durable on
+    /// return.
+    ///
+    /// # Errors
+    /// [`StoreError::Range`] for a piece out of order or past `total`,
+    /// as [`Self::write_committed`] otherwise.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn install_piece(
+        &self,
+        chain: u32,
+        chunk: ChunkId,
+        version: u64,
+        total: u64,
+        offset: u64,
+        data: &[u8],
+        segment_crcs: &[u32],
+    ) -> Result<()> {
+        self.check(chunk)?;
+        let len = data.len() as u64;
+        let end = offset.checked_add(len);
+        if version == 0 || total > CHUNK_MAX || end.is_none_or(|e| e > total) {
+            return Err(StoreError::Range { chunk, offset, len });
+        }
+        if offset == 0 {
+            self.remove(chunk).await?;
+        }
+        let last = end == Some(total);
+        let mut header = self.load_header(chunk)?.unwrap_or_default();
+        if offset != 0 && (header.committed_version != 0 || header.committed_len != offset) {
+            // Not the continuation of an install in progress.
+            return Err(StoreError::Range { chunk, offset, len });
+        }
+        header.pending.clear();
+        header.chain = chain;
+        if len == 0 {
+            header.committed_version = if last { version } else { 0 };
+            let guard = self.lock(chunk).await?;
+            self.tree
+                .insert(&layout::header_key(chunk)[..], header.encode())?;
+            self.cache_header(chunk, header);
+            let ticket = self.meta_sync.ticket();
+            drop(guard);
+            return self.flush_meta(ticket).await;
+        }
+        // The piece is written as the version after the one set here: the
+        // final one as `version`, the others as version 1 over 0, reset
+        // before each piece.
+        let (base, as_version) = if last { (version - 1, version) } else { (0, 1) };
+        header.committed_version = base;
+        {
+            let _guard = self.lock(chunk).await?;
+            self.tree
+                .insert(&layout::header_key(chunk)[..], header.encode())?;
+            self.cache_header(chunk, header);
+        }
+        self.write_version(
+            chunk,
+            as_version,
+            offset,
+            data,
+            segment_crcs,
+            true,
+            Some(chain),
+            None,
+        )
+        .await?;
+        if !last {
+            // Intermediate pieces leave the chunk at version 0.
+            let guard = self.lock(chunk).await?;
+            if let Some(mut h) = self.load_header(chunk)? {
+                h.committed_version = 0;
+                self.tree
+                    .insert(&layout::header_key(chunk)[..], h.encode())?;
+                self.cache_header(chunk, h);
+            }
+            let ticket = self.meta_sync.ticket();
+            drop(guard);
+            self.flush_meta(ticket).await?;
+        }
+        Ok(())
     }
 
     /// Checks a write's range, segment count and segment CRCs; returns its
@@ -614,6 +790,7 @@ impl ShardStore {
 
     /// The body of [`Self::write_pending`] (`commit == false`) and
     /// [`Self::write_committed`] (`commit == true`).
+    #[allow(clippy::too_many_arguments)]
     async fn write_version(
         &self,
         chunk: ChunkId,
@@ -622,6 +799,8 @@ impl ShardStore {
         data: &[u8],
         segment_crcs: &[u32],
         commit: bool,
+        chain: Option<u32>,
+        rebase: Option<u64>,
     ) -> Result<()> {
         self.check(chunk)?;
         let (segs, digest) = Self::verify_payload(chunk, offset, data, segment_crcs)?;
@@ -629,6 +808,14 @@ impl ShardStore {
 
         let guard = self.lock(chunk).await?;
         let mut header = self.load_header(chunk)?.unwrap_or_default();
+        if let Some(base) = rebase {
+            // A rewrite of the committed version in place of its blocks
+            // (repair): written as if it followed `base`.
+            if !header.pending.is_empty() {
+                return Err(StoreError::Pending { chunk });
+            }
+            header.committed_version = base;
+        }
         // Also refuses a version that is already committed (Stale).
         if Self::check_next_version(chunk, &header, version, offset, len, digest)? {
             let ticket = if commit {
@@ -707,6 +894,9 @@ impl ShardStore {
         }
         self.stage_blocks(chunk, updates, &mut batch)?;
         let new_len = header.newest_len().max(offset + len);
+        if let Some(c) = chain {
+            header.chain = c;
+        }
         if direct {
             header.committed_version = version;
             header.committed_len = new_len;
@@ -1158,7 +1348,40 @@ impl ShardStore {
             committed_version: h.committed_version,
             committed_len: h.committed_len,
             pending_versions: h.pending.iter().map(|p| p.version).collect(),
+            chain: h.chain,
         }))
+    }
+
+    /// Returns a 64-bit digest of `chunk`'s committed content (from the
+    /// stored block CRCs; a hole counts as a zero block), `None` if the
+    /// chunk is unknown. Replicas holding the same bytes at the same
+    /// version and length have the same digest; a resync compares it as
+    /// well as the version, because versions restart at 1 when a chunk is
+    /// removed and written again (a replica away during both holds another
+    /// version 1).
+    ///
+    /// # Errors
+    /// Metadata errors.
+    pub fn digest(&self, chunk: ChunkId) -> Result<Option<u64>> {
+        let Some(h) = self.load_header(chunk)? else {
+            return Ok(None);
+        };
+        let blocks = u32::try_from(h.committed_len.div_ceil(BLOCK as u64)).unwrap_or(u32::MAX);
+        let entries: HashMap<u32, BlockEntry> =
+            self.entries(chunk, 0, blocks)?.into_iter().collect();
+        let (mut a, mut b) = (crc32fast::Hasher::new(), crc32fast::Hasher::new());
+        for i in 0..blocks {
+            let crc = entries
+                .get(&i)
+                .and_then(|e| e.committed)
+                .map_or_else(layout::zero_block_crc, |r| r.crc);
+            a.update(&crc.to_le_bytes());
+            b.update(&i.to_le_bytes());
+            b.update(&crc.to_be_bytes());
+        }
+        Ok(Some(
+            (u64::from(a.finalize()) << 32) | u64::from(b.finalize()),
+        ))
     }
 
     /// Deletes `chunk` (every version, pending ones too) and returns
@@ -1293,6 +1516,7 @@ mod tests {
             committed_version: 1,
             committed_len: 8192,
             pending: vec![pending(2, 100, 10, 8192)],
+            chain: 0,
         };
         assert!(range_is_dirty(&h, 0, 4096));
         assert!(range_is_dirty(&h, 105, 1));
@@ -1303,6 +1527,7 @@ mod tests {
             committed_version: 1,
             committed_len: 8192,
             pending: vec![pending(2, 8192, 4096, 12288)],
+            chain: 0,
         };
         assert!(!range_is_dirty(&h, 0, 8192));
         assert!(range_is_dirty(&h, 8000, 4096));
@@ -1311,6 +1536,7 @@ mod tests {
             committed_version: 1,
             committed_len: 8192,
             pending: vec![pending(2, 5000, 0, 5000)],
+            chain: 0,
         };
         assert!(!range_is_dirty(&h, 0, 5000));
         assert!(range_is_dirty(&h, 4999, 2));

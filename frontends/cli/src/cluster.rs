@@ -5,9 +5,11 @@
 //!
 //! A chain is under-replicated when fewer of its members serve than its
 //! replication factor: a member offline (its chunkserver silent past meta's
-//! timeout) or syncing (back, not yet caught up). `chains` exits 0 either
-//! way; the summary line (or `.under_replicated` in `--json`) says how
-//! many.
+//! timeout) or syncing (back or newly added, being caught up by the chain's
+//! head). `chains` exits 0 either way; the summary line (or
+//! `.under_replicated` in `--json`) says how many, and how fast the repair
+//! copies (the sum of every chunkserver's copy rate as a sync source, from
+//! their heartbeats).
 
 use cairn_client::MetaClient;
 use cairn_proto::meta::{ChainTables, ChunkserverInfo, TargetState};
@@ -77,6 +79,17 @@ pub async fn chains(c: &MetaClient, only_under: bool, json: bool) -> anyhow::Res
     let t = c.get_chains().await.op_only("admin chains")?;
     let all = chain_rows(&t);
     let under = all.iter().filter(|r| r.under_replicated()).count();
+    let syncing = all
+        .iter()
+        .filter(|r| r.members.iter().any(|(_, s)| *s == "syncing"))
+        .count();
+    let (rate, copied) = t
+        .chunkservers
+        .iter()
+        .filter_map(|s| s.repair)
+        .fold((0, 0), |(r, c), p| {
+            (r + p.bytes_per_sec, c + p.bytes_copied)
+        });
     let shown: Vec<&ChainRow> = all
         .iter()
         .filter(|r| !only_under || r.under_replicated())
@@ -97,7 +110,11 @@ pub async fn chains(c: &MetaClient, only_under: bool, json: bool) -> anyhow::Res
             .collect();
         println!(
             "{}",
-            json!({"version": t.version, "chains": chains, "total": all.len(), "under_replicated": under})
+            json!({
+                "version": t.version, "chains": chains, "total": all.len(),
+                "under_replicated": under, "syncing": syncing,
+                "repair_bytes_per_sec": rate, "repair_bytes_total": copied,
+            })
         );
         return Ok(());
     }
@@ -132,8 +149,11 @@ pub async fn chains(c: &MetaClient, only_under: bool, json: bool) -> anyhow::Res
         )
     );
     println!(
-        "{} chains, {under} under-replicated (chain table version {})",
+        "{} chains, {under} under-replicated, {syncing} being repaired at {}/s \
+         ({} copied so far; chain table version {})",
         all.len(),
+        human_bytes(rate),
+        human_bytes(copied),
         t.version
     );
     Ok(())
@@ -154,6 +174,16 @@ fn server_row(s: &ChunkserverInfo) -> Vec<String> {
         targets.join(","),
         human_bytes(s.used_bytes),
         human_bytes(s.capacity_bytes),
+        s.repair.map_or_else(
+            || "-".into(),
+            |p| {
+                format!(
+                    "{} ({}/s)",
+                    human_bytes(p.bytes_copied),
+                    human_bytes(p.bytes_per_sec)
+                )
+            },
+        ),
     ]
 }
 
@@ -172,6 +202,11 @@ pub async fn chunkservers(c: &MetaClient, json: bool) -> anyhow::Result<()> {
                     "id": s.id, "host": s.host, "shard_ports": s.shard_ports, "zone": s.zone,
                     "alive": s.alive, "targets": s.target_ids,
                     "used_bytes": s.used_bytes, "capacity_bytes": s.capacity_bytes,
+                    "repair": s.repair.map(|p| json!({
+                        "chunks_copied": p.chunks_copied, "bytes_copied": p.bytes_copied,
+                        "chunks_current": p.chunks_current, "chains_syncing": p.chains_syncing,
+                        "bytes_per_sec": p.bytes_per_sec,
+                    })),
                 })
             })
             .collect();
@@ -189,7 +224,8 @@ pub async fn chunkservers(c: &MetaClient, json: bool) -> anyhow::Result<()> {
                 "ZONE",
                 "TARGETS",
                 "USED",
-                "CAPACITY"
+                "CAPACITY",
+                "REPAIRED (rate)"
             ],
             &rows,
             &[0, 5, 6]

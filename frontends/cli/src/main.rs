@@ -194,7 +194,10 @@ enum AdminCommand {
     /// space used and capacity.
     Chunkservers,
     /// Chains: members head to tail with their states (serving, syncing,
-    /// offline), and how many chains are under-replicated.
+    /// offline), how many chains are under-replicated, and the repair's
+    /// progress (bytes copied, current rate). A syncing member is being
+    /// caught up by its chain's head; a chunkserver dead longer than meta's
+    /// --replace-after is replaced in its chains by others.
     Chains {
         /// Only the chains with fewer serving members than their
         /// replication factor.

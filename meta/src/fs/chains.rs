@@ -215,3 +215,84 @@ pub(crate) fn set_target_states<K: Kv + ?Sized>(
     }
     Ok(Reply::Unit)
 }
+
+/// Finds chain `id` in any table: (replication, chain).
+fn find_chain<K: Kv + ?Sized>(t: &Txn<'_, K>, id: u32) -> FsResult<Option<(u32, Chain)>> {
+    for r in REPLICATIONS {
+        if let Some(c) = table(t, r)?.into_iter().find(|c| c.id == id) {
+            return Ok(Some((r, c)));
+        }
+    }
+    Ok(None)
+}
+
+/// Makes chain `id`'s syncing members serving if the chain is still at
+/// `version` (its head synced them at that version); otherwise nothing:
+/// the head syncs again at the new version.
+pub(crate) fn chain_synced<K: Kv + ?Sized>(
+    t: &mut Txn<'_, K>,
+    id: u32,
+    version: u64,
+) -> FsResult<Reply> {
+    let Some((r, mut chain)) = find_chain(t, id)? else {
+        return Ok(Reply::Unit);
+    };
+    if chain.version != version
+        || !chain
+            .members
+            .iter()
+            .any(|m| m.state == TargetState::Syncing)
+    {
+        return Ok(Reply::Unit);
+    }
+    for m in &mut chain.members {
+        if m.state == TargetState::Syncing {
+            m.state = TargetState::Serving;
+        }
+    }
+    chain.version += 1;
+    t.put(key::chain(r, chain.id), &chain);
+    bump_version(t)?;
+    Ok(Reply::Unit)
+}
+
+/// Replaces offline chain members by new targets, appended at the tail as
+/// syncing; see [`super::Op::ReplaceTargets`].
+pub(crate) fn replace_targets<K: Kv + ?Sized>(
+    t: &mut Txn<'_, K>,
+    changes: &[(u32, u64, u64, u64)],
+) -> FsResult<Reply> {
+    let servers = chunkservers(t)?;
+    let mut changed = false;
+    for &(id, old, new, new_cs) in changes {
+        let Some((r, mut chain)) = find_chain(t, id)? else {
+            continue;
+        };
+        let known = servers
+            .iter()
+            .any(|c| c.id == new_cs && c.targets.iter().any(|x| x.id == new));
+        let Some(pos) = chain
+            .members
+            .iter()
+            .position(|m| m.target == old && m.state == TargetState::Offline)
+        else {
+            continue;
+        };
+        if !known || chain.members.iter().any(|m| m.chunkserver == new_cs) {
+            continue;
+        }
+        chain.members.remove(pos);
+        chain.members.push(ChainMember {
+            target: new,
+            chunkserver: new_cs,
+            state: TargetState::Syncing,
+        });
+        chain.version += 1;
+        t.put(key::chain(r, chain.id), &chain);
+        changed = true;
+    }
+    if changed {
+        bump_version(t)?;
+    }
+    Ok(Reply::Unit)
+}

@@ -384,6 +384,8 @@ impl<K: Kv> FsState<K> {
                 targets,
             } => chains::register(t, node_uuid, host, shard_ports, zone, targets),
             Op::SetTargetStates { changes } => chains::set_target_states(t, changes),
+            Op::ChainSynced { chain, version } => chains::chain_synced(t, *chain, *version),
+            Op::ReplaceTargets { changes } => chains::replace_targets(t, changes),
             Op::ForgetGarbage { objects } => {
                 for o in objects {
                     t.delete(store::key::garbage(*o));

@@ -310,6 +310,23 @@ pub enum Op {
         /// (target id, new state).
         changes: Vec<(u64, TargetState)>,
     },
+    /// A chain's head copied everything its syncing members lacked at
+    /// chain version `version`: they become serving, if the chain is still
+    /// at that version.
+    ChainSynced {
+        /// Chain id.
+        chain: u32,
+        /// The chain version the sync ran at.
+        version: u64,
+    },
+    /// Replaces offline members of chains by new targets, appended as
+    /// syncing (re-replication): (chain, offline target, new target, its
+    /// chunkserver). Skipped for a chain where the old target is no longer
+    /// an offline member or the new one's chunkserver already is one.
+    ReplaceTargets {
+        /// The replacements.
+        changes: Vec<(u32, u64, u64, u64)>,
+    },
     /// The garbage collector removed these objects' chunks from every
     /// replica: forget them.
     ForgetGarbage {
@@ -347,6 +364,8 @@ impl Op {
             Op::RegisterChunkserver { .. } => "register_chunkserver",
             Op::SetTargetStates { .. } => "set_target_states",
             Op::ForgetGarbage { .. } => "forget_garbage",
+            Op::ChainSynced { .. } => "chain_synced",
+            Op::ReplaceTargets { .. } => "replace_targets",
             Op::Batch(_) => "batch",
         }
     }

@@ -53,11 +53,19 @@ pub enum Opcode {
     ReadChunk = 8,
     /// Liveness and round-trip check.
     Ping = 9,
+    /// Sync source → syncing or repaired replica: a piece of a chunk's
+    /// committed version `version`, to be stored at `offset`, replacing
+    /// whatever the replica held of the chunk. `client_seq` carries the
+    /// whole length of that version: the piece at offset 0 starts the
+    /// replacement, the piece reaching that length completes it (only then
+    /// does the replica report `version`), so an interrupted copy is never
+    /// taken for a complete one.
+    Install = 10,
 }
 
 impl Opcode {
     /// Every opcode, in wire order.
-    pub const ALL: [Opcode; 9] = [
+    pub const ALL: [Opcode; 10] = [
         Self::Write,
         Self::Forward,
         Self::Commit,
@@ -67,6 +75,7 @@ impl Opcode {
         Self::Truncate,
         Self::ReadChunk,
         Self::Ping,
+        Self::Install,
     ];
 
     /// Returns the opcode for a wire value without the reply bit, or `None`
@@ -87,6 +96,7 @@ impl Opcode {
             Self::Truncate => "truncate",
             Self::ReadChunk => "read_chunk",
             Self::Ping => "ping",
+            Self::Install => "install",
         }
     }
 
@@ -94,7 +104,7 @@ impl Opcode {
     /// body when it succeeds (rule 5 of the module doc).
     pub fn carries_data(self, reply: bool) -> bool {
         match self {
-            Self::Write | Self::Forward => !reply,
+            Self::Write | Self::Forward | Self::Install => !reply,
             Self::Read | Self::ReadChunk => reply,
             _ => false,
         }

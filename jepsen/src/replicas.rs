@@ -1,0 +1,141 @@
+//! Replica-by-replica checks on the data plane: for every chunk of a file,
+//! ask each member of its chain directly (Stat, then a Read whose stored
+//! blocks the replica checks against their CRCs on disk and whose reply the
+//! client checks again), so a test sees the replication a user relies on,
+//! not what one read happens to return.
+
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail, ensure};
+use bytes::Bytes;
+use cairn_client::Client;
+use cairn_client::data::{DataPool, into_result, read_request, stat_request, verify_read_reply};
+use cairn_proto::chain::{ChainView, MemberState};
+use cairn_proto::ids::{ChainId, ChainVersion, ChunkId, ObjectId};
+
+use crate::data_cluster::DataCluster;
+
+/// Bytes per Read (below the frame limit).
+const PIECE: u64 = 8 << 20;
+
+/// What [`verify_replicas`] checked.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct ReplicaCheck {
+    /// Chunks checked.
+    pub chunks: usize,
+    /// Replicas read (chunks × members).
+    pub replicas: usize,
+}
+
+/// Checks that every chunk of each file in `paths` has exactly `want`
+/// serving replicas, none on a chunkserver in `not_on`, every replica at
+/// the same version and length, with identical bytes that pass their CRCs
+/// on the replica and on arrival, equal to `expected(path)` where given.
+///
+/// # Errors
+/// The first chunk that falls short, with what was found.
+pub async fn verify_replicas(
+    cluster: &DataCluster,
+    client: &Client,
+    paths: &[String],
+    want: usize,
+    not_on: &[u64],
+    expected: impl Fn(&str) -> Option<Bytes>,
+) -> Result<ReplicaCheck> {
+    let view = ChainView::from_pb(&cluster.chains().await?);
+    let pool = DataPool::new(Duration::from_secs(2));
+    let mut check = ReplicaCheck::default();
+    for path in paths {
+        let attr = client.stat(path).await.with_context(|| path.clone())?;
+        let layout = attr.layout.context("a file has a layout")?;
+        let want_bytes = expected(path);
+        let chunk_size = layout.chunk_size.max(1);
+        let nchunks = attr.size.div_ceil(chunk_size);
+        for i in 0..nchunks {
+            let chain_id = layout.chains[(i % layout.chains.len() as u64) as usize];
+            let chain = view
+                .chain(chain_id)
+                .with_context(|| format!("chain {chain_id} is not in the table"))?;
+            let serving: Vec<_> = chain
+                .members
+                .iter()
+                .filter(|m| m.state == MemberState::Serving)
+                .collect();
+            ensure!(
+                serving.len() == want && chain.members.len() == want,
+                "{path} chunk {i}: chain {chain_id} has {} members, {} serving, want {want}: {:?}",
+                chain.members.len(),
+                serving.len(),
+                chain.members
+            );
+            let chunk = ChunkId {
+                object: ObjectId(layout.object_id),
+                index: i,
+            };
+            let (cid, cv) = (ChainId(chain_id), ChainVersion(chain.version));
+            let mut seen: Option<(u64, u64, Bytes)> = None;
+            for m in &serving {
+                ensure!(
+                    !not_on.contains(&m.chunkserver),
+                    "{path} chunk {i}: chain {chain_id} still has a member on chunkserver {}",
+                    m.chunkserver
+                );
+                let addr = view
+                    .shard_addr(m.chunkserver, chunk)
+                    .context("member address")?;
+                let st = pool
+                    .call(&addr, stat_request(cid, cv, chunk), Duration::from_secs(5))
+                    .await
+                    .and_then(into_result)
+                    .with_context(|| format!("{path} chunk {i}: Stat at target {}", m.target))?;
+                let (version, len) = (st.header.version, st.header.offset);
+                let mut data = bytes::BytesMut::with_capacity(usize::try_from(len)?);
+                let mut off = 0u64;
+                while off < len {
+                    let n = (len - off).min(PIECE);
+                    let r = pool
+                        .call(
+                            &addr,
+                            read_request(cid, cv, chunk, off, u32::try_from(n)?),
+                            Duration::from_secs(10),
+                        )
+                        .await
+                        .and_then(into_result)
+                        .with_context(|| {
+                            format!("{path} chunk {i}: Read at target {}", m.target)
+                        })?;
+                    verify_read_reply(&r)
+                        .with_context(|| format!("{path} chunk {i}: CRC at target {}", m.target))?;
+                    ensure!(r.payload.len() as u64 == n, "{path} chunk {i}: short read");
+                    data.extend_from_slice(&r.payload);
+                    off += n;
+                }
+                let data = data.freeze();
+                match &seen {
+                    None => seen = Some((version, len, data)),
+                    Some((v0, l0, b0)) => {
+                        if (*v0, *l0) != (version, len) || *b0 != data {
+                            bail!(
+                                "{path} chunk {i}: target {} holds version {version} ({len} bytes), \
+                                 another replica version {v0} ({l0} bytes){}",
+                                m.target,
+                                if *b0 == data { "" } else { " with other bytes" }
+                            );
+                        }
+                    }
+                }
+                check.replicas += 1;
+            }
+            if let (Some(all), Some((_, _, got))) = (&want_bytes, &seen) {
+                let start = (i * chunk_size) as usize;
+                let end = (start + chunk_size as usize).min(all.len());
+                ensure!(
+                    got[..] == all[start..end],
+                    "{path} chunk {i}: the replicas agree but differ from what was written"
+                );
+            }
+            check.chunks += 1;
+        }
+    }
+    Ok(check)
+}
