@@ -59,6 +59,7 @@ pub mod measure;
 pub mod meta;
 pub mod pingpong;
 pub mod raw;
+pub mod repair;
 pub mod report;
 pub mod servers;
 pub mod watch;

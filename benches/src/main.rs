@@ -11,6 +11,7 @@ use cairn_bench::chunk::{self, ChunkArgs};
 use cairn_bench::client::{self, ClientArgs};
 use cairn_bench::fuse::{self, FuseArgs};
 use cairn_bench::meta::{self, MetaArgs};
+use cairn_bench::repair::{self, RepairArgs};
 use cairn_bench::{BIN_DIR_ENV, CommonArgs, report};
 use clap::{Parser, Subcommand};
 use serde::Serialize;
@@ -60,6 +61,12 @@ Workloads:
              per file; reads with O_DIRECT, so not from the page cache).
          Also the CPU of every process and the client's peak memory per phase.
          Details: cairn-bench client --help
+  repair Re-replication after a chunkserver dies for good: 3 cairn-meta and
+         4 cairn-chunkservers (3 replicas and a spare); the fullest is
+         filled to --size (10 GiB) and killed; time until every chain is
+         back to 3 replicas, and the copy throughput as a ratio to O_DIRECT
+         sequential writes of --size on the same disk in the same run.
+         Details: cairn-bench repair --help
 
 Every workload prints a table on stdout (progress on stderr), writes every
 figure with the machine (nproc, kernel) and the command line to --json FILE,
@@ -105,6 +112,10 @@ enum Workload {
     /// and the same fio jobs on the local file system.
     #[command(long_about = fuse::LONG_ABOUT)]
     Fuse(FuseArgs),
+    /// Re-replication of a dead chunkserver's data (time to 3 replicas,
+    /// MiB/s) beside the raw disk's write throughput.
+    #[command(long_about = repair::LONG_ABOUT)]
+    Repair(RepairArgs),
 }
 
 impl Workload {
@@ -114,6 +125,7 @@ impl Workload {
             Workload::Chunk(a) => &a.common,
             Workload::Client(a) => &a.common,
             Workload::Fuse(a) => &a.common,
+            Workload::Repair(a) => &a.common,
         }
     }
 }
@@ -180,6 +192,11 @@ fn run(cli: Cli) -> Result<()> {
             &rt.block_on(fuse::run(&args, command_line))?,
             args.common.json.as_deref(),
             fuse::print_table,
+        ),
+        Workload::Repair(args) => output(
+            &rt.block_on(repair::run(&args, command_line))?,
+            args.common.json.as_deref(),
+            repair::print_table,
         ),
     }
 }

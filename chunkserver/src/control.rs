@@ -27,6 +27,9 @@ use tonic::transport::{Channel, Endpoint};
 
 use crate::chain::ChainView;
 
+/// (object id, chain id): what a chunk report lists.
+pub type ObjectChain = (u64, u32);
+
 /// What the control thread shares with the shards.
 #[derive(Debug)]
 pub struct ControlState {
@@ -40,6 +43,11 @@ pub struct ControlState {
     shards: AtomicU64,
     leaving: std::sync::atomic::AtomicBool,
     wake: tokio::sync::Notify,
+    /// Per shard, the (object, chain) pairs it last listed, for the chunk
+    /// report.
+    chunk_lists: Mutex<Vec<Option<Vec<ObjectChain>>>>,
+    /// Per shard, (object, chain) pairs meta confirmed orphaned: to remove.
+    removals: Mutex<Vec<Vec<ObjectChain>>>,
 }
 
 fn now_ms() -> u64 {
@@ -60,6 +68,8 @@ impl Default for ControlState {
             shards: AtomicU64::new(1),
             leaving: std::sync::atomic::AtomicBool::new(false),
             wake: tokio::sync::Notify::new(),
+            chunk_lists: Mutex::new(vec![None]),
+            removals: Mutex::new(vec![Vec::new()]),
         }
     }
 }
@@ -138,6 +148,24 @@ impl ControlState {
     pub fn set_shards(&self, shards: u32) {
         self.shards
             .store(u64::from(shards.max(1)), Ordering::Release);
+        let n = shards.max(1) as usize;
+        *lock(&self.chunk_lists) = vec![None; n];
+        *lock(&self.removals) = vec![Vec::new(); n];
+    }
+
+    /// Publishes the (object, chain) pairs shard `shard` holds.
+    pub fn set_chunk_list(&self, shard: u32, list: Vec<(u64, u32)>) {
+        if let Some(s) = lock(&self.chunk_lists).get_mut(shard as usize) {
+            *s = Some(list);
+        }
+    }
+
+    /// Takes the orphaned (object, chain) pairs shard `shard` must remove.
+    pub fn take_removals(&self, shard: u32) -> Vec<(u64, u32)> {
+        lock(&self.removals)
+            .get_mut(shard as usize)
+            .map(std::mem::take)
+            .unwrap_or_default()
     }
 
     /// Records that one shard synced `chain` at `version`.
@@ -397,6 +425,69 @@ pub async fn run(
         }
     }
     watcher.abort();
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Sends the chunk report every `interval` once every shard has listed its
+/// chunks (DESIGN §11), and hands the orphans meta confirms to the shards.
+pub async fn report_chunks(
+    addrs: Vec<String>,
+    state: Arc<ControlState>,
+    interval: Duration,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut meta = Meta::new(addrs);
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(interval) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        let id = state.chunkserver_id();
+        let lists = std::mem::take(&mut *lock(&state.chunk_lists));
+        let n = lists.len();
+        if id == 0 || lists.iter().any(Option::is_none) {
+            *lock(&state.chunk_lists) = lists;
+            continue;
+        }
+        *lock(&state.chunk_lists) = vec![None; n];
+        let mut entries: Vec<(u64, u32)> = lists.into_iter().flatten().flatten().collect();
+        entries.sort_unstable();
+        entries.dedup();
+        let req = pb::ReportChunksRequest {
+            chunkserver_id: id,
+            entries: entries
+                .iter()
+                .map(|(object_id, chain_id)| pb::ChunkReportEntry {
+                    object_id: *object_id,
+                    chain_id: *chain_id,
+                })
+                .collect(),
+        };
+        match meta
+            .call(|mut c| {
+                let req = req.clone();
+                async move { c.report_chunks(req).await }
+            })
+            .await
+        {
+            Ok(r) if !r.remove.is_empty() => {
+                let remove: Vec<(u64, u32)> =
+                    r.remove.iter().map(|e| (e.object_id, e.chain_id)).collect();
+                tracing::warn!(
+                    n = remove.len(),
+                    "meta confirmed orphaned chunks here; removing them"
+                );
+                for q in lock(&state.removals).iter_mut() {
+                    q.extend(remove.iter().copied());
+                }
+            }
+            Ok(_) => {}
+            Err(e) => tracing::debug!("chunk report: {e}"),
+        }
+    }
 }
 
 /// Tells meta's leader about a corrupt replica (DESIGN §5: the scrubber

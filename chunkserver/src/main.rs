@@ -71,6 +71,10 @@ struct Args {
     /// replicas of its chains (0: unlimited).
     #[arg(long, env = "CAIRN_CHUNKSERVER_RESYNC_RATE", value_parser = parse_size, default_value = "1GiB")]
     resync_rate: u64,
+    /// How often to report the chunks held to meta (e.g. "10m"); meta
+    /// answers with orphans (confirmed in two reports) to remove.
+    #[arg(long, env = "CAIRN_CHUNKSERVER_CHUNK_REPORT_INTERVAL", value_parser = humantime::parse_duration, default_value = "10m")]
+    chunk_report_interval: Duration,
     /// How long an idle shard busy-polls before sleeping (e.g. "100us"; use
     /// it only with cores to spare: on 2 shared cores it measured slower):
     /// lower latency for the next request, more CPU while idle. "0s" sleeps
@@ -103,6 +107,7 @@ fn main() -> ExitCode {
         },
         peer_timeout: args.peer_timeout,
         resync_rate: args.resync_rate,
+        chunk_report_interval: args.chunk_report_interval,
         spin_before_park: args.spin_before_park,
     };
     let rt = match tokio::runtime::Builder::new_current_thread()

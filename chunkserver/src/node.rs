@@ -59,6 +59,9 @@ pub struct ChunkserverConfig {
     /// Bytes per second this chunkserver may send to resync or repair
     /// other replicas (0: unlimited), split evenly over its shards.
     pub resync_rate: u64,
+    /// How often the chunkserver reports the (object, chain) pairs it
+    /// holds to meta, which answers with orphans to remove.
+    pub chunk_report_interval: Duration,
     /// How long an idle shard polls for work before it sleeps in the
     /// kernel: a request arriving meanwhile skips a thread wake-up (tens of
     /// µs on a VM) at the cost of CPU while idle. 0 sleeps at once.
@@ -80,6 +83,7 @@ impl Default for ChunkserverConfig {
             scrub: ScrubConfig::default(),
             peer_timeout: Duration::from_secs(5),
             resync_rate: RESYNC_RATE_DEFAULT,
+            chunk_report_interval: Duration::from_secs(600),
             spin_before_park: Duration::from_micros(SPIN_DEFAULT_US),
         }
     }
@@ -263,6 +267,7 @@ pub fn start(cfg: ChunkserverConfig) -> Result<Chunkserver, StartError> {
             peer_timeout: cfg.peer_timeout,
             resync: crate::server::resync::ResyncConfig {
                 rate_per_shard: cfg.resync_rate / u64::from(shards.max(1)),
+                chunk_report_interval: cfg.chunk_report_interval,
             },
         };
         let handle = LocalExecutorBuilder::new(Placement::Unbound)
@@ -301,6 +306,7 @@ pub fn start(cfg: ChunkserverConfig) -> Result<Chunkserver, StartError> {
         .enable_all()
         .build()
         .map_err(|e| StartError::Control(e.to_string()))?;
+    let report_interval = cfg.chunk_report_interval;
     let (meta, ctl, m, listen) = (
         cfg.meta.clone(),
         control.clone(),
@@ -322,8 +328,15 @@ pub fn start(cfg: ChunkserverConfig) -> Result<Chunkserver, StartError> {
                 return;
             }
             let reporter = tokio::spawn(report_corruption(meta.clone(), ctl.clone(), corrupt_rx));
+            let chunk_reports = tokio::spawn(control::report_chunks(
+                meta.clone(),
+                ctl.clone(),
+                report_interval,
+                stop_rx.clone(),
+            ));
             control::run(meta, reg, usage, ctl, m, stop_rx).await;
             reporter.abort();
+            chunk_reports.abort();
         });
     }));
     let metrics_addr = match maddr_rx.recv() {

@@ -193,6 +193,7 @@ fake_meta! {
         chunkserver_heartbeat(ChunkserverHeartbeatRequest) -> ChunkserverHeartbeatReply;
         get_chains(Empty) -> ChainTables;
         report_corruption(ReportCorruptionRequest) -> Empty;
+        report_chunks(ReportChunksRequest) -> ReportChunksReply;
         join(JoinRequest) -> JoinReply;
         promote(PromoteRequest) -> StatusReply;
         remove_member(RemoveMemberRequest) -> StatusReply;

@@ -123,6 +123,26 @@ impl DataCluster {
         Ok(c)
     }
 
+    /// Adds a chunkserver (a new target) to the running cluster and
+    /// returns its index.
+    ///
+    /// # Errors
+    /// No free ports, or it did not start.
+    pub fn add_chunkserver(&mut self) -> Result<usize> {
+        let i = self.cs.len();
+        let dir = self.meta.dir().join(format!("cs{i}"));
+        let log = self.meta.dir().join(format!("cs{i}.log"));
+        let port = free_port_run(u16::try_from(self.opts.shards)?)?;
+        self.cs.push(Cs {
+            dir,
+            log,
+            port,
+            child: None,
+        });
+        self.spawn(i)?;
+        Ok(i)
+    }
+
     /// Starts (or restarts) chunkserver `i` and waits until it listens.
     ///
     /// # Errors

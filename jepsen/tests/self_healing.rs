@@ -109,9 +109,18 @@ fn healed(t: &ChainTables, gone: &[u64]) -> bool {
 }
 
 async fn start(chunkservers: usize, meta_args: &[&str]) -> Result<(DataCluster, Client)> {
+    start_with(chunkservers, meta_args, &[]).await
+}
+
+async fn start_with(
+    chunkservers: usize,
+    meta_args: &[&str],
+    cs_args: &[&str],
+) -> Result<(DataCluster, Client)> {
     let cluster = DataCluster::start(DataOpts {
         chunkservers,
         meta_args: meta_args.iter().map(ToString::to_string).collect(),
+        chunkserver_args: cs_args.iter().map(ToString::to_string).collect(),
         ..DataOpts::default()
     })
     .await?;
@@ -517,6 +526,196 @@ async fn restarting_every_chunkserver_in_turn_keeps_two_replicas_serving() -> Re
     ensure!(
         members(&cluster.chains().await?) == before,
         "a restarting chunkserver was replaced in its chains"
+    );
+    let paths: Vec<String> = (0..FILES).map(path).collect();
+    let mut want = Vec::new();
+    for i in 0..FILES {
+        want.push(current_content(&client, i).await?);
+    }
+    verify_replicas(&cluster, &client, &paths, 3, &[], |p| {
+        let i: usize = p.trim_start_matches("/heal/f").parse().ok()?;
+        want.get(i).cloned()
+    })
+    .await?;
+    Ok(())
+}
+
+/// Whether chunkserver `cs` still holds the first chunk of `layout`
+/// (asked on the data plane).
+async fn holds(cluster: &DataCluster, cs: u64, layout: &cairn_proto::meta::Layout) -> Result<bool> {
+    use cairn_client::data::{DataPool, into_result, stat_request};
+    use cairn_proto::chain::ChainView;
+    use cairn_proto::ids::{ChainId, ChainVersion, ChunkId, ObjectId};
+    let view = ChainView::from_pb(&cluster.chains().await?);
+    let chain = layout.chains[0];
+    let c = view.chain(chain).context("chain in the table")?;
+    let chunk = ChunkId {
+        object: ObjectId(layout.object_id),
+        index: 0,
+    };
+    let addr = view.shard_addr(cs, chunk).context("address")?;
+    let pool = DataPool::new(Duration::from_secs(2));
+    match pool
+        .call(
+            &addr,
+            stat_request(ChainId(chain), ChainVersion(c.version), chunk),
+            Duration::from_secs(5),
+        )
+        .await
+        .and_then(into_result)
+    {
+        Ok(_) => Ok(true),
+        Err(e) if e.code() == cairn_client::ErrorCode::NotFound => Ok(false),
+        Err(e) => bail!("stat at chunkserver {cs}: {e}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn orphans_on_a_returning_chunkserver_are_reconciled_while_files_are_created() -> Result<()> {
+    let _serial = serial().await;
+    let (mut cluster, client) =
+        start_with(3, &["--gc-grace", "1s"], &["--chunk-report-interval", "1s"]).await?;
+    write_range(&client, 0..40, 0).await?;
+    let mut layouts = Vec::new();
+    for i in 0..20 {
+        layouts.push(client.stat(&path(i)).await?.layout.context("layout")?);
+    }
+    // A chunkserver is away while 20 files are deleted and collected: it
+    // comes back holding their chunks, which no file references.
+    let victim = 2;
+    let victim_id = id_of(&cluster, victim).await?;
+    cluster.kill(victim);
+    wait_for(
+        &cluster,
+        "the victim offline",
+        Duration::from_secs(30),
+        |t| serving_counts(t).iter().all(|(_, n)| *n == 2),
+    )
+    .await?;
+    for i in 0..20 {
+        client.remove_file(&path(i)).await?;
+    }
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    cluster.spawn(victim)?;
+    wait_for(
+        &cluster,
+        "the victim serving again",
+        Duration::from_secs(60),
+        |t| healed(t, &[]),
+    )
+    .await?;
+    ensure!(
+        holds(&cluster, victim_id, &layouts[0]).await?,
+        "the returning chunkserver holds a deleted file's chunk (the orphan under test)"
+    );
+    // Files are created while the chunk reports reconcile.
+    let creator = {
+        let c = cluster.client(ClientOptions::default()).await?;
+        tokio::spawn(async move { write_range(&c, 100..160, 0).await })
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let mut left = 0;
+        for l in &layouts {
+            left += usize::from(holds(&cluster, victim_id, l).await?);
+        }
+        if left == 0 {
+            break;
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "{left} orphaned chunks remain on the returning chunkserver"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    creator.await??;
+    // Two more report rounds, then every live file: 3 replicas, its bytes.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let paths: Vec<String> = (20..40).chain(100..160).map(path).collect();
+    let check = verify_replicas(&cluster, &client, &paths, 3, &[], |p| {
+        let i: u64 = p.trim_start_matches("/heal/f").parse().ok()?;
+        Some(content(i, 0))
+    })
+    .await?;
+    println!("orphans removed; live files intact: {check:?}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_added_chunkserver_takes_a_share_of_the_chains_online() -> Result<()> {
+    let _serial = serial().await;
+    const FILES: u64 = 24;
+    let (mut cluster, client) = start(3, &[]).await?;
+    write_range(&client, 0..FILES, 0).await?;
+    let load = Load::start(&cluster, FILES).await?;
+    let added = cluster.add_chunkserver()?;
+    let added_id = {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(id) = id_of(&cluster, added).await {
+                break id;
+            }
+            ensure!(
+                Instant::now() < deadline,
+                "the new chunkserver never registered"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    };
+    // Balanced: every chunkserver in about as many chains, all serving,
+    // each chain back to its replication.
+    // Per table: how many of its chains each chunkserver is in.
+    let loads = |t: &ChainTables| -> Vec<Vec<usize>> {
+        t.tables
+            .iter()
+            .map(|tb| {
+                t.chunkservers
+                    .iter()
+                    .map(|c| {
+                        tb.chains
+                            .iter()
+                            .flat_map(|ch| ch.targets.iter())
+                            .filter(|m| m.chunkserver_id == c.id)
+                            .count()
+                    })
+                    .collect()
+            })
+            .collect()
+    };
+    let t = wait_for(
+        &cluster,
+        "chain memberships balanced onto the new chunkserver",
+        Duration::from_secs(180),
+        |t| {
+            loads(t).iter().all(|l| {
+                let min = l.iter().min().copied().unwrap_or(0);
+                l.iter().max().copied().unwrap_or(0) <= min + 1
+            }) && t.tables.iter().all(|tb| {
+                tb.chains.iter().all(|c| {
+                    c.targets.len() == tb.replication as usize
+                        && c.targets
+                            .iter()
+                            .all(|m| m.state == TargetState::Serving as i32)
+                })
+            })
+        },
+    )
+    .await?;
+    let ops = load.stop().await?;
+    let on_new: usize = t
+        .tables
+        .iter()
+        .filter(|tb| tb.replication == 3)
+        .flat_map(|tb| tb.chains.iter())
+        .filter(|c| c.targets.iter().any(|m| m.chunkserver_id == added_id))
+        .count();
+    println!(
+        "rebalanced: memberships per chunkserver {:?}; the new one is in {on_new} 3-replica chains; {ops} client operations, no errors",
+        loads(&t)
+    );
+    ensure!(
+        on_new >= 2,
+        "the new chunkserver took too few 3-replica chains ({on_new})"
     );
     let paths: Vec<String> = (0..FILES).map(path).collect();
     let mut want = Vec::new();

@@ -564,7 +564,7 @@ async fn check_chunkservers(shared: &Shared) -> Result<(), CairnStatus> {
         )
     };
     if plan.is_empty() {
-        return Ok(());
+        return rebalance(shared, &servers).await;
     }
     tracing::warn!(
         ?plan,
@@ -572,6 +572,48 @@ async fn check_chunkservers(shared: &Shared) -> Result<(), CairnStatus> {
     );
     shared
         .propose(None, Op::ReplaceTargets { changes: plan })
+        .await
+        .map(|_| ())
+}
+
+/// Moves one chain membership towards balance when a chunkserver was
+/// added (see [`crate::placement::rebalance_move`]): the new target joins
+/// the chain as syncing, its head fills it, and once it serves the most
+/// loaded old member leaves. One move at a time, so the cluster stays
+/// online and clients see only chain-version refreshes.
+async fn rebalance(
+    shared: &Shared,
+    servers: &[crate::fs::ChunkserverRecord],
+) -> Result<(), CairnStatus> {
+    let tables = shared.fs.chain_tables().map_err(CairnStatus::from)?;
+    let timeout = shared.config.chunkserver_timeout;
+    let step = {
+        let live = shared.liveness();
+        crate::placement::rebalance_move(servers, &tables, |id| {
+            live.chunkservers
+                .get(&id)
+                .is_some_and(|(at, _)| at.elapsed() < timeout)
+                && !live.leaving.contains(&id)
+        })
+    };
+    let Some((chain, target, chunkserver)) = step else {
+        return Ok(());
+    };
+    tracing::info!(
+        chain,
+        target,
+        chunkserver,
+        "rebalancing: a target joins a chain; the most loaded member leaves once it is synced"
+    );
+    shared
+        .propose(
+            None,
+            Op::AddMember {
+                chain,
+                target,
+                chunkserver,
+            },
+        )
         .await
         .map(|_| ())
 }

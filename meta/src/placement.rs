@@ -254,6 +254,103 @@ pub fn replacements(
     plan
 }
 
+/// Picks one chain membership to move for balance (the rebalancer, one
+/// move at a time): when the most loaded live target (chain memberships)
+/// has at least two more than the least loaded one — a chunkserver just
+/// added — returns (chain, new target, its chunkserver) for a chain that
+/// holds the most loaded target and no member on the least loaded one's
+/// chunkserver (nor, when zones are known, in its zone unless that is the
+/// member being moved). Nothing while any chain is repairing (a member
+/// offline or syncing): repair goes first, and moves stay gradual.
+pub fn rebalance_move(
+    servers: &[crate::fs::ChunkserverRecord],
+    tables: &[(u32, Vec<crate::fs::Chain>)],
+    alive: impl Fn(u64) -> bool,
+) -> Option<(u32, u64, u64)> {
+    use crate::fs::TargetState;
+    if tables
+        .iter()
+        .flat_map(|(_, cs)| cs.iter())
+        .any(|c| c.members.iter().any(|m| m.state != TargetState::Serving))
+    {
+        return None;
+    }
+    let zone_of = |cs: u64| {
+        servers
+            .iter()
+            .find(|s| s.id == cs)
+            .map_or("", |s| s.zone.as_str())
+    };
+    // Each table on its own (a table of replication r spreads its chains'
+    // r members over the targets), most replicated first: that is where
+    // most of the data is.
+    for (r, chains) in tables.iter().rev() {
+        if chains.is_empty() {
+            continue;
+        }
+        let load = target_loads(servers, std::slice::from_ref(&(*r, chains.clone())));
+        let live: Vec<(u64, u64, &str, usize)> = servers
+            .iter()
+            .filter(|s| alive(s.id))
+            .flat_map(|s| {
+                s.targets.iter().map(|t| {
+                    (
+                        t.id,
+                        s.id,
+                        s.zone.as_str(),
+                        load.get(&t.id).copied().unwrap_or(0),
+                    )
+                })
+            })
+            .collect();
+        let Some(&(to, to_cs, to_zone, min)) = live.iter().min_by_key(|(id, _, _, l)| (*l, *id))
+        else {
+            continue;
+        };
+        let Some(&(from, _, _, max)) = live.iter().max_by_key(|(id, _, _, l)| (*l, u64::MAX - *id))
+        else {
+            continue;
+        };
+        if max < min + 2 {
+            continue;
+        }
+        let found = chains
+            .iter()
+            .filter(|c| c.members.iter().any(|m| m.target == from))
+            .find(|c| {
+                c.members.iter().all(|m| {
+                    m.chunkserver != to_cs
+                        && (to_zone.is_empty()
+                            || m.target == from
+                            || zone_of(m.chunkserver) != to_zone)
+                })
+            });
+        if let Some(c) = found {
+            return Some((c.id, to, to_cs));
+        }
+    }
+    None
+}
+
+/// Chain memberships per target in `tables`.
+pub fn target_loads(
+    servers: &[crate::fs::ChunkserverRecord],
+    tables: &[(u32, Vec<crate::fs::Chain>)],
+) -> BTreeMap<u64, usize> {
+    let mut load: BTreeMap<u64, usize> = servers
+        .iter()
+        .flat_map(|s| s.targets.iter().map(|t| (t.id, 0)))
+        .collect();
+    for (_, chains) in tables {
+        for c in chains {
+            for m in &c.members {
+                *load.entry(m.target).or_default() += 1;
+            }
+        }
+    }
+    load
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -408,5 +505,65 @@ mod tests {
         // A dead chunkserver is never a replacement.
         let plan = replacements(&servers, &tables, |cs| cs == 1, |cs| cs != 1 && cs != 2);
         assert!(plan.iter().all(|(_, _, _, cs)| *cs != 2 && *cs != 1));
+    }
+
+    #[test]
+    fn an_added_target_takes_chains_from_the_most_loaded_one_at_a_time() {
+        use crate::fs::{Chain, ChainMember, ChunkserverRecord, TargetRecord, TargetState};
+        let servers: Vec<ChunkserverRecord> = (1..=4)
+            .map(|i| ChunkserverRecord {
+                id: i,
+                node_uuid: format!("n{i}"),
+                host: "h".into(),
+                shard_ports: vec![1],
+                zone: String::new(),
+                targets: vec![TargetRecord {
+                    id: i,
+                    uuid: format!("t{i}"),
+                    capacity: 1,
+                }],
+            })
+            .collect();
+        let chain = |id: u32, members: &[u64], state: TargetState| Chain {
+            id,
+            version: 1,
+            members: members
+                .iter()
+                .map(|t| ChainMember {
+                    target: *t,
+                    chunkserver: *t,
+                    state,
+                })
+                .collect(),
+        };
+        let serving = TargetState::Serving;
+        // Three chains over 1..3, then target 4 arrived with one chain.
+        let mut chains = vec![
+            chain(1, &[1, 2, 3], serving),
+            chain(2, &[2, 3, 1], serving),
+            chain(3, &[3, 1, 2], serving),
+            chain(4, &[4, 1, 2], serving),
+        ];
+        let step = rebalance_move(&servers, &[(3, chains.clone())], |_| true);
+        let (c, to, cs) = step.expect("a move");
+        assert_eq!((to, cs), (4, 4), "the new target gains");
+        let moved = chains.iter().find(|x| x.id == c).unwrap();
+        assert!(
+            moved.members.iter().any(|m| m.target == 1),
+            "from the most loaded"
+        );
+        assert!(moved.members.iter().all(|m| m.chunkserver != 4));
+        // Not while a chain repairs, not for a dead target, not when even.
+        chains[0].members[2].state = TargetState::Syncing;
+        assert!(rebalance_move(&servers, &[(3, chains.clone())], |_| true).is_none());
+        chains[0].members[2].state = serving;
+        assert!(rebalance_move(&servers, &[(3, chains.clone())], |id| id != 4).is_none());
+        let even = vec![
+            chain(1, &[1, 2, 3], serving),
+            chain(2, &[2, 3, 4], serving),
+            chain(3, &[3, 4, 1], serving),
+            chain(4, &[4, 1, 2], serving),
+        ];
+        assert!(rebalance_move(&servers, &[(3, even)], |_| true).is_none());
     }
 }

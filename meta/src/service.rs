@@ -60,6 +60,9 @@ pub struct Liveness {
     /// Chunkservers whose last heartbeat said they are leaving (still up,
     /// stopping): not taken back into their chains.
     pub leaving: std::collections::HashSet<u64>,
+    /// Per chunkserver, the (object, chain) pairs its previous chunk report
+    /// held that were orphans then: removed if still orphans in the next.
+    pub orphan_suspects: HashMap<u64, std::collections::HashSet<(u64, u32)>>,
 }
 
 /// How many corrupt replicas the leader remembers; past it, the replica
@@ -1176,6 +1179,57 @@ impl Meta for MetaService {
         Ok(Response::new(pb::ChunkserverHeartbeatReply {
             chain_table_version: version,
         }))
+    }
+
+    #[instrument(skip_all, fields(chunkserver = req.get_ref().chunkserver_id))]
+    async fn report_chunks(
+        &self,
+        req: Request<pb::ReportChunksRequest>,
+    ) -> GrpcResult<pb::ReportChunksReply> {
+        let r = req.into_inner();
+        self.leader_only()?;
+        // Every create the leader acknowledged is applied here first: a
+        // chunk is written only after its file's create, so a reference is
+        // never missed.
+        self.shared.linearize().await?;
+        let referenced = self.shared.fs.referenced_objects().map_err(fs_err)?;
+        let tables = self.shared.fs.chain_tables().map_err(fs_err)?;
+        let member = |chain: u32| {
+            tables
+                .iter()
+                .flat_map(|(_, cs)| cs.iter())
+                .find(|c| c.id == chain)
+                .is_some_and(|c| c.members.iter().any(|m| m.chunkserver == r.chunkserver_id))
+        };
+        let orphans: std::collections::HashSet<(u64, u32)> = r
+            .entries
+            .iter()
+            .filter(|e| {
+                !referenced.contains(&e.object_id) || (e.chain_id != 0 && !member(e.chain_id))
+            })
+            .map(|e| (e.object_id, e.chain_id))
+            .collect();
+        let previous = self
+            .shared
+            .liveness()
+            .orphan_suspects
+            .insert(r.chunkserver_id, orphans.clone())
+            .unwrap_or_default();
+        let remove: Vec<pb::ChunkReportEntry> = orphans
+            .intersection(&previous)
+            .map(|(object_id, chain_id)| pb::ChunkReportEntry {
+                object_id: *object_id,
+                chain_id: *chain_id,
+            })
+            .collect();
+        if !remove.is_empty() {
+            tracing::warn!(
+                chunkserver = r.chunkserver_id,
+                n = remove.len(),
+                "chunk report: orphaned chunks confirmed in two rounds; the chunkserver removes them"
+            );
+        }
+        Ok(Response::new(pb::ReportChunksReply { remove }))
     }
 
     #[instrument(skip_all, fields(

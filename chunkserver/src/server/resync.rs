@@ -92,6 +92,9 @@ const DRAIN_LIMIT: Duration = Duration::from_secs(30);
 pub struct ResyncConfig {
     /// Bytes per second a shard may send (0: unlimited).
     pub rate_per_shard: u64,
+    /// How often the shard lists its (object, chain) pairs for the chunk
+    /// report.
+    pub chunk_report_interval: Duration,
 }
 
 /// One chain to sync: its id, version and syncing members.
@@ -112,10 +115,24 @@ pub async fn run(
     synced: impl Fn(u32, u64),
 ) {
     let mut done: HashSet<(u32, u64)> = HashSet::new();
+    let mut listed: Option<Instant> = None;
     while !stop.get() {
         glommio::timer::sleep(TICK).await;
         if !shard.control.serving() {
             continue;
+        }
+        if listed.is_none_or(|t| t.elapsed() >= cfg.chunk_report_interval / 2) {
+            match shard.chunk_list() {
+                Ok(l) => shard.control.set_chunk_list(shard.shard, l),
+                Err(e) => tracing::warn!("listing chunks for the chunk report: {}", e.msg),
+            }
+            listed = Some(Instant::now());
+        }
+        let orphans = shard.control.take_removals(shard.shard);
+        if !orphans.is_empty()
+            && let Err(e) = shard.remove_orphans(&orphans).await
+        {
+            tracing::warn!("removing orphaned chunks: {}", e.msg);
         }
         let repairs = std::mem::take(&mut *shard.repairs.borrow_mut());
         for chunk in repairs {
@@ -162,6 +179,38 @@ pub async fn run(
 }
 
 impl Shard {
+    /// The distinct (object, chain) pairs of the chunks this shard holds.
+    fn chunk_list(&self) -> Result<Vec<(u64, u32)>> {
+        let mut out = Vec::new();
+        for c in self.store.list_chunks()? {
+            if let Some(st) = self.store.stat(c)? {
+                out.push((c.object.0, st.chain));
+            }
+        }
+        out.sort_unstable();
+        out.dedup();
+        Ok(out)
+    }
+
+    /// Removes this shard's chunks of the (object, chain) pairs meta
+    /// confirmed orphaned in two chunk reports, each under its lock.
+    async fn remove_orphans(&self, orphans: &[(u64, u32)]) -> Result<()> {
+        let set: HashSet<(u64, u32)> = orphans.iter().copied().collect();
+        let mut removed = 0u64;
+        for c in self.store.list_chunks()? {
+            let _lock = self.lock(c).await?;
+            let Some(st) = self.store.stat(c)? else {
+                continue;
+            };
+            if set.contains(&(c.object.0, st.chain)) {
+                self.store.remove(c).await?;
+                removed += 1;
+            }
+        }
+        tracing::warn!(removed, shard = self.shard, "orphaned chunks removed");
+        Ok(())
+    }
+
     /// Rewrites this replica's copy of `chunk` from a healthy serving
     /// member; see the module docs.
     async fn repair_chunk(&self, chunk: ChunkId) -> Result<()> {

@@ -245,11 +245,73 @@ pub(crate) fn chain_synced<K: Kv + ?Sized>(
     {
         return Ok(Reply::Unit);
     }
+    let joined: Vec<u64> = chain
+        .members
+        .iter()
+        .filter(|m| m.state == TargetState::Syncing)
+        .map(|m| m.target)
+        .collect();
     for m in &mut chain.members {
         if m.state == TargetState::Syncing {
             m.state = TargetState::Serving;
         }
     }
+    // A chain the rebalancer grew past its replication sheds the member
+    // that was there before with the most chains in this table (ties: the
+    // lowest target id).
+    if chain.members.len() > r as usize {
+        let servers = chunkservers(t)?;
+        let load = crate::placement::target_loads(&servers, &[(r, table(t, r)?)]);
+        if let Some(pos) = chain
+            .members
+            .iter()
+            .enumerate()
+            .filter(|(_, m)| !joined.contains(&m.target))
+            .max_by_key(|(_, m)| {
+                (
+                    load.get(&m.target).copied().unwrap_or(0),
+                    u64::MAX - m.target,
+                )
+            })
+            .map(|(i, _)| i)
+        {
+            chain.members.remove(pos);
+        }
+    }
+    chain.version += 1;
+    t.put(key::chain(r, chain.id), &chain);
+    bump_version(t)?;
+    Ok(Reply::Unit)
+}
+
+/// Appends `target` to chain `id` as syncing (rebalancing); see
+/// [`super::Op::AddMember`].
+pub(crate) fn add_member<K: Kv + ?Sized>(
+    t: &mut Txn<'_, K>,
+    id: u32,
+    target: u64,
+    chunkserver: u64,
+) -> FsResult<Reply> {
+    let Some((r, mut chain)) = find_chain(t, id)? else {
+        return Ok(Reply::Unit);
+    };
+    let known = chunkservers(t)?
+        .iter()
+        .any(|c| c.id == chunkserver && c.targets.iter().any(|x| x.id == target));
+    if !known
+        || chain.members.len() > r as usize
+        || chain
+            .members
+            .iter()
+            .any(|m| m.chunkserver == chunkserver || m.state != TargetState::Serving)
+    {
+        return Ok(Reply::Unit);
+    }
+    chain.members.push(ChainMember {
+        target,
+        chunkserver,
+        state: TargetState::Syncing,
+    });
     chain.version += 1;
     t.put(key::chain(r, chain.id), &chain);
     bump_version(t)?;

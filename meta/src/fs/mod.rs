@@ -386,6 +386,11 @@ impl<K: Kv> FsState<K> {
             Op::SetTargetStates { changes } => chains::set_target_states(t, changes),
             Op::ChainSynced { chain, version } => chains::chain_synced(t, *chain, *version),
             Op::ReplaceTargets { changes } => chains::replace_targets(t, changes),
+            Op::AddMember {
+                chain,
+                target,
+                chunkserver,
+            } => chains::add_member(t, *chain, *target, *chunkserver),
             Op::ForgetGarbage { objects } => {
                 for o in objects {
                     t.delete(store::key::garbage(*o));

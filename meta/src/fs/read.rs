@@ -286,6 +286,24 @@ impl<K: Kv> FsState<K> {
             .collect()
     }
 
+    /// Returns every object id a file or a pending garbage entry
+    /// references: the objects whose chunks are live. A full scan of the inodes (fine for
+    /// the chunk-report period; an object index would make it a lookup).
+    pub fn referenced_objects(&self) -> ReadResult<std::collections::HashSet<u64>> {
+        let t = self.txn();
+        let mut out = std::collections::HashSet::new();
+        for (k, v) in flatten(t.scan(b"i", None, usize::MAX).map_err(OpError::from))? {
+            let inode: super::Inode = flatten(super::store::decode(&k, &v).map_err(OpError::from))?;
+            if let Some(l) = inode.layout {
+                out.insert(l.object_id);
+            }
+        }
+        for (k, _) in flatten(t.scan(b"g", None, usize::MAX).map_err(OpError::from))? {
+            out.insert(super::store::key::id_of(&k));
+        }
+        Ok(out)
+    }
+
     /// Returns the data waiting for garbage collection.
     pub fn garbage(&self) -> ReadResult<Vec<Garbage>> {
         let rows = flatten(

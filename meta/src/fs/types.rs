@@ -327,6 +327,17 @@ pub enum Op {
         /// The replacements.
         changes: Vec<(u32, u64, u64, u64)>,
     },
+    /// Adds a target to a chain as syncing at its tail (the rebalancer);
+    /// once synced, the chain's most loaded other member leaves it. Skipped
+    /// when the chain has a member on that chunkserver or is repairing.
+    AddMember {
+        /// Chain id.
+        chain: u32,
+        /// The target.
+        target: u64,
+        /// Its chunkserver.
+        chunkserver: u64,
+    },
     /// The garbage collector removed these objects' chunks from every
     /// replica: forget them.
     ForgetGarbage {
@@ -366,6 +377,7 @@ impl Op {
             Op::ForgetGarbage { .. } => "forget_garbage",
             Op::ChainSynced { .. } => "chain_synced",
             Op::ReplaceTargets { .. } => "replace_targets",
+            Op::AddMember { .. } => "add_member",
             Op::Batch(_) => "batch",
         }
     }
