@@ -168,8 +168,25 @@ async fn stale_and_newer_chain_versions_are_refused_on_every_replica() {
     }
 }
 
+/// Flips one byte of the stored copy of `needle` in `file`.
+fn flip_byte_of(file: &std::path::Path, needle: &[u8]) {
+    use std::io::{Read, Seek, SeekFrom, Write};
+    let at = find_in_file(file, needle).expect("block on disk");
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(file)
+        .unwrap();
+    f.seek(SeekFrom::Start(at + 10)).unwrap();
+    let mut b = [0u8; 1];
+    f.read_exact(&mut b).unwrap();
+    f.seek(SeekFrom::Start(at + 10)).unwrap();
+    f.write_all(&[b[0] ^ 0x40]).unwrap();
+    f.sync_all().unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_flipped_byte_is_caught_on_read_and_by_the_scrubber() {
+async fn a_flipped_byte_is_caught_on_read_and_by_the_scrubber_and_repaired() {
     let c = Cluster::start(3, &["--scrub-interval", "200ms"]).await;
     let k = chunk(20, 0);
     let ch = c.chain(3, 0, k).await;
@@ -178,38 +195,46 @@ async fn a_flipped_byte_is_caught_on_read_and_by_the_scrubber() {
     let victim = c.index_of(&ch.members[1]);
     let file = c.data_file(victim);
     // The third block's first bytes, somewhere in the victim's data file.
-    let needle = &d[8192..8192 + 64];
-    let at = find_in_file(&file, needle).expect("block on disk");
-    {
-        use std::io::{Read, Seek, SeekFrom, Write};
-        let mut f = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(&file)
-            .unwrap();
-        f.seek(SeekFrom::Start(at + 10)).unwrap();
-        let mut b = [0u8; 1];
-        f.read_exact(&mut b).unwrap();
-        f.seek(SeekFrom::Start(at + 10)).unwrap();
-        f.write_all(&[b[0] ^ 0x40]).unwrap();
-        f.sync_all().unwrap();
-    }
+    flip_byte_of(&file, &d[8192..8192 + 64]);
     let e = c
         .read(&ch, &ch.members[1], k, 8192, 4096)
         .await
         .expect_err("corrupt block served");
     assert_eq!(e.code(), ErrorCode::Checksum, "{e}");
-    // Blocks around it are intact on that replica.
-    let ok = c.read(&ch, &ch.members[1], k, 0, 8192).await.unwrap();
-    assert!(ok == d[..8192]);
     // What a client does on a checksum error: read another replica.
     for i in [0, 2] {
         let got = c.read(&ch, &ch.members[i], k, 0, 16384).await.unwrap();
         assert!(got == d[..], "replica {i} serves the right bytes");
     }
+    // The read queued a repair: the replica is rewritten from a healthy
+    // one and serves the right bytes again.
     let start = Instant::now();
     loop {
-        let m = c.metrics(victim);
+        if let Ok(got) = c.read(&ch, &ch.members[1], k, 0, 16384).await
+            && got == d[..]
+        {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "the corrupt replica was never repaired"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let m = c.metrics(victim);
+    assert!(metric(&m, "cairn_chunkserver_repair_installed_bytes_total") >= 16384.0);
+
+    // A chunk nobody reads: the scrubber finds its bad block, and it is
+    // repaired the same way.
+    let k2 = chunk(21, 0);
+    let ch2 = c.chain(3, 0, k2).await;
+    let d2 = pattern(78, 16384);
+    c.write(&ch2, k2, 0, &d2, 1, 2).await.expect("write");
+    let victim2 = c.index_of(&ch2.members[1]);
+    flip_byte_of(&c.data_file(victim2), &d2[4096..4096 + 64]);
+    let start = Instant::now();
+    loop {
+        let m = c.metrics(victim2);
         if metric(&m, "cairn_chunkserver_scrub_bad_blocks_total") >= 1.0 {
             assert!(metric(&m, "cairn_chunkserver_crc_failures_total") >= 1.0);
             break;
@@ -220,13 +245,26 @@ async fn a_flipped_byte_is_caught_on_read_and_by_the_scrubber() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    let start = Instant::now();
+    loop {
+        if let Ok(got) = c.read(&ch2, &ch2.members[1], k2, 0, 16384).await
+            && got == d2[..]
+        {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "the scrubbed corrupt replica was never repaired"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let m = common::http_metrics(&c.meta_metrics);
     assert!(
         metric(&m, "cairn_meta_corruption_reports_total") >= 1.0,
         "meta heard of the corrupt replica:\n{m}"
     );
     for i in [0, 2] {
-        let m = c.metrics(c.index_of(&ch.members[i]));
+        let m = c.metrics(c.index_of(&ch2.members[i]));
         assert_eq!(
             metric(&m, "cairn_chunkserver_scrub_bad_blocks_total"),
             0.0,

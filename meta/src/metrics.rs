@@ -317,10 +317,33 @@ pub fn render(shared: &Shared, rpc: &RpcMetrics) -> String {
             g.len(),
         );
     }
-    let (reports, replicas) = {
+    let (reports, replicas, repair_rate, repaired) = {
         let live = shared.liveness();
-        (live.corrupt.reports(), live.corrupt.len())
+        (
+            live.corrupt.reports(),
+            live.corrupt.len(),
+            live.repair
+                .values()
+                .map(|(_, p)| p.bytes_per_sec)
+                .sum::<u64>(),
+            live.repair
+                .values()
+                .map(|(_, p)| p.bytes_copied)
+                .sum::<u64>(),
+        )
     };
+    gauge(
+        &mut out,
+        "cairn_meta_repair_bytes_per_second",
+        "Bytes per second chunkservers are copying to syncing members (resync, re-replication, rebalancing), summed from their heartbeats.",
+        repair_rate,
+    );
+    gauge(
+        &mut out,
+        "cairn_meta_repair_bytes_copied",
+        "Bytes chunkservers have copied as sync sources since they started, as last reported.",
+        repaired,
+    );
     counter(
         &mut out,
         "cairn_meta_corruption_reports_total",

@@ -223,6 +223,10 @@ async fn silent_chunkserver_goes_offline_and_watchers_see_it() {
         .unwrap_or_else(|| panic!("no under-replicated gauge: {page}"));
     assert_eq!(under as usize, offline, "{page}");
     assert!(
+        page.contains("cairn_meta_repair_bytes_per_second 0"),
+        "the repair rate gauge (nothing to repair yet): {page}"
+    );
+    assert!(
         page.contains("cairn_meta_rpc_duration_seconds_count{method=\"ChunkserverHeartbeat\"}"),
         "{page}"
     );

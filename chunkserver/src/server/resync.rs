@@ -519,8 +519,11 @@ impl Shard {
                 let out = match self.store.read(chunk, offset, n, ReadMode::Committed).await {
                     Ok(o) => o,
                     Err(StoreError::Checksum { block, .. }) => {
+                        // Repaired here from another serving member; the
+                        // pass retries after.
                         self.metrics.crc_failure();
                         (self.corrupt)(chunk, vec![block]);
+                        self.queue_repair(chunk);
                         return Err(Reject::new(
                             ErrorCode::Checksum,
                             format!("block {block} of {chunk} is corrupt here: not a copy source"),
