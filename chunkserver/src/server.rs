@@ -708,51 +708,12 @@ impl Shard {
         failpoint::hit("chunk.write.before_local");
         if route.is_tail {
             // The tail (or a one-replica chain): store and commit at once.
-            match m {
-                // A version already committed here never gets this far
-                // (both callers check under the chunk lock), so STALE from
-                // the store means other bytes under this version: an error,
-                // never "already applied".
-                Mutation::Write { offset, data, crcs } => self
-                    .store
-                    .write_in_chain(
-                        route.chain_id,
-                        chunk,
-                        version,
-                        *offset,
-                        data,
-                        &crcs_of(crcs),
-                        true,
-                    )
-                    .await
-                    .map_err(|e| self.store_error(chunk, e))?,
-                Mutation::Truncate { new_len } => {
-                    self.store.truncate(chunk, version, *new_len).await?;
-                    self.store.commit_through(chunk, version, true).await?;
-                }
-            }
+            self.store_version(route, chunk, version, m, true).await?;
             persisted(version);
             return Ok(());
         }
         let next = route.successor()?;
-        match m {
-            Mutation::Write { offset, data, crcs } => self
-                .store
-                .write_in_chain(
-                    route.chain_id,
-                    chunk,
-                    version,
-                    *offset,
-                    data,
-                    &crcs_of(crcs),
-                    false,
-                )
-                .await
-                .map_err(|e| self.store_error(chunk, e))?,
-            Mutation::Truncate { new_len } => {
-                self.store.truncate(chunk, version, *new_len).await?;
-            }
-        }
+        self.store_version(route, chunk, version, m, false).await?;
         persisted(version);
         failpoint::hit("chunk.write.before_forward");
         self.forward(&next, route, h, chunk, version, m).await?;
@@ -762,6 +723,44 @@ impl Shard {
             .commit_through(chunk, version, route.is_serving_tail)
             .await?;
         Ok(())
+    }
+
+    /// Stores version `version` of `chunk` here: committed at once when
+    /// `tail`, else pending until the successor's answer.
+    async fn store_version(
+        &self,
+        route: &Route,
+        chunk: ChunkId,
+        version: u64,
+        m: &Mutation,
+        tail: bool,
+    ) -> Result<()> {
+        match m {
+            // A version already committed here never gets this far (both
+            // callers check under the chunk lock), so STALE from the store
+            // means other bytes under this version: an error, never
+            // "already applied".
+            Mutation::Write { offset, data, crcs } => self
+                .store
+                .write_in_chain(
+                    route.chain_id,
+                    chunk,
+                    version,
+                    *offset,
+                    data,
+                    &crcs_of(crcs),
+                    tail,
+                )
+                .await
+                .map_err(|e| self.store_error(chunk, e)),
+            Mutation::Truncate { new_len } => {
+                self.store.truncate(chunk, version, *new_len).await?;
+                if tail {
+                    self.store.commit_through(chunk, version, true).await?;
+                }
+                Ok(())
+            }
+        }
     }
 
     /// Sends version `version` of `chunk` to `next` and waits until it and

@@ -107,17 +107,8 @@ impl DataCluster {
             opts: opts.clone(),
             cs: Vec::new(),
         };
-        for i in 0..opts.chunkservers {
-            let dir = c.meta.dir().join(format!("cs{i}"));
-            let log = c.meta.dir().join(format!("cs{i}.log"));
-            let port = free_port_run(u16::try_from(opts.shards)?)?;
-            c.cs.push(Cs {
-                dir,
-                log,
-                port,
-                child: None,
-            });
-            c.spawn(i)?;
+        for _ in 0..opts.chunkservers {
+            c.add_chunkserver()?;
         }
         c.wait_all_serving(Duration::from_secs(30)).await?;
         Ok(c)

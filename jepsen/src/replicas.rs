@@ -139,3 +139,37 @@ pub async fn verify_replicas(
     }
     Ok(check)
 }
+
+/// Flips bits (`xor`) of the byte `at` bytes into the stored copy of
+/// `needle` in the chunkserver target at `dir`, behind the chunkserver's
+/// back (a disk corrupting a block), and syncs it.
+///
+/// # Errors
+/// `needle` is not on that disk, or the file cannot be written.
+pub fn corrupt_on_disk(dir: &std::path::Path, needle: &[u8], at: u64, xor: u8) -> Result<()> {
+    use std::os::unix::fs::FileExt;
+    let (file, pos) = find_on_disk(dir, needle)
+        .with_context(|| format!("the block on the disk of {}", dir.display()))?;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&file)?;
+    let mut b = [0u8; 1];
+    f.read_exact_at(&mut b, pos + at)?;
+    f.write_all_at(&[b[0] ^ xor], pos + at)?;
+    f.sync_all()?;
+    Ok(())
+}
+
+/// Finds `needle` in the shard data files of the chunkserver target at
+/// `dir`; returns the file and the offset.
+pub fn find_on_disk(dir: &std::path::Path, needle: &[u8]) -> Option<(std::path::PathBuf, u64)> {
+    for e in std::fs::read_dir(dir.join("data")).ok()? {
+        let p = e.ok()?.path();
+        let bytes = std::fs::read(&p).ok()?;
+        if let Some(pos) = bytes.windows(needle.len()).position(|w| w == needle) {
+            return Some((p, pos as u64));
+        }
+    }
+    None
+}

@@ -528,22 +528,8 @@ async fn readers_during_overwrites_never_see_torn_blocks() -> Result<()> {
     Ok(())
 }
 
-/// Finds `needle` in the shard data files under `dir`; returns the file
-/// and offset.
-fn find_on_disk(dir: &std::path::Path, needle: &[u8]) -> Option<(std::path::PathBuf, u64)> {
-    for e in std::fs::read_dir(dir.join("data")).ok()? {
-        let p = e.ok()?.path();
-        let bytes = std::fs::read(&p).ok()?;
-        if let Some(pos) = bytes.windows(needle.len()).position(|w| w == needle) {
-            return Some((p, pos as u64));
-        }
-    }
-    None
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_corrupt_replica_is_never_read() -> Result<()> {
-    use std::os::unix::fs::FileExt;
     let _serial = serial().await;
     let cluster = DataCluster::start(DataOpts::default()).await?;
     let client = cluster.client(ClientOptions::default()).await?;
@@ -551,16 +537,7 @@ async fn a_corrupt_replica_is_never_read() -> Result<()> {
     client.write_file("/victim", d.clone()).await?;
     // Flip one byte of the file's first block on one replica's disk.
     let needle = &d[..4096];
-    let (file, pos) =
-        find_on_disk(cluster.data_dir(0), needle).context("the block on chunkserver 0's disk")?;
-    let f = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(&file)?;
-    let mut b = [0u8; 1];
-    f.read_exact_at(&mut b, pos + 100)?;
-    f.write_all_at(&[b[0] ^ 0xff], pos + 100)?;
-    f.sync_all()?;
+    cairn_jepsen::replicas::corrupt_on_disk(cluster.data_dir(0), needle, 100, 0xff)?;
     // Reads rotate over the replicas: every one returns the right bytes.
     let reader = cluster.client(no_cache()).await?;
     let h = reader.open_read("/victim").await?;

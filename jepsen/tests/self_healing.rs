@@ -200,6 +200,29 @@ impl Load {
     }
 }
 
+/// Checks every replica of files `0..files` (3 each, none on `not_on`,
+/// equal to what the file reads as, which must be a generation some writer
+/// wrote); returns each file's bytes.
+async fn verify_current(
+    cluster: &DataCluster,
+    client: &Client,
+    files: u64,
+    not_on: &[u64],
+) -> Result<Vec<Bytes>> {
+    let paths: Vec<String> = (0..files).map(path).collect();
+    let mut want = Vec::new();
+    for i in 0..files {
+        want.push(current_content(client, i).await?);
+    }
+    let check = verify_replicas(cluster, client, &paths, 3, not_on, |p| {
+        let i: usize = p.trim_start_matches("/heal/f").parse().ok()?;
+        want.get(i).cloned()
+    })
+    .await?;
+    println!("verified {check:?}");
+    Ok(want)
+}
+
 /// What each file holds after the writer's last full or partial round:
 /// the rewritten half may be at its last or previous generation; read it
 /// and accept either, returning the file's current bytes.
@@ -331,17 +354,7 @@ async fn a_dead_chunkserver_is_replaced_and_a_second_loss_loses_nothing() -> Res
     ensure!(ops > 10, "the load ran ({ops} operations)");
 
     // Replica by replica: 3 each, none on the dead one, equal bytes, CRCs.
-    let paths: Vec<String> = (0..FILES).map(path).collect();
-    let mut want = Vec::new();
-    for i in 0..FILES {
-        want.push(current_content(&client, i).await?);
-    }
-    let check = verify_replicas(&cluster, &client, &paths, 3, &[victim_id], |p| {
-        let i: usize = p.trim_start_matches("/heal/f").parse().ok()?;
-        want.get(i).cloned()
-    })
-    .await?;
-    println!("verified {check:?}");
+    let want = verify_current(&cluster, &client, FILES, &[victim_id]).await?;
 
     // A second chunkserver of the same chains dies: nothing is lost.
     let t = cluster.chains().await?;
@@ -375,36 +388,14 @@ async fn a_dead_chunkserver_is_replaced_and_a_second_loss_loses_nothing() -> Res
     Ok(())
 }
 
-/// Finds `needle` in the shard data files under `dir`.
-fn find_on_disk(dir: &std::path::Path, needle: &[u8]) -> Option<(std::path::PathBuf, u64)> {
-    for e in std::fs::read_dir(dir.join("data")).ok()? {
-        let p = e.ok()?.path();
-        let bytes = std::fs::read(&p).ok()?;
-        if let Some(pos) = bytes.windows(needle.len()).position(|w| w == needle) {
-            return Some((p, pos as u64));
-        }
-    }
-    None
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_corrupt_replica_is_rewritten_from_a_healthy_one() -> Result<()> {
-    use std::os::unix::fs::FileExt;
     let _serial = serial().await;
     let (cluster, client) = start(3, &[]).await?;
     let d = content(7, 0);
     client.write_file(&path(7), d.clone()).await?;
     let needle = &d[8192..8192 + 4096];
-    let (file, pos) =
-        find_on_disk(cluster.data_dir(0), needle).context("the block on chunkserver 0's disk")?;
-    let f = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(&file)?;
-    let mut b = [0u8; 1];
-    f.read_exact_at(&mut b, pos + 17)?;
-    f.write_all_at(&[b[0] ^ 0x5a], pos + 17)?;
-    f.sync_all()?;
+    cairn_jepsen::replicas::corrupt_on_disk(cluster.data_dir(0), needle, 17, 0x5a)?;
     ensure!(
         verify_replicas(&cluster, &client, &[path(7)], 3, &[], |_| Some(d.clone()))
             .await
@@ -527,16 +518,7 @@ async fn restarting_every_chunkserver_in_turn_keeps_two_replicas_serving() -> Re
         members(&cluster.chains().await?) == before,
         "a restarting chunkserver was replaced in its chains"
     );
-    let paths: Vec<String> = (0..FILES).map(path).collect();
-    let mut want = Vec::new();
-    for i in 0..FILES {
-        want.push(current_content(&client, i).await?);
-    }
-    verify_replicas(&cluster, &client, &paths, 3, &[], |p| {
-        let i: usize = p.trim_start_matches("/heal/f").parse().ok()?;
-        want.get(i).cloned()
-    })
-    .await?;
+    verify_current(&cluster, &client, FILES, &[]).await?;
     Ok(())
 }
 
@@ -717,15 +699,6 @@ async fn an_added_chunkserver_takes_a_share_of_the_chains_online() -> Result<()>
         on_new >= 2,
         "the new chunkserver took too few 3-replica chains ({on_new})"
     );
-    let paths: Vec<String> = (0..FILES).map(path).collect();
-    let mut want = Vec::new();
-    for i in 0..FILES {
-        want.push(current_content(&client, i).await?);
-    }
-    verify_replicas(&cluster, &client, &paths, 3, &[], |p| {
-        let i: usize = p.trim_start_matches("/heal/f").parse().ok()?;
-        want.get(i).cloned()
-    })
-    .await?;
+    verify_current(&cluster, &client, FILES, &[]).await?;
     Ok(())
 }

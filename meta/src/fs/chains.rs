@@ -295,10 +295,7 @@ pub(crate) fn add_member<K: Kv + ?Sized>(
     let Some((r, mut chain)) = find_chain(t, id)? else {
         return Ok(Reply::Unit);
     };
-    let known = chunkservers(t)?
-        .iter()
-        .any(|c| c.id == chunkserver && c.targets.iter().any(|x| x.id == target));
-    if !known
+    if !holds_target(&chunkservers(t)?, chunkserver, target)
         || chain.members.len() > r as usize
         || chain
             .members
@@ -307,15 +304,34 @@ pub(crate) fn add_member<K: Kv + ?Sized>(
     {
         return Ok(Reply::Unit);
     }
+    join_syncing(t, r, &mut chain, target, chunkserver);
+    bump_version(t)?;
+    Ok(Reply::Unit)
+}
+
+/// Whether chunkserver `cs` is registered with target `target`.
+fn holds_target(servers: &[ChunkserverRecord], cs: u64, target: u64) -> bool {
+    servers
+        .iter()
+        .any(|c| c.id == cs && c.targets.iter().any(|x| x.id == target))
+}
+
+/// Appends `target` to `chain` as syncing (new members join at the tail)
+/// and stores the chain at its next version.
+fn join_syncing<K: Kv + ?Sized>(
+    t: &mut Txn<'_, K>,
+    replication: u32,
+    chain: &mut Chain,
+    target: u64,
+    chunkserver: u64,
+) {
     chain.members.push(ChainMember {
         target,
         chunkserver,
         state: TargetState::Syncing,
     });
     chain.version += 1;
-    t.put(key::chain(r, chain.id), &chain);
-    bump_version(t)?;
-    Ok(Reply::Unit)
+    t.put(key::chain(replication, chain.id), &*chain);
 }
 
 /// Replaces offline chain members by new targets, appended at the tail as
@@ -330,9 +346,7 @@ pub(crate) fn replace_targets<K: Kv + ?Sized>(
         let Some((r, mut chain)) = find_chain(t, id)? else {
             continue;
         };
-        let known = servers
-            .iter()
-            .any(|c| c.id == new_cs && c.targets.iter().any(|x| x.id == new));
+        let known = holds_target(&servers, new_cs, new);
         let Some(pos) = chain
             .members
             .iter()
@@ -344,13 +358,7 @@ pub(crate) fn replace_targets<K: Kv + ?Sized>(
             continue;
         }
         chain.members.remove(pos);
-        chain.members.push(ChainMember {
-            target: new,
-            chunkserver: new_cs,
-            state: TargetState::Syncing,
-        });
-        chain.version += 1;
-        t.put(key::chain(r, chain.id), &chain);
+        join_syncing(t, r, &mut chain, new, new_cs);
         changed = true;
     }
     if changed {
