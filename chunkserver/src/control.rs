@@ -124,6 +124,41 @@ impl ControlState {
         self.wake.notify_one();
     }
 
+    /// Whether this chunkserver is ready for traffic (`GET /ready`, the pod's
+    /// readiness, DESIGN §8): registered, within its lease, and every chain
+    /// member it holds serving — so a rolling restart moves on only once
+    /// the restarted chunkserver has been resynced.
+    ///
+    /// # Errors
+    /// Why it is not ready.
+    pub fn readiness(&self) -> Result<(), String> {
+        let me = self.chunkserver_id();
+        if me == 0 {
+            return Err("not registered with meta yet".into());
+        }
+        if !self.serving() {
+            return Err("no lease: meta not reached within half the heartbeat timeout".into());
+        }
+        let view = self.view();
+        let behind: Vec<String> = view
+            .chains()
+            .filter_map(|(id, c)| {
+                c.members
+                    .iter()
+                    .find(|m| m.chunkserver == me && m.state != crate::chain::MemberState::Serving)
+                    .map(|m| format!("chain {id}: {:?}", m.state).to_lowercase())
+            })
+            .collect();
+        if behind.is_empty() {
+            Ok(())
+        } else {
+            Err(format!(
+                "not serving in every chain ({})",
+                behind.join(", ")
+            ))
+        }
+    }
+
     /// Returns whether every chain member on chunkserver `me` is offline
     /// in the current view (meta took them out).
     pub fn out_of_chains(&self) -> bool {

@@ -678,6 +678,7 @@ impl Drop for ScrubPass<'_> {
 pub async fn serve(
     addr: SocketAddr,
     metrics: Arc<Metrics>,
+    ready: Readiness,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) -> std::io::Result<SocketAddr> {
     let listener = TcpListener::bind(addr).await?;
@@ -689,17 +690,21 @@ pub async fn serve(
                 _ = stop.wait_for(|s| *s) => return,
             };
             let Ok((sock, _)) = conn else { continue };
-            tokio::spawn(answer(sock, metrics.clone()));
+            tokio::spawn(answer(sock, metrics.clone(), ready.clone()));
         }
     });
     Ok(local)
 }
 
+/// Answers `GET /ready`: `Ok` when the chunkserver is ready for traffic,
+/// else why not (a Kubernetes readiness probe).
+pub type Readiness = Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
+
 /// How long a scraper may take to send its request.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Reads one HTTP request (its head, at most 4 KiB) and answers it.
-async fn answer(mut sock: tokio::net::TcpStream, metrics: Arc<Metrics>) {
+async fn answer(mut sock: tokio::net::TcpStream, metrics: Arc<Metrics>, ready: Readiness) {
     let mut buf = [0u8; 4096];
     let mut n = 0;
     let read_head = async {
@@ -726,8 +731,18 @@ async fn answer(mut sock: tokio::net::TcpStream, metrics: Arc<Metrics>) {
     let path = path.split('?').next().unwrap_or("");
     let (status, body) = match (method, path) {
         ("GET" | "HEAD", "/metrics") => ("200 OK", metrics.render()),
-        ("GET" | "HEAD", _) => ("404 Not Found", "try GET /metrics\n".to_string()),
-        _ => ("405 Method Not Allowed", "try GET /metrics\n".to_string()),
+        ("GET" | "HEAD", "/ready") => match ready() {
+            Ok(()) => ("200 OK", "ready\n".to_string()),
+            Err(why) => ("503 Service Unavailable", format!("not ready: {why}\n")),
+        },
+        ("GET" | "HEAD", _) => (
+            "404 Not Found",
+            "try GET /metrics or GET /ready\n".to_string(),
+        ),
+        _ => (
+            "405 Method Not Allowed",
+            "try GET /metrics or GET /ready\n".to_string(),
+        ),
     };
     let head = format!(
         "HTTP/1.1 {status}\r\ncontent-type: text/plain; version=0.0.4; charset=utf-8\r\n\
@@ -929,9 +944,24 @@ mod tests {
         m.op(Opcode::Stat)
             .observe(Duration::from_micros(20), true, 0, 0);
         let (tx, rx) = tokio::sync::watch::channel(false);
-        let addr = serve("127.0.0.1:0".parse().unwrap(), m.clone(), rx)
+        let ok = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = ok.clone();
+        let ready: Readiness = Arc::new(move || {
+            if flag.load(std::sync::atomic::Ordering::Relaxed) {
+                Ok(())
+            } else {
+                Err("chain 3: syncing".into())
+            }
+        });
+        let addr = serve("127.0.0.1:0".parse().unwrap(), m.clone(), ready, rx)
             .await
             .unwrap();
+        let reply = http(addr, "GET /ready HTTP/1.1\r\n\r\n").await;
+        assert!(reply.starts_with("HTTP/1.1 503"), "{reply}");
+        assert!(reply.contains("not ready: chain 3: syncing"), "{reply}");
+        ok.store(true, std::sync::atomic::Ordering::Relaxed);
+        let reply = http(addr, "GET /ready HTTP/1.1\r\n\r\n").await;
+        assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
         let reply = http(addr, "GET /metrics HTTP/1.1\r\nhost: x\r\n\r\n").await;
         let (head, body) = reply.split_once("\r\n\r\n").unwrap();
         assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");

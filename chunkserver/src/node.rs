@@ -316,10 +316,14 @@ pub fn start(cfg: ChunkserverConfig) -> Result<Chunkserver, StartError> {
     threads.push(std::thread::spawn(move || {
         rt.block_on(async move {
             let maddr = match listen {
-                Some(a) => crate::metrics::serve(a, m.clone(), stop_rx.clone())
-                    .await
-                    .map(Some)
-                    .map_err(|e| format!("metrics endpoint {a}: {e}")),
+                Some(a) => {
+                    let c = ctl.clone();
+                    let ready: crate::metrics::Readiness = Arc::new(move || c.readiness());
+                    crate::metrics::serve(a, m.clone(), ready, stop_rx.clone())
+                        .await
+                        .map(Some)
+                        .map_err(|e| format!("metrics endpoint {a}: {e}"))
+                }
                 None => Ok(None),
             };
             let failed = maddr.is_err();

@@ -421,6 +421,12 @@ async fn a_chunkserver_cut_off_from_meta_stops_serving() {
     let ch = c.chain(3, 0, k).await;
     let d = pattern(9, 4096);
     c.write(&ch, k, 0, &d, 1, 1).await.unwrap();
+    let victim = c.index_of(&ch.members[2]);
+    let ready = c.ready(victim);
+    assert!(
+        ready.starts_with("HTTP/1.0 200") || ready.starts_with("HTTP/1.1 200"),
+        "{ready}"
+    );
     c.stop_meta().await;
     let start = Instant::now();
     loop {
@@ -439,4 +445,9 @@ async fn a_chunkserver_cut_off_from_meta_stops_serving() {
     }
     let e = code(c.write(&ch, k, 0, &d, 1, 2).await);
     assert_eq!(e, ErrorCode::Unavailable, "writes refused too");
+    let ready = c.ready(victim);
+    assert!(
+        ready.contains(" 503 ") && ready.contains("no lease"),
+        "{ready}"
+    );
 }

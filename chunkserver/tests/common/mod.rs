@@ -311,19 +311,27 @@ impl Cluster {
     pub fn metrics(&self, i: usize) -> String {
         http_metrics(&self.cs[i].metrics)
     }
+
+    /// GET /ready of chunkserver `i`: the whole reply.
+    pub fn ready(&self, i: usize) -> String {
+        http_get(&self.cs[i].metrics, "/ready")
+    }
 }
 
 /// GET /metrics from `addr`.
 pub fn http_metrics(addr: &str) -> String {
-    {
-        use std::io::{Read, Write};
-        let mut s = std::net::TcpStream::connect(addr).expect("metrics");
-        s.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")
-            .expect("send");
-        let mut out = String::new();
-        s.read_to_string(&mut out).expect("read");
-        out
-    }
+    http_get(addr, "/metrics")
+}
+
+/// GET `path` from `addr`: the whole reply.
+pub fn http_get(addr: &str, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).expect("http");
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes())
+        .expect("send");
+    let mut out = String::new();
+    s.read_to_string(&mut out).expect("read");
+    out
 }
 
 impl Cluster {
