@@ -46,7 +46,8 @@ pub struct ControlState {
     /// Per shard, the (object, chain) pairs it last listed, for the chunk
     /// report.
     chunk_lists: Mutex<Vec<Option<Vec<ObjectChain>>>>,
-    /// Per shard, (object, chain) pairs meta confirmed orphaned: to remove.
+    /// Per shard, (object, chain) pairs meta confirmed orphaned, to remove;
+    /// chain 0: every chunk of an unreferenced object.
     removals: Mutex<Vec<Vec<ObjectChain>>>,
 }
 
@@ -508,9 +509,15 @@ pub async fn report_chunks(
             })
             .await
         {
-            Ok(r) if !r.remove.is_empty() => {
-                let remove: Vec<(u64, u32)> =
-                    r.remove.iter().map(|e| (e.object_id, e.chain_id)).collect();
+            Ok(r) if !r.remove.is_empty() || !r.unreferenced.is_empty() => {
+                // Chain 0 stands for every chunk of an unreferenced object.
+                let remove: Vec<(u64, u32)> = r
+                    .remove
+                    .iter()
+                    .map(|e| (e.object_id, e.chain_id))
+                    .filter(|(_, c)| *c != 0)
+                    .chain(r.unreferenced.iter().map(|o| (*o, 0)))
+                    .collect();
                 tracing::warn!(
                     n = remove.len(),
                     "meta confirmed orphaned chunks here; removing them"

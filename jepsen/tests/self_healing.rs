@@ -702,3 +702,76 @@ async fn an_added_chunkserver_takes_a_share_of_the_chains_online() -> Result<()>
     verify_current(&cluster, &client, FILES, &[]).await?;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_replaced_chunkserver_that_returns_frees_the_chains_it_left() -> Result<()> {
+    let _serial = serial().await;
+    const FILES: u64 = 24;
+    let (mut cluster, client) = start_with(
+        4,
+        &["--replace-after", "1s"],
+        &["--chunk-report-interval", "1s"],
+    )
+    .await?;
+    write_range(&client, 0..FILES, 0).await?;
+    let victim = 1;
+    let victim_id = id_of(&cluster, victim).await?;
+    // What it holds, as its last heartbeats said.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let held = cluster
+        .chains()
+        .await?
+        .chunkservers
+        .iter()
+        .find(|c| c.id == victim_id)
+        .map_or(0, |c| c.used_bytes);
+    ensure!(held >= 8 << 20, "the victim holds data ({held} bytes)");
+    cluster.kill(victim);
+    wait_for(
+        &cluster,
+        "every chain rebuilt without the killed chunkserver",
+        Duration::from_secs(60),
+        |t| healed(t, &[victim_id]),
+    )
+    .await?;
+    // It comes back: no longer in its old chains, its copies are orphans.
+    cluster.spawn(victim)?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let removed = loop {
+        let log = cluster.log_tail(victim, 400);
+        let n: u64 = log
+            .lines()
+            .filter(|l| l.contains("orphaned chunks removed"))
+            .filter_map(|l| {
+                l.split("removed=")
+                    .nth(1)?
+                    .split_whitespace()
+                    .next()?
+                    .parse::<u64>()
+                    .ok()
+            })
+            .sum();
+        if n > 0 {
+            break n;
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "the returning chunkserver never removed its copies of the chains it left"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    println!(
+        "the returning chunkserver removed {removed} chunks of chains it left ({held} bytes used before)"
+    );
+    // (The rebalancer then gives it chains again: it is the least loaded.)
+    wait_for(
+        &cluster,
+        "every chain serving",
+        Duration::from_secs(60),
+        |t| healed(t, &[]),
+    )
+    .await?;
+    // Nothing live was touched.
+    verify_current(&cluster, &client, FILES, &[]).await?;
+    Ok(())
+}

@@ -1201,13 +1201,19 @@ impl Meta for MetaService {
                 .find(|c| c.id == chain)
                 .is_some_and(|c| c.members.iter().any(|m| m.chunkserver == r.chunkserver_id))
         };
+        // (object, chain); chain 0 stands for "the object is unreferenced".
         let orphans: std::collections::HashSet<(u64, u32)> = r
             .entries
             .iter()
-            .filter(|e| {
-                !referenced.contains(&e.object_id) || (e.chain_id != 0 && !member(e.chain_id))
+            .filter_map(|e| {
+                if !referenced.contains(&e.object_id) {
+                    Some((e.object_id, 0))
+                } else if e.chain_id != 0 && !member(e.chain_id) {
+                    Some((e.object_id, e.chain_id))
+                } else {
+                    None
+                }
             })
-            .map(|e| (e.object_id, e.chain_id))
             .collect();
         let previous = self
             .shared
@@ -1215,21 +1221,32 @@ impl Meta for MetaService {
             .orphan_suspects
             .insert(r.chunkserver_id, orphans.clone())
             .unwrap_or_default();
-        let remove: Vec<pb::ChunkReportEntry> = orphans
-            .intersection(&previous)
+        let confirmed: Vec<(u64, u32)> = orphans.intersection(&previous).copied().collect();
+        let unreferenced: Vec<u64> = confirmed
+            .iter()
+            .filter(|(_, c)| *c == 0)
+            .map(|(o, _)| *o)
+            .collect();
+        let remove: Vec<pb::ChunkReportEntry> = confirmed
+            .iter()
+            .filter(|(_, c)| *c != 0)
             .map(|(object_id, chain_id)| pb::ChunkReportEntry {
                 object_id: *object_id,
                 chain_id: *chain_id,
             })
             .collect();
-        if !remove.is_empty() {
+        if !confirmed.is_empty() {
             tracing::warn!(
                 chunkserver = r.chunkserver_id,
-                n = remove.len(),
+                unreferenced = unreferenced.len(),
+                left_chains = remove.len(),
                 "chunk report: orphaned chunks confirmed in two rounds; the chunkserver removes them"
             );
         }
-        Ok(Response::new(pb::ReportChunksReply { remove }))
+        Ok(Response::new(pb::ReportChunksReply {
+            remove,
+            unreferenced,
+        }))
     }
 
     #[instrument(skip_all, fields(

@@ -193,16 +193,34 @@ impl Shard {
     }
 
     /// Removes this shard's chunks of the (object, chain) pairs meta
-    /// confirmed orphaned in two chunk reports, each under its lock.
+    /// confirmed orphaned in two chunk reports (chain 0: every chunk of the
+    /// object), each under its lock.
     async fn remove_orphans(&self, orphans: &[(u64, u32)]) -> Result<()> {
         let set: HashSet<(u64, u32)> = orphans.iter().copied().collect();
+        let me = self.control.chunkserver_id();
         let mut removed = 0u64;
         for c in self.store.list_chunks()? {
             let _lock = self.lock(c).await?;
             let Some(st) = self.store.stat(c)? else {
                 continue;
             };
-            if set.contains(&(c.object.0, st.chain)) {
+            if set.contains(&(c.object.0, 0)) {
+                // An unreferenced object: it never comes back.
+                self.store.remove(c).await?;
+                removed += 1;
+                continue;
+            }
+            if st.chain == 0 || !set.contains(&(c.object.0, st.chain)) {
+                continue;
+            }
+            // Meta found the chunk's chain without this chunkserver; it may
+            // have made it a member again since (a rebalancing move), and
+            // the chain's head may be copying the chunk here right now.
+            let member_again = self
+                .current_view()
+                .chain(st.chain)
+                .is_some_and(|ch| ch.members.iter().any(|m| m.chunkserver == me));
+            if !member_again {
                 self.store.remove(c).await?;
                 removed += 1;
             }
