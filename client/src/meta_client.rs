@@ -53,8 +53,8 @@ use cairn_proto::meta::{
     LookupRequest, MkdirRequest, OpenRequest, OpenSessionRequest, PromoteRequest, ReadDirReply,
     ReadDirRequest, ReadLinkRequest, RemoveMemberRequest, RemoveXattrRequest, RenameReply,
     RenameRequest, ReportLengthRequest, RequestId, ResolveRequest, RmdirRequest, SessionRequest,
-    SetAttrRequest, SetXattrRequest, StatFsReply, StatFsRequest, StatusReply, SymlinkRequest,
-    Timespec, UnlinkReply, UnlinkRequest, Volume, VolumePolicy,
+    SetAttrRequest, SetMaintenanceRequest, SetXattrRequest, StatFsReply, StatFsRequest,
+    StatusReply, SymlinkRequest, Timespec, UnlinkReply, UnlinkRequest, Volume, VolumePolicy,
 };
 use cairn_proto::{CairnStatus, ErrorCode, names};
 use tokio::sync::watch;
@@ -1289,6 +1289,27 @@ impl MetaClient {
     /// would lose the quorum, or a retry failure.
     pub async fn remove_member(&self, node: NodeId) -> Result<StatusReply> {
         rpc!(self, remove_member, RemoveMemberRequest { node_id: node.0 }).await
+    }
+
+    /// Puts chunkserver `chunkserver` in maintenance for `duration` (its
+    /// targets leave their chains at once and are not replaced), or lifts
+    /// the window when `duration` is zero.
+    ///
+    /// # Errors
+    /// [`ErrorCode::NotFound`] for an unknown chunkserver, or a retry
+    /// failure.
+    pub async fn set_maintenance(&self, chunkserver: u64, duration: Duration) -> Result<()> {
+        let duration_ms = u64::try_from(duration.as_millis()).unwrap_or(u64::MAX);
+        rpc!(
+            self,
+            set_maintenance,
+            SetMaintenanceRequest {
+                chunkserver_id: chunkserver,
+                duration_ms,
+            }
+        )
+        .await
+        .map(|_| ())
     }
 }
 

@@ -194,6 +194,7 @@ fake_meta! {
         get_chains(Empty) -> ChainTables;
         report_corruption(ReportCorruptionRequest) -> Empty;
         report_chunks(ReportChunksRequest) -> ReportChunksReply;
+        set_maintenance(SetMaintenanceRequest) -> Empty;
         join(JoinRequest) -> JoinReply;
         promote(PromoteRequest) -> StatusReply;
         remove_member(RemoveMemberRequest) -> StatusReply;

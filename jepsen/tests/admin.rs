@@ -104,3 +104,92 @@ async fn admin_commands_show_a_dead_and_a_returning_chunkserver() -> Result<()> 
     );
     Ok(())
 }
+
+/// The targets of each 3-replica chain (as a set: a target that rejoins
+/// moves to the tail).
+fn members(v: &Value) -> Vec<Vec<u64>> {
+    v["chains"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["replication"] == 3)
+        .map(|c| {
+            c["members"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|m| m["target"].as_u64().unwrap())
+                .collect::<std::collections::BTreeSet<u64>>()
+                .into_iter()
+                .collect()
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_maintenance_keeps_a_chunkserver_out_and_unreplaced_until_lifted() -> Result<()> {
+    let _serial = cairn_jepsen::serial().await;
+    // A spare and replacement after 1 s: only the maintenance window keeps
+    // the chunkserver's targets in their chains.
+    let mut cluster = DataCluster::start(DataOpts {
+        chunkservers: 4,
+        meta_args: vec!["--replace-after".into(), "1s".into()],
+        ..DataOpts::default()
+    })
+    .await?;
+    let client = cluster
+        .client(cairn_client::ClientOptions::default())
+        .await?;
+    let data = cairn_jepsen::data_cluster::pattern(5, 3 << 20);
+    client.write_file("/kept", data.clone()).await?;
+    // Settled: the rebalancer has nothing left to move.
+    let mut before = members(&admin(&cluster, &["chains"])?);
+    loop {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let now = members(&admin(&cluster, &["chains"])?);
+        if now == before {
+            break;
+        }
+        before = now;
+    }
+    let servers = admin(&cluster, &["chunkservers"])?;
+    let victim = servers["chunkservers"][1]["id"].as_u64().unwrap();
+    let v = admin(
+        &cluster,
+        &["maintenance", &victim.to_string(), "--for", "1h"],
+    )?;
+    ensure!(v["maintenance"] == true, "{v}");
+    let servers = admin(&cluster, &["chunkservers"])?;
+    let shown = servers["chunkservers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["id"] == victim)
+        .unwrap()
+        .clone();
+    ensure!(shown["state"] == "maintenance", "{shown}");
+    wait_chains(&cluster, "the chunkserver's targets offline", any_offline)?;
+    // Its machine goes down for a while and comes back: still out, never
+    // replaced.
+    let index = cluster.index_of(victim).await?;
+    cluster.kill(index);
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    cluster.spawn(index)?;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let v = admin(&cluster, &["chains"])?;
+    ensure!(any_offline(&v), "left its maintenance by itself: {v}");
+    ensure!(members(&v) == before, "replaced during maintenance: {v}");
+    ensure!(
+        client.read_file("/kept").await? == data,
+        "reads go on during the maintenance"
+    );
+    // Lifted: it rejoins, is resynced and serves.
+    let v = admin(&cluster, &["maintenance", &victim.to_string(), "--off"])?;
+    ensure!(v["maintenance"] == false, "{v}");
+    let v = wait_chains(&cluster, "every chain serving again", |v| {
+        v["under_replicated"] == 0
+    })?;
+    ensure!(members(&v) == before, "{v}");
+    ensure!(client.read_file("/kept").await? == data);
+    Ok(())
+}

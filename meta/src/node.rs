@@ -506,6 +506,17 @@ async fn check_chunkservers(shared: &Shared) -> Result<(), CairnStatus> {
     let servers = shared.fs.chunkservers().map_err(CairnStatus::from)?;
     let tables = shared.fs.chain_tables().map_err(CairnStatus::from)?;
     let timeout = shared.config.chunkserver_timeout;
+    let held = {
+        let now = crate::service::now_ns();
+        shared
+            .fs
+            .maintenance()
+            .map_err(CairnStatus::from)?
+            .into_iter()
+            .filter(|(_, m)| m.hold && m.until_ns > now)
+            .map(|(id, _)| id)
+            .collect::<std::collections::HashSet<u64>>()
+    };
     let mut changes = Vec::new();
     {
         let live = shared.liveness();
@@ -526,6 +537,7 @@ async fn check_chunkservers(shared: &Shared) -> Result<(), CairnStatus> {
                     changes.push((t.id, TargetState::Offline));
                 } else if !dead
                     && !live.leaving.contains(&cs.id)
+                    && !held.contains(&cs.id)
                     && heard.is_some_and(|h| h.elapsed() < timeout)
                     && states.contains(&TargetState::Offline)
                 {
@@ -544,6 +556,7 @@ async fn check_chunkservers(shared: &Shared) -> Result<(), CairnStatus> {
     }
     // Re-read: the changes above may have taken targets offline.
     let tables = shared.fs.chain_tables().map_err(CairnStatus::from)?;
+    let maintenance = shared.fs.maintenance().map_err(CairnStatus::from)?;
     let plan = {
         let live = shared.liveness();
         let since = live.leader_since.unwrap_or_else(Instant::now);
@@ -551,11 +564,8 @@ async fn check_chunkservers(shared: &Shared) -> Result<(), CairnStatus> {
             let heard = live.chunkservers.get(&id).map(|(at, _)| *at);
             heard.map_or(since, |h| h.max(since)).elapsed()
         };
-        let in_maintenance = |id: u64| {
-            live.maintenance
-                .get(&id)
-                .is_some_and(|u| *u > Instant::now())
-        };
+        let now = crate::service::now_ns();
+        let in_maintenance = |id: u64| maintenance.get(&id).is_some_and(|m| m.until_ns > now);
         crate::placement::replacements(
             &servers,
             &tables,

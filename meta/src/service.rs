@@ -53,10 +53,6 @@ pub struct Liveness {
     /// Repair progress per chunkserver, as last reported, with the rate
     /// between its last two reports.
     pub repair: HashMap<u64, (Instant, pb::RepairProgress)>,
-    /// Chunkservers that announced a restart, with when their maintenance
-    /// window ends (no replacement before it). Soft state: a new leader
-    /// does not know it, and replaces after `replace_after` as usual.
-    pub maintenance: HashMap<u64, Instant>,
     /// Chunkservers whose last heartbeat said they are leaving (still up,
     /// stopping): not taken back into their chains.
     pub leaving: std::collections::HashSet<u64>,
@@ -355,6 +351,42 @@ impl MetaService {
     }
 
     /// Soft state lives on the leader: refuse elsewhere with a hint.
+    /// Opens a maintenance window for `chunkserver` until `until_ns`
+    /// (through Raft) and takes its targets out of their chains at once.
+    async fn enter_maintenance(
+        &self,
+        chunkserver: u64,
+        until_ns: i64,
+        hold: bool,
+    ) -> Result<(), Status> {
+        self.shared
+            .propose(
+                None,
+                Op::SetMaintenance {
+                    chunkserver,
+                    until_ns,
+                    hold,
+                },
+            )
+            .await
+            .map_err(Status::from)?;
+        let targets: Vec<(u64, crate::fs::TargetState)> = self
+            .shared
+            .fs
+            .chunkservers()
+            .map_err(fs_err)?
+            .iter()
+            .filter(|c| c.id == chunkserver)
+            .flat_map(|c| c.targets.iter())
+            .map(|t| (t.id, crate::fs::TargetState::Offline))
+            .collect();
+        self.shared
+            .propose(None, Op::SetTargetStates { changes: targets })
+            .await
+            .map_err(Status::from)?;
+        Ok(())
+    }
+
     fn leader_only(&self) -> Result<(), Status> {
         if self.shared.is_leader() {
             return Ok(());
@@ -530,6 +562,8 @@ pub fn chain_tables_pb(shared: &Shared) -> Result<pb::ChainTables, Status> {
         .map_err(|e| Status::internal(e.to_string()))?;
     let tables = shared.fs.chain_tables().map_err(fs_err)?;
     let servers = shared.fs.chunkservers().map_err(fs_err)?;
+    let maintenance = shared.fs.maintenance().map_err(fs_err)?;
+    let now = now_ns();
     let live = shared.liveness();
     let timeout = shared.config.chunkserver_timeout;
     Ok(pb::ChainTables {
@@ -580,6 +614,10 @@ pub fn chain_tables_pb(shared: &Shared) -> Result<pb::ChainTables, Status> {
                     capacity_bytes: capacity,
                     used_bytes: used,
                     repair: live.repair.get(&c.id).map(|(_, p)| *p),
+                    maintenance_until_ms: maintenance
+                        .get(&c.id)
+                        .filter(|m| m.until_ns > now)
+                        .map_or(0, |m| u64::try_from(m.until_ns / 1_000_000).unwrap_or(0)),
                 }
             })
             .collect(),
@@ -1120,36 +1158,41 @@ impl Meta for MetaService {
             }
         }
         let leaving_now = if r.leaving {
-            let mut live = self.shared.liveness();
-            live.maintenance.insert(
-                r.chunkserver_id,
-                Instant::now() + self.shared.config.maintenance_window,
-            );
-            live.leaving.insert(r.chunkserver_id)
+            self.shared.liveness().leaving.insert(r.chunkserver_id)
         } else {
-            let mut live = self.shared.liveness();
-            live.leaving.remove(&r.chunkserver_id);
-            live.maintenance.remove(&r.chunkserver_id);
+            self.shared.liveness().leaving.remove(&r.chunkserver_id);
             false
         };
         if leaving_now {
-            let targets: Vec<(u64, crate::fs::TargetState)> = self
-                .shared
-                .fs
-                .chunkservers()
-                .map_err(fs_err)?
-                .iter()
-                .filter(|c| c.id == r.chunkserver_id)
-                .flat_map(|c| c.targets.iter())
-                .map(|t| (t.id, crate::fs::TargetState::Offline))
-                .collect();
+            let until = now_ns().saturating_add(
+                i64::try_from(self.shared.config.maintenance_window.as_nanos()).unwrap_or(i64::MAX),
+            );
             tracing::info!(
                 chunkserver = r.chunkserver_id,
-                ?targets,
                 "chunkserver leaving for a restart: its targets go offline in their chains, not replaced during the maintenance window"
             );
+            self.enter_maintenance(r.chunkserver_id, until, false)
+                .await?;
+        } else if !r.leaving
+            && self
+                .shared
+                .fs
+                .maintenance()
+                .map_err(fs_err)?
+                .get(&r.chunkserver_id)
+                .is_some_and(|m| !m.hold)
+        {
+            // Back from a restart: the window closes; its targets rejoin
+            // as syncing (leader duties) and are resynced by version.
             self.shared
-                .propose(None, Op::SetTargetStates { changes: targets })
+                .propose(
+                    None,
+                    Op::SetMaintenance {
+                        chunkserver: r.chunkserver_id,
+                        until_ns: 0,
+                        hold: false,
+                    },
+                )
                 .await
                 .map_err(Status::from)?;
         }
@@ -1179,6 +1222,55 @@ impl Meta for MetaService {
         Ok(Response::new(pb::ChunkserverHeartbeatReply {
             chain_table_version: version,
         }))
+    }
+
+    #[instrument(skip_all, fields(chunkserver = req.get_ref().chunkserver_id))]
+    async fn set_maintenance(
+        &self,
+        req: Request<pb::SetMaintenanceRequest>,
+    ) -> GrpcResult<pb::Empty> {
+        let r = req.into_inner();
+        self.leader_only()?;
+        if !self
+            .shared
+            .fs
+            .chunkservers()
+            .map_err(fs_err)?
+            .iter()
+            .any(|c| c.id == r.chunkserver_id)
+        {
+            return Err(CairnStatus::new(
+                ErrorCode::NotFound,
+                format!("no chunkserver {} is registered", r.chunkserver_id),
+            )
+            .into());
+        }
+        if r.duration_ms == 0 {
+            tracing::info!(chunkserver = r.chunkserver_id, "maintenance lifted");
+            self.shared
+                .propose(
+                    None,
+                    Op::SetMaintenance {
+                        chunkserver: r.chunkserver_id,
+                        until_ns: 0,
+                        hold: false,
+                    },
+                )
+                .await
+                .map_err(Status::from)?;
+        } else {
+            let until = now_ns().saturating_add(
+                i64::try_from(r.duration_ms.saturating_mul(1_000_000)).unwrap_or(i64::MAX),
+            );
+            tracing::info!(
+                chunkserver = r.chunkserver_id,
+                duration_ms = r.duration_ms,
+                "maintenance"
+            );
+            self.enter_maintenance(r.chunkserver_id, until, true)
+                .await?;
+        }
+        Ok(Response::new(pb::Empty {}))
     }
 
     #[instrument(skip_all, fields(chunkserver = req.get_ref().chunkserver_id))]

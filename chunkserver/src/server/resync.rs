@@ -83,6 +83,11 @@ pub const WINDOW: usize = 4;
 /// How often a shard looks for chains to sync.
 const TICK: Duration = Duration::from_millis(200);
 
+/// First pause before retrying a failed repair (doubled each failure).
+const REPAIR_RETRY: Duration = Duration::from_millis(500);
+/// Longest pause before retrying a failed repair.
+const REPAIR_RETRY_MAX: Duration = Duration::from_secs(60);
+
 /// How long a resync waits for older writes to drain before it gives up
 /// for this round.
 const DRAIN_LIMIT: Duration = Duration::from_secs(30);
@@ -116,6 +121,8 @@ pub async fn run(
 ) {
     let mut done: HashSet<(u32, u64)> = HashSet::new();
     let mut listed: Option<Instant> = None;
+    let mut backoff: std::collections::HashMap<ChunkId, (Instant, Duration)> =
+        std::collections::HashMap::new();
     while !stop.get() {
         glommio::timer::sleep(TICK).await;
         if !shard.control.serving() {
@@ -136,10 +143,25 @@ pub async fn run(
         }
         let repairs = std::mem::take(&mut *shard.repairs.borrow_mut());
         for chunk in repairs {
+            if backoff
+                .get(&chunk)
+                .is_some_and(|(next, _)| Instant::now() < *next)
+            {
+                shard.queue_repair(chunk);
+                continue;
+            }
             match shard.repair_chunk(chunk).await {
-                Ok(()) => {}
+                Ok(()) => {
+                    backoff.remove(&chunk);
+                }
                 Err(e) => {
-                    tracing::warn!(%chunk, "repair of a corrupt replica failed, retrying: {}", e.msg);
+                    // Retried with a growing pause (a chain with no other
+                    // serving member has no source until one returns).
+                    let delay = backoff
+                        .get(&chunk)
+                        .map_or(REPAIR_RETRY, |(_, d)| (*d * 2).min(REPAIR_RETRY_MAX));
+                    tracing::warn!(%chunk, retry_in = ?delay, "repair of a corrupt replica failed: {}", e.msg);
+                    backoff.insert(chunk, (Instant::now() + delay, delay));
                     shard.queue_repair(chunk);
                 }
             }

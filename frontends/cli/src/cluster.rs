@@ -159,13 +159,55 @@ pub async fn chains(c: &MetaClient, only_under: bool, json: bool) -> anyhow::Res
     Ok(())
 }
 
+/// A chunkserver's state as the admin commands show it.
+fn server_state(s: &ChunkserverInfo) -> &'static str {
+    match (s.alive, s.maintenance_until_ms > 0) {
+        (true, false) => "alive",
+        (false, false) => "down",
+        (_, true) => "maintenance",
+    }
+}
+
+/// `cairn admin maintenance ID [--for D | --off]`.
+///
+/// # Errors
+/// Meta unreachable or no such chunkserver.
+pub async fn maintenance(
+    c: &MetaClient,
+    id: u64,
+    duration: Option<std::time::Duration>,
+    json: bool,
+) -> anyhow::Result<()> {
+    c.set_maintenance(id, duration.unwrap_or_default())
+        .await
+        .op_only("admin maintenance")?;
+    if json {
+        println!(
+            "{}",
+            json!({"chunkserver": id, "maintenance": duration.is_some(),
+                   "seconds": duration.map(|d| d.as_secs())})
+        );
+    } else if let Some(d) = duration {
+        println!(
+            "chunkserver {id} is in maintenance for up to {}: its targets left their chains \
+             and will not be replaced; `cairn admin maintenance {id} --off` brings them back",
+            humantime::format_duration(d)
+        );
+    } else {
+        println!(
+            "chunkserver {id} is out of maintenance: its targets rejoin their chains and resync"
+        );
+    }
+    Ok(())
+}
+
 fn server_row(s: &ChunkserverInfo) -> Vec<String> {
     let ports: Vec<String> = s.shard_ports.iter().map(ToString::to_string).collect();
     let targets: Vec<String> = s.target_ids.iter().map(ToString::to_string).collect();
     vec![
         s.id.to_string(),
         format!("{}:{}", s.host, ports.join(",")),
-        if s.alive { "alive" } else { "down" }.to_string(),
+        server_state(s).to_string(),
         if s.zone.is_empty() {
             "-".into()
         } else {
@@ -200,7 +242,8 @@ pub async fn chunkservers(c: &MetaClient, json: bool) -> anyhow::Result<()> {
             .map(|s| {
                 json!({
                     "id": s.id, "host": s.host, "shard_ports": s.shard_ports, "zone": s.zone,
-                    "alive": s.alive, "targets": s.target_ids,
+                    "alive": s.alive, "state": server_state(s), "targets": s.target_ids,
+                    "maintenance_until_ms": s.maintenance_until_ms,
                     "used_bytes": s.used_bytes, "capacity_bytes": s.capacity_bytes,
                     "repair": s.repair.map(|p| json!({
                         "chunks_copied": p.chunks_copied, "bytes_copied": p.bytes_copied,

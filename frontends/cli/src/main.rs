@@ -204,6 +204,23 @@ enum AdminCommand {
         #[arg(long)]
         under_replicated: bool,
     },
+    /// Put a chunkserver in maintenance before taking its machine down (a
+    /// reboot, a disk swap): its targets leave their chains at once, so
+    /// writes route around it, stay out while the window lasts, and are
+    /// not replaced by other chunkservers. Lift it with --off (or let it
+    /// end): they rejoin and are resynced by version, copying only what
+    /// changed. (A chunkserver stopped with SIGTERM does this by itself
+    /// for the length of meta's --maintenance-window.)
+    Maintenance {
+        /// The chunkserver's id (see `cairn admin chunkservers`).
+        id: u64,
+        /// How long the window lasts at most (e.g. "2h").
+        #[arg(long = "for", value_name = "DURATION", default_value = "1h", value_parser = humantime::parse_duration)]
+        duration: std::time::Duration,
+        /// Lift the window now.
+        #[arg(long)]
+        off: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -339,6 +356,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Admin(AdminCommand::Chunkservers) => cluster::chunkservers(&c, json).await,
         Command::Admin(AdminCommand::Chains { under_replicated }) => {
             cluster::chains(&c, *under_replicated, json).await
+        }
+        Command::Admin(AdminCommand::Maintenance { id, duration, off }) => {
+            cluster::maintenance(&c, *id, (!off).then_some(*duration), json).await
         }
         Command::Meta(MetaCommand::Join { addr }) => admin::join(&c, addr).await,
         Command::Meta(MetaCommand::Promote { id }) => admin::promote(&c, *id, json).await,

@@ -391,6 +391,24 @@ impl<K: Kv> FsState<K> {
                 target,
                 chunkserver,
             } => chains::add_member(t, *chain, *target, *chunkserver),
+            Op::SetMaintenance {
+                chunkserver,
+                until_ns,
+                hold,
+            } => {
+                if *until_ns == 0 {
+                    t.delete(store::key::maintenance(*chunkserver));
+                } else {
+                    t.put(
+                        store::key::maintenance(*chunkserver),
+                        &Maintenance {
+                            until_ns: *until_ns,
+                            hold: *hold,
+                        },
+                    );
+                }
+                Ok(Reply::Unit)
+            }
             Op::ForgetGarbage { objects } => {
                 for o in objects {
                     t.delete(store::key::garbage(*o));

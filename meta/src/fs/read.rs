@@ -304,6 +304,23 @@ impl<K: Kv> FsState<K> {
         Ok(out)
     }
 
+    /// Returns every chunkserver's maintenance window, by chunkserver id.
+    pub fn maintenance(&self) -> ReadResult<std::collections::HashMap<u64, super::Maintenance>> {
+        let rows = flatten(
+            self.txn()
+                .scan(b"w", None, usize::MAX)
+                .map_err(OpError::from),
+        )?;
+        rows.iter()
+            .map(|(k, v)| {
+                Ok((
+                    super::store::key::id_of(k),
+                    flatten(super::store::decode(k, v).map_err(OpError::from))?,
+                ))
+            })
+            .collect()
+    }
+
     /// Returns the data waiting for garbage collection.
     pub fn garbage(&self) -> ReadResult<Vec<Garbage>> {
         let rows = flatten(

@@ -15,6 +15,7 @@
 //! | `c` | replication, chain id | [`Chain`](super::Chain) |
 //! | `g` | object id | [`Garbage`](super::Garbage) |
 //! | `o` | ino | () — unlinked inodes still held open |
+//! | `w` | chunkserver id | [`Maintenance`](super::Maintenance) |
 //! | `m` | name | counters and cluster facts |
 //!
 //! Integers are big-endian so keys sort numerically. A mutation runs
@@ -402,6 +403,12 @@ pub mod key {
     pub fn orphan(ino: u64) -> Vec<u8> {
         let mut k = vec![b'o'];
         k.extend_from_slice(&ino.to_be_bytes());
+        k
+    }
+    /// `w` + chunkserver id: its maintenance window.
+    pub fn maintenance(chunkserver: u64) -> Vec<u8> {
+        let mut k = vec![b'w'];
+        k.extend_from_slice(&chunkserver.to_be_bytes());
         k
     }
     /// `m` + name.

@@ -327,6 +327,16 @@ pub enum Op {
         /// The replacements.
         changes: Vec<(u32, u64, u64, u64)>,
     },
+    /// Opens (`until_ns > 0`) or lifts (`until_ns == 0`) a chunkserver's
+    /// maintenance window.
+    SetMaintenance {
+        /// Chunkserver id.
+        chunkserver: u64,
+        /// End of the window, ns since the epoch; 0 lifts it.
+        until_ns: i64,
+        /// See [`Maintenance::hold`].
+        hold: bool,
+    },
     /// Adds a target to a chain as syncing at its tail (the rebalancer);
     /// once synced, the chain's most loaded other member leaves it. Skipped
     /// when the chain has a member on that chunkserver or is repairing.
@@ -378,6 +388,7 @@ impl Op {
             Op::ChainSynced { .. } => "chain_synced",
             Op::ReplaceTargets { .. } => "replace_targets",
             Op::AddMember { .. } => "add_member",
+            Op::SetMaintenance { .. } => "set_maintenance",
             Op::Batch(_) => "batch",
         }
     }
@@ -521,6 +532,19 @@ pub struct Chain {
     pub version: u64,
     /// Members, head to tail.
     pub members: Vec<ChainMember>,
+}
+
+/// A chunkserver's maintenance window: its targets stay members of their
+/// chains (offline, then resynced by version) and are not replaced until
+/// `until_ns`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Maintenance {
+    /// End of the window (leader wall-clock time, ns since the epoch).
+    pub until_ns: i64,
+    /// Set by an operator (`cairn admin maintenance`): its targets stay
+    /// offline, even while it heartbeats, until the window is lifted or
+    /// ends. Unset (a SIGTERM restart): lifted when it heartbeats again.
+    pub hold: bool,
 }
 
 /// Data whose last reference went away, for the garbage collector.
