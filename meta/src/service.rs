@@ -351,6 +351,23 @@ impl MetaService {
     }
 
     /// Soft state lives on the leader: refuse elsewhere with a hint.
+    /// Closes `chunkserver`'s maintenance window (through Raft); its
+    /// targets then rejoin as syncing (leader duties).
+    async fn lift_maintenance(&self, chunkserver: u64) -> Result<(), Status> {
+        self.shared
+            .propose(
+                None,
+                Op::SetMaintenance {
+                    chunkserver,
+                    until_ns: 0,
+                    hold: false,
+                },
+            )
+            .await
+            .map(|_| ())
+            .map_err(Status::from)
+    }
+
     /// Opens a maintenance window for `chunkserver` until `until_ns`
     /// (through Raft) and takes its targets out of their chains at once.
     async fn enter_maintenance(
@@ -1184,17 +1201,7 @@ impl Meta for MetaService {
         {
             // Back from a restart: the window closes; its targets rejoin
             // as syncing (leader duties) and are resynced by version.
-            self.shared
-                .propose(
-                    None,
-                    Op::SetMaintenance {
-                        chunkserver: r.chunkserver_id,
-                        until_ns: 0,
-                        hold: false,
-                    },
-                )
-                .await
-                .map_err(Status::from)?;
+            self.lift_maintenance(r.chunkserver_id).await?;
         }
         for s in &r.synced {
             tracing::info!(
@@ -1247,17 +1254,7 @@ impl Meta for MetaService {
         }
         if r.duration_ms == 0 {
             tracing::info!(chunkserver = r.chunkserver_id, "maintenance lifted");
-            self.shared
-                .propose(
-                    None,
-                    Op::SetMaintenance {
-                        chunkserver: r.chunkserver_id,
-                        until_ns: 0,
-                        hold: false,
-                    },
-                )
-                .await
-                .map_err(Status::from)?;
+            self.lift_maintenance(r.chunkserver_id).await?;
         } else {
             let until = now_ns().saturating_add(
                 i64::try_from(r.duration_ms.saturating_mul(1_000_000)).unwrap_or(i64::MAX),
