@@ -189,6 +189,14 @@ impl ControlState {
         *lock(&self.removals) = vec![Vec::new(); n];
     }
 
+    /// Whether shard `shard` owes a list for the next chunk report (the
+    /// report took the last one).
+    pub fn wants_chunk_list(&self, shard: u32) -> bool {
+        lock(&self.chunk_lists)
+            .get(shard as usize)
+            .is_some_and(Option::is_none)
+    }
+
     /// Publishes the (object, chain) pairs shard `shard` holds.
     pub fn set_chunk_list(&self, shard: u32, list: Vec<(u64, u32)>) {
         if let Some(s) = lock(&self.chunk_lists).get_mut(shard as usize) {

@@ -267,7 +267,6 @@ pub fn start(cfg: ChunkserverConfig) -> Result<Chunkserver, StartError> {
             peer_timeout: cfg.peer_timeout,
             resync: crate::server::resync::ResyncConfig {
                 rate_per_shard: cfg.resync_rate / u64::from(shards.max(1)),
-                chunk_report_interval: cfg.chunk_report_interval,
             },
         };
         let handle = LocalExecutorBuilder::new(Placement::Unbound)

@@ -140,6 +140,42 @@ pub async fn verify_replicas(
     Ok(check)
 }
 
+/// Whether chunkserver `chunkserver` holds chunk `index` of the file laid
+/// out as `layout` (a Stat at its shard, on the data plane); the
+/// chunkserver must be a member of the chunk's chain in `view`.
+///
+/// # Errors
+/// The chain or the address is unknown, or the Stat failed otherwise
+/// than NOT_FOUND.
+pub async fn holds(
+    view: &ChainView,
+    pool: &DataPool,
+    chunkserver: u64,
+    layout: &cairn_proto::meta::Layout,
+    index: u64,
+) -> Result<bool> {
+    let chain = layout.chains[(index % layout.chains.len() as u64) as usize];
+    let c = view.chain(chain).context("chain in the table")?;
+    let chunk = ChunkId {
+        object: ObjectId(layout.object_id),
+        index,
+    };
+    let addr = view.shard_addr(chunkserver, chunk).context("address")?;
+    match pool
+        .call(
+            &addr,
+            stat_request(ChainId(chain), ChainVersion(c.version), chunk),
+            Duration::from_secs(5),
+        )
+        .await
+        .and_then(into_result)
+    {
+        Ok(_) => Ok(true),
+        Err(e) if e.code() == cairn_client::ErrorCode::NotFound => Ok(false),
+        Err(e) => bail!("stat of {chunk} at {addr}: {e}"),
+    }
+}
+
 /// Flips bits (`xor`) of the byte `at` bytes into the stored copy of
 /// `needle` in the chunkserver target at `dir`, behind the chunkserver's
 /// back (a disk corrupting a block), and syncs it.

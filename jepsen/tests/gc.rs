@@ -7,11 +7,11 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{Result, ensure};
-use cairn_client::data::{DataPool, into_result, stat_request};
-use cairn_client::{Client, ClientOptions, ErrorCode, OpenOptions};
+use cairn_client::data::DataPool;
+use cairn_client::{Client, ClientOptions, OpenOptions};
 use cairn_jepsen::data_cluster::{DataCluster, DataOpts, pattern};
+use cairn_jepsen::replicas::holds;
 use cairn_proto::chain::ChainView;
-use cairn_proto::ids::{ChainId, ChainVersion, ChunkId, ObjectId};
 use cairn_proto::meta::{Layout, VolumePolicy};
 use futures::StreamExt;
 
@@ -20,25 +20,10 @@ const GRACE: Duration = Duration::from_secs(3);
 
 /// How many replicas of the file's first chunk hold it.
 async fn replicas_holding(view: &ChainView, pool: &DataPool, l: &Layout) -> Result<usize> {
-    let chain = l.chains[0];
-    let c = view.chain(chain).expect("chain in table");
-    let chunk = ChunkId {
-        object: ObjectId(l.object_id),
-        index: 0,
-    };
+    let c = view.chain(l.chains[0]).expect("chain in table");
     let mut n = 0;
     for m in &c.members {
-        let addr = view.shard_addr(m.chunkserver, chunk).expect("address");
-        let req = stat_request(ChainId(chain), ChainVersion(c.version), chunk);
-        match pool
-            .call(&addr, req, Duration::from_secs(5))
-            .await
-            .and_then(into_result)
-        {
-            Ok(_) => n += 1,
-            Err(e) if e.code() == ErrorCode::NotFound => {}
-            Err(e) => anyhow::bail!("stat of {chunk} at {addr}: {e}"),
-        }
+        n += usize::from(holds(view, pool, m.chunkserver, l, 0).await?);
     }
     Ok(n)
 }

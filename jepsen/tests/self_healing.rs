@@ -522,34 +522,11 @@ async fn restarting_every_chunkserver_in_turn_keeps_two_replicas_serving() -> Re
     Ok(())
 }
 
-/// Whether chunkserver `cs` still holds the first chunk of `layout`
-/// (asked on the data plane).
+/// Whether chunkserver `cs` still holds the first chunk of `layout`.
 async fn holds(cluster: &DataCluster, cs: u64, layout: &cairn_proto::meta::Layout) -> Result<bool> {
-    use cairn_client::data::{DataPool, into_result, stat_request};
-    use cairn_proto::chain::ChainView;
-    use cairn_proto::ids::{ChainId, ChainVersion, ChunkId, ObjectId};
-    let view = ChainView::from_pb(&cluster.chains().await?);
-    let chain = layout.chains[0];
-    let c = view.chain(chain).context("chain in the table")?;
-    let chunk = ChunkId {
-        object: ObjectId(layout.object_id),
-        index: 0,
-    };
-    let addr = view.shard_addr(cs, chunk).context("address")?;
-    let pool = DataPool::new(Duration::from_secs(2));
-    match pool
-        .call(
-            &addr,
-            stat_request(ChainId(chain), ChainVersion(c.version), chunk),
-            Duration::from_secs(5),
-        )
-        .await
-        .and_then(into_result)
-    {
-        Ok(_) => Ok(true),
-        Err(e) if e.code() == cairn_client::ErrorCode::NotFound => Ok(false),
-        Err(e) => bail!("stat at chunkserver {cs}: {e}"),
-    }
+    let view = cairn_proto::chain::ChainView::from_pb(&cluster.chains().await?);
+    let pool = cairn_client::data::DataPool::new(Duration::from_secs(2));
+    cairn_jepsen::replicas::holds(&view, &pool, cs, layout, 0).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -506,14 +506,17 @@ async fn check_chunkservers(shared: &Shared) -> Result<(), CairnStatus> {
     let servers = shared.fs.chunkservers().map_err(CairnStatus::from)?;
     let tables = shared.fs.chain_tables().map_err(CairnStatus::from)?;
     let timeout = shared.config.chunkserver_timeout;
-    let held = {
+    // Chunkservers in a maintenance window (an operator's, or a restart's
+    // while the chunkserver is still stopping): kept out of their chains,
+    // never replaced, not rebalanced onto.
+    let in_window = {
         let now = crate::service::now_ns();
         shared
             .fs
             .maintenance()
             .map_err(CairnStatus::from)?
             .into_iter()
-            .filter(|(_, m)| m.hold && m.until_ns > now)
+            .filter(|(_, m)| m.until_ns > now)
             .map(|(id, _)| id)
             .collect::<std::collections::HashSet<u64>>()
     };
@@ -536,8 +539,7 @@ async fn check_chunkservers(shared: &Shared) -> Result<(), CairnStatus> {
                 if dead && states.iter().any(|s| *s != TargetState::Offline) {
                     changes.push((t.id, TargetState::Offline));
                 } else if !dead
-                    && !live.leaving.contains(&cs.id)
-                    && !held.contains(&cs.id)
+                    && !in_window.contains(&cs.id)
                     && heard.is_some_and(|h| h.elapsed() < timeout)
                     && states.contains(&TargetState::Offline)
                 {
@@ -556,7 +558,6 @@ async fn check_chunkservers(shared: &Shared) -> Result<(), CairnStatus> {
     }
     // Re-read: the changes above may have taken targets offline.
     let tables = shared.fs.chain_tables().map_err(CairnStatus::from)?;
-    let maintenance = shared.fs.maintenance().map_err(CairnStatus::from)?;
     let plan = {
         let live = shared.liveness();
         let since = live.leader_since.unwrap_or_else(Instant::now);
@@ -564,17 +565,15 @@ async fn check_chunkservers(shared: &Shared) -> Result<(), CairnStatus> {
             let heard = live.chunkservers.get(&id).map(|(at, _)| *at);
             heard.map_or(since, |h| h.max(since)).elapsed()
         };
-        let now = crate::service::now_ns();
-        let in_maintenance = |id: u64| maintenance.get(&id).is_some_and(|m| m.until_ns > now);
         crate::placement::replacements(
             &servers,
             &tables,
-            |id| silent_for(id) > shared.config.replace_after && !in_maintenance(id),
+            |id| silent_for(id) > shared.config.replace_after && !in_window.contains(&id),
             |id| silent_for(id) < timeout,
         )
     };
     if plan.is_empty() {
-        return rebalance(shared, &servers).await;
+        return rebalance(shared, &servers, &in_window).await;
     }
     tracing::warn!(
         ?plan,
@@ -594,6 +593,7 @@ async fn check_chunkservers(shared: &Shared) -> Result<(), CairnStatus> {
 async fn rebalance(
     shared: &Shared,
     servers: &[crate::fs::ChunkserverRecord],
+    in_window: &std::collections::HashSet<u64>,
 ) -> Result<(), CairnStatus> {
     let tables = shared.fs.chain_tables().map_err(CairnStatus::from)?;
     let timeout = shared.config.chunkserver_timeout;
@@ -603,7 +603,7 @@ async fn rebalance(
             live.chunkservers
                 .get(&id)
                 .is_some_and(|(at, _)| at.elapsed() < timeout)
-                && !live.leaving.contains(&id)
+                && !in_window.contains(&id)
         })
     };
     let Some((chain, target, chunkserver)) = step else {

@@ -208,14 +208,7 @@ pub fn replacements(
             .find(|s| s.id == cs)
             .map_or("", |s| s.zone.as_str())
     };
-    let mut load: BTreeMap<u64, usize> = BTreeMap::new();
-    for (_, chains) in tables {
-        for c in chains {
-            for m in &c.members {
-                *load.entry(m.target).or_default() += 1;
-            }
-        }
-    }
+    let mut load = target_loads(servers, tables);
     let mut plan = Vec::new();
     for (_, chains) in tables {
         for c in chains {

@@ -53,9 +53,6 @@ pub struct Liveness {
     /// Repair progress per chunkserver, as last reported, with the rate
     /// between its last two reports.
     pub repair: HashMap<u64, (Instant, pb::RepairProgress)>,
-    /// Chunkservers whose last heartbeat said they are leaving (still up,
-    /// stopping): not taken back into their chains.
-    pub leaving: std::collections::HashSet<u64>,
     /// Per chunkserver, the (object, chain) pairs its previous chunk report
     /// held that were orphans then: removed if still orphans in the next.
     pub orphan_suspects: HashMap<u64, std::collections::HashSet<(u64, u32)>>,
@@ -1174,13 +1171,16 @@ impl Meta for MetaService {
                 live.repair.insert(r.chunkserver_id, (now, p));
             }
         }
-        let leaving_now = if r.leaving {
-            self.shared.liveness().leaving.insert(r.chunkserver_id)
-        } else {
-            self.shared.liveness().leaving.remove(&r.chunkserver_id);
-            false
-        };
-        if leaving_now {
+        // A chunkserver stopping (SIGTERM) opens a maintenance window once;
+        // back (a heartbeat without `leaving`), its restart window closes.
+        let window = self
+            .shared
+            .fs
+            .maintenance()
+            .map_err(fs_err)?
+            .get(&r.chunkserver_id)
+            .copied();
+        if r.leaving && window.is_none_or(|m| m.until_ns <= now_ns()) {
             let until = now_ns().saturating_add(
                 i64::try_from(self.shared.config.maintenance_window.as_nanos()).unwrap_or(i64::MAX),
             );
@@ -1190,15 +1190,7 @@ impl Meta for MetaService {
             );
             self.enter_maintenance(r.chunkserver_id, until, false)
                 .await?;
-        } else if !r.leaving
-            && self
-                .shared
-                .fs
-                .maintenance()
-                .map_err(fs_err)?
-                .get(&r.chunkserver_id)
-                .is_some_and(|m| !m.hold)
-        {
+        } else if !r.leaving && window.is_some_and(|m| !m.hold) {
             // Back from a restart: the window closes; its targets rejoin
             // as syncing (leader duties) and are resynced by version.
             self.lift_maintenance(r.chunkserver_id).await?;

@@ -97,9 +97,6 @@ const DRAIN_LIMIT: Duration = Duration::from_secs(30);
 pub struct ResyncConfig {
     /// Bytes per second a shard may send (0: unlimited).
     pub rate_per_shard: u64,
-    /// How often the shard lists its (object, chain) pairs for the chunk
-    /// report.
-    pub chunk_report_interval: Duration,
 }
 
 /// One chain to sync: its id, version and syncing members.
@@ -120,7 +117,6 @@ pub async fn run(
     synced: impl Fn(u32, u64),
 ) {
     let mut done: HashSet<(u32, u64)> = HashSet::new();
-    let mut listed: Option<Instant> = None;
     let mut backoff: std::collections::HashMap<ChunkId, (Instant, Duration)> =
         std::collections::HashMap::new();
     while !stop.get() {
@@ -128,12 +124,11 @@ pub async fn run(
         if !shard.control.serving() {
             continue;
         }
-        if listed.is_none_or(|t| t.elapsed() >= cfg.chunk_report_interval / 2) {
+        if shard.control.wants_chunk_list(shard.shard) {
             match shard.chunk_list() {
                 Ok(l) => shard.control.set_chunk_list(shard.shard, l),
                 Err(e) => tracing::warn!("listing chunks for the chunk report: {}", e.msg),
             }
-            listed = Some(Instant::now());
         }
         let orphans = shard.control.take_removals(shard.shard);
         if !orphans.is_empty()
