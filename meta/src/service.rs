@@ -39,6 +39,11 @@ use crate::raft::types::MetaRaft;
 /// answered UNAVAILABLE.
 pub const RAFT_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Why a volume cannot be created with `encrypted` set.
+pub const ENCRYPTION_UNAVAILABLE: &str = "encrypted volumes are not available yet: client-side \
+     encryption is not implemented, so file contents would be stored as plain text; create the \
+     volume without encryption";
+
 /// Soft state the leader keeps about chunkservers and sessions.
 #[derive(Debug, Default)]
 pub struct Liveness {
@@ -470,8 +475,10 @@ pub fn attr_pb(i: &Inode) -> pb::Attr {
         }),
         truncate_gen: i.truncate_gen,
         version: i.version,
-        encryption_salt: i.salt.clone(),
-        key_version: i.key_version,
+        // No file is encrypted (see ENCRYPTION_UNAVAILABLE): no key material
+        // is shown, so nothing suggests otherwise.
+        encryption_salt: Vec::new(),
+        key_version: 0,
     }
 }
 
@@ -540,7 +547,9 @@ fn volume_pb(v: &fs::Volume) -> pb::Volume {
             replication: v.policy.replication,
             chunk_size: v.policy.chunk_size,
             stripe_width: v.policy.stripe_width,
-            encrypted: v.policy.encrypted,
+            // No volume's data has ever been encrypted (volumes created
+            // before the flag was refused stored plain text): none claims it.
+            encrypted: false,
             quota_bytes: v.policy.quota_bytes,
             quota_inodes: v.policy.quota_inodes,
         }),
@@ -866,7 +875,7 @@ impl Meta for MetaService {
             gid: r.gid,
             exclusive: r.exclusive,
             open_for_write: r.open_for_write,
-            salt: rand::random::<[u8; 16]>().to_vec(),
+            salt: Vec::new(),
         };
         let reply = self.write(r.rid.as_ref(), op).await?;
         Ok(Response::new(entry_reply(reply)?))
@@ -982,9 +991,15 @@ impl Meta for MetaService {
         req: Request<pb::CreateVolumeRequest>,
     ) -> GrpcResult<pb::VolumeReply> {
         let r = req.into_inner();
+        let policy = policy_from_pb(r.policy);
+        if policy.encrypted {
+            // Nothing encrypts file contents yet: accepting the flag would
+            // store plain text under a volume that claims to be encrypted.
+            return Err(CairnStatus::new(ErrorCode::Invalid, ENCRYPTION_UNAVAILABLE).into());
+        }
         let op = Op::CreateVolume {
             name: r.name,
-            policy: policy_from_pb(r.policy),
+            policy,
         };
         match self.write(r.rid.as_ref(), op).await? {
             Reply::Volume(v) => Ok(Response::new(pb::VolumeReply {

@@ -259,7 +259,8 @@ enum VolumeCommand {
         /// Chains each file is striped over.
         #[arg(long, default_value_t = 8)]
         stripe_width: u32,
-        /// Encrypt file contents on the client (AES-256-GCM).
+        /// Not available yet, and refused: client-side encryption is not
+        /// implemented, so an "encrypted" volume would hold plain text.
         #[arg(long)]
         encrypted: bool,
         /// Byte quota (e.g. 10TiB); 0 = unlimited.
@@ -394,6 +395,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             quota_bytes,
             quota_inodes,
         }) => {
+            if *encrypted {
+                anyhow::bail!(
+                    "--encrypted: encrypted volumes are not available yet (client-side \
+                     encryption is not implemented, so file contents would be stored as plain \
+                     text); volume {name} was not created"
+                );
+            }
             let policy = VolumePolicy {
                 replication: *replication,
                 chunk_size: *chunk_size,

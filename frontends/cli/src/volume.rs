@@ -1,6 +1,7 @@
 //! `cairn volume create` and `cairn volume ls`. A volume is a top-level
 //! directory `/NAME` with its own replication, chunk size, stripe width,
-//! encryption and quotas (DESIGN §3); meta validates the policy.
+//! quotas (DESIGN §3); meta validates the policy. Encryption is refused
+//! until client-side encryption exists (meta says why).
 
 use cairn_client::MetaClient;
 use cairn_proto::meta::{Volume, VolumePolicy};

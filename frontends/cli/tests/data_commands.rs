@@ -89,6 +89,22 @@ fn data_commands_round_trip_through_a_dev_cluster() {
         "--stripe-width",
         "4",
     ]);
+    // The flag is refused, with the reason, rather than accepted and
+    // ignored: no volume claims an encryption it does not have.
+    let refused = dev.cairn(["volume", "create", "sec", "--encrypted"]);
+    assert!(!refused.status.success());
+    assert!(
+        stderr(&refused).contains("encrypted volumes are not available yet"),
+        "{}",
+        stderr(&refused)
+    );
+    let volumes = json(&dev.ok(["--json", "volume", "ls"]));
+    let volumes = volumes.as_array().expect("a list of volumes");
+    assert!(volumes.iter().all(|v| v["name"] != "sec"), "{volumes:?}");
+    assert!(
+        volumes.iter().all(|v| v["policy"]["encrypted"] == false),
+        "{volumes:?}"
+    );
 
     // put a tree into an existing directory: it lands under its name.
     let out = dev.ok([

@@ -31,6 +31,28 @@ async fn dev_cluster_stores_data_on_three_replicas_and_stops_cleanly() {
     let mut c = MetaClient::connect(format!("http://{first}"))
         .await
         .unwrap();
+    // Nothing encrypts file contents yet: meta refuses an "encrypted"
+    // volume rather than store plain text under that name.
+    let refused = c
+        .create_volume(pb::CreateVolumeRequest {
+            name: "sec".into(),
+            policy: Some(pb::VolumePolicy {
+                encrypted: true,
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .expect_err("an encrypted volume is refused");
+    assert!(
+        refused
+            .message()
+            .contains("encrypted volumes are not available"),
+        "{refused:?}"
+    );
+    let volumes = c.list_volumes(pb::Empty {}).await.unwrap().into_inner();
+    assert!(volumes.volumes.iter().all(|v| v.name != "sec"));
+
     let t = c.get_chains(pb::Empty {}).await.unwrap().into_inner();
     let table = t
         .tables
