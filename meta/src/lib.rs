@@ -14,6 +14,7 @@
 pub mod config;
 pub mod fs;
 pub mod gc;
+pub mod lease;
 pub mod metrics;
 pub mod node;
 pub mod placement;

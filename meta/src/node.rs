@@ -294,7 +294,11 @@ pub async fn start(
     };
 
     let fs = Arc::new(FsState::open(db.open_tree("fs")?)?);
-    let log_store = LogStore::open_at(&db, &config.data_dir.join("db"))?;
+    let log_store = LogStore::open_at(
+        &db,
+        &config.data_dir.join("db"),
+        &config.data_dir.join("raft-log"),
+    )?;
     let log_io = log_store.io_counters();
     let sm =
         StateMachineStore::open(&db, fs.clone()).map_err(|e| MetaError::Raft(e.to_string()))?;
@@ -336,6 +340,13 @@ pub async fn start(
         log_io,
         network,
         proposer: crate::proposer::Proposer::spawn(raft.clone(), ident.node_id),
+        lease: {
+            let lease = crate::lease::LeaderLease::new(crate::raft::network::election_timeout_min(
+                config.election_timeout,
+            ));
+            lease.watch(&raft);
+            lease
+        },
         stop: stop_rx.clone(),
     });
     if bootstrap {

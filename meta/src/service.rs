@@ -2,9 +2,10 @@
 //!
 //! Mutations become one Raft entry each, stamped with the leader's clock and
 //! the caller's request id; a follower answers NOT_LEADER with the leader's
-//! address. Reads are linearizable: the leader confirms its leadership with
-//! a quorum (read index), a follower asks the leader for the read index and
-//! waits until it has applied that far, then both read their local state.
+//! address. Reads are linearizable: the leader reads its own state under
+//! its read lease ([`crate::lease`]), or else confirms its leadership with
+//! a quorum (read index); a follower asks the leader for the read index and
+//! waits until it has applied that far, then reads its local state.
 //! Every Raft wait is bounded by `RAFT_TIMEOUT`, so a replica cut off from
 //! the majority answers UNAVAILABLE instead of hanging.
 //!
@@ -216,6 +217,8 @@ pub struct Shared {
     pub network: crate::raft::network::Network,
     /// Group-commits mutations into Raft entries.
     pub proposer: crate::proposer::Proposer,
+    /// The leader's read lease.
+    pub lease: crate::lease::LeaderLease,
     /// Flips to true when the replica shuts down.
     pub stop: tokio::sync::watch::Receiver<bool>,
 }
@@ -289,6 +292,9 @@ impl Shared {
     /// NOT_LEADER / UNAVAILABLE when neither this replica nor the leader can
     /// confirm a read index with a quorum in time.
     pub async fn linearize(&self) -> Result<(), CairnStatus> {
+        if self.is_leader() && self.lease.valid() {
+            return Ok(());
+        }
         if self.is_leader() {
             return match tokio::time::timeout(RAFT_TIMEOUT, self.raft.ensure_linearizable()).await {
                 Ok(Ok(_)) => Ok(()),

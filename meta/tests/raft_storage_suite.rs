@@ -43,7 +43,7 @@ fn open_stores(
 ) -> Result<(sled::Db, LogStore, StateMachineStore), Box<dyn std::error::Error>> {
     let db = sled::Config::new().path(dir).flush_every_ms(None).open()?;
     let fs = Arc::new(FsState::open(db.open_tree("fs")?)?);
-    let log = LogStore::open(&db)?;
+    let log = LogStore::open(&db, &dir.join("raft-log"))?;
     let sm = StateMachineStore::open(&db, fs)?;
     Ok((db, log, sm))
 }
@@ -167,6 +167,35 @@ fn reopen_after_drop_keeps_vote_log_state_and_snapshot() -> TestResult {
         // Snapshot ids stay unique across restarts.
         let snap = sm.get_snapshot_builder().await.build_snapshot().await?;
         assert_eq!(snap.meta.snapshot_id, "1-9-2");
+        Ok(())
+    })
+}
+
+/// A replica written by format 1 (entries in sled's `raft_log` tree) keeps
+/// its log when a build with segment files opens it.
+#[test]
+fn a_format_1_log_in_sled_moves_into_segments() -> TestResult {
+    let dir = TempDir::new()?;
+    {
+        let db = sled::Config::new().path(dir.path()).open()?;
+        let state = db.open_tree("raft_state")?;
+        state.insert("format", &1u32.to_le_bytes())?;
+        state.insert("last_purged", bincode::serialize(&log_id(1, 2))?)?;
+        let tree = db.open_tree("raft_log")?;
+        for e in entries(3..=9) {
+            tree.insert(e.log_id.index.to_be_bytes(), bincode::serialize(&e)?)?;
+        }
+        db.flush()?;
+    }
+    runtime().block_on(async {
+        for _ in 0..2 {
+            let (db, mut log, _sm) = open_stores(dir.path())?;
+            let state = log.get_log_state().await?;
+            assert_eq!(state.last_purged_log_id, Some(log_id(1, 2)));
+            assert_eq!(state.last_log_id, Some(log_id(1, 9)));
+            assert_eq!(log.try_get_log_entries(0..100).await?, entries(3..=9));
+            assert!(!db.tree_names().iter().any(|n| n == b"raft_log"));
+        }
         Ok(())
     })
 }

@@ -1,41 +1,37 @@
-//! The Raft log and the Raft hard state of a metadata replica, in sled.
+//! The Raft log and the Raft hard state of a metadata replica: entries in
+//! append-only segment files ([`Segments`]), hard state in sled.
 //!
-//! Owns two trees of the replica's sled database:
-//!
-//! | tree | key | value |
-//! |---|---|---|
-//! | `raft_log` | log index, `u64` big-endian | bincode of [`Entry`] |
-//! | `raft_state` | `format` | `u32` little-endian: format version of both trees |
-//! | | `vote` | the last saved [`Vote`] |
-//! | | `committed` | the last saved committed [`LogId`] |
-//! | | `last_purged` | the [`LogId`] of the last purged entry |
+//! | where | what |
+//! |---|---|
+//! | the log directory | segment files of entries (see [`super::segments`]) |
+//! | sled tree `raft_state`, key `format` | `u32` LE: format version (2: entries in segments; 1: entries were in sled's `raft_log` tree, moved on open) |
+//! | `vote` | the last saved [`Vote`] |
+//! | `committed` | the last saved committed [`LogId`] |
+//! | `last_purged` | the [`LogId`] of the last purged entry |
 //!
 //! Invariants:
 //!
 //! * **Durability.** A vote is on stable storage before [`save_vote`]
 //!   returns, and appended entries are on stable storage before openraft's
-//!   append callback is called (DESIGN §4). Entries are readable as soon as
-//!   [`append`] returns; the fsync runs on a dedicated flusher thread that
-//!   takes every append queued while the previous fsync was running and
-//!   covers them with one `flush()` (group commit), then completes their
-//!   callbacks in the order they were appended. So the Raft core never
-//!   blocks on an fsync, and a burst of appends costs one fsync. sled's
-//!   `flush()` alone is not an fsync (it uses `sync_file_range`, which
-//!   leaves the drive's cache volatile), so a store opened with
-//!   [`LogStore::open_at`] follows each flush with an `fdatasync` of sled's
-//!   data file; [`LogStore::open`] (temporary test databases) does not.
-//! * **No holes.** Truncate removes `[index, ∞)` and purge removes
-//!   `[0, index]`, each as one `sled::Batch`. Purge writes `last_purged`
-//!   before it deletes: sled recovers a prefix of the writes made to one
-//!   database, so a crash in between leaves extra entries below
-//!   `last_purged` (harmless, never read) rather than a gap above it.
-//! * Truncate and purge are not flushed themselves: losing one in a crash
-//!   only brings back entries that Raft will truncate or purge again, and
-//!   the next flushed append or vote makes them durable.
+//!   append callback is called (DESIGN §4). Entries are written to their
+//!   segment (and readable) when [`append`] returns; a dedicated flusher
+//!   thread takes every append queued while its previous `fdatasync` ran
+//!   and covers them with one sync per segment file (group commit), then
+//!   completes their callbacks in append order. The Raft core never waits
+//!   for a sync, so the leader replicates while its own sync runs, and a
+//!   burst of appends costs one sync.
+//! * **sled is off the acknowledgement path.** Appending never flushes
+//!   sled: the state machine's writes reach disk through sled's own
+//!   background flusher, and a replica that restarts re-applies the log
+//!   from the last applied id that sled made durable (each applied batch
+//!   is one sled batch with that id). Votes and purges do flush sled: they
+//!   are rare.
+//! * `last_purged` is durable before segments are unlinked, so a restart
+//!   never finds a hole below the log that the purge record does not
+//!   cover.
 //! * The committed log id is saved without a flush (openraft allows it to
 //!   lag; it only lets a restarted replica re-apply entries sooner).
-//! * Everything read from disk is decoded with errors, never `unwrap`; an
-//!   entry whose index differs from its key is reported as corrupt.
+//! * Everything read from disk is decoded with errors, never `unwrap`.
 //!
 //! [`save_vote`]: RaftLogStorage::save_vote
 //! [`append`]: RaftLogStorage::append
@@ -47,9 +43,10 @@
 use std::fmt::Debug;
 use std::io;
 use std::ops::{Bound, RangeBounds};
-use std::sync::Arc;
+use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 
 use openraft::storage::{LogFlushed, LogState, RaftLogReader, RaftLogStorage};
@@ -57,13 +54,15 @@ use openraft::{AnyError, ErrorSubject, ErrorVerb, StorageError, StorageIOError, 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use super::segments::Segments;
 use super::types::{Entry, LogId, TypeConfig};
 use crate::metrics::LogIoCounters;
 
-/// Format version of the `raft_log` and `raft_state` trees.
-pub const LOG_FORMAT_VERSION: u32 = 1;
+/// Format version of the log: 2 keeps entries in segment files.
+pub const LOG_FORMAT_VERSION: u32 = 2;
 
-const LOG_TREE: &str = "raft_log";
+/// sled's tree of log entries in format 1 (moved to segments on open).
+const LEGACY_LOG_TREE: &str = "raft_log";
 const STATE_TREE: &str = "raft_state";
 const KEY_FORMAT: &[u8] = b"format";
 const KEY_VOTE: &[u8] = b"vote";
@@ -81,9 +80,14 @@ pub struct LogStats {
     pub flushes: u64,
 }
 
-/// The Raft log storage of a replica: log entries and hard state in sled.
+/// A batch of appends handed to the flusher: the segment files to sync,
+/// then the callback.
+type FlushJob = (Vec<Arc<std::fs::File>>, LogFlushed<TypeConfig>);
+
+/// The Raft log storage of a replica: entries in segment files, hard state
+/// in sled.
 ///
-/// Cheap to clone; clones share the trees and the flusher thread, which
+/// Cheap to clone; clones share the log and the flusher thread, which
 /// stops when the last clone is dropped.
 #[derive(Clone)]
 pub struct LogStore {
@@ -92,22 +96,22 @@ pub struct LogStore {
 
 struct Inner {
     db: sled::Db,
-    log: sled::Tree,
     state: sled::Tree,
-    /// Appends waiting for the flusher's next fsync. `None` only while
+    segments: Mutex<Segments>,
+    /// Appends waiting for the flusher's next sync. `None` only while
     /// dropping.
-    flush_tx: Option<mpsc::Sender<LogFlushed<TypeConfig>>>,
+    flush_tx: Option<mpsc::Sender<FlushJob>>,
     flusher: Option<JoinHandle<()>>,
     counters: Arc<LogIoCounters>,
-    /// sled's data file, fdatasync'ed after every flush (see [`durable_flush`]).
+    /// sled's data file, fdatasync'ed after a vote's flush (see
+    /// [`durable_flush`]).
     sync_file: Option<Arc<std::fs::File>>,
 }
 
 impl Drop for Inner {
     fn drop(&mut self) {
         // Closing the queue ends the flusher after it has completed what is
-        // queued; joining it releases its handle on the database, so the
-        // same directory can be reopened right after the store is dropped.
+        // queued.
         self.flush_tx.take();
         if let Some(flusher) = self.flusher.take()
             && flusher.join().is_err()
@@ -123,69 +127,93 @@ impl std::fmt::Debug for LogStore {
     }
 }
 
+fn lock(m: &Mutex<Segments>) -> std::sync::MutexGuard<'_, Segments> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn unsupported(msg: String) -> sled::Error {
+    sled::Error::Unsupported(msg)
+}
+
 impl LogStore {
-    /// Opens (creating if needed) the Raft log trees of `db` and starts the
-    /// flusher thread.
+    /// Opens (creating if needed) the log in `log_dir` and the hard state
+    /// in `db`, and starts the flusher thread. A log of format 1 (entries
+    /// in sled) is moved into segments first.
     ///
     /// # Errors
-    /// A sled failure; [`sled::Error::Unsupported`] when the trees were
-    /// written by a newer format, or their format record is unreadable; an
-    /// I/O error if the flusher thread cannot be started.
-    pub fn open(db: &sled::Db) -> Result<LogStore, sled::Error> {
-        Self::open_synced(db, None)
+    /// A sled or I/O failure; [`sled::Error::Unsupported`] when the log was
+    /// written by a newer format, or its format record is unreadable, or
+    /// its segments leave a hole.
+    pub fn open(db: &sled::Db, log_dir: &Path) -> Result<LogStore, sled::Error> {
+        Self::open_synced(db, log_dir, None)
     }
 
-    /// As [`LogStore::open`] for a database at `dir` (sled's directory):
-    /// every flush is followed by an `fdatasync` of its data file, which is
-    /// what makes an acknowledged append survive power loss.
+    /// As [`LogStore::open`] for a database at `sled_dir` (sled's
+    /// directory): a vote's flush is followed by an `fdatasync` of sled's
+    /// data file, which is what makes it survive power loss.
     ///
     /// # Errors
     /// As [`LogStore::open`]; an I/O error when the data file cannot be
     /// opened.
-    pub fn open_at(db: &sled::Db, dir: &std::path::Path) -> Result<LogStore, sled::Error> {
-        let file = std::fs::File::open(dir.join("db")).map_err(sled::Error::Io)?;
-        Self::open_synced(db, Some(Arc::new(file)))
+    pub fn open_at(
+        db: &sled::Db,
+        sled_dir: &Path,
+        log_dir: &Path,
+    ) -> Result<LogStore, sled::Error> {
+        let file = std::fs::File::open(sled_dir.join("db")).map_err(sled::Error::Io)?;
+        Self::open_synced(db, log_dir, Some(Arc::new(file)))
     }
 
     fn open_synced(
         db: &sled::Db,
+        log_dir: &Path,
         sync_file: Option<Arc<std::fs::File>>,
     ) -> Result<LogStore, sled::Error> {
-        let log = db.open_tree(LOG_TREE)?;
         let state = db.open_tree(STATE_TREE)?;
-        match state.get(KEY_FORMAT)? {
-            None => {
-                state.insert(KEY_FORMAT, &LOG_FORMAT_VERSION.to_le_bytes())?;
-            }
+        let format = match state.get(KEY_FORMAT)? {
+            None => None,
             Some(v) => {
-                let bytes: [u8; 4] = v.as_ref().try_into().map_err(|_| {
-                    sled::Error::Unsupported(format!("unreadable raft log format record {v:?}"))
-                })?;
-                let v = u32::from_le_bytes(bytes);
-                if v > LOG_FORMAT_VERSION {
-                    return Err(sled::Error::Unsupported(format!(
-                        "raft log format {v} is newer than this build understands \
-                         ({LOG_FORMAT_VERSION}); upgrade cairn-meta"
-                    )));
-                }
+                let bytes: [u8; 4] = v
+                    .as_ref()
+                    .try_into()
+                    .map_err(|_| unsupported(format!("unreadable raft log format record {v:?}")))?;
+                Some(u32::from_le_bytes(bytes))
             }
+        };
+        if let Some(v) = format.filter(|v| *v > LOG_FORMAT_VERSION) {
+            return Err(unsupported(format!(
+                "raft log format {v} is newer than this build understands \
+                 ({LOG_FORMAT_VERSION}); upgrade cairn-meta"
+            )));
+        }
+        let last_purged: Option<LogId> = match state.get(KEY_LAST_PURGED)? {
+            None => None,
+            Some(v) => Some(
+                bincode::deserialize(&v)
+                    .map_err(|e| unsupported(format!("unreadable raft_state/last_purged: {e}")))?,
+            ),
+        };
+        let mut segments =
+            Segments::open(log_dir, last_purged.map(|l| l.index)).map_err(sled::Error::Io)?;
+        if format.is_some_and(|v| v < LOG_FORMAT_VERSION) {
+            migrate_from_sled(db, &mut segments)?;
+        }
+        if format != Some(LOG_FORMAT_VERSION) {
+            state.insert(KEY_FORMAT, &LOG_FORMAT_VERSION.to_le_bytes())?;
+            durable_flush(db, sync_file.as_deref())?;
         }
         let (flush_tx, flush_rx) = mpsc::channel();
-        let flush_db = db.clone();
         let counters = Arc::new(LogIoCounters::default());
         let flush_counters = counters.clone();
-        let flush_file = sync_file.clone();
         let flusher = std::thread::Builder::new()
             .name("raft-log-flush".into())
-            .spawn(move || {
-                run_flusher(&flush_db, flush_file.as_deref(), &flush_rx, &flush_counters);
-            })
+            .spawn(move || run_flusher(&flush_rx, &flush_counters))
             .map_err(sled::Error::Io)?;
         Ok(LogStore {
             inner: Arc::new(Inner {
                 db: db.clone(),
-                log,
                 state,
+                segments: Mutex::new(segments),
                 flush_tx: Some(flush_tx),
                 flusher: Some(flusher),
                 counters,
@@ -229,47 +257,27 @@ impl LogStore {
         })?;
         Ok(Some(value))
     }
-
-    /// Returns the last log id present in `raft_log`.
-    fn last_log_id_in_tree(&self) -> Result<Option<LogId>, StorageError<u64>> {
-        match self.inner.log.last().map_err(read_logs_err)? {
-            None => Ok(None),
-            Some((key, value)) => Ok(Some(decode_entry(&key, &value)?.log_id)),
-        }
-    }
 }
 
-/// Returns the index stored in a `raft_log` key.
-fn key_index(key: &[u8]) -> Result<u64, StorageError<u64>> {
-    let bytes: [u8; 8] = key.try_into().map_err(|_| {
-        StorageIOError::<u64>::read_logs(AnyError::error(format!(
-            "raft_log key of {} bytes (want 8): {key:?}",
-            key.len()
-        )))
-    })?;
-    Ok(u64::from_be_bytes(bytes))
-}
-
-/// Decodes an entry and checks that it sits under its own index.
-fn decode_entry(key: &[u8], value: &[u8]) -> Result<Entry, StorageError<u64>> {
-    let index = key_index(key)?;
-    let entry: Entry = bincode::deserialize(value).map_err(|e| {
-        StorageIOError::<u64>::read_log_at_index(
-            index,
-            AnyError::new(&*e).add_context(|| "decoding raft log entry"),
-        )
-    })?;
-    if entry.log_id.index != index {
-        return Err(StorageIOError::<u64>::read_log_at_index(
-            index,
-            AnyError::error(format!(
-                "corrupt raft log: entry {} stored under index {index}",
-                entry.log_id
-            )),
-        )
-        .into());
+/// Moves the entries of a format-1 log (sled's `raft_log` tree) into
+/// segments, syncs them, then drops the tree.
+fn migrate_from_sled(db: &sled::Db, segments: &mut Segments) -> Result<(), sled::Error> {
+    let tree = db.open_tree(LEGACY_LOG_TREE)?;
+    let mut entries = Vec::new();
+    for kv in tree.iter() {
+        let (key, value) = kv?;
+        let entry: Entry = bincode::deserialize(&value)
+            .map_err(|e| unsupported(format!("decoding raft log entry {key:?}: {e}")))?;
+        entries.push(entry);
     }
-    Ok(entry)
+    let have = segments.last().map(|e| e.log_id.index);
+    entries.retain(|e| have.is_none_or(|h| e.log_id.index > h));
+    for file in segments.append(entries).map_err(sled::Error::Io)? {
+        file.sync_data().map_err(sled::Error::Io)?;
+    }
+    drop(tree);
+    db.drop_tree(LEGACY_LOG_TREE)?;
+    Ok(())
 }
 
 fn encode<T: Serialize>(
@@ -280,12 +288,8 @@ fn encode<T: Serialize>(
         .map_err(|e| StorageIOError::new(subject, ErrorVerb::Write, AnyError::new(&*e)).into())
 }
 
-fn read_logs_err(e: sled::Error) -> StorageError<u64> {
-    StorageIOError::<u64>::read_logs(AnyError::new(&e)).into()
-}
-
-fn write_logs_err(e: sled::Error) -> StorageError<u64> {
-    StorageIOError::<u64>::write_logs(AnyError::new(&e)).into()
+fn write_logs_err<E: std::error::Error + 'static>(e: &E) -> StorageError<u64> {
+    StorageIOError::<u64>::write_logs(AnyError::new(e)).into()
 }
 
 /// Converts a range of log indexes to `[start, end)`, `end == None` meaning
@@ -322,26 +326,27 @@ fn durable_flush(db: &sled::Db, sync_file: Option<&std::fs::File>) -> Result<(),
     Ok(())
 }
 
-/// The flusher thread: one fsync for every append queued meanwhile, then
-/// the callbacks, in append order.
-fn run_flusher(
-    db: &sled::Db,
-    sync_file: Option<&std::fs::File>,
-    rx: &mpsc::Receiver<LogFlushed<TypeConfig>>,
-    counters: &LogIoCounters,
-) {
+/// The flusher thread: one `fdatasync` per segment file for every append
+/// queued meanwhile, then the callbacks, in append order.
+fn run_flusher(rx: &mpsc::Receiver<FlushJob>, counters: &LogIoCounters) {
     while let Ok(first) = rx.recv() {
         let mut batch = vec![first];
         batch.extend(rx.try_iter());
-        let result = durable_flush(db, sync_file);
+        let mut files: Vec<&Arc<std::fs::File>> = Vec::new();
+        for f in batch.iter().flat_map(|(fs, _)| fs) {
+            if !files.iter().any(|g| Arc::ptr_eq(g, f)) {
+                files.push(f);
+            }
+        }
+        let result = files.iter().try_for_each(|f| f.sync_data());
         counters.flushes.fetch_add(1, Ordering::Relaxed);
         if let Err(e) = &result {
-            tracing::error!(error = %e, "flushing the raft log failed");
+            tracing::error!(error = %e, "syncing the raft log failed");
         }
-        for callback in batch {
+        for (_, callback) in batch {
             callback.log_io_completed(match &result {
-                Ok(_) => Ok(()),
-                Err(e) => Err(io::Error::other(format!("flushing the raft log: {e}"))),
+                Ok(()) => Ok(()),
+                Err(e) => Err(io::Error::other(format!("syncing the raft log: {e}"))),
             });
         }
     }
@@ -355,19 +360,7 @@ impl RaftLogReader<TypeConfig> for LogStore {
         let Some((start, end)) = index_range(&range) else {
             return Ok(Vec::new());
         };
-        let bounds = (
-            Bound::Included(start.to_be_bytes()),
-            match end {
-                Some(e) => Bound::Excluded(e.to_be_bytes()),
-                None => Bound::Unbounded,
-            },
-        );
-        let mut entries = Vec::new();
-        for kv in self.inner.log.range(bounds) {
-            let (key, value) = kv.map_err(read_logs_err)?;
-            entries.push(decode_entry(&key, &value)?);
-        }
-        Ok(entries)
+        Ok(lock(&self.inner.segments).range(start, end))
     }
 }
 
@@ -376,7 +369,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError<u64>> {
         let last_purged: Option<LogId> = self.read_state(KEY_LAST_PURGED, ErrorSubject::Logs)?;
-        let last_in_tree = self.last_log_id_in_tree()?;
+        let last_in_tree = lock(&self.inner.segments).last().map(|e| e.log_id);
         // After purging everything (or past the end), the last log id is the
         // purged one.
         let last_log_id = match (last_in_tree, last_purged) {
@@ -435,16 +428,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry> + Send,
         I::IntoIter: Send,
     {
-        let mut batch = sled::Batch::default();
         let mut count = 0;
-        for entry in entries {
-            count += 1;
-            let value = bincode::serialize(&entry).map_err(|e| {
-                StorageIOError::<u64>::write_log_entry(entry.log_id, AnyError::new(&*e))
-            })?;
-            batch.insert(&entry.log_id.index.to_be_bytes(), value);
-        }
-        self.inner.log.apply_batch(batch).map_err(write_logs_err)?;
+        let files = lock(&self.inner.segments)
+            .append(entries.into_iter().inspect(|_| count += 1))
+            .map_err(|e| write_logs_err(&e))?;
         self.inner
             .counters
             .entries_appended
@@ -452,9 +439,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         // `flush_tx` is only taken while the last clone drops, so it is
         // always present here; a send fails only if the flusher panicked.
         let rejected = match &self.inner.flush_tx {
-            Some(tx) => match tx.send(callback) {
+            Some(tx) => match tx.send((files, callback)) {
                 Ok(()) => return Ok(()),
-                Err(mpsc::SendError(callback)) => callback,
+                Err(mpsc::SendError((_, callback))) => callback,
             },
             None => callback,
         };
@@ -469,13 +456,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError<u64>> {
-        let mut batch = sled::Batch::default();
-        for kv in self.inner.log.range(log_id.index.to_be_bytes()..) {
-            let (key, _) = kv.map_err(read_logs_err)?;
-            batch.remove(key);
-        }
-        self.inner.log.apply_batch(batch).map_err(write_logs_err)?;
-        Ok(())
+        lock(&self.inner.segments)
+            .truncate(log_id.index)
+            .map_err(|e| write_logs_err(&e))
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError<u64>> {
@@ -483,14 +466,17 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         self.inner
             .state
             .insert(KEY_LAST_PURGED, value)
-            .map_err(write_logs_err)?;
-        let mut batch = sled::Batch::default();
-        for kv in self.inner.log.range(..=log_id.index.to_be_bytes()) {
-            let (key, _) = kv.map_err(read_logs_err)?;
-            batch.remove(key);
-        }
-        self.inner.log.apply_batch(batch).map_err(write_logs_err)?;
-        Ok(())
+            .map_err(|e| write_logs_err(&e))?;
+        // Durable before any segment goes (see the module docs).
+        let (db, file) = (self.inner.db.clone(), self.inner.sync_file.clone());
+        tokio::task::spawn_blocking(move || durable_flush(&db, file.as_deref()))
+            .await
+            .map_err(|e| sled::Error::Io(io::Error::other(e.to_string())))
+            .and_then(|r| r)
+            .map_err(|e| write_logs_err(&e))?;
+        lock(&self.inner.segments)
+            .purge(log_id.index)
+            .map_err(|e| write_logs_err(&e))
     }
 }
 

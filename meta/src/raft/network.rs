@@ -653,6 +653,12 @@ impl Raft for RaftTransport {
     }
 }
 
+/// Returns the shortest election timeout of a replica configured with
+/// `election_timeout` (openraft picks each timeout between the two).
+pub fn election_timeout_min(election_timeout: Duration) -> Duration {
+    election_timeout * 3 / 5
+}
+
 /// Returns the openraft configuration of a replica: heartbeat every
 /// `heartbeat`, elections after 0.6 × `election_timeout` .. `election_timeout`
 /// of silence (openraft 0.9 also makes followers honour the old leader's
@@ -683,7 +689,7 @@ pub fn raft_config(
     openraft::Config {
         cluster_name: "cairn-meta".to_string(),
         heartbeat_interval: ms(heartbeat),
-        election_timeout_min: election.saturating_mul(3) / 5,
+        election_timeout_min: ms(election_timeout_min(election_timeout)),
         election_timeout_max: election,
         install_snapshot_timeout: ms(INSTALL_SNAPSHOT_TIMEOUT),
         snapshot_max_chunk_size: SNAPSHOT_CHUNK_BYTES,
