@@ -16,12 +16,11 @@
 //! other's, lower is better). Dropping caches needs root; without it the
 //! cold phases say so in the notes.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 use anyhow::{Context, Result, bail};
 use bytes::Bytes;
-use cairn_proto::meta::VolumePolicy;
 use cairn_proto::units::parse_size;
 use clap::Args;
 use serde::Serialize;
@@ -30,10 +29,11 @@ use crate::chunk::WARMUP_READS;
 use crate::client::cairn;
 use crate::latency::LatencySummary;
 use crate::layout::{self, random_blocks};
-use crate::machine::{self, Machine};
+use crate::machine::{self, Machine, drop_caches};
 use crate::measure::{Measured, blocking};
+use crate::mount::{MountFlags, Mounted, run_mounted};
 use crate::report;
-use crate::servers::{CHUNKSERVERS, Finished, Servers, Setup};
+use crate::servers::Finished;
 use crate::{CommonArgs, ProcessRss, build_profile};
 
 /// Help text of `cairn-bench fuse --help`.
@@ -65,8 +65,6 @@ mounts it with `cairn mount` (the release binary, its own process). Phases:
 fio must be installed (apt-get install fio). Ratios: mount / native and
 mount / local; for latency the mount's p50 over the other's.";
 
-/// Mount point name inside the working directory.
-const MOUNT_DIR: &str = "mnt";
 /// The volume the run creates.
 const VOLUME: &str = "bench";
 /// Bytes per sequential I/O.
@@ -91,15 +89,8 @@ pub struct FuseArgs {
     /// Concurrent readers of the read 4K xN phase.
     #[arg(long, default_value_t = 16)]
     pub readers: usize,
-    /// Extra flags for `cairn mount` (space-separated), to compare
-    /// settings: e.g. "--read-ahead 32MiB" or "--direct-io".
-    #[arg(
-        long,
-        value_name = "FLAGS",
-        default_value = "",
-        allow_hyphen_values = true
-    )]
-    pub mount_args: String,
+    #[command(flatten)]
+    pub mount: MountFlags,
 }
 
 /// One system's figures in one phase.
@@ -220,16 +211,6 @@ fn fio(system: &'static str, args: &[String]) -> Result<Figure> {
     })
 }
 
-fn drop_caches(notes: &mut Vec<String>) {
-    let _ = Command::new("sync").status();
-    if std::fs::write("/proc/sys/vm/drop_caches", "3").is_err() {
-        let n = "could not drop the page cache (not root): cold phases may read cached data";
-        if !notes.iter().any(|x| x == n) {
-            notes.push(n.to_string());
-        }
-    }
-}
-
 fn seq_job(path: &Path, rw: &str, size: u64) -> Vec<String> {
     vec![
         "--name=seq".into(),
@@ -269,29 +250,13 @@ fn native(m: &Measured) -> Figure {
     }
 }
 
-async fn run_all(
-    servers: &Servers,
-    a: &FuseArgs,
-    work: &Path,
-    notes: &mut Vec<String>,
-    mount_rss: &mut Option<ProcessRss>,
-) -> Result<Vec<Phase>> {
-    let meta = servers.meta_addrs();
+async fn run_all(m: &Mounted<'_>, a: &FuseArgs, notes: &mut Vec<String>) -> Result<Vec<Phase>> {
+    let servers = m.servers;
     let writer = cairn::connect(servers, DEFAULT_CACHE).await?;
     let data = Bytes::from(layout::pattern(SEQ_IO as usize, 1));
-    writer
-        .meta()
-        .create_volume(VOLUME, VolumePolicy::default())
-        .await?;
-    let local = work.join("local");
+    let local = m.work.join("local");
     std::fs::create_dir_all(&local)?;
-    let mnt = work.join(MOUNT_DIR);
-    eprintln!("fuse: mounting /{VOLUME} on {}", mnt.display());
-    let mut flags = vec!["--volume", "/bench"];
-    flags.extend(a.mount_args.split_whitespace());
-    let mut mount = cairn_jepsen::fuse::Mount::start(&meta, &mnt, &flags)
-        .map_err(|e| anyhow::anyhow!("{e:#}"))?;
-    let mroot = mount.dir().to_path_buf();
+    let mroot = m.root.clone();
     let mut phases = Vec::new();
 
     // Sequential write.
@@ -373,11 +338,6 @@ async fn run_all(
     phases.push(Phase::new("read 4K xN", "IOPS", vec![m, n, l]));
     c.close().await?;
     writer.close().await?;
-
-    if let Some(pid) = mount.pid() {
-        *mount_rss = Some(ProcessRss::read("cairn mount".into(), pid));
-    }
-    mount.stop().map_err(|e| anyhow::anyhow!("{e:#}"))?;
     Ok(phases)
 }
 
@@ -386,43 +346,28 @@ async fn run_all(
 /// # Errors
 /// A missing binary or fio, servers that do not start, a failed phase.
 pub async fn run(args: &FuseArgs, command_line: Vec<String>) -> Result<FuseReport> {
-    let mut setup = Setup::new(&args.common, "fuse")?;
-    if !setup.bin_dir.join("cairn").is_file() {
-        bail!(
-            "{} not found: build it with `cargo build --release -p cairn-cli`",
-            setup.bin_dir.join("cairn").display()
-        );
-    }
-    eprintln!(
-        "fuse: starting 3 cairn-meta replicas and {CHUNKSERVERS} chunkservers from {}",
-        setup.bin_dir.display()
-    );
-    let servers = Servers::start(setup.work.path(), &setup.bin_dir, 3).await?;
-    let work: PathBuf = setup.work.path().to_path_buf();
-    let mut notes = Vec::new();
-    let mut mount_rss = None;
-    let (result, mut peak_rss) = servers
-        .run_then_stop("cairn-bench (native client and fio driver)", async |s| {
-            run_all(s, args, &work, &mut notes, &mut mount_rss).await
-        })
-        .await;
-    let phases = result?;
-    peak_rss.extend(mount_rss);
-    setup.notes.extend(notes.iter().cloned());
-    let run = setup.finish(&args.common)?;
+    let r = run_mounted(
+        &args.common,
+        "fuse",
+        VOLUME,
+        &args.mount,
+        "cairn-bench (native client and fio driver)",
+        async |m, notes| run_all(m, args, notes).await,
+    )
+    .await?;
     Ok(FuseReport {
         workload: "fuse",
         command_line,
-        run,
+        run: r.run,
         machine: machine::describe(),
         bench_build: build_profile(),
         seq_size: args.seq_size,
         random_set: args.random_set,
         random_reads: args.random_reads,
         readers: args.readers,
-        phases,
-        peak_rss,
-        notes,
+        phases: r.value,
+        peak_rss: r.peak_rss,
+        notes: r.notes,
     })
 }
 

@@ -6,8 +6,9 @@
 //! Samples are recorded in nanoseconds because a local `stat` takes about a
 //! microsecond; summaries are reported in microseconds.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use anyhow::Result;
 use serde::Serialize;
 
 /// The latencies of one phase (of one client, or merged over all clients).
@@ -44,6 +45,50 @@ impl Samples {
     pub fn record(&mut self, d: Duration) {
         self.ns
             .push(u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
+    }
+
+    /// Calls `op` with each of `items`, one after the other, and records
+    /// how long each call took.
+    ///
+    /// # Errors
+    /// The first error `op` returns; no call is made after it.
+    pub fn time_each<T>(
+        items: impl IntoIterator<Item = T>,
+        mut op: impl FnMut(T) -> Result<()>,
+    ) -> Result<Samples> {
+        let items = items.into_iter();
+        let mut samples = Samples::with_capacity(items.size_hint().0);
+        for item in items {
+            let start = Instant::now();
+            op(item)?;
+            samples.record(start.elapsed());
+        }
+        Ok(samples)
+    }
+
+    /// [`Self::time_each`] for an asynchronous `op`: each call's future
+    /// is timed from its creation until it is ready. (A closure returning
+    /// a future rather than an async closure: the futures of async
+    /// closures cannot be shown to be `Send` through a generic function
+    /// yet, and tasks need that.)
+    ///
+    /// # Errors
+    /// The first error `op` returns; no call is made after it.
+    pub async fn time_each_async<T, F>(
+        items: impl IntoIterator<Item = T>,
+        mut op: impl FnMut(T) -> F,
+    ) -> Result<Samples>
+    where
+        F: Future<Output = Result<()>>,
+    {
+        let items = items.into_iter();
+        let mut samples = Samples::with_capacity(items.size_hint().0);
+        for item in items {
+            let start = Instant::now();
+            op(item).await?;
+            samples.record(start.elapsed());
+        }
+        Ok(samples)
     }
 
     /// Adds every sample of `other`.
@@ -127,5 +172,19 @@ mod tests {
         assert_eq!(s.max_us, 30.0);
         assert_eq!(s.mean_us, 20.0);
         assert_eq!(Samples::default().summary(), LatencySummary::default());
+    }
+
+    #[test]
+    fn time_each_records_one_sample_per_call_and_stops_at_an_error() {
+        let s = Samples::time_each(0..5, |_| Ok(())).unwrap();
+        assert_eq!(s.len(), 5);
+        let mut calls = 0;
+        let e = Samples::time_each(0..5, |i| {
+            calls += 1;
+            anyhow::ensure!(i < 2, "fails at {i}");
+            Ok(())
+        });
+        assert!(e.is_err());
+        assert_eq!(calls, 3);
     }
 }

@@ -32,6 +32,11 @@
 //!   the local file system.
 //! * [`fuse`]: `cairn-bench fuse`, a `cairn mount` beside the native
 //!   client and the same fio jobs on the local file system.
+//! * [`small`]: `cairn-bench small`, metadata and small-file operations
+//!   through a `cairn mount`, through the native client and on the local
+//!   file system (plain and fsynced).
+//! * [`mount`]: the servers, a volume and its `cairn mount`, for the
+//!   workloads that go through FUSE.
 //! * [`cluster`]: the meta cluster a workload runs against.
 //! * [`servers`]: meta plus chunkservers, for the data-path workloads, and
 //!   what those check before they start them.
@@ -57,11 +62,13 @@ pub mod layout;
 pub mod machine;
 pub mod measure;
 pub mod meta;
+pub mod mount;
 pub mod pingpong;
 pub mod raw;
 pub mod repair;
 pub mod report;
 pub mod servers;
+pub mod small;
 pub mod watch;
 
 use std::path::PathBuf;

@@ -99,6 +99,22 @@ pub fn self_peak_rss_kib() -> Option<u64> {
     peak_rss_kib(std::process::id())
 }
 
+/// The note [`drop_caches`] adds when it cannot drop the caches.
+pub const CACHES_NOT_DROPPED: &str =
+    "could not drop the page cache (not root): cold phases may read cached data";
+
+/// Writes dirty pages back (`sync`), then drops the page cache and the
+/// dentry and inode caches (`echo 3 > /proc/sys/vm/drop_caches`, root
+/// only); when that fails, adds [`CACHES_NOT_DROPPED`] to `notes` once.
+pub fn drop_caches(notes: &mut Vec<String>) {
+    let _ = std::process::Command::new("sync").status();
+    if std::fs::write("/proc/sys/vm/drop_caches", "3").is_err()
+        && !notes.iter().any(|n| n == CACHES_NOT_DROPPED)
+    {
+        notes.push(CACHES_NOT_DROPPED.to_string());
+    }
+}
+
 /// Returns the file system `path` lives on, or `None` when
 /// `/proc/self/mounts` cannot be read.
 pub fn fs_of(path: &Path) -> Option<FsInfo> {

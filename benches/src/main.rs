@@ -12,6 +12,7 @@ use cairn_bench::client::{self, ClientArgs};
 use cairn_bench::fuse::{self, FuseArgs};
 use cairn_bench::meta::{self, MetaArgs};
 use cairn_bench::repair::{self, RepairArgs};
+use cairn_bench::small::{self, SmallArgs};
 use cairn_bench::{BIN_DIR_ENV, CommonArgs, report};
 use clap::{Parser, Subcommand};
 use serde::Serialize;
@@ -61,6 +62,20 @@ Workloads:
              per file; reads with O_DIRECT, so not from the page cache).
          Also the CPU of every process and the client's peak memory per phase.
          Details: cairn-bench client --help
+  small  Metadata and small-file operations through a real FUSE mount
+         (`cairn mount`), through the native client library and on the
+         local file system, in one run: create, stat, rename, unlink, mkdir,
+         rmdir (1 and 8 threads, 2,000 each), 128 KiB files written and read
+         back in a random order after dropping the page cache (1 and 8
+         threads). Baselines: the local file system plain, and with every
+         mutation fsynced (file and directory; small files before close),
+         the like-for-like one since Cairn's mutations and closes are
+         durable. Ratio = cairn ops/s ÷ local+fsync for mutations and
+         writes, ÷ local for stat and reads; also mount ÷ native, the CPU
+         per operation of meta, chunkservers and the mount, and every
+         process's peak memory. Needs root (mount, drop_caches) and the
+         `cairn` binary.
+         Details: cairn-bench small --help
   repair Re-replication after a chunkserver dies for good: 3 cairn-meta and
          4 cairn-chunkservers (3 replicas and a spare); the fullest is
          filled to --size (10 GiB) and killed; time until every chain is
@@ -76,7 +91,8 @@ in one run, not absolute rates across runs.
 
 Build first (release, the benchmark and the servers):
   cargo build --release -p cairn-bench -p cairn-meta -p cairn-chunkserver
-  target/release/cairn-bench meta --json meta.json";
+  target/release/cairn-bench meta --json meta.json
+(fuse and small also need the cairn binary: -p cairn-cli)";
 
 /// End-to-end benchmarks of Cairn: real server processes, each figure
 /// beside a local baseline measured in the same run.
@@ -112,6 +128,10 @@ enum Workload {
     /// and the same fio jobs on the local file system.
     #[command(long_about = fuse::LONG_ABOUT)]
     Fuse(FuseArgs),
+    /// Metadata and small-file operations through a FUSE mount, the
+    /// native client and the local file system (plain and fsynced).
+    #[command(long_about = small::LONG_ABOUT)]
+    Small(SmallArgs),
     /// Re-replication of a dead chunkserver's data (time to 3 replicas,
     /// MiB/s) beside the raw disk's write throughput.
     #[command(long_about = repair::LONG_ABOUT)]
@@ -125,6 +145,7 @@ impl Workload {
             Workload::Chunk(a) => &a.common,
             Workload::Client(a) => &a.common,
             Workload::Fuse(a) => &a.common,
+            Workload::Small(a) => &a.common,
             Workload::Repair(a) => &a.common,
         }
     }
@@ -192,6 +213,11 @@ fn run(cli: Cli) -> Result<()> {
             &rt.block_on(fuse::run(&args, command_line))?,
             args.common.json.as_deref(),
             fuse::print_table,
+        ),
+        Workload::Small(args) => output(
+            &rt.block_on(small::run(&args, command_line))?,
+            args.common.json.as_deref(),
+            small::print_table,
         ),
         Workload::Repair(args) => output(
             &rt.block_on(repair::run(&args, command_line))?,

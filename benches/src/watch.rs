@@ -78,7 +78,7 @@ pub struct Watch {
 }
 
 /// The name of this process in CPU figures: the benchmark is the client.
-const THIS_PROCESS: &str = "cairn-bench";
+pub const THIS_PROCESS: &str = "cairn-bench";
 
 impl Watch {
     /// Returns a watch of `route`'s members (their handling times and
@@ -130,6 +130,12 @@ impl Watch {
         );
         cpu.push((THIS_PROCESS.to_string(), std::process::id()));
         Watch { chunkservers, cpu }
+    }
+
+    /// Returns this watch with the CPU of one more process, `name`.
+    pub fn with_process(mut self, name: &str, pid: u32) -> Watch {
+        self.cpu.push((name.to_string(), pid));
+        self
     }
 }
 

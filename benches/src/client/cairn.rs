@@ -47,7 +47,7 @@ pub async fn connect(servers: &Servers, memory_cache: u64) -> Result<Client> {
 
 /// Runs `work(i)` for `i` in `0..n` as tokio tasks and returns their
 /// merged samples and the wall time until the last one ended.
-async fn in_tasks<F, Fut>(n: usize, work: F) -> Result<(Samples, Duration)>
+pub(crate) async fn in_tasks<F, Fut>(n: usize, work: F) -> Result<(Samples, Duration)>
 where
     F: Fn(usize) -> Fut,
     Fut: Future<Output = Result<Samples>> + Send + 'static,

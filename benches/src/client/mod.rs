@@ -840,7 +840,7 @@ impl Runner<'_> {
         let (p, d) = (local_dir.clone(), data.clone());
         let local = self
             .baseline(Phase::SmallWrite, System::Local, move || {
-                local::write_small(&p, n, tasks, &d)
+                local::write_small(&p, n, tasks, &d, true)
             })
             .await?;
         let what = format!("{n} files of {kib} KiB into one directory, {tasks} writers");
@@ -862,7 +862,7 @@ impl Runner<'_> {
             let (p, d) = (local_dir.clone(), data.clone());
             let local = self
                 .baseline(phase, System::Local, move || {
-                    local::read_small(&p, &order, readers, &d)
+                    local::read_small(&p, &order, readers, &d, true)
                 })
                 .await?;
             let what = format!(

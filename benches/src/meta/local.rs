@@ -16,15 +16,21 @@
 //! Threads are real OS threads, so `C` clients here are `C` blocked
 //! syscalls at a time, like `C` processes; ext4 then group-commits their
 //! fsyncs in its journal, the local analogue of Raft group commit.
+//!
+//! A [`Worker`] works on any directory, so `cairn-bench small` runs the
+//! same calls through a `cairn mount` (with [`Durability::PageCache`]:
+//! no fsync, every Cairn mutation is durable when it returns) and adds
+//! `mkdir` and `rmdir`.
 
 use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 
 use super::{Phase, PhaseResult, SplitMix, SystemKind, SystemResult, file_name, renamed_name};
 use crate::latency::Samples;
+use crate::raw::in_threads;
 
 /// Whether local mutations are made durable one by one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,20 +38,35 @@ pub enum Durability {
     /// Plain syscalls, durable only when the kernel writes back.
     PageCache,
     /// fsync of the file (on create) and of the directory after every
-    /// create, rename and unlink.
+    /// create, rename, unlink, mkdir and rmdir.
     Fsync,
 }
 
-/// One client: a thread's directory and what it created.
-struct Worker {
+/// One client: a thread's own directory, where it creates `f…` files
+/// (renamed to `r…`) and `d…` directories.
+pub struct Worker {
     dir: PathBuf,
     /// The directory, open for fsync.
     dir_file: File,
-    created: usize,
-    rng: SplitMix,
+}
+
+/// Name of the `i`-th directory a worker makes.
+pub fn dir_name(i: usize) -> String {
+    format!("d{i:07}")
 }
 
 impl Worker {
+    /// Makes the directory `dir` (its parent must exist) and returns its
+    /// worker.
+    ///
+    /// # Errors
+    /// When it cannot be made or opened.
+    pub fn new(dir: PathBuf) -> Result<Worker> {
+        std::fs::create_dir(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let dir_file = File::open(&dir).with_context(|| format!("opening {}", dir.display()))?;
+        Ok(Worker { dir, dir_file })
+    }
+
     fn sync_dir(&self, durability: Durability) -> Result<()> {
         if durability == Durability::Fsync {
             self.dir_file
@@ -55,11 +76,14 @@ impl Worker {
         Ok(())
     }
 
-    fn create(&mut self, n: usize, durability: Durability) -> Result<Samples> {
-        let mut samples = Samples::with_capacity(n);
-        for i in 0..n {
+    /// Creates files `f0000000` to `f{n-1}` (`O_CREAT|O_EXCL|O_WRONLY`,
+    /// then close).
+    ///
+    /// # Errors
+    /// The first failed call, with the path.
+    pub fn create(&self, n: usize, durability: Durability) -> Result<Samples> {
+        Samples::time_each(0..n, |i| {
             let path = self.dir.join(file_name(i));
-            let start = Instant::now();
             let f = OpenOptions::new()
                 .write(true)
                 .create_new(true)
@@ -70,86 +94,108 @@ impl Worker {
                     .with_context(|| format!("fsync of {}", path.display()))?;
             }
             drop(f);
-            self.sync_dir(durability)?;
-            samples.record(start.elapsed());
-            self.created += 1;
-        }
-        Ok(samples)
+            self.sync_dir(durability)
+        })
     }
 
-    fn stat(&mut self, n: usize) -> Result<Samples> {
-        let mut samples = Samples::with_capacity(n);
-        for _ in 0..n {
-            let path = self.dir.join(file_name(self.rng.below(self.created)));
-            let start = Instant::now();
+    /// Stats file `f…` number `i` for each `i` of `picks`.
+    ///
+    /// # Errors
+    /// The first failed call, with the path.
+    pub fn stat(&self, picks: &[usize]) -> Result<Samples> {
+        Samples::time_each(picks, |&i| {
+            let path = self.dir.join(file_name(i));
             std::fs::metadata(&path).with_context(|| format!("stat of {}", path.display()))?;
-            samples.record(start.elapsed());
-        }
-        Ok(samples)
+            Ok(())
+        })
     }
 
-    fn rename(&mut self, n: usize, durability: Durability) -> Result<Samples> {
-        let mut samples = Samples::with_capacity(n);
-        for i in 0..n {
+    /// Renames files `f…` to `r…`, numbers `0..n`.
+    ///
+    /// # Errors
+    /// The first failed call, with the paths.
+    pub fn rename(&self, n: usize, durability: Durability) -> Result<Samples> {
+        Samples::time_each(0..n, |i| {
             let from = self.dir.join(file_name(i));
             let to = self.dir.join(renamed_name(i));
-            let start = Instant::now();
             std::fs::rename(&from, &to)
                 .with_context(|| format!("renaming {} to {}", from.display(), to.display()))?;
-            self.sync_dir(durability)?;
-            samples.record(start.elapsed());
-        }
-        Ok(samples)
+            self.sync_dir(durability)
+        })
     }
 
-    fn unlink(&mut self, n: usize, durability: Durability) -> Result<Samples> {
-        let mut samples = Samples::with_capacity(n);
-        for i in 0..n {
+    /// Unlinks the renamed files `r…`, numbers `0..n`.
+    ///
+    /// # Errors
+    /// The first failed call, with the path.
+    pub fn unlink(&self, n: usize, durability: Durability) -> Result<Samples> {
+        Samples::time_each(0..n, |i| {
             let path = self.dir.join(renamed_name(i));
-            let start = Instant::now();
             std::fs::remove_file(&path).with_context(|| format!("unlinking {}", path.display()))?;
-            self.sync_dir(durability)?;
-            samples.record(start.elapsed());
-        }
-        Ok(samples)
+            self.sync_dir(durability)
+        })
+    }
+
+    /// Makes directories `d0000000` to `d{n-1}`; with
+    /// [`Durability::Fsync`], fsyncs the worker's directory after each
+    /// (which holds the new entry; ext4 commits the new directory's inode
+    /// in the same journal transaction).
+    ///
+    /// # Errors
+    /// The first failed call, with the path.
+    pub fn mkdir(&self, n: usize, durability: Durability) -> Result<Samples> {
+        Samples::time_each(0..n, |i| {
+            let path = self.dir.join(dir_name(i));
+            std::fs::create_dir(&path).with_context(|| format!("mkdir {}", path.display()))?;
+            self.sync_dir(durability)
+        })
+    }
+
+    /// Removes directories `d…`, numbers `0..n`.
+    ///
+    /// # Errors
+    /// The first failed call, with the path.
+    pub fn rmdir(&self, n: usize, durability: Durability) -> Result<Samples> {
+        Samples::time_each(0..n, |i| {
+            let path = self.dir.join(dir_name(i));
+            std::fs::remove_dir(&path).with_context(|| format!("rmdir {}", path.display()))?;
+            self.sync_dir(durability)
+        })
     }
 }
 
+/// Runs `op(k, worker)` on every worker at once (one thread each, `k` the
+/// worker's index) and returns the merged latencies and the wall time
+/// until the last thread ended.
+///
+/// # Errors
+/// The first worker's error.
+pub fn on_workers(
+    workers: &[Worker],
+    op: impl Fn(usize, &Worker) -> Result<Samples> + Sync,
+) -> Result<(Samples, Duration)> {
+    let start = Instant::now();
+    let samples = in_threads(workers.len(), "benchmark", |k| op(k, &workers[k]))?;
+    Ok((samples, start.elapsed()))
+}
+
 /// Runs one phase on every worker at once (one thread each) and returns
-/// its throughput and latencies.
+/// its throughput and latencies; `picks[k]` are the files worker `k`
+/// stats.
 fn run_phase(
-    workers: &mut [Worker],
+    workers: &[Worker],
     phase: Phase,
     per_client: usize,
     durability: Durability,
+    picks: &[Vec<usize>],
 ) -> Result<PhaseResult> {
-    let start = Instant::now();
-    let results: Vec<Result<Samples>> = std::thread::scope(|s| {
-        let handles: Vec<_> = workers
-            .iter_mut()
-            .map(|w| {
-                s.spawn(move || match phase {
-                    Phase::Create => w.create(per_client, durability),
-                    Phase::Stat => w.stat(per_client),
-                    Phase::Rename => w.rename(per_client, durability),
-                    Phase::Unlink => w.unlink(per_client, durability),
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| {
-                h.join()
-                    .unwrap_or_else(|_| Err(anyhow::anyhow!("a benchmark thread panicked")))
-            })
-            .collect()
-    });
-    let elapsed = start.elapsed();
-    let mut all = Samples::with_capacity(per_client * workers.len());
-    for r in results {
-        all.merge(r?);
-    }
-    Ok(PhaseResult::new(phase, &all, elapsed, None))
+    let (samples, elapsed) = on_workers(workers, |k, w| match phase {
+        Phase::Create => w.create(per_client, durability),
+        Phase::Stat => w.stat(&picks[k]),
+        Phase::Rename => w.rename(per_client, durability),
+        Phase::Unlink => w.unlink(per_client, durability),
+    })?;
+    Ok(PhaseResult::new(phase, &samples, elapsed, None))
 }
 
 /// Runs the four phases with `clients` threads, `per_client` operations
@@ -165,20 +211,16 @@ pub fn run(
     seed: u64,
 ) -> Result<SystemResult> {
     std::fs::create_dir_all(root).with_context(|| format!("creating {}", root.display()))?;
-    let mut workers = (0..clients)
-        .map(|k| {
-            let dir = root.join(format!("client-{k:03}"));
-            std::fs::create_dir(&dir).with_context(|| format!("creating {}", dir.display()))?;
-            let dir_file =
-                File::open(&dir).with_context(|| format!("opening {}", dir.display()))?;
-            Ok(Worker {
-                dir,
-                dir_file,
-                created: 0,
-                rng: SplitMix::new(seed ^ k as u64),
-            })
-        })
+    let workers = (0..clients)
+        .map(|k| Worker::new(root.join(format!("client-{k:03}"))))
         .collect::<Result<Vec<_>>>()?;
+    // Each client stats random files among its own creates.
+    let picks: Vec<Vec<usize>> = (0..clients)
+        .map(|k| {
+            let mut rng = SplitMix::new(seed ^ k as u64);
+            (0..per_client).map(|_| rng.below(per_client)).collect()
+        })
+        .collect();
     if durability == Durability::Fsync {
         // The client directories themselves are not part of what is
         // measured; make them durable before the first create.
@@ -192,7 +234,7 @@ pub fn run(
     };
     let mut phases = Vec::with_capacity(Phase::ALL.len());
     for phase in Phase::ALL {
-        let r = run_phase(&mut workers, phase, per_client, durability)?;
+        let r = run_phase(&workers, phase, per_client, durability, &picks)?;
         super::progress(clients, kind, &r);
         phases.push(r);
     }
