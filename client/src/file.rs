@@ -394,8 +394,13 @@ impl FileInner {
         let held = self.client.unregister(self.ino.0, self.generation);
         let meta = &self.client.inner.meta;
         if self.how.write {
-            let length = (len > reported).then_some((len, gen_));
-            meta.close_file(self.ino, length).await?;
+            match (len > reported).then_some((len, gen_)) {
+                Some(length) => {
+                    meta.close_file(self.ino, Some(length)).await?;
+                }
+                // Nothing to report: the release waits for company.
+                None => meta.release_later(self.ino).await,
+            }
         } else if held {
             meta.close_file(self.ino, None).await?;
         }

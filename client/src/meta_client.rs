@@ -37,6 +37,7 @@
 //! message; `std::io::Error` has a `From` impl for it.
 
 mod paths;
+mod releases;
 mod retry;
 mod session;
 
@@ -250,6 +251,9 @@ struct Inner {
     /// Serializes opening and replacing the session.
     session_open: tokio::sync::Mutex<()>,
     renewer_started: AtomicBool,
+    /// Write opens closed unwritten, released in the background.
+    releases: Arc<releases::Releases>,
+    releaser_started: AtomicBool,
     /// Set to `true` by `close`; the renewal task watches it.
     stop: watch::Sender<bool>,
     closed: AtomicBool,
@@ -368,6 +372,8 @@ impl MetaClient {
                 session: Mutex::new(None),
                 session_open: tokio::sync::Mutex::new(()),
                 renewer_started: AtomicBool::new(false),
+                releases: Arc::default(),
+                releaser_started: AtomicBool::new(false),
                 stop,
                 closed: AtomicBool::new(false),
             }),
@@ -1132,6 +1138,9 @@ impl MetaClient {
     /// # Errors
     /// [`ErrorCode::NotFound`], [`ErrorCode::IsDir`].
     pub async fn open_file(&self, ino: InodeId, write: bool) -> Result<Attr> {
+        if write {
+            self.inner.releases.cancel(ino).await;
+        }
         let r = mutation!(self, open, |rid| OpenRequest {
             rid: Some(rid),
             ino: ino.0,
@@ -1161,6 +1170,20 @@ impl MetaClient {
         })
         .await?;
         Ok(r.attr)
+    }
+
+    /// Releases this client's write open of `ino`, through which nothing
+    /// was written, in the background: within a few milliseconds, together
+    /// with other such releases (see `releases.rs`). A later write open of
+    /// the same file by this client is never undone by it.
+    pub async fn release_later(&self, ino: InodeId) {
+        if !self.inner.releaser_started.swap(true, Ordering::AcqRel) {
+            let weak = Arc::downgrade(&self.inner);
+            let releases = Arc::clone(&self.inner.releases);
+            let stop = self.inner.stop.subscribe();
+            tokio::spawn(releases::release_loop(weak, releases, stop));
+        }
+        self.inner.releases.push(ino).await;
     }
 
     /// Reports the length a writer observed (fsync); ignored by meta when

@@ -259,3 +259,56 @@ async fn mutations_survive_a_leader_failover() {
     assert_eq!(names.len(), 21);
     c.close().await.unwrap();
 }
+
+/// Write opens closed unwritten are released in the background, batched;
+/// a later write open of the same file is never undone by such a release.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn unwritten_closes_are_released_in_the_background_and_never_undo_a_reopen() {
+    let cluster = Cluster::start().await;
+    let c = MetaClient::connect(&cluster.addrs, client_opts())
+        .await
+        .unwrap();
+    wait_ready(&c).await;
+    let vol = c.create_volume("r", policy()).await.unwrap();
+    let root = InodeId(vol.root_ino);
+    let me = Owner::current();
+
+    // 50 files created open for write and released unwritten.
+    let mut inos = Vec::new();
+    for k in 0..50 {
+        let e = c
+            .create(root, &format!("f{k}"), 0o644, me, true, true)
+            .await
+            .unwrap();
+        inos.push(InodeId(e.attr.ino));
+        c.release_later(InodeId(e.attr.ino)).await;
+    }
+    // Released within a few milliseconds: an unlink now frees each one.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for k in 0..50 {
+        c.unlink(root, &format!("f{k}")).await.unwrap();
+    }
+    for ino in &inos {
+        let e = c.getattr(*ino).await.expect_err("freed at unlink");
+        assert_eq!(e.code, ErrorCode::NotFound);
+    }
+
+    // Released, then opened for write again at once: the second open's
+    // hold survives the release, so an unlink keeps the data until close.
+    let e = c
+        .create(root, "again", 0o644, me, true, true)
+        .await
+        .unwrap();
+    let ino = InodeId(e.attr.ino);
+    c.release_later(ino).await;
+    c.open_file(ino, true).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    c.unlink(root, "again").await.unwrap();
+    assert!(c.getattr(ino).await.is_ok(), "held by the second open");
+    c.close_file(ino, None).await.unwrap();
+    assert_eq!(
+        c.getattr(ino).await.expect_err("freed at close").code,
+        ErrorCode::NotFound
+    );
+    c.close().await.unwrap();
+}

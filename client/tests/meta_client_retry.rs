@@ -189,6 +189,7 @@ fake_meta! {
         open(OpenRequest) -> AttrReply;
         close(CloseRequest) -> AttrReply;
         report_length(ReportLengthRequest) -> AttrReply;
+        release_files(ReleaseFilesRequest) -> Empty;
         register_chunkserver(RegisterChunkserverRequest) -> RegisterChunkserverReply;
         chunkserver_heartbeat(ChunkserverHeartbeatRequest) -> ChunkserverHeartbeatReply;
         get_chains(Empty) -> ChainTables;

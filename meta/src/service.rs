@@ -40,6 +40,9 @@ use crate::raft::types::MetaRaft;
 /// answered UNAVAILABLE.
 pub const RAFT_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Most files one ReleaseFiles request may name.
+pub const MAX_RELEASES: usize = 4096;
+
 /// Why a volume cannot be created with `encrypted` set.
 pub const ENCRYPTION_UNAVAILABLE: &str = "encrypted volumes are not available yet: client-side \
      encryption is not implemented, so file contents would be stored as plain text; create the \
@@ -1100,6 +1103,19 @@ impl Meta for MetaService {
         };
         let reply = self.write(r.rid.as_ref(), op).await?;
         Ok(Response::new(attr_reply(reply)?))
+    }
+
+    async fn release_files(&self, req: Request<pb::ReleaseFilesRequest>) -> GrpcResult<pb::Empty> {
+        let r = req.into_inner();
+        if r.inos.len() > MAX_RELEASES {
+            return Err(bad(format!(
+                "{} files in one release, at most {MAX_RELEASES}",
+                r.inos.len()
+            )));
+        }
+        self.write(r.rid.as_ref(), Op::ReleaseFiles { inos: r.inos })
+            .await?;
+        Ok(Response::new(pb::Empty {}))
     }
 
     async fn report_length(

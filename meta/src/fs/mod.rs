@@ -371,6 +371,7 @@ impl<K: Kv> FsState<K> {
                 Ok(Reply::Attr(inode))
             }
             Op::Close { ino, length } => session::close(t, cmd.client_id, *ino, *length, now),
+            Op::ReleaseFiles { inos } => session::release_files(t, cmd.client_id, inos, now),
             Op::ReportLength {
                 ino,
                 length,
@@ -670,6 +671,61 @@ mod tests {
         sm.op(Op::CloseSession { session: sid }).unwrap();
         assert!(sm.fs.getattr(f.ino).is_err());
         assert!(sm.fs.sessions().unwrap().is_empty());
+    }
+
+    #[test]
+    fn released_files_leave_the_session_and_unlinked_ones_are_freed() {
+        let mut sm = Sm::new();
+        let sid = sm.session();
+        let mut seq = 0;
+        let mut as_client = |sm: &mut Sm, op: Op| {
+            seq += 1;
+            sm.run(Command {
+                client_id: sid,
+                seq,
+                ack_below: 0,
+                time_ns: 1,
+                op,
+            })
+        };
+        let mut opened = Vec::new();
+        for name in ["kept", "gone"] {
+            let mut op = create_op(name);
+            if let Op::Create { open_for_write, .. } = &mut op {
+                *open_for_write = true;
+            }
+            match as_client(&mut sm, op) {
+                Ok(Reply::Entry { attr, .. }) => opened.push(attr.ino),
+                r => panic!("{r:?}"),
+            }
+        }
+        // Unlinked while open for write: its data outlives the unlink.
+        as_client(
+            &mut sm,
+            Op::Unlink {
+                parent: ROOT_INO,
+                name: "gone".into(),
+                held_open: false,
+            },
+        )
+        .unwrap();
+        assert!(sm.fs.getattr(opened[1]).is_ok());
+        let stranger = sm.create("never-opened").ino;
+        let r = as_client(
+            &mut sm,
+            Op::ReleaseFiles {
+                inos: vec![opened[0], opened[1], stranger],
+            },
+        );
+        assert_eq!(r, Ok(Reply::Unit));
+        let s = &sm.fs.sessions().unwrap()[0];
+        assert!(s.open_write.is_empty() && s.held.is_empty(), "{s:?}");
+        assert!(sm.fs.getattr(opened[0]).is_ok(), "a linked file stays");
+        assert!(
+            sm.fs.getattr(opened[1]).is_err(),
+            "the unlinked one is freed"
+        );
+        assert!(sm.fs.getattr(stranger).is_ok());
     }
 
     #[test]

@@ -124,6 +124,25 @@ pub(crate) fn close<K: Kv + ?Sized>(
     Ok(Reply::Attr(inode(t, ino)?))
 }
 
+/// Releases session `sid`'s holds on `inos` (files it closed without a
+/// length to report); files it does not hold are skipped, and unlinked ones
+/// nobody holds any more are freed.
+pub(crate) fn release_files<K: Kv + ?Sized>(
+    t: &mut Txn<'_, K>,
+    sid: u64,
+    inos: &[u64],
+    now: i64,
+) -> FsResult<Reply> {
+    let mut s = session(t, sid)?;
+    for &ino in inos {
+        if s.open_write.contains(&ino) || s.held.contains(&ino) {
+            release(t, &mut s, ino, now)?;
+        }
+    }
+    t.put(key::session(sid), &s);
+    Ok(Reply::Unit)
+}
+
 /// Closes a session (on request or expiry): releases every file it holds
 /// and forgets its reply cache.
 pub(crate) fn close_session<K: Kv + ?Sized>(

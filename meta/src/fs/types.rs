@@ -358,6 +358,12 @@ pub enum Op {
     /// proposer): applied in order, each with its own result and its own
     /// reply-cache entry, all in one atomic batch with the log id.
     Batch(Vec<Command>),
+    /// Releases the session's write opens of these files (closed without a
+    /// length to report). Appended last: variants keep their bincode index.
+    ReleaseFiles {
+        /// The files.
+        inos: Vec<u64>,
+    },
 }
 
 impl Op {
@@ -381,6 +387,7 @@ impl Op {
             Op::CloseSession { .. } => "close_session",
             Op::Open { .. } => "open",
             Op::Close { .. } => "close",
+            Op::ReleaseFiles { .. } => "release_files",
             Op::ReportLength { .. } => "report_length",
             Op::RegisterChunkserver { .. } => "register_chunkserver",
             Op::SetTargetStates { .. } => "set_target_states",
