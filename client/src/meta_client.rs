@@ -49,13 +49,14 @@ use std::time::Duration;
 use cairn_proto::ids::{InodeId, NodeId, SessionId, VolumeId};
 use cairn_proto::meta::meta_client::MetaClient as Grpc;
 use cairn_proto::meta::{
-    Attr, ChainTables, CloseRequest, CreateRequest, CreateVolumeRequest, DirEntry, Empty,
+    Attr, ChainTables, Changes, CloseRequest, CreateRequest, CreateVolumeRequest, DirEntry, Empty,
     GetAttrRequest, GetXattrRequest, JoinReply, JoinRequest, LinkRequest, ListXattrRequest,
     LookupRequest, MkdirRequest, OpenRequest, OpenSessionRequest, PromoteRequest, ReadDirReply,
     ReadDirRequest, ReadLinkRequest, RemoveMemberRequest, RemoveXattrRequest, RenameReply,
     RenameRequest, ReportLengthRequest, RequestId, ResolveRequest, RmdirRequest, SessionRequest,
     SetAttrRequest, SetMaintenanceRequest, SetXattrRequest, StatFsReply, StatFsRequest,
     StatusReply, SymlinkRequest, Timespec, UnlinkReply, UnlinkRequest, Volume, VolumePolicy,
+    WatchChangesRequest,
 };
 use cairn_proto::{CairnStatus, ErrorCode, names};
 use tokio::sync::watch;
@@ -1170,6 +1171,47 @@ impl MetaClient {
         })
         .await?;
         Ok(r.attr)
+    }
+
+    /// Subscribes to the leader's change feed: namespace changes made by
+    /// other clients, for dropping what this client cached of them. The
+    /// first message is a reset; the stream ends when the leader steps
+    /// down (subscribe again: the next one starts with a reset too).
+    ///
+    /// # Errors
+    /// No replica accepted the subscription (none leads, or none answers).
+    pub async fn watch_changes(&self) -> Result<tonic::Streaming<Changes>> {
+        let session_id = self.session_id().await?.0;
+        let mut idx = self.inner.leader.load(Ordering::Relaxed);
+        let mut last = None;
+        let tries = 2 * self.peers().book.len();
+        for _ in 0..tries {
+            let (addr, channel) = self.peer(idx);
+            let r = Grpc::new(channel)
+                .watch_changes(WatchChangesRequest { session_id })
+                .await;
+            match r {
+                Ok(s) => {
+                    self.inner.leader.store(idx, Ordering::Relaxed);
+                    return Ok(s.into_inner());
+                }
+                Err(status) => {
+                    let e = CairnStatus::from(status);
+                    idx = match e.leader_addr.as_deref().map(|a| self.index_of(a)) {
+                        Some(Ok(i)) if e.code == ErrorCode::NotLeader => i,
+                        _ => self.next_index(idx),
+                    };
+                    last = Some(format!("{addr}: {}", e.message));
+                }
+            }
+        }
+        Err(CairnStatus::new(
+            ErrorCode::Unavailable,
+            format!(
+                "no meta replica serves the change feed (last: {})",
+                last.unwrap_or_default()
+            ),
+        ))
     }
 
     /// Releases this client's write open of `ino`, through which nothing

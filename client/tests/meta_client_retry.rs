@@ -98,6 +98,15 @@ fake_meta! {
             Err(Status::unimplemented("watch_chains"))
         }
 
+        type WatchChangesStream = tonic::codegen::tokio_stream::Empty<Result<Changes, Status>>;
+
+        async fn watch_changes(
+            &self,
+            _r: Request<WatchChangesRequest>,
+        ) -> Result<Response<Self::WatchChangesStream>, Status> {
+            Err(Status::unimplemented("watch_changes"))
+        }
+
         async fn status(&self, _r: Request<Empty>) -> Result<Response<StatusReply>, Status> {
             let c = self.lock();
             Ok(Response::new(StatusReply {

@@ -168,6 +168,88 @@ async fn two_mounts_close_to_open_and_rename_over() {
     assert!(b.stop().unwrap().success());
 }
 
+/// Waits up to `limit` for `cond`, polling; returns how long it took.
+fn within(limit: Duration, mut cond: impl FnMut() -> bool) -> Option<Duration> {
+    let t = Instant::now();
+    while t.elapsed() < limit {
+        if cond() {
+            return Some(t.elapsed());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    None
+}
+
+/// The change feed: with every kernel TTL at 30 s, what one mount caches
+/// of a file (attributes, names) is dropped as soon as another mount
+/// changes it, without an open: only an invalidation from meta can make
+/// the second mount see the change before its cache expires.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changes_on_one_mount_invalidate_the_others_kernel_cache() {
+    let _serial = cairn_jepsen::serial().await;
+    let cluster = cluster_with_volume("feed").await;
+    let meta = cluster.meta.addrs();
+    let ttl = [
+        "--volume",
+        "/feed",
+        "--attr-ttl",
+        "30s",
+        "--entry-ttl",
+        "30s",
+        "--cache-ttl",
+        "30s",
+    ];
+    let a = Mount::start(&meta, &cluster.meta.dir().join("mnt-a"), &ttl).unwrap();
+    let b = Mount::start(&meta, &cluster.meta.dir().join("mnt-b"), &ttl).unwrap();
+    let (da, db) = (a.dir().to_path_buf(), b.dir().to_path_buf());
+    tokio::task::spawn_blocking(move || {
+        fs::write(da.join("f"), vec![1u8; 1000]).unwrap();
+        fs::write(da.join("g"), b"g").unwrap();
+        // B caches both names and f's attributes.
+        assert_eq!(fs::metadata(db.join("f")).unwrap().len(), 1000);
+        assert!(fs::metadata(db.join("g")).is_ok());
+        let limit = Duration::from_secs(5);
+
+        // A grows f: B's stat (no open) sees the new size.
+        fs::write(da.join("f"), vec![2u8; 5000]).unwrap();
+        let t = within(limit, || fs::metadata(db.join("f")).unwrap().len() == 5000);
+        println!("size change seen by the other mount after {t:?}");
+        assert!(t.is_some(), "B's stat kept the old size of f");
+
+        // A renames g away: B's cached name goes, the new one resolves.
+        fs::rename(da.join("g"), da.join("h")).unwrap();
+        let t = within(limit, || fs::metadata(db.join("g")).is_err());
+        println!("rename seen by the other mount after {t:?}");
+        assert!(t.is_some(), "B still resolves the renamed-away name");
+        assert!(fs::metadata(db.join("h")).is_ok());
+
+        // A removes f while B has it open: B's stat by name fails, and
+        // B's open handle keeps working (fstat and read, as POSIX has it).
+        let held = File::open(db.join("f")).unwrap();
+        fs::remove_file(da.join("f")).unwrap();
+        let t = within(limit, || fs::metadata(db.join("f")).is_err());
+        assert!(t.is_some(), "B still sees the removed file");
+        let m = held
+            .metadata()
+            .expect("fstat of an open file removed elsewhere");
+        assert_eq!(m.len(), 5000);
+        let mut buf = vec![0u8; 5000];
+        held.read_exact_at(&mut buf, 0).unwrap();
+        assert!(buf.iter().all(|b| *b == 2));
+        drop(held);
+
+        // And B's own changes stay in B's cache: a stat right after a
+        // create needs no round trip, and is right.
+        fs::write(db.join("mine"), b"12345").unwrap();
+        assert_eq!(fs::metadata(db.join("mine")).unwrap().len(), 5);
+    })
+    .await
+    .unwrap();
+    let (mut a, mut b) = (a, b);
+    assert!(a.stop().unwrap().success());
+    assert!(b.stop().unwrap().success());
+}
+
 /// Runs `f` on a thread and fails the test if it takes longer than
 /// `limit` (a hung mount would block it forever).
 fn bounded<T: Send + 'static>(

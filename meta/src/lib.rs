@@ -11,6 +11,7 @@
 //! * [`metrics`]: Prometheus text on `GET /metrics`.
 //! * [`config`]: the replica's configuration, [`MetaConfig`].
 
+pub mod changes;
 pub mod config;
 pub mod fs;
 pub mod gc;

@@ -340,6 +340,7 @@ pub async fn start(
         log_io,
         network,
         proposer: crate::proposer::Proposer::spawn(raft.clone(), ident.node_id),
+        changes: crate::changes::ChangeFeed::default(),
         lease: {
             let lease = crate::lease::LeaderLease::new(crate::raft::network::election_timeout_min(
                 config.election_timeout,

@@ -222,6 +222,8 @@ pub struct Shared {
     pub proposer: crate::proposer::Proposer,
     /// The leader's read lease.
     pub lease: crate::lease::LeaderLease,
+    /// Committed namespace changes, for clients' caches.
+    pub changes: crate::changes::ChangeFeed,
     /// Flips to true when the replica shuts down.
     pub stop: tokio::sync::watch::Receiver<bool>,
 }
@@ -273,6 +275,8 @@ impl Shared {
     /// commits it within [`RAFT_TIMEOUT`], or the operation's own error.
     pub async fn propose(&self, rid: Option<&pb::RequestId>, op: Op) -> Result<Reply, CairnStatus> {
         let name = op.name();
+        // Only cloned while some client watches the feed.
+        let published = self.changes.watched().then(|| op.clone());
         let cmd = Command {
             client_id: rid.map_or(0, |r| r.client_id),
             seq: rid.map_or(0, |r| r.seq),
@@ -280,12 +284,18 @@ impl Shared {
             time_ns: now_ns(),
             op,
         };
+        let session = cmd.client_id;
         match tokio::time::timeout(RAFT_TIMEOUT, self.proposer.propose(cmd)).await {
             Err(_) => Err(CairnStatus::new(
                 ErrorCode::Unavailable,
                 format!("{name}: no Raft quorum committed the request within {RAFT_TIMEOUT:?}"),
             )),
-            Ok(r) => r,
+            Ok(r) => {
+                if let (Ok(reply), Some(op)) = (&r, &published) {
+                    self.changes.publish(session, op, reply);
+                }
+                r
+            }
         }
     }
 
@@ -747,6 +757,23 @@ fn membership_error<E: std::fmt::Display>(shared: &Shared, e: RaftError<u64, E>)
 
 type WatchStream =
     Pin<Box<dyn futures::Stream<Item = Result<pb::ChainTables, Status>> + Send + 'static>>;
+
+type ChangesStream =
+    Pin<Box<dyn futures::Stream<Item = Result<pb::Changes, Status>> + Send + 'static>>;
+
+type FeedItem = Result<Arc<crate::changes::Change>, tokio::sync::broadcast::error::RecvError>;
+
+/// Returns the next change already queued on `feed`, if any.
+fn next_queued(
+    feed: &mut tokio::sync::broadcast::Receiver<Arc<crate::changes::Change>>,
+) -> Option<FeedItem> {
+    use tokio::sync::broadcast::error::{RecvError, TryRecvError};
+    match feed.try_recv() {
+        Ok(c) => Some(Ok(c)),
+        Err(TryRecvError::Lagged(n)) => Some(Err(RecvError::Lagged(n))),
+        Err(TryRecvError::Empty | TryRecvError::Closed) => None,
+    }
+}
 
 #[tonic::async_trait]
 impl Meta for MetaService {
@@ -1454,6 +1481,75 @@ impl Meta for MetaService {
                     () = tx.closed() => return,
                     // An open watch must not hold up a graceful shutdown.
                     _ = stop.wait_for(|s| *s) => return,
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(out),
+        )))
+    }
+
+    type WatchChangesStream = ChangesStream;
+
+    async fn watch_changes(
+        &self,
+        req: Request<pb::WatchChangesRequest>,
+    ) -> GrpcResult<Self::WatchChangesStream> {
+        let me = req.into_inner().session_id;
+        let shared = self.shared.clone();
+        if !shared.is_leader() {
+            return Err(shared.not_leader(shared.leader()).into());
+        }
+        let mut feed = shared.changes.subscribe();
+        let mut metrics = shared.raft.metrics();
+        let mut stop = shared.stop.clone();
+        let (tx, out) = tokio::sync::mpsc::channel(16);
+        tokio::spawn(async move {
+            // Whatever the client cached before this stream may be stale.
+            let reset = pb::Changes {
+                reset: true,
+                ..Default::default()
+            };
+            if tx.send(Ok(reset)).await.is_err() {
+                return;
+            }
+            loop {
+                let first = tokio::select! {
+                    r = feed.recv() => r,
+                    () = tx.closed() => return,
+                    _ = stop.wait_for(|s| *s) => return,
+                    // A replica that stops leading ends its streams: the
+                    // client resubscribes at the new leader (and resets).
+                    _ = metrics.wait_for(|m| m.state != ServerState::Leader) => return,
+                };
+                let mut msg = pb::Changes::default();
+                let mut next: Option<FeedItem> = Some(first);
+                while let Some(r) = next.take() {
+                    match r {
+                        Ok(c) if c.session == me && me != 0 => {}
+                        Ok(c) => {
+                            msg.inos.extend_from_slice(&c.inos);
+                            msg.entries.extend(c.entries.iter().map(|(parent, name)| {
+                                pb::EntryChange {
+                                    parent: *parent,
+                                    name: name.clone(),
+                                }
+                            }));
+                        }
+                        Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                            msg.reset = true;
+                        }
+                        Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                    }
+                    // Gather what is already queued into the same message.
+                    if msg.inos.len() < 4096 {
+                        next = next_queued(&mut feed);
+                    }
+                }
+                if (msg.reset || !msg.inos.is_empty() || !msg.entries.is_empty())
+                    && tx.send(Ok(msg)).await.is_err()
+                {
+                    return;
                 }
             }
         });

@@ -35,6 +35,14 @@ pub struct MountArgs {
     #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
     pub attr_ttl: Duration,
 
+    /// How long the kernel may cache names and attributes while meta's
+    /// change feed is connected: changes made by other clients invalidate
+    /// them as they happen, so a stat of an unchanged file never leaves the
+    /// machine. Without the feed (meta failing over), --entry-ttl and
+    /// --attr-ttl apply. 0 = do not use the feed.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub cache_ttl: Duration,
+
     /// Fail a request the cluster has not answered within this long,
     /// retries included, with ETIMEDOUT or EIO.
     #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
@@ -94,6 +102,7 @@ impl MountArgs {
             fs: FsConfig {
                 entry_ttl: self.entry_ttl,
                 attr_ttl: self.attr_ttl,
+                cached_ttl: self.cache_ttl,
                 timeout: self.io_timeout,
                 direct_io: self.direct_io,
                 write_back: !self.no_write_back,

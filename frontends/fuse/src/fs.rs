@@ -31,13 +31,14 @@ use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::future::Future;
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use cairn_client::meta_client::{Owner, RenameFlags, SetAttrChanges, SetTime, XattrMode};
 use cairn_client::{Client, File, OpenOptions};
+use cairn_proto::ErrorCode;
 use cairn_proto::ids::{InodeId, VolumeId};
 use cairn_proto::meta::{Attr, DirEntry, FileType as Kind};
 use fuser::{
@@ -62,6 +63,10 @@ pub struct FsConfig {
     pub entry_ttl: Duration,
     /// How long the kernel may cache an inode's attributes.
     pub attr_ttl: Duration,
+    /// How long the kernel may cache entries and attributes while meta's
+    /// change feed is connected ([`crate::feed`]); zero leaves the feed
+    /// unused. Never shorter than the TTLs above.
+    pub cached_ttl: Duration,
     /// Bound on any one request, retries included; then ETIMEDOUT.
     pub timeout: Duration,
     /// Bypass the page cache (`FOPEN_DIRECT_IO`): every read reaches
@@ -79,6 +84,7 @@ impl Default for FsConfig {
         Self {
             entry_ttl: Duration::from_secs(1),
             attr_ttl: Duration::from_secs(1),
+            cached_ttl: Duration::from_secs(10),
             timeout: Duration::from_secs(60),
             direct_io: false,
             write_back: true,
@@ -102,6 +108,8 @@ pub(crate) struct Inner {
     map: InoMap,
     volume: VolumeId,
     pub(crate) notifier: OnceLock<Notifier>,
+    /// The change feed is connected: kernel caches may live `cached_ttl`.
+    pub(crate) feed_live: AtomicBool,
     next_fh: AtomicU64,
     handles: Mutex<HashMap<u64, Handle_>>,
     inodes: Mutex<HashMap<u64, OpenInode>>,
@@ -147,6 +155,10 @@ struct Handle_ {
 /// The file shared by a mount's handles of one inode.
 struct OpenInode {
     file: Arc<File>,
+    /// The attributes meta gave at the latest open: what `fstat` answers
+    /// once another client removed the file (POSIX keeps an open file
+    /// usable after its last name goes).
+    attr: Attr,
     writable: bool,
     handles: usize,
     /// Write-behind of a writable file (unless turned off).
@@ -230,6 +242,7 @@ impl CairnFs {
                 map: InoMap::new(root),
                 volume,
                 notifier: OnceLock::new(),
+                feed_live: AtomicBool::new(false),
                 next_fh: AtomicU64::new(1),
                 handles: Mutex::new(HashMap::new()),
                 inodes: Mutex::new(HashMap::new()),
@@ -267,6 +280,47 @@ impl CairnFs {
 impl Inner {
     fn cairn(&self, ino: INodeNo) -> u64 {
         self.map.cairn(ino)
+    }
+
+    /// The kernel's number of Cairn inode `ino`.
+    pub(crate) fn kernel(&self, ino: u64) -> INodeNo {
+        self.map.kernel(ino)
+    }
+
+    /// The client this file system serves from.
+    pub(crate) fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// Of `only` (every one when `None`), the inodes the kernel was told of.
+    pub(crate) fn known_inodes(&self, only: Option<&[u64]>) -> Vec<u64> {
+        let seen = lock(&self.seen);
+        match only {
+            None => seen.keys().copied().collect(),
+            Some(inos) => inos
+                .iter()
+                .copied()
+                .filter(|i| seen.contains_key(i))
+                .collect(),
+        }
+    }
+
+    /// The TTL of a name lookup handed to the kernel now.
+    fn entry_ttl(&self) -> Duration {
+        self.ttl(self.cfg.entry_ttl)
+    }
+
+    /// The TTL of attributes handed to the kernel now.
+    fn attr_ttl(&self) -> Duration {
+        self.ttl(self.cfg.attr_ttl)
+    }
+
+    fn ttl(&self, short: Duration) -> Duration {
+        if self.feed_live.load(Ordering::Acquire) {
+            short.max(self.cfg.cached_ttl)
+        } else {
+            short
+        }
     }
 
     /// Kernel attributes for `a`, recording what the kernel now knows.
@@ -315,8 +369,18 @@ impl Inner {
     }
 
     async fn getattr(&self, ino: u64) -> R<FileAttr> {
-        let a = self.client.meta().getattr(InodeId(ino)).await;
-        Ok(self.attr(&a.map_err(|e| errno_by_ino(&e))?))
+        match self.client.meta().getattr(InodeId(ino)).await {
+            Ok(a) => Ok(self.attr(&a)),
+            // Freed by another client while this mount has it open: the
+            // open file keeps its attributes, with no link left.
+            Err(e) if e.code == ErrorCode::NotFound => {
+                let open = lock(&self.inodes).get(&ino).map(|o| o.attr.clone());
+                let mut a = open.ok_or_else(|| errno_by_ino(&e))?;
+                a.nlink = 0;
+                Ok(self.attr(&a))
+            }
+            Err(e) => Err(errno_by_ino(&e)),
+        }
     }
 
     async fn lookup(&self, parent: u64, name: String) -> R<FileAttr> {
@@ -420,6 +484,7 @@ impl Inner {
                 (Some(o), Some(f)) => {
                     // A writable file replaces a read-only one; a newer
                     // version replaces an older read-only one (close-to-open).
+                    o.attr = attr.clone();
                     if !o.writable {
                         let f = Arc::new(f);
                         if write {
@@ -430,7 +495,10 @@ impl Inner {
                     }
                     o.handles += 1;
                 }
-                (Some(o), None) => o.handles += 1,
+                (Some(o), None) => {
+                    o.attr = attr.clone();
+                    o.handles += 1;
+                }
                 (None, Some(f)) => {
                     let f = Arc::new(f);
                     let wb = if write { self.write_back(&f) } else { None };
@@ -438,6 +506,7 @@ impl Inner {
                         ino,
                         OpenInode {
                             file: f,
+                            attr: attr.clone(),
                             writable: write,
                             handles: 1,
                             wb,
@@ -718,7 +787,7 @@ impl Filesystem for CairnFs {
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         let parent = self.inner.cairn(parent);
-        let ttl = self.inner.cfg.entry_ttl;
+        let ttl = self.inner.entry_ttl();
         match name_of(name) {
             Ok(name) => self.spawn(
                 move |me| async move { me.lookup(parent, name).await },
@@ -738,7 +807,7 @@ impl Filesystem for CairnFs {
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
         let ino = self.inner.cairn(ino);
-        let ttl = self.inner.cfg.attr_ttl;
+        let ttl = self.inner.attr_ttl();
         self.spawn(
             move |me| async move { me.getattr(ino).await },
             move |r| match r {
@@ -767,7 +836,7 @@ impl Filesystem for CairnFs {
         reply: ReplyAttr,
     ) {
         let ino = self.inner.cairn(ino);
-        let ttl = self.inner.cfg.attr_ttl;
+        let ttl = self.inner.attr_ttl();
         self.spawn(
             move |me| async move { me.setattr(ino, mode, uid, gid, size, atime, mtime).await },
             move |r| match r {
@@ -804,7 +873,7 @@ impl Filesystem for CairnFs {
         reply: ReplyEntry,
     ) {
         let parent = self.inner.cairn(parent);
-        let ttl = self.inner.cfg.entry_ttl;
+        let ttl = self.inner.entry_ttl();
         let owner = owner(req);
         let name = name_or_reply!(name, reply);
         self.spawn(
@@ -861,7 +930,7 @@ impl Filesystem for CairnFs {
         reply: ReplyEntry,
     ) {
         let parent = self.inner.cairn(parent);
-        let ttl = self.inner.cfg.entry_ttl;
+        let ttl = self.inner.entry_ttl();
         let owner = owner(req);
         let (name, target) = match (name_of(link_name), target.to_str()) {
             (Ok(n), Some(t)) => (n, t.to_string()),
@@ -912,7 +981,7 @@ impl Filesystem for CairnFs {
         reply: ReplyEntry,
     ) {
         let (ino, np) = (self.inner.cairn(ino), self.inner.cairn(newparent));
-        let ttl = self.inner.cfg.entry_ttl;
+        let ttl = self.inner.entry_ttl();
         let name = name_or_reply!(newname, reply);
         self.spawn(
             move |me| async move {
@@ -1080,7 +1149,7 @@ impl Filesystem for CairnFs {
         mut reply: ReplyDirectoryPlus,
     ) {
         let ino = self.inner.cairn(ino);
-        let ttl = self.inner.cfg.entry_ttl.min(self.inner.cfg.attr_ttl);
+        let ttl = self.inner.entry_ttl().min(self.inner.attr_ttl());
         let me2 = self.inner.clone();
         self.spawn(
             move |me| async move {
@@ -1277,7 +1346,7 @@ impl Filesystem for CairnFs {
         reply: ReplyCreate,
     ) {
         let parent = self.inner.cairn(parent);
-        let (ettl, attl) = (self.inner.cfg.entry_ttl, self.inner.cfg.attr_ttl);
+        let (ettl, attl) = (self.inner.entry_ttl(), self.inner.attr_ttl());
         let owner = owner(req);
         let name = name_or_reply!(name, reply);
         let mode = new_mode(mode, umask);

@@ -7,6 +7,8 @@
 //!   are thin shells around it.
 //! - [`fs`] maps every kernel request onto the client library (see its
 //!   docs for concurrency, open files, caches and close-to-open).
+//! - [`feed`] keeps the kernel's entry and attribute caches longer while
+//!   meta's change feed invalidates them.
 //! - [`attr`] holds the pure conversions (attributes, inode numbers,
 //!   errno), unit-tested.
 //!
@@ -17,6 +19,7 @@
 //! read-ahead.
 
 pub mod attr;
+pub mod feed;
 pub mod fs;
 pub mod mount;
 pub mod writeback;

@@ -147,6 +147,7 @@ pub async fn mount(client: Client, dir: &Path, cfg: MountConfig) -> io::Result<M
         volume,
     );
     let inner = fs.inner.clone();
+    let feed_fs = fs.inner.clone();
     let path = dir.to_path_buf();
     let session = tokio::task::spawn_blocking(move || {
         let s = fuser::Session::new(fs, &path, &fcfg)?;
@@ -165,6 +166,9 @@ pub async fn mount(client: Client, dir: &Path, cfg: MountConfig) -> io::Result<M
         };
         err(format!("mounting {}: {e}{hint}", dir.display()))
     })?;
+    if !cfg.fs.cached_ttl.is_zero() {
+        tokio::spawn(crate::feed::follow(std::sync::Arc::downgrade(&feed_fs)));
+    }
     let m = Mounted {
         session: Some(session),
         dir: dir.to_path_buf(),
