@@ -250,6 +250,84 @@ async fn changes_on_one_mount_invalidate_the_others_kernel_cache() {
     assert!(b.stop().unwrap().success());
 }
 
+/// The change feed across a meta failover: the leader holding both
+/// mounts' streams is killed; a file changed afterwards on mount A is read
+/// whole and current on mount B at its next open (close-to-open never waits
+/// for the feed), and B's cached attributes (30 s TTLs) catch up as soon as
+/// B resubscribes at the new leader (its reset drops them).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_feed_follows_a_meta_failover_and_open_never_reads_stale() {
+    let _serial = cairn_jepsen::serial().await;
+    let mut cluster = cluster_with_volume("fo").await;
+    let meta = cluster.meta.addrs();
+    let ttl = [
+        "--volume",
+        "/fo",
+        "--attr-ttl",
+        "30s",
+        "--entry-ttl",
+        "30s",
+        "--cache-ttl",
+        "30s",
+    ];
+    let a = Mount::start(&meta, &cluster.meta.dir().join("mnt-a"), &ttl).unwrap();
+    let b = Mount::start(&meta, &cluster.meta.dir().join("mnt-b"), &ttl).unwrap();
+    let (pa, pb) = (a.path("f"), b.path("f"));
+    let (pa2, pb2) = (pa.clone(), pb.clone());
+    tokio::task::spawn_blocking(move || {
+        fs::write(&pa2, generation(1)).unwrap();
+        assert_eq!(check_generation(&fs::read(&pb2).unwrap()), Ok(1));
+        assert_eq!(
+            fs::metadata(&pb2).unwrap().len(),
+            generation(1).len() as u64
+        );
+    })
+    .await
+    .unwrap();
+
+    let old = cluster.meta.find_leader().await.unwrap();
+    cluster.meta.kill(old.index);
+    let new = cluster
+        .meta
+        .wait_for_leader_where(Duration::from_secs(15), |l| l.index != old.index)
+        .await
+        .unwrap();
+    println!(
+        "[test] meta leader {} killed; {} leads",
+        old.index, new.index
+    );
+
+    tokio::task::spawn_blocking(move || {
+        // Written and closed on A through the failover.
+        fs::write(&pa, generation(2)).unwrap();
+        // B's next open reads it whole: never the old generation.
+        assert_eq!(check_generation(&fs::read(&pb).unwrap()), Ok(2));
+        // And B's stat by name catches up without waiting out 30 s.
+        let want = generation(2).len() as u64;
+        let t = within(Duration::from_secs(10), || {
+            fs::metadata(&pb).is_ok_and(|m| m.len() == want)
+        });
+        println!("[test] B's cached size caught up after {t:?}");
+        assert!(
+            t.is_some(),
+            "B's stat kept the size from before the failover"
+        );
+        // The feed works again at the new leader.
+        fs::write(pa.with_file_name("after"), b"x").unwrap();
+        fs::write(&pa, generation(3)).unwrap();
+        let want = generation(3).len() as u64;
+        let t = within(Duration::from_secs(5), || {
+            fs::metadata(&pb).is_ok_and(|m| m.len() == want)
+        });
+        assert!(t.is_some(), "no invalidation after the failover");
+    })
+    .await
+    .unwrap();
+    let (mut a, mut b) = (a, b);
+    assert!(a.stop().unwrap().success());
+    assert!(b.stop().unwrap().success());
+}
+
 /// Runs `f` on a thread and fails the test if it takes longer than
 /// `limit` (a hung mount would block it forever).
 fn bounded<T: Send + 'static>(
