@@ -328,6 +328,70 @@ async fn the_feed_follows_a_meta_failover_and_open_never_reads_stale() {
     assert!(b.stop().unwrap().success());
 }
 
+/// The feed is a lease: when meta falls silent (every replica paused, as a
+/// partition would leave the mount), the mount drops what it cached within
+/// the silence timeout, so a stat answers from meta (here: fails after
+/// --io-timeout) instead of from a 30 s cache nobody can invalidate; once
+/// meta is back, stat works again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_feed_drops_the_mounts_caches() {
+    let _serial = cairn_jepsen::serial().await;
+    let mut cluster = cluster_with_volume("lease").await;
+    let meta = cluster.meta.addrs();
+    let args = [
+        "--volume",
+        "/lease",
+        "--attr-ttl",
+        "30s",
+        "--entry-ttl",
+        "30s",
+        "--cache-ttl",
+        "30s",
+        "--io-timeout",
+        "2s",
+    ];
+    let b = Mount::start(&meta, &cluster.meta.dir().join("mnt-b"), &args).unwrap();
+    let pb = b.path("f");
+    let p2 = pb.clone();
+    tokio::task::spawn_blocking(move || {
+        fs::write(&p2, b"cached").unwrap();
+        // Give the feed time to connect, then cache f's name and attributes.
+        std::thread::sleep(Duration::from_secs(1));
+        assert_eq!(fs::metadata(&p2).unwrap().len(), 6);
+    })
+    .await
+    .unwrap();
+    for i in 0..cluster.meta.len() {
+        cluster.meta.pause(i).unwrap();
+    }
+    let p2 = pb.clone();
+    let stale = tokio::task::spawn_blocking(move || {
+        // Within the cache TTL, but past the feed's silence timeout.
+        std::thread::sleep(Duration::from_secs(3));
+        fs::metadata(&p2).map(|m| m.len())
+    })
+    .await
+    .unwrap();
+    for i in 0..cluster.meta.len() {
+        cluster.meta.resume(i).unwrap();
+    }
+    assert!(
+        stale.is_err(),
+        "stat answered {stale:?} from a cache whose feed had been silent for 3 s"
+    );
+    let p2 = pb.clone();
+    let back = tokio::task::spawn_blocking(move || {
+        within(Duration::from_secs(20), || {
+            fs::metadata(&p2).is_ok_and(|m| m.len() == 6)
+        })
+    })
+    .await
+    .unwrap();
+    assert!(back.is_some(), "stat did not recover once meta was back");
+    let mut b = b;
+    assert!(b.stop().unwrap().success());
+}
+
 /// Runs `f` on a thread and fails the test if it takes longer than
 /// `limit` (a hung mount would block it forever).
 fn bounded<T: Send + 'static>(

@@ -1513,14 +1513,31 @@ impl Meta for MetaService {
             if tx.send(Ok(reset)).await.is_err() {
                 return;
             }
+            let mut beat = tokio::time::interval(cairn_proto::CHANGE_FEED_HEARTBEAT);
+            beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut lapsed = 0;
             loop {
                 let first = tokio::select! {
-                    r = feed.recv() => r,
+                    r = feed.recv() => Some(r),
                     () = tx.closed() => return,
                     _ = stop.wait_for(|s| *s) => return,
                     // A replica that stops leading ends its streams: the
                     // client resubscribes at the new leader (and resets).
                     _ = metrics.wait_for(|m| m.state != ServerState::Leader) => return,
+                    _ = beat.tick() => None,
+                };
+                let Some(first) = first else {
+                    // The heartbeat is the client's lease: sent only while
+                    // this replica's read lease holds, so a leader cut off
+                    // from its quorum lets its clients' caches lapse before
+                    // another leader can take changes.
+                    lapsed = if shared.lease.valid() { 0 } else { lapsed + 1 };
+                    if lapsed >= 2
+                        || (lapsed == 0 && tx.send(Ok(pb::Changes::default())).await.is_err())
+                    {
+                        return;
+                    }
+                    continue;
                 };
                 let mut msg = pb::Changes::default();
                 let mut next: Option<FeedItem> = Some(first);

@@ -20,6 +20,11 @@ pub mod units;
 
 pub use error::{CairnStatus, ErrorCode};
 
+/// How often meta's leader sends an empty message on a change-feed stream
+/// while its read lease holds; a subscriber that hears nothing for a few
+/// of these counts the stream as lost and drops what it cached.
+pub const CHANGE_FEED_HEARTBEAT: std::time::Duration = std::time::Duration::from_millis(500);
+
 /// Generated gRPC code for the metadata service.
 #[allow(clippy::all, missing_docs)]
 pub mod meta {

@@ -37,10 +37,11 @@ pub struct MountArgs {
 
     /// How long the kernel may cache names and attributes while meta's
     /// change feed is connected: changes made by other clients invalidate
-    /// them as they happen, so a stat of an unchanged file never leaves the
-    /// machine. Without the feed (meta failing over), --entry-ttl and
-    /// --attr-ttl apply. 0 = do not use the feed.
-    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    /// them as they happen (within milliseconds), so a stat of an unchanged
+    /// file never leaves the machine. If the feed is lost (meta failing
+    /// over), everything cached is dropped within 1.5 s and --entry-ttl and
+    /// --attr-ttl apply until it is back. 0 = do not use the feed.
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
     pub cache_ttl: Duration,
 
     /// Fail a request the cluster has not answered within this long,

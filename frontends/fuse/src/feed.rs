@@ -8,20 +8,28 @@
 //! entries it names. So a `stat` of an unchanged file is answered by the
 //! kernel, and one changed elsewhere is seen within a stream round trip.
 //!
-//! When the stream breaks (the leader changed, meta is unreachable) the
-//! mount goes back to the short TTLs at once and subscribes again; the new
-//! stream starts with a reset, on which every attribute the kernel holds
-//! is invalidated. Entries handed out while the feed was up may then stay
-//! in the kernel until their TTL runs out, which is what bounds staleness
-//! across a failover. Close-to-open never depends on any of this: `open`
-//! asks meta, and a name whose inode was replaced answers ESTALE, which
-//! makes the kernel look it up again.
+//! The stream is a lease: meta's leader sends a heartbeat every 500 ms
+//! while its own read lease holds (a quorum acknowledged it recently), and
+//! ends the stream otherwise. When the stream breaks or falls silent for
+//! [`SILENCE`] (the leader changed or was cut off, meta is unreachable),
+//! the mount goes back to the short TTLs at once, invalidates every name it
+//! handed out with the long TTL (it remembers them, up to
+//! [`crate::fs::MAX_TRACKED_NAMES`]) and every attribute the kernel holds,
+//! and subscribes again; the new stream starts with a reset. So staleness
+//! is bounded by the silence timeout (1.5 s), not by the TTL. It is a
+//! bound, not a guarantee of linearizable `stat`: meta acknowledges a
+//! mutation without waiting for the invalidations it causes (they arrive
+//! within a stream round trip), and a client cut off with an old leader
+//! may keep its caches for up to the silence timeout while a new leader
+//! already takes changes. Close-to-open never
+//! depends on any of this: `open` asks meta, and a name whose inode was
+//! replaced answers ESTALE, which makes the kernel look it up again.
 //!
 //! [`FsConfig::cached_ttl`]: crate::FsConfig::cached_ttl
 
 use std::ffi::OsStr;
-use std::sync::Weak;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use cairn_proto::meta::Changes;
@@ -32,38 +40,78 @@ use crate::fs::Inner;
 /// Pause before subscribing again after the stream broke.
 const RESUBSCRIBE: Duration = Duration::from_millis(300);
 
+/// Silence after which the stream counts as lost: meta sends a heartbeat
+/// every [`cairn_proto::CHANGE_FEED_HEARTBEAT`] while its read lease holds.
+const SILENCE: Duration = Duration::from_millis(1500);
+
+/// How long after a loss the names are invalidated a second time: a reply
+/// given the long TTL just before the loss may reach the kernel after the
+/// first pass.
+const SECOND_PASS: Duration = Duration::from_millis(200);
+
 /// Follows the change feed until the file system is dropped.
 pub(crate) async fn follow(fs: Weak<Inner>) {
-    let mut was_live = false;
     loop {
         let Some(meta) = fs.upgrade().map(|i| i.client().meta().clone()) else {
             return;
         };
         match meta.watch_changes().await {
-            Ok(mut stream) => {
-                while let Ok(Some(changes)) = stream.message().await {
-                    let Some(inner) = fs.upgrade() else { return };
+            Ok(mut stream) => loop {
+                let changes = match tokio::time::timeout(SILENCE, stream.message()).await {
+                    Ok(Ok(Some(c))) => c,
+                    Ok(Ok(None)) | Ok(Err(_)) => break,
+                    Err(_) => {
+                        debug!("change feed silent for {SILENCE:?}: counted as lost");
+                        break;
+                    }
+                };
+                let Some(inner) = fs.upgrade() else { return };
+                if !changes.inos.is_empty() || !changes.entries.is_empty() || changes.reset {
                     // On a thread of its own: a notification waits for the
                     // kernel's directory lock, which a request this mount is
                     // still answering may hold.
                     let (i, c) = (inner.clone(), changes.clone());
                     let _ = tokio::task::spawn_blocking(move || invalidate(&i, &c)).await;
-                    if changes.reset && !inner.feed_live.swap(true, Ordering::AcqRel) {
-                        if !was_live {
-                            info!("meta change feed connected: kernel caches kept longer");
-                        }
-                        was_live = true;
-                    }
                 }
-            }
+                if changes.reset && !inner.feed_live.load(Ordering::Acquire) {
+                    inner.set_feed_live(true);
+                    info!("meta change feed connected: kernel caches kept longer");
+                }
+            },
             Err(e) => debug!(error = %e, "change feed unavailable"),
         }
         let Some(inner) = fs.upgrade() else { return };
-        if inner.feed_live.swap(false, Ordering::AcqRel) {
-            debug!("meta change feed lost: short kernel cache TTLs until it is back");
+        let names = inner.set_feed_live(false);
+        if !names.is_empty() || inner.feed_live.load(Ordering::Acquire) {
+            info!("meta change feed lost: short kernel cache TTLs until it is back");
         }
+        forget_everything(&inner, names).await;
         drop(inner);
         tokio::time::sleep(RESUBSCRIBE).await;
+    }
+}
+
+/// Drops every name handed out with the long TTL, and every attribute the
+/// kernel holds, twice (see [`SECOND_PASS`]).
+async fn forget_everything(inner: &Arc<Inner>, names: Vec<(u64, String)>) {
+    let names = Arc::new(names);
+    for pass in 0..2 {
+        if pass == 1 {
+            tokio::time::sleep(SECOND_PASS).await;
+        }
+        let (i, n) = (inner.clone(), names.clone());
+        let _ = tokio::task::spawn_blocking(move || {
+            let Some(notifier) = i.notifier.get() else {
+                return;
+            };
+            for (parent, name) in n.iter() {
+                let _ = notifier.inval_entry(i.kernel(*parent), OsStr::new(name));
+            }
+            for ino in i.known_inodes(None) {
+                let _ = notifier.inval_inode(i.kernel(ino), -1, 0);
+            }
+        })
+        .await;
     }
 }
 
@@ -80,6 +128,7 @@ fn invalidate(inner: &Inner, changes: &Changes) {
         }
     }
     for e in &changes.entries {
+        inner.forget_name(e.parent, &e.name);
         if let Err(err) = n.inval_entry(inner.kernel(e.parent), OsStr::new(&e.name)) {
             // ENOENT: the kernel had nothing cached there.
             debug!(parent = e.parent, name = %e.name, error = %err, "entry invalidation");

@@ -27,7 +27,7 @@
 //! client replaced the file by rename) answer ESTALE for inode-based calls,
 //! which makes the kernel look the path up again instead of failing.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::ffi::OsStr;
 use std::future::Future;
 use std::path::Path;
@@ -52,6 +52,10 @@ use tracing::{debug, warn};
 
 use crate::attr::{self, InoMap, errno, errno_by_ino, file_attr, raw};
 use crate::writeback::{self, WriteBack};
+
+/// Most names the mount tracks for the long TTL; past it, new names get
+/// the short one (each costs ~64 bytes).
+pub const MAX_TRACKED_NAMES: usize = 262_144;
 
 /// Largest write the kernel sends in one request.
 pub const MAX_WRITE: u32 = 1 << 20;
@@ -84,7 +88,7 @@ impl Default for FsConfig {
         Self {
             entry_ttl: Duration::from_secs(1),
             attr_ttl: Duration::from_secs(1),
-            cached_ttl: Duration::from_secs(10),
+            cached_ttl: Duration::from_secs(60),
             timeout: Duration::from_secs(60),
             direct_io: false,
             write_back: true,
@@ -109,7 +113,11 @@ pub(crate) struct Inner {
     volume: VolumeId,
     pub(crate) notifier: OnceLock<Notifier>,
     /// The change feed is connected: kernel caches may live `cached_ttl`.
+    /// Changed only under `names`' lock (see [`Inner::entry_ttl_for`]).
     pub(crate) feed_live: AtomicBool,
+    /// Names handed to the kernel with the long TTL, to invalidate when
+    /// the feed is lost (the kernel has no "forget every name").
+    names: Mutex<HashSet<(u64, String)>>,
     next_fh: AtomicU64,
     handles: Mutex<HashMap<u64, Handle_>>,
     inodes: Mutex<HashMap<u64, OpenInode>>,
@@ -243,6 +251,7 @@ impl CairnFs {
                 volume,
                 notifier: OnceLock::new(),
                 feed_live: AtomicBool::new(false),
+                names: Mutex::new(HashSet::new()),
                 next_fh: AtomicU64::new(1),
                 handles: Mutex::new(HashMap::new()),
                 inodes: Mutex::new(HashMap::new()),
@@ -305,9 +314,38 @@ impl Inner {
         }
     }
 
-    /// The TTL of a name lookup handed to the kernel now.
-    fn entry_ttl(&self) -> Duration {
-        self.ttl(self.cfg.entry_ttl)
+    /// The TTL of the name `name` in `parent` handed to the kernel now:
+    /// the long one while the feed is connected, and the name is then
+    /// remembered so it can be invalidated if the feed is lost.
+    pub(crate) fn entry_ttl_for(&self, parent: u64, name: &str) -> Duration {
+        let short = self.cfg.entry_ttl;
+        let mut names = lock(&self.names);
+        if !self.feed_live.load(Ordering::Acquire) {
+            return short;
+        }
+        let key = (parent, name.to_string());
+        if names.len() >= MAX_TRACKED_NAMES && !names.contains(&key) {
+            return short;
+        }
+        names.insert(key);
+        short.max(self.cfg.cached_ttl)
+    }
+
+    /// Marks the feed connected or not; when lost, returns the names handed
+    /// out with the long TTL (for the caller to invalidate).
+    pub(crate) fn set_feed_live(&self, live: bool) -> Vec<(u64, String)> {
+        let mut names = lock(&self.names);
+        let was = self.feed_live.swap(live, Ordering::AcqRel);
+        if was && !live {
+            names.drain().collect()
+        } else {
+            Vec::new()
+        }
+    }
+
+    /// Forgets a name the kernel was told to drop.
+    pub(crate) fn forget_name(&self, parent: u64, name: &str) {
+        lock(&self.names).remove(&(parent, name.to_string()));
     }
 
     /// The TTL of attributes handed to the kernel now.
@@ -787,12 +825,15 @@ impl Filesystem for CairnFs {
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         let parent = self.inner.cairn(parent);
-        let ttl = self.inner.entry_ttl();
+        let me2 = self.inner.clone();
         match name_of(name) {
-            Ok(name) => self.spawn(
-                move |me| async move { me.lookup(parent, name).await },
-                move |r| entry(reply, ttl, r),
-            ),
+            Ok(name) => {
+                let n2 = name.clone();
+                self.spawn(
+                    move |me| async move { me.lookup(parent, name).await },
+                    move |r| entry(reply, me2.entry_ttl_for(parent, &n2), r),
+                );
+            }
             Err(e) => reply.error(e),
         }
     }
@@ -873,9 +914,9 @@ impl Filesystem for CairnFs {
         reply: ReplyEntry,
     ) {
         let parent = self.inner.cairn(parent);
-        let ttl = self.inner.entry_ttl();
         let owner = owner(req);
         let name = name_or_reply!(name, reply);
+        let (me2, n2) = (self.inner.clone(), name.clone());
         self.spawn(
             move |me| async move {
                 let e = me
@@ -886,7 +927,7 @@ impl Filesystem for CairnFs {
                     .map_err(|e| errno(&e))?;
                 Ok(me.attr(&e.attr))
             },
-            move |r| entry(reply, ttl, r),
+            move |r| entry(reply, me2.entry_ttl_for(parent, &n2), r),
         );
     }
 
@@ -930,12 +971,12 @@ impl Filesystem for CairnFs {
         reply: ReplyEntry,
     ) {
         let parent = self.inner.cairn(parent);
-        let ttl = self.inner.entry_ttl();
         let owner = owner(req);
         let (name, target) = match (name_of(link_name), target.to_str()) {
             (Ok(n), Some(t)) => (n, t.to_string()),
             _ => return reply.error(Errno::EINVAL),
         };
+        let (me2, n2) = (self.inner.clone(), name.clone());
         self.spawn(
             move |me| async move {
                 let e = me
@@ -946,7 +987,7 @@ impl Filesystem for CairnFs {
                     .map_err(|e| errno(&e))?;
                 Ok(me.attr(&e.attr))
             },
-            move |r| entry(reply, ttl, r),
+            move |r| entry(reply, me2.entry_ttl_for(parent, &n2), r),
         );
     }
 
@@ -981,8 +1022,8 @@ impl Filesystem for CairnFs {
         reply: ReplyEntry,
     ) {
         let (ino, np) = (self.inner.cairn(ino), self.inner.cairn(newparent));
-        let ttl = self.inner.entry_ttl();
         let name = name_or_reply!(newname, reply);
+        let (me2, n2) = (self.inner.clone(), name.clone());
         self.spawn(
             move |me| async move {
                 let e = me
@@ -993,7 +1034,7 @@ impl Filesystem for CairnFs {
                     .map_err(|e| errno(&e))?;
                 Ok(me.attr(&e.attr))
             },
-            move |r| entry(reply, ttl, r),
+            move |r| entry(reply, me2.entry_ttl_for(np, &n2), r),
         );
     }
 
@@ -1149,7 +1190,6 @@ impl Filesystem for CairnFs {
         mut reply: ReplyDirectoryPlus,
     ) {
         let ino = self.inner.cairn(ino);
-        let ttl = self.inner.entry_ttl().min(self.inner.attr_ttl());
         let me2 = self.inner.clone();
         self.spawn(
             move |me| async move {
@@ -1171,6 +1211,7 @@ impl Filesystem for CairnFs {
                 };
                 if let Some(dir) = dir {
                     let dot = me2.attr(&dir);
+                    let ttl = me2.cfg.entry_ttl.min(me2.attr_ttl());
                     for (i, name) in [(1, "."), (2, "..")] {
                         if i > offset && reply.add(dot.ino, i, name, &ttl, &dot, Generation(0)) {
                             return reply.ok();
@@ -1182,6 +1223,7 @@ impl Filesystem for CairnFs {
                 for (k, e) in entries.iter().enumerate().skip(first) {
                     let Some(a) = e.attr.as_ref() else { continue };
                     let fa = me2.attr(a);
+                    let ttl = me2.entry_ttl_for(ino, &e.name).min(me2.attr_ttl());
                     if reply.add(fa.ino, k as u64 + 3, &e.name, &ttl, &fa, Generation(0)) {
                         break;
                     }
@@ -1346,15 +1388,16 @@ impl Filesystem for CairnFs {
         reply: ReplyCreate,
     ) {
         let parent = self.inner.cairn(parent);
-        let (ettl, attl) = (self.inner.entry_ttl(), self.inner.attr_ttl());
         let owner = owner(req);
         let name = name_or_reply!(name, reply);
         let mode = new_mode(mode, umask);
+        let (me2, n2) = (self.inner.clone(), name.clone());
         self.spawn(
             move |me| async move { me.create(parent, name, mode, owner, flags).await },
             move |r| match r {
                 Ok((a, fh, f)) => {
-                    reply.created(&ettl.min(attl), &a, Generation(0), FileHandle(fh), f)
+                    let ttl = me2.entry_ttl_for(parent, &n2).min(me2.attr_ttl());
+                    reply.created(&ttl, &a, Generation(0), FileHandle(fh), f)
                 }
                 Err(e) => reply.error(e),
             },
