@@ -180,18 +180,16 @@ fn within(limit: Duration, mut cond: impl FnMut() -> bool) -> Option<Duration> {
     None
 }
 
-/// The change feed: with every kernel TTL at 30 s, what one mount caches
-/// of a file (attributes, names) is dropped as soon as another mount
-/// changes it, without an open: only an invalidation from meta can make
-/// the second mount see the change before its cache expires.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn changes_on_one_mount_invalidate_the_others_kernel_cache() {
-    let _serial = cairn_jepsen::serial().await;
-    let cluster = cluster_with_volume("feed").await;
+/// A cluster with volume `name` and mounts of it (one per entry of
+/// `mounts`, at `mnt-<entry>`), every kernel TTL at 30 s, so that only the
+/// change feed (or an open) can make a mount see a change in time.
+async fn cached_mounts(name: &str, mounts: &[&str], extra: &[&str]) -> (DataCluster, Vec<Mount>) {
+    let cluster = cluster_with_volume(name).await;
     let meta = cluster.meta.addrs();
-    let ttl = [
+    let volume = format!("/{name}");
+    let mut args = vec![
         "--volume",
-        "/feed",
+        volume.as_str(),
         "--attr-ttl",
         "30s",
         "--entry-ttl",
@@ -199,8 +197,23 @@ async fn changes_on_one_mount_invalidate_the_others_kernel_cache() {
         "--cache-ttl",
         "30s",
     ];
-    let a = Mount::start(&meta, &cluster.meta.dir().join("mnt-a"), &ttl).unwrap();
-    let b = Mount::start(&meta, &cluster.meta.dir().join("mnt-b"), &ttl).unwrap();
+    args.extend_from_slice(extra);
+    let m = mounts
+        .iter()
+        .map(|m| Mount::start(&meta, &cluster.meta.dir().join(format!("mnt-{m}")), &args).unwrap())
+        .collect();
+    (cluster, m)
+}
+
+/// The change feed: with every kernel TTL at 30 s, what one mount caches
+/// of a file (attributes, names) is dropped as soon as another mount
+/// changes it, without an open: only an invalidation from meta can make
+/// the second mount see the change before its cache expires.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changes_on_one_mount_invalidate_the_others_kernel_cache() {
+    let _serial = cairn_jepsen::serial().await;
+    let (_cluster, mounts) = cached_mounts("feed", &["a", "b"], &[]).await;
+    let [a, b]: [Mount; 2] = mounts.try_into().ok().unwrap();
     let (da, db) = (a.dir().to_path_buf(), b.dir().to_path_buf());
     tokio::task::spawn_blocking(move || {
         fs::write(da.join("f"), vec![1u8; 1000]).unwrap();
@@ -258,20 +271,8 @@ async fn changes_on_one_mount_invalidate_the_others_kernel_cache() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_feed_follows_a_meta_failover_and_open_never_reads_stale() {
     let _serial = cairn_jepsen::serial().await;
-    let mut cluster = cluster_with_volume("fo").await;
-    let meta = cluster.meta.addrs();
-    let ttl = [
-        "--volume",
-        "/fo",
-        "--attr-ttl",
-        "30s",
-        "--entry-ttl",
-        "30s",
-        "--cache-ttl",
-        "30s",
-    ];
-    let a = Mount::start(&meta, &cluster.meta.dir().join("mnt-a"), &ttl).unwrap();
-    let b = Mount::start(&meta, &cluster.meta.dir().join("mnt-b"), &ttl).unwrap();
+    let (mut cluster, mounts) = cached_mounts("fo", &["a", "b"], &[]).await;
+    let [a, b]: [Mount; 2] = mounts.try_into().ok().unwrap();
     let (pa, pb) = (a.path("f"), b.path("f"));
     let (pa2, pb2) = (pa.clone(), pb.clone());
     tokio::task::spawn_blocking(move || {
@@ -336,21 +337,8 @@ async fn the_feed_follows_a_meta_failover_and_open_never_reads_stale() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_silent_feed_drops_the_mounts_caches() {
     let _serial = cairn_jepsen::serial().await;
-    let mut cluster = cluster_with_volume("lease").await;
-    let meta = cluster.meta.addrs();
-    let args = [
-        "--volume",
-        "/lease",
-        "--attr-ttl",
-        "30s",
-        "--entry-ttl",
-        "30s",
-        "--cache-ttl",
-        "30s",
-        "--io-timeout",
-        "2s",
-    ];
-    let b = Mount::start(&meta, &cluster.meta.dir().join("mnt-b"), &args).unwrap();
+    let (mut cluster, mounts) = cached_mounts("lease", &["b"], &["--io-timeout", "2s"]).await;
+    let [b]: [Mount; 1] = mounts.try_into().ok().unwrap();
     let pb = b.path("f");
     let p2 = pb.clone();
     tokio::task::spawn_blocking(move || {
