@@ -180,6 +180,13 @@ fn within(limit: Duration, mut cond: impl FnMut() -> bool) -> Option<Duration> {
     None
 }
 
+/// Unmounts each mount; each must exit cleanly.
+fn stop_all<const N: usize>(mounts: [Mount; N]) {
+    for mut m in mounts {
+        assert!(m.stop().unwrap().success());
+    }
+}
+
 /// A cluster with volume `name` and mounts of it (one per entry of
 /// `mounts`, at `mnt-<entry>`), every kernel TTL at 30 s, so that only the
 /// change feed (or an open) can make a mount see a change in time.
@@ -258,9 +265,7 @@ async fn changes_on_one_mount_invalidate_the_others_kernel_cache() {
     })
     .await
     .unwrap();
-    let (mut a, mut b) = (a, b);
-    assert!(a.stop().unwrap().success());
-    assert!(b.stop().unwrap().success());
+    stop_all([a, b]);
 }
 
 /// The change feed across a meta failover: the leader holding both
@@ -324,9 +329,7 @@ async fn the_feed_follows_a_meta_failover_and_open_never_reads_stale() {
     })
     .await
     .unwrap();
-    let (mut a, mut b) = (a, b);
-    assert!(a.stop().unwrap().success());
-    assert!(b.stop().unwrap().success());
+    stop_all([a, b]);
 }
 
 /// The feed is a lease: when meta falls silent (every replica paused, as a
@@ -376,8 +379,7 @@ async fn a_silent_feed_drops_the_mounts_caches() {
     .await
     .unwrap();
     assert!(back.is_some(), "stat did not recover once meta was back");
-    let mut b = b;
-    assert!(b.stop().unwrap().success());
+    stop_all([b]);
 }
 
 /// Runs `f` on a thread and fails the test if it takes longer than
