@@ -66,14 +66,15 @@ pub(crate) async fn follow(fs: Weak<Inner>) {
                     }
                 };
                 let Some(inner) = fs.upgrade() else { return };
-                if !changes.inos.is_empty() || !changes.entries.is_empty() || changes.reset {
+                let reset = changes.reset;
+                if !changes.inos.is_empty() || !changes.entries.is_empty() || reset {
                     // On a thread of its own: a notification waits for the
                     // kernel's directory lock, which a request this mount is
                     // still answering may hold.
-                    let (i, c) = (inner.clone(), changes.clone());
-                    let _ = tokio::task::spawn_blocking(move || invalidate(&i, &c)).await;
+                    let i = inner.clone();
+                    let _ = tokio::task::spawn_blocking(move || invalidate(&i, &changes)).await;
                 }
-                if changes.reset && !inner.feed_live.load(Ordering::Acquire) {
+                if reset && !inner.feed_live.load(Ordering::Acquire) {
                     inner.set_feed_live(true);
                     info!("meta change feed connected: kernel caches kept longer");
                 }
@@ -81,11 +82,12 @@ pub(crate) async fn follow(fs: Weak<Inner>) {
             Err(e) => debug!(error = %e, "change feed unavailable"),
         }
         let Some(inner) = fs.upgrade() else { return };
-        let names = inner.set_feed_live(false);
-        if !names.is_empty() || inner.feed_live.load(Ordering::Acquire) {
+        // Only a feed that was connected handed out long TTLs: a meta that
+        // stays unreachable costs no invalidation sweep per retry.
+        if let Some(names) = inner.set_feed_live(false) {
             info!("meta change feed lost: short kernel cache TTLs until it is back");
+            forget_everything(&inner, names).await;
         }
-        forget_everything(&inner, names).await;
         drop(inner);
         tokio::time::sleep(RESUBSCRIBE).await;
     }

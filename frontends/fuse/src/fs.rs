@@ -331,16 +331,13 @@ impl Inner {
         short.max(self.cfg.cached_ttl)
     }
 
-    /// Marks the feed connected or not; when lost, returns the names handed
-    /// out with the long TTL (for the caller to invalidate).
-    pub(crate) fn set_feed_live(&self, live: bool) -> Vec<(u64, String)> {
+    /// Marks the feed connected or not. When that loses a connected feed,
+    /// returns the names handed out with the long TTL (for the caller to
+    /// invalidate); `None` when nothing was lost.
+    pub(crate) fn set_feed_live(&self, live: bool) -> Option<Vec<(u64, String)>> {
         let mut names = lock(&self.names);
         let was = self.feed_live.swap(live, Ordering::AcqRel);
-        if was && !live {
-            names.drain().collect()
-        } else {
-            Vec::new()
-        }
+        (was && !live).then(|| names.drain().collect())
     }
 
     /// Forgets a name the kernel was told to drop.
