@@ -88,6 +88,10 @@ struct State {
     len: u64,
     /// The length meta has from us (or had at open).
     reported: u64,
+    /// End of the furthest write sent through this handle (it may have
+    /// reached some replicas even if it failed): reported at close when
+    /// beyond the length, for the garbage collector.
+    attempted: u64,
     truncate_gen: u64,
     closed: bool,
     readahead: ReadAhead,
@@ -141,6 +145,7 @@ impl File {
                 state: Mutex::new(State {
                     len: attr.size,
                     reported: attr.size,
+                    attempted: 0,
                     truncate_gen: attr.truncate_gen,
                     closed: false,
                     readahead,
@@ -383,26 +388,32 @@ impl FileInner {
     }
 
     async fn close(&self) -> Result<()> {
-        let (len, gen_, reported) = {
+        let (len, gen_, reported, attempted) = {
             let mut s = lock(&self.state);
             if s.closed {
                 return Ok(());
             }
             s.closed = true;
-            (s.len, s.truncate_gen, s.reported)
+            (s.len, s.truncate_gen, s.reported, s.attempted)
         };
         let held = self.client.unregister(self.ino.0, self.generation);
         let meta = &self.client.inner.meta;
+        // Data may lie beyond the length only where a write failed.
+        let beyond = if attempted > len.max(reported) {
+            attempted
+        } else {
+            0
+        };
         if self.how.write {
-            match (len > reported).then_some((len, gen_)) {
-                Some(length) => {
-                    meta.close_file(self.ino, Some(length)).await?;
-                }
+            if len > reported || beyond > 0 {
+                let length = (len > reported).then_some((len, gen_));
+                meta.close_file(self.ino, length, beyond).await?;
+            } else {
                 // Nothing to report: the release waits for company.
-                None => meta.release_later(self.ino).await,
+                meta.release_later(self.ino).await;
             }
         } else if held {
-            meta.close_file(self.ino, None).await?;
+            meta.close_file(self.ino, None, 0).await?;
         }
         Ok(())
     }
@@ -611,6 +622,10 @@ impl FileInner {
             })
             .collect();
         self.write_epoch.fetch_add(1, Ordering::SeqCst);
+        {
+            let mut s = lock(&self.state);
+            s.attempted = s.attempted.max(end);
+        }
         let result: Result<()> = futures::stream::iter(pieces)
             .map(|(p, d, seq)| async move { inner.io.write(&p, d, client_id, seq, 0).await })
             .buffer_unordered(inner.opts.window)

@@ -1152,8 +1152,11 @@ impl MetaClient {
     }
 
     /// Closes `ino` in this client's session; a writer passes the
-    /// `(length, truncate_gen)` it observed. Returns the attributes after
-    /// the close, or `None` when the close freed an unlinked file.
+    /// `(length, truncate_gen)` it observed, and `written_extent`: the end
+    /// of its furthest write when that lies beyond the length (a failed
+    /// write may have reached some replicas), else 0. Returns the
+    /// attributes after the close, or `None` when the close freed an
+    /// unlinked file.
     ///
     /// # Errors
     /// [`ErrorCode::NotFound`], or a retry failure.
@@ -1161,6 +1164,7 @@ impl MetaClient {
         &self,
         ino: InodeId,
         length: Option<(u64, u64)>,
+        written_extent: u64,
     ) -> Result<Option<Attr>> {
         let r = mutation!(self, close, |rid| CloseRequest {
             rid: Some(rid),
@@ -1168,6 +1172,7 @@ impl MetaClient {
             has_length: length.is_some(),
             length: length.map_or(0, |l| l.0),
             truncate_gen: length.map_or(0, |l| l.1),
+            written_extent,
         })
         .await?;
         Ok(r.attr)

@@ -305,7 +305,7 @@ async fn unwritten_closes_are_released_in_the_background_and_never_undo_a_reopen
     tokio::time::sleep(Duration::from_millis(300)).await;
     c.unlink(root, "again").await.unwrap();
     assert!(c.getattr(ino).await.is_ok(), "held by the second open");
-    c.close_file(ino, None).await.unwrap();
+    c.close_file(ino, None, 0).await.unwrap();
     assert_eq!(
         c.getattr(ino).await.expect_err("freed at close").code,
         ErrorCode::NotFound

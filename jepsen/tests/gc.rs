@@ -3,6 +3,8 @@
 //! the data plane), not before; a file unlinked while open stays readable
 //! through its handle until it is closed; files created while the
 //! collector runs, and files never deleted, keep all their replicas.
+//! Files that never held data cost the collector no request, written ones
+//! one per chunk, and the collector keeps to its removal rate.
 
 use std::time::{Duration, Instant};
 
@@ -144,6 +146,107 @@ async fn deleted_files_leave_every_disk_after_the_grace_period() -> Result<()> {
             "the closed, unlinked file was never collected"
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    Ok(())
+}
+
+/// The value of the unlabelled sample `name` on the meta replica's
+/// Prometheus page at `addr`.
+async fn meta_metric(addr: &str, name: &str) -> Result<u64> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await?;
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        .await?;
+    let mut page = String::new();
+    s.read_to_string(&mut page).await?;
+    page.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+        .ok_or_else(|| anyhow::anyhow!("no {name} on {addr}/metrics"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn never_written_chunks_cost_no_removal_and_the_collector_keeps_its_rate() -> Result<()> {
+    let _serial = cairn_jepsen::serial().await;
+    let metrics = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .to_string();
+    const RATE: u64 = 5;
+    let cluster = DataCluster::start(DataOpts {
+        metas: 1,
+        meta_args: vec![
+            "--gc-grace".into(),
+            "1s".into(),
+            "--gc-chunks-per-sec".into(),
+            RATE.to_string(),
+            "--metrics-listen".into(),
+            metrics.clone(),
+        ],
+        ..DataOpts::default()
+    })
+    .await?;
+    let client = cluster.client(ClientOptions::default()).await?;
+    client
+        .meta()
+        .create_volume("gc", VolumePolicy::default())
+        .await?;
+    // 200 empty files (created, or opened for write and closed unwritten),
+    // then 20 written ones.
+    const EMPTY: u64 = 200;
+    const WRITTEN: u64 = 20;
+    futures::stream::iter(0..EMPTY)
+        .map(|i| {
+            let c = &client;
+            async move {
+                let f = c.create(&format!("/gc/f{i}")).await.unwrap();
+                f.close().await.unwrap();
+            }
+        })
+        .buffer_unordered(16)
+        .collect::<Vec<()>>()
+        .await;
+    write_files(&client, EMPTY..EMPTY + WRITTEN).await;
+    let written = layouts(&client, EMPTY..EMPTY + WRITTEN).await;
+    let view = ChainView::from_pb(&cluster.chains().await?);
+    let pool = DataPool::new(Duration::from_secs(2));
+    for i in 0..EMPTY + WRITTEN {
+        client.remove_file(&format!("/gc/f{i}")).await?;
+    }
+    let deleted_at = Instant::now();
+
+    let total = EMPTY + WRITTEN;
+    let mut first_removal = None;
+    loop {
+        let objects = meta_metric(&metrics, "cairn_meta_gc_objects_collected_total").await?;
+        let chunks = meta_metric(&metrics, "cairn_meta_gc_chunk_removals_total").await?;
+        if chunks > 0 && first_removal.is_none() {
+            first_removal = Some(Instant::now());
+        }
+        if objects == total {
+            // One removal per written chunk (16 KiB files: one chunk each),
+            // none for the empty files or for stripe slots never written.
+            ensure!(
+                chunks == WRITTEN,
+                "{chunks} chunk removals for {WRITTEN} one-chunk files and {EMPTY} empty ones"
+            );
+            break;
+        }
+        ensure!(
+            deleted_at.elapsed() < Duration::from_secs(60),
+            "only {objects} of {total} deleted objects collected after 60 s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // 20 removals at 5 a second take at least 4 rounds, a second apart.
+    let spread = first_removal.expect("removals were seen").elapsed();
+    ensure!(
+        spread >= Duration::from_millis(2500),
+        "{WRITTEN} removals at {RATE}/s were done within {spread:?}"
+    );
+    for l in &written {
+        ensure!(
+            replicas_holding(&view, &pool, l).await? == 0,
+            "a deleted file's chunk is still on a replica"
+        );
     }
     Ok(())
 }

@@ -53,6 +53,12 @@ pub struct MetaConfig {
     /// reader that opened the file before the delete finishes its reads.
     #[serde(with = "humantime_serde_compat")]
     pub gc_grace: Duration,
+    /// At most this many chunk removals per second by the garbage
+    /// collector (each removes the chunk on every replica of its chain), so
+    /// that deleting many files never takes the chunkservers from
+    /// foreground I/O; at least one object is collected per second.
+    #[serde(default = "default_gc_chunks_per_sec")]
+    pub gc_chunks_per_sec: u64,
     /// How long a chunkserver may stay dead before its targets are
     /// replaced in their chains by targets on other chunkservers
     /// (re-replication). Shorter outages (a restart, a reboot) are
@@ -70,6 +76,10 @@ pub struct MetaConfig {
 
 fn default_maintenance_window() -> Duration {
     Duration::from_secs(1800)
+}
+
+fn default_gc_chunks_per_sec() -> u64 {
+    500
 }
 
 fn default_replace_after() -> Duration {
@@ -93,6 +103,7 @@ impl Default for MetaConfig {
             cache_bytes: 64 << 20,
             metrics_listen: None,
             gc_grace: Duration::from_secs(600),
+            gc_chunks_per_sec: default_gc_chunks_per_sec(),
             replace_after: default_replace_after(),
             maintenance_window: default_maintenance_window(),
         }
@@ -117,6 +128,9 @@ impl MetaConfig {
         }
         if !(1..=7).contains(&self.replicas) {
             return Err("replicas must be between 1 and 7".into());
+        }
+        if self.gc_chunks_per_sec == 0 {
+            return Err("gc-chunks-per-sec must be at least 1".into());
         }
         if self.snapshot_every < 100 {
             return Err("snapshot-every must be at least 100".into());

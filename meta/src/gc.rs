@@ -12,14 +12,29 @@
 //! the next round, so a crash or leader change at any point only repeats
 //! removals.
 //!
-//! Which chunks: those below the recorded size, plus one stripe beyond it,
-//! for a writer that died before its last length report reached meta.
-//! Truncated-away chunks never reach this list: the client removes them on
-//! every replica before meta records the shorter length.
+//! Which chunks: those below the object's extent — its recorded size, or
+//! further where a writer reported sending data beyond it (a failed write,
+//! see `fs::session`). An empty file costs no request at all. Where the
+//! extent is unknown (a writer died with the file open, or the object
+//! predates extent tracking), one stripe beyond the size as well, for the
+//! writes whose length never reached meta. Truncated-away chunks never
+//! reach this list: the client removes them on every replica before meta
+//! records the shorter length.
 //!
-//! Not here yet: orphan reconciliation against chunkservers' chunk
-//! reports.
+//! Pace: a round (once a second) sends at most `gc_chunks_per_sec`
+//! removals, and at least one object's, so a mass delete drains at a
+//! bounded rate instead of taking the chunkservers from foreground I/O.
+//! Rounds walk the garbage list by object id with a cursor that wraps, so
+//! entries still in their grace period never block older-deleted ones.
+//!
+//! Chunks meta never knew of (a chunkserver away during a delete, a write
+//! that landed after its writer's session ended) are found by
+//! chunkservers' chunk reports instead (`report_chunks` in `service`).
+//! Not here: batching many chunks into one request per chain (removals
+//! are already one per chunk that was ever written, so a batch would save
+//! framing, not the per-chunk delete each replica does).
 
+use std::sync::Mutex;
 use std::time::Duration;
 
 use cairn_client::data::{DataPool, into_result, remove_request};
@@ -31,8 +46,8 @@ use futures::StreamExt;
 use crate::fs::{Garbage, Op};
 use crate::service::{Shared, chain_tables_pb, now_ns};
 
-/// Objects handled per round (each round is one leader duty tick).
-const OBJECTS_PER_ROUND: usize = 256;
+/// Garbage entries read per round.
+const SCAN_PER_ROUND: usize = 4096;
 /// Chunk removals in flight at once.
 const PARALLEL: usize = 16;
 /// One removal's time limit.
@@ -41,13 +56,28 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 /// The collector's connections to chunkservers.
 pub struct Gc {
     pool: DataPool,
+    /// The last object id the previous round read; `None`: from the start.
+    cursor: Mutex<Option<u64>>,
 }
 
 impl Default for Gc {
     fn default() -> Self {
         Self {
             pool: DataPool::new(Duration::from_secs(2)),
+            cursor: Mutex::new(None),
         }
+    }
+}
+
+/// Which chunks of a garbage object to remove.
+fn chunks_to_remove(g: &Garbage, extent: Option<u64>) -> u64 {
+    let l = &g.layout;
+    if l.chains.is_empty() || l.chunk_size == 0 {
+        return 0;
+    }
+    match extent {
+        Some(bytes) => bytes.max(g.size).div_ceil(l.chunk_size),
+        None => g.size.div_ceil(l.chunk_size) + l.chains.len() as u64,
     }
 }
 
@@ -60,14 +90,41 @@ impl Gc {
     pub async fn round(&self, shared: &Shared) -> Result<(), CairnStatus> {
         let grace = i64::try_from(shared.config.gc_grace.as_nanos()).unwrap_or(i64::MAX);
         let now = now_ns();
-        let due: Vec<Garbage> = shared
+        let after = *self
+            .cursor
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let page = shared
             .fs
-            .garbage()
-            .map_err(CairnStatus::from)?
-            .into_iter()
+            .garbage(after, SCAN_PER_ROUND)
+            .map_err(CairnStatus::from)?;
+        let mut budget = shared.config.gc_chunks_per_sec;
+        let mut due = Vec::new();
+        let mut stopped_after = None;
+        for g in page
+            .iter()
             .filter(|g| now.saturating_sub(g.since_ns) >= grace)
-            .take(OBJECTS_PER_ROUND)
-            .collect();
+        {
+            let extent = shared.fs.garbage_extent(g).map_err(CairnStatus::from)?;
+            let count = chunks_to_remove(g, extent);
+            if count > budget && !due.is_empty() {
+                stopped_after = due.last().map(|(g, _): &(Garbage, u64)| g.layout.object_id);
+                break;
+            }
+            budget = budget.saturating_sub(count);
+            due.push((g.clone(), count));
+        }
+        // The next round goes on where the budget ran out, else after this
+        // page, else (the list's end) from the start.
+        let next = stopped_after.or_else(|| {
+            (page.len() == SCAN_PER_ROUND)
+                .then(|| page.last().map(|g| g.layout.object_id))
+                .flatten()
+        });
+        *self
+            .cursor
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = next;
         if due.is_empty() {
             return Ok(());
         }
@@ -75,8 +132,8 @@ impl Gc {
         let view = ChainView::from_pb(&tables);
         let mut done = Vec::new();
         let mut chunks = 0u64;
-        for g in &due {
-            match self.remove_object(&view, g).await {
+        for (g, count) in &due {
+            match self.remove_object(&view, g, *count).await {
                 Ok(n) => {
                     done.push(g.layout.object_id);
                     chunks += n;
@@ -93,19 +150,31 @@ impl Gc {
         shared
             .propose(None, Op::ForgetGarbage { objects: done })
             .await?;
+        shared
+            .gc
+            .objects
+            .fetch_add(objects as u64, std::sync::atomic::Ordering::Relaxed);
+        shared
+            .gc
+            .chunks
+            .fetch_add(chunks, std::sync::atomic::Ordering::Relaxed);
         tracing::info!(objects, chunks, "garbage collected");
         Ok(())
     }
 
-    /// Removes every chunk of `g` from its chain; returns how many
-    /// removals it sent.
-    async fn remove_object(&self, view: &ChainView, g: &Garbage) -> Result<u64, CairnStatus> {
+    /// Removes chunks `0..count` of `g` from their chains; returns how
+    /// many removals it sent.
+    async fn remove_object(
+        &self,
+        view: &ChainView,
+        g: &Garbage,
+        count: u64,
+    ) -> Result<u64, CairnStatus> {
         let l = &g.layout;
-        if l.chains.is_empty() || l.chunk_size == 0 {
+        if count == 0 {
             return Ok(0);
         }
         let stripe = l.chains.len() as u64;
-        let count = g.size.div_ceil(l.chunk_size) + stripe;
         let results: Vec<Result<(), CairnStatus>> = futures::stream::iter(0..count)
             .map(|index| {
                 let chunk = ChunkId {
@@ -150,5 +219,40 @@ impl Gc {
             Err(e) if e.code() == ErrorCode::NotFound => Ok(()),
             Err(e) => Err(unavailable(format!("removing {chunk} at {addr}: {e}"))),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fs::Layout;
+
+    fn garbage(size: u64) -> Garbage {
+        Garbage {
+            layout: Layout {
+                object_id: 7,
+                chunk_size: 1000,
+                chains: vec![1, 2, 3, 4],
+                replication: 3,
+            },
+            size,
+            since_ns: 0,
+        }
+    }
+
+    #[test]
+    fn removes_the_written_chunks_and_a_stripe_more_only_when_unknown() {
+        assert_eq!(chunks_to_remove(&garbage(0), Some(0)), 0);
+        assert_eq!(chunks_to_remove(&garbage(1), Some(1)), 1);
+        assert_eq!(chunks_to_remove(&garbage(1000), Some(1000)), 1);
+        assert_eq!(chunks_to_remove(&garbage(1001), Some(1001)), 2);
+        // A failed write reached further than the size.
+        assert_eq!(chunks_to_remove(&garbage(10), Some(3500)), 4);
+        // Unknown: the size's chunks and one stripe beyond.
+        assert_eq!(chunks_to_remove(&garbage(0), None), 4);
+        assert_eq!(chunks_to_remove(&garbage(2500), None), 7);
+        let mut no_chains = garbage(5000);
+        no_chains.layout.chains.clear();
+        assert_eq!(chunks_to_remove(&no_chains, None), 0);
     }
 }

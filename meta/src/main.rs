@@ -80,6 +80,11 @@ struct Args {
     /// chunkservers (e.g. "10m"); longer than any client cache TTL.
     #[arg(long, env = "CAIRN_META_GC_GRACE", value_parser = humantime::parse_duration)]
     gc_grace: Option<Duration>,
+    /// Remove at most this many chunks per second when collecting deleted
+    /// files' data (each removal touches every replica of a chain), so
+    /// that mass deletes never starve foreground I/O.
+    #[arg(long, env = "CAIRN_META_GC_CHUNKS_PER_SEC")]
+    gc_chunks_per_sec: Option<u64>,
     /// Replace a chunkserver's targets in their chains (re-replicating
     /// their data onto other chunkservers) once it has been dead this long
     /// (e.g. "5m"); a shorter outage is caught up by version instead.
@@ -148,6 +153,7 @@ fn load(args: Args) -> Result<MetaConfig, String> {
         election_timeout,
         chunkserver_timeout,
         gc_grace,
+        gc_chunks_per_sec,
         replace_after,
         maintenance_window,
         session_timeout,
@@ -188,6 +194,9 @@ fn load(args: Args) -> Result<MetaConfig, String> {
     }
     if let Some(v) = gc_grace {
         cfg.gc_grace = v;
+    }
+    if let Some(v) = gc_chunks_per_sec {
+        cfg.gc_chunks_per_sec = v;
     }
     if let Some(v) = replace_after {
         cfg.replace_after = v;

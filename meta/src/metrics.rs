@@ -194,6 +194,16 @@ pub struct LogIoCounters {
     pub flushes: AtomicU64,
 }
 
+/// Garbage collection counters (leader side).
+#[derive(Debug, Default)]
+pub struct GcCounters {
+    /// Deleted objects collected and forgotten.
+    pub objects: AtomicU64,
+    /// Chunk removals sent (each removes the chunk on every replica of its
+    /// chain).
+    pub chunks: AtomicU64,
+}
+
 fn gauge(out: &mut String, name: &str, help: &str, value: impl std::fmt::Display) {
     let _ = writeln!(out, "# HELP {name} {help}");
     let _ = writeln!(out, "# TYPE {name} gauge");
@@ -309,14 +319,26 @@ pub fn render(shared: &Shared, rpc: &RpcMetrics) -> String {
             under,
         );
     }
-    if let Ok(g) = shared.fs.garbage() {
+    if let Ok(n) = shared.fs.garbage_count() {
         gauge(
             &mut out,
             "cairn_meta_garbage_objects",
             "Deleted objects waiting for garbage collection.",
-            g.len(),
+            n,
         );
     }
+    counter(
+        &mut out,
+        "cairn_meta_gc_objects_collected_total",
+        "Deleted objects whose data this replica, as leader, removed and forgot.",
+        shared.gc.objects.load(Ordering::Relaxed),
+    );
+    counter(
+        &mut out,
+        "cairn_meta_gc_chunk_removals_total",
+        "Chunk removals the garbage collector sent (each to every replica of a chain).",
+        shared.gc.chunks.load(Ordering::Relaxed),
+    );
     let (reports, replicas, repair_rate, repaired) = {
         let live = shared.liveness();
         (

@@ -338,6 +338,7 @@ pub async fn start(
         config: config.clone(),
         liveness: Mutex::new(Liveness::default()),
         log_io,
+        gc: crate::metrics::GcCounters::default(),
         network,
         proposer: crate::proposer::Proposer::spawn(raft.clone(), ident.node_id),
         changes: crate::changes::ChangeFeed::default(),

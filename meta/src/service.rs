@@ -215,6 +215,8 @@ pub struct Shared {
     pub liveness: Mutex<Liveness>,
     /// Raft log appends and fsyncs of this replica.
     pub log_io: Arc<crate::metrics::LogIoCounters>,
+    /// What the garbage collector did while this replica led.
+    pub gc: crate::metrics::GcCounters,
     /// The Raft transport's client side (its channels are reused for
     /// follower read-index calls).
     pub network: crate::raft::network::Network,
@@ -722,6 +724,9 @@ pub fn status_pb(shared: &Shared) -> pb::StatusReply {
             .log_io
             .flushes
             .load(std::sync::atomic::Ordering::Relaxed),
+        garbage_objects: shared.fs.garbage_count().unwrap_or(0) as u64,
+        gc_objects_collected: shared.gc.objects.load(std::sync::atomic::Ordering::Relaxed),
+        gc_chunk_removals: shared.gc.chunks.load(std::sync::atomic::Ordering::Relaxed),
     }
 }
 
@@ -1124,6 +1129,18 @@ impl Meta for MetaService {
 
     async fn close(&self, req: Request<pb::CloseRequest>) -> GrpcResult<pb::AttrReply> {
         let r = req.into_inner();
+        if r.written_extent > r.length {
+            // Before the close that releases the file: recorded on retry too
+            // (it only ever widens what the collector removes).
+            self.write(
+                None,
+                Op::MarkExtent {
+                    ino: r.ino,
+                    extent: r.written_extent,
+                },
+            )
+            .await?;
+        }
         let op = Op::Close {
             ino: r.ino,
             length: r.has_length.then_some((r.length, r.truncate_gen)),

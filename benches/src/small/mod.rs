@@ -36,6 +36,13 @@
 //! reported per operation — the meta replicas summed, the chunkservers
 //! summed, and the client (the mount process, or this one for the native
 //! side). Phases run one system after the other, never concurrently.
+//!
+//! Last, the collect step ([`collect`]): every small file left is deleted
+//! through the native client and the run waits until meta's garbage
+//! collector has removed all deleted data (the bench's meta replicas run
+//! with a short `--gc-grace`, [`crate::cluster::GC_GRACE`]); the CPU of
+//! that stretch per deleted file is what deleting costs the cluster,
+//! now and later.
 
 pub mod native;
 pub mod posix;
@@ -453,11 +460,32 @@ pub struct SmallReport {
     pub settings: Settings,
     /// The phases, in run order.
     pub phases: Vec<PhaseResult>,
+    /// Deleting the small files and collecting their data.
+    pub collect: Option<CollectResult>,
     /// Peak resident memory of every process at the end (the mount's read
     /// just before it was unmounted).
     pub peak_rss: Vec<ProcessRss>,
     /// Things a reader should know about this run.
     pub notes: Vec<String>,
+}
+
+/// What deleting every small file and collecting its data cost.
+#[derive(Debug, Clone, Serialize)]
+pub struct CollectResult {
+    /// Files deleted.
+    pub files: usize,
+    /// Objects the collector forgot during the step (also those of files
+    /// deleted by earlier phases and not collected yet).
+    pub objects_collected: u64,
+    /// Chunk removals it sent (each to every replica of a chain).
+    pub chunk_removals: u64,
+    /// Seconds from the first delete until no garbage was left.
+    pub seconds: f64,
+    /// Seconds the deletes took.
+    pub delete_seconds: f64,
+    /// The CPU of the Cairn processes over the whole step, per deleted
+    /// file (client: this process, which deleted).
+    pub cpu: CairnCpu,
 }
 
 /// One phase's work on one system: what [`Posix::run`] and
@@ -652,7 +680,7 @@ async fn run_all(
     m: &Mounted<'_>,
     settings: &Settings,
     notes: &mut Vec<String>,
-) -> Result<Vec<PhaseResult>> {
+) -> Result<(Vec<PhaseResult>, Option<CollectResult>)> {
     let t = settings.threads;
     let mount = Posix::new(m.root.join("mount"), t, Durability::PageCache)?;
     let local = Posix::new(m.work.join("local"), t, Durability::PageCache)?;
@@ -673,8 +701,120 @@ async fn run_all(
         data,
     };
     let phases = runner.all().await;
+    let collected = match phases {
+        Ok(phases) => collect(&mut runner)
+            .await
+            .map(|c| (phases, Some(c)))
+            .context("the collect step"),
+        Err(e) => Err(e),
+    };
     runner.native.close().await;
-    phases
+    collected
+}
+
+/// How long the collect step waits for the garbage to be gone.
+const COLLECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// Returns every regular file under `dir`, recursively.
+async fn files_under(c: &cairn_client::Client, dir: &str) -> Result<Vec<String>> {
+    let mut out = Vec::new();
+    let mut dirs = vec![dir.to_string()];
+    while let Some(d) = dirs.pop() {
+        for e in c
+            .read_dir(&d)
+            .await
+            .with_context(|| format!("listing {d}"))?
+        {
+            let path = format!("{d}/{}", e.name);
+            match cairn_proto::meta::FileType::try_from(e.kind) {
+                Ok(cairn_proto::meta::FileType::Directory) => dirs.push(path),
+                Ok(cairn_proto::meta::FileType::Regular) => out.push(path),
+                _ => {}
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The collect step (see the module docs).
+async fn collect(r: &mut Runner<'_, '_>) -> Result<CollectResult> {
+    let client = r.native.client().clone();
+    let files = files_under(&client, &format!("/{VOLUME}")).await?;
+    eprintln!(
+        "  collect    deleting {} files, then waiting for the garbage collector",
+        files.len()
+    );
+    let meta = client.meta().clone();
+    let before = meta.leader_status().await.context("meta status")?;
+    let started = std::time::Instant::now();
+    let watch = Watch::all(r.m.servers).with_process(mount::PROCESS, r.m.pid);
+    let clock = ServerClock::start(r.m.servers, watch, r.notes).await;
+    let work = async {
+        const TASKS: usize = 16;
+        let tasks: Vec<_> = (0..TASKS)
+            .map(|k| {
+                let c = client.clone();
+                let mine: Vec<String> = files.iter().skip(k).step_by(TASKS).cloned().collect();
+                tokio::spawn(async move {
+                    for p in mine {
+                        c.remove_file(&p)
+                            .await
+                            .with_context(|| format!("deleting {p}"))?;
+                    }
+                    Result::<()>::Ok(())
+                })
+            })
+            .collect();
+        for t in tasks {
+            t.await.context("a delete task panicked")??;
+        }
+        let delete_seconds = started.elapsed().as_secs_f64();
+        loop {
+            let s = meta.leader_status().await.context("meta status")?;
+            if s.garbage_objects == 0 {
+                return Ok((delete_seconds, s));
+            }
+            if started.elapsed() > COLLECT_TIMEOUT {
+                bail!(
+                    "{} deleted objects still not collected after {COLLECT_TIMEOUT:?}",
+                    s.garbage_objects
+                );
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    };
+    let result: Result<(f64, cairn_proto::meta::StatusReply)> = work.await;
+    let around = clock.stop(r.notes).await;
+    let (delete_seconds, after) = result?;
+    let seconds = started.elapsed().as_secs_f64();
+    let (objects_collected, chunk_removals) = if after.node_id == before.node_id {
+        (
+            after.gc_objects_collected - before.gc_objects_collected,
+            after.gc_chunk_removals - before.gc_chunk_removals,
+        )
+    } else {
+        r.notes.push(
+            "the meta leader changed during the collect step: its counters are partial".into(),
+        );
+        (after.gc_objects_collected, after.gc_chunk_removals)
+    };
+    let cpu = CairnCpu::new(r.m, System::Native, files.len(), around);
+    eprintln!(
+        "  collect    {} files deleted in {delete_seconds:.1} s, garbage gone after {seconds:.1} s: \
+         {objects_collected} objects, {chunk_removals} chunk removals; CPU per file: meta {:.0} µs, \
+         chunkservers {:.0} µs",
+        files.len(),
+        cpu.meta_us_per_op,
+        cpu.chunkserver_us_per_op
+    );
+    Ok(CollectResult {
+        files: files.len(),
+        objects_collected,
+        chunk_removals,
+        seconds,
+        delete_seconds,
+        cpu,
+    })
 }
 
 /// Runs the `small` workload and returns its report. Starts the servers
@@ -702,7 +842,8 @@ pub async fn run(args: &SmallArgs, command_line: Vec<String>) -> Result<SmallRep
         machine: machine::describe(),
         bench_build: build_profile(),
         settings,
-        phases: r.value,
+        phases: r.value.0,
+        collect: r.value.1,
         peak_rss: r.peak_rss,
         notes: r.notes,
     })

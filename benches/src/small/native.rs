@@ -67,6 +67,11 @@ impl Native {
         })
     }
 
+    /// Returns the client.
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
     /// Closes the client's session (a failure only warns: the session
     /// expires on meta anyway).
     pub async fn close(&self) {

@@ -105,6 +105,20 @@ pub fn print_table(out: &mut impl Write, r: &SmallReport) -> io::Result<()> {
             cpu_cell(of(System::Native)),
         )?;
     }
+    if let Some(c) = &r.collect {
+        writeln!(out)?;
+        writeln!(
+            out,
+            "collect: {} files deleted in {:.1} s, all garbage gone after {:.1} s ({} objects, {} \
+             chunk removals); CPU per deleted file: {} (meta / chunkservers / cairn-bench)",
+            thousands(c.files as f64),
+            c.delete_seconds,
+            c.seconds,
+            c.objects_collected,
+            c.chunk_removals,
+            cpu_cell(Some(&c.cpu)),
+        )?;
+    }
     writeln!(out)?;
     for system in SYSTEMS {
         writeln!(out, "  {:<12} {}", system.label(), system.description())?;

@@ -82,6 +82,9 @@ fn status_json(s: &StatusReply) -> serde_json::Value {
         "snapshot_index": s.snapshot_index,
         "log_entries_appended": s.log_entries_appended,
         "log_flushes": s.log_flushes,
+        "garbage_objects": s.garbage_objects,
+        "gc_objects_collected": s.gc_objects_collected,
+        "gc_chunk_removals": s.gc_chunk_removals,
         "members": s.members.iter().map(|m| json!({
             "id": m.id,
             "addr": m.addr,
@@ -121,6 +124,10 @@ fn print_status(s: &StatusReply) {
             s.log_entries_appended as f64 / s.log_flushes as f64
         );
     }
+    println!(
+        "garbage      {} deleted objects waiting; collected {} ({} chunk removals) while this replica led",
+        s.garbage_objects, s.gc_objects_collected, s.gc_chunk_removals
+    );
     let mut members = s.members.clone();
     members.sort_by_key(|m| m.id);
     let rows: Vec<Vec<String>> = members

@@ -54,6 +54,9 @@ pub(crate) mod counter {
     pub const CHAINS_VERSION: &str = "chains_version";
     pub const CREATE_CURSOR: &str = "create_cursor";
     pub const NEXT_CHAIN: &str = "next_chain";
+    /// The first object id whose writes beyond its recorded size are
+    /// tracked (`key::extent`); set by the first create after an upgrade.
+    pub const EXTENTS_FROM: &str = "extents_from";
 }
 
 /// Facts under the `m` prefix that are not counters.
@@ -372,6 +375,7 @@ impl<K: Kv> FsState<K> {
             }
             Op::Close { ino, length } => session::close(t, cmd.client_id, *ino, *length, now),
             Op::ReleaseFiles { inos } => session::release_files(t, cmd.client_id, inos, now),
+            Op::MarkExtent { ino, extent } => session::mark_extent(t, *ino, *extent),
             Op::ReportLength {
                 ino,
                 length,
@@ -413,6 +417,7 @@ impl<K: Kv> FsState<K> {
             Op::ForgetGarbage { objects } => {
                 for o in objects {
                     t.delete(store::key::garbage(*o));
+                    t.delete(store::key::extent(*o));
                 }
                 Ok(Reply::Unit)
             }
@@ -623,7 +628,7 @@ mod tests {
         // Name gone, inode alive, data not garbage yet.
         assert!(sm.fs.lookup(ROOT_INO, "data").is_err());
         assert_eq!(sm.fs.getattr(f.ino).unwrap().nlink, 0);
-        assert!(sm.fs.garbage().unwrap().is_empty());
+        assert!(sm.fs.garbage(None, usize::MAX).unwrap().is_empty());
         // The writer's close with its length settles, then frees.
         sm.run(Command {
             client_id: sid,
@@ -637,7 +642,7 @@ mod tests {
         })
         .unwrap();
         assert_eq!(sm.fs.getattr(f.ino).unwrap_err().code, ErrorCode::NotFound);
-        let g = sm.fs.garbage().unwrap();
+        let g = sm.fs.garbage(None, usize::MAX).unwrap();
         assert_eq!(g.len(), 1);
         assert_eq!(g[0].size, 100);
         // The collector removed its chunks: forgotten (and again: no-op).
@@ -646,8 +651,83 @@ mod tests {
                 objects: vec![g[0].layout.object_id],
             })
             .unwrap();
-            assert!(sm.fs.garbage().unwrap().is_empty());
+            assert!(sm.fs.garbage(None, usize::MAX).unwrap().is_empty());
         }
+    }
+
+    #[test]
+    fn garbage_extent_covers_what_writers_sent_and_only_that() {
+        let mut sm = Sm::new();
+        let unlink = |sm: &mut Sm, name: &str| {
+            sm.op(Op::Unlink {
+                parent: ROOT_INO,
+                name: name.into(),
+                held_open: false,
+            })
+            .unwrap();
+        };
+        let extent_of = |sm: &Sm, ino: u64| {
+            let g = sm.fs.garbage(None, usize::MAX).unwrap();
+            let g = g.iter().find(|g| g.layout.object_id == ino).cloned();
+            let g = g.expect("the file is garbage");
+            sm.fs.garbage_extent(&g).unwrap()
+        };
+        // Never written: nothing to remove.
+        let empty = sm.create("empty");
+        let empty_obj = empty.layout.clone().unwrap().object_id;
+        unlink(&mut sm, "empty");
+        assert_eq!(extent_of(&sm, empty_obj), Some(0));
+
+        // Written and reported: its size; a failed write beyond: further; a
+        // mark below the size changes nothing.
+        let f = sm.create("failed");
+        let obj = f.layout.clone().unwrap().object_id;
+        sm.op(Op::ReportLength {
+            ino: f.ino,
+            length: 100,
+            truncate_gen: 0,
+        })
+        .unwrap();
+        sm.op(Op::MarkExtent {
+            ino: f.ino,
+            extent: 5000,
+        })
+        .unwrap();
+        sm.op(Op::MarkExtent {
+            ino: f.ino,
+            extent: 50,
+        })
+        .unwrap();
+        unlink(&mut sm, "failed");
+        assert_eq!(extent_of(&sm, obj), Some(5000));
+        // Forgetting the garbage forgets the extent.
+        sm.op(Op::ForgetGarbage { objects: vec![obj] }).unwrap();
+        let g = Garbage {
+            layout: f.layout.clone().unwrap(),
+            size: 100,
+            since_ns: 0,
+        };
+        assert_eq!(sm.fs.garbage_extent(&g).unwrap(), Some(100));
+
+        // A writer whose session ended with the file open: unknown.
+        let sid = sm.session();
+        let mut op = create_op("orphaned");
+        if let Op::Create { open_for_write, .. } = &mut op {
+            *open_for_write = true;
+        }
+        let w = match sm.run(Command {
+            client_id: sid,
+            seq: 1,
+            ack_below: 0,
+            time_ns: 1,
+            op,
+        }) {
+            Ok(Reply::Entry { attr, .. }) => attr,
+            r => panic!("{r:?}"),
+        };
+        sm.op(Op::CloseSession { session: sid }).unwrap();
+        unlink(&mut sm, "orphaned");
+        assert_eq!(extent_of(&sm, w.layout.unwrap().object_id), None);
     }
 
     #[test]

@@ -271,6 +271,10 @@ pub(crate) struct NewFile<'a> {
 /// advances per file so load spreads evenly.
 fn new_layout<K: Kv + ?Sized>(t: &mut Txn<'_, K>, policy: &VolumePolicy) -> FsResult<Layout> {
     let object_id = next(t, counter::NEXT_OBJECT, 1)?;
+    let from = key::meta(counter::EXTENTS_FROM);
+    if t.get::<u64>(&from)?.is_none() {
+        t.put(from, &object_id);
+    }
     let table: Vec<u32> = t
         .scan(&key::chain_prefix(policy.replication), None, usize::MAX)?
         .iter()

@@ -321,11 +321,45 @@ impl<K: Kv> FsState<K> {
             .collect()
     }
 
-    /// Returns the data waiting for garbage collection.
-    pub fn garbage(&self) -> ReadResult<Vec<Garbage>> {
+    /// Returns how many bytes of `g`'s object may hold data: its size, or
+    /// further where a writer sent data it never reported; `None` when
+    /// unknown (a writer died, or the object predates the tracking), see
+    /// `session::mark_extent`.
+    pub fn garbage_extent(&self, g: &Garbage) -> ReadResult<Option<u64>> {
+        let t = self.txn();
+        let object = g.layout.object_id;
+        let from = flatten(
+            t.get::<u64>(&super::store::key::meta(super::counter::EXTENTS_FROM))
+                .map_err(OpError::from),
+        )?;
+        if from.is_none_or(|f| object < f) {
+            return Ok(None);
+        }
+        let extent = flatten(
+            t.get::<u64>(&super::store::key::extent(object))
+                .map_err(OpError::from),
+        )?
+        .unwrap_or(0);
+        Ok((extent != u64::MAX).then_some(extent.max(g.size)))
+    }
+
+    /// Returns how many objects wait for garbage collection.
+    pub fn garbage_count(&self) -> ReadResult<usize> {
         let rows = flatten(
             self.txn()
                 .scan(b"g", None, usize::MAX)
+                .map_err(OpError::from),
+        )?;
+        Ok(rows.len())
+    }
+
+    /// Returns up to `limit` entries waiting for garbage collection, in
+    /// object id order, starting after object `after`.
+    pub fn garbage(&self, after: Option<u64>, limit: usize) -> ReadResult<Vec<Garbage>> {
+        let after = after.map(super::store::key::garbage);
+        let rows = flatten(
+            self.txn()
+                .scan(b"g", after.as_deref(), limit)
                 .map_err(OpError::from),
         )?;
         rows.iter()

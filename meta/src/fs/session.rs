@@ -143,8 +143,31 @@ pub(crate) fn release_files<K: Kv + ?Sized>(
     Ok(Reply::Unit)
 }
 
+/// Records that data of `ino` may reach `extent` bytes (see module docs).
+/// Nothing to record when the size already covers it.
+pub(crate) fn mark_extent<K: Kv + ?Sized>(
+    t: &mut Txn<'_, K>,
+    ino: u64,
+    extent: u64,
+) -> FsResult<Reply> {
+    let Some(i) = t.get::<super::Inode>(&key::inode(ino))? else {
+        return Ok(Reply::Unit);
+    };
+    let Some(layout) = &i.layout else {
+        return Ok(Reply::Unit);
+    };
+    let k = key::extent(layout.object_id);
+    let old = t.get::<u64>(&k)?.unwrap_or(0);
+    if extent > i.size && extent > old {
+        t.put(k, &extent);
+    }
+    Ok(Reply::Unit)
+}
+
 /// Closes a session (on request or expiry): releases every file it holds
-/// and forgets its reply cache.
+/// (a file open for write may hold data beyond its size that the writer
+/// never reported: its extent becomes unknown) and forgets its reply
+/// cache.
 pub(crate) fn close_session<K: Kv + ?Sized>(
     t: &mut Txn<'_, K>,
     sid: u64,
@@ -153,6 +176,7 @@ pub(crate) fn close_session<K: Kv + ?Sized>(
     let mut s = session(t, sid)?;
     let inos: Vec<u64> = s.open_write.iter().chain(s.held.iter()).copied().collect();
     for ino in inos {
+        mark_extent(t, ino, u64::MAX)?;
         release(t, &mut s, ino, now)?;
     }
     t.delete(key::session(sid));

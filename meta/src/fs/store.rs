@@ -399,6 +399,14 @@ pub mod key {
         k.extend_from_slice(&object.to_be_bytes());
         k
     }
+    /// `e` + object id: how far data of the object may reach beyond its
+    /// file's recorded size (u64 BE; `u64::MAX`: unknown). See
+    /// `session::mark_extent`.
+    pub fn extent(object: u64) -> Vec<u8> {
+        let mut k = vec![b'e'];
+        k.extend_from_slice(&object.to_be_bytes());
+        k
+    }
     /// `o` + ino.
     pub fn orphan(ino: u64) -> Vec<u8> {
         let mut k = vec![b'o'];

@@ -364,6 +364,16 @@ pub enum Op {
         /// The files.
         inos: Vec<u64>,
     },
+    /// A writer sent data up to `extent` (the end of its furthest write,
+    /// which may have reached some replicas even if it failed) beyond the
+    /// length it reports: the garbage collector must look that far when
+    /// the file is deleted. Appended last (bincode index).
+    MarkExtent {
+        /// The file.
+        ino: u64,
+        /// End of the furthest write sent, in bytes.
+        extent: u64,
+    },
 }
 
 impl Op {
@@ -388,6 +398,7 @@ impl Op {
             Op::Open { .. } => "open",
             Op::Close { .. } => "close",
             Op::ReleaseFiles { .. } => "release_files",
+            Op::MarkExtent { .. } => "mark_extent",
             Op::ReportLength { .. } => "report_length",
             Op::RegisterChunkserver { .. } => "register_chunkserver",
             Op::SetTargetStates { .. } => "set_target_states",
