@@ -594,6 +594,7 @@ impl Shard {
                 self.stat(&h)
             }
             Opcode::Remove => self.remove(&route, &h).await,
+            Opcode::RemoveMany => self.remove_many(&route, &h, &frame).await,
             Opcode::Install => self.install(&route, &h, &frame.payload, &frame.crcs).await,
             Opcode::Commit => {
                 self.store
@@ -1049,6 +1050,84 @@ impl Shard {
             }
         }
         self.store.remove(h.chunk).await?;
+        Ok(Frame::reply(h))
+    }
+}
+
+impl Shard {
+    /// Removes a list of chunks down the chain ([`Opcode::RemoveMany`]):
+    /// as [`Self::remove`], successors first, each successor shard sent its
+    /// part of the list in one request, then this replica's part in one
+    /// metadata batch and flush.
+    async fn remove_many(&self, route: &Route, h: &Header, frame: &Frame) -> Result<Frame> {
+        frame.verify_payload().map_err(|e| {
+            Reject::new(
+                ErrorCode::Checksum,
+                format!("the chunk list failed its CRC: {e}"),
+            )
+        })?;
+        let mut chunks = cairn_proto::frame::decode_chunk_list(&frame.payload)
+            .map_err(|m| Reject::new(ErrorCode::BadRequest, m))?;
+        if let Some(c) = chunks
+            .iter()
+            .find(|&&c| shard_of(c, self.shards) != self.shard)
+        {
+            return Err(Reject::new(
+                ErrorCode::Invalid,
+                format!(
+                    "{c} in a removal list does not belong to shard {}",
+                    self.shard
+                ),
+            ));
+        }
+        chunks.sort_unstable();
+        chunks.dedup();
+        let mut guards = Vec::with_capacity(chunks.len());
+        for &c in &chunks {
+            guards.push(self.lock(c).await?);
+        }
+        if !route.is_tail {
+            let mut parts: HashMap<String, Vec<ChunkId>> = HashMap::new();
+            for &c in &chunks {
+                let next = route
+                    .view
+                    .successor(route.chain_id, route.target, c)
+                    .ok_or_else(|| {
+                        Reject::new(
+                            ErrorCode::Unavailable,
+                            format!("no address for the successor in chain {}", route.chain_id),
+                        )
+                    })?;
+                parts.entry(next.addr).or_default().push(c);
+            }
+            for (addr, part) in parts {
+                let header = Header {
+                    chunk: part[0],
+                    chain: h.chain,
+                    chain_version: ChainVersion(route.chain_version),
+                    token: h.token,
+                    ..Header::request(Opcode::RemoveMany, 0)
+                };
+                let f = Frame::with_payload(header, cairn_proto::frame::encode_chunk_list(&part))
+                    .map_err(|e| Reject::new(ErrorCode::Internal, e.to_string()))?;
+                let reply = self.peers.call(&addr, f).await?;
+                if let Some(code) = reply.error_code() {
+                    return Err(Reject::new(
+                        code,
+                        format!(
+                            "successor {addr} refused the removal of {} chunks: {}",
+                            part.len(),
+                            reply.error_message().unwrap_or_default()
+                        ),
+                    ));
+                }
+            }
+        }
+        self.store
+            .remove_many(&chunks)
+            .await
+            .map_err(|e| self.store_error(h.chunk, e))?;
+        drop(guards);
         Ok(Frame::reply(h))
     }
 }

@@ -2,7 +2,9 @@
 //! meta: writes reach every replica, stale chain versions are refused
 //! everywhere, a corrupt replica is detected on read and by the scrubber
 //! while the other replicas serve correct bytes, bad frames cost only their
-//! own connection, and a chunkserver cut off from meta stops serving.
+//! own connection, a removal list removes its chunks from every replica
+//! (and a bad list nothing), and a chunkserver cut off from meta stops
+//! serving.
 
 mod common;
 
@@ -11,6 +13,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use cairn_client::data::{self, DataError};
 use cairn_proto::ErrorCode;
+use cairn_proto::chain::shard_of;
 use cairn_proto::frame::{Frame, FrameDecoder, HEADER_LEN, Header, Opcode};
 use cairn_proto::ids::ChainVersion;
 use common::{Cluster, chunk, find_in_file, metric, pattern};
@@ -113,6 +116,112 @@ async fn writes_reach_every_replica_identically() {
         for addr in &ch.members {
             let got = c.read(&ch, addr, k2, w * 8192, 8192).await.unwrap();
             assert!(got == d[..], "concurrent write {w} on {addr}");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removal_list_removes_its_chunks_on_every_replica_and_a_bad_one_nothing() {
+    let c = Cluster::start(3, &["--shards", "2"]).await;
+    // Chunks of one chain whose head shard is the same (a list goes to one
+    // shard); the others of the same chain for the wrong-shard check.
+    let first = c.chain(3, 0, chunk(100, 0)).await;
+    let mut same = Vec::new();
+    let mut other = Vec::new();
+    for o in 100..140u64 {
+        let k = chunk(o, o % 3);
+        let ch = c.chain(3, 0, k).await;
+        if ch.members[0] == first.members[0] {
+            same.push((k, ch));
+        } else {
+            other.push((k, ch));
+        }
+    }
+    assert!(
+        same.len() >= 4 && !other.is_empty(),
+        "chunks spread over shards"
+    );
+    for (i, (k, ch)) in same.iter().chain(other.iter()).enumerate() {
+        c.write(ch, *k, 0, &pattern(i as u64, 8192), 3, i as u64 + 1)
+            .await
+            .unwrap_or_else(|e| panic!("write {k}: {e}"));
+    }
+    let c = &c;
+    let stat = |ch: &common::Chain, addr: &str, k| {
+        let f = data::stat_request(ch.id, ch.version, k);
+        let addr = addr.to_string();
+        async move { data::into_result(c.call(&addr, f).await.unwrap()) }
+    };
+    let head = first.members[0].clone();
+
+    // A list with a chunk of another shard, a stale chain version, a torn
+    // body: refused, and nothing is removed.
+    let mut mixed: Vec<_> = same.iter().map(|(k, _)| *k).collect();
+    mixed.push(other[0].0);
+    let r = c
+        .call(
+            &head,
+            data::remove_many_request(first.id, first.version, &mixed),
+        )
+        .await
+        .unwrap();
+    assert_eq!(code(data::into_result(r)), ErrorCode::Invalid);
+    let listed: Vec<_> = same.iter().map(|(k, _)| *k).collect();
+    let stale = ChainVersion(first.version.0 - 1);
+    let r = c
+        .call(&head, data::remove_many_request(first.id, stale, &listed))
+        .await
+        .unwrap();
+    assert_eq!(code(data::into_result(r)), ErrorCode::StaleChainVersion);
+    let torn = Frame::with_payload(
+        Header {
+            chunk: listed[0],
+            chain: first.id,
+            chain_version: first.version,
+            ..Header::request(Opcode::RemoveMany, 1)
+        },
+        Bytes::from_static(&[1, 2, 3]),
+    )
+    .unwrap();
+    assert_eq!(
+        code(data::into_result(c.call(&head, torn).await.unwrap())),
+        ErrorCode::BadRequest
+    );
+    for (k, ch) in same.iter().chain(other.iter()) {
+        for addr in &ch.members {
+            stat(ch, addr, *k)
+                .await
+                .unwrap_or_else(|e| panic!("{k} at {addr} after refused lists: {e}"));
+        }
+    }
+
+    // The list of one shard's chunks (and one never written): gone from
+    // every replica; the other chunks stay, whole.
+    let mut list = listed.clone();
+    let never_written = (200..300u64)
+        .map(|o| chunk(o, 0))
+        .find(|&k| shard_of(k, 2) == shard_of(listed[0], 2))
+        .expect("a chunk of the same shard");
+    list.push(never_written);
+    let r = c
+        .call(
+            &head,
+            data::remove_many_request(first.id, first.version, &list),
+        )
+        .await
+        .unwrap();
+    data::into_result(r).expect("removal list");
+    for (k, ch) in &same {
+        for addr in &ch.members {
+            let e = code(stat(ch, addr, *k).await);
+            assert_eq!(e, ErrorCode::NotFound, "{k} still at {addr}");
+        }
+    }
+    for (i, (k, ch)) in other.iter().enumerate() {
+        let i = same.len() + i;
+        for addr in &ch.members {
+            let got = c.read(ch, addr, *k, 0, 8192).await.unwrap();
+            assert!(got == pattern(i as u64, 8192)[..], "{k} at {addr} changed");
         }
     }
 }

@@ -792,6 +792,27 @@ pub fn remove_request(chain: ChainId, chain_version: ChainVersion, chunk: ChunkI
     Frame::new(chunk_header(Opcode::Remove, chain, chain_version, chunk))
 }
 
+/// Returns a RemoveMany request (for the chain head) of `chunks`, all of
+/// chain `chain` and of one shard of its head (1 to
+/// [`cairn_proto::frame::MAX_REMOVE_MANY`] of them).
+///
+/// # Panics
+/// Never for a list within those bounds: its body is far below the frame
+/// limit.
+pub fn remove_many_request(
+    chain: ChainId,
+    chain_version: ChainVersion,
+    chunks: &[ChunkId],
+) -> Frame {
+    let first = chunks.first().copied().unwrap_or(ChunkId {
+        object: cairn_proto::ids::ObjectId(0),
+        index: 0,
+    });
+    let header = chunk_header(Opcode::RemoveMany, chain, chain_version, first);
+    Frame::with_payload(header, cairn_proto::frame::encode_chunk_list(chunks))
+        .unwrap_or_else(|_| Frame::new(header))
+}
+
 /// Returns a Ping request: a liveness and round-trip check.
 pub fn ping_request() -> Frame {
     Frame::new(Header::request(Opcode::Ping, 0))

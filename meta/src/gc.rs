@@ -5,10 +5,11 @@
 //! entry is older than `gc_grace` — longer than any client cache TTL, so
 //! a reader that opened the file before the delete (read-only opens are
 //! not registered with meta) finishes its reads — the leader removes the
-//! object's chunks from their chains: a Remove to each chain's head, which
-//! removes down the chain, successors first. Only when every chunk is gone
-//! from every replica (or never existed: NOT_FOUND) does it forget the
-//! entry through Raft; a chain that cannot be reached keeps the entry for
+//! object's chunks from their chains: a RemoveMany to each chain head's
+//! shard naming many chunks at once, which removes down the chain,
+//! successors first, one metadata flush per replica for the whole list.
+//! Only when every chunk is gone from every replica (or never existed)
+//! does it forget the entry through Raft; a chain that cannot be reached keeps the entry for
 //! the next round, so a crash or leader change at any point only repeats
 //! removals.
 //!
@@ -30,14 +31,16 @@
 //! Chunks meta never knew of (a chunkserver away during a delete, a write
 //! that landed after its writer's session ended) are found by
 //! chunkservers' chunk reports instead (`report_chunks` in `service`).
-//! Not here: batching many chunks into one request per chain (removals
-//! are already one per chunk that was ever written, so a batch would save
-//! framing, not the per-chunk delete each replica does).
+//!
+//! Batching matters: one Remove per chunk cost each replica a durable
+//! metadata flush (sled flush + fdatasync, ~0.8 ms of CPU measured by
+//! `cairn-bench small`'s collect step); a list shares one.
 
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use cairn_client::data::{DataPool, into_result, remove_request};
+use cairn_client::data::{DataPool, into_result, remove_many_request, remove_request};
 use cairn_proto::chain::ChainView;
 use cairn_proto::ids::{ChainId, ChainVersion, ChunkId, ObjectId};
 use cairn_proto::{CairnStatus, ErrorCode};
@@ -48,8 +51,10 @@ use crate::service::{Shared, chain_tables_pb, now_ns};
 
 /// Garbage entries read per round.
 const SCAN_PER_ROUND: usize = 4096;
-/// Chunk removals in flight at once.
+/// Removal requests in flight at once.
 const PARALLEL: usize = 16;
+/// Chunks named in one removal request.
+const BATCH: usize = 256;
 /// One removal's time limit.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -67,6 +72,20 @@ impl Default for Gc {
             cursor: Mutex::new(None),
         }
     }
+}
+
+/// Returns the address of the shard of `chain`'s head that owns `chunk`.
+fn head_addr(view: &ChainView, chain: u32, chunk: ChunkId) -> Result<String, CairnStatus> {
+    let unavailable = |m: String| CairnStatus::new(ErrorCode::Unavailable, m);
+    let c = view
+        .chain(chain)
+        .ok_or_else(|| unavailable(format!("chain {chain} is not in the table")))?;
+    let head = c
+        .write_path()
+        .next()
+        .ok_or_else(|| unavailable(format!("chain {chain} has no member to write")))?;
+    view.shard_addr(head.chunkserver, chunk)
+        .ok_or_else(|| unavailable(format!("no address for chunkserver {}", head.chunkserver)))
 }
 
 /// Which chunks of a garbage object to remove.
@@ -130,17 +149,16 @@ impl Gc {
         }
         let tables = chain_tables_pb(shared).map_err(|s| CairnStatus::from_status(&s))?;
         let view = ChainView::from_pb(&tables);
+        let failed = self.remove_chunks(&view, &due).await;
         let mut done = Vec::new();
         let mut chunks = 0u64;
         for (g, count) in &due {
-            match self.remove_object(&view, g, *count).await {
-                Ok(n) => {
-                    done.push(g.layout.object_id);
-                    chunks += n;
-                }
-                Err(e) => {
-                    tracing::info!(object = g.layout.object_id, error = %e, "garbage kept for the next round");
-                }
+            let object = g.layout.object_id;
+            if let Some(e) = failed.get(&object) {
+                tracing::info!(object, error = %e, "garbage kept for the next round");
+            } else {
+                done.push(object);
+                chunks += count;
             }
         }
         if done.is_empty() {
@@ -162,33 +180,95 @@ impl Gc {
         Ok(())
     }
 
-    /// Removes chunks `0..count` of `g` from their chains; returns how
-    /// many removals it sent.
-    async fn remove_object(
+    /// Removes chunks `0..count` of each object of `due` from their
+    /// chains: one RemoveMany per chain head shard and [`BATCH`] chunks,
+    /// [`PARALLEL`] at once. Returns the objects some chunk of which could
+    /// not be removed, with the error.
+    async fn remove_chunks(
         &self,
         view: &ChainView,
-        g: &Garbage,
-        count: u64,
-    ) -> Result<u64, CairnStatus> {
-        let l = &g.layout;
-        if count == 0 {
-            return Ok(0);
-        }
-        let stripe = l.chains.len() as u64;
-        let results: Vec<Result<(), CairnStatus>> = futures::stream::iter(0..count)
-            .map(|index| {
+        due: &[(Garbage, u64)],
+    ) -> HashMap<u64, CairnStatus> {
+        let mut failed = HashMap::new();
+        let mut groups: BTreeMap<(u32, String), Vec<ChunkId>> = BTreeMap::new();
+        for (g, count) in due {
+            let l = &g.layout;
+            let stripe = l.chains.len() as u64;
+            for index in 0..*count {
                 let chunk = ChunkId {
                     object: ObjectId(l.object_id),
                     index,
                 };
                 let chain = l.chains[(index % stripe) as usize];
-                self.remove_chunk(view, chain, chunk)
+                match head_addr(view, chain, chunk) {
+                    Ok(addr) => groups.entry((chain, addr)).or_default().push(chunk),
+                    Err(e) => {
+                        failed.insert(l.object_id, e);
+                    }
+                }
+            }
+        }
+        let requests: Vec<(u32, String, Vec<ChunkId>)> = groups
+            .into_iter()
+            .flat_map(|((chain, addr), chunks)| {
+                chunks
+                    .chunks(BATCH)
+                    .map(|part| (chain, addr.clone(), part.to_vec()))
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        let results: Vec<(Vec<ChunkId>, Result<(), CairnStatus>)> = futures::stream::iter(requests)
+            .map(|(chain, addr, chunks)| async move {
+                let r = self.remove_batch(view, chain, &addr, &chunks).await;
+                (chunks, r)
             })
             .buffer_unordered(PARALLEL)
             .collect()
             .await;
-        results.into_iter().collect::<Result<Vec<()>, _>>()?;
-        Ok(count)
+        for (chunks, r) in results {
+            if let Err(e) = r {
+                for c in chunks {
+                    failed.insert(c.object.0, e.clone());
+                }
+            }
+        }
+        failed
+    }
+
+    /// Removes `chunks` (of chain `chain`, head shard `addr`) in one
+    /// request; a chunkserver that does not know RemoveMany (an older
+    /// build, during an upgrade) gets them one by one.
+    async fn remove_batch(
+        &self,
+        view: &ChainView,
+        chain: u32,
+        addr: &str,
+        chunks: &[ChunkId],
+    ) -> Result<(), CairnStatus> {
+        let unavailable = |m: String| CairnStatus::new(ErrorCode::Unavailable, m);
+        let c = view
+            .chain(chain)
+            .ok_or_else(|| unavailable(format!("chain {chain} is not in the table")))?;
+        let req = remove_many_request(ChainId(chain), ChainVersion(c.version), chunks);
+        let reply = self
+            .pool
+            .call(addr, req, REQUEST_TIMEOUT)
+            .await
+            .and_then(into_result);
+        match reply {
+            Ok(_) => Ok(()),
+            Err(e) if e.code() == ErrorCode::BadRequest => {
+                tracing::debug!(%addr, error = %e, "RemoveMany refused: removing one by one");
+                for &chunk in chunks {
+                    self.remove_chunk(view, chain, chunk).await?;
+                }
+                Ok(())
+            }
+            Err(e) => Err(unavailable(format!(
+                "removing {} chunks at {addr}: {e}",
+                chunks.len()
+            ))),
+        }
     }
 
     async fn remove_chunk(
@@ -201,13 +281,7 @@ impl Gc {
         let c = view
             .chain(chain)
             .ok_or_else(|| unavailable(format!("chain {chain} is not in the table")))?;
-        let head = c
-            .write_path()
-            .next()
-            .ok_or_else(|| unavailable(format!("chain {chain} has no member to write")))?;
-        let addr = view.shard_addr(head.chunkserver, chunk).ok_or_else(|| {
-            unavailable(format!("no address for chunkserver {}", head.chunkserver))
-        })?;
+        let addr = head_addr(view, chain, chunk)?;
         let req = remove_request(ChainId(chain), ChainVersion(c.version), chunk);
         let reply = self
             .pool

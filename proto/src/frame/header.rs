@@ -61,11 +61,66 @@ pub enum Opcode {
     /// does the replica report `version`), so an interrupted copy is never
     /// taken for a complete one.
     Install = 10,
+    /// Remove many chunks of one chain and one shard, down the chain like
+    /// Remove: the body lists them ([`encode_chunk_list`]), `chunk` is the
+    /// first of them (for routing). One request and one metadata flush per
+    /// replica for the whole list: the garbage collector's removal.
+    RemoveMany = 11,
+}
+
+/// Most chunks one [`Opcode::RemoveMany`] names.
+pub const MAX_REMOVE_MANY: usize = 1024;
+
+/// Bytes of one chunk id in a [`Opcode::RemoveMany`] body: object then
+/// index, u64 LE each.
+const CHUNK_ID_LEN: usize = 16;
+
+/// Encodes the body of a [`Opcode::RemoveMany`] request.
+pub fn encode_chunk_list(chunks: &[ChunkId]) -> bytes::Bytes {
+    let mut out = Vec::with_capacity(chunks.len() * CHUNK_ID_LEN);
+    for c in chunks {
+        out.extend_from_slice(&c.object.0.to_le_bytes());
+        out.extend_from_slice(&c.index.to_le_bytes());
+    }
+    out.into()
+}
+
+/// Decodes the body of a [`Opcode::RemoveMany`] request.
+///
+/// # Errors
+/// A message saying what is wrong: a length that is not a whole number of
+/// ids, no id, or more than [`MAX_REMOVE_MANY`].
+pub fn decode_chunk_list(body: &[u8]) -> Result<Vec<ChunkId>, String> {
+    if !body.len().is_multiple_of(CHUNK_ID_LEN) {
+        return Err(format!(
+            "a chunk list of {} bytes is not a whole number of {CHUNK_ID_LEN}-byte ids",
+            body.len()
+        ));
+    }
+    let n = body.len() / CHUNK_ID_LEN;
+    if n == 0 || n > MAX_REMOVE_MANY {
+        return Err(format!(
+            "a chunk list names {n} chunks, it must name 1 to {MAX_REMOVE_MANY}"
+        ));
+    }
+    Ok(body
+        .chunks_exact(CHUNK_ID_LEN)
+        .map(|b| {
+            let mut object = [0u8; 8];
+            let mut index = [0u8; 8];
+            object.copy_from_slice(&b[..8]);
+            index.copy_from_slice(&b[8..]);
+            ChunkId {
+                object: ObjectId(u64::from_le_bytes(object)),
+                index: u64::from_le_bytes(index),
+            }
+        })
+        .collect())
 }
 
 impl Opcode {
     /// Every opcode, in wire order.
-    pub const ALL: [Opcode; 10] = [
+    pub const ALL: [Opcode; 11] = [
         Self::Write,
         Self::Forward,
         Self::Commit,
@@ -76,6 +131,7 @@ impl Opcode {
         Self::ReadChunk,
         Self::Ping,
         Self::Install,
+        Self::RemoveMany,
     ];
 
     /// Returns the opcode for a wire value without the reply bit, or `None`
@@ -97,6 +153,7 @@ impl Opcode {
             Self::ReadChunk => "read_chunk",
             Self::Ping => "ping",
             Self::Install => "install",
+            Self::RemoveMany => "remove_many",
         }
     }
 
@@ -104,7 +161,7 @@ impl Opcode {
     /// body when it succeeds (rule 5 of the module doc).
     pub fn carries_data(self, reply: bool) -> bool {
         match self {
-            Self::Write | Self::Forward | Self::Install => !reply,
+            Self::Write | Self::Forward | Self::Install | Self::RemoveMany => !reply,
             Self::Read | Self::ReadChunk => reply,
             _ => false,
         }
@@ -571,5 +628,40 @@ impl Reader<'_> {
             }
             None => [0; N],
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunk_lists_round_trip_and_bad_ones_are_refused() {
+        let chunks: Vec<ChunkId> = (0..5)
+            .map(|i| ChunkId {
+                object: ObjectId(u64::MAX - i),
+                index: i * 7,
+            })
+            .collect();
+        let body = encode_chunk_list(&chunks);
+        assert_eq!(body.len(), 80);
+        assert_eq!(decode_chunk_list(&body).unwrap(), chunks);
+        assert!(
+            decode_chunk_list(&body[..79])
+                .unwrap_err()
+                .contains("whole number")
+        );
+        assert!(
+            decode_chunk_list(&[])
+                .unwrap_err()
+                .contains("names 0 chunks")
+        );
+        let too_many = vec![chunks[0]; MAX_REMOVE_MANY + 1];
+        assert!(decode_chunk_list(&encode_chunk_list(&too_many)).is_err());
+        let most = vec![chunks[0]; MAX_REMOVE_MANY];
+        assert_eq!(
+            decode_chunk_list(&encode_chunk_list(&most)).unwrap().len(),
+            MAX_REMOVE_MANY
+        );
     }
 }
