@@ -97,6 +97,36 @@ async fn wait_for(
     }
 }
 
+/// Waits until `ok` has held on every look for `quiet` on end: the
+/// rebalancer moves one chain membership at a time, and between two moves
+/// every chain serves for a duty round, so one look cannot tell a settled
+/// cluster from one halfway through rebalancing.
+async fn wait_settled(
+    cluster: &DataCluster,
+    what: &str,
+    timeout: Duration,
+    quiet: Duration,
+    ok: impl Fn(&ChainTables) -> bool,
+) -> Result<ChainTables> {
+    let start = Instant::now();
+    let mut since: Option<Instant> = None;
+    loop {
+        let t = cluster.chains().await?;
+        if ok(&t) {
+            let at = *since.get_or_insert_with(Instant::now);
+            if at.elapsed() >= quiet {
+                return Ok(t);
+            }
+        } else {
+            since = None;
+        }
+        if start.elapsed() > timeout {
+            bail!("{what}: not within {timeout:?}: {t:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// Every chain of the 3-table has 3 members, all serving, none on `gone`.
 fn healed(t: &ChainTables, gone: &[u64]) -> bool {
     cairn_proto::chain::fully_serving(t, 3)
@@ -740,11 +770,13 @@ async fn a_replaced_chunkserver_that_returns_frees_the_chains_it_left() -> Resul
     println!(
         "the returning chunkserver removed {removed} chunks of chains it left ({held} bytes used before)"
     );
-    // (The rebalancer then gives it chains again: it is the least loaded.)
-    wait_for(
+    // (The rebalancer then gives it chains again, one move at a time: it
+    // is the least loaded. Verify once it has stopped moving.)
+    wait_settled(
         &cluster,
-        "every chain serving",
-        Duration::from_secs(60),
+        "every chain serving and the rebalancer done",
+        Duration::from_secs(120),
+        Duration::from_secs(3),
         |t| healed(t, &[]),
     )
     .await?;
