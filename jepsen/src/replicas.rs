@@ -161,18 +161,28 @@ pub async fn holds(
         index,
     };
     let addr = view.shard_addr(chunkserver, chunk).context("address")?;
-    match pool
-        .call(
-            &addr,
-            stat_request(ChainId(chain), ChainVersion(c.version), chunk),
-            Duration::from_secs(5),
-        )
-        .await
-        .and_then(into_result)
-    {
-        Ok(_) => Ok(true),
-        Err(e) if e.code() == cairn_client::ErrorCode::NotFound => Ok(false),
-        Err(e) => bail!("stat of {chunk} at {addr}: {e}"),
+    // A chunkserver that has just restarted may answer its first requests
+    // late (its shards open their stores); ask up to three times.
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        match pool
+            .call(
+                &addr,
+                stat_request(ChainId(chain), ChainVersion(c.version), chunk),
+                Duration::from_secs(5),
+            )
+            .await
+            .and_then(into_result)
+        {
+            Ok(_) => return Ok(true),
+            Err(e) if e.code() == cairn_client::ErrorCode::NotFound => return Ok(false),
+            Err(e) if attempt < 3 => {
+                eprintln!("stat of {chunk} at {addr}: {e}; asking again");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(e) => bail!("stat of {chunk} at {addr} ({attempt} tries): {e}"),
+        }
     }
 }
 
