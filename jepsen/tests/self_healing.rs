@@ -84,17 +84,7 @@ async fn wait_for(
     timeout: Duration,
     ok: impl Fn(&ChainTables) -> bool,
 ) -> Result<ChainTables> {
-    let start = Instant::now();
-    loop {
-        let t = cluster.chains().await?;
-        if ok(&t) {
-            return Ok(t);
-        }
-        if start.elapsed() > timeout {
-            bail!("{what}: not within {timeout:?}: {t:?}");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_settled(cluster, what, timeout, Duration::ZERO, ok).await
 }
 
 /// Waits until `ok` has held on every look for `quiet` on end: the
