@@ -27,7 +27,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -39,6 +39,7 @@ use tempfile::TempDir;
 
 use crate::binary;
 use crate::netns::NetLab;
+use crate::ports::free_ports;
 use crate::raw::{RawMeta, raw_client};
 
 /// Port every replica listens on inside its own namespace.
@@ -161,19 +162,6 @@ impl std::fmt::Debug for MetaCluster {
             .field("dir", &self.dir())
             .finish_non_exhaustive()
     }
-}
-
-/// Picks `n` free loopback ports by binding port 0 (all at once, so they
-/// differ) and releasing them.
-fn free_ports(n: usize) -> Result<Vec<u16>> {
-    let listeners = (0..n)
-        .map(|_| TcpListener::bind("127.0.0.1:0"))
-        .collect::<std::io::Result<Vec<_>>>()
-        .context("binding a free loopback port")?;
-    listeners
-        .iter()
-        .map(|l| Ok(l.local_addr()?.port()))
-        .collect()
 }
 
 fn setpriv() -> Option<&'static str> {

@@ -5,7 +5,6 @@
 
 use std::fs::OpenOptions;
 use std::io::{BufRead, BufReader, Write};
-use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -17,6 +16,7 @@ use cairn_proto::meta as pb;
 
 use crate::binary::binary;
 use crate::cluster::{ClusterOpts, MetaCluster};
+use crate::ports::free_port_run;
 
 /// How a [`DataCluster`] is started.
 #[derive(Debug, Clone)]
@@ -65,23 +65,6 @@ pub struct DataCluster {
     pub meta: MetaCluster,
     opts: DataOpts,
     cs: Vec<Cs>,
-}
-
-/// Finds `n` consecutive free loopback ports.
-fn free_port_run(n: u16) -> Result<u16> {
-    for _ in 0..200 {
-        let first = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-        if first > 65_000 {
-            continue;
-        }
-        let held: std::io::Result<Vec<_>> = (0..n)
-            .map(|k| TcpListener::bind(("127.0.0.1", first + k)))
-            .collect();
-        if held.is_ok() {
-            return Ok(first);
-        }
-    }
-    bail!("no run of {n} free loopback ports")
 }
 
 impl DataCluster {
@@ -171,9 +154,13 @@ impl DataCluster {
         BufReader::new(out).read_line(&mut line)?;
         if !line.starts_with("cairn-chunkserver ready") {
             let _ = child.kill();
+            let _ = child.wait();
+            let text = std::fs::read_to_string(&cs.log).unwrap_or_default();
+            let tail: Vec<&str> = text.lines().rev().take(5).collect();
             bail!(
-                "chunkserver {i} did not start: {line:?}; see {}",
-                cs.log.display()
+                "chunkserver {i} did not start: {line:?}; last lines of {}:\n{}",
+                cs.log.display(),
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
             );
         }
         println!(

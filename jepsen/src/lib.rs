@@ -34,6 +34,7 @@ pub mod data_cluster;
 pub mod fuse;
 pub mod namespace;
 pub mod netns;
+pub mod ports;
 pub mod raw;
 pub mod replicas;
 

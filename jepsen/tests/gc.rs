@@ -167,9 +167,7 @@ async fn meta_metric(addr: &str, name: &str) -> Result<u64> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn never_written_chunks_cost_no_removal_and_the_collector_keeps_its_rate() -> Result<()> {
     let _serial = cairn_jepsen::serial().await;
-    let metrics = std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .to_string();
+    let metrics = format!("127.0.0.1:{}", cairn_jepsen::ports::free_port_run(1)?);
     const RATE: u64 = 5;
     let cluster = DataCluster::start(DataOpts {
         metas: 1,
