@@ -113,8 +113,20 @@ impl DataCluster {
             port,
             child: None,
         });
-        self.spawn(i)?;
-        Ok(i)
+        // A port that passed the free check can still be bound by someone
+        // else before the chunkserver binds it; try fresh ports then.
+        let mut tries = 0;
+        loop {
+            match self.spawn(i) {
+                Ok(()) => return Ok(i),
+                Err(e) if tries < 4 && format!("{e:#}").contains("Address already in use") => {
+                    tries += 1;
+                    println!("[cluster] chunkserver {i}: {e:#}; trying other ports");
+                    self.cs[i].port = free_port_run(u16::try_from(self.opts.shards)?)?;
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     /// Starts (or restarts) chunkserver `i` and waits until it listens.

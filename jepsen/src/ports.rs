@@ -9,8 +9,13 @@
 //! use". A full CI run saw exactly that once. Ports below the range are
 //! never handed out implicitly, so only another explicit `bind` can race,
 //! and the bind check below catches those.
+//!
+//! The check binds *without* `SO_REUSEADDR` (which `std` always sets):
+//! with it, a port still held by a closed connection in TIME_WAIT looks
+//! free, yet a chunkserver's glommio listener (which sets only
+//! `SO_REUSEPORT`) cannot bind it — a full run saw exactly that.
 
-use std::net::TcpListener;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -26,6 +31,17 @@ fn high() -> u32 {
         .and_then(|s| s.split_whitespace().next()?.parse::<u32>().ok())
         .filter(|&lo| lo > LOW + 2_000)
         .unwrap_or(32_768)
+}
+
+/// Binds `port` on loopback the strict way: no `SO_REUSEADDR`, so a
+/// TIME_WAIT connection on it makes the bind fail.
+fn bind_strict(port: u32) -> Option<socket2::Socket> {
+    let port = u16::try_from(port).ok()?;
+    let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).ok()?;
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    s.bind(&addr.into()).ok()?;
+    s.listen(1).ok()?;
+    Some(s)
 }
 
 /// The next candidate start: a per-process cursor seeded by the clock and
@@ -59,10 +75,8 @@ pub fn free_port_run(n: u16) -> Result<u16> {
     let span = high() - LOW - n;
     for _ in 0..500 {
         let first = next_candidate(n, span);
-        let held: std::io::Result<Vec<TcpListener>> = (first..first + n)
-            .map(|p| TcpListener::bind(("127.0.0.1", u16::try_from(p).unwrap_or(0))))
-            .collect();
-        if held.is_ok() {
+        let held: Option<Vec<socket2::Socket>> = (first..first + n).map(bind_strict).collect();
+        if held.is_some() {
             return Ok(u16::try_from(first)?);
         }
     }
@@ -80,6 +94,7 @@ pub fn free_ports(n: usize) -> Result<Vec<u16>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::net::TcpListener;
 
     #[test]
     fn ports_are_free_distinct_and_below_the_ephemeral_range() {
