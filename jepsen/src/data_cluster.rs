@@ -168,11 +168,11 @@ impl DataCluster {
             let _ = child.kill();
             let _ = child.wait();
             let text = std::fs::read_to_string(&cs.log).unwrap_or_default();
-            let tail: Vec<&str> = text.lines().rev().take(5).collect();
+            let lines: Vec<&str> = text.lines().collect();
             bail!(
                 "chunkserver {i} did not start: {line:?}; last lines of {}:\n{}",
                 cs.log.display(),
-                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                lines[lines.len().saturating_sub(5)..].join("\n")
             );
         }
         println!(

@@ -61,8 +61,7 @@ fn next_candidate(n: u32, span: u32) -> u32 {
         Ordering::Relaxed,
         Ordering::Relaxed,
     );
-    let step = n.max(1) + 7;
-    let at = CURSOR.fetch_add(step, Ordering::Relaxed);
+    let at = CURSOR.fetch_add(n, Ordering::Relaxed);
     LOW + at % span
 }
 
