@@ -78,7 +78,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use cairn_proto::ErrorCode;
-use cairn_proto::frame::{Frame, Header, Opcode, SegmentCrcs};
+use cairn_proto::frame::{Frame, FrameError, Header, Opcode, SEAL_LEN, SegmentCrcs};
 use cairn_proto::ids::{ChainVersion, ChunkId};
 use glommio::net::TcpStream;
 use glommio::sync::Semaphore;
@@ -89,7 +89,7 @@ use crate::failpoint;
 use crate::locks::{ChunkLockGuard, ChunkLocks};
 use crate::metrics::Metrics;
 use crate::peer::{PeerError, PeerPool};
-use crate::store::{ReadMode, ShardStore, StoreError, shard_of};
+use crate::store::{NO_SEAL, ReadMode, Seal, ShardStore, StoreError, WriteIn, shard_of};
 use crate::wire::{FrameReader, ReadError, write_frame};
 
 pub mod resync;
@@ -144,6 +144,8 @@ enum Mutation {
         offset: u64,
         data: Bytes,
         crcs: SegmentCrcs,
+        /// Seal bytes (one per segment) or empty.
+        seals: Bytes,
     },
     Truncate {
         new_len: u64,
@@ -302,6 +304,32 @@ impl std::fmt::Debug for Shard {
 
 fn crcs_of(c: &SegmentCrcs) -> Vec<u32> {
     c.iter().collect()
+}
+
+/// The seals of a sealed frame's body (whole seals only; the codec has
+/// checked the count).
+pub(crate) fn seals_of(b: &Bytes) -> Vec<Seal> {
+    b.chunks_exact(SEAL_LEN)
+        .map(|c| {
+            let mut s = NO_SEAL;
+            s.copy_from_slice(c);
+            s
+        })
+        .collect()
+}
+
+/// The wire form of `seals`.
+pub(crate) fn seal_bytes(seals: &[Seal]) -> Bytes {
+    seals.concat().into()
+}
+
+/// `f` carrying `seals` when there are any (a plain frame otherwise).
+pub(crate) fn sealed(f: Frame, seals: Bytes) -> std::result::Result<Frame, FrameError> {
+    if seals.is_empty() {
+        Ok(f)
+    } else {
+        f.with_seals(seals)
+    }
 }
 
 impl Shard {
@@ -558,6 +586,7 @@ impl Shard {
                     offset: h.offset,
                     data: frame.payload,
                     crcs: frame.crcs,
+                    seals: frame.seals,
                 };
                 let _inflight = self.count_inflight(&route);
                 self.head_mutate(&route, &h, m).await
@@ -579,6 +608,7 @@ impl Shard {
                         offset: h.offset,
                         data: frame.payload,
                         crcs: frame.crcs,
+                        seals: frame.seals,
                     }
                 } else {
                     Mutation::Truncate { new_len: h.offset }
@@ -595,7 +625,7 @@ impl Shard {
             }
             Opcode::Remove => self.remove(&route, &h).await,
             Opcode::RemoveMany => self.remove_many(&route, &h, &frame).await,
-            Opcode::Install => self.install(&route, &h, &frame.payload, &frame.crcs).await,
+            Opcode::Install => self.install(&route, &h, &frame).await,
             Opcode::Commit => {
                 self.store
                     .commit_through(h.chunk, h.version, route.is_tail)
@@ -642,6 +672,21 @@ impl Shard {
             return Ok(Self::versioned_reply(h, version));
         }
         let committed = self.store.stat(chunk)?.map_or(0, |s| s.committed_version);
+        if let Mutation::Write { .. } = m
+            && h.version != 0
+            && h.version != committed
+        {
+            // A conditional write (a client's read-modify-write of part of
+            // an encrypted block): the chunk changed since the client read
+            // it, so its merge may be stale. It reads again and retries.
+            return Err(Reject::new(
+                ErrorCode::StaleSequence,
+                format!(
+                    "{chunk} is at version {committed}; the conditional write expected version {}",
+                    h.version
+                ),
+            ));
+        }
         if let Mutation::Truncate { .. } = m
             && committed == 0
         {
@@ -741,19 +786,24 @@ impl Shard {
             // callers check under the chunk lock), so STALE from the store
             // means other bytes under this version: an error, never
             // "already applied".
-            Mutation::Write { offset, data, crcs } => self
-                .store
-                .write_in_chain(
-                    route.chain_id,
-                    chunk,
-                    version,
-                    *offset,
+            Mutation::Write {
+                offset,
+                data,
+                crcs,
+                seals,
+            } => {
+                let (crcs, seals) = (crcs_of(crcs), seals_of(seals));
+                let w = WriteIn {
+                    offset: *offset,
                     data,
-                    &crcs_of(crcs),
-                    tail,
-                )
-                .await
-                .map_err(|e| self.store_error(chunk, e)),
+                    segment_crcs: &crcs,
+                    seals: &seals,
+                };
+                self.store
+                    .write_in_chain(route.chain_id, chunk, version, w, tail)
+                    .await
+                    .map_err(|e| self.store_error(chunk, e))
+            }
             Mutation::Truncate { new_len } => {
                 self.store.truncate(chunk, version, *new_len).await?;
                 if tail {
@@ -787,7 +837,12 @@ impl Shard {
             ..Header::request(Opcode::Forward, 0)
         };
         let frame = match m {
-            Mutation::Write { offset, data, crcs } => Frame::with_payload_crcs(
+            Mutation::Write {
+                offset,
+                data,
+                crcs,
+                seals,
+            } => Frame::with_payload_crcs(
                 Header {
                     offset: *offset,
                     ..base
@@ -795,6 +850,7 @@ impl Shard {
                 data.clone(),
                 crcs.clone(),
             )
+            .and_then(|f| sealed(f, seals.clone()))
             .map_err(|e| Reject::new(ErrorCode::Internal, format!("forward frame: {e}")))?,
             Mutation::Truncate { new_len } => Frame::new(Header {
                 opcode: Opcode::Truncate,
@@ -833,6 +889,7 @@ impl Shard {
                 Mutation::Write {
                     offset: p.offset,
                     crcs: SegmentCrcs::from_slice(&p.segment_crcs),
+                    seals: seal_bytes(&p.segment_seals),
                     data: p.data,
                 }
             };
@@ -915,6 +972,7 @@ impl Shard {
             ..Header::reply_to(h)
         };
         Frame::with_payload_crcs(header, out.data, SegmentCrcs::from_slice(&out.block_crcs))
+            .and_then(|f| sealed(f, seal_bytes(&out.block_seals)))
             .map_err(|e| Reject::new(ErrorCode::Internal, format!("read reply: {e}")))
     }
 
@@ -1000,27 +1058,20 @@ impl Shard {
 
     /// Stores a piece of a sync source's copy of a chunk
     /// ([`Opcode::Install`]); see [`crate::resync`].
-    async fn install(
-        &self,
-        route: &Route,
-        h: &Header,
-        data: &Bytes,
-        crcs: &SegmentCrcs,
-    ) -> Result<Frame> {
+    async fn install(&self, route: &Route, h: &Header, frame: &Frame) -> Result<Frame> {
         let _lock = self.lock(h.chunk).await?;
+        let (crcs, seals) = (crcs_of(&frame.crcs), seals_of(&frame.seals));
+        let piece = WriteIn {
+            offset: h.offset,
+            data: &frame.payload,
+            segment_crcs: &crcs,
+            seals: &seals,
+        };
         self.store
-            .install_piece(
-                route.chain_id,
-                h.chunk,
-                h.version,
-                h.client_seq,
-                h.offset,
-                data,
-                &crcs_of(crcs),
-            )
+            .install_piece(route.chain_id, h.chunk, h.version, h.client_seq, piece)
             .await
             .map_err(|e| self.store_error(h.chunk, e))?;
-        self.metrics.installed(data.len() as u64);
+        self.metrics.installed(frame.payload.len() as u64);
         Ok(Self::versioned_reply(h, h.version))
     }
 

@@ -841,6 +841,7 @@ fn read_pending_returns_a_version_exactly_as_written() {
                 new_len: 6 * 4096,
                 data: bytes::Bytes::from(d.clone()),
                 segment_crcs: cairn_proto::frame::segment_crcs(off, &d),
+                segment_seals: vec![],
             }
         );
         assert_eq!(got.segment_crcs.len(), 3);
@@ -859,6 +860,7 @@ fn read_pending_returns_a_version_exactly_as_written() {
                 new_len: 10_000,
                 data: bytes::Bytes::new(),
                 segment_crcs: vec![],
+                segment_seals: vec![],
             }
         );
         for v in [1, 4] {
@@ -899,5 +901,97 @@ fn read_pending_returns_a_version_exactly_as_written() {
                 .len(),
             2 * 4096 + 500
         );
+    });
+}
+
+/// Seals (nonce and tag of encrypted blocks) are stored beside each block's
+/// CRC, returned with reads of whole blocks and with a pending version,
+/// survive a reopen, and are refused where they cannot belong.
+#[test]
+fn seals_are_stored_with_their_blocks_and_returned() {
+    use cairn_chunkserver::store::{NO_SEAL, Seal, WriteIn};
+    let dir = formatted(1);
+    let path = dir.path().to_path_buf();
+    run(move || async move {
+        let c = chunk(77);
+        let data = pattern(5, 3 * 4096);
+        let seals: Vec<Seal> = (1..=3u8).map(|i| [i; 28]).collect();
+        {
+            let (_t, s) = open(&path, TargetOptions::default()).await;
+            let w = WriteIn {
+                offset: 4096,
+                data: &data,
+                segment_crcs: &crcs(4096, &data),
+                seals: &seals,
+            };
+            s.write_in_chain(9, c, 1, w, true)
+                .await
+                .expect("sealed write");
+            // A whole-block read returns one seal per segment; the hole
+            // before the data has none.
+            let out = s.read(c, 0, 4 * 4096, ReadMode::Committed).await.unwrap();
+            assert_eq!(out.block_seals, vec![NO_SEAL, seals[0], seals[1], seals[2]]);
+            // A partly read block cannot carry its seal.
+            let part = s
+                .read(c, 4096 + 1, 8191, ReadMode::Committed)
+                .await
+                .unwrap();
+            assert_eq!(part.block_seals, vec![NO_SEAL, seals[1]]);
+            // A plain write over the middle block drops its seal only.
+            let plain = pattern(6, 4096);
+            s.write_in_chain(
+                9,
+                c,
+                2,
+                WriteIn::plain(8192, &plain, &crcs(8192, &plain)),
+                false,
+            )
+            .await
+            .unwrap();
+            let pending = s.read_pending(c, 2).await.unwrap();
+            assert!(pending.segment_seals.is_empty());
+            s.commit(c, 2).await.unwrap();
+            // A sealed pending version comes back with its seals (the
+            // head's re-forward of a version after a failure).
+            let w = WriteIn {
+                offset: 0,
+                data: &data[..4096],
+                segment_crcs: &crcs(0, &data[..4096]),
+                seals: &seals[..1],
+            };
+            s.write_in_chain(9, c, 3, w, false).await.unwrap();
+            let pending = s.read_pending(c, 3).await.unwrap();
+            assert_eq!(pending.segment_seals, vec![seals[0]]);
+            s.commit(c, 3).await.unwrap();
+        }
+        // After a reopen.
+        let (_t, s) = open(&path, TargetOptions::default()).await;
+        let out = s.read(c, 0, 4 * 4096, ReadMode::Committed).await.unwrap();
+        assert_eq!(out.block_seals, vec![seals[0], seals[0], NO_SEAL, seals[2]]);
+        assert_eq!(out.block_crcs, crcs(0, &out.data));
+
+        // Seals that do not fit: the wrong count, a seal on a partial
+        // block. Nothing changes.
+        let w = WriteIn {
+            offset: 0,
+            data: &data[..8192],
+            segment_crcs: &crcs(0, &data[..8192]),
+            seals: &seals[..1],
+        };
+        let e = s.write_in_chain(9, c, 4, w, true).await.unwrap_err();
+        assert!(matches!(e, StoreError::Seals { .. }), "{e}");
+        assert_eq!(e.code(), ErrorCode::BadRequest);
+        let w = WriteIn {
+            offset: 10,
+            data: &data[..100],
+            segment_crcs: &crcs(10, &data[..100]),
+            seals: &seals[..1],
+        };
+        assert!(matches!(
+            s.write_in_chain(9, c, 4, w, true).await,
+            Err(StoreError::Seals { .. })
+        ));
+        let again = s.read(c, 0, 4 * 4096, ReadMode::Committed).await.unwrap();
+        assert_eq!(again, out);
     });
 }

@@ -745,6 +745,7 @@ pub fn write_request(
         },
         payload: data,
         crcs: Default::default(),
+        seals: Bytes::new(),
     })
 }
 

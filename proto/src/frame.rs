@@ -17,7 +17,7 @@
 //! |      0 |    4 | `magic`         | `b"CRN1"` (the u32 `0x314E_5243`) |
 //! |      4 |    1 | `version`       | format version, [`FORMAT_VERSION`] = 1 |
 //! |      5 |    1 | `opcode`        | [`Opcode`]; bit 7 set = reply |
-//! |      6 |    2 | `flags`         | [`Flags`]: bit 0 body, bit 1 error message, bit 2 pending; others 0 |
+//! |      6 |    2 | `flags`         | [`Flags`]: bit 0 body, bit 1 error message, bit 2 pending, bit 3 sealed; others 0 |
 //! |      8 |    8 | `request_id`    | chosen by the sender of a request, echoed by its reply |
 //! |     16 |    8 | `chunk.object`  | [`ObjectId`](crate::ids::ObjectId) of the chunk |
 //! |     24 |    8 | `chunk.index`   | index of the chunk in its object |
@@ -49,7 +49,11 @@
 //! `offset` to the next 4 KiB boundary and the last one may be partial
 //! ([`segment_crcs`], [`segment_count`]). For a block-aligned payload each
 //! CRC is exactly the per-block CRC a replica stores, which is what makes
-//! checksums end to end. An error message body is not chunk data: its
+//! checksums end to end. With [`Flags::SEALED`] the CRCs are followed by
+//! one [`SEAL_LEN`]-byte seal per segment: the nonce and AES-GCM tag of an
+//! encrypted block (DESIGN §7), all zero for a block without one (a hole).
+//! Chunkservers store seals beside the block CRCs and return them with
+//! reads; they never interpret them. An error message body is not chunk data: its
 //! segments are counted from offset 0 whatever `offset` says, so a message
 //! (at most [`MAX_ERROR_MESSAGE`] bytes) has one CRC.
 //!
@@ -107,7 +111,7 @@ pub use codec::{EncodedFrame, Frame, FrameDecoder};
 pub use error::FrameError;
 pub use header::{
     CapabilityToken, FORMAT_VERSION, Flags, HEADER_LEN, Header, MAGIC, MAX_ERROR_MESSAGE,
-    MAX_PAYLOAD, MAX_REMOVE_MANY, Opcode, decode_chunk_list, encode_chunk_list,
+    MAX_PAYLOAD, MAX_REMOVE_MANY, Opcode, SEAL_LEN, decode_chunk_list, encode_chunk_list,
 };
 pub use segment::{
     BLOCK_SIZE, SegmentCrcs, Segments, segment_count, segment_crcs, segments, verify_segments,

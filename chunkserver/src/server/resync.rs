@@ -70,9 +70,9 @@ use cairn_proto::ErrorCode;
 use cairn_proto::frame::{Frame, Header, Opcode, SegmentCrcs};
 use cairn_proto::ids::{ChainId, ChainVersion, ChunkId};
 
-use super::{Reject, Result, Shard};
+use super::{Reject, Result, Shard, seal_bytes, sealed, seals_of};
 use crate::chain::{Member, MemberState};
-use crate::store::{ReadMode, StoreError};
+use crate::store::{NO_SEAL, ReadMode, Seal, StoreError, WriteIn};
 
 /// Bytes per Install frame (below the 16 MiB frame limit).
 pub const PIECE: u64 = 8 << 20;
@@ -289,9 +289,15 @@ impl Shard {
                 )
                 .await
             {
-                Ok((data, crcs)) => {
+                Ok((data, crcs, seals)) => {
+                    let w = WriteIn {
+                        offset: 0,
+                        data: &data,
+                        segment_crcs: &crcs,
+                        seals: &seals,
+                    };
                     self.store
-                        .rewrite_committed(st.chain, chunk, st.committed_version, &data, &crcs)
+                        .rewrite_committed(st.chain, chunk, st.committed_version, w)
                         .await?;
                     self.metrics.installed(data.len() as u64);
                     tracing::warn!(
@@ -318,9 +324,10 @@ impl Shard {
         chunk: ChunkId,
         version: u64,
         len: u64,
-    ) -> Result<(Vec<u8>, Vec<u32>)> {
+    ) -> Result<(Vec<u8>, Vec<u32>, Vec<Seal>)> {
         let mut data = Vec::with_capacity(usize::try_from(len).unwrap_or(0));
         let mut crcs = Vec::new();
+        let mut seals: Vec<Seal> = Vec::new();
         let mut offset = 0;
         while offset < len {
             let n = PIECE.min(len - offset);
@@ -355,11 +362,19 @@ impl Shard {
             reply.verify_payload().map_err(|e| {
                 Reject::new(ErrorCode::Checksum, format!("{chunk} from {addr}: {e}"))
             })?;
+            let got = seals_of(&reply.seals);
+            if !got.is_empty() {
+                // Pieces before this one had no sealed block.
+                seals.resize(crcs.len(), NO_SEAL);
+                seals.extend(got);
+            } else if !seals.is_empty() {
+                seals.resize(crcs.len() + reply.crcs.len(), NO_SEAL);
+            }
             data.extend_from_slice(&reply.payload);
             crcs.extend(reply.crcs.iter());
             offset += n;
         }
-        Ok((data, crcs))
+        Ok((data, crcs, seals))
     }
 
     /// Chains this chunkserver heads that have syncing members, fewest
@@ -548,8 +563,8 @@ impl Shard {
         let mut offset = 0u64;
         loop {
             let n = PIECE.min(total - offset);
-            let (data, crcs) = if n == 0 {
-                (Bytes::new(), SegmentCrcs::default())
+            let (data, crcs, seals) = if n == 0 {
+                (Bytes::new(), SegmentCrcs::default(), Bytes::new())
             } else {
                 let out = match self.store.read(chunk, offset, n, ReadMode::Committed).await {
                     Ok(o) => o,
@@ -572,7 +587,11 @@ impl Shard {
                         format!("{chunk} changed under its lock during a copy"),
                     ));
                 }
-                (out.data, SegmentCrcs::from_slice(&out.block_crcs))
+                (
+                    out.data,
+                    SegmentCrcs::from_slice(&out.block_crcs),
+                    seal_bytes(&out.block_seals),
+                )
             };
             let f = Frame::with_payload_crcs(
                 Header {
@@ -587,6 +606,7 @@ impl Shard {
                 data,
                 crcs,
             )
+            .and_then(|f| sealed(f, seals))
             .map_err(|e| Reject::new(ErrorCode::Internal, format!("install frame: {e}")))?;
             let reply = self.peers.call(addr, f).await?;
             if let Some(code) = reply.error_code() {

@@ -74,6 +74,22 @@ pub enum StoreError {
         /// CRCs received.
         got: usize,
     },
+    /// Seals that do not fit the write: not one per segment, or a sealed
+    /// write that does not cover whole blocks (a seal covers a whole
+    /// block; a part of one cannot be merged without the client's key).
+    #[error(
+        "chunk {chunk}: {seals} seals for a write of {len} bytes at {offset}: a sealed write covers whole 4 KiB blocks, one seal each"
+    )]
+    Seals {
+        /// The chunk.
+        chunk: ChunkId,
+        /// The write's offset.
+        offset: u64,
+        /// The write's length.
+        len: u64,
+        /// Seals received.
+        seals: usize,
+    },
     /// The chunk does not belong to this shard.
     #[error("chunk {chunk} belongs to shard {owner}, not {shard}")]
     WrongShard {
@@ -166,7 +182,9 @@ impl StoreError {
             Self::Pending { .. } => ErrorCode::Pending,
             Self::VersionGap { .. } => ErrorCode::Invalid,
             Self::Stale { .. } => ErrorCode::StaleSequence,
-            Self::Range { .. } | Self::Segments { .. } => ErrorCode::BadRequest,
+            Self::Range { .. } | Self::Segments { .. } | Self::Seals { .. } => {
+                ErrorCode::BadRequest
+            }
             Self::WrongShard { .. } | Self::NoSuchShard { .. } => ErrorCode::Invalid,
             Self::NoSpace { .. } => ErrorCode::NoSpace,
             Self::Io { .. }

@@ -28,6 +28,7 @@
 //! never a panic or an allocation bomb, and the format is pinned by these
 //! tests rather than by a serializer's version.
 
+use cairn_proto::frame::SEAL_LEN;
 use cairn_proto::ids::{ChunkId, ObjectId};
 
 /// Size of a block, the unit of allocation, CRC and atomic write.
@@ -183,13 +184,56 @@ pub fn decode_group_key(k: &[u8]) -> Option<(ChunkId, u32)> {
     Some((chunk, u32::from_be_bytes(k[17..21].try_into().ok()?)))
 }
 
-/// A block of the data file and the CRC32 of its 4096 bytes.
+/// A block's seal: the nonce and AES-GCM tag of an encrypted block, kept
+/// for the client and never interpreted here. All zero: none.
+pub type Seal = [u8; SEAL_LEN];
+
+/// The seal of a block written in plain.
+pub const NO_SEAL: Seal = [0; SEAL_LEN];
+
+/// A block of the data file, the CRC32 of its 4096 bytes and its seal.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BlockRef {
     /// Block number in the shard's data file.
     pub blockno: u64,
     /// CRC32 of the whole block.
     pub crc: u32,
+    /// The client's seal of an encrypted block ([`NO_SEAL`]: plain).
+    pub seal: Seal,
+}
+
+impl BlockRef {
+    /// A reference to a block written in plain.
+    pub fn plain(blockno: u64, crc: u32) -> Self {
+        Self {
+            blockno,
+            crc,
+            seal: NO_SEAL,
+        }
+    }
+}
+
+/// Reference tags in a block entry record: none (a hole or a dropped
+/// block), a plain block, a sealed block (its seal follows the CRC).
+const REF_NONE: u8 = 0;
+const REF_PLAIN: u8 = 1;
+const REF_SEALED: u8 = 2;
+
+fn put_ref(v: &mut Vec<u8>, r: Option<BlockRef>) {
+    match r {
+        None => v.push(REF_NONE),
+        Some(r) if r.seal == NO_SEAL => {
+            v.push(REF_PLAIN);
+            v.extend_from_slice(&r.blockno.to_le_bytes());
+            v.extend_from_slice(&r.crc.to_le_bytes());
+        }
+        Some(r) => {
+            v.push(REF_SEALED);
+            v.extend_from_slice(&r.blockno.to_le_bytes());
+            v.extend_from_slice(&r.crc.to_le_bytes());
+            v.extend_from_slice(&r.seal);
+        }
+    }
 }
 
 /// One pending (written, not yet committed) version of a chunk.
@@ -321,6 +365,22 @@ impl Reader<'_> {
         }
         Ok(n)
     }
+    /// Reads a block reference after its tag (plain or sealed).
+    fn block_ref(&mut self, tag: u8) -> Result<BlockRef, DecodeError> {
+        let blockno = self.u64()?;
+        let crc = self.u32()?;
+        let seal = if tag == REF_SEALED {
+            let seal: Seal = self.take()?;
+            if seal == NO_SEAL {
+                // A sealed tag with no seal is not what encode writes.
+                return Err(DecodeError::Value);
+            }
+            seal
+        } else {
+            NO_SEAL
+        };
+        Ok(BlockRef { blockno, crc, seal })
+    }
     fn format(&mut self) -> Result<(), DecodeError> {
         match self.u8()? {
             RECORD_FORMAT => Ok(()),
@@ -406,26 +466,23 @@ impl ChunkHeader {
 impl BlockEntry {
     /// Returns the record bytes.
     pub fn encode(&self) -> Vec<u8> {
-        let mut v = Vec::with_capacity(1 + 13 + 4 + self.pending.len() * PENDING_REF_SIZE);
+        let mut v = Vec::with_capacity(
+            1 + 13 + SEAL_LEN + 4 + self.pending.len() * (PENDING_REF_SIZE + SEAL_LEN),
+        );
         v.push(RECORD_FORMAT);
-        match self.committed {
-            Some(r) => {
-                v.push(1);
-                v.extend_from_slice(&r.blockno.to_le_bytes());
-                v.extend_from_slice(&r.crc.to_le_bytes());
-            }
-            None => v.push(0),
-        }
+        put_ref(&mut v, self.committed);
         v.extend_from_slice(&(self.pending.len() as u32).to_le_bytes());
         for (version, r) in &self.pending {
             v.extend_from_slice(&version.to_le_bytes());
-            let (tag, r) = match r {
-                Some(r) => (1u8, *r),
-                None => (0u8, BlockRef { blockno: 0, crc: 0 }),
-            };
-            v.push(tag);
-            v.extend_from_slice(&r.blockno.to_le_bytes());
-            v.extend_from_slice(&r.crc.to_le_bytes());
+            match r {
+                // A dropped block keeps the fixed-size form older
+                // records have: tag 0 and twelve zero bytes.
+                None => {
+                    v.push(REF_NONE);
+                    v.extend_from_slice(&[0u8; 12]);
+                }
+                Some(_) => put_ref(&mut v, *r),
+            }
         }
         v
     }
@@ -438,23 +495,20 @@ impl BlockEntry {
         let mut r = Reader(b);
         r.format()?;
         let committed = match r.u8()? {
-            0 => None,
-            1 => Some(BlockRef {
-                blockno: r.u64()?,
-                crc: r.u32()?,
-            }),
+            REF_NONE => None,
+            tag @ (REF_PLAIN | REF_SEALED) => Some(r.block_ref(tag)?),
             _ => return Err(DecodeError::Value),
         };
         let n = r.count(PENDING_REF_SIZE)?;
         let mut pending: Vec<(u64, Option<BlockRef>)> = Vec::with_capacity(n);
         for _ in 0..n {
             let version = r.u64()?;
-            let tag = r.u8()?;
-            let blockno = r.u64()?;
-            let crc = r.u32()?;
-            let block = match tag {
-                0 => None,
-                1 => Some(BlockRef { blockno, crc }),
+            let block = match r.u8()? {
+                REF_NONE => {
+                    r.take::<12>()?;
+                    None
+                }
+                tag @ (REF_PLAIN | REF_SEALED) => Some(r.block_ref(tag)?),
                 _ => return Err(DecodeError::Value),
             };
             if pending.last().is_some_and(|(v, _)| *v >= version) {
@@ -629,8 +683,8 @@ mod tests {
         assert_eq!(ChunkHeader::decode(&huge), Err(DecodeError::Length));
 
         let e = BlockEntry {
-            committed: Some(BlockRef { blockno: 7, crc: 1 }),
-            pending: vec![(5, Some(BlockRef { blockno: 8, crc: 2 })), (6, None)],
+            committed: Some(BlockRef::plain(7, 1)),
+            pending: vec![(5, Some(BlockRef::plain(8, 2))), (6, None)],
         };
         let bytes = e.encode();
         assert_eq!(BlockEntry::decode(&bytes), Ok(e.clone()));
@@ -641,6 +695,45 @@ mod tests {
         assert_eq!(e.refs().count(), 2);
         let hole = BlockEntry::default();
         assert_eq!(BlockEntry::decode(&hole.encode()), Ok(hole.clone()));
+
+        // Sealed references keep their seals; records written before seals
+        // existed (tags 0 and 1 only) decode unchanged.
+        let sealed = BlockRef {
+            seal: [0xA5; SEAL_LEN],
+            ..BlockRef::plain(11, 3)
+        };
+        let s = BlockEntry {
+            committed: Some(sealed),
+            pending: vec![
+                (5, None),
+                (6, Some(sealed)),
+                (7, Some(BlockRef::plain(12, 4))),
+            ],
+        };
+        let sb = s.encode();
+        assert_eq!(BlockEntry::decode(&sb), Ok(s.clone()));
+        for cut in 0..sb.len() {
+            assert!(BlockEntry::decode(&sb[..cut]).is_err());
+        }
+        let mut zero_seal = sb.clone();
+        zero_seal[1 + 1 + 12..1 + 1 + 12 + SEAL_LEN].fill(0);
+        assert_eq!(BlockEntry::decode(&zero_seal), Err(DecodeError::Value));
+        let old_format: Vec<u8> = [
+            &[RECORD_FORMAT, 1][..],
+            &7u64.to_le_bytes(),
+            &1u32.to_le_bytes(),
+            &2u32.to_le_bytes(),
+            &5u64.to_le_bytes(),
+            &[1],
+            &8u64.to_le_bytes(),
+            &2u32.to_le_bytes(),
+            &6u64.to_le_bytes(),
+            &[0],
+            &[0u8; 12],
+        ]
+        .concat();
+        assert_eq!(BlockEntry::decode(&old_format), Ok(e.clone()));
+        assert_eq!(e.encode(), old_format, "plain records keep their old form");
 
         let g = encode_group([(3, &e), (9, &hole)].into_iter());
         assert_eq!(decode_group(&g), Ok(vec![(3, e.clone()), (9, hole)]));

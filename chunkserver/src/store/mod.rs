@@ -56,6 +56,7 @@ use bytes::Bytes;
 
 pub use alloc::AllocError;
 pub use error::StoreError;
+pub use layout::{NO_SEAL, Seal};
 pub use shard::ShardStore;
 pub use target::{FORMAT_VERSION, Superblock, Target, TargetOptions};
 
@@ -74,6 +75,33 @@ pub enum ReadMode {
     CleanOnly,
 }
 
+/// The data of one write as the store takes it.
+#[derive(Debug, Clone, Copy)]
+pub struct WriteIn<'a> {
+    /// Byte offset in the chunk.
+    pub offset: u64,
+    /// The bytes.
+    pub data: &'a [u8],
+    /// CRC32 of each piece of `data` split at 4 KiB multiples of the chunk
+    /// offset.
+    pub segment_crcs: &'a [u32],
+    /// Empty (plain data), or one seal per segment: the write then covers
+    /// whole blocks, each stored with its seal (encrypted data, DESIGN §7).
+    pub seals: &'a [Seal],
+}
+
+impl<'a> WriteIn<'a> {
+    /// A plain write of `data` at `offset`.
+    pub fn plain(offset: u64, data: &'a [u8], segment_crcs: &'a [u32]) -> Self {
+        Self {
+            offset,
+            data,
+            segment_crcs,
+            seals: &[],
+        }
+    }
+}
+
 /// The result of a read.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReadOut {
@@ -82,6 +110,10 @@ pub struct ReadOut {
     /// CRC32 of each block-aligned segment of `data`, split like a write's
     /// segments (stored CRC for whole blocks).
     pub block_crcs: Vec<u32>,
+    /// The seal of each segment, parallel to `block_crcs` ([`NO_SEAL`] for
+    /// holes, plain blocks and partly read blocks); empty when no block of
+    /// the range has one.
+    pub block_seals: Vec<Seal>,
     /// The committed version read.
     pub version: u64,
     /// The committed length of the chunk.
@@ -105,6 +137,9 @@ pub struct PendingData {
     /// CRC32 of each piece of `data` split at 4 KiB multiples of the chunk
     /// offset, as a write carries them.
     pub segment_crcs: Vec<u32>,
+    /// The seal of each segment, as the write carried them (empty for a
+    /// plain write).
+    pub segment_seals: Vec<Seal>,
 }
 
 /// A chunk's versions and length.

@@ -69,10 +69,13 @@ use super::alloc::{Allocator, Run};
 use super::error::StoreError;
 use super::group::GroupSync;
 use super::layout::{
-    self, BLOCK, BLOCK_SIZE, BlockEntry, BlockRef, CHUNK_MAX, ChunkHeader, Pending, Segment,
+    self, BLOCK, BLOCK_SIZE, BlockEntry, BlockRef, CHUNK_MAX, ChunkHeader, NO_SEAL, Pending, Seal,
+    Segment,
 };
 use super::target::Target;
-use super::{ChunkStat, PendingData, ReadMode, ReadOut, ScrubReport, SpaceUsage, shard_of};
+use super::{
+    ChunkStat, PendingData, ReadMode, ReadOut, ScrubReport, SpaceUsage, WriteIn, shard_of,
+};
 use crate::locks::{ChunkLockGuard, ChunkLocks};
 
 type Result<T> = std::result::Result<T, StoreError>;
@@ -548,17 +551,14 @@ impl ShardStore {
         data: &[u8],
         segment_crcs: &[u32],
     ) -> Result<()> {
-        self.write_version(
-            chunk,
-            version,
+        let w = WriteIn {
             offset,
             data,
             segment_crcs,
-            false,
-            None,
-            None,
-        )
-        .await
+            seals: &[],
+        };
+        self.write_version(chunk, version, w, false, None, None)
+            .await
     }
 
     /// Stores `data` at `offset` of `chunk` as version `version` and
@@ -585,7 +585,13 @@ impl ShardStore {
         data: &[u8],
         segment_crcs: &[u32],
     ) -> Result<()> {
-        self.write_version(chunk, version, offset, data, segment_crcs, true, None, None)
+        let w = WriteIn {
+            offset,
+            data,
+            segment_crcs,
+            seals: &[],
+        };
+        self.write_version(chunk, version, w, true, None, None)
             .await
     }
 
@@ -594,30 +600,22 @@ impl ShardStore {
     /// chain `chain` the chunk belongs to (the data path's writes), so a
     /// resync can enumerate a chain's chunks here.
     ///
+    /// With seals (one per segment, [`WriteIn::seals`]) the write must
+    /// cover whole blocks: each block is stored with its seal.
+    ///
     /// # Errors
-    /// As [`Self::write_pending`] and [`Self::write_committed`].
-    #[allow(clippy::too_many_arguments)]
+    /// As [`Self::write_pending`] and [`Self::write_committed`];
+    /// [`StoreError::Seals`] for seals that do not fit the write.
     pub async fn write_in_chain(
         &self,
         chain: u32,
         chunk: ChunkId,
         version: u64,
-        offset: u64,
-        data: &[u8],
-        segment_crcs: &[u32],
+        write: WriteIn<'_>,
         commit: bool,
     ) -> Result<()> {
-        self.write_version(
-            chunk,
-            version,
-            offset,
-            data,
-            segment_crcs,
-            commit,
-            Some(chain),
-            None,
-        )
-        .await
+        self.write_version(chunk, version, write, commit, Some(chain), None)
+            .await
     }
 
     /// Replaces the blocks of `chunk`'s committed version `version` with
@@ -636,9 +634,9 @@ impl ShardStore {
         chain: u32,
         chunk: ChunkId,
         version: u64,
-        data: &[u8],
-        segment_crcs: &[u32],
+        write: WriteIn<'_>,
     ) -> Result<()> {
+        let data = write.data;
         let header = self
             .load_header(chunk)?
             .ok_or(StoreError::NotFound { chunk })?;
@@ -655,17 +653,15 @@ impl ShardStore {
         if data.is_empty() {
             return Ok(());
         }
-        self.write_version(
-            chunk,
-            version,
-            0,
-            data,
-            segment_crcs,
-            true,
-            Some(chain),
-            Some(version - 1),
-        )
-        .await
+        if write.offset != 0 {
+            return Err(StoreError::Range {
+                chunk,
+                offset: write.offset,
+                len: data.len() as u64,
+            });
+        }
+        self.write_version(chunk, version, write, true, Some(chain), Some(version - 1))
+            .await
     }
 
     /// Stores one piece of a copy of another replica's committed version
@@ -680,18 +676,16 @@ impl ShardStore {
     /// # Errors
     /// [`StoreError::Range`] for a piece out of order or past `total`,
     /// as [`Self::write_committed`] otherwise.
-    #[allow(clippy::too_many_arguments)]
     pub async fn install_piece(
         &self,
         chain: u32,
         chunk: ChunkId,
         version: u64,
         total: u64,
-        offset: u64,
-        data: &[u8],
-        segment_crcs: &[u32],
+        piece: WriteIn<'_>,
     ) -> Result<()> {
         self.check(chunk)?;
+        let (offset, data) = (piece.offset, piece.data);
         let len = data.len() as u64;
         let end = offset.checked_add(len);
         if version == 0 || total > CHUNK_MAX || end.is_none_or(|e| e > total) {
@@ -729,17 +723,8 @@ impl ShardStore {
                 .insert(&layout::header_key(chunk)[..], header.encode())?;
             self.cache_header(chunk, header);
         }
-        self.write_version(
-            chunk,
-            as_version,
-            offset,
-            data,
-            segment_crcs,
-            true,
-            Some(chain),
-            None,
-        )
-        .await?;
+        self.write_version(chunk, as_version, piece, true, Some(chain), None)
+            .await?;
         if !last {
             // Intermediate pieces leave the chunk at version 0.
             let guard = self.lock(chunk).await?;
@@ -758,12 +743,8 @@ impl ShardStore {
 
     /// Checks a write's range, segment count and segment CRCs; returns its
     /// segments and digest.
-    fn verify_payload(
-        chunk: ChunkId,
-        offset: u64,
-        data: &[u8],
-        segment_crcs: &[u32],
-    ) -> Result<(Vec<Segment>, u32)> {
+    fn verify_payload(chunk: ChunkId, w: &WriteIn<'_>) -> Result<(Vec<Segment>, u32)> {
+        let (offset, data, segment_crcs) = (w.offset, w.data, w.segment_crcs);
         let len = data.len() as u64;
         if len == 0 || offset.checked_add(len).is_none_or(|e| e > CHUNK_MAX) {
             return Err(StoreError::Range { chunk, offset, len });
@@ -777,6 +758,17 @@ impl ShardStore {
             });
         }
         let segs: Vec<Segment> = layout::segments(offset, len).collect();
+        // A seal covers a whole block; a partly written block (which is
+        // merged here) can only be a plain one.
+        let misfit = |(s, seal): (&Segment, &Seal)| !s.is_full() && *seal != NO_SEAL;
+        if !w.seals.is_empty() && (w.seals.len() != nseg || segs.iter().zip(w.seals).any(misfit)) {
+            return Err(StoreError::Seals {
+                chunk,
+                offset,
+                len,
+                seals: w.seals.len(),
+            });
+        }
         for (s, crc) in segs.iter().zip(segment_crcs) {
             if crc32fast::hash(&data[s.buf_off..s.buf_off + s.len]) != *crc {
                 return Err(StoreError::Checksum {
@@ -790,20 +782,18 @@ impl ShardStore {
 
     /// The body of [`Self::write_pending`] (`commit == false`) and
     /// [`Self::write_committed`] (`commit == true`).
-    #[allow(clippy::too_many_arguments)]
     async fn write_version(
         &self,
         chunk: ChunkId,
         version: u64,
-        offset: u64,
-        data: &[u8],
-        segment_crcs: &[u32],
+        w: WriteIn<'_>,
         commit: bool,
         chain: Option<u32>,
         rebase: Option<u64>,
     ) -> Result<()> {
         self.check(chunk)?;
-        let (segs, digest) = Self::verify_payload(chunk, offset, data, segment_crcs)?;
+        let (segs, digest) = Self::verify_payload(chunk, &w)?;
+        let (offset, data, segment_crcs) = (w.offset, w.data, w.segment_crcs);
         let len = data.len() as u64;
 
         let guard = self.lock(chunk).await?;
@@ -882,6 +872,11 @@ impl ShardStore {
             let new = Some(BlockRef {
                 blockno: blocknos[i],
                 crc,
+                seal: if s.is_full() {
+                    w.seals.get(i).copied().unwrap_or(NO_SEAL)
+                } else {
+                    NO_SEAL
+                },
             });
             let mut e = existing.get(&s.block).cloned().unwrap_or_default();
             if direct {
@@ -1100,10 +1095,12 @@ impl ShardStore {
                             return Err(err);
                         }
                     };
-                    blocknos.first().map(|&blockno| BlockRef {
-                        blockno,
-                        crc: crc32fast::hash(&b),
-                    })
+                    // Zero-filled in plain: a sealed block is never cut
+                    // here (clients of encrypted files truncate at block
+                    // boundaries).
+                    blocknos
+                        .first()
+                        .map(|&blockno| BlockRef::plain(blockno, crc32fast::hash(&b)))
                 } else {
                     None
                 };
@@ -1192,6 +1189,7 @@ impl ShardStore {
         let mut out = ReadOut {
             data: Bytes::new(),
             block_crcs: Vec::new(),
+            block_seals: Vec::new(),
             version: header.committed_version,
             len: header.committed_len,
         };
@@ -1206,26 +1204,29 @@ impl ShardStore {
                 *slot = e.committed;
             }
         }
-        let (data, crcs) = self.read_refs(chunk, offset, rlen, &refs).await?;
+        let (data, crcs, seals) = self.read_refs(chunk, offset, rlen, &refs).await?;
         out.data = data;
         out.block_crcs = crcs;
+        out.block_seals = seals;
         Ok(out)
     }
 
     /// Reads `[offset, offset + len)` from `refs` (one per block the range
     /// touches; `None`: a hole, read as zeros), one DMA read per run of
     /// contiguously stored blocks, each block checked against its CRC.
-    /// Returns the bytes and one CRC per segment (the stored CRC for whole
-    /// blocks).
+    /// Returns the bytes, one CRC per segment (the stored CRC for whole
+    /// blocks) and, when any whole block read has a seal, one seal per
+    /// segment ([`NO_SEAL`] for the others; empty when none has one).
     async fn read_refs(
         &self,
         chunk: ChunkId,
         offset: u64,
         rlen: u64,
         refs: &[Option<BlockRef>],
-    ) -> Result<(Bytes, Vec<u32>)> {
+    ) -> Result<(Bytes, Vec<u32>, Vec<Seal>)> {
         let mut data = BytesMut::with_capacity(rlen as usize);
         let mut crcs = Vec::with_capacity(refs.len());
+        let mut seals: Vec<Seal> = Vec::new();
         let segs: Vec<Segment> = layout::segments(offset, rlen).collect();
         let mut i = 0;
         while i < segs.len() {
@@ -1274,10 +1275,21 @@ impl ShardStore {
                 } else {
                     crc32fast::hash(piece)
                 });
+                if let Some(r) = refs[i + j]
+                    && r.seal != NO_SEAL
+                    && s.is_full()
+                {
+                    // Seals so far: none, one per earlier segment.
+                    seals.resize(i + j, NO_SEAL);
+                    seals.push(r.seal);
+                }
             }
             i += n;
         }
-        Ok((data.freeze(), crcs))
+        if !seals.is_empty() {
+            seals.resize(segs.len(), NO_SEAL);
+        }
+        Ok((data.freeze(), crcs, seals))
     }
 
     /// Returns pending version `version` of `chunk` exactly as it was
@@ -1312,6 +1324,7 @@ impl ShardStore {
             new_len: p.new_len,
             data: Bytes::new(),
             segment_crcs: Vec::new(),
+            segment_seals: Vec::new(),
         };
         if p.len == 0 {
             return Ok(out);
@@ -1332,10 +1345,11 @@ impl ShardStore {
                 source: layout::DecodeError::Value,
             });
         }
-        let (data, crcs) = self.read_refs(chunk, p.offset, p.len, &refs).await?;
+        let (data, crcs, seals) = self.read_refs(chunk, p.offset, p.len, &refs).await?;
         drop(guard);
         out.data = data;
         out.segment_crcs = crcs;
+        out.segment_seals = seals;
         Ok(out)
     }
 

@@ -8,7 +8,7 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 
 use super::error::FrameError;
 use super::header::{
-    Flags, HEADER_LEN, Header, MAX_ERROR_MESSAGE, MAX_PAYLOAD, Opcode, check_prefix,
+    Flags, HEADER_LEN, Header, MAX_ERROR_MESSAGE, MAX_PAYLOAD, Opcode, SEAL_LEN, check_prefix,
 };
 use super::segment::SegmentCrcs;
 use crate::ErrorCode;
@@ -27,6 +27,9 @@ pub struct Frame {
     pub payload: Bytes,
     /// One CRC per payload segment.
     pub crcs: SegmentCrcs,
+    /// With [`Flags::SEALED`]: one [`SEAL_LEN`]-byte seal per segment
+    /// (nonce and tag of an encrypted block; all zero for none), else empty.
+    pub seals: Bytes,
 }
 
 impl Frame {
@@ -36,6 +39,7 @@ impl Frame {
             header,
             payload: Bytes::new(),
             crcs: SegmentCrcs::empty(),
+            seals: Bytes::new(),
         }
     }
 
@@ -53,6 +57,7 @@ impl Frame {
             header,
             payload,
             crcs,
+            seals: Bytes::new(),
         })
     }
 
@@ -82,7 +87,44 @@ impl Frame {
             header,
             payload,
             crcs,
+            seals: Bytes::new(),
         })
+    }
+
+    /// Returns this data frame carrying `seals` (one [`SEAL_LEN`]-byte seal
+    /// per segment, the encrypted blocks' nonces and tags) and
+    /// [`Flags::SEALED`].
+    ///
+    /// # Errors
+    ///
+    /// [`FrameError::BadSealCount`] unless there is one seal per segment;
+    /// as [`Frame::validate`] for a frame that cannot carry seals.
+    pub fn with_seals(self, seals: Bytes) -> Result<Frame, FrameError> {
+        let header = Header {
+            flags: self.header.flags | Flags::SEALED,
+            ..self.header
+        };
+        let expected = header.crc_count()?;
+        if seals.len() != expected.saturating_mul(SEAL_LEN) {
+            return Err(FrameError::BadSealCount {
+                expected,
+                bytes: seals.len(),
+            });
+        }
+        let frame = Frame {
+            header,
+            seals,
+            ..self
+        };
+        frame.header.validate()?;
+        Ok(frame)
+    }
+
+    /// Returns the seal of segment `i` (`None` past the end or without
+    /// seals).
+    pub fn seal(&self, i: usize) -> Option<&[u8; SEAL_LEN]> {
+        let at = i.checked_mul(SEAL_LEN)?;
+        self.seals.get(at..)?.first_chunk::<SEAL_LEN>()
     }
 
     /// Returns a successful bodyless reply to `req` (see
@@ -130,6 +172,7 @@ impl Frame {
             header,
             payload,
             crcs,
+            seals: Bytes::new(),
         }
     }
 
@@ -188,6 +231,7 @@ impl Frame {
         HEADER_LEN
             .saturating_add(self.payload.len())
             .saturating_add(self.crcs.as_bytes().len())
+            .saturating_add(self.seals.len())
     }
 
     /// Checks everything the decoder would: the header rules and that the
@@ -216,6 +260,17 @@ impl Frame {
                 actual: self.crcs.len(),
             });
         }
+        let seals = if self.header.is_sealed() {
+            expected.saturating_mul(SEAL_LEN)
+        } else {
+            0
+        };
+        if self.seals.len() != seals {
+            return Err(FrameError::BadSealCount {
+                expected: if self.header.is_sealed() { expected } else { 0 },
+                bytes: self.seals.len(),
+            });
+        }
         Ok(())
     }
 
@@ -232,6 +287,7 @@ impl Frame {
         dst.put_slice(&self.header.encode());
         dst.put_slice(&self.payload);
         dst.put_slice(self.crcs.as_bytes());
+        dst.put_slice(&self.seals);
         Ok(())
     }
 
@@ -243,10 +299,20 @@ impl Frame {
     /// As [`Frame::validate`].
     pub fn encode_parts(&self) -> Result<EncodedFrame, FrameError> {
         self.validate()?;
+        // Seals travel in the trailer part with the CRCs (32 bytes per
+        // 4 KiB: the copy is small next to the payload it saves).
+        let crcs = if self.seals.is_empty() {
+            self.crcs.as_bytes().clone()
+        } else {
+            let mut t = BytesMut::with_capacity(self.crcs.as_bytes().len() + self.seals.len());
+            t.put_slice(self.crcs.as_bytes());
+            t.put_slice(&self.seals);
+            t.freeze()
+        };
         Ok(EncodedFrame {
             head: self.header.encode(),
             payload: self.payload.clone(),
-            crcs: self.crcs.as_bytes().clone(),
+            crcs,
         })
     }
 }
@@ -258,6 +324,7 @@ impl std::fmt::Debug for Frame {
             .field("header", &self.header)
             .field("payload_len", &self.payload.len())
             .field("crcs", &self.crcs)
+            .field("seals", &(self.seals.len() / SEAL_LEN))
             .finish()
     }
 }
@@ -386,16 +453,24 @@ impl FrameDecoder {
             } else {
                 0
             };
-            // total = HEADER_LEN + payload_len + 4 * crc_count <= src.len(),
-            // so neither split can panic and the rest is whole CRCs.
+            // total = HEADER_LEN + payload_len + (4 [+ SEAL_LEN]) *
+            // crc_count <= src.len(), so no split can panic and the rest is
+            // whole CRCs, then whole seals.
             let mut body = src.split_to(total);
             body.advance(HEADER_LEN);
             let payload = body.split_to(payload_len).freeze();
-            let crcs = SegmentCrcs::from_bytes(body.freeze()).unwrap_or_default();
+            let crc_bytes = if header.is_sealed() {
+                body.len() / (4 + SEAL_LEN) * 4
+            } else {
+                body.len()
+            };
+            let crcs =
+                SegmentCrcs::from_bytes(body.split_to(crc_bytes).freeze()).unwrap_or_default();
             return Ok(Some(Frame {
                 header,
                 payload,
                 crcs,
+                seals: body.freeze(),
             }));
         };
         src.reserve(missing);
@@ -556,6 +631,54 @@ mod tests {
         }
     }
 
+    /// A sealed frame carries one seal per segment after its CRCs, through
+    /// both encoders; the rules refuse seals where they do not belong.
+    #[test]
+    fn sealed_frames_round_trip_and_are_checked() {
+        let header = Header {
+            offset: 8192,
+            ..sample_request(Opcode::Write)
+        };
+        let data = Bytes::from(vec![9u8; 3 * 4096]);
+        let seals: Vec<u8> = (0..3 * SEAL_LEN).map(|i| i as u8).collect();
+        let frame = Frame::with_payload(header, data.clone())
+            .unwrap()
+            .with_seals(Bytes::from(seals.clone()))
+            .unwrap();
+        assert!(frame.header.is_sealed());
+        let back = round_trip(&frame);
+        assert_eq!(&back.seals[..], &seals[..]);
+        assert_eq!(back.seal(1).unwrap()[0], SEAL_LEN as u8);
+        assert!(back.seal(3).is_none());
+        let parts = frame.encode_parts().unwrap();
+        let mut joined = BytesMut::new();
+        for s in parts.io_slices() {
+            joined.extend_from_slice(&s);
+        }
+        assert_eq!(joined.len(), HEADER_LEN + 3 * 4096 + 3 * (4 + SEAL_LEN));
+        let decoded = FrameDecoder::new().decode(&mut joined).unwrap().unwrap();
+        assert_eq!(decoded, frame);
+
+        // The wrong number of seals, seals on a bodyless or RemoveMany
+        // frame, and a frame whose seals vanished are all refused.
+        let short = Frame::with_payload(header, data.clone())
+            .unwrap()
+            .with_seals(Bytes::from(vec![1u8; SEAL_LEN]));
+        assert!(matches!(short, Err(FrameError::BadSealCount { .. })));
+        let commit = Frame::new(sample_request(Opcode::Commit)).with_seals(Bytes::new());
+        assert!(commit.is_err());
+        let remove_many = Frame::with_payload(
+            sample_request(Opcode::RemoveMany),
+            Bytes::from(vec![0u8; 16]),
+        )
+        .unwrap()
+        .with_seals(Bytes::from(vec![0u8; SEAL_LEN]));
+        assert!(remove_many.is_err());
+        let mut stripped = frame.clone();
+        stripped.seals = Bytes::new();
+        assert!(stripped.encode_into(&mut BytesMut::new()).is_err());
+    }
+
     #[test]
     fn garbage_fails_fast() {
         let mut dec = FrameDecoder::new();
@@ -584,7 +707,7 @@ mod tests {
         let cases: Vec<(Tamper, FrameError)> = vec![
             (Box::new(|h| h[5] = 0x0C), FrameError::UnknownOpcode(0x0C)),
             (Box::new(|h| h[5] = 0x80), FrameError::UnknownOpcode(0x80)),
-            (Box::new(|h| h[6] = 0x08), FrameError::ReservedFlags(0x08)),
+            (Box::new(|h| h[6] = 0x10), FrameError::ReservedFlags(0x10)),
             (Box::new(|h| h[7] = 0x80), FrameError::ReservedFlags(0x8000)),
             (Box::new(|h| h[90] = 1), FrameError::ReservedField(1)),
             (Box::new(|h| h[88] = 2), FrameError::StatusInRequest(2)),

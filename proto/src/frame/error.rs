@@ -75,6 +75,15 @@ pub enum FrameError {
         /// The length field.
         length: u32,
     },
+    /// A sealed frame without one seal per segment, or seals on a frame
+    /// without [`Flags::SEALED`].
+    #[error("{bytes} bytes of block seals where {expected} seals belong")]
+    BadSealCount {
+        /// The seals the frame should carry.
+        expected: usize,
+        /// The seal bytes it carries.
+        bytes: usize,
+    },
     /// `offset + length` overflows a u64.
     #[error("range {offset}+{length} overflows")]
     RangeOverflow {

@@ -22,6 +22,11 @@ pub const MAX_PAYLOAD: u32 = 16 << 20;
 /// The largest error message an error reply may carry, in bytes.
 pub const MAX_ERROR_MESSAGE: u32 = 4096;
 
+/// Bytes of one block seal in a [`Flags::SEALED`] body: the 12-byte nonce
+/// and the 16-byte AES-GCM tag of an encrypted block. All zero: no seal (a
+/// hole, or a block written in plain).
+pub const SEAL_LEN: usize = 28;
+
 /// The bytes covered by the header CRC: everything before it.
 const CRC_COVERED: usize = HEADER_LEN - 4;
 const REPLY_BIT: u8 = 0x80;
@@ -196,7 +201,11 @@ impl Flags {
     /// answer; read another replica or retry (replies with status
     /// [`ErrorCode::Pending`] only).
     pub const PENDING: Flags = Flags(1 << 2);
-    const KNOWN: u16 = 0b111;
+    /// Bit 3: the body ends with one [`SEAL_LEN`]-byte seal per segment,
+    /// after the CRCs (encrypted blocks: nonce and tag, DESIGN §7). Only on
+    /// frames with a data body other than RemoveMany.
+    pub const SEALED: Flags = Flags(1 << 3);
+    const KNOWN: u16 = 0b1111;
 
     /// Returns the wire bits.
     pub const fn bits(self) -> u16 {
@@ -244,6 +253,7 @@ impl std::fmt::Debug for Flags {
             (Self::BODY, "BODY"),
             (Self::ERROR_MESSAGE, "ERROR_MESSAGE"),
             (Self::PENDING, "PENDING"),
+            (Self::SEALED, "SEALED"),
         ] {
             if self.contains(flag) {
                 set.entry(&format_args!("{name}"));
@@ -385,6 +395,11 @@ impl Header {
         self.flags.contains(Flags::BODY)
     }
 
+    /// Returns whether the body carries block seals after its CRCs.
+    pub fn is_sealed(&self) -> bool {
+        self.flags.contains(Flags::SEALED)
+    }
+
     /// Returns the chunk offset the body's segment CRCs are aligned to:
     /// `offset` for data, 0 for an error message.
     pub fn segment_base(&self) -> u64 {
@@ -426,8 +441,12 @@ impl Header {
             offset: self.offset,
             length: self.length,
         };
-        let crcs = self.crc_count()?.checked_mul(4).ok_or(overflow.clone())?;
-        crcs.checked_add(self.length as usize).ok_or(overflow)
+        let per_segment = if self.is_sealed() { 4 + SEAL_LEN } else { 4 };
+        let trailer = self
+            .crc_count()?
+            .checked_mul(per_segment)
+            .ok_or(overflow.clone())?;
+        trailer.checked_add(self.length as usize).ok_or(overflow)
     }
 
     /// Checks the rules of the module doc that a [`Header`] value can break
@@ -443,8 +462,14 @@ impl Header {
         if !self.reply && self.status != 0 {
             return Err(FrameError::StatusInRequest(self.status));
         }
+        let sealed = self.is_sealed();
         let misplaced = (pending && self.status != ErrorCode::Pending as u16)
-            || (message && (self.status == 0 || !body));
+            || (message && (self.status == 0 || !body))
+            || (sealed
+                && (!body
+                    || message
+                    || self.opcode == Opcode::RemoveMany
+                    || !self.opcode.carries_data(self.reply)));
         if misplaced {
             return Err(FrameError::MisplacedFlags {
                 flags: self.flags,
