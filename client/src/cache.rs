@@ -371,7 +371,8 @@ struct Slot {
     referenced: bool,
     /// Inserted by read-ahead and not read since.
     prefetched: bool,
-    /// Came from the SSD tier (and is still there): not admitted again.
+    /// Came from the SSD tier (and is still there), or must never go
+    /// there (plaintext of an encrypted file): not admitted on eviction.
     on_ssd: bool,
 }
 
@@ -1125,6 +1126,17 @@ impl BlockCache {
     /// `prefetched` is true when read-ahead fetched it (counted for the
     /// prefetch hit ratio). Never blocks on I/O.
     pub fn insert(&self, key: BlockKey, data: Bytes, prefetched: bool) {
+        self.insert_in(key, data, prefetched, true);
+    }
+
+    /// Inserts a full block into the memory tier only: it is never written
+    /// to the SSD tier, not even when evicted. For decrypted blocks of
+    /// encrypted files, whose plaintext must not reach a disk (DESIGN §7).
+    pub fn insert_memory_only(&self, key: BlockKey, data: Bytes, prefetched: bool) {
+        self.insert_in(key, data, prefetched, false);
+    }
+
+    fn insert_in(&self, key: BlockKey, data: Bytes, prefetched: bool, to_ssd: bool) {
         if data.len() != BLOCK_LEN {
             return;
         }
@@ -1135,7 +1147,9 @@ impl BlockCache {
                     data,
                     referenced: false,
                     prefetched,
-                    on_ssd: false,
+                    // Marked as already on the SSD, eviction never
+                    // admits it there.
+                    on_ssd: !to_ssd,
                 };
                 if self.insert_slot(shard, slot) && prefetched {
                     bump(&self.prefetched_blocks, 1);
@@ -1143,7 +1157,7 @@ impl BlockCache {
             }
             // No memory tier: straight to the SSD tier, if any.
             None => {
-                if let Some(ssd) = &self.ssd {
+                if let Some(ssd) = self.ssd.as_ref().filter(|_| to_ssd) {
                     let epoch = ssd.shared.epoch.load(Ordering::SeqCst);
                     if ssd.admit(key, data, prefetched, epoch) && prefetched {
                         bump(&self.prefetched_blocks, 1);

@@ -37,13 +37,51 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use cairn_proto::chain::{ChainInfo, ChainView, MemberState};
-use cairn_proto::frame::Frame;
+use cairn_proto::frame::{Frame, Header};
 use cairn_proto::ids::{ChainId, ChainVersion, ChunkId};
 use cairn_proto::{CairnStatus, ErrorCode};
 use tokio::time::Instant;
 use tracing::debug;
 
 use crate::chains::ChainCache;
+
+/// What a write sends besides its place.
+#[derive(Debug, Clone, Default)]
+pub struct WriteData {
+    /// The bytes.
+    pub data: Bytes,
+    /// Empty for plain data, or one
+    /// [`SEAL_LEN`](cairn_proto::frame::SEAL_LEN)-byte seal per 4 KiB block
+    /// of an encrypted write (which then covers whole blocks).
+    pub seals: Bytes,
+    /// 0, or the chunk version the write is conditional on: the head
+    /// refuses it ([`ErrorCode::StaleSequence`]) if the chunk's committed
+    /// version is another (a read-modify-write whose read is stale).
+    pub expect_version: u64,
+}
+
+impl WriteData {
+    /// An unconditional plain write of `data`.
+    pub fn plain(data: Bytes) -> Self {
+        Self {
+            data,
+            ..Self::default()
+        }
+    }
+}
+
+/// A read with its seals, from [`ChunkIo::read_sealed`].
+#[derive(Debug, Clone, Default)]
+pub struct SealedRead {
+    /// The bytes the chain has (short at the chunk's end, empty for a
+    /// missing chunk).
+    pub data: Bytes,
+    /// One seal per 4 KiB segment of `data` (all zero for a block without
+    /// one), or empty when no block has one.
+    pub seals: Bytes,
+    /// The chunk's committed version the data is from (0: missing chunk).
+    pub version: u64,
+}
 use crate::data::{
     DataError, DataPool, into_result, read_request, remove_request, truncate_request,
     verify_read_reply, write_request,
@@ -223,6 +261,15 @@ impl ChunkIo {
     /// No replica could serve it within the deadline; CHECKSUM only if
     /// every replica's copy failed its CRC.
     pub async fn read(&self, piece: &Piece) -> Result<Bytes, CairnStatus> {
+        self.read_sealed(piece).await.map(|r| r.data)
+    }
+
+    /// [`Self::read`] that also returns the blocks' seals and the chunk
+    /// version read: the reads of encrypted files.
+    ///
+    /// # Errors
+    /// As [`Self::read`].
+    pub async fn read_sealed(&self, piece: &Piece) -> Result<SealedRead, CairnStatus> {
         let start = self.next_replica.fetch_add(1, Ordering::Relaxed);
         let chunk = piece.chunk;
         let len = u32::try_from(piece.len).unwrap_or(u32::MAX);
@@ -249,12 +296,16 @@ impl ChunkIo {
                 match self.call(&addr, req).await {
                     Ok(reply) => {
                         verify_read_reply(&reply)?;
-                        Ok(reply.payload)
+                        Ok(SealedRead {
+                            version: reply.header.version,
+                            data: reply.payload,
+                            seals: reply.seals,
+                        })
                     }
                     Err(DataError::Status {
                         code: ErrorCode::NotFound,
                         ..
-                    }) => Ok(Bytes::new()),
+                    }) => Ok(SealedRead::default()),
                     Err(e) => Err(e),
                 }
             },
@@ -262,19 +313,26 @@ impl ChunkIo {
         .await
     }
 
-    /// Writes `data` at `piece` through the chain head as write `seq` of
+    /// Writes `w` at `piece` through the chain head as write `seq` of
     /// client `client_id`; returns once every replica has it durably.
     ///
     /// # Errors
     /// As the module docs say; never a partial success.
+    /// [`ErrorCode::StaleSequence`] when a conditional write
+    /// ([`WriteData::expect_version`]) found the chunk at another version.
     pub async fn write(
         &self,
         piece: &Piece,
-        data: Bytes,
+        w: WriteData,
         client_id: u64,
         seq: u64,
         snap_seq: u64,
     ) -> Result<(), CairnStatus> {
+        let WriteData {
+            data,
+            seals,
+            expect_version,
+        } = w;
         let chunk = piece.chunk;
         let what = || {
             format!(
@@ -298,7 +356,22 @@ impl ChunkIo {
                     seq,
                     snap_seq,
                 );
-                async move { self.call(&addr, req).await.map(|_| ()) }
+                let req = Frame {
+                    header: Header {
+                        version: expect_version,
+                        ..req.header
+                    },
+                    ..req
+                };
+                let req = if seals.is_empty() {
+                    Ok(req)
+                } else {
+                    req.with_seals(seals.clone())
+                };
+                async move {
+                    let req = req.map_err(DataError::Protocol)?;
+                    self.call(&addr, req).await.map(|_| ())
+                }
             },
         )
         .await

@@ -28,6 +28,7 @@ use cairn_proto::{CairnStatus, ErrorCode};
 use crate::cache::{BlockCache, CacheConfig, CacheStats};
 use crate::chains::ChainCache;
 use crate::chunk_io::{ChunkIo, IoOptions};
+use crate::crypto::{FileKey, KeyRing};
 use crate::file::File;
 use crate::{MetaClient, MetaClientOptions, Owner, RenameFlags, Result};
 
@@ -57,6 +58,10 @@ pub struct ClientOptions {
     pub file_mode: u32,
     /// Mode of directories the client creates.
     pub dir_mode: u32,
+    /// Keys of encrypted volumes (checked against meta at connect; see
+    /// [`Client::add_volume_key`]). A file of an encrypted volume without
+    /// its key here cannot be opened.
+    pub keys: Vec<Arc<KeyRing>>,
 }
 
 impl Default for ClientOptions {
@@ -72,6 +77,7 @@ impl Default for ClientOptions {
             readahead_max: 32 << 20,
             file_mode: 0o644,
             dir_mode: 0o755,
+            keys: Vec::new(),
         }
     }
 }
@@ -156,6 +162,11 @@ pub(crate) struct Inner {
     /// Open handles per inode, and the cache generations they read under.
     open: Mutex<HashMap<u64, OpenInode>>,
     stats_task: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// Verified keys of encrypted volumes, by volume id.
+    keys: Mutex<HashMap<u64, Arc<KeyRing>>>,
+    /// Volume names by id, for messages (filled at connect and when keys
+    /// are added).
+    volume_names: Mutex<HashMap<u64, String>>,
 }
 
 #[derive(Debug, Default)]
@@ -225,6 +236,8 @@ impl Client {
             seq: AtomicU64::new(1),
             open: Mutex::new(HashMap::new()),
             stats_task: Mutex::new(None),
+            keys: Mutex::new(HashMap::new()),
+            volume_names: Mutex::new(HashMap::new()),
         });
         if inner.opts.cache.dir.is_some() {
             let weak = Arc::downgrade(&cache);
@@ -240,7 +253,132 @@ impl Client {
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner) = Some(task);
         }
-        Ok(Client { inner })
+        let client = Client { inner };
+        let keys = client.inner.opts.keys.clone();
+        if keys.is_empty() {
+            // Names only make messages clearer: a failure here is not one
+            // of connecting.
+            if let Ok(volumes) = client.inner.meta.list_volumes().await {
+                client.remember_names(&volumes);
+            }
+        }
+        for ring in keys {
+            client.add_volume_key(ring).await?;
+        }
+        Ok(client)
+    }
+
+    fn remember_names(&self, volumes: &[cairn_proto::meta::Volume]) {
+        let mut names = self
+            .inner
+            .volume_names
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        for v in volumes {
+            names.insert(v.id, v.name.clone());
+        }
+    }
+
+    fn volume_name(&self, id: u64) -> String {
+        self.inner
+            .volume_names
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&id)
+            .map_or_else(|| format!("#{id}"), |n| format!("'{n}'"))
+    }
+
+    /// Gives this client the keys of an encrypted volume, after checking
+    /// each key version against the check value meta holds for it (meta
+    /// never sees a key). Files of the volume can then be opened.
+    ///
+    /// # Errors
+    /// [`ErrorCode::NotFound`] (no such volume), [`ErrorCode::Invalid`]
+    /// (the volume is not encrypted, or has no such key version),
+    /// [`ErrorCode::AccessDenied`] (a key is not the volume's), meta
+    /// errors. Each message names the volume.
+    pub async fn add_volume_key(&self, ring: Arc<KeyRing>) -> Result<()> {
+        let volumes = self.inner.meta.list_volumes().await?;
+        self.remember_names(&volumes);
+        let name = ring.volume();
+        let v = volumes.iter().find(|v| v.name == name).ok_or_else(|| {
+            CairnStatus::new(
+                ErrorCode::NotFound,
+                format!("a key was given for volume '{name}', but no volume has that name"),
+            )
+        })?;
+        let policy = v.policy.clone().unwrap_or_default();
+        if !policy.encrypted {
+            return Err(CairnStatus::new(
+                ErrorCode::Invalid,
+                format!("a key was given for volume '{name}', which is not encrypted"),
+            ));
+        }
+        for version in ring.versions() {
+            let Some(check) = policy.key_checks.iter().find(|c| c.version == version) else {
+                return Err(CairnStatus::new(
+                    ErrorCode::Invalid,
+                    format!(
+                        "the key file for volume '{name}' has key version {version}, which the \
+                         volume does not have (its current version is {}; add a version with \
+                         `cairn volume rotate-key`)",
+                        policy.key_version
+                    ),
+                ));
+            };
+            let key = ring
+                .get(version)
+                .map_err(|e| CairnStatus::new(ErrorCode::Invalid, e.to_string()))?;
+            if key.check_value()[..] != check.check[..] {
+                return Err(CairnStatus::new(
+                    ErrorCode::AccessDenied,
+                    format!(
+                        "the key given for volume '{name}' (version {version}) is not that volume's key"
+                    ),
+                ));
+            }
+        }
+        self.inner
+            .keys
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(v.id, ring);
+        Ok(())
+    }
+
+    /// The key of an encrypted file (`attr` has a salt).
+    pub(crate) fn file_key(&self, attr: &Attr) -> Result<FileKey> {
+        let ring = self
+            .inner
+            .keys
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&attr.volume_id)
+            .cloned();
+        let Some(ring) = ring else {
+            return Err(CairnStatus::new(
+                ErrorCode::AccessDenied,
+                format!(
+                    "file inode {} is in encrypted volume {}, and this client was given no key \
+                     for it (cairn --key-file VOLUME=PATH, or CAIRN_KEY_FILES)",
+                    attr.ino,
+                    self.volume_name(attr.volume_id)
+                ),
+            ));
+        };
+        let key = ring.get(attr.key_version).map_err(|_| {
+            CairnStatus::new(
+                ErrorCode::AccessDenied,
+                format!(
+                    "file inode {} of volume {} is sealed with key version {}, which the key \
+                     file given for the volume does not hold",
+                    attr.ino,
+                    self.volume_name(attr.volume_id),
+                    attr.key_version
+                ),
+            )
+        })?;
+        Ok(key.file_key(&attr.encryption_salt))
     }
 
     /// The metadata client (for namespace operations this type does not

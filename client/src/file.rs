@@ -33,6 +33,35 @@
 //! it to meta, which is when other clients see it. Data is already durable
 //! when a write returns, so `fsync` costs one metadata call at most.
 //!
+//! # Encrypted files
+//! A file whose inode has a salt belongs to an encrypted volume
+//! ([`crate::crypto`]): every 4 KiB block is stored sealed (AES-256-GCM
+//! under the file's key, a fresh nonce per write, the seal kept by the
+//! chunkservers beside the block's CRC). So the data path moves whole
+//! blocks only:
+//! * Reads fetch whole blocks (past the end of the file too: a sealed
+//!   block is stored whole) and open them before anything else sees them;
+//!   the block cache's memory tier gets the plaintext, the SSD tier never
+//!   does. A block without a seal must be a hole (zeros); anything else,
+//!   and a block whose tag fails, is an error ([`ErrorCode::Checksum`]),
+//!   never data.
+//! * A write covering a block only partly first reads and opens that
+//!   block (at most the first and the last block of the write), merges,
+//!   seals every block and writes them whole. The write of a chunk whose
+//!   block was read is conditional on the chunk version that read saw
+//!   (DESIGN §7 asks for the block's version; the chunkserver keeps
+//!   versions per chunk, which is stricter: an unrelated write to the same
+//!   chunk also makes the merge start again). A lost race is retried after
+//!   a random pause, up to 40 times. A block at or past the end of the file
+//!   as this handle knows it is taken as zeros without a read (a chunk
+//!   never written has no version to be conditional on either): two
+//!   clients writing parts of the same new block without coordination can
+//!   lose one's bytes, as close-to-open consistency allows.
+//! * Bytes past the end of the file inside its last block are always
+//!   zeros: a truncation into a block seals it again with its tail zeroed
+//!   before the chunk is cut at the next block boundary, so extending the
+//!   file later reads zeros, never old bytes.
+//!
 //! # Truncation
 //! [`File::set_len`] below the current length first truncates the chunk at
 //! the new end and removes the chunks past it on every replica, then
@@ -55,7 +84,9 @@ use tokio::sync::watch;
 use crate::Result;
 use crate::SetAttrChanges;
 use crate::cache::{BLOCK, BlockKey};
+use crate::chunk_io::WriteData;
 use crate::client::{Client, OpenOptions, WriteEpoch};
+use crate::crypto::{FileKey, SEAL_LEN, Seal, is_no_seal};
 use crate::layout::{FileLayout, Piece};
 use crate::readahead::ReadAhead;
 
@@ -77,9 +108,85 @@ struct FileInner {
     /// The inode's write epoch in this client (shared by its handles).
     write_epoch: WriteEpoch,
     how: OpenOptions,
+    /// The file's key when its volume is encrypted.
+    crypt: Option<Crypt>,
     state: Mutex<State>,
     /// Serializes appends (O_APPEND is atomic within one client).
     append: tokio::sync::Mutex<()>,
+    /// Serializes this handle's writes to an encrypted file, whose partial
+    /// blocks are read, merged and sealed again.
+    sealing: tokio::sync::Mutex<()>,
+}
+
+/// How an encrypted file's blocks are sealed and opened (see the module
+/// docs' "Encrypted files").
+#[derive(Debug)]
+struct Crypt {
+    key: FileKey,
+    object: u64,
+    ino: u64,
+}
+
+/// Attempts at a read-modify-write of partial encrypted blocks that lose a
+/// race with another writer of the same chunk before the write fails;
+/// between attempts a random pause of up to 1, 2, 4 ... 64 ms lets the
+/// other writer finish.
+const SEAL_ATTEMPTS: u32 = 40;
+
+impl Crypt {
+    /// Decrypts what a piece at `file_offset` (block-aligned) returned:
+    /// `data` with one seal per 4 KiB block in `seals` (empty: none). A
+    /// block without a seal must be a hole (zeros): anything else was not
+    /// written by an encrypting client and is refused, as is a block
+    /// whose tag does not verify.
+    fn open_piece(&self, file_offset: u64, data: Bytes, seals: &Bytes) -> Result<Bytes> {
+        if data.is_empty() {
+            return Ok(data);
+        }
+        let mut buf = BytesMut::from(&data[..]);
+        let first = file_offset / BLOCK;
+        for (i, block) in buf.chunks_mut(BLOCK as usize).enumerate() {
+            let index = first + i as u64;
+            let seal: Option<&Seal> = seals
+                .get(i * SEAL_LEN..(i + 1) * SEAL_LEN)
+                .and_then(|s| <&Seal>::try_from(s).ok())
+                .filter(|s| !is_no_seal(s));
+            match seal {
+                None if block.iter().all(|b| *b == 0) => {}
+                None => {
+                    return Err(CairnStatus::new(
+                        ErrorCode::Checksum,
+                        format!(
+                            "block {index} of encrypted file inode {} has no seal: it was not \
+                             written by an encrypting client",
+                            self.ino
+                        ),
+                    ));
+                }
+                Some(seal) => {
+                    if block.len() as u64 != BLOCK {
+                        return Err(CairnStatus::new(
+                            ErrorCode::Checksum,
+                            format!(
+                                "block {index} of encrypted file inode {} is cut short ({} bytes)",
+                                self.ino,
+                                block.len()
+                            ),
+                        ));
+                    }
+                    self.key
+                        .open(self.object, index, block, seal)
+                        .map_err(|e| {
+                            CairnStatus::new(
+                                ErrorCode::Checksum,
+                                format!("encrypted file inode {}: {e}", self.ino),
+                            )
+                        })?;
+                }
+            }
+        }
+        Ok(buf.freeze())
+    }
 }
 
 #[derive(Debug)]
@@ -134,6 +241,15 @@ impl File {
             opts.readahead_initial,
             opts.readahead_max.min(opts.cache.memory_bytes / 8),
         );
+        let crypt = if attr.encryption_salt.is_empty() {
+            None
+        } else {
+            Some(Crypt {
+                key: client.file_key(&attr)?,
+                object: layout.object.0,
+                ino: attr.ino,
+            })
+        };
         let write_epoch = client.register(attr.ino, attr.version);
         Ok(File {
             inner: Arc::new(FileInner {
@@ -142,6 +258,7 @@ impl File {
                 generation: attr.version,
                 write_epoch,
                 how,
+                crypt,
                 state: Mutex::new(State {
                     len: attr.size,
                     reported: attr.size,
@@ -154,6 +271,7 @@ impl File {
                     ahead_bytes: 0,
                 }),
                 append: tokio::sync::Mutex::new(()),
+                sealing: tokio::sync::Mutex::new(()),
                 client,
             }),
         })
@@ -245,7 +363,16 @@ impl File {
     /// reader never waits for a whole window.
     fn spawn_prefetch(&self, from: u64, to: u64) {
         let f = &self.inner;
-        let max_io = f.client.inner.opts.max_io;
+        let max_io = f.max_io();
+        // Sealed blocks are fetched whole.
+        let (from, to) = if f.crypt.is_some() {
+            (
+                from - from % BLOCK,
+                to.div_ceil(BLOCK).saturating_mul(BLOCK),
+            )
+        } else {
+            (from, to)
+        };
         for p in f.layout.pieces(from, to.saturating_sub(from), max_io) {
             let (tx, rx) = watch::channel(false);
             let (a, b) = (p.file_offset, p.file_offset + p.len);
@@ -452,8 +579,15 @@ impl FileInner {
         // Parts found or fetched: (file offset, bytes).
         let mut parts: Vec<(u64, Bytes)> = Vec::new();
         let mut runs: Vec<Piece> = Vec::new();
-        let fetch_end = end.div_ceil(BLOCK).saturating_mul(BLOCK).min(size).max(end);
-        for p in self.layout.pieces(start, fetch_end - start, opts.max_io) {
+        let fetch_end = end.div_ceil(BLOCK).saturating_mul(BLOCK);
+        // A sealed block is fetched whole (its stored form is, past the
+        // end of the file too); a plain one only up to the end.
+        let fetch_end = if self.crypt.is_some() {
+            fetch_end
+        } else {
+            fetch_end.min(size).max(end)
+        };
+        for p in self.layout.pieces(start, fetch_end - start, self.max_io()) {
             // A piece is served from the cache only when every block of it
             // is there; otherwise it is fetched whole, in one request (a
             // piece with a few evicted blocks must not turn into many
@@ -483,10 +617,9 @@ impl FileInner {
                 parts.extend(hits);
             }
         }
-        let io = &self.client.inner.io;
         let epoch = self.epoch();
         let fetched: Vec<(Piece, Bytes)> = futures::stream::iter(runs)
-            .map(|r| async move { io.read(&r).await.map(|b| (r, b)) })
+            .map(|r| async move { self.fetch(&r).await.map(|b| (r, b)) })
             .buffered(opts.window)
             .try_collect()
             .await?;
@@ -501,7 +634,13 @@ impl FileInner {
                     // stays cached, and the tier's size limit would mean
                     // nothing.
                     let b = Bytes::copy_from_slice(&data[off as usize..(off + BLOCK) as usize]);
-                    cache.insert(self.key((r.file_offset + off) / BLOCK), b, false);
+                    let key = self.key((r.file_offset + off) / BLOCK);
+                    if self.crypt.is_some() {
+                        // Plaintext never reaches the SSD tier.
+                        cache.insert_memory_only(key, b, false);
+                    } else {
+                        cache.insert(key, b, false);
+                    }
                     off += BLOCK;
                 }
             }
@@ -534,7 +673,7 @@ impl FileInner {
     /// Fetches piece `p` into the read-ahead buffer (kept in file order).
     async fn prefetch(&self, p: Piece) -> Result<()> {
         let epoch = self.epoch();
-        let b = self.client.inner.io.read(&p).await?;
+        let b = self.fetch(&p).await?;
         if self.epoch() != epoch {
             // A write through this client overlapped: what we fetched may
             // predate it.
@@ -602,6 +741,29 @@ impl FileInner {
         }
     }
 
+    /// The largest read, in whole blocks for sealed files.
+    fn max_io(&self) -> u64 {
+        let m = self.client.inner.opts.max_io;
+        if self.crypt.is_some() {
+            (m - m % BLOCK).max(BLOCK)
+        } else {
+            m
+        }
+    }
+
+    /// Reads piece `p` from the chains: plain bytes, decrypted for an
+    /// encrypted file (whose pieces are block-aligned).
+    async fn fetch(&self, p: &Piece) -> Result<Bytes> {
+        let io = &self.client.inner.io;
+        match &self.crypt {
+            None => io.read(p).await,
+            Some(c) => {
+                let r = io.read_sealed(p).await?;
+                c.open_piece(p.file_offset, r.data, &r.seals)
+            }
+        }
+    }
+
     async fn write_at(&self, offset: u64, data: Bytes) -> Result<()> {
         self.check_writable()?;
         let end = offset
@@ -609,6 +771,9 @@ impl FileInner {
             .ok_or_else(|| too_big(offset))?;
         if data.is_empty() {
             return Ok(());
+        }
+        if let Some(c) = &self.crypt {
+            return self.write_sealed(c, offset, &data).await;
         }
         let inner = &self.client.inner;
         let client_id = inner.meta.session_id().await?.0;
@@ -627,7 +792,12 @@ impl FileInner {
             s.attempted = s.attempted.max(end);
         }
         let result: Result<()> = futures::stream::iter(pieces)
-            .map(|(p, d, seq)| async move { inner.io.write(&p, d, client_id, seq, 0).await })
+            .map(|(p, d, seq)| async move {
+                inner
+                    .io
+                    .write(&p, WriteData::plain(d), client_id, seq, 0)
+                    .await
+            })
             .buffer_unordered(inner.opts.window)
             .try_collect()
             .await;
@@ -639,6 +809,150 @@ impl FileInner {
         let mut s = lock(&self.state);
         s.len = s.len.max(end);
         Ok(())
+    }
+
+    /// Reads block `at` (block-aligned) from the chains, decrypted, with
+    /// the version of the chunk it came from (0: no such chunk).
+    async fn read_sealed_block(&self, c: &Crypt, at: u64) -> Result<(Bytes, u64)> {
+        let Some(p) = self.layout.pieces(at, BLOCK, BLOCK).next() else {
+            return Err(too_big(at));
+        };
+        let r = self.client.inner.io.read_sealed(&p).await?;
+        let plain = c.open_piece(at, r.data, &r.seals)?;
+        let mut block = BytesMut::zeroed(BLOCK as usize);
+        let n = plain.len().min(block.len());
+        block[..n].copy_from_slice(&plain[..n]);
+        Ok((block.freeze(), r.version))
+    }
+
+    /// Writes `data` at `offset` of an encrypted file: whole blocks, each
+    /// sealed under a fresh nonce. A block the write covers only partly is
+    /// read and decrypted first, and the write of its chunk is made
+    /// conditional on the chunk version that read saw; when another writer
+    /// got in between, the whole write is merged and sent again.
+    async fn write_sealed(&self, c: &Crypt, offset: u64, data: &[u8]) -> Result<()> {
+        let _one = self.sealing.lock().await;
+        let end = offset + data.len() as u64;
+        {
+            let mut s = lock(&self.state);
+            s.attempted = s.attempted.max(end.div_ceil(BLOCK) * BLOCK);
+        }
+        self.merge_and_seal(c, offset, data).await?;
+        let mut s = lock(&self.state);
+        s.len = s.len.max(end);
+        Ok(())
+    }
+
+    /// [`Self::write_sealed_once`] again while it loses races with other
+    /// writers of the same chunks (the caller holds `sealing`).
+    async fn merge_and_seal(&self, c: &Crypt, offset: u64, data: &[u8]) -> Result<()> {
+        let end = offset + data.len() as u64;
+        let (b0, b1) = (offset - offset % BLOCK, end.div_ceil(BLOCK) * BLOCK);
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match self.write_sealed_once(c, offset, data, b0, b1).await {
+                Err(e) if e.code == ErrorCode::StaleSequence && attempt < SEAL_ATTEMPTS => {
+                    tracing::debug!(
+                        ino = c.ino,
+                        attempt,
+                        "sealed write raced another writer; merging again"
+                    );
+                    let cap_us = 1000u64 << attempt.min(6);
+                    let pause = jitter() % cap_us;
+                    tokio::time::sleep(std::time::Duration::from_micros(pause)).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn write_sealed_once(
+        &self,
+        c: &Crypt,
+        offset: u64,
+        data: &[u8],
+        b0: u64,
+        b1: u64,
+    ) -> Result<()> {
+        let end = offset + data.len() as u64;
+        let size = {
+            let s = lock(&self.state);
+            s.len.max(s.reported)
+        };
+        let cs = self.layout.chunk_size;
+        let mut buf = BytesMut::zeroed(usize::try_from(b1 - b0).map_err(|_| too_big(b1))?);
+        // Chunk index -> the version its partial blocks were read at.
+        let mut expect: Vec<(u64, u64)> = Vec::new();
+        let mut edges = Vec::new();
+        if offset != b0 {
+            edges.push(b0);
+        }
+        if end != b1 && (b1 - BLOCK != b0 || offset == b0) {
+            edges.push(b1 - BLOCK);
+        }
+        for at in edges {
+            if at >= size {
+                // Past the end: zeros (sealed blocks keep zeros past it).
+                continue;
+            }
+            let (block, version) = self.read_sealed_block(c, at).await?;
+            let i = (at - b0) as usize;
+            buf[i..i + BLOCK as usize].copy_from_slice(&block);
+            let chunk = at / cs;
+            match expect.iter().find(|(k, _)| *k == chunk) {
+                Some((_, v)) if *v != version => {
+                    return Err(CairnStatus::new(
+                        ErrorCode::StaleSequence,
+                        "the chunk changed between two reads",
+                    ));
+                }
+                Some(_) => {}
+                None => expect.push((chunk, version)),
+            }
+        }
+        let at = (offset - b0) as usize;
+        buf[at..at + data.len()].copy_from_slice(data);
+        let mut seals = BytesMut::with_capacity(buf.len() / BLOCK as usize * SEAL_LEN);
+        for (i, block) in buf.chunks_mut(BLOCK as usize).enumerate() {
+            seals.extend_from_slice(&c.key.seal(c.object, b0 / BLOCK + i as u64, block));
+        }
+        let (buf, seals) = (buf.freeze(), seals.freeze());
+
+        let inner = &self.client.inner;
+        let client_id = inner.meta.session_id().await?.0;
+        let max = (inner.opts.max_write - inner.opts.max_write % BLOCK).max(BLOCK);
+        let pieces: Vec<(Piece, WriteData, u64)> = self
+            .layout
+            .pieces(b0, b1 - b0, max)
+            .map(|p| {
+                let lo = (p.file_offset - b0) as usize;
+                let hi = lo + p.len as usize;
+                let (slo, shi) = (
+                    lo / BLOCK as usize * SEAL_LEN,
+                    hi / BLOCK as usize * SEAL_LEN,
+                );
+                let chunk = p.file_offset / cs;
+                let w = WriteData {
+                    data: buf.slice(lo..hi),
+                    seals: seals.slice(slo..shi),
+                    expect_version: expect
+                        .iter()
+                        .find(|(k, _)| *k == chunk)
+                        .map_or(0, |(_, v)| *v),
+                };
+                (p, w, self.client.next_seq())
+            })
+            .collect();
+        self.write_epoch.fetch_add(1, Ordering::SeqCst);
+        let result: Result<()> = futures::stream::iter(pieces)
+            .map(|(p, w, seq)| async move { inner.io.write(&p, w, client_id, seq, 0).await })
+            .buffer_unordered(inner.opts.window)
+            .try_collect()
+            .await;
+        self.write_epoch.fetch_add(1, Ordering::SeqCst);
+        self.invalidate(b0, b1);
+        result
     }
 
     /// Drops cached blocks of `[from, to)` (every open generation of this
@@ -659,10 +973,22 @@ impl FileInner {
     async fn drop_data(&self, new_len: u64, old: u64) -> Result<()> {
         let cs = self.layout.chunk_size;
         let io = &self.client.inner.io;
+        // A sealed file is cut at a block boundary, after the bytes of the
+        // block that holds the new end are zeroed past it (sealed again).
+        let cut = match &self.crypt {
+            Some(c) if !new_len.is_multiple_of(BLOCK) => {
+                let at = new_len - new_len % BLOCK;
+                let zeros = vec![0u8; (BLOCK - new_len % BLOCK) as usize];
+                let _one = self.sealing.lock().await;
+                self.merge_and_seal(c, new_len, &zeros).await?;
+                at + BLOCK
+            }
+            _ => new_len,
+        };
         self.write_epoch.fetch_add(1, Ordering::SeqCst);
-        if !new_len.is_multiple_of(cs) {
-            let (chunk, chain) = self.layout.chunk_at(new_len);
-            io.truncate(chunk, chain, new_len % cs).await?;
+        if !cut.is_multiple_of(cs) {
+            let (chunk, chain) = self.layout.chunk_at(cut);
+            io.truncate(chunk, chain, cut % cs).await?;
         }
         let whole = self.layout.chunks_between(new_len.div_ceil(cs) * cs, old);
         futures::stream::iter(whole)
@@ -677,6 +1003,19 @@ impl FileInner {
         self.invalidate(new_len, old.max(new_len) + BLOCK);
         Ok(())
     }
+}
+
+/// A number that differs between calls and processes (retry jitter; not
+/// for secrets).
+fn jitter() -> u64 {
+    use std::hash::{BuildHasher as _, Hasher as _};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    h.finish()
 }
 
 fn cache_enabled(c: &Client) -> bool {

@@ -53,10 +53,10 @@ use cairn_proto::meta::{
     GetAttrRequest, GetXattrRequest, JoinReply, JoinRequest, LinkRequest, ListXattrRequest,
     LookupRequest, MkdirRequest, OpenRequest, OpenSessionRequest, PromoteRequest, ReadDirReply,
     ReadDirRequest, ReadLinkRequest, RemoveMemberRequest, RemoveXattrRequest, RenameReply,
-    RenameRequest, ReportLengthRequest, RequestId, ResolveRequest, RmdirRequest, SessionRequest,
-    SetAttrRequest, SetMaintenanceRequest, SetXattrRequest, StatFsReply, StatFsRequest,
-    StatusReply, SymlinkRequest, Timespec, UnlinkReply, UnlinkRequest, Volume, VolumePolicy,
-    WatchChangesRequest,
+    RenameRequest, ReportLengthRequest, RequestId, ResolveRequest, RmdirRequest,
+    RotateVolumeKeyRequest, SessionRequest, SetAttrRequest, SetMaintenanceRequest, SetXattrRequest,
+    StatFsReply, StatFsRequest, StatusReply, SymlinkRequest, Timespec, UnlinkReply, UnlinkRequest,
+    Volume, VolumePolicy, WatchChangesRequest,
 };
 use cairn_proto::{CairnStatus, ErrorCode, names};
 use tokio::sync::watch;
@@ -1258,15 +1258,39 @@ impl MetaClient {
     // ------------------------------------------------------------ volumes and chains
 
     /// Creates volume `name` (a top-level directory `/name`) with `policy`.
+    /// An encrypted volume (`policy.encrypted`) needs the check value of its
+    /// first key in `policy.key_checks` (one entry, version 1); the key
+    /// itself is never sent.
     ///
     /// # Errors
-    /// [`ErrorCode::Exists`], [`ErrorCode::Invalid`] for a bad policy.
+    /// [`ErrorCode::Exists`], [`ErrorCode::Invalid`] for a bad policy
+    /// (including an encrypted one without its key check).
     pub async fn create_volume(&self, name: &str, policy: VolumePolicy) -> Result<Volume> {
         check_name(name)?;
         let r = mutation!(self, create_volume, |rid| CreateVolumeRequest {
             rid: Some(rid),
             name: name.to_string(),
-            policy: Some(policy),
+            policy: Some(policy.clone()),
+        })
+        .await?;
+        r.volume.ok_or_else(|| missing("the volume"))
+    }
+
+    /// Adds a key version (the current one + 1) to encrypted volume `name`,
+    /// whose key has check value `check`: files created afterwards are
+    /// sealed under it, files created before keep their version. Returns
+    /// the volume with its new `key_version` and `key_checks`.
+    ///
+    /// # Errors
+    /// [`ErrorCode::NotFound`] (no such volume), [`ErrorCode::Invalid`]
+    /// (the volume is not encrypted, or `check` is already one of its
+    /// versions' check values).
+    pub async fn rotate_volume_key(&self, name: &str, check: [u8; 16]) -> Result<Volume> {
+        check_name(name)?;
+        let r = mutation!(self, rotate_volume_key, |rid| RotateVolumeKeyRequest {
+            rid: Some(rid),
+            name: name.to_string(),
+            check: check.to_vec(),
         })
         .await?;
         r.volume.ok_or_else(|| missing("the volume"))

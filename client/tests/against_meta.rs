@@ -1,14 +1,14 @@
 //! `MetaClient` against a real 3-replica meta cluster started in this
 //! process (`cairn_meta::start`, as `cairn dev` does): the namespace calls,
-//! the path helpers, paging, sessions, and a leader failover in the middle
-//! of a workload.
+//! the path helpers, paging, sessions, encrypted volumes' key checks and
+//! file salts, and a leader failover in the middle of a workload.
 
 use std::time::{Duration, Instant};
 
 use cairn_client::{ErrorCode, MetaClient, MetaClientOptions, Owner, RenameFlags, XattrMode};
 use cairn_meta::{MetaConfig, MetaHandle};
 use cairn_proto::ids::InodeId;
-use cairn_proto::meta::{FileType, StatusReply, VolumePolicy};
+use cairn_proto::meta::{FileType, StatusReply, VolumeKeyCheck, VolumePolicy};
 use tokio::sync::watch;
 
 struct Replica {
@@ -105,7 +105,133 @@ fn policy() -> VolumePolicy {
         encrypted: false,
         quota_bytes: 0,
         quota_inodes: 0,
+        key_version: 0,
+        key_checks: Vec::new(),
     }
+}
+
+fn key_checks(checks: &[[u8; 16]]) -> Vec<VolumeKeyCheck> {
+    (1..)
+        .zip(checks)
+        .map(|(version, check)| VolumeKeyCheck {
+            version,
+            check: check.to_vec(),
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn encrypted_volumes_hold_key_checks_and_their_files_salts() {
+    let cluster = Cluster::start().await;
+    let c = MetaClient::connect(&cluster.addrs, client_opts())
+        .await
+        .unwrap();
+    wait_ready(&c).await;
+    let me = Owner::current();
+
+    // Without the check value of its first key: refused, and not created.
+    let encrypted = VolumePolicy {
+        encrypted: true,
+        ..policy()
+    };
+    let e = c.create_volume("sec", encrypted.clone()).await.unwrap_err();
+    assert_eq!(e.code, ErrorCode::Invalid, "{e}");
+    assert!(
+        e.message
+            .contains("check value of its first key (version 1)"),
+        "{e}"
+    );
+    assert!(
+        c.list_volumes()
+            .await
+            .unwrap()
+            .iter()
+            .all(|v| v.name != "sec")
+    );
+    let e = c
+        .create_volume(
+            "sec",
+            VolumePolicy {
+                key_checks: key_checks(&[[1; 16]]),
+                ..policy()
+            },
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(
+        e.code,
+        ErrorCode::Invalid,
+        "a plain volume with a key check: {e}"
+    );
+
+    let v = c
+        .create_volume(
+            "sec",
+            VolumePolicy {
+                key_checks: key_checks(&[[1; 16]]),
+                ..encrypted
+            },
+        )
+        .await
+        .unwrap();
+    let p = v.policy.clone().unwrap();
+    assert!(p.encrypted);
+    assert_eq!((p.key_version, p.key_checks), (1, key_checks(&[[1; 16]])));
+    let listed = c.list_volumes().await.unwrap();
+    let sec = listed.iter().find(|l| l.name == "sec").unwrap();
+    assert_eq!(sec.policy, v.policy);
+    let plain = c.create_volume("plain", policy()).await.unwrap();
+    let pp = plain.policy.unwrap();
+    assert!(!pp.encrypted && pp.key_version == 0 && pp.key_checks.is_empty());
+
+    // Files of the encrypted volume get their own 16-byte salt and the
+    // current key version; files of a plain volume neither.
+    let root = InodeId(v.root_ino);
+    let one = c.create(root, "one", 0o644, me, true, false).await.unwrap();
+    let two = c.create(root, "two", 0o644, me, true, false).await.unwrap();
+    for f in [&one.attr, &two.attr] {
+        assert_eq!((f.encryption_salt.len(), f.key_version), (16, 1), "{f:?}");
+    }
+    assert_ne!(one.attr.encryption_salt, two.attr.encryption_salt);
+    let stored = c.getattr(InodeId(one.attr.ino)).await.unwrap();
+    assert_eq!(stored.encryption_salt, one.attr.encryption_salt);
+    let f = c
+        .create(InodeId(plain.root_ino), "f", 0o644, me, true, false)
+        .await
+        .unwrap();
+    assert!(f.attr.encryption_salt.is_empty() && f.attr.key_version == 0);
+
+    // Rotation: refused for a key the volume has and for a plain volume;
+    // then new files use version 2 and old ones keep version 1.
+    let e = c.rotate_volume_key("sec", [1; 16]).await.unwrap_err();
+    assert_eq!(e.code, ErrorCode::Invalid, "{e}");
+    assert!(e.message.contains("that key is already version 1"), "{e}");
+    let e = c.rotate_volume_key("plain", [2; 16]).await.unwrap_err();
+    assert_eq!(
+        (e.code, e.message.as_str()),
+        (ErrorCode::Invalid, "volume plain is not encrypted")
+    );
+    let e = c.rotate_volume_key("nope", [2; 16]).await.unwrap_err();
+    assert_eq!(e.code, ErrorCode::NotFound, "{e}");
+    let rotated = c.rotate_volume_key("sec", [2; 16]).await.unwrap();
+    let p = rotated.policy.unwrap();
+    assert_eq!(
+        (p.key_version, p.key_checks),
+        (2, key_checks(&[[1; 16], [2; 16]]))
+    );
+    let three = c
+        .create(root, "three", 0o644, me, true, false)
+        .await
+        .unwrap();
+    assert_eq!(
+        (three.attr.encryption_salt.len(), three.attr.key_version),
+        (16, 2)
+    );
+    let old = c.getattr(InodeId(one.attr.ino)).await.unwrap();
+    assert_eq!(
+        (old.encryption_salt, old.key_version),
+        (one.attr.encryption_salt, 1)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -195,6 +195,7 @@ fake_meta! {
         remove_xattr(RemoveXattrRequest) -> Empty;
         create_volume(CreateVolumeRequest) -> VolumeReply;
         list_volumes(Empty) -> ListVolumesReply;
+        rotate_volume_key(RotateVolumeKeyRequest) -> VolumeReply;
         open(OpenRequest) -> AttrReply;
         close(CloseRequest) -> AttrReply;
         report_length(ReportLengthRequest) -> AttrReply;

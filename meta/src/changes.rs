@@ -88,7 +88,8 @@ pub fn affected(session: u64, op: &Op, reply: &Reply) -> Option<Change> {
             | Op::Close { ino, .. },
             _,
         ) => (vec![*ino], Vec::new()),
-        (Op::CreateVolume { name, .. }, Reply::Volume(v)) => {
+        (Op::CreateVolume { name, .. }, Reply::Volume(v))
+        | (Op::CreateEncryptedVolume { name, .. }, Reply::EncryptedVolume { volume: v, .. }) => {
             (vec![ROOT_INO, v.root_ino], entry_of(ROOT_INO, name))
         }
         _ => return None,
@@ -239,5 +240,35 @@ mod tests {
             salt: vec![],
         };
         assert_eq!(affected(1, &create, &Reply::Unit), None);
+    }
+
+    #[test]
+    fn a_new_encrypted_volume_names_its_root_and_a_rotation_nothing() {
+        let volume = crate::fs::Volume {
+            id: 2,
+            name: "sec".into(),
+            root_ino: 8,
+            policy: crate::fs::VolumePolicy::default(),
+            snap_seq: 0,
+            used_bytes: 0,
+            used_inodes: 1,
+        };
+        let made = Reply::EncryptedVolume {
+            volume,
+            keys: crate::fs::VolumeKeys::first([1; 16]),
+        };
+        let create = Op::CreateEncryptedVolume {
+            name: "sec".into(),
+            policy: crate::fs::VolumePolicy::default(),
+            check: [1; 16],
+        };
+        let c = affected(1, &create, &made).expect("a change");
+        assert_eq!(c.inos, vec![ROOT_INO, 8]);
+        assert_eq!(c.entries, vec![(ROOT_INO, "sec".to_string())]);
+        let rotate = Op::RotateVolumeKey {
+            name: "sec".into(),
+            check: [2; 16],
+        };
+        assert_eq!(affected(1, &rotate, &made), None);
     }
 }

@@ -1,7 +1,8 @@
 //! The client-facing gRPC service `cairn.meta.v1.Meta`.
 //!
 //! Mutations become one Raft entry each, stamped with the leader's clock and
-//! the caller's request id; a follower answers NOT_LEADER with the leader's
+//! the caller's request id (and, for a file create, a random encryption
+//! salt: see `create`); a follower answers NOT_LEADER with the leader's
 //! address. Reads are linearizable: the leader reads its own state under
 //! its read lease ([`crate::lease`]), or else confirms its leadership with
 //! a quorum (read index); a follower asks the leader for the read index and
@@ -31,8 +32,8 @@ use tracing::instrument;
 
 use crate::config::MetaConfig;
 use crate::fs::{
-    self, Command, FsError, FsState, Inode, Kind, Op, Reply, SetAttr, SetTime, TargetSpec,
-    TargetState, VolumePolicy,
+    self, Command, FsError, FsState, Inode, KEY_CHECK_LEN, Kind, Op, Reply, SALT_LEN, SetAttr,
+    SetTime, TargetSpec, TargetState, VolumeKeys, VolumePolicy,
 };
 use crate::raft::types::MetaRaft;
 
@@ -43,10 +44,9 @@ pub const RAFT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Most files one ReleaseFiles request may name.
 pub const MAX_RELEASES: usize = 4096;
 
-/// Why a volume cannot be created with `encrypted` set.
-pub const ENCRYPTION_UNAVAILABLE: &str = "encrypted volumes are not available yet: client-side \
-     encryption is not implemented, so file contents would be stored as plain text; create the \
-     volume without encryption";
+/// Why CreateVolume with `encrypted` set and no key check is refused.
+pub const NEEDS_FIRST_KEY_CHECK: &str = "an encrypted volume needs the check value of its first \
+     key (version 1); clients send it when given a key";
 
 /// Soft state the leader keeps about chunkservers and sessions.
 #[derive(Debug, Default)]
@@ -496,10 +496,8 @@ pub fn attr_pb(i: &Inode) -> pb::Attr {
         }),
         truncate_gen: i.truncate_gen,
         version: i.version,
-        // No file is encrypted (see ENCRYPTION_UNAVAILABLE): no key material
-        // is shown, so nothing suggests otherwise.
-        encryption_salt: Vec::new(),
-        key_version: 0,
+        encryption_salt: i.salt.clone(),
+        key_version: i.key_version,
     }
 }
 
@@ -559,7 +557,70 @@ fn policy_from_pb(p: Option<pb::VolumePolicy>) -> VolumePolicy {
     }
 }
 
-fn volume_pb(v: &fs::Volume) -> pb::Volume {
+fn invalid(message: impl Into<String>) -> CairnStatus {
+    CairnStatus::new(ErrorCode::Invalid, message)
+}
+
+/// Returns a key check value sent by a client as the stored array.
+fn key_check(bytes: &[u8]) -> Result<[u8; KEY_CHECK_LEN], CairnStatus> {
+    bytes.try_into().map_err(|_| {
+        invalid(format!(
+            "a key check value is {KEY_CHECK_LEN} bytes, not {}",
+            bytes.len()
+        ))
+    })
+}
+
+/// Returns the operation a CreateVolume request asks for: a plain volume,
+/// or an encrypted one with the check value of its first key (exactly one
+/// check, version 1; `key_version` 0 or 1).
+fn create_volume_op(name: String, p: Option<pb::VolumePolicy>) -> Result<Op, CairnStatus> {
+    let p = p.unwrap_or_default();
+    if !p.encrypted {
+        if !p.key_checks.is_empty() || p.key_version != 0 {
+            return Err(invalid(
+                "key checks and a key version are for encrypted volumes, and this volume is \
+                 not encrypted",
+            ));
+        }
+        return Ok(Op::CreateVolume {
+            name,
+            policy: policy_from_pb(Some(p)),
+        });
+    }
+    let first = match p.key_checks.as_slice() {
+        [] => return Err(invalid(NEEDS_FIRST_KEY_CHECK)),
+        [first] => first,
+        more => {
+            return Err(invalid(format!(
+                "a new encrypted volume takes the check value of its first key (version 1) \
+                 only, not {} checks; later versions come from RotateVolumeKey",
+                more.len()
+            )));
+        }
+    };
+    if first.version != 1 {
+        return Err(invalid(format!(
+            "the first key of an encrypted volume is version 1, not {}",
+            first.version
+        )));
+    }
+    if p.key_version > 1 {
+        return Err(invalid(format!(
+            "a new encrypted volume starts at key version 1, not {}",
+            p.key_version
+        )));
+    }
+    let check = key_check(&first.check)?;
+    Ok(Op::CreateEncryptedVolume {
+        name,
+        policy: policy_from_pb(Some(p)),
+        check,
+    })
+}
+
+/// Converts a stored volume and its keys (`None`: plain) to its wire form.
+fn volume_pb(v: &fs::Volume, keys: Option<&VolumeKeys>) -> pb::Volume {
     pb::Volume {
         id: v.id,
         name: v.name.clone(),
@@ -568,16 +629,37 @@ fn volume_pb(v: &fs::Volume) -> pb::Volume {
             replication: v.policy.replication,
             chunk_size: v.policy.chunk_size,
             stripe_width: v.policy.stripe_width,
-            // No volume's data has ever been encrypted (volumes created
-            // before the flag was refused stored plain text): none claims it.
-            encrypted: false,
+            // A volume is encrypted when it has keys: some volumes created
+            // before encryption existed have the flag set over plain text.
+            encrypted: keys.is_some(),
             quota_bytes: v.policy.quota_bytes,
             quota_inodes: v.policy.quota_inodes,
+            key_version: keys.map_or(0, |k| k.current),
+            key_checks: keys.map_or_else(Vec::new, |k| {
+                k.checks
+                    .iter()
+                    .map(|c| pb::VolumeKeyCheck {
+                        version: c.version,
+                        check: c.check.to_vec(),
+                    })
+                    .collect()
+            }),
         }),
         snap_seq: v.snap_seq,
         used_bytes: v.used_bytes,
         used_inodes: v.used_inodes,
     }
+}
+
+fn volume_reply(r: Reply) -> Result<pb::VolumeReply, Status> {
+    let volume = match r {
+        Reply::Volume(v) => volume_pb(&v, None),
+        Reply::EncryptedVolume { volume, keys } => volume_pb(&volume, Some(&keys)),
+        other => return Err(unexpected(&other)),
+    };
+    Ok(pb::VolumeReply {
+        volume: Some(volume),
+    })
 }
 
 fn set_time(t: Option<pb::Timespec>) -> Option<SetTime> {
@@ -908,6 +990,16 @@ impl Meta for MetaService {
     #[instrument(skip_all, fields(parent = req.get_ref().parent))]
     async fn create(&self, req: Request<pb::CreateRequest>) -> GrpcResult<pb::EntryReply> {
         let r = req.into_inner();
+        // A file of an encrypted volume needs a salt, drawn here, never
+        // while applying. Only the apply step knows the parent's volume for
+        // sure, and keeps the salt only in an encrypted one; a parent known
+        // here to be in a plain volume gets none, so plain volumes' entries
+        // stay as builds before encryption wrote them.
+        let salt = if self.shared.fs.creates_plain_files(r.parent) {
+            Vec::new()
+        } else {
+            rand::random::<[u8; SALT_LEN]>().to_vec()
+        };
         let op = Op::Create {
             parent: r.parent,
             name: r.name,
@@ -916,7 +1008,7 @@ impl Meta for MetaService {
             gid: r.gid,
             exclusive: r.exclusive,
             open_for_write: r.open_for_write,
-            salt: Vec::new(),
+            salt,
         };
         let reply = self.write(r.rid.as_ref(), op).await?;
         Ok(Response::new(entry_reply(reply)?))
@@ -1032,29 +1124,42 @@ impl Meta for MetaService {
         req: Request<pb::CreateVolumeRequest>,
     ) -> GrpcResult<pb::VolumeReply> {
         let r = req.into_inner();
-        let policy = policy_from_pb(r.policy);
-        if policy.encrypted {
-            // Nothing encrypts file contents yet: accepting the flag would
-            // store plain text under a volume that claims to be encrypted.
-            return Err(CairnStatus::new(ErrorCode::Invalid, ENCRYPTION_UNAVAILABLE).into());
-        }
-        let op = Op::CreateVolume {
+        let op = create_volume_op(r.name, r.policy)?;
+        let reply = self.write(r.rid.as_ref(), op).await?;
+        Ok(Response::new(volume_reply(reply)?))
+    }
+
+    #[instrument(skip_all, fields(volume = %req.get_ref().name))]
+    async fn rotate_volume_key(
+        &self,
+        req: Request<pb::RotateVolumeKeyRequest>,
+    ) -> GrpcResult<pb::VolumeReply> {
+        let r = req.into_inner();
+        let check = key_check(&r.check)?;
+        let op = Op::RotateVolumeKey {
             name: r.name,
-            policy,
+            check,
         };
-        match self.write(r.rid.as_ref(), op).await? {
-            Reply::Volume(v) => Ok(Response::new(pb::VolumeReply {
-                volume: Some(volume_pb(&v)),
-            })),
-            other => Err(unexpected(&other)),
+        let reply = volume_reply(self.write(r.rid.as_ref(), op).await?)?;
+        if let Some(v) = &reply.volume {
+            tracing::info!(
+                volume = %v.name,
+                key_version = v.policy.as_ref().map_or(0, |p| p.key_version),
+                "volume key rotated: new files use the new version"
+            );
         }
+        Ok(Response::new(reply))
     }
 
     async fn list_volumes(&self, _req: Request<pb::Empty>) -> GrpcResult<pb::ListVolumesReply> {
         let fs = self.read().await?;
         let volumes = fs.volumes().map_err(fs_err)?;
+        let keys = fs.volume_keys().map_err(fs_err)?;
         Ok(Response::new(pb::ListVolumesReply {
-            volumes: volumes.iter().map(volume_pb).collect(),
+            volumes: volumes
+                .iter()
+                .map(|v| volume_pb(v, keys.get(&v.id)))
+                .collect(),
         }))
     }
 
@@ -1760,5 +1865,141 @@ mod tests {
         assert_eq!(r.bad_blocks[..3], [0, 1, 2]);
         assert_eq!(truncate_utf8("héllo", 2), "h");
         assert_eq!(truncate_utf8("héllo", 3), "hé");
+    }
+
+    fn policy(encrypted: bool, checks: &[(u32, &[u8])]) -> Option<pb::VolumePolicy> {
+        Some(pb::VolumePolicy {
+            encrypted,
+            key_checks: checks
+                .iter()
+                .map(|(version, check)| pb::VolumeKeyCheck {
+                    version: *version,
+                    check: check.to_vec(),
+                })
+                .collect(),
+            ..Default::default()
+        })
+    }
+
+    fn refusal(p: Option<pb::VolumePolicy>) -> String {
+        let e = create_volume_op("v".into(), p).expect_err("refused");
+        assert_eq!(e.code, ErrorCode::Invalid, "{e}");
+        e.message
+    }
+
+    #[test]
+    fn an_encrypted_volume_is_created_with_exactly_its_first_key_check() {
+        match create_volume_op("v".into(), policy(true, &[(1, &[9; 16])])) {
+            Ok(Op::CreateEncryptedVolume {
+                name,
+                policy,
+                check,
+            }) => {
+                assert_eq!((name.as_str(), check), ("v", [9; 16]));
+                assert!(policy.encrypted);
+                assert_eq!(policy.replication, 3, "defaults apply");
+            }
+            r => panic!("{r:?}"),
+        }
+        let mut p = policy(true, &[(1, &[9; 16])]);
+        if let Some(p) = &mut p {
+            p.key_version = 1;
+        }
+        assert!(create_volume_op("v".into(), p).is_ok());
+        assert!(matches!(
+            create_volume_op("v".into(), None),
+            Ok(Op::CreateVolume { .. })
+        ));
+        assert!(matches!(
+            create_volume_op("v".into(), policy(false, &[])),
+            Ok(Op::CreateVolume { policy, .. }) if !policy.encrypted
+        ));
+
+        assert_eq!(refusal(policy(true, &[])), NEEDS_FIRST_KEY_CHECK);
+        let two = refusal(policy(true, &[(1, &[9; 16]), (2, &[8; 16])]));
+        assert!(two.contains("not 2 checks"), "{two}");
+        let v2 = refusal(policy(true, &[(2, &[9; 16])]));
+        assert!(v2.contains("version 1, not 2"), "{v2}");
+        let short = refusal(policy(true, &[(1, &[9; 15])]));
+        assert!(short.contains("16 bytes, not 15"), "{short}");
+        let mut ahead = policy(true, &[(1, &[9; 16])]);
+        if let Some(p) = &mut ahead {
+            p.key_version = 2;
+        }
+        assert!(refusal(ahead).contains("key version 1, not 2"));
+        // A plain volume carries no key material.
+        let plain = refusal(policy(false, &[(1, &[9; 16])]));
+        assert!(plain.contains("not encrypted"), "{plain}");
+        let mut versioned = policy(false, &[]);
+        if let Some(p) = &mut versioned {
+            p.key_version = 1;
+        }
+        assert!(refusal(versioned).contains("not encrypted"));
+        assert!(key_check(&[0; 17]).is_err() && key_check(&[0; 16]).is_ok());
+    }
+
+    #[test]
+    fn volumes_and_files_show_their_key_material() {
+        let v = fs::Volume {
+            id: 4,
+            name: "v".into(),
+            root_ino: 9,
+            // As volumes created before encryption existed may have it.
+            policy: VolumePolicy {
+                encrypted: true,
+                ..VolumePolicy::default()
+            },
+            snap_seq: 0,
+            used_bytes: 0,
+            used_inodes: 0,
+        };
+        let p = volume_pb(&v, None).policy.unwrap();
+        assert!(!p.encrypted && p.key_version == 0 && p.key_checks.is_empty());
+        let mut keys = VolumeKeys::first([1; 16]);
+        keys.checks.push(fs::KeyCheck {
+            version: 2,
+            check: [2; 16],
+        });
+        keys.current = 2;
+        let p = volume_pb(&v, Some(&keys)).policy.unwrap();
+        assert!(p.encrypted);
+        assert_eq!(p.key_version, 2);
+        assert_eq!(
+            p.key_checks,
+            vec![
+                pb::VolumeKeyCheck {
+                    version: 1,
+                    check: vec![1; 16]
+                },
+                pb::VolumeKeyCheck {
+                    version: 2,
+                    check: vec![2; 16]
+                }
+            ]
+        );
+
+        let file = Inode {
+            ino: 10,
+            kind: Kind::File,
+            mode: 0o644,
+            uid: 0,
+            gid: 0,
+            size: 0,
+            nlink: 1,
+            atime: 0,
+            mtime: 0,
+            ctime: 0,
+            crtime: 0,
+            volume: 4,
+            parent: 0,
+            layout: None,
+            truncate_gen: 0,
+            version: 1,
+            target: None,
+            salt: vec![5; SALT_LEN],
+            key_version: 2,
+        };
+        let a = attr_pb(&file);
+        assert_eq!((a.encryption_salt, a.key_version), (vec![5; SALT_LEN], 2));
     }
 }

@@ -1,7 +1,7 @@
 //! `cairn`: the command line of Cairn.
 //!
 //! * namespace: `ls`, `mkdir`, `mv`, `rm`, `stat`, `ln` ([`namespace`]);
-//! * volumes: `volume create`, `volume ls` ([`volume`]);
+//! * volumes: `volume create`, `volume ls`, `volume rotate-key` ([`volume`]);
 //! * the meta cluster: `meta status|join|promote|remove` ([`admin`]);
 //! * the data side: `admin chunkservers|chains` ([`cluster`]);
 //! * data: `put`, `get`, `cp` ([`transfer`]), `cat` ([`cat`]),
@@ -259,10 +259,19 @@ enum VolumeCommand {
         /// Chains each file is striped over.
         #[arg(long, default_value_t = 8)]
         stripe_width: u32,
-        /// Not available yet, and refused: client-side encryption is not
-        /// implemented, so an "encrypted" volume would hold plain text.
+        /// Encrypt file contents on the clients (AES-256-GCM per 4 KiB
+        /// block, a key per file derived from the volume key). Needs
+        /// --key-file. Costs CPU on clients (a few % at GB/s with AES-NI)
+        /// and 28 bytes of chunkserver metadata per 4 KiB block; a write
+        /// smaller than 4 KiB reads its block first. File names are not
+        /// encrypted.
         #[arg(long)]
         encrypted: bool,
+        /// The volume key file (with --encrypted): read when it exists,
+        /// else a new key is generated and written there (mode 0600).
+        /// Keep it: without it the data cannot be read.
+        #[arg(long, value_name = "PATH")]
+        key_file: Option<std::path::PathBuf>,
         /// Byte quota (e.g. 10TiB); 0 = unlimited.
         #[arg(long, default_value = "0", value_parser = format::parse_size)]
         quota_bytes: u64,
@@ -272,6 +281,16 @@ enum VolumeCommand {
     },
     /// List volumes with their policy and usage.
     Ls,
+    /// Start a new key version of an encrypted volume: files created from
+    /// now on use it, older files keep theirs. The new key is added to the
+    /// key file, which must hold the current version.
+    RotateKey {
+        /// Volume name.
+        name: String,
+        /// The volume's key file (all its versions).
+        #[arg(long, value_name = "PATH")]
+        key_file: std::path::PathBuf,
+    },
 }
 
 fn init_tracing(default: &str) {
@@ -392,16 +411,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             chunk_size,
             stripe_width,
             encrypted,
+            key_file,
             quota_bytes,
             quota_inodes,
         }) => {
-            if *encrypted {
-                anyhow::bail!(
-                    "--encrypted: encrypted volumes are not available yet (client-side \
-                     encryption is not implemented, so file contents would be stored as plain \
-                     text); volume {name} was not created"
-                );
-            }
             let policy = VolumePolicy {
                 replication: *replication,
                 chunk_size: *chunk_size,
@@ -409,10 +422,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 encrypted: *encrypted,
                 quota_bytes: *quota_bytes,
                 quota_inodes: *quota_inodes,
+                ..VolumePolicy::default()
             };
-            volume::create(&c, name, policy, json).await
+            volume::create(&c, name, policy, key_file.as_deref(), json).await
         }
         Command::Volume(VolumeCommand::Ls) => volume::ls(&c, json).await,
+        Command::Volume(VolumeCommand::RotateKey { name, key_file }) => {
+            volume::rotate_key(&c, name, key_file, json).await
+        }
         #[cfg(feature = "dev")]
         Command::Dev(_) | Command::Mount(_) => Ok(()),
         // Handled above.

@@ -128,14 +128,15 @@ impl MountArgs {
 /// Connects a client whose retry budgets end within `io_timeout`.
 ///
 /// # Errors
-/// Meta unreachable or a bad cache directory.
+/// Meta unreachable, a bad cache directory, or a key file that cannot be
+/// read or is not its volume's.
 pub async fn connect(meta: &str, args: &MountArgs) -> anyhow::Result<Client> {
-    let mut opts = data::client_options(&args.data, args.io_timeout);
+    let mut opts = data::client_options(&args.data, args.io_timeout)?;
     opts.io.deadline = args.io_timeout;
     opts.io.request_timeout = opts.io.request_timeout.min(args.io_timeout);
     Client::connect(meta.split(','), opts)
         .await
-        .map_err(|e| anyhow::anyhow!("--meta {meta}: {}", e.message))
+        .map_err(|e| data::connect_error(meta, &e))
 }
 
 /// Mounts `client` at `args.dir`.

@@ -1,17 +1,31 @@
 //! `cairn volume create` and `cairn volume ls`. A volume is a top-level
 //! directory `/NAME` with its own replication, chunk size, stripe width,
-//! quotas (DESIGN §3); meta validates the policy. Encryption is refused
-//! until client-side encryption exists (meta says why).
+//! quotas (DESIGN §3); meta validates the policy.
+//!
+//! `--encrypted` volumes: the key is the user's. `volume create
+//! --encrypted --key-file PATH` uses the key in PATH (version 1) or, when
+//! PATH does not exist, generates one and writes it there (mode 0600,
+//! never overwriting a file). Meta receives only the key's check value.
+//! `volume rotate-key` adds a version: new files use it, old files keep
+//! theirs, so the key file keeps every version. The new version is written
+//! to the key file before meta learns of it (a crash in between leaves an
+//! extra line, refused with a clear message, never a volume whose key was
+//! lost), and the file is restored when meta refuses it.
 
+use std::io::Write as _;
+use std::path::Path;
+
+use anyhow::Context as _;
 use cairn_client::MetaClient;
-use cairn_proto::meta::{Volume, VolumePolicy};
+use cairn_client::crypto::{KeyRing, VolumeKey};
+use cairn_proto::meta::{Volume, VolumeKeyCheck, VolumePolicy};
 use serde_json::json;
 
 use crate::format::{human_bytes, table};
 use crate::report::Context;
 
 fn volume_json(v: &Volume) -> serde_json::Value {
-    let p = v.policy.unwrap_or_default();
+    let p = v.policy.clone().unwrap_or_default();
     json!({
         "id": v.id,
         "name": v.name,
@@ -21,6 +35,7 @@ fn volume_json(v: &Volume) -> serde_json::Value {
             "chunk_size": p.chunk_size,
             "stripe_width": p.stripe_width,
             "encrypted": p.encrypted,
+            "key_version": p.key_version,
             "quota_bytes": p.quota_bytes,
             "quota_inodes": p.quota_inodes,
         },
@@ -38,22 +53,96 @@ fn limit(n: u64, bytes: bool) -> String {
     }
 }
 
-/// `cairn volume create NAME ...`.
+/// Writes `text` to a new file `path` readable by its owner only; never
+/// replaces a file.
+fn write_new_key_file(path: &Path, text: &str) -> anyhow::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("creating key file {}", path.display()))?;
+    f.write_all(text.as_bytes())
+        .and_then(|()| f.sync_all())
+        .with_context(|| format!("writing key file {}", path.display()))
+}
+
+/// Replaces the key file `path` with `text` atomically (a temporary file
+/// beside it, fsynced, renamed over it), keeping it owner-only.
+fn replace_key_file(path: &Path, text: &str) -> anyhow::Result<()> {
+    let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
+    let _ = std::fs::remove_file(&tmp);
+    write_new_key_file(&tmp, text)?;
+    std::fs::rename(&tmp, path).with_context(|| format!("replacing key file {}", path.display()))
+}
+
+/// The key of a new encrypted volume `name`: version 1 of the key file at
+/// `path`, or a new key written there. Returns the key's check value and
+/// whether the file is new.
+fn first_key(name: &str, path: &Path) -> anyhow::Result<(Vec<u8>, bool)> {
+    if path.exists() {
+        let ring = KeyRing::from_file(name, path)?;
+        let key = ring
+            .get(1)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        return Ok((key.check_value().to_vec(), false));
+    }
+    let key = VolumeKey::generate();
+    let check = key.check_value().to_vec();
+    let ring = KeyRing::single(name, 1, key);
+    write_new_key_file(path, &ring.to_file_text())?;
+    Ok((check, true))
+}
+
+/// `cairn volume create NAME ...`; `key_file` with `policy.encrypted`.
 pub async fn create(
     c: &MetaClient,
     name: &str,
-    policy: VolumePolicy,
+    mut policy: VolumePolicy,
+    key_file: Option<&Path>,
     json: bool,
 ) -> anyhow::Result<()> {
-    let v = c
-        .create_volume(name, policy)
-        .await
-        .op("volume create", name)?;
+    let mut new_key = None;
+    if policy.encrypted {
+        let path = key_file.ok_or_else(|| {
+            anyhow::anyhow!(
+                "--encrypted needs --key-file PATH: the volume's key is read from PATH, or \
+                 generated and written there when PATH does not exist (keep it safe: without \
+                 it the volume's data cannot be read)"
+            )
+        })?;
+        let (check, created) = first_key(name, path)?;
+        policy.key_checks = vec![VolumeKeyCheck { version: 1, check }];
+        if created {
+            new_key = Some(path);
+        }
+    } else if key_file.is_some() {
+        anyhow::bail!("--key-file is for --encrypted volumes; volume {name} was not created");
+    }
+    let v = match c.create_volume(name, policy).await {
+        Ok(v) => v,
+        Err(e) => {
+            if let Some(path) = new_key {
+                // The key of a volume that does not exist.
+                let _ = std::fs::remove_file(path);
+            }
+            return Err(e).op("volume create", name);
+        }
+    };
+    if let Some(path) = new_key {
+        eprintln!(
+            "a new key for volume {name} was written to {}: keep it safe (without it the \
+             volume's data cannot be read) and give it to clients with --key-file {name}={}",
+            path.display(),
+            path.display()
+        );
+    }
     if json {
         println!("{}", serde_json::to_string_pretty(&volume_json(&v))?);
         return Ok(());
     }
-    let p = v.policy.unwrap_or_default();
+    let p = v.policy.clone().unwrap_or_default();
     println!(
         "created volume {} (id {}) at /{}: replication {}, chunk size {}, stripe width {}, {}, quota {} / {} inodes",
         v.name,
@@ -63,7 +152,7 @@ pub async fn create(
         human_bytes(p.chunk_size),
         p.stripe_width,
         if p.encrypted {
-            "encrypted"
+            "encrypted (AES-256-GCM)"
         } else {
             "not encrypted"
         },
@@ -81,6 +170,63 @@ pub async fn create(
     Ok(())
 }
 
+/// `cairn volume rotate-key NAME --key-file PATH`: a new key version for
+/// new files, appended to the key file.
+pub async fn rotate_key(
+    c: &MetaClient,
+    name: &str,
+    key_file: &Path,
+    json: bool,
+) -> anyhow::Result<()> {
+    let vols = c.list_volumes().await.op_only("volume rotate-key")?;
+    let v = vols
+        .iter()
+        .find(|v| v.name == name)
+        .ok_or_else(|| anyhow::anyhow!("volume rotate-key {name}: no such volume"))?;
+    let p = v.policy.clone().unwrap_or_default();
+    if !p.encrypted {
+        anyhow::bail!("volume rotate-key {name}: the volume is not encrypted");
+    }
+    let old_text = std::fs::read_to_string(key_file)
+        .with_context(|| format!("reading key file {}", key_file.display()))?;
+    let mut ring = KeyRing::parse(name, &old_text)?;
+    // The file must hold the volume's current key: rotating from a wrong
+    // file would leave the volume's files split over two key files.
+    let current = ring
+        .get(p.key_version)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", key_file.display()))?;
+    let check = p.key_checks.iter().find(|k| k.version == p.key_version);
+    if check.is_none_or(|k| k.check[..] != current.check_value()[..]) {
+        anyhow::bail!(
+            "{}: key version {} there is not volume {name}'s key",
+            key_file.display(),
+            p.key_version
+        );
+    }
+    let version = p.key_version + 1;
+    let key = VolumeKey::generate();
+    let check = key.check_value();
+    ring.insert(version, key);
+    replace_key_file(key_file, &ring.to_file_text())?;
+    let v = match c.rotate_volume_key(name, check).await {
+        Ok(v) => v,
+        Err(e) => {
+            replace_key_file(key_file, &old_text)?;
+            return Err(e).op("volume rotate-key", name);
+        }
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&volume_json(&v))?);
+    } else {
+        println!(
+            "volume {name}: new files use key version {version}; files written before keep \
+             theirs, so {} now holds versions 1 to {version}: give the whole file to clients",
+            key_file.display()
+        );
+    }
+    Ok(())
+}
+
 /// `cairn volume ls`.
 pub async fn ls(c: &MetaClient, json: bool) -> anyhow::Result<()> {
     let mut vols = c.list_volumes().await.op_only("volume ls")?;
@@ -93,14 +239,18 @@ pub async fn ls(c: &MetaClient, json: bool) -> anyhow::Result<()> {
     let rows: Vec<Vec<String>> = vols
         .iter()
         .map(|v| {
-            let p = v.policy.unwrap_or_default();
+            let p = v.policy.clone().unwrap_or_default();
             vec![
                 v.id.to_string(),
                 v.name.clone(),
                 p.replication.to_string(),
                 human_bytes(p.chunk_size),
                 p.stripe_width.to_string(),
-                if p.encrypted { "yes" } else { "no" }.to_string(),
+                if p.encrypted {
+                    format!("yes (key v{})", p.key_version)
+                } else {
+                    "no".to_string()
+                },
                 human_bytes(v.used_bytes),
                 limit(p.quota_bytes, true),
                 v.used_inodes.to_string(),

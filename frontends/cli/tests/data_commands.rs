@@ -89,12 +89,12 @@ fn data_commands_round_trip_through_a_dev_cluster() {
         "--stripe-width",
         "4",
     ]);
-    // The flag is refused, with the reason, rather than accepted and
-    // ignored: no volume claims an encryption it does not have.
+    // Encryption needs a key: without --key-file the volume is refused,
+    // with the reason (tests/encryption.rs covers encrypted volumes).
     let refused = dev.cairn(["volume", "create", "sec", "--encrypted"]);
     assert!(!refused.status.success());
     assert!(
-        stderr(&refused).contains("encrypted volumes are not available yet"),
+        stderr(&refused).contains("--encrypted needs --key-file"),
         "{}",
         stderr(&refused)
     );

@@ -31,8 +31,8 @@ async fn dev_cluster_stores_data_on_three_replicas_and_stops_cleanly() {
     let mut c = MetaClient::connect(format!("http://{first}"))
         .await
         .unwrap();
-    // Nothing encrypts file contents yet: meta refuses an "encrypted"
-    // volume rather than store plain text under that name.
+    // Meta refuses an encrypted volume without the check value of its
+    // first key (clients send it when given the key).
     let refused = c
         .create_volume(pb::CreateVolumeRequest {
             name: "sec".into(),
@@ -43,11 +43,11 @@ async fn dev_cluster_stores_data_on_three_replicas_and_stops_cleanly() {
             ..Default::default()
         })
         .await
-        .expect_err("an encrypted volume is refused");
+        .expect_err("an encrypted volume without a key check is refused");
     assert!(
         refused
             .message()
-            .contains("encrypted volumes are not available"),
+            .contains("needs the check value of its first key"),
         "{refused:?}"
     );
     let volumes = c.list_volumes(pb::Empty {}).await.unwrap().into_inner();

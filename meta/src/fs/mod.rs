@@ -16,6 +16,7 @@
 //! modules.
 
 mod chains;
+mod keys;
 mod namespace;
 pub mod read;
 mod session;
@@ -360,7 +361,17 @@ impl<K: Kv> FsState<K> {
                 replace_only,
             } => namespace::setxattr(t, *ino, name, value, *create_only, *replace_only, now),
             Op::RemoveXattr { ino, name } => namespace::removexattr(t, *ino, name, now),
+            // A plain volume. The service refuses `policy.encrypted` here
+            // (that takes a key check: CreateEncryptedVolume); entries of
+            // builds that accepted it apply as they did then, as a plain
+            // volume (no keys record).
             Op::CreateVolume { name, policy } => namespace::create_volume(t, name, policy, now),
+            Op::CreateEncryptedVolume {
+                name,
+                policy,
+                check,
+            } => keys::create_volume(t, name, policy, *check, now),
+            Op::RotateVolumeKey { name, check } => keys::rotate(t, name, *check),
             Op::OpenSession { client_name } => session::open_session(t, client_name, now),
             Op::CloseSession { session } => session::close_session(t, *session, now),
             Op::Open { ino, write } => {
@@ -975,5 +986,292 @@ mod tests {
             sm.fs.applied_state().unwrap().0
         );
         assert!(other.import(b"garbage").is_err());
+    }
+
+    fn create_in(sm: &mut Sm, parent: u64, name: &str, salt: &[u8]) -> Response {
+        let mut op = create_op(name);
+        if let Op::Create {
+            parent: p, salt: s, ..
+        } = &mut op
+        {
+            *p = parent;
+            *s = salt.to_vec();
+        }
+        sm.op(op)
+    }
+
+    fn entry_attr(r: Response) -> Inode {
+        match r {
+            Ok(Reply::Entry { attr, .. }) => attr,
+            r => panic!("{r:?}"),
+        }
+    }
+
+    fn encrypted_volume(sm: &mut Sm, name: &str, check: [u8; KEY_CHECK_LEN]) -> Volume {
+        match sm.op(Op::CreateEncryptedVolume {
+            name: name.into(),
+            policy: VolumePolicy::default(),
+            check,
+        }) {
+            Ok(Reply::EncryptedVolume { volume, keys }) => {
+                assert_eq!(keys, VolumeKeys::first(check));
+                assert!(volume.policy.encrypted);
+                volume
+            }
+            r => panic!("{r:?}"),
+        }
+    }
+
+    fn plain_volume(sm: &mut Sm, name: &str) -> Volume {
+        match sm.op(Op::CreateVolume {
+            name: name.into(),
+            policy: VolumePolicy::default(),
+        }) {
+            Ok(Reply::Volume(v)) => v,
+            r => panic!("{r:?}"),
+        }
+    }
+
+    fn rotate(name: &str, check: [u8; KEY_CHECK_LEN]) -> Op {
+        Op::RotateVolumeKey {
+            name: name.into(),
+            check,
+        }
+    }
+
+    #[test]
+    fn only_files_of_encrypted_volumes_keep_a_salt_and_key_version() {
+        let mut sm = Sm::new();
+        let plain = plain_volume(&mut sm, "plain");
+        let sec = encrypted_volume(&mut sm, "sec", [1; 16]);
+        let salt = [7u8; SALT_LEN];
+
+        let f = entry_attr(create_in(&mut sm, plain.root_ino, "f", &salt));
+        assert_eq!((f.salt.as_slice(), f.key_version), (&[][..], 0));
+        let r = entry_attr(create_in(&mut sm, ROOT_INO, "r", &salt));
+        assert_eq!((r.salt.as_slice(), r.key_version), (&[][..], 0));
+
+        let e = entry_attr(create_in(&mut sm, sec.root_ino, "e", &salt));
+        assert_eq!((e.salt.as_slice(), e.key_version), (&salt[..], 1));
+        let stored = sm.fs.getattr(e.ino).unwrap();
+        assert_eq!((stored.salt, stored.key_version), (salt.to_vec(), 1));
+        // Deeper in the volume too.
+        let d = entry_attr(sm.op(Op::Mkdir {
+            parent: sec.root_ino,
+            name: "d".into(),
+            mode: 0o755,
+            uid: 0,
+            gid: 0,
+        }));
+        let deep = entry_attr(create_in(&mut sm, d.ino, "deep", &[9; SALT_LEN]));
+        assert_eq!((deep.salt, deep.key_version), (vec![9; SALT_LEN], 1));
+
+        // Without the leader's salt a file of an encrypted volume is not
+        // created (its contents would be stored as plain text).
+        for bad in [&[][..], &[7; 15][..]] {
+            let err = create_in(&mut sm, sec.root_ino, "nosalt", bad).unwrap_err();
+            assert_eq!(err.code, ErrorCode::Internal, "{err}");
+            assert_eq!(
+                sm.fs.lookup(sec.root_ino, "nosalt").unwrap_err().code,
+                ErrorCode::NotFound
+            );
+        }
+
+        // An existing file is returned as is (O_CREAT without O_EXCL), and
+        // link and rename keep the inode's salt and version.
+        let mut again = create_op("e");
+        if let Op::Create {
+            parent,
+            salt: s,
+            exclusive,
+            ..
+        } = &mut again
+        {
+            *parent = sec.root_ino;
+            *s = vec![8; SALT_LEN];
+            *exclusive = false;
+        }
+        assert_eq!(entry_attr(sm.op(again)).salt, salt.to_vec());
+        let linked = entry_attr(sm.op(Op::Link {
+            ino: e.ino,
+            new_parent: d.ino,
+            new_name: "e2".into(),
+        }));
+        assert_eq!((linked.salt.as_slice(), linked.key_version), (&salt[..], 1));
+        let moved = match sm.op(Op::Rename {
+            parent: sec.root_ino,
+            name: "e".into(),
+            new_parent: d.ino,
+            new_name: "e3".into(),
+            noreplace: false,
+            exchange: false,
+        }) {
+            Ok(Reply::Renamed { attr, .. }) => attr,
+            r => panic!("{r:?}"),
+        };
+        assert_eq!((moved.salt.as_slice(), moved.key_version), (&salt[..], 1));
+
+        let keys = sm.fs.volume_keys().unwrap();
+        assert_eq!(keys.len(), 1);
+        assert_eq!(keys[&sec.id], VolumeKeys::first([1; 16]));
+        // What the leader asks before drawing a salt for a create.
+        assert!(sm.fs.creates_plain_files(plain.root_ino));
+        assert!(sm.fs.creates_plain_files(ROOT_INO));
+        assert!(!sm.fs.creates_plain_files(sec.root_ino));
+        assert!(!sm.fs.creates_plain_files(d.ino));
+        assert!(
+            !sm.fs.creates_plain_files(10_000),
+            "unknown: not known plain"
+        );
+    }
+
+    #[test]
+    fn rotation_bumps_the_key_version_of_new_files_only() {
+        let mut sm = Sm::new();
+        let sec = encrypted_volume(&mut sm, "sec", [1; 16]);
+        plain_volume(&mut sm, "plain");
+        let old = entry_attr(create_in(&mut sm, sec.root_ino, "old", &[3; SALT_LEN]));
+        assert_eq!(old.key_version, 1);
+
+        let sid = sm.session();
+        let cmd = Command {
+            client_id: sid,
+            seq: 1,
+            ack_below: 1,
+            time_ns: 5,
+            op: rotate("sec", [2; 16]),
+        };
+        let first = sm.run(cmd.clone());
+        let Ok(Reply::EncryptedVolume { volume, keys }) = &first else {
+            panic!("{first:?}");
+        };
+        assert_eq!(volume.id, sec.id);
+        assert_eq!(keys.current, 2);
+        assert_eq!(
+            keys.checks,
+            vec![
+                KeyCheck {
+                    version: 1,
+                    check: [1; 16]
+                },
+                KeyCheck {
+                    version: 2,
+                    check: [2; 16]
+                }
+            ]
+        );
+        // A retry of the same request is answered, not applied again.
+        assert_eq!(sm.run(cmd), first);
+        assert_eq!(sm.fs.volume_keys().unwrap()[&sec.id].current, 2);
+
+        let new = entry_attr(create_in(&mut sm, sec.root_ino, "new", &[4; SALT_LEN]));
+        assert_eq!(new.key_version, 2);
+        assert_eq!(sm.fs.getattr(old.ino).unwrap().key_version, 1);
+
+        // Refused: a key the volume already has, a plain volume, no volume.
+        for (check, version) in [([1; 16], 1), ([2; 16], 2)] {
+            let e = sm.op(rotate("sec", check)).unwrap_err();
+            assert_eq!(e.code, ErrorCode::Invalid);
+            let want = format!("that key is already version {version}");
+            assert!(e.message.contains(&want), "{e}");
+        }
+        let e = sm.op(rotate("plain", [5; 16])).unwrap_err();
+        assert_eq!(
+            (e.code, e.message.as_str()),
+            (ErrorCode::Invalid, "volume plain is not encrypted")
+        );
+        assert_eq!(
+            sm.op(rotate("nope", [5; 16])).unwrap_err().code,
+            ErrorCode::NotFound
+        );
+        assert_eq!(sm.fs.volume_keys().unwrap()[&sec.id].current, 2);
+        let e = sm.op(rotate("sec", [3; 16]));
+        assert!(matches!(e, Ok(Reply::EncryptedVolume { ref keys, .. }) if keys.current == 3));
+    }
+
+    #[test]
+    fn a_removed_volume_takes_its_keys_along() {
+        let mut sm = Sm::new();
+        encrypted_volume(&mut sm, "sec", [1; 16]);
+        sm.op(Op::Rmdir {
+            parent: ROOT_INO,
+            name: "sec".into(),
+        })
+        .unwrap();
+        assert!(sm.fs.volume_keys().unwrap().is_empty());
+        // A plain volume of the same name is plain.
+        let v = plain_volume(&mut sm, "sec");
+        let f = entry_attr(create_in(&mut sm, v.root_ino, "f", &[1; SALT_LEN]));
+        assert!(f.salt.is_empty());
+    }
+
+    /// `Volume` and `VolumePolicy` as every build before encrypted volumes
+    /// wrote them (bincode: no field names, no defaults).
+    #[derive(Serialize)]
+    struct PolicyBefore {
+        replication: u32,
+        chunk_size: u64,
+        stripe_width: u32,
+        encrypted: bool,
+        quota_bytes: u64,
+        quota_inodes: u64,
+    }
+
+    #[derive(Serialize)]
+    struct VolumeBefore {
+        id: u64,
+        name: String,
+        root_ino: u64,
+        policy: PolicyBefore,
+        snap_seq: u64,
+        used_bytes: u64,
+        used_inodes: u64,
+    }
+
+    #[test]
+    fn volumes_recorded_before_encryption_existed_are_plain() {
+        let mut sm = Sm::new();
+        // Builds before the refusal accepted `encrypted` and stored plain
+        // text: such a volume must not turn encrypted now.
+        let v = sm.op(Op::CreateVolume {
+            name: "old".into(),
+            policy: VolumePolicy {
+                encrypted: true,
+                ..VolumePolicy::default()
+            },
+        });
+        let Ok(Reply::Volume(v)) = v else {
+            panic!("{v:?}")
+        };
+        let before = VolumeBefore {
+            id: v.id,
+            name: "old".into(),
+            root_ino: v.root_ino,
+            policy: PolicyBefore {
+                replication: 3,
+                chunk_size: 64 << 20,
+                stripe_width: 8,
+                encrypted: true,
+                quota_bytes: 0,
+                quota_inodes: 0,
+            },
+            snap_seq: 0,
+            used_bytes: 0,
+            used_inodes: 1,
+        };
+        let bytes = store::encode(&before);
+        assert_eq!(store::encode(&v), bytes, "the record's encoding changed");
+        let mut t = Txn::new(sm.fs.kv());
+        t.put_raw(store::key::volume(v.id), bytes);
+        t.commit().unwrap();
+
+        let listed = sm.fs.volumes().unwrap();
+        assert_eq!(listed, vec![v.clone()]);
+        assert!(sm.fs.volume_keys().unwrap().is_empty());
+        assert!(sm.fs.creates_plain_files(v.root_ino));
+        let f = entry_attr(create_in(&mut sm, v.root_ino, "f", &[1; SALT_LEN]));
+        assert_eq!((f.salt.as_slice(), f.key_version), (&[][..], 0));
+        let e = sm.op(rotate("old", [1; 16])).unwrap_err();
+        assert_eq!(e.message, "volume old is not encrypted");
     }
 }

@@ -9,6 +9,8 @@
 //! * Volumes are the directories in the root. An entry's volume is the
 //!   volume of the directory holding it (entries of the root are in volume
 //!   0), and rename/link between different volumes fail with EXDEV.
+//! * A new file's encryption salt and key version are decided by
+//!   [`keys::for_new_file`] from its volume (see [`super::keys`]).
 //! * When a file's last link goes away and no session holds it open its
 //!   layout goes to the garbage list (freed by the GC after a grace
 //!   period); otherwise it stays as an orphan until the last holder closes.
@@ -18,7 +20,7 @@ use cairn_proto::names;
 use super::store::{Kv, Txn, key};
 use super::{
     FsError, FsResult, Inode, Kind, Layout, OpError, ROOT_INO, Reply, SetAttr, SetTime, Volume,
-    VolumePolicy, counter, fact, fail, next, session,
+    VolumePolicy, counter, fact, fail, keys, next, session,
 };
 
 /// Longest symlink target, in bytes (PATH_MAX).
@@ -77,6 +79,17 @@ fn volume_of<K: Kv + ?Sized>(t: &Txn<'_, K>, id: u64) -> FsResult<Option<Volume>
         return Ok(None);
     }
     Ok(t.get::<Volume>(&key::volume(id))?)
+}
+
+/// Returns the volume named `name` (a directory in the root).
+pub(crate) fn volume_named<K: Kv + ?Sized>(t: &Txn<'_, K>, name: &str) -> FsResult<Volume> {
+    check_name(name)?;
+    if let Some((ino, Kind::Dir)) = entry(t, ROOT_INO, name)?
+        && let Some(v) = volume_of(t, inode(t, ino)?.volume)?
+    {
+        return Ok(v);
+    }
+    fail!(NotFound, "no volume {name}")
 }
 
 /// Charges one inode (and `bytes`) to volume `id`, refusing past its quota.
@@ -319,11 +332,13 @@ pub(crate) fn create<K: Kv + ?Sized>(
     let policy = volume_of(t, p.volume)?
         .map(|v| v.policy)
         .unwrap_or_default();
+    let (salt, key_version) = keys::for_new_file(t, p.volume, f.salt)?;
     let ino = next(t, counter::NEXT_INO, ROOT_INO + 1)?;
     let mut i = new_inode(ino, Kind::File, f.mode, f.uid, f.gid, now);
     i.volume = p.volume;
     i.layout = Some(new_layout(t, &policy)?);
-    i.salt = f.salt.to_vec();
+    i.salt = salt;
+    i.key_version = key_version;
     charge(t, i.volume, 1, 0)?;
     put_inode(t, &mut i);
     t.put(key::dentry(f.parent, f.name), &(ino, Kind::File));
@@ -508,6 +523,7 @@ fn remove_dir<K: Kv + ?Sized>(t: &mut Txn<'_, K>, d: &Inode, parent: u64) -> FsR
     }
     if parent == ROOT_INO {
         t.delete(key::volume(d.volume));
+        keys::forget(t, d.volume);
     } else {
         charge(t, d.volume, -1, 0)?;
     }

@@ -9,7 +9,7 @@ use cairn_proto::names;
 use super::store::{Kv, Txn, key};
 use super::{
     Chain, ChunkserverRecord, FsError, FsState, Garbage, Inode, Kind, OpError, ROOT_INO, Session,
-    Volume, chains, fact, namespace,
+    Volume, VolumeKeys, chains, fact, namespace,
 };
 
 /// One directory entry of a readdir page.
@@ -211,6 +211,34 @@ impl<K: Kv> FsState<K> {
         rows.iter()
             .map(|(k, v)| flatten(super::store::decode(k, v).map_err(OpError::from)))
             .collect()
+    }
+
+    /// Returns the keys of every encrypted volume, by volume id (a volume
+    /// not in the map is plain).
+    pub fn volume_keys(&self) -> ReadResult<std::collections::BTreeMap<u64, VolumeKeys>> {
+        let rows = flatten(
+            self.txn()
+                .scan(b"y", None, usize::MAX)
+                .map_err(OpError::from),
+        )?;
+        rows.iter()
+            .map(|(k, v)| {
+                let keys = flatten(super::store::decode(k, v).map_err(OpError::from))?;
+                Ok((key::id_of(k), keys))
+            })
+            .collect()
+    }
+
+    /// Returns whether new files in directory `parent` are known to be
+    /// plain: it exists in this replica's state and its volume has no keys.
+    /// A volume never gains keys after its creation and inode numbers are
+    /// never reused, so a replica that is behind answers this right too;
+    /// `false` proves nothing (the directory may not be here yet).
+    pub fn creates_plain_files(&self, parent: u64) -> bool {
+        let t = self.txn();
+        namespace::inode(&t, parent)
+            .and_then(|p| super::keys::of(&t, p.volume))
+            .is_ok_and(|keys| keys.is_none())
     }
 
     /// Returns usage totals of volume `id`, or of the whole namespace for 0.

@@ -9,6 +9,7 @@
 //! | `d` | parent ino, name | child ino, kind byte |
 //! | `x` | ino, name | xattr value |
 //! | `v` | volume id | [`Volume`](super::Volume) |
+//! | `y` | volume id | [`VolumeKeys`](super::VolumeKeys) — encrypted volumes only |
 //! | `s` | session id | [`Session`](super::Session) |
 //! | `r` | client id, seq | cached [`Response`](super::Response) |
 //! | `k` | chunkserver id | [`ChunkserverRecord`](super::ChunkserverRecord) |
@@ -354,6 +355,12 @@ pub mod key {
     /// `v` + volume id.
     pub fn volume(id: u64) -> Vec<u8> {
         let mut k = vec![b'v'];
+        k.extend_from_slice(&id.to_be_bytes());
+        k
+    }
+    /// `y` + volume id: an encrypted volume's keys.
+    pub fn volume_keys(id: u64) -> Vec<u8> {
+        let mut k = vec![b'y'];
         k.extend_from_slice(&id.to_be_bytes());
         k
     }

@@ -78,6 +78,10 @@ pub struct SetAttr {
 }
 
 /// A volume's policy (DESIGN §3).
+///
+/// Its encoding is fixed (it is inside stored [`Volume`]s, log entries and
+/// cached replies): an encrypted volume's keys live in [`VolumeKeys`]
+/// instead.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VolumePolicy {
     /// Replicas per chunk, 1 to 3.
@@ -86,7 +90,9 @@ pub struct VolumePolicy {
     pub chunk_size: u64,
     /// Chains per file.
     pub stripe_width: u32,
-    /// Client-side encryption of file contents.
+    /// Client-side encryption of file contents, as requested. Only a
+    /// volume with a [`VolumeKeys`] record is encrypted: volumes created
+    /// before encryption existed may have this set over plain-text data.
     pub encrypted: bool,
     /// Byte quota, 0 = unlimited.
     pub quota_bytes: u64,
@@ -103,6 +109,48 @@ impl Default for VolumePolicy {
             encrypted: false,
             quota_bytes: 0,
             quota_inodes: 0,
+        }
+    }
+}
+
+/// Length of a key check value, in bytes.
+pub const KEY_CHECK_LEN: usize = 16;
+
+/// Length of a file's encryption salt, in bytes.
+pub const SALT_LEN: usize = 16;
+
+/// The check value of one version of a volume's key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyCheck {
+    /// Key version, from 1.
+    pub version: u32,
+    /// An HKDF output of the key: lets a client tell a wrong key from a
+    /// right one. The key itself never reaches meta.
+    pub check: [u8; KEY_CHECK_LEN],
+}
+
+/// What meta knows of an encrypted volume's keys: which version new files
+/// are created under and a check value per version.
+///
+/// Stored beside the [`Volume`] record (`y` + volume id), not in it, so
+/// volume records keep their encoding: a volume without this record is
+/// plain, which is what every volume created before encryption existed is
+/// (some have `policy.encrypted` set, but their data was stored as plain
+/// text).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VolumeKeys {
+    /// The key version new files are created under (from 1).
+    pub current: u32,
+    /// One check per version, versions 1 to `current` in order.
+    pub checks: Vec<KeyCheck>,
+}
+
+impl VolumeKeys {
+    /// Returns the keys of a new encrypted volume: version 1 with `check`.
+    pub fn first(check: [u8; KEY_CHECK_LEN]) -> Self {
+        Self {
+            current: 1,
+            checks: vec![KeyCheck { version: 1, check }],
         }
     }
 }
@@ -169,7 +217,10 @@ pub enum Op {
         exclusive: bool,
         /// Register the file as open for write in the session.
         open_for_write: bool,
-        /// Per-file salt for encryption (chosen by the leader).
+        /// Per-file salt for encryption: [`SALT_LEN`] random bytes chosen
+        /// by the leader for every create. Kept only when the parent's
+        /// volume is encrypted (only the apply step knows that); other
+        /// files get an empty salt.
         salt: Vec<u8>,
     },
     /// symlink(2).
@@ -374,6 +425,26 @@ pub enum Op {
         /// End of the furthest write sent, in bytes.
         extent: u64,
     },
+    /// Creates an encrypted volume: [`Op::CreateVolume`] plus the check
+    /// value of its first key (version 1). [`Op::CreateVolume`] creates
+    /// plain volumes only. Appended last (bincode index).
+    CreateEncryptedVolume {
+        /// Volume (and root directory) name.
+        name: String,
+        /// Its policy.
+        policy: VolumePolicy,
+        /// Check value of key version 1.
+        check: [u8; KEY_CHECK_LEN],
+    },
+    /// Adds key version current + 1 to an encrypted volume; files created
+    /// afterwards use it, older files keep theirs. Appended last (bincode
+    /// index).
+    RotateVolumeKey {
+        /// Volume name.
+        name: String,
+        /// Check value of the new key.
+        check: [u8; KEY_CHECK_LEN],
+    },
 }
 
 impl Op {
@@ -393,6 +464,8 @@ impl Op {
             Op::SetXattr { .. } => "setxattr",
             Op::RemoveXattr { .. } => "removexattr",
             Op::CreateVolume { .. } => "create_volume",
+            Op::CreateEncryptedVolume { .. } => "create_encrypted_volume",
+            Op::RotateVolumeKey { .. } => "rotate_volume_key",
             Op::OpenSession { .. } => "open_session",
             Op::CloseSession { .. } => "close_session",
             Op::Open { .. } => "open",
@@ -462,9 +535,12 @@ pub struct Inode {
     pub version: u64,
     /// Symlinks: the target.
     pub target: Option<String>,
-    /// Files: per-file salt for key derivation (encrypted volumes).
+    /// Files of encrypted volumes: per-file salt for key derivation
+    /// ([`SALT_LEN`] bytes); empty elsewhere. Never changes (link and
+    /// rename keep the inode).
     pub salt: Vec<u8>,
-    /// Files: the volume key version the file was created under.
+    /// Files of encrypted volumes: the volume key version the file was
+    /// created under; 0 elsewhere.
     pub key_version: u32,
 }
 
@@ -621,6 +697,14 @@ pub enum Reply {
     },
     /// The results of a batch, in order.
     Batch(Vec<Response>),
+    /// An encrypted volume (new or rotated) and its keys. Appended last
+    /// (bincode index); plain volumes are answered with [`Reply::Volume`].
+    EncryptedVolume {
+        /// The volume.
+        volume: Volume,
+        /// Its keys.
+        keys: VolumeKeys,
+    },
 }
 
 /// An operation's failure: a stable code and a message for a person.
