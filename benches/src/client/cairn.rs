@@ -21,6 +21,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use bytes::Bytes;
+
+use cairn_client::crypto::KeyRing;
 use cairn_client::{Checkpoints, Client, ClientOptions, File};
 use tokio::io::{AsyncRead, ReadBuf};
 
@@ -30,9 +32,19 @@ use crate::measure::{Measured, join_samples};
 use crate::meta::file_name;
 use crate::servers::Servers;
 
+/// The key of the encrypted benchmark volume (`--encrypted`), given to
+/// every client connected after [`use_key`].
+static KEY: std::sync::OnceLock<Arc<KeyRing>> = std::sync::OnceLock::new();
+
+/// Gives every client connected from now on `ring` (the benchmark
+/// volume's key).
+pub fn use_key(ring: Arc<KeyRing>) {
+    let _ = KEY.set(ring);
+}
+
 /// Returns a new client of the servers' meta cluster with a memory block
 /// cache of `memory_cache` bytes (0: none, which also turns read-ahead
-/// off) and no cache directory.
+/// off), no cache directory, and the volume key of [`use_key`].
 ///
 /// # Errors
 /// When meta cannot be reached.
@@ -40,6 +52,7 @@ pub async fn connect(servers: &Servers, memory_cache: u64) -> Result<Client> {
     let mut opts = ClientOptions::default();
     opts.cache.memory_bytes = memory_cache;
     opts.cache.dir = None;
+    opts.keys = KEY.get().cloned().into_iter().collect();
     Client::connect(servers.meta_addrs(), opts)
         .await
         .context("connecting a Cairn client")

@@ -42,7 +42,8 @@ use anyhow::{Context, Result, bail};
 use bytes::Bytes;
 use cairn_client::Client;
 use cairn_client::cache::CacheStats;
-use cairn_proto::meta::VolumePolicy;
+use cairn_client::crypto::{KeyRing, VolumeKey};
+use cairn_proto::meta::{VolumeKeyCheck, VolumePolicy};
 use cairn_proto::units::parse_size;
 use clap::Args;
 use serde::Serialize;
@@ -144,12 +145,21 @@ pub const META_REPLICAS: usize = 3;
 pub const VOLUME: &str = "bench";
 
 /// The volume's policy: replication 3 (every byte three times on this
-/// disk), Cairn's default chunk size and stripe width.
-fn volume_policy() -> VolumePolicy {
+/// disk), Cairn's default chunk size and stripe width; with `key`,
+/// encrypted under it (version 1).
+fn volume_policy(key: Option<&VolumeKey>) -> VolumePolicy {
     VolumePolicy {
         replication: 3,
         chunk_size: 64 << 20,
         stripe_width: 8,
+        encrypted: key.is_some(),
+        key_checks: key
+            .map(|k| VolumeKeyCheck {
+                version: 1,
+                check: k.check_value().to_vec(),
+            })
+            .into_iter()
+            .collect(),
         ..VolumePolicy::default()
     }
 }
@@ -197,6 +207,11 @@ pub struct ClientArgs {
     /// Seed of the random offsets and orders and of the bytes written.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
+    /// Make the volume encrypted (AES-256-GCM on the client, a generated
+    /// key): every phase then measures what encryption costs; compare
+    /// with a run without the flag (the ratios to the same baselines).
+    #[arg(long)]
+    pub encrypted: bool,
     /// Options shared by every workload.
     #[command(flatten)]
     pub common: CommonArgs,
@@ -408,6 +423,8 @@ pub struct Settings {
     pub small_tasks: usize,
     /// Seed of the offsets, orders and bytes.
     pub seed: u64,
+    /// Whether the volume was encrypted.
+    pub encrypted: bool,
 }
 
 /// The volume the run used.
@@ -421,6 +438,8 @@ pub struct VolumeInfo {
     pub chunk_size: u64,
     /// Chains a file's chunks rotate over.
     pub stripe_width: u32,
+    /// Whether file contents were encrypted.
+    pub encrypted: bool,
     /// The 3-replica chains, each with its members head first.
     pub chains: Vec<ChainRoute>,
 }
@@ -510,6 +529,7 @@ impl Plan {
                 small_size: a.small_size,
                 small_tasks: a.small_tasks,
                 seed: a.seed,
+                encrypted: a.encrypted,
             },
         })
     }
@@ -913,12 +933,19 @@ async fn run_all(
             .collect::<Vec<_>>()
             .join(", ")
     );
-    let writer = cairn::connect(servers, 0).await?;
-    writer
+    let key = plan.settings.encrypted.then(VolumeKey::generate);
+    let admin = cairn::connect(servers, 0).await?;
+    admin
         .meta()
-        .create_volume(VOLUME, volume_policy())
+        .create_volume(VOLUME, volume_policy(key.as_ref()))
         .await
         .context("creating the benchmark volume")?;
+    admin.close().await.context("closing the admin client")?;
+    if let Some(k) = key {
+        // Every client connected from now on gets the key.
+        cairn::use_key(std::sync::Arc::new(KeyRing::single(VOLUME, 1, k)));
+    }
+    let writer = cairn::connect(servers, 0).await?;
     let mut runner = Runner {
         servers,
         plan,
@@ -962,7 +989,7 @@ pub async fn run(args: &ClientArgs, command_line: Vec<String>) -> Result<ClientR
         .await;
     result?;
     let run = setup.finish(&args.common)?;
-    let policy = volume_policy();
+    let policy = volume_policy(None);
     Ok(ClientReport {
         workload: "client",
         command_line,
@@ -976,6 +1003,7 @@ pub async fn run(args: &ClientArgs, command_line: Vec<String>) -> Result<ClientR
             replication: policy.replication,
             chunk_size: policy.chunk_size,
             stripe_width: policy.stripe_width,
+            encrypted: plan.settings.encrypted,
             chains: outcome.chains,
         },
         settings: plan.settings,

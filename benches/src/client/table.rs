@@ -135,11 +135,16 @@ pub fn print_table(out: &mut impl Write, r: &ClientReport) -> io::Result<()> {
         .collect();
     writeln!(
         out,
-        "  volume:  /{}, replication {}, {} chunks, stripe width {}; chains {}",
+        "  volume:  /{}, replication {}, {} chunks, stripe width {}{}; chains {}",
         v.name,
         v.replication,
         size(v.chunk_size),
         v.stripe_width,
+        if v.encrypted {
+            ", ENCRYPTED (AES-256-GCM on the client)"
+        } else {
+            ""
+        },
         chains.join(", ")
     )?;
     for w in &r.setup_writes {
