@@ -327,3 +327,99 @@ async fn a_mount_with_the_key_reads_and_writes_an_encrypted_volume() {
     assert_eq!(e.raw_os_error(), Some(13), "EACCES without the key: {e}");
     keyless.stop().unwrap();
 }
+
+/// Seals travel with the blocks a resync copies: a chunkserver killed for
+/// good is replaced, the replacement gets its chains' sealed blocks from
+/// the survivors, and once two of the original holders are dead every
+/// file still reads whole from what is left (the copied seals verify).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn resynced_replicas_carry_the_seals() {
+    use cairn_proto::meta::TargetState;
+    let _serial = cairn_jepsen::serial().await;
+    let mut c = DataCluster::start(DataOpts {
+        chunkservers: 4,
+        meta_args: vec!["--replace-after".into(), "2s".into()],
+        ..DataOpts::default()
+    })
+    .await
+    .unwrap();
+    let key = VolumeKey::generate();
+    let check = key.check_value().to_vec();
+    let ring = Arc::new(KeyRing::single("sec", 1, key));
+    let admin = c.client(ClientOptions::default()).await.unwrap();
+    admin
+        .meta()
+        .create_volume(
+            "sec",
+            VolumePolicy {
+                chunk_size: 1 << 20,
+                encrypted: true,
+                key_checks: vec![VolumeKeyCheck { version: 1, check }],
+                ..VolumePolicy::default()
+            },
+        )
+        .await
+        .unwrap();
+    admin.close().await.unwrap();
+    let client = c.client(keyed(&ring)).await.unwrap();
+    let files: Vec<Bytes> = (0..16u64)
+        .map(|i| pattern(i, 300_000 + i as usize * 4321))
+        .collect();
+    for (i, d) in files.iter().enumerate() {
+        client
+            .write_file(&format!("/sec/f{i}"), d.clone())
+            .await
+            .unwrap();
+    }
+    client.close().await.unwrap();
+
+    let ids: Vec<(usize, u64)> = {
+        let t = c.chains().await.unwrap();
+        let mut v = Vec::new();
+        for cs in t.chunkservers {
+            v.push((c.index_of(cs.id).await.unwrap(), cs.id));
+        }
+        v
+    };
+    let id = |i: usize| {
+        ids.iter()
+            .find(|(j, _)| *j == i)
+            .map(|(_, id)| *id)
+            .unwrap()
+    };
+    c.kill(0);
+    let gone = id(0);
+    let start = std::time::Instant::now();
+    loop {
+        let t = c.chains().await.unwrap();
+        let healed =
+            t.tables
+                .iter()
+                .filter(|tb| tb.replication == 3)
+                .flat_map(|tb| tb.chains.iter())
+                .all(|ch| {
+                    ch.targets.len() == 3
+                        && ch.targets.iter().all(|m| {
+                            m.state == TargetState::Serving as i32 && m.chunkserver_id != gone
+                        })
+                });
+        if healed {
+            break;
+        }
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(120),
+            "the chains did not heal: {t:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    // Every chain is {1, 2, 3} now. Only chunkserver 3 stays: chains that
+    // lost chunkserver 0 read from the copies the resync made there.
+    c.kill(1);
+    c.kill(2);
+    let reader = c.client(keyed(&ring)).await.unwrap();
+    for (i, d) in files.iter().enumerate() {
+        let got = reader.read_file(&format!("/sec/f{i}")).await.unwrap();
+        assert!(got == *d, "f{i} differs after the resync");
+    }
+    reader.close().await.unwrap();
+}
