@@ -120,12 +120,18 @@ struct FileInner {
 
 /// How an encrypted file's blocks are sealed and opened (see the module
 /// docs' "Encrypted files").
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct Crypt {
     key: FileKey,
     object: u64,
     ino: u64,
 }
+
+/// Pieces at least this large are opened on the blocking pool, so the
+/// pieces of a stream in flight are decrypted on every core at once; a
+/// small read is opened where it is (a thread hop would cost more than it
+/// saves).
+const OPEN_ELSEWHERE: usize = 256 << 10;
 
 /// Attempts at a read-modify-write of partial encrypted blocks that lose a
 /// race with another writer of the same chunk before the write fails;
@@ -759,7 +765,15 @@ impl FileInner {
             None => io.read(p).await,
             Some(c) => {
                 let r = io.read_sealed(p).await?;
-                c.open_piece(p.file_offset, r.data, &r.seals)
+                if r.data.len() < OPEN_ELSEWHERE {
+                    return c.open_piece(p.file_offset, r.data, &r.seals);
+                }
+                let (c, at) = (c.clone(), p.file_offset);
+                tokio::task::spawn_blocking(move || c.open_piece(at, r.data, &r.seals))
+                    .await
+                    .map_err(|e| {
+                        CairnStatus::new(ErrorCode::Internal, format!("decrypting a read: {e}"))
+                    })?
             }
         }
     }
@@ -913,11 +927,7 @@ impl FileInner {
         }
         let at = (offset - b0) as usize;
         buf[at..at + data.len()].copy_from_slice(data);
-        let mut seals = BytesMut::with_capacity(buf.len() / BLOCK as usize * SEAL_LEN);
-        for (i, block) in buf.chunks_mut(BLOCK as usize).enumerate() {
-            seals.extend_from_slice(&c.key.seal(c.object, b0 / BLOCK + i as u64, block));
-        }
-        let (buf, seals) = (buf.freeze(), seals.freeze());
+        let (buf, seals) = seal_all(c, b0 / BLOCK, buf).await?;
 
         let inner = &self.client.inner;
         let client_id = inner.meta.session_id().await?.0;
@@ -1003,6 +1013,45 @@ impl FileInner {
         self.invalidate(new_len, old.max(new_len) + BLOCK);
         Ok(())
     }
+}
+
+/// Seals `buf` (whole blocks, the first one block `first` of the file) in
+/// place and returns it with the seals, one per block. A large buffer is
+/// cut into parts sealed on the blocking pool at once (every core).
+async fn seal_all(c: &Crypt, first: u64, mut buf: BytesMut) -> Result<(Bytes, Bytes)> {
+    fn seal_part(c: &Crypt, first: u64, part: &mut [u8]) -> Vec<u8> {
+        let mut seals = Vec::with_capacity(part.len() / BLOCK as usize * SEAL_LEN);
+        for (i, block) in part.chunks_mut(BLOCK as usize).enumerate() {
+            seals.extend_from_slice(&c.key.seal(c.object, first + i as u64, block));
+        }
+        seals
+    }
+    if buf.len() < 2 * OPEN_ELSEWHERE {
+        let seals = seal_part(c, first, &mut buf);
+        return Ok((buf.freeze(), seals.into()));
+    }
+    let mut tasks = Vec::new();
+    let mut block = first;
+    while !buf.is_empty() {
+        let mut part = buf.split_to(OPEN_ELSEWHERE.min(buf.len()));
+        let (c, at) = (c.clone(), block);
+        block += (part.len() / BLOCK as usize) as u64;
+        tasks.push(tokio::task::spawn_blocking(move || {
+            let seals = seal_part(&c, at, &mut part);
+            (part, seals)
+        }));
+    }
+    let mut out = BytesMut::new();
+    let mut seals = Vec::new();
+    for t in tasks {
+        let (part, s) = t.await.map_err(|e| {
+            CairnStatus::new(ErrorCode::Internal, format!("encrypting a write: {e}"))
+        })?;
+        // The parts are adjacent: unsplit joins them without a copy.
+        out.unsplit(part);
+        seals.extend_from_slice(&s);
+    }
+    Ok((out.freeze(), seals.into()))
 }
 
 /// A number that differs between calls and processes (retry jitter; not
