@@ -320,6 +320,7 @@ impl ChunkIo {
     /// As the module docs say; never a partial success.
     /// [`ErrorCode::StaleSequence`] when a conditional write
     /// ([`WriteData::expect_version`]) found the chunk at another version.
+    /// Returns the chunk version the write committed as.
     pub async fn write(
         &self,
         piece: &Piece,
@@ -327,7 +328,7 @@ impl ChunkIo {
         client_id: u64,
         seq: u64,
         snap_seq: u64,
-    ) -> Result<(), CairnStatus> {
+    ) -> Result<u64, CairnStatus> {
         let WriteData {
             data,
             seals,
@@ -370,7 +371,7 @@ impl ChunkIo {
                 };
                 async move {
                     let req = req.map_err(DataError::Protocol)?;
-                    self.call(&addr, req).await.map(|_| ())
+                    self.call(&addr, req).await.map(|r| r.header.version)
                 }
             },
         )

@@ -338,6 +338,14 @@ impl Client {
                 ));
             }
         }
+        if ring.get(policy.key_version).is_err() {
+            tracing::warn!(
+                volume = name,
+                current = policy.key_version,
+                "the key file lacks the volume's current key version: files can be read, but \
+                 new files cannot be created (give the whole key file)"
+            );
+        }
         self.inner
             .keys
             .lock()
@@ -450,11 +458,28 @@ impl Client {
             }
         };
         check_file(&attr, path)?;
-        let f = File::new(self.clone(), attr, how)?;
+        let f = self.new_file(attr, how).await?;
         if how.truncate && how.write && !f.is_empty() {
             f.set_len(0).await?;
         }
         Ok(f)
+    }
+
+    /// [`File::new`] after meta registered a write open: a handle that
+    /// cannot be made (no key for a sealed file) releases it again.
+    async fn new_file(&self, attr: Attr, how: OpenOptions) -> Result<File> {
+        let ino = InodeId(attr.ino);
+        match File::new(self.clone(), attr, how) {
+            Ok(f) => Ok(f),
+            Err(e) => {
+                if how.write
+                    && let Err(c) = self.inner.meta.close_file(ino, None, 0).await
+                {
+                    tracing::debug!(ino = ino.0, error = %c, "releasing a failed open");
+                }
+                Err(e)
+            }
+        }
     }
 
     /// Opens `path` for reading.
@@ -484,7 +509,7 @@ impl Client {
             self.inner.meta.getattr(ino).await?
         };
         check_file(&attr, &format!("inode {}", ino.0))?;
-        let f = File::new(self.clone(), attr, how)?;
+        let f = self.new_file(attr, how).await?;
         if how.truncate && how.write && !f.is_empty() {
             f.set_len(0).await?;
         }

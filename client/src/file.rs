@@ -247,7 +247,9 @@ impl File {
             opts.readahead_initial,
             opts.readahead_max.min(opts.cache.memory_bytes / 8),
         );
-        let crypt = if attr.encryption_salt.is_empty() {
+        // A key version says the file is sealed (files of builds before
+        // encryption existed may carry a salt and are plain).
+        let crypt = if attr.key_version == 0 || attr.encryption_salt.is_empty() {
             None
         } else {
             Some(Crypt {
@@ -811,6 +813,7 @@ impl FileInner {
                     .io
                     .write(&p, WriteData::plain(d), client_id, seq, 0)
                     .await
+                    .map(|_| ())
             })
             .buffer_unordered(inner.opts.window)
             .try_collect()
@@ -848,8 +851,10 @@ impl FileInner {
         let _one = self.sealing.lock().await;
         let end = offset + data.len() as u64;
         {
+            // The sealed tail of the last block lies in the same chunk as
+            // `end`: the chunks written are those of `[offset, end)`.
             let mut s = lock(&self.state);
-            s.attempted = s.attempted.max(end.div_ceil(BLOCK) * BLOCK);
+            s.attempted = s.attempted.max(end);
         }
         self.merge_and_seal(c, offset, data).await?;
         let mut s = lock(&self.state);
@@ -861,7 +866,11 @@ impl FileInner {
     /// writers of the same chunks (the caller holds `sealing`).
     async fn merge_and_seal(&self, c: &Crypt, offset: u64, data: &[u8]) -> Result<()> {
         let end = offset + data.len() as u64;
-        let (b0, b1) = (offset - offset % BLOCK, end.div_ceil(BLOCK) * BLOCK);
+        let b1 = end
+            .div_ceil(BLOCK)
+            .checked_mul(BLOCK)
+            .ok_or_else(|| too_big(offset))?;
+        let b0 = offset - offset % BLOCK;
         let mut attempt = 0;
         loop {
             attempt += 1;
@@ -905,6 +914,10 @@ impl FileInner {
         if end != b1 && (b1 - BLOCK != b0 || offset == b0) {
             edges.push(b1 - BLOCK);
         }
+        // Blocks read and merged: their pieces are sent first, one at a
+        // time, each conditional on the version its chunk had (then on the
+        // version the previous one made); the others follow, in parallel.
+        let mut merged = Vec::new();
         for at in edges {
             if at >= size {
                 // Past the end: zeros (sealed blocks keep zeros past it).
@@ -924,6 +937,7 @@ impl FileInner {
                 Some(_) => {}
                 None => expect.push((chunk, version)),
             }
+            merged.push(at);
         }
         let at = (offset - b0) as usize;
         buf[at..at + data.len()].copy_from_slice(data);
@@ -932,34 +946,49 @@ impl FileInner {
         let inner = &self.client.inner;
         let client_id = inner.meta.session_id().await?.0;
         let max = (inner.opts.max_write - inner.opts.max_write % BLOCK).max(BLOCK);
-        let pieces: Vec<(Piece, WriteData, u64)> = self
-            .layout
-            .pieces(b0, b1 - b0, max)
-            .map(|p| {
-                let lo = (p.file_offset - b0) as usize;
-                let hi = lo + p.len as usize;
-                let (slo, shi) = (
-                    lo / BLOCK as usize * SEAL_LEN,
-                    hi / BLOCK as usize * SEAL_LEN,
-                );
-                let chunk = p.file_offset / cs;
-                let w = WriteData {
-                    data: buf.slice(lo..hi),
-                    seals: seals.slice(slo..shi),
-                    expect_version: expect
-                        .iter()
-                        .find(|(k, _)| *k == chunk)
-                        .map_or(0, |(_, v)| *v),
-                };
-                (p, w, self.client.next_seq())
-            })
-            .collect();
+        let (mut first, mut rest) = (Vec::new(), Vec::new());
+        for p in self.layout.pieces(b0, b1 - b0, max) {
+            let lo = (p.file_offset - b0) as usize;
+            let hi = lo + p.len as usize;
+            let (slo, shi) = (
+                lo / BLOCK as usize * SEAL_LEN,
+                hi / BLOCK as usize * SEAL_LEN,
+            );
+            let w = WriteData {
+                data: buf.slice(lo..hi),
+                seals: seals.slice(slo..shi),
+                expect_version: 0,
+            };
+            let holds_merged = merged
+                .iter()
+                .any(|a| p.file_offset <= *a && *a < p.file_offset + p.len);
+            let item = (p, w, self.client.next_seq());
+            if holds_merged {
+                first.push(item);
+            } else {
+                rest.push(item);
+            }
+        }
         self.write_epoch.fetch_add(1, Ordering::SeqCst);
-        let result: Result<()> = futures::stream::iter(pieces)
-            .map(|(p, w, seq)| async move { inner.io.write(&p, w, client_id, seq, 0).await })
-            .buffer_unordered(inner.opts.window)
-            .try_collect()
-            .await;
+        let result: Result<()> = async {
+            for (p, mut w, seq) in first {
+                let chunk = p.file_offset / cs;
+                let slot = expect.iter_mut().find(|(k, _)| *k == chunk);
+                w.expect_version = slot.as_ref().map_or(0, |(_, v)| *v);
+                let v = inner.io.write(&p, w, client_id, seq, 0).await?;
+                if let Some((_, expected)) = slot {
+                    *expected = v;
+                }
+            }
+            futures::stream::iter(rest)
+                .map(|(p, w, seq)| async move {
+                    inner.io.write(&p, w, client_id, seq, 0).await.map(|_| ())
+                })
+                .buffer_unordered(inner.opts.window)
+                .try_collect()
+                .await
+        }
+        .await;
         self.write_epoch.fetch_add(1, Ordering::SeqCst);
         self.invalidate(b0, b1);
         result

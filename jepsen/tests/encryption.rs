@@ -153,6 +153,50 @@ async fn every_write_shape_reads_back_and_no_disk_holds_plaintext() {
     }
 }
 
+/// With 64 MiB chunks and 8 MiB write pieces, a write whose two partial
+/// blocks fall in two pieces of the same chunk: the first piece moves the
+/// chunk's version, and the second must be conditional on that new version
+/// (not on the one read), or every attempt would fail.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_merge_across_two_pieces_of_one_chunk_succeeds() {
+    let c = DataCluster::start(DataOpts::default()).await.unwrap();
+    let key = VolumeKey::generate();
+    let check = key.check_value().to_vec();
+    let ring = Arc::new(KeyRing::single("big", 1, key));
+    let admin = c.client(ClientOptions::default()).await.unwrap();
+    admin
+        .meta()
+        .create_volume(
+            "big",
+            VolumePolicy {
+                encrypted: true,
+                key_checks: vec![VolumeKeyCheck { version: 1, check }],
+                ..VolumePolicy::default()
+            },
+        )
+        .await
+        .unwrap();
+    admin.close().await.unwrap();
+    let client = c.client(keyed(&ring)).await.unwrap();
+    let mut model = pattern(9, 16 << 20).to_vec();
+    client
+        .write_file("/big/f", Bytes::from(model.clone()))
+        .await
+        .unwrap();
+    let f = client.open("/big/f", OpenOptions::WRITE).await.unwrap();
+    // 8 MiB - 100 .. 8 MiB + 100: partial blocks on both sides of the
+    // boundary between the first two 8 MiB write pieces of chunk 0.
+    let at = (8 << 20) - 100;
+    f.write_at(at as u64, Bytes::from(vec![0xEE; 200]))
+        .await
+        .unwrap();
+    model[at..at + 200].fill(0xEE);
+    f.close().await.unwrap();
+    let back = client.read_file("/big/f").await.unwrap();
+    assert!(back == model[..], "the merged write reads back");
+    client.close().await.unwrap();
+}
+
 /// Two clients merge partial blocks of the same chunk at once: every
 /// write survives (each read-modify-write is conditional on the chunk
 /// version it read, and retried when it lost).

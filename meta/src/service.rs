@@ -496,7 +496,14 @@ pub fn attr_pb(i: &Inode) -> pb::Attr {
         }),
         truncate_gen: i.truncate_gen,
         version: i.version,
-        encryption_salt: i.salt.clone(),
+        // Builds before encryption existed drew a salt for every file and
+        // stored it; only a key version (never 0 in an encrypted volume)
+        // says a file is sealed, so those plain files stay plain.
+        encryption_salt: if i.key_version == 0 {
+            Vec::new()
+        } else {
+            i.salt.clone()
+        },
         key_version: i.key_version,
     }
 }
@@ -2001,5 +2008,14 @@ mod tests {
         };
         let a = attr_pb(&file);
         assert_eq!((a.encryption_salt, a.key_version), (vec![5; SALT_LEN], 2));
+        // A plain file of a build from before encryption existed (they drew
+        // a salt for every file): no salt is shown, so no client takes it
+        // for a sealed file.
+        let legacy = Inode {
+            key_version: 0,
+            ..file
+        };
+        let a = attr_pb(&legacy);
+        assert!(a.encryption_salt.is_empty() && a.key_version == 0);
     }
 }

@@ -124,7 +124,10 @@ pub fn connect_error(meta: &str, e: &cairn_client::CairnStatus) -> anyhow::Error
     // The client names the directory or the volume in its message.
     if e.code == ErrorCode::Io && e.message.starts_with("cache directory") {
         anyhow::anyhow!("--cache-dir: {}", e.message)
-    } else if e.message.contains("key") {
+    } else if e.message.contains("key given for volume")
+        || e.message.contains("key file")
+        || e.message.contains("a key was given")
+    {
         anyhow::anyhow!("--key-file: {}", e.message)
     } else {
         anyhow::anyhow!("--meta {meta}: {}", e.message)

@@ -95,6 +95,16 @@ fn first_key(name: &str, path: &Path) -> anyhow::Result<(Vec<u8>, bool)> {
     Ok((check, true))
 }
 
+/// Whether meta surely refused a request (rather than perhaps applied it
+/// with the answer lost): only then may a key written for it be undone.
+fn refused(e: &cairn_client::CairnStatus) -> bool {
+    use cairn_client::ErrorCode as C;
+    matches!(
+        e.code,
+        C::Invalid | C::NotFound | C::Exists | C::NotPermitted | C::AccessDenied | C::BadRequest
+    )
+}
+
 /// `cairn volume create NAME ...`; `key_file` with `policy.encrypted`.
 pub async fn create(
     c: &MetaClient,
@@ -123,8 +133,11 @@ pub async fn create(
     let v = match c.create_volume(name, policy).await {
         Ok(v) => v,
         Err(e) => {
-            if let Some(path) = new_key {
-                // The key of a volume that does not exist.
+            if let Some(path) = new_key
+                && refused(&e)
+            {
+                // The key of a volume that does not exist. After an
+                // ambiguous failure the volume may exist: the key stays.
                 let _ = std::fs::remove_file(path);
             }
             return Err(e).op("volume create", name);
@@ -206,14 +219,42 @@ pub async fn rotate_key(
     let version = p.key_version + 1;
     let key = VolumeKey::generate();
     let check = key.check_value();
-    ring.insert(version, key);
+    ring.insert(version, key.clone());
     replace_key_file(key_file, &ring.to_file_text())?;
     let v = match c.rotate_volume_key(name, check).await {
         Ok(v) => v,
-        Err(e) => {
+        Err(e) if refused(&e) => {
             replace_key_file(key_file, &old_text)?;
             return Err(e).op("volume rotate-key", name);
         }
+        Err(e) => {
+            // Meta may have taken the key with the answer lost: the key
+            // file keeps it.
+            eprintln!(
+                "volume rotate-key {name}: the outcome is unknown; {} keeps the new key as \
+                 version {version} (check `cairn volume ls`: if the volume is still at version \
+                 {}, rotating again is safe)",
+                key_file.display(),
+                p.key_version
+            );
+            return Err(e).op("volume rotate-key", name);
+        }
+    };
+    // The version meta gave the key (another rotation may have come
+    // first): the key file must hold it under that number.
+    let given = v
+        .policy
+        .as_ref()
+        .and_then(|p| p.key_checks.iter().find(|k| k.check[..] == check[..]))
+        .map(|k| k.version);
+    let version = match given {
+        Some(g) if g != version => {
+            let mut fixed = KeyRing::parse(name, &old_text)?;
+            fixed.insert(g, key);
+            replace_key_file(key_file, &fixed.to_file_text())?;
+            g
+        }
+        _ => version,
     };
     if json {
         println!("{}", serde_json::to_string_pretty(&volume_json(&v))?);
