@@ -78,7 +78,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use cairn_proto::ErrorCode;
-use cairn_proto::frame::{Frame, FrameError, Header, Opcode, SEAL_LEN, SegmentCrcs};
+use cairn_proto::frame::{Flags, Frame, FrameError, Header, Opcode, SEAL_LEN, SegmentCrcs};
 use cairn_proto::ids::{ChainVersion, ChunkId};
 use glommio::net::TcpStream;
 use glommio::sync::Semaphore;
@@ -673,7 +673,7 @@ impl Shard {
         }
         let committed = self.store.stat(chunk)?.map_or(0, |s| s.committed_version);
         if let Mutation::Write { .. } = m
-            && h.version != 0
+            && (h.version != 0 || h.flags.contains(Flags::CONDITIONAL))
             && h.version != committed
         {
             // A conditional write (a client's read-modify-write of part of

@@ -37,7 +37,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use cairn_proto::chain::{ChainInfo, ChainView, MemberState};
-use cairn_proto::frame::{Frame, Header};
+use cairn_proto::frame::{Flags, Frame, Header};
 use cairn_proto::ids::{ChainId, ChainVersion, ChunkId};
 use cairn_proto::{CairnStatus, ErrorCode};
 use tokio::time::Instant;
@@ -54,10 +54,11 @@ pub struct WriteData {
     /// [`SEAL_LEN`](cairn_proto::frame::SEAL_LEN)-byte seal per 4 KiB block
     /// of an encrypted write (which then covers whole blocks).
     pub seals: Bytes,
-    /// 0, or the chunk version the write is conditional on: the head
-    /// refuses it ([`ErrorCode::StaleSequence`]) if the chunk's committed
-    /// version is another (a read-modify-write whose read is stale).
-    pub expect_version: u64,
+    /// The chunk version the write is conditional on (0: the chunk does
+    /// not exist yet): the head refuses it ([`ErrorCode::StaleSequence`])
+    /// if the chunk's committed version is another (a read-modify-write
+    /// whose read is stale). `None`: unconditional.
+    pub expect_version: Option<u64>,
 }
 
 impl WriteData {
@@ -357,12 +358,16 @@ impl ChunkIo {
                     seq,
                     snap_seq,
                 );
-                let req = Frame {
-                    header: Header {
-                        version: expect_version,
-                        ..req.header
+                let req = match expect_version {
+                    None => req,
+                    Some(v) => Frame {
+                        header: Header {
+                            version: v,
+                            flags: req.header.flags | Flags::CONDITIONAL,
+                            ..req.header
+                        },
+                        ..req
                     },
-                    ..req
                 };
                 let req = if seals.is_empty() {
                     Ok(req)

@@ -47,16 +47,18 @@
 //!   never data.
 //! * A write covering a block only partly first reads and opens that
 //!   block (at most the first and the last block of the write), merges,
-//!   seals every block and writes them whole. The write of a chunk whose
-//!   block was read is conditional on the chunk version that read saw
-//!   (DESIGN §7 asks for the block's version; the chunkserver keeps
-//!   versions per chunk, which is stricter: an unrelated write to the same
-//!   chunk also makes the merge start again). A lost race is retried after
-//!   a random pause, up to 40 times. A block at or past the end of the file
-//!   as this handle knows it is taken as zeros without a read (a chunk
-//!   never written has no version to be conditional on either): two
-//!   clients writing parts of the same new block without coordination can
-//!   lose one's bytes, as close-to-open consistency allows.
+//!   seals every block and writes them whole. The pieces holding a merged
+//!   block go first, one at a time, each conditional
+//!   ([`Flags::CONDITIONAL`](cairn_proto::frame::Flags::CONDITIONAL)) on
+//!   the chunk version the read saw (0 for a chunk not written yet) or the
+//!   one the previous piece made (DESIGN §7 asks for the block's version;
+//!   the chunkserver keeps versions per chunk, which is stricter: an
+//!   unrelated write to the same chunk also makes the merge start again).
+//!   A lost race is retried after a random pause, up to 40 times. A block
+//!   at or past the end of the file as this handle knows it is taken as
+//!   zeros without a read: two clients extending a file into the same new
+//!   block without coordination can lose one's bytes, as close-to-open
+//!   consistency allows.
 //! * Bytes past the end of the file inside its last block are always
 //!   zeros: a truncation into a block seals it again with its tail zeroed
 //!   before the chunk is cut at the next block boundary, so extending the
@@ -957,7 +959,7 @@ impl FileInner {
             let w = WriteData {
                 data: buf.slice(lo..hi),
                 seals: seals.slice(slo..shi),
-                expect_version: 0,
+                expect_version: None,
             };
             let holds_merged = merged
                 .iter()
@@ -974,7 +976,7 @@ impl FileInner {
             for (p, mut w, seq) in first {
                 let chunk = p.file_offset / cs;
                 let slot = expect.iter_mut().find(|(k, _)| *k == chunk);
-                w.expect_version = slot.as_ref().map_or(0, |(_, v)| *v);
+                w.expect_version = slot.as_ref().map(|(_, v)| *v);
                 let v = inner.io.write(&p, w, client_id, seq, 0).await?;
                 if let Some((_, expected)) = slot {
                     *expected = v;

@@ -206,9 +206,11 @@ async fn concurrent_partial_block_writers_lose_nothing() {
     let (c, ring, _) = encrypted_cluster(tmp.path()).await;
     let a = c.client(keyed(&ring)).await.unwrap();
     let b = c.client(keyed(&ring)).await.unwrap();
-    a.write_file("/sec/shared", Bytes::from(vec![0u8; 64 * 1024]))
-        .await
-        .unwrap();
+    // A hole: no chunk exists yet, so the first merges race to create it
+    // (their writes are conditional on "no chunk" too).
+    let f = a.open("/sec/shared", OpenOptions::CREATE).await.unwrap();
+    f.set_len(64 * 1024).await.unwrap();
+    f.close().await.unwrap();
     // Writer a owns the even 100-byte slots, b the odd ones: many share a
     // 4 KiB block with the other's.
     let run = |client: cairn_client::Client, parity: usize| async move {

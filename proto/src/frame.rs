@@ -17,7 +17,7 @@
 //! |      0 |    4 | `magic`         | `b"CRN1"` (the u32 `0x314E_5243`) |
 //! |      4 |    1 | `version`       | format version, [`FORMAT_VERSION`] = 1 |
 //! |      5 |    1 | `opcode`        | [`Opcode`]; bit 7 set = reply |
-//! |      6 |    2 | `flags`         | [`Flags`]: bit 0 body, bit 1 error message, bit 2 pending, bit 3 sealed; others 0 |
+//! |      6 |    2 | `flags`         | [`Flags`]: bit 0 body, bit 1 error message, bit 2 pending, bit 3 sealed, bit 4 conditional; others 0 |
 //! |      8 |    8 | `request_id`    | chosen by the sender of a request, echoed by its reply |
 //! |     16 |    8 | `chunk.object`  | [`ObjectId`](crate::ids::ObjectId) of the chunk |
 //! |     24 |    8 | `chunk.index`   | index of the chunk in its object |
@@ -25,7 +25,7 @@
 //! |     36 |    4 | `length`        | payload bytes when a body follows; bytes requested by Read/ReadChunk requests; else 0 |
 //! |     40 |    8 | `chain_version` | [`ChainVersion`](crate::ids::ChainVersion), for fencing |
 //! |     48 |    8 | `offset`        | byte offset inside the chunk (Truncate: the new length; Stat reply: the chunk length) |
-//! |     56 |    8 | `version`       | chunk version: head-assigned on Forward, committed in replies, expected for conditional writes (0 = unconditional) |
+//! |     56 |    8 | `version`       | chunk version: head-assigned on Forward, committed in replies, expected by a conditional Write (with [`Flags::CONDITIONAL`]; without it, 0 = unconditional) |
 //! |     64 |    8 | `snap_seq`      | the writer's (or a snapshot read's) snapshot sequence |
 //! |     72 |    8 | `client_id`     | [`SessionId`](crate::ids::SessionId) of the writing client, for idempotent writes |
 //! |     80 |    8 | `client_seq`    | the client's write sequence |

@@ -677,6 +677,28 @@ mod tests {
         let mut stripped = frame.clone();
         stripped.seals = Bytes::new();
         assert!(stripped.encode_into(&mut BytesMut::new()).is_err());
+
+        // CONDITIONAL belongs to Write requests only.
+        let conditional = Header {
+            flags: Flags::CONDITIONAL,
+            ..sample_request(Opcode::Write)
+        };
+        round_trip(&Frame::with_payload(conditional, data.clone()).unwrap());
+        for (op, reply) in [
+            (Opcode::Read, false),
+            (Opcode::Forward, false),
+            (Opcode::Write, true),
+        ] {
+            let h = Header {
+                flags: Flags::CONDITIONAL,
+                reply,
+                ..sample_request(op)
+            };
+            assert!(
+                matches!(h.validate(), Err(FrameError::MisplacedFlags { .. })),
+                "{op} reply={reply}"
+            );
+        }
     }
 
     #[test]
@@ -707,7 +729,7 @@ mod tests {
         let cases: Vec<(Tamper, FrameError)> = vec![
             (Box::new(|h| h[5] = 0x0C), FrameError::UnknownOpcode(0x0C)),
             (Box::new(|h| h[5] = 0x80), FrameError::UnknownOpcode(0x80)),
-            (Box::new(|h| h[6] = 0x10), FrameError::ReservedFlags(0x10)),
+            (Box::new(|h| h[6] = 0x20), FrameError::ReservedFlags(0x20)),
             (Box::new(|h| h[7] = 0x80), FrameError::ReservedFlags(0x8000)),
             (Box::new(|h| h[90] = 1), FrameError::ReservedField(1)),
             (Box::new(|h| h[88] = 2), FrameError::StatusInRequest(2)),

@@ -205,7 +205,12 @@ impl Flags {
     /// after the CRCs (encrypted blocks: nonce and tag, DESIGN §7). Only on
     /// frames with a data body other than RemoveMany.
     pub const SEALED: Flags = Flags(1 << 3);
-    const KNOWN: u16 = 0b1111;
+    /// Bit 4: a Write request conditional on the chunk's committed version
+    /// being `version` (0: the chunk does not exist yet); the head refuses
+    /// it otherwise. Without it a non-zero `version` in a Write request is
+    /// conditional too (0 then means unconditional).
+    pub const CONDITIONAL: Flags = Flags(1 << 4);
+    const KNOWN: u16 = 0b1_1111;
 
     /// Returns the wire bits.
     pub const fn bits(self) -> u16 {
@@ -254,6 +259,7 @@ impl std::fmt::Debug for Flags {
             (Self::ERROR_MESSAGE, "ERROR_MESSAGE"),
             (Self::PENDING, "PENDING"),
             (Self::SEALED, "SEALED"),
+            (Self::CONDITIONAL, "CONDITIONAL"),
         ] {
             if self.contains(flag) {
                 set.entry(&format_args!("{name}"));
@@ -463,7 +469,9 @@ impl Header {
             return Err(FrameError::StatusInRequest(self.status));
         }
         let sealed = self.is_sealed();
+        let conditional = self.flags.contains(Flags::CONDITIONAL);
         let misplaced = (pending && self.status != ErrorCode::Pending as u16)
+            || (conditional && (self.reply || self.opcode != Opcode::Write))
             || (message && (self.status == 0 || !body))
             || (sealed
                 && (!body
