@@ -930,6 +930,18 @@ impl Shard {
             ));
         }
         let (chunk, offset, len) = (h.chunk, h.offset, u64::from(h.length));
+        // The read of a client's read-modify-write (CONDITIONAL, at the
+        // head): under the chunk lock, once every version the head holds
+        // is committed, so the version it returns is the one a conditional
+        // write will be compared with — not one a write in flight is about
+        // to pass.
+        let _settled = if h.flags.contains(Flags::CONDITIONAL) && route.is_head && !whole {
+            let lock = self.lock(chunk).await?;
+            self.settle_pending(route, h, chunk).await?;
+            Some(lock)
+        } else {
+            None
+        };
         if route.is_serving_tail && whole {
             self.commit_pending_as_tail(chunk).await?;
         }

@@ -271,6 +271,23 @@ impl ChunkIo {
     /// # Errors
     /// As [`Self::read`].
     pub async fn read_sealed(&self, piece: &Piece) -> Result<SealedRead, CairnStatus> {
+        self.read_from(piece, false).await
+    }
+
+    /// [`Self::read_sealed`] from the chain's head, flagged
+    /// [`Flags::CONDITIONAL`]: the read of a read-modify-write, answered
+    /// once the head's pending versions are committed, so its version is
+    /// the one the head will compare the conditional write with (another
+    /// replica's, or the head's own before that, lags while writes are in
+    /// flight, and a merge conditional on it lost again and again).
+    ///
+    /// # Errors
+    /// As [`Self::read`].
+    pub async fn read_at_head(&self, piece: &Piece) -> Result<SealedRead, CairnStatus> {
+        self.read_from(piece, true).await
+    }
+
+    async fn read_from(&self, piece: &Piece, head: bool) -> Result<SealedRead, CairnStatus> {
         let start = self.next_replica.fetch_add(1, Ordering::Relaxed);
         let chunk = piece.chunk;
         let len = u32::try_from(piece.len).unwrap_or(u32::MAX);
@@ -284,6 +301,9 @@ impl ChunkIo {
             &what,
             piece.chain,
             |view, c, round| {
+                if head {
+                    return head_addr(view, c, chunk);
+                }
                 let serving = || c.members.iter().filter(|m| m.state == MemberState::Serving);
                 let n = serving().count();
                 if n == 0 {
@@ -293,7 +313,10 @@ impl ChunkIo {
                 view.shard_addr_shared(m.chunkserver, chunk)
             },
             |addr, version| async move {
-                let req = read_request(piece.chain, version, chunk, piece.chunk_offset, len);
+                let mut req = read_request(piece.chain, version, chunk, piece.chunk_offset, len);
+                if head {
+                    req.header.flags = req.header.flags | Flags::CONDITIONAL;
+                }
                 match self.call(&addr, req).await {
                     Ok(reply) => {
                         verify_read_reply(&reply)?;

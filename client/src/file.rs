@@ -46,7 +46,10 @@
 //!   and a block whose tag fails, is an error ([`ErrorCode::Checksum`]),
 //!   never data.
 //! * A write covering a block only partly first reads and opens that
-//!   block (at most the first and the last block of the write), merges,
+//!   block from the chain's head (whose committed version is the one a
+//!   conditional write is compared with; other replicas lag while writes
+//!   are in flight) — at most the first and the last block of the write —
+//!   merges,
 //!   seals every block and writes them whole. The pieces holding a merged
 //!   block go first, one at a time, each conditional
 //!   ([`Flags::CONDITIONAL`](cairn_proto::frame::Flags::CONDITIONAL)) on
@@ -54,7 +57,8 @@
 //!   one the previous piece made (DESIGN §7 asks for the block's version;
 //!   the chunkserver keeps versions per chunk, which is stricter: an
 //!   unrelated write to the same chunk also makes the merge start again).
-//!   A lost race is retried after a random pause, up to 40 times. A block
+//!   A lost race is retried (at once, then after random pauses), up to 100
+//!   times. A block
 //!   at or past the end of the file as this handle knows it is taken as
 //!   zeros without a read: two clients extending a file into the same new
 //!   block without coordination can lose one's bytes, as close-to-open
@@ -136,10 +140,15 @@ struct Crypt {
 const OPEN_ELSEWHERE: usize = 256 << 10;
 
 /// Attempts at a read-modify-write of partial encrypted blocks that lose a
-/// race with another writer of the same chunk before the write fails;
-/// between attempts a random pause of up to 1, 2, 4 ... 64 ms lets the
-/// other writer finish.
-const SEAL_ATTEMPTS: u32 = 40;
+/// race with another writer of the same chunk before the write fails. The
+/// first few retry at once: a loser that paused while the winner went on
+/// to its next write would lose again and again (two writers of one block
+/// in tight loops starved one in a test); only a long losing streak adds
+/// a random pause of up to 8 ms.
+const SEAL_ATTEMPTS: u32 = 100;
+
+/// Lost races retried without a pause.
+const SEAL_EAGER: u32 = 4;
 
 impl Crypt {
     /// Decrypts what a piece at `file_offset` (block-aligned) returned:
@@ -836,7 +845,7 @@ impl FileInner {
         let Some(p) = self.layout.pieces(at, BLOCK, BLOCK).next() else {
             return Err(too_big(at));
         };
-        let r = self.client.inner.io.read_sealed(&p).await?;
+        let r = self.client.inner.io.read_at_head(&p).await?;
         let plain = c.open_piece(at, r.data, &r.seals)?;
         let mut block = BytesMut::zeroed(BLOCK as usize);
         let n = plain.len().min(block.len());
@@ -883,9 +892,11 @@ impl FileInner {
                         attempt,
                         "sealed write raced another writer; merging again"
                     );
-                    let cap_us = 1000u64 << attempt.min(6);
-                    let pause = jitter() % cap_us;
-                    tokio::time::sleep(std::time::Duration::from_micros(pause)).await;
+                    if attempt > SEAL_EAGER {
+                        let cap_us = 500u64 << (attempt - SEAL_EAGER).min(4);
+                        let pause = jitter() % cap_us;
+                        tokio::time::sleep(std::time::Duration::from_micros(pause)).await;
+                    }
                 }
                 other => return other,
             }

@@ -17,32 +17,34 @@ use cairn_jepsen::data_cluster::{DataCluster, DataOpts, pattern};
 use cairn_jepsen::fuse::Mount;
 use cairn_proto::meta::{VolumeKeyCheck, VolumePolicy};
 
+/// Creates encrypted volume `name` (with `chunk_size`, or the default)
+/// under a new key; returns its key ring.
+async fn encrypted_volume(c: &DataCluster, name: &str, chunk_size: Option<u64>) -> Arc<KeyRing> {
+    let key = VolumeKey::generate();
+    let check = key.check_value().to_vec();
+    let admin = c.client(ClientOptions::default()).await.unwrap();
+    let mut policy = VolumePolicy {
+        encrypted: true,
+        key_checks: vec![VolumeKeyCheck { version: 1, check }],
+        ..VolumePolicy::default()
+    };
+    if let Some(cs) = chunk_size {
+        policy.chunk_size = cs;
+        policy.stripe_width = 2;
+    }
+    admin.meta().create_volume(name, policy).await.unwrap();
+    admin.close().await.unwrap();
+    Arc::new(KeyRing::single(name, 1, key))
+}
+
 /// A cluster with encrypted volume `sec` (1 MiB chunks, 2 chains per
 /// file); returns the key ring and the key file written for it.
 async fn encrypted_cluster(dir: &Path) -> (DataCluster, Arc<KeyRing>, PathBuf) {
     let c = DataCluster::start(DataOpts::default()).await.unwrap();
-    let key = VolumeKey::generate();
-    let check = key.check_value().to_vec();
-    let ring = KeyRing::single("sec", 1, key);
+    let ring = encrypted_volume(&c, "sec", Some(1 << 20)).await;
     let path = dir.join("sec.key");
     std::fs::write(&path, ring.to_file_text().as_bytes()).unwrap();
-    let client = c.client(ClientOptions::default()).await.unwrap();
-    client
-        .meta()
-        .create_volume(
-            "sec",
-            VolumePolicy {
-                chunk_size: 1 << 20,
-                stripe_width: 2,
-                encrypted: true,
-                key_checks: vec![VolumeKeyCheck { version: 1, check }],
-                ..VolumePolicy::default()
-            },
-        )
-        .await
-        .unwrap();
-    client.close().await.unwrap();
-    (c, Arc::new(ring), path)
+    (c, ring, path)
 }
 
 fn keyed(ring: &Arc<KeyRing>) -> ClientOptions {
@@ -160,23 +162,7 @@ async fn every_write_shape_reads_back_and_no_disk_holds_plaintext() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_merge_across_two_pieces_of_one_chunk_succeeds() {
     let c = DataCluster::start(DataOpts::default()).await.unwrap();
-    let key = VolumeKey::generate();
-    let check = key.check_value().to_vec();
-    let ring = Arc::new(KeyRing::single("big", 1, key));
-    let admin = c.client(ClientOptions::default()).await.unwrap();
-    admin
-        .meta()
-        .create_volume(
-            "big",
-            VolumePolicy {
-                encrypted: true,
-                key_checks: vec![VolumeKeyCheck { version: 1, check }],
-                ..VolumePolicy::default()
-            },
-        )
-        .await
-        .unwrap();
-    admin.close().await.unwrap();
+    let ring = encrypted_volume(&c, "big", None).await;
     let client = c.client(keyed(&ring)).await.unwrap();
     let mut model = pattern(9, 16 << 20).to_vec();
     client
@@ -389,24 +375,7 @@ async fn resynced_replicas_carry_the_seals() {
     })
     .await
     .unwrap();
-    let key = VolumeKey::generate();
-    let check = key.check_value().to_vec();
-    let ring = Arc::new(KeyRing::single("sec", 1, key));
-    let admin = c.client(ClientOptions::default()).await.unwrap();
-    admin
-        .meta()
-        .create_volume(
-            "sec",
-            VolumePolicy {
-                chunk_size: 1 << 20,
-                encrypted: true,
-                key_checks: vec![VolumeKeyCheck { version: 1, check }],
-                ..VolumePolicy::default()
-            },
-        )
-        .await
-        .unwrap();
-    admin.close().await.unwrap();
+    let ring = encrypted_volume(&c, "sec", Some(1 << 20)).await;
     let client = c.client(keyed(&ring)).await.unwrap();
     let files: Vec<Bytes> = (0..16u64)
         .map(|i| pattern(i, 300_000 + i as usize * 4321))

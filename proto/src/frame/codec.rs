@@ -678,14 +678,14 @@ mod tests {
         stripped.seals = Bytes::new();
         assert!(stripped.encode_into(&mut BytesMut::new()).is_err());
 
-        // CONDITIONAL belongs to Write requests only.
+        // CONDITIONAL belongs to Write and Read requests only.
         let conditional = Header {
             flags: Flags::CONDITIONAL,
             ..sample_request(Opcode::Write)
         };
         round_trip(&Frame::with_payload(conditional, data.clone()).unwrap());
         for (op, reply) in [
-            (Opcode::Read, false),
+            (Opcode::ReadChunk, false),
             (Opcode::Forward, false),
             (Opcode::Write, true),
         ] {

@@ -205,10 +205,13 @@ impl Flags {
     /// after the CRCs (encrypted blocks: nonce and tag, DESIGN §7). Only on
     /// frames with a data body other than RemoveMany.
     pub const SEALED: Flags = Flags(1 << 3);
-    /// Bit 4: a Write request conditional on the chunk's committed version
-    /// being `version` (0: the chunk does not exist yet); the head refuses
-    /// it otherwise. Without it a non-zero `version` in a Write request is
-    /// conditional too (0 then means unconditional).
+    /// Bit 4: on a Write request, conditional on the chunk's committed
+    /// version being `version` (0: the chunk does not exist yet); the head
+    /// refuses it otherwise. Without it a non-zero `version` in a Write
+    /// request is conditional too (0 then means unconditional). On a Read
+    /// request to the head: the read of a read-modify-write, answered once
+    /// the head's pending versions are committed, so its version is the
+    /// one a conditional write is compared with.
     pub const CONDITIONAL: Flags = Flags(1 << 4);
     const KNOWN: u16 = 0b1_1111;
 
@@ -471,7 +474,8 @@ impl Header {
         let sealed = self.is_sealed();
         let conditional = self.flags.contains(Flags::CONDITIONAL);
         let misplaced = (pending && self.status != ErrorCode::Pending as u16)
-            || (conditional && (self.reply || self.opcode != Opcode::Write))
+            || (conditional
+                && (self.reply || !matches!(self.opcode, Opcode::Write | Opcode::Read)))
             || (message && (self.status == 0 || !body))
             || (sealed
                 && (!body
