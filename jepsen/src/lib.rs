@@ -31,6 +31,7 @@
 pub mod binary;
 pub mod cluster;
 pub mod data_cluster;
+pub mod disk;
 pub mod fuse;
 pub mod namespace;
 pub mod netns;

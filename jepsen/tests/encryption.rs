@@ -14,6 +14,7 @@ use bytes::Bytes;
 use cairn_client::crypto::{KeyRing, VolumeKey};
 use cairn_client::{ClientOptions, ErrorCode, OpenOptions};
 use cairn_jepsen::data_cluster::{DataCluster, DataOpts, pattern};
+use cairn_jepsen::disk::{files_containing, files_under};
 use cairn_jepsen::fuse::Mount;
 use cairn_proto::meta::{VolumeKeyCheck, VolumePolicy};
 
@@ -52,27 +53,6 @@ fn keyed(ring: &Arc<KeyRing>) -> ClientOptions {
         keys: vec![ring.clone()],
         ..ClientOptions::default()
     }
-}
-
-/// Every file under `root` whose bytes contain `needle`.
-fn files_containing(root: &Path, needle: &[u8]) -> Vec<PathBuf> {
-    let mut found = Vec::new();
-    let mut stack = vec![root.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        let Ok(rd) = std::fs::read_dir(&d) else {
-            continue;
-        };
-        for e in rd.flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                stack.push(p);
-            } else if std::fs::read(&p).is_ok_and(|b| b.windows(needle.len()).any(|w| w == needle))
-            {
-                found.push(p);
-            }
-        }
-    }
-    found
 }
 
 /// Writes of every shape through the library, checked against a model
@@ -255,18 +235,10 @@ async fn altered_blocks_read_as_errors_never_as_data() {
         c.terminate(i);
     }
     for i in 0..n {
-        let mut files = Vec::new();
-        let mut stack = vec![c.data_dir(i).to_path_buf()];
-        while let Some(d) = stack.pop() {
-            for e in std::fs::read_dir(&d).unwrap().flatten() {
-                let p = e.path();
-                if p.is_dir() {
-                    stack.push(p);
-                } else if p.extension().is_some_and(|x| x == "dat") {
-                    files.push(p);
-                }
-            }
-        }
+        let files: Vec<PathBuf> = files_under(c.data_dir(i))
+            .into_iter()
+            .filter(|p| p.extension().is_some_and(|x| x == "dat"))
+            .collect();
         assert!(!files.is_empty(), "chunkserver {i} has data files");
         for p in files {
             let f = std::fs::OpenOptions::new()

@@ -551,12 +551,7 @@ impl ShardStore {
         data: &[u8],
         segment_crcs: &[u32],
     ) -> Result<()> {
-        let w = WriteIn {
-            offset,
-            data,
-            segment_crcs,
-            seals: &[],
-        };
+        let w = WriteIn::plain(offset, data, segment_crcs);
         self.write_version(chunk, version, w, false, None, None)
             .await
     }
@@ -585,12 +580,7 @@ impl ShardStore {
         data: &[u8],
         segment_crcs: &[u32],
     ) -> Result<()> {
-        let w = WriteIn {
-            offset,
-            data,
-            segment_crcs,
-            seals: &[],
-        };
+        let w = WriteIn::plain(offset, data, segment_crcs);
         self.write_version(chunk, version, w, true, None, None)
             .await
     }

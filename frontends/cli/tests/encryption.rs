@@ -8,11 +8,11 @@
 //! keeps old files readable; a tampered block reads as an error, never as
 //! data.
 
-use std::path::{Path, PathBuf};
 use std::process::Output;
 
 mod common;
 
+use cairn_jepsen::disk::files_containing;
 use common::Dev;
 
 fn stderr(o: &Output) -> String {
@@ -31,34 +31,6 @@ fn canary_data(canary: &[u8], len: usize) -> Vec<u8> {
     }
     v.truncate(len);
     v
-}
-
-/// Every regular file under `root`.
-fn files_under(root: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let mut stack = vec![root.to_path_buf()];
-    while let Some(dir) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&dir) else {
-            continue;
-        };
-        for e in entries.flatten() {
-            let p = e.path();
-            match e.file_type() {
-                Ok(t) if t.is_dir() => stack.push(p),
-                Ok(t) if t.is_file() => out.push(p),
-                _ => {}
-            }
-        }
-    }
-    out
-}
-
-/// Files under `root` whose bytes contain `needle`.
-fn containing(root: &Path, needle: &[u8]) -> Vec<PathBuf> {
-    files_under(root)
-        .into_iter()
-        .filter(|p| std::fs::read(p).is_ok_and(|b| b.windows(needle.len()).any(|w| w == needle)))
-        .collect()
 }
 
 #[test]
@@ -175,7 +147,7 @@ fn encrypted_volumes_keep_contents_off_every_disk() {
     );
 
     // The canary is on disk in the plain volume only.
-    let found = containing(&dev.dir_path, canary);
+    let found = files_containing(&dev.dir_path, canary);
     assert!(
         !found.is_empty(),
         "the search finds the plain volume's copy of the canary"
@@ -184,11 +156,11 @@ fn encrypted_volumes_keep_contents_off_every_disk() {
     // the encrypted-only files is.
     let big_only = &std::fs::read(&big).unwrap()[10_000..10_400];
     assert!(
-        containing(&dev.dir_path, big_only).is_empty(),
+        files_containing(&dev.dir_path, big_only).is_empty(),
         "plaintext of an encrypted file on a chunkserver's disk"
     );
     assert!(
-        containing(&cache, canary).is_empty(),
+        files_containing(&cache, canary).is_empty(),
         "plaintext in the client's SSD cache directory"
     );
 
