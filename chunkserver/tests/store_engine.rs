@@ -995,3 +995,43 @@ fn seals_are_stored_with_their_blocks_and_returned() {
         assert_eq!(again, out);
     });
 }
+
+#[test]
+fn whole_zero_blocks_are_stored_as_holes() {
+    let dir = formatted(1);
+    let path = dir.path().to_path_buf();
+    run(move || async move {
+        let (_t, s) = open(&path, TargetOptions::default()).await;
+        let c = chunk(7);
+        // Two data blocks, then six of zeros (how a compressed unit ends),
+        // then a partial zero block (stored: it is not whole).
+        let mut d = pattern(1, 2 * 4096);
+        d.extend(vec![0u8; 6 * 4096 + 100]);
+        put(&s, c, 1, 0, &d).await;
+        assert_eq!(read_all(&s, c).await, d);
+        assert_eq!(s.usage().used_bytes, 3 * 4096, "{:?}", s.usage());
+
+        // A pending version with holes is read back whole (the head
+        // forwards it again from these blocks) and commits to them.
+        let mut e = vec![0u8; 4 * 4096];
+        e[..4096].copy_from_slice(&pattern(2, 4096));
+        s.write_pending(c, 2, 0, &e, &crcs(0, &e))
+            .await
+            .expect("pending write");
+        let p = s.read_pending(c, 2).await.expect("read pending");
+        assert_eq!(p.data.to_vec(), e);
+        assert_eq!(p.segment_crcs, crcs(0, &e));
+        s.commit(c, 2).await.expect("commit");
+        let mut want = d.clone();
+        want[..e.len()].copy_from_slice(&e);
+        assert_eq!(read_all(&s, c).await, want);
+        // The replaced data block is freed once the release is flushed;
+        // blocks 0, 8 (partial) and 9 remain.
+        s.write_pending(c, 3, 9 * 4096, b"x", &crcs(9 * 4096, b"x"))
+            .await
+            .expect("flush a later version");
+        s.commit(c, 3).await.expect("commit");
+        let u = s.usage();
+        assert_eq!(u.used_bytes - u.deferred_bytes, 3 * 4096, "{u:?}");
+    });
+}

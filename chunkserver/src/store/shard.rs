@@ -488,7 +488,9 @@ impl ShardStore {
             }
         }
         crate::failpoint::hit("chunk.store.before_data_sync");
-        self.sync_data().await?;
+        if !blocks.is_empty() {
+            self.sync_data().await?;
+        }
         Ok(blocknos)
     }
 
@@ -841,14 +843,40 @@ impl ShardStore {
             })
             .collect();
 
-        let runs = self.allocate(segs.len() as u64).await?;
-        let blocknos = match self.write_blocks(&runs, &blocks).await {
+        // Whole blocks of zeros without a seal are stored as holes: they
+        // read back the same (zeros, the zero block's CRC) and take no
+        // space. Compressed units end in such blocks (see the client's
+        // `compress` module), and so do files written full of zeros.
+        let zero_crc = layout::zero_block_crc();
+        let hole: Vec<bool> = segs
+            .iter()
+            .enumerate()
+            .map(|(i, s)| {
+                s.is_full()
+                    && segment_crcs[i] == zero_crc
+                    && w.seals.get(i).is_none_or(|seal| *seal == NO_SEAL)
+                    && blocks[i].iter().all(|b| *b == 0)
+            })
+            .collect();
+        let stored: Vec<&[u8]> = blocks
+            .iter()
+            .zip(&hole)
+            .filter(|(_, h)| !**h)
+            .map(|(b, _)| *b)
+            .collect();
+        let runs = self.allocate(stored.len() as u64).await?;
+        let written = match self.write_blocks(&runs, &stored).await {
             Ok(b) => b,
             Err(e) => {
                 self.free_runs(&runs);
                 return Err(e);
             }
         };
+        let mut written = written.into_iter();
+        let blocknos: Vec<Option<u64>> = hole
+            .iter()
+            .map(|h| if *h { None } else { written.next() })
+            .collect();
 
         let mut batch = sled::Batch::default();
         let mut updates = BlockUpdates::default();
@@ -859,8 +887,8 @@ impl ShardStore {
             } else {
                 crc32fast::hash(blocks[i])
             };
-            let new = Some(BlockRef {
-                blockno: blocknos[i],
+            let new = blocknos[i].map(|blockno| BlockRef {
+                blockno,
                 crc,
                 seal: if s.is_full() {
                     w.seals.get(i).copied().unwrap_or(NO_SEAL)
@@ -875,7 +903,11 @@ impl ShardStore {
             } else {
                 e.pending.push((version, new));
             }
-            updates.set(s.block, e);
+            if e.committed.is_none() && e.pending.is_empty() {
+                updates.remove(s.block);
+            } else {
+                updates.set(s.block, e);
+            }
         }
         self.stage_blocks(chunk, updates, &mut batch)?;
         let new_len = header.newest_len().max(offset + len);
@@ -1321,15 +1353,18 @@ impl ShardStore {
         }
         let (first, end) = layout::block_range(p.offset, p.len);
         let mut refs: Vec<Option<BlockRef>> = vec![None; (end - first) as usize];
+        let mut found = vec![false; refs.len()];
         for (block, e) in self.entries(chunk, first, end)? {
             let r = e.pending.iter().find(|(v, _)| *v == version);
-            if let (Some(slot), Some((_, r))) = (refs.get_mut((block - first) as usize), r) {
+            let i = (block - first) as usize;
+            if let (Some(slot), Some((_, r))) = (refs.get_mut(i), r) {
                 *slot = *r;
+                found[i] = true;
             }
         }
-        // A write stores every block it touches: a missing one (which
-        // `read_refs` would read as a hole) means damaged metadata.
-        if refs.iter().any(Option::is_none) {
+        // A write records every block it touches (a block of zeros as a
+        // hole): a missing entry means damaged metadata.
+        if found.iter().any(|f| !f) {
             return Err(StoreError::CorruptRecord {
                 what: "pending version without its blocks",
                 source: layout::DecodeError::Value,
