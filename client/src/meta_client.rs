@@ -1152,11 +1152,14 @@ impl MetaClient {
     }
 
     /// Closes `ino` in this client's session; a writer passes the
-    /// `(length, truncate_gen)` it observed, and `written_extent`: the end
-    /// of its furthest write when that lies beyond the length (a failed
-    /// write may have reached some replicas), else 0. Returns the
-    /// attributes after the close, or `None` when the close freed an
-    /// unlinked file.
+    /// `(length, truncate_gen)` it observed, `written_extent`: the end of
+    /// its furthest write when that lies beyond the length (a failed write
+    /// may have reached some replicas), else 0, and `written`: the
+    /// `(logical, stored)` bytes it wrote to a file of a compressed volume
+    /// (before compression, and as sent per replica in whole 4 KiB blocks;
+    /// meta adds them to the volume's counters once, even when the close is
+    /// retried), else `(0, 0)`. Returns the attributes after the close, or
+    /// `None` when the close freed an unlinked file.
     ///
     /// # Errors
     /// [`ErrorCode::NotFound`], or a retry failure.
@@ -1165,6 +1168,7 @@ impl MetaClient {
         ino: InodeId,
         length: Option<(u64, u64)>,
         written_extent: u64,
+        written: (u64, u64),
     ) -> Result<Option<Attr>> {
         let r = mutation!(self, close, |rid| CloseRequest {
             rid: Some(rid),
@@ -1173,6 +1177,8 @@ impl MetaClient {
             length: length.map_or(0, |l| l.0),
             truncate_gen: length.map_or(0, |l| l.1),
             written_extent,
+            logical_written: written.0,
+            stored_written: written.1,
         })
         .await?;
         Ok(r.attr)

@@ -1,14 +1,15 @@
 //! `MetaClient` against a real 3-replica meta cluster started in this
 //! process (`cairn_meta::start`, as `cairn dev` does): the namespace calls,
 //! the path helpers, paging, sessions, encrypted volumes' key checks and
-//! file salts, and a leader failover in the middle of a workload.
+//! file salts, compressed volumes' settings and counters, and a leader
+//! failover in the middle of a workload.
 
 use std::time::{Duration, Instant};
 
 use cairn_client::{ErrorCode, MetaClient, MetaClientOptions, Owner, RenameFlags, XattrMode};
 use cairn_meta::{MetaConfig, MetaHandle};
 use cairn_proto::ids::InodeId;
-use cairn_proto::meta::{FileType, StatusReply, VolumeKeyCheck, VolumePolicy};
+use cairn_proto::meta::{Compression, FileType, StatusReply, VolumeKeyCheck, VolumePolicy};
 use tokio::sync::watch;
 
 struct Replica {
@@ -107,6 +108,8 @@ fn policy() -> VolumePolicy {
         quota_inodes: 0,
         key_version: 0,
         key_checks: Vec::new(),
+        compression: Compression::None as i32,
+        compression_unit: 0,
     }
 }
 
@@ -232,6 +235,117 @@ async fn encrypted_volumes_hold_key_checks_and_their_files_salts() {
         (old.encryption_salt, old.key_version),
         (one.attr.encryption_salt, 1)
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn compressed_volumes_keep_their_settings_and_count_what_closes_report() {
+    let cluster = Cluster::start().await;
+    let c = MetaClient::connect(&cluster.addrs, client_opts())
+        .await
+        .unwrap();
+    wait_ready(&c).await;
+    let me = Owner::current();
+    let lz4 = |unit| VolumePolicy {
+        compression: Compression::Lz4 as i32,
+        compression_unit: unit,
+        ..policy()
+    };
+
+    // Refused, naming the volume, and not created.
+    for (p, want) in [
+        (
+            lz4(3 << 10),
+            "volume bad: compression unit 3072 bytes is not a power of two",
+        ),
+        (
+            VolumePolicy {
+                compression_unit: 64 << 10,
+                ..policy()
+            },
+            "volume bad: compression_unit needs a compression",
+        ),
+        (
+            VolumePolicy {
+                chunk_size: 64 << 10,
+                ..lz4(128 << 10)
+            },
+            "larger than its chunk size",
+        ),
+    ] {
+        let e = c.create_volume("bad", p).await.unwrap_err();
+        assert_eq!(e.code, ErrorCode::Invalid, "{e}");
+        assert!(e.message.contains(want), "{e}");
+    }
+    assert!(c.list_volumes().await.unwrap().is_empty());
+
+    // The default unit; zstd and encryption together.
+    let lz = c.create_volume("lz", lz4(0)).await.unwrap();
+    let p = lz.policy.clone().unwrap();
+    assert_eq!(
+        (p.compression(), p.compression_unit),
+        (Compression::Lz4, 65536)
+    );
+    assert!(!p.encrypted);
+    let both = c
+        .create_volume(
+            "both",
+            VolumePolicy {
+                encrypted: true,
+                key_checks: key_checks(&[[1; 16]]),
+                compression: Compression::Zstd as i32,
+                compression_unit: 1 << 20,
+                ..policy()
+            },
+        )
+        .await
+        .unwrap();
+    let p = both.policy.clone().unwrap();
+    assert_eq!(
+        (p.compression(), p.compression_unit),
+        (Compression::Zstd, 1 << 20)
+    );
+    assert!(p.encrypted && p.key_version == 1);
+    let plain = c.create_volume("plain", policy()).await.unwrap();
+    assert_eq!(plain.policy.unwrap().compression(), Compression::None);
+
+    // Closes report what their handles wrote; the volume adds it up.
+    let f = c
+        .create(InodeId(lz.root_ino), "f", 0o644, me, true, true)
+        .await
+        .unwrap();
+    let ino = InodeId(f.attr.ino);
+    c.close_file(ino, Some((1 << 20, 0)), 0, (1 << 20, 256 << 10))
+        .await
+        .unwrap();
+    c.open_file(ino, true).await.unwrap();
+    c.close_file(ino, Some((2 << 20, 0)), 0, (1 << 20, 384 << 10))
+        .await
+        .unwrap();
+    let g = c
+        .create(InodeId(plain.root_ino), "g", 0o644, me, true, true)
+        .await
+        .unwrap();
+    c.close_file(InodeId(g.attr.ino), Some((10, 0)), 0, (10, 4096))
+        .await
+        .unwrap();
+    let listed = c.list_volumes().await.unwrap();
+    let by_name = |n: &str| listed.iter().find(|v| v.name == n).unwrap().clone();
+    let l = by_name("lz");
+    assert_eq!((l.logical_bytes, l.stored_bytes), (2 << 20, 640 << 10));
+    assert_eq!(l.policy, lz.policy);
+    let p = by_name("plain");
+    assert_eq!((p.logical_bytes, p.stored_bytes), (0, 0));
+    let b = by_name("both");
+    assert_eq!((b.logical_bytes, b.stored_bytes), (0, 0));
+
+    // A key rotation answers with the volume's compression too.
+    let rotated = c.rotate_volume_key("both", [2; 16]).await.unwrap();
+    let p = rotated.policy.unwrap();
+    assert_eq!(
+        (p.compression(), p.compression_unit, p.key_version),
+        (Compression::Zstd, 1 << 20, 2)
+    );
+    c.close().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -431,7 +545,7 @@ async fn unwritten_closes_are_released_in_the_background_and_never_undo_a_reopen
     tokio::time::sleep(Duration::from_millis(300)).await;
     c.unlink(root, "again").await.unwrap();
     assert!(c.getattr(ino).await.is_ok(), "held by the second open");
-    c.close_file(ino, None, 0).await.unwrap();
+    c.close_file(ino, None, 0, (0, 0)).await.unwrap();
     assert_eq!(
         c.getattr(ino).await.expect_err("freed at close").code,
         ErrorCode::NotFound

@@ -89,7 +89,8 @@ pub fn affected(session: u64, op: &Op, reply: &Reply) -> Option<Change> {
             _,
         ) => (vec![*ino], Vec::new()),
         (Op::CreateVolume { name, .. }, Reply::Volume(v))
-        | (Op::CreateEncryptedVolume { name, .. }, Reply::EncryptedVolume { volume: v, .. }) => {
+        | (Op::CreateEncryptedVolume { name, .. }, Reply::EncryptedVolume { volume: v, .. })
+        | (Op::CreateVolumeWith { name, .. }, Reply::VolumeWith { volume: v, .. }) => {
             (vec![ROOT_INO, v.root_ino], entry_of(ROOT_INO, name))
         }
         _ => return None,
@@ -270,5 +271,32 @@ mod tests {
             check: [2; 16],
         };
         assert_eq!(affected(1, &rotate, &made), None);
+
+        // A compressed one too; counting a close's bytes changes nothing
+        // a client caches.
+        let Reply::EncryptedVolume { volume, keys } = made else {
+            unreachable!()
+        };
+        let made = Reply::VolumeWith {
+            volume,
+            keys: Some(keys),
+            compression: Some(crate::fs::VolumeCompression::new(1, 65536)),
+        };
+        let create = Op::CreateVolumeWith {
+            name: "sec".into(),
+            policy: crate::fs::VolumePolicy::default(),
+            check: Some([1; 16]),
+            compression: 1,
+            unit: 65536,
+        };
+        let c = affected(1, &create, &made).expect("a change");
+        assert_eq!(c.inos, vec![ROOT_INO, 8]);
+        assert_eq!(c.entries, vec![(ROOT_INO, "sec".to_string())]);
+        let count = Op::CountCompressed {
+            ino: 9,
+            logical: 1,
+            stored: 1,
+        };
+        assert_eq!(affected(1, &count, &Reply::Unit), None);
     }
 }

@@ -32,8 +32,8 @@ use tracing::instrument;
 
 use crate::config::MetaConfig;
 use crate::fs::{
-    self, Command, FsError, FsState, Inode, KEY_CHECK_LEN, Kind, Op, Reply, SALT_LEN, SetAttr,
-    SetTime, TargetSpec, TargetState, VolumeKeys, VolumePolicy,
+    self, Command, FsError, FsState, Inode, KEY_CHECK_LEN, Kind, Kv, Op, Reply, SALT_LEN, SetAttr,
+    SetTime, TargetSpec, TargetState, VolumeCompression, VolumeKeys, VolumePolicy, compression,
 };
 use crate::raft::types::MetaRaft;
 
@@ -580,9 +580,39 @@ fn key_check(bytes: &[u8]) -> Result<[u8; KEY_CHECK_LEN], CairnStatus> {
 
 /// Returns the operation a CreateVolume request asks for: a plain volume,
 /// or an encrypted one with the check value of its first key (exactly one
-/// check, version 1; `key_version` 0 or 1).
+/// check, version 1; `key_version` 0 or 1); either of them compressed
+/// (`CreateVolumeWith`, the volume and its compression in one entry) when
+/// the policy asks for a compression (see [`compression::settle`]).
 fn create_volume_op(name: String, p: Option<pb::VolumePolicy>) -> Result<Op, CairnStatus> {
     let p = p.unwrap_or_default();
+    let (algo, unit) = (p.compression, p.compression_unit);
+    let check = first_key_check(&p)?;
+    let policy = policy_from_pb(Some(p));
+    let Some((algo, unit)) =
+        compression::settle(&name, algo, unit, policy.chunk_size).map_err(invalid)?
+    else {
+        return Ok(match check {
+            None => Op::CreateVolume { name, policy },
+            Some(check) => Op::CreateEncryptedVolume {
+                name,
+                policy,
+                check,
+            },
+        });
+    };
+    Ok(Op::CreateVolumeWith {
+        name,
+        policy,
+        check,
+        compression: algo,
+        unit,
+    })
+}
+
+/// Returns the check value of the first key of the encrypted volume `p`
+/// asks for (`None`: a plain volume): exactly one check, version 1, and a
+/// `key_version` of 0 or 1.
+fn first_key_check(p: &pb::VolumePolicy) -> Result<Option<[u8; KEY_CHECK_LEN]>, CairnStatus> {
     if !p.encrypted {
         if !p.key_checks.is_empty() || p.key_version != 0 {
             return Err(invalid(
@@ -590,10 +620,7 @@ fn create_volume_op(name: String, p: Option<pb::VolumePolicy>) -> Result<Op, Cai
                  not encrypted",
             ));
         }
-        return Ok(Op::CreateVolume {
-            name,
-            policy: policy_from_pb(Some(p)),
-        });
+        return Ok(None);
     }
     let first = match p.key_checks.as_slice() {
         [] => return Err(invalid(NEEDS_FIRST_KEY_CHECK)),
@@ -618,16 +645,16 @@ fn create_volume_op(name: String, p: Option<pb::VolumePolicy>) -> Result<Op, Cai
             p.key_version
         )));
     }
-    let check = key_check(&first.check)?;
-    Ok(Op::CreateEncryptedVolume {
-        name,
-        policy: policy_from_pb(Some(p)),
-        check,
-    })
+    key_check(&first.check).map(Some)
 }
 
-/// Converts a stored volume and its keys (`None`: plain) to its wire form.
-fn volume_pb(v: &fs::Volume, keys: Option<&VolumeKeys>) -> pb::Volume {
+/// Converts a stored volume, its keys (`None`: plain) and its compression
+/// (`None`: uncompressed) to its wire form.
+fn volume_pb(
+    v: &fs::Volume,
+    keys: Option<&VolumeKeys>,
+    compression: Option<&VolumeCompression>,
+) -> pb::Volume {
     pb::Volume {
         id: v.id,
         name: v.name.clone(),
@@ -651,17 +678,36 @@ fn volume_pb(v: &fs::Volume, keys: Option<&VolumeKeys>) -> pb::Volume {
                     })
                     .collect()
             }),
+            compression: compression.map_or(0, |c| i32::from(c.algo)),
+            compression_unit: compression.map_or(0, |c| c.unit),
         }),
         snap_seq: v.snap_seq,
         used_bytes: v.used_bytes,
         used_inodes: v.used_inodes,
+        logical_bytes: compression.map_or(0, |c| c.logical),
+        stored_bytes: compression.map_or(0, |c| c.stored),
     }
 }
 
-fn volume_reply(r: Reply) -> Result<pb::VolumeReply, Status> {
+/// Converts the reply of a volume operation to its wire form. Replies
+/// that carry no compression (plain creations, key rotations) take the
+/// volume's from `fs`, the state the operation was just applied to: a
+/// volume's algorithm and unit never change.
+fn volume_reply<K: Kv>(r: Reply, fs: &FsState<K>) -> Result<pb::VolumeReply, Status> {
     let volume = match r {
-        Reply::Volume(v) => volume_pb(&v, None),
-        Reply::EncryptedVolume { volume, keys } => volume_pb(&volume, Some(&keys)),
+        Reply::Volume(v) => {
+            let c = fs.compression_of(v.id).map_err(fs_err)?;
+            volume_pb(&v, None, c.as_ref())
+        }
+        Reply::EncryptedVolume { volume, keys } => {
+            let c = fs.compression_of(volume.id).map_err(fs_err)?;
+            volume_pb(&volume, Some(&keys), c.as_ref())
+        }
+        Reply::VolumeWith {
+            volume,
+            keys,
+            compression,
+        } => volume_pb(&volume, keys.as_ref(), compression.as_ref()),
         other => return Err(unexpected(&other)),
     };
     Ok(pb::VolumeReply {
@@ -1133,7 +1179,7 @@ impl Meta for MetaService {
         let r = req.into_inner();
         let op = create_volume_op(r.name, r.policy)?;
         let reply = self.write(r.rid.as_ref(), op).await?;
-        Ok(Response::new(volume_reply(reply)?))
+        Ok(Response::new(volume_reply(reply, &self.shared.fs)?))
     }
 
     #[instrument(skip_all, fields(volume = %req.get_ref().name))]
@@ -1147,7 +1193,7 @@ impl Meta for MetaService {
             name: r.name,
             check,
         };
-        let reply = volume_reply(self.write(r.rid.as_ref(), op).await?)?;
+        let reply = volume_reply(self.write(r.rid.as_ref(), op).await?, &self.shared.fs)?;
         if let Some(v) = &reply.volume {
             tracing::info!(
                 volume = %v.name,
@@ -1162,10 +1208,11 @@ impl Meta for MetaService {
         let fs = self.read().await?;
         let volumes = fs.volumes().map_err(fs_err)?;
         let keys = fs.volume_keys().map_err(fs_err)?;
+        let compression = fs.volume_compression().map_err(fs_err)?;
         Ok(Response::new(pb::ListVolumesReply {
             volumes: volumes
                 .iter()
-                .map(|v| volume_pb(v, keys.get(&v.id)))
+                .map(|v| volume_pb(v, keys.get(&v.id), compression.get(&v.id)))
                 .collect(),
         }))
     }
@@ -1249,6 +1296,21 @@ impl Meta for MetaService {
                 Op::MarkExtent {
                     ino: r.ino,
                     extent: r.written_extent,
+                },
+            )
+            .await?;
+        }
+        if r.logical_written > 0 {
+            // Before the close, which frees an unlinked file's inode (and
+            // the count with it), and under the close's request id: the
+            // state machine counts it only while that close is not applied,
+            // so a retry after a lost reply counts nothing twice.
+            self.write(
+                r.rid.as_ref(),
+                Op::CountCompressed {
+                    ino: r.ino,
+                    logical: r.logical_written,
+                    stored: r.stored_written,
                 },
             )
             .await?;
@@ -1945,6 +2007,136 @@ mod tests {
         assert!(key_check(&[0; 17]).is_err() && key_check(&[0; 16]).is_ok());
     }
 
+    fn compressed(algo: pb::Compression, unit: u32) -> pb::VolumePolicy {
+        pb::VolumePolicy {
+            compression: algo as i32,
+            compression_unit: unit,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_compressed_volume_is_one_entry_with_its_compression_and_key() {
+        match create_volume_op("v".into(), Some(compressed(pb::Compression::Lz4, 0))) {
+            Ok(Op::CreateVolumeWith {
+                name,
+                policy,
+                check: None,
+                compression: compression::LZ4,
+                unit: compression::DEFAULT_UNIT,
+            }) => {
+                assert_eq!(name, "v");
+                assert!(!policy.encrypted);
+                assert_eq!(policy.chunk_size, 64 << 20, "defaults apply");
+            }
+            r => panic!("{r:?}"),
+        }
+        // zstd and encryption: one entry carries both.
+        let mut p = policy(true, &[(1, &[9; 16])]).unwrap();
+        p.compression = pb::Compression::Zstd as i32;
+        p.compression_unit = 1 << 20;
+        match create_volume_op("v".into(), Some(p)) {
+            Ok(Op::CreateVolumeWith {
+                policy,
+                check: Some(check),
+                compression: compression::ZSTD,
+                unit,
+                ..
+            }) => {
+                assert_eq!((check, unit), ([9; 16], 1 << 20));
+                assert!(policy.encrypted);
+            }
+            r => panic!("{r:?}"),
+        }
+        // Uncompressed volumes keep the ops older replicas know.
+        assert!(matches!(
+            create_volume_op("v".into(), Some(compressed(pb::Compression::None, 0))),
+            Ok(Op::CreateVolume { .. })
+        ));
+        assert!(matches!(
+            create_volume_op("v".into(), policy(true, &[(1, &[9; 16])])),
+            Ok(Op::CreateEncryptedVolume { .. })
+        ));
+
+        // Refused, naming the volume.
+        let mut unknown = compressed(pb::Compression::Lz4, 0);
+        unknown.compression = 7;
+        let e = refusal(Some(unknown));
+        assert!(e.starts_with("volume v: unknown compression 7"), "{e}");
+        let e = refusal(Some(compressed(pb::Compression::None, 64 << 10)));
+        assert!(e.contains("compression_unit needs a compression"), "{e}");
+        for unit in [3 << 10, 8 << 10, 2 << 20, 100_000] {
+            let e = refusal(Some(compressed(pb::Compression::Lz4, unit)));
+            assert!(e.contains(&format!("compression unit {unit} bytes")), "{e}");
+            assert!(e.contains("power of two"), "{e}");
+        }
+        let mut small_chunks = compressed(pb::Compression::Zstd, 256 << 10);
+        small_chunks.chunk_size = 128 << 10;
+        let e = refusal(Some(small_chunks));
+        assert!(e.contains("larger than its chunk size"), "{e}");
+        // Encryption's own refusals still apply to a compressed volume.
+        let mut no_check = compressed(pb::Compression::Lz4, 0);
+        no_check.encrypted = true;
+        assert_eq!(refusal(Some(no_check)), NEEDS_FIRST_KEY_CHECK);
+    }
+
+    #[test]
+    fn volumes_show_their_compression_and_counters() {
+        let v = fs::Volume {
+            id: 4,
+            name: "v".into(),
+            root_ino: 9,
+            policy: VolumePolicy::default(),
+            snap_seq: 0,
+            used_bytes: 0,
+            used_inodes: 0,
+        };
+        let plain = volume_pb(&v, None, None);
+        let p = plain.policy.unwrap();
+        assert_eq!(p.compression(), pb::Compression::None);
+        assert_eq!(p.compression_unit, 0);
+        assert_eq!((plain.logical_bytes, plain.stored_bytes), (0, 0));
+        let c = VolumeCompression {
+            algo: compression::ZSTD,
+            unit: 128 << 10,
+            logical: 1000,
+            stored: 400,
+        };
+        let keys = VolumeKeys::first([1; 16]);
+        let both = volume_pb(&v, Some(&keys), Some(&c));
+        let p = both.policy.unwrap();
+        assert_eq!(p.compression(), pb::Compression::Zstd);
+        assert_eq!(p.compression_unit, 128 << 10);
+        assert!(p.encrypted && p.key_version == 1);
+        assert_eq!((both.logical_bytes, both.stored_bytes), (1000, 400));
+
+        // Replies without a compression (a rotation) take the volume's.
+        let state = FsState::open(fs::MemKv::default()).unwrap();
+        let mut t = fs::Txn::new(state.kv());
+        t.put(fs::store::key::volume_compression(4), &c);
+        t.commit().unwrap();
+        let rotated = Reply::EncryptedVolume {
+            volume: v.clone(),
+            keys,
+        };
+        let r = volume_reply(rotated, &state).unwrap().volume.unwrap();
+        assert_eq!(r.policy.unwrap().compression(), pb::Compression::Zstd);
+        assert_eq!(r.stored_bytes, 400);
+        let made = Reply::VolumeWith {
+            volume: fs::Volume { id: 5, ..v },
+            keys: None,
+            compression: Some(VolumeCompression::new(compression::LZ4, 64 << 10)),
+        };
+        let r = volume_reply(made, &state).unwrap().volume.unwrap();
+        let p = r.policy.unwrap();
+        assert_eq!(
+            (p.compression(), p.compression_unit),
+            (pb::Compression::Lz4, 64 << 10)
+        );
+        assert!(!p.encrypted);
+        assert!(volume_reply(Reply::Unit, &state).is_err());
+    }
+
     #[test]
     fn volumes_and_files_show_their_key_material() {
         let v = fs::Volume {
@@ -1960,7 +2152,7 @@ mod tests {
             used_bytes: 0,
             used_inodes: 0,
         };
-        let p = volume_pb(&v, None).policy.unwrap();
+        let p = volume_pb(&v, None, None).policy.unwrap();
         assert!(!p.encrypted && p.key_version == 0 && p.key_checks.is_empty());
         let mut keys = VolumeKeys::first([1; 16]);
         keys.checks.push(fs::KeyCheck {
@@ -1968,7 +2160,7 @@ mod tests {
             check: [2; 16],
         });
         keys.current = 2;
-        let p = volume_pb(&v, Some(&keys)).policy.unwrap();
+        let p = volume_pb(&v, Some(&keys), None).policy.unwrap();
         assert!(p.encrypted);
         assert_eq!(p.key_version, 2);
         assert_eq!(

@@ -273,6 +273,22 @@ enum VolumeCommand {
         /// Keep it: without it the data cannot be read.
         #[arg(long, value_name = "PATH")]
         key_file: Option<std::path::PathBuf>,
+        /// Compress file contents on the clients. lz4 is fast (about GB/s
+        /// per core): use it for datasets and checkpoints that compress.
+        /// zstd compresses more, at a higher CPU cost. Data is compressed
+        /// in units of --compression-unit, before encryption (works with
+        /// --encrypted); a unit that does not shrink by at least one 4 KiB
+        /// block is stored as it is, and a 4 KiB random read reads one
+        /// whole unit. Fixed when the volume is created. Measured figures:
+        /// see README: Compressed volumes.
+        #[arg(long, value_enum, default_value_t = volume::Compression::None)]
+        compression: volume::Compression,
+        /// Size of a compression unit (with --compression lz4 or zstd): a
+        /// power of two from 16KiB to 1MiB, at most --chunk-size. Larger
+        /// units compress better; smaller ones make random reads cheaper.
+        /// [default: 64KiB]
+        #[arg(long, value_name = "SIZE", value_parser = format::parse_size)]
+        compression_unit: Option<u64>,
         /// Byte quota (e.g. 10TiB); 0 = unlimited.
         #[arg(long, default_value = "0", value_parser = format::parse_size)]
         quota_bytes: u64,
@@ -413,6 +429,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             stripe_width,
             encrypted,
             key_file,
+            compression,
+            compression_unit,
             quota_bytes,
             quota_inodes,
         }) => {
@@ -425,7 +443,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 quota_inodes: *quota_inodes,
                 ..VolumePolicy::default()
             };
-            volume::create(&c, name, policy, key_file.as_deref(), json).await
+            match volume::with_compression(name, policy, *compression, *compression_unit) {
+                Ok(policy) => volume::create(&c, name, policy, key_file.as_deref(), json).await,
+                Err(e) => Err(e),
+            }
         }
         Command::Volume(VolumeCommand::Ls) => volume::ls(&c, json).await,
         Command::Volume(VolumeCommand::RotateKey { name, key_file }) => {

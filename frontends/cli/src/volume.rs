@@ -11,6 +11,11 @@
 //! to the key file before meta learns of it (a crash in between leaves an
 //! extra line, refused with a clear message, never a volume whose key was
 //! lost), and the file is restored when meta refuses it.
+//!
+//! `--compression lz4|zstd` volumes: clients compress file contents in
+//! units of `--compression-unit` bytes (before encryption); meta validates
+//! the unit and counts what closes report, and `volume ls` shows the
+//! algorithm, the unit and the ratio of bytes written to bytes stored.
 
 use std::io::Write as _;
 use std::path::Path;
@@ -18,11 +23,95 @@ use std::path::Path;
 use anyhow::Context as _;
 use cairn_client::MetaClient;
 use cairn_client::crypto::{KeyRing, VolumeKey};
-use cairn_proto::meta::{Volume, VolumeKeyCheck, VolumePolicy};
+use cairn_proto::meta::{self as pb, Volume, VolumeKeyCheck, VolumePolicy};
 use serde_json::json;
 
 use crate::format::{human_bytes, table};
 use crate::report::Context;
+
+/// `--compression`: how clients compress a new volume's file contents.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Compression {
+    /// Stored as written.
+    None,
+    /// LZ4: fast, for data that compresses somewhat.
+    Lz4,
+    /// Zstandard: smaller, at a higher CPU cost.
+    Zstd,
+}
+
+impl Compression {
+    fn pb(self) -> pb::Compression {
+        match self {
+            Compression::None => pb::Compression::None,
+            Compression::Lz4 => pb::Compression::Lz4,
+            Compression::Zstd => pb::Compression::Zstd,
+        }
+    }
+}
+
+/// Returns `policy` with the compression of `--compression` and
+/// `--compression-unit` (0, meta's default of 64 KiB, when not given).
+/// Meta checks the unit.
+///
+/// # Errors
+/// `--compression-unit` without a compression, or too large to be one.
+pub fn with_compression(
+    name: &str,
+    policy: VolumePolicy,
+    compression: Compression,
+    unit: Option<u64>,
+) -> anyhow::Result<VolumePolicy> {
+    if compression == Compression::None && unit.is_some() {
+        anyhow::bail!(
+            "--compression-unit needs --compression lz4 or zstd; volume {name} was not created"
+        );
+    }
+    let unit = match unit.map(u32::try_from) {
+        None => 0,
+        Some(Ok(u)) => u,
+        Some(Err(_)) => {
+            anyhow::bail!("--compression-unit is at most 1MiB; volume {name} was not created")
+        }
+    };
+    Ok(VolumePolicy {
+        compression: compression.pb() as i32,
+        compression_unit: unit,
+        ..policy
+    })
+}
+
+/// Returns a volume's compression for people: "lz4/64KiB", "zstd/1MiB" or
+/// "none".
+fn compression_label(p: &VolumePolicy) -> String {
+    let algo = match pb::Compression::try_from(p.compression) {
+        Ok(pb::Compression::None) => return "none".to_string(),
+        Ok(pb::Compression::Lz4) => "lz4".to_string(),
+        Ok(pb::Compression::Zstd) => "zstd".to_string(),
+        // A compression this build does not know (a newer meta).
+        Err(_) => format!("compression-{}", p.compression),
+    };
+    format!(
+        "{algo}/{}",
+        human_bytes(u64::from(p.compression_unit)).replace(' ', "")
+    )
+}
+
+/// Returns the compression ratio of a compressed volume: bytes written
+/// over bytes stored (`None`: uncompressed, or nothing written yet).
+fn ratio(v: &Volume) -> Option<f64> {
+    let compressed = v
+        .policy
+        .as_ref()
+        .is_some_and(|p| p.compression != pb::Compression::None as i32);
+    // Precision loss is fine: two decimals are shown.
+    (compressed && v.stored_bytes > 0).then(|| v.logical_bytes as f64 / v.stored_bytes as f64)
+}
+
+/// Returns [`ratio`] for people: "2.41x", or "-".
+fn ratio_label(v: &Volume) -> String {
+    ratio(v).map_or_else(|| "-".to_string(), |r| format!("{r:.2}x"))
+}
 
 fn volume_json(v: &Volume) -> serde_json::Value {
     let p = v.policy.clone().unwrap_or_default();
@@ -36,12 +125,18 @@ fn volume_json(v: &Volume) -> serde_json::Value {
             "stripe_width": p.stripe_width,
             "encrypted": p.encrypted,
             "key_version": p.key_version,
+            "compression": compression_label(&p),
+            "compression_unit": p.compression_unit,
             "quota_bytes": p.quota_bytes,
             "quota_inodes": p.quota_inodes,
         },
         "snap_seq": v.snap_seq,
         "used_bytes": v.used_bytes,
         "used_inodes": v.used_inodes,
+        "logical_bytes": v.logical_bytes,
+        "stored_bytes": v.stored_bytes,
+        // Two decimals, as in the table; null when there is none.
+        "compression_ratio": ratio(v).map(|r| (r * 100.0).round() / 100.0),
     })
 }
 
@@ -157,7 +252,7 @@ pub async fn create(
     }
     let p = v.policy.clone().unwrap_or_default();
     println!(
-        "created volume {} (id {}) at /{}: replication {}, chunk size {}, stripe width {}, {}, quota {} / {} inodes",
+        "created volume {} (id {}) at /{}: replication {}, chunk size {}, stripe width {}, {}, {}, quota {} / {} inodes",
         v.name,
         v.id,
         v.name,
@@ -168,6 +263,10 @@ pub async fn create(
             "encrypted (AES-256-GCM)"
         } else {
             "not encrypted"
+        },
+        match compression_label(&p).as_str() {
+            "none" => "not compressed".to_string(),
+            c => format!("compressed ({c})"),
         },
         if p.quota_bytes == 0 {
             "unlimited".to_string()
@@ -292,6 +391,8 @@ pub async fn ls(c: &MetaClient, json: bool) -> anyhow::Result<()> {
                 } else {
                     "no".to_string()
                 },
+                compression_label(&p),
+                ratio_label(v),
                 human_bytes(v.used_bytes),
                 limit(p.quota_bytes, true),
                 v.used_inodes.to_string(),
@@ -310,6 +411,8 @@ pub async fn ls(c: &MetaClient, json: bool) -> anyhow::Result<()> {
                 "CHUNK",
                 "STRIPE",
                 "ENCRYPTED",
+                "COMPRESSION",
+                "RATIO",
                 "USED",
                 "QUOTA",
                 "INODES",
@@ -317,8 +420,78 @@ pub async fn ls(c: &MetaClient, json: bool) -> anyhow::Result<()> {
                 "SNAP"
             ],
             &rows,
-            &[0, 2, 4, 8, 10],
+            &[0, 2, 4, 7, 10, 12],
         )
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn volume(compression: pb::Compression, unit: u32, logical: u64, stored: u64) -> Volume {
+        Volume {
+            policy: Some(VolumePolicy {
+                compression: compression as i32,
+                compression_unit: unit,
+                ..VolumePolicy::default()
+            }),
+            logical_bytes: logical,
+            stored_bytes: stored,
+            ..Volume::default()
+        }
+    }
+
+    #[test]
+    fn volumes_show_their_compression_and_ratio() {
+        let plain = volume(pb::Compression::None, 0, 0, 0);
+        let p = plain.policy.clone().unwrap();
+        assert_eq!(
+            (compression_label(&p), ratio_label(&plain)),
+            ("none".into(), "-".into())
+        );
+        let fresh = volume(pb::Compression::Lz4, 64 << 10, 0, 0);
+        let p = fresh.policy.clone().unwrap();
+        assert_eq!(
+            (compression_label(&p), ratio_label(&fresh)),
+            ("lz4/64KiB".into(), "-".into())
+        );
+        let used = volume(pb::Compression::Zstd, 1 << 20, 241_000, 100_000);
+        let p = used.policy.clone().unwrap();
+        assert_eq!(
+            (compression_label(&p), ratio_label(&used)),
+            ("zstd/1MiB".into(), "2.41x".into())
+        );
+        let j = volume_json(&used);
+        assert_eq!(j["compression_ratio"], json!(2.41));
+        assert_eq!(j["policy"]["compression"], "zstd/1MiB");
+        assert_eq!(
+            (j["logical_bytes"].as_u64(), j["stored_bytes"].as_u64()),
+            (Some(241_000), Some(100_000))
+        );
+        assert!(volume_json(&fresh)["compression_ratio"].is_null());
+    }
+
+    #[test]
+    fn the_compression_flags_become_the_policy() {
+        let base = VolumePolicy::default();
+        let p = with_compression("v", base.clone(), Compression::Lz4, None).unwrap();
+        assert_eq!(
+            (p.compression(), p.compression_unit),
+            (pb::Compression::Lz4, 0)
+        );
+        let p = with_compression("v", base.clone(), Compression::Zstd, Some(256 << 10)).unwrap();
+        assert_eq!(
+            (p.compression(), p.compression_unit),
+            (pb::Compression::Zstd, 256 << 10)
+        );
+        let p = with_compression("v", base.clone(), Compression::None, None).unwrap();
+        assert_eq!(p, base);
+        let e = with_compression("v", base.clone(), Compression::None, Some(64 << 10));
+        let e = e.unwrap_err().to_string();
+        assert!(e.contains("--compression-unit needs --compression"), "{e}");
+        let e = with_compression("v", base, Compression::Lz4, Some(1 << 40)).unwrap_err();
+        assert!(e.to_string().contains("at most 1MiB"), "{e}");
+    }
 }

@@ -16,6 +16,7 @@
 //! modules.
 
 mod chains;
+pub mod compression;
 mod keys;
 mod namespace;
 pub mod read;
@@ -206,6 +207,9 @@ impl<K: Kv> FsState<K> {
     /// Runs a command with the reply cache around it.
     fn apply_command(&self, t: &mut Txn<'_, K>, cmd: &Command) -> Result<Response, StoreError> {
         let cached = cmd.client_id != 0 && cmd.seq != 0;
+        if cached && matches!(cmd.op, Op::CountCompressed { .. }) {
+            return self.count_for_close(t, cmd);
+        }
         if cached {
             if let Some(r) = t.get::<Response>(&store::key::reply(cmd.client_id, cmd.seq))? {
                 return Ok(r);
@@ -239,6 +243,32 @@ impl<K: Kv> FsState<K> {
             self.cache_reply(t, cmd, &response)?;
         }
         Ok(response)
+    }
+
+    /// Applies a [`Op::CountCompressed`] carrying the request id of the
+    /// close it comes with: only when that close would be applied now (its
+    /// reply is not cached, its seq is not stale, its session is open), so
+    /// a retried close counts its bytes once; caches nothing (the seq is
+    /// the close's).
+    fn count_for_close(&self, t: &mut Txn<'_, K>, cmd: &Command) -> Result<Response, StoreError> {
+        let closed = t
+            .get_raw(&store::key::reply(cmd.client_id, cmd.seq))?
+            .is_some();
+        if closed
+            || cmd.seq < cmd.ack_below
+            || t.get_raw(&store::key::session(cmd.client_id))?.is_none()
+        {
+            return Ok(Ok(Reply::Unit));
+        }
+        let sp = t.savepoint();
+        match self.run_op(t, cmd) {
+            Ok(reply) => Ok(Ok(reply)),
+            Err(OpError::Fs(e)) => {
+                t.restore(sp);
+                Ok(Err(e))
+            }
+            Err(OpError::Store(e)) => Err(e),
+        }
     }
 
     fn cache_reply(
@@ -372,6 +402,13 @@ impl<K: Kv> FsState<K> {
                 check,
             } => keys::create_volume(t, name, policy, *check, now),
             Op::RotateVolumeKey { name, check } => keys::rotate(t, name, *check),
+            Op::CreateVolumeWith {
+                name,
+                policy,
+                check,
+                compression: algo,
+                unit,
+            } => compression::create_volume(t, name, policy, *check, *algo, *unit, now),
             Op::OpenSession { client_name } => session::open_session(t, client_name, now),
             Op::CloseSession { session } => session::close_session(t, *session, now),
             Op::Open { ino, write } => {
@@ -387,6 +424,11 @@ impl<K: Kv> FsState<K> {
             Op::Close { ino, length } => session::close(t, cmd.client_id, *ino, *length, now),
             Op::ReleaseFiles { inos } => session::release_files(t, cmd.client_id, inos, now),
             Op::MarkExtent { ino, extent } => session::mark_extent(t, *ino, *extent),
+            Op::CountCompressed {
+                ino,
+                logical,
+                stored,
+            } => compression::count(t, *ino, *logical, *stored),
             Op::ReportLength {
                 ino,
                 length,
@@ -1203,6 +1245,353 @@ mod tests {
         let v = plain_volume(&mut sm, "sec");
         let f = entry_attr(create_in(&mut sm, v.root_ino, "f", &[1; SALT_LEN]));
         assert!(f.salt.is_empty());
+    }
+
+    fn create_with(
+        name: &str,
+        check: Option<[u8; KEY_CHECK_LEN]>,
+        algo: u8,
+        unit: u32,
+        chunk_size: u64,
+    ) -> Op {
+        Op::CreateVolumeWith {
+            name: name.into(),
+            policy: VolumePolicy {
+                chunk_size,
+                ..VolumePolicy::default()
+            },
+            check,
+            compression: algo,
+            unit,
+        }
+    }
+
+    fn compressed_volume(sm: &mut Sm, name: &str, algo: u8, unit: u32) -> Volume {
+        match sm.op(create_with(name, None, algo, unit, 64 << 20)) {
+            Ok(Reply::VolumeWith {
+                volume,
+                keys: None,
+                compression: Some(c),
+            }) => {
+                assert_eq!((c.algo, c.logical, c.stored), (algo, 0, 0));
+                volume
+            }
+            r => panic!("{r:?}"),
+        }
+    }
+
+    fn count(ino: u64, logical: u64, stored: u64) -> Op {
+        Op::CountCompressed {
+            ino,
+            logical,
+            stored,
+        }
+    }
+
+    #[test]
+    fn compressed_volumes_are_made_with_their_record_in_one_entry() {
+        let mut sm = Sm::new();
+        // lz4, the unit defaulted.
+        let lz = compressed_volume(&mut sm, "lz", compression::LZ4, 0);
+        assert!(!lz.policy.encrypted);
+        let c = sm.fs.compression_of(lz.id).unwrap().unwrap();
+        assert_eq!(c, VolumeCompression::new(compression::LZ4, 64 << 10));
+        assert!(sm.fs.volume_keys().unwrap().is_empty());
+
+        // zstd and encryption in the same entry: the volume, its key and
+        // its compression appear together.
+        let index = sm.index;
+        let r = sm.op(create_with(
+            "both",
+            Some([4; 16]),
+            compression::ZSTD,
+            1 << 20,
+            1 << 20,
+        ));
+        assert_eq!(sm.index, index + 1, "one log entry");
+        let Ok(Reply::VolumeWith {
+            volume,
+            keys: Some(keys),
+            compression: Some(c),
+        }) = r
+        else {
+            panic!("{r:?}");
+        };
+        assert!(volume.policy.encrypted);
+        assert_eq!(keys, VolumeKeys::first([4; 16]));
+        assert_eq!(c, VolumeCompression::new(compression::ZSTD, 1 << 20));
+        assert_eq!(sm.fs.volume_keys().unwrap()[&volume.id], keys);
+        let all = sm.fs.volume_compression().unwrap();
+        assert_eq!(all.len(), 2);
+        assert_eq!(all[&volume.id], c);
+        // Files of it are sealed as in any encrypted volume.
+        let f = entry_attr(create_in(&mut sm, volume.root_ino, "f", &[2; SALT_LEN]));
+        assert_eq!(f.key_version, 1);
+
+        // NONE with no unit is an uncompressed volume, even through this op;
+        // `encrypted` follows the check, not the flag.
+        let r = sm.op(Op::CreateVolumeWith {
+            name: "neither".into(),
+            policy: VolumePolicy {
+                encrypted: true,
+                ..VolumePolicy::default()
+            },
+            check: None,
+            compression: compression::NONE,
+            unit: 0,
+        });
+        let Ok(Reply::VolumeWith {
+            volume,
+            keys: None,
+            compression: None,
+        }) = r
+        else {
+            panic!("{r:?}");
+        };
+        assert!(!volume.policy.encrypted);
+        assert_eq!(sm.fs.compression_of(volume.id).unwrap(), None);
+
+        // The old ops make no record.
+        let plain = plain_volume(&mut sm, "plain");
+        let sec = encrypted_volume(&mut sm, "sec", [1; 16]);
+        for v in [&plain, &sec] {
+            assert_eq!(sm.fs.compression_of(v.id).unwrap(), None);
+        }
+        assert_eq!(sm.fs.volume_compression().unwrap().len(), 2);
+    }
+
+    #[test]
+    fn a_bad_compression_creates_nothing() {
+        let mut sm = Sm::new();
+        let chunk = 64 << 20;
+        let cases = [
+            (9, 0, chunk, "volume v: unknown compression 9"),
+            (
+                compression::NONE,
+                64 << 10,
+                chunk,
+                "volume v: compression_unit needs a compression",
+            ),
+            (
+                compression::LZ4,
+                3 << 10,
+                chunk,
+                "volume v: compression unit 3072 bytes",
+            ),
+            (compression::LZ4, 8 << 10, chunk, "is not a power of two"),
+            (compression::ZSTD, 2 << 20, chunk, "is not a power of two"),
+            (compression::LZ4, 96 << 10, chunk, "is not a power of two"),
+            (
+                compression::LZ4,
+                128 << 10,
+                64 << 10,
+                "larger than its chunk size",
+            ),
+        ];
+        for (check, (algo, unit, chunk_size, want)) in [None, Some([1; 16])]
+            .into_iter()
+            .flat_map(|c| cases.map(|case| (c, case)))
+        {
+            let e = sm
+                .op(create_with("v", check, algo, unit, chunk_size))
+                .unwrap_err();
+            assert_eq!(e.code, ErrorCode::Invalid, "{e}");
+            assert!(e.message.contains(want), "{e}");
+            assert_eq!(
+                sm.fs.lookup(ROOT_INO, "v").unwrap_err().code,
+                ErrorCode::NotFound
+            );
+        }
+        // A bad policy is refused as CreateVolume refuses it.
+        let e = sm
+            .op(create_with("v", None, compression::LZ4, 0, 3))
+            .unwrap_err();
+        assert!(
+            e.message.contains("chunk size must be a power of two"),
+            "{e}"
+        );
+        assert!(sm.fs.volumes().unwrap().is_empty());
+        assert!(sm.fs.volume_compression().unwrap().is_empty());
+        assert!(sm.fs.volume_keys().unwrap().is_empty());
+    }
+
+    #[test]
+    fn compression_counters_add_up_per_volume() {
+        let mut sm = Sm::new();
+        let a = compressed_volume(&mut sm, "a", compression::LZ4, 0);
+        let b = compressed_volume(&mut sm, "b", compression::ZSTD, 128 << 10);
+        let plain = plain_volume(&mut sm, "plain");
+        let fa = entry_attr(create_in(&mut sm, a.root_ino, "f", &[]));
+        let ga = entry_attr(create_in(&mut sm, a.root_ino, "g", &[]));
+        let fb = entry_attr(create_in(&mut sm, b.root_ino, "f", &[]));
+        let fp = entry_attr(create_in(&mut sm, plain.root_ino, "f", &[]));
+        for op in [
+            count(fa.ino, 1 << 20, 300 << 10),
+            count(ga.ino, 64 << 10, 64 << 10),
+            count(fa.ino, 100, 4096),
+            count(fb.ino, 5 << 20, 1 << 20),
+            // Not counted: an uncompressed volume, an unknown inode.
+            count(fp.ino, 1 << 20, 1 << 20),
+            count(99_999, 1 << 20, 1 << 20),
+        ] {
+            assert_eq!(sm.op(op), Ok(Reply::Unit));
+        }
+        let all = sm.fs.volume_compression().unwrap();
+        assert_eq!(all.len(), 2);
+        let (ca, cb) = (all[&a.id], all[&b.id]);
+        assert_eq!(
+            (ca.logical, ca.stored),
+            (
+                (1 << 20) + (64 << 10) + 100,
+                (300 << 10) + (64 << 10) + 4096
+            )
+        );
+        assert_eq!((cb.logical, cb.stored), (5 << 20, 1 << 20));
+        assert_eq!((cb.algo, cb.unit), (compression::ZSTD, 128 << 10));
+
+        // A removed file counts nothing more; its volume keeps what it had.
+        sm.op(Op::Unlink {
+            parent: a.root_ino,
+            name: "g".into(),
+            held_open: false,
+        })
+        .unwrap();
+        sm.op(count(ga.ino, 1, 1)).unwrap();
+        assert_eq!(sm.fs.compression_of(a.id).unwrap(), Some(ca));
+    }
+
+    #[test]
+    fn a_retried_close_counts_its_bytes_once() {
+        let mut sm = Sm::new();
+        let v = compressed_volume(&mut sm, "v", compression::LZ4, 0);
+        let sid = sm.session();
+        let as_client = |seq: u64, op: Op| Command {
+            client_id: sid,
+            seq,
+            ack_below: 0,
+            time_ns: 1,
+            op,
+        };
+        let mut op = create_op("f");
+        if let Op::Create {
+            parent,
+            open_for_write,
+            ..
+        } = &mut op
+        {
+            *parent = v.root_ino;
+            *open_for_write = true;
+        }
+        let f = entry_attr(sm.run(as_client(1, op)));
+        let close = Op::Close {
+            ino: f.ino,
+            length: Some((1000, 0)),
+        };
+        // What the service proposes for a close that wrote: the count, then
+        // the close, under the close's request id; then a retry of both
+        // after a lost reply.
+        for _ in 0..2 {
+            assert_eq!(
+                sm.run(as_client(2, count(f.ino, 1000, 4096))),
+                Ok(Reply::Unit)
+            );
+            assert!(matches!(
+                sm.run(as_client(2, close.clone())),
+                Ok(Reply::Attr(_))
+            ));
+        }
+        let c = sm.fs.compression_of(v.id).unwrap().unwrap();
+        assert_eq!((c.logical, c.stored), (1000, 4096));
+        // Stale (already acknowledged) or sessionless: not counted again.
+        let stale = Command {
+            ack_below: 3,
+            ..as_client(2, count(f.ino, 1000, 4096))
+        };
+        assert_eq!(sm.run(stale), Ok(Reply::Unit));
+        let gone = Command {
+            client_id: 777,
+            ..as_client(5, count(f.ino, 1000, 4096))
+        };
+        assert_eq!(sm.run(gone), Ok(Reply::Unit));
+        assert_eq!(sm.fs.compression_of(v.id).unwrap(), Some(c));
+        // The next close of the session counts.
+        sm.run(as_client(3, count(f.ino, 10, 4096))).unwrap();
+        sm.run(as_client(3, close)).unwrap();
+        let c = sm.fs.compression_of(v.id).unwrap().unwrap();
+        assert_eq!((c.logical, c.stored), (1010, 8192));
+    }
+
+    #[test]
+    fn a_removed_volume_forgets_its_compression() {
+        let mut sm = Sm::new();
+        let v = compressed_volume(&mut sm, "z", compression::ZSTD, 0);
+        let f = entry_attr(create_in(&mut sm, v.root_ino, "f", &[]));
+        sm.op(count(f.ino, 10, 4096)).unwrap();
+        sm.op(Op::Unlink {
+            parent: v.root_ino,
+            name: "f".into(),
+            held_open: false,
+        })
+        .unwrap();
+        sm.op(Op::Rmdir {
+            parent: ROOT_INO,
+            name: "z".into(),
+        })
+        .unwrap();
+        assert!(sm.fs.volume_compression().unwrap().is_empty());
+        assert_eq!(sm.fs.compression_of(v.id).unwrap(), None);
+        // A volume of the same name made the old way is uncompressed.
+        let again = plain_volume(&mut sm, "z");
+        assert_ne!(again.id, v.id);
+        assert!(sm.fs.volume_compression().unwrap().is_empty());
+        // And a removed encrypted compressed volume takes both records.
+        sm.op(create_with(
+            "both",
+            Some([1; 16]),
+            compression::LZ4,
+            0,
+            64 << 20,
+        ))
+        .unwrap();
+        sm.op(Op::Rmdir {
+            parent: ROOT_INO,
+            name: "both".into(),
+        })
+        .unwrap();
+        assert!(sm.fs.volume_compression().unwrap().is_empty());
+        assert!(sm.fs.volume_keys().unwrap().is_empty());
+    }
+
+    #[test]
+    fn new_ops_and_replies_are_appended_after_the_old_ones() {
+        // bincode writes a variant as its index (u32 LE): the log and the
+        // reply cache of older builds decode only if old indexes hold.
+        let index = |bytes: Vec<u8>| u32::from_le_bytes(bytes[..4].try_into().unwrap());
+        let rotate = Op::RotateVolumeKey {
+            name: "v".into(),
+            check: [0; 16],
+        };
+        assert_eq!(index(store::encode(&rotate)), 29);
+        assert_eq!(
+            index(store::encode(&create_with("v", None, 1, 0, 1 << 20))),
+            30
+        );
+        assert_eq!(index(store::encode(&count(1, 2, 3))), 31);
+        let made = Reply::VolumeWith {
+            volume: Volume {
+                id: 1,
+                name: "v".into(),
+                root_ino: 2,
+                policy: VolumePolicy::default(),
+                snap_seq: 0,
+                used_bytes: 0,
+                used_inodes: 0,
+            },
+            keys: None,
+            compression: None,
+        };
+        assert_eq!(index(store::encode(&made)), 11);
+        assert_eq!(index(store::encode(&Reply::Batch(vec![]))), 9);
     }
 
     /// `Volume` and `VolumePolicy` as every build before encrypted volumes

@@ -20,7 +20,7 @@ use cairn_proto::names;
 use super::store::{Kv, Txn, key};
 use super::{
     FsError, FsResult, Inode, Kind, Layout, OpError, ROOT_INO, Reply, SetAttr, SetTime, Volume,
-    VolumePolicy, counter, fact, fail, keys, next, session,
+    VolumePolicy, compression, counter, fact, fail, keys, next, session,
 };
 
 /// Longest symlink target, in bytes (PATH_MAX).
@@ -225,7 +225,7 @@ pub(crate) fn mkdir<K: Kv + ?Sized>(
 }
 
 /// Checks a volume policy.
-fn validate_policy(p: &VolumePolicy) -> FsResult<()> {
+pub(crate) fn validate_policy(p: &VolumePolicy) -> FsResult<()> {
     if !(1..=3).contains(&p.replication) {
         fail!(
             Invalid,
@@ -524,6 +524,7 @@ fn remove_dir<K: Kv + ?Sized>(t: &mut Txn<'_, K>, d: &Inode, parent: u64) -> FsR
     if parent == ROOT_INO {
         t.delete(key::volume(d.volume));
         keys::forget(t, d.volume);
+        compression::forget(t, d.volume);
     } else {
         charge(t, d.volume, -1, 0)?;
     }

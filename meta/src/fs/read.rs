@@ -9,7 +9,7 @@ use cairn_proto::names;
 use super::store::{Kv, Txn, key};
 use super::{
     Chain, ChunkserverRecord, FsError, FsState, Garbage, Inode, Kind, OpError, ROOT_INO, Session,
-    Volume, VolumeKeys, chains, fact, namespace,
+    Volume, VolumeCompression, VolumeKeys, chains, compression, fact, namespace,
 };
 
 /// One directory entry of a readdir page.
@@ -227,6 +227,30 @@ impl<K: Kv> FsState<K> {
                 Ok((key::id_of(k), keys))
             })
             .collect()
+    }
+
+    /// Returns the compression of every compressed volume, by volume id (a
+    /// volume not in the map is uncompressed).
+    pub fn volume_compression(
+        &self,
+    ) -> ReadResult<std::collections::BTreeMap<u64, VolumeCompression>> {
+        let rows = flatten(
+            self.txn()
+                .scan(b"z", None, usize::MAX)
+                .map_err(OpError::from),
+        )?;
+        rows.iter()
+            .map(|(k, v)| {
+                let c = flatten(super::store::decode(k, v).map_err(OpError::from))?;
+                Ok((key::id_of(k), c))
+            })
+            .collect()
+    }
+
+    /// Returns volume `id`'s compression (`None`: uncompressed, or no such
+    /// volume).
+    pub fn compression_of(&self, id: u64) -> ReadResult<Option<VolumeCompression>> {
+        flatten(compression::of(&self.txn(), id))
     }
 
     /// Returns whether new files in directory `parent` are known to be

@@ -10,6 +10,7 @@
 //! | `x` | ino, name | xattr value |
 //! | `v` | volume id | [`Volume`](super::Volume) |
 //! | `y` | volume id | [`VolumeKeys`](super::VolumeKeys) — encrypted volumes only |
+//! | `z` | volume id | [`VolumeCompression`](super::VolumeCompression) — compressed volumes only |
 //! | `s` | session id | [`Session`](super::Session) |
 //! | `r` | client id, seq | cached [`Response`](super::Response) |
 //! | `k` | chunkserver id | [`ChunkserverRecord`](super::ChunkserverRecord) |
@@ -361,6 +362,12 @@ pub mod key {
     /// `y` + volume id: an encrypted volume's keys.
     pub fn volume_keys(id: u64) -> Vec<u8> {
         let mut k = vec![b'y'];
+        k.extend_from_slice(&id.to_be_bytes());
+        k
+    }
+    /// `z` + volume id: a compressed volume's algorithm, unit and counters.
+    pub fn volume_compression(id: u64) -> Vec<u8> {
+        let mut k = vec![b'z'];
         k.extend_from_slice(&id.to_be_bytes());
         k
     }

@@ -155,6 +155,42 @@ impl VolumeKeys {
     }
 }
 
+/// What meta knows of a compressed volume: how clients compress its files
+/// and how much they wrote.
+///
+/// Stored beside the [`Volume`] record (`z` + volume id), like
+/// [`VolumeKeys`], so volume records keep their encoding: a volume without
+/// this record is uncompressed, which is what every volume created before
+/// compression existed is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VolumeCompression {
+    /// The algorithm, a `cairn.meta.v1.Compression` value other than NONE
+    /// (see [`compression`](super::compression)).
+    pub algo: u8,
+    /// Bytes per compression unit: a power of two from 16 KiB to 1 MiB, at
+    /// most the volume's chunk size.
+    pub unit: u32,
+    /// Bytes clients wrote in compression units since the volume was
+    /// created, before compression.
+    pub logical: u64,
+    /// The same writes as sent to the chunkservers, per replica (whole
+    /// 4 KiB blocks).
+    pub stored: u64,
+}
+
+impl VolumeCompression {
+    /// Returns the record of a new volume compressed with `algo` in units
+    /// of `unit` bytes: nothing written yet.
+    pub fn new(algo: u8, unit: u32) -> Self {
+        Self {
+            algo,
+            unit,
+            logical: 0,
+            stored: 0,
+        }
+    }
+}
+
 /// A target as a chunkserver registers it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TargetSpec {
@@ -445,6 +481,41 @@ pub enum Op {
         /// Check value of the new key.
         check: [u8; KEY_CHECK_LEN],
     },
+    /// Creates a volume with its compression and, when `check` is set, its
+    /// first key, in one entry: a compressed volume (encrypted or not) is
+    /// never seen without its [`VolumeCompression`] record. `compression`
+    /// NONE (0) with `unit` 0 creates an uncompressed volume. The leader
+    /// proposes it for compressed volumes only ([`Op::CreateVolume`] and
+    /// [`Op::CreateEncryptedVolume`] for the others). Appended last
+    /// (bincode index).
+    CreateVolumeWith {
+        /// Volume (and root directory) name.
+        name: String,
+        /// Its policy (`encrypted` is taken from `check`).
+        policy: VolumePolicy,
+        /// Check value of key version 1: an encrypted volume.
+        check: Option<[u8; KEY_CHECK_LEN]>,
+        /// The algorithm, a `cairn.meta.v1.Compression` value.
+        compression: u8,
+        /// Bytes per compression unit (0: the default, 64 KiB).
+        unit: u32,
+    },
+    /// A writer closing a file of a compressed volume wrote `logical`
+    /// bytes in compression units, `stored` bytes after compression: adds
+    /// them to the counters of the file's volume. Ignored when the inode or
+    /// the volume's [`VolumeCompression`] record is gone. Proposed just
+    /// before the close it comes with, under that close's request id: it
+    /// applies only while that close has not been (a retry of the close
+    /// after a lost reply counts nothing again), and caches no reply of
+    /// its own. Appended last (bincode index).
+    CountCompressed {
+        /// The file.
+        ino: u64,
+        /// Bytes before compression.
+        logical: u64,
+        /// Bytes sent to the chunkservers, per replica.
+        stored: u64,
+    },
 }
 
 impl Op {
@@ -466,12 +537,14 @@ impl Op {
             Op::CreateVolume { .. } => "create_volume",
             Op::CreateEncryptedVolume { .. } => "create_encrypted_volume",
             Op::RotateVolumeKey { .. } => "rotate_volume_key",
+            Op::CreateVolumeWith { .. } => "create_volume_with",
             Op::OpenSession { .. } => "open_session",
             Op::CloseSession { .. } => "close_session",
             Op::Open { .. } => "open",
             Op::Close { .. } => "close",
             Op::ReleaseFiles { .. } => "release_files",
             Op::MarkExtent { .. } => "mark_extent",
+            Op::CountCompressed { .. } => "count_compressed",
             Op::ReportLength { .. } => "report_length",
             Op::RegisterChunkserver { .. } => "register_chunkserver",
             Op::SetTargetStates { .. } => "set_target_states",
@@ -704,6 +777,17 @@ pub enum Reply {
         volume: Volume,
         /// Its keys.
         keys: VolumeKeys,
+    },
+    /// A volume made by [`Op::CreateVolumeWith`], with its keys (`None`:
+    /// plain) and its compression (`None`: uncompressed). Appended last
+    /// (bincode index).
+    VolumeWith {
+        /// The volume.
+        volume: Volume,
+        /// Its keys.
+        keys: Option<VolumeKeys>,
+        /// Its compression.
+        compression: Option<VolumeCompression>,
     },
 }
 
