@@ -28,6 +28,7 @@ use cairn_proto::{CairnStatus, ErrorCode};
 use crate::cache::{BlockCache, CacheConfig, CacheStats};
 use crate::chains::ChainCache;
 use crate::chunk_io::{ChunkIo, IoOptions};
+use crate::compress::Codec;
 use crate::crypto::{FileKey, KeyRing};
 use crate::file::File;
 use crate::{MetaClient, MetaClientOptions, Owner, RenameFlags, Result};
@@ -167,6 +168,9 @@ pub(crate) struct Inner {
     /// Volume names by id, for messages (filled at connect and when keys
     /// are added).
     volume_names: Mutex<HashMap<u64, String>>,
+    /// How each known volume compresses (`None`: it does not). Fixed at a
+    /// volume's creation, so an entry never goes stale.
+    codecs: Mutex<HashMap<u64, Option<Codec>>>,
 }
 
 #[derive(Debug, Default)]
@@ -238,6 +242,7 @@ impl Client {
             stats_task: Mutex::new(None),
             keys: Mutex::new(HashMap::new()),
             volume_names: Mutex::new(HashMap::new()),
+            codecs: Mutex::new(HashMap::new()),
         });
         if inner.opts.cache.dir.is_some() {
             let weak = Arc::downgrade(&cache);
@@ -274,9 +279,55 @@ impl Client {
             .volume_names
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
+        let mut codecs = self
+            .inner
+            .codecs
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         for v in volumes {
             names.insert(v.id, v.name.clone());
+            let p = v.policy.clone().unwrap_or_default();
+            match Codec::from_policy(p.compression, u64::from(p.compression_unit)) {
+                Ok(c) => {
+                    codecs.insert(v.id, c);
+                }
+                // Left unknown: opening one of its files says why.
+                Err(e) => tracing::warn!(volume = %v.name, error = %e, "volume compression"),
+            }
         }
+    }
+
+    /// How volume `id` compresses, if this client knows it yet.
+    pub(crate) fn known_codec(&self, id: u64) -> Option<Option<Codec>> {
+        self.inner
+            .codecs
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&id)
+            .copied()
+    }
+
+    /// How volume `id` compresses, asking meta when this client has not
+    /// seen the volume yet (it was created after the client connected).
+    ///
+    /// # Errors
+    /// Meta errors; [`ErrorCode::Invalid`] when the volume's compression is
+    /// unknown to this client or no volume has that id.
+    pub(crate) async fn codec_of(&self, id: u64) -> Result<Option<Codec>> {
+        if let Some(c) = self.known_codec(id) {
+            return Ok(c);
+        }
+        let volumes = self.inner.meta.list_volumes().await?;
+        self.remember_names(&volumes);
+        if let Some(c) = self.known_codec(id) {
+            return Ok(c);
+        }
+        let v = volumes.iter().find(|v| v.id == id).ok_or_else(|| {
+            CairnStatus::new(ErrorCode::NotFound, format!("no volume has id {id}"))
+        })?;
+        let p = v.policy.clone().unwrap_or_default();
+        Codec::from_policy(p.compression, u64::from(p.compression_unit))
+            .map_err(|e| CairnStatus::new(e.code, format!("volume '{}': {}", v.name, e.message)))
     }
 
     fn volume_name(&self, id: u64) -> String {
@@ -473,7 +524,7 @@ impl Client {
             Ok(f) => Ok(f),
             Err(e) => {
                 if how.write
-                    && let Err(c) = self.inner.meta.close_file(ino, None, 0).await
+                    && let Err(c) = self.inner.meta.close_file(ino, None, 0, (0, 0)).await
                 {
                     tracing::debug!(ino = ino.0, error = %c, "releasing a failed open");
                 }

@@ -68,6 +68,18 @@
 //!   before the chunk is cut at the next block boundary, so extending the
 //!   file later reads zeros, never old bytes.
 //!
+//! # Compressed files
+//! A file of a compressed volume is stored in units ([`crate::compress`]:
+//! 64 KiB by default, packed or raw, the form marked in the seal of the
+//! unit's first block), and its data path is the encrypted one above with
+//! the unit in place of the block: reads fetch and decode whole units
+//! (decrypting first on a volume that is both), a write covering a unit
+//! only partly reads and decodes that unit at the chain's head and writes
+//! it back conditionally, truncation into a unit stores it again with its
+//! tail zeroed. Compression comes before encryption (ciphertext does not
+//! compress). Each handle counts the bytes it wrote before and after
+//! compression and reports them at close, for the volume's ratio.
+//!
 //! # Truncation
 //! [`File::set_len`] below the current length first truncates the chunk at
 //! the new end and removes the chunks past it on every replica, then
@@ -92,6 +104,7 @@ use crate::SetAttrChanges;
 use crate::cache::{BLOCK, BlockKey};
 use crate::chunk_io::WriteData;
 use crate::client::{Client, OpenOptions, WriteEpoch};
+use crate::compress::{Codec, PACKED_MARK, Stored, is_packed};
 use crate::crypto::{FileKey, SEAL_LEN, Seal, is_no_seal};
 use crate::layout::{FileLayout, Piece};
 use crate::readahead::ReadAhead;
@@ -116,12 +129,27 @@ struct FileInner {
     how: OpenOptions,
     /// The file's key when its volume is encrypted.
     crypt: Option<Crypt>,
+    /// The file's volume.
+    volume: u64,
+    /// How the volume compresses (set at open when the client knows the
+    /// volume, else by [`FileInner::ready`] before the first read or write).
+    codec: std::sync::OnceLock<Option<Codec>>,
     state: Mutex<State>,
     /// Serializes appends (O_APPEND is atomic within one client).
     append: tokio::sync::Mutex<()>,
-    /// Serializes this handle's writes to an encrypted file, whose partial
-    /// blocks are read, merged and sealed again.
+    /// Serializes this handle's writes to an encrypted or compressed
+    /// file, whose partial blocks (units) are read, merged and written
+    /// again.
     sealing: tokio::sync::Mutex<()>,
+}
+
+/// What a file's stored blocks go through: decryption, then decompression
+/// (see the module docs' "Encrypted files" and [`crate::compress`]).
+#[derive(Debug, Clone)]
+struct Transform {
+    crypt: Option<Crypt>,
+    codec: Option<Codec>,
+    ino: u64,
 }
 
 /// How an encrypted file's blocks are sealed and opened (see the module
@@ -225,6 +253,9 @@ struct State {
     /// in file order; bytes shorter than the length end in a hole.
     ahead: VecDeque<(u64, u64, Bytes)>,
     ahead_bytes: u64,
+    /// Bytes this handle wrote in compression units: (before, after
+    /// compression), for the volume's ratio (reported at close).
+    written: (u64, u64),
 }
 
 fn lock(m: &Mutex<State>) -> std::sync::MutexGuard<'_, State> {
@@ -269,10 +300,16 @@ impl File {
                 ino: attr.ino,
             })
         };
+        let codec = std::sync::OnceLock::new();
+        if let Some(c) = client.known_codec(attr.volume_id) {
+            let _ = codec.set(c);
+        }
         let write_epoch = client.register(attr.ino, attr.version);
         Ok(File {
             inner: Arc::new(FileInner {
                 ino: InodeId(attr.ino),
+                volume: attr.volume_id,
+                codec,
                 layout,
                 generation: attr.version,
                 write_epoch,
@@ -288,6 +325,7 @@ impl File {
                     prefetching: Vec::new(),
                     ahead: VecDeque::new(),
                     ahead_bytes: 0,
+                    written: (0, 0),
                 }),
                 append: tokio::sync::Mutex::new(()),
                 sealing: tokio::sync::Mutex::new(()),
@@ -332,6 +370,7 @@ impl File {
     /// ([`ErrorCode::Checksum`]), a closed handle ([`ErrorCode::Invalid`]).
     pub async fn read_at(&self, offset: u64, len: usize) -> Result<Bytes> {
         let f = &self.inner;
+        f.ready().await?;
         let (end, prefetch) = {
             let mut s = lock(&f.state);
             if s.closed {
@@ -349,7 +388,7 @@ impl File {
             self.spawn_prefetch(from, to);
         }
         f.wait_prefetches(offset, end).await;
-        let start = offset - offset % BLOCK;
+        let start = offset - offset % f.align();
         let data = f.read_range(start, end).await?;
         f.drop_ahead_before(offset);
         let skip = usize::try_from(offset - start).unwrap_or(0);
@@ -383,12 +422,10 @@ impl File {
     fn spawn_prefetch(&self, from: u64, to: u64) {
         let f = &self.inner;
         let max_io = f.max_io();
-        // Sealed blocks are fetched whole.
-        let (from, to) = if f.crypt.is_some() {
-            (
-                from - from % BLOCK,
-                to.div_ceil(BLOCK).saturating_mul(BLOCK),
-            )
+        // Sealed blocks and compressed units are fetched whole.
+        let (from, to) = if f.transformed() {
+            let g = f.align();
+            (from - from % g, to.div_ceil(g).saturating_mul(g))
         } else {
             (from, to)
         };
@@ -464,6 +501,7 @@ impl File {
     pub async fn set_len(&self, new_len: u64) -> Result<()> {
         let f = &self.inner;
         f.check_writable()?;
+        f.ready().await?;
         let old = {
             let s = lock(&f.state);
             s.len.max(s.reported)
@@ -533,14 +571,61 @@ impl FileInner {
         Ok(())
     }
 
+    /// How the file's volume compresses (known once [`Self::ready`] ran).
+    fn codec(&self) -> Option<&Codec> {
+        self.codec.get().and_then(Option::as_ref)
+    }
+
+    /// Whether stored blocks differ from the file's bytes (sealed or
+    /// compressed): reads and writes then move whole [`Self::align`]s.
+    fn transformed(&self) -> bool {
+        self.crypt.is_some() || self.codec().is_some()
+    }
+
+    /// What reads start at and transformed writes cover whole: a
+    /// compression unit, else a block.
+    fn align(&self) -> u64 {
+        self.codec().map_or(BLOCK, |c| c.unit)
+    }
+
+    fn transform(&self) -> Transform {
+        Transform {
+            crypt: self.crypt.clone(),
+            codec: self.codec().copied(),
+            ino: self.ino.0,
+        }
+    }
+
+    /// Learns how the file's volume compresses, when the client did not
+    /// know the volume at open (it is new).
+    async fn ready(&self) -> Result<()> {
+        if self.codec.get().is_some() {
+            return Ok(());
+        }
+        let c = self.client.codec_of(self.volume).await?;
+        if let Some(c) = c
+            && !self.layout.chunk_size.is_multiple_of(c.unit)
+        {
+            return Err(CairnStatus::new(
+                ErrorCode::Internal,
+                format!(
+                    "file inode {} has {} B chunks, which {} B compression units do not divide",
+                    self.ino.0, self.layout.chunk_size, c.unit
+                ),
+            ));
+        }
+        let _ = self.codec.set(c);
+        Ok(())
+    }
+
     async fn close(&self) -> Result<()> {
-        let (len, gen_, reported, attempted) = {
+        let (len, gen_, reported, attempted, written) = {
             let mut s = lock(&self.state);
             if s.closed {
                 return Ok(());
             }
             s.closed = true;
-            (s.len, s.truncate_gen, s.reported, s.attempted)
+            (s.len, s.truncate_gen, s.reported, s.attempted, s.written)
         };
         let held = self.client.unregister(self.ino.0, self.generation);
         let meta = &self.client.inner.meta;
@@ -551,15 +636,15 @@ impl FileInner {
             0
         };
         if self.how.write {
-            if len > reported || beyond > 0 {
+            if len > reported || beyond > 0 || written.0 > 0 {
                 let length = (len > reported).then_some((len, gen_));
-                meta.close_file(self.ino, length, beyond).await?;
+                meta.close_file(self.ino, length, beyond, written).await?;
             } else {
                 // Nothing to report: the release waits for company.
                 meta.release_later(self.ino).await;
             }
         } else if held {
-            meta.close_file(self.ino, None, 0).await?;
+            meta.close_file(self.ino, None, 0, (0, 0)).await?;
         }
         Ok(())
     }
@@ -598,13 +683,14 @@ impl FileInner {
         // Parts found or fetched: (file offset, bytes).
         let mut parts: Vec<(u64, Bytes)> = Vec::new();
         let mut runs: Vec<Piece> = Vec::new();
-        let fetch_end = end.div_ceil(BLOCK).saturating_mul(BLOCK);
-        // A sealed block is fetched whole (its stored form is, past the
-        // end of the file too); a plain one only up to the end.
-        let fetch_end = if self.crypt.is_some() {
-            fetch_end
+        // A sealed block or a compressed unit is fetched whole (its stored
+        // form is, past the end of the file too); a plain one only up to
+        // the end.
+        let fetch_end = if self.transformed() {
+            let g = self.align();
+            end.div_ceil(g).saturating_mul(g)
         } else {
-            fetch_end.min(size).max(end)
+            end.div_ceil(BLOCK).saturating_mul(BLOCK).min(size).max(end)
         };
         for p in self.layout.pieces(start, fetch_end - start, self.max_io()) {
             // A piece is served from the cache only when every block of it
@@ -760,35 +846,34 @@ impl FileInner {
         }
     }
 
-    /// The largest read, in whole blocks for sealed files.
+    /// The largest read, in whole blocks (units) for sealed (compressed)
+    /// files.
     fn max_io(&self) -> u64 {
         let m = self.client.inner.opts.max_io;
-        if self.crypt.is_some() {
-            (m - m % BLOCK).max(BLOCK)
+        if self.transformed() {
+            let g = self.align();
+            (m - m % g).max(g)
         } else {
             m
         }
     }
 
-    /// Reads piece `p` from the chains: plain bytes, decrypted for an
-    /// encrypted file (whose pieces are block-aligned).
+    /// Reads piece `p` from the chains: plain bytes, decrypted and
+    /// decompressed for a transformed file (whose pieces are aligned).
     async fn fetch(&self, p: &Piece) -> Result<Bytes> {
         let io = &self.client.inner.io;
-        match &self.crypt {
-            None => io.read(p).await,
-            Some(c) => {
-                let r = io.read_sealed(p).await?;
-                if r.data.len() < OPEN_ELSEWHERE {
-                    return c.open_piece(p.file_offset, r.data, &r.seals);
-                }
-                let (c, at) = (c.clone(), p.file_offset);
-                tokio::task::spawn_blocking(move || c.open_piece(at, r.data, &r.seals))
-                    .await
-                    .map_err(|e| {
-                        CairnStatus::new(ErrorCode::Internal, format!("decrypting a read: {e}"))
-                    })?
-            }
+        if !self.transformed() {
+            return io.read(p).await;
         }
+        let r = io.read_sealed(p).await?;
+        let t = self.transform();
+        if r.data.len() < OPEN_ELSEWHERE {
+            return t.decode_piece(p.file_offset, r.data, &r.seals);
+        }
+        let at = p.file_offset;
+        tokio::task::spawn_blocking(move || t.decode_piece(at, r.data, &r.seals))
+            .await
+            .map_err(|e| CairnStatus::new(ErrorCode::Internal, format!("decoding a read: {e}")))?
     }
 
     async fn write_at(&self, offset: u64, data: Bytes) -> Result<()> {
@@ -799,8 +884,9 @@ impl FileInner {
         if data.is_empty() {
             return Ok(());
         }
-        if let Some(c) = &self.crypt {
-            return self.write_sealed(c, offset, &data).await;
+        self.ready().await?;
+        if self.transformed() {
+            return self.write_sealed(offset, &data).await;
         }
         let inner = &self.client.inner;
         let client_id = inner.meta.session_id().await?.0;
@@ -839,35 +925,38 @@ impl FileInner {
         Ok(())
     }
 
-    /// Reads block `at` (block-aligned) from the chains, decrypted, with
-    /// the version of the chunk it came from (0: no such chunk).
-    async fn read_sealed_block(&self, c: &Crypt, at: u64) -> Result<(Bytes, u64)> {
-        let Some(p) = self.layout.pieces(at, BLOCK, BLOCK).next() else {
+    /// Reads the unit (block) at `at` from the chain's head, decoded and
+    /// `align()` bytes long, with the version of the chunk it came from
+    /// (0: no such chunk).
+    async fn read_unit(&self, t: &Transform, at: u64) -> Result<(Bytes, u64)> {
+        let g = self.align();
+        let Some(p) = self.layout.pieces(at, g, g).next() else {
             return Err(too_big(at));
         };
         let r = self.client.inner.io.read_at_head(&p).await?;
-        let plain = c.open_piece(at, r.data, &r.seals)?;
-        let mut block = BytesMut::zeroed(BLOCK as usize);
-        let n = plain.len().min(block.len());
-        block[..n].copy_from_slice(&plain[..n]);
-        Ok((block.freeze(), r.version))
+        let plain = t.decode_piece(at, r.data, &r.seals)?;
+        let mut unit = BytesMut::zeroed(g as usize);
+        let n = plain.len().min(unit.len());
+        unit[..n].copy_from_slice(&plain[..n]);
+        Ok((unit.freeze(), r.version))
     }
 
-    /// Writes `data` at `offset` of an encrypted file: whole blocks, each
-    /// sealed under a fresh nonce. A block the write covers only partly is
-    /// read and decrypted first, and the write of its chunk is made
-    /// conditional on the chunk version that read saw; when another writer
-    /// got in between, the whole write is merged and sent again.
-    async fn write_sealed(&self, c: &Crypt, offset: u64, data: &[u8]) -> Result<()> {
+    /// Writes `data` at `offset` of an encrypted or compressed file: whole
+    /// units (blocks), each compressed and sealed again. A unit the write
+    /// covers only partly is read and decoded first, and the write of its
+    /// chunk is made conditional on the chunk version that read saw; when
+    /// another writer got in between, the whole write is merged and sent
+    /// again.
+    async fn write_sealed(&self, offset: u64, data: &[u8]) -> Result<()> {
         let _one = self.sealing.lock().await;
         let end = offset + data.len() as u64;
         {
-            // The sealed tail of the last block lies in the same chunk as
+            // The stored tail of the last unit lies in the same chunk as
             // `end`: the chunks written are those of `[offset, end)`.
             let mut s = lock(&self.state);
             s.attempted = s.attempted.max(end);
         }
-        self.merge_and_seal(c, offset, data).await?;
+        self.merge_and_seal(offset, data).await?;
         let mut s = lock(&self.state);
         s.len = s.len.max(end);
         Ok(())
@@ -875,20 +964,22 @@ impl FileInner {
 
     /// [`Self::write_sealed_once`] again while it loses races with other
     /// writers of the same chunks (the caller holds `sealing`).
-    async fn merge_and_seal(&self, c: &Crypt, offset: u64, data: &[u8]) -> Result<()> {
+    async fn merge_and_seal(&self, offset: u64, data: &[u8]) -> Result<()> {
+        let g = self.align();
         let end = offset + data.len() as u64;
         let b1 = end
-            .div_ceil(BLOCK)
-            .checked_mul(BLOCK)
+            .div_ceil(g)
+            .checked_mul(g)
             .ok_or_else(|| too_big(offset))?;
-        let b0 = offset - offset % BLOCK;
+        let b0 = offset - offset % g;
+        let t = self.transform();
         let mut attempt = 0;
         loop {
             attempt += 1;
-            match self.write_sealed_once(c, offset, data, b0, b1).await {
+            match self.write_sealed_once(&t, offset, data, b0, b1).await {
                 Err(e) if e.code == ErrorCode::StaleSequence && attempt < SEAL_ATTEMPTS => {
                     tracing::debug!(
-                        ino = c.ino,
+                        ino = self.ino.0,
                         attempt,
                         "sealed write raced another writer; merging again"
                     );
@@ -905,12 +996,13 @@ impl FileInner {
 
     async fn write_sealed_once(
         &self,
-        c: &Crypt,
+        t: &Transform,
         offset: u64,
         data: &[u8],
         b0: u64,
         b1: u64,
     ) -> Result<()> {
+        let g = self.align();
         let end = offset + data.len() as u64;
         let size = {
             let s = lock(&self.state);
@@ -918,27 +1010,27 @@ impl FileInner {
         };
         let cs = self.layout.chunk_size;
         let mut buf = BytesMut::zeroed(usize::try_from(b1 - b0).map_err(|_| too_big(b1))?);
-        // Chunk index -> the version its partial blocks were read at.
+        // Chunk index -> the version its partial units were read at.
         let mut expect: Vec<(u64, u64)> = Vec::new();
         let mut edges = Vec::new();
         if offset != b0 {
             edges.push(b0);
         }
-        if end != b1 && (b1 - BLOCK != b0 || offset == b0) {
-            edges.push(b1 - BLOCK);
+        if end != b1 && (b1 - g != b0 || offset == b0) {
+            edges.push(b1 - g);
         }
-        // Blocks read and merged: their pieces are sent first, one at a
+        // Units read and merged: their pieces are sent first, one at a
         // time, each conditional on the version its chunk had (then on the
         // version the previous one made); the others follow, in parallel.
         let mut merged = Vec::new();
         for at in edges {
             if at >= size {
-                // Past the end: zeros (sealed blocks keep zeros past it).
+                // Past the end: zeros (stored units keep zeros past it).
                 continue;
             }
-            let (block, version) = self.read_sealed_block(c, at).await?;
+            let (unit, version) = self.read_unit(t, at).await?;
             let i = (at - b0) as usize;
-            buf[i..i + BLOCK as usize].copy_from_slice(&block);
+            buf[i..i + g as usize].copy_from_slice(&unit);
             let chunk = at / cs;
             match expect.iter().find(|(k, _)| *k == chunk) {
                 Some((_, v)) if *v != version => {
@@ -954,22 +1046,23 @@ impl FileInner {
         }
         let at = (offset - b0) as usize;
         buf[at..at + data.len()].copy_from_slice(data);
-        let (buf, seals) = seal_all(c, b0 / BLOCK, buf).await?;
+        let (buf, seals, stored) = encode_all(t, b0, buf).await?;
 
         let inner = &self.client.inner;
         let client_id = inner.meta.session_id().await?.0;
-        let max = (inner.opts.max_write - inner.opts.max_write % BLOCK).max(BLOCK);
+        let max = (inner.opts.max_write - inner.opts.max_write % g).max(g);
         let (mut first, mut rest) = (Vec::new(), Vec::new());
         for p in self.layout.pieces(b0, b1 - b0, max) {
             let lo = (p.file_offset - b0) as usize;
             let hi = lo + p.len as usize;
-            let (slo, shi) = (
-                lo / BLOCK as usize * SEAL_LEN,
-                hi / BLOCK as usize * SEAL_LEN,
-            );
+            let seals = if seals.is_empty() {
+                Bytes::new()
+            } else {
+                seals.slice(lo / BLOCK as usize * SEAL_LEN..hi / BLOCK as usize * SEAL_LEN)
+            };
             let w = WriteData {
                 data: buf.slice(lo..hi),
-                seals: seals.slice(slo..shi),
+                seals,
                 expect_version: None,
             };
             let holds_merged = merged
@@ -1004,7 +1097,13 @@ impl FileInner {
         .await;
         self.write_epoch.fetch_add(1, Ordering::SeqCst);
         self.invalidate(b0, b1);
-        result
+        result?;
+        if t.codec.is_some() {
+            let mut s = lock(&self.state);
+            s.written.0 += b1 - b0;
+            s.written.1 += stored;
+        }
+        Ok(())
     }
 
     /// Drops cached blocks of `[from, to)` (every open generation of this
@@ -1025,17 +1124,18 @@ impl FileInner {
     async fn drop_data(&self, new_len: u64, old: u64) -> Result<()> {
         let cs = self.layout.chunk_size;
         let io = &self.client.inner.io;
-        // A sealed file is cut at a block boundary, after the bytes of the
-        // block that holds the new end are zeroed past it (sealed again).
-        let cut = match &self.crypt {
-            Some(c) if !new_len.is_multiple_of(BLOCK) => {
-                let at = new_len - new_len % BLOCK;
-                let zeros = vec![0u8; (BLOCK - new_len % BLOCK) as usize];
-                let _one = self.sealing.lock().await;
-                self.merge_and_seal(c, new_len, &zeros).await?;
-                at + BLOCK
-            }
-            _ => new_len,
+        // A sealed (compressed) file is cut at a block (unit) boundary,
+        // after the bytes of the block (unit) that holds the new end are
+        // zeroed past it (and stored again).
+        let g = self.align();
+        let cut = if self.transformed() && !new_len.is_multiple_of(g) {
+            let at = new_len - new_len % g;
+            let zeros = vec![0u8; (g - new_len % g) as usize];
+            let _one = self.sealing.lock().await;
+            self.merge_and_seal(new_len, &zeros).await?;
+            at + g
+        } else {
+            new_len
         };
         self.write_epoch.fetch_add(1, Ordering::SeqCst);
         if !cut.is_multiple_of(cs) {
@@ -1052,48 +1152,164 @@ impl FileInner {
             .try_collect::<()>()
             .await?;
         self.write_epoch.fetch_add(1, Ordering::SeqCst);
-        self.invalidate(new_len, old.max(new_len) + BLOCK);
+        self.invalidate(new_len, old.max(new_len) + g);
         Ok(())
     }
 }
 
-/// Seals `buf` (whole blocks, the first one block `first` of the file) in
-/// place and returns it with the seals, one per block. A large buffer is
-/// cut into parts sealed on the blocking pool at once (every core).
-async fn seal_all(c: &Crypt, first: u64, mut buf: BytesMut) -> Result<(Bytes, Bytes)> {
-    fn seal_part(c: &Crypt, first: u64, part: &mut [u8]) -> Vec<u8> {
-        let mut seals = Vec::with_capacity(part.len() / BLOCK as usize * SEAL_LEN);
-        for (i, block) in part.chunks_mut(BLOCK as usize).enumerate() {
-            seals.extend_from_slice(&c.key.seal(c.object, first + i as u64, block));
-        }
-        seals
-    }
-    if buf.len() < 2 * OPEN_ELSEWHERE {
-        let seals = seal_part(c, first, &mut buf);
-        return Ok((buf.freeze(), seals.into()));
+/// Encodes `buf` (whole units of the transform, the first one at file
+/// offset `at`) as it is stored: compressed per unit (packed or raw, see
+/// [`crate::compress`]), then sealed per block. Returns the stored bytes,
+/// the seals (one per block; empty when no block has one) and the bytes of
+/// blocks that hold data (what compression left). A large buffer is cut
+/// into parts encoded on the blocking pool at once (every core).
+async fn encode_all(t: &Transform, at: u64, mut buf: BytesMut) -> Result<(Bytes, Bytes, u64)> {
+    let part_len =
+        t.codec
+            .map_or(OPEN_ELSEWHERE as u64, |c| c.unit.max(OPEN_ELSEWHERE as u64)) as usize;
+    if buf.len() < 2 * part_len {
+        let (seals, stored) = t.encode_part(at, &mut buf);
+        return Ok((buf.freeze(), seals.into(), stored));
     }
     let mut tasks = Vec::new();
-    let mut block = first;
+    let mut off = at;
     while !buf.is_empty() {
-        let mut part = buf.split_to(OPEN_ELSEWHERE.min(buf.len()));
-        let (c, at) = (c.clone(), block);
-        block += (part.len() / BLOCK as usize) as u64;
+        let mut part = buf.split_to(part_len.min(buf.len()));
+        let (t, here) = (t.clone(), off);
+        off += part.len() as u64;
         tasks.push(tokio::task::spawn_blocking(move || {
-            let seals = seal_part(&c, at, &mut part);
-            (part, seals)
+            let (seals, stored) = t.encode_part(here, &mut part);
+            (part, seals, stored)
         }));
     }
     let mut out = BytesMut::new();
     let mut seals = Vec::new();
-    for t in tasks {
-        let (part, s) = t.await.map_err(|e| {
-            CairnStatus::new(ErrorCode::Internal, format!("encrypting a write: {e}"))
-        })?;
+    let mut stored = 0;
+    let mut any_seal = false;
+    for task in tasks {
+        let (part, s, n) = task
+            .await
+            .map_err(|e| CairnStatus::new(ErrorCode::Internal, format!("encoding a write: {e}")))?;
         // The parts are adjacent: unsplit joins them without a copy.
+        let blocks = part.len() / BLOCK as usize;
         out.unsplit(part);
-        seals.extend_from_slice(&s);
+        if s.is_empty() {
+            seals.resize(seals.len() + blocks * SEAL_LEN, 0);
+        } else {
+            any_seal = true;
+            seals.extend_from_slice(&s);
+        }
+        stored += n;
     }
-    Ok((out.freeze(), seals.into()))
+    if !any_seal {
+        seals.clear();
+    }
+    Ok((out.freeze(), seals.into(), stored))
+}
+
+impl Transform {
+    /// Encodes `part` (whole units, the first at file offset `at`) in
+    /// place; returns the seals (empty when no block has one) and the
+    /// bytes of blocks that hold data.
+    fn encode_part(&self, at: u64, part: &mut [u8]) -> (Vec<u8>, u64) {
+        let first = at / BLOCK;
+        let bs = BLOCK as usize;
+        let Some(codec) = self.codec else {
+            // Sealed only: every block.
+            let mut seals = Vec::with_capacity(part.len() / bs * SEAL_LEN);
+            if let Some(c) = &self.crypt {
+                for (i, block) in part.chunks_mut(bs).enumerate() {
+                    seals.extend_from_slice(&c.key.seal(c.object, first + i as u64, block));
+                }
+            }
+            return (seals, part.len() as u64);
+        };
+        let u = codec.unit as usize;
+        let mut seals = vec![0u8; part.len() / bs * SEAL_LEN];
+        let mut any_seal = false;
+        let mut stored = 0u64;
+        for (k, unit) in part.chunks_mut(u).enumerate() {
+            let b0 = k * u / bs;
+            let (n, packed) = match codec.encode(unit) {
+                Stored::Raw if unit.iter().all(|b| *b == 0) => (0, false),
+                Stored::Raw => (u, false),
+                Stored::Packed(p) => {
+                    unit[..p.len()].copy_from_slice(&p);
+                    unit[p.len()..].fill(0);
+                    (p.len(), true)
+                }
+            };
+            stored += n as u64;
+            match &self.crypt {
+                Some(c) => {
+                    // Blocks past `n` are zeros without a seal: holes.
+                    for (i, block) in unit[..n].chunks_mut(bs).enumerate() {
+                        let seal =
+                            c.key
+                                .seal_marked(c.object, first + (b0 + i) as u64, block, packed);
+                        let j = (b0 + i) * SEAL_LEN;
+                        seals[j..j + SEAL_LEN].copy_from_slice(&seal);
+                        any_seal = true;
+                    }
+                }
+                None if packed => {
+                    let j = b0 * SEAL_LEN;
+                    seals[j..j + SEAL_LEN].copy_from_slice(&PACKED_MARK);
+                    any_seal = true;
+                }
+                None => {}
+            }
+        }
+        if !any_seal {
+            seals.clear();
+        }
+        (seals, stored)
+    }
+
+    /// Decodes what a piece at `file_offset` (aligned) returned: `data`
+    /// with one seal per 4 KiB block in `seals` (empty: none). Decrypts
+    /// (see [`Crypt::open_piece`]), then unpacks each unit a packed mark
+    /// says is packed. Units past the end of `data` are left out (the
+    /// caller reads them as zeros).
+    fn decode_piece(&self, file_offset: u64, data: Bytes, seals: &Bytes) -> Result<Bytes> {
+        let data = match &self.crypt {
+            Some(c) => c.open_piece(file_offset, data, seals)?,
+            None => data,
+        };
+        let Some(codec) = self.codec else {
+            return Ok(data);
+        };
+        let u = codec.unit as usize;
+        let bs = BLOCK as usize;
+        let units = data.len().div_ceil(u);
+        let mut out = BytesMut::with_capacity(units * u);
+        for k in 0..units {
+            let stored = &data[k * u..((k + 1) * u).min(data.len())];
+            let j = k * u / bs * SEAL_LEN;
+            let packed = seals
+                .get(j..j + SEAL_LEN)
+                .and_then(|s| <&Seal>::try_from(s).ok())
+                .is_some_and(is_packed);
+            if packed {
+                let unit = codec.decode(stored).map_err(|e| {
+                    CairnStatus::new(
+                        e.code,
+                        format!(
+                            "file inode {}, the unit at {}: {}",
+                            self.ino,
+                            file_offset + (k * u) as u64,
+                            e.message
+                        ),
+                    )
+                })?;
+                out.extend_from_slice(&unit);
+            } else {
+                out.extend_from_slice(stored);
+                out.resize((k + 1) * u, 0);
+            }
+        }
+        Ok(out.freeze())
+    }
 }
 
 /// A number that differs between calls and processes (retry jitter; not

@@ -36,6 +36,7 @@ pub mod chains;
 pub mod checkpoint;
 pub mod chunk_io;
 pub mod client;
+pub mod compress;
 pub mod crypto;
 pub mod data;
 pub mod file;
