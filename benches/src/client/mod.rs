@@ -147,8 +147,9 @@ pub const VOLUME: &str = "bench";
 /// The volume's policy: replication 3 (every byte three times on this
 /// disk), Cairn's default chunk size and stripe width; with `key`,
 /// encrypted under it (version 1).
-fn volume_policy(key: Option<&VolumeKey>) -> VolumePolicy {
+fn volume_policy(key: Option<&VolumeKey>, compression: Option<BenchCompression>) -> VolumePolicy {
     VolumePolicy {
+        compression: compression.map_or(0, |c| c.wire()),
         replication: 3,
         chunk_size: 64 << 20,
         stripe_width: 8,
@@ -212,9 +213,39 @@ pub struct ClientArgs {
     /// with a run without the flag (the ratios to the same baselines).
     #[arg(long)]
     pub encrypted: bool,
+    /// Make the volume compressed (on the client, in 64 KiB units): every
+    /// phase then measures what compression costs; compare with a run
+    /// without the flag. Combine with --compressible to measure it on data
+    /// that shrinks (the default bytes are random and are stored raw).
+    #[arg(long, value_enum, value_name = "ALGO")]
+    pub compression: Option<BenchCompression>,
+    /// Write text-like bytes that lz4 shrinks about 2-3× (numbered lines
+    /// of words), in Cairn and in the raw baselines alike, instead of
+    /// random ones.
+    #[arg(long)]
+    pub compressible: bool,
     /// Options shared by every workload.
     #[command(flatten)]
     pub common: CommonArgs,
+}
+
+/// A compression of the benchmark volume.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum BenchCompression {
+    /// LZ4.
+    Lz4,
+    /// Zstandard, level 3.
+    Zstd,
+}
+
+impl BenchCompression {
+    fn wire(self) -> i32 {
+        match self {
+            BenchCompression::Lz4 => cairn_proto::meta::Compression::Lz4 as i32,
+            BenchCompression::Zstd => cairn_proto::meta::Compression::Zstd as i32,
+        }
+    }
 }
 
 /// One phase of the workload.
@@ -425,6 +456,10 @@ pub struct Settings {
     pub seed: u64,
     /// Whether the volume was encrypted.
     pub encrypted: bool,
+    /// The volume's compression, if any.
+    pub compression: Option<BenchCompression>,
+    /// Whether the bytes written were text-like (compressible).
+    pub compressible: bool,
 }
 
 /// The volume the run used.
@@ -440,6 +475,13 @@ pub struct VolumeInfo {
     pub stripe_width: u32,
     /// Whether file contents were encrypted.
     pub encrypted: bool,
+    /// The compression, if any.
+    pub compression: Option<BenchCompression>,
+    /// Bytes written in compression units before and after compression,
+    /// as meta counted them at the end of the run (0 without compression).
+    pub logical_bytes: u64,
+    /// See `logical_bytes`.
+    pub stored_bytes: u64,
     /// The 3-replica chains, each with its members head first.
     pub chains: Vec<ChainRoute>,
 }
@@ -530,13 +572,19 @@ impl Plan {
                 small_tasks: a.small_tasks,
                 seed: a.seed,
                 encrypted: a.encrypted,
+                compression: a.compression,
+                compressible: a.compressible,
             },
         })
     }
 
     /// Returns `len` bytes of the run's pattern.
     fn pattern(&self, len: u64) -> Bytes {
-        Bytes::from(layout::pattern(len as usize, self.settings.seed))
+        if self.settings.compressible {
+            Bytes::from(layout::text(len as usize, self.settings.seed))
+        } else {
+            Bytes::from(layout::pattern(len as usize, self.settings.seed))
+        }
     }
 }
 
@@ -547,6 +595,8 @@ struct Outcome {
     setup_writes: Vec<SetupWrite>,
     phases: Vec<PhaseResult>,
     client: Vec<ClientSide>,
+    /// The volume's (logical, stored) bytes at the end.
+    stored: (u64, u64),
 }
 
 /// Runs the phases: holds what they share and collects what they measure.
@@ -937,7 +987,10 @@ async fn run_all(
     let admin = cairn::connect(servers, 0).await?;
     admin
         .meta()
-        .create_volume(VOLUME, volume_policy(key.as_ref()))
+        .create_volume(
+            VOLUME,
+            volume_policy(key.as_ref(), plan.settings.compression),
+        )
         .await
         .context("creating the benchmark volume")?;
     admin.close().await.context("closing the admin client")?;
@@ -957,6 +1010,10 @@ async fn run_all(
     runner.checkpoint(&writer).await?;
     runner.random(&writer).await?;
     runner.small_files(&writer).await?;
+    let volumes = writer.meta().list_volumes().await?;
+    if let Some(v) = volumes.iter().find(|v| v.name == VOLUME) {
+        out.stored = (v.logical_bytes, v.stored_bytes);
+    }
     writer.close().await.context("closing the writing client")?;
     Ok(())
 }
@@ -989,7 +1046,7 @@ pub async fn run(args: &ClientArgs, command_line: Vec<String>) -> Result<ClientR
         .await;
     result?;
     let run = setup.finish(&args.common)?;
-    let policy = volume_policy(None);
+    let policy = volume_policy(None, None);
     Ok(ClientReport {
         workload: "client",
         command_line,
@@ -1004,6 +1061,9 @@ pub async fn run(args: &ClientArgs, command_line: Vec<String>) -> Result<ClientR
             chunk_size: policy.chunk_size,
             stripe_width: policy.stripe_width,
             encrypted: plan.settings.encrypted,
+            compression: plan.settings.compression,
+            logical_bytes: outcome.stored.0,
+            stored_bytes: outcome.stored.1,
             chains: outcome.chains,
         },
         settings: plan.settings,

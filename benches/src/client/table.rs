@@ -147,6 +147,25 @@ pub fn print_table(out: &mut impl Write, r: &ClientReport) -> io::Result<()> {
         },
         chains.join(", ")
     )?;
+    if let Some(c) = v.compression {
+        let ratio = if v.stored_bytes > 0 {
+            format!("{:.2}", v.logical_bytes as f64 / v.stored_bytes as f64)
+        } else {
+            "-".into()
+        };
+        writeln!(
+            out,
+            "  compression: {c:?} in 64 KiB units on the client; {} MiB written, {} MiB stored \
+             per replica: ratio {ratio}; data {}",
+            v.logical_bytes >> 20,
+            v.stored_bytes >> 20,
+            if r.settings.compressible {
+                "text-like (--compressible)"
+            } else {
+                "random (stored raw)"
+            }
+        )?;
+    }
     for w in &r.setup_writes {
         writeln!(
             out,
