@@ -165,10 +165,25 @@ impl Codec {
 
     /// Encodes one whole unit (`data.len() == unit`).
     pub fn encode(&self, data: &[u8]) -> Stored {
+        let mut scratch = Vec::new();
+        match self.pack_into(data, &mut scratch) {
+            Packing::Packed(n) => {
+                scratch.truncate(n);
+                Stored::Packed(scratch)
+            }
+            Packing::Zero | Packing::Raw => Stored::Raw,
+        }
+    }
+
+    /// Packs one whole unit into `scratch` (reused between calls, so a
+    /// stream of units allocates once): on [`Packing::Packed`]`(n)` its
+    /// first `n` bytes are the stored unit, header and zero padding
+    /// included.
+    pub fn pack_into(&self, data: &[u8], scratch: &mut Vec<u8>) -> Packing {
         debug_assert_eq!(data.len() as u64, self.unit);
         if data.iter().all(|b| *b == 0) {
             // Stored raw, its blocks are all holes.
-            return Stored::Raw;
+            return Packing::Zero;
         }
         // Packing must save at least one block.
         let room = self.unit as usize - BLOCK as usize - HEADER_LEN;
@@ -177,38 +192,50 @@ impl Codec {
             Algo::Lz4 => lz4_flex::block::get_maximum_output_size(data.len()),
             Algo::Zstd => room,
         };
-        let mut out = vec![0u8; HEADER_LEN + cap];
+        if scratch.len() < HEADER_LEN + cap {
+            scratch.resize(HEADER_LEN + cap, 0);
+        }
+        let out = &mut scratch[HEADER_LEN..HEADER_LEN + cap];
         let n = match self.algo {
-            Algo::Lz4 => lz4_flex::block::compress_into(data, &mut out[HEADER_LEN..]).ok(),
+            Algo::Lz4 => lz4_flex::block::compress_into(data, out).ok(),
             Algo::Zstd => ZSTD_C.with(|c| {
                 let mut c = c.borrow_mut();
                 if c.is_none() {
                     *c = zstd::bulk::Compressor::new(ZSTD_LEVEL).ok();
                 }
-                c.as_mut()?
-                    .compress_to_buffer(data, &mut out[HEADER_LEN..])
-                    .ok()
+                c.as_mut()?.compress_to_buffer(data, out).ok()
             }),
         };
         let Some(n) = n.filter(|n| *n <= room) else {
-            return Stored::Raw;
+            return Packing::Raw;
         };
         // HEADER_LEN + n <= unit - BLOCK: at least one block saved.
         let packed = (HEADER_LEN + n).div_ceil(BLOCK as usize) * BLOCK as usize;
-        out[0] = b'Z';
-        out[1] = self.algo.tag();
-        out[4..8].copy_from_slice(&(n as u32).to_le_bytes());
-        out.resize(packed, 0);
-        Stored::Packed(out)
+        scratch[0] = b'Z';
+        scratch[1] = self.algo.tag();
+        scratch[2..4].fill(0);
+        scratch[4..8].copy_from_slice(&(n as u32).to_le_bytes());
+        scratch[HEADER_LEN + n..packed].fill(0);
+        Packing::Packed(packed)
     }
 
     /// Decodes a packed unit from its stored bytes (at least its header
     /// and compressed bytes; the zeros after them may be missing).
     ///
     /// # Errors
+    /// As [`Self::decode_into`].
+    pub fn decode(&self, stored: &[u8]) -> Result<Vec<u8>, CairnStatus> {
+        let mut out = vec![0u8; self.unit as usize];
+        self.decode_into(stored, &mut out)?;
+        Ok(out)
+    }
+
+    /// Decodes a packed unit from `stored` into `out` (one unit long).
+    ///
+    /// # Errors
     /// [`ErrorCode::Checksum`] for a header that is not this codec's or
     /// bytes that do not decompress to exactly one unit.
-    pub fn decode(&self, stored: &[u8]) -> Result<Vec<u8>, CairnStatus> {
+    pub fn decode_into(&self, stored: &[u8], out: &mut [u8]) -> Result<(), CairnStatus> {
         let bad = |why: &str| {
             CairnStatus::new(
                 ErrorCode::Checksum,
@@ -225,16 +252,15 @@ impl Codec {
         let body = stored
             .get(HEADER_LEN..HEADER_LEN + n)
             .ok_or_else(|| bad("its length passes its end"))?;
-        let mut out = vec![0u8; self.unit as usize];
         let got = match h[1] {
-            1 => lz4_flex::block::decompress_into(body, &mut out).map_err(|e| bad(&e.to_string())),
+            1 => lz4_flex::block::decompress_into(body, out).map_err(|e| bad(&e.to_string())),
             2 => ZSTD_D.with(|d| {
                 let mut d = d.borrow_mut();
                 if d.is_none() {
                     *d = zstd::bulk::Decompressor::new().ok();
                 }
                 let d = d.as_mut().ok_or_else(|| bad("no zstd context"))?;
-                d.decompress_to_buffer(body, &mut out[..])
+                d.decompress_to_buffer(body, out)
                     .map_err(|e| bad(&e.to_string()))
             }),
             other => return Err(bad(&format!("unknown algorithm {other}"))),
@@ -242,8 +268,19 @@ impl Codec {
         if got != out.len() {
             return Err(bad(&format!("it holds {got} bytes, not {}", out.len())));
         }
-        Ok(out)
+        Ok(())
     }
+}
+
+/// What [`Codec::pack_into`] made of a unit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Packing {
+    /// All zeros: stored raw, as holes.
+    Zero,
+    /// Stored as it is.
+    Raw,
+    /// Packed into this many bytes (whole blocks) of the scratch buffer.
+    Packed(usize),
 }
 
 #[cfg(test)]

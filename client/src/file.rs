@@ -104,7 +104,7 @@ use crate::SetAttrChanges;
 use crate::cache::{BLOCK, BlockKey};
 use crate::chunk_io::WriteData;
 use crate::client::{Client, OpenOptions, WriteEpoch};
-use crate::compress::{Codec, PACKED_MARK, Stored, is_packed};
+use crate::compress::{Codec, PACKED_MARK, Packing, is_packed};
 use crate::crypto::{FileKey, SEAL_LEN, Seal, is_no_seal};
 use crate::layout::{FileLayout, Piece};
 use crate::readahead::ReadAhead;
@@ -1228,15 +1228,16 @@ impl Transform {
         let mut seals = vec![0u8; part.len() / bs * SEAL_LEN];
         let mut any_seal = false;
         let mut stored = 0u64;
+        let mut scratch = Vec::new();
         for (k, unit) in part.chunks_mut(u).enumerate() {
             let b0 = k * u / bs;
-            let (n, packed) = match codec.encode(unit) {
-                Stored::Raw if unit.iter().all(|b| *b == 0) => (0, false),
-                Stored::Raw => (u, false),
-                Stored::Packed(p) => {
-                    unit[..p.len()].copy_from_slice(&p);
-                    unit[p.len()..].fill(0);
-                    (p.len(), true)
+            let (n, packed) = match codec.pack_into(unit, &mut scratch) {
+                Packing::Zero => (0, false),
+                Packing::Raw => (u, false),
+                Packing::Packed(p) => {
+                    unit[..p].copy_from_slice(&scratch[..p]);
+                    unit[p..].fill(0);
+                    (p, true)
                 }
             };
             stored += n as u64;
@@ -1282,16 +1283,23 @@ impl Transform {
         let u = codec.unit as usize;
         let bs = BLOCK as usize;
         let units = data.len().div_ceil(u);
-        let mut out = BytesMut::with_capacity(units * u);
-        for k in 0..units {
-            let stored = &data[k * u..((k + 1) * u).min(data.len())];
+        let packed = |k: usize| {
             let j = k * u / bs * SEAL_LEN;
-            let packed = seals
+            seals
                 .get(j..j + SEAL_LEN)
                 .and_then(|s| <&Seal>::try_from(s).ok())
-                .is_some_and(is_packed);
-            if packed {
-                let unit = codec.decode(stored).map_err(|e| {
+                .is_some_and(is_packed)
+        };
+        if (0..units).all(|k| !packed(k)) {
+            // Raw units only: the bytes are the file's.
+            return Ok(data);
+        }
+        let mut out = BytesMut::zeroed(units * u);
+        for k in 0..units {
+            let stored = &data[k * u..((k + 1) * u).min(data.len())];
+            let dst = &mut out[k * u..(k + 1) * u];
+            if packed(k) {
+                codec.decode_into(stored, dst).map_err(|e| {
                     CairnStatus::new(
                         e.code,
                         format!(
@@ -1302,10 +1310,8 @@ impl Transform {
                         ),
                     )
                 })?;
-                out.extend_from_slice(&unit);
             } else {
-                out.extend_from_slice(stored);
-                out.resize((k + 1) * u, 0);
+                dst[..stored.len()].copy_from_slice(stored);
             }
         }
         Ok(out.freeze())

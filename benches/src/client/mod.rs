@@ -147,9 +147,14 @@ pub const VOLUME: &str = "bench";
 /// The volume's policy: replication 3 (every byte three times on this
 /// disk), Cairn's default chunk size and stripe width; with `key`,
 /// encrypted under it (version 1).
-fn volume_policy(key: Option<&VolumeKey>, compression: Option<BenchCompression>) -> VolumePolicy {
+fn volume_policy(
+    key: Option<&VolumeKey>,
+    compression: Option<BenchCompression>,
+    unit: u32,
+) -> VolumePolicy {
     VolumePolicy {
         compression: compression.map_or(0, |c| c.wire()),
+        compression_unit: if compression.is_some() { unit } else { 0 },
         replication: 3,
         chunk_size: 64 << 20,
         stripe_width: 8,
@@ -224,6 +229,9 @@ pub struct ClientArgs {
     /// random ones.
     #[arg(long)]
     pub compressible: bool,
+    /// The compression unit (with --compression): 16KiB to 1MiB.
+    #[arg(long, value_parser = parse_size, default_value = "64KiB", value_name = "SIZE")]
+    pub compression_unit: u64,
     /// Options shared by every workload.
     #[command(flatten)]
     pub common: CommonArgs,
@@ -460,6 +468,8 @@ pub struct Settings {
     pub compression: Option<BenchCompression>,
     /// Whether the bytes written were text-like (compressible).
     pub compressible: bool,
+    /// Bytes per compression unit.
+    pub compression_unit: u64,
 }
 
 /// The volume the run used.
@@ -574,6 +584,7 @@ impl Plan {
                 encrypted: a.encrypted,
                 compression: a.compression,
                 compressible: a.compressible,
+                compression_unit: a.compression_unit,
             },
         })
     }
@@ -989,7 +1000,11 @@ async fn run_all(
         .meta()
         .create_volume(
             VOLUME,
-            volume_policy(key.as_ref(), plan.settings.compression),
+            volume_policy(
+                key.as_ref(),
+                plan.settings.compression,
+                u32::try_from(plan.settings.compression_unit).unwrap_or(u32::MAX),
+            ),
         )
         .await
         .context("creating the benchmark volume")?;
@@ -1046,7 +1061,7 @@ pub async fn run(args: &ClientArgs, command_line: Vec<String>) -> Result<ClientR
         .await;
     result?;
     let run = setup.finish(&args.common)?;
-    let policy = volume_policy(None, None);
+    let policy = volume_policy(None, None, 0);
     Ok(ClientReport {
         workload: "client",
         command_line,

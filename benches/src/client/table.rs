@@ -155,8 +155,9 @@ pub fn print_table(out: &mut impl Write, r: &ClientReport) -> io::Result<()> {
         };
         writeln!(
             out,
-            "  compression: {c:?} in 64 KiB units on the client; {} MiB written, {} MiB stored \
+            "  compression: {c:?} in {} units on the client; {} MiB written, {} MiB stored \
              per replica: ratio {ratio}; data {}",
+            size(r.settings.compression_unit),
             v.logical_bytes >> 20,
             v.stored_bytes >> 20,
             if r.settings.compressible {

@@ -1250,63 +1250,70 @@ impl ShardStore {
         let mut crcs = Vec::with_capacity(refs.len());
         let mut seals: Vec<Seal> = Vec::new();
         let segs: Vec<Segment> = layout::segments(offset, rlen).collect();
-        let mut i = 0;
-        while i < segs.len() {
-            // A run of blocks stored contiguously: one DMA read.
-            let Some(r0) = refs[i] else {
-                let s = &segs[i];
+        // Runs of blocks stored contiguously on disk, in the range's order:
+        // one DMA read each. Holes between them do not break a run (a
+        // compressed unit's blocks are followed by holes, and the next
+        // unit's blocks were allocated right after it by the same write).
+        let mut runs: Vec<(u64, usize)> = Vec::new();
+        let mut at: Vec<Option<(usize, usize)>> = vec![None; segs.len()];
+        for (i, r) in refs.iter().enumerate().take(segs.len()) {
+            let Some(r) = r else { continue };
+            let last = runs.len().wrapping_sub(1);
+            match runs.last_mut() {
+                Some((first, n)) if r.blockno == *first + *n as u64 => {
+                    at[i] = Some((last, *n));
+                    *n += 1;
+                }
+                _ => {
+                    at[i] = Some((runs.len(), 0));
+                    runs.push((r.blockno, 1));
+                }
+            }
+        }
+        let mut bufs = Vec::with_capacity(runs.len());
+        for &(first, n) in &runs {
+            bufs.push(
+                self.file
+                    .read_at_aligned(first * BLOCK_SIZE, n * BLOCK)
+                    .await
+                    .map_err(StoreError::glommio("read blocks"))?,
+            );
+        }
+        for (i, s) in segs.iter().enumerate() {
+            let (Some(r), Some((run, k))) = (refs[i], at[i]) else {
+                // A hole reads as zeros.
                 data.extend_from_slice(&[0u8; BLOCK][..s.len]);
                 crcs.push(if s.is_full() {
                     layout::zero_block_crc()
                 } else {
                     crc32fast::hash(&[0u8; BLOCK][..s.len])
                 });
-                i += 1;
                 continue;
             };
-            let mut n = 1;
-            while i + n < segs.len()
-                && refs[i + n].map(|r| r.blockno) == Some(r0.blockno + n as u64)
-            {
-                n += 1;
-            }
-            let res = self
-                .file
-                .read_at_aligned(r0.blockno * BLOCK_SIZE, n * BLOCK)
-                .await
-                .map_err(StoreError::glommio("read blocks"))?;
-            for j in 0..n {
-                let s = &segs[i + j];
-                let stored = refs[i + j].map_or(0, |r| r.crc);
-                let Some(bytes) = res.get(j * BLOCK..(j + 1) * BLOCK) else {
-                    return Err(StoreError::Checksum {
-                        chunk,
-                        block: s.block,
-                    });
-                };
-                if crc32fast::hash(bytes) != stored {
-                    return Err(StoreError::Checksum {
-                        chunk,
-                        block: s.block,
-                    });
-                }
-                let piece = &bytes[s.in_block..s.in_block + s.len];
-                data.extend_from_slice(piece);
-                crcs.push(if s.is_full() {
-                    stored
-                } else {
-                    crc32fast::hash(piece)
+            let Some(bytes) = bufs[run].get(k * BLOCK..(k + 1) * BLOCK) else {
+                return Err(StoreError::Checksum {
+                    chunk,
+                    block: s.block,
                 });
-                if let Some(r) = refs[i + j]
-                    && r.seal != NO_SEAL
-                    && s.is_full()
-                {
-                    // Seals so far: none, one per earlier segment.
-                    seals.resize(i + j, NO_SEAL);
-                    seals.push(r.seal);
-                }
+            };
+            if crc32fast::hash(bytes) != r.crc {
+                return Err(StoreError::Checksum {
+                    chunk,
+                    block: s.block,
+                });
             }
-            i += n;
+            let piece = &bytes[s.in_block..s.in_block + s.len];
+            data.extend_from_slice(piece);
+            crcs.push(if s.is_full() {
+                r.crc
+            } else {
+                crc32fast::hash(piece)
+            });
+            if r.seal != NO_SEAL && s.is_full() {
+                // Seals so far: none, one per earlier segment.
+                seals.resize(i, NO_SEAL);
+                seals.push(r.seal);
+            }
         }
         if !seals.is_empty() {
             seals.resize(segs.len(), NO_SEAL);
