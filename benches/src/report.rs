@@ -117,6 +117,8 @@ pub fn write_rss_table(out: &mut impl Write, rows: &[ProcessRss]) -> io::Result<
 pub fn size(bytes: u64) -> String {
     if bytes >= 1 << 30 && bytes.is_multiple_of(1 << 30) {
         format!("{} GiB", bytes >> 30)
+    } else if bytes < 1 << 20 {
+        format!("{} KiB", bytes >> 10)
     } else {
         format!("{} MiB", thousands((bytes >> 20) as f64))
     }

@@ -5,7 +5,8 @@
 //! chunkservers and meta reports the ratio; incompressible units and units
 //! that mimic a packed header are stored raw and read back as written; two
 //! clients merging into one unit lose nothing; a chunkserver killed during
-//! writes loses no file whose write returned.
+//! writes loses no file whose write returned; the packed marks survive a
+//! resync.
 
 use std::os::unix::fs::FileExt as _;
 use std::sync::Arc;
@@ -348,4 +349,76 @@ async fn a_chunkserver_killed_during_writes_loses_no_returned_file() {
     }
     reader.close().await.unwrap();
     client.close().await.unwrap();
+}
+
+/// The packed marks travel with the blocks a resync copies: a chunkserver
+/// killed for good is replaced, and once two of the original holders are
+/// dead every file still reads whole from the copies (a lost mark would
+/// make a packed unit read as its compressed bytes).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn resynced_replicas_carry_the_packed_marks() {
+    use cairn_proto::meta::TargetState;
+    let _serial = cairn_jepsen::serial().await;
+    let mut c = DataCluster::start(DataOpts {
+        chunkservers: 4,
+        meta_args: vec!["--replace-after".into(), "2s".into()],
+        ..DataOpts::default()
+    })
+    .await
+    .unwrap();
+    compressed_volume(&c, "lz", Compression::Lz4, 0, None).await;
+    let client = c.client(ClientOptions::default()).await.unwrap();
+    let files: Vec<Vec<u8>> = (0..12u64)
+        .map(|i| {
+            let mut d = text(i * 50_000, 300_000 + i as usize * 4321);
+            d.extend_from_slice(&pattern(i, 70_000));
+            d
+        })
+        .collect();
+    for (i, d) in files.iter().enumerate() {
+        client
+            .write_file(&format!("/lz/f{i}"), Bytes::from(d.clone()))
+            .await
+            .unwrap();
+    }
+    client.close().await.unwrap();
+    let mut ids = Vec::new();
+    for cs in c.chains().await.unwrap().chunkservers {
+        ids.push((c.index_of(cs.id).await.unwrap(), cs.id));
+    }
+    let gone = ids.iter().find(|(i, _)| *i == 0).unwrap().1;
+    c.kill(0);
+    let start = std::time::Instant::now();
+    loop {
+        let t = c.chains().await.unwrap();
+        let healed =
+            t.tables
+                .iter()
+                .filter(|tb| tb.replication == 3)
+                .flat_map(|tb| tb.chains.iter())
+                .all(|ch| {
+                    ch.targets.len() == 3
+                        && ch.targets.iter().all(|m| {
+                            m.state == TargetState::Serving as i32 && m.chunkserver_id != gone
+                        })
+                });
+        if healed {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "the chains did not heal: {t:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Only chunkserver 3 stays: chains that lost chunkserver 0 read from
+    // the copies the resync made there.
+    c.kill(1);
+    c.kill(2);
+    let reader = c.client(ClientOptions::default()).await.unwrap();
+    for (i, d) in files.iter().enumerate() {
+        let got = reader.read_file(&format!("/lz/f{i}")).await.unwrap();
+        assert!(got == d[..], "f{i} differs after the resync");
+    }
+    reader.close().await.unwrap();
 }

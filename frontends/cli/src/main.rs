@@ -273,20 +273,22 @@ enum VolumeCommand {
         /// Keep it: without it the data cannot be read.
         #[arg(long, value_name = "PATH")]
         key_file: Option<std::path::PathBuf>,
-        /// Compress file contents on the clients. lz4 is fast (about GB/s
-        /// per core): use it for datasets and checkpoints that compress.
-        /// zstd compresses more, at a higher CPU cost. Data is compressed
-        /// in units of --compression-unit, before encryption (works with
-        /// --encrypted); a unit that does not shrink by at least one 4 KiB
-        /// block is stored as it is, and a 4 KiB random read reads one
-        /// whole unit. Fixed when the volume is created. Measured figures:
-        /// see README: Compressed volumes.
+        /// Compress file contents on the clients, before encryption (works
+        /// with --encrypted). lz4: fast (measured on text: 2.0x smaller,
+        /// sequential reads at 0.94x of plain, checkpoint writes at 0.73x,
+        /// about 3.5 client CPU-seconds per GB written); use it for datasets
+        /// and checkpoints that compress. zstd: smaller (3.2x on the same
+        /// text) at about twice lz4's CPU. A unit that does not shrink by a
+        /// 4 KiB block is stored as it is, and a 4 KiB random read reads a
+        /// whole unit. Fixed when the volume is created; see README:
+        /// Compressed volumes.
         #[arg(long, value_enum, default_value_t = volume::Compression::None)]
         compression: volume::Compression,
         /// Size of a compression unit (with --compression lz4 or zstd): a
         /// power of two from 16KiB to 1MiB, at most --chunk-size. Larger
-        /// units compress better; smaller ones make random reads cheaper.
-        /// [default: 64KiB]
+        /// units compress better, smaller ones make random reads cheaper
+        /// (lz4 on text: 16KiB 1.4x and 4 KiB reads at p50 0.32 ms, 64KiB
+        /// 2.0x and 0.28 ms, 256KiB 2.3x and 0.62 ms). [default: 64KiB]
         #[arg(long, value_name = "SIZE", value_parser = format::parse_size)]
         compression_unit: Option<u64>,
         /// Byte quota (e.g. 10TiB); 0 = unlimited.
