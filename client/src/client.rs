@@ -299,6 +299,11 @@ impl Client {
 
     /// How volume `id` compresses, if this client knows it yet.
     pub(crate) fn known_codec(&self, id: u64) -> Option<Option<Codec>> {
+        if id == 0 {
+            // Files outside every volume (in the root) have the cluster's
+            // default policy: no compression.
+            return Some(None);
+        }
         self.inner
             .codecs
             .lock()
