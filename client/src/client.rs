@@ -316,8 +316,9 @@ impl Client {
     /// seen the volume yet (it was created after the client connected).
     ///
     /// # Errors
-    /// Meta errors; [`ErrorCode::Invalid`] when the volume's compression is
-    /// unknown to this client or no volume has that id.
+    /// Meta errors; [`ErrorCode::NotFound`] when no volume has that id,
+    /// [`ErrorCode::Invalid`] when its compression is unknown to this
+    /// client.
     pub(crate) async fn codec_of(&self, id: u64) -> Result<Option<Codec>> {
         if let Some(c) = self.known_codec(id) {
             return Ok(c);

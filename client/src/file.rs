@@ -58,11 +58,9 @@
 //!   the chunkserver keeps versions per chunk, which is stricter: an
 //!   unrelated write to the same chunk also makes the merge start again).
 //!   A lost race is retried (at once, then after random pauses), up to 100
-//!   times. A block
-//!   at or past the end of the file as this handle knows it is taken as
-//!   zeros without a read: two clients extending a file into the same new
-//!   block without coordination can lose one's bytes, as close-to-open
-//!   consistency allows.
+//!   times. A block at or past the end of the file as this handle knows
+//!   it is read too (usually a hole): two clients filling disjoint slices
+//!   of one new block both keep their bytes, as on a plain file.
 //! * Bytes past the end of the file inside its last block are always
 //!   zeros: a truncation into a block seals it again with its tail zeroed
 //!   before the chunk is cut at the next block boundary, so extending the
@@ -302,6 +300,7 @@ impl File {
         };
         let codec = std::sync::OnceLock::new();
         if let Some(c) = client.known_codec(attr.volume_id) {
+            check_unit(attr.ino, &layout, c.as_ref())?;
             let _ = codec.set(c);
         }
         let write_epoch = client.register(attr.ino, attr.version);
@@ -602,18 +601,13 @@ impl FileInner {
         if self.codec.get().is_some() {
             return Ok(());
         }
-        let c = self.client.codec_of(self.volume).await?;
-        if let Some(c) = c
-            && !self.layout.chunk_size.is_multiple_of(c.unit)
-        {
-            return Err(CairnStatus::new(
-                ErrorCode::Internal,
-                format!(
-                    "file inode {} has {} B chunks, which {} B compression units do not divide",
-                    self.ino.0, self.layout.chunk_size, c.unit
-                ),
-            ));
-        }
+        let c = self.client.codec_of(self.volume).await.map_err(|e| {
+            CairnStatus::new(
+                e.code,
+                format!("opening file inode {}: {}", self.ino.0, e.message),
+            )
+        })?;
+        check_unit(self.ino.0, &self.layout, c.as_ref())?;
         let _ = self.codec.set(c);
         Ok(())
     }
@@ -1004,10 +998,6 @@ impl FileInner {
     ) -> Result<()> {
         let g = self.align();
         let end = offset + data.len() as u64;
-        let size = {
-            let s = lock(&self.state);
-            s.len.max(s.reported)
-        };
         let cs = self.layout.chunk_size;
         let mut buf = BytesMut::zeroed(usize::try_from(b1 - b0).map_err(|_| too_big(b1))?);
         // Chunk index -> the version its partial units were read at.
@@ -1023,11 +1013,11 @@ impl FileInner {
         // time, each conditional on the version its chunk had (then on the
         // version the previous one made); the others follow, in parallel.
         let mut merged = Vec::new();
+        // Edges at or past the end of the file as this handle knows it are
+        // read too: another client may have written there since this one
+        // opened (two writers filling disjoint slices of one file), and the
+        // read makes the write conditional on what it saw.
         for at in edges {
-            if at >= size {
-                // Past the end: zeros (stored units keep zeros past it).
-                continue;
-            }
             let (unit, version) = self.read_unit(t, at).await?;
             let i = (at - b0) as usize;
             buf[i..i + g as usize].copy_from_slice(&unit);
@@ -1267,6 +1257,57 @@ impl Transform {
         (seals, stored)
     }
 
+    /// Whether the unit at `at` whose `blocks` stored blocks start at
+    /// block `first` of the reply is packed, from the seals: a packed
+    /// unit's first block carries the mark and any other blocks of it
+    /// come after (sealed, on an encrypted volume) and before its tail of
+    /// holes; a raw unit is sealed whole with the mark clear (encrypted)
+    /// or not at all (plain); a unit of zeros has no seal. Any other
+    /// shape was not written by a client (a block replaced, dropped or
+    /// reported as a hole) and is an error, never data.
+    fn unit_form(&self, at: u64, seals: &Bytes, first: usize, blocks: usize) -> Result<bool> {
+        let seal = |i: usize| {
+            seals
+                .get((first + i) * SEAL_LEN..(first + i + 1) * SEAL_LEN)
+                .and_then(|s| <&Seal>::try_from(s).ok())
+                .filter(|s| !is_no_seal(s))
+        };
+        let bad = || {
+            CairnStatus::new(
+                ErrorCode::Checksum,
+                format!(
+                    "file inode {}, the unit at {at}: its blocks are not those of a stored                      unit (a block was replaced or lost)",
+                    self.ino
+                ),
+            )
+        };
+        let head = seal(0);
+        let packed = head.is_some_and(is_packed);
+        if self.crypt.is_none() {
+            // Plain: only a packed unit's first block has a seal.
+            if (head.is_some() && !packed) || (1..blocks).any(|i| seal(i).is_some()) {
+                return Err(bad());
+            }
+            return Ok(packed);
+        }
+        let mut tail = false;
+        for i in 1..blocks {
+            let ok = match (head.map(is_packed), seal(i).map(is_packed)) {
+                (Some(true), Some(true)) => !tail,
+                (Some(true), None) => {
+                    tail = true;
+                    true
+                }
+                (Some(false), Some(false)) | (None, None) => true,
+                _ => false,
+            };
+            if !ok {
+                return Err(bad());
+            }
+        }
+        Ok(packed)
+    }
+
     /// Decodes what a piece at `file_offset` (aligned) returned: `data`
     /// with one seal per 4 KiB block in `seals` (empty: none). Decrypts
     /// (see [`Crypt::open_piece`]), then unpacks each unit a packed mark
@@ -1283,14 +1324,12 @@ impl Transform {
         let u = codec.unit as usize;
         let bs = BLOCK as usize;
         let units = data.len().div_ceil(u);
-        let packed = |k: usize| {
-            let j = k * u / bs * SEAL_LEN;
-            seals
-                .get(j..j + SEAL_LEN)
-                .and_then(|s| <&Seal>::try_from(s).ok())
-                .is_some_and(is_packed)
-        };
-        if (0..units).all(|k| !packed(k)) {
+        let mut packed = Vec::with_capacity(units);
+        for k in 0..units {
+            let blocks = (data.len().min((k + 1) * u) - k * u).div_ceil(bs);
+            packed.push(self.unit_form(file_offset + (k * u) as u64, seals, k * u / bs, blocks)?);
+        }
+        if !packed.contains(&true) {
             // Raw units only: the bytes are the file's.
             return Ok(data);
         }
@@ -1298,7 +1337,7 @@ impl Transform {
         for k in 0..units {
             let stored = &data[k * u..((k + 1) * u).min(data.len())];
             let dst = &mut out[k * u..(k + 1) * u];
-            if packed(k) {
+            if packed[k] {
                 codec.decode_into(stored, dst).map_err(|e| {
                     CairnStatus::new(
                         e.code,
@@ -1331,6 +1370,111 @@ fn jitter() -> u64 {
     h.finish()
 }
 
+/// Refuses a compression unit that does not divide the file's chunks
+/// (meta never hands one out: units would straddle chunks).
+fn check_unit(ino: u64, layout: &FileLayout, codec: Option<&Codec>) -> Result<()> {
+    match codec {
+        Some(c) if !layout.chunk_size.is_multiple_of(c.unit) => Err(CairnStatus::new(
+            ErrorCode::Internal,
+            format!(
+                "file inode {ino} has {} B chunks, which {} B compression units do not divide",
+                layout.chunk_size, c.unit
+            ),
+        )),
+        _ => Ok(()),
+    }
+}
+
 fn cache_enabled(c: &Client) -> bool {
     c.inner.opts.cache.memory_bytes > 0 || c.inner.opts.cache.dir.is_some()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::compress::Algo;
+    use crate::crypto::VolumeKey;
+
+    fn transform(encrypted: bool) -> Transform {
+        Transform {
+            crypt: encrypted.then(|| Crypt {
+                key: VolumeKey::from_bytes([7; 32]).file_key(b"salt-of-the-file"),
+                object: 9,
+                ino: 3,
+            }),
+            codec: Some(Codec {
+                algo: Algo::Lz4,
+                unit: 16 << 10,
+            }),
+            ino: 3,
+        }
+    }
+
+    fn text(len: usize) -> Vec<u8> {
+        (0..len).map(|i| b"tensor shard epoch "[i % 19]).collect()
+    }
+
+    fn noise(len: u32) -> Vec<u8> {
+        let mut x = 0x9e37_79b9_7f4a_7c15u64 ^ u64::from(len);
+        (0..len)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                (x >> 24) as u8
+            })
+            .collect()
+    }
+
+    /// Encodes two units (one packed into several blocks: half noise, half
+    /// text; one raw: noise) as a write would.
+    fn stored(t: &Transform) -> (Vec<u8>, Vec<u8>, Vec<u8>) {
+        let mut plain = noise(8 << 10);
+        plain.extend(text(8 << 10));
+        plain.extend(noise(16 << 10));
+        let mut buf = plain.clone();
+        let (seals, stored) = t.encode_part(0, &mut buf);
+        assert!(
+            stored > 16 << 10 && stored <= (16 << 10) + (12 << 10),
+            "{stored}"
+        );
+        (plain, buf, seals)
+    }
+
+    #[test]
+    fn encoded_units_decode_and_damaged_forms_are_errors() {
+        for encrypted in [false, true] {
+            let t = transform(encrypted);
+            let (plain, data, seals) = stored(&t);
+            let back = t
+                .decode_piece(0, Bytes::from(data.clone()), &Bytes::from(seals.clone()))
+                .unwrap();
+            assert!(back[..] == plain[..], "encrypted {encrypted}");
+
+            let code = |d: Vec<u8>, s: Vec<u8>| {
+                t.decode_piece(0, Bytes::from(d), &Bytes::from(s))
+                    .err()
+                    .map(|e| e.code)
+            };
+            if encrypted {
+                // The packed unit's first block reported as a hole (zeros,
+                // no seal): an error, never its compressed bytes as data.
+                // (A plain volume trusts its chunkservers with this.)
+                let mut d = data.clone();
+                d[..4096].fill(0);
+                let mut s = seals.clone();
+                s[..SEAL_LEN].fill(0);
+                assert_eq!(code(d, s), Some(ErrorCode::Checksum));
+            }
+            // A mark on a block that does not start a unit.
+            let mut s = seals.clone();
+            let (a, b) = s.split_at_mut(SEAL_LEN);
+            b[5 * SEAL_LEN..6 * SEAL_LEN].copy_from_slice(a);
+            assert_eq!(
+                code(data.clone(), s),
+                Some(ErrorCode::Checksum),
+                "encrypted {encrypted}"
+            );
+        }
+    }
 }

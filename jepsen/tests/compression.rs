@@ -422,3 +422,46 @@ async fn resynced_replicas_carry_the_packed_marks() {
     }
     reader.close().await.unwrap();
 }
+
+/// Two clients that opened a file while it was empty fill disjoint slices
+/// of its first unit, one after the other: both keep their bytes (the
+/// second reads the unit, though it lies past the end it knew, and its
+/// write is conditional on what it read), on lz4 and on zstd + encrypted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writers_of_disjoint_slices_of_a_new_unit_keep_both() {
+    let c = DataCluster::start(DataOpts::default()).await.unwrap();
+    let key = VolumeKey::generate();
+    compressed_volume(&c, "lz", Compression::Lz4, 0, None).await;
+    compressed_volume(&c, "zs", Compression::Zstd, 16 << 10, Some(&key)).await;
+    let ring = Arc::new(KeyRing::single("zs", 1, key));
+    let opts = || ClientOptions {
+        keys: vec![ring.clone()],
+        ..ClientOptions::default()
+    };
+    let a = c.client(opts()).await.unwrap();
+    let b = c.client(opts()).await.unwrap();
+    for (path, cut, unit) in [
+        ("/lz/s", 40_000usize, 65_536usize),
+        ("/zs/s", 10_000, 16_384),
+    ] {
+        let fb = b.open(path, OpenOptions::CREATE).await.unwrap();
+        let fa = a.open(path, OpenOptions::WRITE).await.unwrap();
+        let first = text(1, cut);
+        let second = text(2, unit - cut);
+        fa.write_at(0, Bytes::from(first.clone())).await.unwrap();
+        fa.close().await.unwrap();
+        fb.write_at(cut as u64, Bytes::from(second.clone()))
+            .await
+            .unwrap();
+        fb.close().await.unwrap();
+        let back = a.read_file(path).await.unwrap();
+        assert_eq!(back.len(), unit, "{path}");
+        assert!(back[..cut] == first[..], "{path}: the first writer's bytes");
+        assert!(
+            back[cut..] == second[..],
+            "{path}: the second writer's bytes"
+        );
+    }
+    a.close().await.unwrap();
+    b.close().await.unwrap();
+}

@@ -414,3 +414,33 @@ async fn resynced_replicas_carry_the_seals() {
     }
     reader.close().await.unwrap();
 }
+
+/// Two clients that opened a file while it was empty fill disjoint parts
+/// of its first block, one after the other: both keep their bytes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writers_of_disjoint_parts_of_a_new_block_keep_both() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (c, ring, _) = encrypted_cluster(tmp.path()).await;
+    let a = c.client(keyed(&ring)).await.unwrap();
+    let b = c.client(keyed(&ring)).await.unwrap();
+    let fb = b.open("/sec/s", OpenOptions::CREATE).await.unwrap();
+    let fa = a.open("/sec/s", OpenOptions::WRITE).await.unwrap();
+    fa.write_at(0, Bytes::from(vec![1u8; 1000])).await.unwrap();
+    fa.close().await.unwrap();
+    fb.write_at(1000, Bytes::from(vec![2u8; 3096]))
+        .await
+        .unwrap();
+    fb.close().await.unwrap();
+    let back = a.read_file("/sec/s").await.unwrap();
+    assert_eq!(back.len(), 4096);
+    assert!(
+        back[..1000].iter().all(|x| *x == 1),
+        "the first writer's bytes"
+    );
+    assert!(
+        back[1000..].iter().all(|x| *x == 2),
+        "the second writer's bytes"
+    );
+    a.close().await.unwrap();
+    b.close().await.unwrap();
+}

@@ -218,7 +218,8 @@ pub struct ClientArgs {
     /// with a run without the flag (the ratios to the same baselines).
     #[arg(long)]
     pub encrypted: bool,
-    /// Make the volume compressed (on the client, in 64 KiB units): every
+    /// Make the volume compressed (on the client, in --compression-unit
+    /// units): every
     /// phase then measures what compression costs; compare with a run
     /// without the flag. Combine with --compressible to measure it on data
     /// that shrinks (the default bytes are random and are stored raw).
@@ -229,9 +230,10 @@ pub struct ClientArgs {
     /// random ones.
     #[arg(long)]
     pub compressible: bool,
-    /// The compression unit (with --compression): 16KiB to 1MiB.
-    #[arg(long, value_parser = parse_size, default_value = "64KiB", value_name = "SIZE")]
-    pub compression_unit: u64,
+    /// The compression unit (with --compression): 16KiB to 1MiB
+    /// [default: 64KiB].
+    #[arg(long, value_parser = parse_size, value_name = "SIZE", requires = "compression")]
+    pub compression_unit: Option<u64>,
     /// Options shared by every workload.
     #[command(flatten)]
     pub common: CommonArgs,
@@ -584,7 +586,7 @@ impl Plan {
                 encrypted: a.encrypted,
                 compression: a.compression,
                 compressible: a.compressible,
-                compression_unit: a.compression_unit,
+                compression_unit: a.compression_unit.unwrap_or(64 << 10),
             },
         })
     }
