@@ -85,7 +85,8 @@ pub fn affected(session: u64, op: &Op, reply: &Reply) -> Option<Change> {
             | Op::SetXattr { ino, .. }
             | Op::RemoveXattr { ino, .. }
             | Op::ReportLength { ino, .. }
-            | Op::Close { ino, .. },
+            | Op::Close { ino, .. }
+            | Op::CloseCounted { ino, .. },
             _,
         ) => (vec![*ino], Vec::new()),
         (Op::CreateVolume { name, .. }, Reply::Volume(v))

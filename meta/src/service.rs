@@ -1300,24 +1300,18 @@ impl Meta for MetaService {
             )
             .await?;
         }
-        if r.logical_written > 0 {
-            // Before the close, which frees an unlinked file's inode (and
-            // the count with it), and under the close's request id: the
-            // state machine counts it only while that close is not applied,
-            // so a retry after a lost reply counts nothing twice.
-            self.write(
-                r.rid.as_ref(),
-                Op::CountCompressed {
-                    ino: r.ino,
-                    logical: r.logical_written,
-                    stored: r.stored_written,
-                },
-            )
-            .await?;
-        }
-        let op = Op::Close {
-            ino: r.ino,
-            length: r.has_length.then_some((r.length, r.truncate_gen)),
+        let length = r.has_length.then_some((r.length, r.truncate_gen));
+        // A compressed file's byte counts go with the close, in one entry
+        // under its request id: a retry counts them once.
+        let op = if r.logical_written > 0 {
+            Op::CloseCounted {
+                ino: r.ino,
+                length,
+                logical: r.logical_written,
+                stored: r.stored_written,
+            }
+        } else {
+            Op::Close { ino: r.ino, length }
         };
         let reply = self.write(r.rid.as_ref(), op).await?;
         Ok(Response::new(attr_reply(reply)?))

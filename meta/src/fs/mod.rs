@@ -422,6 +422,16 @@ impl<K: Kv> FsState<K> {
                 Ok(Reply::Attr(inode))
             }
             Op::Close { ino, length } => session::close(t, cmd.client_id, *ino, *length, now),
+            Op::CloseCounted {
+                ino,
+                length,
+                logical,
+                stored,
+            } => {
+                // Counted first: closing an unlinked file frees its inode.
+                compression::count(t, *ino, *logical, *stored)?;
+                session::close(t, cmd.client_id, *ino, *length, now)
+            }
             Op::ReleaseFiles { inos } => session::release_files(t, cmd.client_id, inos, now),
             Op::MarkExtent { ino, extent } => session::mark_extent(t, *ino, *extent),
             Op::CountCompressed {
@@ -1519,6 +1529,78 @@ mod tests {
         sm.run(as_client(3, close)).unwrap();
         let c = sm.fs.compression_of(v.id).unwrap().unwrap();
         assert_eq!((c.logical, c.stored), (1010, 8192));
+    }
+
+    #[test]
+    fn a_counted_close_counts_once_and_counts_an_unlinked_file() {
+        let mut sm = Sm::new();
+        let v = compressed_volume(&mut sm, "v", compression::LZ4, 0);
+        let sid = sm.session();
+        let as_client = |seq: u64, op: Op| Command {
+            client_id: sid,
+            seq,
+            ack_below: 0,
+            time_ns: 1,
+            op,
+        };
+        let mut op = create_op("f");
+        if let Op::Create {
+            parent,
+            open_for_write,
+            ..
+        } = &mut op
+        {
+            *parent = v.root_ino;
+            *open_for_write = true;
+        }
+        let f = entry_attr(sm.run(as_client(1, op)));
+        let close = Op::CloseCounted {
+            ino: f.ino,
+            length: Some((1000, 0)),
+            logical: 65_536,
+            stored: 8192,
+        };
+        // A retry after a lost reply: the cached reply, counted once.
+        for _ in 0..2 {
+            assert!(matches!(
+                sm.run(as_client(2, close.clone())),
+                Ok(Reply::Attr(_))
+            ));
+        }
+        let c = sm.fs.compression_of(v.id).unwrap().unwrap();
+        assert_eq!((c.logical, c.stored), (65_536, 8192));
+        assert_eq!(sm.fs.getattr(f.ino).unwrap().size, 1000);
+        // An unlinked file still open for write: counted, then freed.
+        sm.run(as_client(
+            3,
+            Op::Open {
+                ino: f.ino,
+                write: true,
+            },
+        ))
+        .unwrap();
+        sm.run(as_client(
+            4,
+            Op::Unlink {
+                parent: v.root_ino,
+                name: "f".into(),
+                held_open: true,
+            },
+        ))
+        .unwrap();
+        sm.run(as_client(
+            5,
+            Op::CloseCounted {
+                ino: f.ino,
+                length: None,
+                logical: 100,
+                stored: 4096,
+            },
+        ))
+        .unwrap();
+        let c = sm.fs.compression_of(v.id).unwrap().unwrap();
+        assert_eq!((c.logical, c.stored), (65_636, 12_288));
+        assert_eq!(sm.fs.getattr(f.ino).unwrap_err().code, ErrorCode::NotFound);
     }
 
     #[test]

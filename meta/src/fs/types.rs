@@ -516,6 +516,25 @@ pub enum Op {
         /// Bytes sent to the chunkservers, per replica.
         stored: u64,
     },
+    /// [`Op::Close`] of a file of a compressed volume by a writer that
+    /// wrote `logical` bytes in compression units, `stored` after
+    /// compression: adds them to the counters of the file's volume (as
+    /// [`Op::CountCompressed`] does), then closes, in one entry under one
+    /// request id, so a retried close counts its bytes once whatever
+    /// happened to the first attempt. Supersedes the CountCompressed +
+    /// Close pair (which a leader change between the two could count
+    /// twice); that op is still applied from logs. Appended last (bincode
+    /// index).
+    CloseCounted {
+        /// The file.
+        ino: u64,
+        /// As in [`Op::Close`].
+        length: Option<(u64, u64)>,
+        /// Bytes before compression.
+        logical: u64,
+        /// Bytes sent to the chunkservers, per replica.
+        stored: u64,
+    },
 }
 
 impl Op {
@@ -545,6 +564,7 @@ impl Op {
             Op::ReleaseFiles { .. } => "release_files",
             Op::MarkExtent { .. } => "mark_extent",
             Op::CountCompressed { .. } => "count_compressed",
+            Op::CloseCounted { .. } => "close_counted",
             Op::ReportLength { .. } => "report_length",
             Op::RegisterChunkserver { .. } => "register_chunkserver",
             Op::SetTargetStates { .. } => "set_target_states",
