@@ -297,6 +297,36 @@ impl DataCluster {
         }
     }
 
+    /// Waits until every 3-replica chain has three serving members, none
+    /// of them chunkserver `gone` (its replacement finished its resync).
+    ///
+    /// # Errors
+    /// Meta unreachable, or not healed within `timeout` (the table).
+    pub async fn wait_healed_without(&self, gone: u64, timeout: Duration) -> Result<()> {
+        let start = Instant::now();
+        loop {
+            let t = self.chains().await?;
+            let healed = t
+                .tables
+                .iter()
+                .filter(|tb| tb.replication == 3)
+                .flat_map(|tb| tb.chains.iter())
+                .all(|ch| {
+                    ch.targets.len() == 3
+                        && ch.targets.iter().all(|m| {
+                            m.state == pb::TargetState::Serving as i32 && m.chunkserver_id != gone
+                        })
+                });
+            if healed {
+                return Ok(());
+            }
+            if start.elapsed() > timeout {
+                bail!("the chains did not heal without chunkserver {gone}: {t:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
     /// A client of this cluster with `opts`.
     ///
     /// # Errors
@@ -334,4 +364,51 @@ pub fn pattern(seed: u64, len: usize) -> Bytes {
     }
     v.truncate(len);
     Bytes::from(v)
+}
+
+/// Clients `a` and `b` write alternate 100-byte slots `0..slots` of the
+/// existing file `path` (`a` the even ones, `b` the odd ones, at once),
+/// slot `i` filled with byte `i % 251 + 1`, pausing 1 ms between writes as
+/// programs sharing a block do (two tight loops on one block could make
+/// one read-modify-write lose 100 races in a row: a known limit).
+///
+/// # Errors
+/// The first failed open, write or close.
+pub async fn write_alternate_slots(a: &Client, b: &Client, path: &str, slots: usize) -> Result<()> {
+    let run = |client: Client, parity: usize, path: String| async move {
+        let f = client.open(&path, cairn_client::OpenOptions::WRITE).await?;
+        for slot in (parity..slots).step_by(2) {
+            let byte = (slot % 251) as u8 + 1;
+            f.write_at(slot as u64 * 100, Bytes::from(vec![byte; 100]))
+                .await?;
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        f.close().await?;
+        Ok::<_, cairn_client::CairnStatus>(())
+    };
+    let (ra, rb) = tokio::join!(
+        tokio::spawn(run(a.clone(), 0, path.to_string())),
+        tokio::spawn(run(b.clone(), 1, path.to_string()))
+    );
+    ra.context("writer a")??;
+    rb.context("writer b")??;
+    Ok(())
+}
+
+/// Checks that `back` holds what [`write_alternate_slots`] wrote to
+/// `slots` slots.
+///
+/// # Errors
+/// The first slot that lost its write.
+pub fn check_alternate_slots(back: &[u8], slots: usize) -> Result<()> {
+    for slot in 0..slots {
+        let want = (slot % 251) as u8 + 1;
+        let got = back
+            .get(slot * 100..slot * 100 + 100)
+            .with_context(|| format!("the file ends before slot {slot}"))?;
+        if !got.iter().all(|x| *x == want) {
+            bail!("slot {slot} lost its write: {:?}", &got[..8]);
+        }
+    }
+    Ok(())
 }

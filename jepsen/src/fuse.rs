@@ -171,3 +171,36 @@ impl Drop for Mount {
         }
     }
 }
+
+/// Through a mount, writes `model` to the file at `path`, overwrites
+/// `patch` at `at` (unaligned, in place), cuts the file to `cut` and
+/// fsyncs, then appends `tail` with `O_APPEND`, changing `model` the same
+/// way: a file's data path exercised the way programs use it.
+///
+/// # Errors
+/// The first failed file operation.
+pub fn write_patch_cut_append(
+    path: &Path,
+    model: &mut Vec<u8>,
+    (patch, at): (&[u8], usize),
+    cut: usize,
+    tail: &[u8],
+) -> Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::FileExt as _;
+    std::fs::write(path, &model[..]).with_context(|| format!("writing {}", path.display()))?;
+    let f = OpenOptions::new().write(true).open(path)?;
+    f.write_all_at(patch, at as u64)?;
+    if model.len() < at + patch.len() {
+        model.resize(at + patch.len(), 0);
+    }
+    model[at..at + patch.len()].copy_from_slice(patch);
+    f.set_len(cut as u64)?;
+    model.resize(cut, 0);
+    f.sync_all()?;
+    drop(f);
+    let mut f = OpenOptions::new().append(true).open(path)?;
+    f.write_all(tail)?;
+    model.extend_from_slice(tail);
+    Ok(())
+}

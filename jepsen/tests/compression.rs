@@ -8,16 +8,17 @@
 //! writes loses no file whose write returned; the packed marks survive a
 //! resync.
 
-use std::os::unix::fs::FileExt as _;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use cairn_client::crypto::{KeyRing, VolumeKey};
 use cairn_client::{Client, ClientOptions, OpenOptions};
-use cairn_jepsen::data_cluster::{DataCluster, DataOpts, pattern};
+use cairn_jepsen::data_cluster::{
+    DataCluster, DataOpts, check_alternate_slots, pattern, write_alternate_slots,
+};
 use cairn_jepsen::disk::files_containing;
-use cairn_jepsen::fuse::Mount;
+use cairn_jepsen::fuse::{Mount, write_patch_cut_append};
 use cairn_proto::meta::{Compression, VolumeKeyCheck, VolumePolicy};
 
 /// Creates volume `name` compressed with `algo` in `unit`-byte units
@@ -46,6 +47,21 @@ async fn compressed_volume(
     }
     admin.meta().create_volume(name, policy).await.unwrap();
     admin.close().await.unwrap();
+}
+
+/// A cluster with volumes `lz` (lz4, 64 KiB units) and `zs` (zstd in
+/// 16 KiB units, encrypted), and options of clients that hold zs's key.
+async fn lz_and_zs() -> (DataCluster, impl Fn() -> ClientOptions) {
+    let c = DataCluster::start(DataOpts::default()).await.unwrap();
+    let key = VolumeKey::generate();
+    compressed_volume(&c, "lz", Compression::Lz4, 0, None).await;
+    compressed_volume(&c, "zs", Compression::Zstd, 16 << 10, Some(&key)).await;
+    let ring = Arc::new(KeyRing::single("zs", 1, key));
+    let opts = move || ClientOptions {
+        keys: vec![ring.clone()],
+        ..ClientOptions::default()
+    };
+    (c, opts)
 }
 
 /// Text that compresses about 3-4× (numbered lines of words).
@@ -124,15 +140,7 @@ async fn write_shapes(client: &Client, path: &str, seed: u64) -> Vec<u8> {
 /// by 4 KiB random reads.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_write_shape_reads_back_on_compressed_volumes() {
-    let c = DataCluster::start(DataOpts::default()).await.unwrap();
-    let key = VolumeKey::generate();
-    compressed_volume(&c, "lz", Compression::Lz4, 0, None).await;
-    compressed_volume(&c, "zs", Compression::Zstd, 16 << 10, Some(&key)).await;
-    let ring = Arc::new(KeyRing::single("zs", 1, key));
-    let opts = || ClientOptions {
-        keys: vec![ring.clone()],
-        ..ClientOptions::default()
-    };
+    let (c, opts) = lz_and_zs().await;
     let client = c.client(opts()).await.unwrap();
     let mut models = Vec::new();
     for (path, seed) in [("/lz/f", 1), ("/zs/f", 7_000_000)] {
@@ -231,34 +239,12 @@ async fn concurrent_writers_of_one_unit_lose_nothing() {
     let f = a.open("/lz/shared", OpenOptions::CREATE).await.unwrap();
     f.set_len(64 * 1024).await.unwrap();
     f.close().await.unwrap();
-    let run = |client: Client, parity: usize| async move {
-        let f = client.open("/lz/shared", OpenOptions::WRITE).await.unwrap();
-        for slot in (parity..400).step_by(2) {
-            let byte = (slot % 251) as u8 + 1;
-            f.write_at(slot as u64 * 100, Bytes::from(vec![byte; 100]))
-                .await
-                .unwrap();
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
-        f.close().await.unwrap();
-    };
-    let (ra, rb) = tokio::join!(
-        tokio::spawn(run(a.clone(), 0)),
-        tokio::spawn(run(b.clone(), 1))
-    );
-    ra.unwrap();
-    rb.unwrap();
+    write_alternate_slots(&a, &b, "/lz/shared", 400)
+        .await
+        .unwrap();
     let reader = c.client(ClientOptions::default()).await.unwrap();
     let back = reader.read_file("/lz/shared").await.unwrap();
-    for slot in 0..400usize {
-        let want = (slot % 251) as u8 + 1;
-        let got = &back[slot * 100..slot * 100 + 100];
-        assert!(
-            got.iter().all(|x| *x == want),
-            "slot {slot} lost its write: {:?}",
-            &got[..8]
-        );
-    }
+    check_alternate_slots(&back, 400).unwrap();
     for cl in [a, b, reader] {
         cl.close().await.unwrap();
     }
@@ -276,24 +262,14 @@ async fn a_mount_reads_and_writes_a_compressed_volume() {
     let mut m = Mount::start(&meta, &mnt, &[]).unwrap();
     let path = m.path("zs/data.txt");
     let mut model = text(3, 500_000);
-    std::fs::write(&path, &model).unwrap();
-    {
-        let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
-        f.write_all_at(b"patched", 65_533).unwrap();
-        model[65_533..65_540].copy_from_slice(b"patched");
-        f.set_len(300_001).unwrap();
-        model.truncate(300_001);
-        f.sync_all().unwrap();
-    }
-    {
-        use std::io::Write as _;
-        let mut f = std::fs::OpenOptions::new()
-            .append(true)
-            .open(&path)
-            .unwrap();
-        f.write_all(b"appended").unwrap();
-        model.extend_from_slice(b"appended");
-    }
+    write_patch_cut_append(
+        &path,
+        &mut model,
+        (b"patched", 65_533),
+        300_001,
+        b"appended",
+    )
+    .unwrap();
     assert!(std::fs::read(&path).unwrap() == model, "through the mount");
     m.stop().unwrap();
     let mut m = Mount::start(&meta, &mnt, &[]).unwrap();
@@ -357,7 +333,6 @@ async fn a_chunkserver_killed_during_writes_loses_no_returned_file() {
 /// make a packed unit read as its compressed bytes).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn resynced_replicas_carry_the_packed_marks() {
-    use cairn_proto::meta::TargetState;
     let _serial = cairn_jepsen::serial().await;
     let mut c = DataCluster::start(DataOpts {
         chunkservers: 4,
@@ -388,29 +363,9 @@ async fn resynced_replicas_carry_the_packed_marks() {
     }
     let gone = ids.iter().find(|(i, _)| *i == 0).unwrap().1;
     c.kill(0);
-    let start = std::time::Instant::now();
-    loop {
-        let t = c.chains().await.unwrap();
-        let healed =
-            t.tables
-                .iter()
-                .filter(|tb| tb.replication == 3)
-                .flat_map(|tb| tb.chains.iter())
-                .all(|ch| {
-                    ch.targets.len() == 3
-                        && ch.targets.iter().all(|m| {
-                            m.state == TargetState::Serving as i32 && m.chunkserver_id != gone
-                        })
-                });
-        if healed {
-            break;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(120),
-            "the chains did not heal: {t:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    c.wait_healed_without(gone, Duration::from_secs(120))
+        .await
+        .unwrap();
     // Only chunkserver 3 stays: chains that lost chunkserver 0 read from
     // the copies the resync made there.
     c.kill(1);
@@ -429,15 +384,7 @@ async fn resynced_replicas_carry_the_packed_marks() {
 /// write is conditional on what it read), on lz4 and on zstd + encrypted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writers_of_disjoint_slices_of_a_new_unit_keep_both() {
-    let c = DataCluster::start(DataOpts::default()).await.unwrap();
-    let key = VolumeKey::generate();
-    compressed_volume(&c, "lz", Compression::Lz4, 0, None).await;
-    compressed_volume(&c, "zs", Compression::Zstd, 16 << 10, Some(&key)).await;
-    let ring = Arc::new(KeyRing::single("zs", 1, key));
-    let opts = || ClientOptions {
-        keys: vec![ring.clone()],
-        ..ClientOptions::default()
-    };
+    let (c, opts) = lz_and_zs().await;
     let a = c.client(opts()).await.unwrap();
     let b = c.client(opts()).await.unwrap();
     for (path, cut, unit) in [

@@ -13,9 +13,11 @@ use std::sync::Arc;
 use bytes::Bytes;
 use cairn_client::crypto::{KeyRing, VolumeKey};
 use cairn_client::{ClientOptions, ErrorCode, OpenOptions};
-use cairn_jepsen::data_cluster::{DataCluster, DataOpts, pattern};
+use cairn_jepsen::data_cluster::{
+    DataCluster, DataOpts, check_alternate_slots, pattern, write_alternate_slots,
+};
 use cairn_jepsen::disk::{files_containing, files_under};
-use cairn_jepsen::fuse::Mount;
+use cairn_jepsen::fuse::{Mount, write_patch_cut_append};
 use cairn_proto::meta::{VolumeKeyCheck, VolumePolicy};
 
 /// Creates encrypted volume `name` (with `chunk_size`, or the default)
@@ -179,40 +181,12 @@ async fn concurrent_partial_block_writers_lose_nothing() {
     f.close().await.unwrap();
     // Writer a owns the even 100-byte slots, b the odd ones: many share a
     // 4 KiB block with the other's.
-    let run = |client: cairn_client::Client, parity: usize| async move {
-        let f = client
-            .open("/sec/shared", OpenOptions::WRITE)
-            .await
-            .unwrap();
-        for slot in (parity..600).step_by(2) {
-            let byte = (slot % 251) as u8 + 1;
-            f.write_at(slot as u64 * 100, Bytes::from(vec![byte; 100]))
-                .await
-                .unwrap();
-            // Writers of a shared block as a program has them, not two
-            // tight loops: under those one merge could lose 100 races in
-            // a row (a known limit: the merge then fails, it loses nothing).
-            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
-        }
-        f.close().await.unwrap();
-    };
-    let (ra, rb) = tokio::join!(
-        tokio::spawn(run(a.clone(), 0)),
-        tokio::spawn(run(b.clone(), 1))
-    );
-    ra.unwrap();
-    rb.unwrap();
+    write_alternate_slots(&a, &b, "/sec/shared", 600)
+        .await
+        .unwrap();
     let reader = c.client(keyed(&ring)).await.unwrap();
     let back = reader.read_file("/sec/shared").await.unwrap();
-    for slot in 0..600usize {
-        let want = (slot % 251) as u8 + 1;
-        let got = &back[slot * 100..slot * 100 + 100];
-        assert!(
-            got.iter().all(|x| *x == want),
-            "slot {slot} lost its write: {:?}",
-            &got[..8]
-        );
-    }
+    check_alternate_slots(&back, 600).unwrap();
     for cl in [a, b, reader] {
         cl.close().await.unwrap();
     }
@@ -294,24 +268,7 @@ async fn a_mount_with_the_key_reads_and_writes_an_encrypted_volume() {
         model.extend_from_slice(canary);
         model.extend_from_slice(&i.to_le_bytes());
     }
-    std::fs::write(&path, &model).unwrap();
-    {
-        let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
-        f.write_all_at(b"patched", 4095).unwrap();
-        model[4095..4102].copy_from_slice(b"patched");
-        f.set_len(50_001).unwrap();
-        model.truncate(50_001);
-        f.sync_all().unwrap();
-    }
-    {
-        use std::io::Write as _;
-        let mut f = std::fs::OpenOptions::new()
-            .append(true)
-            .open(&path)
-            .unwrap();
-        f.write_all(canary).unwrap();
-        model.extend_from_slice(canary);
-    }
+    write_patch_cut_append(&path, &mut model, (b"patched", 4095), 50_001, canary).unwrap();
     assert!(
         std::fs::read(&path).unwrap() == model,
         "read through the mount"
@@ -342,7 +299,6 @@ async fn a_mount_with_the_key_reads_and_writes_an_encrypted_volume() {
 /// file still reads whole from what is left (the copied seals verify).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn resynced_replicas_carry_the_seals() {
-    use cairn_proto::meta::TargetState;
     let _serial = cairn_jepsen::serial().await;
     let mut c = DataCluster::start(DataOpts {
         chunkservers: 4,
@@ -379,30 +335,9 @@ async fn resynced_replicas_carry_the_seals() {
             .unwrap()
     };
     c.kill(0);
-    let gone = id(0);
-    let start = std::time::Instant::now();
-    loop {
-        let t = c.chains().await.unwrap();
-        let healed =
-            t.tables
-                .iter()
-                .filter(|tb| tb.replication == 3)
-                .flat_map(|tb| tb.chains.iter())
-                .all(|ch| {
-                    ch.targets.len() == 3
-                        && ch.targets.iter().all(|m| {
-                            m.state == TargetState::Serving as i32 && m.chunkserver_id != gone
-                        })
-                });
-        if healed {
-            break;
-        }
-        assert!(
-            start.elapsed() < std::time::Duration::from_secs(120),
-            "the chains did not heal: {t:?}"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-    }
+    c.wait_healed_without(id(0), std::time::Duration::from_secs(120))
+        .await
+        .unwrap();
     // Every chain is {1, 2, 3} now. Only chunkserver 3 stays: chains that
     // lost chunkserver 0 read from the copies the resync made there.
     c.kill(1);

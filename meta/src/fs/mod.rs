@@ -1470,29 +1470,39 @@ mod tests {
         assert_eq!(sm.fs.compression_of(a.id).unwrap(), Some(ca));
     }
 
-    #[test]
-    fn a_retried_close_counts_its_bytes_once() {
-        let mut sm = Sm::new();
-        let v = compressed_volume(&mut sm, "v", compression::LZ4, 0);
-        let sid = sm.session();
-        let as_client = |seq: u64, op: Op| Command {
+    /// Command `seq` of session `sid`.
+    fn session_command(sid: u64, seq: u64, op: Op) -> Command {
+        Command {
             client_id: sid,
             seq,
             ack_below: 0,
             time_ns: 1,
             op,
-        };
-        let mut op = create_op("f");
+        }
+    }
+
+    /// A create of `name` in `parent`, opened for write.
+    fn create_for_write(name: &str, parent_ino: u64) -> Op {
+        let mut op = create_op(name);
         if let Op::Create {
             parent,
             open_for_write,
             ..
         } = &mut op
         {
-            *parent = v.root_ino;
+            *parent = parent_ino;
             *open_for_write = true;
         }
-        let f = entry_attr(sm.run(as_client(1, op)));
+        op
+    }
+
+    #[test]
+    fn a_retried_close_counts_its_bytes_once() {
+        let mut sm = Sm::new();
+        let v = compressed_volume(&mut sm, "v", compression::LZ4, 0);
+        let sid = sm.session();
+        let as_client = |seq: u64, op: Op| session_command(sid, seq, op);
+        let f = entry_attr(sm.run(as_client(1, create_for_write("f", v.root_ino))));
         let close = Op::Close {
             ino: f.ino,
             length: Some((1000, 0)),
@@ -1536,24 +1546,8 @@ mod tests {
         let mut sm = Sm::new();
         let v = compressed_volume(&mut sm, "v", compression::LZ4, 0);
         let sid = sm.session();
-        let as_client = |seq: u64, op: Op| Command {
-            client_id: sid,
-            seq,
-            ack_below: 0,
-            time_ns: 1,
-            op,
-        };
-        let mut op = create_op("f");
-        if let Op::Create {
-            parent,
-            open_for_write,
-            ..
-        } = &mut op
-        {
-            *parent = v.root_ino;
-            *open_for_write = true;
-        }
-        let f = entry_attr(sm.run(as_client(1, op)));
+        let as_client = |seq: u64, op: Op| session_command(sid, seq, op);
+        let f = entry_attr(sm.run(as_client(1, create_for_write("f", v.root_ino))));
         let close = Op::CloseCounted {
             ino: f.ino,
             length: Some((1000, 0)),
