@@ -293,11 +293,5 @@ mod tests {
         let c = affected(1, &create, &made).expect("a change");
         assert_eq!(c.inos, vec![ROOT_INO, 8]);
         assert_eq!(c.entries, vec![(ROOT_INO, "sec".to_string())]);
-        let count = Op::CountCompressed {
-            ino: 9,
-            logical: 1,
-            stored: 1,
-        };
-        assert_eq!(affected(1, &count, &Reply::Unit), None);
     }
 }

@@ -15,7 +15,7 @@
 //! * The unit is a power of two from [`MIN_UNIT`] to [`MAX_UNIT`] and at
 //!   most the volume's chunk size, so a unit never spans two chunks.
 //! * The counters only grow, and count a close's bytes once: see
-//!   [`Op::CountCompressed`](super::Op::CountCompressed).
+//!   [`Op::CloseCounted`](super::Op::CloseCounted).
 
 use super::store::{Kv, Txn, key};
 use super::{

@@ -207,9 +207,6 @@ impl<K: Kv> FsState<K> {
     /// Runs a command with the reply cache around it.
     fn apply_command(&self, t: &mut Txn<'_, K>, cmd: &Command) -> Result<Response, StoreError> {
         let cached = cmd.client_id != 0 && cmd.seq != 0;
-        if cached && matches!(cmd.op, Op::CountCompressed { .. }) {
-            return self.count_for_close(t, cmd);
-        }
         if cached {
             if let Some(r) = t.get::<Response>(&store::key::reply(cmd.client_id, cmd.seq))? {
                 return Ok(r);
@@ -243,32 +240,6 @@ impl<K: Kv> FsState<K> {
             self.cache_reply(t, cmd, &response)?;
         }
         Ok(response)
-    }
-
-    /// Applies a [`Op::CountCompressed`] carrying the request id of the
-    /// close it comes with: only when that close would be applied now (its
-    /// reply is not cached, its seq is not stale, its session is open), so
-    /// a retried close counts its bytes once; caches nothing (the seq is
-    /// the close's).
-    fn count_for_close(&self, t: &mut Txn<'_, K>, cmd: &Command) -> Result<Response, StoreError> {
-        let closed = t
-            .get_raw(&store::key::reply(cmd.client_id, cmd.seq))?
-            .is_some();
-        if closed
-            || cmd.seq < cmd.ack_below
-            || t.get_raw(&store::key::session(cmd.client_id))?.is_none()
-        {
-            return Ok(Ok(Reply::Unit));
-        }
-        let sp = t.savepoint();
-        match self.run_op(t, cmd) {
-            Ok(reply) => Ok(Ok(reply)),
-            Err(OpError::Fs(e)) => {
-                t.restore(sp);
-                Ok(Err(e))
-            }
-            Err(OpError::Store(e)) => Err(e),
-        }
     }
 
     fn cache_reply(
@@ -434,11 +405,6 @@ impl<K: Kv> FsState<K> {
             }
             Op::ReleaseFiles { inos } => session::release_files(t, cmd.client_id, inos, now),
             Op::MarkExtent { ino, extent } => session::mark_extent(t, *ino, *extent),
-            Op::CountCompressed {
-                ino,
-                logical,
-                stored,
-            } => compression::count(t, *ino, *logical, *stored),
             Op::ReportLength {
                 ino,
                 length,
@@ -1290,9 +1256,11 @@ mod tests {
         }
     }
 
+    /// A close without a length that counts compressed bytes.
     fn count(ino: u64, logical: u64, stored: u64) -> Op {
-        Op::CountCompressed {
+        Op::CloseCounted {
             ino,
+            length: None,
             logical,
             stored,
         }
@@ -1440,12 +1408,13 @@ mod tests {
             count(ga.ino, 64 << 10, 64 << 10),
             count(fa.ino, 100, 4096),
             count(fb.ino, 5 << 20, 1 << 20),
-            // Not counted: an uncompressed volume, an unknown inode.
+            // Not counted: an uncompressed volume.
             count(fp.ino, 1 << 20, 1 << 20),
-            count(99_999, 1 << 20, 1 << 20),
         ] {
-            assert_eq!(sm.op(op), Ok(Reply::Unit));
+            assert!(matches!(sm.op(op), Ok(Reply::Attr(_))));
         }
+        // Nor a close of an unknown inode (refused).
+        assert!(sm.op(count(99_999, 1 << 20, 1 << 20)).is_err());
         let all = sm.fs.volume_compression().unwrap();
         assert_eq!(all.len(), 2);
         let (ca, cb) = (all[&a.id], all[&b.id]);
@@ -1466,7 +1435,7 @@ mod tests {
             held_open: false,
         })
         .unwrap();
-        sm.op(count(ga.ino, 1, 1)).unwrap();
+        assert!(sm.op(count(ga.ino, 1, 1)).is_err());
         assert_eq!(sm.fs.compression_of(a.id).unwrap(), Some(ca));
     }
 
@@ -1494,51 +1463,6 @@ mod tests {
             *open_for_write = true;
         }
         op
-    }
-
-    #[test]
-    fn a_retried_close_counts_its_bytes_once() {
-        let mut sm = Sm::new();
-        let v = compressed_volume(&mut sm, "v", compression::LZ4, 0);
-        let sid = sm.session();
-        let as_client = |seq: u64, op: Op| session_command(sid, seq, op);
-        let f = entry_attr(sm.run(as_client(1, create_for_write("f", v.root_ino))));
-        let close = Op::Close {
-            ino: f.ino,
-            length: Some((1000, 0)),
-        };
-        // What the service proposes for a close that wrote: the count, then
-        // the close, under the close's request id; then a retry of both
-        // after a lost reply.
-        for _ in 0..2 {
-            assert_eq!(
-                sm.run(as_client(2, count(f.ino, 1000, 4096))),
-                Ok(Reply::Unit)
-            );
-            assert!(matches!(
-                sm.run(as_client(2, close.clone())),
-                Ok(Reply::Attr(_))
-            ));
-        }
-        let c = sm.fs.compression_of(v.id).unwrap().unwrap();
-        assert_eq!((c.logical, c.stored), (1000, 4096));
-        // Stale (already acknowledged) or sessionless: not counted again.
-        let stale = Command {
-            ack_below: 3,
-            ..as_client(2, count(f.ino, 1000, 4096))
-        };
-        assert_eq!(sm.run(stale), Ok(Reply::Unit));
-        let gone = Command {
-            client_id: 777,
-            ..as_client(5, count(f.ino, 1000, 4096))
-        };
-        assert_eq!(sm.run(gone), Ok(Reply::Unit));
-        assert_eq!(sm.fs.compression_of(v.id).unwrap(), Some(c));
-        // The next close of the session counts.
-        sm.run(as_client(3, count(f.ino, 10, 4096))).unwrap();
-        sm.run(as_client(3, close)).unwrap();
-        let c = sm.fs.compression_of(v.id).unwrap().unwrap();
-        assert_eq!((c.logical, c.stored), (1010, 8192));
     }
 
     #[test]

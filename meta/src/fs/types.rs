@@ -500,31 +500,13 @@ pub enum Op {
         /// Bytes per compression unit (0: the default, 64 KiB).
         unit: u32,
     },
-    /// A writer closing a file of a compressed volume wrote `logical`
-    /// bytes in compression units, `stored` bytes after compression: adds
-    /// them to the counters of the file's volume. Ignored when the inode or
-    /// the volume's [`VolumeCompression`] record is gone. Proposed just
-    /// before the close it comes with, under that close's request id: it
-    /// applies only while that close has not been (a retry of the close
-    /// after a lost reply counts nothing again), and caches no reply of
-    /// its own. Appended last (bincode index).
-    CountCompressed {
-        /// The file.
-        ino: u64,
-        /// Bytes before compression.
-        logical: u64,
-        /// Bytes sent to the chunkservers, per replica.
-        stored: u64,
-    },
     /// [`Op::Close`] of a file of a compressed volume by a writer that
     /// wrote `logical` bytes in compression units, `stored` after
-    /// compression: adds them to the counters of the file's volume (as
-    /// [`Op::CountCompressed`] does), then closes, in one entry under one
-    /// request id, so a retried close counts its bytes once whatever
-    /// happened to the first attempt. Supersedes the CountCompressed +
-    /// Close pair (which a leader change between the two could count
-    /// twice); that op is still applied from logs. Appended last (bincode
-    /// index).
+    /// compression: adds them to the counters of the file's volume (nothing
+    /// when the volume has no [`VolumeCompression`] record), then closes,
+    /// in one entry under one request id, so a retried close counts its
+    /// bytes once (the reply cache answers the retry). Appended last
+    /// (bincode index).
     CloseCounted {
         /// The file.
         ino: u64,
@@ -563,7 +545,6 @@ impl Op {
             Op::Close { .. } => "close",
             Op::ReleaseFiles { .. } => "release_files",
             Op::MarkExtent { .. } => "mark_extent",
-            Op::CountCompressed { .. } => "count_compressed",
             Op::CloseCounted { .. } => "close_counted",
             Op::ReportLength { .. } => "report_length",
             Op::RegisterChunkserver { .. } => "register_chunkserver",
