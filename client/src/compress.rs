@@ -74,8 +74,10 @@ pub fn is_packed(seal: &Seal) -> bool {
     seal[0] & 0x80 != 0
 }
 
-/// The zstd level: the library's default, about 3× lz4's cost for a
-/// better ratio.
+/// The zstd level: the library's default. Measured on text-like data
+/// (`cairn-bench client --compressible`, README "Compressed volumes"):
+/// ratio 3.20 against lz4's 2.00, at 1.8× lz4's client CPU per byte
+/// written and 1.75× per byte read.
 const ZSTD_LEVEL: i32 = 3;
 
 /// A compression algorithm (the wire values of meta's `Compression`).
@@ -129,16 +131,6 @@ pub struct Codec {
     pub unit: u64,
 }
 
-/// One unit as it is stored.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Stored {
-    /// The unit's bytes as they are.
-    Raw,
-    /// Header and compressed bytes, padded with zeros to whole blocks
-    /// (fewer than the unit has).
-    Packed(Vec<u8>),
-}
-
 thread_local! {
     static ZSTD_C: RefCell<Option<zstd::bulk::Compressor<'static>>> = const { RefCell::new(None) };
     static ZSTD_D: RefCell<Option<zstd::bulk::Decompressor<'static>>> = const { RefCell::new(None) };
@@ -161,18 +153,6 @@ impl Codec {
             ));
         }
         Ok(Some(Codec { algo, unit }))
-    }
-
-    /// Encodes one whole unit (`data.len() == unit`).
-    pub fn encode(&self, data: &[u8]) -> Stored {
-        let mut scratch = Vec::new();
-        match self.pack_into(data, &mut scratch) {
-            Packing::Packed(n) => {
-                scratch.truncate(n);
-                Stored::Packed(scratch)
-            }
-            Packing::Zero | Packing::Raw => Stored::Raw,
-        }
     }
 
     /// Packs one whole unit into `scratch` (reused between calls, so a
@@ -217,17 +197,6 @@ impl Codec {
         scratch[4..8].copy_from_slice(&(n as u32).to_le_bytes());
         scratch[HEADER_LEN + n..packed].fill(0);
         Packing::Packed(packed)
-    }
-
-    /// Decodes a packed unit from its stored bytes (at least its header
-    /// and compressed bytes; the zeros after them may be missing).
-    ///
-    /// # Errors
-    /// As [`Self::decode_into`].
-    pub fn decode(&self, stored: &[u8]) -> Result<Vec<u8>, CairnStatus> {
-        let mut out = vec![0u8; self.unit as usize];
-        self.decode_into(stored, &mut out)?;
-        Ok(out)
     }
 
     /// Decodes a packed unit from `stored` into `out` (one unit long).
@@ -287,6 +256,32 @@ pub enum Packing {
 mod tests {
     use super::*;
 
+    /// One unit as it is stored.
+    #[derive(Debug, PartialEq, Eq)]
+    enum Stored {
+        Raw,
+        Packed(Vec<u8>),
+    }
+
+    impl Codec {
+        fn encode(&self, data: &[u8]) -> Stored {
+            let mut scratch = Vec::new();
+            match self.pack_into(data, &mut scratch) {
+                Packing::Packed(n) => {
+                    scratch.truncate(n);
+                    Stored::Packed(scratch)
+                }
+                Packing::Zero | Packing::Raw => Stored::Raw,
+            }
+        }
+
+        fn decode(&self, stored: &[u8]) -> Result<Vec<u8>, CairnStatus> {
+            let mut out = vec![0u8; self.unit as usize];
+            self.decode_into(stored, &mut out)?;
+            Ok(out)
+        }
+    }
+
     fn text(len: usize) -> Vec<u8> {
         let words = b"the quick brown fox jumps over the lazy dog 0123456789 ";
         (0..len)
@@ -332,8 +327,12 @@ mod tests {
                 algo,
                 unit: 64 << 10,
             };
-            assert_eq!(c.encode(&noise(64 << 10, 3)), Stored::Raw);
-            assert_eq!(c.encode(&vec![0u8; 64 << 10]), Stored::Raw);
+            let mut scratch = Vec::new();
+            assert_eq!(c.pack_into(&noise(64 << 10, 3), &mut scratch), Packing::Raw);
+            assert_eq!(
+                c.pack_into(&vec![0u8; 64 << 10], &mut scratch),
+                Packing::Zero
+            );
             // 60 KiB of noise and 4 KiB of text: at best one block saved
             // minus the header, so it stays raw.
             let mut d = noise(60 << 10, 5);

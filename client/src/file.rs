@@ -154,7 +154,9 @@ struct Transform {
 /// docs' "Encrypted files").
 #[derive(Debug, Clone)]
 struct Crypt {
-    key: FileKey,
+    /// Shared: a [`Transform`] is cloned per piece read and per write,
+    /// and the key (expanded cipher state) is not copied each time.
+    key: Arc<FileKey>,
     object: u64,
     ino: u64,
 }
@@ -293,7 +295,7 @@ impl File {
             None
         } else {
             Some(Crypt {
-                key: client.file_key(&attr)?,
+                key: Arc::new(client.file_key(&attr)?),
                 object: layout.object.0,
                 ino: attr.ino,
             })
@@ -1398,7 +1400,7 @@ mod tests {
     fn transform(encrypted: bool) -> Transform {
         Transform {
             crypt: encrypted.then(|| Crypt {
-                key: VolumeKey::from_bytes([7; 32]).file_key(b"salt-of-the-file"),
+                key: Arc::new(VolumeKey::from_bytes([7; 32]).file_key(b"salt-of-the-file")),
                 object: 9,
                 ino: 3,
             }),
