@@ -41,6 +41,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::config::MetaConfig;
+use crate::fs::store::SledKv;
 use crate::fs::{FsState, Op, StoreError, TargetState};
 use crate::metrics::{RpcMetrics, RpcMetricsLayer};
 use crate::raft::log_store::LogStore;
@@ -293,7 +294,7 @@ pub async fn start(
         return Err(MetaError::Join("shut down before joining a cluster".into()));
     };
 
-    let fs = Arc::new(FsState::open(db.open_tree("fs")?)?);
+    let fs = Arc::new(FsState::open(SledKv::new(db.open_tree("fs")?))?);
     let log_store = LogStore::open_at(
         &db,
         &config.data_dir.join("db"),

@@ -9,8 +9,8 @@
 //! [`MAX_BATCH`] commands as one [`Op::Batch`]. The state machine applies a
 //! batch's commands in order, each with its own result and reply-cache
 //! entry (a failing command rolls back only itself), all in the one atomic
-//! sled batch of the entry. A lone request is proposed as is, so a single
-//! client pays no extra latency.
+//! commit of the entry ([`crate::fs::store::SledKv`]). A lone request is
+//! proposed as is, so a single client pays no extra latency.
 
 use std::sync::Arc;
 

@@ -10,6 +10,7 @@
 
 use std::collections::BTreeMap;
 
+use cairn_meta::fs::store::SledKv;
 use cairn_meta::fs::{Command, FsState, Kind, Op, SetAttr};
 use cairn_proto::ErrorCode;
 use openraft::{CommittedLeaderId, EntryPayload, LogId};
@@ -377,7 +378,7 @@ impl System {
                 Err(e) => panic!("opening sled: {e}"),
             }
         };
-        self.fs = Some(FsState::open(db.open_tree("fs").unwrap()).unwrap());
+        self.fs = Some(FsState::open(SledKv::new(db.open_tree("fs").unwrap())).unwrap());
         self.db = Some(db);
     }
 

@@ -17,6 +17,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use cairn_meta::fs::store::SledKv;
 use cairn_meta::fs::{Command, FsState, Op, Reply};
 use cairn_meta::raft::log_store::LogStore;
 use cairn_meta::raft::network::{ClusterId, Network, RaftTransport, raft_config, read_index};
@@ -42,7 +43,7 @@ fn open_stores(
     dir: &Path,
 ) -> Result<(sled::Db, LogStore, StateMachineStore), Box<dyn std::error::Error>> {
     let db = sled::Config::new().path(dir).flush_every_ms(None).open()?;
-    let fs = Arc::new(FsState::open(db.open_tree("fs")?)?);
+    let fs = Arc::new(FsState::open(SledKv::new(db.open_tree("fs")?))?);
     let log = LogStore::open(&db, &dir.join("raft-log"))?;
     let sm = StateMachineStore::open(&db, fs)?;
     Ok((db, log, sm))

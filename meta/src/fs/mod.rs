@@ -70,7 +70,7 @@ pub(crate) mod fact {
 }
 
 /// The metadata state machine over a [`Kv`].
-pub struct FsState<K: Kv = sled::Tree> {
+pub struct FsState<K: Kv = store::SledKv> {
     kv: K,
     chains_tx: Arc<tokio::sync::watch::Sender<u64>>,
 }
@@ -121,6 +121,7 @@ impl<K: Kv> FsState<K> {
     /// # Errors
     /// [`StoreError::Format`] when the data is of a newer format.
     pub fn open(kv: K) -> Result<Self, StoreError> {
+        kv.recover()?;
         let mut t = Txn::new(&kv);
         match t.get::<u32>(&store::key::meta(fact::FORMAT))? {
             None => {

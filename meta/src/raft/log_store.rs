@@ -23,9 +23,9 @@
 //! * **sled is off the acknowledgement path.** Appending never flushes
 //!   sled: the state machine's writes reach disk through sled's own
 //!   background flusher, and a replica that restarts re-applies the log
-//!   from the last applied id that sled made durable (each applied batch
-//!   is one sled batch with that id). Votes and purges do flush sled: they
-//!   are rare.
+//!   from the last applied id that sled made durable (each applied entry
+//!   is one atomic commit with that id, see [`crate::fs::store::SledKv`]).
+//!   Votes and purges do flush sled: they are rare.
 //! * `last_purged` is durable before segments are unlinked, so a restart
 //!   never finds a hole below the log that the purge record does not
 //!   cover.
