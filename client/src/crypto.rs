@@ -77,10 +77,11 @@ use std::fmt;
 use std::io::Read as _;
 use std::path::{Path, PathBuf};
 
-use aes_gcm::aead::rand_core::RngCore as _;
-use aes_gcm::aead::{AeadInPlace as _, KeyInit as _, OsRng};
+use aes_gcm::aead::{AeadInOut as _, KeyInit as _};
 use aes_gcm::{Aes256Gcm, Nonce, Tag};
 use hkdf::Hkdf;
+use rand::TryRngCore as _;
+use rand::rngs::OsRng;
 use sha2::Sha256;
 use zeroize::Zeroizing;
 
@@ -238,7 +239,7 @@ impl VolumeKey {
     /// If the operating system cannot supply random bytes.
     pub fn generate() -> Self {
         let mut k = Zeroizing::new([0u8; KEY_LEN]);
-        OsRng.fill_bytes(&mut k[..]);
+        fill_random(&mut k[..]);
         Self(k)
     }
 
@@ -487,6 +488,71 @@ impl fmt::Debug for FileKey {
     }
 }
 
+/// Fresh nonces for the blocks of one write, drawn from the operating
+/// system's random source in one call per [`NONCE_BATCH`] nonces instead
+/// of one per block: a `getrandom` system call per 4 KiB block cost
+/// ~0.1 CPU-s per 512 MiB sealed, a fifth of the sealing. Every nonce comes
+/// from random bytes used once; a `Nonces` lives for one write on one
+/// thread and is never kept, shared or reused (no state survives a fork).
+pub struct Nonces {
+    buf: Vec<u8>,
+    used: usize,
+    /// Nonces still to be drawn by the next refill (the caller's count).
+    wanted: usize,
+}
+
+/// Most nonces drawn from the operating system at once.
+const NONCE_BATCH: usize = 256;
+
+impl Nonces {
+    /// Nonces for about `blocks` blocks (more are drawn if asked for).
+    pub fn new(blocks: usize) -> Self {
+        Self {
+            buf: Vec::new(),
+            used: 0,
+            wanted: blocks.max(1),
+        }
+    }
+
+    /// Returns a random nonce that is not all zeros, its top bit set to
+    /// `mark` when given.
+    fn next(&mut self, mark: Option<bool>) -> [u8; NONCE_LEN] {
+        loop {
+            if self.used + NONCE_LEN > self.buf.len() {
+                let n = self.wanted.clamp(1, NONCE_BATCH);
+                self.wanted = self.wanted.saturating_sub(n);
+                self.buf.resize(n * NONCE_LEN, 0);
+                fill_random(&mut self.buf);
+                self.used = 0;
+            }
+            let mut nonce = [0u8; NONCE_LEN];
+            nonce.copy_from_slice(&self.buf[self.used..self.used + NONCE_LEN]);
+            // Bytes are never handed out twice.
+            self.buf[self.used..self.used + NONCE_LEN].fill(0);
+            self.used += NONCE_LEN;
+            match mark {
+                Some(true) => nonce[0] |= 0x80,
+                Some(false) => nonce[0] &= 0x7f,
+                None => {}
+            }
+            if nonce.iter().any(|b| *b != 0) {
+                return nonce;
+            }
+        }
+    }
+}
+
+/// Fills `buf` from the operating system's random source.
+///
+/// # Panics
+/// If the operating system cannot supply random bytes: a key or nonce must
+/// never be predictable, so there is no fallback.
+fn fill_random(buf: &mut [u8]) {
+    if let Err(e) = OsRng.try_fill_bytes(buf) {
+        panic!("the operating system's random source failed: {e}");
+    }
+}
+
 /// The associated data of block `block` of object `object`.
 fn aad(object: u64, block: u64) -> [u8; 16] {
     let mut a = [0u8; 16];
@@ -504,11 +570,7 @@ impl FileKey {
     /// If the operating system cannot supply random bytes, or if `data`
     /// is over 64 GiB (GCM's limit).
     pub fn seal(&self, object: u64, block: u64, data: &mut [u8]) -> Seal {
-        let mut nonce = [0u8; NONCE_LEN];
-        while nonce.iter().all(|b| *b == 0) {
-            OsRng.fill_bytes(&mut nonce);
-        }
-        self.seal_with_nonce(nonce, object, block, data)
+        self.seal_with(&mut Nonces::new(1), object, block, data, None)
     }
 
     /// [`Self::seal`] with the nonce's top bit set (`packed`) or clear:
@@ -519,16 +581,23 @@ impl FileKey {
     /// # Panics
     /// As [`Self::seal`].
     pub fn seal_marked(&self, object: u64, block: u64, data: &mut [u8], packed: bool) -> Seal {
-        let mut nonce = [0u8; NONCE_LEN];
-        while nonce.iter().all(|b| *b == 0) {
-            OsRng.fill_bytes(&mut nonce);
-            if packed {
-                nonce[0] |= 0x80;
-            } else {
-                nonce[0] &= 0x7f;
-            }
-        }
-        self.seal_with_nonce(nonce, object, block, data)
+        self.seal_with(&mut Nonces::new(1), object, block, data, Some(packed))
+    }
+
+    /// [`Self::seal`] (`mark` `None`) or [`Self::seal_marked`] with the
+    /// nonce taken from `nonces`: what a write of many blocks uses.
+    ///
+    /// # Panics
+    /// As [`Self::seal`].
+    pub fn seal_with(
+        &self,
+        nonces: &mut Nonces,
+        object: u64,
+        block: u64,
+        data: &mut [u8],
+        mark: Option<bool>,
+    ) -> Seal {
+        self.seal_with_nonce(nonces.next(mark), object, block, data)
     }
 
     fn seal_with_nonce(
@@ -538,10 +607,10 @@ impl FileKey {
         block: u64,
         data: &mut [u8],
     ) -> Seal {
-        let tag = match self.cipher.encrypt_in_place_detached(
-            Nonce::from_slice(&nonce),
+        let tag = match self.cipher.encrypt_inout_detached(
+            &Nonce::from(nonce),
             &aad(object, block),
-            data,
+            data.into(),
         ) {
             Ok(tag) => tag,
             // A silent fallback would store plain text: refuse loudly.
@@ -568,11 +637,12 @@ impl FileKey {
         data: &mut [u8],
         seal: &Seal,
     ) -> Result<(), CryptoError> {
-        let nonce = Nonce::from_slice(&seal[..NONCE_LEN]);
-        let tag = Tag::from_slice(&seal[NONCE_LEN..]);
+        let tag_err = || CryptoError::Tag { object, block };
+        let nonce = Nonce::try_from(&seal[..NONCE_LEN]).map_err(|_| tag_err())?;
+        let tag = Tag::try_from(&seal[NONCE_LEN..]).map_err(|_| tag_err())?;
         self.cipher
-            .decrypt_in_place_detached(nonce, &aad(object, block), data, tag)
-            .map_err(|_| CryptoError::Tag { object, block })
+            .decrypt_inout_detached(&nonce, &aad(object, block), data.into(), &tag)
+            .map_err(|_| tag_err())
     }
 }
 
@@ -622,6 +692,35 @@ mod tests {
             fk.open(42, 7, &mut c, &seal).unwrap();
             assert_eq!(c, plain);
         }
+    }
+
+    /// Batched nonces are fresh, never zero, carry the asked mark, and a
+    /// write of more blocks than its batch still gets them.
+    #[test]
+    fn batched_nonces_are_fresh_and_marked() {
+        let mut nonces = Nonces::new(3);
+        let mut seen = std::collections::HashSet::new();
+        for i in 0..600 {
+            let mark = [None, Some(true), Some(false)][i % 3];
+            let n = nonces.next(mark);
+            assert!(n.iter().any(|b| *b != 0));
+            match mark {
+                Some(true) => assert_eq!(n[0] & 0x80, 0x80),
+                Some(false) => assert_eq!(n[0] & 0x80, 0),
+                None => {}
+            }
+            assert!(seen.insert(n), "nonce {i} repeated");
+        }
+        let fk = key(1).file_key(b"salt");
+        let mut nonces = Nonces::new(2);
+        let mut a = *b"same";
+        let mut b = *b"same";
+        let sa = fk.seal_with(&mut nonces, 1, 0, &mut a, None);
+        let sb = fk.seal_with(&mut nonces, 1, 0, &mut b, None);
+        assert_ne!(sa, sb);
+        assert_ne!(a, b);
+        fk.open(1, 0, &mut a, &sa).unwrap();
+        assert_eq!(&a, b"same");
     }
 
     #[test]

@@ -103,7 +103,7 @@ use crate::cache::{BLOCK, BlockKey};
 use crate::chunk_io::WriteData;
 use crate::client::{Client, OpenOptions, WriteEpoch};
 use crate::compress::{Codec, PACKED_MARK, Packing, is_packed};
-use crate::crypto::{FileKey, SEAL_LEN, Seal, is_no_seal};
+use crate::crypto::{FileKey, Nonces, SEAL_LEN, Seal, is_no_seal};
 use crate::layout::{FileLayout, Piece};
 use crate::readahead::ReadAhead;
 
@@ -1210,8 +1210,12 @@ impl Transform {
             // Sealed only: every block.
             let mut seals = Vec::with_capacity(part.len() / bs * SEAL_LEN);
             if let Some(c) = &self.crypt {
+                let mut nonces = Nonces::new(part.len().div_ceil(bs));
                 for (i, block) in part.chunks_mut(bs).enumerate() {
-                    seals.extend_from_slice(&c.key.seal(c.object, first + i as u64, block));
+                    let seal =
+                        c.key
+                            .seal_with(&mut nonces, c.object, first + i as u64, block, None);
+                    seals.extend_from_slice(&seal);
                 }
             }
             return (seals, part.len() as u64);
@@ -1221,6 +1225,7 @@ impl Transform {
         let mut any_seal = false;
         let mut stored = 0u64;
         let mut scratch = Vec::new();
+        let mut nonces = Nonces::new(part.len().div_ceil(bs));
         for (k, unit) in part.chunks_mut(u).enumerate() {
             let b0 = k * u / bs;
             let (n, packed) = match codec.pack_into(unit, &mut scratch) {
@@ -1237,9 +1242,10 @@ impl Transform {
                 Some(c) => {
                     // Blocks past `n` are zeros without a seal: holes.
                     for (i, block) in unit[..n].chunks_mut(bs).enumerate() {
-                        let seal =
-                            c.key
-                                .seal_marked(c.object, first + (b0 + i) as u64, block, packed);
+                        let at = first + (b0 + i) as u64;
+                        let seal = c
+                            .key
+                            .seal_with(&mut nonces, c.object, at, block, Some(packed));
                         let j = (b0 + i) * SEAL_LEN;
                         seals[j..j + SEAL_LEN].copy_from_slice(&seal);
                         any_seal = true;
