@@ -477,6 +477,13 @@ fn statfs_and_misc(root: &Path) {
     h.sync_all().unwrap();
     h.sync_data().unwrap();
     assert_eq!(fs::metadata(&f).unwrap().len(), 7);
+    // An ioctl a file does not support is ENOTTY, as on a local file
+    // system (Python's open asks isatty of every file it opens).
+    expect_rustix(
+        rustix::termios::tcgetattr(&h).map(drop),
+        libc::ENOTTY,
+        "TCGETS (isatty) on a file",
+    );
     expect_errno(
         fs::create_dir(root.join("x".repeat(300))),
         libc::ENAMETOOLONG,

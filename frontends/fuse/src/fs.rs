@@ -43,9 +43,9 @@ use cairn_proto::ids::{InodeId, VolumeId};
 use cairn_proto::meta::{Attr, DirEntry, FileType as Kind};
 use fuser::{
     AccessFlags, Errno, FileAttr, FileHandle, Filesystem, FopenFlags, Generation, INodeNo,
-    InitFlags, KernelConfig, LockOwner, Notifier, OpenFlags, ReplyAttr, ReplyCreate, ReplyData,
-    ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite,
-    ReplyXattr, Request, TimeOrNow, WriteFlags,
+    InitFlags, IoctlFlags, KernelConfig, LockOwner, Notifier, OpenFlags, ReplyAttr, ReplyCreate,
+    ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyIoctl, ReplyOpen,
+    ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 use tokio::runtime::Handle;
 use tracing::{debug, warn};
@@ -1252,6 +1252,25 @@ impl Filesystem for CairnFs {
     ) {
         // Namespace changes are committed through Raft before they return.
         reply.ok();
+    }
+
+    /// No ioctl is supported: ENOTTY, what a regular file on a local file
+    /// system answers. Python's `open` asks `TCGETS` (isatty) of every file
+    /// it opens; fuser's default answered ENOSYS and logged a warning per
+    /// open, so a data loader filled the mount's log.
+    fn ioctl(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _flags: IoctlFlags,
+        cmd: u32,
+        _in_data: &[u8],
+        _out_size: u32,
+        reply: ReplyIoctl,
+    ) {
+        debug!(cmd, "ioctl refused: ENOTTY");
+        reply.error(Errno::ENOTTY);
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
