@@ -189,7 +189,10 @@ fn digest_of(offset: u64, len: u64, crcs: &[u32]) -> u32 {
 /// not at all) or the record and some of its writes, which
 /// [`recover_batch`] completes when the shard opens: puts and deletes of
 /// final values are idempotent. Like `sled::Batch`, a batch is made
-/// durable by the flush that follows it.
+/// durable by the flush that follows it. A sled error half-way leaves the
+/// record for the next open as well: sled's errors are I/O failures after
+/// which it fails every operation, so no later read sees the half-applied
+/// batch.
 #[derive(Debug, Default)]
 pub(crate) struct MetaBatch(std::collections::BTreeMap<Vec<u8>, Option<Vec<u8>>>);
 

@@ -24,8 +24,9 @@
 //! against a [`Txn`]: reads see the store plus the mutation's own writes,
 //! and the writes are committed atomically (through a redo record, see
 //! [`SledKv`]) together with the applied log id, so a crash leaves the
-//! state before or after the entry, never between. Applying is single-threaded (openraft calls `apply` from
-//! one task), so a `Txn` needs no conflict detection.
+//! state before or after the entry, never between. Applying is
+//! single-threaded (openraft calls `apply` from one task), so a `Txn` needs
+//! no conflict detection.
 
 use std::collections::BTreeMap;
 use std::ops::Bound;
@@ -109,7 +110,10 @@ const REDO_KEY: &[u8] = b"\0redo";
 /// final values are idempotent, so the state becomes the one after the
 /// commit, which is what the commit's applied log id (one of its writes)
 /// says. Durability is unchanged: applying never flushed sled (the Raft log
-/// is the durable record; see `raft::state_machine`).
+/// is the durable record; see `raft::state_machine`). A sled error half-way
+/// leaves the record too: sled's errors are I/O failures after which every
+/// operation fails, the replica stops (a store error is fatal to Raft), and
+/// the next open completes the commit, which the log says was committed.
 ///
 /// Visibility: every `get` and `scan` holds the read side of `lock` and a
 /// commit holds the write side, so a reader sees each commit whole or not
