@@ -490,10 +490,10 @@ impl fmt::Debug for FileKey {
 
 /// Fresh nonces for the blocks of one write, drawn from the operating
 /// system's random source in one call per [`NONCE_BATCH`] nonces instead
-/// of one per block: a `getrandom` system call per 4 KiB block cost
-/// ~0.1 CPU-s per 512 MiB sealed, a fifth of the sealing. Every nonce comes
-/// from random bytes used once; a `Nonces` lives for one write on one
-/// thread and is never kept, shared or reused (no state survives a fork).
+/// of one per block (131,072 `getrandom` system calls per 512 MiB sealed).
+/// Every nonce comes from random bytes used once; a `Nonces` lives for one
+/// write on one thread and is never kept, shared or reused (no state
+/// survives a fork).
 pub struct Nonces {
     buf: Vec<u8>,
     used: usize,
