@@ -14,10 +14,8 @@
 //! here), `chunk.write.before_reply` (committed, reply not yet sent); in
 //! the chunk engine, `chunk.store.before_data_sync` (blocks written with
 //! O_DIRECT, not yet fdatasync'ed), `chunk.store.before_meta_batch` (data
-//! synced, not yet referenced), `chunk.store.mid_meta_batch` (a metadata
-//! batch's redo record and first write flushed to disk, the rest not
-//! applied: the crash a redo record exists for, see `store::shard`),
-//! `chunk.store.before_meta_flush` (referenced in sled, not yet flushed).
+//! synced, not yet referenced), `chunk.store.before_meta_flush` (referenced
+//! in sled, not yet flushed).
 
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -45,19 +43,11 @@ fn armed() -> Option<&'static Armed> {
 /// Passes failpoint `name`: aborts the process if it is armed and this is
 /// the configured hit.
 pub fn hit(name: &str) {
-    hit_then(name, || {});
-}
-
-/// As [`hit`], running `before_abort` first when it fires: for a point
-/// whose crash must find some state on disk (a half-applied metadata
-/// batch), which `before_abort` puts there.
-pub fn hit_then(name: &str, before_abort: impl FnOnce()) {
     let Some(a) = armed() else { return };
     if a.name != name {
         return;
     }
     if a.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
-        before_abort();
         eprintln!("failpoint {name}: aborting");
         std::process::abort();
     }

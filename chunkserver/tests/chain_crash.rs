@@ -94,7 +94,6 @@ async fn kill_9_at_every_write_step_loses_no_acknowledged_write() {
         "chunk.write.before_reply",
         "chunk.store.before_data_sync",
         "chunk.store.before_meta_batch",
-        "chunk.store.mid_meta_batch",
         "chunk.store.before_meta_flush",
     ];
     let mut object = 100;

@@ -249,14 +249,7 @@ impl ShardStore {
             self.tree
                 .insert(layout::REDO_KEY, layout::encode_redo(iter()))?;
         }
-        let mut rest = iter();
-        apply_writes(&self.tree, rest.by_ref().take(1))?;
-        if logged {
-            crate::failpoint::hit_then("chunk.store.mid_meta_batch", || {
-                let _ = self.tree.flush();
-            });
-        }
-        apply_writes(&self.tree, rest)?;
+        apply_writes(&self.tree, iter())?;
         if logged {
             self.tree.remove(layout::REDO_KEY)?;
         }
