@@ -11,10 +11,6 @@
 //!   holds the entries of that group's blocks that exist
 //!   ([`encode_group`]).
 //!
-//! * redo record: `b"\0redo"` (see [`encode_redo`]), present only while
-//!   a metadata batch is being applied, or after a crash during one until
-//!   the shard opens again.
-//!
 //! Big-endian keys sort like the numbers, so one range scan returns a
 //! chunk's block entries in block order and `list_chunks` is a prefix scan.
 //!
@@ -369,13 +365,6 @@ impl Reader<'_> {
         }
         Ok(n)
     }
-    /// Reads a u32 length and that many bytes.
-    fn bytes(&mut self) -> Result<Vec<u8>, DecodeError> {
-        let n = self.count(1)?;
-        let (head, rest) = self.0.split_at(n);
-        self.0 = rest;
-        Ok(head.to_vec())
-    }
     /// Reads a block reference after its tag (plain or sealed).
     fn block_ref(&mut self, tag: u8) -> Result<BlockRef, DecodeError> {
         let blockno = self.u64()?;
@@ -405,63 +394,6 @@ impl Reader<'_> {
             Err(DecodeError::Length)
         }
     }
-}
-
-/// The key of a shard's redo record: sorts before both tags.
-pub const REDO_KEY: &[u8] = b"\0redo";
-
-const REDO_FORMAT: u8 = 1;
-
-/// Encodes a metadata batch as a redo record: the format byte, a count,
-/// then per write the key (u32 length, bytes) and either 0 (delete) or 1
-/// and the value (u32 length, bytes).
-pub fn encode_redo<'a>(
-    writes: impl ExactSizeIterator<Item = (&'a [u8], Option<&'a [u8]>)>,
-) -> Vec<u8> {
-    let mut v = vec![REDO_FORMAT];
-    v.extend_from_slice(&(writes.len() as u32).to_le_bytes());
-    for (k, val) in writes {
-        v.extend_from_slice(&(k.len() as u32).to_le_bytes());
-        v.extend_from_slice(k);
-        match val {
-            None => v.push(0),
-            Some(val) => {
-                v.push(1);
-                v.extend_from_slice(&(val.len() as u32).to_le_bytes());
-                v.extend_from_slice(val);
-            }
-        }
-    }
-    v
-}
-
-/// A write of a redo record: key, and the value (`None`: delete).
-pub type RedoWrite = (Vec<u8>, Option<Vec<u8>>);
-
-/// Decodes a redo record.
-///
-/// # Errors
-/// [`DecodeError`] when the bytes are not what [`encode_redo`] writes.
-pub fn decode_redo(bytes: &[u8]) -> Result<Vec<RedoWrite>, DecodeError> {
-    let mut r = Reader(bytes);
-    match r.u8()? {
-        REDO_FORMAT => {}
-        other => return Err(DecodeError::Format(other)),
-    }
-    // Each write takes at least 5 bytes (key length and tag).
-    let n = r.count(5)?;
-    let mut out = Vec::with_capacity(n);
-    for _ in 0..n {
-        let k = r.bytes()?;
-        let v = match r.u8()? {
-            0 => None,
-            1 => Some(r.bytes()?),
-            _ => return Err(DecodeError::Value),
-        };
-        out.push((k, v));
-    }
-    r.end()?;
-    Ok(out)
 }
 
 const PENDING_SIZE: usize = 8 * 4 + 4;
@@ -812,33 +744,6 @@ mod tests {
         huge[1..3].copy_from_slice(&u16::MAX.to_le_bytes());
         assert_eq!(decode_group(&huge), Err(DecodeError::Length));
         assert_eq!(decode_group(&encode_group(std::iter::empty())), Ok(vec![]));
-    }
-
-    #[test]
-    fn redo_records_round_trip_and_reject_corruption() {
-        let writes: Vec<RedoWrite> = vec![
-            (header_key(chunk(1, 2)).to_vec(), Some(vec![1, 2, 3])),
-            (b"gone".to_vec(), None),
-            (Vec::new(), Some(Vec::new())),
-        ];
-        let bytes = encode_redo(writes.iter().map(|(k, v)| (&k[..], v.as_deref())));
-        assert_eq!(decode_redo(&bytes).unwrap(), writes);
-        assert!(REDO_KEY < &header_key(chunk(0, 0))[..]);
-        assert!(REDO_KEY < &block_prefix()[..]);
-        // Every truncation and a trailing byte are errors, never a panic.
-        for n in 0..bytes.len() {
-            assert!(decode_redo(&bytes[..n]).is_err(), "cut at {n}");
-        }
-        let mut long = bytes.clone();
-        long.push(0);
-        assert!(decode_redo(&long).is_err());
-        let mut bad_tag = encode_redo([(&b"k"[..], None)].into_iter());
-        *bad_tag.last_mut().unwrap() = 7;
-        assert_eq!(decode_redo(&bad_tag), Err(DecodeError::Value));
-        // A count far beyond the bytes is refused, not allocated.
-        let mut huge = vec![REDO_FORMAT];
-        huge.extend_from_slice(&u32::MAX.to_le_bytes());
-        assert_eq!(decode_redo(&huge), Err(DecodeError::Length));
     }
 
     #[test]

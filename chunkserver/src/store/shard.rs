@@ -33,14 +33,6 @@
 //!
 //! # Crash safety
 //!
-//! * A metadata batch is atomic through a redo record ([`MetaBatch`]), not
-//!   `sled::Batch`: sled 0.34 makes each `apply_batch` atomic by rolling
-//!   its I/O buffer twice (`PageCache::pin_log`), two buffer writes and
-//!   synchronous `sync_file_range`s that the next flush then waits behind
-//!   (found on the metadata service's apply path, issue 13). The writes
-//!   themselves run with no await between them on this shard's executor,
-//!   the only one that reads the shard's tree, so readers still see a batch
-//!   whole or not at all.
 //! * Metadata references a block only after its bytes are synced, so a
 //!   torn data write is never referenced.
 //! * Data is never overwritten in place: a crash leaves the old version
@@ -181,81 +173,7 @@ fn digest_of(offset: u64, len: u64, crcs: &[u32]) -> u32 {
     h.finalize()
 }
 
-/// The writes of one metadata batch, applied atomically by
-/// [`ShardStore::apply_meta`]: the record of them goes under
-/// [`layout::REDO_KEY`] first (one key, atomic in sled), then each write,
-/// then the record is removed. sled recovers a prefix of its log after a
-/// crash, so a crash leaves either no record (the batch wholly applied or
-/// not at all) or the record and some of its writes, which
-/// [`recover_batch`] completes when the shard opens: puts and deletes of
-/// final values are idempotent. Like `sled::Batch`, a batch is made
-/// durable by the flush that follows it. A sled error half-way leaves the
-/// record for the next open as well: sled's errors are I/O failures after
-/// which it fails every operation, so no later read sees the half-applied
-/// batch.
-#[derive(Debug, Default)]
-pub(crate) struct MetaBatch(std::collections::BTreeMap<Vec<u8>, Option<Vec<u8>>>);
-
-impl MetaBatch {
-    fn insert(&mut self, key: impl AsRef<[u8]>, value: impl Into<Vec<u8>>) {
-        self.0.insert(key.as_ref().to_vec(), Some(value.into()));
-    }
-
-    fn remove(&mut self, key: impl AsRef<[u8]>) {
-        self.0.insert(key.as_ref().to_vec(), None);
-    }
-}
-
-/// Applies `writes` to `tree` one key at a time.
-fn apply_writes<'a>(
-    tree: &sled::Tree,
-    writes: impl Iterator<Item = (&'a [u8], Option<&'a [u8]>)>,
-) -> std::result::Result<(), sled::Error> {
-    for (k, v) in writes {
-        match v {
-            Some(v) => tree.insert(k, v)?,
-            None => tree.remove(k)?,
-        };
-    }
-    Ok(())
-}
-
-/// Completes the batch a crash interrupted, if `tree` holds its record.
-pub(crate) fn recover_batch(tree: &sled::Tree) -> Result<()> {
-    let Some(record) = tree.get(layout::REDO_KEY)? else {
-        return Ok(());
-    };
-    let writes = layout::decode_redo(&record).map_err(|source| StoreError::CorruptRecord {
-        what: "metadata redo record",
-        source,
-    })?;
-    tracing::info!(
-        writes = writes.len(),
-        "completing a metadata batch interrupted by a crash"
-    );
-    apply_writes(tree, writes.iter().map(|(k, v)| (&k[..], v.as_deref())))?;
-    tree.remove(layout::REDO_KEY)?;
-    Ok(())
-}
-
 impl ShardStore {
-    /// Applies `batch` atomically (see [`MetaBatch`]); durable after the
-    /// next metadata flush.
-    fn apply_meta(&self, batch: MetaBatch) -> std::result::Result<(), sled::Error> {
-        let writes = batch.0;
-        let iter = || writes.iter().map(|(k, v)| (&k[..], v.as_deref()));
-        let logged = writes.len() > 1;
-        if logged {
-            self.tree
-                .insert(layout::REDO_KEY, layout::encode_redo(iter()))?;
-        }
-        apply_writes(&self.tree, iter())?;
-        if logged {
-            self.tree.remove(layout::REDO_KEY)?;
-        }
-        Ok(())
-    }
-
     pub(crate) async fn open(target: &Target, shard: u32) -> Result<Self> {
         let shards = target.shards();
         if shard >= shards {
@@ -284,7 +202,6 @@ impl ShardStore {
             .await
             .map_err(StoreError::glommio("stat data file"))?;
         let tree = target.db().open_tree(format!("shard-{shard}"))?;
-        recover_batch(&tree)?;
 
         let mut used = Vec::new();
         for kv in tree.scan_prefix(layout::block_prefix()) {
@@ -408,11 +325,11 @@ impl ShardStore {
         &self,
         chunk: ChunkId,
         updates: BlockUpdates,
-        batch: &mut MetaBatch,
+        batch: &mut sled::Batch,
     ) -> Result<()> {
         let mut current: Option<(u32, std::collections::BTreeMap<u32, BlockEntry>)> = None;
         let put =
-            |batch: &mut MetaBatch, g: u32, m: &std::collections::BTreeMap<u32, BlockEntry>| {
+            |batch: &mut sled::Batch, g: u32, m: &std::collections::BTreeMap<u32, BlockEntry>| {
                 let key = layout::group_key(chunk, g);
                 if m.is_empty() {
                     batch.remove(&key[..]);
@@ -961,7 +878,7 @@ impl ShardStore {
             .map(|h| if *h { None } else { written.next() })
             .collect();
 
-        let mut batch = MetaBatch::default();
+        let mut batch = sled::Batch::default();
         let mut updates = BlockUpdates::default();
         let mut freed = Vec::new();
         for (i, s) in segs.iter().enumerate() {
@@ -1011,7 +928,7 @@ impl ShardStore {
         }
         batch.insert(&layout::header_key(chunk)[..], header.encode());
         crate::failpoint::hit("chunk.store.before_meta_batch");
-        if let Err(e) = self.apply_meta(batch) {
+        if let Err(e) = self.tree.apply_batch(batch) {
             self.free_runs(&runs);
             return Err(e.into());
         }
@@ -1105,7 +1022,7 @@ impl ShardStore {
             first = first.min(f);
             end = end.max(e);
         }
-        let mut batch = MetaBatch::default();
+        let mut batch = sled::Batch::default();
         let mut updates = BlockUpdates::default();
         let mut freed = Vec::new();
         let entries = if first < end {
@@ -1146,7 +1063,7 @@ impl ShardStore {
             header.committed_len = last.new_len;
         }
         batch.insert(&layout::header_key(chunk)[..], header.encode());
-        self.apply_meta(batch)?;
+        self.tree.apply_batch(batch)?;
         self.cache_header(chunk, header);
         let ticket = self.meta_sync.ticket();
         self.defer_frees(ticket, freed);
@@ -1179,7 +1096,7 @@ impl ShardStore {
             drop(guard);
             return self.flush_meta(self.meta_sync.issued()).await;
         }
-        let mut batch = MetaBatch::default();
+        let mut batch = sled::Batch::default();
         let mut updates = BlockUpdates::default();
         let mut runs = Vec::new();
         if new_len < header.newest_len() {
@@ -1222,7 +1139,7 @@ impl ShardStore {
             digest,
         });
         batch.insert(&layout::header_key(chunk)[..], header.encode());
-        if let Err(e) = self.apply_meta(batch) {
+        if let Err(e) = self.tree.apply_batch(batch) {
             self.free_runs(&runs);
             return Err(e.into());
         }
@@ -1525,7 +1442,7 @@ impl ShardStore {
         if self.load_header(chunk)?.is_none() {
             return Ok(false);
         }
-        let mut batch = MetaBatch::default();
+        let mut batch = sled::Batch::default();
         let mut freed = Vec::new();
         for kv in self.tree.scan_prefix(layout::chunk_blocks_prefix(chunk)) {
             let (k, v) = kv?;
@@ -1535,7 +1452,7 @@ impl ShardStore {
             batch.remove(k);
         }
         batch.remove(&layout::header_key(chunk)[..]);
-        self.apply_meta(batch)?;
+        self.tree.apply_batch(batch)?;
         self.headers.borrow_mut().remove(&chunk);
         let ticket = self.meta_sync.ticket();
         self.defer_frees(ticket, freed);
@@ -1563,7 +1480,7 @@ impl ShardStore {
         for &c in &sorted {
             guards.push(self.lock(c).await?);
         }
-        let mut batch = MetaBatch::default();
+        let mut batch = sled::Batch::default();
         let mut freed = Vec::new();
         let mut existed = Vec::new();
         for &chunk in &sorted {
@@ -1583,7 +1500,7 @@ impl ShardStore {
         if existed.is_empty() {
             return Ok(0);
         }
-        self.apply_meta(batch)?;
+        self.tree.apply_batch(batch)?;
         {
             let mut headers = self.headers.borrow_mut();
             for c in &existed {
@@ -1681,48 +1598,6 @@ impl ShardStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// What a crash can leave of a batch: its record and any prefix of its
-    /// writes. Opening completes it; a damaged record is an error, never
-    /// a guess.
-    #[test]
-    fn interrupted_batches_are_completed() {
-        let mut batch = MetaBatch::default();
-        batch.insert(b"Ca", b"new".to_vec());
-        batch.remove(b"Bb");
-        batch.insert(b"Bc", b"added".to_vec());
-        let writes: Vec<(Vec<u8>, Option<Vec<u8>>)> = batch.0.into_iter().collect();
-        for done in 0..=writes.len() {
-            let db = sled::Config::new().temporary(true).open().unwrap();
-            let tree = db.open_tree("shard-0").unwrap();
-            tree.insert(b"Ca", b"old".to_vec()).unwrap();
-            tree.insert(b"Bb", b"old".to_vec()).unwrap();
-            let iter = || writes.iter().map(|(k, v)| (&k[..], v.as_deref()));
-            tree.insert(layout::REDO_KEY, layout::encode_redo(iter()))
-                .unwrap();
-            apply_writes(&tree, iter().take(done)).unwrap();
-            recover_batch(&tree).unwrap();
-            let state: Vec<(Vec<u8>, Vec<u8>)> = tree
-                .iter()
-                .map(|kv| kv.map(|(k, v)| (k.to_vec(), v.to_vec())).unwrap())
-                .collect();
-            assert_eq!(
-                state,
-                vec![
-                    (b"Bc".to_vec(), b"added".to_vec()),
-                    (b"Ca".to_vec(), b"new".to_vec())
-                ],
-                "after {done} writes"
-            );
-        }
-        let db = sled::Config::new().temporary(true).open().unwrap();
-        let tree = db.open_tree("shard-0").unwrap();
-        tree.insert(layout::REDO_KEY, vec![9u8, 1]).unwrap();
-        assert!(matches!(
-            recover_batch(&tree),
-            Err(StoreError::CorruptRecord { .. })
-        ));
-    }
 
     fn pending(version: u64, offset: u64, len: u64, new_len: u64) -> Pending {
         Pending {
