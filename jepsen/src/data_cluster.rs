@@ -306,17 +306,12 @@ impl DataCluster {
         let start = Instant::now();
         loop {
             let t = self.chains().await?;
-            let healed = t
-                .tables
-                .iter()
-                .filter(|tb| tb.replication == 3)
-                .flat_map(|tb| tb.chains.iter())
-                .all(|ch| {
-                    ch.targets.len() == 3
-                        && ch.targets.iter().all(|m| {
-                            m.state == pb::TargetState::Serving as i32 && m.chunkserver_id != gone
-                        })
-                });
+            let healed = chains_of(&t, 3).all(|ch| {
+                ch.targets.len() == 3
+                    && ch.targets.iter().all(|m| {
+                        m.state == pb::TargetState::Serving as i32 && m.chunkserver_id != gone
+                    })
+            });
             if healed {
                 return Ok(());
             }
@@ -325,6 +320,44 @@ impl DataCluster {
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
+    }
+
+    /// Starts 4 chunkservers whose meta replaces a dead one after 2 s: the
+    /// cluster [`Self::lose_all_but_the_resynced`] needs.
+    ///
+    /// # Errors
+    /// As [`Self::start`].
+    pub async fn start_replacing() -> Result<DataCluster> {
+        Self::start(DataOpts {
+            chunkservers: 4,
+            meta_args: vec!["--replace-after".into(), "2s".into()],
+            ..DataOpts::default()
+        })
+        .await
+    }
+
+    /// Kills chunkserver 0 for good and waits until its replacement has
+    /// resynced every chain it was in, then kills chunkservers 1 and 2:
+    /// chains that lost chunkserver 0 can then be read only from the copies
+    /// the resync made on chunkserver 3. For a cluster from
+    /// [`Self::start_replacing`].
+    ///
+    /// # Errors
+    /// Meta unreachable, or the chains not healed within 120 s.
+    pub async fn lose_all_but_the_resynced(&mut self) -> Result<()> {
+        let mut gone = None;
+        for cs in self.chains().await?.chunkservers {
+            if self.index_of(cs.id).await? == 0 {
+                gone = Some(cs.id);
+            }
+        }
+        let gone = gone.context("chunkserver 0 in the chain table")?;
+        self.kill(0);
+        self.wait_healed_without(gone, Duration::from_secs(120))
+            .await?;
+        self.kill(1);
+        self.kill(2);
+        Ok(())
     }
 
     /// A client of this cluster with `opts`.
@@ -349,6 +382,14 @@ impl Drop for DataCluster {
             self.kill(i);
         }
     }
+}
+
+/// The chains of `replication`-replica tables in `t`.
+pub fn chains_of(t: &pb::ChainTables, replication: u32) -> impl Iterator<Item = &pb::Chain> {
+    t.tables
+        .iter()
+        .filter(move |tb| tb.replication == replication)
+        .flat_map(|tb| tb.chains.iter())
 }
 
 /// Deterministic pseudo-random bytes (xorshift), different per seed: test

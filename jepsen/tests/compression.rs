@@ -334,13 +334,7 @@ async fn a_chunkserver_killed_during_writes_loses_no_returned_file() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn resynced_replicas_carry_the_packed_marks() {
     let _serial = cairn_jepsen::serial().await;
-    let mut c = DataCluster::start(DataOpts {
-        chunkservers: 4,
-        meta_args: vec!["--replace-after".into(), "2s".into()],
-        ..DataOpts::default()
-    })
-    .await
-    .unwrap();
+    let mut c = DataCluster::start_replacing().await.unwrap();
     compressed_volume(&c, "lz", Compression::Lz4, 0, None).await;
     let client = c.client(ClientOptions::default()).await.unwrap();
     let files: Vec<Vec<u8>> = (0..12u64)
@@ -357,19 +351,7 @@ async fn resynced_replicas_carry_the_packed_marks() {
             .unwrap();
     }
     client.close().await.unwrap();
-    let mut ids = Vec::new();
-    for cs in c.chains().await.unwrap().chunkservers {
-        ids.push((c.index_of(cs.id).await.unwrap(), cs.id));
-    }
-    let gone = ids.iter().find(|(i, _)| *i == 0).unwrap().1;
-    c.kill(0);
-    c.wait_healed_without(gone, Duration::from_secs(120))
-        .await
-        .unwrap();
-    // Only chunkserver 3 stays: chains that lost chunkserver 0 read from
-    // the copies the resync made there.
-    c.kill(1);
-    c.kill(2);
+    c.lose_all_but_the_resynced().await.unwrap();
     let reader = c.client(ClientOptions::default()).await.unwrap();
     for (i, d) in files.iter().enumerate() {
         let got = reader.read_file(&format!("/lz/f{i}")).await.unwrap();

@@ -300,13 +300,7 @@ async fn a_mount_with_the_key_reads_and_writes_an_encrypted_volume() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn resynced_replicas_carry_the_seals() {
     let _serial = cairn_jepsen::serial().await;
-    let mut c = DataCluster::start(DataOpts {
-        chunkservers: 4,
-        meta_args: vec!["--replace-after".into(), "2s".into()],
-        ..DataOpts::default()
-    })
-    .await
-    .unwrap();
+    let mut c = DataCluster::start_replacing().await.unwrap();
     let ring = encrypted_volume(&c, "sec", Some(1 << 20)).await;
     let client = c.client(keyed(&ring)).await.unwrap();
     let files: Vec<Bytes> = (0..16u64)
@@ -319,29 +313,7 @@ async fn resynced_replicas_carry_the_seals() {
             .unwrap();
     }
     client.close().await.unwrap();
-
-    let ids: Vec<(usize, u64)> = {
-        let t = c.chains().await.unwrap();
-        let mut v = Vec::new();
-        for cs in t.chunkservers {
-            v.push((c.index_of(cs.id).await.unwrap(), cs.id));
-        }
-        v
-    };
-    let id = |i: usize| {
-        ids.iter()
-            .find(|(j, _)| *j == i)
-            .map(|(_, id)| *id)
-            .unwrap()
-    };
-    c.kill(0);
-    c.wait_healed_without(id(0), std::time::Duration::from_secs(120))
-        .await
-        .unwrap();
-    // Every chain is {1, 2, 3} now. Only chunkserver 3 stays: chains that
-    // lost chunkserver 0 read from the copies the resync made there.
-    c.kill(1);
-    c.kill(2);
+    c.lose_all_but_the_resynced().await.unwrap();
     let reader = c.client(keyed(&ring)).await.unwrap();
     for (i, d) in files.iter().enumerate() {
         let got = reader.read_file(&format!("/sec/f{i}")).await.unwrap();

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail, ensure};
 use bytes::Bytes;
 use cairn_client::{Client, ClientOptions};
-use cairn_jepsen::data_cluster::{DataCluster, DataOpts, pattern};
+use cairn_jepsen::data_cluster::{DataCluster, DataOpts, chains_of, pattern};
 use cairn_jepsen::replicas::verify_replicas;
 use cairn_jepsen::serial;
 use cairn_proto::meta::{ChainTables, TargetState, VolumePolicy};
@@ -62,10 +62,7 @@ async fn id_of(cluster: &DataCluster, i: usize) -> Result<u64> {
 
 /// Serving members per chain of the replication-3 table.
 fn serving_counts(t: &ChainTables) -> Vec<(u32, usize)> {
-    t.tables
-        .iter()
-        .filter(|tb| tb.replication == 3)
-        .flat_map(|tb| tb.chains.iter())
+    chains_of(t, 3)
         .map(|c| {
             (
                 c.id,
@@ -120,10 +117,7 @@ async fn wait_settled(
 /// Every chain of the 3-table has 3 members, all serving, none on `gone`.
 fn healed(t: &ChainTables, gone: &[u64]) -> bool {
     cairn_proto::chain::fully_serving(t, 3)
-        && t.tables
-            .iter()
-            .filter(|tb| tb.replication == 3)
-            .flat_map(|tb| tb.chains.iter())
+        && chains_of(t, 3)
             .flat_map(|c| c.targets.iter())
             .all(|m| !gone.contains(&m.chunkserver_id))
 }
@@ -274,10 +268,7 @@ async fn a_returning_chunkserver_copies_only_what_changed() -> Result<()> {
         "the killed chunkserver's targets offline",
         Duration::from_secs(30),
         |t| {
-            t.tables
-                .iter()
-                .filter(|tb| tb.replication == 3)
-                .flat_map(|tb| tb.chains.iter())
+            chains_of(t, 3)
                 .flat_map(|c| c.targets.iter())
                 .filter(|m| m.chunkserver_id == victim_id)
                 .all(|m| m.state == TargetState::Offline as i32)
@@ -378,11 +369,7 @@ async fn a_dead_chunkserver_is_replaced_and_a_second_loss_loses_nothing() -> Res
 
     // A second chunkserver of the same chains dies: nothing is lost.
     let t = cluster.chains().await?;
-    let second_id = t
-        .tables
-        .iter()
-        .filter(|tb| tb.replication == 3)
-        .flat_map(|tb| tb.chains.iter())
+    let second_id = chains_of(&t, 3)
         .flat_map(|c| c.targets.iter())
         .map(|m| m.chunkserver_id)
         .find(|id| *id != victim_id)
@@ -504,11 +491,7 @@ async fn restarting_every_chunkserver_in_turn_keeps_two_replicas_serving() -> Re
         let id = id_of(&cluster, i).await?;
         cluster.terminate(i);
         let t = cluster.chains().await?;
-        let out = t
-            .tables
-            .iter()
-            .filter(|tb| tb.replication == 3)
-            .flat_map(|tb| tb.chains.iter())
+        let out = chains_of(&t, 3)
             .flat_map(|c| c.targets.iter())
             .filter(|m| m.chunkserver_id == id)
             .all(|m| m.state == TargetState::Offline as i32);
@@ -681,11 +664,7 @@ async fn an_added_chunkserver_takes_a_share_of_the_chains_online() -> Result<()>
     )
     .await?;
     let ops = load.stop().await?;
-    let on_new: usize = t
-        .tables
-        .iter()
-        .filter(|tb| tb.replication == 3)
-        .flat_map(|tb| tb.chains.iter())
+    let on_new: usize = chains_of(&t, 3)
         .filter(|c| c.targets.iter().any(|m| m.chunkserver_id == added_id))
         .count();
     println!(
