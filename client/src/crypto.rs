@@ -527,8 +527,6 @@ impl Nonces {
             }
             let mut nonce = [0u8; NONCE_LEN];
             nonce.copy_from_slice(&self.buf[self.used..self.used + NONCE_LEN]);
-            // Bytes are never handed out twice.
-            self.buf[self.used..self.used + NONCE_LEN].fill(0);
             self.used += NONCE_LEN;
             match mark {
                 Some(true) => nonce[0] |= 0x80,
@@ -573,19 +571,11 @@ impl FileKey {
         self.seal_with(&mut Nonces::new(1), object, block, data, None)
     }
 
-    /// [`Self::seal`] with the nonce's top bit set (`packed`) or clear:
-    /// the mark of a compressed volume's packed units
+    /// [`Self::seal`] with the nonce taken from `nonces` (what a write of
+    /// many blocks uses) and, with `mark`, its top bit set (`Some(true)`)
+    /// or clear: the mark of a compressed volume's packed units
     /// ([`crate::compress`]), authenticated with the block (altering it
     /// fails the tag). The other 95 bits stay random.
-    ///
-    /// # Panics
-    /// As [`Self::seal`].
-    pub fn seal_marked(&self, object: u64, block: u64, data: &mut [u8], packed: bool) -> Seal {
-        self.seal_with(&mut Nonces::new(1), object, block, data, Some(packed))
-    }
-
-    /// [`Self::seal`] (`mark` `None`) or [`Self::seal_marked`] with the
-    /// nonce taken from `nonces`: what a write of many blocks uses.
     ///
     /// # Panics
     /// As [`Self::seal`].
@@ -665,7 +655,7 @@ mod tests {
             for _ in 0..64 {
                 let plain = pattern(4096);
                 let mut c = plain.clone();
-                let seal = fk.seal_marked(42, 7, &mut c, packed);
+                let seal = fk.seal_with(&mut Nonces::new(1), 42, 7, &mut c, Some(packed));
                 assert_eq!(crate::compress::is_packed(&seal), packed);
                 fk.open(42, 7, &mut c, &seal).unwrap();
                 assert_eq!(c, plain);
@@ -673,7 +663,7 @@ mod tests {
         }
         // Flipping the mark fails the tag.
         let mut c = pattern(4096);
-        let mut seal = fk.seal_marked(42, 7, &mut c, true);
+        let mut seal = fk.seal_with(&mut Nonces::new(1), 42, 7, &mut c, Some(true));
         seal[0] ^= 0x80;
         assert!(fk.open(42, 7, &mut c, &seal).is_err());
     }
