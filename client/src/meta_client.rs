@@ -50,13 +50,13 @@ use cairn_proto::ids::{InodeId, NodeId, SessionId, VolumeId};
 use cairn_proto::meta::meta_client::MetaClient as Grpc;
 use cairn_proto::meta::{
     Attr, ChainTables, Changes, CloseRequest, CreateRequest, CreateVolumeRequest, DirEntry, Empty,
-    GetAttrRequest, GetXattrRequest, JoinReply, JoinRequest, LinkRequest, ListXattrRequest,
-    LookupRequest, MkdirRequest, OpenRequest, OpenSessionRequest, PromoteRequest, ReadDirReply,
-    ReadDirRequest, ReadLinkRequest, RemoveMemberRequest, RemoveXattrRequest, RenameReply,
-    RenameRequest, ReportLengthRequest, RequestId, ResolveRequest, RmdirRequest,
-    RotateVolumeKeyRequest, SessionRequest, SetAttrRequest, SetMaintenanceRequest, SetXattrRequest,
-    StatFsReply, StatFsRequest, StatusReply, SymlinkRequest, Timespec, UnlinkReply, UnlinkRequest,
-    Volume, VolumePolicy, WatchChangesRequest,
+    FileType, GetAttrRequest, GetXattrRequest, JoinReply, JoinRequest, LinkRequest,
+    ListXattrRequest, LookupRequest, MkdirRequest, MknodRequest, OpenRequest, OpenSessionRequest,
+    PromoteRequest, ReadDirReply, ReadDirRequest, ReadLinkRequest, RemoveMemberRequest,
+    RemoveXattrRequest, RenameReply, RenameRequest, ReportLengthRequest, RequestId, ResolveRequest,
+    RmdirRequest, RotateVolumeKeyRequest, SessionRequest, SetAttrRequest, SetMaintenanceRequest,
+    SetXattrRequest, StatFsReply, StatFsRequest, StatusReply, SymlinkRequest, Timespec,
+    UnlinkReply, UnlinkRequest, Volume, VolumePolicy, WatchChangesRequest,
 };
 use cairn_proto::{CairnStatus, ErrorCode, names};
 use tokio::sync::watch;
@@ -965,6 +965,41 @@ impl MetaClient {
             parent: parent.0,
             name: name.to_string(),
             target: target.to_string(),
+            uid: owner.uid,
+            gid: owner.gid,
+        })
+        .await?;
+        Ok(Entry {
+            attr: need_attr(r.attr)?,
+            parent: r.parent,
+        })
+    }
+
+    /// Creates the special file `name` in `parent` (mknod(2)): a FIFO, a
+    /// socket or a character or block device node with device number
+    /// `rdev`. Special files are metadata only; the kernel serves their
+    /// I/O itself.
+    ///
+    /// # Errors
+    /// As [`Self::mkdir`]; [`ErrorCode::BadRequest`] for a `kind` that is
+    /// not special.
+    pub async fn mknod(
+        &self,
+        parent: InodeId,
+        name: &str,
+        kind: FileType,
+        mode: u32,
+        rdev: u32,
+        owner: Owner,
+    ) -> Result<Entry> {
+        check_name(name)?;
+        let r = mutation!(self, mknod, |rid| MknodRequest {
+            rid: Some(rid),
+            parent: parent.0,
+            name: name.to_string(),
+            kind: kind as i32,
+            mode: mode & 0o7777,
+            rdev,
             uid: owner.uid,
             gid: owner.gid,
         })

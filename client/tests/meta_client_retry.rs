@@ -186,6 +186,7 @@ fake_meta! {
         stat_fs(StatFsRequest) -> StatFsReply;
         create(CreateRequest) -> EntryReply;
         symlink(SymlinkRequest) -> EntryReply;
+        mknod(MknodRequest) -> EntryReply;
         link(LinkRequest) -> EntryReply;
         unlink(UnlinkRequest) -> UnlinkReply;
         rmdir(RmdirRequest) -> UnlinkReply;

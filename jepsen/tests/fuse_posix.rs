@@ -461,6 +461,124 @@ fn unlink_open(root: &Path) {
     assert_eq!(fs::read(&f).unwrap(), b"new");
 }
 
+/// mkfifo, mknod and bind(2) make metadata-only inodes of the right type,
+/// mode and device number, which link, rename and unlink like any file;
+/// a FIFO in the mount is a working pipe (the kernel serves its I/O).
+fn special_files(root: &Path) {
+    use rustix::fs::{FileType, Mode, makedev, mknodat};
+    let d = root.join("special");
+    fs::create_dir(&d).unwrap();
+    let fifo = d.join("fifo");
+    mknodat(CWD, &fifo, FileType::Fifo, Mode::from_raw_mode(0o640), 0).unwrap();
+    let dev = makedev(4, 64);
+    mknodat(
+        CWD,
+        &d.join("tty"),
+        FileType::CharacterDevice,
+        Mode::from_raw_mode(0o604),
+        dev,
+    )
+    .unwrap();
+    mknodat(
+        CWD,
+        &d.join("disk"),
+        FileType::BlockDevice,
+        Mode::from_raw_mode(0o660),
+        makedev(8, 1),
+    )
+    .unwrap();
+    let sock = d.join("sock");
+    let listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+    // A regular file made by mknod(2) (type 0) is an ordinary empty file.
+    mknodat(
+        CWD,
+        &d.join("plain"),
+        FileType::RegularFile,
+        Mode::from_raw_mode(0o600),
+        0,
+    )
+    .unwrap();
+    expect_rustix(
+        mknodat(CWD, &fifo, FileType::Fifo, Mode::from_raw_mode(0o640), 0),
+        libc::EEXIST,
+        "mkfifo over an existing name",
+    );
+
+    use std::os::unix::fs::FileTypeExt;
+    let m = fs::symlink_metadata(&fifo).unwrap();
+    assert!(m.file_type().is_fifo(), "{:?}", m.file_type());
+    assert_eq!((m.mode() & 0o7777, m.len(), m.nlink()), (0o640, 0, 1));
+    let m = fs::symlink_metadata(d.join("tty")).unwrap();
+    assert!(m.file_type().is_char_device());
+    assert_eq!((m.rdev(), m.mode() & 0o7777), (dev, 0o604));
+    let m = fs::symlink_metadata(d.join("disk")).unwrap();
+    assert!(m.file_type().is_block_device());
+    assert_eq!(m.rdev(), makedev(8, 1));
+    assert!(fs::symlink_metadata(&sock).unwrap().file_type().is_socket());
+    let m = fs::symlink_metadata(d.join("plain")).unwrap();
+    assert!(m.file_type().is_file());
+    assert_eq!((m.mode() & 0o7777, m.len()), (0o600, 0));
+    let mut names: Vec<String> = fs::read_dir(&d)
+        .unwrap()
+        .map(|e| {
+            let e = e.unwrap();
+            let t = e.file_type().unwrap();
+            let c = if t.is_fifo() {
+                'p'
+            } else if t.is_char_device() {
+                'c'
+            } else if t.is_block_device() {
+                'b'
+            } else if t.is_socket() {
+                's'
+            } else {
+                '-'
+            };
+            format!("{c}{}", e.file_name().to_string_lossy())
+        })
+        .collect();
+    names.sort();
+    assert_eq!(names, ["-plain", "bdisk", "ctty", "pfifo", "ssock"]);
+
+    // The FIFO carries bytes between a writer and a reader.
+    let writer = {
+        let fifo = fifo.clone();
+        std::thread::spawn(move || {
+            let mut w = OpenOptions::new().write(true).open(&fifo).unwrap();
+            w.write_all(b"through the pipe").unwrap();
+        })
+    };
+    let mut got = String::new();
+    File::open(&fifo).unwrap().read_to_string(&mut got).unwrap();
+    writer.join().unwrap();
+    assert_eq!(got, "through the pipe");
+    // So does the socket.
+    let client = std::thread::spawn({
+        let sock = sock.clone();
+        move || {
+            let mut c = std::os::unix::net::UnixStream::connect(&sock).unwrap();
+            c.write_all(b"hello").unwrap();
+        }
+    });
+    let (mut conn, _) = listener.accept().unwrap();
+    let mut hello = String::new();
+    conn.read_to_string(&mut hello).unwrap();
+    client.join().unwrap();
+    assert_eq!(hello, "hello");
+    drop(listener);
+
+    // Link, rename and unlink as any other non-directory.
+    fs::hard_link(d.join("tty"), d.join("tty-link")).unwrap();
+    fs::rename(d.join("tty-link"), d.join("console")).unwrap();
+    let m = fs::symlink_metadata(d.join("console")).unwrap();
+    assert!(m.file_type().is_char_device());
+    assert_eq!((m.nlink(), m.rdev()), (2, dev));
+    for name in ["fifo", "tty", "console", "disk", "sock", "plain"] {
+        fs::remove_file(d.join(name)).unwrap();
+    }
+    fs::remove_dir(&d).unwrap();
+}
+
 fn statfs_and_misc(root: &Path) {
     let s = rustix::fs::statvfs(root).unwrap();
     assert!(
@@ -600,7 +718,7 @@ async fn posix_suite_over_a_real_mount() {
     if only.is_empty() || only.contains("10") {
         fill_big_directory(&client).await;
     }
-    let steps: [(&str, Step); 10] = [
+    let steps: [(&str, Step); 11] = [
         ("lifecycle", lifecycle),
         ("renames", renames),
         ("links", links),
@@ -609,6 +727,7 @@ async fn posix_suite_over_a_real_mount() {
         ("append", append),
         ("xattrs", xattrs),
         ("unlink of an open file", unlink_open),
+        ("special files", special_files),
         ("statfs and misc", statfs_and_misc),
         ("10,000-entry directory", big_directory),
     ];

@@ -49,7 +49,8 @@ pub fn affected(session: u64, op: &Op, reply: &Reply) -> Option<Change> {
         (
             Op::Create { parent, name, .. }
             | Op::Mkdir { parent, name, .. }
-            | Op::Symlink { parent, name, .. },
+            | Op::Symlink { parent, name, .. }
+            | Op::Mknod { parent, name, .. },
             Reply::Entry { attr, .. },
         ) => (vec![*parent, attr.ino], entry_of(*parent, name)),
         (

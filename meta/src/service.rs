@@ -470,6 +470,10 @@ fn kind_pb(k: Kind) -> pb::FileType {
         Kind::File => pb::FileType::Regular,
         Kind::Dir => pb::FileType::Directory,
         Kind::Symlink => pb::FileType::Symlink,
+        Kind::Fifo => pb::FileType::Fifo,
+        Kind::Socket => pb::FileType::Socket,
+        Kind::CharDevice(_) => pb::FileType::CharDevice,
+        Kind::BlockDevice(_) => pb::FileType::BlockDevice,
     }
 }
 
@@ -505,6 +509,7 @@ pub fn attr_pb(i: &Inode) -> pb::Attr {
             i.salt.clone()
         },
         key_version: i.key_version,
+        rdev: i.kind.rdev(),
     }
 }
 
@@ -1073,6 +1078,32 @@ impl Meta for MetaService {
             parent: r.parent,
             name: r.name,
             target: r.target,
+            uid: r.uid,
+            gid: r.gid,
+        };
+        let reply = self.write(r.rid.as_ref(), op).await?;
+        Ok(Response::new(entry_reply(reply)?))
+    }
+
+    async fn mknod(&self, req: Request<pb::MknodRequest>) -> GrpcResult<pb::EntryReply> {
+        let r = req.into_inner();
+        let kind = match pb::FileType::try_from(r.kind) {
+            Ok(pb::FileType::Fifo) => Kind::Fifo,
+            Ok(pb::FileType::Socket) => Kind::Socket,
+            Ok(pb::FileType::CharDevice) => Kind::CharDevice(r.rdev),
+            Ok(pb::FileType::BlockDevice) => Kind::BlockDevice(r.rdev),
+            _ => {
+                return Err(bad(format!(
+                    "mknod makes FIFOs, sockets and device nodes; file type {} is not one",
+                    r.kind
+                )));
+            }
+        };
+        let op = Op::Mknod {
+            parent: r.parent,
+            name: r.name,
+            kind,
+            mode: r.mode,
             uid: r.uid,
             gid: r.gid,
         };

@@ -157,6 +157,16 @@ impl Model {
                 self.nodes[d].children.insert(name.clone(), n);
                 Ok(())
             }
+            MOp::Mknod(p, name, kind) => {
+                check_name(name)?;
+                let d = self.dir(p)?;
+                if self.nodes[d].children.contains_key(name) {
+                    return Err(ErrorCode::Exists);
+                }
+                let n = self.alloc(*kind);
+                self.nodes[d].children.insert(name.clone(), n);
+                Ok(())
+            }
             MOp::Link(src, p, name) => {
                 let s = self.resolve(src)?;
                 check_name(name)?;
@@ -251,8 +261,8 @@ impl Model {
                 let n = self.resolve(path)?;
                 match self.nodes[n].kind {
                     Kind::Dir => return Err(ErrorCode::IsDir),
-                    Kind::Symlink => return Err(ErrorCode::Invalid),
                     Kind::File => {}
+                    _ => return Err(ErrorCode::Invalid),
                 }
                 self.nodes[n].size = *size;
                 Ok(())
@@ -286,6 +296,7 @@ enum MOp {
     Mkdir(Vec<String>, String),
     Create(Vec<String>, String, bool),
     Symlink(Vec<String>, String),
+    Mknod(Vec<String>, String, Kind),
     Link(Vec<String>, Vec<String>, String),
     Unlink(Vec<String>, String),
     Rmdir(Vec<String>, String),
@@ -322,11 +333,21 @@ fn nonempty_path() -> impl Strategy<Value = Vec<String>> {
     )
 }
 
+fn special() -> impl Strategy<Value = Kind> {
+    prop_oneof![
+        Just(Kind::Fifo),
+        Just(Kind::Socket),
+        any::<u32>().prop_map(Kind::CharDevice),
+        any::<u32>().prop_map(Kind::BlockDevice),
+    ]
+}
+
 fn op() -> impl Strategy<Value = MOp> {
     prop_oneof![
         4 => (path(), name()).prop_map(|(p, n)| MOp::Mkdir(p, n)),
         4 => (path(), name(), any::<bool>()).prop_map(|(p, n, e)| MOp::Create(p, n, e)),
         1 => (path(), name()).prop_map(|(p, n)| MOp::Symlink(p, n)),
+        1 => (path(), name(), special()).prop_map(|(p, n, k)| MOp::Mknod(p, n, k)),
         2 => (nonempty_path(), path(), name()).prop_map(|(s, p, n)| MOp::Link(s, p, n)),
         2 => (path(), name()).prop_map(|(p, n)| MOp::Unlink(p, n)),
         2 => (path(), name()).prop_map(|(p, n)| MOp::Rmdir(p, n)),
@@ -439,6 +460,14 @@ impl System {
                 uid: 0,
                 gid: 0,
             },
+            MOp::Mknod(p, n, k) => Op::Mknod {
+                parent: self.ino(p)?,
+                name: n.clone(),
+                kind: *k,
+                mode: 0o644,
+                uid: 0,
+                gid: 0,
+            },
             MOp::Link(s, p, n) => Op::Link {
                 ino: self.ino(s)?,
                 new_parent: self.ino(p)?,
@@ -510,6 +539,7 @@ fn model_apply(model: &mut Model, op: &MOp) -> MResult {
         MOp::Mkdir(p, _)
         | MOp::Create(p, _, _)
         | MOp::Symlink(p, _)
+        | MOp::Mknod(p, _, _)
         | MOp::Unlink(p, _)
         | MOp::Rmdir(p, _) => vec![p],
         MOp::Rename(p, _, q, _, _) => vec![p, q],

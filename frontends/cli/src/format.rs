@@ -16,6 +16,10 @@ pub fn mode_string(kind: FileType, mode: u32) -> String {
         FileType::Directory => 'd',
         FileType::Symlink => 'l',
         FileType::Regular => '-',
+        FileType::Fifo => 'p',
+        FileType::Socket => 's',
+        FileType::CharDevice => 'c',
+        FileType::BlockDevice => 'b',
         FileType::Unspecified => '?',
     });
     // (read, write, execute bit, special bit, special char)
@@ -38,12 +42,16 @@ pub fn mode_string(kind: FileType, mode: u32) -> String {
 }
 
 /// Returns a short name of a file type for JSON (`file`, `directory`,
-/// `symlink`, `unknown`).
+/// `symlink`, `fifo`, `socket`, `char-device`, `block-device`, `unknown`).
 pub fn kind_name(kind: FileType) -> &'static str {
     match kind {
         FileType::Regular => "file",
         FileType::Directory => "directory",
         FileType::Symlink => "symlink",
+        FileType::Fifo => "fifo",
+        FileType::Socket => "socket",
+        FileType::CharDevice => "char-device",
+        FileType::BlockDevice => "block-device",
         FileType::Unspecified => "unknown",
     }
 }
@@ -54,6 +62,10 @@ pub fn kind_long_name(kind: FileType) -> &'static str {
         FileType::Regular => "regular file",
         FileType::Directory => "directory",
         FileType::Symlink => "symbolic link",
+        FileType::Fifo => "fifo",
+        FileType::Socket => "socket",
+        FileType::CharDevice => "character special file",
+        FileType::BlockDevice => "block special file",
         FileType::Unspecified => "unknown",
     }
 }
@@ -235,6 +247,8 @@ mod tests {
         assert_eq!(mode_string(FileType::Directory, 0o755), "drwxr-xr-x");
         assert_eq!(mode_string(FileType::Regular, 0o644), "-rw-r--r--");
         assert_eq!(mode_string(FileType::Symlink, 0o777), "lrwxrwxrwx");
+        assert_eq!(mode_string(FileType::Fifo, 0o644), "prw-r--r--");
+        assert_eq!(mode_string(FileType::CharDevice, 0o620), "crw--w----");
         assert_eq!(mode_string(FileType::Regular, 0o4755), "-rwsr-xr-x");
         assert_eq!(mode_string(FileType::Regular, 0o2745), "-rwxr-Sr-x");
         assert_eq!(mode_string(FileType::Directory, 0o1777), "drwxrwxrwt");

@@ -721,7 +721,18 @@ async fn walk_cairn(
         FileType::Symlink => Kind::Symlink {
             target: c.meta().readlink(InodeId(attr.ino)).await.op(op, root)?,
         },
-        _ => Kind::File { size: attr.size },
+        FileType::Regular | FileType::Unspecified => Kind::File { size: attr.size },
+        special => {
+            return Err(op_error(
+                op,
+                root,
+                ErrorCode::Invalid,
+                format!(
+                    "{root} is a {}: only regular files, directories and symlinks are copied",
+                    crate::format::kind_long_name(special)
+                ),
+            ));
+        }
     };
     let mut found = vec![Found {
         src: Loc::Cairn(root.to_string()),
@@ -758,7 +769,17 @@ async fn walk_cairn(
                         continue;
                     }
                 },
-                _ => {
+                FileType::Fifo
+                | FileType::Socket
+                | FileType::CharDevice
+                | FileType::BlockDevice => {
+                    problems.push(anyhow::anyhow!(
+                        "{op} {path}: a {}, not a regular file, directory or symlink; skipped",
+                        crate::format::kind_long_name(e.kind())
+                    ));
+                    continue;
+                }
+                FileType::Regular | FileType::Unspecified => {
                     let size = match &e.attr {
                         Some(a) => a.size,
                         // A meta that does not fill readdirplus: ask.

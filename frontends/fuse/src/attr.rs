@@ -66,6 +66,10 @@ pub fn kind(k: i32) -> FileType {
     match Kind::try_from(k) {
         Ok(Kind::Directory) => FileType::Directory,
         Ok(Kind::Symlink) => FileType::Symlink,
+        Ok(Kind::Fifo) => FileType::NamedPipe,
+        Ok(Kind::Socket) => FileType::Socket,
+        Ok(Kind::CharDevice) => FileType::CharDevice,
+        Ok(Kind::BlockDevice) => FileType::BlockDevice,
         _ => FileType::RegularFile,
     }
 }
@@ -86,7 +90,7 @@ pub fn file_attr(a: &Attr, map: InoMap, size: u64) -> FileAttr {
         nlink: a.nlink,
         uid: a.uid,
         gid: a.gid,
-        rdev: 0,
+        rdev: a.rdev,
         blksize: BLKSIZE,
         flags: 0,
     }

@@ -988,6 +988,51 @@ impl Filesystem for CairnFs {
         );
     }
 
+    fn mknod(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        rdev: u32,
+        reply: ReplyEntry,
+    ) {
+        let parent = self.inner.cairn(parent);
+        let owner = owner(req);
+        let name = name_or_reply!(name, reply);
+        let kind = match mode & libc::S_IFMT {
+            // mknod(2) of a regular file (type 0 or S_IFREG): an empty file,
+            // as open(O_CREAT|O_EXCL) + close would make it.
+            0 | libc::S_IFREG => None,
+            libc::S_IFIFO => Some(Kind::Fifo),
+            libc::S_IFSOCK => Some(Kind::Socket),
+            libc::S_IFCHR => Some(Kind::CharDevice),
+            libc::S_IFBLK => Some(Kind::BlockDevice),
+            _ => return reply.error(Errno::EINVAL),
+        };
+        let mode = new_mode(mode, umask);
+        let (me2, n2) = (self.inner.clone(), name.clone());
+        self.spawn(
+            move |me| async move {
+                let meta = me.client.meta();
+                let e = match kind {
+                    Some(kind) => {
+                        meta.mknod(InodeId(parent), &name, kind, mode, rdev, owner)
+                            .await
+                    }
+                    None => {
+                        meta.create(InodeId(parent), &name, mode, owner, true, false)
+                            .await
+                    }
+                }
+                .map_err(|e| errno(&e))?;
+                Ok(me.attr(&e.attr))
+            },
+            move |r| entry(reply, me2.entry_ttl_for(parent, &n2), r),
+        );
+    }
+
     fn rename(
         &self,
         _req: &Request,

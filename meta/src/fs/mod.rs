@@ -324,6 +324,14 @@ impl<K: Kv> FsState<K> {
                 uid,
                 gid,
             } => namespace::symlink(t, *parent, name, target, *uid, *gid, now),
+            Op::Mknod {
+                parent,
+                name,
+                kind,
+                mode,
+                uid,
+                gid,
+            } => namespace::mknod(t, *parent, name, *kind, *mode, *uid, *gid, now),
             Op::Link {
                 ino,
                 new_parent,
@@ -683,6 +691,99 @@ mod tests {
             .unwrap();
             assert!(sm.fs.garbage(None, usize::MAX).unwrap().is_empty());
         }
+    }
+
+    #[test]
+    fn special_files_are_metadata_only_and_keep_their_device_number() {
+        let mut sm = Sm::new();
+        let mknod = |sm: &mut Sm, name: &str, kind: Kind| {
+            sm.op(Op::Mknod {
+                parent: ROOT_INO,
+                name: name.into(),
+                kind,
+                mode: 0o4640,
+                uid: 7,
+                gid: 8,
+            })
+        };
+        let dev = (8 << 8) | 1;
+        for (name, kind) in [
+            ("fifo", Kind::Fifo),
+            ("sock", Kind::Socket),
+            ("tty", Kind::CharDevice(dev)),
+            ("sda1", Kind::BlockDevice(dev)),
+        ] {
+            let attr = entry_attr(mknod(&mut sm, name, kind));
+            assert_eq!(
+                (attr.kind, attr.mode, attr.uid, attr.gid),
+                (kind, 0o4640, 7, 8)
+            );
+            assert_eq!((attr.size, attr.nlink, attr.layout.is_none()), (0, 1, true));
+            assert_eq!(
+                sm.fs.lookup(ROOT_INO, name).unwrap().kind.rdev(),
+                kind.rdev()
+            );
+            assert_eq!(
+                mknod(&mut sm, name, kind).unwrap_err().code,
+                ErrorCode::Exists
+            );
+        }
+        let (listed, _) = sm.fs.readdir(ROOT_INO, b"", 100, false).unwrap();
+        assert!(
+            listed
+                .iter()
+                .any(|e| e.name == "tty" && e.kind == Kind::CharDevice(dev))
+        );
+        // Not a way to make files, directories or links.
+        for kind in [Kind::File, Kind::Dir, Kind::Symlink] {
+            assert_eq!(
+                mknod(&mut sm, "x", kind).unwrap_err().code,
+                ErrorCode::Invalid
+            );
+        }
+        // Links, renames and unlinks as any non-directory; never truncated.
+        let tty = sm.fs.lookup(ROOT_INO, "tty").unwrap();
+        sm.op(Op::Link {
+            ino: tty.ino,
+            new_parent: ROOT_INO,
+            new_name: "tty2".into(),
+        })
+        .unwrap();
+        sm.op(Op::Rename {
+            parent: ROOT_INO,
+            name: "tty2".into(),
+            new_parent: ROOT_INO,
+            new_name: "console".into(),
+            noreplace: false,
+            exchange: false,
+        })
+        .unwrap();
+        let console = sm.fs.lookup(ROOT_INO, "console").unwrap();
+        assert_eq!(
+            (console.ino, console.nlink, console.kind),
+            (tty.ino, 2, tty.kind)
+        );
+        let truncate = Op::SetAttr {
+            ino: tty.ino,
+            attr: SetAttr {
+                size: Some(0),
+                ..SetAttr::default()
+            },
+        };
+        assert_eq!(sm.op(truncate).unwrap_err().code, ErrorCode::Invalid);
+        for name in ["tty", "console", "fifo", "sock", "sda1"] {
+            sm.op(Op::Unlink {
+                parent: ROOT_INO,
+                name: name.into(),
+                held_open: false,
+            })
+            .unwrap();
+        }
+        assert_eq!(
+            sm.fs.getattr(tty.ino).unwrap_err().code,
+            ErrorCode::NotFound
+        );
+        assert!(sm.fs.garbage(None, usize::MAX).unwrap().is_empty());
     }
 
     #[test]

@@ -1,4 +1,4 @@
-//! Namespace mutations: mkdir, create, symlink, link, unlink, rmdir,
+//! Namespace mutations: mkdir, create, symlink, mknod, link, unlink, rmdir,
 //! rename, setattr, xattrs and volumes.
 //!
 //! Rules kept here (POSIX where POSIX applies):
@@ -385,6 +385,44 @@ pub(crate) fn symlink<K: Kv + ?Sized>(
     charge(t, i.volume, 1, 0)?;
     put_inode(t, &mut i);
     t.put(key::dentry(parent, name), &(ino, Kind::Symlink));
+    touch_dir(&mut p, now);
+    put_inode(t, &mut p);
+    Ok(Reply::Entry {
+        attr: i,
+        parent: Some(p),
+    })
+}
+
+/// mknod(2): a FIFO, socket or device node. Special files hold no data
+/// in Cairn (no layout, size 0): the kernel serves their I/O itself.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn mknod<K: Kv + ?Sized>(
+    t: &mut Txn<'_, K>,
+    parent: u64,
+    name: &str,
+    kind: Kind,
+    mode: u32,
+    uid: u32,
+    gid: u32,
+    now: i64,
+) -> FsResult<Reply> {
+    check_name(name)?;
+    if !kind.is_special() {
+        fail!(
+            Invalid,
+            "mknod makes FIFOs, sockets and device nodes, not {kind:?} (use create, mkdir or symlink)"
+        );
+    }
+    let mut p = dir(t, parent)?;
+    if entry(t, parent, name)?.is_some() {
+        fail!(Exists, "{name:?} already exists");
+    }
+    let ino = next(t, counter::NEXT_INO, ROOT_INO + 1)?;
+    let mut i = new_inode(ino, kind, mode, uid, gid, now);
+    i.volume = p.volume;
+    charge(t, i.volume, 1, 0)?;
+    put_inode(t, &mut i);
+    t.put(key::dentry(parent, name), &(ino, kind));
     touch_dir(&mut p, now);
     put_inode(t, &mut p);
     Ok(Reply::Entry {
@@ -783,6 +821,7 @@ pub(crate) fn setattr<K: Kv + ?Sized>(
             Kind::File => {}
             Kind::Dir => fail!(IsDir, "cannot truncate a directory"),
             Kind::Symlink => fail!(Invalid, "cannot truncate a symlink"),
+            k => fail!(Invalid, "cannot truncate a special file ({k:?})"),
         }
         charge_bytes(t, i.volume, i.size, size)?;
         i.size = size;

@@ -49,6 +49,36 @@ pub enum Kind {
     Dir,
     /// A symbolic link.
     Symlink,
+    /// A FIFO (named pipe). Special files are metadata only: the kernel
+    /// serves their I/O itself. Appended after the first three kinds, so
+    /// stored inodes and dentries keep their bincode index.
+    Fifo,
+    /// A UNIX domain socket.
+    Socket,
+    /// A character device node, with its device number. The number lives
+    /// in the kind (it never changes after mknod) so that [`Inode`] keeps
+    /// its stored form.
+    CharDevice(u32),
+    /// A block device node, with its device number.
+    BlockDevice(u32),
+}
+
+impl Kind {
+    /// Whether this is a special file (FIFO, socket, device node).
+    pub fn is_special(self) -> bool {
+        matches!(
+            self,
+            Kind::Fifo | Kind::Socket | Kind::CharDevice(_) | Kind::BlockDevice(_)
+        )
+    }
+
+    /// The device number of a device node, 0 for other kinds.
+    pub fn rdev(self) -> u32 {
+        match self {
+            Kind::CharDevice(d) | Kind::BlockDevice(d) => d,
+            _ => 0,
+        }
+    }
 }
 
 /// A time given to setattr.
@@ -517,6 +547,22 @@ pub enum Op {
         /// Bytes sent to the chunkservers, per replica.
         stored: u64,
     },
+    /// mknod(2): a FIFO, socket or device node (metadata only). Appended
+    /// last (bincode index).
+    Mknod {
+        /// Parent directory.
+        parent: u64,
+        /// New entry's name.
+        name: String,
+        /// A special kind ([`Kind::is_special`]); others are refused.
+        kind: Kind,
+        /// Permission bits.
+        mode: u32,
+        /// Owner.
+        uid: u32,
+        /// Group.
+        gid: u32,
+    },
 }
 
 impl Op {
@@ -546,6 +592,7 @@ impl Op {
             Op::ReleaseFiles { .. } => "release_files",
             Op::MarkExtent { .. } => "mark_extent",
             Op::CloseCounted { .. } => "close_counted",
+            Op::Mknod { .. } => "mknod",
             Op::ReportLength { .. } => "report_length",
             Op::RegisterChunkserver { .. } => "register_chunkserver",
             Op::SetTargetStates { .. } => "set_target_states",
