@@ -49,7 +49,8 @@ pub use checkpoint::{CheckpointInfo, Checkpoints};
 pub use client::{Client, ClientOptions, OpenOptions};
 pub use file::File;
 pub use meta_client::{
-    Entry, MetaClient, MetaClientOptions, Owner, RenameFlags, SetAttrChanges, SetTime, XattrMode,
+    Entry, LockRequest, MetaClient, MetaClientOptions, Owner, RenameFlags, SetAttrChanges, SetTime,
+    XattrMode,
 };
 
 /// The result type of this crate.

@@ -50,13 +50,14 @@ use cairn_proto::ids::{InodeId, NodeId, SessionId, VolumeId};
 use cairn_proto::meta::meta_client::MetaClient as Grpc;
 use cairn_proto::meta::{
     Attr, ChainTables, Changes, CloseRequest, CreateRequest, CreateVolumeRequest, DirEntry, Empty,
-    FileType, GetAttrRequest, GetXattrRequest, JoinReply, JoinRequest, LinkRequest,
-    ListXattrRequest, LookupRequest, MkdirRequest, MknodRequest, OpenRequest, OpenSessionRequest,
-    PromoteRequest, ReadDirReply, ReadDirRequest, ReadLinkRequest, RemoveMemberRequest,
-    RemoveXattrRequest, RenameReply, RenameRequest, ReportLengthRequest, RequestId, ResolveRequest,
-    RmdirRequest, RotateVolumeKeyRequest, SessionRequest, SetAttrRequest, SetMaintenanceRequest,
-    SetXattrRequest, StatFsReply, StatFsRequest, StatusReply, SymlinkRequest, Timespec,
-    UnlinkReply, UnlinkRequest, Volume, VolumePolicy, WatchChangesRequest,
+    FileLock, FileType, GetAttrRequest, GetLockRequest, GetXattrRequest, JoinReply, JoinRequest,
+    LinkRequest, ListXattrRequest, LockType, LookupRequest, MkdirRequest, MknodRequest,
+    OpenRequest, OpenSessionRequest, PromoteRequest, ReadDirReply, ReadDirRequest, ReadLinkRequest,
+    RemoveMemberRequest, RemoveXattrRequest, RenameReply, RenameRequest, ReportLengthRequest,
+    RequestId, ResolveRequest, RmdirRequest, RotateVolumeKeyRequest, SessionRequest,
+    SetAttrRequest, SetLockRequest, SetMaintenanceRequest, SetXattrRequest, StatFsReply,
+    StatFsRequest, StatusReply, SymlinkRequest, Timespec, UnlinkReply, UnlinkRequest, Volume,
+    VolumePolicy, WatchChangesRequest,
 };
 use cairn_proto::{CairnStatus, ErrorCode, names};
 use tokio::sync::watch;
@@ -330,6 +331,22 @@ macro_rules! rpc {
             |mut c: Grpc<Channel>, r| async move { c.$method(r).await },
         )
     };
+}
+
+/// A lock request: whose, which bytes, what kind (see
+/// [`MetaClient::set_lock`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LockRequest {
+    /// The lock owner within this client (a process, an open file).
+    pub owner: u64,
+    /// First byte.
+    pub start: u64,
+    /// Last byte, inclusive (`u64::MAX`: to the end of any file).
+    pub end: u64,
+    /// Read, write or unlock.
+    pub kind: LockType,
+    /// The locking process's id, reported to F_GETLK callers.
+    pub pid: u32,
 }
 
 macro_rules! mutation {
@@ -1008,6 +1025,78 @@ impl MetaClient {
             attr: need_attr(r.attr)?,
             parent: r.parent,
         })
+    }
+
+    /// Takes, changes or releases (`LockType::Unlock`) this session's lock
+    /// of `lock.owner` on a byte range of `ino`, without waiting. Returns
+    /// `None` when granted, or another owner's lock in the way (nothing
+    /// changed). Locks are shared with every client of the cluster and
+    /// go when this client's session ends.
+    ///
+    /// # Errors
+    /// [`ErrorCode::NotFound`], [`ErrorCode::Invalid`] for a range that
+    /// ends before it starts, or a retry failure.
+    pub async fn set_lock(&self, ino: InodeId, lock: LockRequest) -> Result<Option<FileLock>> {
+        let r = mutation!(self, set_lock, |rid| SetLockRequest {
+            rid: Some(rid),
+            ino: ino.0,
+            owner: lock.owner,
+            start: lock.start,
+            end: lock.end,
+            r#type: lock.kind as i32,
+            pid: lock.pid,
+        })
+        .await?;
+        Ok(if r.granted { None } else { r.conflict })
+    }
+
+    /// F_GETLK: returns another owner's lock that would refuse `lock`, or
+    /// `None`. A read: no log entry.
+    ///
+    /// # Errors
+    /// As [`Self::set_lock`].
+    pub async fn get_lock(&self, ino: InodeId, lock: LockRequest) -> Result<Option<FileLock>> {
+        let session_id = self.session_id().await?.0;
+        let req = GetLockRequest {
+            session_id,
+            ino: ino.0,
+            owner: lock.owner,
+            start: lock.start,
+            end: lock.end,
+            r#type: lock.kind as i32,
+        };
+        let r = rpc!(self, get_lock, req).await?;
+        Ok(if r.granted { None } else { r.conflict })
+    }
+
+    /// F_SETLKW: takes the lock, waiting while another owner holds a
+    /// conflicting one. Waiting asks meta whether the lock is free (a read)
+    /// every few milliseconds at first, then every `max_poll`, and tries
+    /// again when it is; a lock freed and retaken in between only means
+    /// another round. Meta keeps no waiters, so a waiter that goes away
+    /// leaves nothing behind.
+    ///
+    /// # Errors
+    /// As [`Self::set_lock`].
+    pub async fn wait_lock(
+        &self,
+        ino: InodeId,
+        lock: LockRequest,
+        max_poll: Duration,
+    ) -> Result<()> {
+        let mut pause = Duration::from_millis(2);
+        loop {
+            if self.set_lock(ino, lock).await?.is_none() {
+                return Ok(());
+            }
+            loop {
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(max_poll);
+                if self.get_lock(ino, lock).await?.is_none() {
+                    break;
+                }
+            }
+        }
     }
 
     /// Adds the hard link `new_name` in `new_parent` to inode `ino`.

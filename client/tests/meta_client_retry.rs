@@ -187,6 +187,8 @@ fake_meta! {
         create(CreateRequest) -> EntryReply;
         symlink(SymlinkRequest) -> EntryReply;
         mknod(MknodRequest) -> EntryReply;
+        set_lock(SetLockRequest) -> LockReply;
+        get_lock(GetLockRequest) -> LockReply;
         link(LinkRequest) -> EntryReply;
         unlink(UnlinkRequest) -> UnlinkReply;
         rmdir(RmdirRequest) -> UnlinkReply;

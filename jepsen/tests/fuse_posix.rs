@@ -473,7 +473,7 @@ fn special_files(root: &Path) {
     let dev = makedev(4, 64);
     mknodat(
         CWD,
-        &d.join("tty"),
+        d.join("tty"),
         FileType::CharacterDevice,
         Mode::from_raw_mode(0o604),
         dev,
@@ -481,7 +481,7 @@ fn special_files(root: &Path) {
     .unwrap();
     mknodat(
         CWD,
-        &d.join("disk"),
+        d.join("disk"),
         FileType::BlockDevice,
         Mode::from_raw_mode(0o660),
         makedev(8, 1),
@@ -492,7 +492,7 @@ fn special_files(root: &Path) {
     // A regular file made by mknod(2) (type 0) is an ordinary empty file.
     mknodat(
         CWD,
-        &d.join("plain"),
+        d.join("plain"),
         FileType::RegularFile,
         Mode::from_raw_mode(0o600),
         0,

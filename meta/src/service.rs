@@ -31,6 +31,7 @@ use tonic::{Request, Response, Status};
 use tracing::instrument;
 
 use crate::config::MetaConfig;
+use crate::fs::locks::{LockHolder, LockKind};
 use crate::fs::{
     self, Command, FsError, FsState, Inode, KEY_CHECK_LEN, Kind, Kv, Op, Reply, SALT_LEN, SetAttr,
     SetTime, TargetSpec, TargetState, VolumeCompression, VolumeKeys, VolumePolicy, compression,
@@ -474,6 +475,33 @@ fn kind_pb(k: Kind) -> pb::FileType {
         Kind::Socket => pb::FileType::Socket,
         Kind::CharDevice(_) => pb::FileType::CharDevice,
         Kind::BlockDevice(_) => pb::FileType::BlockDevice,
+    }
+}
+
+fn lock_kind(t: i32) -> Result<LockKind, Status> {
+    match pb::LockType::try_from(t) {
+        Ok(pb::LockType::Read) => Ok(LockKind::Read),
+        Ok(pb::LockType::Write) => Ok(LockKind::Write),
+        Ok(pb::LockType::Unlock) => Ok(LockKind::Unlock),
+        _ => Err(bad(format!("lock type {t} is not read, write or unlock"))),
+    }
+}
+
+fn lock_reply(held: Option<LockHolder>) -> pb::LockReply {
+    pb::LockReply {
+        granted: held.is_none(),
+        conflict: held.map(|h| pb::FileLock {
+            start: h.range.start,
+            end: h.range.end,
+            r#type: if h.range.write {
+                pb::LockType::Write
+            } else {
+                pb::LockType::Read
+            } as i32,
+            pid: h.range.pid,
+            session_id: h.session,
+            owner: h.owner,
+        }),
     }
 }
 
@@ -1359,6 +1387,39 @@ impl Meta for MetaService {
         self.write(r.rid.as_ref(), Op::ReleaseFiles { inos: r.inos })
             .await?;
         Ok(Response::new(pb::Empty {}))
+    }
+
+    async fn set_lock(&self, req: Request<pb::SetLockRequest>) -> GrpcResult<pb::LockReply> {
+        let r = req.into_inner();
+        let op = Op::SetLock {
+            ino: r.ino,
+            owner: r.owner,
+            start: r.start,
+            end: r.end,
+            kind: lock_kind(r.r#type)?,
+            pid: r.pid,
+        };
+        match self.write(r.rid.as_ref(), op).await? {
+            Reply::Lock(held) => Ok(Response::new(lock_reply(held))),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    async fn get_lock(&self, req: Request<pb::GetLockRequest>) -> GrpcResult<pb::LockReply> {
+        let r = req.into_inner();
+        let kind = lock_kind(r.r#type)?;
+        if r.start > r.end {
+            return Err(bad(format!(
+                "lock range starts at {} after its end {}",
+                r.start, r.end
+            )));
+        }
+        let fs = self.read().await?;
+        fs.getattr(r.ino).map_err(fs_err)?;
+        let held = fs
+            .get_lock(r.ino, r.session_id, r.owner, (r.start, r.end), kind)
+            .map_err(fs_err)?;
+        Ok(Response::new(lock_reply(held)))
     }
 
     async fn report_length(

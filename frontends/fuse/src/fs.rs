@@ -36,16 +36,18 @@ use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
-use cairn_client::meta_client::{Owner, RenameFlags, SetAttrChanges, SetTime, XattrMode};
+use cairn_client::meta_client::{
+    LockRequest, Owner, RenameFlags, SetAttrChanges, SetTime, XattrMode,
+};
 use cairn_client::{Client, File, OpenOptions};
 use cairn_proto::ErrorCode;
 use cairn_proto::ids::{InodeId, VolumeId};
-use cairn_proto::meta::{Attr, DirEntry, FileType as Kind};
+use cairn_proto::meta::{Attr, DirEntry, FileLock, FileType as Kind, LockType};
 use fuser::{
     AccessFlags, Errno, FileAttr, FileHandle, Filesystem, FopenFlags, Generation, INodeNo,
     InitFlags, IoctlFlags, KernelConfig, LockOwner, Notifier, OpenFlags, ReplyAttr, ReplyCreate,
-    ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyIoctl, ReplyOpen,
-    ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+    ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyIoctl, ReplyLock,
+    ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 use tokio::runtime::Handle;
 use tracing::{debug, warn};
@@ -127,6 +129,11 @@ pub(crate) struct Inner {
     /// shared file (a close racing an open would otherwise release the
     /// new writer's registration with meta).
     inode_locks: Mutex<HashMap<u64, Arc<tokio::sync::Mutex<()>>>>,
+    /// (inode, lock owner) pairs this mount has taken a file lock for:
+    /// their locks are released on meta when the owner closes the file
+    /// (POSIX: any close by the process; flock: the last close of the open
+    /// file), and other closes cost no request.
+    file_locks: Mutex<HashSet<(u64, u64)>>,
     /// Mount-wide budget of background write bytes (units of
     /// [`writeback::BUDGET_UNIT`]).
     budget: Arc<tokio::sync::Semaphore>,
@@ -216,6 +223,19 @@ macro_rules! name_or_reply {
     };
 }
 
+/// How often a waiting F_SETLKW asks at most whether the lock is free.
+const LOCK_POLL: Duration = Duration::from_millis(100);
+
+/// The lock type of a kernel `F_RDLCK`/`F_WRLCK`/`F_UNLCK`.
+fn lock_type(typ: i32) -> Option<LockType> {
+    match typ {
+        libc::F_RDLCK => Some(LockType::Read),
+        libc::F_WRLCK => Some(LockType::Write),
+        libc::F_UNLCK => Some(LockType::Unlock),
+        _ => None,
+    }
+}
+
 fn owner(req: &Request) -> Owner {
     Owner {
         uid: req.uid(),
@@ -258,6 +278,7 @@ impl CairnFs {
                 dirs: Mutex::new(HashMap::new()),
                 seen: Mutex::new(HashMap::new()),
                 inode_locks: Mutex::new(HashMap::new()),
+                file_locks: Mutex::new(HashSet::new()),
                 budget: Arc::new(tokio::sync::Semaphore::new(
                     (cfg.write_back_budget / writeback::BUDGET_UNIT)
                         .max(writeback::PIECE / writeback::BUDGET_UNIT),
@@ -275,12 +296,29 @@ impl CairnFs {
         F: FnOnce(Arc<Inner>) -> Fut + Send + 'static,
         Fut: Future<Output = R<T>> + Send + 'static,
     {
+        self.spawn_within(Some(self.inner.cfg.timeout), op, reply);
+    }
+
+    /// As [`Self::spawn`], with `limit` (`None`: none, for F_SETLKW, which
+    /// waits as long as the lock is held elsewhere).
+    fn spawn_within<T, F, Fut>(
+        &self,
+        limit: Option<Duration>,
+        op: F,
+        reply: impl FnOnce(R<T>) + Send + 'static,
+    ) where
+        T: Send + 'static,
+        F: FnOnce(Arc<Inner>) -> Fut + Send + 'static,
+        Fut: Future<Output = R<T>> + Send + 'static,
+    {
         let me = self.inner.clone();
-        let limit = me.cfg.timeout;
         self.inner.rt.spawn(async move {
-            let r = tokio::time::timeout(limit, op(me))
-                .await
-                .unwrap_or(Err(raw(libc::ETIMEDOUT)));
+            let r = match limit {
+                Some(limit) => tokio::time::timeout(limit, op(me))
+                    .await
+                    .unwrap_or(Err(raw(libc::ETIMEDOUT))),
+                None => op(me).await,
+            };
             reply(r);
         });
     }
@@ -697,6 +735,47 @@ impl Inner {
     }
 
     /// Publishes a writer's length to meta (flush on close(2), fsync).
+    /// Takes, changes or releases a file lock on meta (shared with every
+    /// client of the cluster); `wait`: F_SETLKW.
+    async fn set_lock(&self, ino: u64, req: LockRequest, wait: bool) -> R<()> {
+        let meta = self.client.meta();
+        if req.kind != LockType::Unlock {
+            // Recorded first: a close racing the grant still releases it.
+            lock(&self.file_locks).insert((ino, req.owner));
+        }
+        if wait {
+            meta.wait_lock(InodeId(ino), req, LOCK_POLL)
+                .await
+                .map_err(|e| errno_by_ino(&e))?;
+            return Ok(());
+        }
+        match meta.set_lock(InodeId(ino), req).await {
+            Ok(None) => Ok(()),
+            Ok(Some(_)) => Err(Errno::EAGAIN),
+            Err(e) => Err(errno_by_ino(&e)),
+        }
+    }
+
+    /// Releases every lock `owner` holds on `ino`, if it took any here.
+    async fn drop_locks(&self, ino: u64, owner: u64) -> R<()> {
+        if !lock(&self.file_locks).remove(&(ino, owner)) {
+            return Ok(());
+        }
+        let all = LockRequest {
+            owner,
+            start: 0,
+            end: u64::MAX,
+            kind: LockType::Unlock,
+            pid: 0,
+        };
+        self.client
+            .meta()
+            .set_lock(InodeId(ino), all)
+            .await
+            .map(|_| ())
+            .map_err(|e| errno_by_ino(&e))
+    }
+
     async fn flush(&self, fh: FileHandle) -> R<()> {
         let o = self.handle(fh)?;
         if o.h.write {
@@ -810,6 +889,9 @@ impl Filesystem for CairnFs {
             InitFlags::FUSE_READDIRPLUS_AUTO,
             InitFlags::FUSE_ASYNC_DIO,
             InitFlags::FUSE_AUTO_INVAL_DATA,
+            // fcntl and flock locks go to meta, shared by every mount.
+            InitFlags::FUSE_POSIX_LOCKS,
+            InitFlags::FUSE_FLOCK_LOCKS,
         ] {
             if config.add_capabilities(cap).is_err() {
                 debug!(?cap, "the kernel lacks a FUSE capability");
@@ -1136,13 +1218,19 @@ impl Filesystem for CairnFs {
     fn flush(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
-        _lock_owner: LockOwner,
+        lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
+        let ino = self.inner.cairn(ino);
         self.spawn(
-            move |me| async move { me.flush(fh).await },
+            move |me| async move {
+                // POSIX: closing any descriptor of a file drops the
+                // process's locks on it.
+                let unlocked = me.drop_locks(ino, lock_owner.0).await;
+                me.flush(fh).await.and(unlocked)
+            },
             move |r| empty(reply, r),
         );
     }
@@ -1150,18 +1238,107 @@ impl Filesystem for CairnFs {
     fn release(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         _flags: OpenFlags,
-        _lock_owner: Option<LockOwner>,
+        lock_owner: Option<LockOwner>,
         _flush: bool,
         reply: ReplyEmpty,
     ) {
+        let ino = self.inner.cairn(ino);
         self.spawn(
             move |me| async move {
+                // flock: the open file's last close drops its lock.
+                if let Some(owner) = lock_owner
+                    && let Err(e) = me.drop_locks(ino, owner.0).await
+                {
+                    warn!(ino, error = ?e, "releasing a flock lock on close failed");
+                }
                 me.release(fh.0).await;
                 Ok(())
             },
+            move |r| empty(reply, r),
+        );
+    }
+
+    fn getlk(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        lock_owner: LockOwner,
+        start: u64,
+        end: u64,
+        typ: i32,
+        pid: u32,
+        reply: ReplyLock,
+    ) {
+        let ino = self.inner.cairn(ino);
+        let Some(kind) = lock_type(typ) else {
+            return reply.error(Errno::EINVAL);
+        };
+        let lock = LockRequest {
+            owner: lock_owner.0,
+            start,
+            end,
+            kind,
+            pid,
+        };
+        self.spawn(
+            move |me| async move {
+                me.client
+                    .meta()
+                    .get_lock(InodeId(ino), lock)
+                    .await
+                    .map_err(|e| errno_by_ino(&e))
+            },
+            move |r: R<Option<FileLock>>| match r {
+                Ok(None) => reply.locked(start, end, libc::F_UNLCK, 0),
+                Ok(Some(h)) => {
+                    let typ = if h.r#type == LockType::Write as i32 {
+                        libc::F_WRLCK
+                    } else {
+                        libc::F_RDLCK
+                    };
+                    reply.locked(h.start, h.end, typ, h.pid);
+                }
+                Err(e) => reply.error(e),
+            },
+        );
+    }
+
+    fn setlk(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        lock_owner: LockOwner,
+        start: u64,
+        end: u64,
+        typ: i32,
+        pid: u32,
+        sleep: bool,
+        reply: ReplyEmpty,
+    ) {
+        let ino = self.inner.cairn(ino);
+        let Some(kind) = lock_type(typ) else {
+            return reply.error(Errno::EINVAL);
+        };
+        let lock = LockRequest {
+            owner: lock_owner.0,
+            start,
+            end,
+            kind,
+            pid,
+        };
+        let limit = if sleep && kind != LockType::Unlock {
+            None
+        } else {
+            Some(self.inner.cfg.timeout)
+        };
+        self.spawn_within(
+            limit,
+            move |me| async move { me.set_lock(ino, lock, sleep).await },
             move |r| empty(reply, r),
         );
     }

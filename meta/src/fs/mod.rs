@@ -18,6 +18,7 @@
 mod chains;
 pub mod compression;
 mod keys;
+pub mod locks;
 mod namespace;
 pub mod read;
 mod session;
@@ -324,6 +325,14 @@ impl<K: Kv> FsState<K> {
                 uid,
                 gid,
             } => namespace::symlink(t, *parent, name, target, *uid, *gid, now),
+            Op::SetLock {
+                ino,
+                owner,
+                start,
+                end,
+                kind,
+                pid,
+            } => locks::set_lock(t, cmd.client_id, *ino, *owner, *start, *end, *kind, *pid),
             Op::Mknod {
                 parent,
                 name,
@@ -784,6 +793,87 @@ mod tests {
             ErrorCode::NotFound
         );
         assert!(sm.fs.garbage(None, usize::MAX).unwrap().is_empty());
+    }
+
+    #[test]
+    fn locks_conflict_across_sessions_and_go_with_their_session() {
+        use locks::LockKind::{Read, Unlock, Write};
+        let mut sm = Sm::new();
+        let f = sm.create("db");
+        let (a, b) = (sm.session(), sm.session());
+        let mut seq = 0;
+        let mut lock = |sm: &mut Sm, sid: u64, owner: u64, range: (u64, u64), kind| {
+            seq += 1;
+            let cmd = Command {
+                client_id: sid,
+                seq,
+                ack_below: 0,
+                time_ns: 1,
+                op: Op::SetLock {
+                    ino: f.ino,
+                    owner,
+                    start: range.0,
+                    end: range.1,
+                    kind,
+                    pid: sid as u32,
+                },
+            };
+            match sm.run(cmd) {
+                Ok(Reply::Lock(held)) => held.map(|h| (h.session, h.owner, h.range.start)),
+                r => panic!("{r:?}"),
+            }
+        };
+        assert_eq!(lock(&mut sm, a, 1, (0, 99), Read), None);
+        // Readers share; a writer waits for them, on overlapping bytes only.
+        assert_eq!(lock(&mut sm, b, 1, (50, 60), Read), None);
+        assert_eq!(lock(&mut sm, b, 1, (50, 60), Write), Some((a, 1, 0)));
+        assert_eq!(lock(&mut sm, b, 1, (100, u64::MAX), Write), None);
+        // Another owner of the same session conflicts too (fcntl and flock
+        // owners are processes and open files, not machines).
+        assert_eq!(lock(&mut sm, a, 2, (200, 200), Read), Some((b, 1, 100)));
+        assert_eq!(
+            sm.fs
+                .get_lock(f.ino, a, 2, (0, 10), Write)
+                .unwrap()
+                .map(|h| h.session),
+            Some(a)
+        );
+        assert_eq!(sm.fs.get_lock(f.ino, a, 1, (0, 10), Write).unwrap(), None);
+        // Unlocking frees the bytes for the waiter.
+        assert_eq!(lock(&mut sm, a, 1, (0, u64::MAX), Unlock), None);
+        assert_eq!(lock(&mut sm, b, 1, (50, 60), Write), None);
+        assert_eq!(lock(&mut sm, a, 1, (0, 0), Write), None);
+        // A closed session's locks go with it.
+        sm.op(Op::CloseSession { session: b }).unwrap();
+        assert_eq!(lock(&mut sm, a, 1, (0, u64::MAX), Write), None);
+        assert_eq!(
+            sm.fs
+                .get_lock(f.ino, 99, 1, (5, 5), Read)
+                .unwrap()
+                .map(|h| h.session),
+            Some(a)
+        );
+        // Without a session, or with a bad range, nothing is locked.
+        let bad = |sm: &mut Sm, client_id: u64, start: u64| {
+            sm.run(Command {
+                client_id,
+                seq: 1_000,
+                ack_below: 0,
+                time_ns: 1,
+                op: Op::SetLock {
+                    ino: f.ino,
+                    owner: 1,
+                    start,
+                    end: 5,
+                    kind: Write,
+                    pid: 1,
+                },
+            })
+            .unwrap_err()
+            .code
+        };
+        assert_eq!(bad(&mut sm, 0, 0), ErrorCode::BadRequest);
+        assert_eq!(bad(&mut sm, a, 6), ErrorCode::Invalid);
     }
 
     #[test]

@@ -66,6 +66,28 @@ impl<K: Kv> FsState<K> {
         flatten(namespace::inode(&self.txn(), ino))
     }
 
+    /// F_GETLK: the first lock of another owner than (`session`, `owner`)
+    /// that would refuse `kind` on `start..=end`, or `None`.
+    pub fn get_lock(
+        &self,
+        ino: u64,
+        session: u64,
+        owner: u64,
+        range: (u64, u64),
+        kind: super::locks::LockKind,
+    ) -> ReadResult<Option<super::locks::LockHolder>> {
+        let (start, end) = range;
+        flatten(super::locks::conflict(
+            &self.txn(),
+            ino,
+            session,
+            owner,
+            start,
+            end,
+            kind,
+        ))
+    }
+
     /// Returns the inode named `name` in directory `parent`.
     pub fn lookup(&self, parent: u64, name: &str) -> ReadResult<Inode> {
         if let Err((code, why)) = names::validate(name) {

@@ -164,7 +164,8 @@ pub(crate) fn mark_extent<K: Kv + ?Sized>(
     Ok(Reply::Unit)
 }
 
-/// Closes a session (on request or expiry): releases every file it holds
+/// Closes a session (on request or expiry): drops its file locks, releases
+/// every file it holds
 /// (a file open for write may hold data beyond its size that the writer
 /// never reported: its extent becomes unknown) and forgets its reply
 /// cache.
@@ -179,6 +180,7 @@ pub(crate) fn close_session<K: Kv + ?Sized>(
         mark_extent(t, ino, u64::MAX)?;
         release(t, &mut s, ino, now)?;
     }
+    super::locks::release_session(t, sid)?;
     t.delete(key::session(sid));
     for (k, _) in t.scan(&key::reply_prefix(sid), None, usize::MAX)? {
         t.delete(k);

@@ -18,6 +18,8 @@
 //! | `g` | object id | [`Garbage`](super::Garbage) |
 //! | `o` | ino | () — unlinked inodes still held open |
 //! | `w` | chunkserver id | [`Maintenance`](super::Maintenance) |
+//! | `l` | ino, session, owner | that owner's [`LockRange`](super::locks::LockRange)s |
+//! | `L` | session, ino | () — the session holds locks on the inode |
 //! | `m` | name | counters and cluster facts |
 //!
 //! Integers are big-endian so keys sort numerically. A mutation runs

@@ -548,7 +548,7 @@ pub enum Op {
         stored: u64,
     },
     /// mknod(2): a FIFO, socket or device node (metadata only). Appended
-    /// last (bincode index).
+    /// after the others (bincode index).
     Mknod {
         /// Parent directory.
         parent: u64,
@@ -562,6 +562,23 @@ pub enum Op {
         uid: u32,
         /// Group.
         gid: u32,
+    },
+    /// fcntl F_SETLK / flock: takes, changes or releases the command's
+    /// session's lock of `owner` on a byte range (see [`super::locks`]).
+    /// Appended last (bincode index).
+    SetLock {
+        /// The file.
+        ino: u64,
+        /// The lock owner within the session.
+        owner: u64,
+        /// First byte.
+        start: u64,
+        /// Last byte, inclusive (`u64::MAX`: to the end of any file).
+        end: u64,
+        /// Read, write or unlock.
+        kind: super::locks::LockKind,
+        /// The locking process's id.
+        pid: u32,
     },
 }
 
@@ -593,6 +610,7 @@ impl Op {
             Op::MarkExtent { .. } => "mark_extent",
             Op::CloseCounted { .. } => "close_counted",
             Op::Mknod { .. } => "mknod",
+            Op::SetLock { .. } => "set_lock",
             Op::ReportLength { .. } => "report_length",
             Op::RegisterChunkserver { .. } => "register_chunkserver",
             Op::SetTargetStates { .. } => "set_target_states",
@@ -837,6 +855,9 @@ pub enum Reply {
         /// Its compression.
         compression: Option<VolumeCompression>,
     },
+    /// A lock request's answer: `None` granted, or the lock in its way.
+    /// Appended last (bincode index).
+    Lock(Option<super::locks::LockHolder>),
 }
 
 /// An operation's failure: a stable code and a message for a person.
