@@ -30,8 +30,11 @@
 //! its chain, or fails — never a silent short write (a failed write may
 //! have changed some of its range, as with any file system). The handle
 //! tracks the length it wrote; [`File::fsync`] and [`File::close`] report
-//! it to meta, which is when other clients see it. Data is already durable
-//! when a write returns, so `fsync` costs one metadata call at most.
+//! it to meta, which is when other clients see it: a handle that wrote
+//! reports even when the length did not grow, so the file's mtime and
+//! version move and other clients' caches drop the overwritten contents
+//! at their next open (close-to-open). Data is already durable when a
+//! write returns, so `fsync` costs one metadata call at most.
 //!
 //! # Encrypted files
 //! A file whose inode has a salt belongs to an encrypted volume
@@ -256,6 +259,12 @@ struct State {
     /// Bytes this handle wrote in compression units: (before, after
     /// compression), for the volume's ratio (reported at close).
     written: (u64, u64),
+    /// Writes sent through this handle, and how many of them meta has
+    /// heard of (a report moves the file's mtime and version, so other
+    /// clients re-read an overwritten file after open, not only a grown
+    /// one).
+    writes: u64,
+    reported_writes: u64,
 }
 
 fn lock(m: &Mutex<State>) -> std::sync::MutexGuard<'_, State> {
@@ -320,6 +329,8 @@ impl File {
                     len: attr.size,
                     reported: attr.size,
                     attempted: 0,
+                    writes: 0,
+                    reported_writes: 0,
                     truncate_gen: attr.truncate_gen,
                     closed: false,
                     readahead,
@@ -480,16 +491,23 @@ impl File {
     /// Meta errors.
     pub async fn fsync(&self) -> Result<()> {
         let f = &self.inner;
-        let (len, reported, gen_) = {
+        let (len, reported, gen_, writes, reported_writes) = {
             let s = lock(&f.state);
-            (s.len, s.reported, s.truncate_gen)
+            (
+                s.len,
+                s.reported,
+                s.truncate_gen,
+                s.writes,
+                s.reported_writes,
+            )
         };
-        if !f.how.write || len <= reported {
+        if !f.how.write || (len <= reported && writes == reported_writes) {
             return Ok(());
         }
         f.client.inner.meta.report_length(f.ino, len, gen_).await?;
         let mut s = lock(&f.state);
         s.reported = s.reported.max(len);
+        s.reported_writes = s.reported_writes.max(writes);
         Ok(())
     }
 
@@ -615,13 +633,20 @@ impl FileInner {
     }
 
     async fn close(&self) -> Result<()> {
-        let (len, gen_, reported, attempted, written) = {
+        let (len, gen_, reported, attempted, written, unreported) = {
             let mut s = lock(&self.state);
             if s.closed {
                 return Ok(());
             }
             s.closed = true;
-            (s.len, s.truncate_gen, s.reported, s.attempted, s.written)
+            (
+                s.len,
+                s.truncate_gen,
+                s.reported,
+                s.attempted,
+                s.written,
+                s.writes > s.reported_writes,
+            )
         };
         let held = self.client.unregister(self.ino.0, self.generation);
         let meta = &self.client.inner.meta;
@@ -632,8 +657,8 @@ impl FileInner {
             0
         };
         if self.how.write {
-            if len > reported || beyond > 0 || written.0 > 0 {
-                let length = (len > reported).then_some((len, gen_));
+            if len > reported || unreported || beyond > 0 || written.0 > 0 {
+                let length = (len > reported || unreported).then_some((len, gen_));
                 meta.close_file(self.ino, length, beyond, written).await?;
             } else {
                 // Nothing to report: the release waits for company.
@@ -899,6 +924,7 @@ impl FileInner {
         {
             let mut s = lock(&self.state);
             s.attempted = s.attempted.max(end);
+            s.writes += 1;
         }
         let result: Result<()> = futures::stream::iter(pieces)
             .map(|(p, d, seq)| async move {
@@ -951,6 +977,7 @@ impl FileInner {
             // `end`: the chunks written are those of `[offset, end)`.
             let mut s = lock(&self.state);
             s.attempted = s.attempted.max(end);
+            s.writes += 1;
         }
         self.merge_and_seal(offset, data).await?;
         let mut s = lock(&self.state);

@@ -99,6 +99,14 @@ async fn two_mounts_close_to_open_and_rename_over() {
         let got = fs::read(&pb).unwrap();
         assert!(got.ends_with(b"appended"), "B missed A's append");
         assert_eq!(got.len(), generation(5).len() + 8);
+        // An overwrite in place that leaves the length as it was (a
+        // database page, a checkpoint rewritten slot by slot) is seen too.
+        let h = OpenOptions::new().write(true).open(&pa).unwrap();
+        std::os::unix::fs::FileExt::write_all_at(&h, b"OVERWRITTEN", 3).unwrap();
+        drop(h);
+        let now = fs::read(&pb).unwrap();
+        assert_eq!(now.len(), got.len());
+        assert_eq!(&now[3..14], b"OVERWRITTEN", "B missed A's overwrite in place");
         // A file created on B is visible on A at once (no negative cache).
         assert!(fs::metadata(pa.with_file_name("new")).is_err());
         fs::write(pb.with_file_name("new"), b"from b").unwrap();

@@ -1261,6 +1261,81 @@ impl Filesystem for CairnFs {
         );
     }
 
+    /// fallocate(2): mode 0 grows the file to `offset + length` (the new
+    /// bytes read as zeros) and KEEP_SIZE changes nothing, both after
+    /// checking that the volume has the room (quota and free space). Cairn
+    /// is thin-provisioned: room is checked, not set aside, so a later write
+    /// can still meet ENOSPC if others fill the cluster first. Punching
+    /// holes, zeroing, collapsing and inserting ranges answer EOPNOTSUPP.
+    fn fallocate(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        length: u64,
+        mode: i32,
+        reply: ReplyEmpty,
+    ) {
+        let ino = self.inner.cairn(ino);
+        let keep_size = match mode {
+            0 => false,
+            libc::FALLOC_FL_KEEP_SIZE => true,
+            _ => return reply.error(Errno::EOPNOTSUPP),
+        };
+        let Some(end) = offset.checked_add(length) else {
+            return reply.error(Errno::EFBIG);
+        };
+        self.spawn(
+            move |me| async move {
+                let attr = me
+                    .client
+                    .meta()
+                    .getattr(InodeId(ino))
+                    .await
+                    .map_err(|e| errno_by_ino(&e))?;
+                let size = me.attr(&attr).size;
+                let grow = end.saturating_sub(size);
+                if grow == 0 {
+                    return Ok(());
+                }
+                let room = me
+                    .client
+                    .meta()
+                    .statfs(me.volume)
+                    .await
+                    .map_err(|e| errno(&e))?;
+                if room.free_bytes < grow {
+                    return Err(Errno::ENOSPC);
+                }
+                if keep_size {
+                    return Ok(());
+                }
+                me.truncate(ino, end).await
+            },
+            move |r| empty(reply, r),
+        );
+    }
+
+    /// copy_file_range(2): not offloaded yet. ENOSYS tells the kernel once
+    /// per mount to copy through read and write itself (what `cp` and
+    /// `shutil` then do), instead of a warning per call.
+    fn copy_file_range(
+        &self,
+        _req: &Request,
+        _ino_in: INodeNo,
+        _fh_in: FileHandle,
+        _offset_in: u64,
+        _ino_out: INodeNo,
+        _fh_out: FileHandle,
+        _offset_out: u64,
+        _len: u64,
+        _flags: fuser::CopyFileRangeFlags,
+        reply: ReplyWrite,
+    ) {
+        reply.error(Errno::ENOSYS);
+    }
+
     fn getlk(
         &self,
         _req: &Request,

@@ -1062,7 +1062,19 @@ mod tests {
             truncate_gen: 1,
         })
         .unwrap();
-        assert_eq!(sm.fs.getattr(f.ino).unwrap().size, 20);
+        let grown = sm.fs.getattr(f.ino).unwrap();
+        assert_eq!(grown.size, 20);
+        // An overwrite that leaves the length as it was still moves mtime
+        // and the version: other clients' caches must drop the old bytes.
+        sm.op(Op::ReportLength {
+            ino: f.ino,
+            length: 20,
+            truncate_gen: 1,
+        })
+        .unwrap();
+        let a = sm.fs.getattr(f.ino).unwrap();
+        assert_eq!(a.size, 20);
+        assert!(a.version > grown.version && a.mtime > grown.mtime, "{a:?}");
     }
 
     #[test]

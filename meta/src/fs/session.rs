@@ -188,7 +188,12 @@ pub(crate) fn close_session<K: Kv + ?Sized>(
     Ok(Reply::Unit)
 }
 
-/// Applies a writer's length report under truncate generation `gen_`.
+/// Applies a writer's report under truncate generation `gen_`: the writer
+/// wrote data (clients report after writing, also when the length did not
+/// grow), so the modification time and the version move, which tells
+/// every other client's caches that the contents changed (close-to-open
+/// for overwrites); the length only grows. A report of an older
+/// generation changes nothing: the truncate since moved both.
 pub(crate) fn report_length<K: Kv + ?Sized>(
     t: &mut Txn<'_, K>,
     ino: u64,
@@ -200,9 +205,11 @@ pub(crate) fn report_length<K: Kv + ?Sized>(
     if i.kind != Kind::File {
         fail!(IsDir, "inode {ino} is not a regular file");
     }
-    if gen_ == i.truncate_gen && length > i.size {
-        charge_bytes(t, i.volume, i.size, length)?;
-        i.size = length;
+    if gen_ == i.truncate_gen {
+        if length > i.size {
+            charge_bytes(t, i.volume, i.size, length)?;
+            i.size = length;
+        }
         i.mtime = now;
         i.ctime = now;
         put_inode(t, &mut i);
