@@ -363,6 +363,27 @@ impl File {
         lock(&self.inner.state).len
     }
 
+    /// Takes in what other clients changed since this handle opened, as
+    /// `attr` (fresh from meta) says: their length and truncate generation
+    /// (unless this handle has writes meta has not heard of: its own
+    /// length is then newer) and no cached or read-ahead data of the file.
+    /// For a file lock just granted: what the previous holder wrote under
+    /// the lock is what the new holder must read (as NFS does on lock).
+    pub fn revalidate(&self, attr: &Attr) {
+        {
+            let mut s = lock(&self.inner.state);
+            let clean = s.writes == s.reported_writes && s.len <= s.reported;
+            if clean {
+                s.len = attr.size;
+                s.reported = attr.size;
+                s.truncate_gen = attr.truncate_gen;
+            } else {
+                s.len = s.len.max(attr.size);
+            }
+        }
+        self.inner.invalidate(0, u64::MAX);
+    }
+
     /// Whether [`Self::len`] is 0.
     pub fn is_empty(&self) -> bool {
         self.len() == 0

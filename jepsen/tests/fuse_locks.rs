@@ -129,9 +129,14 @@ fn flock_locks(a: &Path, b: &Path) {
         flock(&fb, FlockArg::LockSharedNonblock),
         "a shared flock over another mount's exclusive one",
     );
-    // The last close of the open file releases it.
+    // The last close of the open file releases it: a moment after close(2)
+    // returns (FUSE sends the release without waiting for it).
     drop(fa);
-    flock(&fb, FlockArg::LockSharedNonblock).unwrap();
+    let t0 = Instant::now();
+    while let Err(e) = flock(&fb, FlockArg::LockSharedNonblock) {
+        assert!(t0.elapsed() < Duration::from_secs(5), "still locked: {e}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
     let fa = File::open(a.join("rendezvous")).unwrap();
     flock(&fa, FlockArg::LockSharedNonblock).unwrap();
     would_block(
@@ -140,6 +145,70 @@ fn flock_locks(a: &Path, b: &Path) {
     );
     flock(&fa, FlockArg::Unlock).unwrap();
     flock(&fb, FlockArg::LockExclusiveNonblock).unwrap();
+}
+
+/// PyTorch's FileStore pattern: workers on two mounts each open the shared
+/// file, lock it, read every record, append theirs and close, many times
+/// over. Odd rounds use flock (what FileStore calls), even rounds an
+/// open-file fcntl lock released by F_UNLCK before the close. Under the
+/// lock each worker must read every record written before it, whichever
+/// mount wrote it, and no append may be lost or torn.
+fn file_store(mounts: [&Path; 2]) {
+    const WORKERS: usize = 4;
+    const ROUNDS: usize = 20;
+    std::fs::write(mounts[0].join("store"), b"").unwrap();
+    let workers: Vec<_> = (0..WORKERS)
+        .map(|w| {
+            let path = mounts[w % 2].join("store");
+            std::thread::spawn(move || {
+                for round in 0..ROUNDS {
+                    let mut f = open_rw(&path);
+                    let posix = round % 2 == 0;
+                    if posix {
+                        let fl = flock_struct(libc::F_WRLCK, 0, 0);
+                        io(fcntl(f.as_raw_fd(), FcntlArg::F_OFD_SETLKW(&fl))).unwrap();
+                    } else {
+                        flock(&f, FlockArg::LockExclusive).unwrap();
+                    }
+                    let mut text = String::new();
+                    std::io::Read::read_to_string(&mut f, &mut text).unwrap();
+                    let mine = text
+                        .lines()
+                        .filter(|l| l.starts_with(&format!("w{w}:")))
+                        .count();
+                    assert_eq!(
+                        mine, round,
+                        "worker {w} round {round} read {mine} of its records:\n{text}"
+                    );
+                    let at = text.len() as u64;
+                    std::os::unix::fs::FileExt::write_all_at(
+                        &f,
+                        format!("w{w}:{round}\n").as_bytes(),
+                        at,
+                    )
+                    .unwrap();
+                    if posix {
+                        let fl = flock_struct(libc::F_UNLCK, 0, 0);
+                        io(fcntl(f.as_raw_fd(), FcntlArg::F_OFD_SETLK(&fl))).unwrap();
+                    }
+                }
+            })
+        })
+        .collect();
+    for w in workers {
+        w.join().unwrap();
+    }
+    let text = std::fs::read_to_string(mounts[1].join("store")).unwrap();
+    assert_eq!(text.lines().count(), WORKERS * ROUNDS, "{text}");
+    for w in 0..WORKERS {
+        let seq: Vec<String> = text
+            .lines()
+            .filter(|l| l.starts_with(&format!("w{w}:")))
+            .map(String::from)
+            .collect();
+        let want: Vec<String> = (0..ROUNDS).map(|r| format!("w{w}:{r}")).collect();
+        assert_eq!(seq, want);
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -168,6 +237,7 @@ async fn locks_are_shared_by_every_mount() {
     tokio::task::spawn_blocking(move || {
         posix_locks(&a2, &b2);
         flock_locks(&a2, &b2);
+        file_store([&a2, &b2]);
     })
     .await
     .unwrap_or_else(|e| {

@@ -106,7 +106,11 @@ async fn two_mounts_close_to_open_and_rename_over() {
         drop(h);
         let now = fs::read(&pb).unwrap();
         assert_eq!(now.len(), got.len());
-        assert_eq!(&now[3..14], b"OVERWRITTEN", "B missed A's overwrite in place");
+        assert_eq!(
+            &now[3..14],
+            b"OVERWRITTEN",
+            "B missed A's overwrite in place"
+        );
         // A file created on B is visible on A at once (no negative cache).
         assert!(fs::metadata(pa.with_file_name("new")).is_err());
         fs::write(pb.with_file_name("new"), b"from b").unwrap();

@@ -747,13 +747,51 @@ impl Inner {
             meta.wait_lock(InodeId(ino), req, LOCK_POLL)
                 .await
                 .map_err(|e| errno_by_ino(&e))?;
+        } else {
+            match meta.set_lock(InodeId(ino), req).await {
+                Ok(None) => {}
+                Ok(Some(_)) => return Err(Errno::EAGAIN),
+                Err(e) => return Err(errno_by_ino(&e)),
+            }
+        }
+        if req.kind != LockType::Unlock {
+            self.revalidate(ino).await?;
+        }
+        Ok(())
+    }
+
+    /// After a lock is granted: when the file changed elsewhere since this
+    /// mount opened it (the previous holder wrote under the lock), drops
+    /// what the kernel and the open file cached of it, so reads under the
+    /// lock see those writes even though the file was opened before the
+    /// lock was taken (PyTorch's FileStore opens, then locks).
+    async fn revalidate(&self, ino: u64) -> R<()> {
+        let a = self
+            .client
+            .meta()
+            .getattr(InodeId(ino))
+            .await
+            .map_err(|e| errno_by_ino(&e))?;
+        let changed = {
+            let mut seen = lock(&self.seen);
+            let s = seen.entry(ino).or_default();
+            let changed = s.data_version != Some(a.version);
+            s.data_version = Some(a.version);
+            changed
+        };
+        if !changed {
             return Ok(());
         }
-        match meta.set_lock(InodeId(ino), req).await {
-            Ok(None) => Ok(()),
-            Ok(Some(_)) => Err(Errno::EAGAIN),
-            Err(e) => Err(errno_by_ino(&e)),
+        if let Some(o) = lock(&self.inodes).get_mut(&ino) {
+            o.file.revalidate(&a);
+            o.attr = a.clone();
         }
+        if let Some(n) = self.notifier.get()
+            && let Err(e) = n.inval_inode(self.map.kernel(ino), 0, 0)
+        {
+            debug!(ino, error = %e, "page cache invalidation after a lock");
+        }
+        Ok(())
     }
 
     /// Releases every lock `owner` holds on `ino`, if it took any here.
@@ -1227,9 +1265,11 @@ impl Filesystem for CairnFs {
         self.spawn(
             move |me| async move {
                 // POSIX: closing any descriptor of a file drops the
-                // process's locks on it.
+                // process's locks on it, once what it wrote is out (the
+                // next holder reads it).
+                let flushed = me.flush(fh).await;
                 let unlocked = me.drop_locks(ino, lock_owner.0).await;
-                me.flush(fh).await.and(unlocked)
+                flushed.and(unlocked)
             },
             move |r| empty(reply, r),
         );
@@ -1248,7 +1288,10 @@ impl Filesystem for CairnFs {
         let ino = self.inner.cairn(ino);
         self.spawn(
             move |me| async move {
-                // flock: the open file's last close drops its lock.
+                // flock: the open file's last close drops its lock. Its
+                // writes are out already: the kernel flushed before this.
+                // The kernel does not wait for a release, so the lock goes
+                // a moment after close(2) returns.
                 if let Some(owner) = lock_owner
                     && let Err(e) = me.drop_locks(ino, owner.0).await
                 {
@@ -1386,7 +1429,7 @@ impl Filesystem for CairnFs {
         &self,
         _req: &Request,
         ino: INodeNo,
-        _fh: FileHandle,
+        fh: FileHandle,
         lock_owner: LockOwner,
         start: u64,
         end: u64,
@@ -1413,7 +1456,14 @@ impl Filesystem for CairnFs {
         };
         self.spawn_within(
             limit,
-            move |me| async move { me.set_lock(ino, lock, sleep).await },
+            move |me| async move {
+                if kind == LockType::Unlock {
+                    // What was written under the lock goes out before the
+                    // next holder can take it (as NFS does).
+                    me.flush(fh).await?;
+                }
+                me.set_lock(ino, lock, sleep).await
+            },
             move |r| empty(reply, r),
         );
     }
