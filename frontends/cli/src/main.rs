@@ -35,6 +35,7 @@ mod report;
 mod signal;
 mod transfer;
 mod volume;
+mod xattr;
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -150,6 +151,11 @@ enum Command {
         /// The new link, or an existing directory to create it in.
         link_path: String,
     },
+
+    /// List, get, set and remove extended attributes (user.* names, as
+    /// programs set them through a mount; values up to 64 KiB).
+    #[command(subcommand)]
+    Xattr(xattr::XattrCommand),
 
     /// Create and list volumes.
     #[command(subcommand)]
@@ -424,6 +430,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             target,
             link_path,
         } => namespace::ln(&c, target, link_path, *symbolic).await,
+        Command::Xattr(cmd) => xattr::run(&c, cmd, json).await,
         Command::Volume(VolumeCommand::Create {
             name,
             replication,

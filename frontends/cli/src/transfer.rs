@@ -42,8 +42,10 @@
 //! Regular files, directories and symlinks (recreated as symlinks with the
 //! same target, not followed, as `cp -r` does); a local source named on the
 //! command line is followed if it is a symlink. Local sockets, FIFOs and
-//! devices are skipped with a message. Modes, owners and times are not
-//! copied: new files get the client's defaults. An existing destination
+//! devices are skipped with a message. `cp` gives each copied file the
+//! source's extended attributes (`put` and `get` do not carry them across
+//! the local file system). Modes, owners and times are not copied: new
+//! files get the client's defaults. An existing destination
 //! file is truncated and overwritten; a file that fails midway is left
 //! partial, as with `cp`. `get` fsyncs every file it wrote before it
 //! counts it done.
@@ -53,6 +55,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
+use cairn_client::meta_client::XattrMode;
 use cairn_client::{Client, ErrorCode, Owner};
 use cairn_proto::ids::InodeId;
 use cairn_proto::meta::FileType;
@@ -1137,11 +1140,38 @@ impl PieceIo<'_> {
             .buffer_unordered(PER_FILE)
             .try_collect::<()>()
             .await;
+        let xattrs = match copied {
+            Ok(()) => copy_xattrs(c, op, (src, from.ino()), (dst, to.ino())).await,
+            Err(_) => Ok(()),
+        };
         let closed = to.close().await.op(op, dst);
         close_read(from).await;
         copied?;
+        xattrs?;
         closed
     }
+}
+
+/// Gives the copy of a Cairn file the source's extended attributes.
+async fn copy_xattrs(
+    c: &Client,
+    op: &str,
+    (src, from): (&str, InodeId),
+    (dst, to): (&str, InodeId),
+) -> anyhow::Result<()> {
+    let meta = c.meta();
+    for name in meta.listxattr(from).await.op(op, src)? {
+        let value = match meta.getxattr(from, &name).await {
+            Ok(v) => v,
+            // Removed since it was listed.
+            Err(e) if e.code == ErrorCode::NoData => continue,
+            Err(e) => return Err(e).op(op, src),
+        };
+        meta.setxattr(to, &name, &value, XattrMode::Upsert)
+            .await
+            .op(op, dst)?;
+    }
+    Ok(())
 }
 
 /// Closes a read handle; nothing the user could act on can fail there.

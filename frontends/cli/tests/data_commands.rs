@@ -148,8 +148,61 @@ fn data_commands_round_trip_through_a_dev_cluster() {
     expected.extend(data(100, 1000));
     assert!(out.stdout == expected, "cat of three files differs");
 
+    // Extended attributes: set, list, get (raw, hex, JSON), refused when
+    // too large; cp gives copies the source's.
+    dev.ok(["xattr", "set", "/t/src/zero", "user.dataset", "imagenet-v2"]);
+    let blob = local.path().join("blob");
+    std::fs::write(&blob, [0u8, 1, 2, 255]).unwrap();
+    dev.ok([
+        "xattr".as_ref(),
+        "set".as_ref(),
+        "/t/src/zero".as_ref(),
+        "user.crc".as_ref(),
+        "--value-file".as_ref(),
+        blob.as_os_str(),
+    ]);
+    let out = dev.ok(["xattr", "get", "/t/src/zero", "user.dataset"]);
+    assert_eq!(out.stdout, b"imagenet-v2");
+    let out = dev.ok(["xattr", "get", "--hex", "/t/src/zero", "user.crc"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "000102ff");
+    let listed = json(&dev.ok(["--json", "xattr", "ls", "/t/src/zero"]));
+    assert_eq!(
+        listed,
+        serde_json::json!([{"name": "user.crc", "size": 4}, {"name": "user.dataset", "size": 11}])
+    );
+    let out = dev.cairn([
+        "xattr",
+        "set",
+        "--create",
+        "/t/src/zero",
+        "user.dataset",
+        "x",
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    std::fs::write(&blob, vec![7u8; (64 << 10) + 1]).unwrap();
+    let out = dev.cairn([
+        "xattr".as_ref(),
+        "set".as_ref(),
+        "/t/src/zero".as_ref(),
+        "user.big".as_ref(),
+        "--value-file".as_ref(),
+        blob.as_os_str(),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("65536"), "{}", stderr(&out));
+
     // cp -r within Cairn, then get the copy: the same tree.
     dev.ok(["cp", "-r", "/t/src", "/t/copy"]);
+    let out = dev.ok(["xattr", "get", "/t/copy/zero", "user.dataset"]);
+    assert_eq!(out.stdout, b"imagenet-v2", "cp dropped an xattr");
+    dev.ok(["xattr", "rm", "/t/copy/zero", "user.dataset"]);
+    let out = dev.cairn(["xattr", "get", "/t/copy/zero", "user.dataset"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).starts_with("cairn: xattr get /t/copy/zero:"),
+        "{}",
+        stderr(&out)
+    );
     let copy = local.path().join("copy");
     dev.ok([
         "-q".as_ref(),
