@@ -50,14 +50,14 @@ use cairn_proto::ids::{InodeId, NodeId, SessionId, VolumeId};
 use cairn_proto::meta::meta_client::MetaClient as Grpc;
 use cairn_proto::meta::{
     Attr, ChainTables, Changes, CloseRequest, CreateRequest, CreateVolumeRequest, DirEntry, Empty,
-    FileLock, FileType, GetAttrRequest, GetLockRequest, GetXattrRequest, JoinReply, JoinRequest,
-    LinkRequest, ListXattrRequest, LockType, LookupRequest, MkdirRequest, MknodRequest,
-    OpenRequest, OpenSessionRequest, PromoteRequest, ReadDirReply, ReadDirRequest, ReadLinkRequest,
-    RemoveMemberRequest, RemoveXattrRequest, RenameReply, RenameRequest, ReportLengthRequest,
-    RequestId, ResolveRequest, RmdirRequest, RotateVolumeKeyRequest, SessionRequest,
-    SetAttrRequest, SetLockRequest, SetMaintenanceRequest, SetXattrRequest, StatFsReply,
-    StatFsRequest, StatusReply, SymlinkRequest, Timespec, UnlinkReply, UnlinkRequest, Volume,
-    VolumePolicy, WatchChangesRequest,
+    EntryReply, FileLock, FileType, GetAttrRequest, GetLockRequest, GetXattrRequest, JoinReply,
+    JoinRequest, LinkRequest, ListXattrRequest, LockType, LookupRequest, MkdirRequest,
+    MknodRequest, OpenRequest, OpenSessionRequest, PromoteRequest, ReadDirReply, ReadDirRequest,
+    ReadLinkRequest, RemoveMemberRequest, RemoveXattrRequest, RenameReply, RenameRequest,
+    ReportLengthRequest, RequestId, ResolveRequest, RmdirRequest, RotateVolumeKeyRequest,
+    SessionRequest, SetAttrRequest, SetLockRequest, SetMaintenanceRequest, SetXattrRequest,
+    StatFsReply, StatFsRequest, StatusReply, SymlinkRequest, Timespec, UnlinkReply, UnlinkRequest,
+    Volume, VolumePolicy, WatchChangesRequest,
 };
 use cairn_proto::{CairnStatus, ErrorCode, names};
 use tokio::sync::watch;
@@ -312,6 +312,14 @@ fn status_to_error(s: &tonic::Status) -> CairnStatus {
 
 fn missing(what: &str) -> CairnStatus {
     CairnStatus::new(ErrorCode::Internal, format!("meta replied without {what}"))
+}
+
+/// The [`Entry`] of a reply that made or linked a name.
+fn entry_of(r: EntryReply) -> Result<Entry> {
+    Ok(Entry {
+        attr: need_attr(r.attr)?,
+        parent: r.parent,
+    })
 }
 
 fn need_attr(attr: Option<Attr>) -> Result<Attr> {
@@ -922,10 +930,7 @@ impl MetaClient {
             gid: owner.gid,
         })
         .await?;
-        Ok(Entry {
-            attr: need_attr(r.attr)?,
-            parent: r.parent,
-        })
+        entry_of(r)
     }
 
     /// Creates regular file `name` in `parent`. With `exclusive` (O_EXCL)
@@ -958,10 +963,7 @@ impl MetaClient {
             open_for_write,
         })
         .await?;
-        Ok(Entry {
-            attr: need_attr(r.attr)?,
-            parent: r.parent,
-        })
+        entry_of(r)
     }
 
     /// Creates symlink `name` in `parent` pointing at `target` (stored as
@@ -986,10 +988,7 @@ impl MetaClient {
             gid: owner.gid,
         })
         .await?;
-        Ok(Entry {
-            attr: need_attr(r.attr)?,
-            parent: r.parent,
-        })
+        entry_of(r)
     }
 
     /// Creates the special file `name` in `parent` (mknod(2)): a FIFO, a
@@ -1021,10 +1020,7 @@ impl MetaClient {
             gid: owner.gid,
         })
         .await?;
-        Ok(Entry {
-            attr: need_attr(r.attr)?,
-            parent: r.parent,
-        })
+        entry_of(r)
     }
 
     /// Takes, changes or releases (`LockType::Unlock`) this session's lock
@@ -1113,10 +1109,7 @@ impl MetaClient {
             new_name: new_name.to_string(),
         })
         .await?;
-        Ok(Entry {
-            attr: need_attr(r.attr)?,
-            parent: r.parent,
-        })
+        entry_of(r)
     }
 
     /// Removes the non-directory entry `name` from `parent`.

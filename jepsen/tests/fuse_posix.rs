@@ -579,6 +579,50 @@ fn special_files(root: &Path) {
     fs::remove_dir(&d).unwrap();
 }
 
+/// fallocate grows a file (mode 0) or changes nothing (KEEP_SIZE), the
+/// modes Cairn cannot do answer EOPNOTSUPP, and cp(1) copies inside the
+/// mount (copy_file_range falls back to reads and writes in the kernel).
+fn fallocate_and_copies(root: &Path) {
+    use rustix::fs::{FallocateFlags, fallocate};
+    let d = root.join("alloc");
+    fs::create_dir(&d).unwrap();
+    let f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(d.join("f"))
+        .unwrap();
+    f.write_all_at(b"head", 0).unwrap();
+    fallocate(&f, FallocateFlags::empty(), 0, 1 << 20).unwrap();
+    assert_eq!(f.metadata().unwrap().len(), 1 << 20);
+    fallocate(&f, FallocateFlags::KEEP_SIZE, 0, 4 << 20).unwrap();
+    assert_eq!(f.metadata().unwrap().len(), 1 << 20);
+    let mut tail = [1u8; 16];
+    f.read_exact_at(&mut tail, (1 << 20) - 16).unwrap();
+    assert_eq!(tail, [0u8; 16], "the allocated range reads as zeros");
+    expect_rustix(
+        fallocate(
+            &f,
+            FallocateFlags::PUNCH_HOLE | FallocateFlags::KEEP_SIZE,
+            0,
+            4096,
+        ),
+        libc::EOPNOTSUPP,
+        "punching a hole",
+    );
+    drop(f);
+    let st = Command::new("cp")
+        .arg(d.join("f"))
+        .arg(d.join("copy"))
+        .status()
+        .unwrap();
+    assert!(st.success(), "cp inside the mount: {st}");
+    let copy = fs::read(d.join("copy")).unwrap();
+    assert_eq!((copy.len(), &copy[..4]), (1 << 20, &b"head"[..]));
+    fs::remove_dir_all(&d).unwrap();
+}
+
 fn statfs_and_misc(root: &Path) {
     let s = rustix::fs::statvfs(root).unwrap();
     assert!(
@@ -718,7 +762,7 @@ async fn posix_suite_over_a_real_mount() {
     if only.is_empty() || only.contains("10") {
         fill_big_directory(&client).await;
     }
-    let steps: [(&str, Step); 11] = [
+    let steps: [(&str, Step); 12] = [
         ("lifecycle", lifecycle),
         ("renames", renames),
         ("links", links),
@@ -728,6 +772,7 @@ async fn posix_suite_over_a_real_mount() {
         ("xattrs", xattrs),
         ("unlink of an open file", unlink_open),
         ("special files", special_files),
+        ("fallocate and copies", fallocate_and_copies),
         ("statfs and misc", statfs_and_misc),
         ("10,000-entry directory", big_directory),
     ];

@@ -144,6 +144,9 @@ pub const META_REPLICAS: usize = 3;
 /// The volume the run creates.
 pub const VOLUME: &str = "bench";
 
+/// The plain volume of `--beside-plain`.
+pub const PLAIN_VOLUME: &str = "bench-plain";
+
 /// The volume's policy: replication 3 (every byte three times on this
 /// disk), Cairn's default chunk size and stripe width; with `key`,
 /// encrypted under it (version 1).
@@ -234,6 +237,12 @@ pub struct ClientArgs {
     /// [default: 64KiB].
     #[arg(long, value_parser = parse_size, value_name = "SIZE", requires = "compression")]
     pub compression_unit: Option<u64>,
+    /// With --encrypted or --compression: run every phase on a plain
+    /// volume first, then on the transformed one, against the same
+    /// servers in the same run, and print what the transform costs
+    /// (transformed ÷ plain, and the client's CPU of each).
+    #[arg(long)]
+    pub beside_plain: bool,
     /// Options shared by every workload.
     #[command(flatten)]
     pub common: CommonArgs,
@@ -472,6 +481,8 @@ pub struct Settings {
     pub compressible: bool,
     /// Bytes per compression unit.
     pub compression_unit: u64,
+    /// Whether every phase ran on a plain volume too (`--beside-plain`).
+    pub beside_plain: bool,
 }
 
 /// The volume the run used.
@@ -524,6 +535,9 @@ pub struct ClientReport {
     pub setup_writes: Vec<SetupWrite>,
     /// The phases, in run order.
     pub phases: Vec<PhaseResult>,
+    /// With `--beside-plain`: the same phases on a plain volume, run
+    /// first against the same servers (empty otherwise).
+    pub plain_phases: Vec<PhaseResult>,
     /// The client side of each phase.
     pub client: Vec<ClientSide>,
     /// Peak resident memory of every process started, and of the
@@ -567,6 +581,11 @@ impl Plan {
         if a.random_reads == 0 || a.small_files == 0 {
             bail!("--random-reads and --small-files must be at least 1");
         }
+        if a.beside_plain && !a.encrypted && a.compression.is_none() {
+            bail!(
+                "--beside-plain compares a transformed volume with a plain one: add --encrypted and/or --compression"
+            );
+        }
         Ok(Plan {
             settings: Settings {
                 seq_size: a.seq_size,
@@ -587,6 +606,7 @@ impl Plan {
                 compression: a.compression,
                 compressible: a.compressible,
                 compression_unit: a.compression_unit.unwrap_or(64 << 10),
+                beside_plain: a.beside_plain,
             },
         })
     }
@@ -616,6 +636,8 @@ struct Outcome {
 struct Runner<'a> {
     servers: &'a Servers,
     plan: &'a Plan,
+    /// The volume the phases work in.
+    volume: &'a str,
     /// Where the raw and local baselines' files go.
     dir: &'a Path,
     notes: &'a mut Vec<String>,
@@ -706,7 +728,7 @@ impl Runner<'_> {
         let s = &self.plan.settings;
         let (size, n) = (s.seq_size, s.streams);
         let data = self.plan.pattern(SEQ_IO);
-        let dir = format!("/{VOLUME}/seq");
+        let dir = format!("/{}/seq", self.volume);
         writer
             .create_dir_all(&dir)
             .await
@@ -770,7 +792,7 @@ impl Runner<'_> {
     async fn checkpoint(&mut self, writer: &Client) -> Result<()> {
         let size = self.plan.settings.checkpoint_size;
         let data = self.plan.pattern(CHECKPOINT_IO);
-        let dir = format!("/{VOLUME}/checkpoint");
+        let dir = format!("/{}/checkpoint", self.volume);
         writer
             .create_dir_all(&dir)
             .await
@@ -824,7 +846,7 @@ impl Runner<'_> {
         let s = &self.plan.settings;
         let size = s.random_set;
         let data = self.plan.pattern(SEQ_IO);
-        let dir = format!("/{VOLUME}/random");
+        let dir = format!("/{}/random", self.volume);
         writer
             .create_dir_all(&dir)
             .await
@@ -910,7 +932,7 @@ impl Runner<'_> {
         let s = &self.plan.settings;
         let (n, tasks) = (s.small_files, s.small_tasks);
         let data = self.plan.pattern(s.small_size);
-        let dir = format!("/{VOLUME}/small");
+        let dir = format!("/{}/small", self.volume);
         let local_dir = self.dir.join("small");
         let kib = s.small_size >> 10;
         let (cairn, around) = self
@@ -978,15 +1000,18 @@ fn progress(phase: Phase, r: &SystemResult) {
     );
 }
 
-/// Runs every phase against started servers; `dir` holds the baselines'
-/// files.
+/// Runs every phase against started servers in the run's volume, or with
+/// `plain` in a plain volume of its own (`--beside-plain`); `dir` holds
+/// the baselines' files.
 async fn run_all(
     servers: &Servers,
     plan: &Plan,
+    plain: bool,
     dir: &Path,
     notes: &mut Vec<String>,
     out: &mut Outcome,
 ) -> Result<()> {
+    let volume = if plain { PLAIN_VOLUME } else { VOLUME };
     out.chains = servers.serving_chains(3).await?;
     eprintln!(
         "client: 3-replica chains {}",
@@ -996,15 +1021,16 @@ async fn run_all(
             .collect::<Vec<_>>()
             .join(", ")
     );
-    let key = plan.settings.encrypted.then(VolumeKey::generate);
+    let key = (plan.settings.encrypted && !plain).then(VolumeKey::generate);
+    let compression = plan.settings.compression.filter(|_| !plain);
     let admin = cairn::connect(servers, 0).await?;
     admin
         .meta()
         .create_volume(
-            VOLUME,
+            volume,
             volume_policy(
                 key.as_ref(),
-                plan.settings.compression,
+                compression,
                 u32::try_from(plan.settings.compression_unit).unwrap_or(u32::MAX),
             ),
         )
@@ -1019,6 +1045,7 @@ async fn run_all(
     let mut runner = Runner {
         servers,
         plan,
+        volume,
         dir,
         notes,
         out,
@@ -1028,7 +1055,7 @@ async fn run_all(
     runner.random(&writer).await?;
     runner.small_files(&writer).await?;
     let volumes = writer.meta().list_volumes().await?;
-    if let Some(v) = volumes.iter().find(|v| v.name == VOLUME) {
+    if let Some(v) = volumes.iter().find(|v| v.name == volume) {
         out.stored = (v.logical_bytes, v.stored_bytes);
     }
     writer.close().await.context("closing the writing client")?;
@@ -1054,11 +1081,21 @@ pub async fn run(args: &ClientArgs, command_line: Vec<String>) -> Result<ClientR
     let dir: PathBuf = setup.work.path().join("baselines");
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let mut outcome = Outcome::default();
+    let mut plain = Outcome::default();
     let notes = &mut setup.notes;
     let (result, peak_rss) = servers
         .run_then_stop(
             "cairn-bench (this process: the clients and the baselines)",
-            async |servers| run_all(servers, &plan, &dir, notes, &mut outcome).await,
+            async |servers| {
+                if plan.settings.beside_plain {
+                    eprintln!("client: every phase on a plain volume first (--beside-plain)");
+                    run_all(servers, &plan, true, &dir, notes, &mut plain).await?;
+                    std::fs::remove_dir_all(&dir)
+                        .and_then(|()| std::fs::create_dir_all(&dir))
+                        .with_context(|| format!("emptying {}", dir.display()))?;
+                }
+                run_all(servers, &plan, false, &dir, notes, &mut outcome).await
+            },
         )
         .await;
     result?;
@@ -1086,6 +1123,7 @@ pub async fn run(args: &ClientArgs, command_line: Vec<String>) -> Result<ClientR
         settings: plan.settings,
         setup_writes: outcome.setup_writes,
         phases: outcome.phases,
+        plain_phases: plain.phases,
         client: outcome.client,
         peak_rss,
     })
@@ -1122,9 +1160,13 @@ mod tests {
             &["--small-size", "1000"],
             &["--streams", "0"],
             &["--random-reads", "0"],
+            // Beside plain needs something to compare with plain.
+            &["--beside-plain"],
         ] {
             assert!(Plan::new(&args(bad)).is_err(), "{bad:?} accepted");
         }
+        let both = Plan::new(&args(&["--encrypted", "--beside-plain"])).unwrap();
+        assert!(both.settings.beside_plain && both.settings.encrypted);
     }
 
     #[test]

@@ -283,6 +283,7 @@ pub fn print_table(out: &mut impl Write, r: &ClientReport) -> io::Result<()> {
         s.streams, s.readers, s.small_tasks
     )?;
     writeln!(out)?;
+    write_beside_plain(out, r)?;
     write_server_legend(out)?;
     let mut seen = Vec::new();
     for sys in r.phases.iter().flat_map(|p| &p.systems).map(|s| s.system) {
@@ -308,4 +309,69 @@ pub fn print_table(out: &mut impl Write, r: &ClientReport) -> io::Result<()> {
         writeln!(out, "note: {n}")?;
     }
     writeln!(out, "total {:.1} s", r.run.seconds)
+}
+
+/// The client process's CPU seconds during a phase's Cairn part.
+fn client_cpu(p: &PhaseResult) -> Option<f64> {
+    p.cpu
+        .iter()
+        .find(|c| c.process == crate::watch::THIS_PROCESS)
+        .map(|c| c.cpu_seconds)
+}
+
+/// With `--beside-plain`: each phase on the transformed volume beside the
+/// same phase on the plain one, run earlier against the same servers.
+fn write_beside_plain(out: &mut impl Write, r: &ClientReport) -> io::Result<()> {
+    if r.plain_phases.is_empty() {
+        return Ok(());
+    }
+    let what = match (r.volume.encrypted, r.volume.compression) {
+        (true, Some(c)) => format!("encrypted + {c:?}"),
+        (true, None) => "encrypted".to_string(),
+        (false, Some(c)) => format!("{c:?}"),
+        (false, None) => "transformed".to_string(),
+    };
+    writeln!(
+        out,
+        "{what} beside plain, same run (MiB/s, files/s, IOPS; read 4K: p50 µs, a latency)"
+    )?;
+    writeln!(
+        out,
+        "  {:<17} {:>12} {:>12} {:>7}   {:>22}",
+        "phase", "plain", &what, "ratio", "client CPU-s plain/new"
+    )?;
+    for p in &r.phases {
+        let Some(q) = r.plain_phases.iter().find(|q| q.phase == p.phase) else {
+            continue;
+        };
+        let (Some(new), Some(old)) = (p.systems.first(), q.systems.first()) else {
+            continue;
+        };
+        let (a, b) = match p.phase {
+            Phase::RandomRead => (
+                old.latency.as_ref().map_or(0.0, |l| l.p50_us),
+                new.latency.as_ref().map_or(0.0, |l| l.p50_us),
+            ),
+            Phase::SeqRead
+            | Phase::SeqReadStreams
+            | Phase::CheckpointWrite
+            | Phase::CheckpointSave => (old.mib_per_sec, new.mib_per_sec),
+            _ => (old.ops_per_sec, new.ops_per_sec),
+        };
+        let r = if a > 0.0 { Some(b / a) } else { None };
+        let cpu = match (client_cpu(q), client_cpu(p)) {
+            (Some(x), Some(y)) => format!("{x:.2} / {y:.2}"),
+            _ => "-".to_string(),
+        };
+        writeln!(
+            out,
+            "  {:<17} {:>12} {:>12} {:>7}   {:>22}",
+            p.phase.name(),
+            thousands(a),
+            thousands(b),
+            ratio(r),
+            cpu
+        )?;
+    }
+    writeln!(out)
 }

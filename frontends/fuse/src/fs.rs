@@ -226,14 +226,22 @@ macro_rules! name_or_reply {
 /// How often a waiting F_SETLKW asks at most whether the lock is free.
 const LOCK_POLL: Duration = Duration::from_millis(100);
 
-/// The lock type of a kernel `F_RDLCK`/`F_WRLCK`/`F_UNLCK`.
-fn lock_type(typ: i32) -> Option<LockType> {
-    match typ {
-        libc::F_RDLCK => Some(LockType::Read),
-        libc::F_WRLCK => Some(LockType::Write),
-        libc::F_UNLCK => Some(LockType::Unlock),
-        _ => None,
-    }
+/// The lock request of a kernel getlk/setlk (`typ`: `F_RDLCK`, `F_WRLCK`
+/// or `F_UNLCK`; `None` for anything else).
+fn lock_request(owner: LockOwner, start: u64, end: u64, typ: i32, pid: u32) -> Option<LockRequest> {
+    let kind = match typ {
+        libc::F_RDLCK => LockType::Read,
+        libc::F_WRLCK => LockType::Write,
+        libc::F_UNLCK => LockType::Unlock,
+        _ => return None,
+    };
+    Some(LockRequest {
+        owner: owner.0,
+        start,
+        end,
+        kind,
+        pid,
+    })
 }
 
 fn owner(req: &Request) -> Owner {
@@ -784,6 +792,13 @@ impl Inner {
         }
         if let Some(o) = lock(&self.inodes).get_mut(&ino) {
             o.file.revalidate(&a);
+            // With nothing of ours pending, the length is the one meta
+            // has (another holder may have cut the file).
+            if let Some(wb) = &o.wb
+                && wb.is_idle()
+            {
+                wb.set_len(o.file.len());
+            }
             o.attr = a.clone();
         }
         if let Some(n) = self.notifier.get()
@@ -1392,15 +1407,8 @@ impl Filesystem for CairnFs {
         reply: ReplyLock,
     ) {
         let ino = self.inner.cairn(ino);
-        let Some(kind) = lock_type(typ) else {
+        let Some(lock) = lock_request(lock_owner, start, end, typ, pid) else {
             return reply.error(Errno::EINVAL);
-        };
-        let lock = LockRequest {
-            owner: lock_owner.0,
-            start,
-            end,
-            kind,
-            pid,
         };
         self.spawn(
             move |me| async move {
@@ -1439,16 +1447,10 @@ impl Filesystem for CairnFs {
         reply: ReplyEmpty,
     ) {
         let ino = self.inner.cairn(ino);
-        let Some(kind) = lock_type(typ) else {
+        let Some(lock) = lock_request(lock_owner, start, end, typ, pid) else {
             return reply.error(Errno::EINVAL);
         };
-        let lock = LockRequest {
-            owner: lock_owner.0,
-            start,
-            end,
-            kind,
-            pid,
-        };
+        let kind = lock.kind;
         let limit = if sleep && kind != LockType::Unlock {
             None
         } else {

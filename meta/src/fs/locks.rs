@@ -66,10 +66,16 @@ fn ino_prefix(ino: u64) -> Vec<u8> {
     k
 }
 
-/// `l` + ino + session + owner.
-fn owner_key(ino: u64, session: u64, owner: u64) -> Vec<u8> {
+/// `l` + ino + session: the prefix of one session's lock records on `ino`.
+fn session_owners(ino: u64, session: u64) -> Vec<u8> {
     let mut k = ino_prefix(ino);
     k.extend_from_slice(&session.to_be_bytes());
+    k
+}
+
+/// `l` + ino + session + owner.
+fn owner_key(ino: u64, session: u64, owner: u64) -> Vec<u8> {
+    let mut k = session_owners(ino, session);
     k.extend_from_slice(&owner.to_be_bytes());
     k
 }
@@ -216,13 +222,9 @@ pub(crate) fn set_lock<K: Kv + ?Sized>(
     apply(&mut ranges, start, end, kind, pid);
     if ranges.is_empty() {
         t.delete(key);
-        // The index stays while the session holds another owner's lock on
-        // the inode.
-        let others = t
-            .scan(&ino_prefix(ino), None, usize::MAX)?
-            .into_iter()
-            .any(|(k, _)| k.len() == 25 && be64(&k[9..]) == session);
-        if !others {
+        // The index stays while another owner of the session holds a lock
+        // on the inode.
+        if t.scan(&session_owners(ino, session), None, 1)?.is_empty() {
             t.delete(session_key(session, ino));
         }
     } else {
@@ -241,9 +243,7 @@ pub(crate) fn release_session<K: Kv + ?Sized>(t: &mut Txn<'_, K>, session: u64) 
             continue;
         }
         let ino = be64(&k[prefix.len()..]);
-        let mut mine = ino_prefix(ino);
-        mine.extend_from_slice(&session.to_be_bytes());
-        for (lk, _) in t.scan(&mine, None, usize::MAX)? {
+        for (lk, _) in t.scan(&session_owners(ino, session), None, usize::MAX)? {
             t.delete(lk);
         }
     }

@@ -853,6 +853,16 @@ mod tests {
                 .map(|h| h.session),
             Some(a)
         );
+        // Two owners of one session: when one unlocks, the other's lock is
+        // still the session's, and closing the session drops it.
+        let c = sm.session();
+        assert_eq!(lock(&mut sm, a, 1, (0, u64::MAX), Unlock), None);
+        assert_eq!(lock(&mut sm, c, 1, (0, 9), Write), None);
+        assert_eq!(lock(&mut sm, c, 2, (10, 19), Write), None);
+        assert_eq!(lock(&mut sm, c, 1, (0, u64::MAX), Unlock), None);
+        assert_eq!(lock(&mut sm, a, 1, (15, 15), Read), Some((c, 2, 10)));
+        sm.op(Op::CloseSession { session: c }).unwrap();
+        assert_eq!(lock(&mut sm, a, 1, (0, u64::MAX), Write), None);
         // Without a session, or with a bad range, nothing is locked.
         let bad = |sm: &mut Sm, client_id: u64, start: u64| {
             sm.run(Command {
