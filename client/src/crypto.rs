@@ -77,6 +77,7 @@ use std::fmt;
 use std::io::Read as _;
 use std::path::{Path, PathBuf};
 
+use aes_gcm::aead::inout::InOutBuf;
 use aes_gcm::aead::{AeadInOut as _, KeyInit as _};
 use aes_gcm::{Aes256Gcm, Nonce, Tag};
 use hkdf::Hkdf;
@@ -590,6 +591,27 @@ impl FileKey {
         self.seal_with_nonce(nonces.next(mark), object, block, data)
     }
 
+    /// [`Self::seal_with`] reading the plain text from `input` and writing
+    /// the cipher text to `out` (of the same length), in one pass: what a
+    /// write uses for the blocks it covers whole, instead of copying them
+    /// into the buffer it sends and sealing them there.
+    ///
+    /// # Panics
+    /// As [`Self::seal`], and when the two lengths differ.
+    pub fn seal_into(
+        &self,
+        nonces: &mut Nonces,
+        (object, block): (u64, u64),
+        input: &[u8],
+        out: &mut [u8],
+    ) -> Seal {
+        let len = out.len();
+        let Ok(buf) = InOutBuf::new(input, out) else {
+            panic!("sealing {} bytes into {len}", input.len());
+        };
+        self.seal_buf(nonces.next(None), object, block, buf)
+    }
+
     fn seal_with_nonce(
         &self,
         nonce: [u8; NONCE_LEN],
@@ -597,15 +619,26 @@ impl FileKey {
         block: u64,
         data: &mut [u8],
     ) -> Seal {
-        let tag = match self.cipher.encrypt_inout_detached(
-            &Nonce::from(nonce),
-            &aad(object, block),
-            data.into(),
-        ) {
-            Ok(tag) => tag,
-            // A silent fallback would store plain text: refuse loudly.
-            Err(_) => panic!("cannot seal {} bytes: over GCM's 64 GiB limit", data.len()),
-        };
+        self.seal_buf(nonce, object, block, data.into())
+    }
+
+    fn seal_buf(
+        &self,
+        nonce: [u8; NONCE_LEN],
+        object: u64,
+        block: u64,
+        buf: InOutBuf<'_, '_, u8>,
+    ) -> Seal {
+        let len = buf.len();
+        let tag =
+            match self
+                .cipher
+                .encrypt_inout_detached(&Nonce::from(nonce), &aad(object, block), buf)
+            {
+                Ok(tag) => tag,
+                // A silent fallback would store plain text: refuse loudly.
+                Err(_) => panic!("cannot seal {len} bytes: over GCM's 64 GiB limit"),
+            };
         let mut seal = [0u8; SEAL_LEN];
         seal[..NONCE_LEN].copy_from_slice(&nonce);
         seal[NONCE_LEN..].copy_from_slice(&tag);
@@ -711,6 +744,24 @@ mod tests {
         assert_ne!(a, b);
         fk.open(1, 0, &mut a, &sa).unwrap();
         assert_eq!(&a, b"same");
+    }
+
+    #[test]
+    fn sealing_into_another_buffer_opens_like_sealing_in_place() {
+        let fk = key(1).file_key(b"salt-of-file-one");
+        let plain: Vec<u8> = (0..4096u32).map(|i| (i * 7) as u8).collect();
+        let mut out = vec![0u8; 4096];
+        let seal = fk.seal_into(&mut Nonces::new(1), (42, 7), &plain, &mut out);
+        assert_ne!(out, plain, "sealed into the output buffer");
+        let mut in_place = plain.clone();
+        let other = fk.seal(42, 7, &mut in_place);
+        assert_ne!(seal, other, "each seal draws its own nonce");
+        fk.open(42, 7, &mut out, &seal).unwrap();
+        assert_eq!(out, plain);
+        // Bound to its place like any seal.
+        let mut again = vec![0u8; 4096];
+        let seal = fk.seal_into(&mut Nonces::new(1), (42, 7), &plain, &mut again);
+        assert!(fk.open(42, 8, &mut again, &seal).is_err());
     }
 
     #[test]

@@ -990,7 +990,7 @@ impl FileInner {
     /// chunk is made conditional on the chunk version that read saw; when
     /// another writer got in between, the whole write is merged and sent
     /// again.
-    async fn write_sealed(&self, offset: u64, data: &[u8]) -> Result<()> {
+    async fn write_sealed(&self, offset: u64, data: &Bytes) -> Result<()> {
         let _one = self.sealing.lock().await;
         let end = offset + data.len() as u64;
         {
@@ -1008,7 +1008,7 @@ impl FileInner {
 
     /// [`Self::write_sealed_once`] again while it loses races with other
     /// writers of the same chunks (the caller holds `sealing`).
-    async fn merge_and_seal(&self, offset: u64, data: &[u8]) -> Result<()> {
+    async fn merge_and_seal(&self, offset: u64, data: &Bytes) -> Result<()> {
         let g = self.align();
         let end = offset + data.len() as u64;
         let b1 = end
@@ -1042,7 +1042,7 @@ impl FileInner {
         &self,
         t: &Transform,
         offset: u64,
-        data: &[u8],
+        data: &Bytes,
         b0: u64,
         b1: u64,
     ) -> Result<()> {
@@ -1085,8 +1085,28 @@ impl FileInner {
             merged.push(at);
         }
         let at = (offset - b0) as usize;
-        buf[at..at + data.len()].copy_from_slice(data);
-        let (buf, seals, stored) = encode_all(t, b0, buf).await?;
+        let (lo, hi) = if t.codec.is_none() && t.crypt.is_some() {
+            // Sealed only: the blocks the write covers whole are sealed
+            // straight from `data` into `buf`; only the bytes of the edge
+            // blocks are copied in first.
+            let bs = BLOCK as usize;
+            let lo = at.next_multiple_of(bs);
+            let hi = (at + data.len()) / bs * bs;
+            if lo < hi { (lo, hi) } else { (at, at) }
+        } else {
+            (at, at)
+        };
+        if lo < hi {
+            buf[at..lo].copy_from_slice(&data[..lo - at]);
+            buf[hi..at + data.len()].copy_from_slice(&data[hi - at..]);
+        } else {
+            buf[at..at + data.len()].copy_from_slice(data);
+        }
+        let whole = Whole {
+            at: lo,
+            data: data.slice(lo - at..hi - at),
+        };
+        let (buf, seals, stored) = encode_all(t, b0, buf, whole).await?;
 
         let inner = &self.client.inner;
         let client_id = inner.meta.session_id().await?.0;
@@ -1170,7 +1190,7 @@ impl FileInner {
         let g = self.align();
         let cut = if self.transformed() && !new_len.is_multiple_of(g) {
             let at = new_len - new_len % g;
-            let zeros = vec![0u8; (g - new_len % g) as usize];
+            let zeros = Bytes::from(vec![0u8; (g - new_len % g) as usize]);
             let _one = self.sealing.lock().await;
             self.merge_and_seal(new_len, &zeros).await?;
             at + g
@@ -1197,28 +1217,70 @@ impl FileInner {
     }
 }
 
+/// Blocks of a sealed-only write that `buf` does not hold yet: their plain
+/// text is `data`, to be sealed into `buf` from offset `at` (whole blocks;
+/// empty `data`: none).
+#[derive(Clone)]
+struct Whole {
+    at: usize,
+    data: Bytes,
+}
+
+impl Whole {
+    /// No blocks: the buffer holds every byte.
+    fn none() -> Whole {
+        Whole {
+            at: 0,
+            data: Bytes::new(),
+        }
+    }
+
+    /// The part of these blocks that falls in `buf[from..to]`, with its
+    /// offset made relative to `from`.
+    fn within(&self, from: usize, to: usize) -> Whole {
+        let lo = self.at.clamp(from, to);
+        let hi = (self.at + self.data.len()).clamp(from, to);
+        if lo >= hi {
+            return Whole::none();
+        }
+        Whole {
+            at: lo - from,
+            data: self.data.slice(lo - self.at..hi - self.at),
+        }
+    }
+}
+
 /// Encodes `buf` (whole units of the transform, the first one at file
-/// offset `at`) as it is stored: compressed per unit (packed or raw, see
+/// offset `at`; with `whole`, some blocks still to be sealed in from
+/// there) as it is stored: compressed per unit (packed or raw, see
 /// [`crate::compress`]), then sealed per block. Returns the stored bytes,
 /// the seals (one per block; empty when no block has one) and the bytes of
 /// blocks that hold data (what compression left). A large buffer is cut
 /// into parts encoded on the blocking pool at once (every core).
-async fn encode_all(t: &Transform, at: u64, mut buf: BytesMut) -> Result<(Bytes, Bytes, u64)> {
+async fn encode_all(
+    t: &Transform,
+    at: u64,
+    mut buf: BytesMut,
+    whole: Whole,
+) -> Result<(Bytes, Bytes, u64)> {
     let part_len =
         t.codec
             .map_or(OPEN_ELSEWHERE as u64, |c| c.unit.max(OPEN_ELSEWHERE as u64)) as usize;
     if buf.len() < 2 * part_len {
-        let (seals, stored) = t.encode_part(at, &mut buf);
+        let (seals, stored) = t.encode_part(at, &mut buf, &whole);
         return Ok((buf.freeze(), seals.into(), stored));
     }
     let mut tasks = Vec::new();
     let mut off = at;
+    let mut from = 0;
     while !buf.is_empty() {
         let mut part = buf.split_to(part_len.min(buf.len()));
         let (t, here) = (t.clone(), off);
+        let mine = whole.within(from, from + part.len());
         off += part.len() as u64;
+        from += part.len();
         tasks.push(tokio::task::spawn_blocking(move || {
-            let (seals, stored) = t.encode_part(here, &mut part);
+            let (seals, stored) = t.encode_part(here, &mut part, &mine);
             (part, seals, stored)
         }));
     }
@@ -1249,9 +1311,10 @@ async fn encode_all(t: &Transform, at: u64, mut buf: BytesMut) -> Result<(Bytes,
 
 impl Transform {
     /// Encodes `part` (whole units, the first at file offset `at`) in
-    /// place; returns the seals (empty when no block has one) and the
-    /// bytes of blocks that hold data.
-    fn encode_part(&self, at: u64, part: &mut [u8]) -> (Vec<u8>, u64) {
+    /// place, sealing the blocks of `whole` in from its data; returns the
+    /// seals (empty when no block has one) and the bytes of blocks that
+    /// hold data.
+    fn encode_part(&self, at: u64, part: &mut [u8], whole: &Whole) -> (Vec<u8>, u64) {
         let first = at / BLOCK;
         let bs = BLOCK as usize;
         let Some(codec) = self.codec else {
@@ -1259,10 +1322,16 @@ impl Transform {
             let mut seals = Vec::with_capacity(part.len() / bs * SEAL_LEN);
             if let Some(c) = &self.crypt {
                 let mut nonces = Nonces::new(part.len().div_ceil(bs));
+                let (lo, hi) = (whole.at, whole.at + whole.data.len());
                 for (i, block) in part.chunks_mut(bs).enumerate() {
-                    let seal =
-                        c.key
-                            .seal_with(&mut nonces, c.object, first + i as u64, block, None);
+                    let place = (c.object, first + i as u64);
+                    let b = i * bs;
+                    let seal = if lo <= b && b + bs <= hi {
+                        let input = &whole.data[b - lo..b - lo + bs];
+                        c.key.seal_into(&mut nonces, place, input, block)
+                    } else {
+                        c.key.seal_with(&mut nonces, place.0, place.1, block, None)
+                    };
                     seals.extend_from_slice(&seal);
                 }
             }
@@ -1489,12 +1558,41 @@ mod tests {
         plain.extend(text(8 << 10));
         plain.extend(noise(16 << 10));
         let mut buf = plain.clone();
-        let (seals, stored) = t.encode_part(0, &mut buf);
+        let (seals, stored) = t.encode_part(0, &mut buf, &Whole::none());
         assert!(
             stored > 16 << 10 && stored <= (16 << 10) + (12 << 10),
             "{stored}"
         );
         (plain, buf, seals)
+    }
+
+    #[test]
+    fn blocks_sealed_from_the_write_decode_like_blocks_sealed_in_place() {
+        let t = Transform {
+            codec: None,
+            ..transform(true)
+        };
+        // 12 blocks; the write's data covers blocks 2..9 whole, the
+        // buffer holds the rest (edges, merged units).
+        let plain = noise(48 << 10);
+        let mut buf = plain.clone();
+        buf[8 << 10..36 << 10].fill(0);
+        let whole = Whole {
+            at: 8 << 10,
+            data: Bytes::copy_from_slice(&plain[8 << 10..36 << 10]),
+        };
+        // Cut as encode_all cuts a large buffer: the parts meet inside the
+        // whole blocks.
+        let mut seals = Vec::new();
+        for (from, to) in [(0, 16 << 10), (16 << 10, 48 << 10)] {
+            let (s, _) = t.encode_part(from as u64, &mut buf[from..to], &whole.within(from, to));
+            seals.extend(s);
+        }
+        assert_ne!(&buf[8 << 10..12 << 10], &plain[8 << 10..12 << 10]);
+        let back = t
+            .decode_piece(0, Bytes::from(buf), &Bytes::from(seals))
+            .unwrap();
+        assert!(back == plain, "decoded bytes differ");
     }
 
     #[test]
