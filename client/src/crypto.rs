@@ -660,11 +660,39 @@ impl FileKey {
         data: &mut [u8],
         seal: &Seal,
     ) -> Result<(), CryptoError> {
+        self.open_buf((object, block), data.into(), seal)
+    }
+
+    /// [`Self::open`] reading the cipher text from `input` and writing the
+    /// plain text to `out` (of the same length) in one pass: what a read
+    /// uses, since the bytes it received are shared with their frame.
+    /// `out` is left as it was when the tag does not verify.
+    ///
+    /// # Errors
+    /// As [`Self::open`]; [`CryptoError::Tag`] also when the lengths
+    /// differ.
+    pub fn open_into(
+        &self,
+        (object, block): (u64, u64),
+        input: &[u8],
+        out: &mut [u8],
+        seal: &Seal,
+    ) -> Result<(), CryptoError> {
+        let buf = InOutBuf::new(input, out).map_err(|_| CryptoError::Tag { object, block })?;
+        self.open_buf((object, block), buf, seal)
+    }
+
+    fn open_buf(
+        &self,
+        (object, block): (u64, u64),
+        buf: InOutBuf<'_, '_, u8>,
+        seal: &Seal,
+    ) -> Result<(), CryptoError> {
         let tag_err = || CryptoError::Tag { object, block };
         let nonce = Nonce::try_from(&seal[..NONCE_LEN]).map_err(|_| tag_err())?;
         let tag = Tag::try_from(&seal[NONCE_LEN..]).map_err(|_| tag_err())?;
         self.cipher
-            .decrypt_inout_detached(&nonce, &aad(object, block), data.into(), &tag)
+            .decrypt_inout_detached(&nonce, &aad(object, block), buf, &tag)
             .map_err(|_| tag_err())
     }
 }
@@ -756,6 +784,15 @@ mod tests {
         let mut in_place = plain.clone();
         let other = fk.seal(42, 7, &mut in_place);
         assert_ne!(seal, other, "each seal draws its own nonce");
+        let mut back = vec![0u8; 4096];
+        fk.open_into((42, 7), &out, &mut back, &seal).unwrap();
+        assert_eq!(back, plain);
+        // A flipped byte fails the tag and leaves the output untouched.
+        out[100] ^= 1;
+        let mut untouched = vec![9u8; 4096];
+        assert!(fk.open_into((42, 7), &out, &mut untouched, &seal).is_err());
+        assert!(untouched.iter().all(|b| *b == 9));
+        out[100] ^= 1;
         fk.open(42, 7, &mut out, &seal).unwrap();
         assert_eq!(out, plain);
         // Bound to its place like any seal.

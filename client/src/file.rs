@@ -191,16 +191,20 @@ impl Crypt {
         if data.is_empty() {
             return Ok(data);
         }
-        let mut buf = BytesMut::from(&data[..]);
+        // Opened from the received bytes (shared with their frame) into a
+        // new buffer in one pass; holes stay the new buffer's zeros.
+        let mut buf = BytesMut::zeroed(data.len());
         let first = file_offset / BLOCK;
-        for (i, block) in buf.chunks_mut(BLOCK as usize).enumerate() {
+        let bs = BLOCK as usize;
+        for (i, block) in buf.chunks_mut(bs).enumerate() {
+            let sealed = &data[i * bs..(i * bs + block.len())];
             let index = first + i as u64;
             let seal: Option<&Seal> = seals
                 .get(i * SEAL_LEN..(i + 1) * SEAL_LEN)
                 .and_then(|s| <&Seal>::try_from(s).ok())
                 .filter(|s| !is_no_seal(s));
             match seal {
-                None if block.iter().all(|b| *b == 0) => {}
+                None if sealed.iter().all(|b| *b == 0) => {}
                 None => {
                     return Err(CairnStatus::new(
                         ErrorCode::Checksum,
@@ -223,7 +227,7 @@ impl Crypt {
                         ));
                     }
                     self.key
-                        .open(self.object, index, block, seal)
+                        .open_into((self.object, index), sealed, block, seal)
                         .map_err(|e| {
                             CairnStatus::new(
                                 ErrorCode::Checksum,
