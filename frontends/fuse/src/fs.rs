@@ -742,7 +742,6 @@ impl Inner {
         Ok(n)
     }
 
-    /// Publishes a writer's length to meta (flush on close(2), fsync).
     /// Takes, changes or releases a file lock on meta (shared with every
     /// client of the cluster); `wait`: F_SETLKW.
     async fn set_lock(&self, ino: u64, req: LockRequest, wait: bool) -> R<()> {
@@ -829,6 +828,7 @@ impl Inner {
             .map_err(|e| errno_by_ino(&e))
     }
 
+    /// Publishes a writer's length to meta (flush on close(2), fsync).
     async fn flush(&self, fh: FileHandle) -> R<()> {
         let o = self.handle(fh)?;
         if o.h.write {
