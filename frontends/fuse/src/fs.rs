@@ -39,7 +39,7 @@ use bytes::Bytes;
 use cairn_client::meta_client::{
     LockRequest, Owner, RenameFlags, SetAttrChanges, SetTime, XattrMode,
 };
-use cairn_client::{Client, File, OpenOptions};
+use cairn_client::{Client, Entry, File, OpenOptions};
 use cairn_proto::ErrorCode;
 use cairn_proto::ids::{InodeId, VolumeId};
 use cairn_proto::meta::{Attr, DirEntry, FileLock, FileType as Kind, LockType};
@@ -305,6 +305,24 @@ impl CairnFs {
         Fut: Future<Output = R<T>> + Send + 'static,
     {
         self.spawn_within(Some(self.inner.cfg.timeout), op, reply);
+    }
+
+    /// Runs `op`, which makes the entry `name` in `parent` on meta (mkdir,
+    /// symlink, mknod, link), and answers the kernel with the new inode's
+    /// attributes under that name's entry TTL.
+    fn spawn_entry<F, Fut>(&self, parent: u64, name: String, reply: ReplyEntry, op: F)
+    where
+        F: FnOnce(Arc<Inner>, String) -> Fut + Send + 'static,
+        Fut: Future<Output = cairn_client::Result<Entry>> + Send + 'static,
+    {
+        let (me2, n2) = (self.inner.clone(), name.clone());
+        self.spawn(
+            move |me| async move {
+                let e = op(me.clone(), name).await.map_err(|e| errno(&e))?;
+                Ok(me.attr(&e.attr))
+            },
+            move |r| entry(reply, me2.entry_ttl_for(parent, &n2), r),
+        );
     }
 
     /// As [`Self::spawn`], with `limit` (`None`: none, for F_SETLKW, which
@@ -1048,19 +1066,11 @@ impl Filesystem for CairnFs {
         let parent = self.inner.cairn(parent);
         let owner = owner(req);
         let name = name_or_reply!(name, reply);
-        let (me2, n2) = (self.inner.clone(), name.clone());
-        self.spawn(
-            move |me| async move {
-                let e = me
-                    .client
-                    .meta()
-                    .mkdir(InodeId(parent), &name, new_mode(mode, umask), owner)
-                    .await
-                    .map_err(|e| errno(&e))?;
-                Ok(me.attr(&e.attr))
-            },
-            move |r| entry(reply, me2.entry_ttl_for(parent, &n2), r),
-        );
+        self.spawn_entry(parent, name, reply, move |me, name| async move {
+            let meta = me.client.meta();
+            meta.mkdir(InodeId(parent), &name, new_mode(mode, umask), owner)
+                .await
+        });
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
@@ -1108,19 +1118,10 @@ impl Filesystem for CairnFs {
             (Ok(n), Some(t)) => (n, t.to_string()),
             _ => return reply.error(Errno::EINVAL),
         };
-        let (me2, n2) = (self.inner.clone(), name.clone());
-        self.spawn(
-            move |me| async move {
-                let e = me
-                    .client
-                    .meta()
-                    .symlink(InodeId(parent), &name, &target, owner)
-                    .await
-                    .map_err(|e| errno(&e))?;
-                Ok(me.attr(&e.attr))
-            },
-            move |r| entry(reply, me2.entry_ttl_for(parent, &n2), r),
-        );
+        self.spawn_entry(parent, name, reply, move |me, name| async move {
+            let meta = me.client.meta();
+            meta.symlink(InodeId(parent), &name, &target, owner).await
+        });
     }
 
     fn mknod(
@@ -1147,25 +1148,19 @@ impl Filesystem for CairnFs {
             _ => return reply.error(Errno::EINVAL),
         };
         let mode = new_mode(mode, umask);
-        let (me2, n2) = (self.inner.clone(), name.clone());
-        self.spawn(
-            move |me| async move {
-                let meta = me.client.meta();
-                let e = match kind {
-                    Some(kind) => {
-                        meta.mknod(InodeId(parent), &name, kind, mode, rdev, owner)
-                            .await
-                    }
-                    None => {
-                        meta.create(InodeId(parent), &name, mode, owner, true, false)
-                            .await
-                    }
+        self.spawn_entry(parent, name, reply, move |me, name| async move {
+            let meta = me.client.meta();
+            match kind {
+                Some(kind) => {
+                    meta.mknod(InodeId(parent), &name, kind, mode, rdev, owner)
+                        .await
                 }
-                .map_err(|e| errno(&e))?;
-                Ok(me.attr(&e.attr))
-            },
-            move |r| entry(reply, me2.entry_ttl_for(parent, &n2), r),
-        );
+                None => {
+                    meta.create(InodeId(parent), &name, mode, owner, true, false)
+                        .await
+                }
+            }
+        });
     }
 
     fn rename(
@@ -1200,19 +1195,12 @@ impl Filesystem for CairnFs {
     ) {
         let (ino, np) = (self.inner.cairn(ino), self.inner.cairn(newparent));
         let name = name_or_reply!(newname, reply);
-        let (me2, n2) = (self.inner.clone(), name.clone());
-        self.spawn(
-            move |me| async move {
-                let e = me
-                    .client
-                    .meta()
-                    .link(InodeId(ino), InodeId(np), &name)
-                    .await
-                    .map_err(|e| errno(&e))?;
-                Ok(me.attr(&e.attr))
-            },
-            move |r| entry(reply, me2.entry_ttl_for(np, &n2), r),
-        );
+        self.spawn_entry(np, name, reply, move |me, name| async move {
+            me.client
+                .meta()
+                .link(InodeId(ino), InodeId(np), &name)
+                .await
+        });
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
