@@ -517,9 +517,11 @@ async fn restarting_every_chunkserver_in_turn_keeps_two_replicas_serving() -> Re
         "rolling restart: {ops} client operations, no errors; fewest serving replicas of any chain: {lowest}"
     );
     ensure!(lowest >= 2, "a chain fell to {lowest} serving replicas");
+    let after = members(&cluster.chains().await?);
     ensure!(
-        members(&cluster.chains().await?) == before,
-        "a restarting chunkserver was replaced in its chains"
+        after == before,
+        "a restarting chunkserver was replaced in its chains: (chain, target ids) before \
+         {before:?}, after {after:?}"
     );
     verify_current(&cluster, &client, FILES, &[]).await?;
     Ok(())
