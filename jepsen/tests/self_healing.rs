@@ -452,11 +452,13 @@ async fn restarting_every_chunkserver_in_turn_keeps_two_replicas_serving() -> Re
     // chunkserver's targets in their chains through a 3 s restart.
     let (mut cluster, client) = start(3, &["--replace-after", "1s"]).await?;
     write_range(&client, 0..FILES, 0).await?;
+    // The 3-replica chains: with 3 chunkservers each holds one target of
+    // every chunkserver, so only a replacement could change them. Chains
+    // of the 1- and 2-replica tables are the rebalancer's to move (it
+    // grows one past its replication, syncs, then sheds a member), and a
+    // look taken mid-move would not be their membership at rest.
     let members = |t: &ChainTables| -> Vec<(u32, Vec<u64>)> {
-        let mut v: Vec<(u32, Vec<u64>)> = t
-            .tables
-            .iter()
-            .flat_map(|tb| tb.chains.iter())
+        let mut v: Vec<(u32, Vec<u64>)> = chains_of(t, 3)
             .map(|c| {
                 let mut m: Vec<u64> = c.targets.iter().map(|m| m.target_id).collect();
                 m.sort_unstable();
