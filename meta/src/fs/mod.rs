@@ -1043,12 +1043,15 @@ mod tests {
     fn stale_length_reports_are_dropped() {
         let mut sm = Sm::new();
         let f = sm.create("ck");
-        sm.op(Op::ReportLength {
-            ino: f.ino,
-            length: 1000,
-            truncate_gen: 0,
-        })
-        .unwrap();
+        let report = |sm: &mut Sm, length: u64, truncate_gen: u64| {
+            sm.op(Op::ReportLength {
+                ino: f.ino,
+                length,
+                truncate_gen,
+            })
+            .unwrap();
+        };
+        report(&mut sm, 1000, 0);
         sm.op(Op::SetAttr {
             ino: f.ino,
             attr: SetAttr {
@@ -1058,30 +1061,15 @@ mod tests {
         })
         .unwrap();
         // An old writer (generation 0) reports again: ignored.
-        sm.op(Op::ReportLength {
-            ino: f.ino,
-            length: 1000,
-            truncate_gen: 0,
-        })
-        .unwrap();
+        report(&mut sm, 1000, 0);
         let a = sm.fs.getattr(f.ino).unwrap();
         assert_eq!((a.size, a.truncate_gen), (10, 1));
-        sm.op(Op::ReportLength {
-            ino: f.ino,
-            length: 20,
-            truncate_gen: 1,
-        })
-        .unwrap();
+        report(&mut sm, 20, 1);
         let grown = sm.fs.getattr(f.ino).unwrap();
         assert_eq!(grown.size, 20);
         // An overwrite that leaves the length as it was still moves mtime
         // and the version: other clients' caches must drop the old bytes.
-        sm.op(Op::ReportLength {
-            ino: f.ino,
-            length: 20,
-            truncate_gen: 1,
-        })
-        .unwrap();
+        report(&mut sm, 20, 1);
         let a = sm.fs.getattr(f.ino).unwrap();
         assert_eq!(a.size, 20);
         assert!(a.version > grown.version && a.mtime > grown.mtime, "{a:?}");

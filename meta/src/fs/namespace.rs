@@ -373,23 +373,10 @@ pub(crate) fn symlink<K: Kv + ?Sized>(
             "symlink target longer than {SYMLINK_MAX} bytes"
         );
     }
-    let mut p = dir(t, parent)?;
-    if entry(t, parent, name)?.is_some() {
-        fail!(Exists, "{name:?} already exists");
-    }
-    let ino = next(t, counter::NEXT_INO, ROOT_INO + 1)?;
-    let mut i = new_inode(ino, Kind::Symlink, 0o777, uid, gid, now);
-    i.volume = p.volume;
-    i.size = target.len() as u64;
-    i.target = Some(target.to_string());
-    charge(t, i.volume, 1, 0)?;
-    put_inode(t, &mut i);
-    t.put(key::dentry(parent, name), &(ino, Kind::Symlink));
-    touch_dir(&mut p, now);
-    put_inode(t, &mut p);
-    Ok(Reply::Entry {
-        attr: i,
-        parent: Some(p),
+    let leaf = (Kind::Symlink, 0o777, uid, gid);
+    new_leaf(t, parent, name, leaf, now, |i| {
+        i.size = target.len() as u64;
+        i.target = Some(target.to_string());
     })
 }
 
@@ -413,6 +400,20 @@ pub(crate) fn mknod<K: Kv + ?Sized>(
             "mknod makes FIFOs, sockets and device nodes, not {kind:?} (use create, mkdir or symlink)"
         );
     }
+    new_leaf(t, parent, name, (kind, mode, uid, gid), now, |_| {})
+}
+
+/// Makes an inode that is neither a directory nor a regular file (a
+/// symlink, a special file) of `(kind, mode, uid, gid)`, named `name` in
+/// directory `parent`; `fill` sets what its kind adds.
+fn new_leaf<K: Kv + ?Sized>(
+    t: &mut Txn<'_, K>,
+    parent: u64,
+    name: &str,
+    (kind, mode, uid, gid): (Kind, u32, u32, u32),
+    now: i64,
+    fill: impl FnOnce(&mut Inode),
+) -> FsResult<Reply> {
     let mut p = dir(t, parent)?;
     if entry(t, parent, name)?.is_some() {
         fail!(Exists, "{name:?} already exists");
@@ -420,6 +421,7 @@ pub(crate) fn mknod<K: Kv + ?Sized>(
     let ino = next(t, counter::NEXT_INO, ROOT_INO + 1)?;
     let mut i = new_inode(ino, kind, mode, uid, gid, now);
     i.volume = p.volume;
+    fill(&mut i);
     charge(t, i.volume, 1, 0)?;
     put_inode(t, &mut i);
     t.put(key::dentry(parent, name), &(ino, kind));
