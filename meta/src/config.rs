@@ -110,6 +110,17 @@ impl Default for MetaConfig {
     }
 }
 
+/// The ordinal of a StatefulSet pod from its host name: the number after
+/// the last '-' ("cairn-meta-2" → 2), `None` when there is none.
+pub fn statefulset_ordinal(host: &str) -> Option<u32> {
+    let host = host.split('.').next().unwrap_or(host);
+    let (_, n) = host.rsplit_once('-')?;
+    if n.is_empty() || !n.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    n.parse().ok()
+}
+
 impl MetaConfig {
     /// Returns the address peers use to reach this replica.
     pub fn advertise_addr(&self) -> String {
@@ -177,5 +188,19 @@ mod tests {
             ..MetaConfig::default()
         };
         assert!(bad.validate().is_err());
+    }
+
+    #[test]
+    fn statefulset_ordinals_come_from_the_host_name() {
+        assert_eq!(statefulset_ordinal("cairn-meta-0"), Some(0));
+        assert_eq!(statefulset_ordinal("cairn-meta-12"), Some(12));
+        assert_eq!(
+            statefulset_ordinal("cairn-meta-2.cairn-meta.ns.svc.cluster.local"),
+            Some(2)
+        );
+        assert_eq!(statefulset_ordinal("cairn-meta"), None);
+        assert_eq!(statefulset_ordinal("meta-"), None);
+        assert_eq!(statefulset_ordinal("laptop"), None);
+        assert_eq!(statefulset_ordinal("cairn-meta-0a"), None);
     }
 }

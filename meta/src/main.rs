@@ -56,6 +56,16 @@ struct Args {
         value_name = "BOOL"
     )]
     bootstrap: Option<bool>,
+    /// Bootstrap (as --bootstrap) only on the StatefulSet pod of this
+    /// ordinal, read from the host name ("cairn-meta-0" is ordinal 0): one
+    /// pod spec for every replica, and only the first may found a cluster.
+    #[arg(
+        long,
+        env = "CAIRN_META_BOOTSTRAP_ORDINAL",
+        conflicts_with = "bootstrap",
+        value_name = "N"
+    )]
+    bootstrap_ordinal: Option<u32>,
     /// Existing replicas to join when the data directory is empty.
     #[arg(
         long,
@@ -147,6 +157,7 @@ fn load(args: Args) -> Result<MetaConfig, String> {
         listen,
         advertise,
         bootstrap,
+        bootstrap_ordinal,
         join,
         replicas,
         raft_heartbeat,
@@ -172,6 +183,16 @@ fn load(args: Args) -> Result<MetaConfig, String> {
     }
     if let Some(v) = bootstrap {
         cfg.bootstrap = v;
+    }
+    if let Some(want) = bootstrap_ordinal {
+        let host = host_name()?;
+        let Some(ordinal) = cairn_meta::config::statefulset_ordinal(&host) else {
+            return Err(format!(
+                "--bootstrap-ordinal: the host name {host:?} does not end in a StatefulSet \
+                 ordinal (\"-N\"); use --bootstrap on the one replica that may found the cluster"
+            ));
+        };
+        cfg.bootstrap = ordinal == want;
     }
     if let Some(v) = join {
         cfg.join = v
@@ -218,6 +239,19 @@ fn load(args: Args) -> Result<MetaConfig, String> {
     }
     cfg.validate()?;
     Ok(cfg)
+}
+
+/// The host name: `$HOSTNAME` (what Kubernetes sets to the pod name), else
+/// the kernel's.
+fn host_name() -> Result<String, String> {
+    if let Ok(h) = std::env::var("HOSTNAME")
+        && !h.trim().is_empty()
+    {
+        return Ok(h.trim().to_string());
+    }
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .map_err(|e| format!("reading the host name: {e}"))
 }
 
 fn main() -> ExitCode {

@@ -382,7 +382,39 @@ pub fn render(shared: &Shared, rpc: &RpcMetrics) -> String {
     out
 }
 
-/// Serves `GET /metrics` on `addr` until `stop` resolves.
+/// Answers `GET /ready`: ready when this replica belongs to a cluster (it
+/// serves only then), has applied the log, and either follows a leader or
+/// is a leader that a quorum acknowledged within two election timeouts.
+/// So a Kubernetes readiness probe keeps out of the client Service a
+/// replica that is still electing, and a former leader restarted alone
+/// that believes it leads but cannot commit anything.
+///
+/// # Errors
+/// Why the replica is not ready.
+pub fn readiness(shared: &Shared) -> Result<(), String> {
+    let m = shared.raft.metrics().borrow().clone();
+    if m.current_leader.is_none() {
+        return Err(format!("no leader known (term {})", m.current_term));
+    }
+    if m.last_applied.is_none() {
+        return Err("nothing applied yet".into());
+    }
+    if m.state != openraft::ServerState::Leader {
+        return Ok(());
+    }
+    let voters = m.membership_config.membership().voter_ids().count();
+    let limit = u64::try_from(shared.config.election_timeout.as_millis() * 2).unwrap_or(u64::MAX);
+    match m.millis_since_quorum_ack {
+        _ if voters <= 1 => Ok(()),
+        Some(ms) if ms <= limit => Ok(()),
+        Some(ms) => Err(format!(
+            "leader without a quorum's acknowledgment for {ms} ms"
+        )),
+        None => Err("leader not acknowledged by a quorum yet".into()),
+    }
+}
+
+/// Serves `GET /metrics` and `GET /ready` on `addr` until `stop` resolves.
 ///
 /// # Errors
 /// The listen address cannot be bound.
@@ -418,8 +450,16 @@ pub async fn serve(
                 let req = String::from_utf8_lossy(&buf[..n]);
                 let (status, body) = if req.starts_with("GET /metrics") {
                     ("200 OK", render(&shared, &rpc))
+                } else if req.starts_with("GET /ready") {
+                    match readiness(&shared) {
+                        Ok(()) => ("200 OK", "ready\n".to_string()),
+                        Err(why) => ("503 Service Unavailable", format!("not ready: {why}\n")),
+                    }
                 } else {
-                    ("404 Not Found", "try GET /metrics\n".to_string())
+                    (
+                        "404 Not Found",
+                        "try GET /metrics or GET /ready\n".to_string(),
+                    )
                 };
                 let head = format!(
                     "HTTP/1.1 {status}\r\ncontent-type: text/plain; version=0.0.4\r\n\

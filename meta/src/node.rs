@@ -4,8 +4,8 @@
 //! Identity (DESIGN §4): a replica's Raft node id and the cluster id are
 //! persisted in its sled database the first time it starts and never taken
 //! from flags. A replica with an empty data directory either bootstraps a
-//! new cluster (only with `bootstrap`, after no `join` peer knew a cluster)
-//! as node 1, or asks a member to allocate it a fresh node id through Raft
+//! new cluster (only with `bootstrap`, after no `join` peer answered for
+//! `BOOTSTRAP_QUIET`: a peer that answers at all knows a cluster) as node 1, or asks a member to allocate it a fresh node id through Raft
 //! and add it as a learner. So a wiped replica always comes back under a new
 //! identity; the leader promotes caught-up learners to voters only while the
 //! cluster has fewer than `replicas` voters, and beyond that an operator
@@ -51,6 +51,10 @@ use crate::service::{Liveness, MetaService, Shared};
 
 /// How often the leader runs its duties.
 const DUTY_INTERVAL: Duration = Duration::from_millis(200);
+
+/// How long a replica given both `bootstrap` and `join` peers waits
+/// without any peer answering before it founds a new cluster.
+const BOOTSTRAP_QUIET: Duration = Duration::from_secs(5);
 
 /// Why a replica could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -162,7 +166,9 @@ async fn meta_client(addr: &str) -> Result<MetaClient<tonic::transport::Channel>
 /// Asks the cluster at `peers` to admit `advertise` as a learner; follows
 /// leader hints. Returns `None` when no peer answered at all.
 async fn try_join(peers: &[String], advertise: &str) -> Result<Option<Identity>, MetaError> {
-    let mut queue: Vec<String> = peers.to_vec();
+    // Every StatefulSet pod is given every ordinal's address; a replica
+    // does not ask itself.
+    let mut queue: Vec<String> = peers.iter().filter(|p| *p != advertise).cloned().collect();
     let mut hops = 0;
     let mut answered = false;
     while let Some(addr) = queue.pop() {
@@ -220,6 +226,12 @@ async fn establish_identity(
         return Ok(Some((ident, false)));
     }
     let mut backoff = Duration::from_millis(100);
+    // With join peers, bootstrap only once none of them has answered for
+    // BOOTSTRAP_QUIET: a peer that answers knows a cluster (a replica with
+    // an empty data directory does not serve), so a wiped first replica
+    // joins the cluster its peers hold, even while they are electing or
+    // still starting, instead of founding a second one.
+    let mut quiet_since = Instant::now();
     loop {
         if !config.join.is_empty() {
             match try_join(&config.join, advertise).await {
@@ -230,10 +242,14 @@ async fn establish_identity(
                 }
                 Ok(None) if config.bootstrap => {}
                 Ok(None) => tracing::info!(peers = ?config.join, "no peer reachable yet; retrying"),
-                Err(e) => tracing::warn!("{e}; retrying"),
+                Err(e) => {
+                    quiet_since = Instant::now();
+                    tracing::warn!("{e}; retrying");
+                }
             }
         }
-        if config.bootstrap {
+        let quiet = config.join.is_empty() || quiet_since.elapsed() >= BOOTSTRAP_QUIET;
+        if config.bootstrap && quiet {
             let ident = Identity {
                 node_id: 1,
                 cluster_id: format!("{:032x}", rand::random::<u128>()),
