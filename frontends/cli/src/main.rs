@@ -28,6 +28,7 @@ mod data;
 #[cfg(feature = "dev")]
 mod dev;
 mod format;
+mod k8s;
 mod mount;
 mod namespace;
 mod progress;
@@ -184,6 +185,11 @@ enum Command {
     #[command(subcommand)]
     Cache(cache::CacheCommand),
 
+    /// Plan Kubernetes training jobs (TFJob, PyTorchJob, TrainJob, Volcano
+    /// Job) against the cluster.
+    #[command(subcommand)]
+    K8s(k8s::K8sCommand),
+
     /// Run a local cluster (3 meta replicas, 3 chunkservers) in this process until Ctrl-C.
     #[cfg(feature = "dev")]
     Dev(dev::DevArgs),
@@ -328,14 +334,20 @@ fn init_tracing(default: &str) {
 }
 
 async fn connect(cli: &Cli) -> anyhow::Result<MetaClient> {
+    connect_meta(&cli.meta, cli.timeout).await
+}
+
+/// Connects to the meta replicas `meta` (comma-separated), giving up on a
+/// request after `timeout`.
+async fn connect_meta(meta: &str, timeout: Duration) -> anyhow::Result<MetaClient> {
     let opts = MetaClientOptions {
-        deadline: cli.timeout,
-        request_timeout: cli.timeout.min(Duration::from_secs(10)),
+        deadline: timeout,
+        request_timeout: timeout.min(Duration::from_secs(10)),
         ..MetaClientOptions::default()
     };
-    MetaClient::connect(cli.meta.split(','), opts)
+    MetaClient::connect(meta.split(','), opts)
         .await
-        .map_err(|e| anyhow::anyhow!("--meta {}: {}", cli.meta, e.message))
+        .map_err(|e| anyhow::anyhow!("--meta {meta}: {}", e.message))
 }
 
 /// Runs a command that moves data, on a [`cairn_client::Client`]; `None`
@@ -390,6 +402,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     init_tracing("error");
     if let Command::Cache(cmd) = &cli.command {
         return cache::run(cmd, cli.json);
+    }
+    if let Command::K8s(k8s::K8sCommand::Plan(args)) = &cli.command {
+        return k8s::plan(&cli.meta, cli.timeout, args, cli.json).await;
     }
     if let Some(result) = run_data(&cli).await {
         return result;
@@ -469,7 +484,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         | Command::Cat(_)
         | Command::Cp(_)
         | Command::Checkpoint(_)
-        | Command::Cache(_) => Ok(()),
+        | Command::Cache(_)
+        | Command::K8s(_) => Ok(()),
     };
     // Release the session (if a mutation opened one) now rather than at
     // its expiry; a failure here changes nothing for the user.

@@ -150,3 +150,75 @@ async fn dev_mount_serves_the_cluster_as_a_directory_and_unmounts_on_exit() {
         dir.display()
     );
 }
+
+/// `cairn k8s plan` on the shipped TFJob and Volcano examples, asking a
+/// real `cairn dev` cluster how many chunkservers serve.
+#[test]
+fn k8s_plan_sizes_the_shipped_examples_against_the_running_cluster() {
+    let examples = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/examples");
+    let mut dev = Dev::start();
+    let out = dev.ok([
+        std::ffi::OsStr::new("--json"),
+        "k8s".as_ref(),
+        "plan".as_ref(),
+        examples.join("tfjob/pvcs.yaml").as_os_str(),
+        examples.join("tfjob/tfjob.yaml").as_os_str(),
+    ]);
+    let plan: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let bw = &plan["bandwidth"];
+    assert_eq!(bw["chunkservers"], 3, "{plan:#}");
+    assert_eq!(bw["chunkservers_from"], "meta");
+    let roles: Vec<(String, u64)> = plan["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| {
+            (
+                t["role"].as_str().unwrap().to_string(),
+                t["replicas"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert!(roles.contains(&("Chief".into(), 1)), "{roles:?}");
+    assert!(roles.contains(&("Worker".into(), 2)), "{roles:?}");
+    let data = plan["claims"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["claim"] == "mnist-training-data")
+        .expect("the data claim is planned");
+    assert_eq!(data["size_bytes"], 50u64 << 30);
+    assert_eq!(data["storage_class"], "distributed-file-ai");
+    assert_eq!(data["readers"], 3);
+    // CPU-only pods read at --read-per-pod (50 MiB/s by default).
+    assert_eq!(
+        data["read_bytes_per_sec_first_epoch"],
+        3.0 * f64::from(50u32 << 20)
+    );
+    assert_eq!(bw["verdict"], "OK");
+
+    // The human table names every role and the verdict.
+    let out = dev.ok([
+        "k8s".as_ref(),
+        "plan".as_ref(),
+        examples.join("volcano/job.yaml").as_os_str(),
+        examples.join("volcano/pvcs.yaml").as_os_str(),
+    ]);
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.contains("master") && text.contains("worker"), "{text}");
+    assert!(text.contains("3 chunkservers (meta)"), "{text}");
+
+    // A file with no job in it is an error that says what was expected.
+    let bad = dev.cairn([
+        "k8s".as_ref(),
+        "plan".as_ref(),
+        examples.join("tfjob/pvcs.yaml").as_os_str(),
+    ]);
+    assert!(!bad.status.success());
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(
+        err.contains("no TFJob, PyTorchJob, TrainJob or Volcano Job"),
+        "{err}"
+    );
+    assert!(dev.stop());
+}
