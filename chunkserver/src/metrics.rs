@@ -168,6 +168,7 @@ pub struct Metrics {
     tail_queries: AtomicU64,
     forwarded: AtomicU64,
     sync_gaps: AtomicU64,
+    stale_installs: AtomicU64,
     repair_chunks: AtomicU64,
     repair_bytes: AtomicU64,
     repair_current: AtomicU64,
@@ -267,6 +268,12 @@ impl Metrics {
     /// versions of the chunk).
     pub fn sync_gap(&self) {
         self.sync_gaps.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a resync copy refused because this replica changed after
+    /// the source compared it (a copy delivered late).
+    pub fn stale_install(&self) {
+        self.stale_installs.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Counts a chunk copied to a syncing or repaired replica (`bytes`
@@ -392,7 +399,7 @@ impl Metrics {
             }
         }
 
-        let counters: [(&str, &str, &AtomicU64); 21] = [
+        let counters: [(&str, &str, &AtomicU64); 22] = [
             (
                 "crc_failures_total",
                 "Stored blocks that failed their CRC, on a read or a scrub.",
@@ -432,6 +439,11 @@ impl Metrics {
                 "sync_gap_writes_total",
                 "Writes a syncing replica acknowledged without storing: it missed earlier versions of the chunk, which resync must copy whole.",
                 &self.sync_gaps,
+            ),
+            (
+                "stale_installs_total",
+                "Resync copies refused because this replica changed after the sync source compared it (a copy delivered after its sender gave up on it).",
+                &self.stale_installs,
             ),
             (
                 "repair_chunks_copied_total",

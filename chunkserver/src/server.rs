@@ -104,6 +104,28 @@ const DEDUP_ENTRIES: usize = 65_536;
 /// A Stat request's `client_seq` asking for the chunk's content digest.
 pub const STAT_DIGEST: u64 = 1;
 
+/// The state of one replica of a chunk as resync compares it — committed
+/// version, committed length and content digest, all 0 when the chunk is
+/// absent — folded into one nonzero value. The first piece of an Install
+/// carries the receiver's state as the sync source saw it (its `client_id`
+/// field; 0 = no expectation), and the receiver installs only over that
+/// state. A copy delivered late (its sender timed out and released the
+/// chunk's lock, then a removal and a new "version 1" reached the
+/// receiver) is refused instead of putting the old bytes back under the
+/// version the new ones carry.
+pub fn replica_state_tag(version: u64, len: u64, digest: u64) -> u64 {
+    let mut h = crc32fast::Hasher::new();
+    h.update(&version.to_le_bytes());
+    h.update(&len.to_le_bytes());
+    h.update(&digest.to_le_bytes());
+    let lo = u64::from(h.finalize());
+    let mut h = crc32fast::Hasher::new_with_initial(0x5eed);
+    h.update(&digest.to_le_bytes());
+    h.update(&len.to_le_bytes());
+    h.update(&version.to_le_bytes());
+    ((u64::from(h.finalize()) << 32) | lo) | 1
+}
+
 /// Receives corrupt blocks found by reads: (chunk, block indexes).
 pub type CorruptSink = Rc<dyn Fn(ChunkId, Vec<u32>)>;
 
@@ -1046,6 +1068,19 @@ impl Shard {
         Ok(())
     }
 
+    /// This replica's [`replica_state_tag`] of `chunk`.
+    fn replica_state(&self, chunk: ChunkId) -> Result<u64> {
+        let Some(st) = self.store.stat(chunk)? else {
+            return Ok(replica_state_tag(0, 0, 0));
+        };
+        let digest = self.store.digest(chunk)?.unwrap_or(0);
+        Ok(replica_state_tag(
+            st.committed_version,
+            st.committed_len,
+            digest,
+        ))
+    }
+
     fn stat(&self, h: &Header) -> Result<Frame> {
         let Some(st) = self.store.stat(h.chunk)? else {
             return Err(Reject::new(
@@ -1072,6 +1107,19 @@ impl Shard {
     /// ([`Opcode::Install`]); see [`crate::resync`].
     async fn install(&self, route: &Route, h: &Header, frame: &Frame) -> Result<Frame> {
         let _lock = self.lock(h.chunk).await?;
+        if h.offset == 0 && h.client_id.0 != 0 {
+            let now = self.replica_state(h.chunk)?;
+            if now != h.client_id.0 {
+                self.metrics.stale_install();
+                return Err(Reject::new(
+                    ErrorCode::StaleSequence,
+                    format!(
+                        "{} changed here since the sync source compared it: a late copy, not installed",
+                        h.chunk
+                    ),
+                ));
+            }
+        }
         let (crcs, seals) = (crcs_of(&frame.crcs), seals_of(&frame.seals));
         let piece = WriteIn {
             offset: h.offset,

@@ -560,3 +560,94 @@ async fn a_chunkserver_cut_off_from_meta_stops_serving() {
         "{ready}"
     );
 }
+
+/// A resync copy delivered after its sender gave up on it must not put old
+/// bytes back. The sender (a chain's head) compares a syncing replica by
+/// Stat, then Installs under the chunk's lock; if that call times out the
+/// lock is released, a removal and a new write — which restarts at
+/// version 1 — can reach the replica, and only then the late Install. It
+/// carries the replica's state as the sender saw it, so the replica
+/// refuses it instead of holding the old bytes under the new version 1
+/// (what the self-healing fault test caught as "two replicas at version 1
+/// with other bytes").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_resync_copy_is_refused_and_changes_nothing() {
+    use cairn_chunkserver::server::{STAT_DIGEST, replica_state_tag};
+    use cairn_proto::ids::SessionId;
+
+    let c = Cluster::start(3, &[]).await;
+    let k = chunk(9, 0);
+    let ch = c.chain(3, 0, k).await;
+    let tail = ch.members[2].clone();
+    let old = pattern(1, 64 << 10);
+    c.write(&ch, k, 0, &old, 7, 1).await.unwrap();
+
+    // What a sync source's Stat sees at the tail.
+    let stat = || {
+        Frame::new(Header {
+            chunk: k,
+            chain: ch.id,
+            chain_version: ch.version,
+            client_seq: STAT_DIGEST,
+            ..Header::request(Opcode::Stat, 0)
+        })
+    };
+    let s = data::into_result(c.call(&tail, stat()).await.unwrap()).unwrap();
+    let seen = replica_state_tag(s.header.version, s.header.offset, s.header.client_seq);
+
+    // Meanwhile the file is truncated away and written again.
+    data::into_result(
+        c.call(&ch.members[0], data::remove_request(ch.id, ch.version, k))
+            .await
+            .unwrap(),
+    )
+    .unwrap();
+    let new = pattern(2, 64 << 10);
+    let r = c.write(&ch, k, 0, &new, 7, 2).await.unwrap();
+    assert_eq!(
+        r.header.version, 1,
+        "a chunk written again restarts at version 1"
+    );
+
+    let install = |expect: u64| {
+        Frame::with_payload(
+            Header {
+                chunk: k,
+                chain: ch.id,
+                chain_version: ch.version,
+                version: 1,
+                offset: 0,
+                client_seq: old.len() as u64,
+                client_id: SessionId(expect),
+                ..Header::request(Opcode::Install, 0)
+            },
+            Bytes::copy_from_slice(&old),
+        )
+        .unwrap()
+    };
+    // The late copy of the old version 1: refused, the new bytes stay.
+    assert_eq!(
+        code(
+            c.call(&tail, install(seen))
+                .await
+                .and_then(data::into_result)
+        ),
+        ErrorCode::StaleSequence
+    );
+    let got = c.read(&ch, &tail, k, 0, new.len() as u32).await.unwrap();
+    assert!(got == new[..], "the late copy changed the replica");
+    assert!(
+        metric(
+            &c.metrics(c.index_of(&tail)),
+            "cairn_chunkserver_stale_installs_total"
+        ) >= 1.0,
+        "the refusal is counted"
+    );
+
+    // A copy made against the replica's current state is installed.
+    let s = data::into_result(c.call(&tail, stat()).await.unwrap()).unwrap();
+    let now = replica_state_tag(s.header.version, s.header.offset, s.header.client_seq);
+    data::into_result(c.call(&tail, install(now)).await.unwrap()).unwrap();
+    let got = c.read(&ch, &tail, k, 0, old.len() as u32).await.unwrap();
+    assert!(got == old[..], "an up-to-date copy is installed");
+}

@@ -68,7 +68,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use cairn_proto::ErrorCode;
 use cairn_proto::frame::{Frame, Header, Opcode, SegmentCrcs};
-use cairn_proto::ids::{ChainId, ChainVersion, ChunkId};
+use cairn_proto::ids::{ChainId, ChainVersion, ChunkId, SessionId};
 
 use super::{Reject, Result, Shard, seal_bytes, sealed, seals_of};
 use crate::chain::{Member, MemberState};
@@ -542,21 +542,33 @@ impl Shard {
                 self.metrics.repair_current();
                 continue;
             }
-            self.copy_chunk(&h, &addr, st.committed_version, st.committed_len, cfg)
-                .await?;
+            let expect = super::replica_state_tag(version, len, digest);
+            self.copy_chunk(
+                &h,
+                &addr,
+                st.committed_version,
+                st.committed_len,
+                expect,
+                cfg,
+            )
+            .await?;
             copied = true;
         }
         Ok(copied)
     }
 
     /// Sends committed version `version` (`total` bytes) of the chunk to
-    /// `addr` in pieces; the caller holds the chunk's lock.
+    /// `addr` in pieces; the caller holds the chunk's lock. `expect` is the
+    /// receiver's state as its Stat showed it ([`super::replica_state_tag`]):
+    /// the receiver installs only over that state, so a copy that arrives
+    /// after this call gave up on it changes nothing.
     async fn copy_chunk(
         &self,
         h: &Header,
         addr: &str,
         version: u64,
         total: u64,
+        expect: u64,
         cfg: ResyncConfig,
     ) -> Result<()> {
         let chunk = h.chunk;
@@ -601,6 +613,7 @@ impl Shard {
                     version,
                     offset,
                     client_seq: total,
+                    client_id: SessionId(expect),
                     ..Header::request(Opcode::Install, 0)
                 },
                 data,
