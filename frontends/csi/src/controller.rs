@@ -1,0 +1,354 @@
+//! The Controller service: PersistentVolumes as Cairn volumes.
+//!
+//! A volume is named after the CSI volume name (the PV name), which makes
+//! CreateVolume idempotent without any state of our own: the same name
+//! with the same policy answers with the existing volume, the same name
+//! with another policy is ALREADY_EXISTS. The claim's size becomes the
+//! volume's byte quota (the larger of required and limit bytes, or none).
+//! DeleteVolume removes the volume's tree and then the volume; its data
+//! leaves the chunkservers through meta's garbage collector.
+//!
+//! Offered and advertised: CREATE_DELETE_VOLUME and GET_CAPACITY. Not
+//! advertised (the sidecars then never call them; a direct call answers
+//! UNIMPLEMENTED): snapshots, cloning, expansion, publish/unpublish
+//! (`attachRequired: false`), ListVolumes, ControllerGetVolume,
+//! ControllerModifyVolume.
+
+use cairn_client::MetaClient;
+use cairn_client::crypto::VolumeKey;
+use cairn_proto::ids::InodeId;
+use cairn_proto::meta::{FileType, VolumeKeyCheck};
+use tonic::{Request, Response, Status};
+
+use crate::params::{self, SECRET_KEY};
+use crate::pb::controller_service_capability::{Rpc, Type, rpc};
+use crate::pb::{self, ControllerServiceCapability};
+use crate::{check_capabilities, required, status};
+
+/// The Controller service.
+#[derive(Debug, Clone)]
+pub struct Controller {
+    meta: MetaClient,
+}
+
+impl Controller {
+    /// The service over a meta connection.
+    pub fn new(meta: MetaClient) -> Self {
+        Self { meta }
+    }
+
+    async fn find(&self, name: &str) -> Result<Option<cairn_proto::meta::Volume>, Status> {
+        let vols = self
+            .meta
+            .list_volumes()
+            .await
+            .map_err(|e| status("listing volumes", &e))?;
+        Ok(vols.into_iter().find(|v| v.name == name))
+    }
+
+    /// Removes everything under directory `ino` (depth first).
+    async fn empty_dir(&self, ino: InodeId, path: &str) -> Result<(), Status> {
+        let mut stack = vec![(ino, path.to_string(), false)];
+        while let Some((dir, p, visited)) = stack.pop() {
+            let entries = self
+                .meta
+                .readdir_all(dir)
+                .await
+                .map_err(|e| status(&format!("listing {p}"), &e))?;
+            let subdirs: Vec<_> = entries
+                .iter()
+                .filter(|e| e.kind == FileType::Directory as i32)
+                .collect();
+            if !visited && !subdirs.is_empty() {
+                stack.push((dir, p.clone(), true));
+                for d in subdirs {
+                    stack.push((InodeId(d.ino), format!("{p}/{}", d.name), false));
+                }
+                continue;
+            }
+            for e in &entries {
+                let r = if e.kind == FileType::Directory as i32 {
+                    self.meta.rmdir(dir, &e.name).await
+                } else {
+                    self.meta.unlink(dir, &e.name).await
+                };
+                match r {
+                    Ok(_) => {}
+                    Err(err) if err.code == cairn_client::ErrorCode::NotFound => {}
+                    Err(err) => return Err(status(&format!("removing {p}/{}", e.name), &err)),
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn capability(t: rpc::Type) -> ControllerServiceCapability {
+    ControllerServiceCapability {
+        r#type: Some(Type::Rpc(Rpc { r#type: t as i32 })),
+    }
+}
+
+fn unimplemented(what: &str) -> Status {
+    Status::unimplemented(format!("{what} is not offered by the Cairn CSI driver yet"))
+}
+
+#[tonic::async_trait]
+impl pb::controller_server::Controller for Controller {
+    async fn create_volume(
+        &self,
+        req: Request<pb::CreateVolumeRequest>,
+    ) -> Result<Response<pb::CreateVolumeResponse>, Status> {
+        let req = req.into_inner();
+        let name =
+            params::volume_name(required("name", &req.name)?).map_err(Status::invalid_argument)?;
+        check_capabilities(&req.volume_capabilities)?;
+        if req.volume_content_source.is_some() {
+            return Err(Status::invalid_argument(
+                "volume_content_source: restoring a snapshot or cloning a volume needs Cairn \
+                 snapshots, which this driver does not offer yet",
+            ));
+        }
+        let class = params::parse(&req.parameters).map_err(Status::invalid_argument)?;
+        let quota = match &req.capacity_range {
+            None => 0,
+            Some(r) => {
+                if r.required_bytes < 0 || r.limit_bytes < 0 {
+                    return Err(Status::invalid_argument("capacity_range: negative bytes"));
+                }
+                if r.limit_bytes > 0 && r.required_bytes > r.limit_bytes {
+                    return Err(Status::out_of_range(format!(
+                        "capacity_range: required {} bytes exceed the limit of {}",
+                        r.required_bytes, r.limit_bytes
+                    )));
+                }
+                r.required_bytes.max(r.limit_bytes) as u64
+            }
+        };
+        let mut policy = class.policy(quota);
+        let check = if class.encryption {
+            let hex = req.secrets.get(SECRET_KEY).ok_or_else(|| {
+                Status::invalid_argument(format!(
+                    "encryption \"true\" needs the volume key in the provisioner secret, under \
+                     {SECRET_KEY:?} (64 hexadecimal digits)"
+                ))
+            })?;
+            let key = VolumeKey::from_hex(hex.trim()).ok_or_else(|| {
+                Status::invalid_argument(format!(
+                    "secret {SECRET_KEY:?} is not a key: 64 hexadecimal digits (32 bytes) expected"
+                ))
+            })?;
+            let check = key.check_value().to_vec();
+            policy.key_checks = vec![VolumeKeyCheck {
+                version: 1,
+                check: check.clone(),
+            }];
+            Some(check)
+        } else {
+            None
+        };
+        let answer = |quota: u64| pb::CreateVolumeResponse {
+            volume: Some(pb::Volume {
+                capacity_bytes: quota as i64,
+                volume_id: name.clone(),
+                volume_context: class.context(),
+                content_source: None,
+                accessible_topology: Vec::new(),
+            }),
+        };
+        let existing = |v: &cairn_proto::meta::Volume| -> Result<(), Status> {
+            let have = v.policy.clone().unwrap_or_default();
+            let same_key = check.as_ref().is_none_or(|c| {
+                have.key_checks
+                    .iter()
+                    .find(|k| k.version == 1)
+                    .is_some_and(|k| &k.check == c)
+            });
+            if params::same_policy(&have, &policy) && same_key {
+                Ok(())
+            } else {
+                Err(Status::already_exists(format!(
+                    "volume {name} exists with other parameters (replication {}, encrypted {}, \
+                     quota {} bytes, compression {}{})",
+                    have.replication,
+                    have.encrypted,
+                    have.quota_bytes,
+                    have.compression,
+                    if same_key { "" } else { ", another key" }
+                )))
+            }
+        };
+        if let Some(v) = self.find(&name).await? {
+            existing(&v)?;
+            return Ok(Response::new(answer(quota)));
+        }
+        match self.meta.create_volume(&name, policy.clone()).await {
+            Ok(_) => {
+                tracing::info!(volume = %name, quota, "created volume");
+                Ok(Response::new(answer(quota)))
+            }
+            // Created meanwhile (a retry racing its first attempt).
+            Err(e) if e.code == cairn_client::ErrorCode::Exists => match self.find(&name).await? {
+                Some(v) => existing(&v).map(|()| Response::new(answer(quota))),
+                None => Err(status(&format!("creating volume {name}"), &e)),
+            },
+            Err(e) => Err(status(&format!("creating volume {name}"), &e)),
+        }
+    }
+
+    async fn delete_volume(
+        &self,
+        req: Request<pb::DeleteVolumeRequest>,
+    ) -> Result<Response<pb::DeleteVolumeResponse>, Status> {
+        let req = req.into_inner();
+        let name = required("volume_id", &req.volume_id)?;
+        let Some(v) = self.find(name).await? else {
+            return Ok(Response::new(pb::DeleteVolumeResponse {}));
+        };
+        self.empty_dir(InodeId(v.root_ino), &format!("/{name}"))
+            .await?;
+        match self.meta.rmdir(InodeId::ROOT, name).await {
+            Ok(_) => {}
+            Err(e) if e.code == cairn_client::ErrorCode::NotFound => {}
+            Err(e) => return Err(status(&format!("removing volume {name}"), &e)),
+        }
+        tracing::info!(volume = %name, "deleted volume");
+        Ok(Response::new(pb::DeleteVolumeResponse {}))
+    }
+
+    async fn controller_publish_volume(
+        &self,
+        _: Request<pb::ControllerPublishVolumeRequest>,
+    ) -> Result<Response<pb::ControllerPublishVolumeResponse>, Status> {
+        Err(unimplemented(
+            "ControllerPublishVolume (attachRequired is false)",
+        ))
+    }
+
+    async fn controller_unpublish_volume(
+        &self,
+        _: Request<pb::ControllerUnpublishVolumeRequest>,
+    ) -> Result<Response<pb::ControllerUnpublishVolumeResponse>, Status> {
+        Err(unimplemented(
+            "ControllerUnpublishVolume (attachRequired is false)",
+        ))
+    }
+
+    async fn validate_volume_capabilities(
+        &self,
+        req: Request<pb::ValidateVolumeCapabilitiesRequest>,
+    ) -> Result<Response<pb::ValidateVolumeCapabilitiesResponse>, Status> {
+        let req = req.into_inner();
+        let name = required("volume_id", &req.volume_id)?;
+        if req.volume_capabilities.is_empty() {
+            return Err(Status::invalid_argument("volume_capabilities is required"));
+        }
+        if self.find(name).await?.is_none() {
+            return Err(Status::not_found(format!("no volume {name}")));
+        }
+        let reply = match check_capabilities(&req.volume_capabilities) {
+            Ok(()) => pb::ValidateVolumeCapabilitiesResponse {
+                confirmed: Some(pb::validate_volume_capabilities_response::Confirmed {
+                    volume_context: req.volume_context,
+                    volume_capabilities: req.volume_capabilities,
+                    parameters: req.parameters,
+                    mutable_parameters: req.mutable_parameters,
+                }),
+                message: String::new(),
+            },
+            Err(why) => pb::ValidateVolumeCapabilitiesResponse {
+                confirmed: None,
+                message: why.message().to_string(),
+            },
+        };
+        Ok(Response::new(reply))
+    }
+
+    async fn list_volumes(
+        &self,
+        _: Request<pb::ListVolumesRequest>,
+    ) -> Result<Response<pb::ListVolumesResponse>, Status> {
+        Err(unimplemented("ListVolumes"))
+    }
+
+    async fn get_capacity(
+        &self,
+        req: Request<pb::GetCapacityRequest>,
+    ) -> Result<Response<pb::GetCapacityResponse>, Status> {
+        let req = req.into_inner();
+        let class = params::parse(&req.parameters).map_err(Status::invalid_argument)?;
+        let t = self
+            .meta
+            .get_chains()
+            .await
+            .map_err(|e| status("listing chunkservers", &e))?;
+        let free: u64 = t
+            .chunkservers
+            .iter()
+            .filter(|c| c.alive)
+            .map(|c| c.capacity_bytes.saturating_sub(c.used_bytes))
+            .sum();
+        let available = free / u64::from(class.replication.max(1));
+        Ok(Response::new(pb::GetCapacityResponse {
+            available_capacity: i64::try_from(available).unwrap_or(i64::MAX),
+            maximum_volume_size: None,
+            minimum_volume_size: None,
+        }))
+    }
+
+    async fn controller_get_capabilities(
+        &self,
+        _: Request<pb::ControllerGetCapabilitiesRequest>,
+    ) -> Result<Response<pb::ControllerGetCapabilitiesResponse>, Status> {
+        Ok(Response::new(pb::ControllerGetCapabilitiesResponse {
+            capabilities: vec![
+                capability(rpc::Type::CreateDeleteVolume),
+                capability(rpc::Type::GetCapacity),
+            ],
+        }))
+    }
+
+    async fn create_snapshot(
+        &self,
+        _: Request<pb::CreateSnapshotRequest>,
+    ) -> Result<Response<pb::CreateSnapshotResponse>, Status> {
+        Err(unimplemented("CreateSnapshot (Cairn has no snapshots yet)"))
+    }
+
+    async fn delete_snapshot(
+        &self,
+        _: Request<pb::DeleteSnapshotRequest>,
+    ) -> Result<Response<pb::DeleteSnapshotResponse>, Status> {
+        Err(unimplemented("DeleteSnapshot (Cairn has no snapshots yet)"))
+    }
+
+    async fn list_snapshots(
+        &self,
+        _: Request<pb::ListSnapshotsRequest>,
+    ) -> Result<Response<pb::ListSnapshotsResponse>, Status> {
+        Err(unimplemented("ListSnapshots (Cairn has no snapshots yet)"))
+    }
+
+    async fn controller_expand_volume(
+        &self,
+        _: Request<pb::ControllerExpandVolumeRequest>,
+    ) -> Result<Response<pb::ControllerExpandVolumeResponse>, Status> {
+        Err(unimplemented(
+            "ControllerExpandVolume (meta cannot change a volume's quota yet)",
+        ))
+    }
+
+    async fn controller_get_volume(
+        &self,
+        _: Request<pb::ControllerGetVolumeRequest>,
+    ) -> Result<Response<pb::ControllerGetVolumeResponse>, Status> {
+        Err(unimplemented("ControllerGetVolume"))
+    }
+
+    async fn controller_modify_volume(
+        &self,
+        _: Request<pb::ControllerModifyVolumeRequest>,
+    ) -> Result<Response<pb::ControllerModifyVolumeResponse>, Status> {
+        Err(unimplemented("ControllerModifyVolume"))
+    }
+}

@@ -1,0 +1,114 @@
+//! The Cairn CSI driver: Cairn volumes for Kubernetes pods, speaking the
+//! Container Storage Interface v1 (spec 1.12, package `csi.v1`) on a unix
+//! socket, thin over the client library like the FUSE frontend.
+//!
+//! * [`identity`]: plugin name `csi.cairn.io`, its capabilities, and a
+//!   probe that asks meta.
+//! * [`controller`]: a PersistentVolume is a Cairn volume named after the
+//!   PV; the StorageClass parameters ([`params`]) become its policy, the
+//!   claim's size its byte quota. Idempotent by name.
+//! * [`node`]: NodeStage runs one `cairn mount` per volume per node on the
+//!   staging path, NodePublish bind-mounts it into each pod. The mount
+//!   processes are not the plugin's children: they outlive a plugin that
+//!   is killed or upgraded, a restarted plugin adopts them from its state
+//!   directory, and a mount process that dies is started again on the same
+//!   staging path.
+//!
+//! What is not offered yet, and therefore not advertised: snapshots (Cairn
+//! has none yet), volume expansion (meta cannot change a volume's quota
+//! yet), cloning, block volumes, topology.
+
+pub mod controller;
+pub mod identity;
+pub mod node;
+pub mod params;
+
+/// The CSI v1 messages and services, generated from `proto/csi.proto`.
+#[allow(missing_docs, clippy::all, clippy::pedantic)]
+pub mod pb {
+    tonic::include_proto!("csi.v1");
+}
+
+use cairn_client::{CairnStatus, ErrorCode};
+use tonic::Status;
+
+/// The driver's name, as the CSIDriver object and StorageClasses name it.
+pub const DRIVER_NAME: &str = "csi.cairn.io";
+
+/// Maps a client error to the gRPC status CSI callers expect.
+pub fn status(what: &str, e: &CairnStatus) -> Status {
+    let msg = format!("{what}: {e}");
+    match e.code {
+        ErrorCode::NotFound => Status::not_found(msg),
+        ErrorCode::Exists => Status::already_exists(msg),
+        ErrorCode::Invalid | ErrorCode::BadRequest | ErrorCode::NameTooLong => {
+            Status::invalid_argument(msg)
+        }
+        ErrorCode::NoSpace | ErrorCode::QuotaExceeded => Status::resource_exhausted(msg),
+        ErrorCode::Unavailable | ErrorCode::NotLeader | ErrorCode::TimedOut => {
+            Status::unavailable(msg)
+        }
+        ErrorCode::NotPermitted | ErrorCode::AccessDenied => Status::permission_denied(msg),
+        _ => Status::internal(msg),
+    }
+}
+
+/// A required string field, or INVALID_ARGUMENT naming it.
+///
+/// # Errors
+/// The field is empty.
+pub fn required<'a>(field: &str, v: &'a str) -> Result<&'a str, Status> {
+    if v.is_empty() {
+        Err(Status::invalid_argument(format!("{field} is required")))
+    } else {
+        Ok(v)
+    }
+}
+
+/// Checks that every capability asks for a file system mount with an
+/// access mode Cairn serves (every mode: it is a shared file system).
+///
+/// # Errors
+/// INVALID_ARGUMENT for none, a block volume or an unknown mode.
+pub fn check_capabilities(caps: &[pb::VolumeCapability]) -> Result<(), Status> {
+    use pb::volume_capability::AccessType;
+    use pb::volume_capability::access_mode::Mode;
+    if caps.is_empty() {
+        return Err(Status::invalid_argument("volume_capabilities is required"));
+    }
+    for c in caps {
+        match &c.access_type {
+            Some(AccessType::Mount(m)) => {
+                if !m.fs_type.is_empty() && m.fs_type != "fuse.cairn" && m.fs_type != "cairn" {
+                    return Err(Status::invalid_argument(format!(
+                        "fs_type {:?}: a Cairn volume is mounted as \"cairn\" (leave fs_type empty)",
+                        m.fs_type
+                    )));
+                }
+            }
+            Some(AccessType::Block(_)) => {
+                return Err(Status::invalid_argument(
+                    "block volumes are not offered: a Cairn volume is a shared file system",
+                ));
+            }
+            None => return Err(Status::invalid_argument("access_type is required")),
+        }
+        let mode = c
+            .access_mode
+            .as_ref()
+            .and_then(|m| Mode::try_from(m.mode).ok())
+            .unwrap_or(Mode::Unknown);
+        if mode == Mode::Unknown {
+            return Err(Status::invalid_argument("access_mode is required"));
+        }
+    }
+    Ok(())
+}
+
+/// Whether a capability only reads (the mount is made read-only).
+pub fn reader_only(c: Option<&pb::VolumeCapability>) -> bool {
+    use pb::volume_capability::access_mode::Mode;
+    c.and_then(|c| c.access_mode.as_ref())
+        .and_then(|m| Mode::try_from(m.mode).ok())
+        .is_some_and(|m| matches!(m, Mode::SingleNodeReaderOnly | Mode::MultiNodeReaderOnly))
+}

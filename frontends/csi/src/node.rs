@@ -1,0 +1,711 @@
+//! The Node service: one FUSE mount per volume per node, bind-mounted into
+//! each pod.
+//!
+//! # Mounts that outlive the plugin
+//! NodeStageVolume starts `cairn mount --volume /VOL STAGING` as a process
+//! of its own (its own process group, output to a log file in the state
+//! directory), not as a task of the plugin: killing, upgrading or
+//! restarting `cairn-csi` leaves every mount serving. Each staged volume
+//! has a record in `STATE/volumes/` (the mount's arguments, its pid, the
+//! pod paths it is bind-mounted to), written before NodeStage answers.
+//! A plugin that starts reads the records and adopts the mounts whose
+//! process still runs; every [`SUPERVISE_EVERY`] it checks them, and a
+//! mount process that died is started again on the same staging path (the
+//! dead FUSE mount detached first) and the pods' bind mounts made again
+//! from it. In Kubernetes the plugin container must run the mount
+//! processes outside its own lifetime for this to hold across container
+//! restarts (the node DaemonSet shares the host's PID namespace and runs
+//! them there); the supervision is what brings a mount back when its
+//! process dies.
+//!
+//! Mount and bind operations use the system's `mount` and `umount` (as
+//! kubelet's mount utilities do), so the driver needs no unsafe code.
+//!
+//! # Keys
+//! An encrypted volume's key comes in NodeStage's secrets and is written
+//! to `STATE/keys/VOL.key` (mode 0600) for the mount process; it is
+//! removed at NodeUnstage. It never appears in logs or errors.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use cairn_client::MetaClient;
+use cairn_client::crypto::{KeyRing, VolumeKey};
+use serde::{Deserialize, Serialize};
+use tokio::sync::Mutex;
+use tonic::{Request, Response, Status};
+
+use crate::params::{CTX_CACHE, CTX_ENCRYPTED, CTX_PREFETCH, SECRET_KEY};
+use crate::pb::node_service_capability::{Rpc, Type, rpc};
+use crate::pb::{self, NodeServiceCapability};
+use crate::{check_capabilities, reader_only, required, status};
+
+/// How often the plugin checks its mount processes.
+pub const SUPERVISE_EVERY: Duration = Duration::from_secs(2);
+
+/// How long NodeStage waits for a new mount to appear.
+const MOUNT_WITHIN: Duration = Duration::from_secs(30);
+
+/// A staged volume, as kept in the state directory.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Record {
+    /// CSI volume id (the Cairn volume name).
+    pub volume_id: String,
+    /// Where the volume is mounted on the node.
+    pub staging_path: String,
+    /// The mount process's arguments (after the `cairn` binary).
+    pub args: Vec<String>,
+    /// The mount process.
+    pub pid: u32,
+    /// Pod paths bind-mounted from the staging path, and whether read-only.
+    pub targets: Vec<(String, bool)>,
+}
+
+/// Configuration of the node service.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    /// This node's id (reported by NodeGetInfo).
+    pub node_id: String,
+    /// Meta replicas, comma separated, for the mount processes.
+    pub meta: String,
+    /// The `cairn` binary the mounts run.
+    pub cairn: PathBuf,
+    /// Records, keys, logs and cache directories.
+    pub state_dir: PathBuf,
+}
+
+/// The Node service.
+#[derive(Debug, Clone)]
+pub struct Node {
+    cfg: NodeConfig,
+    meta: MetaClient,
+    records: Arc<Mutex<HashMap<String, Record>>>,
+}
+
+fn internal(what: &str, e: impl std::fmt::Display) -> Status {
+    Status::internal(format!("{what}: {e}"))
+}
+
+/// The mount points of this mount namespace with their file system types,
+/// from `/proc/self/mountinfo`.
+pub fn mounts() -> Vec<(String, String)> {
+    let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    text.lines()
+        .filter_map(|l| {
+            let mut f = l.split(' ');
+            let point = f.nth(4)?;
+            let rest = l.split(" - ").nth(1)?;
+            let fstype = rest.split(' ').next()?;
+            Some((unescape(point), fstype.to_string()))
+        })
+        .collect()
+}
+
+/// Undoes mountinfo's octal escapes (`\040` for a space).
+fn unescape(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\'
+            && i + 3 < b.len()
+            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
+        {
+            let v = (b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0');
+            out.push(v);
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn is_mounted(path: &str) -> bool {
+    mounts().iter().any(|(p, _)| p == path)
+}
+
+fn is_fuse_mounted(path: &str) -> bool {
+    mounts()
+        .iter()
+        .any(|(p, t)| p == path && t.starts_with("fuse"))
+}
+
+/// Whether `pid` is the mount process of `staging` (not a reused pid).
+fn mount_process_alive(pid: u32, staging: &str) -> bool {
+    let Ok(cmd) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+        return false;
+    };
+    // A zombie has an empty command line.
+    let args: Vec<&[u8]> = cmd.split(|b| *b == 0).collect();
+    args.contains(&b"mount".as_slice()) && args.contains(&staging.as_bytes())
+}
+
+fn run(cmd: &str, args: &[&str]) -> Result<(), String> {
+    let out = Command::new(cmd)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("running {cmd}: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{cmd} {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+/// Unmounts `path` when it is mounted (`lazy`: detach even when busy or
+/// dead). Not mounted is success.
+fn unmount(path: &str, lazy: bool) -> Result<(), String> {
+    if !is_mounted(path) {
+        return Ok(());
+    }
+    let r = if lazy {
+        run("umount", &["-l", path])
+    } else {
+        run("umount", &[path])
+    };
+    match r {
+        Err(_) if !is_mounted(path) => Ok(()),
+        r => r,
+    }
+}
+
+fn bind(staging: &str, target: &str, read_only: bool) -> Result<(), String> {
+    std::fs::create_dir_all(target).map_err(|e| format!("creating {target}: {e}"))?;
+    run("mount", &["--bind", staging, target])?;
+    if read_only {
+        if let Err(e) = run("mount", &["-o", "remount,bind,ro", target]) {
+            let _ = unmount(target, false);
+            return Err(e);
+        }
+    }
+    Ok(())
+}
+
+fn log_tail(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().rev().take(5).collect();
+    lines.into_iter().rev().collect::<Vec<_>>().join(" | ")
+}
+
+impl Node {
+    /// The service; reads the records of a previous plugin and adopts (or
+    /// restarts) their mounts.
+    ///
+    /// # Errors
+    /// The state directory cannot be made or read.
+    pub async fn new(cfg: NodeConfig, meta: MetaClient) -> anyhow::Result<Self> {
+        for d in ["volumes", "keys", "logs", "cache"] {
+            std::fs::create_dir_all(cfg.state_dir.join(d))?;
+        }
+        let mut records = HashMap::new();
+        for e in std::fs::read_dir(cfg.state_dir.join("volumes"))? {
+            let p = e?.path();
+            if p.extension().is_some_and(|x| x == "json") {
+                match std::fs::read(&p)
+                    .map_err(anyhow::Error::from)
+                    .and_then(|b| Ok(serde_json::from_slice::<Record>(&b)?))
+                {
+                    Ok(r) => {
+                        records.insert(r.volume_id.clone(), r);
+                    }
+                    Err(e) => tracing::warn!(record = %p.display(), "unreadable record: {e}"),
+                }
+            }
+        }
+        let node = Self {
+            cfg,
+            meta,
+            records: Arc::new(Mutex::new(records)),
+        };
+        node.supervise_once().await;
+        Ok(node)
+    }
+
+    /// Checks every staged volume once: a dead mount process is started
+    /// again and the pods' bind mounts remade.
+    pub async fn supervise_once(&self) {
+        let mut recs = self.records.lock().await;
+        let ids: Vec<String> = recs.keys().cloned().collect();
+        for id in ids {
+            let Some(r) = recs.get(&id).cloned() else {
+                continue;
+            };
+            if mount_process_alive(r.pid, &r.staging_path) && is_fuse_mounted(&r.staging_path) {
+                continue;
+            }
+            tracing::warn!(volume = %id, pid = r.pid, "the mount process is gone: mounting again");
+            match self.remount(&r).await {
+                Ok(pid) => {
+                    let mut r = r;
+                    r.pid = pid;
+                    if let Err(e) = self.save(&r) {
+                        tracing::error!(volume = %id, "saving the record: {e}");
+                    }
+                    recs.insert(id, r);
+                }
+                Err(e) => tracing::error!(volume = %id, "mounting again: {e}"),
+            }
+        }
+    }
+
+    /// Runs [`Self::supervise_once`] every [`SUPERVISE_EVERY`].
+    pub fn spawn_supervisor(&self) -> tokio::task::JoinHandle<()> {
+        let me = self.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(SUPERVISE_EVERY).await;
+                me.supervise_once().await;
+            }
+        })
+    }
+
+    async fn remount(&self, r: &Record) -> Result<u32, String> {
+        for (t, _) in &r.targets {
+            unmount(t, true)?;
+        }
+        unmount(&r.staging_path, true)?;
+        let pid = self
+            .spawn_mount(&r.volume_id, &r.staging_path, &r.args)
+            .await?;
+        for (t, ro) in &r.targets {
+            bind(&r.staging_path, t, *ro)?;
+        }
+        Ok(pid)
+    }
+
+    /// Starts `cairn ARGS` detached and waits until `staging` is mounted.
+    async fn spawn_mount(
+        &self,
+        volume: &str,
+        staging: &str,
+        args: &[String],
+    ) -> Result<u32, String> {
+        use std::os::unix::process::CommandExt;
+        std::fs::create_dir_all(staging).map_err(|e| format!("creating {staging}: {e}"))?;
+        let log_path = self
+            .cfg
+            .state_dir
+            .join("logs")
+            .join(format!("{volume}.log"));
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .map_err(|e| format!("opening {}: {e}", log_path.display()))?;
+        let err = log.try_clone().map_err(|e| e.to_string())?;
+        let mut child = Command::new(&self.cfg.cairn)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(err)
+            // Its own process group: a signal to the plugin's group (a
+            // terminal's ^C, a supervisor stopping the plugin) is not one
+            // to the mounts.
+            .process_group(0)
+            .spawn()
+            .map_err(|e| format!("starting {}: {e}", self.cfg.cairn.display()))?;
+        let pid = child.id();
+        let t0 = Instant::now();
+        loop {
+            if is_fuse_mounted(staging) {
+                // Reaped by a thread of its own once it exits, so a dead
+                // mount never lingers as a zombie under a live plugin.
+                std::thread::spawn(move || {
+                    let _ = child.wait();
+                });
+                return Ok(pid);
+            }
+            if let Ok(Some(s)) = child.try_wait() {
+                return Err(format!(
+                    "the mount process exited ({s}) before mounting: {}",
+                    log_tail(&log_path)
+                ));
+            }
+            if t0.elapsed() > MOUNT_WITHIN {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(format!(
+                    "not mounted within {MOUNT_WITHIN:?}: {}",
+                    log_tail(&log_path)
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    fn record_path(&self, volume: &str) -> PathBuf {
+        self.cfg
+            .state_dir
+            .join("volumes")
+            .join(format!("{volume}.json"))
+    }
+
+    fn key_path(&self, volume: &str) -> PathBuf {
+        self.cfg
+            .state_dir
+            .join("keys")
+            .join(format!("{volume}.key"))
+    }
+
+    /// Writes a record atomically (temporary file, fsync, rename).
+    fn save(&self, r: &Record) -> std::io::Result<()> {
+        use std::io::Write;
+        let path = self.record_path(&r.volume_id);
+        let tmp = path.with_extension("json.tmp");
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(&serde_json::to_vec_pretty(r).map_err(std::io::Error::other)?)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, &path)
+    }
+
+    fn write_key(&self, volume: &str, hex: &str) -> Result<PathBuf, Status> {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let key = VolumeKey::from_hex(hex.trim()).ok_or_else(|| {
+            Status::invalid_argument(format!(
+                "secret {SECRET_KEY:?} is not a key: 64 hexadecimal digits (32 bytes) expected"
+            ))
+        })?;
+        let text = KeyRing::single(volume, 1, key).to_file_text();
+        let path = self.key_path(volume);
+        let tmp = path.with_extension("key.tmp");
+        let _ = std::fs::remove_file(&tmp);
+        let mut f = std::fs::OpenOptions::new()
+            .create_new(true)
+            .write(true)
+            .mode(0o600)
+            .open(&tmp)
+            .map_err(|e| internal("writing the key file", e))?;
+        f.write_all(text.as_bytes())
+            .and_then(|()| f.sync_all())
+            .and_then(|()| std::fs::rename(&tmp, &path))
+            .map_err(|e| internal("writing the key file", e))?;
+        Ok(path)
+    }
+}
+
+fn capability(t: rpc::Type) -> NodeServiceCapability {
+    NodeServiceCapability {
+        r#type: Some(Type::Rpc(Rpc { r#type: t as i32 })),
+    }
+}
+
+fn flag(ctx: &HashMap<String, String>, key: &str, default: bool) -> bool {
+    ctx.get(key).map_or(default, |v| v == "true")
+}
+
+#[tonic::async_trait]
+impl pb::node_server::Node for Node {
+    async fn node_stage_volume(
+        &self,
+        req: Request<pb::NodeStageVolumeRequest>,
+    ) -> Result<Response<pb::NodeStageVolumeResponse>, Status> {
+        let req = req.into_inner();
+        let volume = required("volume_id", &req.volume_id)?.to_string();
+        let staging = required("staging_target_path", &req.staging_target_path)?.to_string();
+        let cap = req
+            .volume_capability
+            .clone()
+            .ok_or_else(|| Status::invalid_argument("volume_capability is required"))?;
+        check_capabilities(std::slice::from_ref(&cap))?;
+        let mut recs = self.records.lock().await;
+        if let Some(r) = recs.get(&volume) {
+            if r.staging_path != staging {
+                return Err(Status::already_exists(format!(
+                    "volume {volume} is staged at {} already",
+                    r.staging_path
+                )));
+            }
+            if mount_process_alive(r.pid, &staging) && is_fuse_mounted(&staging) {
+                return Ok(Response::new(pb::NodeStageVolumeResponse {}));
+            }
+        }
+        let ctx = &req.volume_context;
+        let mut args: Vec<String> = vec![
+            "--meta".into(),
+            self.cfg.meta.clone(),
+            "mount".into(),
+            staging.clone(),
+            "--volume".into(),
+            format!("/{volume}"),
+            "--allow-other".into(),
+        ];
+        if reader_only(Some(&cap)) {
+            args.push("--read-only".into());
+        }
+        if !flag(ctx, CTX_PREFETCH, true) {
+            args.extend(["--read-ahead".into(), "0".into()]);
+        }
+        if flag(ctx, CTX_CACHE, true) {
+            let dir = self.cfg.state_dir.join("cache").join(&volume);
+            std::fs::create_dir_all(&dir)
+                .map_err(|e| internal("creating the cache directory", e))?;
+            args.extend(["--cache-dir".into(), dir.display().to_string()]);
+        } else {
+            args.extend(["--cache-size".into(), "0".into()]);
+        }
+        if flag(ctx, CTX_ENCRYPTED, false) {
+            let hex = req.secrets.get(SECRET_KEY).ok_or_else(|| {
+                Status::invalid_argument(format!(
+                    "volume {volume} is encrypted: its key is needed in the node-stage secret, \
+                     under {SECRET_KEY:?}"
+                ))
+            })?;
+            let path = self.write_key(&volume, hex)?;
+            args.extend(["--key-file".into(), format!("{volume}={}", path.display())]);
+        }
+        // The volume must exist before a mount is tried (NOT_FOUND, not a
+        // mount process failing later).
+        let exists = self
+            .meta
+            .list_volumes()
+            .await
+            .map_err(|e| status("listing volumes", &e))?
+            .iter()
+            .any(|v| v.name == volume);
+        if !exists {
+            return Err(Status::not_found(format!("no volume {volume}")));
+        }
+        unmount(&staging, true).map_err(|e| internal("clearing the staging path", e))?;
+        let pid = self
+            .spawn_mount(&volume, &staging, &args)
+            .await
+            .map_err(|e| internal(&format!("mounting volume {volume}"), e))?;
+        let r = Record {
+            volume_id: volume.clone(),
+            staging_path: staging,
+            args,
+            pid,
+            targets: Vec::new(),
+        };
+        self.save(&r)
+            .map_err(|e| internal("saving the record", e))?;
+        recs.insert(volume.clone(), r);
+        tracing::info!(volume = %volume, pid, "staged");
+        Ok(Response::new(pb::NodeStageVolumeResponse {}))
+    }
+
+    async fn node_unstage_volume(
+        &self,
+        req: Request<pb::NodeUnstageVolumeRequest>,
+    ) -> Result<Response<pb::NodeUnstageVolumeResponse>, Status> {
+        let req = req.into_inner();
+        let volume = required("volume_id", &req.volume_id)?.to_string();
+        let staging = required("staging_target_path", &req.staging_target_path)?.to_string();
+        let mut recs = self.records.lock().await;
+        let rec = recs.get(&volume).cloned();
+        unmount(&staging, false).map_err(|e| internal("unmounting the staging path", e))?;
+        if let Some(r) = &rec {
+            // The mount process exits once its mount is gone.
+            let t0 = Instant::now();
+            while mount_process_alive(r.pid, &r.staging_path)
+                && t0.elapsed() < Duration::from_secs(10)
+            {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            if mount_process_alive(r.pid, &r.staging_path) {
+                let _ = run("kill", &["-9", &r.pid.to_string()]);
+            }
+        }
+        let _ = std::fs::remove_file(self.key_path(&volume));
+        match std::fs::remove_file(self.record_path(&volume)) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(internal("removing the record", e)),
+        }
+        recs.remove(&volume);
+        tracing::info!(volume = %volume, "unstaged");
+        Ok(Response::new(pb::NodeUnstageVolumeResponse {}))
+    }
+
+    async fn node_publish_volume(
+        &self,
+        req: Request<pb::NodePublishVolumeRequest>,
+    ) -> Result<Response<pb::NodePublishVolumeResponse>, Status> {
+        let req = req.into_inner();
+        let volume = required("volume_id", &req.volume_id)?.to_string();
+        let target = required("target_path", &req.target_path)?.to_string();
+        let staging = required("staging_target_path", &req.staging_target_path)?.to_string();
+        let cap = req
+            .volume_capability
+            .clone()
+            .ok_or_else(|| Status::invalid_argument("volume_capability is required"))?;
+        check_capabilities(std::slice::from_ref(&cap))?;
+        let read_only = req.readonly || reader_only(Some(&cap));
+        let mut recs = self.records.lock().await;
+        let Some(r) = recs.get_mut(&volume) else {
+            return Err(Status::failed_precondition(format!(
+                "volume {volume} is not staged on this node"
+            )));
+        };
+        if r.staging_path != staging {
+            return Err(Status::failed_precondition(format!(
+                "volume {volume} is staged at {}, not {staging}",
+                r.staging_path
+            )));
+        }
+        if let Some((_, ro)) = r.targets.iter().find(|(t, _)| *t == target) {
+            if *ro != read_only {
+                return Err(Status::already_exists(format!(
+                    "{target} is published {} already",
+                    if *ro { "read-only" } else { "read-write" }
+                )));
+            }
+            if is_mounted(&target) {
+                return Ok(Response::new(pb::NodePublishVolumeResponse {}));
+            }
+        }
+        bind(&staging, &target, read_only).map_err(|e| internal("bind-mounting", e))?;
+        if !r.targets.iter().any(|(t, _)| *t == target) {
+            r.targets.push((target.clone(), read_only));
+        }
+        let r = r.clone();
+        self.save(&r)
+            .map_err(|e| internal("saving the record", e))?;
+        tracing::info!(volume = %volume, target = %target, read_only, "published");
+        Ok(Response::new(pb::NodePublishVolumeResponse {}))
+    }
+
+    async fn node_unpublish_volume(
+        &self,
+        req: Request<pb::NodeUnpublishVolumeRequest>,
+    ) -> Result<Response<pb::NodeUnpublishVolumeResponse>, Status> {
+        let req = req.into_inner();
+        let volume = required("volume_id", &req.volume_id)?.to_string();
+        let target = required("target_path", &req.target_path)?.to_string();
+        let mut recs = self.records.lock().await;
+        unmount(&target, false).map_err(|e| internal("unmounting", e))?;
+        match std::fs::remove_dir(&target) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(internal(&format!("removing {target}"), e)),
+        }
+        if let Some(r) = recs.get_mut(&volume) {
+            r.targets.retain(|(t, _)| *t != target);
+            let r = r.clone();
+            self.save(&r)
+                .map_err(|e| internal("saving the record", e))?;
+        }
+        tracing::info!(volume = %volume, target = %target, "unpublished");
+        Ok(Response::new(pb::NodeUnpublishVolumeResponse {}))
+    }
+
+    async fn node_get_volume_stats(
+        &self,
+        req: Request<pb::NodeGetVolumeStatsRequest>,
+    ) -> Result<Response<pb::NodeGetVolumeStatsResponse>, Status> {
+        use pb::volume_usage::Unit;
+        let req = req.into_inner();
+        let volume = required("volume_id", &req.volume_id)?;
+        let path = required("volume_path", &req.volume_path)?;
+        if !is_mounted(path) {
+            return Err(Status::not_found(format!("{path} is not a mounted volume")));
+        }
+        let v = self
+            .meta
+            .list_volumes()
+            .await
+            .map_err(|e| status("listing volumes", &e))?
+            .into_iter()
+            .find(|v| v.name == volume)
+            .ok_or_else(|| Status::not_found(format!("no volume {volume}")))?;
+        let s = self
+            .meta
+            .statfs(cairn_proto::ids::VolumeId(v.id))
+            .await
+            .map_err(|e| status(&format!("statfs of {volume}"), &e))?;
+        let i = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+        let healthy = self
+            .records
+            .lock()
+            .await
+            .get(volume)
+            .is_some_and(|r| mount_process_alive(r.pid, &r.staging_path));
+        Ok(Response::new(pb::NodeGetVolumeStatsResponse {
+            usage: vec![
+                pb::VolumeUsage {
+                    available: i(s.free_bytes),
+                    total: i(s.total_bytes),
+                    used: i(s.used_bytes),
+                    unit: Unit::Bytes as i32,
+                },
+                pb::VolumeUsage {
+                    available: i(s.files_free),
+                    total: i(s.files.saturating_add(s.files_free)),
+                    used: i(s.files),
+                    unit: Unit::Inodes as i32,
+                },
+            ],
+            volume_condition: Some(pb::VolumeCondition {
+                abnormal: !healthy,
+                message: if healthy {
+                    "mounted".into()
+                } else {
+                    "the mount process is not running; the plugin is starting it again".into()
+                },
+            }),
+        }))
+    }
+
+    async fn node_expand_volume(
+        &self,
+        _: Request<pb::NodeExpandVolumeRequest>,
+    ) -> Result<Response<pb::NodeExpandVolumeResponse>, Status> {
+        Err(Status::unimplemented(
+            "NodeExpandVolume: volume expansion is not offered by the Cairn CSI driver yet",
+        ))
+    }
+
+    async fn node_get_capabilities(
+        &self,
+        _: Request<pb::NodeGetCapabilitiesRequest>,
+    ) -> Result<Response<pb::NodeGetCapabilitiesResponse>, Status> {
+        Ok(Response::new(pb::NodeGetCapabilitiesResponse {
+            capabilities: vec![
+                capability(rpc::Type::StageUnstageVolume),
+                capability(rpc::Type::GetVolumeStats),
+                capability(rpc::Type::VolumeCondition),
+            ],
+        }))
+    }
+
+    async fn node_get_info(
+        &self,
+        _: Request<pb::NodeGetInfoRequest>,
+    ) -> Result<Response<pb::NodeGetInfoResponse>, Status> {
+        Ok(Response::new(pb::NodeGetInfoResponse {
+            node_id: self.cfg.node_id.clone(),
+            max_volumes_per_node: 0,
+            accessible_topology: None,
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mountinfo_escapes_are_undone() {
+        assert_eq!(unescape("/a\\040b"), "/a b");
+        assert_eq!(unescape("/plain"), "/plain");
+        assert_eq!(unescape("/x\\134y"), "/x\\y");
+        assert_eq!(unescape("/end\\04"), "/end\\04");
+    }
+
+    #[test]
+    fn the_root_is_a_mount_point() {
+        assert!(is_mounted("/"));
+        assert!(!is_mounted("/surely/not/a/mount/point"));
+    }
+}

@@ -1,0 +1,538 @@
+//! The CSI driver against a real cluster (meta and chunkserver processes)
+//! over its unix socket, with real FUSE mounts: the required behaviours of
+//! each RPC (idempotency, NOT_FOUND, ALREADY_EXISTS, INVALID_ARGUMENT,
+//! capability checks), two "pods" sharing a ReadWriteMany volume with
+//! close-to-open between them, a plugin killed with SIGKILL whose mounts
+//! keep serving and are adopted by the next one, and a mount process that
+//! dies and is brought back on the same staging path.
+//!
+//! Needs root and fusermount3/umount (mounts). Modelled on kubernetes-csi's
+//! csi-sanity list; written in Rust over tonic.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, ensure};
+use cairn_csi::pb::controller_client::ControllerClient;
+use cairn_csi::pb::identity_client::IdentityClient;
+use cairn_csi::pb::node_client::NodeClient;
+use cairn_csi::pb::volume_capability::access_mode::Mode;
+use cairn_csi::pb::volume_capability::{AccessMode, AccessType, MountVolume};
+use cairn_csi::pb::{self, VolumeCapability};
+use cairn_jepsen::binary::binary;
+use cairn_jepsen::data_cluster::{DataCluster, DataOpts};
+use cairn_jepsen::fuse::is_mounted;
+use hyper_util::rt::TokioIo;
+use tonic::Code;
+use tonic::transport::{Channel, Endpoint};
+
+struct Plugin {
+    child: Option<Child>,
+    socket: PathBuf,
+    state: PathBuf,
+    log: PathBuf,
+    meta: String,
+}
+
+impl Plugin {
+    fn start(dir: &Path, meta: &str) -> Result<Plugin> {
+        let mut p = Plugin {
+            child: None,
+            socket: dir.join("csi.sock"),
+            state: dir.join("state"),
+            log: dir.join("csi.log"),
+            meta: meta.to_string(),
+        };
+        p.spawn()?;
+        Ok(p)
+    }
+
+    fn spawn(&mut self) -> Result<()> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)?;
+        let child = Command::new(binary("cairn-csi"))
+            .args(["--endpoint", &format!("unix://{}", self.socket.display())])
+            .args(["--meta", &self.meta, "--node-id", "node-a"])
+            .arg("--state-dir")
+            .arg(&self.state)
+            .arg("--cairn")
+            .arg(binary("cairn"))
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("starting cairn-csi")?;
+        self.child = Some(child);
+        Ok(())
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    async fn channel(&self) -> Result<Channel> {
+        let t0 = Instant::now();
+        loop {
+            let path = self.socket.clone();
+            let ch = Endpoint::try_from("http://csi.invalid")?
+                .connect_with_connector(tower::service_fn(move |_| {
+                    let path = path.clone();
+                    async move {
+                        Ok::<_, std::io::Error>(TokioIo::new(
+                            tokio::net::UnixStream::connect(path).await?,
+                        ))
+                    }
+                }))
+                .await;
+            match ch {
+                Ok(ch) => return Ok(ch),
+                Err(e) if t0.elapsed() > Duration::from_secs(20) => {
+                    anyhow::bail!("cairn-csi socket: {e}\n{}", self.log_text())
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Plugin {
+    fn drop(&mut self) {
+        self.kill();
+        // Leave no mount behind, whatever the test did.
+        let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        let root = self
+            .state
+            .parent()
+            .map(|p| p.display().to_string())
+            .unwrap_or_default();
+        let mut points: Vec<String> = text
+            .lines()
+            .filter_map(|l| l.split(' ').nth(4).map(String::from))
+            .filter(|p| !root.is_empty() && p.starts_with(&root))
+            .collect();
+        points.sort_by_key(|p| std::cmp::Reverse(p.len()));
+        for p in points {
+            let _ = Command::new("umount").args(["-l", &p]).status();
+        }
+    }
+}
+
+fn mount_cap(mode: Mode) -> VolumeCapability {
+    VolumeCapability {
+        access_type: Some(AccessType::Mount(MountVolume::default())),
+        access_mode: Some(AccessMode { mode: mode as i32 }),
+    }
+}
+
+fn class() -> HashMap<String, String> {
+    [
+        ("type", "ssd"),
+        ("replication", "3"),
+        ("cache", "true"),
+        ("prefetch", "true"),
+        ("compression", "false"),
+        ("encryption", "false"),
+        ("csi.storage.k8s.io/pvc/name", "data"),
+    ]
+    .iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect()
+}
+
+fn create_req(name: &str, bytes: i64, params: HashMap<String, String>) -> pb::CreateVolumeRequest {
+    pb::CreateVolumeRequest {
+        name: name.into(),
+        capacity_range: Some(pb::CapacityRange {
+            required_bytes: bytes,
+            limit_bytes: 0,
+        }),
+        volume_capabilities: vec![mount_cap(Mode::MultiNodeMultiWriter)],
+        parameters: params,
+        ..Default::default()
+    }
+}
+
+fn code<T: std::fmt::Debug>(r: std::result::Result<tonic::Response<T>, tonic::Status>) -> Code {
+    match r {
+        Ok(v) => panic!("expected an error, got {v:?}"),
+        Err(s) => s.code(),
+    }
+}
+
+async fn wait_for(what: &str, within: Duration, mut ok: impl FnMut() -> bool) -> Result<()> {
+    let t0 = Instant::now();
+    while !ok() {
+        ensure!(t0.elapsed() < within, "{what}: not within {within:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(())
+}
+
+fn record_pid(state: &Path, volume: &str) -> Result<u32> {
+    let r: serde_json::Value = serde_json::from_slice(&std::fs::read(
+        state.join("volumes").join(format!("{volume}.json")),
+    )?)?;
+    r["pid"]
+        .as_u64()
+        .map(|p| p as u32)
+        .context("pid in the record")
+}
+
+async fn body(dir: &Path, cluster: &DataCluster) -> Result<()> {
+    let meta = cluster.meta.addrs().join(",");
+    let mut plugin = Plugin::start(dir, &meta)?;
+    let ch = plugin.channel().await?;
+    let mut id = IdentityClient::new(ch.clone());
+    let mut ctl = ControllerClient::new(ch.clone());
+    let mut node = NodeClient::new(ch.clone());
+
+    // Identity.
+    let info = id
+        .get_plugin_info(pb::GetPluginInfoRequest {})
+        .await?
+        .into_inner();
+    ensure!(
+        info.name == "csi.cairn.io" && !info.vendor_version.is_empty(),
+        "{info:?}"
+    );
+    let probe = id.probe(pb::ProbeRequest {}).await?.into_inner();
+    ensure!(probe.ready == Some(true), "probe: {probe:?}");
+    let caps = ctl
+        .controller_get_capabilities(pb::ControllerGetCapabilitiesRequest {})
+        .await?
+        .into_inner();
+    ensure!(
+        caps.capabilities.len() == 2,
+        "create/delete and capacity: {caps:?}"
+    );
+
+    // CreateVolume: validation, idempotency, conflicts.
+    let name = "pvc-0001";
+    ensure!(
+        code(ctl.create_volume(create_req("", 1 << 30, class())).await) == Code::InvalidArgument
+    );
+    let mut typo = class();
+    typo.insert("replicas".into(), "3".into());
+    let e = ctl
+        .create_volume(create_req(name, 1 << 30, typo))
+        .await
+        .unwrap_err();
+    ensure!(
+        e.code() == Code::InvalidArgument && e.message().contains("replicas"),
+        "{e:?}"
+    );
+    let mut block = create_req(name, 1 << 30, class());
+    block.volume_capabilities = vec![VolumeCapability {
+        access_type: Some(AccessType::Block(pb::volume_capability::BlockVolume {})),
+        access_mode: Some(AccessMode {
+            mode: Mode::SingleNodeWriter as i32,
+        }),
+    }];
+    ensure!(code(ctl.create_volume(block).await) == Code::InvalidArgument);
+    let mut encrypted = class();
+    encrypted.insert("encryption".into(), "true".into());
+    let e = ctl
+        .create_volume(create_req("pvc-enc", 1 << 30, encrypted))
+        .await
+        .unwrap_err();
+    ensure!(
+        e.code() == Code::InvalidArgument && e.message().contains("key"),
+        "{e:?}"
+    );
+
+    let v = ctl
+        .create_volume(create_req(name, 1 << 30, class()))
+        .await?
+        .into_inner();
+    let vol = v.volume.context("a volume")?;
+    ensure!(
+        vol.volume_id == name && vol.capacity_bytes == 1 << 30,
+        "{vol:?}"
+    );
+    ensure!(vol.volume_context.get("cache").map(String::as_str) == Some("true"));
+    let again = ctl
+        .create_volume(create_req(name, 1 << 30, class()))
+        .await?
+        .into_inner();
+    ensure!(
+        again.volume.context("a volume")?.volume_id == name,
+        "idempotent"
+    );
+    ensure!(
+        code(ctl.create_volume(create_req(name, 2 << 30, class())).await) == Code::AlreadyExists
+    );
+    let cap = ctl
+        .get_capacity(pb::GetCapacityRequest {
+            parameters: class(),
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    ensure!(cap.available_capacity > 0, "{cap:?}");
+    let ok = ctl
+        .validate_volume_capabilities(pb::ValidateVolumeCapabilitiesRequest {
+            volume_id: name.into(),
+            volume_capabilities: vec![mount_cap(Mode::MultiNodeMultiWriter)],
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    ensure!(ok.confirmed.is_some(), "{ok:?}");
+    ensure!(
+        code(
+            ctl.validate_volume_capabilities(pb::ValidateVolumeCapabilitiesRequest {
+                volume_id: "pvc-none".into(),
+                volume_capabilities: vec![mount_cap(Mode::MultiNodeMultiWriter)],
+                ..Default::default()
+            })
+            .await
+        ) == Code::NotFound
+    );
+
+    // Node: stage once, publish to two pods, write in one, read in the other.
+    let info = node
+        .node_get_info(pb::NodeGetInfoRequest {})
+        .await?
+        .into_inner();
+    ensure!(info.node_id == "node-a");
+    let staging = dir.join("kubelet/plugins/csi.cairn.io/pvc-0001/globalmount");
+    let staging_s = staging.display().to_string();
+    let stage = pb::NodeStageVolumeRequest {
+        volume_id: name.into(),
+        staging_target_path: staging_s.clone(),
+        volume_capability: Some(mount_cap(Mode::MultiNodeMultiWriter)),
+        volume_context: vol.volume_context.clone(),
+        ..Default::default()
+    };
+    ensure!(
+        code(
+            node.node_stage_volume(pb::NodeStageVolumeRequest {
+                volume_id: "pvc-none".into(),
+                ..stage.clone()
+            })
+            .await
+        ) == Code::NotFound
+    );
+    node.node_stage_volume(stage.clone()).await?;
+    ensure!(is_mounted(&staging), "staged: {staging_s} mounted");
+    node.node_stage_volume(stage.clone()).await?; // idempotent
+    let pod = |n: &str| {
+        dir.join(format!(
+            "kubelet/pods/{n}/volumes/kubernetes.io~csi/pvc-0001/mount"
+        ))
+    };
+    let publish = |target: &Path, readonly: bool| pb::NodePublishVolumeRequest {
+        volume_id: name.into(),
+        staging_target_path: staging_s.clone(),
+        target_path: target.display().to_string(),
+        volume_capability: Some(mount_cap(Mode::MultiNodeMultiWriter)),
+        readonly,
+        ..Default::default()
+    };
+    ensure!(
+        code(
+            node.node_publish_volume(pb::NodePublishVolumeRequest {
+                volume_id: "pvc-none".into(),
+                ..publish(&pod("x"), false)
+            })
+            .await
+        ) == Code::FailedPrecondition
+    );
+    let (a, b, r) = (pod("a"), pod("b"), pod("r"));
+    node.node_publish_volume(publish(&a, false)).await?;
+    node.node_publish_volume(publish(&a, false)).await?; // idempotent
+    node.node_publish_volume(publish(&b, false)).await?;
+    node.node_publish_volume(publish(&r, true)).await?;
+    std::fs::create_dir_all(a.join("ckpt"))?;
+    std::fs::write(a.join("ckpt/step-1.pt"), b"weights of step 1")?;
+    ensure!(
+        std::fs::read(b.join("ckpt/step-1.pt"))? == b"weights of step 1",
+        "pod b reads pod a's file"
+    );
+    ensure!(std::fs::read(r.join("ckpt/step-1.pt"))? == b"weights of step 1");
+    ensure!(
+        std::fs::write(r.join("nope"), b"x").is_err(),
+        "a read-only publish refuses writes"
+    );
+
+    let stats = node
+        .node_get_volume_stats(pb::NodeGetVolumeStatsRequest {
+            volume_id: name.into(),
+            volume_path: a.display().to_string(),
+            staging_target_path: staging_s.clone(),
+        })
+        .await?
+        .into_inner();
+    let bytes = stats
+        .usage
+        .iter()
+        .find(|u| u.unit == pb::volume_usage::Unit::Bytes as i32)
+        .context("byte usage")?;
+    ensure!(
+        bytes.total == 1 << 30,
+        "the quota is the volume's size: {stats:?}"
+    );
+    ensure!(bytes.used > 0, "{stats:?}");
+
+    // The plugin dies (SIGKILL): the pods' mounts keep serving; the next
+    // plugin adopts them and unpublishes/unstages normally.
+    let pid = record_pid(&plugin.state, name)?;
+    plugin.kill();
+    std::fs::write(
+        b.join("ckpt/step-2.pt"),
+        b"written while the plugin was down",
+    )?;
+    ensure!(std::fs::read(a.join("ckpt/step-2.pt"))? == b"written while the plugin was down");
+    plugin.spawn()?;
+    let ch = plugin.channel().await?;
+    let mut node = NodeClient::new(ch.clone());
+    let mut ctl = ControllerClient::new(ch);
+    ensure!(
+        record_pid(&plugin.state, name)? == pid,
+        "adopted, not remounted"
+    );
+
+    // The mount process dies: the plugin mounts the volume again on the
+    // same staging path and remakes the pods' bind mounts.
+    Command::new("kill")
+        .args(["-9", &pid.to_string()])
+        .status()?;
+    let state = plugin.state.clone();
+    wait_for("a new mount process", Duration::from_secs(30), || {
+        record_pid(&state, name).is_ok_and(|p| p != pid)
+    })
+    .await?;
+    wait_for(
+        "pod a's mount serving again",
+        Duration::from_secs(30),
+        || std::fs::read(a.join("ckpt/step-1.pt")).is_ok_and(|d| d == b"weights of step 1"),
+    )
+    .await?;
+
+    for t in [&a, &b, &r] {
+        let req = pb::NodeUnpublishVolumeRequest {
+            volume_id: name.into(),
+            target_path: t.display().to_string(),
+        };
+        node.node_unpublish_volume(req.clone()).await?;
+        node.node_unpublish_volume(req).await?; // idempotent
+        ensure!(!is_mounted(t), "{} unmounted", t.display());
+    }
+    let unstage = pb::NodeUnstageVolumeRequest {
+        volume_id: name.into(),
+        staging_target_path: staging_s.clone(),
+    };
+    node.node_unstage_volume(unstage.clone()).await?;
+    node.node_unstage_volume(unstage).await?;
+    ensure!(!is_mounted(&staging), "unstaged");
+    let new_pid = record_pid(&plugin.state, name).ok();
+    ensure!(new_pid.is_none(), "the record is gone");
+
+    // DeleteVolume removes the data and is idempotent.
+    ctl.delete_volume(pb::DeleteVolumeRequest {
+        volume_id: name.into(),
+        ..Default::default()
+    })
+    .await?;
+    ctl.delete_volume(pb::DeleteVolumeRequest {
+        volume_id: name.into(),
+        ..Default::default()
+    })
+    .await?;
+    let client = cluster.client(Default::default()).await?;
+    ensure!(
+        client
+            .meta()
+            .list_volumes()
+            .await?
+            .iter()
+            .all(|v| v.name != name),
+        "the volume is gone"
+    );
+    // An encrypted class: the key comes from the provisioner secret at
+    // creation and from the node-stage secret at mount, into a 0600 file
+    // that leaves with the unstage.
+    let key = "7f".repeat(32);
+    let secrets: HashMap<String, String> = [("key".to_string(), key)].into();
+    let mut enc = class();
+    enc.insert("encryption".into(), "true".into());
+    let v = ctl
+        .create_volume(pb::CreateVolumeRequest {
+            secrets: secrets.clone(),
+            ..create_req("pvc-enc", 1 << 30, enc.clone())
+        })
+        .await?
+        .into_inner()
+        .volume
+        .context("a volume")?;
+    ensure!(v.volume_context.get("encrypted").map(String::as_str) == Some("true"));
+    let other: HashMap<String, String> = [("key".to_string(), "01".repeat(32))].into();
+    ensure!(
+        code(
+            ctl.create_volume(pb::CreateVolumeRequest {
+                secrets: other,
+                ..create_req("pvc-enc", 1 << 30, enc)
+            })
+            .await
+        ) == Code::AlreadyExists,
+        "the same name with another key is another volume"
+    );
+    let staging = dir.join("kubelet/plugins/csi.cairn.io/pvc-enc/globalmount");
+    let stage = pb::NodeStageVolumeRequest {
+        volume_id: "pvc-enc".into(),
+        staging_target_path: staging.display().to_string(),
+        volume_capability: Some(mount_cap(Mode::SingleNodeWriter)),
+        volume_context: v.volume_context.clone(),
+        ..Default::default()
+    };
+    ensure!(code(node.node_stage_volume(stage.clone()).await) == Code::InvalidArgument);
+    node.node_stage_volume(pb::NodeStageVolumeRequest { secrets, ..stage })
+        .await?;
+    let key_file = plugin.state.join("keys/pvc-enc.key");
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&key_file)?.permissions().mode() & 0o777;
+        ensure!(mode == 0o600, "key file mode {mode:o}");
+    }
+    std::fs::write(staging.join("secret.txt"), b"sealed on the chunkservers")?;
+    let back = client.read_file("/pvc-enc/secret.txt").await;
+    ensure!(
+        back.is_err(),
+        "a client without the key cannot read the file"
+    );
+    ensure!(std::fs::read(staging.join("secret.txt"))? == b"sealed on the chunkservers");
+    node.node_unstage_volume(pb::NodeUnstageVolumeRequest {
+        volume_id: "pvc-enc".into(),
+        staging_target_path: staging.display().to_string(),
+    })
+    .await?;
+    ensure!(!key_file.exists(), "the key file leaves with the unstage");
+
+    println!("--- cairn-csi log:\n{}", plugin.log_text());
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn csi_volumes_are_provisioned_mounted_shared_and_survive_plugin_restarts() {
+    let _serial = cairn_jepsen::serial().await;
+    let cluster = DataCluster::start(DataOpts::default())
+        .await
+        .expect("a cluster");
+    let dir = tempfile::tempdir().unwrap();
+    if let Err(e) = body(dir.path(), &cluster).await {
+        let log = std::fs::read_to_string(dir.path().join("csi.log")).unwrap_or_default();
+        panic!("{e:#}\n--- cairn-csi log:\n{log}");
+    }
+}
