@@ -29,6 +29,7 @@ use tonic::Code;
 use tonic::transport::{Channel, Endpoint};
 
 struct Plugin {
+    node_id: String,
     child: Option<Child>,
     socket: PathBuf,
     state: PathBuf,
@@ -37,8 +38,10 @@ struct Plugin {
 }
 
 impl Plugin {
-    fn start(dir: &Path, meta: &str) -> Result<Plugin> {
+    fn start(dir: &Path, meta: &str, node_id: &str) -> Result<Plugin> {
+        std::fs::create_dir_all(dir)?;
         let mut p = Plugin {
+            node_id: node_id.to_string(),
             child: None,
             socket: dir.join("csi.sock"),
             state: dir.join("state"),
@@ -56,7 +59,7 @@ impl Plugin {
             .open(&self.log)?;
         let child = Command::new(binary("cairn-csi"))
             .args(["--endpoint", &format!("unix://{}", self.socket.display())])
-            .args(["--meta", &self.meta, "--node-id", "node-a"])
+            .args(["--meta", &self.meta, "--node-id", &self.node_id])
             .arg("--state-dir")
             .arg(&self.state)
             .arg("--cairn")
@@ -192,7 +195,7 @@ fn record_pid(state: &Path, volume: &str) -> Result<u32> {
 
 async fn body(dir: &Path, cluster: &DataCluster) -> Result<()> {
     let meta = cluster.meta.addrs().join(",");
-    let mut plugin = Plugin::start(dir, &meta)?;
+    let mut plugin = Plugin::start(dir, &meta, "node-a")?;
     let ch = plugin.channel().await?;
     let mut id = IdentityClient::new(ch.clone());
     let mut ctl = ControllerClient::new(ch.clone());
@@ -366,6 +369,55 @@ async fn body(dir: &Path, cluster: &DataCluster) -> Result<()> {
         std::fs::write(r.join("nope"), b"x").is_err(),
         "a read-only publish refuses writes"
     );
+
+    // A second node (its own plugin, state and mount root) mounts the same
+    // ReadWriteMany volume: close-to-open between the nodes, both ways.
+    {
+        let other = dir.join("node-b");
+        let plugin_b = Plugin::start(&other, &meta, "node-b")?;
+        let mut node_b = NodeClient::new(plugin_b.channel().await?);
+        let staging_b = other.join("kubelet/plugins/csi.cairn.io/pvc-0001/globalmount");
+        node_b
+            .node_stage_volume(pb::NodeStageVolumeRequest {
+                staging_target_path: staging_b.display().to_string(),
+                ..stage.clone()
+            })
+            .await?;
+        let pod_b = other.join("kubelet/pods/c/volumes/kubernetes.io~csi/pvc-0001/mount");
+        node_b
+            .node_publish_volume(pb::NodePublishVolumeRequest {
+                staging_target_path: staging_b.display().to_string(),
+                ..publish(&pod_b, false)
+            })
+            .await?;
+        ensure!(
+            std::fs::read(pod_b.join("ckpt/step-1.pt"))? == b"weights of step 1",
+            "node b reads what node a wrote"
+        );
+        std::fs::write(pod_b.join("ckpt/from-b"), b"node b's shard")?;
+        ensure!(
+            std::fs::read(a.join("ckpt/from-b"))? == b"node b's shard",
+            "node a reads what node b wrote"
+        );
+        std::fs::write(a.join("ckpt/step-1.pt"), b"weights of step 1, again")?;
+        ensure!(
+            std::fs::read(pod_b.join("ckpt/step-1.pt"))? == b"weights of step 1, again",
+            "a rewrite on node a is seen on node b's next open"
+        );
+        node_b
+            .node_unpublish_volume(pb::NodeUnpublishVolumeRequest {
+                volume_id: name.into(),
+                target_path: pod_b.display().to_string(),
+            })
+            .await?;
+        node_b
+            .node_unstage_volume(pb::NodeUnstageVolumeRequest {
+                volume_id: name.into(),
+                staging_target_path: staging_b.display().to_string(),
+            })
+            .await?;
+        std::fs::write(a.join("ckpt/step-1.pt"), b"weights of step 1")?;
+    }
 
     let stats = node
         .node_get_volume_stats(pb::NodeGetVolumeStatsRequest {
