@@ -55,9 +55,9 @@ use cairn_proto::meta::{
     MknodRequest, OpenRequest, OpenSessionRequest, PromoteRequest, ReadDirReply, ReadDirRequest,
     ReadLinkRequest, RemoveMemberRequest, RemoveXattrRequest, RenameReply, RenameRequest,
     ReportLengthRequest, RequestId, ResolveRequest, RmdirRequest, RotateVolumeKeyRequest,
-    SessionRequest, SetAttrRequest, SetLockRequest, SetMaintenanceRequest, SetXattrRequest,
-    StatFsReply, StatFsRequest, StatusReply, SymlinkRequest, Timespec, UnlinkReply, UnlinkRequest,
-    Volume, VolumePolicy, WatchChangesRequest,
+    SessionRequest, SetAttrRequest, SetLockRequest, SetMaintenanceRequest, SetVolumeQuotaRequest,
+    SetXattrRequest, StatFsReply, StatFsRequest, StatusReply, SymlinkRequest, Timespec,
+    UnlinkReply, UnlinkRequest, Volume, VolumePolicy, WatchChangesRequest,
 };
 use cairn_proto::{CairnStatus, ErrorCode, names};
 use tokio::sync::watch;
@@ -1414,6 +1414,28 @@ impl MetaClient {
             rid: Some(rid),
             name: name.to_string(),
             check: check.to_vec(),
+        })
+        .await?;
+        r.volume.ok_or_else(|| missing("the volume"))
+    }
+
+    /// Sets volume `name`'s quotas: `None` keeps one, 0 means unlimited.
+    /// Returns the volume as it is now.
+    ///
+    /// # Errors
+    /// [`ErrorCode::NotFound`] (no such volume), or a retry failure.
+    pub async fn set_volume_quota(
+        &self,
+        name: &str,
+        quota_bytes: Option<u64>,
+        quota_inodes: Option<u64>,
+    ) -> Result<Volume> {
+        check_name(name)?;
+        let r = mutation!(self, set_volume_quota, |rid| SetVolumeQuotaRequest {
+            rid: Some(rid),
+            name: name.to_string(),
+            quota_bytes,
+            quota_inodes,
         })
         .await?;
         r.volume.ok_or_else(|| missing("the volume"))

@@ -1263,6 +1263,25 @@ impl Meta for MetaService {
         Ok(Response::new(reply))
     }
 
+    #[instrument(skip_all, fields(volume = %req.get_ref().name))]
+    async fn set_volume_quota(
+        &self,
+        req: Request<pb::SetVolumeQuotaRequest>,
+    ) -> GrpcResult<pb::VolumeReply> {
+        let r = req.into_inner();
+        let op = Op::SetVolumeQuota {
+            name: r.name,
+            bytes: r.quota_bytes,
+            inodes: r.quota_inodes,
+        };
+        let reply = volume_reply(self.write(r.rid.as_ref(), op).await?, &self.shared.fs)?;
+        if let Some(v) = &reply.volume {
+            let p = v.policy.clone().unwrap_or_default();
+            tracing::info!(volume = %v.name, quota_bytes = p.quota_bytes, quota_inodes = p.quota_inodes, "volume quota set");
+        }
+        Ok(Response::new(reply))
+    }
+
     async fn list_volumes(&self, _req: Request<pb::Empty>) -> GrpcResult<pb::ListVolumesReply> {
         let fs = self.read().await?;
         let volumes = fs.volumes().map_err(fs_err)?;

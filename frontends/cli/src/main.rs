@@ -322,6 +322,20 @@ enum VolumeCommand {
         #[arg(long, value_name = "PATH")]
         key_file: std::path::PathBuf,
     },
+    /// Change a volume's quotas (what a CSI volume expansion does). A
+    /// quota below what the volume uses refuses new data and files until
+    /// use falls under it; nothing is deleted.
+    #[command(arg_required_else_help = true)]
+    SetQuota {
+        /// Volume name.
+        name: String,
+        /// Byte quota (e.g. "100GiB"; 0 = unlimited).
+        #[arg(long, value_parser = cairn_proto::units::parse_size, value_name = "SIZE")]
+        bytes: Option<u64>,
+        /// Inode quota (0 = unlimited).
+        #[arg(long, value_name = "N")]
+        inodes: Option<u64>,
+    },
 }
 
 fn init_tracing(default: &str) {
@@ -476,6 +490,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Volume(VolumeCommand::RotateKey { name, key_file }) => {
             volume::rotate_key(&c, name, key_file, json).await
         }
+        Command::Volume(VolumeCommand::SetQuota {
+            name,
+            bytes,
+            inodes,
+        }) => volume::set_quota(&c, name, *bytes, *inodes, json).await,
         #[cfg(feature = "dev")]
         Command::Dev(_) | Command::Mount(_) => Ok(()),
         // Handled above.

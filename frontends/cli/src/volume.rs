@@ -367,6 +367,36 @@ pub async fn rotate_key(
     Ok(())
 }
 
+/// `cairn volume set-quota NAME [--bytes SIZE] [--inodes N]`.
+pub async fn set_quota(
+    c: &MetaClient,
+    name: &str,
+    bytes: Option<u64>,
+    inodes: Option<u64>,
+    json: bool,
+) -> anyhow::Result<()> {
+    if bytes.is_none() && inodes.is_none() {
+        anyhow::bail!("volume set-quota {name}: give --bytes SIZE, --inodes N or both");
+    }
+    let v = c
+        .set_volume_quota(name, bytes, inodes)
+        .await
+        .op("volume set-quota", name)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&volume_json(&v))?);
+        return Ok(());
+    }
+    let p = v.policy.clone().unwrap_or_default();
+    println!(
+        "volume {name}: quota {} ({} used), inodes {} ({} used)",
+        limit(p.quota_bytes, true),
+        human_bytes(v.used_bytes),
+        limit(p.quota_inodes, false),
+        v.used_inodes
+    );
+    Ok(())
+}
+
 /// `cairn volume ls`.
 pub async fn ls(c: &MetaClient, json: bool) -> anyhow::Result<()> {
     let mut vols = c.list_volumes().await.op_only("volume ls")?;

@@ -222,3 +222,41 @@ fn k8s_plan_sizes_the_shipped_examples_against_the_running_cluster() {
     );
     assert!(dev.stop());
 }
+
+/// `cairn volume set-quota`: raises and lowers a volume's quotas, which
+/// `volume ls` then shows and meta enforces.
+#[test]
+fn volume_quotas_can_be_changed_and_are_enforced() {
+    let mut dev = Dev::start();
+    dev.ok(["volume", "create", "q", "--quota-inodes", "2"]);
+    dev.ok(["mkdir", "/q/a"]);
+    let full = dev.cairn(["mkdir", "/q/b"]);
+    assert!(!full.status.success(), "the inode quota is enforced");
+    let out = dev.ok([
+        "--json",
+        "volume",
+        "set-quota",
+        "q",
+        "--inodes",
+        "10",
+        "--bytes",
+        "5GiB",
+    ]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["policy"]["quota_inodes"], 10, "{v}");
+    assert_eq!(v["policy"]["quota_bytes"], 5u64 << 30, "{v}");
+    dev.ok(["mkdir", "/q/b"]);
+    let none = dev.cairn(["volume", "set-quota", "q"]);
+    assert!(
+        !none.status.success(),
+        "a set-quota without a quota is refused"
+    );
+    let missing = dev.cairn(["volume", "set-quota", "nope", "--bytes", "1GiB"]);
+    assert!(!missing.status.success());
+    assert!(
+        String::from_utf8_lossy(&missing.stderr).contains("No such file or directory"),
+        "{}",
+        String::from_utf8_lossy(&missing.stderr)
+    );
+    assert!(dev.stop());
+}

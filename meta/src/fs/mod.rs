@@ -391,6 +391,11 @@ impl<K: Kv> FsState<K> {
                 check,
             } => keys::create_volume(t, name, policy, *check, now),
             Op::RotateVolumeKey { name, check } => keys::rotate(t, name, *check),
+            Op::SetVolumeQuota {
+                name,
+                bytes,
+                inodes,
+            } => namespace::set_volume_quota(t, name, *bytes, *inodes),
             Op::CreateVolumeWith {
                 name,
                 policy,
@@ -1817,6 +1822,60 @@ mod tests {
         snap_seq: u64,
         used_bytes: u64,
         used_inodes: u64,
+    }
+
+    #[test]
+    fn a_volume_quota_can_be_raised_lowered_and_lifted() {
+        let mut sm = Sm::new();
+        let Ok(Reply::Volume(v)) = sm.op(Op::CreateVolume {
+            name: "q".into(),
+            policy: VolumePolicy {
+                quota_inodes: 2,
+                quota_bytes: 1 << 30,
+                ..VolumePolicy::default()
+            },
+        }) else {
+            panic!("no volume")
+        };
+        // The root counts: one more file fits, the next does not.
+        entry_attr(create_in(&mut sm, v.root_ino, "a", &[]));
+        let e = create_in(&mut sm, v.root_ino, "b", &[]).unwrap_err();
+        assert_eq!(e.code, ErrorCode::QuotaExceeded, "{e:?}");
+        let quota = |bytes, inodes| Op::SetVolumeQuota {
+            name: "q".into(),
+            bytes,
+            inodes,
+        };
+        let Ok(Reply::VolumeWith { volume, .. }) = sm.op(quota(Some(2 << 30), Some(3))) else {
+            panic!("no volume reply")
+        };
+        assert_eq!(
+            (volume.policy.quota_bytes, volume.policy.quota_inodes),
+            (2 << 30, 3),
+            "both raised"
+        );
+        entry_attr(create_in(&mut sm, v.root_ino, "b", &[]));
+        // Inodes only: bytes keep their quota; 0 lifts the limit.
+        let Ok(Reply::VolumeWith { volume, .. }) = sm.op(quota(None, Some(0))) else {
+            panic!("no volume reply")
+        };
+        assert_eq!(
+            (volume.policy.quota_bytes, volume.policy.quota_inodes),
+            (2 << 30, 0)
+        );
+        for n in 0..5 {
+            entry_attr(create_in(&mut sm, v.root_ino, &format!("f{n}"), &[]));
+        }
+        let listed = sm.fs.volumes().unwrap();
+        assert_eq!(listed[0].policy.quota_bytes, 2 << 30, "recorded");
+        let e = sm
+            .op(Op::SetVolumeQuota {
+                name: "none".into(),
+                bytes: Some(1),
+                inodes: None,
+            })
+            .unwrap_err();
+        assert_eq!(e.code, ErrorCode::NotFound);
     }
 
     #[test]

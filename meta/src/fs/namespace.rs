@@ -92,6 +92,29 @@ pub(crate) fn volume_named<K: Kv + ?Sized>(t: &Txn<'_, K>, name: &str) -> FsResu
     fail!(NotFound, "no volume {name}")
 }
 
+/// Sets volume `name`'s quotas (`None`: unchanged; 0: unlimited). The
+/// reply carries the volume's keys and compression like any volume reply.
+pub(crate) fn set_volume_quota<K: Kv + ?Sized>(
+    t: &mut Txn<'_, K>,
+    name: &str,
+    bytes: Option<u64>,
+    inodes: Option<u64>,
+) -> FsResult<Reply> {
+    let mut v = volume_named(t, name)?;
+    if let Some(b) = bytes {
+        v.policy.quota_bytes = b;
+    }
+    if let Some(i) = inodes {
+        v.policy.quota_inodes = i;
+    }
+    t.put(key::volume(v.id), &v);
+    Ok(Reply::VolumeWith {
+        keys: super::keys::of(t, v.id)?,
+        compression: super::compression::of(t, v.id)?,
+        volume: v,
+    })
+}
+
 /// Charges one inode (and `bytes`) to volume `id`, refusing past its quota.
 fn charge<K: Kv + ?Sized>(t: &mut Txn<'_, K>, id: u64, inodes: i64, bytes: i64) -> FsResult<()> {
     let Some(mut v) = volume_of(t, id)? else {

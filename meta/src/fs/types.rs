@@ -580,6 +580,18 @@ pub enum Op {
         /// The locking process's id.
         pid: u32,
     },
+    /// Sets a volume's quotas (a CSI volume expansion, `cairn volume
+    /// set-quota`); `None` keeps one as it is, 0 means unlimited. A quota
+    /// below what the volume uses refuses new allocations until usage
+    /// falls under it; nothing is removed. Appended last (bincode index).
+    SetVolumeQuota {
+        /// Volume name.
+        name: String,
+        /// New byte quota.
+        bytes: Option<u64>,
+        /// New inode quota.
+        inodes: Option<u64>,
+    },
 }
 
 impl Op {
@@ -610,6 +622,7 @@ impl Op {
             Op::MarkExtent { .. } => "mark_extent",
             Op::CloseCounted { .. } => "close_counted",
             Op::Mknod { .. } => "mknod",
+            Op::SetVolumeQuota { .. } => "set_volume_quota",
             Op::SetLock { .. } => "set_lock",
             Op::ReportLength { .. } => "report_length",
             Op::RegisterChunkserver { .. } => "register_chunkserver",
