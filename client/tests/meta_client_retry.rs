@@ -199,6 +199,7 @@ fake_meta! {
         create_volume(CreateVolumeRequest) -> VolumeReply;
         list_volumes(Empty) -> ListVolumesReply;
         rotate_volume_key(RotateVolumeKeyRequest) -> VolumeReply;
+        set_volume_quota(SetVolumeQuotaRequest) -> VolumeReply;
         open(OpenRequest) -> AttrReply;
         close(CloseRequest) -> AttrReply;
         report_length(ReportLengthRequest) -> AttrReply;
