@@ -8,9 +8,10 @@
 //! DeleteVolume removes the volume's tree and then the volume; its data
 //! leaves the chunkservers through meta's garbage collector.
 //!
-//! Offered and advertised: CREATE_DELETE_VOLUME and GET_CAPACITY. Not
+//! Offered and advertised: CREATE_DELETE_VOLUME, GET_CAPACITY and
+//! EXPAND_VOLUME (online: the quota grows, the mounts need nothing). Not
 //! advertised (the sidecars then never call them; a direct call answers
-//! UNIMPLEMENTED): snapshots, cloning, expansion, publish/unpublish
+//! UNIMPLEMENTED): snapshots, cloning, publish/unpublish
 //! (`attachRequired: false`), ListVolumes, ControllerGetVolume,
 //! ControllerModifyVolume.
 
@@ -304,6 +305,7 @@ impl pb::controller_server::Controller for Controller {
             capabilities: vec![
                 capability(rpc::Type::CreateDeleteVolume),
                 capability(rpc::Type::GetCapacity),
+                capability(rpc::Type::ExpandVolume),
             ],
         }))
     }
@@ -329,13 +331,48 @@ impl pb::controller_server::Controller for Controller {
         Err(unimplemented("ListSnapshots (Cairn has no snapshots yet)"))
     }
 
+    /// A larger claim is a larger byte quota, at once and online: the
+    /// mounts need nothing (`node_expansion_required` false). Never
+    /// shrinks: a request below the current quota answers with it.
     async fn controller_expand_volume(
         &self,
-        _: Request<pb::ControllerExpandVolumeRequest>,
+        req: Request<pb::ControllerExpandVolumeRequest>,
     ) -> Result<Response<pb::ControllerExpandVolumeResponse>, Status> {
-        Err(unimplemented(
-            "ControllerExpandVolume (meta cannot change a volume's quota yet)",
-        ))
+        let req = req.into_inner();
+        let name = required("volume_id", &req.volume_id)?;
+        let r = req
+            .capacity_range
+            .ok_or_else(|| Status::invalid_argument("capacity_range is required"))?;
+        if r.required_bytes < 0 || r.limit_bytes < 0 {
+            return Err(Status::invalid_argument("capacity_range: negative bytes"));
+        }
+        if r.limit_bytes > 0 && r.required_bytes > r.limit_bytes {
+            return Err(Status::out_of_range(format!(
+                "capacity_range: required {} bytes exceed the limit of {}",
+                r.required_bytes, r.limit_bytes
+            )));
+        }
+        let want = r.required_bytes.max(r.limit_bytes) as u64;
+        let v = self
+            .find(name)
+            .await?
+            .ok_or_else(|| Status::not_found(format!("no volume {name}")))?;
+        let have = v.policy.unwrap_or_default().quota_bytes;
+        // 0 is unlimited: already as large as any request.
+        let quota = if have == 0 || have >= want {
+            have
+        } else {
+            self.meta
+                .set_volume_quota(name, Some(want), None)
+                .await
+                .map_err(|e| status(&format!("expanding volume {name}"), &e))?;
+            tracing::info!(volume = %name, from = have, to = want, "expanded volume");
+            want
+        };
+        Ok(Response::new(pb::ControllerExpandVolumeResponse {
+            capacity_bytes: i64::try_from(quota).unwrap_or(i64::MAX),
+            node_expansion_required: false,
+        }))
     }
 
     async fn controller_get_volume(

@@ -46,6 +46,14 @@ impl pb::identity_server::Identity for Identity {
                     r#type: service::Type::ControllerService as i32,
                 })),
             });
+            // Expansion is a quota change: online, nothing for the node.
+            capabilities.push(PluginCapability {
+                r#type: Some(pb::plugin_capability::Type::VolumeExpansion(
+                    pb::plugin_capability::VolumeExpansion {
+                        r#type: pb::plugin_capability::volume_expansion::Type::Online as i32,
+                    },
+                )),
+            });
         }
         Ok(Response::new(pb::GetPluginCapabilitiesResponse {
             capabilities,

@@ -15,8 +15,8 @@
 //!   staging path.
 //!
 //! What is not offered yet, and therefore not advertised: snapshots (Cairn
-//! has none yet), volume expansion (meta cannot change a volume's quota
-//! yet), cloning, block volumes, topology.
+//! has none yet), cloning, block volumes, topology. Expansion is a quota
+//! change, online.
 
 pub mod controller;
 pub mod identity;

@@ -662,7 +662,7 @@ impl pb::node_server::Node for Node {
         _: Request<pb::NodeExpandVolumeRequest>,
     ) -> Result<Response<pb::NodeExpandVolumeResponse>, Status> {
         Err(Status::unimplemented(
-            "NodeExpandVolume: volume expansion is not offered by the Cairn CSI driver yet",
+            "NodeExpandVolume: not needed, a Cairn volume grows on the controller (its quota) and every mount sees it at once",
         ))
     }
 

@@ -217,8 +217,8 @@ async fn body(dir: &Path, cluster: &DataCluster) -> Result<()> {
         .await?
         .into_inner();
     ensure!(
-        caps.capabilities.len() == 2,
-        "create/delete and capacity: {caps:?}"
+        caps.capabilities.len() == 3,
+        "create/delete, capacity and expansion: {caps:?}"
     );
 
     // CreateVolume: validation, idempotency, conflicts.
@@ -437,6 +437,51 @@ async fn body(dir: &Path, cluster: &DataCluster) -> Result<()> {
         "the quota is the volume's size: {stats:?}"
     );
     ensure!(bytes.used > 0, "{stats:?}");
+
+    // Expansion: the quota grows online, the mount sees it at once.
+    let grown = ctl
+        .controller_expand_volume(pb::ControllerExpandVolumeRequest {
+            volume_id: name.into(),
+            capacity_range: Some(pb::CapacityRange {
+                required_bytes: 3 << 30,
+                limit_bytes: 0,
+            }),
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    ensure!(
+        grown.capacity_bytes == 3 << 30 && !grown.node_expansion_required,
+        "{grown:?}"
+    );
+    let stats = node
+        .node_get_volume_stats(pb::NodeGetVolumeStatsRequest {
+            volume_id: name.into(),
+            volume_path: a.display().to_string(),
+            staging_target_path: staging_s.clone(),
+        })
+        .await?
+        .into_inner();
+    ensure!(
+        stats
+            .usage
+            .iter()
+            .any(|u| u.unit == pb::volume_usage::Unit::Bytes as i32 && u.total == 3 << 30),
+        "{stats:?}"
+    );
+    ensure!(
+        code(
+            ctl.controller_expand_volume(pb::ControllerExpandVolumeRequest {
+                volume_id: "pvc-none".into(),
+                capacity_range: Some(pb::CapacityRange {
+                    required_bytes: 1 << 30,
+                    limit_bytes: 0,
+                }),
+                ..Default::default()
+            })
+            .await
+        ) == Code::NotFound
+    );
 
     // The plugin dies (SIGKILL): the pods' mounts keep serving; the next
     // plugin adopts them and unpublishes/unstages normally.
