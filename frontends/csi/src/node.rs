@@ -517,7 +517,17 @@ impl pb::node_server::Node for Node {
                 let _ = run("kill", &["-9", &r.pid.to_string()]);
             }
         }
+        // What the node kept for this volume goes with it: the key, the
+        // SSD cache tier and the mount's log (a node stages many volumes
+        // over its life).
         let _ = std::fs::remove_file(self.key_path(&volume));
+        let _ = std::fs::remove_dir_all(self.cfg.state_dir.join("cache").join(&volume));
+        let _ = std::fs::remove_file(
+            self.cfg
+                .state_dir
+                .join("logs")
+                .join(format!("{volume}.log")),
+        );
         match std::fs::remove_file(self.record_path(&volume)) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}

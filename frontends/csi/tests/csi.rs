@@ -616,6 +616,11 @@ async fn body(dir: &Path, cluster: &DataCluster) -> Result<()> {
     })
     .await?;
     ensure!(!key_file.exists(), "the key file leaves with the unstage");
+    ensure!(
+        !plugin.state.join("cache/pvc-enc").exists()
+            && !plugin.state.join("logs/pvc-enc.log").exists(),
+        "the volume's cache directory and mount log leave with it"
+    );
 
     println!("--- cairn-csi log:\n{}", plugin.log_text());
     Ok(())
