@@ -9,16 +9,18 @@ needed or used.
 Checks, one PASS/FAIL line each; the exit status is nonzero on any FAIL:
 
 * helm lint --strict, for the defaults and for the optional parts.
-* helm template with several value sets (the defaults, the
-  ServiceMonitors, the StorageClasses, and a set that changes every name,
-  port and count), each object validated by kubernetes-validate against
-  the strict schemas of Kubernetes 1.25, 1.32 and 1.37 (the chart's
-  kubeVersion floor, the target, the newest bundled). It has no schemas
-  for custom resources; ServiceMonitor and VolumeSnapshotClass are checked
-  field by field here instead, and any other kind without a schema fails.
+* helm template with several value sets (the defaults, which include the
+  CSI driver; the ServiceMonitors; csi.enabled=false; and a set that
+  changes every name, port, count and path), each object validated by
+  kubernetes-validate against the strict schemas of Kubernetes 1.25, 1.32
+  and 1.37 (the chart's kubeVersion floor, the target, the newest
+  bundled). Every built-in kind is checked so (the CSIDriver, RBAC,
+  Deployment and DaemonSet included); it has no schemas for custom
+  resources, so ServiceMonitor is checked field by field here instead,
+  and any other kind without a schema fails.
 * NOTES.txt renders (helm shows it only at install time).
-* Rendering with csi.enabled=true (and with an even meta.replicas) fails
-  with the intended message.
+* Rendering with an even meta.replicas, an unknown anti-affinity mode or a
+  relative CSI path fails with the intended message.
 * deploy/k8s is exactly what deploy/tests/render-k8s produces now, and
   `kubectl kustomize deploy/k8s` builds it.
 * Semantics a typo would break and no schema sees: the meta --join list,
@@ -27,6 +29,22 @@ Checks, one PASS/FAIL line each; the exit status is nonzero on any FAIL:
   references in args against the container's env; probe and Service
   ports against container ports; Service, PDB and anti-affinity selectors
   against pod labels; the StorageClass parameters `cairn k8s plan` assumes.
+* The CSI driver: the CSIDriver's name is the StorageClasses' provisioner
+  and its fields (no attach, fsGroupPolicy None, Persistent only); the
+  controller and node plugins serve on the socket every sidecar's
+  --csi-address names (through the volume they share); the registrar's
+  --kubelet-registration-path is that socket in the plugin directory
+  <kubeletDir>/plugins/csi.cairn.io on the host; the node container is
+  privileged with Bidirectional propagation on the kubelet directory,
+  mounted at its host path, and keeps its state in a hostPath; both
+  plugins' --meta is the meta StatefulSet's peer list; the provisioner's
+  flags, service account and RBAC (the upstream rules, leases, the key
+  Secret by name, the resizer's); the resizer with its own port and
+  allowVolumeExpansion on every class; no snapshotter or attacher and no
+  VolumeSnapshotClass (the chart deploys neither); pinned sidecar images;
+  nothing of it with csi.enabled=false.
+* Every PersistentVolumeClaim under deploy/examples names a StorageClass
+  the default rendering installs.
 * Self-tests: a misspelt field must be rejected by kubernetes-validate,
   and each semantic check must flag a manifest broken on purpose.
 """
@@ -49,6 +67,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "deploy" / "helm" / "cairn"
 K8S = ROOT / "deploy" / "k8s"
+EXAMPLES = ROOT / "deploy" / "examples"
 RENDER = ROOT / "deploy" / "tests" / "render-k8s"
 HELM = os.environ.get("HELM", "helm")
 KUBECTL = os.environ.get("KUBECTL", "kubectl")
@@ -57,9 +76,42 @@ KUBE_VERSIONS = ["1.25.0", "1.32.0", "1.37.0"]
 # Kinds kubernetes-validate has no schema for; checked by hand below.
 CUSTOM_KINDS = {
     ("monitoring.coreos.com/v1", "ServiceMonitor"),
-    ("snapshot.storage.k8s.io/v1", "VolumeSnapshotClass"),
 }
-CSI_FAIL_MESSAGE = "csi.enabled: the cairn-csi driver is not built yet (issue 20); StorageClasses need it"
+CLUSTER_SCOPED = {"StorageClass", "VolumeSnapshotClass", "CSIDriver", "ClusterRole", "ClusterRoleBinding", "Namespace"}
+
+# The CSI driver's name: fixed in cairn-csi (frontends/csi DRIVER_NAME).
+DRIVER = "csi.cairn.io"
+# Everything csi.enabled adds.
+CSI_KINDS = {"CSIDriver", "Deployment", "DaemonSet", "ServiceAccount", "ClusterRole",
+             "ClusterRoleBinding", "Role", "RoleBinding", "StorageClass"}
+# Sidecars and their images: registry.k8s.io, a pinned release of the
+# major version the flags below are written for.
+CONTROLLER_CONTAINERS = {"cairn-csi", "csi-provisioner", "csi-resizer", "liveness-probe"}
+NODE_CONTAINERS = {"cairn-csi", "node-driver-registrar"}
+SIDECAR_IMAGES = {
+    "csi-provisioner": r"registry\.k8s\.io/sig-storage/csi-provisioner:v5\.\d+\.\d+",
+    "csi-resizer": r"registry\.k8s\.io/sig-storage/csi-resizer:v1\.\d+\.\d+",
+    "liveness-probe": r"registry\.k8s\.io/sig-storage/livenessprobe:v2\.\d+\.\d+",
+    "node-driver-registrar": r"registry\.k8s\.io/sig-storage/csi-node-driver-registrar:v2\.\d+\.\d+",
+}
+# Sidecars for capabilities the chart does not deploy: snapshots (none in
+# Cairn), attach (attachRequired false).
+UNSERVED_SIDECARS = ("csi-snapshotter", "csi-attacher", "snapshot-controller")
+# What the external-provisioner needs cluster-wide (its upstream
+# deploy/kubernetes/rbac.yaml, without the snapshot rules).
+PROVISIONER_RULES = {
+    ("", "persistentvolumes"): {"get", "list", "watch", "create", "patch", "delete"},
+    ("", "persistentvolumeclaims"): {"get", "list", "watch", "update"},
+    ("storage.k8s.io", "storageclasses"): {"get", "list", "watch"},
+    ("", "events"): {"list", "watch", "create", "update", "patch"},
+    ("storage.k8s.io", "csinodes"): {"get", "list", "watch"},
+    ("", "nodes"): {"get", "list", "watch"},
+    ("storage.k8s.io", "volumeattachments"): {"get", "list", "watch"},
+    # The external-resizer's own (its upstream rbac.yaml).
+    ("", "persistentvolumeclaims/status"): {"patch"},
+    ("", "pods"): {"get", "list", "watch"},
+}
+LEASE_VERBS = {"get", "watch", "list", "delete", "update", "create"}
 
 # The classes `cairn k8s plan` knows by name (frontends/cli/src/k8s.rs,
 # builtin_class): (replication, cache, prefetch, encryption). Keep the two
@@ -99,7 +151,18 @@ class Render:
             "domain": "cluster.local",
             "zone": "",
             "service_monitors": False,
-            "csi_classes": False,
+            "image": "cairn:0.1.0",
+            # The CSI driver and what its objects are called and use.
+            "csi": True,
+            "csi_controller": "cairn-csi-controller",
+            "csi_node": "cairn-csi-node",
+            "csi_provisioner": "cairn-csi-provisioner",
+            "csi_controller_replicas": 2,
+            "kubelet_dir": "/var/lib/kubelet",
+            "state_dir": "/var/lib/cairn-csi",
+            "node_update": "OnDelete",
+            "key_secret": "cairn-volume-keys",
+            "key_ns": namespace,
         }
         e.update(expect or {})
         self.expect = e
@@ -119,7 +182,7 @@ RENDERS = [
         sets=["monitoring.serviceMonitor.enabled=true", "monitoring.serviceMonitor.labels.release=kps"],
         expect={"service_monitors": True},
     ),
-    Render("csi classes", sets=["csi.renderForValidation=true"], expect={"csi_classes": True}),
+    Render("without the CSI driver", sets=["csi.enabled=false"], expect={"csi": False}),
     # Every name, port and count moved, so a hard-coded one shows.
     Render(
         "other names and sizes",
@@ -142,7 +205,13 @@ RENDERS = [
             "clusterDomain=k8s.example",
             "image.tag=dev",
             "monitoring.serviceMonitor.enabled=true",
-            "csi.renderForValidation=true",
+            "csi.kubeletDir=/var/lib/k0s/kubelet/",
+            "csi.controller.replicas=1",
+            "csi.controller.antiAffinity=required",
+            "csi.node.stateDir=/srv/cairn-csi",
+            "csi.node.updateStrategy.type=RollingUpdate",
+            "csi.encryptionKeySecret.name=prod-keys",
+            "csi.encryptionKeySecret.namespace=vault",
         ],
         expect={
             "meta": "prod-cairn-meta",
@@ -157,7 +226,16 @@ RENDERS = [
             "domain": "k8s.example",
             "zone": "rack-a",
             "service_monitors": True,
-            "csi_classes": True,
+            "image": "cairn:dev",
+            "csi_controller": "prod-cairn-csi-controller",
+            "csi_node": "prod-cairn-csi-node",
+            "csi_provisioner": "prod-cairn-csi-provisioner",
+            "csi_controller_replicas": 1,
+            "kubelet_dir": "/var/lib/k0s/kubelet",
+            "state_dir": "/srv/cairn-csi",
+            "node_update": "RollingUpdate",
+            "key_secret": "prod-keys",
+            "key_ns": "vault",
         },
     ),
 ]
@@ -262,17 +340,6 @@ def custom_kind_errors(docs: list[dict]) -> list[str]:
                     errors.append(
                         f"{where}: port {ep.get('port')!r} is offered by {len(targets)} selected Services "
                         f"({[kn(s) for s in targets]}), want exactly 1")
-        elif d["kind"] == "VolumeSnapshotClass":
-            closed(d, {"apiVersion", "kind", "metadata", "driver", "deletionPolicy", "parameters"}, where, errors)
-            if d.get("deletionPolicy") not in ("Delete", "Retain"):
-                errors.append(f"{where}: deletionPolicy {d.get('deletionPolicy')!r} is not Delete or Retain")
-            if not isinstance(d.get("driver"), str) or not re.fullmatch(r"[a-z0-9]([a-z0-9.-]*[a-z0-9])?", d["driver"]):
-                errors.append(f"{where}: driver {d.get('driver')!r} is not a CSI driver name")
-            if "namespace" in d["metadata"]:
-                errors.append(f"{where}: cluster-scoped, but has a namespace")
-            for k, v in (d.get("parameters") or {}).items():
-                if not isinstance(v, str):
-                    errors.append(f"{where}: parameter {k} is not a string")
     return errors
 
 
@@ -320,9 +387,14 @@ def semantic_errors(r: Render, docs: list[dict]) -> list[str]:
         return d["metadata"].get("namespace")
 
     for d in docs:
-        cluster_scoped = d["kind"] in ("StorageClass", "VolumeSnapshotClass", "Namespace")
-        if not cluster_scoped and ns_of(d) != r.namespace:
-            errors.append(f"{kn(d)}: namespace {ns_of(d)!r}, want the release namespace {r.namespace!r}")
+        if d["kind"] in CLUSTER_SCOPED:
+            if ns_of(d) is not None:
+                errors.append(f"{kn(d)}: cluster-scoped, but has namespace {ns_of(d)!r}")
+            continue
+        # The key Secret's Role and binding live beside the Secret.
+        want_ns = e["key_ns"] if d["metadata"]["name"].endswith("-volume-keys") else r.namespace
+        if ns_of(d) != want_ns:
+            errors.append(f"{kn(d)}: namespace {ns_of(d)!r}, want {want_ns!r}")
 
     want_stss = {e["meta"], e["chunkserver"]}
     if set(stss) != want_stss:
@@ -506,33 +578,337 @@ def semantic_errors(r: Render, docs: list[dict]) -> list[str]:
     sms = by_kind.get("ServiceMonitor", [])
     if bool(sms) != e["service_monitors"] or (sms and {m["metadata"]["name"] for m in sms} != want_stss):
         errors.append(f"ServiceMonitors {[kn(m) for m in sms]}, wanted: {e['service_monitors']}")
-    scs = {d["metadata"]["name"]: d for d in by_kind.get("StorageClass", [])}
-    vscs = by_kind.get("VolumeSnapshotClass", [])
-    if not e["csi_classes"]:
-        if scs or vscs:
-            errors.append("StorageClasses rendered without the CSI driver")
-    else:
-        if set(scs) != set(PLAN_CLASSES):
-            errors.append(f"StorageClasses {sorted(scs)}, want {sorted(PLAN_CLASSES)}")
-        for name, want in PLAN_CLASSES.items():
-            sc = scs.get(name)
-            if not sc:
+    errors += csi_errors(r, docs, peers)
+    return errors
+
+
+def hostpath_of(pod: dict, volume: str) -> dict:
+    v = next((v for v in pod.get("volumes", []) if v["name"] == volume), {})
+    return v.get("hostPath") or {}
+
+
+def socket_volume(container: dict, path: str) -> tuple[str | None, str]:
+    """The volume holding `path` in `container` (longest mount prefix), and the path within it."""
+    best = None
+    for m in container.get("volumeMounts", []):
+        mp = m["mountPath"].rstrip("/")
+        if path.startswith(mp + "/") and (best is None or len(mp) > len(best["mountPath"].rstrip("/"))):
+            best = m
+    if best is None:
+        return None, path
+    return best["name"], path[len(best["mountPath"].rstrip("/")) + 1:]
+
+
+def path_in(container: dict, volume: str, rel: str) -> str | None:
+    """Where `rel` of `volume` appears in `container`, or None if it does not mount it."""
+    for m in container.get("volumeMounts", []):
+        if m["name"] == volume and not m.get("subPath"):
+            return f"{m['mountPath'].rstrip('/')}/{rel}"
+    return None
+
+
+def grants(rules: list[dict]) -> dict:
+    """{(apiGroup, resource): {verbs}} of the rules without resourceNames."""
+    out: dict = {}
+    for rule in rules:
+        if rule.get("resourceNames"):
+            continue
+        for g in rule.get("apiGroups", []):
+            for res in rule.get("resources", []):
+                out.setdefault((g, res), set()).update(rule.get("verbs", []))
+    return out
+
+
+def workload_errors(w: dict, errors: list[str]) -> None:
+    """What every Deployment and DaemonSet must get right: selector, $(VAR)s, probe ports, mounts."""
+    tmpl = w["spec"]["template"]
+    labels = tmpl["metadata"].get("labels", {})
+    sel = w["spec"]["selector"].get("matchLabels", {})
+    if not matches(sel, labels):
+        errors.append(f"{kn(w)}: selector {sel} does not match its pod labels {labels}")
+    pod = tmpl["spec"]
+    volumes = {v["name"] for v in pod.get("volumes", [])}
+    for c in pod.get("initContainers", []) + pod["containers"]:
+        where = f"{kn(w)} container {c['name']}"
+        env = {v["name"] for v in c.get("env", [])}
+        for a in c.get("command", []) + c.get("args", []):
+            for var in re.findall(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)", a):
+                if var not in env:
+                    errors.append(f"{where}: $({var}) in {a!r} is not in its env")
+        for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+            pr = c.get(probe)
+            if not pr:
                 continue
-            p = sc.get("parameters", {})
-            got = (p.get("replication"), p.get("cache"), p.get("prefetch"), p.get("encryption"))
-            if got != want:
-                errors.append(f"StorageClass {name}: (replication, cache, prefetch, encryption) {got}, "
-                              f"but `cairn k8s plan` assumes {want}")
-            if sc.get("provisioner") != "csi.cairn.io" or sc.get("allowVolumeExpansion") is not True:
-                errors.append(f"StorageClass {name}: provisioner csi.cairn.io with volume expansion expected")
-            secrets = [k for k in SECRET_PARAMS if k in p]
-            if want[3] == "true" and (secrets != SECRET_PARAMS or p[SECRET_PARAMS[1]] != r.namespace):
-                errors.append(f"StorageClass {name}: encrypted, but the key Secret parameters are {secrets}")
-            if want[3] != "true" and secrets:
-                errors.append(f"StorageClass {name}: not encrypted, but asks for key Secrets")
-        if [v.get("metadata", {}).get("name") for v in vscs] != ["cairn-snapshots"] or \
-                any(v.get("driver") != "csi.cairn.io" or v.get("deletionPolicy") != "Delete" for v in vscs):
-            errors.append(f"want one VolumeSnapshotClass cairn-snapshots of csi.cairn.io, Delete: {vscs}")
+            handler = pr.get("httpGet") or pr.get("tcpSocket") or pr.get("grpc")
+            if handler is None or port_of(c, handler.get("port")) is None:
+                errors.append(f"{where}: {probe} port {handler and handler.get('port')!r} is not a container port")
+        for m in c.get("volumeMounts", []):
+            if m["name"] not in volumes:
+                errors.append(f"{where}: mounts {m['name']!r}, which no volume provides")
+            if m.get("mountPropagation") == "Bidirectional" and not c.get("securityContext", {}).get("privileged"):
+                errors.append(f"{where}: Bidirectional propagation on {m['mountPath']} needs a privileged container")
+        sc = c.get("securityContext", {})
+        if sc.get("privileged"):
+            if "allowPrivilegeEscalation" in sc and sc["allowPrivilegeEscalation"] is not True:
+                errors.append(f"{where}: privileged with allowPrivilegeEscalation false (the API server refuses it)")
+        elif sc.get("allowPrivilegeEscalation") is not False or sc.get("readOnlyRootFilesystem") is not True \
+                or sc.get("capabilities", {}).get("drop") != ["ALL"] or sc.get("capabilities", {}).get("add"):
+            errors.append(f"{where}: must drop ALL capabilities, add none, forbid privilege escalation, read-only root")
+        image = c.get("image", "")
+        if c["name"] in SIDECAR_IMAGES and not re.fullmatch(SIDECAR_IMAGES[c["name"]], image):
+            errors.append(f"{where}: image {image!r} is not a pinned {SIDECAR_IMAGES[c['name']]}")
+        if any(u in image for u in UNSERVED_SIDECARS):
+            errors.append(f"{where}: image {image!r} serves a capability the chart does not deploy")
+
+
+def sidecar_socket_errors(w: dict, driver: dict, sidecars: list[dict], errors: list[str]) -> tuple[str | None, str]:
+    """cairn-csi's --endpoint against every sidecar's --csi-address, through the volume they share."""
+    endpoint = arg_map(driver.get("args", [])).get("endpoint", "")
+    if not endpoint.startswith("unix:///"):
+        errors.append(f"{kn(w)}: cairn-csi --endpoint {endpoint!r} is not unix:///PATH")
+        return None, ""
+    vol, rel = socket_volume(driver, endpoint[len("unix://"):])
+    if vol is None:
+        errors.append(f"{kn(w)}: cairn-csi's socket {endpoint} is on no volume its sidecars could share")
+        return None, ""
+    for s in sidecars:
+        want = path_in(s, vol, rel)
+        have = arg_map(s.get("args", [])).get("csi-address")
+        if want is None or have != want:
+            errors.append(f"{kn(w)} container {s['name']}: --csi-address {have!r}, but cairn-csi serves "
+                          f"{endpoint} (volume {vol!r}, seen here at {want!r})")
+    return vol, rel
+
+
+def csi_errors(r: Render, docs: list[dict], peers: list[str]) -> list[str]:
+    e = r.expect
+    errors: list[str] = []
+    by_kind: dict[str, list[dict]] = {}
+    for d in docs:
+        by_kind.setdefault(d["kind"], []).append(d)
+    if by_kind.get("VolumeSnapshotClass"):
+        errors.append("a VolumeSnapshotClass is rendered, but Cairn has no snapshots and the chart no snapshotter")
+    if not e["csi"]:
+        extra = [kn(d) for d in docs if d["kind"] in CSI_KINDS]
+        if extra:
+            errors.append(f"csi.enabled=false, but the chart rendered {extra}")
+        return errors
+    meta_image = next((s["spec"]["template"]["spec"]["containers"][0]["image"]
+                       for s in by_kind.get("StatefulSet", []) if s["metadata"]["name"] == e["meta"]), e["image"])
+
+    # The CSIDriver, and the StorageClasses that name it.
+    drivers = by_kind.get("CSIDriver", [])
+    if [d["metadata"]["name"] for d in drivers] != [DRIVER]:
+        errors.append(f"CSIDrivers {[kn(d) for d in drivers]}, want exactly {DRIVER} (cairn-csi's GetPluginInfo name)")
+    driver_name = drivers[0]["metadata"]["name"] if drivers else DRIVER
+    want_spec = {"attachRequired": False, "podInfoOnMount": False, "fsGroupPolicy": "None",
+                 "volumeLifecycleModes": ["Persistent"], "requiresRepublish": False}
+    for d in drivers:
+        got = {k: d["spec"].get(k) for k in want_spec}
+        if got != want_spec:
+            errors.append(f"{kn(d)}: {got}, want {want_spec}")
+    scs = {d["metadata"]["name"]: d for d in by_kind.get("StorageClass", [])}
+    if set(scs) != set(PLAN_CLASSES):
+        errors.append(f"StorageClasses {sorted(scs)}, want {sorted(PLAN_CLASSES)}")
+    encrypted = False
+    for name, want in PLAN_CLASSES.items():
+        sc = scs.get(name)
+        if not sc:
+            continue
+        p = sc.get("parameters", {})
+        got = (p.get("replication"), p.get("cache"), p.get("prefetch"), p.get("encryption"))
+        if got != want:
+            errors.append(f"StorageClass {name}: (replication, cache, prefetch, encryption) {got}, "
+                          f"but `cairn k8s plan` assumes {want}")
+        if sc.get("provisioner") != driver_name:
+            errors.append(f"StorageClass {name}: provisioner {sc.get('provisioner')!r} is not the CSIDriver {driver_name!r}")
+        if sc.get("allowVolumeExpansion") is not True:
+            errors.append(f"StorageClass {name}: allowVolumeExpansion {sc.get('allowVolumeExpansion')!r}, "
+                          "but the driver expands volumes online and the csi-resizer is deployed: want true")
+        secrets = [k for k in SECRET_PARAMS if k in p]
+        if want[3] == "true":
+            encrypted = True
+            if secrets != SECRET_PARAMS or [p[k] for k in SECRET_PARAMS] != [e["key_secret"], e["key_ns"]] * 2:
+                errors.append(f"StorageClass {name}: encrypted, but the key Secret parameters are "
+                              f"{ {k: p.get(k) for k in SECRET_PARAMS} }, want {e['key_ns']}/{e['key_secret']}")
+        elif secrets:
+            errors.append(f"StorageClass {name}: not encrypted, but asks for key Secrets")
+
+    for w in by_kind.get("Deployment", []) + by_kind.get("DaemonSet", []):
+        workload_errors(w, errors)
+        for c in w["spec"]["template"]["spec"]["containers"]:
+            if c["name"] == "cairn-csi" and c.get("image") != meta_image:
+                errors.append(f"{kn(w)}: cairn-csi image {c.get('image')!r} is not the cluster's {meta_image!r}")
+
+    # The controller: cairn-csi --mode controller beside the provisioner.
+    deps = {d["metadata"]["name"]: d for d in by_kind.get("Deployment", [])}
+    if set(deps) != {e["csi_controller"]}:
+        errors.append(f"Deployments {sorted(deps)}, want {e['csi_controller']}")
+    ctl = deps.get(e["csi_controller"])
+    if ctl:
+        pod = ctl["spec"]["template"]["spec"]
+        cs = {c["name"]: c for c in pod["containers"]}
+        if set(cs) != CONTROLLER_CONTAINERS:
+            errors.append(f"{kn(ctl)}: containers {sorted(cs)}, want {sorted(CONTROLLER_CONTAINERS)}")
+        if ctl["spec"].get("replicas") != e["csi_controller_replicas"]:
+            errors.append(f"{kn(ctl)}: replicas {ctl['spec'].get('replicas')}, want {e['csi_controller_replicas']}")
+        psc = pod.get("securityContext", {})
+        if psc.get("runAsNonRoot") is not True or psc.get("runAsUser") != 10001:
+            errors.append(f"{kn(ctl)}: the controller pod must run as non-root uid 10001 (one uid for the socket)")
+        drv = cs.get("cairn-csi")
+        if drv:
+            a = arg_map(drv.get("args", []))
+            if a.get("mode") != "controller":
+                errors.append(f"{kn(ctl)}: cairn-csi --mode {a.get('mode')!r}, want controller")
+            if peers and a.get("meta", "").split(",") != peers:
+                errors.append(f"{kn(ctl)}: cairn-csi --meta {a.get('meta')!r}, want the meta replicas {','.join(peers)!r}")
+            sidecar_socket_errors(ctl, drv, [c for n, c in cs.items() if n != "cairn-csi"], errors)
+            vol, _ = socket_volume(drv, arg_map(drv.get("args", [])).get("endpoint", "")[len("unix://"):])
+            if vol and "emptyDir" not in next((v for v in pod.get("volumes", []) if v["name"] == vol), {}):
+                errors.append(f"{kn(ctl)}: the controller's socket volume {vol!r} is not an emptyDir")
+            lp = drv.get("livenessProbe", {}).get("httpGet", {})
+            probe = cs.get("liveness-probe")
+            if probe and (lp.get("path") != "/healthz" or f":{port_of(drv, lp.get('port'))}"
+                          != arg_map(probe.get("args", [])).get("http-endpoint")):
+                errors.append(f"{kn(ctl)}: cairn-csi's livenessProbe {lp} is not the liveness-probe sidecar's /healthz")
+        rsz = cs.get("csi-resizer")
+        if rsz is None:
+            errors.append(f"{kn(ctl)}: no csi-resizer, so a larger claim would wait forever")
+        else:
+            a = arg_map(rsz.get("args", []))
+            if "leader-election" not in a:
+                errors.append(f"{kn(ctl)}: csi-resizer without --leader-election")
+            hp = rsz.get("livenessProbe", {}).get("httpGet", {})
+            if f":{port_of(rsz, hp.get('port'))}" != a.get("http-endpoint"):
+                errors.append(f"{kn(ctl)}: csi-resizer's livenessProbe is not its --http-endpoint")
+            if prov_ep := arg_map(cs.get("csi-provisioner", {}).get("args", [])).get("http-endpoint"):
+                if prov_ep == a.get("http-endpoint"):
+                    errors.append(f"{kn(ctl)}: csi-resizer and csi-provisioner both on {prov_ep}")
+        prov = cs.get("csi-provisioner")
+        if prov:
+            a = arg_map(prov.get("args", []))
+            env = {v["name"]: v for v in prov.get("env", [])}
+            if "leader-election" not in a or a["leader-election"] not in ("", "true"):
+                errors.append(f"{kn(ctl)}: csi-provisioner without --leader-election")
+            if a.get("leader-election-namespace") != "$(POD_NAMESPACE)" or env.get("POD_NAMESPACE", {}).get(
+                    "valueFrom", {}).get("fieldRef", {}).get("fieldPath") != "metadata.namespace":
+                errors.append(f"{kn(ctl)}: csi-provisioner's lease is not in its own namespace")
+            if "extra-create-metadata" not in a:
+                errors.append(f"{kn(ctl)}: csi-provisioner without --extra-create-metadata")
+            if a.get("feature-gates") != "Topology=false":
+                errors.append(f"{kn(ctl)}: csi-provisioner --feature-gates {a.get('feature-gates')!r}, want Topology=false")
+            hp = prov.get("livenessProbe", {}).get("httpGet", {})
+            if hp.get("path") != "/healthz/leader-election" or \
+                    f":{port_of(prov, hp.get('port'))}" != a.get("http-endpoint"):
+                errors.append(f"{kn(ctl)}: csi-provisioner's livenessProbe {hp} is not its --http-endpoint "
+                              f"{a.get('http-endpoint')!r} /healthz/leader-election")
+
+        # Its service account and what that may do.
+        sa = pod.get("serviceAccountName")
+        if not any(s["metadata"]["name"] == sa for s in by_kind.get("ServiceAccount", [])):
+            errors.append(f"{kn(ctl)}: serviceAccountName {sa!r} names no ServiceAccount of the chart")
+
+        def bound(kind: str, ns=None) -> list[dict]:
+            roles = {x["metadata"]["name"]: x for x in by_kind.get(kind, [])
+                     if ns is None or x["metadata"].get("namespace") == ns}
+            out = []
+            for b in by_kind.get(f"{kind}Binding", []):
+                if ns is not None and b["metadata"].get("namespace") != ns:
+                    continue
+                if any(s.get("kind") == "ServiceAccount" and s.get("name") == sa and s.get("namespace") == r.namespace
+                       for s in b.get("subjects", [])) and b["roleRef"].get("kind") == kind \
+                        and b["roleRef"].get("name") in roles:
+                    out.append(roles[b["roleRef"]["name"]])
+            return out
+
+        have: dict = {}
+        for role in bound("ClusterRole"):
+            for k, v in grants(role.get("rules", [])).items():
+                have.setdefault(k, set()).update(v)
+        for key, verbs in PROVISIONER_RULES.items():
+            if not verbs <= have.get(key, set()):
+                errors.append(f"{kn(ctl)}: its ClusterRoles grant {sorted(have.get(key, set()))} on "
+                              f"{key[0] or 'core'}/{key[1]}, the provisioner needs {sorted(verbs)}")
+        if any(res == "secrets" for (_, res) in have):
+            errors.append(f"{kn(ctl)}: may read every Secret in the cluster; the key Secret's Role names it")
+        leases = set()
+        for role in bound("Role", r.namespace):
+            leases |= grants(role.get("rules", [])).get(("coordination.k8s.io", "leases"), set())
+        if not LEASE_VERBS <= leases:
+            errors.append(f"{kn(ctl)}: leases {sorted(leases)} in {r.namespace}, leader election needs {sorted(LEASE_VERBS)}")
+        if encrypted:
+            ok = any(rule.get("resources") == ["secrets"] and rule.get("verbs") == ["get"]
+                     and rule.get("resourceNames") == [e["key_secret"]] and rule.get("apiGroups") == [""]
+                     for role in bound("Role", e["key_ns"]) for rule in role.get("rules", []))
+            if not ok:
+                errors.append(f"{kn(ctl)}: no Role lets it get the key Secret {e['key_ns']}/{e['key_secret']}")
+
+    # The node plugin: privileged cairn-csi --mode node and the registrar.
+    dss = {d["metadata"]["name"]: d for d in by_kind.get("DaemonSet", [])}
+    if set(dss) != {e["csi_node"]}:
+        errors.append(f"DaemonSets {sorted(dss)}, want {e['csi_node']}")
+    node = dss.get(e["csi_node"])
+    if node:
+        pod = node["spec"]["template"]["spec"]
+        cs = {c["name"]: c for c in pod["containers"]}
+        if set(cs) != NODE_CONTAINERS:
+            errors.append(f"{kn(node)}: containers {sorted(cs)}, want {sorted(NODE_CONTAINERS)}")
+        if node["spec"].get("updateStrategy", {}).get("type") != e["node_update"]:
+            errors.append(f"{kn(node)}: updateStrategy {node['spec'].get('updateStrategy')}, want {e['node_update']}")
+        if pod.get("automountServiceAccountToken") is not False or pod.get("hostNetwork"):
+            errors.append(f"{kn(node)}: the node plugin needs neither an API token nor the host network")
+        kdir = e["kubelet_dir"]
+        plugin_dir = f"{kdir}/plugins/{driver_name}"
+        drv = cs.get("cairn-csi")
+        reg = cs.get("node-driver-registrar")
+        if drv:
+            a = arg_map(drv.get("args", []))
+            env = {v["name"]: v for v in drv.get("env", [])}
+            if a.get("mode") != "node":
+                errors.append(f"{kn(node)}: cairn-csi --mode {a.get('mode')!r}, want node")
+            if peers and a.get("meta", "").split(",") != peers:
+                errors.append(f"{kn(node)}: cairn-csi --meta {a.get('meta')!r}, want the meta replicas {','.join(peers)!r}")
+            if a.get("node-id") != "$(NODE_NAME)" or env.get("NODE_NAME", {}).get("valueFrom", {}).get(
+                    "fieldRef", {}).get("fieldPath") != "spec.nodeName":
+                errors.append(f"{kn(node)}: --node-id {a.get('node-id')!r} is not the node's name (spec.nodeName)")
+            if a.get("cairn") != "/usr/local/bin/cairn":
+                errors.append(f"{kn(node)}: --cairn {a.get('cairn')!r}, want the image's /usr/local/bin/cairn")
+            sc = drv.get("securityContext", {})
+            if sc.get("privileged") is not True or sc.get("runAsUser") != 0:
+                errors.append(f"{kn(node)}: cairn-csi must run privileged as root (FUSE, mount --bind, propagation)")
+            if "livenessProbe" in drv:
+                errors.append(f"{kn(node)}: a livenessProbe on cairn-csi restarts it (ending every mount on the "
+                              "node) whenever meta is unreachable")
+            mounts = {m["mountPath"].rstrip("/"): m for m in drv.get("volumeMounts", [])}
+            km = mounts.get(kdir)
+            if not km or km.get("mountPropagation") != "Bidirectional" or \
+                    hostpath_of(pod, km["name"]).get("path") != kdir:
+                errors.append(f"{kn(node)}: the kubelet directory {kdir} must be mounted at its host path "
+                              f"with Bidirectional propagation: {km}")
+            sm = mounts.get(a.get("state-dir", "").rstrip("/"))
+            if a.get("state-dir") != e["state_dir"] or not sm or \
+                    hostpath_of(pod, sm["name"]) != {"path": e["state_dir"], "type": "DirectoryOrCreate"}:
+                errors.append(f"{kn(node)}: --state-dir {a.get('state-dir')!r} must be the hostPath "
+                              f"{e['state_dir']} (DirectoryOrCreate) at the same path")
+        if drv and reg:
+            vol, rel = sidecar_socket_errors(node, drv, [reg], errors)
+            if vol:
+                hp = hostpath_of(pod, vol).get("path", "").rstrip("/")
+                if hp != plugin_dir:
+                    errors.append(f"{kn(node)}: the socket's volume {vol!r} is hostPath {hp!r}, want the plugin "
+                                  f"directory {plugin_dir}")
+                ra = arg_map(reg.get("args", []))
+                if ra.get("kubelet-registration-path") != f"{hp}/{rel}" or f"{hp}/{rel}" != f"{plugin_dir}/csi.sock":
+                    errors.append(f"{kn(node)}: --kubelet-registration-path {ra.get('kubelet-registration-path')!r}, "
+                                  f"but the socket is {hp}/{rel} on the host (want {plugin_dir}/csi.sock)")
+                reg_dir = ra.get("plugin-registration-path", "/registration")
+                rm = next((m for m in reg.get("volumeMounts", []) if m["mountPath"].rstrip("/") == reg_dir), None)
+                if not rm or hostpath_of(pod, rm["name"]).get("path") != f"{kdir}/plugins_registry":
+                    errors.append(f"{kn(node)}: the registrar's {reg_dir} is not the host's {kdir}/plugins_registry")
+            lp = reg.get("livenessProbe", {}).get("httpGet", {})
+            if lp.get("path") != "/healthz" or f":{port_of(reg, lp.get('port'))}" != \
+                    arg_map(reg.get("args", [])).get("http-endpoint"):
+                errors.append(f"{kn(node)}: the registrar's livenessProbe {lp} is not its --http-endpoint /healthz")
     return errors
 
 
@@ -547,6 +923,32 @@ def _set_arg(doc, flag, value):
 
 def _sts(docs, name):
     return next(d for d in docs if d["kind"] == "StatefulSet" and d["metadata"]["name"] == name)
+
+
+def _obj(docs, kind, name=None):
+    return next(d for d in docs if d["kind"] == kind and (name is None or d["metadata"]["name"] == name))
+
+
+def _ctr(doc, name):
+    return next(c for c in doc["spec"]["template"]["spec"]["containers"] if c["name"] == name)
+
+
+def _set_ctr_arg(doc, container, flag, value):
+    c = _ctr(doc, container)
+    c["args"] = [a if not a.startswith(f"--{flag}=") else f"--{flag}={value}" for a in c["args"]]
+
+
+def _ctl(d):
+    return _obj(d, "Deployment", "cairn-csi-controller")
+
+
+def _node(d):
+    return _obj(d, "DaemonSet", "cairn-csi-node")
+
+
+def _drop_rule(d, resource):
+    role = _obj(d, "ClusterRole")
+    role["rules"] = [x for x in role["rules"] if resource not in x["resources"]]
 
 
 MUTATIONS = {
@@ -567,6 +969,47 @@ MUTATIONS = {
     "undefined $(VAR) in args": lambda d: _set_arg(_sts(d, "cairn-chunkserver"), "zone", "$(ZONES)"),
     "chunkserver shard port off by one": lambda d: _sts(d, "cairn-chunkserver")["spec"]["template"]["spec"]
     ["containers"][0]["ports"][0].__setitem__("containerPort", 7101),
+    # The CSI driver.
+    "registrar registers another driver's socket": lambda d: _set_ctr_arg(
+        _node(d), "node-driver-registrar", "kubelet-registration-path", "/var/lib/kubelet/plugins/cairn/csi.sock"),
+    "provisioner dials another socket": lambda d: _set_ctr_arg(
+        _ctl(d), "csi-provisioner", "csi-address", "/run/csi/socket"),
+    "node plugin serves on another socket": lambda d: _set_ctr_arg(
+        _node(d), "cairn-csi", "endpoint", "unix:///csi/cairn.sock"),
+    "StorageClass names another provisioner": lambda d: _obj(d, "StorageClass", "distributed-file-ai-standard")
+    .__setitem__("provisioner", "cairn.io/csi"),
+    "CSIDriver asks for attach": lambda d: _obj(d, "CSIDriver")["spec"].__setitem__("attachRequired", True),
+    "StorageClass forbids expansion": lambda d: _obj(d, "StorageClass", "distributed-file-ai")
+    .__setitem__("allowVolumeExpansion", False),
+    "a VolumeSnapshotClass is back": lambda d: d.append({
+        "apiVersion": "snapshot.storage.k8s.io/v1", "kind": "VolumeSnapshotClass",
+        "metadata": {"name": "cairn-snapshots"}, "driver": "csi.cairn.io", "deletionPolicy": "Delete"}),
+    "no csi-resizer": lambda d: _ctl(d)["spec"]["template"]["spec"].__setitem__(
+        "containers", [c for c in _ctl(d)["spec"]["template"]["spec"]["containers"] if c["name"] != "csi-resizer"]),
+    "node plugin not privileged": lambda d: _ctr(_node(d), "cairn-csi")["securityContext"].pop("privileged"),
+    "kubelet dir without Bidirectional": lambda d: next(
+        m for m in _ctr(_node(d), "cairn-csi")["volumeMounts"] if m["name"] == "kubelet-dir")
+    .pop("mountPropagation"),
+    "kubelet dir mounted elsewhere": lambda d: next(
+        m for m in _ctr(_node(d), "cairn-csi")["volumeMounts"] if m["name"] == "kubelet-dir")
+    .__setitem__("mountPath", "/kubelet"),
+    "node --meta misses an ordinal": lambda d: _set_ctr_arg(_node(d), "cairn-csi", "meta", ",".join(
+        f"cairn-meta-{i}.cairn-meta.$(POD_NAMESPACE).svc.cluster.local:7001" for i in range(2))),
+    "controller --meta is the client Service": lambda d: _set_ctr_arg(
+        _ctl(d), "cairn-csi", "meta", "cairn-meta-client:7001"),
+    "node id is the pod's name": lambda d: _set_ctr_arg(_node(d), "cairn-csi", "node-id", "$(POD_NAME)"),
+    "state directory not on the host": lambda d: _node(d)["spec"]["template"]["spec"]["volumes"].__setitem__(
+        -1, {"name": "state-dir", "emptyDir": {}}),
+    "liveness probe on the node plugin": lambda d: _ctr(_node(d), "cairn-csi").__setitem__(
+        "livenessProbe", _ctr(_node(d), "node-driver-registrar")["livenessProbe"]),
+    "provisioner without leader election": lambda d: _ctr(_ctl(d), "csi-provisioner").__setitem__(
+        "args", [a for a in _ctr(_ctl(d), "csi-provisioner")["args"] if a != "--leader-election"]),
+    "ClusterRole cannot create PVs": lambda d: _drop_rule(d, "persistentvolumes"),
+    "no lease Role binding": lambda d: d.remove(_obj(d, "RoleBinding", "cairn-csi-provisioner")),
+    "key Secret Role names another Secret": lambda d: _obj(d, "Role", "cairn-csi-provisioner-volume-keys")
+    ["rules"][0].__setitem__("resourceNames", ["other"]),
+    "unpinned sidecar image": lambda d: _ctr(_ctl(d), "liveness-probe").__setitem__(
+        "image", "registry.k8s.io/sig-storage/livenessprobe:latest"),
 }
 
 
@@ -581,7 +1024,7 @@ def main() -> int:
 
     # 1. lint
     errs = []
-    for sets in ([], ["monitoring.serviceMonitor.enabled=true"], ["csi.renderForValidation=true"]):
+    for sets in ([], ["monitoring.serviceMonitor.enabled=true"], ["csi.enabled=false"]):
         p = run([HELM, "lint", "--strict", str(CHART)] + [x for s in sets for x in ("--set", s)])
         if p.returncode != 0:
             errs.append(f"helm lint --strict {' '.join(sets)}:\n{p.stdout}{p.stderr}")
@@ -620,14 +1063,19 @@ def main() -> int:
             text = yaml.safe_load(p.stdout)["data"]["notes"]
             errs = [f"NOTES.txt does not mention {w}" for w in
                     ("statefulset/cairn-meta", "statefulset/cairn-chunkserver",
-                     "cairn-meta-client.cairn-system.svc:7001") if w not in text]
+                     "cairn-meta-client.cairn-system.svc:7001", "deployment/cairn-csi-controller",
+                     "daemonset/cairn-csi-node", "secret generic cairn-volume-keys",
+                     "distributed-file-ai-high-performance") if w not in text]
         report("NOTES.txt renders", errs)
 
     # 3. the guards
     for sets, want in (
-        (["csi.enabled=true"], CSI_FAIL_MESSAGE),
         (["meta.replicas=2"], "meta.replicas must be odd"),
         (["meta.antiAffinity=sometimes"], 'meta.antiAffinity must be "required" or "preferred"'),
+        (["csi.controller.antiAffinity=sometimes"], 'csi.controller.antiAffinity must be "required" or "preferred"'),
+        (["csi.controller.replicas=0"], "csi.controller.replicas must be at least 1"),
+        (["csi.kubeletDir=var/lib/kubelet"], "csi.kubeletDir must be an absolute path"),
+        (["csi.node.stateDir=cairn-csi"], "csi.node.stateDir must be an absolute path"),
     ):
         p = run([HELM, "template", "cairn", str(CHART)] + [x for s in sets for x in ("--set", s)])
         errs = []
@@ -663,8 +1111,25 @@ def main() -> int:
         errs += e2
         ns = next((d for d in docs if d["kind"] == "Namespace"), {})
         if ns.get("metadata", {}).get("labels", {}).get("pod-security.kubernetes.io/enforce") != "privileged":
-            errs.append("the namespace must allow privileged pods (seccomp Unconfined for io_uring)")
+            errs.append("the namespace must allow privileged pods (seccomp Unconfined for io_uring, "
+                        "the privileged CSI node plugin)")
     report("kubectl kustomize deploy/k8s", errs)
+
+    # The training examples' claims bind only to classes the chart installs.
+    defaults = next(r for r in RENDERS if r.label == "defaults").docs
+    classes = {d["metadata"]["name"] for d in defaults if d["kind"] == "StorageClass"}
+    errs, claims = [], 0
+    for f in sorted(EXAMPLES.rglob("*.yaml")):
+        for d in load_docs(f.read_text()):
+            if isinstance(d, dict) and d.get("kind") == "PersistentVolumeClaim":
+                claims += 1
+                sc = d.get("spec", {}).get("storageClassName")
+                if sc not in classes:
+                    errs.append(f"{f.relative_to(ROOT)}: claim {d['metadata']['name']} wants StorageClass "
+                                f"{sc!r}, the chart installs {sorted(classes)}")
+    if not claims:
+        errs.append(f"no PersistentVolumeClaim found under {EXAMPLES.relative_to(ROOT)}")
+    report("deploy/examples' claims use StorageClasses the chart installs", errs, f"{claims} claims")
 
     # 6. the checks can fail
     defaults = next(r for r in RENDERS if r.label == "defaults")

@@ -12,11 +12,15 @@
 //! process still runs; every [`SUPERVISE_EVERY`] it checks them, and a
 //! mount process that died is started again on the same staging path (the
 //! dead FUSE mount detached first) and the pods' bind mounts made again
-//! from it. In Kubernetes the plugin container must run the mount
-//! processes outside its own lifetime for this to hold across container
-//! restarts (the node DaemonSet shares the host's PID namespace and runs
-//! them there); the supervision is what brings a mount back when its
-//! process dies.
+//! from it.
+//!
+//! Known limit in Kubernetes: the mount processes live in the node plugin's
+//! container (its cgroup), so restarting that container — an upgrade —
+//! ends them with it; the next plugin mounts the volumes again, but pods
+//! whose mount namespace holds the old bind mount need a restart. Mounts
+//! that outlive the container need them outside its cgroup (a per-node
+//! mount pod, or a transient systemd scope on the host); not done yet, so
+//! the chart updates the node plugin only on delete (a drained node).
 //!
 //! Mount and bind operations use the system's `mount` and `umount` (as
 //! kubelet's mount utilities do), so the driver needs no unsafe code.

@@ -111,7 +111,10 @@ capabilities:
   drop: ["ALL"]
 {{- end }}
 
-{{/* Anti-affinity over nodes; call with (dict "ctx" $ "component" "meta" "mode" "required"). */}}
+{{/*
+Anti-affinity over nodes; call with (dict "ctx" $ "component" "meta" "mode" "required"),
+and "value" "csi.controller.antiAffinity" where the value is not <component>.antiAffinity.
+*/}}
 {{- define "cairn.antiAffinity" -}}
 podAntiAffinity:
 {{- if eq .mode "required" }}
@@ -129,6 +132,64 @@ podAntiAffinity:
           matchLabels:
             {{- include "cairn.selectorLabels" . | nindent 12 }}
 {{- else }}
-{{- fail (printf "%s.antiAffinity must be \"required\" or \"preferred\", not %q" .component .mode) }}
+{{- fail (printf "%s must be \"required\" or \"preferred\", not %q" (.value | default (printf "%s.antiAffinity" .component)) .mode) }}
+{{- end }}
+{{- end }}
+
+{{/*
+The CSI driver's name. Fixed, not a value: cairn-csi reports it in
+GetPluginInfo (frontends/csi DRIVER_NAME), the node-driver-registrar
+registers the plugin with the kubelet under that name, and the CSIDriver
+object, the StorageClasses' provisioner and the plugin directory must all
+say the same.
+*/}}
+{{- define "cairn.csi.driverName" -}}
+csi.cairn.io
+{{- end }}
+
+{{- define "cairn.csi.controller.fullname" -}}
+{{- printf "%s-csi-controller" (include "cairn.fullname" .) | trunc 52 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "cairn.csi.node.fullname" -}}
+{{- printf "%s-csi-node" (include "cairn.fullname" .) | trunc 52 | trimSuffix "-" }}
+{{- end }}
+
+{{/* The ClusterRole, its binding and the Roles of the external-provisioner. */}}
+{{- define "cairn.csi.provisioner.fullname" -}}
+{{- printf "%s-csi-provisioner" (include "cairn.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* The kubelet's directory on the nodes, checked and without a trailing slash. */}}
+{{- define "cairn.csi.kubeletDir" -}}
+{{- $d := .Values.csi.kubeletDir | trimSuffix "/" }}
+{{- if not (hasPrefix "/" $d) }}
+{{- fail (printf "csi.kubeletDir must be an absolute path, not %q" .Values.csi.kubeletDir) }}
+{{- end }}
+{{- $d }}
+{{- end }}
+
+{{/*
+The node plugin's directory on the host: the kubelet finds the plugin's
+socket there (the registrar tells it the path) and it is the node
+container's /csi.
+*/}}
+{{- define "cairn.csi.pluginDir" -}}
+{{- printf "%s/plugins/%s" (include "cairn.csi.kubeletDir" .) (include "cairn.csi.driverName" .) }}
+{{- end }}
+
+{{/*
+The socket cairn-csi serves on, as the sidecars see it (--csi-address) in
+the volume they share with it at /csi; cairn-csi's --endpoint is
+unix://<this>.
+*/}}
+{{- define "cairn.csi.socket" -}}
+/csi/csi.sock
+{{- end }}
+
+{{/* Whether any StorageClass of the chart is encrypted ("true" or ""). */}}
+{{- define "cairn.csi.anyEncrypted" -}}
+{{- range .Values.csi.storageClasses }}
+{{- if eq (toString .parameters.encryption) "true" }}true{{ end }}
 {{- end }}
 {{- end }}
