@@ -90,6 +90,25 @@ fn capability(t: rpc::Type) -> ControllerServiceCapability {
     }
 }
 
+/// The bytes a capacity range asks for: the larger of required and limit
+/// (0: no quota).
+///
+/// # Errors
+/// Negative bytes (INVALID_ARGUMENT), required above the limit
+/// (OUT_OF_RANGE).
+fn capacity_bytes(r: &pb::CapacityRange) -> Result<u64, Status> {
+    if r.required_bytes < 0 || r.limit_bytes < 0 {
+        return Err(Status::invalid_argument("capacity_range: negative bytes"));
+    }
+    if r.limit_bytes > 0 && r.required_bytes > r.limit_bytes {
+        return Err(Status::out_of_range(format!(
+            "capacity_range: required {} bytes exceed the limit of {}",
+            r.required_bytes, r.limit_bytes
+        )));
+    }
+    Ok(r.required_bytes.max(r.limit_bytes) as u64)
+}
+
 fn unimplemented(what: &str) -> Status {
     Status::unimplemented(format!("{what} is not offered by the Cairn CSI driver yet"))
 }
@@ -113,18 +132,7 @@ impl pb::controller_server::Controller for Controller {
         let class = params::parse(&req.parameters).map_err(Status::invalid_argument)?;
         let quota = match &req.capacity_range {
             None => 0,
-            Some(r) => {
-                if r.required_bytes < 0 || r.limit_bytes < 0 {
-                    return Err(Status::invalid_argument("capacity_range: negative bytes"));
-                }
-                if r.limit_bytes > 0 && r.required_bytes > r.limit_bytes {
-                    return Err(Status::out_of_range(format!(
-                        "capacity_range: required {} bytes exceed the limit of {}",
-                        r.required_bytes, r.limit_bytes
-                    )));
-                }
-                r.required_bytes.max(r.limit_bytes) as u64
-            }
+            Some(r) => capacity_bytes(r)?,
         };
         let mut policy = class.policy(quota);
         let check = if class.encryption {
@@ -343,16 +351,7 @@ impl pb::controller_server::Controller for Controller {
         let r = req
             .capacity_range
             .ok_or_else(|| Status::invalid_argument("capacity_range is required"))?;
-        if r.required_bytes < 0 || r.limit_bytes < 0 {
-            return Err(Status::invalid_argument("capacity_range: negative bytes"));
-        }
-        if r.limit_bytes > 0 && r.required_bytes > r.limit_bytes {
-            return Err(Status::out_of_range(format!(
-                "capacity_range: required {} bytes exceed the limit of {}",
-                r.required_bytes, r.limit_bytes
-            )));
-        }
-        let want = r.required_bytes.max(r.limit_bytes) as u64;
+        let want = capacity_bytes(&r)?;
         let v = self
             .find(name)
             .await?

@@ -105,6 +105,18 @@ pub fn check_capabilities(caps: &[pb::VolumeCapability]) -> Result<(), Status> {
     Ok(())
 }
 
+/// The one capability a node request carries, checked.
+///
+/// # Errors
+/// INVALID_ARGUMENT when it is missing or not served.
+pub fn single_capability(c: Option<&pb::VolumeCapability>) -> Result<pb::VolumeCapability, Status> {
+    let c = c
+        .cloned()
+        .ok_or_else(|| Status::invalid_argument("volume_capability is required"))?;
+    check_capabilities(std::slice::from_ref(&c))?;
+    Ok(c)
+}
+
 /// Whether a capability only reads (the mount is made read-only).
 pub fn reader_only(c: Option<&pb::VolumeCapability>) -> bool {
     use pb::volume_capability::access_mode::Mode;

@@ -45,7 +45,7 @@ use tonic::{Request, Response, Status};
 use crate::params::{CTX_CACHE, CTX_ENCRYPTED, CTX_PREFETCH, SECRET_KEY};
 use crate::pb::node_service_capability::{Rpc, Type, rpc};
 use crate::pb::{self, NodeServiceCapability};
-use crate::{check_capabilities, reader_only, required, status};
+use crate::{reader_only, required, single_capability, status};
 
 /// How often the plugin checks its mount processes.
 pub const SUPERVISE_EVERY: Duration = Duration::from_secs(2);
@@ -417,11 +417,7 @@ impl pb::node_server::Node for Node {
         let req = req.into_inner();
         let volume = required("volume_id", &req.volume_id)?.to_string();
         let staging = required("staging_target_path", &req.staging_target_path)?.to_string();
-        let cap = req
-            .volume_capability
-            .clone()
-            .ok_or_else(|| Status::invalid_argument("volume_capability is required"))?;
-        check_capabilities(std::slice::from_ref(&cap))?;
+        let cap = single_capability(req.volume_capability.as_ref())?;
         let mut recs = self.records.lock().await;
         if let Some(r) = recs.get(&volume) {
             if r.staging_path != staging {
@@ -550,11 +546,7 @@ impl pb::node_server::Node for Node {
         let volume = required("volume_id", &req.volume_id)?.to_string();
         let target = required("target_path", &req.target_path)?.to_string();
         let staging = required("staging_target_path", &req.staging_target_path)?.to_string();
-        let cap = req
-            .volume_capability
-            .clone()
-            .ok_or_else(|| Status::invalid_argument("volume_capability is required"))?;
-        check_capabilities(std::slice::from_ref(&cap))?;
+        let cap = single_capability(req.volume_capability.as_ref())?;
         let read_only = req.readonly || reader_only(Some(&cap));
         let mut recs = self.records.lock().await;
         let Some(r) = recs.get_mut(&volume) else {

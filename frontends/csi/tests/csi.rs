@@ -439,15 +439,16 @@ async fn body(dir: &Path, cluster: &DataCluster) -> Result<()> {
     ensure!(bytes.used > 0, "{stats:?}");
 
     // Expansion: the quota grows online, the mount sees it at once.
+    let expand = |volume_id: &str, bytes: i64| pb::ControllerExpandVolumeRequest {
+        volume_id: volume_id.into(),
+        capacity_range: Some(pb::CapacityRange {
+            required_bytes: bytes,
+            limit_bytes: 0,
+        }),
+        ..Default::default()
+    };
     let grown = ctl
-        .controller_expand_volume(pb::ControllerExpandVolumeRequest {
-            volume_id: name.into(),
-            capacity_range: Some(pb::CapacityRange {
-                required_bytes: 3 << 30,
-                limit_bytes: 0,
-            }),
-            ..Default::default()
-        })
+        .controller_expand_volume(expand(name, 3 << 30))
         .await?
         .into_inner();
     ensure!(
@@ -471,15 +472,8 @@ async fn body(dir: &Path, cluster: &DataCluster) -> Result<()> {
     );
     ensure!(
         code(
-            ctl.controller_expand_volume(pb::ControllerExpandVolumeRequest {
-                volume_id: "pvc-none".into(),
-                capacity_range: Some(pb::CapacityRange {
-                    required_bytes: 1 << 30,
-                    limit_bytes: 0,
-                }),
-                ..Default::default()
-            })
-            .await
+            ctl.controller_expand_volume(expand("pvc-none", 1 << 30))
+                .await
         ) == Code::NotFound
     );
 
