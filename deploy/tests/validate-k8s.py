@@ -367,6 +367,28 @@ def arg_map(args: list[str]) -> dict[str, str]:
     return out
 
 
+def container_errors(where: str, c: dict, volumes: set, errors: list[str]) -> None:
+    """What every container is checked for: each $(VAR) of its command and
+    args is in its env (the kubelet leaves an undefined one as it is,
+    silently), each probe names one of its ports, each volume mount a
+    volume or claim of its pod."""
+    env = {v["name"] for v in c.get("env", [])}
+    for a in c.get("command", []) + c.get("args", []):
+        for var in re.findall(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)", a):
+            if var not in env:
+                errors.append(f"{where}: $({var}) in {a!r} is not in its env")
+    for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+        p = c.get(probe)
+        if not p:
+            continue
+        handler = p.get("httpGet") or p.get("tcpSocket") or p.get("grpc")
+        if handler is None or port_of(c, handler.get("port")) is None:
+            errors.append(f"{where}: {probe} port {handler and handler.get('port')!r} is not a container port")
+    for m in c.get("volumeMounts", []):
+        if m["name"] not in volumes:
+            errors.append(f"{where}: mounts {m['name']!r}, which no volume or claim provides")
+
+
 def port_of(container: dict, ref) -> int | None:
     for p in container.get("ports", []):
         if ref == p.get("name") or ref == p.get("containerPort"):
@@ -436,22 +458,7 @@ def semantic_errors(r: Render, docs: list[dict]) -> list[str]:
         volumes = {v["name"] for v in pod.get("volumes", [])} | claims
         for c in pod.get("initContainers", []) + pod["containers"]:
             where = f"{kn(sts)} container {c['name']}"
-            env = {v["name"] for v in c.get("env", [])}
-            for a in c.get("command", []) + c.get("args", []):
-                for var in re.findall(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)", a):
-                    if var not in env:
-                        # The kubelet leaves an undefined $(VAR) as it is: silent.
-                        errors.append(f"{where}: $({var}) in {a!r} is not in its env")
-            for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
-                p = c.get(probe)
-                if not p:
-                    continue
-                handler = p.get("httpGet") or p.get("tcpSocket") or p.get("grpc")
-                if handler is None or port_of(c, handler.get("port")) is None:
-                    errors.append(f"{where}: {probe} port {handler and handler.get('port')!r} is not a container port")
-            for m in c.get("volumeMounts", []):
-                if m["name"] not in volumes:
-                    errors.append(f"{where}: mounts {m['name']!r}, which no volume or claim provides")
+            container_errors(where, c, volumes, errors)
             sc = c.get("securityContext", {})
             if sc.get("allowPrivilegeEscalation") is not False or sc.get("readOnlyRootFilesystem") is not True \
                     or sc.get("capabilities", {}).get("drop") != ["ALL"]:
@@ -630,21 +637,8 @@ def workload_errors(w: dict, errors: list[str]) -> None:
     volumes = {v["name"] for v in pod.get("volumes", [])}
     for c in pod.get("initContainers", []) + pod["containers"]:
         where = f"{kn(w)} container {c['name']}"
-        env = {v["name"] for v in c.get("env", [])}
-        for a in c.get("command", []) + c.get("args", []):
-            for var in re.findall(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)", a):
-                if var not in env:
-                    errors.append(f"{where}: $({var}) in {a!r} is not in its env")
-        for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
-            pr = c.get(probe)
-            if not pr:
-                continue
-            handler = pr.get("httpGet") or pr.get("tcpSocket") or pr.get("grpc")
-            if handler is None or port_of(c, handler.get("port")) is None:
-                errors.append(f"{where}: {probe} port {handler and handler.get('port')!r} is not a container port")
+        container_errors(where, c, volumes, errors)
         for m in c.get("volumeMounts", []):
-            if m["name"] not in volumes:
-                errors.append(f"{where}: mounts {m['name']!r}, which no volume provides")
             if m.get("mountPropagation") == "Bidirectional" and not c.get("securityContext", {}).get("privileged"):
                 errors.append(f"{where}: Bidirectional propagation on {m['mountPath']} needs a privileged container")
         sc = c.get("securityContext", {})

@@ -419,12 +419,13 @@ async fn body(dir: &Path, cluster: &DataCluster) -> Result<()> {
         std::fs::write(a.join("ckpt/step-1.pt"), b"weights of step 1")?;
     }
 
+    let stats_req = pb::NodeGetVolumeStatsRequest {
+        volume_id: name.into(),
+        volume_path: a.display().to_string(),
+        staging_target_path: staging_s.clone(),
+    };
     let stats = node
-        .node_get_volume_stats(pb::NodeGetVolumeStatsRequest {
-            volume_id: name.into(),
-            volume_path: a.display().to_string(),
-            staging_target_path: staging_s.clone(),
-        })
+        .node_get_volume_stats(stats_req.clone())
         .await?
         .into_inner();
     let bytes = stats
@@ -455,14 +456,7 @@ async fn body(dir: &Path, cluster: &DataCluster) -> Result<()> {
         grown.capacity_bytes == 3 << 30 && !grown.node_expansion_required,
         "{grown:?}"
     );
-    let stats = node
-        .node_get_volume_stats(pb::NodeGetVolumeStatsRequest {
-            volume_id: name.into(),
-            volume_path: a.display().to_string(),
-            staging_target_path: staging_s.clone(),
-        })
-        .await?
-        .into_inner();
+    let stats = node.node_get_volume_stats(stats_req).await?.into_inner();
     ensure!(
         stats
             .usage
