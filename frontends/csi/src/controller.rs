@@ -130,6 +130,12 @@ impl pb::controller_server::Controller for Controller {
             ));
         }
         let class = params::parse(&req.parameters).map_err(Status::invalid_argument)?;
+        if !req.mutable_parameters.is_empty() {
+            return Err(Status::invalid_argument(
+                "mutable_parameters: volume modification is not offered by the Cairn CSI driver \
+                 (no VolumeAttributesClass)",
+            ));
+        }
         let quota = match &req.capacity_range {
             None => 0,
             Some(r) => capacity_bytes(r)?,
@@ -255,7 +261,14 @@ impl pb::controller_server::Controller for Controller {
         if self.find(name).await?.is_none() {
             return Err(Status::not_found(format!("no volume {name}")));
         }
-        let reply = match check_capabilities(&req.volume_capabilities) {
+        // Confirmed only when every capability and parameter is one this
+        // driver serves.
+        let checked = check_capabilities(&req.volume_capabilities).and_then(|()| {
+            params::parse(&req.parameters)
+                .map(drop)
+                .map_err(Status::invalid_argument)
+        });
+        let reply = match checked {
             Ok(()) => pb::ValidateVolumeCapabilitiesResponse {
                 confirmed: Some(pb::validate_volume_capabilities_response::Confirmed {
                     volume_context: req.volume_context,

@@ -29,28 +29,16 @@ pub mod pb {
     tonic::include_proto!("csi.v1");
 }
 
-use cairn_client::{CairnStatus, ErrorCode};
+use cairn_client::CairnStatus;
 use tonic::Status;
 
 /// The driver's name, as the CSIDriver object and StorageClasses name it.
 pub const DRIVER_NAME: &str = "csi.cairn.io";
 
-/// Maps a client error to the gRPC status CSI callers expect.
+/// A client error as a gRPC status: the code the project's errors travel
+/// under everywhere ([`ErrorCode::grpc_code`]), `what` and the message.
 pub fn status(what: &str, e: &CairnStatus) -> Status {
-    let msg = format!("{what}: {e}");
-    match e.code {
-        ErrorCode::NotFound => Status::not_found(msg),
-        ErrorCode::Exists => Status::already_exists(msg),
-        ErrorCode::Invalid | ErrorCode::BadRequest | ErrorCode::NameTooLong => {
-            Status::invalid_argument(msg)
-        }
-        ErrorCode::NoSpace | ErrorCode::QuotaExceeded => Status::resource_exhausted(msg),
-        ErrorCode::Unavailable | ErrorCode::NotLeader | ErrorCode::TimedOut => {
-            Status::unavailable(msg)
-        }
-        ErrorCode::NotPermitted | ErrorCode::AccessDenied => Status::permission_denied(msg),
-        _ => Status::internal(msg),
-    }
+    Status::new(e.code.grpc_code(), format!("{what}: {e}"))
 }
 
 /// A required string field, or INVALID_ARGUMENT naming it.
@@ -84,6 +72,21 @@ pub fn check_capabilities(caps: &[pb::VolumeCapability]) -> Result<(), Status> {
                         "fs_type {:?}: a Cairn volume is mounted as \"cairn\" (leave fs_type empty)",
                         m.fs_type
                     )));
+                }
+                // Not applied yet, so refused rather than ignored: a
+                // StorageClass's or PV's mountOptions, and a pod's fsGroup.
+                if !m.mount_flags.is_empty() {
+                    return Err(Status::invalid_argument(format!(
+                        "mount_flags {:?}: mount options are not supported by the Cairn CSI \
+                         driver yet (remove mountOptions from the StorageClass or PV)",
+                        m.mount_flags
+                    )));
+                }
+                if !m.volume_mount_group.is_empty() {
+                    return Err(Status::invalid_argument(
+                        "volume_mount_group: a Cairn mount does not change group ownership \
+                         (the CSIDriver says fsGroupPolicy None)",
+                    ));
                 }
             }
             Some(AccessType::Block(_)) => {

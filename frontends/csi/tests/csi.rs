@@ -293,6 +293,21 @@ async fn body(dir: &Path, cluster: &DataCluster) -> Result<()> {
         .await?
         .into_inner();
     ensure!(ok.confirmed.is_some(), "{ok:?}");
+    let mut typo = class();
+    typo.insert("prefech".into(), "true".into());
+    let not = ctl
+        .validate_volume_capabilities(pb::ValidateVolumeCapabilitiesRequest {
+            volume_id: name.into(),
+            volume_capabilities: vec![mount_cap(Mode::MultiNodeMultiWriter)],
+            parameters: typo,
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    ensure!(
+        not.confirmed.is_none() && not.message.contains("prefech"),
+        "an unknown parameter is not confirmed: {not:?}"
+    );
     ensure!(
         code(
             ctl.validate_volume_capabilities(pb::ValidateVolumeCapabilitiesRequest {
@@ -327,6 +342,24 @@ async fn body(dir: &Path, cluster: &DataCluster) -> Result<()> {
             })
             .await
         ) == Code::NotFound
+    );
+    let with_options = VolumeCapability {
+        access_type: Some(AccessType::Mount(MountVolume {
+            mount_flags: vec!["noatime".into()],
+            ..Default::default()
+        })),
+        ..mount_cap(Mode::MultiNodeMultiWriter)
+    };
+    let e = node
+        .node_stage_volume(pb::NodeStageVolumeRequest {
+            volume_capability: Some(with_options),
+            ..stage.clone()
+        })
+        .await
+        .unwrap_err();
+    ensure!(
+        e.code() == Code::InvalidArgument && e.message().contains("mount options"),
+        "mount options are refused, not ignored: {e:?}"
     );
     node.node_stage_volume(stage.clone()).await?;
     ensure!(is_mounted(&staging), "staged: {staging_s} mounted");
