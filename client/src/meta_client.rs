@@ -1145,6 +1145,72 @@ impl MetaClient {
         .await
     }
 
+    /// Removes directory `name` of `parent` (inode `ino`, shown as `path` in
+    /// errors) and everything under it, depth first: files as they are
+    /// listed, each directory once it is empty. With `missing_ok`, entries
+    /// someone else removed meanwhile are not errors.
+    ///
+    /// # Errors
+    /// The first failure, with the path it happened at.
+    pub async fn remove_tree(
+        &self,
+        parent: InodeId,
+        name: &str,
+        ino: InodeId,
+        path: &str,
+        missing_ok: bool,
+    ) -> std::result::Result<(), (String, CairnStatus)> {
+        struct Dir {
+            parent: InodeId,
+            name: String,
+            ino: InodeId,
+            path: String,
+            listed: bool,
+        }
+        let missing = |r: Result<()>, at: &str| match r {
+            Err(e) if missing_ok && e.code == ErrorCode::NotFound => Ok(()),
+            r => r.map_err(|e| (at.to_string(), e)),
+        };
+        let mut stack = vec![Dir {
+            parent,
+            name: name.to_string(),
+            ino,
+            path: path.to_string(),
+            listed: false,
+        }];
+        while let Some(mut d) = stack.pop() {
+            if d.listed {
+                missing(self.rmdir(d.parent, &d.name).await.map(drop), &d.path)?;
+                continue;
+            }
+            let entries = match self.readdir_all(d.ino).await {
+                Ok(e) => e,
+                Err(e) => {
+                    missing(Err(e), &d.path)?;
+                    continue;
+                }
+            };
+            d.listed = true;
+            let (dir_ino, dir_path) = (d.ino, d.path.clone());
+            stack.push(d);
+            for e in entries {
+                let child = format!("{dir_path}/{}", e.name);
+                if e.kind() == FileType::Directory {
+                    stack.push(Dir {
+                        parent: dir_ino,
+                        name: e.name,
+                        ino: InodeId(e.ino),
+                        path: child,
+                        listed: false,
+                    });
+                } else {
+                    missing(self.unlink(dir_ino, &e.name).await.map(drop), &child)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Removes the empty directory `name` from `parent`.
     ///
     /// # Errors

@@ -263,75 +263,16 @@ async fn rm_one(c: &MetaClient, path: &str, recursive: bool, force: bool) -> any
             format!("{path} is a directory (use -r to remove it and its contents)"),
         ));
     }
-    remove_tree(
-        c,
-        InodeId(parent.ino),
-        name,
-        InodeId(attr.ino),
-        path.trim_end_matches('/'),
-        force,
-    )
-    .await
-}
-
-/// Removes directory `name` (inode `ino`) in `parent` and everything under
-/// it, depth-first.
-async fn remove_tree(
-    c: &MetaClient,
-    parent: InodeId,
-    name: String,
-    ino: InodeId,
-    path: &str,
-    force: bool,
-) -> anyhow::Result<()> {
-    struct Frame {
-        parent: InodeId,
-        name: String,
-        ino: InodeId,
-        path: String,
-        listed: bool,
-    }
-    let mut stack = vec![Frame {
-        parent,
-        name,
-        ino,
-        path: path.to_string(),
-        listed: false,
-    }];
-    while let Some(mut f) = stack.pop() {
-        if f.listed {
-            let r = c.rmdir(f.parent, &f.name).await.op("rm", &f.path).map(drop);
-            ignore_missing(r, force)?;
-            continue;
-        }
-        let entries = match c.readdir_all(f.ino).await.op("rm", &f.path) {
-            Ok(e) => e,
-            Err(e) => {
-                ignore_missing(Err(e), force)?;
-                continue;
-            }
-        };
-        f.listed = true;
-        let dir_ino = f.ino;
-        let dir_path = f.path.clone();
-        stack.push(f);
-        for e in entries {
-            let child = format!("{dir_path}/{}", e.name);
-            if e.kind() == FileType::Directory {
-                stack.push(Frame {
-                    parent: dir_ino,
-                    name: e.name,
-                    ino: InodeId(e.ino),
-                    path: child,
-                    listed: false,
-                });
-            } else {
-                let r = c.unlink(dir_ino, &e.name).await.op("rm", &child).map(drop);
-                ignore_missing(r, force)?;
-            }
-        }
-    }
-    Ok(())
+    let path = path.trim_end_matches('/');
+    c.remove_tree(InodeId(parent.ino), &name, InodeId(attr.ino), path, force)
+        .await
+        .map_err(|(at, status)| {
+            anyhow::Error::new(report::OpError {
+                op: "rm".into(),
+                path: Some(at),
+                status,
+            })
+        })
 }
 
 /// `cairn stat PATH`: every attribute, including the layout.

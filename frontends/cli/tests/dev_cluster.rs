@@ -260,3 +260,37 @@ fn volume_quotas_can_be_changed_and_are_enforced() {
     );
     assert!(dev.stop());
 }
+
+/// `cairn rm -r` removes a tree depth first (the client's remove_tree, which
+/// the CSI driver's DeleteVolume uses too); without -r a directory is
+/// refused, and -f makes a missing path fine.
+#[test]
+fn rm_r_removes_a_whole_tree_and_refuses_without_r() {
+    let mut dev = Dev::start();
+    dev.ok(["volume", "create", "t"]);
+    dev.ok(["mkdir", "-p", "/t/d/a/b", "/t/d/c"]);
+    let src = dev.dir_path.join("f.txt");
+    std::fs::write(&src, b"x").unwrap();
+    for dst in ["/t/d/f", "/t/d/a/f", "/t/d/a/b/f", "/t/d/c/f"] {
+        dev.ok([
+            std::ffi::OsStr::new("put"),
+            src.as_os_str(),
+            std::ffi::OsStr::new(dst),
+        ]);
+    }
+    let no_r = dev.cairn(["rm", "/t/d"]);
+    assert!(!no_r.status.success());
+    assert!(String::from_utf8_lossy(&no_r.stderr).contains("use -r"));
+    dev.ok(["rm", "-r", "/t/d"]);
+    let gone = dev.cairn(["stat", "/t/d"]);
+    assert!(!gone.status.success(), "the tree is gone");
+    let listing = dev.ok(["ls", "/t"]);
+    assert!(
+        listing.stdout.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&listing.stdout)
+    );
+    assert!(!dev.cairn(["rm", "-r", "/t/missing"]).status.success());
+    dev.ok(["rm", "-rf", "/t/missing"]);
+    assert!(dev.stop());
+}

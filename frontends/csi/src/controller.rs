@@ -18,7 +18,7 @@
 use cairn_client::MetaClient;
 use cairn_client::crypto::VolumeKey;
 use cairn_proto::ids::InodeId;
-use cairn_proto::meta::{FileType, VolumeKeyCheck};
+use cairn_proto::meta::VolumeKeyCheck;
 use tonic::{Request, Response, Status};
 
 use crate::params::{self, SECRET_KEY};
@@ -45,42 +45,6 @@ impl Controller {
             .await
             .map_err(|e| status("listing volumes", &e))?;
         Ok(vols.into_iter().find(|v| v.name == name))
-    }
-
-    /// Removes everything under directory `ino` (depth first).
-    async fn empty_dir(&self, ino: InodeId, path: &str) -> Result<(), Status> {
-        let mut stack = vec![(ino, path.to_string(), false)];
-        while let Some((dir, p, visited)) = stack.pop() {
-            let entries = self
-                .meta
-                .readdir_all(dir)
-                .await
-                .map_err(|e| status(&format!("listing {p}"), &e))?;
-            let subdirs: Vec<_> = entries
-                .iter()
-                .filter(|e| e.kind == FileType::Directory as i32)
-                .collect();
-            if !visited && !subdirs.is_empty() {
-                stack.push((dir, p.clone(), true));
-                for d in subdirs {
-                    stack.push((InodeId(d.ino), format!("{p}/{}", d.name), false));
-                }
-                continue;
-            }
-            for e in &entries {
-                let r = if e.kind == FileType::Directory as i32 {
-                    self.meta.rmdir(dir, &e.name).await
-                } else {
-                    self.meta.unlink(dir, &e.name).await
-                };
-                match r {
-                    Ok(_) => {}
-                    Err(err) if err.code == cairn_client::ErrorCode::NotFound => {}
-                    Err(err) => return Err(status(&format!("removing {p}/{}", e.name), &err)),
-                }
-            }
-        }
-        Ok(())
     }
 }
 
@@ -220,13 +184,18 @@ impl pb::controller_server::Controller for Controller {
         let Some(v) = self.find(name).await? else {
             return Ok(Response::new(pb::DeleteVolumeResponse {}));
         };
-        self.empty_dir(InodeId(v.root_ino), &format!("/{name}"))
-            .await?;
-        match self.meta.rmdir(InodeId::ROOT, name).await {
-            Ok(_) => {}
-            Err(e) if e.code == cairn_client::ErrorCode::NotFound => {}
-            Err(e) => return Err(status(&format!("removing volume {name}"), &e)),
-        }
+        // The volume is its root directory: gone with the tree. Entries
+        // removed meanwhile (a retried DeleteVolume) are not errors.
+        self.meta
+            .remove_tree(
+                InodeId::ROOT,
+                name,
+                InodeId(v.root_ino),
+                &format!("/{name}"),
+                true,
+            )
+            .await
+            .map_err(|(at, e)| status(&format!("removing {at}"), &e))?;
         tracing::info!(volume = %name, "deleted volume");
         Ok(Response::new(pb::DeleteVolumeResponse {}))
     }
