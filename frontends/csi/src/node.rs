@@ -87,6 +87,10 @@ pub struct Node {
     cfg: NodeConfig,
     meta: MetaClient,
     records: Arc<Mutex<HashMap<String, Record>>>,
+    /// One lock per volume, held for a whole stage, unstage, publish,
+    /// unpublish or remount of it; `records` is locked only briefly, so a
+    /// slow mount of one volume never holds up another's calls.
+    volume_locks: Arc<std::sync::Mutex<HashMap<String, Arc<Mutex<()>>>>>,
 }
 
 fn internal(what: &str, e: impl std::fmt::Display) -> Status {
@@ -230,6 +234,7 @@ impl Node {
             cfg,
             meta,
             records: Arc::new(Mutex::new(records)),
+            volume_locks: Arc::default(),
         };
         node.supervise_once().await;
         Ok(node)
@@ -238,11 +243,11 @@ impl Node {
     /// Checks every staged volume once: a dead mount process is started
     /// again and the pods' bind mounts remade.
     pub async fn supervise_once(&self) {
-        let mut recs = self.records.lock().await;
-        let ids: Vec<String> = recs.keys().cloned().collect();
+        let ids: Vec<String> = self.records.lock().await.keys().cloned().collect();
         for id in ids {
-            let Some(r) = recs.get(&id).cloned() else {
-                continue;
+            let _volume = self.lock_volume(&id).await;
+            let Some(r) = self.records.lock().await.get(&id).cloned() else {
+                continue; // unstaged meanwhile
             };
             if mount_process_alive(r.pid, &r.staging_path) && is_fuse_mounted(&r.staging_path) {
                 continue;
@@ -255,11 +260,23 @@ impl Node {
                     if let Err(e) = self.save(&r) {
                         tracing::error!(volume = %id, "saving the record: {e}");
                     }
-                    recs.insert(id, r);
+                    self.records.lock().await.insert(id, r);
                 }
                 Err(e) => tracing::error!(volume = %id, "mounting again: {e}"),
             }
         }
+    }
+
+    /// Takes volume `id`'s lock.
+    async fn lock_volume(&self, id: &str) -> tokio::sync::OwnedMutexGuard<()> {
+        let lock = self
+            .volume_locks
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .entry(id.to_string())
+            .or_default()
+            .clone();
+        lock.lock_owned().await
     }
 
     /// Runs [`Self::supervise_once`] every [`SUPERVISE_EVERY`].
@@ -418,8 +435,8 @@ impl pb::node_server::Node for Node {
         let volume = required("volume_id", &req.volume_id)?.to_string();
         let staging = required("staging_target_path", &req.staging_target_path)?.to_string();
         let cap = single_capability(req.volume_capability.as_ref())?;
-        let mut recs = self.records.lock().await;
-        if let Some(r) = recs.get(&volume) {
+        let _volume = self.lock_volume(&volume).await;
+        if let Some(r) = self.records.lock().await.get(&volume) {
             if r.staging_path != staging {
                 return Err(Status::already_exists(format!(
                     "volume {volume} is staged at {} already",
@@ -490,7 +507,7 @@ impl pb::node_server::Node for Node {
         };
         self.save(&r)
             .map_err(|e| internal("saving the record", e))?;
-        recs.insert(volume.clone(), r);
+        self.records.lock().await.insert(volume.clone(), r);
         tracing::info!(volume = %volume, pid, "staged");
         Ok(Response::new(pb::NodeStageVolumeResponse {}))
     }
@@ -502,8 +519,8 @@ impl pb::node_server::Node for Node {
         let req = req.into_inner();
         let volume = required("volume_id", &req.volume_id)?.to_string();
         let staging = required("staging_target_path", &req.staging_target_path)?.to_string();
-        let mut recs = self.records.lock().await;
-        let rec = recs.get(&volume).cloned();
+        let _volume = self.lock_volume(&volume).await;
+        let rec = self.records.lock().await.get(&volume).cloned();
         unmount(&staging, false).map_err(|e| internal("unmounting the staging path", e))?;
         if let Some(r) = &rec {
             // The mount process exits once its mount is gone.
@@ -533,7 +550,7 @@ impl pb::node_server::Node for Node {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(internal("removing the record", e)),
         }
-        recs.remove(&volume);
+        self.records.lock().await.remove(&volume);
         tracing::info!(volume = %volume, "unstaged");
         Ok(Response::new(pb::NodeUnstageVolumeResponse {}))
     }
@@ -548,6 +565,7 @@ impl pb::node_server::Node for Node {
         let staging = required("staging_target_path", &req.staging_target_path)?.to_string();
         let cap = single_capability(req.volume_capability.as_ref())?;
         let read_only = req.readonly || reader_only(Some(&cap));
+        let _volume = self.lock_volume(&volume).await;
         let mut recs = self.records.lock().await;
         let Some(r) = recs.get_mut(&volume) else {
             return Err(Status::failed_precondition(format!(
@@ -589,14 +607,14 @@ impl pb::node_server::Node for Node {
         let req = req.into_inner();
         let volume = required("volume_id", &req.volume_id)?.to_string();
         let target = required("target_path", &req.target_path)?.to_string();
-        let mut recs = self.records.lock().await;
+        let _volume = self.lock_volume(&volume).await;
         unmount(&target, false).map_err(|e| internal("unmounting", e))?;
         match std::fs::remove_dir(&target) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(internal(&format!("removing {target}"), e)),
         }
-        if let Some(r) = recs.get_mut(&volume) {
+        if let Some(r) = self.records.lock().await.get_mut(&volume) {
             r.targets.retain(|(t, _)| *t != target);
             let r = r.clone();
             self.save(&r)
