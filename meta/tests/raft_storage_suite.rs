@@ -178,7 +178,13 @@ fn reopen_after_drop_keeps_vote_log_state_and_snapshot() -> TestResult {
 fn a_format_1_log_in_sled_moves_into_segments() -> TestResult {
     let dir = TempDir::new()?;
     {
-        let db = sled::Config::new().path(dir.path()).open()?;
+        // No background flusher: its thread holds the database (and its
+        // file lock) for a moment after `db` is dropped, and the reopen
+        // below then failed with "could not acquire lock" under load.
+        let db = sled::Config::new()
+            .path(dir.path())
+            .flush_every_ms(None)
+            .open()?;
         let state = db.open_tree("raft_state")?;
         state.insert("format", &1u32.to_le_bytes())?;
         state.insert("last_purged", bincode::serialize(&log_id(1, 2))?)?;
