@@ -1138,6 +1138,11 @@ impl Shard {
     /// Removes the chunk down the chain: successors first, so a failure
     /// leaves the head still holding it and a retry completes the removal.
     async fn remove(&self, route: &Route, h: &Header) -> Result<Frame> {
+        // Counted like a write: a resync drains removals routed with an
+        // older chain version before it copies, or a removal waiting here
+        // for a chunk the resync holds would go down the old chain after
+        // the copy and leave the new member the only holder.
+        let _inflight = route.is_head.then(|| self.count_inflight(route));
         let _lock = self.lock(h.chunk).await?;
         if !route.is_tail {
             let next = route.successor()?;
@@ -1193,6 +1198,7 @@ impl Shard {
         }
         chunks.sort_unstable();
         chunks.dedup();
+        let _inflight = route.is_head.then(|| self.count_inflight(route));
         let mut guards = Vec::with_capacity(chunks.len());
         for &c in &chunks {
             guards.push(self.lock(c).await?);

@@ -1206,11 +1206,17 @@ impl FileInner {
             let (chunk, chain) = self.layout.chunk_at(cut);
             io.truncate(chunk, chain, cut % cs).await?;
         }
+        // Whole chunks past the end are cut to nothing, not removed: a
+        // cut is a versioned mutation, so the chunk's version keeps
+        // counting and a later write is version n+1, never a second
+        // "version 1" that a replica which held the old one would take
+        // for a retry it already has. The empty chunk costs one metadata
+        // record until the file is deleted (GC removes the object).
         let whole = self.layout.chunks_between(new_len.div_ceil(cs) * cs, old);
         futures::stream::iter(whole)
             .map(|i| {
                 let (chunk, chain) = self.layout.chunk(i);
-                async move { io.remove(chunk, chain).await }
+                async move { io.truncate(chunk, chain, 0).await }
             })
             .buffer_unordered(self.client.inner.opts.window)
             .try_collect::<()>()

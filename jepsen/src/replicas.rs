@@ -25,6 +25,8 @@ pub struct ReplicaCheck {
     pub chunks: usize,
     /// Replicas read (chunks × members).
     pub replicas: usize,
+    /// The lowest committed version any checked chunk is at.
+    pub min_version: u64,
 }
 
 /// Checks that every chunk of each file in `paths` has exactly `want`
@@ -125,6 +127,13 @@ pub async fn verify_replicas(
                     }
                 }
                 check.replicas += 1;
+            }
+            if let Some((v, _, _)) = &seen {
+                check.min_version = if check.chunks == 0 {
+                    *v
+                } else {
+                    check.min_version.min(*v)
+                };
             }
             if let (Some(all), Some((_, _, got))) = (&want_bytes, &seen) {
                 let start = (i * chunk_size) as usize;

@@ -18,6 +18,7 @@ use anyhow::{Context, Result, ensure};
 use bytes::Bytes;
 use cairn_client::{Client, ClientOptions, OpenOptions};
 use cairn_jepsen::data_cluster::{DataCluster, DataOpts, pattern};
+use cairn_jepsen::replicas::verify_replicas;
 use cairn_jepsen::serial;
 use cairn_proto::meta::VolumePolicy;
 
@@ -161,6 +162,27 @@ async fn round_trips_holes_and_concurrent_io() -> Result<()> {
     ensure!(
         back[cs / 2 + 3..3 * cs - 1].iter().all(|b| *b == 0),
         "bytes cut by the truncate read as zeros after extending"
+    );
+
+    // A file cut to nothing and written again: its chunks keep counting
+    // versions (write 1, cut 2, write 3) on every replica, so a replica
+    // that held the first "version 1" can never take the new bytes for a
+    // retry it already has.
+    let path = format!("{vol}/rewritten");
+    client.write_file(&path, data(78, 2 * cs)).await?;
+    client.write_file(&path, data(79, 2 * cs)).await?;
+    let check = verify_replicas(
+        &cluster,
+        &client,
+        std::slice::from_ref(&path),
+        3,
+        &[],
+        |_| Some(data(79, 2 * cs)),
+    )
+    .await?;
+    ensure!(
+        check.chunks == 2 && check.min_version >= 3,
+        "rewritten chunks went on counting versions: {check:?}"
     );
 
     // Appends from concurrent tasks of one client never overlap.

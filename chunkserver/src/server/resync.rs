@@ -21,7 +21,10 @@
 //!    pending here, asks each syncing member for its committed version,
 //!    length and content digest (Stat; the digest is built from the stored
 //!    block CRCs, because a chunk removed and written again restarts at
-//!    version 1, so a member away during both holds another "version 1"),
+//!    version 1, so a member away during both holds another "version 1";
+//!    clients cut truncated-away chunks to length 0 rather than remove
+//!    them, so versions keep counting, but chunks removed by older
+//!    clients and by GC still can),
 //!    and copies the chunk only to members whose copy differs, in pieces of
 //!    at most [`PIECE`] bytes ([`Opcode::Install`]).
 //!    So a member back from a short outage receives only the chunks
