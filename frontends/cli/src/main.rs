@@ -9,6 +9,7 @@
 //!   bar ([`progress`]) and the client flags of [`data`];
 //! * `mount`: the cluster as a local directory over FUSE ([`mount`]);
 //! * `cache stats`: block-cache counters of local clients ([`cache`]);
+//! * `doctor`: the slow-job routine with a verdict per check ([`doctor`]);
 //! * `dev`: a local cluster (3 meta replicas, 3 chunkservers) in this process ([`dev`], cargo
 //!   feature `dev`, on by default).
 //!
@@ -27,6 +28,7 @@ mod cluster;
 mod data;
 #[cfg(feature = "dev")]
 mod dev;
+mod doctor;
 mod format;
 mod k8s;
 mod mount;
@@ -184,6 +186,22 @@ enum Command {
     /// Inspect the client block caches on this machine.
     #[command(subcommand)]
     Cache(cache::CacheCommand),
+
+    /// Diagnose a slow training job: read, checkpoint, cache and cluster
+    /// checks on PATH, each with a verdict against the training
+    /// thresholds.
+    ///
+    /// Measures sequential read (1 MiB, 4 jobs, direct), random read
+    /// (4 KiB, 16 jobs, direct) and a checkpoint save and restore on
+    /// PATH — a directory on this machine (a Cairn mount, or any
+    /// directory as a baseline) or an absolute Cairn path read through
+    /// the client library — then the cache counters (with --cache-dir),
+    /// meta quorum, chunkservers, space, under-replicated chains, clock
+    /// skew and the round trip to every chunkserver, and host facts.
+    /// Test files go into PATH/.cairn-doctor-HOST-PID and are removed at
+    /// the end, on failure and on Ctrl-C. Exits 1 when a check is
+    /// critical or could not run.
+    Doctor(doctor::DoctorArgs),
 
     /// Plan Kubernetes training jobs (TFJob, PyTorchJob, TrainJob, Volcano
     /// Job) against the cluster.
@@ -417,6 +435,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     if let Command::Cache(cmd) = &cli.command {
         return cache::run(cmd, cli.json);
     }
+    if let Command::Doctor(args) = &cli.command {
+        return doctor::run(&cli.meta, cli.timeout, args, cli.json, cli.quiet).await;
+    }
     if let Command::K8s(k8s::K8sCommand::Plan(args)) = &cli.command {
         return k8s::plan(&cli.meta, cli.timeout, args, cli.json).await;
     }
@@ -504,6 +525,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         | Command::Cp(_)
         | Command::Checkpoint(_)
         | Command::Cache(_)
+        | Command::Doctor(_)
         | Command::K8s(_) => Ok(()),
     };
     // Release the session (if a mutation opened one) now rather than at
