@@ -166,6 +166,33 @@ impl Checkpoints {
     ) -> Result<CheckpointInfo> {
         Self::check_name(name)?;
         let started = Instant::now();
+        let r = self
+            .save_stream_inner(name, pieces, metrics, progress, started)
+            .await;
+        self.client
+            .metrics()
+            .checkpoint_saved(self.volume(), started.elapsed(), r.is_ok());
+        r
+    }
+
+    /// The `volume` label of this directory's checkpoints (the first
+    /// component of the path).
+    fn volume(&self) -> &str {
+        self.dir
+            .trim_start_matches('/')
+            .split('/')
+            .next()
+            .unwrap_or("")
+    }
+
+    async fn save_stream_inner<S: Stream<Item = Result<Bytes>>>(
+        &self,
+        name: &str,
+        pieces: S,
+        metrics: BTreeMap<String, f64>,
+        progress: impl Fn(u64),
+        started: Instant,
+    ) -> Result<CheckpointInfo> {
         let meta = self.client.meta();
         self.client.create_dir_all(self.dir()).await?;
         let sid = meta.session_id().await?.0;
@@ -279,6 +306,17 @@ impl Checkpoints {
     /// As [`Self::open`]; [`ErrorCode::Checksum`] when the contents do not
     /// match the record.
     pub async fn load(&self, name: &str) -> Result<(CheckpointInfo, Bytes)> {
+        let started = Instant::now();
+        let r = self.load_inner(name).await;
+        if r.is_ok() {
+            self.client
+                .metrics()
+                .checkpoint_restored(self.volume(), started.elapsed());
+        }
+        r
+    }
+
+    async fn load_inner(&self, name: &str) -> Result<(CheckpointInfo, Bytes)> {
         let (info, f) = self.open(name).await?;
         let want = usize::try_from(info.size).map_err(|_| {
             invalid(format!(

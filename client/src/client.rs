@@ -171,6 +171,8 @@ pub(crate) struct Inner {
     /// How each known volume compresses (`None`: it does not). Fixed at a
     /// volume's creation, so an entry never goes stale.
     codecs: Mutex<HashMap<u64, Option<Codec>>>,
+    /// What `/metrics` shows of this client ([`crate::metrics`]).
+    pub(crate) metrics: Arc<crate::metrics::ClientMetrics>,
 }
 
 #[derive(Debug, Default)]
@@ -243,6 +245,7 @@ impl Client {
             keys: Mutex::new(HashMap::new()),
             volume_names: Mutex::new(HashMap::new()),
             codecs: Mutex::new(HashMap::new()),
+            metrics: Arc::new(crate::metrics::ClientMetrics::new(cache.clone())),
         });
         if inner.opts.cache.dir.is_some() {
             let weak = Arc::downgrade(&cache);
@@ -334,6 +337,24 @@ impl Client {
         let p = v.policy.clone().unwrap_or_default();
         Codec::from_policy(p.compression, u64::from(p.compression_unit))
             .map_err(|e| CairnStatus::new(e.code, format!("volume '{}': {}", v.name, e.message)))
+    }
+
+    /// This client's metrics ([`crate::metrics`]): serve
+    /// [`crate::metrics::ClientMetrics::encode`] at `/metrics`.
+    pub fn metrics(&self) -> &Arc<crate::metrics::ClientMetrics> {
+        &self.inner.metrics
+    }
+
+    /// The `volume` label of volume `id`: its name, or `#ID` while the
+    /// client has not learned it.
+    pub(crate) fn volume_label(&self, id: u64) -> String {
+        self.inner
+            .volume_names
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&id)
+            .cloned()
+            .unwrap_or_else(|| format!("#{id}"))
     }
 
     fn volume_name(&self, id: u64) -> String {

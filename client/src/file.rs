@@ -135,6 +135,9 @@ struct FileInner {
     /// How the volume compresses (set at open when the client knows the
     /// volume, else by [`FileInner::ready`] before the first read or write).
     codec: std::sync::OnceLock<Option<Codec>>,
+    /// The volume's data-path metrics, resolved at the first read or
+    /// write (after [`FileInner::ready`], so the volume's name is known).
+    metrics: std::sync::OnceLock<crate::metrics::FileMetrics>,
     state: Mutex<State>,
     /// Serializes appends (O_APPEND is atomic within one client).
     append: tokio::sync::Mutex<()>,
@@ -324,6 +327,7 @@ impl File {
                 ino: InodeId(attr.ino),
                 volume: attr.volume_id,
                 codec,
+                metrics: std::sync::OnceLock::new(),
                 layout,
                 generation: attr.version,
                 write_epoch,
@@ -406,6 +410,13 @@ impl File {
     /// ([`ErrorCode::Unavailable`]), every replica's copy corrupt
     /// ([`ErrorCode::Checksum`]), a closed handle ([`ErrorCode::Invalid`]).
     pub async fn read_at(&self, offset: u64, len: usize) -> Result<Bytes> {
+        let started = std::time::Instant::now();
+        let data = self.read_at_inner(offset, len).await?;
+        self.inner.metrics().read(data.len(), started.elapsed());
+        Ok(data)
+    }
+
+    async fn read_at_inner(&self, offset: u64, len: usize) -> Result<Bytes> {
         let f = &self.inner;
         f.ready().await?;
         let (end, prefetch) = {
@@ -491,10 +502,14 @@ impl File {
     /// module docs say: the write is on every replica, or an error says it
     /// may not be.
     pub async fn write_at(&self, offset: u64, data: Bytes) -> Result<()> {
+        let (started, n) = (std::time::Instant::now(), data.len());
         if self.inner.how.append {
-            return self.append(data).await.map(|_| ());
+            self.append(data).await?;
+        } else {
+            self.inner.write_at(offset, data).await?;
         }
-        self.inner.write_at(offset, data).await
+        self.inner.metrics().wrote(n, started.elapsed());
+        Ok(())
     }
 
     /// Writes `data` at the end of the file; returns the offset it went to.
@@ -638,6 +653,15 @@ impl FileInner {
             codec: self.codec().copied(),
             ino: self.ino.0,
         }
+    }
+
+    fn metrics(&self) -> &crate::metrics::FileMetrics {
+        self.metrics.get_or_init(|| {
+            self.client
+                .inner
+                .metrics
+                .file(&self.client.volume_label(self.volume))
+        })
     }
 
     /// Learns how the file's volume compresses, when the client did not

@@ -42,6 +42,7 @@ pub mod data;
 pub mod file;
 pub mod layout;
 pub mod meta_client;
+pub mod metrics;
 pub mod readahead;
 
 pub use cairn_proto::{CairnStatus, ErrorCode};

@@ -92,6 +92,12 @@ pub struct MountArgs {
     #[arg(long, default_value_t = 2)]
     pub threads: usize,
 
+    /// Serve this mount's client metrics (reads, writes, checkpoints,
+    /// cache tiers; see `deploy/prometheus/`) at http://IP:PORT/metrics
+    /// for Prometheus.
+    #[arg(long, value_name = "IP:PORT")]
+    pub metrics_listen: Option<std::net::SocketAddr>,
+
     #[command(flatten)]
     pub data: DataArgs,
 }
@@ -185,14 +191,29 @@ pub async fn unmount(mounted: Mounted, who: &str) {
 pub async fn run(meta: &str, args: &MountArgs) -> anyhow::Result<()> {
     let mut signals = Signals::new().context("installing signal handlers")?;
     let client = connect(meta, args).await?;
+    let metrics = match args.metrics_listen {
+        Some(addr) => {
+            let (bound, task) = cairn_client::metrics::serve(addr, client.metrics().clone())
+                .await
+                .map_err(|e| anyhow::anyhow!("--metrics-listen {addr}: {e}"))?;
+            Some((bound, task))
+        }
+        None => None,
+    };
     let mounted = mount(client.clone(), args).await?;
     eprintln!(
-        "cairn mount: {} serves {}{} (meta {meta}); stop with Ctrl-C or SIGTERM",
+        "cairn mount: {} serves {}{} (meta {meta}{}); stop with Ctrl-C or SIGTERM",
         args.dir.display(),
         args.volume.as_deref().unwrap_or("/"),
         if args.read_only { " read-only" } else { "" },
+        metrics.as_ref().map_or_else(String::new, |(a, _)| format!(
+            ", metrics http://{a}/metrics"
+        )),
     );
     serve_until_stopped(mounted, &mut signals, "cairn mount").await;
+    if let Some((_, task)) = metrics {
+        task.abort();
+    }
     data::close(&client).await;
     Ok(())
 }

@@ -72,10 +72,17 @@ async fn doctor_reports_every_check_through_a_mount_and_the_library_and_cleans_u
     let report_file = dev.dir_path.join("mount-report.json");
     let mut args = vec!["doctor".to_string(), work.display().to_string()];
     args.extend(SMALL.iter().map(|s| (*s).to_string()));
-    args.extend(["--report".into(), report_file.display().to_string(), "-q".into()]);
+    args.extend([
+        "--report".into(),
+        report_file.display().to_string(),
+        "-q".into(),
+    ]);
     let out = dev.ok(&args);
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains("data_read_throughput") && text.contains("verdict:"), "{text}");
+    assert!(
+        text.contains("data_read_throughput") && text.contains("verdict:"),
+        "{text}"
+    );
     let r: Value = serde_json::from_slice(&std::fs::read(&report_file).unwrap()).unwrap();
     assert_eq!(r["target"]["mode"], "local", "{r:#}");
     assert!(
@@ -91,7 +98,11 @@ async fn doctor_reports_every_check_through_a_mount_and_the_library_and_cleans_u
     assert!(measured(&r, "clock_skew", "ms") < 100.0, "{r:#}");
     assert_eq!(check(&r, "meta quorum")["verdict"], "ok", "{r:#}");
     assert_eq!(check(&r, "chunkservers alive")["verdict"], "ok", "{r:#}");
-    assert_eq!(check(&r, "under-replicated chains")["verdict"], "ok", "{r:#}");
+    assert_eq!(
+        check(&r, "under-replicated chains")["verdict"],
+        "ok",
+        "{r:#}"
+    );
     assert!(measured(&r, "chunkserver 1 round trip", "µs") > 0.0);
     assert_eq!(r["verdict"], "ok", "a healthy dev cluster: {r:#}");
     assert!(leftovers(&work).is_empty(), "{:?}", leftovers(&work));
@@ -159,7 +170,14 @@ fn an_unreachable_cluster_is_a_failed_check_and_exit_1_with_the_report_written()
     let dir = tempfile::tempdir().unwrap();
     let report = dir.path().join("r.json");
     let out = Command::new(env!("CARGO_BIN_EXE_cairn"))
-        .args(["--meta", "127.0.0.1:1", "--timeout", "2s", "doctor", "--quick"])
+        .args([
+            "--meta",
+            "127.0.0.1:1",
+            "--timeout",
+            "2s",
+            "doctor",
+            "--quick",
+        ])
         .arg(dir.path())
         .arg("--report")
         .arg(&report)
@@ -177,6 +195,17 @@ fn an_unreachable_cluster_is_a_failed_check_and_exit_1_with_the_report_written()
         "the failure names the address: {meta}"
     );
     // --quick measured nothing, and the host facts are there anyway.
-    assert!(r["checks"].as_array().unwrap().iter().all(|c| c["group"] != "io"));
-    assert!(check(&r, "host")["detail"].as_str().unwrap().contains("CPUs"));
+    assert!(
+        r["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|c| c["group"] != "io")
+    );
+    assert!(
+        check(&r, "host")["detail"]
+            .as_str()
+            .unwrap()
+            .contains("CPUs")
+    );
 }

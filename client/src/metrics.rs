@@ -1,0 +1,466 @@
+//! Client-side metrics in the Prometheus format (issue 18): what a training
+//! job's storage looks like from the job's side.
+//!
+//! Every [`crate::Client`] keeps one [`ClientMetrics`]; a program serves
+//! [`ClientMetrics::encode`] (or registers [`ClientMetrics::registry`]'s
+//! metrics into its own), and `cairn mount --metrics-listen` serves it at
+//! `/metrics`. Built on `prometheus-client`, with the ecosystem's
+//! conventions: base units (bytes, seconds) in the names, counters ending
+//! in `_total`, histograms for latencies, labels `volume` (the volume's
+//! name, or `#ID` before the client learned it) and `tier` (`memory`,
+//! `ssd`).
+//!
+//! | metric | type | labels |
+//! |---|---|---|
+//! | `cairn_client_read_bytes_total` | counter | volume |
+//! | `cairn_client_read_seconds` | histogram (per `read_at`) | volume |
+//! | `cairn_client_write_bytes_total` | counter | volume |
+//! | `cairn_client_write_seconds` | histogram (per `write_at`) | volume |
+//! | `cairn_client_checkpoint_save_seconds` | histogram | volume |
+//! | `cairn_client_checkpoint_restore_seconds` | histogram | volume |
+//! | `cairn_client_checkpoint_saves_total` | counter | volume, result (`ok`, `error`) |
+//! | `cairn_client_cache_lookups_total` | counter | tier |
+//! | `cairn_client_cache_hits_total` | counter | tier |
+//! | `cairn_client_cache_evictions_total` | counter | tier |
+//! | `cairn_client_cache_used_bytes`, `_capacity_bytes` | gauge | tier |
+//! | `cairn_client_prefetch_blocks_total`, `_prefetch_hits_total` | counter | |
+//!
+//! The memory tier is asked first, so its lookups are all block lookups;
+//! the SSD tier is asked only after a memory miss. The cache counters are
+//! read from the cache at scrape time (a collector), so they cost the data
+//! path nothing beyond the cache's own counters. The data-path metrics
+//! are resolved once per open file ([`FileMetrics`]): a read or write adds
+//! to two atomics and one histogram, no map lookup.
+//!
+//! The eight training signals (`data_read_throughput`, ...) are recording
+//! rules over these in `deploy/prometheus/cairn-rules.yml`, with alerts at
+//! the thresholds platform teams use.
+
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::{Registry, Unit};
+
+use crate::cache::{BlockCache, TierStats};
+
+/// The `volume` label.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct VolumeLabel {
+    /// The volume's name (or `#ID`).
+    pub volume: String,
+}
+
+/// The labels of a checkpoint save's outcome.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SaveLabels {
+    /// The volume's name (or `#ID`).
+    pub volume: String,
+    /// `ok` or `error`.
+    pub result: &'static str,
+}
+
+type Histograms = Family<VolumeLabel, Histogram, fn() -> Histogram>;
+
+fn io_histogram() -> Histogram {
+    // 50 µs .. ~6.5 s.
+    Histogram::new(exponential_buckets(0.000_05, 2.0, 18))
+}
+
+fn checkpoint_histogram() -> Histogram {
+    // 0.1 s .. ~27 min.
+    Histogram::new(exponential_buckets(0.1, 2.0, 15))
+}
+
+/// One client's metrics.
+pub struct ClientMetrics {
+    registry: Mutex<Registry>,
+    read_bytes: Family<VolumeLabel, Counter>,
+    read_seconds: Histograms,
+    write_bytes: Family<VolumeLabel, Counter>,
+    write_seconds: Histograms,
+    save_seconds: Histograms,
+    restore_seconds: Histograms,
+    saves: Family<SaveLabels, Counter>,
+}
+
+impl std::fmt::Debug for ClientMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientMetrics").finish_non_exhaustive()
+    }
+}
+
+impl ClientMetrics {
+    /// Metrics of a client whose block cache is `cache`.
+    pub(crate) fn new(cache: Arc<BlockCache>) -> Self {
+        let mut registry = Registry::with_prefix("cairn_client");
+        let read_bytes = Family::<VolumeLabel, Counter>::default();
+        let read_seconds = Histograms::new_with_constructor(io_histogram);
+        let write_bytes = Family::<VolumeLabel, Counter>::default();
+        let write_seconds = Histograms::new_with_constructor(io_histogram);
+        let save_seconds = Histograms::new_with_constructor(checkpoint_histogram);
+        let restore_seconds = Histograms::new_with_constructor(checkpoint_histogram);
+        let saves = Family::<SaveLabels, Counter>::default();
+        registry.register_with_unit(
+            "read",
+            "Bytes returned by file reads",
+            Unit::Bytes,
+            read_bytes.clone(),
+        );
+        registry.register_with_unit(
+            "read",
+            "Time of each file read (read_at), cache hits included",
+            Unit::Seconds,
+            read_seconds.clone(),
+        );
+        registry.register_with_unit(
+            "write",
+            "Bytes written to files",
+            Unit::Bytes,
+            write_bytes.clone(),
+        );
+        registry.register_with_unit(
+            "write",
+            "Time of each file write (write_at) until every replica has it",
+            Unit::Seconds,
+            write_seconds.clone(),
+        );
+        registry.register_with_unit(
+            "checkpoint_save",
+            "Time to save a checkpoint (write, fsync, record)",
+            Unit::Seconds,
+            save_seconds.clone(),
+        );
+        registry.register_with_unit(
+            "checkpoint_restore",
+            "Time to load and verify a checkpoint",
+            Unit::Seconds,
+            restore_seconds.clone(),
+        );
+        registry.register(
+            "checkpoint_saves",
+            "Checkpoint saves by result (ok, error)",
+            saves.clone(),
+        );
+        registry.register_collector(Box::new(CacheCollector { cache }));
+        Self {
+            registry: Mutex::new(registry),
+            read_bytes,
+            read_seconds,
+            write_bytes,
+            write_seconds,
+            save_seconds,
+            restore_seconds,
+            saves,
+        }
+    }
+
+    /// The metrics in the Prometheus text format (what `/metrics` serves).
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        let r = self.registry.lock().unwrap_or_else(PoisonError::into_inner);
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &r);
+        out
+    }
+
+    /// Runs `f` on the registry, e.g. to add a program's own metrics so
+    /// that one `/metrics` serves both.
+    pub fn registry<T>(&self, f: impl FnOnce(&mut Registry) -> T) -> T {
+        f(&mut self.registry.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    /// The data-path metrics of files of volume `volume` (a label value).
+    pub(crate) fn file(&self, volume: &str) -> FileMetrics {
+        let l = VolumeLabel {
+            volume: volume.to_string(),
+        };
+        FileMetrics {
+            read_bytes: self.read_bytes.get_or_create(&l).clone(),
+            read_seconds: self.read_seconds.get_or_create(&l).clone(),
+            write_bytes: self.write_bytes.get_or_create(&l).clone(),
+            write_seconds: self.write_seconds.get_or_create(&l).clone(),
+        }
+    }
+
+    /// Records a checkpoint save of `volume` that took `took` and ended
+    /// `ok` or not (a failed save's time is not a save time).
+    pub(crate) fn checkpoint_saved(&self, volume: &str, took: Duration, ok: bool) {
+        let result = if ok { "ok" } else { "error" };
+        self.saves
+            .get_or_create(&SaveLabels {
+                volume: volume.to_string(),
+                result,
+            })
+            .inc();
+        if ok {
+            self.save_seconds
+                .get_or_create(&VolumeLabel {
+                    volume: volume.to_string(),
+                })
+                .observe(took.as_secs_f64());
+        }
+    }
+
+    /// Records a checkpoint restore of `volume` that took `took`.
+    pub(crate) fn checkpoint_restored(&self, volume: &str, took: Duration) {
+        self.restore_seconds
+            .get_or_create(&VolumeLabel {
+                volume: volume.to_string(),
+            })
+            .observe(took.as_secs_f64());
+    }
+}
+
+/// One open file's handles on its volume's data-path metrics.
+#[derive(Debug, Clone)]
+pub(crate) struct FileMetrics {
+    read_bytes: Counter,
+    read_seconds: Histogram,
+    write_bytes: Counter,
+    write_seconds: Histogram,
+}
+
+impl FileMetrics {
+    pub(crate) fn read(&self, bytes: usize, took: Duration) {
+        self.read_bytes.inc_by(bytes as u64);
+        self.read_seconds.observe(took.as_secs_f64());
+    }
+
+    pub(crate) fn wrote(&self, bytes: usize, took: Duration) {
+        self.write_bytes.inc_by(bytes as u64);
+        self.write_seconds.observe(took.as_secs_f64());
+    }
+}
+
+/// The block cache's counters, read at scrape time.
+#[derive(Debug)]
+struct CacheCollector {
+    cache: Arc<BlockCache>,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TierLabel {
+    tier: &'static str,
+}
+
+fn tier_family(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    unit: Option<&Unit>,
+    tiers: &[(&'static str, &TierStats)],
+    value: impl Fn(&TierStats) -> u64,
+    counter: bool,
+) -> Result<(), std::fmt::Error> {
+    let kind = if counter {
+        ConstCounter::new(0u64).metric_type()
+    } else {
+        ConstGauge::new(0i64).metric_type()
+    };
+    let mut family = encoder.encode_descriptor(name, help, unit, kind)?;
+    for (tier, t) in tiers {
+        let labels = TierLabel { tier };
+        let m = family.encode_family(&labels)?;
+        if counter {
+            ConstCounter::new(value(t)).encode(m)?;
+        } else {
+            ConstGauge::new(i64::try_from(value(t)).unwrap_or(i64::MAX)).encode(m)?;
+        }
+    }
+    Ok(())
+}
+
+impl Collector for CacheCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let s = self.cache.stats();
+        let mut tiers: Vec<(&'static str, &TierStats)> = vec![("memory", &s.memory)];
+        if let Some(ssd) = &s.ssd {
+            tiers.push(("ssd", ssd));
+        }
+        let e = &mut encoder;
+        tier_family(
+            e,
+            "cache_lookups",
+            "Block lookups per cache tier (the SSD tier is asked after a memory miss)",
+            None,
+            &tiers,
+            |t| t.hits.saturating_add(t.misses),
+            true,
+        )?;
+        tier_family(
+            e,
+            "cache_hits",
+            "Block lookups a cache tier answered",
+            None,
+            &tiers,
+            |t| t.hits,
+            true,
+        )?;
+        tier_family(
+            e,
+            "cache_evictions",
+            "Blocks a cache tier dropped for space",
+            None,
+            &tiers,
+            |t| t.evictions,
+            true,
+        )?;
+        tier_family(
+            e,
+            "cache_used",
+            "Bytes a cache tier holds",
+            Some(&Unit::Bytes),
+            &tiers,
+            |t| t.used_bytes,
+            false,
+        )?;
+        tier_family(
+            e,
+            "cache_capacity",
+            "Configured size of a cache tier",
+            Some(&Unit::Bytes),
+            &tiers,
+            |t| t.capacity_bytes,
+            false,
+        )?;
+        for (name, help, v) in [
+            (
+                "prefetch_blocks",
+                "Blocks read ahead into the cache",
+                s.prefetched_blocks,
+            ),
+            (
+                "prefetch_hits",
+                "Blocks read ahead that a read then used",
+                s.prefetch_hits,
+            ),
+        ] {
+            let c = ConstCounter::new(v);
+            let m = encoder.encode_descriptor(name, help, None, c.metric_type())?;
+            c.encode(m)?;
+        }
+        Ok(())
+    }
+}
+
+/// Serves `GET /metrics` (this client's metrics in the text format) on
+/// `addr` until the returned task is aborted or the process exits;
+/// returns the bound address. One small response per connection, so an
+/// HTTP/1.1 server library would add nothing a scraper needs.
+///
+/// # Errors
+/// The address cannot be bound.
+pub async fn serve(
+    addr: std::net::SocketAddr,
+    metrics: Arc<ClientMetrics>,
+) -> std::io::Result<(std::net::SocketAddr, tokio::task::JoinHandle<()>)> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let bound = listener.local_addr()?;
+    let task = tokio::spawn(async move {
+        while let Ok((mut sock, _)) = listener.accept().await {
+            let metrics = metrics.clone();
+            tokio::spawn(async move {
+                let mut head = [0u8; 1024];
+                let Ok(Ok(n)) =
+                    tokio::time::timeout(Duration::from_secs(5), sock.read(&mut head)).await
+                else {
+                    return;
+                };
+                let (status, kind, body) = if head[..n].starts_with(b"GET /metrics") {
+                    (
+                        "200 OK",
+                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                        metrics.encode(),
+                    )
+                } else {
+                    (
+                        "404 Not Found",
+                        "text/plain",
+                        "this endpoint serves GET /metrics\n".to_string(),
+                    )
+                };
+                let reply = format!(
+                    "HTTP/1.1 {status}\r\ncontent-type: {kind}\r\ncontent-length: {}\r\n\
+                     connection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = sock.write_all(reply.as_bytes()).await;
+            });
+        }
+    });
+    Ok((bound, task))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cache::CacheConfig;
+
+    fn metrics() -> ClientMetrics {
+        let cache = BlockCache::new(&CacheConfig::default()).unwrap();
+        ClientMetrics::new(Arc::new(cache))
+    }
+
+    #[test]
+    fn names_follow_the_conventions_and_count() {
+        let m = metrics();
+        let f = m.file("datasets");
+        f.read(4096, Duration::from_micros(120));
+        f.read(4096, Duration::from_micros(80));
+        f.wrote(1 << 20, Duration::from_millis(3));
+        m.checkpoint_saved("ckpt", Duration::from_secs(12), true);
+        m.checkpoint_saved("ckpt", Duration::from_secs(1), false);
+        m.checkpoint_restored("ckpt", Duration::from_secs(4));
+        let text = m.encode();
+        for want in [
+            "cairn_client_read_bytes_total{volume=\"datasets\"} 8192",
+            "cairn_client_read_seconds_count{volume=\"datasets\"} 2",
+            "cairn_client_write_bytes_total{volume=\"datasets\"} 1048576",
+            "cairn_client_checkpoint_save_seconds_sum{volume=\"ckpt\"} 12.0",
+            "cairn_client_checkpoint_save_seconds_count{volume=\"ckpt\"} 1",
+            "cairn_client_checkpoint_restore_seconds_count{volume=\"ckpt\"} 1",
+            "cairn_client_checkpoint_saves_total{volume=\"ckpt\",result=\"ok\"} 1",
+            "cairn_client_checkpoint_saves_total{volume=\"ckpt\",result=\"error\"} 1",
+            "cairn_client_cache_lookups_total{tier=\"memory\"} 0",
+            "cairn_client_cache_hits_total{tier=\"memory\"} 0",
+            "cairn_client_cache_evictions_total{tier=\"memory\"} 0",
+            "# TYPE cairn_client_cache_used_bytes gauge",
+            "cairn_client_prefetch_hits_total 0",
+            "# TYPE cairn_client_read_seconds histogram",
+        ] {
+            assert!(text.contains(want), "{want} missing from:\n{text}");
+        }
+    }
+
+    #[tokio::test]
+    async fn serves_metrics_over_http() {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let m = Arc::new(metrics());
+        m.file("v").read(10, Duration::from_micros(5));
+        let (addr, task) = serve("127.0.0.1:0".parse().unwrap(), m).await.unwrap();
+        let get = |path: &'static str| async move {
+            let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+            s.write_all(format!("GET {path} HTTP/1.1\r\nhost: x\r\n\r\n").as_bytes())
+                .await
+                .unwrap();
+            let mut out = String::new();
+            s.read_to_string(&mut out).await.unwrap();
+            out
+        };
+        let ok = get("/metrics").await;
+        assert!(ok.starts_with("HTTP/1.1 200"), "{ok}");
+        assert!(
+            ok.contains("cairn_client_read_bytes_total{volume=\"v\"} 10"),
+            "{ok}"
+        );
+        assert!(get("/other").await.starts_with("HTTP/1.1 404"));
+        task.abort();
+    }
+}
