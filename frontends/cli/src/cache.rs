@@ -41,7 +41,20 @@ pub enum CacheCommand {
         /// The cache directory the clients were started with.
         #[arg(long, env = "CAIRN_CACHE_DIR", value_name = "DIR")]
         cache_dir: Option<PathBuf>,
+
+        /// Show one tier only.
+        #[arg(long = "type", value_enum, value_name = "TIER")]
+        tier: Option<Tier>,
     },
+}
+
+/// A cache tier of `cairn cache stats --type`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Tier {
+    /// The in-memory block cache of each process.
+    Memory,
+    /// The SSD tier in the cache directory.
+    Ssd,
 }
 
 /// Runs one `cache` subcommand.
@@ -50,11 +63,11 @@ pub enum CacheCommand {
 /// No cache directory given, or it cannot be read.
 pub fn run(cmd: &CacheCommand, json: bool) -> anyhow::Result<()> {
     match cmd {
-        CacheCommand::Stats { cache_dir } => stats(cache_dir.as_deref(), json),
+        CacheCommand::Stats { cache_dir, tier } => stats(cache_dir.as_deref(), *tier, json),
     }
 }
 
-fn stats(dir: Option<&Path>, json: bool) -> anyhow::Result<()> {
+fn stats(dir: Option<&Path>, tier: Option<Tier>, json: bool) -> anyhow::Result<()> {
     let op = "cache stats";
     let Some(dir) = dir else {
         anyhow::bail!(
@@ -68,6 +81,9 @@ fn stats(dir: Option<&Path>, json: bool) -> anyhow::Result<()> {
     }
     let per_process = cache::collect_stats(dir).map_err(|e| local_error(op, dir, &e))?;
     let merged = CacheStats::merge(&per_process);
+    if let Some(t) = tier {
+        return tier_stats(dir, &merged, t, per_process.len(), json);
+    }
     if json {
         println!(
             "{}",
@@ -76,6 +92,71 @@ fn stats(dir: Option<&Path>, json: bool) -> anyhow::Result<()> {
     } else {
         print!("{}", stats_text(dir, &merged, per_process.len()));
     }
+    Ok(())
+}
+
+/// `--type TIER`: one tier's size, used, hits, misses, hit ratio and
+/// evictions, plus the prefetch hits (memory) over every process.
+fn tier_stats(
+    dir: &Path,
+    merged: &CacheStats,
+    tier: Tier,
+    processes: usize,
+    json: bool,
+) -> anyhow::Result<()> {
+    let (name, t) = match tier {
+        Tier::Memory => ("memory", Some(&merged.memory)),
+        Tier::Ssd => ("ssd", merged.ssd.as_ref()),
+    };
+    let Some(t) = t else {
+        anyhow::bail!(
+            "cache stats --type ssd: no client publishing in {} has an SSD tier",
+            dir.display()
+        );
+    };
+    let prefetch =
+        (tier == Tier::Memory).then_some((merged.prefetch_hits, merged.prefetched_blocks));
+    if json {
+        let mut v = json!({
+            "cache_dir": dir.display().to_string(),
+            "processes": processes,
+            "tier": name,
+            "capacity_bytes": t.capacity_bytes,
+            "used_bytes": t.used_bytes,
+            "blocks": t.blocks,
+            "hits": t.hits,
+            "misses": t.misses,
+            "hit_ratio": t.hit_ratio(),
+            "inserts": t.inserts,
+            "evictions": t.evictions,
+        });
+        if let Some((hits, blocks)) = prefetch {
+            v["prefetch_hits"] = json!(hits);
+            v["prefetched_blocks"] = json!(blocks);
+            v["prefetch_hit_ratio"] = json!(merged.prefetch_hit_ratio());
+        }
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    println!("tier         {name}");
+    println!("size         {}", human_bytes(t.capacity_bytes));
+    println!(
+        "used         {} ({} blocks)",
+        human_bytes(t.used_bytes),
+        t.blocks
+    );
+    println!("hits         {}", t.hits);
+    println!("misses       {}", t.misses);
+    println!("hit ratio    {}", percent(t.hit_ratio()));
+    println!("evictions    {}", t.evictions);
+    if let Some((hits, blocks)) = prefetch {
+        println!(
+            "prefetch     {} of {blocks} prefetched blocks read ({})",
+            hits,
+            percent(merged.prefetch_hit_ratio())
+        );
+    }
+    println!("processes    {processes} publishing in {}", dir.display());
     Ok(())
 }
 
@@ -219,7 +300,7 @@ mod tests {
 
     #[test]
     fn needs_a_directory() {
-        let e = stats(None, false).map(drop);
+        let e = stats(None, None, false).map(drop);
         let msg = e.err().map(|e| e.to_string()).unwrap_or_default();
         assert!(
             msg.contains("--cache-dir") && msg.contains("CAIRN_CACHE_DIR"),

@@ -359,6 +359,33 @@ fn data_commands_round_trip_through_a_dev_cluster() {
         text.starts_with("TIER") && text.contains("\nmemory "),
         "{text}"
     );
+    let memory = json(&dev.ok([
+        "--json".as_ref(),
+        "cache".as_ref(),
+        "stats".as_ref(),
+        "--type".as_ref(),
+        "memory".as_ref(),
+        "--cache-dir".as_ref(),
+        cache.as_os_str(),
+    ]));
+    assert_eq!(memory["tier"], "memory", "{memory}");
+    for key in [
+        "capacity_bytes",
+        "used_bytes",
+        "hits",
+        "misses",
+        "hit_ratio",
+        "evictions",
+        "prefetch_hits",
+    ] {
+        assert!(memory[key].is_number(), "{key} in {memory}");
+    }
+    let out = dev.cairn(["cache", "stats", "--type", "disk"]);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "an unknown tier is a usage error"
+    );
     let out = dev.cairn(["cache", "stats"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("--cache-dir"), "{}", stderr(&out));
