@@ -17,6 +17,17 @@
 //! [`Checkpoints::load_latest`] picks the newest record and checks the
 //! bytes it read against the record's size and CRC before returning them;
 //! if the file was pruned between the listing and the read it looks again.
+//!
+//! # Directories that manage themselves
+//! [`Checkpoints::set_keep`] (`cairn checkpoint init DIR --keep N`) marks
+//! a directory with [`KEEP_XATTR`]. From then on every save through this
+//! API, and every file a program publishes there through a `cairn mount`
+//! by renaming it into place (the FUSE frontend writes the record, with no
+//! CRC since it never saw the bytes whole), is followed by the same
+//! retention ([`retain`]): the newest N checkpoints by creation time stay,
+//! older ones are removed — never the newest, and (in a mount) never one
+//! that mount has open. A reader elsewhere that has one open keeps reading
+//! it: removed files' data outlives the unlink for the GC grace period.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -41,6 +52,10 @@ pub const XATTR: &str = "user.cairn.checkpoint";
 /// [`Checkpoints::keep_last`].
 pub const STALE_TEMP: Duration = Duration::from_secs(600);
 
+/// The xattr that marks a directory whose checkpoints are kept to the
+/// newest N (its value, in decimal).
+pub const KEEP_XATTR: &str = "user.cairn.checkpoint.keep";
+
 /// Bytes read from a reader per write by [`Checkpoints::save_reader`].
 const SAVE_BUFFER: usize = 8 << 20;
 
@@ -58,8 +73,9 @@ pub struct CheckpointInfo {
     pub name: String,
     /// Bytes.
     pub size: u64,
-    /// CRC32 (IEEE, crc32fast) of the contents.
-    pub crc32: u32,
+    /// CRC32 (IEEE, crc32fast) of the contents; `None` for a checkpoint
+    /// a program published through a mount (only the size is checked).
+    pub crc32: Option<u32>,
     /// When the save finished, in milliseconds since the Unix epoch.
     pub created_unix_ms: u64,
     /// How long the save took (write, fsync, record; not the rename).
@@ -222,7 +238,7 @@ impl Checkpoints {
             format: 1,
             name: name.to_string(),
             size,
-            crc32,
+            crc32: Some(crc32),
             created_unix_ms: now_ms(),
             save_seconds: started.elapsed().as_secs_f64(),
             metrics,
@@ -233,7 +249,56 @@ impl Checkpoints {
         meta.setxattr(ino, XATTR, &record, XattrMode::Upsert)
             .await?;
         self.client.rename(&tmp_path, &self.path(name)).await?;
+        // A managed directory keeps its newest N; the save itself stands
+        // whatever the cleanup meets.
+        match self.keep().await {
+            Ok(Some(n)) => {
+                if let Err(e) = self.keep_last(n).await {
+                    tracing::warn!(dir = %self.dir(), error = %e, "checkpoint retention failed");
+                }
+            }
+            Ok(None) => {}
+            Err(e) => {
+                tracing::warn!(dir = %self.dir(), error = %e, "reading the retention mark failed")
+            }
+        }
         Ok(info)
+    }
+
+    /// Marks the directory (created if missing) to keep its newest `n`
+    /// checkpoints after every save and every publish through a mount.
+    ///
+    /// # Errors
+    /// `n` is 0 ([`ErrorCode::Invalid`]), meta errors.
+    pub async fn set_keep(&self, n: usize) -> Result<()> {
+        if n == 0 {
+            return Err(invalid(
+                "--keep must be at least 1: the newest checkpoint is never removed".into(),
+            ));
+        }
+        let attr = self.client.create_dir_all(self.dir()).await?;
+        self.client
+            .meta()
+            .setxattr(
+                InodeId(attr.ino),
+                KEEP_XATTR,
+                n.to_string().as_bytes(),
+                XattrMode::Upsert,
+            )
+            .await
+    }
+
+    /// How many checkpoints the directory keeps, if it is marked.
+    ///
+    /// # Errors
+    /// Meta errors (a missing directory is `None`).
+    pub async fn keep(&self) -> Result<Option<usize>> {
+        let attr = match self.client.stat(self.dir()).await {
+            Ok(a) => a,
+            Err(e) if e.code == ErrorCode::NotFound => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        keep_of(self.client.meta(), InodeId(attr.ino)).await
     }
 
     /// Every checkpoint in the directory, oldest first (an empty list if
@@ -326,14 +391,15 @@ impl Checkpoints {
         let data = f.read_at(0, want).await;
         let _ = f.close().await;
         let data = data?;
-        if data.len() as u64 != info.size || crc32fast::hash(&data) != info.crc32 {
+        if data.len() as u64 != info.size || info.crc32.is_some_and(|c| c != crc32fast::hash(&data))
+        {
             return Err(CairnStatus::new(
                 ErrorCode::Checksum,
                 format!(
-                    "checkpoint {name}: read {} bytes that do not match its record ({} bytes, crc32 {:08x})",
+                    "checkpoint {name}: read {} bytes that do not match its record ({} bytes, crc32 {})",
                     data.len(),
                     info.size,
-                    info.crc32
+                    crc_text(info.crc32)
                 ),
             ));
         }
@@ -368,16 +434,11 @@ impl Checkpoints {
     /// # Errors
     /// Meta errors.
     pub async fn keep_last(&self, n: usize) -> Result<Vec<String>> {
-        let mut removed = Vec::new();
-        let list = self.list().await?;
-        let drop = list.len().saturating_sub(n);
-        for info in &list[..drop] {
-            match self.client.remove_file(&self.path(&info.name)).await {
-                Ok(()) => removed.push(info.name.clone()),
-                Err(e) if e.code == ErrorCode::NotFound => {}
-                Err(e) => return Err(e),
-            }
-        }
+        let mut removed = match self.client.stat(self.dir()).await {
+            Ok(a) => retain(self.client.meta(), InodeId(a.ino), n, |_| false).await?,
+            Err(e) if e.code == ErrorCode::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(e),
+        };
         let stale_before = i64::try_from(now_ms().saturating_sub(STALE_TEMP.as_millis() as u64))
             .unwrap_or(i64::MAX)
             .saturating_mul(1_000_000);
@@ -396,6 +457,100 @@ impl Checkpoints {
         }
         Ok(removed)
     }
+}
+
+fn crc_text(crc: Option<u32>) -> String {
+    crc.map_or_else(|| "unrecorded".into(), |c| format!("{c:08x}"))
+}
+
+/// The retention mark of directory `dir`: how many checkpoints it keeps.
+///
+/// # Errors
+/// Meta errors other than "no such xattr".
+pub async fn keep_of(meta: &crate::MetaClient, dir: InodeId) -> Result<Option<usize>> {
+    match meta.getxattr(dir, KEEP_XATTR).await {
+        Ok(v) => Ok(std::str::from_utf8(&v)
+            .ok()
+            .and_then(|s| s.trim().parse::<usize>().ok())
+            .filter(|n| *n > 0)),
+        Err(e) if e.code == ErrorCode::NoData => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// The retention of a checkpoint directory: of the checkpoints in `dir`
+/// (regular files with a record, hidden names left out), ordered by
+/// creation time, removes all but the newest `keep`, skipping those
+/// `in_use` says are open; returns the names removed. The newest is never
+/// removed.
+///
+/// # Errors
+/// Meta errors (an entry removed meanwhile is not one).
+pub async fn retain(
+    meta: &crate::MetaClient,
+    dir: InodeId,
+    keep: usize,
+    in_use: impl Fn(u64) -> bool,
+) -> Result<Vec<String>> {
+    let keep = keep.max(1);
+    let mut found = Vec::new();
+    for e in meta.readdir_all(dir).await? {
+        if e.name.starts_with('.') || e.kind != FileType::Regular as i32 {
+            continue;
+        }
+        match meta.getxattr(InodeId(e.ino), XATTR).await {
+            Ok(v) => {
+                if let Ok(info) = serde_json::from_slice::<CheckpointInfo>(&v) {
+                    found.push((info.created_unix_ms, e.name, e.ino));
+                }
+            }
+            Err(err) if matches!(err.code, ErrorCode::NoData | ErrorCode::NotFound) => {}
+            Err(err) => return Err(err),
+        }
+    }
+    found.sort();
+    let old = found.len().saturating_sub(keep);
+    let mut removed = Vec::new();
+    for (_, name, ino) in found.into_iter().take(old) {
+        if in_use(ino) {
+            continue;
+        }
+        match meta.unlink(dir, &name).await {
+            Ok(_) => removed.push(name),
+            Err(e) if e.code == ErrorCode::NotFound => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(removed)
+}
+
+/// Records file `ino`, just published as `name` (`size` bytes) in a
+/// checkpoint directory through a mount, as a checkpoint: the record
+/// [`Checkpoints::list`] and [`retain`] read, without a CRC.
+///
+/// # Errors
+/// Meta errors.
+pub async fn record_published(
+    meta: &crate::MetaClient,
+    ino: InodeId,
+    name: &str,
+    size: u64,
+    save_seconds: f64,
+) -> Result<CheckpointInfo> {
+    let info = CheckpointInfo {
+        format: 1,
+        name: name.to_string(),
+        size,
+        crc32: None,
+        created_unix_ms: now_ms(),
+        save_seconds,
+        metrics: BTreeMap::new(),
+    };
+    let record = serde_json::to_vec(&info)
+        .map_err(|e| CairnStatus::new(ErrorCode::Internal, format!("checkpoint record: {e}")))?;
+    meta.setxattr(ino, XATTR, &record, XattrMode::Upsert)
+        .await?;
+    Ok(info)
 }
 
 /// Writes the bytes of `pieces` into `f` from offset 0, [`SAVE_DEPTH`]

@@ -347,7 +347,7 @@ impl Client {
 
     /// The `volume` label of volume `id`: its name, or `#ID` while the
     /// client has not learned it.
-    pub(crate) fn volume_label(&self, id: u64) -> String {
+    pub fn volume_label(&self, id: u64) -> String {
         self.inner
             .volume_names
             .lock()

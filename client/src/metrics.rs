@@ -190,7 +190,7 @@ impl ClientMetrics {
 
     /// Records a checkpoint save of `volume` that took `took` and ended
     /// `ok` or not (a failed save's time is not a save time).
-    pub(crate) fn checkpoint_saved(&self, volume: &str, took: Duration, ok: bool) {
+    pub fn checkpoint_saved(&self, volume: &str, took: Duration, ok: bool) {
         let result = if ok { "ok" } else { "error" };
         self.saves
             .get_or_create(&SaveLabels {
@@ -208,7 +208,7 @@ impl ClientMetrics {
     }
 
     /// Records a checkpoint restore of `volume` that took `took`.
-    pub(crate) fn checkpoint_restored(&self, volume: &str, took: Duration) {
+    pub fn checkpoint_restored(&self, volume: &str, took: Duration) {
         self.restore_seconds
             .get_or_create(&VolumeLabel {
                 volume: volume.to_string(),

@@ -108,6 +108,22 @@ pub enum CheckpointCommand {
         #[arg(long, value_name = "N")]
         keep: usize,
     },
+    /// Make a directory manage its checkpoints: after every save through
+    /// this command line or the API, and every file a program publishes in
+    /// it through a `cairn mount` by renaming it into place (torch.save to
+    /// a temporary name, then rename; Lightning, DeepSpeed and TF save
+    /// files this way), only the newest N checkpoints stay. Published
+    /// files get a record (`checkpoint list` shows them) and the mount
+    /// measures their save and restore times and failed saves (its
+    /// metrics: cairn_client_checkpoint_*). Creates the directory if
+    /// needed; run again to change N.
+    Init {
+        /// Checkpoint directory (absolute Cairn path).
+        dir: String,
+        /// How many of the newest checkpoints to keep (at least 1).
+        #[arg(long, value_name = "N")]
+        keep: usize,
+    },
 }
 
 /// Parses `key=value` with a finite number as the value.
@@ -167,6 +183,7 @@ pub async fn run(c: &Client, cmd: &CheckpointCommand, out: Output) -> anyhow::Re
         }
         CheckpointCommand::List { dir } => list(c, dir, out.json).await,
         CheckpointCommand::Prune { dir, keep } => prune(c, dir, *keep, out.json).await,
+        CheckpointCommand::Init { dir, keep } => init(c, dir, *keep, out.json).await,
     }
 }
 
@@ -199,7 +216,7 @@ fn info_json(dir: &str, info: &CheckpointInfo) -> Value {
             .unwrap_or(i64::MAX / 1_000_000)
             .saturating_mul(1_000_000)
     ));
-    v["crc32_hex"] = json!(format!("{:08x}", info.crc32));
+    v["crc32_hex"] = json!(info.crc32.map(|c| format!("{c:08x}")));
     v
 }
 
@@ -249,12 +266,12 @@ async fn save(
         elapsed: started.elapsed(),
     };
     let line = format!(
-        "saved checkpoint {target}: {} in {:.1} s ({}/s), crc32 {:08x}",
+        "saved checkpoint {target}: {} in {:.1} s ({}/s), crc32 {}",
         human_bytes(info.size),
         summary.elapsed.as_secs_f64(),
         // Truncated to whole bytes per second, as printed.
         human_bytes(summary.bytes_per_second() as u64),
-        info.crc32
+        crc_text(info.crc32)
     );
     let mut v = info_json(cps.dir(), &info);
     v["bytes_per_second"] = json!(summary.bytes_per_second());
@@ -337,13 +354,16 @@ async fn load(
         output.display().to_string()
     };
     let line = format!(
-        "loaded checkpoint {} to {dest}: {} in {:.1} s ({}/s), crc32 {:08x} ok",
+        "loaded checkpoint {} to {dest}: {} in {:.1} s ({}/s), crc32 {}",
         path_of(&dir, &info.name),
         human_bytes(info.size),
         summary.elapsed.as_secs_f64(),
         // Truncated to whole bytes per second, as printed.
         human_bytes(summary.bytes_per_second() as u64),
-        info.crc32
+        info.crc32.map_or_else(
+            || "unrecorded (size checked)".into(),
+            |c| format!("{c:08x} ok")
+        )
     );
     let mut v = info_json(cps.dir(), &info);
     v["output"] = json!(dest);
@@ -454,15 +474,15 @@ async fn write_checked(
     progress.finish();
     copied?;
     let crc = crc.finalize();
-    if size != info.size || crc != info.crc32 {
+    if size != info.size || info.crc32.is_some_and(|c| c != crc) {
         return Err(op_error(
             op,
             target,
             ErrorCode::Checksum,
             format!(
-                "read {size} bytes with crc32 {crc:08x}, but its record says {} bytes with crc32 {:08x}; {} is unchanged",
+                "read {size} bytes with crc32 {crc:08x}, but its record says {} bytes with crc32 {}; {} is unchanged",
                 info.size,
-                info.crc32,
+                crc_text(info.crc32),
                 output.display()
             ),
         ));
@@ -507,6 +527,29 @@ async fn list(c: &Client, dir: &str, json: bool) -> anyhow::Result<()> {
             &[1, 3]
         )
     );
+    Ok(())
+}
+
+fn crc_text(crc: Option<u32>) -> String {
+    crc.map_or_else(|| "unrecorded".into(), |c| format!("{c:08x}"))
+}
+
+async fn init(c: &Client, dir: &str, keep: usize, json: bool) -> anyhow::Result<()> {
+    let op = "checkpoint init";
+    let dir = cairn_path(op, dir)?;
+    let cps = Checkpoints::new(c.clone(), &dir);
+    cps.set_keep(keep).await.op(op, &dir)?;
+    // What is there already follows the new rule at once.
+    let removed = cps.keep_last(keep).await.op(op, &dir)?;
+    if json {
+        let v = json!({ "dir": cps.dir(), "keep": keep, "removed": removed });
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    println!("{dir} keeps its newest {keep} checkpoint(s)");
+    for name in &removed {
+        println!("removed {}", path_of(&dir, name));
+    }
     Ok(())
 }
 

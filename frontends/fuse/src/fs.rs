@@ -134,6 +134,8 @@ pub(crate) struct Inner {
     /// (POSIX: any close by the process; flock: the last close of the open
     /// file), and other closes cost no request.
     file_locks: Mutex<HashSet<(u64, u64)>>,
+    /// Checkpoint directories that manage themselves ([`crate::checkpoints`]).
+    ckpt: Arc<crate::checkpoints::Managed>,
     /// Mount-wide budget of background write bytes (units of
     /// [`writeback::BUDGET_UNIT`]).
     budget: Arc<tokio::sync::Semaphore>,
@@ -287,6 +289,7 @@ impl CairnFs {
                 seen: Mutex::new(HashMap::new()),
                 inode_locks: Mutex::new(HashMap::new()),
                 file_locks: Mutex::new(HashSet::new()),
+                ckpt: Arc::default(),
                 budget: Arc::new(tokio::sync::Semaphore::new(
                     (cfg.write_back_budget / writeback::BUDGET_UNIT)
                         .max(writeback::PIECE / writeback::BUDGET_UNIT),
@@ -484,7 +487,11 @@ impl Inner {
 
     async fn lookup(&self, parent: u64, name: String) -> R<FileAttr> {
         let a = self.client.meta().lookup(InodeId(parent), &name).await;
-        Ok(self.attr(&a.map_err(|e| errno(&e))?))
+        let a = a.map_err(|e| errno(&e))?;
+        if a.kind == Kind::Regular as i32 {
+            self.ckpt.looked_up(&self.client, parent, a.ino).await;
+        }
+        Ok(self.attr(&a))
     }
 
     /// The inode's writable shared file, opening (or upgrading to) one;
@@ -684,7 +691,11 @@ impl Inner {
                 )
             }
         };
-        self.register(&a, fresh, write, append)
+        let (fh, flags) = self.register(&a, fresh, write, append)?;
+        if !write {
+            self.ckpt.opened(&self.client, fh, ino, a.size, a.volume_id);
+        }
+        Ok((fh, flags))
     }
 
     async fn create(
@@ -704,6 +715,9 @@ impl Inner {
             .await
             .map_err(|e| errno(&e))?;
         let a = e.attr;
+        self.ckpt
+            .created(&self.client, parent, &name, a.volume_id)
+            .await;
         let one = self.lock_inode(a.ino).await;
         let existing = lock(&self.inodes).get(&a.ino).map(|o| o.writable);
         let fresh = match existing {
@@ -733,10 +747,13 @@ impl Inner {
         if let Some(wb) = o.wb.as_ref().filter(|w| !w.is_idle()) {
             wb.settle().await.map_err(|e| errno(&e))?;
         }
-        o.file
+        let data = o
+            .file
             .read_at(offset, size as usize)
             .await
-            .map_err(|e| errno(&e))
+            .map_err(|e| errno(&e))?;
+        self.ckpt.read(fh.0, data.len());
+        Ok(data)
     }
 
     async fn write(&self, fh: FileHandle, offset: u64, data: Bytes) -> R<u32> {
@@ -859,6 +876,7 @@ impl Inner {
     }
 
     async fn release(&self, fh: u64) {
+        self.ckpt.released(&self.client, fh);
         let Some(h) = lock(&self.handles).remove(&fh) else {
             return;
         };
@@ -921,8 +939,25 @@ impl Inner {
             .meta()
             .rename(InodeId(p), &name, InodeId(np), &new_name, f)
             .await
-            .map(|_| ())
-            .map_err(|e| errno(&e))
+            .map_err(|e| errno(&e))?;
+        if !f.exchange
+            && let Some((keep, created)) = self
+                .ckpt
+                .renamed(&self.client, p, &name, np, &new_name)
+                .await
+        {
+            // Recorded and pruned after the reply: the program's rename
+            // does not wait for the retention.
+            let open: HashSet<u64> = lock(&self.inodes).keys().copied().collect();
+            let (ckpt, client) = (self.ckpt.clone(), self.client.clone());
+            self.rt.spawn(async move {
+                ckpt.publish(&client, np, &new_name, keep, created, |ino| {
+                    open.contains(&ino)
+                })
+                .await;
+            });
+        }
+        Ok(())
     }
 }
 
@@ -1081,8 +1116,9 @@ impl Filesystem for CairnFs {
                 me.client
                     .unlink_at(InodeId(parent), &name)
                     .await
-                    .map(|_| ())
-                    .map_err(|e| errno(&e))
+                    .map_err(|e| errno(&e))?;
+                me.ckpt.unlinked(&me.client, parent, &name);
+                Ok(())
             },
             move |r| empty(reply, r),
         );

@@ -9,6 +9,8 @@
 //!   docs for concurrency, open files, caches and close-to-open).
 //! - [`feed`] keeps the kernel's entry and attribute caches longer while
 //!   meta's change feed invalidates them.
+//! - [`checkpoints`] makes marked checkpoint directories manage
+//!   themselves (publish records, retention, save/restore metrics).
 //! - [`attr`] holds the pure conversions (attributes, inode numbers,
 //!   errno), unit-tested.
 //!
@@ -19,6 +21,7 @@
 //! read-ahead.
 
 pub mod attr;
+pub mod checkpoints;
 pub mod feed;
 pub mod fs;
 pub mod mount;
