@@ -421,7 +421,7 @@ async fn resolve(meta: &str, timeout: Duration, args: &DoctorArgs) -> anyhow::Re
 
 /// The file system type of the mount holding `dir` (the longest mount
 /// point that is a prefix of it in /proc/self/mountinfo).
-fn fs_type_of(dir: &Path) -> Option<String> {
+pub(crate) fn fs_type_of(dir: &Path) -> Option<String> {
     let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
     let mut best: Option<(usize, String)> = None;
     for line in info.lines() {

@@ -10,6 +10,7 @@
 //! * `mount`: the cluster as a local directory over FUSE ([`mount`]);
 //! * `cache stats`: block-cache counters of local clients ([`cache`]);
 //! * `doctor`: the slow-job routine with a verdict per check ([`doctor`]);
+//! * `warmup`: load files into this machine's mount caches ([`warmup`]);
 //! * `dev`: a local cluster (3 meta replicas, 3 chunkservers) in this process ([`dev`], cargo
 //!   feature `dev`, on by default).
 //!
@@ -38,6 +39,7 @@ mod report;
 mod signal;
 mod transfer;
 mod volume;
+mod warmup;
 mod xattr;
 
 use std::process::ExitCode;
@@ -202,6 +204,18 @@ enum Command {
     /// the end, on failure and on Ctrl-C. Exits 1 when a check is
     /// critical or could not run.
     Doctor(doctor::DoctorArgs),
+
+    /// Load files or trees into the caches of this machine's Cairn mount
+    /// before a job starts.
+    ///
+    /// PATHs are files or directories on a `cairn mount` (or CSI volume)
+    /// of this machine; the mount itself reads them, so the blocks land in
+    /// the cache its readers use: memory first, overflowing into its SSD
+    /// tier when it has one (`cairn mount --cache-dir`). Parallel, with
+    /// progress; run again after an interruption and what is already
+    /// cached is not fetched again. `cairn cache stats --type memory|ssd`
+    /// (with the mount's --cache-dir) shows the result.
+    Warmup(warmup::WarmupArgs),
 
     /// Plan Kubernetes training jobs (TFJob, PyTorchJob, TrainJob, Volcano
     /// Job) against the cluster.
@@ -435,6 +449,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     if let Command::Cache(cmd) = &cli.command {
         return cache::run(cmd, cli.json);
     }
+    if let Command::Warmup(args) = &cli.command {
+        return warmup::run(args, cli.quiet, cli.json).await;
+    }
     if let Command::Doctor(args) = &cli.command {
         return doctor::run(&cli.meta, cli.timeout, args, cli.json, cli.quiet).await;
     }
@@ -526,6 +543,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         | Command::Checkpoint(_)
         | Command::Cache(_)
         | Command::Doctor(_)
+        | Command::Warmup(_)
         | Command::K8s(_) => Ok(()),
     };
     // Release the session (if a mutation opened one) now rather than at

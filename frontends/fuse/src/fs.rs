@@ -927,6 +927,34 @@ impl Inner {
         Ok(g.entries.clone())
     }
 
+    /// Reads `[offset, offset + len)` of `ino` through the client, which
+    /// keeps what it fetched in its block cache; returns the bytes read.
+    async fn warm(&self, ino: u64, offset: u64, len: u64) -> R<u64> {
+        let f = self
+            .client
+            .open_ino(InodeId(ino), OpenOptions::READ)
+            .await
+            .map_err(|e| errno_by_ino(&e))?;
+        let end = offset.saturating_add(len).min(f.len());
+        let mut at = offset;
+        let mut warmed = 0;
+        let result = async {
+            while at < end {
+                let n = (end - at).min(8 << 20);
+                warmed += f
+                    .read_at(at, n as usize)
+                    .await
+                    .map_err(|e| errno(&e))?
+                    .len() as u64;
+                at += n;
+            }
+            Ok(warmed)
+        }
+        .await;
+        let _ = f.close().await;
+        result
+    }
+
     async fn rename(&self, p: u64, name: String, np: u64, new_name: String, flags: u32) -> R<()> {
         let f = RenameFlags {
             noreplace: flags & libc::RENAME_NOREPLACE != 0,
@@ -959,6 +987,23 @@ impl Inner {
         }
         Ok(())
     }
+}
+
+/// The mount's warm-up request (`cairn warmup`): reading the extended
+/// attribute `user.cairn.warmup:OFFSET:LEN` of a file loads that range
+/// into this mount's block cache (memory, overflowing into the SSD tier
+/// when there is one) and answers the bytes loaded, in decimal. A read
+/// (not a write) of an attribute, so anyone who may read the file may
+/// warm it; nothing is stored in meta.
+pub const WARMUP_XATTR: &str = "user.cairn.warmup:";
+
+/// Bytes a warm-up request may cover (it runs within the request timeout).
+pub const WARMUP_MAX: u64 = 1 << 30;
+
+fn parse_warmup(range: &str) -> Option<(u64, u64)> {
+    let (offset, len) = range.split_once(':')?;
+    let (offset, len) = (offset.parse().ok()?, len.parse().ok()?);
+    (len <= WARMUP_MAX).then_some((offset, len))
 }
 
 /// Extended attributes the kernel asks about on its own (capabilities on
@@ -1709,6 +1754,20 @@ impl Filesystem for CairnFs {
         let name = name_or_reply!(name, reply);
         if kernel_xattr(&name) {
             return reply.error(raw(libc::ENODATA));
+        }
+        if let Some(range) = name.strip_prefix(WARMUP_XATTR) {
+            let Some((offset, len)) = parse_warmup(range) else {
+                return reply.error(raw(libc::EINVAL));
+            };
+            self.spawn(
+                move |me| async move {
+                    me.warm(ino, offset, len)
+                        .await
+                        .map(|n| n.to_string().into_bytes())
+                },
+                move |r| xattr_reply(reply, size, r),
+            );
+            return;
         }
         self.spawn(
             move |me| async move {
