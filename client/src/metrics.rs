@@ -180,6 +180,17 @@ impl ClientMetrics {
         let l = VolumeLabel {
             volume: volume.to_string(),
         };
+        // The volume's checkpoint series exist from its first file on, at
+        // 0: a counter born at its first increment shows Prometheus no
+        // increase, so `rate()` would miss the first saves.
+        drop(self.save_seconds.get_or_create(&l));
+        drop(self.restore_seconds.get_or_create(&l));
+        for result in ["ok", "error"] {
+            drop(self.saves.get_or_create(&SaveLabels {
+                volume: volume.to_string(),
+                result,
+            }));
+        }
         FileMetrics {
             read_bytes: self.read_bytes.get_or_create(&l).clone(),
             read_seconds: self.read_seconds.get_or_create(&l).clone(),
@@ -428,6 +439,7 @@ mod tests {
             "cairn_client_checkpoint_restore_seconds_count{volume=\"ckpt\"} 1",
             "cairn_client_checkpoint_saves_total{volume=\"ckpt\",result=\"ok\"} 1",
             "cairn_client_checkpoint_saves_total{volume=\"ckpt\",result=\"error\"} 1",
+            "cairn_client_checkpoint_saves_total{volume=\"datasets\",result=\"ok\"} 0",
             "cairn_client_cache_lookups_total{tier=\"memory\"} 0",
             "cairn_client_cache_hits_total{tier=\"memory\"} 0",
             "cairn_client_cache_evictions_total{tier=\"memory\"} 0",
