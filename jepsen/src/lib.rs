@@ -38,6 +38,7 @@ pub mod netns;
 pub mod ports;
 pub mod raw;
 pub mod replicas;
+pub mod scrape;
 
 pub use cluster::{ClusterOpts, Leader, MetaCluster};
 pub use netns::NetLab;

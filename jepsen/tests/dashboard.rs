@@ -112,18 +112,6 @@ fn exposed(page: &str) -> BTreeSet<String> {
         .collect()
 }
 
-async fn scrape(addr: &str) -> Result<String> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(addr).await?;
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
-        .await?;
-    let mut page = String::new();
-    s.read_to_string(&mut page).await?;
-    let (head, body) = page.split_once("\r\n\r\n").context("an HTTP reply")?;
-    ensure!(head.starts_with("HTTP/1.1 200"), "{addr}: {head}");
-    Ok(body.to_string())
-}
-
 #[test]
 fn the_extractor_finds_metric_names_only() {
     assert_eq!(
@@ -170,9 +158,15 @@ async fn every_dashboard_query_names_metrics_that_exist() -> Result<()> {
     ckpt.load("step-1").await?;
 
     let mut names = exposed(&client.metrics().encode());
-    names.extend(exposed(&scrape(&meta_addr).await.context("meta /metrics")?));
     names.extend(exposed(
-        &scrape(&cs_addr).await.context("chunkserver /metrics")?,
+        &cairn_jepsen::scrape::metrics_page(&meta_addr)
+            .await
+            .context("meta /metrics")?,
+    ));
+    names.extend(exposed(
+        &cairn_jepsen::scrape::metrics_page(&cs_addr)
+            .await
+            .context("chunkserver /metrics")?,
     ));
     let rules = std::fs::read_to_string(root.join("deploy/prometheus/cairn-rules.yml"))?;
     let records: BTreeSet<String> = rules

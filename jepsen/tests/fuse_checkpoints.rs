@@ -10,10 +10,11 @@ use std::collections::BTreeSet;
 use std::io::Write as _;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, ensure};
+use anyhow::{Result, ensure};
 use cairn_client::{Checkpoints, ClientOptions};
 use cairn_jepsen::data_cluster::{DataCluster, DataOpts};
 use cairn_jepsen::fuse::Mount;
+use cairn_jepsen::scrape::{metrics_page, sample};
 use cairn_proto::meta::VolumePolicy;
 
 fn names(dir: &std::path::Path) -> BTreeSet<String> {
@@ -49,21 +50,6 @@ async fn wait_for(dir: &std::path::Path, want: &[&str]) -> Result<()> {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-}
-
-async fn scrape(addr: &str) -> Result<String> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(addr).await?;
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: t\r\n\r\n")
-        .await?;
-    let mut page = String::new();
-    s.read_to_string(&mut page).await?;
-    Ok(page)
-}
-
-fn sample(page: &str, name: &str) -> Option<f64> {
-    page.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -137,7 +123,7 @@ async fn a_marked_directory_keeps_its_newest_checkpoints_and_times_them() -> Res
     wait_for(&dir, &["step-6.pt", "api"]).await?;
     ensure!(cps.load("api").await?.1 == body(7));
 
-    let page = scrape(&metrics).await.context("the mount's metrics")?;
+    let page = metrics_page(&metrics).await?;
     let ok = sample(
         &page,
         "cairn_client_checkpoint_saves_total{volume=\"ck\",result=\"ok\"}",

@@ -10,22 +10,11 @@ use cairn_client::ClientOptions;
 use cairn_jepsen::binary::binary;
 use cairn_jepsen::data_cluster::{DataCluster, DataOpts, pattern};
 use cairn_jepsen::fuse::Mount;
+use cairn_jepsen::scrape::{metrics_page, sample};
 use cairn_proto::meta::VolumePolicy;
 
-async fn scrape(addr: &str) -> Result<String> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(addr).await?;
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: t\r\n\r\n")
-        .await?;
-    let mut page = String::new();
-    s.read_to_string(&mut page).await?;
-    Ok(page)
-}
-
-fn sample(page: &str, name: &str) -> f64 {
-    page.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no {name} in\n{page}"))
+fn value(page: &str, name: &str) -> f64 {
+    sample(page, name).unwrap_or_else(|| panic!("no {name} in\n{page}"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -55,7 +44,7 @@ async fn warmup_fills_the_mounts_cache_so_first_reads_hit() -> Result<()> {
         &["--metrics-listen", &metrics, "--cache-size", "256MiB"],
     )?;
     let used = "cairn_client_cache_used_bytes{tier=\"memory\"}";
-    let before = sample(&scrape(&metrics).await?, used);
+    let before = value(&metrics_page(&metrics).await?, used);
 
     let out = Command::new(binary("cairn"))
         .args(["--json", "warmup", "-j", "4"])
@@ -66,8 +55,8 @@ async fn warmup_fills_the_mounts_cache_so_first_reads_hit() -> Result<()> {
     ensure!(summary["bytes"] == total, "{summary}");
     ensure!(summary["files"] == 4 && summary["failed"] == 0, "{summary}");
 
-    let page = scrape(&metrics).await?;
-    let after = sample(&page, used);
+    let page = metrics_page(&metrics).await?;
+    let after = value(&page, used);
     ensure!(
         after - before >= (24 << 20) as f64,
         "the mount's memory tier grew by {} bytes",
@@ -75,15 +64,15 @@ async fn warmup_fills_the_mounts_cache_so_first_reads_hit() -> Result<()> {
     );
     let lookups = "cairn_client_cache_lookups_total{tier=\"memory\"}";
     let hits = "cairn_client_cache_hits_total{tier=\"memory\"}";
-    let misses = |p: &str| sample(p, lookups) - sample(p, hits);
-    let (misses0, hits0) = (misses(&page), sample(&page, hits));
+    let misses = |p: &str| value(p, lookups) - value(p, hits);
+    let (misses0, hits0) = (misses(&page), value(&page, hits));
 
     // The job's first read through the mount: every block from the cache.
     ensure!(std::fs::read(m.path("w/data/big.bin"))? == big);
     tokio::time::sleep(Duration::from_millis(100)).await;
-    let page = scrape(&metrics).await?;
+    let page = metrics_page(&metrics).await?;
     ensure!(
-        sample(&page, hits) - hits0 >= ((24 << 20) / 4096) as f64,
+        value(&page, hits) - hits0 >= ((24 << 20) / 4096) as f64,
         "the read was served by the cache"
     );
     ensure!(

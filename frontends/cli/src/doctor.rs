@@ -527,9 +527,7 @@ async fn io_checks(
             crate::format::human_bytes(total)
         ),
     );
-    let progress = Arc::new(
-        Progress::new("doctor", 0, Some(total), quiet).with_label("writing the read set".into()),
-    );
+    let progress = bar(quiet, total, "writing the read set");
     let files: Vec<String> = (0..SEQ_JOBS).map(|i| format!("read-{i}")).collect();
     for name in &files {
         write_file(target, work_dir, name, file_size, &data, false, &progress).await?;
@@ -537,9 +535,7 @@ async fn io_checks(
     progress.finish();
 
     step(quiet, "sequential read: 1 MiB requests, 4 jobs, direct");
-    let progress = Arc::new(
-        Progress::new("doctor", 0, Some(total), quiet).with_label("sequential read".into()),
-    );
+    let progress = bar(quiet, total, "sequential read");
     let (elapsed, note) = sequential_read(target, work_dir, &files, file_size, &progress).await?;
     progress.finish();
     let mbps = total as f64 / 1e6 / elapsed.as_secs_f64().max(1e-9);
@@ -589,47 +585,54 @@ async fn io_checks(
             crate::format::human_bytes(size)
         ),
     );
-    let progress = Arc::new(
-        Progress::new("doctor", 0, Some(size), quiet).with_label("checkpoint save".into()),
-    );
+    let progress = bar(quiet, size, "checkpoint save");
     let t = Instant::now();
     save_checkpoint(target, work_dir, size, &data, &progress).await?;
     let save = t.elapsed();
     progress.finish();
-    checks.push(Check::measured(
-        "io",
+    checks.push(checkpoint_check(
         "checkpoint_save_time",
-        round(save.as_secs_f64(), 3),
-        "s",
-        signals::CHECKPOINT_TIME,
-        format!(
-            "{} saved at {:.0} MB/s",
-            crate::format::human_bytes(size),
-            size as f64 / 1e6 / save.as_secs_f64().max(1e-9)
-        ),
+        save,
+        size,
+        "saved",
+        "",
     ));
 
     step(quiet, "checkpoint restore");
-    let progress = Arc::new(
-        Progress::new("doctor", 0, Some(size), quiet).with_label("checkpoint restore".into()),
-    );
+    let progress = bar(quiet, size, "checkpoint restore");
     let t = Instant::now();
     let note = restore_checkpoint(target, work_dir, size, &data, &progress).await?;
     let restore = t.elapsed();
     progress.finish();
-    checks.push(Check::measured(
-        "io",
+    checks.push(checkpoint_check(
         "checkpoint_restore_time",
-        round(restore.as_secs_f64(), 3),
+        restore,
+        size,
+        "restored and checked",
+        note,
+    ));
+    Ok(())
+}
+
+/// A progress bar over `bytes` labelled `label`.
+fn bar(quiet: bool, bytes: u64, label: &str) -> Arc<Progress> {
+    Arc::new(Progress::new("doctor", 0, Some(bytes), quiet).with_label(label.to_string()))
+}
+
+/// A checkpoint time check: `size` bytes `done` in `took`.
+fn checkpoint_check(name: &str, took: Duration, size: u64, done: &str, note: &str) -> Check {
+    Check::measured(
+        "io",
+        name,
+        round(took.as_secs_f64(), 3),
         "s",
         signals::CHECKPOINT_TIME,
         format!(
-            "{} restored and checked at {:.0} MB/s{note}",
+            "{} {done} at {:.0} MB/s{note}",
             crate::format::human_bytes(size),
-            size as f64 / 1e6 / restore.as_secs_f64().max(1e-9)
+            size as f64 / 1e6 / took.as_secs_f64().max(1e-9)
         ),
-    ));
-    Ok(())
+    )
 }
 
 fn round(v: f64, digits: i32) -> f64 {
