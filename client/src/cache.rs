@@ -1086,6 +1086,20 @@ impl BlockCache {
         Some(data)
     }
 
+    /// Whether a tier holds `key`, without counting a lookup or marking
+    /// the block used (read-ahead asks this before fetching what a
+    /// warm-up already loaded).
+    pub fn contains(&self, key: BlockKey) -> bool {
+        if let Some(shard) = self.memory.shard(&key)
+            && lock(shard).map.contains_key(&key)
+        {
+            return true;
+        }
+        self.ssd
+            .as_ref()
+            .is_some_and(|ssd| lock(&ssd.shared.index).map.contains_key(&key))
+    }
+
     /// Moves a block read from the SSD tier into memory, unless it was
     /// invalidated (or replaced) since it was read.
     fn promote(&self, ssd: &Ssd, key: BlockKey, data: &Bytes, loc: &Loc) {

@@ -847,6 +847,17 @@ impl FileInner {
 
     /// Fetches piece `p` into the read-ahead buffer (kept in file order).
     async fn prefetch(&self, p: Piece) -> Result<()> {
+        // A piece the block cache holds whole (a warm-up, an earlier
+        // reader) is not fetched again: the read finds it there.
+        let size = lock(&self.state).len;
+        let p_end = p.file_offset + p.len;
+        if cache_enabled(&self.client)
+            && p_end.div_ceil(BLOCK) * BLOCK <= size
+            && (p.file_offset / BLOCK..p_end.div_ceil(BLOCK))
+                .all(|blk| self.client.inner.cache.contains(self.key(blk)))
+        {
+            return Ok(());
+        }
         let epoch = self.epoch();
         let b = self.fetch(&p).await?;
         if self.epoch() != epoch {
