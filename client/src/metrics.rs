@@ -40,11 +40,16 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use prometheus_client::encoding::{
+    DescriptorEncoder, EncodeLabelSet, EncodeMetric, MetricEncoder, NoLabelSet,
+};
 use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::ConstGauge;
-use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::metrics::histogram::exponential_buckets;
+use prometheus_client::metrics::{MetricType, TypedMetric};
 use prometheus_client::registry::{Registry, Unit};
 
 use crate::cache::{BlockCache, TierStats};
@@ -65,16 +70,85 @@ pub struct SaveLabels {
     pub result: &'static str,
 }
 
-type Histograms = Family<VolumeLabel, Histogram, fn() -> Histogram>;
+type Histograms = Family<VolumeLabel, AtomicHistogram, fn() -> AtomicHistogram>;
 
-fn io_histogram() -> Histogram {
+fn io_histogram() -> AtomicHistogram {
     // 50 µs .. ~6.5 s.
-    Histogram::new(exponential_buckets(0.000_05, 2.0, 18))
+    AtomicHistogram::new(exponential_buckets(0.000_05, 2.0, 18))
 }
 
-fn checkpoint_histogram() -> Histogram {
+fn checkpoint_histogram() -> AtomicHistogram {
     // 0.1 s .. ~27 min.
-    Histogram::new(exponential_buckets(0.1, 2.0, 15))
+    AtomicHistogram::new(exponential_buckets(0.1, 2.0, 15))
+}
+
+/// A histogram of seconds observed with atomic adds only:
+/// `prometheus-client`'s `Histogram` takes a mutex per observation, which
+/// every reader of a volume would contend for on each read. Encoded like
+/// it (cumulative `le` buckets, `+Inf` last, `_sum`, `_count`).
+#[derive(Debug, Clone)]
+pub struct AtomicHistogram {
+    inner: Arc<HistogramInner>,
+}
+
+#[derive(Debug)]
+struct HistogramInner {
+    /// Upper bounds, ascending; the `+Inf` bucket is `counts`' last.
+    bounds: Vec<f64>,
+    /// Observations per bucket (not cumulative).
+    counts: Vec<AtomicU64>,
+    count: AtomicU64,
+    /// The sum, in nanoseconds.
+    sum_nanos: AtomicU64,
+}
+
+impl AtomicHistogram {
+    fn new(bounds: impl IntoIterator<Item = f64>) -> Self {
+        let bounds: Vec<f64> = bounds.into_iter().filter(|b| b.is_finite()).collect();
+        let counts = (0..=bounds.len()).map(|_| AtomicU64::new(0)).collect();
+        Self {
+            inner: Arc::new(HistogramInner {
+                bounds,
+                counts,
+                count: AtomicU64::new(0),
+                sum_nanos: AtomicU64::new(0),
+            }),
+        }
+    }
+
+    /// Records one observation of `d`.
+    pub fn observe(&self, d: Duration) {
+        let i = &self.inner;
+        let secs = d.as_secs_f64();
+        let bucket = i.bounds.partition_point(|b| *b < secs);
+        i.counts[bucket].fetch_add(1, Ordering::Relaxed);
+        i.count.fetch_add(1, Ordering::Relaxed);
+        let nanos = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+        i.sum_nanos.fetch_add(nanos, Ordering::Relaxed);
+    }
+}
+
+impl TypedMetric for AtomicHistogram {
+    const TYPE: MetricType = MetricType::Histogram;
+}
+
+impl EncodeMetric for AtomicHistogram {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        let i = &self.inner;
+        let buckets: Vec<(f64, u64)> = i
+            .bounds
+            .iter()
+            .copied()
+            .chain(std::iter::once(f64::INFINITY))
+            .zip(i.counts.iter().map(|c| c.load(Ordering::Relaxed)))
+            .collect();
+        let sum = i.sum_nanos.load(Ordering::Relaxed) as f64 / 1e9;
+        encoder.encode_histogram::<NoLabelSet>(sum, i.count.load(Ordering::Relaxed), &buckets, None)
+    }
+
+    fn metric_type(&self) -> MetricType {
+        Self::TYPE
+    }
 }
 
 /// One client's metrics.
@@ -214,7 +288,7 @@ impl ClientMetrics {
                 .get_or_create(&VolumeLabel {
                     volume: volume.to_string(),
                 })
-                .observe(took.as_secs_f64());
+                .observe(took);
         }
     }
 
@@ -224,7 +298,7 @@ impl ClientMetrics {
             .get_or_create(&VolumeLabel {
                 volume: volume.to_string(),
             })
-            .observe(took.as_secs_f64());
+            .observe(took);
     }
 }
 
@@ -232,20 +306,20 @@ impl ClientMetrics {
 #[derive(Debug, Clone)]
 pub(crate) struct FileMetrics {
     read_bytes: Counter,
-    read_seconds: Histogram,
+    read_seconds: AtomicHistogram,
     write_bytes: Counter,
-    write_seconds: Histogram,
+    write_seconds: AtomicHistogram,
 }
 
 impl FileMetrics {
     pub(crate) fn read(&self, bytes: usize, took: Duration) {
         self.read_bytes.inc_by(bytes as u64);
-        self.read_seconds.observe(took.as_secs_f64());
+        self.read_seconds.observe(took);
     }
 
     pub(crate) fn wrote(&self, bytes: usize, took: Duration) {
         self.write_bytes.inc_by(bytes as u64);
-        self.write_seconds.observe(took.as_secs_f64());
+        self.write_seconds.observe(took);
     }
 }
 
@@ -433,6 +507,11 @@ mod tests {
         for want in [
             "cairn_client_read_bytes_total{volume=\"datasets\"} 8192",
             "cairn_client_read_seconds_count{volume=\"datasets\"} 2",
+            "cairn_client_read_seconds_bucket{le=\"0.00005\",volume=\"datasets\"} 0",
+            "cairn_client_read_seconds_bucket{le=\"0.0001\",volume=\"datasets\"} 1",
+            "cairn_client_read_seconds_bucket{le=\"0.0002\",volume=\"datasets\"} 2",
+            "cairn_client_read_seconds_bucket{le=\"+Inf\",volume=\"datasets\"} 2",
+            "cairn_client_read_seconds_sum{volume=\"datasets\"} 0.0002",
             "cairn_client_write_bytes_total{volume=\"datasets\"} 1048576",
             "cairn_client_checkpoint_save_seconds_sum{volume=\"ckpt\"} 12.0",
             "cairn_client_checkpoint_save_seconds_count{volume=\"ckpt\"} 1",
