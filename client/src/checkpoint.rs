@@ -85,6 +85,15 @@ pub struct CheckpointInfo {
     pub metrics: BTreeMap<String, f64>,
 }
 
+impl CheckpointInfo {
+    /// The recorded CRC32 in hex, or "unrecorded" (a file published
+    /// through a mount).
+    pub fn crc_text(&self) -> String {
+        self.crc32
+            .map_or_else(|| "unrecorded".into(), |c| format!("{c:08x}"))
+    }
+}
+
 /// The checkpoints in one directory.
 #[derive(Debug, Clone)]
 pub struct Checkpoints {
@@ -399,7 +408,7 @@ impl Checkpoints {
                     "checkpoint {name}: read {} bytes that do not match its record ({} bytes, crc32 {})",
                     data.len(),
                     info.size,
-                    crc_text(info.crc32)
+                    info.crc_text()
                 ),
             ));
         }
@@ -457,10 +466,6 @@ impl Checkpoints {
         }
         Ok(removed)
     }
-}
-
-fn crc_text(crc: Option<u32>) -> String {
-    crc.map_or_else(|| "unrecorded".into(), |c| format!("{c:08x}"))
 }
 
 /// The retention mark of directory `dir`: how many checkpoints it keeps.

@@ -271,7 +271,7 @@ async fn save(
         summary.elapsed.as_secs_f64(),
         // Truncated to whole bytes per second, as printed.
         human_bytes(summary.bytes_per_second() as u64),
-        crc_text(info.crc32)
+        info.crc_text()
     );
     let mut v = info_json(cps.dir(), &info);
     v["bytes_per_second"] = json!(summary.bytes_per_second());
@@ -482,7 +482,7 @@ async fn write_checked(
             format!(
                 "read {size} bytes with crc32 {crc:08x}, but its record says {} bytes with crc32 {}; {} is unchanged",
                 info.size,
-                crc_text(info.crc32),
+                info.crc_text(),
                 output.display()
             ),
         ));
@@ -528,10 +528,6 @@ async fn list(c: &Client, dir: &str, json: bool) -> anyhow::Result<()> {
         )
     );
     Ok(())
-}
-
-fn crc_text(crc: Option<u32>) -> String {
-    crc.map_or_else(|| "unrecorded".into(), |c| format!("{c:08x}"))
 }
 
 async fn init(c: &Client, dir: &str, keep: usize, json: bool) -> anyhow::Result<()> {

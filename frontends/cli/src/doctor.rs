@@ -119,8 +119,21 @@ pub struct DoctorArgs {
     #[arg(long, value_name = "FILE")]
     pub report: Option<PathBuf>,
 
-    #[command(flatten)]
-    pub data: DataArgs,
+    /// Cache directory of the clients whose cache counters to judge (what
+    /// `cairn cache stats` reads); the measurements themselves use no
+    /// cache.
+    #[arg(long, env = "CAIRN_CACHE_DIR", value_name = "DIR")]
+    pub cache_dir: Option<PathBuf>,
+
+    /// Key file of an encrypted volume, as VOLUME=PATH (for a Cairn PATH
+    /// on an encrypted volume; repeat, or separate with commas).
+    #[arg(
+        long = "key-file",
+        env = "CAIRN_KEY_FILES",
+        value_delimiter = ',',
+        value_name = "VOLUME=PATH"
+    )]
+    pub key_files: Vec<String>,
 }
 
 /// How a check came out.
@@ -310,7 +323,7 @@ pub async fn run(
     let mut checks = Vec::new();
     let mut signals = crate::signal::Signals::new().context("installing signal handlers")?;
     let target = resolve(meta, timeout, args).await?;
-    let cache_before = cache_stats(args.data.cache_dir.as_deref());
+    let cache_before = cache_stats(args.cache_dir.as_deref());
     let clock = Instant::now();
     if !args.quick {
         let work_dir = work_dir_name();
@@ -337,7 +350,7 @@ pub async fn run(
         }
     }
     cache_checks(
-        args.data.cache_dir.as_deref(),
+        args.cache_dir.as_deref(),
         cache_before.as_ref(),
         clock.elapsed(),
         &mut checks,
@@ -402,9 +415,11 @@ async fn resolve(meta: &str, timeout: Duration, args: &DoctorArgs) -> anyhow::Re
         );
     }
     // Reads through the library with no block cache: its direct I/O.
-    let mut direct = args.data.clone();
-    direct.cache_size = 0;
-    direct.cache_dir = None;
+    let direct = DataArgs {
+        cache_dir: None,
+        cache_size: 0,
+        key_files: args.key_files.clone(),
+    };
     let client = crate::data::connect(meta, &direct, timeout).await?;
     let attr = client
         .stat(&args.path)
@@ -520,22 +535,22 @@ async fn io_checks(
     };
     checks.push(clock_check(skew.0, skew.1, skew.2));
 
-    step(
-        quiet,
-        &format!(
-            "writing the read set ({} in {SEQ_JOBS} files)",
-            crate::format::human_bytes(total)
-        ),
+    let what = format!(
+        "writing the read set ({} in {SEQ_JOBS} files)",
+        crate::format::human_bytes(total)
     );
-    let progress = bar(quiet, total, "writing the read set");
+    let progress = phase(quiet, &what, total);
     let files: Vec<String> = (0..SEQ_JOBS).map(|i| format!("read-{i}")).collect();
     for name in &files {
         write_file(target, work_dir, name, file_size, &data, false, &progress).await?;
     }
     progress.finish();
 
-    step(quiet, "sequential read: 1 MiB requests, 4 jobs, direct");
-    let progress = bar(quiet, total, "sequential read");
+    let progress = phase(
+        quiet,
+        "sequential read: 1 MiB requests, 4 jobs, direct",
+        total,
+    );
     let (elapsed, note) = sequential_read(target, work_dir, &files, file_size, &progress).await?;
     progress.finish();
     let mbps = total as f64 / 1e6 / elapsed.as_secs_f64().max(1e-9);
@@ -578,14 +593,11 @@ async fn io_checks(
     ));
 
     let size = args.checkpoint_size.max(MIB) / MIB * MIB;
-    step(
-        quiet,
-        &format!(
-            "checkpoint save: {} (write, fsync, rename)",
-            crate::format::human_bytes(size)
-        ),
+    let what = format!(
+        "checkpoint save: {} (write, fsync, rename)",
+        crate::format::human_bytes(size)
     );
-    let progress = bar(quiet, size, "checkpoint save");
+    let progress = phase(quiet, &what, size);
     let t = Instant::now();
     save_checkpoint(target, work_dir, size, &data, &progress).await?;
     let save = t.elapsed();
@@ -598,8 +610,7 @@ async fn io_checks(
         "",
     ));
 
-    step(quiet, "checkpoint restore");
-    let progress = bar(quiet, size, "checkpoint restore");
+    let progress = phase(quiet, "checkpoint restore", size);
     let t = Instant::now();
     let note = restore_checkpoint(target, work_dir, size, &data, &progress).await?;
     let restore = t.elapsed();
@@ -614,9 +625,11 @@ async fn io_checks(
     Ok(())
 }
 
-/// A progress bar over `bytes` labelled `label`.
-fn bar(quiet: bool, bytes: u64, label: &str) -> Arc<Progress> {
-    Arc::new(Progress::new("doctor", 0, Some(bytes), quiet).with_label(label.to_string()))
+/// Announces the measurement `what` and returns its progress bar over
+/// `bytes`.
+fn phase(quiet: bool, what: &str, bytes: u64) -> Arc<Progress> {
+    step(quiet, what);
+    Arc::new(Progress::new("doctor", 0, Some(bytes), quiet).with_label(what.to_string()))
 }
 
 /// A checkpoint time check: `size` bytes `done` in `took`.
