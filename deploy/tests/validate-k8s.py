@@ -268,6 +268,22 @@ def load_docs(text: str) -> list[dict]:
     return [d for d in yaml.safe_load_all(text) if d]
 
 
+def the_workload(by_kind, kind, name, containers, errors):
+    """The one `kind` named `name` (errors when there are others or none)
+    with its pod spec and containers by name; errors for other containers."""
+    objs = {d["metadata"]["name"]: d for d in by_kind.get(kind, [])}
+    if set(objs) != {name}:
+        errors.append(f"{kind}s {sorted(objs)}, want {name}")
+    obj = objs.get(name)
+    if not obj:
+        return None, None, None
+    pod = obj["spec"]["template"]["spec"]
+    cs = {c["name"]: c for c in pod["containers"]}
+    if set(cs) != containers:
+        errors.append(f"{kn(obj)}: containers {sorted(cs)}, want {sorted(containers)}")
+    return obj, pod, cs
+
+
 def kn(doc) -> str:
     return f"{doc.get('kind')}/{doc.get('metadata', {}).get('name')}"
 
@@ -735,15 +751,8 @@ def csi_errors(r: Render, docs: list[dict], peers: list[str]) -> list[str]:
                 errors.append(f"{kn(w)}: cairn-csi image {c.get('image')!r} is not the cluster's {meta_image!r}")
 
     # The controller: cairn-csi --mode controller beside the provisioner.
-    deps = {d["metadata"]["name"]: d for d in by_kind.get("Deployment", [])}
-    if set(deps) != {e["csi_controller"]}:
-        errors.append(f"Deployments {sorted(deps)}, want {e['csi_controller']}")
-    ctl = deps.get(e["csi_controller"])
+    ctl, pod, cs = the_workload(by_kind, "Deployment", e["csi_controller"], CONTROLLER_CONTAINERS, errors)
     if ctl:
-        pod = ctl["spec"]["template"]["spec"]
-        cs = {c["name"]: c for c in pod["containers"]}
-        if set(cs) != CONTROLLER_CONTAINERS:
-            errors.append(f"{kn(ctl)}: containers {sorted(cs)}, want {sorted(CONTROLLER_CONTAINERS)}")
         if ctl["spec"].get("replicas") != e["csi_controller_replicas"]:
             errors.append(f"{kn(ctl)}: replicas {ctl['spec'].get('replicas')}, want {e['csi_controller_replicas']}")
         psc = pod.get("securityContext", {})
@@ -838,15 +847,8 @@ def csi_errors(r: Render, docs: list[dict], peers: list[str]) -> list[str]:
                 errors.append(f"{kn(ctl)}: no Role lets it get the key Secret {e['key_ns']}/{e['key_secret']}")
 
     # The node plugin: privileged cairn-csi --mode node and the registrar.
-    dss = {d["metadata"]["name"]: d for d in by_kind.get("DaemonSet", [])}
-    if set(dss) != {e["csi_node"]}:
-        errors.append(f"DaemonSets {sorted(dss)}, want {e['csi_node']}")
-    node = dss.get(e["csi_node"])
+    node, pod, cs = the_workload(by_kind, "DaemonSet", e["csi_node"], NODE_CONTAINERS, errors)
     if node:
-        pod = node["spec"]["template"]["spec"]
-        cs = {c["name"]: c for c in pod["containers"]}
-        if set(cs) != NODE_CONTAINERS:
-            errors.append(f"{kn(node)}: containers {sorted(cs)}, want {sorted(NODE_CONTAINERS)}")
         if node["spec"].get("updateStrategy", {}).get("type") != e["node_update"]:
             errors.append(f"{kn(node)}: updateStrategy {node['spec'].get('updateStrategy')}, want {e['node_update']}")
         if pod.get("automountServiceAccountToken") is not False or pod.get("hostNetwork"):
