@@ -36,9 +36,9 @@
 //! * A file key is HKDF-SHA256(ikm = volume key, salt = the inode's random
 //!   salt, info = `"cairn file key v1"`), an AES-256-GCM key. The distinct
 //!   `info` strings keep the check value and file keys independent.
-//! * Key bytes live in [`Zeroizing`] buffers (and, with the `zeroize`
-//!   features of `aes`/`aes-gcm`, the expanded cipher state is wiped on
-//!   drop too); no `Debug` output and no error message prints key material.
+//! * Key bytes live in [`Zeroizing`] buffers, and a file key's expanded
+//!   cipher state is wiped when the key is dropped ([`WipedKey`]); no
+//!   `Debug` output and no error message prints key material.
 //!
 //! # Blocks
 //! Each 4 KiB block is encrypted on its own under a fresh random 96-bit
@@ -77,12 +77,14 @@ use std::fmt;
 use std::io::Read as _;
 use std::path::{Path, PathBuf};
 
-use aes_gcm::aead::inout::InOutBuf;
-use aes_gcm::aead::{AeadInOut as _, KeyInit as _};
-use aes_gcm::{Aes256Gcm, Nonce, Tag};
+use std::alloc::Layout;
+use std::mem::ManuallyDrop;
+use std::sync::atomic::{Ordering, compiler_fence};
+
 use hkdf::Hkdf;
 use rand::TryRngCore as _;
 use rand::rngs::OsRng;
+use ring::aead::{AES_256_GCM, Aad, LessSafeKey, Nonce, Tag, UnboundKey};
 use sha2::Sha256;
 use zeroize::Zeroizing;
 
@@ -269,8 +271,11 @@ impl VolumeKey {
     /// HKDF-SHA256(ikm = key, salt, info = `"cairn file key v1"`).
     pub fn file_key(&self, salt: &[u8]) -> FileKey {
         let k = self.file_key_bytes(salt);
+        let Ok(key) = UnboundKey::new(&AES_256_GCM, &k[..]) else {
+            unreachable!("AES-256-GCM takes any {KEY_LEN}-byte key");
+        };
         FileKey {
-            cipher: Aes256Gcm::new((&*k).into()),
+            cipher: WipedKey(ManuallyDrop::new(Box::new(LessSafeKey::new(key)))),
         }
     }
 
@@ -478,9 +483,65 @@ impl KeyRing {
 }
 
 /// The AES-256-GCM key of one file. `Debug` never shows it.
+///
+/// # Why ring
+/// The cipher is ring's AES-256-GCM (BoringSSL's assembly: AES-NI or VAES
+/// stitched with CLMUL GHASH, chosen at run time), not RustCrypto's
+/// `aes-gcm`, which earlier releases used. A 4 KiB block seals at 8.1 GiB/s
+/// with ring against 2.7 GiB/s with `aes-gcm` on our EPYC machines, and an
+/// encrypted sequential read was CPU-bound on the cipher (0.39 CPU-s per
+/// GiB on top of the plain path's 0.25, on 2 cores shared with the
+/// chunkservers). The format is the same standard AES-256-GCM (96-bit
+/// nonce, 128-bit tag, the same associated data), so blocks written by
+/// either open with the other; a test holds both to that. HKDF and SHA-256
+/// stay RustCrypto's.
 #[derive(Clone)]
 pub struct FileKey {
-    cipher: Aes256Gcm,
+    cipher: WipedKey,
+}
+
+/// ring's expanded AES-GCM key, boxed so it lives at one address, and
+/// overwritten with zeros when dropped (ring does not wipe its keys).
+/// Copies made while it was built on the stack are not wiped; nor are
+/// RustCrypto's.
+struct WipedKey(ManuallyDrop<Box<LessSafeKey>>);
+
+impl Clone for WipedKey {
+    fn clone(&self) -> Self {
+        Self(ManuallyDrop::new(Box::new((**self.0).clone())))
+    }
+}
+
+impl std::ops::Deref for WipedKey {
+    type Target = LessSafeKey;
+
+    fn deref(&self) -> &LessSafeKey {
+        &self.0
+    }
+}
+
+impl Drop for WipedKey {
+    #[allow(unsafe_code)]
+    fn drop(&mut self) {
+        // SAFETY: `self.0` is taken once, here, and never used again.
+        let raw = Box::into_raw(unsafe { ManuallyDrop::take(&mut self.0) });
+        let layout = Layout::new::<LessSafeKey>();
+        // SAFETY: `raw` is the only pointer to a live `LessSafeKey` that a
+        // `Box` allocated with `layout` from the global allocator. Its
+        // bytes are overwritten and the memory freed without running its
+        // destructor, which is sound because it has none to run: it holds
+        // round keys and GHASH tables in arrays and a `&'static Algorithm`,
+        // no heap memory and no `Drop` (ring 0.17). The zeroed bytes are
+        // never read as a `LessSafeKey`.
+        unsafe {
+            let bytes = raw.cast::<u8>();
+            for i in 0..layout.size() {
+                std::ptr::write_volatile(bytes.add(i), 0);
+            }
+            compiler_fence(Ordering::SeqCst);
+            std::alloc::dealloc(bytes, layout);
+        }
+    }
 }
 
 impl fmt::Debug for FileKey {
@@ -605,11 +666,17 @@ impl FileKey {
         input: &[u8],
         out: &mut [u8],
     ) -> Seal {
-        let len = out.len();
-        let Ok(buf) = InOutBuf::new(input, out) else {
-            panic!("sealing {} bytes into {len}", input.len());
-        };
-        self.seal_buf(nonces.next(None), object, block, buf)
+        assert_eq!(
+            input.len(),
+            out.len(),
+            "sealing {} bytes into {}",
+            input.len(),
+            out.len()
+        );
+        // ring seals in place; copying 4 KiB first costs a tenth of the
+        // seal (and the copy's source is still in cache for nothing else).
+        out.copy_from_slice(input);
+        self.seal_with_nonce(nonces.next(None), object, block, out)
     }
 
     fn seal_with_nonce(
@@ -619,29 +686,19 @@ impl FileKey {
         block: u64,
         data: &mut [u8],
     ) -> Seal {
-        self.seal_buf(nonce, object, block, data.into())
-    }
-
-    fn seal_buf(
-        &self,
-        nonce: [u8; NONCE_LEN],
-        object: u64,
-        block: u64,
-        buf: InOutBuf<'_, '_, u8>,
-    ) -> Seal {
-        let len = buf.len();
-        let tag =
-            match self
-                .cipher
-                .encrypt_inout_detached(&Nonce::from(nonce), &aad(object, block), buf)
-            {
-                Ok(tag) => tag,
-                // A silent fallback would store plain text: refuse loudly.
-                Err(_) => panic!("cannot seal {len} bytes: over GCM's 64 GiB limit"),
-            };
+        let len = data.len();
+        let tag = match self.cipher.seal_in_place_separate_tag(
+            Nonce::assume_unique_for_key(nonce),
+            Aad::from(aad(object, block)),
+            data,
+        ) {
+            Ok(tag) => tag,
+            // A silent fallback would store plain text: refuse loudly.
+            Err(_) => panic!("cannot seal {len} bytes: over GCM's 64 GiB limit"),
+        };
         let mut seal = [0u8; SEAL_LEN];
         seal[..NONCE_LEN].copy_from_slice(&nonce);
-        seal[NONCE_LEN..].copy_from_slice(&tag);
+        seal[NONCE_LEN..].copy_from_slice(tag.as_ref());
         seal
     }
 
@@ -651,8 +708,8 @@ impl FileKey {
     /// # Errors
     /// [`CryptoError::Tag`] when the tag does not verify (altered
     /// ciphertext or seal, the wrong key, the wrong place, an all-zero
-    /// seal); `data` is then left as it was, so no unauthenticated
-    /// plaintext is ever exposed.
+    /// seal); `data` then holds zeros, so no unauthenticated plaintext is
+    /// ever exposed.
     pub fn open(
         &self,
         object: u64,
@@ -660,13 +717,20 @@ impl FileKey {
         data: &mut [u8],
         seal: &Seal,
     ) -> Result<(), CryptoError> {
-        self.open_buf((object, block), data.into(), seal)
+        let tag_err = || CryptoError::Tag { object, block };
+        let (nonce, tag) = seal.split_at(NONCE_LEN);
+        let nonce = Nonce::try_assume_unique_for_key(nonce).map_err(|_| tag_err())?;
+        let tag = Tag::try_from(tag).map_err(|_| tag_err())?;
+        self.cipher
+            .open_in_place_separate_tag(nonce, Aad::from(aad(object, block)), tag, data, 0..)
+            .map(|_| ())
+            .map_err(|_| tag_err())
     }
 
     /// [`Self::open`] reading the cipher text from `input` and writing the
     /// plain text to `out` (of the same length) in one pass: what a read
     /// uses, since the bytes it received are shared with their frame.
-    /// `out` is left as it was when the tag does not verify.
+    /// `out` holds zeros when the tag does not verify.
     ///
     /// # Errors
     /// As [`Self::open`]; [`CryptoError::Tag`] also when the lengths
@@ -678,22 +742,12 @@ impl FileKey {
         out: &mut [u8],
         seal: &Seal,
     ) -> Result<(), CryptoError> {
-        let buf = InOutBuf::new(input, out).map_err(|_| CryptoError::Tag { object, block })?;
-        self.open_buf((object, block), buf, seal)
-    }
-
-    fn open_buf(
-        &self,
-        (object, block): (u64, u64),
-        buf: InOutBuf<'_, '_, u8>,
-        seal: &Seal,
-    ) -> Result<(), CryptoError> {
-        let tag_err = || CryptoError::Tag { object, block };
-        let nonce = Nonce::try_from(&seal[..NONCE_LEN]).map_err(|_| tag_err())?;
-        let tag = Tag::try_from(&seal[NONCE_LEN..]).map_err(|_| tag_err())?;
-        self.cipher
-            .decrypt_inout_detached(&nonce, &aad(object, block), buf, &tag)
-            .map_err(|_| tag_err())
+        if input.len() != out.len() {
+            return Err(CryptoError::Tag { object, block });
+        }
+        // ring opens in place: copy, then open (zeroed on failure).
+        out.copy_from_slice(input);
+        self.open(object, block, out, seal)
     }
 }
 
@@ -787,11 +841,11 @@ mod tests {
         let mut back = vec![0u8; 4096];
         fk.open_into((42, 7), &out, &mut back, &seal).unwrap();
         assert_eq!(back, plain);
-        // A flipped byte fails the tag and leaves the output untouched.
+        // A flipped byte fails the tag and leaves zeros, not plain text.
         out[100] ^= 1;
-        let mut untouched = vec![9u8; 4096];
-        assert!(fk.open_into((42, 7), &out, &mut untouched, &seal).is_err());
-        assert!(untouched.iter().all(|b| *b == 9));
+        let mut zeroed = vec![9u8; 4096];
+        assert!(fk.open_into((42, 7), &out, &mut zeroed, &seal).is_err());
+        assert!(zeroed.iter().all(|b| *b == 0));
         out[100] ^= 1;
         fk.open(42, 7, &mut out, &seal).unwrap();
         assert_eq!(out, plain);
@@ -799,6 +853,50 @@ mod tests {
         let mut again = vec![0u8; 4096];
         let seal = fk.seal_into(&mut Nonces::new(1), (42, 7), &plain, &mut again);
         assert!(fk.open(42, 8, &mut again, &seal).is_err());
+    }
+
+    /// Blocks sealed by releases before ring (RustCrypto's `aes-gcm`, the
+    /// same key derivation and associated data) open, and blocks sealed now
+    /// open with `aes-gcm`: the stored format did not change.
+    #[test]
+    fn blocks_sealed_by_rustcrypto_aes_gcm_open_and_the_other_way() {
+        use aes_gcm::aead::{AeadInOut as _, KeyInit as _};
+        let vk = key(3);
+        let salt = b"salt-of-an-old-file";
+        let old = aes_gcm::Aes256Gcm::new((&*vk.file_key_bytes(salt)).into());
+        let fk = vk.file_key(salt);
+        let plain = pattern(4096);
+
+        let nonce = [0x42u8; NONCE_LEN];
+        let mut c = plain.clone();
+        let tag = old
+            .encrypt_inout_detached(&nonce.into(), &aad(9, 5), c.as_mut_slice().into())
+            .unwrap();
+        let mut seal = [0u8; SEAL_LEN];
+        seal[..NONCE_LEN].copy_from_slice(&nonce);
+        seal[NONCE_LEN..].copy_from_slice(&tag);
+        let mut back = vec![0u8; 4096];
+        fk.open_into((9, 5), &c, &mut back, &seal).unwrap();
+        assert_eq!(back, plain, "an old block opens with ring");
+
+        let mut c = plain.clone();
+        let seal = fk.seal(9, 5, &mut c);
+        let nonce = aes_gcm::Nonce::try_from(&seal[..NONCE_LEN]).unwrap();
+        let tag = aes_gcm::Tag::try_from(&seal[NONCE_LEN..]).unwrap();
+        old.decrypt_inout_detached(&nonce, &aad(9, 5), c.as_mut_slice().into(), &tag)
+            .unwrap();
+        assert_eq!(c, plain, "a new block opens with aes-gcm");
+    }
+
+    #[test]
+    fn a_clone_outlives_the_key_it_came_from() {
+        let fk = key(4).file_key(b"salt");
+        let copy = fk.clone();
+        drop(fk);
+        let mut c = pattern(4096);
+        let seal = copy.seal(1, 2, &mut c);
+        copy.open(1, 2, &mut c, &seal).unwrap();
+        assert_eq!(c, pattern(4096), "a clone outlives the key it came from");
     }
 
     #[test]
@@ -811,7 +909,7 @@ mod tests {
     }
 
     #[test]
-    fn every_alteration_fails_and_leaves_the_ciphertext() {
+    fn every_alteration_fails_and_exposes_no_plain_text() {
         let fk = key(1).file_key(b"salt-of-file-one");
         let mut c = pattern(4096);
         let seal = fk.seal(42, 7, &mut c);
@@ -822,9 +920,11 @@ mod tests {
 
         let mut flipped = c.clone();
         flipped[2048] ^= 1;
-        let before = flipped.clone();
         assert_eq!(fk.open(42, 7, &mut flipped, &seal), tag_err);
-        assert_eq!(flipped, before, "a failed open leaves the data as it was");
+        assert!(
+            flipped.iter().all(|b| *b == 0),
+            "a failed open leaves zeros, never unauthenticated plain text"
+        );
 
         for i in [0, NONCE_LEN, SEAL_LEN - 1] {
             let mut bad = seal;
