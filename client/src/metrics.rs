@@ -434,6 +434,9 @@ impl Collector for CacheCollector {
     }
 }
 
+/// The content type of [`ClientMetrics::encode`]'s text.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
 /// Serves `GET /metrics` (this client's metrics in the text format) on
 /// `addr` until the returned task is aborted or the process exits;
 /// returns the bound address. One small response per connection, so an
@@ -445,42 +448,150 @@ pub async fn serve(
     addr: std::net::SocketAddr,
     metrics: Arc<ClientMetrics>,
 ) -> std::io::Result<(std::net::SocketAddr, tokio::task::JoinHandle<()>)> {
-    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let bound = listener.local_addr()?;
     let task = tokio::spawn(async move {
-        while let Ok((mut sock, _)) = listener.accept().await {
+        while let Ok((sock, _)) = listener.accept().await {
             let metrics = metrics.clone();
-            tokio::spawn(async move {
-                let mut head = [0u8; 1024];
-                let Ok(Ok(n)) =
-                    tokio::time::timeout(Duration::from_secs(5), sock.read(&mut head)).await
-                else {
-                    return;
-                };
-                let (status, kind, body) = if head[..n].starts_with(b"GET /metrics") {
-                    (
-                        "200 OK",
-                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                        metrics.encode(),
-                    )
-                } else {
-                    (
-                        "404 Not Found",
-                        "text/plain",
-                        "this endpoint serves GET /metrics\n".to_string(),
-                    )
-                };
-                let reply = format!(
-                    "HTTP/1.1 {status}\r\ncontent-type: {kind}\r\ncontent-length: {}\r\n\
-                     connection: close\r\n\r\n{body}",
-                    body.len()
-                );
-                let _ = sock.write_all(reply.as_bytes()).await;
-            });
+            tokio::spawn(answer(sock, async move { metrics.encode() }));
         }
     });
     Ok((bound, task))
+}
+
+/// [`serve`] on a unix socket at `path` (mode 0600, replacing a stale
+/// socket file left by an earlier process): what the CSI node plugin
+/// scrapes its mounts through, so a node's mounts need no ports.
+///
+/// # Errors
+/// The socket cannot be made at `path`.
+pub async fn serve_unix(
+    path: &std::path::Path,
+    metrics: Arc<ClientMetrics>,
+) -> std::io::Result<tokio::task::JoinHandle<()>> {
+    use std::os::unix::fs::{FileTypeExt as _, PermissionsExt as _};
+    if let Ok(m) = std::fs::symlink_metadata(path) {
+        if !m.file_type().is_socket() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::AlreadyExists,
+                format!("{} exists and is not a socket", path.display()),
+            ));
+        }
+        std::fs::remove_file(path)?;
+    }
+    let listener = tokio::net::UnixListener::bind(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(tokio::spawn(async move {
+        while let Ok((sock, _)) = listener.accept().await {
+            let metrics = metrics.clone();
+            tokio::spawn(answer(sock, async move { metrics.encode() }));
+        }
+    }))
+}
+
+/// Answers one HTTP request on `sock`: `GET /metrics` with `body` in the
+/// OpenMetrics text format (awaited only for that request), anything else
+/// with 404.
+pub async fn answer<S>(mut sock: S, body: impl std::future::Future<Output = String>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut head = [0u8; 1024];
+    let Ok(Ok(n)) = tokio::time::timeout(Duration::from_secs(5), sock.read(&mut head)).await else {
+        return;
+    };
+    let (status, kind, body) = if head[..n].starts_with(b"GET /metrics") {
+        ("200 OK", CONTENT_TYPE, body.await)
+    } else {
+        (
+            "404 Not Found",
+            "text/plain",
+            "this endpoint serves GET /metrics\n".to_string(),
+        )
+    };
+    let reply = format!(
+        "HTTP/1.1 {status}\r\ncontent-type: {kind}\r\ncontent-length: {}\r\n\
+         connection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = sock.write_all(reply.as_bytes()).await;
+}
+
+/// Merges OpenMetrics expositions of several processes of this binary into
+/// one (what the CSI node plugin serves for its mounts): each sample gets
+/// the label `label="VALUE"` of its source (first among its labels), each
+/// metric family is described once (`# HELP`, `# TYPE`, `# UNIT` from its
+/// first source) with the samples of every source under it, and the text
+/// ends with one `# EOF`. Sources are `(VALUE, text)`; label values are
+/// escaped as the format requires.
+pub fn merge_expositions(label: &str, sources: &[(String, String)]) -> String {
+    // Family name -> (descriptor lines, samples), in first-seen order.
+    let mut order: Vec<String> = Vec::new();
+    let mut families: std::collections::HashMap<String, (Vec<String>, Vec<String>)> =
+        std::collections::HashMap::new();
+    for (value, text) in sources {
+        let value = escape_label_value(value);
+        let mut current: Option<String> = None;
+        for line in text.lines() {
+            if line.is_empty() || line == "# EOF" {
+                continue;
+            }
+            if let Some(rest) = line.strip_prefix("# ") {
+                let mut f = rest.splitn(3, ' ');
+                let (Some(_kind), Some(name)) = (f.next(), f.next()) else {
+                    continue;
+                };
+                let fam = families.entry(name.to_string()).or_insert_with(|| {
+                    order.push(name.to_string());
+                    (Vec::new(), Vec::new())
+                });
+                // Descriptors come from the first source that has them.
+                if fam.1.is_empty() && !fam.0.iter().any(|d| d == line) {
+                    fam.0.push(line.to_string());
+                }
+                current = Some(name.to_string());
+                continue;
+            }
+            if line.starts_with('#') {
+                continue;
+            }
+            let Some(name) = current.clone() else {
+                continue;
+            };
+            let labelled = match line.find(['{', ' ']) {
+                Some(i) if line.as_bytes()[i] == b'{' => {
+                    let sep = if line[i + 1..].starts_with('}') {
+                        ""
+                    } else {
+                        ","
+                    };
+                    format!("{}{{{label}=\"{value}\"{sep}{}", &line[..i], &line[i + 1..])
+                }
+                Some(i) => format!("{}{{{label}=\"{value}\"}}{}", &line[..i], &line[i..]),
+                None => continue,
+            };
+            if let Some(fam) = families.get_mut(&name) {
+                fam.1.push(labelled);
+            }
+        }
+    }
+    let mut out = String::new();
+    for (descs, samples) in order.iter().filter_map(|n| families.get(n)) {
+        for l in descs.iter().chain(samples) {
+            out.push_str(l);
+            out.push('\n');
+        }
+    }
+    out.push_str("# EOF\n");
+    out
+}
+
+/// Escapes a label value for the text format (backslash, quote, newline).
+pub fn escape_label_value(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 #[cfg(test)]
@@ -491,6 +602,47 @@ mod tests {
     fn metrics() -> ClientMetrics {
         let cache = BlockCache::new(&CacheConfig::default()).unwrap();
         ClientMetrics::new(Arc::new(cache))
+    }
+
+    #[test]
+    fn expositions_merge_under_one_description_each_with_their_source() {
+        let a = metrics();
+        a.file("data").read(4096, Duration::from_micros(120));
+        let b = metrics();
+        b.file("ckpt").wrote(8192, Duration::from_micros(300));
+        let merged = merge_expositions(
+            "csi_volume",
+            &[
+                ("pv-a".to_string(), a.encode()),
+                ("pv-\"b\"".to_string(), b.encode()),
+            ],
+        );
+        assert!(merged.ends_with("\n# EOF\n"));
+        assert_eq!(merged.matches("# EOF").count(), 1);
+        // One description per family.
+        let types: Vec<&str> = merged
+            .lines()
+            .filter(|l| l.starts_with("# TYPE "))
+            .collect();
+        let mut unique = types.clone();
+        unique.sort_unstable();
+        unique.dedup();
+        assert_eq!(types.len(), unique.len(), "{merged}");
+        for want in [
+            "cairn_client_read_bytes_total{csi_volume=\"pv-a\",volume=\"data\"} 4096",
+            "cairn_client_write_bytes_total{csi_volume=\"pv-\\\"b\\\"\",volume=\"ckpt\"} 8192",
+            "cairn_client_prefetch_blocks_total{csi_volume=\"pv-a\"} 0",
+            "cairn_client_cache_used_bytes{csi_volume=\"pv-a\",tier=\"memory\"} 0",
+        ] {
+            assert!(merged.contains(want), "{want} in\n{merged}");
+        }
+        // Every sample follows its family's description.
+        let read = merged
+            .find("# TYPE cairn_client_read_bytes counter")
+            .unwrap();
+        let sample = merged.find("cairn_client_read_bytes_total{").unwrap();
+        assert!(read < sample);
+        assert_eq!(merge_expositions("x", &[]), "# EOF\n");
     }
 
     #[test]

@@ -76,6 +76,7 @@ KUBE_VERSIONS = ["1.25.0", "1.32.0", "1.37.0"]
 # Kinds kubernetes-validate has no schema for; checked by hand below.
 CUSTOM_KINDS = {
     ("monitoring.coreos.com/v1", "ServiceMonitor"),
+    ("monitoring.coreos.com/v1", "PodMonitor"),
 }
 CLUSTER_SCOPED = {"StorageClass", "VolumeSnapshotClass", "CSIDriver", "ClusterRole", "ClusterRoleBinding", "Namespace"}
 
@@ -147,6 +148,7 @@ class Render:
             "meta_metrics": 9101,
             "cs_port": 7100,
             "cs_metrics": 9102,
+            "node_metrics": 9103,
             "shards": 1,
             "domain": "cluster.local",
             "zone": "",
@@ -209,6 +211,7 @@ RENDERS = [
             "csi.controller.replicas=1",
             "csi.controller.antiAffinity=required",
             "csi.node.stateDir=/srv/cairn-csi",
+            "csi.node.metricsPort=8103",
             "csi.node.updateStrategy.type=RollingUpdate",
             "csi.encryptionKeySecret.name=prod-keys",
             "csi.encryptionKeySecret.namespace=vault",
@@ -222,6 +225,7 @@ RENDERS = [
             "meta_metrics": 8101,
             "cs_port": 8100,
             "cs_metrics": 8102,
+            "node_metrics": 8103,
             "shards": 3,
             "domain": "k8s.example",
             "zone": "rack-a",
@@ -325,8 +329,40 @@ def custom_kind_errors(docs: list[dict]) -> list[str]:
     """Hand checks of the kinds kubernetes-validate skips."""
     errors = []
     services = [d for d in docs if d["kind"] == "Service"]
+    pod_templates = [d for d in docs if d["kind"] in ("DaemonSet", "Deployment", "StatefulSet")]
     for d in docs:
         where = kn(d)
+        if d["kind"] == "PodMonitor":
+            closed(d, {"apiVersion", "kind", "metadata", "spec"}, where, errors)
+            spec = d.get("spec", {})
+            closed(spec, {"selector", "namespaceSelector", "podMetricsEndpoints", "jobLabel"},
+                   f"{where} spec", errors)
+            ns = d["metadata"].get("namespace")
+            if spec.get("namespaceSelector") != {"matchNames": [ns]}:
+                errors.append(f"{where}: namespaceSelector {spec.get('namespaceSelector')} is not its own namespace {ns}")
+            sel = spec.get("selector", {}).get("matchLabels") or {}
+            if not sel:
+                errors.append(f"{where}: empty selector would scrape every pod")
+            eps = spec.get("podMetricsEndpoints") or []
+            if not eps:
+                errors.append(f"{where}: no podMetricsEndpoints")
+            for ep in eps:
+                closed(ep, {"port", "path", "interval", "scrapeTimeout", "scheme"}, f"{where} endpoint", errors)
+                if ep.get("path") != "/metrics":
+                    errors.append(f"{where}: endpoint path {ep.get('path')!r}, not /metrics")
+                if not re.fullmatch(r"\d+(ms|s|m|h)", str(ep.get("interval", "30s"))):
+                    errors.append(f"{where}: interval {ep.get('interval')!r} is not a Prometheus duration")
+                targets = [
+                    w for w in pod_templates
+                    if w["metadata"].get("namespace") == ns
+                    and matches(sel, w["spec"]["template"]["metadata"].get("labels", {}))
+                    and any(p.get("name") == ep.get("port")
+                            for c in w["spec"]["template"]["spec"]["containers"] for p in c.get("ports", []))
+                ]
+                if len(targets) != 1:
+                    errors.append(
+                        f"{where}: port {ep.get('port')!r} is offered by {len(targets)} selected workloads "
+                        f"({[kn(w) for w in targets]}), want exactly 1")
         if d["kind"] == "ServiceMonitor":
             closed(d, {"apiVersion", "kind", "metadata", "spec"}, where, errors)
             spec = d.get("spec", {})
@@ -601,6 +637,10 @@ def semantic_errors(r: Render, docs: list[dict]) -> list[str]:
     sms = by_kind.get("ServiceMonitor", [])
     if bool(sms) != e["service_monitors"] or (sms and {m["metadata"]["name"] for m in sms} != want_stss):
         errors.append(f"ServiceMonitors {[kn(m) for m in sms]}, wanted: {e['service_monitors']}")
+    pms = [m["metadata"]["name"] for m in by_kind.get("PodMonitor", [])]
+    want_pms = [e["csi_node"]] if e["service_monitors"] and e["csi"] else []
+    if pms != want_pms:
+        errors.append(f"PodMonitors {pms}, want {want_pms}")
     errors += csi_errors(r, docs, peers)
     return errors
 
@@ -869,6 +909,9 @@ def csi_errors(r: Render, docs: list[dict], peers: list[str]) -> list[str]:
                 errors.append(f"{kn(node)}: --node-id {a.get('node-id')!r} is not the node's name (spec.nodeName)")
             if a.get("cairn") != "/usr/local/bin/cairn":
                 errors.append(f"{kn(node)}: --cairn {a.get('cairn')!r}, want the image's /usr/local/bin/cairn")
+            if a.get("metrics-listen") != f"0.0.0.0:{e['node_metrics']}" or port_of(drv, "metrics") != e["node_metrics"]:
+                errors.append(f"{kn(node)}: --metrics-listen {a.get('metrics-listen')!r} / metrics port disagree "
+                              f"(want {e['node_metrics']})")
             sc = drv.get("securityContext", {})
             if sc.get("privileged") is not True or sc.get("runAsUser") != 0:
                 errors.append(f"{kn(node)}: cairn-csi must run privileged as root (FUSE, mount --bind, propagation)")
@@ -982,6 +1025,8 @@ MUTATIONS = {
         "metadata": {"name": "cairn-snapshots"}, "driver": "csi.cairn.io", "deletionPolicy": "Delete"}),
     "no csi-resizer": lambda d: _ctl(d)["spec"]["template"]["spec"].__setitem__(
         "containers", [c for c in _ctl(d)["spec"]["template"]["spec"]["containers"] if c["name"] != "csi-resizer"]),
+    "node metrics served on another port than the pod's": lambda d: _set_ctr_arg(
+        _node(d), "cairn-csi", "metrics-listen", "0.0.0.0:9104"),
     "node plugin not privileged": lambda d: _ctr(_node(d), "cairn-csi")["securityContext"].pop("privileged"),
     "kubelet dir without Bidirectional": lambda d: next(
         m for m in _ctr(_node(d), "cairn-csi")["volumeMounts"] if m["name"] == "kubelet-dir")
@@ -1149,6 +1194,13 @@ def main() -> int:
               "spec": {"selectr": {}, "endpoints": [{"port": "metrics", "path": "/metrics"}]}}
         if not custom_kind_errors([sm] + defaults.docs):
             errs.append("the ServiceMonitor check accepted spec.selectr")
+        pm = {"apiVersion": "monitoring.coreos.com/v1", "kind": "PodMonitor",
+              "metadata": {"name": "x", "namespace": "cairn-system"},
+              "spec": {"selector": {"matchLabels": {"app.kubernetes.io/component": "csi-node"}},
+                       "namespaceSelector": {"matchNames": ["cairn-system"]},
+                       "podMetricsEndpoints": [{"port": "metrix", "path": "/metrics"}]}}
+        if not custom_kind_errors([pm] + defaults.docs):
+            errs.append("the PodMonitor check accepted a port no pod offers")
         for what, mutate in MUTATIONS.items():
             docs = copy.deepcopy(defaults.docs)
             mutate(docs)
@@ -1157,7 +1209,7 @@ def main() -> int:
     else:
         errs.append("no default rendering to break")
     report("self-test: broken manifests are rejected", errs,
-           f"a misspelt field, a wrong type, an unknown apiVersion and {len(MUTATIONS) + 1} semantic breakages")
+           f"a misspelt field, a wrong type, an unknown apiVersion and {len(MUTATIONS) + 2} semantic breakages")
 
     took = time.monotonic() - t0
     if failures:

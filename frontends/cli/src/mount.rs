@@ -98,6 +98,12 @@ pub struct MountArgs {
     #[arg(long, value_name = "IP:PORT")]
     pub metrics_listen: Option<std::net::SocketAddr>,
 
+    /// Serve the same metrics on a unix socket at PATH (mode 0600), for a
+    /// local collector such as the CSI node plugin, which merges its
+    /// mounts' metrics into one endpoint.
+    #[arg(long, value_name = "PATH")]
+    pub metrics_socket: Option<PathBuf>,
+
     #[command(flatten)]
     pub data: DataArgs,
 }
@@ -200,6 +206,14 @@ pub async fn run(meta: &str, args: &MountArgs) -> anyhow::Result<()> {
         }
         None => None,
     };
+    let socket = match &args.metrics_socket {
+        Some(path) => Some(
+            cairn_client::metrics::serve_unix(path, client.metrics().clone())
+                .await
+                .map_err(|e| anyhow::anyhow!("--metrics-socket {}: {e}", path.display()))?,
+        ),
+        None => None,
+    };
     let mounted = mount(client.clone(), args).await?;
     eprintln!(
         "cairn mount: {} serves {}{} (meta {meta}{}); stop with Ctrl-C or SIGTERM",
@@ -213,6 +227,12 @@ pub async fn run(meta: &str, args: &MountArgs) -> anyhow::Result<()> {
     serve_until_stopped(mounted, &mut signals, "cairn mount").await;
     if let Some((_, task)) = metrics {
         task.abort();
+    }
+    if let Some(task) = socket {
+        task.abort();
+        if let Some(path) = &args.metrics_socket {
+            let _ = std::fs::remove_file(path);
+        }
     }
     data::close(&client).await;
     Ok(())

@@ -54,6 +54,11 @@ struct Args {
     /// beside this binary, else `cairn` on PATH).
     #[arg(long)]
     cairn: Option<PathBuf>,
+    /// Serve this node's metrics at http://IP:PORT/metrics (node mode):
+    /// every staged volume's client metrics (reads, writes, checkpoints,
+    /// cache tiers), labelled csi_volume, and the plugin's own.
+    #[arg(long, env = "CSI_METRICS_LISTEN", value_name = "IP:PORT")]
+    metrics_listen: Option<std::net::SocketAddr>,
 }
 
 fn socket_path(endpoint: &str) -> PathBuf {
@@ -87,6 +92,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!("--meta {}: {e}", args.meta))?;
     let controller = matches!(args.mode, Mode::Controller | Mode::All);
     let node_side = matches!(args.mode, Mode::Node | Mode::All);
+    if args.metrics_listen.is_some() && !node_side {
+        anyhow::bail!(
+            "--metrics-listen serves the node side's mounts: use it with --mode node or all"
+        );
+    }
     let node = if node_side {
         let cfg = NodeConfig {
             node_id: args.node_id.clone().unwrap_or_else(host_name),
@@ -96,6 +106,21 @@ async fn run(args: Args) -> anyhow::Result<()> {
         };
         let n = Node::new(cfg, meta.clone()).await?;
         n.spawn_supervisor();
+        if let Some(addr) = args.metrics_listen {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|e| anyhow::anyhow!("--metrics-listen {addr}: {e}"))?;
+            tracing::info!(addr = %listener.local_addr()?, "serving node metrics at /metrics");
+            let node = n.clone();
+            tokio::spawn(async move {
+                while let Ok((sock, _)) = listener.accept().await {
+                    let node = node.clone();
+                    tokio::spawn(async move {
+                        cairn_client::metrics::answer(sock, async { node.metrics().await }).await;
+                    });
+                }
+            });
+        }
         Some(n)
     } else {
         None

@@ -25,6 +25,16 @@
 //! Mount and bind operations use the system's `mount` and `umount` (as
 //! kubelet's mount utilities do), so the driver needs no unsafe code.
 //!
+//! # Metrics
+//! Each mount process serves its client metrics (reads, writes,
+//! checkpoints, cache tiers: [`cairn_client::metrics`]) on a unix socket,
+//! `STATE/metrics/VOL.sock`, and the plugin's `--metrics-listen` endpoint
+//! ([`Node::metrics`]) merges them at each scrape, every sample labelled
+//! `csi_volume`, beside the plugin's own: staged volumes, whether each
+//! mount answered, and mounts started again. One port per node however
+//! many volumes it mounts, and a mount that outlives the plugin is scraped
+//! by the next one through the same socket.
+//!
 //! # Keys
 //! An encrypted volume's key comes in NodeStage's secrets and is written
 //! to `STATE/keys/VOL.key` (mode 0600) for the mount process; it is
@@ -52,6 +62,12 @@ pub const SUPERVISE_EVERY: Duration = Duration::from_secs(2);
 
 /// How long NodeStage waits for a new mount to appear.
 const MOUNT_WITHIN: Duration = Duration::from_secs(30);
+
+/// How long a scrape waits for one mount's metrics.
+const SCRAPE_WITHIN: Duration = Duration::from_secs(2);
+
+/// Longest unix socket path (`sun_path` is 108 bytes with its NUL).
+const MAX_SOCKET_PATH: usize = 107;
 
 /// A staged volume, as kept in the state directory.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -91,6 +107,9 @@ pub struct Node {
     /// unpublish or remount of it; `records` is locked only briefly, so a
     /// slow mount of one volume never holds up another's calls.
     volume_locks: Arc<std::sync::Mutex<HashMap<String, Arc<Mutex<()>>>>>,
+    /// Mount processes started again after they died (since this plugin
+    /// started).
+    restarts: Arc<std::sync::atomic::AtomicU64>,
 }
 
 fn internal(what: &str, e: impl std::fmt::Display) -> Status {
@@ -199,6 +218,28 @@ fn bind(staging: &str, target: &str, read_only: bool) -> Result<(), String> {
     Ok(())
 }
 
+/// `GET /metrics` over the unix socket at `path`: the body of a 200
+/// answer, or `None` (no socket, no answer within [`SCRAPE_WITHIN`], not
+/// a 200).
+async fn scrape_unix(path: PathBuf) -> Option<String> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let ask = async {
+        let mut sock = tokio::net::UnixStream::connect(&path).await.ok()?;
+        sock.write_all(b"GET /metrics HTTP/1.0\r\n\r\n")
+            .await
+            .ok()?;
+        let mut reply = Vec::new();
+        sock.read_to_end(&mut reply).await.ok()?;
+        let reply = String::from_utf8(reply).ok()?;
+        let (head, body) = reply.split_once("\r\n\r\n")?;
+        head.starts_with("HTTP/1.1 200").then(|| body.to_string())
+    };
+    tokio::time::timeout(SCRAPE_WITHIN, ask)
+        .await
+        .ok()
+        .flatten()
+}
+
 fn log_tail(path: &Path) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let lines: Vec<&str> = text.lines().rev().take(5).collect();
@@ -212,7 +253,7 @@ impl Node {
     /// # Errors
     /// The state directory cannot be made or read.
     pub async fn new(cfg: NodeConfig, meta: MetaClient) -> anyhow::Result<Self> {
-        for d in ["volumes", "keys", "logs", "cache"] {
+        for d in ["volumes", "keys", "logs", "cache", "metrics"] {
             std::fs::create_dir_all(cfg.state_dir.join(d))?;
         }
         let mut records = HashMap::new();
@@ -235,6 +276,7 @@ impl Node {
             meta,
             records: Arc::new(Mutex::new(records)),
             volume_locks: Arc::default(),
+            restarts: Arc::default(),
         };
         node.supervise_once().await;
         Ok(node)
@@ -255,6 +297,8 @@ impl Node {
             tracing::warn!(volume = %id, pid = r.pid, "the mount process is gone: mounting again");
             match self.remount(&r).await {
                 Ok(pid) => {
+                    self.restarts
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     let mut r = r;
                     r.pid = pid;
                     if let Err(e) = self.save(&r) {
@@ -265,6 +309,56 @@ impl Node {
                 Err(e) => tracing::error!(volume = %id, "mounting again: {e}"),
             }
         }
+    }
+
+    /// Where volume `id`'s mount serves its metrics.
+    fn metrics_socket(&self, id: &str) -> PathBuf {
+        self.cfg
+            .state_dir
+            .join("metrics")
+            .join(format!("{id}.sock"))
+    }
+
+    /// This node's metrics in the OpenMetrics text format: the plugin's
+    /// own (`cairn_csi_staged_volumes`, `cairn_csi_mount_up{csi_volume}`,
+    /// `cairn_csi_mount_restarts_total`), then every staged volume's
+    /// client metrics, asked of its mount at this call, each sample
+    /// labelled `csi_volume`. A mount that does not answer within
+    /// [`SCRAPE_WITHIN`] shows as `cairn_csi_mount_up 0` and adds nothing.
+    pub async fn metrics(&self) -> String {
+        use cairn_client::metrics::{escape_label_value, merge_expositions};
+        let mut ids: Vec<String> = self.records.lock().await.keys().cloned().collect();
+        ids.sort();
+        let scrapes =
+            futures::future::join_all(ids.iter().map(|id| scrape_unix(self.metrics_socket(id))))
+                .await;
+        let mut own = format!(
+            "# HELP cairn_csi_staged_volumes Volumes staged (mounted) on this node.\n\
+             # TYPE cairn_csi_staged_volumes gauge\n\
+             cairn_csi_staged_volumes {}\n\
+             # HELP cairn_csi_mount_up Whether the volume's mount process answered this scrape.\n\
+             # TYPE cairn_csi_mount_up gauge\n",
+            ids.len()
+        );
+        let mut sources = Vec::new();
+        for (id, text) in ids.iter().zip(scrapes) {
+            let up = u8::from(text.is_some());
+            own.push_str(&format!(
+                "cairn_csi_mount_up{{csi_volume=\"{}\"}} {up}\n",
+                escape_label_value(id)
+            ));
+            if let Some(t) = text {
+                sources.push((id.clone(), t));
+            }
+        }
+        own.push_str(&format!(
+            "# HELP cairn_csi_mount_restarts Mount processes started again after they died.\n\
+             # TYPE cairn_csi_mount_restarts counter\n\
+             cairn_csi_mount_restarts_total {}\n",
+            self.restarts.load(std::sync::atomic::Ordering::Relaxed)
+        ));
+        own.push_str(&merge_expositions("csi_volume", &sources));
+        own
     }
 
     /// Takes volume `id`'s lock.
@@ -460,6 +554,16 @@ impl pb::node_server::Node for Node {
         if reader_only(Some(&cap)) {
             args.push("--read-only".into());
         }
+        let socket = self.metrics_socket(&volume);
+        if socket.as_os_str().len() <= MAX_SOCKET_PATH {
+            args.extend(["--metrics-socket".into(), socket.display().to_string()]);
+        } else {
+            tracing::warn!(
+                volume = %volume,
+                "the metrics socket path is too long for a unix socket: this volume's \
+                 mount is not scraped (shorten --state-dir)"
+            );
+        }
         if !flag(ctx, CTX_PREFETCH, true) {
             args.extend(["--read-ahead".into(), "0".into()]);
         }
@@ -538,6 +642,7 @@ impl pb::node_server::Node for Node {
         // SSD cache tier and the mount's log (a node stages many volumes
         // over its life).
         let _ = std::fs::remove_file(self.key_path(&volume));
+        let _ = std::fs::remove_file(self.metrics_socket(&volume));
         let _ = std::fs::remove_dir_all(self.cfg.state_dir.join("cache").join(&volume));
         let _ = std::fs::remove_file(
             self.cfg

@@ -35,6 +35,8 @@ struct Plugin {
     state: PathBuf,
     log: PathBuf,
     meta: String,
+    /// Where the plugin serves the node's metrics (`--metrics-listen`).
+    metrics: String,
 }
 
 impl Plugin {
@@ -47,6 +49,7 @@ impl Plugin {
             state: dir.join("state"),
             log: dir.join("csi.log"),
             meta: meta.to_string(),
+            metrics: format!("127.0.0.1:{}", free_port()?),
         };
         p.spawn()?;
         Ok(p)
@@ -64,6 +67,7 @@ impl Plugin {
             .arg(&self.state)
             .arg("--cairn")
             .arg(binary("cairn"))
+            .args(["--metrics-listen", &self.metrics])
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
@@ -130,6 +134,35 @@ impl Drop for Plugin {
             let _ = Command::new("umount").args(["-l", &p]).status();
         }
     }
+}
+
+fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// The node's metrics page, once the plugin serves it.
+async fn node_metrics(plugin: &Plugin) -> Result<String> {
+    let t0 = Instant::now();
+    loop {
+        match cairn_jepsen::scrape::metrics_page(&plugin.metrics).await {
+            Ok(page) => return Ok(page),
+            Err(e) if t0.elapsed() > Duration::from_secs(20) => {
+                return Err(e.context(plugin.log_text()));
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+}
+
+/// The sum of the samples on `page` whose line starts with `prefix`
+/// (a metric name and the first of its labels), and how many there are.
+fn samples(page: &str, prefix: &str) -> (f64, usize) {
+    page.lines()
+        .filter(|l| l.starts_with(prefix))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .fold((0.0, 0), |(s, n), v| (s + v, n + 1))
 }
 
 fn mount_cap(mode: Mode) -> VolumeCapability {
@@ -472,6 +505,38 @@ async fn body(dir: &Path, cluster: &DataCluster) -> Result<()> {
     );
     ensure!(bytes.used > 0, "{stats:?}");
 
+    // The node's metrics: the plugin's own, and the mount's client metrics
+    // for what the pods just did, labelled with the volume.
+    let page = node_metrics(&plugin).await?;
+    let lbl = r#"{csi_volume="pvc-0001""#;
+    ensure!(
+        page.ends_with("# EOF\n") && page.matches("# EOF").count() == 1,
+        "one exposition:\n{page}"
+    );
+    ensure!(
+        cairn_jepsen::scrape::sample(&page, "cairn_csi_staged_volumes") == Some(1.0)
+            && cairn_jepsen::scrape::sample(&page, &format!("cairn_csi_mount_up{lbl}}}"))
+                == Some(1.0),
+        "{page}"
+    );
+    for (what, min) in [
+        ("cairn_client_write_bytes_total", 17.0),
+        ("cairn_client_read_bytes_total", 17.0),
+        ("cairn_client_read_seconds_count", 1.0),
+        ("cairn_client_cache_lookups_total", 0.0),
+    ] {
+        let (sum, n) = samples(&page, &format!("{what}{lbl}"));
+        ensure!(
+            n > 0 && sum >= min,
+            "{what} of pvc-0001: {sum} in {n} samples\n{page}"
+        );
+    }
+    let mut types: Vec<&str> = page.lines().filter(|l| l.starts_with("# TYPE ")).collect();
+    let all = types.len();
+    types.sort_unstable();
+    types.dedup();
+    ensure!(types.len() == all, "each family described once:\n{page}");
+
     // Expansion: the quota grows online, the mount sees it at once.
     let expand = |volume_id: &str, bytes: i64| pb::ControllerExpandVolumeRequest {
         volume_id: volume_id.into(),
@@ -521,6 +586,12 @@ async fn body(dir: &Path, cluster: &DataCluster) -> Result<()> {
         record_pid(&plugin.state, name)? == pid,
         "adopted, not remounted"
     );
+    let page = node_metrics(&plugin).await?;
+    ensure!(
+        cairn_jepsen::scrape::sample(&page, &format!("cairn_csi_mount_up{lbl}}}")) == Some(1.0)
+            && samples(&page, &format!("cairn_client_write_bytes_total{lbl}")).0 > 0.0,
+        "the next plugin scrapes the mount it adopted:\n{page}"
+    );
 
     // The mount process dies: the plugin mounts the volume again on the
     // same staging path and remakes the pods' bind mounts.
@@ -538,6 +609,14 @@ async fn body(dir: &Path, cluster: &DataCluster) -> Result<()> {
         || std::fs::read(a.join("ckpt/step-1.pt")).is_ok_and(|d| d == b"weights of step 1"),
     )
     .await?;
+    let page = node_metrics(&plugin).await?;
+    ensure!(
+        cairn_jepsen::scrape::sample(&page, "cairn_csi_mount_restarts_total") == Some(1.0)
+            && cairn_jepsen::scrape::sample(&page, &format!("cairn_csi_mount_up{lbl}}}"))
+                == Some(1.0)
+            && samples(&page, &format!("cairn_client_read_bytes_total{lbl}")).0 >= 17.0,
+        "the new mount process is counted and scraped:\n{page}"
+    );
 
     for t in [&a, &b, &r] {
         let req = pb::NodeUnpublishVolumeRequest {
@@ -555,6 +634,12 @@ async fn body(dir: &Path, cluster: &DataCluster) -> Result<()> {
     node.node_unstage_volume(unstage.clone()).await?;
     node.node_unstage_volume(unstage).await?;
     ensure!(!is_mounted(&staging), "unstaged");
+    let page = node_metrics(&plugin).await?;
+    ensure!(
+        cairn_jepsen::scrape::sample(&page, "cairn_csi_staged_volumes") == Some(0.0)
+            && !page.contains("pvc-0001"),
+        "an unstaged volume leaves the node's metrics:\n{page}"
+    );
     let new_pid = record_pid(&plugin.state, name).ok();
     ensure!(new_pid.is_none(), "the record is gone");
 
