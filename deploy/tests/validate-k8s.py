@@ -909,6 +909,9 @@ def csi_errors(r: Render, docs: list[dict], peers: list[str]) -> list[str]:
                 errors.append(f"{kn(node)}: --node-id {a.get('node-id')!r} is not the node's name (spec.nodeName)")
             if a.get("cairn") != "/usr/local/bin/cairn":
                 errors.append(f"{kn(node)}: --cairn {a.get('cairn')!r}, want the image's /usr/local/bin/cairn")
+            if env.get("CSI_NODE_ZONE", {}).get("valueFrom", {}).get("fieldRef", {}).get("fieldPath") != \
+                    "metadata.labels['topology.kubernetes.io/zone']":
+                errors.append(f"{kn(node)}: CSI_NODE_ZONE is not the pod's topology.kubernetes.io/zone label")
             if a.get("metrics-listen") != f"0.0.0.0:{e['node_metrics']}" or port_of(drv, "metrics") != e["node_metrics"]:
                 errors.append(f"{kn(node)}: --metrics-listen {a.get('metrics-listen')!r} / metrics port disagree "
                               f"(want {e['node_metrics']})")

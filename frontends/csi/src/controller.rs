@@ -73,6 +73,48 @@ fn capacity_bytes(r: &pb::CapacityRange) -> Result<u64, Status> {
     Ok(r.required_bytes.max(r.limit_bytes) as u64)
 }
 
+/// Where a new volume is accessible from, given the CO's requirements:
+/// every requisite topology (a Cairn volume is reachable from any zone),
+/// else every preferred one, else anywhere (none listed). See the crate
+/// docs, Topology.
+///
+/// # Errors
+/// INVALID_ARGUMENT for a segment under a key other than [`ZONE_KEY`] (no
+/// node reports one) or an empty topology.
+///
+/// [`ZONE_KEY`]: crate::ZONE_KEY
+pub fn accessible_topology(
+    req: Option<&pb::TopologyRequirement>,
+) -> Result<Vec<pb::Topology>, Status> {
+    let Some(req) = req else {
+        return Ok(Vec::new());
+    };
+    let chosen = if req.requisite.is_empty() {
+        &req.preferred
+    } else {
+        &req.requisite
+    };
+    let mut out: Vec<pb::Topology> = Vec::new();
+    for t in chosen {
+        if t.segments.is_empty() {
+            return Err(Status::invalid_argument(
+                "accessibility_requirements: an empty topology",
+            ));
+        }
+        if let Some(k) = t.segments.keys().find(|k| *k != crate::ZONE_KEY) {
+            return Err(Status::invalid_argument(format!(
+                "accessibility_requirements: unknown topology key {k:?}; Cairn nodes report \
+                 only {:?}",
+                crate::ZONE_KEY
+            )));
+        }
+        if !out.contains(t) {
+            out.push(t.clone());
+        }
+    }
+    Ok(out)
+}
+
 fn unimplemented(what: &str) -> Status {
     Status::unimplemented(format!("{what} is not offered by the Cairn CSI driver yet"))
 }
@@ -126,13 +168,14 @@ impl pb::controller_server::Controller for Controller {
         } else {
             None
         };
+        let topology = accessible_topology(req.accessibility_requirements.as_ref())?;
         let answer = |quota: u64| pb::CreateVolumeResponse {
             volume: Some(pb::Volume {
                 capacity_bytes: quota as i64,
                 volume_id: name.clone(),
                 volume_context: class.context(),
                 content_source: None,
-                accessible_topology: Vec::new(),
+                accessible_topology: topology.clone(),
             }),
         };
         let existing = |v: &cairn_proto::meta::Volume| -> Result<(), Status> {
@@ -368,5 +411,40 @@ impl pb::controller_server::Controller for Controller {
         _: Request<pb::ControllerModifyVolumeRequest>,
     ) -> Result<Response<pb::ControllerModifyVolumeResponse>, Status> {
         Err(unimplemented("ControllerModifyVolume"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn zone(z: &str) -> pb::Topology {
+        pb::Topology {
+            segments: [(crate::ZONE_KEY.to_string(), z.to_string())].into(),
+        }
+    }
+
+    #[test]
+    fn volumes_are_accessible_from_every_required_zone() {
+        assert_eq!(accessible_topology(None).unwrap(), Vec::new());
+        let req = |requisite: Vec<pb::Topology>, preferred: Vec<pb::Topology>| {
+            accessible_topology(Some(&pb::TopologyRequirement {
+                requisite,
+                preferred,
+            }))
+        };
+        assert_eq!(
+            req(vec![zone("a"), zone("b"), zone("a")], vec![zone("b")]).unwrap(),
+            vec![zone("a"), zone("b")]
+        );
+        assert_eq!(req(Vec::new(), vec![zone("c")]).unwrap(), vec![zone("c")]);
+        assert_eq!(req(Vec::new(), Vec::new()).unwrap(), Vec::new());
+        let rack = pb::Topology {
+            segments: [("rack".to_string(), "r1".to_string())].into(),
+        };
+        let e = req(vec![rack], Vec::new()).unwrap_err();
+        assert!(e.message().contains("rack"), "{e:?}");
+        let empty = pb::Topology::default();
+        assert!(req(vec![empty], Vec::new()).is_err());
     }
 }

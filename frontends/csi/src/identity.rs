@@ -46,6 +46,13 @@ impl pb::identity_server::Identity for Identity {
                     r#type: service::Type::ControllerService as i32,
                 })),
             });
+            // Volumes are reachable from every zone; the capability lets
+            // a class confine them (see the crate docs, Topology).
+            capabilities.push(PluginCapability {
+                r#type: Some(pb::plugin_capability::Type::Service(Service {
+                    r#type: service::Type::VolumeAccessibilityConstraints as i32,
+                })),
+            });
             // Expansion is a quota change: online, nothing for the node.
             capabilities.push(PluginCapability {
                 r#type: Some(pb::plugin_capability::Type::VolumeExpansion(

@@ -15,8 +15,23 @@
 //!   staging path.
 //!
 //! What is not offered yet, and therefore not advertised: snapshots (Cairn
-//! has none yet), cloning, block volumes, topology. Expansion is a quota
-//! change, online.
+//! has none yet), cloning, block volumes. Expansion is a quota change,
+//! online.
+//!
+//! # Topology
+//! A node plugin started with `--zone` reports its zone under
+//! [`ZONE_KEY`] (the well-known `topology.kubernetes.io/zone`, so
+//! StorageClasses' `allowedTopologies` use the usual key), and the
+//! controller advertises volume accessibility constraints. A Cairn volume
+//! is a network file system every zone reaches, so CreateVolume answers
+//! that it is accessible from *every* topology the request requires (or,
+//! without requisite ones, every preferred one; without either, from
+//! anywhere): a class with `allowedTopologies` confines its volumes to
+//! those zones, and nothing else confines them. Zones Kubernetes learns
+//! of after a volume was made are not in its node affinity (the CO's rule,
+//! not Cairn's), so classes that should follow new zones leave
+//! `allowedTopologies` out and the external-provisioner's Topology feature
+//! off (the chart's default).
 
 pub mod controller;
 pub mod identity;
@@ -34,6 +49,9 @@ use tonic::Status;
 
 /// The driver's name, as the CSIDriver object and StorageClasses name it.
 pub const DRIVER_NAME: &str = "csi.cairn.io";
+
+/// The topology key node plugins report their zone under.
+pub const ZONE_KEY: &str = "topology.kubernetes.io/zone";
 
 /// A client error as a gRPC status: the code the project's errors travel
 /// under everywhere ([`ErrorCode::grpc_code`]), `what` and the message.

@@ -45,6 +45,10 @@ struct Args {
     /// This node's id (NodeGetInfo); default: the host name.
     #[arg(long, env = "CSI_NODE_ID")]
     node_id: Option<String>,
+    /// This node's zone, reported by NodeGetInfo as
+    /// topology.kubernetes.io/zone (empty: none).
+    #[arg(long, env = "CSI_NODE_ZONE")]
+    zone: Option<String>,
     /// Where the node side keeps its records of staged volumes, key files,
     /// mount logs and cache directories (keep it on the host: a restarted
     /// plugin adopts the mounts recorded there).
@@ -100,6 +104,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let node = if node_side {
         let cfg = NodeConfig {
             node_id: args.node_id.clone().unwrap_or_else(host_name),
+            zone: args.zone.clone().filter(|z| !z.trim().is_empty()),
             meta: args.meta.clone(),
             cairn: args.cairn.clone().unwrap_or_else(default_cairn),
             state_dir: args.state_dir.clone(),

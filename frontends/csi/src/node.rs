@@ -89,6 +89,9 @@ pub struct Record {
 pub struct NodeConfig {
     /// This node's id (reported by NodeGetInfo).
     pub node_id: String,
+    /// This node's zone, reported by NodeGetInfo under
+    /// [`crate::ZONE_KEY`] (none: no topology).
+    pub zone: Option<String>,
     /// Meta replicas, comma separated, for the mount processes.
     pub meta: String,
     /// The `cairn` binary the mounts run.
@@ -815,7 +818,9 @@ impl pb::node_server::Node for Node {
         Ok(Response::new(pb::NodeGetInfoResponse {
             node_id: self.cfg.node_id.clone(),
             max_volumes_per_node: 0,
-            accessible_topology: None,
+            accessible_topology: self.cfg.zone.as_ref().map(|z| pb::Topology {
+                segments: [(crate::ZONE_KEY.to_string(), z.clone())].into(),
+            }),
         }))
     }
 }

@@ -68,6 +68,7 @@ impl Plugin {
             .arg("--cairn")
             .arg(binary("cairn"))
             .args(["--metrics-listen", &self.metrics])
+            .env("CSI_NODE_ZONE", format!("zone-{}", self.node_id))
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
@@ -288,11 +289,64 @@ async fn body(dir: &Path, cluster: &DataCluster) -> Result<()> {
         "{e:?}"
     );
 
+    // Topology: advertised; a volume is reachable from every zone the CO
+    // requires, and a key no node reports is refused.
+    let plugin_caps = id
+        .get_plugin_capabilities(pb::GetPluginCapabilitiesRequest {})
+        .await?
+        .into_inner();
+    ensure!(
+        plugin_caps.capabilities.iter().any(|c| matches!(
+            &c.r#type,
+            Some(pb::plugin_capability::Type::Service(s))
+                if s.r#type == pb::plugin_capability::service::Type::VolumeAccessibilityConstraints as i32
+        )),
+        "{plugin_caps:?}"
+    );
+    let zone = |z: &str| pb::Topology {
+        segments: HashMap::from([("topology.kubernetes.io/zone".to_string(), z.to_string())]),
+    };
+    let mut zoned = create_req("pvc-zoned", 1 << 30, class());
+    zoned.accessibility_requirements = Some(pb::TopologyRequirement {
+        requisite: vec![zone("zone-a"), zone("zone-b")],
+        preferred: vec![zone("zone-b")],
+    });
+    let got = ctl
+        .create_volume(zoned.clone())
+        .await?
+        .into_inner()
+        .volume
+        .context("a volume")?;
+    ensure!(
+        got.accessible_topology == vec![zone("zone-a"), zone("zone-b")],
+        "accessible from every requisite zone: {got:?}"
+    );
+    ctl.delete_volume(pb::DeleteVolumeRequest {
+        volume_id: "pvc-zoned".into(),
+        secrets: HashMap::new(),
+    })
+    .await?;
+    zoned.accessibility_requirements = Some(pb::TopologyRequirement {
+        requisite: vec![pb::Topology {
+            segments: HashMap::from([("rack".to_string(), "r1".to_string())]),
+        }],
+        preferred: Vec::new(),
+    });
+    let e = ctl.create_volume(zoned).await.unwrap_err();
+    ensure!(
+        e.code() == Code::InvalidArgument && e.message().contains("rack"),
+        "{e:?}"
+    );
+
     let v = ctl
         .create_volume(create_req(name, 1 << 30, class()))
         .await?
         .into_inner();
     let vol = v.volume.context("a volume")?;
+    ensure!(
+        vol.accessible_topology.is_empty(),
+        "no requirements, no constraint: {vol:?}"
+    );
     ensure!(
         vol.volume_id == name && vol.capacity_bytes == 1 << 30,
         "{vol:?}"
@@ -358,6 +412,15 @@ async fn body(dir: &Path, cluster: &DataCluster) -> Result<()> {
         .await?
         .into_inner();
     ensure!(info.node_id == "node-a");
+    let zone = info.accessible_topology.context("node-a's topology")?;
+    ensure!(
+        zone.segments
+            == HashMap::from([(
+                "topology.kubernetes.io/zone".to_string(),
+                "zone-node-a".to_string()
+            )]),
+        "{zone:?}"
+    );
     let staging = dir.join("kubelet/plugins/csi.cairn.io/pvc-0001/globalmount");
     let staging_s = staging.display().to_string();
     let stage = pb::NodeStageVolumeRequest {
