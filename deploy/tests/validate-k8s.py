@@ -326,72 +326,55 @@ def closed(obj, allowed, where, errors):
 
 
 def custom_kind_errors(docs: list[dict]) -> list[str]:
-    """Hand checks of the kinds kubernetes-validate skips."""
+    """Hand checks of the kinds kubernetes-validate skips: the Prometheus
+    Operator's ServiceMonitor (scrapes Services) and PodMonitor (scrapes
+    pods, for the CSI node DaemonSet, which has no Service)."""
     errors = []
     services = [d for d in docs if d["kind"] == "Service"]
-    pod_templates = [d for d in docs if d["kind"] in ("DaemonSet", "Deployment", "StatefulSet")]
+    workloads = [d for d in docs if d["kind"] in ("DaemonSet", "Deployment", "StatefulSet")]
+
+    def service_offers(s: dict, sel: dict, port: str) -> bool:
+        return matches(sel, s["metadata"].get("labels", {})) and \
+            any(p.get("name") == port for p in s["spec"].get("ports", []))
+
+    def workload_offers(w: dict, sel: dict, port: str) -> bool:
+        pod = w["spec"]["template"]
+        return matches(sel, pod["metadata"].get("labels", {})) and \
+            any(p.get("name") == port for c in pod["spec"]["containers"] for p in c.get("ports", []))
+
+    monitors = {
+        "ServiceMonitor": ("endpoints", "Services", services, service_offers),
+        "PodMonitor": ("podMetricsEndpoints", "workloads", workloads, workload_offers),
+    }
     for d in docs:
+        if d["kind"] not in monitors:
+            continue
         where = kn(d)
-        if d["kind"] == "PodMonitor":
-            closed(d, {"apiVersion", "kind", "metadata", "spec"}, where, errors)
-            spec = d.get("spec", {})
-            closed(spec, {"selector", "namespaceSelector", "podMetricsEndpoints", "jobLabel"},
-                   f"{where} spec", errors)
-            ns = d["metadata"].get("namespace")
-            if spec.get("namespaceSelector") != {"matchNames": [ns]}:
-                errors.append(f"{where}: namespaceSelector {spec.get('namespaceSelector')} is not its own namespace {ns}")
-            sel = spec.get("selector", {}).get("matchLabels") or {}
-            if not sel:
-                errors.append(f"{where}: empty selector would scrape every pod")
-            eps = spec.get("podMetricsEndpoints") or []
-            if not eps:
-                errors.append(f"{where}: no podMetricsEndpoints")
-            for ep in eps:
-                closed(ep, {"port", "path", "interval", "scrapeTimeout", "scheme"}, f"{where} endpoint", errors)
-                if ep.get("path") != "/metrics":
-                    errors.append(f"{where}: endpoint path {ep.get('path')!r}, not /metrics")
-                if not re.fullmatch(r"\d+(ms|s|m|h)", str(ep.get("interval", "30s"))):
-                    errors.append(f"{where}: interval {ep.get('interval')!r} is not a Prometheus duration")
-                targets = [
-                    w for w in pod_templates
-                    if w["metadata"].get("namespace") == ns
-                    and matches(sel, w["spec"]["template"]["metadata"].get("labels", {}))
-                    and any(p.get("name") == ep.get("port")
-                            for c in w["spec"]["template"]["spec"]["containers"] for p in c.get("ports", []))
-                ]
-                if len(targets) != 1:
-                    errors.append(
-                        f"{where}: port {ep.get('port')!r} is offered by {len(targets)} selected workloads "
-                        f"({[kn(w) for w in targets]}), want exactly 1")
-        if d["kind"] == "ServiceMonitor":
-            closed(d, {"apiVersion", "kind", "metadata", "spec"}, where, errors)
-            spec = d.get("spec", {})
-            closed(spec, {"selector", "namespaceSelector", "endpoints", "jobLabel"}, f"{where} spec", errors)
-            ns = d["metadata"].get("namespace")
-            if spec.get("namespaceSelector") != {"matchNames": [ns]}:
-                errors.append(f"{where}: namespaceSelector {spec.get('namespaceSelector')} is not its own namespace {ns}")
-            sel = spec.get("selector", {}).get("matchLabels") or {}
-            if not sel:
-                errors.append(f"{where}: empty selector would scrape every Service")
-            eps = spec.get("endpoints") or []
-            if not eps:
-                errors.append(f"{where}: no endpoints")
-            for ep in eps:
-                closed(ep, {"port", "path", "interval", "scrapeTimeout", "scheme"}, f"{where} endpoint", errors)
-                if ep.get("path") != "/metrics":
-                    errors.append(f"{where}: endpoint path {ep.get('path')!r}, not /metrics")
-                if not re.fullmatch(r"\d+(ms|s|m|h)", str(ep.get("interval", "30s"))):
-                    errors.append(f"{where}: interval {ep.get('interval')!r} is not a Prometheus duration")
-                targets = [
-                    s for s in services
-                    if s["metadata"].get("namespace") == ns
-                    and matches(sel, s["metadata"].get("labels", {}))
-                    and any(p.get("name") == ep.get("port") for p in s["spec"].get("ports", []))
-                ]
-                if len(targets) != 1:
-                    errors.append(
-                        f"{where}: port {ep.get('port')!r} is offered by {len(targets)} selected Services "
-                        f"({[kn(s) for s in targets]}), want exactly 1")
+        eps_key, what, candidates, offers = monitors[d["kind"]]
+        closed(d, {"apiVersion", "kind", "metadata", "spec"}, where, errors)
+        spec = d.get("spec", {})
+        closed(spec, {"selector", "namespaceSelector", eps_key, "jobLabel"}, f"{where} spec", errors)
+        ns = d["metadata"].get("namespace")
+        if spec.get("namespaceSelector") != {"matchNames": [ns]}:
+            errors.append(f"{where}: namespaceSelector {spec.get('namespaceSelector')} is not its own namespace {ns}")
+        sel = spec.get("selector", {}).get("matchLabels") or {}
+        if not sel:
+            errors.append(f"{where}: empty selector would scrape every one of the namespace's {what}")
+        eps = spec.get(eps_key) or []
+        if not eps:
+            errors.append(f"{where}: no {eps_key}")
+        for ep in eps:
+            closed(ep, {"port", "path", "interval", "scrapeTimeout", "scheme"}, f"{where} endpoint", errors)
+            if ep.get("path") != "/metrics":
+                errors.append(f"{where}: endpoint path {ep.get('path')!r}, not /metrics")
+            if not re.fullmatch(r"\d+(ms|s|m|h)", str(ep.get("interval", "30s"))):
+                errors.append(f"{where}: interval {ep.get('interval')!r} is not a Prometheus duration")
+            targets = [c for c in candidates
+                       if c["metadata"].get("namespace") == ns and offers(c, sel, ep.get("port"))]
+            if len(targets) != 1:
+                errors.append(
+                    f"{where}: port {ep.get('port')!r} is offered by {len(targets)} selected {what} "
+                    f"({[kn(c) for c in targets]}), want exactly 1")
     return errors
 
 
