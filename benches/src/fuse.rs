@@ -308,6 +308,7 @@ async fn run_all(m: &Mounted<'_>, a: &FuseArgs, notes: &mut Vec<String>) -> Resu
             WARMUP_READS,
             1,
             data.clone(),
+            None,
         )
         .await?,
     );
@@ -332,8 +333,9 @@ async fn run_all(m: &Mounted<'_>, a: &FuseArgs, notes: &mut Vec<String>) -> Resu
     let jobs = a.readers;
     let (m1, l1) = (mr.clone(), lr.clone());
     let m = blocking(move || fio("mount", &rand_job(&m1, rs, ios * 4, jobs, true))).await?;
-    let n =
-        native(&cairn::random_reads(&c, random, &picks, WARMUP_READS, jobs, data.clone()).await?);
+    let n = native(
+        &cairn::random_reads(&c, random, &picks, WARMUP_READS, jobs, data.clone(), None).await?,
+    );
     let l = blocking(move || fio("local", &rand_job(&l1, rs, ios * 4, jobs, true))).await?;
     phases.push(Phase::new("read 4K xN", "IOPS", vec![m, n, l]));
     c.close().await?;

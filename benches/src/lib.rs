@@ -53,6 +53,7 @@
 //! [`CommonArgs`]), a `run` returning a serializable report, and a table
 //! printer; `main.rs` only dispatches.
 
+pub mod allocs;
 pub mod chunk;
 pub mod client;
 pub mod cluster;

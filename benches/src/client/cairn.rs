@@ -216,6 +216,7 @@ async fn read_block(f: &File, off: u64, data: &[u8]) -> Result<Duration> {
 /// (written with `data` repeated): the first `warmup` one at a time,
 /// unrecorded, then the rest by `tasks` tasks sharing one open file, each
 /// taking every `tasks`-th of them one at a time (queue depth 1 per task).
+/// With `allocs`, what the recorded reads allocated per read goes there.
 ///
 /// # Errors
 /// The first failed read, or other bytes than written.
@@ -226,6 +227,7 @@ pub async fn random_reads(
     warmup: usize,
     tasks: usize,
     data: Bytes,
+    allocs: Option<crate::allocs::Sink<'_>>,
 ) -> Result<Measured> {
     let f = Arc::new(
         client
@@ -239,18 +241,27 @@ pub async fn random_reads(
     }
     let recorded: Arc<[u64]> = recorded.into();
     let tasks = tasks.max(1);
-    let (samples, elapsed) = in_tasks(tasks, |t| {
-        let (f, recorded, data) = (f.clone(), recorded.clone(), data.clone());
-        async move {
-            let mut samples = Samples::with_capacity(recorded.len() / tasks + 1);
-            for &off in recorded.iter().skip(t).step_by(tasks) {
-                samples.record(read_block(&f, off, &data).await?);
+    let (result, per_op) = crate::allocs::per_op(
+        recorded.len(),
+        allocs.map_or((0.0, 0.0), |(idle, _)| idle),
+        in_tasks(tasks, |t| {
+            let (f, recorded, data) = (f.clone(), recorded.clone(), data.clone());
+            async move {
+                let mut samples = Samples::with_capacity(recorded.len() / tasks + 1);
+                for &off in recorded.iter().skip(t).step_by(tasks) {
+                    samples.record(read_block(&f, off, &data).await?);
+                }
+                Ok(samples)
             }
-            Ok(samples)
-        }
-    })
-    .await
-    .with_context(|| format!("random reads of {path}"))?;
+        }),
+    )
+    .await;
+    let (samples, elapsed) = result.with_context(|| format!("random reads of {path}"))?;
+    if let Some((_, cell)) = allocs {
+        *cell
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(per_op);
+    }
     if let Ok(f) = Arc::try_unwrap(f) {
         f.close().await.with_context(|| format!("closing {path}"))?;
     }

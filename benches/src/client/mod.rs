@@ -125,7 +125,8 @@ in cores kept busy (meta0-2, cs1-3, cairn-bench, which is the client: one
 chunkserver near 1.0 is bound by its shard thread, cairn-bench near 2.0 by
 the machine); each chunkserver's own handling time per request; the peak
 resident memory (VmHWM) of this process after each Cairn part and of every
-process; the machine and the command line. Compare ratios across runs and
+process; the client's heap allocations per 4 KiB read (a counting allocator,
+less the process's idle rate); the machine and the command line. Compare ratios across runs and
 machines, not absolute rates.
 
 Defaults take a few minutes on a 2-core machine and need about 30 GiB of
@@ -883,6 +884,8 @@ impl Runner<'_> {
             // Other offsets for the second phase: a disk (or the host
             // behind a virtual one) may cache what was just read.
             let picks = random_blocks(size, WARMUP_READS + s.random_reads, seed);
+            let idle = crate::allocs::idle_rate(std::time::Duration::from_millis(500)).await;
+            let allocs = std::sync::Mutex::new(None);
             let (cairn, around) = self
                 .cairn(
                     phase,
@@ -894,9 +897,22 @@ impl Runner<'_> {
                         WARMUP_READS,
                         readers,
                         data.clone(),
+                        Some((idle, &allocs)),
                     ),
                 )
                 .await?;
+            if let Some(a) = *allocs
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+            {
+                self.notes.push(format!(
+                    "{}: the client allocated {:.1} times ({:.0} bytes) per 4 KiB read \
+                     (process-wide heap allocations while reading, less the idle rate)",
+                    phase.name(),
+                    a.allocations,
+                    a.bytes
+                ));
+            }
             let (p, d) = (raw_file.clone(), data.clone());
             let pread = self
                 .baseline(phase, System::Pread, move || {

@@ -543,6 +543,23 @@ pub fn encode_group<'a>(entries: impl Iterator<Item = (u32, &'a BlockEntry)>) ->
 /// # Errors
 /// [`DecodeError`] for anything but a well-formed group.
 pub fn decode_group(b: &[u8]) -> Result<Vec<(u32, BlockEntry)>, DecodeError> {
+    let mut out = Vec::new();
+    decode_group_range(b, .., &mut out)?;
+    Ok(out)
+}
+
+/// [`decode_group`], appending to `out` only the entries of blocks in
+/// `range`: what a read uses, so that a 4 KiB read decodes one entry,
+/// not the group's every entry, and allocates no vector of its own. The
+/// whole record is still checked for well-formedness.
+///
+/// # Errors
+/// As [`decode_group`].
+pub fn decode_group_range(
+    b: &[u8],
+    range: impl std::ops::RangeBounds<u32>,
+    out: &mut Vec<(u32, BlockEntry)>,
+) -> Result<(), DecodeError> {
     let mut r = Reader(b);
     let format = r.u8()?;
     if format != GROUP_FORMAT {
@@ -553,7 +570,6 @@ pub fn decode_group(b: &[u8]) -> Result<Vec<(u32, BlockEntry)>, DecodeError> {
     if usize::from(n) > r.0.len() / 8 {
         return Err(DecodeError::Length);
     }
-    let mut out = Vec::with_capacity(usize::from(n));
     for _ in 0..n {
         let block = r.u32()?;
         let len = r.u32()? as usize;
@@ -562,12 +578,14 @@ pub fn decode_group(b: &[u8]) -> Result<Vec<(u32, BlockEntry)>, DecodeError> {
         }
         let (rec, rest) = r.0.split_at(len);
         r.0 = rest;
-        out.push((block, BlockEntry::decode(rec)?));
+        if range.contains(&block) {
+            out.push((block, BlockEntry::decode(rec)?));
+        }
     }
     if !r.0.is_empty() {
         return Err(DecodeError::Length);
     }
-    Ok(out)
+    Ok(())
 }
 
 #[cfg(test)]
@@ -736,7 +754,10 @@ mod tests {
         assert_eq!(e.encode(), old_format, "plain records keep their old form");
 
         let g = encode_group([(3, &e), (9, &hole)].into_iter());
-        assert_eq!(decode_group(&g), Ok(vec![(3, e.clone()), (9, hole)]));
+        assert_eq!(
+            decode_group(&g),
+            Ok(vec![(3, e.clone()), (9, hole.clone())])
+        );
         for cut in 0..g.len() {
             assert!(decode_group(&g[..cut]).is_err(), "cut at {cut}");
         }
@@ -744,6 +765,20 @@ mod tests {
         huge[1..3].copy_from_slice(&u16::MAX.to_le_bytes());
         assert_eq!(decode_group(&huge), Err(DecodeError::Length));
         assert_eq!(decode_group(&encode_group(std::iter::empty())), Ok(vec![]));
+
+        // A read's range: only its blocks, appended; a malformed record
+        // fails whatever the range.
+        let mut out = vec![(1, hole.clone())];
+        assert_eq!(decode_group_range(&g, 4..10, &mut out), Ok(()));
+        assert_eq!(out, vec![(1, hole.clone()), (9, hole.clone())]);
+        let mut none = Vec::new();
+        assert_eq!(decode_group_range(&g, 4..9, &mut none), Ok(()));
+        assert!(none.is_empty());
+        assert!(decode_group_range(&g[..g.len() - 1], 4..5, &mut none).is_err());
+        assert_eq!(
+            decode_group_range(&huge, 0..1, &mut none),
+            Err(DecodeError::Length)
+        );
     }
 
     #[test]

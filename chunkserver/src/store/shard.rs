@@ -300,7 +300,7 @@ impl ShardStore {
         }
         let lo = layout::group_key(chunk, layout::group_of(first));
         let hi = layout::group_key(chunk, layout::group_of(end - 1));
-        let mut out = Vec::new();
+        let mut out = Vec::with_capacity(((end - first) as usize).min(64));
         for kv in self.tree.range(&lo[..]..=&hi[..]) {
             let (k, v) = kv?;
             if layout::decode_group_key(&k).is_none() {
@@ -309,11 +309,12 @@ impl ShardStore {
                     source: layout::DecodeError::Value,
                 });
             }
-            out.extend(
-                decode_group(&v)?
-                    .into_iter()
-                    .filter(|(b, _)| *b >= first && *b < end),
-            );
+            layout::decode_group_range(&v, first..end, &mut out).map_err(|source| {
+                StoreError::CorruptRecord {
+                    what: "block group",
+                    source,
+                }
+            })?;
         }
         Ok(out)
     }

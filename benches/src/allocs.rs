@@ -1,0 +1,132 @@
+//! Counts the heap allocations of the benchmark process (issue 14: a
+//! 4 KiB read should allocate nothing beyond pooled buffers, DESIGN §10).
+//!
+//! The process's global allocator is the system allocator behind two
+//! relaxed atomic counters (allocations and bytes asked for; `realloc`
+//! counts as one). The counts are process-wide: [`per_op`] subtracts
+//! what the process allocates while idle ([`idle_rate`], measured before:
+//! session heartbeats, the servers' CPU watch) over as long as the work
+//! took, so what remains is what the measured operations allocated.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+static ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
+static BYTES: AtomicU64 = AtomicU64::new(0);
+
+/// The system allocator, counting.
+pub struct Counting;
+
+fn count(size: usize) {
+    ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+    BYTES.fetch_add(size as u64, Ordering::Relaxed);
+}
+
+// SAFETY: every call is passed unchanged to `System`, which upholds
+// `GlobalAlloc`'s contract; the counters are atomics and allocate nothing.
+#[allow(unsafe_code)]
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        count(layout.size());
+        // SAFETY: the caller's contract, passed on.
+        unsafe { System.alloc(layout) }
+    }
+
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        count(layout.size());
+        // SAFETY: the caller's contract, passed on.
+        unsafe { System.alloc_zeroed(layout) }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        count(new_size);
+        // SAFETY: the caller's contract, passed on.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: the caller's contract, passed on.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+/// Allocations and bytes allocated by the process so far.
+pub fn totals() -> (u64, u64) {
+    (
+        ALLOCATIONS.load(Ordering::Relaxed),
+        BYTES.load(Ordering::Relaxed),
+    )
+}
+
+/// Allocations and bytes per second (what [`idle_rate`] returns).
+pub type Rate = (f64, f64);
+
+/// Where a workload puts what its measured part allocated per operation,
+/// with the idle [`Rate`] to subtract.
+pub type Sink<'a> = (Rate, &'a std::sync::Mutex<Option<PerOp>>);
+
+/// Heap use per operation of some work.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+pub struct PerOp {
+    /// Allocations per operation.
+    pub allocations: f64,
+    /// Bytes allocated per operation.
+    pub bytes: f64,
+}
+
+/// Allocations and bytes per second the process makes while it does
+/// nothing but wait for `over`.
+pub async fn idle_rate(over: Duration) -> Rate {
+    let (a0, b0) = totals();
+    let t0 = Instant::now();
+    tokio::time::sleep(over).await;
+    let (a1, b1) = totals();
+    let s = t0.elapsed().as_secs_f64();
+    ((a1 - a0) as f64 / s, (b1 - b0) as f64 / s)
+}
+
+/// What `work` (`ops` operations) allocated per operation, less what the
+/// process allocates at `idle` (per second, from [`idle_rate`]) over as
+/// long as `work` took.
+pub async fn per_op<T>(ops: usize, idle: (f64, f64), work: impl Future<Output = T>) -> (T, PerOp) {
+    let (a0, b0) = totals();
+    let t0 = Instant::now();
+    let out = work.await;
+    let took = t0.elapsed().as_secs_f64();
+    let (a1, b1) = totals();
+    let ops = ops.max(1) as f64;
+    let busy = ((a1 - a0) as f64 - idle.0 * took).max(0.0);
+    let bytes = ((b1 - b0) as f64 - idle.1 * took).max(0.0);
+    (
+        out,
+        PerOp {
+            allocations: busy / ops,
+            bytes: bytes / ops,
+        },
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn counts_what_the_work_allocates() {
+        let idle = idle_rate(Duration::from_millis(20)).await;
+        let (v, per) = per_op(100, idle, async {
+            (0..100).map(|i| vec![0u8; 1000 + i]).collect::<Vec<_>>()
+        })
+        .await;
+        assert_eq!(v.len(), 100);
+        // 100 vectors plus the outer one (and its growth), at least 1,000
+        // bytes each.
+        assert!(per.allocations >= 1.0, "{per:?}");
+        assert!(per.bytes >= 1000.0, "{per:?}");
+        let (_, none) = per_op(10, idle, async { 1 + 1 }).await;
+        assert!(none.allocations < 1.0, "{none:?}");
+    }
+}
