@@ -793,35 +793,31 @@ impl FileInner {
             }
         }
         let epoch = self.epoch();
-        let fetched: Vec<(Piece, Bytes)> = futures::stream::iter(runs)
-            .map(|r| async move { self.fetch(&r).await.map(|b| (r, b)) })
-            .buffered(opts.window)
-            .try_collect()
-            .await?;
-        for (r, data) in fetched {
-            // Full blocks go to the cache (a short reply is a hole or the
-            // chunk's end; only whole stored blocks are cached).
-            if use_cache && self.epoch() == epoch {
-                let mut off = 0u64;
-                while off + BLOCK <= data.len() as u64 && r.file_offset + off + BLOCK <= size {
-                    // A copy, not a slice: a slice would keep the whole
-                    // reply buffer alive as long as any one block of it
-                    // stays cached, and the tier's size limit would mean
-                    // nothing.
-                    let b = Bytes::copy_from_slice(&data[off as usize..(off + BLOCK) as usize]);
-                    let key = self.key((r.file_offset + off) / BLOCK);
-                    if self.crypt.is_some() {
-                        // Plaintext never reaches the SSD tier.
-                        cache.insert_memory_only(key, b, false);
-                    } else {
-                        cache.insert(key, b, false);
-                    }
-                    off += BLOCK;
-                }
+        let want = usize::try_from(end - start).map_err(|_| too_big(end))?;
+        if let ([r], []) = (runs.as_slice(), parts.as_slice()) {
+            // One piece, nothing cached (a small random read): fetched
+            // directly, without the ordered stream's queue and tasks.
+            let data = self.fetch(r).await?;
+            if use_cache {
+                self.cache_fetched(r, &data, epoch, size);
+            }
+            if r.file_offset == start && data.len() >= want {
+                return Ok(data.slice(..want));
             }
             parts.push((r.file_offset, data));
+        } else {
+            let fetched: Vec<(Piece, Bytes)> = futures::stream::iter(runs)
+                .map(|r| async move { self.fetch(&r).await.map(|b| (r, b)) })
+                .buffered(opts.window)
+                .try_collect()
+                .await?;
+            for (r, data) in fetched {
+                if use_cache {
+                    self.cache_fetched(&r, &data, epoch, size);
+                }
+                parts.push((r.file_offset, data));
+            }
         }
-        let want = usize::try_from(end - start).map_err(|_| too_big(end))?;
         if let [(off, b)] = parts.as_slice()
             && *off == start
             && b.len() >= want
@@ -843,6 +839,32 @@ impl FileInner {
         }
         buf.resize(want, 0);
         Ok(buf.freeze())
+    }
+
+    /// Puts the whole blocks of `data`, just fetched for piece `r`, into
+    /// the block cache, unless this handle wrote since `epoch` (the reply
+    /// may predate the write). A short reply is a hole or the chunk's end;
+    /// only whole stored blocks within the file's `size` are cached.
+    fn cache_fetched(&self, r: &Piece, data: &Bytes, epoch: u64, size: u64) {
+        if self.epoch() != epoch {
+            return;
+        }
+        let cache = &self.client.inner.cache;
+        let mut off = 0u64;
+        while off + BLOCK <= data.len() as u64 && r.file_offset + off + BLOCK <= size {
+            // A copy, not a slice: a slice would keep the whole reply
+            // buffer alive as long as any one block of it stays cached,
+            // and the tier's size limit would mean nothing.
+            let b = Bytes::copy_from_slice(&data[off as usize..(off + BLOCK) as usize]);
+            let key = self.key((r.file_offset + off) / BLOCK);
+            if self.crypt.is_some() {
+                // Plaintext never reaches the SSD tier.
+                cache.insert_memory_only(key, b, false);
+            } else {
+                cache.insert(key, b, false);
+            }
+            off += BLOCK;
+        }
     }
 
     /// Fetches piece `p` into the read-ahead buffer (kept in file order).
