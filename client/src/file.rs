@@ -752,6 +752,9 @@ impl FileInner {
         let use_cache = cache_enabled(&self.client);
         // Parts found or fetched: (file offset, bytes).
         let mut parts: Vec<(u64, Bytes)> = Vec::new();
+        // Pieces to fetch: the first apart, so that a read of one piece
+        // (the common small read) allocates no vector for it.
+        let mut first: Option<Piece> = None;
         let mut runs: Vec<Piece> = Vec::new();
         // A sealed block or a compressed unit is fetched whole (its stored
         // form is, past the end of the file too); a plain one only up to
@@ -787,14 +790,18 @@ impl FileInner {
                 }
             }
             if hits.is_empty() {
-                runs.push(p);
+                if first.is_none() {
+                    first = Some(p);
+                } else {
+                    runs.push(p);
+                }
             } else {
                 parts.extend(hits);
             }
         }
         let epoch = self.epoch();
         let want = usize::try_from(end - start).map_err(|_| too_big(end))?;
-        if let ([r], []) = (runs.as_slice(), parts.as_slice()) {
+        if let (Some(r), [], []) = (&first, runs.as_slice(), parts.as_slice()) {
             // One piece, nothing cached (a small random read): fetched
             // directly, without the ordered stream's queue and tasks.
             let data = self.fetch(r).await?;
@@ -806,7 +813,7 @@ impl FileInner {
             }
             parts.push((r.file_offset, data));
         } else {
-            let fetched: Vec<(Piece, Bytes)> = futures::stream::iter(runs)
+            let fetched: Vec<(Piece, Bytes)> = futures::stream::iter(first.into_iter().chain(runs))
                 .map(|r| async move { self.fetch(&r).await.map(|b| (r, b)) })
                 .buffered(opts.window)
                 .try_collect()
