@@ -3,7 +3,9 @@
 //!
 //! The process's global allocator is the system allocator behind two
 //! relaxed atomic counters (allocations and bytes asked for; `realloc`
-//! counts as one). The counts are process-wide: [`per_op`] subtracts
+//! counts as one), which count only while [`per_op`] or [`idle_rate`]
+//! measures: at other times an allocation costs one load of a flag that
+//! is rarely written, not two contended atomic additions. The counts are process-wide: [`per_op`] subtracts
 //! what the process allocates while idle ([`idle_rate`], measured before:
 //! session heartbeats, the servers' CPU watch) over as long as the work
 //! took, so what remains is what the measured operations allocated.
@@ -14,11 +16,16 @@ use std::time::{Duration, Instant};
 
 static ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
 static BYTES: AtomicU64 = AtomicU64::new(0);
+/// Measurements under way (counting is on while it is not 0).
+static MEASURING: AtomicU64 = AtomicU64::new(0);
 
 /// The system allocator, counting.
 pub struct Counting;
 
 fn count(size: usize) {
+    if MEASURING.load(Ordering::Relaxed) == 0 {
+        return;
+    }
     ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
     BYTES.fetch_add(size as u64, Ordering::Relaxed);
 }
@@ -54,6 +61,22 @@ unsafe impl GlobalAlloc for Counting {
 #[global_allocator]
 static GLOBAL: Counting = Counting;
 
+/// Counting on while it lives (measurements may overlap).
+struct On;
+
+impl Counting {
+    fn on() -> On {
+        MEASURING.fetch_add(1, Ordering::Relaxed);
+        On
+    }
+}
+
+impl Drop for On {
+    fn drop(&mut self) {
+        MEASURING.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// Allocations and bytes allocated by the process so far.
 pub fn totals() -> (u64, u64) {
     (
@@ -81,6 +104,7 @@ pub struct PerOp {
 /// Allocations and bytes per second the process makes while it does
 /// nothing but wait for `over`.
 pub async fn idle_rate(over: Duration) -> Rate {
+    let _on = Counting::on();
     let (a0, b0) = totals();
     let t0 = Instant::now();
     tokio::time::sleep(over).await;
@@ -93,11 +117,13 @@ pub async fn idle_rate(over: Duration) -> Rate {
 /// process allocates at `idle` (per second, from [`idle_rate`]) over as
 /// long as `work` took.
 pub async fn per_op<T>(ops: usize, idle: (f64, f64), work: impl Future<Output = T>) -> (T, PerOp) {
+    let on = Counting::on();
     let (a0, b0) = totals();
     let t0 = Instant::now();
     let out = work.await;
     let took = t0.elapsed().as_secs_f64();
     let (a1, b1) = totals();
+    drop(on);
     let ops = ops.max(1) as f64;
     let busy = ((a1 - a0) as f64 - idle.0 * took).max(0.0);
     let bytes = ((b1 - b0) as f64 - idle.1 * took).max(0.0);
