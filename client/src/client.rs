@@ -171,6 +171,8 @@ pub(crate) struct Inner {
     /// How each known volume compresses (`None`: it does not). Fixed at a
     /// volume's creation, so an entry never goes stale.
     codecs: Mutex<HashMap<u64, Option<Codec>>>,
+    /// Buffers of encrypted or compressed writes, kept for the next one.
+    pub(crate) write_bufs: crate::file::WriteBufs,
     /// What `/metrics` shows of this client ([`crate::metrics`]).
     pub(crate) metrics: Arc<crate::metrics::ClientMetrics>,
 }
@@ -245,6 +247,7 @@ impl Client {
             keys: Mutex::new(HashMap::new()),
             volume_names: Mutex::new(HashMap::new()),
             codecs: Mutex::new(HashMap::new()),
+            write_bufs: crate::file::WriteBufs::default(),
             metrics: Arc::new(crate::metrics::ClientMetrics::new(cache.clone())),
         });
         if inner.opts.cache.dir.is_some() {
