@@ -25,9 +25,11 @@
 //! * Encryption: on a class with `encryption: "true"` every byte read is
 //!   decrypted on the client; the plan adds the CPU that costs to each pod
 //!   (0.13 CPU-seconds per GiB: ring's AES-256-GCM opening 4 KiB blocks,
-//!   copy included, on a 2026 AMD EPYC core with VAES; it was 0.39 with
-//!   RustCrypto's `aes-gcm`, measured with `cairn-bench client
-//!   --encrypted --beside-plain`).
+//!   copy included, on one 2026 AMD EPYC core with VAES, the cipher
+//!   alone. `cairn-bench client --encrypted --beside-plain` measured less
+//!   extra client CPU for whole reads, 0.04-0.09 CPU-s per GiB over two
+//!   runs, within its noise, so the plan keeps the cipher's figure; it was
+//!   0.39 with RustCrypto's `aes-gcm`).
 //!
 //! The verdict is `OK` when the first-epoch demand fits the supply,
 //! `SHORT` otherwise (the job will be I/O-bound until its caches warm).
