@@ -22,6 +22,7 @@ pub mod locks;
 mod namespace;
 pub mod read;
 mod session;
+pub mod snapshots;
 pub mod store;
 mod types;
 
@@ -60,6 +61,8 @@ pub(crate) mod counter {
     /// The first object id whose writes beyond its recorded size are
     /// tracked (`key::extent`); set by the first create after an upgrade.
     pub const EXTENTS_FROM: &str = "extents_from";
+    /// Snapshot seqs, cluster-wide (see [`super::snapshots`]).
+    pub const SNAP_SEQ: &str = "snap_seq";
 }
 
 /// Facts under the `m` prefix that are not counters.
@@ -466,6 +469,12 @@ impl<K: Kv> FsState<K> {
                 }
                 Ok(Reply::Unit)
             }
+            Op::CreateSnapshot { volume, name } => snapshots::create(t, volume, name, now),
+            Op::DeleteSnapshot { volume, name } => snapshots::delete(t, volume, name),
+            Op::MergeSnapshot { volume, seq } => {
+                snapshots::merge(t, *volume, *seq, snapshots::MERGE_PER_ENTRY)?;
+                Ok(Reply::Unit)
+            }
             Op::ForgetGarbage { objects } => {
                 for o in objects {
                     t.delete(store::key::garbage(*o));
@@ -530,6 +539,8 @@ pub(crate) fn next<K: Kv + ?Sized>(t: &mut Txn<'_, K>, name: &str, first: u64) -
 #[cfg(test)]
 mod tests {
     use openraft::{CommittedLeaderId, EntryPayload, LogId};
+
+    mod snapshots;
 
     use super::*;
 

@@ -531,14 +531,12 @@ pub(crate) fn free_inode<K: Kv + ?Sized>(t: &mut Txn<'_, K>, i: &Inode, now: i64
     let bytes = if i.kind == Kind::File { i.size } else { 0 };
     charge(t, i.volume, -1, -(i64::try_from(bytes).unwrap_or(i64::MAX)))?;
     if let Some(layout) = &i.layout {
-        t.put(
-            key::garbage(layout.object_id),
-            &super::Garbage {
-                layout: layout.clone(),
-                size: i.size,
-                since_ns: now,
-            },
-        );
+        let g = super::Garbage {
+            layout: layout.clone(),
+            size: i.size,
+            since_ns: now,
+        };
+        super::snapshots::free_object(t, i, &g)?;
     }
     Ok(())
 }
@@ -613,6 +611,15 @@ pub(crate) fn rmdir<K: Kv + ?Sized>(
         fail!(NotEmpty, "directory {name:?} is not empty");
     }
     let d = inode(t, ino)?;
+    if parent == ROOT_INO {
+        let held = super::snapshots::records(t, d.volume)?.len();
+        if held > 0 {
+            fail!(
+                NotEmpty,
+                "volume {name} has {held} snapshots (some may still be being deleted); delete                  them first"
+            );
+        }
+    }
     t.delete(key::dentry(parent, name));
     remove_dir(t, &d, parent)?;
     p.nlink = p.nlink.saturating_sub(1);

@@ -9,7 +9,8 @@ use cairn_proto::names;
 use super::store::{Kv, Txn, key};
 use super::{
     Chain, ChunkserverRecord, FsError, FsState, Garbage, Inode, Kind, OpError, ROOT_INO, Session,
-    Volume, VolumeCompression, VolumeKeys, chains, compression, fact, namespace,
+    Snapshot, Volume, VolumeCompression, VolumeKeys, chains, compression, fact, namespace,
+    snapshots,
 };
 
 /// One directory entry of a readdir page.
@@ -223,6 +224,149 @@ impl<K: Kv> FsState<K> {
             .collect())
     }
 
+    /// Returns volume `volume`'s ready snapshots, oldest first.
+    pub fn snapshots(&self, volume: u64) -> ReadResult<Vec<Snapshot>> {
+        let all = flatten(snapshots::records(&self.txn(), volume).map_err(OpError::from))?;
+        Ok(all.into_iter().filter(|s| !s.deleting).collect())
+    }
+
+    /// Returns snapshots being deleted, of every volume (the leader goes on
+    /// merging them away).
+    pub fn deleting_snapshots(&self) -> ReadResult<Vec<Snapshot>> {
+        let t = self.txn();
+        let rows = flatten(
+            t.scan(super::store::key::SNAPSHOTS, None, usize::MAX)
+                .map_err(OpError::from),
+        )?;
+        let mut out = Vec::new();
+        for (k, v) in rows {
+            let s: Snapshot = flatten(super::store::decode(&k, &v).map_err(OpError::from))?;
+            if s.deleting {
+                out.push(s);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Returns ready snapshot `name` of volume `volume`.
+    pub fn snapshot_named(&self, volume: u64, name: &str) -> ReadResult<Snapshot> {
+        self.snapshots(volume)?
+            .into_iter()
+            .find(|s| s.name == name)
+            .ok_or_else(|| {
+                FsError::new(
+                    cairn_proto::ErrorCode::NotFound,
+                    format!("volume {volume} has no snapshot {name:?}"),
+                )
+            })
+    }
+
+    /// Returns inode `ino` as snapshot `seq` of volume `volume` saw it.
+    pub fn snapshot_getattr(&self, volume: u64, seq: u64, ino: u64) -> ReadResult<Inode> {
+        let t = self.txn();
+        flatten((|| snapshots::View::new(&t, volume, seq)?.inode(&t, ino))())
+    }
+
+    /// Returns the inode named `name` in directory `parent` as snapshot
+    /// `seq` of volume `volume` saw it.
+    pub fn snapshot_lookup(
+        &self,
+        volume: u64,
+        seq: u64,
+        parent: u64,
+        name: &str,
+    ) -> ReadResult<Inode> {
+        if let Err((code, why)) = names::validate(name) {
+            return Err(FsError::new(code, why));
+        }
+        let t = self.txn();
+        flatten((|| {
+            let view = snapshots::View::new(&t, volume, seq)?;
+            let p = view.inode(&t, parent)?;
+            if p.kind != Kind::Dir {
+                super::fail!(NotDir, "inode {parent} is not a directory");
+            }
+            match view.entry(&t, parent, name)? {
+                Some((ino, _)) => view.inode(&t, ino),
+                None => super::fail!(
+                    NotFound,
+                    "no entry {name:?} in directory {parent} of snapshot {}",
+                    view.snapshot.name
+                ),
+            }
+        })())
+    }
+
+    /// Returns a page of directory `ino` as snapshot `seq` of volume
+    /// `volume` saw it; paged like [`FsState::readdir`].
+    pub fn snapshot_readdir(
+        &self,
+        volume: u64,
+        seq: u64,
+        ino: u64,
+        cookie: &[u8],
+        limit: usize,
+        plus: bool,
+    ) -> ReadResult<(Vec<DirEntry>, Option<Vec<u8>>)> {
+        let t = self.txn();
+        flatten((|| {
+            let view = snapshots::View::new(&t, volume, seq)?;
+            let d = view.inode(&t, ino)?;
+            if d.kind != Kind::Dir {
+                super::fail!(NotDir, "inode {ino} is not a directory");
+            }
+            let limit = limit.clamp(1, 10_000);
+            let prefix = key::dir_prefix(ino);
+            let after =
+                (!cookie.is_empty()).then(|| key::dentry(ino, &String::from_utf8_lossy(cookie)));
+            let rows = view.scan(&t, &prefix, after.as_deref(), limit + 1)?;
+            let more = rows.len() > limit;
+            let mut out = Vec::with_capacity(rows.len().min(limit));
+            for (k, v) in rows.into_iter().take(limit) {
+                let name = String::from_utf8_lossy(&k[prefix.len()..]).into_owned();
+                let (child, kind): (u64, Kind) = super::store::decode(&k, &v)?;
+                let attr = if plus {
+                    Some(view.inode(&t, child)?)
+                } else {
+                    None
+                };
+                out.push(DirEntry {
+                    name,
+                    ino: child,
+                    kind,
+                    attr,
+                });
+            }
+            let next = if more {
+                out.last().map(|e| e.name.as_bytes().to_vec())
+            } else {
+                None
+            };
+            Ok((out, next))
+        })())
+    }
+
+    /// Returns the xattrs of inode `ino` (names and values) as snapshot
+    /// `seq` of volume `volume` saw them.
+    pub fn snapshot_xattrs(
+        &self,
+        volume: u64,
+        seq: u64,
+        ino: u64,
+    ) -> ReadResult<Vec<(String, Vec<u8>)>> {
+        let t = self.txn();
+        flatten((|| {
+            let view = snapshots::View::new(&t, volume, seq)?;
+            view.inode(&t, ino)?;
+            let prefix = key::xattr_prefix(ino);
+            Ok(view
+                .scan(&t, &prefix, None, 10_000)?
+                .into_iter()
+                .map(|(k, v)| (String::from_utf8_lossy(&k[prefix.len()..]).into_owned(), v))
+                .collect())
+        })())
+    }
+
     /// Returns the volumes.
     pub fn volumes(&self) -> ReadResult<Vec<Volume>> {
         let rows = flatten(
@@ -374,6 +518,10 @@ impl<K: Kv> FsState<K> {
         }
         for (k, _) in flatten(t.scan(b"g", None, usize::MAX).map_err(OpError::from))? {
             out.insert(super::store::key::id_of(&k));
+        }
+        // Objects freed from the live tree that snapshots still hold.
+        for (k, _) in flatten(t.scan(b"h", None, usize::MAX).map_err(OpError::from))? {
+            out.insert(u64::from_be_bytes(k[17..25].try_into().unwrap_or([0; 8])));
         }
         Ok(out)
     }

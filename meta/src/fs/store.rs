@@ -20,6 +20,9 @@
 //! | `w` | chunkserver id | [`Maintenance`](super::Maintenance) |
 //! | `l` | ino, session, owner | that owner's [`LockRange`](super::locks::LockRange)s |
 //! | `L` | session, ino | () — the session holds locks on the inode |
+//! | `S` | volume id, seq | [`Snapshot`](super::Snapshot) |
+//! | `P` | volume id, epoch, key | a namespace record's value at snapshot `epoch` (see [`super::snapshots`]) |
+//! | `h` | volume id, epoch, object id | [`Garbage`](super::Garbage) a snapshot still holds |
 //! | `m` | name | counters and cluster facts |
 //!
 //! Integers are big-endian so keys sort numerically. A mutation runs
@@ -299,9 +302,19 @@ impl Kv for MemKv {
 pub struct Savepoint(BTreeMap<Vec<u8>, Option<Vec<u8>>>);
 
 /// A mutation in progress: reads through to the store, buffers writes.
+///
+/// Writes of namespace records (`i`, `d`, `x`) of a volume with snapshots
+/// keep the record's pre-image first ([`super::snapshots`]), so no
+/// operation can forget to.
 pub struct Txn<'a, K: Kv + ?Sized> {
     kv: &'a K,
     writes: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+    /// Whether any snapshot record exists (read at the first need; `None`
+    /// again when a write may have changed it).
+    snapshots: Option<bool>,
+    /// A store failure met while keeping a pre-image; [`Txn::commit`]
+    /// returns it instead of committing.
+    failed: Option<StoreError>,
 }
 
 impl<'a, K: Kv + ?Sized> Txn<'a, K> {
@@ -310,7 +323,39 @@ impl<'a, K: Kv + ?Sized> Txn<'a, K> {
         Self {
             kv,
             writes: BTreeMap::new(),
+            snapshots: None,
+            failed: None,
         }
+    }
+
+    /// Returns the stored value under `key`, ignoring this mutation's
+    /// writes.
+    pub fn stored(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        self.kv.get(key)
+    }
+
+    /// Returns whether any snapshot record exists, as this mutation sees it.
+    pub(crate) fn snapshots_exist(&mut self) -> Result<bool, StoreError> {
+        if let Some(b) = self.snapshots {
+            return Ok(b);
+        }
+        let b = !self.scan(key::SNAPSHOTS, None, 1)?.is_empty();
+        self.snapshots = Some(b);
+        Ok(b)
+    }
+
+    /// Buffers one write, keeping a namespace record's pre-image first.
+    fn write(&mut self, key: Vec<u8>, value: Option<Vec<u8>>) {
+        match key.first() {
+            Some(b'S') => self.snapshots = None,
+            Some(b'i' | b'd' | b'x') if self.failed.is_none() => {
+                if let Err(e) = super::snapshots::keep_pre_image(self, &key, value.as_deref()) {
+                    self.failed = Some(e);
+                }
+            }
+            _ => {}
+        }
+        self.writes.insert(key, value);
     }
 
     /// Returns the raw value under `key`, seeing this mutation's writes.
@@ -331,17 +376,17 @@ impl<'a, K: Kv + ?Sized> Txn<'a, K> {
 
     /// Stores `value` under `key`.
     pub fn put<T: Serialize>(&mut self, key: Vec<u8>, value: &T) {
-        self.writes.insert(key, Some(encode(value)));
+        self.write(key, Some(encode(value)));
     }
 
     /// Stores raw bytes under `key`.
     pub fn put_raw(&mut self, key: Vec<u8>, value: Vec<u8>) {
-        self.writes.insert(key, Some(value));
+        self.write(key, Some(value));
     }
 
     /// Deletes `key`.
     pub fn delete(&mut self, key: Vec<u8>) {
-        self.writes.insert(key, None);
+        self.write(key, None);
     }
 
     /// Returns up to `limit` live entries under `prefix` after `after`,
@@ -393,6 +438,7 @@ impl<'a, K: Kv + ?Sized> Txn<'a, K> {
     /// Discards the buffered writes (a failed mutation changes nothing).
     pub fn rollback(&mut self) {
         self.writes.clear();
+        self.snapshots = None;
     }
 
     /// Returns a savepoint: the buffered writes so far.
@@ -404,10 +450,18 @@ impl<'a, K: Kv + ?Sized> Txn<'a, K> {
     /// batch failed; the commands before it stand).
     pub fn restore(&mut self, sp: Savepoint) {
         self.writes = sp.0;
+        self.snapshots = None;
     }
 
     /// Commits the buffered writes atomically.
+    ///
+    /// # Errors
+    /// The store failed, now or while a pre-image was kept (then nothing
+    /// is committed).
     pub fn commit(self) -> Result<(), StoreError> {
+        if let Some(e) = self.failed {
+            return Err(e);
+        }
         self.kv.commit(self.writes)
     }
 }
@@ -541,6 +595,50 @@ pub mod key {
     pub fn maintenance(chunkserver: u64) -> Vec<u8> {
         let mut k = vec![b'w'];
         k.extend_from_slice(&chunkserver.to_be_bytes());
+        k
+    }
+    /// The prefix of every snapshot record.
+    pub const SNAPSHOTS: &[u8] = b"S";
+    /// `S` + volume id: the prefix of a volume's snapshot records.
+    pub fn snapshot_prefix(volume: u64) -> Vec<u8> {
+        let mut k = vec![b'S'];
+        k.extend_from_slice(&volume.to_be_bytes());
+        k
+    }
+    /// `S` + volume id + seq: a snapshot record.
+    pub fn snapshot(volume: u64, seq: u64) -> Vec<u8> {
+        let mut k = snapshot_prefix(volume);
+        k.extend_from_slice(&seq.to_be_bytes());
+        k
+    }
+    /// `P` + volume id + epoch: the prefix of the pre-images kept for
+    /// snapshot `epoch`.
+    pub fn pre_image_prefix(volume: u64, epoch: u64) -> Vec<u8> {
+        let mut k = vec![b'P'];
+        k.extend_from_slice(&volume.to_be_bytes());
+        k.extend_from_slice(&epoch.to_be_bytes());
+        k
+    }
+    /// `P` + volume id + epoch + key: `key`'s value at snapshot `epoch`.
+    pub fn pre_image(volume: u64, epoch: u64, key: &[u8]) -> Vec<u8> {
+        let mut k = pre_image_prefix(volume, epoch);
+        k.extend_from_slice(key);
+        k
+    }
+    /// Length of a [`pre_image_prefix`].
+    pub const PRE_IMAGE_PREFIX_LEN: usize = 17;
+    /// `h` + volume id + epoch: the prefix of objects pinned by snapshot
+    /// `epoch` (and maybe older ones).
+    pub fn pinned_prefix(volume: u64, epoch: u64) -> Vec<u8> {
+        let mut k = vec![b'h'];
+        k.extend_from_slice(&volume.to_be_bytes());
+        k.extend_from_slice(&epoch.to_be_bytes());
+        k
+    }
+    /// `h` + volume id + epoch + object id.
+    pub fn pinned(volume: u64, epoch: u64, object: u64) -> Vec<u8> {
+        let mut k = pinned_prefix(volume, epoch);
+        k.extend_from_slice(&object.to_be_bytes());
         k
     }
     /// `m` + name.

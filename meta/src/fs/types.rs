@@ -592,6 +592,33 @@ pub enum Op {
         /// New inode quota.
         inodes: Option<u64>,
     },
+    /// Takes snapshot `name` of a volume (see [`super::snapshots`]);
+    /// answers the existing one when the name is taken by a ready
+    /// snapshot (idempotent). Appended last (bincode index).
+    CreateSnapshot {
+        /// Volume name.
+        volume: String,
+        /// Snapshot name.
+        name: String,
+    },
+    /// Deletes snapshot `name` of a volume: gone from listings and reads
+    /// at once; its records are merged away by this entry and, when there
+    /// are many, by [`Op::MergeSnapshot`]s. Appended last (bincode index).
+    DeleteSnapshot {
+        /// Volume name.
+        volume: String,
+        /// Snapshot name.
+        name: String,
+    },
+    /// Goes on merging away the records of deleted snapshot `seq` of
+    /// volume `volume` (proposed by the leader until it is gone).
+    /// Appended last (bincode index).
+    MergeSnapshot {
+        /// Volume id.
+        volume: u64,
+        /// The snapshot's seq.
+        seq: u64,
+    },
 }
 
 impl Op {
@@ -633,6 +660,9 @@ impl Op {
             Op::AddMember { .. } => "add_member",
             Op::SetMaintenance { .. } => "set_maintenance",
             Op::Batch(_) => "batch",
+            Op::CreateSnapshot { .. } => "create_snapshot",
+            Op::DeleteSnapshot { .. } => "delete_snapshot",
+            Op::MergeSnapshot { .. } => "merge_snapshot",
         }
     }
 }
@@ -713,6 +743,27 @@ pub struct Volume {
     pub used_bytes: u64,
     /// Inodes charged.
     pub used_inodes: u64,
+}
+
+/// A volume snapshot as stored (`S` + volume + seq).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Snapshot {
+    /// The volume's id.
+    pub volume: u64,
+    /// Its sequence number: from the cluster-wide counter, so later
+    /// snapshots (of any volume) have larger ones.
+    pub seq: u64,
+    /// Its name, unique among the volume's snapshots.
+    pub name: String,
+    /// When it was taken (leader time, ns since the epoch).
+    pub created_ns: i64,
+    /// Bytes the volume's files held when it was taken.
+    pub used_bytes: u64,
+    /// Inodes the volume held when it was taken.
+    pub used_inodes: u64,
+    /// Being deleted: hidden from listings and reads, its records still
+    /// being merged away.
+    pub deleting: bool,
 }
 
 /// A client session as stored.
@@ -871,6 +922,9 @@ pub enum Reply {
     /// A lock request's answer: `None` granted, or the lock in its way.
     /// Appended last (bincode index).
     Lock(Option<super::locks::LockHolder>),
+    /// A snapshot (taken, found or being deleted). Appended last (bincode
+    /// index).
+    Snapshot(Snapshot),
 }
 
 /// An operation's failure: a stable code and a message for a person.
