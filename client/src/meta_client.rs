@@ -49,14 +49,15 @@ use std::time::Duration;
 use cairn_proto::ids::{InodeId, NodeId, SessionId, VolumeId};
 use cairn_proto::meta::meta_client::MetaClient as Grpc;
 use cairn_proto::meta::{
-    Attr, ChainTables, Changes, CloseRequest, CreateRequest, CreateVolumeRequest, DirEntry, Empty,
-    EntryReply, FileLock, FileType, GetAttrRequest, GetLockRequest, GetXattrRequest, JoinReply,
-    JoinRequest, LinkRequest, ListXattrRequest, LockType, LookupRequest, MkdirRequest,
-    MknodRequest, OpenRequest, OpenSessionRequest, PromoteRequest, ReadDirReply, ReadDirRequest,
-    ReadLinkRequest, RemoveMemberRequest, RemoveXattrRequest, RenameReply, RenameRequest,
-    ReportLengthRequest, RequestId, ResolveRequest, RmdirRequest, RotateVolumeKeyRequest,
-    SessionRequest, SetAttrRequest, SetLockRequest, SetMaintenanceRequest, SetVolumeQuotaRequest,
-    SetXattrRequest, StatFsReply, StatFsRequest, StatusReply, SymlinkRequest, Timespec,
+    Attr, ChainTables, Changes, CloseRequest, CreateRequest, CreateSnapshotRequest,
+    CreateVolumeRequest, DeleteSnapshotRequest, DirEntry, Empty, EntryReply, FileLock, FileType,
+    GetAttrRequest, GetLockRequest, GetXattrRequest, JoinReply, JoinRequest, LinkRequest,
+    ListSnapshotsRequest, ListXattrRequest, LockType, LookupRequest, MkdirRequest, MknodRequest,
+    OpenRequest, OpenSessionRequest, PromoteRequest, ReadDirReply, ReadDirRequest, ReadLinkRequest,
+    RemoveMemberRequest, RemoveXattrRequest, RenameReply, RenameRequest, ReportLengthRequest,
+    RequestId, ResolveRequest, RmdirRequest, RotateVolumeKeyRequest, SessionRequest,
+    SetAttrRequest, SetLockRequest, SetMaintenanceRequest, SetVolumeQuotaRequest, SetXattrRequest,
+    Snapshot, SnapshotRef, StatFsReply, StatFsRequest, StatusReply, SymlinkRequest, Timespec,
     UnlinkReply, UnlinkRequest, Volume, VolumePolicy, WatchChangesRequest,
 };
 use cairn_proto::{CairnStatus, ErrorCode, names};
@@ -764,9 +765,23 @@ impl MetaClient {
     /// # Errors
     /// [`ErrorCode::NotFound`], [`ErrorCode::NotDir`], or a retry failure.
     pub async fn lookup(&self, parent: InodeId, name: &str) -> Result<Attr> {
+        self.lookup_at(None, parent, name).await
+    }
+
+    /// [`Self::lookup`] in the live tree (`None`) or in a snapshot's.
+    ///
+    /// # Errors
+    /// As [`Self::lookup`].
+    pub async fn lookup_at(
+        &self,
+        snapshot: Option<SnapshotRef>,
+        parent: InodeId,
+        name: &str,
+    ) -> Result<Attr> {
         let req = LookupRequest {
             parent: parent.0,
             name: name.to_string(),
+            snapshot,
         };
         need_attr(rpc!(self, lookup, req).await?.attr)
     }
@@ -776,11 +791,19 @@ impl MetaClient {
     /// # Errors
     /// [`ErrorCode::NotFound`], or a retry failure.
     pub async fn getattr(&self, ino: InodeId) -> Result<Attr> {
-        need_attr(
-            rpc!(self, get_attr, GetAttrRequest { ino: ino.0 })
-                .await?
-                .attr,
-        )
+        self.getattr_at(None, ino).await
+    }
+
+    /// [`Self::getattr`] in the live tree (`None`) or in a snapshot's.
+    ///
+    /// # Errors
+    /// As [`Self::getattr`].
+    pub async fn getattr_at(&self, snapshot: Option<SnapshotRef>, ino: InodeId) -> Result<Attr> {
+        let req = GetAttrRequest {
+            ino: ino.0,
+            snapshot,
+        };
+        need_attr(rpc!(self, get_attr, req).await?.attr)
     }
 
     /// Returns the attributes of the absolute `path`, resolved on meta in one
@@ -809,11 +832,27 @@ impl MetaClient {
         limit: u32,
         plus: bool,
     ) -> Result<ReadDirReply> {
+        self.readdir_at(None, ino, cookie, limit, plus).await
+    }
+
+    /// [`Self::readdir`] in the live tree (`None`) or in a snapshot's.
+    ///
+    /// # Errors
+    /// As [`Self::readdir`].
+    pub async fn readdir_at(
+        &self,
+        snapshot: Option<SnapshotRef>,
+        ino: InodeId,
+        cookie: &[u8],
+        limit: u32,
+        plus: bool,
+    ) -> Result<ReadDirReply> {
         let req = ReadDirRequest {
             ino: ino.0,
             cookie: cookie.to_vec(),
             limit,
             plus,
+            snapshot,
         };
         rpc!(self, read_dir, req).await
     }
@@ -825,7 +864,7 @@ impl MetaClient {
     /// # Errors
     /// As [`Self::readdir`].
     pub async fn readdir_all(&self, ino: InodeId) -> Result<Vec<DirEntry>> {
-        self.readdir_pages(ino, false).await
+        self.readdir_pages(None, ino, false).await
     }
 
     /// As [`Self::readdir_all`], with each entry's attributes.
@@ -833,14 +872,34 @@ impl MetaClient {
     /// # Errors
     /// As [`Self::readdir`].
     pub async fn readdir_all_plus(&self, ino: InodeId) -> Result<Vec<DirEntry>> {
-        self.readdir_pages(ino, true).await
+        self.readdir_pages(None, ino, true).await
     }
 
-    async fn readdir_pages(&self, ino: InodeId, plus: bool) -> Result<Vec<DirEntry>> {
+    /// Every entry of directory `ino` with its attributes, in the live tree
+    /// (`None`) or in a snapshot's.
+    ///
+    /// # Errors
+    /// As [`Self::readdir`].
+    pub async fn readdir_all_plus_at(
+        &self,
+        snapshot: Option<SnapshotRef>,
+        ino: InodeId,
+    ) -> Result<Vec<DirEntry>> {
+        self.readdir_pages(snapshot, ino, true).await
+    }
+
+    async fn readdir_pages(
+        &self,
+        snapshot: Option<SnapshotRef>,
+        ino: InodeId,
+        plus: bool,
+    ) -> Result<Vec<DirEntry>> {
         let mut out = Vec::new();
         let mut cookie = Vec::new();
         loop {
-            let page = self.readdir(ino, &cookie, READDIR_PAGE, plus).await?;
+            let page = self
+                .readdir_at(snapshot, ino, &cookie, READDIR_PAGE, plus)
+                .await?;
             out.extend(page.entries);
             if page.next_cookie.is_empty() {
                 return Ok(out);
@@ -861,9 +920,19 @@ impl MetaClient {
     /// [`ErrorCode::NotFound`], [`ErrorCode::Invalid`] when `ino` is not a
     /// symlink.
     pub async fn readlink(&self, ino: InodeId) -> Result<String> {
-        Ok(rpc!(self, read_link, ReadLinkRequest { ino: ino.0 })
-            .await?
-            .target)
+        self.readlink_at(None, ino).await
+    }
+
+    /// [`Self::readlink`] in the live tree (`None`) or in a snapshot's.
+    ///
+    /// # Errors
+    /// As [`Self::readlink`].
+    pub async fn readlink_at(&self, snapshot: Option<SnapshotRef>, ino: InodeId) -> Result<String> {
+        let req = ReadLinkRequest {
+            ino: ino.0,
+            snapshot,
+        };
+        Ok(rpc!(self, read_link, req).await?.target)
     }
 
     /// Returns the value of extended attribute `name` of `ino`.
@@ -874,6 +943,7 @@ impl MetaClient {
         let req = GetXattrRequest {
             ino: ino.0,
             name: name.to_string(),
+            snapshot: None,
         };
         Ok(rpc!(self, get_xattr, req).await?.value)
     }
@@ -883,9 +953,11 @@ impl MetaClient {
     /// # Errors
     /// [`ErrorCode::NotFound`], or a retry failure.
     pub async fn listxattr(&self, ino: InodeId) -> Result<Vec<String>> {
-        Ok(rpc!(self, list_xattr, ListXattrRequest { ino: ino.0 })
-            .await?
-            .names)
+        let req = ListXattrRequest {
+            ino: ino.0,
+            snapshot: None,
+        };
+        Ok(rpc!(self, list_xattr, req).await?.names)
     }
 
     /// Returns capacity and usage of volume `volume` (`VolumeId(0)`: the
@@ -1505,6 +1577,51 @@ impl MetaClient {
         })
         .await?;
         r.volume.ok_or_else(|| missing("the volume"))
+    }
+
+    /// Takes snapshot `name` of volume `volume` (issue 17); the same name
+    /// again returns the existing snapshot.
+    ///
+    /// # Errors
+    /// [`ErrorCode::NotFound`] (no such volume), [`ErrorCode::Invalid`] (a
+    /// bad name), [`ErrorCode::Exists`] (the name is being deleted),
+    /// [`ErrorCode::NoSpace`] (the volume keeps as many as it may).
+    pub async fn create_snapshot(&self, volume: &str, name: &str) -> Result<Snapshot> {
+        check_name(volume)?;
+        let r = mutation!(self, create_snapshot, |rid| CreateSnapshotRequest {
+            rid: Some(rid),
+            volume: volume.to_string(),
+            name: name.to_string(),
+        })
+        .await?;
+        r.snapshot.ok_or_else(|| missing("the snapshot"))
+    }
+
+    /// Deletes snapshot `name` of volume `volume`.
+    ///
+    /// # Errors
+    /// [`ErrorCode::NotFound`] (no such volume or snapshot).
+    pub async fn delete_snapshot(&self, volume: &str, name: &str) -> Result<Snapshot> {
+        check_name(volume)?;
+        let r = mutation!(self, delete_snapshot, |rid| DeleteSnapshotRequest {
+            rid: Some(rid),
+            volume: volume.to_string(),
+            name: name.to_string(),
+        })
+        .await?;
+        r.snapshot.ok_or_else(|| missing("the snapshot"))
+    }
+
+    /// Returns volume `volume`'s snapshots, oldest first.
+    ///
+    /// # Errors
+    /// [`ErrorCode::NotFound`] (no such volume).
+    pub async fn list_snapshots(&self, volume: &str) -> Result<Vec<Snapshot>> {
+        check_name(volume)?;
+        let req = ListSnapshotsRequest {
+            volume: volume.to_string(),
+        };
+        Ok(rpc!(self, list_snapshots, req).await?.snapshots)
     }
 
     /// Returns every volume.

@@ -200,6 +200,9 @@ fake_meta! {
         list_volumes(Empty) -> ListVolumesReply;
         rotate_volume_key(RotateVolumeKeyRequest) -> VolumeReply;
         set_volume_quota(SetVolumeQuotaRequest) -> VolumeReply;
+        create_snapshot(CreateSnapshotRequest) -> SnapshotReply;
+        delete_snapshot(DeleteSnapshotRequest) -> SnapshotReply;
+        list_snapshots(ListSnapshotsRequest) -> ListSnapshotsReply;
         open(OpenRequest) -> AttrReply;
         close(CloseRequest) -> AttrReply;
         report_length(ReportLengthRequest) -> AttrReply;

@@ -35,6 +35,7 @@ pub async fn list_dir(client: &mut RawMeta, ino: u64, plus: bool) -> Result<Vec<
                 cookie: cookie.clone(),
                 limit: PAGE,
                 plus,
+                snapshot: None,
             })
             .await
             .map_err(|s| {
@@ -59,7 +60,10 @@ pub async fn list_dir(client: &mut RawMeta, ino: u64, plus: bool) -> Result<Vec<
 /// Any read error, or an entry without attributes.
 pub async fn tree(client: &mut RawMeta) -> Result<Tree> {
     let root = client
-        .get_attr(GetAttrRequest { ino: 1 })
+        .get_attr(GetAttrRequest {
+            ino: 1,
+            snapshot: None,
+        })
         .await
         .map_err(|s| anyhow::anyhow!("GetAttr of the root: {}", cairn(&s)))?
         .into_inner()

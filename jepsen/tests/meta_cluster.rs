@@ -620,7 +620,10 @@ async fn isolate_leader_body(c: &mut MetaCluster) -> Result<()> {
     // talking to it would.
     let mut direct = c.direct(old.index, DIRECT_TIMEOUT)?;
     direct
-        .get_attr(GetAttrRequest { ino: vol.0 })
+        .get_attr(GetAttrRequest {
+            ino: vol.0,
+            snapshot: None,
+        })
         .await
         .map_err(|s| anyhow!("getattr on the leader before the partition: {}", cairn(&s)))?;
 
@@ -673,7 +676,10 @@ async fn isolate_leader_body(c: &mut MetaCluster) -> Result<()> {
         refused(
             "getattr via the isolated leader",
             limit,
-            d2.get_attr(GetAttrRequest { ino: vol.0 })
+            d2.get_attr(GetAttrRequest {
+                ino: vol.0,
+                snapshot: None
+            })
         ),
         refused(
             "lookup via the isolated leader",
@@ -681,6 +687,7 @@ async fn isolate_leader_body(c: &mut MetaCluster) -> Result<()> {
             d3.lookup(LookupRequest {
                 parent: vol.0,
                 name: "maj-0".into(),
+                snapshot: None
             })
         ),
     );
@@ -836,7 +843,10 @@ async fn paused_leader_body(c: &mut MetaCluster) -> Result<()> {
     let direct = c.direct(old.index, Duration::from_secs(20))?;
     direct
         .clone()
-        .get_attr(GetAttrRequest { ino: vol.0 })
+        .get_attr(GetAttrRequest {
+            ino: vol.0,
+            snapshot: None,
+        })
         .await
         .map_err(|s| anyhow!("getattr on the leader before the pause: {}", cairn(&s)))?;
 
@@ -862,6 +872,7 @@ async fn paused_leader_body(c: &mut MetaCluster) -> Result<()> {
         r.lookup(LookupRequest {
             parent: vol.0,
             name: "after-pause".into(),
+            snapshot: None,
         })
         .await
     });
@@ -1284,6 +1295,7 @@ async fn send_bad_input(raw: &mut RawMeta, vol: u64, file: u64, addr: &str) -> V
             raw.lookup(LookupRequest {
                 parent: vol,
                 name: name.clone(),
+                snapshot: None,
             })
             .await,
             // Looking up "." or ".." is not creating it: a clear refusal
@@ -1347,12 +1359,20 @@ async fn send_bad_input(raw: &mut RawMeta, vol: u64, file: u64, addr: &str) -> V
     // Unknown inodes and names.
     v.cairn(
         "getattr of an unknown inode",
-        raw.get_attr(GetAttrRequest { ino: UNKNOWN }).await,
+        raw.get_attr(GetAttrRequest {
+            ino: UNKNOWN,
+            snapshot: None,
+        })
+        .await,
         &[NotFound],
     );
     v.cairn(
         "getattr of inode 0",
-        raw.get_attr(GetAttrRequest { ino: 0 }).await,
+        raw.get_attr(GetAttrRequest {
+            ino: 0,
+            snapshot: None,
+        })
+        .await,
         &[NotFound],
     );
     v.cairn(
@@ -1360,6 +1380,7 @@ async fn send_bad_input(raw: &mut RawMeta, vol: u64, file: u64, addr: &str) -> V
         raw.lookup(LookupRequest {
             parent: UNKNOWN,
             name: "x".into(),
+            snapshot: None,
         })
         .await,
         &[NotFound],
@@ -1369,6 +1390,7 @@ async fn send_bad_input(raw: &mut RawMeta, vol: u64, file: u64, addr: &str) -> V
         raw.lookup(LookupRequest {
             parent: vol,
             name: "missing".into(),
+            snapshot: None,
         })
         .await,
         &[NotFound],
@@ -1395,6 +1417,7 @@ async fn send_bad_input(raw: &mut RawMeta, vol: u64, file: u64, addr: &str) -> V
             cookie: Vec::new(),
             limit: 10,
             plus: true,
+            snapshot: None,
         })
         .await,
         &[NotFound],
@@ -1448,12 +1471,20 @@ async fn send_bad_input(raw: &mut RawMeta, vol: u64, file: u64, addr: &str) -> V
     );
     v.cairn(
         "readlink of an unknown inode",
-        raw.read_link(ReadLinkRequest { ino: UNKNOWN }).await,
+        raw.read_link(ReadLinkRequest {
+            ino: UNKNOWN,
+            snapshot: None,
+        })
+        .await,
         &[NotFound],
     );
     v.cairn(
         "readlink of a file",
-        raw.read_link(ReadLinkRequest { ino: file }).await,
+        raw.read_link(ReadLinkRequest {
+            ino: file,
+            snapshot: None,
+        })
+        .await,
         &[Invalid],
     );
     for (what, path, want) in [
@@ -1520,6 +1551,7 @@ async fn send_bad_input(raw: &mut RawMeta, vol: u64, file: u64, addr: &str) -> V
             cookie: vec![0xff; 300],
             limit: 10,
             plus: true,
+            snapshot: None,
         })
         .await;
     println!(
@@ -1664,5 +1696,167 @@ async fn bad_input_is_refused_and_changes_nothing() {
     let _serial = serial().await;
     let mut c = start(ClusterOpts::default()).await;
     let r = bad_input_body(&mut c).await;
+    finish(c, r);
+}
+
+/// A tree as a snapshot (or the live namespace) shows it: path → (ino,
+/// type, size, mode).
+type SnapTree = BTreeMap<String, (u64, i32, u64, u32)>;
+
+async fn snap_tree(
+    client: &MetaClient,
+    snapshot: Option<cairn_proto::meta::SnapshotRef>,
+    root: InodeId,
+) -> Result<SnapTree> {
+    let mut out = SnapTree::new();
+    let mut todo = vec![(root, String::new())];
+    while let Some((dir, path)) = todo.pop() {
+        for e in client.readdir_all_plus_at(snapshot, dir).await? {
+            let a = e.attr.context("readdirplus without attributes")?;
+            let p = format!("{path}/{}", e.name);
+            let looked = client.lookup_at(snapshot, dir, &e.name).await?;
+            ensure!(looked.ino == a.ino, "lookup and readdir disagree on {p}");
+            if a.kind == cairn_proto::meta::FileType::Directory as i32 {
+                todo.push((InodeId(a.ino), p.clone()));
+            }
+            out.insert(p, (a.ino, a.kind, a.size, a.mode));
+        }
+    }
+    Ok(out)
+}
+
+async fn snapshots_body(c: &mut MetaCluster) -> Result<()> {
+    let client = c.client().await?;
+    let root = volume(&client, "data").await?;
+    let d = client
+        .mkdir(root, "train", 0o755, Owner::ROOT)
+        .await?
+        .attr
+        .ino;
+    for k in 0..20 {
+        client
+            .create(
+                InodeId(d),
+                &format!("shard-{k:02}"),
+                0o644,
+                Owner::ROOT,
+                true,
+                false,
+            )
+            .await?;
+    }
+    let before = snap_tree(&client, None, root).await?;
+    let s = client.create_snapshot("data", "v1").await?;
+    ensure!(
+        client.create_snapshot("data", "v1").await?.seq == s.seq,
+        "taking the same snapshot again must answer the first"
+    );
+    let at = Some(cairn_proto::meta::SnapshotRef {
+        volume_id: s.volume_id,
+        seq: s.seq,
+    });
+    // The live tree moves on: unlinks, creates, a rename across
+    // directories, a chmod.
+    let other = client
+        .mkdir(root, "eval", 0o755, Owner::ROOT)
+        .await?
+        .attr
+        .ino;
+    for k in 0..5 {
+        client.unlink(InodeId(d), &format!("shard-{k:02}")).await?;
+    }
+    client
+        .create(InodeId(d), "shard-new", 0o644, Owner::ROOT, true, false)
+        .await?;
+    client
+        .rename(
+            InodeId(d),
+            "shard-10",
+            InodeId(other),
+            "moved",
+            RenameFlags::default(),
+        )
+        .await?;
+    let f = client.lookup(InodeId(d), "shard-11").await?;
+    client
+        .setattr(
+            InodeId(f.ino),
+            cairn_client::SetAttrChanges {
+                mode: Some(0o600),
+                ..Default::default()
+            },
+        )
+        .await?;
+    ensure!(
+        snap_tree(&client, None, root).await? != before,
+        "the live tree changed"
+    );
+    let got = snap_tree(&client, at, root).await?;
+    ensure!(
+        got == before,
+        "snapshot v1 changed:\n{got:?}\nwas\n{before:?}"
+    );
+
+    // Leader failover: the new leader serves the same snapshot.
+    let old = c.find_leader().await?;
+    c.kill(old.index);
+    c.wait_for_leader_where(Duration::from_secs(15), |l| l.index != old.index)
+        .await?;
+    let client = c.client().await?;
+    let list = client.list_snapshots("data").await?;
+    ensure!(
+        list.iter().map(|s| s.name.as_str()).collect::<Vec<_>>() == ["v1"],
+        "snapshots after failover: {list:?}"
+    );
+    ensure!(
+        snap_tree(&client, at, root).await? == before,
+        "snapshot v1 changed across a leader failover"
+    );
+    // The killed replica catches up, snapshot records included.
+    c.restart(old.index)?;
+    let mut direct = c.direct(old.index, DIRECT_TIMEOUT)?;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let r = direct
+            .get_attr(GetAttrRequest {
+                ino: d,
+                snapshot: at,
+            })
+            .await;
+        if r.is_ok() {
+            break;
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "the restarted replica never served the snapshot"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // A volume with a snapshot cannot be removed; deleting the snapshot
+    // makes it unreadable and gone from the list.
+    let err = client
+        .delete_snapshot("data", "nope")
+        .await
+        .expect_err("no such snapshot");
+    ensure!(err.code == ErrorCode::NotFound, "{err}");
+    client.delete_snapshot("data", "v1").await?;
+    ensure!(client.list_snapshots("data").await?.is_empty());
+    let err = client
+        .getattr_at(at, root)
+        .await
+        .expect_err("a deleted snapshot reads nothing");
+    ensure!(err.code == ErrorCode::NotFound, "{err}");
+    Ok(())
+}
+
+/// Snapshots of the namespace (issue 17): a snapshot keeps the tree as it
+/// was through unlinks, creates, renames and chmods, survives a leader
+/// failover and reaches a restarted replica; deleting it removes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshots_keep_the_tree_through_changes_and_failover() {
+    let _serial = serial().await;
+    let mut c = start(ClusterOpts::default()).await;
+    let r = snapshots_body(&mut c).await;
     finish(c, r);
 }

@@ -14,7 +14,8 @@
 //! Duties of the leader, every `DUTY_INTERVAL`: finish bootstrap (record
 //! the cluster id), grow the voter set, declare chunkservers dead after
 //! `chunkserver_timeout` of silence and expire sessions after
-//! `session_timeout`. Both clocks start no earlier than the moment this
+//! `session_timeout`, and merge away deleted snapshots' records that their
+//! delete entry did not finish (`fs::snapshots`). Both clocks start no earlier than the moment this
 //! replica became leader, so a new leader waits one full timeout before
 //! declaring anyone dead (HDFS safe mode). Once a second it also runs a
 //! garbage-collection round ([`crate::gc`]): deleted files' chunks leave
@@ -489,6 +490,24 @@ async fn duty_round(shared: &Shared) -> Result<(), CairnStatus> {
     grow_voters(shared).await?;
     check_chunkservers(shared).await?;
     expire_sessions(shared).await?;
+    merge_deleted_snapshots(shared).await?;
+    Ok(())
+}
+
+/// Goes on merging away the records of deleted snapshots that one entry
+/// did not finish (`fs::snapshots`): one entry per snapshot per round.
+async fn merge_deleted_snapshots(shared: &Shared) -> Result<(), CairnStatus> {
+    for s in shared.fs.deleting_snapshots().map_err(CairnStatus::from)? {
+        shared
+            .propose(
+                None,
+                Op::MergeSnapshot {
+                    volume: s.volume,
+                    seq: s.seq,
+                },
+            )
+            .await?;
+    }
     Ok(())
 }
 

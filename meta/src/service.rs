@@ -683,6 +683,23 @@ fn first_key_check(p: &pb::VolumePolicy) -> Result<Option<[u8; KEY_CHECK_LEN]>, 
 
 /// Converts a stored volume, its keys (`None`: plain) and its compression
 /// (`None`: uncompressed) to its wire form.
+/// The (volume, seq) of a read of a snapshot's tree; `None` for the live
+/// tree.
+fn snapshot_ref(r: Option<&pb::SnapshotRef>) -> Option<(u64, u64)> {
+    r.map(|r| (r.volume_id, r.seq))
+}
+
+fn snapshot_pb(s: &crate::fs::Snapshot) -> pb::Snapshot {
+    pb::Snapshot {
+        volume_id: s.volume,
+        seq: s.seq,
+        name: s.name.clone(),
+        created_ns: s.created_ns,
+        used_bytes: s.used_bytes,
+        used_inodes: s.used_inodes,
+    }
+}
+
 fn volume_pb(
     v: &fs::Volume,
     keys: Option<&VolumeKeys>,
@@ -953,7 +970,11 @@ impl Meta for MetaService {
     async fn lookup(&self, req: Request<pb::LookupRequest>) -> GrpcResult<pb::AttrReply> {
         let r = req.into_inner();
         let fs = self.read().await?;
-        let a = fs.lookup(r.parent, &r.name).map_err(fs_err)?;
+        let a = match snapshot_ref(r.snapshot.as_ref()) {
+            Some((v, seq)) => fs.snapshot_lookup(v, seq, r.parent, &r.name),
+            None => fs.lookup(r.parent, &r.name),
+        }
+        .map_err(fs_err)?;
         Ok(Response::new(pb::AttrReply {
             attr: Some(attr_pb(&a)),
         }))
@@ -962,7 +983,11 @@ impl Meta for MetaService {
     async fn get_attr(&self, req: Request<pb::GetAttrRequest>) -> GrpcResult<pb::AttrReply> {
         let r = req.into_inner();
         let fs = self.read().await?;
-        let a = fs.getattr(r.ino).map_err(fs_err)?;
+        let a = match snapshot_ref(r.snapshot.as_ref()) {
+            Some((v, seq)) => fs.snapshot_getattr(v, seq, r.ino),
+            None => fs.getattr(r.ino),
+        }
+        .map_err(fs_err)?;
         Ok(Response::new(pb::AttrReply {
             attr: Some(attr_pb(&a)),
         }))
@@ -981,9 +1006,11 @@ impl Meta for MetaService {
         let r = req.into_inner();
         let limit = if r.limit == 0 { 1000 } else { r.limit as usize };
         let fs = self.read().await?;
-        let (entries, next) = fs
-            .readdir(r.ino, &r.cookie, limit, r.plus)
-            .map_err(fs_err)?;
+        let (entries, next) = match snapshot_ref(r.snapshot.as_ref()) {
+            Some((v, seq)) => fs.snapshot_readdir(v, seq, r.ino, &r.cookie, limit, r.plus),
+            None => fs.readdir(r.ino, &r.cookie, limit, r.plus),
+        }
+        .map_err(fs_err)?;
         Ok(Response::new(pb::ReadDirReply {
             entries: entries
                 .into_iter()
@@ -1001,14 +1028,36 @@ impl Meta for MetaService {
     async fn read_link(&self, req: Request<pb::ReadLinkRequest>) -> GrpcResult<pb::ReadLinkReply> {
         let r = req.into_inner();
         let fs = self.read().await?;
-        let target = fs.readlink(r.ino).map_err(fs_err)?;
+        let target = match snapshot_ref(r.snapshot.as_ref()) {
+            Some((v, seq)) => fs.snapshot_getattr(v, seq, r.ino).and_then(|i| {
+                i.target.ok_or_else(|| {
+                    FsError::new(
+                        ErrorCode::Invalid,
+                        format!("inode {} is not a symlink", r.ino),
+                    )
+                })
+            }),
+            None => fs.readlink(r.ino),
+        }
+        .map_err(fs_err)?;
         Ok(Response::new(pb::ReadLinkReply { target }))
     }
 
     async fn get_xattr(&self, req: Request<pb::GetXattrRequest>) -> GrpcResult<pb::GetXattrReply> {
         let r = req.into_inner();
         let fs = self.read().await?;
-        let value = fs.getxattr(r.ino, &r.name).map_err(fs_err)?;
+        let value = match snapshot_ref(r.snapshot.as_ref()) {
+            Some((v, seq)) => fs.snapshot_xattrs(v, seq, r.ino).and_then(|all| {
+                all.into_iter()
+                    .find(|(n, _)| *n == r.name)
+                    .map(|(_, v)| v)
+                    .ok_or_else(|| {
+                        FsError::new(ErrorCode::NoData, format!("no xattr {:?}", r.name))
+                    })
+            }),
+            None => fs.getxattr(r.ino, &r.name),
+        }
+        .map_err(fs_err)?;
         Ok(Response::new(pb::GetXattrReply { value }))
     }
 
@@ -1018,7 +1067,13 @@ impl Meta for MetaService {
     ) -> GrpcResult<pb::ListXattrReply> {
         let r = req.into_inner();
         let fs = self.read().await?;
-        let names = fs.listxattr(r.ino).map_err(fs_err)?;
+        let names = match snapshot_ref(r.snapshot.as_ref()) {
+            Some((v, seq)) => fs
+                .snapshot_xattrs(v, seq, r.ino)
+                .map(|all| all.into_iter().map(|(n, _)| n).collect()),
+            None => fs.listxattr(r.ino),
+        }
+        .map_err(fs_err)?;
         Ok(Response::new(pb::ListXattrReply { names }))
     }
 
@@ -1280,6 +1335,70 @@ impl Meta for MetaService {
             tracing::info!(volume = %v.name, quota_bytes = p.quota_bytes, quota_inodes = p.quota_inodes, "volume quota set");
         }
         Ok(Response::new(reply))
+    }
+
+    #[instrument(skip_all, fields(volume = %req.get_ref().volume, snapshot = %req.get_ref().name))]
+    async fn create_snapshot(
+        &self,
+        req: Request<pb::CreateSnapshotRequest>,
+    ) -> GrpcResult<pb::SnapshotReply> {
+        let r = req.into_inner();
+        let op = Op::CreateSnapshot {
+            volume: r.volume,
+            name: r.name,
+        };
+        match self.write(r.rid.as_ref(), op).await? {
+            Reply::Snapshot(s) => {
+                tracing::info!(seq = s.seq, "snapshot taken");
+                Ok(Response::new(pb::SnapshotReply {
+                    snapshot: Some(snapshot_pb(&s)),
+                }))
+            }
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    #[instrument(skip_all, fields(volume = %req.get_ref().volume, snapshot = %req.get_ref().name))]
+    async fn delete_snapshot(
+        &self,
+        req: Request<pb::DeleteSnapshotRequest>,
+    ) -> GrpcResult<pb::SnapshotReply> {
+        let r = req.into_inner();
+        let op = Op::DeleteSnapshot {
+            volume: r.volume,
+            name: r.name,
+        };
+        match self.write(r.rid.as_ref(), op).await? {
+            Reply::Snapshot(s) => {
+                tracing::info!(seq = s.seq, "snapshot deleted");
+                Ok(Response::new(pb::SnapshotReply {
+                    snapshot: Some(snapshot_pb(&s)),
+                }))
+            }
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    async fn list_snapshots(
+        &self,
+        req: Request<pb::ListSnapshotsRequest>,
+    ) -> GrpcResult<pb::ListSnapshotsReply> {
+        let r = req.into_inner();
+        let fs = self.read().await?;
+        let Some(v) = fs
+            .volumes()
+            .map_err(fs_err)?
+            .into_iter()
+            .find(|v| v.name == r.volume)
+        else {
+            return Err(
+                CairnStatus::new(ErrorCode::NotFound, format!("no volume {}", r.volume)).into(),
+            );
+        };
+        let snapshots = fs.snapshots(v.id).map_err(fs_err)?;
+        Ok(Response::new(pb::ListSnapshotsReply {
+            snapshots: snapshots.iter().map(snapshot_pb).collect(),
+        }))
     }
 
     async fn list_volumes(&self, _req: Request<pb::Empty>) -> GrpcResult<pb::ListVolumesReply> {

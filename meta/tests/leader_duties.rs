@@ -342,7 +342,10 @@ async fn unrenewed_session_expires_and_releases_held_files() {
     .unwrap();
     // Unlinked but held open: still there.
     let a = c
-        .get_attr(pb::GetAttrRequest { ino: file.ino })
+        .get_attr(pb::GetAttrRequest {
+            ino: file.ino,
+            snapshot: None,
+        })
         .await
         .unwrap()
         .into_inner()
@@ -356,7 +359,10 @@ async fn unrenewed_session_expires_and_releases_held_files() {
             .await
             .unwrap();
         let gone = c
-            .get_attr(pb::GetAttrRequest { ino: file.ino })
+            .get_attr(pb::GetAttrRequest {
+                ino: file.ino,
+                snapshot: None,
+            })
             .await
             .is_err();
         if gone {
