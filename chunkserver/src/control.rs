@@ -12,6 +12,14 @@
 //!   stale data to clients holding an old table (invariant 8).
 //! * Watches the chain table (meta's stream) and publishes each new
 //!   [`ChainView`]; shards pick it up by comparing one atomic version.
+//! * Keeps the **snapshot fence** (DESIGN §3): the newest snapshot seq from
+//!   registration, heartbeats and chain tables. Heads admit client writes
+//!   through [`ControlState::admit_write`], which refuses older seqs and
+//!   counts the admitted ones; each heartbeat reports the newest seq under
+//!   which no older write is still under way, and meta calls a snapshot
+//!   ready once every serving chunkserver reports its seq. The fence lives
+//!   in memory only: a restarted chunkserver learns it when it registers,
+//!   before its first lease.
 //!
 //! Meta's leader may move: calls follow NOT_LEADER hints and rotate through
 //! the configured addresses.
@@ -49,6 +57,16 @@ pub struct ControlState {
     /// Per shard, (object, chain) pairs meta confirmed orphaned, to remove;
     /// chain 0: every chunk of an unreferenced object.
     removals: Mutex<Vec<Vec<ObjectChain>>>,
+    /// The snapshot fence (DESIGN §3): the newest snapshot seq learned from
+    /// meta; a head refuses client writes carrying an older one.
+    snap_seq: AtomicU64,
+    /// Head writes under way, by the snapshot seq they were accepted
+    /// under (seq → count): meta learns a seq is drained only when none
+    /// older is left.
+    writes_by_seq: Mutex<std::collections::BTreeMap<u64, u64>>,
+    /// The seqs of meta's ready snapshots, ascending (chunk clones no
+    /// snapshot reads are freed), and whether meta sent them yet.
+    live_snapshots: RwLock<Option<Arc<Vec<u64>>>>,
 }
 
 fn now_ms() -> u64 {
@@ -71,11 +89,82 @@ impl Default for ControlState {
             wake: tokio::sync::Notify::new(),
             chunk_lists: Mutex::new(vec![None]),
             removals: Mutex::new(vec![Vec::new()]),
+            snap_seq: AtomicU64::new(0),
+            writes_by_seq: Mutex::new(std::collections::BTreeMap::new()),
+            live_snapshots: RwLock::new(None),
+        }
+    }
+}
+
+/// A head write counted in [`ControlState::writes_by_seq`] while alive.
+#[derive(Debug)]
+pub struct SnapWrite<'a> {
+    state: &'a ControlState,
+    seq: u64,
+}
+
+impl Drop for SnapWrite<'_> {
+    fn drop(&mut self) {
+        let mut m = lock(&self.state.writes_by_seq);
+        if let Some(n) = m.get_mut(&self.seq) {
+            *n -= 1;
+            if *n == 0 {
+                m.remove(&self.seq);
+            }
         }
     }
 }
 
 impl ControlState {
+    /// Raises the snapshot fence to `seq` (never lowers it).
+    pub fn learn_snap_seq(&self, seq: u64) {
+        self.snap_seq.fetch_max(seq, Ordering::SeqCst);
+    }
+
+    /// Returns the snapshot fence.
+    pub fn snap_seq(&self) -> u64 {
+        self.snap_seq.load(Ordering::SeqCst)
+    }
+
+    /// Admits a head write carrying snapshot seq `seq`: counted until the
+    /// guard drops, or refused with the fence when `seq` is older. The
+    /// write is counted before the fence is read, so a seq the control
+    /// thread reports drained (it reads the fence, then the counts) has no
+    /// write under an older seq left, admitted or about to be.
+    ///
+    /// # Errors
+    /// The fence, when `seq` is below it.
+    pub fn admit_write(&self, seq: u64) -> Result<SnapWrite<'_>, u64> {
+        *lock(&self.writes_by_seq).entry(seq).or_insert(0) += 1;
+        let guard = SnapWrite { state: self, seq };
+        let fence = self.snap_seq();
+        if seq < fence {
+            return Err(fence);
+        }
+        Ok(guard)
+    }
+
+    /// The newest seq that is fenced and has no write under an older seq
+    /// under way (what heartbeats report as `snap_seq_drained`).
+    pub fn snap_seq_drained(&self) -> u64 {
+        let fence = self.snap_seq();
+        let oldest = lock(&self.writes_by_seq)
+            .keys()
+            .next()
+            .copied()
+            .unwrap_or(u64::MAX);
+        fence.min(oldest)
+    }
+
+    /// Returns the seqs of meta's ready snapshots (`None` until a
+    /// heartbeat brought them).
+    pub fn live_snapshots(&self) -> Option<Arc<Vec<u64>>> {
+        self.live_snapshots
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
     /// Returns whether the lease allows serving now.
     pub fn serving(&self) -> bool {
         now_ms() < self.lease_until_ms.load(Ordering::Acquire)
@@ -388,6 +477,9 @@ pub async fn run(
         }
         backoff = (backoff * 2).min(Duration::from_secs(2));
     };
+    // Fenced before the first lease: no write under an older snapshot seq
+    // is ever accepted.
+    state.learn_snap_seq(reply.snap_seq);
     state
         .chunkserver_id
         .store(reply.chunkserver_id, Ordering::Release);
@@ -439,6 +531,7 @@ pub async fn run(
             bytes_per_sec: 0,
         };
         let sent_at = now_ms();
+        let drained = state.snap_seq_drained();
         let r = meta
             .call(|mut c| {
                 let req = pb::ChunkserverHeartbeatRequest {
@@ -448,6 +541,7 @@ pub async fn run(
                     synced: synced.clone(),
                     repair: Some(repair),
                     leaving: state.leaving.load(Ordering::Acquire),
+                    snap_seq_drained: drained,
                 };
                 async move { c.chunkserver_heartbeat(req).await }
             })
@@ -455,7 +549,17 @@ pub async fn run(
         match r {
             // The lease counts from when the heartbeat was sent, not
             // answered: meta's clock for us started no later than that.
-            Ok(_) => state.extend_lease(sent_at + u64::try_from(lease.as_millis()).unwrap_or(0)),
+            // The fence first: a lease regained after a partition never
+            // serves a write under a snapshot seq it missed.
+            Ok(r) => {
+                state.learn_snap_seq(r.snap_seq);
+                *state
+                    .live_snapshots
+                    .write()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner) =
+                    Some(Arc::new(r.live_snapshots));
+                state.extend_lease(sent_at + u64::try_from(lease.as_millis()).unwrap_or(0));
+            }
             Err(e) if e.code == ErrorCode::NotFound => {
                 tracing::error!("meta no longer knows this chunkserver: {e}");
             }
@@ -584,7 +688,10 @@ async fn watch_chains(
             loop {
                 tokio::select! {
                     m = s.message() => match m {
-                        Ok(Some(t)) => state.publish(ChainView::from_pb(&t)),
+                        Ok(Some(t)) => {
+                            state.learn_snap_seq(t.snap_seq);
+                            state.publish(ChainView::from_pb(&t));
+                        }
                         _ => break,
                     },
                     _ = stop.wait_for(|s| *s) => return,
@@ -628,5 +735,24 @@ mod tests {
         };
         s.publish(ChainView::from_pb(&old));
         assert_eq!(s.view().version, 5);
+    }
+
+    #[test]
+    fn the_snapshot_fence_refuses_older_writes_and_drains() {
+        let s = ControlState::default();
+        s.learn_snap_seq(4);
+        s.learn_snap_seq(2);
+        assert_eq!(s.snap_seq(), 4, "the fence never goes back");
+        assert_eq!(s.admit_write(3).unwrap_err(), 4);
+        assert_eq!(s.snap_seq_drained(), 4, "a refused write is not counted");
+        let w = s.admit_write(4).unwrap();
+        let newer = s.admit_write(9).unwrap();
+        // A new snapshot: the write admitted under 4 is still under way.
+        s.learn_snap_seq(7);
+        assert_eq!(s.snap_seq_drained(), 4);
+        drop(w);
+        assert_eq!(s.snap_seq_drained(), 7);
+        drop(newer);
+        assert_eq!(s.snap_seq_drained(), 7);
     }
 }

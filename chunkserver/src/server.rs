@@ -285,7 +285,6 @@ pub struct Shard {
     metrics: Arc<Metrics>,
     locks: ChunkLocks,
     dedup: RefCell<Dedup>,
-    snap_seq: Cell<u64>,
     corrupt: CorruptSink,
     /// Head mutations under way per (chain, chain version they were routed
     /// with): a resync waits for those routed before the chain gained its
@@ -375,7 +374,6 @@ impl Shard {
             metrics,
             locks: ChunkLocks::default(),
             dedup: RefCell::new(Dedup::default()),
-            snap_seq: Cell::new(0),
             corrupt,
             inflight: RefCell::new(HashMap::new()),
             pace_next: Cell::new(Instant::now()),
@@ -665,24 +663,19 @@ impl Shard {
             .map_err(|e| Reject::new(ErrorCode::Internal, format!("chunk lock: {e}")))
     }
 
-    fn check_snap_seq(&self, h: &Header) -> Result<()> {
-        let known = self.snap_seq.get();
-        if h.snap_seq < known {
-            return Err(Reject::new(
-                ErrorCode::StaleSnapSeq,
-                format!(
-                    "the write carries snapshot sequence {}, this chunkserver knows {known}",
-                    h.snap_seq
-                ),
-            ));
-        }
-        self.snap_seq.set(h.snap_seq);
-        Ok(())
-    }
-
     /// The head's write path; see the module docs.
     async fn head_mutate(&self, route: &Route, h: &Header, m: Mutation) -> Result<Frame> {
-        self.check_snap_seq(h)?;
+        // Counted until the write is done: see `ControlState::admit_write`.
+        let _snap = self.control.admit_write(h.snap_seq).map_err(|fence| {
+            Reject::new(
+                ErrorCode::StaleSnapSeq,
+                format!(
+                    "the write carries snapshot sequence {}, this chunkserver knows {fence}: \
+                     refresh the chain table",
+                    h.snap_seq
+                ),
+            )
+        })?;
         let chunk = h.chunk;
         let _lock = self.lock(chunk).await?;
         let seen = self

@@ -136,7 +136,8 @@ enum Next {
 
 fn classify(e: &DataError) -> Next {
     match e.code() {
-        ErrorCode::StaleChainVersion => Next::Refresh,
+        // A snapshot's seq (in the chain tables) the writer had not seen.
+        ErrorCode::StaleChainVersion | ErrorCode::StaleSnapSeq => Next::Refresh,
         ErrorCode::NewerChainVersion => Next::Wait,
         ErrorCode::Checksum => Next::Retry,
         _ if e.is_retryable() => Next::Retry,
@@ -147,9 +148,10 @@ fn classify(e: &DataError) -> Next {
 fn to_status(e: &DataError, what: &str) -> CairnStatus {
     let code = match e.code() {
         // A transient failure that outlived the deadline.
-        ErrorCode::Pending | ErrorCode::StaleChainVersion | ErrorCode::NewerChainVersion => {
-            ErrorCode::Unavailable
-        }
+        ErrorCode::Pending
+        | ErrorCode::StaleChainVersion
+        | ErrorCode::NewerChainVersion
+        | ErrorCode::StaleSnapSeq => ErrorCode::Unavailable,
         c => c,
     };
     CairnStatus::new(code, format!("{what}: {e}"))
@@ -337,8 +339,10 @@ impl ChunkIo {
         .await
     }
 
-    /// Writes `w` at `piece` through the chain head as write `seq` of
-    /// client `client_id`; returns once every replica has it durably.
+    /// Writes `w` at `piece` (of a file of volume `volume`) through the
+    /// chain head as write `seq` of client `client_id`, under the chain
+    /// table's snapshot seq (DESIGN §3; asking for no clone when the volume
+    /// has no snapshot); returns once every replica has it durably.
     ///
     /// # Errors
     /// As the module docs say; never a partial success.
@@ -351,7 +355,7 @@ impl ChunkIo {
         w: WriteData,
         client_id: u64,
         seq: u64,
-        snap_seq: u64,
+        volume: u64,
     ) -> Result<u64, CairnStatus> {
         let WriteData {
             data,
@@ -371,6 +375,7 @@ impl ChunkIo {
             piece.chain,
             |view, c, _| head_addr(view, c, chunk),
             |addr, version| {
+                let (snap_seq, no_clone) = self.snap_context(volume);
                 let req = write_request(
                     piece.chain,
                     version,
@@ -381,6 +386,17 @@ impl ChunkIo {
                     seq,
                     snap_seq,
                 );
+                let req = if no_clone {
+                    Frame {
+                        header: Header {
+                            flags: req.header.flags | Flags::NO_CLONE,
+                            ..req.header
+                        },
+                        ..req
+                    }
+                } else {
+                    req
+                };
                 let req = match expect_version {
                     None => req,
                     Some(v) => Frame {
@@ -406,8 +422,9 @@ impl ChunkIo {
         .await
     }
 
-    /// Truncates `chunk` to `new_len` bytes on every replica (a missing
-    /// chunk is already short enough).
+    /// Truncates `chunk` (of a file of volume `volume`) to `new_len` bytes
+    /// on every replica (a missing chunk is already short enough), under
+    /// the snapshot seq as [`Self::write`].
     ///
     /// # Errors
     /// As [`Self::write`].
@@ -416,6 +433,7 @@ impl ChunkIo {
         chunk: ChunkId,
         chain: ChainId,
         new_len: u64,
+        volume: u64,
     ) -> Result<(), CairnStatus> {
         let what = || format!("truncating chunk {chunk} to {new_len} bytes");
         self.retry(
@@ -423,11 +441,20 @@ impl ChunkIo {
             chain,
             |view, c, _| head_addr(view, c, chunk),
             |addr, version| async move {
-                let req = truncate_request(chain, version, chunk, new_len);
+                let (snap_seq, no_clone) = self.snap_context(volume);
+                let req = truncate_request(chain, version, chunk, new_len, snap_seq, no_clone);
                 ok_if_missing(self.call(&addr, req).await)
             },
         )
         .await
+    }
+
+    /// The snapshot seq a mutation of a file of `volume` carries now, and
+    /// whether it asks for no clone (the volume has no snapshot): both from
+    /// one chain table, which lists a volume's snapshots as of its seq.
+    fn snap_context(&self, volume: u64) -> (u64, bool) {
+        let view = self.chains.view();
+        (view.snap_seq, !view.has_snapshots(volume))
     }
 
     /// Removes `chunk` from every replica (a missing chunk is fine).

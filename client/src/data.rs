@@ -775,14 +775,25 @@ pub fn stat_request(chain: ChainId, chain_version: ChainVersion, chunk: ChunkId)
 
 /// Returns a Truncate request (for the chain head) cutting `chunk` to
 /// `new_len` bytes; the head passes it down the chain.
+///
+/// It carries snapshot seq `snap_seq`, and [`Flags::NO_CLONE`] with
+/// `no_clone` (the file's volume has no snapshot).
 pub fn truncate_request(
     chain: ChainId,
     chain_version: ChainVersion,
     chunk: ChunkId,
     new_len: u64,
+    snap_seq: u64,
+    no_clone: bool,
 ) -> Frame {
     Frame::new(Header {
         offset: new_len,
+        snap_seq,
+        flags: if no_clone {
+            Flags::NO_CLONE
+        } else {
+            Flags::NONE
+        },
         ..chunk_header(Opcode::Truncate, chain, chain_version, chunk)
     })
 }

@@ -1019,7 +1019,7 @@ impl FileInner {
             .map(|(p, d, seq)| async move {
                 inner
                     .io
-                    .write(&p, WriteData::plain(d), client_id, seq, 0)
+                    .write(&p, WriteData::plain(d), client_id, seq, self.volume)
                     .await
                     .map(|_| ())
             })
@@ -1205,19 +1205,24 @@ impl FileInner {
             }
         }
         self.write_epoch.fetch_add(1, Ordering::SeqCst);
+        let volume = self.volume;
         let result: Result<()> = async {
             for (p, mut w, seq) in first {
                 let chunk = p.file_offset / cs;
                 let slot = expect.iter_mut().find(|(k, _)| *k == chunk);
                 w.expect_version = slot.as_ref().map(|(_, v)| *v);
-                let v = inner.io.write(&p, w, client_id, seq, 0).await?;
+                let v = inner.io.write(&p, w, client_id, seq, self.volume).await?;
                 if let Some((_, expected)) = slot {
                     *expected = v;
                 }
             }
             futures::stream::iter(rest)
                 .map(|(p, w, seq)| async move {
-                    inner.io.write(&p, w, client_id, seq, 0).await.map(|_| ())
+                    inner
+                        .io
+                        .write(&p, w, client_id, seq, volume)
+                        .await
+                        .map(|_| ())
                 })
                 .buffer_unordered(inner.opts.window)
                 .try_collect()
@@ -1272,7 +1277,7 @@ impl FileInner {
         self.write_epoch.fetch_add(1, Ordering::SeqCst);
         if !cut.is_multiple_of(cs) {
             let (chunk, chain) = self.layout.chunk_at(cut);
-            io.truncate(chunk, chain, cut % cs).await?;
+            io.truncate(chunk, chain, cut % cs, self.volume).await?;
         }
         // Whole chunks past the end are cut to nothing, not removed: a
         // cut is a versioned mutation, so the chunk's version keeps
@@ -1281,10 +1286,11 @@ impl FileInner {
         // for a retry it already has. The empty chunk costs one metadata
         // record until the file is deleted (GC removes the object).
         let whole = self.layout.chunks_between(new_len.div_ceil(cs) * cs, old);
+        let volume = self.volume;
         futures::stream::iter(whole)
             .map(|i| {
                 let (chunk, chain) = self.layout.chunk(i);
-                async move { io.truncate(chunk, chain, 0).await }
+                async move { io.truncate(chunk, chain, 0, volume).await }
             })
             .buffer_unordered(self.client.inner.opts.window)
             .try_collect::<()>()

@@ -66,6 +66,9 @@ pub struct Liveness {
     /// Per chunkserver, the (object, chain) pairs its previous chunk report
     /// held that were orphans then: removed if still orphans in the next.
     pub orphan_suspects: HashMap<u64, std::collections::HashSet<(u64, u32)>>,
+    /// Per chunkserver, the newest snapshot seq it fences writes with and
+    /// has drained writes under older ones (its last heartbeat).
+    pub snap_acks: HashMap<u64, u64>,
 }
 
 /// How many corrupt replicas the leader remembers; past it, the replica
@@ -689,7 +692,7 @@ fn snapshot_ref(r: Option<&pb::SnapshotRef>) -> Option<(u64, u64)> {
     r.map(|r| (r.volume_id, r.seq))
 }
 
-fn snapshot_pb(s: &crate::fs::Snapshot) -> pb::Snapshot {
+fn snapshot_pb(s: &crate::fs::Snapshot, ready: bool) -> pb::Snapshot {
     pb::Snapshot {
         volume_id: s.volume,
         seq: s.seq,
@@ -697,7 +700,34 @@ fn snapshot_pb(s: &crate::fs::Snapshot) -> pb::Snapshot {
         created_ns: s.created_ns,
         used_bytes: s.used_bytes,
         used_inodes: s.used_inodes,
+        ready,
     }
+}
+
+/// How long CreateSnapshot waits for the chunkservers to fence the new seq.
+const SNAPSHOT_READY_WAIT: Duration = Duration::from_secs(15);
+
+/// Returns the chunkservers that may still accept writes under a snapshot
+/// seq older than `seq` (DESIGN §3: a snapshot is ready once every serving
+/// chunkserver has acknowledged its seq). A chunkserver that has not
+/// reached this leader for a whole heartbeat timeout has stopped serving
+/// (it stops after half of one) and learns the seq before it serves again,
+/// so it is not waited for; one never heard from is waited for until this
+/// replica has led for a timeout.
+fn snapshot_pending(shared: &Shared, seq: u64) -> Result<Vec<u64>, Status> {
+    let servers = shared.fs.chunkservers().map_err(fs_err)?;
+    let timeout = shared.config.chunkserver_timeout;
+    let live = shared.liveness();
+    let led_long = live.leader_since.is_some_and(|t| t.elapsed() >= timeout);
+    Ok(servers
+        .iter()
+        .map(|c| c.id)
+        .filter(|id| live.snap_acks.get(id).copied().unwrap_or(0) < seq)
+        .filter(|id| match live.chunkservers.get(id) {
+            Some((at, _)) => at.elapsed() < timeout,
+            None => !led_long,
+        })
+        .collect())
 }
 
 fn volume_pb(
@@ -793,10 +823,27 @@ pub fn chain_tables_pb(shared: &Shared) -> Result<pb::ChainTables, Status> {
     let servers = shared.fs.chunkservers().map_err(fs_err)?;
     let maintenance = shared.fs.maintenance().map_err(fs_err)?;
     let now = now_ns();
+    // The seq before the volumes' epochs: a volume snapshotted in between
+    // is listed with a seq newer than the one sent, so a client never
+    // skips clones under a seq that fences its volume's new snapshot.
+    let snap_seq = shared.fs.snap_seq().map_err(fs_err)?;
+    let volume_epochs = shared
+        .fs
+        .volumes()
+        .map_err(fs_err)?
+        .iter()
+        .filter(|v| v.snap_seq != 0)
+        .map(|v| pb::VolumeEpoch {
+            volume_id: v.id,
+            seq: v.snap_seq,
+        })
+        .collect();
     let live = shared.liveness();
     let timeout = shared.config.chunkserver_timeout;
     Ok(pb::ChainTables {
         version,
+        snap_seq,
+        volume_epochs,
         tables: tables
             .into_iter()
             .filter(|(_, chains)| !chains.is_empty())
@@ -1347,15 +1394,32 @@ impl Meta for MetaService {
             volume: r.volume,
             name: r.name,
         };
-        match self.write(r.rid.as_ref(), op).await? {
-            Reply::Snapshot(s) => {
-                tracing::info!(seq = s.seq, "snapshot taken");
-                Ok(Response::new(pb::SnapshotReply {
-                    snapshot: Some(snapshot_pb(&s)),
-                }))
+        let s = match self.write(r.rid.as_ref(), op).await? {
+            Reply::Snapshot(s) => s,
+            other => return Err(unexpected(&other)),
+        };
+        let deadline = Instant::now() + SNAPSHOT_READY_WAIT;
+        loop {
+            let pending = snapshot_pending(&self.shared, s.seq)?;
+            if pending.is_empty() {
+                break;
             }
-            other => Err(unexpected(&other)),
+            if Instant::now() >= deadline {
+                return Err(CairnStatus::new(
+                    ErrorCode::Unavailable,
+                    format!(
+                        "snapshot {} was taken but chunkservers {pending:?} have not fenced its                          seq {} within {SNAPSHOT_READY_WAIT:?}; its data cannot be read until they                          do. Retry the same command to wait again",
+                        s.name, s.seq
+                    ),
+                )
+                .into());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
+        tracing::info!(seq = s.seq, "snapshot taken and ready");
+        Ok(Response::new(pb::SnapshotReply {
+            snapshot: Some(snapshot_pb(&s, true)),
+        }))
     }
 
     #[instrument(skip_all, fields(volume = %req.get_ref().volume, snapshot = %req.get_ref().name))]
@@ -1372,7 +1436,7 @@ impl Meta for MetaService {
             Reply::Snapshot(s) => {
                 tracing::info!(seq = s.seq, "snapshot deleted");
                 Ok(Response::new(pb::SnapshotReply {
-                    snapshot: Some(snapshot_pb(&s)),
+                    snapshot: Some(snapshot_pb(&s, false)),
                 }))
             }
             other => Err(unexpected(&other)),
@@ -1396,9 +1460,12 @@ impl Meta for MetaService {
             );
         };
         let snapshots = fs.snapshots(v.id).map_err(fs_err)?;
-        Ok(Response::new(pb::ListSnapshotsReply {
-            snapshots: snapshots.iter().map(snapshot_pb).collect(),
-        }))
+        let mut out = Vec::with_capacity(snapshots.len());
+        for s in &snapshots {
+            let ready = snapshot_pending(&self.shared, s.seq)?.is_empty();
+            out.push(snapshot_pb(s, ready));
+        }
+        Ok(Response::new(pb::ListSnapshotsReply { snapshots: out }))
     }
 
     async fn list_volumes(&self, _req: Request<pb::Empty>) -> GrpcResult<pb::ListVolumesReply> {
@@ -1609,6 +1676,7 @@ impl Meta for MetaService {
                     target_ids,
                     heartbeat_interval_ms: interval.as_millis() as u64,
                     heartbeat_timeout_ms: self.shared.config.chunkserver_timeout.as_millis() as u64,
+                    snap_seq: self.shared.fs.snap_seq().map_err(fs_err)?,
                 }))
             }
             other => Err(unexpected(&other)),
@@ -1639,6 +1707,7 @@ impl Meta for MetaService {
             let now = Instant::now();
             let mut live = self.shared.liveness();
             live.chunkservers.insert(r.chunkserver_id, (now, r.targets));
+            live.snap_acks.insert(r.chunkserver_id, r.snap_seq_drained);
             if let Some(mut p) = r.repair {
                 if let Some((at, prev)) = live.repair.get(&r.chunkserver_id) {
                     let secs = now.duration_since(*at).as_secs_f64();
@@ -1697,8 +1766,19 @@ impl Meta for MetaService {
             .fs
             .chains_version()
             .map_err(|e| Status::internal(e.to_string()))?;
+        let snap_seq = self.shared.fs.snap_seq().map_err(fs_err)?;
+        let live_snapshots = self
+            .shared
+            .fs
+            .ready_snapshots()
+            .map_err(fs_err)?
+            .into_iter()
+            .map(|(_, seq)| seq)
+            .collect();
         Ok(Response::new(pb::ChunkserverHeartbeatReply {
             chain_table_version: version,
+            snap_seq,
+            live_snapshots,
         }))
     }
 

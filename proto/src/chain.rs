@@ -83,6 +83,11 @@ pub struct Endpoint {
 pub struct ChainView {
     /// Version of the whole table.
     pub version: u64,
+    /// The cluster's newest snapshot sequence: every write carries it.
+    pub snap_seq: u64,
+    /// Volumes with snapshots (volume id → newest seq), as of `snap_seq`
+    /// or later.
+    volume_epochs: HashMap<u64, u64>,
     chains: HashMap<u32, ChainInfo>,
     servers: HashMap<u64, ServerAddr>,
 }
@@ -138,9 +143,21 @@ impl ChainView {
             .collect();
         Self {
             version: t.version,
+            snap_seq: t.snap_seq,
+            volume_epochs: t
+                .volume_epochs
+                .iter()
+                .map(|e| (e.volume_id, e.seq))
+                .collect(),
             chains,
             servers,
         }
+    }
+
+    /// Returns whether volume `volume` had snapshots as of this table: a
+    /// write to a volume without any asks chunkservers to keep no clone.
+    pub fn has_snapshots(&self, volume: u64) -> bool {
+        self.volume_epochs.contains_key(&volume)
     }
 
     /// Returns every chain with its id, in no particular order.
@@ -270,7 +287,20 @@ mod tests {
                     ..Default::default()
                 })
                 .collect(),
+            snap_seq: 4,
+            volume_epochs: vec![pb::VolumeEpoch {
+                volume_id: 9,
+                seq: 4,
+            }],
         }
+    }
+
+    #[test]
+    fn the_view_knows_the_snap_seq_and_which_volumes_have_snapshots() {
+        let v = ChainView::from_pb(&table());
+        assert_eq!(v.snap_seq, 4);
+        assert!(v.has_snapshots(9));
+        assert!(!v.has_snapshots(8));
     }
 
     #[test]

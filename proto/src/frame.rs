@@ -17,7 +17,7 @@
 //! |      0 |    4 | `magic`         | `b"CRN1"` (the u32 `0x314E_5243`) |
 //! |      4 |    1 | `version`       | format version, [`FORMAT_VERSION`] = 1 |
 //! |      5 |    1 | `opcode`        | [`Opcode`]; bit 7 set = reply |
-//! |      6 |    2 | `flags`         | [`Flags`]: bit 0 body, bit 1 error message, bit 2 pending, bit 3 sealed, bit 4 conditional; others 0 |
+//! |      6 |    2 | `flags`         | [`Flags`]: bit 0 body, bit 1 error message, bit 2 pending, bit 3 sealed, bit 4 conditional, bit 5 no clone, bit 6 snapshot read; others 0 |
 //! |      8 |    8 | `request_id`    | chosen by the sender of a request, echoed by its reply |
 //! |     16 |    8 | `chunk.object`  | [`ObjectId`](crate::ids::ObjectId) of the chunk |
 //! |     24 |    8 | `chunk.index`   | index of the chunk in its object |
@@ -79,6 +79,8 @@
 //!    requested.
 //! 7. `offset + length` fits in a u64 (for an error message, `length`
 //!    counted from 0, see above).
+//! 8. [`Flags::NO_CLONE`] only on Write, Truncate and Forward requests;
+//!    [`Flags::SNAPSHOT`] only on Read requests.
 //!
 //! Opcode conventions the codec does not check: Truncate carries the new
 //! chunk length in `offset`; a Stat reply carries the chunk length in

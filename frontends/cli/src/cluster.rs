@@ -320,6 +320,7 @@ mod tests {
                 ],
             }],
             chunkservers: vec![],
+            ..ChainTables::default()
         };
         let rows = chain_rows(&t);
         assert_eq!(rows.len(), 2);

@@ -230,6 +230,34 @@ impl<K: Kv> FsState<K> {
         Ok(all.into_iter().filter(|s| !s.deleting).collect())
     }
 
+    /// Returns the cluster's newest snapshot seq (0 before the first).
+    pub fn snap_seq(&self) -> ReadResult<u64> {
+        let next: Option<u64> = flatten(
+            self.txn()
+                .get(&key::meta(super::counter::SNAP_SEQ))
+                .map_err(OpError::from),
+        )?;
+        Ok(next.map_or(0, |n| n.saturating_sub(1)))
+    }
+
+    /// Returns every ready snapshot's (volume, seq), by ascending seq.
+    pub fn ready_snapshots(&self) -> ReadResult<Vec<(u64, u64)>> {
+        let rows = flatten(
+            self.txn()
+                .scan(key::SNAPSHOTS, None, usize::MAX)
+                .map_err(OpError::from),
+        )?;
+        let mut out = Vec::new();
+        for (k, v) in rows {
+            let s: Snapshot = flatten(super::store::decode(&k, &v).map_err(OpError::from))?;
+            if !s.deleting {
+                out.push((s.volume, s.seq));
+            }
+        }
+        out.sort_by_key(|(_, seq)| *seq);
+        Ok(out)
+    }
+
     /// Returns snapshots being deleted, of every volume (the leader goes on
     /// merging them away).
     pub fn deleting_snapshots(&self) -> ReadResult<Vec<Snapshot>> {

@@ -5,7 +5,9 @@
 //! the cluster-wide counter `snap_seq` (so chunkservers fence writes with
 //! one number for every volume), and makes `seq` the volume's **epoch**
 //! (`Volume::snap_seq`: the largest seq among its snapshot records,
-//! deleting ones included; 0 without any). Nothing is copied then.
+//! deleting ones included; 0 without any). Nothing is copied then. It also
+//! bumps the chain-table version, so the new seq reaches chunkservers and
+//! clients with the tables they watch.
 //!
 //! # Keeping the past: pre-images
 //!
@@ -246,6 +248,9 @@ pub(crate) fn create<K: Kv + ?Sized>(
     t.put(key::snapshot(v.id, seq), &s);
     v.snap_seq = seq;
     t.put(key::volume(v.id), &v);
+    // The chain tables carry the cluster's snap_seq: their new version
+    // reaches every chunkserver and client watching them at once.
+    next(t, counter::CHAINS_VERSION, 0)?;
     Ok(Reply::Snapshot(s))
 }
 

@@ -729,7 +729,7 @@ mod tests {
         let cases: Vec<(Tamper, FrameError)> = vec![
             (Box::new(|h| h[5] = 0x0C), FrameError::UnknownOpcode(0x0C)),
             (Box::new(|h| h[5] = 0x80), FrameError::UnknownOpcode(0x80)),
-            (Box::new(|h| h[6] = 0x20), FrameError::ReservedFlags(0x20)),
+            (Box::new(|h| h[6] = 0x80), FrameError::ReservedFlags(0x80)),
             (Box::new(|h| h[7] = 0x80), FrameError::ReservedFlags(0x8000)),
             (Box::new(|h| h[90] = 1), FrameError::ReservedField(1)),
             (Box::new(|h| h[88] = 2), FrameError::StatusInRequest(2)),
@@ -807,6 +807,16 @@ mod tests {
                 FrameError::MessageTooLong(MAX_ERROR_MESSAGE + 1),
             ),
         ];
+        // NO_CLONE and SNAPSHOT on a Ping request.
+        for bit in [0x20u8, 0x40] {
+            let mut head = ping;
+            head[6] = bit;
+            let mut buf = resign(head);
+            assert!(
+                matches!(dec.decode(&mut buf), Err(FrameError::MisplacedFlags { .. })),
+                "flag {bit:#x}"
+            );
+        }
         for (i, (tamper, want)) in cases.into_iter().enumerate() {
             let mut head = ping;
             tamper(&mut head);

@@ -213,7 +213,14 @@ impl Flags {
     /// the head's pending versions are committed, so its version is the
     /// one a conditional write is compared with.
     pub const CONDITIONAL: Flags = Flags(1 << 4);
-    const KNOWN: u16 = 0b1_1111;
+    /// Bit 5: on a Write, Truncate or Forward request, the written file's
+    /// volume has no snapshot (as of the header's `snap_seq`): the replicas
+    /// keep no clone of the chunk's previous version (DESIGN §3).
+    pub const NO_CLONE: Flags = Flags(1 << 5);
+    /// Bit 6: on a Read request, read the chunk as snapshot `snap_seq` saw
+    /// it (its clone, or the current version if it has not changed since).
+    pub const SNAPSHOT: Flags = Flags(1 << 6);
+    const KNOWN: u16 = 0b111_1111;
 
     /// Returns the wire bits.
     pub const fn bits(self) -> u16 {
@@ -263,6 +270,8 @@ impl std::fmt::Debug for Flags {
             (Self::PENDING, "PENDING"),
             (Self::SEALED, "SEALED"),
             (Self::CONDITIONAL, "CONDITIONAL"),
+            (Self::NO_CLONE, "NO_CLONE"),
+            (Self::SNAPSHOT, "SNAPSHOT"),
         ] {
             if self.contains(flag) {
                 set.entry(&format_args!("{name}"));
@@ -473,7 +482,16 @@ impl Header {
         }
         let sealed = self.is_sealed();
         let conditional = self.flags.contains(Flags::CONDITIONAL);
+        let no_clone = self.flags.contains(Flags::NO_CLONE);
+        let snapshot = self.flags.contains(Flags::SNAPSHOT);
         let misplaced = (pending && self.status != ErrorCode::Pending as u16)
+            || (no_clone
+                && (self.reply
+                    || !matches!(
+                        self.opcode,
+                        Opcode::Write | Opcode::Truncate | Opcode::Forward
+                    )))
+            || (snapshot && (self.reply || self.opcode != Opcode::Read))
             || (conditional
                 && (self.reply || !matches!(self.opcode, Opcode::Write | Opcode::Read)))
             || (message && (self.status == 0 || !body))
