@@ -89,7 +89,7 @@ use crate::failpoint;
 use crate::locks::{ChunkLockGuard, ChunkLocks};
 use crate::metrics::Metrics;
 use crate::peer::{PeerError, PeerPool};
-use crate::store::{NO_SEAL, ReadMode, Seal, ShardStore, StoreError, WriteIn, shard_of};
+use crate::store::{NO_SEAL, ReadMode, Seal, ShardStore, Snap, StoreError, WriteIn, shard_of};
 use crate::wire::{FrameReader, ReadError, write_frame};
 
 pub mod resync;
@@ -168,10 +168,30 @@ enum Mutation {
         crcs: SegmentCrcs,
         /// Seal bytes (one per segment) or empty.
         seals: Bytes,
+        /// The snapshot context it was made under (kept with a pending
+        /// version, so a re-forward carries its own).
+        snap: Snap,
     },
     Truncate {
         new_len: u64,
+        snap: Snap,
     },
+}
+
+impl Mutation {
+    fn snap(&self) -> Snap {
+        match self {
+            Mutation::Write { snap, .. } | Mutation::Truncate { snap, .. } => *snap,
+        }
+    }
+}
+
+/// The snapshot context a mutation request carries.
+fn snap_of(h: &Header) -> Snap {
+    Snap {
+        seq: h.snap_seq,
+        no_clone: h.flags.contains(Flags::NO_CLONE),
+    }
 }
 
 /// Where this target stands in a request's chain. Peer addresses are
@@ -607,12 +627,16 @@ impl Shard {
                     data: frame.payload,
                     crcs: frame.crcs,
                     seals: frame.seals,
+                    snap: snap_of(&h),
                 };
                 let _inflight = self.count_inflight(&route);
                 self.head_mutate(&route, &h, m).await
             }
             Opcode::Truncate if route.is_head && h.version == 0 => {
-                let m = Mutation::Truncate { new_len: h.offset };
+                let m = Mutation::Truncate {
+                    new_len: h.offset,
+                    snap: snap_of(&h),
+                };
                 let _inflight = self.count_inflight(&route);
                 self.head_mutate(&route, &h, m).await
             }
@@ -629,9 +653,13 @@ impl Shard {
                         data: frame.payload,
                         crcs: frame.crcs,
                         seals: frame.seals,
+                        snap: snap_of(&h),
                     }
                 } else {
-                    Mutation::Truncate { new_len: h.offset }
+                    Mutation::Truncate {
+                        new_len: h.offset,
+                        snap: snap_of(&h),
+                    }
                 };
                 self.replica_mutate(&route, &h, m).await
             }
@@ -806,6 +834,7 @@ impl Shard {
                 data,
                 crcs,
                 seals,
+                snap,
             } => {
                 let (crcs, seals) = (crcs_of(crcs), seals_of(seals));
                 let w = WriteIn {
@@ -813,14 +842,15 @@ impl Shard {
                     data,
                     segment_crcs: &crcs,
                     seals: &seals,
+                    snap: *snap,
                 };
                 self.store
                     .write_in_chain(route.chain_id, chunk, version, w, tail)
                     .await
                     .map_err(|e| self.store_error(chunk, e))
             }
-            Mutation::Truncate { new_len } => {
-                self.store.truncate(chunk, version, *new_len).await?;
+            Mutation::Truncate { new_len, snap } => {
+                self.store.truncate(chunk, version, *new_len, *snap).await?;
                 if tail {
                     self.store.commit_through(chunk, version, true).await?;
                 }
@@ -845,7 +875,12 @@ impl Shard {
             chain: h.chain,
             chain_version: ChainVersion(route.chain_version),
             version,
-            snap_seq: h.snap_seq,
+            snap_seq: m.snap().seq,
+            flags: if m.snap().no_clone {
+                Flags::NO_CLONE
+            } else {
+                Flags::NONE
+            },
             client_id: h.client_id,
             client_seq: h.client_seq,
             token: h.token,
@@ -857,6 +892,7 @@ impl Shard {
                 data,
                 crcs,
                 seals,
+                ..
             } => Frame::with_payload_crcs(
                 Header {
                     offset: *offset,
@@ -867,7 +903,7 @@ impl Shard {
             )
             .and_then(|f| sealed(f, seals.clone()))
             .map_err(|e| Reject::new(ErrorCode::Internal, format!("forward frame: {e}")))?,
-            Mutation::Truncate { new_len } => Frame::new(Header {
+            Mutation::Truncate { new_len, .. } => Frame::new(Header {
                 opcode: Opcode::Truncate,
                 offset: *new_len,
                 ..base
@@ -899,13 +935,17 @@ impl Shard {
         for v in st.pending_versions {
             let p = self.store.read_pending(chunk, v).await?;
             let m = if p.len == 0 && p.data.is_empty() {
-                Mutation::Truncate { new_len: p.new_len }
+                Mutation::Truncate {
+                    new_len: p.new_len,
+                    snap: p.snap,
+                }
             } else {
                 Mutation::Write {
                     offset: p.offset,
                     crcs: SegmentCrcs::from_slice(&p.segment_crcs),
                     seals: seal_bytes(&p.segment_seals),
                     data: p.data,
+                    snap: p.snap,
                 }
             };
             if !route.is_tail {
@@ -957,6 +997,9 @@ impl Shard {
         } else {
             None
         };
+        if h.flags.contains(Flags::SNAPSHOT) {
+            return self.read_snapshot(route, h).await;
+        }
         if route.is_serving_tail && whole {
             self.commit_pending_as_tail(chunk).await?;
         }
@@ -987,6 +1030,50 @@ impl Shard {
                 tracing::error!(%chunk, block, "stored block failed its CRC; not returned");
                 (self.corrupt)(chunk, vec![block]);
                 self.queue_repair(chunk);
+                return Err(Reject::new(
+                    ErrorCode::Checksum,
+                    format!("block {block} of {chunk} is corrupt on this replica; read another"),
+                ));
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let header = Header {
+            version: out.version,
+            ..Header::reply_to(h)
+        };
+        Frame::with_payload_crcs(header, out.data, SegmentCrcs::from_slice(&out.block_crcs))
+            .and_then(|f| sealed(f, seal_bytes(&out.block_seals)))
+            .map_err(|e| Reject::new(ErrorCode::Internal, format!("read reply: {e}")))
+    }
+
+    /// A read of snapshot `h.snap_seq` (DESIGN §3): from the chunk's clone,
+    /// or its committed version if it has not changed since. Pending
+    /// versions are settled first (committed at the tail, caught up from it
+    /// elsewhere): one may be older than the snapshot and in it, and
+    /// replicas that commit at different times must all read the same.
+    async fn read_snapshot(&self, route: &Route, h: &Header) -> Result<Frame> {
+        let chunk = h.chunk;
+        let pending = self
+            .store
+            .stat(chunk)?
+            .is_some_and(|s| !s.pending_versions.is_empty());
+        if pending {
+            if route.is_serving_tail {
+                self.commit_pending_as_tail(chunk).await?;
+            } else {
+                self.catch_up_with_tail(route, h).await?;
+            }
+        }
+        let out = match self
+            .store
+            .read_snapshot(chunk, h.snap_seq, h.offset, u64::from(h.length))
+            .await
+        {
+            Ok(o) => o,
+            Err(StoreError::Checksum { block, .. }) => {
+                self.metrics.crc_failure();
+                tracing::error!(%chunk, block, "stored block of a clone failed its CRC; not returned");
+                (self.corrupt)(chunk, vec![block]);
                 return Err(Reject::new(
                     ErrorCode::Checksum,
                     format!("block {block} of {chunk} is corrupt on this replica; read another"),
@@ -1119,6 +1206,12 @@ impl Shard {
             data: &frame.payload,
             segment_crcs: &crcs,
             seals: &seals,
+            // The copy comes without clones: no snapshot up to the
+            // newest one is read from it here.
+            snap: Snap {
+                seq: self.control.snap_seq(),
+                no_clone: false,
+            },
         };
         self.store
             .install_piece(route.chain_id, h.chunk, h.version, h.client_seq, piece)

@@ -23,7 +23,7 @@ use std::process::{Command, Stdio};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use cairn_chunkserver::store::{ReadMode, ShardStore, Target, layout};
+use cairn_chunkserver::store::{ReadMode, ShardStore, Snap, Target, layout};
 use cairn_proto::ids::{ChunkId, ObjectId};
 use rand::{Rng, SeedableRng};
 
@@ -116,7 +116,9 @@ fn crash_child() {
                     if rng.random_range(0..20) == 0 && !model.is_empty() {
                         let new_len = rng.random_range(0..model.len() as u64);
                         model.truncate(new_len as usize);
-                        s.truncate(c, version, new_len).await.expect("truncate");
+                        s.truncate(c, version, new_len, Snap::default())
+                            .await
+                            .expect("truncate");
                     } else {
                         let off = rng.random_range(0..64 * 1024u64);
                         let len = rng.random_range(1..20_000usize);

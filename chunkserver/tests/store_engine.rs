@@ -4,7 +4,7 @@ use std::future::Future;
 use std::path::Path;
 
 use cairn_chunkserver::store::{
-    PendingData, ReadMode, ShardStore, StoreError, Target, TargetOptions, layout, shard_of,
+    PendingData, ReadMode, ShardStore, Snap, StoreError, Target, TargetOptions, layout, shard_of,
 };
 use cairn_proto::ErrorCode;
 use cairn_proto::ids::{ChunkId, ObjectId};
@@ -445,7 +445,9 @@ fn truncate_is_versioned_and_never_exposes_old_bytes() {
         let c = chunk(1);
         let d = pattern(1, 20_000);
         put(&s, c, 1, 0, &d).await;
-        s.truncate(c, 2, 5000).await.expect("truncate");
+        s.truncate(c, 2, 5000, Snap::default())
+            .await
+            .expect("truncate");
         // Pending: the committed length still serves, the cut range is dirty.
         assert_eq!(read_all(&s, c).await, d);
         assert!(s.read(c, 0, 5000, ReadMode::CleanOnly).await.is_ok());
@@ -458,7 +460,9 @@ fn truncate_is_versioned_and_never_exposes_old_bytes() {
         assert_eq!(all.len(), 15_003);
         assert_eq!(&all[..5000], &d[..5000]);
         assert!(all[5000..15_000].iter().all(|b| *b == 0));
-        s.truncate(c, 4, 30_000).await.expect("extend");
+        s.truncate(c, 4, 30_000, Snap::default())
+            .await
+            .expect("extend");
         s.commit(c, 4).await.expect("commit");
         assert_eq!(read_all(&s, c).await.len(), 30_000);
         assert!(s.scrub_chunk(c).await.expect("scrub").bad_blocks.is_empty());
@@ -563,7 +567,9 @@ fn commit_through_commits_every_older_pending_version() {
             .await
             .expect("v2");
         model[100..6100].copy_from_slice(&d2);
-        s.truncate(c, 3, 3 * 4096 + 100).await.expect("v3");
+        s.truncate(c, 3, 3 * 4096 + 100, Snap::default())
+            .await
+            .expect("v3");
         model.truncate(3 * 4096 + 100);
         let d4 = pattern(4, 2 * 4096);
         s.write_pending(c, 4, 2 * 4096, &d4, &crcs(2 * 4096, &d4))
@@ -830,7 +836,7 @@ fn read_pending_returns_a_version_exactly_as_written() {
         s.write_pending(c, 2, off, &d, &crcs(off, &d))
             .await
             .expect("v2");
-        s.truncate(c, 3, 10_000).await.expect("v3");
+        s.truncate(c, 3, 10_000, Snap::default()).await.expect("v3");
         let got = s.read_pending(c, 2).await.expect("read v2");
         assert_eq!(
             got,
@@ -842,6 +848,7 @@ fn read_pending_returns_a_version_exactly_as_written() {
                 data: bytes::Bytes::from(d.clone()),
                 segment_crcs: cairn_proto::frame::segment_crcs(off, &d),
                 segment_seals: vec![],
+                snap: Snap::default(),
             }
         );
         assert_eq!(got.segment_crcs.len(), 3);
@@ -861,6 +868,7 @@ fn read_pending_returns_a_version_exactly_as_written() {
                 data: bytes::Bytes::new(),
                 segment_crcs: vec![],
                 segment_seals: vec![],
+                snap: Snap::default(),
             }
         );
         for v in [1, 4] {
@@ -923,6 +931,7 @@ fn seals_are_stored_with_their_blocks_and_returned() {
                 data: &data,
                 segment_crcs: &crcs(4096, &data),
                 seals: &seals,
+                snap: Snap::default(),
             };
             s.write_in_chain(9, c, 1, w, true)
                 .await
@@ -958,6 +967,7 @@ fn seals_are_stored_with_their_blocks_and_returned() {
                 data: &data[..4096],
                 segment_crcs: &crcs(0, &data[..4096]),
                 seals: &seals[..1],
+                snap: Snap::default(),
             };
             s.write_in_chain(9, c, 3, w, false).await.unwrap();
             let pending = s.read_pending(c, 3).await.unwrap();
@@ -977,6 +987,7 @@ fn seals_are_stored_with_their_blocks_and_returned() {
             data: &data[..8192],
             segment_crcs: &crcs(0, &data[..8192]),
             seals: &seals[..1],
+            snap: Snap::default(),
         };
         let e = s.write_in_chain(9, c, 4, w, true).await.unwrap_err();
         assert!(matches!(e, StoreError::Seals { .. }), "{e}");
@@ -986,6 +997,7 @@ fn seals_are_stored_with_their_blocks_and_returned() {
             data: &data[..100],
             segment_crcs: &crcs(10, &data[..100]),
             seals: &seals[..1],
+            snap: Snap::default(),
         };
         assert!(matches!(
             s.write_in_chain(9, c, 4, w, true).await,

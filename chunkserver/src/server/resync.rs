@@ -120,6 +120,8 @@ pub async fn run(
     synced: impl Fn(u32, u64),
 ) {
     let mut done: HashSet<(u32, u64)> = HashSet::new();
+    // The live snapshot list clones were last pruned against.
+    let mut pruned_for: Option<std::sync::Arc<Vec<u64>>> = None;
     let mut backoff: std::collections::HashMap<ChunkId, (Instant, Duration)> =
         std::collections::HashMap::new();
     while !stop.get() {
@@ -131,6 +133,20 @@ pub async fn run(
             match shard.chunk_list() {
                 Ok(l) => shard.control.set_chunk_list(shard.shard, l),
                 Err(e) => tracing::warn!("listing chunks for the chunk report: {}", e.msg),
+            }
+        }
+        // Clones no snapshot reads any more go when meta's list changes.
+        if let Some(live) = shard.control.live_snapshots()
+            && pruned_for.as_ref() != Some(&live)
+        {
+            match shard.store.prune_clones(&live).await {
+                Ok(n) => {
+                    if n > 0 {
+                        tracing::info!(clones = n, "freed chunk clones no snapshot reads");
+                    }
+                    pruned_for = Some(live);
+                }
+                Err(e) => tracing::warn!("pruning chunk clones: {e}"),
             }
         }
         let orphans = shard.control.take_removals(shard.shard);
@@ -298,6 +314,7 @@ impl Shard {
                         data: &data,
                         segment_crcs: &crcs,
                         seals: &seals,
+                        snap: crate::store::Snap::default(),
                     };
                     self.store
                         .rewrite_committed(st.chain, chunk, st.committed_version, w)

@@ -33,6 +33,18 @@ pub enum StoreError {
         /// The chunk.
         chunk: ChunkId,
     },
+    /// The chunk was copied to this replica without the clones of the
+    /// snapshots up to `floor`: read the snapshot from another replica.
+    #[error(
+        "chunk {chunk}: this replica was rebuilt from another without the clones of snapshots \
+         up to seq {floor}; read another replica"
+    )]
+    NoClones {
+        /// The chunk.
+        chunk: ChunkId,
+        /// The newest snapshot seq it has no clones of.
+        floor: u64,
+    },
     /// A version arrived before the versions in front of it.
     #[error("chunk {chunk}: got version {got}, expected {expected}")]
     VersionGap {
@@ -180,6 +192,7 @@ impl StoreError {
             Self::NotFound { .. } => ErrorCode::NotFound,
             Self::Checksum { .. } => ErrorCode::Checksum,
             Self::Pending { .. } => ErrorCode::Pending,
+            Self::NoClones { .. } => ErrorCode::Unavailable,
             Self::VersionGap { .. } => ErrorCode::Invalid,
             Self::Stale { .. } => ErrorCode::StaleSequence,
             Self::Range { .. } | Self::Segments { .. } | Self::Seals { .. } => {

@@ -11,6 +11,12 @@
 //!   holds the entries of that group's blocks that exist
 //!   ([`encode_group`]).
 //!
+//! * chunk clone (snapshots, DESIGN §3): `b'K'` ++ object id ++ chunk index
+//!   ++ snapshot seq (u64 BE) → [`CloneHeader`]: the chunk as snapshot
+//!   `seq` saw it (kept at the first mutation under a newer seq)
+//! * clone block group: `b'V'` ++ object id ++ chunk index ++ snapshot seq
+//!   ++ group index (u32 BE) → [`encode_group`] of committed-only entries
+//!
 //! Big-endian keys sort like the numbers, so one range scan returns a
 //! chunk's block entries in block order and `list_chunks` is a prefix scan.
 //!
@@ -40,6 +46,10 @@ pub const CHUNK_MAX: u64 = 4 << 30;
 
 const HEADER_TAG: u8 = b'C';
 const BLOCK_TAG: u8 = b'B';
+const CLONE_TAG: u8 = b'K';
+const CLONE_BLOCK_TAG: u8 = b'V';
+/// Tag of the snapshot fields that trail a header record.
+const SNAP_EXT: u8 = 1;
 const RECORD_FORMAT: u8 = 1;
 const GROUP_FORMAT: u8 = 1;
 
@@ -131,6 +141,65 @@ pub fn header_key(chunk: ChunkId) -> [u8; 17] {
     k[0] = HEADER_TAG;
     k[1..9].copy_from_slice(&chunk.object.0.to_be_bytes());
     k[9..17].copy_from_slice(&chunk.index.to_be_bytes());
+    k
+}
+
+/// Returns the prefix of `chunk`'s clone keys.
+pub fn clone_prefix(chunk: ChunkId) -> [u8; 17] {
+    let mut k = header_key(chunk);
+    k[0] = CLONE_TAG;
+    k
+}
+
+/// Returns the prefix shared by every clone key.
+pub fn clones_prefix() -> [u8; 1] {
+    [CLONE_TAG]
+}
+
+/// Returns the key of `chunk`'s clone for snapshot seq `seq`.
+pub fn clone_key(chunk: ChunkId, seq: u64) -> [u8; 25] {
+    let mut k = [0u8; 25];
+    k[..17].copy_from_slice(&clone_prefix(chunk));
+    k[17..].copy_from_slice(&seq.to_be_bytes());
+    k
+}
+
+/// Decodes a clone key into (chunk, seq); `None` if it is not one.
+pub fn decode_clone_key(k: &[u8]) -> Option<(ChunkId, u64)> {
+    if k.len() != 25 || k[0] != CLONE_TAG {
+        return None;
+    }
+    let chunk = ChunkId {
+        object: ObjectId(u64::from_be_bytes(k[1..9].try_into().ok()?)),
+        index: u64::from_be_bytes(k[9..17].try_into().ok()?),
+    };
+    Some((chunk, u64::from_be_bytes(k[17..25].try_into().ok()?)))
+}
+
+/// Returns the prefix shared by every clone block group key.
+pub fn clone_blocks_all_prefix() -> [u8; 1] {
+    [CLONE_BLOCK_TAG]
+}
+
+/// Returns the prefix of the block groups of every clone of `chunk`.
+pub fn clone_blocks_chunk_prefix(chunk: ChunkId) -> [u8; 17] {
+    let mut k = header_key(chunk);
+    k[0] = CLONE_BLOCK_TAG;
+    k
+}
+
+/// Returns the prefix of the block groups of `chunk`'s clone `seq`.
+pub fn clone_blocks_prefix(chunk: ChunkId, seq: u64) -> [u8; 25] {
+    let mut k = clone_key(chunk, seq);
+    k[0] = CLONE_BLOCK_TAG;
+    k
+}
+
+/// Returns the key of block group `group` of `chunk`'s clone `seq`.
+pub fn clone_group_key(chunk: ChunkId, seq: u64, group: u32) -> [u8; 29] {
+    let mut k = [0u8; 29];
+    k[..25].copy_from_slice(&clone_blocks_prefix(chunk, seq));
+    k[25..].copy_from_slice(&group.to_be_bytes());
     k
 }
 
@@ -249,6 +318,10 @@ pub struct Pending {
     pub new_len: u64,
     /// CRC32 over the client's segment CRCs: recognises a retried write.
     pub digest: u32,
+    /// The snapshot seq the mutation was written under (DESIGN §3).
+    pub seq: u64,
+    /// The writer's volume had no snapshot: committing it keeps no clone.
+    pub no_clone: bool,
 }
 
 impl Pending {
@@ -279,6 +352,62 @@ pub struct ChunkHeader {
     /// metadata, including chunks of files whose length meta does not
     /// know yet.
     pub chain: u32,
+    /// The newest snapshot seq a committed mutation was written under (0:
+    /// none, or written before snapshots existed).
+    pub seq: u64,
+    /// The snapshot seq of the mutation that created the chunk: snapshots
+    /// up to it read the chunk as a hole.
+    pub birth: u64,
+    /// The newest clone's seq (0: none), the one clone that can share
+    /// blocks with the current version.
+    pub clone_seq: u64,
+    /// The chunk was copied here from another replica (resync, repair)
+    /// when snapshots up to this seq existed, without their clones: this
+    /// replica serves no snapshot read at or below it (0: none).
+    pub snap_floor: u64,
+}
+
+/// A chunk's clone: the chunk as a snapshot saw it (its blocks are
+/// committed-only entries under the clone's block keys).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CloneHeader {
+    /// The committed version then.
+    pub version: u64,
+    /// The length then.
+    pub len: u64,
+    /// The chunk's birth seq (see [`ChunkHeader::birth`]).
+    pub birth: u64,
+}
+
+impl CloneHeader {
+    /// Returns the record bytes.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut v = Vec::with_capacity(25);
+        v.push(RECORD_FORMAT);
+        v.extend_from_slice(&self.version.to_le_bytes());
+        v.extend_from_slice(&self.len.to_le_bytes());
+        v.extend_from_slice(&self.birth.to_le_bytes());
+        v
+    }
+
+    /// Decodes a record made by [`Self::encode`].
+    ///
+    /// # Errors
+    /// [`DecodeError`] for anything else.
+    pub fn decode(b: &[u8]) -> Result<Self, DecodeError> {
+        let mut r = Reader(b);
+        r.format()?;
+        let h = Self {
+            version: r.u64()?,
+            len: r.u64()?,
+            birth: r.u64()?,
+        };
+        r.end()?;
+        if h.len > CHUNK_MAX {
+            return Err(DecodeError::Value);
+        }
+        Ok(h)
+    }
 }
 
 impl ChunkHeader {
@@ -414,8 +543,24 @@ impl ChunkHeader {
             v.extend_from_slice(&p.new_len.to_le_bytes());
             v.extend_from_slice(&p.digest.to_le_bytes());
         }
-        if self.chain != 0 {
+        let snap = self.seq != 0
+            || self.birth != 0
+            || self.clone_seq != 0
+            || self.snap_floor != 0
+            || self.pending.iter().any(|p| p.seq != 0 || p.no_clone);
+        if self.chain != 0 || snap {
             v.extend_from_slice(&self.chain.to_le_bytes());
+        }
+        if snap {
+            v.push(SNAP_EXT);
+            v.extend_from_slice(&self.seq.to_le_bytes());
+            v.extend_from_slice(&self.birth.to_le_bytes());
+            v.extend_from_slice(&self.clone_seq.to_le_bytes());
+            v.extend_from_slice(&self.snap_floor.to_le_bytes());
+            for p in &self.pending {
+                v.extend_from_slice(&p.seq.to_le_bytes());
+                v.push(u8::from(p.no_clone));
+            }
         }
         v
     }
@@ -438,6 +583,8 @@ impl ChunkHeader {
                 len: r.u64()?,
                 new_len: r.u64()?,
                 digest: r.u32()?,
+                seq: 0,
+                no_clone: false,
             };
             if p.version != committed_version + 1 + i as u64
                 || p.new_len > CHUNK_MAX
@@ -450,6 +597,25 @@ impl ChunkHeader {
         // The chain id trails the record; records written before it
         // existed end here.
         let chain = if r.0.is_empty() { 0 } else { r.u32()? };
+        // Then the snapshot fields, in records written since snapshots.
+        let (mut seq, mut birth, mut clone_seq, mut snap_floor) = (0, 0, 0, 0);
+        if !r.0.is_empty() {
+            if r.u8()? != SNAP_EXT {
+                return Err(DecodeError::Value);
+            }
+            seq = r.u64()?;
+            birth = r.u64()?;
+            clone_seq = r.u64()?;
+            snap_floor = r.u64()?;
+            for p in &mut pending {
+                p.seq = r.u64()?;
+                p.no_clone = match r.u8()? {
+                    0 => false,
+                    1 => true,
+                    _ => return Err(DecodeError::Value),
+                };
+            }
+        }
         r.end()?;
         if committed_len > CHUNK_MAX {
             return Err(DecodeError::Value);
@@ -459,6 +625,10 @@ impl ChunkHeader {
             committed_len,
             pending,
             chain,
+            seq,
+            birth,
+            clone_seq,
+            snap_floor,
         })
     }
 }
@@ -668,6 +838,8 @@ mod tests {
                     len: 2,
                     new_len: 10_000,
                     digest: 9,
+                    seq: 0,
+                    no_clone: false,
                 },
                 Pending {
                     version: 6,
@@ -675,10 +847,54 @@ mod tests {
                     len: 0,
                     new_len: 3,
                     digest: 0,
+                    seq: 0,
+                    no_clone: false,
                 },
             ],
             chain: 0,
+            ..ChunkHeader::default()
         };
+        let snapped = ChunkHeader {
+            seq: 7,
+            birth: 3,
+            clone_seq: 5,
+            snap_floor: 2,
+            pending: h
+                .pending
+                .iter()
+                .map(|p| Pending {
+                    seq: 7,
+                    no_clone: p.version == 6,
+                    ..*p
+                })
+                .collect(),
+            ..h.clone()
+        };
+        let sb = snapped.encode();
+        assert_eq!(ChunkHeader::decode(&sb), Ok(snapped.clone()));
+        // Cut inside the snapshot fields: never a record.
+        let base = h.encode().len() + 4;
+        for cut in base + 1..sb.len() {
+            assert!(ChunkHeader::decode(&sb[..cut]).is_err(), "cut {cut}");
+        }
+        let mut bad_flag = sb.clone();
+        *bad_flag.last_mut().unwrap() = 2;
+        assert_eq!(ChunkHeader::decode(&bad_flag), Err(DecodeError::Value));
+        let clone = CloneHeader {
+            version: 4,
+            len: 10_000,
+            birth: 3,
+        };
+        assert_eq!(CloneHeader::decode(&clone.encode()), Ok(clone));
+        assert!(CloneHeader::decode(&clone.encode()[..24]).is_err());
+        assert_eq!(
+            decode_clone_key(&clone_key(chunk(1, 2), 9)),
+            Some((chunk(1, 2), 9))
+        );
+        assert!(clone_key(chunk(1, 2), 9) < clone_key(chunk(1, 2), 10));
+        assert!(
+            clone_group_key(chunk(1, 2), 9, 0).starts_with(&clone_blocks_prefix(chunk(1, 2), 9))
+        );
         let chained = ChunkHeader {
             chain: 77,
             ..h.clone()

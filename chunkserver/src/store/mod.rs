@@ -30,7 +30,12 @@
 //! 5. **Bad input never panics or corrupts** (inv. 6): segment CRCs are
 //!    checked before anything is stored, versions apply strictly in order,
 //!    and a record that does not decode is an error.
-//! 6. Acknowledged means durable: `write_pending`, `write_committed`,
+//! 6. **A clone never changes** (snapshots, DESIGN §3): committing the
+//!    first mutation of a chunk under a newer snapshot seq stores, in the
+//!    same batch, the chunk's committed version as a clone keyed by that
+//!    seq; its blocks are released only when the clone is pruned and no
+//!    other version or clone holds them.
+//! 7. Acknowledged means durable: `write_pending`, `write_committed`,
 //!    `commit`, `truncate` and `remove` return only after the data sync and
 //!    the metadata flush, both group-committed across the shard's
 //!    concurrent writers. The one exception is `commit_through(..,
@@ -88,6 +93,20 @@ pub struct WriteIn<'a> {
     /// Empty (plain data), or one seal per segment: the write then covers
     /// whole blocks, each stored with its seal (encrypted data, DESIGN §7).
     pub seals: &'a [Seal],
+    /// The snapshot seq the write was made under.
+    pub snap: Snap,
+}
+
+/// The snapshot context of a mutation (DESIGN §3): the snapshot seq it was
+/// made under and whether its volume has no snapshot. Committing the first
+/// mutation of a chunk under a newer seq keeps the chunk's previous
+/// version as a clone, unless `no_clone`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Snap {
+    /// The snapshot seq.
+    pub seq: u64,
+    /// The volume has no snapshot: keep no clone.
+    pub no_clone: bool,
 }
 
 impl<'a> WriteIn<'a> {
@@ -98,6 +117,7 @@ impl<'a> WriteIn<'a> {
             data,
             segment_crcs,
             seals: &[],
+            snap: Snap::default(),
         }
     }
 }
@@ -137,6 +157,8 @@ pub struct PendingData {
     /// CRC32 of each piece of `data` split at 4 KiB multiples of the chunk
     /// offset, as a write carries them.
     pub segment_crcs: Vec<u32>,
+    /// The snapshot context the version was written under.
+    pub snap: Snap,
     /// The seal of each segment, as the write carried them (empty for a
     /// plain write).
     pub segment_seals: Vec<Seal>,

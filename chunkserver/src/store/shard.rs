@@ -74,7 +74,7 @@ use super::layout::{
 };
 use super::target::Target;
 use super::{
-    ChunkStat, PendingData, ReadMode, ReadOut, ScrubReport, SpaceUsage, WriteIn, shard_of,
+    ChunkStat, PendingData, ReadMode, ReadOut, ScrubReport, Snap, SpaceUsage, WriteIn, shard_of,
 };
 use crate::locks::{ChunkLockGuard, ChunkLocks};
 
@@ -203,14 +203,18 @@ impl ShardStore {
             .map_err(StoreError::glommio("stat data file"))?;
         let tree = target.db().open_tree(format!("shard-{shard}"))?;
 
-        let mut used = Vec::new();
-        for kv in tree.scan_prefix(layout::block_prefix()) {
-            let (_, v) = kv?;
-            for (_, e) in decode_group(&v)? {
-                used.extend(e.refs().map(|r| r.blockno));
+        // Blocks of the chunks and of their clones (which share blocks
+        // with each other: each counted once).
+        let mut used = std::collections::BTreeSet::new();
+        for prefix in [layout::block_prefix(), layout::clone_blocks_all_prefix()] {
+            for kv in tree.scan_prefix(prefix) {
+                let (_, v) = kv?;
+                for (_, e) in decode_group(&v)? {
+                    used.extend(e.refs().map(|r| r.blockno));
+                }
             }
         }
-        let alloc = Allocator::rebuild(file_size / BLOCK_SIZE, used)?;
+        let alloc = Allocator::rebuild(file_size / BLOCK_SIZE, used.into_iter().collect())?;
         let opts = target.options();
         let capacity_blocks = opts.capacity_bytes.map_or(u64::MAX / BLOCK_SIZE, |c| {
             c / u64::from(shards) / BLOCK_SIZE
@@ -669,6 +673,10 @@ impl ShardStore {
     /// # Errors
     /// [`StoreError::Range`] for a piece out of order or past `total`,
     /// as [`Self::write_committed`] otherwise.
+    ///
+    /// `piece.snap.seq` is the newest snapshot seq when the copy was made:
+    /// the copy carries no clones, so this replica serves no read of a
+    /// snapshot up to it ([`ChunkHeader::snap_floor`]).
     pub async fn install_piece(
         &self,
         chain: u32,
@@ -677,6 +685,11 @@ impl ShardStore {
         total: u64,
         piece: WriteIn<'_>,
     ) -> Result<()> {
+        let floor = piece.snap.seq;
+        let piece = WriteIn {
+            snap: Snap::default(),
+            ..piece
+        };
         self.check(chunk)?;
         let (offset, data) = (piece.offset, piece.data);
         let len = data.len() as u64;
@@ -695,6 +708,8 @@ impl ShardStore {
         }
         header.pending.clear();
         header.chain = chain;
+        header.snap_floor = header.snap_floor.max(floor);
+        header.seq = header.seq.max(floor);
         if len == 0 {
             header.committed_version = if last { version } else { 0 };
             let guard = self.lock(chunk).await?;
@@ -790,7 +805,14 @@ impl ShardStore {
         let len = data.len() as u64;
 
         let guard = self.lock(chunk).await?;
-        let mut header = self.load_header(chunk)?.unwrap_or_default();
+        let mut header = match self.load_header(chunk)? {
+            Some(h) => h,
+            // Snapshots up to the seq that creates the chunk read a hole.
+            None => ChunkHeader {
+                birth: w.snap.seq,
+                ..ChunkHeader::default()
+            },
+        };
         if let Some(base) = rebase {
             // A rewrite of the committed version in place of its blocks
             // (repair): written as if it followed `base`.
@@ -809,8 +831,11 @@ impl ShardStore {
             drop(guard);
             return self.flush_meta(ticket).await;
         }
-        // Straight to committed: version == committed + 1 here.
-        let direct = commit && header.pending.is_empty();
+        // Straight to committed: version == committed + 1 here, and no
+        // clone to keep (a commit of its own does that).
+        let direct = commit
+            && header.pending.is_empty()
+            && !needs_clone(&header, w.snap.seq, w.snap.no_clone);
         let (first, end) = layout::block_range(offset, len);
         let existing: HashMap<u32, BlockEntry> =
             self.entries(chunk, first, end)?.into_iter().collect();
@@ -882,6 +907,12 @@ impl ShardStore {
         let mut batch = sled::Batch::default();
         let mut updates = BlockUpdates::default();
         let mut freed = Vec::new();
+        // Blocks the newest clone shares with the committed version stay.
+        let clone_blocks = if direct {
+            self.clone_blocks(chunk, header.clone_seq, first, end)?
+        } else {
+            HashMap::new()
+        };
         for (i, s) in segs.iter().enumerate() {
             let crc = if s.is_full() {
                 segment_crcs[i]
@@ -899,7 +930,11 @@ impl ShardStore {
             });
             let mut e = existing.get(&s.block).cloned().unwrap_or_default();
             if direct {
-                freed.extend(e.committed.map(|r| r.blockno));
+                freed.extend(
+                    e.committed
+                        .map(|r| r.blockno)
+                        .filter(|b| clone_blocks.get(&s.block) != Some(b)),
+                );
                 e.committed = new;
             } else {
                 e.pending.push((version, new));
@@ -918,6 +953,7 @@ impl ShardStore {
         if direct {
             header.committed_version = version;
             header.committed_len = new_len;
+            header.seq = header.seq.max(w.snap.seq);
         } else {
             header.pending.push(Pending {
                 version,
@@ -925,6 +961,8 @@ impl ShardStore {
                 len,
                 new_len,
                 digest,
+                seq: w.snap.seq,
+                no_clone: w.snap.no_clone,
             });
         }
         batch.insert(&layout::header_key(chunk)[..], header.encode());
@@ -1009,9 +1047,92 @@ impl ShardStore {
 
     /// Commits the pending versions of `header` through `version` (the
     /// caller holds the chunk lock and checked `committed < version <=
-    /// newest`) in one applied batch, defers the frees, and returns the
-    /// flush ticket that makes it durable.
+    /// newest`) and returns the flush ticket that makes it durable.
+    ///
+    /// Versions are committed in runs, one applied batch each: a run is a
+    /// version and the versions after it that need no clone of their own.
+    /// A run whose first version is the chunk's first mutation under a
+    /// newer snapshot seq keeps the committed version as a clone, in the
+    /// run's batch (DESIGN §3); a crash between runs leaves the later ones
+    /// pending. Every replica commits the same versions with the same seqs
+    /// in order, so every replica keeps the same clones.
     fn commit_locked(&self, chunk: ChunkId, mut header: ChunkHeader, version: u64) -> Result<u64> {
+        let mut ticket = self.meta_sync.issued();
+        while header.committed_version < version {
+            let Some(first) = header.pending.first().copied() else {
+                break;
+            };
+            let clone = needs_clone(&header, first.seq, first.no_clone).then_some(first.seq);
+            let mut seq = header.seq.max(first.seq);
+            let mut through = first.version;
+            for p in header.pending.iter().skip(1) {
+                if p.version > version || (!p.no_clone && p.seq > seq) {
+                    break;
+                }
+                seq = seq.max(p.seq);
+                through = p.version;
+            }
+            ticket = self.commit_run(chunk, &mut header, through, clone)?;
+        }
+        Ok(ticket)
+    }
+
+    /// Returns block → block number of `chunk`'s clone `seq` in `[first,
+    /// end)` (nothing for seq 0: no clone).
+    fn clone_blocks(
+        &self,
+        chunk: ChunkId,
+        seq: u64,
+        first: u32,
+        end: u32,
+    ) -> Result<HashMap<u32, u64>> {
+        if seq == 0 || end <= first {
+            return Ok(HashMap::new());
+        }
+        Ok(self
+            .clone_entries(chunk, seq, first, end)?
+            .into_iter()
+            .filter_map(|(b, e)| e.committed.map(|r| (b, r.blockno)))
+            .collect())
+    }
+
+    /// Returns the block entries in `[first, end)` of `chunk`'s clone `seq`.
+    fn clone_entries(
+        &self,
+        chunk: ChunkId,
+        seq: u64,
+        first: u32,
+        end: u32,
+    ) -> Result<Vec<(u32, BlockEntry)>> {
+        if end <= first {
+            return Ok(Vec::new());
+        }
+        let lo = layout::clone_group_key(chunk, seq, layout::group_of(first));
+        let hi = layout::clone_group_key(chunk, seq, layout::group_of(end - 1));
+        let mut out = Vec::new();
+        for kv in self.tree.range(&lo[..]..=&hi[..]) {
+            let (_, v) = kv?;
+            layout::decode_group_range(&v, first..end, &mut out).map_err(|source| {
+                StoreError::CorruptRecord {
+                    what: "clone block group",
+                    source,
+                }
+            })?;
+        }
+        Ok(out)
+    }
+
+    /// Commits pending versions through `version` in one applied batch;
+    /// with `clone`, first keeps the committed version as the clone keyed
+    /// by that seq, in the same batch. Releases the replaced blocks that
+    /// no clone holds.
+    fn commit_run(
+        &self,
+        chunk: ChunkId,
+        header: &mut ChunkHeader,
+        version: u64,
+        clone: Option<u64>,
+    ) -> Result<u64> {
         let n = header
             .pending
             .iter()
@@ -1031,6 +1152,43 @@ impl ShardStore {
         } else {
             Vec::new()
         };
+        // The blocks a clone holds: the new one (every committed block) or
+        // the newest one (those it shares with the committed version).
+        let kept: HashMap<u32, u64> = match clone {
+            Some(seq) => {
+                let all = self.entries(chunk, 0, u32::MAX)?;
+                let mut groups: std::collections::BTreeMap<u32, Vec<(u32, BlockEntry)>> =
+                    std::collections::BTreeMap::new();
+                let mut kept = HashMap::new();
+                for (block, e) in all {
+                    if let Some(r) = e.committed {
+                        kept.insert(block, r.blockno);
+                        groups.entry(layout::group_of(block)).or_default().push((
+                            block,
+                            BlockEntry {
+                                committed: Some(r),
+                                pending: Vec::new(),
+                            },
+                        ));
+                    }
+                }
+                for (g, es) in &groups {
+                    batch.insert(
+                        &layout::clone_group_key(chunk, seq, *g)[..],
+                        layout::encode_group(es.iter().map(|(b, e)| (*b, e))),
+                    );
+                }
+                let ch = layout::CloneHeader {
+                    version: header.committed_version,
+                    len: header.committed_len,
+                    birth: header.birth,
+                };
+                batch.insert(&layout::clone_key(chunk, seq)[..], ch.encode());
+                header.clone_seq = seq;
+                kept
+            }
+            None => self.clone_blocks(chunk, header.clone_seq, first, end)?,
+        };
         for (block, mut e) in entries {
             let k = e.pending.iter().take_while(|(v, _)| *v <= version).count();
             if k == 0 {
@@ -1043,10 +1201,12 @@ impl ShardStore {
                 });
             }
             // Every replaced reference (the old committed one and those of
-            // versions superseded within this batch) is released.
+            // versions superseded within this batch) is released, unless
+            // a clone holds it.
             for (_, new) in e.pending.drain(..k) {
                 if let Some(old) = e.committed
                     && Some(old) != new
+                    && kept.get(&block) != Some(&old.blockno)
                 {
                     freed.push(old.blockno);
                 }
@@ -1059,13 +1219,15 @@ impl ShardStore {
             }
         }
         self.stage_blocks(chunk, updates, &mut batch)?;
-        if let Some(last) = header.pending.drain(..n).next_back() {
+        let run: Vec<Pending> = header.pending.drain(..n).collect();
+        if let Some(last) = run.last() {
             header.committed_version = last.version;
             header.committed_len = last.new_len;
         }
+        header.seq = run.iter().map(|p| p.seq).fold(header.seq, u64::max);
         batch.insert(&layout::header_key(chunk)[..], header.encode());
         self.tree.apply_batch(batch)?;
-        self.cache_header(chunk, header);
+        self.cache_header(chunk, header.clone());
         let ticket = self.meta_sync.ticket();
         self.defer_frees(ticket, freed);
         Ok(ticket)
@@ -1079,7 +1241,13 @@ impl ShardStore {
     /// # Errors
     /// As [`Self::write_pending`]; [`StoreError::NotFound`] for an unknown
     /// chunk.
-    pub async fn truncate(&self, chunk: ChunkId, version: u64, new_len: u64) -> Result<()> {
+    pub async fn truncate(
+        &self,
+        chunk: ChunkId,
+        version: u64,
+        new_len: u64,
+        snap: Snap,
+    ) -> Result<()> {
         self.check(chunk)?;
         if new_len > CHUNK_MAX {
             return Err(StoreError::Range {
@@ -1138,6 +1306,8 @@ impl ShardStore {
             len: 0,
             new_len,
             digest,
+            seq: snap.seq,
+            no_clone: snap.no_clone,
         });
         batch.insert(&layout::header_key(chunk)[..], header.encode());
         if let Err(e) = self.tree.apply_batch(batch) {
@@ -1355,6 +1525,10 @@ impl ShardStore {
             data: Bytes::new(),
             segment_crcs: Vec::new(),
             segment_seals: Vec::new(),
+            snap: Snap {
+                seq: p.seq,
+                no_clone: p.no_clone,
+            },
         };
         if p.len == 0 {
             return Ok(out);
@@ -1444,15 +1618,9 @@ impl ShardStore {
             return Ok(false);
         }
         let mut batch = sled::Batch::default();
-        let mut freed = Vec::new();
-        for kv in self.tree.scan_prefix(layout::chunk_blocks_prefix(chunk)) {
-            let (k, v) = kv?;
-            for (_, e) in decode_group(&v)? {
-                freed.extend(e.refs().map(|r| r.blockno));
-            }
-            batch.remove(k);
-        }
-        batch.remove(&layout::header_key(chunk)[..]);
+        let mut freed = std::collections::BTreeSet::new();
+        self.stage_remove(chunk, &mut batch, &mut freed)?;
+        let freed: Vec<u64> = freed.into_iter().collect();
         self.tree.apply_batch(batch)?;
         self.headers.borrow_mut().remove(&chunk);
         let ticket = self.meta_sync.ticket();
@@ -1482,22 +1650,16 @@ impl ShardStore {
             guards.push(self.lock(c).await?);
         }
         let mut batch = sled::Batch::default();
-        let mut freed = Vec::new();
+        let mut freed = std::collections::BTreeSet::new();
         let mut existed = Vec::new();
         for &chunk in &sorted {
             if self.load_header(chunk)?.is_none() {
                 continue;
             }
-            for kv in self.tree.scan_prefix(layout::chunk_blocks_prefix(chunk)) {
-                let (k, v) = kv?;
-                for (_, e) in decode_group(&v)? {
-                    freed.extend(e.refs().map(|r| r.blockno));
-                }
-                batch.remove(k);
-            }
-            batch.remove(&layout::header_key(chunk)[..]);
+            self.stage_remove(chunk, &mut batch, &mut freed)?;
             existed.push(chunk);
         }
+        let freed: Vec<u64> = freed.into_iter().collect();
         if existed.is_empty() {
             return Ok(0);
         }
@@ -1513,6 +1675,209 @@ impl ShardStore {
         drop(guards);
         self.flush_meta(ticket).await?;
         Ok(existed.len())
+    }
+
+    /// Stages the removal of `chunk`: its header, its blocks and its
+    /// clones, adding every block they reference to `freed` (a set: a
+    /// block a clone shares with the chunk or another clone is freed once).
+    fn stage_remove(
+        &self,
+        chunk: ChunkId,
+        batch: &mut sled::Batch,
+        freed: &mut std::collections::BTreeSet<u64>,
+    ) -> Result<()> {
+        for prefix in [
+            layout::chunk_blocks_prefix(chunk),
+            layout::clone_blocks_chunk_prefix(chunk),
+        ] {
+            for kv in self.tree.scan_prefix(prefix) {
+                let (k, v) = kv?;
+                for (_, e) in decode_group(&v)? {
+                    freed.extend(e.refs().map(|r| r.blockno));
+                }
+                batch.remove(k);
+            }
+        }
+        for kv in self.tree.scan_prefix(layout::clone_prefix(chunk)) {
+            let (k, _) = kv?;
+            batch.remove(k);
+        }
+        batch.remove(&layout::header_key(chunk)[..]);
+        Ok(())
+    }
+
+    /// Returns `chunk`'s clones as (seq, header), oldest first.
+    fn clones(&self, chunk: ChunkId) -> Result<Vec<(u64, layout::CloneHeader)>> {
+        let mut out = Vec::new();
+        for kv in self.tree.scan_prefix(layout::clone_prefix(chunk)) {
+            let (k, v) = kv?;
+            let Some((_, seq)) = layout::decode_clone_key(&k) else {
+                return Err(StoreError::CorruptRecord {
+                    what: "clone key",
+                    source: layout::DecodeError::Value,
+                });
+            };
+            let h =
+                layout::CloneHeader::decode(&v).map_err(|source| StoreError::CorruptRecord {
+                    what: "clone header",
+                    source,
+                })?;
+            out.push((seq, h));
+        }
+        Ok(out)
+    }
+
+    /// Reads `[offset, offset + len)` of `chunk` as snapshot `seq` saw it
+    /// (DESIGN §3): from the clone with the smallest seq at or above
+    /// `seq`, else from the committed version (the chunk has not changed
+    /// since). A chunk born under `seq` or later did not exist then.
+    ///
+    /// # Errors
+    /// [`StoreError::NotFound`] when the chunk did not exist in the
+    /// snapshot (a hole to the reader), as [`Self::read`] otherwise.
+    pub async fn read_snapshot(
+        &self,
+        chunk: ChunkId,
+        seq: u64,
+        offset: u64,
+        len: u64,
+    ) -> Result<ReadOut> {
+        self.check(chunk)?;
+        let len = len.min(CHUNK_MAX.saturating_sub(offset));
+        let Some(header) = self.load_header(chunk)? else {
+            return Err(StoreError::NotFound { chunk });
+        };
+        if seq <= header.snap_floor {
+            return Err(StoreError::NoClones {
+                chunk,
+                floor: header.snap_floor,
+            });
+        }
+        let clone = self.clones(chunk)?.into_iter().find(|(s, _)| *s >= seq);
+        let Some((cseq, ch)) = clone else {
+            if seq <= header.birth {
+                return Err(StoreError::NotFound { chunk });
+            }
+            return self.read(chunk, offset, len, ReadMode::Committed).await;
+        };
+        if seq <= ch.birth {
+            return Err(StoreError::NotFound { chunk });
+        }
+        let end = offset.saturating_add(len).min(ch.len);
+        let mut out = ReadOut {
+            data: Bytes::new(),
+            block_crcs: Vec::new(),
+            block_seals: Vec::new(),
+            version: ch.version,
+            len: ch.len,
+        };
+        if offset >= end {
+            return Ok(out);
+        }
+        let rlen = end - offset;
+        let (first, last) = layout::block_range(offset, rlen);
+        let mut refs: Vec<Option<BlockRef>> = vec![None; (last - first) as usize];
+        for (block, e) in self.clone_entries(chunk, cseq, first, last)? {
+            if let Some(slot) = refs.get_mut((block - first) as usize) {
+                *slot = e.committed;
+            }
+        }
+        // Clones never change and their blocks are freed only with them, so
+        // no retry is needed for a block moved under the read.
+        let (data, crcs, seals) = self.read_refs(chunk, offset, rlen, &refs).await?;
+        out.data = data;
+        out.block_crcs = crcs;
+        out.block_seals = seals;
+        Ok(out)
+    }
+
+    /// Drops the clones no snapshot reads any more: a clone keyed `s`
+    /// serves the snapshots whose seq lies above the previous clone's and
+    /// at most `s`, so it goes when none of `live` (the ready snapshots'
+    /// seqs, ascending) does. Its blocks are freed unless the committed
+    /// or a pending version, or a remaining clone, holds them.
+    /// Returns how many clones were dropped.
+    ///
+    /// # Errors
+    /// Metadata errors.
+    pub async fn prune_clones(&self, live: &[u64]) -> Result<usize> {
+        let mut chunks = Vec::new();
+        for kv in self.tree.scan_prefix(layout::clones_prefix()) {
+            let (k, _) = kv?;
+            if let Some((chunk, _)) = layout::decode_clone_key(&k)
+                && chunks.last() != Some(&chunk)
+            {
+                chunks.push(chunk);
+            }
+        }
+        let mut dropped = 0;
+        for chunk in chunks {
+            let guard = self.lock(chunk).await?;
+            let Some(mut header) = self.load_header(chunk)? else {
+                continue;
+            };
+            let clones = self.clones(chunk)?;
+            let mut prev = 0;
+            let mut doomed = Vec::new();
+            for (i, (seq, _)) in clones.iter().enumerate() {
+                if !live.iter().any(|t| *t > prev && *t <= *seq) {
+                    doomed.push(i);
+                }
+                prev = *seq;
+            }
+            if doomed.is_empty() {
+                continue;
+            }
+            // Blocks the chunk's versions or a remaining clone hold stay;
+            // each block of a dropped clone is freed once.
+            let mut keep: std::collections::HashSet<u64> = std::collections::HashSet::new();
+            for (_, e) in self.entries(chunk, 0, u32::MAX)? {
+                keep.extend(e.refs().map(|r| r.blockno));
+            }
+            for (i, (seq, _)) in clones.iter().enumerate() {
+                if !doomed.contains(&i) {
+                    keep.extend(self.clone_blocks(chunk, *seq, 0, u32::MAX)?.into_values());
+                }
+            }
+            let mut batch = sled::Batch::default();
+            let mut freed = Vec::new();
+            for &i in &doomed {
+                let seq = clones[i].0;
+                for (_, b) in self.clone_blocks(chunk, seq, 0, u32::MAX)? {
+                    if !keep.contains(&b) {
+                        freed.push(b);
+                    }
+                }
+                for kv in self
+                    .tree
+                    .scan_prefix(layout::clone_blocks_prefix(chunk, seq))
+                {
+                    batch.remove(kv?.0);
+                }
+                batch.remove(&layout::clone_key(chunk, seq)[..]);
+                dropped += 1;
+            }
+            let remaining = clones
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| !doomed.contains(i))
+                .map(|(_, (s, _))| *s)
+                .max()
+                .unwrap_or(0);
+            if header.clone_seq != remaining {
+                header.clone_seq = remaining;
+                batch.insert(&layout::header_key(chunk)[..], header.encode());
+            }
+            freed.sort_unstable();
+            freed.dedup();
+            self.tree.apply_batch(batch)?;
+            self.cache_header(chunk, header);
+            let ticket = self.meta_sync.ticket();
+            self.defer_frees(ticket, freed);
+            drop(guard);
+            self.flush_meta(ticket).await?;
+        }
+        Ok(dropped)
     }
 
     /// Returns every chunk of this shard (for chunk reports, scrub and
@@ -1596,6 +1961,14 @@ impl ShardStore {
     }
 }
 
+/// Whether committing a mutation made under snapshot seq `seq` (with
+/// `no_clone` when its volume has no snapshot) first keeps `header`'s
+/// committed version as a clone: the chunk has one and no committed
+/// mutation was made under `seq` or a newer one.
+fn needs_clone(header: &ChunkHeader, seq: u64, no_clone: bool) -> bool {
+    !no_clone && seq > header.seq && header.committed_version > 0
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1607,6 +1980,8 @@ mod tests {
             len,
             new_len,
             digest: 0,
+            seq: 0,
+            no_clone: false,
         }
     }
 
@@ -1617,6 +1992,7 @@ mod tests {
             committed_len: 8192,
             pending: vec![pending(2, 100, 10, 8192)],
             chain: 0,
+            ..ChunkHeader::default()
         };
         assert!(range_is_dirty(&h, 0, 4096));
         assert!(range_is_dirty(&h, 105, 1));
@@ -1628,6 +2004,7 @@ mod tests {
             committed_len: 8192,
             pending: vec![pending(2, 8192, 4096, 12288)],
             chain: 0,
+            ..ChunkHeader::default()
         };
         assert!(!range_is_dirty(&h, 0, 8192));
         assert!(range_is_dirty(&h, 8000, 4096));
@@ -1637,6 +2014,7 @@ mod tests {
             committed_len: 8192,
             pending: vec![pending(2, 5000, 0, 5000)],
             chain: 0,
+            ..ChunkHeader::default()
         };
         assert!(!range_is_dirty(&h, 0, 5000));
         assert!(range_is_dirty(&h, 4999, 2));
