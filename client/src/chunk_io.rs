@@ -273,7 +273,18 @@ impl ChunkIo {
     /// # Errors
     /// As [`Self::read`].
     pub async fn read_sealed(&self, piece: &Piece) -> Result<SealedRead, CairnStatus> {
-        self.read_from(piece, false).await
+        self.read_from(piece, false, None).await
+    }
+
+    /// [`Self::read_sealed`] of the chunk as snapshot `seq` saw it (DESIGN
+    /// §3): a replica answers from its clone, or from the committed
+    /// version when the chunk has not changed since; a chunk that did not
+    /// exist then reads as a hole.
+    ///
+    /// # Errors
+    /// As [`Self::read`].
+    pub async fn read_snapshot(&self, piece: &Piece, seq: u64) -> Result<SealedRead, CairnStatus> {
+        self.read_from(piece, false, Some(seq)).await
     }
 
     /// [`Self::read_sealed`] from the chain's head, flagged
@@ -286,10 +297,15 @@ impl ChunkIo {
     /// # Errors
     /// As [`Self::read`].
     pub async fn read_at_head(&self, piece: &Piece) -> Result<SealedRead, CairnStatus> {
-        self.read_from(piece, true).await
+        self.read_from(piece, true, None).await
     }
 
-    async fn read_from(&self, piece: &Piece, head: bool) -> Result<SealedRead, CairnStatus> {
+    async fn read_from(
+        &self,
+        piece: &Piece,
+        head: bool,
+        snapshot: Option<u64>,
+    ) -> Result<SealedRead, CairnStatus> {
         let start = self.next_replica.fetch_add(1, Ordering::Relaxed);
         let chunk = piece.chunk;
         let len = u32::try_from(piece.len).unwrap_or(u32::MAX);
@@ -318,6 +334,10 @@ impl ChunkIo {
                 let mut req = read_request(piece.chain, version, chunk, piece.chunk_offset, len);
                 if head {
                     req.header.flags = req.header.flags | Flags::CONDITIONAL;
+                }
+                if let Some(seq) = snapshot {
+                    req.header.flags = req.header.flags | Flags::SNAPSHOT;
+                    req.header.snap_seq = seq;
                 }
                 match self.call(&addr, req).await {
                     Ok(reply) => {

@@ -10,6 +10,10 @@
 //! operations only: reads and writes compute chunk ids and replicas from
 //! the layout the open returned.
 //!
+//! A volume's snapshots are read under `/VOLUME/.snapshots/NAME/...`
+//! ([`SNAPSHOTS_DIR`]): `open` (read-only), `stat` and `read_dir` resolve
+//! such paths in the snapshot's tree, and reads name its seq (DESIGN §3).
+//!
 //! Consistency is close-to-open (DESIGN §11): a file opened after another
 //! client closed (or fsynced) it sees that client's writes; cached blocks
 //! are keyed by the file's attribute version at open, so a changed file
@@ -22,7 +26,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use cairn_proto::ids::InodeId;
-use cairn_proto::meta::{Attr, DirEntry, FileType, UnlinkReply};
+use cairn_proto::meta::{Attr, DirEntry, FileType, Snapshot, UnlinkReply};
 use cairn_proto::{CairnStatus, ErrorCode};
 
 use crate::cache::{BlockCache, CacheConfig, CacheStats};
@@ -31,6 +35,7 @@ use crate::chunk_io::{ChunkIo, IoOptions};
 use crate::compress::Codec;
 use crate::crypto::{FileKey, KeyRing};
 use crate::file::File;
+pub use crate::meta_client::{SNAPSHOTS_DIR, SnapshotPath};
 use crate::{MetaClient, MetaClientOptions, Owner, RenameFlags, Result};
 
 /// Settings of a [`Client`]. `Default` gives the production values.
@@ -514,6 +519,17 @@ impl Client {
     /// [`ErrorCode::NotFound`] (without `create`), [`ErrorCode::Exists`]
     /// (with `create_new`), [`ErrorCode::IsDir`], meta errors.
     pub async fn open(&self, path: &str, how: OpenOptions) -> Result<File> {
+        if let Some(sp) = SnapshotPath::parse(path) {
+            if how.write || how.create || how.truncate {
+                return Err(CairnStatus::new(
+                    ErrorCode::NotPermitted,
+                    format!("{path}: snapshots are read-only"),
+                ));
+            }
+            let (snap, attr) = self.inner.meta.resolve_in_snapshot(&sp, path).await?;
+            check_file(&attr, path)?;
+            return File::new_in_snapshot(self.clone(), attr, snap.seq);
+        }
         let attr = if how.create {
             let (parent, name) = self.inner.meta.resolve_parent(path).await?;
             let e = self
@@ -644,7 +660,18 @@ impl Client {
     /// # Errors
     /// [`ErrorCode::NotFound`], [`ErrorCode::NotDir`].
     pub async fn stat(&self, path: &str) -> Result<Attr> {
-        self.inner.meta.resolve(path).await
+        match SnapshotPath::parse(path) {
+            Some(sp) => Ok(self.inner.meta.resolve_in_snapshot(&sp, path).await?.1),
+            None => self.inner.meta.resolve(path).await,
+        }
+    }
+
+    /// Returns volume `volume`'s ready snapshot `name`.
+    ///
+    /// # Errors
+    /// As [`MetaClient::ready_snapshot`].
+    pub async fn snapshot(&self, volume: &str, name: &str) -> Result<Snapshot> {
+        self.inner.meta.ready_snapshot(volume, name).await
     }
 
     /// Lists directory `path` with each entry's attributes.
@@ -652,6 +679,9 @@ impl Client {
     /// # Errors
     /// [`ErrorCode::NotFound`], [`ErrorCode::NotDir`].
     pub async fn read_dir(&self, path: &str) -> Result<Vec<DirEntry>> {
+        if let Some(sp) = SnapshotPath::parse(path) {
+            return self.inner.meta.read_snapshot_dir(&sp, path).await;
+        }
         let a = self.inner.meta.resolve(path).await?;
         if a.kind != FileType::Directory as i32 {
             return Err(CairnStatus::new(
@@ -805,4 +835,23 @@ fn check_file(a: &Attr, path: &str) -> Result<()> {
         ));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn snapshot_paths_are_recognised_under_a_volume_root_only() {
+        let p = SnapshotPath::parse("/ds/.snapshots/v1/d/c").unwrap();
+        assert_eq!(p.volume, "ds");
+        assert_eq!(p.snapshot.as_deref(), Some("v1"));
+        assert_eq!(p.rest, ["d", "c"]);
+        let p = SnapshotPath::parse("/ds/.snapshots/").unwrap();
+        assert_eq!(p.snapshot, None);
+        assert!(p.rest.is_empty());
+        assert_eq!(SnapshotPath::parse("/ds/d/.snapshots/v1"), None);
+        assert_eq!(SnapshotPath::parse("/.snapshots"), None);
+        assert_eq!(SnapshotPath::parse("/ds"), None);
+    }
 }

@@ -132,6 +132,9 @@ struct FileInner {
     crypt: Option<Crypt>,
     /// The file's volume.
     volume: u64,
+    /// A file of a snapshot's tree: the snapshot's seq. Read-only, read
+    /// with the snapshot's seq, never cached (the cache holds live data).
+    snapshot: Option<u64>,
     /// How the volume compresses (set at open when the client knows the
     /// volume, else by [`FileInner::ready`] before the first read or write).
     codec: std::sync::OnceLock<Option<Codec>>,
@@ -287,6 +290,22 @@ fn too_big(what: u64) -> CairnStatus {
 
 impl File {
     pub(crate) fn new(client: Client, attr: Attr, how: OpenOptions) -> Result<File> {
+        Self::new_at(client, attr, how, None)
+    }
+
+    /// A read-only handle on a file of snapshot `seq`'s tree (`attr` as the
+    /// snapshot holds it).
+    pub(crate) fn new_in_snapshot(client: Client, attr: Attr, seq: u64) -> Result<File> {
+        Self::new_at(client, attr, OpenOptions::READ, Some(seq))
+    }
+
+    fn new_at(client: Client, attr: Attr, how: OpenOptions, snapshot: Option<u64>) -> Result<File> {
+        if snapshot.is_some() && how.write {
+            return Err(CairnStatus::new(
+                ErrorCode::NotPermitted,
+                "snapshots are read-only",
+            ));
+        }
         let layout = attr.layout.as_ref().ok_or_else(|| {
             CairnStatus::new(
                 ErrorCode::Internal,
@@ -326,6 +345,7 @@ impl File {
             inner: Arc::new(FileInner {
                 ino: InodeId(attr.ino),
                 volume: attr.volume_id,
+                snapshot,
                 codec,
                 metrics: std::sync::OnceLock::new(),
                 layout,
@@ -432,7 +452,9 @@ impl File {
             let prefetch = s.readahead.on_read(offset, end - offset, size);
             (end, prefetch)
         };
-        if let Some((from, to)) = prefetch {
+        if let Some((from, to)) = prefetch
+            && f.snapshot.is_none()
+        {
             self.spawn_prefetch(from, to);
         }
         f.wait_prefetches(offset, end).await;
@@ -749,7 +771,7 @@ impl FileInner {
         let opts = &self.client.inner.opts;
         let cache = &self.client.inner.cache;
         let size = lock(&self.state).len;
-        let use_cache = cache_enabled(&self.client);
+        let use_cache = cache_enabled(&self.client) && self.snapshot.is_none();
         // Parts found or fetched: (file offset, bytes).
         let mut parts: Vec<(u64, Bytes)> = Vec::new();
         // Pieces to fetch: the first apart, so that a read of one piece
@@ -853,7 +875,7 @@ impl FileInner {
     /// may predate the write). A short reply is a hole or the chunk's end;
     /// only whole stored blocks within the file's `size` are cached.
     fn cache_fetched(&self, r: &Piece, data: &Bytes, epoch: u64, size: u64) {
-        if self.epoch() != epoch {
+        if self.epoch() != epoch || self.snapshot.is_some() {
             return;
         }
         let cache = &self.client.inner.cache;
@@ -972,10 +994,14 @@ impl FileInner {
     /// decompressed for a transformed file (whose pieces are aligned).
     async fn fetch(&self, p: &Piece) -> Result<Bytes> {
         let io = &self.client.inner.io;
+        let r = match self.snapshot {
+            Some(seq) => io.read_snapshot(p, seq).await?,
+            None if !self.transformed() => return io.read(p).await,
+            None => io.read_sealed(p).await?,
+        };
         if !self.transformed() {
-            return io.read(p).await;
+            return Ok(r.data);
         }
-        let r = io.read_sealed(p).await?;
         let t = self.transform();
         if r.data.len() < OPEN_ELSEWHERE {
             return t.decode_piece(p.file_offset, r.data, &r.seals);

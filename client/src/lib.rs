@@ -47,11 +47,11 @@ pub mod readahead;
 
 pub use cairn_proto::{CairnStatus, ErrorCode};
 pub use checkpoint::{CheckpointInfo, Checkpoints};
-pub use client::{Client, ClientOptions, OpenOptions};
+pub use client::{Client, ClientOptions, OpenOptions, SNAPSHOTS_DIR};
 pub use file::File;
 pub use meta_client::{
     Entry, LockRequest, MetaClient, MetaClientOptions, Owner, RenameFlags, SetAttrChanges, SetTime,
-    XattrMode,
+    SnapshotPath, XattrMode,
 };
 
 /// The result type of this crate.

@@ -1624,6 +1624,116 @@ impl MetaClient {
         Ok(rpc!(self, list_snapshots, req).await?.snapshots)
     }
 
+    /// Returns volume `volume`'s ready snapshot `name`.
+    ///
+    /// # Errors
+    /// [`ErrorCode::NotFound`]; [`ErrorCode::Unavailable`] while it is not
+    /// ready (chunkservers have not all fenced its seq yet).
+    pub async fn ready_snapshot(&self, volume: &str, name: &str) -> Result<Snapshot> {
+        let all = self.list_snapshots(volume).await?;
+        let Some(s) = all.into_iter().find(|s| s.name == name) else {
+            return Err(CairnStatus::new(
+                ErrorCode::NotFound,
+                format!("volume {volume} has no snapshot {name}"),
+            ));
+        };
+        if !s.ready {
+            return Err(CairnStatus::new(
+                ErrorCode::Unavailable,
+                format!(
+                    "snapshot {name} of volume {volume} is not ready: some chunkservers have \
+                     not fenced its seq yet"
+                ),
+            ));
+        }
+        Ok(s)
+    }
+
+    /// Resolves `sp` (the parsed `path`) in its snapshot's tree;
+    /// `/VOLUME/.snapshots` itself answers the volume root's attributes as
+    /// the live tree has them (and a default snapshot).
+    ///
+    /// # Errors
+    /// [`ErrorCode::NotFound`], [`ErrorCode::NotDir`], as
+    /// [`Self::ready_snapshot`].
+    pub async fn resolve_in_snapshot(
+        &self,
+        sp: &SnapshotPath,
+        path: &str,
+    ) -> Result<(Snapshot, Attr)> {
+        let root = self.resolve(&format!("/{}", sp.volume)).await?;
+        let Some(name) = &sp.snapshot else {
+            return Ok((Snapshot::default(), root));
+        };
+        let snap = self.ready_snapshot(&sp.volume, name).await?;
+        let at = Some(SnapshotRef {
+            volume_id: snap.volume_id,
+            seq: snap.seq,
+        });
+        let mut cur = self.getattr_at(at, InodeId(root.ino)).await?;
+        for (i, part) in sp.rest.iter().enumerate() {
+            if cur.kind != FileType::Directory as i32 {
+                return Err(CairnStatus::new(
+                    ErrorCode::NotDir,
+                    format!("{path}: component {} is not a directory", i + 1),
+                ));
+            }
+            cur = self
+                .lookup_at(at, InodeId(cur.ino), part)
+                .await
+                .map_err(|e| {
+                    if e.code == ErrorCode::NotFound {
+                        CairnStatus::new(e.code, format!("{path} does not exist"))
+                    } else {
+                        e
+                    }
+                })?;
+        }
+        Ok((snap, cur))
+    }
+
+    /// Lists `/VOLUME/.snapshots` (one directory per ready snapshot, with
+    /// its root's attributes) or a directory inside a snapshot, with each
+    /// entry's attributes.
+    ///
+    /// # Errors
+    /// As [`Self::resolve_in_snapshot`].
+    pub async fn read_snapshot_dir(&self, sp: &SnapshotPath, path: &str) -> Result<Vec<DirEntry>> {
+        if sp.snapshot.is_none() {
+            let root = self.resolve(&format!("/{}", sp.volume)).await?;
+            let mut out = Vec::new();
+            for s in self.list_snapshots(&sp.volume).await? {
+                if !s.ready {
+                    continue;
+                }
+                let at = Some(SnapshotRef {
+                    volume_id: s.volume_id,
+                    seq: s.seq,
+                });
+                let attr = self.getattr_at(at, InodeId(root.ino)).await?;
+                out.push(DirEntry {
+                    name: s.name,
+                    ino: attr.ino,
+                    kind: FileType::Directory as i32,
+                    attr: Some(attr),
+                });
+            }
+            return Ok(out);
+        }
+        let (snap, a) = self.resolve_in_snapshot(sp, path).await?;
+        if a.kind != FileType::Directory as i32 {
+            return Err(CairnStatus::new(
+                ErrorCode::NotDir,
+                format!("{path} is not a directory"),
+            ));
+        }
+        let at = Some(SnapshotRef {
+            volume_id: snap.volume_id,
+            seq: snap.seq,
+        });
+        self.readdir_all_plus_at(at, InodeId(a.ino)).await
+    }
+
     /// Returns every volume.
     ///
     /// # Errors
@@ -1762,6 +1872,38 @@ async fn renew_loop(weak: Weak<Inner>, mut stop: watch::Receiver<bool>) {
             return;
         };
         MetaClient { inner }.renew_once().await;
+    }
+}
+
+/// The name under a volume's root through which its snapshots are read:
+/// `/VOLUME/.snapshots/NAME/...` (meta keeps it free in volume roots).
+pub const SNAPSHOTS_DIR: &str = ".snapshots";
+
+/// A path at or under `/VOLUME/.snapshots`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SnapshotPath {
+    /// The volume.
+    pub volume: String,
+    /// The snapshot; `None`: `.snapshots` itself.
+    pub snapshot: Option<String>,
+    /// The components under the snapshot's root.
+    pub rest: Vec<String>,
+}
+
+impl SnapshotPath {
+    /// Parses `path`; `None` when it is not at or under a volume's
+    /// `.snapshots`.
+    pub fn parse(path: &str) -> Option<SnapshotPath> {
+        let mut parts = path.split('/').filter(|p| !p.is_empty() && *p != ".");
+        let volume = parts.next()?;
+        if parts.next()? != SNAPSHOTS_DIR {
+            return None;
+        }
+        Some(SnapshotPath {
+            volume: volume.to_string(),
+            snapshot: parts.next().map(str::to_string),
+            rest: parts.map(str::to_string).collect(),
+        })
     }
 }
 

@@ -100,3 +100,150 @@ async fn a_snapshot_is_ready_once_chunkservers_fence_and_writers_carry_on() -> R
     );
     Ok(())
 }
+
+fn pattern(seed: u8, len: usize) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+        .collect()
+}
+
+/// Invariant 7 through the data path: after a snapshot, overwrites,
+/// appends, truncates, unlinks and creates in the live tree, and a writer
+/// that opened its file before the snapshot, the snapshot's files read
+/// back as they were, before and after a chunkserver is killed (its
+/// replicas answer) and brought back (it was resynced without clones and
+/// serves no old snapshot; the others do).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_reads_back_as_it_was_whatever_the_live_tree_does() -> Result<()> {
+    let _serial = cairn_jepsen::serial().await;
+    let mut cluster = DataCluster::start(DataOpts::default()).await?;
+    let client = cluster.client(ClientOptions::default()).await?;
+    client
+        .meta()
+        .create_volume("ds", VolumePolicy::default())
+        .await?;
+    let a = pattern(1, 3 << 20);
+    let b = pattern(2, 100_000);
+    let c = pattern(3, 5000);
+    client.write_file("/ds/a", Bytes::from(a.clone())).await?;
+    client.write_file("/ds/b", Bytes::from(b.clone())).await?;
+    client.create_dir_all("/ds/d").await?;
+    client.write_file("/ds/d/c", Bytes::from(c.clone())).await?;
+    let early = client.create("/ds/writer").await?;
+    early.write_at(0, Bytes::from(pattern(4, 8192))).await?;
+    early.fsync().await?;
+
+    client.meta().create_snapshot("ds", "v1").await?;
+    let check = |client: cairn_client::Client| {
+        let (a, b, c) = (a.clone(), b.clone(), c.clone());
+        async move {
+            ensure!(
+                client.read_file("/ds/.snapshots/v1/a").await? == a,
+                "a changed"
+            );
+            ensure!(
+                client.read_file("/ds/.snapshots/v1/b").await? == b,
+                "b changed"
+            );
+            ensure!(
+                client.read_file("/ds/.snapshots/v1/d/c").await? == c,
+                "d/c changed"
+            );
+            ensure!(
+                client.read_file("/ds/.snapshots/v1/writer").await? == pattern(4, 8192),
+                "the early writer's file changed"
+            );
+            let e = client.stat("/ds/.snapshots/v1/e").await;
+            ensure!(
+                matches!(&e, Err(s) if s.code == ErrorCode::NotFound),
+                "e was created after the snapshot: {e:?}"
+            );
+            let names: Vec<String> = client
+                .read_dir("/ds/.snapshots/v1")
+                .await?
+                .into_iter()
+                .map(|e| e.name)
+                .collect();
+            ensure!(names == ["a", "b", "d", "writer"], "{names:?}");
+            let snaps: Vec<String> = client
+                .read_dir("/ds/.snapshots")
+                .await?
+                .into_iter()
+                .map(|e| e.name)
+                .collect();
+            ensure!(snaps == ["v1"], "{snaps:?}");
+            Ok(())
+        }
+    };
+
+    // The live tree moves on.
+    let f = client
+        .open("/ds/a", cairn_client::OpenOptions::WRITE)
+        .await?;
+    f.write_at(4096, Bytes::from(vec![0xEE; 1 << 20])).await?;
+    f.write_at(3 << 20, Bytes::from(vec![0xDD; 70_000])).await?;
+    f.close().await?;
+    let f = client
+        .open("/ds/b", cairn_client::OpenOptions::WRITE)
+        .await?;
+    f.set_len(10).await?;
+    f.close().await?;
+    client.remove_file("/ds/d/c").await?;
+    client
+        .write_file("/ds/e", Bytes::from_static(b"new"))
+        .await?;
+    early.write_at(0, Bytes::from(vec![7u8; 8192])).await?;
+    early.close().await?;
+    ensure!(client.read_file("/ds/b").await?.len() == 10);
+    ensure!(client.read_file("/ds/writer").await? == vec![7u8; 8192]);
+    check(client.clone()).await?;
+
+    // Snapshots are read-only.
+    let w = client
+        .open("/ds/.snapshots/v1/a", cairn_client::OpenOptions::WRITE)
+        .await;
+    ensure!(
+        matches!(&w, Err(s) if s.code == ErrorCode::NotPermitted),
+        "{:?}",
+        w.err()
+    );
+    let reserved = client.create_dir_all("/ds/.snapshots/x").await;
+    ensure!(reserved.is_err(), "nothing is created under .snapshots");
+
+    // A chunkserver killed: the others serve the snapshot; back and
+    // resynced, the cluster still does.
+    cluster.kill(0);
+    check(client.clone()).await?;
+    let f = client
+        .open("/ds/a", cairn_client::OpenOptions::WRITE)
+        .await?;
+    f.write_at(0, Bytes::from(vec![0xAB; 8192])).await?;
+    f.close().await?;
+    check(client.clone()).await?;
+    cluster.spawn(0)?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let t = cluster.chains().await?;
+        if cairn_proto::chain::fully_serving(&t, 3) {
+            break;
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "the chunkserver was never resynced"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    for _ in 0..3 {
+        check(client.clone()).await?;
+    }
+
+    // Deleted, it is gone.
+    client.meta().delete_snapshot("ds", "v1").await?;
+    let gone = client.read_file("/ds/.snapshots/v1/a").await;
+    ensure!(
+        matches!(&gone, Err(s) if s.code == ErrorCode::NotFound),
+        "{:?}",
+        gone.err()
+    );
+    Ok(())
+}

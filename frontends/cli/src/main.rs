@@ -37,6 +37,7 @@ mod namespace;
 mod progress;
 mod report;
 mod signal;
+mod snapshot;
 mod transfer;
 mod volume;
 mod warmup;
@@ -165,6 +166,11 @@ enum Command {
     /// Create and list volumes.
     #[command(subcommand)]
     Volume(VolumeCommand),
+
+    /// Take, list and delete volume snapshots: read-only copies of a
+    /// volume's tree, read under /VOLUME/.snapshots/NAME.
+    #[command(subcommand)]
+    Snapshot(snapshot::SnapshotCommand),
 
     /// Upload local files and directory trees into Cairn, several files at
     /// once, with a progress bar.
@@ -526,6 +532,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }
         Command::Volume(VolumeCommand::Ls) => volume::ls(&c, json).await,
+        Command::Snapshot(cmd) => snapshot::run(&c, cmd, json).await,
         Command::Volume(VolumeCommand::RotateKey { name, key_file }) => {
             volume::rotate_key(&c, name, key_file, json).await
         }

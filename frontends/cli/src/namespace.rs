@@ -81,10 +81,32 @@ where
 
 /// `cairn ls [-l] PATH`: lists a directory (or shows a single entry).
 pub async fn ls(c: &MetaClient, path: &str, long: bool, json: bool) -> anyhow::Result<()> {
-    let attr = c.resolve(path).await.op("ls", path)?;
+    // A path under a volume's `.snapshots` lists the snapshot's tree.
+    let snap = cairn_client::SnapshotPath::parse(path);
+    let (attr, at) = match &snap {
+        Some(sp) => {
+            let (s, a) = c.resolve_in_snapshot(sp, path).await.op("ls", path)?;
+            let at = (s.seq != 0).then_some(cairn_proto::meta::SnapshotRef {
+                volume_id: s.volume_id,
+                seq: s.seq,
+            });
+            (a, at)
+        }
+        None => (c.resolve(path).await.op("ls", path)?, None),
+    };
     // (name, attributes)
     let mut entries: Vec<(String, Attr)> = Vec::new();
-    if is_dir(&attr) {
+    if is_dir(&attr)
+        && let Some(sp) = &snap
+    {
+        for e in c.read_snapshot_dir(sp, path).await.op("ls", path)? {
+            let a = match e.attr {
+                Some(a) => a,
+                None => c.getattr_at(at, InodeId(e.ino)).await.op("ls", path)?,
+            };
+            entries.push((e.name, a));
+        }
+    } else if is_dir(&attr) {
         if long || json {
             for e in c.readdir_all_plus(InodeId(attr.ino)).await.op("ls", path)? {
                 let a = match e.attr {
@@ -110,7 +132,7 @@ pub async fn ls(c: &MetaClient, path: &str, long: bool, json: bool) -> anyhow::R
             let mut v = attr_json(a);
             v["name"] = json!(name);
             if a.kind() == FileType::Symlink {
-                v["target"] = json!(c.readlink(InodeId(a.ino)).await.op("ls", name)?);
+                v["target"] = json!(c.readlink_at(at, InodeId(a.ino)).await.op("ls", name)?);
             }
             out.push(v);
         }
@@ -126,7 +148,7 @@ pub async fn ls(c: &MetaClient, path: &str, long: bool, json: bool) -> anyhow::R
     let mut rows = Vec::with_capacity(entries.len());
     for (name, a) in &entries {
         let shown = if a.kind() == FileType::Symlink {
-            let target = c.readlink(InodeId(a.ino)).await.op("ls", name)?;
+            let target = c.readlink_at(at, InodeId(a.ino)).await.op("ls", name)?;
             format!("{name} -> {target}")
         } else {
             name.clone()

@@ -69,6 +69,32 @@ pub(crate) fn put_inode<K: Kv + ?Sized>(t: &mut Txn<'_, K>, i: &mut Inode) {
     t.put(key::inode(i.ino), i);
 }
 
+/// The name through which clients show a volume's snapshots in its root
+/// directory (`/VOLUME/.snapshots/NAME/...`): no entry of a volume root
+/// may take it.
+pub const SNAPSHOTS_DIR: &str = ".snapshots";
+
+/// Writes directory entry `name` → `entry` of `parent`.
+///
+/// # Errors
+/// `NotPermitted` for [`SNAPSHOTS_DIR`] in a volume's root.
+fn put_entry<K: Kv + ?Sized>(
+    t: &mut Txn<'_, K>,
+    parent: u64,
+    name: &str,
+    entry: &(u64, Kind),
+) -> FsResult<()> {
+    if name == SNAPSHOTS_DIR && parent != ROOT_INO && inode(t, parent)?.parent == ROOT_INO {
+        fail!(
+            NotPermitted,
+            "{SNAPSHOTS_DIR} is reserved in a volume's root: the volume's snapshots are read \
+             there"
+        );
+    }
+    t.put(key::dentry(parent, name), entry);
+    Ok(())
+}
+
 fn touch_dir(d: &mut Inode, now: i64) {
     d.mtime = now;
     d.ctime = now;
@@ -237,7 +263,7 @@ pub(crate) fn mkdir<K: Kv + ?Sized>(
     }
     charge(t, d.volume, 1, 0)?;
     put_inode(t, &mut d);
-    t.put(key::dentry(parent, name), &(ino, Kind::Dir));
+    put_entry(t, parent, name, &(ino, Kind::Dir))?;
     p.nlink += 1;
     touch_dir(&mut p, now);
     put_inode(t, &mut p);
@@ -364,7 +390,7 @@ pub(crate) fn create<K: Kv + ?Sized>(
     i.key_version = key_version;
     charge(t, i.volume, 1, 0)?;
     put_inode(t, &mut i);
-    t.put(key::dentry(f.parent, f.name), &(ino, Kind::File));
+    put_entry(t, f.parent, f.name, &(ino, Kind::File))?;
     touch_dir(&mut p, now);
     put_inode(t, &mut p);
     Ok(Reply::Entry {
@@ -447,7 +473,7 @@ fn new_leaf<K: Kv + ?Sized>(
     fill(&mut i);
     charge(t, i.volume, 1, 0)?;
     put_inode(t, &mut i);
-    t.put(key::dentry(parent, name), &(ino, kind));
+    put_entry(t, parent, name, &(ino, kind))?;
     touch_dir(&mut p, now);
     put_inode(t, &mut p);
     Ok(Reply::Entry {
@@ -485,7 +511,7 @@ pub(crate) fn link<K: Kv + ?Sized>(
     i.nlink += 1;
     i.ctime = now;
     put_inode(t, &mut i);
-    t.put(key::dentry(new_parent, new_name), &(ino, i.kind));
+    put_entry(t, new_parent, new_name, &(ino, i.kind))?;
     touch_dir(&mut np, now);
     put_inode(t, &mut np);
     Ok(Reply::Entry {
@@ -737,7 +763,7 @@ pub(crate) fn rename<K: Kv + ?Sized>(
         }
     }
     t.delete(key::dentry(a.parent, a.name));
-    t.put(key::dentry(a.new_parent, a.new_name), &(src_ino, src_kind));
+    put_entry(t, a.new_parent, a.new_name, &(src_ino, src_kind))?;
     s.ctime = now;
     // Directory link counts: the new parent loses the replaced directory
     // and gains the moved one; the old parent loses the moved one.
@@ -798,8 +824,8 @@ fn exchange<K: Kv + ?Sized>(
         refuse_subtree_move(t, dst_ino, a.parent)?;
     }
     let mut d = inode(t, dst_ino)?;
-    t.put(key::dentry(a.parent, a.name), &(dst_ino, dst_kind));
-    t.put(key::dentry(a.new_parent, a.new_name), &(s.ino, s.kind));
+    put_entry(t, a.parent, a.name, &(dst_ino, dst_kind))?;
+    put_entry(t, a.new_parent, a.new_name, &(s.ino, s.kind))?;
     s.ctime = now;
     d.ctime = now;
     if a.parent != a.new_parent {
