@@ -186,6 +186,17 @@ impl Mutation {
     }
 }
 
+/// The reply to read `h` with what the store read.
+fn read_reply(h: &Header, out: crate::store::ReadOut) -> Result<Frame> {
+    let header = Header {
+        version: out.version,
+        ..Header::reply_to(h)
+    };
+    Frame::with_payload_crcs(header, out.data, SegmentCrcs::from_slice(&out.block_crcs))
+        .and_then(|f| sealed(f, seal_bytes(&out.block_seals)))
+        .map_err(|e| Reject::new(ErrorCode::Internal, format!("read reply: {e}")))
+}
+
 /// The snapshot context a mutation request carries.
 fn snap_of(h: &Header) -> Snap {
     Snap {
@@ -1037,13 +1048,7 @@ impl Shard {
             }
             Err(e) => return Err(e.into()),
         };
-        let header = Header {
-            version: out.version,
-            ..Header::reply_to(h)
-        };
-        Frame::with_payload_crcs(header, out.data, SegmentCrcs::from_slice(&out.block_crcs))
-            .and_then(|f| sealed(f, seal_bytes(&out.block_seals)))
-            .map_err(|e| Reject::new(ErrorCode::Internal, format!("read reply: {e}")))
+        read_reply(h, out)
     }
 
     /// A read of snapshot `h.snap_seq` (DESIGN §3): from the chunk's clone,
@@ -1081,13 +1086,7 @@ impl Shard {
             }
             Err(e) => return Err(e.into()),
         };
-        let header = Header {
-            version: out.version,
-            ..Header::reply_to(h)
-        };
-        Frame::with_payload_crcs(header, out.data, SegmentCrcs::from_slice(&out.block_crcs))
-            .and_then(|f| sealed(f, seal_bytes(&out.block_seals)))
-            .map_err(|e| Reject::new(ErrorCode::Internal, format!("read reply: {e}")))
+        read_reply(h, out)
     }
 
     /// At the tail, commits every pending version (durably). The tail's

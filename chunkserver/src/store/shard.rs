@@ -1378,13 +1378,31 @@ impl ShardStore {
         if mode == ReadMode::CleanOnly && range_is_dirty(header, offset, len) {
             return Err(StoreError::Pending { chunk });
         }
-        let end = offset.saturating_add(len).min(header.committed_len);
+        let (version, chunk_len) = (header.committed_version, header.committed_len);
+        self.read_version(chunk, (version, chunk_len), offset, len, |first, last| {
+            self.entries(chunk, first, last)
+        })
+        .await
+    }
+
+    /// Reads `[offset, offset + len)` of a version of `chunk` that is
+    /// `chunk_len` bytes long, whose committed block entries in a block
+    /// range `entries` returns (the current version's, or a clone's).
+    async fn read_version(
+        &self,
+        chunk: ChunkId,
+        (version, chunk_len): (u64, u64),
+        offset: u64,
+        len: u64,
+        entries: impl FnOnce(u32, u32) -> Result<Vec<(u32, BlockEntry)>>,
+    ) -> Result<ReadOut> {
+        let end = offset.saturating_add(len).min(chunk_len);
         let mut out = ReadOut {
             data: Bytes::new(),
             block_crcs: Vec::new(),
             block_seals: Vec::new(),
-            version: header.committed_version,
-            len: header.committed_len,
+            version,
+            len: chunk_len,
         };
         if offset >= end {
             return Ok(out);
@@ -1392,7 +1410,7 @@ impl ShardStore {
         let rlen = end - offset;
         let (first, last) = layout::block_range(offset, rlen);
         let mut refs: Vec<Option<BlockRef>> = vec![None; (last - first) as usize];
-        for (block, e) in self.entries(chunk, first, last)? {
+        for (block, e) in entries(first, last)? {
             if let Some(slot) = refs.get_mut((block - first) as usize) {
                 *slot = e.committed;
             }
@@ -1763,32 +1781,12 @@ impl ShardStore {
         if seq <= ch.birth {
             return Err(StoreError::NotFound { chunk });
         }
-        let end = offset.saturating_add(len).min(ch.len);
-        let mut out = ReadOut {
-            data: Bytes::new(),
-            block_crcs: Vec::new(),
-            block_seals: Vec::new(),
-            version: ch.version,
-            len: ch.len,
-        };
-        if offset >= end {
-            return Ok(out);
-        }
-        let rlen = end - offset;
-        let (first, last) = layout::block_range(offset, rlen);
-        let mut refs: Vec<Option<BlockRef>> = vec![None; (last - first) as usize];
-        for (block, e) in self.clone_entries(chunk, cseq, first, last)? {
-            if let Some(slot) = refs.get_mut((block - first) as usize) {
-                *slot = e.committed;
-            }
-        }
         // Clones never change and their blocks are freed only with them, so
         // no retry is needed for a block moved under the read.
-        let (data, crcs, seals) = self.read_refs(chunk, offset, rlen, &refs).await?;
-        out.data = data;
-        out.block_crcs = crcs;
-        out.block_seals = seals;
-        Ok(out)
+        self.read_version(chunk, (ch.version, ch.len), offset, len, |first, last| {
+            self.clone_entries(chunk, cseq, first, last)
+        })
+        .await
     }
 
     /// Drops the clones no snapshot reads any more: a clone keyed `s`

@@ -48,6 +48,45 @@ fn flatten<T>(r: Result<T, OpError>) -> ReadResult<T> {
     })
 }
 
+/// One page of directory `ino` after the name `cookie` (empty: from the
+/// start), at most `limit` entries (clamped to 1..=10,000), read through
+/// `scan` (the live tree or a snapshot's), with each child's attributes
+/// from `attr` when given (readdirplus); and the next page's cookie.
+fn dir_page(
+    ino: u64,
+    cookie: &[u8],
+    limit: usize,
+    scan: impl FnOnce(&[u8], Option<&[u8]>, usize) -> Result<super::store::Pairs, OpError>,
+    mut attr: Option<impl FnMut(u64) -> Result<Inode, OpError>>,
+) -> Result<(Vec<DirEntry>, Option<Vec<u8>>), OpError> {
+    let limit = limit.clamp(1, 10_000);
+    let prefix = key::dir_prefix(ino);
+    let after = (!cookie.is_empty()).then(|| key::dentry(ino, &String::from_utf8_lossy(cookie)));
+    let rows = scan(&prefix, after.as_deref(), limit + 1)?;
+    let more = rows.len() > limit;
+    let mut out = Vec::with_capacity(rows.len().min(limit));
+    for (k, v) in rows.into_iter().take(limit) {
+        let name = String::from_utf8_lossy(&k[prefix.len()..]).into_owned();
+        let (child, kind): (u64, Kind) = super::store::decode(&k, &v)?;
+        let attr = match attr.as_mut() {
+            Some(f) => Some(f(child)?),
+            None => None,
+        };
+        out.push(DirEntry {
+            name,
+            ino: child,
+            kind,
+            attr,
+        });
+    }
+    let next = if more {
+        out.last().map(|e| e.name.as_bytes().to_vec())
+    } else {
+        None
+    };
+    Ok((out, next))
+}
+
 impl<K: Kv> FsState<K> {
     fn txn(&self) -> Txn<'_, K> {
         Txn::new(self.kv())
@@ -148,38 +187,13 @@ impl<K: Kv> FsState<K> {
                 format!("inode {ino} is not a directory"),
             ));
         }
-        let limit = limit.clamp(1, 10_000);
-        let prefix = key::dir_prefix(ino);
-        let after =
-            (!cookie.is_empty()).then(|| key::dentry(ino, &String::from_utf8_lossy(cookie)));
-        let rows = flatten(
-            t.scan(&prefix, after.as_deref(), limit + 1)
-                .map_err(OpError::from),
-        )?;
-        let more = rows.len() > limit;
-        let mut out = Vec::with_capacity(rows.len().min(limit));
-        for (k, v) in rows.into_iter().take(limit) {
-            let name = String::from_utf8_lossy(&k[prefix.len()..]).into_owned();
-            let (child, kind): (u64, Kind) =
-                flatten(super::store::decode(&k, &v).map_err(OpError::from))?;
-            let attr = if plus {
-                Some(flatten(namespace::inode(&t, child))?)
-            } else {
-                None
-            };
-            out.push(DirEntry {
-                name,
-                ino: child,
-                kind,
-                attr,
-            });
-        }
-        let next = if more {
-            out.last().map(|e| e.name.as_bytes().to_vec())
-        } else {
-            None
-        };
-        Ok((out, next))
+        flatten(dir_page(
+            ino,
+            cookie,
+            limit,
+            |prefix, after, n| Ok(t.scan(prefix, after, n)?),
+            plus.then_some(|child| namespace::inode(&t, child)),
+        ))
     }
 
     /// Returns a symlink's target.
@@ -343,34 +357,13 @@ impl<K: Kv> FsState<K> {
             if d.kind != Kind::Dir {
                 super::fail!(NotDir, "inode {ino} is not a directory");
             }
-            let limit = limit.clamp(1, 10_000);
-            let prefix = key::dir_prefix(ino);
-            let after =
-                (!cookie.is_empty()).then(|| key::dentry(ino, &String::from_utf8_lossy(cookie)));
-            let rows = view.scan(&t, &prefix, after.as_deref(), limit + 1)?;
-            let more = rows.len() > limit;
-            let mut out = Vec::with_capacity(rows.len().min(limit));
-            for (k, v) in rows.into_iter().take(limit) {
-                let name = String::from_utf8_lossy(&k[prefix.len()..]).into_owned();
-                let (child, kind): (u64, Kind) = super::store::decode(&k, &v)?;
-                let attr = if plus {
-                    Some(view.inode(&t, child)?)
-                } else {
-                    None
-                };
-                out.push(DirEntry {
-                    name,
-                    ino: child,
-                    kind,
-                    attr,
-                });
-            }
-            let next = if more {
-                out.last().map(|e| e.name.as_bytes().to_vec())
-            } else {
-                None
-            };
-            Ok((out, next))
+            dir_page(
+                ino,
+                cookie,
+                limit,
+                |prefix, after, n| Ok(view.scan(&t, prefix, after, n)?),
+                plus.then_some(|child| view.inode(&t, child)),
+            )
         })())
     }
 
