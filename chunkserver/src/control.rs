@@ -64,9 +64,9 @@ pub struct ControlState {
     /// under (seq → count): meta learns a seq is drained only when none
     /// older is left.
     writes_by_seq: Mutex<std::collections::BTreeMap<u64, u64>>,
-    /// The seqs of meta's ready snapshots, ascending (chunk clones no
-    /// snapshot reads are freed), and whether meta sent them yet.
-    live_snapshots: RwLock<Option<Arc<Vec<u64>>>>,
+    /// Meta's snapshots (see [`LiveSnapshots`]), once a heartbeat brought
+    /// them.
+    live_snapshots: RwLock<Option<Arc<LiveSnapshots>>>,
 }
 
 fn now_ms() -> u64 {
@@ -94,6 +94,18 @@ impl Default for ControlState {
             live_snapshots: RwLock::new(None),
         }
     }
+}
+
+/// The snapshots meta has, as one heartbeat reply told: chunk clones no
+/// snapshot reads are freed against it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LiveSnapshots {
+    /// The seqs of the snapshots, ascending.
+    pub seqs: Vec<u64>,
+    /// The newest snapshot seq when meta read them: a clone keyed above it
+    /// belongs to a snapshot taken since, which the list cannot show, so
+    /// it is never freed against this list.
+    pub upto: u64,
 }
 
 /// A head write counted in [`ControlState::writes_by_seq`] while alive.
@@ -156,9 +168,9 @@ impl ControlState {
         fence.min(oldest)
     }
 
-    /// Returns the seqs of meta's ready snapshots (`None` until a
-    /// heartbeat brought them).
-    pub fn live_snapshots(&self) -> Option<Arc<Vec<u64>>> {
+    /// Returns meta's snapshots as of the last heartbeat (`None` until one
+    /// brought them).
+    pub fn live_snapshots(&self) -> Option<Arc<LiveSnapshots>> {
         self.live_snapshots
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -557,7 +569,10 @@ pub async fn run(
                     .live_snapshots
                     .write()
                     .unwrap_or_else(std::sync::PoisonError::into_inner) =
-                    Some(Arc::new(r.live_snapshots));
+                    Some(Arc::new(LiveSnapshots {
+                        seqs: r.live_snapshots,
+                        upto: r.snap_seq,
+                    }));
                 state.extend_lease(sent_at + u64::try_from(lease.as_millis()).unwrap_or(0));
             }
             Err(e) if e.code == ErrorCode::NotFound => {

@@ -120,7 +120,13 @@ fn history(seed: u64) {
                     let i = rng.random_range(0..taken.len());
                     taken.remove(i);
                     let seqs: Vec<u64> = taken.iter().map(|(q, _)| *q).collect();
-                    s.prune_clones(&seqs).await.expect("prune");
+                    // A list read before the newest snapshot was taken
+                    // frees none of that snapshot's clones.
+                    let stale: Vec<u64> = seqs.iter().copied().filter(|q| *q < g).collect();
+                    s.prune_clones(&stale, g.saturating_sub(1))
+                        .await
+                        .expect("prune stale");
+                    s.prune_clones(&seqs, g).await.expect("prune");
                 }
                 _ if rng.random_bool(0.3) => {
                     drop(s);
@@ -149,7 +155,7 @@ fn history(seed: u64) {
             }
         }
         // Every clone pruned and the chunk removed: no block stays in use.
-        s.prune_clones(&[]).await.expect("prune all");
+        s.prune_clones(&[], u64::MAX).await.expect("prune all");
         s.remove(C).await.expect("remove");
         let u = s.usage();
         assert_eq!(

@@ -121,7 +121,7 @@ pub async fn run(
 ) {
     let mut done: HashSet<(u32, u64)> = HashSet::new();
     // The live snapshot list clones were last pruned against.
-    let mut pruned_for: Option<std::sync::Arc<Vec<u64>>> = None;
+    let mut pruned_for: Option<std::sync::Arc<crate::control::LiveSnapshots>> = None;
     let mut backoff: std::collections::HashMap<ChunkId, (Instant, Duration)> =
         std::collections::HashMap::new();
     while !stop.get() {
@@ -139,7 +139,7 @@ pub async fn run(
         if let Some(live) = shard.control.live_snapshots()
             && pruned_for.as_ref() != Some(&live)
         {
-            match shard.store.prune_clones(&live).await {
+            match shard.store.prune_clones(&live.seqs, live.upto).await {
                 Ok(n) => {
                     if n > 0 {
                         tracing::info!(clones = n, "freed chunk clones no snapshot reads");

@@ -1793,12 +1793,14 @@ impl ShardStore {
     /// serves the snapshots whose seq lies above the previous clone's and
     /// at most `s`, so it goes when none of `live` (the ready snapshots'
     /// seqs, ascending) does. Its blocks are freed unless the committed
-    /// or a pending version, or a remaining clone, holds them.
+    /// or a pending version, or a remaining clone, holds them. Clones keyed
+    /// above `upto` (the newest seq when `live` was read) are kept: their
+    /// snapshot may be newer than the list.
     /// Returns how many clones were dropped.
     ///
     /// # Errors
     /// Metadata errors.
-    pub async fn prune_clones(&self, live: &[u64]) -> Result<usize> {
+    pub async fn prune_clones(&self, live: &[u64], upto: u64) -> Result<usize> {
         let mut chunks = Vec::new();
         for kv in self.tree.scan_prefix(layout::clones_prefix()) {
             let (k, _) = kv?;
@@ -1818,7 +1820,7 @@ impl ShardStore {
             let mut prev = 0;
             let mut doomed = Vec::new();
             for (i, (seq, _)) in clones.iter().enumerate() {
-                if !live.iter().any(|t| *t > prev && *t <= *seq) {
+                if *seq <= upto && !live.iter().any(|t| *t > prev && *t <= *seq) {
                     doomed.push(i);
                 }
                 prev = *seq;
