@@ -324,3 +324,71 @@ async fn an_encrypted_compressed_snapshot_reads_back_decrypted() -> Result<()> {
     );
     Ok(())
 }
+
+/// A chunkserver SIGKILLed in the middle of the first writes after a
+/// snapshot (the writes that make the clones): the writes carry on through
+/// the other replicas, and the snapshot reads back as it was from every
+/// replica that serves it, before and after the killed one is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chunkserver_killed_during_the_first_writes_after_a_snapshot_loses_nothing() -> Result<()>
+{
+    let _serial = cairn_jepsen::serial().await;
+    let mut cluster = DataCluster::start(DataOpts::default()).await?;
+    let client = cluster.client(ClientOptions::default()).await?;
+    let policy = VolumePolicy {
+        chunk_size: 1 << 20,
+        stripe_width: 3,
+        ..VolumePolicy::default()
+    };
+    client.meta().create_volume("ck", policy).await?;
+    let before = pattern(5, 12 << 20);
+    client
+        .write_file("/ck/model.pt", Bytes::from(before.clone()))
+        .await?;
+    client.meta().create_snapshot("ck", "safe").await?;
+
+    // Overwrite every chunk, 256 KiB at a time; kill a chunkserver a
+    // third of the way through.
+    let f = client
+        .open("/ck/model.pt", cairn_client::OpenOptions::WRITE)
+        .await?;
+    let step = 256 << 10;
+    for (k, off) in (0..before.len()).step_by(step).enumerate() {
+        if k == 16 {
+            cluster.kill(1);
+        }
+        f.write_at(off as u64, Bytes::from(vec![k as u8; step]))
+            .await?;
+    }
+    f.close().await?;
+    let after = client.read_file("/ck/model.pt").await?;
+    ensure!(
+        after
+            .chunks(step)
+            .enumerate()
+            .all(|(k, c)| c.iter().all(|b| *b == k as u8))
+    );
+    // Several reads: they spread over the serving replicas.
+    for _ in 0..4 {
+        ensure!(
+            client.read_file("/ck/.snapshots/safe/model.pt").await? == before,
+            "the snapshot changed after the kill"
+        );
+    }
+    cluster.spawn(1)?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !cairn_proto::chain::fully_serving(&cluster.chains().await?, 3) {
+        ensure!(
+            Instant::now() < deadline,
+            "the chunkserver was never resynced"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    for _ in 0..4 {
+        ensure!(
+            client.read_file("/ck/.snapshots/safe/model.pt").await? == before,
+            "the snapshot changed after the resync"
+        );
+    }
+    Ok(())
+}
