@@ -80,20 +80,31 @@ where
 }
 
 /// `cairn ls [-l] PATH`: lists a directory (or shows a single entry).
-pub async fn ls(c: &MetaClient, path: &str, long: bool, json: bool) -> anyhow::Result<()> {
-    // A path under a volume's `.snapshots` lists the snapshot's tree.
-    let snap = cairn_client::SnapshotPath::parse(path);
-    let (attr, at) = match &snap {
+/// Resolves `path` in the live tree, or in a snapshot's tree when it lies
+/// under a volume's `.snapshots` (then also returns the snapshot to read
+/// it at; `None` for `.snapshots` itself).
+async fn resolve_any(
+    c: &MetaClient,
+    path: &str,
+    op: &str,
+) -> anyhow::Result<(Attr, Option<cairn_proto::meta::SnapshotRef>)> {
+    match cairn_client::SnapshotPath::parse(path) {
         Some(sp) => {
-            let (s, a) = c.resolve_in_snapshot(sp, path).await.op("ls", path)?;
+            let (s, a) = c.resolve_in_snapshot(&sp, path).await.op(op, path)?;
             let at = (s.seq != 0).then_some(cairn_proto::meta::SnapshotRef {
                 volume_id: s.volume_id,
                 seq: s.seq,
             });
-            (a, at)
+            Ok((a, at))
         }
-        None => (c.resolve(path).await.op("ls", path)?, None),
-    };
+        None => Ok((c.resolve(path).await.op(op, path)?, None)),
+    }
+}
+
+pub async fn ls(c: &MetaClient, path: &str, long: bool, json: bool) -> anyhow::Result<()> {
+    // A path under a volume's `.snapshots` lists the snapshot's tree.
+    let snap = cairn_client::SnapshotPath::parse(path);
+    let (attr, at) = resolve_any(c, path, "ls").await?;
     // (name, attributes)
     let mut entries: Vec<(String, Attr)> = Vec::new();
     if is_dir(&attr)
@@ -299,9 +310,9 @@ async fn rm_one(c: &MetaClient, path: &str, recursive: bool, force: bool) -> any
 
 /// `cairn stat PATH`: every attribute, including the layout.
 pub async fn stat(c: &MetaClient, path: &str, json: bool) -> anyhow::Result<()> {
-    let a = c.resolve(path).await.op("stat", path)?;
+    let (a, at) = resolve_any(c, path, "stat").await?;
     let target = if a.kind() == FileType::Symlink {
-        Some(c.readlink(InodeId(a.ino)).await.op("stat", path)?)
+        Some(c.readlink_at(at, InodeId(a.ino)).await.op("stat", path)?)
     } else {
         None
     };
