@@ -626,6 +626,17 @@ impl Client {
         File::new(self.clone(), attr, how)
     }
 
+    /// Opens a file of snapshot `seq`'s tree, read-only, from the
+    /// attributes the snapshot holds (frontends that resolve names
+    /// themselves, with [`MetaClient::lookup_at`]). No round trip.
+    ///
+    /// # Errors
+    /// As [`Self::open_attr`].
+    pub fn open_in_snapshot(&self, attr: Attr, seq: u64) -> Result<File> {
+        check_file(&attr, &format!("inode {}", attr.ino))?;
+        File::new_in_snapshot(self.clone(), attr, seq)
+    }
+
     /// Writes `data` to `path` (created or truncated) and closes it.
     ///
     /// # Errors

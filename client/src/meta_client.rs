@@ -940,10 +940,23 @@ impl MetaClient {
     /// # Errors
     /// [`ErrorCode::NoData`] when it is not set.
     pub async fn getxattr(&self, ino: InodeId, name: &str) -> Result<Vec<u8>> {
+        self.getxattr_at(None, ino, name).await
+    }
+
+    /// [`Self::getxattr`] in the live tree (`None`) or in a snapshot's.
+    ///
+    /// # Errors
+    /// As [`Self::getxattr`].
+    pub async fn getxattr_at(
+        &self,
+        snapshot: Option<SnapshotRef>,
+        ino: InodeId,
+        name: &str,
+    ) -> Result<Vec<u8>> {
         let req = GetXattrRequest {
             ino: ino.0,
             name: name.to_string(),
-            snapshot: None,
+            snapshot,
         };
         Ok(rpc!(self, get_xattr, req).await?.value)
     }
@@ -953,9 +966,21 @@ impl MetaClient {
     /// # Errors
     /// [`ErrorCode::NotFound`], or a retry failure.
     pub async fn listxattr(&self, ino: InodeId) -> Result<Vec<String>> {
+        self.listxattr_at(None, ino).await
+    }
+
+    /// [`Self::listxattr`] in the live tree (`None`) or in a snapshot's.
+    ///
+    /// # Errors
+    /// As [`Self::listxattr`].
+    pub async fn listxattr_at(
+        &self,
+        snapshot: Option<SnapshotRef>,
+        ino: InodeId,
+    ) -> Result<Vec<String>> {
         let req = ListXattrRequest {
             ino: ino.0,
-            snapshot: None,
+            snapshot,
         };
         Ok(rpc!(self, list_xattr, req).await?.names)
     }

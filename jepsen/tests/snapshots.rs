@@ -392,3 +392,81 @@ async fn a_chunkserver_killed_during_the_first_writes_after_a_snapshot_loses_not
     }
     Ok(())
 }
+
+/// A snapshot through a real `cairn mount`: `VOLUME/.snapshots/NAME` is a
+/// read-only tree of the files as they were, beside the live ones.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mount_shows_snapshots_read_only_under_dot_snapshots() -> Result<()> {
+    use std::io::Write as _;
+
+    let _serial = cairn_jepsen::serial().await;
+    let cluster = DataCluster::start(DataOpts::default()).await?;
+    let client = cluster.client(ClientOptions::default()).await?;
+    client
+        .meta()
+        .create_volume("ds", VolumePolicy::default())
+        .await?;
+    let mut m = cairn_jepsen::fuse::Mount::start(
+        &cluster.meta.addrs(),
+        &cluster.meta.dir().join("mnt"),
+        &[],
+    )?;
+    let live = m.path("ds");
+    std::fs::create_dir(live.join("train"))?;
+    std::fs::write(live.join("train/shard-0"), pattern(6, 300_000))?;
+    std::os::unix::fs::symlink("train/shard-0", live.join("latest"))?;
+    let shard = client.stat("/ds/train/shard-0").await?;
+    let tag = |v: &'static [u8]| {
+        let client = client.clone();
+        async move {
+            client
+                .meta()
+                .setxattr(
+                    cairn_proto::ids::InodeId(shard.ino),
+                    "user.tag",
+                    v,
+                    cairn_client::XattrMode::Upsert,
+                )
+                .await
+        }
+    };
+    tag(b"v1").await?;
+    client.meta().create_snapshot("ds", "v1").await?;
+    tag(b"v2").await?;
+
+    // The live tree moves on through the mount.
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(live.join("train/shard-0"))?;
+    f.write_all(&[0xFF; 4096])?;
+    f.sync_all()?;
+    drop(f);
+    std::fs::write(live.join("train/shard-1"), b"later")?;
+
+    let snap = live.join(".snapshots/v1");
+    ensure!(std::fs::read(snap.join("train/shard-0"))? == pattern(6, 300_000));
+    ensure!(std::fs::read(live.join("train/shard-0"))?[..4096] == [0xFF; 4096]);
+    let mut names: Vec<String> = std::fs::read_dir(snap.join("train"))?
+        .map(|e| e.map(|e| e.file_name().to_string_lossy().into_owned()))
+        .collect::<std::io::Result<_>>()?;
+    names.sort();
+    ensure!(names == ["shard-0"], "{names:?}");
+    ensure!(std::fs::read_link(snap.join("latest"))? == std::path::Path::new("train/shard-0"));
+    let listed: Vec<String> = std::fs::read_dir(live.join(".snapshots"))?
+        .map(|e| e.map(|e| e.file_name().to_string_lossy().into_owned()))
+        .collect::<std::io::Result<_>>()?;
+    ensure!(listed == ["v1"], "{listed:?}");
+    // Read-only: writing a snapshot file or creating in a snapshot fails
+    // and changes nothing.
+    let w = std::fs::OpenOptions::new()
+        .write(true)
+        .open(snap.join("train/shard-0"));
+    ensure!(
+        w.as_ref().err().and_then(std::io::Error::raw_os_error) == Some(libc::EROFS),
+        "{w:?}"
+    );
+    ensure!(std::fs::write(snap.join("train/new"), b"x").is_err());
+    ensure!(std::fs::read(snap.join("train/shard-0"))? == pattern(6, 300_000));
+    m.stop()?;
+    Ok(())
+}

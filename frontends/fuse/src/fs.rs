@@ -101,6 +101,8 @@ impl Default for FsConfig {
 
 type R<T> = Result<T, Errno>;
 
+mod snapshots;
+
 /// The file system handed to fuser; clones share everything.
 #[derive(Clone)]
 pub(crate) struct CairnFs {
@@ -139,6 +141,8 @@ pub(crate) struct Inner {
     /// Mount-wide budget of background write bytes (units of
     /// [`writeback::BUDGET_UNIT`]).
     budget: Arc<tokio::sync::Semaphore>,
+    /// Inode numbers of the snapshot namespace ([`snapshots`]).
+    snaps: Mutex<snapshots::Nodes>,
 }
 
 /// Holds an inode's lock; removes the lock from the map when it is the
@@ -294,6 +298,7 @@ impl CairnFs {
                     (cfg.write_back_budget / writeback::BUDGET_UNIT)
                         .max(writeback::PIECE / writeback::BUDGET_UNIT),
                 )),
+                snaps: Mutex::default(),
                 cfg,
             }),
         }
@@ -471,6 +476,9 @@ impl Inner {
     }
 
     async fn getattr(&self, ino: u64) -> R<FileAttr> {
+        if snapshots::is_snapshot(ino) {
+            return Ok(self.attr(&self.snap_getattr(ino).await?));
+        }
         match self.client.meta().getattr(InodeId(ino)).await {
             Ok(a) => Ok(self.attr(&a)),
             // Freed by another client while this mount has it open: the
@@ -486,6 +494,9 @@ impl Inner {
     }
 
     async fn lookup(&self, parent: u64, name: String) -> R<FileAttr> {
+        if let Some(a) = self.snap_lookup(parent, &name).await {
+            return Ok(self.attr(&a?));
+        }
         let a = self.client.meta().lookup(InodeId(parent), &name).await;
         let a = a.map_err(|e| errno(&e))?;
         if a.kind == Kind::Regular as i32 {
@@ -660,6 +671,15 @@ impl Inner {
         let acc = flags.0 & libc::O_ACCMODE;
         let write = acc != libc::O_RDONLY;
         let append = flags.0 & libc::O_APPEND != 0;
+        if snapshots::is_snapshot(ino) {
+            let (a, f) = self.snap_open(ino, write).await?;
+            let _one = self.lock_inode(ino).await;
+            let fresh = match lock(&self.inodes).get(&ino) {
+                Some(_) => None,
+                None => Some(f),
+            };
+            return self.register(&a, fresh, false, false);
+        }
         let m = self.client.meta();
         let _one = self.lock_inode(ino).await;
         let existing = lock(&self.inodes)
@@ -915,6 +935,11 @@ impl Inner {
         let l = lock(&self.dirs).get(&fh).cloned().ok_or(Errno::EBADF)?;
         let mut g = l.lock().await;
         if offset == 0 || !g.loaded {
+            if snapshots::is_snapshot(ino) {
+                g.entries = Arc::new(self.snap_readdir(ino).await?);
+                g.loaded = true;
+                return Ok(g.entries.clone());
+            }
             let m = self.client.meta();
             let r = if plus {
                 m.readdir_all_plus(InodeId(ino)).await
@@ -1121,6 +1146,9 @@ impl Filesystem for CairnFs {
         let ino = self.inner.cairn(ino);
         self.spawn(
             move |me| async move {
+                if snapshots::is_snapshot(ino) {
+                    return me.snap_readlink(ino).await;
+                }
                 me.client
                     .meta()
                     .readlink(InodeId(ino))
@@ -1611,7 +1639,9 @@ impl Filesystem for CairnFs {
                 let l = me.readdir(ino, fh.0, offset, true).await?;
                 // The directory's own attributes only for "." and "..",
                 // which come first: not one meta call per page.
-                let dir = if offset < 2 {
+                let dir = if offset < 2 && snapshots::is_snapshot(ino) {
+                    Some(me.snap_getattr(ino).await?)
+                } else if offset < 2 {
                     let a = me.client.meta().getattr(InodeId(ino)).await;
                     Some(a.map_err(|e| errno_by_ino(&e))?)
                 } else {
@@ -1771,6 +1801,9 @@ impl Filesystem for CairnFs {
         }
         self.spawn(
             move |me| async move {
+                if snapshots::is_snapshot(ino) {
+                    return me.snap_xattr(ino, Some(&name)).await;
+                }
                 me.client
                     .meta()
                     .getxattr(InodeId(ino), &name)
@@ -1785,6 +1818,9 @@ impl Filesystem for CairnFs {
         let ino = self.inner.cairn(ino);
         self.spawn(
             move |me| async move {
+                if snapshots::is_snapshot(ino) {
+                    return me.snap_xattr(ino, None).await;
+                }
                 let names = me
                     .client
                     .meta()
