@@ -465,7 +465,21 @@ async fn a_mount_shows_snapshots_read_only_under_dot_snapshots() -> Result<()> {
         w.as_ref().err().and_then(std::io::Error::raw_os_error) == Some(libc::EROFS),
         "{w:?}"
     );
-    ensure!(std::fs::write(snap.join("train/new"), b"x").is_err());
+    for attempt in [
+        std::fs::write(snap.join("train/new"), b"x"),
+        std::fs::create_dir(snap.join("train/d")),
+        std::fs::remove_file(snap.join("train/shard-0")),
+        std::fs::rename(snap.join("train/shard-0"), snap.join("train/moved")),
+    ] {
+        ensure!(
+            attempt
+                .as_ref()
+                .err()
+                .and_then(std::io::Error::raw_os_error)
+                == Some(libc::EROFS),
+            "{attempt:?}"
+        );
+    }
     ensure!(std::fs::read(snap.join("train/shard-0"))? == pattern(6, 300_000));
     m.stop()?;
     Ok(())

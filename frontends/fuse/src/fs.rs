@@ -1132,6 +1132,9 @@ impl Filesystem for CairnFs {
         reply: ReplyAttr,
     ) {
         let ino = self.inner.cairn(ino);
+        if snapshots::is_snapshot(ino) {
+            return reply.error(Errno::EROFS);
+        }
         let ttl = self.inner.attr_ttl();
         self.spawn(
             move |me| async move { me.setattr(ino, mode, uid, gid, size, atime, mtime).await },
@@ -1172,6 +1175,9 @@ impl Filesystem for CairnFs {
         reply: ReplyEntry,
     ) {
         let parent = self.inner.cairn(parent);
+        if snapshots::is_snapshot(parent) {
+            return reply.error(Errno::EROFS);
+        }
         let owner = owner(req);
         let name = name_or_reply!(name, reply);
         self.spawn_entry(parent, name, reply, move |me, name| async move {
@@ -1183,6 +1189,9 @@ impl Filesystem for CairnFs {
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let parent = self.inner.cairn(parent);
+        if snapshots::is_snapshot(parent) {
+            return reply.error(Errno::EROFS);
+        }
         let name = name_or_reply!(name, reply);
         self.spawn(
             move |me| async move {
@@ -1199,6 +1208,9 @@ impl Filesystem for CairnFs {
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let parent = self.inner.cairn(parent);
+        if snapshots::is_snapshot(parent) {
+            return reply.error(Errno::EROFS);
+        }
         let name = name_or_reply!(name, reply);
         self.spawn(
             move |me| async move {
@@ -1222,6 +1234,9 @@ impl Filesystem for CairnFs {
         reply: ReplyEntry,
     ) {
         let parent = self.inner.cairn(parent);
+        if snapshots::is_snapshot(parent) {
+            return reply.error(Errno::EROFS);
+        }
         let owner = owner(req);
         let (name, target) = match (name_of(link_name), target.to_str()) {
             (Ok(n), Some(t)) => (n, t.to_string()),
@@ -1244,6 +1259,9 @@ impl Filesystem for CairnFs {
         reply: ReplyEntry,
     ) {
         let parent = self.inner.cairn(parent);
+        if snapshots::is_snapshot(parent) {
+            return reply.error(Errno::EROFS);
+        }
         let owner = owner(req);
         let name = name_or_reply!(name, reply);
         let kind = match mode & libc::S_IFMT {
@@ -1283,6 +1301,9 @@ impl Filesystem for CairnFs {
         reply: ReplyEmpty,
     ) {
         let (p, np) = (self.inner.cairn(parent), self.inner.cairn(newparent));
+        if snapshots::is_snapshot(p) || snapshots::is_snapshot(np) {
+            return reply.error(Errno::EROFS);
+        }
         let (name, new_name) = match (name_of(name), name_of(newname)) {
             (Ok(a), Ok(b)) => (a, b),
             _ => return reply.error(Errno::EINVAL),
@@ -1303,6 +1324,9 @@ impl Filesystem for CairnFs {
         reply: ReplyEntry,
     ) {
         let (ino, np) = (self.inner.cairn(ino), self.inner.cairn(newparent));
+        if snapshots::is_snapshot(ino) || snapshots::is_snapshot(np) {
+            return reply.error(Errno::EROFS);
+        }
         let name = name_or_reply!(newname, reply);
         self.spawn_entry(np, name, reply, move |me, name| async move {
             me.client
@@ -1755,6 +1779,9 @@ impl Filesystem for CairnFs {
         reply: ReplyEmpty,
     ) {
         let ino = self.inner.cairn(ino);
+        if snapshots::is_snapshot(ino) {
+            return reply.error(Errno::EROFS);
+        }
         let name = name_or_reply!(name, reply);
         if kernel_xattr(&name) {
             return reply.error(raw(libc::EOPNOTSUPP));
@@ -1840,6 +1867,9 @@ impl Filesystem for CairnFs {
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let ino = self.inner.cairn(ino);
+        if snapshots::is_snapshot(ino) {
+            return reply.error(Errno::EROFS);
+        }
         let name = name_or_reply!(name, reply);
         if kernel_xattr(&name) {
             return reply.error(raw(libc::ENODATA));
@@ -1872,6 +1902,9 @@ impl Filesystem for CairnFs {
         reply: ReplyCreate,
     ) {
         let parent = self.inner.cairn(parent);
+        if snapshots::is_snapshot(parent) {
+            return reply.error(Errno::EROFS);
+        }
         let owner = owner(req);
         let name = name_or_reply!(name, reply);
         let mode = new_mode(mode, umask);

@@ -6,9 +6,9 @@
 //! the live tree's (the same Cairn inode is a different file in each
 //! snapshot and in the live tree): this mount hands out numbers from
 //! [`SNAP_INO`] up, one per (snapshot, Cairn inode), remembered for the
-//! mount's life. Meta knows none of them, so any change the kernel sends
-//! for one (create, unlink, setattr, ...) fails with "not found"; opening a
-//! snapshot file for writing fails with EROFS.
+//! mount's life. Every change the kernel sends for one (a write open,
+//! create, mkdir, unlink, rename, link, setattr, xattr changes) fails
+//! with EROFS before it reaches meta (which knows none of these numbers).
 
 use std::collections::HashMap;
 
