@@ -685,6 +685,15 @@ impl Shard {
             Opcode::Remove => self.remove(&route, &h).await,
             Opcode::RemoveMany => self.remove_many(&route, &h, &frame).await,
             Opcode::Install => self.install(&route, &h, &frame).await,
+            Opcode::Clones => self.clones(&h).await,
+            Opcode::InstallClone => self.install_clone(&h, &frame).await,
+            Opcode::SnapFloor => {
+                let _lock = self.lock(h.chunk).await?;
+                self.store
+                    .set_snap_floor(h.chunk, h.version, h.snap_seq, h.offset, h.client_seq)
+                    .await?;
+                Ok(Frame::reply(&h))
+            }
             Opcode::Commit => {
                 self.store
                     .commit_through(h.chunk, h.version, route.is_tail)
@@ -1174,12 +1183,60 @@ impl Shard {
         } else {
             0
         };
+        // With the digest comes the replica's snapshot floor (in
+        // `snap_seq`): a resync copies clones to a member whose floor lies
+        // above its own. An older chunkserver echoes the request's 0.
+        let floor = if h.client_seq == STAT_DIGEST {
+            self.store.clone_list(h.chunk)?.map_or(0, |c| c.floor)
+        } else {
+            h.snap_seq
+        };
         Ok(Frame::new(Header {
             offset: st.committed_len,
             version: st.committed_version,
             client_seq: digest,
+            snap_seq: floor,
             ..Header::reply_to(h)
         }))
+    }
+
+    /// Lists this replica's snapshot state of a chunk
+    /// ([`Opcode::Clones`]); see [`crate::resync`].
+    async fn clones(&self, h: &Header) -> Result<Frame> {
+        let _lock = self.lock(h.chunk).await?;
+        let Some(list) = self.store.clone_list(h.chunk)? else {
+            return Err(Reject::new(
+                ErrorCode::NotFound,
+                format!("{} is not stored here", h.chunk),
+            ));
+        };
+        Frame::data_reply(h, list.encode())
+            .map_err(|e| Reject::new(ErrorCode::Internal, format!("clone list reply: {e}")))
+    }
+
+    /// Stores a piece of a sync source's clone of a chunk
+    /// ([`Opcode::InstallClone`]); see [`crate::resync`].
+    async fn install_clone(&self, h: &Header, frame: &Frame) -> Result<Frame> {
+        let _lock = self.lock(h.chunk).await?;
+        let (crcs, seals) = (crcs_of(&frame.crcs), seals_of(&frame.seals));
+        let piece = WriteIn {
+            offset: h.offset,
+            data: &frame.payload,
+            segment_crcs: &crcs,
+            seals: &seals,
+            snap: Snap::default(),
+        };
+        let clone = crate::store::CloneHeader {
+            version: h.version,
+            len: h.client_seq,
+            birth: h.client_id.0,
+        };
+        self.store
+            .install_clone_piece(h.chunk, h.snap_seq, clone, piece)
+            .await
+            .map_err(|e| self.store_error(h.chunk, e))?;
+        self.metrics.installed(frame.payload.len() as u64);
+        Ok(Frame::reply(h))
     }
 
     /// Stores a piece of a sync source's copy of a chunk

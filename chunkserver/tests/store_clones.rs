@@ -154,6 +154,58 @@ fn history(seed: u64) {
                 );
             }
         }
+        // A resync copy of this replica, clones and all, serves every
+        // snapshot alike, and keeps clones alike after one more write.
+        if committed < version {
+            s.commit_through(C, version, true).await.expect("commit");
+        }
+        let copy_dir = tempfile::tempdir().expect("tempdir");
+        Target::format(copy_dir.path(), 1).expect("format");
+        let ct = Target::open(copy_dir.path()).expect("open");
+        let cs = ct.open_shard(0).await.expect("shard");
+        if copy_replica(&s, &cs, g).await {
+            // Snapshot g + 1, then a write under it on both replicas.
+            taken.push((g + 1, live(&s).await));
+            version += 1;
+            let data = vec![0xC3; 9000];
+            write(&s, version, 2000, &data, g + 1, true).await;
+            write(&cs, version, 2000, &data, g + 1, true).await;
+            assert!(
+                live(&cs).await == live(&s).await,
+                "seed {seed}: live differs"
+            );
+            for (q, want) in &taken {
+                assert!(
+                    snapshot(&cs, *q).await == *want,
+                    "seed {seed}: snapshot {q} differs on the copy"
+                );
+            }
+            let seqs: Vec<u64> = taken.iter().skip(1).map(|(q, _)| *q).collect();
+            cs.prune_clones(&seqs, g + 1).await.expect("prune copy");
+            for (q, want) in taken.iter().skip(1) {
+                assert!(
+                    snapshot(&cs, *q).await == *want,
+                    "seed {seed}: {q} after prune"
+                );
+            }
+            cs.prune_clones(&[], u64::MAX).await.expect("prune all");
+            cs.remove(C).await.expect("remove");
+            let u = cs.usage();
+            assert_eq!(
+                u.used_bytes, u.deferred_bytes,
+                "seed {seed}: the copy holds blocks"
+            );
+        }
+        drop(cs);
+        drop(ct);
+        let ct = Target::open(copy_dir.path()).expect("reopen");
+        let cs = ct.open_shard(0).await.expect("shard");
+        assert_eq!(
+            cs.usage().used_bytes,
+            0,
+            "seed {seed}: the copy leaked a block"
+        );
+
         // Every clone pruned and the chunk removed: no block stays in use.
         s.prune_clones(&[], u64::MAX).await.expect("prune all");
         s.remove(C).await.expect("remove");
@@ -168,6 +220,66 @@ fn history(seed: u64) {
         let s = t.open_shard(0).await.expect("shard");
         assert_eq!(s.usage().used_bytes, 0, "seed {seed}: a block leaked");
     });
+}
+
+/// Copies `from`'s chunk to `to` as a resync does: the committed version
+/// (which sets the copy's snapshot floor to `g`), then every clone above
+/// `from`'s floor, newest first, in pieces, then the floor. Returns
+/// whether there was a chunk to copy.
+async fn copy_replica(from: &ShardStore, to: &ShardStore, g: u64) -> bool {
+    let Some(st) = from.stat(C).expect("stat") else {
+        return false;
+    };
+    if st.committed_version == 0 {
+        return false;
+    }
+    let out = from
+        .read(C, 0, layout::CHUNK_MAX, ReadMode::Committed)
+        .await
+        .expect("read");
+    let piece = WriteIn {
+        offset: 0,
+        data: &out.data,
+        segment_crcs: &out.block_crcs,
+        seals: &[],
+        snap: Snap {
+            seq: g,
+            no_clone: false,
+        },
+    };
+    to.install_piece(9, C, st.committed_version, st.committed_len, piece)
+        .await
+        .expect("install");
+    let list = from.clone_list(C).expect("clones").expect("chunk");
+    // Pieces of one block group (256 KiB) would be the unit; these chunks
+    // are smaller, so each clone goes in a piece, and an empty one too.
+    for c in list.clones.iter().rev() {
+        let o = from
+            .read_clone(C, c.seq, 0, c.len)
+            .await
+            .expect("read clone");
+        let piece = WriteIn {
+            offset: 0,
+            data: &o.data,
+            segment_crcs: &o.block_crcs,
+            seals: &[],
+            snap: Snap::default(),
+        };
+        let header = layout::CloneHeader {
+            version: c.version,
+            len: c.len,
+            birth: c.birth,
+        };
+        match to.install_clone_piece(C, c.seq, header, piece).await {
+            Ok(()) => {}
+            Err(StoreError::CloneNotMissing { .. }) => assert!(c.seq > g),
+            Err(e) => panic!("install clone {}: {e}", c.seq),
+        }
+    }
+    to.set_snap_floor(C, st.committed_version, list.floor, list.birth, list.seq)
+        .await
+        .expect("floor");
+    true
 }
 
 #[test]

@@ -346,6 +346,19 @@ async fn a_chunkserver_killed_during_the_first_writes_after_a_snapshot_loses_not
         .write_file("/ck/model.pt", Bytes::from(before.clone()))
         .await?;
     client.meta().create_snapshot("ck", "safe").await?;
+    // A second snapshot after a few overwrites: chunks then hold two
+    // clones, which share the blocks that did not change in between.
+    let f = client
+        .open("/ck/model.pt", cairn_client::OpenOptions::WRITE)
+        .await?;
+    let mut mid = before.clone();
+    for off in [100_000usize, 3 << 20, (9 << 20) + 5] {
+        f.write_at(off as u64, Bytes::from(vec![0x5A; 10_000]))
+            .await?;
+        mid[off..off + 10_000].fill(0x5A);
+    }
+    f.close().await?;
+    client.meta().create_snapshot("ck", "mid").await?;
 
     // Overwrite every chunk, 256 KiB at a time; kill a chunkserver a
     // third of the way through.
@@ -388,6 +401,25 @@ async fn a_chunkserver_killed_during_the_first_writes_after_a_snapshot_loses_not
         ensure!(
             client.read_file("/ck/.snapshots/safe/model.pt").await? == before,
             "the snapshot changed after the resync"
+        );
+    }
+    // The resync carried the clones: with the two chunkservers that kept
+    // them down, the rebuilt one alone serves both snapshots and the live
+    // file.
+    cluster.kill(0);
+    cluster.kill(2);
+    for _ in 0..2 {
+        ensure!(
+            client.read_file("/ck/.snapshots/safe/model.pt").await? == before,
+            "the rebuilt replica serves another 'safe'"
+        );
+        ensure!(
+            client.read_file("/ck/.snapshots/mid/model.pt").await? == mid,
+            "the rebuilt replica serves another 'mid'"
+        );
+        ensure!(
+            client.read_file("/ck/model.pt").await? == after,
+            "the rebuilt replica serves another live file"
         );
     }
     Ok(())

@@ -59,7 +59,7 @@
 //!
 //! # Rules the decoder enforces (any violation is a [`FrameError`])
 //!
-//! 1. Magic, then version, then the header CRC, then opcode (1..=11, with or
+//! 1. Magic, then version, then the header CRC, then opcode (1..=14, with or
 //!    without the reply bit), flags (reserved bits 0) and the reserved field.
 //! 2. `status` is 0 in requests.
 //! 3. [`Flags::PENDING`] only in replies whose status is
@@ -69,8 +69,8 @@
 //! 4. [`Flags::ERROR_MESSAGE`] only in replies with a non-zero status, and
 //!    only with [`Flags::BODY`]; the body is then a UTF-8 message.
 //! 5. A data body (BODY without ERROR_MESSAGE) travels on Write, Forward,
-//!    Install and RemoveMany (its chunk list) requests and on successful
-//!    (status 0) Read and ReadChunk
+//!    Install, InstallClone and RemoveMany (its chunk list) requests and on
+//!    successful (status 0) Read, ReadChunk and Clones (a [`CloneList`])
 //!    replies, and those frames must carry one (possibly empty). No other
 //!    frame may.
 //! 6. `length` ≤ [`MAX_PAYLOAD`] (16 MiB) in every frame, checked before
@@ -112,8 +112,9 @@ mod segment;
 pub use codec::{EncodedFrame, Frame, FrameDecoder};
 pub use error::FrameError;
 pub use header::{
-    CapabilityToken, FORMAT_VERSION, Flags, HEADER_LEN, Header, MAGIC, MAX_ERROR_MESSAGE,
-    MAX_PAYLOAD, MAX_REMOVE_MANY, Opcode, SEAL_LEN, decode_chunk_list, encode_chunk_list,
+    CapabilityToken, CloneInfo, CloneList, FORMAT_VERSION, Flags, HEADER_LEN, Header, MAGIC,
+    MAX_CLONES, MAX_ERROR_MESSAGE, MAX_PAYLOAD, MAX_REMOVE_MANY, Opcode, SEAL_LEN,
+    decode_chunk_list, encode_chunk_list,
 };
 pub use segment::{
     BLOCK_SIZE, SegmentCrcs, Segments, segment_count, segment_crcs, segments, verify_segments,

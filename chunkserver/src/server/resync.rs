@@ -34,7 +34,22 @@
 //!    verifies the CRCs again before storing. A write arriving at a
 //!    syncing member for a chunk it missed versions of is acknowledged
 //!    without storing and leaves the chunk to this copy.
-//! 4. **Report**: when every shard has passed over every chunk at one
+//! 4. **Clones** (snapshots, DESIGN §3): a copy carries no clones, so the
+//!    member refuses snapshot reads up to its *snapshot floor* (the newest
+//!    seq it knew when the copy arrived; Stat reports it). When a member's
+//!    floor lies above the head's, the head lists the member's clones
+//!    ([`Opcode::Clones`]), sends those it holds between the two floors,
+//!    newest first, in pieces ([`Opcode::InstallClone`]; the member shares
+//!    the blocks a clone has in common with the next newer one), then
+//!    lowers the member's floor to its own and gives it the chunk's birth
+//!    and newest write seq ([`Opcode::SnapFloor`]), so both keep the same
+//!    clones from then on. All under the chunk's lock. So a rebuilt
+//!    replica serves every snapshot its source serves, and snapshots
+//!    survive the loss of every replica that existed when they were taken.
+//!    A clone corrupt at the source is skipped (the member keeps its floor
+//!    for that chunk); a member that does not know these opcodes keeps its
+//!    floor too.
+//! 5. **Report**: when every shard has passed over every chunk at one
 //!    chain version, the control thread reports the chain synced at that
 //!    version (heartbeat) and meta makes the syncing members serving —
 //!    only if the chain has not changed since, so a member that failed
@@ -70,7 +85,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use cairn_proto::ErrorCode;
-use cairn_proto::frame::{Frame, Header, Opcode, SegmentCrcs};
+use cairn_proto::frame::{CloneInfo, CloneList, Frame, Header, Opcode, SegmentCrcs};
 use cairn_proto::ids::{ChainId, ChainVersion, ChunkId, SessionId};
 
 use super::{Reject, Result, Shard, seal_bytes, sealed, seals_of};
@@ -525,6 +540,7 @@ impl Shard {
         }
         let mut copied = false;
         let ours = self.store.digest(chunk)?;
+        let snaps = self.store.clone_list(chunk)?;
         for m in &job.syncing {
             let Some(addr) = route.view.shard_addr(m.chunkserver, chunk) else {
                 return Err(Reject::new(
@@ -558,23 +574,209 @@ impl Shard {
                     ));
                 }
             };
+            // The member's snapshot floor (0 from an older chunkserver).
+            let mut floor = reply.header.snap_seq;
             if version == st.committed_version && len == st.committed_len && Some(digest) == ours {
                 self.metrics.repair_current();
-                continue;
+            } else {
+                let expect = super::replica_state_tag(version, len, digest);
+                self.copy_chunk(
+                    &h,
+                    &addr,
+                    st.committed_version,
+                    st.committed_len,
+                    expect,
+                    cfg,
+                )
+                .await?;
+                copied = true;
+                // The copy came without clones: the member now refuses
+                // snapshots up to the newest seq it knows.
+                floor = u64::MAX;
             }
-            let expect = super::replica_state_tag(version, len, digest);
-            self.copy_chunk(
-                &h,
-                &addr,
-                st.committed_version,
-                st.committed_len,
-                expect,
-                cfg,
-            )
-            .await?;
-            copied = true;
+            if let Some(snaps) = &snaps
+                && floor > snaps.floor
+                && (!snaps.clones.is_empty() || snaps.floor < self.control.snap_seq())
+            {
+                copied |= self
+                    .sync_clones(&h, &addr, st.committed_version, snaps, cfg)
+                    .await?;
+            }
         }
         Ok(copied)
+    }
+
+    /// Gives a member the clones this replica holds and it lacks (those
+    /// between the two snapshot floors), newest first, then lowers the
+    /// member's floor to this replica's: from then on it serves the same
+    /// snapshots. The caller holds the chunk's lock, with `version`
+    /// committed here and nothing pending. Returns whether anything was
+    /// copied. A clone that fails its CRC here is not copied and the
+    /// member keeps its floor (it reads those snapshots from others); an
+    /// older member that does not know clones is left as it is.
+    async fn sync_clones(
+        &self,
+        h: &Header,
+        addr: &str,
+        version: u64,
+        ours: &CloneList,
+        cfg: ResyncConfig,
+    ) -> Result<bool> {
+        let q = Frame::new(Header {
+            chunk: h.chunk,
+            chain: h.chain,
+            chain_version: h.chain_version,
+            ..Header::request(Opcode::Clones, 0)
+        });
+        let reply = self.peers.call(addr, q).await?;
+        match reply.error_code() {
+            None => {}
+            Some(ErrorCode::BadRequest) => {
+                tracing::debug!(chunk = %h.chunk, addr, "member does not list clones: left at its snapshot floor");
+                return Ok(false);
+            }
+            Some(code) => {
+                return Err(Reject::new(
+                    code,
+                    format!(
+                        "{addr} could not list its clones of {}: {}",
+                        h.chunk,
+                        reply.error_message().unwrap_or_default()
+                    ),
+                ));
+            }
+        }
+        let theirs = CloneList::decode(&reply.payload).map_err(|e| {
+            Reject::new(
+                ErrorCode::BadRequest,
+                format!("clone list from {addr}: {e}"),
+            )
+        })?;
+        if theirs.floor <= ours.floor {
+            return Ok(false);
+        }
+        let mut copied = false;
+        for c in ours.clones.iter().rev() {
+            if c.seq <= ours.floor || c.seq > theirs.floor || theirs.clones.contains(c) {
+                continue;
+            }
+            match self.copy_clone(h, addr, c, cfg).await {
+                Ok(()) => copied = true,
+                Err(e) if e.code == ErrorCode::Checksum => {
+                    tracing::warn!(chunk = %h.chunk, seq = c.seq, "a block of this clone is corrupt here: the member keeps its snapshot floor");
+                    return Ok(copied);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        let q = Frame::new(Header {
+            chunk: h.chunk,
+            chain: h.chain,
+            chain_version: h.chain_version,
+            version,
+            snap_seq: ours.floor,
+            offset: ours.birth,
+            client_seq: ours.seq,
+            ..Header::request(Opcode::SnapFloor, 0)
+        });
+        let reply = self.peers.call(addr, q).await?;
+        if let Some(code @ (ErrorCode::Pending | ErrorCode::StaleSequence)) = reply.error_code() {
+            // Left over state there (a version pending since a crash):
+            // the member keeps its floor and reads those snapshots from
+            // others; a later pass tries again.
+            tracing::warn!(chunk = %h.chunk, addr, ?code, "member kept its snapshot floor");
+            return Ok(copied);
+        }
+        if let Some(code) = reply.error_code() {
+            return Err(Reject::new(
+                code,
+                format!(
+                    "{addr} did not take the snapshot floor of {}: {}",
+                    h.chunk,
+                    reply.error_message().unwrap_or_default()
+                ),
+            ));
+        }
+        Ok(copied)
+    }
+
+    /// Sends clone `c` of the chunk to `addr` in pieces
+    /// ([`Opcode::InstallClone`]); the caller holds the chunk's lock.
+    async fn copy_clone(
+        &self,
+        h: &Header,
+        addr: &str,
+        c: &CloneInfo,
+        cfg: ResyncConfig,
+    ) -> Result<()> {
+        let chunk = h.chunk;
+        let mut offset = 0u64;
+        loop {
+            let n = PIECE.min(c.len - offset);
+            let (data, crcs, seals) = if n == 0 {
+                (Bytes::new(), SegmentCrcs::default(), Bytes::new())
+            } else {
+                let out = match self.store.read_clone(chunk, c.seq, offset, n).await {
+                    Ok(o) => o,
+                    Err(StoreError::Checksum { block, .. }) => {
+                        self.metrics.crc_failure();
+                        return Err(Reject::new(
+                            ErrorCode::Checksum,
+                            format!(
+                                "block {block} of clone {} of {chunk} is corrupt here",
+                                c.seq
+                            ),
+                        ));
+                    }
+                    Err(e) => return Err(e.into()),
+                };
+                if out.version != c.version || out.data.len() as u64 != n {
+                    return Err(Reject::new(
+                        ErrorCode::Internal,
+                        format!("clone {} of {chunk} changed under its lock", c.seq),
+                    ));
+                }
+                (
+                    out.data,
+                    SegmentCrcs::from_slice(&out.block_crcs),
+                    seal_bytes(&out.block_seals),
+                )
+            };
+            let f = Frame::with_payload_crcs(
+                Header {
+                    chunk,
+                    chain: h.chain,
+                    chain_version: h.chain_version,
+                    version: c.version,
+                    offset,
+                    snap_seq: c.seq,
+                    client_seq: c.len,
+                    client_id: SessionId(c.birth),
+                    ..Header::request(Opcode::InstallClone, 0)
+                },
+                data,
+                crcs,
+            )
+            .and_then(|f| sealed(f, seals))
+            .map_err(|e| Reject::new(ErrorCode::Internal, format!("install frame: {e}")))?;
+            let reply = self.peers.call(addr, f).await?;
+            if let Some(code) = reply.error_code() {
+                return Err(Reject::new(
+                    code,
+                    format!(
+                        "{addr} refused clone {} of {chunk}: {}",
+                        c.seq,
+                        reply.error_message().unwrap_or_default()
+                    ),
+                ));
+            }
+            self.metrics.repair_copied(n);
+            self.pace(n, cfg).await;
+            offset += n;
+            if offset >= c.len {
+                return Ok(());
+            }
+        }
     }
 
     /// Sends committed version `version` (`total` bytes) of the chunk to

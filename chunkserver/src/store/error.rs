@@ -45,6 +45,20 @@ pub enum StoreError {
         /// The newest snapshot seq it has no clones of.
         floor: u64,
     },
+    /// A sync source sent a clone this replica does not lack: one above
+    /// its snapshot floor, which it keeps from its own writes.
+    #[error(
+        "chunk {chunk}: clone {seq} lies above this replica's snapshot floor {floor}; \
+         it is not missing here"
+    )]
+    CloneNotMissing {
+        /// The chunk.
+        chunk: ChunkId,
+        /// The clone's seq.
+        seq: u64,
+        /// This replica's floor.
+        floor: u64,
+    },
     /// A version arrived before the versions in front of it.
     #[error("chunk {chunk}: got version {got}, expected {expected}")]
     VersionGap {
@@ -193,7 +207,7 @@ impl StoreError {
             Self::Checksum { .. } => ErrorCode::Checksum,
             Self::Pending { .. } => ErrorCode::Pending,
             Self::NoClones { .. } => ErrorCode::Unavailable,
-            Self::VersionGap { .. } => ErrorCode::Invalid,
+            Self::VersionGap { .. } | Self::CloneNotMissing { .. } => ErrorCode::Invalid,
             Self::Stale { .. } => ErrorCode::StaleSequence,
             Self::Range { .. } | Self::Segments { .. } | Self::Seals { .. } => {
                 ErrorCode::BadRequest

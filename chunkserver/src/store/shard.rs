@@ -62,6 +62,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
+use cairn_proto::frame::{CloneInfo, CloneList};
 use cairn_proto::ids::ChunkId;
 use glommio::io::{DmaFile, OpenOptions};
 
@@ -1828,17 +1829,11 @@ impl ShardStore {
             if doomed.is_empty() {
                 continue;
             }
-            // Blocks the chunk's versions or a remaining clone hold stay;
-            // each block of a dropped clone is freed once.
-            let mut keep: std::collections::HashSet<u64> = std::collections::HashSet::new();
-            for (_, e) in self.entries(chunk, 0, u32::MAX)? {
-                keep.extend(e.refs().map(|r| r.blockno));
-            }
-            for (i, (seq, _)) in clones.iter().enumerate() {
-                if !doomed.contains(&i) {
-                    keep.extend(self.clone_blocks(chunk, *seq, 0, u32::MAX)?.into_values());
-                }
-            }
+            // Blocks the chunk's versions or a remaining clone hold stay
+            // (a clone being installed by a resync too); each block of a
+            // dropped clone is freed once.
+            let doomed_seqs: Vec<u64> = doomed.iter().map(|&i| clones[i].0).collect();
+            let keep = self.held_blocks(chunk, &doomed_seqs)?;
             let mut batch = sled::Batch::default();
             let mut freed = Vec::new();
             for &i in &doomed {
@@ -1878,6 +1873,314 @@ impl ShardStore {
             self.flush_meta(ticket).await?;
         }
         Ok(dropped)
+    }
+
+    /// Returns `chunk`'s snapshot state as a resync compares it (floor,
+    /// birth, newest write seq, clones oldest first), `None` if unknown.
+    ///
+    /// # Errors
+    /// Metadata errors.
+    pub fn clone_list(&self, chunk: ChunkId) -> Result<Option<CloneList>> {
+        let Some(h) = self.load_header(chunk)? else {
+            return Ok(None);
+        };
+        let clones = self
+            .clones(chunk)?
+            .into_iter()
+            .map(|(seq, c)| CloneInfo {
+                seq,
+                version: c.version,
+                len: c.len,
+                birth: c.birth,
+            })
+            .collect();
+        Ok(Some(CloneList {
+            floor: h.snap_floor,
+            birth: h.birth,
+            seq: h.seq,
+            clones,
+        }))
+    }
+
+    /// Reads `[offset, offset + len)` of exactly the clone keyed `seq`
+    /// (a resync copying it), each block checked against its CRC.
+    ///
+    /// # Errors
+    /// [`StoreError::NotFound`] when there is no such clone, as
+    /// [`Self::read`] otherwise.
+    pub async fn read_clone(
+        &self,
+        chunk: ChunkId,
+        seq: u64,
+        offset: u64,
+        len: u64,
+    ) -> Result<ReadOut> {
+        self.check(chunk)?;
+        let Some((_, ch)) = self.clones(chunk)?.into_iter().find(|(s, _)| *s == seq) else {
+            return Err(StoreError::NotFound { chunk });
+        };
+        self.read_version(chunk, (ch.version, ch.len), offset, len, |first, last| {
+            self.clone_entries(chunk, seq, first, last)
+        })
+        .await
+    }
+
+    /// Stores one piece of a sync source's clone `seq` of `chunk` (resync,
+    /// [`cairn_proto::frame::Opcode::InstallClone`]). The piece at offset 0
+    /// first drops what this replica held of that clone; pieces follow in
+    /// offset order, each covering whole block groups but the last; the
+    /// clone exists (and is read) only once the piece reaching `clone.len`
+    /// is stored. Durable on return.
+    ///
+    /// Only a clone at or below this replica's snapshot floor is accepted:
+    /// above it the replica made its own clones. A block equal to the same
+    /// block of the next newer clone shares its storage; none is shared
+    /// with the chunk's current version, so the rule that frees a replaced
+    /// block unless the newest clone holds it stays exact whatever order
+    /// clones arrive in.
+    ///
+    /// # Errors
+    /// [`StoreError::NotFound`] (no such chunk here),
+    /// [`StoreError::CloneNotMissing`], [`StoreError::Range`] (a piece out
+    /// of order or past the clone's length), as [`Self::write_committed`]
+    /// otherwise.
+    pub async fn install_clone_piece(
+        &self,
+        chunk: ChunkId,
+        seq: u64,
+        clone: layout::CloneHeader,
+        piece: WriteIn<'_>,
+    ) -> Result<()> {
+        self.check(chunk)?;
+        let (offset, len) = (piece.offset, piece.data.len() as u64);
+        let end = offset.checked_add(len);
+        let group_bytes = u64::from(layout::GROUP_BLOCKS) * BLOCK as u64;
+        if clone.version == 0
+            || clone.len > CHUNK_MAX
+            || end.is_none_or(|e| e > clone.len)
+            || !offset.is_multiple_of(group_bytes)
+        {
+            return Err(StoreError::Range { chunk, offset, len });
+        }
+        let last = end == Some(clone.len);
+        let segs: Vec<Segment> = if len == 0 {
+            Vec::new()
+        } else {
+            Self::verify_payload(chunk, &piece)?.0
+        };
+        let guard = self.lock(chunk).await?;
+        let Some(mut header) = self.load_header(chunk)? else {
+            return Err(StoreError::NotFound { chunk });
+        };
+        if seq == 0 || seq > header.snap_floor {
+            return Err(StoreError::CloneNotMissing {
+                chunk,
+                seq,
+                floor: header.snap_floor,
+            });
+        }
+        let clones = self.clones(chunk)?;
+        let mut batch = sled::Batch::default();
+        let mut freed = Vec::new();
+        if offset == 0 {
+            // Start over: drop this clone's record and groups; their blocks
+            // go unless a version or another clone (complete or not) holds
+            // them.
+            let keep = self.held_blocks(chunk, &[seq])?;
+            for kv in self
+                .tree
+                .scan_prefix(layout::clone_blocks_prefix(chunk, seq))
+            {
+                let (k, v) = kv?;
+                for (_, e) in decode_group(&v)? {
+                    freed.extend(e.refs().map(|r| r.blockno).filter(|b| !keep.contains(b)));
+                }
+                batch.remove(k);
+            }
+            batch.remove(&layout::clone_key(chunk, seq)[..]);
+        } else if clones.iter().any(|(s, _)| *s == seq) {
+            // Not the continuation of an install in progress.
+            return Err(StoreError::Range { chunk, offset, len });
+        }
+        // Blocks equal to the next newer clone's share its storage.
+        let (first, last_block) = layout::block_range(offset, len);
+        let newer: HashMap<u32, BlockRef> = match clones.iter().find(|(s, _)| *s > seq) {
+            Some((s, _)) => self
+                .clone_entries(chunk, *s, first, last_block)?
+                .into_iter()
+                .filter_map(|(b, e)| e.committed.map(|r| (b, r)))
+                .collect(),
+            None => HashMap::new(),
+        };
+        let zero_crc = layout::zero_block_crc();
+        let mut refs: Vec<(u32, Option<BlockRef>)> = Vec::with_capacity(segs.len());
+        let mut fresh: Vec<(usize, Vec<u8>, BlockRef)> = Vec::new();
+        for (i, sg) in segs.iter().enumerate() {
+            let mut block = vec![0u8; BLOCK];
+            block[sg.in_block..sg.in_block + sg.len]
+                .copy_from_slice(&piece.data[sg.buf_off..sg.buf_off + sg.len]);
+            let crc = if sg.is_full() {
+                piece.segment_crcs[i]
+            } else {
+                crc32fast::hash(&block)
+            };
+            let seal = if sg.is_full() {
+                piece.seals.get(i).copied().unwrap_or(NO_SEAL)
+            } else {
+                NO_SEAL
+            };
+            if crc == zero_crc && seal == NO_SEAL && block.iter().all(|b| *b == 0) {
+                refs.push((sg.block, None));
+                continue;
+            }
+            if let Some(r) = newer.get(&sg.block)
+                && r.crc == crc
+                && r.seal == seal
+                && self
+                    .read_block(chunk, sg.block, *r)
+                    .await
+                    .is_ok_and(|b| b == block)
+            {
+                refs.push((sg.block, Some(*r)));
+                continue;
+            }
+            refs.push((sg.block, None));
+            fresh.push((
+                refs.len() - 1,
+                block,
+                BlockRef {
+                    blockno: 0,
+                    crc,
+                    seal,
+                },
+            ));
+        }
+        let runs = self.allocate(fresh.len() as u64).await?;
+        let stored: Vec<&[u8]> = fresh.iter().map(|(_, b, _)| &b[..]).collect();
+        let blocknos = match self.write_blocks(&runs, &stored).await {
+            Ok(b) => b,
+            Err(e) => {
+                self.free_runs(&runs);
+                return Err(e);
+            }
+        };
+        for ((at, _, r), blockno) in fresh.iter().zip(blocknos) {
+            refs[*at].1 = Some(BlockRef { blockno, ..*r });
+        }
+        let mut groups: std::collections::BTreeMap<u32, Vec<(u32, BlockEntry)>> =
+            std::collections::BTreeMap::new();
+        for (block, r) in refs {
+            if let Some(r) = r {
+                groups.entry(layout::group_of(block)).or_default().push((
+                    block,
+                    BlockEntry {
+                        committed: Some(r),
+                        pending: Vec::new(),
+                    },
+                ));
+            }
+        }
+        for (g, es) in &groups {
+            batch.insert(
+                &layout::clone_group_key(chunk, seq, *g)[..],
+                layout::encode_group(es.iter().map(|(b, e)| (*b, e))),
+            );
+        }
+        if last {
+            batch.insert(&layout::clone_key(chunk, seq)[..], clone.encode());
+            header.clone_seq = header.clone_seq.max(seq);
+            batch.insert(&layout::header_key(chunk)[..], header.encode());
+        }
+        if let Err(e) = self.tree.apply_batch(batch) {
+            self.free_runs(&runs);
+            return Err(e.into());
+        }
+        if last {
+            self.cache_header(chunk, header);
+        }
+        let ticket = self.meta_sync.ticket();
+        self.defer_frees(ticket, freed);
+        drop(guard);
+        self.flush_meta(ticket).await
+    }
+
+    /// Lowers `chunk`'s snapshot floor to `floor` and takes the sync
+    /// source's `birth` and newest write `seq` once the source has
+    /// installed every clone above `floor` here
+    /// ([`cairn_proto::frame::Opcode::SnapFloor`]); from then on this
+    /// replica serves those snapshots and keeps clones exactly as the
+    /// source does. Applied only while the committed version is `version`
+    /// and nothing is pending. Durable on return.
+    ///
+    /// # Errors
+    /// [`StoreError::NotFound`], [`StoreError::Stale`] (the chunk moved on),
+    /// [`StoreError::Pending`], metadata errors.
+    pub async fn set_snap_floor(
+        &self,
+        chunk: ChunkId,
+        version: u64,
+        floor: u64,
+        birth: u64,
+        seq: u64,
+    ) -> Result<()> {
+        self.check(chunk)?;
+        let guard = self.lock(chunk).await?;
+        let Some(mut header) = self.load_header(chunk)? else {
+            return Err(StoreError::NotFound { chunk });
+        };
+        if header.committed_version != version {
+            return Err(StoreError::Stale {
+                chunk,
+                newest: header.committed_version,
+                got: version,
+            });
+        }
+        if !header.pending.is_empty() {
+            return Err(StoreError::Pending { chunk });
+        }
+        if header.snap_floor <= floor {
+            return Ok(());
+        }
+        header.snap_floor = floor;
+        header.birth = birth;
+        header.seq = seq;
+        self.tree
+            .insert(&layout::header_key(chunk)[..], header.encode())?;
+        self.cache_header(chunk, header);
+        let ticket = self.meta_sync.ticket();
+        drop(guard);
+        self.flush_meta(ticket).await
+    }
+
+    /// Returns the block numbers `chunk`'s versions (committed, pending)
+    /// and clones hold — every clone's groups, an install in progress
+    /// included — except those of the clones keyed in `except`.
+    fn held_blocks(
+        &self,
+        chunk: ChunkId,
+        except: &[u64],
+    ) -> Result<std::collections::HashSet<u64>> {
+        let mut keep = std::collections::HashSet::new();
+        for (_, e) in self.entries(chunk, 0, u32::MAX)? {
+            keep.extend(e.refs().map(|r| r.blockno));
+        }
+        for kv in self
+            .tree
+            .scan_prefix(layout::clone_blocks_chunk_prefix(chunk))
+        {
+            let (k, v) = kv?;
+            let seq = k
+                .get(17..25)
+                .and_then(|b| b.try_into().ok())
+                .map(u64::from_be_bytes);
+            if seq.is_some_and(|s| except.contains(&s)) {
+                continue;
+            }
+            for (_, e) in decode_group(&v)? {
+                keep.extend(e.refs().map(|r| r.blockno));
+            }
+        }
+        Ok(keep)
     }
 
     /// Returns every chunk of this shard (for chunk reports, scrub and

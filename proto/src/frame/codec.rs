@@ -727,7 +727,7 @@ mod tests {
         let ping = Header::request(Opcode::Ping, 1).encode();
         type Tamper = Box<dyn Fn(&mut [u8; HEADER_LEN])>;
         let cases: Vec<(Tamper, FrameError)> = vec![
-            (Box::new(|h| h[5] = 0x0C), FrameError::UnknownOpcode(0x0C)),
+            (Box::new(|h| h[5] = 0x0F), FrameError::UnknownOpcode(0x0F)),
             (Box::new(|h| h[5] = 0x80), FrameError::UnknownOpcode(0x80)),
             (Box::new(|h| h[6] = 0x80), FrameError::ReservedFlags(0x80)),
             (Box::new(|h| h[7] = 0x80), FrameError::ReservedFlags(0x8000)),

@@ -71,6 +71,121 @@ pub enum Opcode {
     /// first of them (for routing). One request and one metadata flush per
     /// replica for the whole list: the garbage collector's removal.
     RemoveMany = 11,
+    /// Sync source → syncing member: list the snapshot state this replica
+    /// holds of the chunk (its clones, snapshot floor, birth and seq). The
+    /// successful reply's body is a [`CloneList`].
+    Clones = 12,
+    /// Sync source → syncing member: a piece of the chunk's clone kept for
+    /// snapshot `snap_seq`, stored at `offset`: `version`, `client_seq` and
+    /// `client_id` carry the clone's version, whole length and birth seq.
+    /// The piece at offset 0 replaces whatever the member held of that
+    /// clone; the clone exists only once the piece reaching its length has
+    /// arrived. Accepted only for a clone at or below the member's
+    /// snapshot floor (one it cannot have made itself).
+    InstallClone = 13,
+    /// Sync source → syncing member, after the clones: the member now holds
+    /// every clone the source holds above the source's floor, so it serves
+    /// snapshot reads above `snap_seq` (its new floor). `offset` and
+    /// `client_seq` carry the chunk's birth seq and newest write seq as the
+    /// source has them; applied only while the member's committed version
+    /// is still `version`.
+    SnapFloor = 14,
+}
+
+/// Most clones a [`CloneList`] may name (a volume keeps at most 256
+/// snapshots; clones of deleted ones linger until pruned).
+pub const MAX_CLONES: usize = 4096;
+
+/// One clone in a [`CloneList`]: the chunk as snapshots up to `seq` (and
+/// above the previous clone's) saw it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CloneInfo {
+    /// The clone's key: the snapshot seq of the write that replaced it.
+    pub seq: u64,
+    /// The chunk's committed version it keeps.
+    pub version: u64,
+    /// Its length.
+    pub len: u64,
+    /// The chunk's birth seq then.
+    pub birth: u64,
+}
+
+/// The body of a successful [`Opcode::Clones`] reply: a replica's snapshot
+/// state of one chunk.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CloneList {
+    /// Snapshots at or below it are not served here (copied without
+    /// clones).
+    pub floor: u64,
+    /// The seq of the mutation that created the chunk.
+    pub birth: u64,
+    /// The newest seq a committed mutation was written under.
+    pub seq: u64,
+    /// The clones, oldest first.
+    pub clones: Vec<CloneInfo>,
+}
+
+impl CloneList {
+    /// Encodes the list: floor, birth, seq, count, then seq, version, len
+    /// and birth of each clone, u64 LE each.
+    pub fn encode(&self) -> bytes::Bytes {
+        let mut out = Vec::with_capacity(32 + 32 * self.clones.len());
+        for v in [self.floor, self.birth, self.seq, self.clones.len() as u64] {
+            out.extend_from_slice(&v.to_le_bytes());
+        }
+        for c in &self.clones {
+            for v in [c.seq, c.version, c.len, c.birth] {
+                out.extend_from_slice(&v.to_le_bytes());
+            }
+        }
+        out.into()
+    }
+
+    /// Decodes a body made by [`Self::encode`].
+    ///
+    /// # Errors
+    /// A message saying what is wrong: a short or long body, or more than
+    /// [`MAX_CLONES`] clones.
+    pub fn decode(body: &[u8]) -> Result<CloneList, String> {
+        let word = |i: usize| -> Option<u64> {
+            let b = body.get(i * 8..i * 8 + 8)?;
+            let mut a = [0u8; 8];
+            a.copy_from_slice(b);
+            Some(u64::from_le_bytes(a))
+        };
+        let short = || format!("a clone list of {} bytes is cut short", body.len());
+        let (floor, birth, seq, n) = match (word(0), word(1), word(2), word(3)) {
+            (Some(a), Some(b), Some(c), Some(d)) => (a, b, c, d),
+            _ => return Err(short()),
+        };
+        let n = usize::try_from(n).unwrap_or(usize::MAX);
+        if n > MAX_CLONES {
+            return Err(format!(
+                "a clone list names {n} clones, at most {MAX_CLONES}"
+            ));
+        }
+        if body.len() != 32 + 32 * n {
+            return Err(format!(
+                "a clone list of {n} clones takes {} bytes, not {}",
+                32 + 32 * n,
+                body.len()
+            ));
+        }
+        let clones = (0..n)
+            .map(|i| CloneInfo {
+                seq: word(4 + 4 * i).unwrap_or(0),
+                version: word(5 + 4 * i).unwrap_or(0),
+                len: word(6 + 4 * i).unwrap_or(0),
+                birth: word(7 + 4 * i).unwrap_or(0),
+            })
+            .collect();
+        Ok(CloneList {
+            floor,
+            birth,
+            seq,
+            clones,
+        })
+    }
 }
 
 /// Most chunks one [`Opcode::RemoveMany`] names.
@@ -125,7 +240,7 @@ pub fn decode_chunk_list(body: &[u8]) -> Result<Vec<ChunkId>, String> {
 
 impl Opcode {
     /// Every opcode, in wire order.
-    pub const ALL: [Opcode; 11] = [
+    pub const ALL: [Opcode; 14] = [
         Self::Write,
         Self::Forward,
         Self::Commit,
@@ -137,6 +252,9 @@ impl Opcode {
         Self::Ping,
         Self::Install,
         Self::RemoveMany,
+        Self::Clones,
+        Self::InstallClone,
+        Self::SnapFloor,
     ];
 
     /// Returns the opcode for a wire value without the reply bit, or `None`
@@ -159,6 +277,9 @@ impl Opcode {
             Self::Ping => "ping",
             Self::Install => "install",
             Self::RemoveMany => "remove_many",
+            Self::Clones => "clones",
+            Self::InstallClone => "install_clone",
+            Self::SnapFloor => "snap_floor",
         }
     }
 
@@ -166,8 +287,10 @@ impl Opcode {
     /// body when it succeeds (rule 5 of the module doc).
     pub fn carries_data(self, reply: bool) -> bool {
         match self {
-            Self::Write | Self::Forward | Self::Install | Self::RemoveMany => !reply,
-            Self::Read | Self::ReadChunk => reply,
+            Self::Write | Self::Forward | Self::Install | Self::InstallClone | Self::RemoveMany => {
+                !reply
+            }
+            Self::Read | Self::ReadChunk | Self::Clones => reply,
             _ => false,
         }
     }
@@ -689,6 +812,43 @@ impl Reader<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn clone_lists_round_trip_and_bad_ones_are_refused() {
+        let list = CloneList {
+            floor: 9,
+            birth: 2,
+            seq: 11,
+            clones: (1..=3)
+                .map(|i| CloneInfo {
+                    seq: i * 3,
+                    version: i,
+                    len: i << 20,
+                    birth: 2,
+                })
+                .collect(),
+        };
+        let body = list.encode();
+        assert_eq!(body.len(), 32 + 3 * 32);
+        assert_eq!(CloneList::decode(&body).unwrap(), list);
+        assert_eq!(
+            CloneList::decode(&CloneList::default().encode()).unwrap(),
+            CloneList::default()
+        );
+        assert!(
+            CloneList::decode(&body[..20])
+                .unwrap_err()
+                .contains("cut short")
+        );
+        assert!(
+            CloneList::decode(&body[..100])
+                .unwrap_err()
+                .contains("takes")
+        );
+        let mut huge = body.to_vec();
+        huge[24..32].copy_from_slice(&u64::MAX.to_le_bytes());
+        assert!(CloneList::decode(&huge).unwrap_err().contains("at most"));
+    }
 
     #[test]
     fn chunk_lists_round_trip_and_bad_ones_are_refused() {
