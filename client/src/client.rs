@@ -26,7 +26,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use cairn_proto::ids::InodeId;
-use cairn_proto::meta::{Attr, DirEntry, FileType, Snapshot, UnlinkReply};
+use cairn_proto::meta::{Attr, DirEntry, FileType, UnlinkReply};
 use cairn_proto::{CairnStatus, ErrorCode};
 
 use crate::cache::{BlockCache, CacheConfig, CacheStats};
@@ -675,14 +675,6 @@ impl Client {
             Some(sp) => Ok(self.inner.meta.resolve_in_snapshot(&sp, path).await?.1),
             None => self.inner.meta.resolve(path).await,
         }
-    }
-
-    /// Returns volume `volume`'s ready snapshot `name`.
-    ///
-    /// # Errors
-    /// As [`MetaClient::ready_snapshot`].
-    pub async fn snapshot(&self, volume: &str, name: &str) -> Result<Snapshot> {
-        self.inner.meta.ready_snapshot(volume, name).await
     }
 
     /// Lists directory `path` with each entry's attributes.

@@ -1900,9 +1900,7 @@ async fn renew_loop(weak: Weak<Inner>, mut stop: watch::Receiver<bool>) {
     }
 }
 
-/// The name under a volume's root through which its snapshots are read:
-/// `/VOLUME/.snapshots/NAME/...` (meta keeps it free in volume roots).
-pub const SNAPSHOTS_DIR: &str = ".snapshots";
+pub use cairn_proto::names::SNAPSHOTS_DIR;
 
 /// A path at or under `/VOLUME/.snapshots`.
 #[derive(Debug, Clone, PartialEq, Eq)]

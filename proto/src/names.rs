@@ -3,6 +3,11 @@
 
 use crate::ErrorCode;
 
+/// The name through which a volume's snapshots are read under its root
+/// (`/VOLUME/.snapshots/NAME/...`): meta keeps it free in every volume
+/// root, clients resolve paths through it.
+pub const SNAPSHOTS_DIR: &str = ".snapshots";
+
 /// The longest name a directory entry may have, in bytes (NAME_MAX).
 pub const NAME_MAX: usize = 255;
 

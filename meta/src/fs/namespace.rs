@@ -69,10 +69,7 @@ pub(crate) fn put_inode<K: Kv + ?Sized>(t: &mut Txn<'_, K>, i: &mut Inode) {
     t.put(key::inode(i.ino), i);
 }
 
-/// The name through which clients show a volume's snapshots in its root
-/// directory (`/VOLUME/.snapshots/NAME/...`): no entry of a volume root
-/// may take it.
-pub const SNAPSHOTS_DIR: &str = ".snapshots";
+pub use cairn_proto::names::SNAPSHOTS_DIR;
 
 /// Writes directory entry `name` → `entry` of `parent`.
 ///
