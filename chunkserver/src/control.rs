@@ -67,6 +67,9 @@ pub struct ControlState {
     /// Meta's snapshots (see [`LiveSnapshots`]), once a heartbeat brought
     /// them.
     live_snapshots: RwLock<Option<Arc<LiveSnapshots>>>,
+    /// Per shard, the bytes stored for each snapshot alone (seq → bytes),
+    /// as the shard last computed them.
+    snapshot_space: Mutex<Vec<std::collections::BTreeMap<u64, u64>>>,
 }
 
 fn now_ms() -> u64 {
@@ -92,6 +95,7 @@ impl Default for ControlState {
             snap_seq: AtomicU64::new(0),
             writes_by_seq: Mutex::new(std::collections::BTreeMap::new()),
             live_snapshots: RwLock::new(None),
+            snapshot_space: Mutex::new(vec![std::collections::BTreeMap::new()]),
         }
     }
 }
@@ -288,6 +292,31 @@ impl ControlState {
         let n = shards.max(1) as usize;
         *lock(&self.chunk_lists) = vec![None; n];
         *lock(&self.removals) = vec![Vec::new(); n];
+        *lock(&self.snapshot_space) = vec![std::collections::BTreeMap::new(); n];
+    }
+
+    /// Publishes the bytes shard `shard` stores for each snapshot alone.
+    pub fn set_snapshot_space(&self, shard: u32, space: std::collections::BTreeMap<u64, u64>) {
+        if let Some(s) = lock(&self.snapshot_space).get_mut(shard as usize) {
+            *s = space;
+        }
+    }
+
+    /// The bytes this chunkserver stores for each snapshot alone, summed
+    /// over its shards.
+    pub fn snapshot_space(&self) -> Vec<pb::SnapshotSpace> {
+        let mut sum: std::collections::BTreeMap<u64, u64> = std::collections::BTreeMap::new();
+        for m in lock(&self.snapshot_space).iter() {
+            for (seq, b) in m {
+                *sum.entry(*seq).or_default() += b;
+            }
+        }
+        sum.into_iter()
+            .map(|(seq, exclusive_bytes)| pb::SnapshotSpace {
+                seq,
+                exclusive_bytes,
+            })
+            .collect()
     }
 
     /// Whether shard `shard` owes a list for the next chunk report (the
@@ -544,6 +573,7 @@ pub async fn run(
         };
         let sent_at = now_ms();
         let drained = state.snap_seq_drained();
+        let space = state.snapshot_space();
         let r = meta
             .call(|mut c| {
                 let req = pb::ChunkserverHeartbeatRequest {
@@ -554,6 +584,7 @@ pub async fn run(
                     repair: Some(repair),
                     leaving: state.leaving.load(Ordering::Acquire),
                     snap_seq_drained: drained,
+                    snapshot_space: space.clone(),
                 };
                 async move { c.chunkserver_heartbeat(req).await }
             })

@@ -198,6 +198,24 @@ async fn a_snapshot_reads_back_as_it_was_whatever_the_live_tree_does() -> Result
     ensure!(client.read_file("/ds/writer").await? == vec![7u8; 8192]);
     check(client.clone()).await?;
 
+    // What v1 alone holds, all three replicas: the 256 blocks of `a` the
+    // first write replaced, the 25 blocks `b` lost to its truncate, the two
+    // of `writer`, and `d/c` (5000 bytes) deleted since.
+    let want = 3 * ((256 + 25 + 2) * 4096 + 5000);
+    let deadline = Instant::now() + Duration::from_secs(40);
+    loop {
+        let all = client.meta().list_snapshots("ds").await?;
+        let got = all.first().map_or(0, |s| s.exclusive_bytes);
+        if got == want {
+            break;
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "snapshot v1 holds {got} bytes alone, expected {want}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+
     // Snapshots are read-only.
     let w = client
         .open("/ds/.snapshots/v1/a", cairn_client::OpenOptions::WRITE)

@@ -69,6 +69,9 @@ pub struct Liveness {
     /// Per chunkserver, the newest snapshot seq it fences writes with and
     /// has drained writes under older ones (its last heartbeat).
     pub snap_acks: HashMap<u64, u64>,
+    /// Per chunkserver, the bytes it stores for each snapshot alone (seq →
+    /// bytes, its last heartbeat).
+    pub snapshot_space: HashMap<u64, Vec<pb::SnapshotSpace>>,
 }
 
 /// How many corrupt replicas the leader remembers; past it, the replica
@@ -701,6 +704,7 @@ fn snapshot_pb(s: &crate::fs::Snapshot, ready: bool) -> pb::Snapshot {
         used_bytes: s.used_bytes,
         used_inodes: s.used_inodes,
         ready,
+        exclusive_bytes: 0,
     }
 }
 
@@ -1460,10 +1464,26 @@ impl Meta for MetaService {
             );
         };
         let snapshots = fs.snapshots(v.id).map_err(fs_err)?;
+        // Old chunk versions each snapshot alone reads, on every
+        // chunkserver that reported; the files deleted from the live tree
+        // that the oldest keeps (deleting a later one hands its kept files
+        // to the one before it).
+        let mut exclusive: HashMap<u64, u64> = HashMap::new();
+        for rows in self.shared.liveness().snapshot_space.values() {
+            for r in rows {
+                *exclusive.entry(r.seq).or_default() += r.exclusive_bytes;
+            }
+        }
+        if let Some(oldest) = snapshots.iter().map(|s| s.seq).min() {
+            let kept = fs.pinned_bytes(v.id, oldest).map_err(fs_err)?;
+            *exclusive.entry(oldest).or_default() += kept;
+        }
         let mut out = Vec::with_capacity(snapshots.len());
         for s in &snapshots {
             let ready = snapshot_pending(&self.shared, s.seq)?.is_empty();
-            out.push(snapshot_pb(s, ready));
+            let mut p = snapshot_pb(s, ready);
+            p.exclusive_bytes = exclusive.get(&s.seq).copied().unwrap_or(0);
+            out.push(p);
         }
         Ok(Response::new(pb::ListSnapshotsReply { snapshots: out }))
     }
@@ -1708,6 +1728,8 @@ impl Meta for MetaService {
             let mut live = self.shared.liveness();
             live.chunkservers.insert(r.chunkserver_id, (now, r.targets));
             live.snap_acks.insert(r.chunkserver_id, r.snap_seq_drained);
+            live.snapshot_space
+                .insert(r.chunkserver_id, r.snapshot_space);
             if let Some(mut p) = r.repair {
                 if let Some((at, prev)) = live.repair.get(&r.chunkserver_id) {
                     let secs = now.duration_since(*at).as_secs_f64();

@@ -106,6 +106,10 @@ const REPAIR_RETRY: Duration = Duration::from_millis(500);
 /// Longest pause before retrying a failed repair.
 const REPAIR_RETRY_MAX: Duration = Duration::from_secs(60);
 
+/// How often a shard counts the bytes each snapshot holds alone (also
+/// whenever the snapshot list changes).
+const SPACE_INTERVAL: Duration = Duration::from_secs(10);
+
 /// How long a resync waits for older writes to drain before it gives up
 /// for this round.
 const DRAIN_LIMIT: Duration = Duration::from_secs(30);
@@ -137,6 +141,7 @@ pub async fn run(
     let mut done: HashSet<(u32, u64)> = HashSet::new();
     // The live snapshot list clones were last pruned against.
     let mut pruned_for: Option<std::sync::Arc<crate::control::LiveSnapshots>> = None;
+    let mut space_at: Option<Instant> = None;
     let mut backoff: std::collections::HashMap<ChunkId, (Instant, Duration)> =
         std::collections::HashMap::new();
     while !stop.get() {
@@ -150,7 +155,9 @@ pub async fn run(
                 Err(e) => tracing::warn!("listing chunks for the chunk report: {}", e.msg),
             }
         }
-        // Clones no snapshot reads any more go when meta's list changes.
+        // Clones no snapshot reads any more go when meta's list changes;
+        // then, and every SPACE_INTERVAL, the bytes each snapshot holds
+        // alone are counted again.
         if let Some(live) = shard.control.live_snapshots()
             && pruned_for.as_ref() != Some(&live)
         {
@@ -160,9 +167,19 @@ pub async fn run(
                         tracing::info!(clones = n, "freed chunk clones no snapshot reads");
                     }
                     pruned_for = Some(live);
+                    space_at = None;
                 }
                 Err(e) => tracing::warn!("pruning chunk clones: {e}"),
             }
+        }
+        if let Some(live) = &pruned_for
+            && space_at.is_none_or(|t: Instant| t.elapsed() >= SPACE_INTERVAL)
+        {
+            match shard.store.snapshot_space(&live.seqs).await {
+                Ok(m) => shard.control.set_snapshot_space(shard.shard, m),
+                Err(e) => tracing::warn!("counting snapshot space: {e}"),
+            }
+            space_at = Some(Instant::now());
         }
         let orphans = shard.control.take_removals(shard.shard);
         if !orphans.is_empty()

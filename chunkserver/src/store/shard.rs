@@ -1875,6 +1875,66 @@ impl ShardStore {
         Ok(dropped)
     }
 
+    /// Returns, per snapshot seq of `live` (the ready snapshots, ascending),
+    /// the bytes this shard stores for that snapshot alone: blocks of
+    /// clones that serve exactly that one snapshot and that no other
+    /// version or clone of their chunk holds. Deleting the snapshot frees
+    /// them (the next prune). Seqs with nothing exclusive are absent.
+    ///
+    /// # Errors
+    /// Metadata errors.
+    pub async fn snapshot_space(
+        &self,
+        live: &[u64],
+    ) -> Result<std::collections::BTreeMap<u64, u64>> {
+        let mut out = std::collections::BTreeMap::new();
+        let mut chunks = Vec::new();
+        for kv in self.tree.scan_prefix(layout::clones_prefix()) {
+            let (k, _) = kv?;
+            if let Some((chunk, _)) = layout::decode_clone_key(&k)
+                && chunks.last() != Some(&chunk)
+            {
+                chunks.push(chunk);
+            }
+        }
+        for chunk in chunks {
+            glommio::yield_if_needed().await;
+            let clones = self.clones(chunk)?;
+            // How many versions hold each block.
+            let mut holders: HashMap<u64, u32> = HashMap::new();
+            let mut current = std::collections::HashSet::new();
+            for (_, e) in self.entries(chunk, 0, u32::MAX)? {
+                current.extend(e.refs().map(|r| r.blockno));
+            }
+            for b in current {
+                *holders.entry(b).or_default() += 1;
+            }
+            let mut blocks = Vec::with_capacity(clones.len());
+            for (seq, _) in &clones {
+                let bs: Vec<u64> = self
+                    .clone_blocks(chunk, *seq, 0, u32::MAX)?
+                    .into_values()
+                    .collect();
+                for b in &bs {
+                    *holders.entry(*b).or_default() += 1;
+                }
+                blocks.push(bs);
+            }
+            let mut prev = 0;
+            for ((seq, _), bs) in clones.iter().zip(&blocks) {
+                let mut served = live.iter().filter(|t| **t > prev && **t <= *seq);
+                if let (Some(t), None) = (served.next(), served.next()) {
+                    let own = bs.iter().filter(|b| holders.get(b) == Some(&1)).count();
+                    if own > 0 {
+                        *out.entry(*t).or_default() += own as u64 * BLOCK_SIZE;
+                    }
+                }
+                prev = *seq;
+            }
+        }
+        Ok(out)
+    }
+
     /// Returns `chunk`'s snapshot state as a resync compares it (floor,
     /// birth, newest write seq, clones oldest first), `None` if unknown.
     ///

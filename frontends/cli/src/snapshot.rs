@@ -30,7 +30,11 @@ pub enum SnapshotCommand {
         /// The snapshot's name (a file name: no '/').
         name: String,
     },
-    /// List VOLUME's snapshots, oldest first.
+    /// List VOLUME's snapshots, oldest first: when each was taken, what the
+    /// volume held then (BYTES, INODES), and EXCLUSIVE, the bytes on disk
+    /// (all replicas) that deleting it would free — the old chunk versions
+    /// only it reads, as the chunkservers last counted them (every 10 s),
+    /// and for the oldest snapshot the files deleted since that it keeps.
     #[command(alias = "list")]
     Ls {
         /// The volume.
@@ -131,6 +135,7 @@ fn snapshot_json(s: &Snapshot) -> serde_json::Value {
         "created": full_time(s.created_ns),
         "used_bytes": s.used_bytes,
         "used_inodes": s.used_inodes,
+        "exclusive_bytes": s.exclusive_bytes,
         "ready": s.ready,
     })
 }
@@ -178,6 +183,7 @@ pub async fn run(c: &MetaClient, cmd: &SnapshotCommand, json: bool) -> anyhow::R
                         short_time(s.created_ns),
                         human_bytes(s.used_bytes),
                         s.used_inodes.to_string(),
+                        human_bytes(s.exclusive_bytes),
                         if s.ready { "yes" } else { "not yet" }.to_string(),
                     ]
                 })
@@ -185,9 +191,17 @@ pub async fn run(c: &MetaClient, cmd: &SnapshotCommand, json: bool) -> anyhow::R
             print!(
                 "{}",
                 table(
-                    &["NAME", "SEQ", "CREATED (UTC)", "BYTES", "INODES", "READY"],
+                    &[
+                        "NAME",
+                        "SEQ",
+                        "CREATED (UTC)",
+                        "BYTES",
+                        "INODES",
+                        "EXCLUSIVE",
+                        "READY"
+                    ],
                     &rows,
-                    &[1, 3, 4]
+                    &[1, 3, 4, 5]
                 )
             );
         }

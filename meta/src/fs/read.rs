@@ -244,6 +244,26 @@ impl<K: Kv> FsState<K> {
         Ok(all.into_iter().filter(|s| !s.deleting).collect())
     }
 
+    /// Returns the bytes of the files deleted from volume `volume`'s live
+    /// tree that snapshot `seq` keeps (pinned under its seq): each file's
+    /// length times its replication.
+    pub fn pinned_bytes(&self, volume: u64, seq: u64) -> ReadResult<u64> {
+        let rows = flatten(
+            self.txn()
+                .scan(&key::pinned_prefix(volume, seq), None, usize::MAX)
+                .map_err(OpError::from),
+        )?;
+        let mut sum = 0u64;
+        for (k, v) in rows {
+            let g: super::Garbage = flatten(super::store::decode(&k, &v).map_err(OpError::from))?;
+            sum = sum.saturating_add(
+                g.size
+                    .saturating_mul(u64::from(g.layout.replication.max(1))),
+            );
+        }
+        Ok(sum)
+    }
+
     /// Returns the cluster's newest snapshot seq (0 before the first).
     pub fn snap_seq(&self) -> ReadResult<u64> {
         let next: Option<u64> = flatten(
