@@ -35,6 +35,8 @@
 //! * [`small`]: `cairn-bench small`, metadata and small-file operations
 //!   through a `cairn mount`, through the native client and on the local
 //!   file system (plain and fsynced).
+//! * [`snapshot`]: `cairn-bench snapshot`, what a volume snapshot costs:
+//!   taking one, the first write after it, creates, its space.
 //! * [`mount`]: the servers, a volume and its `cairn mount`, for the
 //!   workloads that go through FUSE.
 //! * [`cluster`]: the meta cluster a workload runs against.
@@ -70,6 +72,7 @@ pub mod repair;
 pub mod report;
 pub mod servers;
 pub mod small;
+pub mod snapshot;
 pub mod watch;
 
 use std::path::PathBuf;

@@ -13,6 +13,7 @@ use cairn_bench::fuse::{self, FuseArgs};
 use cairn_bench::meta::{self, MetaArgs};
 use cairn_bench::repair::{self, RepairArgs};
 use cairn_bench::small::{self, SmallArgs};
+use cairn_bench::snapshot::{self, SnapshotArgs};
 use cairn_bench::{BIN_DIR_ENV, CommonArgs, report};
 use clap::{Parser, Subcommand};
 use serde::Serialize;
@@ -82,6 +83,12 @@ Workloads:
          back to 3 replicas, and the copy throughput as a ratio to O_DIRECT
          sequential writes of --size on the same disk in the same run.
          Details: cairn-bench repair --help
+  snapshot What a volume snapshot costs: taking one (3 cairn-meta, 3
+         chunkservers, a 3-replica volume), the first durable 4 KiB write
+         to each chunk after it and a second round, creates with snapshots
+         present, beside the same phases without a snapshot and local
+         pwrite + fdatasync / create + fsync; the bytes it holds alone.
+         Details: cairn-bench snapshot --help
 
 Every workload prints a table on stdout (progress on stderr), writes every
 figure with the machine (nproc, kernel) and the command line to --json FILE,
@@ -136,6 +143,11 @@ enum Workload {
     /// MiB/s) beside the raw disk's write throughput.
     #[command(long_about = repair::LONG_ABOUT)]
     Repair(RepairArgs),
+    /// What a volume snapshot costs: taking one, the first write after
+    /// it, creates with snapshots, the space it holds; beside the same
+    /// operations without one and the local disk.
+    #[command(long_about = snapshot::LONG_ABOUT)]
+    Snapshot(SnapshotArgs),
 }
 
 impl Workload {
@@ -147,6 +159,7 @@ impl Workload {
             Workload::Fuse(a) => &a.common,
             Workload::Small(a) => &a.common,
             Workload::Repair(a) => &a.common,
+            Workload::Snapshot(a) => &a.common,
         }
     }
 }
@@ -223,6 +236,11 @@ fn run(cli: Cli) -> Result<()> {
             &rt.block_on(repair::run(&args, command_line))?,
             args.common.json.as_deref(),
             repair::print_table,
+        ),
+        Workload::Snapshot(args) => output(
+            &rt.block_on(snapshot::run(&args, command_line))?,
+            args.common.json.as_deref(),
+            snapshot::print_table,
         ),
     }
 }

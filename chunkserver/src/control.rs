@@ -126,15 +126,25 @@ impl Drop for SnapWrite<'_> {
             *n -= 1;
             if *n == 0 {
                 m.remove(&self.seq);
+                // The last write under an older seq than the fence: meta
+                // waits for this to make a snapshot ready, so tell it now.
+                if self.seq < self.state.snap_seq() {
+                    self.state.wake.notify_one();
+                }
             }
         }
     }
 }
 
 impl ControlState {
-    /// Raises the snapshot fence to `seq` (never lowers it).
+    /// Raises the snapshot fence to `seq` (never lowers it). A new fence
+    /// sends a heartbeat at once: a snapshot is ready when every
+    /// chunkserver has reported it drained, and waiting for the next
+    /// regular heartbeat would make taking one last up to an interval.
     pub fn learn_snap_seq(&self, seq: u64) {
-        self.snap_seq.fetch_max(seq, Ordering::SeqCst);
+        if self.snap_seq.fetch_max(seq, Ordering::SeqCst) < seq {
+            self.wake.notify_one();
+        }
     }
 
     /// Returns the snapshot fence.

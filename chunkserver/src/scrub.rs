@@ -137,6 +137,10 @@ pub struct PassSummary {
     pub blocks: u64,
     /// Chunks reported corrupt.
     pub corrupt_chunks: u64,
+    /// Chunks with a corrupt old version (a snapshot's clone) that the
+    /// current version does not share: snapshot reads of those blocks fail
+    /// their CRC here and go to another replica.
+    pub corrupt_clones: u64,
     /// Chunks that could not be checked (I/O or metadata errors).
     pub errors: u64,
     /// Whether the pass ended early because of the stop flag.
@@ -200,7 +204,16 @@ pub async fn scrub_pass(
         }
         let (blocks_read, outcome) = scrub_one(store, chunk).await;
         match outcome {
-            Ok(Some((blocks, bad))) => {
+            Ok(Some((blocks, bad, bad_clones))) => {
+                if !bad_clones.is_empty() {
+                    summary.corrupt_clones += 1;
+                    tracing::error!(
+                        %chunk,
+                        bad_clone_blocks = ?bad_clones,
+                        "scrub: blocks of old versions kept for snapshots fail their CRC; \
+                         snapshot reads of them go to other replicas"
+                    );
+                }
                 summary.chunks += 1;
                 summary.blocks += blocks;
                 metrics.scrubbed_chunk(blocks, blocks * BLOCK_SIZE, bad.len() as u64);
@@ -236,22 +249,23 @@ pub async fn scrub_pass(
     summary
 }
 
+/// What [`scrub_one`] found: blocks checked, confirmed bad blocks of the
+/// current version (ascending, deduplicated) and of clones.
+type Found = (u64, Vec<u32>, Vec<(u64, u32)>);
+
 /// Scrubs `chunk`, confirming bad blocks with a second scrub. Returns the
-/// blocks read (for pacing) and the blocks checked with the confirmed bad
-/// ones (ascending, deduplicated), or `None` if the chunk is gone.
-async fn scrub_one(
-    store: &ShardStore,
-    chunk: ChunkId,
-) -> (u64, Result<Option<(u64, Vec<u32>)>, StoreError>) {
+/// blocks read (for pacing) and what it found, or `None` if the chunk is
+/// gone.
+async fn scrub_one(store: &ShardStore, chunk: ChunkId) -> (u64, Result<Option<Found>, StoreError>) {
     let first = match store.scrub_chunk(chunk).await {
         Ok(r) => r,
         Err(StoreError::NotFound { .. }) => return (0, Ok(None)),
         Err(e) => return (0, Err(e)),
     };
-    if first.bad_blocks.is_empty() {
+    if first.bad_blocks.is_empty() && first.bad_clone_blocks.is_empty() {
         return (
             first.blocks_checked,
-            Ok(Some((first.blocks_checked, Vec::new()))),
+            Ok(Some((first.blocks_checked, Vec::new(), Vec::new()))),
         );
     }
     let mut read = first.blocks_checked;
@@ -264,7 +278,10 @@ async fn scrub_one(
     let mut bad = second.bad_blocks;
     bad.sort_unstable();
     bad.dedup();
-    (read, Ok(Some((second.blocks_checked, bad))))
+    (
+        read,
+        Ok(Some((second.blocks_checked, bad, second.bad_clone_blocks))),
+    )
 }
 
 /// Sleeps `d`, waking every [`STOP_POLL`] to look at `stop`; returns false
@@ -480,6 +497,7 @@ mod tests {
                             chunks: 2,
                             blocks: 6,
                             corrupt_chunks: 1,
+                            corrupt_clones: 0,
                             errors: 0,
                             stopped: false,
                         }

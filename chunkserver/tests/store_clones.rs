@@ -350,3 +350,48 @@ fn a_chunk_born_after_a_snapshot_is_a_hole_in_it_and_a_copy_has_no_old_snapshots
         assert_eq!(snapshot(&s, 10).await, Some(d));
     });
 }
+
+#[test]
+fn scrub_checks_the_blocks_only_a_clone_holds() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    Target::format(dir.path(), 1).expect("format");
+    let p = dir.path().to_path_buf();
+    run(move || async move {
+        let t = Target::open(&p).expect("open");
+        let s = t.open_shard(0).await.expect("shard");
+        // Two blocks; the second is replaced after snapshot 1, so only the
+        // clone holds its old bytes (0xB1).
+        let mut d = vec![0xB0u8; 4096];
+        d.extend(vec![0xB1u8; 4096]);
+        write(&s, 1, 0, &d, 0, true).await;
+        write(&s, 2, 4096, &[0xC2u8; 4096], 1, true).await;
+        let r = s.scrub_chunk(C).await.expect("scrub");
+        assert_eq!(
+            r.blocks_checked, 3,
+            "two current blocks and the clone's own"
+        );
+        assert!(r.bad_blocks.is_empty() && r.bad_clone_blocks.is_empty());
+        s.close().await.expect("close");
+    });
+    let file = dir.path().join("data/shard-0.dat");
+    let mut bytes = std::fs::read(&file).expect("read data file");
+    let at = bytes
+        .chunks(4096)
+        .position(|b| b.iter().all(|x| *x == 0xB1))
+        .expect("the clone's block on disk");
+    bytes[at * 4096 + 99] ^= 0x08;
+    std::fs::write(&file, &bytes).expect("corrupt");
+    let p = dir.path().to_path_buf();
+    run(move || async move {
+        let t = Target::open(&p).expect("open");
+        let s = t.open_shard(0).await.expect("shard");
+        let r = s.scrub_chunk(C).await.expect("scrub");
+        assert!(r.bad_blocks.is_empty(), "the current version is whole");
+        assert_eq!(r.bad_clone_blocks, vec![(1, 1)]);
+        // The snapshot read fails its CRC rather than return bad bytes.
+        assert!(matches!(
+            s.read_snapshot(C, 1, 0, 8192).await,
+            Err(StoreError::Checksum { block: 1, .. })
+        ));
+    });
+}

@@ -198,4 +198,8 @@ pub struct ScrubReport {
     pub blocks_checked: u64,
     /// Block indexes (in the chunk) whose stored bytes fail their CRC.
     pub bad_blocks: Vec<u32>,
+    /// Blocks of clones (old versions snapshots read) that fail their CRC,
+    /// as (clone seq, block index); only those not shared with the
+    /// current version (those count in `bad_blocks`).
+    pub bad_clone_blocks: Vec<(u64, u32)>,
 }

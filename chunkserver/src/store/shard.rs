@@ -2266,7 +2266,9 @@ impl ShardStore {
     }
 
     /// Re-reads every stored block of `chunk` (committed and pending
-    /// versions) and checks it against its CRC.
+    /// versions, and its clones: the old versions snapshots read) and
+    /// checks it against its CRC; a block several versions share is read
+    /// once.
     ///
     /// # Errors
     /// [`StoreError::NotFound`], I/O and metadata errors. Bad blocks are
@@ -2277,12 +2279,29 @@ impl ShardStore {
             return Err(StoreError::NotFound { chunk });
         }
         let mut report = ScrubReport::default();
+        let mut seen = std::collections::HashSet::new();
         for (block, e) in self.entries(chunk, 0, u32::MAX)? {
             for r in e.refs() {
+                if !seen.insert(r.blockno) {
+                    continue;
+                }
                 report.blocks_checked += 1;
                 match self.read_block(chunk, block, r).await {
                     Ok(_) => {}
                     Err(StoreError::Checksum { .. }) => report.bad_blocks.push(block),
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        for (seq, _) in self.clones(chunk)? {
+            for (block, e) in self.clone_entries(chunk, seq, 0, u32::MAX)? {
+                let Some(r) = e.committed.filter(|r| seen.insert(r.blockno)) else {
+                    continue;
+                };
+                report.blocks_checked += 1;
+                match self.read_block(chunk, block, r).await {
+                    Ok(_) => {}
+                    Err(StoreError::Checksum { .. }) => report.bad_clone_blocks.push((seq, block)),
                     Err(e) => return Err(e),
                 }
             }
