@@ -491,6 +491,25 @@ async fn duty_round(shared: &Shared) -> Result<(), CairnStatus> {
     check_chunkservers(shared).await?;
     expire_sessions(shared).await?;
     merge_deleted_snapshots(shared).await?;
+    step_restores(shared).await?;
+    Ok(())
+}
+
+/// How long one round of leader duties spends copying restores.
+const RESTORE_ROUND: Duration = Duration::from_millis(100);
+
+/// Goes on copying the restores under way (`fs::restore`), one step after
+/// the other for up to [`RESTORE_ROUND`] per round.
+async fn step_restores(shared: &Shared) -> Result<(), CairnStatus> {
+    let started = std::time::Instant::now();
+    for (volume, _) in shared.fs.restores().map_err(CairnStatus::from)? {
+        while started.elapsed() < RESTORE_ROUND {
+            let r = shared.propose(None, Op::RestoreStep { volume }).await?;
+            if matches!(r, crate::fs::Reply::Restore(_, None)) {
+                break;
+            }
+        }
+    }
     Ok(())
 }
 

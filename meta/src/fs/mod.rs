@@ -21,6 +21,7 @@ mod keys;
 pub mod locks;
 mod namespace;
 pub mod read;
+pub mod restore;
 mod session;
 pub mod snapshots;
 pub mod store;
@@ -475,6 +476,14 @@ impl<K: Kv> FsState<K> {
                 snapshots::merge(t, *volume, *seq, snapshots::MERGE_PER_ENTRY)?;
                 Ok(Reply::Unit)
             }
+            Op::RestoreSnapshot {
+                volume,
+                snapshot,
+                to,
+            } => restore::start(t, volume, snapshot, to, now),
+            Op::RestoreStep { volume } => restore::step(t, *volume, restore::STEP_ENTRIES, now),
+            Op::CopyUp { ino, discard } => restore::copy_up(t, cmd.client_id, *ino, *discard, now),
+            Op::CopyDone { ino } => restore::copy_done(t, cmd.client_id, *ino),
             Op::ForgetGarbage { objects } => {
                 for o in objects {
                     t.delete(store::key::garbage(*o));
@@ -540,6 +549,7 @@ pub(crate) fn next<K: Kv + ?Sized>(t: &mut Txn<'_, K>, name: &str, first: u64) -
 mod tests {
     use openraft::{CommittedLeaderId, EntryPayload, LogId};
 
+    mod restore;
     mod snapshots;
 
     use super::*;

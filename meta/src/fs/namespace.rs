@@ -92,6 +92,28 @@ fn put_entry<K: Kv + ?Sized>(
     Ok(())
 }
 
+/// Adds volume root `root` under `name` in the root directory (the end of
+/// a restore; the name was reserved for it).
+///
+/// # Errors
+/// `Exists` when the name is taken after all; the store failed.
+pub(crate) fn add_volume_entry<K: Kv + ?Sized>(
+    t: &mut Txn<'_, K>,
+    name: &str,
+    root: u64,
+    now: i64,
+) -> FsResult<()> {
+    if entry(t, ROOT_INO, name)?.is_some() {
+        fail!(Exists, "{name:?} already exists in the root directory");
+    }
+    let mut p = dir(t, ROOT_INO)?;
+    t.put(key::dentry(ROOT_INO, name), &(root, Kind::Dir));
+    p.nlink += 1;
+    touch_dir(&mut p, now);
+    put_inode(t, &mut p);
+    Ok(())
+}
+
 fn touch_dir(d: &mut Inode, now: i64) {
     d.mtime = now;
     d.ctime = now;
@@ -237,6 +259,9 @@ pub(crate) fn mkdir<K: Kv + ?Sized>(
     let mut p = dir(t, parent)?;
     if entry(t, parent, name)?.is_some() {
         fail!(Exists, "{name:?} already exists in directory {parent}");
+    }
+    if parent == ROOT_INO {
+        super::restore::check_name_free(t, name)?;
     }
     let ino = next(t, counter::NEXT_INO, ROOT_INO + 1)?;
     let mut d = new_inode(ino, Kind::Dir, mode, uid, gid, now);
@@ -548,6 +573,11 @@ fn drop_link<K: Kv + ?Sized>(
 pub(crate) fn free_inode<K: Kv + ?Sized>(t: &mut Txn<'_, K>, i: &Inode, now: i64) -> FsResult<()> {
     t.delete(key::inode(i.ino));
     t.delete(key::orphan(i.ino));
+    // A restored file's link to its snapshot's data (the snapshot keeps
+    // the data itself).
+    if t.get_raw(&key::origin(i.ino))?.is_some() {
+        t.delete(key::origin(i.ino));
+    }
     for (k, _) in t.scan(&key::xattr_prefix(i.ino), None, usize::MAX)? {
         t.delete(k);
     }
@@ -609,6 +639,7 @@ fn remove_dir<K: Kv + ?Sized>(t: &mut Txn<'_, K>, d: &Inode, parent: u64) -> FsR
         t.delete(key::volume(d.volume));
         keys::forget(t, d.volume);
         compression::forget(t, d.volume);
+        super::restore::forget(t, d.volume)?;
     } else {
         charge(t, d.volume, -1, 0)?;
     }
@@ -639,7 +670,8 @@ pub(crate) fn rmdir<K: Kv + ?Sized>(
         if held > 0 {
             fail!(
                 NotEmpty,
-                "volume {name} has {held} snapshots (some may still be being deleted); delete                  them first"
+                "volume {name} has {held} snapshots (some may still be being deleted); delete \
+                 them first"
             );
         }
     }
@@ -709,6 +741,9 @@ pub(crate) fn rename<K: Kv + ?Sized>(
     let Some((src_ino, src_kind)) = entry(t, a.parent, a.name)? else {
         fail!(NotFound, "no entry {:?} in directory {}", a.name, a.parent);
     };
+    if a.new_parent == ROOT_INO {
+        super::restore::check_name_free(t, a.new_name)?;
+    }
     if p.volume != np.volume {
         fail!(CrossVolume, "cannot rename across volumes");
     }
@@ -877,6 +912,18 @@ pub(crate) fn setattr<K: Kv + ?Sized>(
             Kind::Dir => fail!(IsDir, "cannot truncate a directory"),
             Kind::Symlink => fail!(Invalid, "cannot truncate a symlink"),
             k => fail!(Invalid, "cannot truncate a special file ({k:?})"),
+        }
+        if t.get_raw(&key::origin(ino))?.is_some() {
+            // Its data is still the snapshot's: emptied, it no longer is;
+            // any other length needs the data copied first.
+            if size != 0 {
+                fail!(
+                    Unavailable,
+                    "inode {ino} still reads its data from the snapshot it was restored \
+                     from: copy it up (open it for writing) before changing its length"
+                );
+            }
+            t.delete(key::origin(ino));
         }
         charge_bytes(t, i.volume, i.size, size)?;
         i.size = size;

@@ -244,6 +244,22 @@ impl<K: Kv> FsState<K> {
         Ok(all.into_iter().filter(|s| !s.deleting).collect())
     }
 
+    /// Returns every restore under way: (the new volume's id, its job).
+    pub fn restores(&self) -> ReadResult<Vec<(u64, super::RestoreJob)>> {
+        let rows = flatten(
+            self.txn()
+                .scan(key::RESTORES, None, usize::MAX)
+                .map_err(OpError::from),
+        )?;
+        let mut out = Vec::with_capacity(rows.len());
+        for (k, v) in rows {
+            let j: super::RestoreJob =
+                flatten(super::store::decode(&k, &v).map_err(OpError::from))?;
+            out.push((key::id_of(&k), j));
+        }
+        Ok(out)
+    }
+
     /// Returns the bytes of the files deleted from volume `volume`'s live
     /// tree that snapshot `seq` keeps (pinned under its seq): each file's
     /// length times its replication.

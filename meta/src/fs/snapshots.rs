@@ -271,6 +271,7 @@ pub(crate) fn delete<K: Kv + ?Sized>(
     else {
         fail!(NotFound, "volume {volume_name} has no snapshot {name}");
     };
+    super::restore::check_no_dependents(t, v.id, s.seq, name)?;
     s.deleting = true;
     t.put(key::snapshot(v.id, s.seq), &s);
     merge(t, v.id, s.seq, MERGE_PER_ENTRY)?;

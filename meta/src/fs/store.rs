@@ -23,6 +23,11 @@
 //! | `S` | volume id, seq | [`Snapshot`](super::Snapshot) |
 //! | `P` | volume id, epoch, key | a namespace record's value at snapshot `epoch` (see [`super::snapshots`]) |
 //! | `h` | volume id, epoch, object id | [`Garbage`](super::Garbage) a snapshot still holds |
+//! | `b` | ino | [`Origin`](super::Origin): a restored file still reading its snapshot (versioned) |
+//! | `R` | volume id | [`RestoreJob`](super::RestoreJob): a restore into that volume |
+//! | `M` | volume id, source ino | the copy's ino — a restore's hard-link map |
+//! | `Q` | volume id, seq, restored volume id | () — a volume restored from that snapshot |
+//! | `B` | volume id | (volume id, seq) of the snapshot it was restored from |
 //! | `m` | name | counters and cluster facts |
 //!
 //! Integers are big-endian so keys sort numerically. A mutation runs
@@ -348,7 +353,7 @@ impl<'a, K: Kv + ?Sized> Txn<'a, K> {
     fn write(&mut self, key: Vec<u8>, value: Option<Vec<u8>>) {
         match key.first() {
             Some(b'S') => self.snapshots = None,
-            Some(b'i' | b'd' | b'x') if self.failed.is_none() => {
+            Some(b'i' | b'd' | b'x' | b'b') if self.failed.is_none() => {
                 if let Err(e) = super::snapshots::keep_pre_image(self, &key, value.as_deref()) {
                     self.failed = Some(e);
                 }
@@ -639,6 +644,54 @@ pub mod key {
     pub fn pinned(volume: u64, epoch: u64, object: u64) -> Vec<u8> {
         let mut k = pinned_prefix(volume, epoch);
         k.extend_from_slice(&object.to_be_bytes());
+        k
+    }
+    /// `b` + ino: a restored file's [`Origin`](super::super::Origin)
+    /// (versioned by snapshots like `i`, `d` and `x`).
+    pub fn origin(ino: u64) -> Vec<u8> {
+        let mut k = vec![b'b'];
+        k.extend_from_slice(&ino.to_be_bytes());
+        k
+    }
+    /// The prefix of every restore job.
+    pub const RESTORES: &[u8] = b"R";
+    /// `R` + volume id: the restore into that volume.
+    pub fn restore(volume: u64) -> Vec<u8> {
+        let mut k = vec![b'R'];
+        k.extend_from_slice(&volume.to_be_bytes());
+        k
+    }
+    /// `M` + volume id: the prefix of a restore's hard-link map.
+    pub fn restore_map_prefix(volume: u64) -> Vec<u8> {
+        let mut k = vec![b'M'];
+        k.extend_from_slice(&volume.to_be_bytes());
+        k
+    }
+    /// `M` + volume id + source ino: its copy's ino (u64).
+    pub fn restore_map(volume: u64, ino: u64) -> Vec<u8> {
+        let mut k = restore_map_prefix(volume);
+        k.extend_from_slice(&ino.to_be_bytes());
+        k
+    }
+    /// `Q` + volume id + seq: the prefix of the volumes restored from that
+    /// snapshot.
+    pub fn dependents_prefix(volume: u64, seq: u64) -> Vec<u8> {
+        let mut k = vec![b'Q'];
+        k.extend_from_slice(&volume.to_be_bytes());
+        k.extend_from_slice(&seq.to_be_bytes());
+        k
+    }
+    /// `Q` + volume id + seq + restored volume id.
+    pub fn dependent(volume: u64, seq: u64, restored: u64) -> Vec<u8> {
+        let mut k = dependents_prefix(volume, seq);
+        k.extend_from_slice(&restored.to_be_bytes());
+        k
+    }
+    /// `B` + volume id: the (volume, seq) of the snapshot a volume was
+    /// restored from.
+    pub fn base(volume: u64) -> Vec<u8> {
+        let mut k = vec![b'B'];
+        k.extend_from_slice(&volume.to_be_bytes());
         k
     }
     /// `m` + name.

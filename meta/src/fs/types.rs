@@ -619,6 +619,84 @@ pub enum Op {
         /// The snapshot's seq.
         seq: u64,
     },
+    /// Starts restoring snapshot `snapshot` of volume `volume` into a new
+    /// writable volume `to` (see [`super::restore`]): the volume exists at
+    /// once, hidden, and [`Op::RestoreStep`]s copy the tree into it.
+    /// Appended last (bincode index).
+    RestoreSnapshot {
+        /// Source volume name.
+        volume: String,
+        /// Snapshot name.
+        snapshot: String,
+        /// The new volume's name.
+        to: String,
+    },
+    /// Copies the next part of a restore's tree (proposed by the leader
+    /// until the restore is done). Appended last (bincode index).
+    RestoreStep {
+        /// The new volume's id.
+        volume: u64,
+    },
+    /// A client is about to write a file whose data is still the
+    /// snapshot's ([`Origin`]): with `discard` (the file is being
+    /// truncated to 0), the origin goes and the file is emptied; otherwise
+    /// the command's session claims the copy. Appended last (bincode
+    /// index).
+    CopyUp {
+        /// The file.
+        ino: u64,
+        /// Drop the snapshot's data instead of copying it.
+        discard: bool,
+    },
+    /// The claiming session copied the file's data into its own object:
+    /// the file no longer reads the snapshot. Appended last (bincode
+    /// index).
+    CopyDone {
+        /// The file.
+        ino: u64,
+    },
+}
+
+/// A file of a restored volume whose data is still read from the snapshot
+/// it was restored from (`b` + ino; versioned like inodes): chunk `i` of
+/// `object` as snapshot `seq` of volume `volume` saw it, through the file's
+/// own layout's chains and chunk size.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Origin {
+    /// The source volume.
+    pub volume: u64,
+    /// The snapshot's seq.
+    pub seq: u64,
+    /// The source file's object.
+    pub object: u64,
+    /// The session copying the data now (0: none).
+    pub copier: u64,
+    /// When it claimed the copy (leader time).
+    pub claimed_ns: i64,
+}
+
+/// A restore in progress (`R` + the new volume's id).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RestoreJob {
+    /// The source volume.
+    pub source: u64,
+    /// The snapshot's seq.
+    pub seq: u64,
+    /// The snapshot's name.
+    pub snapshot: String,
+    /// The new volume's name (its root entry is made at the end).
+    pub name: String,
+    /// Directories still to copy: (source directory, its copy), with the
+    /// name of the last entry copied from the first one.
+    pub queue: Vec<(u64, u64)>,
+    /// The last entry copied from `queue[0]`.
+    pub after: Option<String>,
+    /// Inodes copied so far.
+    pub copied: u64,
+    /// Inodes the snapshot holds.
+    pub total: u64,
+    /// The tree is copied; the hard-link map is being cleared.
+    pub cleaning: bool,
 }
 
 impl Op {
@@ -663,6 +741,10 @@ impl Op {
             Op::CreateSnapshot { .. } => "create_snapshot",
             Op::DeleteSnapshot { .. } => "delete_snapshot",
             Op::MergeSnapshot { .. } => "merge_snapshot",
+            Op::RestoreSnapshot { .. } => "restore_snapshot",
+            Op::RestoreStep { .. } => "restore_step",
+            Op::CopyUp { .. } => "copy_up",
+            Op::CopyDone { .. } => "copy_done",
         }
     }
 }
@@ -925,6 +1007,12 @@ pub enum Reply {
     /// A snapshot (taken, found or being deleted). Appended last (bincode
     /// index).
     Snapshot(Snapshot),
+    /// A restore: the new volume and the job copying into it (`None` once
+    /// done). Appended last (bincode index).
+    Restore(Volume, Option<RestoreJob>),
+    /// A file's origin as [`Op::CopyUp`] left it (`None`: nothing to copy).
+    /// Appended last (bincode index).
+    Origin(Option<Origin>),
 }
 
 /// An operation's failure: a stable code and a message for a person.

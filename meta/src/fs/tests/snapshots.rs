@@ -13,16 +13,16 @@ const NAMES: [&str; 5] = ["a", "b", "c", "d", "e"];
 
 /// One entry of a tree dump: path → (ino, kind, mode, size, nlink,
 /// xattrs).
-type Dump = BTreeMap<String, (u64, Kind, u32, u64, u32, Vec<(String, Vec<u8>)>)>;
+pub(super) type Dump = BTreeMap<String, (u64, Kind, u32, u64, u32, Vec<(String, Vec<u8>)>)>;
 
 /// Reads a tree page by page (2 entries per page, to cross pages).
-trait Tree {
+pub(super) trait Tree {
     fn attr(&self, ino: u64) -> Inode;
     fn page(&self, ino: u64, cookie: &[u8]) -> (Vec<read::DirEntry>, Option<Vec<u8>>);
     fn xattrs(&self, ino: u64) -> Vec<(String, Vec<u8>)>;
 }
 
-struct Live<'a>(&'a FsState<MemKv>);
+pub(super) struct Live<'a>(pub(super) &'a FsState<MemKv>);
 
 impl Tree for Live<'_> {
     fn attr(&self, ino: u64) -> Inode {
@@ -44,7 +44,11 @@ impl Tree for Live<'_> {
     }
 }
 
-struct Snap<'a>(&'a FsState<MemKv>, u64, u64);
+pub(super) struct Snap<'a>(
+    pub(super) &'a FsState<MemKv>,
+    pub(super) u64,
+    pub(super) u64,
+);
 
 impl Tree for Snap<'_> {
     fn attr(&self, ino: u64) -> Inode {
@@ -60,7 +64,7 @@ impl Tree for Snap<'_> {
     }
 }
 
-fn dump(tree: &dyn Tree, root: u64) -> Dump {
+pub(super) fn dump(tree: &dyn Tree, root: u64) -> Dump {
     let mut out = Dump::new();
     let mut todo = vec![(root, String::new())];
     while let Some((dir, path)) = todo.pop() {
@@ -99,7 +103,7 @@ fn dirs(sm: &Sm, root: u64) -> Vec<u64> {
     out
 }
 
-fn snapshot(sm: &mut Sm, name: &str) -> Snapshot {
+pub(super) fn snapshot(sm: &mut Sm, name: &str) -> Snapshot {
     match sm.op(Op::CreateSnapshot {
         volume: "v".into(),
         name: name.into(),
@@ -131,11 +135,16 @@ fn merge_one(sm: &Sm, volume: u64, seq: u64) -> bool {
     done
 }
 
-fn count(sm: &Sm, prefix: &[u8]) -> usize {
+pub(super) fn count(sm: &Sm, prefix: &[u8]) -> usize {
     sm.fs.kv().scan(prefix, None, usize::MAX).unwrap().len()
 }
 
-fn step(sm: &mut Sm, vol: &Volume, op: (u8, u8, u8, u8), taken: &mut Vec<(Snapshot, Dump)>) {
+pub(super) fn step(
+    sm: &mut Sm,
+    vol: &Volume,
+    op: (u8, u8, u8, u8),
+    taken: &mut Vec<(Snapshot, Dump)>,
+) {
     let (kind, a, b, c) = op;
     let ds = dirs(sm, vol.root_ino);
     let dir = |x: u8| ds[x as usize % ds.len()];
@@ -225,7 +234,7 @@ fn check(sm: &Sm, vol: &Volume, taken: &[(Snapshot, Dump)]) {
 }
 
 /// Runs one merge step of every snapshot being deleted.
-fn merge_steps(sm: &Sm) {
+pub(super) fn merge_steps(sm: &Sm) {
     for s in sm.fs.deleting_snapshots().unwrap() {
         merge_one(sm, s.volume, s.seq);
     }
