@@ -148,6 +148,10 @@ struct FileInner {
     /// file, whose partial blocks (units) are read, merged and written
     /// again.
     sealing: tokio::sync::Mutex<()>,
+    /// A writable handle of a restored file whose data is still its
+    /// snapshot's: (the snapshot's object, its seq) until
+    /// [`FileInner::copy_up`] has copied it into the file's own object.
+    origin: tokio::sync::Mutex<Option<(u64, u64)>>,
 }
 
 /// What a file's stored blocks go through: decryption, then decompression
@@ -299,12 +303,32 @@ impl File {
         Self::new_at(client, attr, OpenOptions::READ, Some(seq))
     }
 
-    fn new_at(client: Client, attr: Attr, how: OpenOptions, snapshot: Option<u64>) -> Result<File> {
+    fn new_at(
+        client: Client,
+        mut attr: Attr,
+        how: OpenOptions,
+        mut snapshot: Option<u64>,
+    ) -> Result<File> {
         if snapshot.is_some() && how.write {
             return Err(CairnStatus::new(
                 ErrorCode::NotPermitted,
                 "snapshots are read-only",
             ));
+        }
+        // A file of a restored volume whose data is still its snapshot's
+        // (meta's `fs::restore`): a reader reads the snapshot's object at
+        // the snapshot's seq; a writer copies it into the file's own
+        // object before its first read or write ([`FileInner::copy_up`]).
+        let mut origin = None;
+        if snapshot.is_none() && attr.origin_seq != 0 {
+            let o = (attr.origin_object, attr.origin_seq);
+            (attr.origin_object, attr.origin_seq) = (0, 0);
+            if how.write {
+                origin = Some(o);
+            } else if let Some(l) = attr.layout.as_mut() {
+                l.object_id = o.0;
+                snapshot = Some(o.1);
+            }
         }
         let layout = attr.layout.as_ref().ok_or_else(|| {
             CairnStatus::new(
@@ -369,6 +393,7 @@ impl File {
                 }),
                 append: tokio::sync::Mutex::new(()),
                 sealing: tokio::sync::Mutex::new(()),
+                origin: tokio::sync::Mutex::new(origin),
                 client,
             }),
         })
@@ -431,6 +456,9 @@ impl File {
     /// ([`ErrorCode::Checksum`]), a closed handle ([`ErrorCode::Invalid`]).
     pub async fn read_at(&self, offset: u64, len: usize) -> Result<Bytes> {
         let started = std::time::Instant::now();
+        if self.inner.how.write {
+            self.inner.copy_up(false).await?;
+        }
         let data = self.read_at_inner(offset, len).await?;
         self.inner.metrics().read(data.len(), started.elapsed());
         Ok(data)
@@ -525,6 +553,7 @@ impl File {
     /// may not be.
     pub async fn write_at(&self, offset: u64, data: Bytes) -> Result<()> {
         let (started, n) = (std::time::Instant::now(), data.len());
+        self.inner.copy_up(false).await?;
         if self.inner.how.append {
             self.append(data).await?;
         } else {
@@ -540,6 +569,7 @@ impl File {
     /// # Errors
     /// As [`Self::write_at`].
     pub async fn append(&self, data: Bytes) -> Result<u64> {
+        self.inner.copy_up(false).await?;
         let _one = self.inner.append.lock().await;
         let at = self.len();
         self.inner.write_at(at, data).await?;
@@ -583,6 +613,8 @@ impl File {
         let f = &self.inner;
         f.check_writable()?;
         f.ready().await?;
+        // Emptied, a restored file needs none of its snapshot's data.
+        f.copy_up(new_len == 0).await?;
         let old = {
             let s = lock(&f.state);
             s.len.max(s.reported)
@@ -634,11 +666,94 @@ impl Drop for File {
     }
 }
 
+/// How long a writer waits for another client's copy of a restored
+/// file's data ([`FileInner::copy_up`]).
+const COPY_WAIT: std::time::Duration = std::time::Duration::from_secs(120);
+/// Bytes a copy-up moves per read and write.
+const COPY_PIECE: u64 = 8 << 20;
+/// How often a long copy-up renews its claim (meta lets a claim lapse
+/// after 30 s).
+const COPY_RENEW: std::time::Duration = std::time::Duration::from_secs(10);
+
 fn closed() -> CairnStatus {
     CairnStatus::new(ErrorCode::Invalid, "the file handle is closed")
 }
 
 impl FileInner {
+    /// Copies a restored file's data from its snapshot into the file's own
+    /// object, once per handle, before the handle's first read, write or
+    /// truncate (`discard`: a truncate to 0, which needs none of it). Meta
+    /// lets one session copy at a time; another's copy is waited for. The
+    /// claim is renewed while a long copy runs.
+    async fn copy_up(&self, discard: bool) -> Result<()> {
+        let mut origin = self.origin.lock().await;
+        let Some((object, seq)) = *origin else {
+            return Ok(());
+        };
+        let meta = &self.client.inner.meta;
+        let deadline = std::time::Instant::now() + COPY_WAIT;
+        let mut pause = std::time::Duration::from_millis(20);
+        let attr = loop {
+            match meta.copy_up(self.ino, discard).await {
+                Ok((true, attr)) => break attr,
+                Ok((false, attr)) => {
+                    // Dropped (discard) or copied by another client.
+                    let mut s = lock(&self.state);
+                    s.len = attr.size;
+                    s.reported = attr.size;
+                    s.truncate_gen = attr.truncate_gen;
+                    *origin = None;
+                    return Ok(());
+                }
+                Err(e)
+                    if e.code == ErrorCode::Unavailable && std::time::Instant::now() < deadline =>
+                {
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(std::time::Duration::from_secs(1));
+                }
+                Err(e) => return Err(e),
+            }
+        };
+        let mut src_attr = attr.clone();
+        (src_attr.origin_object, src_attr.origin_seq) = (0, 0);
+        if let Some(l) = src_attr.layout.as_mut() {
+            l.object_id = object;
+        }
+        let src = File::new_at(self.client.clone(), src_attr, OpenOptions::READ, Some(seq))?;
+        let size = attr.size;
+        let mut renewed = std::time::Instant::now();
+        let mut at = 0;
+        while at < size {
+            let n = COPY_PIECE.min(size - at);
+            let data = src
+                .read_at_inner(at, usize::try_from(n).unwrap_or(usize::MAX))
+                .await?;
+            if data.is_empty() {
+                break;
+            }
+            at += data.len() as u64;
+            self.write_at(at - data.len() as u64, data).await?;
+            if renewed.elapsed() >= COPY_RENEW {
+                meta.copy_up(self.ino, false).await?;
+                renewed = std::time::Instant::now();
+            }
+        }
+        drop(src);
+        let (len, gen_) = {
+            let s = lock(&self.state);
+            (s.len.max(size), s.truncate_gen)
+        };
+        meta.report_length(self.ino, len, gen_).await?;
+        {
+            let mut s = lock(&self.state);
+            s.reported = s.reported.max(len);
+            s.reported_writes = s.writes;
+        }
+        meta.copy_done(self.ino).await?;
+        *origin = None;
+        Ok(())
+    }
+
     fn check_writable(&self) -> Result<()> {
         if lock(&self.state).closed {
             return Err(closed());

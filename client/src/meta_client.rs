@@ -49,16 +49,17 @@ use std::time::Duration;
 use cairn_proto::ids::{InodeId, NodeId, SessionId, VolumeId};
 use cairn_proto::meta::meta_client::MetaClient as Grpc;
 use cairn_proto::meta::{
-    Attr, ChainTables, Changes, CloseRequest, CreateRequest, CreateSnapshotRequest,
-    CreateVolumeRequest, DeleteSnapshotRequest, DirEntry, Empty, EntryReply, FileLock, FileType,
-    GetAttrRequest, GetLockRequest, GetXattrRequest, JoinReply, JoinRequest, LinkRequest,
-    ListSnapshotsRequest, ListXattrRequest, LockType, LookupRequest, MkdirRequest, MknodRequest,
-    OpenRequest, OpenSessionRequest, PromoteRequest, ReadDirReply, ReadDirRequest, ReadLinkRequest,
-    RemoveMemberRequest, RemoveXattrRequest, RenameReply, RenameRequest, ReportLengthRequest,
-    RequestId, ResolveRequest, RmdirRequest, RotateVolumeKeyRequest, SessionRequest,
-    SetAttrRequest, SetLockRequest, SetMaintenanceRequest, SetVolumeQuotaRequest, SetXattrRequest,
-    Snapshot, SnapshotRef, StatFsReply, StatFsRequest, StatusReply, SymlinkRequest, Timespec,
-    UnlinkReply, UnlinkRequest, Volume, VolumePolicy, WatchChangesRequest,
+    Attr, ChainTables, Changes, CloseRequest, CopyDoneRequest, CopyUpRequest, CreateRequest,
+    CreateSnapshotRequest, CreateVolumeRequest, DeleteSnapshotRequest, DirEntry, Empty, EntryReply,
+    FileLock, FileType, GetAttrRequest, GetLockRequest, GetXattrRequest, JoinReply, JoinRequest,
+    LinkRequest, ListSnapshotsRequest, ListXattrRequest, LockType, LookupRequest, MkdirRequest,
+    MknodRequest, OpenRequest, OpenSessionRequest, PromoteRequest, ReadDirReply, ReadDirRequest,
+    ReadLinkRequest, RemoveMemberRequest, RemoveXattrRequest, RenameReply, RenameRequest,
+    ReportLengthRequest, RequestId, ResolveRequest, RestoreReply, RestoreSnapshotRequest,
+    RestoreStatusRequest, RmdirRequest, RotateVolumeKeyRequest, SessionRequest, SetAttrRequest,
+    SetLockRequest, SetMaintenanceRequest, SetVolumeQuotaRequest, SetXattrRequest, Snapshot,
+    SnapshotRef, StatFsReply, StatFsRequest, StatusReply, SymlinkRequest, Timespec, UnlinkReply,
+    UnlinkRequest, Volume, VolumePolicy, WatchChangesRequest,
 };
 use cairn_proto::{CairnStatus, ErrorCode, names};
 use tokio::sync::watch;
@@ -1635,6 +1636,74 @@ impl MetaClient {
         })
         .await?;
         r.snapshot.ok_or_else(|| missing("the snapshot"))
+    }
+
+    /// Starts restoring snapshot `snapshot` of volume `volume` into a new
+    /// writable volume `to` (its tree is copied in the background; see
+    /// [`Self::restore_status`]).
+    ///
+    /// # Errors
+    /// [`ErrorCode::NotFound`] (no such volume or snapshot),
+    /// [`ErrorCode::Exists`] (`to` is taken).
+    pub async fn restore_snapshot(
+        &self,
+        volume: &str,
+        snapshot: &str,
+        to: &str,
+    ) -> Result<RestoreReply> {
+        check_name(volume)?;
+        check_name(to)?;
+        mutation!(self, restore_snapshot, |rid| RestoreSnapshotRequest {
+            rid: Some(rid),
+            volume: volume.to_string(),
+            snapshot: snapshot.to_string(),
+            to: to.to_string(),
+        })
+        .await
+    }
+
+    /// Returns how far the restore into volume `volume` has come.
+    ///
+    /// # Errors
+    /// [`ErrorCode::NotFound`] when `volume` was not restored from a
+    /// snapshot.
+    pub async fn restore_status(&self, volume: &str) -> Result<RestoreReply> {
+        check_name(volume)?;
+        let req = RestoreStatusRequest {
+            volume: volume.to_string(),
+        };
+        rpc!(self, restore_status, req).await
+    }
+
+    /// Claims the copy of a restored file's data from its snapshot (or,
+    /// with `discard`, drops that data: the file becomes empty). Returns
+    /// whether this session must copy it, and the file's attributes.
+    ///
+    /// # Errors
+    /// [`ErrorCode::Unavailable`] while another client copies it.
+    pub async fn copy_up(&self, ino: InodeId, discard: bool) -> Result<(bool, Attr)> {
+        let r = mutation!(self, copy_up, |rid| CopyUpRequest {
+            rid: Some(rid),
+            ino: ino.0,
+            discard,
+        })
+        .await?;
+        Ok((r.copy, need_attr(r.attr)?))
+    }
+
+    /// Tells meta this session copied restored file `ino`'s data into its
+    /// own object: the file no longer reads its snapshot.
+    ///
+    /// # Errors
+    /// [`ErrorCode::StaleSequence`] when the claim lapsed and another
+    /// client took it.
+    pub async fn copy_done(&self, ino: InodeId) -> Result<Attr> {
+        let r = mutation!(self, copy_done, |rid| CopyDoneRequest {
+            rid: Some(rid),
+            ino: ino.0,
+        })
+        .await?;
+        need_attr(r.attr)
     }
 
     /// Returns volume `volume`'s snapshots, oldest first.

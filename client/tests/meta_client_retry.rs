@@ -203,6 +203,10 @@ fake_meta! {
         create_snapshot(CreateSnapshotRequest) -> SnapshotReply;
         delete_snapshot(DeleteSnapshotRequest) -> SnapshotReply;
         list_snapshots(ListSnapshotsRequest) -> ListSnapshotsReply;
+        restore_snapshot(RestoreSnapshotRequest) -> RestoreReply;
+        restore_status(RestoreStatusRequest) -> RestoreReply;
+        copy_up(CopyUpRequest) -> CopyUpReply;
+        copy_done(CopyDoneRequest) -> AttrReply;
         open(OpenRequest) -> AttrReply;
         close(CloseRequest) -> AttrReply;
         report_length(ReportLengthRequest) -> AttrReply;

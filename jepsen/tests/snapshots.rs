@@ -293,7 +293,7 @@ async fn an_encrypted_compressed_snapshot_reads_back_decrypted() -> Result<()> {
     };
     let admin = cluster.client(ClientOptions::default()).await?;
     admin.meta().create_volume("sec", policy).await?;
-    let ring = Arc::new(KeyRing::single("sec", 1, key));
+    let ring = Arc::new(KeyRing::single("sec", 1, key.clone()));
     let client = cluster
         .client(ClientOptions {
             keys: vec![ring],
@@ -340,6 +340,35 @@ async fn an_encrypted_compressed_snapshot_reads_back_decrypted() -> Result<()> {
         admin.read_file("/sec/.snapshots/s/text").await.is_err(),
         "a client without the key must not read the snapshot"
     );
+
+    // Restored, the volume reads the snapshot's sealed, packed units with
+    // the same key, and a write copies a file (sealed for its own object).
+    admin.meta().restore_snapshot("sec", "s", "sec2").await?;
+    restored(&admin, "sec2").await?;
+    let client = cluster
+        .client(ClientOptions {
+            keys: vec![
+                Arc::new(KeyRing::single("sec", 1, key.clone())),
+                Arc::new(KeyRing::single("sec2", 1, key)),
+            ],
+            ..ClientOptions::default()
+        })
+        .await?;
+    ensure!(client.read_file("/sec2/text").await? == text);
+    ensure!(client.read_file("/sec2/noise").await? == noise);
+    ensure!(
+        admin.read_file("/sec2/text").await.is_err(),
+        "a client without the key must not read the restored volume"
+    );
+    let f = client
+        .open("/sec2/noise", cairn_client::OpenOptions::WRITE)
+        .await?;
+    f.write_at(10, Bytes::from_static(b"changed")).await?;
+    f.close().await?;
+    let mut want = noise.clone();
+    want[10..17].copy_from_slice(b"changed");
+    ensure!(client.read_file("/sec2/noise").await? == want);
+    ensure!(client.read_file("/sec/.snapshots/s/noise").await? == noise);
     Ok(())
 }
 
@@ -531,6 +560,136 @@ async fn a_mount_shows_snapshots_read_only_under_dot_snapshots() -> Result<()> {
         );
     }
     ensure!(std::fs::read(snap.join("train/shard-0"))? == pattern(6, 300_000));
+    m.stop()?;
+    Ok(())
+}
+
+/// Waits until the restore into `to` is done.
+async fn restored(client: &cairn_client::Client, to: &str) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let r = client.meta().restore_status(to).await?;
+        if r.done {
+            return Ok(());
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "the restore never finished: {r:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// `cairn snapshot restore`: a new writable volume holding the snapshot's
+/// tree, whose files read the snapshot's data until written; a write copies
+/// that file, and neither the snapshot nor the source volume sees it. Also
+/// through a mount, and with a compressed source.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restored_volume_reads_the_snapshot_and_writes_its_own() -> Result<()> {
+    use std::io::Write as _;
+
+    let _serial = cairn_jepsen::serial().await;
+    let cluster = DataCluster::start(DataOpts::default()).await?;
+    let client = cluster.client(ClientOptions::default()).await?;
+    let policy = VolumePolicy {
+        chunk_size: 1 << 20,
+        stripe_width: 3,
+        ..VolumePolicy::default()
+    };
+    client.meta().create_volume("src", policy).await?;
+    let a = pattern(11, (5 << 20) + 123);
+    let b = pattern(12, 100_000);
+    client.write_file("/src/a", Bytes::from(a.clone())).await?;
+    client.create_dir_all("/src/d").await?;
+    client
+        .write_file("/src/d/b", Bytes::from(b.clone()))
+        .await?;
+    client.write_file("/src/empty", Bytes::new()).await?;
+    client.meta().create_snapshot("src", "v1").await?;
+    // The source moves on.
+    let f = client
+        .open("/src/a", cairn_client::OpenOptions::WRITE)
+        .await?;
+    f.write_at(0, Bytes::from(vec![0xAA; 8192])).await?;
+    f.close().await?;
+    client.remove_file("/src/d/b").await?;
+
+    let r = client.meta().restore_snapshot("src", "v1", "dst").await?;
+    ensure!(r.snapshot == "v1" && r.source_volume == "src", "{r:?}");
+    let dup = client.meta().restore_snapshot("src", "v1", "dst").await;
+    ensure!(dup.is_err(), "the name is taken");
+    restored(&client, "dst").await?;
+    ensure!(
+        client.read_file("/dst/a").await? == a,
+        "a as the snapshot had it"
+    );
+    ensure!(client.read_file("/dst/d/b").await? == b);
+    ensure!(client.read_file("/dst/empty").await?.is_empty());
+    let sa = client.stat("/dst/a").await?;
+    ensure!(sa.origin_seq != 0, "a still reads the snapshot's data");
+
+    // A write copies the file first, then changes only the copy.
+    let f = client
+        .open("/dst/a", cairn_client::OpenOptions::WRITE)
+        .await?;
+    f.write_at(4096, Bytes::from(vec![0x77; 100])).await?;
+    f.close().await?;
+    let mut want = a.clone();
+    want[4096..4196].fill(0x77);
+    ensure!(
+        client.read_file("/dst/a").await? == want,
+        "the restored file changed"
+    );
+    ensure!(client.stat("/dst/a").await?.origin_seq == 0, "copied");
+    ensure!(
+        client.read_file("/src/.snapshots/v1/a").await? == a,
+        "the snapshot changed"
+    );
+    let live = client.read_file("/src/a").await?;
+    ensure!(live[..8192] == [0xAA; 8192] && live[8192..] == a[8192..]);
+    // Truncated and rewritten: nothing is copied.
+    client
+        .write_file("/dst/d/b", Bytes::from_static(b"new"))
+        .await?;
+    ensure!(client.read_file("/dst/d/b").await?[..] == b"new"[..]);
+    ensure!(client.stat("/dst/d/b").await?.origin_seq == 0);
+    // Another client sees the restored volume as the first left it.
+    let other = cluster.client(ClientOptions::default()).await?;
+    ensure!(other.read_file("/dst/a").await? == want);
+    // The snapshot is the restored volume's base.
+    let e = client.meta().delete_snapshot("src", "v1").await;
+    ensure!(
+        matches!(&e, Err(s) if s.code == ErrorCode::NotEmpty),
+        "{e:?}"
+    );
+
+    // Through a mount: reads the snapshot's data, writes copy the file.
+    client.meta().create_snapshot("src", "v2").await?;
+    client.meta().restore_snapshot("src", "v2", "dst2").await?;
+    restored(&client, "dst2").await?;
+    let mut m = cairn_jepsen::fuse::Mount::start(
+        &cluster.meta.addrs(),
+        &cluster.meta.dir().join("mnt"),
+        &[],
+    )?;
+    let d2 = m.path("dst2");
+    ensure!(
+        std::fs::read(d2.join("a"))? == live,
+        "read through the mount"
+    );
+    let mut f = std::fs::OpenOptions::new().write(true).open(d2.join("a"))?;
+    f.write_all(&[0x55; 10])?;
+    f.sync_all()?;
+    drop(f);
+    let mut want2 = live.to_vec();
+    want2[..10].fill(0x55);
+    ensure!(
+        std::fs::read(d2.join("a"))? == want2,
+        "written through the mount"
+    );
+    ensure!(client.read_file("/src/.snapshots/v2/a").await? == live);
+    std::fs::write(d2.join("fresh"), b"x")?;
+    ensure!(client.read_file("/dst2/fresh").await?[..] == b"x"[..]);
     m.stop()?;
     Ok(())
 }

@@ -375,6 +375,45 @@ pub struct MetaService {
 }
 
 impl MetaService {
+    /// The state of the restore into volume `name`.
+    fn restore_reply(&self, name: &str) -> GrpcResult<pb::RestoreReply> {
+        let fs = &self.shared.fs;
+        let Some((v, job, (src, seq))) = fs.restore_named(name).map_err(fs_err)? else {
+            return Err(CairnStatus::new(
+                ErrorCode::NotFound,
+                format!("volume {name} was not restored from a snapshot"),
+            )
+            .into());
+        };
+        let source = fs
+            .volumes()
+            .map_err(fs_err)?
+            .into_iter()
+            .find(|x| x.id == src)
+            .map(|x| x.name)
+            .unwrap_or_default();
+        let snapshot = fs
+            .snapshots(src)
+            .map_err(fs_err)?
+            .into_iter()
+            .find(|s| s.seq == seq)
+            .map(|s| s.name)
+            .unwrap_or_default();
+        let keys = fs.volume_keys().map_err(fs_err)?;
+        let compression = fs.volume_compression().map_err(fs_err)?;
+        let (copied, total) = job
+            .as_ref()
+            .map_or((v.used_inodes, v.used_inodes), |j| (j.copied, j.total));
+        Ok(Response::new(pb::RestoreReply {
+            volume: Some(volume_pb(&v, keys.get(&v.id), compression.get(&v.id))),
+            copied,
+            total,
+            done: job.is_none(),
+            source_volume: source,
+            snapshot,
+        }))
+    }
+
     /// Returns the service over `shared`.
     pub fn new(shared: Arc<Shared>) -> Self {
         Self { shared }
@@ -544,7 +583,30 @@ pub fn attr_pb(i: &Inode) -> pb::Attr {
         },
         key_version: i.key_version,
         rdev: i.kind.rdev(),
+        origin_object: 0,
+        origin_seq: 0,
     }
+}
+
+/// Sets `a`'s origin fields when it is a file of a restored volume that
+/// still reads its snapshot's data (as the live tree has it, or with `at`,
+/// as that snapshot of its volume saw it).
+fn fill_origin(fs: &FsState, at: Option<(u64, u64)>, a: &mut pb::Attr) -> Result<(), Status> {
+    if a.kind != pb::FileType::Regular as i32 || a.size == 0 {
+        return Ok(());
+    }
+    if let Some(o) = fs.origin(a.ino, at).map_err(fs_err)? {
+        a.origin_object = o.object;
+        a.origin_seq = o.seq;
+    }
+    Ok(())
+}
+
+/// [`attr_pb`] with [`fill_origin`].
+fn attr_full(fs: &FsState, at: Option<(u64, u64)>, i: &Inode) -> Result<pb::Attr, Status> {
+    let mut a = attr_pb(i);
+    fill_origin(fs, at, &mut a)?;
+    Ok(a)
 }
 
 fn entry_reply(r: Reply) -> Result<pb::EntryReply, Status> {
@@ -1027,7 +1089,7 @@ impl Meta for MetaService {
         }
         .map_err(fs_err)?;
         Ok(Response::new(pb::AttrReply {
-            attr: Some(attr_pb(&a)),
+            attr: Some(attr_full(fs, snapshot_ref(r.snapshot.as_ref()), &a)?),
         }))
     }
 
@@ -1040,7 +1102,7 @@ impl Meta for MetaService {
         }
         .map_err(fs_err)?;
         Ok(Response::new(pb::AttrReply {
-            attr: Some(attr_pb(&a)),
+            attr: Some(attr_full(fs, snapshot_ref(r.snapshot.as_ref()), &a)?),
         }))
     }
 
@@ -1049,7 +1111,7 @@ impl Meta for MetaService {
         let fs = self.read().await?;
         let a = fs.resolve(&r.path).map_err(fs_err)?;
         Ok(Response::new(pb::AttrReply {
-            attr: Some(attr_pb(&a)),
+            attr: Some(attr_full(fs, None, &a)?),
         }))
     }
 
@@ -1062,16 +1124,18 @@ impl Meta for MetaService {
             None => fs.readdir(r.ino, &r.cookie, limit, r.plus),
         }
         .map_err(fs_err)?;
+        let at = snapshot_ref(r.snapshot.as_ref());
+        let mut out = Vec::with_capacity(entries.len());
+        for e in entries {
+            out.push(pb::DirEntry {
+                attr: e.attr.as_ref().map(|a| attr_full(fs, at, a)).transpose()?,
+                name: e.name,
+                ino: e.ino,
+                kind: kind_pb(e.kind) as i32,
+            });
+        }
         Ok(Response::new(pb::ReadDirReply {
-            entries: entries
-                .into_iter()
-                .map(|e| pb::DirEntry {
-                    name: e.name,
-                    ino: e.ino,
-                    kind: kind_pb(e.kind) as i32,
-                    attr: e.attr.as_ref().map(attr_pb),
-                })
-                .collect(),
+            entries: out,
             next_cookie: next.unwrap_or_default(),
         }))
     }
@@ -1203,7 +1267,12 @@ impl Meta for MetaService {
             salt,
         };
         let reply = self.write(r.rid.as_ref(), op).await?;
-        Ok(Response::new(entry_reply(reply)?))
+        // An existing file (O_CREAT without O_EXCL) may be a restored one.
+        let mut out = entry_reply(reply)?;
+        if let Some(a) = out.attr.as_mut() {
+            fill_origin(&self.shared.fs, None, a)?;
+        }
+        Ok(Response::new(out))
     }
 
     async fn symlink(&self, req: Request<pb::SymlinkRequest>) -> GrpcResult<pb::EntryReply> {
@@ -1447,6 +1516,69 @@ impl Meta for MetaService {
         }
     }
 
+    #[instrument(skip_all, fields(volume = %req.get_ref().volume, snapshot = %req.get_ref().snapshot, to = %req.get_ref().to))]
+    async fn restore_snapshot(
+        &self,
+        req: Request<pb::RestoreSnapshotRequest>,
+    ) -> GrpcResult<pb::RestoreReply> {
+        let r = req.into_inner();
+        let op = Op::RestoreSnapshot {
+            volume: r.volume,
+            snapshot: r.snapshot,
+            to: r.to.clone(),
+        };
+        match self.write(r.rid.as_ref(), op).await? {
+            Reply::Restore(v, _) => {
+                tracing::info!(volume = v.id, "restore started");
+            }
+            other => return Err(unexpected(&other)),
+        }
+        self.restore_reply(&r.to)
+    }
+
+    async fn restore_status(
+        &self,
+        req: Request<pb::RestoreStatusRequest>,
+    ) -> GrpcResult<pb::RestoreReply> {
+        let r = req.into_inner();
+        self.read().await?;
+        self.restore_reply(&r.volume)
+    }
+
+    async fn copy_up(&self, req: Request<pb::CopyUpRequest>) -> GrpcResult<pb::CopyUpReply> {
+        let r = req.into_inner();
+        let op = Op::CopyUp {
+            ino: r.ino,
+            discard: r.discard,
+        };
+        let copy = match self.write(r.rid.as_ref(), op).await? {
+            Reply::Origin(o) => o.is_some(),
+            other => return Err(unexpected(&other)),
+        };
+        let fs = &self.shared.fs;
+        let a = fs.getattr(r.ino).map_err(fs_err)?;
+        Ok(Response::new(pb::CopyUpReply {
+            copy,
+            attr: Some(attr_full(fs, None, &a)?),
+        }))
+    }
+
+    async fn copy_done(&self, req: Request<pb::CopyDoneRequest>) -> GrpcResult<pb::AttrReply> {
+        let r = req.into_inner();
+        match self
+            .write(r.rid.as_ref(), Op::CopyDone { ino: r.ino })
+            .await?
+        {
+            Reply::Origin(_) => {}
+            other => return Err(unexpected(&other)),
+        }
+        let fs = &self.shared.fs;
+        let a = fs.getattr(r.ino).map_err(fs_err)?;
+        Ok(Response::new(pb::AttrReply {
+            attr: Some(attr_full(fs, None, &a)?),
+        }))
+    }
+
     async fn list_snapshots(
         &self,
         req: Request<pb::ListSnapshotsRequest>,
@@ -1559,7 +1691,7 @@ impl Meta for MetaService {
             let fs = self.read().await?;
             let a = fs.getattr(r.ino).map_err(fs_err)?;
             return Ok(Response::new(pb::AttrReply {
-                attr: Some(attr_pb(&a)),
+                attr: Some(attr_full(fs, None, &a)?),
             }));
         }
         let op = Op::Open {
@@ -1567,7 +1699,11 @@ impl Meta for MetaService {
             write: true,
         };
         let reply = self.write(r.rid.as_ref(), op).await?;
-        Ok(Response::new(attr_reply(reply)?))
+        let mut out = attr_reply(reply)?;
+        if let Some(a) = out.attr.as_mut() {
+            fill_origin(&self.shared.fs, None, a)?;
+        }
+        Ok(Response::new(out))
     }
 
     async fn close(&self, req: Request<pb::CloseRequest>) -> GrpcResult<pb::AttrReply> {

@@ -7,6 +7,8 @@
 //! `/VOLUME/.snapshots/NAME/...` by `cairn cat`, `get` and `cp` and by
 //! programs using the client library.
 
+use std::io::IsTerminal;
+
 use cairn_client::MetaClient;
 use cairn_proto::ids::InodeId;
 use cairn_proto::meta::{FileType, Snapshot, SnapshotRef};
@@ -48,6 +50,21 @@ pub enum SnapshotCommand {
         volume: String,
         /// The snapshot.
         name: String,
+    },
+    /// Restore snapshot NAME of VOLUME into a new, writable volume NEW: the
+    /// snapshot's tree is copied (metadata only, with a progress bar) and
+    /// its files share the snapshot's data until they are written — the
+    /// first write to a file copies that one file. The snapshot cannot be
+    /// deleted while NEW exists. NEW gets VOLUME's policy, keys and
+    /// compression (use the same key file for an encrypted one).
+    Restore {
+        /// The volume.
+        volume: String,
+        /// The snapshot.
+        name: String,
+        /// The new volume's name.
+        #[arg(long)]
+        to: String,
     },
     /// List what changed in VOLUME between snapshot FROM and snapshot TO
     /// (or the live tree when TO is omitted), one path per line: "+" added,
@@ -235,6 +252,49 @@ pub async fn run(c: &MetaClient, cmd: &SnapshotCommand, json: bool) -> anyhow::R
                 for (k, p) in &diff {
                     println!("{k} /{volume}{p}");
                 }
+            }
+        }
+        SnapshotCommand::Restore { volume, name, to } => {
+            let started = std::time::Instant::now();
+            let mut r = c
+                .restore_snapshot(volume, name, to)
+                .await
+                .op_only("snapshot restore")?;
+            let bar = if std::io::stderr().is_terminal() && !json {
+                indicatif::ProgressBar::new(r.total)
+            } else {
+                indicatif::ProgressBar::hidden()
+            };
+            bar.set_style(
+                indicatif::ProgressStyle::with_template(
+                    "restoring {msg} [{bar:30}] {pos}/{len} inodes {elapsed}",
+                )
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+            );
+            bar.set_message(to.clone());
+            while !r.done {
+                bar.set_length(r.total.max(r.copied));
+                bar.set_position(r.copied);
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                r = c.restore_status(to).await.op_only("snapshot restore")?;
+            }
+            bar.finish_and_clear();
+            if json {
+                let out = json!({
+                    "volume": to,
+                    "from_volume": volume,
+                    "snapshot": name,
+                    "inodes": r.copied,
+                    "seconds": started.elapsed().as_secs_f64(),
+                });
+                println!("{}", serde_json::to_string_pretty(&out)?);
+            } else {
+                println!(
+                    "restored snapshot {name} of volume {volume} into volume {to} ({} inodes in \
+                     {:.1?}); its files share the snapshot's data until written",
+                    r.copied,
+                    started.elapsed()
+                );
             }
         }
         SnapshotCommand::Rm { volume, name } => {

@@ -87,6 +87,10 @@ fn dir_page(
     Ok((out, next))
 }
 
+/// A restored volume, its restore job (`None` once done) and the base
+/// snapshot's (volume, seq).
+pub type RestoreState = (super::Volume, Option<super::RestoreJob>, (u64, u64));
+
 impl<K: Kv> FsState<K> {
     fn txn(&self) -> Txn<'_, K> {
         Txn::new(self.kv())
@@ -343,6 +347,46 @@ impl<K: Kv> FsState<K> {
     pub fn snapshot_getattr(&self, volume: u64, seq: u64, ino: u64) -> ReadResult<Inode> {
         let t = self.txn();
         flatten((|| snapshots::View::new(&t, volume, seq)?.inode(&t, ino))())
+    }
+
+    /// Returns where file `ino` of a restored volume still reads its data
+    /// ([`super::Origin`]), as the live tree has it or, with `at` (volume,
+    /// seq), as that snapshot of its volume saw it.
+    pub fn origin(&self, ino: u64, at: Option<(u64, u64)>) -> ReadResult<Option<super::Origin>> {
+        let t = self.txn();
+        let k = key::origin(ino);
+        flatten((|| -> super::FsResult<Option<super::Origin>> {
+            let raw = match at {
+                Some((volume, seq)) => snapshots::View::new(&t, volume, seq)?.get_raw(&t, &k)?,
+                None => t.get_raw(&k)?,
+            };
+            Ok(match raw {
+                Some(b) => Some(super::store::decode(&k, &b)?),
+                None => None,
+            })
+        })())
+    }
+
+    /// Returns the restore into the volume named `name`, under way or done
+    /// ([`RestoreState`]):
+    /// the volume, its job (`None` once done) and the base snapshot's
+    /// (volume, seq).
+    pub fn restore_named(&self, name: &str) -> ReadResult<Option<RestoreState>> {
+        let t = self.txn();
+        flatten((|| -> super::FsResult<_> {
+            for (k, v) in t.scan(&key::volume(0)[..1], None, usize::MAX)? {
+                let vol: super::Volume = super::store::decode(&k, &v)?;
+                if vol.name != name {
+                    continue;
+                }
+                let Some(base) = t.get::<(u64, u64)>(&key::base(vol.id))? else {
+                    continue;
+                };
+                let job = t.get::<super::RestoreJob>(&key::restore(vol.id))?;
+                return Ok(Some((vol, job, base)));
+            }
+            Ok(None)
+        })())
     }
 
     /// Returns the inode named `name` in directory `parent` as snapshot
