@@ -1847,6 +1847,71 @@ async fn snapshots_body(c: &mut MetaCluster) -> Result<()> {
         .await
         .expect_err("a deleted snapshot reads nothing");
     ensure!(err.code == ErrorCode::NotFound, "{err}");
+
+    // Restored into a new volume, with the leader killed while it copies:
+    // the new leader's duties finish the copy, and the new volume holds
+    // the snapshot's tree (new inode numbers, the same shape).
+    let many = client
+        .mkdir(root, "many", 0o755, Owner::ROOT)
+        .await?
+        .attr
+        .ino;
+    for k in 0..1500 {
+        client
+            .create(
+                InodeId(many),
+                &format!("f{k:04}"),
+                0o640,
+                Owner::ROOT,
+                true,
+                false,
+            )
+            .await?;
+    }
+    let at_v2 = snap_tree(&client, None, root).await?;
+    client.create_snapshot("data", "v2").await?;
+    client
+        .create(InodeId(many), "later", 0o644, Owner::ROOT, true, false)
+        .await?;
+    let r = client.restore_snapshot("data", "v2", "data2").await?;
+    ensure!(r.total >= 1500, "{r:?}");
+    let leader = c.find_leader().await?;
+    c.kill(leader.index);
+    c.wait_for_leader_where(Duration::from_secs(15), |l| l.index != leader.index)
+        .await?;
+    let client = c.client().await?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let r = client.restore_status("data2").await?;
+        if r.done {
+            break;
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "the restore never finished: {r:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let root2 = InodeId(client.lookup(InodeId(1), "data2").await?.ino);
+    let shape = |t: &SnapTree| -> BTreeMap<String, (i32, u64, u32)> {
+        t.iter()
+            .map(|(p, (_, k, s, m))| (p.clone(), (*k, *s, *m)))
+            .collect()
+    };
+    let got = snap_tree(&client, None, root2).await?;
+    ensure!(
+        shape(&got) == shape(&at_v2),
+        "the restored tree is not v2's"
+    );
+    ensure!(
+        got.values().all(|e| !at_v2.values().any(|w| w.0 == e.0)),
+        "the restored volume has inodes of its own"
+    );
+    let err = client
+        .delete_snapshot("data", "v2")
+        .await
+        .expect_err("v2 is data2's base");
+    ensure!(err.code == ErrorCode::NotEmpty, "{err}");
     Ok(())
 }
 

@@ -504,9 +504,12 @@ async fn step_restores(shared: &Shared) -> Result<(), CairnStatus> {
     let started = std::time::Instant::now();
     for (volume, _) in shared.fs.restores().map_err(CairnStatus::from)? {
         while started.elapsed() < RESTORE_ROUND {
-            let r = shared.propose(None, Op::RestoreStep { volume }).await?;
-            if matches!(r, crate::fs::Reply::Restore(_, None)) {
-                break;
+            match shared.propose(None, Op::RestoreStep { volume }).await {
+                Ok(crate::fs::Reply::Restore(_, Some(_))) => {}
+                // Done, here or by a step the RestoreSnapshot call made.
+                Ok(_) => break,
+                Err(e) if e.code == cairn_proto::ErrorCode::NotFound => break,
+                Err(e) => return Err(e),
             }
         }
     }

@@ -770,6 +770,9 @@ fn snapshot_pb(s: &crate::fs::Snapshot, ready: bool) -> pb::Snapshot {
     }
 }
 
+/// How long RestoreSnapshot copies the tree itself before it answers.
+const RESTORE_INLINE: Duration = Duration::from_millis(100);
+
 /// How long CreateSnapshot waits for the chunkservers to fence the new seq.
 const SNAPSHOT_READY_WAIT: Duration = Duration::from_secs(15);
 
@@ -1527,11 +1530,25 @@ impl Meta for MetaService {
             snapshot: r.snapshot,
             to: r.to.clone(),
         };
-        match self.write(r.rid.as_ref(), op).await? {
+        let id = match self.write(r.rid.as_ref(), op).await? {
             Reply::Restore(v, _) => {
                 tracing::info!(volume = v.id, "restore started");
+                v.id
             }
             other => return Err(unexpected(&other)),
+        };
+        // A small tree is copied before the answer; the leader's duties
+        // copy the rest.
+        let started = Instant::now();
+        while started.elapsed() < RESTORE_INLINE {
+            match self
+                .shared
+                .propose(None, Op::RestoreStep { volume: id })
+                .await
+            {
+                Ok(Reply::Restore(_, Some(_))) => {}
+                _ => break,
+            }
         }
         self.restore_reply(&r.to)
     }
