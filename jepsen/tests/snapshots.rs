@@ -255,7 +255,13 @@ async fn a_snapshot_reads_back_as_it_was_whatever_the_live_tree_does() -> Result
         check(client.clone()).await?;
     }
 
-    // Deleted, it is gone.
+    // Deleted, it is gone, and the chunkservers free the old versions
+    // only it read (at least the 283 blocks counted above, 3 replicas).
+    let used = |t: &cairn_proto::meta::ChainTables| -> u64 {
+        t.chunkservers.iter().map(|c| c.used_bytes).sum()
+    };
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let before = used(&cluster.chains().await?);
     client.meta().delete_snapshot("ds", "v1").await?;
     let gone = client.read_file("/ds/.snapshots/v1/a").await;
     ensure!(
@@ -263,6 +269,18 @@ async fn a_snapshot_reads_back_as_it_was_whatever_the_live_tree_does() -> Result
         "{:?}",
         gone.err()
     );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let now = used(&cluster.chains().await?);
+        if now + 3 * 283 * 4096 <= before {
+            break;
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "the chunkservers still use {now} bytes, {before} before the snapshot went"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
     Ok(())
 }
 
