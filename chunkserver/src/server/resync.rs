@@ -130,6 +130,36 @@ struct Job {
     syncing: Vec<Member>,
 }
 
+/// What [`Shard::send_pieces`] copies of a chunk.
+#[derive(Debug, Clone, Copy)]
+enum Copied {
+    /// The committed version (`total` bytes); `expect` as in
+    /// [`Shard::copy_chunk`].
+    Committed {
+        version: u64,
+        total: u64,
+        expect: u64,
+    },
+    /// One clone.
+    Clone(CloneInfo),
+}
+
+impl Copied {
+    fn version_and_len(&self) -> (u64, u64) {
+        match self {
+            Self::Committed { version, total, .. } => (*version, *total),
+            Self::Clone(c) => (c.version, c.len),
+        }
+    }
+
+    fn name(&self) -> String {
+        match self {
+            Self::Committed { version, .. } => format!("version {version}"),
+            Self::Clone(c) => format!("clone {}", c.seq),
+        }
+    }
+}
+
 /// Runs the shard's resync loop until `stop` is set; `synced(chain,
 /// version)` is called when this shard has synced a chain at a version.
 pub async fn run(
@@ -726,74 +756,7 @@ impl Shard {
         c: &CloneInfo,
         cfg: ResyncConfig,
     ) -> Result<()> {
-        let chunk = h.chunk;
-        let mut offset = 0u64;
-        loop {
-            let n = PIECE.min(c.len - offset);
-            let (data, crcs, seals) = if n == 0 {
-                (Bytes::new(), SegmentCrcs::default(), Bytes::new())
-            } else {
-                let out = match self.store.read_clone(chunk, c.seq, offset, n).await {
-                    Ok(o) => o,
-                    Err(StoreError::Checksum { block, .. }) => {
-                        self.metrics.crc_failure();
-                        return Err(Reject::new(
-                            ErrorCode::Checksum,
-                            format!(
-                                "block {block} of clone {} of {chunk} is corrupt here",
-                                c.seq
-                            ),
-                        ));
-                    }
-                    Err(e) => return Err(e.into()),
-                };
-                if out.version != c.version || out.data.len() as u64 != n {
-                    return Err(Reject::new(
-                        ErrorCode::Internal,
-                        format!("clone {} of {chunk} changed under its lock", c.seq),
-                    ));
-                }
-                (
-                    out.data,
-                    SegmentCrcs::from_slice(&out.block_crcs),
-                    seal_bytes(&out.block_seals),
-                )
-            };
-            let f = Frame::with_payload_crcs(
-                Header {
-                    chunk,
-                    chain: h.chain,
-                    chain_version: h.chain_version,
-                    version: c.version,
-                    offset,
-                    snap_seq: c.seq,
-                    client_seq: c.len,
-                    client_id: SessionId(c.birth),
-                    ..Header::request(Opcode::InstallClone, 0)
-                },
-                data,
-                crcs,
-            )
-            .and_then(|f| sealed(f, seals))
-            .map_err(|e| Reject::new(ErrorCode::Internal, format!("install frame: {e}")))?;
-            let reply = self.peers.call(addr, f).await?;
-            if let Some(code) = reply.error_code() {
-                return Err(Reject::new(
-                    code,
-                    format!(
-                        "{addr} refused clone {} of {chunk}: {}",
-                        c.seq,
-                        reply.error_message().unwrap_or_default()
-                    ),
-                ));
-            }
-            self.metrics.repair_copied(n);
-            self.pace(n, cfg).await;
-            offset += n;
-            if offset >= c.len {
-                return Ok(());
-            }
-        }
+        self.send_pieces(h, addr, Copied::Clone(*c), cfg).await
     }
 
     /// Sends committed version `version` (`total` bytes) of the chunk to
@@ -810,24 +773,54 @@ impl Shard {
         expect: u64,
         cfg: ResyncConfig,
     ) -> Result<()> {
+        let what = Copied::Committed {
+            version,
+            total,
+            expect,
+        };
+        self.send_pieces(h, addr, what, cfg).await
+    }
+
+    /// Sends `what` of the chunk to `addr` in pieces of at most [`PIECE`]
+    /// bytes, each read and CRC-checked here, paced to the configured rate.
+    async fn send_pieces(
+        &self,
+        h: &Header,
+        addr: &str,
+        what: Copied,
+        cfg: ResyncConfig,
+    ) -> Result<()> {
         let chunk = h.chunk;
+        let (version, total) = what.version_and_len();
         let mut offset = 0u64;
         loop {
             let n = PIECE.min(total - offset);
             let (data, crcs, seals) = if n == 0 {
                 (Bytes::new(), SegmentCrcs::default(), Bytes::new())
             } else {
-                let out = match self.store.read(chunk, offset, n, ReadMode::Committed).await {
+                let read = match what {
+                    Copied::Committed { .. } => {
+                        self.store.read(chunk, offset, n, ReadMode::Committed).await
+                    }
+                    Copied::Clone(c) => self.store.read_clone(chunk, c.seq, offset, n).await,
+                };
+                let out = match read {
                     Ok(o) => o,
                     Err(StoreError::Checksum { block, .. }) => {
-                        // Repaired here from another serving member; the
-                        // pass retries after.
                         self.metrics.crc_failure();
-                        (self.corrupt)(chunk, vec![block]);
-                        self.queue_repair(chunk);
+                        if let Copied::Committed { .. } = what {
+                            // Repaired here from another serving member;
+                            // the pass retries after.
+                            (self.corrupt)(chunk, vec![block]);
+                            self.queue_repair(chunk);
+                        }
                         return Err(Reject::new(
                             ErrorCode::Checksum,
-                            format!("block {block} of {chunk} is corrupt here: not a copy source"),
+                            format!(
+                                "block {block} of {} of {chunk} is corrupt here: not a copy \
+                                 source",
+                                what.name()
+                            ),
                         ));
                     }
                     Err(e) => return Err(e.into()),
@@ -835,7 +828,7 @@ impl Shard {
                 if out.version != version || out.data.len() as u64 != n {
                     return Err(Reject::new(
                         ErrorCode::Internal,
-                        format!("{chunk} changed under its lock during a copy"),
+                        format!("{} of {chunk} changed under its lock", what.name()),
                     ));
                 }
                 (
@@ -844,28 +837,37 @@ impl Shard {
                     seal_bytes(&out.block_seals),
                 )
             };
-            let f = Frame::with_payload_crcs(
-                Header {
-                    chunk,
-                    chain: h.chain,
-                    chain_version: h.chain_version,
-                    version,
-                    offset,
-                    client_seq: total,
+            let base = Header {
+                chunk,
+                chain: h.chain,
+                chain_version: h.chain_version,
+                version,
+                offset,
+                client_seq: total,
+                ..Header::request(Opcode::Install, 0)
+            };
+            let header = match what {
+                Copied::Committed { expect, .. } => Header {
                     client_id: SessionId(expect),
-                    ..Header::request(Opcode::Install, 0)
+                    ..base
                 },
-                data,
-                crcs,
-            )
-            .and_then(|f| sealed(f, seals))
-            .map_err(|e| Reject::new(ErrorCode::Internal, format!("install frame: {e}")))?;
+                Copied::Clone(c) => Header {
+                    opcode: Opcode::InstallClone,
+                    snap_seq: c.seq,
+                    client_id: SessionId(c.birth),
+                    ..base
+                },
+            };
+            let f = Frame::with_payload_crcs(header, data, crcs)
+                .and_then(|f| sealed(f, seals))
+                .map_err(|e| Reject::new(ErrorCode::Internal, format!("install frame: {e}")))?;
             let reply = self.peers.call(addr, f).await?;
             if let Some(code) = reply.error_code() {
                 return Err(Reject::new(
                     code,
                     format!(
-                        "{addr} refused a copy of {chunk}: {}",
+                        "{addr} refused {} of {chunk}: {}",
+                        what.name(),
                         reply.error_message().unwrap_or_default()
                     ),
                 ));

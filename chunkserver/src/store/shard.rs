@@ -1157,28 +1157,13 @@ impl ShardStore {
         // the newest one (those it shares with the committed version).
         let kept: HashMap<u32, u64> = match clone {
             Some(seq) => {
-                let all = self.entries(chunk, 0, u32::MAX)?;
-                let mut groups: std::collections::BTreeMap<u32, Vec<(u32, BlockEntry)>> =
-                    std::collections::BTreeMap::new();
-                let mut kept = HashMap::new();
-                for (block, e) in all {
-                    if let Some(r) = e.committed {
-                        kept.insert(block, r.blockno);
-                        groups.entry(layout::group_of(block)).or_default().push((
-                            block,
-                            BlockEntry {
-                                committed: Some(r),
-                                pending: Vec::new(),
-                            },
-                        ));
-                    }
-                }
-                for (g, es) in &groups {
-                    batch.insert(
-                        &layout::clone_group_key(chunk, seq, *g)[..],
-                        layout::encode_group(es.iter().map(|(b, e)| (*b, e))),
-                    );
-                }
+                let committed: Vec<(u32, BlockRef)> = self
+                    .entries(chunk, 0, u32::MAX)?
+                    .into_iter()
+                    .filter_map(|(b, e)| e.committed.map(|r| (b, r)))
+                    .collect();
+                let kept = committed.iter().map(|(b, r)| (*b, r.blockno)).collect();
+                stage_clone_blocks(chunk, seq, committed.into_iter(), &mut batch);
                 let ch = layout::CloneHeader {
                     version: header.committed_version,
                     len: header.committed_len,
@@ -2127,25 +2112,12 @@ impl ShardStore {
         for ((at, _, r), blockno) in fresh.iter().zip(blocknos) {
             refs[*at].1 = Some(BlockRef { blockno, ..*r });
         }
-        let mut groups: std::collections::BTreeMap<u32, Vec<(u32, BlockEntry)>> =
-            std::collections::BTreeMap::new();
-        for (block, r) in refs {
-            if let Some(r) = r {
-                groups.entry(layout::group_of(block)).or_default().push((
-                    block,
-                    BlockEntry {
-                        committed: Some(r),
-                        pending: Vec::new(),
-                    },
-                ));
-            }
-        }
-        for (g, es) in &groups {
-            batch.insert(
-                &layout::clone_group_key(chunk, seq, *g)[..],
-                layout::encode_group(es.iter().map(|(b, e)| (*b, e))),
-            );
-        }
+        stage_clone_blocks(
+            chunk,
+            seq,
+            refs.into_iter().filter_map(|(b, r)| r.map(|r| (b, r))),
+            &mut batch,
+        );
         if last {
             batch.insert(&layout::clone_key(chunk, seq)[..], clone.encode());
             header.clone_seq = header.clone_seq.max(seq);
@@ -2340,6 +2312,33 @@ impl ShardStore {
             .await
             .map_err(StoreError::glommio("close data file"))?;
         Ok(())
+    }
+}
+
+/// Stages the block groups of `chunk`'s clone `seq` holding `refs`
+/// (block index → stored block, ascending), one group record each.
+fn stage_clone_blocks(
+    chunk: ChunkId,
+    seq: u64,
+    refs: impl Iterator<Item = (u32, BlockRef)>,
+    batch: &mut sled::Batch,
+) {
+    let mut groups: std::collections::BTreeMap<u32, Vec<(u32, BlockEntry)>> =
+        std::collections::BTreeMap::new();
+    for (block, r) in refs {
+        groups.entry(layout::group_of(block)).or_default().push((
+            block,
+            BlockEntry {
+                committed: Some(r),
+                pending: Vec::new(),
+            },
+        ));
+    }
+    for (g, es) in &groups {
+        batch.insert(
+            &layout::clone_group_key(chunk, seq, *g)[..],
+            layout::encode_group(es.iter().map(|(b, e)| (*b, e))),
+        );
     }
 }
 
