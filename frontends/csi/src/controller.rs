@@ -8,10 +8,17 @@
 //! DeleteVolume removes the volume's tree and then the volume; its data
 //! leaves the chunkservers through meta's garbage collector.
 //!
-//! Offered and advertised: CREATE_DELETE_VOLUME, GET_CAPACITY and
-//! EXPAND_VOLUME (online: the quota grows, the mounts need nothing). Not
-//! advertised (the sidecars then never call them; a direct call answers
-//! UNIMPLEMENTED): snapshots, cloning, publish/unpublish
+//! Offered and advertised: CREATE_DELETE_VOLUME, GET_CAPACITY,
+//! EXPAND_VOLUME (online: the quota grows, the mounts need nothing),
+//! CREATE_DELETE_SNAPSHOT and LIST_SNAPSHOTS. A VolumeSnapshot is a Cairn
+//! volume snapshot (issue 17) with the id `VOLUME/NAME`, named after the
+//! CSI snapshot name; a volume whose content source is a snapshot is
+//! `cairn snapshot restore` (its files share the snapshot's data until
+//! written; it keeps the source's replication, compression and keys), and
+//! the snapshot cannot be deleted while such a volume exists
+//! (FAILED_PRECONDITION). Not advertised (the sidecars then never call
+//! them; a direct call answers UNIMPLEMENTED): cloning a volume,
+//! publish/unpublish
 //! (`attachRequired: false`), ListVolumes, ControllerGetVolume,
 //! ControllerModifyVolume.
 
@@ -45,6 +52,153 @@ impl Controller {
             .await
             .map_err(|e| status("listing volumes", &e))?;
         Ok(vols.into_iter().find(|v| v.name == name))
+    }
+}
+
+/// How long CreateVolume waits for a restore's tree to be copied before it
+/// answers ABORTED (the provisioner retries, and the retry waits on).
+const RESTORE_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
+
+impl Controller {
+    /// Makes volume `name` from snapshot `id` (`cairn snapshot restore`):
+    /// it keeps the source's replication, compression and keys, so the
+    /// class must ask for the same; `quota` becomes its byte quota.
+    /// Idempotent: a volume restored from the same snapshot is waited for.
+    async fn restore(
+        &self,
+        name: &str,
+        id: &str,
+        policy: &cairn_proto::meta::VolumePolicy,
+        check: Option<&Vec<u8>>,
+        quota: u64,
+    ) -> Result<(), Status> {
+        let missing = || Status::not_found(format!("no snapshot {id}"));
+        let (src, snap) = parse_snapshot_id(id).ok_or_else(missing)?;
+        let source = self.find(src).await?.ok_or_else(missing)?;
+        let s = self
+            .all_snapshots(Some(src))
+            .await?
+            .into_iter()
+            .map(|(_, s)| s)
+            .find(|s| s.name == snap)
+            .ok_or_else(missing)?;
+        let have = source.policy.clone().unwrap_or_default();
+        if have.replication != policy.replication
+            || have.encrypted != policy.encrypted
+            || have.compression != policy.compression
+        {
+            return Err(Status::invalid_argument(format!(
+                "a volume restored from snapshot {id} keeps its source's replication ({}), \
+                 encryption ({}) and compression ({}): use a class that asks for the same",
+                have.replication, have.encrypted, have.compression
+            )));
+        }
+        if let Some(c) = check
+            && !have.key_checks.iter().any(|k| &k.check == c)
+        {
+            return Err(Status::invalid_argument(format!(
+                "the provisioner secret's key is not the key of snapshot {id}'s volume"
+            )));
+        }
+        if quota != 0 && quota < s.used_bytes {
+            return Err(Status::out_of_range(format!(
+                "capacity_range: {quota} bytes is less than snapshot {id} holds ({} bytes)",
+                s.used_bytes
+            )));
+        }
+        match self.meta.restore_snapshot(src, snap, name).await {
+            Ok(_) => tracing::info!(volume = name, snapshot = id, "restoring volume"),
+            Err(e) if e.code == cairn_client::ErrorCode::Exists => {
+                // Ours from a previous attempt, or another volume.
+                let r = self.meta.restore_status(name).await;
+                if !r.is_ok_and(|r| r.source_volume == src && r.snapshot == snap) {
+                    return Err(Status::already_exists(format!(
+                        "volume {name} exists and was not restored from snapshot {id}"
+                    )));
+                }
+            }
+            Err(e) => return Err(status(&format!("restoring {id} into {name}"), &e)),
+        }
+        let started = std::time::Instant::now();
+        loop {
+            let r = self
+                .meta
+                .restore_status(name)
+                .await
+                .map_err(|e| status(&format!("restoring {id} into {name}"), &e))?;
+            if r.done {
+                break;
+            }
+            if started.elapsed() > RESTORE_WAIT {
+                return Err(Status::aborted(format!(
+                    "volume {name} is still being restored from {id} ({} of {} inodes); retry",
+                    r.copied, r.total
+                )));
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+        if quota != have.quota_bytes {
+            self.meta
+                .set_volume_quota(name, Some(quota), None)
+                .await
+                .map_err(|e| status(&format!("setting the quota of {name}"), &e))?;
+        }
+        Ok(())
+    }
+
+    /// Every snapshot of volume `only` (or of every volume) as (volume,
+    /// snapshot).
+    async fn all_snapshots(
+        &self,
+        only: Option<&str>,
+    ) -> Result<Vec<(String, cairn_proto::meta::Snapshot)>, Status> {
+        let names: Vec<String> = match only {
+            Some(v) => vec![v.to_string()],
+            None => self
+                .meta
+                .list_volumes()
+                .await
+                .map_err(|e| status("listing volumes", &e))?
+                .into_iter()
+                .map(|v| v.name)
+                .collect(),
+        };
+        let mut out = Vec::new();
+        for v in names {
+            match self.meta.list_snapshots(&v).await {
+                Ok(all) => out.extend(all.into_iter().map(|s| (v.clone(), s))),
+                // Removed meanwhile.
+                Err(e) if e.code == cairn_client::ErrorCode::NotFound => {}
+                Err(e) => return Err(status(&format!("listing snapshots of {v}"), &e)),
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// The CSI id of snapshot `name` of volume `volume`: `VOLUME/NAME` (neither
+/// may contain a '/').
+pub fn snapshot_id(volume: &str, name: &str) -> String {
+    format!("{volume}/{name}")
+}
+
+/// Splits a [`snapshot_id`]; `None` for an id this driver never made.
+pub fn parse_snapshot_id(id: &str) -> Option<(&str, &str)> {
+    let (v, n) = id.split_once('/')?;
+    (!v.is_empty() && !n.is_empty() && !n.contains('/')).then_some((v, n))
+}
+
+fn snapshot_pb(volume: &str, s: &cairn_proto::meta::Snapshot) -> pb::Snapshot {
+    pb::Snapshot {
+        size_bytes: i64::try_from(s.used_bytes).unwrap_or(i64::MAX),
+        snapshot_id: snapshot_id(volume, &s.name),
+        source_volume_id: volume.to_string(),
+        creation_time: Some(prost_types::Timestamp {
+            seconds: s.created_ns.div_euclid(1_000_000_000),
+            nanos: i32::try_from(s.created_ns.rem_euclid(1_000_000_000)).unwrap_or(0),
+        }),
+        ready_to_use: s.ready,
+        group_snapshot_id: String::new(),
     }
 }
 
@@ -129,12 +283,20 @@ impl pb::controller_server::Controller for Controller {
         let name =
             params::volume_name(required("name", &req.name)?).map_err(Status::invalid_argument)?;
         check_capabilities(&req.volume_capabilities)?;
-        if req.volume_content_source.is_some() {
-            return Err(Status::invalid_argument(
-                "volume_content_source: restoring a snapshot or cloning a volume needs Cairn \
-                 snapshots, which this driver does not offer yet",
-            ));
-        }
+        let source = match req
+            .volume_content_source
+            .as_ref()
+            .and_then(|c| c.r#type.as_ref())
+        {
+            None => None,
+            Some(pb::volume_content_source::Type::Snapshot(s)) => Some(s.snapshot_id.clone()),
+            Some(pb::volume_content_source::Type::Volume(_)) => {
+                return Err(Status::invalid_argument(
+                    "volume_content_source: cloning a volume is not offered by the Cairn CSI \
+                     driver; take a VolumeSnapshot of it and create the volume from that",
+                ));
+            }
+        };
         let class = params::parse(&req.parameters).map_err(Status::invalid_argument)?;
         if !req.mutable_parameters.is_empty() {
             return Err(Status::invalid_argument(
@@ -200,6 +362,18 @@ impl pb::controller_server::Controller for Controller {
                 )))
             }
         };
+        if let Some(id) = source {
+            return self
+                .restore(&name, &id, &policy, check.as_ref(), quota)
+                .await
+                .map(|()| {
+                    let mut a = answer(quota);
+                    if let Some(v) = a.volume.as_mut() {
+                        v.content_source = req.volume_content_source.clone();
+                    }
+                    Response::new(a)
+                });
+        }
         if let Some(v) = self.find(&name).await? {
             existing(&v)?;
             return Ok(Response::new(answer(quota)));
@@ -339,29 +513,137 @@ impl pb::controller_server::Controller for Controller {
                 capability(rpc::Type::CreateDeleteVolume),
                 capability(rpc::Type::GetCapacity),
                 capability(rpc::Type::ExpandVolume),
+                capability(rpc::Type::CreateDeleteSnapshot),
+                capability(rpc::Type::ListSnapshots),
             ],
         }))
     }
 
     async fn create_snapshot(
         &self,
-        _: Request<pb::CreateSnapshotRequest>,
+        req: Request<pb::CreateSnapshotRequest>,
     ) -> Result<Response<pb::CreateSnapshotResponse>, Status> {
-        Err(unimplemented("CreateSnapshot (Cairn has no snapshots yet)"))
+        let req = req.into_inner();
+        let volume = required("source_volume_id", &req.source_volume_id)?;
+        let name = params::volume_name(required("name", &req.name)?)
+            .map_err(|e| Status::invalid_argument(format!("name: {e}")))?;
+        if let Some(k) = req.parameters.keys().next() {
+            return Err(Status::invalid_argument(format!(
+                "parameters: the Cairn CSI driver takes no snapshot parameters ({k:?} given)"
+            )));
+        }
+        if self.find(volume).await?.is_none() {
+            return Err(Status::not_found(format!("no volume {volume}")));
+        }
+        // CSI snapshot names are cluster-wide, Cairn's per volume: the same
+        // name on another volume is another snapshot.
+        for (v, s) in self.all_snapshots(None).await? {
+            if s.name == name && v != volume {
+                return Err(Status::already_exists(format!(
+                    "snapshot {name} exists, of volume {v}"
+                )));
+            }
+        }
+        let s = self
+            .meta
+            .create_snapshot(volume, &name)
+            .await
+            .map_err(|e| status(&format!("snapshot {name} of {volume}"), &e))?;
+        tracing::info!(volume, snapshot = %name, "created snapshot");
+        Ok(Response::new(pb::CreateSnapshotResponse {
+            snapshot: Some(snapshot_pb(volume, &s)),
+        }))
     }
 
     async fn delete_snapshot(
         &self,
-        _: Request<pb::DeleteSnapshotRequest>,
+        req: Request<pb::DeleteSnapshotRequest>,
     ) -> Result<Response<pb::DeleteSnapshotResponse>, Status> {
-        Err(unimplemented("DeleteSnapshot (Cairn has no snapshots yet)"))
+        let req = req.into_inner();
+        let id = required("snapshot_id", &req.snapshot_id)?;
+        // An id this driver never made names no snapshot: deleted already.
+        let Some((volume, name)) = parse_snapshot_id(id) else {
+            return Ok(Response::new(pb::DeleteSnapshotResponse {}));
+        };
+        match self.meta.delete_snapshot(volume, name).await {
+            Ok(_) => {
+                tracing::info!(volume, snapshot = name, "deleted snapshot");
+                Ok(Response::new(pb::DeleteSnapshotResponse {}))
+            }
+            Err(e) if e.code == cairn_client::ErrorCode::NotFound => {
+                Ok(Response::new(pb::DeleteSnapshotResponse {}))
+            }
+            // The base of a volume restored from it.
+            Err(e) if e.code == cairn_client::ErrorCode::NotEmpty => Err(
+                Status::failed_precondition(format!("snapshot {id} is in use: {}", e.message)),
+            ),
+            Err(e) => Err(status(&format!("deleting snapshot {id}"), &e)),
+        }
     }
 
     async fn list_snapshots(
         &self,
-        _: Request<pb::ListSnapshotsRequest>,
+        req: Request<pb::ListSnapshotsRequest>,
     ) -> Result<Response<pb::ListSnapshotsResponse>, Status> {
-        Err(unimplemented("ListSnapshots (Cairn has no snapshots yet)"))
+        let req = req.into_inner();
+        if req.max_entries < 0 {
+            return Err(Status::invalid_argument("max_entries: negative"));
+        }
+        let mut all = if !req.snapshot_id.is_empty() {
+            match parse_snapshot_id(&req.snapshot_id) {
+                Some((v, _)) if self.find(v).await?.is_some() => {
+                    self.all_snapshots(Some(v)).await?
+                }
+                _ => Vec::new(),
+            }
+        } else if !req.source_volume_id.is_empty() {
+            if self.find(&req.source_volume_id).await?.is_some() {
+                self.all_snapshots(Some(&req.source_volume_id)).await?
+            } else {
+                Vec::new()
+            }
+        } else {
+            self.all_snapshots(None).await?
+        };
+        all.retain(|(v, s)| {
+            (req.snapshot_id.is_empty() || req.snapshot_id == snapshot_id(v, &s.name))
+                && (req.source_volume_id.is_empty() || req.source_volume_id == *v)
+        });
+        all.sort_by(|a, b| (a.0.as_str(), a.1.seq).cmp(&(b.0.as_str(), b.1.seq)));
+        let start = if req.starting_token.is_empty() {
+            0
+        } else {
+            req.starting_token
+                .parse::<usize>()
+                .ok()
+                .filter(|n| *n <= all.len())
+                .ok_or_else(|| {
+                    Status::aborted(format!(
+                        "starting_token {:?} is not one this driver gave",
+                        req.starting_token
+                    ))
+                })?
+        };
+        let n = if req.max_entries == 0 {
+            all.len()
+        } else {
+            req.max_entries as usize
+        };
+        let end = start.saturating_add(n).min(all.len());
+        let entries = all[start..end]
+            .iter()
+            .map(|(v, s)| pb::list_snapshots_response::Entry {
+                snapshot: Some(snapshot_pb(v, s)),
+            })
+            .collect();
+        Ok(Response::new(pb::ListSnapshotsResponse {
+            entries,
+            next_token: if end < all.len() {
+                end.to_string()
+            } else {
+                String::new()
+            },
+        }))
     }
 
     /// A larger claim is a larger byte quota, at once and online: the

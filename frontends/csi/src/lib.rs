@@ -14,8 +14,8 @@
 //!   directory, and a mount process that dies is started again on the same
 //!   staging path.
 //!
-//! What is not offered yet, and therefore not advertised: snapshots (Cairn
-//! has none yet), cloning, block volumes. Expansion is a quota change,
+//! What is not offered yet, and therefore not advertised: cloning a
+//! volume (snapshot it and restore the snapshot instead), block volumes. Expansion is a quota change,
 //! online.
 //!
 //! # Topology

@@ -25,6 +25,7 @@ use cairn_jepsen::binary::binary;
 use cairn_jepsen::data_cluster::{DataCluster, DataOpts};
 use cairn_jepsen::fuse::is_mounted;
 use hyper_util::rt::TokioIo;
+use prost::bytes::Bytes;
 use tonic::Code;
 use tonic::transport::{Channel, Endpoint};
 
@@ -251,8 +252,8 @@ async fn body(dir: &Path, cluster: &DataCluster) -> Result<()> {
         .await?
         .into_inner();
     ensure!(
-        caps.capabilities.len() == 3,
-        "create/delete, capacity and expansion: {caps:?}"
+        caps.capabilities.len() == 5,
+        "create/delete, capacity, expansion and snapshots: {caps:?}"
     );
 
     // CreateVolume: validation, idempotency, conflicts.
@@ -727,6 +728,172 @@ async fn body(dir: &Path, cluster: &DataCluster) -> Result<()> {
             .all(|v| v.name != name),
         "the volume is gone"
     );
+    // VolumeSnapshots: Cairn snapshots; a volume from one is a restore.
+    ctl.create_volume(create_req("pvc-snap", 1 << 30, class()))
+        .await?;
+    client
+        .write_file("/pvc-snap/data.bin", Bytes::from(vec![7u8; 300_000]))
+        .await?;
+    let snap_req = |volume: &str, name: &str| pb::CreateSnapshotRequest {
+        source_volume_id: volume.into(),
+        name: name.into(),
+        ..Default::default()
+    };
+    let snap = ctl
+        .create_snapshot(snap_req("pvc-snap", "snapshot-1"))
+        .await?
+        .into_inner()
+        .snapshot
+        .context("a snapshot")?;
+    ensure!(
+        snap.snapshot_id == "pvc-snap/snapshot-1"
+            && snap.source_volume_id == "pvc-snap"
+            && snap.ready_to_use
+            && snap.size_bytes == 300_000
+            && snap.creation_time.is_some(),
+        "{snap:?}"
+    );
+    let again = ctl
+        .create_snapshot(snap_req("pvc-snap", "snapshot-1"))
+        .await?
+        .into_inner()
+        .snapshot;
+    ensure!(again.as_ref() == Some(&snap), "idempotent: {again:?}");
+    ctl.create_volume(create_req("pvc-other", 1 << 30, class()))
+        .await?;
+    ensure!(
+        code(
+            ctl.create_snapshot(snap_req("pvc-other", "snapshot-1"))
+                .await
+        ) == Code::AlreadyExists,
+        "the same name on another volume"
+    );
+    ensure!(
+        code(
+            ctl.create_snapshot(snap_req("pvc-nope", "snapshot-2"))
+                .await
+        ) == Code::NotFound
+    );
+    ctl.create_snapshot(snap_req("pvc-other", "snapshot-2"))
+        .await?;
+    let list = |req: pb::ListSnapshotsRequest| {
+        let mut ctl = ctl.clone();
+        async move {
+            let r = ctl.list_snapshots(req).await?.into_inner();
+            let ids: Vec<String> = r
+                .entries
+                .iter()
+                .filter_map(|e| e.snapshot.as_ref().map(|s| s.snapshot_id.clone()))
+                .collect();
+            anyhow::Ok((ids, r.next_token))
+        }
+    };
+    let (ids, next) = list(pb::ListSnapshotsRequest::default()).await?;
+    ensure!(
+        ids == ["pvc-other/snapshot-2", "pvc-snap/snapshot-1"] && next.is_empty(),
+        "{ids:?}"
+    );
+    let (ids, next) = list(pb::ListSnapshotsRequest {
+        max_entries: 1,
+        ..Default::default()
+    })
+    .await?;
+    ensure!(
+        ids == ["pvc-other/snapshot-2"] && next == "1",
+        "{ids:?} {next:?}"
+    );
+    let (ids, _) = list(pb::ListSnapshotsRequest {
+        max_entries: 1,
+        starting_token: next,
+        ..Default::default()
+    })
+    .await?;
+    ensure!(ids == ["pvc-snap/snapshot-1"], "{ids:?}");
+    let (ids, _) = list(pb::ListSnapshotsRequest {
+        source_volume_id: "pvc-snap".into(),
+        ..Default::default()
+    })
+    .await?;
+    ensure!(ids == ["pvc-snap/snapshot-1"], "{ids:?}");
+    let (ids, _) = list(pb::ListSnapshotsRequest {
+        snapshot_id: "pvc-snap/nope".into(),
+        ..Default::default()
+    })
+    .await?;
+    ensure!(ids.is_empty(), "{ids:?}");
+    // A volume from the snapshot: the snapshot's files, its own changes.
+    client
+        .write_file("/pvc-snap/data.bin", Bytes::from_static(b"changed"))
+        .await?;
+    let from = pb::VolumeContentSource {
+        r#type: Some(pb::volume_content_source::Type::Snapshot(
+            pb::volume_content_source::SnapshotSource {
+                snapshot_id: "pvc-snap/snapshot-1".into(),
+            },
+        )),
+    };
+    let restored = ctl
+        .create_volume(pb::CreateVolumeRequest {
+            volume_content_source: Some(from.clone()),
+            ..create_req("pvc-restored", 1 << 30, class())
+        })
+        .await?
+        .into_inner()
+        .volume
+        .context("a volume")?;
+    ensure!(
+        restored.content_source == Some(from.clone()),
+        "{restored:?}"
+    );
+    // Idempotent.
+    ctl.create_volume(pb::CreateVolumeRequest {
+        volume_content_source: Some(from.clone()),
+        ..create_req("pvc-restored", 1 << 30, class())
+    })
+    .await?;
+    ensure!(client.read_file("/pvc-restored/data.bin").await? == vec![7u8; 300_000]);
+    let mut other_class = class();
+    other_class.insert("replication".into(), "1".into());
+    ensure!(
+        code(
+            ctl.create_volume(pb::CreateVolumeRequest {
+                volume_content_source: Some(from.clone()),
+                ..create_req("pvc-restored-1", 1 << 30, other_class)
+            })
+            .await
+        ) == Code::InvalidArgument,
+        "a restored volume keeps its source's replication"
+    );
+    let delete_snap = |id: &str| pb::DeleteSnapshotRequest {
+        snapshot_id: id.into(),
+        ..Default::default()
+    };
+    ensure!(
+        code(
+            ctl.delete_snapshot(delete_snap("pvc-snap/snapshot-1"))
+                .await
+        ) == Code::FailedPrecondition,
+        "the restored volume's base is in use"
+    );
+    for v in ["pvc-restored", "pvc-other"] {
+        ctl.delete_volume(pb::DeleteVolumeRequest {
+            volume_id: v.into(),
+            ..Default::default()
+        })
+        .await
+        .ok();
+    }
+    ctl.delete_snapshot(delete_snap("pvc-snap/snapshot-1"))
+        .await?;
+    ctl.delete_snapshot(delete_snap("pvc-snap/snapshot-1"))
+        .await?;
+    ctl.delete_snapshot(delete_snap("not-an-id")).await?;
+    ctl.delete_volume(pb::DeleteVolumeRequest {
+        volume_id: "pvc-snap".into(),
+        ..Default::default()
+    })
+    .await?;
+
     // An encrypted class: the key comes from the provisioner secret at
     // creation and from the node-stage secret at mount, into a 0600 file
     // that leaves with the unstage.
