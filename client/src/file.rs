@@ -132,8 +132,9 @@ struct FileInner {
     crypt: Option<Crypt>,
     /// The file's volume.
     volume: u64,
-    /// A file of a snapshot's tree: the snapshot's seq. Read-only, read
-    /// with the snapshot's seq, never cached (the cache holds live data).
+    /// A file of a snapshot's tree (or a restored file not copied yet):
+    /// the snapshot's seq. Read-only, read with the snapshot's seq, cached
+    /// under a generation of its own ([`FileInner::key`]).
     snapshot: Option<u64>,
     /// How the volume compresses (set at open when the client knows the
     /// volume, else by [`FileInner::ready`] before the first read or write).
@@ -480,9 +481,7 @@ impl File {
             let prefetch = s.readahead.on_read(offset, end - offset, size);
             (end, prefetch)
         };
-        if let Some((from, to)) = prefetch
-            && f.snapshot.is_none()
-        {
+        if let Some((from, to)) = prefetch {
             self.spawn_prefetch(from, to);
         }
         f.wait_prefetches(offset, end).await;
@@ -665,6 +664,10 @@ impl Drop for File {
         }
     }
 }
+
+/// The top bit of a snapshot read's cache generation (see
+/// [`FileInner::key`]).
+const SNAPSHOT_GENERATION: u64 = 1 << 63;
 
 /// How long a writer waits for another client's copy of a restored
 /// file's data ([`FileInner::copy_up`]).
@@ -873,9 +876,17 @@ impl FileInner {
     }
 
     fn key(&self, block: u64) -> BlockKey {
+        // An object as a snapshot saw it never changes: its blocks are
+        // cached under the snapshot's seq with the top bit set, which no
+        // attribute version reaches, so they never mix with the live
+        // object's (whose generation is the version at open).
+        let generation = match self.snapshot {
+            Some(seq) => SNAPSHOT_GENERATION | seq,
+            None => self.generation,
+        };
         BlockKey {
             object: self.layout.object.0,
-            generation: self.generation,
+            generation,
             block,
         }
     }
@@ -886,7 +897,7 @@ impl FileInner {
         let opts = &self.client.inner.opts;
         let cache = &self.client.inner.cache;
         let size = lock(&self.state).len;
-        let use_cache = cache_enabled(&self.client) && self.snapshot.is_none();
+        let use_cache = cache_enabled(&self.client);
         // Parts found or fetched: (file offset, bytes).
         let mut parts: Vec<(u64, Bytes)> = Vec::new();
         // Pieces to fetch: the first apart, so that a read of one piece
@@ -990,7 +1001,7 @@ impl FileInner {
     /// may predate the write). A short reply is a hole or the chunk's end;
     /// only whole stored blocks within the file's `size` are cached.
     fn cache_fetched(&self, r: &Piece, data: &Bytes, epoch: u64, size: u64) {
-        if self.epoch() != epoch || self.snapshot.is_some() {
+        if self.epoch() != epoch {
             return;
         }
         let cache = &self.client.inner.cache;
