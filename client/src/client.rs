@@ -180,6 +180,10 @@ pub(crate) struct Inner {
     pub(crate) write_bufs: crate::file::WriteBufs,
     /// What `/metrics` shows of this client ([`crate::metrics`]).
     pub(crate) metrics: Arc<crate::metrics::ClientMetrics>,
+    /// Per restored file being copied from its snapshot, the lock its
+    /// copiers in this client take: meta's claim is per session, so two
+    /// handles of one client must not copy (and then write) at once.
+    pub(crate) copying: Mutex<HashMap<u64, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 #[derive(Debug, Default)]
@@ -254,6 +258,7 @@ impl Client {
             codecs: Mutex::new(HashMap::new()),
             write_bufs: crate::file::WriteBufs::default(),
             metrics: Arc::new(crate::metrics::ClientMetrics::new(cache.clone())),
+            copying: Mutex::new(HashMap::new()),
         });
         if inner.opts.cache.dir.is_some() {
             let weak = Arc::downgrade(&cache);

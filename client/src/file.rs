@@ -693,6 +693,40 @@ impl FileInner {
         let Some((object, seq)) = *origin else {
             return Ok(());
         };
+        // One copier per file in this client; a later one finds the copy
+        // done (meta answers that there is nothing to copy).
+        let one = {
+            let mut m = self
+                .client
+                .inner
+                .copying
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            m.entry(self.ino.0).or_default().clone()
+        };
+        let _one = one.lock().await;
+        let r = self.copy_up_locked(object, seq, discard).await;
+        {
+            let mut m = self
+                .client
+                .inner
+                .copying
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if m.get(&self.ino.0)
+                .is_some_and(|a| Arc::strong_count(a) <= 2)
+            {
+                m.remove(&self.ino.0);
+            }
+        }
+        r?;
+        *origin = None;
+        Ok(())
+    }
+
+    /// The body of [`Self::copy_up`], under the client's copy lock of the
+    /// file.
+    async fn copy_up_locked(&self, object: u64, seq: u64, discard: bool) -> Result<()> {
         let meta = &self.client.inner.meta;
         let deadline = std::time::Instant::now() + COPY_WAIT;
         let mut pause = std::time::Duration::from_millis(20);
@@ -700,12 +734,11 @@ impl FileInner {
             match meta.copy_up(self.ino, discard).await {
                 Ok((true, attr)) => break attr,
                 Ok((false, attr)) => {
-                    // Dropped (discard) or copied by another client.
+                    // Dropped (discard) or copied by another handle.
                     let mut s = lock(&self.state);
                     s.len = attr.size;
                     s.reported = attr.size;
                     s.truncate_gen = attr.truncate_gen;
-                    *origin = None;
                     return Ok(());
                 }
                 Err(e)
@@ -753,7 +786,6 @@ impl FileInner {
             s.reported_writes = s.writes;
         }
         meta.copy_done(self.ino).await?;
-        *origin = None;
         Ok(())
     }
 

@@ -646,14 +646,25 @@ async fn a_restored_volume_reads_the_snapshot_and_writes_its_own() -> Result<()>
     let sa = client.stat("/dst/a").await?;
     ensure!(sa.origin_seq != 0, "a still reads the snapshot's data");
 
-    // A write copies the file first, then changes only the copy.
+    // A write copies the file first, then changes only the copy; two
+    // handles writing at once copy it once and keep both writes.
     let f = client
         .open("/dst/a", cairn_client::OpenOptions::WRITE)
         .await?;
-    f.write_at(4096, Bytes::from(vec![0x77; 100])).await?;
+    let g = client
+        .open("/dst/a", cairn_client::OpenOptions::WRITE)
+        .await?;
+    let (x, y) = tokio::join!(
+        f.write_at(4096, Bytes::from(vec![0x77; 100])),
+        g.write_at(3 << 20, Bytes::from(vec![0x66; 50]))
+    );
+    x?;
+    y?;
     f.close().await?;
+    g.close().await?;
     let mut want = a.clone();
     want[4096..4196].fill(0x77);
+    want[3 << 20..(3 << 20) + 50].fill(0x66);
     ensure!(
         client.read_file("/dst/a").await? == want,
         "the restored file changed"
