@@ -95,8 +95,9 @@ SIDECAR_IMAGES = {
     "liveness-probe": r"registry\.k8s\.io/sig-storage/livenessprobe:v2\.\d+\.\d+",
     "node-driver-registrar": r"registry\.k8s\.io/sig-storage/csi-node-driver-registrar:v2\.\d+\.\d+",
 }
-# Sidecars for capabilities the chart does not deploy: snapshots (none in
-# Cairn), attach (attachRequired false).
+# Sidecars the chart does not deploy: the snapshotter (the driver serves
+# snapshots; the chart does not deploy the sidecar yet, issue 20), attach
+# (attachRequired false).
 UNSERVED_SIDECARS = ("csi-snapshotter", "csi-attacher", "snapshot-controller")
 # What the external-provisioner needs cluster-wide (its upstream
 # deploy/kubernetes/rbac.yaml, without the snapshot rules).
@@ -720,7 +721,7 @@ def csi_errors(r: Render, docs: list[dict], peers: list[str]) -> list[str]:
     for d in docs:
         by_kind.setdefault(d["kind"], []).append(d)
     if by_kind.get("VolumeSnapshotClass"):
-        errors.append("a VolumeSnapshotClass is rendered, but Cairn has no snapshots and the chart no snapshotter")
+        errors.append("a VolumeSnapshotClass is rendered, but the chart deploys no snapshotter")
     if not e["csi"]:
         extra = [kn(d) for d in docs if d["kind"] in CSI_KINDS]
         if extra:
