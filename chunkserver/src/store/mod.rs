@@ -32,9 +32,15 @@
 //!    and a record that does not decode is an error.
 //! 6. **A clone never changes** (snapshots, DESIGN §3): committing the
 //!    first mutation of a chunk under a newer snapshot seq stores, in the
-//!    same batch, the chunk's committed version as a clone keyed by that
-//!    seq; its blocks are released only when the clone is pruned and no
-//!    other version or clone holds them.
+//!    same batch, a clone record keyed by that seq (the committed
+//!    version's number, length and birth). Its block map is copied group
+//!    by group: every commit that changes a group's committed entries
+//!    first copies the group for the newest clone unless it has its copy
+//!    already, so a clone reads a group from its own copy, else from the
+//!    next newer clone's, else from the chunk (unchanged since). Pruning a
+//!    clone hands its copies to the older clone that read through them.
+//!    Its blocks are released only when the clone is pruned and no other
+//!    version or clone holds them.
 //! 7. Acknowledged means durable: `write_pending`, `write_committed`,
 //!    `commit`, `truncate` and `remove` return only after the data sync and
 //!    the metadata flush, both group-committed across the shard's

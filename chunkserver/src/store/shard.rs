@@ -908,8 +908,10 @@ impl ShardStore {
         let mut batch = sled::Batch::default();
         let mut updates = BlockUpdates::default();
         let mut freed = Vec::new();
-        // Blocks the newest clone shares with the committed version stay.
+        // Blocks the newest clone shares with the committed version stay;
+        // it keeps its own copy of the groups this write changes.
         let clone_blocks = if direct {
+            self.stage_clone_copy(chunk, header.clone_seq, first, end, &mut batch)?;
             self.clone_blocks(chunk, header.clone_seq, first, end)?
         } else {
             HashMap::new()
@@ -1054,7 +1056,9 @@ impl ShardStore {
     /// version and the versions after it that need no clone of their own.
     /// A run whose first version is the chunk's first mutation under a
     /// newer snapshot seq keeps the committed version as a clone, in the
-    /// run's batch (DESIGN §3); a crash between runs leaves the later ones
+    /// run's batch (DESIGN §3; its block map is copied group by group as
+    /// commits change it, see the module docs of `store`); a crash between
+    /// runs leaves the later ones
     /// pending. Every replica commits the same versions with the same seqs
     /// in order, so every replica keeps the same clones.
     fn commit_locked(&self, chunk: ChunkId, mut header: ChunkHeader, version: u64) -> Result<u64> {
@@ -1079,7 +1083,8 @@ impl ShardStore {
     }
 
     /// Returns block → block number of `chunk`'s clone `seq` in `[first,
-    /// end)` (nothing for seq 0: no clone).
+    /// end)` as snapshots read it ([`Self::clone_entries`]; nothing for seq
+    /// 0: no clone).
     fn clone_blocks(
         &self,
         chunk: ChunkId,
@@ -1097,8 +1102,94 @@ impl ShardStore {
             .collect())
     }
 
-    /// Returns the block entries in `[first, end)` of `chunk`'s clone `seq`.
+    /// Returns block → block number of the groups clone `seq` of `chunk`
+    /// holds a copy of itself ([`Self::clone_own_entries`]).
+    fn clone_own_blocks(&self, chunk: ChunkId, seq: u64) -> Result<HashMap<u32, u64>> {
+        Ok(self
+            .clone_own_entries(chunk, seq, 0, u32::MAX)?
+            .into_iter()
+            .filter_map(|(b, e)| e.committed.map(|r| (b, r.blockno)))
+            .collect())
+    }
+
+    /// Returns the block entries in `[first, end)` of `chunk`'s clone `seq`
+    /// as snapshots read it. A clone copies a group of the chunk's block
+    /// map only when a commit first changes that group after the clone was
+    /// taken ([`Self::stage_clone_copy`]): group by group, the clone's own
+    /// copy, else the copy of the next newer clone that has one (the group
+    /// did not change in between), else the chunk's committed entries (it
+    /// has not changed since).
     fn clone_entries(
+        &self,
+        chunk: ChunkId,
+        seq: u64,
+        first: u32,
+        end: u32,
+    ) -> Result<Vec<(u32, BlockEntry)>> {
+        if end <= first {
+            return Ok(Vec::new());
+        }
+        let mut seqs: Vec<u64> = self
+            .clones(chunk)?
+            .into_iter()
+            .map(|(s, _)| s)
+            .filter(|s| *s > seq)
+            .collect();
+        seqs.insert(0, seq);
+        let (g0, g1) = (layout::group_of(first), layout::group_of(end - 1));
+        // The groups any source holds in the range.
+        let mut groups = std::collections::BTreeSet::new();
+        let lo = layout::group_key(chunk, g0);
+        let hi = layout::group_key(chunk, g1);
+        for kv in self.tree.range(&lo[..]..=&hi[..]) {
+            if let Some((_, g)) = layout::decode_group_key(&kv?.0) {
+                groups.insert(g);
+            }
+        }
+        for s in &seqs {
+            let lo = layout::clone_group_key(chunk, *s, g0);
+            let hi = layout::clone_group_key(chunk, *s, g1);
+            for kv in self.tree.range(&lo[..]..=&hi[..]) {
+                let k = kv?.0;
+                if let Some(b) = k.get(25..29).and_then(|b| b.try_into().ok()) {
+                    groups.insert(u32::from_be_bytes(b));
+                }
+            }
+        }
+        let corrupt = |source| StoreError::CorruptRecord {
+            what: "clone block group",
+            source,
+        };
+        let mut out = Vec::new();
+        'group: for g in groups {
+            for s in &seqs {
+                if let Some(v) = self.tree.get(layout::clone_group_key(chunk, *s, g))? {
+                    layout::decode_group_range(&v, first..end, &mut out).map_err(corrupt)?;
+                    continue 'group;
+                }
+            }
+            if let Some(v) = self.tree.get(layout::group_key(chunk, g))? {
+                let mut live = Vec::new();
+                layout::decode_group_range(&v, first..end, &mut live).map_err(corrupt)?;
+                out.extend(live.into_iter().filter_map(|(b, e)| {
+                    e.committed.map(|r| {
+                        (
+                            b,
+                            BlockEntry {
+                                committed: Some(r),
+                                pending: Vec::new(),
+                            },
+                        )
+                    })
+                }));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Returns the block entries in `[first, end)` of the groups `chunk`'s
+    /// clone `seq` holds a copy of itself.
+    fn clone_own_entries(
         &self,
         chunk: ChunkId,
         seq: u64,
@@ -1121,6 +1212,68 @@ impl ShardStore {
             })?;
         }
         Ok(out)
+    }
+
+    /// Before a commit changes the committed entries of `chunk` in blocks
+    /// `[first, end)`: stages into `batch` a copy, for the newest clone
+    /// `seq` (0: none), of each group there it has no copy of yet (an
+    /// empty one for a group without entries, so the clone never reads
+    /// the changed group). With `end` unbounded (a truncate), only groups
+    /// that exist are copied: the others stay without entries.
+    fn stage_clone_copy(
+        &self,
+        chunk: ChunkId,
+        seq: u64,
+        first: u32,
+        end: u32,
+        batch: &mut sled::Batch,
+    ) -> Result<()> {
+        if seq == 0 || end <= first {
+            return Ok(());
+        }
+        let (g0, g1) = (layout::group_of(first), layout::group_of(end - 1));
+        let groups: Vec<u32> = if end == u32::MAX {
+            let lo = layout::group_key(chunk, g0);
+            let hi = layout::group_key(chunk, g1);
+            let mut gs = Vec::new();
+            for kv in self.tree.range(&lo[..]..=&hi[..]) {
+                if let Some((_, g)) = layout::decode_group_key(&kv?.0) {
+                    gs.push(g);
+                }
+            }
+            gs
+        } else {
+            (g0..=g1).collect()
+        };
+        for g in groups {
+            let ck = layout::clone_group_key(chunk, seq, g);
+            if self.tree.get(ck)?.is_some() {
+                continue;
+            }
+            let live = match self.tree.get(layout::group_key(chunk, g))? {
+                Some(v) => decode_group(&v)?,
+                None => Vec::new(),
+            };
+            let committed: Vec<(u32, BlockEntry)> = live
+                .into_iter()
+                .filter_map(|(b, e)| {
+                    e.committed.map(|r| {
+                        (
+                            b,
+                            BlockEntry {
+                                committed: Some(r),
+                                pending: Vec::new(),
+                            },
+                        )
+                    })
+                })
+                .collect();
+            batch.insert(
+                &ck[..],
+                layout::encode_group(committed.iter().map(|(b, e)| (*b, e))),
+            );
+        }
+        Ok(())
     }
 
     /// Commits pending versions through `version` in one applied batch;
@@ -1153,28 +1306,20 @@ impl ShardStore {
         } else {
             Vec::new()
         };
-        // The blocks a clone holds: the new one (every committed block) or
-        // the newest one (those it shares with the committed version).
-        let kept: HashMap<u32, u64> = match clone {
-            Some(seq) => {
-                let committed: Vec<(u32, BlockRef)> = self
-                    .entries(chunk, 0, u32::MAX)?
-                    .into_iter()
-                    .filter_map(|(b, e)| e.committed.map(|r| (b, r)))
-                    .collect();
-                let kept = committed.iter().map(|(b, r)| (*b, r.blockno)).collect();
-                stage_clone_blocks(chunk, seq, committed.into_iter(), &mut batch);
-                let ch = layout::CloneHeader {
-                    version: header.committed_version,
-                    len: header.committed_len,
-                    birth: header.birth,
-                };
-                batch.insert(&layout::clone_key(chunk, seq)[..], ch.encode());
-                header.clone_seq = seq;
-                kept
-            }
-            None => self.clone_blocks(chunk, header.clone_seq, first, end)?,
-        };
+        // A new clone is taken by its record alone: its groups are copied
+        // as commits change them (`stage_clone_copy`), starting with this
+        // run's. The blocks the newest clone holds stay when replaced.
+        if let Some(seq) = clone {
+            let ch = layout::CloneHeader {
+                version: header.committed_version,
+                len: header.committed_len,
+                birth: header.birth,
+            };
+            batch.insert(&layout::clone_key(chunk, seq)[..], ch.encode());
+            header.clone_seq = seq;
+        }
+        self.stage_clone_copy(chunk, header.clone_seq, first, end, &mut batch)?;
+        let kept = self.clone_blocks(chunk, header.clone_seq, first, end)?;
         for (block, mut e) in entries {
             let k = e.pending.iter().take_while(|(v, _)| *v <= version).count();
             if k == 0 {
@@ -1814,16 +1959,57 @@ impl ShardStore {
             if doomed.is_empty() {
                 continue;
             }
-            // Blocks the chunk's versions or a remaining clone hold stay
-            // (a clone being installed by a resync too); each block of a
-            // dropped clone is freed once.
             let doomed_seqs: Vec<u64> = doomed.iter().map(|&i| clones[i].0).collect();
-            let keep = self.held_blocks(chunk, &doomed_seqs)?;
             let mut batch = sled::Batch::default();
+            // A remaining clone reads the groups it has no copy of through
+            // the next newer clones (`clone_entries`): it takes over the
+            // first copy a dropped one between it and the next remaining
+            // clone holds of each such group.
+            let mut moved: std::collections::HashSet<u64> = std::collections::HashSet::new();
+            for (i, (p, _)) in clones.iter().enumerate() {
+                if doomed.contains(&i) {
+                    continue;
+                }
+                let own: std::collections::HashSet<u32> = self
+                    .tree
+                    .scan_prefix(layout::clone_blocks_prefix(chunk, *p))
+                    .filter_map(|kv| kv.ok())
+                    .filter_map(|(k, _)| k.get(25..29).and_then(|b| b.try_into().ok()))
+                    .map(u32::from_be_bytes)
+                    .collect();
+                let mut taken: std::collections::HashSet<u32> = std::collections::HashSet::new();
+                for (j, (d, _)) in clones.iter().enumerate().skip(i + 1) {
+                    if !doomed.contains(&j) {
+                        break;
+                    }
+                    for kv in self
+                        .tree
+                        .scan_prefix(layout::clone_blocks_prefix(chunk, *d))
+                    {
+                        let (k, v) = kv?;
+                        let Some(g) = k.get(25..29).and_then(|b| b.try_into().ok()) else {
+                            continue;
+                        };
+                        let g = u32::from_be_bytes(g);
+                        if own.contains(&g) || !taken.insert(g) {
+                            continue;
+                        }
+                        for (_, e) in decode_group(&v)? {
+                            moved.extend(e.refs().map(|r| r.blockno));
+                        }
+                        batch.insert(&layout::clone_group_key(chunk, *p, g)[..], v);
+                    }
+                }
+            }
+            // Blocks the chunk's versions or a remaining clone hold stay
+            // (a clone being installed by a resync too, and the copies just
+            // taken over); each block of a dropped clone is freed once.
+            let mut keep = self.held_blocks(chunk, &doomed_seqs)?;
+            keep.extend(moved);
             let mut freed = Vec::new();
             for &i in &doomed {
                 let seq = clones[i].0;
-                for (_, b) in self.clone_blocks(chunk, seq, 0, u32::MAX)? {
+                for (_, b) in self.clone_own_blocks(chunk, seq)? {
                     if !keep.contains(&b) {
                         freed.push(b);
                     }
@@ -1896,10 +2082,7 @@ impl ShardStore {
             }
             let mut blocks = Vec::with_capacity(clones.len());
             for (seq, _) in &clones {
-                let bs: Vec<u64> = self
-                    .clone_blocks(chunk, *seq, 0, u32::MAX)?
-                    .into_values()
-                    .collect();
+                let bs: Vec<u64> = self.clone_own_blocks(chunk, *seq)?.into_values().collect();
                 for b in &bs {
                     *holders.entry(*b).or_default() += 1;
                 }
@@ -2051,7 +2234,7 @@ impl ShardStore {
         let (first, last_block) = layout::block_range(offset, len);
         let newer: HashMap<u32, BlockRef> = match clones.iter().find(|(s, _)| *s > seq) {
             Some((s, _)) => self
-                .clone_entries(chunk, *s, first, last_block)?
+                .clone_own_entries(chunk, *s, first, last_block)?
                 .into_iter()
                 .filter_map(|(b, e)| e.committed.map(|r| (b, r)))
                 .collect(),
@@ -2111,6 +2294,16 @@ impl ShardStore {
         };
         for ((at, _, r), blockno) in fresh.iter().zip(blocknos) {
             refs[*at].1 = Some(BlockRef { blockno, ..*r });
+        }
+        // Every group of the piece gets a record, an empty one for holes: a
+        // clone without a group's copy would read it through newer ones.
+        if len > 0 {
+            for g in layout::group_of(first)..=layout::group_of(last_block - 1) {
+                batch.insert(
+                    &layout::clone_group_key(chunk, seq, g)[..],
+                    layout::encode_group(std::iter::empty()),
+                );
+            }
         }
         stage_clone_blocks(
             chunk,
@@ -2266,7 +2459,7 @@ impl ShardStore {
             }
         }
         for (seq, _) in self.clones(chunk)? {
-            for (block, e) in self.clone_entries(chunk, seq, 0, u32::MAX)? {
+            for (block, e) in self.clone_own_entries(chunk, seq, 0, u32::MAX)? {
                 let Some(r) = e.committed.filter(|r| seen.insert(r.blockno)) else {
                     continue;
                 };
