@@ -398,3 +398,30 @@ fn scrub_checks_the_blocks_only_a_clone_holds() {
         ));
     });
 }
+
+#[test]
+fn space_held_alone_counts_copies_older_snapshots_read_through_for_both() {
+    run(|| async {
+        let dir = tempfile::tempdir().expect("tempdir");
+        Target::format(dir.path(), 1).expect("format");
+        let t = Target::open(dir.path()).expect("open");
+        let s = t.open_shard(0).await.expect("shard");
+        // Two block groups (256 KiB each): A in the first, B in the second.
+        write(&s, 1, 0, &vec![0xA0u8; 300_000], 0, true).await;
+        // Snapshot 1; A changes; snapshot 2; B changes.
+        write(&s, 2, 0, &[0xA1u8; 4096], 1, true).await;
+        write(&s, 3, 262_144, &[0xB1u8; 8192], 2, true).await;
+        let space = s.snapshot_space(&[1, 2]).await.expect("space");
+        // A's old block is snapshot 1's alone; B's two old blocks are read
+        // by snapshot 2 and, through it, by snapshot 1: neither's alone.
+        assert_eq!(space.get(&1), Some(&4096), "{space:?}");
+        assert_eq!(space.get(&2), None, "{space:?}");
+        // With snapshot 1 gone, B's old blocks are snapshot 2's alone.
+        s.prune_clones(&[2], 2).await.expect("prune");
+        let space = s.snapshot_space(&[2]).await.expect("space");
+        assert_eq!(space.get(&2), Some(&8192), "{space:?}");
+        let mut v1 = vec![0xA0u8; 300_000];
+        v1[..4096].fill(0xA1);
+        assert_eq!(snapshot(&s, 2).await, Some(v1));
+    });
+}

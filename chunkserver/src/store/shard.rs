@@ -2080,24 +2080,49 @@ impl ShardStore {
             for b in current {
                 *holders.entry(b).or_default() += 1;
             }
-            let mut blocks = Vec::with_capacity(clones.len());
+            // Each clone's own group copies: group → its blocks.
+            let mut copies: Vec<HashMap<u32, Vec<u64>>> = Vec::with_capacity(clones.len());
             for (seq, _) in &clones {
-                let bs: Vec<u64> = self.clone_own_blocks(chunk, *seq)?.into_values().collect();
-                for b in &bs {
-                    *holders.entry(*b).or_default() += 1;
+                let mut by_group: HashMap<u32, Vec<u64>> = HashMap::new();
+                for (block, b) in self.clone_own_blocks(chunk, *seq)? {
+                    *holders.entry(b).or_default() += 1;
+                    by_group.entry(layout::group_of(block)).or_default().push(b);
                 }
-                blocks.push(bs);
+                copies.push(by_group);
             }
+            // The snapshots each clone serves.
             let mut prev = 0;
-            for ((seq, _), bs) in clones.iter().zip(&blocks) {
-                let mut served = live.iter().filter(|t| **t > prev && **t <= *seq);
-                if let (Some(t), None) = (served.next(), served.next()) {
-                    let own = bs.iter().filter(|b| holders.get(b) == Some(&1)).count();
-                    if own > 0 {
-                        *out.entry(*t).or_default() += own as u64 * BLOCK_SIZE;
+            let served: Vec<Vec<u64>> = clones
+                .iter()
+                .map(|(seq, _)| {
+                    let s = live
+                        .iter()
+                        .copied()
+                        .filter(|t| *t > prev && *t <= *seq)
+                        .collect();
+                    prev = *seq;
+                    s
+                })
+                .collect();
+            // A copy is read by its clone's snapshots and by those of the
+            // older clones without a copy of that group, which read
+            // through it; it is one snapshot's alone when that is all.
+            for (i, groups) in copies.iter().enumerate() {
+                for (g, bs) in groups {
+                    let mut readers: Vec<u64> = served[i].clone();
+                    for j in (0..i).rev() {
+                        if copies[j].contains_key(g) {
+                            break;
+                        }
+                        readers.extend(&served[j]);
+                    }
+                    if let [t] = readers[..] {
+                        let own = bs.iter().filter(|b| holders.get(b) == Some(&1)).count();
+                        if own > 0 {
+                            *out.entry(t).or_default() += own as u64 * BLOCK_SIZE;
+                        }
                     }
                 }
-                prev = *seq;
             }
         }
         Ok(out)
