@@ -10,7 +10,7 @@ Checks, one PASS/FAIL line each; the exit status is nonzero on any FAIL:
 
 * helm lint --strict, for the defaults and for the optional parts.
 * helm template with several value sets (the defaults, which include the
-  CSI driver; the ServiceMonitors; csi.enabled=false; and a set that
+  CSI driver; the ServiceMonitors; csi.enabled=false; the snapshots; and a set that
   changes every name, port, count and path), each object validated by
   kubernetes-validate against the strict schemas of Kubernetes 1.25, 1.32
   and 1.37 (the chart's kubeVersion floor, the target, the newest
@@ -40,9 +40,14 @@ Checks, one PASS/FAIL line each; the exit status is nonzero on any FAIL:
   plugins' --meta is the meta StatefulSet's peer list; the provisioner's
   flags, service account and RBAC (the upstream rules, leases, the key
   Secret by name, the resizer's); the resizer with its own port and
-  allowVolumeExpansion on every class; no snapshotter or attacher and no
-  VolumeSnapshotClass (the chart deploys neither); pinned sidecar images;
-  nothing of it with csi.enabled=false.
+  allowVolumeExpansion on every class; no attacher; pinned sidecar
+  images; nothing of it with csi.enabled=false. Snapshots only with
+  csi.snapshots.enabled: then the csi-snapshotter (socket, leader
+  election in its namespace, its own probe port), the snapshot rules of
+  the provisioner and the snapshotter (upstream's), and one
+  VolumeSnapshotClass naming the CSIDriver with the chosen deletion
+  policy (checked field by field: no schema for it here); without it,
+  none of these.
 * Every PersistentVolumeClaim under deploy/examples names a StorageClass
   the default rendering installs.
 * Self-tests: a misspelt field must be rejected by kubernetes-validate,
@@ -77,6 +82,7 @@ KUBE_VERSIONS = ["1.25.0", "1.32.0", "1.37.0"]
 CUSTOM_KINDS = {
     ("monitoring.coreos.com/v1", "ServiceMonitor"),
     ("monitoring.coreos.com/v1", "PodMonitor"),
+    ("snapshot.storage.k8s.io/v1", "VolumeSnapshotClass"),
 }
 CLUSTER_SCOPED = {"StorageClass", "VolumeSnapshotClass", "CSIDriver", "ClusterRole", "ClusterRoleBinding", "Namespace"}
 
@@ -94,11 +100,11 @@ SIDECAR_IMAGES = {
     "csi-resizer": r"registry\.k8s\.io/sig-storage/csi-resizer:v1\.\d+\.\d+",
     "liveness-probe": r"registry\.k8s\.io/sig-storage/livenessprobe:v2\.\d+\.\d+",
     "node-driver-registrar": r"registry\.k8s\.io/sig-storage/csi-node-driver-registrar:v2\.\d+\.\d+",
+    "csi-snapshotter": r"registry\.k8s\.io/sig-storage/csi-snapshotter:v8\.\d+\.\d+",
 }
-# Sidecars the chart does not deploy: the snapshotter (the driver serves
-# snapshots; the chart does not deploy the sidecar yet, issue 20), attach
-# (attachRequired false).
-UNSERVED_SIDECARS = ("csi-snapshotter", "csi-attacher", "snapshot-controller")
+# Sidecars the chart does not deploy: attach (attachRequired false), and
+# the snapshot-controller (the cluster's, with the snapshot CRDs).
+UNSERVED_SIDECARS = ("csi-attacher", "snapshot-controller")
 # What the external-provisioner needs cluster-wide (its upstream
 # deploy/kubernetes/rbac.yaml, without the snapshot rules).
 PROVISIONER_RULES = {
@@ -112,6 +118,15 @@ PROVISIONER_RULES = {
     # The external-resizer's own (its upstream rbac.yaml).
     ("", "persistentvolumeclaims/status"): {"patch"},
     ("", "pods"): {"get", "list", "watch"},
+}
+# With csi.snapshots.enabled: the provisioner's snapshot rules (restores)
+# and the external-snapshotter's (its rbac-csi-snapshotter.yaml, less the
+# group snapshots).
+SNAPSHOT_RULES = {
+    ("snapshot.storage.k8s.io", "volumesnapshots"): {"get", "list"},
+    ("snapshot.storage.k8s.io", "volumesnapshotclasses"): {"get", "list", "watch"},
+    ("snapshot.storage.k8s.io", "volumesnapshotcontents"): {"create", "get", "list", "watch", "update", "patch"},
+    ("snapshot.storage.k8s.io", "volumesnapshotcontents/status"): {"update", "patch"},
 }
 LEASE_VERBS = {"get", "watch", "list", "delete", "update", "create"}
 
@@ -166,6 +181,10 @@ class Render:
             "node_update": "OnDelete",
             "key_secret": "cairn-volume-keys",
             "key_ns": namespace,
+            # csi.snapshots: off unless set; the class and its policy.
+            "snapshots": False,
+            "snapshot_class": "cairn-snapshots",
+            "snapshot_policy": "Delete",
         }
         e.update(expect or {})
         self.expect = e
@@ -186,6 +205,9 @@ RENDERS = [
         expect={"service_monitors": True},
     ),
     Render("without the CSI driver", sets=["csi.enabled=false"], expect={"csi": False}),
+    Render("with snapshots", sets=["csi.snapshots.enabled=true"], expect={"snapshots": True}),
+    Render("snapshots without the CSI driver", sets=["csi.enabled=false", "csi.snapshots.enabled=true"],
+           expect={"csi": False}),
     # Every name, port and count moved, so a hard-coded one shows.
     Render(
         "other names and sizes",
@@ -216,6 +238,9 @@ RENDERS = [
             "csi.node.updateStrategy.type=RollingUpdate",
             "csi.encryptionKeySecret.name=prod-keys",
             "csi.encryptionKeySecret.namespace=vault",
+            "csi.snapshots.enabled=true",
+            "csi.snapshots.className=prod-snapshots",
+            "csi.snapshots.deletionPolicy=Retain",
         ],
         expect={
             "meta": "prod-cairn-meta",
@@ -241,6 +266,9 @@ RENDERS = [
             "node_update": "RollingUpdate",
             "key_secret": "prod-keys",
             "key_ns": "vault",
+            "snapshots": True,
+            "snapshot_class": "prod-snapshots",
+            "snapshot_policy": "Retain",
         },
     ),
 ]
@@ -348,6 +376,20 @@ def custom_kind_errors(docs: list[dict]) -> list[str]:
         "PodMonitor": ("podMetricsEndpoints", "workloads", workloads, workload_offers),
     }
     for d in docs:
+        if d["kind"] == "VolumeSnapshotClass":
+            where = kn(d)
+            closed(d, {"apiVersion", "kind", "metadata", "driver", "deletionPolicy", "parameters"}, where, errors)
+            closed(d.get("metadata", {}), {"name", "labels", "annotations"}, f"{where} metadata", errors)
+            if not isinstance(d.get("driver"), str) or not d["driver"]:
+                errors.append(f"{where}: driver {d.get('driver')!r} is not a driver name")
+            if d.get("deletionPolicy") not in ("Delete", "Retain"):
+                errors.append(f"{where}: deletionPolicy {d.get('deletionPolicy')!r}, want Delete or Retain")
+            default = d["metadata"].get("annotations", {}).get("snapshot.storage.kubernetes.io/is-default-class")
+            if default not in (None, "true", "false"):
+                errors.append(f"{where}: is-default-class {default!r} is not the string true or false")
+            if not all(isinstance(v, str) for v in (d.get("parameters") or {}).values()):
+                errors.append(f"{where}: parameters must be strings")
+            continue
         if d["kind"] not in monitors:
             continue
         where = kn(d)
@@ -720,8 +762,9 @@ def csi_errors(r: Render, docs: list[dict], peers: list[str]) -> list[str]:
     by_kind: dict[str, list[dict]] = {}
     for d in docs:
         by_kind.setdefault(d["kind"], []).append(d)
-    if by_kind.get("VolumeSnapshotClass"):
-        errors.append("a VolumeSnapshotClass is rendered, but the chart deploys no snapshotter")
+    classes = by_kind.get("VolumeSnapshotClass", [])
+    if classes and not e["snapshots"]:
+        errors.append(f"{[kn(c) for c in classes]} rendered, but csi.snapshots is off (or the driver is)")
     if not e["csi"]:
         extra = [kn(d) for d in docs if d["kind"] in CSI_KINDS]
         if extra:
@@ -775,8 +818,37 @@ def csi_errors(r: Render, docs: list[dict], peers: list[str]) -> list[str]:
                 errors.append(f"{kn(w)}: cairn-csi image {c.get('image')!r} is not the cluster's {meta_image!r}")
 
     # The controller: cairn-csi --mode controller beside the provisioner.
-    ctl, pod, cs = the_workload(by_kind, "Deployment", e["csi_controller"], CONTROLLER_CONTAINERS, errors)
+    want_ctl = CONTROLLER_CONTAINERS | ({"csi-snapshotter"} if e["snapshots"] else set())
+    ctl, pod, cs = the_workload(by_kind, "Deployment", e["csi_controller"], want_ctl, errors)
+    if e["snapshots"]:
+        names = [c["metadata"]["name"] for c in classes]
+        if names != [e["snapshot_class"]]:
+            errors.append(f"VolumeSnapshotClasses {names}, want {e['snapshot_class']}")
+        for c in classes:
+            if c.get("driver") != driver_name:
+                errors.append(f"{kn(c)}: driver {c.get('driver')!r} is not the CSIDriver {driver_name!r}")
+            if c.get("deletionPolicy") != e["snapshot_policy"]:
+                errors.append(f"{kn(c)}: deletionPolicy {c.get('deletionPolicy')!r}, want {e['snapshot_policy']}")
     if ctl:
+        ports = {}
+        for c in cs.values():
+            ep = arg_map(c.get("args", [])).get("http-endpoint")
+            if ep and c["name"] != "liveness-probe":
+                if ep in ports:
+                    errors.append(f"{kn(ctl)}: {c['name']} and {ports[ep]} both on {ep}")
+                ports[ep] = c["name"]
+        snap = cs.get("csi-snapshotter")
+        if snap:
+            a = arg_map(snap.get("args", []))
+            env = {v["name"]: v for v in snap.get("env", [])}
+            if "leader-election" not in a or a.get("leader-election-namespace") != "$(POD_NAMESPACE)" or env.get(
+                    "POD_NAMESPACE", {}).get("valueFrom", {}).get("fieldRef", {}).get("fieldPath") != "metadata.namespace":
+                errors.append(f"{kn(ctl)}: csi-snapshotter without leader election in its own namespace")
+            hp = snap.get("livenessProbe", {}).get("httpGet", {})
+            if hp.get("path") != "/healthz/leader-election" or \
+                    f":{port_of(snap, hp.get('port'))}" != a.get("http-endpoint"):
+                errors.append(f"{kn(ctl)}: csi-snapshotter's livenessProbe {hp} is not its --http-endpoint "
+                              f"{a.get('http-endpoint')!r} /healthz/leader-election")
         if ctl["spec"].get("replicas") != e["csi_controller_replicas"]:
             errors.append(f"{kn(ctl)}: replicas {ctl['spec'].get('replicas')}, want {e['csi_controller_replicas']}")
         psc = pod.get("securityContext", {})
@@ -852,10 +924,12 @@ def csi_errors(r: Render, docs: list[dict], peers: list[str]) -> list[str]:
         for role in bound("ClusterRole"):
             for k, v in grants(role.get("rules", [])).items():
                 have.setdefault(k, set()).update(v)
-        for key, verbs in PROVISIONER_RULES.items():
+        for key, verbs in (PROVISIONER_RULES | (SNAPSHOT_RULES if e["snapshots"] else {})).items():
             if not verbs <= have.get(key, set()):
                 errors.append(f"{kn(ctl)}: its ClusterRoles grant {sorted(have.get(key, set()))} on "
                               f"{key[0] or 'core'}/{key[1]}, the provisioner needs {sorted(verbs)}")
+        if not e["snapshots"] and any(g == "snapshot.storage.k8s.io" for (g, _) in have):
+            errors.append(f"{kn(ctl)}: snapshot rules granted, but csi.snapshots is off")
         if any(res == "secrets" for (_, res) in have):
             errors.append(f"{kn(ctl)}: may read every Secret in the cluster; the key Secret's Role names it")
         leases = set()
@@ -1007,7 +1081,7 @@ MUTATIONS = {
     "CSIDriver asks for attach": lambda d: _obj(d, "CSIDriver")["spec"].__setitem__("attachRequired", True),
     "StorageClass forbids expansion": lambda d: _obj(d, "StorageClass", "distributed-file-ai")
     .__setitem__("allowVolumeExpansion", False),
-    "a VolumeSnapshotClass is back": lambda d: d.append({
+    "a VolumeSnapshotClass without csi.snapshots": lambda d: d.append({
         "apiVersion": "snapshot.storage.k8s.io/v1", "kind": "VolumeSnapshotClass",
         "metadata": {"name": "cairn-snapshots"}, "driver": "csi.cairn.io", "deletionPolicy": "Delete"}),
     "no csi-resizer": lambda d: _ctl(d)["spec"]["template"]["spec"].__setitem__(
@@ -1041,6 +1115,24 @@ MUTATIONS = {
 }
 
 
+# The same, on the rendering with csi.snapshots.enabled.
+SNAPSHOT_MUTATIONS = {
+    "no csi-snapshotter": lambda d: _ctl(d)["spec"]["template"]["spec"].__setitem__(
+        "containers", [c for c in _ctl(d)["spec"]["template"]["spec"]["containers"] if c["name"] != "csi-snapshotter"]),
+    "snapshotter dials another socket": lambda d: _set_ctr_arg(_ctl(d), "csi-snapshotter", "csi-address", "/csi/x.sock"),
+    "snapshotter on the resizer's port": lambda d: _set_ctr_arg(_ctl(d), "csi-snapshotter", "http-endpoint", ":8081"),
+    "snapshotter without leader election": lambda d: _ctr(_ctl(d), "csi-snapshotter").__setitem__(
+        "args", [a for a in _ctr(_ctl(d), "csi-snapshotter")["args"] if a != "--leader-election"]),
+    "ClusterRole cannot create VolumeSnapshotContents": lambda d: _drop_rule(d, "volumesnapshotcontents"),
+    "provisioner cannot read VolumeSnapshots": lambda d: _drop_rule(d, "volumesnapshots"),
+    "VolumeSnapshotClass names another driver": lambda d: _obj(d, "VolumeSnapshotClass").__setitem__(
+        "driver", "hostpath.csi.k8s.io"),
+    "VolumeSnapshotClass retains": lambda d: _obj(d, "VolumeSnapshotClass").__setitem__("deletionPolicy", "Retain"),
+    "unpinned snapshotter image": lambda d: _ctr(_ctl(d), "csi-snapshotter").__setitem__(
+        "image", "registry.k8s.io/sig-storage/csi-snapshotter:canary"),
+}
+
+
 # ------------------------------------------------------------------- main
 
 
@@ -1052,7 +1144,7 @@ def main() -> int:
 
     # 1. lint
     errs = []
-    for sets in ([], ["monitoring.serviceMonitor.enabled=true"], ["csi.enabled=false"]):
+    for sets in ([], ["monitoring.serviceMonitor.enabled=true"], ["csi.enabled=false"], ["csi.snapshots.enabled=true"]):
         p = run([HELM, "lint", "--strict", str(CHART)] + [x for s in sets for x in ("--set", s)])
         if p.returncode != 0:
             errs.append(f"helm lint --strict {' '.join(sets)}:\n{p.stdout}{p.stderr}")
@@ -1104,6 +1196,8 @@ def main() -> int:
         (["csi.controller.replicas=0"], "csi.controller.replicas must be at least 1"),
         (["csi.kubeletDir=var/lib/kubelet"], "csi.kubeletDir must be an absolute path"),
         (["csi.node.stateDir=cairn-csi"], "csi.node.stateDir must be an absolute path"),
+        (["csi.snapshots.enabled=true", "csi.snapshots.deletionPolicy=Keep"],
+         'csi.snapshots.deletionPolicy must be "Delete" or "Retain"'),
     ):
         p = run([HELM, "template", "cairn", str(CHART)] + [x for s in sets for x in ("--set", s)])
         errs = []
@@ -1193,10 +1287,21 @@ def main() -> int:
             mutate(docs)
             if not semantic_errors(defaults, docs):
                 errs.append(f"the semantic checks missed: {what}")
+        snaps = next(r for r in RENDERS if r.label == "with snapshots")
+        for what, mutate in SNAPSHOT_MUTATIONS.items():
+            docs = copy.deepcopy(snaps.docs)
+            mutate(docs)
+            if not semantic_errors(snaps, docs) and not custom_kind_errors(docs):
+                errs.append(f"the semantic checks missed (with snapshots): {what}")
+        vsc = {"apiVersion": "snapshot.storage.k8s.io/v1", "kind": "VolumeSnapshotClass",
+               "metadata": {"name": "x"}, "driver": "csi.cairn.io", "deletionPolicy": "Delete", "parameter": {}}
+        if not custom_kind_errors([vsc]):
+            errs.append("the VolumeSnapshotClass check accepted a misspelt field")
     else:
         errs.append("no default rendering to break")
     report("self-test: broken manifests are rejected", errs,
-           f"a misspelt field, a wrong type, an unknown apiVersion and {len(MUTATIONS) + 2} semantic breakages")
+           f"a misspelt field, a wrong type, an unknown apiVersion and "
+           f"{len(MUTATIONS) + len(SNAPSHOT_MUTATIONS) + 3} semantic breakages")
 
     took = time.monotonic() - t0
     if failures:
