@@ -280,6 +280,69 @@ async fn changes_on_one_mount_invalidate_the_others_kernel_cache() {
     stop_all([a, b]);
 }
 
+/// A directory's attributes after this mount's own creates, mkdirs,
+/// unlinks, chmods and renames in it are what meta has (the mount answers
+/// the kernel's GETATTR of the parent from the mutation's reply), and a
+/// change made on the other mount reaches them through the feed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_directorys_attributes_follow_own_and_others_changes() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let _serial = cairn_jepsen::serial().await;
+    let (cluster, mounts) = cached_mounts("dirattrs", &["a", "b"], &[]).await;
+    let [a, b]: [Mount; 2] = mounts.try_into().ok().unwrap();
+    let client = cluster.client(ClientOptions::default()).await.unwrap();
+    let truth = |path: &'static str| {
+        let c = client.clone();
+        async move {
+            let t = c.stat(&format!("/dirattrs/{path}")).await.unwrap();
+            (t.nlink, t.mode & 0o7777, t.mtime_ns)
+        }
+    };
+    let seen = |dir: PathBuf| {
+        let m = fs::metadata(dir).unwrap();
+        let mtime = m.mtime() * 1_000_000_000 + m.mtime_nsec();
+        (u32::try_from(m.nlink()).unwrap(), m.mode() & 0o7777, mtime)
+    };
+    let (da, db) = (a.dir().to_path_buf(), b.dir().to_path_buf());
+    let d = da.join("d");
+    // Give the feed time to connect (a cache is kept only while it is).
+    std::thread::sleep(Duration::from_millis(500));
+    fs::create_dir(&d).unwrap();
+    fs::create_dir(d.join("s1")).unwrap();
+    assert_eq!(seen(d.clone()), truth("d").await, "after an own mkdir");
+    fs::write(d.join("f"), b"x").unwrap();
+    assert_eq!(seen(d.clone()), truth("d").await, "after an own create");
+    fs::remove_file(d.join("f")).unwrap();
+    assert_eq!(seen(d.clone()), truth("d").await, "after an own unlink");
+    fs::set_permissions(&d, fs::Permissions::from_mode(0o700)).unwrap();
+    assert_eq!(seen(d.clone()).1, 0o700, "after an own chmod");
+    assert_eq!(seen(d.clone()), truth("d").await, "after an own chmod");
+    fs::create_dir(d.join("s2")).unwrap();
+    fs::rename(d.join("s2"), d.join("s3")).unwrap();
+    assert_eq!(seen(d.clone()), truth("d").await, "after an own rename");
+    fs::remove_dir(d.join("s3")).unwrap();
+    assert_eq!(seen(d.clone()), truth("d").await, "after an own rmdir");
+    // The other mount adds a subdirectory: this mount sees the new link
+    // count (and mtime) without any change of its own.
+    fs::create_dir(db.join("d").join("s4")).unwrap();
+    let want = truth("d").await;
+    let t = within(Duration::from_secs(5), || seen(d.clone()) == want);
+    assert!(
+        t.is_some(),
+        "mount A kept d's attributes from before B's mkdir: {:?} vs {want:?}",
+        seen(d.clone())
+    );
+    // And the next own change is right again.
+    fs::create_dir(d.join("s5")).unwrap();
+    assert_eq!(
+        seen(d.clone()),
+        truth("d").await,
+        "after the next own mkdir"
+    );
+    client.close().await.unwrap();
+    stop_all([a, b]);
+}
+
 /// The change feed across a meta failover: the leader holding both
 /// mounts' streams is killed; a file changed afterwards on mount A is read
 /// whole and current on mount B at its next open (close-to-open never waits

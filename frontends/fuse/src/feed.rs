@@ -25,6 +25,12 @@
 //! depends on any of this: `open` asks meta, and a name whose inode was
 //! replaced answers ESTALE, which makes the kernel look it up again.
 //!
+//!
+//! The same feed keeps the mount's own cache of directories' attributes
+//! honest (`fs/dirattrs.rs`): the inodes and the parents of the entries a
+//! change names are dropped from it, and a reset or a lost feed drops it
+//! whole.
+//!
 //! [`FsConfig::cached_ttl`]: crate::FsConfig::cached_ttl
 
 use std::ffi::OsStr;
@@ -84,6 +90,7 @@ pub(crate) async fn follow(fs: Weak<Inner>) {
         let Some(inner) = fs.upgrade() else { return };
         // Only a feed that was connected handed out long TTLs: a meta that
         // stays unreachable costs no invalidation sweep per retry.
+        inner.dir_attrs.clear();
         if let Some(names) = inner.set_feed_live(false) {
             info!("meta change feed lost: short kernel cache TTLs until it is back");
             forget_everything(&inner, names).await;
@@ -119,6 +126,14 @@ async fn forget_everything(inner: &Arc<Inner>, names: Vec<(u64, String)>) {
 
 /// Tells the kernel to drop what it cached of `changes`.
 fn invalidate(inner: &Inner, changes: &Changes) {
+    if changes.reset {
+        inner.dir_attrs.clear();
+    } else {
+        let parents = changes.entries.iter().map(|e| e.parent);
+        inner
+            .dir_attrs
+            .forget(changes.inos.iter().copied().chain(parents));
+    }
     let Some(n) = inner.notifier.get() else {
         return;
     };

@@ -42,7 +42,7 @@ use cairn_client::meta_client::{
 use cairn_client::{Client, Entry, File, OpenOptions};
 use cairn_proto::ErrorCode;
 use cairn_proto::ids::{InodeId, VolumeId};
-use cairn_proto::meta::{Attr, DirEntry, FileLock, FileType as Kind, LockType};
+use cairn_proto::meta::{Attr, DirEntry, FileLock, FileType as Kind, LockType, UnlinkReply};
 use fuser::{
     AccessFlags, Errno, FileAttr, FileHandle, Filesystem, FopenFlags, Generation, INodeNo,
     InitFlags, IoctlFlags, KernelConfig, LockOwner, Notifier, OpenFlags, ReplyAttr, ReplyCreate,
@@ -101,6 +101,7 @@ impl Default for FsConfig {
 
 type R<T> = Result<T, Errno>;
 
+mod dirattrs;
 mod snapshots;
 
 /// The file system handed to fuser; clones share everything.
@@ -143,6 +144,9 @@ pub(crate) struct Inner {
     budget: Arc<tokio::sync::Semaphore>,
     /// Inode numbers of the snapshot namespace ([`snapshots`]).
     snaps: Mutex<snapshots::Nodes>,
+    /// Directories' attributes as this mount's own changes left them
+    /// ([`dirattrs`]).
+    pub(crate) dir_attrs: Arc<dirattrs::DirAttrs>,
 }
 
 /// Holds an inode's lock; removes the lock from the map when it is the
@@ -286,6 +290,7 @@ impl CairnFs {
                 notifier: OnceLock::new(),
                 feed_live: AtomicBool::new(false),
                 names: Mutex::new(HashSet::new()),
+                dir_attrs: Arc::default(),
                 next_fh: AtomicU64::new(1),
                 handles: Mutex::new(HashMap::new()),
                 inodes: Mutex::new(HashMap::new()),
@@ -326,7 +331,9 @@ impl CairnFs {
         let (me2, n2) = (self.inner.clone(), name.clone());
         self.spawn(
             move |me| async move {
-                let e = op(me.clone(), name).await.map_err(|e| errno(&e))?;
+                let t = me.dir_attrs.begin();
+                let e = op(me.clone(), name).await;
+                let e = me.finish_entry(t, e).map_err(|e| errno(&e))?;
                 Ok(me.attr(&e.attr))
             },
             move |r| entry(reply, me2.entry_ttl_for(parent, &n2), r),
@@ -475,9 +482,42 @@ impl Inner {
             .then(|| Arc::new(WriteBack::new(file.clone(), self.budget.clone())))
     }
 
+    /// Ends a mutation that made an entry: keeps its parent's attributes
+    /// ([`dirattrs`]); a failed one may still have reached meta.
+    fn finish_entry(
+        &self,
+        t: dirattrs::Ticket,
+        e: cairn_client::Result<Entry>,
+    ) -> cairn_client::Result<Entry> {
+        match &e {
+            Ok(e) => {
+                let live = self.feed_live.load(Ordering::Acquire);
+                self.dir_attrs.finish(t, e.parent.as_ref(), live);
+            }
+            Err(_) => self.dir_attrs.finish_unknown(t),
+        }
+        e
+    }
+
+    /// Ends an unlink or rmdir, as [`Self::finish_entry`].
+    fn finish_removal(&self, t: dirattrs::Ticket, r: &cairn_client::Result<UnlinkReply>) {
+        match r {
+            Ok(r) => {
+                let live = self.feed_live.load(Ordering::Acquire);
+                self.dir_attrs.finish(t, r.parent.as_ref(), live);
+            }
+            Err(_) => self.dir_attrs.finish_unknown(t),
+        }
+    }
+
     async fn getattr(&self, ino: u64) -> R<FileAttr> {
         if snapshots::is_snapshot(ino) {
             return Ok(self.attr(&self.snap_getattr(ino).await?));
+        }
+        if self.feed_live.load(Ordering::Acquire)
+            && let Some(a) = self.dir_attrs.get(ino)
+        {
+            return Ok(self.attr(&a));
         }
         match self.client.meta().getattr(InodeId(ino)).await {
             Ok(a) => Ok(self.attr(&a)),
@@ -556,6 +596,25 @@ impl Inner {
 
     #[allow(clippy::too_many_arguments)]
     async fn setattr(
+        &self,
+        ino: u64,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
+    ) -> R<FileAttr> {
+        let t = self.dir_attrs.begin();
+        let r = self
+            .setattr_unwrapped(ino, mode, uid, gid, size, atime, mtime)
+            .await;
+        self.dir_attrs.finish_unknown(t);
+        r
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn setattr_unwrapped(
         &self,
         ino: u64,
         mode: Option<u32>,
@@ -728,12 +787,13 @@ impl Inner {
     ) -> R<(FileAttr, u64, FopenFlags)> {
         let write = flags & libc::O_ACCMODE != libc::O_RDONLY;
         let excl = flags & libc::O_EXCL != 0;
+        let t = self.dir_attrs.begin();
         let e = self
             .client
             .meta()
             .create(InodeId(parent), &name, mode, owner, excl, true)
-            .await
-            .map_err(|e| errno(&e))?;
+            .await;
+        let e = self.finish_entry(t, e).map_err(|e| errno(&e))?;
         let a = e.attr;
         self.ckpt
             .created(&self.client, parent, &name, a.volume_id)
@@ -988,11 +1048,14 @@ impl Inner {
         if flags & !(libc::RENAME_NOREPLACE | libc::RENAME_EXCHANGE) != 0 {
             return Err(Errno::EINVAL);
         }
-        self.client
+        let t = self.dir_attrs.begin();
+        let r = self
+            .client
             .meta()
             .rename(InodeId(p), &name, InodeId(np), &new_name, f)
-            .await
-            .map_err(|e| errno(&e))?;
+            .await;
+        self.dir_attrs.finish_unknown(t);
+        r.map_err(|e| errno(&e))?;
         if !f.exchange
             && let Some((keep, created)) = self
                 .ckpt
@@ -1003,11 +1066,15 @@ impl Inner {
             // does not wait for the retention.
             let open: HashSet<u64> = lock(&self.inodes).keys().copied().collect();
             let (ckpt, client) = (self.ckpt.clone(), self.client.clone());
+            let dirs = self.dir_attrs.clone();
             self.rt.spawn(async move {
+                // Pruning unlinks in the directory.
+                let t = dirs.begin();
                 ckpt.publish(&client, np, &new_name, keep, created, |ino| {
                     open.contains(&ino)
                 })
                 .await;
+                dirs.finish_unknown(t);
             });
         }
         Ok(())
@@ -1195,10 +1262,10 @@ impl Filesystem for CairnFs {
         let name = name_or_reply!(name, reply);
         self.spawn(
             move |me| async move {
-                me.client
-                    .unlink_at(InodeId(parent), &name)
-                    .await
-                    .map_err(|e| errno(&e))?;
+                let t = me.dir_attrs.begin();
+                let r = me.client.unlink_at(InodeId(parent), &name).await;
+                me.finish_removal(t, &r);
+                r.map_err(|e| errno(&e))?;
                 me.ckpt.unlinked(&me.client, parent, &name);
                 Ok(())
             },
@@ -1214,12 +1281,10 @@ impl Filesystem for CairnFs {
         let name = name_or_reply!(name, reply);
         self.spawn(
             move |me| async move {
-                me.client
-                    .meta()
-                    .rmdir(InodeId(parent), &name)
-                    .await
-                    .map(|_| ())
-                    .map_err(|e| errno(&e))
+                let t = me.dir_attrs.begin();
+                let r = me.client.meta().rmdir(InodeId(parent), &name).await;
+                me.finish_removal(t, &r);
+                r.map(|_| ()).map_err(|e| errno(&e))
             },
             move |r| empty(reply, r),
         );
@@ -1796,11 +1861,14 @@ impl Filesystem for CairnFs {
         let value = value.to_vec();
         self.spawn(
             move |me| async move {
-                me.client
+                let t = me.dir_attrs.begin();
+                let r = me
+                    .client
                     .meta()
                     .setxattr(InodeId(ino), &name, &value, mode)
-                    .await
-                    .map_err(|e| errno_by_ino(&e))
+                    .await;
+                me.dir_attrs.finish_unknown(t);
+                r.map_err(|e| errno_by_ino(&e))
             },
             move |r| empty(reply, r),
         );
@@ -1876,11 +1944,10 @@ impl Filesystem for CairnFs {
         }
         self.spawn(
             move |me| async move {
-                me.client
-                    .meta()
-                    .removexattr(InodeId(ino), &name)
-                    .await
-                    .map_err(|e| errno_by_ino(&e))
+                let t = me.dir_attrs.begin();
+                let r = me.client.meta().removexattr(InodeId(ino), &name).await;
+                me.dir_attrs.finish_unknown(t);
+                r.map_err(|e| errno_by_ino(&e))
             },
             move |r| empty(reply, r),
         );
