@@ -749,6 +749,12 @@ impl Client {
     /// [`ErrorCode::NotFound`], [`ErrorCode::IsDir`].
     pub async fn unlink_at(&self, parent: InodeId, name: &str) -> Result<UnlinkReply> {
         let m = &self.inner.meta;
+        // With nothing open here, no handle needs the file kept: one round
+        // trip. (An open that registers while the unlink is on its way
+        // races it as it would race the lookup below.)
+        if self.lock_open().is_empty() {
+            return m.unlink(parent, name).await;
+        }
         let a = m.lookup(parent, name).await?;
         let open = {
             let mut open = self.lock_open();
