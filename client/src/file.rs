@@ -695,24 +695,18 @@ impl FileInner {
         };
         // One copier per file in this client; a later one finds the copy
         // done (meta answers that there is nothing to copy).
-        let one = {
-            let mut m = self
-                .client
+        let copying = || {
+            self.client
                 .inner
                 .copying
                 .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            m.entry(self.ino.0).or_default().clone()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
         };
+        let one = copying().entry(self.ino.0).or_default().clone();
         let _one = one.lock().await;
         let r = self.copy_up_locked(object, seq, discard).await;
         {
-            let mut m = self
-                .client
-                .inner
-                .copying
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let mut m = copying();
             if m.get(&self.ino.0)
                 .is_some_and(|a| Arc::strong_count(a) <= 2)
             {

@@ -605,25 +605,6 @@ impl Inner {
         atime: Option<TimeOrNow>,
         mtime: Option<TimeOrNow>,
     ) -> R<FileAttr> {
-        let t = self.dir_attrs.begin();
-        let r = self
-            .setattr_unwrapped(ino, mode, uid, gid, size, atime, mtime)
-            .await;
-        self.dir_attrs.finish_unknown(t);
-        r
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    async fn setattr_unwrapped(
-        &self,
-        ino: u64,
-        mode: Option<u32>,
-        uid: Option<u32>,
-        gid: Option<u32>,
-        size: Option<u64>,
-        atime: Option<TimeOrNow>,
-        mtime: Option<TimeOrNow>,
-    ) -> R<FileAttr> {
         if let Some(size) = size {
             self.truncate(ino, size).await?;
         }
@@ -1048,14 +1029,11 @@ impl Inner {
         if flags & !(libc::RENAME_NOREPLACE | libc::RENAME_EXCHANGE) != 0 {
             return Err(Errno::EINVAL);
         }
-        let t = self.dir_attrs.begin();
-        let r = self
+        let op = self
             .client
             .meta()
-            .rename(InodeId(p), &name, InodeId(np), &new_name, f)
-            .await;
-        self.dir_attrs.finish_unknown(t);
-        r.map_err(|e| errno(&e))?;
+            .rename(InodeId(p), &name, InodeId(np), &new_name, f);
+        self.dir_attrs.unknown(op).await.map_err(|e| errno(&e))?;
         if !f.exchange
             && let Some((keep, created)) = self
                 .ckpt
@@ -1069,12 +1047,10 @@ impl Inner {
             let dirs = self.dir_attrs.clone();
             self.rt.spawn(async move {
                 // Pruning unlinks in the directory.
-                let t = dirs.begin();
-                ckpt.publish(&client, np, &new_name, keep, created, |ino| {
+                let op = ckpt.publish(&client, np, &new_name, keep, created, |ino| {
                     open.contains(&ino)
-                })
-                .await;
-                dirs.finish_unknown(t);
+                });
+                dirs.unknown(op).await;
             });
         }
         Ok(())
@@ -1204,7 +1180,10 @@ impl Filesystem for CairnFs {
         }
         let ttl = self.inner.attr_ttl();
         self.spawn(
-            move |me| async move { me.setattr(ino, mode, uid, gid, size, atime, mtime).await },
+            move |me| async move {
+                let op = me.setattr(ino, mode, uid, gid, size, atime, mtime);
+                me.dir_attrs.unknown(op).await
+            },
             move |r| match r {
                 Ok(a) => reply.attr(&ttl, &a),
                 Err(e) => reply.error(e),
@@ -1861,14 +1840,8 @@ impl Filesystem for CairnFs {
         let value = value.to_vec();
         self.spawn(
             move |me| async move {
-                let t = me.dir_attrs.begin();
-                let r = me
-                    .client
-                    .meta()
-                    .setxattr(InodeId(ino), &name, &value, mode)
-                    .await;
-                me.dir_attrs.finish_unknown(t);
-                r.map_err(|e| errno_by_ino(&e))
+                let op = me.client.meta().setxattr(InodeId(ino), &name, &value, mode);
+                me.dir_attrs.unknown(op).await.map_err(|e| errno_by_ino(&e))
             },
             move |r| empty(reply, r),
         );
@@ -1944,10 +1917,8 @@ impl Filesystem for CairnFs {
         }
         self.spawn(
             move |me| async move {
-                let t = me.dir_attrs.begin();
-                let r = me.client.meta().removexattr(InodeId(ino), &name).await;
-                me.dir_attrs.finish_unknown(t);
-                r.map_err(|e| errno_by_ino(&e))
+                let op = me.client.meta().removexattr(InodeId(ino), &name);
+                me.dir_attrs.unknown(op).await.map_err(|e| errno_by_ino(&e))
             },
             move |r| empty(reply, r),
         );

@@ -104,6 +104,15 @@ impl DirAttrs {
         s.attrs.clear();
     }
 
+    /// Runs `op`, a mutation whose effect on directories is not known
+    /// here ([`Self::finish_unknown`]).
+    pub(crate) async fn unknown<T>(&self, op: impl std::future::Future<Output = T>) -> T {
+        let t = self.begin();
+        let r = op.await;
+        self.finish_unknown(t);
+        r
+    }
+
     /// Directory `ino`'s attributes, if kept.
     pub(crate) fn get(&self, ino: u64) -> Option<Attr> {
         self.state().attrs.get(&ino).cloned()
