@@ -1507,7 +1507,7 @@ impl MetaClient {
     }
 
     /// Releases this client's write open of `ino`, through which nothing
-    /// was written, in the background: within a few milliseconds, together
+    /// was written, in the background: within `RELEASE_DELAY` (100 ms), together
     /// with other such releases (see `releases.rs`). A later write open of
     /// the same file by this client is never undone by it.
     pub async fn release_later(&self, ino: InodeId) {

@@ -523,7 +523,7 @@ async fn unwritten_closes_are_released_in_the_background_and_never_undo_a_reopen
         inos.push(InodeId(e.attr.ino));
         c.release_later(InodeId(e.attr.ino)).await;
     }
-    // Released within a few milliseconds: an unlink now frees each one.
+    // Released within RELEASE_DELAY (100 ms): an unlink now frees each one.
     tokio::time::sleep(Duration::from_millis(300)).await;
     for k in 0..50 {
         c.unlink(root, &format!("f{k}")).await.unwrap();

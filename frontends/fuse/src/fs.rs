@@ -924,6 +924,15 @@ impl Inner {
             .map_err(|e| errno_by_ino(&e))
     }
 
+    /// Whether a FLUSH of handle `fh` of `ino` by `owner` has nothing to
+    /// do: a read-only handle (nothing to publish) of an owner holding no
+    /// lock on the inode through this mount (nothing to drop). An unknown
+    /// handle is not a no-op: [`Self::flush`] answers it EBADF.
+    fn flush_is_noop(&self, ino: u64, fh: FileHandle, owner: u64) -> bool {
+        let read_only = lock(&self.handles).get(&fh.0).is_some_and(|h| !h.write);
+        read_only && !lock(&self.file_locks).contains(&(ino, owner))
+    }
+
     /// Publishes a writer's length to meta (flush on close(2), fsync).
     async fn flush(&self, fh: FileHandle) -> R<()> {
         let o = self.handle(fh)?;
@@ -1442,6 +1451,11 @@ impl Filesystem for CairnFs {
         reply: ReplyEmpty,
     ) {
         let ino = self.inner.cairn(ino);
+        if self.inner.flush_is_noop(ino, fh, lock_owner.0) {
+            // A reader's close(2) (every file of a dataset epoch): nothing
+            // to publish and no lock to drop, so no task and no wake-up.
+            return reply.ok();
+        }
         self.spawn(
             move |me| async move {
                 // POSIX: closing any descriptor of a file drops the
