@@ -116,6 +116,27 @@ fn posix_locks(a: &Path, b: &Path) {
     drop(fb);
     drop(fb2);
     set_lock(&fa, libc::F_WRLCK, 0, 0, false).unwrap();
+    set_lock(&fa, libc::F_UNLCK, 0, 0, false).unwrap();
+
+    // Read-only descriptors (whose close the mount answers without a
+    // task when it has nothing to do): closing one releases its owner's
+    // locks, the one taken through it ...
+    let ro = File::open(b.join("db")).unwrap();
+    set_lock(&ro, libc::F_RDLCK, 0, 10, false).unwrap();
+    would_block(
+        set_lock(&fa, libc::F_WRLCK, 0, 10, false),
+        "a write lock over another mount's read lock",
+    );
+    drop(ro);
+    set_lock(&fa, libc::F_WRLCK, 0, 10, false).unwrap();
+    set_lock(&fa, libc::F_UNLCK, 0, 0, false).unwrap();
+    // ... and (POSIX) one taken through another descriptor of the file.
+    let fb = open_rw(&b.join("db"));
+    set_lock(&fb, libc::F_WRLCK, 0, 10, false).unwrap();
+    drop(File::open(b.join("db")).unwrap());
+    set_lock(&fa, libc::F_WRLCK, 0, 10, false)
+        .expect("closing a read-only descriptor dropped the owner's lock");
+    drop(fb);
     drop(fa);
 }
 

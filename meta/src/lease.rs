@@ -23,13 +23,17 @@
 //! the time it *observed* each publication, which is later than the
 //! publication, so the send time it derives could only be later than the
 //! true one by the observer's own delay: the lease span's margin covers it,
-//! and one millisecond more covers the metric's rounding down.
+//! and one millisecond more covers the metric's rounding down. An empty
+//! append answered on a follower's behalf (`raft::network::ELIDE_WINDOW`)
+//! stands for a real acknowledgement of a message sent up to that window
+//! earlier, so the window is subtracted too.
 
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use openraft::ServerState;
 
+use crate::raft::network::ELIDE_WINDOW;
 use crate::raft::types::MetaRaft;
 
 /// When this replica, as leader, last had a quorum's acknowledgement of
@@ -60,7 +64,7 @@ pub fn acked_at(observed: Instant, f: LeaseFacts) -> Option<Instant> {
         return None;
     }
     let ms = f.millis_since_quorum_ack?;
-    observed.checked_sub(Duration::from_millis(ms.saturating_add(1)))
+    observed.checked_sub(Duration::from_millis(ms.saturating_add(1)) + ELIDE_WINDOW)
 }
 
 impl LeaderLease {
@@ -126,7 +130,7 @@ mod tests {
     fn the_lease_runs_from_the_acknowledged_send_time() {
         let now = Instant::now();
         let at = acked_at(now, facts()).expect("granted");
-        assert_eq!(now - at, Duration::from_millis(21));
+        assert_eq!(now - at, Duration::from_millis(21) + ELIDE_WINDOW);
     }
 
     #[test]
