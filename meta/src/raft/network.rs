@@ -490,6 +490,10 @@ impl RaftNetwork<TypeConfig> for NetworkConnection {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<u64>, RPCError<u64, BasicNode, RaftError<u64>>> {
+        let sent = Instant::now();
+        if self.acked.as_ref().is_some_and(|a| a.covers(&rpc, sent)) {
+            return Ok(AppendEntriesResponse::Success);
+        }
         let payload = match encode(&rpc) {
             Ok(p) => p,
             Err(e) if matches!(*e, bincode::ErrorKind::SizeLimit) && rpc.entries.len() > 1 => {
@@ -501,10 +505,6 @@ impl RaftNetwork<TypeConfig> for NetworkConnection {
             }
             Err(e) => return Err(encode_failed(&e)),
         };
-        let sent = Instant::now();
-        if self.acked.as_ref().is_some_and(|a| a.covers(&rpc, sent)) {
-            return Ok(AppendEntriesResponse::Success);
-        }
         let sender = rpc.vote.leader_id().voted_for().unwrap_or_default();
         let matched = rpc.entries.last().map(|e| e.log_id).or(rpc.prev_log_id);
         let r = self
