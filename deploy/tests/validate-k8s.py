@@ -178,7 +178,9 @@ class Render:
             "csi_controller_replicas": 2,
             "kubelet_dir": "/var/lib/kubelet",
             "state_dir": "/var/lib/cairn-csi",
-            "node_update": "OnDelete",
+            "node_update": "RollingUpdate",
+            # csi.node.mountCgroup: mounts outlive the plugin's pod ("": not).
+            "mount_cgroup": "cairn-csi-mounts",
             "key_secret": "cairn-volume-keys",
             "key_ns": namespace,
             # csi.snapshots: off unless set; the class and its policy.
@@ -235,7 +237,8 @@ RENDERS = [
             "csi.controller.antiAffinity=required",
             "csi.node.stateDir=/srv/cairn-csi",
             "csi.node.metricsPort=8103",
-            "csi.node.updateStrategy.type=RollingUpdate",
+            "csi.node.updateStrategy.type=OnDelete",
+            "csi.node.mountCgroup=",
             "csi.encryptionKeySecret.name=prod-keys",
             "csi.encryptionKeySecret.namespace=vault",
             "csi.snapshots.enabled=true",
@@ -263,7 +266,8 @@ RENDERS = [
             "csi_controller_replicas": 1,
             "kubelet_dir": "/var/lib/k0s/kubelet",
             "state_dir": "/srv/cairn-csi",
-            "node_update": "RollingUpdate",
+            "node_update": "OnDelete",
+            "mount_cgroup": "",
             "key_secret": "prod-keys",
             "key_ns": "vault",
             "snapshots": True,
@@ -947,10 +951,26 @@ def csi_errors(r: Render, docs: list[dict], peers: list[str]) -> list[str]:
     # The node plugin: privileged cairn-csi --mode node and the registrar.
     node, pod, cs = the_workload(by_kind, "DaemonSet", e["csi_node"], NODE_CONTAINERS, errors)
     if node:
-        if node["spec"].get("updateStrategy", {}).get("type") != e["node_update"]:
-            errors.append(f"{kn(node)}: updateStrategy {node['spec'].get('updateStrategy')}, want {e['node_update']}")
-        if pod.get("automountServiceAccountToken") is not False or pod.get("hostNetwork"):
-            errors.append(f"{kn(node)}: the node plugin needs neither an API token nor the host network")
+        strategy = node["spec"].get("updateStrategy", {})
+        if strategy.get("type") != e["node_update"]:
+            errors.append(f"{kn(node)}: updateStrategy {strategy}, want {e['node_update']}")
+        if strategy.get("type") != "RollingUpdate" and "rollingUpdate" in strategy:
+            errors.append(f"{kn(node)}: rollingUpdate given with updateStrategy {strategy.get('type')} (refused by the API)")
+        if pod.get("automountServiceAccountToken") is not False:
+            errors.append(f"{kn(node)}: the node plugin needs no API token")
+        # Mounts that outlive the pod need the node's PID namespace and
+        # network (cairn-csi --mount-cgroup); without it, neither.
+        host = (pod.get("hostPID") is True, pod.get("hostNetwork") is True,
+                pod.get("dnsPolicy") == "ClusterFirstWithHostNet")
+        if e["mount_cgroup"] and host != (True, True, True):
+            errors.append(f"{kn(node)}: --mount-cgroup needs hostPID, hostNetwork and dnsPolicy "
+                          f"ClusterFirstWithHostNet (cluster DNS for the mounts): {host}")
+        if not e["mount_cgroup"] and any(host):
+            errors.append(f"{kn(node)}: the node's PID namespace or network without --mount-cgroup: {host}")
+        if e["mount_cgroup"] and e["node_update"] == "RollingUpdate" and e["mount_cgroup"] != \
+                arg_map(cs.get("cairn-csi", {}).get("args", [])).get("mount-cgroup"):
+            errors.append(f"{kn(node)}: a RollingUpdate without --mount-cgroup={e['mount_cgroup']} ends the mounts "
+                          "of every node's pods in turn")
         kdir = e["kubelet_dir"]
         plugin_dir = f"{kdir}/plugins/{driver_name}"
         drv = cs.get("cairn-csi")
@@ -976,6 +996,8 @@ def csi_errors(r: Render, docs: list[dict], peers: list[str]) -> list[str]:
             sc = drv.get("securityContext", {})
             if sc.get("privileged") is not True or sc.get("runAsUser") != 0:
                 errors.append(f"{kn(node)}: cairn-csi must run privileged as root (FUSE, mount --bind, propagation)")
+            if (a.get("mount-cgroup") or "") != e["mount_cgroup"]:
+                errors.append(f"{kn(node)}: --mount-cgroup {a.get('mount-cgroup')!r}, want {e['mount_cgroup']!r}")
             if "livenessProbe" in drv:
                 errors.append(f"{kn(node)}: a livenessProbe on cairn-csi restarts it (ending every mount on the "
                               "node) whenever meta is unreachable")
@@ -1102,6 +1124,12 @@ MUTATIONS = {
     "node id is the pod's name": lambda d: _set_ctr_arg(_node(d), "cairn-csi", "node-id", "$(POD_NAME)"),
     "state directory not on the host": lambda d: _node(d)["spec"]["template"]["spec"]["volumes"].__setitem__(
         -1, {"name": "state-dir", "emptyDir": {}}),
+    "node plugin in a PID namespace of its own": lambda d: _node(d)["spec"]["template"]["spec"].pop("hostPID"),
+    "node plugin without cluster DNS on the host network": lambda d: _node(d)["spec"]["template"]["spec"].pop(
+        "dnsPolicy"),
+    "mounts left in the node plugin's container": lambda d: _ctr(_node(d), "cairn-csi").__setitem__(
+        "args", [a for a in _ctr(_node(d), "cairn-csi")["args"] if not a.startswith("--mount-cgroup=")]),
+    "node rollingUpdate with OnDelete": lambda d: _node(d)["spec"]["updateStrategy"].__setitem__("type", "OnDelete"),
     "liveness probe on the node plugin": lambda d: _ctr(_node(d), "cairn-csi").__setitem__(
         "livenessProbe", _ctr(_node(d), "node-driver-registrar")["livenessProbe"]),
     "provisioner without leader election": lambda d: _ctr(_ctl(d), "csi-provisioner").__setitem__(

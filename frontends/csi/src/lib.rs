@@ -12,7 +12,7 @@
 //!   processes are not the plugin's children: they outlive a plugin that
 //!   is killed or upgraded, a restarted plugin adopts them from its state
 //!   directory, and a mount process that dies is started again on the same
-//!   staging path.
+//!   staging path. [`cgroup`]: how they outlive the plugin's container.
 //!
 //! What is not offered yet, and therefore not advertised: cloning a
 //! volume (snapshot it and restore the snapshot instead), block volumes. Expansion is a quota change,
@@ -33,6 +33,7 @@
 //! `allowedTopologies` out and the external-provisioner's Topology feature
 //! off (the chart's default).
 
+pub mod cgroup;
 pub mod controller;
 pub mod identity;
 pub mod node;

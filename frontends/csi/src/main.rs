@@ -10,6 +10,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use cairn_client::{MetaClient, MetaClientOptions};
+use cairn_csi::cgroup;
 use cairn_csi::controller::Controller;
 use cairn_csi::identity::Identity;
 use cairn_csi::node::{Node, NodeConfig};
@@ -54,6 +55,20 @@ struct Args {
     /// plugin adopts the mounts recorded there).
     #[arg(long, default_value = "/var/lib/cairn-csi")]
     state_dir: PathBuf,
+    /// Move each volume's mount process into this cgroup at the root of
+    /// the node's cgroup hierarchies (made if missing), out of this
+    /// container's, so that restarting, upgrading or deleting the node
+    /// plugin's container leaves the pods' mounts serving (node mode).
+    /// Needs the node's PID namespace (hostPID), privileges and nsenter.
+    /// Without it the mounts outlive this process but not its container.
+    #[arg(long, env = "CSI_MOUNT_CGROUP", value_name = "NAME")]
+    mount_cgroup: Option<String>,
+    /// With --mount-cgroup: a process of the node's own (outside every
+    /// container) whose cgroup namespace and file system the mounts'
+    /// cgroups are reached through. The node's init, PID 1, unless a
+    /// sandbox keeps the plugin from it.
+    #[arg(long, env = "CSI_NODE_PID", default_value_t = 1, value_name = "PID")]
+    node_pid: u32,
     /// The `cairn` binary that runs each volume's mount (default: the one
     /// beside this binary, else `cairn` on PATH).
     #[arg(long)]
@@ -86,6 +101,38 @@ fn host_name() -> String {
         .unwrap_or_else(|| "unknown".into())
 }
 
+/// Refuses `--mount-cgroup` where it cannot keep mounts alive, before any
+/// volume is staged: the name, the PID namespace, and one placement of
+/// nothing (the cgroups are made; nsenter and the node's cgroup file
+/// system work).
+fn check_mount_cgroup(name: &str, node_pid: u32, node_side: bool) -> anyhow::Result<()> {
+    if !node_side {
+        anyhow::bail!(
+            "--mount-cgroup is for the node side's mounts: use it with --mode node or all"
+        );
+    }
+    if !cgroup::valid_name(name) {
+        anyhow::bail!(
+            "--mount-cgroup {name:?}: a cgroup name is letters, digits, '-', '_' and '.' \
+             (at most 64)"
+        );
+    }
+    if !cgroup::in_node_pid_namespace(node_pid) {
+        anyhow::bail!(
+            "--mount-cgroup needs the node's PID namespace (hostPID: true in the pod, \
+             --pid=host under docker): in a PID namespace of the container's own, the \
+             mounts end with the container whatever their cgroup"
+        );
+    }
+    cgroup::place_on_node(node_pid, name, None)
+        .map_err(|e| anyhow::anyhow!("--mount-cgroup: {e}"))?;
+    tracing::info!(
+        cgroup = name,
+        "mount processes go to this cgroup of the node"
+    );
+    Ok(())
+}
+
 async fn run(args: Args) -> anyhow::Result<()> {
     let opts = MetaClientOptions {
         deadline: Duration::from_secs(30),
@@ -101,6 +148,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
             "--metrics-listen serves the node side's mounts: use it with --mode node or all"
         );
     }
+    if let Some(name) = &args.mount_cgroup {
+        check_mount_cgroup(name, args.node_pid, node_side)?;
+    }
     let node = if node_side {
         let cfg = NodeConfig {
             node_id: args.node_id.clone().unwrap_or_else(host_name),
@@ -108,6 +158,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
             meta: args.meta.clone(),
             cairn: args.cairn.clone().unwrap_or_else(default_cairn),
             state_dir: args.state_dir.clone(),
+            mount_cgroup: args.mount_cgroup.clone(),
+            node_pid: args.node_pid,
         };
         let n = Node::new(cfg, meta.clone()).await?;
         n.spawn_supervisor();
@@ -174,6 +226,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
 }
 
 fn main() -> ExitCode {
+    let argv: Vec<String> = std::env::args().collect();
+    if argv.get(1).map(String::as_str) == Some(cgroup::HELPER_ARG) {
+        return cgroup::helper_main(&argv[2..]);
+    }
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     tracing_subscriber::fmt()
         .with_env_filter(filter)

@@ -14,13 +14,15 @@
 //! dead FUSE mount detached first) and the pods' bind mounts made again
 //! from it.
 //!
-//! Known limit in Kubernetes: the mount processes live in the node plugin's
-//! container (its cgroup), so restarting that container — an upgrade —
-//! ends them with it; the next plugin mounts the volumes again, but pods
-//! whose mount namespace holds the old bind mount need a restart. Mounts
-//! that outlive the container need them outside its cgroup (a per-node
-//! mount pod, or a transient systemd scope on the host); not done yet, so
-//! the chart updates the node plugin only on delete (a drained node).
+//! A plugin killed alone leaves its mounts serving by the above. Restarting
+//! or replacing its *container* (an upgrade, an OOM kill) would end them
+//! too, as the runtime kills every process of the container's cgroup: with
+//! [`NodeConfig::mount_cgroup`] (`--mount-cgroup`) each mount process is
+//! moved into a cgroup of the node's own right after it starts, so it
+//! outlives the container (see [`crate::cgroup`]). What no restart of the
+//! mount process itself can mend: a pod's mount namespace holds the bind
+//! mount of the mount that died, so pods that use a volume whose mount
+//! process died need a restart (the plugin remounts for new pods).
 //!
 //! Mount and bind operations use the system's `mount` and `umount` (as
 //! kubelet's mount utilities do), so the driver needs no unsafe code.
@@ -98,6 +100,13 @@ pub struct NodeConfig {
     pub cairn: PathBuf,
     /// Records, keys, logs and cache directories.
     pub state_dir: PathBuf,
+    /// The node cgroup each mount process is moved into, out of the
+    /// plugin's container (`None`: mounts stay in the plugin's cgroup and
+    /// end with its container). Needs the node's PID namespace.
+    pub mount_cgroup: Option<String>,
+    /// A process in the node's own namespaces, through which the mounts'
+    /// cgroups are reached (1: the node's init).
+    pub node_pid: u32,
 }
 
 /// The Node service.
@@ -433,6 +442,22 @@ impl Node {
             .spawn()
             .map_err(|e| format!("starting {}: {e}", self.cfg.cairn.display()))?;
         let pid = child.id();
+        if let Some(name) = self.cfg.mount_cgroup.clone() {
+            let node = self.cfg.node_pid;
+            let placed = tokio::task::spawn_blocking(move || {
+                crate::cgroup::place_on_node(node, &name, Some(pid))
+            })
+            .await
+            .map_err(|e| e.to_string())
+            .and_then(|r| r);
+            if let Err(e) = placed {
+                // A mount that would end with this container is not what
+                // the operator asked for: refuse it.
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(e);
+            }
+        }
         let t0 = Instant::now();
         loop {
             if is_fuse_mounted(staging) {

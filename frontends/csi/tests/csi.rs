@@ -24,10 +24,12 @@ use cairn_csi::pb::{self, VolumeCapability};
 use cairn_jepsen::binary::binary;
 use cairn_jepsen::data_cluster::{DataCluster, DataOpts};
 use cairn_jepsen::fuse::is_mounted;
-use hyper_util::rt::TokioIo;
 use prost::bytes::Bytes;
 use tonic::Code;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
+
+mod common;
+use common::{class, create_req, mount_cap, record_pid, wait_for};
 
 struct Plugin {
     node_id: String,
@@ -88,27 +90,7 @@ impl Plugin {
     }
 
     async fn channel(&self) -> Result<Channel> {
-        let t0 = Instant::now();
-        loop {
-            let path = self.socket.clone();
-            let ch = Endpoint::try_from("http://csi.invalid")?
-                .connect_with_connector(tower::service_fn(move |_| {
-                    let path = path.clone();
-                    async move {
-                        Ok::<_, std::io::Error>(TokioIo::new(
-                            tokio::net::UnixStream::connect(path).await?,
-                        ))
-                    }
-                }))
-                .await;
-            match ch {
-                Ok(ch) => return Ok(ch),
-                Err(e) if t0.elapsed() > Duration::from_secs(20) => {
-                    anyhow::bail!("cairn-csi socket: {e}\n{}", self.log_text())
-                }
-                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
-            }
-        }
+        common::connect(&self.socket, || self.log_text()).await
     }
 
     fn log_text(&self) -> String {
@@ -167,65 +149,11 @@ fn samples(page: &str, prefix: &str) -> (f64, usize) {
         .fold((0.0, 0), |(s, n), v| (s + v, n + 1))
 }
 
-fn mount_cap(mode: Mode) -> VolumeCapability {
-    VolumeCapability {
-        access_type: Some(AccessType::Mount(MountVolume::default())),
-        access_mode: Some(AccessMode { mode: mode as i32 }),
-    }
-}
-
-fn class() -> HashMap<String, String> {
-    [
-        ("type", "ssd"),
-        ("replication", "3"),
-        ("cache", "true"),
-        ("prefetch", "true"),
-        ("compression", "false"),
-        ("encryption", "false"),
-        ("csi.storage.k8s.io/pvc/name", "data"),
-    ]
-    .iter()
-    .map(|(k, v)| (k.to_string(), v.to_string()))
-    .collect()
-}
-
-fn create_req(name: &str, bytes: i64, params: HashMap<String, String>) -> pb::CreateVolumeRequest {
-    pb::CreateVolumeRequest {
-        name: name.into(),
-        capacity_range: Some(pb::CapacityRange {
-            required_bytes: bytes,
-            limit_bytes: 0,
-        }),
-        volume_capabilities: vec![mount_cap(Mode::MultiNodeMultiWriter)],
-        parameters: params,
-        ..Default::default()
-    }
-}
-
 fn code<T: std::fmt::Debug>(r: std::result::Result<tonic::Response<T>, tonic::Status>) -> Code {
     match r {
         Ok(v) => panic!("expected an error, got {v:?}"),
         Err(s) => s.code(),
     }
-}
-
-async fn wait_for(what: &str, within: Duration, mut ok: impl FnMut() -> bool) -> Result<()> {
-    let t0 = Instant::now();
-    while !ok() {
-        ensure!(t0.elapsed() < within, "{what}: not within {within:?}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    Ok(())
-}
-
-fn record_pid(state: &Path, volume: &str) -> Result<u32> {
-    let r: serde_json::Value = serde_json::from_slice(&std::fs::read(
-        state.join("volumes").join(format!("{volume}.json")),
-    )?)?;
-    r["pid"]
-        .as_u64()
-        .map(|p| p as u32)
-        .context("pid in the record")
 }
 
 async fn body(dir: &Path, cluster: &DataCluster) -> Result<()> {
