@@ -11,18 +11,23 @@
 //! A plugin that starts reads the records and adopts the mounts whose
 //! process still runs; every [`SUPERVISE_EVERY`] it checks them, and a
 //! mount process that died is started again on the same staging path (the
-//! dead FUSE mount detached first) and the pods' bind mounts made again
-//! from it.
+//! dead FUSE mount detached first) and bound over each pod path, on top of
+//! the pod's dead bind mount ([`Node::remount`] says why).
 //!
 //! A plugin killed alone leaves its mounts serving by the above. Restarting
 //! or replacing its *container* (an upgrade, an OOM kill) would end them
 //! too, as the runtime kills every process of the container's cgroup: with
 //! [`NodeConfig::mount_cgroup`] (`--mount-cgroup`) each mount process is
 //! moved into a cgroup of the node's own right after it starts, so it
-//! outlives the container (see [`crate::cgroup`]). What no restart of the
-//! mount process itself can mend: a pod's mount namespace holds the bind
-//! mount of the mount that died, so pods that use a volume whose mount
-//! process died need a restart (the plugin remounts for new pods).
+//! outlives the container (see [`crate::cgroup`]).
+//!
+//! A mount *process* that dies (killed, a bug) is the one case a running
+//! pod can notice: its reads fail with "transport endpoint is not
+//! connected" until the new mount is bound (within [`SUPERVISE_EVERY`]
+//! and a mount's start-up). A pod whose volume mount takes the node's
+//! mounts (`mountPropagation: HostToContainer`, as the examples set) then
+//! reads and writes again; one with the default propagation holds the
+//! dead mount until it restarts. Files it had open stay dead either way.
 //!
 //! Mount and bind operations use the system's `mount` and `umount` (as
 //! kubelet's mount utilities do), so the driver needs no unsafe code.
@@ -201,29 +206,58 @@ fn run(cmd: &str, args: &[&str]) -> Result<(), String> {
     }
 }
 
-/// Unmounts `path` when it is mounted (`lazy`: detach even when busy or
-/// dead). Not mounted is success.
+/// How many mounts stacked on one path [`unmount`] takes off at most.
+const MAX_STACKED: usize = 64;
+
+/// Whether the mount at `path` answers "transport endpoint is not
+/// connected": its FUSE process is gone.
+fn is_dead_mount(path: &str) -> bool {
+    std::fs::metadata(path).is_err_and(|e| e.raw_os_error() == Some(107)) // ENOTCONN
+}
+
+/// Unmounts everything mounted on `path` (a pod's path can hold a bind
+/// mount of a mount that died with the one remade over it: see
+/// [`Node::remount`]); `lazy`: detach even when busy. A mount that died is
+/// detached lazily either way. Not mounted is success.
 fn unmount(path: &str, lazy: bool) -> Result<(), String> {
-    if !is_mounted(path) {
-        return Ok(());
+    for _ in 0..MAX_STACKED {
+        if !is_mounted(path) {
+            return Ok(());
+        }
+        let r = if lazy || is_dead_mount(path) {
+            run("umount", &["-l", path])
+        } else {
+            run("umount", &[path])
+        };
+        if let Err(e) = r {
+            if is_mounted(path) && !is_dead_mount(path) {
+                return Err(e);
+            }
+        }
     }
-    let r = if lazy {
-        run("umount", &["-l", path])
+    if is_mounted(path) {
+        Err(format!(
+            "{path}: still mounted after {MAX_STACKED} unmounts"
+        ))
     } else {
-        run("umount", &[path])
-    };
-    match r {
-        Err(_) if !is_mounted(path) => Ok(()),
-        r => r,
+        Ok(())
     }
 }
 
+/// Bind-mounts `staging` on `target` (read-only when asked), on top of
+/// whatever is mounted there already. Paths are not canonicalized: a
+/// target holding a mount that died cannot be looked into.
 fn bind(staging: &str, target: &str, read_only: bool) -> Result<(), String> {
-    std::fs::create_dir_all(target).map_err(|e| format!("creating {target}: {e}"))?;
-    run("mount", &["--bind", staging, target])?;
+    if !is_mounted(target) {
+        std::fs::create_dir_all(target).map_err(|e| format!("creating {target}: {e}"))?;
+    }
+    run("mount", &["--no-canonicalize", "--bind", staging, target])?;
     if read_only {
-        if let Err(e) = run("mount", &["-o", "remount,bind,ro", target]) {
-            let _ = unmount(target, false);
+        if let Err(e) = run(
+            "mount",
+            &["--no-canonicalize", "-o", "remount,bind,ro", target],
+        ) {
+            let _ = run("umount", &["-l", target]);
             return Err(e);
         }
     }
@@ -396,10 +430,15 @@ impl Node {
         })
     }
 
+    /// Mounts a volume whose mount process died again on its staging path,
+    /// and binds the new mount over each pod path *on top of* the pod's
+    /// dead bind mount rather than in its place: a pod whose volume mount
+    /// receives the node's mounts (`mountPropagation: HostToContainer`)
+    /// holds a copy of that dead bind mount, and a mount made on top of it
+    /// propagates into the pod, so such a pod reads and writes again
+    /// without a restart. Pods with the default propagation (None) keep
+    /// the dead mount until they restart.
     async fn remount(&self, r: &Record) -> Result<u32, String> {
-        for (t, _) in &r.targets {
-            unmount(t, true)?;
-        }
         unmount(&r.staging_path, true)?;
         let pid = self
             .spawn_mount(&r.volume_id, &r.staging_path, &r.args)

@@ -4,7 +4,8 @@
 //! capability checks), two "pods" sharing a ReadWriteMany volume with
 //! close-to-open between them, a plugin killed with SIGKILL whose mounts
 //! keep serving and are adopted by the next one, and a mount process that
-//! dies and is brought back on the same staging path.
+//! dies and is brought back on the same staging path (a running pod that
+//! takes the node's mounts serving again).
 //!
 //! Needs root and fusermount3/umount (mounts). Modelled on kubernetes-csi's
 //! csi-sanity list; written in Rust over tonic.
@@ -117,6 +118,61 @@ impl Drop for Plugin {
         for p in points {
             let _ = Command::new("umount").args(["-l", &p]).status();
         }
+    }
+}
+
+/// A pod's container: a process in a mount namespace of its own, where a
+/// pod path is bind-mounted at the container's path.
+struct PodNs {
+    child: Child,
+    /// The container's path for the volume.
+    at: tempfile::TempDir,
+}
+
+impl PodNs {
+    /// Bind-mounts `target` at the container's path with `propagation`
+    /// (`rslave`: HostToContainer, `rprivate`: None).
+    fn start(target: &Path, propagation: &str) -> Result<PodNs> {
+        let at = tempfile::tempdir()?;
+        let script = format!(
+            "mount --bind '{}' '{}' && mount --make-{propagation} '{}' && exec sleep 600",
+            target.display(),
+            at.path().display(),
+            at.path().display()
+        );
+        let child = Command::new("unshare")
+            .args(["--mount", "--propagation", "slave", "sh", "-c", &script])
+            .spawn()
+            .context("unshare")?;
+        Ok(PodNs { child, at })
+    }
+
+    /// `rel` under the container's path, as read in the container, or
+    /// what `cat` said.
+    fn read(&self, rel: &Path) -> std::result::Result<Vec<u8>, String> {
+        let out = Command::new("nsenter")
+            .args([
+                "--target",
+                &self.child.id().to_string(),
+                "--mount",
+                "--",
+                "cat",
+            ])
+            .arg(self.at.path().join(rel))
+            .output()
+            .map_err(|e| e.to_string())?;
+        if out.status.success() {
+            Ok(out.stdout)
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).into_owned())
+        }
+    }
+}
+
+impl Drop for PodNs {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
@@ -585,8 +641,22 @@ async fn body(dir: &Path, cluster: &DataCluster) -> Result<()> {
         "the next plugin scrapes the mount it adopted:\n{page}"
     );
 
+    // Two running pods using pod a's path, as a container runtime sets
+    // them up: a mount namespace of their own, in which the pod path is
+    // bind-mounted at the container's path, with the node's mounts
+    // received there (mountPropagation HostToContainer: rslave) or not
+    // (None, the default: rprivate).
+    let (slave, private) = (PodNs::start(&a, "rslave")?, PodNs::start(&a, "rprivate")?);
+    let step1 = Path::new("ckpt/step-1.pt");
+    wait_for(
+        "the pods' mount namespaces",
+        Duration::from_secs(10),
+        || slave.read(step1).is_ok() && private.read(step1).is_ok(),
+    )
+    .await?;
+
     // The mount process dies: the plugin mounts the volume again on the
-    // same staging path and remakes the pods' bind mounts.
+    // same staging path and binds it over the pods' dead bind mounts.
     Command::new("kill")
         .args(["-9", &pid.to_string()])
         .status()?;
@@ -601,6 +671,20 @@ async fn body(dir: &Path, cluster: &DataCluster) -> Result<()> {
         || std::fs::read(a.join("ckpt/step-1.pt")).is_ok_and(|d| d == b"weights of step 1"),
     )
     .await?;
+    // The HostToContainer pod reads and writes again without a restart;
+    // the other one holds the dead mount.
+    wait_for(
+        "the HostToContainer pod's mount",
+        Duration::from_secs(10),
+        || slave.read(step1).is_ok_and(|d| d == b"weights of step 1"),
+    )
+    .await?;
+    let e = private.read(step1).unwrap_err();
+    ensure!(
+        e.contains("not connected"),
+        "a pod without mount propagation keeps the dead mount: {e}"
+    );
+    drop((slave, private));
     let page = node_metrics(&plugin).await?;
     ensure!(
         cairn_jepsen::scrape::sample(&page, "cairn_csi_mount_restarts_total") == Some(1.0)
@@ -897,6 +981,19 @@ async fn csi_volumes_are_provisioned_mounted_shared_and_survive_plugin_restarts(
         .await
         .expect("a cluster");
     let dir = tempfile::tempdir().unwrap();
+    // Shared, as the kubelet's directory is: mounts made under it reach
+    // the pods' mount namespaces that take the node's mounts.
+    let d = dir.path().display().to_string();
+    for args in [["--bind", &d, &d], ["--make-rshared", &d, ""]] {
+        let args: Vec<&str> = args.into_iter().filter(|a| !a.is_empty()).collect();
+        assert!(
+            Command::new("mount")
+                .args(&args)
+                .status()
+                .unwrap()
+                .success()
+        );
+    }
     if let Err(e) = body(dir.path(), &cluster).await {
         let log = std::fs::read_to_string(dir.path().join("csi.log")).unwrap_or_default();
         panic!("{e:#}\n--- cairn-csi log:\n{log}");
