@@ -50,16 +50,17 @@ use cairn_proto::ids::{InodeId, NodeId, SessionId, VolumeId};
 use cairn_proto::meta::meta_client::MetaClient as Grpc;
 use cairn_proto::meta::{
     Attr, ChainTables, Changes, CloseRequest, CopyDoneRequest, CopyUpRequest, CreateRequest,
-    CreateSnapshotRequest, CreateVolumeRequest, DeleteSnapshotRequest, DirEntry, Empty, EntryReply,
-    FileLock, FileType, GetAttrRequest, GetLockRequest, GetXattrRequest, JoinReply, JoinRequest,
-    LinkRequest, ListSnapshotsRequest, ListXattrRequest, LockType, LookupRequest, MkdirRequest,
-    MknodRequest, OpenRequest, OpenSessionRequest, PromoteRequest, ReadDirReply, ReadDirRequest,
-    ReadLinkRequest, RemoveMemberRequest, RemoveXattrRequest, RenameReply, RenameRequest,
-    ReportLengthRequest, RequestId, ResolveRequest, RestoreReply, RestoreSnapshotRequest,
-    RestoreStatusRequest, RmdirRequest, RotateVolumeKeyRequest, SessionRequest, SetAttrRequest,
-    SetLockRequest, SetMaintenanceRequest, SetVolumeQuotaRequest, SetXattrRequest, Snapshot,
-    SnapshotRef, StatFsReply, StatFsRequest, StatusReply, SymlinkRequest, Timespec, UnlinkReply,
-    UnlinkRequest, Volume, VolumePolicy, WatchChangesRequest,
+    CreateSnapshotRequest, CreateVolumeRequest, DeleteSnapshotRequest, DirEntry, DirQuota, Empty,
+    EntryReply, FileLock, FileType, GetAttrRequest, GetDirQuotaRequest, GetLockRequest,
+    GetXattrRequest, JoinReply, JoinRequest, LinkRequest, ListSnapshotsRequest, ListXattrRequest,
+    LockType, LookupRequest, MkdirRequest, MknodRequest, OpenRequest, OpenSessionRequest,
+    PromoteRequest, ReadDirReply, ReadDirRequest, ReadLinkRequest, RemoveMemberRequest,
+    RemoveXattrRequest, RenameReply, RenameRequest, ReportLengthRequest, RequestId, ResolveRequest,
+    RestoreReply, RestoreSnapshotRequest, RestoreStatusRequest, RmdirRequest,
+    RotateVolumeKeyRequest, SessionRequest, SetAttrRequest, SetDirQuotaRequest, SetLockRequest,
+    SetMaintenanceRequest, SetVolumeQuotaRequest, SetXattrRequest, Snapshot, SnapshotRef,
+    StatFsReply, StatFsRequest, StatusReply, SymlinkRequest, Timespec, UnlinkReply, UnlinkRequest,
+    Volume, VolumePolicy, WatchChangesRequest,
 };
 use cairn_proto::{CairnStatus, ErrorCode, names};
 use tokio::sync::watch;
@@ -1603,6 +1604,61 @@ impl MetaClient {
         })
         .await?;
         r.volume.ok_or_else(|| missing("the volume"))
+    }
+
+    /// Sets directory `ino`'s quotas (`None` keeps one, 0 means unlimited),
+    /// making it a quota directory if it is not one (it must then be
+    /// empty, not a volume's root, not under another quota directory).
+    /// Returns the quota as it is now.
+    ///
+    /// # Errors
+    /// [`ErrorCode::NotFound`], [`ErrorCode::NotDir`],
+    /// [`ErrorCode::NotEmpty`], [`ErrorCode::Invalid`] (a volume's root, a
+    /// nested quota), or a retry failure.
+    pub async fn set_dir_quota(
+        &self,
+        ino: InodeId,
+        quota_bytes: Option<u64>,
+        quota_inodes: Option<u64>,
+    ) -> Result<DirQuota> {
+        let r = mutation!(self, set_dir_quota, |rid| SetDirQuotaRequest {
+            rid: Some(rid),
+            ino: ino.0,
+            quota_bytes,
+            quota_inodes,
+        })
+        .await?;
+        r.quota.ok_or_else(|| missing("the directory quota"))
+    }
+
+    /// The quota of directory `ino`, or of the quota directory it is under
+    /// (`None`: under none).
+    ///
+    /// # Errors
+    /// [`ErrorCode::NotFound`], or a retry failure.
+    pub async fn dir_quota(&self, ino: InodeId) -> Result<Option<DirQuota>> {
+        let req = GetDirQuotaRequest { ino: ino.0 };
+        Ok(rpc!(self, get_dir_quota, req).await?.quota)
+    }
+
+    /// The statfs figures of a directory under `q`: [`Self::statfs`] of
+    /// its volume narrowed to the directory quota's limits and use (what
+    /// `df` shows in a mount of that directory, and the CSI volume stats of
+    /// a volume carved out of a shared one): the directory's use, and its
+    /// limits where it has them (a limit of 0 keeps the volume's total and
+    /// free figures).
+    pub fn narrow_statfs(s: &mut StatFsReply, q: &DirQuota) {
+        s.used_bytes = q.used_bytes;
+        s.files = q.used_inodes;
+        if q.quota_bytes != 0 {
+            s.total_bytes = q.quota_bytes;
+            s.free_bytes = s.free_bytes.min(q.quota_bytes.saturating_sub(q.used_bytes));
+        }
+        if q.quota_inodes != 0 {
+            s.files_free = s
+                .files_free
+                .min(q.quota_inodes.saturating_sub(q.used_inodes));
+        }
     }
 
     /// Takes snapshot `name` of volume `volume` (issue 17); the same name

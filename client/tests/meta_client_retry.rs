@@ -200,6 +200,8 @@ fake_meta! {
         list_volumes(Empty) -> ListVolumesReply;
         rotate_volume_key(RotateVolumeKeyRequest) -> VolumeReply;
         set_volume_quota(SetVolumeQuotaRequest) -> VolumeReply;
+        set_dir_quota(SetDirQuotaRequest) -> DirQuotaReply;
+        get_dir_quota(GetDirQuotaRequest) -> DirQuotaReply;
         create_snapshot(CreateSnapshotRequest) -> SnapshotReply;
         delete_snapshot(DeleteSnapshotRequest) -> SnapshotReply;
         list_snapshots(ListSnapshotsRequest) -> ListSnapshotsReply;

@@ -632,6 +632,12 @@ fn statfs_and_misc(root: &Path) {
         s.f_bsize
     );
     assert!(s.f_bfree <= s.f_blocks);
+    assert!(
+        s.f_ffree <= s.f_files,
+        "f_files is the total of inodes, f_ffree the free ones: {} / {}",
+        s.f_ffree,
+        s.f_files
+    );
     assert!(s.f_namemax >= 255);
     let f = root.join("synced");
     let mut h = File::create(&f).unwrap();

@@ -507,6 +507,17 @@ fn bad(message: impl Into<String>) -> Status {
     CairnStatus::new(ErrorCode::BadRequest, message).into()
 }
 
+fn dir_quota_pb(q: &crate::fs::DirQuota) -> pb::DirQuota {
+    pb::DirQuota {
+        ino: q.ino,
+        volume_id: q.volume,
+        quota_bytes: q.quota_bytes,
+        quota_inodes: q.quota_inodes,
+        used_bytes: q.used_bytes,
+        used_inodes: q.used_inodes,
+    }
+}
+
 fn unexpected(r: &Reply) -> Status {
     CairnStatus::new(ErrorCode::Internal, format!("unexpected reply {r:?}")).into()
 }
@@ -1458,6 +1469,44 @@ impl Meta for MetaService {
             tracing::info!(volume = %v.name, quota_bytes = p.quota_bytes, quota_inodes = p.quota_inodes, "volume quota set");
         }
         Ok(Response::new(reply))
+    }
+
+    #[instrument(skip_all, fields(ino = req.get_ref().ino))]
+    async fn set_dir_quota(
+        &self,
+        req: Request<pb::SetDirQuotaRequest>,
+    ) -> GrpcResult<pb::DirQuotaReply> {
+        let r = req.into_inner();
+        let op = Op::SetDirQuota {
+            ino: r.ino,
+            bytes: r.quota_bytes,
+            inodes: r.quota_inodes,
+        };
+        let q = match self.write(r.rid.as_ref(), op).await? {
+            Reply::DirQuota(q) => q,
+            other => return Err(unexpected(&other)),
+        };
+        tracing::info!(
+            ino = q.ino,
+            quota_bytes = q.quota_bytes,
+            quota_inodes = q.quota_inodes,
+            "directory quota set"
+        );
+        Ok(Response::new(pb::DirQuotaReply {
+            quota: Some(dir_quota_pb(&q)),
+        }))
+    }
+
+    async fn get_dir_quota(
+        &self,
+        req: Request<pb::GetDirQuotaRequest>,
+    ) -> GrpcResult<pb::DirQuotaReply> {
+        let r = req.into_inner();
+        let fs = self.read().await?;
+        let q = fs.dir_quota(r.ino).map_err(fs_err)?;
+        Ok(Response::new(pb::DirQuotaReply {
+            quota: q.as_ref().map(dir_quota_pb),
+        }))
     }
 
     #[instrument(skip_all, fields(volume = %req.get_ref().volume, snapshot = %req.get_ref().name))]

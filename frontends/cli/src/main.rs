@@ -35,6 +35,7 @@ mod k8s;
 mod mount;
 mod namespace;
 mod progress;
+mod quota;
 mod report;
 mod signal;
 mod snapshot;
@@ -171,6 +172,12 @@ enum Command {
     /// volume's tree, read under /VOLUME/.snapshots/NAME.
     #[command(subcommand)]
     Snapshot(snapshot::SnapshotCommand),
+
+    /// Set and show directory quotas: bytes and inodes counted under one
+    /// directory of a volume (the CSI driver's volumes carved out of a
+    /// shared Cairn volume).
+    #[command(subcommand)]
+    Quota(quota::QuotaCommand),
 
     /// Upload local files and directory trees into Cairn, several files at
     /// once, with a progress bar.
@@ -533,6 +540,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Volume(VolumeCommand::Ls) => volume::ls(&c, json).await,
         Command::Snapshot(cmd) => snapshot::run(&c, cmd, json).await,
+        Command::Quota(cmd) => quota::run(&c, cmd, json).await,
         Command::Volume(VolumeCommand::RotateKey { name, key_file }) => {
             volume::rotate_key(&c, name, key_file, json).await
         }

@@ -261,6 +261,69 @@ fn volume_quotas_can_be_changed_and_are_enforced() {
     assert!(dev.stop());
 }
 
+/// `cairn quota`: a directory's own quota counts its whole subtree, is
+/// enforced, shown by `quota get` from anywhere below it, and keeps files
+/// from moving across its edge (EXDEV, so `mv` would copy).
+#[test]
+fn directory_quotas_count_their_subtree_and_are_enforced() {
+    let mut dev = Dev::start();
+    dev.ok(["volume", "create", "shared"]);
+    dev.ok(["mkdir", "-p", "/shared/team/sub", "/shared/other"]);
+    let busy = dev.cairn(["quota", "set", "/shared/team", "--inodes", "3"]);
+    assert!(
+        !busy.status.success(),
+        "a quota starts on an empty directory"
+    );
+    assert!(
+        String::from_utf8_lossy(&busy.stderr).contains("not empty"),
+        "{}",
+        String::from_utf8_lossy(&busy.stderr)
+    );
+    dev.ok(["mkdir", "/shared/pv"]);
+    let out = dev.ok([
+        "--json",
+        "quota",
+        "set",
+        "/shared/pv",
+        "--inodes",
+        "2",
+        "--bytes",
+        "1MiB",
+    ]);
+    let q: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        (q["quota_inodes"].as_u64(), q["quota_bytes"].as_u64()),
+        (Some(2), Some(1 << 20)),
+        "{q}"
+    );
+    dev.ok(["mkdir", "/shared/pv/d"]);
+    dev.ok(["mkdir", "/shared/pv/d/e"]);
+    let full = dev.cairn(["mkdir", "/shared/pv/d/f"]);
+    assert!(
+        !full.status.success(),
+        "the inode quota counts the whole subtree"
+    );
+    let out = dev.ok(["--json", "quota", "get", "/shared/pv/d/e"]);
+    let q: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(q["used_inodes"].as_u64(), Some(2), "seen from below: {q}");
+    let moved = dev.cairn(["mv", "/shared/pv/d/e", "/shared/other/e"]);
+    assert!(
+        !moved.status.success(),
+        "nothing moves across the quota's edge"
+    );
+    let out = dev.ok(["quota", "get", "/shared/other"]);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("under no directory quota"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(
+        !dev.cairn(["quota", "set", "/shared/pv"]).status.success(),
+        "nothing to set"
+    );
+    assert!(dev.stop());
+}
+
 /// `cairn rm -r` removes a tree depth first (the client's remove_tree, which
 /// the CSI driver's DeleteVolume uses too); without -r a directory is
 /// refused, and -f makes a missing path fine.

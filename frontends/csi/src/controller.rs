@@ -8,6 +8,13 @@
 //! DeleteVolume removes the volume's tree and then the volume; its data
 //! leaves the chunkservers through meta's garbage collector.
 //!
+//! A class with `sharedVolume: NAME` makes directory volumes instead: the
+//! volume `NAME/PV` is directory PV of Cairn volume NAME (made with the
+//! class's policy when missing) with the claim's size as its directory
+//! quota (`cairn quota`); expansion raises that quota, deletion removes
+//! the directory's tree, and snapshots (of whole Cairn volumes) are
+//! refused for them.
+//!
 //! Offered and advertised: CREATE_DELETE_VOLUME, GET_CAPACITY,
 //! EXPAND_VOLUME (online: the quota grows, the mounts need nothing),
 //! CREATE_DELETE_SNAPSHOT and LIST_SNAPSHOTS. A VolumeSnapshot is a Cairn
@@ -22,10 +29,11 @@
 //! (`attachRequired: false`), ListVolumes, ControllerGetVolume,
 //! ControllerModifyVolume.
 
-use cairn_client::MetaClient;
 use cairn_client::crypto::VolumeKey;
+use cairn_client::meta_client::Owner;
+use cairn_client::{ErrorCode, MetaClient};
 use cairn_proto::ids::InodeId;
-use cairn_proto::meta::VolumeKeyCheck;
+use cairn_proto::meta::{FileType, VolumeKeyCheck, VolumePolicy};
 use tonic::{Request, Response, Status};
 
 use crate::params::{self, SECRET_KEY};
@@ -52,6 +60,159 @@ impl Controller {
             .await
             .map_err(|e| status("listing volumes", &e))?;
         Ok(vols.into_iter().find(|v| v.name == name))
+    }
+
+    /// Whether CSI volume `id` exists: a Cairn volume, or a directory
+    /// volume's directory.
+    async fn exists(&self, id: &str) -> Result<bool, Status> {
+        match self.meta.resolve(&format!("/{id}")).await {
+            Ok(_) => Ok(true),
+            Err(e) if e.code == ErrorCode::NotFound => Ok(false),
+            Err(e) => Err(status(&format!("looking up volume {id}"), &e)),
+        }
+    }
+
+    /// Makes directory volume `shared/name`: directory `name` of Cairn
+    /// volume `shared` with `quota` as its byte quota (0: unlimited, still
+    /// counted). The shared volume is made with the class's `policy` (less
+    /// the quota) when missing; an existing one must have the class's
+    /// replication, compression, encryption and key. Idempotent; the same
+    /// name with another quota is ALREADY_EXISTS.
+    async fn create_dir_volume(
+        &self,
+        shared: &str,
+        name: &str,
+        policy: &VolumePolicy,
+        check: Option<&Vec<u8>>,
+        quota: u64,
+    ) -> Result<(), Status> {
+        let want = VolumePolicy {
+            quota_bytes: 0,
+            ..policy.clone()
+        };
+        let v = match self.find(shared).await? {
+            Some(v) => v,
+            None => match self.meta.create_volume(shared, want.clone()).await {
+                Ok(v) => {
+                    tracing::info!(volume = shared, "created shared volume");
+                    v
+                }
+                Err(e) if e.code == ErrorCode::Exists => self
+                    .find(shared)
+                    .await?
+                    .ok_or_else(|| status(&format!("creating shared volume {shared}"), &e))?,
+                Err(e) => return Err(status(&format!("creating shared volume {shared}"), &e)),
+            },
+        };
+        let have = v.policy.clone().unwrap_or_default();
+        let same_key = check.is_none_or(|c| {
+            have.key_checks
+                .iter()
+                .find(|k| k.version == 1)
+                .is_some_and(|k| &k.check == c)
+        });
+        if have.replication != want.replication
+            || have.encrypted != want.encrypted
+            || have.compression != want.compression
+            || !same_key
+        {
+            return Err(Status::invalid_argument(format!(
+                "parameter sharedVolume: volume {shared} exists with replication {}, encrypted \
+                 {}, compression {}{}; the class asks for replication {}, encrypted {}, \
+                 compression {}",
+                have.replication,
+                have.encrypted,
+                have.compression,
+                if same_key { "" } else { " and another key" },
+                want.replication,
+                want.encrypted,
+                want.compression
+            )));
+        }
+        let root = InodeId(v.root_ino);
+        let path = format!("/{shared}/{name}");
+        let dir = match self.meta.lookup(root, name).await {
+            Ok(a) => a,
+            Err(e) if e.code == ErrorCode::NotFound => {
+                match self.meta.mkdir(root, name, 0o755, Owner::ROOT).await {
+                    Ok(entry) => entry.attr,
+                    // Made meanwhile (a retry racing its first attempt).
+                    Err(e) if e.code == ErrorCode::Exists => self
+                        .meta
+                        .lookup(root, name)
+                        .await
+                        .map_err(|e| status(&format!("looking up {path}"), &e))?,
+                    Err(e) => return Err(status(&format!("making {path}"), &e)),
+                }
+            }
+            Err(e) => return Err(status(&format!("looking up {path}"), &e)),
+        };
+        if dir.kind != FileType::Directory as i32 {
+            return Err(Status::already_exists(format!(
+                "{path} exists and is not a directory"
+            )));
+        }
+        let ino = InodeId(dir.ino);
+        match self
+            .meta
+            .dir_quota(ino)
+            .await
+            .map_err(|e| status(&format!("quota of {path}"), &e))?
+        {
+            Some(q) if q.ino == dir.ino && q.quota_bytes == quota => Ok(()),
+            Some(q) if q.ino == dir.ino => Err(Status::already_exists(format!(
+                "volume {shared}/{name} exists with a quota of {} bytes",
+                q.quota_bytes
+            ))),
+            _ => {
+                self.meta
+                    .set_dir_quota(ino, Some(quota), None)
+                    .await
+                    .map_err(|e| status(&format!("setting the quota of {path}"), &e))?;
+                tracing::info!(volume = %path, quota, "created directory volume");
+                Ok(())
+            }
+        }
+    }
+}
+
+impl Controller {
+    /// ControllerExpandVolume of directory volume `id`: its directory's
+    /// byte quota grows to `want` (never shrinks; 0 is unlimited).
+    async fn expand_dir_volume(
+        &self,
+        id: &str,
+        want: u64,
+    ) -> Result<Response<pb::ControllerExpandVolumeResponse>, Status> {
+        let a = match self.meta.resolve(&format!("/{id}")).await {
+            Ok(a) => a,
+            Err(e) if e.code == ErrorCode::NotFound => {
+                return Err(Status::not_found(format!("no volume {id}")));
+            }
+            Err(e) => return Err(status(&format!("looking up volume {id}"), &e)),
+        };
+        let q = self
+            .meta
+            .dir_quota(InodeId(a.ino))
+            .await
+            .map_err(|e| status(&format!("quota of volume {id}"), &e))?
+            .filter(|q| q.ino == a.ino)
+            .ok_or_else(|| Status::not_found(format!("/{id} has no quota of its own")))?;
+        let have = q.quota_bytes;
+        let quota = if have == 0 || have >= want {
+            have
+        } else {
+            self.meta
+                .set_dir_quota(InodeId(a.ino), Some(want), None)
+                .await
+                .map_err(|e| status(&format!("expanding volume {id}"), &e))?;
+            tracing::info!(volume = %id, from = have, to = want, "expanded directory volume");
+            want
+        };
+        Ok(Response::new(pb::ControllerExpandVolumeResponse {
+            capacity_bytes: i64::try_from(quota).unwrap_or(i64::MAX),
+            node_expansion_required: false,
+        }))
     }
 }
 
@@ -298,6 +459,17 @@ impl pb::controller_server::Controller for Controller {
             }
         };
         let class = params::parse(&req.parameters).map_err(Status::invalid_argument)?;
+        if let (Some(shared), Some(_)) = (&class.shared_volume, &source) {
+            return Err(Status::invalid_argument(format!(
+                "volume_content_source: a volume of a sharedVolume class is a directory of Cairn \
+                 volume {shared}, and snapshots are of whole Cairn volumes: it cannot be \
+                 restored from one"
+            )));
+        }
+        let volume_id = class
+            .shared_volume
+            .as_deref()
+            .map_or_else(|| name.clone(), |s| params::dir_volume_id(s, &name));
         if !req.mutable_parameters.is_empty() {
             return Err(Status::invalid_argument(
                 "mutable_parameters: volume modification is not offered by the Cairn CSI driver \
@@ -334,7 +506,7 @@ impl pb::controller_server::Controller for Controller {
         let answer = |quota: u64| pb::CreateVolumeResponse {
             volume: Some(pb::Volume {
                 capacity_bytes: quota as i64,
-                volume_id: name.clone(),
+                volume_id: volume_id.clone(),
                 volume_context: class.context(),
                 content_source: None,
                 accessible_topology: topology.clone(),
@@ -362,6 +534,11 @@ impl pb::controller_server::Controller for Controller {
                 )))
             }
         };
+        if let Some(shared) = &class.shared_volume {
+            self.create_dir_volume(shared, &name, &policy, check.as_ref(), quota)
+                .await?;
+            return Ok(Response::new(answer(quota)));
+        }
         if let Some(id) = source {
             return self
                 .restore(&name, &id, &policy, check.as_ref(), quota)
@@ -398,6 +575,26 @@ impl pb::controller_server::Controller for Controller {
     ) -> Result<Response<pb::DeleteVolumeResponse>, Status> {
         let req = req.into_inner();
         let name = required("volume_id", &req.volume_id)?;
+        if let Some((shared, dir)) = params::split_dir_volume(name) {
+            // A directory volume: its directory and tree go, with its quota.
+            let Some(v) = self.find(shared).await? else {
+                return Ok(Response::new(pb::DeleteVolumeResponse {}));
+            };
+            let root = InodeId(v.root_ino);
+            let a = match self.meta.lookup(root, dir).await {
+                Ok(a) => a,
+                Err(e) if e.code == ErrorCode::NotFound => {
+                    return Ok(Response::new(pb::DeleteVolumeResponse {}));
+                }
+                Err(e) => return Err(status(&format!("looking up /{name}"), &e)),
+            };
+            self.meta
+                .remove_tree(root, dir, InodeId(a.ino), &format!("/{name}"), true)
+                .await
+                .map_err(|(at, e)| status(&format!("removing {at}"), &e))?;
+            tracing::info!(volume = %name, "deleted directory volume");
+            return Ok(Response::new(pb::DeleteVolumeResponse {}));
+        }
         let Some(v) = self.find(name).await? else {
             return Ok(Response::new(pb::DeleteVolumeResponse {}));
         };
@@ -444,7 +641,7 @@ impl pb::controller_server::Controller for Controller {
         if req.volume_capabilities.is_empty() {
             return Err(Status::invalid_argument("volume_capabilities is required"));
         }
-        if self.find(name).await?.is_none() {
+        if !self.exists(name).await? {
             return Err(Status::not_found(format!("no volume {name}")));
         }
         // Confirmed only when every capability and parameter is one this
@@ -530,6 +727,12 @@ impl pb::controller_server::Controller for Controller {
         if let Some(k) = req.parameters.keys().next() {
             return Err(Status::invalid_argument(format!(
                 "parameters: the Cairn CSI driver takes no snapshot parameters ({k:?} given)"
+            )));
+        }
+        if let Some((shared, _)) = params::split_dir_volume(volume) {
+            return Err(Status::invalid_argument(format!(
+                "source_volume_id: {volume} is a directory of Cairn volume {shared} (a \
+                 sharedVolume class), and snapshots are of whole Cairn volumes"
             )));
         }
         if self.find(volume).await?.is_none() {
@@ -659,6 +862,9 @@ impl pb::controller_server::Controller for Controller {
             .capacity_range
             .ok_or_else(|| Status::invalid_argument("capacity_range is required"))?;
         let want = capacity_bytes(&r)?;
+        if params::split_dir_volume(name).is_some() {
+            return self.expand_dir_volume(name, want).await;
+        }
         let v = self
             .find(name)
             .await?

@@ -6,7 +6,8 @@
 //!   probe that asks meta.
 //! * [`controller`]: a PersistentVolume is a Cairn volume named after the
 //!   PV; the StorageClass parameters ([`params`]) become its policy, the
-//!   claim's size its byte quota. Idempotent by name.
+//!   claim's size its byte quota. Idempotent by name. With `sharedVolume`
+//!   it is a directory with a quota of its own in a shared Cairn volume.
 //! * [`node`]: NodeStage runs one `cairn mount` per volume per node on the
 //!   staging path, NodePublish bind-mounts it into each pod. The mount
 //!   processes are not the plugin's children: they outlive a plugin that

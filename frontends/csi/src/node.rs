@@ -1,6 +1,11 @@
 //! The Node service: one FUSE mount per volume per node, bind-mounted into
 //! each pod.
 //!
+//! A directory volume (`SHARED/NAME`, a `sharedVolume` class) is mounted
+//! the same way with `--volume /SHARED/NAME`: the pod sees its directory
+//! only, and `df` there shows the directory's quota. Its files in the
+//! state directory are named after the id with `/` percent-encoded.
+//!
 //! # Mounts that outlive the plugin
 //! NodeStageVolume starts `cairn mount --volume /VOL STAGING` as a process
 //! of its own (its own process group, output to a log file in the state
@@ -127,6 +132,13 @@ pub struct Node {
     /// Mount processes started again after they died (since this plugin
     /// started).
     restarts: Arc<std::sync::atomic::AtomicU64>,
+}
+
+/// The file name stem of CSI volume `id` in the state directory: the id
+/// with `%` and `/` (a directory volume's `SHARED/NAME`) percent-encoded,
+/// so no two ids share a file.
+fn stem(id: &str) -> String {
+    id.replace('%', "%25").replace('/', "%2F")
 }
 
 fn internal(what: &str, e: impl std::fmt::Display) -> Status {
@@ -362,7 +374,7 @@ impl Node {
         self.cfg
             .state_dir
             .join("metrics")
-            .join(format!("{id}.sock"))
+            .join(format!("{}.sock", stem(id)))
     }
 
     /// This node's metrics in the OpenMetrics text format: the plugin's
@@ -462,7 +474,7 @@ impl Node {
             .cfg
             .state_dir
             .join("logs")
-            .join(format!("{volume}.log"));
+            .join(format!("{}.log", stem(volume)));
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -529,14 +541,14 @@ impl Node {
         self.cfg
             .state_dir
             .join("volumes")
-            .join(format!("{volume}.json"))
+            .join(format!("{}.json", stem(volume)))
     }
 
     fn key_path(&self, volume: &str) -> PathBuf {
         self.cfg
             .state_dir
             .join("keys")
-            .join(format!("{volume}.key"))
+            .join(format!("{}.key", stem(volume)))
     }
 
     /// Writes a record atomically (temporary file, fsync, rename).
@@ -558,7 +570,7 @@ impl Node {
                 "secret {SECRET_KEY:?} is not a key: 64 hexadecimal digits (32 bytes) expected"
             ))
         })?;
-        let text = KeyRing::single(volume, 1, key).to_file_text();
+        let text = KeyRing::single(crate::params::cairn_volume(volume), 1, key).to_file_text();
         let path = self.key_path(volume);
         let tmp = path.with_extension("key.tmp");
         let _ = std::fs::remove_file(&tmp);
@@ -635,7 +647,7 @@ impl pb::node_server::Node for Node {
             args.extend(["--read-ahead".into(), "0".into()]);
         }
         if flag(ctx, CTX_CACHE, true) {
-            let dir = self.cfg.state_dir.join("cache").join(&volume);
+            let dir = self.cfg.state_dir.join("cache").join(stem(&volume));
             std::fs::create_dir_all(&dir)
                 .map_err(|e| internal("creating the cache directory", e))?;
             args.extend(["--cache-dir".into(), dir.display().to_string()]);
@@ -650,19 +662,23 @@ impl pb::node_server::Node for Node {
                 ))
             })?;
             let path = self.write_key(&volume, hex)?;
-            args.extend(["--key-file".into(), format!("{volume}={}", path.display())]);
+            args.extend([
+                "--key-file".into(),
+                format!(
+                    "{}={}",
+                    crate::params::cairn_volume(&volume),
+                    path.display()
+                ),
+            ]);
         }
         // The volume must exist before a mount is tried (NOT_FOUND, not a
         // mount process failing later).
-        let exists = self
-            .meta
-            .list_volumes()
-            .await
-            .map_err(|e| status("listing volumes", &e))?
-            .iter()
-            .any(|v| v.name == volume);
-        if !exists {
-            return Err(Status::not_found(format!("no volume {volume}")));
+        match self.meta.resolve(&format!("/{volume}")).await {
+            Ok(_) => {}
+            Err(e) if e.code == cairn_client::ErrorCode::NotFound => {
+                return Err(Status::not_found(format!("no volume {volume}")));
+            }
+            Err(e) => return Err(status(&format!("looking up volume {volume}"), &e)),
         }
         unmount(&staging, true).map_err(|e| internal("clearing the staging path", e))?;
         let pid = self
@@ -710,12 +726,12 @@ impl pb::node_server::Node for Node {
         // over its life).
         let _ = std::fs::remove_file(self.key_path(&volume));
         let _ = std::fs::remove_file(self.metrics_socket(&volume));
-        let _ = std::fs::remove_dir_all(self.cfg.state_dir.join("cache").join(&volume));
+        let _ = std::fs::remove_dir_all(self.cfg.state_dir.join("cache").join(stem(&volume)));
         let _ = std::fs::remove_file(
             self.cfg
                 .state_dir
                 .join("logs")
-                .join(format!("{volume}.log")),
+                .join(format!("{}.log", stem(&volume))),
         );
         match std::fs::remove_file(self.record_path(&volume)) {
             Ok(()) => {}
@@ -807,19 +823,29 @@ impl pb::node_server::Node for Node {
         if !is_mounted(path) {
             return Err(Status::not_found(format!("{path} is not a mounted volume")));
         }
-        let v = self
+        let a = match self.meta.resolve(&format!("/{volume}")).await {
+            Ok(a) => a,
+            Err(e) if e.code == cairn_client::ErrorCode::NotFound => {
+                return Err(Status::not_found(format!("no volume {volume}")));
+            }
+            Err(e) => return Err(status(&format!("looking up volume {volume}"), &e)),
+        };
+        let mut s = self
             .meta
-            .list_volumes()
-            .await
-            .map_err(|e| status("listing volumes", &e))?
-            .into_iter()
-            .find(|v| v.name == volume)
-            .ok_or_else(|| Status::not_found(format!("no volume {volume}")))?;
-        let s = self
-            .meta
-            .statfs(cairn_proto::ids::VolumeId(v.id))
+            .statfs(cairn_proto::ids::VolumeId(a.volume_id))
             .await
             .map_err(|e| status(&format!("statfs of {volume}"), &e))?;
+        // A directory volume: its quota's figures, not the shared volume's.
+        if crate::params::split_dir_volume(volume).is_some() {
+            if let Some(q) = self
+                .meta
+                .dir_quota(cairn_proto::ids::InodeId(a.ino))
+                .await
+                .map_err(|e| status(&format!("quota of {volume}"), &e))?
+            {
+                MetaClient::narrow_statfs(&mut s, &q);
+            }
+        }
         let i = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
         let healthy = self
             .records

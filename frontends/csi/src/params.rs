@@ -8,6 +8,11 @@
 //! INVALID_ARGUMENT naming the parameter: a typo in a class must not
 //! silently give a volume other than the one asked for.
 //!
+//! `sharedVolume: NAME` makes each volume of the class a directory with a
+//! quota of its own inside Cairn volume NAME (id `NAME/PV`), for clusters
+//! with many small claims: one Cairn volume, its policy set once, each
+//! claim's size its directory's byte quota (see `cairn quota`).
+//!
 //! What reaches the node: `cache` and `prefetch` are client settings, not
 //! volume properties, so they travel in the volume context CreateVolume
 //! returns (Kubernetes stores it in the PV and hands it to NodeStage).
@@ -46,6 +51,10 @@ pub struct ClassParams {
     pub compression: Compression,
     /// Client-side encryption (the key comes from a secret).
     pub encryption: bool,
+    /// `sharedVolume`: each volume of the class is a directory with a
+    /// quota of its own in this Cairn volume (made with the class's
+    /// policy when missing), not a Cairn volume of its own.
+    pub shared_volume: Option<String>,
 }
 
 impl Default for ClassParams {
@@ -56,6 +65,7 @@ impl Default for ClassParams {
             prefetch: true,
             compression: Compression::None,
             encryption: false,
+            shared_volume: None,
         }
     }
 }
@@ -92,6 +102,11 @@ pub fn parse(params: &HashMap<String, String>) -> Result<ClassParams, String> {
                     Ok(n @ 1..=3) => n,
                     _ => return Err(format!("parameter replication: {v:?} is not 1, 2 or 3")),
                 }
+            }
+            "sharedVolume" => {
+                p.shared_volume = Some(
+                    volume_name(v.trim()).map_err(|e| format!("parameter sharedVolume: {e}"))?,
+                );
             }
             "cache" => p.cache = boolean(key, v)?,
             "prefetch" => p.prefetch = boolean(key, v)?,
@@ -147,6 +162,26 @@ pub fn same_policy(have: &VolumePolicy, want: &VolumePolicy) -> bool {
         && have.compression == want.compression
 }
 
+/// The CSI volume id of a volume carved out of shared volume `shared`
+/// as directory `name`: `SHARED/NAME` (a Cairn volume's id is its name,
+/// which holds no '/').
+pub fn dir_volume_id(shared: &str, name: &str) -> String {
+    format!("{shared}/{name}")
+}
+
+/// The shared volume and directory a CSI volume id names, when it is a
+/// directory volume ([`dir_volume_id`]).
+pub fn split_dir_volume(id: &str) -> Option<(&str, &str)> {
+    let (shared, name) = id.split_once('/')?;
+    (volume_name(shared).is_ok() && volume_name(name).is_ok()).then_some((shared, name))
+}
+
+/// The Cairn volume a CSI volume id lives in: the id itself, or a
+/// directory volume's shared volume.
+pub fn cairn_volume(id: &str) -> &str {
+    split_dir_volume(id).map_or(id, |(shared, _)| shared)
+}
+
 /// A Cairn volume name for a CSI volume name (the PV name, e.g.
 /// "pvc-0b6c…"): kept as it is when it is a valid name, else refused.
 ///
@@ -189,6 +224,7 @@ mod tests {
                 prefetch: true,
                 compression: Compression::None,
                 encryption: true,
+                shared_volume: None,
             }
         );
         let pol = p.policy(50 << 30);
@@ -222,6 +258,22 @@ mod tests {
             let e = parse(&map(&[kv])).unwrap_err();
             assert!(e.contains(named), "{kv:?}: {e}");
         }
+    }
+
+    #[test]
+    fn a_shared_volume_class_names_directory_volumes_inside_it() {
+        let p = parse(&map(&[("sharedVolume", "team-a"), ("replication", "2")])).unwrap();
+        assert_eq!(p.shared_volume.as_deref(), Some("team-a"));
+        let id = dir_volume_id("team-a", "pvc-1");
+        assert_eq!(split_dir_volume(&id), Some(("team-a", "pvc-1")));
+        assert_eq!(cairn_volume(&id), "team-a");
+        assert_eq!(
+            (split_dir_volume("pvc-1"), cairn_volume("pvc-1")),
+            (None, "pvc-1")
+        );
+        assert_eq!(split_dir_volume("a/b/c"), None);
+        let e = parse(&map(&[("sharedVolume", "a/b")])).unwrap_err();
+        assert!(e.contains("sharedVolume"), "{e}");
     }
 
     #[test]

@@ -970,8 +970,195 @@ async fn body(dir: &Path, cluster: &DataCluster) -> Result<()> {
         "the volume's cache directory and mount log leave with it"
     );
 
+    dir_volumes(dir, &mut ctl, &mut node).await?;
+
     println!("--- cairn-csi log:\n{}", plugin.log_text());
     Ok(())
+}
+
+/// `df` of `path`: total and available bytes.
+fn df(path: &Path) -> Result<(u64, u64)> {
+    let out = Command::new("stat")
+        .args(["-f", "--format=%b %a %S"])
+        .arg(path)
+        .output()?;
+    ensure!(out.status.success(), "stat -f {}", path.display());
+    let text = String::from_utf8_lossy(&out.stdout);
+    let n: Vec<u64> = text
+        .split_whitespace()
+        .map(str::parse)
+        .collect::<std::result::Result<_, _>>()?;
+    ensure!(n.len() == 3, "stat -f: {text}");
+    Ok((n[0] * n[2], n[1] * n[2]))
+}
+
+/// A class with `sharedVolume`: each volume is a directory with a quota of
+/// its own in one Cairn volume.
+async fn dir_volumes(
+    dir: &Path,
+    ctl: &mut ControllerClient<Channel>,
+    node: &mut NodeClient<Channel>,
+) -> Result<()> {
+    use std::io::Write;
+    let mut shared = class();
+    shared.insert("sharedVolume".into(), "team-a".into());
+    let create = |name: &str, bytes: i64| create_req(name, bytes, shared.clone());
+    let v = ctl
+        .create_volume(create("pvc-d1", 1 << 20))
+        .await?
+        .into_inner()
+        .volume
+        .context("a volume")?;
+    ensure!(v.volume_id == "team-a/pvc-d1", "{v:?}");
+    ctl.create_volume(create("pvc-d1", 1 << 20)).await?; // idempotent
+    ensure!(
+        code(ctl.create_volume(create("pvc-d1", 2 << 20)).await) == Code::AlreadyExists,
+        "the same name with another size"
+    );
+    ctl.create_volume(create("pvc-d2", 1 << 20)).await?;
+    let mut other = shared.clone();
+    other.insert("replication".into(), "1".into());
+    let e = ctl
+        .create_volume(create_req("pvc-d3", 1 << 20, other))
+        .await
+        .unwrap_err();
+    ensure!(
+        e.code() == Code::InvalidArgument && e.message().contains("sharedVolume"),
+        "a class disagreeing with the shared volume's policy: {e:?}"
+    );
+    let e = ctl
+        .create_snapshot(pb::CreateSnapshotRequest {
+            source_volume_id: v.volume_id.clone(),
+            name: "snap-d1".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    ensure!(e.code() == Code::InvalidArgument, "{e:?}");
+
+    let staging = dir.join("kubelet/plugins/csi.cairn.io/pvc-d1/globalmount");
+    let staging_s = staging.display().to_string();
+    node.node_stage_volume(pb::NodeStageVolumeRequest {
+        volume_id: v.volume_id.clone(),
+        staging_target_path: staging_s.clone(),
+        volume_capability: Some(mount_cap(Mode::MultiNodeMultiWriter)),
+        volume_context: v.volume_context.clone(),
+        ..Default::default()
+    })
+    .await?;
+    let pod = dir.join("kubelet/pods/d/volumes/kubernetes.io~csi/pvc-d1/mount");
+    node.node_publish_volume(pb::NodePublishVolumeRequest {
+        volume_id: v.volume_id.clone(),
+        staging_target_path: staging_s.clone(),
+        target_path: pod.display().to_string(),
+        volume_capability: Some(mount_cap(Mode::MultiNodeMultiWriter)),
+        ..Default::default()
+    })
+    .await?;
+    // The pod sees its directory only, and df shows the claim's size.
+    ensure!(
+        std::fs::read_dir(&pod)?.next().is_none(),
+        "a new directory volume is empty"
+    );
+    let write = |name: &str, len: usize| -> std::io::Result<()> {
+        let mut f = std::fs::File::create(pod.join(name))?;
+        f.write_all(&vec![7u8; len])?;
+        f.sync_all()
+    };
+    write("a", 512 << 10)?;
+    let (total, avail) = df(&pod)?;
+    ensure!(
+        total == 1 << 20 && avail == 512 << 10,
+        "df in the pod: {total} bytes, {avail} available"
+    );
+    // Past the quota: EDQUOT.
+    let e = write("b", 768 << 10).unwrap_err();
+    ensure!(
+        e.raw_os_error() == Some(libc_edquot()),
+        "over the quota: {e}"
+    );
+    // Expansion raises the quota at once.
+    let grown = ctl
+        .controller_expand_volume(pb::ControllerExpandVolumeRequest {
+            volume_id: v.volume_id.clone(),
+            capacity_range: Some(pb::CapacityRange {
+                required_bytes: 2 << 20,
+                limit_bytes: 0,
+            }),
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    ensure!(grown.capacity_bytes == 2 << 20, "{grown:?}");
+    write("b", 768 << 10)?;
+    let stats = node
+        .node_get_volume_stats(pb::NodeGetVolumeStatsRequest {
+            volume_id: v.volume_id.clone(),
+            volume_path: pod.display().to_string(),
+            staging_target_path: staging_s.clone(),
+        })
+        .await?
+        .into_inner();
+    let bytes = stats
+        .usage
+        .iter()
+        .find(|u| u.unit == pb::volume_usage::Unit::Bytes as i32)
+        .context("byte usage")?;
+    let inodes = stats
+        .usage
+        .iter()
+        .find(|u| u.unit == pb::volume_usage::Unit::Inodes as i32)
+        .context("inode usage")?;
+    ensure!(
+        (bytes.total, bytes.used) == (2 << 20, (512 + 768) << 10) && inodes.used == 2,
+        "the directory's own figures: {stats:?}"
+    );
+
+    // Deleting it removes its directory, not its neighbour.
+    node.node_unpublish_volume(pb::NodeUnpublishVolumeRequest {
+        volume_id: v.volume_id.clone(),
+        target_path: pod.display().to_string(),
+    })
+    .await?;
+    node.node_unstage_volume(pb::NodeUnstageVolumeRequest {
+        volume_id: v.volume_id.clone(),
+        staging_target_path: staging_s,
+    })
+    .await?;
+    for _ in 0..2 {
+        ctl.delete_volume(pb::DeleteVolumeRequest {
+            volume_id: v.volume_id.clone(),
+            secrets: HashMap::new(),
+        })
+        .await?;
+    }
+    let validate = |id: &str| pb::ValidateVolumeCapabilitiesRequest {
+        volume_id: id.into(),
+        volume_capabilities: vec![mount_cap(Mode::MultiNodeMultiWriter)],
+        ..Default::default()
+    };
+    ensure!(
+        code(
+            ctl.validate_volume_capabilities(validate("team-a/pvc-d1"))
+                .await
+        ) == Code::NotFound
+    );
+    let ok = ctl
+        .validate_volume_capabilities(validate("team-a/pvc-d2"))
+        .await?
+        .into_inner();
+    ensure!(ok.confirmed.is_some(), "the neighbour stays: {ok:?}");
+    ctl.delete_volume(pb::DeleteVolumeRequest {
+        volume_id: "team-a/pvc-d2".into(),
+        secrets: HashMap::new(),
+    })
+    .await?;
+    Ok(())
+}
+
+/// EDQUOT (122 on Linux).
+fn libc_edquot() -> i32 {
+    122
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1805,8 +1805,21 @@ impl Filesystem for CairnFs {
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
         let volume = self.inner.volume;
+        let root = self.inner.map.cairn(INodeNo(1));
         self.spawn(
-            move |me| async move { me.client.meta().statfs(volume).await.map_err(|e| errno(&e)) },
+            move |me| async move {
+                let meta = me.client.meta();
+                let mut s = meta.statfs(volume).await.map_err(|e| errno(&e))?;
+                // A mount of a directory with a quota of its own (a CSI
+                // volume carved out of a shared one) shows that quota, as
+                // `df` in the pod should.
+                if root != 1 {
+                    if let Some(q) = meta.dir_quota(InodeId(root)).await.map_err(|e| errno(&e))? {
+                        cairn_client::MetaClient::narrow_statfs(&mut s, &q);
+                    }
+                }
+                Ok(s)
+            },
             move |r| match r {
                 Ok(s) => {
                     const B: u64 = 4096;
@@ -1814,7 +1827,8 @@ impl Filesystem for CairnFs {
                         s.total_bytes / B,
                         s.free_bytes / B,
                         s.free_bytes / B,
-                        s.files,
+                        // f_files is the total: used (meta's `files`) and free.
+                        s.files.saturating_add(s.files_free),
                         s.files_free,
                         B as u32,
                         if s.name_max == 0 { 255 } else { s.name_max },

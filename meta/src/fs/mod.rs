@@ -400,6 +400,9 @@ impl<K: Kv> FsState<K> {
                 bytes,
                 inodes,
             } => namespace::set_volume_quota(t, name, *bytes, *inodes),
+            Op::SetDirQuota { ino, bytes, inodes } => {
+                namespace::set_dir_quota(t, *ino, *bytes, *inodes)
+            }
             Op::CreateVolumeWith {
                 name,
                 policy,
@@ -1897,6 +1900,137 @@ mod tests {
             })
             .unwrap_err();
         assert_eq!(e.code, ErrorCode::NotFound);
+    }
+
+    #[test]
+    fn a_directory_quota_charges_its_whole_subtree_and_keeps_its_edges() {
+        let mut sm = Sm::new();
+        let Ok(Reply::Volume(v)) = sm.op(Op::CreateVolume {
+            name: "shared".into(),
+            policy: VolumePolicy::default(),
+        }) else {
+            panic!("no volume")
+        };
+        let mkdir = |sm: &mut Sm, parent: u64, name: &str| {
+            entry_attr(sm.op(Op::Mkdir {
+                parent,
+                name: name.into(),
+                mode: 0o755,
+                uid: 0,
+                gid: 0,
+            }))
+        };
+        let quota = |ino, bytes, inodes| Op::SetDirQuota { ino, bytes, inodes };
+        let pv = mkdir(&mut sm, v.root_ino, "pvc-1");
+        let outside = mkdir(&mut sm, v.root_ino, "other");
+        // Where a quota cannot start.
+        let e = sm.op(quota(v.root_ino, Some(1), None)).unwrap_err();
+        assert_eq!(e.code, ErrorCode::Invalid, "a volume's root: {e:?}");
+        entry_attr(create_in(&mut sm, outside.ino, "f", &[]));
+        let e = sm.op(quota(outside.ino, Some(1), None)).unwrap_err();
+        assert_eq!(e.code, ErrorCode::NotEmpty, "{e:?}");
+
+        let Ok(Reply::DirQuota(q)) = sm.op(quota(pv.ino, Some(1 << 20), Some(3))) else {
+            panic!("no quota")
+        };
+        assert_eq!(
+            (q.quota_bytes, q.quota_inodes, q.used_inodes),
+            (1 << 20, 3, 0)
+        );
+        // Three inodes at any depth fit, the fourth does not.
+        let sub = mkdir(&mut sm, pv.ino, "sub");
+        let a = entry_attr(create_in(&mut sm, pv.ino, "a", &[]));
+        let b = entry_attr(create_in(&mut sm, sub.ino, "b", &[]));
+        let e = create_in(&mut sm, sub.ino, "c", &[]).unwrap_err();
+        assert_eq!(e.code, ErrorCode::QuotaExceeded, "{e:?}");
+        let e = sm.op(quota(sub.ino, Some(1), None)).unwrap_err();
+        assert_eq!(e.code, ErrorCode::Invalid, "quotas do not nest: {e:?}");
+        // Bytes: growing a file past the quota is refused, shrinking frees.
+        let grow = |ino, size| Op::SetAttr {
+            ino,
+            attr: SetAttr {
+                size: Some(size),
+                ..SetAttr::default()
+            },
+        };
+        sm.op(grow(a.ino, 1 << 19)).unwrap();
+        let e = sm.op(grow(b.ino, (1 << 19) + 1)).unwrap_err();
+        assert_eq!(e.code, ErrorCode::QuotaExceeded, "{e:?}");
+        sm.op(grow(b.ino, 1 << 19)).unwrap();
+        let used = |sm: &mut Sm| {
+            let Ok(Reply::DirQuota(q)) = sm.op(quota(pv.ino, None, None)) else {
+                panic!("no quota")
+            };
+            (q.used_inodes, q.used_bytes)
+        };
+        assert_eq!(used(&mut sm), (3, 1 << 20));
+        let below = sm.fs.dir_quota(b.ino).unwrap().expect("b is under pvc-1");
+        assert_eq!((below.ino, below.used_inodes), (pv.ino, 3));
+        // Nothing crosses the quota's edge: rename and link out or in are
+        // EXDEV (a copy), within it they work.
+        let mv = |parent, name: &str, new_parent| Op::Rename {
+            parent,
+            name: name.into(),
+            new_parent,
+            new_name: name.into(),
+            noreplace: false,
+            exchange: false,
+        };
+        for op in [
+            mv(pv.ino, "a", outside.ino),
+            mv(outside.ino, "f", sub.ino),
+            mv(v.root_ino, "other", pv.ino),
+            Op::Link {
+                ino: a.ino,
+                new_parent: outside.ino,
+                new_name: "a2".into(),
+            },
+        ] {
+            let e = sm.op(op).unwrap_err();
+            assert_eq!(e.code, ErrorCode::CrossVolume, "{e:?}");
+        }
+        sm.op(mv(pv.ino, "a", sub.ino)).unwrap();
+        // The quota directory itself moves with its contents.
+        sm.op(mv(v.root_ino, "pvc-1", outside.ino)).unwrap();
+        // Removing gives back inodes and bytes.
+        sm.op(Op::Unlink {
+            parent: sub.ino,
+            name: "a".into(),
+            held_open: false,
+        })
+        .unwrap();
+        assert_eq!(used(&mut sm), (2, 1 << 19));
+        // Raising the quota lets the refused create in.
+        sm.op(quota(pv.ino, None, Some(0))).unwrap();
+        entry_attr(create_in(&mut sm, sub.ino, "c", &[]));
+        assert_eq!(used(&mut sm), (3, 1 << 19));
+        // The volume is charged as well.
+        let vol = sm.fs.volumes().unwrap().remove(0);
+        assert_eq!(vol.used_bytes, 1 << 19);
+        // An emptied quota directory removed takes its quota with it.
+        for (parent, name) in [(sub.ino, "b"), (sub.ino, "c")] {
+            sm.op(Op::Unlink {
+                parent,
+                name: name.into(),
+                held_open: false,
+            })
+            .unwrap();
+        }
+        sm.op(Op::Rmdir {
+            parent: pv.ino,
+            name: "sub".into(),
+        })
+        .unwrap();
+        assert_eq!(used(&mut sm), (0, 0));
+        sm.op(Op::Rmdir {
+            parent: outside.ino,
+            name: "pvc-1".into(),
+        })
+        .unwrap();
+        assert_eq!(sm.fs.dir_quota(outside.ino).unwrap(), None);
+        let f = sm.fs.lookup(outside.ino, "f").unwrap();
+        assert_eq!(sm.fs.dir_quota(f.ino).unwrap(), None, "under no quota");
+        assert!(sm.fs.dir_quota(pv.ino).is_err(), "gone with its directory");
     }
 
     #[test]

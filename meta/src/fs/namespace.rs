@@ -19,8 +19,8 @@ use cairn_proto::names;
 
 use super::store::{Kv, Txn, key};
 use super::{
-    FsError, FsResult, Inode, Kind, Layout, OpError, ROOT_INO, Reply, SetAttr, SetTime, Volume,
-    VolumePolicy, compression, counter, fact, fail, keys, next, session,
+    DirQuota, FsError, FsResult, Inode, Kind, Layout, OpError, ROOT_INO, Reply, SetAttr, SetTime,
+    Volume, VolumePolicy, compression, counter, fact, fail, keys, next, session,
 };
 
 /// Longest symlink target, in bytes (PATH_MAX).
@@ -189,15 +189,166 @@ fn charge<K: Kv + ?Sized>(t: &mut Txn<'_, K>, id: u64, inodes: i64, bytes: i64) 
     Ok(())
 }
 
-/// Charges a size change of a file to its volume.
+/// Charges a size change of file `ino` to its volume and to the quota
+/// directory it is under, if any.
 pub(crate) fn charge_bytes<K: Kv + ?Sized>(
     t: &mut Txn<'_, K>,
     volume: u64,
+    ino: u64,
     old: u64,
     new: u64,
 ) -> FsResult<()> {
     let delta = i64::try_from(new).unwrap_or(i64::MAX) - i64::try_from(old).unwrap_or(i64::MAX);
-    charge(t, volume, 0, delta)
+    charge(t, volume, 0, delta)?;
+    if let Some(q) = quota_member(t, ino)? {
+        charge_dir(t, q, 0, delta)?;
+    }
+    Ok(())
+}
+
+// ------------------------------------------------------- directory quotas
+
+/// Directory `ino`'s own quota, if it is a quota directory.
+pub(crate) fn dir_quota<K: Kv + ?Sized>(t: &Txn<'_, K>, ino: u64) -> FsResult<Option<DirQuota>> {
+    Ok(t.get(&key::dir_quota(ino))?)
+}
+
+/// The quota directory inode `ino` is charged to, if any.
+pub(crate) fn quota_member<K: Kv + ?Sized>(t: &Txn<'_, K>, ino: u64) -> FsResult<Option<u64>> {
+    Ok(t.get_raw(&key::quota_member(ino))?
+        .and_then(|b| <[u8; 8]>::try_from(b.as_slice()).ok())
+        .map(u64::from_be_bytes))
+}
+
+/// The quota directory a new entry of directory `d` is charged to: `d`
+/// itself when it is one, else the one `d` is under.
+fn quota_for_child<K: Kv + ?Sized>(t: &Txn<'_, K>, d: &Inode) -> FsResult<Option<u64>> {
+    if t.get_raw(&key::dir_quota(d.ino))?.is_some() {
+        return Ok(Some(d.ino));
+    }
+    quota_member(t, d.ino)
+}
+
+/// Charges `inodes` and `bytes` to quota directory `q`, refusing past its
+/// quotas (as [`charge`] does for volumes).
+fn charge_dir<K: Kv + ?Sized>(t: &mut Txn<'_, K>, q: u64, inodes: i64, bytes: i64) -> FsResult<()> {
+    let Some(mut d) = dir_quota(t, q)? else {
+        return Ok(());
+    };
+    let new_inodes = d.used_inodes.saturating_add_signed(inodes);
+    let new_bytes = d.used_bytes.saturating_add_signed(bytes);
+    if inodes > 0 && d.quota_inodes != 0 && new_inodes > d.quota_inodes {
+        fail!(
+            QuotaExceeded,
+            "directory {q} is at its inode quota of {}",
+            d.quota_inodes
+        );
+    }
+    if bytes > 0 && d.quota_bytes != 0 && new_bytes > d.quota_bytes {
+        fail!(
+            QuotaExceeded,
+            "directory {q} would exceed its byte quota of {}",
+            d.quota_bytes
+        );
+    }
+    d.used_inodes = new_inodes;
+    d.used_bytes = new_bytes;
+    t.put(key::dir_quota(q), &d);
+    Ok(())
+}
+
+/// Charges new inode `ino`, made in directory `p` of volume `volume`, to
+/// the volume and to the quota directory it falls under (recorded).
+fn charge_new<K: Kv + ?Sized>(
+    t: &mut Txn<'_, K>,
+    p: &Inode,
+    volume: u64,
+    ino: u64,
+) -> FsResult<()> {
+    charge(t, volume, 1, 0)?;
+    if let Some(q) = quota_for_child(t, p)? {
+        charge_dir(t, q, 1, 0)?;
+        t.put_raw(key::quota_member(ino), q.to_be_bytes().to_vec());
+    }
+    Ok(())
+}
+
+/// Gives back what inode `ino` was charged to its quota directory, if any.
+fn uncharge_member<K: Kv + ?Sized>(t: &mut Txn<'_, K>, ino: u64, bytes: u64) -> FsResult<()> {
+    if let Some(q) = quota_member(t, ino)? {
+        charge_dir(t, q, -1, -(i64::try_from(bytes).unwrap_or(i64::MAX)))?;
+        t.delete(key::quota_member(ino));
+    }
+    Ok(())
+}
+
+/// Fails with EXDEV when inode `ino` would move or be linked into
+/// directory `dest` under another quota directory than it is charged to.
+fn refuse_quota_crossing<K: Kv + ?Sized>(t: &Txn<'_, K>, ino: u64, dest: &Inode) -> FsResult<()> {
+    let from = quota_member(t, ino)?;
+    let to = quota_for_child(t, dest)?;
+    if from != to {
+        let name =
+            |q: Option<u64>| q.map_or_else(|| "none".to_string(), |q| format!("directory {q}"));
+        fail!(
+            CrossVolume,
+            "inode {ino} is charged to quota {}, the destination to quota {}: moving it \
+             across a directory quota is a copy (EXDEV)",
+            name(from),
+            name(to)
+        );
+    }
+    Ok(())
+}
+
+/// Sets directory `ino`'s quotas (`None` keeps one, 0: unlimited), making
+/// it a quota directory first if it is not one (see [`DirQuota`]).
+pub(crate) fn set_dir_quota<K: Kv + ?Sized>(
+    t: &mut Txn<'_, K>,
+    ino: u64,
+    bytes: Option<u64>,
+    inodes: Option<u64>,
+) -> FsResult<Reply> {
+    let d = dir(t, ino)?;
+    let mut q = match dir_quota(t, ino)? {
+        Some(q) => q,
+        None => {
+            if d.ino == ROOT_INO || d.parent == ROOT_INO {
+                fail!(
+                    Invalid,
+                    "directory {ino} is a volume's root: set the volume's quota instead"
+                );
+            }
+            if let Some(outer) = quota_member(t, ino)? {
+                fail!(
+                    Invalid,
+                    "directory {ino} is under quota directory {outer}: directory quotas do not nest"
+                );
+            }
+            if !is_empty_dir(t, ino)? {
+                fail!(
+                    NotEmpty,
+                    "directory {ino} is not empty: a directory quota starts on an empty directory"
+                );
+            }
+            DirQuota {
+                ino,
+                volume: d.volume,
+                quota_bytes: 0,
+                quota_inodes: 0,
+                used_bytes: 0,
+                used_inodes: 0,
+            }
+        }
+    };
+    if let Some(b) = bytes {
+        q.quota_bytes = b;
+    }
+    if let Some(i) = inodes {
+        q.quota_inodes = i;
+    }
+    t.put(key::dir_quota(ino), &q);
+    Ok(Reply::DirQuota(q))
 }
 
 fn new_inode(ino: u64, kind: Kind, mode: u32, uid: u32, gid: u32, now: i64) -> Inode {
@@ -283,7 +434,7 @@ pub(crate) fn mkdir<K: Kv + ?Sized>(
     } else {
         d.volume = p.volume;
     }
-    charge(t, d.volume, 1, 0)?;
+    charge_new(t, &p, d.volume, ino)?;
     put_inode(t, &mut d);
     put_entry(t, parent, name, &(ino, Kind::Dir))?;
     p.nlink += 1;
@@ -410,7 +561,7 @@ pub(crate) fn create<K: Kv + ?Sized>(
     i.layout = Some(new_layout(t, &policy)?);
     i.salt = salt;
     i.key_version = key_version;
-    charge(t, i.volume, 1, 0)?;
+    charge_new(t, &p, i.volume, ino)?;
     put_inode(t, &mut i);
     put_entry(t, f.parent, f.name, &(ino, Kind::File))?;
     touch_dir(&mut p, now);
@@ -493,7 +644,7 @@ fn new_leaf<K: Kv + ?Sized>(
     let mut i = new_inode(ino, kind, mode, uid, gid, now);
     i.volume = p.volume;
     fill(&mut i);
-    charge(t, i.volume, 1, 0)?;
+    charge_new(t, &p, i.volume, ino)?;
     put_inode(t, &mut i);
     put_entry(t, parent, name, &(ino, kind))?;
     touch_dir(&mut p, now);
@@ -524,6 +675,7 @@ pub(crate) fn link<K: Kv + ?Sized>(
     if np.volume != i.volume {
         fail!(CrossVolume, "cannot link across volumes");
     }
+    refuse_quota_crossing(t, ino, &np)?;
     if entry(t, new_parent, new_name)?.is_some() {
         fail!(Exists, "{new_name:?} already exists");
     }
@@ -583,6 +735,7 @@ pub(crate) fn free_inode<K: Kv + ?Sized>(t: &mut Txn<'_, K>, i: &Inode, now: i64
     }
     let bytes = if i.kind == Kind::File { i.size } else { 0 };
     charge(t, i.volume, -1, -(i64::try_from(bytes).unwrap_or(i64::MAX)))?;
+    uncharge_member(t, i.ino, bytes)?;
     if let Some(layout) = &i.layout {
         let g = super::Garbage {
             layout: layout.clone(),
@@ -642,6 +795,9 @@ fn remove_dir<K: Kv + ?Sized>(t: &mut Txn<'_, K>, d: &Inode, parent: u64) -> FsR
         super::restore::forget(t, d.volume)?;
     } else {
         charge(t, d.volume, -1, 0)?;
+        uncharge_member(t, d.ino, 0)?;
+        // An empty quota directory takes its quota with it.
+        t.delete(key::dir_quota(d.ino));
     }
     Ok(())
 }
@@ -749,6 +905,12 @@ pub(crate) fn rename<K: Kv + ?Sized>(
     }
     let mut s = inode(t, src_ino)?;
     let dst = entry(t, a.new_parent, a.new_name)?;
+    if a.parent != a.new_parent {
+        refuse_quota_crossing(t, src_ino, &np)?;
+        if let (true, Some((dst_ino, _))) = (a.exchange, dst) {
+            refuse_quota_crossing(t, dst_ino, &p)?;
+        }
+    }
     if a.parent == a.new_parent && a.name == a.new_name {
         if a.noreplace {
             fail!(Exists, "{:?} already exists", a.new_name);
@@ -925,7 +1087,7 @@ pub(crate) fn setattr<K: Kv + ?Sized>(
             }
             t.delete(key::origin(ino));
         }
-        charge_bytes(t, i.volume, i.size, size)?;
+        charge_bytes(t, i.volume, i.ino, i.size, size)?;
         i.size = size;
         i.truncate_gen += 1;
         i.mtime = now;

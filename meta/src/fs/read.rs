@@ -110,6 +110,22 @@ impl<K: Kv> FsState<K> {
         flatten(namespace::inode(&self.txn(), ino))
     }
 
+    /// The quota of directory `ino` if it is a quota directory, else the
+    /// quota of the quota directory it is under (`None`: under none).
+    pub fn dir_quota(&self, ino: u64) -> ReadResult<Option<super::DirQuota>> {
+        let t = self.txn();
+        flatten((|| {
+            namespace::inode(&t, ino)?;
+            if let Some(q) = namespace::dir_quota(&t, ino)? {
+                return Ok(Some(q));
+            }
+            match namespace::quota_member(&t, ino)? {
+                Some(q) => namespace::dir_quota(&t, q),
+                None => Ok(None),
+            }
+        })())
+    }
+
     /// F_GETLK: the first lock of another owner than (`session`, `owner`)
     /// that would refuse `kind` on `start..=end`, or `None`.
     pub fn get_lock(

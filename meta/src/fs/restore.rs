@@ -364,7 +364,7 @@ pub(crate) fn copy_up<K: Kv + ?Sized>(
     };
     if discard {
         t.delete(key::origin(ino));
-        namespace::charge_bytes(t, i.volume, i.size, 0)?;
+        namespace::charge_bytes(t, i.volume, i.ino, i.size, 0)?;
         i.size = 0;
         i.truncate_gen += 1;
         i.mtime = now;

@@ -207,7 +207,7 @@ pub(crate) fn report_length<K: Kv + ?Sized>(
     }
     if gen_ == i.truncate_gen {
         if length > i.size {
-            charge_bytes(t, i.volume, i.size, length)?;
+            charge_bytes(t, i.volume, i.ino, i.size, length)?;
             i.size = length;
         }
         i.mtime = now;

@@ -522,6 +522,19 @@ pub mod key {
         k.extend_from_slice(name.as_bytes());
         k
     }
+    /// `q` + ino: a directory's own quota ([`super::super::DirQuota`]).
+    pub fn dir_quota(ino: u64) -> Vec<u8> {
+        let mut k = vec![b'q'];
+        k.extend_from_slice(&ino.to_be_bytes());
+        k
+    }
+    /// `u` + ino: the quota directory the inode is charged to (its ino,
+    /// u64 big-endian); absent for inodes under no directory quota.
+    pub fn quota_member(ino: u64) -> Vec<u8> {
+        let mut k = vec![b'u'];
+        k.extend_from_slice(&ino.to_be_bytes());
+        k
+    }
     /// `v` + volume id.
     pub fn volume(id: u64) -> Vec<u8> {
         let mut k = vec![b'v'];

@@ -655,6 +655,19 @@ pub enum Op {
         /// The file.
         ino: u64,
     },
+    /// Sets directory `ino`'s quotas (`None` keeps one, 0 means
+    /// unlimited), making it a quota directory if it is not one: then it
+    /// must be an empty directory that is not a volume's root and not under
+    /// another quota directory. Answers [`Reply::DirQuota`]. Appended last
+    /// (bincode index).
+    SetDirQuota {
+        /// The directory.
+        ino: u64,
+        /// New byte quota.
+        bytes: Option<u64>,
+        /// New inode quota.
+        inodes: Option<u64>,
+    },
 }
 
 /// A file of a restored volume whose data is still read from the snapshot
@@ -745,6 +758,7 @@ impl Op {
             Op::RestoreStep { .. } => "restore_step",
             Op::CopyUp { .. } => "copy_up",
             Op::CopyDone { .. } => "copy_done",
+            Op::SetDirQuota { .. } => "set_dir_quota",
         }
     }
 }
@@ -824,6 +838,28 @@ pub struct Volume {
     /// Bytes charged (settled file lengths).
     pub used_bytes: u64,
     /// Inodes charged.
+    pub used_inodes: u64,
+}
+
+/// A directory with a quota of its own (`q` + its ino): a CSI volume
+/// carved out of a shared Cairn volume, or `cairn quota set`. Every inode
+/// made under it (at any depth) is charged to it as well as to the volume
+/// (`u` + ino names the quota directory an inode is charged to), so rename
+/// and link across its boundary fail with EXDEV, as with XFS project
+/// quotas, and quota directories do not nest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DirQuota {
+    /// The directory.
+    pub ino: u64,
+    /// Its volume.
+    pub volume: u64,
+    /// Byte quota, 0 = unlimited.
+    pub quota_bytes: u64,
+    /// Inode quota, 0 = unlimited.
+    pub quota_inodes: u64,
+    /// Bytes charged (settled file lengths) under the directory.
+    pub used_bytes: u64,
+    /// Inodes charged under the directory (not counting itself).
     pub used_inodes: u64,
 }
 
@@ -1013,6 +1049,8 @@ pub enum Reply {
     /// A file's origin as [`Op::CopyUp`] left it (`None`: nothing to copy).
     /// Appended last (bincode index).
     Origin(Option<Origin>),
+    /// A directory quota as it is now. Appended last (bincode index).
+    DirQuota(DirQuota),
 }
 
 /// An operation's failure: a stable code and a message for a person.
