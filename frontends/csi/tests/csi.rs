@@ -30,7 +30,7 @@ use tonic::Code;
 use tonic::transport::Channel;
 
 mod common;
-use common::{class, create_req, mount_cap, record_pid, wait_for};
+use common::{class, create_req, mount_cap, record_pid, stage_req, usage, wait_for};
 
 struct Plugin {
     node_id: String,
@@ -408,13 +408,7 @@ async fn body(dir: &Path, cluster: &DataCluster) -> Result<()> {
     );
     let staging = dir.join("kubelet/plugins/csi.cairn.io/pvc-0001/globalmount");
     let staging_s = staging.display().to_string();
-    let stage = pb::NodeStageVolumeRequest {
-        volume_id: name.into(),
-        staging_target_path: staging_s.clone(),
-        volume_capability: Some(mount_cap(Mode::MultiNodeMultiWriter)),
-        volume_context: vol.volume_context.clone(),
-        ..Default::default()
-    };
+    let stage = stage_req(name, &staging_s, &vol.volume_context);
     ensure!(
         code(
             node.node_stage_volume(pb::NodeStageVolumeRequest {
@@ -542,11 +536,7 @@ async fn body(dir: &Path, cluster: &DataCluster) -> Result<()> {
         .node_get_volume_stats(stats_req.clone())
         .await?
         .into_inner();
-    let bytes = stats
-        .usage
-        .iter()
-        .find(|u| u.unit == pb::volume_usage::Unit::Bytes as i32)
-        .context("byte usage")?;
+    let bytes = usage(&stats, pb::volume_usage::Unit::Bytes)?;
     ensure!(
         bytes.total == 1 << 30,
         "the quota is the volume's size: {stats:?}"
@@ -1038,14 +1028,8 @@ async fn dir_volumes(
 
     let staging = dir.join("kubelet/plugins/csi.cairn.io/pvc-d1/globalmount");
     let staging_s = staging.display().to_string();
-    node.node_stage_volume(pb::NodeStageVolumeRequest {
-        volume_id: v.volume_id.clone(),
-        staging_target_path: staging_s.clone(),
-        volume_capability: Some(mount_cap(Mode::MultiNodeMultiWriter)),
-        volume_context: v.volume_context.clone(),
-        ..Default::default()
-    })
-    .await?;
+    node.node_stage_volume(stage_req(&v.volume_id, &staging_s, &v.volume_context))
+        .await?;
     let pod = dir.join("kubelet/pods/d/volumes/kubernetes.io~csi/pvc-d1/mount");
     node.node_publish_volume(pb::NodePublishVolumeRequest {
         volume_id: v.volume_id.clone(),
@@ -1099,16 +1083,8 @@ async fn dir_volumes(
         })
         .await?
         .into_inner();
-    let bytes = stats
-        .usage
-        .iter()
-        .find(|u| u.unit == pb::volume_usage::Unit::Bytes as i32)
-        .context("byte usage")?;
-    let inodes = stats
-        .usage
-        .iter()
-        .find(|u| u.unit == pb::volume_usage::Unit::Inodes as i32)
-        .context("inode usage")?;
+    let bytes = usage(&stats, pb::volume_usage::Unit::Bytes)?;
+    let inodes = usage(&stats, pb::volume_usage::Unit::Inodes)?;
     ensure!(
         (bytes.total, bytes.used) == (2 << 20, (512 + 768) << 10) && inodes.used == 2,
         "the directory's own figures: {stats:?}"

@@ -24,7 +24,7 @@ use cairn_jepsen::data_cluster::{DataCluster, DataOpts};
 use cairn_jepsen::fuse::is_mounted;
 
 mod common;
-use common::{class, create_req, mount_cap, record_pid, wait_for};
+use common::{class, create_req, mount_cap, record_pid, stage_req, wait_for};
 
 /// The plugin's container and the node directory it shares with the host.
 struct Node {
@@ -186,13 +186,7 @@ async fn body(node: &Node) -> Result<()> {
         .base
         .join("kubelet/plugins/csi.cairn.io/pvc-ctr/globalmount");
     let staging_s = staging.display().to_string();
-    let stage = pb::NodeStageVolumeRequest {
-        volume_id: name.into(),
-        staging_target_path: staging_s.clone(),
-        volume_capability: Some(mount_cap(Mode::MultiNodeMultiWriter)),
-        volume_context: vol.volume_context.clone(),
-        ..Default::default()
-    };
+    let stage = stage_req(name, &staging_s, &vol.volume_context);
     csi.node_stage_volume(stage.clone()).await?;
     let pod = |n: &str| {
         node.base.join(format!(

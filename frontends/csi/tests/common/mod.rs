@@ -97,3 +97,31 @@ pub fn record_pid(state: &Path, volume: &str) -> Result<u32> {
         .map(|p| p as u32)
         .context("pid in the record")
 }
+
+/// NodeStage of volume `id` at `staging` for a multi-node writer, with the
+/// volume context CreateVolume gave.
+pub fn stage_req(
+    id: &str,
+    staging: &str,
+    context: &HashMap<String, String>,
+) -> pb::NodeStageVolumeRequest {
+    pb::NodeStageVolumeRequest {
+        volume_id: id.into(),
+        staging_target_path: staging.into(),
+        volume_capability: Some(mount_cap(Mode::MultiNodeMultiWriter)),
+        volume_context: context.clone(),
+        ..Default::default()
+    }
+}
+
+/// The usage figures of `unit` in NodeGetVolumeStats' answer.
+pub fn usage(
+    stats: &pb::NodeGetVolumeStatsResponse,
+    unit: pb::volume_usage::Unit,
+) -> Result<&pb::VolumeUsage> {
+    stats
+        .usage
+        .iter()
+        .find(|u| u.unit == unit as i32)
+        .with_context(|| format!("{unit:?} usage in {stats:?}"))
+}
