@@ -92,6 +92,13 @@ pub struct MountArgs {
     #[arg(long, default_value_t = 2)]
     pub threads: usize,
 
+    /// Take over the FUSE connection given as standard input (an open
+    /// /dev/fuse of the mount at DIR, whose mount process died) instead of
+    /// mounting: programs using DIR see a pause, not an error. The CSI node
+    /// plugin runs this with the dead process's other flags; root only.
+    #[arg(long)]
+    pub fuse_fd_on_stdin: bool,
+
     /// Serve this mount's client metrics (reads, writes, checkpoints,
     /// cache tiers; see `deploy/prometheus/`) at http://IP:PORT/metrics
     /// for Prometheus.
@@ -156,6 +163,16 @@ pub async fn connect(meta: &str, args: &MountArgs) -> anyhow::Result<Client> {
 /// # Errors
 /// As [`cairn_fuse::mount`].
 pub async fn mount(client: Client, args: &MountArgs) -> anyhow::Result<Mounted> {
+    if args.fuse_fd_on_stdin {
+        use std::os::fd::AsFd;
+        let fd = std::io::stdin()
+            .as_fd()
+            .try_clone_to_owned()
+            .context("--fuse-fd-on-stdin: standard input")?;
+        return cairn_fuse::resume(client, &args.dir, fd, args.config())
+            .await
+            .context("cairn mount --fuse-fd-on-stdin");
+    }
     cairn_fuse::mount(client, &args.dir, args.config())
         .await
         .context("cairn mount")

@@ -14,10 +14,8 @@
 //! has a record in `STATE/volumes/` (the mount's arguments, its pid, the
 //! pod paths it is bind-mounted to), written before NodeStage answers.
 //! A plugin that starts reads the records and adopts the mounts whose
-//! process still runs; every [`SUPERVISE_EVERY`] it checks them, and a
-//! mount process that died is started again on the same staging path (the
-//! dead FUSE mount detached first) and bound over each pod path, on top of
-//! the pod's dead bind mount ([`Node::remount`] says why).
+//! process still runs; every [`SUPERVISE_EVERY`] (and at once when a
+//! mount process exits: a pidfd per process) it checks them.
 //!
 //! A plugin killed alone leaves its mounts serving by the above. Restarting
 //! or replacing its *container* (an upgrade, an OOM kill) would end them
@@ -26,13 +24,26 @@
 //! moved into a cgroup of the node's own right after it starts, so it
 //! outlives the container (see [`crate::cgroup`]).
 //!
-//! A mount *process* that dies (killed, a bug) is the one case a running
-//! pod can notice: its reads fail with "transport endpoint is not
-//! connected" until the new mount is bound (within [`SUPERVISE_EVERY`]
-//! and a mount's start-up). A pod whose volume mount takes the node's
-//! mounts (`mountPropagation: HostToContainer`, as the examples set) then
-//! reads and writes again; one with the default propagation holds the
-//! dead mount until it restarts. Files it had open stay dead either way.
+//! # A mount process that dies
+//! The plugin holds a copy of each mount's FUSE connection (its
+//! `/dev/fuse`, taken with `pidfd_getfd` when it starts or adopts the
+//! mount). When the mount process dies (killed, an OOM kill, a bug) the
+//! kernel therefore keeps the mount, and the pods' requests wait; the
+//! plugin, woken by the process's pidfd, starts `cairn mount
+//! --fuse-fd-on-stdin` on the same connection ([`Node::take_over`],
+//! `cairn_fuse::takeover`): every pod sees a pause of tens of
+//! milliseconds, not an error. Requests the dead process had already
+//! taken fail (ECONNABORTED); files open for reading read on; files open
+//! for writing fail their next write, flush or fsync with EIO, as what the
+//! dead process had not yet published died with it.
+//!
+//! When the plugin holds no copy (it died with the mount process) the
+//! mount is dead: the next plugin detaches it, mounts the volume again on
+//! the same staging path and binds that over each pod path *on top of*
+//! the pod's dead bind mount ([`Node::remount`]). A pod whose volume mount
+//! takes the node's mounts (`mountPropagation: HostToContainer`, as the
+//! examples set) then reads and writes again; one with the default
+//! propagation holds the dead mount until it restarts.
 //!
 //! Mount and bind operations use the system's `mount` and `umount` (as
 //! kubelet's mount utilities do), so the driver needs no unsafe code.
@@ -53,6 +64,7 @@
 //! removed at NodeUnstage. It never appears in logs or errors.
 
 use std::collections::HashMap;
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
@@ -132,6 +144,13 @@ pub struct Node {
     /// Mount processes started again after they died (since this plugin
     /// started).
     restarts: Arc<std::sync::atomic::AtomicU64>,
+    /// A copy of each staged volume's FUSE connection (`/dev/fuse` of its
+    /// mount process, by `pidfd_getfd`): while it is held, the mount
+    /// outlives its process and is taken over ([`Node::take_over`]).
+    fuse_fds: Arc<std::sync::Mutex<HashMap<String, OwnedFd>>>,
+    /// Woken when a mount process exits, so the supervisor acts at once
+    /// rather than at its next round (the pods' pause is that long).
+    exited: Arc<tokio::sync::Notify>,
 }
 
 /// The file name stem of CSI volume `id` in the state directory: the id
@@ -199,6 +218,24 @@ fn mount_process_alive(pid: u32, staging: &str) -> bool {
     // A zombie has an empty command line.
     let args: Vec<&[u8]> = cmd.split(|b| *b == 0).collect();
     args.contains(&b"mount".as_slice()) && args.contains(&staging.as_bytes())
+}
+
+/// A copy of process `pid`'s open `/dev/fuse` (its FUSE connection).
+fn grab_fuse_fd(pid: u32) -> Result<OwnedFd, String> {
+    use rustix::process::{Pid, PidfdFlags, PidfdGetfdFlags, pidfd_getfd, pidfd_open};
+    let dir = format!("/proc/{pid}/fd");
+    let num = std::fs::read_dir(&dir)
+        .map_err(|e| format!("{dir}: {e}"))?
+        .flatten()
+        .find(|e| std::fs::read_link(e.path()).is_ok_and(|t| t == Path::new("/dev/fuse")))
+        .and_then(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .ok_or_else(|| format!("process {pid} holds no /dev/fuse"))?;
+    let pid = i32::try_from(pid)
+        .ok()
+        .and_then(Pid::from_raw)
+        .ok_or_else(|| format!("bad pid {pid}"))?;
+    let pidfd = pidfd_open(pid, PidfdFlags::empty()).map_err(|e| format!("pidfd_open: {e}"))?;
+    pidfd_getfd(&pidfd, num, PidfdGetfdFlags::empty()).map_err(|e| format!("pidfd_getfd: {e}"))
 }
 
 fn run(cmd: &str, args: &[&str]) -> Result<(), String> {
@@ -335,6 +372,8 @@ impl Node {
             records: Arc::new(Mutex::new(records)),
             volume_locks: Arc::default(),
             restarts: Arc::default(),
+            fuse_fds: Arc::default(),
+            exited: Arc::default(),
         };
         node.supervise_once().await;
         Ok(node)
@@ -350,6 +389,18 @@ impl Node {
                 continue; // unstaged meanwhile
             };
             if mount_process_alive(r.pid, &r.staging_path) && is_fuse_mounted(&r.staging_path) {
+                self.keep_fuse_fd(&id, r.pid);
+                continue;
+            }
+            if let Some(pid) = self.take_over(&r).await {
+                self.restarts
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let mut r = r;
+                r.pid = pid;
+                if let Err(e) = self.save(&r) {
+                    tracing::error!(volume = %id, "saving the record: {e}");
+                }
+                self.records.lock().await.insert(id, r);
                 continue;
             }
             tracing::warn!(volume = %id, pid = r.pid, "the mount process is gone: mounting again");
@@ -436,7 +487,10 @@ impl Node {
         let me = self.clone();
         tokio::spawn(async move {
             loop {
-                tokio::time::sleep(SUPERVISE_EVERY).await;
+                tokio::select! {
+                    () = tokio::time::sleep(SUPERVISE_EVERY) => {}
+                    () = me.exited.notified() => {}
+                }
                 me.supervise_once().await;
             }
         })
@@ -453,20 +507,114 @@ impl Node {
     async fn remount(&self, r: &Record) -> Result<u32, String> {
         unmount(&r.staging_path, true)?;
         let pid = self
-            .spawn_mount(&r.volume_id, &r.staging_path, &r.args)
+            .spawn_mount(&r.volume_id, &r.staging_path, &r.args, None)
             .await?;
+        self.keep_fuse_fd(&r.volume_id, pid);
         for (t, ro) in &r.targets {
             bind(&r.staging_path, t, *ro)?;
         }
         Ok(pid)
     }
 
-    /// Starts `cairn ARGS` detached and waits until `staging` is mounted.
+    /// Wakes the supervisor when process `pid` exits (a pidfd turns
+    /// readable then).
+    fn watch_exit(&self, pid: u32) {
+        use rustix::process::{Pid, PidfdFlags, pidfd_open};
+        let Some(p) = i32::try_from(pid).ok().and_then(Pid::from_raw) else {
+            return;
+        };
+        let Ok(pidfd) = pidfd_open(p, PidfdFlags::empty()) else {
+            return;
+        };
+        let exited = self.exited.clone();
+        // A thread per mount process, asleep until it exits.
+        let _ = std::thread::Builder::new()
+            .name(format!("watch-{pid}"))
+            .spawn(move || {
+                use rustix::event::{PollFd, PollFlags, poll};
+                let mut fds = [PollFd::new(&pidfd, PollFlags::IN)];
+                while let Err(rustix::io::Errno::INTR) = poll(&mut fds, None) {}
+                exited.notify_one();
+            });
+    }
+
+    /// Keeps a copy of volume `id`'s FUSE connection from its mount
+    /// process `pid`, if not held already, and watches for its exit.
+    fn keep_fuse_fd(&self, id: &str, pid: u32) {
+        let mut fds = self
+            .fuse_fds
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if fds.contains_key(id) {
+            return;
+        }
+        match grab_fuse_fd(pid) {
+            Ok(fd) => {
+                fds.insert(id.to_string(), fd);
+                self.watch_exit(pid);
+            }
+            Err(e) => tracing::warn!(
+                volume = %id, pid,
+                "no copy of the mount's FUSE connection ({e}): if its process dies, pods \
+                 holding the mount need a restart"
+            ),
+        }
+    }
+
+    /// Serves volume `r`'s mount, whose process died, with a new process
+    /// on the same FUSE connection (the copy this plugin holds kept it
+    /// alive): the pods' requests waited and now go on. `None` when no
+    /// copy is held or the takeover failed (the connection then ends and
+    /// the caller mounts again).
+    async fn take_over(&self, r: &Record) -> Option<u32> {
+        let id = &r.volume_id;
+        let fd = {
+            let fds = self
+                .fuse_fds
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            fds.get(id).map(OwnedFd::try_clone)
+        };
+        let fd = match fd? {
+            Ok(fd) => fd,
+            Err(e) => {
+                tracing::warn!(volume = %id, "copying the FUSE connection: {e}");
+                return None;
+            }
+        };
+        tracing::warn!(volume = %id, pid = r.pid, "the mount process is gone: taking over its mount");
+        match self
+            .spawn_mount(id, &r.staging_path, &r.args, Some(fd))
+            .await
+        {
+            Ok(pid) => {
+                tracing::info!(volume = %id, pid, "took over the mount");
+                self.watch_exit(pid);
+                Some(pid)
+            }
+            Err(e) => {
+                tracing::error!(volume = %id, "taking over the mount: {e}; mounting again");
+                // Without this copy nobody holds the connection: it ends,
+                // and the mount is made again.
+                self.fuse_fds
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .remove(id);
+                None
+            }
+        }
+    }
+
+    /// Starts `cairn ARGS` detached and waits until `staging` is mounted;
+    /// with `takeover`, a FUSE connection of the mount at `staging`, the
+    /// process serves that instead (`--fuse-fd-on-stdin`) and this waits
+    /// until the mount answers.
     async fn spawn_mount(
         &self,
         volume: &str,
         staging: &str,
         args: &[String],
+        takeover: Option<OwnedFd>,
     ) -> Result<u32, String> {
         use std::os::unix::process::CommandExt;
         std::fs::create_dir_all(staging).map_err(|e| format!("creating {staging}: {e}"))?;
@@ -481,9 +629,18 @@ impl Node {
             .open(&log_path)
             .map_err(|e| format!("opening {}: {e}", log_path.display()))?;
         let err = log.try_clone().map_err(|e| e.to_string())?;
-        let mut child = Command::new(&self.cfg.cairn)
-            .args(args)
-            .stdin(Stdio::null())
+        let taking_over = takeover.is_some();
+        let mut cmd = Command::new(&self.cfg.cairn);
+        cmd.args(args);
+        match takeover {
+            Some(fd) => {
+                cmd.arg("--fuse-fd-on-stdin").stdin(Stdio::from(fd));
+            }
+            None => {
+                cmd.stdin(Stdio::null());
+            }
+        }
+        let mut child = cmd
             .stdout(log)
             .stderr(err)
             // Its own process group: a signal to the plugin's group (a
@@ -510,8 +667,27 @@ impl Node {
             }
         }
         let t0 = Instant::now();
+        // A taken-over mount is mounted all along: it is up once it
+        // answers a statfs, which the kernel never answers from its caches
+        // and so waits until the new process serves.
+        let answered = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        if taking_over {
+            let (answered, staging) = (answered.clone(), staging.to_string());
+            std::thread::spawn(move || {
+                if rustix::fs::statvfs(staging.as_str()).is_ok() {
+                    answered.store(true, std::sync::atomic::Ordering::Release);
+                }
+            });
+        }
+        let up = || {
+            if taking_over {
+                answered.load(std::sync::atomic::Ordering::Acquire)
+            } else {
+                is_fuse_mounted(staging)
+            }
+        };
         loop {
-            if is_fuse_mounted(staging) {
+            if up() {
                 // Reaped by a thread of its own once it exits, so a dead
                 // mount never lingers as a zombie under a live plugin.
                 std::thread::spawn(move || {
@@ -682,9 +858,10 @@ impl pb::node_server::Node for Node {
         }
         unmount(&staging, true).map_err(|e| internal("clearing the staging path", e))?;
         let pid = self
-            .spawn_mount(&volume, &staging, &args)
+            .spawn_mount(&volume, &staging, &args, None)
             .await
             .map_err(|e| internal(&format!("mounting volume {volume}"), e))?;
+        self.keep_fuse_fd(&volume, pid);
         let r = Record {
             volume_id: volume.clone(),
             staging_path: staging,
@@ -721,6 +898,10 @@ impl pb::node_server::Node for Node {
                 let _ = run("kill", &["-9", &r.pid.to_string()]);
             }
         }
+        self.fuse_fds
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(&volume);
         // What the node kept for this volume goes with it: the key, the
         // SSD cache tier and the mount's log (a node stages many volumes
         // over its life).

@@ -4,13 +4,16 @@
 //! capability checks), two "pods" sharing a ReadWriteMany volume with
 //! close-to-open between them, a plugin killed with SIGKILL whose mounts
 //! keep serving and are adopted by the next one, and a mount process that
-//! dies and is brought back on the same staging path (a running pod that
-//! takes the node's mounts serving again).
+//! dies and is taken over on the same FUSE connection (every pod pauses,
+//! readers read on, writers get EIO), or, when the plugin died with it,
+//! mounted again (a pod that takes the node's mounts serving again).
 //!
 //! Needs root and fusermount3/umount (mounts). Modelled on kubernetes-csi's
 //! csi-sanity list; written in Rust over tonic.
 
 use std::collections::HashMap;
+use std::io::{Read as _, Write as _};
+use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -617,9 +620,7 @@ async fn body(dir: &Path, cluster: &DataCluster) -> Result<()> {
     )?;
     ensure!(std::fs::read(a.join("ckpt/step-2.pt"))? == b"written while the plugin was down");
     plugin.spawn()?;
-    let ch = plugin.channel().await?;
-    let mut node = NodeClient::new(ch.clone());
-    let mut ctl = ControllerClient::new(ch);
+    plugin.channel().await?;
     ensure!(
         record_pid(&plugin.state, name)? == pid,
         "adopted, not remounted"
@@ -645,14 +646,78 @@ async fn body(dir: &Path, cluster: &DataCluster) -> Result<()> {
     )
     .await?;
 
-    // The mount process dies: the plugin mounts the volume again on the
-    // same staging path and binds it over the pods' dead bind mounts.
+    // A reader and a writer open through pod a.
+    let mut reader = std::fs::File::open(a.join("ckpt/step-1.pt"))?;
+    let mut head = [0u8; 7];
+    reader.read_exact(&mut head)?;
+    let mut writer = std::fs::File::create(a.join("ckpt/partial.bin"))?;
+    writer.write_all(b"half")?;
+    let dev = std::fs::metadata(&staging)?.dev();
+
+    // The mount process dies (killed, an OOM kill, a bug). The plugin's
+    // copy of its FUSE connection keeps the mount: requests wait (a pause)
+    // until a new process serves the same connection, in every pod.
     Command::new("kill")
         .args(["-9", &pid.to_string()])
         .status()?;
+    let t0 = Instant::now();
+    let read_private = private.read(step1);
+    ensure!(
+        read_private.as_deref() == Ok(b"weights of step 1".as_slice()),
+        "a pod with the default propagation waits and reads: {read_private:?}"
+    );
+    let paused = t0.elapsed();
+    ensure!(slave.read(step1).as_deref() == Ok(b"weights of step 1".as_slice()));
     let state = plugin.state.clone();
+    wait_for(
+        "the new mount process's record",
+        Duration::from_secs(10),
+        || record_pid(&state, name).is_ok_and(|p| p != pid),
+    )
+    .await?;
+    let taken = record_pid(&plugin.state, name)?;
+    ensure!(
+        std::fs::metadata(&staging)?.dev() == dev,
+        "the same mount, taken over, not a new one"
+    );
+    // The reader goes on; the writer learns that what it had not published
+    // died with the process.
+    let mut rest = Vec::new();
+    reader.read_to_end(&mut rest)?;
+    ensure!(
+        [&head[..], &rest].concat() == b"weights of step 1",
+        "the reader reads on"
+    );
+    let w = writer.write_all(b" more").and_then(|()| writer.sync_all());
+    ensure!(
+        w.as_ref()
+            .is_err_and(|e| e.raw_os_error() == Some(libc_eio())),
+        "a writer's handle of the dead process fails with EIO: {w:?}"
+    );
+    drop((reader, writer));
+    let page = node_metrics(&plugin).await?;
+    ensure!(
+        cairn_jepsen::scrape::sample(&page, "cairn_csi_mount_restarts_total") == Some(1.0)
+            && cairn_jepsen::scrape::sample(&page, &format!("cairn_csi_mount_up{lbl}}}"))
+                == Some(1.0),
+        "the takeover is counted and the new process scraped:\n{page}"
+    );
+    println!("--- a mount process killed: the pods paused {paused:?}");
+
+    // The plugin and the mount process die together: nobody holds the
+    // connection, so the mount dies. The next plugin mounts the volume
+    // again and binds it over the pods' dead bind mounts: the
+    // HostToContainer pod reads again, the other holds the dead mount.
+    plugin.kill();
+    Command::new("kill")
+        .args(["-9", &taken.to_string()])
+        .status()?;
+    plugin.spawn()?;
+    let ch = plugin.channel().await?;
+    let mut node = NodeClient::new(ch.clone());
+    let mut ctl = ControllerClient::new(ch);
     wait_for("a new mount process", Duration::from_secs(30), || {
-        record_pid(&state, name).is_ok_and(|p| p != pid)
+        record_pid(&state, name).is_ok_and(|p| p != taken)
     })
     .await?;
     wait_for(
@@ -661,8 +726,6 @@ async fn body(dir: &Path, cluster: &DataCluster) -> Result<()> {
         || std::fs::read(a.join("ckpt/step-1.pt")).is_ok_and(|d| d == b"weights of step 1"),
     )
     .await?;
-    // The HostToContainer pod reads and writes again without a restart;
-    // the other one holds the dead mount.
     wait_for(
         "the HostToContainer pod's mount",
         Duration::from_secs(10),
@@ -1135,6 +1198,11 @@ async fn dir_volumes(
 /// EDQUOT (122 on Linux).
 fn libc_edquot() -> i32 {
     122
+}
+
+/// EIO.
+fn libc_eio() -> i32 {
+    5
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -3,14 +3,15 @@
 //! kubelet's directory shared both ways, `--mount-cgroup`. A pod's mount
 //! must keep serving while the plugin's container is killed and then
 //! replaced by a new one (an upgrade), and the new plugin must adopt the
-//! mount: the same mount process, new pods published from it, and
-//! unpublish and unstage ending it.
+//! mount: the same mount process, new pods published from it, a takeover
+//! when that process dies, and unpublish and unstage ending it.
 //!
 //! Needs root, Docker and the image (`deploy/image/build`, `CAIRN_IMAGE`,
 //! default `cairn:latest`), so plain `cargo test` skips it; scripts/test
 //! runs it once the compose test has built the image:
 //! `cargo test -p cairn-csi --test csi_container -- --ignored`.
 
+use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
@@ -78,9 +79,11 @@ impl Node {
             &self.name,
             // What the chart's `privileged: true` grants that the plugin
             // uses (this machine's Docker refuses --privileged): mounts and
-            // setns, /proc/1/root, FUSE, no AppArmor confinement.
+            // setns, /proc/1/root and pidfd_getfd, the takeover socket's
+            // size (SO_SNDBUFFORCE), FUSE, no AppArmor confinement.
             "--cap-add=SYS_ADMIN",
             "--cap-add=SYS_PTRACE",
+            "--cap-add=NET_ADMIN",
             "--device=/dev/fuse",
             "--security-opt=apparmor:unconfined",
             "--pid=host",
@@ -107,7 +110,7 @@ impl Node {
 
     fn logs(&self) -> String {
         Command::new("docker")
-            .args(["logs", "--tail", "40", &self.name])
+            .args(["logs", "--tail", "200", &self.name])
             .output()
             .map(|o| {
                 String::from_utf8_lossy(&o.stdout).into_owned()
@@ -173,6 +176,8 @@ fn alive(pid: u32) -> bool {
 }
 
 async fn body(node: &Node) -> Result<()> {
+    let t0 = std::time::Instant::now();
+    let step = |what: &str| println!("--- {:>6.2}s {what}", t0.elapsed().as_secs_f64());
     node.start()?;
     let (mut ctl, mut csi) = node.clients().await?;
     let name = "pvc-ctr";
@@ -218,6 +223,7 @@ async fn body(node: &Node) -> Result<()> {
         node.name
     );
 
+    step("staged and published");
     // The plugin's container is killed (a crash, an OOM kill): the pod's
     // mount keeps serving, reads and writes.
     docker(&["kill", &node.name])?;
@@ -237,6 +243,7 @@ async fn body(node: &Node) -> Result<()> {
         f.sync_all()?;
     }
 
+    step("container killed, the pod read and wrote");
     // A new container replaces it (an upgrade: a new pod of the
     // DaemonSet). It adopts the mount rather than mounting again.
     node.remove();
@@ -268,6 +275,32 @@ async fn body(node: &Node) -> Result<()> {
         "a new pod reads both files"
     );
 
+    step("replaced and adopted");
+    // The mount process dies under the new plugin, which took a copy of
+    // its FUSE connection when it adopted it: a new process takes the
+    // mount over (in the node's cgroup too) and the pod reads on.
+    let dev = std::fs::metadata(pod("a"))?.dev();
+    docker(&["exec", &node.name, "kill", "-9", &pid.to_string()])?;
+    ensure!(
+        std::fs::read(pod("a").join("during"))? == b"written with no plugin",
+        "the pod reads through the taken-over mount"
+    );
+    let state = node.state();
+    wait_for("the new mount process", Duration::from_secs(10), || {
+        record_pid(&state, name).is_ok_and(|p| p != pid)
+    })
+    .await?;
+    let pid = record_pid(&node.state(), name)?;
+    ensure!(std::fs::metadata(pod("a"))?.dev() == dev, "the same mount");
+    let cgroups = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))?;
+    ensure!(
+        cgroups
+            .lines()
+            .all(|l| l.ends_with(&format!("/{}", node.name))),
+        "the new mount process is in the node cgroup too: {cgroups}"
+    );
+
+    step("taken over");
     // Unpublish and unstage through the new plugin end the old mount.
     for p in ["a", "b"] {
         csi.node_unpublish_volume(pb::NodeUnpublishVolumeRequest {
@@ -287,6 +320,7 @@ async fn body(node: &Node) -> Result<()> {
         !alive(pid)
     })
     .await?;
+    step("unstaged");
     ctl.delete_volume(pb::DeleteVolumeRequest {
         volume_id: name.into(),
         secrets: Default::default(),

@@ -124,6 +124,10 @@ pub(crate) struct Inner {
     /// the feed is lost (the kernel has no "forget every name").
     names: Mutex<HashSet<(u64, String)>>,
     next_fh: AtomicU64,
+    /// This process took over the FUSE connection of a mount process that
+    /// died ([`crate::mount::resume`]): the kernel still uses that
+    /// process's file handles, which are adopted ([`Inner::handle_or_adopt`]).
+    pub(crate) adopting: AtomicBool,
     handles: Mutex<HashMap<u64, Handle_>>,
     inodes: Mutex<HashMap<u64, OpenInode>>,
     dirs: Mutex<HashMap<u64, Arc<tokio::sync::Mutex<Listing>>>>,
@@ -268,6 +272,10 @@ fn set_time(t: TimeOrNow) -> SetTime {
     }
 }
 
+/// The bit of a file handle number that marks a writer's handle
+/// ([`Inner::new_fh`]).
+const FH_WRITER: u64 = 1;
+
 /// Permission bits of a new inode: the mode asked for, less the umask.
 fn new_mode(mode: u32, umask: u32) -> u32 {
     mode & !umask & 0o7777
@@ -292,6 +300,7 @@ impl CairnFs {
                 names: Mutex::new(HashSet::new()),
                 dir_attrs: Arc::default(),
                 next_fh: AtomicU64::new(1),
+                adopting: AtomicBool::new(false),
                 handles: Mutex::new(HashMap::new()),
                 inodes: Mutex::new(HashMap::new()),
                 dirs: Mutex::new(HashMap::new()),
@@ -463,17 +472,81 @@ impl Inner {
         }
     }
 
-    fn new_fh(&self) -> u64 {
-        self.next_fh.fetch_add(1, Ordering::Relaxed)
+    /// A new file handle number: a counter with [`FH_WRITER`] set for a
+    /// handle open for writing, so that a process taking over the mount
+    /// knows a writer's handle from a reader's by its number alone.
+    fn new_fh(&self, write: bool) -> u64 {
+        let n = self.next_fh.fetch_add(1, Ordering::Relaxed) << 1;
+        if write { n | FH_WRITER } else { n }
     }
 
+    /// The handles of this mount once [`Self::adopting`] is set start far
+    /// above any number the process before it gave out.
+    pub(crate) fn start_adopting(&self) {
+        self.next_fh.store(1 << 40, Ordering::Relaxed);
+        self.adopting.store(true, Ordering::Release);
+    }
+
+    /// Open handle `fh`. An unknown one is EBADF, or after a takeover
+    /// ([`Self::adopting`]) a handle of the process before: EIO for a
+    /// writer's (what it had not yet published may be lost with that
+    /// process).
     fn handle(&self, fh: FileHandle) -> R<Open> {
-        let h = *lock(&self.handles).get(&fh.0).ok_or(Errno::EBADF)?;
+        let unknown = || {
+            if self.adopting.load(Ordering::Acquire) {
+                warn!(
+                    fh = fh.0,
+                    "a file handle of the mount process before failed (EIO)"
+                );
+                Errno::EIO
+            } else {
+                Errno::EBADF
+            }
+        };
+        let h = *lock(&self.handles).get(&fh.0).ok_or_else(unknown)?;
         let (file, wb) = lock(&self.inodes)
             .get(&h.ino)
             .map(|o| (o.file.clone(), o.wb.clone()))
-            .ok_or(Errno::EBADF)?;
+            .ok_or_else(unknown)?;
         Ok(Open { h, file, wb })
+    }
+
+    /// Whether `fh` is a reader's handle of the mount process before this
+    /// one (see [`Self::adopting`]), which this process does not know.
+    fn adoptable(&self, fh: FileHandle) -> bool {
+        self.adopting.load(Ordering::Acquire)
+            && fh.0 & FH_WRITER == 0
+            && !lock(&self.handles).contains_key(&fh.0)
+    }
+
+    /// [`Self::handle`], a reader's handle of the process before this one
+    /// opened again on inode `ino` under the same number: a reader goes
+    /// on reading across a takeover.
+    async fn handle_or_adopt(&self, ino: u64, fh: FileHandle) -> R<Open> {
+        if self.adoptable(fh) {
+            let (fresh, _) = self.open(ino, OpenFlags(libc::O_RDONLY)).await?;
+            let h = lock(&self.handles).remove(&fresh);
+            let raced = match h {
+                Some(h) => {
+                    let mut handles = lock(&self.handles);
+                    let taken = handles.contains_key(&fh.0);
+                    if !taken {
+                        handles.insert(fh.0, h);
+                    } else {
+                        handles.insert(fresh, h);
+                    }
+                    taken
+                }
+                None => false,
+            };
+            if raced {
+                // Another request adopted it first.
+                self.release(fresh).await;
+            } else {
+                debug!(fh = fh.0, ino, "adopted a reader's handle");
+            }
+        }
+        self.handle(fh)
     }
 
     fn write_back(&self, file: &Arc<File>) -> Option<Arc<WriteBack>> {
@@ -673,7 +746,7 @@ impl Inner {
                 (None, None) => return Err(Errno::EIO),
             }
         }
-        let fh = self.new_fh();
+        let fh = self.new_fh(write);
         lock(&self.handles).insert(fh, Handle_ { ino, write, append });
         Ok((fh, self.open_flags(attr)))
     }
@@ -803,8 +876,8 @@ impl Inner {
         Ok((fa, fh, open_flags))
     }
 
-    async fn read(&self, fh: FileHandle, offset: u64, size: u32) -> R<Bytes> {
-        let o = self.handle(fh)?;
+    async fn read(&self, ino: u64, fh: FileHandle, offset: u64, size: u32) -> R<Bytes> {
+        let o = self.handle_or_adopt(ino, fh).await?;
         if let Some(wb) = o.wb.as_ref().filter(|w| !w.is_idle()) {
             wb.settle().await.map_err(|e| errno(&e))?;
         }
@@ -935,6 +1008,10 @@ impl Inner {
 
     /// Publishes a writer's length to meta (flush on close(2), fsync).
     async fn flush(&self, fh: FileHandle) -> R<()> {
+        if self.adoptable(fh) {
+            // A reader of the process before: nothing to publish.
+            return Ok(());
+        }
         let o = self.handle(fh)?;
         if o.h.write {
             if let Some(wb) = &o.wb {
@@ -982,7 +1059,15 @@ impl Inner {
     }
 
     async fn readdir(&self, ino: u64, fh: u64, offset: u64, plus: bool) -> R<Arc<Vec<DirEntry>>> {
-        let l = lock(&self.dirs).get(&fh).cloned().ok_or(Errno::EBADF)?;
+        let l = {
+            let mut dirs = lock(&self.dirs);
+            if self.adopting.load(Ordering::Acquire) {
+                // A directory handle of the process before: listed afresh.
+                dirs.entry(fh).or_default().clone()
+            } else {
+                dirs.get(&fh).cloned().ok_or(Errno::EBADF)?
+            }
+        };
         let mut g = l.lock().await;
         if offset == 0 || !g.loaded {
             if snapshots::is_snapshot(ino) {
@@ -1403,7 +1488,7 @@ impl Filesystem for CairnFs {
     fn read(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         size: u32,
@@ -1411,8 +1496,9 @@ impl Filesystem for CairnFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
+        let ino = self.inner.cairn(ino);
         self.spawn(
-            move |me| async move { me.read(fh, offset, size).await },
+            move |me| async move { me.read(ino, fh, offset, size).await },
             move |r| match r {
                 Ok(b) => reply.data(&b),
                 Err(e) => reply.error(e),
@@ -1664,7 +1750,7 @@ impl Filesystem for CairnFs {
     }
 
     fn opendir(&self, _req: &Request, _ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        let fh = self.inner.new_fh();
+        let fh = self.inner.new_fh(false);
         lock(&self.inner.dirs).insert(fh, Arc::default());
         reply.opened(FileHandle(fh), FopenFlags::empty());
     }

@@ -25,7 +25,8 @@ pub mod checkpoints;
 pub mod feed;
 pub mod fs;
 pub mod mount;
+pub mod takeover;
 pub mod writeback;
 
 pub use fs::FsConfig;
-pub use mount::{MountConfig, Mounted, lazy_unmount, mount};
+pub use mount::{MountConfig, Mounted, lazy_unmount, mount, resume};

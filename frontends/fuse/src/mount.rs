@@ -66,6 +66,9 @@ impl Default for MountConfig {
 pub struct Mounted {
     session: Option<BackgroundSession>,
     dir: PathBuf,
+    /// Serving a connection taken over ([`resume`]): fuser did not mount
+    /// it, so unmounting is `umount`'s job here.
+    resumed: bool,
 }
 
 fn is_root() -> bool {
@@ -77,6 +80,82 @@ pub fn dev_major_minor(dev: u64) -> (u64, u64) {
     let major = ((dev >> 8) & 0xfff) | ((dev >> 32) & !0xfff);
     let minor = (dev & 0xff) | ((dev >> 12) & !0xff);
     (major, minor)
+}
+
+/// The Cairn inode and volume a mount of `cfg.volume` serves as its root.
+async fn mount_root(client: &Client, cfg: &MountConfig) -> io::Result<(u64, VolumeId)> {
+    let err = |m: String| io::Error::other(m);
+    Ok(match &cfg.volume {
+        None => (1, VolumeId(0)),
+        Some(v) => {
+            let a = client
+                .meta()
+                .resolve(v)
+                .await
+                .map_err(|e| err(format!("--volume {v}: {}", e.message)))?;
+            if a.kind != Kind::Directory as i32 {
+                return Err(err(format!("--volume {v}: not a directory")));
+            }
+            (a.ino, VolumeId(a.volume_id))
+        }
+    })
+}
+
+/// Serves the FUSE connection `kernel` (an open `/dev/fuse` of the mount
+/// at `dir`, whose process died) instead of mounting: the mount point and
+/// everything the kernel holds of it stay as they are, so the processes
+/// using it see a pause (see [`crate::takeover`]). `cfg` must be the dead
+/// process's.
+///
+/// # Errors
+/// The volume missing, or the takeover refused (it needs root).
+pub async fn resume(
+    client: Client,
+    dir: &Path,
+    kernel: std::os::fd::OwnedFd,
+    cfg: MountConfig,
+) -> io::Result<Mounted> {
+    let err = |m: String| io::Error::other(m);
+    let (root, volume) = mount_root(&client, &cfg).await?;
+    let allow_other = cfg.allow_other.unwrap_or(is_root());
+    let acl = if allow_other {
+        SessionACL::All
+    } else {
+        SessionACL::Owner
+    };
+    let mut fcfg = Config::default();
+    fcfg.acl = acl;
+    fcfg.n_threads = Some(cfg.threads.max(1));
+    // The relay's socket cannot be cloned as /dev/fuse can.
+    fcfg.clone_fd = false;
+    let fs = CairnFs::new(
+        client,
+        tokio::runtime::Handle::current(),
+        cfg.fs.clone(),
+        root,
+        volume,
+    );
+    fs.inner.start_adopting();
+    let inner = fs.inner.clone();
+    let feed_fs = fs.inner.clone();
+    let fusers = crate::takeover::relay(kernel, cfg.threads.max(1))?;
+    let session = tokio::task::spawn_blocking(move || {
+        let s = fuser::Session::from_fd(fs, fusers, acl, fcfg)?;
+        let _ = inner.notifier.set(s.notifier());
+        s.spawn()
+    })
+    .await
+    .map_err(|e| err(format!("takeover task: {e}")))?
+    .map_err(|e| err(format!("taking over the mount at {}: {e}", dir.display())))?;
+    if !cfg.fs.cached_ttl.is_zero() {
+        tokio::spawn(crate::feed::follow(std::sync::Arc::downgrade(&feed_fs)));
+    }
+    info!(dir = %dir.display(), root, "took over the mount of a process that died");
+    Ok(Mounted {
+        session: Some(session),
+        dir: dir.to_path_buf(),
+        resumed: true,
+    })
 }
 
 /// Mounts `client`'s cluster at `dir` and serves it on the current tokio
@@ -100,20 +179,7 @@ pub async fn mount(client: Client, dir: &Path, cfg: MountConfig) -> io::Result<M
         }
         Err(e) => return Err(err(format!("mount point {}: {e}", dir.display()))),
     }
-    let (root, volume) = match &cfg.volume {
-        None => (1, VolumeId(0)),
-        Some(v) => {
-            let a = client
-                .meta()
-                .resolve(v)
-                .await
-                .map_err(|e| err(format!("--volume {v}: {}", e.message)))?;
-            if a.kind != Kind::Directory as i32 {
-                return Err(err(format!("--volume {v}: not a directory")));
-            }
-            (a.ino, VolumeId(a.volume_id))
-        }
-    };
+    let (root, volume) = mount_root(&client, &cfg).await?;
     let root_user = is_root();
     let allow_other = cfg.allow_other.unwrap_or(root_user);
     let mut options = vec![
@@ -172,6 +238,7 @@ pub async fn mount(client: Client, dir: &Path, cfg: MountConfig) -> io::Result<M
     let m = Mounted {
         session: Some(session),
         dir: dir.to_path_buf(),
+        resumed: false,
     };
     if let Some(bytes) = cfg.read_ahead {
         m.set_read_ahead(bytes);
@@ -223,6 +290,14 @@ impl Mounted {
         };
         if s.guard.is_finished() {
             return Ok(());
+        }
+        if self.resumed {
+            // The kernel ends the connection, then the relay stops fuser.
+            let plain = Command::new("umount").arg(&self.dir).output();
+            if !plain.is_ok_and(|o| o.status.success()) {
+                lazy_unmount(&self.dir)?;
+            }
+            return s.join();
         }
         match s.umount_and_join() {
             Ok(()) => Ok(()),
