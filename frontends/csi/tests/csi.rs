@@ -702,6 +702,11 @@ async fn body(dir: &Path, cluster: &DataCluster) -> Result<()> {
                 == Some(1.0),
         "the takeover is counted and the new process scraped:\n{page}"
     );
+    let mount_log = std::fs::read_to_string(plugin.state.join("logs/pvc-0001.log"))?;
+    ensure!(
+        mount_log.contains("took over the mount") && !mount_log.contains("cannot resend"),
+        "the new process took over and the kernel resent what the dead one had taken:\n{mount_log}"
+    );
     println!("--- a mount process killed: the pods paused {paused:?}");
 
     // The plugin and the mount process die together: nobody holds the

@@ -4,9 +4,12 @@
 //! descriptor of its connection. The CSI node plugin keeps a copy of each
 //! mount's (`pidfd_getfd`), so when the mount process dies the kernel
 //! keeps the mount: the pods' requests wait instead of failing with
-//! "transport endpoint is not connected" (requests the dead process had
-//! already read end with ECONNABORTED when its descriptors close). A new
-//! `cairn mount --fuse-fd-on-stdin` then serves the same connection.
+//! "transport endpoint is not connected". A new `cairn mount
+//! --fuse-fd-on-stdin` then serves the same connection. Requests the dead
+//! process had read and not answered: those read through the descriptor
+//! the plugin copied are sent again (FUSE_NOTIFY_RESEND, Linux 6.9+);
+//! those read through its other descriptors (fuser's per-thread clones)
+//! ended with ECONNABORTED when they closed.
 //!
 //! fuser only serves a connection it negotiated itself (it reads INIT
 //! first), and the kernel sends INIT once per connection. So the new
@@ -77,6 +80,27 @@ pub(crate) fn destroy_request() -> Vec<u8> {
     in_header(IN_HEADER, OP_DESTROY, OURS)
 }
 
+/// FUSE_NOTIFY_RESEND (Linux 6.9+).
+const NOTIFY_RESEND: i32 = 7;
+
+/// Asks the kernel to send again the requests the dead process had read
+/// and not answered through the descriptor still open (the one copied
+/// from it): without this they would wait forever. Those read through
+/// the dead process's other descriptors ended (ECONNABORTED) when they
+/// closed. Older kernels refuse the notice; then those requests stay.
+fn resend(kernel: &OwnedFd) {
+    let mut m = Vec::with_capacity(16);
+    m.extend_from_slice(&16u32.to_le_bytes());
+    m.extend_from_slice(&NOTIFY_RESEND.to_le_bytes());
+    m.extend_from_slice(&0u64.to_le_bytes());
+    if let Err(e) = rustix::io::write(kernel, &m) {
+        warn!(
+            error = %e,
+            "the kernel cannot resend the requests the dead process had taken (Linux 6.9+)"
+        );
+    }
+}
+
 /// The `unique` of a reply (`fuse_out_header`: len, error, unique).
 fn reply_unique(m: &[u8]) -> Option<u64> {
     Some(u64::from_le_bytes(m.get(8..16)?.try_into().ok()?))
@@ -143,11 +167,17 @@ pub fn relay(kernel: OwnedFd, readers: usize) -> io::Result<OwnedFd> {
         .name("fuse-takeover-out".into())
         .spawn(move || {
             let mut buf = vec![0u8; MAX_MESSAGE];
+            let mut initialized = false;
             loop {
                 match rustix::io::read(&*ours, &mut buf) {
                     Ok(0) => return,
                     // Answers to the requests made here stay here.
-                    Ok(n) if reply_unique(&buf[..n]) == Some(OURS) => {}
+                    Ok(n) if reply_unique(&buf[..n]) == Some(OURS) => {
+                        if !initialized {
+                            initialized = true;
+                            resend(&kernel);
+                        }
+                    }
                     Ok(n) => match rustix::io::write(&*kernel, &buf[..n]) {
                         // ENOENT: the request was interrupted meanwhile.
                         Ok(_) | Err(Errno::NOENT) => {}
