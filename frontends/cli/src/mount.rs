@@ -95,7 +95,8 @@ pub struct MountArgs {
     /// Take over the FUSE connection given as standard input (an open
     /// /dev/fuse of the mount at DIR, whose mount process died) instead of
     /// mounting: programs using DIR see a pause, not an error. The CSI node
-    /// plugin runs this with the dead process's other flags; root only.
+    /// plugin runs this with the dead process's other flags; root with
+    /// CAP_NET_ADMIN (as the privileged node plugin has).
     #[arg(long)]
     pub fuse_fd_on_stdin: bool,
 
