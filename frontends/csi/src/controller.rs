@@ -225,14 +225,11 @@ impl Controller {
     /// it keeps the source's replication, compression and keys, so the
     /// class must ask for the same; `quota` becomes its byte quota.
     /// Idempotent: a volume restored from the same snapshot is waited for.
-    async fn restore(
+    /// Snapshot `id` (`VOLUME/NAME`) and its volume, or NOT_FOUND.
+    async fn find_snapshot(
         &self,
-        name: &str,
         id: &str,
-        policy: &cairn_proto::meta::VolumePolicy,
-        check: Option<&Vec<u8>>,
-        quota: u64,
-    ) -> Result<(), Status> {
+    ) -> Result<(cairn_proto::meta::Volume, cairn_proto::meta::Snapshot), Status> {
         let missing = || Status::not_found(format!("no snapshot {id}"));
         let (src, snap) = parse_snapshot_id(id).ok_or_else(missing)?;
         let source = self.find(src).await?.ok_or_else(missing)?;
@@ -243,6 +240,19 @@ impl Controller {
             .map(|(_, s)| s)
             .find(|s| s.name == snap)
             .ok_or_else(missing)?;
+        Ok((source, s))
+    }
+
+    async fn restore(
+        &self,
+        name: &str,
+        id: &str,
+        policy: &cairn_proto::meta::VolumePolicy,
+        check: Option<&Vec<u8>>,
+        quota: u64,
+    ) -> Result<(), Status> {
+        let (source, s) = self.find_snapshot(id).await?;
+        let (src, snap) = (source.name.as_str(), s.name.as_str());
         let have = source.policy.clone().unwrap_or_default();
         if have.replication != policy.replication
             || have.encrypted != policy.encrypted
@@ -459,7 +469,9 @@ impl pb::controller_server::Controller for Controller {
             }
         };
         let class = params::parse(&req.parameters).map_err(Status::invalid_argument)?;
-        if let (Some(shared), Some(_)) = (&class.shared_volume, &source) {
+        if let (Some(shared), Some(id)) = (&class.shared_volume, &source) {
+            // A missing source is NOT_FOUND whatever the class.
+            self.find_snapshot(id).await?;
             return Err(Status::invalid_argument(format!(
                 "volume_content_source: a volume of a sharedVolume class is a directory of Cairn \
                  volume {shared}, and snapshots are of whole Cairn volumes: it cannot be \

@@ -1093,6 +1093,20 @@ async fn dir_volumes(
         .await
         .unwrap_err();
     ensure!(e.code() == Code::InvalidArgument, "{e:?}");
+    let from_snapshot = |id: &str| pb::CreateVolumeRequest {
+        volume_content_source: Some(pb::VolumeContentSource {
+            r#type: Some(pb::volume_content_source::Type::Snapshot(
+                pb::volume_content_source::SnapshotSource {
+                    snapshot_id: id.into(),
+                },
+            )),
+        }),
+        ..create("pvc-d4", 1 << 20)
+    };
+    ensure!(
+        code(ctl.create_volume(from_snapshot("team-a/nope")).await) == Code::NotFound,
+        "a missing source snapshot is NOT_FOUND whatever the class"
+    );
 
     let staging = dir.join("kubelet/plugins/csi.cairn.io/pvc-d1/globalmount");
     let staging_s = staging.display().to_string();
