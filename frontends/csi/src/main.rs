@@ -67,7 +67,13 @@ struct Args {
     /// container) whose cgroup namespace and file system the mounts'
     /// cgroups are reached through. The node's init, PID 1, unless a
     /// sandbox keeps the plugin from it.
-    #[arg(long, env = "CSI_NODE_PID", default_value_t = 1, value_name = "PID")]
+    #[arg(
+        long,
+        env = "CSI_NODE_PID",
+        default_value_t = 1,
+        value_name = "PID",
+        requires = "mount_cgroup"
+    )]
     node_pid: u32,
     /// The `cairn` binary that runs each volume's mount (default: the one
     /// beside this binary, else `cairn` on PATH).

@@ -392,31 +392,27 @@ impl Node {
                 self.keep_fuse_fd(&id, r.pid);
                 continue;
             }
-            if let Some(pid) = self.take_over(&r).await {
-                self.restarts
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                let mut r = r;
-                r.pid = pid;
-                if let Err(e) = self.save(&r) {
-                    tracing::error!(volume = %id, "saving the record: {e}");
-                }
-                self.records.lock().await.insert(id, r);
-                continue;
-            }
-            tracing::warn!(volume = %id, pid = r.pid, "the mount process is gone: mounting again");
-            match self.remount(&r).await {
-                Ok(pid) => {
-                    self.restarts
-                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    let mut r = r;
-                    r.pid = pid;
-                    if let Err(e) = self.save(&r) {
-                        tracing::error!(volume = %id, "saving the record: {e}");
+            let pid = match self.take_over(&r).await {
+                Some(pid) => pid,
+                None => {
+                    tracing::warn!(volume = %id, pid = r.pid, "the mount process is gone: mounting again");
+                    match self.remount(&r).await {
+                        Ok(pid) => pid,
+                        Err(e) => {
+                            tracing::error!(volume = %id, "mounting again: {e}");
+                            continue;
+                        }
                     }
-                    self.records.lock().await.insert(id, r);
                 }
-                Err(e) => tracing::error!(volume = %id, "mounting again: {e}"),
+            };
+            self.restarts
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let mut r = r;
+            r.pid = pid;
+            if let Err(e) = self.save(&r) {
+                tracing::error!(volume = %id, "saving the record: {e}");
             }
+            self.records.lock().await.insert(id, r);
         }
     }
 

@@ -82,6 +82,26 @@ pub fn dev_major_minor(dev: u64) -> (u64, u64) {
     (major, minor)
 }
 
+/// fuser's settings for a mount with `options`: who may use it, reader
+/// threads, and whether each reads its own clone of `/dev/fuse`.
+fn session_config(
+    cfg: &MountConfig,
+    allow_other: bool,
+    options: Vec<MountOption>,
+    clone_fd: bool,
+) -> Config {
+    let mut fcfg = Config::default();
+    fcfg.mount_options = options;
+    fcfg.acl = if allow_other {
+        SessionACL::All
+    } else {
+        SessionACL::Owner
+    };
+    fcfg.n_threads = Some(cfg.threads.max(1));
+    fcfg.clone_fd = clone_fd;
+    fcfg
+}
+
 /// The Cairn inode and volume a mount of `cfg.volume` serves as its root.
 async fn mount_root(client: &Client, cfg: &MountConfig) -> io::Result<(u64, VolumeId)> {
     let err = |m: String| io::Error::other(m);
@@ -118,16 +138,9 @@ pub async fn resume(
     let err = |m: String| io::Error::other(m);
     let (root, volume) = mount_root(&client, &cfg).await?;
     let allow_other = cfg.allow_other.unwrap_or(is_root());
-    let acl = if allow_other {
-        SessionACL::All
-    } else {
-        SessionACL::Owner
-    };
-    let mut fcfg = Config::default();
-    fcfg.acl = acl;
-    fcfg.n_threads = Some(cfg.threads.max(1));
     // The relay's socket cannot be cloned as /dev/fuse can.
-    fcfg.clone_fd = false;
+    let fcfg = session_config(&cfg, allow_other, Vec::new(), false);
+    let acl = fcfg.acl;
     let fs = CairnFs::new(
         client,
         tokio::runtime::Handle::current(),
@@ -195,15 +208,7 @@ pub async fn mount(client: Client, dir: &Path, cfg: MountConfig) -> io::Result<M
     if cfg.auto_unmount {
         options.push(MountOption::AutoUnmount);
     }
-    let mut fcfg = Config::default();
-    fcfg.mount_options = options;
-    fcfg.acl = if allow_other {
-        SessionACL::All
-    } else {
-        SessionACL::Owner
-    };
-    fcfg.n_threads = Some(cfg.threads.max(1));
-    fcfg.clone_fd = true;
+    let fcfg = session_config(&cfg, allow_other, options, true);
 
     let fs = CairnFs::new(
         client,
