@@ -77,7 +77,7 @@ impl Mount {
             .arg("mount")
             .arg(&dir)
             .args(args)
-            .env("RUST_LOG", "warn")
+            .env("RUST_LOG", "warn,cairn_fuse::feed=debug")
             .stdin(Stdio::null())
             .stdout(out.try_clone()?)
             .stderr(out);
