@@ -11,7 +11,11 @@
 //! Retries: a command carrying (client id, seq) of a live session is
 //! answered from the reply cache when that seq was already applied
 //! (Ongaro's thesis §6.3); replies below the client's `ack_below` are
-//! forgotten, and a seq below it is refused as stale. Read-only queries
+//! forgotten, and a seq below the highest `ack_below` the client ever sent
+//! is refused as stale — also a late copy of a request that still carries
+//! its own, older `ack_below` (a copy delayed past its retry's answer
+//! must not run a second time once that answer was forgotten: a second
+//! truncate would empty a file written since). Read-only queries
 //! live in [`read`]; operations are split by concept into the sibling
 //! modules.
 
@@ -217,7 +221,8 @@ impl<K: Kv> FsState<K> {
             if let Some(r) = t.get::<Response>(&store::key::reply(cmd.client_id, cmd.seq))? {
                 return Ok(r);
             }
-            if cmd.seq < cmd.ack_below {
+            let acked = t.get::<u64>(&store::key::acked(cmd.client_id))?;
+            if cmd.seq < cmd.ack_below.max(acked.unwrap_or(0)) {
                 return Ok(Err(FsError::new(
                     ErrorCode::StaleSequence,
                     format!(
@@ -254,6 +259,10 @@ impl<K: Kv> FsState<K> {
         cmd: &Command,
         response: &Response,
     ) -> Result<(), StoreError> {
+        let acked = store::key::acked(cmd.client_id);
+        if t.get::<u64>(&acked)?.is_none_or(|a| a < cmd.ack_below) {
+            t.put(acked, &cmd.ack_below);
+        }
         let prefix = store::key::reply_prefix(cmd.client_id);
         let old = t.scan(&prefix, None, MAX_CACHED_REPLIES + 1)?;
         let mut kept = old.len();
@@ -660,6 +669,58 @@ mod tests {
         };
         sm.run(stale).unwrap_err();
         assert_eq!(sm.run(late).unwrap_err().code, ErrorCode::StaleSequence);
+    }
+
+    /// A late copy of a request (delayed in a queue or the network past
+    /// its retry's answer) still carries its own, older `ack_below`. Once
+    /// a later request acknowledged it, its cached answer is gone, and the
+    /// copy must be refused, not run again: a second truncate would empty
+    /// the file written since.
+    #[test]
+    fn a_late_copy_with_its_old_ack_below_is_not_run_again() {
+        let mut sm = Sm::new();
+        let sid = sm.session();
+        let f = sm.create("f");
+        let truncate = Command {
+            client_id: sid,
+            seq: 1,
+            ack_below: 1,
+            time_ns: 5,
+            op: Op::SetAttr {
+                ino: f.ino,
+                attr: SetAttr {
+                    size: Some(0),
+                    ..SetAttr::default()
+                },
+            },
+        };
+        sm.run(truncate.clone()).unwrap();
+        let gen_ = sm.fs.getattr(f.ino).unwrap().truncate_gen;
+        let report = Command {
+            client_id: sid,
+            seq: 2,
+            ack_below: 2,
+            time_ns: 6,
+            op: Op::ReportLength {
+                ino: f.ino,
+                length: 6,
+                truncate_gen: gen_,
+            },
+        };
+        sm.run(report).unwrap();
+        assert_eq!(sm.fs.getattr(f.ino).unwrap().size, 6);
+        // The late copy of seq 1, as it was first sent.
+        assert_eq!(sm.run(truncate).unwrap_err().code, ErrorCode::StaleSequence);
+        assert_eq!(sm.fs.getattr(f.ino).unwrap().size, 6, "ran again");
+        // The floor is the session's: a new request still runs.
+        let next = Command {
+            client_id: sid,
+            seq: 3,
+            ack_below: 3,
+            time_ns: 7,
+            op: create_op("g"),
+        };
+        sm.run(next).unwrap();
     }
 
     #[test]

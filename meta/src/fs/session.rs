@@ -182,6 +182,7 @@ pub(crate) fn close_session<K: Kv + ?Sized>(
     }
     super::locks::release_session(t, sid)?;
     t.delete(key::session(sid));
+    t.delete(key::acked(sid));
     for (k, _) in t.scan(&key::reply_prefix(sid), None, usize::MAX)? {
         t.delete(k);
     }

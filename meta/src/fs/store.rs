@@ -559,6 +559,13 @@ pub mod key {
         k.extend_from_slice(&id.to_be_bytes());
         k
     }
+    /// `A` + client: the highest `ack_below` the client has sent, below
+    /// which every seq of it is stale (its reply may be forgotten).
+    pub fn acked(client: u64) -> Vec<u8> {
+        let mut k = vec![b'A'];
+        k.extend_from_slice(&client.to_be_bytes());
+        k
+    }
     /// `r` + client: the prefix of a client's cached replies.
     pub fn reply_prefix(client: u64) -> Vec<u8> {
         let mut k = vec![b'r'];
