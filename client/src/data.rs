@@ -7,7 +7,8 @@
 //! chunkserver shard: any number of requests in flight, each reply matched
 //! to its request by `request_id`. The connection numbers requests from 1
 //! (`request_id` 0 is reserved for the server's protocol-error frame, see
-//! [`Frame::protocol_error`]). Two tasks own the socket:
+//! [`Frame::protocol_error`]). Two tasks serve the socket, and callers of an
+//! idle connection write their own small requests:
 //!
 //! * The **writer task** is fed frames through a bounded channel. It takes
 //!   every frame already queued (up to a batch limit) and sends the batch
