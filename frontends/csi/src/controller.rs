@@ -221,10 +221,6 @@ impl Controller {
 const RESTORE_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
 
 impl Controller {
-    /// Makes volume `name` from snapshot `id` (`cairn snapshot restore`):
-    /// it keeps the source's replication, compression and keys, so the
-    /// class must ask for the same; `quota` becomes its byte quota.
-    /// Idempotent: a volume restored from the same snapshot is waited for.
     /// Snapshot `id` (`VOLUME/NAME`) and its volume, or NOT_FOUND.
     async fn find_snapshot(
         &self,
@@ -243,6 +239,10 @@ impl Controller {
         Ok((source, s))
     }
 
+    /// Makes volume `name` from snapshot `id` (`cairn snapshot restore`):
+    /// it keeps the source's replication, compression and keys, so the
+    /// class must ask for the same; `quota` becomes its byte quota.
+    /// Idempotent: a volume restored from the same snapshot is waited for.
     async fn restore(
         &self,
         name: &str,

@@ -217,12 +217,16 @@ impl<K: Kv> FsState<K> {
     /// Runs a command with the reply cache around it.
     fn apply_command(&self, t: &mut Txn<'_, K>, cmd: &Command) -> Result<Response, StoreError> {
         let cached = cmd.client_id != 0 && cmd.seq != 0;
+        // The highest `ack_below` the client sent before this command.
+        let mut acked = 0;
         if cached {
             if let Some(r) = t.get::<Response>(&store::key::reply(cmd.client_id, cmd.seq))? {
                 return Ok(r);
             }
-            let acked = t.get::<u64>(&store::key::acked(cmd.client_id))?;
-            if cmd.seq < cmd.ack_below.max(acked.unwrap_or(0)) {
+            acked = t
+                .get::<u64>(&store::key::acked(cmd.client_id))?
+                .unwrap_or(0);
+            if cmd.seq < cmd.ack_below.max(acked) {
                 return Ok(Err(FsError::new(
                     ErrorCode::StaleSequence,
                     format!(
@@ -248,20 +252,22 @@ impl<K: Kv> FsState<K> {
             Err(OpError::Store(e)) => return Err(e),
         };
         if cached {
-            self.cache_reply(t, cmd, &response)?;
+            self.cache_reply(t, cmd, acked, &response)?;
         }
         Ok(response)
     }
 
+    /// Caches `response` to `cmd`, whose client had acknowledged
+    /// everything below `acked` before it, and forgets acknowledged ones.
     fn cache_reply(
         &self,
         t: &mut Txn<'_, K>,
         cmd: &Command,
+        acked: u64,
         response: &Response,
     ) -> Result<(), StoreError> {
-        let acked = store::key::acked(cmd.client_id);
-        if t.get::<u64>(&acked)?.is_none_or(|a| a < cmd.ack_below) {
-            t.put(acked, &cmd.ack_below);
+        if acked < cmd.ack_below {
+            t.put(store::key::acked(cmd.client_id), &cmd.ack_below);
         }
         let prefix = store::key::reply_prefix(cmd.client_id);
         let old = t.scan(&prefix, None, MAX_CACHED_REPLIES + 1)?;
