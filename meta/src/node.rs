@@ -320,7 +320,12 @@ pub async fn start(
     let log_io = log_store.io_counters();
     let sm =
         StateMachineStore::open(&db, fs.clone()).map_err(|e| MetaError::Raft(e.to_string()))?;
-    let network = Network::new(ident.cluster_id.clone());
+    let network = crate::raft::replicate_during_sync(
+        ident.node_id,
+        &log_store,
+        &sm,
+        Network::new(ident.cluster_id.clone()),
+    );
     let rconf = raft_config(
         config.raft_heartbeat,
         config.election_timeout,

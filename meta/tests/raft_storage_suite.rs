@@ -21,6 +21,7 @@ use cairn_meta::fs::store::SledKv;
 use cairn_meta::fs::{Command, FsState, Op, Reply};
 use cairn_meta::raft::log_store::LogStore;
 use cairn_meta::raft::network::{ClusterId, Network, RaftTransport, raft_config, read_index};
+use cairn_meta::raft::replicate_during_sync;
 use cairn_meta::raft::state_machine::StateMachineStore;
 use cairn_meta::raft::types::{Entry, LogId, MetaRaft, TypeConfig};
 use cairn_proto::raft::RaftMessage;
@@ -307,6 +308,7 @@ struct TestNode {
     addr: SocketAddr,
     raft: MetaRaft,
     fs: Arc<FsState>,
+    log: LogStore,
     cluster_id: ClusterId,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     server: Option<tokio::task::JoinHandle<()>>,
@@ -330,19 +332,15 @@ impl TestNode {
             snapshot_every,
         )?;
         let cluster_id = ClusterId::new(cluster);
-        let raft = Raft::new(
-            id,
-            Arc::new(config),
-            Network::new(cluster_id.clone()),
-            log,
-            sm,
-        )
-        .await?;
+        // Wired as cairn-meta wires its replicas.
+        let network = replicate_during_sync(id, &log, &sm, Network::new(cluster_id.clone()));
+        let raft = Raft::new(id, Arc::new(config), network, log.clone(), sm).await?;
         let mut node = TestNode {
             id,
             addr,
             raft,
             fs,
+            log,
             cluster_id,
             stop: None,
             server: None,
@@ -584,6 +582,98 @@ async fn three_replicas_replicate_read_index_and_snapshot_a_learner() -> TestRes
     assert_eq!(learner.fs.cluster_id()?, Some(cluster.to_string()));
 
     learner.shutdown().await;
+    for n in nodes {
+        n.shutdown().await;
+    }
+    Ok(())
+}
+
+/// The leader replicates its entries while its own sync runs, but nothing
+/// takes effect before a majority holds them durable: with the leader's
+/// disk hung, both followers have an entry on disk and acknowledged it,
+/// yet the client gets no answer and no replica applies it; once the
+/// leader's sync completes, the write is answered and applied everywhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_write_takes_effect_only_once_the_leaders_own_copy_is_durable() -> TestResult {
+    let cluster = "stalled-leader";
+    let mut nodes = Vec::new();
+    for id in 1..=3 {
+        nodes.push(TestNode::start(id, cluster, 1_000).await?);
+    }
+    let members: BTreeMap<u64, BasicNode> = nodes.iter().map(|n| (n.id, n.node())).collect();
+    nodes[0].raft.initialize(members).await?;
+    let m = nodes[0]
+        .raft
+        .wait(Some(WAIT))
+        .metrics(|m| m.current_leader.is_some(), "a leader")
+        .await?;
+    let leader_id = m.current_leader.ok_or("no leader")?;
+    let leader = nodes
+        .iter()
+        .find(|n| n.id == leader_id)
+        .ok_or("leader not a node")?;
+    let (before, _) = write(
+        &leader.raft,
+        Op::InitCluster {
+            cluster_id: cluster.into(),
+        },
+    )
+    .await?;
+    for n in &nodes {
+        n.raft
+            .wait(Some(WAIT))
+            .applied_index_at_least(Some(before.index), "the first write applied")
+            .await?;
+    }
+
+    let pause = leader.log.pause_syncs();
+    let raft = leader.raft.clone();
+    let mut pending = tokio::spawn(async move {
+        write(
+            &raft,
+            Op::AllocateNodeId {
+                addr: "while-stalled".into(),
+            },
+        )
+        .await
+        .map_err(|e| e.to_string())
+    });
+    let index = before.index + 1;
+    for n in nodes.iter().filter(|n| n.id != leader_id) {
+        n.raft
+            .wait(Some(WAIT))
+            .log_index_at_least(Some(index), "the follower has the entry")
+            .await?;
+    }
+    // Many heartbeats (50 ms) later: still no answer, nothing applied.
+    let answered = tokio::time::timeout(Duration::from_millis(800), &mut pending).await;
+    assert!(
+        answered.is_err(),
+        "a write was answered while only the followers held it durable: {answered:?}"
+    );
+    for n in &nodes {
+        let applied = n.raft.metrics().borrow().last_applied.map(|l| l.index);
+        assert_eq!(
+            applied,
+            Some(before.index),
+            "node {} applied an entry the leader's disk does not hold yet",
+            n.id
+        );
+    }
+
+    drop(pause);
+    let (log_id, reply) = tokio::time::timeout(WAIT, pending).await???;
+    assert_eq!(log_id.index, index);
+    assert!(
+        matches!(reply, Reply::NodeId(_)),
+        "the write is answered once the leader's copy is durable: {reply:?}"
+    );
+    for n in &nodes {
+        n.raft
+            .wait(Some(WAIT))
+            .applied_index_at_least(Some(index), "applied everywhere after the sync")
+            .await?;
+    }
     for n in nodes {
         n.shutdown().await;
     }

@@ -74,6 +74,7 @@ use serde::de::DeserializeOwned;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Request, Response, Status};
 
+use super::log_store::DurableLog;
 use super::types::{LogId, MetaRaft, TypeConfig};
 
 /// Largest Raft message, either way (gRPC's default of 4 MiB is too small
@@ -266,6 +267,9 @@ pub struct Network {
     cluster_id: ClusterId,
     channels: ChannelCache,
     contacts: Contacts,
+    /// Caps the commit index sent to followers (see
+    /// [`Network::cap_commit_at`]).
+    durable: Option<DurableLog>,
 }
 
 impl Network {
@@ -276,7 +280,22 @@ impl Network {
             cluster_id: cluster_id.into(),
             channels: Arc::default(),
             contacts: Arc::default(),
+            durable: None,
         }
+    }
+
+    /// Never tells a follower of a commit index past what this replica's
+    /// own log has on stable storage. A leader whose log acknowledges its
+    /// own entries before their sync
+    /// ([`crate::raft::replicate_during_sync`]) may
+    /// count an entry committed with one follower's durable copy and its
+    /// own unsynced one; capping keeps followers from applying it until
+    /// two copies are durable. (Followers only ever raise their commit
+    /// index, so a lower one is merely late news.)
+    #[must_use]
+    pub fn cap_commit_at(mut self, durable: DurableLog) -> Self {
+        self.durable = Some(durable);
+        self
     }
 
     /// Returns when peer `target` last answered a Raft RPC of ours.
@@ -326,6 +345,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
         NetworkConnection {
             node: node.clone(),
             acked: None,
+            durable: self.durable.clone(),
             peer: Peer {
                 target,
                 addr: node.addr.clone(),
@@ -406,6 +426,8 @@ pub struct NetworkConnection {
     /// The peer's answer to the last append sent to it, if it was a
     /// success (see [`ELIDE_WINDOW`]).
     acked: Option<Acked>,
+    /// See [`Network::cap_commit_at`].
+    durable: Option<DurableLog>,
 }
 
 /// An append the peer acknowledged: when it was sent, under which vote,
@@ -487,9 +509,12 @@ fn encode_failed<E: std::error::Error>(e: &bincode::Error) -> RPCError<u64, Basi
 impl RaftNetwork<TypeConfig> for NetworkConnection {
     async fn append_entries(
         &mut self,
-        rpc: AppendEntriesRequest<TypeConfig>,
+        mut rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<u64>, RPCError<u64, BasicNode, RaftError<u64>>> {
+        if let Some(durable) = &self.durable {
+            rpc.leader_commit = durable.clamp(rpc.leader_commit);
+        }
         let sent = Instant::now();
         if self.acked.as_ref().is_some_and(|a| a.covers(&rpc, sent)) {
             return Ok(AppendEntriesResponse::Success);

@@ -37,14 +37,15 @@
 #![allow(clippy::result_large_err)]
 
 use std::io::Cursor;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use openraft::storage::{RaftStateMachine, Snapshot};
 use openraft::{
     AnyError, ErrorSubject, ErrorVerb, RaftSnapshotBuilder, StorageError, StorageIOError,
 };
 
+use super::log_store::DurableLog;
 use super::types::{Entry, LogId, SnapshotMeta, StoredMembership, TypeConfig};
 use crate::fs::{FsState, Response, StoreError};
 
@@ -73,6 +74,9 @@ struct Inner {
     /// snapshot a consistent view and keeps snapshot records in order.
     apply_lock: Arc<tokio::sync::Mutex<()>>,
     counter: AtomicU64,
+    /// When set, a batch is applied only once its last entry is durable in
+    /// the local log (see [`StateMachineStore::apply_durable_only`]).
+    durable: OnceLock<DurableLog>,
 }
 
 impl std::fmt::Debug for StateMachineStore {
@@ -107,8 +111,20 @@ impl StateMachineStore {
                 snapshots,
                 apply_lock: Arc::new(tokio::sync::Mutex::new(())),
                 counter: AtomicU64::new(counter),
+                durable: OnceLock::new(),
             }),
         })
+    }
+
+    /// Applies an entry only once the local log has it on stable storage
+    /// (`durable`). A leader whose log acknowledges its own entries before
+    /// their sync ([`super::replicate_during_sync`])
+    /// may count one committed before it is durable here; waiting keeps
+    /// every effect of it (answers to clients, reads) behind a majority of
+    /// durable copies. Entries a follower applies are durable already.
+    pub fn apply_durable_only(&self, durable: DurableLog) {
+        // Set once, when the node is wired; a second call changes nothing.
+        let _ = self.inner.durable.set(durable);
     }
 
     /// Returns the metadata state this state machine applies to.
@@ -302,6 +318,13 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         I: IntoIterator<Item = Entry> + Send,
         I::IntoIter: Send,
     {
+        let entries: Vec<Entry> = entries.into_iter().collect();
+        if let (Some(durable), Some(last)) = (self.inner.durable.get(), entries.last()) {
+            durable
+                .wait_for(last.log_id)
+                .await
+                .map_err(|e| StorageIOError::<u64>::apply(last.log_id, AnyError::new(&e)))?;
+        }
         let _guard = self.inner.apply_lock.lock().await;
         let mut responses = Vec::new();
         for entry in entries {
