@@ -394,9 +394,9 @@ async fn write(raft: &MetaRaft, op: Op) -> Result<(LogId, Reply), Box<dyn std::e
     Ok((resp.log_id, reply))
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn three_replicas_replicate_read_index_and_snapshot_a_learner() -> TestResult {
-    let cluster = "test-cluster";
+/// Starts three replicas of `cluster`, initializes them, and returns them
+/// with the id of the leader they elected.
+async fn start_three(cluster: &str) -> Result<(Vec<TestNode>, u64), Box<dyn std::error::Error>> {
     let mut nodes = Vec::new();
     for id in 1..=3 {
         nodes.push(TestNode::start(id, cluster, 1_000).await?);
@@ -409,6 +409,13 @@ async fn three_replicas_replicate_read_index_and_snapshot_a_learner() -> TestRes
         .metrics(|m| m.current_leader.is_some(), "a leader")
         .await?;
     let leader_id = m.current_leader.ok_or("no leader")?;
+    Ok((nodes, leader_id))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_replicas_replicate_read_index_and_snapshot_a_learner() -> TestResult {
+    let cluster = "test-cluster";
+    let (nodes, leader_id) = start_three(cluster).await?;
     let leader = nodes
         .iter()
         .find(|n| n.id == leader_id)
@@ -596,18 +603,7 @@ async fn three_replicas_replicate_read_index_and_snapshot_a_learner() -> TestRes
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_write_takes_effect_only_once_the_leaders_own_copy_is_durable() -> TestResult {
     let cluster = "stalled-leader";
-    let mut nodes = Vec::new();
-    for id in 1..=3 {
-        nodes.push(TestNode::start(id, cluster, 1_000).await?);
-    }
-    let members: BTreeMap<u64, BasicNode> = nodes.iter().map(|n| (n.id, n.node())).collect();
-    nodes[0].raft.initialize(members).await?;
-    let m = nodes[0]
-        .raft
-        .wait(Some(WAIT))
-        .metrics(|m| m.current_leader.is_some(), "a leader")
-        .await?;
-    let leader_id = m.current_leader.ok_or("no leader")?;
+    let (nodes, leader_id) = start_three(cluster).await?;
     let leader = nodes
         .iter()
         .find(|n| n.id == leader_id)
