@@ -139,9 +139,10 @@ impl DurableLog {
         }
     }
 
-    /// `committed`, lowered to the durable log id when it is past it.
+    /// `committed`, lowered to the durable log id when it is past it;
+    /// `None` (claim nothing) when the two cannot be compared.
     pub fn clamp(&self, committed: Option<LogId>) -> Option<LogId> {
-        committed.min(self.upto())
+        clamp_committed(committed, self.upto())
     }
 
     /// Waits until the entry `id` is durable.
@@ -482,6 +483,27 @@ fn durable_flush(db: &sled::Db, sync_file: Option<&std::fs::File>) -> Result<(),
     Ok(())
 }
 
+/// `committed` capped at `durable`, both log ids of this replica's log.
+///
+/// A durable id at or above the committed one leaves it as is; one below
+/// it, at a lower or equal index, is an entry of the log (the watermark
+/// only names entries that were synced, and none at or below a committed
+/// index is ever truncated), so it is the cap. One that sorts below the
+/// committed id by term yet sits at a higher index names an entry a
+/// conflict truncated after its sync (the watermark keeps the highest id
+/// ever synced until the next sync passes it): it is not in the log, so
+/// nothing is claimed (`None`; followers and the saved id only ever rise,
+/// so this is late news, never wrong news).
+fn clamp_committed(committed: Option<LogId>, durable: Option<LogId>) -> Option<LogId> {
+    match (committed, durable) {
+        (None, _) => None,
+        (Some(_), None) => None,
+        (Some(c), Some(d)) if d >= c => Some(c),
+        (Some(c), Some(d)) if d.index <= c.index => Some(d),
+        (Some(_), Some(_)) => None,
+    }
+}
+
 /// Whether the flusher may sync (see [`LogStore::pause_syncs`]).
 #[derive(Default)]
 struct SyncGate {
@@ -627,9 +649,14 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError<u64>> {
         // A leader may count its own entries committed before they are
         // durable here; a restart must not find a committed id past its log.
-        let committed = self.inner.durable.clamp(committed);
+        let capped = self.inner.durable.clamp(committed);
+        if capped.is_none() && committed.is_some() {
+            // Nothing durable to claim yet: keep the saved id (it only
+            // ever rises).
+            return Ok(());
+        }
         let state = &self.inner.state;
-        let res = match committed {
+        let res = match capped {
             Some(c) => state.insert(KEY_COMMITTED, encode(&c, ErrorSubject::Store)?),
             None => state.remove(KEY_COMMITTED),
         };
@@ -724,7 +751,39 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
 #[cfg(test)]
 mod tests {
-    use super::index_range;
+    use super::{LogId, clamp_committed, index_range};
+
+    fn id(term: u64, index: u64) -> LogId {
+        LogId::new(openraft::CommittedLeaderId::new(term, 1), index)
+    }
+
+    #[test]
+    fn the_commit_index_is_capped_at_an_entry_of_the_log() {
+        // Durable past the committed id: unchanged.
+        assert_eq!(
+            clamp_committed(Some(id(3, 5)), Some(id(3, 7))),
+            Some(id(3, 5))
+        );
+        assert_eq!(
+            clamp_committed(Some(id(3, 5)), Some(id(4, 6))),
+            Some(id(3, 5))
+        );
+        // The leader's own copy lags: capped at it.
+        assert_eq!(
+            clamp_committed(Some(id(3, 9)), Some(id(3, 7))),
+            Some(id(3, 7))
+        );
+        assert_eq!(
+            clamp_committed(Some(id(4, 9)), Some(id(3, 7))),
+            Some(id(3, 7))
+        );
+        // A synced entry a conflict truncated (older term, higher index) is
+        // not in the log: claim nothing rather than name it.
+        assert_eq!(clamp_committed(Some(id(5, 8)), Some(id(3, 10))), None);
+        // Nothing durable or nothing committed: nothing to claim.
+        assert_eq!(clamp_committed(Some(id(3, 5)), None), None);
+        assert_eq!(clamp_committed(None, Some(id(3, 5))), None);
+    }
 
     #[test]
     fn index_ranges() {
