@@ -734,6 +734,26 @@ pub mod key {
 mod tests {
     use super::*;
 
+    /// Opens the sled database at `path` again. sled releases a dropped
+    /// handle's file lock only when its background threads have exited,
+    /// which can be a moment after the drop on a busy machine (the suite
+    /// once failed here with "could not acquire lock").
+    fn reopen(path: &std::path::Path) -> sled::Db {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            match sled::Config::new().path(path).open() {
+                Ok(db) => return db,
+                Err(e)
+                    if std::time::Instant::now() < deadline
+                        && e.to_string().contains("could not acquire lock") =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+                Err(e) => panic!("opening {}: {e}", path.display()),
+            }
+        }
+    }
+
     fn exercise(kv: &dyn Kv) {
         let mut t = Txn::new(kv);
         t.put_raw(b"da1".to_vec(), b"1".to_vec());
@@ -816,7 +836,7 @@ mod tests {
                 }
                 db.flush().unwrap();
             }
-            let db = sled::Config::new().path(&path).open().unwrap();
+            let db = reopen(&path);
             let kv = SledKv::new(db.open_tree("t").unwrap());
             // The record never shows through a read.
             assert!(kv.dump().unwrap().iter().all(|(k, _)| k != REDO_KEY));
