@@ -229,6 +229,20 @@ fn unsupported(msg: String) -> sled::Error {
     sled::Error::Unsupported(msg)
 }
 
+/// The decoded value under `key` in the state tree, read while opening.
+fn decode_at_open<T: DeserializeOwned>(
+    state: &sled::Tree,
+    key: &[u8],
+) -> Result<Option<T>, sled::Error> {
+    let Some(v) = state.get(key)? else {
+        return Ok(None);
+    };
+    bincode::deserialize(&v).map(Some).map_err(|e| {
+        let key = String::from_utf8_lossy(key);
+        unsupported(format!("unreadable raft_state/{key}: {e}"))
+    })
+}
+
 impl LogStore {
     /// Opens (creating if needed) the log in `log_dir` and the hard state
     /// in `db`, and starts the flusher thread. A log of format 1 (entries
@@ -280,13 +294,7 @@ impl LogStore {
                  ({LOG_FORMAT_VERSION}); upgrade cairn-meta"
             )));
         }
-        let last_purged: Option<LogId> = match state.get(KEY_LAST_PURGED)? {
-            None => None,
-            Some(v) => Some(
-                bincode::deserialize(&v)
-                    .map_err(|e| unsupported(format!("unreadable raft_state/last_purged: {e}")))?,
-            ),
-        };
+        let last_purged: Option<LogId> = decode_at_open(&state, KEY_LAST_PURGED)?;
         let mut segments =
             Segments::open(log_dir, last_purged.map(|l| l.index)).map_err(sled::Error::Io)?;
         if format.is_some_and(|v| v < LOG_FORMAT_VERSION) {
@@ -296,13 +304,7 @@ impl LogStore {
             state.insert(KEY_FORMAT, &LOG_FORMAT_VERSION.to_le_bytes())?;
             durable_flush(db, sync_file.as_deref())?;
         }
-        let vote: Option<Vote<u64>> = match state.get(KEY_VOTE)? {
-            None => None,
-            Some(v) => Some(
-                bincode::deserialize(&v)
-                    .map_err(|e| unsupported(format!("unreadable raft_state/vote: {e}")))?,
-            ),
-        };
+        let vote: Option<Vote<u64>> = decode_at_open(&state, KEY_VOTE)?;
         // What recovery found is what the log holds (the state openraft
         // starts from): the watermark starts there.
         let (durable_tx, durable_rx) =
@@ -495,12 +497,13 @@ fn durable_flush(db: &sled::Db, sync_file: Option<&std::fs::File>) -> Result<(),
 /// nothing is claimed (`None`; followers and the saved id only ever rise,
 /// so this is late news, never wrong news).
 fn clamp_committed(committed: Option<LogId>, durable: Option<LogId>) -> Option<LogId> {
-    match (committed, durable) {
-        (None, _) => None,
-        (Some(_), None) => None,
-        (Some(c), Some(d)) if d >= c => Some(c),
-        (Some(c), Some(d)) if d.index <= c.index => Some(d),
-        (Some(_), Some(_)) => None,
+    let (c, d) = (committed?, durable?);
+    if d >= c {
+        Some(c)
+    } else if d.index <= c.index {
+        Some(d)
+    } else {
+        None
     }
 }
 
@@ -759,30 +762,27 @@ mod tests {
 
     #[test]
     fn the_commit_index_is_capped_at_an_entry_of_the_log() {
-        // Durable past the committed id: unchanged.
-        assert_eq!(
-            clamp_committed(Some(id(3, 5)), Some(id(3, 7))),
-            Some(id(3, 5))
-        );
-        assert_eq!(
-            clamp_committed(Some(id(3, 5)), Some(id(4, 6))),
-            Some(id(3, 5))
-        );
-        // The leader's own copy lags: capped at it.
-        assert_eq!(
-            clamp_committed(Some(id(3, 9)), Some(id(3, 7))),
-            Some(id(3, 7))
-        );
-        assert_eq!(
-            clamp_committed(Some(id(4, 9)), Some(id(3, 7))),
-            Some(id(3, 7))
-        );
-        // A synced entry a conflict truncated (older term, higher index) is
-        // not in the log: claim nothing rather than name it.
-        assert_eq!(clamp_committed(Some(id(5, 8)), Some(id(3, 10))), None);
-        // Nothing durable or nothing committed: nothing to claim.
-        assert_eq!(clamp_committed(Some(id(3, 5)), None), None);
-        assert_eq!(clamp_committed(None, Some(id(3, 5))), None);
+        let cases = [
+            // Durable past the committed id: unchanged.
+            (Some(id(3, 5)), Some(id(3, 7)), Some(id(3, 5))),
+            (Some(id(3, 5)), Some(id(4, 6)), Some(id(3, 5))),
+            // The leader's own copy lags: capped at it.
+            (Some(id(3, 9)), Some(id(3, 7)), Some(id(3, 7))),
+            (Some(id(4, 9)), Some(id(3, 7)), Some(id(3, 7))),
+            // A synced entry a conflict truncated (older term, higher
+            // index) is not in the log: claim nothing rather than name it.
+            (Some(id(5, 8)), Some(id(3, 10)), None),
+            // Nothing durable or nothing committed: nothing to claim.
+            (Some(id(3, 5)), None, None),
+            (None, Some(id(3, 5)), None),
+        ];
+        for (committed, durable, capped) in cases {
+            assert_eq!(
+                clamp_committed(committed, durable),
+                capped,
+                "committed {committed:?}, durable {durable:?}"
+            );
+        }
     }
 
     #[test]
