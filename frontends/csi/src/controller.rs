@@ -23,11 +23,25 @@
 //! `cairn snapshot restore` (its files share the snapshot's data until
 //! written; it keeps the source's replication, compression and keys), and
 //! the snapshot cannot be deleted while such a volume exists
-//! (FAILED_PRECONDITION). Not advertised (the sidecars then never call
-//! them; a direct call answers UNIMPLEMENTED): cloning a volume,
-//! publish/unpublish
-//! (`attachRequired: false`), ListVolumes, ControllerGetVolume,
-//! ControllerModifyVolume.
+//! (FAILED_PRECONDITION).
+//!
+//! CLONE_VOLUME: a volume whose content source is another volume is a
+//! restore of a snapshot the driver takes of the source for it, named
+//! `csi-clone-CLONE` ([`clone_snapshot`]; hidden from ListSnapshots, a
+//! name CreateSnapshot refuses). That is how ZFS clones and how Cairn's
+//! restore already works: taking it costs one Raft entry and a fence
+//! (~20 ms), the clone is consistent at one instant even while pods write
+//! the source, and its files share the source's chunks until written,
+//! where a byte copy would take time in the size of the volume and read
+//! a source that is changing. The price is the dependency ZFS has too:
+//! the source cannot be deleted while a clone of it exists, so
+//! DeleteVolume of a volume with snapshots or clones is
+//! FAILED_PRECONDITION naming them, checked before anything is removed.
+//! Deleting the clone deletes its snapshot.
+//!
+//! Not advertised (the sidecars then never call them; a direct call
+//! answers UNIMPLEMENTED): publish/unpublish (`attachRequired: false`),
+//! ListVolumes, ControllerGetVolume, ControllerModifyVolume.
 
 use cairn_client::crypto::VolumeKey;
 use cairn_client::meta_client::Owner;
@@ -253,24 +267,7 @@ impl Controller {
     ) -> Result<(), Status> {
         let (source, s) = self.find_snapshot(id).await?;
         let (src, snap) = (source.name.as_str(), s.name.as_str());
-        let have = source.policy.clone().unwrap_or_default();
-        if have.replication != policy.replication
-            || have.encrypted != policy.encrypted
-            || have.compression != policy.compression
-        {
-            return Err(Status::invalid_argument(format!(
-                "a volume restored from snapshot {id} keeps its source's replication ({}), \
-                 encryption ({}) and compression ({}): use a class that asks for the same",
-                have.replication, have.encrypted, have.compression
-            )));
-        }
-        if let Some(c) = check
-            && !have.key_checks.iter().any(|k| &k.check == c)
-        {
-            return Err(Status::invalid_argument(format!(
-                "the provisioner secret's key is not the key of snapshot {id}'s volume"
-            )));
-        }
+        let have = shares_data_with(&source, policy, check, &format!("snapshot {id}"))?;
         if quota != 0 && quota < s.used_bytes {
             return Err(Status::out_of_range(format!(
                 "capacity_range: {quota} bytes is less than snapshot {id} holds ({} bytes)",
@@ -317,6 +314,92 @@ impl Controller {
         Ok(())
     }
 
+    /// Makes volume `name` a clone of volume `source`: a restore of the
+    /// snapshot [`clone_snapshot`] takes of it (see the module docs).
+    /// Idempotent; `name` taken by anything else is ALREADY_EXISTS.
+    async fn clone_volume(
+        &self,
+        name: &str,
+        source: &str,
+        policy: &VolumePolicy,
+        check: Option<&Vec<u8>>,
+        quota: u64,
+    ) -> Result<(), Status> {
+        if let Some((shared, _)) = params::split_dir_volume(source) {
+            if !self.exists(source).await? {
+                return Err(Status::not_found(format!("no volume {source}")));
+            }
+            return Err(Status::invalid_argument(format!(
+                "volume_content_source: {source} is a directory of Cairn volume {shared} (a \
+                 sharedVolume class); only whole Cairn volumes can be cloned"
+            )));
+        }
+        let snap = clone_snapshot(name);
+        let taken = self
+            .all_snapshots(None)
+            .await?
+            .into_iter()
+            .find(|(_, s)| s.name == snap);
+        match taken {
+            Some((of, _)) if of != source => {
+                return Err(Status::already_exists(format!(
+                    "volume {name} exists, as a clone of volume {of}"
+                )));
+            }
+            Some(_) => {} // a previous attempt's
+            None => {
+                let src = self
+                    .find(source)
+                    .await?
+                    .ok_or_else(|| Status::not_found(format!("no volume {source}")))?;
+                if self.find(name).await?.is_some() {
+                    return Err(Status::already_exists(format!(
+                        "volume {name} exists and is not a clone of volume {source}"
+                    )));
+                }
+                // Checked before the snapshot is taken, so a refusal leaves
+                // nothing behind.
+                shares_data_with(&src, policy, check, &format!("volume {source}"))?;
+                match self.meta.create_snapshot(source, &snap).await {
+                    Ok(_) => tracing::info!(volume = name, source, "cloning volume"),
+                    Err(e) if e.code == ErrorCode::Exists => {}
+                    Err(e) => return Err(status(&format!("snapshot {snap} of {source}"), &e)),
+                }
+            }
+        }
+        let made = self
+            .restore(name, &snapshot_id(source, &snap), policy, check, quota)
+            .await;
+        if let Err(e) = &made
+            && matches!(
+                e.code(),
+                tonic::Code::InvalidArgument | tonic::Code::OutOfRange
+            )
+        {
+            // Refused for good (a capacity below what the source holds):
+            // the snapshot would only keep the source from being deleted.
+            let _ = self.meta.delete_snapshot(source, &snap).await;
+        }
+        made
+    }
+
+    /// Deletes the snapshot clone `name` was made from, if any, wherever
+    /// its source is (the clone is gone: nothing reads it any more).
+    async fn forget_clone(&self, name: &str) -> Result<(), Status> {
+        let snap = clone_snapshot(name);
+        for (source, s) in self.all_snapshots(None).await? {
+            if s.name != snap {
+                continue;
+            }
+            match self.meta.delete_snapshot(&source, &snap).await {
+                Ok(_) => tracing::info!(volume = name, source, "deleted the clone's snapshot"),
+                Err(e) if e.code == ErrorCode::NotFound => {}
+                Err(e) => return Err(status(&format!("deleting snapshot {source}/{snap}"), &e)),
+            }
+        }
+        Ok(())
+    }
+
     /// Every snapshot of volume `only` (or of every volume) as (volume,
     /// snapshot).
     async fn all_snapshots(
@@ -345,6 +428,44 @@ impl Controller {
         }
         Ok(out)
     }
+}
+
+/// What names the snapshots the driver takes for clones begins with.
+const CLONE_PREFIX: &str = "csi-clone-";
+
+/// The snapshot of its source that clone `name` reads its data through.
+pub fn clone_snapshot(name: &str) -> String {
+    format!("{CLONE_PREFIX}{name}")
+}
+
+/// Checks that a volume made from `source`'s data (a restore or a clone),
+/// which keeps the source's replication, compression and keys, is what the
+/// class asks for; returns the source's policy.
+fn shares_data_with(
+    source: &cairn_proto::meta::Volume,
+    policy: &VolumePolicy,
+    check: Option<&Vec<u8>>,
+    what: &str,
+) -> Result<VolumePolicy, Status> {
+    let have = source.policy.clone().unwrap_or_default();
+    if have.replication != policy.replication
+        || have.encrypted != policy.encrypted
+        || have.compression != policy.compression
+    {
+        return Err(Status::invalid_argument(format!(
+            "a volume made from {what} keeps its replication ({}), encryption ({}) and \
+             compression ({}): use a class that asks for the same",
+            have.replication, have.encrypted, have.compression
+        )));
+    }
+    if let Some(c) = check
+        && !have.key_checks.iter().any(|k| &k.check == c)
+    {
+        return Err(Status::invalid_argument(format!(
+            "the provisioner secret's key is not the key of {what}"
+        )));
+    }
+    Ok(have)
 }
 
 /// The CSI id of snapshot `name` of volume `volume`: `VOLUME/NAME` (neither
@@ -454,28 +575,30 @@ impl pb::controller_server::Controller for Controller {
         let name =
             params::volume_name(required("name", &req.name)?).map_err(Status::invalid_argument)?;
         check_capabilities(&req.volume_capabilities)?;
-        let source = match req
+        use pb::volume_content_source::Type as Source;
+        let source = req
             .volume_content_source
             .as_ref()
-            .and_then(|c| c.r#type.as_ref())
-        {
-            None => None,
-            Some(pb::volume_content_source::Type::Snapshot(s)) => Some(s.snapshot_id.clone()),
-            Some(pb::volume_content_source::Type::Volume(_)) => {
-                return Err(Status::invalid_argument(
-                    "volume_content_source: cloning a volume is not offered by the Cairn CSI \
-                     driver; take a VolumeSnapshot of it and create the volume from that",
-                ));
-            }
-        };
+            .and_then(|c| c.r#type.clone());
         let class = params::parse(&req.parameters).map_err(Status::invalid_argument)?;
-        if let (Some(shared), Some(id)) = (&class.shared_volume, &source) {
+        if let (Some(shared), Some(source)) = (&class.shared_volume, &source) {
             // A missing source is NOT_FOUND whatever the class.
-            self.find_snapshot(id).await?;
+            let what = match source {
+                Source::Snapshot(s) => {
+                    self.find_snapshot(&s.snapshot_id).await?;
+                    "restored from a snapshot"
+                }
+                Source::Volume(v) => {
+                    if !self.exists(&v.volume_id).await? {
+                        return Err(Status::not_found(format!("no volume {}", v.volume_id)));
+                    }
+                    "a clone"
+                }
+            };
             return Err(Status::invalid_argument(format!(
                 "volume_content_source: a volume of a sharedVolume class is a directory of Cairn \
-                 volume {shared}, and snapshots are of whole Cairn volumes: it cannot be \
-                 restored from one"
+                 volume {shared}, and snapshots and clones are of whole Cairn volumes: it cannot \
+                 be {what}"
             )));
         }
         let volume_id = class
@@ -551,17 +674,25 @@ impl pb::controller_server::Controller for Controller {
                 .await?;
             return Ok(Response::new(answer(quota)));
         }
-        if let Some(id) = source {
-            return self
-                .restore(&name, &id, &policy, check.as_ref(), quota)
-                .await
-                .map(|()| {
-                    let mut a = answer(quota);
-                    if let Some(v) = a.volume.as_mut() {
-                        v.content_source = req.volume_content_source.clone();
-                    }
-                    Response::new(a)
-                });
+        if let Some(source) = source {
+            let made = match &source {
+                Source::Snapshot(s) => {
+                    self.restore(&name, &s.snapshot_id, &policy, check.as_ref(), quota)
+                        .await
+                }
+                Source::Volume(v) => {
+                    let from = required("volume_content_source.volume.volume_id", &v.volume_id)?;
+                    self.clone_volume(&name, from, &policy, check.as_ref(), quota)
+                        .await
+                }
+            };
+            return made.map(|()| {
+                let mut a = answer(quota);
+                if let Some(v) = a.volume.as_mut() {
+                    v.content_source = req.volume_content_source.clone();
+                }
+                Response::new(a)
+            });
         }
         if let Some(v) = self.find(&name).await? {
             existing(&v)?;
@@ -608,8 +739,34 @@ impl pb::controller_server::Controller for Controller {
             return Ok(Response::new(pb::DeleteVolumeResponse {}));
         }
         let Some(v) = self.find(name).await? else {
+            // Gone; a retry may still owe the clone's snapshot.
+            self.forget_clone(name).await?;
             return Ok(Response::new(pb::DeleteVolumeResponse {}));
         };
+        // A volume with snapshots cannot go (they read its data), so say so
+        // before removing anything rather than half-way.
+        let held = self.all_snapshots(Some(name)).await?;
+        if !held.is_empty() {
+            let (clones, snaps): (Vec<_>, Vec<_>) = held
+                .iter()
+                .map(|(_, s)| s.name.as_str())
+                .partition(|s| s.starts_with(CLONE_PREFIX));
+            let clones: Vec<_> = clones.iter().map(|c| &c[CLONE_PREFIX.len()..]).collect();
+            return Err(Status::failed_precondition(format!(
+                "volume {name} is the source of {} and {}: delete them first; nothing was \
+                 deleted",
+                if snaps.is_empty() {
+                    "no snapshots".to_string()
+                } else {
+                    format!("snapshot(s) {}", snaps.join(", "))
+                },
+                if clones.is_empty() {
+                    "no clones".to_string()
+                } else {
+                    format!("clone(s) {}", clones.join(", "))
+                },
+            )));
+        }
         // The volume is its root directory: gone with the tree. Entries
         // removed meanwhile (a retried DeleteVolume) are not errors.
         self.meta
@@ -623,6 +780,7 @@ impl pb::controller_server::Controller for Controller {
             .await
             .map_err(|(at, e)| status(&format!("removing {at}"), &e))?;
         tracing::info!(volume = %name, "deleted volume");
+        self.forget_clone(name).await?;
         Ok(Response::new(pb::DeleteVolumeResponse {}))
     }
 
@@ -724,6 +882,7 @@ impl pb::controller_server::Controller for Controller {
                 capability(rpc::Type::ExpandVolume),
                 capability(rpc::Type::CreateDeleteSnapshot),
                 capability(rpc::Type::ListSnapshots),
+                capability(rpc::Type::CloneVolume),
             ],
         }))
     }
@@ -745,6 +904,12 @@ impl pb::controller_server::Controller for Controller {
             return Err(Status::invalid_argument(format!(
                 "source_volume_id: {volume} is a directory of Cairn volume {shared} (a \
                  sharedVolume class), and snapshots are of whole Cairn volumes"
+            )));
+        }
+        if name.starts_with(CLONE_PREFIX) {
+            return Err(Status::invalid_argument(format!(
+                "name: snapshot names beginning with {CLONE_PREFIX:?} are the driver's own (the \
+                 snapshots clones are made from)"
             )));
         }
         if self.find(volume).await?.is_none() {
@@ -820,8 +985,10 @@ impl pb::controller_server::Controller for Controller {
         } else {
             self.all_snapshots(None).await?
         };
+        // The snapshots clones are made from are the driver's, not the CO's.
         all.retain(|(v, s)| {
-            (req.snapshot_id.is_empty() || req.snapshot_id == snapshot_id(v, &s.name))
+            !s.name.starts_with(CLONE_PREFIX)
+                && (req.snapshot_id.is_empty() || req.snapshot_id == snapshot_id(v, &s.name))
                 && (req.source_volume_id.is_empty() || req.source_volume_id == *v)
         });
         all.sort_by(|a, b| (a.0.as_str(), a.1.seq).cmp(&(b.0.as_str(), b.1.seq)));

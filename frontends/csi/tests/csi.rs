@@ -2,8 +2,10 @@
 //! over its unix socket, with real FUSE mounts: the required behaviours of
 //! each RPC (idempotency, NOT_FOUND, ALREADY_EXISTS, INVALID_ARGUMENT,
 //! capability checks), two "pods" sharing a ReadWriteMany volume with
-//! close-to-open between them, a plugin killed with SIGKILL whose mounts
-//! keep serving and are adopted by the next one, and a mount process that
+//! close-to-open between them, snapshots, restores and clones, expansion
+//! under a writer that hit EDQUOT, a plugin killed with SIGKILL in the
+//! middle of a pod's read whose mounts keep serving and are adopted by the
+//! next one, and a mount process that
 //! dies and is taken over on the same FUSE connection (every pod pauses,
 //! readers read on, writers get EIO), or, when the plugin died with it,
 //! mounted again (a pod that takes the node's mounts serving again).
@@ -239,8 +241,8 @@ async fn body(dir: &Path, cluster: &DataCluster) -> Result<()> {
         .await?
         .into_inner();
     ensure!(
-        caps.capabilities.len() == 5,
-        "create/delete, capacity, expansion and snapshots: {caps:?}"
+        caps.capabilities.len() == 6,
+        "create/delete, capacity, expansion, snapshots and clones: {caps:?}"
     );
 
     // CreateVolume: validation, idempotency, conflicts.
@@ -610,10 +612,42 @@ async fn body(dir: &Path, cluster: &DataCluster) -> Result<()> {
         ) == Code::NotFound
     );
 
-    // The plugin dies (SIGKILL): the pods' mounts keep serving; the next
-    // plugin adopts them and unpublishes/unstages normally.
+    // The plugin dies (SIGKILL) while a pod reads: the read goes on to the
+    // end, the pods' mounts keep serving; the next plugin adopts them and
+    // unpublishes/unstages normally.
+    let shard: Vec<u8> = (0..8u32 << 20).map(|i| (i % 251) as u8).collect();
+    std::fs::write(a.join("shard.bin"), &shard)?;
+    let (started, reading_started) = std::sync::mpsc::channel();
+    let shard_path = b.join("shard.bin");
+    let reading = std::thread::spawn(move || -> std::io::Result<Vec<u8>> {
+        let mut f = std::fs::File::open(shard_path)?;
+        let (mut got, mut buf) = (Vec::new(), vec![0u8; 256 << 10]);
+        loop {
+            let n = f.read(&mut buf)?;
+            if n == 0 {
+                return Ok(got);
+            }
+            got.extend_from_slice(&buf[..n]);
+            let _ = started.send(());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    });
+    reading_started.recv_timeout(Duration::from_secs(10))?;
     let pid = record_pid(&plugin.state, name)?;
     plugin.kill();
+    ensure!(
+        !reading.is_finished(),
+        "the plugin was killed before the read ended"
+    );
+    let got = reading
+        .join()
+        .map_err(|_| anyhow::anyhow!("the reader panicked"))??;
+    ensure!(
+        got.len() == shard.len() && got == shard,
+        "a read in progress when the plugin died ends whole ({} of {} bytes)",
+        got.len(),
+        shard.len()
+    );
     std::fs::write(
         b.join("ckpt/step-2.pt"),
         b"written while the plugin was down",
@@ -846,8 +880,9 @@ async fn body(dir: &Path, cluster: &DataCluster) -> Result<()> {
     );
     ctl.create_snapshot(snap_req("pvc-other", "snapshot-2"))
         .await?;
-    let list = |req: pb::ListSnapshotsRequest| {
-        let mut ctl = ctl.clone();
+    let lister = ctl.clone();
+    let list = move |req: pb::ListSnapshotsRequest| {
+        let mut ctl = lister.clone();
         async move {
             let r = ctl.list_snapshots(req).await?.into_inner();
             let ids: Vec<String> = r
@@ -928,11 +963,129 @@ async fn body(dir: &Path, cluster: &DataCluster) -> Result<()> {
         code(
             ctl.create_volume(pb::CreateVolumeRequest {
                 volume_content_source: Some(from.clone()),
-                ..create_req("pvc-restored-1", 1 << 30, other_class)
+                ..create_req("pvc-restored-1", 1 << 30, other_class.clone())
             })
             .await
         ) == Code::InvalidArgument,
         "a restored volume keeps its source's replication"
+    );
+    // A volume from a volume: a clone of the source as it is now, sharing
+    // its data until written; the source cannot go while the clone lives.
+    let from_volume = |id: &str| pb::VolumeContentSource {
+        r#type: Some(pb::volume_content_source::Type::Volume(
+            pb::volume_content_source::VolumeSource {
+                volume_id: id.into(),
+            },
+        )),
+    };
+    let clone_req = |name: &str, source: &str, class| pb::CreateVolumeRequest {
+        volume_content_source: Some(from_volume(source)),
+        ..create_req(name, 1 << 30, class)
+    };
+    let clone = ctl
+        .create_volume(clone_req("pvc-clone", "pvc-snap", class()))
+        .await?
+        .into_inner()
+        .volume
+        .context("a clone")?;
+    ensure!(
+        clone.content_source == Some(from_volume("pvc-snap")),
+        "{clone:?}"
+    );
+    ctl.create_volume(clone_req("pvc-clone", "pvc-snap", class()))
+        .await?; // idempotent
+    ensure!(client.read_file("/pvc-clone/data.bin").await? == b"changed"[..]);
+    client
+        .write_file(
+            "/pvc-clone/data.bin",
+            Bytes::from_static(b"the clone's own"),
+        )
+        .await?;
+    ensure!(
+        client.read_file("/pvc-snap/data.bin").await? == b"changed"[..],
+        "a clone's writes leave its source alone"
+    );
+    let meta_snapshots = |v: &'static str| {
+        let client = client.clone();
+        async move {
+            let names: Vec<String> = client
+                .meta()
+                .list_snapshots(v)
+                .await?
+                .into_iter()
+                .map(|s| s.name)
+                .collect();
+            anyhow::Ok(names)
+        }
+    };
+    ensure!(meta_snapshots("pvc-snap").await? == ["snapshot-1", "csi-clone-pvc-clone"]);
+    let (ids, _) = list(pb::ListSnapshotsRequest::default()).await?;
+    ensure!(
+        ids == ["pvc-other/snapshot-2", "pvc-snap/snapshot-1"],
+        "the clone's snapshot is the driver's, not listed: {ids:?}"
+    );
+    for (req, want, why) in [
+        (
+            clone_req("pvc-clone", "pvc-other", class()),
+            Code::AlreadyExists,
+            "the same clone name from another source",
+        ),
+        (
+            clone_req("pvc-snap", "pvc-other", class()),
+            Code::AlreadyExists,
+            "a clone named as an existing volume",
+        ),
+        (
+            clone_req("pvc-clone-2", "pvc-none", class()),
+            Code::NotFound,
+            "a missing source",
+        ),
+        (
+            clone_req("pvc-clone-2", "pvc-snap", other_class.clone()),
+            Code::InvalidArgument,
+            "a clone keeps its source's replication",
+        ),
+    ] {
+        ensure!(code(ctl.create_volume(req).await) == want, "{why}");
+    }
+    ensure!(
+        meta_snapshots("pvc-snap").await? == ["snapshot-1", "csi-clone-pvc-clone"],
+        "a refused clone leaves no snapshot behind"
+    );
+    ensure!(
+        code(
+            ctl.create_snapshot(snap_req("pvc-snap", "csi-clone-x"))
+                .await
+        ) == Code::InvalidArgument,
+        "the clones' snapshot names are the driver's"
+    );
+    let e = ctl
+        .delete_volume(pb::DeleteVolumeRequest {
+            volume_id: "pvc-snap".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    ensure!(
+        e.code() == Code::FailedPrecondition
+            && e.message().contains("clone(s) pvc-clone")
+            && e.message().contains("snapshot(s) snapshot-1"),
+        "{e:?}"
+    );
+    ensure!(
+        client.read_file("/pvc-snap/data.bin").await? == b"changed"[..],
+        "a refused DeleteVolume removes nothing"
+    );
+    for _ in 0..2 {
+        ctl.delete_volume(pb::DeleteVolumeRequest {
+            volume_id: "pvc-clone".into(),
+            ..Default::default()
+        })
+        .await?;
+    }
+    ensure!(
+        meta_snapshots("pvc-snap").await? == ["snapshot-1"],
+        "deleting the clone deletes its snapshot"
     );
     let delete_snap = |id: &str| pb::DeleteSnapshotRequest {
         snapshot_id: id.into(),
@@ -1137,13 +1290,18 @@ async fn dir_volumes(
         total == 1 << 20 && avail == 512 << 10,
         "df in the pod: {total} bytes, {avail} available"
     );
-    // Past the quota: EDQUOT.
-    let e = write("b", 768 << 10).unwrap_err();
+    // Past the quota: EDQUOT. The writer keeps its handle open, as a
+    // training job's checkpoint writer would while someone grows the claim.
+    let mut writer = std::fs::File::create(pod.join("b"))?;
+    let e = writer
+        .write_all(&vec![7u8; 768 << 10])
+        .and_then(|()| writer.sync_all())
+        .unwrap_err();
     ensure!(
         e.raw_os_error() == Some(libc_edquot()),
         "over the quota: {e}"
     );
-    // Expansion raises the quota at once.
+    // Expansion raises the quota at once, and the same writer goes on.
     let grown = ctl
         .controller_expand_volume(pb::ControllerExpandVolumeRequest {
             volume_id: v.volume_id.clone(),
@@ -1156,7 +1314,14 @@ async fn dir_volumes(
         .await?
         .into_inner();
     ensure!(grown.capacity_bytes == 2 << 20, "{grown:?}");
-    write("b", 768 << 10)?;
+    writer
+        .sync_all()
+        .context("the writer that hit EDQUOT, after the expansion")?;
+    drop(writer);
+    ensure!(
+        std::fs::read(pod.join("b"))? == vec![7u8; 768 << 10],
+        "the writer's bytes, whole"
+    );
     let stats = node
         .node_get_volume_stats(pb::NodeGetVolumeStatsRequest {
             volume_id: v.volume_id.clone(),
