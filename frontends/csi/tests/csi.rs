@@ -1121,7 +1121,7 @@ async fn body(dir: &Path, cluster: &DataCluster) -> Result<()> {
     // creation and from the node-stage secret at mount, into a 0600 file
     // that leaves with the unstage.
     let key = "7f".repeat(32);
-    let secrets: HashMap<String, String> = [("key".to_string(), key)].into();
+    let secrets: HashMap<String, String> = [("key".to_string(), key.clone())].into();
     let mut enc = class();
     enc.insert("encryption".into(), "true".into());
     let v = ctl
@@ -1134,16 +1134,18 @@ async fn body(dir: &Path, cluster: &DataCluster) -> Result<()> {
         .volume
         .context("a volume")?;
     ensure!(v.volume_context.get("encrypted").map(String::as_str) == Some("true"));
-    let other: HashMap<String, String> = [("key".to_string(), "01".repeat(32))].into();
+    let other_key = "01".repeat(32);
+    let other: HashMap<String, String> = [("key".to_string(), other_key.clone())].into();
+    let e = ctl
+        .create_volume(pb::CreateVolumeRequest {
+            secrets: other,
+            ..create_req("pvc-enc", 1 << 30, enc)
+        })
+        .await
+        .unwrap_err();
     ensure!(
-        code(
-            ctl.create_volume(pb::CreateVolumeRequest {
-                secrets: other,
-                ..create_req("pvc-enc", 1 << 30, enc)
-            })
-            .await
-        ) == Code::AlreadyExists,
-        "the same name with another key is another volume"
+        e.code() == Code::AlreadyExists && !e.message().contains(&other_key),
+        "the same name with another key is another volume, and the error keeps the key: {e:?}"
     );
     let staging = dir.join("kubelet/plugins/csi.cairn.io/pvc-enc/globalmount");
     let stage = pb::NodeStageVolumeRequest {
@@ -1169,6 +1171,18 @@ async fn body(dir: &Path, cluster: &DataCluster) -> Result<()> {
         "a client without the key cannot read the file"
     );
     ensure!(std::fs::read(staging.join("secret.txt"))? == b"sealed on the chunkservers");
+    // Secrets stay out of every log: the plugin's and the mounts'.
+    let mut logs = vec![("the plugin's log".to_string(), plugin.log_text())];
+    for f in std::fs::read_dir(plugin.state.join("logs"))? {
+        let f = f?.path();
+        logs.push((f.display().to_string(), std::fs::read_to_string(&f)?));
+    }
+    for (what, text) in &logs {
+        ensure!(
+            !text.contains(&key) && !text.contains(&other_key),
+            "a volume key in {what}"
+        );
+    }
     node.node_unstage_volume(pb::NodeUnstageVolumeRequest {
         volume_id: "pvc-enc".into(),
         staging_target_path: staging.display().to_string(),
