@@ -9,18 +9,22 @@
 //!   stores' own flushes can make anything durable).
 //! * Transport: real replicas on loopback replicate, answer read indexes,
 //!   refuse other clusters and garbage, catch a new learner up with a
-//!   snapshot, and reconnect after a peer restarts.
+//!   snapshot, and reconnect after a peer restarts; appends travel on the
+//!   append stream, and as unary calls to a replica without one.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use cairn_meta::fs::store::SledKv;
 use cairn_meta::fs::{Command, FsState, Op, Reply};
 use cairn_meta::raft::log_store::LogStore;
-use cairn_meta::raft::network::{ClusterId, Network, RaftTransport, raft_config, read_index};
+use cairn_meta::raft::network::{
+    ClusterId, MAX_MESSAGE_BYTES, Network, RaftTransport, raft_config, read_index,
+};
 use cairn_meta::raft::replicate_during_sync;
 use cairn_meta::raft::state_machine::StateMachineStore;
 use cairn_meta::raft::types::{Entry, LogId, MetaRaft, TypeConfig};
@@ -303,6 +307,59 @@ fn bad_snapshots_are_refused_not_fatal_to_the_process() -> TestResult {
 // ---------------------------------------------------------------------------
 // Transport
 
+/// A replica's Raft service that counts the appends it gets as unary
+/// calls and, as an older version would, may serve no append stream.
+struct Served {
+    inner: RaftTransport,
+    streams: bool,
+    unary_appends: Arc<AtomicU64>,
+}
+
+#[tonic::async_trait]
+impl cairn_proto::raft::raft_server::Raft for Served {
+    type AppendStreamStream =
+        <RaftTransport as cairn_proto::raft::raft_server::Raft>::AppendStreamStream;
+
+    async fn append_entries(
+        &self,
+        request: tonic::Request<RaftMessage>,
+    ) -> Result<tonic::Response<RaftMessage>, tonic::Status> {
+        self.unary_appends.fetch_add(1, Ordering::Relaxed);
+        self.inner.append_entries(request).await
+    }
+
+    async fn append_stream(
+        &self,
+        request: tonic::Request<tonic::Streaming<RaftMessage>>,
+    ) -> Result<tonic::Response<Self::AppendStreamStream>, tonic::Status> {
+        if !self.streams {
+            return Err(tonic::Status::unimplemented("no AppendStream here"));
+        }
+        self.inner.append_stream(request).await
+    }
+
+    async fn vote(
+        &self,
+        request: tonic::Request<RaftMessage>,
+    ) -> Result<tonic::Response<RaftMessage>, tonic::Status> {
+        self.inner.vote(request).await
+    }
+
+    async fn install_snapshot(
+        &self,
+        request: tonic::Request<RaftMessage>,
+    ) -> Result<tonic::Response<RaftMessage>, tonic::Status> {
+        self.inner.install_snapshot(request).await
+    }
+
+    async fn read_index(
+        &self,
+        request: tonic::Request<RaftMessage>,
+    ) -> Result<tonic::Response<RaftMessage>, tonic::Status> {
+        self.inner.read_index(request).await
+    }
+}
+
 struct TestNode {
     id: u64,
     addr: SocketAddr,
@@ -310,7 +367,11 @@ struct TestNode {
     fs: Arc<FsState>,
     log: LogStore,
     cluster_id: ClusterId,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    /// Whether the node serves append streams.
+    streams: bool,
+    /// Appends the node got as unary calls.
+    unary_appends: Arc<AtomicU64>,
+    stop: Option<tokio::sync::watch::Sender<bool>>,
     server: Option<tokio::task::JoinHandle<()>>,
     _dir: TempDir,
 }
@@ -342,6 +403,8 @@ impl TestNode {
             fs,
             log,
             cluster_id,
+            streams: true,
+            unary_appends: Arc::default(),
             stop: None,
             server: None,
             _dir: dir,
@@ -351,15 +414,21 @@ impl TestNode {
     }
 
     fn serve(&mut self, listener: tokio::net::TcpListener) {
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let svc =
-            RaftTransport::new(self.raft.clone(), self.id, self.cluster_id.clone()).into_server();
+        let (tx, mut rx) = tokio::sync::watch::channel(false);
+        let svc = cairn_proto::raft::raft_server::RaftServer::new(Served {
+            inner: RaftTransport::new(self.raft.clone(), self.id, self.cluster_id.clone())
+                .stop_streams_on(rx.clone()),
+            streams: self.streams,
+            unary_appends: self.unary_appends.clone(),
+        })
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES);
         let incoming =
             tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
         let server = tonic::transport::Server::builder()
             .add_service(svc)
             .serve_with_incoming_shutdown(incoming, async move {
-                let _ = rx.await;
+                let _ = rx.wait_for(|s| *s).await;
             });
         self.stop = Some(tx);
         self.server = Some(tokio::spawn(async move {
@@ -369,7 +438,7 @@ impl TestNode {
 
     async fn stop_serving(&mut self) {
         if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
+            let _ = stop.send(true);
         }
         if let Some(server) = self.server.take() {
             let _ = server.await;
@@ -397,9 +466,23 @@ async fn write(raft: &MetaRaft, op: Op) -> Result<(LogId, Reply), Box<dyn std::e
 /// Starts three replicas of `cluster`, initializes them, and returns them
 /// with the id of the leader they elected.
 async fn start_three(cluster: &str) -> Result<(Vec<TestNode>, u64), Box<dyn std::error::Error>> {
+    start_three_streaming(cluster, true).await
+}
+
+/// [`start_three`], with or without append streams served.
+async fn start_three_streaming(
+    cluster: &str,
+    streams: bool,
+) -> Result<(Vec<TestNode>, u64), Box<dyn std::error::Error>> {
     let mut nodes = Vec::new();
     for id in 1..=3 {
-        nodes.push(TestNode::start(id, cluster, 1_000).await?);
+        let mut node = TestNode::start(id, cluster, 1_000).await?;
+        if !streams {
+            node.stop_serving().await;
+            node.streams = false;
+            node.serve(tokio::net::TcpListener::bind(node.addr).await?);
+        }
+        nodes.push(node);
     }
     let members: BTreeMap<u64, BasicNode> = nodes.iter().map(|n| (n.id, n.node())).collect();
     nodes[0].raft.initialize(members).await?;
@@ -670,6 +753,79 @@ async fn a_write_takes_effect_only_once_the_leaders_own_copy_is_durable() -> Tes
             .applied_index_at_least(Some(index), "applied everywhere after the sync")
             .await?;
     }
+    for n in nodes {
+        n.shutdown().await;
+    }
+    Ok(())
+}
+
+/// Writes `n` allocations through the leader of `nodes` and waits until
+/// every replica applied them in order.
+async fn replicate(nodes: &[TestNode], leader_id: u64, cluster: &str, n: u64) -> TestResult {
+    let leader = nodes
+        .iter()
+        .find(|n| n.id == leader_id)
+        .ok_or("leader not a node")?;
+    write(
+        &leader.raft,
+        Op::InitCluster {
+            cluster_id: cluster.into(),
+        },
+    )
+    .await?;
+    let mut last = None;
+    for i in 0..n {
+        let (log_id, reply) = write(
+            &leader.raft,
+            Op::AllocateNodeId {
+                addr: format!("n{i}"),
+            },
+        )
+        .await?;
+        assert_eq!(reply, Reply::NodeId(2 + i), "applied once, in order");
+        last = Some(log_id);
+    }
+    for node in nodes {
+        node.raft
+            .wait(Some(WAIT))
+            .applied_index_at_least(last.map(|l| l.index), "replicated")
+            .await?;
+        assert_eq!(node.fs.cluster_id()?, Some(cluster.to_string()));
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn appends_travel_on_the_append_stream() -> TestResult {
+    let cluster = "streams";
+    let (nodes, leader_id) = start_three_streaming(cluster, true).await?;
+    replicate(&nodes, leader_id, cluster, 50).await?;
+    // A replication connection's first append is unary, the rest stream.
+    for n in &nodes {
+        let unary = n.unary_appends.load(Ordering::Relaxed);
+        assert!(
+            unary <= 3,
+            "node {} got {unary} of 50 appends as unary calls",
+            n.id
+        );
+    }
+    for n in nodes {
+        n.shutdown().await;
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn replicas_without_append_streams_get_unary_appends() -> TestResult {
+    let cluster = "no-streams";
+    let (nodes, leader_id) = start_three_streaming(cluster, false).await?;
+    replicate(&nodes, leader_id, cluster, 50).await?;
+    let unary: u64 = nodes
+        .iter()
+        .filter(|n| n.id != leader_id)
+        .map(|n| n.unary_appends.load(Ordering::Relaxed))
+        .sum();
+    assert!(unary >= 50, "the followers got {unary} unary appends");
     for n in nodes {
         n.shutdown().await;
     }

@@ -7,6 +7,14 @@
 //!   lazily on the first RPC (connect timeout [`CONNECT_TIMEOUT`],
 //!   `TCP_NODELAY` on: without it every RPC waits ~40 ms for Nagle) and
 //!   dropped on a transport error, so the next RPC reconnects.
+//!   AppendEntries after a connection's first go over one long-lived
+//!   `AppendStream` call per connection (one DATA frame each way per
+//!   append, no new HTTP/2 stream, no server task per message), opened on
+//!   the second append and dropped on any failure or timeout, so the next
+//!   append opens a new one (see `NetworkConnection::exchange`); a peer
+//!   that answers UNIMPLEMENTED (an older version) gets unary appends for
+//!   [`UNARY_FALLBACK`] before a stream is tried again. Votes, snapshots
+//!   and read indexes stay unary: they are rare.
 //! * Server side: [`RaftTransport`] implements the generated
 //!   `cairn.raft.v1.Raft` service and feeds requests to the local
 //!   [`MetaRaft`]; [`RaftTransport::into_server`] gives the service with the
@@ -208,13 +216,19 @@ async fn call(
         Rpc::ReadIndex => client.read_index(request).await,
     }?
     .into_inner();
+    check_reply_cluster(&ours, &reply)?;
+    Ok(reply.payload)
+}
+
+/// Refuses a reply from a replica of another cluster than `ours`.
+fn check_reply_cluster(ours: &str, reply: &RaftMessage) -> Result<(), Status> {
     if !ours.is_empty() && !reply.cluster_id.is_empty() && reply.cluster_id != ours {
         return Err(Status::failed_precondition(format!(
             "reply from cluster {}, this replica belongs to {ours}",
             reply.cluster_id
         )));
     }
-    Ok(reply.payload)
+    Ok(())
 }
 
 /// Why an RPC did not get a reply, in openraft's retry classes.
@@ -346,6 +360,9 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             node: node.clone(),
             acked: None,
             durable: self.durable.clone(),
+            stream: None,
+            unary_until: None,
+            appends: 0,
             peer: Peer {
                 target,
                 addr: node.addr.clone(),
@@ -398,7 +415,13 @@ impl Peer {
 
     async fn call(&self, rpc: Rpc, payload: Vec<u8>) -> Result<Vec<u8>, Failure> {
         let channel = self.channel().await?;
-        match call(channel, rpc, payload, &self.cluster_id, self.target).await {
+        let r = call(channel, rpc, payload, &self.cluster_id, self.target).await;
+        self.outcome(rpc, r)
+    }
+
+    /// Notes a reply as contact, or a failure (dropping a broken channel).
+    fn outcome(&self, rpc: Rpc, r: Result<Vec<u8>, Status>) -> Result<Vec<u8>, Failure> {
+        match r {
             Ok(bytes) => {
                 self.contacts
                     .lock()
@@ -415,7 +438,62 @@ impl Peer {
             }
         }
     }
+
+    /// Opens an append stream on the cached channel.
+    async fn open_stream(&self) -> Result<AppendStream, Status> {
+        let channel = self.channel().await.map_err(|f| match f {
+            Failure::Unreachable(e) => Status::unavailable(e.to_string()),
+            Failure::Network(e) => Status::unknown(e.to_string()),
+        })?;
+        let (tx, rx) = tokio::sync::mpsc::channel(1);
+        let replies = client(channel)
+            .append_stream(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await?
+            .into_inner();
+        Ok(AppendStream { tx, replies })
+    }
+
+    /// Sends one append on `stream` and reads its reply.
+    async fn exchange(
+        &self,
+        stream: &mut AppendStream,
+        payload: Vec<u8>,
+    ) -> Result<Vec<u8>, Status> {
+        let ours = self.cluster_id.get();
+        stream
+            .tx
+            .send(RaftMessage {
+                payload,
+                cluster_id: ours.clone(),
+                to_node_id: self.target,
+            })
+            .await
+            .map_err(|_| Status::unavailable("the append stream was closed"))?;
+        let reply = stream
+            .replies
+            .message()
+            .await?
+            .ok_or_else(|| Status::unavailable("the append stream ended"))?;
+        check_reply_cluster(&ours, &reply)?;
+        Ok(reply.payload)
+    }
 }
+
+/// A long-lived `AppendStream` call to one peer (see the proto): one reply
+/// per message, in order. Its holder takes it for each exchange and puts
+/// it back only after reading the reply, so a call dropped in between (a
+/// timeout) drops the stream with it, and no reply can answer the wrong
+/// message.
+#[derive(Debug)]
+struct AppendStream {
+    tx: tokio::sync::mpsc::Sender<RaftMessage>,
+    replies: tonic::Streaming<RaftMessage>,
+}
+
+/// How long a connection sends appends as unary calls after the peer
+/// answered UNIMPLEMENTED to a stream (an older version), before it tries
+/// a stream again.
+const UNARY_FALLBACK: Duration = Duration::from_secs(60);
 
 /// A connection to one peer, used by openraft's replication and election
 /// tasks.
@@ -428,6 +506,12 @@ pub struct NetworkConnection {
     acked: Option<Acked>,
     /// See [`Network::cap_commit_at`].
     durable: Option<DurableLog>,
+    /// The append stream to the peer, once open.
+    stream: Option<AppendStream>,
+    /// Appends go as unary calls until then (the peer has no streams).
+    unary_until: Option<Instant>,
+    /// Appends sent on this connection.
+    appends: u64,
 }
 
 /// An append the peer acknowledged: when it was sent, under which vote,
@@ -456,7 +540,7 @@ impl NetworkConnection {
     /// hard TTL. `sender` is our node id (from the request's vote), for the
     /// timeout report.
     async fn send<Resp, E>(
-        &self,
+        &mut self,
         action: RPCTypes,
         rpc: Rpc,
         payload: Vec<u8>,
@@ -468,11 +552,12 @@ impl NetworkConnection {
         E: std::error::Error + DeserializeOwned,
     {
         let ttl = option.hard_ttl();
-        let bytes = match tokio::time::timeout(ttl, self.peer.call(rpc, payload)).await {
+        let bytes = match tokio::time::timeout(ttl, self.exchange(rpc, payload)).await {
             Err(_) => {
                 // A connection that stalls (packets dropped by a partition)
                 // can take TCP's retransmission backoff — seconds — to
                 // recover after the network heals: start afresh instead.
+                self.stream = None;
                 self.peer.forget();
                 return Err(RPCError::Timeout(Timeout {
                     action,
@@ -496,6 +581,45 @@ impl NetworkConnection {
                 e,
             ))
         })
+    }
+}
+
+impl NetworkConnection {
+    /// Sends `payload` as `rpc` and returns the reply's payload: appends
+    /// after a connection's first on the peer's append stream (opened then,
+    /// dropped on any failure so the next append opens a new one), the
+    /// rest as unary calls. The first goes unary because openraft makes a
+    /// connection for each single append of a leadership check (a read
+    /// index), where opening a stream would cost a round trip more; its
+    /// replication tasks keep theirs.
+    async fn exchange(&mut self, rpc: Rpc, payload: Vec<u8>) -> Result<Vec<u8>, Failure> {
+        let append = matches!(rpc, Rpc::AppendEntries);
+        let streams =
+            append && self.appends > 0 && self.unary_until.is_none_or(|t| Instant::now() >= t);
+        if append {
+            self.appends += 1;
+        }
+        if !streams {
+            return self.peer.call(rpc, payload).await;
+        }
+        let mut stream = match self.stream.take() {
+            Some(s) => s,
+            None => match self.peer.open_stream().await {
+                Ok(s) => s,
+                Err(status) if status.code() == Code::Unimplemented => {
+                    tracing::info!(target_node = self.peer.target, addr = %self.peer.addr,
+                        "the peer serves no append stream (an older version): unary appends");
+                    self.unary_until = Some(Instant::now() + UNARY_FALLBACK);
+                    return self.peer.call(rpc, payload).await;
+                }
+                Err(status) => return self.peer.outcome(rpc, Err(status)),
+            },
+        };
+        let r = self.peer.exchange(&mut stream, payload).await;
+        if r.is_ok() {
+            self.stream = Some(stream);
+        }
+        self.peer.outcome(rpc, r)
     }
 }
 
@@ -623,6 +747,8 @@ pub struct RaftTransport {
     raft: MetaRaft,
     node_id: u64,
     cluster_id: ClusterId,
+    /// Ends the append streams (see [`Self::stop_streams_on`]).
+    stop: Option<tokio::sync::watch::Receiver<bool>>,
 }
 
 impl RaftTransport {
@@ -635,7 +761,18 @@ impl RaftTransport {
             raft,
             node_id,
             cluster_id: cluster_id.into(),
+            stop: None,
         }
+    }
+
+    /// Ends every append stream once `stop` turns true. A server's
+    /// graceful shutdown waits for its calls to end, and an append stream
+    /// otherwise ends only when its leader closes it: give the server's
+    /// own stop signal.
+    #[must_use]
+    pub fn stop_streams_on(mut self, stop: tokio::sync::watch::Receiver<bool>) -> Self {
+        self.stop = Some(stop);
+        self
     }
 
     /// Refuses a message of another cluster or for another node id.
@@ -666,7 +803,11 @@ impl RaftTransport {
 
     /// Checks the sender's cluster id and decodes the payload.
     fn open<T: DeserializeOwned>(&self, request: Request<RaftMessage>) -> Result<T, Status> {
-        let msg = request.into_inner();
+        self.open_message(request.into_inner())
+    }
+
+    /// [`Self::open`] of a message of a stream.
+    fn open_message<T: DeserializeOwned>(&self, msg: RaftMessage) -> Result<T, Status> {
         self.check(&msg)?;
         decode(&msg.payload)
             .map_err(|e| Status::invalid_argument(format!("undecodable raft message: {e}")))
@@ -698,8 +839,42 @@ fn describe_read_index_error(
     }
 }
 
+/// The replies of an append stream, in the order of its requests.
+type AppendReplies =
+    std::pin::Pin<Box<dyn futures::Stream<Item = Result<RaftMessage, Status>> + Send + 'static>>;
+
 #[tonic::async_trait]
 impl Raft for RaftTransport {
+    type AppendStreamStream = AppendReplies;
+
+    /// Each message is handled as [`Self::append_entries`] handles a call,
+    /// one at a time and in order, by the task that serves the stream (no
+    /// task per message); the first failure ends the stream with its
+    /// status.
+    #[tracing::instrument(level = "debug", skip_all)]
+    async fn append_stream(
+        &self,
+        request: Request<tonic::Streaming<RaftMessage>>,
+    ) -> Result<Response<AppendReplies>, Status> {
+        use futures::StreamExt as _;
+        let this = self.clone();
+        let replies = request.into_inner().then(move |msg| {
+            let this = this.clone();
+            async move {
+                let rpc: AppendEntriesRequest<TypeConfig> = this.open_message(msg?)?;
+                let result = this.raft.append_entries(rpc).await;
+                this.reply(&result).map(Response::into_inner)
+            }
+        });
+        let Some(mut stop) = self.stop.clone() else {
+            return Ok(Response::new(Box::pin(replies)));
+        };
+        let stopped = async move {
+            let _ = stop.wait_for(|s| *s).await;
+        };
+        Ok(Response::new(Box::pin(replies.take_until(stopped))))
+    }
+
     #[tracing::instrument(level = "debug", skip_all)]
     async fn append_entries(
         &self,
