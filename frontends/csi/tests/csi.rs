@@ -1005,6 +1005,28 @@ async fn body(dir: &Path, cluster: &DataCluster) -> Result<()> {
         client.read_file("/pvc-snap/data.bin").await? == b"changed"[..],
         "a clone's writes leave its source alone"
     );
+    // A clone of the clone: the source's data read through two snapshots.
+    ctl.create_volume(clone_req("pvc-clone-of-clone", "pvc-clone", class()))
+        .await?;
+    ensure!(
+        client.read_file("/pvc-clone-of-clone/data.bin").await? == b"the clone's own"[..],
+        "a clone of a clone reads what the clone held"
+    );
+    ensure!(
+        code(
+            ctl.delete_volume(pb::DeleteVolumeRequest {
+                volume_id: "pvc-clone".into(),
+                ..Default::default()
+            })
+            .await
+        ) == Code::FailedPrecondition,
+        "a clone with a clone of its own stays"
+    );
+    ctl.delete_volume(pb::DeleteVolumeRequest {
+        volume_id: "pvc-clone-of-clone".into(),
+        ..Default::default()
+    })
+    .await?;
     let meta_snapshots = |v: &'static str| {
         let client = client.clone();
         async move {
