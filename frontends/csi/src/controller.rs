@@ -362,7 +362,22 @@ impl Controller {
                 shares_data_with(&src, policy, check, &format!("volume {source}"))?;
                 match self.meta.create_snapshot(source, &snap).await {
                     Ok(_) => tracing::info!(volume = name, source, "cloning volume"),
-                    Err(e) if e.code == ErrorCode::Exists => {}
+                    // Made meanwhile by a concurrent attempt, or the
+                    // snapshot of an earlier clone of this name is still
+                    // being deleted (meta lists it no more).
+                    Err(e) if e.code == ErrorCode::Exists => {
+                        let listed = self
+                            .all_snapshots(Some(source))
+                            .await?
+                            .iter()
+                            .any(|(_, s)| s.name == snap);
+                        if !listed {
+                            return Err(Status::aborted(format!(
+                                "the snapshot of an earlier clone {name} of {source} is still \
+                                 being deleted; retry"
+                            )));
+                        }
+                    }
                     Err(e) => return Err(status(&format!("snapshot {snap} of {source}"), &e)),
                 }
             }
@@ -370,17 +385,36 @@ impl Controller {
         let made = self
             .restore(name, &snapshot_id(source, &snap), policy, check, quota)
             .await;
-        if let Err(e) = &made
-            && matches!(
-                e.code(),
-                tonic::Code::InvalidArgument | tonic::Code::OutOfRange
-            )
-        {
-            // Refused for good (a capacity below what the source holds):
-            // the snapshot would only keep the source from being deleted.
-            let _ = self.meta.delete_snapshot(source, &snap).await;
+        let Err(e) = made else { return Ok(()) };
+        if matches!(
+            e.code(),
+            tonic::Code::Aborted | tonic::Code::Unavailable | tonic::Code::DeadlineExceeded
+        ) {
+            return Err(e); // retried: still restoring, or meta unreachable
         }
-        made
+        // Refused for good (a capacity below what the source holds, or
+        // the name taken meanwhile): unless a restore of the snapshot into
+        // `name` exists, the snapshot would only keep the source from ever
+        // being deleted, so it goes, or the refusal becomes retryable.
+        let restoring = self
+            .meta
+            .restore_status(name)
+            .await
+            .is_ok_and(|r| r.source_volume == source && r.snapshot == snap);
+        if !restoring {
+            match self.meta.delete_snapshot(source, &snap).await {
+                Ok(_) => {}
+                Err(d) if d.code == ErrorCode::NotFound => {}
+                Err(d) => {
+                    return Err(Status::unavailable(format!(
+                        "{}; and the snapshot taken for the clone could not be deleted yet \
+                         ({d}): retry",
+                        e.message()
+                    )));
+                }
+            }
+        }
+        Err(e)
     }
 
     /// Deletes the snapshot clone `name` was made from, if any, wherever
@@ -677,6 +711,13 @@ impl pb::controller_server::Controller for Controller {
         if let Some(source) = source {
             let made = match &source {
                 Source::Snapshot(s) => {
+                    // The snapshots clones read are the driver's, not a
+                    // content source the CO could name.
+                    if parse_snapshot_id(&s.snapshot_id)
+                        .is_some_and(|(_, n)| n.starts_with(CLONE_PREFIX))
+                    {
+                        return Err(Status::not_found(format!("no snapshot {}", s.snapshot_id)));
+                    }
                     self.restore(&name, &s.snapshot_id, &policy, check.as_ref(), quota)
                         .await
                 }

@@ -1067,6 +1067,29 @@ async fn body(dir: &Path, cluster: &DataCluster) -> Result<()> {
             Code::InvalidArgument,
             "a clone keeps its source's replication",
         ),
+        (
+            // Refused once the snapshot is taken: it is deleted again.
+            pb::CreateVolumeRequest {
+                volume_content_source: Some(from_volume("pvc-snap")),
+                ..create_req("pvc-clone-2", 1, class())
+            },
+            Code::OutOfRange,
+            "a clone smaller than its source holds",
+        ),
+        (
+            pb::CreateVolumeRequest {
+                volume_content_source: Some(pb::VolumeContentSource {
+                    r#type: Some(pb::volume_content_source::Type::Snapshot(
+                        pb::volume_content_source::SnapshotSource {
+                            snapshot_id: "pvc-snap/csi-clone-pvc-clone".into(),
+                        },
+                    )),
+                }),
+                ..create_req("pvc-clone-2", 1 << 30, class())
+            },
+            Code::NotFound,
+            "a clone's snapshot is no content source",
+        ),
     ] {
         ensure!(code(ctl.create_volume(req).await) == want, "{why}");
     }

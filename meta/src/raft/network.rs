@@ -794,7 +794,9 @@ impl RaftTransport {
     }
 
     /// Returns the tonic service, with the message-size limits of the
-    /// transport.
+    /// transport. Without [`Self::stop_streams_on`] its append streams end
+    /// only when their leaders close them, so a graceful shutdown of its
+    /// server waits for that.
     pub fn into_server(self) -> RaftServer<Self> {
         RaftServer::new(self)
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
