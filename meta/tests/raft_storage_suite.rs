@@ -508,42 +508,7 @@ async fn three_replicas_replicate_read_index_and_snapshot_a_learner() -> TestRes
         .find(|n| n.id != leader_id)
         .ok_or("no follower")?;
 
-    write(
-        &leader.raft,
-        Op::InitCluster {
-            cluster_id: cluster.into(),
-        },
-    )
-    .await?;
-    let mut last = None;
-    for i in 0..30 {
-        let (log_id, reply) = write(
-            &leader.raft,
-            Op::AllocateNodeId {
-                addr: format!("n{i}"),
-            },
-        )
-        .await?;
-        assert_eq!(
-            reply,
-            Reply::NodeId(2 + i),
-            "allocations are applied once, in order"
-        );
-        last = Some(log_id);
-    }
-    let last = last.ok_or("nothing written")?;
-    for n in &nodes {
-        n.raft
-            .wait(Some(WAIT))
-            .applied_index_at_least(Some(last.index), "replicated")
-            .await?;
-        assert_eq!(
-            n.fs.cluster_id()?,
-            Some(cluster.to_string()),
-            "node {}",
-            n.id
-        );
-    }
+    let last = replicate(&nodes, leader_id, cluster, 30).await?;
 
     // Read index: the leader answers, a follower says who leads, another
     // cluster is refused.
@@ -759,9 +724,14 @@ async fn a_write_takes_effect_only_once_the_leaders_own_copy_is_durable() -> Tes
     Ok(())
 }
 
-/// Writes `n` allocations through the leader of `nodes` and waits until
-/// every replica applied them in order.
-async fn replicate(nodes: &[TestNode], leader_id: u64, cluster: &str, n: u64) -> TestResult {
+/// Writes `n` allocations through the leader of `nodes`, waits until every
+/// replica applied them in order, and returns the last one's log id.
+async fn replicate(
+    nodes: &[TestNode],
+    leader_id: u64,
+    cluster: &str,
+    n: u64,
+) -> Result<LogId, Box<dyn std::error::Error>> {
     let leader = nodes
         .iter()
         .find(|n| n.id == leader_id)
@@ -785,14 +755,20 @@ async fn replicate(nodes: &[TestNode], leader_id: u64, cluster: &str, n: u64) ->
         assert_eq!(reply, Reply::NodeId(2 + i), "applied once, in order");
         last = Some(log_id);
     }
+    let last = last.ok_or("nothing written")?;
     for node in nodes {
         node.raft
             .wait(Some(WAIT))
-            .applied_index_at_least(last.map(|l| l.index), "replicated")
+            .applied_index_at_least(Some(last.index), "replicated")
             .await?;
-        assert_eq!(node.fs.cluster_id()?, Some(cluster.to_string()));
+        assert_eq!(
+            node.fs.cluster_id()?,
+            Some(cluster.to_string()),
+            "node {}",
+            node.id
+        );
     }
-    Ok(())
+    Ok(last)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
