@@ -416,8 +416,12 @@ impl TestNode {
     fn serve(&mut self, listener: tokio::net::TcpListener) {
         let (tx, mut rx) = tokio::sync::watch::channel(false);
         let svc = cairn_proto::raft::raft_server::RaftServer::new(Served {
-            inner: RaftTransport::new(self.raft.clone(), self.id, self.cluster_id.clone())
-                .stop_streams_on(rx.clone()),
+            inner: RaftTransport::new(
+                self.raft.clone(),
+                self.id,
+                self.cluster_id.clone(),
+                rx.clone(),
+            ),
             streams: self.streams,
             unary_appends: self.unary_appends.clone(),
         })

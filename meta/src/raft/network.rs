@@ -17,8 +17,8 @@
 //!   and read indexes stay unary: they are rare.
 //! * Server side: [`RaftTransport`] implements the generated
 //!   `cairn.raft.v1.Raft` service and feeds requests to the local
-//!   [`MetaRaft`]; [`RaftTransport::into_server`] gives the service with the
-//!   message-size limits set.
+//!   [`MetaRaft`]; its server must allow messages of
+//!   [`MAX_MESSAGE_BYTES`] both ways.
 //! * [`raft_config`]: the openraft [`Config`](openraft::Config) of a replica.
 //!
 //! Elided appends: openraft 0.9 follows every commit with an empty
@@ -64,7 +64,7 @@ use std::time::{Duration, Instant};
 use bincode::Options;
 use cairn_proto::raft::RaftMessage;
 use cairn_proto::raft::raft_client::RaftClient;
-use cairn_proto::raft::raft_server::{Raft, RaftServer};
+use cairn_proto::raft::raft_server::Raft;
 use openraft::error::{
     InstallSnapshotError, NetworkError, PayloadTooLarge, RPCError, RaftError, RemoteError, Timeout,
     Unreachable,
@@ -362,7 +362,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             durable: self.durable.clone(),
             stream: None,
             unary_until: None,
-            appends: 0,
+            appended: false,
             peer: Peer {
                 target,
                 addr: node.addr.clone(),
@@ -510,8 +510,8 @@ pub struct NetworkConnection {
     stream: Option<AppendStream>,
     /// Appends go as unary calls until then (the peer has no streams).
     unary_until: Option<Instant>,
-    /// Appends sent on this connection.
-    appends: u64,
+    /// Whether this connection sent an append yet.
+    appended: bool,
 }
 
 /// An append the peer acknowledged: when it was sent, under which vote,
@@ -557,7 +557,6 @@ impl NetworkConnection {
                 // A connection that stalls (packets dropped by a partition)
                 // can take TCP's retransmission backoff — seconds — to
                 // recover after the network heals: start afresh instead.
-                self.stream = None;
                 self.peer.forget();
                 return Err(RPCError::Timeout(Timeout {
                     action,
@@ -582,9 +581,7 @@ impl NetworkConnection {
             ))
         })
     }
-}
 
-impl NetworkConnection {
     /// Sends `payload` as `rpc` and returns the reply's payload: appends
     /// after a connection's first on the peer's append stream (opened then,
     /// dropped on any failure so the next append opens a new one), the
@@ -595,10 +592,8 @@ impl NetworkConnection {
     async fn exchange(&mut self, rpc: Rpc, payload: Vec<u8>) -> Result<Vec<u8>, Failure> {
         let append = matches!(rpc, Rpc::AppendEntries);
         let streams =
-            append && self.appends > 0 && self.unary_until.is_none_or(|t| Instant::now() >= t);
-        if append {
-            self.appends += 1;
-        }
+            append && self.appended && self.unary_until.is_none_or(|t| Instant::now() >= t);
+        self.appended |= append;
         if !streams {
             return self.peer.call(rpc, payload).await;
         }
@@ -747,32 +742,30 @@ pub struct RaftTransport {
     raft: MetaRaft,
     node_id: u64,
     cluster_id: ClusterId,
-    /// Ends the append streams (see [`Self::stop_streams_on`]).
-    stop: Option<tokio::sync::watch::Receiver<bool>>,
+    /// The server's stop signal: ends the append streams.
+    stop: tokio::sync::watch::Receiver<bool>,
 }
 
 impl RaftTransport {
     /// Returns the service feeding `raft`, refusing messages of clusters
     /// other than `cluster_id` (a shared [`ClusterId`] handle, or a fixed
     /// id; empty: unknown, nothing is refused) and messages addressed to a
-    /// node id other than `node_id`.
-    pub fn new(raft: MetaRaft, node_id: u64, cluster_id: impl Into<ClusterId>) -> Self {
+    /// node id other than `node_id`. Its append streams end once `stop`
+    /// (the server's own stop signal) turns true or its sender is gone: a
+    /// graceful shutdown waits for every call to end, and an append stream
+    /// otherwise ends only when its leader closes it.
+    pub fn new(
+        raft: MetaRaft,
+        node_id: u64,
+        cluster_id: impl Into<ClusterId>,
+        stop: tokio::sync::watch::Receiver<bool>,
+    ) -> Self {
         Self {
             raft,
             node_id,
             cluster_id: cluster_id.into(),
-            stop: None,
+            stop,
         }
-    }
-
-    /// Ends every append stream once `stop` turns true. A server's
-    /// graceful shutdown waits for its calls to end, and an append stream
-    /// otherwise ends only when its leader closes it: give the server's
-    /// own stop signal.
-    #[must_use]
-    pub fn stop_streams_on(mut self, stop: tokio::sync::watch::Receiver<bool>) -> Self {
-        self.stop = Some(stop);
-        self
     }
 
     /// Refuses a message of another cluster or for another node id.
@@ -791,16 +784,6 @@ impl RaftTransport {
             )));
         }
         Ok(())
-    }
-
-    /// Returns the tonic service, with the message-size limits of the
-    /// transport. Without [`Self::stop_streams_on`] its append streams end
-    /// only when their leaders close them, so a graceful shutdown of its
-    /// server waits for that.
-    pub fn into_server(self) -> RaftServer<Self> {
-        RaftServer::new(self)
-            .max_decoding_message_size(MAX_MESSAGE_BYTES)
-            .max_encoding_message_size(MAX_MESSAGE_BYTES)
     }
 
     /// Checks the sender's cluster id and decodes the payload.
@@ -868,9 +851,7 @@ impl Raft for RaftTransport {
                 this.reply(&result).map(Response::into_inner)
             }
         });
-        let Some(mut stop) = self.stop.clone() else {
-            return Ok(Response::new(Box::pin(replies)));
-        };
+        let mut stop = self.stop.clone();
         let stopped = async move {
             let _ = stop.wait_for(|s| *s).await;
         };
