@@ -29,8 +29,17 @@
 //! * The **reader task** decodes replies with a [`FrameDecoder`] on a
 //!   [`BytesMut`] read buffer (payloads are views of that buffer, not
 //!   copies) and hands each reply to the caller waiting for it through a
-//!   `oneshot` stored in the pending map, `Mutex<HashMap<request_id, _>>`.
+//!   reply slot named in the pending map, `Mutex<HashMap<request_id, _>>`.
 //!   A reply nobody waits for any more (its caller timed out) is dropped.
+//! * **Reply slots are pooled** per connection, so a call allocates
+//!   nothing for its reply once the connection has served as many calls at
+//!   once as it now serves (DESIGN §10: a 4 KiB read allocates nothing
+//!   beyond pooled buffers; a `oneshot` channel was one allocation per
+//!   call). A slot is armed with its request's id; the reader fills it only
+//!   if it still holds that id, under the slot's lock, and the caller
+//!   disarms it under the same lock before the slot goes back to the pool,
+//!   so a late reply can never land in a slot reused by a later request
+//!   (ids are never reused on a connection).
 //!
 //! A reply with `request_id` 0 (the server's protocol error, sent before it
 //! closes), a frame that does not decode, a frame that is not a reply to a
@@ -57,6 +66,7 @@ use std::collections::HashMap;
 use std::io::IoSlice;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -66,7 +76,7 @@ use cairn_proto::ids::{ChainId, ChainVersion, ChunkId, SessionId};
 use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 /// Frames queued for the writer task before callers wait for room.
@@ -78,6 +88,9 @@ const COPY_MAX: usize = 8 << 10;
 
 /// The writer stops adding queued frames to a batch at this many bytes.
 const BATCH_BYTES: usize = 1 << 20;
+
+/// Free reply slots a connection keeps for later calls.
+const MAX_FREE_SLOTS: usize = 1024;
 
 /// Slices per vectored write (Linux allows 1024).
 const MAX_IOV: usize = 64;
@@ -186,7 +199,90 @@ impl DataError {
 struct Waiter {
     /// The request's opcode, which the reply must echo.
     opcode: Opcode,
-    tx: oneshot::Sender<Result<Frame, DataError>>,
+    slot: Arc<ReplySlot>,
+}
+
+impl Waiter {
+    /// Hands `reply` to the caller of request `id`, if it still waits.
+    fn deliver(&self, id: u64, reply: Result<Frame, DataError>) {
+        self.slot.fill(id, reply);
+    }
+}
+
+/// Where one call's reply is left for its caller (module docs: pooled).
+#[derive(Debug, Default)]
+struct ReplySlot {
+    state: Mutex<SlotState>,
+}
+
+#[derive(Debug, Default)]
+struct SlotState {
+    /// The request whose reply the slot takes; 0 while it is free.
+    id: u64,
+    reply: Option<Result<Frame, DataError>>,
+    waker: Option<Waker>,
+}
+
+impl ReplySlot {
+    /// Leaves `reply` for request `id`'s caller and wakes it; does nothing
+    /// if the slot no longer waits for `id` (its caller gave up).
+    fn fill(&self, id: u64, reply: Result<Frame, DataError>) {
+        let waker = {
+            let mut st = lock(&self.state);
+            if st.id != id || st.reply.is_some() {
+                return;
+            }
+            st.reply = Some(reply);
+            st.waker.take()
+        };
+        if let Some(w) = waker {
+            w.wake();
+        }
+    }
+
+    /// Takes the reply of request `id`, or registers `cx` for a wake-up.
+    fn poll_take(&self, id: u64, cx: &mut Context<'_>) -> Poll<Result<Frame, DataError>> {
+        let mut st = lock(&self.state);
+        debug_assert_eq!(st.id, id);
+        if let Some(reply) = st.reply.take() {
+            return Poll::Ready(reply);
+        }
+        match &st.waker {
+            Some(w) if w.will_wake(cx.waker()) => {}
+            _ => st.waker = Some(cx.waker().clone()),
+        }
+        Poll::Pending
+    }
+
+    /// Arms the slot for request `id`.
+    fn arm(&self, id: u64) {
+        let mut st = lock(&self.state);
+        st.id = id;
+        st.reply = None;
+        st.waker = None;
+    }
+
+    /// Disarms the slot: a late reply to its request is dropped.
+    fn disarm(&self) {
+        let mut st = lock(&self.state);
+        st.id = 0;
+        st.reply = None;
+        st.waker = None;
+    }
+}
+
+/// The reply of request `id`, once its slot is filled.
+struct ReplyFuture<'a> {
+    slot: &'a ReplySlot,
+    id: u64,
+}
+
+impl std::future::Future for ReplyFuture<'_> {
+    type Output = Result<Frame, DataError>;
+
+    fn poll(self: std::pin::Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        self.slot.poll_take(self.id, cx)
+    }
 }
 
 /// The socket's write half, shared by the writer task and the fast path.
@@ -204,6 +300,8 @@ struct WireHalf {
 #[derive(Debug, Default)]
 struct State {
     pending: HashMap<u64, Waiter>,
+    /// Reply slots no call holds (module docs).
+    free: Vec<Arc<ReplySlot>>,
     /// Why the connection died; `Some` once and for all.
     closed: Option<Arc<str>>,
 }
@@ -225,18 +323,34 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Shared {
-    /// Registers a waiter, or refuses if the connection is dead.
-    fn register(&self, id: u64, waiter: Waiter) -> Result<(), DataError> {
+    /// Registers a waiter for request `id` with a slot from the pool, or
+    /// refuses if the connection is dead. Returns the slot.
+    fn register(&self, id: u64, opcode: Opcode) -> Result<Arc<ReplySlot>, DataError> {
         let mut st = lock(&self.state);
         if let Some(reason) = &st.closed {
             return Err(self.closed_error(reason));
         }
-        st.pending.insert(id, waiter);
-        Ok(())
+        let slot = st.free.pop().unwrap_or_default();
+        slot.arm(id);
+        st.pending.insert(
+            id,
+            Waiter {
+                opcode,
+                slot: slot.clone(),
+            },
+        );
+        Ok(slot)
     }
 
-    fn unregister(&self, id: u64) {
-        lock(&self.state).pending.remove(&id);
+    /// Ends call `id`: forgets its waiter if no reply came, and puts its
+    /// slot back in the pool, disarmed.
+    fn release(&self, id: u64, slot: Arc<ReplySlot>) {
+        slot.disarm();
+        let mut st = lock(&self.state);
+        st.pending.remove(&id);
+        if st.free.len() < MAX_FREE_SLOTS {
+            st.free.push(slot);
+        }
     }
 
     fn closed_error(&self, reason: &str) -> DataError {
@@ -265,8 +379,8 @@ impl Shared {
         if !drained.is_empty() {
             tracing::debug!(addr = %self.addr, %reason, in_flight = drained.len(), "data connection failed");
         }
-        for (_, w) in drained {
-            let _ = w.tx.send(Err(self.closed_error(&reason)));
+        for (id, w) in drained {
+            w.deliver(id, Err(self.closed_error(&reason)));
         }
     }
 
@@ -297,10 +411,10 @@ impl Shared {
                 "reply {} is a {} reply to a {} request",
                 h.request_id, h.opcode, waiter.opcode
             );
-            let _ = waiter.tx.send(Err(self.closed_error(&why)));
+            waiter.deliver(h.request_id, Err(self.closed_error(&why)));
             return Err(why);
         }
-        let _ = waiter.tx.send(Ok(reply));
+        waiter.deliver(h.request_id, Ok(reply));
         Ok(())
     }
 }
@@ -329,18 +443,18 @@ impl Drop for DataConn {
     }
 }
 
-/// Removes a caller's pending entry when its call ends without a reply
-/// (timeout, error, or the future dropped).
-struct Unregister<'a> {
+/// Ends a call however it ends (reply, timeout, error, or the future
+/// dropped): forgets its pending entry and returns its slot to the pool.
+struct Release<'a> {
     shared: &'a Shared,
     id: u64,
-    armed: bool,
+    slot: Option<Arc<ReplySlot>>,
 }
 
-impl Drop for Unregister<'_> {
+impl Drop for Release<'_> {
     fn drop(&mut self) {
-        if self.armed {
-            self.shared.unregister(self.id);
+        if let Some(slot) = self.slot.take() {
+            self.shared.release(self.id, slot);
         }
     }
 }
@@ -425,18 +539,15 @@ impl DataConn {
         frame.validate().map_err(DataError::Protocol)?;
         let id = self.next_request_id();
         frame.header.request_id = id;
-        let (tx, rx) = oneshot::channel();
-        self.shared.register(
-            id,
-            Waiter {
-                opcode: frame.header.opcode,
-                tx,
-            },
-        )?;
-        let mut guard = Unregister {
+        let slot = self.shared.register(id, frame.header.opcode)?;
+        let guard = Release {
             shared: &self.shared,
             id,
-            armed: true,
+            slot: Some(slot),
+        };
+        let reply = ReplyFuture {
+            slot: guard.slot.as_deref().expect("held until the guard drops"),
+            id,
         };
         let exchange = async {
             if let Some(frame) = self.try_send_now(frame) {
@@ -445,14 +556,10 @@ impl DataConn {
                     .await
                     .map_err(|_| self.shared.current_closed_error())?;
             }
-            rx.await.map_err(|_| self.shared.current_closed_error())?
+            reply.await
         };
         match tokio::time::timeout(timeout, exchange).await {
-            Ok(Ok(reply)) => {
-                // The reader removed the entry when it dispatched the reply.
-                guard.armed = false;
-                Ok(reply)
-            }
+            Ok(Ok(reply)) => Ok(reply),
             Ok(Err(e)) => Err(e),
             Err(_) => Err(DataError::TimedOut {
                 addr: self.shared.addr.to_string(),
@@ -588,7 +695,7 @@ fn stage(frame: &Frame, buf: &mut BytesMut, parts: &mut Vec<Bytes>, shared: &Sha
         Err(e) => {
             let waiter = lock(&shared.state).pending.remove(&frame.header.request_id);
             if let Some(w) = waiter {
-                let _ = w.tx.send(Err(DataError::Protocol(e)));
+                w.deliver(frame.header.request_id, Err(DataError::Protocol(e)));
             }
             0
         }
@@ -928,6 +1035,7 @@ mod tests {
     use cairn_proto::frame::{HEADER_LEN, MAX_PAYLOAD, segment_count};
     use cairn_proto::ids::ObjectId;
     use tokio::net::TcpListener;
+    use tokio::sync::oneshot;
 
     const T: Duration = Duration::from_secs(5);
 
@@ -1236,6 +1344,11 @@ mod tests {
         );
         assert_eq!(reply.payload, pattern(1, 10));
         assert_eq!(conn.in_flight(), 0);
+        assert_eq!(
+            lock(&conn.shared.state).free.len(),
+            1,
+            "the three calls, one after another, took the same pooled reply slot"
+        );
         drop(conn);
         assert!(server.await.unwrap().is_none());
     }
