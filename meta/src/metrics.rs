@@ -192,6 +192,8 @@ pub struct LogIoCounters {
     pub entries_appended: AtomicU64,
     /// fsyncs that made appends or votes durable.
     pub flushes: AtomicU64,
+    /// Of those, syncs an append ran on its own task, the flusher idle.
+    pub inline_syncs: AtomicU64,
 }
 
 /// Garbage collection counters (leader side).
@@ -274,6 +276,12 @@ pub fn render(shared: &Shared, rpc: &RpcMetrics) -> String {
         "cairn_meta_raft_log_flushes_total",
         "fsyncs of the Raft log (one covers a batch of appends).",
         io.flushes.load(Ordering::Relaxed),
+    );
+    counter(
+        &mut out,
+        "cairn_meta_raft_log_inline_syncs_total",
+        "Of the Raft log fsyncs, those an append ran itself (nothing queued for the flusher thread).",
+        io.inline_syncs.load(Ordering::Relaxed),
     );
     if let Ok(s) = shared.fs.sessions() {
         gauge(

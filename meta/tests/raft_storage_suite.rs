@@ -789,6 +789,16 @@ async fn appends_travel_on_the_append_stream() -> TestResult {
             n.id
         );
     }
+    // One write at a time: a follower's append finds the flusher idle and
+    // syncs on its own task (log_store's module docs), every sync of it.
+    for n in nodes.iter().filter(|n| n.id != leader_id) {
+        let stats = n.log.stats();
+        assert!(
+            stats.inline_syncs >= 40 && stats.inline_syncs <= stats.flushes,
+            "follower {}: {stats:?}",
+            n.id
+        );
+    }
     for n in nodes {
         n.shutdown().await;
     }

@@ -20,6 +20,21 @@
 //!   append order. A follower's appends (and a leader's blank and
 //!   membership entries) complete openraft's callback only after their
 //!   sync, so a follower never acknowledges an entry it could lose.
+//! * **A sync with nothing ahead of it runs inline.** When no append is
+//!   queued for the flusher (nor being synced by it), an append that waits
+//!   for its sync (a follower's, above all) syncs on the calling task and
+//!   completes its callback there. openraft awaits that callback before its
+//!   next log command anyway, so this changes no ordering and no grouping
+//!   (appends arriving meanwhile are covered by the next sync together);
+//!   it saves the two thread hand-offs of the flusher per append, a wake-up
+//!   of the flusher and one back: measured on a follower (2 cores, three
+//!   replicas), recv → sync started was 45 µs and sync done → ack sent
+//!   50 µs through the flusher, the part of a create's critical path that
+//!   was not the disk's. The flusher's lock makes the two paths exclusive,
+//!   so callbacks still complete in append order and the watermark only
+//!   rises. A leader's early-acknowledged appends keep the flusher, since
+//!   their sync must overlap the sending of AppendEntries; so does any
+//!   append while [`LogStore::pause_syncs`] holds the gate.
 //! * **Leader appends** (when [`super::replicate_during_sync`] wired the
 //!   replica, as every running replica is). openraft 0.9's core awaits each append's
 //!   callback before it runs its next command, so a leader that waited for
@@ -99,6 +114,9 @@ pub struct LogStats {
     /// commit, so `entries_appended / flushes` is the group-commit factor,
     /// diluted by elections).
     pub flushes: u64,
+    /// Of `flushes`, those an append ran itself because nothing was queued
+    /// for the flusher (module docs).
+    pub inline_syncs: u64,
 }
 
 /// An append handed to the flusher.
@@ -190,8 +208,15 @@ struct Inner {
     /// sled's data file, fdatasync'ed after a vote's flush (see
     /// [`durable_flush`]).
     sync_file: Option<Arc<std::fs::File>>,
-    /// How far the log is durable (the flusher holds the sender).
+    /// How far the log is durable.
     durable: DurableLog,
+    /// Raises [`Self::durable`]: the flusher's and inline syncs'.
+    durable_tx: Arc<watch::Sender<Flushed>>,
+    /// Held by whoever syncs: the flusher for a whole batch, or an inline
+    /// append (module docs).
+    syncing: Arc<Mutex<()>>,
+    /// Appends handed to the flusher whose callbacks it has not completed.
+    queued: Arc<AtomicU64>,
     /// The node whose own entries, appended while it leads, are
     /// acknowledged before their sync; 0: none (every append waits).
     early_node: AtomicU64,
@@ -314,9 +339,19 @@ impl LogStore {
         let flush_counters = counters.clone();
         let sync_gate = Arc::new(SyncGate::default());
         let flush_gate = sync_gate.clone();
+        let durable_tx = Arc::new(durable_tx);
+        let syncing = Arc::new(Mutex::new(()));
+        let queued = Arc::new(AtomicU64::new(0));
+        let flusher_ends = Flusher {
+            counters: flush_counters,
+            durable: durable_tx.clone(),
+            gate: flush_gate,
+            syncing: syncing.clone(),
+            queued: queued.clone(),
+        };
         let flusher = std::thread::Builder::new()
             .name("raft-log-flush".into())
-            .spawn(move || run_flusher(&flush_rx, &flush_counters, &durable_tx, &flush_gate))
+            .spawn(move || run_flusher(&flush_rx, &flusher_ends))
             .map_err(sled::Error::Io)?;
         Ok(LogStore {
             inner: Arc::new(Inner {
@@ -328,6 +363,9 @@ impl LogStore {
                 counters,
                 sync_file,
                 durable: DurableLog { rx: durable_rx },
+                durable_tx,
+                syncing,
+                queued,
                 early_node: AtomicU64::new(0),
                 vote: Mutex::new(vote),
                 sync_gate,
@@ -381,6 +419,37 @@ impl LogStore {
             })
     }
 
+    /// Syncs an append's `files` on the calling task when nothing is
+    /// queued for the flusher or being synced by it, and completes
+    /// `callback` (module docs: "A sync with nothing ahead of it runs
+    /// inline"). Returns the callback when the append must go through the
+    /// flusher instead.
+    fn sync_inline(
+        &self,
+        files: &[Arc<std::fs::File>],
+        last: Option<LogId>,
+        callback: LogFlushed<TypeConfig>,
+    ) -> Option<LogFlushed<TypeConfig>> {
+        let inner = &self.inner;
+        if inner.queued.load(Ordering::Acquire) != 0 || inner.sync_gate.is_paused() {
+            return Some(callback);
+        }
+        let Ok(held) = inner.syncing.try_lock() else {
+            return Some(callback);
+        };
+        // Checked again under the lock: the flusher takes it before it
+        // looks at its queue and lowers the count only after its callbacks.
+        if inner.queued.load(Ordering::Acquire) != 0 {
+            return Some(callback);
+        }
+        let files: Vec<&Arc<std::fs::File>> = files.iter().collect();
+        let result = sync_files(&files, last, &inner.counters, &inner.durable_tx);
+        inner.counters.inline_syncs.fetch_add(1, Ordering::Relaxed);
+        complete(callback, &result);
+        drop(held);
+        None
+    }
+
     /// Returns the store's live counters (shared: they keep counting).
     pub fn io_counters(&self) -> Arc<LogIoCounters> {
         self.inner.counters.clone()
@@ -392,6 +461,7 @@ impl LogStore {
         LogStats {
             entries_appended: c.entries_appended.load(Ordering::Relaxed),
             flushes: c.flushes.load(Ordering::Relaxed),
+            inline_syncs: c.inline_syncs.load(Ordering::Relaxed),
         }
     }
 
@@ -522,6 +592,10 @@ impl SyncGate {
         }
     }
 
+    fn is_paused(&self) -> bool {
+        *self.paused.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
     fn wait_open(&self) {
         let mut paused = self.paused.lock().unwrap_or_else(PoisonError::into_inner);
         while *paused {
@@ -545,49 +619,72 @@ impl Drop for SyncPause {
     }
 }
 
+/// What the flusher thread shares with the store.
+struct Flusher {
+    counters: Arc<LogIoCounters>,
+    durable: Arc<watch::Sender<Flushed>>,
+    gate: Arc<SyncGate>,
+    syncing: Arc<Mutex<()>>,
+    queued: Arc<AtomicU64>,
+}
+
+/// Syncs `files` and records the outcome: the flush counted, and the
+/// durable watermark raised to `last` (or marked failed). Returns the
+/// result for the callbacks.
+fn sync_files(
+    files: &[&Arc<std::fs::File>],
+    last: Option<LogId>,
+    counters: &LogIoCounters,
+    durable: &watch::Sender<Flushed>,
+) -> Result<(), String> {
+    let result = files.iter().try_for_each(|f| f.sync_data());
+    counters.flushes.fetch_add(1, Ordering::Relaxed);
+    match result {
+        Ok(()) => {
+            durable.send_if_modified(|f| match f {
+                Flushed::Upto(u) if last > *u => {
+                    *u = last;
+                    true
+                }
+                _ => false,
+            });
+            Ok(())
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "syncing the raft log failed");
+            durable.send_replace(Flushed::Failed);
+            Err(format!("syncing the raft log: {e}"))
+        }
+    }
+}
+
+fn complete(callback: LogFlushed<TypeConfig>, result: &Result<(), String>) {
+    callback.log_io_completed(result.clone().map_err(io::Error::other));
+}
+
 /// The flusher thread: one `fdatasync` per segment file for every append
 /// queued meanwhile, then the durable watermark, then the callbacks, in
 /// append order.
-fn run_flusher(
-    rx: &mpsc::Receiver<FlushJob>,
-    counters: &LogIoCounters,
-    durable: &watch::Sender<Flushed>,
-    gate: &SyncGate,
-) {
+fn run_flusher(rx: &mpsc::Receiver<FlushJob>, f: &Flusher) {
     while let Ok(first) = rx.recv() {
+        let held = f.syncing.lock().unwrap_or_else(PoisonError::into_inner);
         let mut batch = vec![first];
         batch.extend(rx.try_iter());
         let mut files: Vec<&Arc<std::fs::File>> = Vec::new();
-        for f in batch.iter().flat_map(|j| &j.files) {
-            if !files.iter().any(|g| Arc::ptr_eq(g, f)) {
-                files.push(f);
+        for file in batch.iter().flat_map(|j| &j.files) {
+            if !files.iter().any(|g| Arc::ptr_eq(g, file)) {
+                files.push(file);
             }
         }
-        gate.wait_open();
-        let result = files.iter().try_for_each(|f| f.sync_data());
-        counters.flushes.fetch_add(1, Ordering::Relaxed);
+        f.gate.wait_open();
         let last = batch.iter().filter_map(|j| j.last).max();
-        match &result {
-            Ok(()) => {
-                durable.send_if_modified(|f| match f {
-                    Flushed::Upto(u) if last > *u => {
-                        *u = last;
-                        true
-                    }
-                    _ => false,
-                });
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "syncing the raft log failed");
-                durable.send_replace(Flushed::Failed);
-            }
-        }
+        let result = sync_files(&files, last, &f.counters, &f.durable);
+        let jobs = batch.len() as u64;
         for callback in batch.into_iter().filter_map(|j| j.callback) {
-            callback.log_io_completed(match &result {
-                Ok(()) => Ok(()),
-                Err(e) => Err(io::Error::other(format!("syncing the raft log: {e}"))),
-            });
+            complete(callback, &result);
         }
+        f.queued.fetch_sub(jobs, Ordering::Release);
+        drop(held);
     }
 }
 
@@ -691,6 +788,14 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .counters
             .entries_appended
             .fetch_add(count, Ordering::Relaxed);
+        let callback = if early {
+            callback
+        } else {
+            match self.sync_inline(&files, last, callback) {
+                None => return Ok(()),
+                Some(callback) => callback,
+            }
+        };
         let (queued, now) = if early {
             (None, Some(callback))
         } else {
@@ -703,6 +808,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         };
         // `flush_tx` is only taken while the last clone drops, so it is
         // always present here; a send fails only if the flusher panicked.
+        self.inner.queued.fetch_add(1, Ordering::AcqRel);
         let rejected = match &self.inner.flush_tx {
             Some(tx) => match tx.send(job) {
                 Ok(()) => {
