@@ -2,8 +2,10 @@
 //!
 //! # What it owns
 //! * One lazily connected tonic channel per meta address (TCP_NODELAY, 1 s
-//!   connect timeout, a per-request timeout), and a guess of which address
-//!   is the Raft leader. Leader hints may name an address that was not in
+//!   connect timeout, a per-request timeout), and on it one stream that
+//!   carries the unary calls (the `calls` module: one DATA frame per call
+//!   each way instead of an HTTP/2 stream per call), and a guess of which
+//!   address is the Raft leader. Leader hints may name an address that was not in
 //!   the list given to [`MetaClient::connect`]; it is appended.
 //! * A session ([`OpenSession`](cairn_proto::meta::OpenSessionRequest)),
 //!   opened lazily by the first mutation and renewed every third of its
@@ -36,6 +38,21 @@
 //! Every method returns [`CairnStatus`]: a stable [`ErrorCode`] and a
 //! message; `std::io::Error` has a `From` impl for it.
 
+/// One attempt of the unary call `$method` over `$link`: on its replica's
+/// call stream, or unary where the stream does not carry it.
+macro_rules! attempt {
+    ($link:ident, $method:ident, $r:ident) => {
+        match $link.calls.call(stringify!($method), &$r).await {
+            Some(res) => res,
+            None => {
+                let mut c = $link.grpc;
+                c.$method($r).await
+            }
+        }
+    };
+}
+
+mod calls;
 mod paths;
 mod releases;
 mod retry;
@@ -68,6 +85,7 @@ use tokio::time::Instant;
 use tonic::transport::{Channel, Endpoint};
 use tracing::{debug, info, warn};
 
+use self::calls::CallStream;
 use self::retry::{AddrBook, Backoff, Step, Tried, classify};
 use self::session::{Session, Ticket};
 use crate::Result;
@@ -268,6 +286,15 @@ struct Peers {
     book: AddrBook,
     /// `channels[i]` reaches `book.get(i)`.
     channels: Vec<Channel>,
+    /// `calls[i]` carries unary calls to `book.get(i)` on one stream.
+    calls: Vec<Arc<CallStream>>,
+}
+
+/// What one attempt of a call is given to reach its replica: the unary
+/// client, and the replica's call stream.
+struct Link {
+    grpc: Grpc<Channel>,
+    calls: Arc<CallStream>,
 }
 
 fn endpoint(addr: &str, opts: &MetaClientOptions) -> Result<Endpoint> {
@@ -336,11 +363,9 @@ fn check_name(name: &str) -> Result<()> {
 
 macro_rules! rpc {
     ($self:ident, $method:ident, $req:expr) => {
-        $self.call(
-            stringify!($method),
-            $req,
-            |mut c: Grpc<Channel>, r| async move { c.$method(r).await },
-        )
+        $self.call(stringify!($method), $req, |l: Link, r| async move {
+            attempt!(l, $method, r)
+        })
     };
 }
 
@@ -365,7 +390,7 @@ macro_rules! mutation {
         $self.mutate(
             stringify!($method),
             |$rid: RequestId| $req,
-            |mut c: Grpc<Channel>, r| async move { c.$method(r).await },
+            |l: Link, r| async move { attempt!(l, $method, r) },
         )
     };
 }
@@ -392,11 +417,19 @@ impl MetaClient {
             .iter()
             .map(|a| endpoint(a, &opts).map(|e| e.connect_lazy()))
             .collect::<Result<Vec<_>>>()?;
+        let calls = channels
+            .iter()
+            .map(|c| Arc::new(CallStream::new(c.clone(), opts.request_timeout)))
+            .collect();
         let (stop, _) = watch::channel(false);
         Ok(Self {
             inner: Arc::new(Inner {
                 opts,
-                peers: RwLock::new(Peers { book, channels }),
+                peers: RwLock::new(Peers {
+                    book,
+                    channels,
+                    calls,
+                }),
                 leader: AtomicUsize::new(0),
                 session: Mutex::new(None),
                 session_open: tokio::sync::Mutex::new(()),
@@ -441,6 +474,18 @@ impl MetaClient {
         (p.book.get(i).to_string(), p.channels[i].clone())
     }
 
+    /// Returns the address at `idx` (modulo the length) and the link an
+    /// attempt reaches it by.
+    fn reach(&self, idx: usize) -> (String, Link) {
+        let p = self.peers();
+        let i = idx % p.book.len();
+        let link = Link {
+            grpc: Grpc::new(p.channels[i].clone()),
+            calls: p.calls[i].clone(),
+        };
+        (p.book.get(i).to_string(), link)
+    }
+
     fn next_index(&self, idx: usize) -> usize {
         self.peers().book.next(idx)
     }
@@ -462,6 +507,10 @@ impl MetaClient {
             return Ok(i);
         }
         let i = p.book.push(addr);
+        p.calls.push(Arc::new(CallStream::new(
+            channel.clone(),
+            self.inner.opts.request_timeout,
+        )));
         p.channels.push(channel);
         Ok(i)
     }
@@ -473,7 +522,7 @@ impl MetaClient {
     async fn call<Req, Resp, F, Fut>(&self, op: &'static str, req: Req, f: F) -> Result<Resp>
     where
         Req: Clone,
-        F: Fn(Grpc<Channel>, Req) -> Fut,
+        F: Fn(Link, Req) -> Fut,
         Fut: Future<Output = Result<tonic::Response<Resp>, tonic::Status>>,
     {
         self.call_within(op, self.inner.opts.deadline, req, f).await
@@ -488,7 +537,7 @@ impl MetaClient {
     ) -> Result<Resp>
     where
         Req: Clone,
-        F: Fn(Grpc<Channel>, Req) -> Fut,
+        F: Fn(Link, Req) -> Fut,
         Fut: Future<Output = Result<tonic::Response<Resp>, tonic::Status>>,
     {
         let start = Instant::now();
@@ -500,21 +549,20 @@ impl MetaClient {
         // hints bounce (an election is under way) and deserve a backoff.
         let mut redirects = 0usize;
         loop {
-            let (addr, channel) = self.peer(idx);
+            let (addr, link) = self.reach(idx);
             tried.note(&addr);
             let remaining = deadline.saturating_duration_since(Instant::now());
-            let err =
-                match tokio::time::timeout(remaining, f(Grpc::new(channel), req.clone())).await {
-                    Ok(Ok(resp)) => {
-                        self.inner.leader.store(idx, Ordering::Relaxed);
-                        return Ok(resp.into_inner());
-                    }
-                    Ok(Err(status)) => status_to_error(&status),
-                    Err(_) => CairnStatus::new(
-                        ErrorCode::TimedOut,
-                        format!("{addr} did not answer before the deadline"),
-                    ),
-                };
+            let err = match tokio::time::timeout(remaining, f(link, req.clone())).await {
+                Ok(Ok(resp)) => {
+                    self.inner.leader.store(idx, Ordering::Relaxed);
+                    return Ok(resp.into_inner());
+                }
+                Ok(Err(status)) => status_to_error(&status),
+                Err(_) => CairnStatus::new(
+                    ErrorCode::TimedOut,
+                    format!("{addr} did not answer before the deadline"),
+                ),
+            };
             let (next, delay) = match classify(&err) {
                 Step::Stop => return Err(err),
                 Step::Redirect(hint) => match self.index_of(&hint) {
@@ -559,12 +607,12 @@ impl MetaClient {
     /// Sends one attempt of `req` to `addr` only, within the deadline.
     async fn call_at<Req, Resp, F, Fut>(&self, addr: &str, req: Req, f: F) -> Result<Resp>
     where
-        F: FnOnce(Grpc<Channel>, Req) -> Fut,
+        F: FnOnce(Link, Req) -> Fut,
         Fut: Future<Output = Result<tonic::Response<Resp>, tonic::Status>>,
     {
         let idx = self.index_of(addr)?;
-        let (addr, channel) = self.peer(idx);
-        match tokio::time::timeout(self.inner.opts.deadline, f(Grpc::new(channel), req)).await {
+        let (addr, link) = self.reach(idx);
+        match tokio::time::timeout(self.inner.opts.deadline, f(link, req)).await {
             Ok(Ok(resp)) => Ok(resp.into_inner()),
             Ok(Err(status)) => Err(status_to_error(&status)),
             Err(_) => Err(CairnStatus::new(
@@ -585,7 +633,7 @@ impl MetaClient {
     where
         Req: Clone,
         B: Fn(RequestId) -> Req,
-        F: Fn(Grpc<Channel>, Req) -> Fut,
+        F: Fn(Link, Req) -> Fut,
         Fut: Future<Output = Result<tonic::Response<Resp>, tonic::Status>>,
     {
         let mut session = self.session().await?;
@@ -706,7 +754,7 @@ impl MetaClient {
                 "renew_session",
                 s.renew_period(),
                 req,
-                |mut c, r| async move { c.renew_session(r).await },
+                |l: Link, r| async move { attempt!(l, renew_session, r) },
             )
             .await;
         match r {
@@ -752,7 +800,7 @@ impl MetaClient {
                 "close_session",
                 CLOSE_DEADLINE,
                 req,
-                |mut c, r| async move { c.close_session(r).await },
+                |l: Link, r| async move { attempt!(l, close_session, r) },
             )
             .await?;
             debug!(session = %s.id, "meta session closed");
@@ -1939,8 +1987,11 @@ impl MetaClient {
     /// The replica's error, [`ErrorCode::Unavailable`] when it cannot be
     /// reached, [`ErrorCode::TimedOut`].
     pub async fn status_at(&self, addr: &str) -> Result<StatusReply> {
-        self.call_at(addr, Empty {}, |mut c, r| async move { c.status(r).await })
-            .await
+        self.call_at(addr, Empty {}, |l, r| async move {
+            let mut c = l.grpc;
+            c.status(r).await
+        })
+        .await
     }
 
     /// Asks the cluster to add the replica at `addr` as a learner; returns

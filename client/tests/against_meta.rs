@@ -41,6 +41,7 @@ impl Cluster {
                 session_timeout: Duration::from_secs(30),
                 snapshot_every: 1000,
                 cache_bytes: 8 << 20,
+                metrics_listen: Some("127.0.0.1:0".parse().unwrap()),
                 ..MetaConfig::default()
             };
             let (stop, rx) = watch::channel(false);
@@ -74,6 +75,28 @@ impl Cluster {
         r.stop.send_replace(true);
         r.handle.take().unwrap().wait().await.unwrap();
     }
+}
+
+/// The value of the counter `name` on replica `node_id`'s metrics page.
+async fn counter(cluster: &Cluster, node_id: u64, name: &str) -> u64 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let h = cluster
+        .replicas
+        .iter()
+        .filter_map(|r| r.handle.as_ref())
+        .find(|h| h.node_id == node_id)
+        .unwrap();
+    let mut s = tokio::net::TcpStream::connect(h.metrics_addr.unwrap())
+        .await
+        .unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut page = String::new();
+    s.read_to_string(&mut page).await.unwrap();
+    page.lines()
+        .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {name} on the metrics page:\n{page}"))
 }
 
 fn client_opts() -> MetaClientOptions {
@@ -363,6 +386,7 @@ async fn namespace_calls_and_path_helpers() {
         s.term
     );
     let me = Owner::current();
+    let on_stream = counter(&cluster, s.leader_id, "cairn_meta_rpc_stream_calls_total").await;
 
     let vol = c.create_volume("v", policy()).await.unwrap();
     assert_eq!(vol.name, "v");
@@ -466,6 +490,12 @@ async fn namespace_calls_and_path_helpers() {
     c.rmdir(InodeId(a.ino), "b").await.unwrap();
     let e = c.lookup(InodeId(a.ino), "b").await.unwrap_err();
     assert_eq!(e.code, ErrorCode::NotFound);
+
+    // Those calls travelled on the client's Calls stream (one DATA frame
+    // each way), their errors included: the codes above came back from it.
+    let calls =
+        counter(&cluster, s.leader_id, "cairn_meta_rpc_stream_calls_total").await - on_stream;
+    assert!(calls >= 25, "{calls} calls on the stream");
 
     let sid = c.session_id().await.unwrap();
     assert_ne!(sid.0, 0);

@@ -98,6 +98,17 @@ fake_meta! {
             Err(Status::unimplemented("watch_chains"))
         }
 
+        type CallsStream = tonic::codegen::tokio_stream::Empty<Result<CallReply, Status>>;
+
+        // A server of a version without the Calls stream: the client makes
+        // every call unary (what these tests script).
+        async fn calls(
+            &self,
+            _r: Request<tonic::Streaming<Call>>,
+        ) -> Result<Response<Self::CallsStream>, Status> {
+            Err(Status::unimplemented("calls"))
+        }
+
         type WatchChangesStream = tonic::codegen::tokio_stream::Empty<Result<Changes, Status>>;
 
         async fn watch_changes(

@@ -62,9 +62,18 @@ impl Histogram {
 #[derive(Default)]
 pub struct RpcMetrics {
     methods: Mutex<BTreeMap<String, Arc<Histogram>>>,
+    /// Calls answered on a Calls stream (they are in `methods` too).
+    stream_calls: AtomicU64,
 }
 
 impl RpcMetrics {
+    /// Records one call of `method` (its gRPC name) made on a Calls
+    /// stream that took `seconds`.
+    pub fn observe_stream_call(&self, method: &str, seconds: f64, ok: bool) {
+        self.histogram(method).observe(seconds, ok);
+        self.stream_calls.fetch_add(1, Ordering::Relaxed);
+    }
+
     fn histogram(&self, method: &str) -> Arc<Histogram> {
         let mut m = self.methods.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(h) = m.get(method) {
@@ -110,6 +119,13 @@ impl RpcMetrics {
                 "cairn_meta_rpc_duration_seconds_count{{method=\"{name}\"}} {count}"
             );
         }
+        let _ = writeln!(
+            out,
+            "# HELP cairn_meta_rpc_stream_calls_total Of the requests above, those made on a client's Calls stream.\n\
+             # TYPE cairn_meta_rpc_stream_calls_total counter\n\
+             cairn_meta_rpc_stream_calls_total {}",
+            self.stream_calls.load(Ordering::Relaxed)
+        );
         out.push_str("# HELP cairn_meta_rpc_errors_total gRPC requests answered with an error.\n");
         out.push_str("# TYPE cairn_meta_rpc_errors_total counter\n");
         for (name, h) in m.iter() {

@@ -404,9 +404,10 @@ pub async fn start(
         tracing::info!(%bound, "metrics on http://{bound}/metrics");
         metrics_addr = Some(bound);
     }
-    let meta_svc = MetaServer::new(MetaService::new(shared.clone()))
-        .max_decoding_message_size(16 << 20)
-        .max_encoding_message_size(64 << 20);
+    let meta_svc =
+        MetaServer::new(MetaService::new(shared.clone()).with_rpc_metrics(rpc_metrics.clone()))
+            .max_decoding_message_size(16 << 20)
+            .max_encoding_message_size(64 << 20);
     let raft_svc = RaftServer::new(RaftTransport::new(
         raft.clone(),
         ident.node_id,

@@ -27,7 +27,7 @@ use cairn_proto::meta::meta_server::Meta;
 use cairn_proto::{CairnStatus, ErrorCode};
 use openraft::error::{CheckIsLeaderError, RaftError};
 use openraft::{BasicNode, ChangeMembers, ServerState};
-use tonic::{Request, Response, Status};
+use tonic::{Request, Response, Status, Streaming};
 use tracing::instrument;
 
 use crate::config::MetaConfig;
@@ -37,6 +37,8 @@ use crate::fs::{
     SetTime, TargetSpec, TargetState, VolumeCompression, VolumeKeys, VolumePolicy, compression,
 };
 use crate::raft::types::MetaRaft;
+
+mod calls;
 
 /// How long a request waits for Raft (commit or read index) before it is
 /// answered UNAVAILABLE.
@@ -372,6 +374,9 @@ pub fn now_ns() -> i64 {
 #[derive(Clone)]
 pub struct MetaService {
     shared: Arc<Shared>,
+    /// Where calls on the Calls stream are recorded (unary calls are
+    /// recorded by the server's metrics layer).
+    rpc_metrics: Option<Arc<crate::metrics::RpcMetrics>>,
 }
 
 impl MetaService {
@@ -416,7 +421,18 @@ impl MetaService {
 
     /// Returns the service over `shared`.
     pub fn new(shared: Arc<Shared>) -> Self {
-        Self { shared }
+        Self {
+            shared,
+            rpc_metrics: None,
+        }
+    }
+
+    /// Records the calls made on the Calls stream in `metrics`, per method,
+    /// as the server's metrics layer records unary calls.
+    #[must_use]
+    pub fn with_rpc_metrics(mut self, metrics: Arc<crate::metrics::RpcMetrics>) -> Self {
+        self.rpc_metrics = Some(metrics);
+        self
     }
 
     /// Soft state lives on the leader: refuse elsewhere with a hint.
@@ -2172,6 +2188,17 @@ impl Meta for MetaService {
     }
 
     type WatchChainsStream = WatchStream;
+
+    type CallsStream = calls::CallsStream;
+
+    async fn calls(&self, req: Request<Streaming<pb::Call>>) -> GrpcResult<Self::CallsStream> {
+        Ok(Response::new(calls::CallsStream::new(
+            self.clone(),
+            req.into_inner(),
+            self.shared.stop.clone(),
+            self.rpc_metrics.clone(),
+        )))
+    }
 
     async fn watch_chains(
         &self,

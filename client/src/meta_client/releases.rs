@@ -88,7 +88,7 @@ pub(crate) async fn release_loop(
                         rid: Some(rid),
                         inos: inos.clone(),
                     },
-                    |mut c, r| async move { c.release_files(r).await },
+                    |l: super::Link, r| async move { attempt!(l, release_files, r) },
                 )
                 .await;
             match r {
