@@ -500,6 +500,20 @@ async fn namespace_calls_and_path_helpers() {
     let sid = c.session_id().await.unwrap();
     assert_ne!(sid.0, 0);
     c.close().await.unwrap();
+
+    // A dropped client's stream ends on the server too (its reading task
+    // does not keep it open).
+    let open = || counter(&cluster, s.leader_id, "cairn_meta_call_streams");
+    assert!(open().await >= 1);
+    drop(c);
+    let t = Instant::now();
+    while open().await != 0 {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "the dropped client's call stream is still open"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -64,9 +64,22 @@ pub struct RpcMetrics {
     methods: Mutex<BTreeMap<String, Arc<Histogram>>>,
     /// Calls answered on a Calls stream (they are in `methods` too).
     stream_calls: AtomicU64,
+    /// Calls streams open now (about one per connected client).
+    open_call_streams: AtomicU64,
 }
 
 impl RpcMetrics {
+    /// Counts a Calls stream opened; [`Self::call_stream_closed`] when it
+    /// ends.
+    pub fn call_stream_opened(&self) {
+        self.open_call_streams.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a Calls stream ended.
+    pub fn call_stream_closed(&self) {
+        self.open_call_streams.fetch_sub(1, Ordering::Relaxed);
+    }
+
     /// Records one call of `method` (its gRPC name) made on a Calls
     /// stream that took `seconds`.
     pub fn observe_stream_call(&self, method: &str, seconds: f64, ok: bool) {
@@ -123,8 +136,12 @@ impl RpcMetrics {
             out,
             "# HELP cairn_meta_rpc_stream_calls_total Of the requests above, those made on a client's Calls stream.\n\
              # TYPE cairn_meta_rpc_stream_calls_total counter\n\
-             cairn_meta_rpc_stream_calls_total {}",
-            self.stream_calls.load(Ordering::Relaxed)
+             cairn_meta_rpc_stream_calls_total {}\n\
+             # HELP cairn_meta_call_streams Clients' Calls streams open on this replica.\n\
+             # TYPE cairn_meta_call_streams gauge\n\
+             cairn_meta_call_streams {}",
+            self.stream_calls.load(Ordering::Relaxed),
+            self.open_call_streams.load(Ordering::Relaxed)
         );
         out.push_str("# HELP cairn_meta_rpc_errors_total gRPC requests answered with an error.\n");
         out.push_str("# TYPE cairn_meta_rpc_errors_total counter\n");

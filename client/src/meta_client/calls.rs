@@ -78,9 +78,17 @@ pub(crate) struct CallStream {
     unary_until: Arc<Mutex<Option<Instant>>>,
 }
 
-/// One open (or opening) stream.
+/// One open (or opening) stream. Dropping it (the last call on it done,
+/// and the [`CallStream`] gone or on a newer stream) closes the request
+/// side, so the server ends the stream and the reading task ends: that
+/// task holds only the [`Calls`], not the sender.
 struct Live {
     tx: mpsc::Sender<Call>,
+    calls: Arc<Calls>,
+}
+
+/// The calls waiting on a stream, shared with the task reading it.
+struct Calls {
     next_id: AtomicU64,
     waiters: Mutex<Waiters>,
     dead: AtomicBool,
@@ -98,13 +106,12 @@ impl Live {
     /// its replies runs until it ends.
     fn open(channel: Channel, unary_until: Arc<Mutex<Option<Instant>>>) -> Arc<Live> {
         let (tx, rx) = mpsc::channel(QUEUE);
-        let live = Arc::new(Live {
-            tx,
+        let calls = Arc::new(Calls {
             next_id: AtomicU64::new(1),
             waiters: Mutex::default(),
             dead: AtomicBool::new(false),
         });
-        let reader = live.clone();
+        let reader = calls.clone();
         tokio::spawn(async move {
             let mut grpc = Grpc::new(channel).max_decoding_message_size(MAX_REPLY);
             let mut inbound = match grpc.calls(ReceiverStream::new(rx)).await {
@@ -133,9 +140,11 @@ impl Live {
                 }
             }
         });
-        live
+        Arc::new(Live { tx, calls })
     }
+}
 
+impl Calls {
     /// Registers a waiter for call `id`; `None` if the stream failed.
     fn register(&self, id: u64) -> Option<oneshot::Receiver<Answer>> {
         let mut w = lock(&self.waiters);
@@ -180,13 +189,13 @@ impl Live {
 
 /// Forgets a call that ends without its reply.
 struct Forget<'a> {
-    live: &'a Live,
+    calls: &'a Calls,
     id: u64,
 }
 
 impl Drop for Forget<'_> {
     fn drop(&mut self) {
-        self.live.forget(self.id);
+        self.calls.forget(self.id);
     }
 }
 
@@ -214,7 +223,10 @@ impl CallStream {
             }
         }
         let mut live = lock(&self.live);
-        if let Some(l) = live.as_ref().filter(|l| !l.dead.load(Ordering::Acquire)) {
+        if let Some(l) = live
+            .as_ref()
+            .filter(|l| !l.calls.dead.load(Ordering::Acquire))
+        {
             return Some(l.clone());
         }
         let l = Live::open(self.channel.clone(), self.unary_until.clone());
@@ -235,11 +247,14 @@ impl CallStream {
         Resp: Message + Default,
     {
         let live = self.live()?;
-        let id = live.next_id.fetch_add(1, Ordering::Relaxed);
-        let Some(rx) = live.register(id) else {
+        let id = live.calls.next_id.fetch_add(1, Ordering::Relaxed);
+        let Some(rx) = live.calls.register(id) else {
             return Some(Err(Status::unavailable("meta call stream failed")));
         };
-        let _forget = Forget { live: &live, id };
+        let _forget = Forget {
+            calls: &live.calls,
+            id,
+        };
         let call = Call {
             id,
             method: method.to_string(),

@@ -73,6 +73,9 @@ impl CallsStream {
         mut stop: watch::Receiver<bool>,
         metrics: Option<Arc<RpcMetrics>>,
     ) -> Self {
+        if let Some(m) = &metrics {
+            m.call_stream_opened();
+        }
         Self {
             svc,
             metrics,
@@ -81,6 +84,14 @@ impl CallsStream {
             stopped: Box::pin(async move {
                 let _ = stop.wait_for(|s| *s).await;
             }),
+        }
+    }
+}
+
+impl Drop for CallsStream {
+    fn drop(&mut self) {
+        if let Some(m) = &self.metrics {
+            m.call_stream_closed();
         }
     }
 }
