@@ -596,3 +596,109 @@ async fn unwritten_closes_are_released_in_the_background_and_never_undo_a_reopen
     );
     c.close().await.unwrap();
 }
+
+/// The Calls stream refuses what it cannot serve call by call, answering
+/// each with its id, and goes on serving: an undecodable request is
+/// INVALID_ARGUMENT, an unknown method UNIMPLEMENTED, a handler's error
+/// keeps its Cairn details, and a good call after them is answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_calls_stream_answers_bad_calls_and_goes_on() {
+    use cairn_proto::meta::meta_client::MetaClient as Grpc;
+    use cairn_proto::meta::{AttrReply, Call, GetAttrRequest, LookupRequest};
+    use prost::Message;
+
+    let cluster = Cluster::start().await;
+    let c = MetaClient::connect(&cluster.addrs, client_opts())
+        .await
+        .unwrap();
+    let s = wait_ready(&c).await;
+    let mut grpc = Grpc::connect(format!("http://{}", s.leader_addr))
+        .await
+        .unwrap();
+    let (tx, rx) = tokio::sync::mpsc::channel(8);
+    let mut replies = grpc
+        .calls(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    let root = InodeId::ROOT.0;
+    let calls = [
+        (1, "get_attr", vec![0xff, 0xff, 0xff]),
+        (2, "no_such_method", Vec::new()),
+        (
+            3,
+            "lookup",
+            LookupRequest {
+                parent: root,
+                name: "missing".into(),
+                ..LookupRequest::default()
+            }
+            .encode_to_vec(),
+        ),
+        (
+            4,
+            "get_attr",
+            GetAttrRequest {
+                ino: root,
+                ..GetAttrRequest::default()
+            }
+            .encode_to_vec(),
+        ),
+    ];
+    let mut got = std::collections::BTreeMap::new();
+    for (id, method, request) in calls {
+        tx.send(Call {
+            id,
+            method: method.into(),
+            request,
+        })
+        .await
+        .unwrap();
+        // One at a time: each is answered before the next is sent.
+        let r = tokio::time::timeout(Duration::from_secs(5), replies.message())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert_eq!(r.id, id);
+        got.insert(id, r);
+    }
+    assert_eq!(
+        got[&1].code,
+        tonic::Code::InvalidArgument as i32,
+        "{:?}",
+        got[&1]
+    );
+    assert!(got[&1].message.contains("undecodable"), "{:?}", got[&1]);
+    assert_eq!(
+        got[&2].code,
+        tonic::Code::Unimplemented as i32,
+        "{:?}",
+        got[&2]
+    );
+    assert_eq!(cairn_code(&got[&3]), ErrorCode::NotFound, "{:?}", got[&3]);
+    assert_eq!(got[&4].code, 0, "{:?}", got[&4]);
+    let attr = AttrReply::decode(got[&4].reply.as_slice())
+        .unwrap()
+        .attr
+        .unwrap();
+    assert_eq!(attr.ino, root);
+    assert_eq!(attr.kind, FileType::Directory as i32);
+
+    // Closing the request side ends the stream once everything is answered.
+    drop(tx);
+    let end = tokio::time::timeout(Duration::from_secs(5), replies.message())
+        .await
+        .unwrap();
+    assert!(matches!(end, Ok(None)), "{end:?}");
+}
+
+/// The Cairn error code a [`cairn_proto::meta::CallReply`] carries.
+fn cairn_code(r: &cairn_proto::meta::CallReply) -> ErrorCode {
+    let s = tonic::Status::with_details(
+        tonic::Code::from(r.code),
+        r.message.clone(),
+        r.details.clone().into(),
+    );
+    cairn_proto::CairnStatus::from_status(&s).code
+}
