@@ -297,12 +297,24 @@ struct Link {
     calls: Arc<CallStream>,
 }
 
+/// A connection to a replica silent this long gets an HTTP/2 PING.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(3);
+/// A PING unanswered this long closes the connection (and fails its calls).
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(3);
+
 fn endpoint(addr: &str, opts: &MetaClientOptions) -> Result<Endpoint> {
     Endpoint::from_shared(format!("http://{addr}"))
         .map(|e| {
             e.tcp_nodelay(true)
                 .connect_timeout(opts.connect_timeout)
                 .timeout(opts.request_timeout)
+                // A replica that stops answering (partitioned, frozen, a
+                // half-open connection) fails its call stream within
+                // interval + timeout, and the calls on it are retried
+                // elsewhere, instead of each waiting out the request
+                // timeout on a dead connection.
+                .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
+                .keep_alive_timeout(KEEPALIVE_TIMEOUT)
         })
         .map_err(|e| {
             CairnStatus::new(

@@ -702,3 +702,82 @@ fn cairn_code(r: &cairn_proto::meta::CallReply) -> ErrorCode {
     );
     cairn_proto::CairnStatus::from_status(&s).code
 }
+
+/// A client whose connection goes silent (frozen, partitioned, half-open)
+/// does not keep its stream on the leader: the server's HTTP/2 keepalive
+/// drops the connection and the stream with it. The client talks through
+/// a proxy that stops forwarding, holding both sockets open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_silent_clients_stream_is_dropped_by_the_leader() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let cluster = Cluster::start().await;
+    let probe = MetaClient::connect(&cluster.addrs, client_opts())
+        .await
+        .unwrap();
+    let s = wait_ready(&probe).await;
+    drop(probe);
+    let open = || counter(&cluster, s.leader_id, "cairn_meta_call_streams");
+    let t = Instant::now();
+    while open().await != 0 {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "streams of earlier clients"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // The proxy: forwards both ways until `frozen`, then reads nothing and
+    // writes nothing, with both sockets left open.
+    let frozen = Arc::new(AtomicBool::new(false));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let proxy_addr = listener.local_addr().unwrap().to_string();
+    let leader = s.leader_addr.clone();
+    let f = frozen.clone();
+    tokio::spawn(async move {
+        let (client, _) = listener.accept().await.unwrap();
+        let server = tokio::net::TcpStream::connect(leader).await.unwrap();
+        let (cr, cw) = client.into_split();
+        let (sr, sw) = server.into_split();
+        let pipe = |mut r: tokio::net::tcp::OwnedReadHalf,
+                    mut w: tokio::net::tcp::OwnedWriteHalf,
+                    f: Arc<AtomicBool>| async move {
+            let mut buf = vec![0u8; 64 << 10];
+            loop {
+                let n = match r.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => n,
+                };
+                if f.load(Ordering::SeqCst) {
+                    // Silent from now on; keep both halves open.
+                    std::future::pending::<()>().await;
+                }
+                if w.write_all(&buf[..n]).await.is_err() {
+                    break;
+                }
+            }
+            drop((r, w));
+        };
+        let a = tokio::spawn(pipe(cr, sw, f.clone()));
+        let b = tokio::spawn(pipe(sr, cw, f));
+        let _ = (a.await, b.await);
+    });
+
+    let c = MetaClient::connect([proxy_addr.as_str()], client_opts())
+        .await
+        .unwrap();
+    c.list_volumes().await.unwrap();
+    assert_eq!(open().await, 1, "the client's stream is open on the leader");
+    frozen.store(true, Ordering::SeqCst);
+    let t = Instant::now();
+    while open().await != 0 {
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "the silent client's stream is still open on the leader"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    eprintln!("dropped after {:?}", t.elapsed());
+}

@@ -50,6 +50,11 @@ use crate::raft::network::{Network, RaftTransport, raft_config};
 use crate::raft::state_machine::StateMachineStore;
 use crate::service::{Liveness, MetaService, Shared};
 
+/// A connection silent this long gets an HTTP/2 PING.
+pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(5);
+/// A PING unanswered this long closes the connection and its streams.
+pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// How often the leader runs its duties.
 const DUTY_INTERVAL: Duration = Duration::from_millis(200);
 
@@ -419,6 +424,12 @@ pub async fn start(
     let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
     let mut server_stop = stop_rx.clone();
     let server = tonic::transport::Server::builder()
+        // A peer that stops answering (a partitioned or frozen client, a
+        // half-open connection of a leader that lost its network) is
+        // dropped with its streams: its Calls and AppendStream tasks would
+        // otherwise stay until this node stops.
+        .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
+        .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
         .layer(RpcMetricsLayer(rpc_metrics))
         .add_service(meta_svc)
         .add_service(raft_svc)
