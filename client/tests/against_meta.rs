@@ -99,6 +99,26 @@ async fn counter(cluster: &Cluster, node_id: u64, name: &str) -> u64 {
         .unwrap_or_else(|| panic!("no {name} on the metrics page:\n{page}"))
 }
 
+/// Waits until `node_id` has no client's Calls stream open; panics naming
+/// `what` after `within`.
+async fn wait_no_call_streams(cluster: &Cluster, node_id: u64, within: Duration, what: &str) {
+    let t = Instant::now();
+    while counter(cluster, node_id, "cairn_meta_call_streams").await != 0 {
+        assert!(t.elapsed() < within, "{what}: a call stream is still open");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A started cluster, a client of it, and the status once it is ready.
+async fn ready_cluster() -> (Cluster, MetaClient, StatusReply) {
+    let cluster = Cluster::start().await;
+    let c = MetaClient::connect(&cluster.addrs, client_opts())
+        .await
+        .unwrap();
+    let s = wait_ready(&c).await;
+    (cluster, c, s)
+}
+
 fn client_opts() -> MetaClientOptions {
     MetaClientOptions {
         deadline: Duration::from_secs(10),
@@ -503,17 +523,15 @@ async fn namespace_calls_and_path_helpers() {
 
     // A dropped client's stream ends on the server too (its reading task
     // does not keep it open).
-    let open = || counter(&cluster, s.leader_id, "cairn_meta_call_streams");
-    assert!(open().await >= 1);
+    assert!(counter(&cluster, s.leader_id, "cairn_meta_call_streams").await >= 1);
     drop(c);
-    let t = Instant::now();
-    while open().await != 0 {
-        assert!(
-            t.elapsed() < Duration::from_secs(10),
-            "the dropped client's call stream is still open"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_no_call_streams(
+        &cluster,
+        s.leader_id,
+        Duration::from_secs(10),
+        "a dropped client",
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -607,11 +625,7 @@ async fn the_calls_stream_answers_bad_calls_and_goes_on() {
     use cairn_proto::meta::{AttrReply, Call, GetAttrRequest, LookupRequest};
     use prost::Message;
 
-    let cluster = Cluster::start().await;
-    let c = MetaClient::connect(&cluster.addrs, client_opts())
-        .await
-        .unwrap();
-    let s = wait_ready(&c).await;
+    let (_cluster, _c, s) = ready_cluster().await;
     let mut grpc = Grpc::connect(format!("http://{}", s.leader_addr))
         .await
         .unwrap();
@@ -713,21 +727,15 @@ async fn a_silent_clients_stream_is_dropped_by_the_leader() {
     use std::sync::atomic::{AtomicBool, Ordering};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-    let cluster = Cluster::start().await;
-    let probe = MetaClient::connect(&cluster.addrs, client_opts())
-        .await
-        .unwrap();
-    let s = wait_ready(&probe).await;
+    let (cluster, probe, s) = ready_cluster().await;
     drop(probe);
-    let open = || counter(&cluster, s.leader_id, "cairn_meta_call_streams");
-    let t = Instant::now();
-    while open().await != 0 {
-        assert!(
-            t.elapsed() < Duration::from_secs(10),
-            "streams of earlier clients"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_no_call_streams(
+        &cluster,
+        s.leader_id,
+        Duration::from_secs(10),
+        "earlier clients",
+    )
+    .await;
 
     // The proxy: forwards both ways until `frozen`, then reads nothing and
     // writes nothing, with both sockets left open.
@@ -769,15 +777,19 @@ async fn a_silent_clients_stream_is_dropped_by_the_leader() {
         .await
         .unwrap();
     c.list_volumes().await.unwrap();
-    assert_eq!(open().await, 1, "the client's stream is open on the leader");
+    assert_eq!(
+        counter(&cluster, s.leader_id, "cairn_meta_call_streams").await,
+        1,
+        "the client's stream is open on the leader"
+    );
     frozen.store(true, Ordering::SeqCst);
     let t = Instant::now();
-    while open().await != 0 {
-        assert!(
-            t.elapsed() < Duration::from_secs(20),
-            "the silent client's stream is still open on the leader"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    wait_no_call_streams(
+        &cluster,
+        s.leader_id,
+        Duration::from_secs(20),
+        "a silent client",
+    )
+    .await;
     eprintln!("dropped after {:?}", t.elapsed());
 }
