@@ -204,27 +204,18 @@ struct Inner {
     /// dropping.
     flush_tx: Option<mpsc::Sender<FlushJob>>,
     flusher: Option<JoinHandle<()>>,
-    counters: Arc<LogIoCounters>,
+    /// Syncing, shared with the flusher thread.
+    syncer: Arc<Syncer>,
     /// sled's data file, fdatasync'ed after a vote's flush (see
     /// [`durable_flush`]).
     sync_file: Option<Arc<std::fs::File>>,
     /// How far the log is durable.
     durable: DurableLog,
-    /// Raises [`Self::durable`]: the flusher's and inline syncs'.
-    durable_tx: Arc<watch::Sender<Flushed>>,
-    /// Held by whoever syncs: the flusher for a whole batch, or an inline
-    /// append (module docs).
-    syncing: Arc<Mutex<()>>,
-    /// Appends handed to the flusher whose callbacks it has not completed.
-    queued: Arc<AtomicU64>,
     /// The node whose own entries, appended while it leads, are
     /// acknowledged before their sync; 0: none (every append waits).
     early_node: AtomicU64,
     /// The last saved vote.
     vote: Mutex<Option<Vote<u64>>>,
-    /// Checked by the flusher before each sync; see
-    /// [`LogStore::pause_syncs`].
-    sync_gate: Arc<SyncGate>,
 }
 
 impl Drop for Inner {
@@ -335,23 +326,17 @@ impl LogStore {
         let (durable_tx, durable_rx) =
             watch::channel(Flushed::Upto(segments.last().map(|e| e.log_id)));
         let (flush_tx, flush_rx) = mpsc::channel();
-        let counters = Arc::new(LogIoCounters::default());
-        let flush_counters = counters.clone();
-        let sync_gate = Arc::new(SyncGate::default());
-        let flush_gate = sync_gate.clone();
-        let durable_tx = Arc::new(durable_tx);
-        let syncing = Arc::new(Mutex::new(()));
-        let queued = Arc::new(AtomicU64::new(0));
-        let flusher_ends = Flusher {
-            counters: flush_counters,
-            durable: durable_tx.clone(),
-            gate: flush_gate,
-            syncing: syncing.clone(),
-            queued: queued.clone(),
-        };
+        let syncer = Arc::new(Syncer {
+            counters: Arc::default(),
+            durable: durable_tx,
+            gate: Arc::default(),
+            lock: Mutex::new(()),
+            queued: AtomicU64::new(0),
+        });
+        let flusher_syncer = syncer.clone();
         let flusher = std::thread::Builder::new()
             .name("raft-log-flush".into())
-            .spawn(move || run_flusher(&flush_rx, &flusher_ends))
+            .spawn(move || run_flusher(&flush_rx, &flusher_syncer))
             .map_err(sled::Error::Io)?;
         Ok(LogStore {
             inner: Arc::new(Inner {
@@ -360,15 +345,11 @@ impl LogStore {
                 segments: Mutex::new(segments),
                 flush_tx: Some(flush_tx),
                 flusher: Some(flusher),
-                counters,
+                syncer,
                 sync_file,
                 durable: DurableLog { rx: durable_rx },
-                durable_tx,
-                syncing,
-                queued,
                 early_node: AtomicU64::new(0),
                 vote: Mutex::new(vote),
-                sync_gate,
             }),
         })
     }
@@ -387,9 +368,9 @@ impl LogStore {
     /// disk would (a sync already running finishes). For fault tests: what
     /// a replica acknowledges while its disk hangs.
     pub fn pause_syncs(&self) -> SyncPause {
-        self.inner.sync_gate.set(true);
+        self.inner.syncer.gate.set(true);
         SyncPause {
-            gate: self.inner.sync_gate.clone(),
+            gate: self.inner.syncer.gate.clone(),
         }
     }
 
@@ -430,21 +411,20 @@ impl LogStore {
         last: Option<LogId>,
         callback: LogFlushed<TypeConfig>,
     ) -> Option<LogFlushed<TypeConfig>> {
-        let inner = &self.inner;
-        if inner.queued.load(Ordering::Acquire) != 0 || inner.sync_gate.is_paused() {
+        let sy = &self.inner.syncer;
+        if sy.queued.load(Ordering::Acquire) != 0 || sy.gate.is_paused() {
             return Some(callback);
         }
-        let Ok(held) = inner.syncing.try_lock() else {
+        let Ok(held) = sy.lock.try_lock() else {
             return Some(callback);
         };
         // Checked again under the lock: the flusher takes it before it
         // looks at its queue and lowers the count only after its callbacks.
-        if inner.queued.load(Ordering::Acquire) != 0 {
+        if sy.queued.load(Ordering::Acquire) != 0 {
             return Some(callback);
         }
-        let files: Vec<&Arc<std::fs::File>> = files.iter().collect();
-        let result = sync_files(&files, last, &inner.counters, &inner.durable_tx);
-        inner.counters.inline_syncs.fetch_add(1, Ordering::Relaxed);
+        let result = sy.sync(files, last);
+        sy.counters.inline_syncs.fetch_add(1, Ordering::Relaxed);
         complete(callback, &result);
         drop(held);
         None
@@ -452,12 +432,12 @@ impl LogStore {
 
     /// Returns the store's live counters (shared: they keep counting).
     pub fn io_counters(&self) -> Arc<LogIoCounters> {
-        self.inner.counters.clone()
+        self.inner.syncer.counters.clone()
     }
 
     /// Returns a reading of the store's counters.
     pub fn stats(&self) -> LogStats {
-        let c = &self.inner.counters;
+        let c = &self.inner.syncer.counters;
         LogStats {
             entries_appended: c.entries_appended.load(Ordering::Relaxed),
             flushes: c.flushes.load(Ordering::Relaxed),
@@ -619,45 +599,54 @@ impl Drop for SyncPause {
     }
 }
 
-/// What the flusher thread shares with the store.
-struct Flusher {
+/// How the log is synced, shared by the store (inline syncs) and the
+/// flusher thread.
+struct Syncer {
     counters: Arc<LogIoCounters>,
-    durable: Arc<watch::Sender<Flushed>>,
+    /// Raises the store's [`DurableLog`].
+    durable: watch::Sender<Flushed>,
+    /// Checked by the flusher before each sync; see
+    /// [`LogStore::pause_syncs`].
     gate: Arc<SyncGate>,
-    syncing: Arc<Mutex<()>>,
-    queued: Arc<AtomicU64>,
+    /// Held by whoever syncs: the flusher for a whole batch, or an inline
+    /// append (module docs).
+    lock: Mutex<()>,
+    /// Appends handed to the flusher whose callbacks it has not completed.
+    queued: AtomicU64,
 }
 
-/// Syncs `files` and records the outcome: the flush counted, and the
-/// durable watermark raised to `last` (or marked failed). Returns the
-/// result for the callbacks.
-fn sync_files(
-    files: &[&Arc<std::fs::File>],
-    last: Option<LogId>,
-    counters: &LogIoCounters,
-    durable: &watch::Sender<Flushed>,
-) -> Result<(), String> {
-    let result = files.iter().try_for_each(|f| f.sync_data());
-    counters.flushes.fetch_add(1, Ordering::Relaxed);
-    match result {
-        Ok(()) => {
-            durable.send_if_modified(|f| match f {
-                Flushed::Upto(u) if last > *u => {
-                    *u = last;
-                    true
-                }
-                _ => false,
-            });
-            Ok(())
-        }
-        Err(e) => {
-            tracing::error!(error = %e, "syncing the raft log failed");
-            durable.send_replace(Flushed::Failed);
-            Err(format!("syncing the raft log: {e}"))
+impl Syncer {
+    /// Syncs `files` and records the outcome: the flush counted, and the
+    /// durable watermark raised to `last` (or marked failed). Returns the
+    /// result for the callbacks.
+    fn sync<'a>(
+        &self,
+        files: impl IntoIterator<Item = &'a Arc<std::fs::File>>,
+        last: Option<LogId>,
+    ) -> Result<(), String> {
+        let result = files.into_iter().try_for_each(|f| f.sync_data());
+        self.counters.flushes.fetch_add(1, Ordering::Relaxed);
+        match result {
+            Ok(()) => {
+                self.durable.send_if_modified(|f| match f {
+                    Flushed::Upto(u) if last > *u => {
+                        *u = last;
+                        true
+                    }
+                    _ => false,
+                });
+                Ok(())
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "syncing the raft log failed");
+                self.durable.send_replace(Flushed::Failed);
+                Err(format!("syncing the raft log: {e}"))
+            }
         }
     }
 }
 
+/// Completes one append's callback with a sync's `result`.
 fn complete(callback: LogFlushed<TypeConfig>, result: &Result<(), String>) {
     callback.log_io_completed(result.clone().map_err(io::Error::other));
 }
@@ -665,9 +654,9 @@ fn complete(callback: LogFlushed<TypeConfig>, result: &Result<(), String>) {
 /// The flusher thread: one `fdatasync` per segment file for every append
 /// queued meanwhile, then the durable watermark, then the callbacks, in
 /// append order.
-fn run_flusher(rx: &mpsc::Receiver<FlushJob>, f: &Flusher) {
+fn run_flusher(rx: &mpsc::Receiver<FlushJob>, f: &Syncer) {
     while let Ok(first) = rx.recv() {
-        let held = f.syncing.lock().unwrap_or_else(PoisonError::into_inner);
+        let held = f.lock.lock().unwrap_or_else(PoisonError::into_inner);
         let mut batch = vec![first];
         batch.extend(rx.try_iter());
         let mut files: Vec<&Arc<std::fs::File>> = Vec::new();
@@ -678,7 +667,7 @@ fn run_flusher(rx: &mpsc::Receiver<FlushJob>, f: &Flusher) {
         }
         f.gate.wait_open();
         let last = batch.iter().filter_map(|j| j.last).max();
-        let result = sync_files(&files, last, &f.counters, &f.durable);
+        let result = f.sync(files, last);
         let jobs = batch.len() as u64;
         for callback in batch.into_iter().filter_map(|j| j.callback) {
             complete(callback, &result);
@@ -733,7 +722,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .map_err(|e| sled::Error::Io(io::Error::other(e.to_string())))
             .and_then(|r| r)
             .map_err(write)?;
-        self.inner.counters.flushes.fetch_add(1, Ordering::Relaxed);
+        self.inner
+            .syncer
+            .counters
+            .flushes
+            .fetch_add(1, Ordering::Relaxed);
         *self
             .inner
             .vote
@@ -785,21 +778,17 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .append(entries)
             .map_err(|e| write_logs_err(&e))?;
         self.inner
+            .syncer
             .counters
             .entries_appended
             .fetch_add(count, Ordering::Relaxed);
-        let callback = if early {
-            callback
-        } else {
-            match self.sync_inline(&files, last, callback) {
-                None => return Ok(()),
-                Some(callback) => callback,
-            }
-        };
         let (queued, now) = if early {
             (None, Some(callback))
         } else {
-            (Some(callback), None)
+            match self.sync_inline(&files, last, callback) {
+                None => return Ok(()),
+                Some(callback) => (Some(callback), None),
+            }
         };
         let job = FlushJob {
             files,
@@ -808,7 +797,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         };
         // `flush_tx` is only taken while the last clone drops, so it is
         // always present here; a send fails only if the flusher panicked.
-        self.inner.queued.fetch_add(1, Ordering::AcqRel);
+        self.inner.syncer.queued.fetch_add(1, Ordering::AcqRel);
         let rejected = match &self.inner.flush_tx {
             Some(tx) => match tx.send(job) {
                 Ok(()) => {
