@@ -479,13 +479,6 @@ impl MetaClient {
             .unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Returns the address and channel at `idx` (modulo the length).
-    fn peer(&self, idx: usize) -> (String, Channel) {
-        let p = self.peers();
-        let i = idx % p.book.len();
-        (p.book.get(i).to_string(), p.channels[i].clone())
-    }
-
     /// Returns the address at `idx` (modulo the length) and the link an
     /// attempt reaches it by.
     fn reach(&self, idx: usize) -> (String, Link) {
@@ -1539,10 +1532,8 @@ impl MetaClient {
         let mut last = None;
         let tries = 2 * self.peers().book.len();
         for _ in 0..tries {
-            let (addr, channel) = self.peer(idx);
-            let r = Grpc::new(channel)
-                .watch_changes(WatchChangesRequest { session_id })
-                .await;
+            let (addr, Link { mut grpc, .. }) = self.reach(idx);
+            let r = grpc.watch_changes(WatchChangesRequest { session_id }).await;
             match r {
                 Ok(s) => {
                     self.inner.leader.store(idx, Ordering::Relaxed);

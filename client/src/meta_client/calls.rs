@@ -90,15 +90,11 @@ struct Live {
 /// The calls waiting on a stream, shared with the task reading it.
 struct Calls {
     next_id: AtomicU64,
-    waiters: Mutex<Waiters>,
+    /// The calls waiting for their reply, by id.
+    waiters: Mutex<HashMap<u64, oneshot::Sender<Answer>>>,
+    /// Set once the stream failed, before its waiters are answered; no
+    /// call registers after that (checked under the waiters' lock).
     dead: AtomicBool,
-}
-
-#[derive(Default)]
-struct Waiters {
-    pending: HashMap<u64, oneshot::Sender<Answer>>,
-    /// Set once the stream failed; no call registers after that.
-    closed: bool,
 }
 
 impl Live {
@@ -148,20 +144,20 @@ impl Calls {
     /// Registers a waiter for call `id`; `None` if the stream failed.
     fn register(&self, id: u64) -> Option<oneshot::Receiver<Answer>> {
         let mut w = lock(&self.waiters);
-        if w.closed {
+        if self.dead.load(Ordering::Acquire) {
             return None;
         }
         let (tx, rx) = oneshot::channel();
-        w.pending.insert(id, tx);
+        w.insert(id, tx);
         Some(rx)
     }
 
     fn forget(&self, id: u64) {
-        lock(&self.waiters).pending.remove(&id);
+        lock(&self.waiters).remove(&id);
     }
 
     fn deliver(&self, reply: CallReply) {
-        if let Some(tx) = lock(&self.waiters).pending.remove(&reply.id) {
+        if let Some(tx) = lock(&self.waiters).remove(&reply.id) {
             let _ = tx.send(Answer::Reply(reply));
         }
     }
@@ -176,11 +172,7 @@ impl Calls {
     /// Marks the stream dead and answers every waiting call.
     fn fail(&self, answer: impl Fn() -> Answer) {
         self.dead.store(true, Ordering::Release);
-        let drained = {
-            let mut w = lock(&self.waiters);
-            w.closed = true;
-            std::mem::take(&mut w.pending)
-        };
+        let drained = std::mem::take(&mut *lock(&self.waiters));
         for (_, tx) in drained {
             let _ = tx.send(answer());
         }
