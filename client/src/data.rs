@@ -202,13 +202,6 @@ struct Waiter {
     slot: Arc<ReplySlot>,
 }
 
-impl Waiter {
-    /// Hands `reply` to the caller of request `id`, if it still waits.
-    fn deliver(&self, id: u64, reply: Result<Frame, DataError>) {
-        self.slot.fill(id, reply);
-    }
-}
-
 /// Where one call's reply is left for its caller (module docs: pooled).
 #[derive(Debug, Default)]
 struct ReplySlot {
@@ -254,20 +247,14 @@ impl ReplySlot {
         Poll::Pending
     }
 
-    /// Arms the slot for request `id`.
-    fn arm(&self, id: u64) {
-        let mut st = lock(&self.state);
-        st.id = id;
-        st.reply = None;
-        st.waker = None;
-    }
-
-    /// Disarms the slot: a late reply to its request is dropped.
-    fn disarm(&self) {
-        let mut st = lock(&self.state);
-        st.id = 0;
-        st.reply = None;
-        st.waker = None;
+    /// Empties the slot and arms it for request `id` (0: disarmed, a late
+    /// reply to its last request is dropped).
+    fn reset(&self, id: u64) {
+        *lock(&self.state) = SlotState {
+            id,
+            reply: None,
+            waker: None,
+        };
     }
 }
 
@@ -331,7 +318,7 @@ impl Shared {
             return Err(self.closed_error(reason));
         }
         let slot = st.free.pop().unwrap_or_default();
-        slot.arm(id);
+        slot.reset(id);
         st.pending.insert(
             id,
             Waiter {
@@ -344,12 +331,12 @@ impl Shared {
 
     /// Ends call `id`: forgets its waiter if no reply came, and puts its
     /// slot back in the pool, disarmed.
-    fn release(&self, id: u64, slot: Arc<ReplySlot>) {
-        slot.disarm();
+    fn release(&self, id: u64, slot: &Arc<ReplySlot>) {
+        slot.reset(0);
         let mut st = lock(&self.state);
         st.pending.remove(&id);
         if st.free.len() < MAX_FREE_SLOTS {
-            st.free.push(slot);
+            st.free.push(slot.clone());
         }
     }
 
@@ -380,7 +367,7 @@ impl Shared {
             tracing::debug!(addr = %self.addr, %reason, in_flight = drained.len(), "data connection failed");
         }
         for (id, w) in drained {
-            w.deliver(id, Err(self.closed_error(&reason)));
+            w.slot.fill(id, Err(self.closed_error(&reason)));
         }
     }
 
@@ -411,10 +398,10 @@ impl Shared {
                 "reply {} is a {} reply to a {} request",
                 h.request_id, h.opcode, waiter.opcode
             );
-            waiter.deliver(h.request_id, Err(self.closed_error(&why)));
+            waiter.slot.fill(h.request_id, Err(self.closed_error(&why)));
             return Err(why);
         }
-        waiter.deliver(h.request_id, Ok(reply));
+        waiter.slot.fill(h.request_id, Ok(reply));
         Ok(())
     }
 }
@@ -448,14 +435,12 @@ impl Drop for DataConn {
 struct Release<'a> {
     shared: &'a Shared,
     id: u64,
-    slot: Option<Arc<ReplySlot>>,
+    slot: Arc<ReplySlot>,
 }
 
 impl Drop for Release<'_> {
     fn drop(&mut self) {
-        if let Some(slot) = self.slot.take() {
-            self.shared.release(self.id, slot);
-        }
+        self.shared.release(self.id, &self.slot);
     }
 }
 
@@ -543,10 +528,10 @@ impl DataConn {
         let guard = Release {
             shared: &self.shared,
             id,
-            slot: Some(slot),
+            slot,
         };
         let reply = ReplyFuture {
-            slot: guard.slot.as_deref().expect("held until the guard drops"),
+            slot: &guard.slot,
             id,
         };
         let exchange = async {
@@ -695,7 +680,8 @@ fn stage(frame: &Frame, buf: &mut BytesMut, parts: &mut Vec<Bytes>, shared: &Sha
         Err(e) => {
             let waiter = lock(&shared.state).pending.remove(&frame.header.request_id);
             if let Some(w) = waiter {
-                w.deliver(frame.header.request_id, Err(DataError::Protocol(e)));
+                w.slot
+                    .fill(frame.header.request_id, Err(DataError::Protocol(e)));
             }
             0
         }
