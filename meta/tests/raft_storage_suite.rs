@@ -459,6 +459,13 @@ impl TestNode {
     }
 }
 
+/// Shuts every node of `nodes` down.
+async fn shutdown_all(nodes: Vec<TestNode>) {
+    for n in nodes {
+        n.shutdown().await;
+    }
+}
+
 const WAIT: Duration = Duration::from_secs(10);
 
 async fn write(raft: &MetaRaft, op: Op) -> Result<(LogId, Reply), Box<dyn std::error::Error>> {
@@ -641,9 +648,7 @@ async fn three_replicas_replicate_read_index_and_snapshot_a_learner() -> TestRes
     assert_eq!(learner.fs.cluster_id()?, Some(cluster.to_string()));
 
     learner.shutdown().await;
-    for n in nodes {
-        n.shutdown().await;
-    }
+    shutdown_all(nodes).await;
     Ok(())
 }
 
@@ -722,9 +727,7 @@ async fn a_write_takes_effect_only_once_the_leaders_own_copy_is_durable() -> Tes
             .applied_index_at_least(Some(index), "applied everywhere after the sync")
             .await?;
     }
-    for n in nodes {
-        n.shutdown().await;
-    }
+    shutdown_all(nodes).await;
     Ok(())
 }
 
@@ -799,9 +802,7 @@ async fn appends_travel_on_the_append_stream() -> TestResult {
             n.id
         );
     }
-    for n in nodes {
-        n.shutdown().await;
-    }
+    shutdown_all(nodes).await;
     Ok(())
 }
 
@@ -816,9 +817,7 @@ async fn replicas_without_append_streams_get_unary_appends() -> TestResult {
         .map(|n| n.unary_appends.load(Ordering::Relaxed))
         .sum();
     assert!(unary >= 50, "the followers got {unary} unary appends");
-    for n in nodes {
-        n.shutdown().await;
-    }
+    shutdown_all(nodes).await;
     Ok(())
 }
 
