@@ -166,6 +166,7 @@ pub struct Metrics {
     protocol_errors: AtomicU64,
     pending_replies: AtomicU64,
     tail_queries: AtomicU64,
+    diverged: AtomicU64,
     forwarded: AtomicU64,
     sync_gaps: AtomicU64,
     stale_installs: AtomicU64,
@@ -255,6 +256,12 @@ impl Metrics {
     }
 
     /// Counts a query to the chain's tail for the committed version.
+    /// A chunk found diverged: a forwarded version this replica failed to
+    /// store, or a version number a sender reused for other bytes.
+    pub fn diverged(&self) {
+        self.diverged.fetch_add(1, Ordering::Relaxed);
+    }
+
     pub fn tail_query(&self) {
         self.tail_queries.fetch_add(1, Ordering::Relaxed);
     }
@@ -399,7 +406,7 @@ impl Metrics {
             }
         }
 
-        let counters: [(&str, &str, &AtomicU64); 22] = [
+        let counters: [(&str, &str, &AtomicU64); 23] = [
             (
                 "crc_failures_total",
                 "Stored blocks that failed their CRC, on a read or a scrub.",
@@ -429,6 +436,12 @@ impl Metrics {
                 "tail_queries_total",
                 "Queries to a chain's tail for the committed version.",
                 &self.tail_queries,
+            ),
+            (
+                "diverged_chunks_total",
+                "Chunks found diverged: a forwarded version a replica failed to store, or a \
+                 version number reused for other bytes; the replica copies them from the tail.",
+                &self.diverged,
             ),
             (
                 "forwarded_writes_total",

@@ -26,18 +26,43 @@
 //! left pending by an earlier failed forward or a crash (reading it back
 //! with [`ShardStore::read_pending`] and forwarding it again), then
 //! persists the new version locally (data fdatasync + metadata flush,
-//! group-committed), forwards it to its successor, and on the successor's
-//! answer commits locally and replies. Every replica does the same with
+//! group-committed) *while* forwarding it to its successor, and once both
+//! are done commits locally and replies. Every replica does the same with
 //! the head's version; the tail stores and commits in one step
 //! ([`ShardStore::write_committed`]). A reply therefore travels back only
 //! after every replica of the current chain has the data on stable
 //! storage, and the commit flows back with it — no separate commit round.
+//! A three-replica write costs about one sync of latency instead of three
+//! in series (issue 14). The payload's CRCs are checked before forwarding,
+//! so a bad payload never reaches a successor.
 //!
-//! Each replica persists before forwarding rather than in parallel with
-//! it: if the local write failed (a full disk) after the successor had
-//! committed, the chain would hold a version the head never had, and the
-//! head would assign that version again to different data. The cost is
-//! one sync per hop in series; the group commit keeps throughput.
+//! # Diverged replicas
+//!
+//! Forwarding before the local copy is durable opens one case that
+//! persisting first did not have: the successors hold a version this
+//! replica does not. Left alone, the head would give that version's number
+//! to the next write, and the successors would answer "already here" for
+//! other bytes. Two paths lead there, and both end in the replica copying
+//! the chunk from the tail:
+//!
+//! * **The local store fails** (an I/O error) after the forward started:
+//!   the replica marks the chunk *diverged* in memory. It serves no read of
+//!   it (PENDING: the client reads another replica), and its next mutation
+//!   of the chunk first replaces its copy with the tail's committed version
+//!   ([`ShardStore::install_piece`], which drops every version of its own)
+//!   and forgets the retries remembered for it.
+//! * **The replica crashes** after forwarding, before storing: the memory
+//!   is gone. A replica answering a forward of version `v` that is its own
+//!   committed version compares the bytes: a head settling a version whose
+//!   commit it lost sends the same bytes; a head that reused the number
+//!   does not, and gets [`ErrorCode::Diverged`]. The head (and any replica
+//!   that relayed the answer) then copies the chunk from the tail under
+//!   the lock it holds, and the client's retry gets the next version.
+//!
+//! Until its next write, a head that crashed in that window reads the
+//! previous version of the chunk while the tail reads the unacknowledged
+//! one; no acknowledged write is affected (it is on every replica before
+//! the reply), and the next write converges the chain.
 //!
 //! Non-tail replicas commit without waiting for the metadata flush: a
 //! crash can lose only the commit record, leaving the version pending,
@@ -97,6 +122,9 @@ pub mod resync;
 /// Requests one connection may have in flight before the server stops
 /// reading from it (back-pressure).
 const MAX_IN_FLIGHT: usize = 256;
+
+/// The failpoint that makes a non-tail replica forward before storing.
+const FORWARDED_UNPERSISTED: &str = "chunk.write.forwarded_unpersisted";
 
 /// (client, sequence) pairs remembered for retries, per shard.
 const DEDUP_ENTRIES: usize = 65_536;
@@ -284,6 +312,13 @@ impl Dedup {
         Ok(None)
     }
 
+    /// Forgets every write remembered for `chunk`: its versions here were
+    /// replaced by the tail's (a diverged replica caught up), so a
+    /// remembered version may not hold that write any more.
+    fn forget(&mut self, chunk: ChunkId) {
+        self.seen.retain(|(c, _), _| *c != chunk);
+    }
+
     fn record(&mut self, chunk: ChunkId, client: u64, seq: u64, version: u64) {
         if client == 0 {
             return;
@@ -325,6 +360,10 @@ pub struct Shard {
     pace_next: Cell<Instant>,
     /// Chunks found corrupt here, to be rewritten from a healthy replica.
     repairs: RefCell<std::collections::BTreeSet<ChunkId>>,
+    /// Chunks whose successors may hold a version this replica does not
+    /// (see "Diverged replicas" in the module docs): no reads here, and
+    /// the next mutation copies the chunk from the tail first.
+    diverged: RefCell<std::collections::HashSet<ChunkId>>,
 }
 
 /// Counts one head mutation in [`Shard::inflight`] while alive.
@@ -409,6 +448,7 @@ impl Shard {
             inflight: RefCell::new(HashMap::new()),
             pace_next: Cell::new(Instant::now()),
             repairs: RefCell::new(std::collections::BTreeSet::new()),
+            diverged: RefCell::new(std::collections::HashSet::new()),
         }
     }
 
@@ -726,6 +766,7 @@ impl Shard {
         })?;
         let chunk = h.chunk;
         let _lock = self.lock(chunk).await?;
+        self.converge(route, h, chunk).await?;
         let seen = self
             .dedup
             .borrow()
@@ -777,11 +818,20 @@ impl Shard {
             ));
         }
         let _lock = self.lock(chunk).await?;
+        self.converge(route, h, chunk).await?;
         let st = self.store.stat(chunk)?;
         let committed = st.as_ref().map_or(0, |s| s.committed_version);
-        if h.version <= committed {
-            // Already here: the head is settling a version whose commit it
-            // lost; what we hold came from it.
+        if h.version == committed {
+            // Already here: the head settling a version whose commit it
+            // lost — or a head that lost the version itself (it crashed
+            // after forwarding it, before storing it) and gave the number
+            // to another write. Only the bytes tell them apart.
+            self.same_as_committed(chunk, h.version, &m).await?;
+            return Ok(Self::versioned_reply(h, h.version));
+        }
+        if h.version < committed {
+            // A version this replica has built on: the sender is settling
+            // it late; what we hold came from the head that assigned it.
             return Ok(Self::versioned_reply(h, h.version));
         }
         let newest = st
@@ -822,10 +872,68 @@ impl Shard {
             return Ok(());
         }
         let next = route.successor()?;
-        self.store_version(route, chunk, version, m, false).await?;
-        persisted(version);
-        failpoint::hit("chunk.write.before_forward");
-        self.forward(&next, route, h, chunk, version, m).await?;
+        let local = self.store_version(route, chunk, version, m, false);
+        let (stored, forwarded) = if failpoint::is_armed(FORWARDED_UNPERSISTED) {
+            // Fault tests: the successors have the version before this
+            // replica starts storing it.
+            let forwarded = self.forward(&next, route, h, chunk, version, m).await;
+            failpoint::hit(FORWARDED_UNPERSISTED);
+            (local.await, forwarded)
+        } else if failpoint::fires("chunk.write.local_error") {
+            // Fault tests: the local store fails as an I/O error would,
+            // after the successors have the version.
+            drop(local);
+            let forwarded = self.forward(&next, route, h, chunk, version, m).await;
+            let failed = Reject::new(
+                ErrorCode::Io,
+                "failpoint chunk.write.local_error: the local store failed",
+            );
+            (Err(failed), forwarded)
+        } else {
+            let mut local = std::pin::pin!(local);
+            // The payload's CRCs are checked before the store first waits:
+            // a bad payload is refused here without forwarding it.
+            match futures_lite::future::poll_once(&mut local).await {
+                Some(Err(e)) => return Err(e),
+                Some(Ok(())) => {
+                    failpoint::hit("chunk.write.before_forward");
+                    (
+                        Ok(()),
+                        self.forward(&next, route, h, chunk, version, m).await,
+                    )
+                }
+                None => {
+                    failpoint::hit("chunk.write.before_forward");
+                    futures_lite::future::zip(
+                        local,
+                        self.forward(&next, route, h, chunk, version, m),
+                    )
+                    .await
+                }
+            }
+        };
+        if let Err(e) = stored {
+            // The successors may hold the version now, this replica does
+            // not: it must not serve the chunk, or build on it, until it
+            // has copied the chunk from the tail.
+            tracing::error!(
+                %chunk,
+                version,
+                "storing a forwarded version failed; the chunk diverged here: {}",
+                e.msg
+            );
+            self.diverge(chunk);
+            return Err(e);
+        }
+        match forwarded {
+            // This replica's copy was replaced by the tail's, in which the
+            // version holds other bytes: nothing of this write to remember.
+            Err(e) if e.code == ErrorCode::Diverged => return Err(e),
+            forwarded => {
+                persisted(version);
+                forwarded?;
+            }
+        }
         failpoint::hit("chunk.write.before_commit");
         // The serving tail's commit is what reads trust: durable.
         self.store
@@ -933,15 +1041,27 @@ impl Shard {
         let reply = self.peers.call(&next.addr, frame).await?;
         match reply.error_code() {
             None => Ok(()),
-            Some(code) => Err(Reject::new(
-                code,
-                format!(
-                    "successor target {} at {} refused version {version} of {chunk}: {}",
-                    next.target,
-                    next.addr,
-                    reply.error_message().unwrap_or_default()
-                ),
-            )),
+            Some(code) => Err({
+                if code == ErrorCode::Diverged {
+                    // This replica reused a version its successors hold
+                    // with other bytes: it converges now, while it holds
+                    // the chunk's lock (and again at the next mutation if
+                    // the tail cannot supply the chunk yet).
+                    self.diverge(chunk);
+                    if let Err(e) = self.converge(route, h, chunk).await {
+                        tracing::warn!(%chunk, "copying a diverged chunk from the tail: {}", e.msg);
+                    }
+                }
+                Reject::new(
+                    code,
+                    format!(
+                        "successor target {} at {} refused version {version} of {chunk}: {}",
+                        next.target,
+                        next.addr,
+                        reply.error_message().unwrap_or_default()
+                    ),
+                )
+            }),
         }
     }
 
@@ -978,6 +1098,123 @@ impl Shard {
         Ok(())
     }
 
+    /// Marks `chunk` diverged here (see the module docs).
+    fn diverge(&self, chunk: ChunkId) {
+        if self.diverged.borrow_mut().insert(chunk) {
+            self.metrics.diverged();
+        }
+    }
+
+    /// Before a mutation of a chunk diverged here: replaces this replica's
+    /// copy with the tail's committed version (dropping every version of
+    /// its own, pending ones included) and forgets the writes remembered
+    /// for it, whose versions may be gone. Called under the chunk's lock,
+    /// which the head holds down the chain, so no write to the chunk is
+    /// under way between here and the tail.
+    async fn converge(&self, route: &Route, h: &Header, chunk: ChunkId) -> Result<()> {
+        if !self.diverged.borrow().contains(&chunk) {
+            return Ok(());
+        }
+        let tail = if route.is_serving_tail {
+            None
+        } else {
+            route.tail()
+        };
+        if let Some(tail) = tail {
+            let q = Frame::new(Header {
+                chunk,
+                chain: h.chain,
+                chain_version: ChainVersion(route.chain_version),
+                ..Header::request(Opcode::Stat, 0)
+            });
+            let unavailable = |e: String| {
+                Reject::new(
+                    ErrorCode::Unavailable,
+                    format!("{chunk} diverged here and the tail cannot supply it yet: {e}"),
+                )
+            };
+            let reply = self
+                .peers
+                .call(&tail.addr, q)
+                .await
+                .map_err(|e| unavailable(e.to_string()))?;
+            let (version, len) = match reply.error_code() {
+                None => (reply.header.version, reply.header.offset),
+                Some(ErrorCode::NotFound) => (0, 0),
+                Some(code) => {
+                    return Err(unavailable(format!(
+                        "{code:?}: {}",
+                        reply.error_message().unwrap_or_default()
+                    )));
+                }
+            };
+            if version == 0 {
+                self.store.remove(chunk).await?;
+            } else {
+                let (data, crcs, seals) = self
+                    .fetch_committed(
+                        &tail.addr,
+                        route.chain_id,
+                        route.chain_version,
+                        chunk,
+                        version,
+                        len,
+                    )
+                    .await?;
+                let w = WriteIn {
+                    offset: 0,
+                    data: &data,
+                    segment_crcs: &crcs,
+                    seals: &seals,
+                    snap: Snap {
+                        seq: self.control.snap_seq(),
+                        ..Snap::default()
+                    },
+                };
+                self.store
+                    .install_piece(route.chain_id, chunk, version, len, w)
+                    .await?;
+            }
+            tracing::warn!(%chunk, version, "diverged replica caught up with the tail");
+        } else {
+            // The tail now (its successors left the chain): what it holds
+            // is what the chain holds.
+            tracing::warn!(%chunk, "diverged replica became the tail; keeping its copy");
+        }
+        self.dedup.borrow_mut().forget(chunk);
+        self.diverged.borrow_mut().remove(&chunk);
+        Ok(())
+    }
+
+    /// Checks that version `version`, committed here, holds the bytes of
+    /// `m`; [`ErrorCode::Diverged`] when it does not.
+    async fn same_as_committed(&self, chunk: ChunkId, version: u64, m: &Mutation) -> Result<()> {
+        let same = match m {
+            Mutation::Write { offset, data, .. } => {
+                let got = self
+                    .store
+                    .read(chunk, *offset, data.len() as u64, ReadMode::Committed)
+                    .await?;
+                got.version == version && got.data == *data
+            }
+            Mutation::Truncate { new_len, .. } => self
+                .store
+                .stat(chunk)?
+                .is_some_and(|s| s.committed_version == version && s.committed_len == *new_len),
+        };
+        if same {
+            return Ok(());
+        }
+        self.metrics.diverged();
+        Err(Reject::new(
+            ErrorCode::Diverged,
+            format!(
+                "version {version} of {chunk} is committed here with other bytes: the sender \
+                 lost it and assigned the number again; it copies the chunk from the tail"
+            ),
+        ))
+    }
+
     fn store_error(&self, chunk: ChunkId, e: StoreError) -> Reject {
         if let StoreError::Checksum { block, .. } = &e {
             // A client payload that fails its CRC on arrival.
@@ -995,6 +1232,16 @@ impl Shard {
     }
 
     async fn read(&self, route: &Route, h: &Header, whole: bool) -> Result<Frame> {
+        if self.diverged.borrow().contains(&h.chunk) {
+            return Err(Reject::new(
+                ErrorCode::Pending,
+                format!(
+                    "{} diverged here (a write this replica lost reached its successors): \
+                     read another replica",
+                    h.chunk
+                ),
+            ));
+        }
         if route.state != MemberState::Serving {
             return Err(Reject::new(
                 ErrorCode::Unavailable,

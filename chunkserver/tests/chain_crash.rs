@@ -13,7 +13,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use cairn_proto::ErrorCode;
-use common::{Cluster, chunk, pattern};
+use common::{Cluster, chunk, metric, pattern};
 
 /// Writes per scenario; each is one 4 KiB block (plus a straddling write).
 const WRITES: u64 = 24;
@@ -112,5 +112,165 @@ async fn kill_9_at_every_write_step_loses_no_acknowledged_write() {
             let nth = 3 + (object as u32 * 7) % 11;
             scenario(&mut c, role, point, nth, object).await;
         }
+    }
+}
+
+/// Writes `d` to block 0 of `k` as (client, seq), retrying until it is
+/// acknowledged.
+async fn write_until_acknowledged(
+    c: &Cluster,
+    k: cairn_proto::ids::ChunkId,
+    d: &[u8],
+    client: u64,
+    seq: u64,
+    what: &str,
+) {
+    let ch = c.chain(3, 0, k).await;
+    let start = Instant::now();
+    loop {
+        match c.write(&ch, k, 0, d, client, seq).await {
+            Ok(_) => return,
+            Err(e) => {
+                assert!(e.is_retryable(), "{what}: write failed for good: {e}");
+                assert!(
+                    start.elapsed() < Duration::from_secs(30),
+                    "{what}: write never acknowledged: {e}"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+/// Block 0 of `k` as every replica of its chain reads it.
+async fn every_replica(c: &Cluster, k: cairn_proto::ids::ChunkId, what: &str) -> Vec<Vec<u8>> {
+    let ch = c.chain(3, 0, k).await;
+    let mut out = Vec::new();
+    for (i, addr) in ch.members.iter().enumerate() {
+        let start = Instant::now();
+        let got = loop {
+            match c.read(&ch, addr, k, 0, 4096).await {
+                Ok(b) => break b,
+                Err(e) => {
+                    assert!(
+                        start.elapsed() < Duration::from_secs(15),
+                        "{what}: replica {i} unreadable: {e}"
+                    );
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        };
+        out.push(got.to_vec());
+    }
+    out
+}
+
+/// A replica forwards a version before storing it (issue 14) and is
+/// killed in between, so its successors hold a version it never had. A
+/// different write to the same block follows. The head must not give the
+/// lost version's number to those other bytes — the successors would take
+/// them as already applied — and every replica must end with the new
+/// write. Checked for the head and for the middle.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_killed_between_forwarding_and_storing_converges() {
+    let mut c = Cluster::start(3, &[]).await;
+    for (role, object) in [(0usize, 900u64), (1, 901)] {
+        let what = if role == 0 { "head" } else { "middle" };
+        let k = chunk(object, 0);
+        let ch = c.chain(3, 0, k).await;
+        let victim = c.index_of(&ch.members[role]);
+        let first = pattern(object * 10 + 1, 4096);
+        write_until_acknowledged(&c, k, &first, 7, 1, what).await;
+
+        c.kill(victim);
+        c.cs[victim].extra_env = vec![(
+            "CAIRN_FAILPOINT".into(),
+            "chunk.write.forwarded_unpersisted:1".into(),
+        )];
+        c.spawn(victim);
+        c.cs[victim].extra_env.clear();
+        // Version 2 reaches the successors of the victim, which dies
+        // before storing it; the write is never acknowledged.
+        let lost = pattern(object * 10 + 2, 4096);
+        let start = Instant::now();
+        loop {
+            let r = c.write(&ch, k, 0, &lost, 7, 2).await;
+            assert!(
+                r.is_err(),
+                "{what}: the write through the failpoint was acknowledged"
+            );
+            if c.wait_exit(victim, Duration::from_millis(300)) {
+                break;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(15),
+                "{what}: the failpoint never fired"
+            );
+        }
+        c.spawn(victim);
+
+        // Another client writes other bytes to the same block.
+        let next = pattern(object * 10 + 3, 4096);
+        write_until_acknowledged(&c, k, &next, 8, 1, what).await;
+        for (i, got) in every_replica(&c, k, what).await.iter().enumerate() {
+            assert!(
+                got[..] == next[..],
+                "{what}: replica {i} does not hold the acknowledged write (lost write: {}, first: {})",
+                got[..] == lost[..],
+                got[..] == first[..]
+            );
+        }
+        if role == 0 {
+            let m = c.metrics(victim);
+            assert!(
+                metric(&m, "cairn_chunkserver_diverged_chunks_total") >= 1.0,
+                "the restarted head found the chunk diverged"
+            );
+        }
+    }
+}
+
+/// The local store of a forwarded version fails (an I/O error, injected)
+/// after the successors stored it: the replica serves no read of the chunk
+/// until it has copied it from the tail, which its next write does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_local_store_after_forwarding_is_caught_up_from_the_tail() {
+    let mut c = Cluster::start(3, &[]).await;
+    let k = chunk(950, 0);
+    let ch = c.chain(3, 0, k).await;
+    let head = c.index_of(&ch.members[0]);
+    c.kill(head);
+    c.cs[head].extra_env = vec![("CAIRN_FAILPOINT".into(), "chunk.write.local_error:2".into())];
+    c.spawn(head);
+    c.cs[head].extra_env.clear();
+    let first = pattern(9501, 4096);
+    write_until_acknowledged(&c, k, &first, 7, 1, "first").await;
+    let failed = pattern(9502, 4096);
+    let e = c
+        .write(&ch, k, 0, &failed, 7, 2)
+        .await
+        .expect_err("a write whose local store failed is not acknowledged");
+    assert_eq!(e.code(), ErrorCode::Io, "{e}");
+    // The successors hold version 2, the head does not: it sends readers
+    // elsewhere instead of answering with version 1.
+    let e = c
+        .read(&ch, &ch.members[0], k, 0, 4096)
+        .await
+        .expect_err("the diverged head serves no read of the chunk");
+    assert_eq!(e.code(), ErrorCode::Pending, "{e}");
+    let tail = c.read(&ch, &ch.members[2], k, 0, 4096).await.expect("tail");
+    assert!(
+        tail[..] == failed[..],
+        "the tail holds the forwarded version"
+    );
+    assert!(metric(&c.metrics(head), "cairn_chunkserver_diverged_chunks_total") >= 1.0);
+
+    let next = pattern(9503, 4096);
+    write_until_acknowledged(&c, k, &next, 8, 1, "next").await;
+    for (i, got) in every_replica(&c, k, "after").await.iter().enumerate() {
+        assert!(
+            got[..] == next[..],
+            "replica {i} does not hold the acknowledged write"
+        );
     }
 }

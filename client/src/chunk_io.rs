@@ -149,6 +149,7 @@ fn to_status(e: &DataError, what: &str) -> CairnStatus {
     let code = match e.code() {
         // A transient failure that outlived the deadline.
         ErrorCode::Pending
+        | ErrorCode::Diverged
         | ErrorCode::StaleChainVersion
         | ErrorCode::NewerChainVersion
         | ErrorCode::StaleSnapSeq => ErrorCode::Unavailable,

@@ -185,6 +185,7 @@ impl DataError {
             Self::Status { code, .. } => matches!(
                 code,
                 ErrorCode::Pending
+                    | ErrorCode::Diverged
                     | ErrorCode::Unavailable
                     | ErrorCode::TimedOut
                     | ErrorCode::StaleChainVersion

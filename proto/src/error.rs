@@ -72,11 +72,15 @@ pub enum ErrorCode {
     AccessDenied = 29,
     /// The cluster is not initialized yet.
     NotInitialized = 30,
+    /// A replica holds this chunk version with other bytes: the sender lost
+    /// a write (a crash or a failed local write while it was forwarded)
+    /// that its successors kept. It copies the chunk from the tail; retry.
+    Diverged = 31,
 }
 
 impl ErrorCode {
     /// Every code, for tests and for tables in docs.
-    pub const ALL: [ErrorCode; 30] = [
+    pub const ALL: [ErrorCode; 31] = [
         Self::Internal,
         Self::NotFound,
         Self::Exists,
@@ -107,6 +111,7 @@ impl ErrorCode {
         Self::Loop,
         Self::AccessDenied,
         Self::NotInitialized,
+        Self::Diverged,
     ];
 
     /// Returns the code for a wire value, or `None` for a value this build
@@ -142,7 +147,8 @@ impl ErrorCode {
             | Self::NewerChainVersion
             | Self::Pending
             | Self::StaleSnapSeq
-            | Self::NotInitialized => 11, // EAGAIN
+            | Self::NotInitialized
+            | Self::Diverged => 11, // EAGAIN
             Self::Internal | Self::Checksum | Self::StaleSequence | Self::Io => 5, // EIO
         }
     }
@@ -171,7 +177,8 @@ impl ErrorCode {
             | Self::NewerChainVersion
             | Self::Pending
             | Self::StaleSnapSeq
-            | Self::NotInitialized => K::WouldBlock,
+            | Self::NotInitialized
+            | Self::Diverged => K::WouldBlock,
             Self::Checksum => K::InvalidData,
             Self::Loop => K::InvalidInput,
             Self::NoData | Self::Internal | Self::StaleSequence | Self::Io => K::Other,
@@ -191,6 +198,7 @@ impl ErrorCode {
                 | Self::StaleSnapSeq
                 | Self::TimedOut
                 | Self::NotInitialized
+                | Self::Diverged
         )
     }
 
@@ -216,7 +224,7 @@ impl ErrorCode {
             }
             Self::NoSpace | Self::QuotaExceeded => G::ResourceExhausted,
             Self::NotPermitted | Self::AccessDenied => G::PermissionDenied,
-            Self::NotLeader | Self::Unavailable | Self::Pending => G::Unavailable,
+            Self::NotLeader | Self::Unavailable | Self::Pending | Self::Diverged => G::Unavailable,
             Self::TimedOut => G::DeadlineExceeded,
             Self::Checksum => G::DataLoss,
             Self::Internal | Self::Io => G::Internal,
@@ -256,6 +264,7 @@ impl ErrorCode {
             Self::Loop => "loop",
             Self::AccessDenied => "access_denied",
             Self::NotInitialized => "not_initialized",
+            Self::Diverged => "diverged",
         }
     }
 }

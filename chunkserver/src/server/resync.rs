@@ -398,7 +398,7 @@ impl Shard {
 
     /// Reads committed version `version` (`len` bytes) of `chunk` from the
     /// replica at `addr`, CRC-checked; an error if it holds another version.
-    async fn fetch_committed(
+    pub(crate) async fn fetch_committed(
         &self,
         addr: &str,
         chain: u32,
