@@ -11,6 +11,14 @@
 //! chunks (DESIGN §5). The chunkserver's stable identity towards meta is
 //! derived from the target UUID, so a restarted or rescheduled pod with the
 //! same volume is the same chunkserver.
+//!
+//! A clean stop leaves a `clean-shutdown` file in the target directory,
+//! and a start removes it (durably) before serving. A start without it is
+//! *unclean* (kill -9, a crash, a power cut): a replica may then have
+//! forwarded a version down its chain that it never stored (writes store
+//! and forward at once, see [`crate::server`]), so each shard checks its
+//! chunks against their chains' tails before trusting them for reads
+//! (`server/verify.rs`).
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -134,9 +142,30 @@ pub struct Chunkserver {
     pub metrics: Arc<Metrics>,
     /// The target's UUID.
     pub target_uuid: String,
+    /// Whether the previous run of this target ended without a clean stop.
+    pub unclean_start: bool,
+    data_dir: PathBuf,
     stop: Arc<AtomicBool>,
     control_stop: tokio::sync::watch::Sender<bool>,
     threads: Vec<JoinHandle<()>>,
+}
+
+/// The file a clean stop leaves in the target directory.
+const CLEAN_MARK: &str = "clean-shutdown";
+
+/// Writes (`present`) or removes the clean-stop mark in `dir`, durably.
+fn set_clean_mark(dir: &std::path::Path, present: bool) -> std::io::Result<()> {
+    let mark = dir.join(CLEAN_MARK);
+    if present {
+        let f = std::fs::File::create(&mark)?;
+        f.sync_all()?;
+    } else {
+        match std::fs::remove_file(&mark) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            r => r?,
+        }
+    }
+    std::fs::File::open(dir)?.sync_all()
 }
 
 impl Chunkserver {
@@ -165,6 +194,13 @@ impl Chunkserver {
         let _ = self.control_stop.send(true);
         for t in self.threads.drain(..) {
             let _ = t.join();
+        }
+        // Every shard has flushed its store: the next start is clean.
+        if let Err(e) = set_clean_mark(&self.data_dir, true) {
+            tracing::warn!(
+                dir = %self.data_dir.display(),
+                "writing the clean-stop mark: {e}; the next start checks every chunk"
+            );
         }
     }
 }
@@ -206,9 +242,21 @@ pub fn start(cfg: ChunkserverConfig) -> Result<Chunkserver, StartError> {
         dir: cfg.data_dir.clone(),
         source,
     };
-    if !cfg.data_dir.join("superblock.json").exists() {
+    let fresh = !cfg.data_dir.join("superblock.json").exists();
+    if fresh {
         Target::format(&cfg.data_dir, cfg.shards.max(1)).map_err(target_err)?;
         tracing::info!(dir = %cfg.data_dir.display(), shards = cfg.shards, "formatted target");
+    }
+    let unclean = !fresh && !cfg.data_dir.join(CLEAN_MARK).exists();
+    // Gone before the first write is served: a crash from here on is seen.
+    set_clean_mark(&cfg.data_dir, false)
+        .map_err(StoreError::io("removing the clean-stop mark"))
+        .map_err(target_err)?;
+    if unclean {
+        tracing::warn!(
+            dir = %cfg.data_dir.display(),
+            "the last run did not stop cleanly: chunks are checked against their chains' tails before they serve reads"
+        );
     }
     let target = Arc::new(
         Target::open_with(
@@ -265,6 +313,7 @@ pub fn start(cfg: ChunkserverConfig) -> Result<Chunkserver, StartError> {
             corrupt: corrupt_tx.clone(),
             scrub: cfg.scrub.clone(),
             peer_timeout: cfg.peer_timeout,
+            unclean,
             resync: crate::server::resync::ResyncConfig {
                 rate_per_shard: cfg.resync_rate / u64::from(shards.max(1)),
             },
@@ -360,6 +409,8 @@ pub fn start(cfg: ChunkserverConfig) -> Result<Chunkserver, StartError> {
         control,
         metrics,
         target_uuid: uuid,
+        unclean_start: unclean,
+        data_dir: cfg.data_dir.clone(),
         stop,
         control_stop,
         threads,
@@ -379,6 +430,8 @@ struct ShardStart {
     corrupt: tokio::sync::mpsc::UnboundedSender<Corrupt>,
     scrub: ScrubConfig,
     peer_timeout: Duration,
+    /// The target's last run ended without a clean stop.
+    unclean: bool,
     resync: crate::server::resync::ResyncConfig,
 }
 
@@ -420,6 +473,10 @@ async fn run_shard(ctx: ShardStart, ready: mpsc::Sender<Result<SocketAddr, Strin
         read_sink,
     ));
     let scrub_stop = Rc::new(std::cell::Cell::new(false));
+    let verify = ctx.unclean.then(|| {
+        shard.suspect_after_crash();
+        glommio::spawn_local(shard.clone().verify_after_crash(scrub_stop.clone()))
+    });
     let tx = ctx.corrupt.clone();
     let repair_shard = shard.clone();
     // The scrubber yields to the data path: its own queue, few shares.
@@ -475,6 +532,9 @@ async fn run_shard(ctx: ShardStart, ready: mpsc::Sender<Result<SocketAddr, Strin
     }
     scrub_stop.set(true);
     resync.await;
+    if let Some(v) = verify {
+        v.await;
+    }
     match scrubber {
         Ok(t) => t.await,
         Err(e) => tracing::error!("the scrubber could not start: {e}"),

@@ -59,10 +59,13 @@
 //!   that relayed the answer) then copies the chunk from the tail under
 //!   the lock it holds, and the client's retry gets the next version.
 //!
-//! Until its next write, a head that crashed in that window reads the
-//! previous version of the chunk while the tail reads the unacknowledged
-//! one; no acknowledged write is affected (it is on every replica before
-//! the reply), and the next write converges the chain.
+//! A replica restarted after such a crash has no memory of the lost
+//! version, so before its next write it would read the previous version
+//! of the chunk while the tail serves the newer (unacknowledged) one. A
+//! start without the clean-stop mark therefore checks every chunk against
+//! its tail before trusting it for reads ([`verify`]). No acknowledged
+//! write is affected in any of these cases: it is on every replica before
+//! the reply.
 //!
 //! Non-tail replicas commit without waiting for the metadata flush: a
 //! crash can lose only the commit record, leaving the version pending,
@@ -91,9 +94,14 @@
 //! is committed: if the tail is ahead, the replica commits up to it (the
 //! commit record it lost or has not received yet) and reads; if the tail
 //! agrees, the committed version is current. If the tail cannot be asked,
-//! the replica answers PENDING and the client reads elsewhere. Every
-//! stored block is verified against its CRC on read; a corrupt block is
-//! never returned, is counted, and is reported to meta.
+//! the replica answers PENDING and the client reads elsewhere. The same
+//! question goes to the tail for a range this replica has forwarded but
+//! not stored yet (stores and forwards run at once, so the tail may serve
+//! the new version first) and for a chunk not yet checked after an unclean
+//! start. When the tail holds a version this replica has not stored yet,
+//! the answer is PENDING too, never the older bytes. Every stored block is
+//! verified against its CRC on read; a corrupt block is never returned, is
+//! counted, and is reported to meta.
 
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, VecDeque};
@@ -118,6 +126,7 @@ use crate::store::{NO_SEAL, ReadMode, Seal, ShardStore, Snap, StoreError, WriteI
 use crate::wire::{FrameReader, ReadError, write_frame};
 
 pub mod resync;
+pub mod verify;
 
 /// Requests one connection may have in flight before the server stops
 /// reading from it (back-pressure).
@@ -125,6 +134,10 @@ const MAX_IN_FLIGHT: usize = 256;
 
 /// The failpoint that makes a non-tail replica forward before storing.
 const FORWARDED_UNPERSISTED: &str = "chunk.write.forwarded_unpersisted";
+
+/// The failpoint that makes a non-tail replica store a version a second
+/// after its successors have it.
+const STORE_LATE: &str = "chunk.write.store_late";
 
 /// (client, sequence) pairs remembered for retries, per shard.
 const DEDUP_ENTRIES: usize = 65_536;
@@ -364,6 +377,36 @@ pub struct Shard {
     /// (see "Diverged replicas" in the module docs): no reads here, and
     /// the next mutation copies the chunk from the tail first.
     diverged: RefCell<std::collections::HashSet<ChunkId>>,
+    /// Byte ranges of versions forwarded from here whose local store has
+    /// not finished, per chunk: the successors (and readers of the tail)
+    /// may see them first, so reads here that touch them ask the tail.
+    unstored: RefCell<HashMap<ChunkId, Vec<(u64, u64)>>>,
+    /// Set after an unclean start until every chunk here was checked
+    /// against its chain's tail (`verify.rs`).
+    suspect: Cell<bool>,
+    /// Chunks checked since an unclean start (dropped once all are).
+    verified: RefCell<std::collections::HashSet<ChunkId>>,
+}
+
+/// Keeps one range in [`Shard::unstored`] while alive.
+struct UnstoredGuard<'a> {
+    map: &'a RefCell<HashMap<ChunkId, Vec<(u64, u64)>>>,
+    chunk: ChunkId,
+    range: (u64, u64),
+}
+
+impl Drop for UnstoredGuard<'_> {
+    fn drop(&mut self) {
+        let mut m = self.map.borrow_mut();
+        if let Some(v) = m.get_mut(&self.chunk) {
+            if let Some(i) = v.iter().position(|r| *r == self.range) {
+                v.swap_remove(i);
+            }
+            if v.is_empty() {
+                m.remove(&self.chunk);
+            }
+        }
+    }
 }
 
 /// Counts one head mutation in [`Shard::inflight`] while alive.
@@ -449,6 +492,9 @@ impl Shard {
             pace_next: Cell::new(Instant::now()),
             repairs: RefCell::new(std::collections::BTreeSet::new()),
             diverged: RefCell::new(std::collections::HashSet::new()),
+            unstored: RefCell::new(HashMap::new()),
+            suspect: Cell::new(false),
+            verified: RefCell::new(std::collections::HashSet::new()),
         }
     }
 
@@ -872,46 +918,51 @@ impl Shard {
             return Ok(());
         }
         let next = route.successor()?;
+        let _unstored = self.mark_unstored(chunk, m);
         let local = self.store_version(route, chunk, version, m, false);
-        let (stored, forwarded) = if failpoint::is_armed(FORWARDED_UNPERSISTED) {
-            // Fault tests: the successors have the version before this
-            // replica starts storing it.
-            let forwarded = self.forward(&next, route, h, chunk, version, m).await;
-            failpoint::hit(FORWARDED_UNPERSISTED);
-            (local.await, forwarded)
-        } else if failpoint::fires("chunk.write.local_error") {
-            // Fault tests: the local store fails as an I/O error would,
-            // after the successors have the version.
-            drop(local);
-            let forwarded = self.forward(&next, route, h, chunk, version, m).await;
-            let failed = Reject::new(
-                ErrorCode::Io,
-                "failpoint chunk.write.local_error: the local store failed",
-            );
-            (Err(failed), forwarded)
-        } else {
-            let mut local = std::pin::pin!(local);
-            // The payload's CRCs are checked before the store first waits:
-            // a bad payload is refused here without forwarding it.
-            match futures_lite::future::poll_once(&mut local).await {
-                Some(Err(e)) => return Err(e),
-                Some(Ok(())) => {
-                    failpoint::hit("chunk.write.before_forward");
-                    (
-                        Ok(()),
-                        self.forward(&next, route, h, chunk, version, m).await,
-                    )
+        let (stored, forwarded) =
+            if failpoint::is_armed(FORWARDED_UNPERSISTED) || failpoint::is_armed(STORE_LATE) {
+                // Fault tests: the successors have the version before this
+                // replica starts storing it.
+                let forwarded = self.forward(&next, route, h, chunk, version, m).await;
+                failpoint::hit(FORWARDED_UNPERSISTED);
+                if failpoint::is_armed(STORE_LATE) {
+                    glommio::timer::sleep(Duration::from_secs(1)).await;
                 }
-                None => {
-                    failpoint::hit("chunk.write.before_forward");
-                    futures_lite::future::zip(
-                        local,
-                        self.forward(&next, route, h, chunk, version, m),
-                    )
-                    .await
+                (local.await, forwarded)
+            } else if failpoint::fires("chunk.write.local_error") {
+                // Fault tests: the local store fails as an I/O error would,
+                // after the successors have the version.
+                drop(local);
+                let forwarded = self.forward(&next, route, h, chunk, version, m).await;
+                let failed = Reject::new(
+                    ErrorCode::Io,
+                    "failpoint chunk.write.local_error: the local store failed",
+                );
+                (Err(failed), forwarded)
+            } else {
+                let mut local = std::pin::pin!(local);
+                // The payload's CRCs are checked before the store first waits:
+                // a bad payload is refused here without forwarding it.
+                match futures_lite::future::poll_once(&mut local).await {
+                    Some(Err(e)) => return Err(e),
+                    Some(Ok(())) => {
+                        failpoint::hit("chunk.write.before_forward");
+                        (
+                            Ok(()),
+                            self.forward(&next, route, h, chunk, version, m).await,
+                        )
+                    }
+                    None => {
+                        failpoint::hit("chunk.write.before_forward");
+                        futures_lite::future::zip(
+                            local,
+                            self.forward(&next, route, h, chunk, version, m),
+                        )
+                        .await
+                    }
                 }
-            }
-        };
+            };
         if let Err(e) = stored {
             // The successors may hold the version now, this replica does
             // not: it must not serve the chunk, or build on it, until it
@@ -1098,6 +1149,41 @@ impl Shard {
         Ok(())
     }
 
+    /// Records the range `m` changes as forwarded but not stored here
+    /// until the guard drops.
+    fn mark_unstored(&self, chunk: ChunkId, m: &Mutation) -> UnstoredGuard<'_> {
+        let range = match m {
+            Mutation::Write { offset, data, .. } => {
+                (*offset, offset.saturating_add(data.len() as u64))
+            }
+            // A truncate changes the length: every read may see it.
+            Mutation::Truncate { .. } => (0, u64::MAX),
+        };
+        self.unstored
+            .borrow_mut()
+            .entry(chunk)
+            .or_default()
+            .push(range);
+        UnstoredGuard {
+            map: &self.unstored,
+            chunk,
+            range,
+        }
+    }
+
+    /// Whether a read of `len` bytes at `offset` of `chunk` here must ask
+    /// the tail first: it touches a version this replica forwarded but has
+    /// not stored, or the chunk is unchecked since an unclean start.
+    fn must_ask_tail(&self, chunk: ChunkId, offset: u64, len: u64) -> bool {
+        let end = offset.saturating_add(len.max(1));
+        let in_flight = self
+            .unstored
+            .borrow()
+            .get(&chunk)
+            .is_some_and(|v| v.iter().any(|(a, b)| *a < end && offset < *b));
+        in_flight || self.unverified(chunk)
+    }
+
     /// Marks `chunk` diverged here (see the module docs).
     fn diverge(&self, chunk: ChunkId) {
         if self.diverged.borrow_mut().insert(chunk) {
@@ -1275,7 +1361,16 @@ impl Shard {
         } else {
             ReadMode::CleanOnly
         };
-        let out = match self.store.read(chunk, offset, len, mode).await {
+        let ask_tail = !route.is_serving_tail && self.must_ask_tail(chunk, offset, len);
+        let first = if ask_tail {
+            self.catch_up_with_tail(route, h).await?;
+            self.store
+                .read(chunk, offset, len, ReadMode::Committed)
+                .await
+        } else {
+            self.store.read(chunk, offset, len, mode).await
+        };
+        let out = match first {
             Err(StoreError::Pending { .. }) if route.is_serving_tail => {
                 self.commit_pending_as_tail(chunk).await?;
                 self.store
@@ -1393,13 +1488,24 @@ impl Shard {
             Some(_) => return Err(pending()),
         };
         let Some(st) = self.store.stat(h.chunk)? else {
+            if tail_version > 0 {
+                return Err(pending());
+            }
+            self.checked(h.chunk);
             return Ok(());
         };
         let newest = st.pending_versions.last().copied().unwrap_or(0);
+        if tail_version > newest.max(st.committed_version) {
+            // The tail has a version this replica has not stored: one it
+            // is storing while its successors already have it, or one it
+            // lost (a crash between forwarding and storing).
+            return Err(pending());
+        }
         let through = tail_version.min(newest);
         if through > st.committed_version {
             self.store.commit_through(h.chunk, through, false).await?;
         }
+        self.checked(h.chunk);
         Ok(())
     }
 

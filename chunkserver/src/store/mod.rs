@@ -11,6 +11,7 @@
 //!     'C' ++ object BE ++ index BE              -> ChunkHeader
 //!     'B' ++ object BE ++ index BE ++ block BE  -> BlockEntry
 //! <dir>/data/shard-<k>.dat  data blocks, grown by fallocate in 256 MiB extents
+//! <dir>/clean-shutdown      empty; present only between a clean stop and the next start
 //! ```
 //!
 //! # Invariants

@@ -1,0 +1,160 @@
+//! After an unclean start: every chunk checked against its chain's tail
+//! before this replica trusts it for reads.
+//!
+//! Writes store a version and forward it at once (see [`super`]), so a
+//! replica killed between the two leaves its successors holding a version
+//! it never stored. A write that follows finds that out (the successor
+//! compares bytes and answers [`ErrorCode::Diverged`]); a read would not:
+//! the chunk looks clean here at the previous version while the tail
+//! serves the newer one, and a reader moving from the tail to this replica
+//! would go back in time.
+//!
+//! So a shard that starts without the clean-stop mark (`node.rs`) is
+//! *suspect*. A read of a chunk not yet checked asks the tail for its
+//! committed version, as a read of a dirty range does, and is answered
+//! PENDING (the client reads another replica) when the tail holds a
+//! version this replica does not. A background pass checks every chunk
+//! under its lock — the head holds the lock down the chain for a write,
+//! so a newer version at the tail is then one this replica lost, never one
+//! in flight — marks lost ones diverged (their next write copies them from
+//! the tail), and ends the suspect state once every chunk is checked, so
+//! the set of checked chunks lives only as long as the pass. A chunk whose
+//! tail cannot be asked is tried again a second later; the tail itself
+//! and chunks of chains no longer in the table have nothing to compare.
+
+use std::cell::Cell;
+use std::rc::Rc;
+use std::time::Duration;
+
+use cairn_proto::ErrorCode;
+use cairn_proto::frame::{Frame, Header, Opcode};
+use cairn_proto::ids::{ChainId, ChainVersion, ChunkId};
+
+use super::{Result, Shard};
+
+/// The pause between passes while some chunks could not be checked.
+const RETRY: Duration = Duration::from_secs(1);
+
+impl Shard {
+    /// Starts the suspect state of an unclean start.
+    pub fn suspect_after_crash(&self) {
+        self.suspect.set(true);
+    }
+
+    /// Whether `chunk` is unchecked since an unclean start.
+    pub(super) fn unverified(&self, chunk: ChunkId) -> bool {
+        self.suspect.get() && !self.verified.borrow().contains(&chunk)
+    }
+
+    /// Records `chunk` as checked (while suspect).
+    pub(super) fn checked(&self, chunk: ChunkId) {
+        if self.suspect.get() {
+            self.verified.borrow_mut().insert(chunk);
+        }
+    }
+
+    /// Checks every chunk of this shard against its tail, pass after pass,
+    /// until all are checked (or `stop`).
+    pub async fn verify_after_crash(self: Rc<Self>, stop: Rc<Cell<bool>>) {
+        while self.suspect.get() && !stop.get() {
+            if self.control.view_version() == 0 {
+                // No chain table from meta yet: nothing to compare with.
+                glommio::timer::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+            match self.verify_pass(&stop).await {
+                Ok(0) => {
+                    self.suspect.set(false);
+                    self.verified.borrow_mut().clear();
+                    tracing::info!(
+                        shard = self.shard,
+                        diverged = self.diverged.borrow().len(),
+                        "every chunk checked against its chain's tail after the unclean start"
+                    );
+                    return;
+                }
+                Ok(left) => {
+                    tracing::info!(shard = self.shard, left, "chunks not checked yet; retrying");
+                }
+                Err(e) => tracing::warn!(shard = self.shard, "checking chunks: {}", e.msg),
+            }
+            glommio::timer::sleep(RETRY).await;
+        }
+    }
+
+    /// One pass; returns how many chunks are still unchecked.
+    async fn verify_pass(&self, stop: &Cell<bool>) -> Result<usize> {
+        let mut left = 0;
+        for chunk in self.store.list_chunks()? {
+            if stop.get() {
+                return Ok(left + 1);
+            }
+            if !self.unverified(chunk) {
+                continue;
+            }
+            match self.verify_chunk(chunk).await {
+                Ok(true) => self.checked(chunk),
+                Ok(false) => left += 1,
+                Err(e) => {
+                    tracing::debug!(%chunk, "checking against the tail: {}", e.msg);
+                    left += 1;
+                }
+            }
+        }
+        Ok(left)
+    }
+
+    /// Checks `chunk` against its tail under its lock: true once checked.
+    async fn verify_chunk(&self, chunk: ChunkId) -> Result<bool> {
+        let _lock = self.lock(chunk).await?;
+        let Some(st) = self.store.stat(chunk)? else {
+            return Ok(true);
+        };
+        let view = self.current_view();
+        let Some(info) = view.chain(st.chain) else {
+            // Chain 0 (an old chunk) or a chain gone from the table: no
+            // read is routed here for it.
+            return Ok(true);
+        };
+        let Some(tail) = view.tail(st.chain, chunk) else {
+            return Ok(false);
+        };
+        if tail.chunkserver == self.control.chunkserver_id() {
+            return Ok(true);
+        }
+        let q = Frame::new(Header {
+            chunk,
+            chain: ChainId(st.chain),
+            chain_version: ChainVersion(info.version),
+            ..Header::request(Opcode::Stat, 0)
+        });
+        let Ok(reply) = self.peers.call(&tail.addr, q).await else {
+            return Ok(false);
+        };
+        let tail_version = match reply.error_code() {
+            None => reply.header.version,
+            Some(ErrorCode::NotFound) => 0,
+            Some(_) => return Ok(false),
+        };
+        let newest = st
+            .pending_versions
+            .last()
+            .copied()
+            .unwrap_or(0)
+            .max(st.committed_version);
+        if tail_version > newest {
+            tracing::warn!(
+                %chunk,
+                here = newest,
+                tail = tail_version,
+                "the tail holds a version this replica lost in the crash; the chunk diverged here"
+            );
+            self.diverge(chunk);
+        } else if tail_version > st.committed_version {
+            self.store
+                .commit_through(chunk, tail_version, false)
+                .await?;
+        }
+        Ok(true)
+    }
+}
