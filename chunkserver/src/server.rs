@@ -1627,6 +1627,11 @@ impl Shard {
             .await
             .map_err(|e| self.store_error(h.chunk, e))?;
         self.metrics.installed(frame.payload.len() as u64);
+        if h.offset + frame.payload.len() as u64 >= h.client_seq {
+            // The whole copy of the head's committed version is here.
+            self.diverged.borrow_mut().remove(&h.chunk);
+            self.checked(h.chunk);
+        }
         Ok(Self::versioned_reply(h, h.version))
     }
 

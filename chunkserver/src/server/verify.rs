@@ -20,7 +20,11 @@
 //! the tail), and ends the suspect state once every chunk is checked, so
 //! the set of checked chunks lives only as long as the pass. A chunk whose
 //! tail cannot be asked is tried again a second later; the tail itself
-//! and chunks of chains no longer in the table have nothing to compare.
+//! and chunks of chains no longer in the table have nothing to compare,
+//! and a member that is not serving (back after an outage long enough for
+//! meta to notice) is left to the resync, which compares every chunk with
+//! the head's copy anyway. A resync's copy of a chunk also ends its
+//! diverged state.
 
 use std::cell::Cell;
 use std::rc::Rc;
@@ -31,6 +35,7 @@ use cairn_proto::frame::{Frame, Header, Opcode};
 use cairn_proto::ids::{ChainId, ChainVersion, ChunkId};
 
 use super::{Result, Shard};
+use crate::chain::MemberState;
 
 /// The pause between passes while some chunks could not be checked.
 const RETRY: Duration = Duration::from_secs(1);
@@ -116,10 +121,21 @@ impl Shard {
             // read is routed here for it.
             return Ok(true);
         };
+        let me = self.control.chunkserver_id();
+        if !info
+            .members
+            .iter()
+            .any(|m| m.chunkserver == me && m.state == MemberState::Serving)
+        {
+            // Syncing or offline here: no reads, and the resync compares
+            // the chunk with the head's and copies it whole if it differs
+            // (a crash window's lost version included).
+            return Ok(true);
+        }
         let Some(tail) = view.tail(st.chain, chunk) else {
             return Ok(false);
         };
-        if tail.chunkserver == self.control.chunkserver_id() {
+        if tail.chunkserver == me {
             return Ok(true);
         }
         let q = Frame::new(Header {
