@@ -266,7 +266,7 @@ async fn a_replica_killed_between_forwarding_and_storing_converges() {
 
 /// The local store of a forwarded version fails (an I/O error, injected)
 /// after the successors stored it: the replica serves no read of the chunk
-/// until it has copied it from the tail, which its next write does.
+/// until it has copied it from the tail, which it does in the background.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_local_store_after_forwarding_is_caught_up_from_the_tail() {
     let mut c = Cluster::start(3, &[]).await;
@@ -286,17 +286,31 @@ async fn a_failed_local_store_after_forwarding_is_caught_up_from_the_tail() {
         .expect_err("a write whose local store failed is not acknowledged");
     assert_eq!(e.code(), ErrorCode::Io, "{e}");
     // The successors hold version 2, the head does not: it sends readers
-    // elsewhere instead of answering with version 1.
-    let e = c
-        .read(&ch, &ch.members[0], k, 0, 4096)
-        .await
-        .expect_err("the diverged head serves no read of the chunk");
-    assert_eq!(e.code(), ErrorCode::Pending, "{e}");
+    // elsewhere instead of answering with version 1, until it has copied
+    // the chunk from the tail — on its own, without another write.
     let tail = c.read(&ch, &ch.members[2], k, 0, 4096).await.expect("tail");
     assert!(
         tail[..] == failed[..],
         "the tail holds the forwarded version"
     );
+    let start = Instant::now();
+    loop {
+        match c.read(&ch, &ch.members[0], k, 0, 4096).await {
+            Ok(b) => {
+                assert!(
+                    b[..] == failed[..],
+                    "the diverged head read the version before the tail's"
+                );
+                break;
+            }
+            Err(e) => assert_eq!(e.code(), ErrorCode::Pending, "{e}"),
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "the diverged head never caught up with the tail"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     assert!(metric(&c.metrics(head), "cairn_chunkserver_diverged_chunks_total") >= 1.0);
 
     let next = pattern(9503, 4096);

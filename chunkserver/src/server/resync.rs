@@ -217,6 +217,7 @@ pub async fn run(
         {
             tracing::warn!("removing orphaned chunks: {}", e.msg);
         }
+        shard.converge_diverged().await;
         let repairs = std::mem::take(&mut *shard.repairs.borrow_mut());
         for chunk in repairs {
             if backoff

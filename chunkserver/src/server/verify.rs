@@ -18,7 +18,9 @@
 //! so a newer version at the tail is then one this replica lost, never one
 //! in flight — marks lost ones diverged (their next write copies them from
 //! the tail), and ends the suspect state once every chunk is checked, so
-//! the set of checked chunks lives only as long as the pass. A chunk whose
+//! the set of checked chunks lives only as long as the pass. The resync
+//! loop copies diverged chunks from their tails in the background (as
+//! does a chunk's next write), so their reads come back here. A chunk whose
 //! tail cannot be asked is tried again a second later; the tail itself
 //! and chunks of chains no longer in the table have nothing to compare,
 //! and a member that is not serving (back after an outage long enough for
@@ -172,5 +174,39 @@ impl Shard {
                 .await?;
         }
         Ok(true)
+    }
+
+    /// Copies each chunk diverged here from its tail without waiting for
+    /// its next write (so its reads come back here); run by the resync
+    /// loop. A chunk the tail cannot supply yet stays diverged for the
+    /// next round.
+    pub(super) async fn converge_diverged(&self) {
+        let chunks: Vec<ChunkId> = self.diverged.borrow().iter().copied().collect();
+        for chunk in chunks {
+            if let Err(e) = self.converge_one(chunk).await {
+                tracing::debug!(%chunk, "diverged chunk not caught up yet: {}", e.msg);
+            }
+        }
+    }
+
+    async fn converge_one(&self, chunk: ChunkId) -> Result<()> {
+        let Some(st) = self.store.stat(chunk)? else {
+            // Removed meanwhile: nothing here to disagree with the chain.
+            self.diverged.borrow_mut().remove(&chunk);
+            return Ok(());
+        };
+        let view = self.current_view();
+        let Some(info) = view.chain(st.chain) else {
+            return Ok(());
+        };
+        let h = Header {
+            chunk,
+            chain: ChainId(st.chain),
+            chain_version: ChainVersion(info.version),
+            ..Header::request(Opcode::Stat, 0)
+        };
+        let route = self.route(&h)?;
+        let _lock = self.lock(chunk).await?;
+        self.converge(&route, &h, chunk).await
     }
 }
