@@ -384,8 +384,11 @@ pub struct Shard {
     /// Set after an unclean start until every chunk here was checked
     /// against its chain's tail (`verify.rs`).
     suspect: Cell<bool>,
-    /// Chunks checked since an unclean start (dropped once all are).
-    verified: RefCell<std::collections::HashSet<ChunkId>>,
+    /// After an unclean start, the verification pass has checked every
+    /// chunk up to this one (chunks are listed in id order)...
+    verified_through: Cell<Option<ChunkId>>,
+    /// ...except these, whose tails could not be asked yet.
+    recheck: RefCell<std::collections::BTreeSet<ChunkId>>,
 }
 
 /// Keeps one range in [`Shard::unstored`] while alive.
@@ -494,7 +497,8 @@ impl Shard {
             diverged: RefCell::new(std::collections::HashSet::new()),
             unstored: RefCell::new(HashMap::new()),
             suspect: Cell::new(false),
-            verified: RefCell::new(std::collections::HashSet::new()),
+            verified_through: Cell::new(None),
+            recheck: RefCell::new(std::collections::BTreeSet::new()),
         }
     }
 

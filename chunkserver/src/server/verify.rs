@@ -17,8 +17,10 @@
 //! under its lock — the head holds the lock down the chain for a write,
 //! so a newer version at the tail is then one this replica lost, never one
 //! in flight — marks lost ones diverged (their next write copies them from
-//! the tail), and ends the suspect state once every chunk is checked, so
-//! the set of checked chunks lives only as long as the pass. The resync
+//! the tail), and ends the suspect state once every chunk is checked.
+//! Chunks are listed in id order, so what is checked is one mark (every
+//! chunk up to it) plus the few chunks whose tails could not be asked,
+//! not a set as large as the target. The resync
 //! loop copies diverged chunks from their tails in the background (as
 //! does a chunk's next write), so their reads come back here. A chunk whose
 //! tail cannot be asked is tried again a second later; the tail itself
@@ -50,65 +52,97 @@ impl Shard {
 
     /// Whether `chunk` is unchecked since an unclean start.
     pub(super) fn unverified(&self, chunk: ChunkId) -> bool {
-        self.suspect.get() && !self.verified.borrow().contains(&chunk)
+        self.suspect.get()
+            && (self.verified_through.get().is_none_or(|t| chunk > t)
+                || self.recheck.borrow().contains(&chunk))
     }
 
-    /// Records `chunk` as checked (while suspect).
+    /// Records `chunk` as checked by other means than the pass (a read
+    /// that asked the tail, a resync's copy).
     pub(super) fn checked(&self, chunk: ChunkId) {
-        if self.suspect.get() {
-            self.verified.borrow_mut().insert(chunk);
-        }
+        self.recheck.borrow_mut().remove(&chunk);
     }
 
-    /// Checks every chunk of this shard against its tail, pass after pass,
-    /// until all are checked (or `stop`).
+    /// Checks every chunk of this shard against its tail (and then those
+    /// whose tails could not be asked, again and again) until all are
+    /// checked, or `stop`.
     pub async fn verify_after_crash(self: Rc<Self>, stop: Rc<Cell<bool>>) {
+        let mut listed = false;
         while self.suspect.get() && !stop.get() {
             if self.control.view_version() == 0 {
                 // No chain table from meta yet: nothing to compare with.
                 glommio::timer::sleep(Duration::from_millis(50)).await;
                 continue;
             }
-            match self.verify_pass(&stop).await {
-                Ok(0) => {
-                    self.suspect.set(false);
-                    self.verified.borrow_mut().clear();
-                    tracing::info!(
-                        shard = self.shard,
-                        diverged = self.diverged.borrow().len(),
-                        "every chunk checked against its chain's tail after the unclean start"
-                    );
-                    return;
-                }
-                Ok(left) => {
-                    tracing::info!(shard = self.shard, left, "chunks not checked yet; retrying");
-                }
+            let pass = if listed {
+                self.recheck_pass(&stop).await
+            } else {
+                self.first_pass(&stop).await
+            };
+            match pass {
+                Ok(true) => listed = true,
+                Ok(false) => {}
                 Err(e) => tracing::warn!(shard = self.shard, "checking chunks: {}", e.msg),
+            }
+            let left = self.recheck.borrow().len();
+            if listed && left == 0 {
+                self.suspect.set(false);
+                self.verified_through.set(None);
+                tracing::info!(
+                    shard = self.shard,
+                    diverged = self.diverged.borrow().len(),
+                    "every chunk checked against its chain's tail after the unclean start"
+                );
+                return;
+            }
+            if listed {
+                tracing::info!(shard = self.shard, left, "chunks not checked yet; retrying");
             }
             glommio::timer::sleep(RETRY).await;
         }
     }
 
-    /// One pass; returns how many chunks are still unchecked.
-    async fn verify_pass(&self, stop: &Cell<bool>) -> Result<usize> {
-        let mut left = 0;
+    /// Checks every listed chunk in id order, moving the checked mark
+    /// along; true once it has gone through them all.
+    async fn first_pass(&self, stop: &Cell<bool>) -> Result<bool> {
         for chunk in self.store.list_chunks()? {
             if stop.get() {
-                return Ok(left + 1);
+                return Ok(false);
             }
-            if !self.unverified(chunk) {
+            if self.verified_through.get().is_some_and(|t| chunk <= t) {
                 continue;
             }
-            match self.verify_chunk(chunk).await {
-                Ok(true) => self.checked(chunk),
-                Ok(false) => left += 1,
-                Err(e) => {
-                    tracing::debug!(%chunk, "checking against the tail: {}", e.msg);
-                    left += 1;
-                }
+            if !self.verify_or_queue(chunk).await {
+                self.recheck.borrow_mut().insert(chunk);
+            }
+            self.verified_through.set(Some(chunk));
+        }
+        Ok(true)
+    }
+
+    /// Checks the chunks whose tails could not be asked before.
+    async fn recheck_pass(&self, stop: &Cell<bool>) -> Result<bool> {
+        let chunks: Vec<ChunkId> = self.recheck.borrow().iter().copied().collect();
+        for chunk in chunks {
+            if stop.get() {
+                return Ok(false);
+            }
+            if self.verify_or_queue(chunk).await {
+                self.checked(chunk);
             }
         }
-        Ok(left)
+        Ok(true)
+    }
+
+    /// Checks one chunk: true when checked.
+    async fn verify_or_queue(&self, chunk: ChunkId) -> bool {
+        match self.verify_chunk(chunk).await {
+            Ok(done) => done,
+            Err(e) => {
+                tracing::debug!(%chunk, "checking against the tail: {}", e.msg);
+                false
+            }
+        }
     }
 
     /// Checks `chunk` against its tail under its lock: true once checked.
