@@ -22,10 +22,7 @@ async fn scenario(c: &mut Cluster, role: usize, point: &str, nth: u32, object: u
     let k = chunk(object, 0);
     let ch = c.chain(3, 0, k).await;
     let victim = c.index_of(&ch.members[role]);
-    c.kill(victim);
-    c.cs[victim].extra_env = vec![("CAIRN_FAILPOINT".into(), format!("{point}:{nth}"))];
-    c.spawn(victim);
-    c.cs[victim].extra_env.clear();
+    restart_with_failpoint(c, victim, &format!("{point}:{nth}"));
     let mut crashed = false;
     for seq in 1..=WRITES {
         let off = (seq - 1) * 4096;
@@ -115,6 +112,14 @@ async fn kill_9_at_every_write_step_loses_no_acknowledged_write() {
     }
 }
 
+/// kill -9 of chunkserver `i`, restarted with failpoint `spec` armed.
+fn restart_with_failpoint(c: &mut Cluster, i: usize, spec: &str) {
+    c.kill(i);
+    c.cs[i].extra_env = vec![("CAIRN_FAILPOINT".into(), spec.into())];
+    c.spawn(i);
+    c.cs[i].extra_env.clear();
+}
+
 /// Writes `d` to block 0 of `k` as (client, seq), retrying until it is
 /// acknowledged.
 async fn write_until_acknowledged(
@@ -188,13 +193,7 @@ async fn a_replica_killed_between_forwarding_and_storing_converges() {
         // anyway, and hide what the unclean-start check is for.
         tokio::time::sleep(Duration::from_millis(1500)).await;
 
-        c.kill(victim);
-        c.cs[victim].extra_env = vec![(
-            "CAIRN_FAILPOINT".into(),
-            "chunk.write.forwarded_unpersisted:1".into(),
-        )];
-        c.spawn(victim);
-        c.cs[victim].extra_env.clear();
+        restart_with_failpoint(&mut c, victim, "chunk.write.forwarded_unpersisted:1");
         // Version 2 reaches the successors of the victim, which dies
         // before storing it; the write is never acknowledged.
         let lost = pattern(object * 10 + 2, 4096);
@@ -273,10 +272,7 @@ async fn a_failed_local_store_after_forwarding_is_caught_up_from_the_tail() {
     let k = chunk(950, 0);
     let ch = c.chain(3, 0, k).await;
     let head = c.index_of(&ch.members[0]);
-    c.kill(head);
-    c.cs[head].extra_env = vec![("CAIRN_FAILPOINT".into(), "chunk.write.local_error:2".into())];
-    c.spawn(head);
-    c.cs[head].extra_env.clear();
+    restart_with_failpoint(&mut c, head, "chunk.write.local_error:2");
     let first = pattern(9501, 4096);
     write_until_acknowledged(&c, k, &first, 7, 1, "first").await;
     let failed = pattern(9502, 4096);
@@ -335,10 +331,7 @@ async fn no_read_goes_back_while_a_forwarded_version_is_being_stored() {
     let head = c.index_of(&ch.members[0]);
     let first = pattern(9701, 4096);
     write_until_acknowledged(&c, k, &first, 7, 1, "first").await;
-    c.kill(head);
-    c.cs[head].extra_env = vec![("CAIRN_FAILPOINT".into(), "chunk.write.store_late:1".into())];
-    c.spawn(head);
-    c.cs[head].extra_env.clear();
+    restart_with_failpoint(&mut c, head, "chunk.write.store_late:1");
     // The kill made the start unclean: wait until the head has checked the
     // chunk against the tail and reads it again.
     let start = Instant::now();
