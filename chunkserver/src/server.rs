@@ -923,50 +923,9 @@ impl Shard {
         }
         let next = route.successor()?;
         let _unstored = self.mark_unstored(chunk, m);
-        let local = self.store_version(route, chunk, version, m, false);
-        let (stored, forwarded) =
-            if failpoint::is_armed(FORWARDED_UNPERSISTED) || failpoint::is_armed(STORE_LATE) {
-                // Fault tests: the successors have the version before this
-                // replica starts storing it.
-                let forwarded = self.forward(&next, route, h, chunk, version, m).await;
-                failpoint::hit(FORWARDED_UNPERSISTED);
-                if failpoint::is_armed(STORE_LATE) {
-                    glommio::timer::sleep(Duration::from_secs(1)).await;
-                }
-                (local.await, forwarded)
-            } else if failpoint::fires("chunk.write.local_error") {
-                // Fault tests: the local store fails as an I/O error would,
-                // after the successors have the version.
-                drop(local);
-                let forwarded = self.forward(&next, route, h, chunk, version, m).await;
-                let failed = Reject::new(
-                    ErrorCode::Io,
-                    "failpoint chunk.write.local_error: the local store failed",
-                );
-                (Err(failed), forwarded)
-            } else {
-                let mut local = std::pin::pin!(local);
-                // The payload's CRCs are checked before the store first waits:
-                // a bad payload is refused here without forwarding it.
-                match futures_lite::future::poll_once(&mut local).await {
-                    Some(Err(e)) => return Err(e),
-                    Some(Ok(())) => {
-                        failpoint::hit("chunk.write.before_forward");
-                        (
-                            Ok(()),
-                            self.forward(&next, route, h, chunk, version, m).await,
-                        )
-                    }
-                    None => {
-                        failpoint::hit("chunk.write.before_forward");
-                        futures_lite::future::zip(
-                            local,
-                            self.forward(&next, route, h, chunk, version, m),
-                        )
-                        .await
-                    }
-                }
-            };
+        let (stored, forwarded) = self
+            .store_and_forward(&next, route, h, chunk, version, m)
+            .await?;
         if let Err(e) = stored {
             // The successors may hold the version now, this replica does
             // not: it must not serve the chunk, or build on it, until it
@@ -995,6 +954,54 @@ impl Shard {
             .commit_through(chunk, version, route.is_serving_tail)
             .await?;
         Ok(())
+    }
+
+    /// Stores version `version` of `chunk` here (pending) while forwarding
+    /// it to `next`; returns both outcomes. A store that fails before it
+    /// first waits — the payload's CRCs are checked then — is returned as
+    /// the error, without forwarding: a bad payload never reaches a
+    /// successor.
+    async fn store_and_forward(
+        &self,
+        next: &Endpoint,
+        route: &Route,
+        h: &Header,
+        chunk: ChunkId,
+        version: u64,
+        m: &Mutation,
+    ) -> Result<(Result<()>, Result<()>)> {
+        let local = self.store_version(route, chunk, version, m, false);
+        let forward = self.forward(next, route, h, chunk, version, m);
+        if failpoint::is_armed(FORWARDED_UNPERSISTED) || failpoint::is_armed(STORE_LATE) {
+            // Fault tests: the successors have the version before this
+            // replica starts storing it.
+            let forwarded = forward.await;
+            failpoint::hit(FORWARDED_UNPERSISTED);
+            if failpoint::is_armed(STORE_LATE) {
+                glommio::timer::sleep(Duration::from_secs(1)).await;
+            }
+            return Ok((local.await, forwarded));
+        }
+        if failpoint::fires("chunk.write.local_error") {
+            // Fault tests: the local store fails as an I/O error would,
+            // after the successors have the version.
+            drop(local);
+            let failed = Reject::new(
+                ErrorCode::Io,
+                "failpoint chunk.write.local_error: the local store failed",
+            );
+            return Ok((Err(failed), forward.await));
+        }
+        let mut local = std::pin::pin!(local);
+        let early = futures_lite::future::poll_once(&mut local).await;
+        if let Some(Err(e)) = early {
+            return Err(e);
+        }
+        failpoint::hit("chunk.write.before_forward");
+        Ok(match early {
+            Some(stored) => (stored, forward.await),
+            None => futures_lite::future::zip(local, forward).await,
+        })
     }
 
     /// Stores version `version` of `chunk` here: committed at once when
@@ -1094,30 +1101,27 @@ impl Shard {
         };
         self.metrics.forwarded();
         let reply = self.peers.call(&next.addr, frame).await?;
-        match reply.error_code() {
-            None => Ok(()),
-            Some(code) => Err({
-                if code == ErrorCode::Diverged {
-                    // This replica reused a version its successors hold
-                    // with other bytes: it converges now, while it holds
-                    // the chunk's lock (and again at the next mutation if
-                    // the tail cannot supply the chunk yet).
-                    self.diverge(chunk);
-                    if let Err(e) = self.converge(route, h, chunk).await {
-                        tracing::warn!(%chunk, "copying a diverged chunk from the tail: {}", e.msg);
-                    }
-                }
-                Reject::new(
-                    code,
-                    format!(
-                        "successor target {} at {} refused version {version} of {chunk}: {}",
-                        next.target,
-                        next.addr,
-                        reply.error_message().unwrap_or_default()
-                    ),
-                )
-            }),
+        let Some(code) = reply.error_code() else {
+            return Ok(());
+        };
+        if code == ErrorCode::Diverged {
+            // This replica reused a version its successors hold with other
+            // bytes: it converges now, while it holds the chunk's lock (and
+            // again later if the tail cannot supply the chunk yet).
+            self.diverge(chunk);
+            if let Err(e) = self.converge(route, h, chunk).await {
+                tracing::warn!(%chunk, "copying a diverged chunk from the tail: {}", e.msg);
+            }
         }
+        Err(Reject::new(
+            code,
+            format!(
+                "successor target {} at {} refused version {version} of {chunk}: {}",
+                next.target,
+                next.addr,
+                reply.error_message().unwrap_or_default()
+            ),
+        ))
     }
 
     /// Forwards and commits versions left pending here by a failed forward
