@@ -255,13 +255,13 @@ impl Metrics {
         self.pending_replies.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Counts a query to the chain's tail for the committed version.
     /// A chunk found diverged: a forwarded version this replica failed to
     /// store, or a version number a sender reused for other bytes.
     pub fn diverged(&self) {
         self.diverged.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Counts a query to the chain's tail for the committed version.
     pub fn tail_query(&self) {
         self.tail_queries.fetch_add(1, Ordering::Relaxed);
     }

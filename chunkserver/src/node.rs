@@ -142,8 +142,6 @@ pub struct Chunkserver {
     pub metrics: Arc<Metrics>,
     /// The target's UUID.
     pub target_uuid: String,
-    /// Whether the previous run of this target ended without a clean stop.
-    pub unclean_start: bool,
     data_dir: PathBuf,
     stop: Arc<AtomicBool>,
     control_stop: tokio::sync::watch::Sender<bool>,
@@ -409,7 +407,6 @@ pub fn start(cfg: ChunkserverConfig) -> Result<Chunkserver, StartError> {
         control,
         metrics,
         target_uuid: uuid,
-        unclean_start: unclean,
         data_dir: cfg.data_dir.clone(),
         stop,
         control_stop,

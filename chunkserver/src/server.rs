@@ -112,7 +112,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use cairn_proto::ErrorCode;
 use cairn_proto::frame::{Flags, Frame, FrameError, Header, Opcode, SEAL_LEN, SegmentCrcs};
-use cairn_proto::ids::{ChainVersion, ChunkId};
+use cairn_proto::ids::{ChainId, ChainVersion, ChunkId};
 use glommio::net::TcpStream;
 use glommio::sync::Semaphore;
 
@@ -380,7 +380,9 @@ pub struct Shard {
     /// Byte ranges of versions forwarded from here whose local store has
     /// not finished, per chunk: the successors (and readers of the tail)
     /// may see them first, so reads here that touch them ask the tail.
-    unstored: RefCell<HashMap<ChunkId, Vec<(u64, u64)>>>,
+    /// (A handful at a time: one per write in flight through this shard,
+    /// so a list scanned whole, allocated once.)
+    unstored: RefCell<Vec<(ChunkId, u64, u64)>>,
     /// Set after an unclean start until every chunk here was checked
     /// against its chain's tail (`verify.rs`).
     suspect: Cell<bool>,
@@ -393,21 +395,15 @@ pub struct Shard {
 
 /// Keeps one range in [`Shard::unstored`] while alive.
 struct UnstoredGuard<'a> {
-    map: &'a RefCell<HashMap<ChunkId, Vec<(u64, u64)>>>,
-    chunk: ChunkId,
-    range: (u64, u64),
+    list: &'a RefCell<Vec<(ChunkId, u64, u64)>>,
+    entry: (ChunkId, u64, u64),
 }
 
 impl Drop for UnstoredGuard<'_> {
     fn drop(&mut self) {
-        let mut m = self.map.borrow_mut();
-        if let Some(v) = m.get_mut(&self.chunk) {
-            if let Some(i) = v.iter().position(|r| *r == self.range) {
-                v.swap_remove(i);
-            }
-            if v.is_empty() {
-                m.remove(&self.chunk);
-            }
+        let mut list = self.list.borrow_mut();
+        if let Some(i) = list.iter().position(|e| *e == self.entry) {
+            list.swap_remove(i);
         }
     }
 }
@@ -495,7 +491,7 @@ impl Shard {
             pace_next: Cell::new(Instant::now()),
             repairs: RefCell::new(std::collections::BTreeSet::new()),
             diverged: RefCell::new(std::collections::HashSet::new()),
-            unstored: RefCell::new(HashMap::new()),
+            unstored: RefCell::new(Vec::with_capacity(MAX_IN_FLIGHT)),
             suspect: Cell::new(false),
             verified_through: Cell::new(None),
             recheck: RefCell::new(std::collections::BTreeSet::new()),
@@ -1167,15 +1163,11 @@ impl Shard {
             // A truncate changes the length: every read may see it.
             Mutation::Truncate { .. } => (0, u64::MAX),
         };
-        self.unstored
-            .borrow_mut()
-            .entry(chunk)
-            .or_default()
-            .push(range);
+        let entry = (chunk, range.0, range.1);
+        self.unstored.borrow_mut().push(entry);
         UnstoredGuard {
-            map: &self.unstored,
-            chunk,
-            range,
+            list: &self.unstored,
+            entry,
         }
     }
 
@@ -1187,8 +1179,8 @@ impl Shard {
         let in_flight = self
             .unstored
             .borrow()
-            .get(&chunk)
-            .is_some_and(|v| v.iter().any(|(a, b)| *a < end && offset < *b));
+            .iter()
+            .any(|(c, a, b)| *c == chunk && *a < end && offset < *b);
         in_flight || self.unverified(chunk)
     }
 
@@ -1215,33 +1207,18 @@ impl Shard {
             route.tail()
         };
         if let Some(tail) = tail {
-            let q = Frame::new(Header {
-                chunk,
-                chain: h.chain,
-                chain_version: ChainVersion(route.chain_version),
-                ..Header::request(Opcode::Stat, 0)
-            });
-            let unavailable = |e: String| {
-                Reject::new(
-                    ErrorCode::Unavailable,
-                    format!("{chunk} diverged here and the tail cannot supply it yet: {e}"),
-                )
-            };
-            let reply = self
-                .peers
-                .call(&tail.addr, q)
+            let (version, len) = self
+                .tail_committed(&tail.addr, h.chain, route.chain_version, chunk)
                 .await
-                .map_err(|e| unavailable(e.to_string()))?;
-            let (version, len) = match reply.error_code() {
-                None => (reply.header.version, reply.header.offset),
-                Some(ErrorCode::NotFound) => (0, 0),
-                Some(code) => {
-                    return Err(unavailable(format!(
-                        "{code:?}: {}",
-                        reply.error_message().unwrap_or_default()
-                    )));
-                }
-            };
+                .map_err(|e| {
+                    Reject::new(
+                        ErrorCode::Unavailable,
+                        format!(
+                            "{chunk} diverged here and the tail cannot supply it yet: {}",
+                            e.msg
+                        ),
+                    )
+                })?;
             if version == 0 {
                 self.store.remove(chunk).await?;
             } else {
@@ -1469,6 +1446,38 @@ impl Shard {
         Ok(())
     }
 
+    /// Asks the replica at `tail` for `chunk`'s committed (version, length):
+    /// (0, 0) when it holds no such chunk; UNAVAILABLE when it cannot
+    /// answer.
+    async fn tail_committed(
+        &self,
+        tail: &str,
+        chain: ChainId,
+        chain_version: u64,
+        chunk: ChunkId,
+    ) -> Result<(u64, u64)> {
+        self.metrics.tail_query();
+        let q = Frame::new(Header {
+            chunk,
+            chain,
+            chain_version: ChainVersion(chain_version),
+            ..Header::request(Opcode::Stat, 0)
+        });
+        let reply = self.peers.call(tail, q).await?;
+        match reply.error_code() {
+            None => Ok((reply.header.version, reply.header.offset)),
+            Some(ErrorCode::NotFound) => Ok((0, 0)),
+            Some(code) => Err(Reject::new(
+                ErrorCode::Unavailable,
+                format!(
+                    "the tail at {tail} answered {}: {}",
+                    code.name(),
+                    reply.error_message().unwrap_or_default()
+                ),
+            )),
+        }
+    }
+
     /// For a dirty range: asks the tail which version is committed and
     /// commits up to it here; PENDING when the tail cannot answer.
     async fn catch_up_with_tail(&self, route: &Route, h: &Header) -> Result<()> {
@@ -1476,24 +1485,15 @@ impl Shard {
         let Some(tail) = route.tail() else {
             return Err(pending());
         };
-        self.metrics.tail_query();
-        let q = Frame::new(Header {
-            chunk: h.chunk,
-            chain: h.chain,
-            chain_version: ChainVersion(route.chain_version),
-            ..Header::request(Opcode::Stat, 0)
-        });
-        let reply = match self.peers.call(&tail.addr, q).await {
-            Ok(r) => r,
+        let tail_version = match self
+            .tail_committed(&tail.addr, h.chain, route.chain_version, h.chunk)
+            .await
+        {
+            Ok((version, _)) => version,
             Err(e) => {
-                tracing::debug!("asking the tail: {e}");
+                tracing::debug!("asking the tail: {}", e.msg);
                 return Err(pending());
             }
-        };
-        let tail_version = match reply.error_code() {
-            None => reply.header.version,
-            Some(ErrorCode::NotFound) => 0,
-            Some(_) => return Err(pending()),
         };
         let Some(st) = self.store.stat(h.chunk)? else {
             if tail_version > 0 {

@@ -4,7 +4,7 @@
 //! Writes store a version and forward it at once (see [`super`]), so a
 //! replica killed between the two leaves its successors holding a version
 //! it never stored. A write that follows finds that out (the successor
-//! compares bytes and answers [`ErrorCode::Diverged`]); a read would not:
+//! compares bytes and answers [`cairn_proto::ErrorCode::Diverged`]); a read would not:
 //! the chunk looks clean here at the previous version while the tail
 //! serves the newer one, and a reader moving from the tail to this replica
 //! would go back in time.
@@ -34,8 +34,7 @@ use std::cell::Cell;
 use std::rc::Rc;
 use std::time::Duration;
 
-use cairn_proto::ErrorCode;
-use cairn_proto::frame::{Frame, Header, Opcode};
+use cairn_proto::frame::{Header, Opcode};
 use cairn_proto::ids::{ChainId, ChainVersion, ChunkId};
 
 use super::{Result, Shard};
@@ -174,19 +173,11 @@ impl Shard {
         if tail.chunkserver == me {
             return Ok(true);
         }
-        let q = Frame::new(Header {
-            chunk,
-            chain: ChainId(st.chain),
-            chain_version: ChainVersion(info.version),
-            ..Header::request(Opcode::Stat, 0)
-        });
-        let Ok(reply) = self.peers.call(&tail.addr, q).await else {
+        let Ok((tail_version, _)) = self
+            .tail_committed(&tail.addr, ChainId(st.chain), info.version, chunk)
+            .await
+        else {
             return Ok(false);
-        };
-        let tail_version = match reply.error_code() {
-            None => reply.header.version,
-            Some(ErrorCode::NotFound) => 0,
-            Some(_) => return Ok(false),
         };
         let newest = st
             .pending_versions
