@@ -4,7 +4,8 @@
 //! Small frames are encoded into one buffer and written with one call;
 //! large ones go out as header, payload and CRCs without copying the
 //! payload. Reads fill a `BytesMut` that [`FrameDecoder`] splits, so a
-//! payload is a view of the read buffer.
+//! payload is a view of the read buffer; the rest of a large frame is read
+//! straight into it.
 
 use std::io;
 
@@ -17,6 +18,12 @@ const COALESCE: usize = 64 << 10;
 
 /// How much a read asks the socket for at a time.
 const READ_CHUNK: usize = 256 << 10;
+
+/// A frame still missing at least this much is read straight into the
+/// read buffer (zeroed once) rather than through the scratch buffer: one
+/// memset instead of a copy of every byte (the copy was ~5% of a
+/// chunkserver's CPU during 1 MiB writes, perf).
+const DIRECT_READ: usize = 64 << 10;
 
 /// Writes `frame` to `w`; `buf` is the connection's reusable encode
 /// buffer, so a small reply allocates nothing.
@@ -100,6 +107,11 @@ impl FrameReader {
             {
                 return Ok(f);
             }
+            let missing = self.decoder.missing(&self.buf);
+            if missing >= DIRECT_READ {
+                self.read_rest(r, missing).await?;
+                continue;
+            }
             let n = r.read(&mut self.scratch).await.map_err(ReadError::Io)?;
             if n == 0 {
                 return Err(if self.buf.is_empty() {
@@ -110,5 +122,103 @@ impl FrameReader {
             }
             self.buf.extend_from_slice(&self.scratch[..n]);
         }
+    }
+
+    /// Reads exactly the `missing` bytes that complete the frame in the
+    /// buffer, straight into it.
+    async fn read_rest<R: AsyncRead + Unpin>(
+        &mut self,
+        r: &mut R,
+        missing: usize,
+    ) -> Result<(), ReadError> {
+        let start = self.buf.len();
+        let end = start + missing;
+        self.buf.resize(end, 0);
+        let mut filled = start;
+        while filled < end {
+            match r.read(&mut self.buf[filled..end]).await {
+                Ok(0) => {
+                    self.buf.truncate(filled);
+                    return Err(ReadError::Truncated);
+                }
+                Ok(n) => filled += n,
+                Err(e) => {
+                    self.buf.truncate(filled);
+                    return Err(ReadError::Io(e));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+    use cairn_proto::frame::{Header, Opcode};
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
+
+    /// Hands out its bytes a few at a time, in changing sizes.
+    struct Trickle {
+        data: Vec<u8>,
+        at: usize,
+        step: usize,
+    }
+
+    impl AsyncRead for Trickle {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &mut [u8],
+        ) -> Poll<io::Result<usize>> {
+            self.step = self.step * 7 % 100_003 + 1;
+            let n = buf.len().min(self.step).min(self.data.len() - self.at);
+            buf[..n].copy_from_slice(&self.data[self.at..self.at + n]);
+            self.at += n;
+            Poll::Ready(Ok(n))
+        }
+    }
+
+    fn frame(id: u64, len: usize) -> Frame {
+        let data: Vec<u8> = (0..len).map(|i| (i as u64 * 31 + id) as u8).collect();
+        Frame::with_payload(Header::request(Opcode::Write, id), Bytes::from(data)).unwrap()
+    }
+
+    #[test]
+    fn large_and_small_frames_read_back_whole_from_any_split() {
+        let frames = [
+            frame(1, 1 << 20),
+            frame(2, 10),
+            frame(3, 300_000),
+            frame(4, 0),
+        ];
+        let mut wire = BytesMut::new();
+        for f in &frames {
+            f.encode_into(&mut wire).unwrap();
+        }
+        let mut r = Trickle {
+            data: wire.to_vec(),
+            at: 0,
+            step: 1,
+        };
+        let mut reader = FrameReader::default();
+        futures_lite::future::block_on(async {
+            for f in &frames {
+                let got = reader.read(&mut r).await.expect("frame");
+                assert_eq!(&got, f);
+            }
+            assert!(matches!(reader.read(&mut r).await, Err(ReadError::Eof)));
+        });
+        // Cut inside a large frame's body: truncated, not a frame.
+        let mut r = Trickle {
+            data: wire[..200_000].to_vec(),
+            at: 0,
+            step: 1,
+        };
+        let mut reader = FrameReader::default();
+        let got = futures_lite::future::block_on(reader.read(&mut r));
+        assert!(matches!(got, Err(ReadError::Truncated)), "{got:?}");
     }
 }
