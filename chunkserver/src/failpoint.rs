@@ -16,17 +16,12 @@
 //! the chunk engine, `chunk.store.before_data_sync` (blocks written with
 //! O_DIRECT, not yet fdatasync'ed), `chunk.store.before_meta_batch` (data
 //! synced, not yet referenced), `chunk.store.before_meta_flush` (referenced
-//! in sled, not yet flushed; for a write through the metadata journal the
-//! first means data and record written, not synced, and the other two
-//! synced, not applied, and applied); `chunk.write.forwarded_unpersisted` (a
+//! in sled, not yet flushed); `chunk.write.forwarded_unpersisted` (a
 //! non-tail replica forwards first and crashes once its successors have
 //! the version and it has not started storing it — armed, it also makes
 //! every write take that order); `chunk.write.local_error` (not a crash:
 //! the `N`th local store of a forwarded version fails as an I/O error
-//! would, after the successors have it); `chunk.store.torn_data` (the `N`th
-//! write through the metadata journal stores zeros instead of its data,
-//! syncs its record, and aborts before applying it: what a power cut can
-//! leave, a durable record whose data never reached the disk).
+//! would, after the successors have it).
 
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -50,9 +50,6 @@ const CLONE_TAG: u8 = b'K';
 const CLONE_BLOCK_TAG: u8 = b'V';
 /// Tag of the snapshot fields that trail a header record.
 const SNAP_EXT: u8 = 1;
-/// Tags the journal seq that trails a header record (see
-/// [`ChunkHeader::jseq`]).
-const JSEQ_EXT: u8 = 2;
 const RECORD_FORMAT: u8 = 1;
 const GROUP_FORMAT: u8 = 1;
 
@@ -368,11 +365,6 @@ pub struct ChunkHeader {
     /// when snapshots up to this seq existed, without their clones: this
     /// replica serves no snapshot read at or below it (0: none).
     pub snap_floor: u64,
-    /// The seq of the newest journal record that changed the chunk (0:
-    /// none since the journal existed). Kept by every later change, so a
-    /// journal replay skips a record the metadata store already holds, or
-    /// holds a later change of the chunk than (see `journal`).
-    pub jseq: u64,
 }
 
 /// A chunk's clone: the chunk as a snapshot saw it (its blocks are
@@ -551,8 +543,7 @@ impl ChunkHeader {
             v.extend_from_slice(&p.new_len.to_le_bytes());
             v.extend_from_slice(&p.digest.to_le_bytes());
         }
-        let snap = self.jseq != 0
-            || self.seq != 0
+        let snap = self.seq != 0
             || self.birth != 0
             || self.clone_seq != 0
             || self.snap_floor != 0
@@ -570,10 +561,6 @@ impl ChunkHeader {
                 v.extend_from_slice(&p.seq.to_le_bytes());
                 v.push(u8::from(p.no_clone));
             }
-        }
-        if self.jseq != 0 {
-            v.push(JSEQ_EXT);
-            v.extend_from_slice(&self.jseq.to_le_bytes());
         }
         v
     }
@@ -629,14 +616,6 @@ impl ChunkHeader {
                 };
             }
         }
-        // Then the journal seq, in records written since the journal.
-        let mut jseq = 0;
-        if !r.0.is_empty() {
-            if r.u8()? != JSEQ_EXT {
-                return Err(DecodeError::Value);
-            }
-            jseq = r.u64()?;
-        }
         r.end()?;
         if committed_len > CHUNK_MAX {
             return Err(DecodeError::Value);
@@ -650,7 +629,6 @@ impl ChunkHeader {
             birth,
             clone_seq,
             snap_floor,
-            jseq,
         })
     }
 }
@@ -902,18 +880,6 @@ mod tests {
         let mut bad_flag = sb.clone();
         *bad_flag.last_mut().unwrap() = 2;
         assert_eq!(ChunkHeader::decode(&bad_flag), Err(DecodeError::Value));
-        // A journal seq trails the record, with or without snapshot fields.
-        for base in [h.clone(), snapped.clone()] {
-            let journaled = ChunkHeader { jseq: 77, ..base };
-            let jb = journaled.encode();
-            assert_eq!(ChunkHeader::decode(&jb), Ok(journaled));
-            for cut in jb.len() - 8..jb.len() {
-                assert!(ChunkHeader::decode(&jb[..cut]).is_err(), "cut {cut}");
-            }
-            let mut bad_tag = jb.clone();
-            bad_tag[jb.len() - 9] = 9;
-            assert_eq!(ChunkHeader::decode(&bad_tag), Err(DecodeError::Value));
-        }
         let clone = CloneHeader {
             version: 4,
             len: 10_000,

@@ -10,8 +10,7 @@
 //! <dir>/meta/               sled: tree "shard-<k>" per shard
 //!     'C' ++ object BE ++ index BE              -> ChunkHeader
 //!     'B' ++ object BE ++ index BE ++ block BE  -> BlockEntry
-//! <dir>/data/shard-<k>.dat  data blocks, grown by fallocate in 256 MiB extents,
-//!                           and the shard's metadata journal ring (8 MiB)
+//! <dir>/data/shard-<k>.dat  data blocks, grown by fallocate in 256 MiB extents
 //! <dir>/clean-shutdown      empty; present only between a clean stop and the next start
 //! ```
 //!
@@ -46,9 +45,7 @@
 //! 7. Acknowledged means durable: `write_pending`, `write_committed`,
 //!    `commit`, `truncate` and `remove` return only after the data sync and
 //!    the metadata flush, both group-committed across the shard's
-//!    concurrent writers. A write's metadata is durable through the
-//!    shard's journal instead (module `journal`): its record is synced with its
-//!    data by one `fdatasync`, and sled is flushed off the write's path. The one exception is `commit_through(..,
+//!    concurrent writers. The one exception is `commit_through(..,
 //!    durable: false)`, for chain replicas whose tail already holds the
 //!    version committed: it is visible at once and durable with the next
 //!    flush; a crash before that leaves the versions pending (never a
@@ -63,7 +60,6 @@
 mod alloc;
 mod error;
 mod group;
-mod journal;
 pub mod layout;
 mod shard;
 mod target;
@@ -194,7 +190,7 @@ pub struct SpaceUsage {
     /// Bytes of blocks in use (referenced, being written, or released but
     /// not yet reusable).
     pub used_bytes: u64,
-    /// Size of the data file, less the metadata journal's ring.
+    /// Size of the data file.
     pub file_bytes: u64,
     /// Bytes released and waiting for a metadata flush.
     pub deferred_bytes: u64,

@@ -26,13 +26,10 @@
 //!
 //! verify segment CRCs → lock chunk → check version order → read and verify
 //! the (at most two) partially covered blocks of the newest version →
-//! allocate fresh blocks → build the metadata batch (header with the new
-//! version + every touched block entry) → fill aligned DMA buffers, one per
-//! contiguous run, and the batch's journal record → `write_at` each run
-//! and the record → group-committed `fdatasync` → apply the batch to sled
-//! → unlock → return (see `journal`). A write that also commits pending
-//! versions queued in front of it syncs its data, applies its batch and
-//! waits for a group-committed sled flush on the blocking pool instead.
+//! allocate fresh blocks → fill aligned DMA buffers, one per contiguous run
+//! → `write_at` each run → group-committed `fdatasync` → one atomic sled
+//! batch (header with the new pending version + every touched block entry)
+//! → unlock → group-committed sled flush on the blocking pool → return.
 //!
 //! # Crash safety
 //!
@@ -72,7 +69,6 @@ use glommio::io::{DmaFile, OpenOptions};
 use super::alloc::{Allocator, Run};
 use super::error::StoreError;
 use super::group::GroupSync;
-use super::journal::{self, Journal, MetaBatch, RecordHead, Slot};
 use super::layout::{
     self, BLOCK, BLOCK_SIZE, BlockEntry, BlockRef, CHUNK_MAX, ChunkHeader, NO_SEAL, Pending, Seal,
     Segment,
@@ -99,7 +95,6 @@ pub struct ShardStore {
     alloc: RefCell<Allocator>,
     data_sync: GroupSync,
     meta_sync: GroupSync,
-    journal: Journal,
     headers: RefCell<HashMap<ChunkId, ChunkHeader>>,
     header_cache_entries: usize,
     locks: ChunkLocks,
@@ -179,36 +174,6 @@ fn digest_of(offset: u64, len: u64, crcs: &[u32]) -> u32 {
     h.finalize()
 }
 
-/// A write's parts that [`ShardStore::write_journaled`] finishes.
-struct Journaled<'a> {
-    batch: MetaBatch,
-    /// The chunk's new header (goes into the batch last, with its seq).
-    header: ChunkHeader,
-    runs: &'a [Run],
-    stored: &'a [&'a [u8]],
-    /// The blocks written, with their CRCs.
-    fresh: Vec<(u64, u32)>,
-    /// Blocks the write releases.
-    freed: Vec<u64>,
-}
-
-/// Fails the journal unless [`Self::done`]: a journaled write that stops
-/// half-way (an error, or its future dropped) may have left a record on
-/// disk that the running shard never applied.
-struct Unfinished<'a>(&'a Journal);
-
-impl Unfinished<'_> {
-    fn done(self) {
-        std::mem::forget(self);
-    }
-}
-
-impl Drop for Unfinished<'_> {
-    fn drop(&mut self) {
-        self.0.fail();
-    }
-}
-
 impl ShardStore {
     pub(crate) async fn open(target: &Target, shard: u32) -> Result<Self> {
         let shards = target.shards();
@@ -238,14 +203,10 @@ impl ShardStore {
             .await
             .map_err(StoreError::glommio("stat data file"))?;
         let tree = target.db().open_tree(format!("shard-{shard}"))?;
-        let (journal, file_size) =
-            journal::open(&file, file_size, &tree, target.db(), &target.meta_file()).await?;
 
         // Blocks of the chunks and of their clones (which share blocks
-        // with each other: each counted once), and the journal's ring.
+        // with each other: each counted once).
         let mut used = std::collections::BTreeSet::new();
-        let (ring_first, ring_blocks) = journal.ring();
-        used.extend(ring_first..ring_first + ring_blocks);
         for prefix in [layout::block_prefix(), layout::clone_blocks_all_prefix()] {
             for kv in tree.scan_prefix(prefix) {
                 let (_, v) = kv?;
@@ -256,9 +217,8 @@ impl ShardStore {
         }
         let alloc = Allocator::rebuild(file_size / BLOCK_SIZE, used.into_iter().collect())?;
         let opts = target.options();
-        // The ring is metadata: it does not count against the capacity.
         let capacity_blocks = opts.capacity_bytes.map_or(u64::MAX / BLOCK_SIZE, |c| {
-            c / u64::from(shards) / BLOCK_SIZE + ring_blocks
+            c / u64::from(shards) / BLOCK_SIZE
         });
         tracing::debug!(
             shard,
@@ -276,7 +236,6 @@ impl ShardStore {
             alloc: RefCell::new(alloc),
             data_sync: GroupSync::default(),
             meta_sync: GroupSync::default(),
-            journal,
             headers: RefCell::new(HashMap::new()),
             header_cache_entries: opts.header_cache_entries.max(1),
             locks: ChunkLocks::default(),
@@ -301,8 +260,7 @@ impl ShardStore {
                 shard: self.shard,
             });
         }
-        if self.data_sync.is_poisoned() || self.meta_sync.is_poisoned() || self.journal.is_failed()
-        {
+        if self.data_sync.is_poisoned() || self.meta_sync.is_poisoned() {
             return Err(StoreError::Failed { shard: self.shard });
         }
         Ok(())
@@ -387,11 +345,11 @@ impl ShardStore {
         &self,
         chunk: ChunkId,
         updates: BlockUpdates,
-        batch: &mut MetaBatch,
+        batch: &mut sled::Batch,
     ) -> Result<()> {
         let mut current: Option<(u32, std::collections::BTreeMap<u32, BlockEntry>)> = None;
         let put =
-            |batch: &mut MetaBatch, g: u32, m: &std::collections::BTreeMap<u32, BlockEntry>| {
+            |batch: &mut sled::Batch, g: u32, m: &std::collections::BTreeMap<u32, BlockEntry>| {
                 let key = layout::group_key(chunk, g);
                 if m.is_empty() {
                     batch.remove(&key[..]);
@@ -440,28 +398,18 @@ impl ShardStore {
     }
 
     /// Waits until metadata changes through `ticket` are durable, then frees
-    /// the blocks they released. Each flush is also a checkpoint of the
-    /// journal: it carries the replay position (see `journal`), and ring
-    /// space before it is free once it completes.
+    /// the blocks they released.
     async fn flush_meta(&self, ticket: u64) -> Result<()> {
-        let (db, file, tree, journal) = (&self.db, &self.meta_file, &self.tree, &self.journal);
+        let (db, file) = (&self.db, &self.meta_file);
         let done = self
             .meta_sync
             .wait(ticket, || {
                 let (db, file) = (db.clone(), file.clone());
-                let (seq, pos) = journal.replay_from();
-                let recorded = tree.insert(
-                    journal::POS_KEY,
-                    journal::encode_u64s(&[journal.epoch(), seq, pos]),
-                );
                 async move {
-                    recorded.map_err(io::Error::other)?;
                     glommio::executor()
                         .spawn_blocking(move || super::target::durable_flush(&db, &file))
                         .await
-                        .map_err(io::Error::other)?;
-                    journal.flushed(pos);
-                    Ok(())
+                        .map_err(io::Error::other)
                 }
             })
             .await
@@ -536,16 +484,6 @@ impl ShardStore {
     /// allocated `runs`, one DMA write per run, and syncs the data file.
     /// Returns the block number of each block.
     async fn write_blocks(&self, runs: &[Run], blocks: &[&[u8]]) -> Result<Vec<u64>> {
-        let blocknos = self.write_runs(runs, blocks).await?;
-        crate::failpoint::hit("chunk.store.before_data_sync");
-        if !blocks.is_empty() {
-            self.sync_data().await?;
-        }
-        Ok(blocknos)
-    }
-
-    /// [`Self::write_blocks`] without the sync.
-    async fn write_runs(&self, runs: &[Run], blocks: &[&[u8]]) -> Result<Vec<u64>> {
         let mut blocknos = Vec::with_capacity(blocks.len());
         let mut i = 0;
         for &(start, n) in runs {
@@ -568,6 +506,10 @@ impl ShardStore {
                     source: io::Error::new(io::ErrorKind::WriteZero, "short DMA write"),
                 });
             }
+        }
+        crate::failpoint::hit("chunk.store.before_data_sync");
+        if !blocks.is_empty() {
+            self.sync_data().await?;
         }
         Ok(blocknos)
     }
@@ -964,19 +906,11 @@ impl ShardStore {
             .map(|(b, _)| *b)
             .collect();
         let runs = self.allocate(stored.len() as u64).await?;
-        // Through the journal (see `journal`): data and record written
-        // together, one sync, then the batch. A write that commits
-        // versions queued in front of it takes the flushed path.
-        let journaled = !commit || direct;
-        let written = if journaled {
-            runs.iter().flat_map(|&(b, n)| b..b + n).collect()
-        } else {
-            match self.write_blocks(&runs, &stored).await {
-                Ok(b) => b,
-                Err(e) => {
-                    self.free_runs(&runs);
-                    return Err(e);
-                }
+        let written = match self.write_blocks(&runs, &stored).await {
+            Ok(b) => b,
+            Err(e) => {
+                self.free_runs(&runs);
+                return Err(e);
             }
         };
         let mut written = written.into_iter();
@@ -985,10 +919,9 @@ impl ShardStore {
             .map(|h| if *h { None } else { written.next() })
             .collect();
 
-        let mut batch = MetaBatch::default();
+        let mut batch = sled::Batch::default();
         let mut updates = BlockUpdates::default();
         let mut freed = Vec::new();
-        let mut fresh = Vec::with_capacity(stored.len());
         // Blocks the newest clone shares with the committed version stay;
         // it keeps its own copy of the groups this write changes.
         let clone_blocks = if direct {
@@ -1003,9 +936,6 @@ impl ShardStore {
             } else {
                 crc32fast::hash(blocks[i])
             };
-            if let Some(b) = blocknos[i] {
-                fresh.push((b, crc));
-            }
             let new = blocknos[i].map(|blockno| BlockRef {
                 blockno,
                 crc,
@@ -1052,20 +982,9 @@ impl ShardStore {
                 no_clone: w.snap.no_clone,
             });
         }
-        if journaled {
-            let write = Journaled {
-                batch,
-                header,
-                runs: &runs,
-                stored: &stored,
-                fresh,
-                freed,
-            };
-            return self.write_journaled(chunk, guard, write).await;
-        }
         batch.insert(&layout::header_key(chunk)[..], header.encode());
         crate::failpoint::hit("chunk.store.before_meta_batch");
-        if let Err(e) = self.tree.apply_batch(batch.into_sled()) {
+        if let Err(e) = self.tree.apply_batch(batch) {
             self.free_runs(&runs);
             return Err(e.into());
         }
@@ -1080,132 +999,6 @@ impl ShardStore {
         }
         drop(guard);
         self.flush_meta(ticket).await
-    }
-
-    /// Finishes a write through the journal (see `journal`): writes the
-    /// data blocks and the record, syncs once, applies the batch (the
-    /// chunk header last, stamped with the record's seq) and frees the
-    /// blocks it released. A write whose record does not fit the ring even
-    /// after a flush takes the flushed path instead.
-    async fn write_journaled(
-        &self,
-        chunk: ChunkId,
-        guard: ChunkLockGuard<'_>,
-        w: Journaled<'_>,
-    ) -> Result<()> {
-        let Journaled {
-            mut batch,
-            mut header,
-            runs,
-            stored,
-            fresh,
-            freed,
-        } = w;
-        let key = layout::header_key(chunk);
-        let prior = header.jseq;
-        header.jseq = u64::MAX;
-        let len = batch.record_len(fresh.len()) + 4 + key.len() + 1 + 4 + header.encode().len();
-        let Some(slot) = self.reserve(len).await? else {
-            if let Err(e) = self.write_blocks(runs, stored).await {
-                self.free_runs(runs);
-                return Err(e);
-            }
-            header.jseq = prior;
-            batch.insert(&key[..], header.encode());
-            if let Err(e) = self.tree.apply_batch(batch.into_sled()) {
-                self.free_runs(runs);
-                return Err(e.into());
-            }
-            let ticket = self.meta_sync.ticket();
-            self.defer_frees(ticket, freed);
-            self.cache_header(chunk, header);
-            drop(guard);
-            return self.flush_meta(ticket).await;
-        };
-        // From here on the record may reach the disk: any failure, or the
-        // write being dropped, fails the shard (reopening replays what is
-        // durable).
-        let unfinished = Unfinished(&self.journal);
-        header.jseq = slot.seq;
-        batch.insert(&key[..], header.encode());
-        let mut buf = self.file.alloc_dma_buffer(slot.blocks as usize * BLOCK);
-        let head = RecordHead {
-            epoch: self.journal.epoch(),
-            seq: slot.seq,
-            durable: self.journal.durable(),
-        };
-        journal::fill_record(buf.as_bytes_mut(), head, &fresh, &batch);
-        let at = self.journal.block_of(slot.pos) * BLOCK_SIZE;
-        // A power cut's worst case, for the fault tests: the record
-        // reaches the disk and the data does not.
-        let torn = crate::failpoint::fires("chunk.store.torn_data");
-        let zeros = [0u8; BLOCK];
-        let lost: Vec<&[u8]>;
-        let stored = if torn {
-            lost = vec![&zeros[..]; stored.len()];
-            &lost[..]
-        } else {
-            stored
-        };
-        let (record, data) =
-            futures_lite::future::zip(self.file.write_at(buf, at), self.write_runs(runs, stored))
-                .await;
-        match record {
-            Ok(n) if n == slot.blocks as usize * BLOCK => {}
-            Ok(_) => {
-                return Err(StoreError::Io {
-                    op: "write journal record",
-                    source: io::Error::new(io::ErrorKind::WriteZero, "short DMA write"),
-                });
-            }
-            Err(e) => return Err(StoreError::glommio("write journal record")(e)),
-        }
-        data?;
-        self.journal.written_done(slot.seq);
-        crate::failpoint::hit("chunk.store.before_data_sync");
-        // Every earlier record must be on disk before this one counts as
-        // synced (a replay stops at the first missing record).
-        let Some(written) = self.journal.wait_written(slot.seq).await else {
-            return Err(StoreError::Failed { shard: self.shard });
-        };
-        self.sync_data().await?;
-        self.journal.synced_through(written);
-        if torn {
-            eprintln!("failpoint chunk.store.torn_data: aborting");
-            std::process::abort();
-        }
-        crate::failpoint::hit("chunk.store.before_meta_batch");
-        self.tree.apply_batch(batch.into_sled())?;
-        self.journal.applied(slot.seq);
-        unfinished.done();
-        crate::failpoint::hit("chunk.store.before_meta_flush");
-        {
-            // Released durably: the synced record replays the release.
-            let mut a = self.alloc.borrow_mut();
-            for b in freed {
-                a.free_now((b, 1));
-            }
-        }
-        self.cache_header(chunk, header);
-        drop(guard);
-        if self.journal.wants_checkpoint() {
-            self.flush_meta(self.meta_sync.ticket()).await?;
-        }
-        Ok(())
-    }
-
-    /// A slot for a record of `len` bytes; when the ring is full, one
-    /// flush first (which frees what it covers). `None`: the record does
-    /// not fit even then.
-    async fn reserve(&self, len: usize) -> Result<Option<Slot>> {
-        if len > self.journal.max_record() {
-            return Ok(None);
-        }
-        if let Some(s) = self.journal.reserve(len) {
-            return Ok(Some(s));
-        }
-        self.flush_meta(self.meta_sync.ticket()).await?;
-        Ok(self.journal.reserve(len))
     }
 
     fn defer_frees(&self, ticket: u64, blocks: Vec<u64>) {
@@ -1447,7 +1240,7 @@ impl ShardStore {
         seq: u64,
         first: u32,
         end: u32,
-        batch: &mut MetaBatch,
+        batch: &mut sled::Batch,
     ) -> Result<()> {
         if seq == 0 || end <= first {
             return Ok(());
@@ -1519,7 +1312,7 @@ impl ShardStore {
             first = first.min(f);
             end = end.max(e);
         }
-        let mut batch = MetaBatch::default();
+        let mut batch = sled::Batch::default();
         let mut updates = BlockUpdates::default();
         let mut freed = Vec::new();
         let entries = if first < end {
@@ -1578,7 +1371,7 @@ impl ShardStore {
         }
         header.seq = run.iter().map(|p| p.seq).fold(header.seq, u64::max);
         batch.insert(&layout::header_key(chunk)[..], header.encode());
-        self.tree.apply_batch(batch.into_sled())?;
+        self.tree.apply_batch(batch)?;
         self.cache_header(chunk, header.clone());
         let ticket = self.meta_sync.ticket();
         self.defer_frees(ticket, freed);
@@ -1617,7 +1410,7 @@ impl ShardStore {
             drop(guard);
             return self.flush_meta(self.meta_sync.issued()).await;
         }
-        let mut batch = MetaBatch::default();
+        let mut batch = sled::Batch::default();
         let mut updates = BlockUpdates::default();
         let mut runs = Vec::new();
         if new_len < header.newest_len() {
@@ -1662,7 +1455,7 @@ impl ShardStore {
             no_clone: snap.no_clone,
         });
         batch.insert(&layout::header_key(chunk)[..], header.encode());
-        if let Err(e) = self.tree.apply_batch(batch.into_sled()) {
+        if let Err(e) = self.tree.apply_batch(batch) {
             self.free_runs(&runs);
             return Err(e.into());
         }
@@ -1987,11 +1780,11 @@ impl ShardStore {
         if self.load_header(chunk)?.is_none() {
             return Ok(false);
         }
-        let mut batch = MetaBatch::default();
+        let mut batch = sled::Batch::default();
         let mut freed = std::collections::BTreeSet::new();
         self.stage_remove(chunk, &mut batch, &mut freed)?;
         let freed: Vec<u64> = freed.into_iter().collect();
-        self.tree.apply_batch(batch.into_sled())?;
+        self.tree.apply_batch(batch)?;
         self.headers.borrow_mut().remove(&chunk);
         let ticket = self.meta_sync.ticket();
         self.defer_frees(ticket, freed);
@@ -2019,7 +1812,7 @@ impl ShardStore {
         for &c in &sorted {
             guards.push(self.lock(c).await?);
         }
-        let mut batch = MetaBatch::default();
+        let mut batch = sled::Batch::default();
         let mut freed = std::collections::BTreeSet::new();
         let mut existed = Vec::new();
         for &chunk in &sorted {
@@ -2033,7 +1826,7 @@ impl ShardStore {
         if existed.is_empty() {
             return Ok(0);
         }
-        self.tree.apply_batch(batch.into_sled())?;
+        self.tree.apply_batch(batch)?;
         {
             let mut headers = self.headers.borrow_mut();
             for c in &existed {
@@ -2053,7 +1846,7 @@ impl ShardStore {
     fn stage_remove(
         &self,
         chunk: ChunkId,
-        batch: &mut MetaBatch,
+        batch: &mut sled::Batch,
         freed: &mut std::collections::BTreeSet<u64>,
     ) -> Result<()> {
         for prefix in [
@@ -2181,7 +1974,7 @@ impl ShardStore {
                 continue;
             }
             let doomed_seqs: Vec<u64> = doomed.iter().map(|&i| clones[i].0).collect();
-            let mut batch = MetaBatch::default();
+            let mut batch = sled::Batch::default();
             // A remaining clone reads the groups it has no copy of through
             // the next newer clones (`clone_entries`): it takes over the
             // first copy a dropped one between it and the next remaining
@@ -2257,7 +2050,7 @@ impl ShardStore {
             }
             freed.sort_unstable();
             freed.dedup();
-            self.tree.apply_batch(batch.into_sled())?;
+            self.tree.apply_batch(batch)?;
             self.cache_header(chunk, header);
             let ticket = self.meta_sync.ticket();
             self.defer_frees(ticket, freed);
@@ -2454,7 +2247,7 @@ impl ShardStore {
             });
         }
         let clones = self.clones(chunk)?;
-        let mut batch = MetaBatch::default();
+        let mut batch = sled::Batch::default();
         let mut freed = Vec::new();
         if offset == 0 {
             // Start over: drop this clone's record and groups; their blocks
@@ -2562,7 +2355,7 @@ impl ShardStore {
             header.clone_seq = header.clone_seq.max(seq);
             batch.insert(&layout::header_key(chunk)[..], header.encode());
         }
-        if let Err(e) = self.tree.apply_batch(batch.into_sled()) {
+        if let Err(e) = self.tree.apply_batch(batch) {
             self.free_runs(&runs);
             return Err(e.into());
         }
@@ -2723,18 +2516,16 @@ impl ShardStore {
     /// Returns the space this shard uses.
     pub fn usage(&self) -> SpaceUsage {
         let a = self.alloc.borrow();
-        let ring = self.journal.ring().1;
         SpaceUsage {
-            used_bytes: (a.used_blocks() - ring) * BLOCK_SIZE,
-            file_bytes: (a.total_blocks() - ring) * BLOCK_SIZE,
+            used_bytes: a.used_blocks() * BLOCK_SIZE,
+            file_bytes: a.total_blocks() * BLOCK_SIZE,
             deferred_bytes: a.deferred_blocks() * BLOCK_SIZE,
             capacity_bytes: self.capacity_bytes,
         }
     }
 
     /// Returns how many syncs ran: (data `fdatasync`s, metadata flushes).
-    /// With N concurrent writers these grow slower than the writes. A
-    /// write through the journal costs one data sync and no flush.
+    /// With N concurrent writers these grow slower than the writes.
     pub fn sync_counts(&self) -> (u64, u64) {
         (self.data_sync.syncs(), self.meta_sync.syncs())
     }
@@ -2762,7 +2553,7 @@ fn stage_clone_blocks(
     chunk: ChunkId,
     seq: u64,
     refs: impl Iterator<Item = (u32, BlockRef)>,
-    batch: &mut MetaBatch,
+    batch: &mut sled::Batch,
 ) {
     let mut groups: std::collections::BTreeMap<u32, Vec<(u32, BlockEntry)>> =
         std::collections::BTreeMap::new();
