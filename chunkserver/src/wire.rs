@@ -4,8 +4,13 @@
 //! Small frames are encoded into one buffer and written with one call;
 //! large ones go out as header, payload and CRCs without copying the
 //! payload. Reads fill a `BytesMut` that [`FrameDecoder`] splits, so a
-//! payload is a view of the read buffer; the rest of a large frame is read
-//! straight into it.
+//! payload is a view of the read buffer.
+//!
+//! Reading the rest of a large frame straight into the read buffer (zeroed
+//! once, no scratch copy) was tried on 2026-12-06: it cut the chunkservers'
+//! CPU of 3-replica 1 MiB writes by 12-17% but made 1-replica writes 8-10%
+//! slower in four interleaved `cairn-bench chunk` pairs, and checkpoints
+//! through the client did not move, so the scratch copy stays.
 
 use std::io;
 
@@ -18,12 +23,6 @@ const COALESCE: usize = 64 << 10;
 
 /// How much a read asks the socket for at a time.
 const READ_CHUNK: usize = 256 << 10;
-
-/// A frame still missing at least this much is read straight into the
-/// read buffer (zeroed once) rather than through the scratch buffer: one
-/// memset instead of a copy of every byte (the copy was ~5% of a
-/// chunkserver's CPU during 1 MiB writes, perf).
-const DIRECT_READ: usize = 64 << 10;
 
 /// Writes `frame` to `w`; `buf` is the connection's reusable encode
 /// buffer, so a small reply allocates nothing.
@@ -107,11 +106,6 @@ impl FrameReader {
             {
                 return Ok(f);
             }
-            let missing = self.decoder.missing(&self.buf);
-            if missing >= DIRECT_READ {
-                self.read_rest(r, missing).await?;
-                continue;
-            }
             let n = r.read(&mut self.scratch).await.map_err(ReadError::Io)?;
             if n == 0 {
                 return Err(if self.buf.is_empty() {
@@ -122,33 +116,6 @@ impl FrameReader {
             }
             self.buf.extend_from_slice(&self.scratch[..n]);
         }
-    }
-
-    /// Reads exactly the `missing` bytes that complete the frame in the
-    /// buffer, straight into it.
-    async fn read_rest<R: AsyncRead + Unpin>(
-        &mut self,
-        r: &mut R,
-        missing: usize,
-    ) -> Result<(), ReadError> {
-        let start = self.buf.len();
-        let end = start + missing;
-        self.buf.resize(end, 0);
-        let mut filled = start;
-        while filled < end {
-            match r.read(&mut self.buf[filled..end]).await {
-                Ok(0) => {
-                    self.buf.truncate(filled);
-                    return Err(ReadError::Truncated);
-                }
-                Ok(n) => filled += n,
-                Err(e) => {
-                    self.buf.truncate(filled);
-                    return Err(ReadError::Io(e));
-                }
-            }
-        }
-        Ok(())
     }
 }
 

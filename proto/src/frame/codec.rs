@@ -419,27 +419,6 @@ impl FrameDecoder {
         }
     }
 
-    /// Returns how many more bytes the frame at the front of `src` needs
-    /// once its header has passed [`Self::decode`]'s checks (0 when it is
-    /// whole, or its header is not there yet or does not pass): a reader
-    /// can then read the rest of a large frame straight into `src`.
-    pub fn missing(&self, src: &[u8]) -> usize {
-        let Some(head) = src.first_chunk::<HEADER_LEN>() else {
-            return 0;
-        };
-        let Ok(header) = Header::decode(head) else {
-            return 0;
-        };
-        if header.length > self.max_payload {
-            return 0;
-        }
-        header
-            .body_len()
-            .ok()
-            .and_then(|b| b.checked_add(HEADER_LEN))
-            .map_or(0, |total| total.saturating_sub(src.len()))
-    }
-
     /// Takes the next whole frame off the front of `src`. Returns
     /// `Ok(None)` and consumes nothing while the frame is incomplete,
     /// reserving room in `src` for the rest of it once the header has been
@@ -532,25 +511,6 @@ mod tests {
         assert_eq!(&back, frame);
         back.verify_payload().expect("payload CRCs");
         back
-    }
-
-    #[test]
-    fn missing_counts_what_the_frame_still_needs() {
-        let data = Bytes::from(vec![7u8; 300_000]);
-        let f = Frame::with_payload(sample_request(Opcode::Write), data).unwrap();
-        let mut buf = BytesMut::new();
-        f.encode_into(&mut buf).unwrap();
-        let dec = FrameDecoder::new();
-        assert_eq!(dec.missing(&buf[..HEADER_LEN - 1]), 0, "no header yet");
-        for have in [HEADER_LEN, HEADER_LEN + 1000, buf.len() - 1, buf.len()] {
-            assert_eq!(dec.missing(&buf[..have]), buf.len() - have, "have {have}");
-        }
-        // A length over the limit is never announced as missing.
-        assert_eq!(FrameDecoder::with_max_payload(1000).missing(&buf), 0);
-        assert_eq!(
-            FrameDecoder::with_max_payload(1000).missing(&buf[..HEADER_LEN]),
-            0
-        );
     }
 
     /// Every opcode, as request and as reply, in each shape it may take.
