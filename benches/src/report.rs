@@ -141,11 +141,14 @@ pub fn write_server_time(
             } else {
                 format!(" ({})", t.role)
             };
-            let errors = if t.errors > 0 {
+            let mut errors = if t.errors > 0 {
                 format!(", {} errors", thousands(t.errors as f64))
             } else {
                 String::new()
             };
+            if let Some(a) = t.allocations_per_request {
+                errors.push_str(&format!(", {a:.1} heap allocations"));
+            }
             format!(
                 "{}{role} {} {} µs × {} ({} KiB each{errors})",
                 t.chunkserver,
@@ -170,7 +173,8 @@ pub fn write_server_legend(out: &mut impl Write) -> io::Result<()> {
     writeln!(
         out,
         "handling time = the chunkserver's own time per request, decoded request to reply \
-         queued (mean × requests, mean payload, error replies);"
+         queued (mean × requests, mean payload, error replies, and the chunkserver process's \
+         heap allocations per request it handled, all opcodes, metrics reads subtracted);"
     )?;
     writeln!(
         out,

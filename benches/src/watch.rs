@@ -42,6 +42,10 @@ pub struct ServerTime {
     pub bytes_in: u64,
     /// Payload bytes their replies carried out.
     pub bytes_out: u64,
+    /// Heap allocations the chunkserver process made during the run per
+    /// request it handled (all opcodes), less what reading its metrics
+    /// costs; `None` when its binary does not count them.
+    pub allocations_per_request: Option<f64>,
 }
 
 impl ServerTime {
@@ -154,6 +158,9 @@ pub struct ServerClock<'a> {
     servers: &'a Servers,
     watch: Watch,
     before: Option<Vec<OpTimes>>,
+    /// Heap allocations one metrics scrape costs each chunkserver (two
+    /// scrapes back to back at the start).
+    scrape_allocations: Vec<Option<u64>>,
     /// CPU seconds of each of `watch.cpu` at the start.
     cpu_before: Vec<Option<f64>>,
     started: Instant,
@@ -163,6 +170,9 @@ impl<'a> ServerClock<'a> {
     /// Reads the counters of what `watch` names; a failed scrape adds a
     /// note to `notes`.
     pub async fn start(servers: &'a Servers, watch: Watch, notes: &mut Vec<String>) -> Self {
+        // Twice: what the second adds to the allocation count is what one
+        // scrape costs, subtracted from the run's count at the end.
+        let first = scrape_all(servers, &watch).await;
         let before = match scrape_all(servers, &watch).await {
             Ok(b) => Some(b),
             Err(e) => {
@@ -170,11 +180,20 @@ impl<'a> ServerClock<'a> {
                 None
             }
         };
+        let scrape_allocations = match (&first, &before) {
+            (Ok(f), Some(b)) => f
+                .iter()
+                .zip(b)
+                .map(|(f, b)| Some(b.heap_allocations?.saturating_sub(f.heap_allocations?)))
+                .collect(),
+            _ => Vec::new(),
+        };
         let cpu_before = watch.cpu.iter().map(|&(_, pid)| cpu_seconds(pid)).collect();
         Self {
             servers,
             watch,
             before,
+            scrape_allocations,
             cpu_before,
             started: Instant::now(),
         }
@@ -213,7 +232,16 @@ impl<'a> ServerClock<'a> {
             }
         };
         for (i, &(process, role)) in self.watch.chunkservers.iter().enumerate() {
-            for (op, d) in after[i].since(&before[i]) {
+            let diff = after[i].since(&before[i]);
+            let requests: u64 = diff.iter().map(|(_, d)| d.requests).sum();
+            let allocations_per_request = (|| {
+                let made = after[i]
+                    .heap_allocations?
+                    .checked_sub(before[i].heap_allocations?)?;
+                let scrape = self.scrape_allocations.get(i).copied().flatten()?;
+                (requests > 0).then(|| made.saturating_sub(scrape) as f64 / requests as f64)
+            })();
+            for (op, d) in diff {
                 out.server_time.push(ServerTime {
                     chunkserver: self.servers.chunkservers()[process].name.clone(),
                     role,
@@ -223,6 +251,7 @@ impl<'a> ServerClock<'a> {
                     errors: d.errors,
                     bytes_in: d.bytes_in,
                     bytes_out: d.bytes_out,
+                    allocations_per_request,
                 });
             }
         }
@@ -255,9 +284,15 @@ pub struct OpCounters {
     pub bytes_out: u64,
 }
 
-/// Request counters of one chunkserver at one moment, by opcode.
+/// Request counters of one chunkserver at one moment, by opcode, and its
+/// heap allocations so far (when its binary counts them).
 #[derive(Debug, Clone, Default, PartialEq)]
-pub struct OpTimes(pub BTreeMap<String, OpCounters>);
+pub struct OpTimes {
+    /// Counters by opcode.
+    pub ops: BTreeMap<String, OpCounters>,
+    /// `heap_allocations_total`.
+    pub heap_allocations: Option<u64>,
+}
 
 impl OpTimes {
     /// Parses the per-opcode series of a chunkserver's metrics page:
@@ -266,7 +301,12 @@ impl OpTimes {
     pub fn parse(page: &str) -> OpTimes {
         const PREFIX: &str = "cairn_chunkserver_";
         let mut out = BTreeMap::<String, OpCounters>::new();
+        let mut heap_allocations = None;
         for line in page.lines() {
+            if let Some(v) = line.strip_prefix("cairn_chunkserver_heap_allocations_total ") {
+                heap_allocations = v.trim().parse().ok();
+                continue;
+            }
             let Some((series, rest)) = line
                 .strip_prefix(PREFIX)
                 .and_then(|l| l.split_once("{op=\""))
@@ -289,16 +329,19 @@ impl OpTimes {
                 _ => {}
             }
         }
-        OpTimes(out)
+        OpTimes {
+            ops: out,
+            heap_allocations,
+        }
     }
 
     /// Returns, per opcode with requests in between, what changed from
     /// `before` to `self`, the seconds as the mean per request.
     pub fn since(&self, before: &OpTimes) -> Vec<(String, OpCounters)> {
-        self.0
+        self.ops
             .iter()
             .filter_map(|(op, now)| {
-                let b = before.0.get(op).copied().unwrap_or_default();
+                let b = before.ops.get(op).copied().unwrap_or_default();
                 let requests = now.requests.checked_sub(b.requests).filter(|&d| d > 0)?;
                 Some((
                     op.clone(),
@@ -393,8 +436,15 @@ cairn_chunkserver_received_bytes_total{op=\"read\"} 0
             bytes_in: 0,
             bytes_out: 40_960,
         };
-        assert_eq!(before.0.get("read"), Some(&read));
-        assert_eq!(before.0.get("write"), Some(&OpCounters::default()));
+        assert_eq!(before.ops.get("read"), Some(&read));
+        assert_eq!(before.ops.get("write"), Some(&OpCounters::default()));
+        assert_eq!(before.heap_allocations, None);
+        let counted = OpTimes::parse(&format!(
+            "{page}# TYPE cairn_chunkserver_heap_allocations_total counter\n\
+             cairn_chunkserver_heap_allocations_total 1234\n"
+        ));
+        assert_eq!(counted.heap_allocations, Some(1234));
+        assert_eq!(counted.ops, before.ops);
         let after = OpTimes::parse(
             &page
                 .replace("} 0.5", "} 1.5")

@@ -18,6 +18,7 @@
 pub mod chain;
 pub mod control;
 pub mod failpoint;
+pub mod heap;
 pub mod locks;
 pub mod metrics;
 pub mod node;

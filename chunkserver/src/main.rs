@@ -16,6 +16,10 @@ use cairn_proto::units::parse_size;
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
+/// Counts allocations for the `heap_allocations_total` metric.
+#[global_allocator]
+static ALLOCATOR: cairn_chunkserver::heap::Counting = cairn_chunkserver::heap::Counting;
+
 /// A Cairn chunkserver: chunk replicas on local disk, chain replication,
 /// one thread per shard.
 ///
@@ -84,6 +88,7 @@ struct Args {
 }
 
 fn main() -> ExitCode {
+    cairn_chunkserver::heap::mark_installed();
     let args = Args::parse();
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     tracing_subscriber::fmt()

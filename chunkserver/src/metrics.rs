@@ -533,6 +533,15 @@ impl Metrics {
             header(&mut out, name, kind, help);
             let _ = writeln!(out, "{PREFIX}{name} {}", v.load(Ordering::Relaxed));
         }
+        if let Some(n) = crate::heap::allocations() {
+            header(
+                &mut out,
+                "heap_allocations_total",
+                "counter",
+                "Heap allocations (and reallocations) this process made since it started.",
+            );
+            let _ = writeln!(out, "{PREFIX}heap_allocations_total {n}");
+        }
         header(
             &mut out,
             "connections_open",

@@ -521,6 +521,16 @@ async fn malformed_frames_close_only_their_connection() {
     }
     let m = c.metrics(c.index_of(&head));
     assert!(metric(&m, "cairn_chunkserver_protocol_errors_total") >= cases.len() as f64);
+    // The binary counts its heap allocations (cairn-bench divides them by
+    // the requests served); the count only grows.
+    let before = metric(&m, "cairn_chunkserver_heap_allocations_total");
+    assert!(before > 0.0, "no allocation count in:\n{m}");
+    c.read(&ch, &head, k, 0, 4096).await.unwrap();
+    let after = metric(
+        &c.metrics(c.index_of(&head)),
+        "cairn_chunkserver_heap_allocations_total",
+    );
+    assert!(after > before, "{before} -> {after}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
