@@ -65,6 +65,7 @@ use bytes::{Bytes, BytesMut};
 use cairn_proto::frame::{CloneInfo, CloneList};
 use cairn_proto::ids::ChunkId;
 use glommio::io::{DmaFile, OpenOptions};
+use smallvec::{SmallVec, smallvec};
 
 use super::alloc::{Allocator, Run};
 use super::error::StoreError;
@@ -1554,7 +1555,7 @@ impl ShardStore {
         }
         let rlen = end - offset;
         let (first, last) = layout::block_range(offset, rlen);
-        let mut refs: Vec<Option<BlockRef>> = vec![None; (last - first) as usize];
+        let mut refs: SmallVec<[Option<BlockRef>; 8]> = smallvec![None; (last - first) as usize];
         for (block, e) in entries(first, last)? {
             if let Some(slot) = refs.get_mut((block - first) as usize) {
                 *slot = e.committed;
@@ -1583,13 +1584,15 @@ impl ShardStore {
         let mut data = BytesMut::with_capacity(rlen as usize);
         let mut crcs = Vec::with_capacity(refs.len());
         let mut seals: Vec<Seal> = Vec::new();
-        let segs: Vec<Segment> = layout::segments(offset, rlen).collect();
+        // The bookkeeping lists live on the stack up to a few entries, so a
+        // small read allocates only its result (issue 14, DESIGN §10).
+        let segs: SmallVec<[Segment; 8]> = layout::segments(offset, rlen).collect();
         // Runs of blocks stored contiguously on disk, in the range's order:
         // one DMA read each. Holes between them do not break a run (a
         // compressed unit's blocks are followed by holes, and the next
         // unit's blocks were allocated right after it by the same write).
-        let mut runs: Vec<(u64, usize)> = Vec::new();
-        let mut at: Vec<Option<(usize, usize)>> = vec![None; segs.len()];
+        let mut runs: SmallVec<[(u64, usize); 4]> = SmallVec::new();
+        let mut at: SmallVec<[Option<(usize, usize)>; 8]> = smallvec![None; segs.len()];
         for (i, r) in refs.iter().enumerate().take(segs.len()) {
             let Some(r) = r else { continue };
             let last = runs.len().wrapping_sub(1);
@@ -1604,7 +1607,7 @@ impl ShardStore {
                 }
             }
         }
-        let mut bufs = Vec::with_capacity(runs.len());
+        let mut bufs: SmallVec<[_; 4]> = SmallVec::with_capacity(runs.len());
         for &(first, n) in &runs {
             bufs.push(
                 self.file
