@@ -595,6 +595,8 @@ async fn spawn_chunkserver(
         .env("RUST_LOG", "info")
         .env("NO_COLOR", "1")
         .env("RUST_BACKTRACE", "1")
+        // Heap allocations per request, beside the handling times.
+        .env("CAIRN_COUNT_ALLOCATIONS", "1")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(log)

@@ -4,17 +4,29 @@
 //! allocate nothing beyond pooled buffers).
 //!
 //! The `cairn-chunkserver` binary installs [`Counting`] as its global
-//! allocator and calls [`mark_installed`]: the system allocator behind one
-//! relaxed atomic counter (an allocation, a zeroed allocation and a
-//! reallocation count one each; frees are not counted). A process that
-//! runs the chunkserver without it (tests, `cairn dev`) reports no such
-//! metric rather than a zero.
+//! allocator: the system allocator behind one relaxed atomic counter (an
+//! allocation, a zeroed allocation and a reallocation count one each;
+//! frees are not counted). It counts only when the process was started
+//! with `CAIRN_COUNT_ALLOCATIONS=1` (as `cairn-bench` starts it; [`enable`]):
+//! otherwise an allocation costs one load of a flag that never changes, not
+//! an addition every thread contends for. A process that does not count
+//! (the default, tests, `cairn dev`) reports no such metric rather than a
+//! zero.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 static ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
-static INSTALLED: AtomicBool = AtomicBool::new(false);
+static COUNTING: AtomicBool = AtomicBool::new(false);
+
+/// The environment variable that turns counting on.
+pub const ENV: &str = "CAIRN_COUNT_ALLOCATIONS";
+
+fn count() {
+    if COUNTING.load(Ordering::Relaxed) {
+        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+    }
+}
 
 /// The system allocator, counting allocations.
 #[derive(Debug)]
@@ -25,19 +37,19 @@ pub struct Counting;
 #[allow(unsafe_code)]
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        count();
         // SAFETY: the caller's contract, passed on.
         unsafe { System.alloc(layout) }
     }
 
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        count();
         // SAFETY: the caller's contract, passed on.
         unsafe { System.alloc_zeroed(layout) }
     }
 
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        count();
         // SAFETY: the caller's contract, passed on.
         unsafe { System.realloc(ptr, layout, new_size) }
     }
@@ -48,15 +60,17 @@ unsafe impl GlobalAlloc for Counting {
     }
 }
 
-/// Records that this process's global allocator is [`Counting`] (the
-/// binary's `main` calls it first thing).
-pub fn mark_installed() {
-    INSTALLED.store(true, Ordering::Relaxed);
+/// Starts counting when [`ENV`] is `1`; call it only where the global
+/// allocator is [`Counting`] (the binary's `main`, first thing).
+pub fn enable() {
+    if std::env::var(ENV).is_ok_and(|v| v == "1") {
+        COUNTING.store(true, Ordering::Relaxed);
+    }
 }
 
-/// Heap allocations since the process started, when they are counted.
+/// Heap allocations since counting started, when they are counted.
 pub fn allocations() -> Option<u64> {
-    INSTALLED
+    COUNTING
         .load(Ordering::Relaxed)
         .then(|| ALLOCATIONS.load(Ordering::Relaxed))
 }

@@ -16,7 +16,8 @@ use cairn_proto::units::parse_size;
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
-/// Counts allocations for the `heap_allocations_total` metric.
+/// Counts allocations for the `heap_allocations_total` metric (when
+/// `CAIRN_COUNT_ALLOCATIONS=1`).
 #[global_allocator]
 static ALLOCATOR: cairn_chunkserver::heap::Counting = cairn_chunkserver::heap::Counting;
 
@@ -88,7 +89,7 @@ struct Args {
 }
 
 fn main() -> ExitCode {
-    cairn_chunkserver::heap::mark_installed();
+    cairn_chunkserver::heap::enable();
     let args = Args::parse();
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     tracing_subscriber::fmt()

@@ -150,6 +150,7 @@ impl Cluster {
             .arg(cs.addr.rsplit(':').next().unwrap_or("0"))
             .args(&cs.extra_args)
             .env("RUST_LOG", "info")
+            .env("CAIRN_COUNT_ALLOCATIONS", "1")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
         for (k, v) in &cs.extra_env {
