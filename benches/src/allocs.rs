@@ -1,89 +1,18 @@
 //! Counts the heap allocations of the benchmark process (issue 14: a
 //! 4 KiB read should allocate nothing beyond pooled buffers, DESIGN §10).
 //!
-//! The process's global allocator is the system allocator behind two
-//! relaxed atomic counters (allocations and bytes asked for; `realloc`
-//! counts as one), which count only while [`per_op`] or [`idle_rate`]
-//! measures: at other times an allocation costs one load of a flag that
-//! is rarely written, not two contended atomic additions. The counts are process-wide: [`per_op`] subtracts
+//! The process's global allocator is `cairn_proto::heap::Counting`, which
+//! counts only while [`per_op`] or [`idle_rate`] measures. The counts are process-wide: [`per_op`] subtracts
 //! what the process allocates while idle ([`idle_rate`], measured before:
 //! session heartbeats, the servers' CPU watch) over as long as the work
 //! took, so what remains is what the measured operations allocated.
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-static ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
-static BYTES: AtomicU64 = AtomicU64::new(0);
-/// Measurements under way (counting is on while it is not 0).
-static MEASURING: AtomicU64 = AtomicU64::new(0);
-
-/// The system allocator, counting.
-pub struct Counting;
-
-fn count(size: usize) {
-    if MEASURING.load(Ordering::Relaxed) == 0 {
-        return;
-    }
-    ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
-    BYTES.fetch_add(size as u64, Ordering::Relaxed);
-}
-
-// SAFETY: every call is passed unchanged to `System`, which upholds
-// `GlobalAlloc`'s contract; the counters are atomics and allocate nothing.
-#[allow(unsafe_code)]
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        count(layout.size());
-        // SAFETY: the caller's contract, passed on.
-        unsafe { System.alloc(layout) }
-    }
-
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        count(layout.size());
-        // SAFETY: the caller's contract, passed on.
-        unsafe { System.alloc_zeroed(layout) }
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        count(new_size);
-        // SAFETY: the caller's contract, passed on.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: the caller's contract, passed on.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-}
+use cairn_proto::heap::{self, Counting, totals};
 
 #[global_allocator]
 static GLOBAL: Counting = Counting;
-
-/// Counting on while it lives (measurements may overlap).
-struct On;
-
-impl Counting {
-    fn on() -> On {
-        MEASURING.fetch_add(1, Ordering::Relaxed);
-        On
-    }
-}
-
-impl Drop for On {
-    fn drop(&mut self) {
-        MEASURING.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
-/// Allocations and bytes allocated by the process so far.
-pub fn totals() -> (u64, u64) {
-    (
-        ALLOCATIONS.load(Ordering::Relaxed),
-        BYTES.load(Ordering::Relaxed),
-    )
-}
 
 /// Allocations and bytes per second (what [`idle_rate`] returns).
 pub type Rate = (f64, f64);
@@ -104,7 +33,7 @@ pub struct PerOp {
 /// Allocations and bytes per second the process makes while it does
 /// nothing but wait for `over`.
 pub async fn idle_rate(over: Duration) -> Rate {
-    let _on = Counting::on();
+    let _on = heap::on();
     let (a0, b0) = totals();
     let t0 = Instant::now();
     tokio::time::sleep(over).await;
@@ -117,7 +46,7 @@ pub async fn idle_rate(over: Duration) -> Rate {
 /// process allocates at `idle` (per second, from [`idle_rate`]) over as
 /// long as `work` took.
 pub async fn per_op<T>(ops: usize, idle: (f64, f64), work: impl Future<Output = T>) -> (T, PerOp) {
-    let on = Counting::on();
+    let on = heap::on();
     let (a0, b0) = totals();
     let t0 = Instant::now();
     let out = work.await;

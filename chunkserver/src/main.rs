@@ -19,7 +19,7 @@ use tracing_subscriber::EnvFilter;
 /// Counts allocations for the `heap_allocations_total` metric (when
 /// `CAIRN_COUNT_ALLOCATIONS=1`).
 #[global_allocator]
-static ALLOCATOR: cairn_chunkserver::heap::Counting = cairn_chunkserver::heap::Counting;
+static ALLOCATOR: cairn_proto::heap::Counting = cairn_proto::heap::Counting;
 
 /// A Cairn chunkserver: chunk replicas on local disk, chain replication,
 /// one thread per shard.

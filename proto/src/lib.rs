@@ -7,6 +7,8 @@
 //!   `io::ErrorKind` mappings and the gRPC status encoding.
 //! * [`frame`]: the data-plane binary protocol (DESIGN §6): 128-byte
 //!   header with CRC, payload, per-4 KiB segment CRCs; a zero-copy decoder.
+//! * [`heap`]: a global allocator that counts allocations (benchmarks,
+//!   the chunkserver's metric).
 //! * [`ids`]: id newtypes.
 //! * [`names`]: validation of file names, shared by servers and clients.
 //! * [`units`]: sizes on command lines.
@@ -14,6 +16,7 @@
 pub mod chain;
 pub mod error;
 pub mod frame;
+pub mod heap;
 pub mod ids;
 pub mod names;
 pub mod units;
