@@ -25,5 +25,6 @@ pub mod node;
 pub mod peer;
 pub mod scrub;
 pub mod server;
+pub mod stall;
 pub mod store;
 pub mod wire;

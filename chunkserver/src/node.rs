@@ -291,8 +291,9 @@ pub fn start(cfg: ChunkserverConfig) -> Result<Chunkserver, StartError> {
 
     let mut threads = Vec::new();
     let mut shard_addrs = Vec::new();
+    let mut progress = Vec::new();
     for k in 0..shards {
-        let (ready_tx, ready_rx) = mpsc::channel::<Result<SocketAddr, String>>();
+        let (ready_tx, ready_rx) = mpsc::channel::<Result<ShardReady, String>>();
         let port = if cfg.port_base == 0 {
             0
         } else {
@@ -324,7 +325,7 @@ pub fn start(cfg: ChunkserverConfig) -> Result<Chunkserver, StartError> {
                 shard: k,
                 what: e.to_string(),
             })?;
-        let addr = ready_rx
+        let (addr, shard_progress) = ready_rx
             .recv()
             .map_err(|_| StartError::Shard {
                 shard: k,
@@ -332,12 +333,15 @@ pub fn start(cfg: ChunkserverConfig) -> Result<Chunkserver, StartError> {
             })?
             .map_err(|what| StartError::Shard { shard: k, what })?;
         shard_addrs.push(addr);
+        progress.push(shard_progress);
         threads.push(std::thread::spawn(move || {
             if let Err(e) = handle.join() {
                 tracing::error!("shard executor: {e}");
             }
         }));
     }
+
+    threads.push(crate::stall::spawn_watchdog(progress, stop.clone()));
 
     let (control_stop, stop_rx) = tokio::sync::watch::channel(false);
     let reg = Registration {
@@ -435,7 +439,10 @@ struct ShardStart {
 /// How often a shard looks at its stop flag and refreshes its usage.
 const TICK: Duration = Duration::from_millis(100);
 
-async fn run_shard(ctx: ShardStart, ready: mpsc::Sender<Result<SocketAddr, String>>) {
+/// A started shard: its address and its progress, for the stall watchdog.
+type ShardReady = (SocketAddr, Arc<crate::stall::Progress>);
+
+async fn run_shard(ctx: ShardStart, ready: mpsc::Sender<Result<ShardReady, String>>) {
     let store = match ctx.target.open_shard(ctx.k).await {
         Ok(s) => Rc::new(s),
         Err(e) => {
@@ -451,7 +458,7 @@ async fn run_shard(ctx: ShardStart, ready: mpsc::Sender<Result<SocketAddr, Strin
         }
     };
     let addr = listener.local_addr().unwrap_or(ctx.bind);
-    let _ = ready.send(Ok(addr));
+    let _ = ready.send(Ok((addr, store.progress().clone())));
 
     let tx = ctx.corrupt.clone();
     let read_sink: crate::server::CorruptSink = Rc::new(move |chunk, blocks| {
@@ -507,26 +514,36 @@ async fn run_shard(ctx: ShardStart, ready: mpsc::Sender<Result<SocketAddr, Strin
         move |chain, version| ctl.shard_synced(chain, version),
     ));
     let slot = ctx.k as usize;
+    // One accept stays in flight across ticks. An accept is an io_uring
+    // operation: dropping its future after the kernel completed it, before
+    // the future collected the new socket, leaks that socket (glommio does
+    // not close it), and the client is left with an open connection that
+    // nobody reads, every request on it timing out. Racing a fresh accept
+    // against each tick did exactly that, now and then.
+    let mut accept = Box::pin(listener.accept());
     while !ctx.stop.load(Ordering::Acquire) {
-        let accept = async { Some(listener.accept().await) };
+        let accepted = async { Some((&mut accept).await) };
         let tick = async {
             glommio::timer::sleep(TICK).await;
             None
         };
-        match futures_lite::future::or(accept, tick).await {
-            Some(Ok(stream)) => {
-                glommio::spawn_local(shard.clone().serve_connection(stream)).detach();
+        if let Some(r) = futures_lite::future::or(accepted, tick).await {
+            accept = Box::pin(listener.accept());
+            match r {
+                Ok(stream) => {
+                    glommio::spawn_local(shard.clone().serve_connection(stream)).detach();
+                }
+                Err(e) => {
+                    tracing::warn!("accept: {e}");
+                    glommio::timer::sleep(TICK).await;
+                }
             }
-            Some(Err(e)) => {
-                tracing::warn!("accept: {e}");
-                glommio::timer::sleep(TICK).await;
-            }
-            None => {}
         }
         if let Some(u) = ctx.usage.used.get(slot) {
             u.store(store.usage().used_bytes, Ordering::Relaxed);
         }
     }
+    drop(accept);
     scrub_stop.set(true);
     resync.await;
     if let Some(v) = verify {

@@ -217,6 +217,29 @@ impl DataCluster {
         self.cs[i].child.is_some()
     }
 
+    /// Freezes chunkserver `i` (SIGSTOP): its sockets stay open and
+    /// nothing answers, as with a host that hangs. [`Self::resume`] thaws
+    /// it; dropping the cluster kills it either way.
+    pub fn pause(&self, i: usize) {
+        self.signal(i, "-STOP");
+        println!("[cluster] paused chunkserver {i}");
+    }
+
+    /// Thaws chunkserver `i` after [`Self::pause`] (SIGCONT).
+    pub fn resume(&self, i: usize) {
+        self.signal(i, "-CONT");
+        println!("[cluster] resumed chunkserver {i}");
+    }
+
+    fn signal(&self, i: usize, sig: &str) {
+        if let Some(c) = &self.cs[i].child {
+            let _ = Command::new("kill")
+                .arg(sig)
+                .arg(c.id().to_string())
+                .status();
+        }
+    }
+
     /// Sends SIGTERM to chunkserver `i` and waits for it to exit (a clean
     /// stop, as a rolling restart does).
     pub fn terminate(&mut self, i: usize) {
@@ -377,9 +400,26 @@ impl DataCluster {
 }
 
 impl Drop for DataCluster {
+    /// Stops the chunkservers and prints the warnings and errors each
+    /// logged (the last 20): the test harness shows a test's output only
+    /// when it fails, and a chunkserver that stalled or refused something
+    /// says why there.
     fn drop(&mut self) {
         for i in 0..self.cs.len() {
             self.kill(i);
+        }
+        for (i, cs) in self.cs.iter().enumerate() {
+            let text = std::fs::read_to_string(&cs.log).unwrap_or_default();
+            let notable: Vec<&str> = text
+                .lines()
+                .filter(|l| l.contains(" WARN ") || l.contains(" ERROR "))
+                .collect();
+            if !notable.is_empty() {
+                println!("[cluster] chunkserver {i} warnings and errors (last 20):");
+                for l in &notable[notable.len().saturating_sub(20)..] {
+                    println!("  {l}");
+                }
+            }
         }
     }
 }

@@ -79,6 +79,7 @@ use super::{
     ChunkStat, PendingData, ReadMode, ReadOut, ScrubReport, Snap, SpaceUsage, WriteIn, shard_of,
 };
 use crate::locks::{ChunkLockGuard, ChunkLocks};
+use crate::stall::{Progress, Step};
 
 type Result<T> = std::result::Result<T, StoreError>;
 
@@ -103,6 +104,8 @@ pub struct ShardStore {
     grow_blocks: u64,
     capacity_bytes: Option<u64>,
     read_retries: Cell<u64>,
+    /// Requests and durability steps, watched for stalls.
+    progress: Arc<Progress>,
 }
 
 impl std::fmt::Debug for ShardStore {
@@ -244,6 +247,7 @@ impl ShardStore {
             grow_blocks: (opts.grow_bytes / BLOCK_SIZE).max(1),
             capacity_bytes: opts.capacity_bytes.map(|c| c / u64::from(shards)),
             read_retries: Cell::new(0),
+            progress: Arc::default(),
         })
     }
 
@@ -388,9 +392,10 @@ impl ShardStore {
 
     async fn sync_data(&self) -> Result<()> {
         let ticket = self.data_sync.ticket();
-        let file = &self.file;
+        let (file, progress) = (&self.file, &self.progress);
         self.data_sync
             .wait(ticket, || async move {
+                let _running = progress.step(Step::DataSync);
                 file.fdatasync().await.map_err(io::Error::from)
             })
             .await
@@ -401,12 +406,13 @@ impl ShardStore {
     /// Waits until metadata changes through `ticket` are durable, then frees
     /// the blocks they released.
     async fn flush_meta(&self, ticket: u64) -> Result<()> {
-        let (db, file) = (&self.db, &self.meta_file);
+        let (db, file, progress) = (&self.db, &self.meta_file, &self.progress);
         let done = self
             .meta_sync
             .wait(ticket, || {
                 let (db, file) = (db.clone(), file.clone());
                 async move {
+                    let _running = progress.step(Step::MetaFlush);
                     glommio::executor()
                         .spawn_blocking(move || super::target::durable_flush(&db, &file))
                         .await
@@ -2514,6 +2520,12 @@ impl ShardStore {
             }
         }
         Ok(report)
+    }
+
+    /// Returns the shard's request and durability-step progress (see
+    /// [`crate::stall`]).
+    pub fn progress(&self) -> &Arc<Progress> {
+        &self.progress
     }
 
     /// Returns the space this shard uses.
