@@ -41,6 +41,14 @@
 //!   so a late reply can never land in a slot reused by a later request
 //!   (ids are never reused on a connection).
 //!
+//! A call that times out while the server sent nothing at all on the
+//! connection kills the connection too: the server may be gone without
+//! the socket saying so (a host that vanished, a socket it accepted and
+//! then lost), and a connection that stays silent is no better than a
+//! dead one, while keeping it would send every retry into the same
+//! silence. A connection over which a slow reply is still arriving, or
+//! other replies come, lives on: only its timed-out request is forgotten.
+//!
 //! A reply with `request_id` 0 (the server's protocol error, sent before it
 //! closes), a frame that does not decode, a frame that is not a reply to a
 //! request of the same opcode, the end of the stream or a socket error
@@ -303,6 +311,9 @@ struct Shared {
     closed: AtomicBool,
     /// Set to `true` when the connection dies, to stop both tasks.
     dead: watch::Sender<bool>,
+    /// Bytes received so far: a call that times out without the server
+    /// having sent anything meanwhile kills the connection (module docs).
+    heard: AtomicU64,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -477,6 +488,7 @@ impl DataConn {
             state: Mutex::new(State::default()),
             closed: AtomicBool::new(false),
             dead,
+            heard: AtomicU64::new(0),
         });
         let (queue, rx) = mpsc::channel(QUEUE);
         let wire = Arc::new(tokio::sync::Mutex::new(Some(WireHalf {
@@ -544,12 +556,20 @@ impl DataConn {
             }
             reply.await
         };
+        let heard = self.shared.heard.load(Ordering::Relaxed);
         match tokio::time::timeout(timeout, exchange).await {
             Ok(Ok(reply)) => Ok(reply),
             Ok(Err(e)) => Err(e),
-            Err(_) => Err(DataError::TimedOut {
-                addr: self.shared.addr.to_string(),
-            }),
+            Err(_) => {
+                if self.shared.heard.load(Ordering::Relaxed) == heard {
+                    self.shared.fail(format!(
+                        "the server sent nothing for {timeout:?} with a request in flight"
+                    ));
+                }
+                Err(DataError::TimedOut {
+                    addr: self.shared.addr.to_string(),
+                })
+            }
         }
     }
 
@@ -759,7 +779,9 @@ async fn read_loop(mut rd: OwnedReadHalf, shared: Arc<Shared>) {
                     buf.len()
                 );
             }
-            Ok(_) => {}
+            Ok(n) => {
+                shared.heard.fetch_add(n as u64, Ordering::Relaxed);
+            }
             Err(e) => break format!("receive: {e}"),
         }
     };
@@ -1298,6 +1320,10 @@ mod tests {
         let server = tokio::spawn(async move {
             let mut p = Peer::accept(&l).await;
             let timed_out = p.recv().await.unwrap();
+            // Another request is answered meanwhile: the server is alive,
+            // only slow with the first one.
+            let ping = p.recv().await.unwrap();
+            p.send(&answer(&ping.header)).await;
             go_rx.await.unwrap();
             let abandoned = p.recv().await.unwrap();
             let live = p.recv().await.unwrap();
@@ -1309,7 +1335,11 @@ mod tests {
         });
         let conn = DataConn::connect(&addr, T).await.unwrap();
         let req = |offset| read_request(ChainId(1), ChainVersion(1), chunk(), offset, 10);
-        let r = conn.call(req(0), Duration::from_millis(100)).await;
+        let (r, pong) = tokio::join!(conn.call(req(0), Duration::from_millis(300)), async {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            conn.call(ping_request(), T).await
+        });
+        into_result(pong.unwrap()).unwrap();
         assert!(matches!(r, Err(DataError::TimedOut { .. })), "{r:?}");
         assert_eq!(
             conn.in_flight(),
@@ -1333,8 +1363,8 @@ mod tests {
         assert_eq!(conn.in_flight(), 0);
         assert_eq!(
             lock(&conn.shared.state).free.len(),
-            1,
-            "the three calls, one after another, took the same pooled reply slot"
+            2,
+            "the calls took two pooled reply slots (two ran at once), then reused them"
         );
         drop(conn);
         assert!(server.await.unwrap().is_none());
@@ -1470,6 +1500,38 @@ mod tests {
         let e = pool.get(&gone).await.unwrap_err();
         assert!(matches!(e, DataError::Connect { .. }), "{e:?}");
         assert!(e.is_retryable());
+    }
+
+    /// A server that accepted the connection but never answers on it (a
+    /// socket it lost, a host gone without a reset): the call that times
+    /// out kills the connection, and the pool's next call opens a new one
+    /// that is answered, instead of sending every retry into the silence.
+    #[tokio::test]
+    async fn a_connection_silent_through_a_timeout_is_replaced() {
+        let (l, addr) = listen().await;
+        let server = tokio::spawn(async move {
+            let mut deaf = Peer::accept(&l).await;
+            let ignored = deaf.recv().await.unwrap();
+            let mut fresh = Peer::accept(&l).await;
+            let f = fresh.recv().await.unwrap();
+            fresh.send(&answer(&f.header)).await;
+            // Both connections stay open until the test ends.
+            (ignored.header.opcode, deaf, fresh)
+        });
+        let pool = DataPool::new(T);
+        let first = pool.get(&addr).await.unwrap();
+        let r = pool
+            .call(&addr, ping_request(), Duration::from_millis(200))
+            .await;
+        assert!(matches!(r, Err(DataError::TimedOut { .. })), "{r:?}");
+        assert!(r.unwrap_err().is_retryable());
+        assert!(first.is_closed(), "the silent connection is dead");
+        let reply = pool.call(&addr, ping_request(), T).await.unwrap();
+        into_result(reply).unwrap();
+        let second = pool.get(&addr).await.unwrap();
+        assert!(!Arc::ptr_eq(&first, &second), "a new connection answered");
+        let (op, _deaf, _fresh) = server.await.unwrap();
+        assert_eq!(op, Opcode::Ping);
     }
 
     #[test]
