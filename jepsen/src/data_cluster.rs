@@ -297,6 +297,20 @@ impl DataCluster {
         Ok(self.meta.client().await?.get_chains().await?)
     }
 
+    /// Chain `id` as the meta leader has it.
+    ///
+    /// # Errors
+    /// Meta unreachable, or no such chain.
+    pub async fn chain(&self, id: u32) -> Result<pb::Chain> {
+        self.chains()
+            .await?
+            .tables
+            .into_iter()
+            .flat_map(|t| t.chains)
+            .find(|c| c.id == id)
+            .ok_or_else(|| anyhow::anyhow!("chain {id} is not in the chain tables"))
+    }
+
     /// Waits until the replication-`min(3, n)` table has every member of
     /// every chain serving.
     ///

@@ -27,13 +27,7 @@ async fn wait_members(
 ) -> Result<()> {
     let t0 = Instant::now();
     loop {
-        let t = cluster.chains().await?;
-        let c = t
-            .tables
-            .iter()
-            .flat_map(|t| t.chains.iter())
-            .find(|c| c.id == chain)
-            .expect("chain in table");
+        let c = cluster.chain(chain).await?;
         if ok(&c.targets) {
             return Ok(());
         }
@@ -57,15 +51,7 @@ async fn writes_after_the_old_head_returns_are_not_lost() -> Result<()> {
     client.write_file("/h/f", pattern(1, LEN)).await?;
     let layout = client.stat("/h/f").await?.layout.expect("layout");
     let chain = layout.chains[0];
-    let tables = cluster.chains().await?;
-    let head = tables
-        .tables
-        .iter()
-        .flat_map(|t| t.chains.iter())
-        .find(|c| c.id == chain)
-        .expect("chain")
-        .targets[0]
-        .chunkserver_id;
+    let head = cluster.chain(chain).await?.targets[0].chunkserver_id;
     let victim = cluster.index_of(head).await?;
     println!("chain {chain}: killing its head, chunkserver {head} (index {victim})");
     cluster.kill(victim);

@@ -12,13 +12,7 @@ const LEN: usize = 256 << 10;
 
 /// The chunkserver indexes of `chain`'s members, head first.
 async fn members(cluster: &DataCluster, chain: u32) -> Result<Vec<usize>> {
-    let t = cluster.chains().await?;
-    let c = t
-        .tables
-        .iter()
-        .flat_map(|t| t.chains.iter())
-        .find(|c| c.id == chain)
-        .context("chain in the table")?;
+    let c = cluster.chain(chain).await?;
     let mut out = Vec::new();
     for m in &c.targets {
         out.push(cluster.index_of(m.chunkserver_id).await?);
