@@ -589,7 +589,7 @@ impl Shard {
         let started = Instant::now();
         let h = frame.header;
         let bytes_in = frame.payload.len() as u64;
-        let _in_flight = self.store.progress().request(h.opcode, h.chunk);
+        let _in_flight = self.store.progress().request(h.opcode, h.chunk, started);
         let reply = match self.dispatch(frame).await {
             Ok(r) => r,
             Err(r) => {

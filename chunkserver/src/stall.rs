@@ -142,9 +142,10 @@ impl Progress {
         }
     }
 
-    /// Watches a request for `chunk` until the guard drops. Called only
-    /// on the shard's thread.
-    pub fn request(&self, opcode: Opcode, chunk: ChunkId) -> RequestGuard<'_> {
+    /// Watches a request for `chunk`, which arrived at `started` (the
+    /// caller's own clock reading: no second one per request), until the
+    /// guard drops. Called only on the shard's thread.
+    pub fn request(&self, opcode: Opcode, chunk: ChunkId, started: Instant) -> RequestGuard<'_> {
         let n = self.slots.len();
         let start = self.next.load(Ordering::Relaxed) as usize;
         for i in 0..n {
@@ -154,7 +155,7 @@ impl Progress {
                 self.next.store(((k + 1) % n) as u64, Ordering::Relaxed);
                 slot.object.store(chunk.object.0, Ordering::Relaxed);
                 slot.index.store(chunk.index, Ordering::Relaxed);
-                let v = ((self.now_ms() + 1) << 8) | u64::from(opcode as u8);
+                let v = ((self.ms_at(started) + 1) << 8) | u64::from(opcode as u8);
                 slot.started_op.store(v, Ordering::Relaxed);
                 return RequestGuard(Some(slot));
             }
@@ -305,11 +306,11 @@ mod tests {
         let w = Watch::default();
         let t0 = Instant::now();
         assert_eq!(w.look(&p, t0), Verdict::Fine, "idle");
-        let stuck = p.request(Opcode::Write, c(7));
+        let stuck = p.request(Opcode::Write, c(7), t0);
         let later = t0 + STALL_AFTER / 2;
         // Other requests come and go meanwhile.
         for _ in 0..1000 {
-            drop(p.request(Opcode::Read, c(8)));
+            drop(p.request(Opcode::Read, c(8), later));
         }
         assert_eq!(w.look(&p, later), Verdict::Fine);
         let at = t0 + STALL_AFTER + POLL;
@@ -332,14 +333,14 @@ mod tests {
     fn a_full_table_leaves_requests_unwatched_not_broken() {
         let p = Progress::default();
         let held: Vec<_> = (0..SLOTS as u64)
-            .map(|i| p.request(Opcode::Read, c(i)))
+            .map(|i| p.request(Opcode::Read, c(i), Instant::now()))
             .collect();
-        let extra = p.request(Opcode::Write, c(999));
+        let extra = p.request(Opcode::Write, c(999), Instant::now());
         assert!(extra.0.is_none());
         drop(held);
         let t = Instant::now() + STALL_AFTER * 2;
         assert!(p.oldest(t).is_none(), "every slot freed");
-        let _again = p.request(Opcode::Write, c(5));
+        let _again = p.request(Opcode::Write, c(5), Instant::now());
         assert_eq!(p.oldest(t).unwrap().chunk, c(5));
     }
 

@@ -243,13 +243,8 @@ impl DataCluster {
     /// Sends SIGTERM to chunkserver `i` and waits for it to exit (a clean
     /// stop, as a rolling restart does).
     pub fn terminate(&mut self, i: usize) {
+        self.signal(i, "-TERM");
         if let Some(mut c) = self.cs[i].child.take() {
-            if let Ok(pid) = i32::try_from(c.id()) {
-                let _ = Command::new("kill")
-                    .arg("-TERM")
-                    .arg(pid.to_string())
-                    .status();
-            }
             let deadline = Instant::now() + Duration::from_secs(20);
             while Instant::now() < deadline {
                 if let Ok(Some(_)) = c.try_wait() {
