@@ -59,7 +59,7 @@ mod retry;
 mod session;
 
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock, Weak};
 use std::time::Duration;
 
@@ -280,6 +280,8 @@ struct Inner {
     /// Set to `true` by `close`; the renewal task watches it.
     stop: watch::Sender<bool>,
     closed: AtomicBool,
+    /// Mutations of this client that ended (see [`MetaClient::mutations`]).
+    mutations: AtomicU64,
 }
 
 struct Peers {
@@ -397,6 +399,10 @@ pub struct LockRequest {
     pub pid: u32,
 }
 
+/// The changes a change-feed subscription receives
+/// ([`MetaClient::watch_changes`]).
+pub type ChangeStream = tonic::Streaming<Changes>;
+
 macro_rules! mutation {
     ($self:ident, $method:ident, |$rid:ident| $req:expr) => {
         $self.mutate(
@@ -450,6 +456,7 @@ impl MetaClient {
                 releaser_started: AtomicBool::new(false),
                 stop,
                 closed: AtomicBool::new(false),
+                mutations: AtomicU64::new(0),
             }),
         })
     }
@@ -647,6 +654,7 @@ impl MetaClient {
             let ticket = Ticket::begin(Arc::clone(&session));
             let result = self.call(op, build(ticket.request_id()), &f).await;
             drop(ticket);
+            self.inner.mutations.fetch_add(1, Ordering::AcqRel);
             match result {
                 Err(e) if e.code == ErrorCode::SessionExpired && !renewed => {
                     renewed = true;
@@ -1519,25 +1527,47 @@ impl MetaClient {
         Ok(r.attr)
     }
 
+    /// How many of this client's mutations have ended (successfully or
+    /// not) so far. A cache of meta's answers that outlives a mutation of
+    /// its own client must drop what it holds when this moves: meta does
+    /// not send a client its own changes (see `cairn_meta::changes`).
+    pub fn mutations(&self) -> u64 {
+        self.inner.mutations.load(Ordering::Acquire)
+    }
+
     /// Subscribes to the leader's change feed: namespace changes made by
-    /// other clients, for dropping what this client cached of them. The
-    /// first message is a reset; the stream ends when the leader steps
-    /// down (subscribe again: the next one starts with a reset too).
+    /// other clients, for dropping what this client cached of them, and
+    /// the client's cache lease. Returns the sender of this stream's
+    /// renewals and acknowledgements (its first message, naming the
+    /// session, is already sent) and the stream of changes. The first
+    /// change is a reset; the stream ends when the leader steps down
+    /// (subscribe again: the next one starts with a reset too).
     ///
     /// # Errors
     /// No replica accepted the subscription (none leads, or none answers).
-    pub async fn watch_changes(&self) -> Result<tonic::Streaming<Changes>> {
+    pub async fn watch_changes(
+        &self,
+    ) -> Result<(tokio::sync::mpsc::Sender<WatchChangesRequest>, ChangeStream)> {
         let session_id = self.session_id().await?.0;
         let mut idx = self.inner.leader.load(Ordering::Relaxed);
         let mut last = None;
         let tries = 2 * self.peers().book.len();
         for _ in 0..tries {
             let (addr, Link { mut grpc, .. }) = self.reach(idx);
-            let r = grpc.watch_changes(WatchChangesRequest { session_id }).await;
+            let (tx, rx) = tokio::sync::mpsc::channel(64);
+            let hello = WatchChangesRequest {
+                session_id,
+                ..Default::default()
+            };
+            // A new channel has room for it.
+            let _ = tx.try_send(hello);
+            let r = grpc
+                .watch_changes(tokio_stream::wrappers::ReceiverStream::new(rx))
+                .await;
             match r {
                 Ok(s) => {
                     self.inner.leader.store(idx, Ordering::Relaxed);
-                    return Ok(s.into_inner());
+                    return Ok((tx, s.into_inner()));
                 }
                 Err(status) => {
                     let e = CairnStatus::from(status);

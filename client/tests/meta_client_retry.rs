@@ -113,7 +113,7 @@ fake_meta! {
 
         async fn watch_changes(
             &self,
-            _r: Request<WatchChangesRequest>,
+            _r: Request<tonic::Streaming<WatchChangesRequest>>,
         ) -> Result<Response<Self::WatchChangesStream>, Status> {
             Err(Status::unimplemented("watch_changes"))
         }

@@ -407,6 +407,71 @@ async fn the_feed_follows_a_meta_failover_and_open_never_reads_stale() {
     stop_all([a, b]);
 }
 
+/// Sends `sig` (`-STOP`, `-CONT`) to process `pid`.
+fn signal(pid: u32, sig: &str) {
+    let ok = std::process::Command::new("kill")
+        .arg(sig)
+        .arg(pid.to_string())
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(ok, "kill {sig} {pid} failed");
+}
+
+/// Close-to-open through the lease caches: a mount answers `open` (and
+/// names) from its memory while it holds meta's cache lease, so meta must
+/// not acknowledge another mount's close before this mount dropped the
+/// file from those caches. Every generation closed on A is what B's next
+/// open reads, at once; with B frozen (its acknowledgements cannot come),
+/// A's close still returns once B's lease ran out, and B, thawed, reads the
+/// new generation, not what it had cached.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn opens_answered_under_the_lease_see_every_close_that_returned() {
+    let _serial = cairn_jepsen::serial().await;
+    let (_cluster, mounts) = cached_mounts("leased", &["a", "b"], &[]).await;
+    let [a, b]: [Mount; 2] = mounts.try_into().ok().unwrap();
+    let (pa, pb) = (a.path("f"), b.path("f"));
+    let b_pid = b.pid().expect("B runs");
+    let frozen = tokio::task::spawn_blocking(move || {
+        fs::write(&pa, generation(1)).unwrap();
+        // B's feed is connected and its lease granted well within this.
+        std::thread::sleep(Duration::from_secs(1));
+        // A writes generation g; B opens f while A still has it open (what
+        // it reads then is unspecified, but it caches f's attributes);
+        // then A closes.
+        let write_while_b_looks = |g: u64| {
+            let mut w = File::create(&pa).unwrap();
+            w.write_all(&generation(g)).unwrap();
+            let _ = fs::read(&pb);
+            drop(w);
+        };
+        for g in 2..40 {
+            write_while_b_looks(g);
+            let got = check_generation(&fs::read(&pb).unwrap());
+            assert_eq!(got, Ok(g), "B opened f after A closed generation {g}");
+        }
+        // B caches f, then freezes: A's truncate and close must not wait
+        // for it longer than its lease.
+        assert_eq!(check_generation(&fs::read(&pb).unwrap()), Ok(39));
+        signal(b_pid, "-STOP");
+        let started = Instant::now();
+        let written = fs::write(&pa, generation(100));
+        let took = started.elapsed();
+        signal(b_pid, "-CONT");
+        written.unwrap();
+        let got = check_generation(&fs::read(&pb).unwrap());
+        assert_eq!(got, Ok(100), "B, thawed, opened f");
+        took
+    })
+    .await
+    .unwrap();
+    println!("[test] A's write with B frozen took {frozen:?}");
+    assert!(
+        frozen < Duration::from_secs(6),
+        "A's write waited {frozen:?} for a frozen mount; its lease lasts about a second"
+    );
+    stop_all([a, b]);
+}
+
 /// The feed is a lease: when meta falls silent (every replica paused, as a
 /// partition would leave the mount), the mount drops what it cached within
 /// the silence timeout, so a stat answers from meta (here: fails after

@@ -1,29 +1,64 @@
-//! The change feed: namespace changes pushed to clients, so that their
-//! caches of entries and attributes can be trusted for longer than a short
-//! TTL (DESIGN §4).
+//! The change feed: namespace changes pushed to clients, and the cache
+//! leases that let clients answer `open` from what they cached (DESIGN §4).
 //!
 //! After each mutation the leader commits, it publishes which inodes'
 //! attributes changed and which directory entries were added, removed or
-//! replaced ([`affected`], derived from the operation and its reply alone).
-//! Clients hold a `WatchChanges` stream to the leader and drop what they
-//! cached of those (the FUSE mount tells the kernel). Each change carries
-//! the session that made it, and a client's own changes are not sent back:
-//! it updated its caches when it made them.
+//! replaced ([`affected`], derived from the operation and its reply alone),
+//! numbered in publication order (the feed position, `seq`). Clients hold a
+//! `WatchChanges` stream to the leader and drop what they cached of those
+//! (the FUSE mount also tells the kernel). Each change carries the session
+//! that made it, and a client's own changes are not sent back: it updated
+//! its caches when it made them.
 //!
-//! The feed is best effort by design, and what it promises is bounded:
-//! a change reaches a connected client within a stream round trip of its
-//! commit, not before the mutation is acknowledged. A client that falls
-//! behind (the per-stream buffer overflows), or whose stream starts or
-//! restarts (the leader changed), gets `reset` and must drop everything;
-//! a client that loses its stream falls back to short TTLs. Close-to-open
-//! consistency never depends on the feed: `open` always asks meta.
+//! # Leases
+//!
+//! A client renews a lease on its stream every
+//! [`cairn_proto::CHANGE_FEED_HEARTBEAT`]; the leader grants a renewal only
+//! while its own read lease holds, and the client's lease runs for
+//! [`cairn_proto::CLIENT_LEASE`] from when the client *sent* the renewal.
+//! The client acknowledges every change once it dropped it from the caches
+//! it answers from under the lease. The promise that makes those caches
+//! safe for close-to-open:
+//!
+//! * **No mutation is acknowledged before every other lease holder
+//!   acknowledged its change, or its lease ran out** ([`ChangeFeed::wait_acked`]).
+//!   The leader counts a lease as running until
+//!   [`cairn_proto::CLIENT_LEASE_BOUND`] after it granted it, which is later
+//!   than the client's own end (the client's clock started earlier, at the
+//!   send, and the bound adds a tenth for clock-rate drift).
+//! * **A grant never overtakes a change the waiter gave up on**: before a
+//!   stream grants a renewal it forwards every change already published
+//!   (a waiter only gives up after the change was published), in the same
+//!   ordered stream, and a client applies a message's changes before its
+//!   grant. So a client whose lease lapsed drops the change before its next
+//!   lease begins.
+//! * **A new leader waits its predecessors' leases out**
+//!   ([`crate::lease::LeaderLease::fence`]) before acknowledging any
+//!   mutation: an earlier leader granted leases only under its read lease.
+//! * A stream that starts, or falls behind (the per-stream buffer
+//!   overflows), sends `reset` (drop everything) with the feed position it
+//!   covers; a client that loses its stream drops everything and stops
+//!   answering from its caches at once.
+//!
+//! The cost falls on mutations only while another client holds a lease:
+//! one round trip to the slowest holder, in parallel. A client's own
+//! mutations it sees itself (the client library counts them and the mount
+//! drops its lease caches after each).
+//!
+//! The kernel's caches (long TTLs while the stream is up) stay best effort
+//! as before: invalidations reach them within a stream round trip, after
+//! the acknowledgement; `open` revalidates the page cache from the
+//! attributes it gets, from meta or from the lease.
 //!
 //! Only the leader publishes: followers refuse the stream with NOT_LEADER,
 //! and the leader ends every stream when it loses leadership.
 
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
 
-use tokio::sync::broadcast;
+use cairn_proto::CLIENT_LEASE_BOUND;
+use tokio::sync::{Notify, broadcast};
 
 use crate::fs::{Op, ROOT_INO, Reply};
 
@@ -33,6 +68,8 @@ pub const FEED_BUFFER: usize = 8192;
 /// What one committed mutation changed.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Change {
+    /// The feed position (set when published).
+    pub seq: u64,
     /// The session that made it (0 for meta's own operations).
     pub session: u64,
     /// Inodes whose attributes changed, or that were freed.
@@ -101,42 +138,172 @@ pub fn affected(session: u64, op: &Op, reply: &Reply) -> Option<Change> {
     inos.sort_unstable();
     inos.dedup();
     Some(Change {
+        seq: 0,
         session,
         inos,
         entries,
     })
 }
 
-/// The leader's feed of committed changes.
+/// The leader's feed of committed changes and its lease holders.
 #[derive(Debug, Clone)]
 pub struct ChangeFeed {
+    inner: Arc<FeedInner>,
+}
+
+#[derive(Debug)]
+struct FeedInner {
     tx: broadcast::Sender<Arc<Change>>,
+    /// The last position handed out; held while sending, so that the
+    /// broadcast order is the position order.
+    seq: Mutex<u64>,
+    holders: Mutex<Vec<Arc<Holder>>>,
+    /// Woken on every acknowledgement, grant and holder leaving.
+    moved: Notify,
+    /// How long after a grant the leader counts a lease as running.
+    lease: Duration,
+}
+
+/// One stream's lease, as the leader sees it.
+#[derive(Debug)]
+struct Holder {
+    session: u64,
+    acked: AtomicU64,
+    /// Until when the client's lease may run (leader's clock); `None`
+    /// before the first grant.
+    until: Mutex<Option<Instant>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl Default for ChangeFeed {
     fn default() -> Self {
-        Self {
-            tx: broadcast::channel(FEED_BUFFER).0,
+        Self::with_lease(CLIENT_LEASE_BOUND)
+    }
+}
+
+/// A subscription: the changes published from now on, and this stream's
+/// lease. Dropping it ends the lease (no mutation waits for it any more).
+#[derive(Debug)]
+pub struct Subscription {
+    /// Changes published after [`Subscription::start`].
+    pub rx: broadcast::Receiver<Arc<Change>>,
+    /// The feed position when the subscription began: everything up to it
+    /// was applied before the client's reset.
+    pub start: u64,
+    holder: Arc<Holder>,
+    feed: Arc<FeedInner>,
+}
+
+impl Subscription {
+    /// Records that the client dropped every change up to `seq`.
+    pub fn ack(&self, seq: u64) {
+        if self.holder.acked.fetch_max(seq, Ordering::AcqRel) < seq {
+            self.feed.moved.notify_waiters();
         }
+    }
+
+    /// Records a grant made now: the client's lease may run until
+    /// [`CLIENT_LEASE_BOUND`] from now.
+    pub fn granted(&self) {
+        *lock(&self.holder.until) = Some(Instant::now() + self.feed.lease);
+        self.feed.moved.notify_waiters();
+    }
+
+    /// The last position published (what a reset sent now covers).
+    pub fn position(&self) -> u64 {
+        *lock(&self.feed.seq)
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        lock(&self.feed.holders).retain(|h| !Arc::ptr_eq(h, &self.holder));
+        self.feed.moved.notify_waiters();
     }
 }
 
 impl ChangeFeed {
-    /// Returns whether any stream watches the feed.
-    pub fn watched(&self) -> bool {
-        self.tx.receiver_count() > 0
-    }
-
-    /// Publishes what `op` changed, if anything, to every stream.
-    pub fn publish(&self, session: u64, op: &Op, reply: &Reply) {
-        if let Some(c) = affected(session, op, reply) {
-            let _ = self.tx.send(Arc::new(c));
+    /// A feed whose leases the leader counts as running for `lease` after
+    /// each grant ([`CLIENT_LEASE_BOUND`] in service).
+    pub fn with_lease(lease: Duration) -> Self {
+        Self {
+            inner: Arc::new(FeedInner {
+                tx: broadcast::channel(FEED_BUFFER).0,
+                seq: Mutex::new(0),
+                holders: Mutex::new(Vec::new()),
+                moved: Notify::new(),
+                lease,
+            }),
         }
     }
 
-    /// Returns a receiver of every change published from now on.
-    pub fn subscribe(&self) -> broadcast::Receiver<Arc<Change>> {
-        self.tx.subscribe()
+    /// Returns whether any stream watches the feed.
+    pub fn watched(&self) -> bool {
+        self.inner.tx.receiver_count() > 0
+    }
+
+    /// Publishes what `op` changed, if anything, to every stream; returns
+    /// its feed position.
+    pub fn publish(&self, session: u64, op: &Op, reply: &Reply) -> Option<u64> {
+        let mut c = affected(session, op, reply)?;
+        let mut seq = lock(&self.inner.seq);
+        *seq += 1;
+        c.seq = *seq;
+        let _ = self.inner.tx.send(Arc::new(c));
+        Some(*seq)
+    }
+
+    /// Subscribes the stream of `session`: every change published from now
+    /// on, and a lease (not yet granted).
+    pub fn subscribe(&self, session: u64) -> Subscription {
+        // Under the position lock: no change is published between the
+        // receiver's start and the position read.
+        let seq = lock(&self.inner.seq);
+        let rx = self.inner.tx.subscribe();
+        let holder = Arc::new(Holder {
+            session,
+            acked: AtomicU64::new(*seq),
+            until: Mutex::new(None),
+        });
+        lock(&self.inner.holders).push(holder.clone());
+        Subscription {
+            rx,
+            start: *seq,
+            holder,
+            feed: self.inner.clone(),
+        }
+    }
+
+    /// Waits until every lease holder but `session` itself acknowledged
+    /// the change at position `seq`, or its lease ran out (module docs).
+    pub async fn wait_acked(&self, session: u64, seq: u64) {
+        loop {
+            let moved = self.inner.moved.notified();
+            tokio::pin!(moved);
+            moved.as_mut().enable();
+            let Some(deadline) = self.waiting_for(session, seq, Instant::now()) else {
+                return;
+            };
+            tokio::select! {
+                () = moved => {}
+                () = tokio::time::sleep_until(deadline.into()) => {}
+            }
+        }
+    }
+
+    /// The earliest lease end among the holders that still owe an
+    /// acknowledgement of `seq` at `now`; `None` when none does.
+    fn waiting_for(&self, session: u64, seq: u64, now: Instant) -> Option<Instant> {
+        lock(&self.inner.holders)
+            .iter()
+            .filter(|h| session == 0 || h.session != session)
+            .filter(|h| h.acked.load(Ordering::Acquire) < seq)
+            .filter_map(|h| *lock(&h.until))
+            .filter(|&until| until > now)
+            .min()
     }
 }
 
@@ -294,5 +461,106 @@ mod tests {
         let c = affected(1, &create, &made).expect("a change");
         assert_eq!(c.inos, vec![ROOT_INO, 8]);
         assert_eq!(c.entries, vec![(ROOT_INO, "sec".to_string())]);
+    }
+
+    fn mkdir(name: &str) -> (Op, Reply) {
+        let op = Op::Mkdir {
+            parent: 5,
+            name: name.into(),
+            mode: 0o755,
+            uid: 0,
+            gid: 0,
+        };
+        let reply = Reply::Entry {
+            attr: inode(9),
+            parent: None,
+        };
+        (op, reply)
+    }
+
+    #[tokio::test]
+    async fn a_mutation_waits_for_every_other_lease_holder_to_acknowledge_it() {
+        let feed = ChangeFeed::with_lease(Duration::from_secs(30));
+        let (op, reply) = mkdir("a");
+        // Nobody subscribed: nothing to wait for.
+        let seq = feed.publish(1, &op, &reply).expect("a change");
+        assert_eq!(seq, 1);
+        tokio::time::timeout(Duration::from_millis(100), feed.wait_acked(1, seq))
+            .await
+            .expect("no holder, no wait");
+
+        let mut other = feed.subscribe(2);
+        let own = feed.subscribe(1);
+        assert_eq!(other.start, 1, "covers what was published before");
+        // Not granted yet: its client answers nothing from its caches.
+        let seq = feed.publish(1, &op, &reply).expect("a change");
+        tokio::time::timeout(Duration::from_millis(100), feed.wait_acked(1, seq))
+            .await
+            .expect("an ungranted lease is not waited for");
+
+        other.granted();
+        own.granted();
+        let seq = feed.publish(1, &op, &reply).expect("a change");
+        assert_eq!(other.rx.recv().await.expect("queued").seq, 2);
+        assert_eq!(other.rx.recv().await.expect("queued").seq, seq);
+        let wait = feed.wait_acked(1, seq);
+        tokio::pin!(wait);
+        assert!(
+            tokio::time::timeout(Duration::from_millis(100), wait.as_mut())
+                .await
+                .is_err(),
+            "acknowledged before the other holder dropped the change"
+        );
+        other.ack(seq - 1);
+        assert!(
+            tokio::time::timeout(Duration::from_millis(50), wait.as_mut())
+                .await
+                .is_err(),
+            "an older acknowledgement does not count"
+        );
+        other.ack(seq);
+        tokio::time::timeout(Duration::from_secs(5), wait)
+            .await
+            .expect("acknowledged");
+
+        // The holder that made the change is not waited for, and one that
+        // leaves is not either.
+        let seq = feed.publish(2, &op, &reply).expect("a change");
+        let wait = feed.wait_acked(2, seq);
+        tokio::pin!(wait);
+        assert!(
+            tokio::time::timeout(Duration::from_millis(50), wait.as_mut())
+                .await
+                .is_err(),
+            "session 1 holds a lease too"
+        );
+        drop(own);
+        tokio::time::timeout(Duration::from_secs(5), wait)
+            .await
+            .expect("the holder left");
+    }
+
+    #[tokio::test]
+    async fn a_holder_that_does_not_answer_is_waited_for_until_its_lease_ends() {
+        let feed = ChangeFeed::with_lease(Duration::from_millis(300));
+        let (op, reply) = mkdir("b");
+        let silent = feed.subscribe(7);
+        silent.granted();
+        let seq = feed.publish(1, &op, &reply).expect("a change");
+        let started = Instant::now();
+        tokio::time::timeout(Duration::from_secs(5), feed.wait_acked(1, seq))
+            .await
+            .expect("the lease ends");
+        let waited = started.elapsed();
+        assert!(
+            waited >= Duration::from_millis(250),
+            "gave up after {waited:?}, before the lease could have ended"
+        );
+        // A later change is not waited for at all: the lease is over.
+        let seq = feed.publish(1, &op, &reply).expect("a change");
+        tokio::time::timeout(Duration::from_millis(100), feed.wait_acked(1, seq))
+            .await
+            .expect("an ended lease is not waited for");
+        assert_eq!(silent.position(), seq);
     }
 }

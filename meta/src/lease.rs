@@ -27,6 +27,20 @@
 //! append answered on a follower's behalf (`raft::network::ELIDE_WINDOW`)
 //! stands for a real acknowledgement of a message sent up to that window
 //! earlier, so the window is subtracted too.
+//!
+//! # Clients' cache leases
+//!
+//! The leader grants clients' cache leases only under this read lease
+//! (`crate::changes`), so every grant of an earlier leader happened before
+//! that leader's last quorum-acknowledged send `s` plus [`LeaderLease::span`].
+//! Some replica that voted for this leader acknowledged that send, and
+//! waited `election_timeout_max` after it before voting, so this leader took
+//! office at `b >= s + election_timeout_max`. A client's lease ends
+//! [`cairn_proto::CLIENT_LEASE`] after its renewal, before the grant, so
+//! every earlier leader's lease has ended by
+//! `b + CLIENT_LEASE_BOUND + span - election_timeout_max`:
+//! [`LeaderLease::fence`], before which this leader acknowledges no
+//! mutation (0.41 s after an election with the default 1 s timeout).
 
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -42,6 +56,10 @@ use crate::raft::types::MetaRaft;
 pub struct LeaderLease {
     acked: Arc<Mutex<Option<Instant>>>,
     span: Duration,
+    /// The term this replica leads in and when it saw itself take office.
+    office: Arc<Mutex<Option<(u64, Instant)>>>,
+    /// How long after taking office mutations wait (module docs).
+    fence_after: Duration,
 }
 
 /// The fields of openraft's metrics the lease is derived from.
@@ -70,11 +88,28 @@ pub fn acked_at(observed: Instant, f: LeaseFacts) -> Option<Instant> {
 impl LeaderLease {
     /// Returns a lease of `election_timeout_min / 2` that is never valid
     /// until [`LeaderLease::watch`] feeds it.
-    pub fn new(election_timeout_min: Duration) -> Self {
+    pub fn new(election_timeout_min: Duration, election_timeout_max: Duration) -> Self {
+        let span = election_timeout_min / 2;
         Self {
             acked: Arc::new(Mutex::new(None)),
-            span: election_timeout_min / 2,
+            span,
+            office: Arc::new(Mutex::new(None)),
+            fence_after: fence_after(span, election_timeout_max),
         }
+    }
+
+    /// Returns the instant before which this replica, as leader,
+    /// acknowledges no mutation: earlier leaders' client leases may still
+    /// run until then (module docs). `None`: it does not lead (or has not
+    /// seen itself take office yet), so the caller waits the whole span.
+    pub fn fence(&self) -> Option<Instant> {
+        let office = *self.office.lock().unwrap_or_else(PoisonError::into_inner);
+        office.map(|(_, at)| at + self.fence_after)
+    }
+
+    /// The most a mutation waits after an election (see [`Self::fence`]).
+    pub fn fence_after(&self) -> Duration {
+        self.fence_after
     }
 
     /// How long after a quorum's acknowledgement reads may rely on it.
@@ -86,10 +121,19 @@ impl LeaderLease {
     pub fn watch(&self, raft: &MetaRaft) {
         let mut rx = raft.metrics();
         let acked = self.acked.clone();
+        let office = self.office.clone();
         tokio::spawn(async move {
             loop {
                 let at = {
                     let m = rx.borrow_and_update();
+                    {
+                        let mut o = office.lock().unwrap_or_else(PoisonError::into_inner);
+                        if m.state != ServerState::Leader {
+                            *o = None;
+                        } else if o.is_none_or(|(term, _)| term != m.current_term) {
+                            *o = Some((m.current_term, Instant::now()));
+                        }
+                    }
                     let facts = LeaseFacts {
                         leader: m.state == ServerState::Leader,
                         term: m.current_term,
@@ -111,6 +155,12 @@ impl LeaderLease {
         let acked = *self.acked.lock().unwrap_or_else(PoisonError::into_inner);
         acked.is_some_and(|t| t.elapsed() < self.span)
     }
+}
+
+/// How long a new leader holds mutations back: what is left of the
+/// longest client lease an earlier leader could have granted (module docs).
+fn fence_after(span: Duration, election_timeout_max: Duration) -> Duration {
+    (cairn_proto::CLIENT_LEASE_BOUND + span).saturating_sub(election_timeout_max)
 }
 
 #[cfg(test)]
@@ -159,12 +209,25 @@ mod tests {
 
     #[test]
     fn a_lease_expires_after_its_span() {
-        let lease = LeaderLease::new(Duration::from_millis(600));
+        let lease = LeaderLease::new(Duration::from_millis(600), Duration::from_secs(1));
         assert_eq!(lease.span(), Duration::from_millis(300));
         assert!(!lease.valid(), "never fed");
         *lease.acked.lock().unwrap() = Some(Instant::now());
         assert!(lease.valid());
         *lease.acked.lock().unwrap() = Instant::now().checked_sub(Duration::from_millis(301));
         assert!(!lease.valid());
+    }
+
+    #[test]
+    fn a_new_leader_waits_out_what_is_left_of_its_predecessors_client_leases() {
+        // Defaults: 0.6–1 s elections, a 0.3 s read lease.
+        let lease = LeaderLease::new(Duration::from_millis(600), Duration::from_secs(1));
+        assert_eq!(lease.fence_after(), Duration::from_millis(410));
+        assert_eq!(lease.fence(), None, "not leading");
+        // Long elections leave nothing to wait for.
+        assert_eq!(
+            fence_after(Duration::from_millis(600), Duration::from_secs(3)),
+            Duration::ZERO
+        );
     }
 }

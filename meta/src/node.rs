@@ -371,9 +371,10 @@ pub async fn start(
         proposer: crate::proposer::Proposer::spawn(raft.clone(), ident.node_id),
         changes: crate::changes::ChangeFeed::default(),
         lease: {
-            let lease = crate::lease::LeaderLease::new(crate::raft::network::election_timeout_min(
+            let lease = crate::lease::LeaderLease::new(
+                crate::raft::network::election_timeout_min(config.election_timeout),
                 config.election_timeout,
-            ));
+            );
             lease.watch(&raft);
             lease
         },

@@ -302,11 +302,31 @@ impl Shared {
                 format!("{name}: no Raft quorum committed the request within {RAFT_TIMEOUT:?}"),
             )),
             Ok(r) => {
-                if let (Ok(reply), Some(op)) = (&r, &published) {
-                    self.changes.publish(session, op, reply);
+                if r.is_ok() {
+                    // Earlier leaders' client leases run out first, then
+                    // every other lease holder drops what this changed
+                    // (crate::changes): then a client may trust its cache.
+                    self.wait_out_earlier_leases().await;
+                }
+                if let (Ok(reply), Some(op)) = (&r, &published)
+                    && let Some(seq) = self.changes.publish(session, op, reply)
+                {
+                    self.changes.wait_acked(session, seq).await;
                 }
                 r
             }
+        }
+    }
+
+    /// Waits until client leases an earlier leader granted have run out
+    /// (`crate::lease`, "Clients' cache leases").
+    async fn wait_out_earlier_leases(&self) {
+        let fence = self
+            .lease
+            .fence()
+            .unwrap_or_else(|| std::time::Instant::now() + self.lease.fence_after());
+        if fence > std::time::Instant::now() {
+            tokio::time::sleep_until(fence.into()).await;
         }
     }
 
@@ -1095,6 +1115,9 @@ type ChangesStream =
     Pin<Box<dyn futures::Stream<Item = Result<pb::Changes, Status>> + Send + 'static>>;
 
 type FeedItem = Result<Arc<crate::changes::Change>, tokio::sync::broadcast::error::RecvError>;
+
+/// How long a change-feed stream may take to name its session.
+const FEED_HELLO: Duration = Duration::from_secs(10);
 
 /// Returns the next change already queued on `feed`, if any.
 fn next_queued(
@@ -2239,79 +2262,109 @@ impl Meta for MetaService {
 
     async fn watch_changes(
         &self,
-        req: Request<pb::WatchChangesRequest>,
+        req: Request<Streaming<pb::WatchChangesRequest>>,
     ) -> GrpcResult<Self::WatchChangesStream> {
-        let me = req.into_inner().session_id;
         let shared = self.shared.clone();
         if !shared.is_leader() {
             return Err(shared.not_leader(shared.leader()).into());
         }
-        let mut feed = shared.changes.subscribe();
+        let mut input = req.into_inner();
+        let me = match tokio::time::timeout(FEED_HELLO, input.message()).await {
+            Ok(Ok(Some(first))) => first.session_id,
+            Ok(Ok(None)) => {
+                return Err(Status::invalid_argument(
+                    "the change feed needs a first message naming the session",
+                ));
+            }
+            Ok(Err(e)) => return Err(e),
+            Err(_) => {
+                return Err(Status::deadline_exceeded(format!(
+                    "no first change-feed message within {FEED_HELLO:?}"
+                )));
+            }
+        };
+        let mut sub = shared.changes.subscribe(me);
         let mut metrics = shared.raft.metrics();
         let mut stop = shared.stop.clone();
         let (tx, out) = tokio::sync::mpsc::channel(16);
         tokio::spawn(async move {
-            // Whatever the client cached before this stream may be stale.
+            // Whatever the client cached before this stream may be stale;
+            // the reset covers every change applied before it.
             let reset = pb::Changes {
                 reset: true,
+                seq: sub.start,
                 ..Default::default()
             };
             if tx.send(Ok(reset)).await.is_err() {
                 return;
             }
-            let mut beat = tokio::time::interval(cairn_proto::CHANGE_FEED_HEARTBEAT);
-            beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             let mut lapsed = 0;
             loop {
-                let first = tokio::select! {
-                    r = feed.recv() => Some(r),
+                let (first, renew) = tokio::select! {
+                    r = sub.rx.recv() => (Some(r), 0),
+                    m = input.message() => match m {
+                        Ok(Some(m)) => {
+                            sub.ack(m.acked);
+                            if m.renew == 0 {
+                                continue;
+                            }
+                            // Every change already published goes out in
+                            // the grant's message, before the grant
+                            // (crate::changes).
+                            (next_queued(&mut sub.rx), m.renew)
+                        }
+                        // The client went away.
+                        Ok(None) | Err(_) => return,
+                    },
                     () = tx.closed() => return,
                     _ = stop.wait_for(|s| *s) => return,
                     // A replica that stops leading ends its streams: the
                     // client resubscribes at the new leader (and resets).
                     _ = metrics.wait_for(|m| m.state != ServerState::Leader) => return,
-                    _ = beat.tick() => None,
-                };
-                let Some(first) = first else {
-                    // The heartbeat is the client's lease: sent only while
-                    // this replica's read lease holds, so a leader cut off
-                    // from its quorum lets its clients' caches lapse before
-                    // another leader can take changes.
-                    lapsed = if shared.lease.valid() { 0 } else { lapsed + 1 };
-                    if lapsed >= 2
-                        || (lapsed == 0 && tx.send(Ok(pb::Changes::default())).await.is_err())
-                    {
-                        return;
-                    }
-                    continue;
                 };
                 let mut msg = pb::Changes::default();
-                let mut next: Option<FeedItem> = Some(first);
+                if renew != 0 {
+                    // The client's lease: granted only while this replica's
+                    // read lease holds, so a leader cut off from its quorum
+                    // lets its clients' caches lapse before another leader
+                    // can take changes.
+                    lapsed = if shared.lease.valid() { 0 } else { lapsed + 1 };
+                    if lapsed >= 4 {
+                        return;
+                    }
+                    if lapsed == 0 {
+                        sub.granted();
+                        msg.granted = renew;
+                    }
+                }
+                let mut next = first;
                 while let Some(r) = next.take() {
                     match r {
-                        Ok(c) if c.session == me && me != 0 => {}
                         Ok(c) => {
-                            msg.inos.extend_from_slice(&c.inos);
-                            msg.entries.extend(c.entries.iter().map(|(parent, name)| {
-                                pb::EntryChange {
-                                    parent: *parent,
-                                    name: name.clone(),
-                                }
-                            }));
+                            msg.seq = msg.seq.max(c.seq);
+                            if c.session != me || me == 0 {
+                                msg.inos.extend_from_slice(&c.inos);
+                                msg.entries.extend(c.entries.iter().map(|(parent, name)| {
+                                    pb::EntryChange {
+                                        parent: *parent,
+                                        name: name.clone(),
+                                    }
+                                }));
+                            }
                         }
                         Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
                             msg.reset = true;
+                            msg.seq = msg.seq.max(sub.position());
                         }
                         Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
                     }
                     // Gather what is already queued into the same message.
                     if msg.inos.len() < 4096 {
-                        next = next_queued(&mut feed);
+                        next = next_queued(&mut sub.rx);
                     }
                 }
-                if (msg.reset || !msg.inos.is_empty() || !msg.entries.is_empty())
-                    && tx.send(Ok(msg)).await.is_err()
-                {
+                let content = msg.reset || !msg.inos.is_empty() || !msg.entries.is_empty();
+                if (content || msg.granted != 0) && tx.send(Ok(msg)).await.is_err() {
                     return;
                 }
             }

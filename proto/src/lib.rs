@@ -23,10 +23,22 @@ pub mod units;
 
 pub use error::{CairnStatus, ErrorCode};
 
-/// How often meta's leader sends an empty message on a change-feed stream
-/// while its read lease holds; a subscriber that hears nothing for a few
-/// of these counts the stream as lost and drops what it cached.
-pub const CHANGE_FEED_HEARTBEAT: std::time::Duration = std::time::Duration::from_millis(500);
+/// How often a change-feed subscriber asks to renew its cache lease; the
+/// leader answers each renewal while its own read lease holds, so a
+/// subscriber that hears nothing for a few of these counts the stream as
+/// lost and drops what it cached.
+pub const CHANGE_FEED_HEARTBEAT: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// How long a client's cache lease runs from the moment it sent the
+/// renewal that the leader granted (DESIGN §4, `meta/src/changes.rs`).
+pub const CLIENT_LEASE: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// How long meta's leader counts a client's lease as running after it
+/// granted it: [`CLIENT_LEASE`] plus a tenth for clock-rate drift between
+/// the machines, and 10 ms for reading the clocks late. A new leader
+/// acknowledges no mutation before this much time has passed since it
+/// took office, so leases its predecessors granted have run out.
+pub const CLIENT_LEASE_BOUND: std::time::Duration = std::time::Duration::from_millis(1110);
 
 /// Generated gRPC code for the metadata service.
 #[allow(clippy::all, missing_docs)]

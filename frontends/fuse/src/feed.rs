@@ -8,23 +8,25 @@
 //! entries it names. So a `stat` of an unchanged file is answered by the
 //! kernel, and one changed elsewhere is seen within a stream round trip.
 //!
-//! The stream is a lease: meta's leader sends a heartbeat every 500 ms
-//! while its own read lease holds (a quorum acknowledged it recently), and
-//! ends the stream otherwise. When the stream breaks or falls silent for
-//! [`SILENCE`] (the leader changed or was cut off, meta is unreachable),
-//! the mount goes back to the short TTLs at once, invalidates every name it
-//! handed out with the long TTL (it remembers them, up to
-//! [`crate::fs::MAX_TRACKED_NAMES`]) and every attribute the kernel holds,
-//! and subscribes again; the new stream starts with a reset. So staleness
-//! is bounded by the silence timeout (1.5 s), not by the TTL. It is a
-//! bound, not a guarantee of linearizable `stat`: meta acknowledges a
-//! mutation without waiting for the invalidations it causes (they arrive
-//! within a stream round trip), and a client cut off with an old leader
-//! may keep its caches for up to the silence timeout while a new leader
-//! already takes changes. Close-to-open never
-//! depends on any of this: `open` asks meta, and a name whose inode was
-//! replaced answers ESTALE, which makes the kernel look it up again.
+//! The stream is a lease: the mount asks meta's leader to renew it every
+//! [`CHANGE_FEED_HEARTBEAT`], and the leader answers while its own read
+//! lease holds (a quorum acknowledged it recently), and ends the stream
+//! otherwise. When the stream breaks or falls silent for [`SILENCE`] (the
+//! leader changed or was cut off, meta is unreachable), the mount goes back
+//! to the short TTLs at once, invalidates every name it handed out with the
+//! long TTL (it remembers them, up to [`crate::fs::MAX_TRACKED_NAMES`]) and
+//! every attribute the kernel holds, and subscribes again; the new stream
+//! starts with a reset. So the kernel's staleness is bounded by the silence
+//! timeout (1.5 s), not by the TTL. It is a bound, not a guarantee of
+//! linearizable `stat`: the kernel hears of a change after meta
+//! acknowledged it.
 //!
+//! Close-to-open does not rest on the kernel's caches: `open` asks meta,
+//! or answers from the mount's lease caches (`fs/leased.rs`), which meta
+//! keeps exact: it acknowledges no other client's change before this mount
+//! dropped it from them and said so (`cairn_meta::changes`). A name whose
+//! inode was replaced answers ESTALE, which makes the kernel look it up
+//! again.
 //!
 //! The same feed keeps the mount's own cache of directories' attributes
 //! honest (`fs/dirattrs.rs`): the inodes and the parents of the entries a
@@ -38,7 +40,11 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use cairn_proto::meta::Changes;
+use cairn_client::meta_client::ChangeStream;
+use cairn_proto::CHANGE_FEED_HEARTBEAT;
+use cairn_proto::meta::{Changes, WatchChangesRequest};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
 use tracing::{debug, info};
 
 use crate::fs::Inner;
@@ -46,8 +52,8 @@ use crate::fs::Inner;
 /// Pause before subscribing again after the stream broke.
 const RESUBSCRIBE: Duration = Duration::from_millis(300);
 
-/// Silence after which the stream counts as lost: meta sends a heartbeat
-/// every [`cairn_proto::CHANGE_FEED_HEARTBEAT`] while its read lease holds.
+/// Silence after which the stream counts as lost: meta answers a renewal
+/// sent every [`CHANGE_FEED_HEARTBEAT`] while its read lease holds.
 const SILENCE: Duration = Duration::from_millis(1500);
 
 /// How long after a loss the names are invalidated a second time: a reply
@@ -62,32 +68,15 @@ pub(crate) async fn follow(fs: Weak<Inner>) {
             return;
         };
         match meta.watch_changes().await {
-            Ok(mut stream) => loop {
-                let changes = match tokio::time::timeout(SILENCE, stream.message()).await {
-                    Ok(Ok(Some(c))) => c,
-                    Ok(Ok(None)) | Ok(Err(_)) => break,
-                    Err(_) => {
-                        debug!("change feed silent for {SILENCE:?}: counted as lost");
-                        break;
-                    }
-                };
-                let Some(inner) = fs.upgrade() else { return };
-                let reset = changes.reset;
-                if !changes.inos.is_empty() || !changes.entries.is_empty() || reset {
-                    // On a thread of its own: a notification waits for the
-                    // kernel's directory lock, which a request this mount is
-                    // still answering may hold.
-                    let i = inner.clone();
-                    let _ = tokio::task::spawn_blocking(move || invalidate(&i, &changes)).await;
+            Ok((requests, mut stream)) => {
+                if !follow_stream(&fs, &requests, &mut stream).await {
+                    return;
                 }
-                if reset && !inner.feed_live.load(Ordering::Acquire) {
-                    inner.set_feed_live(true);
-                    info!("meta change feed connected: kernel caches kept longer");
-                }
-            },
+            }
             Err(e) => debug!(error = %e, "change feed unavailable"),
         }
         let Some(inner) = fs.upgrade() else { return };
+        inner.leased.lost();
         // Only a feed that was connected handed out long TTLs: a meta that
         // stays unreachable costs no invalidation sweep per retry.
         inner.dir_attrs.clear();
@@ -98,6 +87,90 @@ pub(crate) async fn follow(fs: Weak<Inner>) {
         drop(inner);
         tokio::time::sleep(RESUBSCRIBE).await;
     }
+}
+
+/// Follows one stream until it breaks or falls silent (returns true) or
+/// the file system is dropped (false): renews the cache lease, drops what
+/// each change names from the lease caches and acknowledges it, then hands
+/// it on to the kernel's caches.
+async fn follow_stream(
+    fs: &Weak<Inner>,
+    requests: &mpsc::Sender<WatchChangesRequest>,
+    stream: &mut ChangeStream,
+) -> bool {
+    // The kernel's invalidations run in order on a thread of their own: a
+    // notification waits for the kernel's directory lock, which a request
+    // this mount is still answering may hold, and that request may wait
+    // for a mutation that waits for this mount's acknowledgements.
+    let (kernel, mut queue) = mpsc::unbounded_channel::<(Arc<Inner>, Changes)>();
+    let invalidator = tokio::spawn(async move {
+        while let Some((inner, changes)) = queue.recv().await {
+            let _ = tokio::task::spawn_blocking(move || invalidate(&inner, &changes)).await;
+        }
+    });
+    let mut renew = tokio::time::interval(CHANGE_FEED_HEARTBEAT);
+    renew.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut heard = Instant::now();
+    let mut applied = 0;
+    let alive = loop {
+        let changes = tokio::select! {
+            m = stream.message() => match m {
+                Ok(Some(c)) => c,
+                Ok(None) | Err(_) => break true,
+            },
+            _ = renew.tick() => {
+                if heard.elapsed() >= SILENCE {
+                    debug!("change feed silent for {SILENCE:?}: counted as lost");
+                    break true;
+                }
+                let Some(inner) = fs.upgrade() else { break false };
+                // Acknowledgements ride along, in case one did not fit.
+                let req = WatchChangesRequest {
+                    renew: inner.leased.renewal(),
+                    acked: applied,
+                    ..Default::default()
+                };
+                let _ = requests.try_send(req);
+                continue;
+            }
+        };
+        heard = Instant::now();
+        let Some(inner) = fs.upgrade() else {
+            break false;
+        };
+        let reset = changes.reset;
+        let content = !changes.inos.is_empty() || !changes.entries.is_empty();
+        // The lease caches first, then the grant, then the acknowledgement
+        // (meta's ordering promise, cairn_meta::changes).
+        if reset {
+            inner.leased.reset();
+        } else if content {
+            let names = changes.entries.iter().map(|e| (e.parent, e.name.as_str()));
+            inner.leased.changed(&changes.inos, names);
+        }
+        if changes.granted != 0 {
+            inner.leased.granted(changes.granted);
+        }
+        if changes.seq > applied {
+            applied = changes.seq;
+            let ack = WatchChangesRequest {
+                acked: applied,
+                ..Default::default()
+            };
+            let _ = requests.try_send(ack);
+        }
+        if reset && !inner.feed_live.load(Ordering::Acquire) {
+            inner.set_feed_live(true);
+            info!("meta change feed connected: kernel caches kept longer");
+        }
+        if content || reset {
+            let _ = kernel.send((inner, changes));
+        }
+    };
+    drop(kernel);
+    // Earlier changes reach the kernel before a loss's sweep.
+    let _ = invalidator.await;
+    alive
 }
 
 /// Drops every name handed out with the long TTL, and every attribute the

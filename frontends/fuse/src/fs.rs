@@ -40,9 +40,9 @@ use cairn_client::meta_client::{
     LockRequest, Owner, RenameFlags, SetAttrChanges, SetTime, XattrMode,
 };
 use cairn_client::{Client, Entry, File, OpenOptions};
-use cairn_proto::ErrorCode;
 use cairn_proto::ids::{InodeId, VolumeId};
 use cairn_proto::meta::{Attr, DirEntry, FileLock, FileType as Kind, LockType, UnlinkReply};
+use cairn_proto::{CairnStatus, ErrorCode};
 use fuser::{
     AccessFlags, Errno, FileAttr, FileHandle, Filesystem, FopenFlags, Generation, INodeNo,
     InitFlags, IoctlFlags, KernelConfig, LockOwner, Notifier, OpenFlags, ReplyAttr, ReplyCreate,
@@ -102,6 +102,7 @@ impl Default for FsConfig {
 type R<T> = Result<T, Errno>;
 
 mod dirattrs;
+mod leased;
 mod snapshots;
 
 /// The file system handed to fuser; clones share everything.
@@ -151,6 +152,9 @@ pub(crate) struct Inner {
     /// Directories' attributes as this mount's own changes left them
     /// ([`dirattrs`]).
     pub(crate) dir_attrs: Arc<dirattrs::DirAttrs>,
+    /// Entries and attributes answered under meta's cache lease
+    /// ([`leased`]).
+    pub(crate) leased: leased::Leased,
 }
 
 /// Holds an inode's lock; removes the lock from the map when it is the
@@ -299,6 +303,7 @@ impl CairnFs {
                 feed_live: AtomicBool::new(false),
                 names: Mutex::new(HashSet::new()),
                 dir_attrs: Arc::default(),
+                leased: leased::Leased::default(),
                 next_fh: AtomicU64::new(1),
                 adopting: AtomicBool::new(false),
                 handles: Mutex::new(HashMap::new()),
@@ -592,7 +597,7 @@ impl Inner {
         {
             return Ok(self.attr(&a));
         }
-        match self.client.meta().getattr(InodeId(ino)).await {
+        match self.leased_getattr(ino).await {
             Ok(a) => Ok(self.attr(&a)),
             // Freed by another client while this mount has it open: the
             // open file keeps its attributes, with no link left.
@@ -610,12 +615,35 @@ impl Inner {
         if let Some(a) = self.snap_lookup(parent, &name).await {
             return Ok(self.attr(&a?));
         }
-        let a = self.client.meta().lookup(InodeId(parent), &name).await;
-        let a = a.map_err(|e| errno(&e))?;
+        let m = self.client.meta();
+        let a = match self.leased.lookup(parent, &name, m.mutations()) {
+            Some(a) => a,
+            None => {
+                let t = self.leased.begin(m.mutations());
+                let a = m.lookup(InodeId(parent), &name).await;
+                let a = a.map_err(|e| errno(&e))?;
+                self.leased
+                    .keep(t, m.mutations(), Some((parent, &name)), &a);
+                a
+            }
+        };
         if a.kind == Kind::Regular as i32 {
             self.ckpt.looked_up(&self.client, parent, a.ino).await;
         }
         Ok(self.attr(&a))
+    }
+
+    /// The attributes of `ino`: under the cache lease from this mount's
+    /// memory ([`leased`]), else from meta (and kept when they may be).
+    async fn leased_getattr(&self, ino: u64) -> Result<Attr, CairnStatus> {
+        let m = self.client.meta();
+        if let Some(a) = self.leased.attr(ino, m.mutations()) {
+            return Ok(a);
+        }
+        let t = self.leased.begin(m.mutations());
+        let a = m.getattr(InodeId(ino)).await?;
+        self.leased.keep(t, m.mutations(), None, &a);
+        Ok(a)
     }
 
     /// The inode's writable shared file, opening (or upgrading to) one;
@@ -799,10 +827,11 @@ impl Inner {
             .get(&ino)
             .map(|o| (o.writable, o.file.version()));
         let need_writer = write && !existing.is_some_and(|(w, _)| w);
+        // Close-to-open: what meta has now, or what the lease vouches for.
         let a = if need_writer {
             m.open_file(InodeId(ino), true).await
         } else {
-            m.getattr(InodeId(ino)).await
+            self.leased_getattr(ino).await
         }
         .map_err(|e| errno_by_ino(&e))?;
         if a.kind == Kind::Directory as i32 {

@@ -1,0 +1,324 @@
+//! Entries and attributes this mount answers itself under meta's cache
+//! lease (DESIGN §4; the protocol is in `cairn_meta::changes`).
+//!
+//! Before, every `open(2)` asked meta for the file's attributes (that is
+//! close-to-open), and every name the kernel had forgotten cost a LOOKUP
+//! round trip: two of the three round trips of a dataset file read after
+//! the page cache was dropped. While the mount holds a lease, meta
+//! acknowledges no other client's change before this mount acknowledged
+//! dropping it from here (or the lease ran out), so what is here is what
+//! meta would answer, and `open` and `lookup` are answered from memory.
+//!
+//! What may be answered from here:
+//!
+//! * Only while the lease runs on this machine's clock: from the send of
+//!   the renewal meta granted, for [`CLIENT_LEASE`]. Meta counts it from
+//!   its grant, later, plus a margin for clock drift.
+//! * Only meta's answers to reads (lookup, getattr), kept when nothing
+//!   moved while they were in flight: no change arrived from the feed (an
+//!   epoch counts them) and no mutation of this mount's client ended
+//!   ([`cairn_client::MetaClient::mutations`]: meta does not send a client
+//!   its own changes, so any own mutation drops everything here). A change
+//!   that arrives after the answer was kept drops it.
+//! * A reset, or a lost or silent feed, drops everything.
+//!
+//! Bounded: past [`MAX_ATTRS`] inodes the cache starts over.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::Instant;
+
+use cairn_proto::CLIENT_LEASE;
+use cairn_proto::meta::Attr;
+
+/// Most inodes kept (and as many names); past it the cache starts over.
+pub(crate) const MAX_ATTRS: usize = 1 << 16;
+
+/// Renewals remembered while their grants are outstanding.
+const MAX_SENT: usize = 16;
+
+#[derive(Default)]
+struct State {
+    attrs: HashMap<u64, Attr>,
+    entries: HashMap<(u64, String), u64>,
+    /// The lease's end on this machine's clock.
+    until: Option<Instant>,
+    /// Counts changes applied, resets and losses.
+    epoch: u64,
+    /// The client's mutation count the cache holds answers for.
+    mutations: u64,
+    /// Renewals sent, not yet granted: (number, sent at).
+    sent: VecDeque<(u64, Instant)>,
+    next_renewal: u64,
+}
+
+impl State {
+    fn clear(&mut self) {
+        self.attrs.clear();
+        self.entries.clear();
+        self.epoch += 1;
+    }
+
+    /// Whether answers may come from here at `now`, with the client at
+    /// `mutations`; drops everything when an own mutation ended since.
+    fn usable(&mut self, mutations: u64, now: Instant) -> bool {
+        if mutations != self.mutations {
+            self.clear();
+            self.mutations = mutations;
+            return false;
+        }
+        self.until.is_some_and(|u| now < u)
+    }
+}
+
+/// What a read saw before it was sent (see [`Leased::begin`]).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Ticket {
+    epoch: u64,
+    mutations: u64,
+}
+
+/// See the module docs.
+#[derive(Default)]
+pub(crate) struct Leased {
+    state: Mutex<State>,
+}
+
+impl Leased {
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Called before a read is sent to meta, with the client's mutation
+    /// count; its answer may be kept only if nothing moved meanwhile.
+    pub(crate) fn begin(&self, mutations: u64) -> Ticket {
+        Ticket {
+            epoch: self.state().epoch,
+            mutations,
+        }
+    }
+
+    /// Keeps `attr`, meta's answer to a read that began with `t`, and the
+    /// name it was looked up by, if any.
+    pub(crate) fn keep(&self, t: Ticket, mutations: u64, name: Option<(u64, &str)>, attr: &Attr) {
+        self.keep_at(t, mutations, name, attr, Instant::now());
+    }
+
+    fn keep_at(
+        &self,
+        t: Ticket,
+        mutations: u64,
+        name: Option<(u64, &str)>,
+        attr: &Attr,
+        now: Instant,
+    ) {
+        let mut s = self.state();
+        if !s.usable(mutations, now) || t.epoch != s.epoch || t.mutations != mutations {
+            return;
+        }
+        if s.attrs.len() >= MAX_ATTRS || s.entries.len() >= MAX_ATTRS {
+            s.clear();
+            // Still this read's epoch: nothing changed, the map was full.
+            s.epoch = t.epoch;
+        }
+        s.attrs.insert(attr.ino, attr.clone());
+        if let Some((parent, name)) = name {
+            s.entries.insert((parent, name.to_string()), attr.ino);
+        }
+    }
+
+    /// The attributes of `ino`, if they may be answered from here.
+    pub(crate) fn attr(&self, ino: u64, mutations: u64) -> Option<Attr> {
+        self.attr_at(ino, mutations, Instant::now())
+    }
+
+    fn attr_at(&self, ino: u64, mutations: u64, now: Instant) -> Option<Attr> {
+        let mut s = self.state();
+        if !s.usable(mutations, now) {
+            return None;
+        }
+        s.attrs.get(&ino).cloned()
+    }
+
+    /// The attributes of the entry `name` in `parent`, if they may be
+    /// answered from here (no negative entries are kept).
+    pub(crate) fn lookup(&self, parent: u64, name: &str, mutations: u64) -> Option<Attr> {
+        self.lookup_at(parent, name, mutations, Instant::now())
+    }
+
+    fn lookup_at(&self, parent: u64, name: &str, mutations: u64, now: Instant) -> Option<Attr> {
+        let mut s = self.state();
+        if !s.usable(mutations, now) {
+            return None;
+        }
+        let ino = *s.entries.get(&(parent, name.to_string()))?;
+        s.attrs.get(&ino).cloned()
+    }
+
+    /// Drops what other clients' changes touched: attributes of `inos` and
+    /// the names `entries`.
+    pub(crate) fn changed<'a>(
+        &self,
+        inos: &[u64],
+        entries: impl IntoIterator<Item = (u64, &'a str)>,
+    ) {
+        let mut s = self.state();
+        s.epoch += 1;
+        for ino in inos {
+            s.attrs.remove(ino);
+        }
+        for (parent, name) in entries {
+            s.entries.remove(&(parent, name.to_string()));
+        }
+    }
+
+    /// Drops everything (a reset: changes may have been missed).
+    pub(crate) fn reset(&self) {
+        self.state().clear();
+    }
+
+    /// The feed is lost or silent: drops everything and the lease.
+    pub(crate) fn lost(&self) {
+        let mut s = self.state();
+        s.clear();
+        s.until = None;
+        s.sent.clear();
+    }
+
+    /// Records a renewal sent now; returns its number.
+    pub(crate) fn renewal(&self) -> u64 {
+        self.renewal_at(Instant::now())
+    }
+
+    fn renewal_at(&self, now: Instant) -> u64 {
+        let mut s = self.state();
+        s.next_renewal += 1;
+        let n = s.next_renewal;
+        if s.sent.len() >= MAX_SENT {
+            s.sent.pop_front();
+        }
+        s.sent.push_back((n, now));
+        n
+    }
+
+    /// Meta granted renewal `n`: the lease runs [`CLIENT_LEASE`] from its
+    /// send. Unknown numbers (a renewal of a lost stream) grant nothing.
+    pub(crate) fn granted(&self, n: u64) {
+        let mut s = self.state();
+        let Some(&(_, sent)) = s.sent.iter().find(|(m, _)| *m == n) else {
+            return;
+        };
+        s.sent.retain(|(m, _)| *m > n);
+        let end = sent + CLIENT_LEASE;
+        s.until = Some(s.until.map_or(end, |u| u.max(end)));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    fn attr(ino: u64, size: u64) -> Attr {
+        Attr {
+            ino,
+            size,
+            ..Default::default()
+        }
+    }
+
+    fn leased_now() -> (Leased, Instant) {
+        let l = Leased::default();
+        let t0 = Instant::now();
+        let n = l.renewal_at(t0);
+        l.granted(n);
+        (l, t0)
+    }
+
+    #[test]
+    fn answers_only_under_a_running_lease() {
+        let l = Leased::default();
+        let t0 = Instant::now();
+        let t = l.begin(0);
+        l.keep_at(t, 0, Some((1, "a")), &attr(5, 10), t0);
+        assert_eq!(l.attr_at(5, 0, t0), None, "no lease: nothing kept");
+
+        let n = l.renewal_at(t0);
+        assert_eq!(l.attr_at(5, 0, t0), None, "asked, not granted");
+        l.granted(n);
+        let t = l.begin(0);
+        l.keep_at(t, 0, Some((1, "a")), &attr(5, 10), t0);
+        assert_eq!(l.attr_at(5, 0, t0).map(|a| a.size), Some(10));
+        assert_eq!(l.lookup_at(1, "a", 0, t0).map(|a| a.ino), Some(5));
+        assert_eq!(l.lookup_at(1, "b", 0, t0), None);
+        // The lease runs from the renewal's send, not from the grant.
+        let end = t0 + CLIENT_LEASE;
+        assert!(l.attr_at(5, 0, end - Duration::from_millis(1)).is_some());
+        assert_eq!(l.attr_at(5, 0, end), None, "the lease ran out");
+        // A grant of a stream that was lost grants nothing.
+        let n = l.renewal_at(t0);
+        l.lost();
+        l.granted(n);
+        assert_eq!(l.attr_at(5, 0, t0), None);
+    }
+
+    #[test]
+    fn a_change_drops_what_it_names_and_an_answer_that_raced_it() {
+        let (l, t0) = leased_now();
+        for ino in [5, 6] {
+            let t = l.begin(0);
+            l.keep_at(t, 0, Some((1, &format!("f{ino}"))), &attr(ino, 1), t0);
+        }
+        l.changed(&[5], []);
+        assert_eq!(l.attr_at(5, 0, t0), None);
+        assert_eq!(
+            l.lookup_at(1, "f5", 0, t0),
+            None,
+            "its name has no attributes"
+        );
+        assert!(l.attr_at(6, 0, t0).is_some(), "others stay");
+        l.changed(&[], [(1, "f6")]);
+        assert_eq!(l.lookup_at(1, "f6", 0, t0), None);
+        assert!(l.attr_at(6, 0, t0).is_some());
+
+        // An answer sent before a change and received after it may show
+        // the state before the change: not kept.
+        let t = l.begin(0);
+        l.changed(&[9], []);
+        l.keep_at(t, 0, None, &attr(7, 1), t0);
+        assert_eq!(l.attr_at(7, 0, t0), None);
+
+        l.reset();
+        assert_eq!(l.attr_at(6, 0, t0), None, "a reset drops everything");
+    }
+
+    #[test]
+    fn an_own_mutation_drops_everything_and_the_answers_it_raced() {
+        let (l, t0) = leased_now();
+        let t = l.begin(0);
+        l.keep_at(t, 0, None, &attr(5, 1), t0);
+        assert!(l.attr_at(5, 0, t0).is_some());
+        assert_eq!(l.attr_at(5, 1, t0), None, "a mutation of this client ended");
+        assert_eq!(l.attr_at(5, 1, t0), None, "and the cache was dropped");
+        // A read that began before the mutation ended is not kept.
+        let t = l.begin(1);
+        l.keep_at(t, 2, None, &attr(5, 2), t0);
+        assert_eq!(l.attr_at(5, 2, t0), None);
+        let t = l.begin(2);
+        l.keep_at(t, 2, None, &attr(5, 2), t0);
+        assert_eq!(l.attr_at(5, 2, t0).map(|a| a.size), Some(2));
+    }
+
+    #[test]
+    fn the_cache_starts_over_when_full() {
+        let (l, t0) = leased_now();
+        for ino in 0..=MAX_ATTRS as u64 {
+            let t = l.begin(0);
+            l.keep_at(t, 0, None, &attr(ino, 1), t0);
+        }
+        assert_eq!(l.attr_at(0, 0, t0), None, "dropped when the map filled");
+        assert!(l.attr_at(MAX_ATTRS as u64, 0, t0).is_some());
+        assert!(l.state().attrs.len() <= MAX_ATTRS);
+    }
+}
