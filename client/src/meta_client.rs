@@ -845,8 +845,41 @@ impl MetaClient {
             parent: parent.0,
             name: name.to_string(),
             snapshot,
+            lease_session: 0,
         };
         need_attr(rpc!(self, lookup, req).await?.attr)
+    }
+
+    /// [`Self::lookup`] for a cache kept under this client's change-feed
+    /// lease ([`Self::watch_changes`]): also returns whether meta's leader
+    /// covered the answer with the lease (only then may it be cached).
+    ///
+    /// # Errors
+    /// As [`Self::lookup`].
+    pub async fn lookup_leased(&self, parent: InodeId, name: &str) -> Result<(Attr, bool)> {
+        let req = LookupRequest {
+            parent: parent.0,
+            name: name.to_string(),
+            snapshot: None,
+            lease_session: self.session_id().await?.0,
+        };
+        let r = rpc!(self, lookup, req).await?;
+        Ok((need_attr(r.attr)?, r.leased))
+    }
+
+    /// [`Self::getattr`] for a cache kept under the change-feed lease; see
+    /// [`Self::lookup_leased`].
+    ///
+    /// # Errors
+    /// As [`Self::getattr`].
+    pub async fn getattr_leased(&self, ino: InodeId) -> Result<(Attr, bool)> {
+        let req = GetAttrRequest {
+            ino: ino.0,
+            snapshot: None,
+            lease_session: self.session_id().await?.0,
+        };
+        let r = rpc!(self, get_attr, req).await?;
+        Ok((need_attr(r.attr)?, r.leased))
     }
 
     /// Returns the attributes of inode `ino`.
@@ -865,6 +898,7 @@ impl MetaClient {
         let req = GetAttrRequest {
             ino: ino.0,
             snapshot,
+            lease_session: 0,
         };
         need_attr(rpc!(self, get_attr, req).await?.attr)
     }

@@ -135,7 +135,10 @@ fake_meta! {
             if r.get_ref().name == "missing" {
                 return Err(CairnStatus::new(ErrorCode::NotFound, "no such entry").to_status());
             }
-            Ok(Response::new(AttrReply { attr: Some(dir_attr(7)) }))
+            Ok(Response::new(AttrReply {
+                attr: Some(dir_attr(7)),
+                leased: false,
+            }))
         }
 
         async fn mkdir(&self, r: Request<MkdirRequest>) -> Result<Response<EntryReply>, Status> {

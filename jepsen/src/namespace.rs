@@ -63,6 +63,7 @@ pub async fn tree(client: &mut RawMeta) -> Result<Tree> {
         .get_attr(GetAttrRequest {
             ino: 1,
             snapshot: None,
+            lease_session: 0,
         })
         .await
         .map_err(|s| anyhow::anyhow!("GetAttr of the root: {}", cairn(&s)))?

@@ -623,6 +623,7 @@ async fn isolate_leader_body(c: &mut MetaCluster) -> Result<()> {
         .get_attr(GetAttrRequest {
             ino: vol.0,
             snapshot: None,
+            lease_session: 0,
         })
         .await
         .map_err(|s| anyhow!("getattr on the leader before the partition: {}", cairn(&s)))?;
@@ -678,7 +679,8 @@ async fn isolate_leader_body(c: &mut MetaCluster) -> Result<()> {
             limit,
             d2.get_attr(GetAttrRequest {
                 ino: vol.0,
-                snapshot: None
+                snapshot: None,
+                lease_session: 0
             })
         ),
         refused(
@@ -687,7 +689,8 @@ async fn isolate_leader_body(c: &mut MetaCluster) -> Result<()> {
             d3.lookup(LookupRequest {
                 parent: vol.0,
                 name: "maj-0".into(),
-                snapshot: None
+                snapshot: None,
+                lease_session: 0
             })
         ),
     );
@@ -846,6 +849,7 @@ async fn paused_leader_body(c: &mut MetaCluster) -> Result<()> {
         .get_attr(GetAttrRequest {
             ino: vol.0,
             snapshot: None,
+            lease_session: 0,
         })
         .await
         .map_err(|s| anyhow!("getattr on the leader before the pause: {}", cairn(&s)))?;
@@ -873,6 +877,7 @@ async fn paused_leader_body(c: &mut MetaCluster) -> Result<()> {
             parent: vol.0,
             name: "after-pause".into(),
             snapshot: None,
+            lease_session: 0,
         })
         .await
     });
@@ -1296,6 +1301,7 @@ async fn send_bad_input(raw: &mut RawMeta, vol: u64, file: u64, addr: &str) -> V
                 parent: vol,
                 name: name.clone(),
                 snapshot: None,
+                lease_session: 0,
             })
             .await,
             // Looking up "." or ".." is not creating it: a clear refusal
@@ -1362,6 +1368,7 @@ async fn send_bad_input(raw: &mut RawMeta, vol: u64, file: u64, addr: &str) -> V
         raw.get_attr(GetAttrRequest {
             ino: UNKNOWN,
             snapshot: None,
+            lease_session: 0,
         })
         .await,
         &[NotFound],
@@ -1371,6 +1378,7 @@ async fn send_bad_input(raw: &mut RawMeta, vol: u64, file: u64, addr: &str) -> V
         raw.get_attr(GetAttrRequest {
             ino: 0,
             snapshot: None,
+            lease_session: 0,
         })
         .await,
         &[NotFound],
@@ -1381,6 +1389,7 @@ async fn send_bad_input(raw: &mut RawMeta, vol: u64, file: u64, addr: &str) -> V
             parent: UNKNOWN,
             name: "x".into(),
             snapshot: None,
+            lease_session: 0,
         })
         .await,
         &[NotFound],
@@ -1391,6 +1400,7 @@ async fn send_bad_input(raw: &mut RawMeta, vol: u64, file: u64, addr: &str) -> V
             parent: vol,
             name: "missing".into(),
             snapshot: None,
+            lease_session: 0,
         })
         .await,
         &[NotFound],
@@ -1821,6 +1831,7 @@ async fn snapshots_body(c: &mut MetaCluster) -> Result<()> {
             .get_attr(GetAttrRequest {
                 ino: d,
                 snapshot: at,
+                lease_session: 0,
             })
             .await;
         if r.is_ok() {

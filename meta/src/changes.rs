@@ -20,8 +20,16 @@
 //! it answers from under the lease. The promise that makes those caches
 //! safe for close-to-open:
 //!
+//! * **Leases cover inodes.** A client asks for a read's answer to be
+//!   covered (`lease_session` in lookup and getattr); the leader registers
+//!   the inode with the client's lease *before* it reads it (a lookup: the
+//!   parent first, which covers the name, then the child, read again), and
+//!   says so in the reply (`leased`). Only covered answers are cached. A
+//!   change committed before the registration is seen by the read; one
+//!   published after it finds the registration.
 //! * **No mutation is acknowledged before every other lease holder
-//!   acknowledged its change, or its lease ran out** ([`ChangeFeed::wait_acked`]).
+//!   covering an inode it names acknowledged it, or its lease ran out**
+//!   ([`ChangeFeed::wait_acked`]).
 //!   The leader counts a lease as running until
 //!   [`cairn_proto::CLIENT_LEASE_BOUND`] after it granted it, which is later
 //!   than the client's own end (the client's clock started earlier, at the
@@ -40,8 +48,12 @@
 //!   covers; a client that loses its stream drops everything and stops
 //!   answering from its caches at once.
 //!
-//! The cost falls on mutations only while another client holds a lease:
-//! one round trip to the slowest holder, in parallel. A client's own
+//! The cost falls on mutations only of inodes another client cached under
+//! its lease: one round trip to the slowest such holder, in parallel. A
+//! lease never gives inodes back (past [`MAX_COVERED`] it covers all), so a
+//! long-lived mount that read much of the namespace makes most changes
+//! wait for it: a bounded price (its acknowledgement, or its lease's end
+//! if it stops answering). A client's own
 //! mutations it sees itself (the client library counts them and the mount
 //! drops its lease caches after each).
 //!
@@ -53,6 +65,7 @@
 //! Only the leader publishes: followers refuse the stream with NOT_LEADER,
 //! and the leader ends every stream when it loses leadership.
 
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
@@ -172,7 +185,38 @@ struct Holder {
     /// Until when the client's lease may run (leader's clock); `None`
     /// before the first grant.
     until: Mutex<Option<Instant>>,
+    /// The inodes the client may cache under the lease.
+    covers: Mutex<Covered>,
 }
+
+/// The inodes a lease covers: those registered by the client's leased
+/// reads, or (past [`MAX_COVERED`]) all of them.
+#[derive(Debug, Default)]
+struct Covered {
+    inos: HashSet<u64>,
+    all: bool,
+}
+
+impl Covered {
+    fn add(&mut self, inos: &[u64]) {
+        if self.all {
+            return;
+        }
+        self.inos.extend(inos);
+        if self.inos.len() > MAX_COVERED {
+            self.all = true;
+            self.inos = HashSet::new();
+        }
+    }
+
+    fn any(&self, inos: &[u64]) -> bool {
+        self.all || inos.iter().any(|i| self.inos.contains(i))
+    }
+}
+
+/// Inodes one lease covers one by one; past it, the lease covers every
+/// inode (the client caches at most 65,536, and never hands any back).
+pub const MAX_COVERED: usize = 1 << 18;
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
@@ -246,14 +290,15 @@ impl ChangeFeed {
     }
 
     /// Publishes what `op` changed, if anything, to every stream; returns
-    /// its feed position.
-    pub fn publish(&self, session: u64, op: &Op, reply: &Reply) -> Option<u64> {
+    /// the change with its feed position.
+    pub fn publish(&self, session: u64, op: &Op, reply: &Reply) -> Option<Arc<Change>> {
         let mut c = affected(session, op, reply)?;
         let mut seq = lock(&self.inner.seq);
         *seq += 1;
         c.seq = *seq;
-        let _ = self.inner.tx.send(Arc::new(c));
-        Some(*seq)
+        let c = Arc::new(c);
+        let _ = self.inner.tx.send(c.clone());
+        Some(c)
     }
 
     /// Subscribes the stream of `session`: every change published from now
@@ -267,6 +312,7 @@ impl ChangeFeed {
             session,
             acked: AtomicU64::new(*seq),
             until: Mutex::new(None),
+            covers: Mutex::new(Covered::default()),
         });
         lock(&self.inner.holders).push(holder.clone());
         Subscription {
@@ -277,14 +323,29 @@ impl ChangeFeed {
         }
     }
 
-    /// Waits until every lease holder but `session` itself acknowledged
-    /// the change at position `seq`, or its lease ran out (module docs).
-    pub async fn wait_acked(&self, session: u64, seq: u64) {
+    /// Registers `inos` with the lease of `session`'s stream, before a
+    /// read of them whose answer the client may cache under the lease;
+    /// returns false when `session` has no stream here (the answer must
+    /// not be cached).
+    pub fn cover(&self, session: u64, inos: &[u64]) -> bool {
+        let holders = lock(&self.inner.holders);
+        let mut found = false;
+        for h in holders.iter().filter(|h| h.session == session) {
+            lock(&h.covers).add(inos);
+            found = true;
+        }
+        found
+    }
+
+    /// Waits until every lease holder but the one that made `change`
+    /// acknowledged it, or its lease ran out; holders whose lease covers
+    /// none of the inodes it names are not waited for (module docs).
+    pub async fn wait_acked(&self, change: &Change) {
         loop {
             let moved = self.inner.moved.notified();
             tokio::pin!(moved);
             moved.as_mut().enable();
-            let Some(deadline) = self.waiting_for(session, seq, Instant::now()) else {
+            let Some(deadline) = self.waiting_for(change, Instant::now()) else {
                 return;
             };
             tokio::select! {
@@ -296,11 +357,12 @@ impl ChangeFeed {
 
     /// The earliest lease end among the holders that still owe an
     /// acknowledgement of `seq` at `now`; `None` when none does.
-    fn waiting_for(&self, session: u64, seq: u64, now: Instant) -> Option<Instant> {
+    fn waiting_for(&self, change: &Change, now: Instant) -> Option<Instant> {
         lock(&self.inner.holders)
             .iter()
-            .filter(|h| session == 0 || h.session != session)
-            .filter(|h| h.acked.load(Ordering::Acquire) < seq)
+            .filter(|h| change.session == 0 || h.session != change.session)
+            .filter(|h| h.acked.load(Ordering::Acquire) < change.seq)
+            .filter(|h| lock(&h.covers).any(&change.inos))
             .filter_map(|h| *lock(&h.until))
             .filter(|&until| until > now)
             .min()
@@ -479,31 +541,34 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_mutation_waits_for_every_other_lease_holder_to_acknowledge_it() {
+    async fn a_mutation_waits_for_every_other_lease_holder_covering_it() {
         let feed = ChangeFeed::with_lease(Duration::from_secs(30));
-        let (op, reply) = mkdir("a");
+        let (op, reply) = mkdir("a"); // names inodes 5 and 9
         // Nobody subscribed: nothing to wait for.
-        let seq = feed.publish(1, &op, &reply).expect("a change");
-        assert_eq!(seq, 1);
-        tokio::time::timeout(Duration::from_millis(100), feed.wait_acked(1, seq))
+        let c = feed.publish(1, &op, &reply).expect("a change");
+        assert_eq!(c.seq, 1);
+        tokio::time::timeout(Duration::from_millis(100), feed.wait_acked(&c))
             .await
             .expect("no holder, no wait");
+        assert!(!feed.cover(2, &[5]), "no stream of session 2 to cover");
 
         let mut other = feed.subscribe(2);
         let own = feed.subscribe(1);
         assert_eq!(other.start, 1, "covers what was published before");
+        assert!(feed.cover(2, &[5]));
+        assert!(feed.cover(1, &[5]));
         // Not granted yet: its client answers nothing from its caches.
-        let seq = feed.publish(1, &op, &reply).expect("a change");
-        tokio::time::timeout(Duration::from_millis(100), feed.wait_acked(1, seq))
+        let c = feed.publish(1, &op, &reply).expect("a change");
+        tokio::time::timeout(Duration::from_millis(100), feed.wait_acked(&c))
             .await
             .expect("an ungranted lease is not waited for");
 
         other.granted();
         own.granted();
-        let seq = feed.publish(1, &op, &reply).expect("a change");
+        let c = feed.publish(1, &op, &reply).expect("a change");
         assert_eq!(other.rx.recv().await.expect("queued").seq, 2);
-        assert_eq!(other.rx.recv().await.expect("queued").seq, seq);
-        let wait = feed.wait_acked(1, seq);
+        assert_eq!(other.rx.recv().await.expect("queued").seq, c.seq);
+        let wait = feed.wait_acked(&c);
         tokio::pin!(wait);
         assert!(
             tokio::time::timeout(Duration::from_millis(100), wait.as_mut())
@@ -511,28 +576,46 @@ mod tests {
                 .is_err(),
             "acknowledged before the other holder dropped the change"
         );
-        other.ack(seq - 1);
+        other.ack(c.seq - 1);
         assert!(
             tokio::time::timeout(Duration::from_millis(50), wait.as_mut())
                 .await
                 .is_err(),
             "an older acknowledgement does not count"
         );
-        other.ack(seq);
+        other.ack(c.seq);
         tokio::time::timeout(Duration::from_secs(5), wait)
             .await
             .expect("acknowledged");
 
+        // A change of inodes no other lease covers waits for nobody.
+        let (_, mut reply2) = mkdir("b");
+        if let Reply::Entry { attr, .. } = &mut reply2 {
+            attr.ino = 11;
+        }
+        let op2 = Op::Mkdir {
+            parent: 10,
+            name: "b".into(),
+            mode: 0o755,
+            uid: 0,
+            gid: 0,
+        };
+        let c = feed.publish(1, &op2, &reply2).expect("a change");
+        assert_eq!(c.inos, vec![10, 11]);
+        tokio::time::timeout(Duration::from_millis(100), feed.wait_acked(&c))
+            .await
+            .expect("session 2 caches nothing of inodes 10 and 11");
+
         // The holder that made the change is not waited for, and one that
         // leaves is not either.
-        let seq = feed.publish(2, &op, &reply).expect("a change");
-        let wait = feed.wait_acked(2, seq);
+        let c = feed.publish(2, &op, &reply).expect("a change");
+        let wait = feed.wait_acked(&c);
         tokio::pin!(wait);
         assert!(
             tokio::time::timeout(Duration::from_millis(50), wait.as_mut())
                 .await
                 .is_err(),
-            "session 1 holds a lease too"
+            "session 1 holds a lease covering inode 5 too"
         );
         drop(own);
         tokio::time::timeout(Duration::from_secs(5), wait)
@@ -546,9 +629,10 @@ mod tests {
         let (op, reply) = mkdir("b");
         let silent = feed.subscribe(7);
         silent.granted();
-        let seq = feed.publish(1, &op, &reply).expect("a change");
+        assert!(feed.cover(7, &[9]));
+        let c = feed.publish(1, &op, &reply).expect("a change");
         let started = Instant::now();
-        tokio::time::timeout(Duration::from_secs(5), feed.wait_acked(1, seq))
+        tokio::time::timeout(Duration::from_secs(5), feed.wait_acked(&c))
             .await
             .expect("the lease ends");
         let waited = started.elapsed();
@@ -557,10 +641,23 @@ mod tests {
             "gave up after {waited:?}, before the lease could have ended"
         );
         // A later change is not waited for at all: the lease is over.
-        let seq = feed.publish(1, &op, &reply).expect("a change");
-        tokio::time::timeout(Duration::from_millis(100), feed.wait_acked(1, seq))
+        let c = feed.publish(1, &op, &reply).expect("a change");
+        tokio::time::timeout(Duration::from_millis(100), feed.wait_acked(&c))
             .await
             .expect("an ended lease is not waited for");
-        assert_eq!(silent.position(), seq);
+        assert_eq!(silent.position(), c.seq);
+    }
+
+    #[test]
+    fn a_lease_covering_too_many_inodes_covers_them_all() {
+        let mut c = Covered::default();
+        c.add(&[1, 2]);
+        assert!(c.any(&[3, 2]));
+        assert!(!c.any(&[3]));
+        let many: Vec<u64> = (10..10 + MAX_COVERED as u64).collect();
+        c.add(&many);
+        assert!(c.all);
+        assert!(c.any(&[u64::MAX]));
+        assert!(c.inos.is_empty(), "the set is dropped once all are covered");
     }
 }

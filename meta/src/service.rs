@@ -309,9 +309,9 @@ impl Shared {
                     self.wait_out_earlier_leases().await;
                 }
                 if let (Ok(reply), Some(op)) = (&r, &published)
-                    && let Some(seq) = self.changes.publish(session, op, reply)
+                    && let Some(change) = self.changes.publish(session, op, reply)
                 {
-                    self.changes.wait_acked(session, seq).await;
+                    self.changes.wait_acked(&change).await;
                 }
                 r
             }
@@ -509,6 +509,13 @@ impl MetaService {
         Ok(())
     }
 
+    /// Covers `ino` with the cache lease of `session`'s change feed on
+    /// this leader, before a read of it (crate::changes); false when the
+    /// answer may not be cached under a lease.
+    fn cover(&self, session: u64, ino: u64) -> bool {
+        session != 0 && self.shared.is_leader() && self.shared.changes.cover(session, &[ino])
+    }
+
     fn leader_only(&self) -> Result<(), Status> {
         if self.shared.is_leader() {
             return Ok(());
@@ -670,8 +677,12 @@ fn attr_reply(r: Reply) -> Result<pb::AttrReply, Status> {
     match r {
         Reply::Attr(a) => Ok(pb::AttrReply {
             attr: Some(attr_pb(&a)),
+            leased: false,
         }),
-        Reply::Unit => Ok(pb::AttrReply { attr: None }),
+        Reply::Unit => Ok(pb::AttrReply {
+            attr: None,
+            leased: false,
+        }),
         other => Err(unexpected(&other)),
     }
 }
@@ -1135,27 +1146,40 @@ fn next_queued(
 impl Meta for MetaService {
     async fn lookup(&self, req: Request<pb::LookupRequest>) -> GrpcResult<pb::AttrReply> {
         let r = req.into_inner();
+        let snap = snapshot_ref(r.snapshot.as_ref());
+        // Covered before the read (crate::changes): a change the read does
+        // not see is waited for. The parent covers the name.
+        let leased = snap.is_none() && self.cover(r.lease_session, r.parent);
         let fs = self.read().await?;
-        let a = match snapshot_ref(r.snapshot.as_ref()) {
+        let mut a = match snap {
             Some((v, seq)) => fs.snapshot_lookup(v, seq, r.parent, &r.name),
             None => fs.lookup(r.parent, &r.name),
         }
         .map_err(fs_err)?;
+        let leased = leased && self.cover(r.lease_session, a.ino);
+        if leased {
+            // Read again now that the inode is covered.
+            a = fs.getattr(a.ino).map_err(fs_err)?;
+        }
         Ok(Response::new(pb::AttrReply {
-            attr: Some(attr_full(fs, snapshot_ref(r.snapshot.as_ref()), &a)?),
+            attr: Some(attr_full(fs, snap, &a)?),
+            leased,
         }))
     }
 
     async fn get_attr(&self, req: Request<pb::GetAttrRequest>) -> GrpcResult<pb::AttrReply> {
         let r = req.into_inner();
+        let snap = snapshot_ref(r.snapshot.as_ref());
+        let leased = snap.is_none() && self.cover(r.lease_session, r.ino);
         let fs = self.read().await?;
-        let a = match snapshot_ref(r.snapshot.as_ref()) {
+        let a = match snap {
             Some((v, seq)) => fs.snapshot_getattr(v, seq, r.ino),
             None => fs.getattr(r.ino),
         }
         .map_err(fs_err)?;
         Ok(Response::new(pb::AttrReply {
-            attr: Some(attr_full(fs, snapshot_ref(r.snapshot.as_ref()), &a)?),
+            attr: Some(attr_full(fs, snap, &a)?),
+            leased,
         }))
     }
 
@@ -1165,6 +1189,7 @@ impl Meta for MetaService {
         let a = fs.resolve(&r.path).map_err(fs_err)?;
         Ok(Response::new(pb::AttrReply {
             attr: Some(attr_full(fs, None, &a)?),
+            leased: false,
         }))
     }
 
@@ -1681,6 +1706,7 @@ impl Meta for MetaService {
         let a = fs.getattr(r.ino).map_err(fs_err)?;
         Ok(Response::new(pb::AttrReply {
             attr: Some(attr_full(fs, None, &a)?),
+            leased: false,
         }))
     }
 
@@ -1797,6 +1823,7 @@ impl Meta for MetaService {
             let a = fs.getattr(r.ino).map_err(fs_err)?;
             return Ok(Response::new(pb::AttrReply {
                 attr: Some(attr_full(fs, None, &a)?),
+                leased: false,
             }));
         }
         let op = Op::Open {

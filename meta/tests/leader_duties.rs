@@ -345,6 +345,7 @@ async fn unrenewed_session_expires_and_releases_held_files() {
         .get_attr(pb::GetAttrRequest {
             ino: file.ino,
             snapshot: None,
+            lease_session: 0,
         })
         .await
         .unwrap()
@@ -362,6 +363,7 @@ async fn unrenewed_session_expires_and_releases_held_files() {
             .get_attr(pb::GetAttrRequest {
                 ino: file.ino,
                 snapshot: None,
+                lease_session: 0,
             })
             .await
             .is_err();

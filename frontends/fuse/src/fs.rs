@@ -620,10 +620,12 @@ impl Inner {
             Some(a) => a,
             None => {
                 let t = self.leased.begin(m.mutations());
-                let a = m.lookup(InodeId(parent), &name).await;
-                let a = a.map_err(|e| errno(&e))?;
-                self.leased
-                    .keep(t, m.mutations(), Some((parent, &name)), &a);
+                let r = m.lookup_leased(InodeId(parent), &name).await;
+                let (a, leased) = r.map_err(|e| errno(&e))?;
+                if leased {
+                    self.leased
+                        .keep(t, m.mutations(), Some((parent, &name)), &a);
+                }
                 a
             }
         };
@@ -641,8 +643,10 @@ impl Inner {
             return Ok(a);
         }
         let t = self.leased.begin(m.mutations());
-        let a = m.getattr(InodeId(ino)).await?;
-        self.leased.keep(t, m.mutations(), None, &a);
+        let (a, leased) = m.getattr_leased(InodeId(ino)).await?;
+        if leased {
+            self.leased.keep(t, m.mutations(), None, &a);
+        }
         Ok(a)
     }
 

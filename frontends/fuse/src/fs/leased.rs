@@ -14,7 +14,9 @@
 //! * Only while the lease runs on this machine's clock: from the send of
 //!   the renewal meta granted, for [`CLIENT_LEASE`]. Meta counts it from
 //!   its grant, later, plus a margin for clock drift.
-//! * Only meta's answers to reads (lookup, getattr), kept when nothing
+//! * Only meta's answers to reads (lookup, getattr) that meta's leader
+//!   covered with the lease (it registered the inodes before reading
+//!   them, so their later changes wait for this mount), kept when nothing
 //!   moved while they were in flight: no change arrived from the feed (an
 //!   epoch counts them) and no mutation of this mount's client ended
 //!   ([`cairn_client::MetaClient::mutations`]: meta does not send a client
