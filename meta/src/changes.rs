@@ -20,13 +20,17 @@
 //! it answers from under the lease. The promise that makes those caches
 //! safe for close-to-open:
 //!
-//! * **Leases cover inodes.** A client asks for a read's answer to be
-//!   covered (`lease_session` in lookup and getattr); the leader registers
-//!   the inode with the client's lease *before* it reads it (a lookup: the
-//!   parent first, which covers the name, then the child, read again), and
-//!   says so in the reply (`leased`). Only covered answers are cached. A
-//!   change committed before the registration is seen by the read; one
-//!   published after it finds the registration.
+//! * **Leases cover files and names.** A client asks for a read's answer
+//!   to be covered (`lease_session` in lookup and getattr); the leader
+//!   registers what it read with the client's lease *before* it reads it
+//!   (a lookup: the name, then the child's inode, read again), and says so
+//!   in the reply (`leased`). Only covered answers are cached. A change
+//!   committed before the registration is seen by the read; one published
+//!   after it finds the registration. A directory's own attributes are not
+//!   covered: every create in it changes them, so covering them would make
+//!   each create wait for every client that looked the directory up. They
+//!   stay best effort, as in the kernel's cache (dropped when the feed
+//!   names them, after the acknowledgement); nothing needs them exact.
 //! * **No mutation is acknowledged before every other lease holder
 //!   covering an inode it names acknowledged it, or its lease ran out**
 //!   ([`ChangeFeed::wait_acked`]).
@@ -48,12 +52,12 @@
 //!   covers; a client that loses its stream drops everything and stops
 //!   answering from its caches at once.
 //!
-//! The cost falls on mutations only of inodes another client cached under
-//! its lease: one round trip to the slowest such holder, in parallel. A
-//! lease never gives inodes back (past [`MAX_COVERED`] it covers all), so a
-//! long-lived mount that read much of the namespace makes most changes
-//! wait for it: a bounded price (its acknowledgement, or its lease's end
-//! if it stops answering). A client's own
+//! The cost falls on mutations only of files and names another client
+//! cached under its lease: one round trip to the slowest such holder, in
+//! parallel. A lease never gives anything back (past [`MAX_COVERED`] it
+//! covers all), so a long-lived mount that read much of the namespace makes
+//! most changes wait for it: a bounded price (its acknowledgement, or its
+//! lease's end if it stops answering). A client's own
 //! mutations it sees itself (the client library counts them and the mount
 //! drops its lease caches after each).
 //!
@@ -189,33 +193,54 @@ struct Holder {
     covers: Mutex<Covered>,
 }
 
-/// The inodes a lease covers: those registered by the client's leased
-/// reads, or (past [`MAX_COVERED`]) all of them.
+/// What a lease covers: the inodes and names registered by the client's
+/// leased reads, or (past [`MAX_COVERED`]) everything.
 #[derive(Debug, Default)]
 struct Covered {
     inos: HashSet<u64>,
+    names: HashSet<(u64, String)>,
     all: bool,
 }
 
+/// What a leased read registers ([`ChangeFeed::cover`]).
+#[derive(Debug, Clone, Copy)]
+pub enum Cover<'a> {
+    /// A file's attributes.
+    Ino(u64),
+    /// The entry `name` in directory `parent`.
+    Name(u64, &'a str),
+}
+
 impl Covered {
-    fn add(&mut self, inos: &[u64]) {
+    fn add(&mut self, what: Cover<'_>) {
         if self.all {
             return;
         }
-        self.inos.extend(inos);
-        if self.inos.len() > MAX_COVERED {
+        match what {
+            Cover::Ino(ino) => {
+                self.inos.insert(ino);
+            }
+            Cover::Name(parent, name) => {
+                self.names.insert((parent, name.to_string()));
+            }
+        }
+        if self.inos.len() + self.names.len() > MAX_COVERED {
             self.all = true;
             self.inos = HashSet::new();
+            self.names = HashSet::new();
         }
     }
 
-    fn any(&self, inos: &[u64]) -> bool {
-        self.all || inos.iter().any(|i| self.inos.contains(i))
+    fn any(&self, c: &Change) -> bool {
+        self.all
+            || c.inos.iter().any(|i| self.inos.contains(i))
+            || c.entries.iter().any(|e| self.names.contains(e))
     }
 }
 
-/// Inodes one lease covers one by one; past it, the lease covers every
-/// inode (the client caches at most 65,536, and never hands any back).
+/// Inodes and names one lease covers one by one; past it, the lease
+/// covers everything (the client caches at most 65,536 of each, and never
+/// hands any back).
 pub const MAX_COVERED: usize = 1 << 18;
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -323,15 +348,14 @@ impl ChangeFeed {
         }
     }
 
-    /// Registers `inos` with the lease of `session`'s stream, before a
-    /// read of them whose answer the client may cache under the lease;
-    /// returns false when `session` has no stream here (the answer must
-    /// not be cached).
-    pub fn cover(&self, session: u64, inos: &[u64]) -> bool {
+    /// Registers `what` with the lease of `session`'s stream, before a read
+    /// whose answer the client may cache under the lease; returns false
+    /// when `session` has no stream here (the answer must not be cached).
+    pub fn cover(&self, session: u64, what: Cover<'_>) -> bool {
         let holders = lock(&self.inner.holders);
         let mut found = false;
         for h in holders.iter().filter(|h| h.session == session) {
-            lock(&h.covers).add(inos);
+            lock(&h.covers).add(what);
             found = true;
         }
         found
@@ -362,7 +386,7 @@ impl ChangeFeed {
             .iter()
             .filter(|h| change.session == 0 || h.session != change.session)
             .filter(|h| h.acked.load(Ordering::Acquire) < change.seq)
-            .filter(|h| lock(&h.covers).any(&change.inos))
+            .filter(|h| lock(&h.covers).any(change))
             .filter_map(|h| *lock(&h.until))
             .filter(|&until| until > now)
             .min()
@@ -550,13 +574,16 @@ mod tests {
         tokio::time::timeout(Duration::from_millis(100), feed.wait_acked(&c))
             .await
             .expect("no holder, no wait");
-        assert!(!feed.cover(2, &[5]), "no stream of session 2 to cover");
+        assert!(
+            !feed.cover(2, Cover::Ino(5)),
+            "no stream of session 2 to cover"
+        );
 
         let mut other = feed.subscribe(2);
         let own = feed.subscribe(1);
         assert_eq!(other.start, 1, "covers what was published before");
-        assert!(feed.cover(2, &[5]));
-        assert!(feed.cover(1, &[5]));
+        assert!(feed.cover(2, Cover::Ino(5)));
+        assert!(feed.cover(1, Cover::Ino(5)));
         // Not granted yet: its client answers nothing from its caches.
         let c = feed.publish(1, &op, &reply).expect("a change");
         tokio::time::timeout(Duration::from_millis(100), feed.wait_acked(&c))
@@ -629,7 +656,7 @@ mod tests {
         let (op, reply) = mkdir("b");
         let silent = feed.subscribe(7);
         silent.granted();
-        assert!(feed.cover(7, &[9]));
+        assert!(feed.cover(7, Cover::Name(5, "b")));
         let c = feed.publish(1, &op, &reply).expect("a change");
         let started = Instant::now();
         tokio::time::timeout(Duration::from_secs(5), feed.wait_acked(&c))
@@ -649,15 +676,30 @@ mod tests {
     }
 
     #[test]
-    fn a_lease_covering_too_many_inodes_covers_them_all() {
+    fn a_lease_covers_the_inodes_and_names_it_registered_or_all() {
+        let change = |inos: &[u64], entries: &[(u64, &str)]| Change {
+            seq: 1,
+            session: 1,
+            inos: inos.to_vec(),
+            entries: entries.iter().map(|(p, n)| (*p, n.to_string())).collect(),
+        };
         let mut c = Covered::default();
-        c.add(&[1, 2]);
-        assert!(c.any(&[3, 2]));
-        assert!(!c.any(&[3]));
-        let many: Vec<u64> = (10..10 + MAX_COVERED as u64).collect();
-        c.add(&many);
+        c.add(Cover::Ino(2));
+        c.add(Cover::Name(1, "a"));
+        assert!(c.any(&change(&[3, 2], &[])));
+        assert!(c.any(&change(&[1], &[(1, "a")])), "the name a in 1");
+        assert!(
+            !c.any(&change(&[1, 7], &[(1, "b")])),
+            "a new name beside a covered one (a create in its directory)"
+        );
+        for i in 0..MAX_COVERED as u64 {
+            c.add(Cover::Ino(10 + i));
+        }
         assert!(c.all);
-        assert!(c.any(&[u64::MAX]));
-        assert!(c.inos.is_empty(), "the set is dropped once all are covered");
+        assert!(c.any(&change(&[u64::MAX], &[])));
+        assert!(
+            c.inos.is_empty(),
+            "the sets are dropped once all are covered"
+        );
     }
 }

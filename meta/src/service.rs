@@ -30,6 +30,7 @@ use openraft::{BasicNode, ChangeMembers, ServerState};
 use tonic::{Request, Response, Status, Streaming};
 use tracing::instrument;
 
+use crate::changes::Cover;
 use crate::config::MetaConfig;
 use crate::fs::locks::{LockHolder, LockKind};
 use crate::fs::{
@@ -512,8 +513,8 @@ impl MetaService {
     /// Covers `ino` with the cache lease of `session`'s change feed on
     /// this leader, before a read of it (crate::changes); false when the
     /// answer may not be cached under a lease.
-    fn cover(&self, session: u64, ino: u64) -> bool {
-        session != 0 && self.shared.is_leader() && self.shared.changes.cover(session, &[ino])
+    fn cover(&self, session: u64, what: Cover<'_>) -> bool {
+        session != 0 && self.shared.is_leader() && self.shared.changes.cover(session, what)
     }
 
     fn leader_only(&self) -> Result<(), Status> {
@@ -1148,17 +1149,17 @@ impl Meta for MetaService {
         let r = req.into_inner();
         let snap = snapshot_ref(r.snapshot.as_ref());
         // Covered before the read (crate::changes): a change the read does
-        // not see is waited for. The parent covers the name.
-        let leased = snap.is_none() && self.cover(r.lease_session, r.parent);
+        // not see is waited for.
+        let leased = snap.is_none() && self.cover(r.lease_session, Cover::Name(r.parent, &r.name));
         let fs = self.read().await?;
         let mut a = match snap {
             Some((v, seq)) => fs.snapshot_lookup(v, seq, r.parent, &r.name),
             None => fs.lookup(r.parent, &r.name),
         }
         .map_err(fs_err)?;
-        let leased = leased && self.cover(r.lease_session, a.ino);
-        if leased {
-            // Read again now that the inode is covered.
+        if leased && a.kind != Kind::Dir {
+            // Read again now that the file is covered.
+            self.cover(r.lease_session, Cover::Ino(a.ino));
             a = fs.getattr(a.ino).map_err(fs_err)?;
         }
         Ok(Response::new(pb::AttrReply {
@@ -1170,13 +1171,21 @@ impl Meta for MetaService {
     async fn get_attr(&self, req: Request<pb::GetAttrRequest>) -> GrpcResult<pb::AttrReply> {
         let r = req.into_inner();
         let snap = snapshot_ref(r.snapshot.as_ref());
-        let leased = snap.is_none() && self.cover(r.lease_session, r.ino);
         let fs = self.read().await?;
-        let a = match snap {
+        let mut a = match snap {
             Some((v, seq)) => fs.snapshot_getattr(v, seq, r.ino),
             None => fs.getattr(r.ino),
         }
         .map_err(fs_err)?;
+        // A file is covered, then read again (crate::changes); a
+        // directory's attributes are not covered.
+        let leased = snap.is_none()
+            && r.lease_session != 0
+            && self.shared.is_leader()
+            && (a.kind == Kind::Dir || self.cover(r.lease_session, Cover::Ino(a.ino)));
+        if leased && a.kind != Kind::Dir {
+            a = fs.getattr(a.ino).map_err(fs_err)?;
+        }
         Ok(Response::new(pb::AttrReply {
             attr: Some(attr_full(fs, snap, &a)?),
             leased,

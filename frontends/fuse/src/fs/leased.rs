@@ -15,8 +15,11 @@
 //!   the renewal meta granted, for [`CLIENT_LEASE`]. Meta counts it from
 //!   its grant, later, plus a margin for clock drift.
 //! * Only meta's answers to reads (lookup, getattr) that meta's leader
-//!   covered with the lease (it registered the inodes before reading
-//!   them, so their later changes wait for this mount), kept when nothing
+//!   covered with the lease (it registered the names and files before
+//!   reading them, so their later changes wait for this mount; a
+//!   directory's own attributes are not covered and stay best effort, as
+//!   in the kernel's cache: the feed drops them when they change), kept
+//!   when nothing
 //!   moved while they were in flight: no change arrived from the feed (an
 //!   epoch counts them) and no mutation of this mount's client ended
 //!   ([`cairn_client::MetaClient::mutations`]: meta does not send a client
