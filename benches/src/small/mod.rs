@@ -13,6 +13,7 @@
 //! | mkdir, rmdir | 1, T | `mkdir` of `d…`, then `rmdir` of them | `MetaClient::mkdir` (the client has only `mkdir -p`), `Client::remove_dir` |
 //! | write | 1, T | create + write + close of a 128 KiB file, T threads sharing one directory | `Client::write_file` |
 //! | read | 1, T | open + read whole + close in a random order, after dropping the page cache | `Client::read_file`, no client cache |
+//! | reread | 1, T | the same files in another order, after one unmeasured pass on the same system: every cache warm, as in a training epoch after the first | `Client::read_file` again |
 //!
 //! The mount and local sides run the same code: the `meta` workload's
 //! local [`Worker`](crate::meta::local::Worker) for the namespace and the
@@ -105,6 +106,9 @@ operations in all):
   read     the files back whole in a random order (open, read, close), 1
            then --threads threads, each part after dropping the page cache
            (echo 3 > /proc/sys/vm/drop_caches: needs root; noted if not)
+  reread   the same again in another order after one unmeasured pass on the
+           same system: every cache warm, as in a training epoch after the
+           first (the page cache, the kernel's names, the mount's leases)
 
 Per phase and system: operations per second and per-operation latency (p50,
 p99). Ratios: mount and native over the reference, local+fsync for mutations
@@ -207,11 +211,13 @@ pub enum Op {
     Write,
     /// Open, read whole and close a small file.
     Read,
+    /// The same, again, with every cache kept (the epoch after).
+    Reread,
 }
 
 impl Op {
     /// Every operation, in the order the phases run.
-    pub const ALL: [Op; 8] = [
+    pub const ALL: [Op; 9] = [
         Op::Create,
         Op::Stat,
         Op::Rename,
@@ -220,6 +226,7 @@ impl Op {
         Op::Rmdir,
         Op::Write,
         Op::Read,
+        Op::Reread,
     ];
 
     /// Returns the operation's name in tables.
@@ -233,13 +240,14 @@ impl Op {
             Op::Rmdir => "rmdir",
             Op::Write => "write",
             Op::Read => "read",
+            Op::Reread => "reread",
         }
     }
 
     /// Returns whether the operation changes something (a durable Raft
     /// entry, or data on every replica, on Cairn).
     pub fn mutates(self) -> bool {
-        !matches!(self, Op::Stat | Op::Read)
+        !matches!(self, Op::Stat | Op::Read | Op::Reread)
     }
 
     /// Returns the baseline the phase's ratios divide by.
@@ -561,20 +569,38 @@ impl Runner<'_, '_> {
         Ok((measured, cpu))
     }
 
+    /// The std::fs runner of `system` (`None`: the native client).
+    fn posix(&self, system: System) -> Option<Arc<Posix>> {
+        match system {
+            System::Native => None,
+            System::Mount => Some(self.mount.clone()),
+            System::Local => Some(self.local.clone()),
+            System::LocalFsync => Some(self.local_fsync.clone()),
+        }
+    }
+
     /// Runs `job` on `system`; returns its result and, for Cairn, the CPU.
     async fn one(&mut self, system: System, job: &Job) -> Result<(Measured, Option<CairnCpu>)> {
         if job.op == Op::Read {
             drop_caches(self.notes);
         }
-        let posix = match system {
-            System::Native => {
-                let native = self.native.clone();
-                let (m, cpu) = self.cairn(system, native.run(job)).await?;
-                return Ok((m, Some(cpu)));
+        if job.op == Op::Reread {
+            // One pass unmeasured, on this system, right before: the other
+            // systems' read parts dropped the caches.
+            match self.posix(system) {
+                None => {
+                    self.native.clone().run(job).await?;
+                }
+                Some(posix) => {
+                    let job = job.clone();
+                    blocking(move || posix.run(&job)).await?;
+                }
             }
-            System::Mount => self.mount.clone(),
-            System::Local => self.local.clone(),
-            System::LocalFsync => self.local_fsync.clone(),
+        }
+        let Some(posix) = self.posix(system) else {
+            let native = self.native.clone();
+            let (m, cpu) = self.cairn(system, native.run(job)).await?;
+            return Ok((m, Some(cpu)));
         };
         let job = job.clone();
         let run = blocking(move || posix.run(&job));
@@ -615,6 +641,10 @@ impl Runner<'_, '_> {
                 s.small_files,
                 shuffled(s.small_files, s.seed.wrapping_add(threads as u64)),
             ),
+            Op::Reread => (
+                s.small_files,
+                shuffled(s.small_files, s.seed.wrapping_add(1000 + threads as u64)),
+            ),
             Op::Stat => (s.files, shuffled(s.files, s.seed)),
             _ => (s.files / threads, Arc::from([])),
         };
@@ -650,16 +680,25 @@ impl Runner<'_, '_> {
                  {threads} thread(s); page cache dropped before each system",
                 s.small_files
             ),
+            Op::Reread => format!(
+                "the files of read ×{threads} again in another random order, after one \
+                 unmeasured pass on the same system: every cache warm, as in a training epoch \
+                 after the first; {threads} thread(s)",
+            ),
             _ => format!("{} {}s, {each}", s.files / threads * threads, op.name()),
         }
     }
 
     /// Runs every phase in order: each operation with 1 thread, then
-    /// (but stat) with --threads.
+    /// (but stat) with --threads; each reread right after its read (the
+    /// next read drops the caches).
     async fn all(&mut self) -> Result<Vec<PhaseResult>> {
         let t = self.settings.threads;
         let mut phases = Vec::new();
         for op in Op::ALL {
+            if op == Op::Reread {
+                continue;
+            }
             // With --threads 1 the concurrent phases would repeat the others.
             let counts: &[usize] = if op == Op::Stat || t == 1 {
                 &[1]
@@ -667,8 +706,15 @@ impl Runner<'_, '_> {
                 &[1, t]
             };
             for &threads in counts {
-                let (job, what) = (self.job(op, threads), self.what(op, threads));
-                phases.push(self.phase(job, what).await?);
+                let ops: &[Op] = if op == Op::Read {
+                    &[Op::Read, Op::Reread]
+                } else {
+                    &[op]
+                };
+                for &op in ops {
+                    let (job, what) = (self.job(op, threads), self.what(op, threads));
+                    phases.push(self.phase(job, what).await?);
+                }
             }
         }
         Ok(phases)

@@ -89,7 +89,9 @@ impl Native {
         let (client, data) = (&self.client, job.data.clone());
         match job.op {
             Op::Write => cairn::write_small(client, &dir, job.count, job.threads, data).await,
-            Op::Read => cairn::read_small(client, &dir, &job.order, job.threads, data).await,
+            Op::Read | Op::Reread => {
+                cairn::read_small(client, &dir, &job.order, job.threads, data).await
+            }
             op => {
                 let (n, threads) = (job.count, job.threads);
                 let (samples, elapsed) = in_tasks(threads, |k| {
@@ -189,6 +191,8 @@ async fn in_dir(client: &Client, dir: &str, op: Op, n: usize, order: &[usize]) -
             })
             .await
         }
-        Op::Write | Op::Read => bail!("{} is not a namespace operation", op.name()),
+        Op::Write | Op::Read | Op::Reread => {
+            bail!("{} is not a namespace operation", op.name())
+        }
     }
 }

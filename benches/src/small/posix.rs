@@ -71,7 +71,7 @@ impl Posix {
         let dir = self.root.join(job.small_dir());
         match job.op {
             Op::Write => write_small(&dir, n, job.threads, &job.data, d == Durability::Fsync),
-            Op::Read => read_small(&dir, &job.order, job.threads, &job.data, false),
+            Op::Read | Op::Reread => read_small(&dir, &job.order, job.threads, &job.data, false),
             Op::Create => self.namespace(job, |w| w.create(n, d)),
             Op::Stat => self.namespace(job, |w| w.stat(&job.order)),
             Op::Rename => self.namespace(job, |w| w.rename(n, d)),
