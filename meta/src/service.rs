@@ -2394,8 +2394,10 @@ impl Meta for MetaService {
                         }
                         Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
                     }
-                    // Gather what is already queued into the same message.
-                    if msg.inos.len() < 4096 {
+                    // Gather what is already queued into the same message;
+                    // all of it when the message carries a grant (the grant
+                    // must not overtake a change published before it).
+                    if msg.inos.len() < 4096 || msg.granted != 0 {
                         next = next_queued(&mut sub.rx);
                     }
                 }

@@ -144,9 +144,14 @@ async fn follow_stream(
         // (meta's ordering promise, cairn_meta::changes).
         if reset {
             inner.leased.reset();
+            inner.dir_attrs.clear();
         } else if content {
             let names = changes.entries.iter().map(|e| (e.parent, e.name.as_str()));
             inner.leased.changed(&changes.inos, names);
+            let parents = changes.entries.iter().map(|e| e.parent);
+            inner
+                .dir_attrs
+                .forget(changes.inos.iter().copied().chain(parents));
         }
         if changes.granted != 0 {
             inner.leased.granted(changes.granted);
@@ -197,16 +202,9 @@ async fn forget_everything(inner: &Arc<Inner>, names: Vec<(u64, String)>) {
     }
 }
 
-/// Tells the kernel to drop what it cached of `changes`.
+/// Tells the kernel to drop what it cached of `changes` (the mount's own
+/// caches dropped them already, in [`follow_stream`]).
 fn invalidate(inner: &Inner, changes: &Changes) {
-    if changes.reset {
-        inner.dir_attrs.clear();
-    } else {
-        let parents = changes.entries.iter().map(|e| e.parent);
-        inner
-            .dir_attrs
-            .forget(changes.inos.iter().copied().chain(parents));
-    }
     let Some(n) = inner.notifier.get() else {
         return;
     };
