@@ -841,13 +841,37 @@ impl MetaClient {
         parent: InodeId,
         name: &str,
     ) -> Result<Attr> {
+        need_attr(self.lookup_with(snapshot, parent, name, 0).await?.attr)
+    }
+
+    async fn lookup_with(
+        &self,
+        snapshot: Option<SnapshotRef>,
+        parent: InodeId,
+        name: &str,
+        lease_session: u64,
+    ) -> Result<cairn_proto::meta::AttrReply> {
         let req = LookupRequest {
             parent: parent.0,
             name: name.to_string(),
             snapshot,
-            lease_session: 0,
+            lease_session,
         };
-        need_attr(rpc!(self, lookup, req).await?.attr)
+        rpc!(self, lookup, req).await
+    }
+
+    async fn getattr_with(
+        &self,
+        snapshot: Option<SnapshotRef>,
+        ino: InodeId,
+        lease_session: u64,
+    ) -> Result<cairn_proto::meta::AttrReply> {
+        let req = GetAttrRequest {
+            ino: ino.0,
+            snapshot,
+            lease_session,
+        };
+        rpc!(self, get_attr, req).await
     }
 
     /// [`Self::lookup`] for a cache kept under this client's change-feed
@@ -857,13 +881,8 @@ impl MetaClient {
     /// # Errors
     /// As [`Self::lookup`].
     pub async fn lookup_leased(&self, parent: InodeId, name: &str) -> Result<(Attr, bool)> {
-        let req = LookupRequest {
-            parent: parent.0,
-            name: name.to_string(),
-            snapshot: None,
-            lease_session: self.session_id().await?.0,
-        };
-        let r = rpc!(self, lookup, req).await?;
+        let session = self.session_id().await?.0;
+        let r = self.lookup_with(None, parent, name, session).await?;
         Ok((need_attr(r.attr)?, r.leased))
     }
 
@@ -873,12 +892,8 @@ impl MetaClient {
     /// # Errors
     /// As [`Self::getattr`].
     pub async fn getattr_leased(&self, ino: InodeId) -> Result<(Attr, bool)> {
-        let req = GetAttrRequest {
-            ino: ino.0,
-            snapshot: None,
-            lease_session: self.session_id().await?.0,
-        };
-        let r = rpc!(self, get_attr, req).await?;
+        let session = self.session_id().await?.0;
+        let r = self.getattr_with(None, ino, session).await?;
         Ok((need_attr(r.attr)?, r.leased))
     }
 
@@ -895,12 +910,7 @@ impl MetaClient {
     /// # Errors
     /// As [`Self::getattr`].
     pub async fn getattr_at(&self, snapshot: Option<SnapshotRef>, ino: InodeId) -> Result<Attr> {
-        let req = GetAttrRequest {
-            ino: ino.0,
-            snapshot,
-            lease_session: 0,
-        };
-        need_attr(rpc!(self, get_attr, req).await?.attr)
+        need_attr(self.getattr_with(snapshot, ino, 0).await?.attr)
     }
 
     /// Returns the attributes of the absolute `path`, resolved on meta in one

@@ -844,55 +844,28 @@ impl Inner {
             return None;
         }
         let _one = self.try_lock_inode(ino)?;
-        let existing = lock(&self.inodes)
-            .get(&ino)
-            .map(|o| (o.writable, o.file.version()));
-        let fresh = match existing {
-            Some((true, _)) => None,
-            Some((false, v)) if v == a.version => None,
-            _ => match self.client.open_attr(a.clone(), OpenOptions::READ) {
-                Ok(f) => Some(f),
-                Err(e) => return Some(Err(errno(&e))),
-            },
-        };
-        let append = flags.0 & libc::O_APPEND != 0;
-        let r = self.register(&a, fresh, false, append);
-        if let Ok((fh, _)) = &r {
-            self.ckpt
-                .opened(&self.client, *fh, ino, a.size, a.volume_id);
-        }
-        Some(r)
+        Some(self.opened(&a, self.open_state(ino), false, flags))
     }
 
-    async fn open(&self, ino: u64, flags: OpenFlags) -> R<(u64, FopenFlags)> {
-        let acc = flags.0 & libc::O_ACCMODE;
-        let write = acc != libc::O_RDONLY;
-        let append = flags.0 & libc::O_APPEND != 0;
-        if snapshots::is_snapshot(ino) {
-            let (a, f) = self.snap_open(ino, write).await?;
-            let _one = self.lock_inode(ino).await;
-            let fresh = match lock(&self.inodes).get(&ino) {
-                Some(_) => None,
-                None => Some(f),
-            };
-            return self.register(&a, fresh, false, false);
-        }
-        let m = self.client.meta();
-        let _one = self.lock_inode(ino).await;
-        let existing = lock(&self.inodes)
+    /// Whether this mount has `ino` open: writable, and the file's version.
+    fn open_state(&self, ino: u64) -> Option<(bool, u64)> {
+        lock(&self.inodes)
             .get(&ino)
-            .map(|o| (o.writable, o.file.version()));
-        let need_writer = write && !existing.is_some_and(|(w, _)| w);
-        // Close-to-open: what meta has now, or what the lease vouches for.
-        let a = if need_writer {
-            m.open_file(InodeId(ino), true).await
-        } else {
-            self.leased_getattr(ino).await
-        }
-        .map_err(|e| errno_by_ino(&e))?;
-        if a.kind == Kind::Directory as i32 {
-            return Err(Errno::EISDIR);
-        }
+            .map(|o| (o.writable, o.file.version()))
+    }
+
+    /// Ends an open of `a` (under the inode's lock, `existing` read under
+    /// it): shares the mount's file of it or opens one, and registers the
+    /// handle. `need_writer`: meta registered a new writer for it.
+    fn opened(
+        &self,
+        a: &Attr,
+        existing: Option<(bool, u64)>,
+        need_writer: bool,
+        flags: OpenFlags,
+    ) -> R<(u64, FopenFlags)> {
+        let write = flags.0 & libc::O_ACCMODE != libc::O_RDONLY;
+        let append = flags.0 & libc::O_APPEND != 0;
         let fresh = match existing {
             Some((true, _)) => None,
             Some((false, v)) if !need_writer && v == a.version => None,
@@ -909,11 +882,40 @@ impl Inner {
                 )
             }
         };
-        let (fh, flags) = self.register(&a, fresh, write, append)?;
+        let (fh, flags) = self.register(a, fresh, write, append)?;
         if !write {
-            self.ckpt.opened(&self.client, fh, ino, a.size, a.volume_id);
+            self.ckpt
+                .opened(&self.client, fh, a.ino, a.size, a.volume_id);
         }
         Ok((fh, flags))
+    }
+
+    async fn open(&self, ino: u64, flags: OpenFlags) -> R<(u64, FopenFlags)> {
+        let write = flags.0 & libc::O_ACCMODE != libc::O_RDONLY;
+        if snapshots::is_snapshot(ino) {
+            let (a, f) = self.snap_open(ino, write).await?;
+            let _one = self.lock_inode(ino).await;
+            let fresh = match lock(&self.inodes).get(&ino) {
+                Some(_) => None,
+                None => Some(f),
+            };
+            return self.register(&a, fresh, false, false);
+        }
+        let m = self.client.meta();
+        let _one = self.lock_inode(ino).await;
+        let existing = self.open_state(ino);
+        let need_writer = write && !existing.is_some_and(|(w, _)| w);
+        // Close-to-open: what meta has now, or what the lease vouches for.
+        let a = if need_writer {
+            m.open_file(InodeId(ino), true).await
+        } else {
+            self.leased_getattr(ino).await
+        }
+        .map_err(|e| errno_by_ino(&e))?;
+        if a.kind == Kind::Directory as i32 {
+            return Err(Errno::EISDIR);
+        }
+        self.opened(&a, existing, need_writer, flags)
     }
 
     async fn create(
