@@ -13,10 +13,15 @@
 //! openraft's read index (a heartbeat round).
 //!
 //! A read must also see every write acknowledged before it started. The
-//! leader acknowledges its own writes only after applying them; writes of
-//! earlier leaders are covered once it has applied an entry of its own
-//! term (its first entry commits everything before it). So the lease is
-//! only granted while the last applied entry is of the current term.
+//! leader acknowledges its own writes only after applying them; every
+//! write an earlier leader acknowledged is in this leader's log when it
+//! takes office (Raft's leader completeness). So the lease is granted only
+//! once this replica has applied its log as far as it reached when it saw
+//! itself take office, and an entry of the current term. The index matters
+//! after a restart of the whole cluster: openraft restores a committed vote,
+//! so the old leader may lead again in its old term at once, with its state
+//! machine behind its log (the committed index it saved may be stale) and
+//! its last applied entry already of that term.
 //!
 //! The send time comes from openraft's metrics (`millis_since_quorum_ack`,
 //! published on every turn of the Raft core's loop). This replica records
@@ -41,11 +46,17 @@
 //! `b + CLIENT_LEASE_BOUND + span - election_timeout_max`:
 //! [`LeaderLease::fence`], before which this leader acknowledges no
 //! mutation (0.41 s after an election with the default 1 s timeout).
+//!
+//! A leader that resumed its old term after a restart won no vote, so the
+//! argument does not hold for it: its earlier incarnation may have granted
+//! a lease just before it died. It started after that, so every such lease
+//! has ended by `start + CLIENT_LEASE_BOUND + span`, and the fence is never
+//! before that (1.41 s after the process started, by default).
 
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use openraft::ServerState;
+use openraft::{LogId, ServerState};
 
 use crate::raft::network::ELIDE_WINDOW;
 use crate::raft::types::MetaRaft;
@@ -57,9 +68,24 @@ pub struct LeaderLease {
     acked: Arc<Mutex<Option<Instant>>>,
     span: Duration,
     /// The term this replica leads in and when it saw itself take office.
-    office: Arc<Mutex<Option<(u64, Instant)>>>,
+    office: Arc<Mutex<Option<Office>>>,
     /// How long after taking office mutations wait (module docs).
     fence_after: Duration,
+    /// Before this no mutation is acknowledged, whatever the office: an
+    /// earlier incarnation of this replica may have granted client leases
+    /// that run until then (module docs).
+    restart_fence: Instant,
+}
+
+/// This replica's current term of office as leader.
+#[derive(Debug, Clone, Copy)]
+struct Office {
+    term: u64,
+    /// When this replica saw itself take office.
+    at: Instant,
+    /// Its last log index then: every write an earlier leader
+    /// acknowledged is at or before it.
+    log_index: Option<u64>,
 }
 
 /// The fields of openraft's metrics the lease is derived from.
@@ -71,6 +97,10 @@ pub struct LeaseFacts {
     pub term: u64,
     /// The term of the last applied entry, if any.
     pub applied_term: Option<u64>,
+    /// The index of the last applied entry, if any.
+    pub applied_index: Option<u64>,
+    /// The last log index when this replica saw itself take office.
+    pub office_log_index: Option<u64>,
     /// Milliseconds from the last quorum-acknowledged send to publication.
     pub millis_since_quorum_ack: Option<u64>,
 }
@@ -78,7 +108,7 @@ pub struct LeaseFacts {
 /// Returns the latest instant that a quorum is known to have acknowledged
 /// this leader, if the lease may be granted at all.
 pub fn acked_at(observed: Instant, f: LeaseFacts) -> Option<Instant> {
-    if !f.leader || f.applied_term != Some(f.term) {
+    if !f.leader || f.applied_term != Some(f.term) || f.applied_index < f.office_log_index {
         return None;
     }
     let ms = f.millis_since_quorum_ack?;
@@ -95,6 +125,7 @@ impl LeaderLease {
             span,
             office: Arc::new(Mutex::new(None)),
             fence_after: fence_after(span, election_timeout_max),
+            restart_fence: Instant::now() + cairn_proto::CLIENT_LEASE_BOUND + span,
         }
     }
 
@@ -104,7 +135,7 @@ impl LeaderLease {
     /// seen itself take office yet), so the caller waits the whole span.
     pub fn fence(&self) -> Option<Instant> {
         let office = *self.office.lock().unwrap_or_else(PoisonError::into_inner);
-        office.map(|(_, at)| at + self.fence_after)
+        office.map(|o| (o.at + self.fence_after).max(self.restart_fence))
     }
 
     /// The most a mutation waits after an election (see [`Self::fence`]).
@@ -126,18 +157,25 @@ impl LeaderLease {
             loop {
                 let at = {
                     let m = rx.borrow_and_update();
-                    {
+                    let office_log_index = {
                         let mut o = office.lock().unwrap_or_else(PoisonError::into_inner);
                         if m.state != ServerState::Leader {
                             *o = None;
-                        } else if o.is_none_or(|(term, _)| term != m.current_term) {
-                            *o = Some((m.current_term, Instant::now()));
+                        } else if o.is_none_or(|o| o.term != m.current_term) {
+                            *o = Some(Office {
+                                term: m.current_term,
+                                at: Instant::now(),
+                                log_index: m.last_log_index,
+                            });
                         }
-                    }
+                        o.and_then(|o| o.log_index)
+                    };
                     let facts = LeaseFacts {
                         leader: m.state == ServerState::Leader,
                         term: m.current_term,
                         applied_term: m.last_applied.map(|l| l.leader_id.term),
+                        applied_index: m.last_applied.map(|l| l.index),
+                        office_log_index,
                         millis_since_quorum_ack: m.millis_since_quorum_ack,
                     };
                     acked_at(Instant::now(), facts)
@@ -148,6 +186,41 @@ impl LeaderLease {
                 }
             }
         });
+    }
+
+    /// Waits until this replica has applied its log as far as it reached
+    /// when it took office as leader (every write an earlier leader
+    /// acknowledged: module docs), and returns its last applied log id
+    /// then. A read index confirmed by openraft is not enough on its own:
+    /// a leader that resumed its old term after a restart may confirm a
+    /// stale committed index.
+    ///
+    /// # Errors
+    /// When the log is not applied that far within `timeout`.
+    pub async fn applied_through_office(
+        &self,
+        raft: &MetaRaft,
+        timeout: Duration,
+    ) -> Result<Option<LogId<u64>>, String> {
+        let floor = {
+            let m = raft.metrics();
+            let m = m.borrow();
+            let office = *self.office.lock().unwrap_or_else(PoisonError::into_inner);
+            match office {
+                Some(o) if o.term == m.current_term => o.log_index,
+                // Not seen taking office yet: everything in the log now.
+                _ => m.last_log_index,
+            }
+        };
+        let Some(floor) = floor else {
+            return Ok(None);
+        };
+        let m = raft
+            .wait(Some(timeout))
+            .applied_index_at_least(Some(floor), "the log as far as it reached at election")
+            .await
+            .map_err(|e| format!("the leader has not applied its log yet: {e}"))?;
+        Ok(m.last_applied)
     }
 
     /// Returns true if a read may be served from this replica's state now.
@@ -172,6 +245,8 @@ mod tests {
             leader: true,
             term: 4,
             applied_term: Some(4),
+            applied_index: Some(30),
+            office_log_index: Some(30),
             millis_since_quorum_ack: Some(20),
         }
     }
@@ -202,7 +277,13 @@ mod tests {
             millis_since_quorum_ack: None,
             ..facts()
         };
-        for f in [follower, behind, nothing_applied, no_quorum] {
+        // Resumed its old term after a restart, its log applied only in part.
+        let replaying = LeaseFacts {
+            applied_index: Some(8),
+            office_log_index: Some(63),
+            ..facts()
+        };
+        for f in [follower, behind, nothing_applied, no_quorum, replaying] {
             assert_eq!(acked_at(now, f), None, "{f:?}");
         }
     }
@@ -224,6 +305,16 @@ mod tests {
         let lease = LeaderLease::new(Duration::from_millis(600), Duration::from_secs(1));
         assert_eq!(lease.fence_after(), Duration::from_millis(410));
         assert_eq!(lease.fence(), None, "not leading");
+        // Whatever the office, never before an earlier incarnation's leases
+        // have run out.
+        let at = Instant::now();
+        *lease.office.lock().unwrap() = Some(Office {
+            term: 1,
+            at,
+            log_index: None,
+        });
+        let fence = lease.fence().expect("leading");
+        assert!(fence >= lease.restart_fence && fence >= at + lease.fence_after());
         // Long elections leave nothing to wait for.
         assert_eq!(
             fence_after(Duration::from_millis(600), Duration::from_secs(3)),

@@ -414,12 +414,15 @@ pub async fn start(
         MetaServer::new(MetaService::new(shared.clone()).with_rpc_metrics(rpc_metrics.clone()))
             .max_decoding_message_size(16 << 20)
             .max_encoding_message_size(64 << 20);
-    let raft_svc = RaftServer::new(RaftTransport::new(
-        raft.clone(),
-        ident.node_id,
-        ident.cluster_id.clone(),
-        stop_rx.clone(),
-    ))
+    let raft_svc = RaftServer::new(
+        RaftTransport::new(
+            raft.clone(),
+            ident.node_id,
+            ident.cluster_id.clone(),
+            stop_rx.clone(),
+        )
+        .with_lease(shared.lease.clone()),
+    )
     .max_decoding_message_size(512 << 20)
     .max_encoding_message_size(512 << 20);
     let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));

@@ -342,7 +342,12 @@ impl Shared {
         }
         if self.is_leader() {
             return match tokio::time::timeout(RAFT_TIMEOUT, self.raft.ensure_linearizable()).await {
-                Ok(Ok(_)) => Ok(()),
+                Ok(Ok(_)) => self
+                    .lease
+                    .applied_through_office(&self.raft, RAFT_TIMEOUT)
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| CairnStatus::new(ErrorCode::Unavailable, e)),
                 Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f)))) => {
                     Err(self.not_leader(f.leader_id.zip(f.leader_node.map(|n| n.addr))))
                 }

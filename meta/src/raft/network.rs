@@ -744,6 +744,9 @@ pub struct RaftTransport {
     cluster_id: ClusterId,
     /// The server's stop signal: ends the append streams.
     stop: tokio::sync::watch::Receiver<bool>,
+    /// This replica's read lease, whose office floor a read index this
+    /// replica confirms as leader must not be below.
+    lease: Option<crate::lease::LeaderLease>,
 }
 
 impl RaftTransport {
@@ -765,7 +768,17 @@ impl RaftTransport {
             node_id,
             cluster_id: cluster_id.into(),
             stop,
+            lease: None,
         }
+    }
+
+    /// Makes the read indexes this replica confirms as leader cover its
+    /// log as far as it reached when it took office
+    /// ([`crate::lease::LeaderLease::applied_through_office`]).
+    #[must_use]
+    pub fn with_lease(mut self, lease: crate::lease::LeaderLease) -> Self {
+        self.lease = Some(lease);
+        self
     }
 
     /// Refuses a message of another cluster or for another node id.
@@ -892,14 +905,24 @@ impl Raft for RaftTransport {
     ) -> Result<Response<RaftMessage>, Status> {
         // The payload is empty; only the ids are checked.
         self.check(&request.into_inner())?;
-        let result: Result<Option<LogId>, String> = self
+        let mut result: Result<Option<LogId>, String> = self
             .raft
             .ensure_linearizable()
             .await
             .map_err(|e| describe_read_index_error(&e));
+        if let (Ok(id), Some(lease)) = (&result, &self.lease) {
+            result = lease
+                .applied_through_office(&self.raft, READ_INDEX_FLOOR_TIMEOUT)
+                .await
+                .map(|applied| (*id).max(applied));
+        }
         self.reply(&result)
     }
 }
+
+/// How long a read index request waits for a new leader to apply the log
+/// its predecessors left (a follower's own wait is longer).
+const READ_INDEX_FLOOR_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Returns the shortest election timeout of a replica configured with
 /// `election_timeout` (openraft picks each timeout between the two).
