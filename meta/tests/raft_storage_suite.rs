@@ -793,11 +793,14 @@ async fn appends_travel_on_the_append_stream() -> TestResult {
         );
     }
     // One write at a time: a follower's append finds the flusher idle and
-    // syncs on its own task (log_store's module docs), every sync of it.
+    // syncs on its own task (log_store's module docs). Most syncs are
+    // inline; on a loaded machine a heartbeat's or the previous append's
+    // flush is sometimes still running (38 of 50 seen under a full test
+    // run), so the bound is half.
     for n in nodes.iter().filter(|n| n.id != leader_id) {
         let stats = n.log.stats();
         assert!(
-            stats.inline_syncs >= 40 && stats.inline_syncs <= stats.flushes,
+            stats.inline_syncs >= 25 && stats.inline_syncs <= stats.flushes,
             "follower {}: {stats:?}",
             n.id
         );
