@@ -73,7 +73,11 @@ pub struct ClientOptions {
 impl Default for ClientOptions {
     fn default() -> Self {
         Self {
-            meta: MetaClientOptions::default(),
+            // A program's paths are resolved from the lease cache.
+            meta: MetaClientOptions {
+                cache_leases: true,
+                ..MetaClientOptions::default()
+            },
             io: IoOptions::default(),
             cache: CacheConfig::default(),
             window: 16,

@@ -41,6 +41,7 @@ pub mod crypto;
 pub mod data;
 pub mod file;
 pub mod layout;
+pub mod leased;
 pub mod meta_client;
 pub mod metrics;
 pub mod readahead;

@@ -53,6 +53,7 @@ macro_rules! attempt {
 }
 
 mod calls;
+pub mod feed;
 mod paths;
 mod releases;
 mod retry;
@@ -109,6 +110,15 @@ pub struct MetaClientOptions {
     /// Name of this client in meta's session table, for operators
     /// (default `hostname/pid`).
     pub client_name: String,
+    /// Answer [`MetaClient::resolve`] (and so the native client's `stat`,
+    /// read-only `open` and the parent lookups of its mutations) from a
+    /// cache of paths kept under meta's cache lease ([`crate::leased`]):
+    /// exact while the lease runs, so close-to-open holds. Costs one
+    /// change-feed stream per client, and other clients' changes of the
+    /// names and files it cached wait for its acknowledgement. Off here
+    /// (tools, and the FUSE mount, which keeps its own); on in
+    /// [`crate::ClientOptions`]'s default.
+    pub cache_leases: bool,
 }
 
 impl Default for MetaClientOptions {
@@ -118,6 +128,7 @@ impl Default for MetaClientOptions {
             request_timeout: Duration::from_secs(10),
             deadline: Duration::from_secs(15),
             client_name: default_client_name(),
+            cache_leases: false,
         }
     }
 }
@@ -282,6 +293,9 @@ struct Inner {
     closed: AtomicBool,
     /// Mutations of this client that ended (see [`MetaClient::mutations`]).
     mutations: AtomicU64,
+    /// Resolved paths under the cache lease (`opts.cache_leases`).
+    paths: crate::leased::Leased,
+    paths_started: AtomicBool,
 }
 
 struct Peers {
@@ -457,6 +471,8 @@ impl MetaClient {
                 stop,
                 closed: AtomicBool::new(false),
                 mutations: AtomicU64::new(0),
+                paths: crate::leased::Leased::default(),
+                paths_started: AtomicBool::new(false),
             }),
         })
     }
@@ -920,10 +936,46 @@ impl MetaClient {
     /// [`ErrorCode::NotFound`], [`ErrorCode::NotDir`] for a non-directory
     /// in the middle, [`ErrorCode::Invalid`] for a relative path or `..`.
     pub async fn resolve(&self, path: &str) -> Result<Attr> {
+        if !self.inner.opts.cache_leases {
+            return need_attr(self.resolve_with(path, 0).await?.attr);
+        }
+        self.start_path_leases();
+        let comps = paths::components(path)?;
+        let leases = &self.inner.paths;
+        let m = self.mutations();
+        if let Some(a) = leases.resolve(&comps, m) {
+            return Ok(a);
+        }
+        let t = leases.begin(m);
+        // A closed client still reads, uncached.
+        let session = self.session_id().await.map_or(0, |s| s.0);
+        let r = self.resolve_with(path, session).await?;
+        let attr = need_attr(r.attr)?;
+        if r.leased && r.path.len() == comps.len() {
+            for (i, name) in comps.iter().enumerate() {
+                let child = r.path.get(i + 1).unwrap_or(&attr);
+                leases.keep(t, m, Some((r.path[i].ino, name)), child);
+            }
+        }
+        Ok(attr)
+    }
+
+    /// How many paths [`Self::resolve`] answered from its lease cache
+    /// ([`MetaClientOptions::cache_leases`]) so far.
+    pub fn cached_resolves(&self) -> u64 {
+        self.inner.paths.hits()
+    }
+
+    async fn resolve_with(
+        &self,
+        path: &str,
+        lease_session: u64,
+    ) -> Result<cairn_proto::meta::AttrReply> {
         let req = ResolveRequest {
             path: path.to_string(),
+            lease_session,
         };
-        need_attr(rpc!(self, resolve, req).await?.attr)
+        rpc!(self, resolve, req).await
     }
 
     /// Returns one page of directory `ino`: at most `limit` entries after

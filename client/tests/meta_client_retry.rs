@@ -137,7 +137,7 @@ fake_meta! {
             }
             Ok(Response::new(AttrReply {
                 attr: Some(dir_attr(7)),
-                leased: false,
+                ..Default::default()
             }))
         }
 

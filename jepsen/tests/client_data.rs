@@ -633,3 +633,65 @@ async fn blocks_evicted_from_memory_come_back_from_the_ssd_tier() -> Result<()> 
     );
     Ok(())
 }
+
+/// Two native clients, each resolving paths from its lease cache
+/// (`ClientOptions::default`): the reader answers repeated `stat`s and
+/// opens of an unchanged file without meta, yet every file the writer
+/// closed — rewritten in place, replaced by a rename (a checkpoint's
+/// publication), removed — is what the reader's next open or stat sees.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn cached_paths_see_every_close_of_another_client() -> Result<()> {
+    let _serial = serial().await;
+    let (cluster, writer, vol) = setup("leases").await?;
+    let reader = cluster.client(no_cache()).await?;
+    ensure!(
+        reader.meta().options().cache_leases,
+        "the native client caches paths by default"
+    );
+    let path = format!("{vol}/f");
+    writer.write_file(&path, data(1, 5000)).await?;
+    ensure!(hash(&reader.read_file(&path).await?) == hash(&data(1, 5000)));
+    // The reader's feed connects and its lease is granted in the
+    // background; until then its stats go to meta.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let before = reader.meta().cached_resolves();
+    while reader.meta().cached_resolves() < before + 10 {
+        ensure!(
+            Instant::now() < deadline,
+            "the reader answered no stat from its cache within 10 s"
+        );
+        ensure!(reader.stat(&path).await?.size == 5000);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    for g in 2..30u64 {
+        let len = 1000 + 97 * g as usize;
+        writer.write_file(&path, data(g, len)).await?;
+        let got = reader.read_file(&path).await?;
+        ensure!(
+            got.len() == len && hash(&got) == hash(&data(g, len)),
+            "generation {g}: the reader opened {} bytes, not the {len} the writer closed",
+            got.len()
+        );
+    }
+    // Publication by rename over the old name.
+    let tmp = format!("{vol}/f.tmp");
+    writer.write_file(&tmp, data(100, 7777)).await?;
+    writer.rename(&tmp, &path).await?;
+    ensure!(hash(&reader.read_file(&path).await?) == hash(&data(100, 7777)));
+    ensure!(reader.stat(&path).await?.size == 7777);
+    // Removal.
+    writer.remove_file(&path).await?;
+    let gone = reader.stat(&path).await;
+    ensure!(
+        gone.as_ref()
+            .is_err_and(|e| e.code == cairn_client::ErrorCode::NotFound),
+        "stat after the writer removed the file: {gone:?}"
+    );
+    // And the cache did answer: the unchanged file's stats above came from
+    // it (the counter moved by at least the ten the loop waited for).
+    ensure!(reader.meta().cached_resolves() >= before + 10);
+    reader.close().await?;
+    writer.close().await?;
+    Ok(())
+}

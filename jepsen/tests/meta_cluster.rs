@@ -1561,7 +1561,11 @@ async fn send_bad_input(raw: &mut RawMeta, vol: u64, file: u64, addr: &str) -> V
     ] {
         v.cairn(
             &format!("resolve {what}"),
-            raw.resolve(ResolveRequest { path: path.into() }).await,
+            raw.resolve(ResolveRequest {
+                path: path.into(),
+                lease_session: 0,
+            })
+            .await,
             &[want],
         );
     }

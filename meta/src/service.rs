@@ -683,12 +683,9 @@ fn attr_reply(r: Reply) -> Result<pb::AttrReply, Status> {
     match r {
         Reply::Attr(a) => Ok(pb::AttrReply {
             attr: Some(attr_pb(&a)),
-            leased: false,
+            ..Default::default()
         }),
-        Reply::Unit => Ok(pb::AttrReply {
-            attr: None,
-            leased: false,
-        }),
+        Reply::Unit => Ok(pb::AttrReply::default()),
         other => Err(unexpected(&other)),
     }
 }
@@ -1170,6 +1167,7 @@ impl Meta for MetaService {
         Ok(Response::new(pb::AttrReply {
             attr: Some(attr_full(fs, snap, &a)?),
             leased,
+            path: Vec::new(),
         }))
     }
 
@@ -1194,16 +1192,42 @@ impl Meta for MetaService {
         Ok(Response::new(pb::AttrReply {
             attr: Some(attr_full(fs, snap, &a)?),
             leased,
+            path: Vec::new(),
         }))
     }
 
     async fn resolve(&self, req: Request<pb::ResolveRequest>) -> GrpcResult<pb::AttrReply> {
         let r = req.into_inner();
         let fs = self.read().await?;
-        let a = fs.resolve(&r.path).map_err(fs_err)?;
+        if r.lease_session == 0 {
+            let a = fs.resolve(&r.path).map_err(fs_err)?;
+            return Ok(Response::new(pb::AttrReply {
+                attr: Some(attr_full(fs, None, &a)?),
+                ..Default::default()
+            }));
+        }
+        // As a leased lookup of each name in turn: every name is covered
+        // before it is read, the file it ends at before it is read again
+        // (crate::changes).
+        let mut leased = self.shared.is_leader();
+        let mut path = Vec::new();
+        let mut a = fs
+            .resolve_with(
+                &r.path,
+                |parent, name| {
+                    leased = leased && self.cover(r.lease_session, Cover::Name(parent, name));
+                },
+                |dir| path.push(attr_pb(dir)),
+            )
+            .map_err(fs_err)?;
+        if leased && a.kind != Kind::Dir {
+            leased = self.cover(r.lease_session, Cover::Ino(a.ino));
+            a = fs.getattr(a.ino).map_err(fs_err)?;
+        }
         Ok(Response::new(pb::AttrReply {
             attr: Some(attr_full(fs, None, &a)?),
-            leased: false,
+            leased,
+            path: if leased { path } else { Vec::new() },
         }))
     }
 
@@ -1720,7 +1744,7 @@ impl Meta for MetaService {
         let a = fs.getattr(r.ino).map_err(fs_err)?;
         Ok(Response::new(pb::AttrReply {
             attr: Some(attr_full(fs, None, &a)?),
-            leased: false,
+            ..Default::default()
         }))
     }
 
@@ -1837,7 +1861,7 @@ impl Meta for MetaService {
             let a = fs.getattr(r.ino).map_err(fs_err)?;
             return Ok(Response::new(pb::AttrReply {
                 attr: Some(attr_full(fs, None, &a)?),
-                leased: false,
+                ..Default::default()
             }));
         }
         let op = Op::Open {

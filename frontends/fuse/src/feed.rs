@@ -9,9 +9,9 @@
 //! kernel, and one changed elsewhere is seen within a stream round trip.
 //!
 //! The stream is a lease: the mount asks meta's leader to renew it every
-//! [`CHANGE_FEED_HEARTBEAT`], and the leader answers while its own read
+//! [`cairn_proto::CHANGE_FEED_HEARTBEAT`], and the leader answers while its own read
 //! lease holds (a quorum acknowledged it recently), and ends the stream
-//! otherwise. When the stream breaks or falls silent for [`SILENCE`] (the
+//! otherwise. When the stream breaks or falls silent for [`FEED_SILENCE`](cairn_client::meta_client::feed::FEED_SILENCE) (the
 //! leader changed or was cut off, meta is unreachable), the mount goes back
 //! to the short TTLs at once, invalidates every name it handed out with the
 //! long TTL (it remembers them, up to [`crate::fs::MAX_TRACKED_NAMES`]) and
@@ -22,7 +22,7 @@
 //! acknowledged it.
 //!
 //! Close-to-open does not rest on the kernel's caches: `open` asks meta,
-//! or answers from the mount's lease caches (`fs/leased.rs`), which meta
+//! or answers from the mount's lease caches (`cairn_client::leased`), which meta
 //! keeps exact: it acknowledges no other client's change before this mount
 //! dropped it from them and said so (`cairn_meta::changes`). A name whose
 //! inode was replaced answers ESTALE, which makes the kernel look it up
@@ -40,21 +40,14 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
+use cairn_client::leased::Leased;
 use cairn_client::meta_client::ChangeStream;
-use cairn_proto::CHANGE_FEED_HEARTBEAT;
+use cairn_client::meta_client::feed::{LeaseHolder, RESUBSCRIBE, follow_lease_stream};
 use cairn_proto::meta::{Changes, WatchChangesRequest};
 use tokio::sync::mpsc;
-use tokio::time::Instant;
 use tracing::{debug, info};
 
 use crate::fs::Inner;
-
-/// Pause before subscribing again after the stream broke.
-const RESUBSCRIBE: Duration = Duration::from_millis(300);
-
-/// Silence after which the stream counts as lost: meta answers a renewal
-/// sent every [`CHANGE_FEED_HEARTBEAT`] while its read lease holds.
-const SILENCE: Duration = Duration::from_millis(1500);
 
 /// How long after a loss the names are invalidated a second time: a reply
 /// given the long TTL just before the loss may reach the kernel after the
@@ -90,9 +83,9 @@ pub(crate) async fn follow(fs: Weak<Inner>) {
 }
 
 /// Follows one stream until it breaks or falls silent (returns true) or
-/// the file system is dropped (false): renews the cache lease, drops what
-/// each change names from the lease caches and acknowledges it, then hands
-/// it on to the kernel's caches.
+/// the file system is dropped (false): the lease caches as every holder
+/// keeps them ([`follow_lease_stream`]), then each change on to the
+/// kernel's caches.
 async fn follow_stream(
     fs: &Weak<Inner>,
     requests: &mpsc::Sender<WatchChangesRequest>,
@@ -108,74 +101,40 @@ async fn follow_stream(
             let _ = tokio::task::spawn_blocking(move || invalidate(&inner, &changes)).await;
         }
     });
-    let mut renew = tokio::time::interval(CHANGE_FEED_HEARTBEAT);
-    renew.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut heard = Instant::now();
-    let mut applied = 0;
-    let alive = loop {
-        let changes = tokio::select! {
-            m = stream.message() => match m {
-                Ok(Some(c)) => c,
-                Ok(None) | Err(_) => break true,
-            },
-            _ = renew.tick() => {
-                if heard.elapsed() >= SILENCE {
-                    debug!("change feed silent for {SILENCE:?}: counted as lost");
-                    break true;
-                }
-                let Some(inner) = fs.upgrade() else { break false };
-                // Acknowledgements ride along, in case one did not fit.
-                let req = WatchChangesRequest {
-                    renew: inner.leased.renewal(),
-                    acked: applied,
-                    ..Default::default()
-                };
-                let _ = requests.try_send(req);
-                continue;
-            }
-        };
-        heard = Instant::now();
-        let Some(inner) = fs.upgrade() else {
-            break false;
-        };
+    // The closure owns the queue's sender: it is dropped when the stream
+    // ends, which ends the invalidator.
+    let alive = follow_lease_stream(fs, requests, stream, move |inner, changes| {
         let reset = changes.reset;
-        let content = !changes.inos.is_empty() || !changes.entries.is_empty();
-        // The lease caches first, then the grant, then the acknowledgement
-        // (meta's ordering promise, cairn_meta::changes).
-        if reset {
-            inner.leased.reset();
-            inner.dir_attrs.clear();
-        } else if content {
-            let names = changes.entries.iter().map(|e| (e.parent, e.name.as_str()));
-            inner.leased.changed(&changes.inos, names);
-            let parents = changes.entries.iter().map(|e| e.parent);
-            inner
-                .dir_attrs
-                .forget(changes.inos.iter().copied().chain(parents));
-        }
-        if changes.granted != 0 {
-            inner.leased.granted(changes.granted);
-        }
-        if changes.seq > applied {
-            applied = changes.seq;
-            let ack = WatchChangesRequest {
-                acked: applied,
-                ..Default::default()
-            };
-            let _ = requests.try_send(ack);
-        }
         if reset && !inner.feed_live.load(Ordering::Acquire) {
             inner.set_feed_live(true);
             info!("meta change feed connected: kernel caches kept longer");
         }
-        if content || reset {
+        if reset || !changes.inos.is_empty() || !changes.entries.is_empty() {
             let _ = kernel.send((inner, changes));
         }
-    };
-    drop(kernel);
+    })
+    .await;
     // Earlier changes reach the kernel before a loss's sweep.
     let _ = invalidator.await;
     alive
+}
+
+impl LeaseHolder for Inner {
+    fn leased(&self) -> &Leased {
+        &self.leased
+    }
+
+    /// The directories' attributes this mount's own changes left
+    /// (`fs/dirattrs.rs`) are dropped before the acknowledgement too.
+    fn dropped(&self, changes: &Changes) {
+        if changes.reset {
+            self.dir_attrs.clear();
+        } else {
+            let parents = changes.entries.iter().map(|e| e.parent);
+            self.dir_attrs
+                .forget(changes.inos.iter().copied().chain(parents));
+        }
+    }
 }
 
 /// Drops every name handed out with the long TTL, and every attribute the

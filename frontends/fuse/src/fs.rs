@@ -36,6 +36,7 @@ use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
+use cairn_client::leased::Leased;
 use cairn_client::meta_client::{
     LockRequest, Owner, RenameFlags, SetAttrChanges, SetTime, XattrMode,
 };
@@ -102,7 +103,6 @@ impl Default for FsConfig {
 type R<T> = Result<T, Errno>;
 
 mod dirattrs;
-mod leased;
 mod snapshots;
 
 /// The file system handed to fuser; clones share everything.
@@ -153,8 +153,8 @@ pub(crate) struct Inner {
     /// ([`dirattrs`]).
     pub(crate) dir_attrs: Arc<dirattrs::DirAttrs>,
     /// Entries and attributes answered under meta's cache lease
-    /// ([`leased`]).
-    pub(crate) leased: leased::Leased,
+    /// ([`cairn_client::leased`]).
+    pub(crate) leased: Leased,
 }
 
 /// Holds an inode's lock; removes the lock from the map when it is the
@@ -303,7 +303,7 @@ impl CairnFs {
                 feed_live: AtomicBool::new(false),
                 names: Mutex::new(HashSet::new()),
                 dir_attrs: Arc::default(),
-                leased: leased::Leased::default(),
+                leased: Leased::default(),
                 next_fh: AtomicU64::new(1),
                 adopting: AtomicBool::new(false),
                 handles: Mutex::new(HashMap::new()),
@@ -648,7 +648,7 @@ impl Inner {
     }
 
     /// The attributes of `ino`: under the cache lease from this mount's
-    /// memory ([`leased`]), else from meta (and kept when they may be).
+    /// memory ([`cairn_client::leased`]), else from meta (and kept when they may be).
     async fn leased_getattr(&self, ino: u64) -> Result<Attr, CairnStatus> {
         let m = self.client.meta();
         if let Some(a) = self.leased.attr(ino, m.mutations()) {
@@ -825,7 +825,7 @@ impl Inner {
     }
 
     /// An `open` for reading answered on the FUSE thread: when the lease
-    /// answers it ([`leased`]), nobody holds the inode's lock, and the
+    /// answers it ([`cairn_client::leased`]), nobody holds the inode's lock, and the
     /// kernel's attributes of it are current (no invalidation to send from
     /// this thread). No task, no wake-up: what every epoch after the first
     /// does for each file. `None`: take [`Self::open`].

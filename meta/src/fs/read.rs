@@ -168,6 +168,18 @@ impl<K: Kv> FsState<K> {
 
     /// Resolves an absolute path without following symlinks.
     pub fn resolve(&self, path: &str) -> ReadResult<Inode> {
+        self.resolve_with(path, |_, _| {}, |_| {})
+    }
+
+    /// [`Self::resolve`], calling `before(parent, name)` before each name
+    /// is read and `walked` with each directory the path goes through (the
+    /// root first, the answer's parent last).
+    pub fn resolve_with(
+        &self,
+        path: &str,
+        mut before: impl FnMut(u64, &str),
+        mut walked: impl FnMut(&Inode),
+    ) -> ReadResult<Inode> {
         let parts = names::components(path).map_err(|(c, why)| FsError::new(c, why))?;
         let mut cur = self.getattr(ROOT_INO)?;
         for (i, part) in parts.iter().enumerate() {
@@ -178,6 +190,8 @@ impl<K: Kv> FsState<K> {
                     format!("/{so_far} is not a directory"),
                 ));
             }
+            walked(&cur);
+            before(cur.ino, part);
             cur = self.lookup(cur.ino, part).map_err(|e| {
                 if e.code == cairn_proto::ErrorCode::NotFound {
                     FsError::new(e.code, format!("/{} does not exist", parts[..=i].join("/")))

@@ -1,11 +1,14 @@
-//! Entries and attributes this mount answers itself under meta's cache
-//! lease (DESIGN §4; the protocol is in `cairn_meta::changes`).
+//! Entries and attributes a client answers itself under meta's cache
+//! lease (DESIGN §4; the protocol is in `cairn_meta::changes`). The FUSE
+//! mount keeps one for its `open` and `lookup`, and [`crate::MetaClient`]
+//! one for the paths the native client resolves
+//! ([`crate::meta_client::MetaClientOptions::cache_leases`]).
 //!
 //! Before, every `open(2)` asked meta for the file's attributes (that is
 //! close-to-open), and every name the kernel had forgotten cost a LOOKUP
 //! round trip: two of the three round trips of a dataset file read after
-//! the page cache was dropped. While the mount holds a lease, meta
-//! acknowledges no other client's change before this mount acknowledged
+//! the page cache was dropped. While a client holds a lease, meta
+//! acknowledges no other client's change before this client acknowledged
 //! dropping it from here (or the lease ran out), so what is here is what
 //! meta would answer, and `open` and `lookup` are answered from memory.
 //!
@@ -16,13 +19,13 @@
 //!   its grant, later, plus a margin for clock drift.
 //! * Only meta's answers to reads (lookup, getattr) that meta's leader
 //!   covered with the lease (it registered the names and files before
-//!   reading them, so their later changes wait for this mount; a
+//!   reading them, so their later changes wait for this client; a
 //!   directory's own attributes are not covered and stay best effort, as
 //!   in the kernel's cache: the feed drops them when they change), kept
 //!   when nothing
 //!   moved while they were in flight: no change arrived from the feed (an
-//!   epoch counts them) and no mutation of this mount's client ended
-//!   ([`cairn_client::MetaClient::mutations`]: meta does not send a client
+//!   epoch counts them) and no mutation of this client ended
+//!   ([`crate::MetaClient::mutations`]: meta does not send a client
 //!   its own changes, so any own mutation drops everything here). A change
 //!   that arrives after the answer was kept drops it.
 //! * A reset, or a lost or silent feed, drops everything.
@@ -34,10 +37,11 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Instant;
 
 use cairn_proto::CLIENT_LEASE;
+use cairn_proto::ids::InodeId;
 use cairn_proto::meta::Attr;
 
 /// Most inodes kept (and as many names); past it the cache starts over.
-pub(crate) const MAX_ATTRS: usize = 1 << 16;
+pub const MAX_ATTRS: usize = 1 << 16;
 
 /// Renewals remembered while their grants are outstanding.
 const MAX_SENT: usize = 16;
@@ -55,6 +59,8 @@ struct State {
     /// Renewals sent, not yet granted: (number, sent at).
     sent: VecDeque<(u64, Instant)>,
     next_renewal: u64,
+    /// Answers given from here.
+    hits: u64,
 }
 
 impl State {
@@ -78,14 +84,14 @@ impl State {
 
 /// What a read saw before it was sent (see [`Leased::begin`]).
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct Ticket {
+pub struct Ticket {
     epoch: u64,
     mutations: u64,
 }
 
 /// See the module docs.
 #[derive(Default)]
-pub(crate) struct Leased {
+pub struct Leased {
     state: Mutex<State>,
 }
 
@@ -96,7 +102,7 @@ impl Leased {
 
     /// Called before a read is sent to meta, with the client's mutation
     /// count; its answer may be kept only if nothing moved meanwhile.
-    pub(crate) fn begin(&self, mutations: u64) -> Ticket {
+    pub fn begin(&self, mutations: u64) -> Ticket {
         Ticket {
             epoch: self.state().epoch,
             mutations,
@@ -105,7 +111,7 @@ impl Leased {
 
     /// Keeps `attr`, meta's answer to a read that began with `t`, and the
     /// name it was looked up by, if any.
-    pub(crate) fn keep(&self, t: Ticket, mutations: u64, name: Option<(u64, &str)>, attr: &Attr) {
+    pub fn keep(&self, t: Ticket, mutations: u64, name: Option<(u64, &str)>, attr: &Attr) {
         self.keep_at(t, mutations, name, attr, Instant::now());
     }
 
@@ -133,7 +139,7 @@ impl Leased {
     }
 
     /// The attributes of `ino`, if they may be answered from here.
-    pub(crate) fn attr(&self, ino: u64, mutations: u64) -> Option<Attr> {
+    pub fn attr(&self, ino: u64, mutations: u64) -> Option<Attr> {
         self.attr_at(ino, mutations, Instant::now())
     }
 
@@ -142,12 +148,14 @@ impl Leased {
         if !s.usable(mutations, now) {
             return None;
         }
-        s.attrs.get(&ino).cloned()
+        let a = s.attrs.get(&ino).cloned()?;
+        s.hits += 1;
+        Some(a)
     }
 
     /// The attributes of the entry `name` in `parent`, if they may be
     /// answered from here (no negative entries are kept).
-    pub(crate) fn lookup(&self, parent: u64, name: &str, mutations: u64) -> Option<Attr> {
+    pub fn lookup(&self, parent: u64, name: &str, mutations: u64) -> Option<Attr> {
         self.lookup_at(parent, name, mutations, Instant::now())
     }
 
@@ -157,16 +165,39 @@ impl Leased {
             return None;
         }
         let ino = *s.entries.get(&(parent, name.to_string()))?;
-        s.attrs.get(&ino).cloned()
+        let a = s.attrs.get(&ino).cloned()?;
+        s.hits += 1;
+        Some(a)
+    }
+
+    /// The attributes of the path made of `names` from the root, if every
+    /// name on it may be answered from here.
+    pub fn resolve(&self, names: &[&str], mutations: u64) -> Option<Attr> {
+        self.resolve_at(names, mutations, Instant::now())
+    }
+
+    fn resolve_at(&self, names: &[&str], mutations: u64, now: Instant) -> Option<Attr> {
+        let mut s = self.state();
+        if names.is_empty() || !s.usable(mutations, now) {
+            return None;
+        }
+        let mut cur = InodeId::ROOT.0;
+        for name in names {
+            cur = *s.entries.get(&(cur, (*name).to_string()))?;
+        }
+        let a = s.attrs.get(&cur).cloned()?;
+        s.hits += 1;
+        Some(a)
+    }
+
+    /// How many answers were given from here so far.
+    pub fn hits(&self) -> u64 {
+        self.state().hits
     }
 
     /// Drops what other clients' changes touched: attributes of `inos` and
     /// the names `entries`.
-    pub(crate) fn changed<'a>(
-        &self,
-        inos: &[u64],
-        entries: impl IntoIterator<Item = (u64, &'a str)>,
-    ) {
+    pub fn changed<'a>(&self, inos: &[u64], entries: impl IntoIterator<Item = (u64, &'a str)>) {
         let mut s = self.state();
         s.epoch += 1;
         for ino in inos {
@@ -178,12 +209,12 @@ impl Leased {
     }
 
     /// Drops everything (a reset: changes may have been missed).
-    pub(crate) fn reset(&self) {
+    pub fn reset(&self) {
         self.state().clear();
     }
 
     /// The feed is lost or silent: drops everything and the lease.
-    pub(crate) fn lost(&self) {
+    pub fn lost(&self) {
         let mut s = self.state();
         s.clear();
         s.until = None;
@@ -191,7 +222,7 @@ impl Leased {
     }
 
     /// Records a renewal sent now; returns its number.
-    pub(crate) fn renewal(&self) -> u64 {
+    pub fn renewal(&self) -> u64 {
         self.renewal_at(Instant::now())
     }
 
@@ -208,7 +239,7 @@ impl Leased {
 
     /// Meta granted renewal `n`: the lease runs [`CLIENT_LEASE`] from its
     /// send. Unknown numbers (a renewal of a lost stream) grant nothing.
-    pub(crate) fn granted(&self, n: u64) {
+    pub fn granted(&self, n: u64) {
         let mut s = self.state();
         let Some(&(_, sent)) = s.sent.iter().find(|(m, _)| *m == n) else {
             return;
@@ -313,6 +344,31 @@ mod tests {
         let t = l.begin(2);
         l.keep_at(t, 2, None, &attr(5, 2), t0);
         assert_eq!(l.attr_at(5, 2, t0).map(|a| a.size), Some(2));
+    }
+
+    #[test]
+    fn a_path_is_answered_when_every_name_on_it_is() {
+        let (l, t0) = leased_now();
+        let root = InodeId::ROOT.0;
+        let keep = |parent, name, a: Attr| {
+            let t = l.begin(0);
+            l.keep_at(t, 0, Some((parent, name)), &a, t0);
+        };
+        keep(root, "vol", attr(2, 0));
+        keep(2, "d", attr(3, 0));
+        keep(3, "f", attr(4, 7));
+        assert_eq!(
+            l.resolve_at(&["vol", "d", "f"], 0, t0).map(|a| a.size),
+            Some(7)
+        );
+        assert_eq!(l.resolve_at(&["vol", "d"], 0, t0).map(|a| a.ino), Some(3));
+        assert_eq!(l.resolve_at(&[], 0, t0), None, "the root is asked");
+        assert_eq!(l.resolve_at(&["vol", "x", "f"], 0, t0), None);
+        assert_eq!(l.hits(), 2);
+        // A change of a name in the middle hides everything below it.
+        l.changed(&[], [(2, "d")]);
+        assert_eq!(l.resolve_at(&["vol", "d", "f"], 0, t0), None);
+        assert!(l.attr_at(4, 0, t0).is_some(), "the file itself stays");
     }
 
     #[test]
