@@ -695,3 +695,77 @@ async fn cached_paths_see_every_close_of_another_client() -> Result<()> {
     writer.close().await?;
     Ok(())
 }
+
+/// The path cache across a frozen meta leader (SIGSTOP: every stream to it
+/// stays connected but silent, as in a partition): the reader stops
+/// answering from its cache when its lease runs out, a new leader
+/// acknowledges the writer's close only after that, and the reader's next
+/// open sees the new file whole. Then the old leader thaws, and the
+/// reader's cache works again under the new leader.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn cached_paths_never_read_stale_across_a_frozen_leader() -> Result<()> {
+    let _serial = serial().await;
+    let (mut cluster, writer, vol) = setup("frozen").await?;
+    let reader = cluster.client(no_cache()).await?;
+    let path = format!("{vol}/f");
+    writer.write_file(&path, data(1, 3000)).await?;
+    let cached = |min: u64| {
+        let (reader, path) = (reader.clone(), path.clone());
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(15);
+            while reader.meta().cached_resolves() < min {
+                ensure!(
+                    Instant::now() < deadline,
+                    "the reader answered no stat from its cache within 15 s"
+                );
+                reader.stat(&path).await?;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Ok(())
+        }
+    };
+    cached(5).await?;
+
+    let old = cluster.meta.find_leader().await?;
+    cluster.meta.pause(old.index)?;
+    let paused = Instant::now();
+    let written = async {
+        writer.write_file(&path, data(2, 4444)).await?;
+        anyhow::Ok(paused.elapsed())
+    };
+    // Meanwhile the reader keeps opening f: each open sees generation 1
+    // or, once the writer's close returned, generation 2; never generation
+    // 1 after that.
+    let (took, reads) = tokio::join!(written, async {
+        let mut seen = Vec::new();
+        while paused.elapsed() < Duration::from_secs(8) {
+            let began = paused.elapsed();
+            if let Ok(b) = reader.read_file(&path).await {
+                seen.push((began, b.len()));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        seen
+    });
+    let took = took?;
+    println!(
+        "[test] leader {} frozen; the writer's close returned after {took:?}",
+        old.index
+    );
+    for (at, len) in &reads {
+        ensure!(
+            *at < took || *len == 4444,
+            "the reader opened generation 1 ({len} bytes) {at:?} after the freeze, \
+             after the writer's close had returned ({took:?})"
+        );
+    }
+    ensure!(hash(&reader.read_file(&path).await?) == hash(&data(2, 4444)));
+    cluster.meta.resume(old.index)?;
+    // The cache works again, under whichever replica leads now.
+    let now = reader.meta().cached_resolves();
+    cached(now + 5).await?;
+    ensure!(reader.stat(&path).await?.size == 4444);
+    reader.close().await?;
+    writer.close().await?;
+    Ok(())
+}

@@ -49,7 +49,20 @@ pub fn use_key(ring: Arc<KeyRing>) {
 /// # Errors
 /// When meta cannot be reached.
 pub async fn connect(servers: &Servers, memory_cache: u64) -> Result<Client> {
+    connect_with(servers, memory_cache, |_| {}).await
+}
+
+/// [`connect`] with the options changed by `adjust`.
+///
+/// # Errors
+/// When meta cannot be reached.
+pub async fn connect_with(
+    servers: &Servers,
+    memory_cache: u64,
+    adjust: impl FnOnce(&mut ClientOptions),
+) -> Result<Client> {
     let mut opts = ClientOptions::default();
+    adjust(&mut opts);
     opts.cache.memory_bytes = memory_cache;
     opts.cache.dir = None;
     opts.keys = KEY.get().cloned().into_iter().collect();

@@ -137,6 +137,11 @@ pub struct SmallArgs {
     /// Seed of the stat and read orders and of the bytes written.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
+    /// Whether the native client resolves paths from its cache under
+    /// meta's lease (the library's default) or asks meta every time
+    /// (`off`, as before the cache: for before/after comparisons).
+    #[arg(long, default_value = "on", value_parser = ["on", "off"], value_name = "on|off")]
+    pub native_path_cache: String,
     #[command(flatten)]
     pub mount: MountFlags,
     /// Options shared by every workload.
@@ -159,6 +164,8 @@ pub struct Settings {
     pub seed: u64,
     /// Extra `cairn mount` flags.
     pub mount_args: String,
+    /// The native client's path cache (`--native-path-cache`).
+    pub native_path_cache: bool,
 }
 
 impl Settings {
@@ -187,6 +194,7 @@ impl Settings {
             threads: a.threads,
             seed: a.seed,
             mount_args: a.mount.extra.clone(),
+            native_path_cache: a.native_path_cache == "on",
         })
     }
 }
@@ -731,7 +739,13 @@ async fn run_all(
     let mount = Posix::new(m.root.join("mount"), t, Durability::PageCache)?;
     let local = Posix::new(m.work.join("local"), t, Durability::PageCache)?;
     let local_fsync = Posix::new(m.work.join("local-fsync"), t, Durability::Fsync)?;
-    let native = Native::new(m.servers, &format!("/{VOLUME}/native"), t).await?;
+    let native = Native::new(
+        m.servers,
+        &format!("/{VOLUME}/native"),
+        t,
+        settings.native_path_cache,
+    )
+    .await?;
     let data = Bytes::from(crate::layout::pattern(
         settings.small_size as usize,
         settings.seed,

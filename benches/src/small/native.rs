@@ -44,13 +44,19 @@ fn task_dir(root: &str, threads: usize, k: usize) -> String {
 }
 
 impl Native {
-    /// Connects a client with no block cache and makes the tasks'
-    /// directories under `root` (for 1 and for `threads` tasks).
+    /// Connects a client with no block cache (and its path cache when
+    /// `path_cache`) and makes the tasks' directories under `root` (for 1
+    /// and for `threads` tasks).
     ///
     /// # Errors
     /// When meta cannot be reached or a directory cannot be made.
-    pub async fn new(servers: &Servers, root: &str, threads: usize) -> Result<Native> {
-        let client = cairn::connect(servers, 0).await?;
+    pub async fn new(
+        servers: &Servers,
+        root: &str,
+        threads: usize,
+        path_cache: bool,
+    ) -> Result<Native> {
+        let client = cairn::connect_with(servers, 0, |o| o.meta.cache_leases = path_cache).await?;
         let mut dirs = vec![task_dir(root, 1, 0)];
         if threads > 1 {
             dirs.extend((0..threads).map(|k| task_dir(root, threads, k)));
