@@ -540,12 +540,12 @@ impl Client {
             return File::new_in_snapshot(self.clone(), attr, snap.seq);
         }
         let attr = if how.create {
-            let (parent, name) = self.inner.meta.resolve_parent(path).await?;
+            let (parent, name) = self.inner.meta.parent_dir(path).await?;
             let e = self
                 .inner
                 .meta
                 .create(
-                    InodeId(parent.ino),
+                    parent,
                     &name,
                     self.inner.opts.file_mode,
                     Owner::current(),
@@ -722,17 +722,11 @@ impl Client {
     /// As [`MetaClient::rename`].
     pub async fn rename(&self, from: &str, to: &str) -> Result<()> {
         let m = &self.inner.meta;
-        let (fp, fname) = m.resolve_parent(from).await?;
-        let (tp, tname) = m.resolve_parent(to).await?;
-        m.rename(
-            InodeId(fp.ino),
-            &fname,
-            InodeId(tp.ino),
-            &tname,
-            RenameFlags::NONE,
-        )
-        .await
-        .map(|_| ())
+        let (fp, fname) = m.parent_dir(from).await?;
+        let (tp, tname) = m.parent_dir(to).await?;
+        m.rename(fp, &fname, tp, &tname, RenameFlags::NONE)
+            .await
+            .map(|_| ())
     }
 
     /// Removes the file (or symlink) at `path`. A file this client still
@@ -741,8 +735,8 @@ impl Client {
     /// # Errors
     /// [`ErrorCode::NotFound`], [`ErrorCode::IsDir`].
     pub async fn remove_file(&self, path: &str) -> Result<()> {
-        let (parent, name) = self.inner.meta.resolve_parent(path).await?;
-        self.unlink_at(InodeId(parent.ino), &name).await.map(|_| ())
+        let (parent, name) = self.inner.meta.parent_dir(path).await?;
+        self.unlink_at(parent, &name).await.map(|_| ())
     }
 
     /// Removes entry `name` (not a directory) of directory `parent`, as
@@ -783,8 +777,8 @@ impl Client {
     /// [`ErrorCode::NotEmpty`], [`ErrorCode::NotDir`].
     pub async fn remove_dir(&self, path: &str) -> Result<()> {
         let m = &self.inner.meta;
-        let (parent, name) = m.resolve_parent(path).await?;
-        m.rmdir(InodeId(parent.ino), &name).await.map(|_| ())
+        let (parent, name) = m.parent_dir(path).await?;
+        m.rmdir(parent, &name).await.map(|_| ())
     }
 
     // ------------------------------------------------------------ open-file bookkeeping

@@ -33,12 +33,14 @@
 //! Bounded: past [`MAX_ATTRS`] inodes the cache starts over.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Instant;
 
 use cairn_proto::CLIENT_LEASE;
 use cairn_proto::ids::InodeId;
 use cairn_proto::meta::Attr;
+use cairn_proto::meta::FileType;
 
 /// Most inodes kept (and as many names); past it the cache starts over.
 pub const MAX_ATTRS: usize = 1 << 16;
@@ -49,7 +51,8 @@ const MAX_SENT: usize = 16;
 #[derive(Default)]
 struct State {
     attrs: HashMap<u64, Attr>,
-    entries: HashMap<(u64, String), u64>,
+    /// Name → (inode, whether it is a directory: a kind never changes).
+    entries: HashMap<(u64, String), (u64, bool)>,
     /// The lease's end on this machine's clock.
     until: Option<Instant>,
     /// Counts changes applied, resets and losses.
@@ -73,13 +76,25 @@ impl State {
     /// Whether answers may come from here at `now`, with the client at
     /// `mutations`; drops everything when an own mutation ended since.
     fn usable(&mut self, mutations: u64, now: Instant) -> bool {
-        if mutations != self.mutations {
+        if mutations > self.mutations {
             self.clear();
             self.mutations = mutations;
             return false;
         }
-        self.until.is_some_and(|u| now < u)
+        // A caller that read the count before an own mutation the cache
+        // already counted: it may not use what is here.
+        mutations == self.mutations && self.until.is_some_and(|u| now < u)
     }
+}
+
+/// What a mutation changed: attributes of `inos`, and the names
+/// `entries` (parent, name).
+#[derive(Debug, Clone, Copy)]
+pub struct Changed<'a> {
+    /// Inodes whose attributes changed.
+    pub inos: &'a [u64],
+    /// Names added, removed or pointed elsewhere.
+    pub entries: &'a [(u64, &'a str)],
 }
 
 /// What a read saw before it was sent (see [`Leased::begin`]).
@@ -134,8 +149,32 @@ impl Leased {
         }
         s.attrs.insert(attr.ino, attr.clone());
         if let Some((parent, name)) = name {
-            s.entries.insert((parent, name.to_string()), attr.ino);
+            let dir = attr.kind() == FileType::Directory;
+            s.entries
+                .insert((parent, name.to_string()), (attr.ino, dir));
         }
+    }
+
+    /// Keeps `attr`, meta's leased answer to this client's own mutation
+    /// that began with `t` and made the entry `name`, if nothing else moved
+    /// meanwhile: no change arrived from the feed, and no own mutation
+    /// other than this one ended (one that ends later drops what it
+    /// changed, [`Self::own_mutation`]).
+    pub fn keep_own(&self, t: Ticket, name: (u64, &str), attr: &Attr) {
+        let mut s = self.state();
+        let now = Instant::now();
+        let mutations = t.mutations + 1;
+        if !s.usable(mutations, now) || t.epoch != s.epoch {
+            return;
+        }
+        if s.attrs.len() >= MAX_ATTRS || s.entries.len() >= MAX_ATTRS {
+            s.clear();
+            s.epoch = t.epoch;
+        }
+        s.attrs.insert(attr.ino, attr.clone());
+        let dir = attr.kind() == FileType::Directory;
+        s.entries
+            .insert((name.0, name.1.to_string()), (attr.ino, dir));
     }
 
     /// The attributes of `ino`, if they may be answered from here.
@@ -164,7 +203,7 @@ impl Leased {
         if !s.usable(mutations, now) {
             return None;
         }
-        let ino = *s.entries.get(&(parent, name.to_string()))?;
+        let (ino, _) = *s.entries.get(&(parent, name.to_string()))?;
         let a = s.attrs.get(&ino).cloned()?;
         s.hits += 1;
         Some(a)
@@ -183,11 +222,56 @@ impl Leased {
         }
         let mut cur = InodeId::ROOT.0;
         for name in names {
-            cur = *s.entries.get(&(cur, (*name).to_string()))?;
+            cur = s.entries.get(&(cur, (*name).to_string()))?.0;
         }
         let a = s.attrs.get(&cur).cloned()?;
         s.hits += 1;
         Some(a)
+    }
+
+    /// The inode of the directory at the path made of `names` from the
+    /// root, if every name on it may be answered from here (the
+    /// directory's own attributes need not be: every entry made in it
+    /// changes them).
+    pub fn resolve_dir(&self, names: &[&str], mutations: u64) -> Option<u64> {
+        self.resolve_dir_at(names, mutations, Instant::now())
+    }
+
+    fn resolve_dir_at(&self, names: &[&str], mutations: u64, now: Instant) -> Option<u64> {
+        let mut s = self.state();
+        if !s.usable(mutations, now) {
+            return None;
+        }
+        let (mut cur, mut dir) = (InodeId::ROOT.0, true);
+        for name in names {
+            (cur, dir) = *s.entries.get(&(cur, (*name).to_string()))?;
+        }
+        if !dir {
+            return None;
+        }
+        s.hits += 1;
+        Some(cur)
+    }
+
+    /// Counts an own mutation that ended, in `counter` (the client's
+    /// [`crate::MetaClient::mutations`]), and drops what it changed:
+    /// `changed`'s inodes and names when the mutation says what it changed
+    /// and the cache had seen every earlier one, else everything. Meta does
+    /// not send a client its own changes, so this stands for the feed's.
+    pub fn own_mutation(&self, counter: &AtomicU64, changed: Option<Changed<'_>>) {
+        let mut s = self.state();
+        match changed {
+            Some(c) if s.mutations == counter.load(Ordering::Acquire) => {
+                for ino in c.inos {
+                    s.attrs.remove(ino);
+                }
+                for (parent, name) in c.entries {
+                    s.entries.remove(&(*parent, (*name).to_string()));
+                }
+            }
+            _ => s.clear(),
+        }
+        s.mutations = counter.fetch_add(1, Ordering::AcqRel) + 1;
     }
 
     /// How many answers were given from here so far.
@@ -369,6 +453,57 @@ mod tests {
         l.changed(&[], [(2, "d")]);
         assert_eq!(l.resolve_at(&["vol", "d", "f"], 0, t0), None);
         assert!(l.attr_at(4, 0, t0).is_some(), "the file itself stays");
+    }
+
+    #[test]
+    fn an_own_mutation_that_says_what_it_changed_drops_only_that() {
+        let counter = AtomicU64::new(0);
+        let (l, t0) = leased_now();
+        let root = InodeId::ROOT.0;
+        let dir = Attr {
+            kind: FileType::Directory as i32,
+            ..attr(2, 0)
+        };
+        for (parent, name, a) in [(root, "vol", dir.clone()), (2, "f", attr(3, 1))] {
+            let t = l.begin(0);
+            l.keep_at(t, 0, Some((parent, name)), &a, t0);
+        }
+        // A create of "g" in the volume: its name and the volume's
+        // attributes go, the path to the volume stays.
+        l.own_mutation(
+            &counter,
+            Some(Changed {
+                inos: &[2, 4],
+                entries: &[(2, "g")],
+            }),
+        );
+        assert_eq!(l.resolve_dir_at(&["vol"], 1, t0), Some(2));
+        assert_eq!(
+            l.resolve_at(&["vol"], 1, t0),
+            None,
+            "its attributes changed"
+        );
+        assert_eq!(l.resolve_at(&["vol", "f"], 1, t0).map(|a| a.ino), Some(3));
+        assert_eq!(
+            l.resolve_dir_at(&["vol", "f"], 1, t0),
+            None,
+            "not a directory"
+        );
+        // A mutation that does not say, or one the cache did not count,
+        // drops everything.
+        l.own_mutation(&counter, None);
+        assert_eq!(l.resolve_dir_at(&["vol"], 2, t0), None);
+        let t = l.begin(2);
+        l.keep_at(t, 2, Some((root, "vol")), &dir, t0);
+        counter.fetch_add(1, Ordering::AcqRel);
+        l.own_mutation(
+            &counter,
+            Some(Changed {
+                inos: &[],
+                entries: &[],
+            }),
+        );
+        assert_eq!(l.resolve_dir_at(&["vol"], 4, t0), None);
     }
 
     #[test]

@@ -419,12 +419,46 @@ pub type ChangeStream = tonic::Streaming<Changes>;
 
 macro_rules! mutation {
     ($self:ident, $method:ident, |$rid:ident| $req:expr) => {
+        mutation!($self, $method, |$rid| $req, |_| None)
+    };
+    ($self:ident, $method:ident, |$rid:ident| $req:expr, $changed:expr) => {
         $self.mutate(
             stringify!($method),
             |$rid: RequestId| $req,
             |l: Link, r| async move { attempt!(l, $method, r) },
+            $changed,
         )
     };
+}
+
+/// What a mutation of this client changed, as meta's change feed tells
+/// other clients (`cairn_meta::changes::affected`): the path cache drops
+/// exactly that ([`crate::leased::Leased::own_mutation`]).
+pub(crate) struct Effect {
+    inos: Vec<u64>,
+    entries: Vec<(u64, String)>,
+}
+
+impl Effect {
+    fn new(inos: impl Into<Vec<u64>>, entries: &[(u64, &str)]) -> Option<Effect> {
+        Some(Effect {
+            inos: inos.into(),
+            entries: entries
+                .iter()
+                .map(|(p, n)| (*p, (*n).to_string()))
+                .collect(),
+        })
+    }
+
+    /// The effect of a mutation of one inode's attributes.
+    fn ino(ino: InodeId) -> Option<Effect> {
+        Self::new([ino.0], &[])
+    }
+
+    /// The effect of making entry `name` of `parent`, answered by `attr`.
+    fn entry(parent: InodeId, name: &str, attr: Option<&Attr>) -> Option<Effect> {
+        Self::new([parent.0, attr?.ino], &[(parent.0, name)])
+    }
 }
 
 impl MetaClient {
@@ -657,12 +691,19 @@ impl MetaClient {
     /// on first use) and keeps that id across every retry of [`Self::call`];
     /// if the session expired, opens a new one and tries once more with a
     /// new id.
-    async fn mutate<Req, Resp, B, F, Fut>(&self, op: &'static str, build: B, f: F) -> Result<Resp>
+    async fn mutate<Req, Resp, B, F, Fut, C>(
+        &self,
+        op: &'static str,
+        build: B,
+        f: F,
+        changed: C,
+    ) -> Result<Resp>
     where
         Req: Clone,
         B: Fn(RequestId) -> Req,
         F: Fn(Link, Req) -> Fut,
         Fut: Future<Output = Result<tonic::Response<Resp>, tonic::Status>>,
+        C: Fn(&Resp) -> Option<Effect>,
     {
         let mut session = self.session().await?;
         let mut renewed = false;
@@ -670,7 +711,18 @@ impl MetaClient {
             let ticket = Ticket::begin(Arc::clone(&session));
             let result = self.call(op, build(ticket.request_id()), &f).await;
             drop(ticket);
-            self.inner.mutations.fetch_add(1, Ordering::AcqRel);
+            // Counted, and dropped from the path cache: exactly what it
+            // changed when it says, else (a failure included: it may have
+            // been applied) everything.
+            let effect = result.as_ref().ok().and_then(&changed);
+            let names: Vec<(u64, &str)> = effect.as_ref().map_or_else(Vec::new, |e| {
+                e.entries.iter().map(|(p, n)| (*p, n.as_str())).collect()
+            });
+            let c = effect.as_ref().map(|e| crate::leased::Changed {
+                inos: &e.inos,
+                entries: &names,
+            });
+            self.inner.paths.own_mutation(&self.inner.mutations, c);
             match result {
                 Err(e) if e.code == ErrorCode::SessionExpired && !renewed => {
                     renewed = true;
@@ -952,12 +1004,35 @@ impl MetaClient {
         let r = self.resolve_with(path, session).await?;
         let attr = need_attr(r.attr)?;
         if r.leased && r.path.len() == comps.len() {
+            // Not kept if an own mutation ended meanwhile.
+            let now = self.mutations();
             for (i, name) in comps.iter().enumerate() {
                 let child = r.path.get(i + 1).unwrap_or(&attr);
-                leases.keep(t, m, Some((r.path[i].ino, name)), child);
+                leases.keep(t, now, Some((r.path[i].ino, name)), child);
             }
         }
         Ok(attr)
+    }
+
+    /// The inode of the parent directory of `path`, and the last
+    /// component: [`Self::resolve_parent`] for callers that need only the
+    /// inode, answered from the path cache when every name on the way is
+    /// there ([`MetaClientOptions::cache_leases`]; the directory's own
+    /// attributes, which each entry made in it changes, need not be).
+    ///
+    /// # Errors
+    /// As [`Self::resolve_parent`].
+    pub async fn parent_dir(&self, path: &str) -> Result<(InodeId, String)> {
+        if self.inner.opts.cache_leases {
+            let comps = paths::components(path)?;
+            if let Some((last, dirs)) = comps.split_last()
+                && let Some(ino) = self.inner.paths.resolve_dir(dirs, self.mutations())
+            {
+                return Ok((InodeId(ino), (*last).to_string()));
+            }
+        }
+        let (a, name) = self.resolve_parent(path).await?;
+        Ok((InodeId(a.ino), name))
     }
 
     /// How many paths [`Self::resolve`] answered from its lease cache
@@ -1177,14 +1252,19 @@ impl MetaClient {
         owner: Owner,
     ) -> Result<Entry> {
         check_name(name)?;
-        let r = mutation!(self, mkdir, |rid| MkdirRequest {
-            rid: Some(rid),
-            parent: parent.0,
-            name: name.to_string(),
-            mode,
-            uid: owner.uid,
-            gid: owner.gid,
-        })
+        let r = mutation!(
+            self,
+            mkdir,
+            |rid| MkdirRequest {
+                rid: Some(rid),
+                parent: parent.0,
+                name: name.to_string(),
+                mode,
+                uid: owner.uid,
+                gid: owner.gid,
+            },
+            |r: &EntryReply| Effect::entry(parent, name, r.attr.as_ref())
+        )
         .await?;
         entry_of(r)
     }
@@ -1208,17 +1288,37 @@ impl MetaClient {
         open_for_write: bool,
     ) -> Result<Entry> {
         check_name(name)?;
-        let r = mutation!(self, create, |rid| CreateRequest {
-            rid: Some(rid),
-            parent: parent.0,
-            name: name.to_string(),
-            mode,
-            uid: owner.uid,
-            gid: owner.gid,
-            exclusive,
-            open_for_write,
-        })
+        // With the path cache, meta covers what it makes with the lease so
+        // a later stat of it is answered here.
+        let lease_session = if self.inner.opts.cache_leases {
+            self.start_path_leases();
+            self.session_id().await?.0
+        } else {
+            0
+        };
+        let t = self.inner.paths.begin(self.mutations());
+        let r = mutation!(
+            self,
+            create,
+            |rid| CreateRequest {
+                rid: Some(rid),
+                parent: parent.0,
+                name: name.to_string(),
+                mode,
+                uid: owner.uid,
+                gid: owner.gid,
+                exclusive,
+                open_for_write,
+                lease_session,
+            },
+            |r: &EntryReply| Effect::entry(parent, name, r.attr.as_ref())
+        )
         .await?;
+        if r.leased
+            && let Some(a) = &r.attr
+        {
+            self.inner.paths.keep_own(t, (parent.0, name), a);
+        }
         entry_of(r)
     }
 
@@ -1392,12 +1492,17 @@ impl MetaClient {
         held_open: bool,
     ) -> Result<UnlinkReply> {
         check_name(name)?;
-        mutation!(self, unlink, |rid| UnlinkRequest {
-            rid: Some(rid),
-            parent: parent.0,
-            name: name.to_string(),
-            held_open,
-        })
+        mutation!(
+            self,
+            unlink,
+            |rid| UnlinkRequest {
+                rid: Some(rid),
+                parent: parent.0,
+                name: name.to_string(),
+                held_open,
+            },
+            |r: &UnlinkReply| Effect::new([parent.0, r.ino], &[(parent.0, name)])
+        )
         .await
     }
 
@@ -1474,11 +1579,16 @@ impl MetaClient {
     /// [`ErrorCode::NotEmpty`].
     pub async fn rmdir(&self, parent: InodeId, name: &str) -> Result<UnlinkReply> {
         check_name(name)?;
-        mutation!(self, rmdir, |rid| RmdirRequest {
-            rid: Some(rid),
-            parent: parent.0,
-            name: name.to_string(),
-        })
+        mutation!(
+            self,
+            rmdir,
+            |rid| RmdirRequest {
+                rid: Some(rid),
+                parent: parent.0,
+                name: name.to_string(),
+            },
+            |r: &UnlinkReply| Effect::new([parent.0, r.ino], &[(parent.0, name)])
+        )
         .await
     }
 
@@ -1500,15 +1610,30 @@ impl MetaClient {
     ) -> Result<RenameReply> {
         check_name(name)?;
         check_name(new_name)?;
-        mutation!(self, rename, |rid| RenameRequest {
-            rid: Some(rid),
-            parent: parent.0,
-            name: name.to_string(),
-            new_parent: new_parent.0,
-            new_name: new_name.to_string(),
-            noreplace: flags.noreplace,
-            exchange: flags.exchange,
-        })
+        mutation!(
+            self,
+            rename,
+            |rid| RenameRequest {
+                rid: Some(rid),
+                parent: parent.0,
+                name: name.to_string(),
+                new_parent: new_parent.0,
+                new_name: new_name.to_string(),
+                noreplace: flags.noreplace,
+                exchange: flags.exchange,
+            },
+            |r: &RenameReply| {
+                // An exchange moves two inodes: everything goes.
+                if flags.exchange {
+                    return None;
+                }
+                let mut inos = vec![parent.0, new_parent.0, r.attr.as_ref()?.ino];
+                if r.replaced_ino != 0 {
+                    inos.push(r.replaced_ino);
+                }
+                Effect::new(inos, &[(parent.0, name), (new_parent.0, new_name)])
+            }
+        )
         .await
     }
 
@@ -1518,16 +1643,21 @@ impl MetaClient {
     /// [`ErrorCode::NotFound`], [`ErrorCode::IsDir`] for a size on a
     /// directory, [`ErrorCode::QuotaExceeded`].
     pub async fn setattr(&self, ino: InodeId, changes: SetAttrChanges) -> Result<Attr> {
-        let r = mutation!(self, set_attr, |rid| SetAttrRequest {
-            rid: Some(rid),
-            ino: ino.0,
-            mode: changes.mode,
-            uid: changes.uid,
-            gid: changes.gid,
-            size: changes.size,
-            atime: changes.atime.map(SetTime::to_proto),
-            mtime: changes.mtime.map(SetTime::to_proto),
-        })
+        let r = mutation!(
+            self,
+            set_attr,
+            |rid| SetAttrRequest {
+                rid: Some(rid),
+                ino: ino.0,
+                mode: changes.mode,
+                uid: changes.uid,
+                gid: changes.gid,
+                size: changes.size,
+                atime: changes.atime.map(SetTime::to_proto),
+                mtime: changes.mtime.map(SetTime::to_proto),
+            },
+            |_| Effect::ino(ino)
+        )
         .await?;
         need_attr(r.attr)
     }
@@ -1581,11 +1711,16 @@ impl MetaClient {
         if write {
             self.inner.releases.cancel(ino).await;
         }
-        let r = mutation!(self, open, |rid| OpenRequest {
-            rid: Some(rid),
-            ino: ino.0,
-            write,
-        })
+        let r = mutation!(
+            self,
+            open,
+            |rid| OpenRequest {
+                rid: Some(rid),
+                ino: ino.0,
+                write,
+            },
+            |_| Effect::ino(ino)
+        )
         .await?;
         need_attr(r.attr)
     }
@@ -1609,16 +1744,21 @@ impl MetaClient {
         written_extent: u64,
         written: (u64, u64),
     ) -> Result<Option<Attr>> {
-        let r = mutation!(self, close, |rid| CloseRequest {
-            rid: Some(rid),
-            ino: ino.0,
-            has_length: length.is_some(),
-            length: length.map_or(0, |l| l.0),
-            truncate_gen: length.map_or(0, |l| l.1),
-            written_extent,
-            logical_written: written.0,
-            stored_written: written.1,
-        })
+        let r = mutation!(
+            self,
+            close,
+            |rid| CloseRequest {
+                rid: Some(rid),
+                ino: ino.0,
+                has_length: length.is_some(),
+                length: length.map_or(0, |l| l.0),
+                truncate_gen: length.map_or(0, |l| l.1),
+                written_extent,
+                logical_written: written.0,
+                stored_written: written.1,
+            },
+            |_| Effect::ino(ino)
+        )
         .await?;
         Ok(r.attr)
     }
@@ -1710,12 +1850,17 @@ impl MetaClient {
         length: u64,
         truncate_gen: u64,
     ) -> Result<Attr> {
-        let r = mutation!(self, report_length, |rid| ReportLengthRequest {
-            rid: Some(rid),
-            ino: ino.0,
-            length,
-            truncate_gen,
-        })
+        let r = mutation!(
+            self,
+            report_length,
+            |rid| ReportLengthRequest {
+                rid: Some(rid),
+                ino: ino.0,
+                length,
+                truncate_gen,
+            },
+            |_| Effect::ino(ino)
+        )
         .await?;
         need_attr(r.attr)
     }

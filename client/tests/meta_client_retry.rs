@@ -155,7 +155,10 @@ fake_meta! {
                 return Err(Status::unavailable("connection reset by peer"));
             }
             let ino = 100 + c.mkdirs.len() as u64;
-            Ok(Response::new(EntryReply { attr: Some(dir_attr(ino)), parent: None }))
+            Ok(Response::new(EntryReply {
+                attr: Some(dir_attr(ino)),
+                ..Default::default()
+            }))
         }
 
         async fn open_session(

@@ -691,6 +691,45 @@ async fn cached_paths_see_every_close_of_another_client() -> Result<()> {
     // And the cache did answer: the unchanged file's stats above came from
     // it (the counter moved by at least the ten the loop waited for).
     ensure!(reader.meta().cached_resolves() >= before + 10);
+
+    // A client's own changes drop exactly what they changed from its own
+    // cache (meta does not send them back): each is seen at once, and
+    // what they did not touch stays cached.
+    let w = writer.meta();
+    let (g, h) = (format!("{vol}/g"), format!("{vol}/h"));
+    let file = writer.create(&g).await?;
+    let hits = w.cached_resolves();
+    ensure!(writer.stat(&g).await?.size == 0);
+    ensure!(
+        w.cached_resolves() == hits + 1,
+        "the writer's stat of the file it created came from meta"
+    );
+    file.write_at(0, data(7, 10)).await?;
+    file.close().await?;
+    ensure!(writer.stat(&g).await?.size == 10, "own close not seen");
+    writer.rename(&g, &h).await?;
+    let gone = writer.stat(&g).await;
+    ensure!(
+        gone.as_ref()
+            .is_err_and(|e| e.code == cairn_client::ErrorCode::NotFound),
+        "stat of the old name after an own rename: {gone:?}"
+    );
+    ensure!(writer.stat(&h).await?.size == 10);
+    writer.remove_file(&h).await?;
+    let gone = writer.stat(&h).await;
+    ensure!(
+        gone.as_ref()
+            .is_err_and(|e| e.code == cairn_client::ErrorCode::NotFound),
+        "stat after an own unlink: {gone:?}"
+    );
+    // The volume's path stayed cached through all of it.
+    let hits = w.cached_resolves();
+    writer.write_file(&g, data(8, 20)).await?;
+    ensure!(
+        w.cached_resolves() > hits,
+        "the create's parent was resolved on meta"
+    );
+    ensure!(hash(&reader.read_file(&g).await?) == hash(&data(8, 20)));
     reader.close().await?;
     writer.close().await?;
     Ok(())

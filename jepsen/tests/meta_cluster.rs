@@ -1275,6 +1275,7 @@ fn create_req(parent: u64, name: &str) -> CreateRequest {
         gid: 0,
         exclusive: true,
         open_for_write: false,
+        lease_session: 0,
     }
 }
 

@@ -674,6 +674,7 @@ fn entry_reply(r: Reply) -> Result<pb::EntryReply, Status> {
         Reply::Entry { attr, parent } => Ok(pb::EntryReply {
             attr: Some(attr_pb(&attr)),
             parent: parent.as_ref().map(attr_pb),
+            leased: false,
         }),
         other => Err(unexpected(&other)),
     }
@@ -1372,6 +1373,10 @@ impl Meta for MetaService {
         } else {
             rand::random::<[u8; SALT_LEN]>().to_vec()
         };
+        // The name is covered before the create, the file once it exists,
+        // then read again: the creator may cache what it made as it would
+        // a leased lookup's answer (crate::changes).
+        let leased = self.cover(r.lease_session, Cover::Name(r.parent, &r.name));
         let op = Op::Create {
             parent: r.parent,
             name: r.name,
@@ -1387,6 +1392,13 @@ impl Meta for MetaService {
         let mut out = entry_reply(reply)?;
         if let Some(a) = out.attr.as_mut() {
             fill_origin(&self.shared.fs, None, a)?;
+            if leased && self.cover(r.lease_session, Cover::Ino(a.ino)) {
+                let fs = &self.shared.fs;
+                if let Ok(now) = fs.getattr(a.ino) {
+                    *a = attr_full(fs, None, &now)?;
+                    out.leased = true;
+                }
+            }
         }
         Ok(Response::new(out))
     }

@@ -12,7 +12,7 @@
 //! | stat | `Client::stat` | resolve |
 //! | rename | `Client::rename` | resolve both parents, rename |
 //! | unlink | `Client::remove_file` | resolve parent, lookup (is it open here?), unlink |
-//! | mkdir | `MetaClient::resolve_parent` + `MetaClient::mkdir` (the client's own is `mkdir -p`) | resolve parent, mkdir |
+//! | mkdir | `MetaClient::parent_dir` + `MetaClient::mkdir` (the client's own is `mkdir -p`) | resolve parent, mkdir |
 //! | rmdir | `Client::remove_dir` | resolve parent, rmdir |
 //! | write, read | `Client::write_file`, `Client::read_file` (the `client` workload's [`cairn::write_small`], [`cairn::read_small`]) | as create and close, plus the data |
 
@@ -20,7 +20,6 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
 use cairn_client::{Client, Owner};
-use cairn_proto::ids::InodeId;
 
 use super::{Job, Op};
 use crate::client::cairn::{self, in_tasks};
@@ -174,10 +173,10 @@ async fn in_dir(client: &Client, dir: &str, op: Op, n: usize, order: &[usize]) -
                 let p = path(dir_name(i));
                 async move {
                     let (parent, name) = meta
-                        .resolve_parent(&p)
+                        .parent_dir(&p)
                         .await
                         .with_context(|| format!("resolving the parent of {p}"))?;
-                    meta.mkdir(InodeId(parent.ino), &name, mode, owner)
+                    meta.mkdir(parent, &name, mode, owner)
                         .await
                         .with_context(|| format!("mkdir {p}"))?;
                     Ok(())

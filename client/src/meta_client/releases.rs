@@ -89,6 +89,7 @@ pub(crate) async fn release_loop(
                         inos: inos.clone(),
                     },
                     |l: super::Link, r| async move { attempt!(l, release_files, r) },
+                    |_| None,
                 )
                 .await;
             match r {
