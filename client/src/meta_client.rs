@@ -450,6 +450,12 @@ impl Effect {
         })
     }
 
+    /// The effect of a mutation that changes no attribute or name a cache
+    /// holds (meta's change feed does not report it).
+    pub(crate) fn none() -> Option<Effect> {
+        Self::new(Vec::new(), &[])
+    }
+
     /// The effect of a mutation of one inode's attributes.
     fn ino(ino: InodeId) -> Option<Effect> {
         Self::new([ino.0], &[])

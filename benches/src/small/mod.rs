@@ -313,7 +313,7 @@ impl Compared for System {
                 "std::fs from OS threads on a `cairn mount` (FUSE, its own process) of a replication-3 volume; 3 meta + 3 chunkservers on loopback, every replica on this disk"
             }
             System::Native => {
-                "cairn_client::Client in this process, no block cache, shared by as many tokio tasks; path calls (each resolves its parent on meta)"
+                "cairn_client::Client in this process, no block cache, shared by as many tokio tasks; path calls, resolved from its path cache under meta's lease (--native-path-cache off: on meta, every call)"
             }
             System::Local => {
                 "std::fs on a directory of the same disk, no fsync (page-cache ceiling)"

@@ -89,7 +89,9 @@ pub(crate) async fn release_loop(
                         inos: inos.clone(),
                     },
                     |l: super::Link, r| async move { attempt!(l, release_files, r) },
-                    |_| None,
+                    // Releasing write opens changes no attribute or name
+                    // (meta's change feed does not report it either).
+                    |_| super::Effect::none(),
                 )
                 .await;
             match r {
