@@ -210,7 +210,9 @@ impl Leased {
     }
 
     /// The attributes of the path made of `names` from the root, if every
-    /// name on it may be answered from here.
+    /// name on it may be answered from here and it is not a directory: a
+    /// directory's own attributes are not covered by the lease (kept only
+    /// to walk paths), so a stat of one asks meta.
     pub fn resolve(&self, names: &[&str], mutations: u64) -> Option<Attr> {
         self.resolve_at(names, mutations, Instant::now())
     }
@@ -220,9 +222,12 @@ impl Leased {
         if names.is_empty() || !s.usable(mutations, now) {
             return None;
         }
-        let mut cur = InodeId::ROOT.0;
+        let (mut cur, mut dir) = (InodeId::ROOT.0, true);
         for name in names {
-            cur = s.entries.get(&(cur, (*name).to_string()))?.0;
+            (cur, dir) = *s.entries.get(&(cur, (*name).to_string()))?;
+        }
+        if dir {
+            return None;
         }
         let a = s.attrs.get(&cur).cloned()?;
         s.hits += 1;
@@ -446,9 +451,23 @@ mod tests {
             Some(7)
         );
         assert_eq!(l.resolve_at(&["vol", "d"], 0, t0).map(|a| a.ino), Some(3));
+        keep(
+            3,
+            "sub",
+            Attr {
+                kind: FileType::Directory as i32,
+                ..attr(5, 0)
+            },
+        );
+        assert_eq!(
+            l.resolve_at(&["vol", "d", "sub"], 0, t0),
+            None,
+            "a directory's attributes are not covered: asked"
+        );
+        assert_eq!(l.resolve_dir_at(&["vol", "d", "sub"], 0, t0), Some(5));
         assert_eq!(l.resolve_at(&[], 0, t0), None, "the root is asked");
         assert_eq!(l.resolve_at(&["vol", "x", "f"], 0, t0), None);
-        assert_eq!(l.hits(), 2);
+        assert_eq!(l.hits(), 3);
         // A change of a name in the middle hides everything below it.
         l.changed(&[], [(2, "d")]);
         assert_eq!(l.resolve_at(&["vol", "d", "f"], 0, t0), None);
