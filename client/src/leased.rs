@@ -25,9 +25,13 @@
 //!   when nothing
 //!   moved while they were in flight: no change arrived from the feed (an
 //!   epoch counts them) and no mutation of this client ended
-//!   ([`crate::MetaClient::mutations`]: meta does not send a client
-//!   its own changes, so any own mutation drops everything here). A change
-//!   that arrives after the answer was kept drops it.
+//!   ([`crate::MetaClient::mutations`]). A change that arrives after the
+//!   answer was kept drops it.
+//! * Meta does not send a client its own changes: each own mutation drops
+//!   what it changed ([`Leased::own_mutation`], called by the meta client
+//!   for the cache it holds, [`crate::MetaClient::path_cache`], which the
+//!   mount uses too), the same inodes and names the feed tells others, or
+//!   everything when it does not say.
 //! * A reset, or a lost or silent feed, drops everything.
 //!
 //! Bounded: past [`MAX_ATTRS`] inodes the cache starts over.

@@ -1041,6 +1041,16 @@ impl MetaClient {
         Ok((InodeId(a.ino), name))
     }
 
+    /// The cache kept under this client's lease: [`Self::resolve`]'s paths
+    /// (with [`MetaClientOptions::cache_leases`]), or a frontend's own
+    /// answers (the mount's lookups and opens). Every mutation of this
+    /// client drops what it changed from it, exactly when the mutation says
+    /// what it changed ([`crate::leased::Leased::own_mutation`]); the
+    /// holder of the change feed applies other clients' changes.
+    pub fn path_cache(&self) -> &crate::leased::Leased {
+        &self.inner.paths
+    }
+
     /// How many paths [`Self::resolve`] answered from its lease cache
     /// ([`MetaClientOptions::cache_leases`]) so far.
     pub fn cached_resolves(&self) -> u64 {

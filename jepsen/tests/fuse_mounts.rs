@@ -472,6 +472,50 @@ async fn opens_answered_under_the_lease_see_every_close_that_returned() {
     stop_all([a, b]);
 }
 
+/// A mount's own changes drop from its lease cache exactly what they
+/// changed: after it writes another file, an `open` of a file it read
+/// before is still answered from memory under the lease. Every meta
+/// replica is frozen right after the write, so an open that asked meta
+/// would hang until `--io-timeout`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn own_writes_keep_the_mounts_lease_cache_of_other_files() {
+    let _serial = cairn_jepsen::serial().await;
+    let (mut cluster, mounts) = cached_mounts("own", &["a"], &["--io-timeout", "3s"]).await;
+    let [a]: [Mount; 1] = mounts.try_into().ok().unwrap();
+    let (f, g) = (a.path("f"), a.path("g"));
+    let f2 = f.clone();
+    tokio::task::spawn_blocking(move || {
+        fs::write(&f2, generation(1)).unwrap();
+        // The feed connects and the lease is granted; then f is opened
+        // (and so cached) under it.
+        std::thread::sleep(Duration::from_secs(1));
+        assert_eq!(check_generation(&fs::read(&f2).unwrap()), Ok(1));
+        fs::write(&g, b"log line").unwrap();
+    })
+    .await
+    .unwrap();
+    for i in 0..cluster.meta.len() {
+        cluster.meta.pause(i).unwrap();
+    }
+    let opened = tokio::task::spawn_blocking(move || {
+        let t = Instant::now();
+        let r = File::open(&f).map(|_| ());
+        (r, t.elapsed())
+    })
+    .await
+    .unwrap();
+    for i in 0..cluster.meta.len() {
+        cluster.meta.resume(i).unwrap();
+    }
+    let (r, took) = opened;
+    println!("[test] open with meta frozen: {r:?} in {took:?}");
+    assert!(
+        r.is_ok() && took < Duration::from_millis(500),
+        "the open of f went to meta after the mount's own write of g: {r:?} after {took:?}"
+    );
+    stop_all([a]);
+}
+
 /// The feed is a lease: when meta falls silent (every replica paused, as a
 /// partition would leave the mount), the mount drops what it cached within
 /// the silence timeout, so a stat answers from meta (here: fails after

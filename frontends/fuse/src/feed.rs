@@ -69,7 +69,7 @@ pub(crate) async fn follow(fs: Weak<Inner>) {
             Err(e) => debug!(error = %e, "change feed unavailable"),
         }
         let Some(inner) = fs.upgrade() else { return };
-        inner.leased.lost();
+        inner.lease_cache().lost();
         // Only a feed that was connected handed out long TTLs: a meta that
         // stays unreachable costs no invalidation sweep per retry.
         inner.dir_attrs.clear();
@@ -121,7 +121,7 @@ async fn follow_stream(
 
 impl LeaseHolder for Inner {
     fn leased(&self) -> &Leased {
-        &self.leased
+        self.lease_cache()
     }
 
     /// The directories' attributes this mount's own changes left

@@ -152,9 +152,6 @@ pub(crate) struct Inner {
     /// Directories' attributes as this mount's own changes left them
     /// ([`dirattrs`]).
     pub(crate) dir_attrs: Arc<dirattrs::DirAttrs>,
-    /// Entries and attributes answered under meta's cache lease
-    /// ([`cairn_client::leased`]).
-    pub(crate) leased: Leased,
 }
 
 /// Holds an inode's lock; removes the lock from the map when it is the
@@ -303,7 +300,6 @@ impl CairnFs {
                 feed_live: AtomicBool::new(false),
                 names: Mutex::new(HashSet::new()),
                 dir_attrs: Arc::default(),
-                leased: Leased::default(),
                 next_fh: AtomicU64::new(1),
                 adopting: AtomicBool::new(false),
                 handles: Mutex::new(HashMap::new()),
@@ -392,6 +388,14 @@ impl Inner {
     /// The client this file system serves from.
     pub(crate) fn client(&self) -> &Client {
         &self.client
+    }
+
+    /// Entries and attributes answered under meta's cache lease
+    /// ([`cairn_client::leased`]): the meta client's cache, so each of this
+    /// mount's own mutations drops exactly what it changed (meta does not
+    /// send a client its own changes), not everything.
+    pub(crate) fn lease_cache(&self) -> &Leased {
+        self.client.meta().path_cache()
     }
 
     /// Of `only` (every one when `None`), the inodes the kernel was told of.
@@ -628,14 +632,14 @@ impl Inner {
             return Ok(self.attr(&a?));
         }
         let m = self.client.meta();
-        let a = match self.leased.lookup(parent, &name, m.mutations()) {
+        let a = match self.lease_cache().lookup(parent, &name, m.mutations()) {
             Some(a) => a,
             None => {
-                let t = self.leased.begin(m.mutations());
+                let t = self.lease_cache().begin(m.mutations());
                 let r = m.lookup_leased(InodeId(parent), &name).await;
                 let (a, leased) = r.map_err(|e| errno(&e))?;
                 if leased {
-                    self.leased
+                    self.lease_cache()
                         .keep(t, m.mutations(), Some((parent, &name)), &a);
                 }
                 a
@@ -651,13 +655,13 @@ impl Inner {
     /// memory ([`cairn_client::leased`]), else from meta (and kept when they may be).
     async fn leased_getattr(&self, ino: u64) -> Result<Attr, CairnStatus> {
         let m = self.client.meta();
-        if let Some(a) = self.leased.attr(ino, m.mutations()) {
+        if let Some(a) = self.lease_cache().attr(ino, m.mutations()) {
             return Ok(a);
         }
-        let t = self.leased.begin(m.mutations());
+        let t = self.lease_cache().begin(m.mutations());
         let (a, leased) = m.getattr_leased(InodeId(ino)).await?;
         if leased {
-            self.leased.keep(t, m.mutations(), None, &a);
+            self.lease_cache().keep(t, m.mutations(), None, &a);
         }
         Ok(a)
     }
@@ -833,7 +837,9 @@ impl Inner {
         if flags.0 & libc::O_ACCMODE != libc::O_RDONLY || snapshots::is_snapshot(ino) {
             return None;
         }
-        let a = self.leased.attr(ino, self.client.meta().mutations())?;
+        let a = self
+            .lease_cache()
+            .attr(ino, self.client.meta().mutations())?;
         if a.kind != Kind::Regular as i32 {
             return None;
         }
