@@ -77,6 +77,16 @@ impl State {
         self.epoch += 1;
     }
 
+    /// Follows `names` from the root through the kept entries: the inode
+    /// at the end and whether it is a directory.
+    fn walk(&self, names: &[&str]) -> Option<(u64, bool)> {
+        let mut at = (InodeId::ROOT.0, true);
+        for name in names {
+            at = *self.entries.get(&(at.0, (*name).to_string()))?;
+        }
+        Some(at)
+    }
+
     /// Whether answers may come from here at `now`, with the client at
     /// `mutations`; drops everything when an own mutation ended since.
     fn usable(&mut self, mutations: u64, now: Instant) -> bool {
@@ -226,14 +236,11 @@ impl Leased {
         if names.is_empty() || !s.usable(mutations, now) {
             return None;
         }
-        let (mut cur, mut dir) = (InodeId::ROOT.0, true);
-        for name in names {
-            (cur, dir) = *s.entries.get(&(cur, (*name).to_string()))?;
-        }
+        let (ino, dir) = s.walk(names)?;
         if dir {
             return None;
         }
-        let a = s.attrs.get(&cur).cloned()?;
+        let a = s.attrs.get(&ino).cloned()?;
         s.hits += 1;
         Some(a)
     }
@@ -251,15 +258,12 @@ impl Leased {
         if !s.usable(mutations, now) {
             return None;
         }
-        let (mut cur, mut dir) = (InodeId::ROOT.0, true);
-        for name in names {
-            (cur, dir) = *s.entries.get(&(cur, (*name).to_string()))?;
-        }
+        let (ino, dir) = s.walk(names)?;
         if !dir {
             return None;
         }
         s.hits += 1;
-        Some(cur)
+        Some(ino)
     }
 
     /// Counts an own mutation that ended, in `counter` (the client's
