@@ -77,6 +77,32 @@ impl State {
         self.epoch += 1;
     }
 
+    /// Keeps `attr` and the name it was looked up by, if any, for a read
+    /// of epoch `epoch`.
+    fn insert(&mut self, epoch: u64, name: Option<(u64, &str)>, attr: &Attr) {
+        if self.attrs.len() >= MAX_ATTRS || self.entries.len() >= MAX_ATTRS {
+            self.clear();
+            // Still this read's epoch: nothing changed, the map was full.
+            self.epoch = epoch;
+        }
+        self.attrs.insert(attr.ino, attr.clone());
+        if let Some((parent, name)) = name {
+            let dir = attr.kind() == FileType::Directory;
+            self.entries
+                .insert((parent, name.to_string()), (attr.ino, dir));
+        }
+    }
+
+    /// Drops the attributes of `inos` and the names `entries`.
+    fn forget<'a>(&mut self, inos: &[u64], entries: impl IntoIterator<Item = (u64, &'a str)>) {
+        for ino in inos {
+            self.attrs.remove(ino);
+        }
+        for (parent, name) in entries {
+            self.entries.remove(&(parent, name.to_string()));
+        }
+    }
+
     /// Follows `names` from the root through the kept entries: the inode
     /// at the end and whether it is a directory.
     fn walk(&self, names: &[&str]) -> Option<(u64, bool)> {
@@ -101,14 +127,39 @@ impl State {
     }
 }
 
-/// What a mutation changed: attributes of `inos`, and the names
+/// What a mutation changed, as meta's change feed tells other clients
+/// (`cairn_meta::changes::affected`): attributes of `inos`, and the names
 /// `entries` (parent, name).
-#[derive(Debug, Clone, Copy)]
-pub struct Changed<'a> {
+#[derive(Debug, Clone, Default)]
+pub struct Changed {
     /// Inodes whose attributes changed.
-    pub inos: &'a [u64],
+    pub inos: Vec<u64>,
     /// Names added, removed or pointed elsewhere.
-    pub entries: &'a [(u64, &'a str)],
+    pub entries: Vec<(u64, String)>,
+}
+
+impl Changed {
+    /// `inos` and the names `entries`.
+    pub fn new(inos: impl Into<Vec<u64>>, entries: &[(u64, &str)]) -> Changed {
+        Changed {
+            inos: inos.into(),
+            entries: entries
+                .iter()
+                .map(|(p, n)| (*p, (*n).to_string()))
+                .collect(),
+        }
+    }
+
+    /// One inode's attributes.
+    pub fn ino(ino: u64) -> Changed {
+        Self::new([ino], &[])
+    }
+
+    /// The entry `name` of `parent` made, answered by `attr` (`None` when
+    /// the answer names no inode: then it is not known what changed).
+    pub fn entry(parent: u64, name: &str, attr: Option<&Attr>) -> Option<Changed> {
+        Some(Self::new([parent, attr?.ino], &[(parent, name)]))
+    }
 }
 
 /// What a read saw before it was sent (see [`Leased::begin`]).
@@ -156,17 +207,7 @@ impl Leased {
         if !s.usable(mutations, now) || t.epoch != s.epoch || t.mutations != mutations {
             return;
         }
-        if s.attrs.len() >= MAX_ATTRS || s.entries.len() >= MAX_ATTRS {
-            s.clear();
-            // Still this read's epoch: nothing changed, the map was full.
-            s.epoch = t.epoch;
-        }
-        s.attrs.insert(attr.ino, attr.clone());
-        if let Some((parent, name)) = name {
-            let dir = attr.kind() == FileType::Directory;
-            s.entries
-                .insert((parent, name.to_string()), (attr.ino, dir));
-        }
+        s.insert(t.epoch, name, attr);
     }
 
     /// Keeps `attr`, meta's leased answer to this client's own mutation
@@ -176,19 +217,10 @@ impl Leased {
     /// changed, [`Self::own_mutation`]).
     pub fn keep_own(&self, t: Ticket, name: (u64, &str), attr: &Attr) {
         let mut s = self.state();
-        let now = Instant::now();
-        let mutations = t.mutations + 1;
-        if !s.usable(mutations, now) || t.epoch != s.epoch {
+        if !s.usable(t.mutations + 1, Instant::now()) || t.epoch != s.epoch {
             return;
         }
-        if s.attrs.len() >= MAX_ATTRS || s.entries.len() >= MAX_ATTRS {
-            s.clear();
-            s.epoch = t.epoch;
-        }
-        s.attrs.insert(attr.ino, attr.clone());
-        let dir = attr.kind() == FileType::Directory;
-        s.entries
-            .insert((name.0, name.1.to_string()), (attr.ino, dir));
+        s.insert(t.epoch, Some(name), attr);
     }
 
     /// The attributes of `ino`, if they may be answered from here.
@@ -271,16 +303,11 @@ impl Leased {
     /// `changed`'s inodes and names when the mutation says what it changed
     /// and the cache had seen every earlier one, else everything. Meta does
     /// not send a client its own changes, so this stands for the feed's.
-    pub fn own_mutation(&self, counter: &AtomicU64, changed: Option<Changed<'_>>) {
+    pub fn own_mutation(&self, counter: &AtomicU64, changed: Option<&Changed>) {
         let mut s = self.state();
         match changed {
             Some(c) if s.mutations == counter.load(Ordering::Acquire) => {
-                for ino in c.inos {
-                    s.attrs.remove(ino);
-                }
-                for (parent, name) in c.entries {
-                    s.entries.remove(&(*parent, (*name).to_string()));
-                }
+                s.forget(&c.inos, c.entries.iter().map(|(p, n)| (*p, n.as_str())));
             }
             _ => s.clear(),
         }
@@ -297,12 +324,7 @@ impl Leased {
     pub fn changed<'a>(&self, inos: &[u64], entries: impl IntoIterator<Item = (u64, &'a str)>) {
         let mut s = self.state();
         s.epoch += 1;
-        for ino in inos {
-            s.attrs.remove(ino);
-        }
-        for (parent, name) in entries {
-            s.entries.remove(&(parent, name.to_string()));
-        }
+        s.forget(inos, entries);
     }
 
     /// Drops everything (a reset: changes may have been missed).
@@ -497,13 +519,7 @@ mod tests {
         }
         // A create of "g" in the volume: its name and the volume's
         // attributes go, the path to the volume stays.
-        l.own_mutation(
-            &counter,
-            Some(Changed {
-                inos: &[2, 4],
-                entries: &[(2, "g")],
-            }),
-        );
+        l.own_mutation(&counter, Some(&Changed::new([2, 4], &[(2, "g")])));
         assert_eq!(l.resolve_dir_at(&["vol"], 1, t0), Some(2));
         assert_eq!(
             l.resolve_at(&["vol"], 1, t0),
@@ -523,13 +539,7 @@ mod tests {
         let t = l.begin(2);
         l.keep_at(t, 2, Some((root, "vol")), &dir, t0);
         counter.fetch_add(1, Ordering::AcqRel);
-        l.own_mutation(
-            &counter,
-            Some(Changed {
-                inos: &[],
-                entries: &[],
-            }),
-        );
+        l.own_mutation(&counter, Some(&Changed::default()));
         assert_eq!(l.resolve_dir_at(&["vol"], 4, t0), None);
     }
 

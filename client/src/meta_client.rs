@@ -90,6 +90,7 @@ use self::calls::CallStream;
 use self::retry::{AddrBook, Backoff, Step, Tried, classify};
 use self::session::{Session, Ticket};
 use crate::Result;
+use crate::leased::Changed;
 
 /// Entries asked for per `ReadDir` page by [`MetaClient::readdir_all`].
 pub const READDIR_PAGE: u32 = 512;
@@ -431,42 +432,6 @@ macro_rules! mutation {
     };
 }
 
-/// What a mutation of this client changed, as meta's change feed tells
-/// other clients (`cairn_meta::changes::affected`): the path cache drops
-/// exactly that ([`crate::leased::Leased::own_mutation`]).
-pub(crate) struct Effect {
-    inos: Vec<u64>,
-    entries: Vec<(u64, String)>,
-}
-
-impl Effect {
-    fn new(inos: impl Into<Vec<u64>>, entries: &[(u64, &str)]) -> Option<Effect> {
-        Some(Effect {
-            inos: inos.into(),
-            entries: entries
-                .iter()
-                .map(|(p, n)| (*p, (*n).to_string()))
-                .collect(),
-        })
-    }
-
-    /// The effect of a mutation that changes no attribute or name a cache
-    /// holds (meta's change feed does not report it).
-    pub(crate) fn none() -> Option<Effect> {
-        Self::new(Vec::new(), &[])
-    }
-
-    /// The effect of a mutation of one inode's attributes.
-    fn ino(ino: InodeId) -> Option<Effect> {
-        Self::new([ino.0], &[])
-    }
-
-    /// The effect of making entry `name` of `parent`, answered by `attr`.
-    fn entry(parent: InodeId, name: &str, attr: Option<&Attr>) -> Option<Effect> {
-        Self::new([parent.0, attr?.ino], &[(parent.0, name)])
-    }
-}
-
 impl MetaClient {
     /// Returns a client of the meta replicas at `addrs` (`host:port`, in any
     /// order; one reachable replica is enough). Channels connect lazily:
@@ -709,7 +674,7 @@ impl MetaClient {
         B: Fn(RequestId) -> Req,
         F: Fn(Link, Req) -> Fut,
         Fut: Future<Output = Result<tonic::Response<Resp>, tonic::Status>>,
-        C: Fn(&Resp) -> Option<Effect>,
+        C: Fn(&Resp) -> Option<Changed>,
     {
         let mut session = self.session().await?;
         let mut renewed = false;
@@ -721,14 +686,9 @@ impl MetaClient {
             // changed when it says, else (a failure included: it may have
             // been applied) everything.
             let effect = result.as_ref().ok().and_then(&changed);
-            let names: Vec<(u64, &str)> = effect.as_ref().map_or_else(Vec::new, |e| {
-                e.entries.iter().map(|(p, n)| (*p, n.as_str())).collect()
-            });
-            let c = effect.as_ref().map(|e| crate::leased::Changed {
-                inos: &e.inos,
-                entries: &names,
-            });
-            self.inner.paths.own_mutation(&self.inner.mutations, c);
+            self.inner
+                .paths
+                .own_mutation(&self.inner.mutations, effect.as_ref());
             match result {
                 Err(e) if e.code == ErrorCode::SessionExpired && !renewed => {
                     renewed = true;
@@ -1051,12 +1011,6 @@ impl MetaClient {
         &self.inner.paths
     }
 
-    /// How many paths [`Self::resolve`] answered from its lease cache
-    /// ([`MetaClientOptions::cache_leases`]) so far.
-    pub fn cached_resolves(&self) -> u64 {
-        self.inner.paths.hits()
-    }
-
     async fn resolve_with(
         &self,
         path: &str,
@@ -1279,7 +1233,7 @@ impl MetaClient {
                 uid: owner.uid,
                 gid: owner.gid,
             },
-            |r: &EntryReply| Effect::entry(parent, name, r.attr.as_ref())
+            |r: &EntryReply| Changed::entry(parent.0, name, r.attr.as_ref())
         )
         .await?;
         entry_of(r)
@@ -1327,7 +1281,7 @@ impl MetaClient {
                 open_for_write,
                 lease_session,
             },
-            |r: &EntryReply| Effect::entry(parent, name, r.attr.as_ref())
+            |r: &EntryReply| Changed::entry(parent.0, name, r.attr.as_ref())
         )
         .await?;
         if r.leased
@@ -1517,7 +1471,7 @@ impl MetaClient {
                 name: name.to_string(),
                 held_open,
             },
-            |r: &UnlinkReply| Effect::new([parent.0, r.ino], &[(parent.0, name)])
+            |r: &UnlinkReply| Some(Changed::new([parent.0, r.ino], &[(parent.0, name)]))
         )
         .await
     }
@@ -1603,7 +1557,7 @@ impl MetaClient {
                 parent: parent.0,
                 name: name.to_string(),
             },
-            |r: &UnlinkReply| Effect::new([parent.0, r.ino], &[(parent.0, name)])
+            |r: &UnlinkReply| Some(Changed::new([parent.0, r.ino], &[(parent.0, name)]))
         )
         .await
     }
@@ -1647,7 +1601,10 @@ impl MetaClient {
                 if r.replaced_ino != 0 {
                     inos.push(r.replaced_ino);
                 }
-                Effect::new(inos, &[(parent.0, name), (new_parent.0, new_name)])
+                Some(Changed::new(
+                    inos,
+                    &[(parent.0, name), (new_parent.0, new_name)],
+                ))
             }
         )
         .await
@@ -1672,7 +1629,7 @@ impl MetaClient {
                 atime: changes.atime.map(SetTime::to_proto),
                 mtime: changes.mtime.map(SetTime::to_proto),
             },
-            |_| Effect::ino(ino)
+            |_| Some(Changed::ino(ino.0))
         )
         .await?;
         need_attr(r.attr)
@@ -1735,7 +1692,7 @@ impl MetaClient {
                 ino: ino.0,
                 write,
             },
-            |_| Effect::ino(ino)
+            |_| Some(Changed::ino(ino.0))
         )
         .await?;
         need_attr(r.attr)
@@ -1773,7 +1730,7 @@ impl MetaClient {
                 logical_written: written.0,
                 stored_written: written.1,
             },
-            |_| Effect::ino(ino)
+            |_| Some(Changed::ino(ino.0))
         )
         .await?;
         Ok(r.attr)
@@ -1875,7 +1832,7 @@ impl MetaClient {
                 length,
                 truncate_gen,
             },
-            |_| Effect::ino(ino)
+            |_| Some(Changed::ino(ino.0))
         )
         .await?;
         need_attr(r.attr)

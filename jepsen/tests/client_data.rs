@@ -654,8 +654,8 @@ async fn cached_paths_see_every_close_of_another_client() -> Result<()> {
     // The reader's feed connects and its lease is granted in the
     // background; until then its stats go to meta.
     let deadline = Instant::now() + Duration::from_secs(10);
-    let before = reader.meta().cached_resolves();
-    while reader.meta().cached_resolves() < before + 10 {
+    let before = reader.meta().path_cache().hits();
+    while reader.meta().path_cache().hits() < before + 10 {
         ensure!(
             Instant::now() < deadline,
             "the reader answered no stat from its cache within 10 s"
@@ -690,7 +690,7 @@ async fn cached_paths_see_every_close_of_another_client() -> Result<()> {
     );
     // And the cache did answer: the unchanged file's stats above came from
     // it (the counter moved by at least the ten the loop waited for).
-    ensure!(reader.meta().cached_resolves() >= before + 10);
+    ensure!(reader.meta().path_cache().hits() >= before + 10);
 
     // A client's own changes drop exactly what they changed from its own
     // cache (meta does not send them back): each is seen at once, and
@@ -698,10 +698,10 @@ async fn cached_paths_see_every_close_of_another_client() -> Result<()> {
     let w = writer.meta();
     let (g, h) = (format!("{vol}/g"), format!("{vol}/h"));
     let file = writer.create(&g).await?;
-    let hits = w.cached_resolves();
+    let hits = w.path_cache().hits();
     ensure!(writer.stat(&g).await?.size == 0);
     ensure!(
-        w.cached_resolves() == hits + 1,
+        w.path_cache().hits() == hits + 1,
         "the writer's stat of the file it created came from meta"
     );
     file.write_at(0, data(7, 10)).await?;
@@ -723,10 +723,10 @@ async fn cached_paths_see_every_close_of_another_client() -> Result<()> {
         "stat after an own unlink: {gone:?}"
     );
     // The volume's path stayed cached through all of it.
-    let hits = w.cached_resolves();
+    let hits = w.path_cache().hits();
     writer.write_file(&g, data(8, 20)).await?;
     ensure!(
-        w.cached_resolves() > hits,
+        w.path_cache().hits() > hits,
         "the create's parent was resolved on meta"
     );
     ensure!(hash(&reader.read_file(&g).await?) == hash(&data(8, 20)));
@@ -752,7 +752,7 @@ async fn cached_paths_never_read_stale_across_a_frozen_leader() -> Result<()> {
         let (reader, path) = (reader.clone(), path.clone());
         async move {
             let deadline = Instant::now() + Duration::from_secs(15);
-            while reader.meta().cached_resolves() < min {
+            while reader.meta().path_cache().hits() < min {
                 ensure!(
                     Instant::now() < deadline,
                     "the reader answered no stat from its cache within 15 s"
@@ -801,7 +801,7 @@ async fn cached_paths_never_read_stale_across_a_frozen_leader() -> Result<()> {
     ensure!(hash(&reader.read_file(&path).await?) == hash(&data(2, 4444)));
     cluster.meta.resume(old.index)?;
     // The cache works again, under whichever replica leads now.
-    let now = reader.meta().cached_resolves();
+    let now = reader.meta().path_cache().hits();
     cached(now + 5).await?;
     ensure!(reader.stat(&path).await?.size == 4444);
     reader.close().await?;

@@ -91,7 +91,7 @@ pub(crate) async fn release_loop(
                     |l: super::Link, r| async move { attempt!(l, release_files, r) },
                     // Releasing write opens changes no attribute or name
                     // (meta's change feed does not report it either).
-                    |_| super::Effect::none(),
+                    |_| Some(crate::leased::Changed::default()),
                 )
                 .await;
             match r {
