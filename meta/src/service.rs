@@ -1391,13 +1391,14 @@ impl Meta for MetaService {
         // An existing file (O_CREAT without O_EXCL) may be a restored one.
         let mut out = entry_reply(reply)?;
         if let Some(a) = out.attr.as_mut() {
-            fill_origin(&self.shared.fs, None, a)?;
-            if leased && self.cover(r.lease_session, Cover::Ino(a.ino)) {
-                let fs = &self.shared.fs;
-                if let Ok(now) = fs.getattr(a.ino) {
+            let fs = &self.shared.fs;
+            let covered = leased && self.cover(r.lease_session, Cover::Ino(a.ino));
+            match covered.then(|| fs.getattr(a.ino).ok()).flatten() {
+                Some(now) => {
                     *a = attr_full(fs, None, &now)?;
                     out.leased = true;
                 }
+                None => fill_origin(fs, None, a)?,
             }
         }
         Ok(Response::new(out))
