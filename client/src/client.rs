@@ -805,10 +805,28 @@ impl Client {
     /// Forgets one handle; returns whether the inode was held open after
     /// an unlink and this was its last handle (meta must be told).
     pub(crate) fn unregister(&self, ino: u64, generation: u64) -> bool {
+        self.forget_handle(ino, generation, true) == Some(true)
+    }
+
+    /// [`Self::unregister`] only when that needs no word to meta (it is
+    /// not the last handle of an inode held open after an unlink), in one
+    /// step under the table's lock; returns whether the handle was
+    /// forgotten.
+    pub(crate) fn unregister_quietly(&self, ino: u64, generation: u64) -> bool {
+        self.forget_handle(ino, generation, false).is_some()
+    }
+
+    /// Forgets one handle of `ino`: `Some(held)` as [`Self::unregister`];
+    /// `None` (nothing changed) when `or_held` is false and this is the
+    /// last handle of a held inode.
+    fn forget_handle(&self, ino: u64, generation: u64, or_held: bool) -> Option<bool> {
         let mut open = self.lock_open();
         let Some(o) = open.get_mut(&ino) else {
-            return false;
+            return Some(false);
         };
+        if !or_held && o.held && o.handles <= 1 {
+            return None;
+        }
         o.handles = o.handles.saturating_sub(1);
         if let Some(i) = o.generations.iter().position(|(g, _)| *g == generation) {
             o.generations[i].1 -= 1;
@@ -819,9 +837,9 @@ impl Client {
         if o.handles == 0 {
             let held = o.held;
             open.remove(&ino);
-            return held;
+            return Some(held);
         }
-        false
+        Some(false)
     }
 
     /// Generations the inode's open handles read under.

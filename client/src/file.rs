@@ -647,6 +647,30 @@ impl File {
     pub async fn close(self) -> Result<()> {
         self.inner.close().await
     }
+
+    /// Closes a read-only file at once when that needs no word to meta
+    /// (what closing a reader almost always is): no task and no await, for
+    /// callers answering from a thread that must not block (the mount's
+    /// FUSE threads). Gives the file back when closing it needs meta (the
+    /// last handle of a file unlinked while open); [`Self::close`] it then.
+    ///
+    /// # Errors
+    /// The file itself, unclosed, as said above.
+    pub fn close_now(self) -> std::result::Result<(), File> {
+        let f = &self.inner;
+        if f.how.write {
+            return Err(self);
+        }
+        // Only a `File` closes its inner file, and this one is ours.
+        if lock(&f.state).closed {
+            return Ok(());
+        }
+        if !f.client.unregister_quietly(f.ino.0, f.generation) {
+            return Err(self);
+        }
+        lock(&f.state).closed = true;
+        Ok(())
+    }
 }
 
 impl Drop for File {

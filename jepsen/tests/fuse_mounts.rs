@@ -14,6 +14,8 @@ use std::time::{Duration, Instant};
 use cairn_client::ClientOptions;
 use cairn_jepsen::data_cluster::{DataCluster, DataOpts, pattern};
 use cairn_jepsen::fuse::{Mount, is_mounted};
+use cairn_proto::ErrorCode;
+use cairn_proto::ids::InodeId;
 use cairn_proto::meta::VolumePolicy;
 
 async fn cluster_with_volume(name: &str) -> DataCluster {
@@ -513,6 +515,82 @@ async fn own_writes_keep_the_mounts_lease_cache_of_other_files() {
         r.is_ok() && took < Duration::from_millis(500),
         "the open of f went to meta after the mount's own write of g: {r:?} after {took:?}"
     );
+    stop_all([a]);
+}
+
+/// A reader's lookup, open, close and release are answered on the mount's
+/// FUSE threads when the lease covers them (no task): a file unlinked
+/// while a reader holds it open is still freed on meta when that reader
+/// closes (the release needs meta then and takes the slow path), and a
+/// name looked up from the lease is gone once this mount removed it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_readers_release_on_the_fuse_thread_still_frees_an_unlinked_file() {
+    let _serial = cairn_jepsen::serial().await;
+    let (cluster, mounts) = cached_mounts("rel", &["a"], &[]).await;
+    let [a]: [Mount; 1] = mounts.try_into().ok().unwrap();
+    let client = cluster.client(ClientOptions::default()).await.unwrap();
+    let (f, g) = (a.path("f"), a.path("g"));
+    let (f2, g2) = (f.clone(), g.clone());
+    tokio::task::spawn_blocking(move || {
+        fs::write(&f2, generation(3)).unwrap();
+        fs::write(&g2, generation(4)).unwrap();
+        // The feed connects and the lease is granted; reading caches the
+        // names, so the next lookups, opens and releases need no task.
+        std::thread::sleep(Duration::from_secs(1));
+        for _ in 0..3 {
+            assert_eq!(check_generation(&fs::read(&f2).unwrap()), Ok(3));
+            assert_eq!(check_generation(&fs::read(&g2).unwrap()), Ok(4));
+        }
+    })
+    .await
+    .unwrap();
+    let ino = client.stat("/rel/f").await.unwrap().ino;
+    let reader = {
+        let f = f.clone();
+        tokio::task::spawn_blocking(move || {
+            let r = File::open(&f).unwrap();
+            fs::remove_file(&f).unwrap();
+            assert_eq!(errno_of(fs::metadata(&f)), Some(libc::ENOENT));
+            let mut buf = vec![0u8; generation(3).len()];
+            r.read_exact_at(&mut buf, 0).unwrap();
+            assert_eq!(check_generation(&buf), Ok(3), "an open, unlinked file");
+            r
+        })
+        .await
+        .unwrap()
+    };
+    let held = client.meta().getattr(InodeId(ino)).await;
+    assert!(
+        held.as_ref().is_ok_and(|a| a.nlink == 0),
+        "meta must keep the unlinked file while the mount's reader has it open: {held:?}"
+    );
+    drop(reader);
+    let mut freed = None;
+    let t = Instant::now();
+    while t.elapsed() < Duration::from_secs(10) {
+        match client.meta().getattr(InodeId(ino)).await {
+            Err(e) if e.code == ErrorCode::NotFound => {
+                freed = Some(t.elapsed());
+                break;
+            }
+            _ => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+    println!("[test] unlinked file freed {freed:?} after its reader closed");
+    assert!(
+        freed.is_some(),
+        "the reader's close through the mount never let meta free the unlinked file"
+    );
+    // The other file still opens and reads from the lease, again and again.
+    let g2 = g.clone();
+    tokio::task::spawn_blocking(move || {
+        for _ in 0..3 {
+            assert_eq!(check_generation(&fs::read(&g2).unwrap()), Ok(4));
+        }
+    })
+    .await
+    .unwrap();
+    client.close().await.unwrap();
     stop_all([a]);
 }
 

@@ -102,6 +102,19 @@ impl Managed {
         }
     }
 
+    /// [`Self::looked_up`] when whether `parent` is marked is known: no
+    /// await. `false`: nothing recorded, take [`Self::looked_up`].
+    pub fn looked_up_now(&self, parent: u64, ino: u64) -> bool {
+        let keep = match lock(&self.marks).get(&parent) {
+            Some((k, at)) if at.elapsed() < MARK_TTL => *k,
+            _ => return false,
+        };
+        if keep.is_some() {
+            bounded_insert(&mut lock(&self.members), ino, ());
+        }
+        true
+    }
+
     /// This mount created `name` in `parent`, a file of volume `volume_id`.
     pub async fn created(&self, client: &Client, parent: u64, name: &str, volume_id: u64) {
         if self.keep(client, parent).await.is_some() {

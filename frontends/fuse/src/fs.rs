@@ -651,6 +651,22 @@ impl Inner {
         Ok(self.attr(&a))
     }
 
+    /// A lookup answered on the FUSE thread from what the lease covers
+    /// ([`cairn_client::leased`]), as [`Self::open_now`] answers opens: no
+    /// task, no wake-up. `None`: take [`Self::lookup`].
+    fn lookup_now(&self, parent: u64, name: &str) -> Option<FileAttr> {
+        if snapshots::is_snapshot(parent) || name == snapshots::DIR {
+            return None;
+        }
+        let a = self
+            .lease_cache()
+            .lookup(parent, name, self.client.meta().mutations())?;
+        if a.kind == Kind::Regular as i32 && !self.ckpt.looked_up_now(parent, a.ino) {
+            return None;
+        }
+        Some(self.attr(&a))
+    }
+
     /// The attributes of `ino`: under the cache lease from this mount's
     /// memory ([`cairn_client::leased`]), else from meta (and kept when they may be).
     async fn leased_getattr(&self, ino: u64) -> Result<Attr, CairnStatus> {
@@ -1115,6 +1131,53 @@ impl Inner {
         Ok(())
     }
 
+    /// A reader's release answered on the FUSE thread: a read-only handle
+    /// whose owner holds no lock here, of an inode nobody else is opening
+    /// or releasing, whose file (when this was its last handle) closes
+    /// without a word to meta. What every file of a dataset epoch ends
+    /// with. `false`: nothing done, take [`Self::release`].
+    fn release_now(&self, ino: u64, fh: u64, owner: Option<u64>) -> bool {
+        if owner.is_some_and(|o| lock(&self.file_locks).contains(&(ino, o))) {
+            return false;
+        }
+        let Some(h) = lock(&self.handles).get(&fh).copied() else {
+            return false;
+        };
+        if h.write {
+            return false;
+        }
+        let Some(_one) = self.try_lock_inode(h.ino) else {
+            return false;
+        };
+        let last = {
+            let mut inodes = lock(&self.inodes);
+            match inodes.get_mut(&h.ino) {
+                Some(o) if o.handles > 1 => {
+                    o.handles -= 1;
+                    None
+                }
+                // A writer's file: its close may report to meta.
+                Some(o) if o.writable => return false,
+                Some(_) => inodes.remove(&h.ino).map(|o| o.file),
+                None => None,
+            }
+        };
+        lock(&self.handles).remove(&fh);
+        self.ckpt.released(&self.client, fh);
+        // Reads still running hold the file: it closes when they finish.
+        if let Some(Ok(f)) = last.map(Arc::try_unwrap)
+            && let Err(f) = f.close_now()
+        {
+            let ino = h.ino;
+            self.rt.spawn(async move {
+                if let Err(e) = f.close().await {
+                    warn!(ino, error = %e, "closing a file on release failed");
+                }
+            });
+        }
+        true
+    }
+
     async fn release(&self, fh: u64) {
         self.ckpt.released(&self.client, fh);
         let Some(h) = lock(&self.handles).remove(&fh) else {
@@ -1313,6 +1376,13 @@ impl Filesystem for CairnFs {
         let me2 = self.inner.clone();
         match name_of(name) {
             Ok(name) => {
+                let now = {
+                    let _rt = self.inner.rt.enter();
+                    self.inner.lookup_now(parent, &name)
+                };
+                if let Some(a) = now {
+                    return entry(reply, self.inner.entry_ttl_for(parent, &name), Ok(a));
+                }
                 let n2 = name.clone();
                 self.spawn(
                     move |me| async move { me.lookup(parent, name).await },
@@ -1669,6 +1739,13 @@ impl Filesystem for CairnFs {
         reply: ReplyEmpty,
     ) {
         let ino = self.inner.cairn(ino);
+        let now = {
+            let _rt = self.inner.rt.enter();
+            self.inner.release_now(ino, fh.0, lock_owner.map(|o| o.0))
+        };
+        if now {
+            return reply.ok();
+        }
         self.spawn(
             move |me| async move {
                 // flock: the open file's last close drops its lock. Its
