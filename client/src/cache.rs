@@ -118,7 +118,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use serde::{Deserialize, Serialize};
 
 /// Cache block size: the cache holds whole 4 KiB blocks of files (short
@@ -1083,6 +1083,58 @@ impl BlockCache {
         };
         bump(&ssd.shared.hits, 1);
         self.promote(ssd, key, &data, &loc);
+        Some(data)
+    }
+
+    /// `len` bytes from `skip` into the `blocks` blocks from `first` on
+    /// (same object and generation), when the memory tier holds every one
+    /// of them (counted as hits); `None` otherwise, with no lookup counted:
+    /// the caller then reads through [`Self::get`]. Never does I/O (the
+    /// SSD tier is not asked), so it may run where blocking is not allowed.
+    pub fn read_in_memory(
+        &self,
+        first: BlockKey,
+        blocks: u64,
+        skip: u64,
+        len: u64,
+    ) -> Option<Bytes> {
+        let key = |i: u64| BlockKey {
+            block: first.block + i,
+            ..first
+        };
+        let get = |i: u64| {
+            let k = key(i);
+            let shard = self.memory.shard(&k)?;
+            lock(shard).get(&k)
+        };
+        let skip = usize::try_from(skip).ok()?;
+        let len = usize::try_from(len).ok()?;
+        let mut prefetch_hits = 0;
+        let data = if blocks == 1 {
+            let (b, p) = get(0)?;
+            prefetch_hits += u64::from(p);
+            if skip.checked_add(len)? > b.len() {
+                return None;
+            }
+            b.slice(skip..skip + len)
+        } else {
+            let mut out = BytesMut::with_capacity(len);
+            let mut at = 0usize; // bytes of the blocks passed so far
+            for i in 0..blocks {
+                let (b, p) = get(i)?;
+                prefetch_hits += u64::from(p);
+                let lo = skip.saturating_sub(at).min(b.len());
+                let hi = (skip + len).saturating_sub(at).min(b.len());
+                out.extend_from_slice(&b[lo..hi]);
+                at += b.len();
+            }
+            if out.len() != len {
+                return None;
+            }
+            out.freeze()
+        };
+        bump(&self.memory.hits, blocks);
+        bump(&self.prefetch_hits, prefetch_hits);
         Some(data)
     }
 

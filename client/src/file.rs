@@ -466,16 +466,25 @@ impl File {
     }
 
     async fn read_at_inner(&self, offset: u64, len: usize) -> Result<Bytes> {
-        let f = &self.inner;
-        f.ready().await?;
+        self.inner.ready().await?;
+        match self.note_read(offset, len)? {
+            Some(end) => self.read_noted(offset, end).await,
+            None => Ok(Bytes::new()),
+        }
+    }
+
+    /// Records a read of `len` bytes at `offset` with the read-ahead
+    /// detector and starts the prefetch it asks for; returns where the
+    /// read ends (`None`: at or past the end of the file, nothing to read).
+    fn note_read(&self, offset: u64, len: usize) -> Result<Option<u64>> {
         let (end, prefetch) = {
-            let mut s = lock(&f.state);
+            let mut s = lock(&self.inner.state);
             if s.closed {
                 return Err(closed());
             }
             let end = offset.saturating_add(len as u64).min(s.len);
             if offset >= end {
-                return Ok(Bytes::new());
+                return Ok(None);
             }
             let size = s.len;
             let prefetch = s.readahead.on_read(offset, end - offset, size);
@@ -484,12 +493,88 @@ impl File {
         if let Some((from, to)) = prefetch {
             self.spawn_prefetch(from, to);
         }
+        Ok(Some(end))
+    }
+
+    /// The bytes `[offset, end)` of a read [`Self::note_read`] recorded.
+    async fn read_noted(&self, offset: u64, end: u64) -> Result<Bytes> {
+        let f = &self.inner;
         f.wait_prefetches(offset, end).await;
         let start = offset - offset % f.align();
         let data = f.read_range(start, end).await?;
         f.drop_ahead_before(offset);
         let skip = usize::try_from(offset - start).unwrap_or(0);
         Ok(data.slice(skip..))
+    }
+
+    /// [`Self::read_at`] answered at once when the memory tier of the block
+    /// cache holds every block of the range (a warmed dataset, a file read
+    /// before): no await and no task, for callers answering from a thread
+    /// that must not block (the mount's FUSE threads). Anything else (a
+    /// miss, a prefetch in flight over the range, a sealed or writable
+    /// file) comes back as [`ReadNow::Later`], to be finished with
+    /// [`Self::read_later`]; the read is recorded with the read-ahead
+    /// detector once either way. Call it within a tokio runtime (a
+    /// prefetch it starts is a task).
+    pub fn try_read_now(&self, offset: u64, len: usize) -> ReadNow {
+        let started = std::time::Instant::now();
+        let mut later = ReadLater {
+            offset,
+            len,
+            end: None,
+            started,
+        };
+        let f = &self.inner;
+        if f.how.write || f.codec.get().is_none() {
+            return ReadNow::Later(later);
+        }
+        let end = match self.note_read(offset, len) {
+            Ok(Some(end)) => end,
+            Ok(None) => return ReadNow::Done(Ok(Bytes::new())),
+            Err(e) => return ReadNow::Done(Err(e)),
+        };
+        later.end = Some(end);
+        if f.transformed() || !cache_enabled(&f.client) {
+            return ReadNow::Later(later);
+        }
+        let start = offset - offset % BLOCK;
+        {
+            let s = lock(&f.state);
+            let overlaps = |a: u64, b: u64| a < end && start < b;
+            // Only whole blocks are cached; a short last block is fetched.
+            if end.div_ceil(BLOCK) * BLOCK > s.len
+                || s.prefetching.iter().any(|(a, b, _)| overlaps(*a, *b))
+                || s.ahead.iter().any(|(a, n, _)| overlaps(*a, a + n))
+            {
+                return ReadNow::Later(later);
+            }
+        }
+        let first = self.inner.key(start / BLOCK);
+        let blocks = end.div_ceil(BLOCK) - start / BLOCK;
+        let Some(data) =
+            f.client
+                .inner
+                .cache
+                .read_in_memory(first, blocks, offset - start, end - offset)
+        else {
+            return ReadNow::Later(later);
+        };
+        f.drop_ahead_before(offset);
+        f.metrics().read(data.len(), started.elapsed());
+        ReadNow::Done(Ok(data))
+    }
+
+    /// Finishes a read [`Self::try_read_now`] could not answer at once.
+    ///
+    /// # Errors
+    /// As [`Self::read_at`].
+    pub async fn read_later(&self, r: ReadLater) -> Result<Bytes> {
+        let Some(end) = r.end else {
+            return self.read_at(r.offset, r.len).await;
+        };
+        let data = self.read_noted(r.offset, end).await?;
+        self.inner.metrics().read(data.len(), r.started.elapsed());
+        Ok(data)
     }
 
     /// Reads exactly `buf.len()` bytes at `offset` into `buf`.
@@ -687,6 +772,26 @@ impl Drop for File {
             });
         }
     }
+}
+
+/// What [`File::try_read_now`] did.
+#[derive(Debug)]
+pub enum ReadNow {
+    /// The read's answer.
+    Done(Result<Bytes>),
+    /// It needs I/O: finish it with [`File::read_later`].
+    Later(ReadLater),
+}
+
+/// A read [`File::try_read_now`] began and could not finish at once.
+#[derive(Debug)]
+pub struct ReadLater {
+    offset: u64,
+    len: usize,
+    /// Where the read ends, once the read-ahead detector recorded it
+    /// (`None`: not recorded; [`File::read_later`] reads from scratch).
+    end: Option<u64>,
+    started: std::time::Instant,
 }
 
 /// The top bit of a snapshot read's cache generation (see

@@ -49,7 +49,7 @@ pub mod readahead;
 pub use cairn_proto::{CairnStatus, ErrorCode};
 pub use checkpoint::{CheckpointInfo, Checkpoints};
 pub use client::{Client, ClientOptions, OpenOptions, SNAPSHOTS_DIR};
-pub use file::File;
+pub use file::{File, ReadLater, ReadNow};
 pub use meta_client::{
     Entry, LockRequest, MetaClient, MetaClientOptions, Owner, RenameFlags, SetAttrChanges, SetTime,
     SnapshotPath, XattrMode,

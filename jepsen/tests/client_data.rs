@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
 use bytes::Bytes;
-use cairn_client::{Client, ClientOptions, OpenOptions};
+use cairn_client::{Client, ClientOptions, File, OpenOptions, ReadNow};
 use cairn_jepsen::data_cluster::{DataCluster, DataOpts, pattern};
 use cairn_jepsen::replicas::verify_replicas;
 use cairn_jepsen::serial;
@@ -806,5 +806,91 @@ async fn cached_paths_never_read_stale_across_a_frozen_leader() -> Result<()> {
     ensure!(reader.stat(&path).await?.size == 4444);
     reader.close().await?;
     writer.close().await?;
+    Ok(())
+}
+
+/// `File::try_read_now` (what the mount answers reads with on its FUSE
+/// threads): a range is answered at once only when the memory cache holds
+/// it, and then with the bytes a read through the chunkservers returns;
+/// a file rewritten by another client and opened again is never answered
+/// from what was cached of it before; a writable handle always reads
+/// through the chunkservers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn reads_answered_from_memory_are_the_files_bytes() -> Result<()> {
+    let _serial = serial().await;
+    let (cluster, writer, vol) = setup("now").await?;
+    let reader = cluster.client(ClientOptions::default()).await?;
+    let path = format!("{vol}/f");
+    // Whole blocks, then a file ending in a short block.
+    let d = data(1, 256 * 1024);
+    writer.write_file(&path, d.clone()).await?;
+
+    async fn now_or_later(f: &File, off: u64, len: usize) -> Result<(bool, Bytes)> {
+        match f.try_read_now(off, len) {
+            ReadNow::Done(r) => Ok((true, r?)),
+            ReadNow::Later(l) => Ok((false, f.read_later(l).await?)),
+        }
+    }
+    let f = reader.open_read(&path).await?;
+    let (now, got) = now_or_later(&f, 0, 128 * 1024).await?;
+    ensure!(!now, "a range never read was answered without I/O");
+    ensure!(got == d.slice(..128 * 1024), "the first read's bytes");
+    for (off, len) in [
+        (0u64, 128 * 1024),
+        (4096, 4096),
+        (1000, 70_000),
+        (130_000, 1),
+    ] {
+        let (now, got) = now_or_later(&f, off, len).await?;
+        ensure!(now, "a cached range ({off}, {len}) needed I/O");
+        let want = d.slice(off as usize..off as usize + len);
+        ensure!(
+            got == want,
+            "the cached range ({off}, {len}) read back wrong"
+        );
+    }
+    // Past the cached part, and past the end.
+    let (now, got) = now_or_later(&f, 200_000, 100_000).await?;
+    ensure!(!now, "an uncached range was answered without I/O");
+    ensure!(got == d.slice(200_000..), "the tail of the file");
+    let (_, got) = now_or_later(&f, 300_000, 10).await?;
+    ensure!(got.is_empty(), "a read past the end");
+    f.close().await?;
+
+    // Another client rewrites the file (same length): the next open must
+    // not be answered from the old blocks.
+    let d2 = data(2, 256 * 1024);
+    writer.write_file(&path, d2.clone()).await?;
+    let f = reader.open_read(&path).await?;
+    let (now, got) = now_or_later(&f, 0, 128 * 1024).await?;
+    ensure!(
+        !now,
+        "the rewritten file was answered from the old file's blocks"
+    );
+    ensure!(got == d2.slice(..128 * 1024), "the rewritten file's bytes");
+    f.close().await?;
+
+    // A file whose last block is short: that block is never answered at once.
+    let short = format!("{vol}/short");
+    let d3 = data(3, 10_000);
+    writer.write_file(&short, d3.clone()).await?;
+    let f = reader.open_read(&short).await?;
+    for _ in 0..2 {
+        let (now, got) = now_or_later(&f, 0, 10_000).await?;
+        ensure!(!now && got == d3, "the short-ended file");
+    }
+    let (now, got) = now_or_later(&f, 0, 8192).await?;
+    ensure!(
+        now && got == d3.slice(..8192),
+        "its whole blocks, once read"
+    );
+    f.close().await?;
+
+    // A writable handle reads through the chunkservers, and sees its writes.
+    let w = reader.open(&path, OpenOptions::WRITE).await?;
+    w.write_at(0, Bytes::from_static(b"fresh")).await?;
+    let (now, got) = now_or_later(&w, 0, 5).await?;
+    ensure!(!now && &got[..] == b"fresh", "a writer's read");
+    w.close().await?;
     Ok(())
 }

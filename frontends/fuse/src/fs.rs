@@ -40,7 +40,7 @@ use cairn_client::leased::Leased;
 use cairn_client::meta_client::{
     LockRequest, Owner, RenameFlags, SetAttrChanges, SetTime, XattrMode,
 };
-use cairn_client::{Client, Entry, File, OpenOptions};
+use cairn_client::{Client, Entry, File, OpenOptions, ReadLater, ReadNow};
 use cairn_proto::ids::{InodeId, VolumeId};
 use cairn_proto::meta::{Attr, DirEntry, FileLock, FileType as Kind, LockType, UnlinkReply};
 use cairn_proto::{CairnStatus, ErrorCode};
@@ -985,6 +985,45 @@ impl Inner {
         Ok((fa, fh, open_flags))
     }
 
+    /// A read answered on the FUSE thread from the client's memory cache
+    /// ([`File::try_read_now`]): a warmed dataset, a file read before.
+    /// `Err`: it needs I/O, finished by [`Self::read_later`] in a task
+    /// (`None`: by [`Self::read`], nothing begun).
+    fn read_now(
+        &self,
+        fh: FileHandle,
+        offset: u64,
+        size: u32,
+    ) -> Result<R<Bytes>, Option<(Arc<File>, ReadLater)>> {
+        if self.adoptable(fh) {
+            return Err(None);
+        }
+        let o = match self.handle(fh) {
+            Ok(o) => o,
+            Err(e) => return Ok(Err(e)),
+        };
+        if o.wb.as_ref().is_some_and(|w| !w.is_idle()) {
+            return Err(None);
+        }
+        match o.file.try_read_now(offset, size as usize) {
+            ReadNow::Done(r) => {
+                let r = r.map_err(|e| errno(&e));
+                if let Ok(data) = &r {
+                    self.ckpt.read(fh.0, data.len());
+                }
+                Ok(r)
+            }
+            ReadNow::Later(later) => Err(Some((o.file, later))),
+        }
+    }
+
+    /// Finishes a read [`Self::read_now`] began.
+    async fn read_later(&self, fh: FileHandle, file: Arc<File>, later: ReadLater) -> R<Bytes> {
+        let data = file.read_later(later).await.map_err(|e| errno(&e))?;
+        self.ckpt.read(fh.0, data.len());
+        Ok(data)
+    }
+
     async fn read(&self, ino: u64, fh: FileHandle, offset: u64, size: u32) -> R<Bytes> {
         let o = self.handle_or_adopt(ino, fh).await?;
         if let Some(wb) = o.wb.as_ref().filter(|w| !w.is_idle()) {
@@ -1670,8 +1709,22 @@ impl Filesystem for CairnFs {
         reply: ReplyData,
     ) {
         let ino = self.inner.cairn(ino);
+        let now = {
+            let _rt = self.inner.rt.enter();
+            self.inner.read_now(fh, offset, size)
+        };
+        let later = match now {
+            Ok(Ok(b)) => return reply.data(&b),
+            Ok(Err(e)) => return reply.error(e),
+            Err(later) => later,
+        };
         self.spawn(
-            move |me| async move { me.read(ino, fh, offset, size).await },
+            move |me| async move {
+                match later {
+                    Some((file, later)) => me.read_later(fh, file, later).await,
+                    None => me.read(ino, fh, offset, size).await,
+                }
+            },
             move |r| match r {
                 Ok(b) => reply.data(&b),
                 Err(e) => reply.error(e),
