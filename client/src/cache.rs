@@ -1478,6 +1478,30 @@ mod tests {
     }
 
     #[test]
+    fn a_range_is_read_from_memory_only_when_every_block_is_there() {
+        let c = memory_only(256);
+        for b in 0..4 {
+            c.insert(key(b), data(&key(b)), false);
+        }
+        let whole: Vec<u8> = (0..4).flat_map(|b| data(&key(b)).to_vec()).collect();
+        let at = |skip: usize, len: usize| c.read_in_memory(key(0), 4, skip as u64, len as u64);
+        assert_eq!(at(0, whole.len()).as_deref(), Some(&whole[..]));
+        assert_eq!(at(100, 9000).as_deref(), Some(&whole[100..9100]));
+        let one = c.read_in_memory(key(2), 1, 10, 20);
+        assert_eq!(one.as_deref(), Some(&whole[2 * 4096 + 10..2 * 4096 + 30]));
+        assert_eq!(c.stats().memory.hits, 4 + 4 + 1);
+        // Block 4 is missing: nothing is answered and nothing counted.
+        assert_eq!(c.read_in_memory(key(2), 3, 0, 3 * 4096), None);
+        assert_eq!(
+            c.read_in_memory(key(0), 1, 4000, 200),
+            None,
+            "past the block"
+        );
+        let s = c.stats().memory;
+        assert_eq!((s.hits, s.misses), (9, 0));
+    }
+
+    #[test]
     fn memory_stays_within_budget() {
         let c = memory_only(256);
         for b in 0..2560 {

@@ -514,8 +514,8 @@ impl File {
     /// miss, a prefetch in flight over the range, a sealed or writable
     /// file) comes back as [`ReadNow::Later`], to be finished with
     /// [`Self::read_later`]; the read is recorded with the read-ahead
-    /// detector once either way. Call it within a tokio runtime (a
-    /// prefetch it starts is a task).
+    /// detector once either way. Outside a tokio runtime (a prefetch it
+    /// starts is a task) it always answers `Later`.
     pub fn try_read_now(&self, offset: u64, len: usize) -> ReadNow {
         let started = std::time::Instant::now();
         let mut later = ReadLater {
@@ -525,7 +525,9 @@ impl File {
             started,
         };
         let f = &self.inner;
-        if f.how.write || f.codec.get().is_none() {
+        // Outside a runtime no prefetch could start: the read is left whole.
+        if f.how.write || f.codec.get().is_none() || tokio::runtime::Handle::try_current().is_err()
+        {
             return ReadNow::Later(later);
         }
         let end = match self.note_read(offset, len) {
