@@ -1088,13 +1088,16 @@ impl BlockCache {
 
     /// `len` bytes from `skip` into the `blocks` blocks from `first` on
     /// (same object and generation), when the memory tier holds every one
-    /// of them (counted as hits); `None` otherwise, with no lookup counted:
-    /// the caller then reads through [`Self::get`]. Never does I/O (the
-    /// SSD tier is not asked), so it may run where blocking is not allowed.
+    /// of them whole (counted as hits): `span` bytes in all, so the last
+    /// one may be a file's short last block, held at exactly its length.
+    /// `None` otherwise, with no lookup counted: the caller then reads
+    /// through [`Self::get`]. Never does I/O (the SSD tier is not asked),
+    /// so it may run where blocking is not allowed.
     pub fn read_in_memory(
         &self,
         first: BlockKey,
         blocks: u64,
+        span: u64,
         skip: u64,
         len: u64,
     ) -> Option<Bytes> {
@@ -1105,7 +1108,10 @@ impl BlockCache {
         let get = |i: u64| {
             let k = key(i);
             let shard = self.memory.shard(&k)?;
-            lock(shard).get(&k)
+            let (b, p) = lock(shard).get(&k)?;
+            // Whole, or the file's last block at exactly its length.
+            let want = span.checked_sub(i * BLOCK)?.min(BLOCK);
+            (b.len() as u64 == want).then_some((b, p))
         };
         let skip = usize::try_from(skip).ok()?;
         let len = usize::try_from(len).ok()?;
@@ -1203,9 +1209,12 @@ impl BlockCache {
     }
 
     fn insert_in(&self, key: BlockKey, data: Bytes, prefetched: bool, to_ssd: bool) {
-        if data.len() != BLOCK_LEN {
+        if data.is_empty() || data.len() > BLOCK_LEN {
             return;
         }
+        // A file's short last block stays in memory: the SSD tier's
+        // segments hold whole blocks.
+        let to_ssd = to_ssd && data.len() == BLOCK_LEN;
         match self.memory.shard(&key) {
             Some(shard) => {
                 let slot = Slot {
@@ -1484,21 +1493,39 @@ mod tests {
             c.insert(key(b), data(&key(b)), false);
         }
         let whole: Vec<u8> = (0..4).flat_map(|b| data(&key(b)).to_vec()).collect();
-        let at = |skip: usize, len: usize| c.read_in_memory(key(0), 4, skip as u64, len as u64);
+        let at = |skip: usize, len: usize| {
+            c.read_in_memory(key(0), 4, 4 * BLOCK, skip as u64, len as u64)
+        };
         assert_eq!(at(0, whole.len()).as_deref(), Some(&whole[..]));
         assert_eq!(at(100, 9000).as_deref(), Some(&whole[100..9100]));
-        let one = c.read_in_memory(key(2), 1, 10, 20);
+        let one = c.read_in_memory(key(2), 1, BLOCK, 10, 20);
         assert_eq!(one.as_deref(), Some(&whole[2 * 4096 + 10..2 * 4096 + 30]));
         assert_eq!(c.stats().memory.hits, 4 + 4 + 1);
         // Block 4 is missing: nothing is answered and nothing counted.
-        assert_eq!(c.read_in_memory(key(2), 3, 0, 3 * 4096), None);
+        assert_eq!(c.read_in_memory(key(2), 3, 3 * BLOCK, 0, 3 * 4096), None);
         assert_eq!(
-            c.read_in_memory(key(0), 1, 4000, 200),
+            c.read_in_memory(key(0), 1, BLOCK, 4000, 200),
             None,
             "past the block"
         );
+        // A span ending inside block 3 wants a short block there, not a
+        // whole one (the file is shorter than what was cached).
+        assert_eq!(c.read_in_memory(key(0), 4, 3 * BLOCK + 100, 0, 100), None);
         let s = c.stats().memory;
         assert_eq!((s.hits, s.misses), (9, 0));
+        // A file's short last block is kept (in memory only) and answered
+        // at its length.
+        let short = Bytes::from(vec![7u8; 100]);
+        c.insert(key(4), short.clone(), false);
+        let got = c.read_in_memory(key(3), 2, BLOCK + 100, 4000, 196);
+        let mut want = data(&key(3))[4000..].to_vec();
+        want.extend_from_slice(&short);
+        assert_eq!(got.as_deref(), Some(&want[..]));
+        assert_eq!(
+            c.read_in_memory(key(4), 1, 200, 0, 100),
+            None,
+            "the file grew"
+        );
     }
 
     #[test]
@@ -1563,19 +1590,31 @@ mod tests {
     }
 
     #[test]
-    fn short_blocks_are_ignored() {
+    fn only_a_files_short_last_block_is_kept_and_never_on_the_ssd() {
         let c = memory_only(256);
-        c.insert(key(0), Bytes::from(vec![1u8; BLOCK_LEN - 1]), false);
+        let short = Bytes::from(vec![1u8; BLOCK_LEN - 1]);
+        c.insert(key(0), short.clone(), false);
         c.insert(key(1), Bytes::from(vec![1u8; BLOCK_LEN + 1]), true);
         c.insert(key(2), Bytes::new(), false);
-        for b in 0..3 {
+        assert_eq!(c.get(key(0)), Some(short), "a file's short last block");
+        for b in 1..3 {
             assert_eq!(c.get(key(b)), None);
         }
         let s = c.stats();
         assert_eq!(
             (s.memory.inserts, s.memory.blocks, s.prefetched_blocks),
-            (0, 0, 0)
+            (1, 1, 0)
         );
+        // With an SSD tier, evicting it from memory does not admit it.
+        let dir = tempfile::tempdir().unwrap();
+        let c = with_ssd(dir.path(), 64, 1 << 30);
+        c.insert(key(0), Bytes::from(vec![2u8; 100]), false);
+        for b in 1..400 {
+            c.insert(key(b), data(&key(b)), false);
+        }
+        settle(&c);
+        assert!(ssd_stats(&c).inserts >= 150, "whole blocks went to the SSD");
+        assert_eq!(c.get(key(0)), None, "a short block came back from the SSD");
     }
 
     #[test]

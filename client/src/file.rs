@@ -543,9 +543,7 @@ impl File {
         {
             let s = lock(&f.state);
             let overlaps = |a: u64, b: u64| a < end && start < b;
-            // Only whole blocks are cached; a short last block is fetched.
-            if end.div_ceil(BLOCK) * BLOCK > s.len
-                || s.prefetching.iter().any(|(a, b, _)| overlaps(*a, *b))
+            if s.prefetching.iter().any(|(a, b, _)| overlaps(*a, *b))
                 || s.ahead.iter().any(|(a, n, _)| overlaps(*a, a + n))
             {
                 return ReadNow::Later(later);
@@ -553,11 +551,10 @@ impl File {
         }
         let first = self.inner.key(start / BLOCK);
         let blocks = end.div_ceil(BLOCK) - start / BLOCK;
-        let Some(data) =
-            f.client
-                .inner
-                .cache
-                .read_in_memory(first, blocks, offset - start, end - offset)
+        let size = lock(&f.state).len;
+        let span = (blocks * BLOCK).min(size.saturating_sub(start));
+        let cache = &f.client.inner.cache;
+        let Some(data) = cache.read_in_memory(first, blocks, span, offset - start, end - offset)
         else {
             return ReadNow::Later(later);
         };
@@ -1081,12 +1078,16 @@ impl FileInner {
                 continue;
             }
             let mut hits = Vec::new();
-            if use_cache && p_end.div_ceil(BLOCK) * BLOCK <= size {
+            // Plain files only: their last block may be cached short, at
+            // exactly the file's length (a sealed one is stored whole).
+            let ends_whole = p_end.div_ceil(BLOCK) * BLOCK <= size;
+            if use_cache && (ends_whole || !self.transformed()) {
                 let mut blk = p.file_offset / BLOCK;
                 while blk * BLOCK < p_end {
+                    let want = size.saturating_sub(blk * BLOCK).min(BLOCK);
                     match cache.get(self.key(blk)) {
-                        Some(b) => hits.push((blk * BLOCK, b)),
-                        None => break,
+                        Some(b) if b.len() as u64 == want => hits.push((blk * BLOCK, b)),
+                        _ => break,
                     }
                     blk += 1;
                 }
@@ -1176,6 +1177,15 @@ impl FileInner {
                 cache.insert(key, b, false);
             }
             off += BLOCK;
+        }
+        // The file's last block, short: kept at exactly the file's length
+        // (a read answers it only while the length is that, see
+        // `read_range`), in memory only. Sealed files are stored whole.
+        let at = r.file_offset + off;
+        let short = size.saturating_sub(at);
+        if !self.transformed() && short > 0 && short < BLOCK && off + short <= data.len() as u64 {
+            let b = Bytes::copy_from_slice(&data[off as usize..(off + short) as usize]);
+            cache.insert_memory_only(self.key(at / BLOCK), b, false);
         }
     }
 

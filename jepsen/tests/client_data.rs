@@ -825,6 +825,9 @@ async fn reads_answered_from_memory_are_the_files_bytes() -> Result<()> {
     let d = data(1, 256 * 1024);
     writer.write_file(&path, d.clone()).await?;
 
+    async fn reader_read(f: &File, len: usize) -> Result<Bytes> {
+        Ok(f.read_at(0, len).await?)
+    }
     async fn now_or_later(f: &File, off: u64, len: usize) -> Result<(bool, Bytes)> {
         match f.try_read_now(off, len) {
             ReadNow::Done(r) => Ok((true, r?)),
@@ -870,19 +873,61 @@ async fn reads_answered_from_memory_are_the_files_bytes() -> Result<()> {
     ensure!(got == d2.slice(..128 * 1024), "the rewritten file's bytes");
     f.close().await?;
 
-    // A file whose last block is short: that block is never answered at once.
+    // A file whose last block is short (most dataset files): once read,
+    // it is answered at once, whole, and only at that length.
     let short = format!("{vol}/short");
     let d3 = data(3, 10_000);
     writer.write_file(&short, d3.clone()).await?;
     let f = reader.open_read(&short).await?;
-    for _ in 0..2 {
-        let (now, got) = now_or_later(&f, 0, 10_000).await?;
-        ensure!(!now && got == d3, "the short-ended file");
+    let (now, got) = now_or_later(&f, 0, 10_000).await?;
+    ensure!(!now && got == d3, "the short-ended file, first read");
+    for (off, len) in [(0u64, 10_000usize), (0, 20_000), (9_000, 1_000), (8_000, 5)] {
+        let (now, got) = now_or_later(&f, off, len).await?;
+        let end = (off as usize + len).min(d3.len());
+        ensure!(now, "its cached range ({off}, {len}) needed I/O");
+        ensure!(
+            got == d3.slice(off as usize..end),
+            "its range ({off}, {len})"
+        );
     }
-    let (now, got) = now_or_later(&f, 0, 8192).await?;
+    f.close().await?;
+    // Grown by another client (appended in place): the new length and
+    // bytes, never the old short block.
+    let d4 = data(4, 13_000);
+    writer.write_file(&short, d4.clone()).await?;
+    let f = reader.open_read(&short).await?;
+    for _ in 0..2 {
+        let got = reader_read(&f, 13_000).await?;
+        ensure!(got == d4, "the grown file read back wrong");
+    }
+    f.close().await?;
+    // Grown by this client's own truncate, through one handle that read
+    // (and so cached) the short block first: the new length reads zeros
+    // past the old end, not the short block.
+    let w = reader.open(&short, OpenOptions::WRITE).await?;
     ensure!(
-        now && got == d3.slice(..8192),
-        "its whole blocks, once read"
+        reader_read(&w, 13_000).await? == d4,
+        "the writer's first read"
+    );
+    w.set_len(20_000).await?;
+    let got = reader_read(&w, 20_000).await?;
+    ensure!(
+        got.len() == 20_000 && got[..13_000] == d4[..] && got[13_000..].iter().all(|b| *b == 0),
+        "the file grown by truncate read back wrong through the same handle"
+    );
+    // And cut inside the last block, then grown again.
+    w.set_len(12_500).await?;
+    w.set_len(13_000).await?;
+    let got = reader_read(&w, 13_000).await?;
+    ensure!(
+        got[..12_500] == d4[..12_500] && got[12_500..].iter().all(|b| *b == 0),
+        "the file cut and grown again read back wrong"
+    );
+    w.close().await?;
+    let f = reader.open_read(&short).await?;
+    ensure!(
+        reader_read(&f, 13_000).await? == got,
+        "a new handle after the writer's close"
     );
     f.close().await?;
 
