@@ -12,9 +12,13 @@
 //! hit blocks cached under the old one; old entries simply age out. The
 //! client's own writes are not covered by that (the generation does not
 //! change while the file is open), hence [`BlockCache::invalidate`].
-//! Only whole blocks are cached: a short block at EOF may still grow, and
-//! a full block never changes under a given generation except through
-//! this client's writes.
+//! A full block never changes under a given generation except through
+//! this client's writes. A file's short last block may still grow (a
+//! truncate that extends the file writes nothing, so it invalidates
+//! nothing): the client keeps it at exactly the file's length and answers
+//! it only while the file still has that length ([`BlockCache::read_in_memory`]'s
+//! `span`, and the same check in the client's reads); it stays in memory
+//! (the SSD tier's segments hold whole blocks).
 //!
 //! # Memory tier: sharded CLOCK
 //! Blocks live in 16 shards (fewer for tiny caches, so each shard keeps a
