@@ -182,6 +182,10 @@ struct Handle_ {
     append: bool,
 }
 
+/// What the last handle of an inode leaves to close: the mount's file of
+/// it and its write-back.
+type LastHandle = (Arc<File>, Option<Arc<WriteBack>>);
+
 /// The file shared by a mount's handles of one inode.
 struct OpenInode {
     file: Arc<File>,
@@ -1188,23 +1192,13 @@ impl Inner {
         let Some(_one) = self.try_lock_inode(h.ino) else {
             return false;
         };
-        let last = {
-            let mut inodes = lock(&self.inodes);
-            match inodes.get_mut(&h.ino) {
-                Some(o) if o.handles > 1 => {
-                    o.handles -= 1;
-                    None
-                }
-                // A writer's file: its close may report to meta.
-                Some(o) if o.writable => return false,
-                Some(_) => inodes.remove(&h.ino).map(|o| o.file),
-                None => None,
-            }
+        let Ok(last) = self.drop_handle(h.ino, true) else {
+            return false;
         };
         lock(&self.handles).remove(&fh);
         self.ckpt.released(&self.client, fh);
         // Reads still running hold the file: it closes when they finish.
-        if let Some(Ok(f)) = last.map(Arc::try_unwrap)
+        if let Some(Ok(f)) = last.map(|(f, _)| Arc::try_unwrap(f))
             && let Err(f) = f.close_now()
         {
             let ino = h.ino;
@@ -1217,24 +1211,30 @@ impl Inner {
         true
     }
 
+    /// One handle of `ino` fewer (the caller holds the inode's lock):
+    /// the mount's file of it and its write-back when that was the last
+    /// handle. `Err` (nothing changed) for the last handle of a writer's
+    /// file when `readers_only`: its close may report to meta.
+    fn drop_handle(&self, ino: u64, readers_only: bool) -> Result<Option<LastHandle>, ()> {
+        let mut inodes = lock(&self.inodes);
+        match inodes.get_mut(&ino) {
+            Some(o) if o.handles > 1 => {
+                o.handles -= 1;
+                Ok(None)
+            }
+            Some(o) if readers_only && o.writable => Err(()),
+            Some(_) => Ok(inodes.remove(&ino).map(|o| (o.file, o.wb))),
+            None => Ok(None),
+        }
+    }
+
     async fn release(&self, fh: u64) {
         self.ckpt.released(&self.client, fh);
         let Some(h) = lock(&self.handles).remove(&fh) else {
             return;
         };
         let _one = self.lock_inode(h.ino).await;
-        let last = {
-            let mut inodes = lock(&self.inodes);
-            match inodes.get_mut(&h.ino) {
-                Some(o) if o.handles > 1 => {
-                    o.handles -= 1;
-                    None
-                }
-                Some(_) => inodes.remove(&h.ino).map(|o| (o.file, o.wb)),
-                None => None,
-            }
-        };
-        if let Some((f, wb)) = last {
+        if let Ok(Some((f, wb))) = self.drop_handle(h.ino, false) {
             if let Some(wb) = wb {
                 // The kernel flushed before releasing; this only catches
                 // writes that raced it. Nobody is left to report to.
