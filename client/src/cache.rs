@@ -365,6 +365,14 @@ fn mix(key: &BlockKey) -> u64 {
     h ^ (h >> 31)
 }
 
+/// The length block `block` of a file of `file_len` bytes is cached at:
+/// a whole block, or the file's short last block at exactly its length
+/// (0: past the end). A cached block of another length is not the file's
+/// as it is now.
+pub fn cached_len(file_len: u64, block: u64) -> u64 {
+    file_len.saturating_sub(block * BLOCK).min(BLOCK)
+}
+
 // ------------------------------------------------------------ memory tier
 
 /// A cached block in a memory shard.
@@ -1114,8 +1122,7 @@ impl BlockCache {
             let shard = self.memory.shard(&k)?;
             let (b, p) = lock(shard).get(&k)?;
             // Whole, or the file's last block at exactly its length.
-            let want = span.checked_sub(i * BLOCK)?.min(BLOCK);
-            (b.len() as u64 == want).then_some((b, p))
+            (span > i * BLOCK && b.len() as u64 == cached_len(span, i)).then_some((b, p))
         };
         let skip = usize::try_from(skip).ok()?;
         let len = usize::try_from(len).ok()?;

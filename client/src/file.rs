@@ -102,7 +102,7 @@ use tokio::sync::watch;
 
 use crate::Result;
 use crate::SetAttrChanges;
-use crate::cache::{BLOCK, BlockKey};
+use crate::cache::{BLOCK, BlockKey, cached_len};
 use crate::chunk_io::WriteData;
 use crate::client::{Client, OpenOptions, WriteEpoch};
 use crate::compress::{Codec, PACKED_MARK, Packing, is_packed};
@@ -540,7 +540,7 @@ impl File {
             return ReadNow::Later(later);
         }
         let start = offset - offset % BLOCK;
-        {
+        let size = {
             let s = lock(&f.state);
             let overlaps = |a: u64, b: u64| a < end && start < b;
             if s.prefetching.iter().any(|(a, b, _)| overlaps(*a, *b))
@@ -548,10 +548,10 @@ impl File {
             {
                 return ReadNow::Later(later);
             }
-        }
+            s.len
+        };
         let first = self.inner.key(start / BLOCK);
         let blocks = end.div_ceil(BLOCK) - start / BLOCK;
-        let size = lock(&f.state).len;
         let span = (blocks * BLOCK).min(size.saturating_sub(start));
         let cache = &f.client.inner.cache;
         let Some(data) = cache.read_in_memory(first, blocks, span, offset - start, end - offset)
@@ -1084,9 +1084,10 @@ impl FileInner {
             if use_cache && (ends_whole || !self.transformed()) {
                 let mut blk = p.file_offset / BLOCK;
                 while blk * BLOCK < p_end {
-                    let want = size.saturating_sub(blk * BLOCK).min(BLOCK);
                     match cache.get(self.key(blk)) {
-                        Some(b) if b.len() as u64 == want => hits.push((blk * BLOCK, b)),
+                        Some(b) if b.len() as u64 == cached_len(size, blk) => {
+                            hits.push((blk * BLOCK, b));
+                        }
                         _ => break,
                     }
                     blk += 1;
@@ -1182,7 +1183,7 @@ impl FileInner {
         // (a read answers it only while the length is that, see
         // `read_range`), in memory only. Sealed files are stored whole.
         let at = r.file_offset + off;
-        let short = size.saturating_sub(at);
+        let short = cached_len(size, at / BLOCK);
         if !self.transformed() && short > 0 && short < BLOCK && off + short <= data.len() as u64 {
             let b = Bytes::copy_from_slice(&data[off as usize..(off + short) as usize]);
             cache.insert_memory_only(self.key(at / BLOCK), b, false);
