@@ -541,11 +541,21 @@ async fn a_chunkserver_cut_off_from_meta_stops_serving() {
     let d = pattern(9, 4096);
     c.write(&ch, k, 0, &d, 1, 1).await.unwrap();
     let victim = c.index_of(&ch.members[2]);
-    let ready = c.ready(victim);
-    assert!(
-        ready.starts_with("HTTP/1.0 200") || ready.starts_with("HTTP/1.1 200"),
-        "{ready}"
-    );
+    // Ready once its own view has every member it holds serving (the view
+    // reaches it with a heartbeat, so on a loaded machine that can trail
+    // the table the cluster waited for).
+    let start = Instant::now();
+    loop {
+        let ready = c.ready(victim);
+        if ready.starts_with("HTTP/1.0 200") || ready.starts_with("HTTP/1.1 200") {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "never ready: {ready}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     c.stop_meta().await;
     let start = Instant::now();
     loop {
@@ -562,13 +572,23 @@ async fn a_chunkserver_cut_off_from_meta_stops_serving() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let e = code(c.write(&ch, k, 0, &d, 1, 2).await);
-    assert_eq!(e, ErrorCode::Unavailable, "writes refused too");
     let ready = c.ready(victim);
     assert!(
         ready.contains(" 503 ") && ready.contains("no lease"),
         "{ready}"
     );
+    // Each member's lease counts from its own last heartbeat: once the
+    // head's has run out too, a write is refused as well.
+    let head = c.index_of(&ch.members[0]);
+    while !c.ready(head).contains("no lease") {
+        assert!(
+            start.elapsed() < Duration::from_secs(8),
+            "the head still holds a lease 8 s after meta went away"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let e = code(c.write(&ch, k, 0, &d, 1, 2).await);
+    assert_eq!(e, ErrorCode::Unavailable, "writes refused too");
 }
 
 /// A resync copy delivered after its sender gave up on it must not put old
