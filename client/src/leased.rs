@@ -34,9 +34,26 @@
 //!   everything when it does not say.
 //! * A reset, or a lost or silent feed, drops everything.
 //!
+//! # Names that do not exist
+//!
+//! A create through the mount costs the kernel's LOOKUP of the new name
+//! first, and that answer ("no such file") was a meta round trip each time
+//! (a quarter of a create's time). A leased *listing* of a directory
+//! ([`Leased::keep_listing`], meta's `ReadDir` with `lease_session`) makes
+//! the directory *complete* here: meta registered every name in it with
+//! the lease before it read the listing, so no other client's entry made,
+//! removed or replaced in it is acknowledged before this client dropped
+//! the name. A name of a complete directory that is not here does not
+//! exist ([`Leased::absent`]). A name some change dropped (the feed's, or
+//! this client's own create) is *unknown* instead of absent until an
+//! answer for it is kept again, so only names never seen since the listing
+//! are answered as absent. Meta lists with the lease only live directories
+//! other than the root (a restore adds its volume's name there without
+//! publishing it), never a snapshot's.
+//!
 //! Bounded: past [`MAX_ATTRS`] inodes the cache starts over.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Instant;
@@ -57,6 +74,11 @@ struct State {
     attrs: HashMap<u64, Attr>,
     /// Name → (inode, whether it is a directory: a kind never changes).
     entries: HashMap<(u64, String), (u64, bool)>,
+    /// Directories every name of which is in `entries`, in `unknown`, or
+    /// does not exist (see the module docs).
+    complete: HashSet<u64>,
+    /// Names of complete directories a change dropped.
+    unknown: HashSet<(u64, String)>,
     /// The lease's end on this machine's clock.
     until: Option<Instant>,
     /// Counts changes applied, resets and losses.
@@ -74,13 +96,22 @@ impl State {
     fn clear(&mut self) {
         self.attrs.clear();
         self.entries.clear();
+        self.complete.clear();
+        self.unknown.clear();
         self.epoch += 1;
+    }
+
+    /// Whether the maps are full (then the cache starts over).
+    fn full(&self) -> bool {
+        self.attrs.len() >= MAX_ATTRS
+            || self.entries.len() >= MAX_ATTRS
+            || self.unknown.len() >= MAX_ATTRS
     }
 
     /// Keeps `attr` and the name it was looked up by, if any, for a read
     /// of epoch `epoch`.
     fn insert(&mut self, epoch: u64, name: Option<(u64, &str)>, attr: &Attr) {
-        if self.attrs.len() >= MAX_ATTRS || self.entries.len() >= MAX_ATTRS {
+        if self.full() {
             self.clear();
             // Still this read's epoch: nothing changed, the map was full.
             self.epoch = epoch;
@@ -88,18 +119,26 @@ impl State {
         self.attrs.insert(attr.ino, attr.clone());
         if let Some((parent, name)) = name {
             let dir = attr.kind() == FileType::Directory;
-            self.entries
-                .insert((parent, name.to_string()), (attr.ino, dir));
+            let key = (parent, name.to_string());
+            if !self.unknown.is_empty() {
+                self.unknown.remove(&key);
+            }
+            self.entries.insert(key, (attr.ino, dir));
         }
     }
 
-    /// Drops the attributes of `inos` and the names `entries`.
+    /// Drops the attributes of `inos` and the names `entries` (a name of a
+    /// complete directory becomes unknown, not absent).
     fn forget<'a>(&mut self, inos: &[u64], entries: impl IntoIterator<Item = (u64, &'a str)>) {
         for ino in inos {
             self.attrs.remove(ino);
         }
         for (parent, name) in entries {
-            self.entries.remove(&(parent, name.to_string()));
+            let key = (parent, name.to_string());
+            self.entries.remove(&key);
+            if self.complete.contains(&parent) {
+                self.unknown.insert(key);
+            }
         }
     }
 
@@ -253,6 +292,68 @@ impl Leased {
         let a = s.attrs.get(&ino).cloned()?;
         s.hits += 1;
         Some(a)
+    }
+
+    /// Whether the entry `name` in `parent` may be answered from here as
+    /// not existing: `parent` is complete and the name was neither listed
+    /// nor kept nor dropped since (see the module docs).
+    pub fn absent(&self, parent: u64, name: &str, mutations: u64) -> bool {
+        self.absent_at(parent, name, mutations, Instant::now())
+    }
+
+    fn absent_at(&self, parent: u64, name: &str, mutations: u64, now: Instant) -> bool {
+        let mut s = self.state();
+        if !s.usable(mutations, now) || !s.complete.contains(&parent) {
+            return false;
+        }
+        let key = (parent, name.to_string());
+        if s.entries.contains_key(&key) || s.unknown.contains(&key) {
+            return false;
+        }
+        s.hits += 1;
+        true
+    }
+
+    /// Whether directory `dir` is complete here (its names listed under
+    /// the lease, see the module docs).
+    pub fn complete(&self, dir: u64) -> bool {
+        self.state().complete.contains(&dir)
+    }
+
+    /// Keeps meta's leased listing of the whole directory `dir` (each
+    /// entry's name, inode and whether it is a directory), read with
+    /// ticket `t`, if nothing moved meanwhile: from then on the directory
+    /// is complete (see the module docs).
+    pub fn keep_listing<'a>(
+        &self,
+        t: Ticket,
+        mutations: u64,
+        dir: u64,
+        listing: impl ExactSizeIterator<Item = (&'a str, u64, bool)>,
+    ) {
+        self.keep_listing_at(t, mutations, dir, listing, Instant::now());
+    }
+
+    fn keep_listing_at<'a>(
+        &self,
+        t: Ticket,
+        mutations: u64,
+        dir: u64,
+        listing: impl ExactSizeIterator<Item = (&'a str, u64, bool)>,
+        now: Instant,
+    ) {
+        let mut s = self.state();
+        if !s.usable(mutations, now) || t.epoch != s.epoch || t.mutations != mutations {
+            return;
+        }
+        if s.entries.len() + listing.len() >= MAX_ATTRS || s.full() {
+            return;
+        }
+        s.unknown.retain(|(p, _)| *p != dir);
+        for (name, ino, is_dir) in listing {
+            s.entries.insert((dir, name.to_string()), (ino, is_dir));
+        }
+        s.complete.insert(dir);
     }
 
     /// The attributes of the path made of `names` from the root, if every
@@ -541,6 +642,54 @@ mod tests {
         counter.fetch_add(1, Ordering::AcqRel);
         l.own_mutation(&counter, Some(&Changed::default()));
         assert_eq!(l.resolve_dir_at(&["vol"], 4, t0), None);
+    }
+
+    #[test]
+    fn a_listed_directorys_missing_names_are_absent_until_a_change_names_them() {
+        let (l, t0) = leased_now();
+        let counter = AtomicU64::new(0);
+        assert!(!l.absent_at(4, "x", 0, t0), "not listed: ask meta");
+        let t = l.begin(0);
+        let listing = [("a", 10, false), ("sub", 11, true)];
+        l.keep_listing_at(t, 0, 4, listing.into_iter(), t0);
+        assert!(l.complete(4));
+        assert!(l.absent_at(4, "x", 0, t0));
+        assert!(!l.absent_at(4, "a", 0, t0), "listed");
+        assert!(!l.absent_at(5, "x", 0, t0), "another directory");
+        assert_eq!(
+            l.lookup_at(4, "a", 0, t0),
+            None,
+            "listed without attributes"
+        );
+        assert_eq!(l.resolve_dir_at(&[], 0, t0), Some(1));
+        // Another client's change naming x: unknown, not absent.
+        l.changed(&[4], [(4, "x")]);
+        assert!(!l.absent_at(4, "x", 0, t0));
+        assert!(l.absent_at(4, "y", 0, t0));
+        // This client's own create of y: unknown until its answer is kept.
+        let t = l.begin(0);
+        counter.store(0, Ordering::Release);
+        l.own_mutation(&counter, Some(&Changed::new([4, 12], &[(4, "y")])));
+        assert!(!l.absent_at(4, "y", 1, t0));
+        l.keep_own(t, (4, "y"), &attr(12, 0));
+        assert_eq!(l.lookup_at(4, "y", 1, t0).map(|a| a.ino), Some(12));
+        assert!(!l.absent_at(4, "y", 1, t0));
+        // A listing that raced a change is not kept.
+        let t = l.begin(1);
+        l.changed(&[], [(6, "z")]);
+        l.keep_listing_at(t, 1, 6, [].into_iter(), t0);
+        assert!(!l.complete(6));
+        assert!(!l.absent_at(6, "q", 1, t0));
+        // Nor one that raced an own mutation.
+        let t = l.begin(1);
+        l.own_mutation(&counter, Some(&Changed::default()));
+        l.keep_listing_at(t, 2, 6, [].into_iter(), t0);
+        assert!(!l.complete(6));
+        // Nothing is absent once the lease ran out, or after a reset.
+        assert!(!l.absent_at(4, "w", 2, t0 + CLIENT_LEASE));
+        l.reset();
+        assert!(!l.absent_at(4, "w", 2, t0));
+        assert!(!l.complete(4));
     }
 
     #[test]

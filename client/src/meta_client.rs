@@ -1039,6 +1039,28 @@ impl MetaClient {
         self.readdir_at(None, ino, cookie, limit, plus).await
     }
 
+    /// The whole of directory `ino` in one page of at most `limit`
+    /// entries (no attributes) for a cache kept under this client's
+    /// change-feed lease: also returns whether the page holds the whole
+    /// directory and meta's leader covered every name in it with the lease
+    /// (only then may [`crate::leased::Leased::keep_listing`] keep it).
+    ///
+    /// # Errors
+    /// As [`Self::readdir`].
+    pub async fn readdir_leased(&self, ino: InodeId, limit: u32) -> Result<(Vec<DirEntry>, bool)> {
+        let session = self.session_id().await?.0;
+        let req = ReadDirRequest {
+            ino: ino.0,
+            cookie: Vec::new(),
+            limit,
+            plus: false,
+            snapshot: None,
+            lease_session: session,
+        };
+        let r = rpc!(self, read_dir, req).await?;
+        Ok((r.entries, r.leased))
+    }
+
     /// [`Self::readdir`] in the live tree (`None`) or in a snapshot's.
     ///
     /// # Errors
@@ -1057,6 +1079,7 @@ impl MetaClient {
             limit,
             plus,
             snapshot,
+            lease_session: 0,
         };
         rpc!(self, read_dir, req).await
     }

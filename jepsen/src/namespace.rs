@@ -36,6 +36,7 @@ pub async fn list_dir(client: &mut RawMeta, ino: u64, plus: bool) -> Result<Vec<
                 limit: PAGE,
                 plus,
                 snapshot: None,
+                lease_session: 0,
             })
             .await
             .map_err(|s| {

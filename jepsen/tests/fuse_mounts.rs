@@ -518,6 +518,77 @@ async fn own_writes_keep_the_mounts_lease_cache_of_other_files() {
     stop_all([a]);
 }
 
+/// Names that do not exist, answered from a mount's memory: after a
+/// lookup of a missing name in a directory, the mount lists the directory
+/// under its lease and answers the next missing names there itself (a
+/// create's LOOKUP; every meta replica is frozen to show it), yet a name
+/// another mount then makes there — created, renamed in, linked — is seen
+/// at once, and so is one this mount makes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn absent_names_answered_from_memory_follow_every_change() {
+    let _serial = cairn_jepsen::serial().await;
+    let (mut cluster, mounts) = cached_mounts("absent", &["a", "b"], &["--io-timeout", "3s"]).await;
+    let [a, b]: [Mount; 2] = mounts.try_into().ok().unwrap();
+    let (da, db) = (a.path("d"), b.path("d"));
+    let da2 = da.clone();
+    tokio::task::spawn_blocking(move || {
+        fs::create_dir(&da2).unwrap();
+        // The feed connects and the lease is granted.
+        std::thread::sleep(Duration::from_secs(1));
+        assert_eq!(errno_of(fs::metadata(da2.join("x0"))), Some(libc::ENOENT));
+        // The listing runs in the background.
+        std::thread::sleep(Duration::from_millis(300));
+    })
+    .await
+    .unwrap();
+    for i in 0..cluster.meta.len() {
+        cluster.meta.pause(i).unwrap();
+    }
+    let da2 = da.clone();
+    let answered = tokio::task::spawn_blocking(move || {
+        let t = Instant::now();
+        (errno_of(fs::metadata(da2.join("x1"))), t.elapsed())
+    })
+    .await
+    .unwrap();
+    for i in 0..cluster.meta.len() {
+        cluster.meta.resume(i).unwrap();
+    }
+    println!("[test] absent name with meta frozen: {answered:?}");
+    assert!(
+        answered.0 == Some(libc::ENOENT) && answered.1 < Duration::from_millis(500),
+        "a missing name in a listed directory went to meta: {answered:?}"
+    );
+    tokio::task::spawn_blocking(move || {
+        for i in 0..20 {
+            let n = format!("n{i}");
+            assert_eq!(errno_of(fs::metadata(da.join(&n))), Some(libc::ENOENT));
+            match i % 3 {
+                0 => fs::write(db.join(&n), b"made by b").unwrap(),
+                1 => {
+                    fs::write(db.join("tmp"), b"renamed by b").unwrap();
+                    fs::rename(db.join("tmp"), db.join(&n)).unwrap();
+                }
+                _ => fs::hard_link(db.join("n0"), db.join(&n)).unwrap(),
+            }
+            let seen = fs::metadata(da.join(&n));
+            assert!(seen.is_ok(), "A missed {n}, which B made: {seen:?}");
+        }
+        assert_eq!(errno_of(fs::metadata(da.join("tmp"))), Some(libc::ENOENT));
+        // Its own create, and a name B removes again.
+        fs::write(da.join("own"), b"made by a").unwrap();
+        assert_eq!(fs::read(da.join("own")).unwrap(), b"made by a");
+        assert_eq!(fs::read(db.join("own")).unwrap(), b"made by a");
+        fs::remove_file(db.join("own")).unwrap();
+        assert_eq!(errno_of(fs::metadata(da.join("own"))), Some(libc::ENOENT));
+        fs::write(db.join("own"), b"again").unwrap();
+        assert_eq!(fs::read(da.join("own")).unwrap(), b"again");
+    })
+    .await
+    .unwrap();
+    stop_all([a, b]);
+}
+
 /// A reader's lookup, open, close and release are answered on the mount's
 /// FUSE threads when the lease covers them (no task): a file unlinked
 /// while a reader holds it open is still freed on meta when that reader

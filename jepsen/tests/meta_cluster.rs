@@ -1484,6 +1484,7 @@ async fn send_bad_input(raw: &mut RawMeta, vol: u64, file: u64, addr: &str) -> V
             limit: 10,
             plus: true,
             snapshot: None,
+            lease_session: 0,
         })
         .await,
         &[NotFound],
@@ -1622,6 +1623,7 @@ async fn send_bad_input(raw: &mut RawMeta, vol: u64, file: u64, addr: &str) -> V
             limit: 10,
             plus: true,
             snapshot: None,
+            lease_session: 0,
         })
         .await;
     println!(

@@ -199,6 +199,8 @@ struct Holder {
 struct Covered {
     inos: HashSet<u64>,
     names: HashSet<(u64, String)>,
+    /// Directories every name of which is covered, present or not.
+    dirs: HashSet<u64>,
     all: bool,
 }
 
@@ -209,6 +211,11 @@ pub enum Cover<'a> {
     Ino(u64),
     /// The entry `name` in directory `parent`.
     Name(u64, &'a str),
+    /// Every entry of a directory, those it does not hold too: a leased
+    /// listing, from which the client answers that a name does not exist.
+    /// Only directories nothing adds names to unpublished (not the root,
+    /// where a restore adds its volume's entry; never a snapshot's).
+    Dir(u64),
 }
 
 impl Covered {
@@ -223,18 +230,24 @@ impl Covered {
             Cover::Name(parent, name) => {
                 self.names.insert((parent, name.to_string()));
             }
+            Cover::Dir(dir) => {
+                self.dirs.insert(dir);
+            }
         }
-        if self.inos.len() + self.names.len() > MAX_COVERED {
+        if self.inos.len() + self.names.len() + self.dirs.len() > MAX_COVERED {
             self.all = true;
             self.inos = HashSet::new();
             self.names = HashSet::new();
+            self.dirs = HashSet::new();
         }
     }
 
     fn any(&self, c: &Change) -> bool {
         self.all
             || c.inos.iter().any(|i| self.inos.contains(i))
-            || c.entries.iter().any(|e| self.names.contains(e))
+            || c.entries
+                .iter()
+                .any(|e| self.dirs.contains(&e.0) || self.names.contains(e))
     }
 }
 
@@ -692,6 +705,12 @@ mod tests {
             !c.any(&change(&[1, 7], &[(1, "b")])),
             "a new name beside a covered one (a create in its directory)"
         );
+        // A listed directory: every name in it, not its attributes.
+        c.add(Cover::Dir(4));
+        assert!(c.any(&change(&[4, 9], &[(4, "new")])), "a create in 4");
+        assert!(c.any(&change(&[], &[(4, "gone")])), "a removal from 4");
+        assert!(!c.any(&change(&[4], &[])), "4's own attributes");
+        assert!(!c.any(&change(&[5, 9], &[(5, "new")])));
         for i in 0..MAX_COVERED as u64 {
             c.add(Cover::Ino(10 + i));
         }

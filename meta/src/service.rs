@@ -34,8 +34,9 @@ use crate::changes::Cover;
 use crate::config::MetaConfig;
 use crate::fs::locks::{LockHolder, LockKind};
 use crate::fs::{
-    self, Command, FsError, FsState, Inode, KEY_CHECK_LEN, Kind, Kv, Op, Reply, SALT_LEN, SetAttr,
-    SetTime, TargetSpec, TargetState, VolumeCompression, VolumeKeys, VolumePolicy, compression,
+    self, Command, FsError, FsState, Inode, KEY_CHECK_LEN, Kind, Kv, Op, ROOT_INO, Reply, SALT_LEN,
+    SetAttr, SetTime, TargetSpec, TargetState, VolumeCompression, VolumeKeys, VolumePolicy,
+    compression,
 };
 use crate::raft::types::MetaRaft;
 
@@ -1235,6 +1236,11 @@ impl Meta for MetaService {
     async fn read_dir(&self, req: Request<pb::ReadDirRequest>) -> GrpcResult<pb::ReadDirReply> {
         let r = req.into_inner();
         let limit = if r.limit == 0 { 1000 } else { r.limit as usize };
+        // A whole live directory, covered before it is read
+        // (crate::changes, Cover::Dir): not the root, where a restore adds
+        // its volume's name without publishing it until it is done.
+        let cover = r.snapshot.is_none() && r.cookie.is_empty() && r.ino != ROOT_INO;
+        let covered = cover && self.cover(r.lease_session, Cover::Dir(r.ino));
         let fs = self.read().await?;
         let (entries, next) = match snapshot_ref(r.snapshot.as_ref()) {
             Some((v, seq)) => fs.snapshot_readdir(v, seq, r.ino, &r.cookie, limit, r.plus),
@@ -1253,6 +1259,7 @@ impl Meta for MetaService {
         }
         Ok(Response::new(pb::ReadDirReply {
             entries: out,
+            leased: covered && next.is_none(),
             next_cookie: next.unwrap_or_default(),
         }))
     }

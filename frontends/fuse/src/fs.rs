@@ -152,7 +152,18 @@ pub(crate) struct Inner {
     /// Directories' attributes as this mount's own changes left them
     /// ([`dirattrs`]).
     pub(crate) dir_attrs: Arc<dirattrs::DirAttrs>,
+    /// Directories being listed for the lease cache, or found too large
+    /// to list ([`Inner::list_for_absent_names`]).
+    listing: Arc<Mutex<HashSet<u64>>>,
 }
+
+/// Largest directory the mount lists to answer absent names from its
+/// lease cache ([`Inner::list_for_absent_names`]).
+const LISTED_AT_MOST: u32 = 1024;
+
+/// Most directories remembered as being listed or too large; past it the
+/// set starts over (a large one is then listed once more).
+const LISTING_MEMORY: usize = 4096;
 
 /// Holds an inode's lock; removes the lock from the map when it is the
 /// last user.
@@ -304,6 +315,7 @@ impl CairnFs {
                 feed_live: AtomicBool::new(false),
                 names: Mutex::new(HashSet::new()),
                 dir_attrs: Arc::default(),
+                listing: Arc::default(),
                 next_fh: AtomicU64::new(1),
                 adopting: AtomicBool::new(false),
                 handles: Mutex::new(HashMap::new()),
@@ -638,9 +650,15 @@ impl Inner {
         let m = self.client.meta();
         let a = match self.lease_cache().lookup(parent, &name, m.mutations()) {
             Some(a) => a,
+            None if self.lease_cache().absent(parent, &name, m.mutations()) => {
+                return Err(Errno::ENOENT);
+            }
             None => {
                 let t = self.lease_cache().begin(m.mutations());
                 let r = m.lookup_leased(InodeId(parent), &name).await;
+                if r.as_ref().is_err_and(|e| e.code == ErrorCode::NotFound) {
+                    self.list_for_absent_names(parent);
+                }
                 let (a, leased) = r.map_err(|e| errno(&e))?;
                 if leased {
                     self.lease_cache()
@@ -658,17 +676,76 @@ impl Inner {
     /// A lookup answered on the FUSE thread from what the lease covers
     /// ([`cairn_client::leased`]), as [`Self::open_now`] answers opens: no
     /// task, no wake-up. `None`: take [`Self::lookup`].
-    fn lookup_now(&self, parent: u64, name: &str) -> Option<FileAttr> {
+    /// A name the lease cache knows does not exist is answered too
+    /// (ENOENT, never cached by the kernel).
+    fn lookup_now(&self, parent: u64, name: &str) -> Option<R<FileAttr>> {
         if snapshots::is_snapshot(parent) || name == snapshots::DIR {
             return None;
         }
-        let a = self
-            .lease_cache()
-            .lookup(parent, name, self.client.meta().mutations())?;
+        let mutations = self.client.meta().mutations();
+        let cache = self.lease_cache();
+        let Some(a) = cache.lookup(parent, name, mutations) else {
+            return cache
+                .absent(parent, name, mutations)
+                .then_some(Err(Errno::ENOENT));
+        };
         if a.kind == Kind::Regular as i32 && !self.ckpt.looked_up_now(parent, a.ino) {
             return None;
         }
-        Some(self.attr(&a))
+        Some(Ok(self.attr(&a)))
+    }
+
+    /// Meta said a name in `parent` does not exist: lists `parent` in the
+    /// background under the lease, so that the next names looked up there
+    /// that do not exist (a create's LOOKUP) are answered from the lease
+    /// cache ([`cairn_client::leased`], "Names that do not exist"). Not
+    /// the root or a snapshot's directories (meta would not lease them),
+    /// and not a directory listed already, being listed, or found larger
+    /// than [`LISTED_AT_MOST`].
+    fn list_for_absent_names(&self, parent: u64) {
+        if parent == InodeId::ROOT.0
+            || snapshots::is_snapshot(parent)
+            || self.lease_cache().complete(parent)
+        {
+            return;
+        }
+        {
+            let mut listing = lock(&self.listing);
+            if listing.len() >= LISTING_MEMORY {
+                listing.clear();
+            }
+            if !listing.insert(parent) {
+                return;
+            }
+        }
+        let client = self.client.clone();
+        let listing = self.listing.clone();
+        self.rt.spawn(async move {
+            let m = client.meta();
+            let t = m.path_cache().begin(m.mutations());
+            let whole = match m.readdir_leased(InodeId(parent), LISTED_AT_MOST).await {
+                Ok((entries, true)) => {
+                    let names = entries.iter().map(|e| {
+                        let dir = e.kind == cairn_proto::meta::FileType::Directory as i32;
+                        (e.name.as_str(), e.ino, dir)
+                    });
+                    m.path_cache().keep_listing(t, m.mutations(), parent, names);
+                    true
+                }
+                // Too large: not listed again. Not leased (no feed yet,
+                // or not the leader): the next absent name tries again.
+                Ok((entries, false)) => entries.len() < LISTED_AT_MOST as usize,
+                Err(e) => {
+                    debug!(parent, error = %e, "listing a directory for the lease cache failed");
+                    true
+                }
+            };
+            if whole {
+                // Listed (kept, or refused because something moved: the
+                // next absent name lists it again), or failed.
+                lock(&listing).remove(&parent);
+            }
+        });
     }
 
     /// The attributes of `ino`: under the cache lease from this mount's
@@ -1419,8 +1496,8 @@ impl Filesystem for CairnFs {
                     let _rt = self.inner.rt.enter();
                     self.inner.lookup_now(parent, &name)
                 };
-                if let Some(a) = now {
-                    return entry(reply, self.inner.entry_ttl_for(parent, &name), Ok(a));
+                if let Some(r) = now {
+                    return entry(reply, self.inner.entry_ttl_for(parent, &name), r);
                 }
                 let n2 = name.clone();
                 self.spawn(
