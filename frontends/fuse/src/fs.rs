@@ -620,6 +620,27 @@ impl Inner {
         }
     }
 
+    /// A getattr answered on the FUSE thread, as [`Self::lookup_now`]
+    /// answers lookups: a directory's attributes as this mount's own
+    /// changes left them while the feed is up ([`dirattrs`]; the kernel
+    /// asks for them before each name it looks up in a directory it just
+    /// changed), or a file's the lease covers. `None`: take
+    /// [`Self::getattr`].
+    fn getattr_now(&self, ino: u64) -> Option<FileAttr> {
+        if snapshots::is_snapshot(ino) {
+            return None;
+        }
+        if self.feed_live.load(Ordering::Acquire)
+            && let Some(a) = self.dir_attrs.get(ino)
+        {
+            return Some(self.attr(&a));
+        }
+        let a = self
+            .lease_cache()
+            .attr(ino, self.client.meta().mutations())?;
+        Some(self.attr(&a))
+    }
+
     async fn getattr(&self, ino: u64) -> R<FileAttr> {
         if snapshots::is_snapshot(ino) {
             return Ok(self.attr(&self.snap_getattr(ino).await?));
@@ -1520,6 +1541,13 @@ impl Filesystem for CairnFs {
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
         let ino = self.inner.cairn(ino);
         let ttl = self.inner.attr_ttl();
+        let now = {
+            let _rt = self.inner.rt.enter();
+            self.inner.getattr_now(ino)
+        };
+        if let Some(a) = now {
+            return reply.attr(&ttl, &a);
+        }
         self.spawn(
             move |me| async move { me.getattr(ino).await },
             move |r| match r {
