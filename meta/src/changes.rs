@@ -31,6 +31,13 @@
 //!   each create wait for every client that looked the directory up. They
 //!   stay best effort, as in the kernel's cache (dropped when the feed
 //!   names them, after the acknowledgement); nothing needs them exact.
+//! * **A leased listing covers every name of a directory**, present or
+//!   not ([`Cover::Dir`]; `ReadDir` with `lease_session`, only of a live
+//!   directory other than the root that fits one page), so the client may
+//!   answer that a name it did not list does not exist. Every other
+//!   client's entry made, removed or replaced there then waits for it;
+//!   the mount lists only directories it made itself, which others rarely
+//!   change.
 //! * **No mutation is acknowledged before every other lease holder
 //!   covering an inode it names acknowledged it, or its lease ran out**
 //!   ([`ChangeFeed::wait_acked`]).

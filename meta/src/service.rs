@@ -1238,10 +1238,19 @@ impl Meta for MetaService {
         let limit = if r.limit == 0 { 1000 } else { r.limit as usize };
         // A whole live directory, covered before it is read
         // (crate::changes, Cover::Dir): not the root, where a restore adds
-        // its volume's name without publishing it until it is done.
-        let cover = r.snapshot.is_none() && r.cookie.is_empty() && r.ino != ROOT_INO;
-        let covered = cover && self.cover(r.lease_session, Cover::Dir(r.ino));
+        // its volume's name without publishing it until it is done. Only
+        // one that fits the page (a first read without attributes says):
+        // a covered directory makes every other client's change in it wait
+        // for this one, which a listing that cannot be complete is not
+        // worth.
+        let cover = r.lease_session != 0
+            && r.snapshot.is_none()
+            && r.cookie.is_empty()
+            && r.ino != ROOT_INO;
         let fs = self.read().await?;
+        let covered = cover
+            && matches!(fs.readdir(r.ino, &[], limit, false), Ok((_, None)))
+            && self.cover(r.lease_session, Cover::Dir(r.ino));
         let (entries, next) = match snapshot_ref(r.snapshot.as_ref()) {
             Some((v, seq)) => fs.snapshot_readdir(v, seq, r.ino, &r.cookie, limit, r.plus),
             None => fs.readdir(r.ino, &r.cookie, limit, r.plus),

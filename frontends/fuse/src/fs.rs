@@ -152,17 +152,26 @@ pub(crate) struct Inner {
     /// Directories' attributes as this mount's own changes left them
     /// ([`dirattrs`]).
     pub(crate) dir_attrs: Arc<dirattrs::DirAttrs>,
-    /// Directories being listed for the lease cache, or found too large
-    /// to list ([`Inner::list_for_absent_names`]).
-    listing: Arc<Mutex<HashSet<u64>>>,
+    /// Directories this mount made, and those being listed for the lease
+    /// cache or found too large to list ([`Inner::list_for_absent_names`]).
+    listing: Arc<Mutex<Listings>>,
+}
+
+/// See [`Inner::list_for_absent_names`].
+#[derive(Default)]
+struct Listings {
+    /// Directories this mount made (the ones it lists).
+    made: HashSet<u64>,
+    /// Being listed, or found too large.
+    busy: HashSet<u64>,
 }
 
 /// Largest directory the mount lists to answer absent names from its
 /// lease cache ([`Inner::list_for_absent_names`]).
 const LISTED_AT_MOST: u32 = 1024;
 
-/// Most directories remembered as being listed or too large; past it the
-/// set starts over (a large one is then listed once more).
+/// Most directories remembered as made here (and as being listed or too
+/// large); past it the sets start over.
 const LISTING_MEMORY: usize = 4096;
 
 /// Holds an inode's lock; removes the lock from the map when it is the
@@ -719,23 +728,22 @@ impl Inner {
     /// Meta said a name in `parent` does not exist: lists `parent` in the
     /// background under the lease, so that the next names looked up there
     /// that do not exist (a create's LOOKUP) are answered from the lease
-    /// cache ([`cairn_client::leased`], "Names that do not exist"). Not
-    /// the root or a snapshot's directories (meta would not lease them),
-    /// and not a directory listed already, being listed, or found larger
-    /// than [`LISTED_AT_MOST`].
+    /// cache ([`cairn_client::leased`], "Names that do not exist").
+    ///
+    /// Only directories this mount made ([`Inner::made_dir`]): a listed
+    /// directory makes every other client's change of a name in it wait
+    /// for this mount's acknowledgement (one round trip, as for a name
+    /// this mount looked up), which a directory this mount fills itself —
+    /// a job's output, a dataset being written — rarely meets. Not one
+    /// listed already, being listed, or found larger than
+    /// [`LISTED_AT_MOST`] (meta covers only a directory that fits).
     fn list_for_absent_names(&self, parent: u64) {
-        if parent == InodeId::ROOT.0
-            || snapshots::is_snapshot(parent)
-            || self.lease_cache().complete(parent)
-        {
+        if self.lease_cache().complete(parent) {
             return;
         }
         {
             let mut listing = lock(&self.listing);
-            if listing.len() >= LISTING_MEMORY {
-                listing.clear();
-            }
-            if !listing.insert(parent) {
+            if !listing.made.contains(&parent) || !listing.busy.insert(parent) {
                 return;
             }
         }
@@ -764,9 +772,20 @@ impl Inner {
             if whole {
                 // Listed (kept, or refused because something moved: the
                 // next absent name lists it again), or failed.
-                lock(&listing).remove(&parent);
+                lock(&listing).busy.remove(&parent);
             }
         });
+    }
+
+    /// Remembers that this mount made directory `ino` (see
+    /// [`Self::list_for_absent_names`]).
+    fn made_dir(&self, ino: u64) {
+        let mut listing = lock(&self.listing);
+        if listing.made.len() >= LISTING_MEMORY {
+            listing.made.clear();
+            listing.busy.clear();
+        }
+        listing.made.insert(ino);
     }
 
     /// The attributes of `ino`: under the cache lease from this mount's
@@ -1629,8 +1648,13 @@ impl Filesystem for CairnFs {
         let name = name_or_reply!(name, reply);
         self.spawn_entry(parent, name, reply, move |me, name| async move {
             let meta = me.client.meta();
-            meta.mkdir(InodeId(parent), &name, new_mode(mode, umask), owner)
-                .await
+            let made = meta
+                .mkdir(InodeId(parent), &name, new_mode(mode, umask), owner)
+                .await;
+            if let Ok(a) = &made {
+                me.made_dir(a.attr.ino);
+            }
+            made
         });
     }
 
