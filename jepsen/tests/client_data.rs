@@ -939,3 +939,78 @@ async fn reads_answered_from_memory_are_the_files_bytes() -> Result<()> {
     w.close().await?;
     Ok(())
 }
+
+/// A leased listing (what the mount asks for to answer names that do not
+/// exist): meta says the reply covers the directory only when it holds the
+/// whole directory, the client's lease stream runs, and the directory is
+/// a live one other than the root (a restore adds a volume's name there
+/// unpublished). A client without a lease stream gets the entries, never
+/// the cover.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_leased_listing_covers_only_a_whole_live_directory() -> Result<()> {
+    let _serial = serial().await;
+    let (cluster, client, vol) = setup("listing").await?;
+    let (small, big) = (format!("{vol}/small"), format!("{vol}/big"));
+    let small_ino = client.create_dir_all(&small).await?.ino;
+    let big_ino = client.create_dir_all(&big).await?.ino;
+    for i in 0..2 {
+        client
+            .write_file(&format!("{small}/f{i}"), data(i, 10))
+            .await?;
+    }
+    for i in 0..20 {
+        client
+            .write_file(&format!("{big}/f{i}"), data(i, 10))
+            .await?;
+    }
+    let m = client.meta();
+    // The lease stream starts with the first path resolved.
+    m.resolve(&small).await?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let entries = loop {
+        let (entries, leased) = m
+            .readdir_leased(cairn_proto::ids::InodeId(small_ino), 16)
+            .await?;
+        if leased {
+            break entries;
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "a small directory's listing was never leased"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let mut names: Vec<_> = entries.iter().map(|e| e.name.clone()).collect();
+    names.sort();
+    ensure!(names == ["f0", "f1"], "listed {names:?}");
+    let (entries, leased) = m
+        .readdir_leased(cairn_proto::ids::InodeId(big_ino), 16)
+        .await?;
+    ensure!(
+        entries.len() == 16 && !leased,
+        "a directory larger than the page: {} entries, leased {leased}",
+        entries.len()
+    );
+    let (_, leased) = m
+        .readdir_leased(cairn_proto::ids::InodeId::ROOT, 100)
+        .await?;
+    ensure!(!leased, "the root directory was leased");
+    let plain = cluster
+        .client(ClientOptions {
+            meta: cairn_client::MetaClientOptions {
+                cache_leases: false,
+                ..Default::default()
+            },
+            ..Default::default()
+        })
+        .await?;
+    let (entries, leased) = plain
+        .meta()
+        .readdir_leased(cairn_proto::ids::InodeId(small_ino), 16)
+        .await?;
+    ensure!(
+        entries.len() == 2 && !leased,
+        "a client without a lease stream was told its listing is leased"
+    );
+    Ok(())
+}
