@@ -201,6 +201,15 @@ impl Changed {
     }
 }
 
+/// What [`Leased::named`] knows of a name.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Named {
+    /// It exists, with these attributes.
+    Found(Attr),
+    /// It does not exist.
+    Absent,
+}
+
 /// What a read saw before it was sent (see [`Leased::begin`]).
 #[derive(Debug, Clone, Copy)]
 pub struct Ticket {
@@ -294,24 +303,36 @@ impl Leased {
         Some(a)
     }
 
-    /// Whether the entry `name` in `parent` may be answered from here as
-    /// not existing: `parent` is complete and the name was neither listed
-    /// nor kept nor dropped since (see the module docs).
-    pub fn absent(&self, parent: u64, name: &str, mutations: u64) -> bool {
-        self.absent_at(parent, name, mutations, Instant::now())
+    /// The entry `name` in `parent`, if it may be answered from here:
+    /// [`Self::lookup`]'s answer, or that it does not exist (`parent` is
+    /// complete and the name was neither listed nor kept nor dropped
+    /// since, see the module docs). One look under one lock, for the
+    /// mount's lookups.
+    pub fn named(&self, parent: u64, name: &str, mutations: u64) -> Option<Named> {
+        self.named_at(parent, name, mutations, Instant::now())
     }
 
-    fn absent_at(&self, parent: u64, name: &str, mutations: u64, now: Instant) -> bool {
+    fn named_at(&self, parent: u64, name: &str, mutations: u64, now: Instant) -> Option<Named> {
         let mut s = self.state();
-        if !s.usable(mutations, now) || !s.complete.contains(&parent) {
-            return false;
+        if !s.usable(mutations, now) {
+            return None;
         }
         let key = (parent, name.to_string());
-        if s.entries.contains_key(&key) || s.unknown.contains(&key) {
-            return false;
-        }
+        let named = match s.entries.get(&key) {
+            Some((ino, _)) => Named::Found(s.attrs.get(ino).cloned()?),
+            None if s.complete.contains(&parent) && !s.unknown.contains(&key) => Named::Absent,
+            None => return None,
+        };
         s.hits += 1;
-        true
+        Some(named)
+    }
+
+    #[cfg(test)]
+    fn absent_at(&self, parent: u64, name: &str, mutations: u64, now: Instant) -> bool {
+        matches!(
+            self.named_at(parent, name, mutations, now),
+            Some(Named::Absent)
+        )
     }
 
     /// Whether directory `dir` is complete here (its names listed under
@@ -673,7 +694,9 @@ mod tests {
         assert!(!l.absent_at(4, "y", 1, t0));
         l.keep_own(t, (4, "y"), &attr(12, 0));
         assert_eq!(l.lookup_at(4, "y", 1, t0).map(|a| a.ino), Some(12));
-        assert!(!l.absent_at(4, "y", 1, t0));
+        assert_eq!(l.named_at(4, "y", 1, t0), Some(Named::Found(attr(12, 0))));
+        assert_eq!(l.named_at(4, "a", 1, t0), None, "listed, no attributes");
+        assert_eq!(l.named_at(4, "w", 1, t0), Some(Named::Absent));
         // A listing that raced a change is not kept.
         let t = l.begin(1);
         l.changed(&[], [(6, "z")]);

@@ -36,7 +36,7 @@ use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
-use cairn_client::leased::Leased;
+use cairn_client::leased::{Leased, Named};
 use cairn_client::meta_client::{
     LockRequest, Owner, RenameFlags, SetAttrChanges, SetTime, XattrMode,
 };
@@ -678,11 +678,9 @@ impl Inner {
             return Ok(self.attr(&a?));
         }
         let m = self.client.meta();
-        let a = match self.lease_cache().lookup(parent, &name, m.mutations()) {
-            Some(a) => a,
-            None if self.lease_cache().absent(parent, &name, m.mutations()) => {
-                return Err(Errno::ENOENT);
-            }
+        let a = match self.lease_cache().named(parent, &name, m.mutations()) {
+            Some(Named::Found(a)) => a,
+            Some(Named::Absent) => return Err(Errno::ENOENT),
             None => {
                 let t = self.lease_cache().begin(m.mutations());
                 let r = m.lookup_leased(InodeId(parent), &name).await;
@@ -712,12 +710,12 @@ impl Inner {
         if snapshots::is_snapshot(parent) || name == snapshots::DIR {
             return None;
         }
-        let mutations = self.client.meta().mutations();
-        let cache = self.lease_cache();
-        let Some(a) = cache.lookup(parent, name, mutations) else {
-            return cache
-                .absent(parent, name, mutations)
-                .then_some(Err(Errno::ENOENT));
+        let a = match self
+            .lease_cache()
+            .named(parent, name, self.client.meta().mutations())?
+        {
+            Named::Found(a) => a,
+            Named::Absent => return Some(Err(Errno::ENOENT)),
         };
         if a.kind == Kind::Regular as i32 && !self.ckpt.looked_up_now(parent, a.ino) {
             return None;
