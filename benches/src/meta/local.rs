@@ -110,6 +110,22 @@ impl Worker {
         })
     }
 
+    /// Stats name `r…` number `i` for each `i` of `picks`, which must not
+    /// exist (before [`Self::rename`] makes them).
+    ///
+    /// # Errors
+    /// A name that exists, or another failure, with the path.
+    pub fn stat_missing(&self, picks: &[usize]) -> Result<Samples> {
+        Samples::time_each(picks, |&i| {
+            let path = self.dir.join(renamed_name(i));
+            match std::fs::metadata(&path) {
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+                Err(e) => Err(e).with_context(|| format!("stat of {}", path.display())),
+                Ok(_) => anyhow::bail!("{} exists", path.display()),
+            }
+        })
+    }
+
     /// Renames files `f…` to `r…`, numbers `0..n`.
     ///
     /// # Errors

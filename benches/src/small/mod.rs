@@ -96,6 +96,9 @@ Phases (1 thread, then --threads threads each in its own directory, --files
 operations in all):
   create   open(O_CREAT|O_EXCL|O_WRONLY) + close (native: create + close)
   stat     every file of the 1-thread create once, shuffled, 1 thread
+  missing  stat of as many names that do not exist, in the same directory
+           (the names the rename will give), shuffled, 1 thread: what a
+           create's lookup or an exists() check costs
   rename   f... -> r... within the directory
   unlink   the renamed files
   mkdir    --files directories, then
@@ -207,6 +210,8 @@ pub enum Op {
     Create,
     /// Stat a file.
     Stat,
+    /// Stat a name that does not exist.
+    Missing,
     /// Rename a file within its directory.
     Rename,
     /// Unlink a file.
@@ -225,9 +230,10 @@ pub enum Op {
 
 impl Op {
     /// Every operation, in the order the phases run.
-    pub const ALL: [Op; 9] = [
+    pub const ALL: [Op; 10] = [
         Op::Create,
         Op::Stat,
+        Op::Missing,
         Op::Rename,
         Op::Unlink,
         Op::Mkdir,
@@ -242,6 +248,7 @@ impl Op {
         match self {
             Op::Create => "create",
             Op::Stat => "stat",
+            Op::Missing => "missing",
             Op::Rename => "rename",
             Op::Unlink => "unlink",
             Op::Mkdir => "mkdir",
@@ -255,7 +262,7 @@ impl Op {
     /// Returns whether the operation changes something (a durable Raft
     /// entry, or data on every replica, on Cairn).
     pub fn mutates(self) -> bool {
-        !matches!(self, Op::Stat | Op::Read | Op::Reread)
+        !matches!(self, Op::Stat | Op::Missing | Op::Read | Op::Reread)
     }
 
     /// Returns the baseline the phase's ratios divide by.
@@ -654,6 +661,7 @@ impl Runner<'_, '_> {
                 shuffled(s.small_files, s.seed.wrapping_add(1000 + threads as u64)),
             ),
             Op::Stat => (s.files, shuffled(s.files, s.seed)),
+            Op::Missing => (s.files, shuffled(s.files, s.seed.wrapping_add(7))),
             _ => (s.files / threads, Arc::from([])),
         };
         Job {
@@ -677,6 +685,10 @@ impl Runner<'_, '_> {
         match op {
             Op::Stat => format!(
                 "stat of each of the {} files of create ×1, shuffled, 1 thread",
+                s.files
+            ),
+            Op::Missing => format!(
+                "stat of {} names that do not exist in create ×1's directory, shuffled, 1 thread",
                 s.files
             ),
             Op::Write => format!(
@@ -708,7 +720,7 @@ impl Runner<'_, '_> {
                 continue;
             }
             // With --threads 1 the concurrent phases would repeat the others.
-            let counts: &[usize] = if op == Op::Stat || t == 1 {
+            let counts: &[usize] = if matches!(op, Op::Stat | Op::Missing) || t == 1 {
                 &[1]
             } else {
                 &[1, t]

@@ -147,6 +147,19 @@ async fn in_dir(client: &Client, dir: &str, op: Op, n: usize, order: &[usize]) -
             })
             .await
         }
+        Op::Missing => {
+            Samples::time_each_async(order, |&i| {
+                let p = path(renamed_name(i));
+                async move {
+                    match client.stat(&p).await {
+                        Err(e) if e.code == cairn_client::ErrorCode::NotFound => Ok(()),
+                        Err(e) => Err(e).with_context(|| format!("stat of {p}")),
+                        Ok(_) => anyhow::bail!("{p} exists"),
+                    }
+                }
+            })
+            .await
+        }
         Op::Rename => {
             Samples::time_each_async(0..n, |i| {
                 let (from, to) = (path(file_name(i)), path(renamed_name(i)));

@@ -74,6 +74,7 @@ impl Posix {
             Op::Read | Op::Reread => read_small(&dir, &job.order, job.threads, &job.data, false),
             Op::Create => self.namespace(job, |w| w.create(n, d)),
             Op::Stat => self.namespace(job, |w| w.stat(&job.order)),
+            Op::Missing => self.namespace(job, |w| w.stat_missing(&job.order)),
             Op::Rename => self.namespace(job, |w| w.rename(n, d)),
             Op::Unlink => self.namespace(job, |w| w.unlink(n, d)),
             Op::Mkdir => self.namespace(job, |w| w.mkdir(n, d)),
