@@ -49,6 +49,38 @@ fn free_port() -> u16 {
         .expect("free port")
 }
 
+/// Ports a chunkserver's shards may take: shard k listens on base + k.
+const SHARD_PORTS: u16 = 4;
+
+/// A free port outside the ranges of `bases` (each [`SHARD_PORTS`]
+/// long), and, when `range`, with the [`SHARD_PORTS`] - 1 ports after it
+/// free as well: the OS hands out a port that was free a moment ago, so
+/// a base picked alone can have its second shard's port taken (a metrics
+/// port picked just before, or another server).
+fn free_port_outside(bases: &[u16], range: bool) -> u16 {
+    let inside = |p: u16| {
+        bases
+            .iter()
+            .any(|b| (*b..b.saturating_add(SHARD_PORTS)).contains(&p))
+    };
+    loop {
+        let p = free_port();
+        let span = if range { SHARD_PORTS } else { 1 };
+        let Some(end) = p.checked_add(span) else {
+            continue;
+        };
+        if (p..end).any(inside) {
+            continue;
+        }
+        let after: Vec<_> = (p + 1..end)
+            .map_while(|q| std::net::TcpListener::bind(("127.0.0.1", q)).ok())
+            .collect();
+        if after.len() == usize::from(span - 1) {
+            return p;
+        }
+    }
+}
+
 pub fn chunk(o: u64, i: u64) -> ChunkId {
     ChunkId {
         object: ObjectId(o),
@@ -120,12 +152,16 @@ impl Cluster {
             pool: DataPool::new(Duration::from_secs(2)),
             dir,
         };
+        let mut bases = Vec::new();
         for i in 0..n {
             let d = c.dir.path().join(format!("cs{i}"));
+            let addr = free_port_outside(&bases, true);
+            bases.push(addr);
+            let metrics = free_port_outside(&bases, false);
             c.cs.push(Cs {
                 dir: d,
-                metrics: format!("127.0.0.1:{}", free_port()),
-                addr: format!("127.0.0.1:{}", free_port()),
+                metrics: format!("127.0.0.1:{metrics}"),
+                addr: format!("127.0.0.1:{addr}"),
                 child: None,
                 extra_env: Vec::new(),
                 extra_args: args.iter().map(|s| (*s).to_string()).collect(),
