@@ -286,28 +286,10 @@ impl Leased {
         Some(a)
     }
 
-    /// The attributes of the entry `name` in `parent`, if they may be
-    /// answered from here (no negative entries are kept).
-    pub fn lookup(&self, parent: u64, name: &str, mutations: u64) -> Option<Attr> {
-        self.lookup_at(parent, name, mutations, Instant::now())
-    }
-
-    fn lookup_at(&self, parent: u64, name: &str, mutations: u64, now: Instant) -> Option<Attr> {
-        let mut s = self.state();
-        if !s.usable(mutations, now) {
-            return None;
-        }
-        let (ino, _) = *s.entries.get(&(parent, name.to_string()))?;
-        let a = s.attrs.get(&ino).cloned()?;
-        s.hits += 1;
-        Some(a)
-    }
-
-    /// The entry `name` in `parent`, if it may be answered from here:
-    /// [`Self::lookup`]'s answer, or that it does not exist (`parent` is
-    /// complete and the name was neither listed nor kept nor dropped
-    /// since, see the module docs). One look under one lock, for the
-    /// mount's lookups.
+    /// The entry `name` in `parent`, if it may be answered from here: its
+    /// attributes, or that it does not exist (`parent` is complete and the
+    /// name was neither listed nor kept nor dropped since, see the module
+    /// docs). One look under one lock, for the mount's lookups.
     pub fn named(&self, parent: u64, name: &str, mutations: u64) -> Option<Named> {
         self.named_at(parent, name, mutations, Instant::now())
     }
@@ -325,6 +307,14 @@ impl Leased {
         };
         s.hits += 1;
         Some(named)
+    }
+
+    #[cfg(test)]
+    fn lookup_at(&self, parent: u64, name: &str, mutations: u64, now: Instant) -> Option<Attr> {
+        match self.named_at(parent, name, mutations, now)? {
+            Named::Found(a) => Some(a),
+            Named::Absent => None,
+        }
     }
 
     #[cfg(test)]

@@ -703,9 +703,9 @@ impl Inner {
 
     /// A lookup answered on the FUSE thread from what the lease covers
     /// ([`cairn_client::leased`]), as [`Self::open_now`] answers opens: no
-    /// task, no wake-up. `None`: take [`Self::lookup`].
-    /// A name the lease cache knows does not exist is answered too
-    /// (ENOENT, never cached by the kernel).
+    /// task, no wake-up; a name the lease cache knows does not exist too
+    /// (ENOENT, never cached by the kernel). `None`: take
+    /// [`Self::lookup`].
     fn lookup_now(&self, parent: u64, name: &str) -> Option<R<FileAttr>> {
         if snapshots::is_snapshot(parent) || name == snapshots::DIR {
             return None;
@@ -1558,11 +1558,7 @@ impl Filesystem for CairnFs {
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
         let ino = self.inner.cairn(ino);
         let ttl = self.inner.attr_ttl();
-        let now = {
-            let _rt = self.inner.rt.enter();
-            self.inner.getattr_now(ino)
-        };
-        if let Some(a) = now {
+        if let Some(a) = self.inner.getattr_now(ino) {
             return reply.attr(&ttl, &a);
         }
         self.spawn(
