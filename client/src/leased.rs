@@ -44,12 +44,14 @@
 //! the lease before it read the listing, so no other client's entry made,
 //! removed or replaced in it is acknowledged before this client dropped
 //! the name. A name of a complete directory that is not here does not
-//! exist ([`Leased::absent`]). A name some change dropped (the feed's, or
+//! exist ([`Leased::named`], [`Leased::resolve`]). A name some change dropped (the feed's, or
 //! this client's own create) is *unknown* instead of absent until an
 //! answer for it is kept again, so only names never seen since the listing
 //! are answered as absent. Meta lists with the lease only live directories
 //! other than the root (a restore adds its volume's name there without
-//! publishing it), never a snapshot's.
+//! publishing it), never a snapshot's. Which directories a client lists,
+//! and when: `MetaClient::absent_listing` (the mount's lookups and the
+//! native client's path resolution alike).
 //!
 //! Bounded: past [`MAX_ATTRS`] inodes the cache starts over.
 
@@ -150,6 +152,21 @@ impl State {
             at = *self.entries.get(&(at.0, (*name).to_string()))?;
         }
         Some(at)
+    }
+
+    /// What is known here of `name` in `parent`: its attributes, or that
+    /// it does not exist (see the module docs); `files_only`: nothing of
+    /// a directory.
+    fn named(&self, parent: u64, name: &str, files_only: bool) -> Option<Named> {
+        let key = (parent, name.to_string());
+        match self.entries.get(&key) {
+            Some((_, true)) if files_only => None,
+            Some((ino, _)) => Some(Named::Found(self.attrs.get(ino).cloned()?)),
+            None if self.complete.contains(&parent) && !self.unknown.contains(&key) => {
+                Some(Named::Absent)
+            }
+            None => None,
+        }
     }
 
     /// Whether answers may come from here at `now`, with the client at
@@ -299,12 +316,7 @@ impl Leased {
         if !s.usable(mutations, now) {
             return None;
         }
-        let key = (parent, name.to_string());
-        let named = match s.entries.get(&key) {
-            Some((ino, _)) => Named::Found(s.attrs.get(ino).cloned()?),
-            None if s.complete.contains(&parent) && !s.unknown.contains(&key) => Named::Absent,
-            None => return None,
-        };
+        let named = s.named(parent, name, false)?;
         s.hits += 1;
         Some(named)
     }
@@ -367,26 +379,34 @@ impl Leased {
         s.complete.insert(dir);
     }
 
-    /// The attributes of the path made of `names` from the root, if every
-    /// name on it may be answered from here and it is not a directory: a
-    /// directory's own attributes are not covered by the lease (kept only
-    /// to walk paths), so a stat of one asks meta.
-    pub fn resolve(&self, names: &[&str], mutations: u64) -> Option<Attr> {
-        self.resolve_at(names, mutations, Instant::now())
+    /// What is known here of the path made of `names` from the root, when
+    /// every directory on the way may be answered from here: the
+    /// attributes of its last name if that is not a directory (a
+    /// directory's own attributes are not covered by the lease, kept only
+    /// to walk paths, so a stat of one asks meta), or that the last name
+    /// does not exist (its directory is complete, see the module docs).
+    pub fn resolve(&self, names: &[&str], mutations: u64) -> Option<Named> {
+        self.resolve_named_at(names, mutations, Instant::now())
     }
 
-    fn resolve_at(&self, names: &[&str], mutations: u64, now: Instant) -> Option<Attr> {
+    fn resolve_named_at(&self, names: &[&str], mutations: u64, now: Instant) -> Option<Named> {
         let mut s = self.state();
-        if names.is_empty() || !s.usable(mutations, now) {
+        let (last, dirs) = names.split_last()?;
+        if !s.usable(mutations, now) {
             return None;
         }
-        let (ino, dir) = s.walk(names)?;
-        if dir {
-            return None;
-        }
-        let a = s.attrs.get(&ino).cloned()?;
+        let (parent, _) = s.walk(dirs)?;
+        let named = s.named(parent, last, true)?;
         s.hits += 1;
-        Some(a)
+        Some(named)
+    }
+
+    #[cfg(test)]
+    fn resolve_at(&self, names: &[&str], mutations: u64, now: Instant) -> Option<Attr> {
+        match self.resolve_named_at(names, mutations, now)? {
+            Named::Found(a) => Some(a),
+            Named::Absent => None,
+        }
     }
 
     /// The inode of the directory at the path made of `names` from the
@@ -673,9 +693,21 @@ mod tests {
             "listed without attributes"
         );
         assert_eq!(l.resolve_dir_at(&[], 0, t0), Some(1));
+        // A path through the listed directory (the native client's).
+        let t = l.begin(0);
+        l.keep_at(t, 0, Some((InodeId::ROOT.0, "v")), &attr(4, 0), t0);
+        assert_eq!(l.resolve_named_at(&["v", "x"], 0, t0), Some(Named::Absent));
+        assert_eq!(l.resolve_named_at(&["v", "a"], 0, t0), None, "listed");
+        assert_eq!(
+            l.resolve_named_at(&["v", "sub"], 0, t0),
+            None,
+            "a directory"
+        );
+        assert_eq!(l.resolve_named_at(&["w", "x"], 0, t0), None, "not walked");
         // Another client's change naming x: unknown, not absent.
         l.changed(&[4], [(4, "x")]);
         assert!(!l.absent_at(4, "x", 0, t0));
+        assert_eq!(l.resolve_named_at(&["v", "x"], 0, t0), None);
         assert!(l.absent_at(4, "y", 0, t0));
         // This client's own create of y: unknown until its answer is kept.
         let t = l.begin(0);

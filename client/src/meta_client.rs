@@ -52,6 +52,7 @@ macro_rules! attempt {
     };
 }
 
+mod absent;
 mod calls;
 pub mod feed;
 mod paths;
@@ -90,7 +91,7 @@ use self::calls::CallStream;
 use self::retry::{AddrBook, Backoff, Step, Tried, classify};
 use self::session::{Session, Ticket};
 use crate::Result;
-use crate::leased::Changed;
+use crate::leased::{Changed, Named};
 
 /// Entries asked for per `ReadDir` page by [`MetaClient::readdir_all`].
 pub const READDIR_PAGE: u32 = 512;
@@ -297,6 +298,9 @@ struct Inner {
     /// Resolved paths under the cache lease (`opts.cache_leases`).
     paths: crate::leased::Leased,
     paths_started: AtomicBool,
+    /// Directories listed so that missing names in them are answered from
+    /// `paths` ([`absent`]).
+    absent: absent::Listings,
 }
 
 struct Peers {
@@ -478,6 +482,7 @@ impl MetaClient {
                 mutations: AtomicU64::new(0),
                 paths: crate::leased::Leased::default(),
                 paths_started: AtomicBool::new(false),
+                absent: absent::Listings::default(),
             }),
         })
     }
@@ -961,9 +966,30 @@ impl MetaClient {
         let comps = paths::components(path)?;
         let leases = &self.inner.paths;
         let m = self.mutations();
-        if let Some(a) = leases.resolve(&comps, m) {
-            return Ok(a);
+        match leases.resolve(&comps, m) {
+            Some(Named::Found(a)) => return Ok(a),
+            Some(Named::Absent) => {
+                return Err(CairnStatus::new(
+                    ErrorCode::NotFound,
+                    format!("{} does not exist", paths::join(&comps)),
+                ));
+            }
+            None => {}
         }
+        match self.resolve_kept(path, &comps, m).await {
+            Err(e) if e.code == ErrorCode::NotFound => {
+                self.list_for_absent_names(&comps);
+                Err(e)
+            }
+            r => r,
+        }
+    }
+
+    /// [`Self::resolve`] on meta, keeping every name on the path in the
+    /// path cache when meta covered them with the lease. `m`: the client's
+    /// mutation count before the call.
+    async fn resolve_kept(&self, path: &str, comps: &[&str], m: u64) -> Result<Attr> {
+        let leases = &self.inner.paths;
         let t = leases.begin(m);
         // A closed client still reads, uncached.
         let session = self.session_id().await.map_or(0, |s| s.0);
@@ -1259,7 +1285,9 @@ impl MetaClient {
             |r: &EntryReply| Changed::entry(parent.0, name, r.attr.as_ref())
         )
         .await?;
-        entry_of(r)
+        let e = entry_of(r)?;
+        self.made_dir(e.attr.ino);
+        Ok(e)
     }
 
     /// Creates regular file `name` in `parent`. With `exclusive` (O_EXCL)

@@ -1014,3 +1014,81 @@ async fn a_leased_listing_covers_only_a_whole_live_directory() -> Result<()> {
     );
     Ok(())
 }
+
+/// The native client answers a name that does not exist in a directory it
+/// made from its path cache once meta has said so there (the directory is
+/// listed under the lease in the background), as the mount does, and
+/// still sees at once every name another client then makes there —
+/// written, renamed in, hard-linked — or removes again, and its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_native_client_answers_missing_names_from_memory_and_sees_every_change() -> Result<()> {
+    let _serial = serial().await;
+    let (mut cluster, a, vol) = setup("absent").await?;
+    let b = cluster.client(ClientOptions::default()).await?;
+    let d = format!("{vol}/d");
+    let d_ino = a.create_dir_all(&d).await?.ino;
+    let missing = |r: cairn_client::Result<cairn_proto::meta::Attr>| matches!(r, Err(e) if e.code == cairn_client::ErrorCode::NotFound);
+    // The lease stream starts with the first path resolved; each name meta
+    // says is missing lists the directory until the listing is leased.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !a.meta().path_cache().complete(d_ino) {
+        ensure!(missing(a.stat(&format!("{d}/x0")).await), "x0 exists");
+        ensure!(
+            Instant::now() < deadline,
+            "the directory was never listed for the path cache"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for i in 0..cluster.meta.len() {
+        cluster.meta.pause(i)?;
+    }
+    let t = Instant::now();
+    let answered = tokio::time::timeout(Duration::from_secs(2), a.stat(&format!("{d}/x1"))).await;
+    let took = t.elapsed();
+    for i in 0..cluster.meta.len() {
+        cluster.meta.resume(i)?;
+    }
+    ensure!(
+        answered.is_ok_and(missing) && took < Duration::from_millis(500),
+        "a missing name in a listed directory went to meta (answered in {took:?})"
+    );
+    let linked = b.stat(&format!("{vol}/d")).await?;
+    for i in 0..12 {
+        let n = format!("{d}/n{i}");
+        ensure!(missing(a.stat(&n).await), "{n} exists before B made it");
+        match i % 3 {
+            0 => b.write_file(&n, data(i, 10)).await?,
+            1 => {
+                b.write_file(&format!("{vol}/tmp"), data(i, 10)).await?;
+                b.rename(&format!("{vol}/tmp"), &n).await?;
+            }
+            _ => {
+                let first = b.stat(&format!("{d}/n0")).await?;
+                b.meta()
+                    .link(
+                        cairn_proto::ids::InodeId(first.ino),
+                        cairn_proto::ids::InodeId(linked.ino),
+                        &format!("n{i}"),
+                    )
+                    .await?;
+            }
+        }
+        let seen = a.stat(&n).await;
+        ensure!(seen.is_ok(), "A missed {n}, which B made: {seen:?}");
+    }
+    // Its own create, and a name B removes and makes again.
+    let own = format!("{d}/own");
+    a.write_file(&own, data(7, 10)).await?;
+    ensure!(a.stat(&own).await?.size == 10, "A's own file");
+    b.remove_file(&own).await?;
+    ensure!(
+        missing(a.stat(&own).await),
+        "A still sees {own}, which B removed"
+    );
+    b.write_file(&own, data(8, 20)).await?;
+    ensure!(
+        a.stat(&own).await?.size == 20,
+        "A missed {own}, which B made again"
+    );
+    Ok(())
+}

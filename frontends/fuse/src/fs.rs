@@ -152,27 +152,7 @@ pub(crate) struct Inner {
     /// Directories' attributes as this mount's own changes left them
     /// ([`dirattrs`]).
     pub(crate) dir_attrs: Arc<dirattrs::DirAttrs>,
-    /// Directories this mount made, and those being listed for the lease
-    /// cache or found too large to list ([`Inner::list_for_absent_names`]).
-    listing: Arc<Mutex<Listings>>,
 }
-
-/// See [`Inner::list_for_absent_names`].
-#[derive(Default)]
-struct Listings {
-    /// Directories this mount made (the ones it lists).
-    made: HashSet<u64>,
-    /// Being listed, or found too large.
-    busy: HashSet<u64>,
-}
-
-/// Largest directory the mount lists to answer absent names from its
-/// lease cache ([`Inner::list_for_absent_names`]).
-const LISTED_AT_MOST: u32 = 1024;
-
-/// Most directories remembered as made here (and as being listed or too
-/// large); past it the sets start over.
-const LISTING_MEMORY: usize = 4096;
 
 /// Holds an inode's lock; removes the lock from the map when it is the
 /// last user.
@@ -324,7 +304,6 @@ impl CairnFs {
                 feed_live: AtomicBool::new(false),
                 names: Mutex::new(HashSet::new()),
                 dir_attrs: Arc::default(),
-                listing: Arc::default(),
                 next_fh: AtomicU64::new(1),
                 adopting: AtomicBool::new(false),
                 handles: Mutex::new(HashMap::new()),
@@ -724,66 +703,14 @@ impl Inner {
     }
 
     /// Meta said a name in `parent` does not exist: lists `parent` in the
-    /// background under the lease, so that the next names looked up there
-    /// that do not exist (a create's LOOKUP) are answered from the lease
-    /// cache ([`cairn_client::leased`], "Names that do not exist").
-    ///
-    /// Only directories this mount made ([`Inner::made_dir`]): a listed
-    /// directory makes every other client's change of a name in it wait
-    /// for this mount's acknowledgement (one round trip, as for a name
-    /// this mount looked up), which a directory this mount fills itself —
-    /// a job's output, a dataset being written — rarely meets. Not one
-    /// listed already, being listed, or found larger than
-    /// [`LISTED_AT_MOST`] (meta covers only a directory that fits).
+    /// background under the lease when it is a directory this mount made
+    /// ([`cairn_client::MetaClient::absent_listing`]), so that the next names looked up
+    /// there that do not exist (a create's LOOKUP) are answered from the
+    /// lease cache ([`cairn_client::leased`], "Names that do not exist").
     fn list_for_absent_names(&self, parent: u64) {
-        if self.lease_cache().complete(parent) {
-            return;
+        if let Some(listing) = self.client.meta().absent_listing(parent) {
+            self.rt.spawn(listing);
         }
-        {
-            let mut listing = lock(&self.listing);
-            if !listing.made.contains(&parent) || !listing.busy.insert(parent) {
-                return;
-            }
-        }
-        let client = self.client.clone();
-        let listing = self.listing.clone();
-        self.rt.spawn(async move {
-            let m = client.meta();
-            let t = m.path_cache().begin(m.mutations());
-            let whole = match m.readdir_leased(InodeId(parent), LISTED_AT_MOST).await {
-                Ok((entries, true)) => {
-                    let names = entries.iter().map(|e| {
-                        let dir = e.kind == cairn_proto::meta::FileType::Directory as i32;
-                        (e.name.as_str(), e.ino, dir)
-                    });
-                    m.path_cache().keep_listing(t, m.mutations(), parent, names);
-                    true
-                }
-                // Too large: not listed again. Not leased (no feed yet,
-                // or not the leader): the next absent name tries again.
-                Ok((entries, false)) => entries.len() < LISTED_AT_MOST as usize,
-                Err(e) => {
-                    debug!(parent, error = %e, "listing a directory for the lease cache failed");
-                    true
-                }
-            };
-            if whole {
-                // Listed (kept, or refused because something moved: the
-                // next absent name lists it again), or failed.
-                lock(&listing).busy.remove(&parent);
-            }
-        });
-    }
-
-    /// Remembers that this mount made directory `ino` (see
-    /// [`Self::list_for_absent_names`]).
-    fn made_dir(&self, ino: u64) {
-        let mut listing = lock(&self.listing);
-        if listing.made.len() >= LISTING_MEMORY {
-            listing.made.clear();
-            listing.busy.clear();
-        }
-        listing.made.insert(ino);
     }
 
     /// The attributes of `ino`: under the cache lease from this mount's
@@ -1641,14 +1568,10 @@ impl Filesystem for CairnFs {
         let owner = owner(req);
         let name = name_or_reply!(name, reply);
         self.spawn_entry(parent, name, reply, move |me, name| async move {
-            let meta = me.client.meta();
-            let made = meta
+            me.client
+                .meta()
                 .mkdir(InodeId(parent), &name, new_mode(mode, umask), owner)
-                .await;
-            if let Ok(a) = &made {
-                me.made_dir(a.attr.ino);
-            }
-            made
+                .await
         });
     }
 
