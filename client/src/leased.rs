@@ -446,6 +446,15 @@ impl Leased {
         s.mutations = counter.fetch_add(1, Ordering::AcqRel) + 1;
     }
 
+    /// Whether the lease runs now (answers may be kept and given).
+    pub fn live(&self) -> bool {
+        self.live_at(Instant::now())
+    }
+
+    fn live_at(&self, now: Instant) -> bool {
+        self.state().until.is_some_and(|u| now < u)
+    }
+
     /// How many answers were given from here so far.
     pub fn hits(&self) -> u64 {
         self.state().hits
@@ -533,7 +542,9 @@ mod tests {
 
         let n = l.renewal_at(t0);
         assert_eq!(l.attr_at(5, 0, t0), None, "asked, not granted");
+        assert!(!l.live_at(t0));
         l.granted(n);
+        assert!(l.live_at(t0));
         let t = l.begin(0);
         l.keep_at(t, 0, Some((1, "a")), &attr(5, 10), t0);
         assert_eq!(l.attr_at(5, 0, t0).map(|a| a.size), Some(10));
@@ -543,11 +554,13 @@ mod tests {
         let end = t0 + CLIENT_LEASE;
         assert!(l.attr_at(5, 0, end - Duration::from_millis(1)).is_some());
         assert_eq!(l.attr_at(5, 0, end), None, "the lease ran out");
+        assert!(!l.live_at(end));
         // A grant of a stream that was lost grants nothing.
         let n = l.renewal_at(t0);
         l.lost();
         l.granted(n);
         assert_eq!(l.attr_at(5, 0, t0), None);
+        assert!(!l.live_at(t0));
     }
 
     #[test]

@@ -83,9 +83,8 @@ impl Listings {
 
 impl MetaClient {
     /// Remembers that this client made directory `ino` (see the module
-    /// docs). [`Self::mkdir`] calls it; a frontend making directories some
-    /// other way may too.
-    pub fn made_dir(&self, ino: u64) {
+    /// docs); [`Self::mkdir`] calls it.
+    pub(super) fn made_dir(&self, ino: u64) {
         self.inner.absent.made(ino);
     }
 
@@ -142,7 +141,8 @@ impl MetaClient {
             }
             return;
         }
-        if !self.inner.absent.any_made() {
+        // Kept only under a running lease: without one, nothing to gain.
+        if !self.inner.absent.any_made() || !self.path_cache().live() {
             return;
         }
         let m = self.clone();
