@@ -345,7 +345,7 @@ impl CairnFs {
         let (me2, n2) = (self.inner.clone(), name.clone());
         self.spawn(
             move |me| async move {
-                let t = me.dir_attrs.begin();
+                let t = me.dir_attrs.begin(parent);
                 let e = op(me.clone(), name).await;
                 let e = me.finish_entry(t, e).map_err(|e| errno(&e))?;
                 Ok(me.attr(&e.attr))
@@ -996,7 +996,7 @@ impl Inner {
     ) -> R<(FileAttr, u64, FopenFlags)> {
         let write = flags & libc::O_ACCMODE != libc::O_RDONLY;
         let excl = flags & libc::O_EXCL != 0;
-        let t = self.dir_attrs.begin();
+        let t = self.dir_attrs.begin(parent);
         let e = self
             .client
             .meta()
@@ -1583,7 +1583,7 @@ impl Filesystem for CairnFs {
         let name = name_or_reply!(name, reply);
         self.spawn(
             move |me| async move {
-                let t = me.dir_attrs.begin();
+                let t = me.dir_attrs.begin(parent);
                 let r = me.client.unlink_at(InodeId(parent), &name).await;
                 me.finish_removal(t, &r);
                 r.map_err(|e| errno(&e))?;
@@ -1602,7 +1602,7 @@ impl Filesystem for CairnFs {
         let name = name_or_reply!(name, reply);
         self.spawn(
             move |me| async move {
-                let t = me.dir_attrs.begin();
+                let t = me.dir_attrs.begin(parent);
                 let r = me.client.meta().rmdir(InodeId(parent), &name).await;
                 me.finish_removal(t, &r);
                 r.map(|_| ()).map_err(|e| errno(&e))

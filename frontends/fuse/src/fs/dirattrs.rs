@@ -15,11 +15,18 @@
 //!   directory arrive as invalidations ([`DirAttrs::forget`]); a lost or
 //!   reset feed drops everything ([`DirAttrs::clear`]).
 //! * Only the attributes a mutation returned when it was this mount's
-//!   only namespace mutation in flight from start to end, and nothing was
-//!   invalidated meanwhile (an epoch counts every start and every
-//!   invalidation): two own mutations racing in one directory may reach
+//!   only mutation in flight *in that directory* from start to end, no
+//!   mutation of unknown effect overlapped it, and nothing was invalidated
+//!   meanwhile (an epoch counts invalidations and ended mutations of
+//!   unknown effect): two own mutations racing in one directory may reach
 //!   meta in either order, and an invalidation that arrives before the
-//!   reply may be about a later change than the reply shows.
+//!   reply may be about a later change than the reply shows. Mutations in
+//!   other directories do not matter: a create, mkdir, link, symlink,
+//!   unlink or rmdir changes the attributes of its own parent only (and of
+//!   the entry's inode), so writers each in its own directory (a job's
+//!   ranks) keep theirs. (Until 2026-12-07 any other own mutation in
+//!   flight dropped them: at 8 threads every create through the mount
+//!   cost a GETATTR on meta.)
 //! * A mutation whose effect on directories is not returned (rename,
 //!   setattr, xattrs, a checkpoint directory's pruning) drops everything
 //!   when it ends ([`DirAttrs::finish_unknown`]), and one that returns
@@ -40,14 +47,29 @@ const MAX_DIRS: usize = 4096;
 #[derive(Debug)]
 #[must_use = "pass it to finish or finish_unknown"]
 pub(crate) struct Ticket {
+    /// The directory the mutation changes (`None`: unknown effect).
+    dir: Option<u64>,
     epoch: u64,
     alone: bool,
+}
+
+/// Mutations in flight in one directory.
+#[derive(Default)]
+struct InFlight {
+    count: usize,
+    /// Another mutation began there, or one of unknown effect anywhere,
+    /// while these were in flight: none of them keeps what it returns.
+    raced: bool,
 }
 
 #[derive(Default)]
 struct State {
     attrs: HashMap<u64, Attr>,
-    inflight: usize,
+    /// By directory; an entry goes when its last mutation ends.
+    inflight: HashMap<u64, InFlight>,
+    /// Mutations of unknown effect in flight.
+    unknown: usize,
+    /// Counts invalidations and ended mutations of unknown effect.
     epoch: u64,
 }
 
@@ -62,16 +84,55 @@ impl DirAttrs {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// A namespace mutation starts.
-    pub(crate) fn begin(&self) -> Ticket {
+    /// A mutation that makes or removes an entry of directory `dir`
+    /// starts.
+    pub(crate) fn begin(&self, dir: u64) -> Ticket {
         let mut s = self.state();
-        let alone = s.inflight == 0;
-        s.inflight += 1;
-        s.epoch += 1;
+        let unknown = s.unknown;
+        let f = s.inflight.entry(dir).or_default();
+        f.count += 1;
+        if f.count > 1 {
+            f.raced = true;
+        }
+        let alone = f.count == 1 && unknown == 0;
         Ticket {
+            dir: Some(dir),
             epoch: s.epoch,
             alone,
         }
+    }
+
+    /// A mutation whose effect on directories is not returned starts:
+    /// every one in flight is raced.
+    fn begin_unknown(&self) -> Ticket {
+        let mut s = self.state();
+        s.unknown += 1;
+        for f in s.inflight.values_mut() {
+            f.raced = true;
+        }
+        Ticket {
+            dir: None,
+            epoch: s.epoch,
+            alone: false,
+        }
+    }
+
+    /// Counts the mutation of `t` out; whether it ran alone in its
+    /// directory with nothing invalidated meanwhile.
+    fn end(s: &mut State, t: &Ticket) -> bool {
+        let Some(dir) = t.dir else {
+            s.unknown = s.unknown.saturating_sub(1);
+            return false;
+        };
+        let Some(f) = s.inflight.get_mut(&dir) else {
+            return false;
+        };
+        let raced = f.raced;
+        f.count = f.count.saturating_sub(1);
+        if f.count == 0 {
+            s.inflight.remove(&dir);
+        }
+        t.alone && !raced && s.epoch == t.epoch
     }
 
     /// The mutation of `t` ended; `parent` is its parent directory's
@@ -79,11 +140,11 @@ impl DirAttrs {
     /// feed is connected.
     pub(crate) fn finish(&self, t: Ticket, parent: Option<&Attr>, live: bool) {
         let mut s = self.state();
-        s.inflight = s.inflight.saturating_sub(1);
+        let alone = Self::end(&mut s, &t);
         let Some(p) = parent else {
             return;
         };
-        let keep = live && t.alone && s.epoch == t.epoch && p.kind == FileType::Directory as i32;
+        let keep = live && alone && t.dir == Some(p.ino) && p.kind == FileType::Directory as i32;
         if !keep {
             s.attrs.remove(&p.ino);
             return;
@@ -98,8 +159,7 @@ impl DirAttrs {
     /// known here: everything is dropped.
     pub(crate) fn finish_unknown(&self, t: Ticket) {
         let mut s = self.state();
-        s.inflight = s.inflight.saturating_sub(1);
-        drop(t);
+        Self::end(&mut s, &t);
         s.epoch += 1;
         s.attrs.clear();
     }
@@ -107,7 +167,7 @@ impl DirAttrs {
     /// Runs `op`, a mutation whose effect on directories is not known
     /// here ([`Self::finish_unknown`]).
     pub(crate) async fn unknown<T>(&self, op: impl std::future::Future<Output = T>) -> T {
-        let t = self.begin();
+        let t = self.begin_unknown();
         let r = op.await;
         self.finish_unknown(t);
         r
@@ -151,14 +211,14 @@ mod tests {
     #[test]
     fn a_lone_mutation_keeps_its_parent_while_the_feed_is_live() {
         let d = DirAttrs::default();
-        let t = d.begin();
+        let t = d.begin(5);
         d.finish(t, Some(&dir(5, 1)), true);
         assert_eq!(d.get(5).map(|a| a.mtime_ns), Some(1));
-        let t = d.begin();
+        let t = d.begin(5);
         d.finish(t, Some(&dir(5, 2)), true);
         assert_eq!(d.get(5).map(|a| a.mtime_ns), Some(2));
         // Without the feed nothing is kept, and the old value goes.
-        let t = d.begin();
+        let t = d.begin(5);
         d.finish(t, Some(&dir(5, 3)), false);
         assert_eq!(d.get(5), None);
     }
@@ -166,27 +226,59 @@ mod tests {
     #[test]
     fn racing_mutations_keep_nothing_and_drop_what_was_kept() {
         let d = DirAttrs::default();
-        let t = d.begin();
+        let t = d.begin(5);
         d.finish(t, Some(&dir(5, 1)), true);
-        let (a, b) = (d.begin(), d.begin());
+        let (a, b) = (d.begin(5), d.begin(5));
         // b's reply may show the state before a's change, or after it.
         d.finish(b, Some(&dir(5, 3)), true);
         d.finish(a, Some(&dir(5, 2)), true);
         assert_eq!(d.get(5), None);
         // Once alone again, it keeps.
-        let t = d.begin();
+        let t = d.begin(5);
         d.finish(t, Some(&dir(5, 4)), true);
         assert_eq!(d.get(5).map(|a| a.mtime_ns), Some(4));
     }
 
     #[test]
+    fn mutations_in_other_directories_do_not_race() {
+        let d = DirAttrs::default();
+        let (a, b) = (d.begin(5), d.begin(6));
+        d.finish(b, Some(&dir(6, 1)), true);
+        d.finish(a, Some(&dir(5, 1)), true);
+        assert_eq!((d.get(5).is_some(), d.get(6).is_some()), (true, true));
+        // Two in one directory, a third elsewhere: only the third keeps.
+        let (a, b, c) = (d.begin(5), d.begin(5), d.begin(7));
+        d.finish(a, Some(&dir(5, 2)), true);
+        d.finish(c, Some(&dir(7, 2)), true);
+        d.finish(b, Some(&dir(5, 3)), true);
+        assert_eq!(d.get(5), None);
+        assert_eq!(d.get(7).map(|a| a.mtime_ns), Some(2));
+        // One of unknown effect overlapping a mutation: nothing is kept.
+        let a = d.begin(8);
+        let u = d.begin_unknown();
+        d.finish(a, Some(&dir(8, 1)), true);
+        assert_eq!(d.get(8), None);
+        let b = d.begin(8);
+        d.finish(b, Some(&dir(8, 2)), true);
+        assert_eq!(d.get(8), None, "began while one of unknown effect ran");
+        d.finish_unknown(u);
+        let b = d.begin(8);
+        d.finish(b, Some(&dir(8, 3)), true);
+        assert_eq!(d.get(8).map(|a| a.mtime_ns), Some(3));
+        // A reply about another directory than the one begun is not kept.
+        let t = d.begin(9);
+        d.finish(t, Some(&dir(10, 1)), true);
+        assert_eq!(d.get(10), None);
+    }
+
+    #[test]
     fn an_invalidation_during_a_mutation_wins() {
         let d = DirAttrs::default();
-        let t = d.begin();
+        let t = d.begin(5);
         d.forget([5]);
         d.finish(t, Some(&dir(5, 1)), true);
         assert_eq!(d.get(5), None);
-        let t = d.begin();
+        let t = d.begin(5);
         d.finish(t, Some(&dir(5, 2)), true);
         d.forget([7, 5]);
         assert_eq!(d.get(5), None);
@@ -196,18 +288,18 @@ mod tests {
     fn unknown_effects_and_a_lost_feed_drop_everything() {
         let d = DirAttrs::default();
         for ino in [5, 6] {
-            let t = d.begin();
+            let t = d.begin(5);
             d.finish(t, Some(&dir(ino, 1)), true);
         }
-        let t = d.begin();
+        let t = d.begin(5);
         d.finish_unknown(t);
         assert_eq!((d.get(5), d.get(6)), (None, None));
-        let t = d.begin();
+        let t = d.begin(5);
         d.finish(t, Some(&dir(5, 1)), true);
         d.clear();
         assert_eq!(d.get(5), None);
         // A file's attributes are never kept.
-        let t = d.begin();
+        let t = d.begin(5);
         let file = Attr {
             ino: 9,
             kind: FileType::Regular as i32,
