@@ -1286,7 +1286,7 @@ impl MetaClient {
         )
         .await?;
         let e = entry_of(r)?;
-        self.made_dir(e.attr.ino);
+        self.inner.absent.made(e.attr.ino);
         Ok(e)
     }
 

@@ -57,7 +57,8 @@ impl Listings {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn made(&self, ino: u64) {
+    /// This client made directory `ino` ([`MetaClient::mkdir`]).
+    pub(super) fn made(&self, ino: u64) {
         let mut s = self.state();
         if s.made.len() >= REMEMBERED {
             s.made.clear();
@@ -82,12 +83,6 @@ impl Listings {
 }
 
 impl MetaClient {
-    /// Remembers that this client made directory `ino` (see the module
-    /// docs); [`Self::mkdir`] calls it.
-    pub(super) fn made_dir(&self, ino: u64) {
-        self.inner.absent.made(ino);
-    }
-
     /// Meta said a name in `parent` does not exist: the listing of
     /// `parent` that makes it complete in the lease cache, to be spawned
     /// by the caller (the mount's FUSE threads run outside the runtime),
@@ -147,10 +142,9 @@ impl MetaClient {
         }
         let m = self.clone();
         let path = super::paths::join(dirs);
+        let dirs: Vec<String> = dirs.iter().map(ToString::to_string).collect();
         tokio::spawn(async move {
-            let Ok(comps) = super::paths::components(&path) else {
-                return;
-            };
+            let comps: Vec<&str> = dirs.iter().map(String::as_str).collect();
             match m.resolve_kept(&path, &comps, m.mutations()).await {
                 Ok(a) => {
                     if let Some(listing) = m.absent_listing(a.ino) {

@@ -50,15 +50,15 @@ pub(crate) struct Ticket {
     /// The directory the mutation changes (`None`: unknown effect).
     dir: Option<u64>,
     epoch: u64,
-    alone: bool,
 }
 
 /// Mutations in flight in one directory.
 #[derive(Default)]
 struct InFlight {
     count: usize,
-    /// Another mutation began there, or one of unknown effect anywhere,
-    /// while these were in flight: none of them keeps what it returns.
+    /// Another mutation began there, or one of unknown effect ran
+    /// anywhere, while these were in flight: none of them keeps what it
+    /// returns.
     raced: bool,
 }
 
@@ -88,17 +88,13 @@ impl DirAttrs {
     /// starts.
     pub(crate) fn begin(&self, dir: u64) -> Ticket {
         let mut s = self.state();
-        let unknown = s.unknown;
+        let unknown = s.unknown > 0;
         let f = s.inflight.entry(dir).or_default();
         f.count += 1;
-        if f.count > 1 {
-            f.raced = true;
-        }
-        let alone = f.count == 1 && unknown == 0;
+        f.raced |= f.count > 1 || unknown;
         Ticket {
             dir: Some(dir),
             epoch: s.epoch,
-            alone,
         }
     }
 
@@ -113,7 +109,6 @@ impl DirAttrs {
         Ticket {
             dir: None,
             epoch: s.epoch,
-            alone: false,
         }
     }
 
@@ -132,7 +127,7 @@ impl DirAttrs {
         if f.count == 0 {
             s.inflight.remove(&dir);
         }
-        t.alone && !raced && s.epoch == t.epoch
+        !raced && s.epoch == t.epoch
     }
 
     /// The mutation of `t` ended; `parent` is its parent directory's
