@@ -322,6 +322,21 @@ async fn a_directorys_attributes_follow_own_and_others_changes() {
     fs::create_dir(d.join("s2")).unwrap();
     fs::rename(d.join("s2"), d.join("s3")).unwrap();
     assert_eq!(seen(d.clone()), truth("d").await, "after an own rename");
+    // A directory moved into another one: both link counts moved.
+    fs::create_dir(d.join("s6")).unwrap();
+    fs::create_dir(da.join("e")).unwrap();
+    assert_eq!(seen(da.join("e")), truth("e").await, "after an own mkdir");
+    fs::rename(d.join("s6"), da.join("e").join("s6")).unwrap();
+    assert_eq!(
+        seen(d.clone()),
+        truth("d").await,
+        "the source after an own rename to another directory"
+    );
+    assert_eq!(
+        seen(da.join("e")),
+        truth("e").await,
+        "the destination after an own rename from another directory"
+    );
     fs::remove_dir(d.join("s3")).unwrap();
     assert_eq!(seen(d.clone()), truth("d").await, "after an own rmdir");
     // The other mount adds a subdirectory: this mount sees the new link

@@ -1502,11 +1502,19 @@ impl Meta for MetaService {
             exchange: r.exchange,
         };
         match self.write(r.rid.as_ref(), op).await? {
-            Reply::Renamed { attr, replaced } => Ok(Response::new(pb::RenameReply {
-                attr: Some(attr_pb(&attr)),
-                replaced_ino: replaced.map_or(0, |(i, _)| i),
-                replaced_freed: replaced.is_some_and(|(_, f)| f),
-            })),
+            Reply::Renamed { attr, replaced } => {
+                // Not in the reply the state machine records: read here,
+                // from the state the rename applied to (best effort, as a
+                // directory's attributes are everywhere, crate::changes).
+                let dir = |ino: u64| self.shared.fs.getattr(ino).ok().map(|d| attr_pb(&d));
+                Ok(Response::new(pb::RenameReply {
+                    attr: Some(attr_pb(&attr)),
+                    replaced_ino: replaced.map_or(0, |(i, _)| i),
+                    replaced_freed: replaced.is_some_and(|(_, f)| f),
+                    parent: dir(r.parent),
+                    new_parent: dir(r.new_parent),
+                }))
+            }
             other => Err(unexpected(&other)),
         }
     }

@@ -42,7 +42,9 @@ use cairn_client::meta_client::{
 };
 use cairn_client::{Client, Entry, File, OpenOptions, ReadLater, ReadNow};
 use cairn_proto::ids::{InodeId, VolumeId};
-use cairn_proto::meta::{Attr, DirEntry, FileLock, FileType as Kind, LockType, UnlinkReply};
+use cairn_proto::meta::{
+    Attr, DirEntry, FileLock, FileType as Kind, LockType, RenameReply, UnlinkReply,
+};
 use cairn_proto::{CairnStatus, ErrorCode};
 use fuser::{
     AccessFlags, Errno, FileAttr, FileHandle, Filesystem, FopenFlags, Generation, INodeNo,
@@ -605,6 +607,30 @@ impl Inner {
                 self.dir_attrs.finish(t, r.parent.as_ref(), live);
             }
             Err(_) => self.dir_attrs.finish_unknown(t),
+        }
+    }
+
+    /// Ends a rename (not an exchange), as [`Self::finish_entry`]: both
+    /// directories' attributes kept, the moved and the replaced inode's
+    /// dropped.
+    fn finish_rename(&self, t: dirattrs::Ticket, r: &cairn_client::Result<RenameReply>) {
+        match r {
+            Ok(RenameReply {
+                attr: Some(moved),
+                replaced_ino,
+                parent,
+                new_parent,
+                ..
+            }) => {
+                let live = self.feed_live.load(Ordering::Acquire);
+                self.dir_attrs.finish_all(
+                    t,
+                    &[parent.as_ref(), new_parent.as_ref()],
+                    &[moved.ino, *replaced_ino],
+                    live,
+                );
+            }
+            _ => self.dir_attrs.finish_unknown(t),
         }
     }
 
@@ -1360,11 +1386,18 @@ impl Inner {
         if flags & !(libc::RENAME_NOREPLACE | libc::RENAME_EXCHANGE) != 0 {
             return Err(Errno::EINVAL);
         }
-        let op = self
-            .client
-            .meta()
-            .rename(InodeId(p), &name, InodeId(np), &new_name, f);
-        self.dir_attrs.unknown(op).await.map_err(|e| errno(&e))?;
+        let meta = self.client.meta();
+        if f.exchange {
+            let op = meta.rename(InodeId(p), &name, InodeId(np), &new_name, f);
+            self.dir_attrs.unknown(op).await.map_err(|e| errno(&e))?;
+        } else {
+            let t = self.dir_attrs.begin_rename(p, np);
+            let r = meta
+                .rename(InodeId(p), &name, InodeId(np), &new_name, f)
+                .await;
+            self.finish_rename(t, &r);
+            r.map_err(|e| errno(&e))?;
+        }
         if !f.exchange
             && let Some((keep, created)) = self
                 .ckpt

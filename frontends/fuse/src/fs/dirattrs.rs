@@ -27,10 +27,16 @@
 //!   ranks) keep theirs. (Until 2026-12-07 any other own mutation in
 //!   flight dropped them: at 8 threads every create through the mount
 //!   cost a GETATTR on meta.)
-//! * A mutation whose effect on directories is not returned (rename,
+//! * A rename changes two directories (one when within a directory): it
+//!   keeps both as meta returned them once it applied, under the same
+//!   rules for each, and drops the moved and the replaced inode (a moved
+//!   directory's own attributes changed too). (Until 2026-12-07 a rename
+//!   dropped everything: through the mount each rename cost a GETATTR of
+//!   its directory on meta.)
+//! * A mutation whose effect on directories is not returned (an exchange,
 //!   setattr, xattrs, a checkpoint directory's pruning) drops everything
 //!   when it ends ([`DirAttrs::finish_unknown`]), and one that returns
-//!   them but may not be kept drops its parent's.
+//!   them but may not be kept drops its directories'.
 //!
 //! So the cache is never the only place a change lives: meta has it, and
 //! this only saves asking for what this mount was just told.
@@ -47,9 +53,16 @@ const MAX_DIRS: usize = 4096;
 #[derive(Debug)]
 #[must_use = "pass it to finish or finish_unknown"]
 pub(crate) struct Ticket {
-    /// The directory the mutation changes (`None`: unknown effect).
-    dir: Option<u64>,
+    /// The directories whose entries the mutation changes: a rename's
+    /// source and destination, else the same one twice (`None`: unknown
+    /// effect).
+    dirs: Option<[u64; 2]>,
     epoch: u64,
+}
+
+/// The directories of a ticket, each once.
+fn distinct([a, b]: [u64; 2]) -> impl Iterator<Item = u64> {
+    std::iter::once(a).chain((b != a).then_some(b))
 }
 
 /// Mutations in flight in one directory.
@@ -87,13 +100,25 @@ impl DirAttrs {
     /// A mutation that makes or removes an entry of directory `dir`
     /// starts.
     pub(crate) fn begin(&self, dir: u64) -> Ticket {
+        self.begin_in([dir, dir])
+    }
+
+    /// A rename from directory `from` to directory `to` starts (not an
+    /// exchange: that one's effect is [`Self::unknown`]).
+    pub(crate) fn begin_rename(&self, from: u64, to: u64) -> Ticket {
+        self.begin_in([from, to])
+    }
+
+    fn begin_in(&self, dirs: [u64; 2]) -> Ticket {
         let mut s = self.state();
         let unknown = s.unknown > 0;
-        let f = s.inflight.entry(dir).or_default();
-        f.count += 1;
-        f.raced |= f.count > 1 || unknown;
+        for dir in distinct(dirs) {
+            let f = s.inflight.entry(dir).or_default();
+            f.count += 1;
+            f.raced |= f.count > 1 || unknown;
+        }
         Ticket {
-            dir: Some(dir),
+            dirs: Some(dirs),
             epoch: s.epoch,
         }
     }
@@ -107,47 +132,78 @@ impl DirAttrs {
             f.raced = true;
         }
         Ticket {
-            dir: None,
+            dirs: None,
             epoch: s.epoch,
         }
     }
 
-    /// Counts the mutation of `t` out; whether it ran alone in its
-    /// directory with nothing invalidated meanwhile.
+    /// Counts the mutation of `t` out; whether it ran alone in each of
+    /// its directories with nothing invalidated meanwhile.
     fn end(s: &mut State, t: &Ticket) -> bool {
-        let Some(dir) = t.dir else {
+        let Some(dirs) = t.dirs else {
             s.unknown = s.unknown.saturating_sub(1);
             return false;
         };
-        let Some(f) = s.inflight.get_mut(&dir) else {
-            return false;
-        };
-        let raced = f.raced;
-        f.count = f.count.saturating_sub(1);
-        if f.count == 0 {
-            s.inflight.remove(&dir);
+        let mut alone = s.epoch == t.epoch;
+        for dir in distinct(dirs) {
+            let Some(f) = s.inflight.get_mut(&dir) else {
+                alone = false;
+                continue;
+            };
+            alone &= !f.raced;
+            f.count = f.count.saturating_sub(1);
+            if f.count == 0 {
+                s.inflight.remove(&dir);
+            }
         }
-        !raced && s.epoch == t.epoch
+        alone
     }
 
     /// The mutation of `t` ended; `parent` is its parent directory's
     /// attributes after it, when meta returned them; `live`: the change
     /// feed is connected.
     pub(crate) fn finish(&self, t: Ticket, parent: Option<&Attr>, live: bool) {
+        self.finish_all(t, &[parent], &[], live);
+    }
+
+    /// [`Self::finish`] of a mutation that changed several directories
+    /// (`parents`: their attributes after it, as meta returned them) and
+    /// the attributes of the inodes `changed` (dropped). A directory of
+    /// the ticket meta returned nothing for is dropped.
+    pub(crate) fn finish_all(
+        &self,
+        t: Ticket,
+        parents: &[Option<&Attr>],
+        changed: &[u64],
+        live: bool,
+    ) {
         let mut s = self.state();
         let alone = Self::end(&mut s, &t);
-        let Some(p) = parent else {
-            return;
-        };
-        let keep = live && alone && t.dir == Some(p.ino) && p.kind == FileType::Directory as i32;
-        if !keep {
-            s.attrs.remove(&p.ino);
-            return;
+        for ino in changed {
+            s.attrs.remove(ino);
         }
-        if s.attrs.len() >= MAX_DIRS && !s.attrs.contains_key(&p.ino) {
-            s.attrs.clear();
+        let dirs = t.dirs.unwrap_or_default();
+        let mut kept = [false; 2];
+        for p in parents.iter().flatten() {
+            let at = dirs.iter().position(|d| *d == p.ino);
+            let keep = live && alone && at.is_some() && p.kind == FileType::Directory as i32;
+            if !keep {
+                s.attrs.remove(&p.ino);
+                continue;
+            }
+            if s.attrs.len() >= MAX_DIRS && !s.attrs.contains_key(&p.ino) {
+                s.attrs.clear();
+            }
+            s.attrs.insert(p.ino, (*p).clone());
+            for (i, d) in dirs.iter().enumerate() {
+                kept[i] |= *d == p.ino;
+            }
         }
-        s.attrs.insert(p.ino, p.clone());
+        for (d, kept) in dirs.iter().zip(kept) {
+            if !kept {
+                s.attrs.remove(d);
+            }
+        }
     }
 
     /// The mutation of `t` ended and what it did to directories is not
@@ -264,6 +320,40 @@ mod tests {
         let t = d.begin(9);
         d.finish(t, Some(&dir(10, 1)), true);
         assert_eq!(d.get(10), None);
+    }
+
+    #[test]
+    fn a_rename_keeps_both_directories_and_drops_what_it_moved() {
+        let d = DirAttrs::default();
+        for ino in [5, 6, 7] {
+            let t = d.begin(ino);
+            d.finish(t, Some(&dir(ino, 1)), true);
+        }
+        // Between two directories, moving directory 7 (its ctime changed).
+        let t = d.begin_rename(5, 6);
+        d.finish_all(t, &[Some(&dir(5, 2)), Some(&dir(6, 2))], &[7], true);
+        assert_eq!(d.get(5).map(|a| a.mtime_ns), Some(2));
+        assert_eq!(d.get(6).map(|a| a.mtime_ns), Some(2));
+        assert_eq!(d.get(7), None, "the moved directory");
+        // Within one directory, beside a create in another one.
+        let (t, c) = (d.begin_rename(5, 5), d.begin(6));
+        d.finish_all(t, &[Some(&dir(5, 3)), Some(&dir(5, 3))], &[], true);
+        d.finish(c, Some(&dir(6, 3)), true);
+        assert_eq!(d.get(5).map(|a| a.mtime_ns), Some(3));
+        assert_eq!(d.get(6).map(|a| a.mtime_ns), Some(3), "another directory");
+        // A create racing the rename in its destination: neither keeps it.
+        let (t, c) = (d.begin_rename(5, 6), d.begin(6));
+        d.finish(c, Some(&dir(6, 4)), true);
+        d.finish_all(t, &[Some(&dir(5, 4)), Some(&dir(6, 5))], &[], true);
+        assert_eq!((d.get(5), d.get(6)), (None, None));
+        // A meta that does not return the directories: both dropped.
+        for ino in [5, 6] {
+            let t = d.begin(ino);
+            d.finish(t, Some(&dir(ino, 6)), true);
+        }
+        let t = d.begin_rename(5, 6);
+        d.finish_all(t, &[None, None], &[], true);
+        assert_eq!((d.get(5), d.get(6)), (None, None));
     }
 
     #[test]
