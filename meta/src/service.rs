@@ -1507,12 +1507,18 @@ impl Meta for MetaService {
                 // from the state the rename applied to (best effort, as a
                 // directory's attributes are everywhere, crate::changes).
                 let dir = |ino: u64| self.shared.fs.getattr(ino).ok().map(|d| attr_pb(&d));
+                let parent = dir(r.parent);
+                let new_parent = if r.new_parent == r.parent {
+                    parent.clone()
+                } else {
+                    dir(r.new_parent)
+                };
                 Ok(Response::new(pb::RenameReply {
                     attr: Some(attr_pb(&attr)),
                     replaced_ino: replaced.map_or(0, |(i, _)| i),
                     replaced_freed: replaced.is_some_and(|(_, f)| f),
-                    parent: dir(r.parent),
-                    new_parent: dir(r.new_parent),
+                    parent,
+                    new_parent,
                 }))
             }
             other => Err(unexpected(&other)),

@@ -1386,15 +1386,15 @@ impl Inner {
         if flags & !(libc::RENAME_NOREPLACE | libc::RENAME_EXCHANGE) != 0 {
             return Err(Errno::EINVAL);
         }
-        let meta = self.client.meta();
+        let op = self
+            .client
+            .meta()
+            .rename(InodeId(p), &name, InodeId(np), &new_name, f);
         if f.exchange {
-            let op = meta.rename(InodeId(p), &name, InodeId(np), &new_name, f);
             self.dir_attrs.unknown(op).await.map_err(|e| errno(&e))?;
         } else {
             let t = self.dir_attrs.begin_rename(p, np);
-            let r = meta
-                .rename(InodeId(p), &name, InodeId(np), &new_name, f)
-                .await;
+            let r = op.await;
             self.finish_rename(t, &r);
             r.map_err(|e| errno(&e))?;
         }

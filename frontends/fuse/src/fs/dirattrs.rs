@@ -185,8 +185,8 @@ impl DirAttrs {
         let dirs = t.dirs.unwrap_or_default();
         let mut kept = [false; 2];
         for p in parents.iter().flatten() {
-            let at = dirs.iter().position(|d| *d == p.ino);
-            let keep = live && alone && at.is_some() && p.kind == FileType::Directory as i32;
+            let keep =
+                live && alone && dirs.contains(&p.ino) && p.kind == FileType::Directory as i32;
             if !keep {
                 s.attrs.remove(&p.ino);
                 continue;
