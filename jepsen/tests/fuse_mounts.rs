@@ -201,6 +201,29 @@ fn stop_all<const N: usize>(mounts: [Mount; N]) {
     }
 }
 
+/// Runs `f` on a blocking thread while every meta replica of `cluster` is
+/// paused (what the mounts answer from memory); returns its result and
+/// how long it took.
+async fn with_meta_frozen<T: Send + 'static>(
+    cluster: &mut DataCluster,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> (T, Duration) {
+    for i in 0..cluster.meta.len() {
+        cluster.meta.pause(i).unwrap();
+    }
+    let r = tokio::task::spawn_blocking(move || {
+        let t = Instant::now();
+        let r = f();
+        (r, t.elapsed())
+    })
+    .await
+    .unwrap();
+    for i in 0..cluster.meta.len() {
+        cluster.meta.resume(i).unwrap();
+    }
+    r
+}
+
 /// A cluster with volume `name` and mounts of it (one per entry of
 /// `mounts`, at `mnt-<entry>`), every kernel TTL at 30 s, so that only the
 /// change feed (or an open) can make a mount see a change in time.
@@ -511,20 +534,7 @@ async fn own_writes_keep_the_mounts_lease_cache_of_other_files() {
     })
     .await
     .unwrap();
-    for i in 0..cluster.meta.len() {
-        cluster.meta.pause(i).unwrap();
-    }
-    let opened = tokio::task::spawn_blocking(move || {
-        let t = Instant::now();
-        let r = File::open(&f).map(|_| ());
-        (r, t.elapsed())
-    })
-    .await
-    .unwrap();
-    for i in 0..cluster.meta.len() {
-        cluster.meta.resume(i).unwrap();
-    }
-    let (r, took) = opened;
+    let (r, took) = with_meta_frozen(&mut cluster, move || File::open(&f).map(|_| ())).await;
     println!("[test] open with meta frozen: {r:?} in {took:?}");
     assert!(
         r.is_ok() && took < Duration::from_millis(500),
@@ -557,19 +567,9 @@ async fn absent_names_answered_from_memory_follow_every_change() {
     })
     .await
     .unwrap();
-    for i in 0..cluster.meta.len() {
-        cluster.meta.pause(i).unwrap();
-    }
     let da2 = da.clone();
-    let answered = tokio::task::spawn_blocking(move || {
-        let t = Instant::now();
-        (errno_of(fs::metadata(da2.join("x1"))), t.elapsed())
-    })
-    .await
-    .unwrap();
-    for i in 0..cluster.meta.len() {
-        cluster.meta.resume(i).unwrap();
-    }
+    let answered =
+        with_meta_frozen(&mut cluster, move || errno_of(fs::metadata(da2.join("x1")))).await;
     println!("[test] absent name with meta frozen: {answered:?}");
     assert!(
         answered.0 == Some(libc::ENOENT) && answered.1 < Duration::from_millis(500),
@@ -615,19 +615,8 @@ async fn absent_names_answered_from_memory_follow_every_change() {
     })
     .await
     .unwrap();
-    for i in 0..cluster.meta.len() {
-        cluster.meta.pause(i).unwrap();
-    }
     let wa2 = wa.clone();
-    let read = tokio::task::spawn_blocking(move || {
-        let t = Instant::now();
-        (fs::read(&wa2).ok(), t.elapsed())
-    })
-    .await
-    .unwrap();
-    for i in 0..cluster.meta.len() {
-        cluster.meta.resume(i).unwrap();
-    }
+    let read = with_meta_frozen(&mut cluster, move || fs::read(&wa2).ok()).await;
     println!("[test] own file opened with meta frozen: {read:?}");
     assert!(
         read.0.as_deref() == Some(&b"written by a"[..]) && read.1 < Duration::from_millis(500),
@@ -748,20 +737,13 @@ async fn a_silent_feed_drops_the_mounts_caches() {
             b.log_text()
         );
     }
-    for i in 0..cluster.meta.len() {
-        cluster.meta.pause(i).unwrap();
-    }
     let p2 = pb.clone();
-    let stale = tokio::task::spawn_blocking(move || {
+    let (stale, _) = with_meta_frozen(&mut cluster, move || {
         // Within the cache TTL, but past the feed's silence timeout.
         std::thread::sleep(Duration::from_secs(3));
         fs::metadata(&p2).map(|m| m.len())
     })
-    .await
-    .unwrap();
-    for i in 0..cluster.meta.len() {
-        cluster.meta.resume(i).unwrap();
-    }
+    .await;
     assert!(
         stale.is_err(),
         "stat answered {stale:?} from a cache whose feed had been silent for 3 s"
