@@ -1015,6 +1015,28 @@ async fn a_leased_listing_covers_only_a_whole_live_directory() -> Result<()> {
     Ok(())
 }
 
+/// `client`'s stat of `path` while every meta replica is paused (what it
+/// answers from memory), given up after 2 s; and how long it took.
+async fn stat_with_meta_frozen(
+    cluster: &mut DataCluster,
+    client: &Client,
+    path: &str,
+) -> Result<(
+    Result<cairn_client::Result<cairn_proto::meta::Attr>, tokio::time::error::Elapsed>,
+    Duration,
+)> {
+    for i in 0..cluster.meta.len() {
+        cluster.meta.pause(i)?;
+    }
+    let t = Instant::now();
+    let answered = tokio::time::timeout(Duration::from_secs(2), client.stat(path)).await;
+    let took = t.elapsed();
+    for i in 0..cluster.meta.len() {
+        cluster.meta.resume(i)?;
+    }
+    Ok((answered, took))
+}
+
 /// The native client answers a name that does not exist in a directory it
 /// made from its path cache once meta has said so there (the directory is
 /// listed under the lease in the background), as the mount does, and
@@ -1041,15 +1063,7 @@ async fn a_native_client_answers_missing_names_from_memory_and_sees_every_change
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    for i in 0..cluster.meta.len() {
-        cluster.meta.pause(i)?;
-    }
-    let t = Instant::now();
-    let answered = tokio::time::timeout(Duration::from_secs(2), a.stat(&format!("{d}/x1"))).await;
-    let took = t.elapsed();
-    for i in 0..cluster.meta.len() {
-        cluster.meta.resume(i)?;
-    }
+    let (answered, took) = stat_with_meta_frozen(&mut cluster, &a, &format!("{d}/x1")).await?;
     ensure!(
         answered.is_ok_and(missing) && took < Duration::from_millis(500),
         "a missing name in a listed directory went to meta (answered in {took:?})"
@@ -1097,15 +1111,7 @@ async fn a_native_client_answers_missing_names_from_memory_and_sees_every_change
     // seen at once.
     let w = format!("{d}/w");
     a.write_file(&w, data(9, 10)).await?;
-    for i in 0..cluster.meta.len() {
-        cluster.meta.pause(i)?;
-    }
-    let t = Instant::now();
-    let answered = tokio::time::timeout(Duration::from_secs(2), a.stat(&w)).await;
-    let took = t.elapsed();
-    for i in 0..cluster.meta.len() {
-        cluster.meta.resume(i)?;
-    }
+    let (answered, took) = stat_with_meta_frozen(&mut cluster, &a, &w).await?;
     ensure!(
         matches!(&answered, Ok(Ok(at)) if at.size == 10) && took < Duration::from_millis(500),
         "a file A wrote and closed went to meta: {answered:?} in {took:?}"

@@ -141,10 +141,10 @@ impl MetaClient {
             return;
         }
         let m = self.clone();
-        let path = super::paths::join(dirs);
         let dirs: Vec<String> = dirs.iter().map(ToString::to_string).collect();
         tokio::spawn(async move {
             let comps: Vec<&str> = dirs.iter().map(String::as_str).collect();
+            let path = super::paths::join(&comps);
             match m.resolve_kept(&path, &comps, m.mutations()).await {
                 Ok(a) => {
                     if let Some(listing) = m.absent_listing(a.ino) {

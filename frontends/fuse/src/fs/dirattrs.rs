@@ -179,30 +179,25 @@ impl DirAttrs {
     ) {
         let mut s = self.state();
         let alone = Self::end(&mut s, &t);
-        for ino in changed {
-            s.attrs.remove(ino);
-        }
+        // Everything it touched goes; then what may be kept comes back.
+        // (Inode 0 is none: the directories of a ticket of unknown effect.)
         let dirs = t.dirs.unwrap_or_default();
-        let mut kept = [false; 2];
-        for p in parents.iter().flatten() {
-            let keep =
-                live && alone && dirs.contains(&p.ino) && p.kind == FileType::Directory as i32;
-            if !keep {
-                s.attrs.remove(&p.ino);
-                continue;
-            }
-            if s.attrs.len() >= MAX_DIRS && !s.attrs.contains_key(&p.ino) {
+        let returned = parents.iter().flatten().map(|p| p.ino);
+        for ino in changed.iter().chain(&dirs).copied().chain(returned) {
+            s.attrs.remove(&ino);
+        }
+        if !(live && alone) {
+            return;
+        }
+        let keep = parents
+            .iter()
+            .flatten()
+            .filter(|p| dirs.contains(&p.ino) && p.kind == FileType::Directory as i32);
+        for p in keep {
+            if s.attrs.len() >= MAX_DIRS {
                 s.attrs.clear();
             }
             s.attrs.insert(p.ino, (*p).clone());
-            for (i, d) in dirs.iter().enumerate() {
-                kept[i] |= *d == p.ino;
-            }
-        }
-        for (d, kept) in dirs.iter().zip(kept) {
-            if !kept {
-                s.attrs.remove(d);
-            }
         }
     }
 
@@ -259,14 +254,18 @@ mod tests {
         }
     }
 
+    /// Keeps `ino`'s attributes with `mtime` through a lone mutation.
+    fn kept(d: &DirAttrs, ino: u64, mtime: i64) {
+        let t = d.begin(ino);
+        d.finish(t, Some(&dir(ino, mtime)), true);
+    }
+
     #[test]
     fn a_lone_mutation_keeps_its_parent_while_the_feed_is_live() {
         let d = DirAttrs::default();
-        let t = d.begin(5);
-        d.finish(t, Some(&dir(5, 1)), true);
+        kept(&d, 5, 1);
         assert_eq!(d.get(5).map(|a| a.mtime_ns), Some(1));
-        let t = d.begin(5);
-        d.finish(t, Some(&dir(5, 2)), true);
+        kept(&d, 5, 2);
         assert_eq!(d.get(5).map(|a| a.mtime_ns), Some(2));
         // Without the feed nothing is kept, and the old value goes.
         let t = d.begin(5);
@@ -277,16 +276,14 @@ mod tests {
     #[test]
     fn racing_mutations_keep_nothing_and_drop_what_was_kept() {
         let d = DirAttrs::default();
-        let t = d.begin(5);
-        d.finish(t, Some(&dir(5, 1)), true);
+        kept(&d, 5, 1);
         let (a, b) = (d.begin(5), d.begin(5));
         // b's reply may show the state before a's change, or after it.
         d.finish(b, Some(&dir(5, 3)), true);
         d.finish(a, Some(&dir(5, 2)), true);
         assert_eq!(d.get(5), None);
         // Once alone again, it keeps.
-        let t = d.begin(5);
-        d.finish(t, Some(&dir(5, 4)), true);
+        kept(&d, 5, 4);
         assert_eq!(d.get(5).map(|a| a.mtime_ns), Some(4));
     }
 
@@ -313,8 +310,7 @@ mod tests {
         d.finish(b, Some(&dir(8, 2)), true);
         assert_eq!(d.get(8), None, "began while one of unknown effect ran");
         d.finish_unknown(u);
-        let b = d.begin(8);
-        d.finish(b, Some(&dir(8, 3)), true);
+        kept(&d, 8, 3);
         assert_eq!(d.get(8).map(|a| a.mtime_ns), Some(3));
         // A reply about another directory than the one begun is not kept.
         let t = d.begin(9);
@@ -326,8 +322,7 @@ mod tests {
     fn a_rename_keeps_both_directories_and_drops_what_it_moved() {
         let d = DirAttrs::default();
         for ino in [5, 6, 7] {
-            let t = d.begin(ino);
-            d.finish(t, Some(&dir(ino, 1)), true);
+            kept(&d, ino, 1);
         }
         // Between two directories, moving directory 7 (its ctime changed).
         let t = d.begin_rename(5, 6);
@@ -348,8 +343,7 @@ mod tests {
         assert_eq!((d.get(5), d.get(6)), (None, None));
         // A meta that does not return the directories: both dropped.
         for ino in [5, 6] {
-            let t = d.begin(ino);
-            d.finish(t, Some(&dir(ino, 6)), true);
+            kept(&d, ino, 6);
         }
         let t = d.begin_rename(5, 6);
         d.finish_all(t, &[None, None], &[], true);
@@ -363,8 +357,7 @@ mod tests {
         d.forget([5]);
         d.finish(t, Some(&dir(5, 1)), true);
         assert_eq!(d.get(5), None);
-        let t = d.begin(5);
-        d.finish(t, Some(&dir(5, 2)), true);
+        kept(&d, 5, 2);
         d.forget([7, 5]);
         assert_eq!(d.get(5), None);
     }
@@ -379,8 +372,7 @@ mod tests {
         let t = d.begin(5);
         d.finish_unknown(t);
         assert_eq!((d.get(5), d.get(6)), (None, None));
-        let t = d.begin(5);
-        d.finish(t, Some(&dir(5, 1)), true);
+        kept(&d, 5, 1);
         d.clear();
         assert_eq!(d.get(5), None);
         // A file's attributes are never kept.
