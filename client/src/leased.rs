@@ -36,7 +36,7 @@
 //!   moved while it was in flight ([`Leased::keep_own`]). A close's answer
 //!   is not: with it kept (tried on 2026-12-07), `fuse_locks`' FileStore
 //!   pattern (two mounts appending in turns under a lock) lost an append
-//!   in 3 of 7 runs, against 1 of 19 without it and 0 of 7 at the build
+//!   in 3 of 7 runs, against 1 of 29 without it and 0 of 7 at the build
 //!   before that day; the cause is not found yet.
 //! * A reset, or a lost or silent feed, drops everything.
 //!
