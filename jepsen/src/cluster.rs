@@ -62,6 +62,9 @@ const NOISE: [&str; 4] = [
     "RPCError err=",
 ];
 
+/// What a server's log says when its listening port was taken.
+pub(crate) const PORT_TAKEN: &str = "Address already in use";
+
 /// How a [`MetaCluster`] is started.
 #[derive(Debug, Clone)]
 pub struct ClusterOpts {
@@ -188,6 +191,27 @@ impl MetaCluster {
     /// When the `cairn-meta` binary is missing ("run cargo build --bins
     /// first").
     pub async fn start(n: usize, opts: ClusterOpts) -> Result<MetaCluster> {
+        // A port that passed the free check can still be bound by another
+        // process before the replica binds it (a CI run saw it once): the
+        // replica exits with "address in use", and the start is tried
+        // again on fresh ports.
+        let mut tries = 0;
+        loop {
+            let last = tries == 4 || opts.netns;
+            match Self::start_once(n, opts.clone(), last).await {
+                Err(e) if !last && format!("{e:#}").contains(PORT_TAKEN) => {
+                    tries += 1;
+                    println!("[cluster] {e:#}; trying other ports");
+                }
+                r => return r,
+            }
+        }
+    }
+
+    /// One try of [`MetaCluster::start`]. When `last` is false and a
+    /// replica could not bind its port, the error says [`PORT_TAKEN`] and
+    /// the logs are neither printed nor kept.
+    async fn start_once(n: usize, opts: ClusterOpts, last: bool) -> Result<MetaCluster> {
         assert!(n >= 1, "a cluster needs at least one replica");
         let bin = binary::binary("cairn-meta");
         let dir = tempfile::Builder::new()
@@ -253,6 +277,9 @@ impl MetaCluster {
             anyhow::Ok(())
         };
         if let Err(e) = ready.await {
+            if !last && let Some(i) = (0..n).find(|&i| cluster.log(i).contains(PORT_TAKEN)) {
+                bail!("replica {i} ({}): {PORT_TAKEN}", cluster.addr(i));
+            }
             // Dropping it now kills the replicas, prints their logs and
             // keeps the directory.
             cluster.mark_failed();

@@ -15,7 +15,7 @@ use cairn_client::{Client, ClientOptions};
 use cairn_proto::meta as pb;
 
 use crate::binary::binary;
-use crate::cluster::{ClusterOpts, MetaCluster};
+use crate::cluster::{ClusterOpts, MetaCluster, PORT_TAKEN};
 use crate::ports::free_port_run;
 
 /// How a [`DataCluster`] is started.
@@ -119,7 +119,7 @@ impl DataCluster {
         loop {
             match self.spawn(i) {
                 Ok(()) => return Ok(i),
-                Err(e) if tries < 4 && format!("{e:#}").contains("Address already in use") => {
+                Err(e) if tries < 4 && format!("{e:#}").contains(PORT_TAKEN) => {
                     tries += 1;
                     println!("[cluster] chunkserver {i}: {e:#}; trying other ports");
                     self.cs[i].port = free_port_run(u16::try_from(self.opts.shards)?)?;
