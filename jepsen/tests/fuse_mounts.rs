@@ -113,6 +113,21 @@ async fn two_mounts_close_to_open_and_rename_over() {
             b"OVERWRITTEN",
             "B missed A's overwrite in place"
         );
+        // B holds the file open for writing (a FileStore worker, a log's
+        // writer) while A appends and closes: B's next open sees the
+        // append, though it shares the mount's open file with the first.
+        let held = OpenOptions::new().read(true).write(true).open(&pb).unwrap();
+        let mut h = OpenOptions::new().append(true).open(&pa).unwrap();
+        h.write_all(b"while B held it").unwrap();
+        drop(h);
+        let again = fs::read(&pb).unwrap();
+        assert_eq!(
+            again.len(),
+            now.len() + 15,
+            "B's second open missed A's append"
+        );
+        assert!(again.ends_with(b"while B held it"));
+        drop(held);
         // A file created on B is visible on A at once (no negative cache).
         assert!(fs::metadata(pa.with_file_name("new")).is_err());
         fs::write(pb.with_file_name("new"), b"from b").unwrap();

@@ -201,6 +201,28 @@ struct OpenInode {
     wb: Option<Arc<WriteBack>>,
 }
 
+impl OpenInode {
+    /// Takes in `a`, fresh from meta (an open's close-to-open check, a
+    /// lock's grant): when the inode changed since the shared file last
+    /// took it in, the file learns the new length and drops what it
+    /// cached. Another handle of this mount holding the file open must
+    /// not make a new open read what the file was when that one opened.
+    fn take_in(&mut self, a: &Attr) {
+        if a.version <= self.attr.version {
+            return;
+        }
+        self.file.revalidate(a);
+        // With nothing of ours pending, the length is the one meta has
+        // (another client may have cut the file).
+        if let Some(wb) = &self.wb
+            && wb.is_idle()
+        {
+            wb.set_len(self.file.len());
+        }
+        self.attr = a.clone();
+    }
+}
+
 /// What a handle operates on.
 struct Open {
     h: Handle_,
@@ -847,22 +869,20 @@ impl Inner {
         {
             let mut inodes = lock(&self.inodes);
             match (inodes.get_mut(&ino), fresh) {
-                (Some(o), Some(f)) => {
+                (Some(o), Some(f)) if !o.writable => {
                     // A writable file replaces a read-only one; a newer
                     // version replaces an older read-only one (close-to-open).
                     o.attr = attr.clone();
-                    if !o.writable {
-                        let f = Arc::new(f);
-                        if write {
-                            o.wb = self.write_back(&f);
-                        }
-                        o.file = f;
-                        o.writable = write;
+                    let f = Arc::new(f);
+                    if write {
+                        o.wb = self.write_back(&f);
                     }
+                    o.file = f;
+                    o.writable = write;
                     o.handles += 1;
                 }
-                (Some(o), None) => {
-                    o.attr = attr.clone();
+                (Some(o), _) => {
+                    o.take_in(attr);
                     o.handles += 1;
                 }
                 (None, Some(f)) => {
@@ -1168,6 +1188,9 @@ impl Inner {
             .getattr(InodeId(ino))
             .await
             .map_err(|e| errno_by_ino(&e))?;
+        if let Some(o) = lock(&self.inodes).get_mut(&ino) {
+            o.take_in(&a);
+        }
         let changed = {
             let mut seen = lock(&self.seen);
             let s = seen.entry(ino).or_default();
@@ -1175,21 +1198,8 @@ impl Inner {
             s.data_version = Some(a.version);
             changed
         };
-        if !changed {
-            return Ok(());
-        }
-        if let Some(o) = lock(&self.inodes).get_mut(&ino) {
-            o.file.revalidate(&a);
-            // With nothing of ours pending, the length is the one meta
-            // has (another holder may have cut the file).
-            if let Some(wb) = &o.wb
-                && wb.is_idle()
-            {
-                wb.set_len(o.file.len());
-            }
-            o.attr = a.clone();
-        }
-        if let Some(n) = self.notifier.get()
+        if changed
+            && let Some(n) = self.notifier.get()
             && let Err(e) = n.inval_inode(self.map.kernel(ino), 0, 0)
         {
             debug!(ino, error = %e, "page cache invalidation after a lock");
