@@ -77,7 +77,13 @@ impl Mount {
             .arg("mount")
             .arg(&dir)
             .args(args)
-            .env("RUST_LOG", "warn,cairn_fuse::feed=debug")
+            // CAIRN_MOUNT_LOG: another filter for the mounts' logs (e.g.
+            // `fuser=debug` for every FUSE request when chasing a failure).
+            .env(
+                "RUST_LOG",
+                std::env::var("CAIRN_MOUNT_LOG")
+                    .unwrap_or_else(|_| "warn,cairn_fuse::feed=debug".into()),
+            )
             .stdin(Stdio::null())
             .stdout(out.try_clone()?)
             .stderr(out);

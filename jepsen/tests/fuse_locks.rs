@@ -168,6 +168,68 @@ fn flock_locks(a: &Path, b: &Path) {
     flock(&fb, FlockArg::LockExclusiveNonblock).unwrap();
 }
 
+/// fcntl(F_OFD_SETLK or F_OFD_SETLKW) over the whole file.
+fn ofd_lock(f: &File, typ: i32, wait: bool) -> std::io::Result<()> {
+    let fl = flock_struct(typ, 0, 0);
+    let arg = if wait {
+        FcntlArg::F_OFD_SETLKW(&fl)
+    } else {
+        FcntlArg::F_OFD_SETLK(&fl)
+    };
+    io(fcntl(f.as_raw_fd(), arg))
+}
+
+/// What a close releases: an OFD lock left at close goes with the open
+/// file (the kernel sends no unlock for it), and the late release of an
+/// open file never takes a lock a newer open took. The kernel reuses a
+/// closed file's address, which is the owner of its flock and OFD locks,
+/// and does not wait for the release: each round below closes a flocked
+/// file and at once locks through a new open, often with the same owner.
+fn closes_release_what_they_should(a: &Path, b: &Path) {
+    std::fs::write(a.join("ofd"), b"").unwrap();
+    let fb = open_rw(&b.join("ofd"));
+    let fa = open_rw(&a.join("ofd"));
+    ofd_lock(&fa, libc::F_WRLCK, false).unwrap();
+    would_block(ofd_lock(&fb, libc::F_WRLCK, false), "an OFD lock held");
+    drop(fa);
+    let t0 = Instant::now();
+    while let Err(e) = ofd_lock(&fb, libc::F_WRLCK, false) {
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "an OFD lock outlived its file's close: {e}"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    ofd_lock(&fb, libc::F_UNLCK, false).unwrap();
+    for round in 0..30 {
+        let f = open_rw(&a.join("ofd"));
+        flock(&f, FlockArg::LockExclusive).unwrap();
+        drop(f);
+        let g = open_rw(&a.join("ofd"));
+        ofd_lock(&g, libc::F_WRLCK, true).unwrap();
+        // The old file's release has arrived by now.
+        std::thread::sleep(Duration::from_millis(30));
+        let r = ofd_lock(&fb, libc::F_WRLCK, false);
+        if r.is_ok() {
+            ofd_lock(&fb, libc::F_UNLCK, false).unwrap();
+        }
+        would_block(
+            r,
+            &format!("round {round}: the lock of a new open, after the old open's release"),
+        );
+        ofd_lock(&g, libc::F_UNLCK, false).unwrap();
+    }
+    // Every open closed: nothing of theirs is left locked.
+    let t0 = Instant::now();
+    while let Err(e) = ofd_lock(&fb, libc::F_WRLCK, false) {
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "a lock outlived the closes: {e}"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
 /// PyTorch's FileStore pattern: workers on two mounts each open the shared
 /// file, lock it, read every record, append theirs and close, many times
 /// over. Odd rounds use flock (what FileStore calls), even rounds an
@@ -186,8 +248,7 @@ fn file_store(mounts: [&Path; 2]) {
                     let mut f = open_rw(&path);
                     let posix = round % 2 == 0;
                     if posix {
-                        let fl = flock_struct(libc::F_WRLCK, 0, 0);
-                        io(fcntl(f.as_raw_fd(), FcntlArg::F_OFD_SETLKW(&fl))).unwrap();
+                        ofd_lock(&f, libc::F_WRLCK, true).unwrap();
                     } else {
                         flock(&f, FlockArg::LockExclusive).unwrap();
                     }
@@ -209,8 +270,7 @@ fn file_store(mounts: [&Path; 2]) {
                     )
                     .unwrap();
                     if posix {
-                        let fl = flock_struct(libc::F_UNLCK, 0, 0);
-                        io(fcntl(f.as_raw_fd(), FcntlArg::F_OFD_SETLK(&fl))).unwrap();
+                        ofd_lock(&f, libc::F_UNLCK, false).unwrap();
                     }
                 }
             })
@@ -258,6 +318,7 @@ async fn locks_are_shared_by_every_mount() {
     tokio::task::spawn_blocking(move || {
         posix_locks(&a2, &b2);
         flock_locks(&a2, &b2);
+        closes_release_what_they_should(&a2, &b2);
         file_store([&a2, &b2]);
     })
     .await

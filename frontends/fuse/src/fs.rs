@@ -105,6 +105,8 @@ impl Default for FsConfig {
 type R<T> = Result<T, Errno>;
 
 mod dirattrs;
+mod locks;
+use locks::{LockTable, Unlock};
 mod snapshots;
 
 /// The file system handed to fuser; clones share everything.
@@ -139,11 +141,9 @@ pub(crate) struct Inner {
     /// shared file (a close racing an open would otherwise release the
     /// new writer's registration with meta).
     inode_locks: Mutex<HashMap<u64, Arc<tokio::sync::Mutex<()>>>>,
-    /// (inode, lock owner) pairs this mount has taken a file lock for:
-    /// their locks are released on meta when the owner closes the file
-    /// (POSIX: any close by the process; flock: the last close of the open
-    /// file), and other closes cost no request.
-    file_locks: Mutex<HashSet<(u64, u64)>>,
+    /// The file locks this mount took on meta, to release at close
+    /// ([`locks`]).
+    file_locks: Mutex<LockTable>,
     /// Checkpoint directories that manage themselves ([`crate::checkpoints`]).
     ckpt: Arc<crate::checkpoints::Managed>,
     /// Mount-wide budget of background write bytes (units of
@@ -335,7 +335,7 @@ impl CairnFs {
                 dirs: Mutex::new(HashMap::new()),
                 seen: Mutex::new(HashMap::new()),
                 inode_locks: Mutex::new(HashMap::new()),
-                file_locks: Mutex::new(HashSet::new()),
+                file_locks: Mutex::new(LockTable::default()),
                 ckpt: Arc::default(),
                 budget: Arc::new(tokio::sync::Semaphore::new(
                     (cfg.write_back_budget / writeback::BUDGET_UNIT)
@@ -1152,12 +1152,19 @@ impl Inner {
     }
 
     /// Takes, changes or releases a file lock on meta (shared with every
-    /// client of the cluster); `wait`: F_SETLKW.
-    async fn set_lock(&self, ino: u64, req: LockRequest, wait: bool) -> R<()> {
+    /// client of the cluster) through handle `fh`; `wait`: F_SETLKW.
+    async fn set_lock(&self, ino: u64, fh: u64, req: LockRequest, wait: bool) -> R<()> {
         let meta = self.client.meta();
         if req.kind != LockType::Unlock {
             // Recorded first: a close racing the grant still releases it.
-            lock(&self.file_locks).insert((ino, req.owner));
+            // An unlock of the same owner still on its way goes first.
+            loop {
+                let recorded = lock(&self.file_locks).record(ino, req.owner, fh);
+                match recorded {
+                    Ok(()) => break,
+                    Err(gate) => locks::wait(gate).await,
+                }
+            }
         }
         if wait {
             meta.wait_lock(InodeId(ino), req, LOCK_POLL)
@@ -1189,6 +1196,13 @@ impl Inner {
             .await
             .map_err(|e| errno_by_ino(&e))?;
         if let Some(o) = lock(&self.inodes).get_mut(&ino) {
+            debug!(
+                ino,
+                version = a.version,
+                size = a.size,
+                had = o.attr.version,
+                "lock granted"
+            );
             o.take_in(&a);
         }
         let changed = {
@@ -1207,13 +1221,30 @@ impl Inner {
         Ok(())
     }
 
-    /// Releases every lock `owner` holds on `ino`, if it took any here.
+    /// Releases every lock `owner` holds on `ino`, if it took any here
+    /// (a process's close: POSIX drops its locks at any close).
     async fn drop_locks(&self, ino: u64, owner: u64) -> R<()> {
-        if !lock(&self.file_locks).remove(&(ino, owner)) {
-            return Ok(());
+        let taken = lock(&self.file_locks).take_owner(ino, owner);
+        match taken {
+            Some(u) => self.unlock_all(&u).await,
+            None => Ok(()),
         }
+    }
+
+    /// Releases the locks taken on `ino` through handle `fh`, whose open
+    /// file is gone (its RELEASE): flock and OFD locks belong to it.
+    async fn drop_handle_locks(&self, ino: u64, fh: u64) -> R<()> {
+        let taken = lock(&self.file_locks).take_handle(ino, fh);
+        for u in taken {
+            self.unlock_all(&u).await?;
+        }
+        Ok(())
+    }
+
+    /// Sends `u`: unlocks the whole inode for its owner on meta.
+    async fn unlock_all(&self, u: &Unlock) -> R<()> {
         let all = LockRequest {
-            owner,
+            owner: u.owner,
             start: 0,
             end: u64::MAX,
             kind: LockType::Unlock,
@@ -1221,7 +1252,7 @@ impl Inner {
         };
         self.client
             .meta()
-            .set_lock(InodeId(ino), all)
+            .set_lock(InodeId(u.ino), all)
             .await
             .map(|_| ())
             .map_err(|e| errno_by_ino(&e))
@@ -1233,7 +1264,7 @@ impl Inner {
     /// handle is not a no-op: [`Self::flush`] answers it EBADF.
     fn flush_is_noop(&self, ino: u64, fh: FileHandle, owner: u64) -> bool {
         let read_only = lock(&self.handles).get(&fh.0).is_some_and(|h| !h.write);
-        read_only && !lock(&self.file_locks).contains(&(ino, owner))
+        read_only && !lock(&self.file_locks).holds(ino, owner)
     }
 
     /// Publishes a writer's length to meta (flush on close(2), fsync).
@@ -1257,8 +1288,8 @@ impl Inner {
     /// or releasing, whose file (when this was its last handle) closes
     /// without a word to meta. What every file of a dataset epoch ends
     /// with. `false`: nothing done, take [`Self::release`].
-    fn release_now(&self, ino: u64, fh: u64, owner: Option<u64>) -> bool {
-        if owner.is_some_and(|o| lock(&self.file_locks).contains(&(ino, o))) {
+    fn release_now(&self, ino: u64, fh: u64) -> bool {
+        if lock(&self.file_locks).through(ino, fh) {
             return false;
         }
         let Some(h) = lock(&self.handles).get(&fh).copied() else {
@@ -1876,28 +1907,26 @@ impl Filesystem for CairnFs {
         ino: INodeNo,
         fh: FileHandle,
         _flags: OpenFlags,
-        lock_owner: Option<LockOwner>,
+        _lock_owner: Option<LockOwner>,
         _flush: bool,
         reply: ReplyEmpty,
     ) {
         let ino = self.inner.cairn(ino);
         let now = {
             let _rt = self.inner.rt.enter();
-            self.inner.release_now(ino, fh.0, lock_owner.map(|o| o.0))
+            self.inner.release_now(ino, fh.0)
         };
         if now {
             return reply.ok();
         }
         self.spawn(
             move |me| async move {
-                // flock: the open file's last close drops its lock. Its
-                // writes are out already: the kernel flushed before this.
-                // The kernel does not wait for a release, so the lock goes
-                // a moment after close(2) returns.
-                if let Some(owner) = lock_owner
-                    && let Err(e) = me.drop_locks(ino, owner.0).await
-                {
-                    warn!(ino, error = ?e, "releasing a flock lock on close failed");
+                // flock and OFD locks: the open file's last close drops
+                // them. Its writes are out already: the kernel flushed
+                // before this. The kernel does not wait for a release, so
+                // the lock goes a moment after close(2) returns.
+                if let Err(e) = me.drop_handle_locks(ino, fh.0).await {
+                    warn!(ino, error = ?e, "releasing a file's locks on close failed");
                 }
                 me.release(fh.0).await;
                 Ok(())
@@ -2051,7 +2080,7 @@ impl Filesystem for CairnFs {
                     // next holder can take it (as NFS does).
                     me.flush(fh).await?;
                 }
-                me.set_lock(ino, lock, sleep).await
+                me.set_lock(ino, fh.0, lock, sleep).await
             },
             move |r| empty(reply, r),
         );
