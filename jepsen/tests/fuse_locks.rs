@@ -64,6 +64,16 @@ fn would_block(r: std::io::Result<()>, what: &str) {
     );
 }
 
+/// Retries `attempt` until it succeeds (a lock another close frees a
+/// moment after close(2) returns); fails with `what` after 5 s.
+fn within_5s(what: &str, mut attempt: impl FnMut() -> std::io::Result<()>) {
+    let t0 = Instant::now();
+    while let Err(e) = attempt() {
+        assert!(t0.elapsed() < Duration::from_secs(5), "{what}: {e}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
 fn open_rw(p: &Path) -> File {
     OpenOptions::new().read(true).write(true).open(p).unwrap()
 }
@@ -153,11 +163,7 @@ fn flock_locks(a: &Path, b: &Path) {
     // The last close of the open file releases it: a moment after close(2)
     // returns (FUSE sends the release without waiting for it).
     drop(fa);
-    let t0 = Instant::now();
-    while let Err(e) = flock(&fb, FlockArg::LockSharedNonblock) {
-        assert!(t0.elapsed() < Duration::from_secs(5), "still locked: {e}");
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    within_5s("still locked", || flock(&fb, FlockArg::LockSharedNonblock));
     let fa = File::open(a.join("rendezvous")).unwrap();
     flock(&fa, FlockArg::LockSharedNonblock).unwrap();
     would_block(
@@ -192,14 +198,9 @@ fn closes_release_what_they_should(a: &Path, b: &Path) {
     ofd_lock(&fa, libc::F_WRLCK, false).unwrap();
     would_block(ofd_lock(&fb, libc::F_WRLCK, false), "an OFD lock held");
     drop(fa);
-    let t0 = Instant::now();
-    while let Err(e) = ofd_lock(&fb, libc::F_WRLCK, false) {
-        assert!(
-            t0.elapsed() < Duration::from_secs(5),
-            "an OFD lock outlived its file's close: {e}"
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    within_5s("an OFD lock outlived its file's close", || {
+        ofd_lock(&fb, libc::F_WRLCK, false)
+    });
     ofd_lock(&fb, libc::F_UNLCK, false).unwrap();
     for round in 0..30 {
         let f = open_rw(&a.join("ofd"));
@@ -220,14 +221,9 @@ fn closes_release_what_they_should(a: &Path, b: &Path) {
         ofd_lock(&g, libc::F_UNLCK, false).unwrap();
     }
     // Every open closed: nothing of theirs is left locked.
-    let t0 = Instant::now();
-    while let Err(e) = ofd_lock(&fb, libc::F_WRLCK, false) {
-        assert!(
-            t0.elapsed() < Duration::from_secs(5),
-            "a lock outlived the closes: {e}"
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    within_5s("a lock outlived the closes", || {
+        ofd_lock(&fb, libc::F_WRLCK, false)
+    });
 }
 
 /// PyTorch's FileStore pattern: workers on two mounts each open the shared
