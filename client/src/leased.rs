@@ -32,12 +32,12 @@
 //!   for the cache it holds, [`crate::MetaClient::path_cache`], which the
 //!   mount uses too), the same inodes and names the feed tells others, or
 //!   everything when it does not say.
-//! * An own create's answer is kept when meta covered it and nothing else
-//!   moved while it was in flight ([`Leased::keep_own`]). A close's answer
-//!   is not: with it kept (tried on 2026-12-07), `fuse_locks`' FileStore
-//!   pattern (two mounts appending in turns under a lock) lost an append
-//!   in 3 of 7 runs, against 1 of 29 without it and 0 of 7 at the build
-//!   before that day; the cause is not found yet.
+//! * An own mutation's answer is kept when the lease covers it and nothing
+//!   else moved while it was in flight ([`Leased::keep_own`]): a create
+//!   meta covered (the creator caches what it made as a lookup's answer),
+//!   and a close or length report of a file whose attributes are here
+//!   ([`Leased::begin_own`]), so a program that wrote small files opens
+//!   them again without a round trip per file.
 //! * A reset, or a lost or silent feed, drops everything.
 //!
 //! # Names that do not exist
@@ -282,17 +282,43 @@ impl Leased {
     }
 
     /// Keeps `attr`, meta's answer to this client's own mutation that
-    /// began with `t` and made the entry `name`, if nothing else
+    /// began with `t` (and made the entry `name`, if any), if nothing else
     /// moved meanwhile: no change arrived from the feed, and no own
     /// mutation other than this one ended (one that ends later drops what
     /// it changed, [`Self::own_mutation`]). The answer must be covered by
-    /// the lease (a create's, when meta says so).
-    pub fn keep_own(&self, t: Ticket, name: (u64, &str), attr: &Attr) {
+    /// the lease: a create's when meta says so, a mutation of a file's
+    /// attributes when [`Self::begin_own`] gave its ticket.
+    pub fn keep_own(&self, t: Ticket, name: Option<(u64, &str)>, attr: &Attr) {
         let mut s = self.state();
         if !s.usable(t.mutations + 1, Instant::now()) || t.epoch != s.epoch {
             return;
         }
-        s.insert(t.epoch, Some(name), attr);
+        s.insert(t.epoch, name, attr);
+    }
+
+    /// The ticket of an own mutation of file `ino`'s attributes (a close
+    /// that reports the length) whose answer [`Self::keep_own`] may keep:
+    /// only when the file's attributes are here, so the lease covers it
+    /// (meta registered it for this client's stream, and a new stream
+    /// starts with a reset that empties this cache), and it is no restored
+    /// file reading through a snapshot (such answers do not carry the
+    /// file's origin).
+    ///
+    /// A file a program wrote and closed is then answered from here when it
+    /// reads it back (the small-files read after write), as when it looked
+    /// it up: the close's reply is meta's state of the file once the close
+    /// applied, and any other client's later change waits for this client
+    /// to drop it.
+    pub fn begin_own(&self, mutations: u64, ino: u64) -> Option<Ticket> {
+        let mut s = self.state();
+        if !s.usable(mutations, Instant::now()) {
+            return None;
+        }
+        let a = s.attrs.get(&ino)?;
+        (a.origin_object == 0 && a.kind() == FileType::Regular).then_some(Ticket {
+            epoch: s.epoch,
+            mutations,
+        })
     }
 
     /// The attributes of `ino`, if they may be answered from here.
@@ -734,7 +760,7 @@ mod tests {
         counter.store(0, Ordering::Release);
         l.own_mutation(&counter, Some(&Changed::new([4, 12], &[(4, "y")])));
         assert!(!l.absent_at(4, "y", 1, t0));
-        l.keep_own(t, (4, "y"), &attr(12, 0));
+        l.keep_own(t, Some((4, "y")), &attr(12, 0));
         assert_eq!(l.lookup_at(4, "y", 1, t0).map(|a| a.ino), Some(12));
         assert_eq!(l.named_at(4, "y", 1, t0), Some(Named::Found(attr(12, 0))));
         assert_eq!(l.named_at(4, "a", 1, t0), None, "listed, no attributes");
@@ -755,6 +781,65 @@ mod tests {
         l.reset();
         assert!(!l.absent_at(4, "w", 2, t0));
         assert!(!l.complete(4));
+    }
+
+    fn file(ino: u64, size: u64) -> Attr {
+        Attr {
+            kind: FileType::Regular as i32,
+            ..attr(ino, size)
+        }
+    }
+
+    #[test]
+    fn an_own_close_keeps_its_answer_only_for_a_covered_file_nothing_raced() {
+        let (l, t0) = leased_now();
+        let counter = AtomicU64::new(0);
+        let close = |ino: u64| {
+            l.own_mutation(&counter, Some(&Changed::ino(ino)));
+        };
+        assert!(l.begin_own(0, 7).is_none(), "not here: not covered");
+        // Created here (the create's answer kept), then written and closed.
+        let t = l.begin(0);
+        close(7);
+        l.keep_own(t, Some((4, "f")), &file(7, 0));
+        let t = l.begin_own(1, 7).expect("covered");
+        close(7);
+        assert_eq!(l.lookup_at(4, "f", 2, t0), None, "the close dropped it");
+        l.keep_own(t, None, &file(7, 4096));
+        assert_eq!(l.lookup_at(4, "f", 2, t0), Some(file(7, 4096)));
+        // A change from the feed while the close was in flight: not kept.
+        let t = l.begin_own(2, 7).expect("covered");
+        close(7);
+        l.changed(&[9], []);
+        l.keep_own(t, None, &file(7, 8192));
+        assert_eq!(l.attr_at(7, 3, t0), None);
+        // Another own mutation that ended meanwhile: not kept either.
+        let t = l.begin(3);
+        l.keep_at(t, 3, Some((4, "f")), &file(7, 8192), t0);
+        let t = l.begin_own(3, 7).expect("covered");
+        close(7);
+        close(8);
+        l.keep_own(t, None, &file(7, 1));
+        assert_eq!(l.attr_at(7, 5, t0), None);
+        // A restored file (its origin is not in a close's answer) and a
+        // directory are never kept this way.
+        let t = l.begin(5);
+        let restored = Attr {
+            origin_object: 3,
+            ..file(10, 1)
+        };
+        l.keep_at(t, 5, None, &restored, t0);
+        let dir = Attr {
+            kind: FileType::Directory as i32,
+            ..attr(11, 0)
+        };
+        l.keep_at(t, 5, None, &dir, t0);
+        assert!(l.attr_at(10, 5, t0).is_some());
+        assert!(l.begin_own(5, 10).is_none());
+        assert!(l.begin_own(5, 11).is_none());
+        // Nor after a reset (a new stream covers nothing yet).
+        l.reset();
+        assert!(l.begin_own(5, 7).is_none());
     }
 
     #[test]

@@ -118,7 +118,8 @@ pub struct MetaClientOptions {
     /// exact while the lease runs, so close-to-open holds. Costs one
     /// change-feed stream per client, and other clients' changes of the
     /// names and files it cached wait for its acknowledgement. Off here
-    /// (tools, and the FUSE mount, which keeps its own); on in
+    /// (tools, and the FUSE mount, which follows the feed itself: its
+    /// creates are covered while that lease runs); on in
     /// [`crate::ClientOptions`]'s default.
     pub cache_leases: bool,
 }
@@ -1309,10 +1310,13 @@ impl MetaClient {
         open_for_write: bool,
     ) -> Result<Entry> {
         check_name(name)?;
-        // With the path cache, meta covers what it makes with the lease so
-        // a later stat of it is answered here.
+        // With the path cache, or a frontend's cache under a running lease
+        // (the mount's feed grants it), meta covers what it makes with the
+        // lease so a later stat or lookup of it is answered here.
         let lease_session = if self.inner.opts.cache_leases {
             self.start_path_leases();
+            self.session_id().await?.0
+        } else if self.inner.paths.live() {
             self.session_id().await?.0
         } else {
             0
@@ -1338,7 +1342,7 @@ impl MetaClient {
         if r.leased
             && let Some(a) = &r.attr
         {
-            self.inner.paths.keep_own(t, (parent.0, name), a);
+            self.inner.paths.keep_own(t, Some((parent.0, name)), a);
         }
         entry_of(r)
     }
@@ -1768,6 +1772,7 @@ impl MetaClient {
         written_extent: u64,
         written: (u64, u64),
     ) -> Result<Option<Attr>> {
+        let t = self.inner.paths.begin_own(self.mutations(), ino.0);
         let r = mutation!(
             self,
             close,
@@ -1784,6 +1789,9 @@ impl MetaClient {
             |_| Some(Changed::ino(ino.0))
         )
         .await?;
+        if let (Some(t), Some(a)) = (t, &r.attr) {
+            self.inner.paths.keep_own(t, None, a);
+        }
         Ok(r.attr)
     }
 
@@ -1874,6 +1882,7 @@ impl MetaClient {
         length: u64,
         truncate_gen: u64,
     ) -> Result<Attr> {
+        let t = self.inner.paths.begin_own(self.mutations(), ino.0);
         let r = mutation!(
             self,
             report_length,
@@ -1886,7 +1895,11 @@ impl MetaClient {
             |_| Some(Changed::ino(ino.0))
         )
         .await?;
-        need_attr(r.attr)
+        let a = need_attr(r.attr)?;
+        if let Some(t) = t {
+            self.inner.paths.keep_own(t, None, &a);
+        }
+        Ok(a)
     }
 
     // ------------------------------------------------------------ volumes and chains

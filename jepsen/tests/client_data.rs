@@ -1041,7 +1041,9 @@ async fn stat_with_meta_frozen(
 /// made from its path cache once meta has said so there (the directory is
 /// listed under the lease in the background), as the mount does, and
 /// still sees at once every name another client then makes there —
-/// written, renamed in, hard-linked — or removes again, and its own.
+/// written, renamed in, hard-linked — or removes again, and its own; a
+/// file it wrote and closed is answered from memory too, until another
+/// client rewrites it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_native_client_answers_missing_names_from_memory_and_sees_every_change() -> Result<()> {
     let _serial = serial().await;
@@ -1103,6 +1105,22 @@ async fn a_native_client_answers_missing_names_from_memory_and_sees_every_change
     ensure!(
         a.stat(&own).await?.size == 20,
         "A missed {own}, which B made again"
+    );
+    // A file A wrote and closed is answered from memory (the close's answer
+    // is kept under the lease its create took), and B's rewrite of it is
+    // seen at once.
+    let w = format!("{d}/w");
+    a.write_file(&w, data(9, 10)).await?;
+    let (answered, took) = stat_with_meta_frozen(&mut cluster, &a, &w).await?;
+    ensure!(
+        matches!(&answered, Ok(Ok(at)) if at.size == 10) && took < Duration::from_millis(500),
+        "a file A wrote and closed went to meta: {answered:?} in {took:?}"
+    );
+    b.write_file(&w, data(10, 30)).await?;
+    ensure!(a.stat(&w).await?.size == 30, "A missed B's rewrite of {w}");
+    ensure!(
+        a.read_file(&w).await? == data(10, 30),
+        "A read stale bytes of {w} after B rewrote it"
     );
     Ok(())
 }

@@ -563,7 +563,8 @@ async fn own_writes_keep_the_mounts_lease_cache_of_other_files() {
 /// under its lease and answers the next missing names there itself (a
 /// create's LOOKUP; every meta replica is frozen to show it), yet a name
 /// another mount then makes there — created, renamed in, linked — is seen
-/// at once, and so is one this mount makes.
+/// at once, and so is one this mount makes. A file this mount wrote is
+/// opened again from memory, until another mount rewrites it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn absent_names_answered_from_memory_follow_every_change() {
     let _serial = cairn_jepsen::serial().await;
@@ -613,6 +614,32 @@ async fn absent_names_answered_from_memory_follow_every_change() {
         assert_eq!(errno_of(fs::metadata(da.join("own"))), Some(libc::ENOENT));
         fs::write(db.join("own"), b"again").unwrap();
         assert_eq!(fs::read(da.join("own")).unwrap(), b"again");
+    })
+    .await
+    .unwrap();
+    // A file this mount wrote is opened again from memory: its create was
+    // covered by the lease and its close's answer kept, so even with every
+    // meta replica frozen the open needs no round trip; another mount's
+    // rewrite is then seen at the next open (close-to-open).
+    let (wa, wb) = (a.path("d").join("w"), b.path("d").join("w"));
+    let wa2 = wa.clone();
+    tokio::task::spawn_blocking(move || {
+        fs::write(&wa2, b"written by a").unwrap();
+        // The release follows the close in the background.
+        std::thread::sleep(Duration::from_millis(200));
+    })
+    .await
+    .unwrap();
+    let wa2 = wa.clone();
+    let read = with_meta_frozen(&mut cluster, move || fs::read(&wa2).ok()).await;
+    println!("[test] own file opened with meta frozen: {read:?}");
+    assert!(
+        read.0.as_deref() == Some(&b"written by a"[..]) && read.1 < Duration::from_millis(500),
+        "a file this mount wrote went to meta when opened again: {read:?}"
+    );
+    tokio::task::spawn_blocking(move || {
+        fs::write(&wb, b"rewritten by b, longer").unwrap();
+        assert_eq!(fs::read(&wa).unwrap(), b"rewritten by b, longer");
     })
     .await
     .unwrap();
