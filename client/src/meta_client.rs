@@ -1453,6 +1453,12 @@ impl MetaClient {
     /// another round. Meta keeps no waiters, so a waiter that goes away
     /// leaves nothing behind.
     ///
+    /// `wake` is notified when a lock may have been freed where the caller
+    /// can see it (its own unlocks: the FUSE mount's other processes); a
+    /// waiter asks at once then, instead of at its next poll, so a process
+    /// that unlocks and locks again in a loop does not starve another
+    /// waiting on the same mount.
+    ///
     /// # Errors
     /// As [`Self::set_lock`].
     pub async fn wait_lock(
@@ -1460,15 +1466,25 @@ impl MetaClient {
         ino: InodeId,
         lock: LockRequest,
         max_poll: Duration,
+        wake: &tokio::sync::Notify,
     ) -> Result<()> {
         let mut pause = Duration::from_millis(2);
         loop {
+            // Armed before the try: an unlock between the refusal and the
+            // wait still wakes it.
+            let woken = wake.notified();
+            tokio::pin!(woken);
+            woken.as_mut().enable();
             if self.set_lock(ino, lock).await?.is_none() {
                 return Ok(());
             }
             loop {
-                tokio::time::sleep(pause).await;
-                pause = (pause * 2).min(max_poll);
+                tokio::select! {
+                    // Straight to the try: the unlocker's own next lock
+                    // is on its way too.
+                    () = &mut woken => break,
+                    () = tokio::time::sleep(pause) => pause = (pause * 2).min(max_poll),
+                }
                 if self.get_lock(ino, lock).await?.is_none() {
                     break;
                 }

@@ -226,6 +226,39 @@ fn closes_release_what_they_should(a: &Path, b: &Path) {
     });
 }
 
+/// Two processes of one mount (threads with their own open files here):
+/// one unlocks and locks again in a loop, the other waits in F_SETLKW.
+/// The mount wakes its waiter at each unlock instead of leaving it to its
+/// next poll of meta (every 100 ms once it has waited a while), so the
+/// waiter gets the lock within a few rounds instead of starving.
+fn a_waiter_is_not_starved_by_a_relocker_on_its_mount(a: &Path) {
+    std::fs::write(a.join("busy"), b"").unwrap();
+    let holder = open_rw(&a.join("busy"));
+    ofd_lock(&holder, libc::F_WRLCK, false).unwrap();
+    let f = open_rw(&a.join("busy"));
+    let waiter = std::thread::spawn(move || {
+        ofd_lock(&f, libc::F_WRLCK, true).unwrap();
+        std::thread::sleep(Duration::from_millis(5));
+        ofd_lock(&f, libc::F_UNLCK, false).unwrap();
+    });
+    // Long enough for the waiter's polls to reach their longest interval.
+    std::thread::sleep(Duration::from_millis(800));
+    let mut rounds = 0;
+    while !waiter.is_finished() {
+        assert!(
+            rounds < 40,
+            "the waiter did not get the lock in {rounds} unlocks"
+        );
+        ofd_lock(&holder, libc::F_UNLCK, false).unwrap();
+        ofd_lock(&holder, libc::F_WRLCK, true).unwrap();
+        std::thread::sleep(Duration::from_millis(20));
+        rounds += 1;
+    }
+    println!("the waiter got the lock after {rounds} unlocks");
+    waiter.join().unwrap();
+    ofd_lock(&holder, libc::F_UNLCK, false).unwrap();
+}
+
 /// PyTorch's FileStore pattern: workers on two mounts each open the shared
 /// file, lock it, read every record, append theirs and close, many times
 /// over. Odd rounds use flock (what FileStore calls), even rounds an
@@ -315,6 +348,7 @@ async fn locks_are_shared_by_every_mount() {
         posix_locks(&a2, &b2);
         flock_locks(&a2, &b2);
         closes_release_what_they_should(&a2, &b2);
+        a_waiter_is_not_starved_by_a_relocker_on_its_mount(&a2);
         file_store([&a2, &b2]);
     })
     .await

@@ -144,6 +144,9 @@ pub(crate) struct Inner {
     /// The file locks this mount took on meta, to release at close
     /// ([`locks`]).
     file_locks: Mutex<LockTable>,
+    /// Notified after each unlock this mount sent: its own waiters ask
+    /// meta at once instead of at their next poll.
+    unlocked: tokio::sync::Notify,
     /// Checkpoint directories that manage themselves ([`crate::checkpoints`]).
     ckpt: Arc<crate::checkpoints::Managed>,
     /// Mount-wide budget of background write bytes (units of
@@ -336,6 +339,7 @@ impl CairnFs {
                 seen: Mutex::new(HashMap::new()),
                 inode_locks: Mutex::new(HashMap::new()),
                 file_locks: Mutex::new(LockTable::default()),
+                unlocked: tokio::sync::Notify::new(),
                 ckpt: Arc::default(),
                 budget: Arc::new(tokio::sync::Semaphore::new(
                     (cfg.write_back_budget / writeback::BUDGET_UNIT)
@@ -1167,11 +1171,14 @@ impl Inner {
             }
         }
         if wait {
-            meta.wait_lock(InodeId(ino), req, LOCK_POLL)
+            meta.wait_lock(InodeId(ino), req, LOCK_POLL, &self.unlocked)
                 .await
                 .map_err(|e| errno_by_ino(&e))?;
         } else {
             match meta.set_lock(InodeId(ino), req).await {
+                // An unlock, or a read lock that may replace the owner's
+                // write lock, may free what a waiter here wants.
+                Ok(None) if req.kind != LockType::Write => self.unlocked.notify_waiters(),
                 Ok(None) => {}
                 Ok(Some(_)) => return Err(Errno::EAGAIN),
                 Err(e) => return Err(errno_by_ino(&e)),
@@ -1250,12 +1257,9 @@ impl Inner {
             kind: LockType::Unlock,
             pid: 0,
         };
-        self.client
-            .meta()
-            .set_lock(InodeId(u.ino), all)
-            .await
-            .map(|_| ())
-            .map_err(|e| errno_by_ino(&e))
+        let r = self.client.meta().set_lock(InodeId(u.ino), all).await;
+        self.unlocked.notify_waiters();
+        r.map(|_| ()).map_err(|e| errno_by_ino(&e))
     }
 
     /// Whether a FLUSH of handle `fh` of `ino` by `owner` has nothing to
