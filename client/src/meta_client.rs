@@ -1453,11 +1453,12 @@ impl MetaClient {
     /// another round. Meta keeps no waiters, so a waiter that goes away
     /// leaves nothing behind.
     ///
-    /// `wake` is notified when a lock may have been freed where the caller
-    /// can see it (its own unlocks: the FUSE mount's other processes); a
-    /// waiter asks at once then, instead of at its next poll, so a process
-    /// that unlocks and locks again in a loop does not starve another
-    /// waiting on the same mount.
+    /// `wake` is notified when a lock may have been freed: the caller's own
+    /// unlocks (the FUSE mount's other processes), and other clients'
+    /// that the change feed reports (`Changes.unlocked`). A waiter asks at
+    /// once then, instead of at its next poll, so a process that unlocks
+    /// and locks again in a loop does not starve a waiter, here or on
+    /// another machine.
     ///
     /// # Errors
     /// As [`Self::set_lock`].

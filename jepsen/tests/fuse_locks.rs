@@ -226,16 +226,17 @@ fn closes_release_what_they_should(a: &Path, b: &Path) {
     });
 }
 
-/// Two processes of one mount (threads with their own open files here):
-/// one unlocks and locks again in a loop, the other waits in F_SETLKW.
-/// The mount wakes its waiter at each unlock instead of leaving it to its
-/// next poll of meta (every 100 ms once it has waited a while), so the
-/// waiter gets the lock within a few rounds instead of starving.
-fn a_waiter_is_not_starved_by_a_relocker_on_its_mount(a: &Path) {
-    std::fs::write(a.join("busy"), b"").unwrap();
-    let holder = open_rw(&a.join("busy"));
+/// A process on mount `a` unlocks and locks again in a loop while
+/// another, on mount `w` (the same mount, or another), waits in F_SETLKW.
+/// The waiter's mount wakes it at each unlock (its own, or another's from
+/// the change feed) instead of leaving it to its next poll of meta (every
+/// 100 ms once it has waited a while), so it gets the lock within a few
+/// rounds instead of starving.
+fn a_waiter_is_not_starved_by_a_relocker(a: &Path, w: &Path, name: &str) {
+    std::fs::write(a.join(name), b"").unwrap();
+    let holder = open_rw(&a.join(name));
     ofd_lock(&holder, libc::F_WRLCK, false).unwrap();
-    let f = open_rw(&a.join("busy"));
+    let f = open_rw(&w.join(name));
     let waiter = std::thread::spawn(move || {
         ofd_lock(&f, libc::F_WRLCK, true).unwrap();
         std::thread::sleep(Duration::from_millis(5));
@@ -247,14 +248,14 @@ fn a_waiter_is_not_starved_by_a_relocker_on_its_mount(a: &Path) {
     while !waiter.is_finished() {
         assert!(
             rounds < 40,
-            "the waiter did not get the lock in {rounds} unlocks"
+            "the waiter ({name}) did not get the lock in {rounds} unlocks"
         );
         ofd_lock(&holder, libc::F_UNLCK, false).unwrap();
         ofd_lock(&holder, libc::F_WRLCK, true).unwrap();
         std::thread::sleep(Duration::from_millis(20));
         rounds += 1;
     }
-    println!("the waiter got the lock after {rounds} unlocks");
+    println!("the waiter ({name}) got the lock after {rounds} unlocks");
     waiter.join().unwrap();
     ofd_lock(&holder, libc::F_UNLCK, false).unwrap();
 }
@@ -348,7 +349,8 @@ async fn locks_are_shared_by_every_mount() {
         posix_locks(&a2, &b2);
         flock_locks(&a2, &b2);
         closes_release_what_they_should(&a2, &b2);
-        a_waiter_is_not_starved_by_a_relocker_on_its_mount(&a2);
+        a_waiter_is_not_starved_by_a_relocker(&a2, &a2, "busy-here");
+        a_waiter_is_not_starved_by_a_relocker(&a2, &b2, "busy-there");
         file_store([&a2, &b2]);
     })
     .await

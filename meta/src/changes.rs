@@ -75,6 +75,17 @@
 //!
 //! Only the leader publishes: followers refuse the stream with NOT_LEADER,
 //! and the leader ends every stream when it loses leadership.
+//!
+//! # Unlocks
+//!
+//! A file lock released or weakened (an unlock, a write lock turned read)
+//! is published too, as `unlocked` with nothing to drop: clients waiting
+//! for a lock on that inode ask again at once instead of at their next
+//! poll, so a holder that unlocks and locks again in a loop does not
+//! starve waiters on other machines. Nothing waits for their
+//! acknowledgement (no lease covers them). A lock freed when its
+//! session expires is not published; its waiters find it at their next
+//! poll.
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -84,6 +95,7 @@ use std::time::{Duration, Instant};
 use cairn_proto::CLIENT_LEASE_BOUND;
 use tokio::sync::{Notify, broadcast};
 
+use crate::fs::locks::LockKind;
 use crate::fs::{Op, ROOT_INO, Reply};
 
 /// How many changes a slow stream may fall behind before it gets a reset.
@@ -100,12 +112,33 @@ pub struct Change {
     pub inos: Vec<u64>,
     /// Directory entries `(parent, name)` added, removed or replaced.
     pub entries: Vec<(u64, String)>,
+    /// Inodes on which a file lock was released or weakened: waiters for
+    /// a lock there ask again (nothing cached changed, so nothing waits
+    /// for acknowledgements of these alone).
+    pub unlocked: Vec<u64>,
 }
 
 /// Returns what `op`, answered by `reply`, changed in the namespace
 /// (`None` for operations no client caches anything of).
 pub fn affected(session: u64, op: &Op, reply: &Reply) -> Option<Change> {
     let entry_of = |parent: u64, name: &str| vec![(parent, name.to_string())];
+    if let (
+        Op::SetLock {
+            ino,
+            kind: LockKind::Unlock | LockKind::Read,
+            ..
+        },
+        Reply::Lock(None),
+    ) = (op, reply)
+    {
+        return Some(Change {
+            seq: 0,
+            session,
+            inos: Vec::new(),
+            entries: Vec::new(),
+            unlocked: vec![*ino],
+        });
+    }
     let (inos, entries) = match (op, reply) {
         (
             Op::Create { parent, name, .. }
@@ -166,6 +199,7 @@ pub fn affected(session: u64, op: &Op, reply: &Reply) -> Option<Change> {
         session,
         inos,
         entries,
+        unlocked: Vec::new(),
     })
 }
 
@@ -250,7 +284,7 @@ impl Covered {
     }
 
     fn any(&self, c: &Change) -> bool {
-        self.all
+        (self.all && !(c.inos.is_empty() && c.entries.is_empty()))
             || c.inos.iter().any(|i| self.inos.contains(i))
             || c.entries
                 .iter()
@@ -519,6 +553,42 @@ mod tests {
     }
 
     #[test]
+    fn unlocks_and_downgrades_name_the_inode_for_waiters_only() {
+        let lock = |kind| Op::SetLock {
+            ino: 7,
+            owner: 1,
+            start: 0,
+            end: u64::MAX,
+            kind,
+            pid: 1,
+        };
+        for kind in [LockKind::Unlock, LockKind::Read] {
+            let c = affected(2, &lock(kind), &Reply::Lock(None)).expect("a change");
+            assert_eq!(c.unlocked, vec![7], "{kind:?}");
+            assert!(c.inos.is_empty() && c.entries.is_empty(), "nothing to drop");
+        }
+        // A write lock frees nothing; a refused request changed nothing.
+        assert_eq!(
+            affected(2, &lock(LockKind::Write), &Reply::Lock(None)),
+            None
+        );
+        let holder = crate::fs::locks::LockHolder {
+            session: 3,
+            owner: 4,
+            range: crate::fs::locks::LockRange {
+                start: 0,
+                end: 9,
+                write: true,
+                pid: 5,
+            },
+        };
+        assert_eq!(
+            affected(2, &lock(LockKind::Read), &Reply::Lock(Some(holder))),
+            None
+        );
+    }
+
+    #[test]
     fn a_new_encrypted_volume_names_its_root_and_a_rotation_nothing() {
         let volume = crate::fs::Volume {
             id: 2,
@@ -702,6 +772,7 @@ mod tests {
             session: 1,
             inos: inos.to_vec(),
             entries: entries.iter().map(|(p, n)| (*p, n.to_string())).collect(),
+            unlocked: Vec::new(),
         };
         let mut c = Covered::default();
         c.add(Cover::Ino(2));
@@ -723,6 +794,7 @@ mod tests {
         }
         assert!(c.all);
         assert!(c.any(&change(&[u64::MAX], &[])));
+        assert!(!c.any(&change(&[], &[])), "an unlock alone needs no ack");
         assert!(
             c.inos.is_empty(),
             "the sets are dropped once all are covered"

@@ -2452,6 +2452,7 @@ impl Meta for MetaService {
                             msg.seq = msg.seq.max(c.seq);
                             if c.session != me || me == 0 {
                                 msg.inos.extend_from_slice(&c.inos);
+                                msg.unlocked.extend_from_slice(&c.unlocked);
                                 msg.entries.extend(c.entries.iter().map(|(parent, name)| {
                                     pb::EntryChange {
                                         parent: *parent,
@@ -2473,7 +2474,10 @@ impl Meta for MetaService {
                         next = next_queued(&mut sub.rx);
                     }
                 }
-                let content = msg.reset || !msg.inos.is_empty() || !msg.entries.is_empty();
+                let content = msg.reset
+                    || !msg.inos.is_empty()
+                    || !msg.entries.is_empty()
+                    || !msg.unlocked.is_empty();
                 if (content || msg.granted != 0) && tx.send(Ok(msg)).await.is_err() {
                     return;
                 }

@@ -144,9 +144,10 @@ pub(crate) struct Inner {
     /// The file locks this mount took on meta, to release at close
     /// ([`locks`]).
     file_locks: Mutex<LockTable>,
-    /// Notified after each unlock this mount sent: its own waiters ask
+    /// Notified after each unlock this mount sent, and when the change
+    /// feed reports another client's ([`crate::feed`]): its waiters ask
     /// meta at once instead of at their next poll.
-    unlocked: tokio::sync::Notify,
+    pub(crate) unlocked: tokio::sync::Notify,
     /// Checkpoint directories that manage themselves ([`crate::checkpoints`]).
     ckpt: Arc<crate::checkpoints::Managed>,
     /// Mount-wide budget of background write bytes (units of
