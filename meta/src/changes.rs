@@ -78,14 +78,15 @@
 //!
 //! # Unlocks
 //!
-//! A file lock released or weakened (an unlock, a write lock turned read)
-//! is published too, as `unlocked` with nothing to drop: clients waiting
-//! for a lock on that inode ask again at once instead of at their next
-//! poll, so a holder that unlocks and locks again in a loop does not
-//! starve waiters on other machines. Nothing waits for their
-//! acknowledgement (no lease covers them). A lock freed when its
-//! session expires is not published; its waiters find it at their next
-//! poll.
+//! An unlock is published too, as `unlocked` with nothing to drop:
+//! clients waiting for a lock on that inode ask again at once instead of
+//! at their next poll, so a holder that unlocks and locks again in a loop
+//! does not starve waiters on other machines. Nothing waits for their
+//! acknowledgement (no lease covers them). Not published, so found at the
+//! waiters' next poll: a write lock turned read (a waiter's retry is a
+//! Raft write, and announcing every read lock would wake a waiting writer
+//! at each reader of a busy file), and locks freed when a session
+//! expires.
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -112,7 +113,7 @@ pub struct Change {
     pub inos: Vec<u64>,
     /// Directory entries `(parent, name)` added, removed or replaced.
     pub entries: Vec<(u64, String)>,
-    /// Inodes on which a file lock was released or weakened: waiters for
+    /// Inodes on which a file lock was unlocked: waiters for
     /// a lock there ask again (nothing cached changed, so nothing waits
     /// for acknowledgements of these alone).
     pub unlocked: Vec<u64>,
@@ -125,7 +126,7 @@ pub fn affected(session: u64, op: &Op, reply: &Reply) -> Option<Change> {
     if let (
         Op::SetLock {
             ino,
-            kind: LockKind::Unlock | LockKind::Read,
+            kind: LockKind::Unlock,
             ..
         },
         Reply::Lock(None),
@@ -553,7 +554,7 @@ mod tests {
     }
 
     #[test]
-    fn unlocks_and_downgrades_name_the_inode_for_waiters_only() {
+    fn unlocks_name_the_inode_for_waiters_only() {
         let lock = |kind| Op::SetLock {
             ino: 7,
             owner: 1,
@@ -562,16 +563,13 @@ mod tests {
             kind,
             pid: 1,
         };
-        for kind in [LockKind::Unlock, LockKind::Read] {
-            let c = affected(2, &lock(kind), &Reply::Lock(None)).expect("a change");
-            assert_eq!(c.unlocked, vec![7], "{kind:?}");
-            assert!(c.inos.is_empty() && c.entries.is_empty(), "nothing to drop");
+        let c = affected(2, &lock(LockKind::Unlock), &Reply::Lock(None)).expect("a change");
+        assert_eq!(c.unlocked, vec![7]);
+        assert!(c.inos.is_empty() && c.entries.is_empty(), "nothing to drop");
+        // Locks taken are not announced; a refused request changed nothing.
+        for kind in [LockKind::Write, LockKind::Read] {
+            assert_eq!(affected(2, &lock(kind), &Reply::Lock(None)), None);
         }
-        // A write lock frees nothing; a refused request changed nothing.
-        assert_eq!(
-            affected(2, &lock(LockKind::Write), &Reply::Lock(None)),
-            None
-        );
         let holder = crate::fs::locks::LockHolder {
             session: 3,
             owner: 4,

@@ -109,7 +109,7 @@ async fn follow_stream(
             inner.set_feed_live(true);
             info!("meta change feed connected: kernel caches kept longer");
         }
-        // Another mount's unlock (or a reset, which may hide one): this
+        // Another client's unlock (or a reset, which may hide one): this
         // mount's lock waiters ask again now.
         if reset || !changes.unlocked.is_empty() {
             inner.unlocked.notify_waiters();

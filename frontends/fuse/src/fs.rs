@@ -1177,9 +1177,11 @@ impl Inner {
                 .map_err(|e| errno_by_ino(&e))?;
         } else {
             match meta.set_lock(InodeId(ino), req).await {
-                // An unlock, or a read lock that may replace the owner's
-                // write lock, may free what a waiter here wants.
-                Ok(None) if req.kind != LockType::Write => self.unlocked.notify_waiters(),
+                // An unlock may free what a waiter here wants. (Not a read
+                // lock, though it may replace the owner's write lock: a
+                // waiter's retry is a Raft write, and a file many read-lock
+                // would wake a waiting writer at every reader.)
+                Ok(None) if req.kind == LockType::Unlock => self.unlocked.notify_waiters(),
                 Ok(None) => {}
                 Ok(Some(_)) => return Err(Errno::EAGAIN),
                 Err(e) => return Err(errno_by_ino(&e)),
