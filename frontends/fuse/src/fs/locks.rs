@@ -96,19 +96,15 @@ impl LockTable {
     /// Takes out the locks taken on `ino` through handle `fh` (its open
     /// file is gone): the unlocks to send.
     pub(crate) fn take_handle(&mut self, ino: u64, fh: u64) -> Vec<Unlock> {
-        let owners: Vec<u64> = self
-            .held
-            .iter()
-            .filter(|&(&(i, _), &f)| i == ino && f == fh)
-            .map(|(&(_, o), _)| o)
-            .collect();
-        owners
-            .into_iter()
-            .map(|o| {
-                self.held.remove(&(ino, o));
-                self.unlocking(ino, o)
-            })
-            .collect()
+        let mut owners = Vec::new();
+        self.held.retain(|&(i, o), f| {
+            let taken = i == ino && *f == fh;
+            if taken {
+                owners.push(o);
+            }
+            !taken
+        });
+        owners.into_iter().map(|o| self.unlocking(ino, o)).collect()
     }
 
     fn unlocking(&mut self, ino: u64, owner: u64) -> Unlock {
