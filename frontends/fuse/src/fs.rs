@@ -1,9 +1,11 @@
 //! The `fuser::Filesystem` over a [`cairn_client::Client`].
 //!
-//! Each kernel request is turned into a tokio task on the mount's runtime
-//! at once, so the fuser threads only read and dispatch: requests run
-//! concurrently, and nothing holds a lock across a call to the cluster.
-//! Every task is bounded by [`FsConfig::timeout`]: with the cluster gone
+//! Each kernel request that needs the cluster runs on the mount's runtime:
+//! started on the fuser thread until it first waits (its request sent),
+//! then a tokio task (`fs/eager.rs`), so the fuser threads only read,
+//! dispatch and send: requests run concurrently, and nothing holds a lock
+//! across a call to the cluster.
+//! Every request is bounded by [`FsConfig::timeout`]: with the cluster gone
 //! a request fails with ETIMEDOUT (or EIO when the client library's own
 //! retries gave up first) instead of hanging the mount.
 //!
@@ -105,6 +107,7 @@ impl Default for FsConfig {
 type R<T> = Result<T, Errno>;
 
 mod dirattrs;
+mod eager;
 mod locks;
 use locks::{LockTable, Unlock};
 mod snapshots;
@@ -352,8 +355,8 @@ impl CairnFs {
         }
     }
 
-    /// Runs `op` as a task bounded by the configured timeout and hands
-    /// its result to `reply`.
+    /// Runs `op`, bounded by the configured timeout, and hands its result
+    /// to `reply`: on this thread until it first waits, then as a task.
     fn spawn<T, F, Fut>(&self, op: F, reply: impl FnOnce(R<T>) + Send + 'static)
     where
         T: Send + 'static,
@@ -396,7 +399,9 @@ impl CairnFs {
         Fut: Future<Output = R<T>> + Send + 'static,
     {
         let me = self.inner.clone();
-        self.inner.rt.spawn(async move {
+        // Started here, continued on the runtime once it waits (see
+        // `eager`): no worker is woken before the request is sent.
+        eager::start(&self.inner.rt, async move {
             let r = match limit {
                 Some(limit) => tokio::time::timeout(limit, op(me))
                     .await
