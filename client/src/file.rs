@@ -1168,15 +1168,11 @@ impl FileInner {
         while off + BLOCK <= data.len() as u64 && r.file_offset + off + BLOCK <= size {
             // A copy, not a slice: a slice would keep the whole reply
             // buffer alive as long as any one block of it stays cached,
-            // and the tier's size limit would mean nothing.
-            let b = Bytes::copy_from_slice(&data[off as usize..(off + BLOCK) as usize]);
+            // and the tier's size limit would mean nothing. Plaintext
+            // never reaches the SSD tier.
             let key = self.key((r.file_offset + off) / BLOCK);
-            if self.crypt.is_some() {
-                // Plaintext never reaches the SSD tier.
-                cache.insert_memory_only(key, b, false);
-            } else {
-                cache.insert(key, b, false);
-            }
+            let src = &data[off as usize..(off + BLOCK) as usize];
+            cache.insert_copy(key, src, self.crypt.is_some());
             off += BLOCK;
         }
         // The file's last block, short: kept at exactly the file's length
@@ -1185,8 +1181,8 @@ impl FileInner {
         let at = r.file_offset + off;
         let short = cached_len(size, at / BLOCK);
         if !self.transformed() && short > 0 && short < BLOCK && off + short <= data.len() as u64 {
-            let b = Bytes::copy_from_slice(&data[off as usize..(off + short) as usize]);
-            cache.insert_memory_only(self.key(at / BLOCK), b, false);
+            let src = &data[off as usize..(off + short) as usize];
+            cache.insert_copy(self.key(at / BLOCK), src, true);
         }
     }
 
