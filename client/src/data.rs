@@ -107,6 +107,10 @@ const MAX_IOV: usize = 64;
 const READ_CHUNK: usize = 256 << 10;
 const MIN_READ: usize = 64 << 10;
 
+/// Room made between replies: a 128 KiB read's reply (a dataset file, a
+/// kernel read through the mount) with its header and CRCs.
+const WHOLE_REPLY: usize = 136 << 10;
+
 /// What a data-plane operation can fail with.
 #[derive(Debug, thiserror::Error)]
 pub enum DataError {
@@ -764,7 +768,12 @@ async fn read_loop(mut rd: OwnedReadHalf, shared: Arc<Shared>) {
             Ok(None) => {}
             Err(e) => break format!("undecodable reply: {e}"),
         }
-        if buf.capacity() - buf.len() < MIN_READ {
+        // Between frames (nothing partial to move) room is made for a
+        // 128 KiB reply, so that it is read in place: with less, its
+        // decode reserved the rest and moved what had arrived (6% of the
+        // mount's worker CPU on cold 128 KiB reads in `perf`).
+        let room = buf.capacity() - buf.len();
+        if room < MIN_READ || (buf.is_empty() && room < WHOLE_REPLY) {
             buf.reserve(READ_CHUNK);
         }
         let read = tokio::select! {
