@@ -39,19 +39,13 @@
 //! never used to make decisions.
 //!
 //! ## Memory accounting
-//! `insert` keeps the `Bytes` it is given. The client hands in zero-copy
-//! slices of a larger read buffer, and a slice keeps that whole buffer
-//! alive. The tier counts `BLOCK` bytes per block it holds, which is exact
-//! while all blocks of a buffer are cached and an underestimate once some
-//! were evicted and others were not: in the worst case one surviving block
-//! pins a buffer of `max_io` bytes. Copying every block on insert would
-//! make the accounting exact but costs a memcpy of everything read (GB/s
-//! streams); CLOCK evicts a streaming buffer's blocks together in practice,
-//! so we accept the error. Blocks read back from the SSD tier own their
-//! 4 KiB, and so do the blocks the client copies in
-//! ([`BlockCache::insert_copy`], what its reads use): those go into the
-//! buffer of a block evicted from the same shard when nobody else holds
-//! it, so a full tier takes new blocks without allocating.
+//! The client's reads copy each block in ([`BlockCache::insert_copy`]),
+//! so every cached block owns its 4 KiB and the tier's count (`BLOCK`
+//! bytes per block) is exact: a zero-copy slice would keep its whole read
+//! buffer alive as long as any one block of it stayed cached. The copies
+//! go into the buffers of blocks evicted from the same shard when nobody
+//! else holds them, so a full tier takes new blocks without allocating.
+//! Blocks read back from the SSD tier own their 4 KiB too.
 //!
 //! # SSD tier: a log-structured victim cache
 //! With [`CacheConfig::dir`] set, blocks evicted from memory are admitted
@@ -1269,10 +1263,10 @@ impl BlockCache {
     }
 
     /// Inserts a full block (`data.len()` must be [`BLOCK`]; anything else
-    /// is ignored). `data` is kept as given, typically a zero-copy slice of
-    /// a larger read buffer (see the module docs on accounting).
-    /// `prefetched` is true when read-ahead fetched it (counted for the
-    /// prefetch hit ratio). Never blocks on I/O.
+    /// is ignored), kept as given (tests; the client copies blocks in with
+    /// [`Self::insert_copy`]). `prefetched` is true when read-ahead fetched
+    /// it (counted for the prefetch hit ratio). Never blocks on I/O.
+    #[cfg(test)]
     pub fn insert(&self, key: BlockKey, data: Bytes, prefetched: bool) {
         self.insert_in(key, data, prefetched, true);
     }
@@ -1280,6 +1274,7 @@ impl BlockCache {
     /// Inserts a full block into the memory tier only: it is never written
     /// to the SSD tier, not even when evicted. For decrypted blocks of
     /// encrypted files, whose plaintext must not reach a disk (DESIGN §7).
+    #[cfg(test)]
     pub fn insert_memory_only(&self, key: BlockKey, data: Bytes, prefetched: bool) {
         self.insert_in(key, data, prefetched, false);
     }
@@ -1322,8 +1317,10 @@ impl BlockCache {
     /// a buffer of an evicted block when the shard has one (so a full tier
     /// fills from the network without allocating: a fresh 4 KiB per block
     /// cost a `malloc`, and glibc growing a thread's heap page faults, a
-    /// quarter of the mount's CPU per cold 128 KiB read in `perf`).
-    /// `memory_only` as [`Self::insert_memory_only`]; never prefetched.
+    /// fifth of the mount's worker samples on cold 128 KiB reads in
+    /// `perf`). `memory_only`: never written to the SSD tier, not even
+    /// when evicted (plaintext of encrypted files, DESIGN §7; a file's
+    /// short last block). Never blocks on I/O.
     pub fn insert_copy(&self, key: BlockKey, src: &[u8], memory_only: bool) {
         if src.is_empty() || src.len() > BLOCK_LEN {
             return;

@@ -748,14 +748,18 @@ async fn cached_paths_never_read_stale_across_a_frozen_leader() -> Result<()> {
     let reader = cluster.client(no_cache()).await?;
     let path = format!("{vol}/f");
     writer.write_file(&path, data(1, 3000)).await?;
+    // After the thaw the cache came back within ~1 s in most runs, but in
+    // 3 of 9 runs beside a CPU and disk hog only after ~11 s (and once
+    // after more than 15 s in a full suite run): why is not known yet (see
+    // the 2026-12-07 note). The bound checks that it comes back at all.
     let cached = |min: u64| {
         let (reader, path) = (reader.clone(), path.clone());
         async move {
-            let deadline = Instant::now() + Duration::from_secs(15);
+            let deadline = Instant::now() + Duration::from_secs(30);
             while reader.meta().path_cache().hits() < min {
                 ensure!(
                     Instant::now() < deadline,
-                    "the reader answered no stat from its cache within 15 s"
+                    "the reader answered no stat from its cache within 30 s"
                 );
                 reader.stat(&path).await?;
                 tokio::time::sleep(Duration::from_millis(20)).await;
