@@ -1349,39 +1349,36 @@ impl BlockCache {
     /// and hands the victim, if any, to the SSD tier (or keeps its buffer
     /// for later copies). Returns whether the key was new.
     fn insert_slot(&self, shard: &Mutex<Shard>, make: impl FnOnce(&mut Shard) -> Slot) -> bool {
-        let (inserted, epoch) = {
+        let (evicted, admit, epoch) = {
             let mut s = lock(shard);
             let slot = make(&mut s);
-            let mut inserted = s.insert(slot);
-            // A victim the SSD tier will not take gives its buffer back.
-            if let Inserted::New(victim) = &mut inserted
-                && victim
-                    .as_ref()
-                    .is_some_and(|v| v.on_ssd || self.ssd.is_none())
-                && let Some(v) = victim.take()
-            {
-                bump(&self.memory.evictions, 1);
-                s.recycle(v.data);
-            }
+            let Inserted::New(victim) = s.insert(slot) else {
+                return false;
+            };
+            let evicted = victim.is_some();
+            // A victim the SSD tier does not take gives its buffer back.
+            let admit = victim.and_then(|v| {
+                if self.ssd.is_some() && !v.on_ssd {
+                    Some(v)
+                } else {
+                    s.recycle(v.data);
+                    None
+                }
+            });
             // Read under the shard lock: see "Invalidation vs. blocks in
             // flight" in the module docs.
             let epoch = self
                 .ssd
                 .as_ref()
                 .map_or(0, |ssd| ssd.shared.epoch.load(Ordering::SeqCst));
-            (inserted, epoch)
-        };
-        let Inserted::New(victim) = inserted else {
-            return false;
+            (evicted, admit, epoch)
         };
         bump(&self.memory.inserts, 1);
-        if let Some(v) = victim {
+        if evicted {
             bump(&self.memory.evictions, 1);
-            if let Some(ssd) = &self.ssd
-                && !v.on_ssd
-            {
-                ssd.admit(v.key, v.data, v.prefetched, epoch);
-            }
+        }
+        if let (Some(ssd), Some(v)) = (&self.ssd, admit) {
+            ssd.admit(v.key, v.data, v.prefetched, epoch);
         }
         true
     }
