@@ -1846,15 +1846,25 @@ impl MetaClient {
             };
             // A new channel has room for it.
             let _ = tx.try_send(hello);
-            let r = grpc
-                .watch_changes(tokio_stream::wrappers::ReceiverStream::new(rx))
-                .await;
+            // A replica answers a subscription at once; one that does not
+            // (frozen, or cut off with its connection still open) would
+            // hold it until the connection's keep-alive fails, seconds
+            // during which the client caches nothing.
+            let r = tokio::time::timeout(
+                feed::FEED_SILENCE,
+                grpc.watch_changes(tokio_stream::wrappers::ReceiverStream::new(rx)),
+            )
+            .await;
             match r {
-                Ok(s) => {
+                Ok(Ok(s)) => {
                     self.inner.leader.store(idx, Ordering::Relaxed);
                     return Ok((tx, s.into_inner()));
                 }
-                Err(status) => {
+                Err(_) => {
+                    idx = self.next_index(idx);
+                    last = Some(format!("{addr}: no answer within {:?}", feed::FEED_SILENCE));
+                }
+                Ok(Err(status)) => {
                     let e = CairnStatus::from(status);
                     idx = match e.leader_addr.as_deref().map(|a| self.index_of(a)) {
                         Some(Ok(i)) if e.code == ErrorCode::NotLeader => i,

@@ -523,6 +523,21 @@ impl MetaService {
         session != 0 && self.shared.is_leader() && self.shared.changes.cover(session, what)
     }
 
+    /// A read that asks for `session`'s cache lease is sent to the leader
+    /// (NOT_LEADER with its address): a follower's answer, through the
+    /// read index, is right but covered by no lease (the client's change
+    /// feed is at the leader), and a client whose calls stayed with a
+    /// follower would not cache again. Seen after a frozen leader thawed:
+    /// the reader's calls had moved to a follower while the leader was
+    /// silent, its feed to the new leader, and nothing it read was cached
+    /// for 12 s.
+    fn leased_read_here(&self, session: u64) -> Result<(), Status> {
+        if session == 0 {
+            return Ok(());
+        }
+        self.leader_only()
+    }
+
     fn leader_only(&self) -> Result<(), Status> {
         if self.shared.is_leader() {
             return Ok(());
@@ -1152,6 +1167,9 @@ impl Meta for MetaService {
     async fn lookup(&self, req: Request<pb::LookupRequest>) -> GrpcResult<pb::AttrReply> {
         let r = req.into_inner();
         let snap = snapshot_ref(r.snapshot.as_ref());
+        if snap.is_none() {
+            self.leased_read_here(r.lease_session)?;
+        }
         // Covered before the read (crate::changes): a change the read does
         // not see is waited for.
         let leased = snap.is_none() && self.cover(r.lease_session, Cover::Name(r.parent, &r.name));
@@ -1176,6 +1194,9 @@ impl Meta for MetaService {
     async fn get_attr(&self, req: Request<pb::GetAttrRequest>) -> GrpcResult<pb::AttrReply> {
         let r = req.into_inner();
         let snap = snapshot_ref(r.snapshot.as_ref());
+        if snap.is_none() {
+            self.leased_read_here(r.lease_session)?;
+        }
         let fs = self.read().await?;
         let mut a = match snap {
             Some((v, seq)) => fs.snapshot_getattr(v, seq, r.ino),
@@ -1200,6 +1221,7 @@ impl Meta for MetaService {
 
     async fn resolve(&self, req: Request<pb::ResolveRequest>) -> GrpcResult<pb::AttrReply> {
         let r = req.into_inner();
+        self.leased_read_here(r.lease_session)?;
         let fs = self.read().await?;
         if r.lease_session == 0 {
             let a = fs.resolve(&r.path).map_err(fs_err)?;
@@ -1247,6 +1269,9 @@ impl Meta for MetaService {
             && r.snapshot.is_none()
             && r.cookie.is_empty()
             && r.ino != ROOT_INO;
+        if cover {
+            self.leased_read_here(r.lease_session)?;
+        }
         let fs = self.read().await?;
         let covered = cover
             && matches!(fs.readdir(r.ino, &[], limit, false), Ok((_, None)))
