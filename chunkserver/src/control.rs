@@ -23,6 +23,29 @@
 //!
 //! Meta's leader may move: calls follow NOT_LEADER hints and rotate through
 //! the configured addresses.
+//!
+//! # A meta replica that falls silent
+//!
+//! A frozen or cut-off replica keeps its TCP connections open, so nothing
+//! fails on its own. Three guards keep the control plane moving:
+//!
+//! * Every connection to meta sends an HTTP/2 PING after
+//!   [`KEEPALIVE_INTERVAL`] of silence and closes when it goes unanswered
+//!   for [`KEEPALIVE_TIMEOUT`]: the chain watch on a silent replica breaks
+//!   and reconnects elsewhere.
+//! * A heartbeat attempt gives up after one heartbeat interval and tries
+//!   the next replica, so one silent replica does not run out the lease
+//!   (half the heartbeat timeout) while the others would answer.
+//! * The chain watch may sit on a replica that answers PINGs but no longer
+//!   learns the table (a follower cut off from the leader). Each
+//!   heartbeat's reply carries the leader's table version; when this
+//!   chunkserver is still behind it one heartbeat later, the watch moves to
+//!   the replica that answered the heartbeat.
+//!
+//! Before, a chunkserver watching a frozen leader learned no chain table
+//! for as long as the freeze lasted, and a client writing to a chain the new
+//! leader had changed was refused (`NEWER_CHAIN_VERSION`) until its
+//! deadline ran out.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -408,12 +431,35 @@ pub trait UsageSource: Send + Sync + 'static {
     fn usage(&self) -> Vec<(String, u64, u64)>;
 }
 
+/// A connection to meta silent this long gets an HTTP/2 PING.
+pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(1);
+/// A PING unanswered this long closes the connection (and its calls and
+/// the chain watch on it).
+pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// How long one call to one meta replica may take by default.
+const CALL_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A lazily connecting channel to the meta replica at `addr` (module docs).
+fn meta_channel(addr: &str) -> Result<Channel, CairnStatus> {
+    let ep = Endpoint::from_shared(format!("http://{addr}"))
+        .map_err(|e| CairnStatus::new(ErrorCode::Invalid, format!("meta address {addr}: {e}")))?
+        .connect_timeout(Duration::from_millis(500))
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
+        .keep_alive_timeout(KEEPALIVE_TIMEOUT)
+        .keep_alive_while_idle(true);
+    Ok(ep.connect_lazy())
+}
+
 /// A meta client that follows the leader.
 struct Meta {
     addrs: Vec<String>,
     cursor: usize,
     leader: Option<String>,
     clients: std::collections::HashMap<String, MetaClient<Channel>>,
+    /// How long one attempt at one replica may take.
+    call_timeout: Duration,
 }
 
 impl Meta {
@@ -423,6 +469,7 @@ impl Meta {
             cursor: 0,
             leader: None,
             clients: std::collections::HashMap::new(),
+            call_timeout: CALL_TIMEOUT,
         }
     }
 
@@ -430,12 +477,7 @@ impl Meta {
         if let Some(c) = self.clients.get(addr) {
             return Ok(c.clone());
         }
-        let ep = Endpoint::from_shared(format!("http://{addr}"))
-            .map_err(|e| CairnStatus::new(ErrorCode::Invalid, format!("meta address {addr}: {e}")))?
-            .connect_timeout(Duration::from_millis(500))
-            .timeout(Duration::from_secs(5))
-            .tcp_nodelay(true);
-        let c = MetaClient::new(ep.connect_lazy());
+        let c = MetaClient::new(meta_channel(addr)?);
         self.clients.insert(addr.to_string(), c.clone());
         Ok(c)
     }
@@ -459,7 +501,15 @@ impl Meta {
         for _ in 0..(self.addrs.len() * 2).max(2) {
             let addr = self.target();
             let client = self.client(&addr)?;
-            match f(client).await {
+            let r = tokio::time::timeout(self.call_timeout, f(client))
+                .await
+                .unwrap_or_else(|_| {
+                    Err(tonic::Status::unavailable(format!(
+                        "{addr} did not answer within {:?}",
+                        self.call_timeout
+                    )))
+                });
+            match r {
                 Ok(r) => {
                     self.leader = Some(addr);
                     return Ok(r.into_inner());
@@ -548,9 +598,19 @@ pub async fn run(
         "registered with meta"
     );
 
+    // One silent replica must not run out the lease (module docs).
+    meta.call_timeout = interval;
+    let (rewatch, rewatch_rx) = tokio::sync::watch::channel(None);
     let watch_state = state.clone();
     let watch_stop = stop.clone();
-    let watcher = tokio::spawn(watch_chains(meta_addrs, watch_state, watch_stop));
+    let watcher = tokio::spawn(watch_chains(
+        meta_addrs,
+        watch_state,
+        rewatch_rx,
+        watch_stop,
+    ));
+    // Whether the last heartbeat found the chain table behind the leader's.
+    let mut behind = false;
 
     let id = reply.chunkserver_id;
     loop {
@@ -605,6 +665,22 @@ pub async fn run(
             // The fence first: a lease regained after a partition never
             // serves a write under a snapshot seq it missed.
             Ok(r) => {
+                // Still behind the leader's table a heartbeat later: the
+                // watch is stuck on a replica that does not learn it.
+                let lagging = r.chain_table_version > state.view_version();
+                if lagging
+                    && behind
+                    && let Some(leader) = &meta.leader
+                {
+                    tracing::warn!(
+                        at = %leader,
+                        version = r.chain_table_version,
+                        have = state.view_version(),
+                        "the chain watch is behind meta's leader; watching there"
+                    );
+                    rewatch.send_replace(Some(leader.clone()));
+                }
+                behind = lagging;
                 state.learn_snap_seq(r.snap_seq);
                 *state
                     .live_snapshots
@@ -718,26 +794,34 @@ pub async fn report_corruption(
     .map(|_| ())
 }
 
-/// Follows meta's chain-table stream, reconnecting (to any replica) when
-/// it breaks.
+/// Follows meta's chain-table stream, reconnecting (to the next replica)
+/// when it breaks, and at the replica `rewatch` names when the heartbeats
+/// find it behind (module docs).
 async fn watch_chains(
     addrs: Vec<String>,
     state: Arc<ControlState>,
+    mut rewatch: tokio::sync::watch::Receiver<Option<String>>,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
     let mut i = 0usize;
+    let mut next: Option<String> = None;
     loop {
-        let addr = &addrs[i % addrs.len().max(1)];
-        i += 1;
+        let addr = next.take().unwrap_or_else(|| {
+            i += 1;
+            addrs[(i - 1) % addrs.len().max(1)].clone()
+        });
         let stream = async {
-            let mut c = MetaClient::connect(format!("http://{addr}")).await.ok()?;
+            let mut c = MetaClient::new(meta_channel(&addr).ok()?);
             let known = state.view_version();
-            let s = c
-                .watch_chains(pb::WatchChainsRequest {
-                    known_version: if known == 0 { 0 } else { known },
-                })
-                .await
-                .ok()?;
+            let s = tokio::time::timeout(
+                CALL_TIMEOUT,
+                c.watch_chains(pb::WatchChainsRequest {
+                    known_version: known,
+                }),
+            )
+            .await
+            .ok()?
+            .ok()?;
             Some(s.into_inner())
         };
         if let Some(mut s) = stream.await {
@@ -750,9 +834,16 @@ async fn watch_chains(
                         }
                         _ => break,
                     },
+                    Ok(()) = rewatch.changed() => {
+                        next = rewatch.borrow_and_update().clone();
+                        break;
+                    }
                     _ = stop.wait_for(|s| *s) => return,
                 }
             }
+        }
+        if next.is_some() {
+            continue;
         }
         tokio::select! {
             () = tokio::time::sleep(Duration::from_millis(200)) => {}

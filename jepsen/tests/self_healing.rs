@@ -5,7 +5,9 @@
 //! replica by replica, CRCs and bytes), under a mixed load without client
 //! errors; a second loss after that loses nothing; a corrupt replica is
 //! rewritten from a healthy one; every chunkserver restarted one after the
-//! other under load never leaves a chain below two serving replicas.
+//! other under load never leaves a chain below two serving replicas; a
+//! chunkserver dying while the meta replica the others watch is frozen
+//! reaches their chain tables all the same.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -392,6 +394,60 @@ async fn a_dead_chunkserver_is_replaced_and_a_second_loss_loses_nothing() -> Res
         |t| serving_counts(t).iter().all(|(_, n)| *n >= 2),
     )
     .await?;
+    Ok(())
+}
+
+/// The chunkservers watch the chain table on meta replica 0 (the first
+/// address they are given). It freezes (SIGSTOP: its connections stay
+/// open and nothing answers, as in a partition), and then a chunkserver
+/// dies: the other replicas take it out of its chains, and the live
+/// chunkservers must learn that table while replica 0 is still frozen, or
+/// they refuse every write to those chains (NEWER_CHAIN_VERSION) until it
+/// thaws. Before, they did: the watch had no keep-alive, and the rewrite
+/// below failed after the client's 60 s deadline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn chunkservers_learn_chain_tables_while_the_replica_they_watch_is_frozen() -> Result<()> {
+    let _serial = serial().await;
+    const FILES: u64 = 8;
+    let (mut cluster, client) = start(3, &[]).await?;
+    write_range(&client, 0..FILES, 0).await?;
+    let victim = 1;
+    let victim_id = id_of(&cluster, victim).await?;
+    let observer = cluster.meta.client_of(&[1, 2]).await?;
+    cluster.meta.pause(0)?;
+    let frozen = Instant::now();
+    cluster.kill(victim);
+    let gone = |t: &ChainTables| {
+        chains_of(t, 3).all(|c| {
+            c.targets
+                .iter()
+                .all(|m| m.chunkserver_id != victim_id || m.state != TargetState::Serving as i32)
+        })
+    };
+    while !gone(&observer.get_chains().await?) {
+        ensure!(
+            frozen.elapsed() < Duration::from_secs(30),
+            "meta did not take the dead chunkserver out of its chains within 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let out = frozen.elapsed();
+    write_range(&client, 0..FILES, 1).await?;
+    let written = frozen.elapsed();
+    println!(
+        "[test] replica 0 frozen; chunkserver {victim} out of its chains after {out:?}, \
+         every file rewritten after {written:?}"
+    );
+    let reader = cluster.client(no_cache()).await?;
+    for i in 0..FILES {
+        ensure!(
+            reader.read_file(&path(i)).await? == content(i, 1),
+            "{} does not read back as rewritten",
+            path(i)
+        );
+    }
+    // All of it happened with replica 0 frozen.
+    cluster.meta.resume(0)?;
     Ok(())
 }
 
