@@ -800,6 +800,12 @@ async fn cached_paths_never_read_stale_across_a_frozen_leader() -> Result<()> {
         "[test] leader {} frozen; the writer's close returned after {took:?}",
         old.index
     );
+    // The writer's calls leave the silent leader once a keep-alive PING
+    // goes unanswered (~3 s); they waited ~6 s before.
+    ensure!(
+        took < Duration::from_secs(5),
+        "the writer's close took {took:?} with the leader frozen"
+    );
     for (at, len) in &reads {
         ensure!(
             *at < took || *len == 4444,
