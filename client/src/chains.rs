@@ -1,7 +1,8 @@
 //! The client's copy of the chain table (DESIGN §7).
 //!
 //! Loaded from the meta leader when the client connects, then kept current
-//! by meta's `WatchChains` stream (any replica; reconnected after a break).
+//! by meta's `WatchChains` stream (any replica; reconnected after a break,
+//! and a silent replica's connection breaks on its keep-alive).
 //! A data-plane answer that says our copy is behind (STALE_CHAIN_VERSION)
 //! or ahead of the replica's (NEWER_CHAIN_VERSION) triggers
 //! [`ChainCache::refresh`], a linearizable read from the leader, so a
@@ -120,7 +121,10 @@ async fn follow(addrs: Vec<String>, cache: std::sync::Weak<ChainCache>) {
             return;
         };
         let stream = async {
-            let mut c = Grpc::connect(format!("http://{addr}")).await.ok()?;
+            // With keep-alive: a frozen or cut-off replica breaks the watch
+            // within seconds instead of holding it silent.
+            let channel = cache.upgrade()?.meta.channel_to(&addr).ok()?;
+            let mut c = Grpc::new(channel);
             let s = c
                 .watch_chains(pb::WatchChainsRequest {
                     known_version: known,

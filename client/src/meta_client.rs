@@ -1034,6 +1034,16 @@ impl MetaClient {
         Ok((InodeId(a.ino), name))
     }
 
+    /// A new channel to the meta replica at `addr` with this client's
+    /// connect timeout and keep-alive: for a stream that outlives calls
+    /// (the chain watch), which must not sit on a silent replica.
+    ///
+    /// # Errors
+    /// [`ErrorCode::Invalid`]: `addr` is not usable in a URI.
+    pub(crate) fn channel_to(&self, addr: &str) -> Result<Channel> {
+        Ok(endpoint(addr, &self.inner.opts)?.connect_lazy())
+    }
+
     /// The cache kept under this client's lease: [`Self::resolve`]'s paths
     /// (with [`MetaClientOptions::cache_leases`]), or a frontend's own
     /// answers (the mount's lookups and opens). Every mutation of this
