@@ -36,6 +36,13 @@ pub struct DataOpts {
     pub meta_args: Vec<String>,
     /// More `cairn-chunkserver` flags (e.g. `--resync-rate 64MiB`).
     pub chunkserver_args: Vec<String>,
+    /// Every meta replica in its own network namespace
+    /// ([`ClusterOpts::netns`]), for [`MetaCluster::isolate`]; the
+    /// chunkservers and the test's clients stay in the root namespace and
+    /// reach every replica. Meta cannot reach the chunkservers' data ports
+    /// then (they listen on loopback): nothing that needs it (garbage
+    /// collection of removed files) can be tested this way.
+    pub meta_netns: bool,
 }
 
 impl Default for DataOpts {
@@ -48,6 +55,7 @@ impl Default for DataOpts {
             capacity: "8GiB".to_string(),
             meta_args: Vec::new(),
             chunkserver_args: Vec::new(),
+            meta_netns: false,
         }
     }
 }
@@ -82,6 +90,7 @@ impl DataCluster {
             .into_iter()
             .chain(opts.meta_args.iter().cloned())
             .collect(),
+            netns: opts.meta_netns,
             ..ClusterOpts::default()
         };
         let meta = MetaCluster::start(opts.metas, meta_opts).await?;

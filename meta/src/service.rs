@@ -2082,7 +2082,14 @@ impl Meta for MetaService {
         req: Request<pb::ChunkserverHeartbeatRequest>,
     ) -> GrpcResult<pb::ChunkserverHeartbeatReply> {
         let r = req.into_inner();
+        // Only a leader a quorum still follows extends a chunkserver's
+        // lease and tells it the table's version: a leader cut off from
+        // the other replicas keeps believing it leads, and its answers
+        // would keep a chunkserver serving that the real leader is taking
+        // out of its chains, and its watch on a replica that no longer
+        // learns the table (the chunkserver's control module docs).
         self.leader_only()?;
+        self.shared.linearize().await.map_err(Status::from)?;
         let known = self
             .shared
             .fs
