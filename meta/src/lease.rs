@@ -75,6 +75,9 @@ pub struct LeaderLease {
     /// earlier incarnation of this replica may have granted client leases
     /// that run until then (module docs).
     restart_fence: Instant,
+    /// `election_timeout_max`: a leader without a quorum's acknowledgement
+    /// for longer may have been replaced ([`Self::cut_off`]).
+    silent_after: Duration,
 }
 
 /// This replica's current term of office as leader.
@@ -126,6 +129,35 @@ impl LeaderLease {
             office: Arc::new(Mutex::new(None)),
             fence_after: fence_after(span, election_timeout_max),
             restart_fence: Instant::now() + cairn_proto::CLIENT_LEASE_BOUND + span,
+            silent_after: election_timeout_max,
+        }
+    }
+
+    /// Resolves once this replica, leading, has had no quorum's
+    /// acknowledgement for longer than `election_timeout_max`, counting
+    /// from `since` at the earliest: the other replicas may have elected
+    /// another leader by then, and nothing proposed here commits until a
+    /// quorum hears from it again. Pending while it does not lead or has
+    /// had no acknowledgement in this office yet (nothing can be said).
+    ///
+    /// A leader cut off from the others keeps believing it leads (openraft
+    /// does not step down on its own), so a mutation or a read index
+    /// waiting on it used to wait out the whole Raft timeout (5 s) before
+    /// the client tried elsewhere.
+    pub async fn cut_off(&self, since: Instant) {
+        loop {
+            let acked = *self.acked.lock().unwrap_or_else(PoisonError::into_inner);
+            let wait = match acked {
+                Some(a) => {
+                    let until = a.max(since) + self.silent_after;
+                    if Instant::now() >= until {
+                        return;
+                    }
+                    until - Instant::now()
+                }
+                None => self.silent_after,
+            };
+            tokio::time::sleep(wait).await;
         }
     }
 
@@ -286,6 +318,37 @@ mod tests {
         for f in [follower, behind, nothing_applied, no_quorum, replaying] {
             assert_eq!(acked_at(now, f), None, "{f:?}");
         }
+    }
+
+    #[tokio::test]
+    async fn a_leader_without_acknowledgements_counts_as_cut_off_after_the_election_timeout() {
+        let timeout = Duration::from_millis(100);
+        let lease = LeaderLease::new(timeout / 2, timeout);
+        let cut = |since| {
+            let lease = lease.clone();
+            async move { lease.cut_off(since).await }
+        };
+        // No acknowledgement yet: nothing can be said.
+        let never = tokio::time::timeout(timeout * 3, cut(Instant::now())).await;
+        assert!(never.is_err(), "cut off without ever leading");
+        // Acknowledged long ago: cut off one election timeout after `since`.
+        *lease.acked.lock().unwrap() = Some(Instant::now() - Duration::from_secs(5));
+        let since = Instant::now();
+        cut(since).await;
+        assert!(since.elapsed() >= timeout, "{:?}", since.elapsed());
+        // Acknowledgements that keep coming: never.
+        let feeder = {
+            let acked = lease.acked.clone();
+            tokio::spawn(async move {
+                loop {
+                    *acked.lock().unwrap() = Some(Instant::now());
+                    tokio::time::sleep(timeout / 10).await;
+                }
+            })
+        };
+        let fed = tokio::time::timeout(timeout * 5, cut(Instant::now())).await;
+        feeder.abort();
+        assert!(fed.is_err(), "cut off while a quorum acknowledged");
     }
 
     #[test]

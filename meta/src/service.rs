@@ -298,7 +298,13 @@ impl Shared {
             op,
         };
         let session = cmd.client_id;
-        match tokio::time::timeout(RAFT_TIMEOUT, self.proposer.propose(cmd)).await {
+        let proposed = tokio::select! {
+            biased;
+            r = tokio::time::timeout(RAFT_TIMEOUT, self.proposer.propose(cmd)) => r,
+            // The client retries elsewhere, under the same request id.
+            () = self.cut_off() => return Err(self.cut_off_error(name)),
+        };
+        match proposed {
             Err(_) => Err(CairnStatus::new(
                 ErrorCode::Unavailable,
                 format!("{name}: no Raft quorum committed the request within {RAFT_TIMEOUT:?}"),
@@ -318,6 +324,36 @@ impl Shared {
                 r
             }
         }
+    }
+
+    /// Resolves once this replica leads a cluster of several voters
+    /// without having heard from a quorum for an election timeout, from now
+    /// at the earliest ([`crate::lease::LeaderLease::cut_off`]): what waits
+    /// on its quorum gives up then, and the client tries another replica.
+    /// A single voter is its own quorum and never counts as cut off.
+    async fn cut_off(&self) {
+        let voters = self
+            .raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .voter_ids()
+            .count();
+        if voters < 2 {
+            return std::future::pending().await;
+        }
+        self.lease.cut_off(std::time::Instant::now()).await;
+    }
+
+    fn cut_off_error(&self, what: &str) -> CairnStatus {
+        CairnStatus::new(
+            ErrorCode::Unavailable,
+            format!(
+                "{what}: this replica leads but has heard from no quorum for an election \
+                 timeout; another replica may lead now"
+            ),
+        )
     }
 
     /// Waits until client leases an earlier leader granted have run out
@@ -342,7 +378,12 @@ impl Shared {
             return Ok(());
         }
         if self.is_leader() {
-            return match tokio::time::timeout(RAFT_TIMEOUT, self.raft.ensure_linearizable()).await {
+            let confirmed = tokio::select! {
+                biased;
+                r = tokio::time::timeout(RAFT_TIMEOUT, self.raft.ensure_linearizable()) => r,
+                () = self.cut_off() => return Err(self.cut_off_error("read")),
+            };
+            return match confirmed {
                 Ok(Ok(_)) => self
                     .lease
                     .applied_through_office(&self.raft, RAFT_TIMEOUT)
