@@ -290,9 +290,10 @@ pub struct CacheStats {
     pub memory: TierStats,
     /// The SSD tier, if configured.
     pub ssd: Option<TierStats>,
-    /// Blocks inserted by read-ahead.
+    /// Blocks read-ahead fetched into its streams' own buffers
+    /// ([`BlockCache::count_prefetch`]).
     pub prefetched_blocks: u64,
-    /// Of those, blocks later read.
+    /// Of those, blocks the stream then read.
     pub prefetch_hits: u64,
 }
 
@@ -424,8 +425,6 @@ struct Slot {
     data: Bytes,
     /// CLOCK's second-chance bit, set by hits.
     referenced: bool,
-    /// Inserted by read-ahead and not read since.
-    prefetched: bool,
     /// Came from the SSD tier (and is still there), or must never go
     /// there (plaintext of an encrypted file): not admitted on eviction.
     on_ssd: bool,
@@ -461,14 +460,12 @@ impl Shard {
         }
     }
 
-    /// Returns the block and whether this is the first hit of a prefetched
-    /// block.
-    fn get(&mut self, key: &BlockKey) -> Option<(Bytes, bool)> {
+    /// Returns the block, marked used.
+    fn get(&mut self, key: &BlockKey) -> Option<Bytes> {
         let i = *self.map.get(key)?;
         let s = self.slots.get_mut(i)?.as_mut()?;
         s.referenced = true;
-        let first_prefetch_hit = std::mem::take(&mut s.prefetched);
-        Some((s.data.clone(), first_prefetch_hit))
+        Some(s.data.clone())
     }
 
     fn insert(&mut self, slot: Slot) -> Inserted {
@@ -609,8 +606,6 @@ struct Loc {
     segment: u64,
     offset: u64,
     crc: u32,
-    /// Inserted by read-ahead and not read since.
-    prefetched: bool,
 }
 
 /// One segment file.
@@ -687,7 +682,6 @@ fn stale(records: &VecDeque<Record>, floor: u64, key: &BlockKey, epoch: u64) -> 
 struct Admission {
     key: BlockKey,
     data: Bytes,
-    prefetched: bool,
     /// Invalidation epoch when it left memory.
     epoch: u64,
 }
@@ -796,15 +790,10 @@ impl Ssd {
 
     /// Hands a block evicted from memory to the writer, unless the queue
     /// is full.
-    fn admit(&self, key: BlockKey, data: Bytes, prefetched: bool, epoch: u64) -> bool {
+    fn admit(&self, key: BlockKey, data: Bytes, epoch: u64) -> bool {
         let Some(tx) = &self.tx else { return false };
         self.shared.pending.fetch_add(1, Ordering::SeqCst);
-        let a = Admission {
-            key,
-            data,
-            prefetched,
-            epoch,
-        };
+        let a = Admission { key, data, epoch };
         match tx.try_send(a) {
             Ok(()) => true,
             Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
@@ -919,7 +908,6 @@ impl Writer {
                             segment: id,
                             offset,
                             crc: *crc,
-                            prefetched: a.prefetched,
                         };
                         idx.map.insert(a.key, loc);
                         seg.keys.push(a.key);
@@ -1133,16 +1121,12 @@ impl BlockCache {
     /// Returns the block of `key` if cached: memory tier first, then the
     /// SSD tier, whose block is checked against the CRC32 recorded when it
     /// was written (a corrupt or unreadable block is dropped and is a
-    /// miss) and promoted to memory. Counts hits and misses per tier, and
-    /// a prefetch hit on the first read of a block read-ahead inserted.
+    /// miss) and promoted to memory. Counts hits and misses per tier.
     pub fn get(&self, key: BlockKey) -> Option<Bytes> {
         if let Some(shard) = self.memory.shard(&key) {
             let hit = lock(shard).get(&key);
-            if let Some((data, first_prefetch_hit)) = hit {
+            if let Some(data) = hit {
                 bump(&self.memory.hits, 1);
-                if first_prefetch_hit {
-                    bump(&self.prefetch_hits, 1);
-                }
                 return Some(data);
             }
             bump(&self.memory.misses, 1);
@@ -1179,16 +1163,14 @@ impl BlockCache {
         let get = |i: u64| {
             let k = key(i);
             let shard = self.memory.shard(&k)?;
-            let (b, p) = lock(shard).get(&k)?;
+            let b = lock(shard).get(&k)?;
             // Whole, or the file's last block at exactly its length.
-            (span > i * BLOCK && b.len() as u64 == cached_len(span, i)).then_some((b, p))
+            (span > i * BLOCK && b.len() as u64 == cached_len(span, i)).then_some(b)
         };
         let skip = usize::try_from(skip).ok()?;
         let len = usize::try_from(len).ok()?;
-        let mut prefetch_hits = 0;
         let data = if blocks == 1 {
-            let (b, p) = get(0)?;
-            prefetch_hits += u64::from(p);
+            let b = get(0)?;
             if skip.checked_add(len)? > b.len() {
                 return None;
             }
@@ -1197,8 +1179,7 @@ impl BlockCache {
             let mut out = BytesMut::with_capacity(len);
             let mut at = 0usize; // bytes of the blocks passed so far
             for i in 0..blocks {
-                let (b, p) = get(i)?;
-                prefetch_hits += u64::from(p);
+                let b = get(i)?;
                 let lo = skip.saturating_sub(at).min(b.len());
                 let hi = (skip + len).saturating_sub(at).min(b.len());
                 out.extend_from_slice(&b[lo..hi]);
@@ -1210,7 +1191,6 @@ impl BlockCache {
             out.freeze()
         };
         bump(&self.memory.hits, blocks);
-        bump(&self.prefetch_hits, prefetch_hits);
         Some(data)
     }
 
@@ -1231,12 +1211,9 @@ impl BlockCache {
     /// Moves a block read from the SSD tier into memory, unless it was
     /// invalidated (or replaced) since it was read.
     fn promote(&self, ssd: &Ssd, key: BlockKey, data: &Bytes, loc: &Loc) {
-        let mut idx = lock(&ssd.shared.index);
-        let Some(current) = idx.map.get_mut(&key).filter(|l| **l == *loc) else {
+        let idx = lock(&ssd.shared.index);
+        if idx.map.get(&key) != Some(loc) {
             return;
-        };
-        if std::mem::take(&mut current.prefetched) {
-            bump(&self.prefetch_hits, 1);
         }
         let Some(shard) = self.memory.shard(&key) else {
             return;
@@ -1245,7 +1222,6 @@ impl BlockCache {
             key,
             data: data.clone(),
             referenced: false,
-            prefetched: false,
             on_ssd: true,
         };
         self.insert_slot(shard, |_| slot);
@@ -1264,22 +1240,21 @@ impl BlockCache {
 
     /// Inserts a full block (`data.len()` must be [`BLOCK`]; anything else
     /// is ignored), kept as given (tests; the client copies blocks in with
-    /// [`Self::insert_copy`]). `prefetched` is true when read-ahead fetched
-    /// it (counted for the prefetch hit ratio). Never blocks on I/O.
+    /// [`Self::insert_copy`]). Never blocks on I/O.
     #[cfg(test)]
-    pub fn insert(&self, key: BlockKey, data: Bytes, prefetched: bool) {
-        self.insert_in(key, data, prefetched, true);
+    pub fn insert(&self, key: BlockKey, data: Bytes) {
+        self.insert_in(key, data, true);
     }
 
     /// Inserts a full block into the memory tier only: it is never written
     /// to the SSD tier, not even when evicted. For decrypted blocks of
     /// encrypted files, whose plaintext must not reach a disk (DESIGN §7).
     #[cfg(test)]
-    pub fn insert_memory_only(&self, key: BlockKey, data: Bytes, prefetched: bool) {
-        self.insert_in(key, data, prefetched, false);
+    pub fn insert_memory_only(&self, key: BlockKey, data: Bytes) {
+        self.insert_in(key, data, false);
     }
 
-    fn insert_in(&self, key: BlockKey, data: Bytes, prefetched: bool, to_ssd: bool) {
+    fn insert_in(&self, key: BlockKey, data: Bytes, to_ssd: bool) {
         if data.is_empty() || data.len() > BLOCK_LEN {
             return;
         }
@@ -1292,22 +1267,17 @@ impl BlockCache {
                     key,
                     data,
                     referenced: false,
-                    prefetched,
                     // Marked as already on the SSD, eviction never
                     // admits it there.
                     on_ssd: !to_ssd,
                 };
-                if self.insert_slot(shard, |_| slot) && prefetched {
-                    bump(&self.prefetched_blocks, 1);
-                }
+                self.insert_slot(shard, |_| slot);
             }
             // No memory tier: straight to the SSD tier, if any.
             None => {
                 if let Some(ssd) = self.ssd.as_ref().filter(|_| to_ssd) {
                     let epoch = ssd.shared.epoch.load(Ordering::SeqCst);
-                    if ssd.admit(key, data, prefetched, epoch) && prefetched {
-                        bump(&self.prefetched_blocks, 1);
-                    }
+                    ssd.admit(key, data, epoch);
                 }
             }
         }
@@ -1327,7 +1297,7 @@ impl BlockCache {
         }
         let to_ssd = !memory_only && src.len() == BLOCK_LEN;
         let Some(shard) = self.memory.shard(&key) else {
-            return self.insert_in(key, Bytes::copy_from_slice(src), false, to_ssd);
+            return self.insert_in(key, Bytes::copy_from_slice(src), to_ssd);
         };
         self.insert_slot(shard, |s| {
             let mut b = s
@@ -1339,7 +1309,6 @@ impl BlockCache {
                 key,
                 data: b.freeze(),
                 referenced: false,
-                prefetched: false,
                 on_ssd: !to_ssd,
             }
         });
@@ -1378,7 +1347,7 @@ impl BlockCache {
             bump(&self.memory.evictions, 1);
         }
         if let (Some(ssd), Some(v)) = (&self.ssd, admit) {
-            ssd.admit(v.key, v.data, v.prefetched, epoch);
+            ssd.admit(v.key, v.data, epoch);
         }
         true
     }
@@ -1650,7 +1619,7 @@ mod tests {
     fn counts_hits_and_misses() {
         let c = memory_only(256);
         assert_eq!(c.get(key(0)), None);
-        c.insert(key(0), data(&key(0)), false);
+        c.insert(key(0), data(&key(0)));
         assert_eq!(c.get(key(0)), Some(data(&key(0))));
         assert_eq!(c.get(key(0)), Some(data(&key(0))));
         assert_eq!(c.get(key(1)), None);
@@ -1669,7 +1638,7 @@ mod tests {
     fn a_range_is_read_from_memory_only_when_every_block_is_there() {
         let c = memory_only(256);
         for b in 0..4 {
-            c.insert(key(b), data(&key(b)), false);
+            c.insert(key(b), data(&key(b)));
         }
         let whole: Vec<u8> = (0..4).flat_map(|b| data(&key(b)).to_vec()).collect();
         let at = |skip: usize, len: usize| {
@@ -1695,7 +1664,7 @@ mod tests {
         // A file's short last block is kept (in memory only) and answered
         // at its length.
         let short = Bytes::from(vec![7u8; 100]);
-        c.insert(key(4), short.clone(), false);
+        c.insert(key(4), short.clone());
         let got = c.read_in_memory(key(3), 2, BLOCK + 100, 4000, 196);
         let mut want = data(&key(3))[4000..].to_vec();
         want.extend_from_slice(&short);
@@ -1711,7 +1680,7 @@ mod tests {
     fn memory_stays_within_budget() {
         let c = memory_only(256);
         for b in 0..2560 {
-            c.insert(key(b), data(&key(b)), false);
+            c.insert(key(b), data(&key(b)));
         }
         let s = c.stats().memory;
         assert!(s.used_bytes <= s.capacity_bytes, "{s:?}");
@@ -1732,13 +1701,13 @@ mod tests {
             generation: 1,
             block: 0,
         };
-        c.insert(hot, data(&hot), false);
+        c.insert(hot, data(&hot));
         assert!(c.get(hot).is_some());
         // A one-time scan of 10x the capacity, the hot block read every 100
         // blocks (far fewer than its shard holds between two reads, and far
         // more than FIFO would let it survive).
         for b in 0..2560 {
-            c.insert(key(b), data(&key(b)), false);
+            c.insert(key(b), data(&key(b)));
             if b % 100 == 99 {
                 assert_eq!(c.get(hot), Some(data(&hot)), "evicted after {b}");
             }
@@ -1758,9 +1727,9 @@ mod tests {
         let mut other = vec![0xAB; BLOCK_LEN];
         other[0] = 1;
         let other = Bytes::from(other);
-        c.insert(g1, data(&g1), false);
+        c.insert(g1, data(&g1));
         assert_eq!(c.get(g2), None, "a new generation must not see old blocks");
-        c.insert(g2, other.clone(), false);
+        c.insert(g2, other.clone());
         assert_eq!(c.get(g1), Some(data(&g1)));
         assert_eq!(c.get(g2), Some(other.clone()));
         c.invalidate(g1.object, 1, 0, 10);
@@ -1772,24 +1741,21 @@ mod tests {
     fn only_a_files_short_last_block_is_kept_and_never_on_the_ssd() {
         let c = memory_only(256);
         let short = Bytes::from(vec![1u8; BLOCK_LEN - 1]);
-        c.insert(key(0), short.clone(), false);
-        c.insert(key(1), Bytes::from(vec![1u8; BLOCK_LEN + 1]), true);
-        c.insert(key(2), Bytes::new(), false);
+        c.insert(key(0), short.clone());
+        c.insert(key(1), Bytes::from(vec![1u8; BLOCK_LEN + 1]));
+        c.insert(key(2), Bytes::new());
         assert_eq!(c.get(key(0)), Some(short), "a file's short last block");
         for b in 1..3 {
             assert_eq!(c.get(key(b)), None);
         }
         let s = c.stats();
-        assert_eq!(
-            (s.memory.inserts, s.memory.blocks, s.prefetched_blocks),
-            (1, 1, 0)
-        );
+        assert_eq!((s.memory.inserts, s.memory.blocks), (1, 1));
         // With an SSD tier, evicting it from memory does not admit it.
         let dir = tempfile::tempdir().unwrap();
         let c = with_ssd(dir.path(), 64, 1 << 30);
-        c.insert(key(0), Bytes::from(vec![2u8; 100]), false);
+        c.insert(key(0), Bytes::from(vec![2u8; 100]));
         for b in 1..400 {
-            c.insert(key(b), data(&key(b)), false);
+            c.insert(key(b), data(&key(b)));
         }
         settle(&c);
         assert!(ssd_stats(&c).inserts >= 150, "whole blocks went to the SSD");
@@ -1802,7 +1768,7 @@ mod tests {
         let buf = Bytes::from(vec![5u8; 4 * BLOCK_LEN]);
         for b in 0..4u64 {
             let at = usize::try_from(b * BLOCK).unwrap();
-            c.insert(key(b), buf.slice(at..at + BLOCK_LEN), false);
+            c.insert(key(b), buf.slice(at..at + BLOCK_LEN));
         }
         let got = c.get(key(2)).unwrap();
         assert_eq!(got.as_ptr(), buf.slice(2 * BLOCK_LEN..).as_ptr());
@@ -1811,24 +1777,15 @@ mod tests {
     #[test]
     fn prefetch_hit_ratio() {
         let c = memory_only(256);
-        for b in 0..10 {
-            c.insert(key(b), data(&key(b)), true);
-        }
-        for b in 10..15 {
-            c.insert(key(b), data(&key(b)), false);
-        }
-        for b in 0..15 {
-            if b % 2 == 0 || b >= 10 {
-                c.get(key(b)).unwrap();
-                c.get(key(b)).unwrap();
-            }
-        }
+        // Read-ahead that bypassed the tiers, counted by its stream.
+        c.count_prefetch(10, 5);
         let s = c.stats();
         assert_eq!((s.prefetched_blocks, s.prefetch_hits), (10, 5));
         assert_eq!(s.prefetch_hit_ratio(), 0.5);
-        // Inserting a cached block again is no new prefetch.
-        c.insert(key(1), data(&key(1)), true);
-        assert_eq!(c.stats().prefetched_blocks, 10);
+        // Hits on blocks of the tiers are no prefetch hits.
+        c.insert(key(1), data(&key(1)));
+        c.get(key(1)).unwrap();
+        assert_eq!(c.stats().prefetch_hits, 5);
     }
 
     #[test]
@@ -1836,7 +1793,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let c = with_ssd(dir.path(), 64, 1 << 30);
         for b in 0..128 {
-            c.insert(key(b), data(&key(b)), false);
+            c.insert(key(b), data(&key(b)));
         }
         settle(&c);
         assert_eq!(ssd_stats(&c).blocks, 64, "0..64 should be on the SSD");
@@ -1863,7 +1820,7 @@ mod tests {
         for round in 0..20u64 {
             let base = round * 1000;
             for b in base..base + 80 {
-                c.insert(key(b), data(&key(b)), false);
+                c.insert(key(b), data(&key(b)));
             }
             // Evictions of the first blocks may still be queued.
             c.invalidate(7, 1, base, base + 80);
@@ -1880,7 +1837,7 @@ mod tests {
         let c = with_ssd(dir.path(), 64, 1 << 30);
         // A working set that fits in memory never touches the SSD.
         for b in 0..32 {
-            c.insert(key(b), data(&key(b)), b == 0);
+            c.insert(key(b), data(&key(b)));
         }
         for b in 0..32 {
             c.get(key(b)).unwrap();
@@ -1888,11 +1845,9 @@ mod tests {
         settle(&c);
         let s = ssd_stats(&c);
         assert_eq!((s.inserts, s.hits, s.misses), (0, 0, 0));
-        // 0 is the only prefetched block and was read: one prefetch hit.
-        assert_eq!(c.stats().prefetch_hits, 1);
-        c.insert(key(1000), data(&key(1000)), true);
+        c.insert(key(1000), data(&key(1000)));
         for b in 2000..2200 {
-            c.insert(key(b), data(&key(b)), false);
+            c.insert(key(b), data(&key(b)));
         }
         settle(&c);
         let s = ssd_stats(&c);
@@ -1907,10 +1862,6 @@ mod tests {
         let ssd = after.ssd.as_ref().unwrap();
         assert_eq!(ssd.hits, 101);
         assert_eq!(after.memory.misses - before.memory.misses, 101);
-        assert_eq!(
-            after.prefetch_hits, 2,
-            "first read of a prefetched block from the SSD"
-        );
         // Promoted: the next read is a memory hit.
         assert_eq!(c.get(key(2099)), Some(data(&key(2099))));
         assert_eq!(c.stats().memory.hits, after.memory.hits + 1);
@@ -1927,7 +1878,7 @@ mod tests {
         let limit = 64 * BLOCK;
         let c = with_ssd(dir.path(), 16, limit);
         for b in 0..(16 + 640) {
-            c.insert(key(b), data(&key(b)), false);
+            c.insert(key(b), data(&key(b)));
             if b % 256 == 0 {
                 settle(&c); // keep the queue from overflowing
             }
@@ -1953,7 +1904,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let c = with_ssd(dir.path(), 64, 1 << 30);
         for b in 0..128 {
-            c.insert(key(b), data(&key(b)), false);
+            c.insert(key(b), data(&key(b)));
         }
         settle(&c);
         let ssd = c.ssd.as_ref().unwrap();
@@ -1980,13 +1931,12 @@ mod tests {
     fn memory_disabled_goes_straight_to_ssd() {
         let dir = tempfile::tempdir().unwrap();
         let c = with_ssd(dir.path(), 0, 1 << 30);
-        c.insert(key(1), data(&key(1)), true);
+        c.insert(key(1), data(&key(1)));
         settle(&c);
         assert_eq!(c.get(key(1)), Some(data(&key(1))));
         let s = c.stats();
         assert_eq!((s.memory.hits, s.memory.misses, s.memory.blocks), (0, 0, 0));
         assert_eq!(s.ssd.unwrap().hits, 1);
-        assert_eq!((s.prefetched_blocks, s.prefetch_hits), (1, 1));
     }
 
     #[test]
@@ -1999,7 +1949,7 @@ mod tests {
         fs::write(dead_dir.join("seg-0"), b"old").unwrap();
         let c = with_ssd(dir.path(), 64, 1 << 30);
         assert!(!dead_dir.exists(), "a dead process's SSD tier is removed");
-        c.insert(key(0), data(&key(0)), false);
+        c.insert(key(0), data(&key(0)));
         c.get(key(0)).unwrap();
         c.get(key(1));
         c.publish_stats().unwrap();
@@ -2128,7 +2078,7 @@ mod tests {
                                     assert_eq!(b, data(&k), "{k:?}");
                                 }
                             }
-                            60..95 => c.insert(k, data(&k), x % 3 == 0),
+                            60..95 => c.insert(k, data(&k)),
                             _ => c.invalidate(k.object, 1, k.block, k.block + 4),
                         }
                     }
@@ -2148,7 +2098,6 @@ mod tests {
         assert_eq!(ssd.hits + ssd.misses, s.memory.misses);
         assert!(s.memory.used_bytes <= s.memory.capacity_bytes);
         assert!(ssd.used_bytes <= ssd.capacity_bytes);
-        assert!(s.prefetch_hits <= s.prefetched_blocks);
         for b in 0..512 {
             for object in 0..2 {
                 let k = BlockKey {
