@@ -4,7 +4,9 @@
 //! through its handle until it is closed; files created while the
 //! collector runs, and files never deleted, keep all their replicas.
 //! Files that never held data cost the collector no request, written ones
-//! one per chunk, and the collector keeps to its removal rate.
+//! one per chunk, and the collector keeps to its removal rate. A full
+//! cluster refuses writes at once with NO_SPACE and loses nothing, and
+//! takes writes again once deleted files are collected.
 
 use std::time::{Duration, Instant};
 
@@ -246,5 +248,79 @@ async fn never_written_chunks_cost_no_removal_and_the_collector_keeps_its_rate()
             "a deleted file's chunk is still on a replica"
         );
     }
+    Ok(())
+}
+
+/// A cluster whose chunkservers are full: a write is refused at once with
+/// NO_SPACE (ENOSPC through a mount) and a message that says so, every file
+/// written before reads back whole, nothing half-written is left visible,
+/// and once files are deleted and collected, writes succeed again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_cluster_refuses_writes_clearly_and_loses_nothing() -> Result<()> {
+    let _serial = cairn_jepsen::serial().await;
+    const FILE: usize = 1 << 20;
+    let cluster = DataCluster::start(DataOpts {
+        capacity: "24MiB".into(),
+        meta_args: vec!["--gc-grace".into(), "1s".into()],
+        ..DataOpts::default()
+    })
+    .await?;
+    let client = cluster.client(ClientOptions::default()).await?;
+    client
+        .meta()
+        .create_volume("gc", VolumePolicy::default())
+        .await?;
+    let name = |i: usize| format!("/gc/full{i}");
+    let mut written = 0;
+    let refused = loop {
+        ensure!(written < 200, "200 MiB went into 24 MiB chunkservers");
+        let t = Instant::now();
+        match client
+            .write_file(&name(written), pattern(written as u64, FILE))
+            .await
+        {
+            Ok(()) => written += 1,
+            Err(e) => break (e, t.elapsed()),
+        }
+    };
+    let (e, took) = refused;
+    println!("[test] {written} files of 1 MiB written, then refused after {took:?}: {e}");
+    ensure!(written > 0, "nothing was written: {e}");
+    ensure!(
+        e.code == cairn_client::ErrorCode::NoSpace,
+        "the full cluster answered {:?}: {e}",
+        e.code
+    );
+    ensure!(took < Duration::from_secs(10), "the refusal took {took:?}");
+    for i in 0..written {
+        ensure!(
+            client.read_file(&name(i)).await? == pattern(i as u64, FILE),
+            "{} changed when the cluster filled",
+            name(i)
+        );
+    }
+    // The refused file was created, and holds nothing of the refused write.
+    let refused = client.stat(&name(written)).await?;
+    ensure!(
+        refused.size == 0,
+        "the refused write left {} bytes",
+        refused.size
+    );
+    // Space comes back once files are deleted and collected.
+    for i in 0..written {
+        client.remove_file(&name(i)).await?;
+    }
+    client.remove_file(&name(written)).await?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        match client.write_file(&name(1000), pattern(1000, FILE)).await {
+            Ok(()) => break,
+            Err(e) if e.code == cairn_client::ErrorCode::NoSpace && Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    ensure!(client.read_file(&name(1000)).await? == pattern(1000, FILE));
     Ok(())
 }
