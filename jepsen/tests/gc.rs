@@ -324,3 +324,60 @@ async fn a_full_cluster_refuses_writes_clearly_and_loses_nothing() -> Result<()>
     ensure!(client.read_file(&name(1000)).await? == pattern(1000, FILE));
     Ok(())
 }
+
+/// Through a mount, a writer filling a full cluster gets ENOSPC from
+/// `write(2)` soon after the first background write of its data is
+/// refused, and again from `fsync(2)`: before, a refused piece
+/// was noticed only once four later pieces had pushed it out of the
+/// write-back window, and up to 32 MiB more were taken for nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_writer_filling_a_full_cluster_through_a_mount_gets_enospc_from_write() -> Result<()> {
+    let _serial = cairn_jepsen::serial().await;
+    let cluster = DataCluster::start(DataOpts {
+        capacity: "24MiB".into(),
+        ..DataOpts::default()
+    })
+    .await?;
+    let client = cluster.client(ClientOptions::default()).await?;
+    client
+        .meta()
+        .create_volume("gc", VolumePolicy::default())
+        .await?;
+    let dir = cluster.meta.dir().join("mnt");
+    let mount =
+        cairn_jepsen::fuse::Mount::start(&cluster.meta.addrs(), &dir, &["--volume", "/gc"])?;
+    let p = mount.path("big");
+    let (failed, fsync) = tokio::task::spawn_blocking(move || {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&p)?;
+        let buf = vec![7u8; 1 << 20];
+        let mut failed = None;
+        for mib in 0..64 {
+            if let Err(e) = f.write_all(&buf) {
+                failed = Some((mib, e));
+                break;
+            }
+            // A cluster that takes 1 MiB in a few ms: pace the writer so
+            // a refused piece has ended before the window fills.
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        anyhow::Ok((failed, f.sync_all()))
+    })
+    .await??;
+    println!("[test] write refused: {failed:?}; then fsync: {fsync:?}");
+    let (mib, e) = failed.ok_or_else(|| anyhow::anyhow!("64 MiB went into a 24 MiB cluster"))?;
+    ensure!(
+        e.raw_os_error() == Some(28),
+        "the refused write said {e} (want ENOSPC)"
+    );
+    ensure!(
+        mib < 48,
+        "the first refused write(2) came only after {mib} MiB were taken"
+    );
+    // The writer that goes on to fsync learns it too.
+    ensure!(
+        fsync.as_ref().err().and_then(std::io::Error::raw_os_error) == Some(28),
+        "fsync after the refused write said {fsync:?}"
+    );
+    Ok(())
+}

@@ -14,8 +14,10 @@
 //! What is promised, and when:
 //! - `fsync(2)` and `close(2)` (FLUSH) return once every byte written
 //!   before them is on every replica and the length is on meta; a write
-//!   that failed in the background fails them with EIO (and the next
-//!   `write(2)`), so a checkpoint is never reported saved when it is not.
+//!   that failed in the background fails them with its error (ENOSPC from
+//!   a full cluster, EIO for most others), and so does every `write(2)`
+//!   after it failed until then, so a checkpoint is never reported saved
+//!   when it is not and a writer filling a full cluster stops at once.
 //! - Reads through the mount see the writes: the kernel's page cache has
 //!   them, and a read that reaches us first waits for pending ones.
 //! - Writes never overtake each other on overlapping bytes: a piece waits
@@ -54,8 +56,8 @@ struct State {
     buf: BytesMut,
     start: u64,
     in_flight: Vec<InFlight>,
-    /// A background write failed; reported by the next write, flush or
-    /// fsync.
+    /// A background write failed; reported by every write until a flush
+    /// or fsync reports it too and clears it.
     error: Option<CairnStatus>,
 }
 
@@ -96,11 +98,14 @@ impl WriteBack {
     /// Takes `data` for `offset`; returns once it is buffered (or sent).
     ///
     /// # Errors
-    /// A background write failed since the last report.
+    /// A background write failed since the last flush or fsync.
     pub async fn write(&self, offset: u64, data: &[u8]) -> Result<()> {
         let mut s = self.state.lock().await;
-        if let Some(e) = s.error.take() {
-            return Err(e);
+        reap(&mut s).await;
+        // Kept for the flush or fsync too: a program that goes on to them
+        // learns its data is not all stored, whatever it made of this.
+        if let Some(e) = &s.error {
+            return Err(e.clone());
         }
         let contiguous = !s.buf.is_empty() && s.start + s.buf.len() as u64 == offset;
         if !contiguous || s.buf.len() + data.len() > PIECE {
@@ -180,6 +185,24 @@ impl WriteBack {
     }
 }
 
+/// Records the outcome of every write in flight that has ended, without
+/// waiting for the others: a failure (a full cluster, say) reaches the
+/// next `write(2)` as soon as it happened, not once [`MAX_IN_FLIGHT`]
+/// later pieces (up to 32 MiB that would be buffered for nothing) pushed
+/// it out.
+async fn reap(s: &mut State) {
+    let mut i = 0;
+    while i < s.in_flight.len() {
+        if s.in_flight[i].task.is_finished() {
+            let f = s.in_flight.remove(i);
+            // Ended: the await returns at once.
+            record(s, f.task.await);
+        } else {
+            i += 1;
+        }
+    }
+}
+
 fn record(s: &mut State, r: std::result::Result<Result<()>, tokio::task::JoinError>) {
     let r = match r {
         Ok(r) => r,
@@ -189,7 +212,7 @@ fn record(s: &mut State, r: std::result::Result<Result<()>, tokio::task::JoinErr
         )),
     };
     if let Err(e) = r {
-        tracing::warn!(error = %e, "a background write failed; the next write, flush or fsync reports it");
+        tracing::warn!(error = %e, "a background write failed; the next writes and the flush or fsync report it");
         s.error.get_or_insert(e);
     }
 }
