@@ -508,6 +508,11 @@ fn shards_formats_and_routing() {
         Err(StoreError::NotEmpty { .. })
     ));
     assert!(Target::open(other.path()).is_err());
+    // The root of a new ext4 file system: only `lost+found`.
+    let fresh = tempfile::tempdir().expect("tempdir");
+    std::fs::create_dir(fresh.path().join("lost+found")).expect("lost+found");
+    Target::format(fresh.path(), 2).expect("a fresh file system's root formats");
+    assert!(Target::open(fresh.path()).is_ok());
     let sb = std::fs::read_to_string(path.join("superblock.json")).expect("sb");
     assert!(sb.contains(&format!(
         "\"format_version\": {}",

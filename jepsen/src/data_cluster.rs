@@ -32,6 +32,11 @@ pub struct DataOpts {
     pub chunkserver_timeout: Duration,
     /// Capacity each chunkserver reports.
     pub capacity: String,
+    /// Each chunkserver's data directory on an ext4 file system of this
+    /// many bytes of its own (a loop device; needs root), so its disk
+    /// really fills, whatever `capacity` says; `None`: the test's
+    /// temporary directory.
+    pub disk_bytes: Option<u64>,
     /// More `cairn-meta` flags (e.g. `--gc-grace 2s`).
     pub meta_args: Vec<String>,
     /// More `cairn-chunkserver` flags (e.g. `--resync-rate 64MiB`).
@@ -53,6 +58,7 @@ impl Default for DataOpts {
             shards: 2,
             chunkserver_timeout: Duration::from_secs(3),
             capacity: "8GiB".to_string(),
+            disk_bytes: None,
             meta_args: Vec::new(),
             chunkserver_args: Vec::new(),
             meta_netns: false,
@@ -65,6 +71,8 @@ struct Cs {
     log: PathBuf,
     port: u16,
     child: Option<Child>,
+    /// `dir` is a loop-mounted file system ([`DataOpts::disk_bytes`]).
+    mounted: bool,
 }
 
 /// Meta replicas and chunkservers as processes; see the module docs.
@@ -116,11 +124,19 @@ impl DataCluster {
         let dir = self.meta.dir().join(format!("cs{i}"));
         let log = self.meta.dir().join(format!("cs{i}.log"));
         let port = free_port_run(u16::try_from(self.opts.shards)?)?;
+        let mounted = match self.opts.disk_bytes {
+            Some(bytes) => {
+                small_disk(&self.meta.dir().join(format!("cs{i}.img")), &dir, bytes)?;
+                true
+            }
+            None => false,
+        };
         self.cs.push(Cs {
             dir,
             log,
             port,
             child: None,
+            mounted,
         });
         // A port that passed the free check can still be bound by someone
         // else before the chunkserver binds it; try fresh ports then.
@@ -219,6 +235,12 @@ impl DataCluster {
             .iter()
             .position(|c| u32::from(c.port) == port)
             .ok_or_else(|| anyhow::anyhow!("chunkserver {id} (port {port}) is not one of ours"))
+    }
+
+    /// How chunkserver `i` exited, if it was started, not killed by the
+    /// harness, and exited on its own.
+    pub fn exited(&mut self, i: usize) -> Option<std::process::ExitStatus> {
+        self.cs[i].child.as_mut()?.try_wait().ok().flatten()
     }
 
     /// Whether chunkserver `i` is running (started and not killed).
@@ -426,6 +448,9 @@ impl Drop for DataCluster {
         for i in 0..self.cs.len() {
             self.kill(i);
         }
+        for cs in self.cs.iter().filter(|c| c.mounted) {
+            let _ = Command::new("umount").arg("-l").arg(&cs.dir).status();
+        }
         for (i, cs) in self.cs.iter().enumerate() {
             let text = std::fs::read_to_string(&cs.log).unwrap_or_default();
             let notable: Vec<&str> = text
@@ -510,4 +535,28 @@ pub fn check_alternate_slots(back: &[u8], slots: usize) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Makes `dir` an ext4 file system of `bytes` in the image file `image`
+/// (a loop device), for a chunkserver whose disk must really fill.
+fn small_disk(image: &std::path::Path, dir: &std::path::Path, bytes: u64) -> Result<()> {
+    let run = |cmd: &mut Command| -> Result<()> {
+        let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
+        if !out.status.success() {
+            bail!(
+                "{cmd:?} failed: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok(())
+    };
+    std::fs::File::create(image)?.set_len(bytes)?;
+    run(Command::new("mkfs.ext4").arg("-q").arg(image))?;
+    std::fs::create_dir_all(dir)?;
+    run(Command::new("mount")
+        .arg("-o")
+        .arg("loop")
+        .arg(image)
+        .arg(dir))
+    .context("a small disk for a chunkserver needs root and loop devices")
 }

@@ -381,3 +381,74 @@ async fn a_writer_filling_a_full_cluster_through_a_mount_gets_enospc_from_write(
     );
     Ok(())
 }
+
+/// Chunkservers whose disks really fill: each data directory is an ext4
+/// file system of 64 MiB (a loop device) while each chunkserver reports
+/// 8 GiB. Writes are refused with NO_SPACE, no chunkserver dies, every file
+/// written before reads back whole, and once files are deleted and
+/// collected, writes succeed again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chunkservers_whose_disks_fill_refuse_writes_and_lose_nothing() -> Result<()> {
+    let _serial = cairn_jepsen::serial().await;
+    const FILE: usize = 1 << 20;
+    let mut cluster = DataCluster::start(DataOpts {
+        disk_bytes: Some(64 << 20),
+        meta_args: vec!["--gc-grace".into(), "1s".into()],
+        ..DataOpts::default()
+    })
+    .await?;
+    let client = cluster.client(ClientOptions::default()).await?;
+    client
+        .meta()
+        .create_volume("gc", VolumePolicy::default())
+        .await?;
+    let name = |i: usize| format!("/gc/disk{i}");
+    let mut written = 0;
+    let (e, took) = loop {
+        ensure!(written < 200, "200 MiB went into 64 MiB disks");
+        let t = Instant::now();
+        match client
+            .write_file(&name(written), pattern(written as u64, FILE))
+            .await
+        {
+            Ok(()) => written += 1,
+            Err(e) => break (e, t.elapsed()),
+        }
+    };
+    println!("[test] {written} files of 1 MiB written, then refused after {took:?}: {e}");
+    for i in 0..3 {
+        ensure!(
+            cluster.exited(i).is_none(),
+            "chunkserver {i} exited when its disk filled: {:?}",
+            cluster.exited(i)
+        );
+    }
+    ensure!(
+        e.code == cairn_client::ErrorCode::NoSpace,
+        "the full disks answered {:?}: {e}",
+        e.code
+    );
+    for i in 0..written {
+        ensure!(
+            client.read_file(&name(i)).await? == pattern(i as u64, FILE),
+            "{} changed when the disks filled",
+            name(i)
+        );
+    }
+    for i in 0..=written {
+        client.remove_file(&name(i)).await?;
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        match client.write_file(&name(1000), pattern(1000, FILE)).await {
+            Ok(()) => break,
+            Err(e) if Instant::now() < deadline => {
+                println!("[test] after the deletes: {e}");
+                tokio::time::sleep(Duration::from_millis(1000)).await;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    ensure!(client.read_file(&name(1000)).await? == pattern(1000, FILE));
+    Ok(())
+}

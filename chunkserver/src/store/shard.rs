@@ -94,6 +94,8 @@ pub struct ShardStore {
     meta_file: Arc<std::fs::File>,
     tree: sled::Tree,
     file: Rc<DmaFile>,
+    /// The data file's path, for the file system's free space.
+    data_path: std::path::PathBuf,
     alloc: RefCell<Allocator>,
     data_sync: GroupSync,
     meta_sync: GroupSync,
@@ -115,6 +117,14 @@ impl std::fmt::Debug for ShardStore {
             .field("shards", &self.shards)
             .finish_non_exhaustive()
     }
+}
+
+/// Free space a data file never takes from a file system of `size` bytes:
+/// room for the block map (sled) to record what is written, a sixteenth
+/// of the file system, at most 64 MiB. Without it a disk filled by data
+/// left sled unable to flush, and every write failed on its metadata.
+fn metadata_reserve(size: u64) -> u64 {
+    (size / 16).min(64 << 20)
 }
 
 fn decode_group(v: &[u8]) -> Result<Vec<(u32, BlockEntry)>> {
@@ -237,6 +247,7 @@ impl ShardStore {
             meta_file: target.meta_file(),
             tree,
             file: Rc::new(file),
+            data_path: target.data_path(shard),
             alloc: RefCell::new(alloc),
             data_sync: GroupSync::default(),
             meta_sync: GroupSync::default(),
@@ -446,25 +457,74 @@ impl ShardStore {
                 }
                 return Err(StoreError::NoSpace { shard: self.shard });
             }
-            let target = (total + need)
+            let want = total + need;
+            let extent = want
                 .next_multiple_of(self.grow_blocks)
                 .min(self.capacity_blocks)
-                .max(total + need);
-            match self.file.pre_allocate(target * BLOCK_SIZE, false).await {
-                Ok(()) => self.alloc.borrow_mut().grow_to(target),
-                Err(e) => {
-                    let e = io::Error::from(e);
-                    if e.raw_os_error() == Some(28) {
-                        return Err(StoreError::NoSpace { shard: self.shard });
-                    }
-                    return Err(StoreError::Io {
-                        op: "grow data file",
-                        source: e,
-                    });
-                }
-            }
+                .max(want);
+            // A whole extent; on a disk with less room left than that
+            // (the capacity is what the operator said, not what the file
+            // system has), only what this write needs; never the room the
+            // block map needs to record it.
+            let room = self.room_blocks();
+            let target = if extent - total <= room {
+                extent
+            } else if need <= room {
+                want
+            } else {
+                return Err(StoreError::NoSpace { shard: self.shard });
+            };
+            self.grow(total, target).await?;
         }
         Err(StoreError::NoSpace { shard: self.shard })
+    }
+
+    /// Blocks the data file may still grow by on its file system, keeping
+    /// [`metadata_reserve`] free for the block map (sled) and the rest of
+    /// the target. Unknown (statvfs failed): no limit here, the growth
+    /// itself finds out.
+    fn room_blocks(&self) -> u64 {
+        match nix::sys::statvfs::statvfs(&self.data_path) {
+            Ok(st) => {
+                let unit = st.fragment_size();
+                let free = st.blocks_available().saturating_mul(unit);
+                let size = st.blocks().saturating_mul(unit);
+                free.saturating_sub(metadata_reserve(size)) / BLOCK_SIZE
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, path = %self.data_path.display(), "statvfs");
+                u64::MAX
+            }
+        }
+    }
+
+    /// Grows the data file from `from` to `blocks` blocks.
+    ///
+    /// # Errors
+    /// [`StoreError::NoSpace`] when the file system is full (the file is
+    /// cut back to `from` blocks: a failed `fallocate` may have taken
+    /// every free block before it failed), I/O errors.
+    async fn grow(&self, from: u64, blocks: u64) -> Result<()> {
+        match self.file.pre_allocate(blocks * BLOCK_SIZE, false).await {
+            Ok(()) => {
+                self.alloc.borrow_mut().grow_to(blocks);
+                Ok(())
+            }
+            Err(e) => {
+                // glommio's error keeps the kind, not the errno.
+                let e = io::Error::from(e);
+                if e.kind() == io::ErrorKind::StorageFull || e.raw_os_error() == Some(28) {
+                    if let Err(t) = self.file.truncate(from * BLOCK_SIZE).await {
+                        tracing::warn!(error = %t, "giving back a failed growth of the data file");
+                    }
+                    return Err(StoreError::NoSpace { shard: self.shard });
+                }
+                Err(StoreError::Io {
+                    op: "grow data file",
+                    source: e,
+                })
+            }
+        }
     }
 
     fn free_runs(&self, runs: &[Run]) {

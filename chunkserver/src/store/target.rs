@@ -109,7 +109,8 @@ impl Target {
     ///
     /// # Errors
     /// [`StoreError::AlreadyFormatted`] if it has a superblock,
-    /// [`StoreError::NotEmpty`] if it has other files,
+    /// [`StoreError::NotEmpty`] if it has other files (a `lost+found`
+    /// directory, as at the root of a new ext4 file system, is no file),
     /// [`StoreError::NoSuchShard`] for `shards == 0`, I/O errors.
     pub fn format(dir: &Path, shards: u32) -> Result<Superblock, StoreError> {
         if shards == 0 {
@@ -121,7 +122,15 @@ impl Target {
                 path: dir.to_path_buf(),
             });
         }
-        let mut entries = std::fs::read_dir(dir).map_err(StoreError::io("list target"))?;
+        // The root of a fresh ext4 file system holds `lost+found`: a disk
+        // mounted for the chunkserver is used as it is.
+        let mut entries = std::fs::read_dir(dir)
+            .map_err(StoreError::io("list target"))?
+            .filter(|e| {
+                !e.as_ref().is_ok_and(|e| {
+                    e.file_name() == "lost+found" && e.file_type().is_ok_and(|t| t.is_dir())
+                })
+            });
         if entries.next().is_some() {
             return Err(StoreError::NotEmpty {
                 path: dir.to_path_buf(),
