@@ -1998,3 +1998,99 @@ async fn snapshots_keep_the_tree_through_changes_and_failover() {
     let r = snapshots_body(&mut c).await;
     finish(c, r);
 }
+
+// ---------------------------------------------------------------- a full disk
+
+/// A follower's disk fills (its data directory moved onto an ext4 file
+/// system of 40 MiB, a loop device): its Raft core stops on the storage
+/// error, and the replica stops with it, exiting with an error that says
+/// so, instead of keeping its port open as a zombie no liveness probe
+/// notices. The other two replicas go on: no create fails, and every one
+/// is there.
+async fn full_disk_body(c: &mut MetaCluster) -> Result<()> {
+    let client = c.client().await?;
+    let vol = volume(&client, "vol").await?;
+    let leader = c.find_leader().await?.index;
+    let f = (leader + 1) % c.len();
+    c.kill(f);
+    let dir = c.data_dir(f).to_path_buf();
+    let kept = c.dir().join(format!("n{f}-kept"));
+    let sh = |cmd: String| -> Result<()> {
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(&cmd)
+            .output()?;
+        ensure!(
+            out.status.success(),
+            "{cmd}: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+        Ok(())
+    };
+    let img = c.dir().join(format!("n{f}.img"));
+    sh(format!(
+        "mv {d} {k} && mkdir {d} && truncate -s 40M {i} && mkfs.ext4 -q {i} && \
+         mount -o loop {i} {d} && cp -a {k}/. {d}/",
+        d = dir.display(),
+        k = kept.display(),
+        i = img.display()
+    ))
+    .context("a small disk for a meta replica needs root and loop devices")?;
+    let body = async {
+        c.restart(f)?;
+        println!("[test] follower {f} on a 40 MiB disk");
+        let long = "x".repeat(200);
+        let began = Instant::now();
+        let mut made = 0u64;
+        while c.is_running(f) {
+            ensure!(
+                began.elapsed() < Duration::from_secs(120),
+                "replica {f} still runs after {made} creates in 120 s"
+            );
+            client
+                .create(
+                    vol,
+                    &format!("{long}{made}"),
+                    0o644,
+                    Owner::ROOT,
+                    true,
+                    false,
+                )
+                .await
+                .with_context(|| format!("create {made}"))?;
+            made += 1;
+        }
+        println!(
+            "[test] replica {f} exited after {made} creates ({:?})",
+            began.elapsed()
+        );
+        let log = std::fs::read_to_string(c.dir().join(format!("n{f}.log")))?;
+        ensure!(
+            log.contains("the Raft core stopped") && log.contains("No space left on device"),
+            "replica {f} exited without saying its disk is full"
+        );
+        for k in (0..made).step_by(97) {
+            client
+                .lookup(vol, &format!("{long}{k}"))
+                .await
+                .with_context(|| format!("create {k} is gone"))?;
+        }
+        // The other two still take creates.
+        client
+            .create(vol, "after", 0o644, Owner::ROOT, true, false)
+            .await?;
+        Ok(())
+    }
+    .await;
+    c.kill(f);
+    let _ = sh(format!("umount -l {}", dir.display()));
+    body
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_whose_disk_fills_stops_and_the_others_go_on() {
+    let _serial = serial().await;
+    let mut c = start(ClusterOpts::default()).await;
+    let r = full_disk_body(&mut c).await;
+    finish(c, r);
+}

@@ -261,7 +261,13 @@ fn main() -> ExitCode {
         .enable_all()
         .build();
     match runtime {
-        Ok(rt) => rt.block_on(run(args)),
+        Ok(rt) => {
+            let code = rt.block_on(run(args));
+            // A task stuck in I/O (a full or failing disk) must not keep
+            // a stopped replica's process alive.
+            rt.shutdown_timeout(std::time::Duration::from_secs(5));
+            code
+        }
         Err(e) => {
             eprintln!("cairn-meta: starting the async runtime: {e}");
             ExitCode::FAILURE

@@ -113,10 +113,16 @@ impl MetaHandle {
     /// # Errors
     /// The error the server stopped with.
     pub async fn wait(self) -> Result<(), MetaError> {
-        match self.task.await {
+        let r = match self.task.await {
             Ok(r) => r,
             Err(e) => Err(MetaError::Raft(format!("server task failed: {e}"))),
+        };
+        if r.is_err() {
+            // Its sled handles may be the last: dropping them would flush
+            // on what may be a full or failing disk, and never return.
+            std::mem::forget(self.shared);
         }
+        r
     }
 }
 
@@ -291,6 +297,7 @@ pub async fn start(
 ) -> Result<MetaHandle, MetaError> {
     config.validate().map_err(MetaError::Config)?;
     let (stop_tx, mut stop_rx) = watch::channel(false);
+    let stop_on_fatal = stop_tx.clone();
     tokio::spawn(async move {
         shutdown.await;
         stop_tx.send_replace(true);
@@ -441,14 +448,40 @@ pub async fn start(
             let _ = server_stop.wait_for(|s| *s).await;
         });
     let duties = tokio::spawn(run_duties(shared.clone(), stop_rx.clone()));
+    let fatal = tokio::spawn(stop_when_raft_fails(raft.clone(), stop_on_fatal));
     let node_id = ident.node_id;
     tracing::info!(node = node_id, %addr, %advertise, "cairn-meta serving");
 
     let task = tokio::spawn(async move {
         let served = server.await;
         duties.abort();
+        let failed = if fatal.is_finished() {
+            fatal.await.ok().flatten()
+        } else {
+            fatal.abort();
+            None
+        };
         if let Err(e) = raft.shutdown().await {
             tracing::warn!("raft shutdown: {e}");
+        }
+        if let Some(why) = failed {
+            // Bounded: sled's flush on the full disk that stopped the core
+            // waited forever, and the replica with it.
+            match tokio::time::timeout(Duration::from_secs(5), db.flush_async()).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => tracing::warn!("state machine not flushed: {e}"),
+                Err(_) => tracing::warn!("state machine not flushed within 5 s"),
+            }
+            // Dropping the last handle of a sled database flushes it
+            // synchronously, and on the full disk that flush never ends:
+            // the process is about to exit, so the handle is left behind
+            // (and `MetaHandle::wait` leaves `shared` behind likewise).
+            std::mem::forget(db);
+            return Err(MetaError::Raft(format!(
+                "the Raft core stopped: {why}; this replica stopped with it (fix the cause, \
+                 a full or failing disk for example, and start it again: the other replicas \
+                 serve meanwhile)"
+            )));
         }
         db.flush_async().await?;
         tracing::info!(node = node_id, "cairn-meta stopped");
@@ -461,6 +494,26 @@ pub async fn start(
         shared,
         task,
     })
+}
+
+/// Waits until openraft's core stops on its own (a storage error: a full
+/// or failing disk), then stops the replica and returns why (`None`: the
+/// metrics ended first). Fail-stop: a replica whose Raft core is gone
+/// still held its port open and answered nothing useful, so neither a
+/// liveness probe nor an operator saw it; now the process exits with the
+/// error, and its supervisor (Kubernetes, systemd) shows and restarts it.
+async fn stop_when_raft_fails(
+    raft: crate::raft::types::MetaRaft,
+    stop: watch::Sender<bool>,
+) -> Option<String> {
+    let mut metrics = raft.metrics();
+    let why = {
+        let m = metrics.wait_for(|m| m.running_state.is_err()).await.ok()?;
+        m.running_state.as_ref().err()?.to_string()
+    };
+    tracing::error!(error = %why, "the Raft core stopped; stopping this replica");
+    stop.send_replace(true);
+    Some(why)
 }
 
 /// The leader's background duties; see the module docs.
