@@ -39,8 +39,8 @@
 //! * The chain watch may sit on a replica that answers PINGs but no longer
 //!   learns the table (a follower cut off from the leader). Each
 //!   heartbeat's reply carries the leader's table version; when this
-//!   chunkserver is still behind it one heartbeat later, the watch moves to
-//!   the replica that answered the heartbeat.
+//!   chunkserver is behind it and has learned nothing by the next
+//!   heartbeat, the watch moves to the replica that answered it.
 //!
 //! Before, a chunkserver watching a frozen leader learned no chain table
 //! for as long as the freeze lasted, and a client writing to a chain the new
@@ -609,8 +609,9 @@ pub async fn run(
         rewatch_rx,
         watch_stop,
     ));
-    // Whether the last heartbeat found the chain table behind the leader's.
-    let mut behind = false;
+    // The table version the last heartbeat found here when it was behind
+    // the leader's.
+    let mut behind: Option<u64> = None;
 
     let id = reply.chunkserver_id;
     loop {
@@ -665,22 +666,25 @@ pub async fn run(
             // The fence first: a lease regained after a partition never
             // serves a write under a snapshot seq it missed.
             Ok(r) => {
-                // Still behind the leader's table a heartbeat later: the
-                // watch is stuck on a replica that does not learn it.
-                let lagging = r.chain_table_version > state.view_version();
+                // Behind the leader's table, and learned nothing since the
+                // last heartbeat found it behind: the watch is stuck on a
+                // replica that does not learn the table (a watch that is
+                // merely catching up with a busy table has moved).
+                let have = state.view_version();
+                let lagging = r.chain_table_version > have;
                 if lagging
-                    && behind
+                    && behind == Some(have)
                     && let Some(leader) = &meta.leader
                 {
                     tracing::warn!(
                         at = %leader,
                         version = r.chain_table_version,
-                        have = state.view_version(),
+                        have,
                         "the chain watch is behind meta's leader; watching there"
                     );
                     rewatch.send_replace(Some(leader.clone()));
                 }
-                behind = lagging;
+                behind = lagging.then_some(have);
                 state.learn_snap_seq(r.snap_seq);
                 *state
                     .live_snapshots
