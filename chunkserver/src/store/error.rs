@@ -127,7 +127,7 @@ pub enum StoreError {
         shard: u32,
     },
     /// The target (or its capacity limit) is full; nothing was changed.
-    #[error("shard {shard}: no space")]
+    #[error("shard {shard} is full: no room left within its capacity or on its file system; nothing was written")]
     NoSpace {
         /// The shard.
         shard: u32,
