@@ -251,18 +251,16 @@ async fn never_written_chunks_cost_no_removal_and_the_collector_keeps_its_rate()
     Ok(())
 }
 
-/// A cluster whose chunkservers are full: a write is refused at once with
-/// NO_SPACE (ENOSPC through a mount) and a message that says so, every file
-/// written before reads back whole, nothing half-written is left visible,
-/// and once files are deleted and collected, writes succeed again.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_full_cluster_refuses_writes_clearly_and_loses_nothing() -> Result<()> {
-    let _serial = cairn_jepsen::serial().await;
+/// Fills a cluster started with `opts` with 1 MiB files: a write is
+/// refused at once with NO_SPACE and a message that says so, no
+/// chunkserver exits, every file written before reads back whole, the
+/// refused file holds nothing of the refused write, and once the files are
+/// deleted and collected, writes succeed again.
+async fn fill_check_and_free(opts: DataOpts, what: &str) -> Result<()> {
     const FILE: usize = 1 << 20;
-    let cluster = DataCluster::start(DataOpts {
-        capacity: "24MiB".into(),
+    let mut cluster = DataCluster::start(DataOpts {
         meta_args: vec!["--gc-grace".into(), "1s".into()],
-        ..DataOpts::default()
+        ..opts
     })
     .await?;
     let client = cluster.client(ClientOptions::default()).await?;
@@ -272,8 +270,8 @@ async fn a_full_cluster_refuses_writes_clearly_and_loses_nothing() -> Result<()>
         .await?;
     let name = |i: usize| format!("/gc/full{i}");
     let mut written = 0;
-    let refused = loop {
-        ensure!(written < 200, "200 MiB went into 24 MiB chunkservers");
+    let (e, took) = loop {
+        ensure!(written < 200, "200 MiB went into {what}");
         let t = Instant::now();
         match client
             .write_file(&name(written), pattern(written as u64, FILE))
@@ -283,23 +281,28 @@ async fn a_full_cluster_refuses_writes_clearly_and_loses_nothing() -> Result<()>
             Err(e) => break (e, t.elapsed()),
         }
     };
-    let (e, took) = refused;
-    println!("[test] {written} files of 1 MiB written, then refused after {took:?}: {e}");
+    println!("[test] {what}: {written} files of 1 MiB written, then refused after {took:?}: {e}");
     ensure!(written > 0, "nothing was written: {e}");
     ensure!(
         e.code == cairn_client::ErrorCode::NoSpace,
-        "the full cluster answered {:?}: {e}",
+        "{what} answered {:?}: {e}",
         e.code
     );
     ensure!(took < Duration::from_secs(10), "the refusal took {took:?}");
+    for i in 0..3 {
+        ensure!(
+            cluster.exited(i).is_none(),
+            "chunkserver {i} exited when it filled: {:?}",
+            cluster.exited(i)
+        );
+    }
     for i in 0..written {
         ensure!(
             client.read_file(&name(i)).await? == pattern(i as u64, FILE),
-            "{} changed when the cluster filled",
+            "{} changed when {what} filled",
             name(i)
         );
     }
-    // The refused file was created, and holds nothing of the refused write.
     let refused = client.stat(&name(written)).await?;
     ensure!(
         refused.size == 0,
@@ -307,10 +310,9 @@ async fn a_full_cluster_refuses_writes_clearly_and_loses_nothing() -> Result<()>
         refused.size
     );
     // Space comes back once files are deleted and collected.
-    for i in 0..written {
+    for i in 0..=written {
         client.remove_file(&name(i)).await?;
     }
-    client.remove_file(&name(written)).await?;
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         match client.write_file(&name(1000), pattern(1000, FILE)).await {
@@ -323,6 +325,18 @@ async fn a_full_cluster_refuses_writes_clearly_and_loses_nothing() -> Result<()>
     }
     ensure!(client.read_file(&name(1000)).await? == pattern(1000, FILE));
     Ok(())
+}
+
+/// [`fill_check_and_free`] with chunkservers at a 24 MiB capacity (the
+/// `--capacity` they were given).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_cluster_refuses_writes_clearly_and_loses_nothing() -> Result<()> {
+    let _serial = cairn_jepsen::serial().await;
+    let opts = DataOpts {
+        capacity: "24MiB".into(),
+        ..DataOpts::default()
+    };
+    fill_check_and_free(opts, "24 MiB chunkservers").await
 }
 
 /// Through a mount, a writer filling a full cluster gets ENOSPC from
@@ -382,73 +396,15 @@ async fn a_writer_filling_a_full_cluster_through_a_mount_gets_enospc_from_write(
     Ok(())
 }
 
-/// Chunkservers whose disks really fill: each data directory is an ext4
-/// file system of 64 MiB (a loop device) while each chunkserver reports
-/// 8 GiB. Writes are refused with NO_SPACE, no chunkserver dies, every file
-/// written before reads back whole, and once files are deleted and
-/// collected, writes succeed again.
+/// [`fill_check_and_free`] with disks that really fill: each data
+/// directory is an ext4 file system of 64 MiB (a loop device) while each
+/// chunkserver reports 8 GiB.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chunkservers_whose_disks_fill_refuse_writes_and_lose_nothing() -> Result<()> {
     let _serial = cairn_jepsen::serial().await;
-    const FILE: usize = 1 << 20;
-    let mut cluster = DataCluster::start(DataOpts {
+    let opts = DataOpts {
         disk_bytes: Some(64 << 20),
-        meta_args: vec!["--gc-grace".into(), "1s".into()],
         ..DataOpts::default()
-    })
-    .await?;
-    let client = cluster.client(ClientOptions::default()).await?;
-    client
-        .meta()
-        .create_volume("gc", VolumePolicy::default())
-        .await?;
-    let name = |i: usize| format!("/gc/disk{i}");
-    let mut written = 0;
-    let (e, took) = loop {
-        ensure!(written < 200, "200 MiB went into 64 MiB disks");
-        let t = Instant::now();
-        match client
-            .write_file(&name(written), pattern(written as u64, FILE))
-            .await
-        {
-            Ok(()) => written += 1,
-            Err(e) => break (e, t.elapsed()),
-        }
     };
-    println!("[test] {written} files of 1 MiB written, then refused after {took:?}: {e}");
-    for i in 0..3 {
-        ensure!(
-            cluster.exited(i).is_none(),
-            "chunkserver {i} exited when its disk filled: {:?}",
-            cluster.exited(i)
-        );
-    }
-    ensure!(
-        e.code == cairn_client::ErrorCode::NoSpace,
-        "the full disks answered {:?}: {e}",
-        e.code
-    );
-    for i in 0..written {
-        ensure!(
-            client.read_file(&name(i)).await? == pattern(i as u64, FILE),
-            "{} changed when the disks filled",
-            name(i)
-        );
-    }
-    for i in 0..=written {
-        client.remove_file(&name(i)).await?;
-    }
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        match client.write_file(&name(1000), pattern(1000, FILE)).await {
-            Ok(()) => break,
-            Err(e) if Instant::now() < deadline => {
-                println!("[test] after the deletes: {e}");
-                tokio::time::sleep(Duration::from_millis(1000)).await;
-            }
-            Err(e) => return Err(e.into()),
-        }
-    }
-    ensure!(client.read_file(&name(1000)).await? == pattern(1000, FILE));
-    Ok(())
+    fill_check_and_free(opts, "64 MiB disks").await
 }
