@@ -30,9 +30,9 @@
 //! fails on its own. Three guards keep the control plane moving:
 //!
 //! * Every connection to meta sends an HTTP/2 PING after
-//!   [`KEEPALIVE_INTERVAL`] of silence and closes when it goes unanswered
-//!   for [`KEEPALIVE_TIMEOUT`]: the chain watch on a silent replica breaks
-//!   and reconnects elsewhere.
+//!   [`cairn_proto::META_KEEPALIVE_INTERVAL`] of silence and closes when it
+//!   goes unanswered for [`cairn_proto::META_KEEPALIVE_TIMEOUT`]: the chain
+//!   watch on a silent replica breaks and reconnects elsewhere.
 //! * A heartbeat attempt gives up after one heartbeat interval and tries
 //!   the next replica, so one silent replica does not run out the lease
 //!   (half the heartbeat timeout) while the others would answer.
@@ -431,12 +431,6 @@ pub trait UsageSource: Send + Sync + 'static {
     fn usage(&self) -> Vec<(String, u64, u64)>;
 }
 
-/// A connection to meta silent this long gets an HTTP/2 PING.
-pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(1);
-/// A PING unanswered this long closes the connection (and its calls and
-/// the chain watch on it).
-pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(2);
-
 /// How long one call to one meta replica may take by default.
 const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -446,8 +440,8 @@ fn meta_channel(addr: &str) -> Result<Channel, CairnStatus> {
         .map_err(|e| CairnStatus::new(ErrorCode::Invalid, format!("meta address {addr}: {e}")))?
         .connect_timeout(Duration::from_millis(500))
         .tcp_nodelay(true)
-        .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
-        .keep_alive_timeout(KEEPALIVE_TIMEOUT)
+        .http2_keep_alive_interval(cairn_proto::META_KEEPALIVE_INTERVAL)
+        .keep_alive_timeout(cairn_proto::META_KEEPALIVE_TIMEOUT)
         .keep_alive_while_idle(true);
     Ok(ep.connect_lazy())
 }

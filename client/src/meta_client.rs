@@ -319,17 +319,6 @@ struct Link {
     calls: Arc<CallStream>,
 }
 
-/// A connection to a replica silent this long gets an HTTP/2 PING.
-///
-/// With [`KEEPALIVE_TIMEOUT`], a call to a replica that froze or was cut
-/// off with its connection open moves to another within 3 s, about when a
-/// new leader is in office (DESIGN §10: under 3 s). It was 3 s + 3 s: a
-/// mutation sent to a frozen leader returned after ~5.9 s, now ~2.9 s
-/// (`client_data`'s frozen-leader test, beside a CPU and disk hog).
-const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(1);
-/// A PING unanswered this long closes the connection (and fails its calls).
-const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(2);
-
 fn endpoint(addr: &str, opts: &MetaClientOptions) -> Result<Endpoint> {
     Endpoint::from_shared(format!("http://{addr}"))
         .map(|e| {
@@ -340,9 +329,12 @@ fn endpoint(addr: &str, opts: &MetaClientOptions) -> Result<Endpoint> {
                 // half-open connection) fails its call stream within
                 // interval + timeout, and the calls on it are retried
                 // elsewhere, instead of each waiting out the request
-                // timeout on a dead connection.
-                .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
-                .keep_alive_timeout(KEEPALIVE_TIMEOUT)
+                // timeout on a dead connection: a mutation sent to a
+                // frozen leader moves on after ~2.9 s (~5.9 s with the
+                // 3 s + 3 s before; `client_data`'s frozen-leader test,
+                // beside a CPU and disk hog).
+                .http2_keep_alive_interval(cairn_proto::META_KEEPALIVE_INTERVAL)
+                .keep_alive_timeout(cairn_proto::META_KEEPALIVE_TIMEOUT)
         })
         .map_err(|e| {
             CairnStatus::new(

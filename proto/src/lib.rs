@@ -40,6 +40,18 @@ pub const CLIENT_LEASE: std::time::Duration = std::time::Duration::from_secs(1);
 /// took office, so leases its predecessors granted have run out.
 pub const CLIENT_LEASE_BOUND: std::time::Duration = std::time::Duration::from_millis(1110);
 
+/// A connection to a meta replica (from a client or a chunkserver) silent
+/// this long gets an HTTP/2 PING. With [`META_KEEPALIVE_TIMEOUT`], a
+/// replica that froze or was cut off with its connections open is left
+/// within 3 s, about when a new leader is in office (DESIGN §10: under
+/// 3 s). It was 3 s + 3 s for clients, and nothing at all for the
+/// chunkservers' chain watch.
+pub const META_KEEPALIVE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// A PING to a meta replica unanswered this long closes the connection,
+/// and fails the calls and streams on it.
+pub const META_KEEPALIVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Generated gRPC code for the metadata service.
 #[allow(clippy::all, missing_docs)]
 pub mod meta {

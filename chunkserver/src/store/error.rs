@@ -127,7 +127,9 @@ pub enum StoreError {
         shard: u32,
     },
     /// The target (or its capacity limit) is full; nothing was changed.
-    #[error("shard {shard} is full: no room left within its capacity or on its file system; nothing was written")]
+    #[error(
+        "shard {shard} is full: no room left within its capacity or on its file system; nothing was written"
+    )]
     NoSpace {
         /// The shard.
         shard: u32,
