@@ -22,6 +22,17 @@ use futures::StreamExt;
 const SIZE: usize = 16 << 10;
 const GRACE: Duration = Duration::from_secs(3);
 
+/// A cluster started with `opts`, a client, and the volume `/gc`.
+async fn start(opts: DataOpts) -> Result<(DataCluster, Client)> {
+    let cluster = DataCluster::start(opts).await?;
+    let client = cluster.client(ClientOptions::default()).await?;
+    client
+        .meta()
+        .create_volume("gc", VolumePolicy::default())
+        .await?;
+    Ok((cluster, client))
+}
+
 /// How many replicas of the file's first chunk hold it.
 async fn replicas_holding(view: &ChainView, pool: &DataPool, l: &Layout) -> Result<usize> {
     let c = view.chain(l.chains[0]).expect("chain in table");
@@ -56,16 +67,11 @@ async fn layouts(c: &Client, range: std::ops::Range<u64>) -> Vec<Layout> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deleted_files_leave_every_disk_after_the_grace_period() -> Result<()> {
     let _serial = cairn_jepsen::serial().await;
-    let cluster = DataCluster::start(DataOpts {
+    let (cluster, client) = start(DataOpts {
         meta_args: vec!["--gc-grace".into(), format!("{}ms", GRACE.as_millis())],
         ..DataOpts::default()
     })
     .await?;
-    let client = cluster.client(ClientOptions::default()).await?;
-    client
-        .meta()
-        .create_volume("gc", VolumePolicy::default())
-        .await?;
     write_files(&client, 0..1000).await;
     let all = layouts(&client, 0..1000).await;
     let view = ChainView::from_pb(&cluster.chains().await?);
@@ -171,7 +177,7 @@ async fn never_written_chunks_cost_no_removal_and_the_collector_keeps_its_rate()
     let _serial = cairn_jepsen::serial().await;
     let metrics = format!("127.0.0.1:{}", cairn_jepsen::ports::free_port_run(1)?);
     const RATE: u64 = 5;
-    let cluster = DataCluster::start(DataOpts {
+    let (cluster, client) = start(DataOpts {
         metas: 1,
         meta_args: vec![
             "--gc-grace".into(),
@@ -184,11 +190,6 @@ async fn never_written_chunks_cost_no_removal_and_the_collector_keeps_its_rate()
         ..DataOpts::default()
     })
     .await?;
-    let client = cluster.client(ClientOptions::default()).await?;
-    client
-        .meta()
-        .create_volume("gc", VolumePolicy::default())
-        .await?;
     // 200 empty files (created, or opened for write and closed unwritten),
     // then 20 written ones.
     const EMPTY: u64 = 200;
@@ -258,16 +259,11 @@ async fn never_written_chunks_cost_no_removal_and_the_collector_keeps_its_rate()
 /// deleted and collected, writes succeed again.
 async fn fill_check_and_free(opts: DataOpts, what: &str) -> Result<()> {
     const FILE: usize = 1 << 20;
-    let mut cluster = DataCluster::start(DataOpts {
+    let (mut cluster, client) = start(DataOpts {
         meta_args: vec!["--gc-grace".into(), "1s".into()],
         ..opts
     })
     .await?;
-    let client = cluster.client(ClientOptions::default()).await?;
-    client
-        .meta()
-        .create_volume("gc", VolumePolicy::default())
-        .await?;
     let name = |i: usize| format!("/gc/full{i}");
     let mut written = 0;
     let (e, took) = loop {
@@ -347,16 +343,11 @@ async fn a_full_cluster_refuses_writes_clearly_and_loses_nothing() -> Result<()>
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_writer_filling_a_full_cluster_through_a_mount_gets_enospc_from_write() -> Result<()> {
     let _serial = cairn_jepsen::serial().await;
-    let cluster = DataCluster::start(DataOpts {
+    let (cluster, _client) = start(DataOpts {
         capacity: "24MiB".into(),
         ..DataOpts::default()
     })
     .await?;
-    let client = cluster.client(ClientOptions::default()).await?;
-    client
-        .meta()
-        .create_volume("gc", VolumePolicy::default())
-        .await?;
     let dir = cluster.meta.dir().join("mnt");
     let mount =
         cairn_jepsen::fuse::Mount::start(&cluster.meta.addrs(), &dir, &["--volume", "/gc"])?;
