@@ -101,7 +101,9 @@ impl WriteBack {
     /// A background write failed since the last flush or fsync.
     pub async fn write(&self, offset: u64, data: &[u8]) -> Result<()> {
         let mut s = self.state.lock().await;
-        reap(&mut s).await;
+        // Every write that ended reports now, not once MAX_IN_FLIGHT later
+        // pieces (up to 32 MiB buffered for nothing) push it out.
+        collect(&mut s, |f| f.task.is_finished()).await;
         // Kept for the flush or fsync too: a program that goes on to them
         // learns its data is not all stored, whatever it made of this.
         if let Some(e) = &s.error {
@@ -130,15 +132,7 @@ impl WriteBack {
         let data: Bytes = std::mem::take(&mut s.buf).freeze();
         let (from, to) = (s.start, s.start + data.len() as u64);
         // Earlier writes to the same bytes land first.
-        let mut i = 0;
-        while i < s.in_flight.len() {
-            if overlaps(from, to, s.in_flight[i].from, s.in_flight[i].to) {
-                let f = s.in_flight.remove(i);
-                record(s, f.task.await);
-            } else {
-                i += 1;
-            }
-        }
+        collect(s, |f| overlaps(from, to, f.from, f.to)).await;
         while s.in_flight.len() >= MAX_IN_FLIGHT {
             let f = s.in_flight.remove(0);
             record(s, f.task.await);
@@ -185,17 +179,13 @@ impl WriteBack {
     }
 }
 
-/// Records the outcome of every write in flight that has ended, without
-/// waiting for the others: a failure (a full cluster, say) reaches the
-/// next `write(2)` as soon as it happened, not once [`MAX_IN_FLIGHT`]
-/// later pieces (up to 32 MiB that would be buffered for nothing) pushed
-/// it out.
-async fn reap(s: &mut State) {
+/// Waits for the writes in flight that `pick` selects (at once for those
+/// that ended) and records how they ended.
+async fn collect(s: &mut State, pick: impl Fn(&InFlight) -> bool) {
     let mut i = 0;
     while i < s.in_flight.len() {
-        if s.in_flight[i].task.is_finished() {
+        if pick(&s.in_flight[i]) {
             let f = s.in_flight.remove(i);
-            // Ended: the await returns at once.
             record(s, f.task.await);
         } else {
             i += 1;
