@@ -224,6 +224,31 @@ impl Changed {
     }
 }
 
+/// One entry of a leased listing ([`Leased::keep_listing`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Listed<'a> {
+    /// Its name in the directory.
+    pub name: &'a str,
+    /// The inode it names.
+    pub ino: u64,
+    /// Whether that is a directory (a kind never changes).
+    pub dir: bool,
+    /// Its attributes, when meta covered them with the lease as well.
+    pub attr: Option<&'a Attr>,
+}
+
+impl<'a> Listed<'a> {
+    /// A name without attributes.
+    pub fn name(name: &'a str, ino: u64, dir: bool) -> Listed<'a> {
+        Listed {
+            name,
+            ino,
+            dir,
+            attr: None,
+        }
+    }
+}
+
 /// What [`Leased::named`] knows of a name.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Named {
@@ -376,16 +401,17 @@ impl Leased {
         self.state().complete.contains(&dir)
     }
 
-    /// Keeps meta's leased listing of the whole directory `dir` (each
-    /// entry's name, inode and whether it is a directory), read with
+    /// Keeps meta's leased listing of the whole directory `dir`, read with
     /// ticket `t`, if nothing moved meanwhile: from then on the directory
-    /// is complete (see the module docs).
+    /// is complete (see the module docs), and the files whose attributes
+    /// came with the listing (meta covered them too, `attrs_leased`) are
+    /// answered from here as if each had been looked up.
     pub fn keep_listing<'a>(
         &self,
         t: Ticket,
         mutations: u64,
         dir: u64,
-        listing: impl ExactSizeIterator<Item = (&'a str, u64, bool)>,
+        listing: impl ExactSizeIterator<Item = Listed<'a>>,
     ) {
         self.keep_listing_at(t, mutations, dir, listing, Instant::now());
     }
@@ -395,19 +421,23 @@ impl Leased {
         t: Ticket,
         mutations: u64,
         dir: u64,
-        listing: impl ExactSizeIterator<Item = (&'a str, u64, bool)>,
+        listing: impl ExactSizeIterator<Item = Listed<'a>>,
         now: Instant,
     ) {
         let mut s = self.state();
         if !s.usable(mutations, now) || t.epoch != s.epoch || t.mutations != mutations {
             return;
         }
-        if s.entries.len() + listing.len() >= MAX_ATTRS || s.full() {
+        let n = listing.len();
+        if s.entries.len() + n >= MAX_ATTRS || s.attrs.len() + n >= MAX_ATTRS || s.full() {
             return;
         }
         s.unknown.retain(|(p, _)| *p != dir);
-        for (name, ino, is_dir) in listing {
-            s.entries.insert((dir, name.to_string()), (ino, is_dir));
+        for e in listing {
+            s.entries.insert((dir, e.name.to_string()), (e.ino, e.dir));
+            if let Some(a) = e.attr.filter(|a| a.ino == e.ino) {
+                s.attrs.insert(e.ino, a.clone());
+            }
         }
         s.complete.insert(dir);
     }
@@ -727,7 +757,7 @@ mod tests {
         let counter = AtomicU64::new(0);
         assert!(!l.absent_at(4, "x", 0, t0), "not listed: ask meta");
         let t = l.begin(0);
-        let listing = [("a", 10, false), ("sub", 11, true)];
+        let listing = [Listed::name("a", 10, false), Listed::name("sub", 11, true)];
         l.keep_listing_at(t, 0, 4, listing.into_iter(), t0);
         assert!(l.complete(4));
         assert!(l.absent_at(4, "x", 0, t0));
@@ -781,6 +811,45 @@ mod tests {
         l.reset();
         assert!(!l.absent_at(4, "w", 2, t0));
         assert!(!l.complete(4));
+    }
+
+    #[test]
+    fn a_listing_with_attributes_answers_its_files_until_a_change_names_them() {
+        let (l, t0) = leased_now();
+        let (a, b, sub) = (attr(10, 5), attr(11, 7), attr(12, 0));
+        let t = l.begin(0);
+        let listing = [
+            Listed {
+                attr: Some(&a),
+                ..Listed::name("a", 10, false)
+            },
+            Listed {
+                attr: Some(&b),
+                ..Listed::name("b", 11, false)
+            },
+            // Attributes that are not the entry's are not kept.
+            Listed {
+                attr: Some(&a),
+                ..Listed::name("c", 13, false)
+            },
+            Listed::name("sub", sub.ino, true),
+        ];
+        l.keep_listing_at(t, 0, 4, listing.into_iter(), t0);
+        assert_eq!(l.named_at(4, "a", 0, t0), Some(Named::Found(a.clone())));
+        assert_eq!(l.named_at(4, "b", 0, t0), Some(Named::Found(b)));
+        assert_eq!(l.named_at(4, "c", 0, t0), None, "no attributes of its own");
+        assert_eq!(
+            l.named_at(4, "sub", 0, t0),
+            None,
+            "listed without attributes"
+        );
+        assert_eq!(l.named_at(4, "d", 0, t0), Some(Named::Absent));
+        // Another client wrote b: only b is asked of meta again.
+        l.changed(&[11], []);
+        assert_eq!(l.named_at(4, "b", 0, t0), None);
+        assert_eq!(l.named_at(4, "a", 0, t0), Some(Named::Found(a)));
+        // Past the lease, nothing.
+        assert_eq!(l.named_at(4, "a", 0, t0 + CLIENT_LEASE), None);
     }
 
     fn file(ino: u64, size: u64) -> Attr {

@@ -52,7 +52,9 @@ macro_rules! attempt {
     };
 }
 
-mod absent;
+mod listings;
+
+pub use self::listings::SCAN_AFTER;
 mod calls;
 pub mod feed;
 mod paths;
@@ -299,9 +301,9 @@ struct Inner {
     /// Resolved paths under the cache lease (`opts.cache_leases`).
     paths: crate::leased::Leased,
     paths_started: AtomicBool,
-    /// Directories listed so that missing names in them are answered from
-    /// `paths` ([`absent`]).
-    absent: absent::Listings,
+    /// Directories listed whole so that names in them are answered from
+    /// `paths` ([`listings`]).
+    listings: listings::Listings,
 }
 
 struct Peers {
@@ -481,7 +483,7 @@ impl MetaClient {
                 mutations: AtomicU64::new(0),
                 paths: crate::leased::Leased::default(),
                 paths_started: AtomicBool::new(false),
-                absent: absent::Listings::default(),
+                listings: listings::Listings::default(),
             }),
         })
     }
@@ -1001,6 +1003,13 @@ impl MetaClient {
                 let child = r.path.get(i + 1).unwrap_or(&attr);
                 leases.keep(t, now, Some((r.path[i].ino, name)), child);
             }
+            // A file looked up on meta: perhaps one of a scan.
+            if attr.kind() != FileType::Directory
+                && let Some(dir) = r.path.last()
+                && let Some(listing) = self.scan_listing(dir.ino)
+            {
+                tokio::spawn(listing);
+            }
         }
         Ok(attr)
     }
@@ -1075,25 +1084,31 @@ impl MetaClient {
     }
 
     /// The whole of directory `ino` in one page of at most `limit`
-    /// entries (no attributes) for a cache kept under this client's
-    /// change-feed lease: also returns whether the page holds the whole
-    /// directory and meta's leader covered every name in it with the lease
-    /// (only then may [`crate::leased::Leased::keep_listing`] keep it).
+    /// entries, with each entry's attributes when `plus`, for a cache kept
+    /// under this client's change-feed lease. The reply says whether the
+    /// page holds the whole directory and meta's leader covered every name
+    /// in it with the lease (`leased`: only then may
+    /// [`crate::leased::Leased::keep_listing`] keep it), and whether it
+    /// covered the files' attributes too (`attrs_leased`).
     ///
     /// # Errors
     /// As [`Self::readdir`].
-    pub async fn readdir_leased(&self, ino: InodeId, limit: u32) -> Result<(Vec<DirEntry>, bool)> {
+    pub async fn readdir_leased(
+        &self,
+        ino: InodeId,
+        limit: u32,
+        plus: bool,
+    ) -> Result<ReadDirReply> {
         let session = self.session_id().await?.0;
         let req = ReadDirRequest {
             ino: ino.0,
             cookie: Vec::new(),
             limit,
-            plus: false,
+            plus,
             snapshot: None,
             lease_session: session,
         };
-        let r = rpc!(self, read_dir, req).await?;
-        Ok((r.entries, r.leased))
+        rpc!(self, read_dir, req).await
     }
 
     /// [`Self::readdir`] in the live tree (`None`) or in a snapshot's.
@@ -1295,7 +1310,7 @@ impl MetaClient {
         )
         .await?;
         let e = entry_of(r)?;
-        self.inner.absent.made(e.attr.ino);
+        self.inner.listings.made(e.attr.ino);
         Ok(e)
     }
 

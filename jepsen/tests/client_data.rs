@@ -1107,11 +1107,15 @@ async fn a_leased_listing_covers_only_a_whole_live_directory() -> Result<()> {
     m.resolve(&small).await?;
     let deadline = Instant::now() + Duration::from_secs(10);
     let entries = loop {
-        let (entries, leased) = m
-            .readdir_leased(cairn_proto::ids::InodeId(small_ino), 16)
+        let r = m
+            .readdir_leased(cairn_proto::ids::InodeId(small_ino), 16, false)
             .await?;
-        if leased {
-            break entries;
+        if r.leased {
+            ensure!(
+                !r.attrs_leased,
+                "attributes covered without being asked for"
+            );
+            break r.entries;
         }
         ensure!(
             Instant::now() < deadline,
@@ -1122,18 +1126,34 @@ async fn a_leased_listing_covers_only_a_whole_live_directory() -> Result<()> {
     let mut names: Vec<_> = entries.iter().map(|e| e.name.clone()).collect();
     names.sort();
     ensure!(names == ["f0", "f1"], "listed {names:?}");
-    let (entries, leased) = m
-        .readdir_leased(cairn_proto::ids::InodeId(big_ino), 16)
+    // With attributes: every file's are covered too.
+    let r = m
+        .readdir_leased(cairn_proto::ids::InodeId(small_ino), 16, true)
         .await?;
     ensure!(
-        entries.len() == 16 && !leased,
-        "a directory larger than the page: {} entries, leased {leased}",
-        entries.len()
+        r.leased
+            && r.attrs_leased
+            && r.entries
+                .iter()
+                .all(|e| e.attr.as_ref().is_some_and(|a| a.size == 10)),
+        "a leased listing with attributes: {r:?}"
     );
-    let (_, leased) = m
-        .readdir_leased(cairn_proto::ids::InodeId::ROOT, 100)
+    let r = m
+        .readdir_leased(cairn_proto::ids::InodeId(big_ino), 16, true)
         .await?;
-    ensure!(!leased, "the root directory was leased");
+    ensure!(
+        r.entries.len() == 16 && !r.leased && !r.attrs_leased,
+        "a directory larger than the page: {} entries, leased {}",
+        r.entries.len(),
+        r.leased
+    );
+    let r = m
+        .readdir_leased(cairn_proto::ids::InodeId::ROOT, 100, true)
+        .await?;
+    ensure!(
+        !r.leased && !r.attrs_leased,
+        "the root directory was leased"
+    );
     let plain = cluster
         .client(ClientOptions {
             meta: cairn_client::MetaClientOptions {
@@ -1143,13 +1163,78 @@ async fn a_leased_listing_covers_only_a_whole_live_directory() -> Result<()> {
             ..Default::default()
         })
         .await?;
-    let (entries, leased) = plain
+    let r = plain
         .meta()
-        .readdir_leased(cairn_proto::ids::InodeId(small_ino), 16)
+        .readdir_leased(cairn_proto::ids::InodeId(small_ino), 16, true)
         .await?;
     ensure!(
-        entries.len() == 2 && !leased,
+        r.entries.len() == 2 && !r.leased && !r.attrs_leased,
         "a client without a lease stream was told its listing is leased"
+    );
+    Ok(())
+}
+
+/// A training epoch through the native client: a reader that looks up a
+/// few files of a directory another client wrote on meta lists the
+/// directory with every file's attributes under its lease, and answers the
+/// rest from memory; the writer's later changes there (a rewrite, a new
+/// file, a removal) are seen at once, and a rewritten file reads back new.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_scanned_directory_is_answered_from_memory_and_sees_every_change() -> Result<()> {
+    let _serial = serial().await;
+    let (mut cluster, writer, vol) = setup("scan").await?;
+    let d = format!("{vol}/d");
+    writer.create_dir_all(&d).await?;
+    for i in 0..20u64 {
+        let len = 100 + i as usize;
+        writer
+            .write_file(&format!("{d}/f{i}"), data(i, len))
+            .await?;
+    }
+    let reader = cluster.client(ClientOptions::default()).await?;
+    let scanned = format!("{d}/f19");
+    let comps: Vec<&str> = scanned.split('/').filter(|c| !c.is_empty()).collect();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut read = 0u64;
+    // The lease stream starts with the first path resolved; a listing that
+    // raced its start is made again after more lookups.
+    while !matches!(
+        reader.meta().path_cache().resolve(&comps, reader.meta().mutations()),
+        Some(cairn_client::leased::Named::Found(a)) if a.size == 119
+    ) {
+        let n = read % 19;
+        ensure!(
+            reader.read_file(&format!("{d}/f{n}")).await? == data(n, 100 + n as usize),
+            "f{n} read back wrong"
+        );
+        read += 1;
+        ensure!(
+            Instant::now() < deadline,
+            "after {read} files read, f19 (never looked up) is not answered from memory"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    ensure!(read <= 8, "listed only after {read} files read");
+    let (answered, took) = stat_with_meta_frozen(&mut cluster, &reader, &scanned).await?;
+    ensure!(
+        matches!(&answered, Ok(Ok(a)) if a.size == 119) && took < Duration::from_millis(500),
+        "f19 went to meta: {answered:?} in {took:?}"
+    );
+    // The writer rewrites f19: the reader sees the new length and bytes.
+    writer.write_file(&scanned, data(50, 7)).await?;
+    ensure!(reader.stat(&scanned).await?.size == 7, "a stale length");
+    ensure!(
+        reader.read_file(&scanned).await? == data(50, 7),
+        "stale bytes after the writer's rewrite"
+    );
+    // A new file and a removed one.
+    let new = format!("{d}/new");
+    writer.write_file(&new, data(51, 9)).await?;
+    ensure!(reader.stat(&new).await?.size == 9, "missed a new file");
+    writer.remove_file(&format!("{d}/f18")).await?;
+    ensure!(
+        matches!(reader.stat(&format!("{d}/f18")).await, Err(e) if e.code == cairn_client::ErrorCode::NotFound),
+        "a removed file is still seen"
     );
     Ok(())
 }

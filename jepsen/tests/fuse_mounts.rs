@@ -646,6 +646,72 @@ async fn absent_names_answered_from_memory_follow_every_change() {
     stop_all([a, b]);
 }
 
+/// A training epoch through a mount: once a few files of a directory
+/// another mount wrote were looked up on meta
+/// ([`cairn_client::meta_client::SCAN_AFTER`]), the mount lists the
+/// directory with every file's attributes under its lease and opens the
+/// rest from memory (every meta replica frozen to show it). Meta covers
+/// those files as if each had been looked up: another mount's rewrite of
+/// one the reader never opened waits for the reader's acknowledgement
+/// (with the reader frozen, until its lease ran out), and the reader then
+/// reads the new generation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scanned_directory_is_opened_from_memory_and_its_files_stay_covered() {
+    let _serial = cairn_jepsen::serial().await;
+    let (mut cluster, mounts) = cached_mounts("scan", &["a", "b"], &["--io-timeout", "3s"]).await;
+    let [a, b]: [Mount; 2] = mounts.try_into().ok().unwrap();
+    let (da, db) = (a.path("d"), b.path("d"));
+    let (da2, db2) = (da.clone(), db.clone());
+    tokio::task::spawn_blocking(move || {
+        fs::create_dir(&da2).unwrap();
+        for g in 0..20 {
+            fs::write(da2.join(format!("f{g}")), generation(g)).unwrap();
+        }
+        // B's feed connects and its lease is granted.
+        std::thread::sleep(Duration::from_secs(1));
+        for g in 0..u64::from(cairn_client::meta_client::SCAN_AFTER) {
+            let got = check_generation(&fs::read(db2.join(format!("f{g}"))).unwrap());
+            assert_eq!(got, Ok(g));
+        }
+        // The listing runs in the background.
+        std::thread::sleep(Duration::from_millis(300));
+    })
+    .await
+    .unwrap();
+    let db2 = db.clone();
+    let read = with_meta_frozen(&mut cluster, move || fs::read(db2.join("f19")).ok()).await;
+    let got = read.0.as_deref().map(check_generation);
+    println!(
+        "[test] a listed file opened with meta frozen: {got:?} in {:?}",
+        read.1
+    );
+    assert!(
+        got == Some(Ok(19)) && read.1 < Duration::from_millis(500),
+        "a file of the listed directory went to meta: {got:?} after {:?}",
+        read.1
+    );
+    let b_pid = b.pid().expect("B runs");
+    let took = tokio::task::spawn_blocking(move || {
+        signal(b_pid, "-STOP");
+        let started = Instant::now();
+        let written = fs::write(da.join("f18"), generation(100));
+        let took = started.elapsed();
+        signal(b_pid, "-CONT");
+        written.unwrap();
+        let got = check_generation(&fs::read(db.join("f18")).unwrap());
+        assert_eq!(got, Ok(100), "B, thawed, opened f18");
+        took
+    })
+    .await
+    .unwrap();
+    println!("[test] A's rewrite of a file B only listed, B frozen: {took:?}");
+    assert!(
+        took > Duration::from_millis(500) && took < Duration::from_secs(6),
+        "A's rewrite took {took:?}: meta did not wait for the frozen lease holder (~1 s)"
+    );
+    stop_all([a, b]);
+}
+
 /// A reader's lookup, open, close and release are answered on the mount's
 /// FUSE threads when the lease covers them (no task): a file unlinked
 /// while a reader holds it open is still freed on meta when that reader

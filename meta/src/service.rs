@@ -1322,11 +1322,23 @@ impl Meta for MetaService {
             None => fs.readdir(r.ino, &r.cookie, limit, r.plus),
         }
         .map_err(fs_err)?;
+        let leased = covered && next.is_none();
+        // A leased listing with attributes covers the files too, as a
+        // leased lookup does: each file is registered, then its attributes
+        // are read again (crate::changes). One freed meanwhile goes
+        // without attributes (its name is covered by the directory's).
+        let attrs_leased = leased && r.plus;
         let at = snapshot_ref(r.snapshot.as_ref());
         let mut out = Vec::with_capacity(entries.len());
         for e in entries {
+            let attr = if attrs_leased && e.kind != Kind::Dir {
+                self.cover(r.lease_session, Cover::Ino(e.ino));
+                fs.getattr(e.ino).ok()
+            } else {
+                e.attr
+            };
             out.push(pb::DirEntry {
-                attr: e.attr.as_ref().map(|a| attr_full(fs, at, a)).transpose()?,
+                attr: attr.as_ref().map(|a| attr_full(fs, at, a)).transpose()?,
                 name: e.name,
                 ino: e.ino,
                 kind: kind_pb(e.kind) as i32,
@@ -1334,7 +1346,8 @@ impl Meta for MetaService {
         }
         Ok(Response::new(pb::ReadDirReply {
             entries: out,
-            leased: covered && next.is_none(),
+            leased,
+            attrs_leased,
             next_cookie: next.unwrap_or_default(),
         }))
     }

@@ -728,6 +728,12 @@ impl Inner {
                 if leased {
                     self.lease_cache()
                         .keep(t, m.mutations(), Some((parent, &name)), &a);
+                    // A file looked up on meta: perhaps one of a scan.
+                    if a.kind != Kind::Directory as i32
+                        && let Some(listing) = m.scan_listing(parent)
+                    {
+                        self.rt.spawn(listing);
+                    }
                 }
                 a
             }
