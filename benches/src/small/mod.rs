@@ -12,7 +12,7 @@
 //! | unlink | 1, T | `unlink` of the renamed files | `Client::remove_file` |
 //! | mkdir, rmdir | 1, T | `mkdir` of `d…`, then `rmdir` of them | `MetaClient::mkdir` (the client has only `mkdir -p`), `Client::remove_dir` |
 //! | write | 1, T | create + write + close of a 128 KiB file, T threads sharing one directory | `Client::write_file` |
-//! | read | 1, T | open + read whole + close in a random order, after dropping the page cache | `Client::read_file`, no client cache |
+//! | read | 1, T | open + read whole + close in a random order, after dropping the page cache, of the files the *native client* wrote | `Client::read_file`, no client cache, of the files the *mount* wrote |
 //! | reread | 1, T | the same files in another order, after one unmeasured pass on the same system: every cache warm, as in a training epoch after the first | `Client::read_file` again |
 //!
 //! The mount and local sides run the same code: the `meta` workload's
@@ -108,7 +108,10 @@ operations in all):
            close; Cairn's close is durable)
   read     the files back whole in a random order (open, read, close), 1
            then --threads threads, each part after dropping the page cache
-           (echo 3 > /proc/sys/vm/drop_caches: needs root; noted if not)
+           (echo 3 > /proc/sys/vm/drop_caches: needs root; noted if not);
+           each Cairn client reads the files the other wrote (the mount the
+           native client's, the native client the mount's), as a training
+           job reads a dataset another job wrote: nothing of them cached
   reread   the same again in another order after one unmeasured pass on the
            same system: every cache warm, as in a training epoch after the
            first (the page cache, the kernel's names, the mount's leases)
@@ -697,7 +700,8 @@ impl Runner<'_, '_> {
             ),
             Op::Read => format!(
                 "the {} files of write ×{threads} opened, read whole, closed in a random order; \
-                 {threads} thread(s); page cache dropped before each system",
+                 {threads} thread(s); page cache dropped before each system; each Cairn client \
+                 reads the files the other wrote",
                 s.small_files
             ),
             Op::Reread => format!(
@@ -748,7 +752,11 @@ async fn run_all(
     notes: &mut Vec<String>,
 ) -> Result<(Vec<PhaseResult>, Option<CollectResult>)> {
     let t = settings.threads;
-    let mount = Posix::new(m.root.join("mount"), t, Durability::PageCache)?;
+    // Each Cairn client reads back the small files the other wrote, as a
+    // training job reads a dataset another job wrote: nothing of them is
+    // in its caches (names, attributes, blocks).
+    let mount =
+        Posix::new(m.root.join("mount"), t, Durability::PageCache)?.reading(m.root.join("native"));
     let local = Posix::new(m.work.join("local"), t, Durability::PageCache)?;
     let local_fsync = Posix::new(m.work.join("local-fsync"), t, Durability::Fsync)?;
     let native = Native::new(
@@ -757,7 +765,8 @@ async fn run_all(
         t,
         settings.native_path_cache,
     )
-    .await?;
+    .await?
+    .reading(&format!("/{VOLUME}/mount"));
     let data = Bytes::from(crate::layout::pattern(
         settings.small_size as usize,
         settings.seed,

@@ -39,6 +39,8 @@ pub struct Native {
     client: Client,
     /// Directory holding everything the native side makes.
     root: Arc<str>,
+    /// Where the read phases read (`root` unless [`Native::reading`]).
+    reads: Arc<str>,
 }
 
 /// Returns the directory of task `k` of the phases with `threads` tasks.
@@ -73,7 +75,16 @@ impl Native {
         Ok(Native {
             client,
             root: root.into(),
+            reads: root.into(),
         })
+    }
+
+    /// The read phases read the small files under `root` instead: those
+    /// another client wrote.
+    #[must_use]
+    pub fn reading(mut self, root: &str) -> Native {
+        self.reads = root.into();
+        self
     }
 
     /// Returns the client.
@@ -99,6 +110,7 @@ impl Native {
         match job.op {
             Op::Write => cairn::write_small(client, &dir, job.count, job.threads, data).await,
             Op::Read | Op::Reread => {
+                let dir = format!("{}/{}", self.reads, job.small_dir());
                 cairn::read_small(client, &dir, &job.order, job.threads, data).await
             }
             op => {

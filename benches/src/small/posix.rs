@@ -21,6 +21,8 @@ use crate::meta::local::{Durability, Worker, on_workers};
 /// One system driven through syscalls.
 pub struct Posix {
     root: PathBuf,
+    /// Where the read phases read (`root` unless [`Posix::reading`]).
+    reads: PathBuf,
     durability: Durability,
     /// The worker of the 1-thread phases.
     single: Vec<Worker>,
@@ -55,11 +57,20 @@ impl Posix {
                 .with_context(|| format!("fsync of {}", root.display()))?;
         }
         Ok(Posix {
+            reads: root.clone(),
             root,
             durability,
             single,
             many,
         })
+    }
+
+    /// The read phases read the small files under `root` instead: those
+    /// another client wrote.
+    #[must_use]
+    pub fn reading(mut self, root: PathBuf) -> Posix {
+        self.reads = root;
+        self
     }
 
     /// Runs `job`.
@@ -71,7 +82,10 @@ impl Posix {
         let dir = self.root.join(job.small_dir());
         match job.op {
             Op::Write => write_small(&dir, n, job.threads, &job.data, d == Durability::Fsync),
-            Op::Read | Op::Reread => read_small(&dir, &job.order, job.threads, &job.data, false),
+            Op::Read | Op::Reread => {
+                let dir = self.reads.join(job.small_dir());
+                read_small(&dir, &job.order, job.threads, &job.data, false)
+            }
             Op::Create => self.namespace(job, |w| w.create(n, d)),
             Op::Stat => self.namespace(job, |w| w.stat(&job.order)),
             Op::Missing => self.namespace(job, |w| w.stat_missing(&job.order)),
