@@ -973,10 +973,21 @@ async fn reads_answered_from_memory_are_the_files_bytes() -> Result<()> {
             ReadNow::Later(l) => Ok((false, f.read_later(l).await?)),
         }
     }
+    /// The block cache is filled once a read's bytes are out (a task of
+    /// its own): waits until `f`'s range is answered from memory.
+    async fn cached(f: &File, off: u64, len: usize) -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while !matches!(f.try_read_now(off, len), ReadNow::Done(_)) {
+            ensure!(Instant::now() < deadline, "({off}, {len}) never cached");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        Ok(())
+    }
     let f = reader.open_read(&path).await?;
     let (now, got) = now_or_later(&f, 0, 128 * 1024).await?;
     ensure!(!now, "a range never read was answered without I/O");
     ensure!(got == d.slice(..128 * 1024), "the first read's bytes");
+    cached(&f, 0, 128 * 1024).await?;
     for (off, len) in [
         (0u64, 128 * 1024),
         (4096, 4096),
@@ -1020,6 +1031,7 @@ async fn reads_answered_from_memory_are_the_files_bytes() -> Result<()> {
     let f = reader.open_read(&short).await?;
     let (now, got) = now_or_later(&f, 0, 10_000).await?;
     ensure!(!now && got == d3, "the short-ended file, first read");
+    cached(&f, 0, 10_000).await?;
     for (off, len) in [(0u64, 10_000usize), (0, 20_000), (9_000, 1_000), (8_000, 5)] {
         let (now, got) = now_or_later(&f, off, len).await?;
         let end = (off as usize + len).min(d3.len());
