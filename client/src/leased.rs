@@ -237,6 +237,7 @@ pub struct Listed<'a> {
     pub attr: Option<&'a Attr>,
 }
 
+#[cfg(test)]
 impl<'a> Listed<'a> {
     /// A name without attributes.
     pub fn name(name: &'a str, ino: u64, dir: bool) -> Listed<'a> {

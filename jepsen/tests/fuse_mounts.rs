@@ -6,7 +6,7 @@
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::FileExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -472,6 +472,27 @@ fn signal(pid: u32, sig: &str) {
     assert!(ok, "kill {sig} {pid} failed");
 }
 
+/// Writes `generation(g)` to `path` (through one mount) while the mount
+/// process `frozen` is stopped (SIGSTOP), thaws it, and checks that it
+/// then reads the new generation at `seen` (its view of the same file);
+/// returns how long the write took.
+fn write_while_frozen(frozen: u32, path: &Path, seen: &Path, g: u64) -> Duration {
+    signal(frozen, "-STOP");
+    let started = Instant::now();
+    let written = fs::write(path, generation(g));
+    let took = started.elapsed();
+    signal(frozen, "-CONT");
+    written.unwrap();
+    let got = check_generation(&fs::read(seen).unwrap());
+    assert_eq!(
+        got,
+        Ok(g),
+        "the frozen mount, thawed, opened {}",
+        seen.display()
+    );
+    took
+}
+
 /// Close-to-open through the lease caches: a mount answers `open` (and
 /// names) from its memory while it holds meta's cache lease, so meta must
 /// not acknowledge another mount's close before this mount dropped the
@@ -507,15 +528,7 @@ async fn opens_answered_under_the_lease_see_every_close_that_returned() {
         // B caches f, then freezes: A's truncate and close must not wait
         // for it longer than its lease.
         assert_eq!(check_generation(&fs::read(&pb).unwrap()), Ok(39));
-        signal(b_pid, "-STOP");
-        let started = Instant::now();
-        let written = fs::write(&pa, generation(100));
-        let took = started.elapsed();
-        signal(b_pid, "-CONT");
-        written.unwrap();
-        let got = check_generation(&fs::read(&pb).unwrap());
-        assert_eq!(got, Ok(100), "B, thawed, opened f");
-        took
+        write_while_frozen(b_pid, &pa, &pb, 100)
     })
     .await
     .unwrap();
@@ -692,15 +705,7 @@ async fn a_scanned_directory_is_opened_from_memory_and_its_files_stay_covered() 
     );
     let b_pid = b.pid().expect("B runs");
     let took = tokio::task::spawn_blocking(move || {
-        signal(b_pid, "-STOP");
-        let started = Instant::now();
-        let written = fs::write(da.join("f18"), generation(100));
-        let took = started.elapsed();
-        signal(b_pid, "-CONT");
-        written.unwrap();
-        let got = check_generation(&fs::read(db.join("f18")).unwrap());
-        assert_eq!(got, Ok(100), "B, thawed, opened f18");
-        took
+        write_while_frozen(b_pid, &da.join("f18"), &db.join("f18"), 100)
     })
     .await
     .unwrap();
