@@ -1317,22 +1317,27 @@ impl Meta for MetaService {
         let covered = cover
             && matches!(fs.readdir(r.ino, &[], limit, false), Ok((_, None)))
             && self.cover(r.lease_session, Cover::Dir(r.ino));
+        // A covered listing with attributes reads each entry's itself, in
+        // the loop below, not with the names.
+        let each = covered && r.plus;
         let (entries, next) = match snapshot_ref(r.snapshot.as_ref()) {
             Some((v, seq)) => fs.snapshot_readdir(v, seq, r.ino, &r.cookie, limit, r.plus),
-            None => fs.readdir(r.ino, &r.cookie, limit, r.plus),
+            None => fs.readdir(r.ino, &r.cookie, limit, r.plus && !each),
         }
         .map_err(fs_err)?;
         let leased = covered && next.is_none();
         // A leased listing with attributes covers the files too, as a
         // leased lookup does: each file is registered, then its attributes
-        // are read again (crate::changes). One freed meanwhile goes
-        // without attributes (its name is covered by the directory's).
+        // are read (crate::changes). One freed meanwhile goes without
+        // attributes (its name is covered by the directory's).
         let attrs_leased = leased && r.plus;
         let at = snapshot_ref(r.snapshot.as_ref());
         let mut out = Vec::with_capacity(entries.len());
         for e in entries {
-            let attr = if attrs_leased && e.kind != Kind::Dir {
-                self.cover(r.lease_session, Cover::Ino(e.ino));
+            let attr = if each {
+                if attrs_leased && e.kind != Kind::Dir {
+                    self.cover(r.lease_session, Cover::Ino(e.ino));
+                }
                 fs.getattr(e.ino).ok()
             } else {
                 e.attr
