@@ -1113,7 +1113,7 @@ impl FileInner {
             // directly, without the ordered stream's queue and tasks.
             let data = self.fetch(r).await?;
             if use_cache {
-                self.cache_later(r, &data, epoch, size);
+                self.cache_later(std::iter::once((*r, data.clone())), epoch, size);
             }
             if r.file_offset == start && data.len() >= want {
                 return Ok(data.slice(..want));
@@ -1125,10 +1125,10 @@ impl FileInner {
                 .buffered(opts.window)
                 .try_collect()
                 .await?;
+            if use_cache {
+                self.cache_later(fetched.clone(), epoch, size);
+            }
             for (r, data) in fetched {
-                if use_cache {
-                    self.cache_later(&r, &data, epoch, size);
-                }
                 parts.push((r.file_offset, data));
             }
         }
@@ -1162,12 +1162,21 @@ impl FileInner {
     /// stay off the read's latency (a third of a mount's CPU for cold
     /// 128 KiB files while its cache filled). A read of the same blocks in
     /// between fetches them again.
-    fn cache_later(self: &Arc<Self>, r: &Piece, data: &Bytes, epoch: u64, size: u64) {
+    /// One task per read, whatever its pieces.
+    fn cache_later<I>(self: &Arc<Self>, fetched: I, epoch: u64, size: u64)
+    where
+        I: IntoIterator<Item = (Piece, Bytes)> + Send + 'static,
+    {
+        let f = self.clone();
+        let fill = move || {
+            for (r, data) in fetched {
+                f.cache_fetched(&r, &data, epoch, size);
+            }
+        };
         if tokio::runtime::Handle::try_current().is_err() {
-            return self.cache_fetched(r, data, epoch, size);
+            return fill();
         }
-        let (f, r, data) = (self.clone(), *r, data.clone());
-        tokio::spawn(async move { f.cache_fetched(&r, &data, epoch, size) });
+        tokio::spawn(async move { fill() });
     }
 
     /// Puts the whole blocks of `data`, just fetched for piece `r`, into
