@@ -363,6 +363,12 @@ impl<'a, K: Kv + ?Sized> Txn<'a, K> {
         self.writes.insert(key, value);
     }
 
+    /// Returns this mutation's buffered write of `key`, if any: the value,
+    /// or `None` for a delete.
+    pub fn written(&self, key: &[u8]) -> Option<&Option<Vec<u8>>> {
+        self.writes.get(key)
+    }
+
     /// Returns the raw value under `key`, seeing this mutation's writes.
     pub fn get_raw(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
         match self.writes.get(key) {
