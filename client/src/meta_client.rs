@@ -54,7 +54,7 @@ macro_rules! attempt {
 
 mod listings;
 
-pub use self::listings::SCAN_AFTER;
+pub use self::listings::{LISTED_AT_MOST, SCAN_AFTER};
 mod calls;
 pub mod feed;
 mod paths;
@@ -124,6 +124,10 @@ pub struct MetaClientOptions {
     /// creates are covered while that lease runs); on in
     /// [`crate::ClientOptions`]'s default.
     pub cache_leases: bool,
+    /// Entries per page when a directory is listed whole for the lease
+    /// cache ([`listings`]: 4,096); a directory of up to
+    /// [`LISTED_AT_MOST`] entries is read in as many pages. At least 1.
+    pub listing_page: u32,
 }
 
 impl Default for MetaClientOptions {
@@ -134,6 +138,7 @@ impl Default for MetaClientOptions {
             deadline: Duration::from_secs(15),
             client_name: default_client_name(),
             cache_leases: false,
+            listing_page: listings::PAGE,
         }
     }
 }
@@ -1099,14 +1104,47 @@ impl MetaClient {
         limit: u32,
         plus: bool,
     ) -> Result<ReadDirReply> {
+        self.leased_page(ino, &[], limit, plus, false).await
+    }
+
+    /// One page (from `cookie`, empty for the first) of directory `ino`,
+    /// read whole in pages for a cache kept under this client's
+    /// change-feed lease: meta's leader covers the directory on every
+    /// page, whatever its size, and says so in each page's `leased` (and
+    /// `attrs_leased`, with `plus`). The pages make the directory whole
+    /// only if no change reached this client between the first and the
+    /// last (a ticket of [`crate::leased::Leased::begin`] taken before the
+    /// first says so).
+    ///
+    /// # Errors
+    /// As [`Self::readdir`].
+    pub async fn readdir_leased_page(
+        &self,
+        ino: InodeId,
+        cookie: &[u8],
+        limit: u32,
+        plus: bool,
+    ) -> Result<ReadDirReply> {
+        self.leased_page(ino, cookie, limit, plus, true).await
+    }
+
+    async fn leased_page(
+        &self,
+        ino: InodeId,
+        cookie: &[u8],
+        limit: u32,
+        plus: bool,
+        paged: bool,
+    ) -> Result<ReadDirReply> {
         let session = self.session_id().await?.0;
         let req = ReadDirRequest {
             ino: ino.0,
-            cookie: Vec::new(),
+            cookie: cookie.to_vec(),
             limit,
             plus,
             snapshot: None,
             lease_session: session,
+            paged,
         };
         rpc!(self, read_dir, req).await
     }
@@ -1130,6 +1168,7 @@ impl MetaClient {
             plus,
             snapshot,
             lease_session: 0,
+            paged: false,
         };
         rpc!(self, read_dir, req).await
     }

@@ -609,7 +609,7 @@ impl MetaCluster {
             request_timeout: Duration::from_secs(8),
             deadline: Duration::from_secs(20),
             client_name: format!("cairn-jepsen/{}", std::process::id()),
-            cache_leases: false,
+            ..MetaClientOptions::default()
         };
         let addrs: Vec<&str> = idx.iter().map(|i| self.addr(*i)).collect();
         Ok(MetaClient::connect(addrs, opts).await?)

@@ -37,6 +37,7 @@ pub async fn list_dir(client: &mut RawMeta, ino: u64, plus: bool) -> Result<Vec<
                 plus,
                 snapshot: None,
                 lease_session: 0,
+                paged: false,
             })
             .await
             .map_err(|s| {

@@ -1095,8 +1095,8 @@ async fn reads_answered_from_memory_are_the_files_bytes() -> Result<()> {
 /// exist): meta says the reply covers the directory only when it holds the
 /// whole directory, the client's lease stream runs, and the directory is
 /// a live one other than the root (a restore adds a volume's name there
-/// unpublished). A client without a lease stream gets the entries, never
-/// the cover.
+/// unpublished), or, read whole in pages (`paged`), on every page. A
+/// client without a lease stream gets the entries, never the cover.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_leased_listing_covers_only_a_whole_live_directory() -> Result<()> {
     let _serial = serial().await;
@@ -1159,13 +1159,43 @@ async fn a_leased_listing_covers_only_a_whole_live_directory() -> Result<()> {
         r.entries.len(),
         r.leased
     );
-    let r = m
-        .readdir_leased(cairn_proto::ids::InodeId::ROOT, 100, true)
-        .await?;
-    ensure!(
-        !r.leased && !r.attrs_leased,
-        "the root directory was leased"
-    );
+    // Read whole in pages: each is covered, attributes too.
+    let (mut cookie, mut names, mut pages) = (Vec::new(), Vec::new(), 0);
+    loop {
+        let r = m
+            .readdir_leased_page(cairn_proto::ids::InodeId(big_ino), &cookie, 8, true)
+            .await?;
+        pages += 1;
+        ensure!(
+            r.leased && r.attrs_leased && r.entries.len() <= 8,
+            "page {pages} of a paged listing: {} entries, leased {}, attributes leased {}",
+            r.entries.len(),
+            r.leased,
+            r.attrs_leased
+        );
+        names.extend(r.entries.into_iter().map(|e| e.name));
+        if r.next_cookie.is_empty() {
+            break;
+        }
+        cookie = r.next_cookie;
+    }
+    names.sort();
+    let mut all: Vec<String> = (0..20).map(|i| format!("f{i}")).collect();
+    all.sort();
+    ensure!(pages == 3 && names == all, "{pages} pages listed {names:?}");
+    for paged in [false, true] {
+        let r = if paged {
+            m.readdir_leased_page(cairn_proto::ids::InodeId::ROOT, &[], 100, true)
+                .await?
+        } else {
+            m.readdir_leased(cairn_proto::ids::InodeId::ROOT, 100, true)
+                .await?
+        };
+        ensure!(
+            !r.leased && !r.attrs_leased,
+            "the root directory was leased (paged: {paged})"
+        );
+    }
     let plain = cluster
         .client(ClientOptions {
             meta: cairn_client::MetaClientOptions {
@@ -1188,7 +1218,8 @@ async fn a_leased_listing_covers_only_a_whole_live_directory() -> Result<()> {
 
 /// A training epoch through the native client: a reader that looks up a
 /// few files of a directory another client wrote on meta lists the
-/// directory with every file's attributes under its lease, and answers the
+/// directory (in pages, here of 8 entries for 20 files) with every file's
+/// attributes under its lease, and answers the
 /// rest from memory; the writer's later changes there (a rewrite, a new
 /// file, a removal) are seen at once, and a rewritten file reads back new.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -1203,7 +1234,10 @@ async fn a_scanned_directory_is_answered_from_memory_and_sees_every_change() -> 
             .write_file(&format!("{d}/f{i}"), data(i, len))
             .await?;
     }
-    let reader = cluster.client(ClientOptions::default()).await?;
+    // Pages of 8 entries: the directory is read whole in three.
+    let mut paged = ClientOptions::default();
+    paged.meta.listing_page = 8;
+    let reader = cluster.client(paged).await?;
     let scanned = format!("{d}/f19");
     let comps: Vec<&str> = scanned.split('/').filter(|c| !c.is_empty()).collect();
     let deadline = Instant::now() + Duration::from_secs(10);

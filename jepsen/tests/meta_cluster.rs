@@ -1485,6 +1485,7 @@ async fn send_bad_input(raw: &mut RawMeta, vol: u64, file: u64, addr: &str) -> V
             plus: true,
             snapshot: None,
             lease_session: 0,
+            paged: false,
         })
         .await,
         &[NotFound],
@@ -1624,6 +1625,7 @@ async fn send_bad_input(raw: &mut RawMeta, vol: u64, file: u64, addr: &str) -> V
             plus: true,
             snapshot: None,
             lease_session: 0,
+            paged: false,
         })
         .await;
     println!(

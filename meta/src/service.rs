@@ -1302,20 +1302,24 @@ impl Meta for MetaService {
         // A whole live directory, covered before it is read
         // (crate::changes, Cover::Dir): not the root, where a restore adds
         // its volume's name without publishing it until it is done. Only
-        // one that fits the page (a first read without attributes says):
-        // a covered directory makes every other client's change in it wait
-        // for this one, which a listing that cannot be complete is not
-        // worth.
+        // one that fits the page (a first read without attributes says),
+        // unless the client reads it whole in pages (`paged`): a covered
+        // directory makes every other client's change in it wait for this
+        // one, which a listing that cannot be complete is not worth. A
+        // paged listing covers the directory again on every page
+        // (idempotent), so a page read by a new leader is covered there
+        // too; the client keeps the pages only if no change reached it
+        // between the first and the last.
         let cover = r.lease_session != 0
             && r.snapshot.is_none()
-            && r.cookie.is_empty()
+            && (r.cookie.is_empty() || r.paged)
             && r.ino != ROOT_INO;
         if cover {
             self.leased_read_here(r.lease_session)?;
         }
         let fs = self.read().await?;
         let covered = cover
-            && matches!(fs.readdir(r.ino, &[], limit, false), Ok((_, None)))
+            && (r.paged || matches!(fs.readdir(r.ino, &[], limit, false), Ok((_, None))))
             && self.cover(r.lease_session, Cover::Dir(r.ino));
         // A covered listing with attributes reads each entry's itself, in
         // the loop below, not with the names.
@@ -1325,7 +1329,7 @@ impl Meta for MetaService {
             None => fs.readdir(r.ino, &r.cookie, limit, r.plus && !each),
         }
         .map_err(fs_err)?;
-        let leased = covered && next.is_none();
+        let leased = covered && (r.paged || next.is_none());
         // A leased listing with attributes covers the files too, as a
         // leased lookup does: each file is registered, then its attributes
         // are read (crate::changes). One freed meanwhile goes without

@@ -27,8 +27,17 @@
 //! answering), and a listed file's writes too, as for a file it looked up.
 //! Directories a client made itself are rarely changed by others; a
 //! dataset being read is rarely written. Not a directory being listed, or
-//! found larger than [`LISTED_AT_MOST`] entries (meta covers only a
-//! directory that fits in one page).
+//! found larger than [`LISTED_AT_MOST`] entries.
+//!
+//! A directory is read in pages of [`MetaClientOptions::listing_page`]
+//! entries (`ReadDirRequest.paged`: meta covers the directory on every
+//! page), so a flat dataset directory of thousands of files is listed
+//! too, not only one that fits a page. The pages are kept only if no change reached this client from
+//! the first to the last (the lease cache's ticket), as for one page; a
+//! busy namespace can thus refuse a large listing, which is then made
+//! again only after an eighth of its size in lookups.
+//!
+//! [`MetaClientOptions::listing_page`]: super::MetaClientOptions::listing_page
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
@@ -39,11 +48,19 @@ use cairn_proto::meta::FileType;
 use tracing::debug;
 
 use super::MetaClient;
+use crate::Result;
 use crate::leased::Listed;
 
-/// Largest directory listed for the lease cache (ImageNet's class
-/// directories hold ~1,300 files).
-const LISTED_AT_MOST: u32 = 4096;
+/// Largest directory listed for the lease cache: half the lease cache's
+/// capacity ([`crate::leased::MAX_ATTRS`]), so a listing leaves room for
+/// the rest. ImageNet's class directories (~1,300 files) and COCO's
+/// val2017 (5,000) fit; ImageNet's flat validation set (50,000) and COCO's
+/// train2017 (118,287) do not, and are looked up file by file.
+pub const LISTED_AT_MOST: u32 = (crate::leased::MAX_ATTRS / 2) as u32;
+
+/// Entries per page of a listing (the default of
+/// [`super::MetaClientOptions::listing_page`]).
+pub(super) const PAGE: u32 = 4096;
 
 /// Files of one directory looked up on meta before the client lists it
 /// with their attributes (see the module docs).
@@ -139,6 +156,20 @@ impl Listings {
     }
 }
 
+/// What reading a directory whole for the lease cache found.
+enum Whole {
+    /// Every page leased: its entries, and whether meta covered the
+    /// files' attributes too.
+    Leased {
+        entries: Vec<cairn_proto::meta::DirEntry>,
+        attrs: bool,
+    },
+    /// A page came back without the cover, after this many entries.
+    NotLeased(usize),
+    /// More than [`LISTED_AT_MOST`] entries.
+    TooLarge,
+}
+
 impl MetaClient {
     /// Meta said a name in `parent` does not exist: the listing of
     /// `parent` that makes it complete in the lease cache, to be spawned
@@ -163,29 +194,27 @@ impl MetaClient {
         Some(self.clone().list(parent, true))
     }
 
-    /// Lists `parent` whole under the lease, with the files' attributes
-    /// when `plus`, and keeps what meta covered.
+    /// Lists `parent` whole under the lease, in pages, with the files'
+    /// attributes when `plus`, and keeps what meta covered.
     async fn list(self, parent: u64, plus: bool) {
         let m = self;
         let t = m.path_cache().begin(m.mutations());
-        let listed = match m
-            .readdir_leased(InodeId(parent), LISTED_AT_MOST, plus)
-            .await
-        {
-            Ok(r) if r.leased => {
-                let attrs = r.attrs_leased;
-                let names = r.entries.iter().map(|e| Listed {
+        let listed = match m.read_whole(parent, plus).await {
+            Ok(Whole::Leased { entries, attrs }) => {
+                let names = entries.iter().map(|e| Listed {
                     name: &e.name,
                     ino: e.ino,
                     dir: e.kind == FileType::Directory as i32,
                     attr: e.attr.as_ref().filter(|_| attrs),
                 });
                 m.path_cache().keep_listing(t, m.mutations(), parent, names);
-                Some(r.entries.len())
+                Some(entries.len())
             }
-            // Too large: not listed again. Not leased (no feed yet, or
-            // not the leader): the next lookup tries again.
-            Ok(r) => (r.entries.len() < LISTED_AT_MOST as usize).then_some(r.entries.len()),
+            // Not leased (no feed yet, or not the leader): the next lookup
+            // tries again.
+            Ok(Whole::NotLeased(n)) => Some(n),
+            // Too large: not listed again.
+            Ok(Whole::TooLarge) => None,
             Err(e) => {
                 debug!(parent, error = %e, "listing a directory for the lease cache failed");
                 Some(0)
@@ -195,6 +224,31 @@ impl MetaClient {
             // Listed (kept, or refused because something moved: a later
             // lookup lists it again), or failed.
             m.inner.listings.done(parent, plus, entries);
+        }
+    }
+
+    /// Reads directory `parent` whole in leased pages.
+    async fn read_whole(&self, parent: u64, plus: bool) -> Result<Whole> {
+        let page = self.inner.opts.listing_page.max(1);
+        let mut entries = Vec::new();
+        let mut cookie = Vec::new();
+        let mut attrs = plus;
+        loop {
+            let r = self
+                .readdir_leased_page(InodeId(parent), &cookie, page, plus)
+                .await?;
+            if !r.leased {
+                return Ok(Whole::NotLeased(entries.len() + r.entries.len()));
+            }
+            attrs &= r.attrs_leased;
+            entries.extend(r.entries);
+            if entries.len() > LISTED_AT_MOST as usize {
+                return Ok(Whole::TooLarge);
+            }
+            if r.next_cookie.is_empty() {
+                return Ok(Whole::Leased { entries, attrs });
+            }
+            cookie = r.next_cookie;
         }
     }
 
