@@ -32,10 +32,12 @@
 //! A directory is read in pages of [`MetaClientOptions::listing_page`]
 //! entries (`ReadDirRequest.paged`: meta covers the directory on every
 //! page), so a flat dataset directory of thousands of files is listed
-//! too, not only one that fits a page. The pages are kept only if no change reached this client from
-//! the first to the last (the lease cache's ticket), as for one page; a
-//! busy namespace can thus refuse a large listing, which is then made
-//! again only after an eighth of its size in lookups.
+//! too, not only one that fits a page. The pages are kept only if no
+//! change reached this client from the first to the last (the lease
+//! cache's ticket), as for one page; a busy namespace can thus refuse a
+//! large listing, which is then made again only after an eighth of its
+//! size in lookups. A directory found too large costs one listing (and
+//! the covers meta registered for it) and is not listed again.
 //!
 //! [`MetaClientOptions::listing_page`]: super::MetaClientOptions::listing_page
 

@@ -322,16 +322,17 @@ impl Segments {
             let Some(cur) = self.current.as_mut() else {
                 return Err(io::Error::other("raft log: no segment to append to"));
             };
-            // The record, then a zero header: whatever an undone truncate or
-            // a torn earlier write left behind it is never read as a record.
+            // The record, then a zero header, in one write: whatever an
+            // undone truncate or a torn earlier write left behind it is
+            // never read as a record (the next record overwrites it).
+            let record = self.buf.len() as u64;
+            self.buf.extend_from_slice(&[0; HEADER]);
             cur.file.write_all_at(&self.buf, cur.end)?;
-            cur.file
-                .write_all_at(&[0; HEADER], cur.end + self.buf.len() as u64)?;
             let loc = Loc {
                 segment: cur.first,
                 offset: cur.end,
             };
-            cur.end += self.buf.len() as u64;
+            cur.end += record;
             cur.next_index = index + 1;
             self.entries.insert(index, (entry, loc));
             if !written.iter().any(|f| Arc::ptr_eq(f, &cur.file)) {
