@@ -1125,11 +1125,13 @@ impl FileInner {
                 .buffered(opts.window)
                 .try_collect()
                 .await?;
+            parts.extend(
+                fetched
+                    .iter()
+                    .map(|(r, data)| (r.file_offset, data.clone())),
+            );
             if use_cache {
-                self.cache_later(fetched.clone(), epoch, size);
-            }
-            for (r, data) in fetched {
-                parts.push((r.file_offset, data));
+                self.cache_later(fetched, epoch, size);
             }
         }
         if let [(off, b)] = parts.as_slice()

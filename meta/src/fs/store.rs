@@ -371,7 +371,7 @@ impl<'a, K: Kv + ?Sized> Txn<'a, K> {
 
     /// Returns the raw value under `key`, seeing this mutation's writes.
     pub fn get_raw(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-        match self.writes.get(key) {
+        match self.written(key) {
             Some(v) => Ok(v.clone()),
             None => self.kv.get(key),
         }
