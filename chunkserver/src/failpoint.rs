@@ -12,7 +12,10 @@
 //! `chunk.write.before_forward` (about to forward; the local store may be
 //! under way or done),
 //! `chunk.write.before_commit` (successor acknowledged, not yet committed
-//! here), `chunk.write.before_reply` (committed, reply not yet sent); in
+//! here), `chunk.write.before_reply` (durable on every replica, committed
+//! at the tail, reply not yet sent), `chunk.write.after_reply` (a non-tail
+//! replica's reply handed to its connection's writer, the version not yet
+//! committed here); in
 //! the chunk engine, `chunk.store.before_data_sync` (blocks written with
 //! O_DIRECT, not yet fdatasync'ed), `chunk.store.before_meta_batch` (data
 //! synced, not yet referenced), `chunk.store.before_meta_flush` (referenced

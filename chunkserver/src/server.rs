@@ -73,6 +73,21 @@
 //! again lazily (below). The tail's commit is durable, since the tail's
 //! committed version is what CRAQ reads trust.
 //!
+//! **A non-tail replica commits after its reply.** Once the successors
+//! answered and the local copy is durable, the write is on stable storage
+//! everywhere and committed at the tail: the client may be told. The
+//! local commit (one sled batch, which rolls sled's I/O buffer and can
+//! wait on a buffer write of sled's I/O threads; perf and strace put it on
+//! the reply path of every replicated write, twice in a 3-replica chain)
+//! runs right after the reply goes out, in the request's task, still
+//! holding the chunk's lock (the next write to the chunk waits for it, as
+//! it waited before) and still counted in flight for resync. Reads and
+//! Stats of a chunk whose commit is under way wait for it
+//! ([`Shard::committed_here`]) rather than ask the tail. A commit that
+//! fails, or never runs (the process stops first), leaves the version
+//! pending here, the state a crash after a non-durable commit already
+//! leaves: reads ask the tail, the next write settles it.
+//!
 //! A retry carries the same (client id, sequence): the head remembers the
 //! last one per chunk and answers a retry of an applied write with its
 //! version instead of applying it again, and refuses an older sequence, so
@@ -105,6 +120,8 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, VecDeque};
+use std::future::Future;
+use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -122,7 +139,9 @@ use crate::failpoint;
 use crate::locks::{ChunkLockGuard, ChunkLocks};
 use crate::metrics::Metrics;
 use crate::peer::{PeerError, PeerPool};
-use crate::store::{NO_SEAL, ReadMode, Seal, ShardStore, Snap, StoreError, WriteIn, shard_of};
+use crate::store::{
+    NO_SEAL, Notify, ReadMode, Seal, ShardStore, Snap, StoreError, WriteIn, shard_of,
+};
 use crate::wire::{FrameReader, ReadError, write_frame};
 
 pub mod resync;
@@ -138,6 +157,11 @@ const FORWARDED_UNPERSISTED: &str = "chunk.write.forwarded_unpersisted";
 /// The failpoint that makes a non-tail replica store a version a second
 /// after its successors have it.
 const STORE_LATE: &str = "chunk.write.store_late";
+
+/// Work a request leaves to run after its reply went out: a non-tail
+/// replica's commit of a replicated version (see "A non-tail replica
+/// commits after its reply" in the module docs).
+pub type AfterReply<'a> = Pin<Box<dyn Future<Output = ()> + 'a>>;
 
 /// (client, sequence) pairs remembered for retries, per shard.
 const DEDUP_ENTRIES: usize = 65_536;
@@ -391,6 +415,31 @@ pub struct Shard {
     verified_through: Cell<Option<ChunkId>>,
     /// ...except these, whose tails could not be asked yet.
     recheck: RefCell<std::collections::BTreeSet<ChunkId>>,
+    /// Chunks whose local commit runs after the write's reply, with how
+    /// many such commits are under way; [`Self::commits_done`] is
+    /// notified as each ends.
+    committing: RefCell<HashMap<ChunkId, u32>>,
+    commits_done: Notify,
+}
+
+/// Counts one commit in [`Shard::committing`] while alive.
+struct CommittingGuard<'a> {
+    shard: &'a Shard,
+    chunk: ChunkId,
+}
+
+impl Drop for CommittingGuard<'_> {
+    fn drop(&mut self) {
+        let mut m = self.shard.committing.borrow_mut();
+        if let Some(n) = m.get_mut(&self.chunk) {
+            *n -= 1;
+            if *n == 0 {
+                m.remove(&self.chunk);
+            }
+        }
+        drop(m);
+        self.shard.commits_done.notify_all();
+    }
 }
 
 /// Keeps one range in [`Shard::unstored`] while alive.
@@ -495,6 +544,8 @@ impl Shard {
             suspect: Cell::new(false),
             verified_through: Cell::new(None),
             recheck: RefCell::new(std::collections::BTreeSet::new()),
+            committing: RefCell::new(HashMap::new()),
+            commits_done: Notify::default(),
         }
     }
 
@@ -558,9 +609,13 @@ impl Shard {
                     let me = self.clone();
                     let tx = tx.clone();
                     glommio::spawn_local(async move {
-                        let reply = me.handle(frame).await;
+                        let mut after = None;
+                        let reply = me.handle(frame, &mut after).await;
                         // The writer is gone only when the connection is.
                         let _ = tx.send(reply).await;
+                        if let Some(work) = after {
+                            work.await;
+                        }
                         drop(permit);
                     })
                     .detach();
@@ -585,12 +640,14 @@ impl Shard {
     }
 
     /// Serves one request; never fails: errors become error replies.
-    pub async fn handle(&self, frame: Frame) -> Frame {
+    /// Work left for after the reply (a replica's commit) is put in
+    /// `after`; the caller runs it once the reply is sent.
+    pub async fn handle<'a>(&'a self, frame: Frame, after: &mut Option<AfterReply<'a>>) -> Frame {
         let started = Instant::now();
         let h = frame.header;
         let bytes_in = frame.payload.len() as u64;
         let _in_flight = self.store.progress().request(h.opcode, h.chunk, started);
-        let reply = match self.dispatch(frame).await {
+        let reply = match self.dispatch(frame, after).await {
             Ok(r) => r,
             Err(r) => {
                 if r.code == ErrorCode::Pending {
@@ -694,7 +751,11 @@ impl Shard {
         })
     }
 
-    async fn dispatch(&self, frame: Frame) -> Result<Frame> {
+    async fn dispatch<'a>(
+        &'a self,
+        frame: Frame,
+        after: &mut Option<AfterReply<'a>>,
+    ) -> Result<Frame> {
         let h = frame.header;
         if h.reply {
             return Err(Reject::new(
@@ -727,16 +788,14 @@ impl Shard {
                     seals: frame.seals,
                     snap: snap_of(&h),
                 };
-                let _inflight = self.count_inflight(&route);
-                self.head_mutate(&route, &h, m).await
+                self.head_mutate(&route, &h, m, after).await
             }
             Opcode::Truncate if route.is_head && h.version == 0 => {
                 let m = Mutation::Truncate {
                     new_len: h.offset,
                     snap: snap_of(&h),
                 };
-                let _inflight = self.count_inflight(&route);
-                self.head_mutate(&route, &h, m).await
+                self.head_mutate(&route, &h, m, after).await
             }
             Opcode::Forward | Opcode::Truncate => {
                 if route.is_head {
@@ -759,11 +818,12 @@ impl Shard {
                         snap: snap_of(&h),
                     }
                 };
-                self.replica_mutate(&route, &h, m).await
+                self.replica_mutate(&route, &h, m, after).await
             }
             Opcode::Read => self.read(&route, &h, false).await,
             Opcode::ReadChunk => self.read(&route, &h, true).await,
             Opcode::Stat => {
+                self.committed_here(h.chunk).await;
                 if route.is_serving_tail {
                     self.commit_pending_as_tail(h.chunk).await?;
                 }
@@ -798,10 +858,59 @@ impl Shard {
             .map_err(|e| Reject::new(ErrorCode::Internal, format!("chunk lock: {e}")))
     }
 
+    /// Returns once no commit of `chunk` left for after a reply is under
+    /// way here (at once almost always: the map is empty).
+    async fn committed_here(&self, chunk: ChunkId) {
+        loop {
+            let done = self.commits_done.notified();
+            if !self.committing.borrow().contains_key(&chunk) {
+                return;
+            }
+            done.await;
+        }
+    }
+
+    /// Returns the commit of `version` of `chunk` here, to run after the
+    /// write's reply; `held` (the chunk's lock and the write's counters)
+    /// is released when it ends. See the module docs.
+    fn commit_after_reply<'a>(
+        &'a self,
+        chunk: ChunkId,
+        version: u64,
+        held: impl Sized + 'a,
+    ) -> AfterReply<'a> {
+        *self.committing.borrow_mut().entry(chunk).or_insert(0) += 1;
+        let counted = CommittingGuard { shard: self, chunk };
+        Box::pin(async move {
+            // Let the connection's writer send the reply first: the commit
+            // below does not yield (a non-durable commit is one blocking
+            // sled batch).
+            futures_lite::future::yield_now().await;
+            failpoint::hit("chunk.write.after_reply");
+            if let Err(e) = self.store.commit_through(chunk, version, false).await {
+                tracing::warn!(
+                    %chunk,
+                    version,
+                    "committing a replicated version here: {e}; it stays pending until \
+                     the tail is asked or the next write settles it"
+                );
+            }
+            drop(held);
+            drop(counted);
+        })
+    }
+
     /// The head's write path; see the module docs.
-    async fn head_mutate(&self, route: &Route, h: &Header, m: Mutation) -> Result<Frame> {
+    async fn head_mutate<'a>(
+        &'a self,
+        route: &Route,
+        h: &Header,
+        m: Mutation,
+        after: &mut Option<AfterReply<'a>>,
+    ) -> Result<Frame> {
+        let inflight = self.count_inflight(route);
         // Counted until the write is done: see `ControlState::admit_write`.
-        let _snap = self.control.admit_write(h.snap_seq).map_err(|fence| {
+        let snap = self.control.admit_write(h.snap_seq).map_err(|fence| {
             Reject::new(
                 ErrorCode::StaleSnapSeq,
                 format!(
@@ -812,7 +921,7 @@ impl Shard {
             )
         })?;
         let chunk = h.chunk;
-        let _lock = self.lock(chunk).await?;
+        let lock = self.lock(chunk).await?;
         self.converge(route, h, chunk).await?;
         let seen = self
             .dedup
@@ -845,18 +954,28 @@ impl Shard {
             return Ok(Self::versioned_reply(h, 0));
         }
         let version = committed + 1;
-        self.apply(route, h, chunk, version, &m, |v| {
-            self.dedup
-                .borrow_mut()
-                .record(chunk, h.client_id.0, h.client_seq, v);
-        })
-        .await?;
+        let commit_later = self
+            .apply(route, h, chunk, version, &m, |v| {
+                self.dedup
+                    .borrow_mut()
+                    .record(chunk, h.client_id.0, h.client_seq, v);
+            })
+            .await?;
         failpoint::hit("chunk.write.before_reply");
+        if commit_later {
+            *after = Some(self.commit_after_reply(chunk, version, (lock, snap, inflight)));
+        }
         Ok(Self::versioned_reply(h, version))
     }
 
     /// A non-head replica's write path: the head's version, in order.
-    async fn replica_mutate(&self, route: &Route, h: &Header, m: Mutation) -> Result<Frame> {
+    async fn replica_mutate<'a>(
+        &'a self,
+        route: &Route,
+        h: &Header,
+        m: Mutation,
+        after: &mut Option<AfterReply<'a>>,
+    ) -> Result<Frame> {
         let chunk = h.chunk;
         if h.version == 0 {
             return Err(Reject::new(
@@ -864,7 +983,7 @@ impl Shard {
                 "a forwarded mutation must carry the head's version",
             ));
         }
-        let _lock = self.lock(chunk).await?;
+        let lock = self.lock(chunk).await?;
         self.converge(route, h, chunk).await?;
         let st = self.store.stat(chunk)?;
         let committed = st.as_ref().map_or(0, |s| s.committed_version);
@@ -896,12 +1015,16 @@ impl Shard {
             self.metrics.sync_gap();
             return Ok(Self::versioned_reply(h, h.version));
         }
-        self.apply(route, h, chunk, h.version, &m, |_| {}).await?;
+        if self.apply(route, h, chunk, h.version, &m, |_| {}).await? {
+            *after = Some(self.commit_after_reply(chunk, h.version, lock));
+        }
         Ok(Self::versioned_reply(h, h.version))
     }
 
-    /// Persists version `version` here, forwards it to the successor, and
-    /// commits; `persisted` runs once the local copy is durable.
+    /// Persists version `version` here and forwards it to the successor;
+    /// `persisted` runs once the local copy is durable. Commits it here
+    /// when this replica is the chain's (serving) tail; otherwise returns
+    /// `true`: the caller commits it after the reply (see the module docs).
     async fn apply(
         &self,
         route: &Route,
@@ -910,13 +1033,13 @@ impl Shard {
         version: u64,
         m: &Mutation,
         persisted: impl FnOnce(u64),
-    ) -> Result<()> {
+    ) -> Result<bool> {
         failpoint::hit("chunk.write.before_local");
         if route.is_tail {
             // The tail (or a one-replica chain): store and commit at once.
             self.store_version(route, chunk, version, m, true).await?;
             persisted(version);
-            return Ok(());
+            return Ok(false);
         }
         let next = route.successor()?;
         let _unstored = self.mark_unstored(chunk, m);
@@ -946,11 +1069,13 @@ impl Shard {
             }
         }
         failpoint::hit("chunk.write.before_commit");
-        // The serving tail's commit is what reads trust: durable.
-        self.store
-            .commit_through(chunk, version, route.is_serving_tail)
-            .await?;
-        Ok(())
+        if route.is_serving_tail {
+            // The last serving member (its successors are syncing): its
+            // commit is what reads trust, so it is durable before the reply.
+            self.store.commit_through(chunk, version, true).await?;
+            return Ok(false);
+        }
+        Ok(true)
     }
 
     /// Stores version `version` of `chunk` here (pending) while forwarding
@@ -1324,6 +1449,7 @@ impl Shard {
             ));
         }
         let (chunk, offset, len) = (h.chunk, h.offset, u64::from(h.length));
+        self.committed_here(chunk).await;
         // The read of a client's read-modify-write (CONDITIONAL, at the
         // head): under the chunk lock, once every version the head holds
         // is committed, so the version it returns is the one a conditional

@@ -68,6 +68,7 @@ use bytes::Bytes;
 
 pub use alloc::AllocError;
 pub use error::StoreError;
+pub(crate) use group::Notify;
 pub use layout::{CloneHeader, NO_SEAL, Seal};
 pub use shard::ShardStore;
 pub use target::{FORMAT_VERSION, Superblock, Target, TargetOptions};
