@@ -58,6 +58,7 @@
 //! chunks with [`shard_of`]`(chunk) == k`.
 
 mod alloc;
+mod batch;
 mod error;
 mod group;
 pub mod layout;

@@ -27,8 +27,9 @@
 //! verify segment CRCs → lock chunk → check version order → read and verify
 //! the (at most two) partially covered blocks of the newest version →
 //! allocate fresh blocks → fill aligned DMA buffers, one per contiguous run
-//! → `write_at` each run → group-committed `fdatasync` → one atomic sled
-//! batch (header with the new pending version + every touched block entry)
+//! → `write_at` each run → group-committed `fdatasync` → one atomic
+//! metadata update (header with the new pending version + every touched
+//! block entry; a redo record and plain sled inserts, see `batch`)
 //! → unlock → group-committed sled flush on the blocking pool → return.
 //!
 //! # Crash safety
@@ -68,6 +69,7 @@ use glommio::io::{DmaFile, OpenOptions};
 use smallvec::{SmallVec, smallvec};
 
 use super::alloc::{Allocator, Run};
+use super::batch::{self, MetaBatch};
 use super::error::StoreError;
 use super::group::GroupSync;
 use super::layout::{
@@ -217,6 +219,9 @@ impl ShardStore {
             .await
             .map_err(StoreError::glommio("stat data file"))?;
         let tree = target.db().open_tree(format!("shard-{shard}"))?;
+        if batch::recover(&tree)? {
+            tracing::info!(shard, "completed a metadata update a crash interrupted");
+        }
 
         // Blocks of the chunks and of their clones (which share blocks
         // with each other: each counted once).
@@ -361,11 +366,11 @@ impl ShardStore {
         &self,
         chunk: ChunkId,
         updates: BlockUpdates,
-        batch: &mut sled::Batch,
+        batch: &mut MetaBatch,
     ) -> Result<()> {
         let mut current: Option<(u32, std::collections::BTreeMap<u32, BlockEntry>)> = None;
         let put =
-            |batch: &mut sled::Batch, g: u32, m: &std::collections::BTreeMap<u32, BlockEntry>| {
+            |batch: &mut MetaBatch, g: u32, m: &std::collections::BTreeMap<u32, BlockEntry>| {
                 let key = layout::group_key(chunk, g);
                 if m.is_empty() {
                     batch.remove(&key[..]);
@@ -986,7 +991,7 @@ impl ShardStore {
             .map(|h| if *h { None } else { written.next() })
             .collect();
 
-        let mut batch = sled::Batch::default();
+        let mut batch = MetaBatch::default();
         let mut updates = BlockUpdates::default();
         let mut freed = Vec::new();
         // Blocks the newest clone shares with the committed version stay;
@@ -1051,7 +1056,7 @@ impl ShardStore {
         }
         batch.insert(&layout::header_key(chunk)[..], header.encode());
         crate::failpoint::hit("chunk.store.before_meta_batch");
-        if let Err(e) = self.tree.apply_batch(batch) {
+        if let Err(e) = batch::apply(&self.tree, batch) {
             self.free_runs(&runs);
             return Err(e.into());
         }
@@ -1307,7 +1312,7 @@ impl ShardStore {
         seq: u64,
         first: u32,
         end: u32,
-        batch: &mut sled::Batch,
+        batch: &mut MetaBatch,
     ) -> Result<()> {
         if seq == 0 || end <= first {
             return Ok(());
@@ -1379,7 +1384,7 @@ impl ShardStore {
             first = first.min(f);
             end = end.max(e);
         }
-        let mut batch = sled::Batch::default();
+        let mut batch = MetaBatch::default();
         let mut updates = BlockUpdates::default();
         let mut freed = Vec::new();
         let entries = if first < end {
@@ -1438,7 +1443,7 @@ impl ShardStore {
         }
         header.seq = run.iter().map(|p| p.seq).fold(header.seq, u64::max);
         batch.insert(&layout::header_key(chunk)[..], header.encode());
-        self.tree.apply_batch(batch)?;
+        batch::apply(&self.tree, batch)?;
         self.cache_header(chunk, header.clone());
         let ticket = self.meta_sync.ticket();
         self.defer_frees(ticket, freed);
@@ -1477,7 +1482,7 @@ impl ShardStore {
             drop(guard);
             return self.flush_meta(self.meta_sync.issued()).await;
         }
-        let mut batch = sled::Batch::default();
+        let mut batch = MetaBatch::default();
         let mut updates = BlockUpdates::default();
         let mut runs = Vec::new();
         if new_len < header.newest_len() {
@@ -1522,7 +1527,7 @@ impl ShardStore {
             no_clone: snap.no_clone,
         });
         batch.insert(&layout::header_key(chunk)[..], header.encode());
-        if let Err(e) = self.tree.apply_batch(batch) {
+        if let Err(e) = batch::apply(&self.tree, batch) {
             self.free_runs(&runs);
             return Err(e.into());
         }
@@ -1849,11 +1854,11 @@ impl ShardStore {
         if self.load_header(chunk)?.is_none() {
             return Ok(false);
         }
-        let mut batch = sled::Batch::default();
+        let mut batch = MetaBatch::default();
         let mut freed = std::collections::BTreeSet::new();
         self.stage_remove(chunk, &mut batch, &mut freed)?;
         let freed: Vec<u64> = freed.into_iter().collect();
-        self.tree.apply_batch(batch)?;
+        batch::apply(&self.tree, batch)?;
         self.headers.borrow_mut().remove(&chunk);
         let ticket = self.meta_sync.ticket();
         self.defer_frees(ticket, freed);
@@ -1881,7 +1886,7 @@ impl ShardStore {
         for &c in &sorted {
             guards.push(self.lock(c).await?);
         }
-        let mut batch = sled::Batch::default();
+        let mut batch = MetaBatch::default();
         let mut freed = std::collections::BTreeSet::new();
         let mut existed = Vec::new();
         for &chunk in &sorted {
@@ -1895,7 +1900,7 @@ impl ShardStore {
         if existed.is_empty() {
             return Ok(0);
         }
-        self.tree.apply_batch(batch)?;
+        batch::apply(&self.tree, batch)?;
         {
             let mut headers = self.headers.borrow_mut();
             for c in &existed {
@@ -1915,7 +1920,7 @@ impl ShardStore {
     fn stage_remove(
         &self,
         chunk: ChunkId,
-        batch: &mut sled::Batch,
+        batch: &mut MetaBatch,
         freed: &mut std::collections::BTreeSet<u64>,
     ) -> Result<()> {
         for prefix in [
@@ -2043,7 +2048,7 @@ impl ShardStore {
                 continue;
             }
             let doomed_seqs: Vec<u64> = doomed.iter().map(|&i| clones[i].0).collect();
-            let mut batch = sled::Batch::default();
+            let mut batch = MetaBatch::default();
             // A remaining clone reads the groups it has no copy of through
             // the next newer clones (`clone_entries`): it takes over the
             // first copy a dropped one between it and the next remaining
@@ -2119,7 +2124,7 @@ impl ShardStore {
             }
             freed.sort_unstable();
             freed.dedup();
-            self.tree.apply_batch(batch)?;
+            batch::apply(&self.tree, batch)?;
             self.cache_header(chunk, header);
             let ticket = self.meta_sync.ticket();
             self.defer_frees(ticket, freed);
@@ -2316,7 +2321,7 @@ impl ShardStore {
             });
         }
         let clones = self.clones(chunk)?;
-        let mut batch = sled::Batch::default();
+        let mut batch = MetaBatch::default();
         let mut freed = Vec::new();
         if offset == 0 {
             // Start over: drop this clone's record and groups; their blocks
@@ -2424,7 +2429,7 @@ impl ShardStore {
             header.clone_seq = header.clone_seq.max(seq);
             batch.insert(&layout::header_key(chunk)[..], header.encode());
         }
-        if let Err(e) = self.tree.apply_batch(batch) {
+        if let Err(e) = batch::apply(&self.tree, batch) {
             self.free_runs(&runs);
             return Err(e.into());
         }
@@ -2628,7 +2633,7 @@ fn stage_clone_blocks(
     chunk: ChunkId,
     seq: u64,
     refs: impl Iterator<Item = (u32, BlockRef)>,
-    batch: &mut sled::Batch,
+    batch: &mut MetaBatch,
 ) {
     let mut groups: std::collections::BTreeMap<u32, Vec<(u32, BlockEntry)>> =
         std::collections::BTreeMap::new();
