@@ -1058,7 +1058,7 @@ impl ShardStore {
         crate::failpoint::hit("chunk.store.before_meta_batch");
         if let Err(e) = batch::apply(&self.tree, batch) {
             self.free_runs(&runs);
-            return Err(e.into());
+            return Err(e);
         }
         crate::failpoint::hit("chunk.store.before_meta_flush");
         let mut ticket = self.meta_sync.ticket();
@@ -1529,7 +1529,7 @@ impl ShardStore {
         batch.insert(&layout::header_key(chunk)[..], header.encode());
         if let Err(e) = batch::apply(&self.tree, batch) {
             self.free_runs(&runs);
-            return Err(e.into());
+            return Err(e);
         }
         self.cache_header(chunk, header);
         let ticket = self.meta_sync.ticket();
@@ -2431,7 +2431,7 @@ impl ShardStore {
         }
         if let Err(e) = batch::apply(&self.tree, batch) {
             self.free_runs(&runs);
-            return Err(e.into());
+            return Err(e);
         }
         if last {
             self.cache_header(chunk, header);
