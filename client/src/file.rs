@@ -153,6 +153,10 @@ struct FileInner {
     /// snapshot's: (the snapshot's object, its seq) until
     /// [`FileInner::copy_up`] has copied it into the file's own object.
     origin: tokio::sync::Mutex<Option<(u64, u64)>>,
+    /// Reads put what they fetched in the block cache before they return
+    /// ([`File::fill_cache_before_returning`]), instead of in a task of
+    /// its own after ([`FileInner::cache_later`]).
+    fill_inline: std::sync::atomic::AtomicBool,
 }
 
 /// What a file's stored blocks go through: decryption, then decompression
@@ -395,9 +399,18 @@ impl File {
                 append: tokio::sync::Mutex::new(()),
                 sealing: tokio::sync::Mutex::new(()),
                 origin: tokio::sync::Mutex::new(origin),
+                fill_inline: std::sync::atomic::AtomicBool::new(false),
                 client,
             }),
         })
+    }
+
+    /// Makes this handle's reads return only once the blocks they fetched
+    /// are in the block cache (a warm-up: `cairn warmup` reports the data
+    /// loaded when it is, so the job that starts next finds it there). By
+    /// default a read returns first and the cache fills right after.
+    pub fn fill_cache_before_returning(&self) {
+        self.inner.fill_inline.store(true, Ordering::Relaxed);
     }
 
     /// The file's inode.
@@ -1175,7 +1188,9 @@ impl FileInner {
                 f.cache_fetched(&r, &data, epoch, size);
             }
         };
-        if tokio::runtime::Handle::try_current().is_err() {
+        if self.fill_inline.load(Ordering::Relaxed)
+            || tokio::runtime::Handle::try_current().is_err()
+        {
             return fill();
         }
         tokio::spawn(async move { fill() });

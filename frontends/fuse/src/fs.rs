@@ -1417,6 +1417,9 @@ impl Inner {
             .open_ino(InodeId(ino), OpenOptions::READ)
             .await
             .map_err(|e| errno_by_ino(&e))?;
+        // Done means cached: the job started after `cairn warmup` reads
+        // from memory.
+        f.fill_cache_before_returning();
         let end = offset.saturating_add(len).min(f.len());
         let mut at = offset;
         let mut warmed = 0;
