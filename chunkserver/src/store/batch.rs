@@ -112,6 +112,12 @@ fn apply_writes(
     Ok(())
 }
 
+/// Returns the redo record of `batch` (tests: what a crash can leave).
+#[cfg(test)]
+pub fn record(batch: &MetaBatch) -> Vec<u8> {
+    encode(&batch.writes)
+}
+
 /// `count u32 LE`, then per write `key_len u32 LE, key, 0 (remove) | 1
 /// (insert) value_len u32 LE value`.
 fn encode(writes: &BTreeMap<Vec<u8>, Option<Vec<u8>>>) -> Vec<u8> {

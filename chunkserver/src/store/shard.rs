@@ -2714,6 +2714,49 @@ mod tests {
     }
 
     #[test]
+    fn a_shard_completes_an_interrupted_metadata_update_when_it_opens() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().to_path_buf();
+        Target::format(&path, 1).expect("format");
+        glommio::LocalExecutorBuilder::default()
+            .spawn(move || async move {
+                let chunk = ChunkId {
+                    object: cairn_proto::ids::ObjectId(7),
+                    index: 0,
+                };
+                let data = vec![5u8; 8192];
+                let crcs = cairn_proto::frame::segment_crcs(0, &data);
+                {
+                    let t = Target::open(&path).expect("open");
+                    let s = t.open_shard(0).await.expect("shard");
+                    s.write_committed(chunk, 1, 0, &data, &crcs)
+                        .await
+                        .expect("write");
+                    // What a crash in the middle of removing the chunk
+                    // leaves: the update's record, none of its writes.
+                    let mut b = MetaBatch::default();
+                    b.remove(layout::header_key(chunk));
+                    b.remove(layout::group_key(chunk, 0));
+                    s.tree
+                        .insert(batch::REDO_KEY, batch::record(&b))
+                        .expect("record");
+                    s.tree.flush().expect("flush");
+                    assert!(s.stat(chunk).expect("stat").is_some());
+                }
+                let t = Target::open(&path).expect("reopen");
+                let s = t.open_shard(0).await.expect("shard");
+                assert!(
+                    s.stat(chunk).expect("stat").is_none(),
+                    "the interrupted removal was completed"
+                );
+                assert_eq!(s.tree.get(batch::REDO_KEY).expect("get"), None);
+            })
+            .expect("executor")
+            .join()
+            .expect("join");
+    }
+
+    #[test]
     fn digest_tells_retries_from_rewrites() {
         assert_eq!(digest_of(1, 2, &[3, 4]), digest_of(1, 2, &[3, 4]));
         assert_ne!(digest_of(1, 2, &[3, 4]), digest_of(1, 2, &[3, 5]));
