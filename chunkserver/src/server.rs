@@ -76,10 +76,12 @@
 //! **A non-tail replica commits after its reply.** Once the successors
 //! answered and the local copy is durable, the write is on stable storage
 //! everywhere and committed at the tail: the client may be told. The
-//! local commit (one sled batch, which rolls sled's I/O buffer and can
-//! wait on a buffer write of sled's I/O threads; perf and strace put it on
-//! the reply path of every replicated write, twice in a 3-replica chain)
-//! runs right after the reply goes out, in the request's task, still
+//! local commit (a metadata update on the shard's thread that needs
+//! nothing from the other replicas; as a sled batch it rolled sled's I/O
+//! buffer and could wait on a buffer write of sled's I/O threads, and perf
+//! and strace put it on the reply path of every replicated write, twice in
+//! a 3-replica chain) runs right after the reply goes out, in the
+//! request's task, still
 //! holding the chunk's lock (the next write to the chunk waits for it, as
 //! it waited before) and still counted in flight for resync. Reads and
 //! Stats of a chunk whose commit is under way wait for it
@@ -883,8 +885,8 @@ impl Shard {
         let counted = CommittingGuard { shard: self, chunk };
         Box::pin(async move {
             // Let the connection's writer send the reply first: the commit
-            // below does not yield (a non-durable commit is one blocking
-            // sled batch).
+            // below does not yield (a non-durable commit is a few blocking
+            // sled inserts).
             futures_lite::future::yield_now().await;
             failpoint::hit("chunk.write.after_reply");
             if let Err(e) = self.store.commit_through(chunk, version, false).await {

@@ -1056,10 +1056,10 @@ impl ShardStore {
         }
         batch.insert(&layout::header_key(chunk)[..], header.encode());
         crate::failpoint::hit("chunk.store.before_meta_batch");
-        if let Err(e) = batch::apply(&self.tree, batch) {
-            self.free_runs(&runs);
-            return Err(e);
-        }
+        // A failed update may be partly applied, its redo record with it,
+        // which the next open completes: its blocks stay taken (until the
+        // allocator is rebuilt at that open), never reused under it.
+        batch::apply(&self.tree, batch)?;
         crate::failpoint::hit("chunk.store.before_meta_flush");
         let mut ticket = self.meta_sync.ticket();
         self.defer_frees(ticket, freed);
@@ -1484,7 +1484,6 @@ impl ShardStore {
         }
         let mut batch = MetaBatch::default();
         let mut updates = BlockUpdates::default();
-        let mut runs = Vec::new();
         if new_len < header.newest_len() {
             let first = (new_len / BLOCK_SIZE) as u32;
             let tail = (new_len % BLOCK_SIZE) as usize;
@@ -1495,7 +1494,7 @@ impl ShardStore {
                 let replacement = if block == first && tail > 0 {
                     let mut b = self.read_block(chunk, block, newest).await?;
                     b[tail..].fill(0);
-                    runs = self.allocate(1).await?;
+                    let runs = self.allocate(1).await?;
                     let blocknos = match self.write_blocks(&runs, &[&b[..]]).await {
                         Ok(n) => n,
                         Err(err) => {
@@ -1527,10 +1526,10 @@ impl ShardStore {
             no_clone: snap.no_clone,
         });
         batch.insert(&layout::header_key(chunk)[..], header.encode());
-        if let Err(e) = batch::apply(&self.tree, batch) {
-            self.free_runs(&runs);
-            return Err(e);
-        }
+        // A failed update may be partly applied, its redo record with it,
+        // which the next open completes: its blocks stay taken (until the
+        // allocator is rebuilt at that open), never reused under it.
+        batch::apply(&self.tree, batch)?;
         self.cache_header(chunk, header);
         let ticket = self.meta_sync.ticket();
         drop(guard);
@@ -2429,10 +2428,10 @@ impl ShardStore {
             header.clone_seq = header.clone_seq.max(seq);
             batch.insert(&layout::header_key(chunk)[..], header.encode());
         }
-        if let Err(e) = batch::apply(&self.tree, batch) {
-            self.free_runs(&runs);
-            return Err(e);
-        }
+        // A failed update may be partly applied, its redo record with it,
+        // which the next open completes: its blocks stay taken (until the
+        // allocator is rebuilt at that open), never reused under it.
+        batch::apply(&self.tree, batch)?;
         if last {
             self.cache_header(chunk, header);
         }
