@@ -406,9 +406,11 @@ impl File {
     }
 
     /// Makes this handle's reads return only once the blocks they fetched
-    /// are in the block cache (a warm-up: `cairn warmup` reports the data
-    /// loaded when it is, so the job that starts next finds it there). By
-    /// default a read returns first and the cache fills right after.
+    /// are in the block cache's memory tier (a warm-up: `cairn warmup`
+    /// reports the data loaded when it is, so the job that starts next
+    /// finds it there; what overflows into the SSD tier is written there
+    /// in the background, as always). By default a read returns first and
+    /// the cache fills right after.
     pub fn fill_cache_before_returning(&self) {
         self.inner.fill_inline.store(true, Ordering::Relaxed);
     }
