@@ -10,6 +10,7 @@
 //! <dir>/meta/               sled: tree "shard-<k>" per shard
 //!     'C' ++ object BE ++ index BE              -> ChunkHeader
 //!     'B' ++ object BE ++ index BE ++ block BE  -> BlockEntry
+//!     'R'                                       -> redo record of an update in progress (`batch`)
 //! <dir>/data/shard-<k>.dat  data blocks, grown by fallocate in 256 MiB extents
 //! <dir>/clean-shutdown      empty; present only between a clean stop and the next start
 //! ```
