@@ -49,10 +49,11 @@ pub struct MetaBatch {
 }
 
 impl MetaBatch {
-    /// Sets `key` to `value`.
-    pub fn insert(&mut self, key: impl AsRef<[u8]>, value: impl AsRef<[u8]>) {
+    /// Sets `key` to `value` (taken as is: the encoded records callers
+    /// build are not copied again).
+    pub fn insert(&mut self, key: impl AsRef<[u8]>, value: impl Into<Vec<u8>>) {
         self.writes
-            .insert(key.as_ref().to_vec(), Some(value.as_ref().to_vec()));
+            .insert(key.as_ref().to_vec(), Some(value.into()));
     }
 
     /// Removes `key`.
@@ -183,12 +184,12 @@ mod tests {
 
     fn sample() -> MetaBatch {
         let mut b = MetaBatch::default();
-        b.insert(b"Ca", b"header");
-        b.insert(b"Bb", b"");
+        b.insert(b"Ca", b"header".to_vec());
+        b.insert(b"Bb", Vec::new());
         b.remove(b"Bc");
         b.insert(b"Bd", vec![7u8; 300]);
         // A later write of a key wins, as in sled::Batch.
-        b.insert(b"Bc", b"again");
+        b.insert(b"Bc", b"again".to_vec());
         b.remove(b"Bd");
         b
     }

@@ -2084,7 +2084,7 @@ impl ShardStore {
                         for (_, e) in decode_group(&v)? {
                             moved.extend(e.refs().map(|r| r.blockno));
                         }
-                        batch.insert(&layout::clone_group_key(chunk, *p, g)[..], v);
+                        batch.insert(&layout::clone_group_key(chunk, *p, g)[..], v.to_vec());
                     }
                 }
             }
