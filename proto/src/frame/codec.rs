@@ -430,23 +430,10 @@ impl FrameDecoder {
     /// Any [`FrameError`] of the module doc's rules. Each is fatal to the
     /// stream ([`FrameError::is_fatal`]); `src` is left as it was.
     pub fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Frame>, FrameError> {
-        check_prefix(src)?;
-        let Some(head) = src.first_chunk::<HEADER_LEN>() else {
+        let Some((header, total)) = self.head(src)? else {
             src.reserve(HEADER_LEN - src.len());
             return Ok(None);
         };
-        let header = Header::decode(head)?;
-        if header.length > self.max_payload {
-            return Err(FrameError::TooLarge(header.length));
-        }
-        let total =
-            header
-                .body_len()?
-                .checked_add(HEADER_LEN)
-                .ok_or(FrameError::RangeOverflow {
-                    offset: header.offset,
-                    length: header.length,
-                })?;
         let Some(missing) = total.checked_sub(src.len()).filter(|m| *m > 0) else {
             let payload_len = if header.has_body() {
                 header.length as usize
@@ -475,6 +462,41 @@ impl FrameDecoder {
         };
         src.reserve(missing);
         Ok(None)
+    }
+
+    /// The encoded length (header, body) of the frame at the front of
+    /// `src`, once its header is in and passes the checks [`decode`] makes;
+    /// `None` before, or when they fail (`decode` reports why). A reader
+    /// sizes its buffer for a large frame with it before the frame's body
+    /// arrives, and stops reading at the frame's end.
+    ///
+    /// [`decode`]: FrameDecoder::decode
+    pub fn frame_len(&self, src: &[u8]) -> Option<usize> {
+        self.head(src).ok().flatten().map(|(_, total)| total)
+    }
+
+    /// The header at the front of `src` and its frame's encoded length,
+    /// checked: magic and version as soon as their bytes are in, then the
+    /// header, the payload limit and the body length. `None` while the
+    /// header is incomplete.
+    fn head(&self, src: &[u8]) -> Result<Option<(Header, usize)>, FrameError> {
+        check_prefix(src)?;
+        let Some(head) = src.first_chunk::<HEADER_LEN>() else {
+            return Ok(None);
+        };
+        let header = Header::decode(head)?;
+        if header.length > self.max_payload {
+            return Err(FrameError::TooLarge(header.length));
+        }
+        let total =
+            header
+                .body_len()?
+                .checked_add(HEADER_LEN)
+                .ok_or(FrameError::RangeOverflow {
+                    offset: header.offset,
+                    length: header.length,
+                })?;
+        Ok(Some((header, total)))
     }
 }
 
