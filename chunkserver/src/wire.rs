@@ -10,7 +10,13 @@
 //! once, no scratch copy) was tried on 2026-12-06: it cut the chunkservers'
 //! CPU of 3-replica 1 MiB writes by 12-17% but made 1-replica writes 8-10%
 //! slower in four interleaved `cairn-bench chunk` pairs, and checkpoints
-//! through the client did not move, so the scratch copy stays.
+//! through the client did not move, so the scratch copy stays. Reading
+//! them into pooled buffers zeroed once (no per-frame zeroing) was tried
+//! on 2026-12-08 and was slower still: 1-replica 1 MiB writes 536/538 ->
+//! 492/501 MiB/s and the chunkserver's CPU per GiB 1.52/1.48 -> 1.67/1.60
+//! s in two interleaved pairs. The kernel's copy into a large buffer
+//! costs more than its copy into the cache-warm 256 KiB scratch plus
+//! ours out of it.
 
 use std::io;
 
