@@ -510,11 +510,7 @@ fn new_layout<K: Kv + ?Sized>(t: &mut Txn<'_, K>, policy: &VolumePolicy) -> FsRe
     if t.get::<u64>(&from)?.is_none() {
         t.put(from, &object_id);
     }
-    let table: Vec<u32> = t
-        .scan(&key::chain_prefix(policy.replication), None, usize::MAX)?
-        .iter()
-        .map(|(k, _)| u32::from_be_bytes(k[5..9].try_into().unwrap_or([0; 4])))
-        .collect();
+    let table = t.chain_ids(policy.replication)?;
     let mut chains = Vec::new();
     if !table.is_empty() {
         let width = (policy.stripe_width as usize).min(table.len());

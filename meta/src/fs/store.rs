@@ -88,7 +88,76 @@ pub trait Kv {
     fn recover(&self) -> Result<(), StoreError> {
         Ok(())
     }
+    /// The store's memory of its chain tables' ids ([`ChainIds`]), if it
+    /// keeps one; such a store drops it on every commit that writes a
+    /// chain record and on [`Kv::replace_all`].
+    fn chain_ids_cache(&self) -> Option<&ChainIds> {
+        None
+    }
 }
+
+/// The ids of each replication's chain table as committed, kept in memory
+/// so that a new file's layout ([`Txn::chain_ids`]) costs no scan of its
+/// table: meta builds one chain per target, so a large cluster's table has
+/// thousands, and every create read them all. A store that keeps one
+/// calls [`ChainIds::changed`] after every commit that writes a chain
+/// record (`c` prefix) and after replacing its contents; a table read
+/// before such a change and kept after it is refused by the generation.
+#[derive(Debug, Default)]
+pub struct ChainIds {
+    state: std::sync::Mutex<ChainIdsState>,
+}
+
+#[derive(Debug, Default)]
+struct ChainIdsState {
+    generation: u64,
+    tables: std::collections::HashMap<u32, std::sync::Arc<[u32]>>,
+}
+
+impl ChainIds {
+    fn state(&self) -> std::sync::MutexGuard<'_, ChainIdsState> {
+        // Plain data, each update whole: a panicking holder tore nothing.
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The current generation and the table of `replication` if kept.
+    fn get(&self, replication: u32) -> (u64, Option<std::sync::Arc<[u32]>>) {
+        let s = self.state();
+        (s.generation, s.tables.get(&replication).cloned())
+    }
+
+    /// Keeps `ids` for `replication`, read at `generation`, unless a
+    /// change came since.
+    fn keep(&self, generation: u64, replication: u32, ids: std::sync::Arc<[u32]>) {
+        let mut s = self.state();
+        if s.generation == generation {
+            s.tables.insert(replication, ids);
+        }
+    }
+
+    /// Forgets every table (chain records changed).
+    pub fn changed(&self) {
+        let mut s = self.state();
+        s.generation += 1;
+        s.tables.clear();
+    }
+
+    /// Forgets every table if `writes` touch a chain record.
+    fn committed(&self, writes: &BTreeMap<Vec<u8>, Option<Vec<u8>>>) {
+        let chain_records = writes
+            .range(vec![CHAIN_PREFIX]..vec![CHAIN_PREFIX + 1])
+            .next()
+            .is_some();
+        if chain_records {
+            self.changed();
+        }
+    }
+}
+
+/// The first byte of chain records' keys (see [`key::chain`]).
+const CHAIN_PREFIX: u8 = b'c';
 
 /// Key of the redo record of a commit in progress (see [`SledKv`]). The
 /// NUL byte sorts it before every prefix of the table above; it exists only
@@ -132,6 +201,7 @@ const REDO_KEY: &[u8] = b"\0redo";
 pub struct SledKv {
     tree: sled::Tree,
     lock: std::sync::Arc<std::sync::RwLock<()>>,
+    chain_ids: std::sync::Arc<ChainIds>,
 }
 
 impl SledKv {
@@ -141,6 +211,7 @@ impl SledKv {
         Self {
             tree,
             lock: std::sync::Arc::default(),
+            chain_ids: std::sync::Arc::default(),
         }
     }
 
@@ -201,6 +272,7 @@ impl Kv for SledKv {
         if writes.len() > 1 {
             self.tree.remove(REDO_KEY)?;
         }
+        self.chain_ids.committed(&writes);
         Ok(())
     }
 
@@ -216,6 +288,7 @@ impl Kv for SledKv {
         );
         self.apply(&writes)?;
         self.tree.remove(REDO_KEY)?;
+        self.chain_ids.changed();
         Ok(())
     }
 
@@ -244,18 +317,26 @@ impl Kv for SledKv {
             batch.insert(k, v);
         }
         self.tree.apply_batch(batch)?;
+        self.chain_ids.changed();
         Ok(())
+    }
+
+    fn chain_ids_cache(&self) -> Option<&ChainIds> {
+        Some(&self.chain_ids)
     }
 }
 
 /// An in-memory [`Kv`] for tests.
 #[derive(Debug, Default)]
-pub struct MemKv(std::sync::Mutex<BTreeMap<Vec<u8>, Vec<u8>>>);
+pub struct MemKv {
+    map: std::sync::Mutex<BTreeMap<Vec<u8>, Vec<u8>>>,
+    chain_ids: ChainIds,
+}
 
 impl MemKv {
     fn map(&self) -> std::sync::MutexGuard<'_, BTreeMap<Vec<u8>, Vec<u8>>> {
         // A poisoned map means a test already panicked; keep its data.
-        self.0.lock().unwrap_or_else(|p| p.into_inner())
+        self.map.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
@@ -280,6 +361,7 @@ impl Kv for MemKv {
 
     fn commit(&self, writes: BTreeMap<Vec<u8>, Option<Vec<u8>>>) -> Result<(), StoreError> {
         let mut m = self.map();
+        self.chain_ids.committed(&writes);
         for (k, v) in writes {
             match v {
                 Some(v) => m.insert(k, v),
@@ -298,8 +380,14 @@ impl Kv for MemKv {
     }
 
     fn replace_all(&self, entries: Vec<(Vec<u8>, Vec<u8>)>) -> Result<(), StoreError> {
-        *self.map() = entries.into_iter().collect();
+        let mut m = self.map();
+        *m = entries.into_iter().collect();
+        self.chain_ids.changed();
         Ok(())
+    }
+
+    fn chain_ids_cache(&self) -> Option<&ChainIds> {
+        Some(&self.chain_ids)
     }
 }
 
@@ -450,6 +538,39 @@ impl<'a, K: Kv + ?Sized> Txn<'a, K> {
     pub fn rollback(&mut self) {
         self.writes.clear();
         self.snapshots = None;
+    }
+
+    /// The ids of `replication`'s chain table, in order, as this
+    /// mutation sees it: from the store's memory ([`ChainIds`]) unless
+    /// this mutation wrote chain records of that table itself.
+    ///
+    /// # Errors
+    /// The store failed.
+    pub(crate) fn chain_ids(&self, replication: u32) -> Result<std::sync::Arc<[u32]>, StoreError> {
+        let prefix = key::chain_prefix(replication);
+        let own = self
+            .writes
+            .range(prefix.clone()..)
+            .next()
+            .is_some_and(|(k, _)| k.starts_with(&prefix));
+        let cache = self.kv.chain_ids_cache().filter(|_| !own);
+        let mut generation = None;
+        if let Some(c) = cache {
+            let (g, kept) = c.get(replication);
+            if let Some(ids) = kept {
+                return Ok(ids);
+            }
+            generation = Some(g);
+        }
+        let ids: std::sync::Arc<[u32]> = self
+            .scan(&prefix, None, usize::MAX)?
+            .iter()
+            .map(|(k, _)| u32::from_be_bytes(k[5..9].try_into().unwrap_or([0; 4])))
+            .collect();
+        if let (Some(c), Some(g)) = (cache, generation) {
+            c.keep(g, replication, ids.clone());
+        }
+        Ok(ids)
     }
 
     /// Returns a savepoint: the buffered writes so far.
@@ -799,9 +920,109 @@ mod tests {
         assert_eq!(kv.dump().unwrap(), vec![(b"z".to_vec(), b"z".to_vec())]);
     }
 
+    /// The chain tables' ids a create reads: what the store holds, the
+    /// mutation's own writes first, never a table from before a change.
+    fn exercise_chain_ids(kv: &dyn Kv) {
+        let ids = |kv: &dyn Kv, r: u32| Txn::new(kv).chain_ids(r).unwrap().to_vec();
+        let put = |kv: &dyn Kv, r: u32, id: u32| {
+            let mut t = Txn::new(kv);
+            t.put_raw(key::chain(r, id), b"chain".to_vec());
+            t.commit().unwrap();
+        };
+        assert!(ids(kv, 3).is_empty());
+        put(kv, 3, 2);
+        put(kv, 3, 1);
+        put(kv, 1, 9);
+        assert_eq!(ids(kv, 3), vec![1, 2]);
+        assert_eq!(ids(kv, 1), vec![9]);
+        // Kept: a commit of other records changes nothing.
+        let mut t = Txn::new(kv);
+        t.put_raw(b"i1".to_vec(), b"inode".to_vec());
+        t.commit().unwrap();
+        assert_eq!(ids(kv, 3), vec![1, 2]);
+        // A chain added or removed is seen by the next mutation.
+        put(kv, 3, 7);
+        assert_eq!(ids(kv, 3), vec![1, 2, 7]);
+        let mut t = Txn::new(kv);
+        t.delete(key::chain(3, 1));
+        // The mutation's own writes, before they are committed.
+        assert_eq!(t.chain_ids(3).unwrap().to_vec(), vec![2, 7]);
+        assert_eq!(ids(kv, 3), vec![1, 2, 7]);
+        t.commit().unwrap();
+        assert_eq!(ids(kv, 3), vec![2, 7]);
+        // Replaced contents (a snapshot installed) are read anew.
+        kv.replace_all(vec![(key::chain(3, 5), b"chain".to_vec())])
+            .unwrap();
+        assert_eq!(ids(kv, 3), vec![5]);
+        assert!(ids(kv, 1).is_empty());
+    }
+
+    /// Counts scans of chain records.
+    #[derive(Default)]
+    struct CountingKv {
+        inner: MemKv,
+        chain_scans: std::sync::atomic::AtomicUsize,
+    }
+
+    impl Kv for CountingKv {
+        fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+            self.inner.get(key)
+        }
+        fn scan(
+            &self,
+            prefix: &[u8],
+            after: Option<&[u8]>,
+            limit: usize,
+        ) -> Result<Pairs, StoreError> {
+            if prefix.first() == Some(&CHAIN_PREFIX) {
+                self.chain_scans
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            self.inner.scan(prefix, after, limit)
+        }
+        fn commit(&self, writes: BTreeMap<Vec<u8>, Option<Vec<u8>>>) -> Result<(), StoreError> {
+            self.inner.commit(writes)
+        }
+        fn dump(&self) -> Result<Pairs, StoreError> {
+            self.inner.dump()
+        }
+        fn replace_all(&self, entries: Vec<(Vec<u8>, Vec<u8>)>) -> Result<(), StoreError> {
+            self.inner.replace_all(entries)
+        }
+        fn chain_ids_cache(&self) -> Option<&ChainIds> {
+            self.inner.chain_ids_cache()
+        }
+    }
+
+    /// A chain table is read from the store once, not once per create
+    /// (each read was a scan of one record per target of the cluster).
+    #[test]
+    fn chain_ids_are_read_once_until_a_chain_changes() {
+        let kv = CountingKv::default();
+        let mut t = Txn::new(&kv);
+        for id in 0..100 {
+            t.put_raw(key::chain(3, id), b"chain".to_vec());
+        }
+        t.commit().unwrap();
+        let scans = || kv.chain_scans.load(std::sync::atomic::Ordering::Relaxed);
+        for _ in 0..50 {
+            let mut t = Txn::new(&kv);
+            assert_eq!(t.chain_ids(3).unwrap().len(), 100);
+            t.put_raw(b"i1".to_vec(), b"inode".to_vec());
+            t.commit().unwrap();
+        }
+        assert_eq!(scans(), 1);
+        let mut t = Txn::new(&kv);
+        t.put_raw(key::chain(3, 100), b"chain".to_vec());
+        t.commit().unwrap();
+        assert_eq!(Txn::new(&kv).chain_ids(3).unwrap().len(), 101);
+        assert_eq!(scans(), 2);
+    }
+
     #[test]
     fn mem_kv_conforms() {
         exercise(&MemKv::default());
+        exercise_chain_ids(&MemKv::default());
     }
 
     #[test]
@@ -811,6 +1032,7 @@ mod tests {
         exercise(&kv);
         // A finished commit leaves no redo record behind.
         assert_eq!(kv.tree.get(REDO_KEY).unwrap(), None);
+        exercise_chain_ids(&SledKv::new(db.open_tree("u").unwrap()));
     }
 
     /// The states a crash can leave a commit in: the redo record and any
