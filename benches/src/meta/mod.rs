@@ -34,6 +34,7 @@
 
 pub mod cairn;
 pub mod local;
+mod standins;
 mod table;
 
 use std::path::{Path, PathBuf};
@@ -112,6 +113,13 @@ pub struct MetaArgs {
     /// Seed of the stat phase's random picks.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
+    /// Register this many stand-in targets (8 per stand-in chunkserver,
+    /// heartbeated by the benchmark, no data plane) before the phases, so
+    /// that meta's chain tables are those of a cluster of that size (one
+    /// chain per target) and every create picks its layout from them. 0:
+    /// no chunkservers, files get no chains.
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    pub targets: usize,
     /// Options shared by every workload.
     #[command(flatten)]
     pub common: CommonArgs,
@@ -444,6 +452,8 @@ pub struct MetaReport {
     pub meta_binary: PathBuf,
     /// Meta replicas started.
     pub replicas: usize,
+    /// Stand-in targets registered (`--targets`).
+    pub standin_targets: usize,
     /// Where the data lived.
     pub data: DataLocation,
     /// One entry per client count.
@@ -567,11 +577,25 @@ async fn run_all(
     plan: &[(usize, usize)],
     local_root: &Path,
     seed: u64,
+    targets: usize,
 ) -> Result<Vec<RunResult>> {
     let addrs = cluster.addrs();
     let admin = MetaClient::connect(&addrs, MetaClientOptions::default())
         .await
         .context("connecting to the meta cluster")?;
+    // Dropped (heartbeats stop) when the phases are done.
+    let _standins = if targets > 0 {
+        let s = standins::register(&addrs, targets)
+            .await
+            .context("registering the stand-in chunkservers")?;
+        eprintln!(
+            "meta: {} stand-in targets on {} chunkservers registered: chain tables of a cluster that size",
+            s.targets, s.servers
+        );
+        Some(s)
+    } else {
+        None
+    };
     let stamp = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
@@ -649,6 +673,12 @@ pub async fn run(args: &MetaArgs, command_line: Vec<String>) -> Result<MetaRepor
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
     let plan = plan(&args.clients, &args.ops)?;
+    if (1..3).contains(&args.targets) {
+        bail!(
+            "--targets {} is too few: a 3-replica chain table needs targets on 3 chunkservers",
+            args.targets
+        );
+    }
     let bin_dir = args.common.bin_dir()?;
     let meta_binary = bin_dir.join("cairn-meta");
     if !meta_binary.is_file() {
@@ -690,7 +720,7 @@ pub async fn run(args: &MetaArgs, command_line: Vec<String>) -> Result<MetaRepor
 
     let local_root = work.path().join("local");
     let outcome = tokio::select! {
-        r = run_all(&cluster, &plan, &local_root, args.seed) => r,
+        r = run_all(&cluster, &plan, &local_root, args.seed, args.targets) => r,
         _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
     };
     // Read before stopping: VmHWM is gone with the process.
@@ -719,6 +749,7 @@ pub async fn run(args: &MetaArgs, command_line: Vec<String>) -> Result<MetaRepor
         bench_build: build_profile(),
         meta_binary,
         replicas: REPLICAS,
+        standin_targets: args.targets,
         data,
         runs,
         peak_rss,

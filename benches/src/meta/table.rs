@@ -142,6 +142,13 @@ pub fn print_table(out: &mut impl Write, r: &MetaReport) -> io::Result<()> {
         r.meta_binary.display(),
         r.bench_build
     )?;
+    if r.standin_targets > 0 {
+        writeln!(
+            out,
+            "  chains:  {} stand-in targets registered (--targets): chain tables of a cluster that size",
+            r.standin_targets
+        )?;
+    }
     writeln!(out)?;
     for run in &r.runs {
         write_run(out, run)?;
