@@ -391,8 +391,9 @@ impl Kv for MemKv {
     }
 }
 
-/// The buffered writes of a [`Txn`] at one point, to roll back to.
-pub struct Savepoint(BTreeMap<Vec<u8>, Option<Vec<u8>>>);
+/// A point in a [`Txn`]'s writes to roll back to: the length of its undo
+/// log then.
+pub struct Savepoint(usize);
 
 /// A mutation in progress: reads through to the store, buffers writes.
 ///
@@ -402,6 +403,15 @@ pub struct Savepoint(BTreeMap<Vec<u8>, Option<Vec<u8>>>);
 pub struct Txn<'a, K: Kv + ?Sized> {
     kv: &'a K,
     writes: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+    /// Once a savepoint was taken: for every write since, in order, the
+    /// key and what `writes` held for it before (`None`: nothing), so a
+    /// savepoint is a length and restoring one undoes only what came
+    /// after it. (A savepoint used to be a copy of `writes`: each command
+    /// of a batched entry copied every write of the commands before it.)
+    undo: Vec<(Vec<u8>, Option<Option<Vec<u8>>>)>,
+    /// Whether a savepoint was taken (writes before the first one are
+    /// never undone, so they are not logged).
+    logging: bool,
     /// Whether any snapshot record exists (read at the first need; `None`
     /// again when a write may have changed it).
     snapshots: Option<bool>,
@@ -416,6 +426,8 @@ impl<'a, K: Kv + ?Sized> Txn<'a, K> {
         Self {
             kv,
             writes: BTreeMap::new(),
+            undo: Vec::new(),
+            logging: false,
             snapshots: None,
             failed: None,
         }
@@ -448,7 +460,12 @@ impl<'a, K: Kv + ?Sized> Txn<'a, K> {
             }
             _ => {}
         }
-        self.writes.insert(key, value);
+        if self.logging {
+            let before = self.writes.insert(key.clone(), value);
+            self.undo.push((key, before));
+        } else {
+            self.writes.insert(key, value);
+        }
     }
 
     /// Returns this mutation's buffered write of `key`, if any: the value,
@@ -537,6 +554,7 @@ impl<'a, K: Kv + ?Sized> Txn<'a, K> {
     /// Discards the buffered writes (a failed mutation changes nothing).
     pub fn rollback(&mut self) {
         self.writes.clear();
+        self.undo.clear();
         self.snapshots = None;
     }
 
@@ -574,14 +592,23 @@ impl<'a, K: Kv + ?Sized> Txn<'a, K> {
     }
 
     /// Returns a savepoint: the buffered writes so far.
-    pub fn savepoint(&self) -> Savepoint {
-        Savepoint(self.writes.clone())
+    pub fn savepoint(&mut self) -> Savepoint {
+        self.logging = true;
+        Savepoint(self.undo.len())
     }
 
     /// Discards every write buffered after `sp` was taken (one command of a
     /// batch failed; the commands before it stand).
     pub fn restore(&mut self, sp: Savepoint) {
-        self.writes = sp.0;
+        while self.undo.len() > sp.0 {
+            let Some((key, before)) = self.undo.pop() else {
+                break;
+            };
+            match before {
+                Some(v) => self.writes.insert(key, v),
+                None => self.writes.remove(&key),
+            };
+        }
         self.snapshots = None;
     }
 
@@ -955,6 +982,38 @@ mod tests {
             .unwrap();
         assert_eq!(ids(kv, 3), vec![5]);
         assert!(ids(kv, 1).is_empty());
+    }
+
+    /// Savepoints nest: restoring one brings back exactly the buffered
+    /// writes it was taken at (overwritten values, deletes and keys made
+    /// after it alike), as a batch's failed command needs.
+    #[test]
+    fn savepoints_restore_the_writes_they_were_taken_at() {
+        let kv = MemKv::default();
+        let mut t = Txn::new(&kv);
+        t.put_raw(b"da".to_vec(), b"1".to_vec());
+        t.delete(b"db".to_vec());
+        let at_a = t.writes.clone();
+        let a = t.savepoint();
+        t.put_raw(b"da".to_vec(), b"2".to_vec());
+        t.put_raw(b"db".to_vec(), b"2".to_vec());
+        t.put_raw(b"dc".to_vec(), b"2".to_vec());
+        let at_b = t.writes.clone();
+        let b = t.savepoint();
+        t.delete(b"da".to_vec());
+        t.put_raw(b"dc".to_vec(), b"3".to_vec());
+        t.put_raw(b"dd".to_vec(), b"3".to_vec());
+        t.restore(b);
+        assert_eq!(t.writes, at_b);
+        let c = t.savepoint();
+        t.put_raw(b"de".to_vec(), b"4".to_vec());
+        t.restore(c);
+        assert_eq!(t.writes, at_b);
+        t.restore(a);
+        assert_eq!(t.writes, at_a);
+        t.commit().unwrap();
+        assert_eq!(kv.get(b"da").unwrap(), Some(b"1".to_vec()));
+        assert_eq!(kv.get(b"dc").unwrap(), None);
     }
 
     /// Counts scans of chain records.
