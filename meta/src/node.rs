@@ -25,7 +25,7 @@
 //! stopped simply stops; the others elect a new leader within about one
 //! election timeout.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -650,7 +650,9 @@ async fn grow_voters(shared: &Shared) -> Result<(), CairnStatus> {
 /// chunkservers heard again syncing (they catch up before serving).
 async fn check_chunkservers(shared: &Shared) -> Result<(), CairnStatus> {
     let servers = shared.fs.chunkservers().map_err(CairnStatus::from)?;
-    let tables = shared.fs.chain_tables().map_err(CairnStatus::from)?;
+    // Read once per round, again only after a change (every chain decoded:
+    // thousands on a large cluster, five rounds a second).
+    let mut tables = shared.fs.chain_tables().map_err(CairnStatus::from)?;
     let timeout = shared.config.chunkserver_timeout;
     // Chunkservers in a maintenance window (an operator's, or a restart's
     // while the chunkserver is still stopping): kept out of their chains,
@@ -666,6 +668,17 @@ async fn check_chunkservers(shared: &Shared) -> Result<(), CairnStatus> {
             .map(|(id, _)| id)
             .collect::<std::collections::HashSet<u64>>()
     };
+    // Each target's states in its chains, gathered in one pass over the
+    // tables (looking them up per target made a round quadratic in the
+    // cluster's size: 500 servers of 8 targets kept a core busy).
+    let mut states_of: HashMap<u64, Vec<TargetState>> = HashMap::new();
+    for m in tables
+        .iter()
+        .flat_map(|(_, chains)| chains.iter())
+        .flat_map(|c| c.members.iter())
+    {
+        states_of.entry(m.target).or_default().push(m.state);
+    }
     let mut changes = Vec::new();
     {
         let live = shared.liveness();
@@ -675,13 +688,7 @@ async fn check_chunkservers(shared: &Shared) -> Result<(), CairnStatus> {
             let last = heard.map_or(since, |h| h.max(since));
             let dead = last.elapsed() > timeout;
             for t in &cs.targets {
-                let states: Vec<TargetState> = tables
-                    .iter()
-                    .flat_map(|(_, chains)| chains.iter())
-                    .flat_map(|c| c.members.iter())
-                    .filter(|m| m.target == t.id)
-                    .map(|m| m.state)
-                    .collect();
+                let states = states_of.get(&t.id).map_or(&[][..], Vec::as_slice);
                 if dead && states.iter().any(|s| *s != TargetState::Offline) {
                     changes.push((t.id, TargetState::Offline));
                 } else if !dead
@@ -701,9 +708,9 @@ async fn check_chunkservers(shared: &Shared) -> Result<(), CairnStatus> {
         shared
             .propose(None, Op::SetTargetStates { changes })
             .await?;
+        // Re-read: the changes above may have taken targets offline.
+        tables = shared.fs.chain_tables().map_err(CairnStatus::from)?;
     }
-    // Re-read: the changes above may have taken targets offline.
-    let tables = shared.fs.chain_tables().map_err(CairnStatus::from)?;
     let plan = {
         let live = shared.liveness();
         let since = live.leader_since.unwrap_or_else(Instant::now);
@@ -719,7 +726,7 @@ async fn check_chunkservers(shared: &Shared) -> Result<(), CairnStatus> {
         )
     };
     if plan.is_empty() {
-        return rebalance(shared, &servers, &in_window).await;
+        return rebalance(shared, &servers, &tables, &in_window).await;
     }
     tracing::warn!(
         ?plan,
@@ -739,13 +746,13 @@ async fn check_chunkservers(shared: &Shared) -> Result<(), CairnStatus> {
 async fn rebalance(
     shared: &Shared,
     servers: &[crate::fs::ChunkserverRecord],
+    tables: &[(u32, Vec<crate::fs::Chain>)],
     in_window: &std::collections::HashSet<u64>,
 ) -> Result<(), CairnStatus> {
-    let tables = shared.fs.chain_tables().map_err(CairnStatus::from)?;
     let timeout = shared.config.chunkserver_timeout;
     let step = {
         let live = shared.liveness();
-        crate::placement::rebalance_move(servers, &tables, |id| {
+        crate::placement::rebalance_move(servers, tables, |id| {
             live.chunkservers
                 .get(&id)
                 .is_some_and(|(at, _)| at.elapsed() < timeout)

@@ -2156,10 +2156,8 @@ impl Meta for MetaService {
         let known = self
             .shared
             .fs
-            .chunkservers()
-            .map_err(fs_err)?
-            .iter()
-            .any(|c| c.id == r.chunkserver_id);
+            .chunkserver_registered(r.chunkserver_id)
+            .map_err(fs_err)?;
         if !known {
             return Err(CairnStatus::new(
                 ErrorCode::NotFound,
@@ -2258,10 +2256,8 @@ impl Meta for MetaService {
         if !self
             .shared
             .fs
-            .chunkservers()
+            .chunkserver_registered(r.chunkserver_id)
             .map_err(fs_err)?
-            .iter()
-            .any(|c| c.id == r.chunkserver_id)
         {
             return Err(CairnStatus::new(
                 ErrorCode::NotFound,

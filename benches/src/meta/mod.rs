@@ -571,31 +571,58 @@ fn peak_rss(cluster: &Cluster) -> Vec<ProcessRss> {
     out
 }
 
+/// Registers `targets` stand-in targets with `cluster` and measures what
+/// their heartbeats cost the idle meta replicas; returns the stand-ins
+/// (heartbeating until dropped) and that figure as a note.
+async fn register_standins(
+    cluster: &Cluster,
+    targets: usize,
+) -> Result<(standins::Standins, String)> {
+    let s = standins::register(&cluster.addrs(), targets)
+        .await
+        .context("registering the stand-in chunkservers")?;
+    eprintln!(
+        "meta: {} stand-in targets on {} chunkservers registered: chain tables of a cluster that size",
+        s.targets, s.servers
+    );
+    // Let the registrations settle, then measure a quiet stretch.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let pids: Vec<(String, u32)> = cluster.processes();
+    let cpu = |pids: &[(String, u32)]| -> Vec<f64> {
+        pids.iter()
+            .map(|(_, pid)| crate::watch::cpu_seconds(*pid).unwrap_or(0.0))
+            .collect()
+    };
+    let window = Duration::from_secs(5);
+    let before = cpu(&pids);
+    tokio::time::sleep(window).await;
+    let after = cpu(&pids);
+    let cores: Vec<String> = before
+        .iter()
+        .zip(&after)
+        .map(|(b, a)| format!("{:.3}", (a - b) / window.as_secs_f64()))
+        .collect();
+    let note = format!(
+        "{} stand-in chunkservers ({} targets) heartbeating, no client: the meta replicas used {} cores",
+        s.servers,
+        s.targets,
+        cores.join(" / ")
+    );
+    eprintln!("meta: {note}");
+    Ok((s, note))
+}
+
 /// Runs every client count against a started cluster.
 async fn run_all(
     cluster: &Cluster,
     plan: &[(usize, usize)],
     local_root: &Path,
     seed: u64,
-    targets: usize,
 ) -> Result<Vec<RunResult>> {
     let addrs = cluster.addrs();
     let admin = MetaClient::connect(&addrs, MetaClientOptions::default())
         .await
         .context("connecting to the meta cluster")?;
-    // Dropped (heartbeats stop) when the phases are done.
-    let _standins = if targets > 0 {
-        let s = standins::register(&addrs, targets)
-            .await
-            .context("registering the stand-in chunkservers")?;
-        eprintln!(
-            "meta: {} stand-in targets on {} chunkservers registered: chain tables of a cluster that size",
-            s.targets, s.servers
-        );
-        Some(s)
-    } else {
-        None
-    };
     let stamp = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
@@ -720,7 +747,17 @@ pub async fn run(args: &MetaArgs, command_line: Vec<String>) -> Result<MetaRepor
 
     let local_root = work.path().join("local");
     let outcome = tokio::select! {
-        r = run_all(&cluster, &plan, &local_root, args.seed, args.targets) => r,
+        r = async {
+            // Dropped (heartbeats stop) when the phases are done.
+            let _standins = if args.targets > 0 {
+                let s = register_standins(&cluster, args.targets).await?;
+                notes.push(s.1);
+                Some(s.0)
+            } else {
+                None
+            };
+            run_all(&cluster, &plan, &local_root, args.seed).await
+        } => r,
         _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
     };
     // Read before stopping: VmHWM is gone with the process.

@@ -613,6 +613,18 @@ impl<K: Kv> FsState<K> {
         flatten(chains::chunkservers(&self.txn()))
     }
 
+    /// Returns whether chunkserver `id` is registered: one read, where
+    /// [`FsState::chunkservers`] reads them all (a heartbeat asks this of
+    /// every chunkserver every interval).
+    pub fn chunkserver_registered(&self, id: u64) -> ReadResult<bool> {
+        flatten(
+            self.txn()
+                .get_raw(&key::chunkserver(id))
+                .map(|v| v.is_some())
+                .map_err(OpError::from),
+        )
+    }
+
     /// Returns whether session `id` is open.
     pub fn has_session(&self, id: u64) -> ReadResult<bool> {
         flatten(
