@@ -395,6 +395,11 @@ impl Kv for MemKv {
 /// log then.
 pub struct Savepoint(usize);
 
+/// One entry of a [`Txn`]'s undo log: a key written and what the
+/// mutation's writes held for it before (`None`: nothing; `Some(None)`: a
+/// delete).
+type Undo = (Vec<u8>, Option<Option<Vec<u8>>>);
+
 /// A mutation in progress: reads through to the store, buffers writes.
 ///
 /// Writes of namespace records (`i`, `d`, `x`) of a volume with snapshots
@@ -408,7 +413,7 @@ pub struct Txn<'a, K: Kv + ?Sized> {
     /// savepoint is a length and restoring one undoes only what came
     /// after it. (A savepoint used to be a copy of `writes`: each command
     /// of a batched entry copied every write of the commands before it.)
-    undo: Vec<(Vec<u8>, Option<Option<Vec<u8>>>)>,
+    undo: Vec<Undo>,
     /// Whether a savepoint was taken (writes before the first one are
     /// never undone, so they are not logged).
     logging: bool,
