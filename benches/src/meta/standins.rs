@@ -93,6 +93,8 @@ pub async fn register(addrs: &[String], targets: usize) -> Result<Standins> {
         let mut tick = tokio::time::interval(interval);
         loop {
             tick.tick().await;
+            let mut failed = 0;
+            let mut first = None;
             for (id, infos) in &registered {
                 let r = c
                     .chunkserver_heartbeat(pb::ChunkserverHeartbeatRequest {
@@ -102,11 +104,17 @@ pub async fn register(addrs: &[String], targets: usize) -> Result<Standins> {
                     })
                     .await;
                 if let Err(e) = r {
-                    eprintln!(
-                        "meta: heartbeat of stand-in chunkserver {id}: {}",
-                        e.message()
-                    );
+                    failed += 1;
+                    first.get_or_insert_with(|| format!("chunkserver {id}: {}", e.message()));
                 }
+            }
+            // One line per round, not one per stand-in (a leader change
+            // fails them all).
+            if let Some(first) = first {
+                eprintln!(
+                    "meta: {failed} of {} stand-in heartbeats failed ({first})",
+                    registered.len()
+                );
             }
         }
     });
