@@ -158,11 +158,25 @@ mod tests {
     use std::pin::Pin;
     use std::task::{Context, Poll};
 
-    /// Hands out its bytes a few at a time, in changing sizes.
+    /// Hands out its bytes a few at a time, in changing sizes (or, with
+    /// `step` 0, as much as each read asks for), and records where each
+    /// read ended.
     struct Trickle {
         data: Vec<u8>,
         at: usize,
         step: usize,
+        ends: Vec<usize>,
+    }
+
+    impl Trickle {
+        fn new(data: &[u8], step: usize) -> Self {
+            Self {
+                data: data.to_vec(),
+                at: 0,
+                step,
+                ends: Vec::new(),
+            }
+        }
     }
 
     impl AsyncRead for Trickle {
@@ -171,10 +185,17 @@ mod tests {
             _: &mut Context<'_>,
             buf: &mut [u8],
         ) -> Poll<io::Result<usize>> {
-            self.step = self.step * 7 % 100_003 + 1;
-            let n = buf.len().min(self.step).min(self.data.len() - self.at);
+            let most = if self.step == 0 {
+                buf.len()
+            } else {
+                self.step = self.step * 7 % 100_003 + 1;
+                self.step
+            };
+            let n = buf.len().min(most).min(self.data.len() - self.at);
             buf[..n].copy_from_slice(&self.data[self.at..self.at + n]);
             self.at += n;
+            let at = self.at;
+            self.ends.push(at);
             Poll::Ready(Ok(n))
         }
     }
@@ -182,6 +203,17 @@ mod tests {
     fn frame(id: u64, len: usize) -> Frame {
         let data: Vec<u8> = (0..len).map(|i| (i as u64 * 31 + id) as u8).collect();
         Frame::with_payload(Header::request(Opcode::Write, id), Bytes::from(data)).unwrap()
+    }
+
+    /// The frames encoded back to back, and where each one ends.
+    fn encoded(frames: &[Frame]) -> (BytesMut, Vec<usize>) {
+        let mut wire = BytesMut::new();
+        let mut ends = Vec::new();
+        for f in frames {
+            f.encode_into(&mut wire).unwrap();
+            ends.push(wire.len());
+        }
+        (wire, ends)
     }
 
     #[test]
@@ -192,15 +224,8 @@ mod tests {
             frame(3, 300_000),
             frame(4, 0),
         ];
-        let mut wire = BytesMut::new();
-        for f in &frames {
-            f.encode_into(&mut wire).unwrap();
-        }
-        let mut r = Trickle {
-            data: wire.to_vec(),
-            at: 0,
-            step: 1,
-        };
+        let (wire, _) = encoded(&frames);
+        let mut r = Trickle::new(&wire, 1);
         let mut reader = FrameReader::default();
         futures_lite::future::block_on(async {
             for f in &frames {
@@ -210,37 +235,10 @@ mod tests {
             assert!(matches!(reader.read(&mut r).await, Err(ReadError::Eof)));
         });
         // Cut inside a large frame's body: truncated, not a frame.
-        let mut r = Trickle {
-            data: wire[..200_000].to_vec(),
-            at: 0,
-            step: 1,
-        };
+        let mut r = Trickle::new(&wire[..200_000], 1);
         let mut reader = FrameReader::default();
         let got = futures_lite::future::block_on(reader.read(&mut r));
         assert!(matches!(got, Err(ReadError::Truncated)), "{got:?}");
-    }
-
-    /// Hands out as much as each read asks for and records where reads
-    /// ended.
-    struct Greedy {
-        data: Vec<u8>,
-        at: usize,
-        ends: Vec<usize>,
-    }
-
-    impl AsyncRead for Greedy {
-        fn poll_read(
-            mut self: Pin<&mut Self>,
-            _: &mut Context<'_>,
-            buf: &mut [u8],
-        ) -> Poll<io::Result<usize>> {
-            let n = buf.len().min(self.data.len() - self.at);
-            buf[..n].copy_from_slice(&self.data[self.at..self.at + n]);
-            self.at += n;
-            let at = self.at;
-            self.ends.push(at);
-            Poll::Ready(Ok(n))
-        }
     }
 
     #[test]
@@ -251,17 +249,8 @@ mod tests {
             frame(3, 4096),
             frame(4, 4096),
         ];
-        let mut wire = BytesMut::new();
-        let mut ends = Vec::new();
-        for f in &frames {
-            f.encode_into(&mut wire).unwrap();
-            ends.push(wire.len());
-        }
-        let mut r = Greedy {
-            data: wire.to_vec(),
-            at: 0,
-            ends: Vec::new(),
-        };
+        let (wire, ends) = encoded(&frames);
+        let mut r = Trickle::new(&wire, 0);
         let mut reader = FrameReader::default();
         let got: Vec<Frame> = futures_lite::future::block_on(async {
             let mut got = Vec::new();

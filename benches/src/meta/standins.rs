@@ -2,8 +2,9 @@
 //! meta and kept alive by heartbeats, with no data plane, so that meta
 //! builds the chain tables of a cluster of that size (one chain per
 //! target, `meta::placement`) and every create picks its layout from them,
-//! as on a real cluster. Nothing ever connects to their addresses: the
-//! `meta` workload moves no data.
+//! as on a real cluster. Their data-plane address (port 9 on loopback)
+//! serves nothing: the `meta` workload's files never hold data, so no
+//! client and no garbage collection ever sends them a request.
 
 use std::time::Duration;
 

@@ -617,19 +617,19 @@ impl<K: Kv> FsState<K> {
     /// [`FsState::chunkservers`] reads them all (a heartbeat asks this of
     /// every chunkserver every interval).
     pub fn chunkserver_registered(&self, id: u64) -> ReadResult<bool> {
-        flatten(
-            self.txn()
-                .get_raw(&key::chunkserver(id))
-                .map(|v| v.is_some())
-                .map_err(OpError::from),
-        )
+        self.has_record(&key::chunkserver(id))
     }
 
     /// Returns whether session `id` is open.
     pub fn has_session(&self, id: u64) -> ReadResult<bool> {
+        self.has_record(&key::session(id))
+    }
+
+    /// Returns whether a record is stored under `key`.
+    fn has_record(&self, key: &[u8]) -> ReadResult<bool> {
         flatten(
             self.txn()
-                .get_raw(&key::session(id))
+                .get_raw(key)
                 .map(|v| v.is_some())
                 .map_err(OpError::from),
         )
