@@ -47,7 +47,23 @@ type TestResult = Result<(), Box<dyn std::error::Error>>;
 fn open_stores(
     dir: &Path,
 ) -> Result<(sled::Db, LogStore, StateMachineStore), Box<dyn std::error::Error>> {
-    let db = sled::Config::new().path(dir).flush_every_ms(None).open()?;
+    // A store dropped just before may still hold the database's file lock
+    // for a moment (its log flusher thread ends after the drop): the suite
+    // failed once with "could not acquire lock" on the second open of a
+    // loop. Retry that error for a while, as `fs::store`'s tests do.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let db = loop {
+        match sled::Config::new().path(dir).flush_every_ms(None).open() {
+            Ok(db) => break db,
+            Err(e)
+                if std::time::Instant::now() < deadline
+                    && e.to_string().contains("could not acquire lock") =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            Err(e) => return Err(e.into()),
+        }
+    };
     let fs = Arc::new(FsState::open(SledKv::new(db.open_tree("fs")?))?);
     let log = LogStore::open(&db, &dir.join("raft-log"))?;
     let sm = StateMachineStore::open(&db, fs)?;
